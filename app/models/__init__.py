@@ -1,0 +1,25 @@
+"""SQLAlchemy tables. Every tenant-owned row carries `tenant_id`; queries filter on it (see app/tenants/scope.py)."""
+
+from app.models.base import Base, new_id, utcnow
+from app.models.conversations import Contact, Conversation, Message
+from app.models.knowledge import Chunk, Document, IngestionJob, KnowledgeSource
+from app.models.review import AuditEvent, Escalation
+from app.models.tenancy import ApiKey, ChannelAccount, Tenant
+
+__all__ = [
+    "ApiKey",
+    "AuditEvent",
+    "Base",
+    "ChannelAccount",
+    "Chunk",
+    "Contact",
+    "Conversation",
+    "Document",
+    "Escalation",
+    "IngestionJob",
+    "KnowledgeSource",
+    "Message",
+    "Tenant",
+    "new_id",
+    "utcnow",
+]

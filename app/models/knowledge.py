@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.models.base import Base, IdMixin
+
+
+class KnowledgeSource(IdMixin, Base):
+    """One upload (a folder, a zip, a set of files) for a tenant."""
+
+    __tablename__ = "knowledge_sources"
+
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(300))
+    pack_version: Mapped[int] = mapped_column(default=1)
+
+
+class Document(IdMixin, Base):
+    __tablename__ = "documents"
+    __table_args__ = (UniqueConstraint("tenant_id", "pack_version", "path"),)
+
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    source_id: Mapped[str | None] = mapped_column(
+        ForeignKey("knowledge_sources.id", ondelete="SET NULL"), default=None
+    )
+    pack_version: Mapped[int] = mapped_column(default=1)
+    path: Mapped[str] = mapped_column(String(500))  # file name within the pack
+    title: Mapped[str] = mapped_column(String(500), default="")
+    kind: Mapped[str] = mapped_column(String(16))  # markdown | text | faq | html | pdf | docx
+    content_hash: Mapped[str] = mapped_column(String(64))
+    object_key: Mapped[str | None] = mapped_column(String(500), default=None)
+    meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    status: Mapped[str] = mapped_column(String(16), default="indexed")  # indexed | failed
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+
+
+class Chunk(Base):
+    """Chunk metadata; the text and vectors live in the vector store under the same deterministic id."""
+
+    __tablename__ = "chunks"
+    __table_args__ = (Index("ix_chunks_tenant_document", "tenant_id", "document_id"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)  # uuid5 of tenant/version/path/ordinal
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    document_id: Mapped[str] = mapped_column(ForeignKey("documents.id", ondelete="CASCADE"))
+    ordinal: Mapped[int]
+    heading: Mapped[str] = mapped_column(String(500), default="")
+    text: Mapped[str] = mapped_column(Text)
+    token_estimate: Mapped[int] = mapped_column(default=0)
+
+
+class IngestionJob(IdMixin, Base):
+    __tablename__ = "ingestion_jobs"
+
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    source_id: Mapped[str | None] = mapped_column(
+        ForeignKey("knowledge_sources.id", ondelete="SET NULL"), default=None
+    )
+    status: Mapped[str] = mapped_column(String(16), default="queued")  # queued|running|succeeded|failed
+    total_files: Mapped[int] = mapped_column(default=0)
+    done_files: Mapped[int] = mapped_column(default=0)
+    chunks: Mapped[int] = mapped_column(default=0)
+    errors: Mapped[list[dict[str, Any]]] = mapped_column(default=list)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    detail: Mapped[str | None] = mapped_column(Text, default=None)

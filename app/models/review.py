@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ForeignKey, Index, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.models.base import Base, IdMixin
+
+
+class Escalation(IdMixin, Base):
+    __tablename__ = "escalations"
+    __table_args__ = (Index("ix_escalations_tenant_status", "tenant_id", "status"),)
+
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    conversation_id: Mapped[str] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
+    # The inbound message that triggered it; unique so a redelivered message opens one escalation.
+    message_id: Mapped[str] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"), unique=True)
+    status: Mapped[str] = mapped_column(String(16), default="open")  # open | approved | rejected | taken_over
+    reason: Mapped[str] = mapped_column(String(64))  # no_knowledge | low_confidence | injection | ...
+    detail: Mapped[str | None] = mapped_column(Text, default=None)
+    draft: Mapped[str | None] = mapped_column(Text, default=None)
+    draft_citations: Mapped[list[dict[str, Any]] | None] = mapped_column(default=None)
+    decision: Mapped[str | None] = mapped_column(String(16), default=None)  # approve | edit | reject | takeover
+    final_text: Mapped[str | None] = mapped_column(Text, default=None)
+    reviewer: Mapped[str | None] = mapped_column(String(200), default=None)
+    decided_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class AuditEvent(IdMixin, Base):
+    """Append-only: rows are inserted, never updated or deleted by the application."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (Index("ix_audit_tenant_created", "tenant_id", "created_at"),)
+
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    actor: Mapped[str] = mapped_column(String(200))  # "system", "bot", "admin:<key name>", "agent:<key name>"
+    action: Mapped[str] = mapped_column(String(64))
+    subject_type: Mapped[str] = mapped_column(String(32))
+    subject_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)

@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class LLMError(Exception):
+    """The LLM could not answer (timeout, rate limit after retries, server error). The orchestrator escalates."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class LLMConfig:
+    base_url: str
+    api_key: str
+    model: str
+    timeout_s: float = 30.0
+    max_retries: int = 2
+    temperature: float = 0.2
+    max_tokens: int = 600
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    model: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class LLMClient(Protocol):
+    def complete(self, config: LLMConfig, messages: list[dict[str, str]]) -> Completion: ...
