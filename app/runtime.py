@@ -1,0 +1,93 @@
+"""The composition root: the one place that picks implementations from settings and wires them.
+
+Embedded mode (nothing configured) gets SQLite, the in-process bus, qdrant-edge, a local object store and the
+offline composer. Each scale-out variable swaps in one real service. Everything is created lazily and cached per
+process; `reset_caches()` is for tests that change the environment.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+from app.config import get_settings
+
+if TYPE_CHECKING:
+    from app.bus.base import Bus
+    from app.providers.embeddings.base import Embedder, SparseEncoder
+    from app.providers.llm.base import LLMClient
+    from app.providers.storage.base import ObjectStore
+    from app.providers.vectors.base import VectorStore
+
+
+@lru_cache
+def get_bus() -> Bus:
+    settings = get_settings()
+    if settings.redis_url:
+        from app.bus.redis_streams import RedisStreamsBus
+
+        return RedisStreamsBus(settings.redis_url, maxlen=settings.bus_stream_maxlen)
+    from app.bus.memory import MemoryBus
+
+    return MemoryBus(maxlen=settings.bus_stream_maxlen)
+
+
+@lru_cache
+def get_embedder() -> Embedder:
+    from app.providers.embeddings.minilm import MiniLMEmbedder
+
+    settings = get_settings()
+    return MiniLMEmbedder(cache_dir=settings.home_dir / "models", batch_size=settings.embed_batch_size)
+
+
+@lru_cache
+def get_sparse_encoder() -> SparseEncoder:
+    from app.providers.embeddings.sparse import TermFrequencyEncoder
+
+    return TermFrequencyEncoder()
+
+
+@lru_cache
+def get_vector_store() -> VectorStore:
+    settings = get_settings()
+    dim = get_embedder().dim
+    if settings.qdrant_url:
+        from app.providers.vectors.qdrant_server import QdrantServerStore
+
+        return QdrantServerStore(url=settings.qdrant_url, api_key=settings.qdrant_api_key, dim=dim)
+    from app.providers.vectors.edge import EdgeVectorStore
+
+    return EdgeVectorStore(settings.home_dir / "vectors", dim=dim)
+
+
+@lru_cache
+def get_object_store() -> ObjectStore:
+    settings = get_settings()
+    if settings.s3_bucket:
+        from app.providers.storage.s3 import S3ObjectStore
+
+        return S3ObjectStore(bucket=settings.s3_bucket, endpoint_url=settings.s3_endpoint_url)
+    from app.providers.storage.local import LocalObjectStore
+
+    return LocalObjectStore(settings.home_dir / "objects")
+
+
+@lru_cache
+def get_llm_client() -> LLMClient:
+    from app.providers.llm.openai_client import OpenAILLMClient
+
+    return OpenAILLMClient()
+
+
+def reset_caches() -> None:
+    from app import db
+
+    for cached in (get_bus, get_vector_store, get_object_store):
+        if cached.cache_info().currsize:
+            try:
+                cached().close()  # type: ignore[attr-defined]
+            except Exception:  # noqa: S110 - best effort on teardown
+                pass
+    for fn in (get_settings, get_bus, get_embedder, get_sparse_encoder, get_vector_store, get_object_store,
+               get_llm_client, db.get_engine, db.get_sessionmaker):
+        fn.cache_clear()
