@@ -1,0 +1,110 @@
+"""API keys: `sb_<prefix>_<secret>`, stored as SHA-256, scoped `admin` (everything in its tenant) or `agent`
+(the review queue and conversations). A key only ever sees its own tenant.
+
+Embedded `serve` also writes an operator token to `$SWITCHBOARD_HOME/server.json` (mode 0600) so the local CLI
+can act for any tenant on that machine while the server holds the embedded vector store's lock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Header, HTTPException, status
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.db import get_sessionmaker
+from app.models import ApiKey, Tenant, utcnow
+
+SCOPES = ("admin", "agent")
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_api_key() -> tuple[str, str]:
+    """Returns (plaintext key, prefix). The plaintext is shown once and never stored."""
+    prefix = secrets.token_hex(4)
+    return f"sb_{prefix}_{secrets.token_urlsafe(24)}", prefix
+
+
+def issue_key(session: Session, tenant_id: str, scope: str, name: str = "") -> tuple[ApiKey, str]:
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {SCOPES}, not {scope!r}")
+    plaintext, prefix = new_api_key()
+    row = ApiKey(tenant_id=tenant_id, scope=scope, name=name or scope, prefix=prefix, key_hash=hash_key(plaintext))
+    session.add(row)
+    session.flush()
+    return row, plaintext
+
+
+@dataclass(frozen=True)
+class Principal:
+    tenant_id: str
+    tenant_slug: str
+    scope: str
+    key_id: str | None
+    name: str
+
+    @property
+    def actor(self) -> str:
+        return f"{self.scope}:{self.name}"
+
+    @property
+    def is_admin(self) -> bool:
+        return self.scope == "admin"
+
+
+_operator_token: str | None = None
+
+
+def set_operator_token(token: str | None) -> None:
+    global _operator_token
+    _operator_token = token
+
+
+def _unauthorized(detail: str) -> HTTPException:
+    return HTTPException(status.HTTP_401_UNAUTHORIZED, detail=detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+def authenticate(
+    authorization: Annotated[str | None, Header()] = None,
+    x_switchboard_tenant: Annotated[str | None, Header()] = None,
+) -> Principal:
+    if not authorization or not authorization.lower().startswith("bearer "):
+        raise _unauthorized("missing API key: send 'Authorization: Bearer <key>'")
+    token = authorization[7:].strip()
+    with get_sessionmaker()() as session:
+        if _operator_token and hmac.compare_digest(token, _operator_token):
+            if not x_switchboard_tenant:
+                raise HTTPException(400, "the operator token needs an 'X-Switchboard-Tenant: <slug>' header")
+            tenant = session.scalars(select(Tenant).where(Tenant.slug == x_switchboard_tenant)).first()
+            if tenant is None:
+                raise HTTPException(404, f"no tenant {x_switchboard_tenant!r}")
+            return Principal(tenant.id, tenant.slug, "admin", None, "operator")
+        row = session.scalars(select(ApiKey).where(ApiKey.key_hash == hash_key(token))).first()
+        if row is None or row.revoked_at is not None:
+            raise _unauthorized("invalid or revoked API key")
+        tenant = session.get_one(Tenant, row.tenant_id)
+        row.last_used_at = utcnow()
+        session.commit()
+        return Principal(tenant.id, tenant.slug, row.scope, row.id, row.name)
+
+
+def require_agent(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
+    return principal  # admin keys may do everything an agent key may
+
+
+def require_admin(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
+    if not principal.is_admin:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail="this route needs an admin-scoped API key")
+    return principal
+
+
+Agent = Annotated[Principal, Depends(require_agent)]
+Admin = Annotated[Principal, Depends(require_admin)]

@@ -1,0 +1,62 @@
+"""Consumes the outbound stream and hands each stored reply to its channel's sender, once."""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import select
+
+from app.bus.base import Delivery, PermanentFailure
+from app.contracts import Event, OutboundMessage, UnknownEvent
+from app.db import session_scope
+from app.models import ChannelAccount, Message, utcnow
+from gateways.base import SendError
+from gateways.registry import sender_for
+
+log = logging.getLogger(__name__)
+
+
+class Dispatcher:
+    def handle(self, delivery: Delivery) -> None:
+        try:
+            event = Event.from_bus(delivery.fields)
+        except (UnknownEvent, ValueError, KeyError) as exc:
+            raise PermanentFailure(f"unreadable outbound event: {exc}") from exc
+        if not isinstance(event, OutboundMessage) or event.tenant_id != delivery.tenant_id:
+            raise PermanentFailure("expected an OutboundMessage of this stream's tenant")
+        self.deliver(event)
+
+    def deliver(self, event: OutboundMessage) -> None:
+        with session_scope() as session:
+            message = session.scalars(
+                select(Message)
+                .where(Message.id == event.message_id, Message.tenant_id == event.tenant_id)
+                .with_for_update()
+            ).first()
+            if message is None:
+                raise PermanentFailure(f"outbound message {event.message_id} not found")
+            if message.status != "pending":
+                return  # already delivered (or failed for good): a redelivered event changes nothing
+            sender = sender_for(message.channel)
+            if sender is None:
+                message.status = "failed"
+                message.error = f"no sender for channel {message.channel!r}"
+                return
+            account = (
+                session.get(ChannelAccount, event.channel_account_id) if event.channel_account_id else None
+            )
+            if account is not None and account.tenant_id != event.tenant_id:
+                raise PermanentFailure("channel account belongs to another tenant")
+            try:
+                provider_id = sender.send(session, account, message)
+            except SendError as exc:
+                if not exc.permanent:
+                    raise  # left pending on the bus; redelivered after the claim timeout
+                message.status = "failed"
+                message.error = str(exc)
+                log.warning("permanent delivery failure for %s: %s", message.id, exc)
+                return
+            message.status = "sent"
+            message.processed_at = utcnow()
+            if provider_id:
+                message.meta = {**(message.meta or {}), "provider_id": provider_id}

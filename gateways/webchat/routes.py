@@ -1,0 +1,191 @@
+"""The web chat channel: an embeddable page and the widget API it calls.
+
+`POST /widget/v1/{widget_id}/sessions` gives a visitor a signed session token naming its contact id; the
+token authenticates that visitor's sends and reads, so one visitor can never read another's conversation.
+Sends follow the gateway pattern: verify -> normalise -> durable enqueue -> 202.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import secrets
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Header, HTTPException, Query
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+
+from app.config import get_settings
+from app.conversations.service import accept_inbound
+from app.db import session_scope
+from app.models import ChannelAccount, Contact, Conversation, Message
+from app.runtime import get_bus
+
+router = APIRouter(tags=["web chat widget"])
+STATIC = Path(__file__).parent / "static"
+CHANNEL = "webchat"
+
+
+class SessionIn(BaseModel):
+    contact_id: str | None = Field(
+        default=None, description="Resume as this contact (must be a contact id this widget issued)."
+    )
+
+
+class SessionOut(BaseModel):
+    contact_id: str
+    token: str
+
+
+class SendIn(BaseModel):
+    text: str = Field(min_length=1, description="What the visitor wrote.")
+    client_message_id: str = Field(
+        min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$",
+        description="Unique per message from this visitor; a retried send with the same id is stored once.",
+    )
+
+    model_config = {"json_schema_extra": {"examples": [{"text": "How long do returns take?",
+                                                        "client_message_id": "c-1"}]}}
+
+
+class SendOut(BaseModel):
+    message_id: str
+    conversation_id: str
+    duplicate: bool
+
+
+class WidgetMessage(BaseModel):
+    id: str
+    direction: str
+    author: str | None
+    text: str
+    citations: list[dict] | None
+    created_at: datetime
+
+
+class MessagesOut(BaseModel):
+    messages: list[WidgetMessage]
+    cursor: str | None
+
+
+def _sign(widget_id: str, contact_id: str) -> str:
+    key = get_settings().effective_secret_key.encode()
+    return hmac.new(key, f"{widget_id}:{contact_id}".encode(), hashlib.sha256).hexdigest()
+
+
+def _account(widget_id: str) -> ChannelAccount:
+    with session_scope() as session:
+        account = session.scalars(
+            select(ChannelAccount).where(
+                ChannelAccount.channel == CHANNEL, ChannelAccount.external_id == widget_id
+            )
+        ).first()
+        if account is None or not account.enabled:
+            raise HTTPException(404, f"no active web chat widget {widget_id!r}")
+        return account
+
+
+def _visitor(widget_id: str, authorization: str | None) -> str:
+    if not authorization or not authorization.lower().startswith("bearer "):
+        raise HTTPException(401, "missing session token: POST /widget/v1/{widget_id}/sessions first")
+    contact_id, _, signature = authorization[7:].strip().partition(".")
+    if not contact_id or not hmac.compare_digest(signature, _sign(widget_id, contact_id)):
+        raise HTTPException(401, "invalid session token for this widget")
+    return contact_id
+
+
+@router.post("/widget/v1/{widget_id}/sessions", response_model=SessionOut, status_code=201)
+def open_session(widget_id: str, body: SessionIn | None = None) -> SessionOut:
+    """Start (or resume) a visitor session. Keep the token: it is the visitor's only credential."""
+    _account(widget_id)
+    contact_id = (body.contact_id if body else None) or f"v_{secrets.token_urlsafe(16)}"
+    if not contact_id.startswith("v_") or len(contact_id) > 64:
+        raise HTTPException(422, "contact_id must be an id this widget issued (starts with 'v_')")
+    return SessionOut(contact_id=contact_id, token=f"{contact_id}.{_sign(widget_id, contact_id)}")
+
+
+@router.post("/widget/v1/{widget_id}/messages", response_model=SendOut, status_code=202)
+def send_message(
+    widget_id: str, body: SendIn, authorization: Annotated[str | None, Header()] = None
+) -> SendOut:
+    """Send the visitor's message. 202 means it is stored and queued; poll messages for the reply."""
+    contact_id = _visitor(widget_id, authorization)
+    account = _account(widget_id)
+    text = body.text.strip()
+    if not text:
+        raise HTTPException(422, "text is empty")
+    limit = get_settings().max_message_chars
+    if len(text) > limit:
+        raise HTTPException(413, f"text is {len(text)} characters; the limit is {limit}")
+    accepted = accept_inbound(
+        get_bus(),
+        tenant_id=account.tenant_id,
+        channel=CHANNEL,
+        contact_external_id=contact_id,
+        provider_message_id=f"{contact_id}:{body.client_message_id}",
+        text=text,
+        channel_account_id=account.id,
+    )
+    return SendOut(
+        message_id=accepted.message_id, conversation_id=accepted.conversation_id, duplicate=accepted.duplicate
+    )
+
+
+def _messages(tenant_id: str, contact_id: str, after: datetime | None) -> MessagesOut:
+    with session_scope() as session:
+        contact = session.scalars(
+            select(Contact).where(
+                Contact.tenant_id == tenant_id, Contact.channel == CHANNEL, Contact.external_id == contact_id
+            )
+        ).first()
+        if contact is None:
+            return MessagesOut(messages=[], cursor=None)
+        stmt = (
+            select(Message)
+            .join(Conversation, Conversation.id == Message.conversation_id)
+            .where(Conversation.tenant_id == tenant_id, Conversation.contact_id == contact.id)
+            .where(Message.status.notin_(["pending", "failed"]))
+            .order_by(Message.created_at)
+        )
+        if after is not None:
+            stmt = stmt.where(Message.created_at > after)
+        rows = session.scalars(stmt.limit(200)).all()
+        out = [
+            WidgetMessage(id=m.id, direction=m.direction, author=m.author, text=m.text, citations=m.citations,
+                          created_at=m.created_at)
+            for m in rows
+        ]
+        return MessagesOut(messages=out, cursor=out[-1].created_at.isoformat() if out else None)
+
+
+@router.get("/widget/v1/{widget_id}/messages", response_model=MessagesOut)
+async def list_messages(
+    widget_id: str,
+    authorization: Annotated[str | None, Header()] = None,
+    after: Annotated[datetime | None, Query(description="Cursor from the previous response.")] = None,
+    wait: Annotated[float, Query(ge=0, le=30, description="Long-poll up to this many seconds.")] = 0,
+) -> MessagesOut:
+    """The visitor's conversation after `after`; with `wait`, holds the request until something new arrives."""
+    contact_id = _visitor(widget_id, authorization)
+    account = await run_in_threadpool(_account, widget_id)
+    deadline = asyncio.get_running_loop().time() + wait
+    while True:
+        result = await run_in_threadpool(_messages, account.tenant_id, contact_id, after)
+        if result.messages or asyncio.get_running_loop().time() >= deadline:
+            if not result.messages:
+                result.cursor = after.isoformat() if after else None
+            return result
+        await asyncio.sleep(0.25)
+
+
+@router.get("/widget/{widget_id}", response_class=HTMLResponse, include_in_schema=False)
+def widget_page(widget_id: str) -> HTMLResponse:
+    account = _account(widget_id)
+    html = (STATIC / "widget.html").read_text(encoding="utf-8")
+    return HTMLResponse(html.replace("{{WIDGET_ID}}", widget_id).replace("{{TITLE}}", account.name or "Chat"))
