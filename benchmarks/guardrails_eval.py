@@ -2,10 +2,10 @@
 
     .venv/bin/python benchmarks/guardrails_eval.py [--data ../shared/data]
 
-PII (presidio_synth, 1,600 sentences): span precision/recall per type we redact (a predicted span counts when it
-overlaps a gold span of the same type) and the leak rate: the fraction of gold PII strings still present verbatim
-in the redacted text, for the types we cover and, for honesty, for all 17 types (names and addresses need NER,
-which we do not ship).
+PII (presidio_synth, 1,600 sentences): span precision/recall per type we redact (a predicted span counts when
+it overlaps a gold span of the same type) and the leak rate: the fraction of gold PII strings still present
+verbatim in the redacted text, for the types we cover and, for honesty, for the types we do not (names and
+addresses need NER, which we do not ship).
 
 Injection: detection rate on the 692 attacks and false-positive rate on the 339 benign trigger-word prompts of
 dev_set.jsonl, and the false-positive rate on banking77's 3,080 benign test queries.
@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.assistant.guardrails import detect_injection, redact_pii  # noqa: E402
+from app.assistant.guardrails import detect_injection, redact_pii
 
 GOLD_TO_OURS = {
     "EMAIL_ADDRESS": "EMAIL",
@@ -52,7 +52,10 @@ def eval_pii(data: Path) -> str:
     for row in rows:
         text = row["full_text"]
         red = redact_pii(text)
-        gold = [(GOLD_TO_OURS.get(s["entity_type"]), (s["start_position"], s["end_position"]), s) for s in row["spans"]]
+        gold = [
+            (GOLD_TO_OURS.get(s["entity_type"]), (s["start_position"], s["end_position"]), s)
+            for s in row["spans"]
+        ]
         for span in red.spans:
             n_pred[span.kind] += 1
             if any(kind == span.kind and _overlap((span.start, span.end), g) for kind, g, _ in gold):
@@ -74,7 +77,8 @@ def eval_pii(data: Path) -> str:
         lines.append(f"| {kind} | {n_gold[kind]} | {n_pred[kind]} | {p:.3f} | {r:.3f} |")
     tot_p = sum(tp_pred.values()) / max(1, sum(n_pred.values()))
     tot_r = sum(tp_gold.values()) / max(1, sum(n_gold.values()))
-    lines.append(f"| **all covered** | {sum(n_gold.values())} | {sum(n_pred.values())} | {tot_p:.3f} | {tot_r:.3f} |")
+    n_all_gold, n_all_pred = sum(n_gold.values()), sum(n_pred.values())
+    lines.append(f"| **all covered** | {n_all_gold} | {n_all_pred} | {tot_p:.3f} | {tot_r:.3f} |")
     lines.append("")
     lines.append("| leak rate (gold string still present after redaction) | spans | leaked |")
     lines.append("|---|---:|---:|")
@@ -83,7 +87,8 @@ def eval_pii(data: Path) -> str:
         lines.append(f"| types we redact ({group}) | {len(vals)} | {sum(vals) / max(1, len(vals)):.3f} |")
     if false_positives:
         lines.append("")
-        lines.append("False positives (first 10): " + "; ".join(f"{k} `{v}`" for k, v, _ in false_positives[:10]))
+        shown = "; ".join(f"{k} `{v}`" for k, v, _ in false_positives[:10])
+        lines.append(f"False positives (first 10): {shown}")
     return "\n".join(lines)
 
 
@@ -100,7 +105,8 @@ def eval_injection(data: Path) -> str:
     for (source, label), flags in sorted(by_source.items()):
         kind = "attack" if label else "benign"
         lines.append(f"| {source} ({kind}) | {len(flags)} | {sum(flags)} | {sum(flags) / len(flags):.3f} |")
-    lines.append(f"| **detection rate** (all attacks) | {len(attacks)} | {sum(attacks)} | {sum(attacks) / len(attacks):.3f} |")
+    lines.append(f"| **detection rate** (all attacks) | {len(attacks)} | {sum(attacks)} | "
+                 f"{sum(attacks) / len(attacks):.3f} |")
     lines.append(f"| **false-positive rate** (NotInject benign) | {len(benign)} | {sum(benign)} | "
                  f"{sum(benign) / len(benign):.3f} |")
     lines.append(f"| **false-positive rate** (banking77 test) | {len(banking)} | {sum(banking)} | "
@@ -109,7 +115,9 @@ def eval_injection(data: Path) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
     args = parser.parse_args()
     if not args.data.is_dir():

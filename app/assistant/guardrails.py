@@ -1,7 +1,7 @@
 """Guardrails: pure, offline checks on customer text and on drafted answers.
 
-* `redact_pii` replaces structured PII (emails, phone numbers, Luhn-valid card numbers, mod-97-valid IBANs, US
-  SSNs, IP addresses) with typed placeholders before text is stored in logs, sent to an LLM or shown to reviewers.
+* `redact_pii` replaces structured PII (emails, phone numbers, Luhn-valid card numbers, mod-97-valid IBANs,
+  US SSNs, IP addresses) with typed placeholders before text is logged, sent to an LLM or shown to reviewers.
   Names and street addresses need a named-entity model; Presidio would bring spaCy plus a model that is not an
   official PyPI package, and nothing may be downloaded at run time, so those are left alone (measured in
   benchmarks/guardrails_eval.py). URLs are not redacted: in support chats they are product or order links.
@@ -65,7 +65,8 @@ _DATETIME = re.compile(
 )
 # A short digit pair before a street name or after "Apt."/"Suite" is a house number, not a phone number.
 _STREET_AFTER = re.compile(
-    r"^,?[ \t]+(?:\w+[ \t]+){0,2}(?:street|st|avenue|ave|road|rd|drive|dr|lane|ln|close|square|way|boulevard|blvd)\b",
+    r"^,?[ \t]+(?:\w+[ \t]+){0,2}"
+    r"(?:street|st|avenue|ave|road|rd|drive|dr|lane|ln|close|square|way|boulevard|blvd)\b",
     re.IGNORECASE,
 )
 _CAPITALISED_AFTER = re.compile(r"^,?[ \t]+[A-Z][a-z]")
@@ -111,10 +112,8 @@ def _phone_valid(candidate: str) -> bool:
     digits = re.sub(r"\D", "", candidate.split("x")[0].split("ext")[0])
     if not 7 <= len(digits) <= 15:
         return False
-    if _DATE_LIKE.match(candidate.strip()):
-        return False  # 2024-05-01, 12.03.2023
-    # Money and decimals ("1,250.00", "3.5") never reach here; plain digit runs need 10+ digits (regex).
-    return True
+    # 2024-05-01, 12.03.2023. Plain digit runs need 10+ digits (regex), so order numbers stay readable.
+    return not _DATE_LIKE.match(candidate.strip())
 
 
 def _house_number(text: str, m: re.Match[str]) -> bool:
@@ -201,8 +200,9 @@ _INJECTION_RULES: list[tuple[str, float, re.Pattern[str]]] = [
         re.compile(
             r"\b(?:ignore|disregard|forget|override|bypass|skip)\b[^.!?\n]{0,40}?\b(?:all\s+|any\s+|the\s+|your\s+|my\s+)?"
             r"(?:previous|prior|above|earlier|preceding|original|initial|old|system|safety|pre-?programmed)?\s*"
-            r"(?:instructions?|prompts?|rules|guidelines|directives|programming|restrictions|policies|"
-            r"everything\s+(?:before|above|you\s+(?:were|have\s+been)\s+told))\b",
+            r"(?:instructions?|prompts?|rules|guidelines|directives|programming|restrictions|policies|messages|"
+            r"conversation|context|everything\s+(?:before|above|from|you\s+(?:were|have\s+been)\s+told)|"
+            r"what\s+you\s+(?:were|have\s+been)\s+told)\b",
             _I,
         ),
     ),
@@ -213,8 +213,12 @@ _INJECTION_RULES: list[tuple[str, float, re.Pattern[str]]] = [
             r"\b(?:reveal|show|print|repeat|output|display|dump|leak|tell\s+me|give\s+me|what\s+(?:is|are|was|were))\b"
             r"[^.!?\n]{0,30}?\b(?:your|the)\s+(?:(?:initial|original|hidden|secret|full|exact|system|first)\s+)*"
             r"(?:system\s+prompt|prompt|instructions|system\s+message|rules\s+you\s+were\s+given)"
-            r"|\b(?:repeat|print|output)\b[^.!?\n]{0,30}\b(?:words|text|everything)\s+above\b"
-            r"|\bsystem\s+prompt\b",
+            r"|\b(?:repeat|print|output)\b[^.!?\n]{0,30}\b(?:words|text|everything|conversation)\s+(?:above|back)\b"
+            r"|\b(?:repeat|print|output)\s+the\s+above\b"
+            r"|\bsystem[\s_]?(?:prompt|configuration|instructions|message)\b|\bsystemPrompt\b"
+            r"|\b(?:initial|starting|original|hidden|secret|pre-?prompt)\s+(?:instructions|prompt|configuration)\b"
+            r"|\binitiali[sz]ation\s+(?:string|prompt)\b"
+            r"|\b(?:what\s+were\s+you\s+told|I\s+was\s+instructed\s+to|my\s+instructions\s+are)\b",
             _I,
         ),
     ),
@@ -235,7 +239,9 @@ _INJECTION_RULES: list[tuple[str, float, re.Pattern[str]]] = [
             r"(?:act|be|pretend))|you\s+will\s+(?:now\s+)?(?:act|pretend|respond|answer|roleplay)\s+as|"
             r"(?:act|behave|respond)\s+as\s+(?:if\s+you\s+(?:were|are)|an?\s+(?:AI|assistant|chatbot|character))|"
             r"pretend\s+(?:to\s+be|you\s+are)|role-?play\s+as|stay\s+in\s+character|"
-            r"simulate\s+(?:an?\s+)?(?:AI|chatbot|character))",
+            r"simulate\s+(?:an?\s+)?(?:AI|chatbot|character)|(?:play|take\s+on|assume)\s+the\s+role\s+of|(?:have|do)\s+a\s+role-?play\b|you\s+(?:now\s+)?act\s+as|let'?s\s+play\s+a\s+game|"
+            r"(?:never|don'?t|do\s+not)\s+break\s+character|(?:now\s+)?acts?\s+like\s+(?:you\s+are\s+)?an?\b|"
+            r"(?:respond|answer|reply)\s+(?:only\s+)?as\s+(?:if\s+you\s+were\s+)?[A-Z\"])",
             _I,
         ),
     ),
@@ -246,7 +252,10 @@ _INJECTION_RULES: list[tuple[str, float, re.Pattern[str]]] = [
             r"\b(?:no|without(?:\s+any)?|free\s+(?:from|of)|not\s+bound\s+by|beyond|break(?:ing)?\s+(?:free\s+of|out\s+of)?)"
             r"\s+(?:any\s+|the\s+|its\s+|your\s+)?(?:typical\s+|usual\s+)?(?:rules|restrictions|limitations|limits|"
             r"filters?|filtering|censorship|guidelines|boundaries|morals|ethics|constraints|confines)\b"
-            r"|\bnever\s+(?:refuses?|declines?)\b|\b(?:amoral|unfiltered|uncensored)\b"
+            r"|\b(?:never|cannot|can'?t|won'?t)\s+(?:refuse|decline)s?\b|\b(?:amoral|unfiltered|uncensored)\b"
+            r"|\bwithout\s+(?:any\s+)?regard\s+(?:for|to)\b|\bregardless\s+of\s+(?:its\s+|the\s+)?(?:ethic|moral|legal)"
+            r"|\b(?:does\s+not|doesn't|don't|do\s+not)\s+have\s+(?:a|any)\s+(?:content\s+)?(?:filter|restrictions|limits)"
+            r"|\bunrestricted\s+(?:access|AI|mode|version)\b"
             r"|\b(?:openai|anthropic)(?:'s)?\s+(?:content\s+)?polic(?:y|ies)\b"
             r"|\bdoes(?:n't|\s+not)\s+(?:give\s+a\s+\w+|care)\s+about\s+(?:ethic|moral|legal|rules)",
             _I,
@@ -277,7 +286,10 @@ _INJECTION_RULES: list[tuple[str, float, re.Pattern[str]]] = [
     ),
 ]
 _BASE64 = re.compile(r"(?<![A-Za-z0-9+/])[A-Za-z0-9+/]{40,}={0,2}(?![A-Za-z0-9+/=])")
-_SECOND_PERSON = re.compile(r"\byou(?:'ll|\s+will|\s+must|\s+are|\s+should|\s+can|\s+have\s+to)\b|\byour\s+(?:responses?|answers?|replies)\b", _I)
+_SECOND_PERSON = re.compile(
+    r"\byou(?:'ll|\s+will|\s+must|\s+are|\s+should|\s+can|\s+have\s+to)\b|\byour\s+(?:responses?|answers?|replies)\b",
+    _I,
+)
 FLAG_THRESHOLD = 1.0
 
 
@@ -308,10 +320,12 @@ def detect_injection(text: str) -> InjectionVerdict:
     # A customer question is short; a long message that keeps telling the assistant what it "will" and "must"
     # do is rewriting its instructions, whatever words it uses.
     directives = len(_SECOND_PERSON.findall(text))
-    if len(text) > 500 and directives >= 4:
+    if len(text) > 400 and directives >= 3:
         rules.append("instruction_rewrite")
         score += 0.6
-    return InjectionVerdict(flagged=score >= FLAG_THRESHOLD, score=round(min(score, 3.0) / 3.0, 3), rules=rules)
+    # `score` is the weighted sum squashed into 0..1 (three strong signals = 1.0); `flagged` uses the raw sum.
+    squashed = round(min(score, 3.0) / 3.0, 3)
+    return InjectionVerdict(flagged=score >= FLAG_THRESHOLD, score=squashed, rules=rules)
 
 
 # ----------------------------------------------------------------------------------------- tenant policy
