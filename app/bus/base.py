@@ -1,29 +1,70 @@
 """The event bus: one interface, two implementations (Redis Streams for scale-out, in-process for embedded).
 
 Streams are per tenant and per topic: `sb:{topic}:{tenant_id}`. A consumer group reads a topic across every
-tenant's stream, so one noisy tenant cannot hide another's messages behind it, and no stream holds two tenants.
+tenant's stream, so one noisy tenant cannot hide another's messages behind it, and no stream holds two
+tenants.
 
 Semantics (both implementations, checked by tests/bus/test_contract.py):
 - at-least-once: an entry stays pending for its group until `ack`; a consumer that dies holding entries loses
   them to `claim_stale` by another consumer once they have been idle for `min_idle_ms`;
 - `Delivery.deliveries` counts how often the entry was handed out; the consumer runner dead-letters an entry
   after `max_deliveries` with the reason of its last failure (`sb:{topic}:{tenant_id}:dead`);
-- reads and acks are batched; streams are trimmed to roughly `maxlen` entries.
+- reads and acks are batched; streams are trimmed to roughly `maxlen` entries;
+- a group created on a stream starts at its beginning, so entries published before any consumer existed are
+  delivered too (no silent drops); handlers must be idempotent anyway.
+
+Topic and tenant ids are restricted to `[A-Za-z0-9][A-Za-z0-9_.-]*`, so no tenant id can spell another key
+(e.g. `acme:dead`), and keys under `{namespace}:_` are free for the bus's own bookkeeping.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+DEFAULT_NAMESPACE = "sb"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
-def stream_key(topic: str, tenant_id: str) -> str:
-    return f"sb:{topic}:{tenant_id}"
+
+def check_name(kind: str, value: str) -> str:
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
+        raise ValueError(
+            f"invalid {kind} {value!r}: use letters, digits, '_', '.' and '-' (no ':'), starting alphanumeric"
+        )
+    return value
 
 
-def dead_key(topic: str, tenant_id: str) -> str:
-    return f"sb:{topic}:{tenant_id}:dead"
+def stream_key(topic: str, tenant_id: str, namespace: str = DEFAULT_NAMESPACE) -> str:
+    return f"{namespace}:{check_name('topic', topic)}:{check_name('tenant id', tenant_id)}"
+
+
+def dead_key(topic: str, tenant_id: str, namespace: str = DEFAULT_NAMESPACE) -> str:
+    return stream_key(topic, tenant_id, namespace) + ":dead"
+
+
+def check_fields(fields: dict[str, str]) -> dict[str, str]:
+    """Entries are flat string maps (what Redis stores); reject anything that would not round-trip."""
+    if not fields:
+        raise ValueError("a bus entry needs at least one field")
+    for k, v in fields.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise TypeError(f"bus entry fields must be str -> str, got {k!r}: {type(v).__name__}")
+    return fields
+
+
+class BusUnavailable(Exception):
+    """The bus cannot be reached right now (connection refused, timeout). Retry later; nothing was lost."""
+
+
+class PermanentFailure(Exception):
+    """Raised by a handler for an entry that can never succeed (bad payload, unknown event version):
+    the consumer dead-letters it at once with `reason` instead of retrying."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -33,10 +74,11 @@ class Delivery:
     id: str  # the stream entry id
     fields: dict[str, str]
     deliveries: int = 1  # 1 on the first delivery
+    namespace: str = DEFAULT_NAMESPACE
 
     @property
     def stream(self) -> str:
-        return stream_key(self.topic, self.tenant_id)
+        return stream_key(self.topic, self.tenant_id, self.namespace)
 
 
 @dataclass(frozen=True)
@@ -47,12 +89,13 @@ class DeadLetter:
     fields: dict[str, str]
     reason: str
     deliveries: int
-    extra: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, str] = field(default_factory=dict)  # group, dead_at (ISO 8601)
 
 
 class Bus(Protocol):
     def publish(self, topic: str, tenant_id: str, fields: dict[str, str]) -> str:
-        """Append an entry to the tenant's stream for `topic`; returns the entry id. Durable when it returns."""
+        """Append an entry to the tenant's stream for `topic`; returns the entry id. Durable when it
+        returns."""
         ...
 
     def ensure_group(self, topic: str, group: str) -> None:
@@ -60,7 +103,8 @@ class Bus(Protocol):
         ...
 
     def read(self, topic: str, group: str, consumer: str, *, count: int, block_ms: int) -> list[Delivery]:
-        """New entries (never delivered to this group) across all tenants' streams of `topic`."""
+        """New entries (never delivered to this group) across all tenants' streams of `topic`, at most
+        `count`, shared fairly between tenants. Waits up to `block_ms` for one (`block_ms <= 0`: no wait)."""
         ...
 
     def claim_stale(
@@ -80,8 +124,20 @@ class Bus(Protocol):
     def dead_letters(self, topic: str, tenant_id: str, *, count: int = 100) -> list[DeadLetter]:
         ...
 
+    def record_failure(self, group: str, delivery: Delivery, reason: str) -> None:
+        """Remember why handling `delivery` failed, so whichever consumer reclaims it later (maybe in another
+        process) can dead-letter it with that reason. Forgotten on ack or dead-letter."""
+        ...
+
+    def last_failure(self, group: str, delivery: Delivery) -> str | None:
+        ...
+
     def pending_count(self, topic: str, group: str) -> int:
         """Entries delivered to the group but not acknowledged, across tenants."""
+        ...
+
+    def stream_length(self, topic: str, tenant_id: str) -> int:
+        """Entries currently in the tenant's stream (acknowledged or not; trimming bounds it)."""
         ...
 
     def close(self) -> None:

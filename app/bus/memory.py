@@ -1,0 +1,216 @@
+"""The in-process bus for embedded mode: the semantics of `RedisStreamsBus`, in memory, thread-safe.
+
+Everything lives in one process (gateway, orchestrator thread, CLI), so "durable when `publish` returns" holds
+only as long as the process does; the database rows the events point at are the durable record.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from app.bus.base import (
+    DEFAULT_NAMESPACE,
+    DeadLetter,
+    Delivery,
+    check_fields,
+    check_name,
+)
+
+TRIMMED_REASON = "entry was trimmed from the stream (maxlen) before it was acknowledged; its fields are lost"
+
+
+@dataclass
+class _Stream:
+    entries: dict[str, dict[str, str]] = field(default_factory=dict)
+    order: deque[str] = field(default_factory=deque)
+    first_seq: int = 0  # absolute position of order[0]; groups keep absolute cursors so trimming is O(1)
+
+
+@dataclass
+class _Pending:
+    consumer: str
+    deliveries: int
+    delivered_at: float  # time.monotonic()
+
+
+@dataclass
+class _Group:
+    cursors: dict[str, int] = field(default_factory=dict)  # tenant -> next absolute position to deliver
+    pending: dict[tuple[str, str], _Pending] = field(default_factory=dict)  # (tenant, id) -> state
+    failures: dict[tuple[str, str], str] = field(default_factory=dict)
+
+
+class MemoryBus:
+    def __init__(self, *, maxlen: int = 100_000) -> None:
+        if maxlen < 1:
+            raise ValueError("maxlen must be at least 1")
+        self.maxlen = maxlen
+        self._cond = threading.Condition()
+        self._streams: dict[str, dict[str, _Stream]] = {}  # topic -> tenant -> stream
+        self._groups: dict[str, dict[str, _Group]] = {}  # topic -> group name -> state
+        self._dead: dict[tuple[str, str], list[DeadLetter]] = {}
+        self._last_ms = 0
+        self._seq = 0
+        self._rotation = itertools.count()
+
+    # -- writing ---------------------------------------------------------------------------------------
+    def publish(self, topic: str, tenant_id: str, fields: dict[str, str]) -> str:
+        check_name("topic", topic)
+        check_name("tenant id", tenant_id)
+        entry = dict(check_fields(fields))
+        with self._cond:
+            entry_id = self._next_id()
+            stream = self._streams.setdefault(topic, {}).setdefault(tenant_id, _Stream())
+            stream.entries[entry_id] = entry
+            stream.order.append(entry_id)
+            while len(stream.order) > self.maxlen:
+                del stream.entries[stream.order.popleft()]
+                stream.first_seq += 1
+            self._cond.notify_all()
+        return entry_id
+
+    def _next_id(self) -> str:
+        # Redis-style "ms-seq" ids, strictly increasing even if the wall clock steps back.
+        now = int(time.time() * 1000)
+        if now > self._last_ms:
+            self._last_ms, self._seq = now, 0
+        else:
+            self._seq += 1
+        return f"{self._last_ms}-{self._seq}"
+
+    # -- groups and reading ----------------------------------------------------------------------------
+    def ensure_group(self, topic: str, group: str) -> None:
+        check_name("topic", topic)
+        with self._cond:
+            self._group(topic, group)
+
+    def _group(self, topic: str, group: str) -> _Group:
+        return self._groups.setdefault(topic, {}).setdefault(group, _Group())
+
+    def read(self, topic: str, group: str, consumer: str, *, count: int, block_ms: int) -> list[Delivery]:
+        deadline = time.monotonic() + max(block_ms, 0) / 1000
+        with self._cond:
+            state = self._group(topic, group)
+            while True:
+                out = self._take_new(topic, state, consumer, count)
+                remaining = deadline - time.monotonic()
+                if out or remaining <= 0:
+                    return out
+                self._cond.wait(remaining)
+
+    def _take_new(self, topic: str, state: _Group, consumer: str, count: int) -> list[Delivery]:
+        streams = self._streams.get(topic, {})
+        tenants = list(streams)
+        if not tenants:
+            return []
+        # Round-robin one entry at a time from a rotating start, so a busy tenant cannot starve the others.
+        start = next(self._rotation) % len(tenants)
+        tenants = tenants[start:] + tenants[:start]
+        out: list[Delivery] = []
+        now = time.monotonic()
+        while len(out) < count:
+            progressed = False
+            for tenant in tenants:
+                if len(out) >= count:
+                    break
+                stream = streams[tenant]
+                pos = max(state.cursors.get(tenant, 0), stream.first_seq)
+                if pos - stream.first_seq >= len(stream.order):
+                    continue
+                entry_id = stream.order[pos - stream.first_seq]
+                state.cursors[tenant] = pos + 1
+                state.pending[(tenant, entry_id)] = _Pending(consumer, 1, now)
+                out.append(_delivery(topic, tenant, entry_id, stream.entries[entry_id], 1))
+                progressed = True
+            if not progressed:
+                break
+        return out
+
+    def claim_stale(
+        self, topic: str, group: str, consumer: str, *, min_idle_ms: int, count: int
+    ) -> list[Delivery]:
+        with self._cond:
+            state = self._group(topic, group)
+            now = time.monotonic()
+            streams = self._streams.get(topic, {})
+            out: list[Delivery] = []
+            trimmed: list[tuple[str, str, int]] = []
+            for (tenant, entry_id), pending in list(state.pending.items()):
+                if len(out) >= count:
+                    break
+                if (now - pending.delivered_at) * 1000 < min_idle_ms:
+                    continue
+                entry = streams[tenant].entries.get(entry_id)
+                if entry is None:  # trimmed while pending: like XAUTOCLAIM, drop it from the PEL
+                    del state.pending[(tenant, entry_id)]
+                    trimmed.append((tenant, entry_id, pending.deliveries))
+                    continue
+                pending.consumer, pending.delivered_at = consumer, now
+                pending.deliveries += 1
+                out.append(_delivery(topic, tenant, entry_id, entry, pending.deliveries))
+            for tenant, entry_id, deliveries in trimmed:
+                self._add_dead(DeadLetter(topic, tenant, entry_id, {}, TRIMMED_REASON, deliveries,
+                                          {"group": group, "dead_at": _now_iso()}))
+            return out
+
+    # -- settling --------------------------------------------------------------------------------------
+    def ack(self, group: str, deliveries: Sequence[Delivery]) -> None:
+        with self._cond:
+            for d in deliveries:
+                state = self._groups.get(d.topic, {}).get(group)
+                if state is not None:
+                    state.pending.pop((d.tenant_id, d.id), None)
+                    state.failures.pop((d.tenant_id, d.id), None)
+
+    def dead_letter(self, group: str, delivery: Delivery, reason: str) -> None:
+        with self._cond:
+            self._add_dead(DeadLetter(delivery.topic, delivery.tenant_id, delivery.id, dict(delivery.fields),
+                                      reason, delivery.deliveries, {"group": group, "dead_at": _now_iso()}))
+            self.ack(group, [delivery])
+
+    def _add_dead(self, letter: DeadLetter) -> None:
+        letters = self._dead.setdefault((letter.topic, letter.tenant_id), [])
+        letters.append(letter)
+        del letters[: max(len(letters) - self.maxlen, 0)]
+
+    def dead_letters(self, topic: str, tenant_id: str, *, count: int = 100) -> list[DeadLetter]:
+        with self._cond:
+            return list(self._dead.get((topic, tenant_id), [])[:count])
+
+    def record_failure(self, group: str, delivery: Delivery, reason: str) -> None:
+        with self._cond:
+            self._group(delivery.topic, group).failures[(delivery.tenant_id, delivery.id)] = reason
+
+    def last_failure(self, group: str, delivery: Delivery) -> str | None:
+        with self._cond:
+            return self._group(delivery.topic, group).failures.get((delivery.tenant_id, delivery.id))
+
+    # -- introspection ---------------------------------------------------------------------------------
+    def pending_count(self, topic: str, group: str) -> int:
+        with self._cond:
+            state = self._groups.get(topic, {}).get(group)
+            return len(state.pending) if state else 0
+
+    def stream_length(self, topic: str, tenant_id: str) -> int:
+        with self._cond:
+            stream = self._streams.get(topic, {}).get(tenant_id)
+            return len(stream.order) if stream else 0
+
+    def close(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+
+def _delivery(topic: str, tenant: str, entry_id: str, fields: dict[str, str], n: int) -> Delivery:
+    return Delivery(topic, tenant, entry_id, dict(fields), n, DEFAULT_NAMESPACE)
+
+
+def _now_iso() -> str:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).isoformat()

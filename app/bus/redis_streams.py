@@ -1,0 +1,300 @@
+"""The scale-out bus: one Redis Stream per (topic, tenant), consumer groups, batched reads and acks.
+
+Keys (`ns` is the namespace, "sb" in production):
+- `{ns}:{topic}:{tenant}`            the tenant's stream, trimmed with MAXLEN ~ maxlen
+- `{ns}:{topic}:{tenant}:dead`       its dead letters: one JSON field `dl` per entry (original fields inside)
+- `{ns}:_streams:{topic}`            SET of tenant ids that have a stream: readers discover new tenants here
+- `{ns}:_fail:{topic}:{group}:{tenant}:{id}`  last failure reason of a pending entry, with a TTL
+
+A reader re-reads the registry every `registry_refresh_s` and creates its group (from id 0) on newly seen
+streams, then reads all streams of the topic with one XREADGROUP.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar, cast
+
+import redis
+
+from app.bus.base import BusUnavailable, DeadLetter, Delivery, check_fields, check_name, dead_key, stream_key
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+FAILURE_TTL_S = 7 * 24 * 3600
+# Reply shapes with decode_responses=True (redis-py's own annotations cover bytes and async clients too).
+_Entries = list[tuple[str, dict[str, str]]]
+_StreamsReply = list[tuple[str, _Entries]]
+TRIMMED_REASON = "entry was trimmed from the stream (maxlen) before it was acknowledged; its fields are lost"
+
+
+def _translate_errors(fn: Callable[..., T]) -> Callable[..., T]:
+    """Callers see one typed error for "Redis is unreachable", whatever redis-py raised."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise BusUnavailable(f"Redis unreachable ({exc}); check REDIS_URL and that Redis runs") from exc
+
+    return wrapper
+
+
+class RedisStreamsBus:
+    def __init__(
+        self,
+        url: str,
+        *,
+        namespace: str = "sb",
+        maxlen: int = 100_000,
+        registry_refresh_s: float = 1.0,
+        socket_timeout_s: float = 30.0,
+    ) -> None:
+        self.namespace = namespace
+        self.maxlen = maxlen
+        self.registry_refresh_s = registry_refresh_s
+        self._socket_timeout_s = socket_timeout_s
+        self._redis = redis.Redis.from_url(
+            url, decode_responses=True, socket_timeout=socket_timeout_s, socket_connect_timeout=5,
+            socket_keepalive=True, health_check_interval=30,
+        )
+        self._lock = threading.Lock()
+        self._tenants: dict[str, set[str]] = {}  # topic -> tenants with a stream
+        self._refreshed_at: dict[str, float] = {}
+        self._groups: dict[tuple[str, str], set[str]] = {}  # (topic, group) -> tenants where the group exists
+        self._cursor = 0  # rotates the window of streams read when there are more streams than `count`
+
+    # -- keys ------------------------------------------------------------------------------------------
+    def stream_key(self, topic: str, tenant_id: str) -> str:
+        return stream_key(topic, tenant_id, self.namespace)
+
+    def dead_key(self, topic: str, tenant_id: str) -> str:
+        return dead_key(topic, tenant_id, self.namespace)
+
+    def _registry_key(self, topic: str) -> str:
+        return f"{self.namespace}:_streams:{check_name('topic', topic)}"
+
+    def _failure_key(self, group: str, d: Delivery) -> str:
+        return f"{self.namespace}:_fail:{d.topic}:{group}:{d.tenant_id}:{d.id}"
+
+    def _delivery(self, topic: str, tenant: str, entry_id: str, fields: dict[str, str], n: int) -> Delivery:
+        return Delivery(topic, tenant, entry_id, fields, n, self.namespace)
+
+    # -- writing ---------------------------------------------------------------------------------------
+    @_translate_errors
+    def publish(self, topic: str, tenant_id: str, fields: dict[str, str]) -> str:
+        key = self.stream_key(topic, tenant_id)
+        pipe = self._redis.pipeline(transaction=True)  # never a stream the registry does not know about
+        pipe.xadd(key, cast(Any, check_fields(fields)), maxlen=self.maxlen, approximate=True)
+        pipe.sadd(self._registry_key(topic), tenant_id)
+        entry_id, _ = pipe.execute()
+        with self._lock:
+            self._tenants.setdefault(topic, set()).add(tenant_id)
+        return str(entry_id)
+
+    # -- groups ----------------------------------------------------------------------------------------
+    @_translate_errors
+    def ensure_group(self, topic: str, group: str) -> None:
+        self._streams_for(topic, group, force_refresh=True)
+
+    def _streams_for(self, topic: str, group: str, *, force_refresh: bool = False) -> list[str]:
+        """The topic's tenants, with `group` created on each of their streams."""
+        with self._lock:
+            stale = time.monotonic() - self._refreshed_at.get(topic, float("-inf")) > self.registry_refresh_s
+        if stale or force_refresh:
+            members = cast(set[str], self._redis.smembers(self._registry_key(topic)))
+            with self._lock:
+                self._tenants.setdefault(topic, set()).update(members)
+                self._refreshed_at[topic] = time.monotonic()
+        with self._lock:
+            tenants = sorted(self._tenants.get(topic, ()))
+            missing = [t for t in tenants if t not in self._groups.get((topic, group), set())]
+        if missing:
+            self._create_groups(topic, group, missing)
+        return tenants
+
+    def _create_groups(self, topic: str, group: str, tenants: list[str]) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        for tenant in tenants:
+            # From id 0: entries published before this group existed are delivered too.
+            pipe.xgroup_create(self.stream_key(topic, tenant), group, id="0", mkstream=True)
+        for result in pipe.execute(raise_on_error=False):
+            if isinstance(result, Exception) and "BUSYGROUP" not in str(result):
+                raise result
+        with self._lock:
+            self._groups.setdefault((topic, group), set()).update(tenants)
+
+    def _forget_groups(self, topic: str, group: str) -> None:
+        with self._lock:
+            self._groups.pop((topic, group), None)
+
+    # -- reading ---------------------------------------------------------------------------------------
+    @_translate_errors
+    def read(self, topic: str, group: str, consumer: str, *, count: int, block_ms: int) -> list[Delivery]:
+        tenants = self._streams_for(topic, group)
+        if not tenants:
+            if block_ms > 0:  # nothing to block on yet; wait as a blocking read would, then look again
+                time.sleep(min(block_ms / 1000, self.registry_refresh_s))
+            return []
+        # Block no longer than the registry refresh, so a new tenant's stream is picked up promptly, and
+        # well inside the socket timeout.
+        block = min(block_ms, int(self.registry_refresh_s * 1000), int(self._socket_timeout_s * 500))
+        try:
+            if len(tenants) <= count:
+                return self._xreadgroup(topic, group, consumer, tenants, count // len(tenants), block)
+            return self._read_windows(topic, group, consumer, tenants, count, block)
+        except redis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            # A stream or group vanished (deleted by an operator): recreate on the next read.
+            log.warning("consumer group %s missing on a %s stream; recreating it", group, topic)
+            self._forget_groups(topic, group)
+            return []
+
+    def _read_windows(
+        self, topic: str, group: str, consumer: str, tenants: list[str], count: int, block: int
+    ) -> list[Delivery]:
+        """More streams than `count`: read windows of `count` streams, one entry each, so a batch never
+        holds more than `count` entries (they would idle towards `claim_idle_ms` while the batch is worked
+        through, and be claimed by another consumer)."""
+        for _ in range(0, len(tenants), count):
+            with self._lock:
+                start = self._cursor % len(tenants)
+                self._cursor = start + count
+            window = (tenants[start:] + tenants[:start])[:count]
+            out = self._xreadgroup(topic, group, consumer, window, 1, None)
+            if out:
+                return out
+        # All empty: block on every stream; Redis answers with the one stream that woke it up.
+        return self._xreadgroup(topic, group, consumer, tenants, 1, block)
+
+    def _xreadgroup(
+        self, topic: str, group: str, consumer: str, tenants: list[str], per_stream: int, block: int | None
+    ) -> list[Delivery]:
+        keys = {self.stream_key(topic, t): t for t in tenants}
+        streams = cast(Any, dict.fromkeys(keys, ">"))
+        wait = block if block and block > 0 else None  # BLOCK 0 would mean "forever" to Redis
+        reply = cast(_StreamsReply | None,
+                     self._redis.xreadgroup(group, consumer, streams, count=per_stream, block=wait))
+        return [
+            self._delivery(topic, keys[key], entry_id, fields, 1)
+            for key, entries in (reply or [])
+            for entry_id, fields in entries
+        ]
+
+    @_translate_errors
+    def claim_stale(
+        self, topic: str, group: str, consumer: str, *, min_idle_ms: int, count: int
+    ) -> list[Delivery]:
+        tenants = self._streams_for(topic, group)
+        if not tenants:
+            return []
+        pipe = self._redis.pipeline(transaction=False)
+        for tenant in tenants:
+            pipe.xpending(self.stream_key(topic, tenant), group)
+        with_pending = [t for t, s in zip(tenants, pipe.execute(raise_on_error=False), strict=True)
+                        if isinstance(s, dict) and s.get("pending")]
+        claimed: list[tuple[str, str, dict[str, str]]] = []
+        for tenant in with_pending:
+            if len(claimed) >= count:
+                break
+            key = self.stream_key(topic, tenant)
+            _, entries, deleted = self._redis.xautoclaim(
+                key, group, consumer, min_idle_ms, "0-0", count=count - len(claimed)
+            )[:3]
+            claimed.extend((tenant, entry_id, fields) for entry_id, fields in entries)
+            for entry_id in deleted:  # trimmed while pending; Redis has dropped it from the PEL
+                self._dead_letter_trimmed(topic, group, tenant, entry_id)
+        if not claimed:
+            return []
+        # XAUTOCLAIM just incremented each entry's delivery count; XPENDING reports the new value.
+        pipe = self._redis.pipeline(transaction=False)
+        for tenant, entry_id, _ in claimed:
+            pipe.xpending_range(self.stream_key(topic, tenant), group, entry_id, entry_id, 1)
+        counts = [rows[0]["times_delivered"] if rows else 1 for rows in pipe.execute()]
+        return [self._delivery(topic, tenant, entry_id, fields, int(n))
+                for (tenant, entry_id, fields), n in zip(claimed, counts, strict=True)]
+
+    # -- settling --------------------------------------------------------------------------------------
+    @_translate_errors
+    def ack(self, group: str, deliveries: Sequence[Delivery]) -> None:
+        if not deliveries:
+            return
+        by_stream: dict[str, list[str]] = {}
+        for d in deliveries:
+            by_stream.setdefault(self.stream_key(d.topic, d.tenant_id), []).append(d.id)
+        pipe = self._redis.pipeline(transaction=False)
+        for key, ids in by_stream.items():
+            pipe.xack(key, group, *ids)
+        retried = [self._failure_key(group, d) for d in deliveries if d.deliveries > 1]
+        if retried:  # only redelivered entries can have a recorded failure
+            pipe.delete(*retried)
+        pipe.execute()
+
+    @_translate_errors
+    def dead_letter(self, group: str, delivery: Delivery, reason: str) -> None:
+        letter = {"dl": json.dumps({
+            "original_id": delivery.id, "reason": reason, "deliveries": delivery.deliveries,
+            "group": group, "dead_at": datetime.now(UTC).isoformat(), "fields": delivery.fields,
+        })}
+        pipe = self._redis.pipeline(transaction=True)  # copied and acked together, or neither
+        pipe.xadd(self.dead_key(delivery.topic, delivery.tenant_id), cast(Any, letter),
+                  maxlen=self.maxlen, approximate=True)
+        pipe.xack(self.stream_key(delivery.topic, delivery.tenant_id), group, delivery.id)
+        pipe.delete(self._failure_key(group, delivery))
+        pipe.execute()
+        log.warning("dead-lettered %s entry %s of tenant %s after %d deliveries: %s",
+                    delivery.topic, delivery.id, delivery.tenant_id, delivery.deliveries, reason)
+
+    def _dead_letter_trimmed(self, topic: str, group: str, tenant: str, entry_id: str) -> None:
+        self.dead_letter(group, self._delivery(topic, tenant, entry_id, {}, 0), TRIMMED_REASON)
+
+    @_translate_errors
+    def dead_letters(self, topic: str, tenant_id: str, *, count: int = 100) -> list[DeadLetter]:
+        out = []
+        entries = cast(_Entries, self._redis.xrange(self.dead_key(topic, tenant_id), count=count))
+        for _, raw in entries:
+            data = json.loads(raw["dl"])
+            out.append(DeadLetter(
+                topic, tenant_id, data["original_id"], data["fields"], data["reason"],
+                int(data["deliveries"]),
+                {"group": data["group"], "dead_at": data["dead_at"]},
+            ))
+        return out
+
+    @_translate_errors
+    def record_failure(self, group: str, delivery: Delivery, reason: str) -> None:
+        self._redis.set(self._failure_key(group, delivery), reason, ex=FAILURE_TTL_S)
+
+    @_translate_errors
+    def last_failure(self, group: str, delivery: Delivery) -> str | None:
+        return cast(str | None, self._redis.get(self._failure_key(group, delivery)))
+
+    # -- introspection ---------------------------------------------------------------------------------
+    @_translate_errors
+    def pending_count(self, topic: str, group: str) -> int:
+        tenants = self._streams_for(topic, group)
+        pipe = self._redis.pipeline(transaction=False)
+        for tenant in tenants:
+            pipe.xpending(self.stream_key(topic, tenant), group)
+        return sum(s["pending"] for s in pipe.execute(raise_on_error=False) if isinstance(s, dict))
+
+    @_translate_errors
+    def stream_length(self, topic: str, tenant_id: str) -> int:
+        return int(self._redis.xlen(self.stream_key(topic, tenant_id)))
+
+    @_translate_errors
+    def tenants(self, topic: str) -> list[str]:
+        """Tenants that have a stream for `topic` (from the registry)."""
+        return sorted(cast(set[str], self._redis.smembers(self._registry_key(topic))))
+
+    def close(self) -> None:
+        self._redis.close()
