@@ -1,0 +1,155 @@
+"""Chat prompts for the LLM path, and parsing of what the LLM answers.
+
+The system prompt carries the brand persona, the rules and the numbered, fenced knowledge passages; each customer
+turn is a user message whose text sits between `<customer_message>` tags. Anything that could close a fence
+early (`</passage>` inside a passage, `</customer_message>` typed by a customer) is neutralised, so injected text
+stays data. The model signals "I can't answer from these passages" with the exact token `<<ESCALATE>>`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import jinja2
+
+ESCALATE_TOKEN = "<<ESCALATE>>"
+# A citation group: [1], [1][2], [1, 2] or [1,2,3].
+_CITATION = re.compile(r"\[(\d{1,2}(?:\s*,\s*\d{1,2})*)\]")
+
+
+class PassageLike(Protocol):
+    """What retrieval hands over (app.knowledge.retrieval.Passage satisfies this)."""
+
+    @property
+    def chunk_id(self) -> str: ...
+    @property
+    def document(self) -> str: ...
+    @property
+    def heading(self) -> str: ...
+    @property
+    def text(self) -> str: ...
+    @property
+    def score(self) -> float: ...
+
+
+@dataclass
+class Draft:
+    """An answer before guardrails and the send/escalate decision.
+
+    `citations` are in the order the text numbers them: `[1]` in `text` is `citations[0]`.
+    """
+
+    text: str
+    citations: list[dict[str, Any]] = field(default_factory=list)
+    confidence: float = 0.0
+    escalate: bool = False
+    reason: str | None = None
+
+
+DEFAULT_PERSONA: dict[str, str] = {
+    "name": "the assistant",
+    "brand": "our company",
+    "tone": "friendly, clear and concise",
+    "greeting": "",
+    "sign_off": "",
+    "language": "en",
+}
+
+
+def persona_with_defaults(persona: dict[str, Any] | None) -> dict[str, Any]:
+    merged: dict[str, Any] = dict(DEFAULT_PERSONA)
+    merged.update({k: v for k, v in (persona or {}).items() if v not in (None, "")})
+    return merged
+
+
+def _fence(text: str, tag: str) -> str:
+    # Break any closing or opening tag of our fences so text cannot end its own block or fake a new one.
+    text = re.sub(rf"<\s*(/?)\s*{tag}\b", lambda m: f"<{m.group(1)}_{tag}", text, flags=re.IGNORECASE)
+    # Nor may quoted text carry our escalation marker into the model's context.
+    return text.replace(ESCALATE_TOKEN, "<<_ESCALATE>>").strip()
+
+
+def _attr_safe(value: str) -> str:
+    return re.sub(r"[\"<>\n\r]", " ", value).strip()
+
+
+_env = jinja2.Environment(
+    loader=jinja2.PackageLoader("app.assistant", "templates"),
+    autoescape=False,  # noqa: S701 - plain-text prompts and chat replies, never HTML
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    keep_trailing_newline=False,
+)
+_env.filters["fence"] = _fence
+_env.filters["attr_safe"] = _attr_safe
+
+
+def template_env() -> jinja2.Environment:
+    return _env
+
+
+def render_messages(
+    persona: dict[str, Any] | None,
+    policies: dict[str, Any] | None,
+    history: list[tuple[str, str]],
+    passages: list[PassageLike],
+    question: str,
+) -> list[dict[str, str]]:
+    """Chat-completion messages: system (persona, rules, passages), past turns, then the customer's question.
+
+    `history` holds (role, text) pairs, role "customer" or "assistant", oldest first, without the question.
+    """
+    policies = policies or {}
+    system = _env.get_template("system.j2").render(
+        persona=persona_with_defaults(persona),
+        passages=passages,
+        banned_phrases=[p for p in policies.get("banned_phrases", []) if p],
+        escalate_token=ESCALATE_TOKEN,
+    )
+    user_template = _env.get_template("user.j2")
+    messages = [{"role": "system", "content": system.strip()}]
+    for role, text in history:
+        if role == "assistant":
+            messages.append({"role": "assistant", "content": text})
+        else:
+            messages.append({"role": "user", "content": user_template.render(text=text, reminder=False).strip()})
+    messages.append({"role": "user", "content": user_template.render(text=question, reminder=True).strip()})
+    return messages
+
+
+def parse_llm_answer(text: str, passages: list[PassageLike]) -> Draft:
+    """Turn the model's reply into a Draft: citations resolved and renumbered, the escalation token stripped.
+
+    Citation numbers that point at no passage are dropped from the text (the model made them up). Confidence is
+    the best cited passage's score; an answer citing nothing gets a low confidence for the orchestrator to weigh.
+    """
+    escalate = ESCALATE_TOKEN in text
+    body = text.replace(ESCALATE_TOKEN, "")
+    order: list[int] = []  # passage indexes (0-based) in order of first citation
+
+    def renumber(m: re.Match[str]) -> str:
+        out = []
+        for raw in m.group(1).split(","):
+            idx = int(raw) - 1
+            if not 0 <= idx < len(passages):
+                continue
+            if idx not in order:
+                order.append(idx)
+            out.append(f"[{order.index(idx) + 1}]")
+        return "".join(dict.fromkeys(out))
+
+    body = _CITATION.sub(renumber, body)
+    body = re.sub(r"[ \t]+([.,;:!?])", r"\1", body)  # "text [9]." with [9] dropped leaves "text ."
+    body = re.sub(r"[ \t]{2,}", " ", body)
+    body = re.sub(r"\n{3,}", "\n\n", body).strip()
+    cited = [passages[i] for i in order]
+    citations = [{"document": p.document, "chunk_id": p.chunk_id, "score": round(float(p.score), 4)} for p in cited]
+    if not body:
+        return Draft(text="", citations=[], confidence=0.0, escalate=True, reason="empty_answer")
+    if escalate:
+        return Draft(text=body, citations=citations, confidence=0.0, escalate=True, reason="llm_escalated")
+    confidence = max((float(p.score) for p in cited), default=0.0) if cited else 0.2
+    return Draft(text=body, citations=citations, confidence=round(min(max(confidence, 0.0), 1.0), 3))
