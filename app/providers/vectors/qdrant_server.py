@@ -1,0 +1,225 @@
+"""Scale-out vector store: one Qdrant collection on a server, through qdrant-client.
+
+Same shape as the embedded store (see edge.py): named dense ("dense", cosine) and sparse ("sparse", IDF)
+vectors, `tenant_id` as a tenant-keyed payload index (`is_tenant=True`, which co-locates each tenant's
+points), every call filtered by tenant, hybrid = two prefetches fused with RRF, and `Hit.score` the dense
+cosine (see common.py). The collection is created on first use, idempotently: several replicas may start at
+once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from qdrant_client import QdrantClient, models
+
+from app.providers.embeddings.base import SparseVector
+from app.providers.vectors.base import ChunkPoint, Hit
+from app.providers.vectors.common import (
+    DENSE,
+    INTEGER_FIELDS,
+    KEYWORD_FIELDS,
+    SPARSE,
+    TENANT_FIELD,
+    check_filters,
+    check_limit,
+    check_points,
+    cosine_to,
+    normalise,
+    payload_for,
+    prefetch_limit,
+    require_tenant,
+)
+
+DEFAULT_COLLECTION = "switchboard_chunks"
+
+
+class QdrantServerStore:
+    def __init__(
+        self,
+        url: str | None = None,
+        api_key: str | None = None,
+        dim: int = 384,
+        *,
+        collection: str = DEFAULT_COLLECTION,
+        client: QdrantClient | None = None,
+        timeout: int = 30,
+    ) -> None:
+        if client is None and not url:
+            raise ValueError("QdrantServerStore needs a url (QDRANT_URL) or a client")
+        self.client = (
+            client if client is not None else QdrantClient(url=url, api_key=api_key, timeout=timeout)
+        )
+        self.dim = dim
+        self.collection = collection
+        self._ensure_collection()
+
+    def _ensure_collection(self) -> None:
+        if not self.client.collection_exists(self.collection):
+            try:
+                self.client.create_collection(
+                    self.collection,
+                    vectors_config={
+                        DENSE: models.VectorParams(size=self.dim, distance=models.Distance.COSINE)
+                    },
+                    sparse_vectors_config={SPARSE: models.SparseVectorParams(modifier=models.Modifier.IDF)},
+                )
+            except Exception:
+                # Another replica created it between our check and our create; anything else re-raises.
+                if not self.client.collection_exists(self.collection):
+                    raise
+        self._check_dim()
+        indexes: list[tuple[str, Any]] = [
+            (TENANT_FIELD, models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=True))
+        ]
+        indexes += [(name, models.PayloadSchemaType.KEYWORD) for name in KEYWORD_FIELDS]
+        indexes += [(name, models.PayloadSchemaType.INTEGER) for name in INTEGER_FIELDS]
+        existing = self.client.get_collection(self.collection).payload_schema or {}
+        for name, schema in indexes:
+            if name not in existing:  # creating an existing index is a no-op on the server, but costs a call
+                self.client.create_payload_index(self.collection, name, field_schema=schema, wait=True)
+
+    def _check_dim(self) -> None:
+        vectors = self.client.get_collection(self.collection).config.params.vectors
+        params = vectors.get(DENSE) if isinstance(vectors, dict) else None
+        if params is None or params.size != self.dim:
+            size = getattr(params, "size", None)
+            raise RuntimeError(
+                f"Qdrant collection {self.collection!r} has dense vector size {size}, expected {self.dim}: "
+                "re-index into a new collection"
+            )
+
+    # -- filters -------------------------------------------------------------------------------------------
+
+    def _filter(
+        self, tenant_id: str, filters: dict[str, Any] | None = None, ids: Sequence[str] = ()
+    ) -> models.Filter:
+        must: list[Any] = [
+            models.FieldCondition(key=TENANT_FIELD, match=models.MatchValue(value=require_tenant(tenant_id)))
+        ]
+        for key, value in check_filters(filters):
+            match: Any = (
+                models.MatchAny(any=value) if isinstance(value, list) else models.MatchValue(value=value)
+            )
+            must.append(models.FieldCondition(key=key, match=match))
+        if ids:
+            must.append(models.HasIdCondition(has_id=[str(i) for i in ids]))
+        return models.Filter(must=must)
+
+    # -- writes --------------------------------------------------------------------------------------------
+
+    def upsert(self, tenant_id: str, points: Sequence[ChunkPoint]) -> None:
+        require_tenant(tenant_id)
+        if not points:
+            return
+        check_points(tenant_id, points, self.dim)
+        structs = []
+        for p in points:
+            vector: dict[str, Any] = {DENSE: list(p.dense)}
+            if p.sparse is not None and p.sparse.indices:
+                vector[SPARSE] = models.SparseVector(
+                    indices=list(p.sparse.indices), values=list(p.sparse.values)
+                )
+            structs.append(
+                models.PointStruct(id=str(p.id), vector=vector, payload=payload_for(tenant_id, p.payload))
+            )
+        # update_filter guards existing points: an id that belongs to another tenant is never overwritten.
+        self.client.upsert(self.collection, structs, wait=True, update_filter=self._filter(tenant_id))
+
+    def delete(self, tenant_id: str, ids: Sequence[str]) -> None:
+        require_tenant(tenant_id)
+        if not ids:
+            return
+        selector = models.FilterSelector(filter=self._filter(tenant_id, ids=ids))
+        self.client.delete(self.collection, points_selector=selector, wait=True)
+
+    def delete_where(self, tenant_id: str, filters: dict[str, Any]) -> None:
+        selector = models.FilterSelector(filter=self._filter(tenant_id, filters))
+        self.client.delete(self.collection, points_selector=selector, wait=True)
+
+    # -- reads ---------------------------------------------------------------------------------------------
+
+    def count(self, tenant_id: str, filters: dict[str, Any] | None = None) -> int:
+        result = self.client.count(self.collection, count_filter=self._filter(tenant_id, filters), exact=True)
+        return int(result.count)
+
+    def _sparse_params(self, tenant_id: str) -> models.SearchParams:
+        # IDF over this tenant's points only: other tenants' documents never shift its keyword scores.
+        return models.SearchParams(idf=models.IdfCorpusParams(corpus=self._filter(tenant_id)))
+
+    def search(
+        self,
+        tenant_id: str,
+        dense: list[float],
+        sparse: SparseVector | None = None,
+        *,
+        limit: int = 5,
+        filters: dict[str, Any] | None = None,
+    ) -> list[Hit]:
+        check_limit(limit)
+        flt = self._filter(tenant_id, filters)
+        if sparse is not None and sparse.indices:
+            n = prefetch_limit(limit)
+            sparse_query = models.SparseVector(indices=list(sparse.indices), values=list(sparse.values))
+            response = self.client.query_points(
+                self.collection,
+                prefetch=[
+                    models.Prefetch(query=list(dense), using=DENSE, limit=n, filter=flt),
+                    models.Prefetch(
+                        query=sparse_query,
+                        using=SPARSE,
+                        limit=n,
+                        filter=flt,
+                        params=self._sparse_params(tenant_id),
+                    ),
+                ],
+                query=models.FusionQuery(fusion=models.Fusion.RRF),
+                query_filter=flt,
+                limit=limit,
+                with_payload=True,
+                with_vectors=[DENSE],
+            )
+        else:
+            response = self.client.query_points(
+                self.collection,
+                query=list(dense),
+                using=DENSE,
+                query_filter=flt,
+                limit=limit,
+                with_payload=True,
+                with_vectors=[DENSE],
+            )
+        unit = normalise(dense)
+        return [
+            Hit(id=str(p.id), score=cosine_to(unit, _dense_of(p.vector)), payload=dict(p.payload or {}))
+            for p in response.points
+        ]
+
+    def sparse_search(
+        self, tenant_id: str, sparse: SparseVector, *, limit: int = 5, filters: dict[str, Any] | None = None
+    ) -> list[Hit]:
+        """Keyword-only search (BM25 scores, not calibrated): for benchmarks and diagnostics."""
+        check_limit(limit)
+        response = self.client.query_points(
+            self.collection,
+            query=models.SparseVector(indices=list(sparse.indices), values=list(sparse.values)),
+            using=SPARSE,
+            query_filter=self._filter(tenant_id, filters),
+            search_params=self._sparse_params(tenant_id),
+            limit=limit,
+            with_payload=True,
+        )
+        return [
+            Hit(id=str(p.id), score=float(p.score), payload=dict(p.payload or {})) for p in response.points
+        ]
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _dense_of(vector: Any) -> list[float] | None:
+    if isinstance(vector, dict):
+        value = vector.get(DENSE)
+        return [float(x) for x in value] if isinstance(value, list) else None
+    return None

@@ -1,0 +1,179 @@
+"""One contract for both vector stores: qdrant-edge in a temp folder, and qdrant-client's local mode standing
+in for a Qdrant server (same client code path and query shape as against a real server)."""
+
+from __future__ import annotations
+
+import inspect
+import math
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.providers.embeddings.base import SparseVector
+from app.providers.vectors.base import ChunkPoint, VectorStore
+from app.providers.vectors.edge import EdgeVectorStore
+from app.providers.vectors.qdrant_server import QdrantServerStore
+
+DIM = 8
+# qdrant-client local mode warns that it ignores payload indexes; the server honours them.
+pytestmark = pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning")
+
+
+def unit(*values: float) -> list[float]:
+    vec = list(values) + [0.0] * (DIM - len(values))
+    norm = math.sqrt(sum(v * v for v in vec))
+    return [v / norm for v in vec]
+
+
+def pid(tenant: str, name: str) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{tenant}/{name}"))
+
+
+def point(tenant: str, name: str, dense: list[float], terms: dict[int, float] | None = None, **payload: Any):
+    sparse = SparseVector(sorted(terms), [terms[i] for i in sorted(terms)]) if terms else None
+    return ChunkPoint(pid(tenant, name), tenant, dense, sparse, {"document": name, "text": name, **payload})
+
+
+@pytest.fixture(params=["edge", "server"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[VectorStore]:
+    if request.param == "edge":
+        s: Any = EdgeVectorStore(tmp_path / "vectors", dim=DIM)
+    else:
+        from qdrant_client import QdrantClient
+
+        s = QdrantServerStore(client=QdrantClient(location=":memory:"), dim=DIM)
+    yield s
+    s.close()
+
+
+def seed(store: VectorStore) -> None:
+    store.upsert(
+        "acme",
+        [
+            point("acme", "returns.md", unit(1, 0.1), {1: 1.0, 2: 0.5}, pack_version=1, kind="markdown"),
+            point("acme", "shipping.md", unit(0.1, 1), {3: 1.0}, pack_version=1, kind="markdown"),
+            point("acme", "faq.csv", unit(0.7, 0.7), {1: 0.3, 4: 1.0}, pack_version=2, kind="faq"),
+        ],
+    )
+    store.upsert("globex", [point("globex", "returns.md", unit(1, 0.1), {1: 1.0, 2: 0.5}, pack_version=1)])
+
+
+def test_upsert_count_and_dense_search_returns_payload_and_cosine(store: VectorStore) -> None:
+    seed(store)
+    assert store.count("acme") == 3
+    assert store.count("globex") == 1
+    hits = store.search("acme", unit(1, 0), limit=3)
+    assert [h.payload["document"] for h in hits][:1] == ["returns.md"]
+    assert hits[0].id == pid("acme", "returns.md")
+    assert hits[0].payload["tenant_id"] == "acme" and hits[0].payload["pack_version"] == 1
+    expected = sum(a * b for a, b in zip(unit(1, 0), unit(1, 0.1), strict=True))
+    assert hits[0].score == pytest.approx(expected, abs=1e-4)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
+def test_hybrid_search_fuses_and_scores_with_dense_cosine(store: VectorStore) -> None:
+    seed(store)
+    query = unit(0.1, 1)  # dense says shipping; sparse term 4 says faq.csv
+    hits = store.search("acme", query, SparseVector([4], [1.0]), limit=3)
+    docs = [h.payload["document"] for h in hits]
+    assert set(docs[:2]) == {"shipping.md", "faq.csv"}
+    for h in hits:  # the score is the calibrated dense cosine, not the RRF number
+        stored = {"returns.md": unit(1, 0.1), "shipping.md": unit(0.1, 1), "faq.csv": unit(0.7, 0.7)}
+        cos = sum(a * b for a, b in zip(query, stored[h.payload["document"]], strict=True))
+        assert h.score == pytest.approx(cos, abs=1e-4)
+
+
+def test_filters_are_exact_match_and_lists_match_any(store: VectorStore) -> None:
+    seed(store)
+    assert {h.payload["document"] for h in store.search("acme", unit(1, 0), filters={"pack_version": 2})} == {
+        "faq.csv"
+    }
+    assert store.count("acme", {"kind": "markdown"}) == 2
+    assert store.count("acme", {"document": ["faq.csv", "shipping.md"]}) == 2
+    assert store.count("acme", {"kind": "markdown", "pack_version": 2}) == 0
+    with pytest.raises(ValueError, match="filter"):
+        store.count("acme", {"kind": {"$ne": "faq"}})
+
+
+def test_tenant_isolation_even_with_identical_vectors(store: VectorStore) -> None:
+    seed(store)
+    hits = store.search("globex", unit(1, 0.1), SparseVector([1, 2], [1.0, 1.0]), limit=10)
+    assert [h.payload["tenant_id"] for h in hits] == ["globex"]
+    assert store.search("initech", unit(1, 0.1), limit=10) == []
+    # A tenant's filter cannot name another tenant, and there is no call without a tenant.
+    with pytest.raises(ValueError, match="tenant_id"):
+        store.search("globex", unit(1, 0), filters={"tenant_id": "acme"})
+    for bad in ("", "   "):
+        with pytest.raises(ValueError, match="tenant_id"):
+            store.search(bad, unit(1, 0))
+        with pytest.raises(ValueError, match="tenant_id"):
+            store.count(bad)
+        with pytest.raises(ValueError, match="tenant_id"):
+            store.delete_where(bad, {})
+    for method in ("search", "upsert", "delete", "delete_where", "count"):
+        param = inspect.signature(getattr(store, method)).parameters["tenant_id"]
+        assert param.default is inspect.Parameter.empty
+
+
+def test_writes_cannot_cross_tenants(store: VectorStore) -> None:
+    seed(store)
+    with pytest.raises(ValueError, match="belongs to tenant"):
+        store.upsert("globex", [point("acme", "x.md", unit(1))])
+    # globex deleting acme's ids, or everything it can see, leaves acme untouched.
+    store.delete("globex", [pid("acme", "returns.md"), pid("acme", "faq.csv")])
+    store.delete_where("globex", {})
+    assert store.count("acme") == 3
+    assert store.count("globex") == 0
+    # An id collision (impossible with tenant-scoped uuid5, but guarded) never overwrites the owner's point.
+    store.upsert(
+        "globex", [ChunkPoint(pid("acme", "returns.md"), "globex", unit(0, 0, 1), None, {"document": "evil"})]
+    )
+    assert store.search("acme", unit(1, 0), limit=1)[0].payload["document"] == "returns.md"
+    assert store.count("acme") == 3
+
+
+def test_delete_and_delete_where(store: VectorStore) -> None:
+    seed(store)
+    store.delete("acme", [pid("acme", "shipping.md")])
+    assert store.count("acme") == 2
+    store.delete_where("acme", {"pack_version": 2})
+    assert [h.payload["document"] for h in store.search("acme", unit(1, 1), limit=5)] == ["returns.md"]
+    store.delete_where("acme", {})
+    assert store.count("acme") == 0
+    assert store.count("globex") == 1
+
+
+def test_reupsert_with_deterministic_ids_is_idempotent(store: VectorStore) -> None:
+    seed(store)
+    seed(store)
+    assert store.count("acme") == 3
+    store.upsert("acme", [point("acme", "returns.md", unit(0, 0, 1), pack_version=1, text="new text")])
+    assert store.count("acme") == 3
+    hit = store.search("acme", unit(0, 0, 1), limit=1)[0]
+    assert hit.id == pid("acme", "returns.md") and hit.payload["text"] == "new text"
+
+
+def test_rejects_wrong_dimension_and_bad_limit(store: VectorStore) -> None:
+    with pytest.raises(ValueError, match="dimensions"):
+        store.upsert("acme", [ChunkPoint(pid("acme", "x"), "acme", [1.0, 0.0], None, {})])
+    with pytest.raises(ValueError, match="limit"):
+        store.search("acme", unit(1), limit=0)
+
+
+def test_edge_store_persists_across_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "vectors"
+    first = EdgeVectorStore(path, dim=DIM)
+    seed(first)
+    first.close()
+    second = EdgeVectorStore(path, dim=DIM)
+    try:
+        assert second.count("acme") == 3
+        hits = second.search("acme", unit(1, 0), SparseVector([1], [1.0]), limit=1)
+        assert hits[0].id == pid("acme", "returns.md")
+    finally:
+        second.close()
+    with pytest.raises(RuntimeError, match="dimension"):
+        EdgeVectorStore(path, dim=DIM + 1)
