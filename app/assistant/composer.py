@@ -2,8 +2,8 @@
 
 It never writes anything the passages do not say. An FAQ chunk ("Q: ...\\nA: ...") answers with its answer; a
 document chunk answers with its sentences that share the most words with the question (up to three, in their
-original order). A second passage joins only when it scores close to the best one and adds something. Below the
-tenant's relevance threshold it declines and escalates rather than guess.
+original order). A second passage joins only when it scores close to the best one and adds something. Below
+the tenant's relevance threshold it declines and escalates rather than guess.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from app.assistant.prompts import Draft, PassageLike, persona_with_defaults, template_env
+from app.assistant.prompts import Draft, PassageLike, citation, persona_with_defaults, template_env
 
 MAX_SENTENCES = 3
 SECOND_PASSAGE_MARGIN = 0.05  # a runner-up within this of the best passage may contribute
@@ -20,11 +20,14 @@ _FAQ = re.compile(r"^\s*(?:Q|Question)\s*[:.]\s*(?P<q>.+?)\n\s*(?:A|Answer)\s*[:
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])")
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 _STOPWORDS = frozenset(
-    """a an the and or but if of to in on at for from by with about as into over after before is are was were be
-    been being do does did doing have has had having i me my we our you your he she it its they them their this
-    that these those what which who whom whose when where why how can could would should will shall may might must
-    not no yes so than too very just there here any some all each more most other such only own same again also
-    please hi hello thanks thank get got want need like know tell""".split()
+    """
+    a an the and or but if of to in on at for from by with about as into over after before is are
+    was were be been being do does did doing have has had having i me my we our you your he she it
+    its they them their this that these those what which who whom whose when where why how can could
+    would should will shall may might must not no yes so than too very just there here any some all
+    each more most other such only own same again also please hi hello thanks thank get got want
+    need like know tell
+    """.split()  # noqa: SIM905 - a word list reads better as prose
 )
 
 
@@ -78,17 +81,13 @@ def _extract(question: str, passage: PassageLike, budget: int) -> list[str]:
 
 
 def _confidence(top: float, runner_up: float | None, min_relevance: float) -> float:
-    """0.5 at the threshold rising to 1.0 at a strong match (0.85), scaled down when the runner-up is close."""
+    """0.5 at the threshold, 1.0 at a strong match (0.85); scaled down when the runner-up is close."""
     span = max(0.85 - min_relevance, 1e-6)
     strength = 0.5 + 0.5 * min(max((top - min_relevance) / span, 0.0), 1.0)
     if runner_up is None:
         return round(strength, 3)
     margin = max(top - runner_up, 0.0)
     return round(strength * (0.85 + 0.15 * min(margin / 0.1, 1.0)), 3)
-
-
-def _citation(p: PassageLike) -> dict[str, Any]:
-    return {"document": p.document, "chunk_id": p.chunk_id, "score": round(float(p.score), 4)}
 
 
 def compose_offline(
@@ -137,9 +136,9 @@ def compose_offline(
     text = env.get_template("offline_answer.j2").render(
         persona=voice, body=body, greet=greet, customer_name=customer_name
     )
-    runner_up = ranked[1].score if len(ranked) > 1 else None
+    runner_up = float(ranked[1].score) if len(ranked) > 1 else None
     return Draft(
         text=text.strip(),
-        citations=[_citation(p) for p, _ in used],
-        confidence=_confidence(float(top.score), None if runner_up is None else float(runner_up), min_relevance),
+        citations=[citation(p) for p, _ in used],
+        confidence=_confidence(float(top.score), runner_up, min_relevance),
     )

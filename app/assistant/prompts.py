@@ -1,9 +1,10 @@
 """Chat prompts for the LLM path, and parsing of what the LLM answers.
 
-The system prompt carries the brand persona, the rules and the numbered, fenced knowledge passages; each customer
-turn is a user message whose text sits between `<customer_message>` tags. Anything that could close a fence
-early (`</passage>` inside a passage, `</customer_message>` typed by a customer) is neutralised, so injected text
-stays data. The model signals "I can't answer from these passages" with the exact token `<<ESCALATE>>`.
+The system prompt carries the brand persona, the rules and the numbered, fenced knowledge passages; each
+customer turn is a user message whose text sits between `<customer_message>` tags. Anything that could close a
+fence early (`</passage>` inside a passage, `</customer_message>` typed by a customer) is neutralised, so
+injected text stays data. The model signals "the passages do not answer this" with the exact token
+`<<ESCALATE>>`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any, Protocol
 
 import jinja2
 
-ESCALATE_TOKEN = "<<ESCALATE>>"
+ESCALATE_TOKEN = "<<ESCALATE>>"  # noqa: S105 - a marker in the model's reply, not a secret
 # A citation group: [1], [1][2], [1, 2] or [1,2,3].
 _CITATION = re.compile(r"\[(\d{1,2}(?:\s*,\s*\d{1,2})*)\]")
 
@@ -115,16 +116,21 @@ def render_messages(
         if role == "assistant":
             messages.append({"role": "assistant", "content": text})
         else:
-            messages.append({"role": "user", "content": user_template.render(text=text, reminder=False).strip()})
+            content = user_template.render(text=text, reminder=False).strip()
+            messages.append({"role": "user", "content": content})
     messages.append({"role": "user", "content": user_template.render(text=question, reminder=True).strip()})
     return messages
+
+
+def citation(p: PassageLike) -> dict[str, Any]:
+    return {"document": p.document, "chunk_id": p.chunk_id, "score": round(float(p.score), 4)}
 
 
 def parse_llm_answer(text: str, passages: list[PassageLike]) -> Draft:
     """Turn the model's reply into a Draft: citations resolved and renumbered, the escalation token stripped.
 
-    Citation numbers that point at no passage are dropped from the text (the model made them up). Confidence is
-    the best cited passage's score; an answer citing nothing gets a low confidence for the orchestrator to weigh.
+    Citation numbers that point at no passage are dropped from the text (the model made them up). Confidence
+    is the best cited passage's score; an answer citing nothing gets a low confidence (0.2) for the caller.
     """
     escalate = ESCALATE_TOKEN in text
     body = text.replace(ESCALATE_TOKEN, "")
@@ -146,7 +152,7 @@ def parse_llm_answer(text: str, passages: list[PassageLike]) -> Draft:
     body = re.sub(r"[ \t]{2,}", " ", body)
     body = re.sub(r"\n{3,}", "\n\n", body).strip()
     cited = [passages[i] for i in order]
-    citations = [{"document": p.document, "chunk_id": p.chunk_id, "score": round(float(p.score), 4)} for p in cited]
+    citations = [citation(p) for p in cited]
     if not body:
         return Draft(text="", citations=[], confidence=0.0, escalate=True, reason="empty_answer")
     if escalate:
