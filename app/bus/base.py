@@ -26,6 +26,7 @@ from typing import Protocol
 
 DEFAULT_NAMESPACE = "sb"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+TRIMMED_REASON = "entry was trimmed from the stream (maxlen) before it was acknowledged; its fields are lost"
 
 
 def check_name(kind: str, value: str) -> str:

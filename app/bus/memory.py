@@ -15,13 +15,12 @@ from dataclasses import dataclass, field
 
 from app.bus.base import (
     DEFAULT_NAMESPACE,
+    TRIMMED_REASON,
     DeadLetter,
     Delivery,
     check_fields,
     check_name,
 )
-
-TRIMMED_REASON = "entry was trimmed from the stream (maxlen) before it was acknowledged; its fields are lost"
 
 
 @dataclass

@@ -23,7 +23,16 @@ from typing import Any, TypeVar, cast
 
 import redis
 
-from app.bus.base import BusUnavailable, DeadLetter, Delivery, check_fields, check_name, dead_key, stream_key
+from app.bus.base import (
+    TRIMMED_REASON,
+    BusUnavailable,
+    DeadLetter,
+    Delivery,
+    check_fields,
+    check_name,
+    dead_key,
+    stream_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +41,6 @@ FAILURE_TTL_S = 7 * 24 * 3600
 # Reply shapes with decode_responses=True (redis-py's own annotations cover bytes and async clients too).
 _Entries = list[tuple[str, dict[str, str]]]
 _StreamsReply = list[tuple[str, _Entries]]
-TRIMMED_REASON = "entry was trimmed from the stream (maxlen) before it was acknowledged; its fields are lost"
 
 
 def _translate_errors(fn: Callable[..., T]) -> Callable[..., T]:

@@ -1,0 +1,259 @@
+"""One contract for both buses (MemoryBus and RedisStreamsBus on the real Redis): every test runs on each."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+
+import pytest
+import redis
+
+from app.bus.base import TRIMMED_REASON, Bus, Delivery, PermanentFailure
+from app.bus.consumer import Consumer
+from tests.bus.conftest import BusFactory, wait_for
+from tests.conftest import REDIS_TEST_URL
+
+T = "inbound"
+G = "orchestrator"
+
+
+def drain(bus: Bus, consumer: str = "c1", count: int = 100) -> list[Delivery]:
+    out: list[Delivery] = []
+    while batch := bus.read(T, G, consumer, count=count, block_ms=0):
+        out.extend(batch)
+    return out
+
+
+def test_publish_read_ack(bus: Bus) -> None:
+    ids = [bus.publish(T, "acme", {"n": str(i)}) for i in range(3)]
+    got = bus.read(T, G, "c1", count=10, block_ms=1000)
+    assert [d.id for d in got] == ids
+    assert [d.fields for d in got] == [{"n": "0"}, {"n": "1"}, {"n": "2"}]
+    assert {(d.topic, d.tenant_id, d.deliveries) for d in got} == {(T, "acme", 1)}
+    assert bus.pending_count(T, G) == 3
+    bus.ack(G, got)
+    assert bus.pending_count(T, G) == 0
+    assert bus.read(T, G, "c1", count=10, block_ms=0) == []
+
+
+def test_group_created_late_still_gets_earlier_entries(bus: Bus) -> None:
+    bus.publish(T, "acme", {"early": "1"})
+    bus.ensure_group(T, "late-group")
+    got = bus.read(T, "late-group", "c1", count=10, block_ms=1000)
+    assert [d.fields for d in got] == [{"early": "1"}]
+
+
+def test_each_tenant_has_its_own_stream(make_bus: BusFactory) -> None:
+    bus = make_bus()
+    for i in range(5):
+        bus.publish(T, "acme", {"owner": "acme", "i": str(i)})
+        bus.publish(T, "globex", {"owner": "globex", "i": str(i)})
+    assert bus.stream_length(T, "acme") == 5 and bus.stream_length(T, "globex") == 5
+    got = drain(bus)
+    assert len(got) == 10
+    assert all(d.fields["owner"] == d.tenant_id for d in got)
+    if make_bus.kind == "redis":  # type: ignore[attr-defined]
+        ns = make_bus.namespace  # type: ignore[attr-defined]
+        r = redis.Redis.from_url(REDIS_TEST_URL, decode_responses=True)
+        streams = {k for k in r.scan_iter(f"{ns}:*") if r.type(k) == "stream"}
+        assert streams == {f"{ns}:{T}:acme", f"{ns}:{T}:globex"}
+        for tenant in ("acme", "globex"):
+            owners = {fields["owner"] for _, fields in r.xrange(f"{ns}:{T}:{tenant}")}
+            assert owners == {tenant}
+        assert {d.stream for d in got} == streams
+        r.close()
+
+
+@pytest.mark.parametrize("tenant", ["acme:dead", "acme:x", "", "../etc", "a b"])
+def test_tenant_ids_that_could_spell_another_key_are_rejected(bus: Bus, tenant: str) -> None:
+    with pytest.raises(ValueError, match="invalid tenant id"):
+        bus.publish(T, tenant, {"a": "1"})
+
+
+def test_fields_must_be_strings(bus: Bus) -> None:
+    with pytest.raises(TypeError, match="must be str"):
+        bus.publish(T, "acme", {"n": 1})  # type: ignore[dict-item]
+    with pytest.raises(ValueError, match="at least one field"):
+        bus.publish(T, "acme", {})
+
+
+def test_batched_read_is_bounded_and_fair_across_many_tenants(bus: Bus) -> None:
+    tenants = [f"t{i:02d}" for i in range(50)]
+    for i in range(3):
+        for t in tenants:
+            bus.publish(T, t, {"t": t, "i": str(i)})
+    first = bus.read(T, G, "c1", count=20, block_ms=1000)
+    assert len(first) == 20
+    assert len({d.tenant_id for d in first}) == 20  # one each from 20 tenants, not 20 from one
+    rest = drain(bus, count=20)
+    everything = first + rest
+    assert len(everything) == 150 and len({(d.tenant_id, d.id) for d in everything}) == 150
+    assert Counter(d.tenant_id for d in everything) == dict.fromkeys(tenants, 3)
+    assert all(d.fields["t"] == d.tenant_id for d in everything)
+
+
+def test_batched_read_with_few_tenants_takes_from_each(bus: Bus) -> None:
+    for t in ("a1", "b2", "c3", "d4"):
+        for i in range(10):
+            bus.publish(T, t, {"i": str(i)})
+    batch = bus.read(T, G, "c1", count=20, block_ms=1000)
+    assert len(batch) == 20
+    assert Counter(d.tenant_id for d in batch) == {"a1": 5, "b2": 5, "c3": 5, "d4": 5}
+
+
+def test_new_tenant_stream_is_discovered_by_a_running_reader(make_bus: BusFactory) -> None:
+    reader = make_bus()
+    publisher = make_bus(peer_of=reader)
+    publisher.publish(T, "acme", {"n": "1"})
+    assert len(reader.read(T, G, "c1", count=10, block_ms=1000)) == 1
+    publisher.publish(T, "newco", {"n": "2"})
+    got = wait_for(lambda: reader.read(T, G, "c1", count=10, block_ms=100))
+    assert [(d.tenant_id, d.fields) for d in got] == [("newco", {"n": "2"})]
+
+
+def test_unacked_entry_is_redelivered_by_claim_with_count_two(bus: Bus) -> None:
+    entry_id = bus.publish(T, "acme", {"x": "1"})
+    assert [d.id for d in bus.read(T, G, "dies", count=10, block_ms=1000)] == [entry_id]
+    assert bus.claim_stale(T, G, "c2", min_idle_ms=60_000, count=10) == []  # not idle long enough
+    claimed = wait_for(lambda: bus.claim_stale(T, G, "c2", min_idle_ms=100, count=10))
+    assert [(d.id, d.fields, d.deliveries, d.tenant_id) for d in claimed] == [
+        (entry_id, {"x": "1"}, 2, "acme")
+    ]
+    assert bus.read(T, G, "c2", count=10, block_ms=0) == []  # a claim is not a new entry
+    bus.ack(G, claimed)
+    assert bus.pending_count(T, G) == 0
+
+
+def test_max_deliveries_dead_letters_with_the_handlers_reason(bus: Bus) -> None:
+    calls: list[int] = []
+
+    def handler(d: Delivery) -> None:
+        calls.append(d.deliveries)
+        raise ValueError(f"boom on delivery {d.deliveries}")
+
+    entry_id = bus.publish(T, "acme", {"body": "poison"})
+    consumer = Consumer(bus, T, G, "c1", handler, max_deliveries=2, claim_idle_ms=50)
+    wait_for(lambda: consumer.process_available().dead or bus.dead_letters(T, "acme"))
+    [letter] = bus.dead_letters(T, "acme")
+    assert calls == [1, 2]
+    assert (letter.original_id, letter.fields, letter.deliveries) == (entry_id, {"body": "poison"}, 3)
+    assert letter.reason == "ValueError: boom on delivery 2"
+    assert letter.extra["group"] == G
+    assert bus.pending_count(T, G) == 0
+    assert bus.dead_letters(T, "globex") == []
+
+
+def test_permanent_failure_dead_letters_at_once(bus: Bus) -> None:
+    calls: list[Delivery] = []
+
+    def handler(d: Delivery) -> None:
+        calls.append(d)
+        raise PermanentFailure("event v9 is newer than this consumer understands")
+
+    bus.publish(T, "acme", {"v": "9"})
+    result = Consumer(bus, T, G, "c1", handler).process_available()
+    assert (result.dead, result.acked, result.failed, len(calls)) == (1, 0, 0, 1)
+    [letter] = bus.dead_letters(T, "acme")
+    assert letter.reason == "event v9 is newer than this consumer understands"
+    assert (letter.deliveries, letter.fields) == (1, {"v": "9"})
+    assert bus.pending_count(T, G) == 0
+
+
+def test_ack_only_after_handler_success(bus: Bus) -> None:
+    outcomes = iter([RuntimeError("database is down"), None])
+    handled: list[tuple[str, int]] = []
+
+    def handler(d: Delivery) -> None:
+        error = next(outcomes)
+        if error:
+            raise error
+        handled.append((d.id, d.deliveries))
+
+    entry_id = bus.publish(T, "acme", {"n": "1"})
+    bus.publish(T, "acme", {"n": "2"})  # succeeds on its first delivery, in the same batch
+    consumer = Consumer(bus, T, G, "c1", handler, claim_idle_ms=50, max_deliveries=3)
+    first = consumer.process_available()
+    assert (first.failed, first.acked) == (1, 1)
+    assert bus.pending_count(T, G) == 1
+    pending = Delivery(T, "acme", entry_id, {"n": "1"}, 1, getattr(bus, "namespace", "sb"))
+    assert bus.last_failure(G, pending) == "RuntimeError: database is down"
+    outcomes = iter([None])
+    wait_for(lambda: consumer.process_available().acked)
+    assert (entry_id, 2) in handled
+    assert bus.pending_count(T, G) == 0
+    assert bus.last_failure(G, pending) is None
+    assert bus.dead_letters(T, "acme") == []
+
+
+def test_streams_are_trimmed_to_about_maxlen(make_bus: BusFactory) -> None:
+    bus = make_bus(maxlen=20)
+    last = ""
+    for i in range(1000):
+        last = bus.publish(T, "acme", {"i": str(i)})
+    length = bus.stream_length(T, "acme")
+    # Redis trims whole radix-tree nodes (MAXLEN ~), so a node's worth of slack (100 by default) is allowed.
+    assert 20 <= length <= 20 + 100
+    assert drain(bus)[-1].id == last
+
+
+def test_entry_trimmed_while_pending_is_dead_lettered_not_lost(make_bus: BusFactory) -> None:
+    bus = make_bus(maxlen=20)
+    first = bus.publish(T, "acme", {"i": "first"})
+    assert [d.id for d in bus.read(T, G, "c1", count=1, block_ms=1000)] == [first]
+    for i in range(500):
+        bus.publish(T, "acme", {"i": str(i)})
+    claimed = bus.claim_stale(T, G, "c2", min_idle_ms=0, count=10)
+    assert first not in {d.id for d in claimed}
+    [letter] = bus.dead_letters(T, "acme")
+    assert (letter.original_id, letter.reason, letter.fields) == (first, TRIMMED_REASON, {})
+
+
+def test_unknown_fields_survive_the_round_trip(bus: Bus) -> None:
+    fields = {
+        "type": "InboundMessage", "v": "7", "body": '{"text": "héllo 👋", "nested": {"a": [1, 2]}}',
+        "x-trace-id": "00-abc-01", "empty": "", "dl": "not ours", "reason": "customer field, not a bus one",
+    }
+    bus.publish(T, "acme", fields)
+    [d] = bus.read(T, G, "c1", count=10, block_ms=1000)
+    assert d.fields == fields
+    bus.dead_letter(G, d, "checking the dead-letter copy")
+    [letter] = bus.dead_letters(T, "acme")
+    assert letter.fields == fields and letter.reason == "checking the dead-letter copy"
+    assert bus.pending_count(T, G) == 0
+
+
+def test_two_consumers_in_a_group_get_disjoint_entries(bus: Bus) -> None:
+    for i in range(40):
+        bus.publish(T, f"t{i % 4}", {"i": str(i)})
+    a = bus.read(T, G, "a", count=8, block_ms=1000)
+    b = bus.read(T, G, "b", count=8, block_ms=1000)
+    assert len(a) == 8 and len(b) == 8
+    assert not {(d.tenant_id, d.id) for d in a} & {(d.tenant_id, d.id) for d in b}
+    assert len(a + b + drain(bus, "a")) == 40
+
+
+def test_two_running_consumers_share_work_without_double_processing(bus: Bus) -> None:
+    seen: list[tuple[str, str, str]] = []
+    lock = threading.Lock()
+
+    def handler_for(name: str):
+        def handler(d: Delivery) -> None:
+            with lock:
+                seen.append((name, d.tenant_id, d.id))
+        return handler
+
+    for i in range(300):
+        bus.publish(T, f"t{i % 6}", {"i": str(i)})
+    stop = threading.Event()
+    consumers = [Consumer(bus, T, G, name, handler_for(name), batch_size=10, block_ms=100, stop=stop)
+                 for name in ("a", "b")]
+    threads = [threading.Thread(target=c.run, daemon=True) for c in consumers]
+    for t in threads:
+        t.start()
+    wait_for(lambda: len(seen) >= 300 and bus.pending_count(T, G) == 0)
+    stop.set()
+    for t in threads:
+        t.join(timeout=10)
+    assert not any(t.is_alive() for t in threads)
+    assert len(seen) == 300
+    assert len({(tenant, entry_id) for _, tenant, entry_id in seen}) == 300
