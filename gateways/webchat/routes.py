@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import html
 import hmac
 import secrets
 from datetime import datetime
@@ -187,5 +188,5 @@ async def list_messages(
 @router.get("/widget/{widget_id}", response_class=HTMLResponse, include_in_schema=False)
 def widget_page(widget_id: str) -> HTMLResponse:
     account = _account(widget_id)
-    html = (STATIC / "widget.html").read_text(encoding="utf-8")
-    return HTMLResponse(html.replace("{{WIDGET_ID}}", widget_id).replace("{{TITLE}}", account.name or "Chat"))
+    page = (STATIC / "widget.html").read_text(encoding="utf-8")
+    return HTMLResponse(page.replace("{{WIDGET_ID}}", widget_id).replace("{{TITLE}}", html.escape(account.name or "Chat")))

@@ -1,0 +1,304 @@
+"""The `switchboard` command. Command names and `--json` shapes are a public contract: scripts depend on them."""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+
+from app import operations
+from app.config import get_settings
+
+cli = typer.Typer(
+    name="switchboard",
+    help="Switchboard: a multi-tenant messaging assistant. Embedded by default; scale-out by environment.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+tenant_cli = typer.Typer(help="Create and inspect tenants.", no_args_is_help=True)
+cli.add_typer(tenant_cli, name="tenant")
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE_TENANT = REPO / "tenants" / "northwind"
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code)
+
+
+def _print_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
+def _prepare() -> None:
+    from app.db import migrate
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    migrate()
+
+
+def _remote(server: dict[str, Any], method: str, path: str, body: dict[str, Any], timeout: float = 120) -> Any:
+    try:
+        response = httpx.request(
+            method, server["url"] + path, json=body, timeout=timeout,
+            headers={"Authorization": f"Bearer {server['token']}"},
+        )
+    except httpx.HTTPError as exc:
+        raise _fail(f"the running server at {server['url']} did not answer ({exc}); stop it or remove "
+                    f"{operations.server_file()}") from exc
+    if response.status_code >= 400:
+        raise _fail(response.json().get("detail", response.text))
+    return response.json()
+
+
+@cli.command()
+def migrate() -> None:
+    """Bring the database schema up to date (run once before rolling out a new version)."""
+    _prepare()
+    typer.echo("database is up to date")
+
+
+@tenant_cli.command("create")
+def tenant_create(
+    slug: str,
+    name: Annotated[str | None, typer.Option(help="Display name (default: the slug).")] = None,
+    from_folder: Annotated[Path | None, typer.Option("--from", help="A tenant folder with tenant.toml.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Create a tenant with its first admin and agent API keys (shown once) and a web chat widget."""
+    _prepare()
+    server = operations.running_server()
+    folder = str(from_folder.resolve()) if from_folder else None
+    try:
+        result = (
+            _remote(server, "POST", "/operator/v1/tenants", {"slug": slug, "name": name, "folder": folder})
+            if server else operations.create_tenant(slug, name, from_folder)
+        )
+    except operations.OperationError as exc:
+        raise _fail(str(exc)) from exc
+    if as_json:
+        _print_json({k: result[k] for k in ("tenant", "admin_api_key", "agent_api_key")})
+        return
+    typer.echo(f"tenant {result['tenant']} created\n  admin API key: {result['admin_api_key']}\n"
+               f"  agent API key: {result['agent_api_key']}\n"
+               f"  web chat: {get_settings().public_base_url}/widget/{result['widget_id']}\n"
+               "Keep the keys: they are not shown again.")
+
+
+@cli.command()
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(help="Files, folders or zips of Markdown, text and FAQ files.")],
+    tenant: Annotated[str, typer.Option(help="Tenant slug.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
+) -> None:
+    """Ingest knowledge for a tenant: parse, chunk, embed locally and index."""
+    _prepare()
+    server = operations.running_server()
+    try:
+        if server:
+            report = _remote(server, "POST", f"/operator/v1/tenants/{tenant}/ingest",
+                             {"paths": [str(p.resolve()) for p in paths]}, timeout=3600)
+        else:
+            report = _ingest_with_progress(tenant, paths, show=sys.stderr.isatty() and not as_json)
+    except operations.OperationError as exc:
+        raise _fail(str(exc)) from exc
+    if as_json:
+        _print_json(report)
+    else:
+        typer.echo(f"{report['documents']} documents, {report['chunks']} chunks in {report['seconds']:.1f}s")
+        for failure in report["files_failed"]:
+            typer.secho(f"  failed: {failure['file']}: {failure['reason']}", fg=typer.colors.RED, err=True)
+    if report["files_failed"]:
+        raise typer.Exit(1)
+
+
+def _ingest_with_progress(tenant: str, paths: list[Path], *, show: bool) -> dict[str, Any]:
+    if not show:
+        return operations.ingest(tenant, paths)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  transient=True) as bar:
+        task = bar.add_task("ingesting", total=None)
+
+        def progress(event: Any) -> None:
+            total = getattr(event, "total_chunks", None) or getattr(event, "total", None)
+            done = getattr(event, "done_chunks", None) or getattr(event, "done", None)
+            bar.update(task, total=total, completed=done,
+                       description=f"ingesting {getattr(event, 'file', '') or ''}"[:60])
+
+        return operations.ingest(tenant, paths, progress)
+
+
+@cli.command()
+def chat(
+    tenant: Annotated[str, typer.Option(help="Tenant slug.")],
+    contact: Annotated[str | None, typer.Option(help="Contact id (default: 'cli').")] = None,
+    message: Annotated[str | None, typer.Option(help="Send one message and exit.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the answer.")] = 60.0,
+) -> None:
+    """Talk to a tenant's assistant through the same pipeline a widget message takes."""
+    _prepare()
+    server = operations.running_server()
+    roles = None
+    if server is None and get_settings().embedded:
+        from app.workers_runtime import RoleThreads
+
+        roles = RoleThreads.start_all()
+    try:
+        if message is not None:
+            _chat_once(tenant, contact, message, as_json, timeout, server)
+            return
+        typer.echo(f"Chatting with {tenant} (empty line or Ctrl-D to quit)")
+        while True:
+            try:
+                line = input("you> ").strip()
+            except EOFError:
+                break
+            if not line:
+                break
+            _chat_once(tenant, contact, line, as_json, timeout, server)
+    finally:
+        if roles is not None:
+            roles.stop()
+
+
+def _chat_once(tenant: str, contact: str | None, text: str, as_json: bool, timeout: float,
+               server: dict[str, Any] | None) -> None:
+    try:
+        outcome = (
+            _remote(server, "POST", f"/operator/v1/tenants/{tenant}/chat",
+                    {"text": text, "contact": contact, "timeout_s": timeout}, timeout=timeout + 10)
+            if server else operations.chat(tenant, text, contact, timeout_s=timeout)
+        )
+    except operations.OperationError as exc:
+        raise _fail(str(exc)) from exc
+    if as_json:
+        _print_json({k: outcome.get(k) for k in ("status", "text", "citations", "escalation_id")})
+        return
+    typer.echo(f"bot> {outcome['text']}")
+    sources = sorted({c["document"] for c in outcome["citations"]})
+    if sources:
+        typer.secho(f"     sources: {', '.join(sources)}", fg=typer.colors.BRIGHT_BLACK)
+    if outcome["status"] == "escalated":
+        typer.secho(f"     escalated to a human ({outcome.get('reason')}): {outcome['escalation_id']}",
+                    fg=typer.colors.YELLOW)
+
+
+@cli.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8080,
+) -> None:
+    """Run the API, the widget, the review API and the channel gateways (plus, embedded, the orchestrator)."""
+    _prepare()
+    _serve(host, port)
+
+
+def _serve(host: str, port: int) -> None:
+    import uvicorn
+
+    from app.main import create_app
+
+    settings = get_settings()
+    app = create_app()
+    if settings.embedded:
+        other = operations.running_server()
+        if other:
+            raise _fail(f"another 'switchboard serve' (pid {other['pid']}) holds {settings.home_dir}; stop it "
+                        "or set SWITCHBOARD_HOME to another folder")
+        from app.operator_routes import operator_router
+
+        token = secrets.token_urlsafe(32)
+        app.include_router(operator_router(token))
+        operations.write_server_file(f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}", token)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning")
+    finally:
+        operations.remove_server_file()
+
+
+@cli.command()
+def orchestrator() -> None:
+    """Scale-out role: answer inbound messages and dispatch replies (needs REDIS_URL)."""
+    _prepare()
+    logging.getLogger().setLevel(logging.INFO)
+    from workers.orchestrator import main
+
+    main()
+
+
+@cli.command()
+def worker() -> None:
+    """Scale-out role: the RQ ingestion worker (needs REDIS_URL)."""
+    _prepare()
+    logging.getLogger().setLevel(logging.INFO)
+    from workers.ingest import main
+
+    main()
+
+
+DEMO_QUESTIONS = ["How long do I have to return something?", "Can I speak to a real person please?"]
+
+
+@cli.command()
+def demo(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8080,
+    no_serve: Annotated[bool, typer.Option("--no-serve", help="Show the conversation, then exit.")] = False,
+) -> None:
+    """Create the example tenant from tenants/, ingest its pack, show a conversation and serve the widget."""
+    _prepare()
+    if operations.running_server():
+        raise _fail("'switchboard serve' is already running on this SWITCHBOARD_HOME; stop it first")
+    spec_dir = EXAMPLE_TENANT
+    slug = "northwind"
+    if not operations.tenant_exists(slug):
+        created = operations.create_tenant(slug, folder=spec_dir)
+        typer.echo(f"Created tenant '{slug}'.\n  admin API key: {created['admin_api_key']}\n"
+                   f"  agent API key: {created['agent_api_key']}  (shown once)")
+        report = _ingest_with_progress(slug, [spec_dir / "knowledge"], show=sys.stderr.isatty())
+        typer.echo(f"Ingested {report['documents']} documents ({report['chunks']} chunks) "
+                   f"in {report['seconds']:.1f}s.")
+    from app.workers_runtime import RoleThreads
+
+    roles = RoleThreads.start_all()
+    try:
+        typer.echo("\nA conversation through the full pipeline:")
+        for question in DEMO_QUESTIONS:
+            typer.echo(f"customer> {question}")
+            _chat_once(slug, "demo", question, False, 60.0, None)
+    finally:
+        roles.stop()
+    from app.db import session_scope
+    from app.tenants.service import get_by_slug, widget_account
+
+    with session_scope() as session:
+        widget = widget_account(session, get_by_slug(session, slug).id).external_id
+    if no_serve:
+        return
+    typer.echo(f"\nWeb chat: http://{host}:{port}/widget/{widget}   (Ctrl-C stops)")
+    _serve(host, port)
+
+
+def main() -> None:
+    try:
+        from gateways.cli import channel_app
+
+        cli.add_typer(channel_app, name="channel", help="Connect messaging channels to a tenant.")
+    except ImportError:
+        pass
+    cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""Operator actions shared by the CLI and the embedded server's operator routes.
+
+In embedded mode only one process may hold the vector store and the in-process bus. While `switchboard serve`
+runs, it writes `$SWITCHBOARD_HOME/server.json` (its URL and an operator token, mode 0600) and the CLI sends
+these actions to it over HTTP; otherwise the CLI runs them in its own process. Scale-out CLIs always run them
+locally: every resource is a shared server then.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from app.config import get_settings
+from app.db import session_scope
+from app.models import Escalation, Message
+
+SERVER_FILE = "server.json"
+
+
+class OperationError(Exception):
+    pass
+
+
+def create_tenant(slug: str, name: str | None = None, folder: Path | None = None) -> dict[str, Any]:
+    from app.tenants.service import TenantError, TenantSpec
+    from app.tenants.service import create_tenant as create
+
+    spec = TenantSpec.load(folder) if folder else None
+    try:
+        with session_scope() as session:
+            new = create(session, slug, name or (spec.name if spec else None),
+                         spec.persona if spec else None, spec.policies if spec else None)
+            result = {
+                "tenant": slug,
+                "admin_api_key": new.admin_api_key,
+                "agent_api_key": new.agent_api_key,
+                "widget_id": new.widget_id,
+            }
+    except TenantError as exc:
+        raise OperationError(str(exc)) from exc
+    return result
+
+
+def tenant_exists(slug: str) -> bool:
+    from app.models import Tenant
+
+    with session_scope() as session:
+        return session.scalars(select(Tenant.id).where(Tenant.slug == slug)).first() is not None
+
+
+def ingest(slug: str, paths: list[Path], progress: Callable[[Any], None] | None = None) -> dict[str, Any]:
+    from app.knowledge.service import ingest_paths
+    from app.tenants.service import TenantError, get_by_slug
+
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise OperationError(f"no such file or folder: {', '.join(missing)}")
+    try:
+        with session_scope() as session:
+            tenant = get_by_slug(session, slug)
+            report = ingest_paths(session, tenant.id, paths, progress=progress)
+            return report.to_dict()  # type: ignore[no-any-return]
+    except TenantError as exc:
+        raise OperationError(str(exc)) from exc
+
+
+def chat(slug: str, text: str, contact: str | None = None, *, timeout_s: float = 60.0,
+         client_message_id: str | None = None) -> dict[str, Any]:
+    """Send `text` as a web-chat visitor through the full pipeline and wait for its outcome."""
+    from app.conversations.service import accept_inbound
+    from app.runtime import get_bus
+    from app.tenants.service import TenantError, get_by_slug, widget_account
+
+    try:
+        with session_scope() as session:
+            tenant = get_by_slug(session, slug)
+            account = widget_account(session, tenant.id)
+            tenant_id, account_id = tenant.id, account.id
+    except TenantError as exc:
+        raise OperationError(str(exc)) from exc
+    contact = contact or "cli"
+    accepted = accept_inbound(
+        get_bus(), tenant_id=tenant_id, channel="webchat", contact_external_id=f"cli:{contact}",
+        provider_message_id=f"cli:{contact}:{client_message_id or time.time_ns()}", text=text,
+        channel_account_id=account_id,
+    )
+    return wait_for_outcome(tenant_id, accepted.message_id, timeout_s=timeout_s)
+
+
+def wait_for_outcome(tenant_id: str, message_id: str, *, timeout_s: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with session_scope() as session:
+            message = session.get(Message, message_id)
+            if message is not None and message.tenant_id == tenant_id and message.status != "received":
+                return _outcome(session, message)
+        if time.monotonic() > deadline:
+            hint = ("is 'switchboard orchestrator' running?" if not get_settings().embedded
+                    else "the orchestrator thread did not answer")
+            raise OperationError(f"no answer within {timeout_s:.0f}s: {hint}")
+        time.sleep(0.05)
+
+
+def _outcome(session: Any, message: Message) -> dict[str, Any]:
+    reply = session.scalars(
+        select(Message).where(Message.in_reply_to_id == message.id, Message.tenant_id == message.tenant_id)
+        .order_by(Message.created_at)
+    ).first()
+    escalation = session.scalars(select(Escalation).where(Escalation.message_id == message.id)).first()
+    status = {"answered": "answered", "escalated": "escalated"}.get(message.status, message.status)
+    return {
+        "status": status,
+        "text": reply.text if reply else None,
+        "citations": [
+            {"document": c["document"], "chunk_id": c["chunk_id"], "score": c["score"]}
+            for c in (reply.citations or [])
+        ] if reply else [],
+        "escalation_id": escalation.id if escalation else None,
+        **({"reason": escalation.reason} if escalation else {}),
+        **({"error": message.error} if message.status == "dead" else {}),
+    }
+
+
+# -- the running embedded server ------------------------------------------------------------------------
+def server_file() -> Path:
+    return get_settings().home_dir / SERVER_FILE
+
+
+def write_server_file(url: str, token: str) -> None:
+    path = server_file()
+    path.write_text(json.dumps({"url": url, "pid": os.getpid(), "token": token}))
+    path.chmod(0o600)
+
+
+def remove_server_file() -> None:
+    path = server_file()
+    try:
+        if json.loads(path.read_text()).get("pid") == os.getpid():
+            path.unlink()
+    except (OSError, ValueError):
+        pass
+
+
+def running_server() -> dict[str, Any] | None:
+    """The embedded server holding this SWITCHBOARD_HOME, if one is alive."""
+    if not get_settings().embedded:
+        return None
+    path = server_file()
+    try:
+        info: dict[str, Any] = json.loads(path.read_text())
+        os.kill(int(info["pid"]), 0)
+    except (OSError, ValueError, KeyError):
+        return None
+    return info

@@ -1,0 +1,135 @@
+"""The human review queue: decide escalations, take conversations over and hand them back.
+
+Every decision is one transaction: the escalation's new state, the outbound message (under an idempotency key,
+so a retried request cannot send twice) and the audit event; the reply is published after the commit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.audit import record
+from app.auth import Principal
+from app.bus.base import Bus
+from app.contracts import EVENTS, EscalationDecided, OutboundMessage
+from app.conversations.service import add_outbound, outbound_event, publish_outbound
+from app.models import Conversation, Escalation, utcnow
+
+
+class ReviewError(Exception):
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+@dataclass
+class Decided:
+    escalation: Escalation
+    outbound: OutboundMessage | None
+    event: EscalationDecided
+
+
+def get_escalation(session: Session, principal: Principal, escalation_id: str, *, lock: bool = False) -> Escalation:
+    stmt = select(Escalation).where(Escalation.id == escalation_id, Escalation.tenant_id == principal.tenant_id)
+    if lock:
+        stmt = stmt.with_for_update()
+    escalation = session.scalars(stmt).first()
+    if escalation is None:
+        raise ReviewError(404, f"no escalation {escalation_id!r} in this tenant")
+    return escalation
+
+
+def get_conversation(session: Session, principal: Principal, conversation_id: str) -> Conversation:
+    conversation = session.scalars(
+        select(Conversation).where(
+            Conversation.id == conversation_id, Conversation.tenant_id == principal.tenant_id
+        ).with_for_update()
+    ).first()
+    if conversation is None:
+        raise ReviewError(404, f"no conversation {conversation_id!r} in this tenant")
+    return conversation
+
+
+def decide(
+    session: Session, principal: Principal, escalation_id: str, decision: str, text: str | None = None,
+    note: str | None = None,
+) -> Decided:
+    escalation = get_escalation(session, principal, escalation_id, lock=True)
+    if escalation.status != "open":
+        raise ReviewError(
+            409, f"escalation already {escalation.status} by {escalation.reviewer} at {escalation.decided_at}"
+        )
+    conversation = session.get_one(Conversation, escalation.conversation_id)
+    if decision == "approve":
+        if not escalation.draft:
+            raise ReviewError(422, "this escalation has no draft to approve: use 'edit' with the reply text")
+        text = escalation.draft
+    elif decision == "edit":
+        if not text or not text.strip():
+            raise ReviewError(422, "text is required to edit and send")
+        text = text.strip()
+    elif decision in ("reject", "takeover"):
+        text = None
+    else:
+        raise ReviewError(422, f"unknown decision {decision!r}")
+
+    outbound = None
+    if text is not None:
+        reply, _ = add_outbound(
+            session, conversation, key=f"review:{escalation.id}", text=text, author=f"agent:{principal.name}",
+            in_reply_to_id=escalation.message_id,
+            citations=escalation.draft_citations if decision == "approve" else None,
+            meta={"escalation_id": escalation.id},
+        )
+        outbound = outbound_event(reply, conversation)
+    if decision == "takeover":
+        conversation.mode = "human"
+        conversation.assigned_agent = principal.actor
+    escalation.status = {"approve": "approved", "edit": "approved", "reject": "rejected",
+                         "takeover": "taken_over"}[decision]
+    escalation.decision = decision
+    escalation.final_text = text
+    escalation.reviewer = principal.actor
+    escalation.decided_at = utcnow()
+    record(session, principal.tenant_id, principal.actor, f"escalation.{decision}", "escalation", escalation.id, {
+        "text": text, "draft": escalation.draft, "note": note,
+    })
+    event = EscalationDecided(tenant_id=principal.tenant_id, escalation_id=escalation.id,
+                              conversation_id=conversation.id, decision=decision,  # type: ignore[arg-type]
+                              reviewer=principal.actor)
+    session.flush()
+    return Decided(escalation, outbound, event)
+
+
+def publish_decision(bus: Bus, decided: Decided) -> None:
+    if decided.outbound is not None:
+        publish_outbound(bus, decided.outbound)
+    bus.publish(EVENTS, decided.event.tenant_id, decided.event.to_bus())
+
+
+def set_mode(session: Session, principal: Principal, conversation_id: str, mode: str) -> Conversation:
+    conversation = get_conversation(session, principal, conversation_id)
+    conversation.mode = mode
+    conversation.assigned_agent = principal.actor if mode == "human" else None
+    action = "conversation.takeover" if mode == "human" else "conversation.release"
+    record(session, principal.tenant_id, principal.actor, action, "conversation", conversation.id)
+    return conversation
+
+
+def agent_message(
+    session: Session, principal: Principal, conversation_id: str, text: str, client_message_id: str
+) -> OutboundMessage:
+    conversation = get_conversation(session, principal, conversation_id)
+    if conversation.mode != "human":
+        raise ReviewError(409, "take the conversation over before writing in it (POST .../takeover)")
+    reply, created = add_outbound(
+        session, conversation, key=f"agent:{conversation.id}:{client_message_id}", text=text,
+        author=f"agent:{principal.name}",
+    )
+    if created:
+        record(session, principal.tenant_id, principal.actor, "message.sent_by_agent", "message", reply.id)
+    return outbound_event(reply, conversation)

@@ -1,0 +1,87 @@
+"""The roles that consume the bus: the orchestrator (inbound) and the dispatcher (outbound).
+
+`switchboard orchestrator` runs them as one scale-out process (replicate it freely: the consumer groups share
+the work and reclaim what a dead replica held); embedded `serve`, `chat` and `demo` run the same consumers in
+threads of their own process, on the in-process bus.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from dataclasses import dataclass, field
+
+from app.bus.base import Bus, Delivery
+from app.bus.consumer import Consumer
+from app.config import get_settings
+from app.contracts import INBOUND, OUTBOUND
+
+log = logging.getLogger(__name__)
+
+ORCHESTRATOR_GROUP = "orchestrator"
+DISPATCHER_GROUP = "dispatcher"
+
+
+def consumer_name(role: str) -> str:
+    return f"{role}-{socket.gethostname()}-{os.getpid()}-{threading.get_ident() % 10_000}"
+
+
+def build_consumers(bus: Bus, stop: threading.Event) -> list[Consumer]:
+    from app.assistant.orchestrator import Orchestrator, mark_dead
+    from app.conversations.dispatcher import Dispatcher
+
+    settings = get_settings()
+    orchestrator = Orchestrator(bus)
+
+    def on_inbound_dead(delivery: Delivery, reason: str) -> None:
+        message_id = _message_id(delivery)
+        if message_id:
+            mark_dead(delivery.tenant_id, message_id, reason)
+
+    common = {
+        "max_deliveries": settings.bus_max_deliveries,
+        "claim_idle_ms": settings.bus_claim_idle_ms,
+        "batch_size": settings.bus_batch_size,
+        "stop": stop,
+    }
+    return [
+        Consumer(bus, INBOUND, ORCHESTRATOR_GROUP, consumer_name("orchestrator"), orchestrator.handle,
+                 on_dead=on_inbound_dead, **common),  # type: ignore[arg-type]
+        Consumer(bus, OUTBOUND, DISPATCHER_GROUP, consumer_name("dispatcher"), Dispatcher().handle,
+                 **common),  # type: ignore[arg-type]
+    ]
+
+
+def _message_id(delivery: Delivery) -> str | None:
+    import json
+
+    try:
+        return str(json.loads(delivery.fields["body"])["message_id"])
+    except (KeyError, ValueError, TypeError):
+        return None
+
+
+@dataclass
+class RoleThreads:
+    consumers: list[Consumer]
+    stop_event: threading.Event
+    threads: list[threading.Thread] = field(default_factory=list)
+
+    @classmethod
+    def start_all(cls, bus: Bus | None = None) -> RoleThreads:
+        from app.runtime import get_bus
+
+        stop = threading.Event()
+        roles = cls(build_consumers(bus or get_bus(), stop), stop)
+        for consumer in roles.consumers:
+            thread = threading.Thread(target=consumer.run, name=f"sb-{consumer.group}", daemon=True)
+            thread.start()
+            roles.threads.append(thread)
+        return roles
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.stop_event.set()
+        for thread in self.threads:
+            thread.join(timeout)
