@@ -1,0 +1,74 @@
+"""Consumer runner behaviour beyond the bus contract: outages, crashes without a recorded reason."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import pytest
+
+from app.bus.base import BusUnavailable, Delivery
+from app.bus.consumer import Consumer
+from app.bus.memory import MemoryBus
+from app.bus.redis_streams import RedisStreamsBus
+from tests.bus.conftest import wait_for
+
+UNREACHABLE = "redis://127.0.0.1:1/0"  # nothing listens on port 1
+
+
+def test_publish_to_an_unreachable_redis_raises_a_typed_error() -> None:
+    bus = RedisStreamsBus(UNREACHABLE)
+    with pytest.raises(BusUnavailable, match="REDIS_URL"):
+        bus.publish("inbound", "acme", {"a": "1"})
+    bus.close()
+
+
+def test_consumer_backs_off_and_keeps_running_while_the_bus_is_down(caplog: pytest.LogCaptureFixture) -> None:
+    bus = RedisStreamsBus(UNREACHABLE)
+    stop = threading.Event()
+    consumer = Consumer(bus, "inbound", "g", "c1", lambda d: None, stop=stop, backoff_cap_s=0.2)
+    thread = threading.Thread(target=consumer.run, daemon=True)
+    with caplog.at_level(logging.WARNING, logger="app.bus.consumer"):
+        thread.start()
+        wait_for(lambda: sum("retrying in" in r.getMessage() for r in caplog.records) >= 3)
+        assert thread.is_alive()
+        stop.set()
+        thread.join(timeout=10)
+    assert not thread.is_alive()
+    bus.close()
+
+
+def test_entry_whose_consumer_kept_crashing_is_dead_lettered_with_an_explanation() -> None:
+    bus = MemoryBus()
+    bus.publish("inbound", "acme", {"a": "1"})
+    # Three consumers take it and die without recording anything (as a SIGKILL would).
+    assert bus.read("inbound", "g", "dead1", count=1, block_ms=0)
+    for name in ("dead2", "dead3"):
+        assert bus.claim_stale("inbound", "g", name, min_idle_ms=0, count=1)
+    handled: list[Delivery] = []
+    consumer = Consumer(bus, "inbound", "g", "c", handled.append, max_deliveries=3, claim_idle_ms=0)
+    result = consumer.process_available()
+    assert result.dead == 1 and handled == []
+    [letter] = bus.dead_letters("inbound", "acme")
+    assert letter.deliveries == 4
+    assert "no success after 3 deliveries" in letter.reason and "crashed" in letter.reason
+
+
+def test_stop_between_entries_leaves_the_rest_pending_for_reclaim() -> None:
+    bus = MemoryBus()
+    for i in range(5):
+        bus.publish("inbound", "acme", {"i": str(i)})
+    stop = threading.Event()
+    seen: list[str] = []
+
+    def handler(d: Delivery) -> None:
+        seen.append(d.fields["i"])
+        if len(seen) == 2:
+            stop.set()
+
+    result = Consumer(bus, "inbound", "g", "c", handler, stop=stop).step(block_ms=0)
+    assert result.acked == 2 and seen == ["0", "1"]
+    assert bus.pending_count("inbound", "g") == 3
+    rest = Consumer(bus, "inbound", "g", "c2", lambda d: seen.append(d.fields["i"]), claim_idle_ms=0)
+    assert rest.process_available().acked == 3
+    assert sorted(seen) == ["0", "1", "2", "3", "4"] and bus.pending_count("inbound", "g") == 0
