@@ -1,0 +1,3 @@
+from tests.fakes.openai_server import openai_server
+
+__all__ = ["openai_server"]

@@ -1,0 +1,219 @@
+"""A real OpenAI-compatible HTTP server on 127.0.0.1 for tests: POST /v1/chat/completions.
+
+It speaks the wire format the `openai` SDK expects, checks `Authorization: Bearer <key>`, records every request
+and plays scripted behaviours. One-shot steps queued with `then_*` are used first, in order; afterwards every
+request gets the default (`reply`, `reply_with`, or a default failure).
+
+    def test_x(openai_server):
+        openai_server.reply("Returns take 30 days [1].")
+        openai_server.then_status(429, times=2, retry_after=0.05)  # two 429s, then the reply
+        config = LLMConfig(base_url=openai_server.base_url, api_key=openai_server.api_key, model="m")
+
+Use it from any test package: `from tests.fakes.openai_server import openai_server` in a conftest.py (the
+fixture is defined here), or start `FakeOpenAIServer()` yourself as a context manager.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+
+@dataclass
+class RecordedRequest:
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any] | None
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        return list((self.body or {}).get("messages", []))
+
+
+@dataclass
+class Step:
+    """One scripted response. `reply` may be a string or a function of the request body."""
+
+    status: int = 200
+    reply: str | Callable[[dict[str, Any]], str] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    delay_s: float = 0.0
+    raw_body: bytes | None = None  # sent as-is (e.g. invalid JSON)
+    error_message: str = ""
+
+
+def chat_completion(text: str, model: str, prompt_tokens: int = 42, completion_tokens: int = 7) -> dict[str, Any]:
+    """The JSON body of a successful /v1/chat/completions response."""
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "system_fingerprint": "fp_fake",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text, "refusal": None},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
+
+
+def _error_body(status: int, message: str) -> dict[str, Any]:
+    kinds = {400: "invalid_request_error", 401: "invalid_request_error", 403: "permission_denied",
+             429: "rate_limit_exceeded", 500: "server_error", 503: "server_error"}
+    return {"error": {"message": message or f"HTTP {status}", "type": kinds.get(status, "api_error"),
+                      "param": None, "code": None}}
+
+
+class FakeOpenAIServer:
+    def __init__(self, api_key: str = "sk-test-fake", model_suffix: str = "") -> None:
+        self.api_key = api_key
+        self.model_suffix = model_suffix
+        self.requests: list[RecordedRequest] = []
+        self._steps: deque[Step] = deque()
+        self._default = Step(reply="OK")
+        self._lock = threading.Lock()
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="fake-openai", daemon=True)
+
+    # ------------------------------------------------------------------ lifecycle
+    @property
+    def port(self) -> int:
+        return int(self._httpd.server_address[1])
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> FakeOpenAIServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def __enter__(self) -> FakeOpenAIServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ scripting
+    def reply(self, text: str) -> None:
+        """Every later request (after queued steps) answers `text`."""
+        self._default = Step(reply=text)
+
+    def reply_with(self, fn: Callable[[dict[str, Any]], str]) -> None:
+        """Every later request answers `fn(request_body)`."""
+        self._default = Step(reply=fn)
+
+    def fail_always(self, status: int, retry_after: float | None = None) -> None:
+        headers = {"retry-after": str(retry_after)} if retry_after is not None else {}
+        self._default = Step(status=status, headers=headers, error_message="scripted failure")
+
+    def then_status(self, status: int, times: int = 1, retry_after: float | None = None, message: str = "") -> None:
+        headers = {"retry-after": str(retry_after)} if retry_after is not None else {}
+        for _ in range(times):
+            self._steps.append(Step(status=status, headers=headers, error_message=message))
+
+    def then_delay(self, seconds: float, times: int = 1, text: str = "late") -> None:
+        for _ in range(times):
+            self._steps.append(Step(reply=text, delay_s=seconds))
+
+    def then_invalid_json(self, times: int = 1) -> None:
+        for _ in range(times):
+            self._steps.append(Step(raw_body=b'{"id": "chatcmpl-broken", "choices": [ {"mess'))
+
+    def then_reply(self, text: str) -> None:
+        self._steps.append(Step(reply=text))
+
+    @property
+    def completion_requests(self) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.path.endswith("/chat/completions")]
+
+    def _next_step(self) -> Step:
+        with self._lock:
+            return self._steps.popleft() if self._steps else self._default
+
+    # ------------------------------------------------------------------ HTTP
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:  # keep test output clean
+                return
+
+            def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    for k, v in (headers or {}).items():
+                        self.send_header(k, v)
+                    self.end_headers()
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (timeout test): nothing to do
+
+            def _json(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+                self._send(status, json.dumps(payload).encode(), headers)
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                try:
+                    body = json.loads(raw) if raw else None
+                except ValueError:
+                    body = None
+                with server._lock:
+                    server.requests.append(RecordedRequest(self.path, dict(self.headers.items()), body))
+                if self.path.rstrip("/") != "/v1/chat/completions":
+                    self._json(404, _error_body(404, f"unknown path {self.path}"))
+                    return
+                if self.headers.get("Authorization") != f"Bearer {server.api_key}":
+                    self._json(401, _error_body(401, "Incorrect API key provided."))
+                    return
+                if not isinstance(body, dict) or not body.get("model") or not body.get("messages"):
+                    self._json(400, _error_body(400, "'model' and 'messages' are required"))
+                    return
+                step = server._next_step()
+                if step.delay_s:
+                    time.sleep(step.delay_s)
+                if step.raw_body is not None:
+                    self._send(step.status, step.raw_body, step.headers)
+                    return
+                if step.status != 200:
+                    self._json(step.status, _error_body(step.status, step.error_message), step.headers)
+                    return
+                text = step.reply(body) if callable(step.reply) else (step.reply or "")
+                self._json(200, chat_completion(text, body["model"] + server.model_suffix), step.headers)
+
+        return Handler
+
+
+@pytest.fixture
+def openai_server() -> Iterator[FakeOpenAIServer]:
+    """A fresh fake OpenAI-compatible server per test (127.0.0.1, free port)."""
+    with FakeOpenAIServer() as server:
+        yield server
