@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     bus_claim_idle_ms: int = Field(default=30_000, validation_alias=_env("BUS_CLAIM_IDLE_MS"))
     bus_stream_maxlen: int = Field(default=100_000, validation_alias=_env("BUS_STREAM_MAXLEN"))
     bus_batch_size: int = Field(default=64, validation_alias=_env("BUS_BATCH_SIZE"))
+    # Prefix of every Redis key the bus writes; lets several deployments (or test runs) share one Redis.
+    bus_namespace: str = Field(default="sb", validation_alias=_env("BUS_NAMESPACE"))
 
     # Retrieval and answering.
     retrieval_top_k: int = Field(default=5, validation_alias=_env("RETRIEVAL_TOP_K"))

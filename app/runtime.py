@@ -26,7 +26,9 @@ def get_bus() -> Bus:
     if settings.redis_url:
         from app.bus.redis_streams import RedisStreamsBus
 
-        return RedisStreamsBus(settings.redis_url, maxlen=settings.bus_stream_maxlen)
+        return RedisStreamsBus(
+            settings.redis_url, namespace=settings.bus_namespace, maxlen=settings.bus_stream_maxlen
+        )
     from app.bus.memory import MemoryBus
 
     return MemoryBus(maxlen=settings.bus_stream_maxlen)
