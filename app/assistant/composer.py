@@ -9,6 +9,7 @@ the tenant's relevance threshold it declines and escalates rather than guess.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from app.assistant.prompts import Draft, PassageLike, citation, persona_with_defaults, template_env
@@ -92,7 +93,7 @@ def _confidence(top: float, runner_up: float | None, min_relevance: float) -> fl
 
 def compose_offline(
     question: str,
-    passages: list[PassageLike],
+    passages: Sequence[PassageLike],
     persona: dict[str, Any] | None,
     min_relevance: float = 0.45,
     *,

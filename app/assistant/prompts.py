@@ -10,6 +10,7 @@ injected text stays data. The model signals "the passages do not answer this" wi
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -65,9 +66,12 @@ def persona_with_defaults(persona: dict[str, Any] | None) -> dict[str, Any]:
     return merged
 
 
-def _fence(text: str, tag: str) -> str:
-    # Break any closing or opening tag of our fences so text cannot end its own block or fake a new one.
-    text = re.sub(rf"<\s*(/?)\s*{tag}\b", lambda m: f"<{m.group(1)}_{tag}", text, flags=re.IGNORECASE)
+_FENCE_TAGS = re.compile(r"<\s*(/?)\s*(passage|customer_message)\b", re.IGNORECASE)
+
+
+def _fence(text: str) -> str:
+    # Break every tag of our fences, so text can neither end its own block nor fake a new one.
+    text = _FENCE_TAGS.sub(lambda m: f"<{m.group(1)}_{m.group(2)}", text)
     # Nor may quoted text carry our escalation marker into the model's context.
     return text.replace(ESCALATE_TOKEN, "<<_ESCALATE>>").strip()
 
@@ -96,7 +100,7 @@ def render_messages(
     persona: dict[str, Any] | None,
     policies: dict[str, Any] | None,
     history: list[tuple[str, str]],
-    passages: list[PassageLike],
+    passages: Sequence[PassageLike],
     question: str,
 ) -> list[dict[str, str]]:
     """Chat-completion messages: system (persona, rules, passages), past turns, then the customer's question.
@@ -126,7 +130,7 @@ def citation(p: PassageLike) -> dict[str, Any]:
     return {"document": p.document, "chunk_id": p.chunk_id, "score": round(float(p.score), 4)}
 
 
-def parse_llm_answer(text: str, passages: list[PassageLike]) -> Draft:
+def parse_llm_answer(text: str, passages: Sequence[PassageLike]) -> Draft:
     """Turn the model's reply into a Draft: citations resolved and renumbered, the escalation token stripped.
 
     Citation numbers that point at no passage are dropped from the text (the model made them up). Confidence

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 @dataclass
 class FakePassage:
-    """Shape of app.knowledge.retrieval.Passage (the composer and prompts accept anything with these fields)."""
+    """Shape of app.knowledge.retrieval.Passage (composer and prompts accept anything with these fields)."""
 
     chunk_id: str
     document: str
@@ -25,8 +25,11 @@ PERSONA = {
 }
 
 RETURNS_DOC = """## Returns policy
-You can return unworn items within 30 days of delivery for a full refund. Items must have their original tags attached.
+You can return unworn items within 30 days of delivery for a full refund. Items must have their tags.
 Sale items are final sale and cannot be returned.
 - Refunds go back to the original payment method within 5-7 business days.
 """
-SHIPPING_FAQ = "Q: Do you ship abroad?\nA: Yes, we ship to 30 countries. International delivery takes 5-10 business days."
+SHIPPING_FAQ = (
+    "Q: Do you ship abroad?\n"
+    "A: Yes, we ship to 30 countries. International delivery takes 5-10 business days."
+)

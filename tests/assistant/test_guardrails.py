@@ -5,7 +5,14 @@ import json
 
 import pytest
 
-from app.assistant.guardrails import detect_injection, find_banned, iban_valid, luhn_valid, redact_pii, wants_human
+from app.assistant.guardrails import (
+    detect_injection,
+    find_banned,
+    iban_valid,
+    luhn_valid,
+    redact_pii,
+    wants_human,
+)
 from tests.conftest import SHARED_DATA
 
 PII = SHARED_DATA / "pii" / "presidio_synth" / "synth_dataset_v2.json"
@@ -21,7 +28,8 @@ def test_redacts_each_structured_type_with_a_typed_placeholder() -> None:
     )
     red = redact_pii(text)
     assert red.text == (
-        "Mail me at [EMAIL] or call [PHONE]. Card [CREDIT_CARD], IBAN [IBAN], SSN [US_SSN], from [IP_ADDRESS]."
+        "Mail me at [EMAIL] or call [PHONE]. Card [CREDIT_CARD], IBAN [IBAN], SSN [US_SSN], "
+        "from [IP_ADDRESS]."
     )
     assert red.kinds == {"EMAIL", "PHONE", "CREDIT_CARD", "IBAN", "US_SSN", "IP_ADDRESS"}
     for span in red.spans:
@@ -44,7 +52,9 @@ def test_urls_are_left_alone() -> None:
 def test_no_covered_pii_value_survives_in_most_real_rows() -> None:
     rows = json.loads(PII.read_text())
     types = {"EMAIL_ADDRESS", "CREDIT_CARD", "IBAN_CODE", "US_SSN", "IP_ADDRESS", "PHONE_NUMBER"}
-    spans = [(r["full_text"], s["entity_value"]) for r in rows for s in r["spans"] if s["entity_type"] in types]
+    spans = [
+        (r["full_text"], s["entity_value"]) for r in rows for s in r["spans"] if s["entity_type"] in types
+    ]
     leaked = [v for text, v in spans if v in redact_pii(text).text]
     assert len(spans) > 300
     assert len(leaked) / len(spans) < 0.02, leaked

@@ -1,8 +1,8 @@
 """A real OpenAI-compatible HTTP server on 127.0.0.1 for tests: POST /v1/chat/completions.
 
-It speaks the wire format the `openai` SDK expects, checks `Authorization: Bearer <key>`, records every request
-and plays scripted behaviours. One-shot steps queued with `then_*` are used first, in order; afterwards every
-request gets the default (`reply`, `reply_with`, or a default failure).
+It speaks the wire format the `openai` SDK expects, checks `Authorization: Bearer <key>`, records every
+request and plays scripted behaviours. One-shot steps queued with `then_*` are used first, in order;
+afterwards every request gets the default (`reply`, `reply_with`, or a default failure).
 
     def test_x(openai_server):
         openai_server.reply("Returns take 30 days [1].")
@@ -31,7 +31,7 @@ import pytest
 @dataclass
 class RecordedRequest:
     path: str
-    headers: dict[str, str]
+    headers: dict[str, str]  # lower-case names
     body: dict[str, Any] | None
 
     @property
@@ -51,7 +51,9 @@ class Step:
     error_message: str = ""
 
 
-def chat_completion(text: str, model: str, prompt_tokens: int = 42, completion_tokens: int = 7) -> dict[str, Any]:
+def chat_completion(
+    text: str, model: str, prompt_tokens: int = 42, completion_tokens: int = 7
+) -> dict[str, Any]:
     """The JSON body of a successful /v1/chat/completions response."""
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
@@ -76,10 +78,22 @@ def chat_completion(text: str, model: str, prompt_tokens: int = 42, completion_t
 
 
 def _error_body(status: int, message: str) -> dict[str, Any]:
-    kinds = {400: "invalid_request_error", 401: "invalid_request_error", 403: "permission_denied",
-             429: "rate_limit_exceeded", 500: "server_error", 503: "server_error"}
-    return {"error": {"message": message or f"HTTP {status}", "type": kinds.get(status, "api_error"),
-                      "param": None, "code": None}}
+    kinds = {
+        400: "invalid_request_error",
+        401: "invalid_request_error",
+        403: "permission_denied",
+        429: "rate_limit_exceeded",
+        500: "server_error",
+        503: "server_error",
+    }
+    return {
+        "error": {
+            "message": message or f"HTTP {status}",
+            "type": kinds.get(status, "api_error"),
+            "param": None,
+            "code": None,
+        }
+    }
 
 
 class FakeOpenAIServer:
@@ -92,7 +106,9 @@ class FakeOpenAIServer:
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="fake-openai", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, args=(0.05,), name="fake-openai", daemon=True
+        )
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -130,7 +146,9 @@ class FakeOpenAIServer:
         headers = {"retry-after": str(retry_after)} if retry_after is not None else {}
         self._default = Step(status=status, headers=headers, error_message="scripted failure")
 
-    def then_status(self, status: int, times: int = 1, retry_after: float | None = None, message: str = "") -> None:
+    def then_status(
+        self, status: int, times: int = 1, retry_after: float | None = None, message: str = ""
+    ) -> None:
         headers = {"retry-after": str(retry_after)} if retry_after is not None else {}
         for _ in range(times):
             self._steps.append(Step(status=status, headers=headers, error_message=message))
@@ -176,7 +194,9 @@ class FakeOpenAIServer:
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (timeout test): nothing to do
 
-            def _json(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+            def _json(
+                self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None
+            ) -> None:
                 self._send(status, json.dumps(payload).encode(), headers)
 
             def do_POST(self) -> None:
@@ -187,7 +207,9 @@ class FakeOpenAIServer:
                 except ValueError:
                     body = None
                 with server._lock:
-                    server.requests.append(RecordedRequest(self.path, dict(self.headers.items()), body))
+                    server.requests.append(
+                        RecordedRequest(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+                    )
                 if self.path.rstrip("/") != "/v1/chat/completions":
                     self._json(404, _error_body(404, f"unknown path {self.path}"))
                     return

@@ -1,8 +1,9 @@
 """LLMClient over the official `openai` SDK, for any OpenAI-compatible chat-completions API.
 
-The SDK does the retrying: 408/409/429/5xx and timeouts are retried `max_retries` times with exponential backoff,
-honouring `Retry-After`/`retry-after-ms`. What is still failing afterwards becomes one `LLMError` with a small,
-flat reason the orchestrator can act on: timeout, rate_limited, unavailable, auth, bad_request, empty_response.
+The SDK does the retrying: 408/409/429/5xx and timeouts are retried `max_retries` times with exponential
+backoff, honouring `Retry-After`/`retry-after-ms`. What still fails afterwards becomes one `LLMError` with a
+small, flat reason the orchestrator can act on: timeout, rate_limited, unavailable, auth, bad_request,
+empty_response.
 
 Clients are cached per (base_url, api_key, timeout, retries) so tenants never share credentials and a tenant's
 connection pool is reused across messages; nothing tenant-specific lives on a module-level client.

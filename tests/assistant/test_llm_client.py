@@ -1,0 +1,135 @@
+"""The LLM client through the real `openai` SDK against a real HTTP server on 127.0.0.1."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from app.providers.llm.base import LLMConfig, LLMError
+from app.providers.llm.openai_client import OpenAILLMClient
+from tests.fakes.openai_server import FakeOpenAIServer
+
+MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+
+
+def _config(server: FakeOpenAIServer, **overrides: Any) -> LLMConfig:
+    values: dict[str, Any] = {
+        "base_url": server.base_url,
+        "api_key": server.api_key,
+        "model": "fake-model",
+        "timeout_s": 2.0,
+        "max_retries": 2,
+    }
+    values.update(overrides)
+    return LLMConfig(**values)
+
+
+def test_success_returns_text_model_and_usage(openai_server: FakeOpenAIServer) -> None:
+    openai_server.reply("Returns are free within 30 days [1].")
+    completion = OpenAILLMClient().complete(_config(openai_server), MESSAGES)
+    assert completion.text == "Returns are free within 30 days [1]."
+    assert completion.model == "fake-model"
+    assert (completion.prompt_tokens, completion.completion_tokens) == (42, 7)
+    (request,) = openai_server.completion_requests
+    assert request.headers["authorization"] == f"Bearer {openai_server.api_key}"
+    assert request.body is not None and request.body["model"] == "fake-model"
+    assert request.messages == MESSAGES
+    assert request.body["max_tokens"] == 600 and request.body["temperature"] == 0.2
+
+
+def test_reply_built_from_the_request(openai_server: FakeOpenAIServer) -> None:
+    openai_server.reply_with(lambda body: f"You said: {body['messages'][-1]['content']} [1]")
+    assert OpenAILLMClient().complete(_config(openai_server), MESSAGES).text == "You said: Hi [1]"
+
+
+def test_429_then_success_is_retried_by_the_sdk(openai_server: FakeOpenAIServer) -> None:
+    openai_server.reply("finally")
+    openai_server.then_status(429, times=2, retry_after=0.05)
+    completion = OpenAILLMClient().complete(_config(openai_server, max_retries=2), MESSAGES)
+    assert completion.text == "finally"
+    assert len(openai_server.completion_requests) == 3
+
+
+def test_429_forever_is_rate_limited_after_bounded_retries(openai_server: FakeOpenAIServer) -> None:
+    openai_server.fail_always(429, retry_after=0.05)
+    with pytest.raises(LLMError) as err:
+        OpenAILLMClient().complete(_config(openai_server, max_retries=2), MESSAGES)
+    assert err.value.reason == "rate_limited"
+    assert len(openai_server.completion_requests) == 3  # the first try and two retries, no more
+
+
+def test_server_errors_are_unavailable(openai_server: FakeOpenAIServer) -> None:
+    openai_server.fail_always(500, retry_after=0.05)
+    with pytest.raises(LLMError) as err:
+        OpenAILLMClient().complete(_config(openai_server, max_retries=1), MESSAGES)
+    assert err.value.reason == "unavailable"
+    assert len(openai_server.completion_requests) == 2
+
+
+def test_500_then_success(openai_server: FakeOpenAIServer) -> None:
+    openai_server.reply("recovered")
+    openai_server.then_status(503, retry_after=0.05)
+    assert OpenAILLMClient().complete(_config(openai_server), MESSAGES).text == "recovered"
+    assert len(openai_server.completion_requests) == 2
+
+
+def test_timeout_is_bounded(openai_server: FakeOpenAIServer) -> None:
+    openai_server.then_delay(1.5, times=2)
+    with pytest.raises(LLMError) as err:
+        OpenAILLMClient().complete(_config(openai_server, timeout_s=0.3, max_retries=1), MESSAGES)
+    assert err.value.reason == "timeout"
+    assert len(openai_server.completion_requests) == 2
+
+
+def test_wrong_key_is_auth_and_not_retried(openai_server: FakeOpenAIServer) -> None:
+    with pytest.raises(LLMError) as err:
+        OpenAILLMClient().complete(_config(openai_server, api_key="sk-wrong"), MESSAGES)
+    assert err.value.reason == "auth"
+    assert "401" in err.value.detail
+    assert len(openai_server.completion_requests) == 1
+
+
+def test_bad_request_and_unknown_path(openai_server: FakeOpenAIServer) -> None:
+    openai_server.then_status(400, message="max_tokens is too large")
+    with pytest.raises(LLMError) as err:
+        OpenAILLMClient().complete(_config(openai_server), MESSAGES)
+    assert err.value.reason == "bad_request" and "max_tokens" in err.value.detail
+    with pytest.raises(LLMError) as err:
+        OpenAILLMClient().complete(
+            _config(openai_server, base_url=openai_server.base_url + "/nope"), MESSAGES
+        )
+    assert err.value.reason == "bad_request"
+
+
+def test_empty_and_invalid_responses(openai_server: FakeOpenAIServer) -> None:
+    openai_server.reply("")
+    with pytest.raises(LLMError) as err:
+        OpenAILLMClient().complete(_config(openai_server), MESSAGES)
+    assert err.value.reason == "empty_response"
+    openai_server.then_invalid_json()
+    with pytest.raises(LLMError) as err:
+        OpenAILLMClient().complete(_config(openai_server, max_retries=0), MESSAGES)
+    assert err.value.reason == "unavailable"
+
+
+def test_connection_refused_is_unavailable() -> None:
+    server = FakeOpenAIServer().start()
+    config = _config(server, max_retries=0)
+    server.stop()
+    with pytest.raises(LLMError) as err:
+        OpenAILLMClient().complete(config, MESSAGES)
+    assert err.value.reason == "unavailable"
+
+
+def test_each_tenant_key_reaches_the_server_with_its_own_client() -> None:
+    with FakeOpenAIServer(api_key="sk-tenant-a") as a, FakeOpenAIServer(api_key="sk-tenant-b") as b:
+        a.reply("from a")
+        b.reply("from b")
+        client = OpenAILLMClient(cache_size=1)  # eviction must not break later calls
+        for _ in range(2):
+            assert client.complete(_config(a), MESSAGES).text == "from a"
+            assert client.complete(_config(b), MESSAGES).text == "from b"
+        assert {r.headers["authorization"] for r in a.completion_requests} == {"Bearer sk-tenant-a"}
+        assert {r.headers["authorization"] for r in b.completion_requests} == {"Bearer sk-tenant-b"}
+        client.close()
