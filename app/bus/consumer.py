@@ -35,6 +35,11 @@ class BatchResult:
     def handled(self) -> int:
         return self.acked + self.failed + self.dead
 
+    def add(self, other: BatchResult) -> None:
+        self.acked += other.acked
+        self.failed += other.failed
+        self.dead += other.dead
+
 
 @dataclass
 class Consumer:
@@ -100,14 +105,20 @@ class Consumer:
         """Handle everything available right now (stale entries due for a claim, then new ones), without
         blocking; returns when a batch comes back empty. For tests, the CLI and draining on shutdown."""
         total = BatchResult()
+        claim_due = True  # a claim sweeps every tenant's stream: once, and again only while it finds entries
         for _ in range(max_batches):
-            self._last_claim = float("-inf")  # always look for stale entries too
-            result = self.step(block_ms=0)
-            if not result.handled:
+            batch: list[Delivery] = []
+            if claim_due:
+                self._last_claim = time.monotonic()
+                batch = self.bus.claim_stale(
+                    self.topic, self.group, self.name, min_idle_ms=self.claim_idle_ms, count=self.batch_size
+                )
+                claim_due = bool(batch)
+            if not batch:
+                batch = self.bus.read(self.topic, self.group, self.name, count=self.batch_size, block_ms=0)
+            if not batch:
                 break
-            total.acked += result.acked
-            total.failed += result.failed
-            total.dead += result.dead
+            total.add(self.handle_batch(batch))
         return total
 
     def handle_batch(self, batch: list[Delivery]) -> BatchResult:

@@ -17,6 +17,7 @@ import json
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
@@ -156,9 +157,7 @@ class RedisStreamsBus:
         # well inside the socket timeout.
         block = min(block_ms, int(self.registry_refresh_s * 1000), int(self._socket_timeout_s * 500))
         try:
-            if len(tenants) <= count:
-                return self._xreadgroup(topic, group, consumer, tenants, count // len(tenants), block)
-            return self._read_windows(topic, group, consumer, tenants, count, block)
+            return self._read_batch(topic, group, consumer, tenants, count, block)
         except redis.ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
@@ -167,22 +166,38 @@ class RedisStreamsBus:
             self._forget_groups(topic, group)
             return []
 
-    def _read_windows(
+    def _read_batch(
         self, topic: str, group: str, consumer: str, tenants: list[str], count: int, block: int
     ) -> list[Delivery]:
-        """More streams than `count`: read windows of `count` streams, one entry each, so a batch never
-        holds more than `count` entries (they would idle towards `claim_idle_ms` while the batch is worked
-        through, and be claimed by another consumer)."""
-        for _ in range(0, len(tenants), count):
-            with self._lock:
-                start = self._cursor % len(tenants)
-                self._cursor = start + count
-            window = (tenants[start:] + tenants[:start])[:count]
-            out = self._xreadgroup(topic, group, consumer, window, 1, None)
-            if out:
-                return out
-        # All empty: block on every stream; Redis answers with the one stream that woke it up.
-        return self._xreadgroup(topic, group, consumer, tenants, 1, block)
+        """At most `count` entries, spread over tenants. XREADGROUP's COUNT is per stream, so with more
+        streams than `count` we read rotating windows of `count` streams, one entry each: a bigger batch would
+        sit pending while it is worked through, go idle past `claim_idle_ms` and be claimed elsewhere."""
+        if len(tenants) <= count:
+            per = count // len(tenants)
+            out = self._xreadgroup(topic, group, consumer, tenants, per, block)
+        else:
+            per, out = 1, []
+            for _ in range(0, len(tenants), count):
+                with self._lock:
+                    start = self._cursor % len(tenants)
+                    self._cursor = start + count
+                window = (tenants[start:] + tenants[:start])[:count]
+                if out := self._xreadgroup(topic, group, consumer, window, 1, None):
+                    break
+            else:  # all empty: block on every stream; Redis answers with the stream that woke it up
+                out = self._xreadgroup(topic, group, consumer, tenants, 1, block)
+        # Streams that filled their share may hold more (one tenant's backlog): top the batch up from them.
+        last = out
+        while last and len(out) < count:
+            full = [t for t, n in Counter(d.tenant_id for d in last).items() if n >= per]
+            room = count - len(out)
+            if not full:
+                break
+            full = full[:room]
+            per = room // len(full)
+            last = self._xreadgroup(topic, group, consumer, full, per, None)
+            out.extend(last)
+        return out
 
     def _xreadgroup(
         self, topic: str, group: str, consumer: str, tenants: list[str], per_stream: int, block: int | None

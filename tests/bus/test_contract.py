@@ -101,6 +101,18 @@ def test_batched_read_with_few_tenants_takes_from_each(bus: Bus) -> None:
     assert Counter(d.tenant_id for d in batch) == {"a1": 5, "b2": 5, "c3": 5, "d4": 5}
 
 
+@pytest.mark.parametrize("tenants", [4, 60])
+def test_one_busy_tenant_among_quiet_ones_fills_whole_batches(bus: Bus, tenants: int) -> None:
+    for i in range(tenants):
+        bus.publish(T, f"quiet{i:02d}", {"i": "0"})
+    assert len(drain(bus)) == tenants
+    for i in range(50):
+        bus.publish(T, "busy", {"i": str(i)})
+    batch = bus.read(T, G, "c1", count=20, block_ms=1000)
+    assert [d.fields["i"] for d in batch] == [str(i) for i in range(20)]
+    assert {d.tenant_id for d in batch} == {"busy"}
+
+
 def test_new_tenant_stream_is_discovered_by_a_running_reader(make_bus: BusFactory) -> None:
     reader = make_bus()
     publisher = make_bus(peer_of=reader)
