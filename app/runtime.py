@@ -87,7 +87,7 @@ def reset_caches() -> None:
     for cached in (get_bus, get_vector_store, get_object_store):
         if cached.cache_info().currsize:
             try:
-                cached().close()  # type: ignore[attr-defined]
+                cached().close()
             except Exception:  # noqa: S110 - best effort on teardown
                 pass
     for fn in (get_settings, get_bus, get_embedder, get_sparse_encoder, get_vector_store, get_object_store,

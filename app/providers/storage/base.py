@@ -14,6 +14,8 @@ class ObjectStore(Protocol):
 
     def list(self, prefix: str) -> list[str]: ...
 
+    def close(self) -> None: ...
+
 
 class ObjectNotFound(KeyError):
     """`get` of a key that does not exist."""

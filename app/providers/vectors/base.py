@@ -19,7 +19,7 @@ class ChunkPoint:
     tenant_id: str
     dense: list[float]
     sparse: SparseVector | None
-    payload: dict[str, Any]  # document (file name within the pack), chunk text, heading, pack_version, metadata
+    payload: dict[str, Any]  # document (file name in the pack), chunk text, heading, pack_version, metadata
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,70 @@
+"""Retrieval: a customer's question to the tenant's best passages (hybrid dense + BM25, fused with RRF).
+
+`Passage.score` is the dense cosine similarity of the passage to the question (see
+app/providers/vectors/common.py), so the orchestrator can hold it against a fixed threshold; `rank` is the
+fused order. Only the tenant's own points can come back: the tenant is a filter inside the vector store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from app.providers.embeddings.base import Embedder, SparseEncoder
+from app.providers.vectors.base import VectorStore
+
+
+@dataclass(frozen=True)
+class Passage:
+    chunk_id: str
+    document: str  # file name within the pack, e.g. "shipping.md"
+    heading: str
+    text: str
+    score: float  # dense cosine similarity to the query, in [-1, 1]
+    rank: int  # 1-based, fused order
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def retrieve(
+    tenant_id: str,
+    query: str,
+    *,
+    top_k: int = 5,
+    filters: dict[str, Any] | None = None,
+    embedder: Embedder | None = None,
+    sparse_encoder: SparseEncoder | None = None,
+    vector_store: VectorStore | None = None,
+) -> list[Passage]:
+    """Top passages for `query`. `filters` are exact-match payload conditions, e.g. {"pack_version": 3}
+    to read only the tenant's live pack, or {"document": "faq.csv"}."""
+    if not isinstance(tenant_id, str) or not tenant_id.strip():
+        raise ValueError("tenant_id is required")
+    if top_k < 1:
+        raise ValueError("top_k must be at least 1")
+    if not query or not query.strip():
+        return []
+    from app import runtime
+
+    embedder = embedder or runtime.get_embedder()
+    sparse_encoder = sparse_encoder or runtime.get_sparse_encoder()
+    vector_store = vector_store or runtime.get_vector_store()
+    hits = vector_store.search(
+        tenant_id,
+        embedder.embed_query(query),
+        sparse_encoder.encode_query(query),
+        limit=top_k,
+        filters=filters,
+    )
+    return [
+        Passage(
+            chunk_id=str(hit.payload.get("chunk_id", hit.id)),
+            document=str(hit.payload.get("document", "")),
+            heading=str(hit.payload.get("heading", "")),
+            text=str(hit.payload.get("text", "")),
+            score=hit.score,
+            rank=rank,
+        )
+        for rank, hit in enumerate(hits, start=1)
+    ]
