@@ -7,6 +7,7 @@ successes together at the end. What happens to an entry:
 - handler raises anything else         -> logged with traceback, reason recorded on the bus, left pending;
                                           `claim_stale` hands it out again after `claim_idle_ms`
 - delivered more than `max_deliveries` -> dead-lettered with the last recorded reason, handler not called
+After a dead-letter, `on_dead(delivery, reason)` runs (e.g. to mark the message row dead); its errors are logged.
 Handlers must be idempotent: at-least-once means a crash after the work but before the ack repeats it.
 """
 
@@ -23,6 +24,7 @@ from app.bus.base import Bus, BusUnavailable, Delivery, PermanentFailure
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Delivery], None]
+DeadHook = Callable[[Delivery, str], None]
 
 
 @dataclass
@@ -54,6 +56,7 @@ class Consumer:
     block_ms: int = 1_000
     stop: threading.Event = field(default_factory=threading.Event)
     backoff_cap_s: float = 5.0
+    on_dead: DeadHook | None = None
     _last_claim: float = field(default=float("-inf"), init=False, repr=False)
 
     @property
@@ -147,13 +150,11 @@ class Consumer:
                 f"no success after {delivery.deliveries - 1} deliveries and no recorded error "
                 "(a consumer probably crashed or hung while handling it)"
             )
-            self.bus.dead_letter(self.group, delivery, reason)
-            return "dead"
+            return self._dead(delivery, reason)
         try:
             self.handler(delivery)
         except PermanentFailure as exc:
-            self.bus.dead_letter(self.group, delivery, exc.reason)
-            return "dead"
+            return self._dead(delivery, exc.reason)
         except Exception as exc:
             log.exception(
                 "handler failed on %s entry %s (tenant %s, delivery %d of at most %d)",
@@ -162,6 +163,15 @@ class Consumer:
             self.bus.record_failure(self.group, delivery, f"{type(exc).__name__}: {exc}")
             return "failed"
         return "ok"
+
+    def _dead(self, delivery: Delivery, reason: str) -> str:
+        self.bus.dead_letter(self.group, delivery, reason)
+        if self.on_dead is not None:
+            try:
+                self.on_dead(delivery, reason)
+            except Exception:  # the dead letter is written; a failing hook must not redeliver the entry
+                log.exception("on_dead hook failed for %s entry %s", self.topic, delivery.id)
+        return "dead"
 
     def _ack(self, done: list[Delivery]) -> None:
         delay = 0.1

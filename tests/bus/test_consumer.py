@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from app.bus.base import BusUnavailable, Delivery
+from app.bus.base import BusUnavailable, Delivery, PermanentFailure
 from app.bus.consumer import Consumer
 from app.bus.memory import MemoryBus
 from app.bus.redis_streams import RedisStreamsBus
@@ -72,3 +72,24 @@ def test_stop_between_entries_leaves_the_rest_pending_for_reclaim() -> None:
     rest = Consumer(bus, "inbound", "g", "c2", lambda d: seen.append(d.fields["i"]), claim_idle_ms=0)
     assert rest.process_available().acked == 3
     assert sorted(seen) == ["0", "1", "2", "3", "4"] and bus.pending_count("inbound", "g") == 0
+
+
+def test_on_dead_hook_gets_the_delivery_and_reason_and_its_errors_do_not_redeliver() -> None:
+    bus = MemoryBus()
+    bus.publish("inbound", "acme", {"a": "1"})
+    bus.publish("inbound", "acme", {"a": "2"})
+    hooked: list[tuple[str, str]] = []
+
+    def on_dead(d: Delivery, reason: str) -> None:
+        hooked.append((d.fields["a"], reason))
+        if d.fields["a"] == "2":
+            raise RuntimeError("database down while marking the row")
+
+    def handler(d: Delivery) -> None:
+        raise PermanentFailure(f"bad {d.fields['a']}")
+
+    result = Consumer(bus, "inbound", "g", "c", handler, on_dead=on_dead).process_available()
+    assert result.dead == 2
+    assert hooked == [("1", "bad 1"), ("2", "bad 2")]
+    assert [letter.reason for letter in bus.dead_letters("inbound", "acme")] == ["bad 1", "bad 2"]
+    assert bus.pending_count("inbound", "g") == 0
