@@ -212,6 +212,7 @@ def _serve(host: str, port: int) -> None:
     settings = get_settings()
     app = create_app()
     if settings.embedded:
+        local = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104 - mapping, not binding
         other = operations.running_server()
         if other:
             raise _fail(f"another 'switchboard serve' (pid {other['pid']}) holds {settings.home_dir}; stop it "
@@ -220,7 +221,7 @@ def _serve(host: str, port: int) -> None:
 
         token = secrets.token_urlsafe(32)
         app.include_router(operator_router(token))
-        operations.write_server_file(f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}", token)
+        operations.write_server_file(f"http://{local}:{port}", token)
     try:
         uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:

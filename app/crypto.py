@@ -20,7 +20,7 @@ def encrypt_json(data: dict[str, Any]) -> str:
 
 def decrypt_json(token: str) -> dict[str, Any]:
     try:
-        return json.loads(_fernet().decrypt(token.encode()))  # type: ignore[no-any-return]
+        return json.loads(_fernet().decrypt(token.encode()))
     except InvalidToken as exc:
         raise RuntimeError(
             "cannot decrypt stored credentials: SWITCHBOARD_SECRET_KEY differs from the key they were saved with"

@@ -66,7 +66,7 @@ def ingest(slug: str, paths: list[Path], progress: Callable[[Any], None] | None 
         with session_scope() as session:
             tenant = get_by_slug(session, slug)
             report = ingest_paths(session, tenant.id, paths, progress=progress)
-            return report.to_dict()  # type: ignore[no-any-return]
+            return report.to_dict()
     except TenantError as exc:
         raise OperationError(str(exc)) from exc
 

@@ -7,6 +7,7 @@ process; `reset_caches()` is for tests that change the environment.
 
 from __future__ import annotations
 
+import contextlib
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
@@ -86,10 +87,8 @@ def reset_caches() -> None:
 
     for cached in (get_bus, get_vector_store, get_object_store):
         if cached.cache_info().currsize:
-            try:
+            with contextlib.suppress(Exception):  # best effort on teardown
                 cached().close()
-            except Exception:  # noqa: S110 - best effort on teardown
-                pass
     for fn in (get_settings, get_bus, get_embedder, get_sparse_encoder, get_vector_store, get_object_store,
                get_llm_client, db.get_engine, db.get_sessionmaker):
         fn.cache_clear()

@@ -9,7 +9,7 @@ handler cannot send twice.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, update
@@ -153,10 +153,8 @@ def _find_inbound(session: Session, tenant_id: str, channel: str, provider_messa
     ).first()
 
 
-def _aware(value):  # type: ignore[no-untyped-def]
+def _aware(value: datetime) -> datetime:
     """SQLite returns naive datetimes even for timezone-aware columns."""
-    from datetime import UTC
-
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import html
 import hmac
+import html
 import secrets
 from datetime import datetime
 from pathlib import Path
@@ -189,4 +189,5 @@ async def list_messages(
 def widget_page(widget_id: str) -> HTMLResponse:
     account = _account(widget_id)
     page = (STATIC / "widget.html").read_text(encoding="utf-8")
-    return HTMLResponse(page.replace("{{WIDGET_ID}}", widget_id).replace("{{TITLE}}", html.escape(account.name or "Chat")))
+    title = html.escape(account.name or "Chat")
+    return HTMLResponse(page.replace("{{WIDGET_ID}}", widget_id).replace("{{TITLE}}", title))

@@ -54,7 +54,7 @@ def _escalation_reason(message_id: str) -> str | None:
 def test_llm_answer_with_citations_and_pii_redacted_before_the_llm(stack, llm_tenant, openai_server) -> None:
     openai_server.reply("Gift cards never expire [1].")
     _point_llm_at(openai_server)
-    reply, message_id = _ask(stack, llm_tenant, "do gift cards expire? my email is jane.doe@example.com", "l1")
+    reply, _ = _ask(stack, llm_tenant, "do gift cards expire? my email is jane.doe@example.com", "l1")
     assert reply["text"] == "Gift cards never expire [1]." or reply["text"].startswith("Gift cards never expire")
     assert reply["citations"] and reply["citations"][0]["document"] == "faq.csv"
     request = openai_server.completion_requests()[-1]
