@@ -1,0 +1,561 @@
+"""The tenant admin API (`/admin/v1`): the tenant's persona and policies, API keys, channel accounts,
+knowledge uploads and documents, conversations and the audit log.
+
+Every route acts on the caller's own tenant, taken from its API key and from nothing else in the request: an
+id that belongs to another tenant gets the same 404 as an id that does not exist. Conversation reads accept
+agent keys; everything else needs an admin key. Every change is written to the audit log in the same
+transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any, Literal, TypeVar
+
+from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy.orm import Session
+
+from app.admin import schemas as s
+from app.admin import service
+from app.admin.uploads import UploadError, collect, read_multipart
+from app.audit import record
+from app.auth import Admin, Agent
+from app.config import get_settings
+from app.db import session_scope
+from app.models import ApiKey, ChannelAccount, Contact, Conversation, IngestionJob, Message, Tenant, new_id
+
+router = APIRouter(prefix="/admin/v1", tags=["admin"])
+
+_T = TypeVar("_T")
+Limit = Annotated[int, Query(ge=1, le=200, description="Page size.")]
+CursorQ = Annotated[str | None, Query(description="`next_cursor` of the previous page.")]
+
+
+@contextmanager
+def _unit() -> Iterator[Session]:
+    """One transaction per request; service errors become HTTP errors after the rollback."""
+    try:
+        with session_scope() as session:
+            yield session
+    except service.AdminError as exc:
+        raise HTTPException(exc.status, exc.message) from exc
+
+
+def _run(fn: Callable[[Session], _T]) -> _T:
+    with _unit() as session:
+        return fn(session)
+
+
+# --- converters (rows -> response models) -------------------------------------------------------------------
+
+
+def _tenant(t: Tenant) -> s.TenantOut:
+    return s.TenantOut(
+        id=t.id,
+        slug=t.slug,
+        name=t.name,
+        persona=t.persona or {},
+        policies=t.policies or {},
+        has_llm_key=t.llm_api_key_encrypted is not None,
+        live_pack_version=t.live_pack_version,
+        created_at=t.created_at,
+    )
+
+
+def _key(k: ApiKey) -> s.ApiKeyOut:
+    return s.ApiKeyOut(
+        id=k.id,
+        name=k.name,
+        scope=k.scope,
+        prefix=k.prefix,
+        created_at=k.created_at,
+        last_used_at=k.last_used_at,
+        revoked_at=k.revoked_at,
+    )
+
+
+def _channel(a: ChannelAccount) -> s.ChannelOut:
+    return s.ChannelOut(
+        id=a.id,
+        channel=a.channel,
+        external_id=a.external_id,
+        name=a.name,
+        config=a.config or {},
+        enabled=a.enabled,
+        has_credentials=a.credentials_encrypted is not None,
+        webhook_url=service.webhook_url(a),
+        created_at=a.created_at,
+    )
+
+
+def _job(j: IngestionJob) -> s.JobOut:
+    done_files, chunks = j.done_files, j.chunks
+    if j.status == "running":  # the row is written at the end; a job running in this process reports live
+        from workers.ingest import progress
+
+        live = progress(j.id) or {}
+        done_files, chunks = live.get("done_files", done_files), live.get("chunks", chunks)
+    return s.JobOut(
+        id=j.id,
+        status=j.status,
+        total_files=j.total_files,
+        done_files=done_files,
+        chunks=chunks,
+        errors=[s.FileError(**e) for e in j.errors or []],
+        detail=j.detail,
+        created_at=j.created_at,
+        finished_at=j.finished_at,
+    )
+
+
+def _conversation(c: Conversation, contact: Contact, is_open: bool) -> dict[str, Any]:
+    return dict(
+        id=c.id,
+        channel=c.channel,
+        mode=c.mode,
+        assigned_agent=c.assigned_agent,
+        contact=s.ContactOut(id=contact.id, external_id=contact.external_id, display_name=contact.display_name),
+        open_escalation=is_open,
+        created_at=c.created_at,
+        updated_at=c.updated_at,
+    )
+
+
+def _message(m: Message) -> s.MessageOut:
+    return s.MessageOut(
+        id=m.id,
+        direction=m.direction,
+        author=m.author,
+        text=m.text,
+        status=m.status,
+        citations=m.citations,
+        in_reply_to_id=m.in_reply_to_id,
+        created_at=m.created_at,
+    )
+
+
+# --- tenant -------------------------------------------------------------------------------------------------
+
+
+@router.get("/tenant", response_model=s.TenantOut, summary="Get the tenant")
+def get_tenant(who: Admin) -> s.TenantOut:
+    """The caller's tenant: name, persona, policies, whether it has its own LLM key, and the live pack
+    version."""
+    return _run(lambda db: _tenant(service.get_tenant(db, who.tenant_id)))
+
+
+@router.patch("/tenant", response_model=s.TenantOut, summary="Update name, persona or policies")
+def patch_tenant(body: s.TenantPatch, who: Admin) -> s.TenantOut:
+    """Changes only the fields sent; inside `persona` and `policies` too (send a field as `null` to reset it).
+    Takes effect on the next message the assistant answers."""
+    return _run(
+        lambda db: _tenant(
+            service.update_tenant(
+                db,
+                who,
+                name=body.name,
+                persona=body.persona.model_dump(mode="json", exclude_unset=True) if body.persona else None,
+                policies=body.policies.model_dump(mode="json", exclude_unset=True) if body.policies else None,
+            )
+        )
+    )
+
+
+@router.put("/tenant/llm-key", response_model=s.LLMKeyOut, summary="Set the tenant's LLM API key")
+def put_llm_key(body: s.LLMKeyIn, who: Admin) -> s.LLMKeyOut:
+    """Stores the key encrypted, for the endpoint in `policies.llm`. It is never returned."""
+    return _run(
+        lambda db: s.LLMKeyOut(
+            has_llm_key=service.set_llm_key(db, who, body.api_key.get_secret_value()).llm_api_key_encrypted is not None
+        )
+    )
+
+
+@router.delete("/tenant/llm-key", response_model=s.LLMKeyOut, summary="Remove the tenant's LLM API key")
+def delete_llm_key(who: Admin) -> s.LLMKeyOut:
+    """The server's default LLM key applies again."""
+    return _run(
+        lambda db: s.LLMKeyOut(has_llm_key=service.set_llm_key(db, who, None).llm_api_key_encrypted is not None)
+    )
+
+
+# --- API keys -----------------------------------------------------------------------------------------------
+
+
+@router.get("/api-keys", response_model=s.ApiKeysOut, summary="List API keys")
+def list_api_keys(who: Admin) -> s.ApiKeysOut:
+    """Every key of the tenant, revoked ones included. Keys are stored hashed: only their prefix is shown."""
+    return _run(lambda db: s.ApiKeysOut(api_keys=[_key(k) for k in service.list_api_keys(db, who.tenant_id)]))
+
+
+@router.post("/api-keys", response_model=s.NewApiKeyOut, status_code=201, summary="Create an API key")
+def create_api_key(body: s.ApiKeyIn, who: Admin) -> s.NewApiKeyOut:
+    """Returns the key once, in `api_key`; it cannot be shown again."""
+
+    def work(db: Session) -> s.NewApiKeyOut:
+        row, plaintext = service.create_api_key(db, who, body.name, body.scope)
+        return s.NewApiKeyOut(**_key(row).model_dump(), api_key=plaintext)
+
+    return _run(work)
+
+
+@router.delete(
+    "/api-keys/{key_id}",
+    status_code=204,
+    summary="Revoke an API key",
+    responses={
+        404: {"description": "No such key in this tenant."},
+        409: {"description": "The key authenticating this request cannot revoke itself."},
+    },
+)
+def revoke_api_key(key_id: str, who: Admin) -> Response:
+    """Revokes at once (idempotent). A key cannot revoke itself, so a tenant cannot lose its last admin key by
+    accident: revoke it with another admin key."""
+    _run(lambda db: service.revoke_api_key(db, who, key_id))
+    return Response(status_code=204)
+
+
+# --- channel accounts ---------------------------------------------------------------------------------------
+
+
+@router.get("/channels", response_model=s.ChannelsOut, summary="List channel accounts")
+def list_channels(who: Admin) -> s.ChannelsOut:
+    """The tenant's accounts on each channel, with the webhook URL to give each provider. Credentials are
+    never returned; `has_credentials` says whether some are stored."""
+    return _run(lambda db: s.ChannelsOut(channels=[_channel(a) for a in service.list_channels(db, who.tenant_id)]))
+
+
+@router.post(
+    "/channels",
+    response_model=s.ChannelOut,
+    status_code=201,
+    summary="Add a channel account",
+    responses={409: {"description": "That provider account is already registered."}},
+)
+def create_channel(body: s.ChannelIn, who: Admin) -> s.ChannelOut:
+    """Registers a provider account (a WhatsApp phone number id, a Telegram bot...). `credentials` are
+    encrypted at rest. For `webchat`, leave `external_id` out to get a new widget id."""
+    creds = {k: v.get_secret_value() for k, v in body.credentials.items()} if body.credentials else None
+    return _run(
+        lambda db: _channel(
+            service.create_channel(
+                db,
+                who,
+                channel=body.channel,
+                external_id=body.external_id,
+                name=body.name,
+                config=body.config,
+                credentials=creds,
+                enabled=body.enabled,
+            )
+        )
+    )
+
+
+@router.get("/channels/{account_id}", response_model=s.ChannelOut, summary="Get a channel account")
+def get_channel(account_id: str, who: Admin) -> s.ChannelOut:
+    return _run(lambda db: _channel(service.get_channel(db, who.tenant_id, account_id)))
+
+
+@router.patch("/channels/{account_id}", response_model=s.ChannelOut, summary="Update a channel account")
+def patch_channel(account_id: str, body: s.ChannelPatch, who: Admin) -> s.ChannelOut:
+    """Changes the fields sent. `credentials` replaces the stored set (send `null` to remove them)."""
+    changes = body.model_dump(exclude_unset=True)
+    if "credentials" in changes:
+        changes["credentials"] = (
+            {k: v.get_secret_value() for k, v in body.credentials.items()} if body.credentials else None
+        )
+    return _run(lambda db: _channel(service.update_channel(db, who, account_id, changes)))
+
+
+@router.delete("/channels/{account_id}", status_code=204, summary="Delete a channel account")
+def delete_channel(account_id: str, who: Admin) -> Response:
+    """The provider's webhooks stop being accepted. Conversations on it are kept."""
+    _run(lambda db: service.delete_channel(db, who, account_id))
+    return Response(status_code=204)
+
+
+# --- knowledge ----------------------------------------------------------------------------------------------
+
+_UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["files"],
+                    "properties": {
+                        "files": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "description": "Markdown, text, CSV/JSON FAQ files, or a .zip of them.",
+                        }
+                    },
+                },
+                "encoding": {"files": {"contentType": "application/octet-stream"}},
+            }
+        },
+    }
+}
+
+
+@router.post(
+    "/knowledge",
+    response_model=s.UploadAccepted,
+    status_code=202,
+    summary="Upload knowledge",
+    openapi_extra=_UPLOAD_BODY,
+    responses={
+        400: {"description": "The multipart body is broken."},
+        413: {"description": "The upload (or a zip's content) is over the size limit."},
+        415: {"description": "A file type that cannot be ingested, or a body that is not multipart."},
+        422: {"description": "No files, an empty or unreadable zip, or two files with one name."},
+        503: {"description": "The job could not be queued; nothing was ingested, try again."},
+    },
+)
+async def upload_knowledge(request: Request, who: Admin) -> s.UploadAccepted:
+    """Send one or more files, or a zip, as multipart field `files`. The body is refused with 413 as soon as
+    it passes MAX_UPLOAD_BYTES. The files are stored and a job ingests them in the background: poll
+    `status_url`. Zip members of an unsupported type are left out and listed in `skipped` (and in the job's
+    `errors`)."""
+    limit = get_settings().max_upload_bytes
+    try:
+        upload = await collect(await read_multipart(request, limit), limit)
+    except UploadError as exc:
+        raise HTTPException(exc.status, exc.message) from exc
+    job_id = await run_in_threadpool(_stage_and_queue, who.tenant_id, who.actor, upload.files, upload.skipped)
+    return s.UploadAccepted(
+        job_id=job_id,
+        status="queued",
+        status_url=f"/admin/v1/knowledge/jobs/{job_id}",
+        files=[name for name, _ in upload.files],
+        skipped=[s.FileError(**e) for e in upload.skipped],
+    )
+
+
+def _stage_and_queue(tenant_id: str, actor: str, files: list[tuple[str, bytes]], skipped: list[dict[str, str]]) -> str:
+    """Objects first, then the job row, then the queue: a failure at any step undoes the earlier ones, so a
+    refused upload leaves neither a job nor files behind."""
+    from app.runtime import get_object_store
+    from workers.ingest import submit, upload_prefix
+
+    job_id = new_id()
+    store = get_object_store()
+    prefix = upload_prefix(tenant_id, job_id)
+    keys: list[str] = []
+    try:
+        for name, data in files:
+            store.put(prefix + name, data)
+            keys.append(prefix + name)
+        with session_scope() as db:
+            db.add(
+                IngestionJob(
+                    id=job_id,
+                    tenant_id=tenant_id,
+                    status="queued",
+                    total_files=len(files),
+                    errors=list(skipped),
+                )
+            )
+            record(
+                db,
+                tenant_id,
+                actor,
+                "knowledge.uploaded",
+                "ingestion_job",
+                job_id,
+                {"files": [name for name, _ in files], "skipped": len(skipped)},
+            )
+    except Exception:
+        for key in keys:
+            store.delete(key)
+        raise
+    try:
+        submit(job_id)
+    except Exception as exc:
+        with session_scope() as db:
+            job = db.get_one(IngestionJob, job_id)
+            job.status, job.detail = "failed", f"could not be queued: {exc.__class__.__name__}: {exc}"[:2000]
+        for key in keys:
+            store.delete(key)
+        raise HTTPException(503, "the ingestion queue is unavailable; nothing was ingested, try again") from exc
+    return job_id
+
+
+@router.get("/knowledge/jobs/{job_id}", response_model=s.JobOut, summary="Get an ingestion job")
+def get_job(job_id: str, who: Admin) -> s.JobOut:
+    """Status (`queued`, `running`, `succeeded`, `failed`), files done, chunks indexed, and each refused file
+    with its reason."""
+    return _run(lambda db: _job(service.get_job(db, who.tenant_id, job_id)))
+
+
+@router.get("/knowledge/jobs", response_model=s.JobsOut, summary="List ingestion jobs")
+def list_jobs(who: Admin, limit: Limit = 50, cursor: CursorQ = None) -> s.JobsOut:
+    """Newest first."""
+
+    def work(db: Session) -> s.JobsOut:
+        jobs, nxt = service.list_jobs(db, who.tenant_id, cursor, limit)
+        return s.JobsOut(jobs=[_job(j) for j in jobs], next_cursor=nxt)
+
+    return _run(work)
+
+
+@router.get("/knowledge/documents", response_model=s.DocumentsOut, summary="List knowledge documents")
+def list_documents(
+    who: Admin,
+    pack_version: Annotated[int | None, Query(description="Only this pack version.")] = None,
+) -> s.DocumentsOut:
+    """Each document with its chunk count, pack version and status (`indexed` or `failed`)."""
+    return _run(
+        lambda db: s.DocumentsOut(
+            documents=[
+                s.DocumentOut(
+                    id=d.id,
+                    path=d.path,
+                    title=d.title,
+                    kind=d.kind,
+                    chunks=n,
+                    pack_version=d.pack_version,
+                    status=d.status,
+                    error=d.error,
+                    created_at=d.created_at,
+                )
+                for d, n in service.list_documents(db, who.tenant_id, pack_version)
+            ]
+        )
+    )
+
+
+@router.delete("/knowledge/documents/{document_id}", status_code=204, summary="Delete a document")
+def delete_document(document_id: str, who: Admin) -> Response:
+    """Removes the document's vectors, its stored file and its rows. The assistant stops citing it at once."""
+    _run(lambda db: service.delete_document(db, who, document_id))
+    return Response(status_code=204)
+
+
+# --- conversations (agent keys too) -------------------------------------------------------------------------
+
+
+@router.get(
+    "/conversations",
+    response_model=s.ConversationsOut,
+    summary="List conversations",
+    tags=["admin", "conversations"],
+)
+def list_conversations(
+    who: Agent,
+    mode: Annotated[Literal["bot", "human"] | None, Query(description="`human`: taken over by an agent.")] = None,
+    escalated: Annotated[
+        bool | None, Query(description="Only those with (true) or without an open escalation.")
+    ] = None,
+    channel: Annotated[s.Channel | None, Query()] = None,
+    contact: Annotated[str | None, Query(description="A contact id or the channel's id of the contact.")] = None,
+    limit: Limit = 50,
+    cursor: CursorQ = None,
+) -> s.ConversationsOut:
+    """Most recently active first. Agent keys may call this."""
+
+    def work(db: Session) -> s.ConversationsOut:
+        rows, nxt = service.list_conversations(
+            db,
+            who.tenant_id,
+            mode=mode,
+            escalated=escalated,
+            channel=channel,
+            contact=contact,
+            cursor=cursor,
+            limit=limit,
+        )
+        return s.ConversationsOut(conversations=[s.ConversationOut(**_conversation(*r)) for r in rows], next_cursor=nxt)
+
+    return _run(work)
+
+
+@router.get(
+    "/conversations/{conversation_id}",
+    response_model=s.ConversationDetail,
+    summary="Get a conversation with its latest messages",
+    tags=["admin", "conversations"],
+)
+def get_conversation(
+    conversation_id: str,
+    who: Agent,
+    messages: Annotated[int, Query(ge=0, le=200, description="How many of the latest messages.")] = 50,
+) -> s.ConversationDetail:
+    """The conversation, its contact and its latest messages (oldest first) with their citations."""
+
+    def work(db: Session) -> s.ConversationDetail:
+        row = service.get_conversation(db, who.tenant_id, conversation_id)
+        latest, more = (
+            service.list_messages(db, who.tenant_id, conversation_id, None, messages, newest_first=True)
+            if messages
+            else ([], None)
+        )
+        return s.ConversationDetail(
+            **_conversation(*row),
+            messages=[_message(m) for m in reversed(latest)],
+            more_messages=more is not None,
+        )
+
+    return _run(work)
+
+
+@router.get(
+    "/conversations/{conversation_id}/messages",
+    response_model=s.MessagesOut,
+    summary="Page through a conversation's messages",
+    tags=["admin", "conversations"],
+)
+def list_messages(conversation_id: str, who: Agent, limit: Limit = 100, cursor: CursorQ = None) -> s.MessagesOut:
+    """Oldest first, inbound and outbound, with status and citations."""
+
+    def work(db: Session) -> s.MessagesOut:
+        rows, nxt = service.list_messages(db, who.tenant_id, conversation_id, cursor, limit)
+        return s.MessagesOut(messages=[_message(m) for m in rows], next_cursor=nxt)
+
+    return _run(work)
+
+
+# --- audit --------------------------------------------------------------------------------------------------
+
+
+@router.get("/audit", response_model=s.AuditPage, summary="Read the audit log")
+def list_audit(
+    who: Admin,
+    action: Annotated[str | None, Query(description="e.g. `channel.created`, `escalation.approved`.")] = None,
+    subject_type: Annotated[str | None, Query()] = None,
+    subject_id: Annotated[str | None, Query()] = None,
+    limit: Limit = 50,
+    cursor: CursorQ = None,
+) -> s.AuditPage:
+    """Who did what, newest first. The log is append-only."""
+
+    def work(db: Session) -> s.AuditPage:
+        rows, nxt = service.list_audit(
+            db,
+            who.tenant_id,
+            action=action,
+            subject_type=subject_type,
+            subject_id=subject_id,
+            cursor=cursor,
+            limit=limit,
+        )
+        return s.AuditPage(
+            events=[
+                s.AuditOut(
+                    id=e.id,
+                    actor=e.actor,
+                    action=e.action,
+                    subject_type=e.subject_type,
+                    subject_id=e.subject_id,
+                    data=e.data or {},
+                    created_at=e.created_at,
+                )
+                for e in rows
+            ],
+            next_cursor=nxt,
+        )
+
+    return _run(work)

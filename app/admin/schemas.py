@@ -1,0 +1,454 @@
+"""Request and response shapes of the admin API. Their examples are what the OpenAPI page shows.
+
+Inputs are strict (`extra="forbid"`): a misspelt policy name is a 422 naming the field, not a silently ignored
+key."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, SecretStr
+
+CHANNELS = ("webchat", "whatsapp", "instagram", "telegram", "sms")
+Channel = Literal["webchat", "whatsapp", "instagram", "telegram", "sms"]
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- tenant -------------------------------------------------------------------------------------------------
+
+
+class Persona(_In):
+    """How the assistant speaks for the brand. Rendered into the prompts; unset fields use defaults."""
+
+    name: str | None = Field(default=None, max_length=100, description="The assistant's name, as customers see it.")
+    brand: str | None = Field(default=None, max_length=200, description="The brand the assistant speaks for.")
+    tone: str | None = Field(default=None, max_length=2000, description="Guidance on voice, written to the model.")
+    greeting: str | None = Field(default=None, max_length=1000, description="First message of a conversation.")
+    sign_off: str | None = Field(default=None, max_length=200)
+    language: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$",
+        description="BCP 47 tag, e.g. 'en' or 'pt-BR'.",
+    )
+
+
+class LLMPolicy(_In):
+    """The tenant's own OpenAI-compatible endpoint; unset fields fall back to the server's defaults."""
+
+    base_url: HttpUrl | None = Field(default=None, description="OpenAI-compatible API base, e.g. https://host/v1.")
+    model: str | None = Field(default=None, min_length=1, max_length=200)
+    timeout_s: float | None = Field(default=None, gt=0, le=300)
+    max_retries: int | None = Field(default=None, ge=0, le=10)
+
+
+class Policies(_In):
+    min_relevance: float | None = Field(
+        default=None, ge=0, le=1, description="Retrieval score below which the assistant escalates instead."
+    )
+    banned_phrases: list[str] | None = Field(
+        default=None,
+        max_length=500,
+        description="A reply containing one (case-insensitive) is held for review.",
+    )
+    handoff_keywords: list[str] | None = Field(
+        default=None,
+        max_length=500,
+        description="A customer message containing one goes straight to a human.",
+    )
+    escalation_notice: str | None = Field(
+        default=None, max_length=1000, description="What the customer is told while a human looks at it."
+    )
+    max_reply_chars: int | None = Field(default=None, ge=50, le=10_000)
+    llm: LLMPolicy | None = None
+
+
+class TenantOut(BaseModel):
+    id: str
+    slug: str
+    name: str
+    persona: dict[str, Any]
+    policies: dict[str, Any]
+    has_llm_key: bool
+    live_pack_version: int | None
+    created_at: datetime
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "5f0c1e9a2b7d4c3e8f1a6b2c9d0e7f14",
+                    "slug": "northwind",
+                    "name": "Northwind Outfitters",
+                    "persona": {
+                        "name": "Ava",
+                        "brand": "Northwind Outfitters",
+                        "tone": "Warm and concise.",
+                        "language": "en",
+                    },
+                    "policies": {
+                        "min_relevance": 0.45,
+                        "banned_phrases": ["lifetime warranty"],
+                        "handoff_keywords": ["chargeback"],
+                        "max_reply_chars": 700,
+                    },
+                    "has_llm_key": False,
+                    "live_pack_version": 1,
+                    "created_at": "2026-11-23T18:20:00Z",
+                }
+            ]
+        }
+    )
+
+
+class TenantPatch(_In):
+    """Only the fields you send change. Inside `persona` and `policies` too: send a field as `null` to reset
+    it to the default."""
+
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    persona: Persona | None = None
+    policies: Policies | None = None
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "persona": {"name": "Ava", "tone": "Warm, practical and concise."},
+                    "policies": {
+                        "min_relevance": 0.5,
+                        "banned_phrases": ["lifetime warranty"],
+                        "llm": {
+                            "base_url": "https://llm.example.com/v1",
+                            "model": "gpt-4o-mini",
+                            "timeout_s": 20,
+                            "max_retries": 2,
+                        },
+                    },
+                }
+            ]
+        }
+    )
+
+
+class LLMKeyIn(_In):
+    api_key: SecretStr = Field(min_length=1, max_length=500, description="Stored encrypted; never returned.")
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"api_key": "sk-..."}]})
+
+
+class LLMKeyOut(BaseModel):
+    has_llm_key: bool
+
+
+# --- API keys -----------------------------------------------------------------------------------------------
+
+
+class ApiKeyIn(_In):
+    name: str = Field(min_length=1, max_length=200, description="Who or what uses the key, e.g. 'support-team'.")
+    scope: Literal["admin", "agent"] = Field(description="`admin`: everything; `agent`: review queue, conversations.")
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"name": "support-team", "scope": "agent"}]}
+    )
+
+
+class ApiKeyOut(BaseModel):
+    id: str
+    name: str
+    scope: str
+    prefix: str = Field(description="The `sb_<prefix>_` part of the key, to tell keys apart.")
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+class ApiKeysOut(BaseModel):
+    api_keys: list[ApiKeyOut]
+
+
+class NewApiKeyOut(ApiKeyOut):
+    api_key: str = Field(description="The key itself. Shown only in this response; store it now.")
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "0b6f0e1c7a3d4e5f8a9b0c1d2e3f4a5b",
+                    "name": "support-team",
+                    "scope": "agent",
+                    "prefix": "3fa2c1d0",
+                    "created_at": "2026-11-23T18:20:00Z",
+                    "last_used_at": None,
+                    "revoked_at": None,
+                    "api_key": "sb_3fa2c1d0_q3J9...",
+                }
+            ]
+        }
+    )
+
+
+# --- channel accounts ---------------------------------------------------------------------------------------
+
+
+class ChannelIn(_In):
+    channel: Channel
+    external_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        pattern=r"^[A-Za-z0-9_.:@+-]+$",
+        description="The provider's id of the account (phone number id, bot id...); routes its webhooks. "
+        "Optional for `webchat`, where a widget id is generated.",
+    )
+    name: str = Field(default="", max_length=200)
+    config: dict[str, Any] = Field(default_factory=dict, description="Non-secret settings.")
+    credentials: dict[str, SecretStr] | None = Field(
+        default=None, description="Tokens and secrets; stored encrypted, never returned."
+    )
+    enabled: bool = True
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "channel": "telegram",
+                    "external_id": "8123456789",
+                    "name": "Northwind bot",
+                    "config": {"greeting_on_start": True},
+                    "credentials": {"bot_token": "8123456789:AA...", "webhook_secret": "s3cret"},
+                }
+            ]
+        },
+    )
+
+
+class ChannelPatch(_In):
+    name: str | None = Field(default=None, max_length=200)
+    config: dict[str, Any] | None = None
+    credentials: dict[str, SecretStr] | None = Field(default=None, description="Replaces the stored credentials.")
+    enabled: bool | None = None
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"enabled": False}]})
+
+
+class ChannelOut(BaseModel):
+    id: str
+    channel: str
+    external_id: str
+    name: str
+    config: dict[str, Any]
+    enabled: bool
+    has_credentials: bool
+    webhook_url: str = Field(description="Where the provider must send this account's events.")
+    created_at: datetime
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "9a1b2c3d4e5f60718293a4b5c6d7e8f9",
+                    "channel": "telegram",
+                    "external_id": "8123456789",
+                    "name": "Northwind bot",
+                    "config": {},
+                    "enabled": True,
+                    "has_credentials": True,
+                    "webhook_url": "https://switchboard.example.com/webhooks/telegram",
+                    "created_at": "2026-11-23T18:20:00Z",
+                }
+            ]
+        }
+    )
+
+
+class ChannelsOut(BaseModel):
+    channels: list[ChannelOut]
+
+
+# --- knowledge ----------------------------------------------------------------------------------------------
+
+
+class FileError(BaseModel):
+    file: str
+    reason: str
+
+
+class JobOut(BaseModel):
+    id: str
+    status: str = Field(description="`queued`, `running`, `succeeded` or `failed`.")
+    total_files: int
+    done_files: int
+    chunks: int
+    errors: list[FileError] = Field(
+        description="Files that were refused, with the reason; a succeeded job can have some."
+    )
+    detail: str | None
+    created_at: datetime
+    finished_at: datetime | None
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "4c2d...",
+                    "status": "succeeded",
+                    "total_files": 3,
+                    "done_files": 3,
+                    "chunks": 57,
+                    "errors": [{"file": "broken.csv", "reason": "row 4 has no answer column"}],
+                    "detail": None,
+                    "created_at": "2026-11-23T18:20:00Z",
+                    "finished_at": "2026-11-23T18:20:09Z",
+                }
+            ]
+        }
+    )
+
+
+class JobsOut(BaseModel):
+    jobs: list[JobOut]
+    next_cursor: str | None
+
+
+class UploadAccepted(BaseModel):
+    job_id: str
+    status: str
+    status_url: str
+    files: list[str] = Field(description="The files the job will ingest, by their name within the pack.")
+    skipped: list[FileError] = Field(description="Zip members left out (unsupported type), with the reason.")
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "job_id": "4c2d...",
+                    "status": "queued",
+                    "status_url": "/admin/v1/knowledge/jobs/4c2d...",
+                    "files": ["faq.csv", "returns.md"],
+                    "skipped": [{"file": "logo.png", "reason": "unsupported type '.png'"}],
+                }
+            ]
+        }
+    )
+
+
+class DocumentOut(BaseModel):
+    id: str
+    path: str
+    title: str
+    kind: str
+    chunks: int
+    pack_version: int
+    status: str
+    error: str | None
+    created_at: datetime
+
+
+class DocumentsOut(BaseModel):
+    documents: list[DocumentOut]
+
+
+# --- conversations ------------------------------------------------------------------------------------------
+
+
+class ContactOut(BaseModel):
+    id: str
+    external_id: str
+    display_name: str | None
+
+
+class ConversationOut(BaseModel):
+    id: str
+    channel: str
+    mode: str = Field(description="`bot`: the assistant answers; `human`: an agent took over.")
+    assigned_agent: str | None
+    contact: ContactOut
+    open_escalation: bool
+    created_at: datetime
+    updated_at: datetime | None
+
+
+class ConversationsOut(BaseModel):
+    conversations: list[ConversationOut]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last one.")
+
+
+class MessageOut(BaseModel):
+    id: str
+    direction: str = Field(description="`in` from the customer, `out` to the customer.")
+    author: str | None
+    text: str
+    status: str
+    citations: list[dict[str, Any]] | None
+    in_reply_to_id: str | None
+    created_at: datetime
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "7e...",
+                    "direction": "out",
+                    "author": "bot",
+                    "status": "sent",
+                    "text": "Returns are free within 30 days [1].",
+                    "in_reply_to_id": "6d...",
+                    "citations": [{"document": "returns-and-refunds.md", "chunk_id": "1b0e...", "score": 0.71}],
+                    "created_at": "2026-11-23T18:21:00Z",
+                }
+            ]
+        }
+    )
+
+
+class MessagesOut(BaseModel):
+    messages: list[MessageOut]
+    next_cursor: str | None
+
+
+class ConversationDetail(ConversationOut):
+    messages: list[MessageOut] = Field(description="The latest messages, oldest first; page the rest with /messages.")
+    more_messages: bool
+
+
+# --- audit --------------------------------------------------------------------------------------------------
+
+
+class AuditOut(BaseModel):
+    id: str
+    actor: str
+    action: str
+    subject_type: str
+    subject_id: str | None
+    data: dict[str, Any]
+    created_at: datetime
+
+
+class AuditPage(BaseModel):
+    events: list[AuditOut]
+    next_cursor: str | None
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "events": [
+                        {
+                            "id": "a1...",
+                            "actor": "admin:admin",
+                            "action": "channel.created",
+                            "subject_type": "channel_account",
+                            "subject_id": "9a1b...",
+                            "data": {"channel": "telegram"},
+                            "created_at": "2026-11-23T18:20:00Z",
+                        }
+                    ],
+                    "next_cursor": None,
+                }
+            ]
+        }
+    )

@@ -1,0 +1,479 @@
+"""The admin API's work on the database. Every function takes the caller's tenant id and filters on it, so a
+row of another tenant is indistinguishable from a missing one (`NotFound`). Functions flush; the route
+commits."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, exists, func, select, tuple_
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.audit import record
+from app.auth import Principal, issue_key
+from app.config import get_settings
+from app.crypto import encrypt_json
+from app.models import (
+    ApiKey,
+    AuditEvent,
+    ChannelAccount,
+    Chunk,
+    Contact,
+    Conversation,
+    Document,
+    Escalation,
+    IngestionJob,
+    Message,
+    Tenant,
+    utcnow,
+)
+
+
+class AdminError(Exception):
+    status = 400
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class NotFound(AdminError):
+    status = 404
+
+
+class Conflict(AdminError):
+    status = 409
+
+
+class Invalid(AdminError):
+    status = 422
+
+
+# --- paging -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Keyset position: (timestamp, id) of the last row of the previous page. Opaque to callers."""
+
+    at: datetime
+    id: str
+
+    def encode(self) -> str:
+        return base64.urlsafe_b64encode(f"{self.at.isoformat()}|{self.id}".encode()).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, raw: str | None) -> Cursor | None:
+        if not raw:
+            return None
+        try:
+            text = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode()
+            at, _, row_id = text.partition("|")
+            return cls(datetime.fromisoformat(at), row_id)
+        except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+            raise AdminError("invalid cursor: pass the next_cursor value of the previous page unchanged") from exc
+
+
+def _page(
+    session: Session,
+    stmt: Select[Any],
+    key: Any,
+    id_col: Any,
+    cursor: str | None,
+    limit: int,
+    *,
+    newest_first: bool = True,
+) -> tuple[list[Any], str | None]:
+    """Keyset paging on (key, id): stable under inserts, unlike offsets."""
+    position = Cursor.decode(cursor)
+    if position is not None:
+        pair, bound = tuple_(key, id_col), tuple_(position.at, position.id)
+        stmt = stmt.where(pair < bound if newest_first else pair > bound)
+    order = (key.desc(), id_col.desc()) if newest_first else (key.asc(), id_col.asc())
+    rows = list(session.execute(stmt.add_columns(key).order_by(*order).limit(limit + 1)).all())
+    more = len(rows) > limit
+    rows = rows[:limit]
+    items = [row[0] for row in rows]
+    next_cursor = Cursor(rows[-1][-1], items[-1].id).encode() if more and rows else None
+    return items, next_cursor
+
+
+# --- tenant -------------------------------------------------------------------------------------------------
+
+
+def get_tenant(session: Session, tenant_id: str) -> Tenant:
+    return session.get_one(Tenant, tenant_id)
+
+
+def _merge(current: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """Merge one level deep (for `llm`); a None value removes the key, so the default applies again."""
+    merged = dict(current)
+    for name, value in changes.items():
+        if value is None:
+            merged.pop(name, None)
+        elif isinstance(value, dict) and isinstance(merged.get(name), dict):
+            merged[name] = _merge(merged[name], value)
+        elif isinstance(value, dict):
+            merged[name] = {k: v for k, v in value.items() if v is not None}
+        else:
+            merged[name] = value
+    return merged
+
+
+def update_tenant(
+    session: Session,
+    who: Principal,
+    *,
+    name: str | None,
+    persona: dict[str, Any] | None,
+    policies: dict[str, Any] | None,
+) -> Tenant:
+    tenant = get_tenant(session, who.tenant_id)
+    changed: dict[str, Any] = {}
+    if name is not None and name != tenant.name:
+        tenant.name = name
+        changed["name"] = name
+    if persona:
+        tenant.persona = _merge(tenant.persona or {}, persona)
+        changed["persona"] = persona
+    if policies:
+        tenant.policies = _merge(tenant.policies or {}, policies)
+        changed["policies"] = policies
+    if changed:
+        record(session, tenant.id, who.actor, "tenant.updated", "tenant", tenant.id, changed)
+    session.flush()
+    return tenant
+
+
+def set_llm_key(session: Session, who: Principal, api_key: str | None) -> Tenant:
+    tenant = get_tenant(session, who.tenant_id)
+    tenant.llm_api_key_encrypted = encrypt_json({"api_key": api_key}) if api_key else None
+    record(
+        session,
+        tenant.id,
+        who.actor,
+        "tenant.llm_key_set" if api_key else "tenant.llm_key_removed",
+        "tenant",
+        tenant.id,
+    )
+    session.flush()
+    return tenant
+
+
+# --- API keys -----------------------------------------------------------------------------------------------
+
+
+def list_api_keys(session: Session, tenant_id: str) -> list[ApiKey]:
+    return list(
+        session.scalars(select(ApiKey).where(ApiKey.tenant_id == tenant_id).order_by(ApiKey.created_at, ApiKey.id))
+    )
+
+
+def create_api_key(session: Session, who: Principal, name: str, scope: str) -> tuple[ApiKey, str]:
+    row, plaintext = issue_key(session, who.tenant_id, scope, name)
+    record(
+        session,
+        who.tenant_id,
+        who.actor,
+        "api_key.created",
+        "api_key",
+        row.id,
+        {"name": name, "scope": scope, "prefix": row.prefix},
+    )
+    return row, plaintext
+
+
+def revoke_api_key(session: Session, who: Principal, key_id: str) -> ApiKey:
+    """Revoking is idempotent. The key that authenticates this request cannot revoke itself: that way an admin
+    can never lock the tenant out of its last admin key by accident (use another admin key to revoke it)."""
+    row = session.scalars(select(ApiKey).where(ApiKey.id == key_id, ApiKey.tenant_id == who.tenant_id)).first()
+    if row is None:
+        raise NotFound(f"no API key {key_id!r} in this tenant")
+    if row.id == who.key_id:
+        raise Conflict("this is the key you are calling with: revoke it with another admin key")
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+        record(
+            session,
+            who.tenant_id,
+            who.actor,
+            "api_key.revoked",
+            "api_key",
+            row.id,
+            {"name": row.name, "scope": row.scope, "prefix": row.prefix},
+        )
+        session.flush()
+    return row
+
+
+# --- channel accounts ---------------------------------------------------------------------------------------
+
+
+def webhook_url(account: ChannelAccount) -> str:
+    base = get_settings().public_base_url.rstrip("/")
+    if account.channel == "webchat":
+        return f"{base}/widget/{account.external_id}"
+    return f"{base}/webhooks/{account.channel}"
+
+
+def list_channels(session: Session, tenant_id: str) -> list[ChannelAccount]:
+    return list(
+        session.scalars(
+            select(ChannelAccount)
+            .where(ChannelAccount.tenant_id == tenant_id)
+            .order_by(ChannelAccount.created_at, ChannelAccount.id)
+        )
+    )
+
+
+def get_channel(session: Session, tenant_id: str, account_id: str) -> ChannelAccount:
+    row = session.scalars(
+        select(ChannelAccount).where(ChannelAccount.id == account_id, ChannelAccount.tenant_id == tenant_id)
+    ).first()
+    if row is None:
+        raise NotFound(f"no channel account {account_id!r} in this tenant")
+    return row
+
+
+def create_channel(
+    session: Session,
+    who: Principal,
+    *,
+    channel: str,
+    external_id: str | None,
+    name: str,
+    config: dict[str, Any],
+    credentials: dict[str, str] | None,
+    enabled: bool,
+) -> ChannelAccount:
+    if external_id is None:
+        if channel != "webchat":
+            raise Invalid(f"external_id is required for {channel}: the provider's id of the account")
+        external_id = f"w_{secrets.token_urlsafe(12)}"
+    account = ChannelAccount(
+        tenant_id=who.tenant_id,
+        channel=channel,
+        external_id=external_id,
+        name=name,
+        config=config,
+        credentials_encrypted=encrypt_json(credentials) if credentials else None,
+        enabled=enabled,
+    )
+    try:
+        with session.begin_nested():
+            session.add(account)
+    except IntegrityError as exc:
+        # Deliberately the same message whichever tenant holds it: the id is the provider's, not a secret.
+        raise Conflict(
+            f"a {channel} account with external_id {external_id!r} is already registered; each provider "
+            "account can belong to one tenant only"
+        ) from exc
+    record(
+        session,
+        who.tenant_id,
+        who.actor,
+        "channel.created",
+        "channel_account",
+        account.id,
+        {"channel": channel, "external_id": external_id, "credentials": sorted(credentials or {})},
+    )
+    return account
+
+
+def update_channel(session: Session, who: Principal, account_id: str, changes: dict[str, Any]) -> ChannelAccount:
+    account = get_channel(session, who.tenant_id, account_id)
+    audit: dict[str, Any] = {}
+    for field in ("name", "config", "enabled"):
+        if changes.get(field) is not None:
+            setattr(account, field, changes[field])
+            audit[field] = changes[field]
+    if "credentials" in changes:
+        creds = changes["credentials"]
+        account.credentials_encrypted = encrypt_json(creds) if creds else None
+        audit["credentials"] = sorted(creds or {})  # the names, never the values
+    if audit:
+        record(session, who.tenant_id, who.actor, "channel.updated", "channel_account", account.id, audit)
+    session.flush()
+    return account
+
+
+def delete_channel(session: Session, who: Principal, account_id: str) -> None:
+    account = get_channel(session, who.tenant_id, account_id)
+    record(
+        session,
+        who.tenant_id,
+        who.actor,
+        "channel.deleted",
+        "channel_account",
+        account.id,
+        {"channel": account.channel, "external_id": account.external_id},
+    )
+    session.delete(account)
+    session.flush()
+
+
+# --- knowledge ----------------------------------------------------------------------------------------------
+
+
+def get_job(session: Session, tenant_id: str, job_id: str) -> IngestionJob:
+    job = session.scalars(
+        select(IngestionJob).where(IngestionJob.id == job_id, IngestionJob.tenant_id == tenant_id)
+    ).first()
+    if job is None:
+        raise NotFound(f"no ingestion job {job_id!r} in this tenant")
+    return job
+
+
+def list_jobs(
+    session: Session, tenant_id: str, cursor: str | None, limit: int
+) -> tuple[list[IngestionJob], str | None]:
+    stmt = select(IngestionJob).where(IngestionJob.tenant_id == tenant_id)
+    return _page(session, stmt, IngestionJob.created_at, IngestionJob.id, cursor, limit)
+
+
+def list_documents(session: Session, tenant_id: str, pack_version: int | None) -> list[tuple[Document, int]]:
+    counts = (
+        select(Chunk.document_id, func.count().label("n"))
+        .where(Chunk.tenant_id == tenant_id)
+        .group_by(Chunk.document_id)
+        .subquery()
+    )
+    stmt = (
+        select(Document, func.coalesce(counts.c.n, 0))
+        .outerjoin(counts, counts.c.document_id == Document.id)
+        .where(Document.tenant_id == tenant_id)
+        .order_by(Document.pack_version.desc(), Document.path)
+    )
+    if pack_version is not None:
+        stmt = stmt.where(Document.pack_version == pack_version)
+    return [(doc, int(n)) for doc, n in session.execute(stmt).all()]
+
+
+def delete_document(session: Session, who: Principal, document_id: str) -> None:
+    """Rows go in this transaction; vectors and the stored object are deleted before it commits, so a failure
+    leaves the document listed and the call can simply be repeated (both deletes are idempotent)."""
+    from app.runtime import get_object_store, get_vector_store
+
+    doc = session.scalars(
+        select(Document).where(Document.id == document_id, Document.tenant_id == who.tenant_id)
+    ).first()
+    if doc is None:
+        raise NotFound(f"no document {document_id!r} in this tenant")
+    record(
+        session,
+        who.tenant_id,
+        who.actor,
+        "document.deleted",
+        "document",
+        doc.id,
+        {"path": doc.path, "pack_version": doc.pack_version},
+    )
+    object_key = doc.object_key
+    session.query(Chunk).filter(Chunk.document_id == doc.id, Chunk.tenant_id == who.tenant_id).delete()
+    session.delete(doc)
+    session.flush()
+    get_vector_store().delete_where(who.tenant_id, {"document_id": document_id})
+    if object_key:
+        get_object_store().delete(object_key)
+
+
+# --- conversations ------------------------------------------------------------------------------------------
+
+
+def _open_escalation(conversation_id: Any) -> ColumnElement[bool]:
+    return exists().where(Escalation.conversation_id == conversation_id, Escalation.status == "open")
+
+
+def list_conversations(
+    session: Session,
+    tenant_id: str,
+    *,
+    mode: str | None,
+    escalated: bool | None,
+    channel: str | None,
+    contact: str | None,
+    cursor: str | None,
+    limit: int,
+) -> tuple[list[tuple[Conversation, Contact, bool]], str | None]:
+    activity = func.coalesce(Conversation.updated_at, Conversation.created_at)
+    stmt = select(Conversation).where(Conversation.tenant_id == tenant_id)
+    if mode:
+        stmt = stmt.where(Conversation.mode == mode)
+    if channel:
+        stmt = stmt.where(Conversation.channel == channel)
+    if contact:
+        stmt = stmt.where(
+            Conversation.contact_id.in_(
+                select(Contact.id).where(
+                    Contact.tenant_id == tenant_id, (Contact.id == contact) | (Contact.external_id == contact)
+                )
+            )
+        )
+    if escalated is not None:
+        flag = _open_escalation(Conversation.id)
+        stmt = stmt.where(flag if escalated else ~flag)
+    conversations: list[Conversation]
+    conversations, next_cursor = _page(session, stmt, activity, Conversation.id, cursor, limit)
+    return [_with_contact(session, c) for c in conversations], next_cursor
+
+
+def _with_contact(session: Session, conversation: Conversation) -> tuple[Conversation, Contact, bool]:
+    contact = session.get_one(Contact, conversation.contact_id)
+    is_open = bool(
+        session.scalar(
+            select(exists().where(Escalation.conversation_id == conversation.id, Escalation.status == "open"))
+        )
+    )
+    return conversation, contact, is_open
+
+
+def get_conversation(session: Session, tenant_id: str, conversation_id: str) -> tuple[Conversation, Contact, bool]:
+    conversation = session.scalars(
+        select(Conversation).where(Conversation.id == conversation_id, Conversation.tenant_id == tenant_id)
+    ).first()
+    if conversation is None:
+        raise NotFound(f"no conversation {conversation_id!r} in this tenant")
+    return _with_contact(session, conversation)
+
+
+def list_messages(
+    session: Session,
+    tenant_id: str,
+    conversation_id: str,
+    cursor: str | None,
+    limit: int,
+    *,
+    newest_first: bool = False,
+) -> tuple[list[Message], str | None]:
+    get_conversation(session, tenant_id, conversation_id)
+    stmt = select(Message).where(Message.tenant_id == tenant_id, Message.conversation_id == conversation_id)
+    return _page(session, stmt, Message.created_at, Message.id, cursor, limit, newest_first=newest_first)
+
+
+# --- audit --------------------------------------------------------------------------------------------------
+
+
+def list_audit(
+    session: Session,
+    tenant_id: str,
+    *,
+    action: str | None,
+    subject_type: str | None,
+    subject_id: str | None,
+    cursor: str | None,
+    limit: int,
+) -> tuple[list[AuditEvent], str | None]:
+    stmt = select(AuditEvent).where(AuditEvent.tenant_id == tenant_id)
+    if action:
+        stmt = stmt.where(AuditEvent.action == action)
+    if subject_type:
+        stmt = stmt.where(AuditEvent.subject_type == subject_type)
+    if subject_id:
+        stmt = stmt.where(AuditEvent.subject_id == subject_id)
+    return _page(session, stmt, AuditEvent.created_at, AuditEvent.id, cursor, limit)

@@ -1,0 +1,211 @@
+"""Knowledge ingestion jobs: one function that runs a job, and the two ways to run it.
+
+The admin API stores an upload's files in the object store under `upload_prefix(tenant, job)`, commits an
+`IngestionJob` row (status `queued`), then calls `submit(job_id)`:
+- embedded mode (no `REDIS_URL`): a single background thread of this process runs it, one job at a time (the
+  embedder is memory-hungry, and qdrant-edge belongs to this process anyway);
+- scale-out: an RQ job on the `ingest` queue, run by `switchboard worker` (`main()` below).
+
+`run_ingestion_job` is idempotent: a job that already finished is left alone, and a job re-run after a crash
+ingests the same files again (point ids are deterministic, so nothing is duplicated)."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from app.audit import record
+from app.config import get_settings
+from app.db import session_scope
+from app.models import IngestionJob, utcnow
+
+log = logging.getLogger(__name__)
+
+QUEUE = "ingest"
+JOB_TIMEOUT_S = 3600
+_FINISHED = ("succeeded", "failed")
+
+_executor: ThreadPoolExecutor | None = None
+_executor_lock = threading.Lock()
+
+
+def upload_prefix(tenant_id: str, job_id: str) -> str:
+    return f"{tenant_id}/uploads/{job_id}/"
+
+
+def run_ingestion_job(job_id: str) -> None:
+    """Ingest the files staged for `job_id` and record the outcome on its row. Never raises for a bad file: a
+    per-file problem lands in `errors`, anything else marks the job `failed` with the reason in `detail`."""
+    from app.runtime import get_object_store
+
+    with session_scope() as session:
+        job = session.get(IngestionJob, job_id)
+        if job is None:
+            log.warning("ingestion job %s does not exist; nothing to do", job_id)
+            return
+        if job.status in _FINISHED:
+            log.info("ingestion job %s already %s; nothing to do", job_id, job.status)
+            return
+        job.status = "running"
+        tenant_id = job.tenant_id
+    store = get_object_store()
+    prefix = upload_prefix(tenant_id, job_id)
+    keys: list[str] = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="sb-ingest-") as tmp:
+            pack = Path(tmp, "pack")
+            keys = store.list(prefix)
+            if not keys:
+                raise RuntimeError("the uploaded files are no longer in the object store; upload them again")
+            for key in keys:
+                dest = pack / key[len(prefix) :]
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_bytes(store.get(key))
+            _ingest(job_id, tenant_id, pack)
+    except Exception as exc:
+        log.exception("ingestion job %s failed", job_id)
+        with session_scope() as session:
+            job = session.get_one(IngestionJob, job_id)
+            job.status = "failed"
+            job.detail = f"{exc.__class__.__name__}: {exc}"[:2000]
+            job.finished_at = utcnow()
+            record(
+                session,
+                tenant_id,
+                "system",
+                "knowledge.job_failed",
+                "ingestion_job",
+                job_id,
+                {"detail": job.detail},
+            )
+    _cleanup(store, keys)
+
+
+def _ingest(job_id: str, tenant_id: str, pack: Path) -> None:
+    from app.knowledge.service import ingest_paths
+
+    # The ingester writes the outcome on the job row (status, done_files, chunks, errors, finished_at). While
+    # it runs, its progress events are kept in memory (`progress()`): on SQLite a second writer would only wait
+    # for the ingest transaction to end.
+    with session_scope() as session:
+        job = session.get_one(IngestionJob, job_id)
+        refused_at_upload = list(job.errors or [])
+        report = ingest_paths(session, tenant_id, [pack], progress=_Progress(job_id), job_id=job_id)
+        job.errors = refused_at_upload + list(job.errors or [])
+        record(
+            session,
+            tenant_id,
+            "system",
+            f"knowledge.job_{job.status}",
+            "ingestion_job",
+            job_id,
+            {
+                "files_ok": len(report.files_ok),
+                "files_failed": len(job.errors),
+                "chunks": report.chunks,
+                "pack_version": report.pack_version,
+            },
+        )
+    _live.pop(job_id, None)
+
+
+def _cleanup(store: Any, keys: list[str]) -> None:
+    """Staged upload objects are transient: the ingester keeps its own copy of each document."""
+    for key in keys:
+        try:
+            store.delete(key)
+        except Exception:
+            log.warning("could not delete staged upload object %s", key, exc_info=True)
+
+
+# --- live progress (in this process only) -------------------------------------------------------------------
+
+_live: dict[str, dict[str, Any]] = {}
+
+
+class _Progress:
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+
+    def __call__(self, event: Any) -> None:
+        _live[self.job_id] = {
+            "file": event.file,
+            "done_files": event.files_done,
+            "total_files": event.files_total,
+            "chunks": event.chunks,
+        }
+
+
+def progress(job_id: str) -> dict[str, Any] | None:
+    """The latest progress event of a job running in this process (embedded mode), if any."""
+    return _live.get(job_id)
+
+
+# --- running jobs -------------------------------------------------------------------------------------------
+
+
+def _thread_pool() -> ThreadPoolExecutor:
+    global _executor
+    with _executor_lock:
+        if _executor is None:
+            _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest")
+        return _executor
+
+
+def submit(job_id: str, *, queue: str = QUEUE) -> Future[None] | None:
+    """Start a committed, queued job: on this process's ingestion thread (embedded mode; returns its Future)
+    or as an RQ job (scale-out; returns None). Raises if Redis cannot take the job."""
+    settings = get_settings()
+    if settings.redis_url is None:
+        return _thread_pool().submit(run_ingestion_job, job_id)
+    import redis
+    from rq import Queue
+
+    connection = redis.Redis.from_url(settings.redis_url)
+    try:
+        # The RQ job id is derived from ours, so a repeated submit of one job does not enqueue a second copy.
+        Queue(queue, connection=connection).enqueue_call(
+            "workers.ingest.run_ingestion_job",
+            args=(job_id,),
+            job_id=f"ingest-{job_id}",
+            timeout=JOB_TIMEOUT_S,
+            result_ttl=86_400,
+            failure_ttl=7 * 86_400,
+            description=f"ingest knowledge (job {job_id})",
+        )
+    finally:
+        connection.close()
+    return None
+
+
+def resume_queued() -> int:
+    """Embedded mode: re-submit jobs left `queued` or `running` by a process that stopped. Call at start-up.
+    (In scale-out mode RQ keeps its own queue; there is nothing to resume.)"""
+    from sqlalchemy import select
+
+    if get_settings().redis_url is not None:
+        return 0
+    with session_scope() as session:
+        ids = list(session.scalars(select(IngestionJob.id).where(IngestionJob.status.in_(("queued", "running")))))
+    for job_id in ids:
+        submit(job_id)
+    return len(ids)
+
+
+def main(queues: list[str] | None = None, *, burst: bool = False) -> None:
+    """`switchboard worker`: an RQ worker on the `ingest` queue (needs REDIS_URL)."""
+    import redis
+    from rq import Worker
+
+    settings = get_settings()
+    if not settings.redis_url:
+        raise SystemExit(
+            "switchboard worker needs REDIS_URL: in embedded mode `switchboard serve` runs ingestion jobs itself"
+        )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    connection = redis.Redis.from_url(settings.redis_url)
+    Worker(queues or [QUEUE], connection=connection).work(burst=burst, with_scheduler=False)
