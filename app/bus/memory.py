@@ -112,8 +112,8 @@ class MemoryBus:
         tenants = tenants[start:] + tenants[:start]
         out: list[Delivery] = []
         now = time.monotonic()
-        while len(out) < count:
-            progressed = False
+        while tenants and len(out) < count:
+            with_more = []
             for tenant in tenants:
                 if len(out) >= count:
                     break
@@ -125,9 +125,8 @@ class MemoryBus:
                 state.cursors[tenant] = pos + 1
                 state.pending[(tenant, entry_id)] = _Pending(consumer, 1, now)
                 out.append(_delivery(topic, tenant, entry_id, stream.entries[entry_id], 1))
-                progressed = True
-            if not progressed:
-                break
+                with_more.append(tenant)
+            tenants = with_more  # later rounds only visit streams that still had entries
         return out
 
     def claim_stale(
