@@ -122,6 +122,7 @@ def ingest_paths(
     files, errors = collect([Path(p) for p in paths], settings.max_upload_bytes)
     source = KnowledgeSource(id=new_id(), tenant_id=tenant_id, name=_describe(paths), pack_version=version)
     session.add(source)
+    session.flush()  # the models have no relationships, so the unit of work would not order these inserts
     job = _job(session, tenant_id, job_id)
     job.source_id = source.id
     job.status = "running"
@@ -215,6 +216,7 @@ def _index_document(
     document.meta = doc.meta
     document.status = "indexed"
     document.error = None
+    session.flush()  # the Document row before its Chunk rows (no relationships to order the inserts)
 
     ids = [chunk_id(tenant_id, version, doc.path, c.ordinal) for c in chunks]
     for start in range(0, len(chunks), EMBED_GROUP):
