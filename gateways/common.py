@@ -1,0 +1,436 @@
+"""What the provider gateways share: webhook plumbing (account routing, normalised items, durable enqueue,
+delivery-status updates) and outbound machinery (typed provider errors, rate limits, message splitting,
+idempotent multi-part sends)."""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import HTTPException
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.config import get_settings
+from app.contracts import Attachment
+from app.conversations.service import accept_inbound
+from app.crypto import decrypt_json
+from app.db import session_scope
+from app.models import ChannelAccount, Contact, Conversation, Message
+from app.runtime import get_bus
+from gateways.base import SendError
+
+log = logging.getLogger("gateways")
+
+# ---------------------------------------------------------------------------------------------------------------
+# Inbound
+
+
+@dataclass(frozen=True)
+class Account:
+    """A detached, decrypted view of a ChannelAccount, safe to use outside its session."""
+
+    id: str
+    tenant_id: str
+    channel: str
+    external_id: str
+    config: dict[str, Any]
+    credentials: dict[str, Any]
+
+
+@dataclass
+class Inbound:
+    """One customer message, normalised from any provider's payload."""
+
+    provider_message_id: str
+    contact_id: str
+    kind: str = "text"
+    text: str = ""
+    attachments: list[Attachment] = field(default_factory=list)
+    display_name: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StatusUpdate:
+    """A provider's delivery receipt for one of our outbound messages."""
+
+    provider_id: str
+    status: str  # sent | delivered | read | failed
+    error: str | None = None
+
+
+@dataclass
+class Parsed:
+    """What one webhook delivery holds for one provider account."""
+
+    messages: list[Inbound] = field(default_factory=list)
+    statuses: list[StatusUpdate] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # why each ignored event was ignored (for the log)
+
+
+def load_account(channel: str, external_id: str) -> Account | None:
+    with session_scope() as session:
+        row = session.scalars(
+            select(ChannelAccount).where(ChannelAccount.channel == channel, ChannelAccount.external_id == external_id)
+        ).first()
+        if row is None or not row.enabled:
+            return None
+        return _detached(row)
+
+
+def accounts_of(channel: str) -> list[Account]:
+    with session_scope() as session:
+        rows = session.scalars(
+            select(ChannelAccount).where(ChannelAccount.channel == channel, ChannelAccount.enabled.is_(True))
+        ).all()
+        return [_detached(r) for r in rows]
+
+
+def _detached(row: ChannelAccount) -> Account:
+    creds = decrypt_json(row.credentials_encrypted) if row.credentials_encrypted else {}
+    return Account(row.id, row.tenant_id, row.channel, row.external_id, dict(row.config or {}), creds)
+
+
+def require_account(channel: str, external_id: str) -> Account:
+    account = load_account(channel, external_id)
+    if account is None:
+        log.warning("%s webhook for unknown account %r: answered 404", channel, external_id)
+        raise HTTPException(404, f"no {channel} channel account {external_id!r} is configured")
+    return account
+
+
+def secret(account: Account, name: str) -> str:
+    """A credential the webhook check needs. Missing means misconfigured: fail closed (the request is refused)."""
+    value = account.credentials.get(name)
+    if not value:
+        log.error("%s account %s has no %r credential: refusing its webhooks", account.channel, account.id, name)
+        raise HTTPException(403, f"this {account.channel} account has no {name} configured; webhooks are refused")
+    return str(value)
+
+
+@dataclass
+class Outcome:
+    accepted: int = 0
+    duplicates: int = 0
+    statuses: int = 0
+    skipped: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {"accepted": self.accepted, "duplicates": self.duplicates, "statuses": self.statuses,
+                "skipped": self.skipped}
+
+
+def ingest(account: Account, parsed: Parsed, outcome: Outcome | None = None) -> Outcome:
+    """Durably enqueue every message (deduplicated by provider id) and apply every status. Blocking: call it
+    from a worker thread. Returns only once everything is stored and published, so the caller may answer 2xx."""
+    outcome = outcome or Outcome()
+    bus = get_bus()
+    for item in parsed.messages:
+        result = accept_inbound(
+            bus,
+            tenant_id=account.tenant_id,
+            channel=account.channel,
+            contact_external_id=item.contact_id,
+            provider_message_id=item.provider_message_id,
+            text=item.text,
+            kind=item.kind,
+            attachments=item.attachments,
+            channel_account_id=account.id,
+            display_name=item.display_name,
+            meta=item.meta,
+        )
+        if result.duplicate:
+            outcome.duplicates += 1
+        else:
+            outcome.accepted += 1
+    for status in parsed.statuses:
+        apply_status(account, status)
+        outcome.statuses += 1
+    for reason in parsed.skipped:
+        log.info("%s webhook for account %s: skipped %s", account.channel, account.id, reason)
+    outcome.skipped += len(parsed.skipped)
+    return outcome
+
+
+# Delivery states only move forward; "failed" can replace "sent" but never a confirmed delivery.
+_STATUS_RANK = {"pending": 0, "sent": 1, "failed": 2, "delivered": 3, "read": 4}
+
+
+def apply_status(account: Account, update: StatusUpdate) -> bool:
+    """Move our outbound message's status forward. Unknown provider ids (messages sent outside Switchboard)
+    are ignored. Returns whether a row changed."""
+    with session_scope() as session:
+        message = session.scalars(
+            select(Message).where(
+                Message.tenant_id == account.tenant_id,
+                Message.channel == account.channel,
+                Message.direction == "out",
+                Message.meta["provider_id"].as_string() == update.provider_id,
+            )
+        ).first()
+        if message is None:
+            return False
+        if _STATUS_RANK.get(update.status, -1) <= _STATUS_RANK.get(message.status, 0):
+            return False
+        message.status = update.status
+        if update.error:
+            message.error = update.error
+        return True
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Outbound: typed provider errors
+
+
+class ProviderError(Exception):
+    """A provider call failed. Subclasses say what the dispatcher should do about it."""
+
+    def to_send_error(self) -> SendError:
+        return SendError(str(self))
+
+
+class RateLimited(ProviderError):
+    def __init__(self, message: str, retry_after: float | None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def to_send_error(self) -> SendError:
+        return SendError(str(self), retry_after=self.retry_after)
+
+
+class Transient(ProviderError):
+    """5xx, timeouts, connection errors: retry with back-off."""
+
+
+class Permanent(ProviderError):
+    """The provider refused this message (bad recipient, policy, payload): retrying cannot help."""
+
+    def to_send_error(self) -> SendError:
+        return SendError(str(self), permanent=True)
+
+
+class AuthFailed(Permanent):
+    """The tenant's credentials are wrong or revoked: stop and tell the operator."""
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+
+        try:
+            return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
+        except (TypeError, ValueError):
+            return None
+
+
+def classify_http(provider: str, status: int, body: str, retry_after: str | None = None) -> ProviderError:
+    """Map an HTTP failure onto the error hierarchy."""
+    detail = f"{provider} answered HTTP {status}: {body[:300]}"
+    if status == 429:
+        return RateLimited(detail, parse_retry_after(retry_after))
+    if status in (401, 403):
+        return AuthFailed(detail)
+    if status >= 500 or status == 408:
+        return Transient(detail)
+    return Permanent(detail)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Outbound: rate limits
+
+
+@dataclass(frozen=True)
+class Limit:
+    """At most one send per `interval` seconds under `key` (e.g. "telegram:chat:<bot>:<chat>")."""
+
+    key: str
+    interval: float
+
+
+class RateLimiter:
+    """Spaces sends so each key sees at most one send per interval (a GCRA with no burst).
+
+    `reserve` books the earliest slot allowed by every key and returns how long to wait for it; `acquire`
+    waits. In-process state by default; `RedisRateLimiter` shares it between processes. The clock and
+    sleep are injectable so tests can check spacing without timing anything.
+    """
+
+    def __init__(
+        self, clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep
+    ) -> None:
+        self.clock = clock
+        self.sleep = sleep
+        self._next: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def reserve(self, limits: Sequence[Limit]) -> float:
+        with self._lock:
+            now = self.clock()
+            start = max([now, *(self._next.get(lim.key, now) for lim in limits)])
+            for lim in limits:
+                self._next[lim.key] = start + lim.interval
+            return start - now
+
+    def acquire(self, limits: Sequence[Limit]) -> float:
+        wait = self.reserve(limits)
+        if wait > 0:
+            self.sleep(wait)
+        return wait
+
+
+_GCRA = """
+local now = tonumber(ARGV[1])
+local start = now
+for i, key in ipairs(KEYS) do
+  local nxt = tonumber(redis.call('GET', key) or '0')
+  if nxt > start then start = nxt end
+end
+for i, key in ipairs(KEYS) do
+  local interval = tonumber(ARGV[i + 1])
+  redis.call('SET', key, tostring(start + interval), 'PX', math.ceil(interval * 1000) + 1000)
+end
+return tostring(start - now)
+"""
+
+
+class RedisRateLimiter(RateLimiter):
+    """The same booking, atomically in Redis (a Lua script), so every sender replica shares one budget.
+    Uses Redis server time so replicas with skewed clocks agree."""
+
+    def __init__(self, url: str, prefix: str = "sb:ratelimit", sleep: Callable[[float], None] = time.sleep) -> None:
+        import redis
+
+        super().__init__(sleep=sleep)
+        self._redis = redis.Redis.from_url(url)
+        self._script = self._redis.register_script(_GCRA)
+        self.prefix = prefix
+
+    def reserve(self, limits: Sequence[Limit]) -> float:
+        seconds, micros = self._redis.time()  # type: ignore[misc]
+        now = seconds + micros / 1e6
+        keys = [f"{self.prefix}:{lim.key}" for lim in limits]
+        wait = self._script(keys=keys, args=[now, *(lim.interval for lim in limits)])
+        return float(wait)
+
+
+_limiter: RateLimiter | None = None
+_limiter_lock = threading.Lock()
+
+
+def get_rate_limiter() -> RateLimiter:
+    global _limiter
+    with _limiter_lock:
+        if _limiter is None:
+            url = get_settings().redis_url
+            _limiter = RedisRateLimiter(url) if url else RateLimiter()
+        return _limiter
+
+
+def set_rate_limiter(limiter: RateLimiter | None) -> None:
+    """For tests (an injected clock) and for resetting after a settings change."""
+    global _limiter
+    with _limiter_lock:
+        _limiter = limiter
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Outbound: splitting and idempotent multi-part sends
+
+LIMITS = {"whatsapp": 4096, "telegram": 4096, "twilio": 1600, "instagram": 1000, "discord": 2000}
+_SENTENCE_END = re.compile(r"(?<=[.!?…])\s+|\n+")
+
+
+def split_text(text: str, limit: int) -> list[str]:
+    """Split into parts of at most `limit` characters, at paragraph/sentence ends where possible, else at
+    word boundaries, and only inside a word when one word is longer than the limit."""
+    text = text.strip()
+    if len(text) <= limit:
+        return [text] if text else []
+    parts: list[str] = []
+    current = ""
+    for piece in _pieces(text, limit):
+        candidate = f"{current} {piece}" if current else piece
+        if len(candidate) <= limit:
+            current = candidate
+        else:
+            parts.append(current)
+            current = piece
+    if current:
+        parts.append(current)
+    return parts
+
+
+def _pieces(text: str, limit: int) -> Iterable[str]:
+    for sentence in _SENTENCE_END.split(text):
+        sentence = sentence.strip()
+        if not sentence:
+            continue
+        if len(sentence) <= limit:
+            yield sentence
+            continue
+        for word in sentence.split():
+            while len(word) > limit:
+                yield word[:limit]
+                word = word[limit:]
+            if word:
+                yield word
+
+
+DONE_STATUSES = frozenset({"sent", "delivered", "read"})
+
+
+def send_parts(
+    session: Session, message: Message, parts: Sequence[Any], send_one: Callable[[int, Any], str]
+) -> str | None:
+    """Send `parts` in order, recording each provider id on the message (committed) before the next part.
+
+    A retry after a crash or a transient error resumes after the last recorded part, so no part is sent
+    twice. A message already `sent` sends nothing. Returns the first part's provider id, the one delivery
+    receipts are matched against.
+    """
+    if message.status in DONE_STATUSES:
+        return (message.meta or {}).get("provider_id")
+    ids: list[str] = list((message.meta or {}).get("provider_ids") or [])
+    for index, part in enumerate(parts):
+        if index < len(ids):
+            continue
+        try:
+            provider_id = send_one(index, part)
+        except ProviderError as exc:
+            raise exc.to_send_error() from exc
+        ids.append(provider_id)
+        message.meta = {**(message.meta or {}), "provider_ids": list(ids), "provider_id": ids[0]}
+        # Commit now: if the next part fails, the retry must know this one went out.
+        session.commit()
+    return ids[0] if ids else None
+
+
+def recipient(session: Session, message: Message) -> Contact:
+    conversation = session.get_one(Conversation, message.conversation_id)
+    return session.get_one(Contact, conversation.contact_id)
+
+
+def require_account_row(account: ChannelAccount | None, message: Message) -> ChannelAccount:
+    if account is None:
+        raise SendError(f"message {message.id} has no channel account to send from", permanent=True)
+    return account
+
+
+def credentials(account: ChannelAccount) -> dict[str, Any]:
+    return decrypt_json(account.credentials_encrypted) if account.credentials_encrypted else {}
+
+
+def aware(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes for timezone-aware columns."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)

@@ -1,0 +1,106 @@
+"""One embedded Switchboard (SQLite + in-process bus) per test module, with helpers to sign provider requests."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import delete, select
+
+from tests.conftest import SHARED_DATA
+
+WEBHOOKS = SHARED_DATA / "webhooks"
+
+
+@dataclass
+class Gateway:
+    client: TestClient
+    home: Path
+
+    def tenant(self, slug: str | None = None) -> str:
+        from app.db import session_scope
+        from app.tenants.service import create_tenant
+
+        with session_scope() as session:
+            return create_tenant(session, slug or f"t-{uuid.uuid4().hex[:8]}").tenant.id
+
+    def account(self, tenant_id: str, channel: str, external_id: str, credentials: dict[str, Any],
+                config: dict[str, Any] | None = None) -> str:
+        from app.db import session_scope
+        from gateways.accounts import add_channel_account
+
+        with session_scope() as session:
+            return add_channel_account(session, tenant_id, channel, external_id, credentials=credentials,
+                                       config=config).id
+
+    def inbound(self, **where: Any) -> list[Any]:
+        from app.db import session_scope
+        from app.models import Message
+
+        with session_scope() as session:
+            stmt = select(Message).where(Message.direction == "in")
+            for key, value in where.items():
+                stmt = stmt.where(getattr(Message, key) == value)
+            rows = session.scalars(stmt.order_by(Message.created_at)).all()
+            session.expunge_all()
+            return list(rows)
+
+    def bus_entries(self, tenant_id: str) -> list[dict[str, Any]]:
+        """The InboundMessage events published for a tenant, decoded."""
+        from app.bus.memory import MemoryBus
+        from app.runtime import get_bus
+
+        bus = get_bus()
+        assert isinstance(bus, MemoryBus)
+        n = bus.stream_length("inbound", tenant_id)
+        group = f"probe-{uuid.uuid4().hex[:6]}"
+        bus.ensure_group("inbound", group)
+        got: list[dict[str, Any]] = []
+        while len(got) < n:
+            batch = bus.read("inbound", group, "probe", count=100, block_ms=0)
+            if not batch:
+                break
+            got += [json.loads(d.fields["body"]) for d in batch if d.tenant_id == tenant_id]
+        return got
+
+    def wipe_messages(self) -> None:
+        from app.db import session_scope
+        from app.models import Contact, Conversation, Message
+
+        with session_scope() as session:
+            for model in (Message, Conversation, Contact):
+                session.execute(delete(model))
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    from app.runtime import reset_caches
+
+    mp = pytest.MonkeyPatch()
+    home = tmp_path_factory.mktemp("sbhome")
+    mp.setenv("SWITCHBOARD_HOME", str(home))
+    mp.setenv("SWITCHBOARD_PUBLIC_BASE_URL", "https://sb.example.com")
+    for var in ("DATABASE_URL", "REDIS_URL", "QDRANT_URL", "S3_BUCKET", "LLM_BASE_URL", "LLM_API_KEY"):
+        mp.delenv(var, raising=False)
+        mp.delenv(f"SWITCHBOARD_{var}", raising=False)
+    reset_caches()
+    from app.db import migrate
+    from app.main import create_app
+
+    migrate()
+    with TestClient(create_app(run_workers=False)) as client:
+        yield Gateway(client, home)
+    reset_caches()
+    mp.undo()
+
+
+def meta_signature(secret: str, raw: bytes) -> str:
+    return "sha256=" + hmac.new(secret.encode(), raw, hashlib.sha256).hexdigest()
