@@ -24,7 +24,7 @@ class TenantKeys:
         return {"Authorization": f"Bearer {self.admin if scope == 'admin' else self.agent}"}
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def backend(request: pytest.FixtureRequest) -> str:
     return request.param  # type: ignore[no-any-return]
 
