@@ -317,7 +317,7 @@ class RedisRateLimiter(RateLimiter):
         self.prefix = prefix
 
     def reserve(self, limits: Sequence[Limit]) -> float:
-        seconds, micros = self._redis.time()  # type: ignore[misc]
+        seconds, micros = self._redis.time()
         now = seconds + micros / 1e6
         keys = [f"{self.prefix}:{lim.key}" for lim in limits]
         wait = self._script(keys=keys, args=[now, *(lim.interval for lim in limits)])

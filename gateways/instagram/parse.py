@@ -87,7 +87,7 @@ def parse_message(message: dict[str, Any], sender: str) -> Inbound | str:
     if reply_to:
         meta["reply_to"] = reply_to
     text = str(message.get("text") or "")
-    base = {"provider_message_id": str(mid), "contact_id": sender}
+    base: dict[str, Any] = {"provider_message_id": str(mid), "contact_id": sender}
     if isinstance(message.get("quick_reply"), dict):
         meta.update(reply_id=message["quick_reply"].get("payload"), reply_type="quick_reply")
         return Inbound(kind="interactive", text=text, meta=meta, **base)
@@ -107,7 +107,8 @@ def parse_message(message: dict[str, Any], sender: str) -> Inbound | str:
 
 
 def _attachment(att: dict[str, Any]) -> Attachment:
-    payload = att.get("payload") if isinstance(att.get("payload"), dict) else {}
+    raw = att.get("payload")
+    payload: dict[str, Any] = raw if isinstance(raw, dict) else {}
     kind = {"file": "document", "fallback": "link"}.get(str(att.get("type")), str(att.get("type") or "unknown"))
     url = payload.get("url") or att.get("URL")
     data = {k: v for k, v in payload.items() if k != "url"}

@@ -6,7 +6,7 @@ public base URL (`SWITCHBOARD_PUBLIC_BASE_URL`), never from the Host/scheme this
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from urllib.parse import quote
 
 from twilio.request_validator import RequestValidator
@@ -18,7 +18,7 @@ class _Params:
     def __init__(self, pairs: Iterable[tuple[str, str]]) -> None:
         self._pairs = list(pairs)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[str]:
         return iter(dict.fromkeys(k for k, _ in self._pairs))
 
     def __bool__(self) -> bool:

@@ -58,9 +58,9 @@ def answer(account: Account, question: str) -> str:
 @router.post("", response_class=PlainTextResponse)
 async def session_step(
     token: Annotated[str, Query(description="The account's webhook token.")],
-    sessionId: Annotated[str, Form()],  # noqa: N803 - the aggregator's field names
-    serviceCode: Annotated[str, Form()],  # noqa: N803
-    phoneNumber: Annotated[str, Form()],  # noqa: N803
+    sessionId: Annotated[str, Form()],
+    serviceCode: Annotated[str, Form()],
+    phoneNumber: Annotated[str, Form()],
     text: Annotated[str, Form()] = "",
 ) -> PlainTextResponse:
     """One USSD session step. An empty `text` opens the menu; otherwise the last `*`-separated input is the

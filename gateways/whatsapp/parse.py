@@ -20,7 +20,8 @@ def split_by_account(body: dict[str, Any]) -> dict[str | None, Parsed]:
         for change in (entry or {}).get("changes") or []:
             value = (change or {}).get("value") or {}
             field = (change or {}).get("field")
-            phone_number_id = ((value.get("metadata") or {}).get("phone_number_id")) if isinstance(value, dict) else None
+            metadata = value.get("metadata") if isinstance(value, dict) else None
+            phone_number_id = (metadata or {}).get("phone_number_id")
             parsed = out.setdefault(str(phone_number_id) if phone_number_id else None, Parsed())
             if field != "messages" or not phone_number_id:
                 parsed.skipped.append(f"field {field!r} (not a customer message)")
@@ -63,13 +64,13 @@ def parse_message(msg: dict[str, Any]) -> Inbound | str:
         meta["reply_to"] = context["id"]
     if msg.get("referral"):
         meta["referral"] = msg["referral"]
-    base = {"provider_message_id": str(mid), "contact_id": str(sender), "meta": meta}
     body = content(msg)
     if body is None:
         return f"message type {mtype!r} ({mid})"
     kind, text, attachments, extra = body
     meta.update(extra)
-    return Inbound(kind=kind, text=text, attachments=attachments, **base)
+    return Inbound(provider_message_id=str(mid), contact_id=str(sender), kind=kind, text=text,
+                   attachments=attachments, meta=meta)
 
 
 def content(msg: dict[str, Any]) -> tuple[str, str, list[Attachment], dict[str, Any]] | None:
