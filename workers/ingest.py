@@ -156,7 +156,7 @@ def _thread_pool() -> ThreadPoolExecutor:
         return _executor
 
 
-def submit(job_id: str, *, queue: str = QUEUE) -> Future[None] | None:
+def submit(job_id: str, *, queue: str | None = None) -> Future[None] | None:
     """Start a committed, queued job: on this process's ingestion thread (embedded mode; returns its Future)
     or as an RQ job (scale-out; returns None). Raises if Redis cannot take the job."""
     settings = get_settings()
@@ -168,7 +168,7 @@ def submit(job_id: str, *, queue: str = QUEUE) -> Future[None] | None:
     connection = redis.Redis.from_url(settings.redis_url)
     try:
         # The RQ job id is derived from ours, so a repeated submit of one job does not enqueue a second copy.
-        Queue(queue, connection=connection).enqueue_call(
+        Queue(queue or QUEUE, connection=connection).enqueue_call(
             "workers.ingest.run_ingestion_job",
             args=(job_id,),
             job_id=f"ingest-{job_id}",

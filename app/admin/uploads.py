@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from fastapi import Request
 from starlette.datastructures import UploadFile
-from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.formparsers import MultiPartException, MultiPartParser, parse_options_header
 
 # Used only if the knowledge parser cannot be imported; `supported_suffixes` asks it first.
 DEFAULT_SUFFIXES = frozenset({".md", ".markdown", ".txt", ".csv", ".json"})
@@ -64,12 +64,16 @@ async def read_multipart(request: Request, limit: int) -> list[UploadFile]:
     if declared and declared.isdigit() and int(declared) > limit:
         raise UploadError(413, f"upload is {_human(int(declared))}; the limit is {_human(limit)} (MAX_UPLOAD_BYTES)")
 
+    tail = b""
+
     async def limited() -> AsyncIterator[bytes]:
+        nonlocal tail
         seen = 0
         async for chunk in request.stream():
             seen += len(chunk)
             if seen > limit:
                 raise UploadError(413, f"upload exceeds the limit of {_human(limit)} (MAX_UPLOAD_BYTES)")
+            tail = (tail + chunk)[-300:]
             yield chunk
 
     parser = MultiPartParser(request.headers, limited(), max_files=1000, max_fields=100)  # type: ignore[arg-type]
@@ -77,6 +81,10 @@ async def read_multipart(request: Request, limit: int) -> list[UploadFile]:
         form = await parser.parse()
     except MultiPartException as exc:
         raise UploadError(400, f"malformed multipart body: {exc}") from exc
+    # The parser accepts a body cut short; its last part would then be silently incomplete.
+    boundary = parse_options_header(content_type)[1].get(b"boundary", b"")
+    if not tail.rstrip(b"\r\n").endswith(b"--" + boundary + b"--"):
+        raise UploadError(400, "malformed multipart body: the closing boundary is missing (was the upload cut short?)")
     return [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
 
 
@@ -179,8 +187,10 @@ async def collect(parts: list[UploadFile], limit: int) -> UploadFiles:
             out.skipped.append({"file": name, "reason": "empty file"})
     if not out.files:
         reasons = "; ".join(f"{s['file']}: {s['reason']}" for s in out.skipped[:5])
+        # 415 when the only problem is the files' types; 422 when they are empty, unsafe or corrupt.
+        wrong_type = bool(out.skipped) and all(s["reason"].startswith("unsupported type") for s in out.skipped)
         raise UploadError(
-            415 if out.skipped else 422,
+            415 if wrong_type else 422,
             f"nothing to ingest in this upload{': ' + reasons if reasons else ' (empty zip)'}",
         )
     seen: set[str] = set()
