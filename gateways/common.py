@@ -434,3 +434,27 @@ def credentials(account: ChannelAccount) -> dict[str, Any]:
 def aware(value: datetime) -> datetime:
     """SQLite hands back naive datetimes for timezone-aware columns."""
     return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def with_retries(
+    call: Callable[[], str],
+    *,
+    attempts: int = 3,
+    max_inline_wait: float = 5.0,
+    base_delay: float = 0.5,
+    sleep: Callable[[float], None] = time.sleep,
+) -> str:
+    """Retry one provider call in place on rate limits (honouring Retry-After) and transient errors (doubling
+    back-off), as long as the wait is short. Longer waits and the last failure propagate, so the dispatcher's
+    redelivery takes over instead of holding a worker."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return call()
+        except (RateLimited, Transient) as exc:
+            wait = exc.retry_after if isinstance(exc, RateLimited) and exc.retry_after is not None \
+                else base_delay * 2 ** (attempt - 1)
+            if attempt == attempts or wait > max_inline_wait:
+                raise
+            log.info("provider call failed (%s); retrying in %.2fs", exc, wait)
+            sleep(wait)
+    raise AssertionError("unreachable")

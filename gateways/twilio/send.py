@@ -1,0 +1,94 @@
+"""Twilio outbound (SMS and WhatsApp) through the twilio SDK's `Client`, built per call with the tenant's
+account SID and auth token. The SDK's HTTP client is pointed at a configurable API base URL. Text is split to
+1600 characters; sends are spaced per sending number."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy.orm import Session
+from twilio.base.exceptions import TwilioException, TwilioRestException
+from twilio.http.http_client import TwilioHttpClient
+from twilio.http.response import Response
+from twilio.rest import Client
+
+from app.models import ChannelAccount, Message
+from gateways.base import SendError
+from gateways.common import (
+    LIMITS,
+    Limit,
+    ProviderError,
+    RateLimiter,
+    Transient,
+    classify_http,
+    credentials,
+    get_rate_limiter,
+    recipient,
+    require_account_row,
+    send_parts,
+    split_text,
+    with_retries,
+)
+
+DEFAULT_BASE = "https://api.twilio.com"
+
+
+def default_base_url() -> str:
+    return os.environ.get("SWITCHBOARD_TWILIO_BASE_URL", DEFAULT_BASE)
+
+
+class _BaseUrlClient(TwilioHttpClient):
+    """The SDK's HTTP client, sending to `base_url` instead of api.twilio.com, remembering the last response
+    (the SDK's exceptions drop the Retry-After header)."""
+
+    def __init__(self, base_url: str, timeout: float) -> None:
+        super().__init__(timeout=timeout)
+        self.base_url = base_url.rstrip("/")
+        self.last: Response | None = None
+
+    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Response:
+        if url.startswith(DEFAULT_BASE):
+            url = self.base_url + url[len(DEFAULT_BASE):]
+        self.last = super().request(method, url, *args, **kwargs)
+        return self.last
+
+
+class TwilioSender:
+    def __init__(self, base_url: str | None = None, limiter: RateLimiter | None = None, timeout: float = 10.0,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.base_url = base_url
+        self.limiter = limiter
+        self.timeout = timeout
+        self.sleep = sleep
+
+    def send(self, session: Session, account: ChannelAccount | None, message: Message) -> str | None:
+        account = require_account_row(account, message)
+        creds = credentials(account)
+        if not creds.get("account_sid") or not creds.get("auth_token"):
+            raise SendError(f"Twilio number {account.external_id} lacks account_sid/auth_token", permanent=True)
+        to = recipient(session, message).external_id
+        sender = f"whatsapp:{account.external_id}" if to.startswith("whatsapp:") else account.external_id
+        base = self.base_url or account.config.get("api_base_url") or default_base_url()
+        limiter = self.limiter or get_rate_limiter()
+        mps = float(account.config.get("messages_per_second", 1))
+
+        def send_one(_: int, part: str) -> str:
+            def call() -> str:
+                limiter.acquire([Limit(f"twilio:{account.external_id}", 1 / mps)])
+                http = _BaseUrlClient(base, self.timeout)
+                client = Client(creds["account_sid"], creds["auth_token"], http_client=http)
+                try:
+                    created = client.messages.create(to=to, from_=sender, body=part)
+                except TwilioRestException as exc:
+                    headers = (http.last.headers if http.last is not None else None) or {}
+                    error: ProviderError = classify_http("Twilio", exc.status, exc.msg, headers.get("Retry-After"))
+                    raise error from exc
+                except TwilioException as exc:  # connection errors and timeouts
+                    raise Transient(f"Twilio unreachable: {exc}") from exc
+                return str(created.sid)
+            return with_retries(call, sleep=self.sleep)
+
+        return send_parts(session, message, split_text(message.text, LIMITS["twilio"]), send_one)

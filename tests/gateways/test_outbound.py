@@ -1,0 +1,319 @@
+"""Outbound senders against local fake providers speaking the real HTTP APIs, driven through the dispatcher."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from app.bus.base import PermanentFailure  # noqa: F401 - documents what the dispatcher may raise
+from gateways.base import SendError
+from gateways.common import Limit, RateLimiter, split_text
+from tests.fakes.fake_meta import FakeGraph
+from tests.fakes.fake_telegram import FakeTelegram, flood
+from tests.fakes.fake_twilio import FakeTwilio
+from tests.fakes.provider_server import Scripted
+from tests.gateways.conftest import Gateway
+
+
+class FakeClock:
+    """Time that only moves when someone sleeps: spacing is checked without timing anything."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(round(seconds, 3))
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def graph() -> Iterator[FakeGraph]:
+    fake = FakeGraph()
+    yield fake
+    fake.close()
+
+
+def conversation(gw: Gateway, channel: str, external_id: str, credentials: dict[str, Any], contact: str,
+                 config: dict[str, Any] | None = None, last_inbound_ago: timedelta | None = timedelta(minutes=5)
+                 ) -> tuple[str, str, str]:
+    from app.conversations.service import get_or_create_contact, get_or_create_conversation
+    from app.db import session_scope
+    from app.models import utcnow
+
+    tenant = gw.tenant()
+    account_id = gw.account(tenant, channel, external_id, credentials, config)
+    with session_scope() as session:
+        c = get_or_create_contact(session, tenant, channel, contact)
+        c.last_inbound_at = utcnow() - last_inbound_ago if last_inbound_ago is not None else None
+        conv = get_or_create_conversation(session, tenant, c, account_id)
+        return tenant, conv.id, account_id
+
+
+def reply(conv_id: str, text: str, author: str = "bot", key: str = "reply:1") -> Any:
+    from app.conversations.service import add_outbound, outbound_event
+    from app.db import session_scope
+    from app.models import Conversation
+
+    with session_scope() as session:
+        conv = session.get_one(Conversation, conv_id)
+        msg, _ = add_outbound(session, conv, key=key, text=text, author=author)
+        return outbound_event(msg, conv)
+
+
+def stored(message_id: str) -> Any:
+    from app.db import session_scope
+    from app.models import Message
+
+    with session_scope() as session:
+        msg = session.get_one(Message, message_id)
+        session.expunge(msg)
+        return msg
+
+
+def deliver(event: Any) -> None:
+    from app.conversations.dispatcher import Dispatcher
+
+    Dispatcher().deliver(event)
+
+
+def use(monkeypatch: pytest.MonkeyPatch, channel: str, sender: Any) -> None:
+    from gateways import registry
+
+    monkeypatch.setitem(registry.SENDERS, channel, sender)
+
+
+LONG = " ".join(f"Sentence number {i} explains one more detail of the return policy." for i in range(200))
+
+
+# ------------------------------------------------------------------------------------------------------ splitting
+
+def test_split_text_respects_limits_and_boundaries() -> None:
+    for limit in (1000, 1600, 4096):
+        parts = split_text(LONG, limit)
+        assert all(len(p) <= limit for p in parts) and len(parts) > 1
+        assert " ".join(parts) == LONG  # nothing lost or reordered
+        assert all(p.endswith(".") for p in parts)  # cut at sentence ends
+    assert split_text("x" * 25, 10) == ["x" * 10, "x" * 10, "x" * 5]
+    assert split_text("short", 10) == ["short"]
+
+
+# ------------------------------------------------------------------------------------------------------ WhatsApp
+
+def wa(gw: Gateway, graph: FakeGraph, clock: FakeClock, monkeypatch: pytest.MonkeyPatch, **kw: Any) -> tuple[str, str]:
+    from gateways.whatsapp.send import WhatsAppSender
+
+    tenant, conv, _ = conversation(gw, "whatsapp", f"pn{id(kw) % 10**8}{len(clock.sleeps)}{kw.get('tag', '')}",
+                                   {"app_secret": "s", "verify_token": "v", "access_token": "EAAG"},
+                                   "15550001111", config=kw.get("config"),
+                                   last_inbound_ago=kw.get("ago", timedelta(minutes=5)))
+    use(monkeypatch, "whatsapp", WhatsAppSender(base_url=graph.url, limiter=RateLimiter(clock, clock.sleep),
+                                                sleep=clock.sleep, timeout=kw.get("timeout", 5.0)))
+    return tenant, conv
+
+
+def test_whatsapp_splits_and_records_every_part(gw: Gateway, graph: FakeGraph, clock: FakeClock,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    _, conv = wa(gw, graph, clock, monkeypatch)
+    event = reply(conv, LONG)
+    deliver(event)
+    sends = graph.sends()
+    assert len(sends) == len(split_text(LONG, 4096)) == 4
+    assert [r.json()["text"]["body"] for r in sends] == split_text(LONG, 4096)
+    assert sends[0].headers["Authorization"] == "Bearer EAAG" and sends[0].json()["to"] == "15550001111"
+    msg = stored(event.message_id)
+    assert msg.status == "sent" and msg.meta["provider_ids"] == [f"wamid.fake{i}" for i in range(1, 5)]
+    deliver(event)  # redelivered event: nothing more is sent
+    assert len(graph.sends()) == 4
+
+
+def test_whatsapp_retries_429_and_5xx_then_sends_once(gw: Gateway, graph: FakeGraph, clock: FakeClock,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    _, conv = wa(gw, graph, clock, monkeypatch, tag="r")
+    graph.fail_next(Scripted(429, {"error": {"code": 130429}}, {"Retry-After": "2"}), Scripted(503, {}))
+    event = reply(conv, "Hello!")
+    deliver(event)
+    assert len(graph.sends()) == 3  # 429, 503, success
+    assert 2.0 in clock.sleeps  # Retry-After honoured
+    msg = stored(event.message_id)
+    assert msg.status == "sent" and msg.meta["provider_ids"] == ["wamid.fake1"]
+
+
+def test_whatsapp_timeout_is_transient_and_retried(gw: Gateway, graph: FakeGraph, clock: FakeClock,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    _, conv = wa(gw, graph, clock, monkeypatch, tag="t", timeout=0.3)
+    graph.fail_next(Scripted(200, {"messages": [{"id": "wamid.late"}]}, delay=1.0))
+    event = reply(conv, "Hi")
+    deliver(event)
+    assert stored(event.message_id).meta["provider_ids"] == ["wamid.fake1"]
+
+
+def test_no_double_send_when_a_later_part_fails(gw: Gateway, graph: FakeGraph, clock: FakeClock,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    _, conv = wa(gw, graph, clock, monkeypatch, tag="d")
+    event = reply(conv, LONG)
+    # Part 1 succeeds, part 2 fails on every in-place attempt: the dispatcher leaves the event for redelivery.
+    graph.fail_next()
+    original = graph.respond
+    calls = {"n": 0}
+
+    def flaky(rec: Any) -> Any:
+        calls["n"] += 1
+        if 2 <= calls["n"] <= 4:
+            return 500, {"error": {"message": "boom"}}, {}
+        return original(rec)
+
+    monkeypatch.setattr(graph, "respond", flaky)
+    with pytest.raises(SendError) as info:
+        deliver(event)
+    assert not info.value.permanent
+    msg = stored(event.message_id)
+    assert msg.status == "pending" and len(msg.meta["provider_ids"]) == 1
+    deliver(event)  # the bus redelivers
+    bodies = [r.json()["text"]["body"] for r in graph.sends()]
+    parts = split_text(LONG, 4096)
+    delivered = [b for b, r in zip(bodies, range(len(bodies)), strict=True) if not 2 <= r + 1 <= 4]
+    assert delivered == parts  # each part accepted exactly once, in order
+    assert stored(event.message_id).status == "sent"
+
+
+def test_whatsapp_24h_window(gw: Gateway, graph: FakeGraph, clock: FakeClock,
+                             monkeypatch: pytest.MonkeyPatch) -> None:
+    _, conv = wa(gw, graph, clock, monkeypatch, tag="w", ago=timedelta(hours=25))
+    event = reply(conv, "Free-form text")
+    deliver(event)
+    msg = stored(event.message_id)
+    assert msg.status == "failed" and "outside_24h_window" in msg.error
+    assert graph.sends() == []
+    _, conv2 = wa(gw, graph, clock, monkeypatch, tag="w2", ago=timedelta(days=3),
+                  config={"template": {"name": "follow_up", "language": "en_US"}})
+    event2 = reply(conv2, "Free-form text")
+    deliver(event2)
+    (sent,) = graph.sends()
+    assert sent.json()["type"] == "template" and sent.json()["template"]["name"] == "follow_up"
+    assert "text" not in sent.json()
+
+
+def test_whatsapp_rate_limit_spacing(gw: Gateway, graph: FakeGraph, clock: FakeClock,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    _, conv = wa(gw, graph, clock, monkeypatch, tag="s", config={"messages_per_second": 2})
+    deliver(reply(conv, LONG))
+    assert clock.sleeps == [0.5, 0.5, 0.5]  # four parts, 2 per second on this number
+
+
+def test_permanent_error_is_recorded(gw: Gateway, graph: FakeGraph, clock: FakeClock,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    _, conv = wa(gw, graph, clock, monkeypatch, tag="p")
+    graph.fail_next(Scripted(400, {"error": {"message": "(#131030) Recipient not in allowed list"}}))
+    event = reply(conv, "Hi")
+    deliver(event)
+    msg = stored(event.message_id)
+    assert msg.status == "failed" and "131030" in msg.error and len(graph.sends()) == 1
+
+
+# ------------------------------------------------------------------------------------------------------ Instagram
+
+def test_instagram_human_agent_tag(gw: Gateway, graph: FakeGraph, clock: FakeClock,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateways.instagram.send import InstagramSender
+
+    _, conv, _ = conversation(gw, "instagram", "17840000001", {"app_secret": "s", "verify_token": "v",
+                                                              "access_token": "IGQ"}, "igsid-1")
+    use(monkeypatch, "instagram", InstagramSender(base_url=graph.url, limiter=RateLimiter(clock, clock.sleep)))
+    deliver(reply(conv, "From the bot", key="k1"))
+    deliver(reply(conv, "x " * 700, author="agent:dana", key="k2"))
+    bot, *agent = [r.json() for r in graph.sends()]
+    assert bot["messaging_type"] == "RESPONSE" and "tag" not in bot
+    assert len(agent) == 2 and all(a["tag"] == "HUMAN_AGENT" and a["messaging_type"] == "MESSAGE_TAG" for a in agent)
+    assert all(len(a["message"]["text"]) <= 1000 for a in agent)
+    assert graph.path_of(graph.sends()[0]) == "/17840000001/messages"
+
+
+# ------------------------------------------------------------------------------------------------------ Telegram
+
+def test_telegram_sends_with_ptb_rate_limited_per_chat(gw: Gateway, clock: FakeClock,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateways.telegram.send import TelegramSender
+
+    fake = FakeTelegram()
+    try:
+        _, conv, _ = conversation(gw, "telegram", "5550001", {"bot_token": "5550001:AAH", "secret_token": "s"},
+                                  "4242")
+        use(monkeypatch, "telegram", TelegramSender(base_url=fake.url, limiter=RateLimiter(clock, clock.sleep),
+                                                    sleep=clock.sleep))
+        fake.fail_next(flood(3))
+        text = "word " * 1700  # 8500 characters -> 3 parts
+        event = reply(conv, text)
+        deliver(event)
+        texts = fake.texts()
+        assert [c for c, _ in texts] == ["4242"] * 4  # the flood-controlled attempt, then three parts
+        assert [t for _, t in texts[1:]] == split_text(text, 4096)
+        assert all(r.path.startswith("/bot5550001:AAH/") for r in fake.requests)
+        assert 3.0 in clock.sleeps  # retry_after honoured
+        assert clock.sleeps.count(1.0) >= 2  # one message per second to the same chat
+        assert stored(event.message_id).meta["provider_ids"][0].startswith("4242:")
+    finally:
+        fake.close()
+
+
+def test_rate_limiter_per_chat_and_per_bot(clock: FakeClock) -> None:
+    limiter = RateLimiter(clock, clock.sleep)
+    bot = Limit("telegram:bot:1", 1 / 30)
+    waits = [limiter.acquire([Limit(f"telegram:chat:1:{i}", 1.0), bot]) for i in range(60)]
+    assert clock.now - 1000.0 == pytest.approx(59 / 30)  # 60 chats: bot-wide 30/s is the binding limit
+    assert all(w == pytest.approx(1 / 30) for w in waits[1:])
+    same_chat = [limiter.acquire([Limit("telegram:chat:1:x", 1.0), bot]) for _ in range(3)]
+    assert same_chat[1:] == [pytest.approx(1.0)] * 2
+
+
+def test_redis_rate_limiter_shares_the_budget(redis_namespace: str) -> None:
+    from gateways.common import RedisRateLimiter
+    from tests.conftest import REDIS_TEST_URL
+
+    a = RedisRateLimiter(REDIS_TEST_URL, prefix=redis_namespace, sleep=lambda s: None)
+    b = RedisRateLimiter(REDIS_TEST_URL, prefix=redis_namespace, sleep=lambda s: None)
+    lim = [Limit("twilio:+1555", 10.0)]
+    first, second, third = a.reserve(lim), b.reserve(lim), a.reserve(lim)
+    assert first == 0 and second == pytest.approx(10.0, abs=0.5) and third == pytest.approx(20.0, abs=0.5)
+
+
+# ------------------------------------------------------------------------------------------------------ Twilio
+
+def test_twilio_sdk_send_retry_after_and_auth_failure(gw: Gateway, clock: FakeClock,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateways.twilio.send import TwilioSender
+
+    fake = FakeTwilio("AC0001", "tok")
+    try:
+        _, conv, _ = conversation(gw, "twilio", "+14155550100", {"account_sid": "AC0001", "auth_token": "tok"},
+                                  "whatsapp:+15005550006")
+        use(monkeypatch, "twilio", TwilioSender(base_url=fake.url, limiter=RateLimiter(clock, clock.sleep),
+                                                sleep=clock.sleep))
+        fake.fail_next(Scripted(429, {"code": 20429, "message": "Too Many Requests", "status": 429},
+                                {"Retry-After": "4"}))
+        event = reply(conv, "y " * 1000)  # 2000 chars -> 2 SMS-limit parts
+        deliver(event)
+        forms = [r.form() for r in fake.sends()]
+        assert len(forms) == 3 and 4.0 in clock.sleeps
+        assert {f["From"] for f in forms} == {"whatsapp:+14155550100"} and forms[1]["To"] == "whatsapp:+15005550006"
+        assert all(len(f["Body"]) <= 1600 for f in forms)
+        assert stored(event.message_id).status == "sent"
+
+        _, conv2, _ = conversation(gw, "twilio", "+14155550101", {"account_sid": "AC0001", "auth_token": "bad"},
+                                   "+15005550009")
+        event2 = reply(conv2, "hi")
+        deliver(event2)
+        assert stored(event2.message_id).status == "failed"
+    finally:
+        fake.close()
