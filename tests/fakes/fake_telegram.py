@@ -43,7 +43,8 @@ class FakeTelegram(FakeProvider):
             return 404, {"ok": False, "error_code": 404, "description": "Not Found"}, {}
         method = path.rsplit("/", 1)[-1]
         if method == "getMe":
-            return 200, {"ok": True, "result": {"id": 1, "is_bot": True, "first_name": "fake", "username": "fakebot"}}, {}
+            me = {"id": 1, "is_bot": True, "first_name": "fake", "username": "fakebot"}
+            return 200, {"ok": True, "result": me}, {}
         if method == "sendMessage":
             p = self.params(rec)
             return 200, {"ok": True, "result": {"message_id": next(self._ids), "date": int(time.time()),

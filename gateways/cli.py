@@ -1,0 +1,114 @@
+"""`switchboard channel ...`: connect a tenant to a provider and list its channels.
+
+Mounted by app/cli.py with `cli.add_typer(channel_app, name="channel")`.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from typing import Annotated, Any
+
+import typer
+from sqlalchemy import select
+
+channel_app = typer.Typer(help="Connect tenants to WhatsApp, Instagram, Telegram, Twilio, USSD and Discord.",
+                          no_args_is_help=True)
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(1)
+
+
+@channel_app.command("add")
+def add(
+    tenant: Annotated[str, typer.Option(help="Tenant slug.")],
+    type_: Annotated[str, typer.Option("--type", help="whatsapp|instagram|telegram|twilio|ussd|discord")],
+    account_id: Annotated[str | None, typer.Option(help="Phone number id / Instagram account id / bot id "
+                                                        "(from the token) / Twilio number / USSD service code "
+                                                        "/ Discord application id.")] = None,
+    access_token: Annotated[str | None, typer.Option(help="Meta: system-user access token.")] = None,
+    app_secret: Annotated[str | None, typer.Option(help="Meta: app secret (signs webhooks).")] = None,
+    verify_token: Annotated[str | None, typer.Option(help="Meta: verify token (generated if omitted).")] = None,
+    bot_token: Annotated[str | None, typer.Option(help="Telegram: bot token from @BotFather.")] = None,
+    account_sid: Annotated[str | None, typer.Option(help="Twilio: account SID.")] = None,
+    auth_token: Annotated[str | None, typer.Option(help="Twilio: auth token (signs webhooks).")] = None,
+    public_key: Annotated[str | None, typer.Option(help="Discord: application public key (hex).")] = None,
+    template: Annotated[str | None, typer.Option(help="WhatsApp: approved template name for replies outside "
+                                                      "the 24-hour window (NAME or NAME:LANG).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Connect a provider account to a tenant; prints the webhook URL to configure at the provider."""
+    from app.db import session_scope
+    from app.tenants.service import TenantError, get_by_slug
+    from gateways.accounts import ChannelError, add_channel_account, webhook_url
+
+    creds: dict[str, Any] = {}
+    config: dict[str, Any] = {}
+    external_id = account_id
+    if type_ in ("whatsapp", "instagram"):
+        creds = {"access_token": access_token, "app_secret": app_secret,
+                 "verify_token": verify_token or secrets.token_urlsafe(16)}
+        if template:
+            name, _, lang = template.partition(":")
+            config["template"] = {"name": name, "language": lang or "en_US"}
+    elif type_ == "telegram":
+        creds = {"bot_token": bot_token, "secret_token": secrets.token_urlsafe(24)}
+        external_id = external_id or (bot_token.split(":", 1)[0] if bot_token else None)
+    elif type_ == "twilio":
+        creds = {"account_sid": account_sid, "auth_token": auth_token}
+    elif type_ == "ussd":
+        creds = {"webhook_token": secrets.token_urlsafe(24)}
+    elif type_ == "discord":
+        creds = {"bot_token": bot_token} if bot_token else {}
+        config["public_key"] = public_key
+    creds = {k: v for k, v in creds.items() if v}
+    try:
+        with session_scope() as session:
+            tenant_row = get_by_slug(session, tenant)
+            account = add_channel_account(session, tenant_row.id, type_, external_id or "", credentials=creds,
+                                          config=config)
+            result = {"channel_id": account.id, "type": type_, "account_id": account.external_id,
+                      "webhook_url": webhook_url(type_, account.external_id, creds)}
+    except (TenantError, ChannelError) as exc:
+        raise _fail(str(exc)) from exc
+    if type_ in ("whatsapp", "instagram"):
+        result["verify_token"] = creds["verify_token"]
+    if type_ == "telegram":
+        result["secret_token"] = creds["secret_token"]  # pass to setWebhook(secret_token=...)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+    else:
+        typer.echo("\n".join(f"{k}: {v}" for k, v in result.items()))
+
+
+@channel_app.command("list")
+def list_(
+    tenant: Annotated[str, typer.Option(help="Tenant slug.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """The tenant's channel accounts and their webhook URLs (no secrets)."""
+    from app.db import session_scope
+    from app.models import ChannelAccount
+    from app.tenants.service import TenantError, get_by_slug
+    from gateways.accounts import CHANNELS, webhook_path
+
+    try:
+        with session_scope() as session:
+            tenant_row = get_by_slug(session, tenant)
+            rows = session.scalars(select(ChannelAccount).where(ChannelAccount.tenant_id == tenant_row.id)
+                                   .order_by(ChannelAccount.created_at)).all()
+            from app.config import get_settings
+
+            base = get_settings().public_base_url.rstrip("/")
+            out = [{"channel_id": r.id, "type": r.channel, "account_id": r.external_id, "enabled": r.enabled,
+                    "webhook_url": base + webhook_path(r.channel, r.external_id) if r.channel in CHANNELS
+                    else None} for r in rows]
+    except TenantError as exc:
+        raise _fail(str(exc)) from exc
+    if as_json:
+        typer.echo(json.dumps(out, indent=2))
+    else:
+        for row in out:
+            typer.echo(f"{row['type']:<10} {row['account_id']:<28} {row['webhook_url'] or ''}")
