@@ -1,6 +1,7 @@
 """Alembic environment: one migration history for SQLite (embedded) and Postgres (scale-out)."""
 
 from alembic import context
+from sqlalchemy import text
 from app.db import make_engine
 from app.models import Base
 
@@ -26,6 +27,10 @@ def run_migrations_offline() -> None:
 def run_migrations_online() -> None:
     engine = make_engine(_url())
     with engine.connect() as connection:
+        if connection.dialect.name == "postgresql":
+            # Replicas starting together must not run the same migration twice: one waits for the other.
+            connection.execute(text("SELECT pg_advisory_lock(774411)"))
+            connection.commit()
         # render_as_batch: SQLite cannot ALTER most things; batch mode recreates tables there.
         context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
         with context.begin_transaction():

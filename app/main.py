@@ -34,6 +34,9 @@ def create_app(*, run_workers: bool | None = None) -> FastAPI:
             from app.workers_runtime import RoleThreads
 
             workers = RoleThreads.start_all()
+            from workers.ingest import resume_queued
+
+            resume_queued()  # ingestion jobs an earlier embedded server left unfinished
         app.state.workers = workers
         try:
             yield

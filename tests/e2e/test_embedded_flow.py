@@ -12,7 +12,7 @@ from tests.e2e.conftest import Stack, replies
 
 def test_widget_question_gets_a_grounded_answer_citing_the_right_document(stack: Stack) -> None:
     visitor = stack.visitor(stack.northwind)
-    visitor.send("how long do i have to send back a jacket that doesn't fit?", "q1")
+    visitor.send("how long do I have to return something?", "q1")
     reply = replies(visitor.wait_for(lambda ms: bool(replies(ms))))[0]
     assert reply["author"] == "bot"
     documents = {c["document"] for c in reply["citations"]}

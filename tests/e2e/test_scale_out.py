@@ -130,21 +130,23 @@ def test_widget_question_is_answered_by_an_orchestrator_process(scale_out, api) 
 
 
 def test_sigkilled_orchestrator_message_is_reclaimed_and_answered_once(scale_out, api, openai_server) -> None:
+    from app.crypto import encrypt_json
     from app.db import session_scope
-    from app.models import Message, Tenant
+    from app.models import Escalation, Message, Tenant
 
     stack, tenant = scale_out
     with session_scope() as session:
         row = session.scalars(select(Tenant).where(Tenant.slug == "northwind")).one()
         row.policies = {**row.policies, "llm": {"base_url": openai_server.base_url, "model": "m",
                                                 "timeout_s": 120, "max_retries": 0}}
+        row.llm_api_key_encrypted = encrypt_json({"api_key": openai_server.api_key})
     openai_server.reply("Gift cards never expire [1].")
     openai_server.then_delay(600, times=1)  # the first orchestrator hangs inside the LLM call, holding the message
 
     first = stack.start_orchestrator()
     visitor = _visitor(api, tenant["widget_id"])
     sent = visitor.send("do gift cards expire", "k1")
-    _wait(lambda: len(openai_server.completion_requests()) >= 1, 90, "the first orchestrator to call the LLM")
+    _wait(lambda: len(openai_server.completion_requests) >= 1, 90, "the first orchestrator to call the LLM")
     first.send_signal(signal.SIGKILL)
     first.wait(10)
 
@@ -153,6 +155,9 @@ def test_sigkilled_orchestrator_message_is_reclaimed_and_answered_once(scale_out
         reply = replies(visitor.wait_for(lambda ms: bool(replies(ms)), timeout=90))[0]
     except AssertionError:
         raise AssertionError(stack.logs()) from None
+    with session_scope() as session:
+        escalation = session.scalars(select(Escalation).where(Escalation.message_id == sent["message_id"])).first()
+    assert escalation is None, (escalation.reason, escalation.detail, stack.logs())
     assert reply["text"].startswith("Gift cards never expire")
     time.sleep(2)  # give any duplicate processing a chance to show up before counting
     with session_scope() as session:
@@ -160,4 +165,4 @@ def test_sigkilled_orchestrator_message_is_reclaimed_and_answered_once(scale_out
             Message.in_reply_to_id == sent["message_id"]))
         assert count == 1
         assert session.get_one(Message, sent["message_id"]).status == "answered"
-    assert len(openai_server.completion_requests()) == 2
+    assert len(openai_server.completion_requests) == 2
