@@ -1,0 +1,122 @@
+"""The `switchboard` command as users and scripts run it: real processes, embedded mode, JSON contracts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import REPO
+
+KNOWLEDGE = REPO / "tenants" / "northwind" / "knowledge"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("clihome")
+
+
+def run(home: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.endswith(("DATABASE_URL", "REDIS_URL", "QDRANT_URL"))}
+    env["SWITCHBOARD_HOME"] = str(home)
+    return subprocess.run([sys.executable, "-m", "app.cli", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_tenant_create_prints_the_documented_json(home: Path) -> None:
+    result = run(home, "tenant", "create", "acme", "--name", "Acme", "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert set(data) == {"tenant", "admin_api_key", "agent_api_key"}
+    assert data["tenant"] == "acme" and data["admin_api_key"].startswith("sb_")
+    again = run(home, "tenant", "create", "acme", "--json")
+    assert again.returncode != 0 and "already exists" in again.stderr
+    bad = run(home, "tenant", "create", "Not A Slug", "--json")
+    assert bad.returncode != 0 and "invalid tenant slug" in bad.stderr
+
+
+def test_ingest_json_summary_and_per_file_failures(home: Path, tmp_path: Path) -> None:
+    result = run(home, "ingest", "--tenant", "acme", str(KNOWLEDGE), "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["documents"] == 6 and summary["chunks"] > 50 and summary["files_failed"] == []
+
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    failed = run(home, "ingest", "--tenant", "acme", str(broken), "--json")
+    assert failed.returncode == 1
+    report = json.loads(failed.stdout)
+    assert report["files_failed"][0]["file"].endswith("broken.json") and report["files_failed"][0]["reason"]
+
+    unknown = run(home, "ingest", "--tenant", "nobody", str(KNOWLEDGE))
+    assert unknown.returncode != 0 and "no tenant 'nobody'" in unknown.stderr
+
+
+def test_chat_json_answers_with_citations_and_escalates_the_unanswerable(home: Path) -> None:
+    result = run(home, "chat", "--tenant", "acme", "--message", "What is your return policy?", "--json")
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert set(answer) == {"status", "text", "citations", "escalation_id"}
+    assert answer["status"] == "answered" and answer["escalation_id"] is None
+    assert answer["citations"] and set(answer["citations"][0]) == {"document", "chunk_id", "score"}
+    assert {c["document"] for c in answer["citations"]} & {"faq.csv", "returns-and-refunds.md"}
+
+    result = run(home, "chat", "--tenant", "acme", "--contact", "c2", "--message",
+                 "can i rent a canoe from you for the weekend", "--json")
+    escalated = json.loads(result.stdout)
+    assert escalated["status"] == "escalated" and escalated["escalation_id"]
+
+
+@pytest.fixture
+def server(home: Path) -> Iterator[str]:
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.endswith(("DATABASE_URL", "REDIS_URL", "QDRANT_URL"))}
+    env["SWITCHBOARD_HOME"] = str(home)
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200 and (home / "server.json").exists():
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(proc.stdout.read().decode() if proc.stdout else "serve did not start")
+        time.sleep(0.2)
+    yield url
+    proc.send_signal(signal.SIGINT)
+    proc.wait(30)
+    assert not (home / "server.json").exists()
+
+
+def test_chat_and_ingest_work_while_serve_holds_the_embedded_store(home: Path, server: str, tmp_path: Path) -> None:
+    faq = tmp_path / "extra.csv"
+    faq.write_text("question,answer\nDo you sell canoes?,No. We sell paddles and PFDs but not canoes.\n")
+    ingested = run(home, "ingest", "--tenant", "acme", str(faq), "--json")
+    assert ingested.returncode == 0, ingested.stderr
+    assert json.loads(ingested.stdout)["chunks"] == 1
+
+    result = run(home, "chat", "--tenant", "acme", "--message", "do you sell canoes?", "--json")
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert answer["status"] == "answered" and answer["citations"][0]["document"] == "extra.csv"
+
+    second = run(home, "serve", "--port", str(_free_port()), timeout=60)
+    assert second.returncode != 0 and "another 'switchboard serve'" in second.stderr
