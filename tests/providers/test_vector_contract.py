@@ -88,9 +88,7 @@ def test_hybrid_search_fuses_and_scores_with_dense_cosine(store: VectorStore) ->
 
 def test_filters_are_exact_match_and_lists_match_any(store: VectorStore) -> None:
     seed(store)
-    assert {h.payload["document"] for h in store.search("acme", unit(1, 0), filters={"pack_version": 2})} == {
-        "faq.csv"
-    }
+    assert {h.payload["document"] for h in store.search("acme", unit(1, 0), filters={"pack_version": 2})} == {"faq.csv"}
     assert store.count("acme", {"kind": "markdown"}) == 2
     assert store.count("acme", {"document": ["faq.csv", "shipping.md"]}) == 2
     assert store.count("acme", {"kind": "markdown", "pack_version": 2}) == 0
@@ -128,9 +126,7 @@ def test_writes_cannot_cross_tenants(store: VectorStore) -> None:
     assert store.count("acme") == 3
     assert store.count("globex") == 0
     # An id collision (impossible with tenant-scoped uuid5, but guarded) never overwrites the owner's point.
-    store.upsert(
-        "globex", [ChunkPoint(pid("acme", "returns.md"), "globex", unit(0, 0, 1), None, {"document": "evil"})]
-    )
+    store.upsert("globex", [ChunkPoint(pid("acme", "returns.md"), "globex", unit(0, 0, 1), None, {"document": "evil"})])
     assert store.search("acme", unit(1, 0), limit=1)[0].payload["document"] == "returns.md"
     assert store.count("acme") == 3
 
@@ -177,3 +173,15 @@ def test_edge_store_persists_across_reopen(tmp_path: Path) -> None:
         second.close()
     with pytest.raises(RuntimeError, match="dimension"):
         EdgeVectorStore(path, dim=DIM + 1)
+
+
+def test_exact_ties_come_back_in_a_stable_order(store: VectorStore) -> None:
+    twins = [point("acme", name, unit(1, 0.5), {7: 1.0}) for name in ("b-twin.md", "a-twin.md", "c-twin.md")]
+    store.upsert("acme", twins)
+    expected = sorted(p.id for p in twins)
+    for _ in range(3):
+        assert [h.id for h in store.search("acme", unit(1, 0.5), limit=3)] == expected
+        # Fused ranks of exact twins depend on how each engine list orders them: same set, same cosine.
+        fused = store.search("acme", unit(1, 0.5), SparseVector([7], [1.0]), limit=3)
+        assert sorted(h.id for h in fused) == expected
+        assert len({round(h.score, 6) for h in fused}) == 1

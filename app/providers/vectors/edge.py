@@ -28,11 +28,10 @@ from app.providers.vectors.common import (
     check_filters,
     check_limit,
     check_points,
-    cosine_to,
-    normalise,
     payload_for,
     prefetch_limit,
     require_tenant,
+    to_hits,
 )
 
 
@@ -72,9 +71,7 @@ class EdgeVectorStore:
 
     # -- filters -------------------------------------------------------------------------------------------
 
-    def _filter(
-        self, tenant_id: str, filters: dict[str, Any] | None = None, ids: Sequence[str] = ()
-    ) -> qe.Filter:
+    def _filter(self, tenant_id: str, filters: dict[str, Any] | None = None, ids: Sequence[str] = ()) -> qe.Filter:
         must: list[Any] = [qe.FieldCondition(TENANT_FIELD, match=qe.MatchValue(require_tenant(tenant_id)))]
         for key, value in check_filters(filters):
             match = qe.MatchAny(value) if isinstance(value, list) else qe.MatchValue(value)
@@ -115,9 +112,7 @@ class EdgeVectorStore:
 
     def count(self, tenant_id: str, filters: dict[str, Any] | None = None) -> int:
         with self._lock:
-            return int(
-                self._shard.count(qe.CountRequest(exact=True, filter=self._filter(tenant_id, filters)))
-            )
+            return int(self._shard.count(qe.CountRequest(exact=True, filter=self._filter(tenant_id, filters))))
 
     def search(
         self,
@@ -162,11 +157,7 @@ class EdgeVectorStore:
             )
         with self._lock:
             points = self._shard.query(request)
-        unit = normalise(dense)
-        return [
-            Hit(id=str(p.id), score=cosine_to(unit, _dense_of(p.vector)), payload=dict(p.payload or {}))
-            for p in points
-        ]
+        return to_hits(dense, points)
 
     def sparse_search(
         self, tenant_id: str, sparse: SparseVector, *, limit: int = 5, filters: dict[str, Any] | None = None
@@ -183,7 +174,8 @@ class EdgeVectorStore:
         )
         with self._lock:
             points = self._shard.query(request)
-        return [Hit(id=str(p.id), score=float(p.score), payload=dict(p.payload or {})) for p in points]
+        ordered = sorted(points, key=lambda p: (-p.score, str(p.id)))
+        return [Hit(id=str(p.id), score=float(p.score), payload=dict(p.payload or {})) for p in ordered]
 
     def close(self) -> None:
         with self._lock:
@@ -191,10 +183,3 @@ class EdgeVectorStore:
                 self._shard.flush()
                 self._shard.close()
                 self._shard = None  # type: ignore[assignment]
-
-
-def _dense_of(vector: Any) -> list[float] | None:
-    if isinstance(vector, dict):
-        value = vector.get(DENSE)
-        return list(value) if value is not None else None
-    return None

@@ -20,16 +20,16 @@ from app.providers.vectors.common import (
     DENSE,
     INTEGER_FIELDS,
     KEYWORD_FIELDS,
+    RRF_K,
     SPARSE,
     TENANT_FIELD,
     check_filters,
     check_limit,
     check_points,
-    cosine_to,
-    normalise,
     payload_for,
     prefetch_limit,
     require_tenant,
+    to_hits,
 )
 
 DEFAULT_COLLECTION = "switchboard_chunks"
@@ -48,9 +48,7 @@ class QdrantServerStore:
     ) -> None:
         if client is None and not url:
             raise ValueError("QdrantServerStore needs a url (QDRANT_URL) or a client")
-        self.client = (
-            client if client is not None else QdrantClient(url=url, api_key=api_key, timeout=timeout)
-        )
+        self.client = client if client is not None else QdrantClient(url=url, api_key=api_key, timeout=timeout)
         self.dim = dim
         self.collection = collection
         self._ensure_collection()
@@ -60,9 +58,7 @@ class QdrantServerStore:
             try:
                 self.client.create_collection(
                     self.collection,
-                    vectors_config={
-                        DENSE: models.VectorParams(size=self.dim, distance=models.Distance.COSINE)
-                    },
+                    vectors_config={DENSE: models.VectorParams(size=self.dim, distance=models.Distance.COSINE)},
                     sparse_vectors_config={SPARSE: models.SparseVectorParams(modifier=models.Modifier.IDF)},
                 )
             except Exception:
@@ -92,16 +88,12 @@ class QdrantServerStore:
 
     # -- filters -------------------------------------------------------------------------------------------
 
-    def _filter(
-        self, tenant_id: str, filters: dict[str, Any] | None = None, ids: Sequence[str] = ()
-    ) -> models.Filter:
+    def _filter(self, tenant_id: str, filters: dict[str, Any] | None = None, ids: Sequence[str] = ()) -> models.Filter:
         must: list[Any] = [
             models.FieldCondition(key=TENANT_FIELD, match=models.MatchValue(value=require_tenant(tenant_id)))
         ]
         for key, value in check_filters(filters):
-            match: Any = (
-                models.MatchAny(any=value) if isinstance(value, list) else models.MatchValue(value=value)
-            )
+            match: Any = models.MatchAny(any=value) if isinstance(value, list) else models.MatchValue(value=value)
             must.append(models.FieldCondition(key=key, match=match))
         if ids:
             must.append(models.HasIdCondition(has_id=[str(i) for i in ids]))
@@ -118,12 +110,8 @@ class QdrantServerStore:
         for p in points:
             vector: dict[str, Any] = {DENSE: list(p.dense)}
             if p.sparse is not None and p.sparse.indices:
-                vector[SPARSE] = models.SparseVector(
-                    indices=list(p.sparse.indices), values=list(p.sparse.values)
-                )
-            structs.append(
-                models.PointStruct(id=str(p.id), vector=vector, payload=payload_for(tenant_id, p.payload))
-            )
+                vector[SPARSE] = models.SparseVector(indices=list(p.sparse.indices), values=list(p.sparse.values))
+            structs.append(models.PointStruct(id=str(p.id), vector=vector, payload=payload_for(tenant_id, p.payload)))
         # update_filter guards existing points: an id that belongs to another tenant is never overwritten.
         self.client.upsert(self.collection, structs, wait=True, update_filter=self._filter(tenant_id))
 
@@ -174,7 +162,7 @@ class QdrantServerStore:
                         params=self._sparse_params(tenant_id),
                     ),
                 ],
-                query=models.FusionQuery(fusion=models.Fusion.RRF),
+                query=models.RrfQuery(rrf=models.Rrf(k=RRF_K)),
                 query_filter=flt,
                 limit=limit,
                 with_payload=True,
@@ -190,11 +178,7 @@ class QdrantServerStore:
                 with_payload=True,
                 with_vectors=[DENSE],
             )
-        unit = normalise(dense)
-        return [
-            Hit(id=str(p.id), score=cosine_to(unit, _dense_of(p.vector)), payload=dict(p.payload or {}))
-            for p in response.points
-        ]
+        return to_hits(dense, response.points)
 
     def sparse_search(
         self, tenant_id: str, sparse: SparseVector, *, limit: int = 5, filters: dict[str, Any] | None = None
@@ -210,16 +194,8 @@ class QdrantServerStore:
             limit=limit,
             with_payload=True,
         )
-        return [
-            Hit(id=str(p.id), score=float(p.score), payload=dict(p.payload or {})) for p in response.points
-        ]
+        ordered = sorted(response.points, key=lambda p: (-p.score, str(p.id)))
+        return [Hit(id=str(p.id), score=float(p.score), payload=dict(p.payload or {})) for p in ordered]
 
     def close(self) -> None:
         self.client.close()
-
-
-def _dense_of(vector: Any) -> list[float] | None:
-    if isinstance(vector, dict):
-        value = vector.get(DENSE)
-        return [float(x) for x in value] if isinstance(value, list) else None
-    return None
