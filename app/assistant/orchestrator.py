@@ -25,7 +25,7 @@ from app.assistant.prompts import Draft, parse_llm_answer, render_messages
 from app.audit import record
 from app.bus.base import Bus, Delivery, PermanentFailure
 from app.config import Settings, get_settings
-from app.contracts import EVENTS, Event, EscalationOpened, InboundMessage, UnknownEvent
+from app.contracts import EVENTS, EscalationOpened, Event, InboundMessage, UnknownEvent
 from app.conversations.service import add_outbound, history, outbound_event, publish_outbound
 from app.crypto import decrypt_json
 from app.db import session_scope
