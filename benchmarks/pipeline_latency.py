@@ -1,0 +1,76 @@
+"""Latency of one message through the embedded pipeline, LLM excluded (the offline composer answers).
+
+Measures, per message: gateway enqueue (store + publish) -> orchestrator (guardrails, embedding the question,
+hybrid retrieval, composing, writing the outcome) -> the reply row visible to the widget. Uses the example
+tenant and its eval questions, plus the unanswerable ones (escalations), in a throwaway SWITCHBOARD_HOME.
+
+    .venv/bin/python benchmarks/pipeline_latency.py [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+EXAMPLE = REPO / "tenants" / "northwind"
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    os.environ["SWITCHBOARD_HOME"] = tempfile.mkdtemp(prefix="sb-bench-")
+    for var in ("DATABASE_URL", "REDIS_URL", "QDRANT_URL", "LLM_BASE_URL"):
+        os.environ.pop(var, None)
+
+    from app import operations
+    from app.db import migrate
+    from app.workers_runtime import RoleThreads
+
+    migrate()
+    operations.create_tenant("northwind", folder=EXAMPLE)
+    report = operations.ingest("northwind", [EXAMPLE / "knowledge"])
+    questions = [json.loads(line)["question"] for line in (EXAMPLE / "eval" / "questions.jsonl").open()]
+    questions += [json.loads(line)["question"] for line in (EXAMPLE / "eval" / "unanswerable.jsonl").open()]
+    roles = RoleThreads.start_all()
+    try:
+        operations.chat("northwind", "warm-up", "warmup")
+        latencies: list[float] = []
+        outcomes: dict[str, int] = {}
+        for round_no in range(args.rounds):
+            for i, question in enumerate(questions):
+                started = time.perf_counter()
+                outcome = operations.chat("northwind", question, f"bench-{round_no}-{i}")
+                latencies.append((time.perf_counter() - started) * 1000)
+                outcomes[outcome["status"]] = outcomes.get(outcome["status"], 0) + 1
+            print(f"round {round_no + 1}/{args.rounds} done", file=sys.stderr)
+    finally:
+        roles.stop()
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    print(f"pack: {report['documents']} documents, {report['chunks']} chunks; messages: {len(latencies)} {outcomes}")
+    print("| metric | value |\n|---|---|")
+    print(f"| p50 | {statistics.median(latencies):.1f} ms |")
+    print(f"| p95 | {percentile(latencies, 0.95):.1f} ms |")
+    print(f"| p99 | {percentile(latencies, 0.99):.1f} ms |")
+    print(f"| mean | {statistics.fmean(latencies):.1f} ms |")
+    print(f"| peak RSS | {peak_mb:.0f} MB |")
+
+
+if __name__ == "__main__":
+    main()
