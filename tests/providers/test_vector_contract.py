@@ -175,6 +175,19 @@ def test_edge_store_persists_across_reopen(tmp_path: Path) -> None:
         EdgeVectorStore(path, dim=DIM + 1)
 
 
+def test_edge_store_is_locked_to_one_opener_and_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "vectors"
+    first = EdgeVectorStore(path, dim=DIM)
+    try:
+        with pytest.raises(RuntimeError, match="open in another process"):
+            EdgeVectorStore(path, dim=DIM)
+    finally:
+        first.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        first.count("acme")
+    EdgeVectorStore(path, dim=DIM).close()  # released on close
+
+
 def test_exact_ties_come_back_in_a_stable_order(store: VectorStore) -> None:
     twins = [point("acme", name, unit(1, 0.5), {7: 1.0}) for name in ("b-twin.md", "a-twin.md", "c-twin.md")]
     store.upsert("acme", twins)

@@ -46,28 +46,38 @@ class EdgeVectorStore:
             sparse_vectors={SPARSE: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
         )
         self.path.mkdir(parents=True, exist_ok=True)
+        self._shard: qe.EdgeShard | None = None
         try:
             if (self.path / "edge_config.json").exists():
                 self._shard = qe.EdgeShard.load(str(self.path), config)
             else:
                 self._shard = qe.EdgeShard.create(str(self.path), config)
         except Exception as exc:
-            raise RuntimeError(
-                f"cannot open the vector store at {self.path}: {exc}. If `switchboard serve` is running, use "
-                "the CLI through it (qdrant-edge locks its folder to one process); if the dimension changed, "
-                "re-index into a new folder."
-            ) from exc
+            if "WouldBlock" in str(exc):
+                hint = (
+                    "it is open in another process (qdrant-edge locks its folder to one process): while "
+                    "`switchboard serve` runs, use the CLI through the server"
+                )
+            else:
+                hint = f"{exc}; if the embedding dimension changed, re-index into a new folder"
+            raise RuntimeError(f"cannot open the vector store at {self.path}: {hint}") from exc
         self._ensure_indexes()
 
+    @property
+    def _engine(self) -> qe.EdgeShard:
+        if self._shard is None:
+            raise RuntimeError("the vector store is closed")
+        return self._shard
+
     def _ensure_indexes(self) -> None:
-        existing = set(self._shard.info().payload_schema)
+        existing = set(self._engine.info().payload_schema)
         wanted: list[tuple[str, Any]] = [(TENANT_FIELD, qe.KeywordIndexParams(is_tenant=True))]
         wanted += [(name, qe.PayloadSchemaType.Keyword) for name in KEYWORD_FIELDS]
         wanted += [(name, qe.PayloadSchemaType.Integer) for name in INTEGER_FIELDS]
         with self._lock:
             for name, schema in wanted:
                 if name not in existing:
-                    self._shard.update(qe.UpdateOperation.create_field_index(name, schema))
+                    self._engine.update(qe.UpdateOperation.create_field_index(name, schema))
 
     # -- filters -------------------------------------------------------------------------------------------
 
@@ -95,24 +105,24 @@ class EdgeVectorStore:
             records.append(qe.Point(str(p.id), vector, payload_for(tenant_id, p.payload)))
         with self._lock:
             # The condition guards existing points: an id that belongs to another tenant is never overwritten.
-            self._shard.update(qe.UpdateOperation.upsert_points(records, condition=self._filter(tenant_id)))
+            self._engine.update(qe.UpdateOperation.upsert_points(records, condition=self._filter(tenant_id)))
 
     def delete(self, tenant_id: str, ids: Sequence[str]) -> None:
         if not ids:
             require_tenant(tenant_id)
             return
         with self._lock:
-            self._shard.update(qe.UpdateOperation.delete_points_by_filter(self._filter(tenant_id, ids=ids)))
+            self._engine.update(qe.UpdateOperation.delete_points_by_filter(self._filter(tenant_id, ids=ids)))
 
     def delete_where(self, tenant_id: str, filters: dict[str, Any]) -> None:
         with self._lock:
-            self._shard.update(qe.UpdateOperation.delete_points_by_filter(self._filter(tenant_id, filters)))
+            self._engine.update(qe.UpdateOperation.delete_points_by_filter(self._filter(tenant_id, filters)))
 
     # -- reads ---------------------------------------------------------------------------------------------
 
     def count(self, tenant_id: str, filters: dict[str, Any] | None = None) -> int:
         with self._lock:
-            return int(self._shard.count(qe.CountRequest(exact=True, filter=self._filter(tenant_id, filters))))
+            return int(self._engine.count(qe.CountRequest(exact=True, filter=self._filter(tenant_id, filters))))
 
     def search(
         self,
@@ -156,7 +166,7 @@ class EdgeVectorStore:
                 with_vector=[DENSE],
             )
         with self._lock:
-            points = self._shard.query(request)
+            points = self._engine.query(request)
         return to_hits(dense, points)
 
     def sparse_search(
@@ -173,7 +183,7 @@ class EdgeVectorStore:
             params=qe.SearchParams(idf=qe.IdfParams(corpus=self._filter(tenant_id))),
         )
         with self._lock:
-            points = self._shard.query(request)
+            points = self._engine.query(request)
         ordered = sorted(points, key=lambda p: (-p.score, str(p.id)))
         return [Hit(id=str(p.id), score=float(p.score), payload=dict(p.payload or {})) for p in ordered]
 
@@ -182,4 +192,4 @@ class EdgeVectorStore:
             if self._shard is not None:
                 self._shard.flush()
                 self._shard.close()
-                self._shard = None  # type: ignore[assignment]
+                self._shard = None
