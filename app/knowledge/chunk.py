@@ -111,11 +111,7 @@ def split_long(paragraph: str, max_words: int, overlap: int) -> list[str]:
     """A paragraph over `max_words`, cut at the most natural boundary that works."""
     lines = [ln for ln in paragraph.split("\n") if ln.strip()]
     if len(lines) > 1 and all(_word_count(ln) <= max_words for ln in lines):
-        if (
-            lines[0].lstrip().startswith("|")
-            and len(lines) > 2
-            and set(lines[1].replace(" ", "")) <= set("|:-")
-        ):
+        if lines[0].lstrip().startswith("|") and len(lines) > 2 and set(lines[1].replace(" ", "")) <= set("|:-"):
             header, rows = lines[:2], lines[2:]  # a Markdown table: every piece repeats the header
             budget = max(1, max_words - _word_count("\n".join(header)))
             return ["\n".join([*header, piece]) for piece in _pack(rows, budget, "\n")]
@@ -130,9 +126,7 @@ def split_long(paragraph: str, max_words: int, overlap: int) -> list[str]:
 def chunk_body(body: str, max_words: int, overlap: int) -> list[str]:
     units: list[str] = []
     for paragraph in _paragraphs(body):
-        units.extend(
-            [paragraph] if _word_count(paragraph) <= max_words else split_long(paragraph, max_words, overlap)
-        )
+        units.extend([paragraph] if _word_count(paragraph) <= max_words else split_long(paragraph, max_words, overlap))
     return _pack(units, max_words, "\n\n")
 
 

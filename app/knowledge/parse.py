@@ -93,9 +93,7 @@ def _from_zip(archive: Path, max_bytes: int) -> tuple[list[SourceFile], list[Fil
                 continue
             path = name.split("/", 1)[1] if strip else name
             if member.file_size > max_bytes:
-                errors.append(
-                    FileError(path, f"file is {member.file_size} bytes, over the {max_bytes}-byte limit")
-                )
+                errors.append(FileError(path, f"file is {member.file_size} bytes, over the {max_bytes}-byte limit"))
                 continue
             try:
                 with zf.open(member) as fh:
@@ -136,9 +134,7 @@ def collect(paths: list[Path], max_bytes: int) -> tuple[list[SourceFile], list[F
                     if _ignored(tuple(rel.split("/"))):
                         continue
                     if full.suffix.lower() == ".zip":
-                        errors.append(
-                            FileError(rel, "zips inside a folder are not unpacked: upload the zip itself")
-                        )
+                        errors.append(FileError(rel, "zips inside a folder are not unpacked: upload the zip itself"))
                         continue
                     item = _read_file(full, rel, max_bytes)
                     (errors if isinstance(item, FileError) else files).append(item)  # type: ignore[arg-type]
@@ -154,9 +150,7 @@ def collect(paths: list[Path], max_bytes: int) -> tuple[list[SourceFile], list[F
     unique: dict[str, SourceFile] = {}
     for f in files:
         if f.path in unique:
-            errors.append(
-                FileError(f.path, "another file in this upload has the same path; this one was skipped")
-            )
+            errors.append(FileError(f.path, "another file in this upload has the same path; this one was skipped"))
         else:
             unique[f.path] = f
     return list(unique.values()), errors
@@ -180,12 +174,7 @@ def _faq_pair(item: Any, where: str) -> tuple[str, str]:
         raise ParseError(f"{where}: expected an object with 'question' and 'answer'")
     lowered = {str(k).strip().lower(): v for k, v in item.items()}
     question, answer = lowered.get("question"), lowered.get("answer")
-    if (
-        not isinstance(question, str)
-        or not isinstance(answer, str)
-        or not question.strip()
-        or not answer.strip()
-    ):
+    if not isinstance(question, str) or not isinstance(answer, str) or not question.strip() or not answer.strip():
         raise ParseError(f"{where}: needs non-empty 'question' and 'answer' strings")
     return question.strip(), answer.strip()
 
@@ -207,9 +196,7 @@ def _parse_csv(text: str) -> list[tuple[str, str]]:
         if not any(cell.strip() for cell in row):
             continue
         if len(row) != len(header):
-            raise ParseError(
-                f"malformed CSV at line {line}: {len(row)} columns, the header has {len(header)}"
-            )
+            raise ParseError(f"malformed CSV at line {line}: {len(row)} columns, the header has {len(header)}")
         pairs.append(_faq_pair({"question": row[qi], "answer": row[ai]}, f"row {line}"))
     return pairs
 

@@ -123,9 +123,7 @@ def test_local_store_refuses_a_symlink_out_of_the_root(tmp_path: Path) -> None:
     assert list(outside.iterdir()) == []
 
 
-def test_s3_store_creates_its_bucket_once(
-    aws_env: None, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_s3_store_creates_its_bucket_once(aws_env: None, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")  # needs a LocationConstraint
     bucket = f"sb-{uuid.uuid4().hex[:12]}"
     first = S3ObjectStore(bucket=bucket, endpoint_url=s3_endpoint)

@@ -42,9 +42,7 @@ def _stemmer() -> SnowballStemmer:
 
 def tokenize(text: str) -> list[str]:
     """Lower-cased Unicode words, stopwords removed, Snowball-stemmed (English)."""
-    words = [
-        w for w in _WORD.findall(text.lower().replace("'", "").replace("\u2019", "")) if w not in STOPWORDS
-    ]
+    words = [w for w in _WORD.findall(text.lower().replace("'", "").replace("\u2019", "")) if w not in STOPWORDS]
     return [_stemmer().stem_word(w) for w in words]
 
 
