@@ -63,6 +63,10 @@ class Policies(_In):
         default=None, max_length=1000, description="What the customer is told while a human looks at it."
     )
     max_reply_chars: int | None = Field(default=None, ge=50, le=10_000)
+    burst_window_s: float | None = Field(
+        default=None, ge=0, le=30,
+        description="Messages from one contact within this many seconds are answered as one turn (0: off).",
+    )
     llm: LLMPolicy | None = None
 
 

@@ -12,11 +12,13 @@ re-publishes a reply that was stored but maybe never delivered.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.assistant import guardrails
@@ -41,7 +43,7 @@ DEFAULT_ESCALATION_NOTICE = (
 
 @dataclass(frozen=True)
 class Outcome:
-    status: str  # answered | escalated | human | duplicate
+    status: str  # answered | escalated | human | merged | duplicate
     message_id: str
     reply_id: str | None = None
     escalation_id: str | None = None
@@ -61,6 +63,8 @@ class Context:
     llm: LLMConfig | None
     history: list[tuple[str, str]]
     pack_version: int | None
+    received_at: datetime
+    earlier_burst: list[str] = field(default_factory=list)  # texts merged into this turn
 
 
 @dataclass(frozen=True)
@@ -112,7 +116,12 @@ class Orchestrator:
         assert ctx is not None
         if ctx.mode == "human":
             return self._route_to_agent(ctx)
-        decision = self._decide(ctx, event.text)
+        window = float(ctx.policies.get("burst_window_s") or 0)
+        wait = window - (utcnow() - _aware(ctx.received_at)).total_seconds()
+        if wait > 0:
+            time.sleep(wait)  # let the rest of a burst arrive; it is answered as one turn
+        text = "\n".join([*ctx.earlier_burst, event.text])
+        decision = self._decide(ctx, text)
         if decision.answer is not None:
             return self._answer(ctx, decision.answer)
         return self._escalate(ctx, decision)
@@ -140,6 +149,8 @@ class Orchestrator:
                     session, conversation.id, before_id=message.id, turns=self.settings.history_turns
                 ),
                 pack_version=tenant.live_pack_version,
+                received_at=message.created_at,
+                earlier_burst=_merged_before(session, message),
             )
             return ctx, None
 
@@ -216,6 +227,15 @@ class Orchestrator:
             .with_for_update()
         ).one()
         if message.status != "received":
+            return None
+        newer = _newer_pending(session, message)
+        if newer is not None:
+            # A later message of the same burst arrived while this one was being answered: it supersedes this
+            # reply and answers both texts as one turn.
+            message.status = "merged"
+            message.processed_at = utcnow()
+            message.meta = {**(message.meta or {}), "superseded_by": newer}
+            record(session, ctx.tenant_id, "bot", "message.merged", "message", message.id, {"into": newer})
             return None
         return message, session.get_one(Conversation, message.conversation_id)
 
@@ -296,6 +316,36 @@ def _tenant_message(session: Session, tenant_id: str, message_id: str) -> Messag
     return session.scalars(
         select(Message).where(Message.id == message_id, Message.tenant_id == tenant_id, Message.direction == "in")
     ).first()
+
+
+def _merged_before(session: Session, message: Message) -> list[str]:
+    """Texts of this conversation's messages merged into the turn that `message` ends, oldest first."""
+    last_turn_end = session.scalar(
+        select(func.max(Message.created_at)).where(
+            Message.conversation_id == message.conversation_id, Message.direction == "in",
+            Message.status.in_(["answered", "escalated", "human"]), Message.created_at < message.created_at,
+        )
+    )
+    stmt = select(Message.text).where(
+        Message.conversation_id == message.conversation_id, Message.direction == "in", Message.status == "merged",
+        Message.created_at < message.created_at,
+    ).order_by(Message.created_at)
+    if last_turn_end is not None:
+        stmt = stmt.where(Message.created_at > last_turn_end)
+    return list(session.scalars(stmt))
+
+
+def _newer_pending(session: Session, message: Message) -> str | None:
+    return session.scalar(
+        select(Message.id).where(
+            Message.conversation_id == message.conversation_id, Message.direction == "in",
+            Message.status == "received", Message.created_at > message.created_at,
+        ).limit(1)
+    )
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _top(passages: Sequence[Any]) -> str:

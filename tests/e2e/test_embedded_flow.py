@@ -153,3 +153,29 @@ def test_prompt_injection_and_human_requests_are_escalated(stack: Stack) -> None
                 select(Escalation).where(Escalation.message_id.in_([injected["message_id"], human["message_id"]])))
         }
     assert reasons == {injected["message_id"]: "prompt_injection", human["message_id"]: "human_requested"}
+
+
+def test_a_burst_of_three_messages_in_the_window_gets_one_reply(stack: Stack) -> None:
+    from app.models import Tenant
+
+    with session_scope() as session:
+        tenant = session.scalars(select(Tenant).where(Tenant.slug == "northwind")).one()
+        tenant.policies = {**tenant.policies, "burst_window_s": 1.5}
+    try:
+        visitor = stack.visitor(stack.northwind)
+        sent = [visitor.send(text, f"b{i}") for i, text in enumerate(
+            ["hi", "i bought boots last week", "how long do i have to return them?"])]
+        visitor.wait_for(lambda ms: bool(replies(ms)))
+        import time
+
+        time.sleep(2)  # any further (wrong) reply would have arrived by now
+        messages = visitor.messages()
+        assert len(replies(messages)) == 1
+        assert replies(messages)[0]["author"] == "bot"
+        with session_scope() as session:
+            statuses = [session.get_one(Message, s["message_id"]).status for s in sent]
+        assert statuses == ["merged", "merged", "answered"]
+    finally:
+        with session_scope() as session:
+            tenant = session.scalars(select(Tenant).where(Tenant.slug == "northwind")).one()
+            tenant.policies = {k: v for k, v in tenant.policies.items() if k != "burst_window_s"}
