@@ -96,3 +96,14 @@ def test_sparse_vectors_use_stable_indices_and_bm25_saturation() -> None:
     assert sorted(query.indices) == sorted([term_index("shoe"), term_index("refund")])
     assert query.values == [1.0, 1.0]
     assert enc.encode_query("the and of").indices == []
+
+
+def test_batches_are_bounded_by_count_and_by_tokens(embedder: MiniLMEmbedder) -> None:
+    big = MiniLMEmbedder(cache_dir="unused", batch_size=16)
+    short, long = "where is my parcel", "word " * 400
+    texts = [short] * 20 + [long] * 20
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    sizes = [len(b) for b in big._batches(order, texts)]
+    # 16 short texts at a time; a batch holding 256-token texts stops at 8 (16 * 128 tokens, padded to 256).
+    assert sizes == [16, 8, 8, 8]
+    assert sorted(i for b in big._batches(order, texts) for i in b) == list(range(40))
