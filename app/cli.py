@@ -127,13 +127,11 @@ def _ingest_with_progress(tenant: str, paths: list[Path], *, show: bool) -> dict
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   transient=True) as bar:
-        task = bar.add_task("ingesting", total=None)
+        task = bar.add_task("reading files", total=None)
 
         def progress(event: Any) -> None:
-            total = getattr(event, "total_chunks", None) or getattr(event, "total", None)
-            done = getattr(event, "done_chunks", None) or getattr(event, "done", None)
-            bar.update(task, total=total, completed=done,
-                       description=f"ingesting {getattr(event, 'file', '') or ''}"[:60])
+            bar.update(task, total=event.files_total, completed=event.files_done,
+                       description=f"{event.file} ({event.chunks} chunks)"[:60])
 
         return operations.ingest(tenant, paths, progress)
 

@@ -193,7 +193,9 @@ class Orchestrator:
         if verdict.flagged:
             return Decision(escalate_reason="prompt_injection", detail=", ".join(verdict.rules))
         min_relevance = float(policies.get("min_relevance", 0.45))
-        passages = list(self.retrieve(ctx.tenant_id, text, top_k=self.settings.retrieval_top_k))
+        # One pack version per answer: the live one (a version being built beside it is never mixed in).
+        filters = {"pack_version": ctx.pack_version} if ctx.pack_version is not None else None
+        passages = list(self.retrieve(ctx.tenant_id, text, top_k=self.settings.retrieval_top_k, filters=filters))
         offline = compose_offline(text, passages, ctx.persona, min_relevance=min_relevance)
         if offline.escalate:
             return Decision(escalate_reason=offline.reason or "no_knowledge", draft=None, detail=_top(passages))

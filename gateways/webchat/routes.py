@@ -25,7 +25,7 @@ from sqlalchemy import select
 from app.config import get_settings
 from app.conversations.service import accept_inbound
 from app.db import session_scope
-from app.models import ChannelAccount, Contact, Conversation, Message
+from app.models import ChannelAccount, Contact, Conversation, Message, Tenant
 from app.runtime import get_bus
 
 router = APIRouter(tags=["web chat widget"])
@@ -188,6 +188,12 @@ async def list_messages(
 @router.get("/widget/{widget_id}", response_class=HTMLResponse, include_in_schema=False)
 def widget_page(widget_id: str) -> HTMLResponse:
     account = _account(widget_id)
+    with session_scope() as session:
+        tenant = session.get_one(Tenant, account.tenant_id)
+        persona = tenant.persona or {}
+        title = html.escape(str(persona.get("brand") or tenant.name))
+        greeting = html.escape(str(persona.get("greeting") or ""))
     page = (STATIC / "widget.html").read_text(encoding="utf-8")
-    title = html.escape(account.name or "Chat")
-    return HTMLResponse(page.replace("{{WIDGET_ID}}", widget_id).replace("{{TITLE}}", title))
+    for marker, value in (("{{WIDGET_ID}}", widget_id), ("{{TITLE}}", title), ("{{GREETING}}", greeting)):
+        page = page.replace(marker, value)
+    return HTMLResponse(page)
