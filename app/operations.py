@@ -116,6 +116,7 @@ def _outcome(session: Any, message: Message) -> dict[str, Any]:
     escalation = session.scalars(select(Escalation).where(Escalation.message_id == message.id)).first()
     status = {"answered": "answered", "escalated": "escalated"}.get(message.status, message.status)
     return {
+        "message_id": message.id,
         "status": status,
         "text": reply.text if reply else None,
         "citations": [

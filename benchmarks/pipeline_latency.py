@@ -51,25 +51,37 @@ def main() -> None:
     try:
         operations.chat("northwind", "warm-up", "warmup")
         latencies: list[float] = []
+        message_ids: list[str] = []
         outcomes: dict[str, int] = {}
         for round_no in range(args.rounds):
             for i, question in enumerate(questions):
                 started = time.perf_counter()
                 outcome = operations.chat("northwind", question, f"bench-{round_no}-{i}")
                 latencies.append((time.perf_counter() - started) * 1000)
+                message_ids.append(outcome["message_id"])
                 outcomes[outcome["status"]] = outcomes.get(outcome["status"], 0) + 1
             print(f"round {round_no + 1}/{args.rounds} done", file=sys.stderr)
     finally:
         roles.stop()
+    server_side = _server_side_ms(message_ids)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     print(f"pack: {report['documents']} documents, {report['chunks']} chunks; messages: {len(latencies)} {outcomes}")
-    print("| metric | value |\n|---|---|")
-    print(f"| p50 | {statistics.median(latencies):.1f} ms |")
-    print(f"| p95 | {percentile(latencies, 0.95):.1f} ms |")
-    print(f"| p99 | {percentile(latencies, 0.99):.1f} ms |")
-    print(f"| mean | {statistics.fmean(latencies):.1f} ms |")
+    print("| metric | stored -> outcome committed | client round trip (50 ms polling) |\n|---|---|---|")
+    for name, fn in (("p50", statistics.median), ("p95", lambda v: percentile(v, 0.95)),
+                     ("p99", lambda v: percentile(v, 0.99)), ("mean", statistics.fmean)):
+        print(f"| {name} | {fn(server_side):.1f} ms | {fn(latencies):.1f} ms |")
     print(f"| peak RSS | {peak_mb:.0f} MB |")
+
+
+def _server_side_ms(message_ids: list[str]) -> list[float]:
+    """From the inbound row's creation (the gateway stored it) to the orchestrator committing the outcome."""
+    from app.db import session_scope
+    from app.models import Message
+
+    with session_scope() as session:
+        rows = [session.get_one(Message, mid) for mid in message_ids]
+        return [(r.processed_at - r.created_at).total_seconds() * 1000 for r in rows if r.processed_at]
 
 
 if __name__ == "__main__":
