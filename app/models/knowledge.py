@@ -36,6 +36,9 @@ class Document(IdMixin, Base):
     meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
     status: Mapped[str] = mapped_column(String(16), default="indexed")  # indexed | failed
     error: Mapped[str | None] = mapped_column(Text, default=None)
+    # Object-store key of the document's cached dense vectors: a later version with the same chunk texts reuses
+    # them instead of embedding again (see app/knowledge/versions.py).
+    vectors_key: Mapped[str | None] = mapped_column(String(500), default=None)
 
 
 class Chunk(Base):
@@ -67,3 +70,23 @@ class IngestionJob(IdMixin, Base):
     errors: Mapped[list[dict[str, Any]]] = mapped_column(default=list)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
     detail: Mapped[str | None] = mapped_column(Text, default=None)
+    pack_version: Mapped[int | None] = mapped_column(default=None)  # the version this job builds
+
+
+class PackVersion(IdMixin, Base):
+    """One build of a tenant's knowledge pack. `Tenant.live_pack_version` names the one the assistant reads;
+    promoting or rolling back only changes that number."""
+
+    __tablename__ = "pack_versions"
+    __table_args__ = (UniqueConstraint("tenant_id", "version"),)
+
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    version: Mapped[int]
+    status: Mapped[str] = mapped_column(String(16), default="building")  # building|ready|live|retired|failed|pruned
+    job_id: Mapped[str | None] = mapped_column(String(32), default=None, index=True)
+    documents: Mapped[int] = mapped_column(default=0)
+    chunks: Mapped[int] = mapped_column(default=0)
+    embedded: Mapped[int] = mapped_column(default=0)  # chunks embedded for this build (the rest were reused)
+    scores: Mapped[dict[str, Any]] = mapped_column(default=dict)  # evaluation: {"n", "hit@1", "hit@5", "mrr"}
+    notes: Mapped[str | None] = mapped_column(Text, default=None)
+    promoted_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -1,0 +1,78 @@
+"""Migration 0002 (pack versions) on SQLite and Postgres: upgrade over a pack ingested before versions existed
+backfills one row per version and names the live one on the tenant; downgrade and upgrade again round-trip."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from alembic.config import Config
+
+from alembic import command
+from tests.conftest import PG_ADMIN_URL, REPO
+
+
+def _cfg(url: str) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(REPO / "alembic"))
+    cfg.set_main_option("sqlalchemy.url", url)
+    return cfg
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def empty_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'm.db'}"
+        return
+    import psycopg
+
+    name = f"sb_mig_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_upgrade_backfills_versions_and_round_trips(empty_db: str) -> None:
+    url = empty_db.replace("postgresql://", "postgresql+psycopg://")
+    command.upgrade(_cfg(url), "0001")
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            for tenant, live in (("a", None), ("b", 1)):
+                conn.execute(
+                    sa.text("INSERT INTO tenants (id, slug, name, persona, policies, live_pack_version, created_at) "
+                            "VALUES (:t, :t, :t, '{}', '{}', :live, CURRENT_TIMESTAMP)"),
+                    {"t": tenant, "live": live},
+                )
+            for tenant, version, path in (("a", 1, "x.md"), ("a", 2, "x.md"), ("a", 2, "y.md"), ("b", 1, "z.md"),
+                                          ("b", 2, "z.md")):
+                conn.execute(
+                    sa.text("INSERT INTO documents (id, tenant_id, pack_version, path, title, kind, content_hash, "
+                            "meta, status, created_at) VALUES (:id, :t, :v, :p, '', 'markdown', 'h', '{}', "
+                            "'indexed', CURRENT_TIMESTAMP)"),
+                    {"id": uuid.uuid4().hex, "t": tenant, "v": version, "p": path},
+                )
+        command.upgrade(_cfg(url), "head")
+        with engine.connect() as conn:
+            rows = conn.execute(
+                sa.text("SELECT tenant_id, version, status, documents FROM pack_versions ORDER BY tenant_id, version")
+            ).all()
+            lives = dict(conn.execute(sa.text("SELECT id, live_pack_version FROM tenants")).all())  # type: ignore[arg-type]
+        assert [tuple(r) for r in rows] == [
+            ("a", 1, "ready", 1), ("a", 2, "live", 2), ("b", 1, "live", 1), ("b", 2, "ready", 1)
+        ]
+        assert lives == {"a": 2, "b": 1}
+        command.downgrade(_cfg(url), "0001")
+        with engine.connect() as conn:
+            assert "pack_versions" not in sa.inspect(conn).get_table_names()
+            assert "vectors_key" not in {c["name"] for c in sa.inspect(conn).get_columns("documents")}
+        command.upgrade(_cfg(url), "head")
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT COUNT(*) FROM pack_versions")).scalar() == 4
+    finally:
+        engine.dispose()
