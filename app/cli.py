@@ -237,6 +237,27 @@ def orchestrator() -> None:
 
 
 @cli.command()
+def gateway(
+    channel: Annotated[str, typer.Argument(help="whatsapp, instagram, telegram, twilio, ussd, discord or webchat.")],
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8081,
+) -> None:
+    """Scale-out role: one channel's webhook gateway on its own (needs REDIS_URL)."""
+    _prepare()
+    if get_settings().embedded:
+        raise _fail("a gateway process needs REDIS_URL (scale-out); embedded 'switchboard serve' mounts every channel")
+    import uvicorn
+
+    from gateways.server import create_gateway_app
+
+    try:
+        app = create_gateway_app(channel)
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+@cli.command()
 def worker() -> None:
     """Scale-out role: the RQ ingestion worker (needs REDIS_URL)."""
     _prepare()
@@ -290,13 +311,12 @@ def demo(
 
 
 def main() -> None:
-    try:
-        from gateways.cli import channel_app
-
-        cli.add_typer(channel_app, name="channel", help="Connect messaging channels to a tenant.")
-    except ImportError:
-        pass
     cli()
+
+
+from gateways.cli import channel_app  # noqa: E402  (gateways import app, never the reverse at import time)
+
+cli.add_typer(channel_app, name="channel")
 
 
 if __name__ == "__main__":

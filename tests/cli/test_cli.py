@@ -120,3 +120,16 @@ def test_chat_and_ingest_work_while_serve_holds_the_embedded_store(home: Path, s
 
     second = run(home, "serve", "--port", str(_free_port()), timeout=60)
     assert second.returncode != 0 and "another 'switchboard serve'" in second.stderr
+
+
+def test_demo_creates_the_example_tenant_and_shows_a_real_conversation(tmp_path: Path) -> None:
+    result = run(tmp_path / "demo", "demo", "--no-serve")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "Created tenant 'northwind'" in out and "admin API key: sb_" in out
+    assert "customer> How long do I have to return something?" in out
+    answer = out.split("customer> How long do I have to return something?")[1].split("customer>")[0]
+    assert "bot> " in answer and "30 days" in answer and "sources:" in answer
+    assert "escalated to a human (human_requested)" in out
+    again = run(tmp_path / "demo", "demo", "--no-serve")  # idempotent: the tenant is reused, not recreated
+    assert again.returncode == 0 and "Created tenant" not in again.stdout
