@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
+from datetime import UTC, timedelta
 from typing import Annotated
 
 from fastapi import Depends, Header, HTTPException, status
@@ -21,6 +22,7 @@ from app.db import get_sessionmaker
 from app.models import ApiKey, Tenant, utcnow
 
 SCOPES = ("admin", "agent")
+LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 
 def hash_key(key: str) -> str:
@@ -91,8 +93,11 @@ def authenticate(
         if row is None or row.revoked_at is not None:
             raise _unauthorized("invalid or revoked API key")
         tenant = session.get_one(Tenant, row.tenant_id)
-        row.last_used_at = utcnow()
-        session.commit()
+        now = utcnow()
+        last = row.last_used_at
+        if last is None or now - (last if last.tzinfo else last.replace(tzinfo=UTC)) > LAST_USED_RESOLUTION:
+            row.last_used_at = now  # at most one write a minute per key, not one per request
+            session.commit()
         return Principal(tenant.id, tenant.slug, row.scope, row.id, row.name)
 
 
