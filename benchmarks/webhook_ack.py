@@ -112,7 +112,7 @@ def main() -> None:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         env = {**os.environ, "DATABASE_URL": db_url, "REDIS_URL": REDIS_URL, "SWITCHBOARD_GATEWAY_CHANNEL": "whatsapp"}
-        server = subprocess.Popen(  # noqa: S603
+        server = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "--factory", "benchmarks.webhook_ack:gateway_app", "--port", str(port),
              "--workers", str(args.workers), "--log-level", "warning", "--no-access-log"], cwd=ROOT, env=env)
         url = f"http://127.0.0.1:{port}"
