@@ -60,6 +60,17 @@ class Settings(BaseSettings):
     # Limits on uploads.
     max_upload_bytes: int = Field(default=50 * 1024 * 1024, validation_alias=_env("MAX_UPLOAD_BYTES"))
     max_message_chars: int = Field(default=4000, validation_alias=_env("MAX_MESSAGE_CHARS"))
+    # Knowledge packs: a file over max_file_bytes is refused; a pack stops taking files past max_pack_bytes or
+    # max_pack_files (each further file refused with the reason). PDFs over max_pdf_pages are refused.
+    max_file_bytes: int = Field(default=20 * 1024 * 1024, validation_alias=_env("MAX_FILE_BYTES"))
+    max_pack_bytes: int = Field(default=200 * 1024 * 1024, validation_alias=_env("MAX_PACK_BYTES"))
+    max_pack_files: int = Field(default=2_000, validation_alias=_env("MAX_PACK_FILES"))
+    max_pdf_pages: int = Field(default=500, validation_alias=_env("MAX_PDF_PAGES"))
+    # A new pack version whose hit@5 on the tenant's eval set is below the live one's by more than this is
+    # built but not promoted automatically.
+    eval_regression_margin: float = Field(default=0.02, validation_alias=_env("EVAL_REGRESSION_MARGIN"))
+    # Old pack versions kept for rollback (beyond the live one); older ones lose their vectors.
+    pack_versions_kept: int = Field(default=3, validation_alias=_env("PACK_VERSIONS_KEPT"))
 
     @property
     def home_dir(self) -> Path:

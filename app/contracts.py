@@ -95,8 +95,23 @@ class EscalationDecided(Event):
     reviewer: str
 
 
+class IngestionProgress(Event):
+    """A knowledge ingestion moved on: one file done (`status` indexed | carried | failed), or the build ended
+    (`status` live | ready | failed, `file` empty). Informational: published best-effort on `events`."""
+
+    job_id: str
+    pack_version: int
+    file: str = ""
+    status: str
+    reason: str | None = None
+    files_done: int = 0
+    files_total: int = 0
+    chunks: int = 0
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
-    m.event_type(): m for m in (InboundMessage, OutboundMessage, EscalationOpened, EscalationDecided)
+    m.event_type(): m
+    for m in (InboundMessage, OutboundMessage, EscalationOpened, EscalationDecided, IngestionProgress)
 }
 
 # Topics: each is a stream per tenant (see app/bus/base.py).

@@ -7,7 +7,9 @@ The admin API stores an upload's files in the object store under `upload_prefix(
 - scale-out: an RQ job on the `ingest` queue, run by `switchboard worker` (`main()` below).
 
 `run_ingestion_job` is idempotent: a job that already finished is left alone, and a job re-run after a crash
-ingests the same files again (point ids are deterministic, so nothing is duplicated)."""
+gets the same pack version back (allocated and committed before any vector is written), clears what the
+interrupted run wrote to it and builds it again with the same deterministic point ids: no orphans, no copies.
+The job's `options` say how to build: {"promote": bool, "replace": bool, "meta": {...}}."""
 
 from __future__ import annotations
 
@@ -18,10 +20,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
+
 from app.audit import record
 from app.config import get_settings
 from app.db import session_scope
-from app.models import IngestionJob, utcnow
+from app.knowledge import versions
+from app.models import IngestionJob, PackVersion, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +57,7 @@ def run_ingestion_job(job_id: str) -> None:
             return
         job.status = "running"
         tenant_id = job.tenant_id
+        job.pack_version = versions.start_build(session, tenant_id, job_id).version
     store = get_object_store()
     prefix = upload_prefix(tenant_id, job_id)
     keys: list[str] = []
@@ -73,6 +79,9 @@ def run_ingestion_job(job_id: str) -> None:
             job.status = "failed"
             job.detail = f"{exc.__class__.__name__}: {exc}"[:2000]
             job.finished_at = utcnow()
+            build = session.scalars(select(PackVersion).where(PackVersion.job_id == job_id)).first()
+            if build is not None and build.status == "building":
+                build.status, build.notes = "failed", job.detail
             record(
                 session,
                 tenant_id,
@@ -94,7 +103,12 @@ def _ingest(job_id: str, tenant_id: str, pack: Path) -> None:
     with session_scope() as session:
         job = session.get_one(IngestionJob, job_id)
         refused_at_upload = list(job.errors or [])
-        report = ingest_paths(session, tenant_id, [pack], progress=_Progress(job_id), job_id=job_id)
+        options = dict(job.options or {})
+        report = ingest_paths(
+            session, tenant_id, [pack], progress=_Progress(job_id), job_id=job_id,
+            promote=bool(options.get("promote", True)), replace=bool(options.get("replace", False)),
+            meta=options.get("meta") or None,
+        )
         job.errors = refused_at_upload + list(job.errors or [])
         record(
             session,
@@ -108,6 +122,8 @@ def _ingest(job_id: str, tenant_id: str, pack: Path) -> None:
                 "files_failed": len(job.errors),
                 "chunks": report.chunks,
                 "pack_version": report.pack_version,
+                "version_status": report.status,
+                "embedded": report.embedded,
             },
         )
     _live.pop(job_id, None)
@@ -137,6 +153,7 @@ class _Progress:
             "done_files": event.files_done,
             "total_files": event.files_total,
             "chunks": event.chunks,
+            "status": event.status,
         }
 
 
@@ -185,8 +202,6 @@ def submit(job_id: str, *, queue: str | None = None) -> Future[None] | None:
 def resume_queued() -> int:
     """Embedded mode: re-submit jobs left `queued` or `running` by a process that stopped. Call at start-up.
     (In scale-out mode RQ keeps its own queue; there is nothing to resume.)"""
-    from sqlalchemy import select
-
     if get_settings().redis_url is not None:
         return 0
     with session_scope() as session:

@@ -46,6 +46,7 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("vectors_key", sa.String(length=500), nullable=True))
     with op.batch_alter_table("ingestion_jobs", schema=None) as batch_op:
         batch_op.add_column(sa.Column("pack_version", sa.Integer(), nullable=True))
+        batch_op.add_column(sa.Column("options", sa.JSON(), nullable=False, server_default="{}"))
     _backfill()
 
 
@@ -79,6 +80,7 @@ def _backfill() -> None:
 
 def downgrade() -> None:
     with op.batch_alter_table("ingestion_jobs", schema=None) as batch_op:
+        batch_op.drop_column("options")
         batch_op.drop_column("pack_version")
     with op.batch_alter_table("documents", schema=None) as batch_op:
         batch_op.drop_column("vectors_key")

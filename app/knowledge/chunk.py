@@ -4,6 +4,7 @@
   ("Returns > Refunds"). Within a section, whole paragraphs are packed up to `max_words`; a paragraph longer
   than that is cut at line breaks (table rows keep the table's header), then sentences, then words, and
   consecutive pieces of one cut paragraph share `overlap` words so no sentence loses its context.
+- HTML, PDF, DOCX: parsed to Markdown-shaped text first (app/knowledge/formats.py), then as Markdown.
 - Plain text: the same, with no headings.
 - FAQ: one question/answer pair per chunk, "Q: ...\nA: ...", headed by the question.
 """
@@ -137,7 +138,7 @@ def chunk_document(doc: ParsedDocument, max_words: int = 120, overlap: int | Non
     pieces: list[tuple[str, str]] = []
     if doc.kind == "faq":
         pieces = [(q, f"Q: {q}\nA: {a}") for q, a in doc.faqs]
-    elif doc.kind == "markdown":
+    elif doc.kind in ("markdown", "html", "pdf", "docx"):  # the parsers give these Markdown-shaped text
         for heading, body in markdown_sections(doc.text):
             pieces.extend((heading, text) for text in chunk_body(body, max_words, overlap))
     else:

@@ -1,8 +1,14 @@
 """Reading a knowledge pack: collect files from folders, zips and single paths, then parse each by type.
 
 Every problem with one file becomes a `FileError` with a reason a tenant admin can act on; it never stops the
-other files. Supported: Markdown (.md, .markdown), plain text (.txt), and FAQs as CSV (question/answer
-columns), JSON (a list of {question, answer}, or {"faqs": [...]}) or JSONL (one {question, answer} per line).
+other files. Supported: Markdown (.md, .markdown), plain text (.txt), HTML (.html, .htm), PDF, DOCX, and FAQs
+as CSV (question/answer columns), JSON (a list of {question, answer}, or {"faqs": [...]}) or JSONL (one
+{question, answer} per line). Text files may be UTF-8 (with or without BOM), UTF-16 with a BOM, or
+Windows-1252; anything else is refused with the encoding named.
+
+Metadata per document (brand, category, language, source_url) comes from Markdown front matter
+(`---\nlanguage: en\n---`), from `_metadata.json` at the pack's root ({"path": {...}, "*": {...}}), or from
+the upload's own fields; it is stored on the document and on every point, so retrieval can filter on it.
 """
 
 from __future__ import annotations
@@ -19,7 +25,16 @@ from typing import Any
 MARKDOWN = (".md", ".markdown")
 TEXT = (".txt",)
 FAQ = (".csv", ".json", ".jsonl")
-SUPPORTED = MARKDOWN + TEXT + FAQ
+HTML = (".html", ".htm")
+PDF = (".pdf",)
+DOCX = (".docx",)
+SUPPORTED = MARKDOWN + TEXT + FAQ + HTML + PDF + DOCX
+METADATA_FILE = "_metadata.json"  # per-document metadata for the pack, not a document
+EVAL_FILE = "_eval.jsonl"  # the tenant's evaluation questions, not a document
+META_FIELDS = ("brand", "category", "language", "source_url")
+# A zip member that expands more than this many times over its compressed size, and to more than 1 MiB, is
+# treated as a zip bomb.
+ZIP_MAX_RATIO = 200
 _IGNORED_NAMES = {"__MACOSX", "Thumbs.db", "desktop.ini"}
 
 
@@ -45,7 +60,7 @@ class SourceFile:
 @dataclass
 class ParsedDocument:
     path: str
-    kind: str  # markdown | text | faq
+    kind: str  # markdown | text | faq | html | pdf | docx
     title: str
     text: str = ""  # markdown / text body
     faqs: list[tuple[str, str]] = field(default_factory=list)
@@ -70,6 +85,7 @@ def safe_member_path(name: str) -> str:
 
 
 def _from_zip(archive: Path, max_bytes: int) -> tuple[list[SourceFile], list[FileError]]:
+    """Members read with a cap each: the sizes in a zip's directory are the archive's claim, not a fact."""
     files: list[SourceFile] = []
     errors: list[FileError] = []
     try:
@@ -95,6 +111,10 @@ def _from_zip(archive: Path, max_bytes: int) -> tuple[list[SourceFile], list[Fil
             if member.file_size > max_bytes:
                 errors.append(FileError(path, f"file is {member.file_size} bytes, over the {max_bytes}-byte limit"))
                 continue
+            if member.file_size > 1024 * 1024 and member.file_size > ZIP_MAX_RATIO * max(member.compress_size, 1):
+                errors.append(FileError(path, f"expands {member.file_size // max(member.compress_size, 1)}x when "
+                                              "unzipped (a zip bomb?); refused"))
+                continue
             try:
                 with zf.open(member) as fh:
                     data = fh.read(max_bytes + 1)  # the header's size is not trusted
@@ -118,9 +138,12 @@ def _read_file(path: Path, name: str, max_bytes: int) -> SourceFile | FileError:
         return FileError(name, f"cannot be read ({exc.strerror or exc})")
 
 
-def collect(paths: list[Path], max_bytes: int) -> tuple[list[SourceFile], list[FileError]]:
+def collect(
+    paths: list[Path], max_bytes: int, max_pack_bytes: int | None = None, max_pack_files: int | None = None
+) -> tuple[list[SourceFile], list[FileError]]:
     """Files from folders (walked, hidden files skipped), zips (unpacked in memory, safely) and single files.
-    Two files that would get the same pack path are refused after the first."""
+    Two files that would get the same pack path are refused after the first; files past the pack's byte or
+    file-count limit are refused one by one, so the pack's first files still go in."""
     files: list[SourceFile] = []
     errors: list[FileError] = []
     for raw in paths:
@@ -148,25 +171,92 @@ def collect(paths: list[Path], max_bytes: int) -> tuple[list[SourceFile], list[F
         else:
             errors.append(FileError(str(raw), "no such file or folder"))
     unique: dict[str, SourceFile] = {}
+    total = 0
     for f in files:
         if f.path in unique:
             errors.append(FileError(f.path, "another file in this upload has the same path; this one was skipped"))
+        elif max_pack_files is not None and len(unique) >= max_pack_files:
+            errors.append(FileError(f.path, f"the pack is over its limit of {max_pack_files} files (MAX_PACK_FILES)"))
+        elif max_pack_bytes is not None and total + len(f.data) > max_pack_bytes:
+            errors.append(FileError(f.path, f"the pack is over its limit of {max_pack_bytes} bytes (MAX_PACK_BYTES)"))
         else:
             unique[f.path] = f
+            total += len(f.data)
     return list(unique.values()), errors
 
 
 # -- parsing -----------------------------------------------------------------------------------------------
 
 
+def _mostly_printable(text: str) -> bool:
+    controls = sum(1 for ch in text if ord(ch) < 32 and ch not in "\t\n\r\f")
+    return controls == 0
+
+
 def decode(data: bytes) -> str:
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ParseError(f"not valid UTF-8 text (byte {exc.start}): save the file as UTF-8") from exc
+    """Text in UTF-8 (BOM or not), UTF-16 (with a BOM), or Windows-1252 when it decodes to printable text."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        try:
+            text = data.decode("utf-16")
+        except UnicodeDecodeError as exc:
+            raise ParseError("broken UTF-16 text (it starts with a UTF-16 mark): save the file as UTF-8") from exc
+    else:
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            if b"\x00" in data:
+                raise ParseError("looks like a binary file, not text") from exc
+            try:
+                text = data.decode("cp1252")
+            except UnicodeDecodeError:
+                raise ParseError(
+                    f"not UTF-8, UTF-16 or Windows-1252 text (byte {exc.start} is 0x{data[exc.start]:02x}): "
+                    "save the file as UTF-8"
+                ) from exc
+            if not _mostly_printable(text):
+                raise ParseError(f"not valid UTF-8 text (byte {exc.start}), nor readable as Windows-1252: "
+                                 "save the file as UTF-8") from exc
     if "\x00" in text:
         raise ParseError("looks like a binary file, not text")
     return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def clean_meta(raw: dict[str, Any]) -> dict[str, str]:
+    """The known metadata fields with non-empty string values; anything else is dropped."""
+    out = {}
+    for key in META_FIELDS:
+        value = raw.get(key)
+        if isinstance(value, str | int | float) and str(value).strip():
+            out[key] = str(value).strip()[:500]
+    return out
+
+
+def front_matter(text: str) -> tuple[dict[str, str], str]:
+    """`---` delimited `key: value` lines at the top of a Markdown file: (metadata, the rest)."""
+    if not text.startswith("---\n"):
+        return {}, text
+    end = text.find("\n---", 4)
+    if end < 0:
+        return {}, text
+    fields: dict[str, str] = {}
+    for line in text[4:end].split("\n"):
+        key, sep, value = line.partition(":")
+        if sep:
+            fields[key.strip().lower()] = value.strip().strip("'\"")
+    rest = text[end + 4 :]
+    return clean_meta(fields), rest.split("\n", 1)[1] if "\n" in rest else ""
+
+
+def read_metadata(data: bytes) -> dict[str, dict[str, Any]]:
+    """`_metadata.json`: {"path in the pack": {"category": ...}, "*": {...applies to all...}}, by path."""
+    try:
+        raw = json.loads(decode(data))
+    except json.JSONDecodeError as exc:
+        raise ParseError(f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from exc
+    if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
+        raise ParseError('_metadata.json must map file paths (or "*") to objects like {"category": "boots"}')
+    default = clean_meta(raw.get("*", {}))
+    return {"*": default, **{path: {**default, **clean_meta(v)} for path, v in raw.items() if path != "*"}}
 
 
 def _faq_pair(item: Any, where: str) -> tuple[str, str]:
@@ -233,20 +323,34 @@ def _markdown_title(text: str) -> str | None:
     return None
 
 
-def parse(source: SourceFile) -> ParsedDocument:
+def parse(source: SourceFile, *, max_pdf_pages: int = 500) -> ParsedDocument:
     """One file to a ParsedDocument, or ParseError with the reason."""
+    from app.knowledge import formats
+
     suffix = PurePosixPath(source.path).suffix.lower()
     if suffix not in SUPPORTED:
         shown = suffix or "(no extension)"
         raise ParseError(f"unsupported file type {shown}; supported: {', '.join(SUPPORTED)}")
     if not source.data.strip():
         raise ParseError("file is empty")
+    stem = PurePosixPath(source.path).stem.replace("-", " ").replace("_", " ").strip()
+    if suffix in PDF:
+        title, body = formats.pdf_to_text(source.data, max_pdf_pages)
+        return ParsedDocument(source.path, "pdf", title or stem, text=body)
+    if suffix in DOCX:
+        title, body = formats.docx_to_markdown(source.data)
+        return ParsedDocument(source.path, "docx", title or stem, text=body)
     text = decode(source.data)
     if not text.strip():
         raise ParseError("file is empty")
-    stem = PurePosixPath(source.path).stem.replace("-", " ").replace("_", " ").strip()
+    if suffix in HTML:
+        title, body = formats.html_to_markdown(text)
+        return ParsedDocument(source.path, "html", title or _markdown_title(body) or stem, text=body)
     if suffix in MARKDOWN:
-        return ParsedDocument(source.path, "markdown", _markdown_title(text) or stem, text=text)
+        meta, text = front_matter(text)
+        if not text.strip():
+            raise ParseError("file has front matter but no text")
+        return ParsedDocument(source.path, "markdown", _markdown_title(text) or stem, text=text, meta=meta)
     if suffix in TEXT:
         return ParsedDocument(source.path, "text", stem, text=text)
     parser = {".csv": _parse_csv, ".json": _parse_json, ".jsonl": _parse_jsonl}[suffix]

@@ -1,45 +1,65 @@
-"""Knowledge ingestion: files in, Document/Chunk rows and vector points out.
+"""Knowledge ingestion: files in, a new pack version out (Document/Chunk rows, vector points, stored files).
 
-`ingest_paths` flushes and leaves the commit to its caller (a CLI command, a request, an RQ job). Vector
-upserts and object-store writes happen before that commit and cannot roll back with it, so every step is
-idempotent instead: chunk ids are deterministic (tenant, pack version, path, ordinal), re-ingesting a path
-overwrites its points and then deletes the ones past its new length, and raw files are stored under a key
-derived from the same tuple. A job that fails half-way can simply be run again.
+Each run builds version N+1 beside the live one (see app/knowledge/versions.py for the design):
+1. the uploaded files are parsed, chunked and indexed into N+1; an unchanged document's vectors come from the
+   embedding cache, so only new or changed text is embedded;
+2. unless `replace`, every document of the live version that the upload does not bring (or brought broken) is
+   carried forward into N+1 without embedding, so an upload of one file updates one file;
+3. the version is `ready`; it goes live (`promote`) unless asked not to or the tenant's eval set says it is
+   worse than the live one by more than EVAL_REGRESSION_MARGIN.
+The live version is never written to: a failed or refused build leaves the assistant exactly as it was.
 
-A bad file (unsupported, undecodable, malformed, empty, oversized, unsafe zip path) is refused with a reason
-and the others go in. Failures of the infrastructure itself (vector store, object store, embedder) raise:
-they are not the file's fault and the job should be retried.
+`ingest_paths` flushes and leaves the commit to its caller (a CLI command, an RQ job). Vector and object-store
+writes happen before that commit and cannot roll back with it, so every step is idempotent: a rerun of the same
+job gets the same version back, clears what the interrupted attempt wrote, and writes the same point ids.
+
+A bad file is refused with a reason and the others go in. Failures of the infrastructure itself (vector store,
+object store, embedder) raise: they are not the file's fault and the job should be retried.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import mimetypes
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.config import get_settings
+from app.knowledge import embedcache, versions
 from app.knowledge.chunk import TextChunk, chunk_document
 from app.knowledge.ids import chunk_id
-from app.knowledge.parse import FileError, ParsedDocument, ParseError, SourceFile, collect, parse
-from app.models import Chunk, Document, IngestionJob, KnowledgeSource, Tenant, new_id, utcnow
+from app.knowledge.parse import (
+    EVAL_FILE,
+    METADATA_FILE,
+    FileError,
+    ParsedDocument,
+    ParseError,
+    SourceFile,
+    clean_meta,
+    collect,
+    parse,
+    read_metadata,
+)
+from app.models import Chunk, Document, IngestionJob, KnowledgeSource, PackVersion, Tenant, new_id, utcnow
 from app.providers.embeddings.base import Embedder, SparseEncoder
 from app.providers.storage.base import ObjectStore
 from app.providers.vectors.base import ChunkPoint, VectorStore
 
+log = logging.getLogger(__name__)
 EMBED_GROUP = 64  # chunks embedded and upserted together; the embedder batches further inside
 
 
 @dataclass(frozen=True)
 class IngestProgress:
     file: str
-    status: str  # indexed | failed
+    status: str  # indexed | carried | failed
     files_done: int
     files_total: int
     chunks: int  # chunks indexed so far in this run
@@ -51,10 +71,16 @@ class IngestReport:
     pack_version: int
     job_id: str
     source_id: str
-    files_ok: list[str] = field(default_factory=list)  # pack paths indexed
+    files_ok: list[str] = field(default_factory=list)  # pack paths indexed from this upload
     files_failed: list[dict[str, str]] = field(default_factory=list)  # {"file", "reason"}
-    chunks: int = 0
-    documents: int = 0
+    files_carried: list[str] = field(default_factory=list)  # unchanged documents copied from the live version
+    chunks: int = 0  # chunks in the new version
+    documents: int = 0  # documents in the new version
+    embedded: int = 0  # chunks that had to be embedded (the rest came from the cache)
+    status: str = "building"  # the version's status at the end: live | ready | failed
+    promoted: bool = False
+    notes: str | None = None
+    scores: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -62,22 +88,22 @@ class IngestReport:
 
 
 @dataclass
-class _Deps:
+class Deps:
     embedder: Embedder
     sparse: SparseEncoder
     vectors: VectorStore
     objects: ObjectStore
 
 
-def _deps(
-    embedder: Embedder | None,
-    sparse_encoder: SparseEncoder | None,
-    vector_store: VectorStore | None,
-    object_store: ObjectStore | None,
-) -> _Deps:
+def deps(
+    embedder: Embedder | None = None,
+    sparse_encoder: SparseEncoder | None = None,
+    vector_store: VectorStore | None = None,
+    object_store: ObjectStore | None = None,
+) -> Deps:
     from app import runtime
 
-    return _Deps(
+    return Deps(
         embedder=embedder or runtime.get_embedder(),
         sparse=sparse_encoder or runtime.get_sparse_encoder(),
         vectors=vector_store or runtime.get_vector_store(),
@@ -86,10 +112,16 @@ def _deps(
 
 
 def object_key(tenant_id: str, pack_version: int, path: str) -> str:
+    """Where a raw file is stored: under the version that first brought this content (later versions that
+    carry it forward point at the same object)."""
     return f"{tenant_id}/knowledge/v{pack_version}/{path}"
 
 
-def _describe(paths: Sequence[Path]) -> str:
+def eval_key(tenant_id: str) -> str:
+    return f"{tenant_id}/knowledge/eval/questions.jsonl"
+
+
+def _describe(paths: list[Path]) -> str:
     names = ", ".join(Path(p).name for p in paths[:3])
     return (names + (f" and {len(paths) - 3} more" if len(paths) > 3 else ""))[:300] or "(nothing)"
 
@@ -100,81 +132,120 @@ def ingest_paths(
     paths: list[Path],
     *,
     progress: Callable[[IngestProgress], None] | None = None,
-    pack_version: int | None = None,
     job_id: str | None = None,
+    promote: bool = True,
+    replace: bool = False,
+    meta: dict[str, Any] | None = None,
     embedder: Embedder | None = None,
     sparse_encoder: SparseEncoder | None = None,
     vector_store: VectorStore | None = None,
     object_store: ObjectStore | None = None,
 ) -> IngestReport:
-    """Ingest folders, zips and files into `tenant_id`'s pack `pack_version` (default: the tenant's live
-    version, or 1). With `job_id`, updates that queued IngestionJob instead of creating one."""
+    """Build a new pack version for `tenant_id` from folders, zips and files (see the module docstring).
+    `meta` ({"brand", "category", "language", "source_url"}) applies to every document that does not say
+    otherwise. With `job_id`, updates that queued IngestionJob instead of creating one."""
     started = time.monotonic()
     tenant = session.get(Tenant, tenant_id) if tenant_id else None
     if tenant is None:
         raise ValueError(f"unknown tenant {tenant_id!r}")
-    version = pack_version if pack_version is not None else (tenant.live_pack_version or 1)
-    if version < 1:
-        raise ValueError("pack_version must be 1 or more")
-    deps = _deps(embedder, sparse_encoder, vector_store, object_store)
+    d = deps(embedder, sparse_encoder, vector_store, object_store)
     settings = get_settings()
 
-    files, errors = collect([Path(p) for p in paths], settings.max_upload_bytes)
-    source = KnowledgeSource(id=new_id(), tenant_id=tenant_id, name=_describe(paths), pack_version=version)
+    job = _job(session, tenant_id, job_id)
+    build = versions.start_build(session, tenant_id, job.id)
+    versions.clear_version(session, d.vectors, tenant_id, build.version)
+    base = tenant.live_pack_version if build.version != tenant.live_pack_version else None
+    files, errors = collect([Path(p) for p in paths], settings.max_file_bytes, settings.max_pack_bytes,
+                            settings.max_pack_files)
+    files, pack_meta = _reserved_files(d, tenant_id, files, errors)
+    source = KnowledgeSource(id=new_id(), tenant_id=tenant_id, name=_describe(paths), pack_version=build.version)
     session.add(source)
     session.flush()  # the models have no relationships, so the unit of work would not order these inserts
-    job = _job(session, tenant_id, job_id)
-    job.source_id = source.id
-    job.status = "running"
-    job.total_files = len(files) + len(errors)
+    job.source_id, job.status, job.pack_version = source.id, "running", build.version
+    base_docs = _documents(session, tenant_id, base) if base is not None and not replace else {}
+    uploaded = {f.path for f in files}
+    job.total_files = len(files) + len(errors) + len(set(base_docs) - uploaded)
     session.flush()
 
-    report = IngestReport(tenant_id, version, job.id, source.id)
-    total = job.total_files
+    report = IngestReport(tenant_id, build.version, job.id, source.id)
     done = 0
 
-    def tick(name: str, status: str) -> None:
+    def tick(name: str, status: str, reason: str | None = None) -> None:
         nonlocal done
         done += 1
         if progress is not None:
-            progress(IngestProgress(name, status, done, total, report.chunks))
+            progress(IngestProgress(name, status, done, job.total_files, report.chunks))
+        _publish(tenant_id, job.id, build.version, name, status, reason, done, job.total_files, report.chunks)
 
     for error in errors:
         report.files_failed.append(error.to_dict())
-        tick(error.file, "failed")
+        tick(error.file, "failed", error.reason)
     for source_file in files:
         try:
-            doc = parse(source_file)
+            doc = parse(source_file, max_pdf_pages=settings.max_pdf_pages)
+            listed = pack_meta.get(source_file.path) or pack_meta.get("*", {})
+            doc.meta = {**clean_meta(meta or {}), **listed, **doc.meta}
             chunks = chunk_document(doc, settings.chunk_max_words)
             if not chunks:
                 raise ParseError("no text to index")
             if len(source_file.path) > 500:
                 raise ParseError("path is longer than 500 characters")
-            n = _index_document(session, deps, tenant_id, version, source.id, source_file, doc, chunks)
+            indexed = _index(session, d, tenant_id, build.version, source.id, source_file, doc, chunks,
+                             base_docs.get(source_file.path))
         except ParseError as exc:
             report.files_failed.append(FileError(source_file.path, str(exc)).to_dict())
-            tick(source_file.path, "failed")
+            if source_file.path in base_docs:
+                job.total_files += 1  # the live version's copy of the file is carried forward instead
+                uploaded.discard(source_file.path)
+            tick(source_file.path, "failed", str(exc))
             continue
         report.files_ok.append(source_file.path)
-        report.documents += 1
-        report.chunks += n
+        report.chunks += len(chunks)
+        report.embedded += indexed
         tick(source_file.path, "indexed")
+    for path, base_doc in sorted(base_docs.items()):
+        if path in uploaded:
+            continue
+        n, embedded = _carry(session, d, build.version, source.id, base_doc)
+        report.files_carried.append(path)
+        report.chunks += n
+        report.embedded += embedded
+        tick(path, "carried")
 
-    job.done_files = done
-    job.chunks = report.chunks
-    job.errors = list(report.files_failed)
-    job.status = "failed" if report.files_failed and not report.files_ok else "succeeded"
+    report.documents = len(report.files_ok) + len(report.files_carried)
+    _finish(session, d, tenant, build, report, promote=promote)
+    job.done_files, job.chunks, job.errors = done, report.chunks, list(report.files_failed)
+    job.status = "failed" if report.status == "failed" else "succeeded"
     job.finished_at = utcnow()
-    job.detail = f"{len(report.files_ok)} indexed, {len(report.files_failed)} refused, {report.chunks} chunks"
+    job.detail = (f"version {build.version} {report.status}: {len(report.files_ok)} indexed, "
+                  f"{len(report.files_carried)} carried forward, {len(report.files_failed)} refused, "
+                  f"{report.chunks} chunks ({report.embedded} embedded)"
+                  + (f"; {report.notes}" if report.notes else ""))
     session.flush()
     report.seconds = round(time.monotonic() - started, 3)
+    _publish(tenant_id, job.id, build.version, "", report.status, report.notes, done, job.total_files, report.chunks)
     return report
+
+
+def _publish(tenant_id: str, job_id: str, version: int, file: str, status: str, reason: str | None,
+             done: int, total: int, chunks: int) -> None:
+    """Progress on the tenant's `events` stream. Best-effort: a bus outage must not fail an ingestion."""
+    from app.contracts import EVENTS, IngestionProgress
+    from app.runtime import get_bus
+
+    event = IngestionProgress(tenant_id=tenant_id, job_id=job_id, pack_version=version, file=file, status=status,
+                              reason=reason, files_done=done, files_total=total, chunks=chunks)
+    try:
+        get_bus().publish(EVENTS, tenant_id, event.to_bus())
+    except Exception:
+        log.warning("could not publish ingestion progress for job %s", job_id, exc_info=True)
 
 
 def _job(session: Session, tenant_id: str, job_id: str | None) -> IngestionJob:
     if job_id is None:
         job = IngestionJob(id=new_id(), tenant_id=tenant_id)
         session.add(job)
+        session.flush()
         return job
     existing = session.get(IngestionJob, job_id)
     if existing is None or existing.tenant_id != tenant_id:
@@ -182,95 +253,183 @@ def _job(session: Session, tenant_id: str, job_id: str | None) -> IngestionJob:
     return existing
 
 
-def _index_document(
-    session: Session,
-    deps: _Deps,
-    tenant_id: str,
-    version: int,
-    source_id: str,
-    source_file: SourceFile,
-    doc: ParsedDocument,
-    chunks: list[TextChunk],
+def _documents(session: Session, tenant_id: str, version: int) -> dict[str, Document]:
+    stmt = select(Document).where(Document.tenant_id == tenant_id, Document.pack_version == version,
+                                  Document.status == "indexed")
+    return {doc.path: doc for doc in session.scalars(stmt)}
+
+
+def _reserved_files(
+    d: Deps, tenant_id: str, files: list[SourceFile], errors: list[FileError]
+) -> tuple[list[SourceFile], dict[str, dict[str, Any]]]:
+    """`_metadata.json` (metadata per document) and `_eval.jsonl` (the tenant's eval set) are not documents."""
+    from app.knowledge.evaluate import EvalError, parse_questions
+
+    pack_meta: dict[str, dict[str, Any]] = {}
+    rest = []
+    for f in files:
+        if f.path == METADATA_FILE:
+            try:
+                pack_meta = read_metadata(f.data)
+            except ParseError as exc:
+                errors.append(FileError(f.path, str(exc)))
+        elif f.path == EVAL_FILE:
+            try:
+                parse_questions(f.data)
+                d.objects.put(eval_key(tenant_id), f.data, "application/jsonl")
+            except EvalError as exc:
+                errors.append(FileError(f.path, str(exc)))
+        else:
+            rest.append(f)
+    return rest, pack_meta
+
+
+def _dense(d: Deps, tenant_id: str, texts: list[str]) -> tuple[str, list[list[float]], int]:
+    """(cache key, vectors, how many texts were embedded now)."""
+    key = embedcache.cache_key(tenant_id, d.embedder.name, texts)
+    cached = embedcache.load(d.objects, key, len(texts), d.embedder.dim)
+    if cached is not None:
+        return key, cached, 0
+    vectors: list[list[float]] = []
+    for start in range(0, len(texts), EMBED_GROUP):
+        vectors.extend(d.embedder.embed_documents(texts[start : start + EMBED_GROUP]))
+    embedcache.save(d.objects, key, vectors)
+    return key, vectors, len(texts)
+
+
+def _write(
+    session: Session, d: Deps, document: Document, chunks: list[TextChunk]
 ) -> int:
-    key = object_key(tenant_id, version, doc.path)
-    try:
-        deps.objects.put(key, source_file.data, mimetypes.guess_type(doc.path)[0])
-    except ValueError as exc:  # a name the object store refuses (e.g. "C:" style)
-        raise ParseError(f"file name not allowed: {exc}") from exc
-
-    document = session.scalar(
-        select(Document).where(
-            Document.tenant_id == tenant_id, Document.pack_version == version, Document.path == doc.path
-        )
-    )
-    if document is None:
-        document = Document(id=new_id(), tenant_id=tenant_id, pack_version=version, path=doc.path)
-        session.add(document)
-    else:
-        session.execute(delete(Chunk).where(Chunk.tenant_id == tenant_id, Chunk.document_id == document.id))
-    document.source_id = source_id
-    document.title = doc.title[:500]
-    document.kind = doc.kind
-    document.content_hash = hashlib.sha256(source_file.data).hexdigest()
-    document.object_key = key
-    document.meta = doc.meta
-    document.status = "indexed"
-    document.error = None
-    session.flush()  # the Document row before its Chunk rows (no relationships to order the inserts)
-
-    ids = [chunk_id(tenant_id, version, doc.path, c.ordinal) for c in chunks]
+    """Vectors (cached or embedded) and Chunk rows for a flushed Document of the version being built."""
+    tenant_id, version = document.tenant_id, document.pack_version
+    texts = [c.embedding_text() for c in chunks]
+    document.vectors_key, dense, embedded = _dense(d, tenant_id, texts)
+    ids = [chunk_id(tenant_id, version, document.path, c.ordinal) for c in chunks]
+    payload_meta = {k: v for k, v in (document.meta or {}).items() if k in ("brand", "category", "language",
+                                                                             "source_url")}
     for start in range(0, len(chunks), EMBED_GROUP):
         group = chunks[start : start + EMBED_GROUP]
-        texts = [c.embedding_text() for c in group]
-        dense = deps.embedder.embed_documents(texts)
-        sparse = deps.sparse.encode_documents(texts)
-        points = [
+        sparse = d.sparse.encode_documents(texts[start : start + EMBED_GROUP])
+        d.vectors.upsert(tenant_id, [
             ChunkPoint(
-                id=ids[start + i],
-                tenant_id=tenant_id,
-                dense=dense[i],
-                sparse=sparse[i],
+                id=ids[start + i], tenant_id=tenant_id, dense=dense[start + i], sparse=sparse[i],
                 payload={
-                    "document": doc.path,
+                    **payload_meta,
+                    "document": document.path,
                     "document_id": document.id,
                     "chunk_id": ids[start + i],
                     "heading": c.heading,
                     "text": c.text,
                     "title": document.title,
                     "pack_version": version,
-                    "kind": doc.kind,
+                    "kind": document.kind,
                 },
             )
             for i, c in enumerate(group)
-        ]
-        deps.vectors.upsert(tenant_id, points)
-    _drop_stale_points(deps, tenant_id, version, doc.path, len(chunks))
-
+        ])
     session.add_all(
-        Chunk(
-            id=ids[i],
-            tenant_id=tenant_id,
-            document_id=document.id,
-            ordinal=c.ordinal,
-            heading=c.heading,
-            text=c.text,
-            token_estimate=round(c.words * 4 / 3),
-        )
+        Chunk(id=ids[i], tenant_id=tenant_id, document_id=document.id, ordinal=c.ordinal, heading=c.heading,
+              text=c.text, token_estimate=round(c.words * 4 / 3))
         for i, c in enumerate(chunks)
     )
     session.flush()
-    return len(chunks)
+    return embedded
 
 
-def _drop_stale_points(deps: _Deps, tenant_id: str, version: int, path: str, n: int) -> None:
-    """After overwriting ordinals 0..n-1, delete what an earlier, longer version of the file left behind.
+def _index(
+    session: Session,
+    d: Deps,
+    tenant_id: str,
+    version: int,
+    source_id: str,
+    source_file: SourceFile,
+    doc: ParsedDocument,
+    chunks: list[TextChunk],
+    base_doc: Document | None,
+) -> int:
+    content_hash = hashlib.sha256(source_file.data).hexdigest()
+    if base_doc is not None and base_doc.content_hash == content_hash and base_doc.object_key:
+        key = base_doc.object_key  # the same bytes are stored already
+    else:
+        key = object_key(tenant_id, version, doc.path)
+        try:
+            d.objects.put(key, source_file.data, mimetypes.guess_type(doc.path)[0])
+        except ValueError as exc:  # a name the object store refuses (e.g. "C:" style)
+            raise ParseError(f"file name not allowed: {exc}") from exc
+    document = Document(
+        id=new_id(), tenant_id=tenant_id, pack_version=version, path=doc.path, source_id=source_id,
+        title=doc.title[:500], kind=doc.kind, content_hash=content_hash, object_key=key, meta=doc.meta,
+        status="indexed",
+    )
+    session.add(document)
+    session.flush()  # the Document row before its Chunk rows (no relationships to order the inserts)
+    return _write(session, d, document, chunks)
 
-    Every version of a file has ids for ordinals 0..m-1, so what remains past n is exactly ordinals
-    n..count-1: no window in which the document is missing from search.
-    """
-    where = {"document": path, "pack_version": version}
-    count = deps.vectors.count(tenant_id, where)
-    if count > n:
-        deps.vectors.delete(tenant_id, [chunk_id(tenant_id, version, path, i) for i in range(n, count)])
-        if deps.vectors.count(tenant_id, where) != n:
-            raise RuntimeError(f"stale vectors for {path!r} could not be removed; re-run the ingestion")
+
+def _carry(session: Session, d: Deps, version: int, source_id: str, base: Document) -> tuple[int, int]:
+    """Copy a live document into the new version: same file, same chunks, cached vectors, new point ids."""
+    rows = list(session.scalars(select(Chunk).where(Chunk.tenant_id == base.tenant_id,
+                                                    Chunk.document_id == base.id).order_by(Chunk.ordinal)))
+    document = Document(
+        id=new_id(), tenant_id=base.tenant_id, pack_version=version, path=base.path, source_id=base.source_id,
+        title=base.title, kind=base.kind, content_hash=base.content_hash, object_key=base.object_key,
+        meta=dict(base.meta or {}), status="indexed",
+    )
+    session.add(document)
+    session.flush()
+    chunks = [TextChunk(r.ordinal, r.heading, r.text) for r in rows]
+    return len(chunks), _write(session, d, document, chunks)
+
+
+def _finish(session: Session, d: Deps, tenant: Tenant, build: PackVersion, report: IngestReport,
+            *, promote: bool) -> None:
+    """Ready, then live unless told not to or the eval set vetoes it; failed when nothing could be indexed."""
+    build.documents, build.chunks, build.embedded = report.documents, report.chunks, report.embedded
+    if report.documents == 0:
+        build.status = report.status = "failed"
+        build.notes = report.notes = "no document could be indexed; the live version is unchanged"
+        session.flush()
+        return
+    build.status = "ready"
+    session.flush()
+    verdict = _gate(session, d, tenant, build)
+    build.scores, report.scores = verdict["scores"], verdict["scores"]
+    if not promote:
+        report.notes = "built with --version-only: promote it when ready"
+    elif verdict["reason"]:
+        report.notes = verdict["reason"]
+    else:
+        versions.promote(session, tenant.id, build.version)
+        report.promoted = True
+        versions.prune(session, d.vectors, d.objects, tenant.id, get_settings().pack_versions_kept)
+    build.notes = report.notes
+    report.status = build.status
+    session.flush()
+
+
+def _gate(session: Session, d: Deps, tenant: Tenant, build: PackVersion) -> dict[str, Any]:
+    """Score the new version (and the live one) on the tenant's eval set, if it has one."""
+    from app.knowledge.evaluate import evaluate, parse_questions
+
+    try:
+        questions = parse_questions(d.objects.get(eval_key(tenant.id)))
+    except KeyError:
+        return {"scores": {}, "reason": None}
+
+    def score(version: int) -> dict[str, Any]:
+        return evaluate(tenant.id, questions, pack_version=version, embedder=d.embedder, sparse_encoder=d.sparse,
+                        vector_store=d.vectors)
+
+    new = score(build.version)
+    live = tenant.live_pack_version
+    if live is None or live == build.version:
+        return {"scores": new, "reason": None}
+    old = score(live)
+    margin = get_settings().eval_regression_margin
+    scores = {**new, "live": {"version": live, **old}}
+    if new["hit@5"] < old["hit@5"] - margin:
+        reason = (f"not promoted: hit@5 {new['hit@5']:.3f} is below the live version {live}'s "
+                  f"{old['hit@5']:.3f} by more than {margin} (EVAL_REGRESSION_MARGIN)")
+        log.warning("tenant %s: pack version %s %s", tenant.id, build.version, reason)
+        return {"scores": scores, "reason": reason}
+    return {"scores": scores, "reason": None}

@@ -71,6 +71,8 @@ class IngestionJob(IdMixin, Base):
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
     detail: Mapped[str | None] = mapped_column(Text, default=None)
     pack_version: Mapped[int | None] = mapped_column(default=None)  # the version this job builds
+    # How to build: {"promote": bool, "replace": bool, "meta": {...}} (see app/knowledge/service.py).
+    options: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 
 class PackVersion(IdMixin, Base):

@@ -75,7 +75,7 @@ def pack(tmp_path: Path) -> Path:
 def add_bad_files(root: Path) -> None:
     (root / "manual.pdf").write_bytes(b"%PDF-1.4")
     (root / "broken.json").write_text('[{"question": "x", "answer": "y"},')
-    (root / "latin.txt").write_bytes("prix: 10 \xe9".encode("latin-1"))
+    (root / "garbled.txt").write_bytes(b"price: 10 \x81\x8d\x90 (not any text encoding)")
     (root / "empty.md").write_text("")
 
 
@@ -87,10 +87,10 @@ def test_ingest_indexes_good_files_and_refuses_bad_ones_with_reasons(db: Session
 
     assert sorted(report.files_ok) == ["faq.csv", "policies/returns.md", "shipping.md", "warranty.txt"]
     reasons = {f["file"]: f["reason"] for f in report.files_failed}
-    assert set(reasons) == {"manual.pdf", "broken.json", "latin.txt", "empty.md"}
-    assert "unsupported file type .pdf" in reasons["manual.pdf"]
+    assert set(reasons) == {"manual.pdf", "broken.json", "garbled.txt", "empty.md"}
+    assert reasons["manual.pdf"].startswith("corrupt PDF")
     assert "invalid JSON" in reasons["broken.json"]
-    assert "not valid UTF-8" in reasons["latin.txt"]
+    assert "not UTF-8, UTF-16 or Windows-1252" in reasons["garbled.txt"]
     assert reasons["empty.md"] == "file is empty"
     assert report.documents == 4 and report.pack_version == 1
     assert json.loads(json.dumps(report.to_dict()))["chunks"] == report.chunks
@@ -111,7 +111,10 @@ def test_ingest_indexes_good_files_and_refuses_bad_ones_with_reasons(db: Session
 
     assert runtime.get_vector_store().count("acme") == report.chunks
     assert runtime.get_object_store().get(object_key("acme", 1, "policies/returns.md")) == RETURNS.encode()
-    assert runtime.get_object_store().list("acme/") == sorted(object_key("acme", 1, p) for p in report.files_ok)
+    raw = [k for k in runtime.get_object_store().list("acme/") if "/vectors/" not in k]
+    assert raw == sorted(object_key("acme", 1, p) for p in report.files_ok)
+    assert {d.vectors_key for d in docs.values()} <= set(runtime.get_object_store().list("acme/knowledge/vectors/"))
+    assert report.status == "live" and report.promoted and db.get_one(Tenant, "acme").live_pack_version == 1
 
     job = db.get(IngestionJob, report.job_id)
     assert job is not None and job.status == "succeeded"
@@ -120,36 +123,41 @@ def test_ingest_indexes_good_files_and_refuses_bad_ones_with_reasons(db: Session
     assert [p.files_done for p in seen] == list(range(1, 9)) and seen[-1].chunks == report.chunks
 
 
-def test_reingest_is_idempotent_and_replaces_a_documents_chunks(db: Session, pack: Path) -> None:
+def test_each_ingest_builds_a_new_version_and_an_updated_file_replaces_only_itself(db: Session, pack: Path) -> None:
     from app import runtime
 
     store = runtime.get_vector_store()
     first = ingest_paths(db, "acme", [pack])
     db.commit()
-    ids_before = set(db.scalars(select(Chunk.id).where(Chunk.tenant_id == "acme")))
     second = ingest_paths(db, "acme", [pack])
     db.commit()
-    assert second.chunks == first.chunks
-    assert set(db.scalars(select(Chunk.id).where(Chunk.tenant_id == "acme"))) == ids_before
-    assert store.count("acme") == first.chunks
-    assert db.scalar(select(func.count()).select_from(Document).where(Document.tenant_id == "acme")) == 4
+    assert (first.pack_version, second.pack_version) == (1, 2)
+    assert second.chunks == first.chunks and second.embedded == 0
+    assert store.count("acme", {"pack_version": 2}) == first.chunks
+    assert db.get_one(Tenant, "acme").live_pack_version == 2
 
-    # The shipping page shrinks to one section: its old chunks go, everywhere.
-    before = store.count("acme", {"document": "shipping.md"})
+    # One changed file uploaded alone: version 3 = that file + every other live document carried forward.
+    before = store.count("acme", {"document": "shipping.md", "pack_version": 2})
     assert before >= 2
     (pack / "shipping.md").write_text("# Shipping\n\nWe now only offer free pickup in store.\n")
     third = ingest_paths(db, "acme", [pack / "shipping.md"])
     db.commit()
-    assert third.chunks == 1 and store.count("acme", {"document": "shipping.md"}) == 1
-    assert store.count("acme") == first.chunks - before + 1
-    shipping = db.scalar(select(Document).where(Document.path == "shipping.md"))
+    assert third.files_ok == ["shipping.md"]
+    assert sorted(third.files_carried) == ["faq.csv", "policies/returns.md", "warranty.txt"]
+    assert third.embedded == 1 and third.chunks == first.chunks - before + 1
+    assert store.count("acme", {"pack_version": 3}) == third.chunks
+    assert store.count("acme", {"pack_version": 3, "document": "shipping.md"}) == 1
+    shipping = db.scalar(select(Document).where(Document.path == "shipping.md", Document.pack_version == 3))
     assert shipping is not None
     rows = list(db.scalars(select(Chunk).where(Chunk.document_id == shipping.id)))
     assert [(r.id, r.text) for r in rows] == [
-        (chunk_id("acme", 1, "shipping.md", 0), "We now only offer free pickup in store.")
+        (chunk_id("acme", 3, "shipping.md", 0), "We now only offer free pickup in store.")
     ]
-    passages = retrieve("acme", "international delivery times", top_k=5, filters={"document": "shipping.md"})
+    passages = retrieve("acme", "international delivery times", top_k=5,
+                        filters={"document": "shipping.md", "pack_version": 3})
     assert [p.text for p in passages] == ["We now only offer free pickup in store."]
+    # The earlier version is untouched (rollback target).
+    assert store.count("acme", {"pack_version": 2, "document": "shipping.md"}) == before
 
 
 @pytest.mark.parametrize(
@@ -195,9 +203,9 @@ def test_tenant_isolation_through_retrieve(db: Session, pack: Path, tmp_path: Pa
 
 
 def test_pack_versions_are_separate_and_filterable(db: Session, pack: Path) -> None:
-    ingest_paths(db, "acme", [pack / "faq.csv"], pack_version=1)
+    ingest_paths(db, "acme", [pack / "faq.csv"])
     (pack / "faq.csv").write_text("question,answer\nDo you accept PayPal?,No longer: cards only.\n")
-    ingest_paths(db, "acme", [pack / "faq.csv"], pack_version=2)
+    ingest_paths(db, "acme", [pack / "faq.csv"])
     db.commit()
     v1 = retrieve("acme", "paypal", filters={"pack_version": 1})
     v2 = retrieve("acme", "paypal", filters={"pack_version": 2})
@@ -228,9 +236,10 @@ def test_ingest_on_postgres(sb_home: Path, pg_url: str, pack: Path) -> None:
             assert len(first.files_ok) == 4 and len(first.files_failed) == 4
             assert second.chunks == first.chunks
             count = select(func.count()).select_from(Chunk).where(Chunk.tenant_id == tenant)
-            assert session.scalar(count) == first.chunks
+            assert session.scalar(count) == first.chunks * 2
             jobs = session.scalars(select(IngestionJob.status).where(IngestionJob.tenant_id == tenant))
             assert list(jobs) == ["succeeded", "succeeded"]
+            assert (first.pack_version, second.pack_version, second.embedded) == (1, 2, 0)
             assert retrieve(tenant, "can I pay with paypal", top_k=1)[0].document == "faq.csv"
     finally:
         engine.dispose()

@@ -115,10 +115,12 @@ def test_faq_formats_give_one_chunk_per_pair(name: str, data: bytes) -> None:
 @pytest.mark.parametrize(
     ("name", "data", "reason"),
     [
-        ("manual.pdf", b"%PDF-1.4", "unsupported file type .pdf"),
+        ("manual.pdf", b"%PDF-1.4", "corrupt PDF"),
+        ("logo.png", b"\x89PNG", "unsupported file type .png"),
         ("README", b"hello", "unsupported file type (no extension)"),
         ("empty.md", b"  \n\n", "file is empty"),
-        ("latin1.txt", "caf\xe9 cr\xe8me".encode("latin-1"), "not valid UTF-8"),
+        ("garbled.txt", b"caf\x81 \x8d", "not UTF-8, UTF-16 or Windows-1252"),
+        ("ctrl.txt", b"caf\xe9 \x01\x02", "nor readable as Windows-1252"),
         ("bin.txt", b"abc\x00def", "binary"),
         ("faq.csv", b"q,a\nx,y\n", "needs 'question' and 'answer' columns"),
         ("faq.csv", b'question,answer\n"unterminated,x\n', "malformed CSV"),

@@ -1,0 +1,44 @@
+"""What a chunk looks like to the retrievers: the texts embedded for its dense views and its keyword vector.
+
+Every chunk has a full view (`TextChunk.embedding_text()`: heading path plus text), embedded as "dense" and
+encoded as BM25 terms. A FAQ chunk has a second dense view, its question alone: customers paraphrase the
+questions a FAQ answers, and a question matches a question better than it matches a question glued to its
+answer (COVID-QA, benchmarks/retrieval_covid.py: dense hit@1 0.566 on the full view, 0.656 on the question
+view). Other chunks have no question view; the vector store uses their full view in its place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from app.knowledge.chunk import TextChunk
+from app.providers.embeddings.base import Embedder, SparseEncoder, SparseVector
+
+
+@dataclass(frozen=True)
+class ChunkVectors:
+    dense: list[float]
+    question: list[float] | None  # FAQ chunks only
+    sparse: SparseVector
+
+
+def question_text(chunk: TextChunk, kind: str) -> str | None:
+    """The question a FAQ chunk answers (its heading, see chunk.py), or None for any other chunk."""
+    if kind == "faq" and chunk.heading.strip():
+        return chunk.heading.strip()
+    return None
+
+
+def embed_chunks(
+    chunks: Sequence[TextChunk], kind: str, embedder: Embedder, sparse_encoder: SparseEncoder
+) -> list[ChunkVectors]:
+    """Dense full view, dense question view (FAQ only) and sparse vector of each chunk, in order."""
+    texts = [c.embedding_text() for c in chunks]
+    dense = embedder.embed_documents(texts)
+    sparse = sparse_encoder.encode_documents(texts)
+    questions = [question_text(c, kind) for c in chunks]
+    asked = [i for i, q in enumerate(questions) if q is not None]
+    embedded = embedder.embed_documents([questions[i] or "" for i in asked]) if asked else []
+    question_vectors: dict[int, list[float]] = dict(zip(asked, embedded, strict=True))
+    return [ChunkVectors(dense[i], question_vectors.get(i), sparse[i]) for i in range(len(chunks))]
