@@ -63,6 +63,19 @@ def _message_id(delivery: Delivery) -> str | None:
         return None
 
 
+def redrive_loop(bus: Bus, stop: threading.Event, every_s: float = 30.0) -> None:
+    """Re-publish inbound messages stored but never handled (see `redrive_stale`), until `stop`."""
+    from app.conversations.service import redrive_stale
+
+    while not stop.wait(every_s):
+        try:
+            count = redrive_stale(bus)
+            if count:
+                log.warning("re-published %d inbound message(s) that were stored but never handled", count)
+        except Exception:
+            log.exception("redrive sweep failed; retrying in %.0fs", every_s)
+
+
 @dataclass
 class RoleThreads:
     consumers: list[Consumer]
@@ -73,10 +86,13 @@ class RoleThreads:
     def start_all(cls, bus: Bus | None = None) -> RoleThreads:
         from app.runtime import get_bus
 
+        bus = bus or get_bus()
         stop = threading.Event()
-        roles = cls(build_consumers(bus or get_bus(), stop), stop)
-        for consumer in roles.consumers:
-            thread = threading.Thread(target=consumer.run, name=f"sb-{consumer.group}", daemon=True)
+        roles = cls(build_consumers(bus, stop), stop)
+        targets = [(c.run, f"sb-{c.group}") for c in roles.consumers]
+        targets.append((lambda: redrive_loop(bus, stop), "sb-redrive"))
+        for target, name in targets:
+            thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             roles.threads.append(thread)
         return roles

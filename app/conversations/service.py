@@ -9,21 +9,26 @@ handler cannot send twice.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.bus.base import Bus
 from app.contracts import INBOUND, OUTBOUND, Attachment, InboundMessage, OutboundMessage
 from app.db import session_scope
-from app.models import Contact, Conversation, Message, utcnow
+from app.models import Contact, Conversation, Message, new_id, utcnow
 
-# A stored inbound row that never reached the bus (the process died between commit and publish) is
-# re-published by the provider's next redelivery once it is this old; younger ones are a concurrent twin.
-REPUBLISH_AFTER = timedelta(seconds=30)
+# The redrive sweep (`redrive_stale`) re-publishes inbound rows still `received` this long after they were
+# stored: the process that stored one may have died between its commit and its publish.
+REDRIVE_AFTER = timedelta(minutes=2)
+
+# The hot path (`accept_inbound`) writes through Core tables: the ORM's unit of work costs more than the SQL.
+CONTACTS: Table = Contact.__table__  # type: ignore[assignment]
+CONVERSATIONS: Table = Conversation.__table__  # type: ignore[assignment]
+MESSAGES: Table = Message.__table__  # type: ignore[assignment]
 
 
 def get_or_create_contact(
@@ -50,21 +55,35 @@ def get_or_create_contact(
 def get_or_create_conversation(
     session: Session, tenant_id: str, contact: Contact, channel_account_id: str | None
 ) -> Conversation:
-    conversation = session.scalars(
-        select(Conversation)
-        .where(Conversation.tenant_id == tenant_id, Conversation.contact_id == contact.id)
-        .order_by(Conversation.created_at.desc())
-    ).first()
-    if conversation is None:
-        conversation = Conversation(
-            tenant_id=tenant_id,
-            contact_id=contact.id,
-            channel=contact.channel,
-            channel_account_id=channel_account_id,
-        )
-        session.add(conversation)
-        session.flush()
+    conversation_id = _latest_conversation(session, tenant_id, contact.id)
+    if conversation_id is not None:
+        return session.get_one(Conversation, conversation_id)
+    conversation = Conversation(
+        tenant_id=tenant_id, contact_id=contact.id, channel=contact.channel, channel_account_id=channel_account_id
+    )
+    session.add(conversation)
+    session.flush()
     return conversation
+
+
+def _latest_conversation(session: Session, tenant_id: str, contact_id: str) -> str | None:
+    return session.scalar(
+        select(Conversation.id)
+        .where(Conversation.tenant_id == tenant_id, Conversation.contact_id == contact_id)
+        .order_by(Conversation.created_at.desc())
+        .limit(1)
+    )
+
+
+def _insert(session: Session, table: Any) -> Any:
+    """The dialect's INSERT, which knows ON CONFLICT (SQLite and Postgres both do)."""
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table)
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(table)
 
 
 @dataclass(frozen=True)
@@ -91,71 +110,99 @@ def accept_inbound(
 ) -> Accepted:
     """The gateway's durable enqueue: store the message once, then publish its event.
 
-    Returns only after the event is on the bus (or the message is a duplicate already on it), so the gateway
-    can answer 2xx. If publishing fails the exception propagates, the gateway answers 5xx, and the provider's
-    retry re-publishes the stored row.
+    One transaction of upserts (a handful of round trips, one commit), then one XADD. Returns only after the
+    event is on the bus, or when the message is a duplicate, so the gateway can answer 2xx. If publishing fails
+    the exception propagates and the gateway answers 5xx; a row stored by a process that died before publishing
+    is re-published by `redrive_stale`, which the orchestrator role runs periodically.
     """
+    now = utcnow()
     with session_scope() as session:
-        existing = _find_inbound(session, tenant_id, channel, provider_message_id)
-        if existing is None:
-            contact = get_or_create_contact(session, tenant_id, channel, contact_external_id, display_name)
-            conversation = get_or_create_conversation(session, tenant_id, contact, channel_account_id)
-            now = utcnow()
-            contact.last_inbound_at = now
-            conversation.updated_at = now
-            try:
-                with session.begin_nested():
-                    message = Message(
-                        tenant_id=tenant_id,
-                        conversation_id=conversation.id,
-                        channel=channel,
-                        direction="in",
-                        provider_message_id=provider_message_id,
-                        text=text,
-                        status="received",
-                        meta={"kind": kind, **(meta or {})},
-                    )
-                    session.add(message)
-            except IntegrityError:
-                existing = _find_inbound(session, tenant_id, channel, provider_message_id)
-        if existing is not None:
-            stale = existing.enqueued_at is None and utcnow() - _aware(existing.created_at) > REPUBLISH_AFTER
-            if not stale:
-                conversation = session.get_one(Conversation, existing.conversation_id)
-                return Accepted(existing.id, existing.conversation_id, conversation.contact_id, duplicate=True)
-            message = existing
+        contact_values: dict[str, Any] = {"last_inbound_at": now}
+        if display_name:
+            contact_values["display_name"] = display_name
+        contact_id = session.scalar(
+            _insert(session, CONTACTS)
+            .values(id=new_id(), tenant_id=tenant_id, channel=channel, external_id=contact_external_id,
+                    display_name=display_name, created_at=now, last_inbound_at=now)
+            .on_conflict_do_update(index_elements=["tenant_id", "channel", "external_id"], set_=contact_values)
+            .returning(CONTACTS.c.id)
+        )
+        conversation_id = _latest_conversation(session, tenant_id, contact_id)
+        if conversation_id is None:
+            conversation_id = new_id()
+            session.execute(insert(CONVERSATIONS).values(
+                id=conversation_id, tenant_id=tenant_id, contact_id=contact_id, channel=channel,
+                channel_account_id=channel_account_id, mode="bot", created_at=now, updated_at=now,
+            ))
+        message_id = session.scalar(
+            _insert(session, MESSAGES)
+            .values(id=new_id(), tenant_id=tenant_id, conversation_id=conversation_id, channel=channel,
+                    direction="in", provider_message_id=provider_message_id, text=text, status="received",
+                    meta={"kind": kind, **(meta or {})}, created_at=now, enqueued_at=now)
+            .on_conflict_do_nothing(index_elements=["tenant_id", "channel", "provider_message_id"])
+            .returning(MESSAGES.c.id)
+        )
+        if message_id is None:
+            existing = session.execute(
+                select(Message.id, Message.conversation_id, Conversation.contact_id)
+                .join(Conversation, Conversation.id == Message.conversation_id)
+                .where(Message.tenant_id == tenant_id, Message.channel == channel,
+                       Message.provider_message_id == provider_message_id)
+            ).one()
+            return Accepted(existing[0], existing[1], existing[2], duplicate=True)
+        session.execute(update(CONVERSATIONS).where(CONVERSATIONS.c.id == conversation_id).values(updated_at=now))
+    event = InboundMessage(
+        tenant_id=tenant_id,
+        message_id=message_id,
+        conversation_id=conversation_id,
+        contact_id=contact_id,
+        channel=channel,
+        channel_account_id=channel_account_id,
+        provider_message_id=provider_message_id,
+        kind=kind,  # type: ignore[arg-type]
+        text=text,
+        attachments=attachments or [],
+        received_at=now,
+    )
+    try:
+        bus.publish(INBOUND, tenant_id, event.to_bus())
+    except Exception:
+        # Leave the row for the provider's retry or the redrive sweep; say it never reached the bus.
+        with session_scope() as session:
+            session.execute(update(Message).where(Message.id == message_id).values(enqueued_at=None))
+        raise
+    return Accepted(message_id, conversation_id, contact_id, duplicate=False)
+
+
+def redrive_stale(bus: Bus, *, older_than: timedelta = REDRIVE_AFTER, limit: int = 500) -> int:
+    """Re-publish inbound messages stored but never handled (their publisher died, or their event was lost).
+
+    Safe to run in every orchestrator replica at once: the orchestrator ignores a message that is no longer
+    `received`, so a second copy of an event changes nothing.
+    """
+    cutoff = utcnow() - older_than
+    with session_scope() as session:
+        rows = session.scalars(
+            select(Message)
+            .where(Message.direction == "in", Message.status == "received",
+                   or_(Message.enqueued_at.is_(None), Message.enqueued_at < cutoff))
+            .order_by(Message.created_at)
+            .limit(limit)
+        ).all()
+        events = []
+        for message in rows:
             conversation = session.get_one(Conversation, message.conversation_id)
-        event = InboundMessage(
-            tenant_id=tenant_id,
-            message_id=message.id,
-            conversation_id=conversation.id,
-            contact_id=conversation.contact_id,
-            channel=channel,
-            channel_account_id=channel_account_id,
-            provider_message_id=provider_message_id,
-            kind=kind,  # type: ignore[arg-type]
-            text=text,
-            attachments=attachments or [],
-        )
-    bus.publish(INBOUND, tenant_id, event.to_bus())
-    with session_scope() as session:
-        session.execute(update(Message).where(Message.id == event.message_id).values(enqueued_at=utcnow()))
-    return Accepted(event.message_id, event.conversation_id, event.contact_id, duplicate=existing is not None)
-
-
-def _find_inbound(session: Session, tenant_id: str, channel: str, provider_message_id: str) -> Message | None:
-    return session.scalars(
-        select(Message).where(
-            Message.tenant_id == tenant_id,
-            Message.channel == channel,
-            Message.provider_message_id == provider_message_id,
-        )
-    ).first()
-
-
-def _aware(value: datetime) -> datetime:
-    """SQLite returns naive datetimes even for timezone-aware columns."""
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+            events.append(InboundMessage(
+                tenant_id=message.tenant_id, message_id=message.id, conversation_id=conversation.id,
+                contact_id=conversation.contact_id, channel=message.channel,
+                channel_account_id=conversation.channel_account_id,
+                provider_message_id=message.provider_message_id,
+                kind=(message.meta or {}).get("kind", "text"), text=message.text, received_at=message.created_at,
+            ))
+            message.enqueued_at = utcnow()
+    for event in events:
+        bus.publish(INBOUND, event.tenant_id, event.to_bus())
+    return len(events)
 
 
 def add_outbound(
