@@ -1,0 +1,242 @@
+"""Pack versions in embedded mode (SQLite, qdrant-edge, local object store, the real MiniLM behind a counting
+wrapper): a rebuild embeds only what changed, promotion and rollback switch the live version, a regressing
+build is held back by the eval gate, a broken build leaves the live version alone, and no retrieval ever sees
+two versions at once."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.knowledge import versions
+from app.knowledge.retrieval import retrieve
+from app.knowledge.service import ingest_paths
+from app.models import Chunk, Document, PackVersion, Tenant
+from tests.knowledge.test_ingest import FAQ, RETURNS, SHIPPING, WARRANTY
+
+
+class CountingEmbedder:
+    """The real embedder, counting the document texts it is asked to embed."""
+
+    def __init__(self) -> None:
+        from app import runtime
+
+        self.inner = runtime.get_embedder()
+        self.dim, self.name = self.inner.dim, self.inner.name
+        self.texts = 0
+
+    def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
+        self.texts += len(texts)
+        return self.inner.embed_documents(texts)
+
+    def embed_query(self, text: str) -> list[float]:
+        return self.inner.embed_query(text)
+
+
+@pytest.fixture
+def db(sb_home: Path) -> Iterator[Session]:
+    from app.db import get_sessionmaker, migrate
+
+    migrate()
+    with get_sessionmaker()() as session:
+        session.add(Tenant(id="acme", slug="acme", name="Acme"))
+        session.commit()
+        yield session
+
+
+@pytest.fixture
+def pack(tmp_path: Path) -> Path:
+    root = tmp_path / "pack"
+    root.mkdir()
+    (root / "shipping.md").write_text(SHIPPING)
+    (root / "returns.md").write_text(RETURNS)
+    (root / "warranty.txt").write_text(WARRANTY)
+    (root / "faq.csv").write_text(FAQ)
+    return root
+
+
+def _status(db: Session) -> dict[int, str]:
+    db.expire_all()
+    return {v.version: v.status for v in versions.list_versions(db, "acme")}
+
+
+def test_reingesting_an_unchanged_pack_embeds_nothing(db: Session, pack: Path) -> None:
+    embedder = CountingEmbedder()
+    first = ingest_paths(db, "acme", [pack], embedder=embedder)
+    db.commit()
+    assert embedder.texts == first.chunks == first.embedded > 0
+    embedder.texts = 0
+    second = ingest_paths(db, "acme", [pack], embedder=embedder)
+    db.commit()
+    assert embedder.texts == 0 and second.embedded == 0 and second.chunks == first.chunks
+    assert second.pack_version == 2 and second.promoted
+
+    (pack / "warranty.txt").write_text(WARRANTY + "\n\nBoots carry a one-year warranty.")
+    third = ingest_paths(db, "acme", [pack], embedder=embedder)
+    db.commit()
+    warranty_chunks = db.scalars(select(Chunk).join(Document, Document.id == Chunk.document_id)
+                                 .where(Document.pack_version == 3, Document.path == "warranty.txt"))
+    assert embedder.texts == third.embedded == len(list(warranty_chunks))
+
+
+def test_promote_and_rollback_switch_the_live_version(db: Session, pack: Path) -> None:
+    ingest_paths(db, "acme", [pack])
+    (pack / "faq.csv").write_text("question,answer\nDo you accept PayPal?,No longer: cards only.\n")
+    built = ingest_paths(db, "acme", [pack / "faq.csv"], promote=False)
+    db.commit()
+    assert built.status == "ready" and not built.promoted and "version-only" in (built.notes or "")
+    assert _status(db) == {1: "live", 2: "ready"} and db.get_one(Tenant, "acme").live_pack_version == 1
+
+    versions.promote(db, "acme", 2, actor="test")
+    db.commit()
+    assert _status(db) == {1: "retired", 2: "live"} and db.get_one(Tenant, "acme").live_pack_version == 2
+    live = retrieve("acme", "paypal", filters={"pack_version": 2})
+    assert live[0].text.endswith("No longer: cards only.")
+
+    back = versions.rollback(db, "acme", actor="test")
+    db.commit()
+    assert back.version == 1 and _status(db) == {1: "live", 2: "ready"}
+    assert db.get_one(Tenant, "acme").live_pack_version == 1
+    with pytest.raises(versions.VersionError, match="no earlier live version"):
+        versions.rollback(db, "acme")
+    with pytest.raises(versions.VersionError, match="does not exist"):
+        versions.promote(db, "acme", 9)
+
+
+def test_a_build_where_every_file_is_broken_fails_and_the_live_version_stays(db: Session, pack: Path,
+                                                                             tmp_path: Path) -> None:
+    ingest_paths(db, "acme", [pack])
+    db.commit()
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "faq.csv").write_text("q,a\nx,y\n")
+    (broken / "manual.pdf").write_bytes(b"%PDF-1.4 truncated")
+    report = ingest_paths(db, "acme", [broken], replace=True)
+    db.commit()
+    assert report.status == "failed" and not report.promoted and len(report.files_failed) == 2
+    assert _status(db) == {1: "live", 2: "failed"} and db.get_one(Tenant, "acme").live_pack_version == 1
+    assert retrieve("acme", "can I pay with paypal", filters={"pack_version": 1})[0].document == "faq.csv"
+
+    # Merge mode: a broken new copy of a file does not remove the good live copy.
+    partial = ingest_paths(db, "acme", [broken / "faq.csv"])
+    db.commit()
+    assert partial.status == "live" and "faq.csv" in partial.files_carried
+    assert retrieve("acme", "can I pay with paypal", filters={"pack_version": 3})[0].document == "faq.csv"
+
+
+def test_eval_gate_holds_back_a_regressing_version(db: Session, pack: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    questions = [
+        {"question": "can I pay with paypal", "expected_document": "faq.csv"},
+        {"question": "how long does delivery take", "expected_document": "shipping.md"},
+        {"question": "I want a refund for unworn shoes", "expected_document": "returns.md"},
+        {"question": "my zipper broke, is it covered", "expected_document": "warranty.txt"},
+    ]
+    (pack / "_eval.jsonl").write_text("\n".join(json.dumps(q) for q in questions))
+    first = ingest_paths(db, "acme", [pack])
+    db.commit()
+    assert first.promoted and first.scores["hit@5"] == 1.0 and first.scores["n"] == 4
+
+    worse = tmp_path / "worse"
+    worse.mkdir()
+    (worse / "faq.csv").write_text(FAQ)
+    (worse / "shipping.md").write_text("# Shipping\n\nAsk in store.\n")
+    held = ingest_paths(db, "acme", [worse], replace=True)
+    db.commit()
+    assert held.status == "ready" and not held.promoted
+    assert "not promoted: hit@5 0.500" in (held.notes or "") and held.scores["live"]["hit@5"] == 1.0
+    assert db.get_one(Tenant, "acme").live_pack_version == 1
+    row = db.scalars(select(PackVersion).where(PackVersion.version == 2)).one()
+    assert row.notes == held.notes and row.scores["hit@5"] == 0.5
+
+    monkeypatch.setenv("SWITCHBOARD_EVAL_REGRESSION_MARGIN", "0.6")
+    from app.config import get_settings
+
+    get_settings.cache_clear()
+    allowed = ingest_paths(db, "acme", [worse], replace=True)
+    db.commit()
+    assert allowed.promoted and db.get_one(Tenant, "acme").live_pack_version == 3
+
+
+def test_metadata_from_front_matter_sidecar_and_upload_fields_filters_retrieval(db: Session, tmp_path: Path) -> None:
+    root = tmp_path / "meta"
+    root.mkdir()
+    (root / "boots.md").write_text("---\ncategory: boots\nlanguage: en\n---\n# Boots\n\nOur boots are waterproof.\n")
+    (root / "jackets.md").write_text("# Jackets\n\nOur jackets are waterproof too.\n")
+    (root / "_metadata.json").write_text(json.dumps({"jackets.md": {"category": "jackets",
+                                                                    "source_url": "https://x.test/j"}}))
+    report = ingest_paths(db, "acme", [root], meta={"brand": "Acme", "category": "ignored-when-set"})
+    db.commit()
+    assert sorted(report.files_ok) == ["boots.md", "jackets.md"]
+    docs = {d.path: d.meta for d in db.scalars(select(Document))}
+    assert docs["boots.md"] == {"brand": "Acme", "category": "boots", "language": "en"}
+    assert docs["jackets.md"] == {"brand": "Acme", "category": "jackets", "source_url": "https://x.test/j"}
+    boots = retrieve("acme", "waterproof", filters={"category": "boots"})
+    assert [p.document for p in boots] == ["boots.md"]
+    assert {p.document for p in retrieve("acme", "waterproof", filters={"brand": "Acme"})} == {"boots.md",
+                                                                                                "jackets.md"}
+
+
+def test_old_versions_are_pruned_beyond_the_kept_count(db: Session, pack: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from app import runtime
+    from app.config import get_settings
+
+    monkeypatch.setenv("SWITCHBOARD_PACK_VERSIONS_KEPT", "1")
+    get_settings.cache_clear()
+    for _ in range(3):
+        ingest_paths(db, "acme", [pack])
+        db.commit()
+    assert _status(db) == {1: "pruned", 2: "retired", 3: "live"}
+    store = runtime.get_vector_store()
+    assert store.count("acme", {"pack_version": 1}) == 0 and store.count("acme", {"pack_version": 2}) > 0
+    assert not list(db.scalars(select(Document).where(Document.pack_version == 1)))
+    # The stored files are shared with the kept versions, so they stay.
+    assert runtime.get_object_store().get("acme/knowledge/v1/faq.csv") == FAQ.encode()
+
+
+def test_no_retrieval_mixes_versions_while_promoting_and_rolling_back(db: Session, pack: Path) -> None:
+    """Readers do what the orchestrator does: read the live number once, retrieve filtered on it."""
+    from app.db import get_sessionmaker
+
+    ingest_paths(db, "acme", [pack])
+    (pack / "faq.csv").write_text(FAQ.replace("PayPal", "PayPal and Klarna"))
+    ingest_paths(db, "acme", [pack])
+    db.commit()
+    version_of = {c.id: v for c, v in db.execute(select(Chunk, Document.pack_version)
+                                                 .join(Document, Document.id == Chunk.document_id)).tuples()}
+    seen: list[tuple[int, set[int]]] = []
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        try:
+            with get_sessionmaker()() as session:
+                while not stop.is_set():
+                    session.expire_all()
+                    live = session.get_one(Tenant, "acme").live_pack_version
+                    assert live is not None
+                    passages = retrieve("acme", "can I pay with paypal", top_k=5, filters={"pack_version": live})
+                    seen.append((live, {version_of[p.chunk_id] for p in passages}))
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for _ in range(10):
+            versions.rollback(db, "acme")
+            db.commit()
+            versions.promote(db, "acme", 2)
+            db.commit()
+    finally:
+        stop.set()
+        thread.join()
+    assert not errors
+    assert seen and all(used == {live} for live, used in seen)
