@@ -198,3 +198,74 @@ def test_exact_ties_come_back_in_a_stable_order(store: VectorStore) -> None:
         fused = store.search("acme", unit(1, 0.5), SparseVector([7], [1.0]), limit=3)
         assert sorted(h.id for h in fused) == expected
         assert len({round(h.score, 6) for h in fused}) == 1
+
+
+def test_question_view_finds_a_faq_by_its_question_and_scores_by_the_best_view(store: VectorStore) -> None:
+    faq = ChunkPoint(
+        pid("acme", "faq.csv"),
+        "acme",
+        unit(0, 0, 1),
+        SparseVector([9], [1.0]),
+        {"document": "faq.csv"},
+        question=unit(1, 0.2),
+    )
+    store.upsert("acme", [faq, point("acme", "returns.md", unit(1, 1)), point("acme", "care.md", unit(0, 1))])
+    query = unit(1, 0.1)
+    expected = sum(a * b for a, b in zip(query, unit(1, 0.2), strict=True))  # the question view, not the full one
+    for sparse in (None, SparseVector([9], [1.0])):
+        hits = store.search("acme", query, sparse, limit=3)
+        assert hits[0].id == faq.id
+        assert hits[0].score == pytest.approx(expected, abs=1e-4)
+    # A point without a question view is scored by its one view; another tenant sees none of it.
+    other = next(h for h in store.search("acme", query, limit=3) if h.payload["document"] == "returns.md")
+    assert other.score == pytest.approx(sum(a * b for a, b in zip(query, unit(1, 1), strict=True)), abs=1e-4)
+    assert store.search("globex", query, SparseVector([9], [1.0]), limit=3) == []
+    with pytest.raises(ValueError, match="question vector"):
+        store.upsert("acme", [ChunkPoint(pid("acme", "q"), "acme", unit(1), None, {}, question=[1.0, 0.0])])
+
+
+def test_dense_only_search_is_the_top_by_best_view(store: VectorStore) -> None:
+    names = [f"doc{i}.md" for i in range(12)]
+    points = [
+        ChunkPoint(pid("acme", n), "acme", unit(1, i), None, {"document": n}, question=unit(i, 1) if i % 2 else None)
+        for i, n in enumerate(names)
+    ]
+    store.upsert("acme", points)
+    query = unit(1, 0.3, 0.2)
+    best = {
+        p.id: max(sum(a * b for a, b in zip(query, v, strict=True)) for v in (p.dense, p.question or p.dense))
+        for p in points
+    }
+    hits = store.search("acme", query, limit=5)
+    assert [h.id for h in hits] == sorted(best, key=lambda i: (-best[i], i))[:5]
+    assert [h.score for h in hits] == pytest.approx(sorted(best.values(), reverse=True)[:5], abs=1e-4)
+
+
+def test_stores_indexed_before_the_question_view_keep_working(tmp_path: Path) -> None:
+    import qdrant_edge as qe
+    from qdrant_client import QdrantClient, models
+
+    path = tmp_path / "old-vectors"
+    old = qe.EdgeConfig(
+        vectors={"dense": qe.EdgeVectorParams(size=DIM, distance=qe.Distance.Cosine)},
+        sparse_vectors={"sparse": qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
+    )
+    qe.EdgeShard.create(str(path), old).close()
+    client = QdrantClient(location=":memory:")
+    client.create_collection(
+        "old",
+        vectors_config={"dense": models.VectorParams(size=DIM, distance=models.Distance.COSINE)},
+        sparse_vectors_config={"sparse": models.SparseVectorParams(modifier=models.Modifier.IDF)},
+    )
+    stores: list[Any] = [EdgeVectorStore(path, dim=DIM), QdrantServerStore(client=client, dim=DIM, collection="old")]
+    for s in stores:
+        try:
+            assert s.views == ("dense",)
+            s.upsert(
+                "acme", [ChunkPoint(pid("acme", "f"), "acme", unit(1), None, {"document": "f"}, question=unit(0, 1))]
+            )
+            hits = s.search("acme", unit(1, 0.1), SparseVector([1], [1.0]), limit=1)
+            assert hits[0].payload["document"] == "f"
+            assert hits[0].score == pytest.approx(unit(1, 0.1)[0], abs=1e-4)
+        finally:
+            s.close()

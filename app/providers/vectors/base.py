@@ -20,6 +20,9 @@ class ChunkPoint:
     dense: list[float]
     sparse: SparseVector | None
     payload: dict[str, Any]  # document (file name in the pack), chunk text, heading, pack_version, metadata
+    # The question a FAQ chunk answers, embedded alone (see app/knowledge/representation.py); None for other
+    # chunks, whose question view is then `dense` itself.
+    question: list[float] | None = None
 
 
 @dataclass(frozen=True)
@@ -41,7 +44,8 @@ class VectorStore(Protocol):
         limit: int = 5,
         filters: dict[str, Any] | None = None,
     ) -> list[Hit]:
-        """Hybrid when `sparse` is given (dense + sparse fused with RRF); dense-only otherwise.
+        """Hybrid when `sparse` is given (both dense views and sparse, fused with weighted RRF); dense only
+        (both views fused) otherwise. `Hit.score` is the cosine of the point's best dense view.
         `filters` are exact-match payload conditions (e.g. {"pack_version": 3, "language": "en"})."""
         ...
 

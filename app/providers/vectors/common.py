@@ -1,21 +1,30 @@
-"""What both vector stores share: argument checks, the collection's shape, and the calibrated score.
+"""What both vector stores share: argument checks, the collection's shape, the fusion and the calibrated score.
 
-Score: hybrid search ranks by Reciprocal Rank Fusion, whose scores (1/(k+rank) sums) say nothing about how
-relevant a passage is. The orchestrator needs a threshold it can trust, so every `Hit.score` is the dense
-cosine similarity between the query and that point: the stores ask Qdrant for the fused top-k *with* their
-dense vectors and compute the dot product of the normalised query with each stored (already normalised)
-vector. Order stays the fused order; only the number changes.
+Shape: every point has two dense views in one embedding space, "dense" (the chunk as embedded: heading plus
+text) and "question" (for a FAQ chunk, its question alone; for any other chunk, a copy of "dense"), plus the
+"sparse" BM25 vector. Customers paraphrase the questions a FAQ answers, and a question matches a question
+better than it matches a question glued to its answer (COVID-QA: dense hit@1 0.566 -> 0.656 on the question
+view alone). A hybrid search is three prefetches, each filtered by tenant, fused with weighted RRF.
+
+Score: fusion scores (1/(k+rank) sums) say nothing about how relevant a passage is. The orchestrator needs a
+threshold it can trust, so every `Hit.score` is the dense cosine similarity between the query and that
+point's best view: the stores ask Qdrant for the fused top-k *with* their dense vectors and compute the dot
+product of the normalised query with each stored (already normalised) vector. Order stays the fused order;
+only the number changes.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from app.providers.vectors.base import Hit
 
 DENSE = "dense"
+QUESTION = "question"
 SPARSE = "sparse"
 TENANT_FIELD = "tenant_id"
 # Payload fields with an index, beyond the tenant: the exact-match filters callers use.
@@ -25,6 +34,9 @@ INTEGER_FIELDS = ("pack_version",)
 # (benchmarks/retrieval_covid.py) k=2 and k=10 beat the textbook 60 on hit@5 (0.893 vs 0.865), with the same
 # hit@1 within noise; both stores use the same value so embedded and scale-out rank alike.
 RRF_K = 10
+# Weighted RRF over the prefetches. See benchmarks/retrieval_covid.py and retrieval_dstc11.py for the numbers.
+FUSION_WEIGHTS = {DENSE: 1.0, QUESTION: 1.0, SPARSE: 1.0}
+VIEWS = (DENSE, QUESTION)
 
 FilterValue = str | int | bool | list[str] | list[int]
 
@@ -63,6 +75,17 @@ def check_points(tenant_id: str, points: Sequence[Any], dim: int) -> None:
             raise ValueError(f"point {point.id} belongs to tenant {point.tenant_id!r}, not {tenant_id!r}")
         if len(point.dense) != dim:
             raise ValueError(f"point {point.id}: dense vector has {len(point.dense)} dimensions, expected {dim}")
+        if point.question is not None and len(point.question) != dim:
+            raise ValueError(f"point {point.id}: question vector has {len(point.question)} dimensions, expected {dim}")
+
+
+def stored_views(config_file: Path) -> tuple[str, ...]:
+    """The dense views of an existing qdrant-edge folder (all of them for a new one). A folder indexed before
+    the question view existed has only "dense"; it keeps working, without the view, until re-indexed."""
+    if not config_file.exists():
+        return VIEWS
+    vectors = json.loads(config_file.read_text()).get("vectors") or {}
+    return tuple(name for name in VIEWS if name in vectors) or VIEWS
 
 
 def payload_for(tenant_id: str, payload: Mapping[str, Any]) -> dict[str, Any]:
@@ -82,21 +105,32 @@ def cosine_to(query_unit: Sequence[float], stored: Sequence[float] | None) -> fl
     return float(sum(a * b for a, b in zip(query_unit, normalise(stored), strict=False)))
 
 
-def to_hits(query_dense: Sequence[float], points: Sequence[Any]) -> list[Hit]:
-    """Qdrant's scored points as Hits scored by dense cosine, in Qdrant's order. Exact ties (a pack with the
+def to_hits(query_dense: Sequence[float], points: Sequence[Any], limit: int, *, by_cosine: bool = False) -> list[Hit]:
+    """Qdrant's scored points as Hits scored by the cosine of their best dense view, at most `limit`.
+
+    In Qdrant's (fused) order, or with `by_cosine` (a dense-only search, whose candidates are the union of
+    each view's top list) in order of that cosine: exactly the top by best view. Exact ties (a pack with the
     same passage twice) break by higher cosine, then id, so a dense query always gives the same list. (Fused
     ranks of exact twins can still swap: RRF gives them different scores from each list's arbitrary order.)"""
     unit = normalise(query_dense)
-    scored = [(float(p.score), cosine_to(unit, dense_of(p.vector)), str(p.id), p.payload) for p in points]
-    scored.sort(key=lambda s: (-s[0], -s[1], s[2]))
-    return [Hit(id=pid, score=cos, payload=dict(payload or {})) for _, cos, pid, payload in scored]
+    scored = [(float(p.score), best_cosine(unit, p.vector), str(p.id), p.payload) for p in points]
+    if by_cosine:
+        scored.sort(key=lambda s: (-s[1], s[2]))
+    else:
+        scored.sort(key=lambda s: (-s[0], -s[1], s[2]))
+    return [Hit(id=pid, score=cos, payload=dict(payload or {})) for _, cos, pid, payload in scored[:limit]]
 
 
-def dense_of(vector: Any) -> list[float] | None:
-    if isinstance(vector, dict):
-        value = vector.get(DENSE)
-        return [float(x) for x in value] if isinstance(value, list) else None
-    return None
+def best_cosine(query_unit: Sequence[float], vector: Any) -> float:
+    """The highest cosine between the query and any of the point's dense views (0.0 if it has none)."""
+    views = [cosine_to(query_unit, view) for view in dense_views(vector)]
+    return max(views) if views else 0.0
+
+
+def dense_views(vector: Any) -> list[list[float]]:
+    if not isinstance(vector, dict):
+        return []
+    return [[float(x) for x in v] for name in (DENSE, QUESTION) if isinstance(v := vector.get(name), list) and v]
 
 
 def prefetch_limit(limit: int) -> int:

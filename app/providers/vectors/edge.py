@@ -1,10 +1,10 @@
 """Embedded vector store: one qdrant-edge shard in a folder (in-process Rust engine, no server).
 
-The shard holds every tenant's chunks: a named dense vector ("dense", cosine), a named sparse vector
-("sparse", IDF modifier, so sparse scores are BM25) and a `tenant_id` keyword payload index marked as the
-tenant key. Every read and write carries a `must` condition on the tenant; sparse IDF statistics are computed
-over the tenant's own points only, so one tenant's documents never shift another's scores. qdrant-edge locks
-the folder to one process.
+The shard holds every tenant's chunks: two named dense views ("dense" and "question", cosine; see
+common.py), a named sparse vector ("sparse", IDF modifier, so sparse scores are BM25) and a `tenant_id`
+keyword payload index marked as the tenant key. Every read and write carries a `must` condition on the
+tenant; sparse IDF statistics are computed over the tenant's own points only, so one tenant's documents never
+shift another's scores. qdrant-edge locks the folder to one process.
 """
 
 from __future__ import annotations
@@ -20,8 +20,10 @@ from app.providers.embeddings.base import SparseVector
 from app.providers.vectors.base import ChunkPoint, Hit
 from app.providers.vectors.common import (
     DENSE,
+    FUSION_WEIGHTS,
     INTEGER_FIELDS,
     KEYWORD_FIELDS,
+    QUESTION,
     RRF_K,
     SPARSE,
     TENANT_FIELD,
@@ -31,6 +33,7 @@ from app.providers.vectors.common import (
     payload_for,
     prefetch_limit,
     require_tenant,
+    stored_views,
     to_hits,
 )
 
@@ -41,11 +44,13 @@ class EdgeVectorStore:
         self.dim = dim
         # Serialise calls into the engine: the shard is shared by the threads of one process.
         self._lock = threading.RLock()
+        self.path.mkdir(parents=True, exist_ok=True)
+        # A folder written before the question view existed keeps working with its one dense view.
+        self.views = stored_views(self.path / "edge_config.json")
         config = qe.EdgeConfig(
-            vectors={DENSE: qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine)},
+            vectors={name: qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine) for name in self.views},
             sparse_vectors={SPARSE: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
         )
-        self.path.mkdir(parents=True, exist_ok=True)
         self._shard: qe.EdgeShard | None = None
         try:
             if (self.path / "edge_config.json").exists():
@@ -100,6 +105,8 @@ class EdgeVectorStore:
         records = []
         for p in points:
             vector: dict[str, Any] = {DENSE: list(p.dense)}
+            if QUESTION in self.views:
+                vector[QUESTION] = list(p.question if p.question is not None else p.dense)
             if p.sparse is not None and p.sparse.indices:
                 vector[SPARSE] = qe.SparseVector(list(p.sparse.indices), list(p.sparse.values))
             records.append(qe.Point(str(p.id), vector, payload_for(tenant_id, p.payload)))
@@ -135,39 +142,31 @@ class EdgeVectorStore:
     ) -> list[Hit]:
         check_limit(limit)
         flt = self._filter(tenant_id, filters)
-        if sparse is not None and sparse.indices:
-            n = prefetch_limit(limit)
+        n = prefetch_limit(limit)
+        prefetches = [
+            qe.Prefetch(limit=n, query=qe.Query.Nearest(list(dense), using=view), filter=flt) for view in self.views
+        ]
+        weights = [FUSION_WEIGHTS[view] for view in self.views]
+        hybrid = sparse is not None and bool(sparse.indices)
+        if sparse is not None and hybrid:
             # IDF over this tenant's points only.
             params = qe.SearchParams(idf=qe.IdfParams(corpus=self._filter(tenant_id)))
-            request = qe.QueryRequest(
-                limit=limit,
-                prefetches=[
-                    qe.Prefetch(limit=n, query=qe.Query.Nearest(list(dense), using=DENSE), filter=flt),
-                    qe.Prefetch(
-                        limit=n,
-                        query=qe.Query.Nearest(
-                            qe.SparseVector(list(sparse.indices), list(sparse.values)), using=SPARSE
-                        ),
-                        filter=flt,
-                        params=params,
-                    ),
-                ],
-                query=qe.Fusion.Rrf(k=RRF_K),  # type: ignore[arg-type]  # the stub omits Rrf
-                filter=flt,
-                with_payload=True,
-                with_vector=[DENSE],
+            sparse_query = qe.SparseVector(list(sparse.indices), list(sparse.values))
+            prefetches.append(
+                qe.Prefetch(limit=n, query=qe.Query.Nearest(sparse_query, using=SPARSE), filter=flt, params=params)
             )
-        else:
-            request = qe.QueryRequest(
-                limit=limit,
-                query=qe.Query.Nearest(list(dense), using=DENSE),
-                filter=flt,
-                with_payload=True,
-                with_vector=[DENSE],
-            )
+            weights.append(FUSION_WEIGHTS[SPARSE])
+        request = qe.QueryRequest(
+            limit=limit if hybrid else n,
+            prefetches=prefetches,
+            query=qe.Fusion.Rrf(k=RRF_K, weights=weights),  # type: ignore[arg-type]  # the stub omits Rrf
+            filter=flt,
+            with_payload=True,
+            with_vector=list(self.views),
+        )
         with self._lock:
             points = self._engine.query(request)
-        return to_hits(dense, points)
+        return to_hits(dense, points, limit, by_cosine=not hybrid)
 
     def sparse_search(
         self, tenant_id: str, sparse: SparseVector, *, limit: int = 5, filters: dict[str, Any] | None = None

@@ -1,10 +1,10 @@
 """Scale-out vector store: one Qdrant collection on a server, through qdrant-client.
 
-Same shape as the embedded store (see edge.py): named dense ("dense", cosine) and sparse ("sparse", IDF)
-vectors, `tenant_id` as a tenant-keyed payload index (`is_tenant=True`, which co-locates each tenant's
-points), every call filtered by tenant, hybrid = two prefetches fused with RRF, and `Hit.score` the dense
-cosine (see common.py). The collection is created on first use, idempotently: several replicas may start at
-once.
+Same shape as the embedded store (see edge.py and common.py): two named dense views ("dense" and
+"question", cosine) and a sparse vector ("sparse", IDF), `tenant_id` as a tenant-keyed payload index
+(`is_tenant=True`, which co-locates each tenant's points), every call filtered by tenant, hybrid = three
+prefetches fused with weighted RRF, and `Hit.score` the cosine of the best dense view (see common.py). The
+collection is created on first use, idempotently: several replicas may start at once.
 """
 
 from __future__ import annotations
@@ -18,11 +18,14 @@ from app.providers.embeddings.base import SparseVector
 from app.providers.vectors.base import ChunkPoint, Hit
 from app.providers.vectors.common import (
     DENSE,
+    FUSION_WEIGHTS,
     INTEGER_FIELDS,
     KEYWORD_FIELDS,
+    QUESTION,
     RRF_K,
     SPARSE,
     TENANT_FIELD,
+    VIEWS,
     check_filters,
     check_limit,
     check_points,
@@ -50,6 +53,7 @@ class QdrantServerStore:
             raise ValueError("QdrantServerStore needs a url (QDRANT_URL) or a client")
         self.client = client if client is not None else QdrantClient(url=url, api_key=api_key, timeout=timeout)
         self.dim = dim
+        self.views: tuple[str, ...] = VIEWS
         self.collection = collection
         self._ensure_collection()
 
@@ -58,7 +62,9 @@ class QdrantServerStore:
             try:
                 self.client.create_collection(
                     self.collection,
-                    vectors_config={DENSE: models.VectorParams(size=self.dim, distance=models.Distance.COSINE)},
+                    vectors_config={
+                        view: models.VectorParams(size=self.dim, distance=models.Distance.COSINE) for view in VIEWS
+                    },
                     sparse_vectors_config={SPARSE: models.SparseVectorParams(modifier=models.Modifier.IDF)},
                 )
             except Exception:
@@ -78,6 +84,8 @@ class QdrantServerStore:
 
     def _check_dim(self) -> None:
         vectors = self.client.get_collection(self.collection).config.params.vectors
+        # A collection created before the question view existed keeps working with "dense" alone.
+        self.views = tuple(v for v in VIEWS if isinstance(vectors, dict) and v in vectors) or (DENSE,)
         params = vectors.get(DENSE) if isinstance(vectors, dict) else None
         if params is None or params.size != self.dim:
             size = getattr(params, "size", None)
@@ -109,6 +117,8 @@ class QdrantServerStore:
         structs = []
         for p in points:
             vector: dict[str, Any] = {DENSE: list(p.dense)}
+            if QUESTION in self.views:
+                vector[QUESTION] = list(p.question if p.question is not None else p.dense)
             if p.sparse is not None and p.sparse.indices:
                 vector[SPARSE] = models.SparseVector(indices=list(p.sparse.indices), values=list(p.sparse.values))
             structs.append(models.PointStruct(id=str(p.id), vector=vector, payload=payload_for(tenant_id, p.payload)))
@@ -147,38 +157,28 @@ class QdrantServerStore:
     ) -> list[Hit]:
         check_limit(limit)
         flt = self._filter(tenant_id, filters)
-        if sparse is not None and sparse.indices:
-            n = prefetch_limit(limit)
+        n = prefetch_limit(limit)
+        prefetches = [models.Prefetch(query=list(dense), using=view, limit=n, filter=flt) for view in self.views]
+        weights = [FUSION_WEIGHTS[view] for view in self.views]
+        hybrid = sparse is not None and bool(sparse.indices)
+        if sparse is not None and hybrid:
             sparse_query = models.SparseVector(indices=list(sparse.indices), values=list(sparse.values))
-            response = self.client.query_points(
-                self.collection,
-                prefetch=[
-                    models.Prefetch(query=list(dense), using=DENSE, limit=n, filter=flt),
-                    models.Prefetch(
-                        query=sparse_query,
-                        using=SPARSE,
-                        limit=n,
-                        filter=flt,
-                        params=self._sparse_params(tenant_id),
-                    ),
-                ],
-                query=models.RrfQuery(rrf=models.Rrf(k=RRF_K)),
-                query_filter=flt,
-                limit=limit,
-                with_payload=True,
-                with_vectors=[DENSE],
+            prefetches.append(
+                models.Prefetch(
+                    query=sparse_query, using=SPARSE, limit=n, filter=flt, params=self._sparse_params(tenant_id)
+                )
             )
-        else:
-            response = self.client.query_points(
-                self.collection,
-                query=list(dense),
-                using=DENSE,
-                query_filter=flt,
-                limit=limit,
-                with_payload=True,
-                with_vectors=[DENSE],
-            )
-        return to_hits(dense, response.points)
+            weights.append(FUSION_WEIGHTS[SPARSE])
+        response = self.client.query_points(
+            self.collection,
+            prefetch=prefetches,
+            query=models.RrfQuery(rrf=models.Rrf(k=RRF_K, weights=weights)),
+            query_filter=flt,
+            limit=limit if hybrid else n,
+            with_payload=True,
+            with_vectors=list(self.views),
+        )
+        return to_hits(dense, response.points, limit, by_cosine=not hybrid)
 
     def sparse_search(
         self, tenant_id: str, sparse: SparseVector, *, limit: int = 5, filters: dict[str, Any] | None = None
