@@ -16,7 +16,7 @@ from app.auth import Principal
 from app.bus.base import Bus
 from app.contracts import EVENTS, EscalationDecided, OutboundMessage
 from app.conversations.service import add_outbound, outbound_event, publish_outbound
-from app.models import Conversation, Escalation, utcnow
+from app.models import ChannelAccount, Contact, Conversation, Escalation, utcnow
 
 
 class ReviewError(Exception):
@@ -79,6 +79,7 @@ def decide(
 
     outbound = None
     if text is not None:
+        _check_channel_allows_reply(session, conversation)
         reply, _ = add_outbound(
             session, conversation, key=f"review:{escalation.id}", text=text, author=f"agent:{principal.name}",
             in_reply_to_id=escalation.message_id,
@@ -105,6 +106,20 @@ def decide(
     return Decided(escalation, outbound, event)
 
 
+def _check_channel_allows_reply(session: Session, conversation: Conversation) -> None:
+    """Refuse, before anything is stored, a reply the channel would never deliver (WhatsApp's 24-hour rule)."""
+    if conversation.channel != "whatsapp":
+        return
+    from gateways.whatsapp.send import outside_window_without_template
+
+    contact = session.get_one(Contact, conversation.contact_id)
+    account = session.get(ChannelAccount, conversation.channel_account_id) if conversation.channel_account_id else None
+    if outside_window_without_template(contact.last_inbound_at, account):
+        raise ReviewError(409, "the customer last wrote on WhatsApp over 24 hours ago, so only an approved template "
+                               "can be sent: add one to the channel account (config.template) or wait for the "
+                               "customer to write again")
+
+
 def publish_decision(bus: Bus, decided: Decided) -> None:
     if decided.outbound is not None:
         publish_outbound(bus, decided.outbound)
@@ -126,6 +141,7 @@ def agent_message(
     conversation = get_conversation(session, principal, conversation_id)
     if conversation.mode != "human":
         raise ReviewError(409, "take the conversation over before writing in it (POST .../takeover)")
+    _check_channel_allows_reply(session, conversation)
     reply, created = add_outbound(
         session, conversation, key=f"agent:{conversation.id}:{client_message_id}", text=text,
         author=f"agent:{principal.name}",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
 
@@ -33,6 +33,13 @@ from gateways.meta import graph
 
 WINDOW = timedelta(hours=24)
 OUTSIDE_WINDOW = "outside_24h_window"
+
+
+def outside_window_without_template(contact_last_inbound: datetime | None, account: ChannelAccount | None) -> bool:
+    """True when WhatsApp would refuse a free-form reply and there is no approved template to send instead."""
+    in_window = contact_last_inbound is not None and utcnow() - aware(contact_last_inbound) < WINDOW
+    template = ((account.config or {}) if account else {}).get("template") or {}
+    return not in_window and not template.get("name")
 
 
 class WhatsAppSender:
