@@ -89,6 +89,9 @@ def reset_caches() -> None:
         if cached.cache_info().currsize:
             with contextlib.suppress(Exception):  # best effort on teardown
                 cached().close()
+    from gateways.common import forget_accounts  # routing cache of the gateways
+
+    forget_accounts()
     for fn in (get_settings, get_bus, get_embedder, get_sparse_encoder, get_vector_store, get_object_store,
                get_llm_client, db.get_engine, db.get_sessionmaker):
         fn.cache_clear()

@@ -75,7 +75,35 @@ class Parsed:
     skipped: list[str] = field(default_factory=list)  # why each ignored event was ignored (for the log)
 
 
+# Webhooks arrive for the same few accounts over and over: routing them from a short-lived in-process cache
+# saves a query and a decryption per request. A disabled account or rotated secret takes effect within the TTL.
+ACCOUNT_CACHE_TTL_S = 5.0
+_account_cache: dict[tuple[str, str], tuple[float, Account | None]] = {}
+_account_cache_lock = threading.Lock()
+
+
 def load_account(channel: str, external_id: str) -> Account | None:
+    key = (channel, external_id)
+    now = time.monotonic()
+    with _account_cache_lock:
+        cached = _account_cache.get(key)
+    if cached is not None and now - cached[0] < ACCOUNT_CACHE_TTL_S:
+        return cached[1]
+    account = _load_account(channel, external_id)
+    with _account_cache_lock:
+        if len(_account_cache) > 10_000:
+            _account_cache.clear()
+        _account_cache[key] = (now, account)
+    return account
+
+
+def forget_accounts() -> None:
+    """Drop cached routing (after an account changes in this process, and between tests)."""
+    with _account_cache_lock:
+        _account_cache.clear()
+
+
+def _load_account(channel: str, external_id: str) -> Account | None:
     with session_scope() as session:
         row = session.scalars(
             select(ChannelAccount).where(ChannelAccount.channel == channel, ChannelAccount.external_id == external_id)
