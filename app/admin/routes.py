@@ -18,12 +18,23 @@ from sqlalchemy.orm import Session
 
 from app.admin import schemas as s
 from app.admin import service
-from app.admin.uploads import UploadError, collect, read_multipart
+from app.admin.uploads import UploadError, build_options, collect, read_form
 from app.audit import record
 from app.auth import Admin, Agent
 from app.config import get_settings
 from app.db import session_scope
-from app.models import ApiKey, ChannelAccount, Contact, Conversation, IngestionJob, Message, Tenant, new_id
+from app.knowledge import versions
+from app.models import (
+    ApiKey,
+    ChannelAccount,
+    Contact,
+    Conversation,
+    IngestionJob,
+    Message,
+    PackVersion,
+    Tenant,
+    new_id,
+)
 
 router = APIRouter(prefix="/admin/v1", tags=["admin"])
 
@@ -99,6 +110,7 @@ def _job(j: IngestionJob) -> s.JobOut:
     return s.JobOut(
         id=j.id,
         status=j.status,
+        pack_version=j.pack_version,
         total_files=j.total_files,
         done_files=done_files,
         chunks=chunks,
@@ -290,8 +302,16 @@ _UPLOAD_BODY = {
                         "files": {
                             "type": "array",
                             "items": {"type": "string", "format": "binary"},
-                            "description": "Markdown, text, CSV/JSON FAQ files, or a .zip of them.",
-                        }
+                            "description": "Markdown, HTML, PDF, DOCX, text, CSV/JSON FAQ files, or a .zip of "
+                            "them. `_metadata.json` maps paths to metadata; `_eval.jsonl` sets the eval questions.",
+                        },
+                        "version_only": {"type": "boolean", "description": "Build the version, do not promote."},
+                        "replace": {"type": "boolean", "description": "The upload is the whole pack: live "
+                                    "documents it does not contain are left out of the new version."},
+                        "brand": {"type": "string"},
+                        "category": {"type": "string"},
+                        "language": {"type": "string"},
+                        "source_url": {"type": "string"},
                     },
                 },
                 "encoding": {"files": {"contentType": "application/octet-stream"}},
@@ -317,15 +337,21 @@ _UPLOAD_BODY = {
 )
 async def upload_knowledge(request: Request, who: Admin) -> s.UploadAccepted:
     """Send one or more files, or a zip, as multipart field `files`. The body is refused with 413 as soon as
-    it passes MAX_UPLOAD_BYTES. The files are stored and a job ingests them in the background: poll
-    `status_url`. Zip members of an unsupported type are left out and listed in `skipped` (and in the job's
+    it passes MAX_UPLOAD_BYTES. The files are stored and a job builds a new pack version from them in the
+    background (live documents the upload does not bring are carried forward unless `replace=true`); it goes
+    live when built unless `version_only=true` or the tenant's eval set scores it worse: poll `status_url`.
+    Zip members of an unsupported type are left out and listed in `skipped` (and in the job's
     `errors`)."""
     limit = get_settings().max_upload_bytes
     try:
-        upload = await collect(await read_multipart(request, limit), limit)
+        parts, fields = await read_form(request, limit)
+        options = build_options(fields)
+        upload = await collect(parts, limit)
     except UploadError as exc:
         raise HTTPException(exc.status, exc.message) from exc
-    job_id = await run_in_threadpool(_stage_and_queue, who.tenant_id, who.actor, upload.files, upload.skipped)
+    job_id = await run_in_threadpool(
+        _stage_and_queue, who.tenant_id, who.actor, upload.files, upload.skipped, options
+    )
     return s.UploadAccepted(
         job_id=job_id,
         status="queued",
@@ -335,7 +361,13 @@ async def upload_knowledge(request: Request, who: Admin) -> s.UploadAccepted:
     )
 
 
-def _stage_and_queue(tenant_id: str, actor: str, files: list[tuple[str, bytes]], skipped: list[dict[str, str]]) -> str:
+def _stage_and_queue(
+    tenant_id: str,
+    actor: str,
+    files: list[tuple[str, bytes]],
+    skipped: list[dict[str, str]],
+    options: dict[str, Any] | None = None,
+) -> str:
     """Objects first, then the job row, then the queue: a failure at any step undoes the earlier ones, so a
     refused upload leaves neither a job nor files behind."""
     from app.runtime import get_object_store
@@ -357,6 +389,7 @@ def _stage_and_queue(tenant_id: str, actor: str, files: list[tuple[str, bytes]],
                     status="queued",
                     total_files=len(files),
                     errors=list(skipped),
+                    options=dict(options or {}),
                 )
             )
             record(
@@ -420,6 +453,7 @@ def list_documents(
                     pack_version=d.pack_version,
                     status=d.status,
                     error=d.error,
+                    meta=d.meta or {},
                     created_at=d.created_at,
                 )
                 for d, n in service.list_documents(db, who.tenant_id, pack_version)
@@ -430,9 +464,71 @@ def list_documents(
 
 @router.delete("/knowledge/documents/{document_id}", status_code=204, summary="Delete a document")
 def delete_document(document_id: str, who: Admin) -> Response:
-    """Removes the document's vectors, its stored file and its rows. The assistant stops citing it at once."""
+    """Removes the document (its file path) from every pack version: vectors, stored files and rows. The
+    assistant stops citing it at once, and a rollback cannot bring it back."""
     _run(lambda db: service.delete_document(db, who, document_id))
     return Response(status_code=204)
+
+
+def _version(v: PackVersion) -> s.PackVersionOut:
+    return s.PackVersionOut(
+        version=v.version, status=v.status, documents=v.documents, chunks=v.chunks, embedded=v.embedded,
+        scores=v.scores or {}, notes=v.notes, job_id=v.job_id, created_at=v.created_at, promoted_at=v.promoted_at,
+    )
+
+
+def _versions_out(db: Session, tenant_id: str) -> s.PackVersionsOut:
+    return s.PackVersionsOut(
+        live_version=db.get_one(Tenant, tenant_id).live_pack_version,
+        versions=[_version(v) for v in versions.list_versions(db, tenant_id)],
+    )
+
+
+def _version_call(fn: Callable[[Session], _T]) -> _T:
+    try:
+        return _run(fn)
+    except versions.VersionError as exc:
+        status = 404 if "does not exist" in str(exc) else 409
+        raise HTTPException(status, str(exc)) from exc
+
+
+@router.get("/knowledge/versions", response_model=s.PackVersionsOut, summary="List pack versions")
+def list_versions(who: Admin) -> s.PackVersionsOut:
+    """Newest first, with status, sizes, how much was embedded, evaluation scores and notes (e.g. why a
+    version was not promoted)."""
+    return _run(lambda db: _versions_out(db, who.tenant_id))
+
+
+@router.post(
+    "/knowledge/versions/{version}/promote",
+    response_model=s.PackVersionsOut,
+    summary="Promote a pack version",
+    responses={404: {"description": "No such version."}, 409: {"description": "The version cannot go live."}},
+)
+def promote_version(version: int, who: Admin) -> s.PackVersionsOut:
+    """Make a `ready` (or `retired`) version the live one. Atomic: the next answer reads the new version."""
+
+    def work(db: Session) -> s.PackVersionsOut:
+        versions.promote(db, who.tenant_id, version, actor=who.actor)
+        return _versions_out(db, who.tenant_id)
+
+    return _version_call(work)
+
+
+@router.post(
+    "/knowledge/rollback",
+    response_model=s.PackVersionsOut,
+    summary="Roll back to the previous live version",
+    responses={409: {"description": "There is no earlier live version."}},
+)
+def rollback_version(who: Admin) -> s.PackVersionsOut:
+    """Back to the version that was live before the current one, in one step."""
+
+    def work(db: Session) -> s.PackVersionsOut:
+        versions.rollback(db, who.tenant_id, actor=who.actor)
+        return _versions_out(db, who.tenant_id)
+
+    return _version_call(work)
 
 
 # --- conversations (agent keys too) -------------------------------------------------------------------------

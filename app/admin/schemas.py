@@ -284,6 +284,7 @@ class FileError(BaseModel):
 class JobOut(BaseModel):
     id: str
     status: str = Field(description="`queued`, `running`, `succeeded` or `failed`.")
+    pack_version: int | None = Field(default=None, description="The pack version this job builds.")
     total_files: int
     done_files: int
     chunks: int
@@ -349,11 +350,30 @@ class DocumentOut(BaseModel):
     pack_version: int
     status: str
     error: str | None
+    meta: dict[str, Any] = Field(default_factory=dict, description="brand, category, language, source_url.")
     created_at: datetime
 
 
 class DocumentsOut(BaseModel):
     documents: list[DocumentOut]
+
+
+class PackVersionOut(BaseModel):
+    version: int
+    status: str = Field(description="`building`, `ready`, `live`, `retired`, `failed` or `pruned`.")
+    documents: int
+    chunks: int
+    embedded: int = Field(description="Chunks embedded for this build; the others reused cached vectors.")
+    scores: dict[str, Any] = Field(description="Evaluation on the tenant's eval set: n, hit@1, hit@5, mrr.")
+    notes: str | None
+    job_id: str | None
+    created_at: datetime
+    promoted_at: datetime | None
+
+
+class PackVersionsOut(BaseModel):
+    live_version: int | None
+    versions: list[PackVersionOut]
 
 
 # --- conversations ------------------------------------------------------------------------------------------

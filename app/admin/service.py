@@ -356,8 +356,10 @@ def list_documents(session: Session, tenant_id: str, pack_version: int | None) -
 
 
 def delete_document(session: Session, who: Principal, document_id: str) -> None:
-    """Rows go in this transaction; vectors and the stored object are deleted before it commits, so a failure
-    leaves the document listed and the call can simply be repeated (both deletes are idempotent)."""
+    """Removes the document's file from every pack version (so a rollback cannot bring it back): its rows in
+    this transaction; its vectors, stored file and cached vectors before the commit, so a failure leaves it
+    listed and the call can simply be repeated (every delete is idempotent)."""
+    from app.knowledge.versions import delete_unreferenced
     from app.runtime import get_object_store, get_vector_store
 
     doc = session.scalars(
@@ -365,6 +367,9 @@ def delete_document(session: Session, who: Principal, document_id: str) -> None:
     ).first()
     if doc is None:
         raise NotFound(f"no document {document_id!r} in this tenant")
+    copies = list(session.scalars(
+        select(Document).where(Document.tenant_id == who.tenant_id, Document.path == doc.path)
+    ))
     record(
         session,
         who.tenant_id,
@@ -372,15 +377,16 @@ def delete_document(session: Session, who: Principal, document_id: str) -> None:
         "document.deleted",
         "document",
         doc.id,
-        {"path": doc.path, "pack_version": doc.pack_version},
+        {"path": doc.path, "pack_versions": sorted(c.pack_version for c in copies)},
     )
-    object_key = doc.object_key
-    session.query(Chunk).filter(Chunk.document_id == doc.id, Chunk.tenant_id == who.tenant_id).delete()
-    session.delete(doc)
+    keys: set[str | None] = {k for c in copies for k in (c.object_key, c.vectors_key)}
+    ids = [c.id for c in copies]
+    session.query(Chunk).filter(Chunk.document_id.in_(ids), Chunk.tenant_id == who.tenant_id).delete()
+    for copy in copies:
+        session.delete(copy)
     session.flush()
-    get_vector_store().delete_where(who.tenant_id, {"document_id": document_id})
-    if object_key:
-        get_object_store().delete(object_key)
+    get_vector_store().delete_where(who.tenant_id, {"document": doc.path})
+    delete_unreferenced(session, get_object_store(), who.tenant_id, keys)
 
 
 # --- conversations ------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser, parse_options_header
 
 # Used only if the knowledge parser cannot be imported; `supported_suffixes` asks it first.
-DEFAULT_SUFFIXES = frozenset({".md", ".markdown", ".txt", ".csv", ".json"})
+DEFAULT_SUFFIXES = frozenset({".md", ".markdown", ".txt", ".csv", ".json", ".jsonl", ".html", ".htm", ".pdf", ".docx"})
 # A zip may expand to this many times the upload limit, and hold this many files, before it is refused.
 ZIP_EXPANSION_LIMIT = 10
 ZIP_MAX_MEMBERS = 5_000
@@ -51,8 +51,14 @@ def _human(n: int) -> str:
 
 
 async def read_multipart(request: Request, limit: int) -> list[UploadFile]:
-    """The file parts of a multipart/form-data body. 413 as soon as more than `limit` bytes have arrived (or
-    at once, when Content-Length says so), 415 for another content type, 400 for a broken body."""
+    """The file parts of a multipart/form-data body (see `read_form` for the other fields too)."""
+    return (await read_form(request, limit))[0]
+
+
+async def read_form(request: Request, limit: int) -> tuple[list[UploadFile], dict[str, str]]:
+    """The file parts and the text fields of a multipart/form-data body. 413 as soon as more than `limit`
+    bytes have arrived (or at once, when Content-Length says so), 415 for another content type, 400 for a
+    broken body."""
     content_type = request.headers.get("content-type", "")
     if not content_type.lower().startswith("multipart/form-data"):
         raise UploadError(
@@ -85,7 +91,24 @@ async def read_multipart(request: Request, limit: int) -> list[UploadFile]:
     boundary = parse_options_header(content_type)[1].get(b"boundary", b"")
     if not tail.rstrip(b"\r\n").endswith(b"--" + boundary + b"--"):
         raise UploadError(400, "malformed multipart body: the closing boundary is missing (was the upload cut short?)")
-    return [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
+    files = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
+    fields = {key: value for key, value in form.multi_items() if isinstance(value, str)}
+    return files, fields
+
+
+def build_options(fields: dict[str, str]) -> dict[str, object]:
+    """The job's options from the form: `version_only`, `replace` (true/false) and document metadata
+    (`brand`, `category`, `language`, `source_url`) applied to every file that does not set its own."""
+    from app.knowledge.parse import META_FIELDS
+
+    def flag(name: str) -> bool:
+        value = fields.get(name, "false").strip().lower()
+        if value not in ("true", "false", "1", "0", "yes", "no", ""):
+            raise UploadError(422, f"form field {name!r} must be true or false, not {value!r}")
+        return value in ("true", "1", "yes")
+
+    meta = {k: fields[k].strip()[:500] for k in META_FIELDS if fields.get(k, "").strip()}
+    return {"promote": not flag("version_only"), "replace": flag("replace"), "meta": meta}
 
 
 def _suffix(name: str) -> str:

@@ -163,7 +163,8 @@ def test_upload_is_ingested_by_a_job_and_documents_can_be_deleted(
     assert "warranty.md" not in {d["path"] for d in left}
     assert client.delete(f"/admin/v1/knowledge/documents/{warranty['id']}", headers=h).status_code == 404
     actions = [e["action"] for e in client.get("/admin/v1/audit", headers=h).json()["events"]]
-    assert actions[:3] == ["document.deleted", "knowledge.job_succeeded", "knowledge.uploaded"]
+    assert actions[:4] == ["document.deleted", "knowledge.job_succeeded", "knowledge.version_promoted",
+                           "knowledge.uploaded"]
 
 
 @pytest.mark.redis
@@ -204,3 +205,56 @@ def test_scale_out_upload_is_run_by_an_rq_worker(
         if keys:
             connection.delete(*keys)
         connection.close()
+
+
+def test_versions_through_the_api_build_promote_roll_back_and_delete_everywhere(
+    client: TestClient, tenant_a: TenantKeys, tenant_b: TenantKeys
+) -> None:
+    from app.runtime import get_object_store, get_vector_store
+
+    h = tenant_a.headers()
+    warranty = (PACK / "warranty.md").read_bytes()
+    first = client.post("/admin/v1/knowledge", headers=h, data={"category": "policies", "language": "en"},
+                        files={"files": ("warranty.md", warranty)}).json()
+    assert _wait(client, tenant_a, first["job_id"])["pack_version"] == 1
+    faq = (PACK / "faq.csv").read_bytes()
+    second = client.post("/admin/v1/knowledge", headers=h, data={"version_only": "true"},
+                         files={"files": ("faq.csv", faq)})
+    job = _wait(client, tenant_a, second.json()["job_id"])
+    assert job["status"] == "succeeded" and job["pack_version"] == 2 and "version 2 ready" in job["detail"]
+
+    listed = client.get("/admin/v1/knowledge/versions", headers=h).json()
+    assert listed["live_version"] == 1
+    assert [(v["version"], v["status"]) for v in listed["versions"]] == [(2, "ready"), (1, "live")]
+    assert listed["versions"][0]["documents"] == 2 and listed["versions"][0]["embedded"] < listed["versions"][0][
+        "chunks"]  # warranty.md was carried forward, not embedded again
+    docs = client.get("/admin/v1/knowledge/documents", headers=h, params={"pack_version": 1}).json()["documents"]
+    assert docs[0]["meta"] == {"category": "policies", "language": "en"}
+
+    # Tenant B sees none of it and cannot promote A's version.
+    assert client.get("/admin/v1/knowledge/versions", headers=tenant_b.headers()).json()["versions"] == []
+    assert client.post("/admin/v1/knowledge/versions/2/promote", headers=tenant_b.headers()).status_code == 404
+    assert client.post("/admin/v1/knowledge/rollback", headers=tenant_b.headers()).status_code == 409
+
+    promoted = client.post("/admin/v1/knowledge/versions/2/promote", headers=h).json()
+    assert promoted["live_version"] == 2
+    rolled = client.post("/admin/v1/knowledge/rollback", headers=h)
+    assert rolled.status_code == 200 and rolled.json()["live_version"] == 1
+    again = client.post("/admin/v1/knowledge/rollback", headers=h)
+    assert again.status_code == 409 and "no earlier live version" in again.json()["detail"]
+    assert client.post("/admin/v1/knowledge/versions/7/promote", headers=h).status_code == 404
+
+    # Deleting the warranty removes it from both versions: vectors, stored file, cached vectors.
+    store = get_vector_store()
+    assert store.count(tenant_a.id, {"document": "warranty.md"}) > 0
+    r = client.delete(f"/admin/v1/knowledge/documents/{docs[0]['id']}", headers=h)
+    assert r.status_code == 204
+    assert store.count(tenant_a.id, {"document": "warranty.md"}) == 0
+    assert store.count(tenant_a.id, {"document": "faq.csv"}) > 0
+    left = get_object_store().list(f"{tenant_a.id}/knowledge/")
+    assert not [k for k in left if k.endswith("warranty.md")]
+    assert len([k for k in left if "/vectors/" in k]) == 1  # only faq.csv's cached vectors remain
+    paths = {d["path"] for d in client.get("/admin/v1/knowledge/documents", headers=h).json()["documents"]}
+    assert paths == {"faq.csv"}
+    bad = client.post("/admin/v1/knowledge", headers=h, data={"replace": "maybe"}, files={"files": ("a.md", b"# A")})
+    assert bad.status_code == 422 and "'replace' must be true or false" in bad.json()["detail"]
