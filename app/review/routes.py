@@ -71,7 +71,7 @@ def _raise(exc: service.ReviewError) -> HTTPException:
     return HTTPException(exc.status, exc.detail)
 
 
-@router.get("/escalations", response_model=list[EscalationOut])
+@router.get("/escalations", response_model=list[EscalationOut], summary="List the escalation queue")
 def list_escalations(
     principal: Agent,
     status: Annotated[str | None, Query(description="open | approved | rejected | taken_over")] = "open",
@@ -91,7 +91,7 @@ def list_escalations(
         return [_out(e, text) for e, text in session.execute(stmt).all()]
 
 
-@router.get("/escalations/{escalation_id}", response_model=EscalationOut)
+@router.get("/escalations/{escalation_id}", response_model=EscalationOut, summary="Get an escalation")
 def get_escalation(escalation_id: str, principal: Agent) -> EscalationOut:
     with session_scope() as session:
         try:
@@ -101,7 +101,7 @@ def get_escalation(escalation_id: str, principal: Agent) -> EscalationOut:
         return _out(escalation, session.get_one(Message, escalation.message_id).text)
 
 
-@router.post("/escalations/{escalation_id}/decision", response_model=EscalationOut)
+@router.post("/escalations/{escalation_id}/decision", response_model=EscalationOut, summary="Decide an escalation")
 def decide(escalation_id: str, body: DecisionIn, principal: Agent) -> EscalationOut:
     """Approve the draft, edit and send, reject (nothing sent), or take the conversation over (the bot stays
     silent until it is released). An approved or edited text goes out through the conversation's channel."""
@@ -115,13 +115,14 @@ def decide(escalation_id: str, body: DecisionIn, principal: Agent) -> Escalation
     return out
 
 
-@router.post("/conversations/{conversation_id}/takeover", response_model=ModeOut)
+@router.post("/conversations/{conversation_id}/takeover", response_model=ModeOut, summary="Take a conversation over")
 def takeover(conversation_id: str, principal: Agent) -> ModeOut:
     """An agent takes the conversation: the bot stays silent until it is released."""
     return _set_mode(conversation_id, principal, "human")
 
 
-@router.post("/conversations/{conversation_id}/release", response_model=ModeOut)
+@router.post("/conversations/{conversation_id}/release", response_model=ModeOut,
+             summary="Hand a conversation back to the bot")
 def release(conversation_id: str, principal: Agent) -> ModeOut:
     """Hand the conversation back to the bot."""
     return _set_mode(conversation_id, principal, "bot")
@@ -137,7 +138,7 @@ def _set_mode(conversation_id: str, principal: Agent, mode: str) -> ModeOut:
                        assigned_agent=conversation.assigned_agent)
 
 
-@router.post("/conversations/{conversation_id}/messages", status_code=202)
+@router.post("/conversations/{conversation_id}/messages", status_code=202, summary="Write to the customer as an agent")
 def send_as_agent(conversation_id: str, body: AgentMessageIn, principal: Agent) -> dict[str, str]:
     """Write to the customer during a takeover. Idempotent on `client_message_id`."""
     with session_scope() as session:

@@ -101,7 +101,8 @@ def _visitor(widget_id: str, authorization: str | None) -> str:
     return contact_id
 
 
-@router.post("/widget/v1/{widget_id}/sessions", response_model=SessionOut, status_code=201)
+@router.post("/widget/v1/{widget_id}/sessions", response_model=SessionOut, status_code=201,
+             summary="Start a visitor session")
 def open_session(widget_id: str, body: SessionIn | None = None) -> SessionOut:
     """Start (or resume) a visitor session. Keep the token: it is the visitor's only credential."""
     _account(widget_id)
@@ -111,7 +112,8 @@ def open_session(widget_id: str, body: SessionIn | None = None) -> SessionOut:
     return SessionOut(contact_id=contact_id, token=f"{contact_id}.{_sign(widget_id, contact_id)}")
 
 
-@router.post("/widget/v1/{widget_id}/messages", response_model=SendOut, status_code=202)
+@router.post("/widget/v1/{widget_id}/messages", response_model=SendOut, status_code=202,
+             summary="Send a visitor message")
 def send_message(
     widget_id: str, body: SendIn, authorization: Annotated[str | None, Header()] = None
 ) -> SendOut:
@@ -165,7 +167,8 @@ def _messages(tenant_id: str, contact_id: str, after: datetime | None) -> Messag
         return MessagesOut(messages=out, cursor=out[-1].created_at.isoformat() if out else None)
 
 
-@router.get("/widget/v1/{widget_id}/messages", response_model=MessagesOut)
+@router.get("/widget/v1/{widget_id}/messages", response_model=MessagesOut,
+             summary="Read (or long-poll) the conversation")
 async def list_messages(
     widget_id: str,
     authorization: Annotated[str | None, Header()] = None,
