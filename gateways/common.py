@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 from fastapi import HTTPException
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -272,6 +273,31 @@ def classify_http(provider: str, status: int, body: str, retry_after: str | None
     if status >= 500 or status == 408:
         return Transient(detail)
     return Permanent(detail)
+
+
+def http_json(
+    provider: str,
+    method: str,
+    url: str,
+    payload: dict[str, Any],
+    *,
+    timeout: float,
+    headers: dict[str, str] | None = None,
+    retry_after: Callable[[httpx.Response], str | None] | None = None,
+) -> dict[str, Any]:
+    """One JSON request to a provider's HTTP API (a fresh client per call: no tenant state is kept), failures
+    typed. `retry_after` reads the wait from a 429 when the provider puts it somewhere other than the header."""
+    try:
+        with httpx.Client(timeout=timeout) as client:
+            response = client.request(method, url, json=payload, headers=headers)
+    except httpx.TimeoutException as exc:
+        raise Transient(f"{provider} timed out: {exc}") from exc
+    except httpx.HTTPError as exc:
+        raise Transient(f"{provider} unreachable: {exc}") from exc
+    if response.status_code >= 400:
+        wait = retry_after(response) if retry_after else response.headers.get("Retry-After")
+        raise classify_http(provider, response.status_code, response.text, wait)
+    return response.json() if response.content else {}
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from gateways.base import Sender
+from gateways.discord.send import DiscordSender
 from gateways.instagram.send import InstagramSender
 from gateways.telegram.send import TelegramSender
 from gateways.twilio.send import TwilioSender
@@ -16,6 +17,7 @@ SENDERS: dict[str, Sender] = {
     "instagram": InstagramSender(),
     "telegram": TelegramSender(),
     "twilio": TwilioSender(),
+    "discord": DiscordSender(),
 }
 
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import httpx
-
-from gateways.common import ProviderError, Transient, classify_http
+from gateways.common import http_json
 
 DEFAULT_BASE = "https://graph.facebook.com/v21.0"
 
@@ -17,17 +15,6 @@ def default_base_url() -> str:
 
 
 def post(base_url: str, path: str, token: str, payload: dict[str, Any], timeout: float) -> dict[str, Any]:
-    """POST a JSON body with the tenant's token (a fresh client per call: no tenant state is kept)."""
-    try:
-        with httpx.Client(timeout=timeout) as client:
-            response = client.post(f"{base_url.rstrip('/')}/{path}", json=payload,
-                                   headers={"Authorization": f"Bearer {token}"})
-    except httpx.TimeoutException as exc:
-        raise Transient(f"Graph API timed out: {exc}") from exc
-    except httpx.HTTPError as exc:
-        raise Transient(f"Graph API unreachable: {exc}") from exc
-    if response.status_code >= 400:
-        error: ProviderError = classify_http("Graph API", response.status_code, response.text,
-                                             response.headers.get("Retry-After"))
-        raise error
-    return response.json()
+    """POST a JSON body with the tenant's token."""
+    return http_json("Graph API", "POST", f"{base_url.rstrip('/')}/{path}", payload, timeout=timeout,
+                     headers={"Authorization": f"Bearer {token}"})

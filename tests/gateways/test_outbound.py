@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import time
+import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from app.bus.base import PermanentFailure  # noqa: F401 - documents what the dispatcher may raise
 from gateways.base import SendError
 from gateways.common import Limit, RateLimiter, split_text
+from tests.fakes.fake_discord import FakeDiscord, rate_limited
 from tests.fakes.fake_meta import FakeGraph
 from tests.fakes.fake_telegram import FakeTelegram, flood
 from tests.fakes.fake_twilio import FakeTwilio
@@ -61,14 +66,14 @@ def conversation(gw: Gateway, channel: str, external_id: str, credentials: dict[
         return tenant, conv.id, account_id
 
 
-def reply(conv_id: str, text: str, author: str = "bot", key: str = "reply:1") -> Any:
+def reply(conv_id: str, text: str, author: str = "bot", key: str = "reply:1", in_reply_to: str | None = None) -> Any:
     from app.conversations.service import add_outbound, outbound_event
     from app.db import session_scope
     from app.models import Conversation
 
     with session_scope() as session:
         conv = session.get_one(Conversation, conv_id)
-        msg, _ = add_outbound(session, conv, key=key, text=text, author=author)
+        msg, _ = add_outbound(session, conv, key=key, text=text, author=author, in_reply_to_id=in_reply_to)
         return outbound_event(msg, conv)
 
 
@@ -317,3 +322,153 @@ def test_twilio_sdk_send_retry_after_and_auth_failure(gw: Gateway, clock: FakeCl
         assert stored(event2.message_id).status == "failed"
     finally:
         fake.close()
+
+
+# ------------------------------------------------------------------------------------------------------ Discord
+
+
+@pytest.fixture
+def discord_api() -> Iterator[FakeDiscord]:
+    fake = FakeDiscord()
+    yield fake
+    fake.close()
+
+
+class DiscordApp:
+    """A tenant's Discord application: interactions arrive signed through the real endpoint, and the fake
+    Discord holds each one's deferred response."""
+
+    def __init__(self, gw: Gateway, fake: FakeDiscord) -> None:
+        self.gw, self.fake = gw, fake
+        self.key = Ed25519PrivateKey.generate()
+        self.app_id = str(130000000000000000 + uuid.uuid4().int % 10**15)
+        self.tenant = gw.tenant()
+        gw.account(self.tenant, "discord", self.app_id, {},
+                   config={"public_key": self.key.public_key().public_bytes_raw().hex()})
+
+    def interaction(self, text: str = "Do you ship?", user: str = "u1", opened: bool = True) -> Any:
+        """A slash command from `user`; returns its stored inbound message."""
+        interaction_id, token = str(uuid.uuid4().int % 10**18), f"itok-{uuid.uuid4().hex}"
+        body = {"type": 2, "id": interaction_id, "application_id": self.app_id, "token": token,
+                "channel_id": "1000", "member": {"user": {"id": user, "username": "ana"}},
+                "data": {"name": "ask", "options": [{"name": "question", "type": 3, "value": text}]}}
+        raw = json.dumps(body).encode()
+        ts = str(int(time.time()))
+        response = self.gw.client.post(f"/webhooks/discord/{self.app_id}", content=raw, headers={
+            "X-Signature-Ed25519": self.key.sign(ts.encode() + raw).hex(), "X-Signature-Timestamp": ts})
+        assert response.json() == {"type": 5}  # deferred: the sender completes it
+        if opened:
+            self.fake.open_interaction(self.app_id, token)
+        (row,) = self.gw.inbound(provider_message_id=interaction_id, tenant_id=self.tenant)
+        return row
+
+
+def discord_sender(fake: FakeDiscord, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateways.discord.send import DiscordSender
+
+    use(monkeypatch, "discord", DiscordSender(base_url=fake.url, limiter=RateLimiter(clock, clock.sleep),
+                                              sleep=clock.sleep))
+
+
+def test_discord_edits_the_original_then_follows_up(gw: Gateway, discord_api: FakeDiscord, clock: FakeClock,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    app = DiscordApp(gw, discord_api)
+    discord_sender(discord_api, clock, monkeypatch)
+    inbound = app.interaction()
+    token = inbound.meta["interaction_token"]
+    text = LONG[:5000] + " @everyone"
+    event = reply(inbound.conversation_id, text, in_reply_to=inbound.id)
+    deliver(event)
+    parts = split_text(text, 2000)
+    assert len(parts) == 3
+    hook = f"/webhooks/{app.app_id}/{token}"
+    assert discord_api.calls() == [("PATCH", f"{hook}/messages/@original"), ("POST", hook), ("POST", hook)]
+    held = discord_api.interactions[token]
+    assert held.original == parts[0] and held.followups == parts[1:]
+    bodies = [r.json() for r in discord_api.requests]
+    assert all(b["allowed_mentions"] == {"parse": []} for b in bodies)  # "@everyone" pings nobody
+    assert all("Authorization" not in r.headers for r in discord_api.requests)  # the token is the credential
+    msg = stored(event.message_id)
+    assert msg.status == "sent" and msg.meta["provider_ids"][0] == held.original_id
+    assert len(msg.meta["provider_ids"]) == 3
+    deliver(event)  # redelivered event: nothing more is sent
+    assert len(discord_api.requests) == 3
+
+
+def test_discord_second_reply_is_a_followup_and_latest_interaction_is_used(
+        gw: Gateway, discord_api: FakeDiscord, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    app = DiscordApp(gw, discord_api)
+    discord_sender(discord_api, clock, monkeypatch)
+    first = app.interaction("first question")
+    deliver(reply(first.conversation_id, "Looking into it.", key="r1", in_reply_to=first.id))
+    deliver(reply(first.conversation_id, "Here is the answer.", author="agent:dana", key="r2", in_reply_to=first.id))
+    held = app.fake.interactions[first.meta["interaction_token"]]
+    assert held.original == "Looking into it." and held.followups == ["Here is the answer."]  # not overwritten
+    second = app.interaction("second question")
+    assert second.conversation_id == first.conversation_id
+    deliver(reply(second.conversation_id, "Answer to the latest.", key="r3"))  # replies to no message
+    assert app.fake.interactions[second.meta["interaction_token"]].original == "Answer to the latest."
+
+
+def test_discord_429_retry_after_and_5xx_are_retried(gw: Gateway, discord_api: FakeDiscord, clock: FakeClock,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    app = DiscordApp(gw, discord_api)
+    discord_sender(discord_api, clock, monkeypatch)
+    inbound = app.interaction()
+    discord_api.fail_next(rate_limited(1.5), Scripted(502, {"message": "502: Bad Gateway", "code": 0}))
+    event = reply(inbound.conversation_id, "Yes, we ship worldwide.", in_reply_to=inbound.id)
+    deliver(event)
+    assert [m for m, _ in discord_api.calls()] == ["PATCH"] * 3
+    assert 1.5 in clock.sleeps and 2.0 not in clock.sleeps  # the body's precise retry_after, not the header's
+    assert discord_api.interactions[inbound.meta["interaction_token"]].original == "Yes, we ship worldwide."
+    assert stored(event.message_id).status == "sent"
+
+
+def test_discord_no_double_send_when_a_followup_fails(gw: Gateway, discord_api: FakeDiscord, clock: FakeClock,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    app = DiscordApp(gw, discord_api)
+    discord_sender(discord_api, clock, monkeypatch)
+    inbound = app.interaction()
+    original, calls = discord_api.respond, {"n": 0}
+
+    def flaky(rec: Any) -> Any:
+        calls["n"] += 1
+        if 2 <= calls["n"] <= 4:  # the first follow-up fails on every in-place attempt
+            return 503, {"message": "Service Unavailable", "code": 0}, {}
+        return original(rec)
+
+    monkeypatch.setattr(discord_api, "respond", flaky)
+    text = LONG[:3500]
+    event = reply(inbound.conversation_id, text, in_reply_to=inbound.id)
+    with pytest.raises(SendError) as info:
+        deliver(event)
+    assert not info.value.permanent and stored(event.message_id).status == "pending"
+    deliver(event)  # the bus redelivers
+    held = discord_api.interactions[inbound.meta["interaction_token"]]
+    assert [held.original, *held.followups] == split_text(text, 2000)  # each part once, in order
+    assert [m for m, _ in discord_api.calls()] == ["PATCH", "POST", "POST", "POST", "POST"]
+    assert stored(event.message_id).status == "sent"
+
+
+def test_discord_expired_or_revoked_token_fails_permanently(gw: Gateway, discord_api: FakeDiscord,
+                                                            clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.db import session_scope
+    from app.models import Message, utcnow
+
+    app = DiscordApp(gw, discord_api)
+    discord_sender(discord_api, clock, monkeypatch)
+    old = app.interaction()
+    with session_scope() as session:
+        session.get_one(Message, old.id).created_at = utcnow() - timedelta(minutes=16)
+    event = reply(old.conversation_id, "Too late", in_reply_to=old.id)
+    deliver(event)
+    msg = stored(event.message_id)
+    assert msg.status == "failed" and "discord_interaction_expired" in msg.error and "15 minutes" in msg.error
+    assert discord_api.requests == []  # no request made
+
+    unknown = app.interaction(user="u2", opened=False)  # Discord no longer knows the token
+    event2 = reply(unknown.conversation_id, "Hello", key="r2", in_reply_to=unknown.id)
+    deliver(event2)
+    msg2 = stored(event2.message_id)
+    assert msg2.status == "failed" and "Invalid Webhook Token" in msg2.error
+    assert len(discord_api.requests) == 1  # refused once, never retried
