@@ -475,6 +475,20 @@ def recipient(session: Session, message: Message) -> Contact:
     return session.get_one(Contact, conversation.contact_id)
 
 
+def replied_inbound(session: Session, message: Message, key: str) -> Message | None:
+    """The inbound message an outbound one answers, if its meta holds `key` (a provider handle such as an
+    interaction token): the message it replies to, else the conversation's latest inbound message."""
+    inbound = session.get(Message, message.in_reply_to_id) if message.in_reply_to_id else None
+    if inbound is None or inbound.conversation_id != message.conversation_id:
+        inbound = session.scalars(
+            select(Message)
+            .where(Message.conversation_id == message.conversation_id, Message.direction == "in")
+            .order_by(Message.created_at.desc())
+            .limit(1)
+        ).first()
+    return inbound if inbound is not None and (inbound.meta or {}).get(key) else None
+
+
 def require_account_row(account: ChannelAccount | None, message: Message) -> ChannelAccount:
     if account is None:
         raise SendError(f"message {message.id} has no channel account to send from", permanent=True)

@@ -30,6 +30,7 @@ from gateways.common import (
     aware,
     get_rate_limiter,
     http_json,
+    replied_inbound,
     require_account_row,
     send_parts,
     split_text,
@@ -56,22 +57,6 @@ def retry_after(response: httpx.Response) -> str | None:
     return str(value) if value is not None else response.headers.get("Retry-After")
 
 
-def interaction_for(session: Session, message: Message) -> Message | None:
-    """The inbound interaction a reply answers: the one it replies to, else the conversation's latest."""
-    if message.in_reply_to_id:
-        inbound = session.get(Message, message.in_reply_to_id)
-        if (inbound is not None and inbound.conversation_id == message.conversation_id
-                and (inbound.meta or {}).get("interaction_token")):
-            return inbound
-    latest = session.scalars(
-        select(Message)
-        .where(Message.conversation_id == message.conversation_id, Message.direction == "in")
-        .order_by(Message.created_at.desc())
-        .limit(20)
-    )
-    return next((m for m in latest if (m.meta or {}).get("interaction_token")), None)
-
-
 def original_taken(session: Session, message: Message, interaction: Message) -> bool:
     """Whether another reply already wrote this interaction's original response (editing it again would
     replace that answer)."""
@@ -96,7 +81,7 @@ class DiscordSender:
 
     def send(self, session: Session, account: ChannelAccount | None, message: Message) -> str | None:
         account = require_account_row(account, message)
-        interaction = interaction_for(session, message)
+        interaction = replied_inbound(session, message, "interaction_token")
         if interaction is None:
             raise SendError(f"message {message.id} answers no Discord interaction (no interaction token stored)",
                             permanent=True)

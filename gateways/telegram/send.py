@@ -7,8 +7,9 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from typing import TypeVar
 
 from sqlalchemy.orm import Session
 from telegram import Bot
@@ -28,7 +29,9 @@ from gateways.common import (
     Transient,
     credentials,
     get_rate_limiter,
+    log,
     recipient,
+    replied_inbound,
     require_account_row,
     send_parts,
     split_text,
@@ -36,6 +39,7 @@ from gateways.common import (
 )
 
 DEFAULT_BASE = "https://api.telegram.org"
+T = TypeVar("T")
 
 
 def default_base_url() -> str:
@@ -69,25 +73,46 @@ class TelegramSender:
         chat_id = recipient(session, message).external_id
         base = (self.base_url or account.config.get("api_base_url") or default_base_url()).rstrip("/")
         limiter = self.limiter or get_rate_limiter()
-        limits = [Limit(f"telegram:chat:{account.external_id}:{chat_id}", 1.0),
-                  Limit(f"telegram:bot:{account.external_id}", 1 / 30)]
+        bot_limit = Limit(f"telegram:bot:{account.external_id}", 1 / 30)
+        limits = [Limit(f"telegram:chat:{account.external_id}:{chat_id}", 1.0), bot_limit]
+        self._answer_callback(session, message, base, str(token), limiter, bot_limit)
 
         def send_one(_: int, part: str) -> str:
             def call() -> str:
                 limiter.acquire(limits)
-                return asyncio.run(self._send(base, str(token), chat_id, part))
+                sent = asyncio.run(self._call(base, str(token), lambda bot: bot.send_message(chat_id, part)))
+                return f"{chat_id}:{sent.message_id}"
             return with_retries(call, sleep=self.sleep)
 
         return send_parts(session, message, split_text(message.text, LIMITS["telegram"]), send_one)
 
-    async def _send(self, base: str, token: str, chat_id: str, text: str) -> str:
+    def _answer_callback(self, session: Session, message: Message, base: str, token: str, limiter: RateLimiter,
+                         bot_limit: Limit) -> None:
+        """Stop the spinner Telegram shows on a pressed inline button until the bot answers the callback
+        query. Once per reply; a failure (the query expired, Telegram unreachable) never holds the reply back."""
+        inbound = replied_inbound(session, message, "callback_query_id")
+        if inbound is None or (message.meta or {}).get("callback_answered"):
+            return
+        query_id = str(inbound.meta["callback_query_id"])
+
+        def call() -> str:
+            limiter.acquire([bot_limit])
+            asyncio.run(self._call(base, token, lambda bot: bot.answer_callback_query(query_id)))
+            return query_id
+        try:
+            with_retries(call, sleep=self.sleep)
+        except ProviderError as exc:
+            log.info("callback query %s not answered (%s); sending the reply anyway", query_id, exc)
+        # Committed with the first part, so a redelivered reply does not answer it again.
+        message.meta = {**(message.meta or {}), "callback_answered": query_id}
+
+    async def _call(self, base: str, token: str, method: Callable[[Bot], Awaitable[T]]) -> T:
+        """One Bot API call with a `Bot` built for this tenant (no client outlives the call)."""
         request = HTTPXRequest(connection_pool_size=1, read_timeout=self.timeout, write_timeout=self.timeout,
                                connect_timeout=self.timeout)
-        bot = Bot(token, base_url=f"{base}/bot", request=request)
         try:
-            sent = await bot.send_message(chat_id=chat_id, text=text)
+            return await method(Bot(token, base_url=f"{base}/bot", request=request))
         except TelegramError as exc:
             raise typed(exc) from exc
         finally:
             await request.shutdown()
-        return f"{chat_id}:{sent.message_id}"

@@ -1,4 +1,4 @@
-"""Telegram Bot API fake: `POST /bot<token>/sendMessage` (and getMe), with Telegram's envelope
+"""Telegram Bot API fake: `POST /bot<token>/sendMessage`, `answerCallbackQuery` (and getMe), with Telegram's envelope
 `{"ok": ..., "result" | "description", "parameters": {"retry_after"}}`."""
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ def flood(retry_after: int) -> Scripted:
 class FakeTelegram(FakeProvider):
     def __init__(self) -> None:
         self._ids = itertools.count(100)
+        self.answered: list[str] = []  # callback query ids, in the order they were answered
         super().__init__()
 
     @staticmethod
@@ -50,6 +51,13 @@ class FakeTelegram(FakeProvider):
             return 200, {"ok": True, "result": {"message_id": next(self._ids), "date": int(time.time()),
                                                 "chat": {"id": int(p["chat_id"]), "type": "private"},
                                                 "text": p["text"]}}, {}
+        if method == "answerCallbackQuery":
+            query_id = str(self.params(rec)["callback_query_id"])
+            if query_id in self.answered:  # Telegram accepts one answer per query
+                return 400, {"ok": False, "error_code": 400, "description": "Bad Request: query is too old and "
+                             "response timeout expired or query ID is invalid"}, {}
+            self.answered.append(query_id)
+            return 200, {"ok": True, "result": True}, {}
         return 400, {"ok": False, "error_code": 400, "description": f"Bad Request: method {method} not faked"}, {}
 
     def texts(self) -> list[tuple[str, str]]:

@@ -272,6 +272,60 @@ def test_telegram_sends_with_ptb_rate_limited_per_chat(gw: Gateway, clock: FakeC
         fake.close()
 
 
+def test_telegram_answers_the_callback_query_before_replying(gw: Gateway, clock: FakeClock,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateways.telegram.send import TelegramSender
+    from tests.gateways.conftest import WEBHOOKS
+
+    fake = FakeTelegram()
+    try:
+        bot_id = str(5_600_000 + uuid.uuid4().int % 100_000)
+        gw.account(gw.tenant(), "telegram", bot_id, {"bot_token": f"{bot_id}:AAH", "secret_token": "s3"})
+        use(monkeypatch, "telegram", TelegramSender(base_url=fake.url, limiter=RateLimiter(clock, clock.sleep),
+                                                    sleep=clock.sleep))
+        # A real callback_query object (a pressed inline button), through the real webhook endpoint.
+        cb = json.loads((WEBHOOKS / "telegram" / "objects_teloxide" / "callback_query__deserialize.json").read_text())
+        query_id = f"cbq-{uuid.uuid4().hex[:8]}"
+        update = {"update_id": 77, "callback_query": {**cb, "id": query_id}}
+        assert gw.client.post(f"/webhooks/telegram/{bot_id}", json=update,
+                              headers={"X-Telegram-Bot-Api-Secret-Token": "s3"}).json()["accepted"] == 1
+        (pressed,) = gw.inbound(provider_message_id=f"callback:{query_id}")
+        event = reply(pressed.conversation_id, "You chose some_data.", in_reply_to=pressed.id)
+        deliver(event)
+        methods = [fake.path_of(r).rsplit("/", 1)[-1] for r in fake.requests]
+        assert methods == ["answerCallbackQuery", "sendMessage"]  # the spinner stops, then the answer
+        assert fake.answered == [query_id]
+        assert fake.texts() == [(str(cb["from"]["id"]), "You chose some_data.")]
+        assert stored(event.message_id).meta["callback_answered"] == query_id
+        deliver(event)  # redelivered: neither answered nor sent again
+        assert len(fake.requests) == 2
+
+        # A second reply to the same press: Telegram refuses a second answer; the reply still goes out.
+        event2 = reply(pressed.conversation_id, "Anything else?", key="reply:2", in_reply_to=pressed.id)
+        deliver(event2)
+        assert stored(event2.message_id).status == "sent" and fake.texts()[-1][1] == "Anything else?"
+        assert fake.answered == [query_id]
+    finally:
+        fake.close()
+
+
+def test_telegram_plain_message_reply_answers_no_callback(gw: Gateway, clock: FakeClock,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateways.telegram.send import TelegramSender
+
+    fake = FakeTelegram()
+    try:
+        _, conv, _ = conversation(gw, "telegram", "5550002", {"bot_token": "5550002:AAH", "secret_token": "s"},
+                                  "4343")
+        use(monkeypatch, "telegram", TelegramSender(base_url=fake.url, limiter=RateLimiter(clock, clock.sleep),
+                                                    sleep=clock.sleep))
+        deliver(reply(conv, "Hello"))
+        assert [fake.path_of(r).rsplit("/", 1)[-1] for r in fake.requests] == ["sendMessage"]
+        assert fake.answered == []
+    finally:
+        fake.close()
+
+
 def test_rate_limiter_per_chat_and_per_bot(clock: FakeClock) -> None:
     limiter = RateLimiter(clock, clock.sleep)
     bot = Limit("telegram:bot:1", 1 / 30)
