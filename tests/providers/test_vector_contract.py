@@ -200,7 +200,7 @@ def test_exact_ties_come_back_in_a_stable_order(store: VectorStore) -> None:
         assert len({round(h.score, 6) for h in fused}) == 1
 
 
-def test_question_view_finds_a_faq_by_its_question_and_scores_by_the_best_view(store: VectorStore) -> None:
+def test_question_view_finds_a_faq_by_its_question_but_the_full_view_scores_it(store: VectorStore) -> None:
     faq = ChunkPoint(
         pid("acme", "faq.csv"),
         "acme",
@@ -211,12 +211,12 @@ def test_question_view_finds_a_faq_by_its_question_and_scores_by_the_best_view(s
     )
     store.upsert("acme", [faq, point("acme", "returns.md", unit(1, 1)), point("acme", "care.md", unit(0, 1))])
     query = unit(1, 0.1)
-    expected = sum(a * b for a, b in zip(query, unit(1, 0.2), strict=True))  # the question view, not the full one
+    expected = sum(a * b for a, b in zip(query, unit(0, 0, 1), strict=True))  # the full view, not the question
     for sparse in (None, SparseVector([9], [1.0])):
         hits = store.search("acme", query, sparse, limit=3)
         assert hits[0].id == faq.id
         assert hits[0].score == pytest.approx(expected, abs=1e-4)
-    # A point without a question view is scored by its one view; another tenant sees none of it.
+    # A point without a question view ranks and scores by its one view; another tenant sees none of it.
     other = next(h for h in store.search("acme", query, limit=3) if h.payload["document"] == "returns.md")
     assert other.score == pytest.approx(sum(a * b for a, b in zip(query, unit(1, 1), strict=True)), abs=1e-4)
     assert store.search("globex", query, SparseVector([9], [1.0]), limit=3) == []
@@ -224,7 +224,7 @@ def test_question_view_finds_a_faq_by_its_question_and_scores_by_the_best_view(s
         store.upsert("acme", [ChunkPoint(pid("acme", "q"), "acme", unit(1), None, {}, question=[1.0, 0.0])])
 
 
-def test_dense_only_search_is_the_top_by_best_view(store: VectorStore) -> None:
+def test_dense_only_search_ranks_by_the_best_view_and_scores_by_the_full_view(store: VectorStore) -> None:
     names = [f"doc{i}.md" for i in range(12)]
     points = [
         ChunkPoint(pid("acme", n), "acme", unit(1, i), None, {"document": n}, question=unit(i, 1) if i % 2 else None)
@@ -232,13 +232,15 @@ def test_dense_only_search_is_the_top_by_best_view(store: VectorStore) -> None:
     ]
     store.upsert("acme", points)
     query = unit(1, 0.3, 0.2)
-    best = {
-        p.id: max(sum(a * b for a, b in zip(query, v, strict=True)) for v in (p.dense, p.question or p.dense))
-        for p in points
-    }
+
+    def cos(v: list[float]) -> float:
+        return sum(a * b for a, b in zip(query, v, strict=True))
+
+    best = {p.id: max(cos(p.dense), cos(p.question or p.dense)) for p in points}
     hits = store.search("acme", query, limit=5)
     assert [h.id for h in hits] == sorted(best, key=lambda i: (-best[i], i))[:5]
-    assert [h.score for h in hits] == pytest.approx(sorted(best.values(), reverse=True)[:5], abs=1e-4)
+    full = {p.id: cos(p.dense) for p in points}
+    assert [h.score for h in hits] == pytest.approx([full[h.id] for h in hits], abs=1e-4)
 
 
 def test_stores_indexed_before_the_question_view_keep_working(tmp_path: Path) -> None:

@@ -7,10 +7,14 @@ better than it matches a question glued to its answer (COVID-QA: dense hit@1 0.5
 view alone). A hybrid search is three prefetches, each filtered by tenant, fused with weighted RRF.
 
 Score: fusion scores (1/(k+rank) sums) say nothing about how relevant a passage is. The orchestrator needs a
-threshold it can trust, so every `Hit.score` is the dense cosine similarity between the query and that
-point's best view: the stores ask Qdrant for the fused top-k *with* their dense vectors and compute the dot
+threshold it can trust, so every `Hit.score` is the cosine similarity between the query and the point's full
+("dense") view: the stores ask Qdrant for the fused top-k *with* their dense vectors and compute the dot
 product of the normalised query with each stored (already normalised) vector. Order stays the fused order;
-only the number changes.
+only the number changes. The question view ranks but does not score: a question is closer to any other
+question than to a question-and-answer, so its cosine runs higher for unrelated questions too. On the
+example tenant (tenants/northwind/eval, min_relevance 0.45), scoring by the best view let 3 of the 20
+unanswerable questions over the threshold (66 of 76 answerable over); the full view keeps all 20 under
+(65 of 76 over; 66 before the question view existed). See tests/knowledge/test_retrieval_calibration.py.
 """
 
 from __future__ import annotations
@@ -106,31 +110,28 @@ def cosine_to(query_unit: Sequence[float], stored: Sequence[float] | None) -> fl
 
 
 def to_hits(query_dense: Sequence[float], points: Sequence[Any], limit: int, *, by_cosine: bool = False) -> list[Hit]:
-    """Qdrant's scored points as Hits scored by the cosine of their best dense view, at most `limit`.
+    """Qdrant's scored points as Hits scored by the cosine of their full ("dense") view, at most `limit`.
 
     In Qdrant's (fused) order, or with `by_cosine` (a dense-only search, whose candidates are the union of
-    each view's top list) in order of that cosine: exactly the top by best view. Exact ties (a pack with the
-    same passage twice) break by higher cosine, then id, so a dense query always gives the same list. (Fused
-    ranks of exact twins can still swap: RRF gives them different scores from each list's arbitrary order.)"""
+    each view's top list) in order of the best view's cosine: exactly the top by best view. Exact ties (a pack
+    with the same passage twice) break by higher cosine, then id, so a dense query always gives the same list.
+    (Fused ranks of exact twins can still swap: RRF gives them different scores from each list's arbitrary
+    order.)"""
     unit = normalise(query_dense)
-    scored = [(float(p.score), best_cosine(unit, p.vector), str(p.id), p.payload) for p in points]
-    if by_cosine:
-        scored.sort(key=lambda s: (-s[1], s[2]))
-    else:
-        scored.sort(key=lambda s: (-s[0], -s[1], s[2]))
+    scored = []
+    for p in points:
+        views = {name: cosine_to(unit, view) for name, view in dense_views(p.vector).items()}
+        score = views.get(DENSE, 0.0)
+        best = max(views.values(), default=0.0)
+        scored.append((best if by_cosine else float(p.score), score, str(p.id), p.payload))
+    scored.sort(key=lambda s: (-s[0], -s[1], s[2]))
     return [Hit(id=pid, score=cos, payload=dict(payload or {})) for _, cos, pid, payload in scored[:limit]]
 
 
-def best_cosine(query_unit: Sequence[float], vector: Any) -> float:
-    """The highest cosine between the query and any of the point's dense views (0.0 if it has none)."""
-    views = [cosine_to(query_unit, view) for view in dense_views(vector)]
-    return max(views) if views else 0.0
-
-
-def dense_views(vector: Any) -> list[list[float]]:
+def dense_views(vector: Any) -> dict[str, list[float]]:
     if not isinstance(vector, dict):
-        return []
-    return [[float(x) for x in v] for name in (DENSE, QUESTION) if isinstance(v := vector.get(name), list) and v]
+        return {}
+    return {name: [float(x) for x in v] for name in (DENSE, QUESTION) if isinstance(v := vector.get(name), list) and v}
 
 
 def prefetch_limit(limit: int) -> int:
