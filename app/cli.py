@@ -14,6 +14,7 @@ import typer
 
 from app import operations
 from app.config import get_settings
+from app.knowledge.cli import eval_command, pack_app
 
 cli = typer.Typer(
     name="switchboard",
@@ -24,6 +25,8 @@ cli = typer.Typer(
 )
 tenant_cli = typer.Typer(help="Create and inspect tenants.", no_args_is_help=True)
 cli.add_typer(tenant_cli, name="tenant")
+cli.add_typer(pack_app, name="pack")
+cli.command("eval")(eval_command)
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE_TENANT = REPO / "tenants" / "northwind"
@@ -95,34 +98,43 @@ def tenant_create(
 
 @cli.command()
 def ingest(
-    paths: Annotated[list[Path], typer.Argument(help="Files, folders or zips of Markdown, text and FAQ files.")],
+    paths: Annotated[list[Path], typer.Argument(help="Files, folders or zips: Markdown, HTML, PDF, DOCX, text, FAQ.")],
     tenant: Annotated[str, typer.Option(help="Tenant slug.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
+    version_only: Annotated[bool, typer.Option("--version-only", help="Build the new version, do not promote.")]
+    = False,
+    replace: Annotated[bool, typer.Option("--replace", help="The paths are the whole pack: live documents they "
+                                          "do not contain are left out of the new version.")] = False,
 ) -> None:
-    """Ingest knowledge for a tenant: parse, chunk, embed locally and index."""
+    """Build a new pack version for a tenant (parse, chunk, embed what changed, index) and promote it."""
     _prepare()
     server = operations.running_server()
+    options = {"promote": not version_only, "replace": replace}
     try:
         if server:
             report = _remote(server, "POST", f"/operator/v1/tenants/{tenant}/ingest",
-                             {"paths": [str(p.resolve()) for p in paths]}, timeout=3600)
+                             {"paths": [str(p.resolve()) for p in paths], **options}, timeout=3600)
         else:
-            report = _ingest_with_progress(tenant, paths, show=sys.stderr.isatty() and not as_json)
+            report = _ingest_with_progress(tenant, paths, show=sys.stderr.isatty() and not as_json,
+                                           promote=not version_only, replace=replace)
     except operations.OperationError as exc:
         raise _fail(str(exc)) from exc
     if as_json:
         _print_json(report)
     else:
-        typer.echo(f"{report['documents']} documents, {report['chunks']} chunks in {report['seconds']:.1f}s")
+        typer.echo(f"pack version {report['pack_version']} {report['status']}: {report['documents']} documents, "
+                   f"{report['chunks']} chunks ({report['embedded']} embedded) in {report['seconds']:.1f}s"
+                   + (f"\n  {report['notes']}" if report.get("notes") else ""))
         for failure in report["files_failed"]:
             typer.secho(f"  failed: {failure['file']}: {failure['reason']}", fg=typer.colors.RED, err=True)
     if report["files_failed"]:
         raise typer.Exit(1)
 
 
-def _ingest_with_progress(tenant: str, paths: list[Path], *, show: bool) -> dict[str, Any]:
+def _ingest_with_progress(tenant: str, paths: list[Path], *, show: bool, promote: bool = True,
+                          replace: bool = False) -> dict[str, Any]:
     if not show:
-        return operations.ingest(tenant, paths)
+        return operations.ingest(tenant, paths, promote=promote, replace=replace)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -133,7 +145,7 @@ def _ingest_with_progress(tenant: str, paths: list[Path], *, show: bool) -> dict
             bar.update(task, total=event.files_total, completed=event.files_done,
                        description=f"{event.file} ({event.chunks} chunks)"[:60])
 
-        return operations.ingest(tenant, paths, progress)
+        return operations.ingest(tenant, paths, progress, promote=promote, replace=replace)
 
 
 @cli.command()
@@ -215,10 +227,12 @@ def _serve(host: str, port: int) -> None:
         if other:
             raise _fail(f"another 'switchboard serve' (pid {other['pid']}) holds {settings.home_dir}; stop it "
                         "or set SWITCHBOARD_HOME to another folder")
+        from app.knowledge.cli import operator_router as knowledge_operator_router
         from app.operator_routes import operator_router
 
         token = secrets.token_urlsafe(32)
         app.include_router(operator_router(token))
+        app.include_router(knowledge_operator_router(token))
         operations.write_server_file(f"http://{local}:{port}", token)
     try:
         uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -55,7 +55,8 @@ def tenant_exists(slug: str) -> bool:
         return session.scalars(select(Tenant.id).where(Tenant.slug == slug)).first() is not None
 
 
-def ingest(slug: str, paths: list[Path], progress: Callable[[Any], None] | None = None) -> dict[str, Any]:
+def ingest(slug: str, paths: list[Path], progress: Callable[[Any], None] | None = None, *, promote: bool = True,
+           replace: bool = False) -> dict[str, Any]:
     from app.knowledge.service import ingest_paths
     from app.tenants.service import TenantError, get_by_slug
 
@@ -65,7 +66,7 @@ def ingest(slug: str, paths: list[Path], progress: Callable[[Any], None] | None 
     try:
         with session_scope() as session:
             tenant = get_by_slug(session, slug)
-            report = ingest_paths(session, tenant.id, paths, progress=progress)
+            report = ingest_paths(session, tenant.id, paths, progress=progress, promote=promote, replace=replace)
             return report.to_dict()
     except TenantError as exc:
         raise OperationError(str(exc)) from exc

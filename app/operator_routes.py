@@ -16,25 +16,29 @@ from pydantic import BaseModel, Field
 from app import operations
 
 
+# Module level: FastAPI cannot resolve (postponed) annotations naming classes local to a function.
+class TenantIn(BaseModel):
+    slug: str
+    name: str | None = None
+    folder: str | None = None
+
+class IngestIn(BaseModel):
+    paths: list[str] = Field(min_length=1)
+    promote: bool = True
+    replace: bool = False
+
+class ChatIn(BaseModel):
+    text: str = Field(min_length=1)
+    contact: str | None = None
+    timeout_s: float = 60.0
+
+
 def operator_router(token: str) -> APIRouter:
     router = APIRouter(prefix="/operator/v1", include_in_schema=False)
 
     def check(authorization: str | None) -> None:
         if not authorization or not hmac.compare_digest(authorization.removeprefix("Bearer "), token):
             raise HTTPException(401, "operator token required (read from $SWITCHBOARD_HOME/server.json)")
-
-    class TenantIn(BaseModel):
-        slug: str
-        name: str | None = None
-        folder: str | None = None
-
-    class IngestIn(BaseModel):
-        paths: list[str] = Field(min_length=1)
-
-    class ChatIn(BaseModel):
-        text: str = Field(min_length=1)
-        contact: str | None = None
-        timeout_s: float = 60.0
 
     @router.post("/tenants", status_code=201)
     def create(body: TenantIn, authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
@@ -48,7 +52,7 @@ def operator_router(token: str) -> APIRouter:
     def ingest(slug: str, body: IngestIn, authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
         check(authorization)
         try:
-            return operations.ingest(slug, [Path(p) for p in body.paths])
+            return operations.ingest(slug, [Path(p) for p in body.paths], promote=body.promote, replace=body.replace)
         except operations.OperationError as exc:
             raise HTTPException(404 if "no tenant" in str(exc) else 400, str(exc)) from exc
 

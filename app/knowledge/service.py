@@ -73,9 +73,11 @@ class IngestReport:
     source_id: str
     files_ok: list[str] = field(default_factory=list)  # pack paths indexed from this upload
     files_failed: list[dict[str, str]] = field(default_factory=list)  # {"file", "reason"}
-    files_carried: list[str] = field(default_factory=list)  # unchanged documents copied from the live version
-    chunks: int = 0  # chunks in the new version
-    documents: int = 0  # documents in the new version
+    files_carried: list[str] = field(default_factory=list)  # live documents carried into the new version
+    chunks: int = 0  # chunks indexed from this upload's files
+    documents: int = 0  # documents indexed from this upload's files
+    version_documents: int = 0  # documents in the new version (this upload's and the carried ones)
+    version_chunks: int = 0
     embedded: int = 0  # chunks that had to be embedded (the rest came from the cache)
     status: str = "building"  # the version's status at the end: live | ready | failed
     promoted: bool = False
@@ -208,18 +210,20 @@ def ingest_paths(
             continue
         n, embedded = _carry(session, d, build.version, source.id, base_doc)
         report.files_carried.append(path)
-        report.chunks += n
+        report.version_chunks += n
         report.embedded += embedded
         tick(path, "carried")
 
-    report.documents = len(report.files_ok) + len(report.files_carried)
+    report.documents = len(report.files_ok)
+    report.version_documents = report.documents + len(report.files_carried)
+    report.version_chunks += report.chunks
     _finish(session, d, tenant, build, report, promote=promote)
-    job.done_files, job.chunks, job.errors = done, report.chunks, list(report.files_failed)
+    job.done_files, job.chunks, job.errors = done, report.version_chunks, list(report.files_failed)
     job.status = "failed" if report.status == "failed" else "succeeded"
     job.finished_at = utcnow()
     job.detail = (f"version {build.version} {report.status}: {len(report.files_ok)} indexed, "
                   f"{len(report.files_carried)} carried forward, {len(report.files_failed)} refused, "
-                  f"{report.chunks} chunks ({report.embedded} embedded)"
+                  f"{report.version_chunks} chunks ({report.embedded} embedded)"
                   + (f"; {report.notes}" if report.notes else ""))
     session.flush()
     report.seconds = round(time.monotonic() - started, 3)
@@ -384,8 +388,8 @@ def _carry(session: Session, d: Deps, version: int, source_id: str, base: Docume
 def _finish(session: Session, d: Deps, tenant: Tenant, build: PackVersion, report: IngestReport,
             *, promote: bool) -> None:
     """Ready, then live unless told not to or the eval set vetoes it; failed when nothing could be indexed."""
-    build.documents, build.chunks, build.embedded = report.documents, report.chunks, report.embedded
-    if report.documents == 0:
+    build.documents, build.chunks, build.embedded = report.version_documents, report.version_chunks, report.embedded
+    if report.version_documents == 0:
         build.status = report.status = "failed"
         build.notes = report.notes = "no document could be indexed; the live version is unchanged"
         session.flush()

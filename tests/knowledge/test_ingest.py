@@ -144,8 +144,8 @@ def test_each_ingest_builds_a_new_version_and_an_updated_file_replaces_only_itse
     db.commit()
     assert third.files_ok == ["shipping.md"]
     assert sorted(third.files_carried) == ["faq.csv", "policies/returns.md", "warranty.txt"]
-    assert third.embedded == 1 and third.chunks == first.chunks - before + 1
-    assert store.count("acme", {"pack_version": 3}) == third.chunks
+    assert third.embedded == 1 and third.chunks == 1 and third.version_chunks == first.chunks - before + 1
+    assert store.count("acme", {"pack_version": 3}) == third.version_chunks
     assert store.count("acme", {"pack_version": 3, "document": "shipping.md"}) == 1
     shipping = db.scalar(select(Document).where(Document.path == "shipping.md", Document.pack_version == 3))
     assert shipping is not None

@@ -1,0 +1,218 @@
+"""`switchboard pack list|promote|rollback` and `switchboard eval`.
+
+Like every operator command, they run in this process, or, while an embedded `switchboard serve` holds the
+vector store, are sent to it (`operator_router` below is mounted by embedded serve). The `--json` shapes are a
+public contract.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+from fastapi import APIRouter, Header, HTTPException
+from pydantic import BaseModel
+
+from app import operations
+from app.db import session_scope
+
+pack_app = typer.Typer(help="List, promote and roll back a tenant's knowledge pack versions.", no_args_is_help=True)
+
+
+class PackError(Exception):
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# -- the actions (run wherever the vector store is) ---------------------------------------------------------
+
+
+def _tenant_id(session: Any, slug: str) -> str:
+    from app.tenants.service import TenantError, get_by_slug
+
+    try:
+        return str(get_by_slug(session, slug).id)
+    except TenantError as exc:
+        raise PackError(str(exc), 404) from exc
+
+
+def _listing(session: Any, tenant_id: str) -> dict[str, Any]:
+    from app.knowledge import versions
+    from app.models import Tenant
+
+    return {
+        "live_version": session.get_one(Tenant, tenant_id).live_pack_version,
+        "versions": [
+            {"version": v.version, "status": v.status, "documents": v.documents, "chunks": v.chunks,
+             "embedded": v.embedded, "scores": v.scores or {}, "notes": v.notes,
+             "created_at": v.created_at.isoformat(), "promoted_at": v.promoted_at.isoformat() if v.promoted_at
+             else None}
+            for v in versions.list_versions(session, tenant_id)
+        ],
+    }
+
+
+def pack_action(slug: str, action: str, version: int | None = None) -> dict[str, Any]:
+    """`list`, `promote` (needs `version`) or `rollback`; returns the listing afterwards."""
+    from app.knowledge import versions
+
+    with session_scope() as session:
+        tenant_id = _tenant_id(session, slug)
+        try:
+            if action == "promote":
+                if version is None:
+                    raise PackError("promote needs --version N")
+                versions.promote(session, tenant_id, version, actor="operator")
+            elif action == "rollback":
+                versions.rollback(session, tenant_id, actor="operator")
+            elif action != "list":
+                raise PackError(f"unknown pack action {action!r}")
+        except versions.VersionError as exc:
+            raise PackError(str(exc), 404 if "does not exist" in str(exc) else 409) from exc
+        return _listing(session, tenant_id)
+
+
+def run_eval(slug: str, questions: str, version: int | None = None) -> dict[str, Any]:
+    """Scores of `version` (default: the live one) on JSONL `questions`."""
+    from app.knowledge.evaluate import EvalError, evaluate, parse_questions
+    from app.models import Tenant
+
+    try:
+        parsed = parse_questions(questions)
+    except EvalError as exc:
+        raise PackError(f"questions file: {exc}") from exc
+    with session_scope() as session:
+        tenant_id = _tenant_id(session, slug)
+        live = session.get_one(Tenant, tenant_id).live_pack_version
+    chosen = version if version is not None else live
+    return {**evaluate(tenant_id, parsed, pack_version=chosen), "pack_version": chosen}
+
+
+# -- embedded serve: the same actions over HTTP ----------------------------------------------------------
+
+
+class PackIn(BaseModel):
+    version: int | None = None
+
+
+class EvalIn(BaseModel):
+    questions: str
+    version: int | None = None
+
+
+def operator_router(token: str) -> APIRouter:
+    router = APIRouter(prefix="/operator/v1", include_in_schema=False)
+
+    def check(authorization: str | None) -> None:
+        if not authorization or not hmac.compare_digest(authorization.removeprefix("Bearer "), token):
+            raise HTTPException(401, "operator token required (read from $SWITCHBOARD_HOME/server.json)")
+
+    @router.post("/tenants/{slug}/pack/{action}")
+    def pack(slug: str, action: str, body: PackIn, authorization: Annotated[str | None, Header()] = None
+             ) -> dict[str, Any]:
+        check(authorization)
+        try:
+            return pack_action(slug, action, body.version)
+        except PackError as exc:
+            raise HTTPException(exc.status, str(exc)) from exc
+
+    @router.post("/tenants/{slug}/eval")
+    def evaluate(slug: str, body: EvalIn, authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+        check(authorization)
+        try:
+            return run_eval(slug, body.questions, body.version)
+        except PackError as exc:
+            raise HTTPException(exc.status, str(exc)) from exc
+
+    return router
+
+
+# -- the commands ----------------------------------------------------------------------------------------
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(1)
+
+
+def _call(path: str, body: dict[str, Any], local: Any) -> dict[str, Any]:
+    """Run `local()` here, or POST `body` to the running embedded server."""
+    from app.db import migrate
+
+    migrate()
+    server = operations.running_server()
+    try:
+        if server is None:
+            return dict(local())
+        response = httpx.post(server["url"] + path, json=body, timeout=600,
+                              headers={"Authorization": f"Bearer {server['token']}"})
+    except PackError as exc:
+        raise _fail(str(exc)) from exc
+    except httpx.HTTPError as exc:
+        raise _fail(f"the running server at {server['url']} did not answer ({exc})") from exc  # type: ignore[index]
+    if response.status_code >= 400:
+        raise _fail(response.json().get("detail", response.text))
+    return dict(response.json())
+
+
+def _show(listing: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(listing, indent=2))
+        return
+    if not listing["versions"]:
+        typer.echo("no pack versions yet: run `switchboard ingest`")
+    for v in listing["versions"]:
+        marker = "*" if v["version"] == listing["live_version"] else " "
+        hit5 = f"  hit@5 {v['scores']['hit@5']:.3f}" if "hit@5" in v.get("scores", {}) else ""
+        typer.echo(f"{marker} v{v['version']:<4} {v['status']:<8} {v['documents']:>4} docs {v['chunks']:>6} chunks"
+                   f"{hit5}" + (f"  ({v['notes']})" if v.get("notes") else ""))
+
+
+Tenant = Annotated[str, typer.Option(help="Tenant slug.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+@pack_app.command("list")
+def pack_list(tenant: Tenant, as_json: AsJson = False) -> None:
+    """The tenant's pack versions, newest first; `*` marks the live one."""
+    _show(_call(f"/operator/v1/tenants/{tenant}/pack/list", {}, lambda: pack_action(tenant, "list")), as_json)
+
+
+@pack_app.command("promote")
+def pack_promote(tenant: Tenant, version: Annotated[int, typer.Option(help="The version to make live.")],
+                 as_json: AsJson = False) -> None:
+    """Make a built version live (atomic: the next answer reads it)."""
+    _show(_call(f"/operator/v1/tenants/{tenant}/pack/promote", {"version": version},
+                lambda: pack_action(tenant, "promote", version)), as_json)
+
+
+@pack_app.command("rollback")
+def pack_rollback(tenant: Tenant, as_json: AsJson = False) -> None:
+    """Back to the version that was live before the current one."""
+    _show(_call(f"/operator/v1/tenants/{tenant}/pack/rollback", {}, lambda: pack_action(tenant, "rollback")),
+          as_json)
+
+
+def eval_command(
+    tenant: Tenant,
+    questions: Annotated[Path, typer.Option(help='JSONL: {"question": ..., "expected_document": ...} per line.')],
+    version: Annotated[int | None, typer.Option(help="Pack version (default: the live one).")] = None,
+    as_json: AsJson = False,
+) -> None:
+    """Retrieval quality of a pack version on a question set: hit@1, hit@5 and MRR."""
+    if not questions.is_file():
+        raise _fail(f"no such questions file: {questions}")
+    text = questions.read_text(encoding="utf-8-sig")
+    result = _call(f"/operator/v1/tenants/{tenant}/eval", {"questions": text, "version": version},
+                   lambda: run_eval(tenant, text, version))
+    scores = {k: result[k] for k in ("n", "hit@1", "hit@5", "mrr")}
+    if as_json:
+        typer.echo(json.dumps(scores))
+        return
+    typer.echo(f"pack version {result['pack_version']}: n={scores['n']} hit@1={scores['hit@1']:.3f} "
+               f"hit@5={scores['hit@5']:.3f} mrr={scores['mrr']:.3f}")
