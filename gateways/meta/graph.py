@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-from gateways.common import http_json
+from gateways.outbound import http_json
 
-DEFAULT_BASE = "https://graph.facebook.com/v21.0"
-
-
-def default_base_url() -> str:
-    return os.environ.get("SWITCHBOARD_GRAPH_BASE_URL", DEFAULT_BASE)
+BASE_ENV, DEFAULT_BASE = "SWITCHBOARD_GRAPH_BASE_URL", "https://graph.facebook.com/v21.0"
 
 
 def post(base_url: str, path: str, token: str, payload: dict[str, Any], timeout: float) -> dict[str, Any]:

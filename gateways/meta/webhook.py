@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import HTTPException, Request
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import PlainTextResponse
 
@@ -14,6 +14,26 @@ from gateways.common import Account, Outcome, Parsed, accounts_of, ingest, log, 
 from gateways.meta.verify import handshake_ok, signature_valid
 
 SIGNATURE_HEADER = "X-Hub-Signature-256"
+
+
+Split = Callable[[dict[str, Any]], dict[str | None, Parsed]]
+
+
+def meta_router(channel: str, objects: set[str], split: Split) -> APIRouter:
+    """`GET/POST /webhooks/{channel}`: the subscription handshake and signed notifications of one Meta product."""
+    router = APIRouter(prefix=f"/webhooks/{channel}", tags=[channel])
+
+    @router.get("", response_class=PlainTextResponse)
+    def verify_subscription(request: Request) -> PlainTextResponse:
+        """Meta's subscription handshake: echoes `hub.challenge` when `hub.verify_token` matches an account's."""
+        return handshake(channel, request)
+
+    @router.post("")
+    async def webhook(request: Request) -> dict[str, Any]:
+        """Signed (X-Hub-Signature-256) notifications. 200 means every message in the body is stored and queued."""
+        return await receive(channel, request, objects, split)
+
+    return router
 
 
 def handshake(channel: str, request: Request) -> PlainTextResponse:
@@ -39,7 +59,7 @@ async def receive(
     channel: str,
     request: Request,
     objects: set[str],
-    split: Callable[[dict[str, Any]], dict[str | None, Parsed]],
+    split: Split,
 ) -> dict[str, Any]:
     """Verify -> route -> normalise -> durable enqueue. `split` maps the body to {account external id: Parsed};
     the key None holds account-level events that name no messaging account (template or account updates):

@@ -4,9 +4,6 @@ account SID and auth token. The SDK's HTTP client is pointed at a configurable A
 
 from __future__ import annotations
 
-import os
-import time
-from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -16,28 +13,9 @@ from twilio.http.response import Response
 from twilio.rest import Client
 
 from app.models import ChannelAccount, Message
-from gateways.base import SendError
-from gateways.common import (
-    LIMITS,
-    Limit,
-    ProviderError,
-    RateLimiter,
-    Transient,
-    classify_http,
-    credentials,
-    get_rate_limiter,
-    recipient,
-    require_account_row,
-    send_parts,
-    split_text,
-    with_retries,
-)
+from gateways.outbound import Limit, Plan, ProviderError, ProviderSender, Transient, classify_http, recipient
 
 DEFAULT_BASE = "https://api.twilio.com"
-
-
-def default_base_url() -> str:
-    return os.environ.get("SWITCHBOARD_TWILIO_BASE_URL", DEFAULT_BASE)
 
 
 class _BaseUrlClient(TwilioHttpClient):
@@ -56,39 +34,27 @@ class _BaseUrlClient(TwilioHttpClient):
         return self.last
 
 
-class TwilioSender:
-    def __init__(self, base_url: str | None = None, limiter: RateLimiter | None = None, timeout: float = 10.0,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
-        self.base_url = base_url
-        self.limiter = limiter
-        self.timeout = timeout
-        self.sleep = sleep
+class TwilioSender(ProviderSender):
+    channel, label, required = "twilio", "Twilio number", ("account_sid", "auth_token")
+    base_env, base_default = "SWITCHBOARD_TWILIO_BASE_URL", DEFAULT_BASE
 
-    def send(self, session: Session, account: ChannelAccount | None, message: Message) -> str | None:
-        account = require_account_row(account, message)
-        creds = credentials(account)
-        if not creds.get("account_sid") or not creds.get("auth_token"):
-            raise SendError(f"Twilio number {account.external_id} lacks account_sid/auth_token", permanent=True)
+    def plan(self, session: Session, account: ChannelAccount, creds: dict[str, Any], message: Message) -> Plan:
         to = recipient(session, message).external_id
         sender = f"whatsapp:{account.external_id}" if to.startswith("whatsapp:") else account.external_id
-        base = self.base_url or account.config.get("api_base_url") or default_base_url()
-        limiter = self.limiter or get_rate_limiter()
+        base = self.api_base(account)
         mps = float(account.config.get("messages_per_second", 1))
 
-        def send_one(_: int, part: str) -> str:
-            def call() -> str:
-                limiter.acquire([Limit(f"twilio:{account.external_id}", 1 / mps)])
-                http = _BaseUrlClient(base, self.timeout)
-                client = Client(creds["account_sid"], creds["auth_token"], http_client=http)
-                try:
-                    created = client.messages.create(to=to, from_=sender, body=part)
-                except TwilioRestException as exc:
-                    headers = (http.last.headers if http.last is not None else None) or {}
-                    error: ProviderError = classify_http("Twilio", exc.status, exc.msg, headers.get("Retry-After"))
-                    raise error from exc
-                except TwilioException as exc:  # connection errors and timeouts
-                    raise Transient(f"Twilio unreachable: {exc}") from exc
-                return str(created.sid)
-            return with_retries(call, sleep=self.sleep)
+        def send(_: int, part: str) -> str:
+            http = _BaseUrlClient(base, self.timeout)
+            client = Client(creds["account_sid"], creds["auth_token"], http_client=http)
+            try:
+                created = client.messages.create(to=to, from_=sender, body=part)
+            except TwilioRestException as exc:
+                headers = (http.last.headers if http.last is not None else None) or {}
+                error: ProviderError = classify_http("Twilio", exc.status, exc.msg, headers.get("Retry-After"))
+                raise error from exc
+            except TwilioException as exc:  # connection errors and timeouts
+                raise Transient(f"Twilio unreachable: {exc}") from exc
+            return str(created.sid)
 
-        return send_parts(session, message, split_text(message.text, LIMITS["twilio"]), send_one)
+        return Plan(self.text_parts(message), send, [Limit(f"twilio:{account.external_id}", 1 / mps)])

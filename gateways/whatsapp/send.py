@@ -8,28 +8,15 @@ fails permanently with reason `outside_24h_window`, so the message is recorded f
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy.orm import Session
 
 from app.models import ChannelAccount, Message, utcnow
 from gateways.base import SendError
-from gateways.common import (
-    LIMITS,
-    Limit,
-    RateLimiter,
-    aware,
-    credentials,
-    get_rate_limiter,
-    recipient,
-    require_account_row,
-    send_parts,
-    split_text,
-    with_retries,
-)
 from gateways.meta import graph
+from gateways.outbound import Limit, Plan, ProviderSender, aware, recipient
 
 WINDOW = timedelta(hours=24)
 OUTSIDE_WINDOW = "outside_24h_window"
@@ -42,26 +29,16 @@ def outside_window_without_template(contact_last_inbound: datetime | None, accou
     return not in_window and not template.get("name")
 
 
-class WhatsAppSender:
-    def __init__(self, base_url: str | None = None, limiter: RateLimiter | None = None, timeout: float = 10.0,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
-        self.base_url = base_url
-        self.limiter = limiter
-        self.timeout = timeout
-        self.sleep = sleep
+class WhatsAppSender(ProviderSender):
+    channel, label, required = "whatsapp", "WhatsApp account", ("access_token",)
+    base_env, base_default = graph.BASE_ENV, graph.DEFAULT_BASE
 
-    def send(self, session: Session, account: ChannelAccount | None, message: Message) -> str | None:
-        account = require_account_row(account, message)
-        creds = credentials(account)
-        token = creds.get("access_token")
-        if not token:
-            raise SendError(f"WhatsApp account {account.external_id} has no access_token", permanent=True)
+    def plan(self, session: Session, account: ChannelAccount, creds: dict[str, Any], message: Message) -> Plan:
         contact = recipient(session, message)
         in_window = contact.last_inbound_at is not None and utcnow() - aware(contact.last_inbound_at) < WINDOW
         if in_window:
             parts: list[dict[str, object]] = [
-                {"type": "text", "text": {"body": part, "preview_url": False}}
-                for part in split_text(message.text, LIMITS["whatsapp"])
+                {"type": "text", "text": {"body": part, "preview_url": False}} for part in self.text_parts(message)
             ]
         else:
             template = (account.config or {}).get("template")
@@ -71,17 +48,13 @@ class WhatsAppSender:
             parts = [{"type": "template", "template": {
                 "name": template["name"], "language": {"code": template.get("language", "en_US")},
                 **({"components": template["components"]} if template.get("components") else {})}}]
-        base = self.base_url or account.config.get("api_base_url") or graph.default_base_url()
-        limiter = self.limiter or get_rate_limiter()
+        base = self.api_base(account)
         mps = float(account.config.get("messages_per_second", 80))
 
-        def send_one(_: int, part: dict[str, object]) -> str:
-            def call() -> str:
-                limiter.acquire([Limit(f"whatsapp:{account.external_id}", 1 / mps)])
-                body = {"messaging_product": "whatsapp", "recipient_type": "individual", "to": contact.external_id,
-                        **part}
-                data = graph.post(base, f"{account.external_id}/messages", token, body, self.timeout)
-                return str(data["messages"][0]["id"])
-            return with_retries(call, sleep=self.sleep)
+        def send(_: int, part: dict[str, object]) -> str:
+            body = {"messaging_product": "whatsapp", "recipient_type": "individual", "to": contact.external_id,
+                    **part}
+            data = graph.post(base, f"{account.external_id}/messages", creds["access_token"], body, self.timeout)
+            return str(data["messages"][0]["id"])
 
-        return send_parts(session, message, parts, send_one)
+        return Plan(parts, send, [Limit(f"whatsapp:{account.external_id}", 1 / mps)])

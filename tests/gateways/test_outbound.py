@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from app.bus.base import PermanentFailure  # noqa: F401 - documents what the dispatcher may raise
 from gateways.base import SendError
-from gateways.common import Limit, RateLimiter, split_text
+from gateways.outbound import Limit, RateLimiter, split_text
 from tests.fakes.fake_discord import FakeDiscord, rate_limited
 from tests.fakes.fake_meta import FakeGraph
 from tests.fakes.fake_telegram import FakeTelegram, flood
@@ -97,6 +97,22 @@ def use(monkeypatch: pytest.MonkeyPatch, channel: str, sender: Any) -> None:
     from gateways import registry
 
     monkeypatch.setitem(registry.SENDERS, channel, sender)
+
+
+def use_fake(monkeypatch: pytest.MonkeyPatch, channel: str, fake: Any, clock: FakeClock) -> None:
+    """Send `channel` through its real sender, pointed at `fake`, with time from `clock`."""
+    from gateways import registry
+
+    sender = type(registry.SENDERS[channel])(base_url=fake.url, limiter=RateLimiter(clock, clock.sleep),
+                                             sleep=clock.sleep)
+    use(monkeypatch, channel, sender)
+
+
+@pytest.fixture
+def telegram_api() -> Iterator[FakeTelegram]:
+    fake = FakeTelegram()
+    yield fake
+    fake.close()
 
 
 LONG = " ".join(f"Sentence number {i} explains one more detail of the return policy." for i in range(200))
@@ -247,83 +263,63 @@ def test_instagram_human_agent_tag(gw: Gateway, graph: FakeGraph, clock: FakeClo
 
 # ------------------------------------------------------------------------------------------------------ Telegram
 
-def test_telegram_sends_with_ptb_rate_limited_per_chat(gw: Gateway, clock: FakeClock,
+def test_telegram_sends_with_ptb_rate_limited_per_chat(gw: Gateway, telegram_api: FakeTelegram, clock: FakeClock,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    from gateways.telegram.send import TelegramSender
-
-    fake = FakeTelegram()
-    try:
-        _, conv, _ = conversation(gw, "telegram", "5550001", {"bot_token": "5550001:AAH", "secret_token": "s"},
-                                  "4242")
-        use(monkeypatch, "telegram", TelegramSender(base_url=fake.url, limiter=RateLimiter(clock, clock.sleep),
-                                                    sleep=clock.sleep))
-        fake.fail_next(flood(3))
-        text = "word " * 1700  # 8500 characters -> 3 parts
-        event = reply(conv, text)
-        deliver(event)
-        texts = fake.texts()
-        assert [c for c, _ in texts] == ["4242"] * 4  # the flood-controlled attempt, then three parts
-        assert [t for _, t in texts[1:]] == split_text(text, 4096)
-        assert all(r.path.startswith("/bot5550001:AAH/") for r in fake.requests)
-        assert 3.0 in clock.sleeps  # retry_after honoured
-        assert clock.sleeps.count(1.0) >= 2  # one message per second to the same chat
-        assert stored(event.message_id).meta["provider_ids"][0].startswith("4242:")
-    finally:
-        fake.close()
+    fake = telegram_api
+    _, conv, _ = conversation(gw, "telegram", "5550001", {"bot_token": "5550001:AAH", "secret_token": "s"}, "4242")
+    use_fake(monkeypatch, "telegram", fake, clock)
+    fake.fail_next(flood(3))
+    text = "word " * 1700  # 8500 characters -> 3 parts
+    event = reply(conv, text)
+    deliver(event)
+    texts = fake.texts()
+    assert [c for c, _ in texts] == ["4242"] * 4  # the flood-controlled attempt, then three parts
+    assert [t for _, t in texts[1:]] == split_text(text, 4096)
+    assert all(r.path.startswith("/bot5550001:AAH/") for r in fake.requests)
+    assert 3.0 in clock.sleeps  # retry_after honoured
+    assert clock.sleeps.count(1.0) >= 2  # one message per second to the same chat
+    assert stored(event.message_id).meta["provider_ids"][0].startswith("4242:")
 
 
-def test_telegram_answers_the_callback_query_before_replying(gw: Gateway, clock: FakeClock,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    from gateways.telegram.send import TelegramSender
+def test_telegram_answers_the_callback_query_before_replying(
+        gw: Gateway, telegram_api: FakeTelegram, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
     from tests.gateways.conftest import WEBHOOKS
 
-    fake = FakeTelegram()
-    try:
-        bot_id = str(5_600_000 + uuid.uuid4().int % 100_000)
-        gw.account(gw.tenant(), "telegram", bot_id, {"bot_token": f"{bot_id}:AAH", "secret_token": "s3"})
-        use(monkeypatch, "telegram", TelegramSender(base_url=fake.url, limiter=RateLimiter(clock, clock.sleep),
-                                                    sleep=clock.sleep))
-        # A real callback_query object (a pressed inline button), through the real webhook endpoint.
-        cb = json.loads((WEBHOOKS / "telegram" / "objects_teloxide" / "callback_query__deserialize.json").read_text())
-        query_id = f"cbq-{uuid.uuid4().hex[:8]}"
-        update = {"update_id": 77, "callback_query": {**cb, "id": query_id}}
-        assert gw.client.post(f"/webhooks/telegram/{bot_id}", json=update,
-                              headers={"X-Telegram-Bot-Api-Secret-Token": "s3"}).json()["accepted"] == 1
-        (pressed,) = gw.inbound(provider_message_id=f"callback:{query_id}")
-        event = reply(pressed.conversation_id, "You chose some_data.", in_reply_to=pressed.id)
-        deliver(event)
-        methods = [fake.path_of(r).rsplit("/", 1)[-1] for r in fake.requests]
-        assert methods == ["answerCallbackQuery", "sendMessage"]  # the spinner stops, then the answer
-        assert fake.answered == [query_id]
-        assert fake.texts() == [(str(cb["from"]["id"]), "You chose some_data.")]
-        assert stored(event.message_id).meta["callback_answered"] == query_id
-        deliver(event)  # redelivered: neither answered nor sent again
-        assert len(fake.requests) == 2
+    fake = telegram_api
+    bot_id = str(5_600_000 + uuid.uuid4().int % 100_000)
+    gw.account(gw.tenant(), "telegram", bot_id, {"bot_token": f"{bot_id}:AAH", "secret_token": "s3"})
+    use_fake(monkeypatch, "telegram", fake, clock)
+    # A real callback_query object (a pressed inline button), through the real webhook endpoint.
+    cb = json.loads((WEBHOOKS / "telegram" / "objects_teloxide" / "callback_query__deserialize.json").read_text())
+    query_id = f"cbq-{uuid.uuid4().hex[:8]}"
+    update = {"update_id": 77, "callback_query": {**cb, "id": query_id}}
+    assert gw.client.post(f"/webhooks/telegram/{bot_id}", json=update,
+                          headers={"X-Telegram-Bot-Api-Secret-Token": "s3"}).json()["accepted"] == 1
+    (pressed,) = gw.inbound(provider_message_id=f"callback:{query_id}")
+    event = reply(pressed.conversation_id, "You chose some_data.", in_reply_to=pressed.id)
+    deliver(event)
+    methods = [fake.path_of(r).rsplit("/", 1)[-1] for r in fake.requests]
+    assert methods == ["answerCallbackQuery", "sendMessage"]  # the spinner stops, then the answer
+    assert fake.answered == [query_id]
+    assert fake.texts() == [(str(cb["from"]["id"]), "You chose some_data.")]
+    assert stored(event.message_id).meta["callback_answered"] == query_id
+    deliver(event)  # redelivered: neither answered nor sent again
+    assert len(fake.requests) == 2
 
-        # A second reply to the same press: Telegram refuses a second answer; the reply still goes out.
-        event2 = reply(pressed.conversation_id, "Anything else?", key="reply:2", in_reply_to=pressed.id)
-        deliver(event2)
-        assert stored(event2.message_id).status == "sent" and fake.texts()[-1][1] == "Anything else?"
-        assert fake.answered == [query_id]
-    finally:
-        fake.close()
+    # A second reply to the same press: Telegram refuses a second answer; the reply still goes out.
+    event2 = reply(pressed.conversation_id, "Anything else?", key="reply:2", in_reply_to=pressed.id)
+    deliver(event2)
+    assert stored(event2.message_id).status == "sent" and fake.texts()[-1][1] == "Anything else?"
+    assert fake.answered == [query_id]
 
 
-def test_telegram_plain_message_reply_answers_no_callback(gw: Gateway, clock: FakeClock,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    from gateways.telegram.send import TelegramSender
-
-    fake = FakeTelegram()
-    try:
-        _, conv, _ = conversation(gw, "telegram", "5550002", {"bot_token": "5550002:AAH", "secret_token": "s"},
-                                  "4343")
-        use(monkeypatch, "telegram", TelegramSender(base_url=fake.url, limiter=RateLimiter(clock, clock.sleep),
-                                                    sleep=clock.sleep))
-        deliver(reply(conv, "Hello"))
-        assert [fake.path_of(r).rsplit("/", 1)[-1] for r in fake.requests] == ["sendMessage"]
-        assert fake.answered == []
-    finally:
-        fake.close()
+def test_telegram_plain_message_reply_answers_no_callback(gw: Gateway, telegram_api: FakeTelegram,
+                                                          clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    _, conv, _ = conversation(gw, "telegram", "5550002", {"bot_token": "5550002:AAH", "secret_token": "s"}, "4343")
+    use_fake(monkeypatch, "telegram", telegram_api, clock)
+    deliver(reply(conv, "Hello"))
+    assert [telegram_api.path_of(r).rsplit("/", 1)[-1] for r in telegram_api.requests] == ["sendMessage"]
+    assert telegram_api.answered == []
 
 
 def test_rate_limiter_per_chat_and_per_bot(clock: FakeClock) -> None:
@@ -337,7 +333,7 @@ def test_rate_limiter_per_chat_and_per_bot(clock: FakeClock) -> None:
 
 
 def test_redis_rate_limiter_shares_the_budget(redis_namespace: str) -> None:
-    from gateways.common import RedisRateLimiter
+    from gateways.outbound import RedisRateLimiter
     from tests.conftest import REDIS_TEST_URL
 
     a = RedisRateLimiter(REDIS_TEST_URL, prefix=redis_namespace, sleep=lambda s: None)
@@ -351,14 +347,11 @@ def test_redis_rate_limiter_shares_the_budget(redis_namespace: str) -> None:
 
 def test_twilio_sdk_send_retry_after_and_auth_failure(gw: Gateway, clock: FakeClock,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    from gateways.twilio.send import TwilioSender
-
     fake = FakeTwilio("AC0001", "tok")
     try:
         _, conv, _ = conversation(gw, "twilio", "+14155550100", {"account_sid": "AC0001", "auth_token": "tok"},
                                   "whatsapp:+15005550006")
-        use(monkeypatch, "twilio", TwilioSender(base_url=fake.url, limiter=RateLimiter(clock, clock.sleep),
-                                                sleep=clock.sleep))
+        use_fake(monkeypatch, "twilio", fake, clock)
         fake.fail_next(Scripted(429, {"code": 20429, "message": "Too Many Requests", "status": 429},
                                 {"Retry-After": "4"}))
         event = reply(conv, "y " * 1000)  # 2000 chars -> 2 SMS-limit parts
@@ -417,17 +410,10 @@ class DiscordApp:
         return row
 
 
-def discord_sender(fake: FakeDiscord, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
-    from gateways.discord.send import DiscordSender
-
-    use(monkeypatch, "discord", DiscordSender(base_url=fake.url, limiter=RateLimiter(clock, clock.sleep),
-                                              sleep=clock.sleep))
-
-
 def test_discord_edits_the_original_then_follows_up(gw: Gateway, discord_api: FakeDiscord, clock: FakeClock,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     app = DiscordApp(gw, discord_api)
-    discord_sender(discord_api, clock, monkeypatch)
+    use_fake(monkeypatch, "discord", discord_api, clock)
     inbound = app.interaction()
     token = inbound.meta["interaction_token"]
     text = LONG[:5000] + " @everyone"
@@ -452,7 +438,7 @@ def test_discord_edits_the_original_then_follows_up(gw: Gateway, discord_api: Fa
 def test_discord_second_reply_is_a_followup_and_latest_interaction_is_used(
         gw: Gateway, discord_api: FakeDiscord, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
     app = DiscordApp(gw, discord_api)
-    discord_sender(discord_api, clock, monkeypatch)
+    use_fake(monkeypatch, "discord", discord_api, clock)
     first = app.interaction("first question")
     deliver(reply(first.conversation_id, "Looking into it.", key="r1", in_reply_to=first.id))
     deliver(reply(first.conversation_id, "Here is the answer.", author="agent:dana", key="r2", in_reply_to=first.id))
@@ -467,7 +453,7 @@ def test_discord_second_reply_is_a_followup_and_latest_interaction_is_used(
 def test_discord_429_retry_after_and_5xx_are_retried(gw: Gateway, discord_api: FakeDiscord, clock: FakeClock,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     app = DiscordApp(gw, discord_api)
-    discord_sender(discord_api, clock, monkeypatch)
+    use_fake(monkeypatch, "discord", discord_api, clock)
     inbound = app.interaction()
     discord_api.fail_next(rate_limited(1.5), Scripted(502, {"message": "502: Bad Gateway", "code": 0}))
     event = reply(inbound.conversation_id, "Yes, we ship worldwide.", in_reply_to=inbound.id)
@@ -481,7 +467,7 @@ def test_discord_429_retry_after_and_5xx_are_retried(gw: Gateway, discord_api: F
 def test_discord_no_double_send_when_a_followup_fails(gw: Gateway, discord_api: FakeDiscord, clock: FakeClock,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     app = DiscordApp(gw, discord_api)
-    discord_sender(discord_api, clock, monkeypatch)
+    use_fake(monkeypatch, "discord", discord_api, clock)
     inbound = app.interaction()
     original, calls = discord_api.respond, {"n": 0}
 
@@ -510,7 +496,7 @@ def test_discord_expired_or_revoked_token_fails_permanently(gw: Gateway, discord
     from app.models import Message, utcnow
 
     app = DiscordApp(gw, discord_api)
-    discord_sender(discord_api, clock, monkeypatch)
+    use_fake(monkeypatch, "discord", discord_api, clock)
     old = app.interaction()
     with session_scope() as session:
         session.get_one(Message, old.id).created_at = utcnow() - timedelta(minutes=16)
