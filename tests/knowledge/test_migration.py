@@ -62,7 +62,8 @@ def test_upgrade_backfills_versions_and_round_trips(empty_db: str) -> None:
             rows = conn.execute(
                 sa.text("SELECT tenant_id, version, status, documents FROM pack_versions ORDER BY tenant_id, version")
             ).all()
-            lives = dict(conn.execute(sa.text("SELECT id, live_pack_version FROM tenants")).all())  # type: ignore[arg-type]
+            result = conn.execute(sa.text("SELECT id, live_pack_version FROM tenants"))
+            lives: dict[str, int] = {r[0]: r[1] for r in result}
         assert [tuple(r) for r in rows] == [
             ("a", 1, "ready", 1), ("a", 2, "live", 2), ("b", 1, "live", 1), ("b", 2, "ready", 1)
         ]

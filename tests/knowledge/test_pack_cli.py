@@ -38,7 +38,8 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _listing(home: Path) -> dict[str, object]:
     result = run(home, "pack", "list", "--tenant", "northwind", "--json")
     assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)  # type: ignore[no-any-return]
+    data: dict[str, object] = json.loads(result.stdout)
+    return data
 
 
 def test_version_only_promote_rollback_and_eval(home: Path) -> None:

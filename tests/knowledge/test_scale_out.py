@@ -173,7 +173,8 @@ def test_a_worker_killed_mid_job_then_rerun_leaves_the_same_points_as_a_clean_ru
         done = 0
         while done < 2:  # two of eight files indexed: the job is half-way
             assert worker.poll() is None and time.monotonic() < deadline, "the worker did not make progress"
-            events = [json.loads(f[b"body"]) for _, f in connection.xrange(stream)]
+            entries: list[tuple[bytes, dict[bytes, bytes]]] = connection.xrange(stream)  # type: ignore[assignment]
+            events = [json.loads(fields[b"body"]) for _, fields in entries]
             done = max([e["files_done"] for e in events if e["status"] == "indexed"], default=0)
             time.sleep(0.05)
         # The worker and its work-horse (RQ forks one per job into a session of its own).
