@@ -102,10 +102,11 @@ def use(monkeypatch: pytest.MonkeyPatch, channel: str, sender: Any) -> None:
 def use_fake(monkeypatch: pytest.MonkeyPatch, channel: str, fake: Any, clock: FakeClock) -> None:
     """Send `channel` through its real sender, pointed at `fake`, with time from `clock`."""
     from gateways import registry
+    from gateways.outbound import ProviderSender
 
-    sender = type(registry.SENDERS[channel])(base_url=fake.url, limiter=RateLimiter(clock, clock.sleep),
-                                             sleep=clock.sleep)
-    use(monkeypatch, channel, sender)
+    real = registry.SENDERS[channel]
+    assert isinstance(real, ProviderSender)
+    use(monkeypatch, channel, type(real)(base_url=fake.url, limiter=RateLimiter(clock, clock.sleep), sleep=clock.sleep))
 
 
 @pytest.fixture
