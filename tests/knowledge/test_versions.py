@@ -240,3 +240,36 @@ def test_no_retrieval_mixes_versions_while_promoting_and_rolling_back(db: Sessio
         thread.join()
     assert not errors
     assert seen and all(used == {live} for live, used in seen)
+
+
+def test_an_answer_records_the_live_version_and_the_chunk_ids_it_used(sb_home: Path, pack: Path) -> None:
+    """Through the whole embedded pipeline: the reply's meta and the audit event name the live version, and
+    every cited chunk belongs to that version."""
+    from app import operations
+    from app.db import get_sessionmaker, migrate
+    from app.models import AuditEvent, Message
+    from app.workers_runtime import RoleThreads
+
+    migrate()
+    operations.create_tenant("shop")
+    operations.ingest("shop", [pack])
+    (pack / "faq.csv").write_text(FAQ.replace("PayPal, Visa", "PayPal, Klarna, Visa"))
+    operations.ingest("shop", [pack])
+    roles = RoleThreads.start_all()
+    try:
+        outcome = operations.chat("shop", "Do you accept PayPal?", timeout_s=120)
+    finally:
+        roles.stop()
+    assert outcome["status"] == "answered" and outcome["citations"]
+    with get_sessionmaker()() as db:
+        tenant = db.scalars(select(Tenant).where(Tenant.slug == "shop")).one()
+        assert tenant.live_pack_version == 2
+        reply = db.scalars(select(Message).where(Message.in_reply_to_id == outcome["message_id"])).one()
+        assert reply.meta["pack_version"] == 2
+        audit = db.scalars(select(AuditEvent).where(AuditEvent.action == "message.answered")).one()
+        assert audit.data["pack_version"] == 2
+        cited = set(audit.data["chunk_ids"])
+        assert cited == {c["chunk_id"] for c in outcome["citations"]}
+        versions_of = set(db.scalars(select(Document.pack_version).join(Chunk, Chunk.document_id == Document.id)
+                                     .where(Chunk.id.in_(cited))))
+        assert versions_of == {2}
