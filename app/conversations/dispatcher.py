@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timedelta
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from app.bus.base import Delivery, PermanentFailure
 from app.contracts import Event, OutboundMessage, UnknownEvent
@@ -16,7 +18,26 @@ from gateways.registry import sender_for
 log = logging.getLogger(__name__)
 
 
+# While one dispatcher sends a message (possibly in several parts, each committed as it goes, which releases
+# the row lock) no other may start on it; a dispatcher that dies mid-send loses the lease after this long and
+# the next delivery resumes after the last recorded part.
+SEND_LEASE = timedelta(seconds=60)
+
+
+class DeliveryBusy(Exception):
+    """Another dispatcher holds this message's send lease: retry later (the entry stays pending)."""
+
+
 class Dispatcher:
+    @staticmethod
+    def _take_lease(session: Session, message: Message) -> None:
+        now = utcnow()
+        held = (message.meta or {}).get("sending_until")
+        if held and datetime.fromisoformat(held) > now:
+            raise DeliveryBusy(f"message {message.id} is being sent by another dispatcher until {held}")
+        message.meta = {**(message.meta or {}), "sending_until": (now + SEND_LEASE).isoformat()}
+        session.commit()  # the lease is visible before any provider call
+
     def handle(self, delivery: Delivery) -> None:
         try:
             event = Event.from_bus(delivery.fields)
@@ -47,10 +68,14 @@ class Dispatcher:
             )
             if account is not None and account.tenant_id != event.tenant_id:
                 raise PermanentFailure("channel account belongs to another tenant")
+            self._take_lease(session, message)
             try:
                 provider_id = sender.send(session, account, message)
             except SendError as exc:
                 if not exc.permanent:
+                    # Not sending any more: release the lease so the redelivery can go ahead.
+                    message.meta = {k: v for k, v in (message.meta or {}).items() if k != "sending_until"}
+                    session.commit()
                     raise  # left pending on the bus; redelivered after the claim timeout
                 message.status = "failed"
                 message.error = str(exc)
