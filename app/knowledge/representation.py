@@ -9,7 +9,7 @@ view). Other chunks have no question view; the vector store uses their full view
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from app.knowledge.chunk import TextChunk
@@ -30,6 +30,18 @@ def question_text(chunk: TextChunk, kind: str) -> str | None:
     return None
 
 
+def question_vectors(
+    chunks: Sequence[TextChunk], kind: str, embed: Callable[[list[str]], list[list[float]]]
+) -> list[list[float] | None]:
+    """The question view of each chunk (None where it has none), embedded in one call to `embed` (an
+    embedder's `embed_documents`, or ingestion's cached version of it)."""
+    questions = [question_text(c, kind) for c in chunks]
+    asked = [i for i, q in enumerate(questions) if q is not None]
+    embedded = embed([questions[i] or "" for i in asked]) if asked else []
+    by_index: dict[int, list[float]] = dict(zip(asked, embedded, strict=True))
+    return [by_index.get(i) for i in range(len(chunks))]
+
+
 def embed_chunks(
     chunks: Sequence[TextChunk], kind: str, embedder: Embedder, sparse_encoder: SparseEncoder
 ) -> list[ChunkVectors]:
@@ -37,8 +49,5 @@ def embed_chunks(
     texts = [c.embedding_text() for c in chunks]
     dense = embedder.embed_documents(texts)
     sparse = sparse_encoder.encode_documents(texts)
-    questions = [question_text(c, kind) for c in chunks]
-    asked = [i for i, q in enumerate(questions) if q is not None]
-    embedded = embedder.embed_documents([questions[i] or "" for i in asked]) if asked else []
-    question_vectors: dict[int, list[float]] = dict(zip(asked, embedded, strict=True))
-    return [ChunkVectors(dense[i], question_vectors.get(i), sparse[i]) for i in range(len(chunks))]
+    questions = question_vectors(chunks, kind, embedder.embed_documents)
+    return [ChunkVectors(dense[i], questions[i], sparse[i]) for i in range(len(chunks))]

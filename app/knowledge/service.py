@@ -47,6 +47,7 @@ from app.knowledge.parse import (
     parse,
     read_metadata,
 )
+from app.knowledge.representation import question_vectors
 from app.models import Chunk, Document, IngestionJob, KnowledgeSource, PackVersion, Tenant, new_id, utcnow
 from app.providers.embeddings.base import Embedder, SparseEncoder
 from app.providers.storage.base import ObjectStore
@@ -308,6 +309,8 @@ def _write(
     tenant_id, version = document.tenant_id, document.pack_version
     texts = [c.embedding_text() for c in chunks]
     document.vectors_key, dense, embedded = _dense(d, tenant_id, texts)
+    # FAQ chunks get a second dense view, their question alone (app/knowledge/representation.py), cached alike.
+    questions = question_vectors(chunks, document.kind or "", lambda qs: _dense(d, tenant_id, qs)[1])
     ids = [chunk_id(tenant_id, version, document.path, c.ordinal) for c in chunks]
     payload_meta = {k: v for k, v in (document.meta or {}).items() if k in ("brand", "category", "language",
                                                                              "source_url")}
@@ -317,6 +320,7 @@ def _write(
         d.vectors.upsert(tenant_id, [
             ChunkPoint(
                 id=ids[start + i], tenant_id=tenant_id, dense=dense[start + i], sparse=sparse[i],
+                question=questions[start + i],
                 payload={
                     **payload_meta,
                     "document": document.path,
