@@ -1,8 +1,9 @@
-"""Retrieval: a customer's question to the tenant's best passages (hybrid dense + BM25, fused with RRF).
+"""Retrieval: a customer's question to the tenant's best passages (hybrid: the dense full view, the dense
+question view of FAQ chunks and BM25, fused with weighted RRF; see app/providers/vectors/common.py).
 
-`Passage.score` is the dense cosine similarity of the passage to the question (see
-app/providers/vectors/common.py), so the orchestrator can hold it against a fixed threshold; `rank` is the
-fused order. Only the tenant's own points can come back: the tenant is a filter inside the vector store.
+`Passage.score` is the dense cosine similarity of the passage's full view to the question, so the
+orchestrator can hold it against a fixed threshold; `rank` is the fused order. Only the tenant's own points
+can come back: the tenant is a filter inside the vector store.
 """
 
 from __future__ import annotations
