@@ -23,6 +23,20 @@ def cache_key(tenant_id: str, embedder_name: str, texts: Sequence[str]) -> str:
     return f"{tenant_id}/knowledge/vectors/{digest.hexdigest()}.f32"
 
 
+def companion_key(key: str, texts: Sequence[str]) -> str:
+    """Where another view of the document (e.g. its FAQ questions alone) is cached: under the main key's name,
+    so deleting the main blob can find it (`companion_prefix`), and keyed by its own texts, so a change in how
+    that view is written misses the cache like any other change."""
+    digest = hashlib.sha256()
+    for text in texts:
+        digest.update(b"\x00" + hashlib.sha256(text.encode()).digest())
+    return f"{companion_prefix(key)}{digest.hexdigest()[:32]}.f32"
+
+
+def companion_prefix(key: str) -> str:
+    return key.removesuffix(".f32") + ".view-"
+
+
 def load(objects: ObjectStore, key: str, rows: int, dim: int) -> list[list[float]] | None:
     """The cached vectors, or None when absent or not the expected shape (then the caller embeds)."""
     try:

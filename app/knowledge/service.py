@@ -289,9 +289,9 @@ def _reserved_files(
     return rest, pack_meta
 
 
-def _dense(d: Deps, tenant_id: str, texts: list[str]) -> tuple[str, list[list[float]], int]:
+def _dense(d: Deps, tenant_id: str, texts: list[str], key: str | None = None) -> tuple[str, list[list[float]], int]:
     """(cache key, vectors, how many texts were embedded now)."""
-    key = embedcache.cache_key(tenant_id, d.embedder.name, texts)
+    key = key or embedcache.cache_key(tenant_id, d.embedder.name, texts)
     cached = embedcache.load(d.objects, key, len(texts), d.embedder.dim)
     if cached is not None:
         return key, cached, 0
@@ -310,7 +310,12 @@ def _write(
     texts = [c.embedding_text() for c in chunks]
     document.vectors_key, dense, embedded = _dense(d, tenant_id, texts)
     # FAQ chunks get a second dense view, their question alone (app/knowledge/representation.py), cached alike.
-    questions = question_vectors(chunks, document.kind or "", lambda qs: _dense(d, tenant_id, qs)[1])
+    # Cached beside the document's vectors (a companion key), so deleting the document deletes both.
+    vectors_key = document.vectors_key
+    questions = question_vectors(
+        chunks, document.kind or "",
+        lambda qs: _dense(d, tenant_id, qs, embedcache.companion_key(vectors_key, qs))[1],
+    )
     ids = [chunk_id(tenant_id, version, document.path, c.ordinal) for c in chunks]
     payload_meta = {k: v for k, v in (document.meta or {}).items() if k in ("brand", "category", "language",
                                                                              "source_url")}

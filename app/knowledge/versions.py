@@ -22,6 +22,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from app.audit import record
+from app.knowledge.embedcache import companion_prefix
 from app.models import Chunk, Document, PackVersion, Tenant, new_id, utcnow
 from app.providers.storage.base import ObjectStore
 from app.providers.vectors.base import VectorStore
@@ -159,3 +160,6 @@ def delete_unreferenced(session: Session, objects: ObjectStore, tenant_id: str, 
         )
         if not used:
             objects.delete(key)
+            if "/knowledge/vectors/" in key:
+                for companion in objects.list(companion_prefix(key)):
+                    objects.delete(companion)

@@ -253,8 +253,12 @@ def test_versions_through_the_api_build_promote_roll_back_and_delete_everywhere(
     assert store.count(tenant_a.id, {"document": "faq.csv"}) > 0
     left = get_object_store().list(f"{tenant_a.id}/knowledge/")
     assert not [k for k in left if k.endswith("warranty.md")]
-    assert len([k for k in left if "/vectors/" in k]) == 1  # only faq.csv's cached vectors remain
-    paths = {d["path"] for d in client.get("/admin/v1/knowledge/documents", headers=h).json()["documents"]}
-    assert paths == {"faq.csv"}
+    assert len([k for k in left if "/vectors/" in k and ".view-" not in k]) == 1  # only faq.csv's remain
+    remaining = client.get("/admin/v1/knowledge/documents", headers=h).json()["documents"]
+    assert {d["path"] for d in remaining} == {"faq.csv"}
+    # The FAQ's cached vectors include its question view; deleting it leaves no stored object at all.
+    assert client.delete(f"/admin/v1/knowledge/documents/{remaining[0]['id']}", headers=h).status_code == 204
+    assert get_object_store().list(f"{tenant_a.id}/knowledge/") == []
+    assert store.count(tenant_a.id) == 0
     bad = client.post("/admin/v1/knowledge", headers=h, data={"replace": "maybe"}, files={"files": ("a.md", b"# A")})
     assert bad.status_code == 422 and "'replace' must be true or false" in bad.json()["detail"]
