@@ -193,9 +193,10 @@ class Orchestrator:
         if verdict.flagged:
             return Decision(escalate_reason="prompt_injection", detail=", ".join(verdict.rules))
         min_relevance = float(policies.get("min_relevance", 0.45))
-        # One pack version per answer: the live one (a version being built beside it is never mixed in).
-        filters = {"pack_version": ctx.pack_version} if ctx.pack_version is not None else None
-        passages = list(self.retrieve(ctx.tenant_id, text, top_k=self.settings.retrieval_top_k, filters=filters))
+        # One pack version per answer: the live one (a version being built beside it is never mixed in). No live
+        # version (nothing ingested yet, or only a `--version-only` build) means no knowledge to answer from.
+        passages = [] if ctx.pack_version is None else list(self.retrieve(
+            ctx.tenant_id, text, top_k=self.settings.retrieval_top_k, filters={"pack_version": ctx.pack_version}))
         offline = compose_offline(text, passages, ctx.persona, min_relevance=min_relevance)
         if offline.escalate:
             return Decision(escalate_reason=offline.reason or "no_knowledge", draft=None, detail=_top(passages))

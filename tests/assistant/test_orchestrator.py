@@ -20,7 +20,9 @@ def tenant(sb_home: Path) -> str:
 
     migrate()
     with session_scope() as session:
-        return create_tenant(session, "acme").tenant.id
+        tenant = create_tenant(session, "acme").tenant
+        tenant.live_pack_version = 1  # as if a pack were live: retrieval runs
+        return tenant.id
 
 
 def _consumer(bus: MemoryBus, handler, on_dead=None) -> Consumer:  # type: ignore[no-untyped-def]
@@ -77,3 +79,26 @@ def test_a_message_that_keeps_failing_ends_dead_with_its_last_error(tenant: str)
     with session_scope() as session:
         message = session.get_one(Message, accepted.message_id)
         assert message.status == "dead" and "vector store unreachable" in (message.error or "")
+
+
+def test_without_a_live_pack_version_nothing_is_retrieved_and_the_message_escalates(sb_home: Path) -> None:
+    from app.assistant.orchestrator import Orchestrator
+    from app.conversations.service import accept_inbound
+    from app.models import Escalation
+    from app.tenants.service import create_tenant
+
+    migrate()
+    with session_scope() as session:
+        tenant_id = create_tenant(session, "fresh").tenant.id  # nothing promoted yet
+    calls: list[str] = []
+    bus = MemoryBus()
+    orchestrator = Orchestrator(bus, retrieve=lambda *a, **k: calls.append("retrieve") or [])
+    accepted = accept_inbound(bus, tenant_id=tenant_id, channel="webchat", contact_external_id="v",
+                              provider_message_id="m", text="what is your return policy?")
+    _consumer(bus, orchestrator.handle).process_available()
+    assert calls == []
+    with session_scope() as session:
+        from sqlalchemy import select
+
+        escalation = session.scalars(select(Escalation).where(Escalation.message_id == accepted.message_id)).one()
+        assert escalation.reason == "no_knowledge"

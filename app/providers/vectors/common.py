@@ -32,7 +32,7 @@ QUESTION = "question"
 SPARSE = "sparse"
 TENANT_FIELD = "tenant_id"
 # Payload fields with an index, beyond the tenant: the exact-match filters callers use.
-KEYWORD_FIELDS = ("document", "document_id", "kind", "language")
+KEYWORD_FIELDS = ("document", "document_id", "kind", "language", "category", "brand", "source_url")
 INTEGER_FIELDS = ("pack_version",)
 # RRF's k: small k trusts each list's top ranks more. On the COVID-QA FAQ benchmark
 # (benchmarks/retrieval_covid.py) k=2 and k=10 beat the textbook 60 on hit@5 (0.893 vs 0.865), with the same
