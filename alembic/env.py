@@ -2,6 +2,7 @@
 
 from alembic import context
 from sqlalchemy import text
+
 from app.db import make_engine
 from app.models import Base
 

@@ -60,9 +60,8 @@ def migrate(url: str | None = None) -> None:
     """Bring the schema to the latest Alembic revision (SQLite or Postgres, one history)."""
     from pathlib import Path
 
-    from alembic.config import Config
-
     from alembic import command
+    from alembic.config import Config
 
     root = Path(__file__).resolve().parent.parent
     cfg = Config()

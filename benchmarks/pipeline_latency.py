@@ -65,7 +65,8 @@ def main() -> None:
         roles.stop()
     server_side = _server_side_ms(message_ids)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
+          f"Python {platform.python_version()}")
     print(f"pack: {report['documents']} documents, {report['chunks']} chunks; messages: {len(latencies)} {outcomes}")
     print("| metric | stored -> outcome committed | client round trip (50 ms polling) |\n|---|---|---|")
     for name, fn in (("p50", statistics.median), ("p95", lambda v: percentile(v, 0.95)),
