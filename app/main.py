@@ -88,11 +88,13 @@ def create_app(*, run_workers: bool | None = None) -> FastAPI:
         ok = all(v == "ok" for v in checks.values())
         return JSONResponse(status_code=200 if ok else 503, content={"status": "ok" if ok else "degraded", **checks})
 
+    from app.admin.knowledge_routes import router as knowledge_router
     from app.admin.routes import router as admin_router
     from app.review.routes import router as review_router
     from gateways.routes import routers as gateway_routers
 
     app.include_router(admin_router)
+    app.include_router(knowledge_router)
     app.include_router(review_router)
     for router in gateway_routers():
         app.include_router(router)

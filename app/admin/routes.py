@@ -12,18 +12,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any, Literal, TypeVar
 
-from fastapi import APIRouter, HTTPException, Query, Request, Response
-from fastapi.concurrency import run_in_threadpool
+from fastapi import APIRouter, HTTPException, Query, Response
 from sqlalchemy.orm import Session
 
 from app.admin import schemas as s
 from app.admin import service
-from app.admin.uploads import UploadError, build_options, collect, read_form
-from app.audit import record
 from app.auth import Admin, Agent
-from app.config import get_settings
 from app.db import session_scope
-from app.knowledge import versions
 from app.models import (
     ApiKey,
     ChannelAccount,
@@ -31,9 +26,7 @@ from app.models import (
     Conversation,
     IngestionJob,
     Message,
-    PackVersion,
     Tenant,
-    new_id,
 )
 
 router = APIRouter(prefix="/admin/v1", tags=["admin"])
@@ -53,7 +46,7 @@ def _unit() -> Iterator[Session]:
         raise HTTPException(exc.status, exc.message) from exc
 
 
-def _run(fn: Callable[[Session], _T]) -> _T:
+def in_transaction(fn: Callable[[Session], _T]) -> _T:
     with _unit() as session:
         return fn(session)
 
@@ -100,7 +93,7 @@ def _channel(a: ChannelAccount) -> s.ChannelOut:
     )
 
 
-def _job(j: IngestionJob) -> s.JobOut:
+def job_out(j: IngestionJob) -> s.JobOut:
     done_files, chunks = j.done_files, j.chunks
     if j.status == "running":  # the row is written at the end; a job running in this process reports live
         from workers.ingest import progress
@@ -154,14 +147,14 @@ def _message(m: Message) -> s.MessageOut:
 def get_tenant(who: Admin) -> s.TenantOut:
     """The caller's tenant: name, persona, policies, whether it has its own LLM key, and the live pack
     version."""
-    return _run(lambda db: _tenant(service.get_tenant(db, who.tenant_id)))
+    return in_transaction(lambda db: _tenant(service.get_tenant(db, who.tenant_id)))
 
 
 @router.patch("/tenant", response_model=s.TenantOut, summary="Update name, persona or policies")
 def patch_tenant(body: s.TenantPatch, who: Admin) -> s.TenantOut:
     """Changes only the fields sent; inside `persona` and `policies` too (send a field as `null` to reset it).
     Takes effect on the next message the assistant answers."""
-    return _run(
+    return in_transaction(
         lambda db: _tenant(
             service.update_tenant(
                 db,
@@ -177,7 +170,7 @@ def patch_tenant(body: s.TenantPatch, who: Admin) -> s.TenantOut:
 @router.put("/tenant/llm-key", response_model=s.LLMKeyOut, summary="Set the tenant's LLM API key")
 def put_llm_key(body: s.LLMKeyIn, who: Admin) -> s.LLMKeyOut:
     """Stores the key encrypted, for the endpoint in `policies.llm`. It is never returned."""
-    return _run(
+    return in_transaction(
         lambda db: s.LLMKeyOut(
             has_llm_key=service.set_llm_key(db, who, body.api_key.get_secret_value()).llm_api_key_encrypted is not None
         )
@@ -187,7 +180,7 @@ def put_llm_key(body: s.LLMKeyIn, who: Admin) -> s.LLMKeyOut:
 @router.delete("/tenant/llm-key", response_model=s.LLMKeyOut, summary="Remove the tenant's LLM API key")
 def delete_llm_key(who: Admin) -> s.LLMKeyOut:
     """The server's default LLM key applies again."""
-    return _run(
+    return in_transaction(
         lambda db: s.LLMKeyOut(has_llm_key=service.set_llm_key(db, who, None).llm_api_key_encrypted is not None)
     )
 
@@ -198,7 +191,7 @@ def delete_llm_key(who: Admin) -> s.LLMKeyOut:
 @router.get("/api-keys", response_model=s.ApiKeysOut, summary="List API keys")
 def list_api_keys(who: Admin) -> s.ApiKeysOut:
     """Every key of the tenant, revoked ones included. Keys are stored hashed: only their prefix is shown."""
-    return _run(lambda db: s.ApiKeysOut(api_keys=[_key(k) for k in service.list_api_keys(db, who.tenant_id)]))
+    return in_transaction(lambda db: s.ApiKeysOut(api_keys=[_key(k) for k in service.list_api_keys(db, who.tenant_id)]))
 
 
 @router.post("/api-keys", response_model=s.NewApiKeyOut, status_code=201, summary="Create an API key")
@@ -209,7 +202,7 @@ def create_api_key(body: s.ApiKeyIn, who: Admin) -> s.NewApiKeyOut:
         row, plaintext = service.create_api_key(db, who, body.name, body.scope)
         return s.NewApiKeyOut(**_key(row).model_dump(), api_key=plaintext)
 
-    return _run(work)
+    return in_transaction(work)
 
 
 @router.delete(
@@ -224,7 +217,7 @@ def create_api_key(body: s.ApiKeyIn, who: Admin) -> s.NewApiKeyOut:
 def revoke_api_key(key_id: str, who: Admin) -> Response:
     """Revokes at once (idempotent). A key cannot revoke itself, so a tenant cannot lose its last admin key by
     accident: revoke it with another admin key."""
-    _run(lambda db: service.revoke_api_key(db, who, key_id))
+    in_transaction(lambda db: service.revoke_api_key(db, who, key_id))
     return Response(status_code=204)
 
 
@@ -235,7 +228,9 @@ def revoke_api_key(key_id: str, who: Admin) -> Response:
 def list_channels(who: Admin) -> s.ChannelsOut:
     """The tenant's accounts on each channel, with the webhook URL to give each provider. Credentials are
     never returned; `has_credentials` says whether some are stored."""
-    return _run(lambda db: s.ChannelsOut(channels=[_channel(a) for a in service.list_channels(db, who.tenant_id)]))
+    return in_transaction(
+        lambda db: s.ChannelsOut(channels=[_channel(a) for a in service.list_channels(db, who.tenant_id)])
+    )
 
 
 @router.post(
@@ -249,7 +244,7 @@ def create_channel(body: s.ChannelIn, who: Admin) -> s.ChannelOut:
     """Registers a provider account (a WhatsApp phone number id, a Telegram bot...). `credentials` are
     encrypted at rest. For `webchat`, leave `external_id` out to get a new widget id."""
     creds = {k: v.get_secret_value() for k, v in body.credentials.items()} if body.credentials else None
-    return _run(
+    return in_transaction(
         lambda db: _channel(
             service.create_channel(
                 db,
@@ -267,7 +262,7 @@ def create_channel(body: s.ChannelIn, who: Admin) -> s.ChannelOut:
 
 @router.get("/channels/{account_id}", response_model=s.ChannelOut, summary="Get a channel account")
 def get_channel(account_id: str, who: Admin) -> s.ChannelOut:
-    return _run(lambda db: _channel(service.get_channel(db, who.tenant_id, account_id)))
+    return in_transaction(lambda db: _channel(service.get_channel(db, who.tenant_id, account_id)))
 
 
 @router.patch("/channels/{account_id}", response_model=s.ChannelOut, summary="Update a channel account")
@@ -278,257 +273,14 @@ def patch_channel(account_id: str, body: s.ChannelPatch, who: Admin) -> s.Channe
         changes["credentials"] = (
             {k: v.get_secret_value() for k, v in body.credentials.items()} if body.credentials else None
         )
-    return _run(lambda db: _channel(service.update_channel(db, who, account_id, changes)))
+    return in_transaction(lambda db: _channel(service.update_channel(db, who, account_id, changes)))
 
 
 @router.delete("/channels/{account_id}", status_code=204, summary="Delete a channel account")
 def delete_channel(account_id: str, who: Admin) -> Response:
     """The provider's webhooks stop being accepted. Conversations on it are kept."""
-    _run(lambda db: service.delete_channel(db, who, account_id))
+    in_transaction(lambda db: service.delete_channel(db, who, account_id))
     return Response(status_code=204)
-
-
-# --- knowledge ----------------------------------------------------------------------------------------------
-
-_UPLOAD_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["files"],
-                    "properties": {
-                        "files": {
-                            "type": "array",
-                            "items": {"type": "string", "format": "binary"},
-                            "description": "Markdown, HTML, PDF, DOCX, text, CSV/JSON FAQ files, or a .zip of "
-                            "them. `_metadata.json` maps paths to metadata; `_eval.jsonl` sets the eval questions.",
-                        },
-                        "version_only": {"type": "boolean", "description": "Build the version, do not promote."},
-                        "replace": {"type": "boolean", "description": "The upload is the whole pack: live "
-                                    "documents it does not contain are left out of the new version."},
-                        "brand": {"type": "string"},
-                        "category": {"type": "string"},
-                        "language": {"type": "string"},
-                        "source_url": {"type": "string"},
-                    },
-                },
-                "encoding": {"files": {"contentType": "application/octet-stream"}},
-            }
-        },
-    }
-}
-
-
-@router.post(
-    "/knowledge",
-    response_model=s.UploadAccepted,
-    status_code=202,
-    summary="Upload knowledge",
-    openapi_extra=_UPLOAD_BODY,
-    responses={
-        400: {"description": "The multipart body is broken."},
-        413: {"description": "The upload (or a zip's content) is over the size limit."},
-        415: {"description": "A file type that cannot be ingested, or a body that is not multipart."},
-        422: {"description": "No files, an empty or unreadable zip, or two files with one name."},
-        503: {"description": "The job could not be queued; nothing was ingested, try again."},
-    },
-)
-async def upload_knowledge(request: Request, who: Admin) -> s.UploadAccepted:
-    """Send one or more files, or a zip, as multipart field `files`. The body is refused with 413 as soon as
-    it passes MAX_UPLOAD_BYTES. The files are stored and a job builds a new pack version from them in the
-    background (live documents the upload does not bring are carried forward unless `replace=true`); it goes
-    live when built unless `version_only=true` or the tenant's eval set scores it worse: poll `status_url`.
-    Zip members of an unsupported type are left out and listed in `skipped` (and in the job's
-    `errors`)."""
-    limit = get_settings().max_upload_bytes
-    try:
-        parts, fields = await read_form(request, limit)
-        options = build_options(fields)
-        upload = await collect(parts, limit)
-    except UploadError as exc:
-        raise HTTPException(exc.status, exc.message) from exc
-    job_id = await run_in_threadpool(
-        _stage_and_queue, who.tenant_id, who.actor, upload.files, upload.skipped, options
-    )
-    return s.UploadAccepted(
-        job_id=job_id,
-        status="queued",
-        status_url=f"/admin/v1/knowledge/jobs/{job_id}",
-        files=[name for name, _ in upload.files],
-        skipped=[s.FileError(**e) for e in upload.skipped],
-    )
-
-
-def _stage_and_queue(
-    tenant_id: str,
-    actor: str,
-    files: list[tuple[str, bytes]],
-    skipped: list[dict[str, str]],
-    options: dict[str, Any] | None = None,
-) -> str:
-    """Objects first, then the job row, then the queue: a failure at any step undoes the earlier ones, so a
-    refused upload leaves neither a job nor files behind."""
-    from app.runtime import get_object_store
-    from workers.ingest import submit, upload_prefix
-
-    job_id = new_id()
-    store = get_object_store()
-    prefix = upload_prefix(tenant_id, job_id)
-    keys: list[str] = []
-    try:
-        for name, data in files:
-            store.put(prefix + name, data)
-            keys.append(prefix + name)
-        with session_scope() as db:
-            db.add(
-                IngestionJob(
-                    id=job_id,
-                    tenant_id=tenant_id,
-                    status="queued",
-                    total_files=len(files),
-                    errors=list(skipped),
-                    options=dict(options or {}),
-                )
-            )
-            record(
-                db,
-                tenant_id,
-                actor,
-                "knowledge.uploaded",
-                "ingestion_job",
-                job_id,
-                {"files": [name for name, _ in files], "skipped": len(skipped)},
-            )
-    except Exception:
-        for key in keys:
-            store.delete(key)
-        raise
-    try:
-        submit(job_id)
-    except Exception as exc:
-        with session_scope() as db:
-            job = db.get_one(IngestionJob, job_id)
-            job.status, job.detail = "failed", f"could not be queued: {exc.__class__.__name__}: {exc}"[:2000]
-        for key in keys:
-            store.delete(key)
-        raise HTTPException(503, "the ingestion queue is unavailable; nothing was ingested, try again") from exc
-    return job_id
-
-
-@router.get("/knowledge/jobs/{job_id}", response_model=s.JobOut, summary="Get an ingestion job")
-def get_job(job_id: str, who: Admin) -> s.JobOut:
-    """Status (`queued`, `running`, `succeeded`, `failed`), files done, chunks indexed, and each refused file
-    with its reason."""
-    return _run(lambda db: _job(service.get_job(db, who.tenant_id, job_id)))
-
-
-@router.get("/knowledge/jobs", response_model=s.JobsOut, summary="List ingestion jobs")
-def list_jobs(who: Admin, limit: Limit = 50, cursor: CursorQ = None) -> s.JobsOut:
-    """Newest first."""
-
-    def work(db: Session) -> s.JobsOut:
-        jobs, nxt = service.list_jobs(db, who.tenant_id, cursor, limit)
-        return s.JobsOut(jobs=[_job(j) for j in jobs], next_cursor=nxt)
-
-    return _run(work)
-
-
-@router.get("/knowledge/documents", response_model=s.DocumentsOut, summary="List knowledge documents")
-def list_documents(
-    who: Admin,
-    pack_version: Annotated[int | None, Query(description="Only this pack version.")] = None,
-) -> s.DocumentsOut:
-    """Each document with its chunk count, pack version and status (`indexed` or `failed`)."""
-    return _run(
-        lambda db: s.DocumentsOut(
-            documents=[
-                s.DocumentOut(
-                    id=d.id,
-                    path=d.path,
-                    title=d.title,
-                    kind=d.kind,
-                    chunks=n,
-                    pack_version=d.pack_version,
-                    status=d.status,
-                    error=d.error,
-                    meta=d.meta or {},
-                    created_at=d.created_at,
-                )
-                for d, n in service.list_documents(db, who.tenant_id, pack_version)
-            ]
-        )
-    )
-
-
-@router.delete("/knowledge/documents/{document_id}", status_code=204, summary="Delete a document")
-def delete_document(document_id: str, who: Admin) -> Response:
-    """Removes the document (its file path) from every pack version: vectors, stored files and rows. The
-    assistant stops citing it at once, and a rollback cannot bring it back."""
-    _run(lambda db: service.delete_document(db, who, document_id))
-    return Response(status_code=204)
-
-
-def _version(v: PackVersion) -> s.PackVersionOut:
-    return s.PackVersionOut(
-        version=v.version, status=v.status, documents=v.documents, chunks=v.chunks, embedded=v.embedded,
-        scores=v.scores or {}, notes=v.notes, job_id=v.job_id, created_at=v.created_at, promoted_at=v.promoted_at,
-    )
-
-
-def _versions_out(db: Session, tenant_id: str) -> s.PackVersionsOut:
-    return s.PackVersionsOut(
-        live_version=db.get_one(Tenant, tenant_id).live_pack_version,
-        versions=[_version(v) for v in versions.list_versions(db, tenant_id)],
-    )
-
-
-def _version_call(fn: Callable[[Session], _T]) -> _T:
-    try:
-        return _run(fn)
-    except versions.VersionError as exc:
-        status = 404 if "does not exist" in str(exc) else 409
-        raise HTTPException(status, str(exc)) from exc
-
-
-@router.get("/knowledge/versions", response_model=s.PackVersionsOut, summary="List pack versions")
-def list_versions(who: Admin) -> s.PackVersionsOut:
-    """Newest first, with status, sizes, how much was embedded, evaluation scores and notes (e.g. why a
-    version was not promoted)."""
-    return _run(lambda db: _versions_out(db, who.tenant_id))
-
-
-@router.post(
-    "/knowledge/versions/{version}/promote",
-    response_model=s.PackVersionsOut,
-    summary="Promote a pack version",
-    responses={404: {"description": "No such version."}, 409: {"description": "The version cannot go live."}},
-)
-def promote_version(version: int, who: Admin) -> s.PackVersionsOut:
-    """Make a `ready` (or `retired`) version the live one. Atomic: the next answer reads the new version."""
-
-    def work(db: Session) -> s.PackVersionsOut:
-        versions.promote(db, who.tenant_id, version, actor=who.actor)
-        return _versions_out(db, who.tenant_id)
-
-    return _version_call(work)
-
-
-@router.post(
-    "/knowledge/rollback",
-    response_model=s.PackVersionsOut,
-    summary="Roll back to the previous live version",
-    responses={409: {"description": "There is no earlier live version."}},
-)
-def rollback_version(who: Admin) -> s.PackVersionsOut:
-    """Back to the version that was live before the current one, in one step."""
-
-    def work(db: Session) -> s.PackVersionsOut:
-        versions.rollback(db, who.tenant_id, actor=who.actor)
-        return _versions_out(db, who.tenant_id)
-
-    return _version_call(work)
 
 
 # --- conversations (agent keys too) -------------------------------------------------------------------------
@@ -566,7 +318,7 @@ def list_conversations(
         )
         return s.ConversationsOut(conversations=[s.ConversationOut(**_conversation(*r)) for r in rows], next_cursor=nxt)
 
-    return _run(work)
+    return in_transaction(work)
 
 
 @router.get(
@@ -595,7 +347,7 @@ def get_conversation(
             more_messages=more is not None,
         )
 
-    return _run(work)
+    return in_transaction(work)
 
 
 @router.get(
@@ -611,7 +363,7 @@ def list_messages(conversation_id: str, who: Agent, limit: Limit = 100, cursor: 
         rows, nxt = service.list_messages(db, who.tenant_id, conversation_id, cursor, limit)
         return s.MessagesOut(messages=[_message(m) for m in rows], next_cursor=nxt)
 
-    return _run(work)
+    return in_transaction(work)
 
 
 # --- audit --------------------------------------------------------------------------------------------------
@@ -654,4 +406,4 @@ def list_audit(
             next_cursor=nxt,
         )
 
-    return _run(work)
+    return in_transaction(work)

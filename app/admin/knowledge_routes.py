@@ -1,0 +1,271 @@
+"""Admin API, knowledge: uploads, ingestion jobs, documents and pack versions (`/admin/v1/knowledge...`).
+
+Same rules as the rest of the admin API (app/admin/routes.py): the tenant comes from the admin key only, another
+tenant's id is a 404, every change is audited in its own transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy.orm import Session
+
+from app.admin import schemas as s
+from app.admin import service
+from app.admin.routes import CursorQ, Limit, in_transaction, job_out
+from app.admin.uploads import UploadError, build_options, collect, read_form
+from app.audit import record
+from app.auth import Admin
+from app.config import get_settings
+from app.db import session_scope
+from app.knowledge import versions
+from app.models import IngestionJob, PackVersion, Tenant, new_id
+
+router = APIRouter(prefix="/admin/v1", tags=["admin: knowledge"])
+
+_T = TypeVar("_T")
+
+
+# --- knowledge ----------------------------------------------------------------------------------------------
+
+_UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["files"],
+                    "properties": {
+                        "files": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "description": "Markdown, HTML, PDF, DOCX, text, CSV/JSON FAQ files, or a .zip of "
+                            "them. `_metadata.json` maps paths to metadata; `_eval.jsonl` sets the eval questions.",
+                        },
+                        "version_only": {"type": "boolean", "description": "Build the version, do not promote."},
+                        "replace": {"type": "boolean", "description": "The upload is the whole pack: live "
+                                    "documents it does not contain are left out of the new version."},
+                        "brand": {"type": "string"},
+                        "category": {"type": "string"},
+                        "language": {"type": "string"},
+                        "source_url": {"type": "string"},
+                    },
+                },
+                "encoding": {"files": {"contentType": "application/octet-stream"}},
+            }
+        },
+    }
+}
+
+
+@router.post(
+    "/knowledge",
+    response_model=s.UploadAccepted,
+    status_code=202,
+    summary="Upload knowledge",
+    openapi_extra=_UPLOAD_BODY,
+    responses={
+        400: {"description": "The multipart body is broken."},
+        413: {"description": "The upload (or a zip's content) is over the size limit."},
+        415: {"description": "A file type that cannot be ingested, or a body that is not multipart."},
+        422: {"description": "No files, an empty or unreadable zip, or two files with one name."},
+        503: {"description": "The job could not be queued; nothing was ingested, try again."},
+    },
+)
+async def upload_knowledge(request: Request, who: Admin) -> s.UploadAccepted:
+    """Send one or more files, or a zip, as multipart field `files`. The body is refused with 413 as soon as
+    it passes MAX_UPLOAD_BYTES. The files are stored and a job builds a new pack version from them in the
+    background (live documents the upload does not bring are carried forward unless `replace=true`); it goes
+    live when built unless `version_only=true` or the tenant's eval set scores it worse: poll `status_url`.
+    Zip members of an unsupported type are left out and listed in `skipped` (and in the job's
+    `errors`)."""
+    limit = get_settings().max_upload_bytes
+    try:
+        parts, fields = await read_form(request, limit)
+        options = build_options(fields)
+        upload = await collect(parts, limit)
+    except UploadError as exc:
+        raise HTTPException(exc.status, exc.message) from exc
+    job_id = await run_in_threadpool(
+        _stage_and_queue, who.tenant_id, who.actor, upload.files, upload.skipped, options
+    )
+    return s.UploadAccepted(
+        job_id=job_id,
+        status="queued",
+        status_url=f"/admin/v1/knowledge/jobs/{job_id}",
+        files=[name for name, _ in upload.files],
+        skipped=[s.FileError(**e) for e in upload.skipped],
+    )
+
+
+def _stage_and_queue(
+    tenant_id: str,
+    actor: str,
+    files: list[tuple[str, bytes]],
+    skipped: list[dict[str, str]],
+    options: dict[str, Any] | None = None,
+) -> str:
+    """Objects first, then the job row, then the queue: a failure at any step undoes the earlier ones, so a
+    refused upload leaves neither a job nor files behind."""
+    from app.runtime import get_object_store
+    from workers.ingest import submit, upload_prefix
+
+    job_id = new_id()
+    store = get_object_store()
+    prefix = upload_prefix(tenant_id, job_id)
+    keys: list[str] = []
+    try:
+        for name, data in files:
+            store.put(prefix + name, data)
+            keys.append(prefix + name)
+        with session_scope() as db:
+            db.add(
+                IngestionJob(
+                    id=job_id,
+                    tenant_id=tenant_id,
+                    status="queued",
+                    total_files=len(files),
+                    errors=list(skipped),
+                    options=dict(options or {}),
+                )
+            )
+            record(
+                db,
+                tenant_id,
+                actor,
+                "knowledge.uploaded",
+                "ingestion_job",
+                job_id,
+                {"files": [name for name, _ in files], "skipped": len(skipped)},
+            )
+    except Exception:
+        for key in keys:
+            store.delete(key)
+        raise
+    try:
+        submit(job_id)
+    except Exception as exc:
+        with session_scope() as db:
+            job = db.get_one(IngestionJob, job_id)
+            job.status, job.detail = "failed", f"could not be queued: {exc.__class__.__name__}: {exc}"[:2000]
+        for key in keys:
+            store.delete(key)
+        raise HTTPException(503, "the ingestion queue is unavailable; nothing was ingested, try again") from exc
+    return job_id
+
+
+@router.get("/knowledge/jobs/{job_id}", response_model=s.JobOut, summary="Get an ingestion job")
+def get_job(job_id: str, who: Admin) -> s.JobOut:
+    """Status (`queued`, `running`, `succeeded`, `failed`), files done, chunks indexed, and each refused file
+    with its reason."""
+    return in_transaction(lambda db: job_out(service.get_job(db, who.tenant_id, job_id)))
+
+
+@router.get("/knowledge/jobs", response_model=s.JobsOut, summary="List ingestion jobs")
+def list_jobs(who: Admin, limit: Limit = 50, cursor: CursorQ = None) -> s.JobsOut:
+    """Newest first."""
+
+    def work(db: Session) -> s.JobsOut:
+        jobs, nxt = service.list_jobs(db, who.tenant_id, cursor, limit)
+        return s.JobsOut(jobs=[job_out(j) for j in jobs], next_cursor=nxt)
+
+    return in_transaction(work)
+
+
+@router.get("/knowledge/documents", response_model=s.DocumentsOut, summary="List knowledge documents")
+def list_documents(
+    who: Admin,
+    pack_version: Annotated[int | None, Query(description="Only this pack version.")] = None,
+) -> s.DocumentsOut:
+    """Each document with its chunk count, pack version and status (`indexed` or `failed`)."""
+    return in_transaction(
+        lambda db: s.DocumentsOut(
+            documents=[
+                s.DocumentOut(
+                    id=d.id,
+                    path=d.path,
+                    title=d.title,
+                    kind=d.kind,
+                    chunks=n,
+                    pack_version=d.pack_version,
+                    status=d.status,
+                    error=d.error,
+                    meta=d.meta or {},
+                    created_at=d.created_at,
+                )
+                for d, n in service.list_documents(db, who.tenant_id, pack_version)
+            ]
+        )
+    )
+
+
+@router.delete("/knowledge/documents/{document_id}", status_code=204, summary="Delete a document")
+def delete_document(document_id: str, who: Admin) -> Response:
+    """Removes the document (its file path) from every pack version: vectors, stored files and rows. The
+    assistant stops citing it at once, and a rollback cannot bring it back."""
+    in_transaction(lambda db: service.delete_document(db, who, document_id))
+    return Response(status_code=204)
+
+
+def _version(v: PackVersion) -> s.PackVersionOut:
+    return s.PackVersionOut(
+        version=v.version, status=v.status, documents=v.documents, chunks=v.chunks, embedded=v.embedded,
+        scores=v.scores or {}, notes=v.notes, job_id=v.job_id, created_at=v.created_at, promoted_at=v.promoted_at,
+    )
+
+
+def _versions_out(db: Session, tenant_id: str) -> s.PackVersionsOut:
+    return s.PackVersionsOut(
+        live_version=db.get_one(Tenant, tenant_id).live_pack_version,
+        versions=[_version(v) for v in versions.list_versions(db, tenant_id)],
+    )
+
+
+def _version_call(fn: Callable[[Session], _T]) -> _T:
+    try:
+        return in_transaction(fn)
+    except versions.VersionError as exc:
+        status = 404 if "does not exist" in str(exc) else 409
+        raise HTTPException(status, str(exc)) from exc
+
+
+@router.get("/knowledge/versions", response_model=s.PackVersionsOut, summary="List pack versions")
+def list_versions(who: Admin) -> s.PackVersionsOut:
+    """Newest first, with status, sizes, how much was embedded, evaluation scores and notes (e.g. why a
+    version was not promoted)."""
+    return in_transaction(lambda db: _versions_out(db, who.tenant_id))
+
+
+@router.post(
+    "/knowledge/versions/{version}/promote",
+    response_model=s.PackVersionsOut,
+    summary="Promote a pack version",
+    responses={404: {"description": "No such version."}, 409: {"description": "The version cannot go live."}},
+)
+def promote_version(version: int, who: Admin) -> s.PackVersionsOut:
+    """Make a `ready` (or `retired`) version the live one. Atomic: the next answer reads the new version."""
+
+    def work(db: Session) -> s.PackVersionsOut:
+        versions.promote(db, who.tenant_id, version, actor=who.actor)
+        return _versions_out(db, who.tenant_id)
+
+    return _version_call(work)
+
+
+@router.post(
+    "/knowledge/rollback",
+    response_model=s.PackVersionsOut,
+    summary="Roll back to the previous live version",
+    responses={409: {"description": "There is no earlier live version."}},
+)
+def rollback_version(who: Admin) -> s.PackVersionsOut:
+    """Back to the version that was live before the current one, in one step."""
+
+    def work(db: Session) -> s.PackVersionsOut:
+        versions.rollback(db, who.tenant_id, actor=who.actor)
+        return _versions_out(db, who.tenant_id)
+
+    return _version_call(work)
