@@ -13,7 +13,8 @@ from fastapi import HTTPException
 from sqlalchemy import select
 
 from app.contracts import Attachment
-from app.conversations.service import accept_inbound
+from app.conversations.batching import batcher_for
+from app.conversations.service import InboundRequest
 from app.crypto import decrypt_json
 from app.db import session_scope
 from app.models import ChannelAccount, Message
@@ -149,10 +150,8 @@ def ingest(account: Account, parsed: Parsed, outcome: Outcome | None = None) -> 
     """Durably enqueue every message (deduplicated by provider id) and apply every status. Blocking: call it
     from a worker thread. Returns only once everything is stored and published, so the caller may answer 2xx."""
     outcome = outcome or Outcome()
-    bus = get_bus()
-    for item in parsed.messages:
-        result = accept_inbound(
-            bus,
+    requests = [
+        InboundRequest(
             tenant_id=account.tenant_id,
             channel=account.channel,
             contact_external_id=item.contact_id,
@@ -164,6 +163,10 @@ def ingest(account: Account, parsed: Parsed, outcome: Outcome | None = None) -> 
             display_name=item.display_name,
             meta=item.meta,
         )
+        for item in parsed.messages
+    ]
+    # Through the process's batcher: concurrent webhooks share one transaction and one bus round trip.
+    for result in batcher_for(get_bus()).accept_all(requests) if requests else []:
         if result.duplicate:
             outcome.duplicates += 1
         else:

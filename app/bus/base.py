@@ -99,6 +99,12 @@ class Bus(Protocol):
         returns."""
         ...
 
+    def publish_many(self, topic: str, entries: Sequence[tuple[str, dict[str, str]]]) -> list[str]:
+        """Append several (tenant_id, fields) entries in one round trip; returns their ids in order. Durable
+        when it returns. Every name and field is checked before anything is appended; if it raises anyway (the
+        connection dropped), assume any subset was appended: consumers are idempotent."""
+        ...
+
     def ensure_group(self, topic: str, group: str) -> None:
         """Create the consumer group on every known stream of `topic` (idempotent)."""
         ...

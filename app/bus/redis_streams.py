@@ -109,6 +109,23 @@ class RedisStreamsBus:
             self._tenants.setdefault(topic, set()).add(tenant_id)
         return str(entry_id)
 
+    @_translate_errors
+    def publish_many(self, topic: str, entries: Sequence[tuple[str, dict[str, str]]]) -> list[str]:
+        if not entries:
+            return []
+        keys = [self.stream_key(topic, tenant) for tenant, _ in entries]  # validates every name first
+        for _, fields in entries:
+            check_fields(fields)
+        tenants = sorted({tenant for tenant, _ in entries})
+        pipe = self._redis.pipeline(transaction=True)  # MULTI/EXEC: one round trip, nothing interleaved
+        for key, (_, fields) in zip(keys, entries, strict=True):
+            pipe.xadd(key, cast(Any, fields), maxlen=self.maxlen, approximate=True)
+        pipe.sadd(self._registry_key(topic), *tenants)
+        replies = pipe.execute()
+        with self._lock:
+            self._tenants.setdefault(topic, set()).update(tenants)
+        return [str(entry_id) for entry_id in replies[: len(entries)]]
+
     # -- groups ----------------------------------------------------------------------------------------
     @_translate_errors
     def ensure_group(self, topic: str, group: str) -> None:

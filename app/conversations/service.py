@@ -8,18 +8,23 @@ handler cannot send twice.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import timedelta
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Table, insert, or_, select, update
+from sqlalchemy import Table, bindparam, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.bus.base import Bus
+from app.bus.base import Bus, check_name
 from app.contracts import INBOUND, OUTBOUND, Attachment, InboundMessage, OutboundMessage
 from app.db import session_scope
 from app.models import Contact, Conversation, Message, new_id, utcnow
+
+log = logging.getLogger(__name__)
 
 # The redrive sweep (`redrive_stale`) re-publishes inbound rows still `received` this long after they were
 # stored: the process that stored one may have died between its commit and its publish.
@@ -75,23 +80,52 @@ def _latest_conversation(session: Session, tenant_id: str, contact_id: str) -> s
     )
 
 
-def _insert(session: Session, table: Any) -> Any:
-    """The dialect's INSERT, which knows ON CONFLICT (SQLite and Postgres both do)."""
-    if session.get_bind().dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        return pg_insert(table)
-    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-    return sqlite_insert(table)
-
-
 @dataclass(frozen=True)
 class Accepted:
     message_id: str
     conversation_id: str
     contact_id: str
     duplicate: bool
+
+
+@dataclass(frozen=True)
+class InboundRequest:
+    """One `accept_inbound` call's arguments, so several can be stored in one transaction (`accept_many`)."""
+
+    tenant_id: str
+    channel: str
+    contact_external_id: str
+    provider_message_id: str
+    text: str
+    kind: str = "text"
+    attachments: list[Attachment] | None = None
+    channel_account_id: str | None = None
+    display_name: str | None = None
+    meta: dict[str, Any] | None = None
+    received_at: datetime = field(default_factory=utcnow)
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.tenant_id, self.channel, self.provider_message_id)
+
+    def event(self) -> InboundMessage:
+        """The event to publish, ids left blank: built (and validated) before anything is written, so a bad
+        request fails alone instead of failing the batch it would have joined."""
+        check_name("tenant id", self.tenant_id)
+        return InboundMessage(
+            tenant_id=self.tenant_id, message_id="", conversation_id="", contact_id="", channel=self.channel,
+            channel_account_id=self.channel_account_id, provider_message_id=self.provider_message_id,
+            kind=self.kind,  # type: ignore[arg-type]
+            text=self.text, attachments=self.attachments or [], received_at=self.received_at,
+        )
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A request's outcome once committed: `event` is what still has to be published (None for a duplicate)."""
+
+    accepted: Accepted
+    event: InboundMessage | None
 
 
 def accept_inbound(
@@ -113,65 +147,226 @@ def accept_inbound(
     One transaction of upserts (a handful of round trips, one commit), then one XADD. Returns only after the
     event is on the bus, or when the message is a duplicate, so the gateway can answer 2xx. If publishing fails
     the exception propagates and the gateway answers 5xx; a row stored by a process that died before publishing
-    is re-published by `redrive_stale`, which the orchestrator role runs periodically.
+    is re-published by `redrive_stale`, which the orchestrator role runs periodically. Under concurrent load,
+    `app.conversations.batching.InboundBatcher` gives the same guarantees with one transaction per batch.
     """
-    now = utcnow()
-    with session_scope() as session:
-        contact_values: dict[str, Any] = {"last_inbound_at": now}
-        if display_name:
-            contact_values["display_name"] = display_name
-        contact_id = session.scalar(
-            _insert(session, CONTACTS)
-            .values(id=new_id(), tenant_id=tenant_id, channel=channel, external_id=contact_external_id,
-                    display_name=display_name, created_at=now, last_inbound_at=now)
-            .on_conflict_do_update(index_elements=["tenant_id", "channel", "external_id"], set_=contact_values)
-            .returning(CONTACTS.c.id)
-        )
-        conversation_id = _latest_conversation(session, tenant_id, contact_id)
-        if conversation_id is None:
-            conversation_id = new_id()
-            session.execute(insert(CONVERSATIONS).values(
-                id=conversation_id, tenant_id=tenant_id, contact_id=contact_id, channel=channel,
-                channel_account_id=channel_account_id, mode="bot", created_at=now, updated_at=now,
-            ))
-        message_id = session.scalar(
-            _insert(session, MESSAGES)
-            .values(id=new_id(), tenant_id=tenant_id, conversation_id=conversation_id, channel=channel,
-                    direction="in", provider_message_id=provider_message_id, text=text, status="received",
-                    meta={"kind": kind, **(meta or {})}, created_at=now, enqueued_at=now)
-            .on_conflict_do_nothing(index_elements=["tenant_id", "channel", "provider_message_id"])
-            .returning(MESSAGES.c.id)
-        )
-        if message_id is None:
-            existing = session.execute(
-                select(Message.id, Message.conversation_id, Conversation.contact_id)
-                .join(Conversation, Conversation.id == Message.conversation_id)
-                .where(Message.tenant_id == tenant_id, Message.channel == channel,
-                       Message.provider_message_id == provider_message_id)
-            ).one()
-            return Accepted(existing[0], existing[1], existing[2], duplicate=True)
-        session.execute(update(CONVERSATIONS).where(CONVERSATIONS.c.id == conversation_id).values(updated_at=now))
-    event = InboundMessage(
-        tenant_id=tenant_id,
-        message_id=message_id,
-        conversation_id=conversation_id,
-        contact_id=contact_id,
-        channel=channel,
-        channel_account_id=channel_account_id,
-        provider_message_id=provider_message_id,
-        kind=kind,  # type: ignore[arg-type]
-        text=text,
-        attachments=attachments or [],
-        received_at=now,
+    request = InboundRequest(
+        tenant_id=tenant_id, channel=channel, contact_external_id=contact_external_id,
+        provider_message_id=provider_message_id, text=text, kind=kind, attachments=attachments,
+        channel_account_id=channel_account_id, display_name=display_name, meta=meta,
     )
+    return accept_many(bus, [request])[0]
+
+
+def accept_many(bus: Bus, requests: Sequence[InboundRequest]) -> list[Accepted]:
+    """`accept_inbound` for several messages at once: one transaction, one commit, one bus round trip.
+    All or nothing: if anything fails, every request fails (rows already committed are left for redrive)."""
+    stored = store_inbound(requests)
+    publish_stored(bus, stored)
+    return [s.accepted for s in stored]
+
+
+def store_inbound(requests: Sequence[InboundRequest]) -> list[Stored]:
+    """Store new messages (and their contacts and conversations) in one transaction with set-based statements:
+    a few round trips whatever the batch size. One result per request, in order. A provider id seen before, in
+    the database or earlier in this batch, is a duplicate carrying the original's ids."""
+    if not requests:
+        return []
+    events = [r.event() for r in requests]
+    times = _strictly_increasing([r.received_at for r in requests])
+    originals: dict[tuple[str, str, str], int] = {}  # key -> index of its first request in the batch
+    for i, r in enumerate(requests):
+        originals.setdefault(r.key, i)
+    firsts = sorted(set(originals.values()))
+    with session_scope() as session:
+        sql = _statements(session.get_bind().dialect.name)
+        contact_ids = _upsert_contacts(session, sql, [requests[i] for i in firsts], [times[i] for i in firsts])
+        conversation_ids = _conversations(session, sql, requests, firsts, times, contact_ids)
+        rows: list[dict[str, Any]] = []
+        for i in firsts:
+            r = requests[i]
+            rows.append({
+                "id": new_id(), "tenant_id": r.tenant_id, "conversation_id": conversation_ids[_contact_key(r)],
+                "channel": r.channel, "direction": "in", "provider_message_id": r.provider_message_id,
+                "text": r.text, "status": "received", "meta": {"kind": r.kind, **(r.meta or {})},
+                "created_at": times[i], "enqueued_at": times[i], "_contact": contact_ids[_contact_key(r)]})
+        # Sorted by key: two writers inserting overlapping batches lock rows in the same order (no deadlock).
+        rows.sort(key=_key)
+        contact_of = {row["id"]: row.pop("_contact") for row in rows}
+        inserted = set(session.execute(sql.insert_messages, rows).scalars().all())
+        by_key = {_key(row): Accepted(row["id"], row["conversation_id"], contact_of[row["id"]], duplicate=False)
+                  for row in rows if row["id"] in inserted}
+        missing = [_key(row) for row in rows if row["id"] not in inserted]
+        if missing:
+            by_key.update(_existing(session, sql, missing))
+        if inserted:
+            touched = sorted({a.conversation_id for a in by_key.values() if not a.duplicate})
+            session.execute(sql.touch_conversations, {"ids": touched, "now": max(times)})
+    out: list[Stored] = []
+    for i, r in enumerate(requests):
+        accepted = by_key[r.key]
+        if originals[r.key] != i or accepted.duplicate:
+            out.append(Stored(Accepted(accepted.message_id, accepted.conversation_id, accepted.contact_id,
+                                       duplicate=True), None))
+            continue
+        event = events[i].model_copy(update={
+            "message_id": accepted.message_id, "conversation_id": accepted.conversation_id,
+            "contact_id": accepted.contact_id, "received_at": times[i]})
+        out.append(Stored(accepted, event))
+    return out
+
+
+def publish_stored(bus: Bus, stored: Sequence[Stored]) -> None:
+    """Publish the events of newly stored messages in one bus round trip. If that fails, mark their rows as
+    never enqueued (for the provider's retry or `redrive_stale`) and re-raise."""
+    events = [s.event for s in stored if s.event is not None]
+    if not events:
+        return
     try:
-        bus.publish(INBOUND, tenant_id, event.to_bus())
+        bus.publish_many(INBOUND, [(e.tenant_id, e.to_bus()) for e in events])
     except Exception:
-        # Leave the row for the provider's retry or the redrive sweep; say it never reached the bus.
-        with session_scope() as session:
-            session.execute(update(Message).where(Message.id == message_id).values(enqueued_at=None))
+        ids = [e.message_id for e in events]
+        try:
+            with session_scope() as session:
+                session.execute(update(MESSAGES).where(MESSAGES.c.id.in_(ids)).values(enqueued_at=None))
+        except Exception:  # the publish failure is the one to report; redrive finds the rows either way
+            log.exception("could not mark %d unpublished inbound messages for redrive", len(ids))
         raise
-    return Accepted(message_id, conversation_id, contact_id, duplicate=False)
+
+
+def _key(row: dict[str, Any]) -> tuple[str, str, str]:
+    return (row["tenant_id"], row["channel"], row["provider_message_id"])
+
+
+def _contact_key(r: InboundRequest) -> tuple[str, str, str]:
+    return (r.tenant_id, r.channel, r.contact_external_id)
+
+
+def _strictly_increasing(times: list[datetime]) -> list[datetime]:
+    """Arrival times, nudged so that messages of one batch keep their order in `created_at` (history sorts
+    by it) even when two arrived within the clock's resolution."""
+    out: list[datetime] = []
+    for t in times:
+        out.append(t if not out or t > out[-1] else out[-1] + timedelta(microseconds=1))
+    return out
+
+
+@dataclass(frozen=True)
+class _Statements:
+    """The hot path's SQL, built once per dialect: each batch only binds values (SQLAlchemy caches the
+    compiled form, and an executemany of an INSERT ... RETURNING becomes one multi-row INSERT)."""
+
+    upsert_contacts: Any
+    latest_conversations: Any
+    insert_conversations: Any
+    insert_messages: Any
+    existing_messages: Any
+    touch_conversations: Any
+
+
+@lru_cache(maxsize=4)
+def _statements(dialect: str) -> _Statements:
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    dialect_insert: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    contacts = dialect_insert(CONTACTS)
+    contacts = contacts.on_conflict_do_update(
+        index_elements=["tenant_id", "channel", "external_id"],
+        set_={"last_inbound_at": contacts.excluded.last_inbound_at,
+              "display_name": func.coalesce(contacts.excluded.display_name, CONTACTS.c.display_name)},
+    ).returning(CONTACTS.c.id, CONTACTS.c.tenant_id, CONTACTS.c.channel, CONTACTS.c.external_id)
+    ranked = (
+        select(CONVERSATIONS.c.id, CONVERSATIONS.c.contact_id, func.row_number().over(
+            partition_by=CONVERSATIONS.c.contact_id,
+            order_by=(CONVERSATIONS.c.created_at.desc(), CONVERSATIONS.c.id.desc())).label("rank"))
+        # Contact ids are unique across tenants; the tenant filter lets the (tenant_id, contact_id) index serve.
+        .where(CONVERSATIONS.c.tenant_id.in_(bindparam("tenants", expanding=True)),
+               CONVERSATIONS.c.contact_id.in_(bindparam("contacts", expanding=True)))
+        .subquery()
+    )
+    messages = (
+        dialect_insert(MESSAGES)
+        .on_conflict_do_nothing(index_elements=["tenant_id", "channel", "provider_message_id"])
+        .returning(MESSAGES.c.id)
+    )
+    existing = (
+        select(MESSAGES.c.id, MESSAGES.c.conversation_id, CONVERSATIONS.c.contact_id, MESSAGES.c.tenant_id,
+               MESSAGES.c.channel, MESSAGES.c.provider_message_id)
+        .join(CONVERSATIONS, CONVERSATIONS.c.id == MESSAGES.c.conversation_id)
+        .where(MESSAGES.c.tenant_id.in_(bindparam("tenants", expanding=True)),
+               MESSAGES.c.channel.in_(bindparam("channels", expanding=True)),
+               MESSAGES.c.provider_message_id.in_(bindparam("pids", expanding=True)))
+    )
+    return _Statements(
+        upsert_contacts=contacts,
+        latest_conversations=select(ranked.c.contact_id, ranked.c.id).where(ranked.c.rank == 1),
+        insert_conversations=insert(CONVERSATIONS),
+        insert_messages=messages,
+        existing_messages=existing,
+        touch_conversations=update(CONVERSATIONS)
+        .where(CONVERSATIONS.c.id.in_(bindparam("ids", expanding=True)))
+        .values(updated_at=bindparam("now")),
+    )
+
+
+def _upsert_contacts(
+    session: Session, sql: _Statements, requests: list[InboundRequest], times: list[datetime]
+) -> dict[tuple[str, str, str], str]:
+    """Create or touch each distinct contact (one row per key: Postgres refuses to upsert a row twice in one
+    statement). The last non-empty display name of the batch wins, as if the requests ran one by one."""
+    rows: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for r, t in zip(requests, times, strict=True):
+        row = rows.setdefault(_contact_key(r), {
+            "id": new_id(), "tenant_id": r.tenant_id, "channel": r.channel, "external_id": r.contact_external_id,
+            "display_name": None, "created_at": t})
+        row["last_inbound_at"] = t
+        if r.display_name:
+            row["display_name"] = r.display_name
+    ordered = [rows[k] for k in sorted(rows)]  # one lock order for every writer
+    result = session.execute(sql.upsert_contacts, ordered)
+    return {(t, ch, ext): cid for cid, t, ch, ext in result.all()}
+
+
+def _conversations(
+    session: Session, sql: _Statements, requests: Sequence[InboundRequest], firsts: list[int],
+    times: list[datetime], contact_ids: dict[tuple[str, str, str], str],
+) -> dict[tuple[str, str, str], str]:
+    """Each contact's latest conversation, starting one for contacts that have none."""
+    latest = dict(session.execute(sql.latest_conversations, {
+        "tenants": sorted({k[0] for k in contact_ids}), "contacts": sorted(contact_ids.values())}).all())
+    out: dict[tuple[str, str, str], str] = {}
+    new_rows = []
+    for i in firsts:
+        r = requests[i]
+        key = _contact_key(r)
+        if key in out:
+            continue
+        contact_id = contact_ids[key]
+        if contact_id in latest:
+            out[key] = latest[contact_id]
+            continue
+        out[key] = new_id()
+        new_rows.append({"id": out[key], "tenant_id": r.tenant_id, "contact_id": contact_id, "channel": r.channel,
+                         "channel_account_id": r.channel_account_id, "mode": "bot", "created_at": times[i],
+                         "updated_at": times[i]})
+    if new_rows:
+        session.execute(sql.insert_conversations, new_rows)
+    return out
+
+
+def _existing(
+    session: Session, sql: _Statements, keys: list[tuple[str, str, str]]
+) -> dict[tuple[str, str, str], Accepted]:
+    """The stored originals of messages that were already there (or inserted by a concurrent writer)."""
+    wanted = set(keys)
+    rows = session.execute(sql.existing_messages, {
+        "tenants": sorted({k[0] for k in keys}), "channels": sorted({k[1] for k in keys}),
+        "pids": sorted({k[2] for k in keys})}).all()
+    found = {(t, ch, pid): Accepted(mid, conv, contact, duplicate=True)
+             for mid, conv, contact, t, ch, pid in rows if (t, ch, pid) in wanted}
+    if len(found) != len(wanted):  # cannot happen while the unique key holds; say so loudly if it does
+        raise RuntimeError(f"inbound messages neither inserted nor found: {sorted(wanted - set(found))}")
+    return found
 
 
 def redrive_stale(bus: Bus, *, older_than: timedelta = REDRIVE_AFTER, limit: int = 500) -> int:

@@ -1,0 +1,171 @@
+"""Group commit for the gateways' durable enqueue: many concurrent `accept_inbound` calls, one transaction.
+
+Sequentially, each inbound message costs a handful of SQL round trips, a commit (an fsync on Postgres) and an
+XADD. Under load, a gateway process receives many messages at once; `InboundBatcher` hands them to one writer
+thread, which stores everything queued (up to `max_batch`, waiting at most `max_wait_s` for stragglers) with
+set-based statements in one transaction, publishes the events in one pipelined round trip, and only then wakes
+each caller with its `Accepted`. The guarantees are `accept_inbound`'s:
+
+- a caller returns only after its message is committed and its event is on the bus (the gateway may answer 2xx);
+- one row and one bus entry per (tenant, channel, provider message id), within a batch and across batches and
+  processes; a duplicate gets `duplicate=True` and the original's ids;
+- a batch that fails to publish fails every caller in it (the gateway answers 5xx, the provider retries); its
+  committed rows are marked unpublished and re-published by `redrive_stale` or found by the retry.
+
+A batch whose database transaction fails is rolled back and retried one request at a time, so one bad message
+(say, an over-long id the database rejects) fails alone rather than taking its batch-mates with it.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from weakref import WeakKeyDictionary
+
+from app.bus.base import Bus
+from app.conversations.service import Accepted, InboundRequest, Stored, publish_stored, store_inbound
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 64
+MAX_WAIT_S = 0.002
+IDLE_EXIT_S = 30.0  # an idle writer thread exits; the next request starts a new one
+
+
+@dataclass
+class BatchStats:
+    """What the writer has done so far (for benchmarks and debugging)."""
+
+    batches: int = 0
+    requests: int = 0
+    failed_batches: int = 0
+    sizes: dict[int, int] = field(default_factory=dict)  # batch size -> how many batches had it
+
+    def record(self, size: int) -> None:
+        self.batches += 1
+        self.requests += size
+        self.sizes[size] = self.sizes.get(size, 0) + 1
+
+
+_Item = tuple[InboundRequest, "Future[Accepted]"]
+
+
+class InboundBatcher:
+    """One writer thread per bus per process. `accept` blocks its caller until the batch holding its request
+    is committed and published."""
+
+    def __init__(self, bus: Bus, *, max_batch: int = MAX_BATCH, max_wait_s: float = MAX_WAIT_S,
+                 idle_exit_s: float = IDLE_EXIT_S) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        self.bus = bus
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        self.idle_exit_s = idle_exit_s
+        self.stats = BatchStats()
+        self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._writer: threading.Thread | None = None
+
+    def accept(self, request: InboundRequest) -> Accepted:
+        """Store and publish one message as part of the next batch; raises what failed its batch."""
+        return self.accept_all([request])[0]
+
+    def accept_all(self, requests: list[InboundRequest]) -> list[Accepted]:
+        """Several messages (one webhook delivery's), queued together; returns once all are stored and
+        published, or raises the first failure."""
+        for request in requests:
+            request.event()  # validate in the caller's thread: a malformed request never joins a batch
+        futures: list[Future[Accepted]] = [Future() for _ in requests]
+        with self._lock:
+            for item in zip(requests, futures, strict=True):
+                self._queue.put(item)
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._run, name="inbound-batcher", daemon=True)
+                self._writer.start()
+        return [future.result() for future in futures]
+
+    # -- the writer thread -------------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            try:
+                first = self._queue.get(timeout=self.idle_exit_s)
+            except queue.Empty:
+                with self._lock:  # `accept` starts a writer under this lock, so no request is stranded
+                    if self._queue.empty():
+                        self._writer = None
+                        return
+                continue
+            self._write(self._collect(first))
+
+    def _collect(self, first: _Item) -> list[_Item]:
+        """Everything already queued, then whatever arrives within `max_wait_s`, up to `max_batch`."""
+        batch = [first]
+        deadline = time.monotonic() + self.max_wait_s
+        while len(batch) < self.max_batch:
+            try:
+                batch.append(self._queue.get_nowait())
+                continue
+            except queue.Empty:
+                pass
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(self._queue.get(timeout=remaining))
+            except queue.Empty:
+                break
+        return batch
+
+    def _write(self, batch: list[_Item]) -> None:
+        """Never raises: every outcome, success or failure, goes to the callers' futures."""
+        self.stats.record(len(batch))
+        try:
+            results = self._store([request for request, _ in batch])
+            publish_stored(self.bus, [stored for stored in results if isinstance(stored, Stored)])
+        except Exception as exc:  # handed to every caller; the writer carries on
+            self.stats.failed_batches += 1
+            log.warning("inbound batch of %d failed: %s", len(batch), exc)
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, future), stored in zip(batch, results, strict=True):
+            if isinstance(stored, Stored):
+                future.set_result(stored.accepted)
+            elif not future.done():
+                future.set_exception(stored)
+
+    def _store(self, requests: list[InboundRequest]) -> list[Stored | Exception]:
+        try:
+            return list(store_inbound(requests))
+        except Exception as exc:
+            if len(requests) == 1:
+                raise
+            log.warning("inbound batch of %d failed to store (%s); retrying its requests one by one",
+                        len(requests), exc)
+        results: list[Stored | Exception] = []
+        for request in requests:
+            try:
+                results.extend(store_inbound([request]))
+            except Exception as exc:  # this request's own failure, reported to its caller
+                results.append(exc)
+        return results
+
+
+_batchers: WeakKeyDictionary[Bus, InboundBatcher] = WeakKeyDictionary()
+_batchers_lock = threading.Lock()
+
+
+def batcher_for(bus: Bus) -> InboundBatcher:
+    """The process's batcher for `bus` (created on first use)."""
+    with _batchers_lock:
+        batcher = _batchers.get(bus)
+        if batcher is None:
+            batcher = _batchers[bus] = InboundBatcher(bus)
+        return batcher
+
