@@ -77,6 +77,28 @@ def test_fields_must_be_strings(bus: Bus) -> None:
         bus.publish(T, "acme", {})
 
 
+def test_publish_many_appends_in_order_across_tenants(make_bus: BusFactory) -> None:
+    reader = make_bus()
+    publisher = make_bus(peer_of=reader)
+    reader.ensure_group(T, G)  # before the streams exist: the batch must register its tenants for readers
+    entries = [("acme", {"n": "0"}), ("globex", {"n": "1"}), ("acme", {"n": "2"})]
+    ids = publisher.publish_many(T, entries)
+    assert len(ids) == 3 and ids[0] != ids[2]
+    got = wait_for(lambda: drain(reader))
+    assert sorted((d.tenant_id, d.fields["n"], d.id) for d in got) == sorted(
+        (tenant, fields["n"], entry_id) for (tenant, fields), entry_id in zip(entries, ids, strict=True))
+    assert [d.fields["n"] for d in got if d.tenant_id == "acme"] == ["0", "2"]  # order within a stream
+    assert publisher.publish_many(T, []) == []
+
+
+def test_publish_many_checks_everything_before_appending_anything(bus: Bus) -> None:
+    with pytest.raises(ValueError, match="invalid tenant id"):
+        bus.publish_many(T, [("acme", {"n": "0"}), ("acme:dead", {"n": "1"})])
+    with pytest.raises(TypeError, match="must be str"):
+        bus.publish_many(T, [("acme", {"n": "0"}), ("acme", {"n": 1})])  # type: ignore[list-item]
+    assert bus.stream_length(T, "acme") == 0
+
+
 def test_batched_read_is_bounded_and_fair_across_many_tenants(bus: Bus) -> None:
     tenants = [f"t{i:02d}" for i in range(50)]
     for i in range(3):
