@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from app.bus.memory import MemoryBus
-from app.contracts import INBOUND, Event, InboundMessage
+from app.contracts import INBOUND, InboundMessage
 from app.conversations.batching import InboundBatcher
 from app.conversations.service import Accepted, InboundRequest, accept_inbound, accept_many, redrive_stale
 from app.db import migrate, session_scope
@@ -53,10 +53,10 @@ def req(tenant: str, pid: str, contact: str = "c1", **kw: object) -> InboundRequ
 
 
 def events(bus: MemoryBus) -> list[InboundMessage]:
-    out = []
+    out: list[InboundMessage] = []
     while batch := bus.read(INBOUND, "g", "c", count=100, block_ms=0):
-        out.extend(Event.from_bus(d.fields) for d in batch)
-    return out  # type: ignore[return-value]
+        out.extend(InboundMessage.model_validate_json(d.fields["body"]) for d in batch)
+    return out
 
 
 def stored(tenant: str) -> list[Message]:
