@@ -38,6 +38,7 @@ REDIS_URL = os.environ.get("SWITCHBOARD_BENCH_REDIS", "redis://127.0.0.1:6379/0"
 SECRET = "bench-app-secret"
 PHONE_ID = "100200300400"
 ROOT = Path(__file__).resolve().parent.parent
+KEEPALIVE_S = 4.0
 
 
 def body(n: int) -> bytes:
@@ -70,7 +71,8 @@ def request_bytes(port: int, payload: bytes) -> bytes:
             f"X-Hub-Signature-256: {signature}\r\nContent-Length: {len(payload)}\r\n\r\n").encode() + payload
 
 
-async def _exchange(conn: tuple[asyncio.StreamReader, asyncio.StreamWriter], request: bytes) -> bool:
+async def _exchange(conn: tuple[asyncio.StreamReader, asyncio.StreamWriter], request: bytes) -> bytes | None:
+    """None when the gateway accepted the message, else what it answered."""
     reader, writer = conn
     writer.write(request)
     head = await reader.readuntil(b"\r\n\r\n")
@@ -79,7 +81,8 @@ async def _exchange(conn: tuple[asyncio.StreamReader, asyncio.StreamWriter], req
         if line[:15].lower() == b"content-length:":
             length = int(line[15:])
     body = await reader.readexactly(length)
-    return head.startswith(b"HTTP/1.1 200") and b'"accepted":1' in body
+    ok = head.startswith(b"HTTP/1.1 200") and b'"accepted":1' in body
+    return None if ok else head.split(b"\r\n", 1)[0] + b" " + body[:300]
 
 
 async def _generate(port: int, requests: list[bytes], slots: list[int], rate: float, t0: float,
@@ -87,7 +90,8 @@ async def _generate(port: int, requests: list[bytes], slots: list[int], rate: fl
     """Open loop: request k is due at t0 + slots[k] / rate (wall clock, shared by every generator process)
     whatever happened to earlier ones; it takes an idle keep-alive connection or opens one. Latency counts
     from the due time, so a queue anywhere (here, in the kernel, in the server) shows up in it."""
-    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    # (reader, writer, last used): uvicorn closes keep-alive connections idle for 5 s; ours retire after 4 s.
+    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
     opened = 0
     latencies: list[float] = []
     lags: list[float] = []  # how late this generator itself started each request
@@ -99,17 +103,22 @@ async def _generate(port: int, requests: list[bytes], slots: list[int], rate: fl
         async with room:
             lags.append(time.time() - due)
             try:
+                while idle and time.monotonic() - idle[0][2] > KEEPALIVE_S:
+                    idle.pop(0)[1].close()
                 if idle:
-                    conn = idle.pop()
+                    reader, writer, _ = idle.pop()
                 else:
-                    conn = await asyncio.open_connection("127.0.0.1", port)
+                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
                     opened += 1
-                ok = await _exchange(conn, requests[k])
-                idle.append(conn)
-            except (OSError, asyncio.IncompleteReadError, ValueError):
-                ok = False
+                failure = await _exchange((reader, writer), requests[k])
+                idle.append((reader, writer, time.monotonic()))
+            except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+                failure = repr(exc).encode()
             latencies.append(time.time() - due)
-            errors += not ok
+            if failure is not None:
+                errors += 1
+                if errors <= 3:
+                    print(f"request {k} failed: {failure.decode(errors='replace')}", file=sys.stderr)
 
     tasks = []
     for k, slot in enumerate(slots):
@@ -120,7 +129,7 @@ async def _generate(port: int, requests: list[bytes], slots: list[int], rate: fl
         tasks.append(asyncio.create_task(one(k, due)))
     await asyncio.gather(*tasks)
     finished = time.time()
-    for _, writer in idle:
+    for _, writer, _ in idle:
         writer.close()
     return latencies, lags, errors, finished
 
@@ -160,6 +169,16 @@ def load(port: int, rate: int, seconds: float, first: int, processes: int = 2,
     for proc in procs:
         proc.join(10)
     return latencies, lags, errors, finished - t0  # from the first due time to the last answer
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    """CPU time used so far by a process (user + system), or by the whole machine when pid is None."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    if pid is None:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+        return (sum(int(f) for f in fields) - int(fields[3]) - int(fields[4])) / ticks  # minus idle, iowait
+    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(stat[11]) + int(stat[12])) / ticks
 
 
 def pct(values: list[float], q: float) -> float:
@@ -242,8 +261,13 @@ def main() -> None:
                  "--rate", "200", "--duration", str(int(args.seconds) + 2), "--threads", "--output", args.py_spy,
                  "--nonblocking"], stdout=subprocess.DEVNULL)
         print(f"sending {args.rate} req/s for {args.seconds}s from {args.generators} processes ...", file=sys.stderr)
+        cpu_before = (cpu_seconds(server.pid), cpu_seconds())
         latencies, lags, errors, elapsed = load(port, args.rate, args.seconds, first=1_000_000,
                                                 processes=args.generators)
+        # Includes the generators' 1.5 s spawn-up before the first request: an upper bound for the run.
+        wall = elapsed + 1.5
+        gateway_cpu = round(100 * (cpu_seconds(server.pid) - cpu_before[0]) / wall, 1)
+        machine_cpu = round(100 * (cpu_seconds() - cpu_before[1]) / wall / (os.cpu_count() or 1), 1)
         if profiler is not None:
             profiler.wait(60)
         after = httpx.get(url + "/_bench/batches").json()
@@ -260,6 +284,7 @@ def main() -> None:
             "achieved_rps": round(len(latencies) / elapsed, 1), "p50_ms": pct(latencies, 0.50),
             "p90_ms": pct(latencies, 0.90), "p99_ms": pct(latencies, 0.99), "max_ms": pct(latencies, 1.0),
             "generator_send_lag_p99_ms": pct(lags, 0.99),
+            "gateway_cpu_percent_of_one_core": gateway_cpu, "machine_cpu_percent": machine_cpu,
             "batches": batches, "mean_batch": round((after["requests"] - before["requests"]) / max(1, batches), 2),
             "batch_size_p50": _size_quantile(sizes, 0.5), "batch_size_p99": _size_quantile(sizes, 0.99),
             "failed_batches": after["failed_batches"] - before["failed_batches"],
@@ -294,9 +319,15 @@ def gateway_app():  # type: ignore[no-untyped-def]
     """The gateway under test, plus a route that reports its batcher's counters to the benchmark."""
     from dataclasses import asdict
 
+    from app.conversations import batching
     from app.conversations.batching import batcher_for
     from app.runtime import get_bus
     from gateways.server import create_gateway_app
+
+    if "BENCH_BATCH_WAIT_MS" in os.environ:  # to compare collection windows
+        batching.MAX_WAIT_S = float(os.environ["BENCH_BATCH_WAIT_MS"]) / 1000
+    if "BENCH_SWITCH_INTERVAL_MS" in os.environ:  # to see what the GIL's hand-over interval does to the tail
+        sys.setswitchinterval(float(os.environ["BENCH_SWITCH_INTERVAL_MS"]) / 1000)
 
     app = create_gateway_app(os.environ.get("SWITCHBOARD_GATEWAY_CHANNEL", "whatsapp"))
 

@@ -58,13 +58,13 @@ class InboundBatcher:
     """One writer thread per bus per process. `accept` blocks its caller until the batch holding its request
     is committed and published."""
 
-    def __init__(self, bus: Bus, *, max_batch: int = MAX_BATCH, max_wait_s: float = MAX_WAIT_S,
+    def __init__(self, bus: Bus, *, max_batch: int = MAX_BATCH, max_wait_s: float | None = None,
                  idle_exit_s: float = IDLE_EXIT_S) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self.bus = bus
         self.max_batch = max_batch
-        self.max_wait_s = max_wait_s
+        self.max_wait_s = MAX_WAIT_S if max_wait_s is None else max_wait_s
         self.idle_exit_s = idle_exit_s
         self.stats = BatchStats()
         self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
