@@ -1,12 +1,21 @@
 """Webhook ack latency: one WhatsApp gateway process (uvicorn, `create_gateway_app("whatsapp")`) on a scratch
 Postgres database and the real Redis Streams bus, receiving signed webhooks at a fixed rate.
 
-    .venv/bin/python benchmarks/webhook_ack.py [--rate 500] [--seconds 10] [--workers 1]
+    .venv/bin/python benchmarks/webhook_ack.py [--rate 500] [--seconds 10] [--workers 1] [--generators 2]
+                                               [--sequential 300] [--py-spy FILE]
 
 Each request is a distinct, correctly signed WhatsApp text message, so every one pays the full path:
-signature check, account lookup, deduplicating insert, XADD, enqueued_at update. Requests are started on a
-fixed schedule (open loop: a slow server does not slow the generator), and latency is measured from the
-scheduled start, so queueing counts. The scratch database and the tenant's Redis streams are dropped afterwards.
+signature check, account lookup, deduplicating insert (through the process's `InboundBatcher`), commit, XADD.
+
+The load generator is part of this script and needs nothing beyond the venv: `--generators` processes, each
+writing pre-built HTTP/1.1 requests on keep-alive connections with raw asyncio streams (uvloop when installed).
+It is open loop: request k is due at t0 + k/rate whatever happened to earlier ones, latency is measured from the
+due time (queueing counts), and `generator_send_lag_p99_ms` shows how late the generators themselves were.
+(`wrk` cannot hold a fixed rate and Debian has no `wrk2`.) Also reported: the batch sizes the gateway saw, its CPU
+use, and with `--sequential N` the per-message cost of `accept_inbound` one at a time and of `accept_many` in
+batches of 16. `--py-spy FILE` profiles the gateway during the run (`.venv/bin/pip install py-spy` first).
+Environment knobs for experiments: BENCH_BATCH_WAIT_MS (the batcher's collection window), BENCH_SWITCH_INTERVAL_MS.
+The scratch database and the benchmark tenants' Redis keys are dropped afterwards.
 """
 
 from __future__ import annotations
@@ -136,8 +145,11 @@ async def _generate(port: int, requests: list[bytes], slots: list[int], rate: fl
 
 def _generator_process(port: int, requests: list[bytes], slots: list[int], rate: float, t0: float,
                        max_conns: int, out: Any) -> None:
-    import uvloop
-
+    try:
+        import uvloop
+    except ImportError:  # plain asyncio works too, with a little more generator overhead
+        out.put(asyncio.run(_generate(port, requests, slots, rate, t0, max_conns)))
+        return
     out.put(uvloop.run(_generate(port, requests, slots, rate, t0, max_conns)))
 
 
@@ -236,7 +248,7 @@ def main() -> None:
         if args.sequential:
             print(f"sequential cost over {args.sequential} messages ...", file=sys.stderr)
             sequential = sequential_cost(args.sequential)
-            tenants.append(sequential.pop("tenant_id"))  # type: ignore[arg-type]
+            tenants.append(sequential.pop("tenant_id"))
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
@@ -315,7 +327,7 @@ def _size_quantile(sizes: dict[int, int], q: float) -> int:
     return 0
 
 
-def gateway_app():  # type: ignore[no-untyped-def]
+def gateway_app() -> Any:
     """The gateway under test, plus a route that reports its batcher's counters to the benchmark."""
     from dataclasses import asdict
 
