@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Query
+from fastapi import APIRouter, Header, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
@@ -171,6 +171,7 @@ def _messages(tenant_id: str, contact_id: str, after: datetime | None) -> Messag
              summary="Read (or long-poll) the conversation")
 async def list_messages(
     widget_id: str,
+    request: Request,
     authorization: Annotated[str | None, Header()] = None,
     after: Annotated[datetime | None, Query(description="Cursor from the previous response.")] = None,
     wait: Annotated[float, Query(ge=0, le=30, description="Long-poll up to this many seconds.")] = 0,
@@ -186,6 +187,8 @@ async def list_messages(
                 result.cursor = after.isoformat() if after else None
             return result
         await asyncio.sleep(0.25)
+        if await request.is_disconnected():  # the visitor left: stop polling the database for them
+            return MessagesOut(messages=[], cursor=after.isoformat() if after else None)
 
 
 @router.get("/widget/{widget_id}", response_class=HTMLResponse, include_in_schema=False)
