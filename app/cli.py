@@ -234,6 +234,9 @@ def _serve(host: str, port: int) -> None:
         app.include_router(operator_router(token))
         app.include_router(knowledge_operator_router(token))
         operations.write_server_file(f"http://{local}:{port}", token)
+    from app.runtime import tune_gc
+
+    tune_gc()
     try:
         uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:
@@ -262,12 +265,14 @@ def gateway(
         raise _fail("a gateway process needs REDIS_URL (scale-out); embedded 'switchboard serve' mounts every channel")
     import uvicorn
 
+    from app.runtime import tune_gc
     from gateways.server import create_gateway_app
 
     try:
         app = create_gateway_app(channel)
     except ValueError as exc:
         raise _fail(str(exc)) from exc
+    tune_gc()
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 

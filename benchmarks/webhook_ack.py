@@ -342,6 +342,10 @@ def gateway_app() -> Any:
         sys.setswitchinterval(float(os.environ["BENCH_SWITCH_INTERVAL_MS"]) / 1000)
 
     app = create_gateway_app(os.environ.get("SWITCHBOARD_GATEWAY_CHANNEL", "whatsapp"))
+    if not os.environ.get("BENCH_NO_GC_TUNING"):  # as `switchboard gateway` / `serve` run it
+        from app.runtime import tune_gc
+
+        tune_gc()
 
     @app.get("/_bench/batches")
     def batches() -> dict[str, Any]:

@@ -3,18 +3,21 @@ delivery-status updates. (The way out is `gateways.outbound`.)"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import HTTPException
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 
 from app.contracts import Attachment
 from app.conversations.batching import batcher_for
-from app.conversations.service import InboundRequest
+from app.conversations.service import Accepted, InboundRequest
 from app.crypto import decrypt_json
 from app.db import session_scope
 from app.models import ChannelAccount, Message
@@ -146,11 +149,8 @@ class Outcome:
                 "skipped": self.skipped}
 
 
-def ingest(account: Account, parsed: Parsed, outcome: Outcome | None = None) -> Outcome:
-    """Durably enqueue every message (deduplicated by provider id) and apply every status. Blocking: call it
-    from a worker thread. Returns only once everything is stored and published, so the caller may answer 2xx."""
-    outcome = outcome or Outcome()
-    requests = [
+def _requests(account: Account, parsed: Parsed) -> list[InboundRequest]:
+    return [
         InboundRequest(
             tenant_id=account.tenant_id,
             channel=account.channel,
@@ -165,18 +165,48 @@ def ingest(account: Account, parsed: Parsed, outcome: Outcome | None = None) -> 
         )
         for item in parsed.messages
     ]
-    # Through the process's batcher: concurrent webhooks share one transaction and one bus round trip.
-    for result in batcher_for(get_bus()).accept_all(requests) if requests else []:
+
+
+def _count(outcome: Outcome, results: Iterable[Accepted]) -> None:
+    for result in results:
         if result.duplicate:
             outcome.duplicates += 1
         else:
             outcome.accepted += 1
+
+
+def _finish(account: Account, parsed: Parsed, outcome: Outcome) -> None:
     for status in parsed.statuses:
         apply_status(account, status)
         outcome.statuses += 1
     for reason in parsed.skipped:
         log.info("%s webhook for account %s: skipped %s", account.channel, account.id, reason)
     outcome.skipped += len(parsed.skipped)
+
+
+def ingest(account: Account, parsed: Parsed, outcome: Outcome | None = None) -> Outcome:
+    """Durably enqueue every message (deduplicated by provider id) and apply every status. Blocking: call it
+    from a worker thread. Returns only once everything is stored and published, so the caller may answer 2xx."""
+    outcome = outcome or Outcome()
+    requests = _requests(account, parsed)
+    # Through the process's batcher: concurrent webhooks share one transaction and one bus round trip.
+    _count(outcome, batcher_for(get_bus()).accept_all(requests) if requests else [])
+    _finish(account, parsed, outcome)
+    return outcome
+
+
+async def ingest_async(account: Account, parsed: Parsed, outcome: Outcome | None = None) -> Outcome:
+    """`ingest` for the event loop: awaits the batch instead of parking a threadpool thread on it (the hot
+    path of a busy gateway); statuses, which need their own queries, still go to a thread."""
+    outcome = outcome or Outcome()
+    requests = _requests(account, parsed)
+    if requests:
+        futures = batcher_for(get_bus()).submit_all(requests)
+        _count(outcome, await asyncio.gather(*(asyncio.wrap_future(f) for f in futures)))
+    if parsed.statuses:
+        await run_in_threadpool(_finish, account, parsed, outcome)
+    else:
+        _finish(account, parsed, outcome)
     return outcome
 
 

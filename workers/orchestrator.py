@@ -23,6 +23,9 @@ def main() -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
     roles = RoleThreads.start_all()
+    from app.runtime import tune_gc
+
+    tune_gc()
     log.info("orchestrator running (%d consumers); SIGTERM stops it", len(roles.consumers))
     done.wait()
     log.info("stopping: finishing the current batch")

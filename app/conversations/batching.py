@@ -78,6 +78,11 @@ class InboundBatcher:
     def accept_all(self, requests: list[InboundRequest]) -> list[Accepted]:
         """Several messages (one webhook delivery's), queued together; returns once all are stored and
         published, or raises the first failure."""
+        return [future.result() for future in self.submit_all(requests)]
+
+    def submit_all(self, requests: list[InboundRequest]) -> list[Future[Accepted]]:
+        """Queue messages without waiting: each future resolves once its batch is stored and published. Lets an
+        async caller await the batch (`asyncio.wrap_future`) instead of parking a thread on it."""
         for request in requests:
             request.event()  # validate in the caller's thread: a malformed request never joins a batch
         futures: list[Future[Accepted]] = [Future() for _ in requests]
@@ -87,7 +92,7 @@ class InboundBatcher:
             if self._writer is None:
                 self._writer = threading.Thread(target=self._run, name="inbound-batcher", daemon=True)
                 self._writer.start()
-        return [future.result() for future in futures]
+        return futures
 
     # -- the writer thread -------------------------------------------------------------------------------
     def _run(self) -> None:

@@ -10,7 +10,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import PlainTextResponse
 
-from gateways.common import Account, Outcome, Parsed, accounts_of, ingest, log, require_account, secret
+from gateways.common import Account, Outcome, Parsed, accounts_of, ingest_async, log, require_account, secret
 from gateways.meta.verify import handshake_ok, signature_valid
 
 SIGNATURE_HEADER = "X-Hub-Signature-256"
@@ -72,12 +72,18 @@ async def receive(
     if body.get("object") not in objects:
         raise HTTPException(400, f"unexpected object {body.get('object')!r}; this endpoint takes {sorted(objects)}")
     by_account = split(body)
-    return await run_in_threadpool(_verify_and_ingest, channel, raw, header, by_account)
+    # Verification may query accounts (a thread); the enqueue is awaited on the loop, not parked on a thread.
+    accounts, outcome = await run_in_threadpool(_verify, channel, raw, header, by_account)
+    for account, parsed in accounts:
+        await ingest_async(account, parsed, outcome)
+    return outcome.as_dict()
 
 
-def _verify_and_ingest(
+def _verify(
     channel: str, raw: bytes, header: str, by_account: dict[str | None, Parsed]
-) -> dict[str, Any]:
+) -> tuple[list[tuple[Account, Parsed]], Outcome]:
+    """Route and check the signature for every account the body names; account-level events are counted as
+    skipped. Raises the HTTP error to answer when anything fails."""
     unroutable = by_account.pop(None, None)
     accounts: list[tuple[Account, Parsed]] = [
         (require_account(channel, ext), p) for ext, p in by_account.items() if ext is not None
@@ -93,10 +99,8 @@ def _verify_and_ingest(
             log.warning("%s webhook with a bad %s for account %s: refused", channel, SIGNATURE_HEADER, account.id)
             raise HTTPException(401, f"{SIGNATURE_HEADER} does not match the body")
     outcome = Outcome()
-    for account, parsed in accounts:
-        ingest(account, parsed, outcome)
     if unroutable is not None:
         outcome.skipped += len(unroutable.skipped)
         for reason in unroutable.skipped:
             log.info("%s webhook: skipped %s", channel, reason)
-    return outcome.as_dict()
+    return accounts, outcome
