@@ -3,27 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
+from tests.cli_support import free_port, run, serving
 from tests.conftest import REPO
 
 KNOWLEDGE = REPO / "tenants" / "northwind" / "knowledge"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -31,11 +21,6 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("clihome")
 
 
-def run(home: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.endswith(("DATABASE_URL", "REDIS_URL", "QDRANT_URL"))}
-    env["SWITCHBOARD_HOME"] = str(home)
-    return subprocess.run([sys.executable, "-m", "app.cli", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout)
 
 
 def test_tenant_create_prints_the_documented_json(home: Path) -> None:
@@ -84,25 +69,8 @@ def test_chat_json_answers_with_citations_and_escalates_the_unanswerable(home: P
 
 @pytest.fixture
 def server(home: Path) -> Iterator[str]:
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.endswith(("DATABASE_URL", "REDIS_URL", "QDRANT_URL"))}
-    env["SWITCHBOARD_HOME"] = str(home)
-    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port)], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200 and (home / "server.json").exists():
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError(proc.stdout.read().decode() if proc.stdout else "serve did not start")
-        time.sleep(0.2)
-    yield url
-    proc.send_signal(signal.SIGINT)
-    proc.wait(30)
+    with serving(home) as url:
+        yield url
     assert not (home / "server.json").exists()
 
 
@@ -118,7 +86,7 @@ def test_chat_and_ingest_work_while_serve_holds_the_embedded_store(home: Path, s
     answer = json.loads(result.stdout)
     assert answer["status"] == "answered" and answer["citations"][0]["document"] == "extra.csv"
 
-    second = run(home, "serve", "--port", str(_free_port()), timeout=60)
+    second = run(home, "serve", "--port", str(free_port()), timeout=60)
     assert second.returncode != 0 and "another 'switchboard serve'" in second.stderr
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
@@ -11,7 +10,7 @@ from sqlalchemy import func, select
 from app.bus.memory import MemoryBus
 from app.contracts import INBOUND, Event, InboundMessage
 from app.conversations.service import accept_inbound, redrive_stale
-from app.db import migrate, session_scope
+from app.db import session_scope
 from app.models import Contact, Conversation, Message
 
 
@@ -20,17 +19,6 @@ class BrokenBus(MemoryBus):
         raise ConnectionError("redis is down")
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def tenant(request: pytest.FixtureRequest, sb_home: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    from app.runtime import reset_caches
-    from app.tenants.service import create_tenant
-
-    if request.param == "postgres":
-        monkeypatch.setenv("DATABASE_URL", request.getfixturevalue("pg_url"))
-        reset_caches()
-    migrate()
-    with session_scope() as session:
-        return create_tenant(session, f"acme-{request.param}-{id(request)}").tenant.id
 
 
 def _accept(bus: MemoryBus, tenant: str, pid: str, contact: str = "c1") -> object:

@@ -8,7 +8,6 @@ import random
 import threading
 from collections import defaultdict
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -19,7 +18,7 @@ from app.bus.memory import MemoryBus
 from app.contracts import INBOUND, InboundMessage
 from app.conversations.batching import InboundBatcher
 from app.conversations.service import Accepted, InboundRequest, accept_inbound, accept_many, redrive_stale
-from app.db import migrate, session_scope
+from app.db import session_scope
 from app.models import Contact, Conversation, Message
 
 
@@ -34,17 +33,6 @@ class FlakyBus(MemoryBus):
         return super().publish(topic, tenant_id, fields)
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def tenant(request: pytest.FixtureRequest, sb_home: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    from app.runtime import reset_caches
-    from app.tenants.service import create_tenant
-
-    if request.param == "postgres":
-        monkeypatch.setenv("DATABASE_URL", request.getfixturevalue("pg_url"))
-        reset_caches()
-    migrate()
-    with session_scope() as session:
-        return create_tenant(session, f"batch-{request.param}-{id(request)}").tenant.id
 
 
 def req(tenant: str, pid: str, contact: str = "c1", **kw: object) -> InboundRequest:

@@ -4,28 +4,17 @@ mode, both alone and while `switchboard serve` holds the vector store (the CLI t
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.cli.test_cli import _free_port
+from tests.cli_support import run, serving
 from tests.conftest import REPO
 
 NORTHWIND = REPO / "tenants" / "northwind"
 
 
-def run(home: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.endswith(("DATABASE_URL", "REDIS_URL", "QDRANT_URL"))}
-    env["SWITCHBOARD_HOME"] = str(home)
-    return subprocess.run([sys.executable, "-m", "app.cli", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -77,25 +66,8 @@ def test_version_only_promote_rollback_and_eval(home: Path) -> None:
 
 @pytest.fixture
 def server(home: Path) -> Iterator[str]:
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.endswith(("DATABASE_URL", "REDIS_URL", "QDRANT_URL"))}
-    env["SWITCHBOARD_HOME"] = str(home)
-    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port)], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200 and (home / "server.json").exists():
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError(proc.stdout.read().decode() if proc.stdout else "serve did not start")
-        time.sleep(0.2)
-    yield url
-    proc.send_signal(signal.SIGINT)
-    proc.wait(30)
+    with serving(home) as url:
+        yield url
 
 
 def test_pack_commands_and_eval_delegate_to_a_running_serve(home: Path, server: str) -> None:
