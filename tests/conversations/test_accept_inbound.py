@@ -19,8 +19,6 @@ class BrokenBus(MemoryBus):
         raise ConnectionError("redis is down")
 
 
-
-
 def _accept(bus: MemoryBus, tenant: str, pid: str, contact: str = "c1") -> object:
     return accept_inbound(bus, tenant_id=tenant, channel="whatsapp", contact_external_id=contact,
                           provider_message_id=pid, text=f"text {pid}", display_name="Ann")

@@ -33,8 +33,6 @@ class FlakyBus(MemoryBus):
         return super().publish(topic, tenant_id, fields)
 
 
-
-
 def req(tenant: str, pid: str, contact: str = "c1", **kw: object) -> InboundRequest:
     return InboundRequest(tenant_id=tenant, channel="whatsapp", contact_external_id=contact,
                           provider_message_id=pid, text=f"text {pid}", **kw)  # type: ignore[arg-type]
