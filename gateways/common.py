@@ -223,7 +223,7 @@ def apply_status(account: Account, update: StatusUpdate) -> bool:
                 Message.tenant_id == account.tenant_id,
                 Message.channel == account.channel,
                 Message.direction == "out",
-                Message.meta["provider_id"].as_string() == update.provider_id,
+                Message.provider_ref == update.provider_id,
             )
         ).first()
         if message is None:

@@ -275,6 +275,7 @@ def send_parts(
             raise exc.to_send_error() from exc
         ids.append(provider_id)
         message.meta = {**(message.meta or {}), "provider_ids": list(ids), "provider_id": ids[0]}
+        message.provider_ref = ids[0]
         # Commit now: if the next part fails, the retry must know this one went out.
         session.commit()
     return ids[0] if ids else None

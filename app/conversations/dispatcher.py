@@ -85,3 +85,4 @@ class Dispatcher:
             message.processed_at = utcnow()
             if provider_id:
                 message.meta = {**(message.meta or {}), "provider_id": provider_id}
+                message.provider_ref = provider_id

@@ -43,6 +43,7 @@ class Message(IdMixin, Base):
     __table_args__ = (
         UniqueConstraint("tenant_id", "channel", "provider_message_id"),
         Index("ix_messages_conversation_created", "conversation_id", "created_at"),
+        Index("ix_messages_provider_ref", "tenant_id", "channel", "provider_ref"),
     )
 
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
@@ -62,3 +63,5 @@ class Message(IdMixin, Base):
     enqueued_at: Mapped[datetime | None] = mapped_column(default=None)
     processed_at: Mapped[datetime | None] = mapped_column(default=None)
     error: Mapped[str | None] = mapped_column(Text, default=None)
+    # Outbound: the provider's id for what we sent (the first part's), which its delivery receipts name.
+    provider_ref: Mapped[str | None] = mapped_column(String(200), default=None)

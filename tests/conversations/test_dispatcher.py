@@ -57,6 +57,7 @@ def test_delivers_once_and_a_redelivered_event_sends_nothing(reply, monkeypatch)
     with session_scope() as session:
         message = session.get_one(Message, reply.message_id)
         assert message.status == "sent" and message.meta["provider_id"] == "prov-1"
+        assert message.provider_ref == "prov-1"  # what delivery receipts are matched on
 
 
 def test_a_message_another_dispatcher_is_sending_is_left_for_later(reply, monkeypatch) -> None:  # type: ignore[no-untyped-def]

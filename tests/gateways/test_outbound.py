@@ -156,6 +156,7 @@ def test_whatsapp_splits_and_records_every_part(gw: Gateway, graph: FakeGraph, c
     assert sends[0].headers["Authorization"] == "Bearer EAAG" and sends[0].json()["to"] == "15550001111"
     msg = stored(event.message_id)
     assert msg.status == "sent" and msg.meta["provider_ids"] == [f"wamid.fake{i}" for i in range(1, 5)]
+    assert msg.provider_ref == "wamid.fake1"  # receipts name the first part's id
     deliver(event)  # redelivered event: nothing more is sent
     assert len(graph.sends()) == 4
 

@@ -138,6 +138,7 @@ def test_statuses_update_our_outbound_message(gw: Gateway, tenants: dict[str, st
         msg, _ = add_outbound(session, conv, key="reply:x", text="hi", author="bot",
                               meta={"provider_id": "wamid.xyzxyz"})
         msg.status = "sent"
+        msg.provider_ref = "wamid.xyzxyz"  # as the sender records it
         msg_id = msg.id
     for case in ("delivered", "read", "sent"):  # a late "sent" must not move it back
         assert post(gw, json.dumps(body[case]).encode()).status_code == 200

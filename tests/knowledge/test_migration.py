@@ -77,3 +77,31 @@ def test_upgrade_backfills_versions_and_round_trips(empty_db: str) -> None:
             assert conn.execute(sa.text("SELECT COUNT(*) FROM pack_versions")).scalar() == 4
     finally:
         engine.dispose()
+
+
+def test_0003_backfills_provider_refs_of_sent_messages(empty_db: str) -> None:
+    url = empty_db.replace("postgresql://", "postgresql+psycopg://")
+    command.upgrade(_cfg(url), "0002")
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("INSERT INTO tenants (id, slug, name, persona, policies, created_at) "
+                                 "VALUES ('t', 't', 't', '{}', '{}', CURRENT_TIMESTAMP)"))
+            conn.execute(sa.text("INSERT INTO contacts (id, tenant_id, channel, external_id, created_at) "
+                                 "VALUES ('c', 't', 'whatsapp', '316', CURRENT_TIMESTAMP)"))
+            conn.execute(sa.text("INSERT INTO conversations (id, tenant_id, contact_id, channel, mode, created_at) "
+                                 "VALUES ('v', 't', 'c', 'whatsapp', 'bot', CURRENT_TIMESTAMP)"))
+            for mid, direction, meta in (("sent", "out", '{"provider_id": "wamid.1"}'), ("pending", "out", "{}"),
+                                         ("in", "in", '{"kind": "text"}')):
+                conn.execute(sa.text(
+                    "INSERT INTO messages (id, tenant_id, conversation_id, channel, direction, provider_message_id, "
+                    "text, status, meta, created_at) VALUES (:id, 't', 'v', 'whatsapp', :d, :id, '', 'sent', :m, "
+                    "CURRENT_TIMESTAMP)"), {"id": mid, "d": direction, "m": meta})
+        command.upgrade(_cfg(url), "head")
+        with engine.connect() as conn:
+            refs = dict(conn.execute(sa.text("SELECT id, provider_ref FROM messages")).all())
+        assert refs == {"sent": "wamid.1", "pending": None, "in": None}
+        command.downgrade(_cfg(url), "0002")
+        command.upgrade(_cfg(url), "head")
+    finally:
+        engine.dispose()
