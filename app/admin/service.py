@@ -9,7 +9,7 @@ import binascii
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import ColumnElement, Select, exists, func, select, tuple_
 from sqlalchemy.exc import IntegrityError
@@ -107,6 +107,17 @@ def _page(
 # --- tenant -------------------------------------------------------------------------------------------------
 
 
+_Row = TypeVar("_Row", ApiKey, ChannelAccount, Conversation, Document, IngestionJob)
+
+
+def _owned(session: Session, model: type[_Row], tenant_id: str, row_id: str, what: str) -> _Row:
+    """The row with this id if it belongs to the tenant; another tenant's row is as missing as a missing one."""
+    row = session.scalars(select(model).where(model.id == row_id, model.tenant_id == tenant_id)).first()
+    if row is None:
+        raise NotFound(f"no {what} {row_id!r} in this tenant")
+    return row
+
+
 def get_tenant(session: Session, tenant_id: str) -> Tenant:
     return session.get_one(Tenant, tenant_id)
 
@@ -192,9 +203,7 @@ def create_api_key(session: Session, who: Principal, name: str, scope: str) -> t
 def revoke_api_key(session: Session, who: Principal, key_id: str) -> ApiKey:
     """Revoking is idempotent. The key that authenticates this request cannot revoke itself: that way an admin
     can never lock the tenant out of its last admin key by accident (use another admin key to revoke it)."""
-    row = session.scalars(select(ApiKey).where(ApiKey.id == key_id, ApiKey.tenant_id == who.tenant_id)).first()
-    if row is None:
-        raise NotFound(f"no API key {key_id!r} in this tenant")
+    row = _owned(session, ApiKey, who.tenant_id, key_id, "API key")
     if row.id == who.key_id:
         raise Conflict("this is the key you are calling with: revoke it with another admin key")
     if row.revoked_at is None:
@@ -233,12 +242,7 @@ def list_channels(session: Session, tenant_id: str) -> list[ChannelAccount]:
 
 
 def get_channel(session: Session, tenant_id: str, account_id: str) -> ChannelAccount:
-    row = session.scalars(
-        select(ChannelAccount).where(ChannelAccount.id == account_id, ChannelAccount.tenant_id == tenant_id)
-    ).first()
-    if row is None:
-        raise NotFound(f"no channel account {account_id!r} in this tenant")
-    return row
+    return _owned(session, ChannelAccount, tenant_id, account_id, "channel account")
 
 
 def create_channel(
@@ -322,12 +326,7 @@ def delete_channel(session: Session, who: Principal, account_id: str) -> None:
 
 
 def get_job(session: Session, tenant_id: str, job_id: str) -> IngestionJob:
-    job = session.scalars(
-        select(IngestionJob).where(IngestionJob.id == job_id, IngestionJob.tenant_id == tenant_id)
-    ).first()
-    if job is None:
-        raise NotFound(f"no ingestion job {job_id!r} in this tenant")
-    return job
+    return _owned(session, IngestionJob, tenant_id, job_id, "ingestion job")
 
 
 def list_jobs(
@@ -362,11 +361,7 @@ def delete_document(session: Session, who: Principal, document_id: str) -> None:
     from app.knowledge.versions import delete_unreferenced
     from app.runtime import get_object_store, get_vector_store
 
-    doc = session.scalars(
-        select(Document).where(Document.id == document_id, Document.tenant_id == who.tenant_id)
-    ).first()
-    if doc is None:
-        raise NotFound(f"no document {document_id!r} in this tenant")
+    doc = _owned(session, Document, who.tenant_id, document_id, "document")
     copies = list(session.scalars(
         select(Document).where(Document.tenant_id == who.tenant_id, Document.path == doc.path)
     ))
@@ -440,12 +435,7 @@ def _with_contact(session: Session, conversation: Conversation) -> tuple[Convers
 
 
 def get_conversation(session: Session, tenant_id: str, conversation_id: str) -> tuple[Conversation, Contact, bool]:
-    conversation = session.scalars(
-        select(Conversation).where(Conversation.id == conversation_id, Conversation.tenant_id == tenant_id)
-    ).first()
-    if conversation is None:
-        raise NotFound(f"no conversation {conversation_id!r} in this tenant")
-    return _with_contact(session, conversation)
+    return _with_contact(session, _owned(session, Conversation, tenant_id, conversation_id, "conversation"))
 
 
 def list_messages(
