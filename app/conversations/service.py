@@ -16,7 +16,6 @@ from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import Table, bindparam, func, insert, or_, select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.bus.base import Bus, check_name
@@ -34,50 +33,6 @@ REDRIVE_AFTER = timedelta(minutes=2)
 CONTACTS: Table = Contact.__table__  # type: ignore[assignment]
 CONVERSATIONS: Table = Conversation.__table__  # type: ignore[assignment]
 MESSAGES: Table = Message.__table__  # type: ignore[assignment]
-
-
-def get_or_create_contact(
-    session: Session, tenant_id: str, channel: str, external_id: str, display_name: str | None = None
-) -> Contact:
-    stmt = select(Contact).where(
-        Contact.tenant_id == tenant_id, Contact.channel == channel, Contact.external_id == external_id
-    )
-    contact = session.scalars(stmt).first()
-    if contact is None:
-        try:
-            with session.begin_nested():
-                contact = Contact(
-                    tenant_id=tenant_id, channel=channel, external_id=external_id, display_name=display_name
-                )
-                session.add(contact)
-        except IntegrityError:  # a concurrent request created it first
-            contact = session.scalars(stmt).one()
-    if display_name and contact.display_name != display_name:
-        contact.display_name = display_name
-    return contact
-
-
-def get_or_create_conversation(
-    session: Session, tenant_id: str, contact: Contact, channel_account_id: str | None
-) -> Conversation:
-    conversation_id = _latest_conversation(session, tenant_id, contact.id)
-    if conversation_id is not None:
-        return session.get_one(Conversation, conversation_id)
-    conversation = Conversation(
-        tenant_id=tenant_id, contact_id=contact.id, channel=contact.channel, channel_account_id=channel_account_id
-    )
-    session.add(conversation)
-    session.flush()
-    return conversation
-
-
-def _latest_conversation(session: Session, tenant_id: str, contact_id: str) -> str | None:
-    return session.scalar(
-        select(Conversation.id)
-        .where(Conversation.tenant_id == tenant_id, Conversation.contact_id == contact_id)
-        .order_by(Conversation.created_at.desc())
-        .limit(1)
-    )
 
 
 @dataclass(frozen=True)

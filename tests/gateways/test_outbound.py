@@ -53,9 +53,9 @@ def graph() -> Iterator[FakeGraph]:
 def conversation(gw: Gateway, channel: str, external_id: str, credentials: dict[str, Any], contact: str,
                  config: dict[str, Any] | None = None, last_inbound_ago: timedelta | None = timedelta(minutes=5)
                  ) -> tuple[str, str, str]:
-    from app.conversations.service import get_or_create_contact, get_or_create_conversation
     from app.db import session_scope
     from app.models import utcnow
+    from tests.factories import get_or_create_contact, get_or_create_conversation
 
     tenant = gw.tenant()
     account_id = gw.account(tenant, channel, external_id, credentials, config)

@@ -123,9 +123,10 @@ def test_every_payload(gw: Gateway, tenants: dict[str, str], file: str, case: st
 
 
 def test_statuses_update_our_outbound_message(gw: Gateway, tenants: dict[str, str]) -> None:
-    from app.conversations.service import add_outbound, get_or_create_contact
+    from app.conversations.service import add_outbound
     from app.db import session_scope
     from app.models import Conversation, Message
+    from tests.factories import get_or_create_contact
 
     body = json.loads((UPDATES / "message_status.json").read_text())
     (pid,) = phone_ids(body["sent"])
