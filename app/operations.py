@@ -115,10 +115,9 @@ def _outcome(session: Any, message: Message) -> dict[str, Any]:
         .order_by(Message.created_at)
     ).first()
     escalation = session.scalars(select(Escalation).where(Escalation.message_id == message.id)).first()
-    status = {"answered": "answered", "escalated": "escalated"}.get(message.status, message.status)
     return {
         "message_id": message.id,
-        "status": status,
+        "status": message.status,  # answered | escalated (| human | merged | dead)
         "text": reply.text if reply else None,
         "citations": [
             {"document": c["document"], "chunk_id": c["chunk_id"], "score": c["score"]}
