@@ -102,6 +102,9 @@ def reset_caches() -> None:
     from gateways.common import forget_accounts  # routing cache of the gateways
 
     forget_accounts()
+    from app.knowledge import termstats
+
+    termstats.clear_cache()
     for fn in (get_settings, get_bus, get_embedder, get_sparse_encoder, get_vector_store, get_object_store,
                get_llm_client, db.get_engine, db.get_sessionmaker):
         fn.cache_clear()

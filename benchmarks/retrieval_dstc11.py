@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app.knowledge.chunk import TextChunk
 from app.knowledge.representation import embed_chunks
+from app.knowledge.termstats import TermStats, collect
 from app.providers.embeddings.base import SparseVector
 from app.providers.embeddings.minilm import MiniLMEmbedder
 from app.providers.embeddings.sparse import TermFrequencyEncoder
@@ -45,7 +46,7 @@ from app.providers.vectors.edge import EdgeVectorStore
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "qa" / "dstc11_track5"
 FULL_ONLY = "#full-only"
-Search = Callable[[str, list[float], SparseVector], list[Hit]]
+Search = Callable[[str, list[float], list[float], SparseVector], list[Hit]]
 
 
 def peak_rss_mb() -> float:
@@ -95,6 +96,7 @@ def main() -> None:
         store = EdgeVectorStore(Path(tmp) / "vectors", dim=embedder.dim)
         point_to_snippet: dict[str, str] = {}
         by_tenant: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        stats: dict[str, TermStats] = {}
         for s in snippets:
             by_tenant[s["tenant"]].append(s)
         started = time.perf_counter()
@@ -104,6 +106,9 @@ def main() -> None:
             for s in by_tenant[tenant]:
                 kind, chunk = snippet_chunk(s)
                 by_kind[kind].append((s, chunk))
+            counted = collect(embedder, [c.embedding_text() for items in by_kind.values() for _, c in items])
+            assert counted is not None
+            stats[tenant] = counted
             for kind, items in by_kind.items():
                 vectors = embed_chunks([c for _, c in items], kind, embedder, encoder)
                 for (s, c), v in zip(items, vectors, strict=True):
@@ -133,7 +138,8 @@ def main() -> None:
                     gold = {g for g in turn["gold_snippet_ids"] if g.startswith(tenant + "/")}
                     if tenant not in keep or not gold:
                         continue
-                    hits = search(tenant + suffix, dense[context][i], sparse[context][i])
+                    _, weighted = embedder.embed_query_weighted(queries[context][i], stats[tenant].idf)
+                    hits = search(tenant + suffix, dense[context][i], weighted, sparse[context][i])
                     calls += 1
                     foreign += sum(h.payload.get("tenant_id") != tenant + suffix for h in hits)
                     found = gold & {point_to_snippet[h.id] for h in hits}
@@ -143,18 +149,30 @@ def main() -> None:
             return sum(recalls) / len(recalls), sum(successes) / len(successes), foreign, ms
 
         modes: list[tuple[str, str, str, Search]] = [
-            ("dense, full view only (before)", "user turn", FULL_ONLY, lambda t, d, s: store.search(t, d, limit=5)),
-            ("sparse (BM25)", "user turn", "", lambda t, d, s: store.sparse_search(t, s, limit=5)),
+            ("dense, full view only", "user turn", FULL_ONLY, lambda t, d, w, s: store.search(t, d, limit=5)),
+            ("sparse (BM25)", "user turn", "", lambda t, d, w, s: store.sparse_search(t, s, limit=5)),
+            ("hybrid, full view + BM25", "user turn", FULL_ONLY, lambda t, d, w, s: store.search(t, d, s, limit=5)),
+            ("dense, best view", "user turn", "", lambda t, d, w, s: store.search(t, d, limit=5)),
             (
-                "hybrid, full view + BM25 (before)",
+                "dense, best view, IDF-weighted query",
                 "user turn",
-                FULL_ONLY,
-                lambda t, d, s: store.search(t, d, s, limit=5),
+                "",
+                lambda t, d, w, s: store.search(t, d, limit=5, rank_by=w),
             ),
-            ("dense, best of question and full view", "user turn", "", lambda t, d, s: store.search(t, d, limit=5)),
+            (
+                "hybrid, both views + BM25, plain query",
+                "user turn",
+                "",
+                lambda t, d, w, s: store.search(t, d, s, limit=5),
+            ),
         ]
         modes += [
-            ("hybrid, question + full view + BM25 (now)", c, "", lambda t, d, s: store.search(t, d, s, limit=5))
+            (
+                "hybrid, both views + BM25, IDF-weighted query (now)",
+                c,
+                "",
+                lambda t, d, w, s: store.search(t, d, s, limit=5, rank_by=w),
+            )
             for c in contexts
         ]
         rows = [(name, context, *evaluate(context, suffix, fn)) for name, context, suffix, fn in modes]

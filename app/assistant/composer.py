@@ -102,24 +102,28 @@ def compose_offline(
 ) -> Draft:
     """A grounded, cited answer in the persona's voice, or an escalation when the passages don't cover it.
 
-    `greet` adds the persona's greeting (for a conversation's first reply); `customer_name` adds "Hi <name>!".
+    `passages` come in retrieval's order, best first. `greet` adds the persona's greeting (for a conversation's
+    first reply); `customer_name` adds "Hi <name>!".
     """
     voice = persona_with_defaults(persona)
     env = template_env()
-    ranked = sorted(passages, key=lambda p: p.score, reverse=True)
-    top = ranked[0] if ranked else None
-    if top is None or top.score < min_relevance:
+    # Passages in retrieval's order: the fused ranking picks the right passage more often than the full-view
+    # cosine alone (answers drawn from the gold passage: COVID-QA 0.525 by cosine, 0.648 by rank; DSTC11 0.571
+    # and 0.609). The cosine is the bar each must clear: it is calibrated, the fused score is not.
+    relevant = [p for p in passages if p.score >= min_relevance]
+    top = relevant[0] if relevant else None
+    if top is None:
         text = env.get_template("offline_no_answer.j2").render(
             persona=voice, greet=greet, customer_name=customer_name
         )
-        score = float(top.score) if top else 0.0
+        score = max((float(p.score) for p in passages), default=0.0)
         return Draft(text=text.strip(), citations=[], confidence=round(max(score, 0.0), 3), escalate=True,
                      reason="no_knowledge")
 
     used: list[tuple[PassageLike, list[str]]] = []
     budget = MAX_SENTENCES
-    for p in ranked[:2]:
-        if p is not top and (p.score < min_relevance or top.score - p.score > SECOND_PASSAGE_MARGIN):
+    for p in relevant[:2]:
+        if p is not top and top.score - p.score > SECOND_PASSAGE_MARGIN:
             break
         if p is not top and (_FAQ.match(top.text) or not _terms(question) & _terms(p.text)):
             break  # an FAQ answer stands alone; a runner-up must at least share words with the question
@@ -137,7 +141,7 @@ def compose_offline(
     text = env.get_template("offline_answer.j2").render(
         persona=voice, body=body, greet=greet, customer_name=customer_name
     )
-    runner_up = float(ranked[1].score) if len(ranked) > 1 else None
+    runner_up = max((float(p.score) for p in passages if p is not top), default=None)
     return Draft(
         text=text.strip(),
         citations=[citation(p) for p, _ in used],

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.knowledge.retrieval import retrieve
+from app.knowledge.termstats import TermStats
 from app.providers.embeddings.base import Embedder, SparseEncoder
 from app.providers.vectors.base import VectorStore
 
@@ -57,14 +58,16 @@ def evaluate(
     embedder: Embedder | None = None,
     sparse_encoder: SparseEncoder | None = None,
     vector_store: VectorStore | None = None,
+    term_stats: TermStats | None = None,
 ) -> dict[str, Any]:
-    """{"n", "hit@1", "hit@5", "mrr"} (rounded to 4 places) for one pack version."""
+    """{"n", "hit@1", "hit@5", "mrr"} (rounded to 4 places) for one pack version (`term_stats`: its term
+    statistics, for a version whose row is not committed yet)."""
     where = {**(filters or {}), **({"pack_version": pack_version} if pack_version is not None else {})}
     hit1 = hit5 = 0
     rr = 0.0
     for q in questions:
         passages = retrieve(tenant_id, q.question, top_k=DEPTH, filters=where or None, embedder=embedder,
-                            sparse_encoder=sparse_encoder, vector_store=vector_store)
+                            sparse_encoder=sparse_encoder, vector_store=vector_store, term_stats=term_stats)
         docs = [p.document for p in passages]
         if q.expected_document in docs:
             rank = docs.index(q.expected_document) + 1

@@ -1,5 +1,6 @@
 """Retrieval: a customer's question to the tenant's best passages (hybrid: the dense full view, the dense
-question view of FAQ chunks and BM25, fused with weighted RRF; see app/providers/vectors/common.py).
+question view of FAQ chunks and BM25, fused as app/providers/vectors/common.py describes). Within one pack
+version the query ranks by its IDF-weighted embedding (app/knowledge/termstats.py).
 
 `Passage.score` is the dense cosine similarity of the passage's full view to the question, so the
 orchestrator can hold it against a fixed threshold; `rank` is the fused order. Only the tenant's own points
@@ -11,6 +12,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from app.knowledge import termstats
+from app.knowledge.termstats import TermStats
 from app.providers.embeddings.base import Embedder, SparseEncoder
 from app.providers.vectors.base import VectorStore
 
@@ -37,9 +40,12 @@ def retrieve(
     embedder: Embedder | None = None,
     sparse_encoder: SparseEncoder | None = None,
     vector_store: VectorStore | None = None,
+    term_stats: TermStats | None = None,
 ) -> list[Passage]:
     """Top passages for `query`. `filters` are exact-match payload conditions, e.g. {"pack_version": 3}
-    to read only the tenant's live pack, or {"document": "faq.csv"}."""
+    to read only the tenant's live pack, or {"document": "faq.csv"}. With a pack version among the filters,
+    that version's term statistics weight the query (`term_stats` gives them directly, e.g. for a version
+    still being built)."""
     if not isinstance(tenant_id, str) or not tenant_id.strip():
         raise ValueError("tenant_id is required")
     if top_k < 1:
@@ -51,12 +57,12 @@ def retrieve(
     embedder = embedder or runtime.get_embedder()
     sparse_encoder = sparse_encoder or runtime.get_sparse_encoder()
     vector_store = vector_store or runtime.get_vector_store()
+    version = (filters or {}).get("pack_version")
+    if term_stats is None and isinstance(version, int) and not isinstance(version, bool):
+        term_stats = termstats.for_version(tenant_id, version, embedder)
+    dense, weighted = termstats.query_vectors(embedder, query, term_stats)
     hits = vector_store.search(
-        tenant_id,
-        embedder.embed_query(query),
-        sparse_encoder.encode_query(query),
-        limit=top_k,
-        filters=filters,
+        tenant_id, dense, sparse_encoder.encode_query(query), limit=top_k, filters=filters, rank_by=weighted
     )
     return [
         Passage(

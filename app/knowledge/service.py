@@ -32,7 +32,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.config import get_settings
-from app.knowledge import embedcache, versions
+from app.knowledge import embedcache, termstats, versions
 from app.knowledge.chunk import TextChunk, chunk_document
 from app.knowledge.ids import chunk_id
 from app.knowledge.parse import (
@@ -48,6 +48,7 @@ from app.knowledge.parse import (
     read_metadata,
 )
 from app.knowledge.representation import question_vectors
+from app.knowledge.termstats import TermStats
 from app.models import Chunk, Document, IngestionJob, KnowledgeSource, PackVersion, Tenant, new_id, utcnow
 from app.providers.embeddings.base import Embedder, SparseEncoder
 from app.providers.storage.base import ObjectStore
@@ -404,8 +405,10 @@ def _finish(session: Session, d: Deps, tenant: Tenant, build: PackVersion, repor
         session.flush()
         return
     build.status = "ready"
+    stats = termstats.collect(d.embedder, termstats.version_texts(session, tenant.id, build.version))
+    build.term_stats = stats.to_json() if stats is not None else None
     session.flush()
-    verdict = _gate(session, d, tenant, build)
+    verdict = _gate(session, d, tenant, build, stats)
     build.scores, report.scores = verdict["scores"], verdict["scores"]
     if not promote:
         report.notes = "built with --version-only: promote it when ready"
@@ -420,7 +423,7 @@ def _finish(session: Session, d: Deps, tenant: Tenant, build: PackVersion, repor
     session.flush()
 
 
-def _gate(session: Session, d: Deps, tenant: Tenant, build: PackVersion) -> dict[str, Any]:
+def _gate(session: Session, d: Deps, tenant: Tenant, build: PackVersion, stats: TermStats | None) -> dict[str, Any]:
     """Score the new version (and the live one) on the tenant's eval set, if it has one."""
     from app.knowledge.evaluate import evaluate, parse_questions
 
@@ -429,15 +432,15 @@ def _gate(session: Session, d: Deps, tenant: Tenant, build: PackVersion) -> dict
     except KeyError:
         return {"scores": {}, "reason": None}
 
-    def score(version: int) -> dict[str, Any]:
+    def score(version: int, stats: TermStats | None) -> dict[str, Any]:
         return evaluate(tenant.id, questions, pack_version=version, embedder=d.embedder, sparse_encoder=d.sparse,
-                        vector_store=d.vectors)
+                        vector_store=d.vectors, term_stats=stats)
 
-    new = score(build.version)
+    new = score(build.version, stats)
     live = tenant.live_pack_version
     if live is None or live == build.version:
         return {"scores": new, "reason": None}
-    old = score(live)
+    old = score(live, termstats.for_version(tenant.id, live, d.embedder, session))
     margin = get_settings().eval_regression_margin
     scores = {**new, "live": {"version": live, **old}}
     if new["hit@5"] < old["hit@5"] - margin:

@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, IdMixin
@@ -92,3 +92,5 @@ class PackVersion(IdMixin, Base):
     scores: Mapped[dict[str, Any]] = mapped_column(default=dict)  # evaluation: {"n", "hit@1", "hit@5", "mrr"}
     notes: Mapped[str | None] = mapped_column(Text, default=None)
     promoted_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Token document frequencies of its chunks, counted at build time (app/knowledge/termstats.py).
+    term_stats: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)

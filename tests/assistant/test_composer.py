@@ -43,6 +43,21 @@ def test_close_runner_up_contributes_with_its_own_citation() -> None:
     assert "[1]" in draft.text
 
 
+def test_answers_from_the_best_ranked_passage_over_the_threshold_not_the_highest_cosine() -> None:
+    """Retrieval's fused order beats the full-view cosine at picking the passage; the cosine is only the bar."""
+    passages = [
+        FakePassage("c-low", "faq.md", "Gift cards", "Q: Gift cards?\nA: Gift cards never expire.", 0.30),
+        FakePassage("c-ship", "faq.md", "Shipping", SHIPPING_FAQ, 0.55),
+        FakePassage("c-returns", "returns.md", "Returns", RETURNS_DOC, 0.75),
+    ]
+    draft = compose_offline("Can you deliver to France?", passages, PERSONA)
+    assert [c["chunk_id"] for c in draft.citations] == ["c-ship"]  # rank 1 is under the bar; rank 2 answers
+    assert "30 countries" in draft.text and "Gift cards" not in draft.text
+    # The runner-up that lowers confidence is the best other cosine, whatever its rank.
+    alone = compose_offline("Can you deliver to France?", passages[1:2], PERSONA)
+    assert draft.confidence < alone.confidence
+
+
 def test_escalates_below_threshold_or_without_passages() -> None:
     low = [FakePassage("c-ship", "faq.md", "Shipping", SHIPPING_FAQ, 0.3)]
     for passages in (low, []):

@@ -14,6 +14,7 @@ import pytest
 
 from app.providers.embeddings.base import SparseVector
 from app.providers.vectors.base import ChunkPoint, VectorStore
+from app.providers.vectors.common import KEYWORD_WEIGHT
 from app.providers.vectors.edge import EdgeVectorStore
 from app.providers.vectors.qdrant_server import QdrantServerStore
 
@@ -84,6 +85,36 @@ def test_hybrid_search_fuses_and_scores_with_dense_cosine(store: VectorStore) ->
         stored = {"returns.md": unit(1, 0.1), "shipping.md": unit(0.1, 1), "faq.csv": unit(0.7, 0.7)}
         cos = sum(a * b for a, b in zip(query, stored[h.payload["document"]], strict=True))
         assert h.score == pytest.approx(cos, abs=1e-4)
+
+
+def test_hybrid_rank_is_best_view_cosine_plus_a_share_of_the_best_bm25(store: VectorStore) -> None:
+    """Fused score = cosine + KEYWORD_WEIGHT x BM25 / the query's best BM25, every candidate scored exactly:
+    `target` is far down the keyword list (26th), yet its keyword share still puts it ahead of `rival`."""
+    noise = [point("acme", f"noise-{i}", unit(0, 1), {7: 1.0}) for i in range(25)]
+    target = point("acme", "target", unit(1, 0.2), {7: 0.5})  # cos 0.981 + 0.15 x 0.5 = 1.056
+    rival = point("acme", "rival", unit(1, 0.1), {8: 1.0})  # cos 0.995, no shared term
+    store.upsert("acme", [*noise, target, rival])
+    hits = store.search("acme", unit(1, 0), SparseVector([7], [1.0]), limit=3)
+    assert [h.payload["document"] for h in hits[:2]] == ["target", "rival"]
+    assert hits[0].score == pytest.approx(cosine_of(unit(1, 0), unit(1, 0.2)), abs=1e-4)
+    assert KEYWORD_WEIGHT * 0.5 > 0.995 - 0.981  # the share target needs to pass rival
+    # Without the keyword, the better cosine wins.
+    assert [h.payload["document"] for h in store.search("acme", unit(1, 0), limit=2)] == ["rival", "target"]
+
+
+def test_rank_by_orders_the_hits_and_the_plain_query_scores_them(store: VectorStore) -> None:
+    seed(store)
+    plain, weighted = unit(1, 0), unit(0, 1)
+    hits = store.search("acme", plain, SparseVector([9], [1.0]), limit=3, filters={"pack_version": 1},
+                        rank_by=weighted)
+    assert [h.payload["document"] for h in hits] == ["shipping.md", "returns.md"]
+    assert hits[0].score == pytest.approx(cosine_of(plain, unit(0.1, 1)), abs=1e-4)
+    dense_only = store.search("acme", plain, limit=3, filters={"pack_version": 1}, rank_by=weighted)
+    assert [h.id for h in dense_only] == [h.id for h in hits]
+
+
+def cosine_of(a: list[float], b: list[float]) -> float:
+    return sum(x * y for x, y in zip(a, b, strict=True))
 
 
 def test_filters_are_exact_match_and_lists_match_any(store: VectorStore) -> None:

@@ -1,8 +1,8 @@
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,19 @@ class Embedder(Protocol):
     def embed_documents(self, texts: Sequence[str]) -> list[list[float]]: ...
 
     def embed_query(self, text: str) -> list[float]: ...
+
+
+@runtime_checkable
+class TokenWeightingEmbedder(Protocol):
+    """An `Embedder` that can also weight a query's tokens when it pools them (app/knowledge/termstats.py):
+    `tokens` gives the token ids a text is made of (special tokens left out), `embed_query_weighted` the query
+    both as `embed_query` gives it and pooled with `weight(token_id)` per token, each normalised."""
+
+    name: str
+
+    def tokens(self, texts: Sequence[str]) -> list[list[int]]: ...
+
+    def embed_query_weighted(self, text: str, weight: Callable[[int], float]) -> tuple[list[float], list[float]]: ...
 
 
 class SparseEncoder(Protocol):

@@ -14,10 +14,12 @@ import os
 import shutil
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 MODEL_NAME = "switchboard/all-MiniLM-L6-v2-int8"
 DIM = 384
@@ -170,3 +172,35 @@ class MiniLMEmbedder:
 
     def embed_query(self, text: str) -> list[float]:
         return self.embed_documents([text])[0]
+
+    def tokens(self, texts: Sequence[str]) -> list[list[int]]:
+        """WordPiece ids of each text as the model sees it (truncated at 256 tokens), without [CLS], [SEP]
+        and padding: what term statistics count (app/knowledge/termstats.py)."""
+        tokenizer = self._load().model.tokenizer
+        out: list[list[int]] = []
+        for start in range(0, len(texts), 256):
+            for enc in tokenizer.encode_batch(list(texts[start : start + 256])):
+                out.append([i for i, special in zip(enc.ids, enc.special_tokens_mask, strict=True) if not special])
+        return out
+
+    def embed_query_weighted(self, text: str, weight: Callable[[int], float]) -> tuple[list[float], list[float]]:
+        """(`embed_query(text)`, the same token states mean-pooled with `weight(token_id)` per token).
+
+        One pass of the model; the first vector is exactly what fastembed's mean pooling gives. [CLS] and [SEP]
+        get the mean weight of the other tokens (they carry the sentence as a whole, no term of their own)."""
+        model = self._load().model
+        context = model.onnx_embed([text or " "])
+        states = np.asarray(context.model_output[0], dtype=np.float64)  # (tokens, dim)
+        ids = [int(i) for i in context.input_ids[0]]
+        special = {model.tokenizer.token_to_id(t) for t in ("[CLS]", "[SEP]", "[PAD]")}
+        weights = np.array([0.0 if i in special else max(0.0, float(weight(i))) for i in ids])
+        regular = weights[[i not in special for i in ids]]
+        weights[[i in special for i in ids]] = regular.mean() if regular.size and regular.sum() > 0 else 1.0
+        plain = states.mean(axis=0)
+        weighted = (states * weights[:, None]).sum(axis=0) / weights.sum()
+        return _unit(plain), _unit(weighted)
+
+
+def _unit(vector: Any) -> list[float]:
+    norm = float(np.linalg.norm(vector))
+    return [float(x) for x in (vector / norm if norm else vector)]

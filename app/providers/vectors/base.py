@@ -43,9 +43,11 @@ class VectorStore(Protocol):
         *,
         limit: int = 5,
         filters: dict[str, Any] | None = None,
+        rank_by: list[float] | None = None,
     ) -> list[Hit]:
-        """Hybrid when `sparse` is given (both dense views and sparse, fused with weighted RRF); dense only
-        (both views fused) otherwise. `Hit.score` is the cosine of the point's best dense view.
+        """Hybrid when `sparse` is given (both dense views and BM25, fused as common.py describes); dense only
+        (the better view's cosine) otherwise. Ranked with `rank_by` when given (a weighted form of the same
+        query), else with `dense`. `Hit.score` is the cosine of `dense` to the point's full view.
         `filters` are exact-match payload conditions (e.g. {"pack_version": 3, "language": "en"})."""
         ...
 

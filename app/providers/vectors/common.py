@@ -1,29 +1,37 @@
-"""What both vector stores share: argument checks, the collection's shape, the fusion and the calibrated score.
+"""What both vector stores share: argument checks, the collection's shape, the hybrid search and its fusion.
 
 Shape: every point has two dense views in one embedding space, "dense" (the chunk as embedded: heading plus
 text) and "question" (for a FAQ chunk, its question alone; for any other chunk, a copy of "dense"), plus the
 "sparse" BM25 vector. Customers paraphrase the questions a FAQ answers, and a question matches a question
 better than it matches a question glued to its answer (COVID-QA: dense hit@1 0.566 -> 0.656 on the question
-view alone). A hybrid search is three prefetches, each filtered by tenant, fused with weighted RRF.
+view alone).
 
-Score: fusion scores (1/(k+rank) sums) say nothing about how relevant a passage is. The orchestrator needs a
-threshold it can trust, so every `Hit.score` is the cosine similarity between the query and the point's full
-("dense") view: the stores ask Qdrant for the fused top-k *with* their dense vectors and compute the dot
-product of the normalised query with each stored (already normalised) vector. Order stays the fused order;
-only the number changes. The question view ranks but does not score: a question is closer to any other
-question than to a question-and-answer, so its cosine runs higher for unrelated questions too. On the
-example tenant (tenants/northwind/eval, min_relevance 0.45), scoring by the best view let 3 of the 20
-unanswerable questions over the threshold (66 of 76 answerable over); the full view keeps all 20 under
-(65 of 76 over; 66 before the question view existed). See tests/knowledge/test_retrieval_calibration.py.
+Search (`hybrid_search`, one code path for both stores): candidates are the top of each dense view and of
+BM25, each list filtered by tenant; each candidate then gets its exact BM25 score (a second keyword query
+restricted to the candidates' ids) and its cosine to both dense views (from the vectors returned with it).
+Fused score = the better view's cosine + KEYWORD_WEIGHT x BM25 / the query's best BM25. This beat weighted RRF
+on all three evaluation sets (benchmarks/retrieval_covid.py, retrieval_dstc11.py and the example tenant;
+docs/benchmarks.md): RRF throws away how far ahead a passage is, and on paraphrased questions a BM25 list
+of near misses voted as loudly as the dense one.
+
+The ranking query may differ from the scoring one (`rank_by`: the IDF-weighted query of
+app/knowledge/termstats.py). Score: fused scores say little about how relevant a passage is. The orchestrator
+needs a threshold it can trust, so every `Hit.score` is the cosine similarity between the (plain) query and
+the point's full ("dense") view. Order is the fused order; only the number differs. The question view ranks
+but does not score: a question is closer to any other question than to a question-and-answer, so its cosine
+runs higher for unrelated questions too. On the example tenant (tenants/northwind/eval, min_relevance 0.45),
+scoring by the best view let 3 of the 20 unanswerable questions over the threshold; the full view keeps all
+20 under. See tests/knowledge/test_retrieval_calibration.py.
 """
 
 from __future__ import annotations
 
 import json
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from app.providers.vectors.base import Hit
 
@@ -34,12 +42,10 @@ TENANT_FIELD = "tenant_id"
 # Payload fields with an index, beyond the tenant: the exact-match filters callers use.
 KEYWORD_FIELDS = ("document", "document_id", "kind", "language", "category", "brand", "source_url")
 INTEGER_FIELDS = ("pack_version",)
-# RRF's k: small k trusts each list's top ranks more. On the COVID-QA FAQ benchmark
-# (benchmarks/retrieval_covid.py) k=2 and k=10 beat the textbook 60 on hit@5 (0.893 vs 0.865), with the same
-# hit@1 within noise; both stores use the same value so embedded and scale-out rank alike.
-RRF_K = 10
-# Weighted RRF over the prefetches. See benchmarks/retrieval_covid.py and retrieval_dstc11.py for the numbers.
-FUSION_WEIGHTS = {DENSE: 1.0, QUESTION: 1.0, SPARSE: 1.0}
+# How much a passage's BM25 (as a share of the query's best BM25) adds to its cosine. 0.1 to 0.2 all met
+# issue 4's COVID-QA goal and kept or raised the example tenant and DSTC11 (docs/benchmarks.md); 0 loses the
+# exact-term matches ("amex", product codes) that embeddings blur, 0.3 lets near misses through on paraphrases.
+KEYWORD_WEIGHT = 0.15
 VIEWS = (DENSE, QUESTION)
 
 FilterValue = str | int | bool | list[str] | list[int]
@@ -97,41 +103,57 @@ def payload_for(tenant_id: str, payload: Mapping[str, Any]) -> dict[str, Any]:
     return {**payload, TENANT_FIELD: tenant_id}
 
 
-def normalise(vector: Sequence[float]) -> list[float]:
-    norm = math.sqrt(sum(x * x for x in vector))
-    return [x / norm for x in vector] if norm else list(vector)
+def _unit(vector: Sequence[float]) -> np.ndarray:
+    array = np.asarray(vector, dtype=np.float64)
+    norm = float(np.linalg.norm(array))
+    return array / norm if norm else array
 
 
-def cosine_to(query_unit: Sequence[float], stored: Sequence[float] | None) -> float:
-    """Stored cosine vectors are normalised by Qdrant on write, so the dot product is the cosine."""
-    if not stored:
-        return 0.0
-    return float(sum(a * b for a, b in zip(query_unit, normalise(stored), strict=False)))
-
-
-def to_hits(query_dense: Sequence[float], points: Sequence[Any], limit: int, *, by_cosine: bool = False) -> list[Hit]:
-    """Qdrant's scored points as Hits scored by the cosine of their full ("dense") view, at most `limit`.
-
-    In Qdrant's (fused) order, or with `by_cosine` (a dense-only search, whose candidates are the union of
-    each view's top list) in order of the best view's cosine: exactly the top by best view. Exact ties (a pack
-    with the same passage twice) break by higher cosine, then id, so a dense query always gives the same list.
-    (Fused ranks of exact twins can still swap: RRF gives them different scores from each list's arbitrary
-    order.)"""
-    unit = normalise(query_dense)
+def hybrid_search(
+    nearest: Callable[[str, list[float]], Sequence[Any]],
+    keyword: Callable[[Sequence[str] | None], Sequence[Any]] | None,
+    views: Sequence[str],
+    dense: Sequence[float],
+    rank_by: Sequence[float] | None,
+    limit: int,
+) -> list[Hit]:
+    """The search both stores run (see the module docstring). `nearest(view, vector)` is the store's top
+    `prefetch_limit(limit)` of one dense view, with payloads and dense vectors; `keyword(ids)` its BM25 top
+    (ids None) or the BM25 scores of just those ids (points without a shared term do not come back); None
+    for a dense-only search. Both are already filtered to the tenant and the caller's filters."""
+    rank = list(rank_by) if rank_by is not None else list(dense)
+    candidates: dict[str, Any] = {}
+    for view in views:
+        for point in nearest(view, rank):
+            candidates.setdefault(str(point.id), point)
+    bm25: dict[str, float] = {}
+    if keyword is not None:
+        for point in keyword(None):
+            candidates.setdefault(str(point.id), point)
+            bm25[str(point.id)] = float(point.score)
+        unscored = [pid for pid in candidates if pid not in bm25]
+        if unscored:
+            bm25.update({str(p.id): float(p.score) for p in keyword(unscored)})
+    best_bm25 = max(bm25.values(), default=0.0)
+    score_unit, rank_unit = _unit(dense), _unit(rank)
     scored = []
-    for p in points:
-        views = {name: cosine_to(unit, view) for name, view in dense_views(p.vector).items()}
-        score = views.get(DENSE, 0.0)
-        best = max(views.values(), default=0.0)
-        scored.append((best if by_cosine else float(p.score), score, str(p.id), p.payload))
+    for pid, point in candidates.items():
+        stored = {name: _unit(v) for name, v in dense_views(point.vector).items()}
+        full = stored.get(DENSE)
+        score = float(score_unit @ full) if full is not None else 0.0
+        semantic = max((float(rank_unit @ v) for v in stored.values()), default=0.0)
+        lexical = bm25.get(pid, 0.0) / best_bm25 if best_bm25 > 0 else 0.0
+        scored.append((semantic + KEYWORD_WEIGHT * lexical, score, pid, point.payload))
+    # Exact ties (a pack with the same passage twice) break by the higher calibrated score, then by id, so a
+    # query always gets the same list.
     scored.sort(key=lambda s: (-s[0], -s[1], s[2]))
-    return [Hit(id=pid, score=cos, payload=dict(payload or {})) for _, cos, pid, payload in scored[:limit]]
+    return [Hit(id=pid, score=score, payload=dict(payload or {})) for _, score, pid, payload in scored[:limit]]
 
 
-def dense_views(vector: Any) -> dict[str, list[float]]:
+def dense_views(vector: Any) -> dict[str, Sequence[float]]:
     if not isinstance(vector, dict):
         return {}
-    return {name: [float(x) for x in v] for name in (DENSE, QUESTION) if isinstance(v := vector.get(name), list) and v}
+    return {name: v for name in (DENSE, QUESTION) if isinstance(v := vector.get(name), list) and v}
 
 
 def prefetch_limit(limit: int) -> int:

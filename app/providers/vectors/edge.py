@@ -20,21 +20,19 @@ from app.providers.embeddings.base import SparseVector
 from app.providers.vectors.base import ChunkPoint, Hit
 from app.providers.vectors.common import (
     DENSE,
-    FUSION_WEIGHTS,
     INTEGER_FIELDS,
     KEYWORD_FIELDS,
     QUESTION,
-    RRF_K,
     SPARSE,
     TENANT_FIELD,
     check_filters,
     check_limit,
     check_points,
+    hybrid_search,
     payload_for,
     prefetch_limit,
     require_tenant,
     stored_views,
-    to_hits,
 )
 
 
@@ -139,34 +137,34 @@ class EdgeVectorStore:
         *,
         limit: int = 5,
         filters: dict[str, Any] | None = None,
+        rank_by: list[float] | None = None,
     ) -> list[Hit]:
         check_limit(limit)
         flt = self._filter(tenant_id, filters)
         n = prefetch_limit(limit)
-        prefetches = [
-            qe.Prefetch(limit=n, query=qe.Query.Nearest(list(dense), using=view), filter=flt) for view in self.views
-        ]
-        weights = [FUSION_WEIGHTS[view] for view in self.views]
+
+        def query(request: qe.QueryRequest) -> list[Any]:
+            with self._lock:
+                return list(self._engine.query(request))
+
+        def nearest(view: str, vector: list[float]) -> list[Any]:
+            return query(qe.QueryRequest(limit=n, query=qe.Query.Nearest(vector, using=view), filter=flt,
+                                         with_payload=True, with_vector=list(self.views)))
+
+        def keyword(ids: Sequence[str] | None) -> list[Any]:
+            assert sparse is not None
+            return query(qe.QueryRequest(
+                limit=n if ids is None else len(ids),
+                query=qe.Query.Nearest(qe.SparseVector(list(sparse.indices), list(sparse.values)), using=SPARSE),
+                filter=flt if ids is None else self._filter(tenant_id, filters, ids=ids),
+                with_payload=ids is None,
+                with_vector=list(self.views) if ids is None else False,
+                # IDF over this tenant's points only.
+                params=qe.SearchParams(idf=qe.IdfParams(corpus=self._filter(tenant_id))),
+            ))
+
         hybrid = sparse is not None and bool(sparse.indices)
-        if sparse is not None and hybrid:
-            # IDF over this tenant's points only.
-            params = qe.SearchParams(idf=qe.IdfParams(corpus=self._filter(tenant_id)))
-            sparse_query = qe.SparseVector(list(sparse.indices), list(sparse.values))
-            prefetches.append(
-                qe.Prefetch(limit=n, query=qe.Query.Nearest(sparse_query, using=SPARSE), filter=flt, params=params)
-            )
-            weights.append(FUSION_WEIGHTS[SPARSE])
-        request = qe.QueryRequest(
-            limit=limit if hybrid else n,
-            prefetches=prefetches,
-            query=qe.Fusion.Rrf(k=RRF_K, weights=weights),  # type: ignore[arg-type]  # the stub omits Rrf
-            filter=flt,
-            with_payload=True,
-            with_vector=list(self.views),
-        )
-        with self._lock:
-            points = self._engine.query(request)
-        return to_hits(dense, points, limit, by_cosine=not hybrid)
+        return hybrid_search(nearest, keyword if hybrid else None, self.views, dense, rank_by, limit)
 
     def sparse_search(
         self, tenant_id: str, sparse: SparseVector, *, limit: int = 5, filters: dict[str, Any] | None = None

@@ -2,9 +2,10 @@
 
 Same shape as the embedded store (see edge.py and common.py): two named dense views ("dense" and
 "question", cosine) and a sparse vector ("sparse", IDF), `tenant_id` as a tenant-keyed payload index
-(`is_tenant=True`, which co-locates each tenant's points), every call filtered by tenant, hybrid = three
-prefetches fused with weighted RRF, and `Hit.score` the cosine of the best dense view (see common.py). The
-collection is created on first use, idempotently: several replicas may start at once.
+(`is_tenant=True`, which co-locates each tenant's points), every call filtered by tenant, the same hybrid
+search (common.py's `hybrid_search`: each dense view's and BM25's top, the candidates' exact BM25, one fused
+score) and `Hit.score` the cosine of the full dense view. The collection is created on first use,
+idempotently: several replicas may start at once.
 """
 
 from __future__ import annotations
@@ -18,21 +19,19 @@ from app.providers.embeddings.base import SparseVector
 from app.providers.vectors.base import ChunkPoint, Hit
 from app.providers.vectors.common import (
     DENSE,
-    FUSION_WEIGHTS,
     INTEGER_FIELDS,
     KEYWORD_FIELDS,
     QUESTION,
-    RRF_K,
     SPARSE,
     TENANT_FIELD,
     VIEWS,
     check_filters,
     check_limit,
     check_points,
+    hybrid_search,
     payload_for,
     prefetch_limit,
     require_tenant,
-    to_hits,
 )
 
 DEFAULT_COLLECTION = "switchboard_chunks"
@@ -154,31 +153,33 @@ class QdrantServerStore:
         *,
         limit: int = 5,
         filters: dict[str, Any] | None = None,
+        rank_by: list[float] | None = None,
     ) -> list[Hit]:
         check_limit(limit)
         flt = self._filter(tenant_id, filters)
         n = prefetch_limit(limit)
-        prefetches = [models.Prefetch(query=list(dense), using=view, limit=n, filter=flt) for view in self.views]
-        weights = [FUSION_WEIGHTS[view] for view in self.views]
+
+        def nearest(view: str, vector: list[float]) -> list[Any]:
+            return self.client.query_points(
+                self.collection, query=vector, using=view, query_filter=flt, limit=n, with_payload=True,
+                with_vectors=list(self.views),
+            ).points
+
+        def keyword(ids: Sequence[str] | None) -> list[Any]:
+            assert sparse is not None
+            return self.client.query_points(
+                self.collection,
+                query=models.SparseVector(indices=list(sparse.indices), values=list(sparse.values)),
+                using=SPARSE,
+                query_filter=flt if ids is None else self._filter(tenant_id, filters, ids=ids),
+                search_params=self._sparse_params(tenant_id),
+                limit=n if ids is None else len(ids),
+                with_payload=ids is None,
+                with_vectors=list(self.views) if ids is None else False,
+            ).points
+
         hybrid = sparse is not None and bool(sparse.indices)
-        if sparse is not None and hybrid:
-            sparse_query = models.SparseVector(indices=list(sparse.indices), values=list(sparse.values))
-            prefetches.append(
-                models.Prefetch(
-                    query=sparse_query, using=SPARSE, limit=n, filter=flt, params=self._sparse_params(tenant_id)
-                )
-            )
-            weights.append(FUSION_WEIGHTS[SPARSE])
-        response = self.client.query_points(
-            self.collection,
-            prefetch=prefetches,
-            query=models.RrfQuery(rrf=models.Rrf(k=RRF_K, weights=weights)),
-            query_filter=flt,
-            limit=limit if hybrid else n,
-            with_payload=True,
-            with_vectors=list(self.views),
-        )
-        return to_hits(dense, response.points, limit, by_cosine=not hybrid)
+        return hybrid_search(nearest, keyword if hybrid else None, self.views, dense, rank_by, limit)
 
     def sparse_search(
         self, tenant_id: str, sparse: SparseVector, *, limit: int = 5, filters: dict[str, Any] | None = None
