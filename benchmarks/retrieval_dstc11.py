@@ -175,7 +175,10 @@ def main() -> None:
             )
             for c in contexts
         ]
-        rows = [(name, context, *evaluate(context, suffix, fn)) for name, context, suffix, fn in modes]
+        rows = []
+        for n, (name, context, suffix, fn) in enumerate(modes, start=1):
+            rows.append((name, context, *evaluate(context, suffix, fn)))
+            print(f"  searched mode {n}/{len(modes)}: {name} ({context}): recall@5 {rows[-1][2]:.3f}", flush=True)
         store.close()
 
     print()

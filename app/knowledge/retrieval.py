@@ -9,6 +9,7 @@ can come back: the tenant is a filter inside the vector store.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -16,6 +17,8 @@ from app.knowledge import termstats
 from app.knowledge.termstats import TermStats
 from app.providers.embeddings.base import Embedder, SparseEncoder
 from app.providers.vectors.base import VectorStore
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,10 @@ def retrieve(
     vector_store = vector_store or runtime.get_vector_store()
     version = (filters or {}).get("pack_version")
     if term_stats is None and isinstance(version, int) and not isinstance(version, bool):
-        term_stats = termstats.for_version(tenant_id, version, embedder)
+        try:
+            term_stats = termstats.for_version(tenant_id, version, embedder)
+        except Exception:  # a ranking refinement is not worth a failed answer: rank with the plain query
+            log.exception("tenant %s: term statistics of pack version %s unavailable", tenant_id, version)
     dense, weighted = termstats.query_vectors(embedder, query, term_stats)
     hits = vector_store.search(
         tenant_id, dense, sparse_encoder.encode_query(query), limit=top_k, filters=filters, rank_by=weighted

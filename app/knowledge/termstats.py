@@ -16,24 +16,55 @@ An embedder that cannot weight tokens (not a `TokenWeightingEmbedder`) gets the 
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
-from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections import Counter, OrderedDict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from app.providers.embeddings.base import Embedder, TokenWeightingEmbedder
 
+log = logging.getLogger(__name__)
+
 BATCH = 256
-CACHE_SIZE = 512
+# Statistics kept per process, least recently used out first. One is ~8 bytes per distinct token (a large pack
+# has ~30k): 256 of them stay under ~60 MB.
+CACHE_SIZE = 256
+
+
+class Counts(Mapping[int, int]):
+    """token id -> count, held as two sorted int32 arrays (a dict of 30k ints would take ~3 MB)."""
+
+    def __init__(self, counts: Mapping[int, int] | Iterable[tuple[int, int]] = ()) -> None:
+        items = sorted(counts.items() if isinstance(counts, Mapping) else counts)
+        self._keys = np.array([k for k, _ in items], dtype=np.int64)
+        self._values = np.array([v for _, v in items], dtype=np.int32)
+
+    def __getitem__(self, token: int) -> int:
+        i = int(np.searchsorted(self._keys, token))
+        if i < len(self._keys) and self._keys[i] == token:
+            return int(self._values[i])
+        raise KeyError(token)
+
+    def __iter__(self) -> Iterator[int]:
+        return (int(k) for k in self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __repr__(self) -> str:
+        return f"Counts({len(self)} tokens)"
 
 
 @dataclass(frozen=True)
 class TermStats:
     tokenizer: str  # the embedder's name: token ids mean nothing to another vocabulary
     documents: int  # chunks counted
-    df: Mapping[int, int] = field(default_factory=dict)  # token id -> chunks containing it
+    df: Mapping[int, int] = field(default_factory=Counts)  # token id -> chunks containing it
 
     def idf(self, token: int) -> float:
         """BM25's (always positive) IDF: ln(1 + (N - df + 0.5) / (df + 0.5))."""
@@ -45,7 +76,7 @@ class TermStats:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> TermStats:
-        df = {int(k): int(v) for k, v in (data.get("df") or {}).items()}
+        df = Counts((int(k), int(v)) for k, v in (data.get("df") or {}).items())
         return cls(str(data["tokenizer"]), int(data["documents"]), df)
 
 
@@ -70,7 +101,7 @@ def collect(embedder: Embedder, texts: Iterable[str]) -> TermStats | None:
             batch = []
     if batch:
         count(batch)
-    return TermStats(embedder.name, documents, dict(df))
+    return TermStats(embedder.name, documents, Counts(df))
 
 
 def query_vectors(embedder: Embedder, query: str, stats: TermStats | None) -> tuple[list[float], list[float] | None]:
@@ -87,42 +118,65 @@ def query_vectors(embedder: Embedder, query: str, stats: TermStats | None) -> tu
     return plain, weighted
 
 
-_cache: dict[tuple[str, int], TermStats | None] = {}
+_cache: OrderedDict[tuple[str, str, int, str], TermStats | None] = OrderedDict()
 _lock = threading.Lock()
+_loading: dict[tuple[str, str, int, str], threading.Lock] = {}
 
 
 def for_version(tenant_id: str, version: int, embedder: Embedder, session: Any = None) -> TermStats | None:
-    """The statistics of a built version: from its row (counted at build time) or, for a version built before
-    they existed, counted now from its chunks (in memory only: a read never writes). Cached per process.
-    `session`: read through the caller's unit of work instead of a new one."""
-    key = (tenant_id, version)
+    """The statistics of a built version for this embedder: from its row (counted at build time) or, for a
+    version built before they existed, counted now from its chunks (in memory only: a read never writes).
+    Cached per process; one thread counts while the others for the same version wait for it. `session`:
+    read through the caller's unit of work instead of a new one."""
+    if not isinstance(embedder, TokenWeightingEmbedder):
+        return None
+    from app.config import get_settings
+
+    key = (get_settings().database_url or "", tenant_id, version, embedder.name)
     with _lock:
         if key in _cache:
+            _cache.move_to_end(key)
             return _cache[key]
-    if session is None:
-        from app.db import session_scope
+        loading = _loading.setdefault(key, threading.Lock())
+    with loading:
+        try:
+            with _lock:
+                if key in _cache:
+                    return _cache[key]
+            if session is None:
+                from app.db import session_scope
 
-        with session_scope() as own:
-            return for_version(tenant_id, version, embedder, own)
+                with session_scope() as own:
+                    found, stats = _load(own, tenant_id, version, embedder)
+            else:
+                found, stats = _load(session, tenant_id, version, embedder)
+            if found:
+                with _lock:
+                    _cache[key] = stats
+                    while len(_cache) > CACHE_SIZE:
+                        _cache.popitem(last=False)
+            return stats
+        finally:
+            with _lock:
+                _loading.pop(key, None)
+
+
+def _load(session: Any, tenant_id: str, version: int, embedder: Embedder) -> tuple[bool, TermStats | None]:
+    """(whether the version is final, its statistics)."""
     from sqlalchemy import select
 
     from app.models import PackVersion
 
-    row = session.scalars(
-        select(PackVersion).where(PackVersion.tenant_id == tenant_id, PackVersion.version == version)
+    row = session.execute(
+        select(PackVersion.status, PackVersion.term_stats).where(
+            PackVersion.tenant_id == tenant_id, PackVersion.version == version
+        )
     ).first()
     if row is None or row.status == "building":
-        return None  # nothing to cache: a version being built is not final
-    stats = (
-        TermStats.from_json(row.term_stats)
-        if row.term_stats
-        else collect(embedder, version_texts(session, tenant_id, version))
-    )
-    with _lock:
-        if len(_cache) >= CACHE_SIZE:
-            _cache.pop(next(iter(_cache)))
-        _cache[key] = stats
-    return stats
+        return False, None  # nothing to cache: a version being built is not final
+    if row.term_stats and row.term_stats.get("tokenizer") == embedder.name:
+        return True, TermStats.from_json(row.term_stats)
+    return True, collect(embedder, version_texts(session, tenant_id, version))
 
 
 def version_texts(session: Any, tenant_id: str, version: int) -> Iterable[str]:

@@ -92,5 +92,6 @@ class PackVersion(IdMixin, Base):
     scores: Mapped[dict[str, Any]] = mapped_column(default=dict)  # evaluation: {"n", "hit@1", "hit@5", "mrr"}
     notes: Mapped[str | None] = mapped_column(Text, default=None)
     promoted_at: Mapped[datetime | None] = mapped_column(default=None)
-    # Token document frequencies of its chunks, counted at build time (app/knowledge/termstats.py).
-    term_stats: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    # Token document frequencies of its chunks, counted at build time (app/knowledge/termstats.py). Tens of KB
+    # for a large pack: loaded only when read, not with every listing of versions.
+    term_stats: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None, deferred=True)

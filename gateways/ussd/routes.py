@@ -49,9 +49,10 @@ def answer(account: Account, question: str) -> str:
 
     with session_scope() as session:
         tenant = session.get_one(Tenant, account.tenant_id)
-        persona = dict(tenant.persona or {})
-    passages = retrieve(account.tenant_id, question, top_k=3)
-    draft = compose_offline(question, passages, persona)
+        persona, policies, live = dict(tenant.persona or {}), dict(tenant.policies or {}), tenant.live_pack_version
+    # The live pack version only, as the orchestrator reads it: never a build in progress or a retired one.
+    passages = [] if live is None else retrieve(account.tenant_id, question, top_k=3, filters={"pack_version": live})
+    draft = compose_offline(question, passages, persona, min_relevance=float(policies.get("min_relevance", 0.45)))
     return draft.text
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -378,27 +379,34 @@ def test_discord_ping_command_and_signatures(gw: Gateway, discord: tuple[str, Ed
 # ---------------------------------------------------------------------------------------------------------- USSD
 
 
-def test_ussd_menu_answer_and_token(gw: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
-    from app.knowledge import retrieval
-    from app.knowledge.retrieval import Passage
+def test_ussd_menu_answer_and_token(gw: Gateway, tmp_path: Path) -> None:
+    """The answer comes from the tenant's live pack version (real embedder and vector store), fitted on a USSD
+    screen; before any pack is live the customer is told the team will help instead."""
+    from app.db import session_scope
+    from app.knowledge.service import ingest_paths
 
     tenant = gw.tenant()
     gw.account(tenant, "ussd", "*384*123#", {"webhook_token": "ussd-tok"})
-    seen: dict[str, Any] = {}
-
-    def fake_retrieve(tenant_id: str, query: str, *, top_k: int = 5, **_: Any) -> list[Passage]:
-        seen["tenant"] = tenant_id
-        return [Passage("c1", "faq.md", "Returns", "Q: How long do returns take?\nA: " + "Returns take 30 days. " * 20,
-                        0.9, 1)]
-
-    # Retrieval needs the embedding model and a vector index (tested by their owners); the endpoint's
-    # contract is what it asks them and how it fits the answer on a USSD screen.
-    monkeypatch.setattr(retrieval, "retrieve", fake_retrieve)
     form = {"sessionId": "ATU1", "serviceCode": "*384*123#", "phoneNumber": "+254711000000", "text": ""}
     first = gw.client.post("/webhooks/ussd?token=ussd-tok", data=form)
     assert first.status_code == 200 and first.text.startswith("CON ")
-    answer = gw.client.post("/webhooks/ussd?token=ussd-tok", data={**form, "text": "How long do returns take?"})
+    ask = {**form, "text": "How long do returns take?"}
+    nothing_live = gw.client.post("/webhooks/ussd?token=ussd-tok", data=ask)
+    assert nothing_live.status_code == 200 and nothing_live.text.startswith("END ")
+    assert "30 days" not in nothing_live.text
+
+    pack = tmp_path / "pack"
+    pack.mkdir()
+    (pack / "faq.csv").write_text(
+        "question,answer\n"
+        "How long do returns take?,\"Returns take 30 days from delivery"
+        f"{', and the refund reaches your card within a week of the parcel arriving' * 4}.\"\n"
+        "Do you ship to Canada?,Yes: Canada in 5 business days.\n"
+    )
+    with session_scope() as session:
+        assert ingest_paths(session, tenant, [pack]).promoted
+    answer = gw.client.post("/webhooks/ussd?token=ussd-tok", data=ask)
     assert answer.status_code == 200 and answer.text.startswith("END ") and len(answer.text) <= 182
-    assert "30 days" in answer.text and seen["tenant"] == tenant
+    assert "30 days" in answer.text and answer.text.endswith("…")
     assert gw.client.post("/webhooks/ussd?token=nope", data=form).status_code == 403
     assert gw.client.post("/webhooks/ussd?token=ussd-tok", data={**form, "serviceCode": "*1#"}).status_code == 404

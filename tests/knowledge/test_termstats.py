@@ -163,3 +163,48 @@ def test_a_version_built_before_statistics_existed_gets_them_counted_from_its_ch
     db.commit()
     termstats.clear_cache()
     assert termstats.for_version("acme", report.pack_version, runtime.get_embedder()) is None
+
+
+def test_each_tenants_version_has_its_own_statistics(db: Session, pack: Path, tmp_path: Path) -> None:
+    from app import runtime
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "faq.csv").write_text(FAQ)
+    mine, theirs = ingest_paths(db, "acme", [pack]), ingest_paths(db, "globex", [other])
+    db.commit()
+    assert mine.pack_version == theirs.pack_version == 1
+    embedder = runtime.get_embedder()
+    acme, globex = (termstats.for_version(t, 1, embedder) for t in ("acme", "globex"))
+    assert acme is not None and globex is not None
+    assert (acme.documents, globex.documents) == (mine.chunks, theirs.chunks) and acme != globex
+    # From the cache now, and still each its own.
+    assert termstats.for_version("globex", 1, embedder) is globex
+    assert termstats.for_version("acme", 1, embedder) is acme
+
+
+def test_retrieval_ranks_with_the_plain_query_when_statistics_cannot_be_read(
+    sb_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A database outage costs the ranking refinement, not the answer."""
+    from app import runtime
+    from app.providers.embeddings.sparse import TermFrequencyEncoder
+    from app.providers.vectors.base import ChunkPoint
+    from app.providers.vectors.edge import EdgeVectorStore
+
+    monkeypatch.setenv("SWITCHBOARD_DATABASE_URL", "postgresql+psycopg://127.0.0.1:1/nowhere?connect_timeout=2")
+    runtime.reset_caches()
+    embedder = runtime.get_embedder()
+    store = EdgeVectorStore(tmp_path / "vectors", dim=embedder.dim)
+    try:
+        texts = ["Refunds take five days.", "We ship to Canada."]
+        store.upsert("acme", [
+            ChunkPoint(f"00000000-0000-0000-0000-00000000000{i}", "acme", v, TermFrequencyEncoder().encode_document(t),
+                       {"document": f"d{i}", "text": t, "pack_version": 1})
+            for i, (t, v) in enumerate(zip(texts, embedder.embed_documents(texts), strict=True))
+        ])
+        passages = retrieve("acme", "how long do refunds take", filters={"pack_version": 1}, vector_store=store)
+    finally:
+        store.close()
+    assert [p.document for p in passages] == ["d0", "d1"]
+    assert "term statistics of pack version 1 unavailable" in caplog.text

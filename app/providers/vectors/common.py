@@ -110,30 +110,32 @@ def _unit(vector: Sequence[float]) -> np.ndarray:
 
 
 def hybrid_search(
-    nearest: Callable[[str, list[float]], Sequence[Any]],
-    keyword: Callable[[Sequence[str] | None], Sequence[Any]] | None,
-    views: Sequence[str],
+    first_stage: Callable[[list[float]], tuple[Sequence[Sequence[Any]], Sequence[Any]]],
+    keyword_scores: Callable[[Sequence[str]], Sequence[Any]] | None,
     dense: Sequence[float],
     rank_by: Sequence[float] | None,
     limit: int,
 ) -> list[Hit]:
-    """The search both stores run (see the module docstring). `nearest(view, vector)` is the store's top
-    `prefetch_limit(limit)` of one dense view, with payloads and dense vectors; `keyword(ids)` its BM25 top
-    (ids None) or the BM25 scores of just those ids (points without a shared term do not come back); None
-    for a dense-only search. Both are already filtered to the tenant and the caller's filters."""
+    """The search both stores run (see the module docstring). `first_stage(vector)` gives the store's top
+    `prefetch_limit(limit)` points of each dense view for `vector` (with payloads and dense vectors) and the
+    BM25 top alike (empty for a dense-only search); `keyword_scores(ids)` the BM25 scores of just those ids
+    (points without a shared term do not come back), None for a dense-only search. Both are already filtered
+    to the tenant and the caller's filters."""
+    if rank_by is not None and len(rank_by) != len(dense):
+        raise ValueError(f"rank_by has {len(rank_by)} dimensions, the query {len(dense)}")
     rank = list(rank_by) if rank_by is not None else list(dense)
+    view_lists, keyword_top = first_stage(rank)
     candidates: dict[str, Any] = {}
-    for view in views:
-        for point in nearest(view, rank):
+    for points in view_lists:
+        for point in points:
             candidates.setdefault(str(point.id), point)
     bm25: dict[str, float] = {}
-    if keyword is not None:
-        for point in keyword(None):
-            candidates.setdefault(str(point.id), point)
-            bm25[str(point.id)] = float(point.score)
-        unscored = [pid for pid in candidates if pid not in bm25]
-        if unscored:
-            bm25.update({str(p.id): float(p.score) for p in keyword(unscored)})
+    for point in keyword_top:
+        candidates.setdefault(str(point.id), point)
+        bm25[str(point.id)] = float(point.score)
+    unscored = [pid for pid in candidates if pid not in bm25]
+    if keyword_scores is not None and unscored:
+        bm25.update({str(p.id): float(p.score) for p in keyword_scores(unscored)})
     best_bm25 = max(bm25.values(), default=0.0)
     score_unit, rank_unit = _unit(dense), _unit(rank)
     scored = []

@@ -143,28 +143,35 @@ class EdgeVectorStore:
         flt = self._filter(tenant_id, filters)
         n = prefetch_limit(limit)
 
-        def query(request: qe.QueryRequest) -> list[Any]:
-            with self._lock:
-                return list(self._engine.query(request))
-
-        def nearest(view: str, vector: list[float]) -> list[Any]:
-            return query(qe.QueryRequest(limit=n, query=qe.Query.Nearest(vector, using=view), filter=flt,
-                                         with_payload=True, with_vector=list(self.views)))
+        hybrid = sparse is not None and bool(sparse.indices)
+        # IDF over this tenant's points only.
+        idf = qe.SearchParams(idf=qe.IdfParams(corpus=self._filter(tenant_id)))
 
         def keyword(ids: Sequence[str] | None) -> list[Any]:
             assert sparse is not None
-            return query(qe.QueryRequest(
+            return list(self._engine.query(qe.QueryRequest(
                 limit=n if ids is None else len(ids),
                 query=qe.Query.Nearest(qe.SparseVector(list(sparse.indices), list(sparse.values)), using=SPARSE),
                 filter=flt if ids is None else self._filter(tenant_id, filters, ids=ids),
                 with_payload=ids is None,
                 with_vector=list(self.views) if ids is None else False,
-                # IDF over this tenant's points only.
-                params=qe.SearchParams(idf=qe.IdfParams(corpus=self._filter(tenant_id))),
-            ))
+                params=idf,
+            )))
 
-        hybrid = sparse is not None and bool(sparse.indices)
-        return hybrid_search(nearest, keyword if hybrid else None, self.views, dense, rank_by, limit)
+        def first_stage(vector: list[float]) -> tuple[list[list[Any]], list[Any]]:
+            views = [
+                list(self._engine.query(qe.QueryRequest(
+                    limit=n, query=qe.Query.Nearest(vector, using=view), filter=flt, with_payload=True,
+                    with_vector=list(self.views),
+                )))
+                for view in self.views
+            ]
+            return views, keyword(None) if hybrid else []
+
+        # One lock for the whole search: an upsert in between would move the tenant's IDF, and the BM25 scores
+        # of one search must share a scale.
+        with self._lock:
+            return hybrid_search(first_stage, keyword if hybrid else None, dense, rank_by, limit)
 
     def sparse_search(
         self, tenant_id: str, sparse: SparseVector, *, limit: int = 5, filters: dict[str, Any] | None = None

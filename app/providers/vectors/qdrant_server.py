@@ -159,27 +159,33 @@ class QdrantServerStore:
         flt = self._filter(tenant_id, filters)
         n = prefetch_limit(limit)
 
-        def nearest(view: str, vector: list[float]) -> list[Any]:
-            return self.client.query_points(
-                self.collection, query=vector, using=view, query_filter=flt, limit=n, with_payload=True,
-                with_vectors=list(self.views),
-            ).points
-
-        def keyword(ids: Sequence[str] | None) -> list[Any]:
-            assert sparse is not None
-            return self.client.query_points(
-                self.collection,
-                query=models.SparseVector(indices=list(sparse.indices), values=list(sparse.values)),
-                using=SPARSE,
-                query_filter=flt if ids is None else self._filter(tenant_id, filters, ids=ids),
-                search_params=self._sparse_params(tenant_id),
-                limit=n if ids is None else len(ids),
-                with_payload=ids is None,
-                with_vectors=list(self.views) if ids is None else False,
-            ).points
-
         hybrid = sparse is not None and bool(sparse.indices)
-        return hybrid_search(nearest, keyword if hybrid else None, self.views, dense, rank_by, limit)
+        sparse_query = models.SparseVector(indices=list(sparse.indices), values=list(sparse.values)) if sparse else None
+
+        def first_stage(vector: list[float]) -> tuple[list[list[Any]], list[Any]]:
+            # One round trip: each dense view's top and the BM25 top.
+            requests = [
+                models.QueryRequest(query=vector, using=view, filter=flt, limit=n, with_payload=True,
+                                    with_vector=list(self.views))
+                for view in self.views
+            ]
+            if hybrid:
+                requests.append(models.QueryRequest(
+                    query=sparse_query, using=SPARSE, filter=flt, params=self._sparse_params(tenant_id), limit=n,
+                    with_payload=True, with_vector=list(self.views),
+                ))
+            responses = self.client.query_batch_points(self.collection, requests=requests)
+            lists = [list(r.points) for r in responses]
+            return lists[: len(self.views)], lists[len(self.views)] if hybrid else []
+
+        def keyword_scores(ids: Sequence[str]) -> list[Any]:
+            return list(self.client.query_points(
+                self.collection, query=sparse_query, using=SPARSE,
+                query_filter=self._filter(tenant_id, filters, ids=ids), search_params=self._sparse_params(tenant_id),
+                limit=len(ids), with_payload=False, with_vectors=False,
+            ).points)
+
+        return hybrid_search(first_stage, keyword_scores if hybrid else None, dense, rank_by, limit)
 
     def sparse_search(
         self, tenant_id: str, sparse: SparseVector, *, limit: int = 5, filters: dict[str, Any] | None = None
