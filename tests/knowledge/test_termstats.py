@@ -4,7 +4,7 @@ model, and their life with pack versions in embedded mode (SQLite, qdrant-edge, 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -15,9 +15,9 @@ from app.knowledge import termstats
 from app.knowledge.retrieval import retrieve
 from app.knowledge.service import ingest_paths
 from app.knowledge.termstats import TermStats, collect, query_vectors
-from app.models import Chunk, Document, PackVersion, Tenant
+from app.models import Chunk, Document, PackVersion
 from app.providers.embeddings.minilm import MiniLMEmbedder
-from tests.knowledge.test_ingest import FAQ, RETURNS, SHIPPING, WARRANTY
+from tests.knowledge.test_ingest import FAQ
 
 CORPUS = [
     "COVID-19 symptoms include fever, cough and tiredness.",
@@ -93,27 +93,6 @@ def test_the_plain_query_is_used_when_there_is_nothing_to_weight_with(embedder: 
     assert collect(PlainEmbedder(), CORPUS) is None
     dense, weighted = query_vectors(embedder, "stigma", stats)
     assert weighted is not None and dense == pytest.approx(plain, abs=1e-6)
-
-
-@pytest.fixture
-def db(sb_home: Path) -> Iterator[Session]:
-    from app.db import get_sessionmaker, migrate
-
-    migrate()
-    with get_sessionmaker()() as session:
-        session.add_all([Tenant(id="acme", slug="acme", name="Acme"), Tenant(id="globex", slug="globex", name="G")])
-        session.commit()
-        yield session
-
-
-@pytest.fixture
-def pack(tmp_path: Path) -> Path:
-    root = tmp_path / "pack"
-    root.mkdir()
-    for name, text in (("shipping.md", SHIPPING), ("returns.md", RETURNS), ("warranty.txt", WARRANTY),
-                       ("faq.csv", FAQ)):
-        (root / name).write_text(text)
-    return root
 
 
 def test_a_build_records_its_statistics_and_retrieval_ranks_with_them(db: Session, pack: Path) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -18,7 +18,7 @@ from app.knowledge import versions
 from app.knowledge.retrieval import retrieve
 from app.knowledge.service import ingest_paths
 from app.models import Chunk, Document, PackVersion, Tenant
-from tests.knowledge.test_ingest import FAQ, RETURNS, SHIPPING, WARRANTY
+from tests.knowledge.test_ingest import FAQ, WARRANTY
 
 
 class CountingEmbedder:
@@ -37,28 +37,6 @@ class CountingEmbedder:
 
     def embed_query(self, text: str) -> list[float]:
         return self.inner.embed_query(text)
-
-
-@pytest.fixture
-def db(sb_home: Path) -> Iterator[Session]:
-    from app.db import get_sessionmaker, migrate
-
-    migrate()
-    with get_sessionmaker()() as session:
-        session.add(Tenant(id="acme", slug="acme", name="Acme"))
-        session.commit()
-        yield session
-
-
-@pytest.fixture
-def pack(tmp_path: Path) -> Path:
-    root = tmp_path / "pack"
-    root.mkdir()
-    (root / "shipping.md").write_text(SHIPPING)
-    (root / "returns.md").write_text(RETURNS)
-    (root / "warranty.txt").write_text(WARRANTY)
-    (root / "faq.csv").write_text(FAQ)
-    return root
 
 
 def _status(db: Session) -> dict[int, str]:
