@@ -6,10 +6,10 @@ text) and "question" (for a FAQ chunk, its question alone; for any other chunk, 
 better than it matches a question glued to its answer (COVID-QA: dense hit@1 0.566 -> 0.656 on the question
 view alone).
 
-Search (`hybrid_search`, one code path for both stores): candidates are the top of each dense view and of
-BM25, each list filtered by tenant; each candidate then gets its exact BM25 score (a second keyword query
-restricted to the candidates' ids) and its cosine to both dense views (from the vectors returned with it).
-Fused score = the better view's cosine + KEYWORD_WEIGHT x BM25 / the query's best BM25. This beat weighted RRF
+Search (`hybrid_search`, one code path for both stores, two batches of `Probe`s): candidates are the top of
+each dense view and of BM25, each list filtered by tenant; then every candidate gets the scores it lacks
+(each view's cosine and its BM25, from probes restricted to the candidates' ids, computed inside Qdrant: no
+vectors travel). Fused score = the better view's cosine + KEYWORD_WEIGHT x BM25 / the query's best BM25. This beat weighted RRF
 on all three evaluation sets (benchmarks/retrieval_covid.py, retrieval_dstc11.py and the example tenant;
 docs/benchmarks.md): RRF throws away how far ahead a passage is, and on paraphrased questions a BM25 list
 of near misses voted as loudly as the dense one.
@@ -28,11 +28,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from app.providers.embeddings.base import SparseVector
 from app.providers.vectors.base import Hit
 
 DENSE = "dense"
@@ -103,59 +103,80 @@ def payload_for(tenant_id: str, payload: Mapping[str, Any]) -> dict[str, Any]:
     return {**payload, TENANT_FIELD: tenant_id}
 
 
-def _unit(vector: Sequence[float]) -> np.ndarray:
-    array = np.asarray(vector, dtype=np.float64)
-    norm = float(np.linalg.norm(array))
-    return array / norm if norm else array
+@dataclass(frozen=True)
+class Probe:
+    """One scoring request a store runs for `hybrid_search`, already filtered to the tenant and the caller's
+    filters: the top `limit` points of one vector (`ids` None, with payloads), or the scores of just `ids`
+    (no payloads). Sparse probes score BM25 with the tenant's IDF; a point that shares no term, or lacks the
+    view, does not come back."""
+
+    using: str  # DENSE, QUESTION or SPARSE
+    vector: list[float] | SparseVector
+    limit: int
+    ids: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Scored:
+    id: str
+    score: float
+    payload: dict[str, Any] | None = None
+
+
+RunProbes = Callable[[Sequence[Probe]], list[list[Scored]]]
 
 
 def hybrid_search(
-    first_stage: Callable[[list[float]], tuple[Sequence[Sequence[Any]], Sequence[Any]]],
-    keyword_scores: Callable[[Sequence[str]], Sequence[Any]] | None,
-    dense: Sequence[float],
-    rank_by: Sequence[float] | None,
+    run: RunProbes,
+    views: Sequence[str],
+    dense: list[float],
+    sparse: SparseVector | None,
+    rank_by: list[float] | None,
     limit: int,
 ) -> list[Hit]:
-    """The search both stores run (see the module docstring). `first_stage(vector)` gives the store's top
-    `prefetch_limit(limit)` points of each dense view for `vector` (with payloads and dense vectors) and the
-    BM25 top alike (empty for a dense-only search); `keyword_scores(ids)` the BM25 scores of just those ids
-    (points without a shared term do not come back), None for a dense-only search. Both are already filtered
-    to the tenant and the caller's filters."""
+    """The search both stores run (see the module docstring), in two batches of probes (`run` executes a
+    batch: one round trip on a server). First each dense view's and BM25's top candidates, then what the
+    fusion still lacks: each view's score of the candidates outside its top, their BM25, and the plain
+    query's full-view score (the calibrated `Hit.score`) when the ranking used another vector."""
     if rank_by is not None and len(rank_by) != len(dense):
         raise ValueError(f"rank_by has {len(rank_by)} dimensions, the query {len(dense)}")
-    rank = list(rank_by) if rank_by is not None else list(dense)
-    view_lists, keyword_top = first_stage(rank)
-    candidates: dict[str, Any] = {}
-    for points in view_lists:
-        for point in points:
-            candidates.setdefault(str(point.id), point)
-    bm25: dict[str, float] = {}
-    for point in keyword_top:
-        candidates.setdefault(str(point.id), point)
-        bm25[str(point.id)] = float(point.score)
-    unscored = [pid for pid in candidates if pid not in bm25]
-    if keyword_scores is not None and unscored:
-        bm25.update({str(p.id): float(p.score) for p in keyword_scores(unscored)})
-    best_bm25 = max(bm25.values(), default=0.0)
-    score_unit, rank_unit = _unit(dense), _unit(rank)
-    scored = []
-    for pid, point in candidates.items():
-        stored = {name: _unit(v) for name, v in dense_views(point.vector).items()}
-        full = stored.get(DENSE)
-        score = float(score_unit @ full) if full is not None else 0.0
-        semantic = max((float(rank_unit @ v) for v in stored.values()), default=0.0)
-        lexical = bm25.get(pid, 0.0) / best_bm25 if best_bm25 > 0 else 0.0
-        scored.append((semantic + KEYWORD_WEIGHT * lexical, score, pid, point.payload))
+    rank = rank_by if rank_by is not None else dense
+    n = prefetch_limit(limit)
+    lists = [*views, SPARSE] if sparse is not None and sparse.indices else list(views)
+    vector_of: dict[str, list[float] | SparseVector] = {v: rank for v in views}
+    if SPARSE in lists:
+        assert sparse is not None
+        vector_of[SPARSE] = sparse
+    first = run([Probe(using, vector_of[using], n) for using in lists])
+    payloads: dict[str, dict[str, Any]] = {}
+    scores: dict[str, dict[str, float]] = {using: {} for using in lists}
+    for using, found in zip(lists, first, strict=True):
+        for hit in found:
+            payloads.setdefault(hit.id, hit.payload or {})
+            scores[using][hit.id] = hit.score
+    if not payloads:
+        return []
+    ids = sorted(payloads)
+    second = [Probe(using, vector_of[using], len(missing), missing)
+              for using in lists if (missing := tuple(i for i in ids if i not in scores[using]))]
+    plain_differs = rank_by is not None
+    if plain_differs:
+        second.append(Probe(DENSE, dense, len(ids), tuple(ids)))
+    results = run(second) if second else []
+    for probe, found in zip(second[: len(second) - plain_differs], results, strict=False):
+        scores[probe.using].update((hit.id, hit.score) for hit in found)
+    calibrated = {hit.id: hit.score for hit in results[-1]} if plain_differs else scores[DENSE]
+
+    best_bm25 = max(scores.get(SPARSE, {}).values(), default=0.0)
+    # A point without a question view (any non-FAQ chunk, or an old store) has its full view stand in for it.
+    semantic = {i: max(scores[v].get(i, scores[DENSE].get(i, 0.0)) for v in views) for i in ids}
+    lexical = {i: scores[SPARSE].get(i, 0.0) / best_bm25 if best_bm25 > 0 else 0.0 for i in ids} \
+        if SPARSE in scores else dict.fromkeys(ids, 0.0)
+    fused = {i: semantic[i] + KEYWORD_WEIGHT * lexical[i] for i in ids}
     # Exact ties (a pack with the same passage twice) break by the higher calibrated score, then by id, so a
     # query always gets the same list.
-    scored.sort(key=lambda s: (-s[0], -s[1], s[2]))
-    return [Hit(id=pid, score=score, payload=dict(payload or {})) for _, score, pid, payload in scored[:limit]]
-
-
-def dense_views(vector: Any) -> dict[str, Sequence[float]]:
-    if not isinstance(vector, dict):
-        return {}
-    return {name: v for name in (DENSE, QUESTION) if isinstance(v := vector.get(name), list) and v}
+    order = sorted(ids, key=lambda i: (-fused[i], -calibrated.get(i, 0.0), i))[:limit]
+    return [Hit(id=i, score=float(calibrated.get(i, 0.0)), payload=dict(payloads[i])) for i in order]
 
 
 def prefetch_limit(limit: int) -> int:

@@ -25,12 +25,13 @@ from app.providers.vectors.common import (
     QUESTION,
     SPARSE,
     TENANT_FIELD,
+    Probe,
+    Scored,
     check_filters,
     check_limit,
     check_points,
     hybrid_search,
     payload_for,
-    prefetch_limit,
     require_tenant,
     stored_views,
 )
@@ -140,38 +141,32 @@ class EdgeVectorStore:
         rank_by: list[float] | None = None,
     ) -> list[Hit]:
         check_limit(limit)
-        flt = self._filter(tenant_id, filters)
-        n = prefetch_limit(limit)
+        self._filter(tenant_id, filters)  # bad arguments fail before any work
 
-        hybrid = sparse is not None and bool(sparse.indices)
-        # IDF over this tenant's points only.
-        idf = qe.SearchParams(idf=qe.IdfParams(corpus=self._filter(tenant_id)))
-
-        def keyword(ids: Sequence[str] | None) -> list[Any]:
-            assert sparse is not None
-            return list(self._engine.query(qe.QueryRequest(
-                limit=n if ids is None else len(ids),
-                query=qe.Query.Nearest(qe.SparseVector(list(sparse.indices), list(sparse.values)), using=SPARSE),
-                filter=flt if ids is None else self._filter(tenant_id, filters, ids=ids),
-                with_payload=ids is None,
-                with_vector=list(self.views) if ids is None else False,
-                params=idf,
-            )))
-
-        def first_stage(vector: list[float]) -> tuple[list[list[Any]], list[Any]]:
-            views = [
-                list(self._engine.query(qe.QueryRequest(
-                    limit=n, query=qe.Query.Nearest(vector, using=view), filter=flt, with_payload=True,
-                    with_vector=list(self.views),
-                )))
-                for view in self.views
-            ]
-            return views, keyword(None) if hybrid else []
+        def run(probes: Sequence[Probe]) -> list[list[Scored]]:
+            return [self._probe(tenant_id, filters, p) for p in probes]
 
         # One lock for the whole search: an upsert in between would move the tenant's IDF, and the BM25 scores
         # of one search must share a scale.
         with self._lock:
-            return hybrid_search(first_stage, keyword if hybrid else None, dense, rank_by, limit)
+            return hybrid_search(run, self.views, dense, sparse, rank_by, limit)
+
+    def _probe(self, tenant_id: str, filters: dict[str, Any] | None, probe: Probe) -> list[Scored]:
+        if isinstance(probe.vector, SparseVector):
+            vector: Any = qe.SparseVector(list(probe.vector.indices), list(probe.vector.values))
+            # IDF over this tenant's points only.
+            params = qe.SearchParams(idf=qe.IdfParams(corpus=self._filter(tenant_id)))
+        else:
+            vector, params = list(probe.vector), None
+        request = qe.QueryRequest(
+            limit=probe.limit,
+            query=qe.Query.Nearest(vector, using=probe.using),
+            filter=self._filter(tenant_id, filters, ids=probe.ids or ()),
+            with_payload=probe.ids is None,
+            params=params,
+        )
+        points = self._engine.query(request)
+        return [Scored(str(x.id), float(x.score), dict(x.payload or {}) if probe.ids is None else None) for x in points]
 
     def sparse_search(
         self, tenant_id: str, sparse: SparseVector, *, limit: int = 5, filters: dict[str, Any] | None = None

@@ -3,8 +3,8 @@
 Same shape as the embedded store (see edge.py and common.py): two named dense views ("dense" and
 "question", cosine) and a sparse vector ("sparse", IDF), `tenant_id` as a tenant-keyed payload index
 (`is_tenant=True`, which co-locates each tenant's points), every call filtered by tenant, the same hybrid
-search (common.py's `hybrid_search`: each dense view's and BM25's top, the candidates' exact BM25, one fused
-score) and `Hit.score` the cosine of the full dense view. The collection is created on first use,
+search (common.py's `hybrid_search`: two `query_batch_points` round trips, the tops, then the candidates'
+missing scores; one fused score) and `Hit.score` the cosine of the full dense view. The collection is created on first use,
 idempotently: several replicas may start at once.
 """
 
@@ -25,12 +25,13 @@ from app.providers.vectors.common import (
     SPARSE,
     TENANT_FIELD,
     VIEWS,
+    Probe,
+    Scored,
     check_filters,
     check_limit,
     check_points,
     hybrid_search,
     payload_for,
-    prefetch_limit,
     require_tenant,
 )
 
@@ -156,36 +157,31 @@ class QdrantServerStore:
         rank_by: list[float] | None = None,
     ) -> list[Hit]:
         check_limit(limit)
-        flt = self._filter(tenant_id, filters)
-        n = prefetch_limit(limit)
+        self._filter(tenant_id, filters)  # bad arguments fail before any request
 
-        hybrid = sparse is not None and bool(sparse.indices)
-        sparse_query = models.SparseVector(indices=list(sparse.indices), values=list(sparse.values)) if sparse else None
-
-        def first_stage(vector: list[float]) -> tuple[list[list[Any]], list[Any]]:
-            # One round trip: each dense view's top and the BM25 top.
+        def run(probes: Sequence[Probe]) -> list[list[Scored]]:
             requests = [
-                models.QueryRequest(query=vector, using=view, filter=flt, limit=n, with_payload=True,
-                                    with_vector=list(self.views))
-                for view in self.views
+                models.QueryRequest(
+                    query=(
+                        models.SparseVector(indices=list(p.vector.indices), values=list(p.vector.values))
+                        if isinstance(p.vector, SparseVector)
+                        else list(p.vector)
+                    ),
+                    using=p.using,
+                    filter=self._filter(tenant_id, filters, ids=p.ids or ()),
+                    params=self._sparse_params(tenant_id) if isinstance(p.vector, SparseVector) else None,
+                    limit=p.limit,
+                    with_payload=p.ids is None,
+                )
+                for p in probes
             ]
-            if hybrid:
-                requests.append(models.QueryRequest(
-                    query=sparse_query, using=SPARSE, filter=flt, params=self._sparse_params(tenant_id), limit=n,
-                    with_payload=True, with_vector=list(self.views),
-                ))
-            responses = self.client.query_batch_points(self.collection, requests=requests)
-            lists = [list(r.points) for r in responses]
-            return lists[: len(self.views)], lists[len(self.views)] if hybrid else []
+            responses = self.client.query_batch_points(self.collection, requests=requests)  # one round trip
+            return [
+                [Scored(str(x.id), float(x.score), dict(x.payload or {}) if p.ids is None else None) for x in r.points]
+                for p, r in zip(probes, responses, strict=True)
+            ]
 
-        def keyword_scores(ids: Sequence[str]) -> list[Any]:
-            return list(self.client.query_points(
-                self.collection, query=sparse_query, using=SPARSE,
-                query_filter=self._filter(tenant_id, filters, ids=ids), search_params=self._sparse_params(tenant_id),
-                limit=len(ids), with_payload=False, with_vectors=False,
-            ).points)
-
-        return hybrid_search(first_stage, keyword_scores if hybrid else None, dense, rank_by, limit)
+        return hybrid_search(run, self.views, dense, sparse, rank_by, limit)
 
     def sparse_search(
         self, tenant_id: str, sparse: SparseVector, *, limit: int = 5, filters: dict[str, Any] | None = None
