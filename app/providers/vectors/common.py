@@ -9,10 +9,10 @@ view alone).
 Search (`hybrid_search`, one code path for both stores, two batches of `Probe`s): candidates are the top of
 each dense view and of BM25, each list filtered by tenant; then every candidate gets the scores it lacks
 (each view's cosine and its BM25, from probes restricted to the candidates' ids, computed inside Qdrant: no
-vectors travel). Fused score = the better view's cosine + KEYWORD_WEIGHT x BM25 / the query's best BM25. This beat weighted RRF
-on all three evaluation sets (benchmarks/retrieval_covid.py, retrieval_dstc11.py and the example tenant;
-docs/benchmarks.md): RRF throws away how far ahead a passage is, and on paraphrased questions a BM25 list
-of near misses voted as loudly as the dense one.
+vectors travel). Fused score = the better view's cosine + KEYWORD_WEIGHT x BM25 / the query's best BM25.
+This beat weighted RRF on all three evaluation sets (benchmarks/retrieval_covid.py, retrieval_dstc11.py and
+the example tenant; docs/benchmarks.md): RRF throws away how far ahead a passage is, and on paraphrased
+questions a BM25 list of near misses voted as loudly as the dense one.
 
 The ranking query may differ from the scoring one (`rank_by`: the IDF-weighted query of
 app/knowledge/termstats.py). Score: fused scores say little about how relevant a passage is. The orchestrator
@@ -159,13 +159,11 @@ def hybrid_search(
     ids = sorted(payloads)
     second = [Probe(using, vector_of[using], len(missing), missing)
               for using in lists if (missing := tuple(i for i in ids if i not in scores[using]))]
-    plain_differs = rank_by is not None
-    if plain_differs:
-        second.append(Probe(DENSE, dense, len(ids), tuple(ids)))
-    results = run(second) if second else []
-    for probe, found in zip(second[: len(second) - plain_differs], results, strict=False):
+    plain = [Probe(DENSE, dense, len(ids), tuple(ids))] if rank_by is not None else []
+    results = run([*second, *plain]) if second or plain else []
+    for probe, found in zip(second, results, strict=False):  # the plain probe's result, if any, comes last
         scores[probe.using].update((hit.id, hit.score) for hit in found)
-    calibrated = {hit.id: hit.score for hit in results[-1]} if plain_differs else scores[DENSE]
+    calibrated = {hit.id: hit.score for hit in results[-1]} if plain else scores[DENSE]
 
     best_bm25 = max(scores.get(SPARSE, {}).values(), default=0.0)
     # A point without a question view (any non-FAQ chunk, or an old store) has its full view stand in for it.
@@ -180,7 +178,7 @@ def hybrid_search(
 
 
 def prefetch_limit(limit: int) -> int:
-    """Candidates each half of a hybrid query brings to the fusion."""
+    """Candidates each list (each dense view, BM25) brings to the fusion."""
     return max(20, limit * 4)
 
 

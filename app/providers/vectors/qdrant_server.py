@@ -4,8 +4,8 @@ Same shape as the embedded store (see edge.py and common.py): two named dense vi
 "question", cosine) and a sparse vector ("sparse", IDF), `tenant_id` as a tenant-keyed payload index
 (`is_tenant=True`, which co-locates each tenant's points), every call filtered by tenant, the same hybrid
 search (common.py's `hybrid_search`: two `query_batch_points` round trips, the tops, then the candidates'
-missing scores; one fused score) and `Hit.score` the cosine of the full dense view. The collection is created on first use,
-idempotently: several replicas may start at once.
+missing scores; one fused score) and `Hit.score` the cosine of the full dense view. The collection is
+created on first use, idempotently: several replicas may start at once.
 """
 
 from __future__ import annotations
