@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import random
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,8 +20,12 @@ from app.providers.vectors.edge import EdgeVectorStore
 from app.providers.vectors.qdrant_server import QdrantServerStore
 
 DIM = 8
-# qdrant-client local mode warns that it ignores payload indexes; the server honours them.
-pytestmark = pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning")
+# qdrant-client local mode warns that it ignores payload indexes (the server honours them)
+# and that it always searches exactly (what the stores ask for on id-restricted probes).
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning"),
+    pytest.mark.filterwarnings("ignore:Local mode performs exact:UserWarning"),
+]
 
 
 def unit(*values: float) -> list[float]:
@@ -302,3 +307,33 @@ def test_stores_indexed_before_the_question_view_keep_working(tmp_path: Path) ->
             assert hits[0].score == pytest.approx(unit(1, 0.1)[0], abs=1e-4)
         finally:
             s.close()
+
+
+def test_a_rank_vector_over_many_points_matches_brute_force(store: VectorStore) -> None:
+    """More points than a first-stage list holds, separate question views, and a rank vector unlike the plain
+    query: the second batch must fill in every candidate's scores exactly."""
+    rng = random.Random(7)
+
+    def rand() -> list[float]:
+        return unit(*(rng.uniform(-1, 1) for _ in range(DIM)))
+
+    points = [
+        ChunkPoint(pid("acme", f"p{i}"), "acme", rand(), None, {"document": f"p{i}"}, question=rand())
+        for i in range(60)
+    ]
+    store.upsert("acme", points)
+    plain, rank = rand(), rand()
+    hits = store.search("acme", plain, limit=5, rank_by=rank)
+    best = sorted(points, key=lambda p: -max(cosine_of(rank, p.dense), cosine_of(rank, p.question or p.dense)))
+    assert [h.id for h in hits] == [p.id for p in best[:5]]
+    for h, p in zip(hits, best, strict=False):
+        assert h.score == pytest.approx(cosine_of(plain, p.dense), abs=1e-4)
+
+
+def test_bm25_idf_is_the_tenants_own(store: VectorStore) -> None:
+    seed(store)
+    before = [(h.id, h.score) for h in store.sparse_search("acme", SparseVector([1, 4], [1.0, 1.0]), limit=3)]
+    # Another tenant's points full of term 1 would lower its IDF if the corpus were shared.
+    store.upsert("globex", [point("globex", f"g{i}", unit(1), {1: 1.0}) for i in range(30)])
+    after = [(h.id, h.score) for h in store.sparse_search("acme", SparseVector([1, 4], [1.0, 1.0]), limit=3)]
+    assert after == before and before

@@ -115,6 +115,10 @@ class Probe:
     limit: int
     ids: tuple[str, ...] | None = None
 
+    def __post_init__(self) -> None:
+        if self.ids is not None and not self.ids:
+            raise ValueError("a probe restricted to ids needs at least one id (no ids would mean every point)")
+
 
 @dataclass(frozen=True)
 class Scored:
@@ -161,9 +165,14 @@ def hybrid_search(
               for using in lists if (missing := tuple(i for i in ids if i not in scores[using]))]
     plain = [Probe(DENSE, dense, len(ids), tuple(ids))] if rank_by is not None else []
     results = run([*second, *plain]) if second or plain else []
-    for probe, found in zip(second, results, strict=False):  # the plain probe's result, if any, comes last
+    if len(results) != len(second) + len(plain):
+        raise RuntimeError(f"the store answered {len(results)} probes of {len(second) + len(plain)}")
+    for probe, found in zip(second, results[: len(second)], strict=True):
         scores[probe.using].update((hit.id, hit.score) for hit in found)
     calibrated = {hit.id: hit.score for hit in results[-1]} if plain else scores[DENSE]
+    # Only points that still have a full-view score: one deleted between the two batches (a re-index on a
+    # server, where nothing holds the store still) is not returned with a made-up score.
+    ids = [i for i in ids if i in calibrated]
 
     best_bm25 = max(scores.get(SPARSE, {}).values(), default=0.0)
     # A point without a question view (any non-FAQ chunk, or an old store) has its full view stand in for it.
@@ -173,8 +182,8 @@ def hybrid_search(
     fused = {i: semantic[i] + KEYWORD_WEIGHT * lexical[i] for i in ids}
     # Exact ties (a pack with the same passage twice) break by the higher calibrated score, then by id, so a
     # query always gets the same list.
-    order = sorted(ids, key=lambda i: (-fused[i], -calibrated.get(i, 0.0), i))[:limit]
-    return [Hit(id=i, score=float(calibrated.get(i, 0.0)), payload=dict(payloads[i])) for i in order]
+    order = sorted(ids, key=lambda i: (-fused[i], -calibrated[i], i))[:limit]
+    return [Hit(id=i, score=float(calibrated[i]), payload=dict(payloads[i])) for i in order]
 
 
 def prefetch_limit(limit: int) -> int:

@@ -152,12 +152,13 @@ class EdgeVectorStore:
             return hybrid_search(run, self.views, dense, sparse, rank_by, limit)
 
     def _probe(self, tenant_id: str, filters: dict[str, Any] | None, probe: Probe) -> list[Scored]:
+        # Scores of given ids are computed exactly (never left to the index), IDF over this tenant's points only.
+        exact = probe.ids is not None
         if isinstance(probe.vector, SparseVector):
             vector: Any = qe.SparseVector(list(probe.vector.indices), list(probe.vector.values))
-            # IDF over this tenant's points only.
-            params = qe.SearchParams(idf=qe.IdfParams(corpus=self._filter(tenant_id)))
+            params = qe.SearchParams(exact=exact, idf=qe.IdfParams(corpus=self._filter(tenant_id)))
         else:
-            vector, params = list(probe.vector), None
+            vector, params = list(probe.vector), qe.SearchParams(exact=exact)
         request = qe.QueryRequest(
             limit=probe.limit,
             query=qe.Query.Nearest(vector, using=probe.using),

@@ -169,7 +169,11 @@ class QdrantServerStore:
                     ),
                     using=p.using,
                     filter=self._filter(tenant_id, filters, ids=p.ids or ()),
-                    params=self._sparse_params(tenant_id) if isinstance(p.vector, SparseVector) else None,
+                    # Scores of given ids are computed exactly; IDF over this tenant's points only.
+                    params=models.SearchParams(
+                        exact=p.ids is not None,
+                        idf=self._sparse_params(tenant_id).idf if isinstance(p.vector, SparseVector) else None,
+                    ),
                     limit=p.limit,
                     with_payload=p.ids is None,
                 )
