@@ -31,7 +31,9 @@ def add(
     access_token: Annotated[str | None, typer.Option(help="Meta: system-user access token.")] = None,
     app_secret: Annotated[str | None, typer.Option(help="Meta: app secret (signs webhooks).")] = None,
     verify_token: Annotated[str | None, typer.Option(help="Meta: verify token (generated if omitted).")] = None,
-    bot_token: Annotated[str | None, typer.Option(help="Telegram: bot token from @BotFather.")] = None,
+    bot_token: Annotated[str | None, typer.Option(help="Telegram: bot token from @BotFather. Discord (optional): "
+                                                       "the bot's token, to post replies later than 15 "
+                                                       "minutes.")] = None,
     account_sid: Annotated[str | None, typer.Option(help="Twilio: account SID.")] = None,
     auth_token: Annotated[str | None, typer.Option(help="Twilio: auth token (signs webhooks).")] = None,
     public_key: Annotated[str | None, typer.Option(help="Discord: application public key (hex).")] = None,

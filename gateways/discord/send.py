@@ -5,8 +5,10 @@ user sees "thinking..." until the reply edits that original response
 (`PATCH /webhooks/{application id}/{interaction token}/messages/@original`). Further parts of a long reply, and
 any later reply to an interaction whose original response is already written, are follow-ups
 (`POST /webhooks/{application id}/{interaction token}`). Both are authorised by the interaction token alone,
-which Discord honours for 15 minutes: a reply to an older interaction fails permanently without a request.
-Text is split to Discord's 2000 characters.
+which Discord honours for 15 minutes. A later reply (an agent's, typically, after an escalation) goes to the
+interaction's channel as a bot message mentioning the customer (`POST /channels/{channel id}/messages`,
+`Authorization: Bot <token>`) when the channel account has a `bot_token`; without one it fails permanently,
+without a request, and says how to fix it. Text is split to Discord's 2000 characters.
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ import httpx
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.models import ChannelAccount, Message, utcnow
+from app.models import ChannelAccount, Contact, Conversation, Message, utcnow
 from gateways.base import SendError
-from gateways.outbound import Limit, Plan, ProviderSender, aware, http_json, replied_inbound
+from gateways.outbound import LIMITS, Limit, Plan, ProviderSender, aware, http_json, replied_inbound, split_text
 
 TOKEN_LIFETIME = timedelta(minutes=15)
+# Past this age an edit could race the token's expiry: go through the channel instead.
+LATE = TOKEN_LIFETIME - timedelta(seconds=30)
 EXPIRED = "discord_interaction_expired"
 # Mentions in the reply text stay plain text: a customer must not be able to make the bot ping @everyone.
 NO_MENTIONS: dict[str, list[str]] = {"parse": []}
@@ -52,7 +56,8 @@ def original_taken(session: Session, message: Message, interaction: Message) -> 
 
 
 class DiscordSender(ProviderSender):
-    # No stored credential: the interaction token, valid 15 minutes, authorises the reply.
+    # No required credential: the interaction token, valid 15 minutes, authorises the reply; an optional
+    # `bot_token` lets later replies through the channel.
     channel, label = "discord", "Discord application"
     base_env, base_default = "SWITCHBOARD_DISCORD_BASE_URL", "https://discord.com/api/v10"
 
@@ -62,12 +67,11 @@ class DiscordSender(ProviderSender):
             raise SendError(f"message {message.id} answers no Discord interaction (no interaction token stored)",
                             permanent=True)
         age = utcnow() - aware(interaction.created_at)
-        if age >= TOKEN_LIFETIME:
-            raise SendError(f"{EXPIRED}: the interaction was received {int(age.total_seconds() // 60)} minutes "
-                            "ago and Discord accepts replies to it for 15 minutes only", permanent=True)
+        message.meta = {**(message.meta or {}), "discord_interaction": interaction.id}
+        if age >= LATE:
+            return self.channel_plan(session, account, creds, message, interaction, age)
         hook = f"{self.api_base(account)}/webhooks/{account.external_id}/{interaction.meta['interaction_token']}"
         first_is_followup = original_taken(session, message, interaction)
-        message.meta = {**(message.meta or {}), "discord_interaction": interaction.id}
 
         def send(index: int, part: str) -> str:
             method, url = ("PATCH", f"{hook}/messages/@original") if index == 0 and not first_is_followup \
@@ -77,3 +81,33 @@ class DiscordSender(ProviderSender):
             return str(data["id"])
 
         return Plan(self.text_parts(message), send, [Limit(f"discord:{account.external_id}", 1 / 50)])
+
+    def channel_plan(self, session: Session, account: ChannelAccount, creds: dict[str, Any], message: Message,
+                     interaction: Message, age: timedelta) -> Plan:
+        """The reply as bot messages in the interaction's channel, the first mentioning the customer (and
+        pinging nobody else)."""
+        channel_id = (interaction.meta or {}).get("channel_id")
+        minutes = int(age.total_seconds() // 60)
+        if not creds.get("bot_token") or not channel_id:
+            raise SendError(
+                f"{EXPIRED}: the interaction was received {minutes} minutes ago and Discord accepts replies to it "
+                "for 15 minutes only; give the channel account a bot token (switchboard channel add --type discord "
+                "--bot-token ...) to post later replies in the customer's channel", permanent=True)
+        customer = session.scalar(
+            select(Contact.external_id).join(Conversation, Conversation.contact_id == Contact.id)
+            .where(Conversation.id == message.conversation_id, Contact.tenant_id == message.tenant_id)
+        )
+        mention = f"<@{customer}> " if customer else ""
+        url = f"{self.api_base(account)}/channels/{channel_id}/messages"
+        headers = {"Authorization": f"Bot {creds['bot_token']}"}
+        allowed = {"parse": [], "users": [customer]} if customer else NO_MENTIONS
+
+        def send(index: int, part: str) -> str:
+            body = {"content": mention + part if index == 0 else part, "allowed_mentions": allowed}
+            data = http_json("Discord", "POST", url, body, timeout=self.timeout, headers=headers,
+                             retry_after=retry_after)
+            return str(data["id"])
+
+        parts = split_text(message.text, LIMITS[self.channel] - len(mention))
+        return Plan(parts, send, [Limit(f"discord:{account.external_id}", 1 / 50),
+                                  Limit(f"discord:channel:{channel_id}", 1.0)])

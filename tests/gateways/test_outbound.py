@@ -387,12 +387,12 @@ class DiscordApp:
     """A tenant's Discord application: interactions arrive signed through the real endpoint, and the fake
     Discord holds each one's deferred response."""
 
-    def __init__(self, gw: Gateway, fake: FakeDiscord) -> None:
+    def __init__(self, gw: Gateway, fake: FakeDiscord, bot_token: str | None = None) -> None:
         self.gw, self.fake = gw, fake
         self.key = Ed25519PrivateKey.generate()
         self.app_id = str(130000000000000000 + uuid.uuid4().int % 10**15)
         self.tenant = gw.tenant()
-        gw.account(self.tenant, "discord", self.app_id, {},
+        gw.account(self.tenant, "discord", self.app_id, {"bot_token": bot_token} if bot_token else {},
                    config={"public_key": self.key.public_key().public_bytes_raw().hex()})
 
     def interaction(self, text: str = "Do you ship?", user: str = "u1", opened: bool = True) -> Any:
@@ -492,6 +492,42 @@ def test_discord_no_double_send_when_a_followup_fails(gw: Gateway, discord_api: 
     assert stored(event.message_id).status == "sent"
 
 
+def test_discord_reply_after_the_token_window_goes_to_the_channel_with_the_bot_token(
+        gw: Gateway, discord_api: FakeDiscord, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An agent answers an escalated question 40 minutes later: a bot message in the customer's channel that
+    mentions the customer (and pings nobody else), split to 2000 characters, sent once."""
+    from app.db import session_scope
+    from app.models import Message, utcnow
+
+    discord_api.bot_tokens.add("bot-secret")
+    discord_api.channels["1000"] = []
+    app = DiscordApp(gw, discord_api, bot_token="bot-secret")
+    use_fake(monkeypatch, "discord", discord_api, clock)
+    old = app.interaction(user="u77")
+    with session_scope() as session:
+        session.get_one(Message, old.id).created_at = utcnow() - timedelta(minutes=40)
+    text = LONG[:3000] + " @everyone"
+    event = reply(old.conversation_id, text, author="agent:dana", in_reply_to=old.id)
+    deliver(event)
+    assert discord_api.calls() == [("POST", "/channels/1000/messages")] * 2
+    assert all(r.headers["Authorization"] == "Bot bot-secret" for r in discord_api.requests)
+    posted = discord_api.channels["1000"]
+    assert posted[0]["content"].startswith("<@u77> ") and all(len(m["content"]) <= 2000 for m in posted)
+    assert "".join(m["content"] for m in posted).replace("<@u77> ", "", 1).replace(" ", "") == text.replace(" ", "")
+    assert all(m["allowed_mentions"] == {"parse": [], "users": ["u77"]} for m in posted)
+    msg = stored(event.message_id)
+    assert msg.status == "sent" and msg.meta["provider_ids"] == [m["id"] for m in posted]
+    deliver(event)  # redelivered: nothing more is sent
+    assert len(discord_api.requests) == 2
+
+    # A revoked bot token is refused once and the reply recorded failed, not retried forever.
+    discord_api.bot_tokens.clear()
+    event2 = reply(old.conversation_id, "One more thing", key="r2", in_reply_to=old.id)
+    deliver(event2)
+    assert stored(event2.message_id).status == "failed" and "Unauthorized" in (stored(event2.message_id).error or "")
+    assert len(discord_api.requests) == 3
+
+
 def test_discord_expired_or_revoked_token_fails_permanently(gw: Gateway, discord_api: FakeDiscord,
                                                             clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
     from app.db import session_scope
@@ -506,6 +542,7 @@ def test_discord_expired_or_revoked_token_fails_permanently(gw: Gateway, discord
     deliver(event)
     msg = stored(event.message_id)
     assert msg.status == "failed" and "discord_interaction_expired" in msg.error and "15 minutes" in msg.error
+    assert "--bot-token" in msg.error  # the fix, named
     assert discord_api.requests == []  # no request made
 
     unknown = app.interaction(user="u2", opened=False)  # Discord no longer knows the token
