@@ -4,18 +4,26 @@ session open, `END <text>` closes it; the whole response fits the 182-character 
 
 Aggregators do not sign callbacks, so each account has a secret `webhook_token` that must be in the callback
 URL; without it the request is refused. The service code selects the tenant's channel account.
+
+Each question and its answer are recorded like any channel's: an inbound message in the customer's (phone
+number's) conversation and the bot's reply, `sent` since it went back in the response, with an audit event. An
+aggregator's retry of the same step gets the stored reply again; a step that fails after its question was
+stored ends `dead` with the reason, never left for the orchestrator to answer on a closed session.
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, HTTPException, Query
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import PlainTextResponse
+from sqlalchemy import select
 
+from app.db import session_scope
+from app.models import Conversation, Message, Tenant, utcnow
 from gateways.common import Account, require_account, secret
 
 CHANNEL = "ussd"
@@ -40,20 +48,77 @@ def menu(account: Account) -> str:
     return fit("CON ", str(prompt))
 
 
-def answer(account: Account, question: str) -> str:
-    """Answer from the tenant's knowledge with the offline grounded composer (fast, no LLM round trip)."""
+def answer(account: Account, session_id: str, phone: str, step: int, question: str) -> str:
+    """The `END` screen's text for one question: from the tenant's live pack version with the offline grounded
+    composer (fast, no LLM round trip), recorded as the conversation's next exchange."""
     from app.assistant.composer import compose_offline
-    from app.db import session_scope
-    from app.knowledge.retrieval import retrieve
-    from app.models import Tenant
+    from app.assistant.orchestrator import mark_dead
+    from app.conversations.service import InboundRequest, store_inbound
+    from app.knowledge.retrieval import retrieve  # loads the retrieval stack only where USSD is served
+
+    [stored] = store_inbound([InboundRequest(
+        tenant_id=account.tenant_id, channel=CHANNEL, contact_external_id=phone,
+        provider_message_id=f"{session_id}:{step}", text=question, channel_account_id=account.id,
+    )])
+    message_id = stored.accepted.message_id
+    try:
+        earlier = _stored_reply(account.tenant_id, message_id)
+        if earlier is not None:  # the aggregator retried this step
+            return earlier
+        persona, policies, live = _tenant(account.tenant_id)
+        # The live pack version only, as the orchestrator reads it: never a build in progress or a retired one.
+        passages = [] if live is None else retrieve(account.tenant_id, question, top_k=3,
+                                                    filters={"pack_version": live})
+        threshold = float(policies.get("min_relevance", 0.45))
+        draft = compose_offline(question, passages, persona, min_relevance=threshold)
+        screen = fit("END ", draft.text)[len("END "):]
+        _record(account.tenant_id, message_id, screen, draft, live)
+        return screen
+    except Exception as exc:
+        mark_dead(account.tenant_id, message_id, f"ussd_answer_failed: {type(exc).__name__}: {exc}")
+        raise
+
+
+def _tenant(tenant_id: str) -> tuple[dict[str, Any], dict[str, Any], int | None]:
+    with session_scope() as session:
+        tenant = session.get_one(Tenant, tenant_id)
+        return dict(tenant.persona or {}), dict(tenant.policies or {}), tenant.live_pack_version
+
+
+def _reply_key(message_id: str) -> str:
+    return f"reply:{message_id}"
+
+
+def _stored_reply(tenant_id: str, message_id: str) -> str | None:
+    with session_scope() as session:
+        return session.scalar(select(Message.text).where(
+            Message.tenant_id == tenant_id, Message.channel == CHANNEL,
+            Message.provider_message_id == _reply_key(message_id),
+        ))
+
+
+def _record(tenant_id: str, message_id: str, screen: str, draft: Any, live: int | None) -> None:
+    from app.audit import record
+    from app.conversations.service import add_outbound
 
     with session_scope() as session:
-        tenant = session.get_one(Tenant, account.tenant_id)
-        persona, policies, live = dict(tenant.persona or {}), dict(tenant.policies or {}), tenant.live_pack_version
-    # The live pack version only, as the orchestrator reads it: never a build in progress or a retired one.
-    passages = [] if live is None else retrieve(account.tenant_id, question, top_k=3, filters={"pack_version": live})
-    draft = compose_offline(question, passages, persona, min_relevance=float(policies.get("min_relevance", 0.45)))
-    return draft.text
+        message = session.scalars(
+            select(Message).where(Message.tenant_id == tenant_id, Message.id == message_id)
+        ).one()
+        conversation = session.get_one(Conversation, message.conversation_id)
+        reply, created = add_outbound(
+            session, conversation, key=_reply_key(message_id), text=screen, author="bot",
+            in_reply_to_id=message_id, citations=draft.citations,
+            meta={"pack_version": live, "confidence": draft.confidence},
+        )
+        if not created:
+            return
+        reply.status = "sent"  # it is the HTTP response itself
+        message.status, message.processed_at = "answered", utcnow()
+        record(session, tenant_id, "bot", "message.answered", "message", message_id, {
+            "reply_id": reply.id, "pack_version": live, "chunk_ids": [c["chunk_id"] for c in draft.citations],
+            **({"no_knowledge": True} if draft.escalate else {}),
+        })
 
 
 @router.post("", response_class=PlainTextResponse)
@@ -69,11 +134,12 @@ async def session_step(
     account = await run_in_threadpool(require_account, CHANNEL, serviceCode)
     if not hmac.compare_digest(secret(account, "webhook_token").encode(), token.encode()):
         raise HTTPException(403, "wrong webhook token for this USSD service code")
-    question = text.split("*")[-1].strip() if text else ""
+    inputs = text.split("*") if text else []
+    question = inputs[-1].strip() if inputs else ""
     if not question:
         return PlainTextResponse(menu(account))
     try:
-        reply = await run_in_threadpool(answer, account, question)
+        reply = await run_in_threadpool(answer, account, sessionId, phoneNumber, len(inputs), question)
     except Exception:
         # The customer is on a live session screen: say something useful rather than drop the session.
         log.exception("USSD answer failed for session %s on %s", sessionId, serviceCode)

@@ -382,8 +382,11 @@ def test_discord_ping_command_and_signatures(gw: Gateway, discord: tuple[str, Ed
 def test_ussd_menu_answer_and_token(gw: Gateway, tmp_path: Path) -> None:
     """The answer comes from the tenant's live pack version (real embedder and vector store), fitted on a USSD
     screen; before any pack is live the customer is told the team will help instead."""
+    from sqlalchemy import select
+
     from app.db import session_scope
     from app.knowledge.service import ingest_paths
+    from app.models import AuditEvent, Message
 
     tenant = gw.tenant()
     gw.account(tenant, "ussd", "*384*123#", {"webhook_token": "ussd-tok"})
@@ -405,8 +408,42 @@ def test_ussd_menu_answer_and_token(gw: Gateway, tmp_path: Path) -> None:
     )
     with session_scope() as session:
         assert ingest_paths(session, tenant, [pack]).promoted
-    answer = gw.client.post("/webhooks/ussd?token=ussd-tok", data=ask)
+    answer = gw.client.post("/webhooks/ussd?token=ussd-tok", data={**ask, "sessionId": "ATU2"})
     assert answer.status_code == 200 and answer.text.startswith("END ") and len(answer.text) <= 182
     assert "30 days" in answer.text and answer.text.endswith("…")
+
+    # Recorded like any channel: the question in the phone number's conversation, the reply as sent.
+    [first_q, second_q] = gw.inbound(tenant_id=tenant, channel="ussd")
+    assert (first_q.provider_message_id, second_q.provider_message_id) == ("ATU1:1", "ATU2:1")
+    assert first_q.conversation_id == second_q.conversation_id and second_q.status == "answered"
+    with session_scope() as session:
+        replies = session.scalars(select(Message).where(Message.tenant_id == tenant, Message.direction == "out")
+                                  .order_by(Message.created_at)).all()
+        assert [(r.status, r.author, r.in_reply_to_id) for r in replies] == [
+            ("sent", "bot", first_q.id), ("sent", "bot", second_q.id)]
+        assert "END " + replies[1].text == answer.text and replies[1].citations
+        assert replies[1].meta["pack_version"] == 1
+        audit = session.scalars(select(AuditEvent).where(AuditEvent.tenant_id == tenant,
+                                                         AuditEvent.action == "message.answered")).all()
+        assert {a.subject_id for a in audit} == {first_q.id, second_q.id}
+    # The aggregator retries the step: the same screen, nothing stored twice.
+    again = gw.client.post("/webhooks/ussd?token=ussd-tok", data={**ask, "sessionId": "ATU2"})
+    assert again.text == answer.text and len(gw.inbound(tenant_id=tenant, channel="ussd")) == 2
+
+
+def test_ussd_step_that_fails_ends_dead_with_its_reason_and_the_customer_still_gets_a_screen(gw: Gateway) -> None:
+    from app.db import session_scope
+    from app.models import Tenant
+
+    tenant = gw.tenant()
+    gw.account(tenant, "ussd", "*384*9#", {"webhook_token": "tok-9"}, config={"fallback": "Please call us."})
+    with session_scope() as session:
+        session.get_one(Tenant, tenant).policies = {"min_relevance": "high"}  # a broken policy value
+    form = {"sessionId": "ATU9", "serviceCode": "*384*9#", "phoneNumber": "+254700000009", "text": "1*Refunds?"}
+    response = gw.client.post("/webhooks/ussd?token=tok-9", data=form)
+    assert response.status_code == 200 and response.text == "END Please call us."
+    [question] = gw.inbound(tenant_id=tenant, channel="ussd")
+    assert question.provider_message_id == "ATU9:2" and question.text == "Refunds?"
+    assert question.status == "dead" and "ussd_answer_failed" in (question.error or "")
     assert gw.client.post("/webhooks/ussd?token=nope", data=form).status_code == 403
     assert gw.client.post("/webhooks/ussd?token=ussd-tok", data={**form, "serviceCode": "*1#"}).status_code == 404
