@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hmac
 import logging
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Form, HTTPException, Query
 from fastapi.concurrency import run_in_threadpool
@@ -25,6 +25,9 @@ from sqlalchemy import select
 from app.db import session_scope
 from app.models import Conversation, Message, Tenant, utcnow
 from gateways.common import Account, require_account, secret
+
+if TYPE_CHECKING:
+    from app.assistant.prompts import Draft
 
 CHANNEL = "ussd"
 MAX_CHARS = 182
@@ -97,7 +100,7 @@ def _stored_reply(tenant_id: str, message_id: str) -> str | None:
         ))
 
 
-def _record(tenant_id: str, message_id: str, screen: str, draft: Any, live: int | None) -> None:
+def _record(tenant_id: str, message_id: str, screen: str, draft: Draft, live: int | None) -> None:
     from app.audit import record
     from app.conversations.service import add_outbound
 
