@@ -141,33 +141,31 @@ class EdgeVectorStore:
         rank_by: list[float] | None = None,
     ) -> list[Hit]:
         check_limit(limit)
-        self._filter(tenant_id, filters)  # bad arguments fail before any work
+        flt = self._filter(tenant_id, filters)  # bad arguments fail before any work
+        idf = qe.IdfParams(corpus=self._filter(tenant_id))  # BM25's IDF over this tenant's points only
 
-        def run(probes: Sequence[Probe]) -> list[list[Scored]]:
-            return [self._probe(tenant_id, filters, p) for p in probes]
+        def probe(p: Probe) -> list[Scored]:
+            # Scores of given ids are computed exactly (never left to the index).
+            exact = p.ids is not None
+            if isinstance(p.vector, SparseVector):
+                vector: Any = qe.SparseVector(list(p.vector.indices), list(p.vector.values))
+                params = qe.SearchParams(exact=exact, idf=idf)
+            else:
+                vector, params = list(p.vector), qe.SearchParams(exact=exact)
+            request = qe.QueryRequest(
+                limit=p.limit,
+                query=qe.Query.Nearest(vector, using=p.using),
+                filter=flt if p.ids is None else self._filter(tenant_id, filters, ids=p.ids),
+                with_payload=p.ids is None,
+                params=params,
+            )
+            return [Scored(str(x.id), float(x.score), dict(x.payload or {}) if p.ids is None else None)
+                    for x in self._engine.query(request)]
 
         # One lock for the whole search: an upsert in between would move the tenant's IDF, and the BM25 scores
         # of one search must share a scale.
         with self._lock:
-            return hybrid_search(run, self.views, dense, sparse, rank_by, limit)
-
-    def _probe(self, tenant_id: str, filters: dict[str, Any] | None, probe: Probe) -> list[Scored]:
-        # Scores of given ids are computed exactly (never left to the index), IDF over this tenant's points only.
-        exact = probe.ids is not None
-        if isinstance(probe.vector, SparseVector):
-            vector: Any = qe.SparseVector(list(probe.vector.indices), list(probe.vector.values))
-            params = qe.SearchParams(exact=exact, idf=qe.IdfParams(corpus=self._filter(tenant_id)))
-        else:
-            vector, params = list(probe.vector), qe.SearchParams(exact=exact)
-        request = qe.QueryRequest(
-            limit=probe.limit,
-            query=qe.Query.Nearest(vector, using=probe.using),
-            filter=self._filter(tenant_id, filters, ids=probe.ids or ()),
-            with_payload=probe.ids is None,
-            params=params,
-        )
-        points = self._engine.query(request)
-        return [Scored(str(x.id), float(x.score), dict(x.payload or {}) if probe.ids is None else None) for x in points]
+            return hybrid_search(lambda probes: [probe(p) for p in probes], self.views, dense, sparse, rank_by, limit)
 
     def sparse_search(
         self, tenant_id: str, sparse: SparseVector, *, limit: int = 5, filters: dict[str, Any] | None = None

@@ -157,7 +157,8 @@ class QdrantServerStore:
         rank_by: list[float] | None = None,
     ) -> list[Hit]:
         check_limit(limit)
-        self._filter(tenant_id, filters)  # bad arguments fail before any request
+        flt = self._filter(tenant_id, filters)  # bad arguments fail before any request
+        idf = self._sparse_params(tenant_id).idf
 
         def run(probes: Sequence[Probe]) -> list[list[Scored]]:
             requests = [
@@ -168,11 +169,10 @@ class QdrantServerStore:
                         else list(p.vector)
                     ),
                     using=p.using,
-                    filter=self._filter(tenant_id, filters, ids=p.ids or ()),
+                    filter=flt if p.ids is None else self._filter(tenant_id, filters, ids=p.ids),
                     # Scores of given ids are computed exactly; IDF over this tenant's points only.
                     params=models.SearchParams(
-                        exact=p.ids is not None,
-                        idf=self._sparse_params(tenant_id).idf if isinstance(p.vector, SparseVector) else None,
+                        exact=p.ids is not None, idf=idf if isinstance(p.vector, SparseVector) else None
                     ),
                     limit=p.limit,
                     with_payload=p.ids is None,
