@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 from app.config import get_settings
 from app.crypto import encrypt_json
 from app.models import ChannelAccount
+from app.netguard import check_url
 
 CHANNELS = ("whatsapp", "instagram", "telegram", "twilio", "ussd", "discord")
 
@@ -66,6 +67,9 @@ def add_channel_account(
         missing.append("public_key")
     if missing:
         raise ChannelError(f"{channel} account is missing {', '.join(missing)}")
+    base = (config or {}).get("api_base_url")
+    if base is not None and (problem := check_url(str(base))):
+        raise ChannelError(f"api_base_url: {problem}")
     taken = session.scalars(
         select(ChannelAccount).where(ChannelAccount.channel == channel, ChannelAccount.external_id == external_id)
     ).first()

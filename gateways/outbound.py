@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from app.config import get_settings
 from app.crypto import decrypt_json
 from app.models import ChannelAccount, Contact, Conversation, Message
+from app.netguard import blocked_reason, guarded_transport
 from gateways.base import SendError
 
 log = logging.getLogger("gateways")
@@ -94,15 +95,19 @@ def http_json(
     timeout: float,
     headers: dict[str, str] | None = None,
     retry_after: Callable[[httpx.Response], str | None] | None = None,
+    guarded: bool = False,
 ) -> dict[str, Any]:
     """One JSON request to a provider's HTTP API (a fresh client per call: no tenant state is kept), failures
-    typed. `retry_after` reads the wait from a 429 when the provider puts it somewhere other than the header."""
+    typed. `retry_after` reads the wait from a 429 when the provider puts it somewhere other than the header.
+    `guarded`: the URL is the tenant's own (`api_base_url`), reached through the outbound URL policy."""
     try:
-        with httpx.Client(timeout=timeout) as client:
+        with httpx.Client(timeout=timeout, transport=guarded_transport() if guarded else None) as client:
             response = client.request(method, url, json=payload, headers=headers)
     except httpx.TimeoutException as exc:
         raise Transient(f"{provider} timed out: {exc}") from exc
     except httpx.HTTPError as exc:
+        if blocked := blocked_reason(exc):
+            raise Permanent(f"{provider}: {blocked}") from exc
         raise Transient(f"{provider} unreachable: {exc}") from exc
     if response.status_code >= 400:
         wait = retry_after(response) if retry_after else response.headers.get("Retry-After")
@@ -395,6 +400,10 @@ class ProviderSender:
     def plan(self, session: Session, account: ChannelAccount, creds: dict[str, Any], message: Message) -> Plan:
         """Raise `SendError(permanent=True)` for a message this provider must not or cannot take."""
         raise NotImplementedError
+
+    def guarded(self, account: ChannelAccount) -> bool:
+        """True when `api_base` is the tenant's own setting: then only public addresses may be reached."""
+        return not self.base_url and bool((account.config or {}).get("api_base_url"))
 
     def api_base(self, account: ChannelAccount) -> str:
         """The constructor's base URL, else the account's `config["api_base_url"]`, else the environment's."""

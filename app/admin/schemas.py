@@ -6,9 +6,11 @@ key."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, SecretStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl, SecretStr, field_validator
+
+from app.netguard import check_url
 
 CHANNELS = ("webchat", "whatsapp", "instagram", "telegram", "sms")
 Channel = Literal["webchat", "whatsapp", "instagram", "telegram", "sms"]
@@ -36,10 +38,36 @@ class Persona(_In):
     )
 
 
+def _public_url(url: HttpUrl) -> HttpUrl:
+    if problem := check_url(str(url)):
+        raise ValueError(problem)
+    return url
+
+
+def _channel_config(config: dict[str, Any] | None) -> dict[str, Any] | None:
+    """`api_base_url` (a self-hosted Bot API server, a provider proxy) is a tenant-set URL like any other."""
+    if config and "api_base_url" in config:
+        base = config["api_base_url"]
+        if not isinstance(base, str):
+            raise ValueError("api_base_url must be a URL string")
+        if problem := check_url(base):
+            raise ValueError(problem)
+    return config
+
+
+# A URL a tenant sets and the server calls: http(s), never loopback, private, link-local or metadata addresses
+# (checked again on every connection, see app/netguard.py).
+TenantURL = Annotated[HttpUrl, AfterValidator(_public_url)]
+
+
 class LLMPolicy(_In):
     """The tenant's own OpenAI-compatible endpoint; unset fields fall back to the server's defaults."""
 
-    base_url: HttpUrl | None = Field(default=None, description="OpenAI-compatible API base, e.g. https://host/v1.")
+    base_url: TenantURL | None = Field(
+        default=None,
+        description="OpenAI-compatible API base, e.g. https://host/v1. Must reach a public address; the server's "
+        "own LLM key is never sent to it (set the tenant's key with PUT /admin/v1/tenant/llm-key).",
+    )
     model: str | None = Field(default=None, min_length=1, max_length=200)
     timeout_s: float | None = Field(default=None, gt=0, le=300)
     max_retries: int | None = Field(default=None, ge=0, le=10)
@@ -214,6 +242,8 @@ class ChannelIn(_In):
     )
     enabled: bool = True
 
+    _config = field_validator("config")(_channel_config)
+
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
@@ -235,6 +265,8 @@ class ChannelPatch(_In):
     config: dict[str, Any] | None = None
     credentials: dict[str, SecretStr] | None = Field(default=None, description="Replaces the stored credentials.")
     enabled: bool | None = None
+
+    _config = field_validator("config")(_channel_config)
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"enabled": False}]})
 
@@ -444,7 +476,11 @@ class ConversationDetail(ConversationOut):
 
 class AuditOut(BaseModel):
     id: str
-    actor: str
+    actor: str = Field(description="`key:<api key id>` for an API key, `operator` for the server's operator "
+                                   "(its token or the local CLI), `system` for jobs, `bot` for the assistant.")
+    actor_name: str | None = Field(
+        default=None, description="For a key: its scope and name when the log is read (`admin:ops`)."
+    )
     action: str
     subject_type: str
     subject_id: str | None
@@ -463,7 +499,8 @@ class AuditPage(BaseModel):
                     "events": [
                         {
                             "id": "a1...",
-                            "actor": "admin:admin",
+                            "actor": "key:7c0e...",
+                            "actor_name": "admin:admin",
                             "action": "channel.created",
                             "subject_type": "channel_account",
                             "subject_id": "9a1b...",

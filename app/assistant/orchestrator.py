@@ -33,6 +33,7 @@ from app.crypto import decrypt_json
 from app.db import session_scope
 from app.models import Conversation, Escalation, Message, Tenant, utcnow
 from app.providers.llm.base import LLMClient, LLMConfig, LLMError
+from app.ratelimit import LLM_CALLS_PER_TENANT, RateLimited, RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +84,15 @@ class Orchestrator:
         retrieve: Callable[..., Sequence[Any]] | None = None,
         llm: LLMClient | None = None,
         settings: Settings | None = None,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self.bus = bus
         self.settings = settings or get_settings()
+        if limiter is None:
+            from app.runtime import get_rate_limiter
+
+            limiter = get_rate_limiter()
+        self.limiter = limiter
         if retrieve is None:
             from app.knowledge.retrieval import retrieve as default_retrieve
 
@@ -167,18 +174,22 @@ class Orchestrator:
             publish_outbound(self.bus, outbound_event(reply, conversation))
 
     def _llm_config(self, tenant: Tenant) -> LLMConfig | None:
+        """The tenant's own endpoint when it set one, else the operator's. The operator's key only ever goes to the
+        operator's URL: a tenant URL gets the tenant's own key or none, and is reached through the outbound URL
+        policy (public addresses only)."""
         own: dict[str, Any] = dict((tenant.policies or {}).get("llm") or {})
-        base_url = own.get("base_url") or self.settings.llm_base_url
-        if not base_url:
+        own_key = decrypt_json(tenant.llm_api_key_encrypted)["api_key"] if tenant.llm_api_key_encrypted else None
+        if own.get("base_url"):
+            base_url, api_key, guarded = str(own["base_url"]), own_key or "unused", True
+        elif self.settings.llm_base_url:
+            base_url, guarded = self.settings.llm_base_url, False
+            api_key = own_key or self.settings.llm_api_key or "unused"
+        else:
             return None
-        api_key = (
-            decrypt_json(tenant.llm_api_key_encrypted)["api_key"]
-            if tenant.llm_api_key_encrypted
-            else self.settings.llm_api_key or "unused"
-        )
         return LLMConfig(
             base_url=base_url,
             api_key=api_key,
+            guarded=guarded,
             model=own.get("model") or self.settings.llm_model,
             timeout_s=float(own.get("timeout_s") or self.settings.llm_timeout_s),
             max_retries=int(own.get("max_retries", self.settings.llm_max_retries)),
@@ -202,6 +213,13 @@ class Orchestrator:
             return Decision(escalate_reason=offline.reason or "no_knowledge", draft=None, detail=_top(passages))
         draft = offline
         if ctx.llm is not None:
+            try:
+                self.limiter.hit(LLM_CALLS_PER_TENANT, ctx.tenant_id)
+            except RateLimited as exc:
+                # Never dropped: a person answers it, with the offline draft to start from.
+                log.warning("tenant %s is over its LLM call limit: message %s escalated", ctx.tenant_id,
+                            ctx.message_id)
+                return Decision(escalate_reason="llm_rate_limited", detail=exc.detail, draft=offline)
             redacted_question = guardrails.redact_pii(text).text
             redacted_history = [(role, guardrails.redact_pii(t).text) for role, t in ctx.history]
             messages = render_messages(ctx.persona, policies, redacted_history, passages, redacted_question)

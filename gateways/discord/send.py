@@ -77,7 +77,8 @@ class DiscordSender(ProviderSender):
             method, url = ("PATCH", f"{hook}/messages/@original") if index == 0 and not first_is_followup \
                 else ("POST", f"{hook}?wait=true")  # wait=true: Discord answers with the message (its id)
             body = {"content": part, "allowed_mentions": NO_MENTIONS}
-            data = http_json("Discord", method, url, body, timeout=self.timeout, retry_after=retry_after)
+            data = http_json("Discord", method, url, body, timeout=self.timeout, retry_after=retry_after,
+                             guarded=self.guarded(account))
             return str(data["id"])
 
         return Plan(self.text_parts(message), send, [Limit(f"discord:{account.external_id}", 1 / 50)])
@@ -105,7 +106,7 @@ class DiscordSender(ProviderSender):
         def send(index: int, part: str) -> str:
             body = {"content": mention + part if index == 0 else part, "allowed_mentions": allowed}
             data = http_json("Discord", "POST", url, body, timeout=self.timeout, headers=headers,
-                             retry_after=retry_after)
+                             retry_after=retry_after, guarded=self.guarded(account))
             return str(data["id"])
 
         parts = split_text(message.text, LIMITS[self.channel] - len(mention))

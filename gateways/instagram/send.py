@@ -21,11 +21,12 @@ class InstagramSender(ProviderSender):
         contact = recipient(session, message)
         human = bool(message.author and message.author.startswith("agent:"))
         tagging = {"messaging_type": "MESSAGE_TAG", "tag": "HUMAN_AGENT"} if human else {"messaging_type": "RESPONSE"}
-        base = self.api_base(account)
+        base, guarded = self.api_base(account), self.guarded(account)
 
         def send(_: int, part: str) -> str:
             body = {"recipient": {"id": contact.external_id}, "message": {"text": part}, **tagging}
-            data = graph.post(base, f"{account.external_id}/messages", creds["access_token"], body, self.timeout)
+            data = graph.post(base, f"{account.external_id}/messages", creds["access_token"], body, self.timeout,
+                              guarded=guarded)
             return str(data["message_id"])
 
         return Plan(self.text_parts(message), send, [Limit(f"instagram:{account.external_id}", 1 / 20)])

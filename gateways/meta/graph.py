@@ -9,7 +9,8 @@ from gateways.outbound import http_json
 BASE_ENV, DEFAULT_BASE = "SWITCHBOARD_GRAPH_BASE_URL", "https://graph.facebook.com/v21.0"
 
 
-def post(base_url: str, path: str, token: str, payload: dict[str, Any], timeout: float) -> dict[str, Any]:
-    """POST a JSON body with the tenant's token."""
+def post(base_url: str, path: str, token: str, payload: dict[str, Any], timeout: float, *,
+         guarded: bool = False) -> dict[str, Any]:
+    """POST a JSON body with the tenant's token (`guarded`: `base_url` is the tenant's own setting)."""
     return http_json("Graph API", "POST", f"{base_url.rstrip('/')}/{path}", payload, timeout=timeout,
-                     headers={"Authorization": f"Bearer {token}"})
+                     headers={"Authorization": f"Bearer {token}"}, guarded=guarded)

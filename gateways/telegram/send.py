@@ -15,6 +15,7 @@ from telegram.error import BadRequest, Forbidden, InvalidToken, NetworkError, Re
 from telegram.request import HTTPXRequest
 
 from app.models import ChannelAccount, Message
+from app.netguard import async_guarded_transport, blocked_reason
 from gateways.outbound import (
     AuthFailed,
     Limit,
@@ -50,17 +51,19 @@ class TelegramSender(ProviderSender):
     def plan(self, session: Session, account: ChannelAccount, creds: dict[str, Any], message: Message) -> Plan:
         chat_id = recipient(session, message).external_id
         base, token = self.api_base(account), str(creds["bot_token"])
+        guarded = self.guarded(account)
         bot_limit = Limit(f"telegram:bot:{account.external_id}", 1 / 30)
-        self._answer_callback(session, message, base, token, bot_limit)
+        self._answer_callback(session, message, base, token, bot_limit, guarded)
 
         def send(_: int, part: str) -> str:
-            sent = asyncio.run(self._call(base, token, lambda bot: bot.send_message(chat_id, part)))
+            sent = asyncio.run(self._call(base, token, lambda bot: bot.send_message(chat_id, part), guarded))
             return f"{chat_id}:{sent.message_id}"
 
         return Plan(self.text_parts(message), send,
                     [Limit(f"telegram:chat:{account.external_id}:{chat_id}", 1.0), bot_limit])
 
-    def _answer_callback(self, session: Session, message: Message, base: str, token: str, bot_limit: Limit) -> None:
+    def _answer_callback(self, session: Session, message: Message, base: str, token: str, bot_limit: Limit,
+                         guarded: bool) -> None:
         """Stop the spinner Telegram shows on a pressed inline button until the bot answers the callback
         query. Once per reply; a failure (the query expired, Telegram unreachable) never holds the reply back."""
         inbound = replied_inbound(session, message, "callback_query_id")
@@ -71,7 +74,7 @@ class TelegramSender(ProviderSender):
 
         def call() -> str:
             limiter.acquire([bot_limit])
-            asyncio.run(self._call(base, token, lambda bot: bot.answer_callback_query(query_id)))
+            asyncio.run(self._call(base, token, lambda bot: bot.answer_callback_query(query_id), guarded))
             return query_id
         try:
             self.retrying(call)
@@ -80,13 +83,17 @@ class TelegramSender(ProviderSender):
         # Committed with the first part, so a redelivered reply does not answer it again.
         message.meta = {**(message.meta or {}), "callback_answered": query_id}
 
-    async def _call(self, base: str, token: str, method: Callable[[Bot], Awaitable[T]]) -> T:
-        """One Bot API call with a `Bot` built for this tenant (no client outlives the call)."""
+    async def _call(self, base: str, token: str, method: Callable[[Bot], Awaitable[T]], guarded: bool = False) -> T:
+        """One Bot API call with a `Bot` built for this tenant (no client outlives the call); `guarded`: `base` is
+        the tenant's own `api_base_url` (a self-hosted Bot API server), reached through the outbound URL policy."""
         request = HTTPXRequest(connection_pool_size=1, read_timeout=self.timeout, write_timeout=self.timeout,
-                               connect_timeout=self.timeout)
+                               connect_timeout=self.timeout,
+                               httpx_kwargs={"transport": async_guarded_transport()} if guarded else None)
         try:
             return await method(Bot(token, base_url=f"{base}/bot", request=request))
         except TelegramError as exc:
+            if blocked := blocked_reason(exc):
+                raise Permanent(f"Telegram: {blocked}") from exc
             raise typed(exc) from exc
         finally:
             await request.shutdown()

@@ -48,13 +48,14 @@ class WhatsAppSender(ProviderSender):
             parts = [{"type": "template", "template": {
                 "name": template["name"], "language": {"code": template.get("language", "en_US")},
                 **({"components": template["components"]} if template.get("components") else {})}}]
-        base = self.api_base(account)
+        base, guarded = self.api_base(account), self.guarded(account)
         mps = float(account.config.get("messages_per_second", 80))
 
         def send(_: int, part: dict[str, object]) -> str:
             body = {"messaging_product": "whatsapp", "recipient_type": "individual", "to": contact.external_id,
                     **part}
-            data = graph.post(base, f"{account.external_id}/messages", creds["access_token"], body, self.timeout)
+            data = graph.post(base, f"{account.external_id}/messages", creds["access_token"], body, self.timeout,
+                              guarded=guarded)
             return str(data["messages"][0]["id"])
 
         return Plan(parts, send, [Limit(f"whatsapp:{account.external_id}", 1 / mps)])

@@ -45,19 +45,19 @@ def test_tenant_get_and_patch(client: TestClient, tenant_a: TenantKeys) -> None:
         "name": "Alpha Outfitters",
         "persona": {"name": "Ava", "tone": "warm"},
         "policies": {"min_relevance": 0.6, "banned_phrases": ["lifetime warranty"], "max_reply_chars": 600,
-                     "llm": {"base_url": "http://127.0.0.1:9/v1", "model": "m1", "timeout_s": 5}},
+                     "llm": {"base_url": "https://llm.example.com/v1", "model": "m1", "timeout_s": 5}},
     })
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["name"] == "Alpha Outfitters"
     assert body["persona"]["name"] == "Ava" and body["persona"]["language"] == "en"  # default kept
     assert body["policies"]["min_relevance"] == 0.6
-    assert body["policies"]["llm"] == {"base_url": "http://127.0.0.1:9/v1", "model": "m1", "timeout_s": 5.0}
+    assert body["policies"]["llm"] == {"base_url": "https://llm.example.com/v1", "model": "m1", "timeout_s": 5.0}
     # Partial update of a nested field keeps the rest; null resets.
     r = client.patch("/admin/v1/tenant", headers=h, json={"policies": {"llm": {"model": "m2"},
                                                                        "max_reply_chars": None}})
     policies = r.json()["policies"]
-    assert policies["llm"]["model"] == "m2" and policies["llm"]["base_url"] == "http://127.0.0.1:9/v1"
+    assert policies["llm"]["model"] == "m2" and policies["llm"]["base_url"] == "https://llm.example.com/v1"
     assert "max_reply_chars" not in policies
     assert client.get("/admin/v1/tenant", headers=h).json()["policies"] == policies
 
@@ -70,6 +70,7 @@ def test_tenant_patch_rejects_bad_shapes(client: TestClient, tenant_a: TenantKey
         ({"policies": {"banned_phrases": "not a list"}}, "banned_phrases"),
         ({"policies": {"min_relevence": 0.5}}, "min_relevence"),  # misspelt: named, not ignored
         ({"policies": {"llm": {"base_url": "not a url"}}}, "base_url"),
+        ({"policies": {"llm": {"base_url": "http://127.0.0.1:6379"}}}, "loopback"),  # finding 2: see tests/security
         ({"policies": {"llm": {"timeout_s": -1}}}, "timeout_s"),
         ({"persona": {"language": "english please"}}, "language"),
         ({"tenant_id": "someone-else"}, "tenant_id"),
@@ -260,7 +261,9 @@ def test_audit_log_records_admin_changes(client: TestClient, tenant_a: TenantKey
     client.post("/admin/v1/api-keys", headers=h, json={"name": "k", "scope": "agent"})
     events = client.get("/admin/v1/audit", headers=h).json()["events"]
     assert [e["action"] for e in events[:2]] == ["api_key.created", "tenant.updated"]
-    assert events[0]["actor"] == "admin:admin"
+    keys = client.get("/admin/v1/api-keys", headers=h).json()["api_keys"]
+    admin_key = next(k for k in keys if k["name"] == "admin")
+    assert events[0]["actor"] == f"key:{admin_key['id']}" and events[0]["actor_name"] == "admin:admin"
     assert events[-1]["action"] == "tenant.created"
     page = client.get("/admin/v1/audit", headers=h, params={"limit": 1}).json()
     assert len(page["events"]) == 1 and page["next_cursor"]

@@ -82,8 +82,10 @@ def replies(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     home = tmp_path_factory.mktemp("embedded")
-    saved = {k: os.environ.get(k) for k in ("SWITCHBOARD_HOME", *SCALE_OUT_VARS)}
+    saved = {k: os.environ.get(k) for k in ("SWITCHBOARD_HOME", "OUTBOUND_ALLOW_HOSTS", *SCALE_OUT_VARS)}
     os.environ["SWITCHBOARD_HOME"] = str(home)
+    # Fake LLMs that tenants point at listen on loopback: the operator allows it, as one would a local model.
+    os.environ["OUTBOUND_ALLOW_HOSTS"] = "127.0.0.1"
     for var in SCALE_OUT_VARS:
         os.environ.pop(var, None)
     from app import operations

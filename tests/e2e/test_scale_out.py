@@ -73,6 +73,8 @@ def scale_out(tmp_path_factory: pytest.TempPathFactory, pg_url: str) -> Iterator
         "REDIS_URL": REDIS_TEST_URL,
         "SWITCHBOARD_BUS_NAMESPACE": namespace,
         "SWITCHBOARD_BUS_CLAIM_IDLE_MS": "1500",
+        # The fake LLM a tenant points at listens on loopback: the operator allows it, as one would a local model.
+        "OUTBOUND_ALLOW_HOSTS": "127.0.0.1",
     }
     saved = {k: os.environ.get(k) for k in (*env, *SCALE_OUT_VARS)}
     for var in SCALE_OUT_VARS:

@@ -22,6 +22,8 @@ class LLMConfig:
     max_retries: int = 2
     temperature: float = 0.2
     max_tokens: int = 600
+    # The base URL came from the tenant: connect only to public addresses (app/netguard.py).
+    guarded: bool = False
 
 
 @dataclass(frozen=True)

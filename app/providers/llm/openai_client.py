@@ -5,7 +5,8 @@ backoff, honouring `Retry-After`/`retry-after-ms`. What still fails afterwards b
 small, flat reason the orchestrator can act on: timeout, rate_limited, unavailable, auth, bad_request,
 empty_response.
 
-Clients are cached per (base_url, api_key, timeout, retries) so tenants never share credentials and a tenant's
+A tenant's own base URL (`config.guarded`) is reached through the outbound URL policy (app/netguard.py).
+Clients are cached per (base_url, api_key, timeout, retries, guarded) so tenants never share credentials and a tenant's
 connection pool is reused across messages; nothing tenant-specific lives on a module-level client.
 """
 
@@ -16,12 +17,13 @@ from collections import OrderedDict
 
 import openai
 
+from app.netguard import blocked_reason, guarded_client2
 from app.providers.llm.base import Completion, LLMConfig, LLMError
 
 CONNECT_TIMEOUT_S = 5.0
 _CACHE_SIZE = 64
 
-_ClientKey = tuple[str, str, float, int]
+_ClientKey = tuple[str, str, float, int, bool]
 
 
 class OpenAILLMClient:
@@ -31,7 +33,7 @@ class OpenAILLMClient:
         self._cache_size = cache_size
 
     def _client(self, config: LLMConfig) -> openai.OpenAI:
-        key = (config.base_url, config.api_key, config.timeout_s, config.max_retries)
+        key = (config.base_url, config.api_key, config.timeout_s, config.max_retries, config.guarded)
         with self._lock:
             client = self._clients.get(key)
             if client is not None:
@@ -42,6 +44,7 @@ class OpenAILLMClient:
                 api_key=config.api_key or "unused",  # local servers often need none; the SDK insists on one
                 timeout=openai.Timeout(config.timeout_s, connect=min(CONNECT_TIMEOUT_S, config.timeout_s)),
                 max_retries=config.max_retries,
+                http_client=guarded_client2() if config.guarded else None,
             )
             self._clients[key] = client
             if len(self._clients) > self._cache_size:
@@ -71,6 +74,8 @@ class OpenAILLMClient:
             reason = "unavailable" if exc.status_code >= 500 else "bad_request"
             raise LLMError(reason, _detail(exc)) from exc
         except openai.APIConnectionError as exc:
+            if blocked := blocked_reason(exc):
+                raise LLMError("blocked_url", blocked) from exc
             raise LLMError("unavailable", f"cannot reach {config.base_url}: {exc}") from exc
         except (openai.APIResponseValidationError, ValueError) as exc:
             # A 200 whose body is not a chat completion (a proxy's HTML page, truncated JSON).
