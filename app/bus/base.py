@@ -20,7 +20,7 @@ Topic and tenant ids are restricted to `[A-Za-z0-9][A-Za-z0-9_.-]*`, so no tenan
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -109,15 +109,24 @@ class Bus(Protocol):
         """Create the consumer group on every known stream of `topic` (idempotent)."""
         ...
 
-    def read(self, topic: str, group: str, consumer: str, *, count: int, block_ms: int) -> list[Delivery]:
+    def read(
+        self, topic: str, group: str, consumer: str, *, count: int, block_ms: int, skip: Collection[str] = ()
+    ) -> list[Delivery]:
         """New entries (never delivered to this group) across all tenants' streams of `topic`, at most
-        `count`, shared fairly between tenants. Waits up to `block_ms` for one (`block_ms <= 0`: no wait)."""
+        `count`, shared fairly between tenants. Waits up to `block_ms` for one (`block_ms <= 0`: no wait).
+        Tenants in `skip` are left unread (a consumer that holds as much of a tenant's work as it may)."""
         ...
 
     def claim_stale(
         self, topic: str, group: str, consumer: str, *, min_idle_ms: int, count: int
     ) -> list[Delivery]:
         """Take over entries another consumer has held for longer than `min_idle_ms` (XAUTOCLAIM)."""
+        ...
+
+    def keep_alive(self, group: str, consumer: str, deliveries: Sequence[Delivery]) -> list[Delivery]:
+        """Reset the idle time of entries `consumer` still holds (queued or being handled in its process), so
+        `claim_stale` elsewhere leaves them alone; their delivery counts do not change. An entry another consumer
+        has claimed meanwhile stays with that consumer. Returns the entries still held."""
         ...
 
     def ack(self, group: str, deliveries: Sequence[Delivery]) -> None:
@@ -129,6 +138,12 @@ class Bus(Protocol):
         ...
 
     def dead_letters(self, topic: str, tenant_id: str, *, count: int = 100) -> list[DeadLetter]:
+        ...
+
+    def record_dead(self, topic: str, tenant_id: str, fields: dict[str, str], reason: str) -> None:
+        """Write an entry that was never published straight to the tenant's dead-letter stream with its reason
+        (`original_id` empty, 0 deliveries): a gateway's signed delivery that can never be read is acknowledged
+        to the provider, which would otherwise retry it forever, and kept here."""
         ...
 
     def record_failure(self, group: str, delivery: Delivery, reason: str) -> None:

@@ -10,7 +10,7 @@ import itertools
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 from app.bus.base import (
@@ -99,20 +99,24 @@ class MemoryBus:
     def _group(self, topic: str, group: str) -> _Group:
         return self._groups.setdefault(topic, {}).setdefault(group, _Group())
 
-    def read(self, topic: str, group: str, consumer: str, *, count: int, block_ms: int) -> list[Delivery]:
+    def read(
+        self, topic: str, group: str, consumer: str, *, count: int, block_ms: int, skip: Collection[str] = ()
+    ) -> list[Delivery]:
         deadline = time.monotonic() + max(block_ms, 0) / 1000
         with self._cond:
             state = self._group(topic, group)
             while True:
-                out = self._take_new(topic, state, consumer, count)
+                out = self._take_new(topic, state, consumer, count, skip)
                 remaining = deadline - time.monotonic()
                 if out or remaining <= 0:
                     return out
                 self._cond.wait(remaining)
 
-    def _take_new(self, topic: str, state: _Group, consumer: str, count: int) -> list[Delivery]:
+    def _take_new(
+        self, topic: str, state: _Group, consumer: str, count: int, skip: Collection[str]
+    ) -> list[Delivery]:
         streams = self._streams.get(topic, {})
-        tenants = list(streams)
+        tenants = [t for t in streams if t not in skip]
         if not tenants:
             return []
         # Round-robin one entry at a time from a rotating start, so a busy tenant cannot starve the others.
@@ -164,6 +168,18 @@ class MemoryBus:
                                           {"group": group, "dead_at": _now_iso()}))
             return out
 
+    def keep_alive(self, group: str, consumer: str, deliveries: Sequence[Delivery]) -> list[Delivery]:
+        with self._cond:
+            now = time.monotonic()
+            kept = []
+            for d in deliveries:
+                state = self._groups.get(d.topic, {}).get(group)
+                pending = state.pending.get((d.tenant_id, d.id)) if state else None
+                if pending is not None and pending.consumer == consumer:
+                    pending.delivered_at = now
+                    kept.append(d)
+            return kept
+
     # -- settling --------------------------------------------------------------------------------------
     def ack(self, group: str, deliveries: Sequence[Delivery]) -> None:
         with self._cond:
@@ -187,6 +203,14 @@ class MemoryBus:
     def dead_letters(self, topic: str, tenant_id: str, *, count: int = 100) -> list[DeadLetter]:
         with self._cond:
             return list(self._dead.get((topic, tenant_id), [])[:count])
+
+    def record_dead(self, topic: str, tenant_id: str, fields: dict[str, str], reason: str) -> None:
+        check_name("topic", topic)
+        check_name("tenant id", tenant_id)
+        letter = DeadLetter(topic, tenant_id, "", dict(check_fields(fields)), reason, 0,
+                            {"group": "", "dead_at": _now_iso()})
+        with self._cond:
+            self._add_dead(letter)
 
     def record_failure(self, group: str, delivery: Delivery, reason: str) -> None:
         with self._cond:

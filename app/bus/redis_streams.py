@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
@@ -42,6 +42,14 @@ FAILURE_TTL_S = 7 * 24 * 3600
 # Reply shapes with decode_responses=True (redis-py's own annotations cover bytes and async clients too).
 _Entries = list[tuple[str, dict[str, str]]]
 _StreamsReply = list[tuple[str, _Entries]]
+# Reset an entry's idle time if `consumer` still owns it: XCLAIM ... JUSTID leaves the delivery count alone, and
+# checking the owner first (atomically, in the script) never takes back an entry another consumer has claimed.
+_KEEP_ALIVE_LUA = """
+local rows = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if #rows == 0 or rows[1][2] ~= ARGV[2] then return 0 end
+redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
+return 1
+"""
 
 
 def _translate_errors(fn: Callable[..., T]) -> Callable[..., T]:
@@ -80,6 +88,7 @@ class RedisStreamsBus:
         self._refreshed_at: dict[str, float] = {}
         self._groups: dict[tuple[str, str], set[str]] = {}  # (topic, group) -> tenants where the group exists
         self._cursor = 0  # rotates the window of streams read when there are more streams than `count`
+        self._keep_alive_script = self._redis.register_script(_KEEP_ALIVE_LUA)
 
     # -- keys ------------------------------------------------------------------------------------------
     def stream_key(self, topic: str, tenant_id: str) -> str:
@@ -164,8 +173,10 @@ class RedisStreamsBus:
 
     # -- reading ---------------------------------------------------------------------------------------
     @_translate_errors
-    def read(self, topic: str, group: str, consumer: str, *, count: int, block_ms: int) -> list[Delivery]:
-        tenants = self._streams_for(topic, group)
+    def read(
+        self, topic: str, group: str, consumer: str, *, count: int, block_ms: int, skip: Collection[str] = ()
+    ) -> list[Delivery]:
+        tenants = [t for t in self._streams_for(topic, group) if t not in skip]
         if not tenants:
             if block_ms > 0:  # nothing to block on yet; wait as a blocking read would, then look again
                 time.sleep(min(block_ms / 1000, self.registry_refresh_s))
@@ -263,6 +274,16 @@ class RedisStreamsBus:
         return [self._delivery(topic, tenant, entry_id, fields, int(n))
                 for (tenant, entry_id, fields), n in zip(claimed, counts, strict=True)]
 
+    @_translate_errors
+    def keep_alive(self, group: str, consumer: str, deliveries: Sequence[Delivery]) -> list[Delivery]:
+        if not deliveries:
+            return []
+        pipe = self._redis.pipeline(transaction=False)  # the pipeline loads the script first if Redis lacks it
+        for d in deliveries:
+            self._keep_alive_script(keys=[self.stream_key(d.topic, d.tenant_id)], args=[group, consumer, d.id],
+                                    client=pipe)
+        return [d for d, kept in zip(deliveries, pipe.execute(), strict=True) if kept]
+
     # -- settling --------------------------------------------------------------------------------------
     @_translate_errors
     def ack(self, group: str, deliveries: Sequence[Delivery]) -> None:
@@ -309,6 +330,15 @@ class RedisStreamsBus:
                 {"group": data["group"], "dead_at": data["dead_at"]},
             ))
         return out
+
+    @_translate_errors
+    def record_dead(self, topic: str, tenant_id: str, fields: dict[str, str], reason: str) -> None:
+        letter = {"dl": json.dumps({
+            "original_id": "", "reason": reason, "deliveries": 0, "group": "",
+            "dead_at": datetime.now(UTC).isoformat(), "fields": check_fields(fields),
+        })}
+        self._redis.xadd(self.dead_key(topic, tenant_id), cast(Any, letter), maxlen=self.maxlen, approximate=True)
+        log.warning("recorded a dead %s entry for tenant %s that was never published: %s", topic, tenant_id, reason)
 
     @_translate_errors
     def record_failure(self, group: str, delivery: Delivery, reason: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 
 import pytest
@@ -291,3 +292,41 @@ def test_two_running_consumers_share_work_without_double_processing(bus: Bus) ->
     assert not any(t.is_alive() for t in threads)
     assert len(seen) == 300
     assert len({(tenant, entry_id) for _, tenant, entry_id in seen}) == 300
+
+
+def test_record_dead_keeps_an_entry_that_was_never_published(bus: Bus) -> None:
+    fields = {"channel": "telegram", "body": '{"update_id": 1, "message": "\\u0000 not an object"}'}
+    bus.record_dead("webhook", "acme", fields, "message is not an object")
+    [letter] = bus.dead_letters("webhook", "acme")
+    assert (letter.original_id, letter.fields, letter.reason, letter.deliveries) == (
+        "", fields, "message is not an object", 0)
+    assert letter.extra["dead_at"]
+    assert bus.dead_letters("webhook", "globex") == [] and bus.stream_length("webhook", "acme") == 0
+    with pytest.raises(ValueError, match="tenant id"):
+        bus.record_dead("webhook", "acme:dead", fields, "a tenant id may not spell another key")
+
+
+def test_read_leaves_skipped_tenants_unread(bus: Bus) -> None:
+    for i in range(3):
+        bus.publish(T, "acme", {"i": str(i)})
+        bus.publish(T, "globex", {"i": str(i)})
+    got = bus.read(T, G, "c1", count=10, block_ms=1000, skip={"acme"})
+    assert {d.tenant_id for d in got} == {"globex"} and len(got) == 3
+    assert bus.read(T, G, "c1", count=10, block_ms=0, skip={"acme", "globex"}) == []
+    assert [d.fields["i"] for d in bus.read(T, G, "c1", count=10, block_ms=1000)] == ["0", "1", "2"]
+
+
+def test_keep_alive_keeps_a_held_entry_from_a_stale_claim_without_counting_a_delivery(bus: Bus) -> None:
+    bus.publish(T, "acme", {"x": "1"})
+    [held] = bus.read(T, G, "c1", count=1, block_ms=1000)
+    time.sleep(0.3)  # idle long enough for a stale claim
+    assert bus.keep_alive(G, "c1", [held]) == [held]
+    assert bus.claim_stale(T, G, "c2", min_idle_ms=250, count=10) == []  # just renewed
+    [claimed] = wait_for(lambda: bus.claim_stale(T, G, "c2", min_idle_ms=250, count=10))
+    assert claimed.deliveries == 2  # the renewal did not count as a delivery
+    # c1 lost it to c2: its renewal neither takes it back nor resets c2's claim.
+    assert bus.keep_alive(G, "c1", [held]) == []
+    assert bus.keep_alive(G, "c2", [claimed]) == [claimed]
+    bus.ack(G, [claimed])
+    assert bus.keep_alive(G, "c2", [claimed]) == []
+    assert bus.pending_count(T, G) == 0

@@ -1,0 +1,285 @@
+"""The concurrent consumer on both buses: handlers really run side by side, one key (conversation) at a time and
+in order, tenants take turns and one tenant's stalled handlers leave room for the others, reading stops at the
+in-flight bound, and settling is the one-at-a-time consumer's (acks after success, dead letters, reclaims)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import pytest
+
+from app.bus.base import Bus, Delivery, PermanentFailure
+from app.bus.concurrent import ConcurrentConsumer
+from tests.bus.conftest import BusFactory, wait_for
+
+T, G = "inbound", "orchestrator"
+
+
+class CountingBus:
+    """Delegates to a real bus and tracks how many entries this consumer holds: read or claimed, not yet acked,
+    dead-lettered or failed. `max_held` and `max_held_by_tenant` are the peaks over the whole test."""
+
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self.lock = threading.Lock()
+        self.held: set[tuple[str, str]] = set()
+        self.max_held = 0
+        self.max_held_by_tenant: Counter[str] = Counter()
+        self.reads = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.bus, name)
+
+    def _took(self, deliveries: list[Delivery]) -> list[Delivery]:
+        with self.lock:
+            self.held.update((d.tenant_id, d.id) for d in deliveries)
+            self.max_held = max(self.max_held, len(self.held))
+            for tenant, n in Counter(t for t, _ in self.held).items():
+                self.max_held_by_tenant[tenant] = max(self.max_held_by_tenant[tenant], n)
+        return deliveries
+
+    def _settled(self, deliveries: Sequence[Delivery]) -> None:
+        with self.lock:
+            self.held.difference_update((d.tenant_id, d.id) for d in deliveries)
+
+    def read(self, *args: Any, **kwargs: Any) -> list[Delivery]:
+        with self.lock:
+            self.reads += 1
+        return self._took(self.bus.read(*args, **kwargs))
+
+    def claim_stale(self, *args: Any, **kwargs: Any) -> list[Delivery]:
+        return self._took(self.bus.claim_stale(*args, **kwargs))
+
+    def ack(self, group: str, deliveries: Sequence[Delivery]) -> None:
+        self.bus.ack(group, deliveries)
+        self._settled(deliveries)
+
+    def dead_letter(self, group: str, delivery: Delivery, reason: str) -> None:
+        self.bus.dead_letter(group, delivery, reason)
+        self._settled([delivery])
+
+    def record_failure(self, group: str, delivery: Delivery, reason: str) -> None:
+        self.bus.record_failure(group, delivery, reason)
+        self._settled([delivery])
+
+
+def conversation(d: Delivery) -> str:
+    return d.fields["conv"]
+
+
+def blocked_on(gate: threading.Event) -> Callable[[Delivery], None]:
+    """A handler that blocks until `gate` is set (a stalled LLM)."""
+
+    def handler(d: Delivery) -> None:
+        assert gate.wait(30), "the test never released the gate"
+
+    return handler
+
+
+@pytest.fixture
+def running() -> Iterator[Callable[[ConcurrentConsumer], None]]:
+    """Starts consumers' `run` in threads; stops and joins them after the test."""
+    started: list[tuple[ConcurrentConsumer, threading.Thread]] = []
+
+    def start(consumer: ConcurrentConsumer) -> None:
+        thread = threading.Thread(target=consumer.run, daemon=True)
+        thread.start()
+        started.append((consumer, thread))
+
+    yield start
+    for consumer, thread in started:
+        consumer.stop.set()
+    for _, thread in started:
+        thread.join(timeout=15)
+        assert not thread.is_alive()
+
+
+def test_handlers_run_side_by_side(bus: Bus) -> None:
+    # Eight handlers must all be inside at once to pass the barrier; one at a time, the first would time out.
+    barrier = threading.Barrier(8, timeout=20)
+    for i in range(8):
+        bus.publish(T, f"t{i % 3}", {"conv": f"c{i}"})
+    def handler(d: Delivery) -> None:
+        barrier.wait()
+
+    consumer = ConcurrentConsumer(bus, T, G, "c1", handler, concurrency=8, key=conversation)
+    result = consumer.process_available()
+    assert (result.acked, result.failed, result.dead) == (8, 0, 0)
+    assert bus.pending_count(T, G) == 0
+
+
+def test_one_conversation_is_handled_one_message_at_a_time_in_order(
+    bus: Bus, running: Callable[[ConcurrentConsumer], None]
+) -> None:
+    published: dict[str, list[str]] = {}
+    for i in range(60):
+        conv = ["chatty", "chatty", "other", "third"][i % 4]
+        tenant = "acme" if conv != "third" else "globex"
+        published.setdefault(conv, []).append(bus.publish(T, tenant, {"conv": conv}))
+    inside: Counter[str] = Counter()
+    overlaps: list[str] = []
+    order: dict[str, list[str]] = {}
+    lock = threading.Lock()
+    slow = threading.Event()  # never set: wait() makes each handler slow without asserting any time
+
+    def handler(d: Delivery) -> None:
+        conv = d.fields["conv"]
+        with lock:
+            inside[conv] += 1
+            if inside[conv] > 1:
+                overlaps.append(conv)
+            order.setdefault(conv, []).append(d.id)
+        slow.wait(0.005)
+        with lock:
+            inside[conv] -= 1
+
+    consumer = ConcurrentConsumer(bus, T, G, "c1", handler, concurrency=16, key=conversation, block_ms=100)
+    running(consumer)
+    wait_for(lambda: consumer.totals.acked == 60 and bus.pending_count(T, G) == 0)
+    assert overlaps == []
+    assert order == published
+
+
+def test_ordering_holds_for_messages_read_in_later_batches(
+    bus: Bus, running: Callable[[ConcurrentConsumer], None]
+) -> None:
+    # The first message of the conversation blocks; its followers arrive (and are read) while it runs.
+    gate = threading.Event()
+    order: list[str] = []
+
+    def handler(d: Delivery) -> None:
+        if d.fields["n"] == "0":
+            gate.wait(20)
+        order.append(d.fields["n"])
+
+    consumer = ConcurrentConsumer(bus, T, G, "c1", handler, concurrency=8, key=conversation, block_ms=100)
+    running(consumer)
+    bus.publish(T, "acme", {"conv": "c", "n": "0"})
+    wait_for(lambda: consumer.running == 1)
+    for n in range(1, 6):
+        bus.publish(T, "acme", {"conv": "c", "n": str(n)})
+    wait_for(lambda: consumer.held == 6)  # all read, five queued behind the first
+    assert order == []
+    gate.set()
+    wait_for(lambda: consumer.totals.acked == 6)
+    assert order == ["0", "1", "2", "3", "4", "5"]
+
+
+def test_reading_stops_at_the_in_flight_bound_while_handlers_stall(
+    make_bus: BusFactory, running: Callable[[ConcurrentConsumer], None]
+) -> None:
+    bus = CountingBus(make_bus())
+    gate = threading.Event()
+    for i in range(40):
+        bus.publish(T, "acme", {"conv": f"c{i}"})
+    consumer = ConcurrentConsumer(bus, T, G, "c1", blocked_on(gate), concurrency=4, key=conversation,
+                                  block_ms=100)
+    running(consumer)
+    wait_for(lambda: consumer.running == 4)
+    assert consumer.held == 4 and len(bus.held) == 4
+    assert bus.pending_count(T, G) == 4  # the other 36 were never read
+    gate.set()
+    wait_for(lambda: consumer.totals.acked == 40)
+    assert bus.max_held <= 4
+
+
+def test_a_stalled_tenant_does_not_hold_up_the_others(
+    make_bus: BusFactory, running: Callable[[ConcurrentConsumer], None]
+) -> None:
+    bus = CountingBus(make_bus())
+    stalled = threading.Event()
+    done: list[str] = []
+
+    def handler(d: Delivery) -> None:
+        if d.tenant_id == "noisy":
+            stalled.wait(30)  # its LLM hangs
+        done.append(d.tenant_id)
+
+    for i in range(50):  # the noisy tenant's backlog is there first and is bigger than the whole pool
+        bus.publish(T, "noisy", {"conv": f"n{i}"})
+    consumer = ConcurrentConsumer(bus, T, G, "c1", handler, concurrency=6, tenant_concurrency=4,
+                                  key=conversation, block_ms=100)
+    running(consumer)
+    wait_for(lambda: consumer.running == 4)
+    for i in range(20):
+        bus.publish(T, "quiet", {"conv": f"q{i}"})
+    wait_for(lambda: done.count("quiet") == 20)  # answered while every noisy handler is still blocked
+    assert "noisy" not in done
+    assert bus.max_held_by_tenant["noisy"] <= 4
+    assert bus.max_held <= 6
+    stalled.set()
+    wait_for(lambda: consumer.totals.acked == 70)
+
+
+def test_failures_settle_as_with_the_sequential_consumer(bus: Bus) -> None:
+    attempts: Counter[str] = Counter()
+
+    def handler(d: Delivery) -> None:
+        kind = d.fields["kind"]
+        attempts[kind] += 1
+        if kind == "poison":
+            raise PermanentFailure("cannot be read")
+        if kind == "flaky" and attempts[kind] == 1:
+            raise ConnectionError("database restarting")
+        if kind == "broken":
+            raise ValueError(f"always fails ({attempts[kind]})")
+
+    for kind in ("ok", "poison", "flaky", "broken"):
+        bus.publish(T, "acme", {"conv": kind, "kind": kind})
+    consumer = ConcurrentConsumer(bus, T, G, "c1", handler, concurrency=4, key=conversation,
+                                  max_deliveries=2, claim_idle_ms=50)
+    first = consumer.process_available()
+    assert (first.acked, first.dead, first.failed) == (1, 1, 2)
+    assert bus.pending_count(T, G) == 2  # flaky and broken stay pending for a reclaim
+    wait_for(lambda: consumer.process_available() and not bus.pending_count(T, G))
+    assert attempts == {"ok": 1, "poison": 1, "flaky": 2, "broken": 2}
+    reasons = {letter.fields["kind"]: letter.reason for letter in bus.dead_letters(T, "acme")}
+    assert reasons == {"poison": "cannot be read", "broken": "ValueError: always fails (2)"}
+
+
+def test_stop_lets_running_handlers_finish_and_leaves_queued_entries_pending(
+    bus: Bus, running: Callable[[ConcurrentConsumer], None]
+) -> None:
+    gate = threading.Event()
+    for i in range(6):
+        bus.publish(T, "acme", {"conv": "one"})  # one conversation: one runs, five wait behind it
+    consumer = ConcurrentConsumer(bus, T, G, "c1", blocked_on(gate), concurrency=8, key=conversation,
+                                  block_ms=100)
+    thread = threading.Thread(target=consumer.run, daemon=True)
+    thread.start()
+    wait_for(lambda: consumer.running == 1 and consumer.held == 6)
+    consumer.stop.set()
+    gate.set()
+    thread.join(timeout=15)
+    assert not thread.is_alive()
+    assert consumer.totals.acked == 1
+    assert bus.pending_count(T, G) == 5
+    rest = ConcurrentConsumer(bus, T, G, "c2", lambda d: None, concurrency=8, key=conversation, claim_idle_ms=0)
+    assert rest.process_available().acked == 5
+
+
+def test_entries_held_here_are_kept_from_other_consumers(
+    bus: Bus, running: Callable[[ConcurrentConsumer], None]
+) -> None:
+    gate = threading.Event()
+    for _ in range(3):
+        bus.publish(T, "acme", {"conv": "one"})
+    holder = ConcurrentConsumer(bus, T, G, "holder", blocked_on(gate), concurrency=4, key=conversation,
+                                block_ms=50, claim_idle_ms=100)
+    running(holder)
+    wait_for(lambda: holder.held == 3)
+    # Another replica sweeps for stale entries for a while: the holder keeps renewing its claim.
+    swept: list[Delivery] = []
+    sweeps = 0
+    while sweeps < 20:
+        swept += bus.claim_stale(T, G, "other", min_idle_ms=1000, count=10)
+        sweeps += 1
+        time.sleep(0.1)
+    assert swept == []
+    gate.set()
+    wait_for(lambda: holder.totals.acked == 3)
+    assert bus.pending_count(T, G) == 0
