@@ -8,19 +8,23 @@ can act for any tenant on that machine while the server holds the embedded vecto
 from __future__ import annotations
 
 import hashlib
-import hmac
+import logging
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, timedelta
 from typing import Annotated
 
-from fastapi import Depends, Header, HTTPException, status
+from fastapi import Depends, Header, HTTPException, Request, status
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.crypto import secrets_equal
 from app.db import get_sessionmaker
 from app.models import ApiKey, Tenant, utcnow
+from app.ratelimit import AUTH_FAILURES_PER_IP, AUTH_FAILURES_PER_KEY, RateLimited, client_ip
+from app.runtime import get_rate_limiter
 
+log = logging.getLogger(__name__)
 SCOPES = ("admin", "agent")
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 
@@ -55,7 +59,14 @@ class Principal:
 
     @property
     def actor(self) -> str:
-        return f"{self.scope}:{self.name}"
+        """Who did it, in the audit log: `operator` (the embedded server's operator token, also used by the local
+        CLI) or `key:<api key id>`. Key names are chosen by tenant admins, so they never identify the actor."""
+        return "operator" if self.key_id is None else f"key:{self.key_id}"
+
+    @property
+    def label(self) -> str:
+        """For people reading a review: `operator`, or the key's scope and name (`agent:dana`)."""
+        return "operator" if self.key_id is None else f"{self.scope}:{self.name}"
 
     @property
     def is_admin(self) -> bool:
@@ -75,22 +86,31 @@ def _unauthorized(detail: str) -> HTTPException:
 
 
 def authenticate(
+    request: Request,
     authorization: Annotated[str | None, Header()] = None,
     x_switchboard_tenant: Annotated[str | None, Header()] = None,
 ) -> Principal:
+    """The key's principal. Wrong keys are counted per client IP and per key (hashed); while either count is
+    over its limit the caller gets 429 before any key is checked. A valid key never spends from these limits."""
     if not authorization or not authorization.lower().startswith("bearer "):
         raise _unauthorized("missing API key: send 'Authorization: Bearer <key>'")
     token = authorization[7:].strip()
+    failures = _Failures(client_ip(request), hash_key(token))
+    failures.check()
     with get_sessionmaker()() as session:
-        if _operator_token and hmac.compare_digest(token, _operator_token):
+        if _operator_token and secrets_equal(token, _operator_token):
             if not x_switchboard_tenant:
                 raise HTTPException(400, "the operator token needs an 'X-Switchboard-Tenant: <slug>' header")
             tenant = session.scalars(select(Tenant).where(Tenant.slug == x_switchboard_tenant)).first()
             if tenant is None:
                 raise HTTPException(404, f"no tenant {x_switchboard_tenant!r}")
             return Principal(tenant.id, tenant.slug, "admin", None, "operator")
-        row = session.scalars(select(ApiKey).where(ApiKey.key_hash == hash_key(token))).first()
+        row = session.scalars(select(ApiKey).where(ApiKey.key_hash == failures.key_hash)).first()
         if row is None or row.revoked_at is not None:
+            # The key's public prefix at most (`sb_<prefix>_<secret>`): enough to recognise a revoked key.
+            log.info("refused an %s API key (prefix %r) from %s", "unknown" if row is None else "revoked",
+                     token[3:11] if token.startswith("sb_") else None, failures.ip)
+            failures.spend()
             raise _unauthorized("invalid or revoked API key")
         tenant = session.get_one(Tenant, row.tenant_id)
         now = utcnow()
@@ -99,6 +119,28 @@ def authenticate(
             row.last_used_at = now  # at most one write a minute per key, not one per request
             session.commit()
         return Principal(tenant.id, tenant.slug, row.scope, row.id, row.name)
+
+
+@dataclass(frozen=True)
+class _Failures:
+    ip: str
+    key_hash: str
+
+    def check(self) -> None:
+        limiter = get_rate_limiter()
+        try:
+            limiter.check(AUTH_FAILURES_PER_IP, self.ip)
+            limiter.check(AUTH_FAILURES_PER_KEY, self.key_hash)
+        except RateLimited as exc:
+            raise exc.http() from None
+
+    def spend(self) -> None:
+        limiter = get_rate_limiter()
+        try:
+            limiter.hit(AUTH_FAILURES_PER_IP, self.ip)
+            limiter.hit(AUTH_FAILURES_PER_KEY, self.key_hash)
+        except RateLimited as exc:
+            raise exc.http() from None
 
 
 def require_agent(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:

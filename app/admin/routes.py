@@ -378,7 +378,8 @@ def list_audit(
     limit: Limit = 50,
     cursor: CursorQ = None,
 ) -> s.AuditPage:
-    """Who did what, newest first. The log is append-only."""
+    """Who did what, newest first. The log is append-only. `actor` is exact (`key:<id>`, `operator`, `system`,
+    `bot`); `actor_name` adds a key's current scope and name for reading."""
 
     def work(db: Session) -> s.AuditPage:
         rows, nxt = service.list_audit(
@@ -390,11 +391,13 @@ def list_audit(
             cursor=cursor,
             limit=limit,
         )
+        names = service.key_names(db, who.tenant_id, {e.actor for e in rows})
         return s.AuditPage(
             events=[
                 s.AuditOut(
                     id=e.id,
                     actor=e.actor,
+                    actor_name=names.get(e.actor),
                     action=e.action,
                     subject_type=e.subject_type,
                     subject_id=e.subject_id,

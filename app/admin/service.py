@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import binascii
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -453,6 +454,17 @@ def list_messages(
 
 
 # --- audit --------------------------------------------------------------------------------------------------
+
+
+def key_names(session: Session, tenant_id: str, actors: Iterable[str]) -> dict[str, str]:
+    """`key:<id>` audit actors of this tenant -> the key's `scope:name` (revoked keys included)."""
+    ids = {actor.removeprefix("key:") for actor in actors if actor.startswith("key:")}
+    if not ids:
+        return {}
+    rows = session.execute(
+        select(ApiKey.id, ApiKey.scope, ApiKey.name).where(ApiKey.tenant_id == tenant_id, ApiKey.id.in_(ids))
+    )
+    return {f"key:{key_id}": f"{scope}:{name}" for key_id, scope, name in rows}
 
 
 def list_audit(

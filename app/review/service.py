@@ -89,19 +89,19 @@ def decide(
         outbound = outbound_event(reply, conversation)
     if decision == "takeover":
         conversation.mode = "human"
-        conversation.assigned_agent = principal.actor
+        conversation.assigned_agent = principal.label
     escalation.status = {"approve": "approved", "edit": "approved", "reject": "rejected",
                          "takeover": "taken_over"}[decision]
     escalation.decision = decision
     escalation.final_text = text
-    escalation.reviewer = principal.actor
+    escalation.reviewer = principal.label
     escalation.decided_at = utcnow()
     record(session, principal.tenant_id, principal.actor, f"escalation.{decision}", "escalation", escalation.id, {
         "text": text, "draft": escalation.draft, "note": note,
     })
     event = EscalationDecided(tenant_id=principal.tenant_id, escalation_id=escalation.id,
                               conversation_id=conversation.id, decision=decision,  # type: ignore[arg-type]
-                              reviewer=principal.actor)
+                              reviewer=principal.label)
     session.flush()
     return Decided(escalation, outbound, event)
 
@@ -129,7 +129,7 @@ def publish_decision(bus: Bus, decided: Decided) -> None:
 def set_mode(session: Session, principal: Principal, conversation_id: str, mode: str) -> Conversation:
     conversation = get_conversation(session, principal, conversation_id)
     conversation.mode = mode
-    conversation.assigned_agent = principal.actor if mode == "human" else None
+    conversation.assigned_agent = principal.label if mode == "human" else None
     action = "conversation.takeover" if mode == "human" else "conversation.release"
     record(session, principal.tenant_id, principal.actor, action, "conversation", conversation.id)
     return conversation

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select
 
+from app.auth import hash_key
 from app.db import session_scope
-from app.models import AuditEvent, Escalation, Message
+from app.models import ApiKey, AuditEvent, Escalation, Message
 from tests.e2e.conftest import Stack, replies
 
 
@@ -51,7 +52,8 @@ def test_unanswerable_question_is_escalated_then_edited_and_approved_by_an_agent
             select(AuditEvent.actor, AuditEvent.action).where(AuditEvent.subject_id == escalation_id)
             .order_by(AuditEvent.created_at)
         ).all()
-    assert [tuple(a) for a in actions] == [("bot", "escalation.opened"), ("agent:agent", "escalation.edit")]
+        agent_key = session.scalars(select(ApiKey.id).where(ApiKey.key_hash == hash_key(stack.northwind.agent))).one()
+    assert [tuple(a) for a in actions] == [("bot", "escalation.opened"), (f"key:{agent_key}", "escalation.edit")]
 
 
 def test_the_same_inbound_message_twice_produces_one_reply(stack: Stack) -> None:
