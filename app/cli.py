@@ -238,9 +238,16 @@ def _serve(host: str, port: int) -> None:
 
     tune_gc()
     try:
-        uvicorn.run(app, host=host, port=port, log_level="warning")
+        uvicorn.run(app, host=host, port=port, log_level="warning", **_proxy_options())
     finally:
         operations.remove_server_file()
+
+
+def _proxy_options() -> dict[str, Any]:
+    """X-Forwarded-For is believed only from SWITCHBOARD_TRUSTED_PROXIES: per-IP rate limits key on the address
+    uvicorn derives from it."""
+    trusted = get_settings().trusted_proxies.strip()
+    return {"proxy_headers": bool(trusted), "forwarded_allow_ips": trusted or None}
 
 
 @cli.command()
@@ -273,7 +280,7 @@ def gateway(
     except ValueError as exc:
         raise _fail(str(exc)) from exc
     tune_gc()
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    uvicorn.run(app, host=host, port=port, log_level="warning", **_proxy_options())
 
 
 @cli.command()
@@ -330,6 +337,11 @@ def demo(
 
 
 def main() -> None:
+    from app.files import restrict_umask
+    from app.logscrub import install as scrub_logs
+
+    restrict_umask()  # the home folder, database, objects and secrets are the user's alone
+    scrub_logs()  # before any command logs: no raw PII or credentials in the output
     cli()
 
 

@@ -10,7 +10,7 @@ import secrets
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -38,10 +38,19 @@ class Settings(BaseSettings):
     llm_model: str = Field(default="gpt-4o-mini", validation_alias=_env("LLM_MODEL"))
     llm_timeout_s: float = Field(default=30.0, validation_alias=_env("LLM_TIMEOUT_S"))
     llm_max_retries: int = Field(default=2, validation_alias=_env("LLM_MAX_RETRIES"))
+    # Hosts (`name` or `name:port`) that tenant-set URLs may reach although they are loopback or private, e.g. a
+    # local model server. Everything else a tenant sets must resolve to public addresses (app/netguard.py).
+    outbound_allow_hosts: str | None = Field(default=None, validation_alias=_env("OUTBOUND_ALLOW_HOSTS"))
 
     # Fernet key for channel credentials at rest. Embedded mode generates one under `home` when unset.
     secret_key: str | None = Field(default=None, validation_alias=_env("SECRET_KEY"))
     public_base_url: str = Field(default="http://127.0.0.1:8080", validation_alias=_env("PUBLIC_BASE_URL"))
+    # Web chat visitor sessions (gateways/webchat/sessions.py): a token lasts WIDGET_SESSION_TTL_S; its holder can
+    # renew it until WIDGET_SESSION_RENEW_GRACE_S after it expired, then the visitor starts a new conversation.
+    widget_session_ttl_s: int = Field(default=86_400, gt=0, validation_alias=_env("WIDGET_SESSION_TTL_S"))
+    widget_session_renew_grace_s: int = Field(
+        default=7 * 86_400, ge=0, validation_alias=_env("WIDGET_SESSION_RENEW_GRACE_S")
+    )
 
     # Bus behaviour.
     bus_max_deliveries: int = Field(default=5, validation_alias=_env("BUS_MAX_DELIVERIES"))
@@ -50,6 +59,14 @@ class Settings(BaseSettings):
     bus_batch_size: int = Field(default=64, validation_alias=_env("BUS_BATCH_SIZE"))
     # Prefix of every Redis key the bus writes; lets several deployments (or test runs) share one Redis.
     bus_namespace: str = Field(default="sb", validation_alias=_env("BUS_NAMESPACE"))
+    # The orchestrator (app/bus/concurrent.py): inbound messages one process handles at once (worker threads,
+    # mostly waiting for the LLM; a conversation's messages still go one at a time, in order), and how many of
+    # them one tenant may hold, so a tenant whose LLM stalls leaves the rest to the others (unset: three quarters
+    # of ORCHESTRATOR_CONCURRENCY; a single-tenant deployment sets it equal). The database pool grows to match.
+    orchestrator_concurrency: int = Field(default=64, ge=1, le=1024, validation_alias=_env("ORCHESTRATOR_CONCURRENCY"))
+    orchestrator_tenant_concurrency: int | None = Field(
+        default=None, ge=1, validation_alias=_env("ORCHESTRATOR_TENANT_CONCURRENCY")
+    )
 
     # Retrieval and answering.
     retrieval_top_k: int = Field(default=5, validation_alias=_env("RETRIEVAL_TOP_K"))
@@ -59,6 +76,11 @@ class Settings(BaseSettings):
 
     # Limits on uploads.
     max_upload_bytes: int = Field(default=50 * 1024 * 1024, validation_alias=_env("MAX_UPLOAD_BYTES"))
+    # Request bodies (app/api/limits.py), refused with 413 while they arrive: MAX_UPLOAD_BYTES on the knowledge
+    # upload route, MAX_WEBHOOK_BYTES on /webhooks/* (Meta documents payloads of up to 3 MB), MAX_BODY_BYTES on
+    # every other route (admin and review JSON, the widget).
+    max_body_bytes: int = Field(default=256 * 1024, gt=0, validation_alias=_env("MAX_BODY_BYTES"))
+    max_webhook_bytes: int = Field(default=4 * 1024 * 1024, gt=0, validation_alias=_env("MAX_WEBHOOK_BYTES"))
     max_message_chars: int = Field(default=4000, validation_alias=_env("MAX_MESSAGE_CHARS"))
     # Knowledge packs: a file over max_file_bytes is refused; a pack stops taking files past max_pack_bytes or
     # max_pack_files (each further file refused with the reason). PDFs over max_pdf_pages are refused.
@@ -72,11 +94,51 @@ class Settings(BaseSettings):
     # Old pack versions kept for rollback (beyond the live one); older ones lose their vectors.
     pack_versions_kept: int = Field(default=3, validation_alias=_env("PACK_VERSIONS_KEPT"))
 
+    # Rate limits (app/ratelimit.py): "<count>/<period>" or "<count> per <n> <period>s", e.g. "20/minute";
+    # an empty value turns that limit off. Moving windows, in Redis when REDIS_URL is set (shared by every
+    # replica), else in process memory. Over a limit, HTTP callers get 429 with Retry-After.
+    rate_widget_sessions_per_ip: str = Field(default="60/minute", validation_alias=_env("RATE_WIDGET_SESSIONS_PER_IP"))
+    rate_widget_sends_per_ip: str = Field(default="120/minute", validation_alias=_env("RATE_WIDGET_SENDS_PER_IP"))
+    rate_widget_sends_per_visitor: str = Field(
+        default="20/minute", validation_alias=_env("RATE_WIDGET_SENDS_PER_VISITOR")
+    )
+    # Only failures count: wrong or revoked API keys per client IP and per presented key (by its hash).
+    rate_auth_failures_per_ip: str = Field(default="20/minute", validation_alias=_env("RATE_AUTH_FAILURES_PER_IP"))
+    rate_auth_failures_per_key: str = Field(default="10/minute", validation_alias=_env("RATE_AUTH_FAILURES_PER_KEY"))
+    # Webhooks whose signature or secret does not match, per channel account. Valid ones are never limited.
+    rate_webhook_failures_per_account: str = Field(
+        default="30/minute", validation_alias=_env("RATE_WEBHOOK_FAILURES_PER_ACCOUNT")
+    )
+    # LLM calls per tenant; a message over the limit is escalated with reason `llm_rate_limited`, never dropped.
+    rate_llm_calls_per_tenant: str = Field(default="300/minute", validation_alias=_env("RATE_LLM_CALLS_PER_TENANT"))
+    # Peers whose X-Forwarded-For / X-Forwarded-Proto are believed (comma-separated IPs or CIDRs, or "*"), passed
+    # to uvicorn's proxy-headers middleware. Per-IP limits key on the resulting client address; put your reverse
+    # proxy or ingress here, or every visitor behind it shares one IP's limits.
+    trusted_proxies: str = Field(default="127.0.0.1", validation_alias=_env("TRUSTED_PROXIES"))
+
+    @field_validator(
+        "rate_widget_sessions_per_ip", "rate_widget_sends_per_ip", "rate_widget_sends_per_visitor",
+        "rate_auth_failures_per_ip", "rate_auth_failures_per_key", "rate_webhook_failures_per_account",
+        "rate_llm_calls_per_tenant",
+    )
+    @classmethod
+    def _rate_limit(cls, value: str, info: ValidationInfo) -> str:
+        import limits
+
+        value = value.strip()
+        try:
+            if value:
+                limits.parse(value)
+        except ValueError:
+            raise ValueError(f"{info.field_name}={value!r} is not a rate limit: write it like '20/minute' or "
+                             "'100 per 10 minutes', or leave it empty to turn the limit off") from None
+        return value
+
     @property
     def home_dir(self) -> Path:
-        path = self.home.expanduser()
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+        from app.files import private_dir
+
+        return private_dir(self.home.expanduser())
 
     @property
     def effective_database_url(self) -> str:
@@ -93,10 +155,13 @@ class Settings(BaseSettings):
             return self.secret_key
         from cryptography.fernet import Fernet
 
+        from app.files import write_private
+
         key_file = self.home_dir / "secret.key"
         if not key_file.exists():
-            key_file.write_bytes(Fernet.generate_key())
-            key_file.chmod(0o600)
+            # 0600 from its first byte, complete when it appears, and never replacing a key another process
+            # wrote meanwhile (credentials may already be encrypted with that one).
+            write_private(key_file, Fernet.generate_key(), overwrite=False)
         return key_file.read_text().strip()
 
 

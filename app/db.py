@@ -5,17 +5,24 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import get_settings
+from app.files import private_file
 
 
 def make_engine(url: str) -> Engine:
+    """`hide_parameters`: a statement's values (message text, contact ids) never appear in its errors or logs."""
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        database = make_url(url).database
+        if database and database != ":memory:" and not database.startswith("file:"):
+            # Created 0600 before SQLite opens it; SQLite gives its -wal and -shm files the same mode.
+            private_file(Path(database))
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, hide_parameters=True)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -29,7 +36,7 @@ def make_engine(url: str) -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10, hide_parameters=True)
 
 
 @lru_cache
@@ -58,8 +65,6 @@ def session_scope() -> Iterator[Session]:
 
 def migrate(url: str | None = None) -> None:
     """Bring the schema to the latest Alembic revision (SQLite or Postgres, one history)."""
-    from pathlib import Path
-
     from alembic import command
     from alembic.config import Config
 

@@ -11,18 +11,24 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
+from app.api import ERROR_RESPONSES
+from app.api import install as install_edge
 from app.config import get_settings
 from app.db import get_engine
+from app.logscrub import install as scrub_logs
 
 log = logging.getLogger(__name__)
 
 
 def create_app(*, run_workers: bool | None = None) -> FastAPI:
+    from app.files import restrict_umask
+
+    restrict_umask()  # whatever serves this app (uvicorn, gunicorn, tests) creates private files only
+    scrub_logs()  # no raw PII or credentials in any log record from here on
     settings = get_settings()
     if run_workers is None:
         run_workers = settings.embedded
@@ -49,18 +55,9 @@ def create_app(*, run_workers: bool | None = None) -> FastAPI:
         version="0.1.0",
         summary="Multi-tenant messaging assistant: grounded answers from each brand's knowledge, with human review.",
         lifespan=lifespan,
+        responses=ERROR_RESPONSES,
     )
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        """422 with one readable sentence per problem, plus the structured list."""
-        problems = [
-            f"{'.'.join(str(p) for p in err['loc'] if p != 'body') or 'body'}: {err['msg']}" for err in exc.errors()
-        ]
-        return JSONResponse(
-            status_code=422,
-            content={"detail": "; ".join(problems), "errors": exc.errors()},
-        )
+    install_edge(app, settings)  # one error body, body limits while reading, no unstorable text
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

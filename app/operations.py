@@ -135,9 +135,9 @@ def server_file() -> Path:
 
 
 def write_server_file(url: str, token: str) -> None:
-    path = server_file()
-    path.write_text(json.dumps({"url": url, "pid": os.getpid(), "token": token}))
-    path.chmod(0o600)
+    from app.files import write_private
+
+    write_private(server_file(), json.dumps({"url": url, "pid": os.getpid(), "token": token}).encode())
 
 
 def remove_server_file() -> None:

@@ -16,10 +16,12 @@ from app.config import get_settings
 
 if TYPE_CHECKING:
     from app.bus.base import Bus
+    from app.conversations.push import Push
     from app.providers.embeddings.base import Embedder, SparseEncoder
     from app.providers.llm.base import LLMClient
     from app.providers.storage.base import ObjectStore
     from app.providers.vectors.base import VectorStore
+    from app.ratelimit import RateLimiter
 
 
 @lru_cache
@@ -34,6 +36,19 @@ def get_bus() -> Bus:
     from app.bus.memory import MemoryBus
 
     return MemoryBus(maxlen=settings.bus_stream_maxlen)
+
+
+@lru_cache
+def get_push() -> Push:
+    """Wake-ups for open widget streams: in-process embedded, Redis pub/sub in scale-out."""
+    settings = get_settings()
+    if settings.redis_url:
+        from app.conversations.push import RedisPush
+
+        return RedisPush(settings.redis_url, namespace=settings.bus_namespace)
+    from app.conversations.push import LocalPush
+
+    return LocalPush()
 
 
 @lru_cache
@@ -59,9 +74,10 @@ def get_vector_store() -> VectorStore:
         from app.providers.vectors.qdrant_server import QdrantServerStore
 
         return QdrantServerStore(url=settings.qdrant_url, api_key=settings.qdrant_api_key, dim=dim)
+    from app.files import private_dir
     from app.providers.vectors.edge import EdgeVectorStore
 
-    return EdgeVectorStore(settings.home_dir / "vectors", dim=dim)
+    return EdgeVectorStore(private_dir(settings.home_dir / "vectors"), dim=dim)
 
 
 @lru_cache
@@ -74,6 +90,13 @@ def get_object_store() -> ObjectStore:
     from app.providers.storage.local import LocalObjectStore
 
     return LocalObjectStore(settings.home_dir / "objects")
+
+
+@lru_cache
+def get_rate_limiter() -> RateLimiter:
+    from app.ratelimit import RateLimiter
+
+    return RateLimiter.from_settings(get_settings())
 
 
 @lru_cache
@@ -95,7 +118,7 @@ def tune_gc() -> None:
 def reset_caches() -> None:
     from app import db
 
-    for cached in (get_bus, get_vector_store, get_object_store):
+    for cached in (get_bus, get_push, get_vector_store, get_object_store, get_rate_limiter):
         if cached.cache_info().currsize:
             with contextlib.suppress(Exception):  # best effort on teardown
                 cached().close()
@@ -105,6 +128,6 @@ def reset_caches() -> None:
     from app.knowledge import termstats
 
     termstats.clear_cache()
-    for fn in (get_settings, get_bus, get_embedder, get_sparse_encoder, get_vector_store, get_object_store,
-               get_llm_client, db.get_engine, db.get_sessionmaker):
+    for fn in (get_settings, get_bus, get_push, get_embedder, get_sparse_encoder, get_vector_store, get_object_store,
+               get_llm_client, get_rate_limiter, db.get_engine, db.get_sessionmaker):
         fn.cache_clear()

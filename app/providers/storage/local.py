@@ -1,4 +1,5 @@
-"""Object store in a local folder (embedded mode). Keys map to files below `root`, never outside it."""
+"""Object store in a local folder (embedded mode). Keys map to files below `root`, never outside it.
+Folders are created 0700 and files 0600: they hold tenants' raw knowledge."""
 
 from __future__ import annotations
 
@@ -6,13 +7,13 @@ import os
 import tempfile
 from pathlib import Path
 
+from app.files import private_dir
 from app.providers.storage.base import ObjectNotFound, check_key
 
 
 class LocalObjectStore:
     def __init__(self, root: Path | str) -> None:
-        self.root = Path(root).expanduser().resolve()
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root = private_dir(Path(root).expanduser()).resolve()
 
     def _path(self, key: str) -> Path:
         path = (self.root / check_key(key)).resolve()
@@ -23,8 +24,9 @@ class LocalObjectStore:
 
     def put(self, key: str, data: bytes, content_type: str | None = None) -> None:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Write then rename: a reader never sees half a file, and a crash leaves the old version.
+        private_dir(path.parent)
+        # Write then rename: a reader never sees half a file, and a crash leaves the old version. mkstemp
+        # creates the file 0600.
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         try:
             with os.fdopen(fd, "wb") as fh:
