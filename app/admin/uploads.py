@@ -15,6 +15,8 @@ from fastapi import Request
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser, parse_options_header
 
+from app.config import get_settings
+
 # Used only if the knowledge parser cannot be imported; `supported_suffixes` asks it first.
 DEFAULT_SUFFIXES = frozenset({".md", ".markdown", ".txt", ".csv", ".json", ".jsonl", ".html", ".htm", ".pdf", ".docx"})
 # A zip may expand to this many times the upload limit, and hold this many files, before it is refused.
@@ -131,7 +133,18 @@ def _is_junk(name: str) -> bool:
     return name.startswith(_JUNK[0]) or base in _JUNK[1:] or base.startswith("._")
 
 
-def _unzip(label: str, data: bytes, limit: int, suffixes: frozenset[str], out: UploadFiles) -> None:
+def _too_large(name: str, size: int, max_file: int, what: str) -> dict[str, str]:
+    return {"file": name, "reason": f"too large: {what} {_human(size)}; the limit for one file is "
+                                    f"{_human(max_file)} (MAX_FILE_BYTES)"}
+
+
+def _unzip(
+    label: str, data: bytes, limit: int, max_file: int, suffixes: frozenset[str], out: UploadFiles
+) -> None:
+    """A zip's members into `out`. Each is refused on its declared size, or while it is being unpacked, as soon
+    as it passes `max_file`: no member costs more than max_file + one read chunk of memory."""
+    from app.knowledge.parse import read_capped
+
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
         members = [m for m in archive.infolist() if not m.is_dir()]
@@ -167,12 +180,18 @@ def _unzip(label: str, data: bytes, limit: int, suffixes: frozenset[str], out: U
                 }
             )
             continue
+        if member.file_size > max_file:
+            out.skipped.append(_too_large(name, member.file_size, max_file, "it unzips to"))
+            continue
         try:
             # Read with a cap: the sizes in a zip's directory are the archive's claim, not a fact.
             with archive.open(member) as fh:
-                content = fh.read(budget + 1)
-        except (zipfile.BadZipFile, OSError, ValueError, RuntimeError, NotImplementedError) as exc:
+                content = read_capped(fh, max_file)
+        except (zipfile.BadZipFile, OSError, ValueError, RuntimeError, NotImplementedError, EOFError) as exc:
             out.skipped.append({"file": name, "reason": f"corrupt zip member ({exc})"})
+            continue
+        if content is None:
+            out.skipped.append(_too_large(name, max_file, max_file, "it unzips to more than"))
             continue
         budget -= len(content)
         if budget < 0:
@@ -185,6 +204,7 @@ async def collect(parts: list[UploadFile], limit: int) -> UploadFiles:
     if not parts:
         raise UploadError(422, "no files in the upload: send one or more files (or a zip) in the form field 'files'")
     suffixes = supported_suffixes()
+    max_file = get_settings().max_file_bytes
     out = UploadFiles()
     for part in parts:
         raw_name = part.filename or ""
@@ -195,7 +215,9 @@ async def collect(parts: list[UploadFile], limit: int) -> UploadFiles:
         data = await part.read()
         await part.close()
         if _suffix(label) == ".zip" or (not _suffix(label) and zipfile.is_zipfile(io.BytesIO(data))):
-            _unzip(label, data, limit, suffixes, out)
+            _unzip(label, data, limit, max_file, suffixes, out)
+        elif _suffix(label) in suffixes and len(data) > max_file:
+            out.skipped.append(_too_large(label, len(data), max_file, "it is"))
         elif _suffix(label) in suffixes:
             out.files.append((label, data))
         else:
@@ -210,10 +232,12 @@ async def collect(parts: list[UploadFile], limit: int) -> UploadFiles:
             out.skipped.append({"file": name, "reason": "empty file"})
     if not out.files:
         reasons = "; ".join(f"{s['file']}: {s['reason']}" for s in out.skipped[:5])
-        # 415 when the only problem is the files' types; 422 when they are empty, unsafe or corrupt.
+        # 415 when the only problem is the files' types, 413 when it is their sizes; 422 when they are empty,
+        # unsafe or corrupt.
         wrong_type = bool(out.skipped) and all(s["reason"].startswith("unsupported type") for s in out.skipped)
+        too_large = bool(out.skipped) and all(s["reason"].startswith("too large") for s in out.skipped)
         raise UploadError(
-            415 if wrong_type else 422,
+            415 if wrong_type else 413 if too_large else 422,
             f"nothing to ingest in this upload{': ' + reasons if reasons else ' (empty zip)'}",
         )
     seen: set[str] = set()

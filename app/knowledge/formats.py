@@ -86,7 +86,7 @@ def html_to_markdown(text: str) -> tuple[str | None, str]:
 
 def pdf_to_text(data: bytes, max_pages: int) -> tuple[str | None, str]:
     from pypdf import PdfReader
-    from pypdf.errors import FileNotDecryptedError, PdfReadError
+    from pypdf.errors import FileNotDecryptedError, LimitReachedError, PdfReadError, PyPdfError
 
     try:
         reader = PdfReader(io.BytesIO(data))
@@ -101,7 +101,11 @@ def pdf_to_text(data: bytes, max_pages: int) -> tuple[str | None, str]:
         raise
     except FileNotDecryptedError as exc:
         raise ParseError("encrypted PDF: remove the password and upload again") from exc
-    except (PdfReadError, ValueError, KeyError, TypeError, AttributeError, IndexError, OSError) as exc:
+    except LimitReachedError as exc:
+        # pypdf stops unpacking a stream past its limits (75 MB by default), e.g. a decompression bomb.
+        raise ParseError(f"PDF refused: a part of it unpacks past the reader's limits (a decompression bomb?): "
+                         f"{str(exc)[:120]}") from exc
+    except (PdfReadError, PyPdfError, ValueError, KeyError, TypeError, AttributeError, IndexError, OSError) as exc:
         raise ParseError(f"corrupt PDF, cannot be read ({exc.__class__.__name__}: {str(exc)[:120]}); "
                          "export it again and upload the new file") from exc
     content = "\n\n".join(t for t in texts if t)

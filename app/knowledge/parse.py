@@ -16,11 +16,12 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import IO, Any
 
 MARKDOWN = (".md", ".markdown")
 TEXT = (".txt",)
@@ -35,6 +36,9 @@ META_FIELDS = ("brand", "category", "language", "source_url")
 # A zip member that expands more than this many times over its compressed size, and to more than 1 MiB, is
 # treated as a zip bomb.
 ZIP_MAX_RATIO = 200
+# Zip members are unpacked this many bytes at a time, so one over its limit costs at most limit + READ_CHUNK.
+READ_CHUNK = 64 * 1024
+log = logging.getLogger(__name__)
 _IGNORED_NAMES = {"__MACOSX", "Thumbs.db", "desktop.ini"}
 
 
@@ -84,6 +88,19 @@ def safe_member_path(name: str) -> str:
     return "/".join(parts)
 
 
+def read_capped(stream: IO[bytes], limit: int, chunk: int = READ_CHUNK) -> bytes | None:
+    """All of `stream` if it holds at most `limit` bytes, else None, known as soon as byte limit + 1 arrives:
+    nothing past it is read or unpacked. For zip members, whose declared sizes are the archive's claim."""
+    data = bytearray()
+    while True:
+        piece = stream.read(min(chunk, limit + 1 - len(data)))
+        if not piece:
+            return bytes(data)
+        data += piece
+        if len(data) > limit:
+            return None
+
+
 def _from_zip(archive: Path, max_bytes: int) -> tuple[list[SourceFile], list[FileError]]:
     """Members read with a cap each: the sizes in a zip's directory are the archive's claim, not a fact."""
     files: list[SourceFile] = []
@@ -117,12 +134,12 @@ def _from_zip(archive: Path, max_bytes: int) -> tuple[list[SourceFile], list[Fil
                 continue
             try:
                 with zf.open(member) as fh:
-                    data = fh.read(max_bytes + 1)  # the header's size is not trusted
-            except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError) as exc:
+                    data = read_capped(fh, max_bytes)  # the header's size is not trusted
+            except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError, EOFError) as exc:
                 errors.append(FileError(path, f"cannot be extracted from the zip ({exc})"))
                 continue
-            if len(data) > max_bytes:
-                errors.append(FileError(path, f"file is over the {max_bytes}-byte limit"))
+            if data is None:
+                errors.append(FileError(path, f"file is over the {max_bytes}-byte limit when unzipped"))
                 continue
             files.append(SourceFile(path, data))
     return files, errors
@@ -324,7 +341,19 @@ def _markdown_title(text: str) -> str | None:
 
 
 def parse(source: SourceFile, *, max_pdf_pages: int = 500) -> ParsedDocument:
-    """One file to a ParsedDocument, or ParseError with the reason."""
+    """One file to a ParsedDocument, or ParseError with the reason. Whatever a file's bytes make a parser raise
+    (a decompression bomb, a parser bug on a fuzzed file) is that file's failure: never the whole pack's."""
+    try:
+        return _parse(source, max_pdf_pages=max_pdf_pages)
+    except ParseError:
+        raise
+    except Exception as exc:
+        log.warning("parser failed on %s", source.path, exc_info=True)
+        raise ParseError(f"cannot be read ({exc.__class__.__name__}: {str(exc)[:200]}); check the file, or export "
+                         "it again, and upload it again") from exc
+
+
+def _parse(source: SourceFile, *, max_pdf_pages: int) -> ParsedDocument:
     from app.knowledge import formats
 
     suffix = PurePosixPath(source.path).suffix.lower()
