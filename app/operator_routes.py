@@ -5,7 +5,6 @@ Mounted only by embedded `serve`; authenticated by the operator token in `$SWITC
 
 from __future__ import annotations
 
-import hmac
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,6 +13,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from app import operations
+from app.crypto import secrets_equal
 
 
 # Module level: FastAPI cannot resolve (postponed) annotations naming classes local to a function.
@@ -37,7 +37,7 @@ def operator_router(token: str) -> APIRouter:
     router = APIRouter(prefix="/operator/v1", include_in_schema=False)
 
     def check(authorization: str | None) -> None:
-        if not authorization or not hmac.compare_digest(authorization.removeprefix("Bearer "), token):
+        if not authorization or not secrets_equal(authorization.removeprefix("Bearer "), token):
             raise HTTPException(401, "operator token required (read from $SWITCHBOARD_HOME/server.json)")
 
     @router.post("/tenants", status_code=201)

@@ -7,7 +7,6 @@ public contract.
 
 from __future__ import annotations
 
-import hmac
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -18,6 +17,7 @@ from fastapi import APIRouter, Header, HTTPException
 from pydantic import BaseModel
 
 from app import operations
+from app.crypto import secrets_equal
 from app.db import session_scope
 
 pack_app = typer.Typer(help="List, promote and roll back a tenant's knowledge pack versions.", no_args_is_help=True)
@@ -109,7 +109,7 @@ def operator_router(token: str) -> APIRouter:
     router = APIRouter(prefix="/operator/v1", include_in_schema=False)
 
     def check(authorization: str | None) -> None:
-        if not authorization or not hmac.compare_digest(authorization.removeprefix("Bearer "), token):
+        if not authorization or not secrets_equal(authorization.removeprefix("Bearer "), token):
             raise HTTPException(401, "operator token required (read from $SWITCHBOARD_HOME/server.json)")
 
     @router.post("/tenants/{slug}/pack/{action}")
