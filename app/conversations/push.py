@@ -1,0 +1,225 @@
+"""Pushed updates for web chat visitors: "something new is in this visitor's conversation, read it".
+
+A notification carries no message content, only the key `(tenant id, visitor's contact id)`. Whoever is woken
+reads the conversation from the database with the visitor's own tenant-scoped query, so a notification can
+never show anything to the wrong visitor; at worst it causes one needless read. That also makes losing a
+notification harmless as long as every waiter reads the database once after subscribing (the widget's event
+stream and long-poll do): the database is the record, the notification only shortens the wait.
+
+Two implementations, one contract (tests/conversations/test_push.py):
+- `LocalPush` (embedded): waiters in this process, woken from any thread (the dispatcher's, a request's).
+- `RedisPush` (scale-out): publishes on one Redis pub/sub channel, `{namespace}:webchat:updates`, so the
+  dispatcher in an orchestrator process wakes waiters in every API process. Each process holds one
+  subscription (a listener thread) whatever the number of waiters; a lost connection wakes every local waiter
+  (they re-read the database) and is re-established.
+
+Publish only after the commit that made the change visible (`notify_on_commit`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, Protocol
+
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+
+log = logging.getLogger(__name__)
+
+
+def push_key(tenant_id: str, contact_id: str) -> str:
+    # Tenant ids contain no spaces, so the key splits back unambiguously (and a collision would only wake).
+    return f"{tenant_id} {contact_id}"
+
+
+class Waiter:
+    """One subscriber's wake-up flag, bound to the event loop it was created on. Level-triggered: a
+    notification that arrives while nobody is waiting makes the next `wait` return at once."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._event = asyncio.Event()
+
+    def wake(self) -> None:
+        """Thread-safe."""
+        try:
+            on_loop = asyncio.get_running_loop() is self._loop
+        except RuntimeError:  # called from a thread without a loop (a dispatcher, a sync request handler)
+            on_loop = False
+        if on_loop:
+            self._event.set()
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is closed: its waiter is gone anyway
+            self._loop.call_soon_threadsafe(self._event.set)
+
+    async def wait(self, timeout: float) -> bool:
+        """True when woken (and the flag is cleared), False when `timeout` seconds passed first."""
+        if self._event.is_set():
+            self._event.clear()
+            return True
+        try:
+            await asyncio.wait_for(self._event.wait(), timeout)
+        except TimeoutError:
+            return False
+        self._event.clear()
+        return True
+
+
+class Push(Protocol):
+    def publish(self, tenant_id: str, contact_id: str) -> None:
+        """Wake every waiter on this visitor, in any process. Never raises: a lost notification is only a
+        delay (waiters time out and read the database), while raising here would fail work already committed."""
+        ...
+
+    def subscribe(self, tenant_id: str, contact_id: str) -> AbstractAsyncContextManager[Waiter]:
+        """A `Waiter` for this visitor for the duration of the `async with`. Read the database after entering,
+        so nothing committed before the subscription is missed."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class LocalPush:
+    def __init__(self) -> None:
+        self._waiters: dict[str, set[Waiter]] = {}
+        self._lock = threading.Lock()
+
+    def publish(self, tenant_id: str, contact_id: str) -> None:
+        self._wake(push_key(tenant_id, contact_id))
+
+    @asynccontextmanager
+    async def subscribe(self, tenant_id: str, contact_id: str) -> AsyncIterator[Waiter]:
+        key, waiter = push_key(tenant_id, contact_id), Waiter()
+        with self._lock:
+            self._waiters.setdefault(key, set()).add(waiter)
+        try:
+            await self._ready()
+            yield waiter
+        finally:
+            with self._lock:
+                waiters = self._waiters.get(key)
+                if waiters is not None:
+                    waiters.discard(waiter)
+                    if not waiters:
+                        del self._waiters[key]
+
+    def waiting(self) -> int:
+        """How many waiters this process holds (for tests and metrics)."""
+        with self._lock:
+            return sum(len(w) for w in self._waiters.values())
+
+    def close(self) -> None:
+        self._wake_all()
+
+    async def _ready(self) -> None:
+        return None
+
+    def _wake(self, key: str) -> None:
+        with self._lock:
+            waiters = list(self._waiters.get(key, ()))
+        for waiter in waiters:
+            waiter.wake()
+
+    def _wake_all(self) -> None:
+        with self._lock:
+            waiters = [w for ws in self._waiters.values() for w in ws]
+        for waiter in waiters:
+            waiter.wake()
+
+
+class RedisPush(LocalPush):
+    def __init__(self, url: str, namespace: str = "sb", reconnect_s: float = 1.0) -> None:
+        import redis
+
+        super().__init__()
+        self.channel = f"{namespace}:webchat:updates"
+        self._redis = redis.Redis.from_url(url, socket_timeout=5, client_name=f"{namespace}-webchat-push")
+        self._reconnect_s = reconnect_s
+        self._subscribed = threading.Event()
+        self._stop = threading.Event()
+        self._listener: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+
+    def publish(self, tenant_id: str, contact_id: str) -> None:
+        try:
+            self._redis.publish(self.channel, push_key(tenant_id, contact_id))
+        except Exception as exc:  # see Push.publish: waiters fall back to their timeout
+            log.warning("could not publish a web chat update (%s); open widgets see it at their next read",
+                        exc.__class__.__name__)
+
+    def close(self) -> None:
+        self._stop.set()
+        super().close()
+        if self._listener is not None:
+            self._listener.join(5)
+        self._redis.close()
+
+    async def _ready(self) -> None:
+        """The first subscriber in a process starts the listener and waits until Redis confirms the
+        subscription, so a notification published after that cannot be missed."""
+        with self._start_lock:
+            if self._listener is None:
+                self._listener = threading.Thread(target=self._listen, name="sb-webchat-push", daemon=True)
+                self._listener.start()
+        if not self._subscribed.is_set():
+            await asyncio.to_thread(self._subscribed.wait, 10)
+
+    def _listen(self) -> None:
+        subscribed_before = False
+        while not self._stop.is_set():
+            pubsub = self._redis.pubsub()
+            try:
+                pubsub.subscribe(self.channel)
+                while not self._stop.is_set():
+                    message: dict[str, Any] | None = pubsub.get_message(timeout=1.0)
+                    if message is None:
+                        continue
+                    if message["type"] == "subscribe":
+                        # A re-subscription (ours or redis-py's own reconnect): whatever was published while
+                        # disconnected is in the database, so every waiter reads it.
+                        if subscribed_before:
+                            self._wake_all()
+                        subscribed_before = True
+                        self._subscribed.set()
+                    elif message["type"] == "message":
+                        data = message["data"]
+                        self._wake(data.decode() if isinstance(data, bytes) else str(data))
+            except Exception as exc:
+                self._subscribed.clear()
+                log.warning("web chat updates: Redis subscription lost (%s); retrying in %.0fs",
+                            exc.__class__.__name__, self._reconnect_s)
+                self._stop.wait(self._reconnect_s)
+            finally:
+                with contextlib.suppress(Exception):
+                    pubsub.close()
+
+
+def notify_on_commit(session: Session, tenant_id: str, contact_id: str) -> None:
+    """Publish an update for this visitor when `session` next commits; a rollback forgets it."""
+    pending: set[tuple[str, str]] | None = session.info.get(_PENDING)
+    if pending is None:
+        pending = session.info[_PENDING] = set()
+        event.listen(session, "after_commit", _publish_pending)
+        event.listen(session, "after_rollback", _forget_pending)
+    pending.add((tenant_id, contact_id))
+
+
+_PENDING = "webchat_push_pending"
+
+
+def _publish_pending(session: Session) -> None:
+    from app.runtime import get_push
+
+    pending = session.info.get(_PENDING) or set()
+    session.info[_PENDING] = set()
+    for tenant_id, contact_id in pending:
+        get_push().publish(tenant_id, contact_id)
+
+
+def _forget_pending(session: Session) -> None:
+    session.info[_PENDING] = set()
