@@ -21,7 +21,8 @@ from app.conversations.service import Accepted, InboundRequest
 from app.crypto import decrypt_json
 from app.db import session_scope
 from app.models import ChannelAccount, Message
-from app.runtime import get_bus
+from app.ratelimit import WEBHOOK_FAILURES_PER_ACCOUNT, WEBHOOK_FAILURES_PER_ENDPOINT, RateLimited
+from app.runtime import get_bus, get_rate_limiter
 
 log = logging.getLogger("gateways")
 
@@ -135,6 +136,20 @@ def secret(account: Account, name: str) -> str:
         log.error("%s account %s has no %r credential: refusing its webhooks", account.channel, account.id, name)
         raise HTTPException(403, f"this {account.channel} account has no {name} configured; webhooks are refused")
     return str(value)
+
+
+def webhook_refused(source: Account | str, error: HTTPException) -> HTTPException:
+    """The answer to a webhook whose signature or secret did not match, for an account (or, when the request
+    names none before it is verified, a channel's endpoint): `error`, or 429 once its failures are over their
+    limit. Only failures count and a valid webhook is checked before any limit, so a flood of forged requests
+    never makes the provider's real messages wait. Blocking (Redis in scale-out)."""
+    rule, identity = ((WEBHOOK_FAILURES_PER_ACCOUNT, source.id) if isinstance(source, Account)
+                      else (WEBHOOK_FAILURES_PER_ENDPOINT, source))
+    try:
+        get_rate_limiter().hit(rule, identity)
+    except RateLimited as exc:
+        return exc.http()
+    return error
 
 
 @dataclass

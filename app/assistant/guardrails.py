@@ -15,7 +15,7 @@ import base64
 import binascii
 import ipaddress
 import re
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
 # --------------------------------------------------------------------------------------------------- PII
@@ -167,9 +167,10 @@ def _find_spans(text: str) -> list[PiiSpan]:
     return sorted(found, key=lambda s: s.start)
 
 
-def redact_pii(text: str) -> Redaction:
-    """Replace structured PII with `[KIND]` placeholders; spans refer to offsets in the original text."""
-    spans = _find_spans(text)
+def redact_pii(text: str, kinds: Collection[str] | None = None) -> Redaction:
+    """Replace structured PII (of `kinds` only, when given) with `[KIND]` placeholders; spans refer to offsets in
+    the original text."""
+    spans = [s for s in _find_spans(text) if kinds is None or s.kind in kinds]
     out: list[str] = []
     pos = 0
     for s in spans:

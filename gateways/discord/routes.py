@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 
-from gateways.common import Inbound, Parsed, ingest, log, require_account
+from gateways.common import Inbound, Parsed, ingest, log, require_account, webhook_refused
 from gateways.discord.verify import signature_valid
 
 CHANNEL = "discord"
@@ -59,7 +59,7 @@ async def interaction(
     public_key = str(account.config.get("public_key") or "")
     if not signature_valid(public_key, x_signature_timestamp, raw, x_signature_ed25519):
         log.warning("discord interaction for %s with a bad signature: refused", application_id)
-        raise HTTPException(401, "invalid request signature")
+        raise await run_in_threadpool(webhook_refused, account, HTTPException(401, "invalid request signature"))
     try:
         body = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

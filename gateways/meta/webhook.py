@@ -10,7 +10,17 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import PlainTextResponse
 
-from gateways.common import Account, Outcome, Parsed, accounts_of, ingest_async, log, require_account, secret
+from gateways.common import (
+    Account,
+    Outcome,
+    Parsed,
+    accounts_of,
+    ingest_async,
+    log,
+    require_account,
+    secret,
+    webhook_refused,
+)
 from gateways.meta.verify import handshake_ok, signature_valid
 
 SIGNATURE_HEADER = "X-Hub-Signature-256"
@@ -92,12 +102,13 @@ def _verify(
         candidates = [a for a in accounts_of(channel) if a.credentials.get("app_secret")]
         if not any(signature_valid(str(a.credentials["app_secret"]), raw, header) for a in candidates):
             log.warning("%s webhook naming no known account, signed by none of them: refused", channel)
-            raise HTTPException(401, f"{SIGNATURE_HEADER} does not match any configured {channel} account")
+            raise webhook_refused(channel, HTTPException(
+                401, f"{SIGNATURE_HEADER} does not match any configured {channel} account"))
     # Every account named in the body must have signed it: one app secret per Meta app.
     for account, _ in accounts:
         if not signature_valid(secret(account, "app_secret"), raw, header):
             log.warning("%s webhook with a bad %s for account %s: refused", channel, SIGNATURE_HEADER, account.id)
-            raise HTTPException(401, f"{SIGNATURE_HEADER} does not match the body")
+            raise webhook_refused(account, HTTPException(401, f"{SIGNATURE_HEADER} does not match the body"))
     outcome = Outcome()
     if unroutable is not None:
         outcome.skipped += len(unroutable.skipped)

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 
-from gateways.common import ingest, log, require_account, secret
+from gateways.common import ingest, log, require_account, secret, webhook_refused
 from gateways.telegram.parse import parse_update
 
 CHANNEL = "telegram"
@@ -34,7 +34,9 @@ async def webhook(
     account = await run_in_threadpool(require_account, CHANNEL, bot_id)
     if not token_valid(secret(account, "secret_token"), x_telegram_bot_api_secret_token):
         log.warning("telegram webhook for bot %s with a missing or wrong secret token: refused", bot_id)
-        raise HTTPException(403, "missing or wrong X-Telegram-Bot-Api-Secret-Token")
+        raise await run_in_threadpool(
+            webhook_refused, account, HTTPException(403, "missing or wrong X-Telegram-Bot-Api-Secret-Token")
+        )
     raw = await request.body()
     try:
         update = json.loads(raw)

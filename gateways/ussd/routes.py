@@ -24,7 +24,7 @@ from sqlalchemy import select
 
 from app.db import session_scope
 from app.models import Conversation, Message, Tenant, utcnow
-from gateways.common import Account, require_account, secret
+from gateways.common import Account, require_account, secret, webhook_refused
 
 if TYPE_CHECKING:
     from app.assistant.prompts import Draft
@@ -136,7 +136,9 @@ async def session_step(
     question and the answer ends the session."""
     account = await run_in_threadpool(require_account, CHANNEL, serviceCode)
     if not hmac.compare_digest(secret(account, "webhook_token").encode(), token.encode()):
-        raise HTTPException(403, "wrong webhook token for this USSD service code")
+        raise await run_in_threadpool(
+            webhook_refused, account, HTTPException(403, "wrong webhook token for this USSD service code")
+        )
     inputs = text.split("*") if text else []
     question = inputs[-1].strip() if inputs else ""
     if not question:

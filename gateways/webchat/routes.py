@@ -22,6 +22,7 @@ from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
+from app import ratelimit
 from app.config import get_settings
 from app.conversations.service import accept_inbound
 from app.db import session_scope
@@ -103,8 +104,10 @@ def _visitor(widget_id: str, authorization: str | None) -> str:
 
 @router.post("/widget/v1/{widget_id}/sessions", response_model=SessionOut, status_code=201,
              summary="Start a visitor session")
-def open_session(widget_id: str, body: SessionIn | None = None) -> SessionOut:
-    """Start (or resume) a visitor session. Keep the token: it is the visitor's only credential."""
+def open_session(widget_id: str, request: Request, body: SessionIn | None = None) -> SessionOut:
+    """Start (or resume) a visitor session. Keep the token: it is the visitor's only credential. Limited per
+    client IP (429)."""
+    ratelimit.enforce(ratelimit.WIDGET_SESSIONS_PER_IP, ratelimit.client_ip(request))
     _account(widget_id)
     contact_id = (body.contact_id if body else None) or f"v_{secrets.token_urlsafe(16)}"
     if not contact_id.startswith("v_") or len(contact_id) > 64:
@@ -115,10 +118,14 @@ def open_session(widget_id: str, body: SessionIn | None = None) -> SessionOut:
 @router.post("/widget/v1/{widget_id}/messages", response_model=SendOut, status_code=202,
              summary="Send a visitor message")
 def send_message(
-    widget_id: str, body: SendIn, authorization: Annotated[str | None, Header()] = None
+    widget_id: str, body: SendIn, request: Request, authorization: Annotated[str | None, Header()] = None
 ) -> SendOut:
-    """Send the visitor's message. 202 means it is stored and queued; poll messages for the reply."""
+    """Send the visitor's message. 202 means it is stored and queued; poll messages for the reply. Limited per
+    client IP and per visitor: 429 says when to retry, and a retry with the same `client_message_id` is stored
+    once."""
+    ratelimit.enforce(ratelimit.WIDGET_SENDS_PER_IP, ratelimit.client_ip(request))
     contact_id = _visitor(widget_id, authorization)
+    ratelimit.enforce(ratelimit.WIDGET_SENDS_PER_VISITOR, contact_id)
     account = _account(widget_id)
     text = body.text.strip()
     if not text:

@@ -1,0 +1,175 @@
+"""Rate limits: named rules on the `limits` library's moving windows, kept in Redis in scale-out (so every replica
+counts together) and in process memory when embedded.
+
+A rule names what is counted ("widget sends per visitor"); its limit comes from settings ("20/minute", empty
+turns it off). `hit` spends one unit and raises `RateLimited` when the window is full; `check` only looks, for
+limits that count failures (a request is refused while its IP's failure window is full, and only a failure
+spends). Identities (IPs, visitor ids, key hashes) are stored hashed, so the limit store holds no PII or keys.
+
+If the store cannot be reached the limiter lets requests through and logs it: limits protect the service, they
+must not take it down with Redis.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import logging
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from fastapi import HTTPException, Request
+from limits import RateLimitItem, parse
+from limits.errors import StorageError
+from limits.storage import storage_from_string
+from limits.strategies import MovingWindowRateLimiter
+
+if TYPE_CHECKING:
+    from app.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str  # the key prefix in the store
+    what: str  # for the 429 message: "at most <n> <what> per <period>"
+    setting: str = ""  # the Settings field holding its limit, when not `name`
+
+    @property
+    def setting_name(self) -> str:
+        return self.setting or self.name
+
+
+WIDGET_SESSIONS_PER_IP = Rule("rate_widget_sessions_per_ip", "new widget sessions per IP address")
+WIDGET_SENDS_PER_IP = Rule("rate_widget_sends_per_ip", "widget messages per IP address")
+WIDGET_SENDS_PER_VISITOR = Rule("rate_widget_sends_per_visitor", "messages per visitor")
+AUTH_FAILURES_PER_IP = Rule("rate_auth_failures_per_ip", "failed API key attempts per IP address")
+AUTH_FAILURES_PER_KEY = Rule("rate_auth_failures_per_key", "failed attempts with this API key")
+WEBHOOK_FAILURES_PER_ACCOUNT = Rule(
+    "rate_webhook_failures_per_account", "webhooks with a wrong signature or secret for this channel account"
+)
+# Meta names the account only inside the body, which is not read before its signature matches: failures are
+# counted per endpoint (channel) there, under the same setting.
+WEBHOOK_FAILURES_PER_ENDPOINT = Rule(
+    "rate_webhook_failures_per_endpoint", "webhooks signed by none of this endpoint's accounts",
+    setting="rate_webhook_failures_per_account",
+)
+LLM_CALLS_PER_TENANT = Rule("rate_llm_calls_per_tenant", "LLM calls per tenant")
+RULES = (WIDGET_SESSIONS_PER_IP, WIDGET_SENDS_PER_IP, WIDGET_SENDS_PER_VISITOR, AUTH_FAILURES_PER_IP,
+         AUTH_FAILURES_PER_KEY, WEBHOOK_FAILURES_PER_ACCOUNT, WEBHOOK_FAILURES_PER_ENDPOINT, LLM_CALLS_PER_TENANT)
+
+
+class RateLimited(Exception):
+    """A rule's window is full; `retry_after` is the whole seconds until one unit frees up."""
+
+    def __init__(self, rule: Rule, limit: RateLimitItem, retry_after: int) -> None:
+        self.rule = rule
+        self.retry_after = retry_after
+        per = f"{limit.multiples} {limit.GRANULARITY.name}s" if limit.multiples > 1 else limit.GRANULARITY.name
+        self.detail = (f"rate limit reached: at most {limit.amount} {rule.what} per {per}; "
+                       f"retry in {retry_after} s")
+        super().__init__(self.detail)
+
+    def http(self) -> HTTPException:
+        """The 429 answer: the message says which limit and when to retry, `Retry-After` says when too."""
+        return HTTPException(429, detail=self.detail, headers={"Retry-After": str(self.retry_after)})
+
+
+class RateLimiter:
+    """Moving-window limits per rule and identity. Thread-safe; one per process (`app.runtime.get_rate_limiter`)."""
+
+    def __init__(self, limits: Mapping[Rule, str], storage_uri: str = "memory://", key_prefix: str = "sb:_rl") -> None:
+        self._limits = {rule: parse(spec) for rule, spec in limits.items() if spec and spec.strip()}
+        options: dict[str, float | str | bool] = (
+            {"key_prefix": key_prefix, "socket_timeout": 2} if storage_uri.startswith("redis") else {}
+        )
+        self._storage = storage_from_string(storage_uri, wrap_exceptions=True, **options)
+        self._windows = MovingWindowRateLimiter(self._storage)
+        self._warned_at = -math.inf
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RateLimiter:
+        return cls(
+            {rule: str(getattr(settings, rule.setting_name)) for rule in RULES},
+            storage_uri=settings.redis_url or "memory://",
+            key_prefix=f"{settings.bus_namespace}:_rl",  # under the bus's bookkeeping prefix: no stream is named so
+        )
+
+    def hit(self, rule: Rule, identity: str) -> None:
+        """Spend one unit of `rule` for `identity`; raises `RateLimited` (spending nothing) when the window is full."""
+        limit = self._limits.get(rule)
+        if limit is None:
+            return
+        key = _key(rule, identity)
+        try:
+            if self._windows.hit(limit, key):
+                return
+            refused = self._refusal(rule, limit, key)
+        except StorageError as exc:
+            self._store_down(exc)
+            return
+        raise refused
+
+    def check(self, rule: Rule, identity: str) -> None:
+        """Raise `RateLimited` when `identity`'s window for `rule` is already full; spends nothing."""
+        limit = self._limits.get(rule)
+        if limit is None:
+            return
+        key = _key(rule, identity)
+        try:
+            if self._windows.test(limit, key):
+                return
+            refused = self._refusal(rule, limit, key)
+        except StorageError as exc:
+            self._store_down(exc)
+            return
+        raise refused
+
+    def _refusal(self, rule: Rule, limit: RateLimitItem, key: str) -> RateLimited:
+        reset_at = self._windows.get_window_stats(limit, key).reset_time
+        return RateLimited(rule, limit, max(1, math.ceil(reset_at - time.time())))
+
+    def _store_down(self, exc: StorageError) -> None:
+        now = time.monotonic()
+        if now - self._warned_at > 60:  # once a minute, not once a request
+            self._warned_at = now
+            log.warning("rate limit store unavailable (%s): requests are not being limited", exc.storage_error)
+
+    def close(self) -> None:
+        connection = getattr(self._storage, "storage", None)
+        if connection is not None and hasattr(connection, "close"):
+            connection.close()
+
+
+def enforce(rule: Rule, identity: str) -> None:
+    """Spend one unit of `rule` for `identity` on the process's limiter; over the limit, raise the 429."""
+    from app.runtime import get_rate_limiter
+
+    try:
+        get_rate_limiter().hit(rule, identity)
+    except RateLimited as exc:
+        raise exc.http() from None
+
+
+def _key(rule: Rule, identity: str) -> str:
+    digest = hashlib.sha256(identity.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    return f"{rule.name}:{digest}"
+
+
+def client_ip(request: Request) -> str:
+    """The ASGI client address (uvicorn has already applied X-Forwarded-For from `trusted_proxies`). IPv6
+    clients are counted per /64, the block one subscriber gets, so rotating addresses inside it does not help."""
+    host = request.client.host if request.client else ""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host or "unknown"
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
