@@ -20,11 +20,17 @@ from app.conversations.batching import batcher_for
 from app.conversations.service import Accepted, InboundRequest
 from app.crypto import decrypt_json
 from app.db import session_scope
-from app.models import ChannelAccount, Message
+from app.models import ChannelAccount, Contact, Message
 from app.ratelimit import WEBHOOK_FAILURES_PER_ACCOUNT, WEBHOOK_FAILURES_PER_ENDPOINT, RateLimited
 from app.runtime import get_bus, get_rate_limiter
+from gateways.payloads import Unreadable, as_payload, clean, clean_text
 
 log = logging.getLogger("gateways")
+
+
+def _width(column: Any) -> int:
+    """The length of a String column: what Postgres refuses to store beyond."""
+    return int(column.type.length)
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,7 @@ class Parsed:
     messages: list[Inbound] = field(default_factory=list)
     statuses: list[StatusUpdate] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # why each ignored event was ignored (for the log)
+    dead: list[Unreadable] = field(default_factory=list)  # signed but unreadable: acknowledged, dead-lettered
 
 
 # Webhooks arrive for the same few accounts over and over: routing them from a short-lived in-process cache
@@ -75,9 +82,12 @@ class Parsed:
 ACCOUNT_CACHE_TTL_S = 5.0
 _account_cache: dict[tuple[str, str], tuple[float, Account | None]] = {}
 _account_cache_lock = threading.Lock()
+EXTERNAL_ID_CHARS = _width(ChannelAccount.__table__.c.external_id)
 
 
 def load_account(channel: str, external_id: str) -> Account | None:
+    if len(external_id) > EXTERNAL_ID_CHARS or clean_text(external_id) != external_id:
+        return None  # no account has such an id (and Postgres refuses NUL in a query)
     key = (channel, external_id)
     now = time.monotonic()
     with _account_cache_lock:
@@ -96,6 +106,7 @@ def forget_accounts() -> None:
     """Drop cached routing (after an account changes in this process, and between tests)."""
     with _account_cache_lock:
         _account_cache.clear()
+        _channel_cache.clear()
 
 
 def _load_account(channel: str, external_id: str) -> Account | None:
@@ -108,7 +119,24 @@ def _load_account(channel: str, external_id: str) -> Account | None:
         return _detached(row)
 
 
-def accounts_of(channel: str) -> list[Account]:
+_channel_cache: dict[str, tuple[float, list[Account]]] = {}
+
+
+def accounts_of(channel: str, max_age_s: float = 0.0) -> list[Account]:
+    """The channel's enabled accounts, from the cache if it was read at most `max_age_s` ago (Meta checks every
+    signature against them)."""
+    now = time.monotonic()
+    with _account_cache_lock:
+        cached = _channel_cache.get(channel)
+    if cached is not None and now - cached[0] < max_age_s:
+        return cached[1]
+    accounts = _accounts_of(channel)
+    with _account_cache_lock:
+        _channel_cache[channel] = (now, accounts)
+    return accounts
+
+
+def _accounts_of(channel: str) -> list[Account]:
     with session_scope() as session:
         rows = session.scalars(
             select(ChannelAccount).where(ChannelAccount.channel == channel, ChannelAccount.enabled.is_(True))
@@ -158,28 +186,47 @@ class Outcome:
     duplicates: int = 0
     statuses: int = 0
     skipped: int = 0
+    dead: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {"accepted": self.accepted, "duplicates": self.duplicates, "statuses": self.statuses,
-                "skipped": self.skipped}
+                "skipped": self.skipped, "dead": self.dead}
+
+
+# Topic of the dead-letter streams holding signed deliveries no gateway could read (`sb:webhook:{tenant}:dead`).
+WEBHOOK_TOPIC = "webhook"
+# Where those go when no single tenant can be named: a body naming no account, signed with an app secret that
+# several tenants' accounts share. The operator's; tenant ids are uuid hex, so none is spelled like this.
+UNATTRIBUTED = "unattributed"
+ID_CHARS = _width(Message.__table__.c.provider_message_id)  # contact ids are as wide
+NAME_CHARS = _width(Contact.__table__.c.display_name)
 
 
 def _requests(account: Account, parsed: Parsed) -> list[InboundRequest]:
-    return [
-        InboundRequest(
+    """Every channel's parsed messages, cleaned (see `gateways.payloads`); one that still cannot be stored
+    moves to `parsed.dead`."""
+    out = []
+    for item in parsed.messages:
+        provider_id, contact = clean_text(item.provider_message_id), clean_text(item.contact_id)
+        if not (0 < len(provider_id) <= ID_CHARS and 0 < len(contact) <= ID_CHARS):
+            parsed.dead.append(Unreadable(
+                f"message id and contact id must be 1 to {ID_CHARS} characters", as_payload({
+                    "provider_message_id": item.provider_message_id, "contact_id": item.contact_id,
+                    "text": item.text})))
+            continue
+        out.append(InboundRequest(
             tenant_id=account.tenant_id,
             channel=account.channel,
-            contact_external_id=item.contact_id,
-            provider_message_id=item.provider_message_id,
-            text=item.text,
+            contact_external_id=contact,
+            provider_message_id=provider_id,
+            text=clean_text(item.text),
             kind=item.kind,
-            attachments=item.attachments,
+            attachments=[Attachment.model_validate(clean(a.model_dump())) for a in item.attachments],
             channel_account_id=account.id,
-            display_name=item.display_name,
-            meta=item.meta,
-        )
-        for item in parsed.messages
-    ]
+            display_name=clean_text(item.display_name)[:NAME_CHARS] if isinstance(item.display_name, str) else None,
+            meta=clean(item.meta),
+        ))
+    return out
 
 
 def _count(outcome: Outcome, results: Iterable[Accepted]) -> None:
@@ -192,11 +239,25 @@ def _count(outcome: Outcome, results: Iterable[Accepted]) -> None:
 
 def _finish(account: Account, parsed: Parsed, outcome: Outcome) -> None:
     for status in parsed.statuses:
-        apply_status(account, status)
+        apply_status(account, StatusUpdate(clean_text(status.provider_id), status.status,
+                                           clean_text(status.error) if status.error else None))
         outcome.statuses += 1
     for reason in parsed.skipped:
         log.info("%s webhook for account %s: skipped %s", account.channel, account.id, reason)
     outcome.skipped += len(parsed.skipped)
+    record_dead(account.tenant_id, account.channel, account.id, parsed.dead)
+    outcome.dead += len(parsed.dead)
+
+
+def record_dead(tenant_id: str, channel: str, account_id: str, dead: list[Unreadable]) -> None:
+    """Keep each unreadable item in the tenant's `webhook` dead-letter stream with its reason. Blocking."""
+    bus = get_bus()
+    for item in dead:
+        bus.record_dead(WEBHOOK_TOPIC, tenant_id, {"channel": channel, "account_id": account_id,
+                                                   "payload": item.payload}, item.reason)
+    if dead:  # the reasons may quote the payload: they go to the dead-letter stream, not the log
+        log.warning("%s webhook for account %s: %d unreadable item(s) acknowledged and dead-lettered (%s)",
+                    channel, account_id or "-", len(dead), f"{WEBHOOK_TOPIC}:{tenant_id}:dead")
 
 
 def ingest(account: Account, parsed: Parsed, outcome: Outcome | None = None) -> Outcome:
@@ -212,13 +273,13 @@ def ingest(account: Account, parsed: Parsed, outcome: Outcome | None = None) -> 
 
 async def ingest_async(account: Account, parsed: Parsed, outcome: Outcome | None = None) -> Outcome:
     """`ingest` for the event loop: awaits the batch instead of parking a threadpool thread on it (the hot
-    path of a busy gateway); statuses, which need their own queries, still go to a thread."""
+    path of a busy gateway); statuses and dead letters, which need their own round trips, still go to a thread."""
     outcome = outcome or Outcome()
     requests = _requests(account, parsed)
     if requests:
         futures = batcher_for(get_bus()).submit_all(requests)
         _count(outcome, await asyncio.gather(*(asyncio.wrap_future(f) for f in futures)))
-    if parsed.statuses:
+    if parsed.statuses or parsed.dead:
         await run_in_threadpool(_finish, account, parsed, outcome)
     else:
         _finish(account, parsed, outcome)

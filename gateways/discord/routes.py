@@ -4,29 +4,33 @@ and queued, and answered with a deferred response that the outbound sender compl
 
 from __future__ import annotations
 
-import json
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 
 from gateways.common import Inbound, Parsed, ingest, log, require_account, webhook_refused
-from gateways.discord.verify import signature_valid
+from gateways.discord.verify import MAX_SKEW_S, signature_valid, timestamp_fresh
+from gateways.payloads import Malformed, as_id, json_object, reading
 
 CHANNEL = "discord"
 PING, COMMAND, COMPONENT, AUTOCOMPLETE, MODAL = 1, 2, 3, 4, 5
-PONG, DEFERRED_MESSAGE = 1, 5
+PONG, DEFERRED_MESSAGE, AUTOCOMPLETE_RESULT = 1, 5, 8
 router = APIRouter(prefix="/webhooks/discord", tags=["discord"])
 
 
 def parse_interaction(body: dict[str, Any]) -> Parsed:
+    """A command, component or modal submission -> one message; `Malformed` when it cannot be read."""
     parsed = Parsed()
     kind_no = body.get("type")
+    if kind_no not in (COMMAND, COMPONENT, MODAL):
+        raise Malformed(f"unknown interaction type {kind_no!r}")
     user = (body.get("member") or {}).get("user") or body.get("user") or {}
     data = body.get("data") or {}
-    if not body.get("id") or not user.get("id") or kind_no not in (COMMAND, COMPONENT, MODAL):
-        parsed.skipped.append(f"interaction type {kind_no!r}")
-        return parsed
+    interaction_id, user_id = as_id(body.get("id")), as_id(user.get("id"))
+    if interaction_id is None or user_id is None:
+        raise Malformed("an interaction without id or user id")
     if kind_no == COMMAND:
         values = [str(o.get("value")) for o in data.get("options") or [] if o.get("value") is not None]
         text, kind = " ".join(values) or f"/{data.get('name', '')}", "command"
@@ -36,7 +40,7 @@ def parse_interaction(body: dict[str, Any]) -> Parsed:
         fields = [c for row in data.get("components") or [] for c in row.get("components") or []]
         text, kind = " ".join(str(c.get("value") or "") for c in fields), "interactive"
     parsed.messages.append(Inbound(
-        provider_message_id=str(body["id"]), contact_id=str(user["id"]), kind=kind, text=text,
+        provider_message_id=interaction_id, contact_id=user_id, kind=kind, text=text,
         display_name=user.get("global_name") or user.get("username"),
         meta={"interaction_token": body.get("token"), "channel_id": body.get("channel_id"),
               "command": data.get("name"), "custom_id": data.get("custom_id")},
@@ -51,7 +55,9 @@ async def interaction(
     x_signature_ed25519: Annotated[str | None, Header()] = None,
     x_signature_timestamp: Annotated[str | None, Header()] = None,
 ) -> dict[str, Any]:
-    """A signed interaction. Discord requires an answer within 3 seconds: it gets PONG or a deferred reply."""
+    """A signed interaction, timestamped within 5 minutes of now. Discord requires an answer within 3 seconds:
+    PONG, an empty autocomplete result, or a deferred reply. One that cannot be read gets 400 and is
+    dead-lettered with the reason (Discord does not redeliver interactions)."""
     if not x_signature_ed25519 or not x_signature_timestamp:
         raise HTTPException(401, "missing X-Signature-Ed25519 / X-Signature-Timestamp headers")
     account = await run_in_threadpool(require_account, CHANNEL, application_id)
@@ -60,13 +66,20 @@ async def interaction(
     if not signature_valid(public_key, x_signature_timestamp, raw, x_signature_ed25519):
         log.warning("discord interaction for %s with a bad signature: refused", application_id)
         raise await run_in_threadpool(webhook_refused, account, HTTPException(401, "invalid request signature"))
-    try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise HTTPException(400, f"request body is not valid JSON: {exc}") from exc
-    if not isinstance(body, dict):
-        raise HTTPException(400, "expected an interaction object")
-    if body.get("type") == PING:
-        return {"type": PONG}
-    await run_in_threadpool(ingest, account, parse_interaction(body))
+    if not timestamp_fresh(x_signature_timestamp, time.time()):
+        log.warning("discord interaction for %s with a stale X-Signature-Timestamp: refused", application_id)
+        raise await run_in_threadpool(webhook_refused, account, HTTPException(
+            401, f"X-Signature-Timestamp is more than {MAX_SKEW_S // 60} minutes away from now (a replay, or a "
+                 "server clock that is off)"))
+    parsed = Parsed()
+    with reading(parsed.dead, "the interaction", raw):
+        body = json_object(raw, "an interaction object")
+        if body.get("type") == PING:
+            return {"type": PONG}
+        if body.get("type") == AUTOCOMPLETE:  # we offer no suggestions; the user types the option themselves
+            return {"type": AUTOCOMPLETE_RESULT, "data": {"choices": []}}
+        parsed = parse_interaction(body)
+    await run_in_threadpool(ingest, account, parsed)
+    if parsed.dead:
+        raise HTTPException(400, f"the interaction cannot be read: {parsed.dead[0].reason}")
     return {"type": DEFERRED_MESSAGE}

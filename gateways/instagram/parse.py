@@ -7,42 +7,48 @@ from typing import Any
 
 from app.contracts import Attachment
 from gateways.common import Inbound, Parsed, StatusUpdate
+from gateways.payloads import Malformed, Unreadable, as_id, as_payload, items, reading
 
 OBJECTS = {"instagram", "page"}
 
 
 def split_by_account(body: dict[str, Any]) -> dict[str | None, Parsed]:
+    """Group a webhook body by the account id of each entry. An entry naming no account is dead under None;
+    an event of a named account that cannot be read is dead under that account."""
     out: dict[str | None, Parsed] = {}
-    for entry in body.get("entry") or []:
-        if not isinstance(entry, dict) or not entry.get("id"):
-            out.setdefault(None, Parsed()).skipped.append("entry without an account id")
+    for entry in body["entry"]:
+        account_id = as_id(entry.get("id")) if isinstance(entry, dict) else None
+        if not isinstance(entry, dict) or account_id is None:
+            out.setdefault(None, Parsed()).dead.append(Unreadable("an entry without an account id", as_payload(entry)))
             continue
-        account_id = str(entry["id"])
         parsed = out.setdefault(account_id, Parsed())
-        for event in entry.get("messaging") or []:
-            item = parse_event(event, account_id)
-            if isinstance(item, Inbound):
-                parsed.messages.append(item)
-            elif isinstance(item, StatusUpdate):
-                parsed.statuses.append(item)
-            else:
-                parsed.skipped.append(item)
-        if entry.get("standby"):
-            parsed.skipped.append(f"{len(entry['standby'])} standby events (another app owns the thread)")
-        if entry.get("changes"):
-            parsed.skipped.append(f"{len(entry['changes'])} changes (comments/mentions are not conversations)")
+        with reading(parsed.dead, "an entry", entry):
+            for event in items(entry, "messaging"):
+                with reading(parsed.dead, "a messaging event", event):
+                    item = parse_event(event, account_id)
+                    if isinstance(item, Inbound):
+                        parsed.messages.append(item)
+                    elif isinstance(item, StatusUpdate):
+                        parsed.statuses.append(item)
+                    else:
+                        parsed.skipped.append(item)
+            if standby := items(entry, "standby"):
+                parsed.skipped.append(f"{len(standby)} standby events (another app owns the thread)")
+            if changes := items(entry, "changes"):
+                parsed.skipped.append(f"{len(changes)} changes (comments/mentions are not conversations)")
     return out
 
 
 def parse_event(event: dict[str, Any], account_id: str) -> Inbound | StatusUpdate | str:
+    """One `messaging[]` event -> Inbound, or a string saying why it is skipped; `Malformed` when unreadable."""
     if not isinstance(event, dict):
-        return "non-object messaging event"
-    sender = str((event.get("sender") or {}).get("id") or "")
+        raise Malformed(f"a messaging event is a {type(event).__name__}, not an object")
+    sender = as_id((event.get("sender") or {}).get("id")) or ""
     stamp = str(event.get("timestamp") or "")
     message = event.get("message")
     if isinstance(message, dict) and message.get("is_echo"):
         return f"echo of our own message {message.get('mid')}"
-    if not sender:
+    if not sender:  # app-level events (app_roles, policy-enforcement...) name no sender
         return f"event without a sender ({sorted(event)})"
     if sender == account_id:
         return "event sent by the business account itself"
@@ -75,9 +81,9 @@ def parse_event(event: dict[str, Any], account_id: str) -> Inbound | StatusUpdat
 
 
 def parse_message(message: dict[str, Any], sender: str) -> Inbound | str:
-    mid = message.get("mid")
-    if not mid:
-        return "message without mid"
+    mid = as_id(message.get("mid"))
+    if mid is None:
+        raise Malformed("a message without 'mid'")
     if message.get("is_deleted"):
         return f"deletion of {mid}"
     if message.get("is_unsupported"):

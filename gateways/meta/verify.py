@@ -9,12 +9,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 
+from app.crypto import secrets_equal
+
 
 def signature_valid(app_secret: str, raw_body: bytes, header: str | None) -> bool:
     if not header or not header.startswith("sha256="):
         return False
     expected = hmac.new(app_secret.encode(), raw_body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected, header.removeprefix("sha256=").strip().lower())
+    return secrets_equal(header.removeprefix("sha256=").strip().lower(), expected)
 
 
 def handshake_ok(mode: str | None, token: str | None, configured_tokens: list[str]) -> bool:
@@ -22,4 +24,4 @@ def handshake_ok(mode: str | None, token: str | None, configured_tokens: list[st
     if mode != "subscribe" or not token:
         return False
     # Check every candidate so the time taken does not say which one matched.
-    return any([hmac.compare_digest(token.encode(), t.encode()) for t in configured_tokens if t])
+    return any([secrets_equal(token, t) for t in configured_tokens if t])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -11,17 +10,21 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import PlainTextResponse
 
 from gateways.common import (
+    ACCOUNT_CACHE_TTL_S,
+    UNATTRIBUTED,
     Account,
     Outcome,
     Parsed,
     accounts_of,
     ingest_async,
     log,
+    record_dead,
     require_account,
     secret,
     webhook_refused,
 )
 from gateways.meta.verify import handshake_ok, signature_valid
+from gateways.payloads import Malformed, json_object, reading
 
 SIGNATURE_HEADER = "X-Hub-Signature-256"
 
@@ -55,13 +58,13 @@ def handshake(channel: str, request: Request) -> PlainTextResponse:
     return PlainTextResponse(q.get("hub.challenge", ""))
 
 
-def load_body(raw: bytes) -> dict[str, Any]:
-    try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise HTTPException(400, f"request body is not valid JSON: {exc}") from exc
-    if not isinstance(body, dict) or not isinstance(body.get("entry"), list):
-        raise HTTPException(400, "expected a Meta webhook object with an 'entry' list")
+def load_body(raw: bytes, objects: set[str]) -> dict[str, Any]:
+    """The (verified) body as a Meta webhook object for one of `objects`; `Malformed` saying why when it is not."""
+    body = json_object(raw, "a Meta webhook object")
+    if body.get("object") not in objects:
+        raise Malformed(f"unexpected object {body.get('object')!r}; this endpoint takes {sorted(objects)}")
+    if not isinstance(body.get("entry"), list):
+        raise Malformed("a Meta webhook object needs an 'entry' list")
     return body
 
 
@@ -71,47 +74,69 @@ async def receive(
     objects: set[str],
     split: Split,
 ) -> dict[str, Any]:
-    """Verify -> route -> normalise -> durable enqueue. `split` maps the body to {account external id: Parsed};
-    the key None holds account-level events that name no messaging account (template or account updates):
-    those are skipped once the signature matches any of the channel's accounts."""
+    """Verify -> parse -> route -> durable enqueue. The signature is checked on the raw bytes before anything
+    reads them, so an unsigned or forged body is refused (401) whatever it holds. A signed body that cannot be
+    read is acknowledged, since Meta retries anything but a 200 for days, and dead-lettered with the reason.
+
+    `split` maps the body to {account external id: Parsed}; the key None holds what names no messaging account:
+    account-level events (template or account updates: skipped) and items too broken to name one (dead)."""
     raw = await request.body()
     header = request.headers.get(SIGNATURE_HEADER)
     if not header:
         raise HTTPException(401, f"missing {SIGNATURE_HEADER} header")
-    body = load_body(raw)
-    if body.get("object") not in objects:
-        raise HTTPException(400, f"unexpected object {body.get('object')!r}; this endpoint takes {sorted(objects)}")
-    by_account = split(body)
-    # Verification may query accounts (a thread); the enqueue is awaited on the loop, not parked on a thread.
-    accounts, outcome = await run_in_threadpool(_verify, channel, raw, header, by_account)
+    # Checking and routing may query accounts (a thread); the enqueue is awaited on the loop, not parked on a thread.
+    signers = await run_in_threadpool(signed_by, channel, raw, header)
+    if not signers:
+        log.warning("%s webhook signed by none of the channel's accounts: refused unread", channel)
+        raise await run_in_threadpool(webhook_refused, channel, HTTPException(
+            401, f"{SIGNATURE_HEADER} does not match the body for any configured {channel} account"))
+    unreadable = Parsed()
+    by_account: dict[str | None, Parsed] = {None: unreadable}
+    with reading(unreadable.dead, "the webhook body", raw):
+        by_account = split(load_body(raw, objects))
+    accounts, outcome = await run_in_threadpool(_route, channel, signers, by_account)
     for account, parsed in accounts:
         await ingest_async(account, parsed, outcome)
     return outcome.as_dict()
 
 
-def _verify(
-    channel: str, raw: bytes, header: str, by_account: dict[str | None, Parsed]
+def signed_by(channel: str, raw: bytes, header: str) -> list[Account]:
+    """The channel's accounts whose app secret signed `raw` (one HMAC per distinct secret). From the routing
+    cache first; when nothing matches, from the database, in case the signer was connected a moment ago."""
+    for max_age_s in (ACCOUNT_CACHE_TTL_S, 0.0):
+        accounts = [a for a in accounts_of(channel, max_age_s) if a.credentials.get("app_secret")]
+        valid = {s for s in {str(a.credentials["app_secret"]) for a in accounts} if signature_valid(s, raw, header)}
+        if valid:
+            return [a for a in accounts if str(a.credentials["app_secret"]) in valid]
+    return []
+
+
+def _route(
+    channel: str, signers: list[Account], by_account: dict[str | None, Parsed]
 ) -> tuple[list[tuple[Account, Parsed]], Outcome]:
-    """Route and check the signature for every account the body names; account-level events are counted as
-    skipped. Raises the HTTP error to answer when anything fails."""
+    """Every account the body names must be configured and among the signers (one app secret per Meta app);
+    what names no account is counted as skipped, or dead-lettered: in the signers' tenant, or with
+    `UNATTRIBUTED` when the signing secret is shared by several tenants. Raises the HTTP error to answer."""
     unroutable = by_account.pop(None, None)
-    accounts: list[tuple[Account, Parsed]] = [
-        (require_account(channel, ext), p) for ext, p in by_account.items() if ext is not None
-    ]
-    if unroutable is not None or not accounts:
-        candidates = [a for a in accounts_of(channel) if a.credentials.get("app_secret")]
-        if not any(signature_valid(str(a.credentials["app_secret"]), raw, header) for a in candidates):
-            log.warning("%s webhook naming no known account, signed by none of them: refused", channel)
-            raise webhook_refused(channel, HTTPException(
-                401, f"{SIGNATURE_HEADER} does not match any configured {channel} account"))
-    # Every account named in the body must have signed it: one app secret per Meta app.
-    for account, _ in accounts:
-        if not signature_valid(secret(account, "app_secret"), raw, header):
+    signer_ids = {a.id for a in signers}
+    accounts: list[tuple[Account, Parsed]] = []
+    for ext, parsed in by_account.items():
+        if ext is None:
+            continue
+        account = require_account(channel, ext)
+        secret(account, "app_secret")  # 403 for an account that has none: it can verify nothing
+        if account.id not in signer_ids:
             log.warning("%s webhook with a bad %s for account %s: refused", channel, SIGNATURE_HEADER, account.id)
             raise webhook_refused(account, HTTPException(401, f"{SIGNATURE_HEADER} does not match the body"))
+        accounts.append((account, parsed))
     outcome = Outcome()
     if unroutable is not None:
         outcome.skipped += len(unroutable.skipped)
         for reason in unroutable.skipped:
             log.info("%s webhook: skipped %s", channel, reason)
+        if unroutable.dead:
+            tenants = {a.tenant_id for a in signers}
+            tenant = tenants.pop() if len(tenants) == 1 else UNATTRIBUTED
+            record_dead(tenant, channel, signers[0].id if len(signers) == 1 else "", unroutable.dead)
+            outcome.dead += len(unroutable.dead)
     return accounts, outcome

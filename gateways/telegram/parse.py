@@ -10,19 +10,26 @@ from typing import Any
 
 from app.contracts import Attachment
 from gateways.common import Inbound, Parsed
+from gateways.payloads import Malformed, as_id, json_object, reading
 
 MEDIA = ("photo", "video", "audio", "voice", "document", "animation", "sticker", "video_note")
 MESSAGE_FIELDS = ("message", "business_message", "channel_post")
 EDIT_FIELDS = ("edited_message", "edited_business_message", "edited_channel_post")
 
 
-def parse_update(update: dict[str, Any]) -> Parsed:
+def parse_body(raw: bytes) -> Parsed:
+    """A (verified) webhook body. One that is not a readable Update is dead with the reason: Telegram redelivers
+    anything not answered 2xx, blocking the bot's later updates behind it."""
     parsed = Parsed()
-    item = _update(update)
-    if isinstance(item, Inbound):
-        parsed.messages.append(item)
-    else:
-        parsed.skipped.append(item)
+    with reading(parsed.dead, "the update", raw):
+        update = json_object(raw, "a Telegram Update")
+        if as_id(update.get("update_id")) is None:
+            raise Malformed("an Update needs an update_id")
+        item = _update(update)
+        if isinstance(item, Inbound):
+            parsed.messages.append(item)
+        else:
+            parsed.skipped.append(item)
     return parsed
 
 
@@ -49,8 +56,7 @@ def _update(update: dict[str, Any]) -> Inbound | str:
 
 
 def _chat_id(msg: dict[str, Any]) -> str | None:
-    chat = msg.get("chat") or {}
-    return str(chat["id"]) if chat.get("id") is not None else None
+    return as_id((msg.get("chat") or {}).get("id"))
 
 
 def _name(msg: dict[str, Any]) -> str | None:
@@ -60,9 +66,9 @@ def _name(msg: dict[str, Any]) -> str | None:
 
 
 def parse_message(msg: dict[str, Any]) -> Inbound | str:
-    chat_id, message_id = _chat_id(msg), msg.get("message_id")
+    chat_id, message_id = _chat_id(msg), as_id(msg.get("message_id"))
     if chat_id is None or message_id is None:
-        return "message without chat or message_id"
+        raise Malformed("a message without chat.id or message_id")
     if (msg.get("from") or {}).get("is_bot"):
         return f"message {message_id} from a bot"
     found = content(msg)

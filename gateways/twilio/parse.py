@@ -11,6 +11,7 @@ from collections.abc import Mapping
 
 from app.contracts import Attachment
 from gateways.common import Inbound, Parsed, StatusUpdate
+from gateways.payloads import Unreadable, as_payload
 
 STATUS_MAP = {"sent": "sent", "delivered": "delivered", "read": "read", "failed": "failed", "undelivered": "failed"}
 
@@ -44,7 +45,7 @@ def parse_form(form: Mapping[str, str]) -> Parsed:
         return parsed
     sender = form.get("From")
     if not sid or not sender:
-        parsed.skipped.append("callback without MessageSid or From")
+        parsed.dead.append(Unreadable("a message callback without MessageSid or From", as_payload(dict(form))))
         return parsed
     text = form.get("Body") or ""
     meta: dict[str, object] = {"twilio_channel": "whatsapp" if sender.startswith("whatsapp:") else "sms"}

@@ -13,7 +13,6 @@ stored ends `dead` with the reason, never left for the orchestrator to answer on
 
 from __future__ import annotations
 
-import hmac
 import logging
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -22,6 +21,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import PlainTextResponse
 from sqlalchemy import select
 
+from app.crypto import secrets_equal
 from app.db import session_scope
 from app.models import Conversation, Message, Tenant, utcnow
 from gateways.common import Account, require_account, secret, webhook_refused
@@ -135,7 +135,7 @@ async def session_step(
     """One USSD session step. An empty `text` opens the menu; otherwise the last `*`-separated input is the
     question and the answer ends the session."""
     account = await run_in_threadpool(require_account, CHANNEL, serviceCode)
-    if not hmac.compare_digest(secret(account, "webhook_token").encode(), token.encode()):
+    if not secrets_equal(token, secret(account, "webhook_token")):
         raise await run_in_threadpool(
             webhook_refused, account, HTTPException(403, "wrong webhook token for this USSD service code")
         )

@@ -7,6 +7,7 @@ from typing import Any
 
 from app.contracts import Attachment
 from gateways.common import Inbound, Parsed, StatusUpdate
+from gateways.payloads import Malformed, Unreadable, as_id, as_payload, items, reading
 
 MEDIA = ("image", "video", "audio", "document", "sticker")
 # WhatsApp's "played" (voice message listened to) is a read receipt for our purposes.
@@ -14,50 +15,65 @@ STATUS_MAP = {"sent": "sent", "delivered": "delivered", "read": "read", "played"
 
 
 def split_by_account(body: dict[str, Any]) -> dict[str | None, Parsed]:
-    """Group a webhook body by the business phone number id each change belongs to."""
+    """Group a webhook body by the business phone number id each change belongs to. A messages change too
+    broken to name its number is dead under None; a part of one that names it is dead under that number."""
     out: dict[str | None, Parsed] = {}
-    for entry in body.get("entry") or []:
-        for change in (entry or {}).get("changes") or []:
-            value = (change or {}).get("value") or {}
-            field = (change or {}).get("field")
-            metadata = value.get("metadata") if isinstance(value, dict) else None
-            phone_number_id = (metadata or {}).get("phone_number_id")
-            parsed = out.setdefault(str(phone_number_id) if phone_number_id else None, Parsed())
-            if field != "messages" or not phone_number_id:
-                parsed.skipped.append(f"field {field!r} (not a customer message)")
+    for entry in body["entry"]:
+        changes = entry.get("changes") if isinstance(entry, dict) else None
+        if not isinstance(changes, list):
+            out.setdefault(None, Parsed()).dead.append(
+                Unreadable("an entry without a 'changes' list", as_payload(entry)))
+            continue
+        for change in changes:
+            field = change.get("field") if isinstance(change, dict) else None
+            if field != "messages":
+                out.setdefault(None, Parsed()).skipped.append(f"field {field!r} (not a customer message)")
                 continue
-            parse_value(value, parsed)
+            value = change.get("value")
+            metadata = value.get("metadata") if isinstance(value, dict) else None
+            phone_number_id = as_id(metadata.get("phone_number_id")) if isinstance(metadata, dict) else None
+            if not isinstance(value, dict) or phone_number_id is None:
+                out.setdefault(None, Parsed()).dead.append(
+                    Unreadable("a messages change without value.metadata.phone_number_id", as_payload(change)))
+                continue
+            parsed = out.setdefault(phone_number_id, Parsed())
+            with reading(parsed.dead, "a messages change", change):
+                parse_value(value, parsed)
     return out
 
 
 def parse_value(value: dict[str, Any], parsed: Parsed) -> None:
-    names = {c.get("wa_id"): (c.get("profile") or {}).get("name") for c in value.get("contacts") or []}
-    for msg in value.get("messages") or []:
-        item = parse_message(msg)
-        if isinstance(item, str):
-            parsed.skipped.append(item)
-        else:
-            item.display_name = names.get(msg.get("from"))
-            parsed.messages.append(item)
-    for status in value.get("statuses") or []:
-        mapped = STATUS_MAP.get(str(status.get("status")))
-        if not mapped or not status.get("id"):
-            parsed.skipped.append(f"status {status.get('status')!r}")
-            continue
-        errors = status.get("errors") or []
-        error = "; ".join(f"{e.get('code')}: {e.get('title') or e.get('message')}" for e in errors) or None
-        parsed.statuses.append(StatusUpdate(str(status["id"]), mapped, error))
+    """One messages change; each message and status that cannot be read is dead on its own."""
+    names = {c.get("wa_id"): (c.get("profile") or {}).get("name") for c in items(value, "contacts")}
+    for msg in items(value, "messages"):
+        with reading(parsed.dead, "a message", msg):
+            item = parse_message(msg)
+            if isinstance(item, str):
+                parsed.skipped.append(item)
+            else:
+                name = names.get(msg.get("from"))
+                item.display_name = name if isinstance(name, str) else None
+                parsed.messages.append(item)
+    for status in items(value, "statuses"):
+        with reading(parsed.dead, "a status", status):
+            mapped = STATUS_MAP.get(str(status.get("status")))
+            if not mapped or not as_id(status.get("id")):
+                parsed.skipped.append(f"status {status.get('status')!r}")
+                continue
+            errors = items(status, "errors")
+            error = "; ".join(f"{e.get('code')}: {e.get('title') or e.get('message')}" for e in errors) or None
+            parsed.statuses.append(StatusUpdate(str(status["id"]), mapped, error))
     for kind in ("message_echoes", "smb_message_echoes"):
-        if value.get(kind):
-            parsed.skipped.append(f"{len(value[kind])} {kind} (our own messages)")
+        if echoes := items(value, kind):
+            parsed.skipped.append(f"{len(echoes)} {kind} (our own messages)")
 
 
 def parse_message(msg: dict[str, Any]) -> Inbound | str:
-    """One `messages[]` item -> Inbound, or a string saying why it is skipped."""
+    """One `messages[]` item -> Inbound, or a string saying why it is skipped; `Malformed` when unreadable."""
     mtype = msg.get("type")
-    sender, mid = msg.get("from"), msg.get("id")
-    if not sender or not mid:
-        return f"message without sender or id (type {mtype!r})"
+    sender, mid = as_id(msg.get("from")), as_id(msg.get("id"))
+    if sender is None or mid is None:
+        raise Malformed(f"a message without 'from' or 'id' (type {mtype!r})")
     meta: dict[str, Any] = {"wa_type": mtype}
     context = msg.get("context") or {}
     if context.get("id"):
@@ -69,7 +85,7 @@ def parse_message(msg: dict[str, Any]) -> Inbound | str:
         return f"message type {mtype!r} ({mid})"
     kind, text, attachments, extra = body
     meta.update(extra)
-    return Inbound(provider_message_id=str(mid), contact_id=str(sender), kind=kind, text=text,
+    return Inbound(provider_message_id=mid, contact_id=sender, kind=kind, text=text,
                    attachments=attachments, meta=meta)
 
 

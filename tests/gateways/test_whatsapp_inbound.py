@@ -164,14 +164,28 @@ def test_signature_is_required_and_checked(gw: Gateway, tenants: dict[str, str])
     assert post(gw, raw).status_code == 200 and len(gw.inbound()) == 1
 
 
-def test_unknown_account_is_404_and_malformed_is_400(gw: Gateway, tenants: dict[str, str]) -> None:
+def test_unknown_account_is_404_and_signed_malformed_is_acknowledged_and_dead_lettered(
+    gw: Gateway, tenants: dict[str, str]
+) -> None:
+    """Meta retries anything but a 200 for days: a signed body that cannot be read is answered 200 and kept as
+    a dead letter with its reason. Every tenant here shares one app secret, so a body naming no account is
+    nobody's: it goes to the operator's `unattributed` stream."""
+    from app.runtime import get_bus
+    from gateways.common import UNATTRIBUTED, WEBHOOK_TOPIC
+
     body = json.loads((UPDATES / "message.json").read_text())["text"]
     body["entry"][0]["changes"][0]["value"]["metadata"]["phone_number_id"] = "999"
     response = post(gw, json.dumps(body).encode())
     assert response.status_code == 404 and "999" in response.json()["detail"]
+    before = len(get_bus().dead_letters(WEBHOOK_TOPIC, UNATTRIBUTED))
     bad = post(gw, b"{not json")
-    assert bad.status_code == 400 and "not valid JSON" in bad.json()["detail"]
-    assert post(gw, b'{"object": "whatsapp_business_account"}').status_code == 400
+    assert bad.status_code == 200 and bad.json()["dead"] == 1
+    no_entry = post(gw, b'{"object": "whatsapp_business_account"}')
+    assert no_entry.status_code == 200 and no_entry.json()["dead"] == 1
+    letters = get_bus().dead_letters(WEBHOOK_TOPIC, UNATTRIBUTED)[before:]
+    assert [(d.fields["payload"], d.fields["channel"]) for d in letters] == [
+        ("{not json", "whatsapp"), ('{"object": "whatsapp_business_account"}', "whatsapp")]
+    assert "not JSON" in letters[0].reason and "'entry' list" in letters[1].reason
     assert gw.inbound() == []
 
 
