@@ -28,6 +28,7 @@ from app.conversations.service import accept_inbound
 from app.db import session_scope
 from app.models import ChannelAccount, Contact, Conversation, Message, Tenant
 from app.runtime import get_bus
+from gateways.payloads import scoped_key
 
 router = APIRouter(tags=["web chat widget"])
 STATIC = Path(__file__).parent / "static"
@@ -138,7 +139,7 @@ def send_message(
         tenant_id=account.tenant_id,
         channel=CHANNEL,
         contact_external_id=contact_id,
-        provider_message_id=f"{contact_id}:{body.client_message_id}",
+        provider_message_id=scoped_key(contact_id, body.client_message_id),
         text=text,
         channel_account_id=account.id,
     )
