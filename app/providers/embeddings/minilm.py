@@ -21,12 +21,15 @@ from typing import Any
 
 import numpy as np
 
+from app.providers.embeddings.batching import MicroBatcher
+
 MODEL_NAME = "switchboard/all-MiniLM-L6-v2-int8"
 DIM = 384
 MAX_TOKENS = 256
 TOKEN_BUDGET_PER_TEXT = 128  # see MiniLMEmbedder._batches
 SHIPPED_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "config.json")
 SHIPPED_DIR = Path(__file__).resolve().parent / "minilm"
+QUERY_BATCH = 32  # queries embedded in one model call at most (and at most 32 * 128 tokens)
 
 _register_lock = threading.Lock()
 
@@ -116,6 +119,8 @@ class MiniLMEmbedder:
         self.threads = threads
         self._model: Any = None
         self._lock = threading.Lock()
+        # Queries of concurrent messages share model calls (app/providers/embeddings/batching.py).
+        self.queries: MicroBatcher[_Query, _QueryVectors] = MicroBatcher(self._embed_queries, max_batch=QUERY_BATCH)
 
     def _load(self) -> Any:
         with self._lock:
@@ -141,15 +146,16 @@ class MiniLMEmbedder:
         if truncation.get("max_length") != MAX_TOKENS:
             raise RuntimeError(f"tokenizer truncation is {truncation!r}, expected max_length={MAX_TOKENS}")
 
-    def _batches(self, order: list[int], texts: Sequence[str]) -> list[list[int]]:
+    def _batches(self, order: list[int], texts: Sequence[str], batch_size: int | None = None) -> list[list[int]]:
         """Batches of at most `batch_size` texts and at most `batch_size * 128` estimated tokens: short texts
         go 16 at a time, full 256-token ones 8 at a time, which caps onnxruntime's memory on long chunks."""
-        budget = self.batch_size * TOKEN_BUDGET_PER_TEXT
+        batch_size = batch_size or self.batch_size
+        budget = batch_size * TOKEN_BUDGET_PER_TEXT
         batches: list[list[int]] = []
         current: list[int] = []
         for i in order:  # ascending length, so the newest text is the longest in its batch
             tokens = min(MAX_TOKENS, int(len(texts[i].split()) * 1.4) + 2)
-            if current and (len(current) == self.batch_size or (len(current) + 1) * tokens > budget):
+            if current and (len(current) == batch_size or (len(current) + 1) * tokens > budget):
                 batches.append(current)
                 current = []
             current.append(i)
@@ -171,8 +177,7 @@ class MiniLMEmbedder:
         return vectors
 
     def embed_query(self, text: str) -> list[float]:
-        return self.embed_documents([text])[0]
-
+        return self.queries.submit((text, None))[0]
     def tokens(self, texts: Sequence[str]) -> list[list[int]]:
         """WordPiece ids of each text as the model sees it (truncated at 256 tokens), without [CLS], [SEP]
         and padding: what term statistics count (app/knowledge/termstats.py)."""
@@ -186,19 +191,42 @@ class MiniLMEmbedder:
     def embed_query_weighted(self, text: str, weight: Callable[[int], float]) -> tuple[list[float], list[float]]:
         """(`embed_query(text)`, the same token states mean-pooled with `weight(token_id)` per token).
 
-        One pass of the model; the first vector is exactly what fastembed's mean pooling gives. [CLS] and [SEP]
-        get the mean weight of the other tokens (they carry the sentence as a whole, no term of their own)."""
+        One pass of the model (shared with concurrent queries); the first vector is exactly what fastembed's mean
+        pooling gives. [CLS] and [SEP] get the mean weight of the other tokens (they carry the sentence as a
+        whole, no term of their own)."""
+        plain, weighted = self.queries.submit((text, weight))
+        assert weighted is not None
+        return plain, weighted
+
+    def _embed_queries(self, queries: list[_Query]) -> list[_QueryVectors]:
+        """One model call per batch of queries (length-sorted, bounded like documents' batches); padding is
+        masked out, so each query's vectors are the ones it would get alone."""
         model = self._load().model
-        context = model.onnx_embed([text or " "])
-        states = np.asarray(context.model_output[0], dtype=np.float64)  # (tokens, dim)
-        ids = [int(i) for i in context.input_ids[0]]
+        texts = [text or " " for text, _ in queries]
         special = {model.tokenizer.token_to_id(t) for t in ("[CLS]", "[SEP]", "[PAD]")}
-        weights = np.array([0.0 if i in special else max(0.0, float(weight(i))) for i in ids])
-        regular = weights[[i not in special for i in ids]]
-        weights[[i in special for i in ids]] = regular.mean() if regular.size and regular.sum() > 0 else 1.0
-        plain = states.mean(axis=0)
-        weighted = (states * weights[:, None]).sum(axis=0) / weights.sum()
-        return _unit(plain), _unit(weighted)
+        out: list[_QueryVectors] = [([], None)] * len(queries)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        for batch in self._batches(order, texts, QUERY_BATCH):
+            context = model.onnx_embed([texts[i] for i in batch])
+            for row, i in enumerate(batch):
+                length = int(context.attention_mask[row].sum())
+                states = np.asarray(context.model_output[row, :length], dtype=np.float64)  # (tokens, dim)
+                ids = [int(t) for t in context.input_ids[row, :length]]
+                weight = queries[i][1]
+                weighted = None if weight is None else _weighted(states, ids, special, weight)
+                out[i] = (_unit(states.mean(axis=0)), weighted)
+        return out
+
+
+_Query = tuple[str, Callable[[int], float] | None]  # a text, and the token weights to pool it with (or none)
+_QueryVectors = tuple[list[float], list[float] | None]
+
+
+def _weighted(states: Any, ids: list[int], special: set[int], weight: Callable[[int], float]) -> list[float]:
+    weights = np.array([0.0 if i in special else max(0.0, float(weight(i))) for i in ids])
+    regular = weights[[i not in special for i in ids]]
+    weights[[i in special for i in ids]] = regular.mean() if regular.size and regular.sum() > 0 else 1.0
+    return _unit((states * weights[:, None]).sum(axis=0) / weights.sum())
 
 
 def _unit(vector: Any) -> list[float]:
