@@ -45,6 +45,9 @@ def _prepare() -> None:
     from app.db import migrate
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # The HTTP clients log every request at INFO (one line per LLM call or provider send): kept for failures.
+    for chatty in ("httpx", "httpx2"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     migrate()
 
 

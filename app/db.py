@@ -17,12 +17,19 @@ from app.files import private_file
 
 def make_engine(url: str) -> Engine:
     """`hide_parameters`: a statement's values (message text, contact ids) never appear in its errors or logs."""
+    # Every orchestrator worker may hold a connection at once (app/bus/concurrent.py); the gateway, the dispatcher
+    # and the API need a few more. Connections beyond `pool_size` are opened on demand and closed when returned.
+    pool: dict[str, Any] = {"pool_size": 10, "max_overflow": max(10, get_settings().orchestrator_concurrency)}
     if url.startswith("sqlite"):
         database = make_url(url).database
         if database and database != ":memory:" and not database.startswith("file:"):
             # Created 0600 before SQLite opens it; SQLite gives its -wal and -shm files the same mode.
             private_file(Path(database))
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, hide_parameters=True)
+        # pysqlite starts a transaction at the first write, not at a read, so a unit of work that reads and then
+        # writes waits for the write lock (busy_timeout) instead of failing on a stale WAL snapshot: concurrent
+        # writers queue (tests/test_db.py).
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, hide_parameters=True,
+                               **pool)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -36,7 +43,7 @@ def make_engine(url: str) -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10, hide_parameters=True)
+    return create_engine(url, pool_pre_ping=True, hide_parameters=True, **pool)
 
 
 @lru_cache

@@ -14,6 +14,7 @@ import threading
 from dataclasses import dataclass, field
 
 from app.bus.base import Bus, Delivery
+from app.bus.concurrent import ConcurrentConsumer
 from app.bus.consumer import Consumer
 from app.config import get_settings
 from app.contracts import INBOUND, OUTBOUND
@@ -46,12 +47,26 @@ def build_consumers(bus: Bus, stop: threading.Event) -> list[Consumer]:
         "batch_size": settings.bus_batch_size,
         "stop": stop,
     }
+    # Many messages at once, one conversation at a time (app/bus/concurrent.py).
+    concurrency = settings.orchestrator_concurrency
+    inbound = ConcurrentConsumer(
+        bus, INBOUND, ORCHESTRATOR_GROUP, consumer_name("orchestrator"), orchestrator.handle,
+        on_dead=on_inbound_dead, concurrency=concurrency, key=conversation_key,
+        tenant_concurrency=settings.orchestrator_tenant_concurrency or max(1, concurrency * 3 // 4),
+        **common,  # type: ignore[arg-type]
+    )
     return [
-        Consumer(bus, INBOUND, ORCHESTRATOR_GROUP, consumer_name("orchestrator"), orchestrator.handle,
-                 on_dead=on_inbound_dead, **common),  # type: ignore[arg-type]
+        inbound,
         Consumer(bus, OUTBOUND, DISPATCHER_GROUP, consumer_name("dispatcher"), Dispatcher().handle,
                  **common),  # type: ignore[arg-type]
     ]
+
+
+def conversation_key(delivery: Delivery) -> str:
+    """The ordering key of an inbound message: its conversation (the stream already is the tenant's)."""
+    import json
+
+    return str(json.loads(delivery.fields["body"])["conversation_id"])
 
 
 def _message_id(delivery: Delivery) -> str | None:

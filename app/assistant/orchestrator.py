@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session, aliased
 
 from app.assistant import guardrails
 from app.assistant.composer import compose_offline
@@ -66,6 +66,7 @@ class Context:
     pack_version: int | None
     received_at: datetime
     earlier_burst: list[str] = field(default_factory=list)  # texts merged into this turn
+    superseded: bool = False  # a later message of the conversation was already waiting when this one was read
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,8 @@ class Orchestrator:
         assert ctx is not None
         if ctx.mode == "human":
             return self._route_to_agent(ctx)
+        if ctx.superseded and (merged := self._merge(ctx)) is not None:
+            return merged  # the later message answers both: no retrieval and no LLM call for this one
         window = float(ctx.policies.get("burst_window_s") or 0)
         wait = window - (utcnow() - _aware(ctx.received_at)).total_seconds()
         if wait > 0:
@@ -136,14 +139,19 @@ class Orchestrator:
     # -- phase 1 -----------------------------------------------------------------------------------------
     def _load(self, event: InboundMessage) -> tuple[Context | None, Outcome | None]:
         with session_scope() as session:
-            message = _tenant_message(session, event.tenant_id, event.message_id)
-            if message is None:
+            row = session.execute(  # message, conversation and tenant in one round trip
+                select(Message, Conversation, Tenant)
+                .join(Conversation, Conversation.id == Message.conversation_id)
+                .join(Tenant, Tenant.id == Message.tenant_id)
+                .where(Message.id == event.message_id, Message.tenant_id == event.tenant_id,
+                       Message.direction == "in")
+            ).first()
+            if row is None:
                 raise PermanentFailure(f"message {event.message_id} not found for tenant {event.tenant_id}")
+            message, conversation, tenant = row
             if message.status != "received":
                 self._republish_pending_reply(session, message)
                 return None, Outcome("duplicate", message.id, reason=f"already {message.status}")
-            conversation = session.get_one(Conversation, message.conversation_id)
-            tenant = session.get_one(Tenant, event.tenant_id)
             ctx = Context(
                 message_id=message.id,
                 tenant_id=tenant.id,
@@ -158,6 +166,7 @@ class Orchestrator:
                 pack_version=tenant.live_pack_version,
                 received_at=message.created_at,
                 earlier_burst=_merged_before(session, message),
+                superseded=_newer_pending(session, message) is not None,
             )
             return ctx, None
 
@@ -242,10 +251,11 @@ class Orchestrator:
     # -- phase 3 -----------------------------------------------------------------------------------------
     def _claim(self, session: Session, ctx: Context) -> tuple[Message, Conversation] | None:
         """Lock the message row and check nobody handled it while we were thinking."""
-        message = session.scalars(
-            select(Message)
+        message, conversation = session.execute(
+            select(Message, Conversation)
+            .join(Conversation, Conversation.id == Message.conversation_id)
             .where(Message.id == ctx.message_id, Message.tenant_id == ctx.tenant_id)
-            .with_for_update()
+            .with_for_update(of=Message)
         ).one()
         if message.status != "received":
             return None
@@ -258,7 +268,7 @@ class Orchestrator:
             message.meta = {**(message.meta or {}), "superseded_by": newer}
             record(session, ctx.tenant_id, "bot", "message.merged", "message", message.id, {"into": newer})
             return None
-        return message, session.get_one(Conversation, message.conversation_id)
+        return message, conversation
 
     def _answer(self, ctx: Context, draft: Draft) -> Outcome:
         with session_scope() as session:
@@ -321,6 +331,14 @@ class Orchestrator:
         return Outcome("escalated", ctx.message_id, reply_id=event.message_id,
                        escalation_id=opened.escalation_id, reason=reason, text=notice)
 
+    def _merge(self, ctx: Context) -> Outcome | None:
+        """Merge into the later message that is waiting (as `_claim` would after answering); None if it is gone."""
+        with session_scope() as session:
+            if self._claim(session, ctx) is not None:
+                return None  # claimed but nothing written: the message stays `received` and is answered
+            status = session.get_one(Message, ctx.message_id).status  # from the identity map
+        return Outcome("merged" if status == "merged" else "duplicate", ctx.message_id)
+
     def _route_to_agent(self, ctx: Context) -> Outcome:
         with session_scope() as session:
             claimed = self._claim(session, ctx)
@@ -341,18 +359,16 @@ def _tenant_message(session: Session, tenant_id: str, message_id: str) -> Messag
 
 def _merged_before(session: Session, message: Message) -> list[str]:
     """Texts of this conversation's messages merged into the turn that `message` ends, oldest first."""
-    last_turn_end = session.scalar(
-        select(func.max(Message.created_at)).where(
-            Message.conversation_id == message.conversation_id, Message.direction == "in",
-            Message.status.in_(["answered", "escalated", "human"]), Message.created_at < message.created_at,
-        )
-    )
+    ended = aliased(Message)
+    last_turn_end = select(func.max(ended.created_at)).where(
+        ended.conversation_id == message.conversation_id, ended.direction == "in",
+        ended.status.in_(["answered", "escalated", "human"]), ended.created_at < message.created_at,
+    ).scalar_subquery()
     stmt = select(Message.text).where(
         Message.conversation_id == message.conversation_id, Message.direction == "in", Message.status == "merged",
         Message.created_at < message.created_at,
+        or_(last_turn_end.is_(None), Message.created_at > last_turn_end),
     ).order_by(Message.created_at)
-    if last_turn_end is not None:
-        stmt = stmt.where(Message.created_at > last_turn_end)
     return list(session.scalars(stmt))
 
 

@@ -1,0 +1,72 @@
+"""The engine under the orchestrator's concurrency: SQLite writers queue instead of failing, and the pool lets every
+worker hold a connection at once."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from app.db import make_engine
+
+
+def test_concurrent_read_then_write_units_of_work_on_sqlite_all_commit(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'concurrent.db'}")
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE counter (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)"))
+        conn.execute(text("CREATE TABLE log (id INTEGER PRIMARY KEY, worker INTEGER NOT NULL)"))
+        conn.execute(text("INSERT INTO counter VALUES (1, 0)"))
+    workers = 24
+    # Everyone reads before anyone writes: with a transaction opened at the read (a WAL snapshot), every writer
+    # but the first would fail at once with "database is locked", busy_timeout or not.
+    all_read = threading.Barrier(workers, timeout=5)
+    errors: list[BaseException] = []
+
+    def unit_of_work(worker: int) -> None:
+        try:
+            with Session(engine) as session:
+                session.execute(text("SELECT n FROM counter WHERE id = 1")).scalar_one()
+                with contextlib.suppress(threading.BrokenBarrierError):  # a writer holds the lock meanwhile
+                    all_read.wait()
+                session.execute(text("INSERT INTO log (worker) VALUES (:w)"), {"w": worker})
+                session.execute(text("UPDATE counter SET n = n + 1 WHERE id = 1"))
+                session.commit()
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=unit_of_work, args=(i,)) for i in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT n FROM counter")).scalar_one() == workers
+        assert conn.execute(text("SELECT count(DISTINCT worker) FROM log")).scalar_one() == workers
+    engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_the_pool_lets_every_orchestrator_worker_hold_a_connection(
+    backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    from app.config import get_settings
+
+    monkeypatch.setenv("ORCHESTRATOR_CONCURRENCY", "40")
+    get_settings.cache_clear()
+    try:
+        url = request.getfixturevalue("pg_url") if backend == "postgres" else f"sqlite:///{tmp_path / 'pool.db'}"
+        engine = make_engine(url)
+        held = [engine.connect() for _ in range(40)]
+        for conn in held:
+            assert conn.execute(text("SELECT 1")).scalar_one() == 1
+        for conn in held:
+            conn.close()
+        assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+        engine.dispose()
+    finally:
+        get_settings.cache_clear()
