@@ -1,17 +1,15 @@
 """The web chat channel: an embeddable page and the widget API it calls.
 
-`POST /widget/v1/{widget_id}/sessions` gives a visitor a signed session token naming its contact id; the
-token authenticates that visitor's sends and reads, so one visitor can never read another's conversation.
+`POST /widget/v1/{widget_id}/sessions` gives a new visitor a new contact id and a signed, expiring session token
+for it, or renews the token its holder presents (gateways/webchat/sessions.py); the token authenticates that
+visitor's sends and reads, so one visitor can never read another's conversation.
 Sends follow the gateway pattern: verify -> normalise -> durable enqueue -> 202.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import html
-import secrets
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
@@ -29,6 +27,7 @@ from app.db import session_scope
 from app.models import ChannelAccount, Contact, Conversation, Message, Tenant
 from app.runtime import get_bus
 from gateways.payloads import scoped_key
+from gateways.webchat import sessions
 
 router = APIRouter(tags=["web chat widget"])
 STATIC = Path(__file__).parent / "static"
@@ -36,14 +35,26 @@ CHANNEL = "webchat"
 
 
 class SessionIn(BaseModel):
-    contact_id: str | None = Field(
-        default=None, description="Resume as this contact (must be a contact id this widget issued)."
+    token: str | None = Field(
+        default=None, max_length=2000,
+        description="A session token of this widget to renew (or send it as 'Authorization: Bearer <token>'); "
+                    "expired ones are renewed for WIDGET_SESSION_RENEW_GRACE_S. Without one: a new visitor.",
     )
+    contact_id: str | None = Field(
+        default=None, max_length=200,
+        description="Only with a token, and then it must be the token's contact. Contact ids are issued by the "
+                    "server; one alone is refused with 403.",
+    )
+
+    model_config = {"json_schema_extra": {"examples": [{}, {"token": "eyJhbGciOiJIUzI1NiIs..."}]}}
 
 
 class SessionOut(BaseModel):
     contact_id: str
-    token: str
+    token: str = Field(description="Send as 'Authorization: Bearer <token>'; renew it here before it expires.")
+    expires_at: datetime
+    expires_in: int = Field(description="Seconds until the token expires.")
+    renewed: bool = Field(description="True when an existing session was renewed (same contact id).")
 
 
 class SendIn(BaseModel):
@@ -77,11 +88,6 @@ class MessagesOut(BaseModel):
     cursor: str | None
 
 
-def _sign(widget_id: str, contact_id: str) -> str:
-    key = get_settings().effective_secret_key.encode()
-    return hmac.new(key, f"{widget_id}:{contact_id}".encode(), hashlib.sha256).hexdigest()
-
-
 def _account(widget_id: str) -> ChannelAccount:
     with session_scope() as session:
         account = session.scalars(
@@ -94,26 +100,64 @@ def _account(widget_id: str) -> ChannelAccount:
         return account
 
 
-def _visitor(widget_id: str, authorization: str | None) -> str:
+def _bearer(authorization: str | None) -> str | None:
     if not authorization or not authorization.lower().startswith("bearer "):
-        raise HTTPException(401, "missing session token: POST /widget/v1/{widget_id}/sessions first")
-    contact_id, _, signature = authorization[7:].strip().partition(".")
-    if not contact_id or not hmac.compare_digest(signature, _sign(widget_id, contact_id)):
-        raise HTTPException(401, "invalid session token for this widget")
-    return contact_id
+        return None
+    return authorization[7:].strip() or None
+
+
+def _visitor(widget_id: str, authorization: str | None) -> str:
+    """The contact id of a valid, unexpired session token of this widget; 401 naming the fix otherwise."""
+    token = _bearer(authorization)
+    if token is None:
+        raise HTTPException(401, f"missing session token: POST /widget/v1/{widget_id}/sessions first")
+    try:
+        return sessions.verify(widget_id, token).contact_id
+    except sessions.SessionError as exc:
+        raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
 
 
 @router.post("/widget/v1/{widget_id}/sessions", response_model=SessionOut, status_code=201,
-             summary="Start a visitor session")
-def open_session(widget_id: str, request: Request, body: SessionIn | None = None) -> SessionOut:
-    """Start (or resume) a visitor session. Keep the token: it is the visitor's only credential. Limited per
-    client IP (429)."""
+             summary="Start or renew a visitor session",
+             responses={401: {"description": "The token to renew is invalid, or expired beyond the grace period."},
+                        403: {"description": "A contact id without its token (ids cannot be chosen)."},
+                        404: {"description": "No active widget with this id."}})
+def open_session(
+    widget_id: str, request: Request, body: SessionIn | None = None,
+    authorization: Annotated[str | None, Header()] = None,
+) -> SessionOut:
+    """Without a token: a new visitor, with a new contact id chosen by the server. With the visitor's token (in
+    the body or as 'Authorization: Bearer'), even one expired up to WIDGET_SESSION_RENEW_GRACE_S ago: a new
+    token for the same contact, so the conversation continues. Tokens last WIDGET_SESSION_TTL_S (24 h by
+    default); renew before `expires_in` runs out. Keep the token: it is the visitor's only credential, and
+    a contact id alone never yields one. Unknown body fields are ignored. Limited per client IP (429)."""
     ratelimit.enforce(ratelimit.WIDGET_SESSIONS_PER_IP, ratelimit.client_ip(request))
-    _account(widget_id)
-    contact_id = (body.contact_id if body else None) or f"v_{secrets.token_urlsafe(16)}"
-    if not contact_id.startswith("v_") or len(contact_id) > 64:
-        raise HTTPException(422, "contact_id must be an id this widget issued (starts with 'v_')")
-    return SessionOut(contact_id=contact_id, token=f"{contact_id}.{_sign(widget_id, contact_id)}")
+    account = _account(widget_id)
+    body = body or SessionIn()
+    bearer = _bearer(authorization)
+    if body.token and bearer and body.token != bearer:
+        raise HTTPException(422, "two different tokens (body and Authorization header): send the one to renew once")
+    presented = body.token or bearer
+    if presented is None:
+        if body.contact_id is not None:
+            raise HTTPException(403, "contact ids are issued by the server: to continue a visitor's session send "
+                                     "its token ('Authorization: Bearer <token>'); without one, POST {} for a "
+                                     "new visitor")
+        issued = sessions.issue(widget_id, account.tenant_id, sessions.new_contact_id())
+        return SessionOut(contact_id=issued.contact_id, token=issued.token, expires_at=issued.expires_at,
+                          expires_in=issued.expires_in, renewed=False)
+    try:
+        visitor = sessions.verify(widget_id, presented, renewing=True)
+    except sessions.SessionError as exc:
+        raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
+    if visitor.tenant_id != account.tenant_id:
+        raise HTTPException(401, f"invalid session token for this widget: POST /widget/v1/{widget_id}/sessions "
+                                 "without a token for a new session")
+    if body.contact_id is not None and body.contact_id != visitor.contact_id:
+        raise HTTPException(403, "the token is for another contact: a token renews only its own contact's session")
+    issued = sessions.issue(widget_id, account.tenant_id, visitor.contact_id)
+    return SessionOut(contact_id=issued.contact_id, token=issued.token, expires_at=issued.expires_at,
+                      expires_in=issued.expires_in, renewed=True)
 
 
 @router.post("/widget/v1/{widget_id}/messages", response_model=SendOut, status_code=202,

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -65,4 +67,49 @@ def test_visitor_asks_in_the_widget_and_sees_a_cited_answer(stack: Stack, base_u
 
         page.reload()  # the session survives a reload: the conversation is still there
         expect(page.locator(".msg.out:not(.greeting)").first).to_contain_text("30 days", timeout=30_000)
+        browser.close()
+
+
+def test_widget_renews_an_expired_session_and_keeps_the_conversation(stack: Stack, base_url: str) -> None:
+    """The server issues the visitor's id and an expiring token; a page holding an expired one (within the grace
+    period) renews it for the same contact, and a page holding one past its grace starts a new visitor."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from app.db import session_scope
+    from app.models import Tenant
+    from gateways.webchat import sessions
+
+    widget = stack.northwind.widget
+    visitor = stack.visitor(stack.northwind)
+    visitor.send("What is your return policy?", "renew-1")
+    visitor.wait_for(lambda ms: any(m["direction"] == "out" for m in ms))
+    contact = visitor.client.post(f"/widget/v1/{widget}/sessions", headers=visitor.auth).json()["contact_id"]
+    with session_scope() as db:
+        tenant_id = db.query(Tenant.id).filter(Tenant.slug == "northwind").scalar()
+    now = datetime.now(UTC)
+    expired = sessions.issue(widget, tenant_id, contact, now=now - timedelta(days=2)).token
+    stale = sessions.issue(widget, tenant_id, contact, now=now - timedelta(days=30)).token
+    store = f"switchboard:{widget}"
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        page = browser.new_page()
+        page.goto(f"{base_url}/widget/{widget}")
+        page.evaluate("([key, value]) => localStorage.setItem(key, value)",
+                      [store, json.dumps({"contact_id": contact, "token": expired, "renew_at": 0})])
+        page.reload()
+        expect(page.locator(".msg.out:not(.greeting)").first).to_contain_text("30 days", timeout=30_000)
+        held = json.loads(page.evaluate("key => localStorage.getItem(key)", store))
+        assert held["contact_id"] == contact and held["token"] != expired
+
+        # Past the grace period the token cannot be renewed: the page starts over as a new visitor.
+        page.evaluate("([key, value]) => localStorage.setItem(key, value)",
+                      [store, json.dumps({"contact_id": contact, "token": stale, "renew_at": 0})])
+        page.reload()
+        page.wait_for_function("([key, old]) => JSON.parse(localStorage.getItem(key) || 'null')?.contact_id "
+                               "&& JSON.parse(localStorage.getItem(key)).contact_id !== old", arg=[store, contact])
+        expect(page.locator(".msg.in")).to_have_count(0)
         browser.close()

@@ -1,0 +1,109 @@
+"""Web chat visitor sessions: the server picks each visitor's contact id and signs a short-lived token for it.
+
+A token is a JWT (HS256) whose subject is the contact id, with the widget as audience, the tenant, the issue
+time and an expiry (WIDGET_SESSION_TTL_S, 24 h by default). Its holder renews it by presenting it to
+`POST /widget/v1/{widget_id}/sessions`, until WIDGET_SESSION_RENEW_GRACE_S after it expired; a visitor without
+a token gets a new contact id. Nothing else yields a token for a contact, so knowing a visitor's id (agents see
+it) is not enough to read or write their conversation. Tokens are not stored: a renewed token does not revoke
+the one it replaced (both end at their own expiry), and rotating SWITCHBOARD_SECRET_KEY ends every session.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import jwt
+
+from app.config import get_settings
+
+ALGORITHM = "HS256"
+ISSUER = "switchboard/webchat"
+# Server-issued ids are URL-safe base64: no ':' (provider message ids are `<contact>:<client message id>`).
+CONTACT_PREFIX = "v_"
+
+
+class SessionError(Exception):
+    """A token that cannot be used; `expired` when it was ours but is too old."""
+
+    def __init__(self, message: str, *, expired: bool = False) -> None:
+        super().__init__(message)
+        self.expired = expired
+
+
+@dataclass(frozen=True)
+class IssuedSession:
+    contact_id: str
+    token: str
+    expires_at: datetime
+    expires_in: int
+
+
+@dataclass(frozen=True)
+class Visitor:
+    contact_id: str
+    tenant_id: str
+
+
+def new_contact_id() -> str:
+    return CONTACT_PREFIX + secrets.token_urlsafe(16)
+
+
+def _key() -> bytes:
+    # A key of its own, derived from the secret key: a widget token never doubles as anything else it signs.
+    return hmac.new(get_settings().effective_secret_key.encode(), b"switchboard webchat session v1",
+                    hashlib.sha256).digest()
+
+
+def _audience(widget_id: str) -> str:
+    return f"widget:{widget_id}"
+
+
+def issue(widget_id: str, tenant_id: str, contact_id: str, *, now: datetime | None = None) -> IssuedSession:
+    """A token for `contact_id` on this widget. Callers decide who may have one: see the module docstring."""
+    ttl = get_settings().widget_session_ttl_s
+    issued = (now or datetime.now(UTC)).replace(microsecond=0)
+    expires = issued + timedelta(seconds=ttl)
+    claims = {"iss": ISSUER, "aud": _audience(widget_id), "sub": contact_id, "tid": tenant_id,
+              "iat": issued, "exp": expires}
+    return IssuedSession(contact_id, jwt.encode(claims, _key(), algorithm=ALGORITHM), expires, ttl)
+
+
+def _duration(seconds: int) -> str:
+    for unit, size in (("day", 86_400), ("hour", 3_600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            n = seconds // size
+            return f"{n} {unit}{'s' if n != 1 else ''}"
+    return f"{seconds} s"
+
+
+def verify(widget_id: str, token: str, *, renewing: bool = False) -> Visitor:
+    """The visitor a token of this widget names, or SessionError. `renewing` accepts a token up to
+    WIDGET_SESSION_RENEW_GRACE_S past its expiry."""
+    settings = get_settings()
+    sessions_url = f"POST /widget/v1/{widget_id}/sessions"
+    leeway = settings.widget_session_renew_grace_s if renewing else 0
+    try:
+        claims = jwt.decode(
+            token, _key(), algorithms=[ALGORITHM], audience=_audience(widget_id), issuer=ISSUER, leeway=leeway,
+            options={"require": ["exp", "iat", "sub", "aud", "iss"]},
+        )
+    except jwt.ExpiredSignatureError:
+        if renewing:
+            raise SessionError(
+                f"this session expired more than {_duration(settings.widget_session_renew_grace_s)} ago and can no "
+                f"longer be renewed: start a new session with {sessions_url} without a token", expired=True,
+            ) from None
+        raise SessionError(
+            f"session token expired: renew it with {sessions_url}, sending the token as "
+            "'Authorization: Bearer <token>' (or start a new session without one)", expired=True,
+        ) from None
+    except jwt.InvalidTokenError:
+        raise SessionError(f"invalid session token for this widget: start a session with {sessions_url}") from None
+    contact_id, tenant_id = claims.get("sub"), claims.get("tid")
+    if not isinstance(contact_id, str) or not contact_id.startswith(CONTACT_PREFIX) or not isinstance(tenant_id, str):
+        raise SessionError(f"invalid session token for this widget: start a session with {sessions_url}")
+    return Visitor(contact_id, tenant_id)
