@@ -86,6 +86,8 @@ def verify(widget_id: str, token: str, *, renewing: bool = False) -> Visitor:
     settings = get_settings()
     sessions_url = f"POST /widget/v1/{widget_id}/sessions"
     leeway = settings.widget_session_renew_grace_s if renewing else 0
+    if not token.isascii():  # a JWT is ASCII; anything else (a lone surrogate) must not reach the decoder
+        raise SessionError(f"invalid session token for this widget: start a session with {sessions_url}")
     try:
         claims = jwt.decode(
             token, _key(), algorithms=[ALGORITHM], audience=_audience(widget_id), issuer=ISSUER, leeway=leeway,
