@@ -1,0 +1,193 @@
+"""The orchestrator role as `serve` and `switchboard orchestrator` wire it (app/workers_runtime.py), with real
+retrieval and the LLM path through the `openai` SDK to the OpenAI-compatible fake server, on the embedded stack and
+on Postgres + Redis: one tenant's stalled LLM does not hold up another tenant's replies, a conversation's messages
+are handled one at a time and in order while other conversations go ahead. Observed through the reply events on
+the outbound stream and the LLM requests, never through timings."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from app.bus.base import Bus
+from app.bus.concurrent import ConcurrentConsumer
+from app.contracts import OUTBOUND, Event, OutboundMessage
+from app.db import session_scope
+from app.models import Message, Tenant
+from tests.bus.conftest import wait_for
+from tests.conftest import REDIS_TEST_URL, REPO
+from tests.fakes.openai_server import FakeOpenAIServer
+
+RETURNS = REPO / "tenants" / "northwind" / "knowledge" / "returns-and-refunds.md"
+EXAMPLE = REPO / "tenants" / "northwind"
+ANSWER = "You can return unused items within 30 days of delivery for a refund [1]."
+
+
+@dataclass
+class LLM:
+    """The fake server's side: which calls are in flight per model and per conversation marker."""
+
+    server: FakeOpenAIServer
+    gates: dict[str, threading.Event] = field(default_factory=dict)  # marker or model -> held until set
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    inflight: Counter[str] = field(default_factory=Counter)
+    peak: Counter[str] = field(default_factory=Counter)
+    questions: list[str] = field(default_factory=list)  # the last user message of every call, in arrival order
+
+    def answer(self, body: dict[str, Any]) -> str:
+        question = body["messages"][-1]["content"]
+        tags = [body["model"], *(word for word in ("alpha", "bravo") if word in question)]
+        with self.lock:
+            self.questions.append(question)
+            for tag in tags:
+                self.inflight[tag] += 1
+                self.peak[tag] = max(self.peak[tag], self.inflight[tag])
+        try:
+            for tag in tags:
+                if tag in self.gates:
+                    assert self.gates[tag].wait(30), f"the test never released {tag}"
+            return ANSWER
+        finally:
+            with self.lock:
+                for tag in tags:
+                    self.inflight[tag] -= 1
+
+
+@dataclass
+class Pipeline:
+    bus: Bus
+    consumer: ConcurrentConsumer
+    llm: LLM
+    seen: list[OutboundMessage] = field(default_factory=list)
+
+    def send(self, tenant_id: str, contact: str, text: str) -> str:
+        from app.conversations.service import accept_inbound
+
+        accepted = accept_inbound(self.bus, tenant_id=tenant_id, channel="webchat", contact_external_id=contact,
+                                  provider_message_id=uuid.uuid4().hex, text=text)
+        return accepted.message_id
+
+    def replies(self, tenant_id: str) -> list[OutboundMessage]:
+        """Reply events on the outbound stream so far (read by an observer group of its own)."""
+        for delivery in self.bus.read(OUTBOUND, "test-observer", "o", count=100, block_ms=0):
+            event = Event.from_bus(delivery.fields)
+            assert isinstance(event, OutboundMessage)
+            self.seen.append(event)
+        return [e for e in self.seen if e.tenant_id == tenant_id]
+
+
+def _tenant(model: str) -> str:
+    from app import operations
+
+    slug = f"t{uuid.uuid4().hex[:8]}"
+    operations.create_tenant(slug, folder=EXAMPLE)
+    assert operations.ingest(slug, [RETURNS])["chunks"] > 0
+    with session_scope() as session:
+        tenant = session.scalars(select(Tenant).where(Tenant.slug == slug)).one()
+        # The conversation markers in the test questions ("alpha: ...") cost some relevance.
+        tenant.policies = {**tenant.policies, "llm": {"model": model}, "min_relevance": 0.3}
+        return tenant.id
+
+
+@pytest.fixture(params=["embedded", "postgres+redis"])
+def pipeline(request: pytest.FixtureRequest, sb_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pipeline]:
+    from app.db import migrate
+    from app.runtime import get_bus, reset_caches
+    from app.workers_runtime import build_consumers
+
+    if request.param == "postgres+redis":
+        monkeypatch.setenv("DATABASE_URL", request.getfixturevalue("pg_url"))
+        monkeypatch.setenv("REDIS_URL", REDIS_TEST_URL)
+        monkeypatch.setenv("BUS_NAMESPACE", request.getfixturevalue("redis_namespace"))
+    with FakeOpenAIServer() as server:
+        # The operator's LLM for every tenant; each tenant picks its model, which is how the server tells them apart.
+        monkeypatch.setenv("LLM_BASE_URL", server.base_url)
+        monkeypatch.setenv("LLM_API_KEY", server.api_key)
+        monkeypatch.setenv("ORCHESTRATOR_CONCURRENCY", "8")
+        monkeypatch.setenv("ORCHESTRATOR_TENANT_CONCURRENCY", "4")
+        reset_caches()
+        migrate()
+        llm = LLM(server)
+        server.reply_with(llm.answer)
+        bus = get_bus()
+        stop = threading.Event()
+        inbound = build_consumers(bus, stop)[0]
+        assert isinstance(inbound, ConcurrentConsumer) and inbound.concurrency == 8
+        bus.ensure_group(OUTBOUND, "test-observer")
+        thread = threading.Thread(target=inbound.run, daemon=True)
+        thread.start()
+        try:
+            yield Pipeline(bus, inbound, llm)
+        finally:
+            for gate in llm.gates.values():
+                gate.set()
+            stop.set()
+            thread.join(timeout=30)
+    assert not thread.is_alive()
+
+
+def test_a_tenant_whose_llm_stalls_does_not_hold_up_another_tenants_replies(pipeline: Pipeline) -> None:
+    llm = pipeline.llm
+    llm.gates["stalled-model"] = threading.Event()
+    stalled = _tenant("stalled-model")
+    quick = _tenant("quick-model")
+    # More of the stalled tenant's customers than the whole pool has workers.
+    for i in range(10):
+        pipeline.send(stalled, f"s{i}", "how long do I have to return my boots?")
+    wait_for(lambda: llm.inflight["stalled-model"] == 4, timeout=60)  # its limit: 4 of the 8 workers
+    for i in range(3):
+        pipeline.send(quick, f"q{i}", "how long do I have to return a jacket?")
+    wait_for(lambda: len(pipeline.replies(quick)) == 3, timeout=60)
+    # The quick tenant was answered while every call of the stalled one is still blocked.
+    assert llm.inflight["stalled-model"] == 4
+    assert pipeline.replies(stalled) == []
+    assert [r.text for r in pipeline.replies(quick)] == [ANSWER] * 3
+    llm.gates["stalled-model"].set()
+    wait_for(lambda: len(pipeline.replies(stalled)) == 10, timeout=60)
+    assert llm.peak["stalled-model"] == 4
+
+
+def test_a_conversations_messages_go_one_at_a_time_in_order_while_others_go_ahead(pipeline: Pipeline) -> None:
+    llm = pipeline.llm
+    llm.gates["alpha"] = threading.Event()
+    tenant = _tenant("model")
+    first = pipeline.send(tenant, "alice", "alpha: how long do I have to return boots?")
+    wait_for(lambda: llm.inflight["alpha"] == 1, timeout=60)
+    second = pipeline.send(tenant, "alice", "alpha: and what about sale items, can I return those?")
+    third = pipeline.send(tenant, "alice", "alpha: and can I return a gift?")
+    bob = pipeline.send(tenant, "bob", "bravo: how long do I have to return a tent?")
+    # Another conversation is answered while Alice's first message still waits for the LLM ...
+    wait_for(lambda: len(pipeline.replies(tenant)) == 1, timeout=60)
+    with session_scope() as session:
+        assert pipeline.replies(tenant)[0].conversation_id == session.get_one(Message, bob).conversation_id
+    # ... and her later messages have not started: they wait behind the first.
+    assert sum("alpha" in q for q in llm.questions) == 1
+    assert pipeline.consumer.held >= 3
+    llm.gates["alpha"].set()
+    with session_scope() as session:
+        conversation_id = session.get_one(Message, first).conversation_id
+
+    def alice_settled() -> bool:
+        with session_scope() as session:
+            return session.get_one(Message, third).status == "answered"
+
+    wait_for(alice_settled, timeout=60)
+    with session_scope() as session:
+        statuses = [session.get_one(Message, m).status for m in (first, second, third)]
+    # The first message's answer was superseded by the messages that came in meanwhile; the second was merged at
+    # once (no LLM call of its own); the third answers all three as one turn.
+    assert statuses == ["merged", "merged", "answered"]
+    alpha_calls = [q for q in llm.questions if "alpha" in q]
+    assert len(alpha_calls) == 2 and llm.peak["alpha"] == 1
+    assert all(part in alpha_calls[1] for part in ("boots", "sale items", "gift"))
+    wait_for(lambda: len(pipeline.replies(tenant)) == 2)
+    alice = [r for r in pipeline.replies(tenant) if r.conversation_id == conversation_id]
+    assert len(alice) == 1
