@@ -19,6 +19,7 @@ def main() -> None:
             "the orchestrator process needs REDIS_URL (scale-out mode); in embedded mode 'switchboard serve' "
             "runs the orchestrator in its own process"
         )
+    _check_vector_store()
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
@@ -30,3 +31,27 @@ def main() -> None:
     done.wait()
     log.info("stopping: finishing the current batch")
     roles.stop()
+
+
+def _check_vector_store() -> None:
+    """Without QDRANT_URL the vector store is the embedded one, a folder only one process can open: fail here, at
+    start-up, rather than on every message."""
+    from app.config import get_settings
+
+    settings = get_settings()
+    if settings.qdrant_url:
+        return
+    from app.providers.vectors.edge import VectorStoreLocked
+    from app.runtime import get_vector_store
+
+    folder = settings.home_dir / "vectors"
+    try:
+        get_vector_store()
+    except VectorStoreLocked:
+        raise SystemExit(
+            f"the embedded vector store ({folder}) is already open in another process, and only one process can "
+            "use it: to run several orchestrators (or one beside `switchboard worker` or `serve`), set QDRANT_URL "
+            "to a Qdrant server shared by all of them"
+        ) from None
+    log.warning("QDRANT_URL is not set: this orchestrator uses the embedded vector store in %s, which no other "
+                "process can open; set QDRANT_URL to run replicas", folder)

@@ -37,6 +37,10 @@ from app.providers.vectors.common import (
 )
 
 
+class VectorStoreLocked(RuntimeError):
+    """Another process holds the embedded store's folder (qdrant-edge allows one process per folder)."""
+
+
 class EdgeVectorStore:
     def __init__(self, path: Path | str, dim: int = 384) -> None:
         self.path = Path(path).expanduser()
@@ -58,13 +62,13 @@ class EdgeVectorStore:
                 self._shard = qe.EdgeShard.create(str(self.path), config)
         except Exception as exc:
             if "WouldBlock" in str(exc):
-                hint = (
-                    "it is open in another process (qdrant-edge locks its folder to one process): while "
-                    "`switchboard serve` runs, use the CLI through the server"
-                )
-            else:
-                hint = f"{exc}; if the embedding dimension changed, re-index into a new folder"
-            raise RuntimeError(f"cannot open the vector store at {self.path}: {hint}") from exc
+                raise VectorStoreLocked(
+                    f"cannot open the vector store at {self.path}: it is open in another process (qdrant-edge "
+                    "locks its folder to one process): while `switchboard serve` runs, use the CLI through the "
+                    "server"
+                ) from exc
+            raise RuntimeError(f"cannot open the vector store at {self.path}: {exc}; if the embedding dimension "
+                               "changed, re-index into a new folder") from exc
         self._ensure_indexes()
 
     @property
