@@ -357,9 +357,12 @@ def _tenant_message(session: Session, tenant_id: str, message_id: str) -> Messag
     ).first()
 
 
+_ENDED_TURN = aliased(Message)  # built once: an alias costs more to build than the query it is used in
+
+
 def _merged_before(session: Session, message: Message) -> list[str]:
     """Texts of this conversation's messages merged into the turn that `message` ends, oldest first."""
-    ended = aliased(Message)
+    ended = _ENDED_TURN
     last_turn_end = select(func.max(ended.created_at)).where(
         ended.conversation_id == message.conversation_id, ended.direction == "in",
         ended.status.in_(["answered", "escalated", "human"]), ended.created_at < message.created_at,
