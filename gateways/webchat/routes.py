@@ -9,14 +9,20 @@ Sends follow the gateway pattern: verify -> normalise -> durable enqueue -> 202.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import html
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse
+from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
@@ -25,7 +31,7 @@ from app.config import get_settings
 from app.conversations.service import accept_inbound
 from app.db import session_scope
 from app.models import ChannelAccount, Contact, Conversation, Message, Tenant
-from app.runtime import get_bus
+from app.runtime import get_bus, get_push
 from gateways.payloads import scoped_key
 from gateways.webchat import sessions
 
@@ -165,9 +171,9 @@ def open_session(
 def send_message(
     widget_id: str, body: SendIn, request: Request, authorization: Annotated[str | None, Header()] = None
 ) -> SendOut:
-    """Send the visitor's message. 202 means it is stored and queued; poll messages for the reply. Limited per
-    client IP and per visitor: 429 says when to retry, and a retry with the same `client_message_id` is stored
-    once."""
+    """Send the visitor's message. 202 means it is stored and queued; the reply arrives on the event stream
+    (`GET .../events`) or a long-poll of `GET .../messages`. Limited per client IP and per visitor: 429 says
+    when to retry, and a retry with the same `client_message_id` is stored once."""
     ratelimit.enforce(ratelimit.WIDGET_SENDS_PER_IP, ratelimit.client_ip(request))
     contact_id = _visitor(widget_id, authorization)
     ratelimit.enforce(ratelimit.WIDGET_SENDS_PER_VISITOR, contact_id)
@@ -187,12 +193,19 @@ def send_message(
         text=text,
         channel_account_id=account.id,
     )
+    if not accepted.duplicate:
+        get_push().publish(account.tenant_id, contact_id)  # the visitor's open streams show it
     return SendOut(
         message_id=accepted.message_id, conversation_id=accepted.conversation_id, duplicate=accepted.duplicate
     )
 
 
+READ_LIMIT = 200
+
+
 def _messages(tenant_id: str, contact_id: str, after: datetime | None) -> MessagesOut:
+    """The visitor's messages after the cursor, in order, stopping before the first reply still being
+    delivered: the cursor never moves past a message the visitor has not been shown yet."""
     with session_scope() as session:
         contact = session.scalars(
             select(Contact).where(
@@ -200,47 +213,144 @@ def _messages(tenant_id: str, contact_id: str, after: datetime | None) -> Messag
             )
         ).first()
         if contact is None:
-            return MessagesOut(messages=[], cursor=None)
+            return MessagesOut(messages=[], cursor=after.isoformat() if after else None)
         stmt = (
             select(Message)
             .join(Conversation, Conversation.id == Message.conversation_id)
             .where(Conversation.tenant_id == tenant_id, Conversation.contact_id == contact.id)
-            .where(Message.status.notin_(["pending", "failed"]))
+            .where(Message.status != "failed")
             .order_by(Message.created_at)
         )
         if after is not None:
             stmt = stmt.where(Message.created_at > after)
-        rows = session.scalars(stmt.limit(200)).all()
-        out = [
-            WidgetMessage(id=m.id, direction=m.direction, author=m.author, text=m.text, citations=m.citations,
-                          created_at=m.created_at)
-            for m in rows
-        ]
-        return MessagesOut(messages=out, cursor=out[-1].created_at.isoformat() if out else None)
+        out: list[WidgetMessage] = []
+        for m in session.scalars(stmt.limit(READ_LIMIT)):
+            if m.status == "pending":
+                break
+            out.append(WidgetMessage(id=m.id, direction=m.direction, author=m.author, text=m.text,
+                                     citations=m.citations, created_at=m.created_at))
+        cursor = out[-1].created_at.isoformat() if out else after.isoformat() if after else None
+        return MessagesOut(messages=out, cursor=cursor)
 
 
 @router.get("/widget/v1/{widget_id}/messages", response_model=MessagesOut,
              summary="Read (or long-poll) the conversation")
 async def list_messages(
     widget_id: str,
-    request: Request,
     authorization: Annotated[str | None, Header()] = None,
     after: Annotated[datetime | None, Query(description="Cursor from the previous response.")] = None,
     wait: Annotated[float, Query(ge=0, le=30, description="Long-poll up to this many seconds.")] = 0,
 ) -> MessagesOut:
-    """The visitor's conversation after `after`; with `wait`, holds the request until something new arrives."""
+    """The visitor's conversation after `after`; with `wait`, holds the request until something new arrives
+    (the fallback for clients without `GET .../events`)."""
     contact_id = _visitor(widget_id, authorization)
     account = await run_in_threadpool(_account, widget_id)
-    deadline = asyncio.get_running_loop().time() + wait
-    while True:
+    if wait == 0:
+        return await run_in_threadpool(_messages, account.tenant_id, contact_id, after)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    async with get_push().subscribe(account.tenant_id, contact_id) as updates:
         result = await run_in_threadpool(_messages, account.tenant_id, contact_id, after)
-        if result.messages or asyncio.get_running_loop().time() >= deadline:
-            if not result.messages:
-                result.cursor = after.isoformat() if after else None
-            return result
-        await asyncio.sleep(0.25)
-        if await request.is_disconnected():  # the visitor left: stop polling the database for them
-            return MessagesOut(messages=[], cursor=after.isoformat() if after else None)
+        while not result.messages and (remaining := deadline - loop.time()) > 0:
+            if await updates.wait(remaining):  # woken by a commit for this visitor; no database polling
+                result = await run_in_threadpool(_messages, account.tenant_id, contact_id, after)
+    return result
+
+
+# Browsers' EventSource cannot send an Authorization header and the session token is long-lived, so it must
+# not travel in URLs (proxies log them): a stream is opened with a short-lived ticket bound to the widget and
+# the visitor. A stream ends after STREAM_MAX_S; EventSource reconnects from its last event id, and when the
+# ticket has expired by then the page asks for a new one.
+TICKET_TTL_S = 60
+STREAM_MAX_S = 300.0
+
+
+class TicketOut(BaseModel):
+    ticket: str
+    expires_in: int = Field(description="Seconds the ticket can be used to open a stream.")
+
+
+def _ticket_signature(widget_id: str, contact_id: str, expires: int) -> bytes:
+    # A key of its own, so no session-token signature can ever pass as a ticket signature.
+    key = hashlib.sha256(b"widget-events:" + get_settings().effective_secret_key.encode()).digest()
+    message = f"{widget_id}:{contact_id}:{expires}".encode(errors="surrogatepass")  # hostile input must not raise
+    return hmac.new(key, message, hashlib.sha256).hexdigest().encode()
+
+
+@router.post("/widget/v1/{widget_id}/events/tickets", response_model=TicketOut, status_code=201,
+             summary="Get a ticket for the event stream")
+def open_ticket(widget_id: str, authorization: Annotated[str | None, Header()] = None) -> TicketOut:
+    """A ticket to open `GET .../events?ticket=...` from a browser's `EventSource`, valid for `expires_in`
+    seconds (to connect; an open stream stays open). Clients that can send headers may skip it and open the
+    stream with the session token instead."""
+    contact_id = _visitor(widget_id, authorization)
+    _account(widget_id)
+    expires = int(time.time()) + TICKET_TTL_S
+    signature = _ticket_signature(widget_id, contact_id, expires).decode()
+    return TicketOut(ticket=f"{contact_id}.{expires}.{signature}", expires_in=TICKET_TTL_S)
+
+
+@dataclass(frozen=True)
+class StreamVisitor:
+    tenant_id: str
+    contact_id: str
+
+
+def _stream_visitor(
+    widget_id: str,
+    authorization: Annotated[str | None, Header()] = None,
+    ticket: Annotated[str | None, Query(max_length=300, description="From `POST .../events/tickets`.")] = None,
+) -> StreamVisitor:
+    if ticket is None:
+        contact_id = _visitor(widget_id, authorization)
+    else:
+        head, _, signature = ticket.rpartition(".")
+        contact_id, _, expires = head.rpartition(".")
+        valid = bool(contact_id) and expires.isascii() and expires.isdigit() and len(expires) <= 12
+        if not valid or not hmac.compare_digest(signature.encode(errors="replace"),
+                                                _ticket_signature(widget_id, contact_id, int(expires))):
+            raise HTTPException(401, "invalid event stream ticket for this widget: POST .../events/tickets")
+        if int(expires) < time.time():
+            raise HTTPException(401, "event stream ticket expired: POST .../events/tickets for a new one")
+    return StreamVisitor(_account(widget_id).tenant_id, contact_id)
+
+
+@router.get("/widget/v1/{widget_id}/events", response_class=EventSourceResponse,
+            summary="Stream the conversation (Server-Sent Events)")
+async def stream_events(
+    visitor: Annotated[StreamVisitor, Depends(_stream_visitor)],
+    after: Annotated[datetime | None, Query(description="Cursor: start after this message.")] = None,
+    last_event_id: Annotated[datetime | None, Header(alias="Last-Event-ID",
+                                                     description="Sent by EventSource when it reconnects.")] = None,
+) -> AsyncIterator[ServerSentEvent]:
+    """The visitor's conversation as Server-Sent Events, each new message the moment it is stored.
+
+    Authenticate with `Authorization: Bearer <session token>` or `?ticket=` (`POST .../events/tickets`).
+    Events: `message` (a message, as in `GET .../messages`; its `id` is the cursor to resume from), `ready`
+    (sent once the backlog after the cursor has been sent and the stream is live). The stream closes after a
+    few minutes; reconnect with `Last-Event-ID` (EventSource does) or `?after=`.
+    """
+    cursor = last_event_id or after
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + STREAM_MAX_S
+    async with get_push().subscribe(visitor.tenant_id, visitor.contact_id) as updates:
+        woken, ready = True, False
+        while True:
+            if woken:
+                result = await run_in_threadpool(_messages, visitor.tenant_id, visitor.contact_id, cursor)
+                for message in result.messages:
+                    cursor = message.created_at
+                    yield ServerSentEvent(event="message", data=message, id=cursor.isoformat())
+                if not ready:
+                    ready = True
+                    yield ServerSentEvent(event="ready", data={"cursor": cursor.isoformat() if cursor else None},
+                                          retry=2000)
+                if len(result.messages) == READ_LIMIT:
+                    continue  # more backlog than one read returns
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            woken = await updates.wait(remaining)
 
 
 @router.get("/widget/{widget_id}", response_class=HTMLResponse, include_in_schema=False)

@@ -1,0 +1,197 @@
+"""Pushed widget updates: one contract for LocalPush and RedisPush (on the real Redis), the after-commit hook,
+the web chat sender that uses it, and the widget read that never moves its cursor past an undelivered reply."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from app.bus.memory import MemoryBus
+from app.conversations.dispatcher import Dispatcher
+from app.conversations.push import LocalPush, Push, RedisPush, notify_on_commit
+from app.conversations.service import accept_inbound, add_outbound, outbound_event
+from app.db import migrate, session_scope
+from app.models import Conversation, Message
+from tests.conftest import REDIS_TEST_URL
+
+PushFactory = Callable[[], Push]
+BOUND = 10.0  # seconds before a wait that should succeed is declared failed (never an assertion on speed)
+
+
+@pytest.fixture(params=["local", "redis"])
+def make_push(request: pytest.FixtureRequest) -> Iterator[PushFactory]:
+    """Two pushes from one factory behave like two processes: one in-process hub (local), or two Redis
+    subscribers on one namespace (redis)."""
+    created: list[Push] = []
+    shared = LocalPush()
+    namespace = request.getfixturevalue("redis_namespace") if request.param == "redis" else ""
+
+    def factory() -> Push:
+        push: Push = shared if request.param == "local" else RedisPush(REDIS_TEST_URL, namespace=namespace)
+        created.append(push)
+        return push
+
+    yield factory
+    for push in created:
+        push.close()
+
+
+def test_a_publish_wakes_the_visitors_waiter_even_from_another_process(make_push: PushFactory) -> None:
+    api, dispatcher = make_push(), make_push()
+
+    async def scenario() -> None:
+        async with api.subscribe("tenant-a", "v_1") as waiter:
+            await asyncio.to_thread(dispatcher.publish, "tenant-a", "v_1")  # from another thread, as dispatchers do
+            assert await waiter.wait(BOUND)
+            assert not await waiter.wait(0)  # the flag was consumed
+
+    asyncio.run(scenario())
+
+
+def test_a_publish_before_the_wait_is_not_lost(make_push: PushFactory) -> None:
+    push = make_push()
+
+    async def scenario() -> None:
+        async with push.subscribe("tenant-a", "v_1") as waiter, push.subscribe("tenant-a", "v_2") as marker:
+            push.publish("tenant-a", "v_1")
+            push.publish("tenant-a", "v_2")
+            assert await marker.wait(BOUND)  # delivered in order: v_1's wake-up has been handled too
+            assert await waiter.wait(0)
+
+    asyncio.run(scenario())
+
+
+def test_updates_never_cross_visitors_or_tenants(make_push: PushFactory) -> None:
+    push = make_push()
+
+    async def scenario() -> None:
+        async with push.subscribe("tenant-a", "v_1") as own, push.subscribe("tenant-b", "v_1") as other_tenant, \
+                push.subscribe("tenant-a", "v_2") as other_visitor:
+            push.publish("tenant-b", "v_1")  # the same contact id in another tenant
+            assert await other_tenant.wait(BOUND)
+            push.publish("tenant-a", "v_2")
+            assert await other_visitor.wait(BOUND)  # both earlier publishes have been handled
+            assert not await own.wait(0)
+
+    asyncio.run(scenario())
+
+
+def test_a_subscription_is_released_when_the_waiter_leaves(make_push: PushFactory) -> None:
+    push = make_push()
+    assert isinstance(push, LocalPush)
+
+    async def scenario() -> None:
+        async with push.subscribe("tenant-a", "v_1"), push.subscribe("tenant-a", "v_1"):
+            assert push.waiting() == 2
+        assert push.waiting() == 0
+
+    asyncio.run(scenario())
+
+
+@pytest.fixture
+def webchat(sb_home: Path) -> tuple[str, str]:
+    """A tenant and a web chat visitor who wrote once (embedded database)."""
+    from app.tenants.service import create_tenant
+
+    migrate()
+    with session_scope() as session:
+        tenant_id = create_tenant(session, "acme").tenant.id
+    accept_inbound(MemoryBus(), tenant_id=tenant_id, channel="webchat", contact_external_id="v_visitor",
+                   provider_message_id="v_visitor:1", text="do you ship to Canada?")
+    return tenant_id, "v_visitor"
+
+
+def _reply(tenant_id: str, key: str, text: str) -> str:
+    with session_scope() as session:
+        conversation = session.query(Conversation).filter_by(tenant_id=tenant_id).one()
+        message, _ = add_outbound(session, conversation, key=key, text=text, author="bot")
+        return outbound_event(message, conversation).message_id
+
+
+def test_the_web_chat_sender_wakes_the_visitor_after_the_dispatcher_commits(webchat) -> None:  # type: ignore[no-untyped-def]
+    from app.runtime import get_push
+
+    tenant_id, visitor = webchat
+    reply_id = _reply(tenant_id, "reply:1", "Yes, in 5-8 days.")
+    push = get_push()
+    assert isinstance(push, LocalPush)  # embedded
+
+    async def scenario() -> None:
+        async with push.subscribe(tenant_id, visitor) as waiter, push.subscribe(tenant_id, "v_someone_else") as other:
+            with session_scope() as session:
+                event = outbound_event(session.get_one(Message, reply_id),
+                                       session.query(Conversation).filter_by(tenant_id=tenant_id).one())
+            await asyncio.to_thread(Dispatcher().deliver, event)
+            assert await waiter.wait(BOUND)
+            assert not await other.wait(0)
+            with session_scope() as session:  # woken only once the reply is visible
+                assert session.get_one(Message, reply_id).status == "sent"
+
+    asyncio.run(scenario())
+
+
+def test_notify_on_commit_publishes_after_commit_and_forgets_on_rollback(webchat) -> None:  # type: ignore[no-untyped-def]
+    from app.runtime import get_push
+
+    tenant_id, visitor = webchat
+    push = get_push()
+
+    async def scenario() -> None:
+        async with push.subscribe(tenant_id, visitor) as waiter:
+            with pytest.raises(RuntimeError), session_scope() as session:
+                notify_on_commit(session, tenant_id, visitor)
+                raise RuntimeError("the transaction fails")
+            assert not await waiter.wait(0)
+            with session_scope() as session:
+                notify_on_commit(session, tenant_id, visitor)
+                assert not await waiter.wait(0)  # not before the commit
+            assert await waiter.wait(0)
+
+    asyncio.run(scenario())
+
+
+def test_a_widget_read_stops_before_a_reply_still_being_delivered(webchat) -> None:  # type: ignore[no-untyped-def]
+    """The visitor writes again while the first reply is stored but not yet delivered: the read must not
+    move its cursor past that reply, or a cursor-based client would never see it."""
+    from gateways.webchat.routes import _messages
+
+    tenant_id, visitor = webchat
+    reply_id = _reply(tenant_id, "reply:1", "Yes, in 5-8 days.")
+    accept_inbound(MemoryBus(), tenant_id=tenant_id, channel="webchat", contact_external_id=visitor,
+                   provider_message_id=f"{visitor}:2", text="and to Mexico?")
+    first = _messages(tenant_id, visitor, None)
+    assert [m.text for m in first.messages] == ["do you ship to Canada?"]
+    assert first.cursor is not None
+    with session_scope() as session:
+        session.get_one(Message, reply_id).status = "sent"
+    after = _messages(tenant_id, visitor, first.messages[-1].created_at)
+    assert [m.text for m in after.messages] == ["Yes, in 5-8 days.", "and to Mexico?"]
+    assert _messages(tenant_id, "v_nobody", None).messages == []
+
+
+def test_a_lost_redis_subscription_comes_back_and_wakes_every_waiter(redis_namespace: str) -> None:
+    """Whatever was published while the subscription was down is in the database: waking everyone makes
+    them read it."""
+    import redis
+
+    push = RedisPush(REDIS_TEST_URL, namespace=redis_namespace, reconnect_s=0.05)
+    admin = redis.Redis.from_url(REDIS_TEST_URL)
+
+    async def scenario() -> None:
+        async with push.subscribe("tenant-a", "v_1") as waiter:
+            ours = [c["id"] for c in admin.client_list(_type="pubsub")
+                    if c["name"] == f"{redis_namespace}-webchat-push"]
+            assert len(ours) == 1
+            admin.client_kill_filter(_id=ours[0])
+            assert await waiter.wait(BOUND)  # woken by the re-subscription, nobody published
+            push.publish("tenant-a", "v_1")  # and live again
+            assert await waiter.wait(BOUND)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        push.close()
+        admin.close()
