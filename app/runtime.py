@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import threading
+from collections.abc import Callable
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from app.config import get_settings
 
@@ -22,6 +24,23 @@ if TYPE_CHECKING:
     from app.providers.storage.base import ObjectStore
     from app.providers.vectors.base import VectorStore
     from app.ratelimit import RateLimiter
+
+T = TypeVar("T")
+
+
+class _BuiltOnce(Generic[T]):
+    """`lru_cache` for a builder that must run once even when two threads ask at the same moment (lru_cache
+    alone builds twice then; a second qdrant-edge store on the same folder fails on its lock)."""
+
+    def __init__(self, build: Callable[[], T]) -> None:
+        self._cached = lru_cache(build)
+        self._lock = threading.Lock()
+        self.cache_info = self._cached.cache_info
+        self.cache_clear = self._cached.cache_clear
+
+    def __call__(self) -> T:
+        with self._lock:
+            return self._cached()
 
 
 @lru_cache
@@ -66,7 +85,7 @@ def get_sparse_encoder() -> SparseEncoder:
     return TermFrequencyEncoder()
 
 
-@lru_cache
+@_BuiltOnce
 def get_vector_store() -> VectorStore:
     settings = get_settings()
     dim = get_embedder().dim
