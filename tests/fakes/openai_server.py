@@ -138,9 +138,9 @@ class FakeOpenAIServer:
         """Every later request (after queued steps) answers `text`."""
         self._default = Step(reply=text)
 
-    def reply_with(self, fn: Callable[[dict[str, Any]], str]) -> None:
-        """Every later request answers `fn(request_body)`."""
-        self._default = Step(reply=fn)
+    def reply_with(self, fn: Callable[[dict[str, Any]], str], delay_s: float = 0.0) -> None:
+        """Every later request answers `fn(request_body)`, after `delay_s` (a slow model)."""
+        self._default = Step(reply=fn, delay_s=delay_s)
 
     def fail_always(self, status: int, retry_after: float | None = None) -> None:
         headers = {"retry-after": str(retry_after)} if retry_after is not None else {}

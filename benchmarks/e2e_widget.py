@@ -1,0 +1,368 @@
+"""End to end through the web widget: visitors start a session, send a question and wait for the bot's reply,
+closed loop, against an embedded `switchboard serve` (a subprocess) with the example tenant (tenants/northwind).
+
+    .venv/bin/python benchmarks/e2e_widget.py [--levels 1,8,32,128] [--requests 400] [--llm instant,1s]
+                                              [--transport sse|poll] [--slow-requests 128] [--level-timeout 180]
+
+Each level starts `concurrency` new visitors; each opens a session and its event stream (`GET .../events`, or
+with `--transport poll` long-polls `GET .../messages?wait=`), then sends the eval questions one after another,
+each as soon as the previous one is answered, until the level has `--requests` replies (`--slow-requests` with
+the 1 s LLM) or `--level-timeout` passed. Latency is send -> reply event. The LLM is the OpenAI-compatible fake of
+tests/fakes/openai_server.py in its own process, answering each prompt with the first sentence of its first
+passage, cited, at once (`instant`) or after one second (`1s`). Rate limits are turned off in the server: the
+load comes from one IP and a few visitors.
+
+Printed per level: req/s, p50/p95/p99 ms, errors (failed requests and replies not received within 60 s),
+escalated (replies without citations: the escalation notice), server CPU ms per message (user + system of the
+server process over the level) and the server's peak RSS during the level. The load generator runs on the same
+machine and takes CPU from the server; the table says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import platform
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+EXAMPLE = ROOT / "tenants" / "northwind"
+REPLY_TIMEOUT_S = 60.0
+RATE_LIMITS_OFF = {name: "" for name in (
+    "RATE_WIDGET_SESSIONS_PER_IP", "RATE_WIDGET_SENDS_PER_IP", "RATE_WIDGET_SENDS_PER_VISITOR",
+    "RATE_LLM_CALLS_PER_TENANT")}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The fake LLM, in its own process so its threads do not compete with the load generator's event loop.
+
+_PASSAGE = re.compile(r"<passage n=\"1\"[^>]*>\s*(.*?)\s*</passage>", re.S)
+
+
+def _answer(body: dict[str, Any]) -> str:
+    prompt = "\n".join(str(m.get("content") or "") for m in body.get("messages", []))
+    found = _PASSAGE.search(prompt)
+    if not found:
+        return "I'm not sure about that one, let me get a colleague. [[ESCALATE]]"
+    sentence = re.split(r"(?<=[.!?])\s", found.group(1).strip(), maxsplit=1)[0]
+    return f"{sentence[:300]} [1]"
+
+
+def _fake_llm(delay_s: float, ready: Any, stop: Any) -> None:
+    from tests.fakes.openai_server import FakeOpenAIServer
+
+    with FakeOpenAIServer() as server:
+        server.reply_with(_answer, delay_s=delay_s)
+        ready.put((server.base_url, server.api_key))
+        stop.wait()
+
+
+class FakeLLM:
+    def __init__(self, delay_s: float) -> None:
+        ctx = mp.get_context("spawn")
+        queue, self._stop = ctx.Queue(), ctx.Event()
+        self._process = ctx.Process(target=_fake_llm, args=(delay_s, queue, self._stop), daemon=True)
+        self._process.start()
+        self.base_url, self.api_key = queue.get(timeout=60)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._process.join(10)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The server under test
+
+
+def setup_home(home: Path) -> str:
+    """Create the example tenant and ingest its pack with the CLI, before the server starts."""
+    env = {**os.environ, "SWITCHBOARD_HOME": str(home)}
+    for var in ("DATABASE_URL", "REDIS_URL", "QDRANT_URL", "S3_BUCKET", "LLM_BASE_URL", "LLM_API_KEY"):
+        env.pop(var, None)
+        env.pop(f"SWITCHBOARD_{var}", None)
+
+    def cli(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "app.cli", *args], cwd=ROOT, env=env, capture_output=True,
+                              text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"switchboard {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
+        return done.stdout
+
+    created = cli("tenant", "create", "northwind", "--from", str(EXAMPLE))
+    widget = re.search(r"/widget/(\S+)", created)
+    if widget is None:
+        raise SystemExit(f"no widget id in the output of 'switchboard tenant create':\n{created}")
+    cli("ingest", "--tenant", "northwind", str(EXAMPLE / "knowledge"))
+    return widget.group(1)
+
+
+class Server:
+    def __init__(self, home: Path, llm: FakeLLM) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "SWITCHBOARD_HOME": str(home), "LLM_BASE_URL": llm.base_url,
+               "LLM_API_KEY": llm.api_key, "LLM_MODEL": "fake", **RATE_LIMITS_OFF}
+        self.log = open(home / f"serve-{self.port}.log", "wb")  # noqa: SIM115
+        self.process = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(self.port)],
+                                        cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while True:
+            if self.process.poll() is not None:
+                raise SystemExit(f"the server exited: see {self.log.name}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the server did not become ready: see {self.log.name}")
+            time.sleep(0.2)
+
+    def cpu_s(self) -> float:
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+    def peak_rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def reset_peak_rss(self) -> None:
+        Path(f"/proc/{self.process.pid}/clear_refs").write_text("5")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.log.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The load
+
+
+@dataclass
+class Level:
+    wanted: int
+    deadline: float
+    issued: int = 0
+    latencies: list[float] = field(default_factory=list)
+    errors: int = 0
+    escalated: int = 0
+    first_error: str | None = None
+
+    def take(self) -> bool:
+        if self.issued >= self.wanted or time.monotonic() > self.deadline:
+            return False
+        self.issued += 1
+        return True
+
+    def fail(self, what: str) -> None:
+        self.errors += 1
+        self.first_error = self.first_error or what
+
+
+async def _events(client: httpx.AsyncClient, url: str, auth: dict[str, str], out: asyncio.Queue[Any]) -> None:
+    async with client.stream("GET", url, headers=auth, timeout=httpx.Timeout(30, read=None)) as response:
+        if response.status_code != 200:
+            await out.put(("error", f"event stream HTTP {response.status_code}"))
+            return
+        kind, data = "message", []
+        async for line in response.aiter_lines():
+            if line == "":
+                if data:
+                    await out.put((kind, json.loads("\n".join(data))))
+                kind, data = "message", []
+            elif line.startswith("event:"):
+                kind = line[6:].strip()
+            elif line.startswith("data:"):
+                data.append(line[5:].removeprefix(" "))
+
+
+async def _poll_reply(client: httpx.AsyncClient, api: str, auth: dict[str, str], cursor: str | None
+                      ) -> tuple[dict[str, Any], str | None]:
+    deadline = time.monotonic() + REPLY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        params = {"wait": "20", **({"after": cursor} if cursor else {})}
+        response = await client.get(f"{api}/messages", headers=auth, params=params)
+        response.raise_for_status()
+        body = response.json()
+        cursor = body["cursor"] or cursor
+        out = [m for m in body["messages"] if m["direction"] == "out"]
+        if out:
+            return out[0], cursor
+    raise TimeoutError("no reply")
+
+
+async def visitor(client: httpx.AsyncClient, api: str, questions: list[str], level: Level, transport: str,
+                  index: int) -> None:
+    session = await client.post(f"{api}/sessions", json={})
+    if session.status_code != 201:
+        level.fail(f"session HTTP {session.status_code}: {session.text[:200]}")
+        return
+    auth = {"Authorization": f"Bearer {session.json()['token']}"}
+    events: asyncio.Queue[Any] = asyncio.Queue()
+    reader = None
+    if transport == "sse":
+        reader = asyncio.create_task(_events(client, f"{api}/events", auth, events))
+        kind, data = await events.get()
+        if kind != "ready":
+            level.fail(f"event stream: expected ready, got {kind} {data}")
+            return
+    cursor: str | None = None
+    n = 0
+    try:
+        while level.take():
+            text = questions[(index * 7 + n) % len(questions)]
+            n += 1
+            started = time.perf_counter()
+            sent = await client.post(f"{api}/messages", headers=auth,
+                                     json={"text": text, "client_message_id": f"b{n}-{uuid.uuid4().hex[:8]}"})
+            if sent.status_code != 202:
+                level.fail(f"send HTTP {sent.status_code}: {sent.text[:200]}")
+                continue
+            try:
+                if transport == "sse":
+                    while True:
+                        kind, reply = await asyncio.wait_for(events.get(), REPLY_TIMEOUT_S)
+                        if kind == "error":
+                            raise RuntimeError(reply)
+                        if kind == "message" and reply["direction"] == "out":
+                            break
+                else:
+                    reply, cursor = await _poll_reply(client, api, auth, cursor)
+            except (TimeoutError, RuntimeError, httpx.HTTPError) as exc:
+                level.fail(f"reply: {exc!r}")
+                return
+            level.latencies.append(time.perf_counter() - started)
+            if not reply.get("citations"):
+                level.escalated += 1
+    finally:
+        if reader is not None:
+            reader.cancel()
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+async def run_level(server: Server, widget: str, questions: list[str], concurrency: int, requests: int,
+                    transport: str, timeout_s: float) -> dict[str, Any]:
+    api = f"{server.url}/widget/v1/{widget}"
+    level = Level(wanted=requests, deadline=time.monotonic() + timeout_s)
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=2 * concurrency + 10)
+    server.reset_peak_rss()
+    async with httpx.AsyncClient(timeout=REPLY_TIMEOUT_S, limits=limits) as client:
+        cpu0, t0 = server.cpu_s(), time.perf_counter()
+
+        async def progress() -> None:
+            while True:
+                await asyncio.sleep(5)
+                print(f"    c={concurrency}: {len(level.latencies)}/{requests} replies, {level.errors} errors",
+                      flush=True)
+
+        ticker = asyncio.create_task(progress())
+        await asyncio.gather(*(visitor(client, api, questions, level, transport, i) for i in range(concurrency)))
+        ticker.cancel()
+        elapsed, cpu = time.perf_counter() - t0, server.cpu_s() - cpu0
+    done = len(level.latencies)
+    return {
+        "concurrency": concurrency, "replies": done, "seconds": round(elapsed, 1),
+        "req_s": round(done / elapsed, 1) if elapsed else 0.0,
+        "p50_ms": round(percentile(level.latencies, 0.50) * 1000), "p95_ms": round(percentile(level.latencies, 0.95)
+                                                                                     * 1000),
+        "p99_ms": round(percentile(level.latencies, 0.99) * 1000), "errors": level.errors,
+        "escalated": level.escalated, "cpu_ms_per_msg": round(cpu * 1000 / done, 1) if done else None,
+        "peak_rss_mb": round(server.peak_rss_mb()), "first_error": level.first_error,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--levels", default="1,8,32,128")
+    parser.add_argument("--requests", type=int, default=400, help="replies per level with the instant LLM")
+    parser.add_argument("--slow-requests", type=int, default=128, help="replies per level with the 1 s LLM")
+    parser.add_argument("--llm", default="instant,1s", help="instant and/or 1s")
+    parser.add_argument("--transport", choices=["sse", "poll"], default="sse")
+    parser.add_argument("--level-timeout", type=float, default=180.0, help="stop issuing after this many seconds")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--keep-home", action="store_true", help="keep the temporary home (and the server log)")
+    args = parser.parse_args()
+    levels = [int(x) for x in args.levels.split(",")]
+    questions = [json.loads(line)["question"] for line in (EXAMPLE / "eval" / "questions.jsonl").open()]
+
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    home = Path(tempfile.mkdtemp(prefix="sb-bench-widget-"))
+    print(f"setting up the example tenant in {home} ...", flush=True)
+    widget = setup_home(home)
+    results: list[dict[str, Any]] = []
+    try:
+        for mode in args.llm.split(","):
+            delay = {"instant": 0.0, "1s": 1.0}[mode]
+            llm = FakeLLM(delay)
+            server = Server(home, llm)
+            try:
+                print(f"LLM {mode}: server pid {server.process.pid} at {server.url}; warming up", flush=True)
+                asyncio.run(run_level(server, widget, questions, 2, 10, args.transport, 120))
+                for concurrency in levels:
+                    wanted = args.requests if delay == 0 else args.slow_requests
+                    print(f"  LLM {mode}, concurrency {concurrency}: {wanted} replies ...", flush=True)
+                    row = asyncio.run(run_level(server, widget, questions, concurrency, max(wanted, concurrency),
+                                                args.transport, args.level_timeout))
+                    row = {"llm": mode, "transport": args.transport, **row}
+                    results.append(row)
+                    print("   ", json.dumps(row), flush=True)
+            finally:
+                server.stop()
+                llm.close()
+    finally:
+        if args.keep_home:
+            print(f"kept {home}")
+        else:
+            shutil.rmtree(home, ignore_errors=True)
+
+    print(f"\n{platform.node()} {platform.machine()}, {os.cpu_count()} cores, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
+          f"python {platform.python_version()}, transport {args.transport}; load generator on the same machine")
+    print("| LLM | concurrency | replies | req/s | p50 ms | p95 ms | p99 ms | errors | escalated | server CPU ms/msg "
+          "| server peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        print(f"| {r['llm']} | {r['concurrency']} | {r['replies']} | {r['req_s']} | {r['p50_ms']} | {r['p95_ms']} "
+              f"| {r['p99_ms']} | {r['errors']} | {r['escalated']} | {r['cpu_ms_per_msg']} | {r['peak_rss_mb']} |")
+    errors = [r for r in results if r["first_error"]]
+    for r in errors:
+        print(f"  first error at LLM {r['llm']}, c={r['concurrency']}: {r['first_error']}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
