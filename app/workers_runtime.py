@@ -47,23 +47,24 @@ def build_consumers(bus: Bus, stop: threading.Event) -> list[Consumer]:
         "batch_size": settings.bus_batch_size,
         "stop": stop,
     }
-    # Many messages at once, one conversation at a time (app/bus/concurrent.py).
+    # Many messages at once, one conversation at a time (app/bus/concurrent.py): answers wait for the LLM, and
+    # deliveries for the channel's API (or, for the widget, they wake it once committed).
     concurrency = settings.orchestrator_concurrency
-    inbound = ConcurrentConsumer(
-        bus, INBOUND, ORCHESTRATOR_GROUP, consumer_name("orchestrator"), orchestrator.handle,
-        on_dead=on_inbound_dead, concurrency=concurrency, key=conversation_key,
+    common.update(
+        concurrency=concurrency, key=conversation_key,
         tenant_concurrency=settings.orchestrator_tenant_concurrency or max(1, concurrency * 3 // 4),
-        **common,  # type: ignore[arg-type]
     )
     return [
-        inbound,
-        Consumer(bus, OUTBOUND, DISPATCHER_GROUP, consumer_name("dispatcher"), Dispatcher().handle,
-                 **common),  # type: ignore[arg-type]
+        ConcurrentConsumer(bus, INBOUND, ORCHESTRATOR_GROUP, consumer_name("orchestrator"), orchestrator.handle,
+                           on_dead=on_inbound_dead, **common),  # type: ignore[arg-type]
+        ConcurrentConsumer(bus, OUTBOUND, DISPATCHER_GROUP, consumer_name("dispatcher"), Dispatcher().handle,
+                           **common),  # type: ignore[arg-type]
     ]
 
 
 def conversation_key(delivery: Delivery) -> str:
-    """The ordering key of an inbound message: its conversation (the stream already is the tenant's)."""
+    """The ordering key of an inbound message or a reply: its conversation (the stream already is the
+    tenant's)."""
     import json
 
     return str(json.loads(delivery.fields["body"])["conversation_id"])

@@ -119,19 +119,22 @@ def pipeline(request: pytest.FixtureRequest, sb_home: Path, monkeypatch: pytest.
         server.reply_with(llm.answer)
         bus = get_bus()
         stop = threading.Event()
-        inbound = build_consumers(bus, stop)[0]
+        inbound, dispatcher = build_consumers(bus, stop)
         assert isinstance(inbound, ConcurrentConsumer) and inbound.concurrency == 8
+        assert isinstance(dispatcher, ConcurrentConsumer) and dispatcher.tenant_concurrency == 4
         bus.ensure_group(OUTBOUND, "test-observer")
-        thread = threading.Thread(target=inbound.run, daemon=True)
-        thread.start()
+        threads = [threading.Thread(target=c.run, daemon=True) for c in (inbound, dispatcher)]
+        for thread in threads:
+            thread.start()
         try:
             yield Pipeline(bus, inbound, llm)
         finally:
             for gate in llm.gates.values():
                 gate.set()
             stop.set()
-            thread.join(timeout=30)
-    assert not thread.is_alive()
+            for thread in threads:
+                thread.join(timeout=30)
+    assert not any(thread.is_alive() for thread in threads)
 
 
 def test_a_tenant_whose_llm_stalls_does_not_hold_up_another_tenants_replies(pipeline: Pipeline) -> None:
@@ -153,6 +156,13 @@ def test_a_tenant_whose_llm_stalls_does_not_hold_up_another_tenants_replies(pipe
     llm.gates["stalled-model"].set()
     wait_for(lambda: len(pipeline.replies(stalled)) == 10, timeout=60)
     assert llm.peak["stalled-model"] == 4
+
+    def delivered() -> bool:  # the dispatcher marked every reply sent (the widget's delivery)
+        with session_scope() as session:
+            ids = [r.message_id for r in pipeline.seen]
+            return [m.status for m in session.scalars(select(Message).where(Message.id.in_(ids)))] == ["sent"] * 13
+
+    wait_for(delivered, timeout=60)
 
 
 def test_a_conversations_messages_go_one_at_a_time_in_order_while_others_go_ahead(pipeline: Pipeline) -> None:
