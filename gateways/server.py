@@ -7,10 +7,13 @@ from sqlalchemy import text
 
 
 def create_gateway_app(channel: str) -> FastAPI:
+    from app.api import ERROR_RESPONSES, install
+    from app.config import get_settings
     from app.db import get_engine
     from gateways.routes import routers
 
-    app = FastAPI(title=f"Switchboard {channel} gateway", version="0.1.0")
+    app = FastAPI(title=f"Switchboard {channel} gateway", version="0.1.0", responses=ERROR_RESPONSES)
+    install(app, get_settings())  # the same error body and body limits as the full server
     for router in routers([channel]):  # raises ValueError naming the available channels
         app.include_router(router)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
@@ -24,6 +24,8 @@ from app.knowledge import versions
 from app.models import IngestionJob, PackVersion, Tenant, new_id
 
 router = APIRouter(prefix="/admin/v1", tags=["admin: knowledge"])
+# Pack versions are 32-bit integers in the database: a larger number is a 422 here, not a database error.
+MAX_VERSION = 2**31 - 1
 
 _T = TypeVar("_T")
 
@@ -178,7 +180,7 @@ def list_jobs(who: Admin, limit: Limit = 50, cursor: CursorQ = None) -> s.JobsOu
 @router.get("/knowledge/documents", response_model=s.DocumentsOut, summary="List knowledge documents")
 def list_documents(
     who: Admin,
-    pack_version: Annotated[int | None, Query(description="Only this pack version.")] = None,
+    pack_version: Annotated[int | None, Query(ge=1, le=MAX_VERSION, description="Only this pack version.")] = None,
 ) -> s.DocumentsOut:
     """Each document with its chunk count, pack version and status (`indexed` or `failed`)."""
     return in_transaction(
@@ -245,7 +247,7 @@ def list_versions(who: Admin) -> s.PackVersionsOut:
     summary="Promote a pack version",
     responses={404: {"description": "No such version."}, 409: {"description": "The version cannot go live."}},
 )
-def promote_version(version: int, who: Admin) -> s.PackVersionsOut:
+def promote_version(version: Annotated[int, Path(ge=1, le=MAX_VERSION)], who: Admin) -> s.PackVersionsOut:
     """Make a `ready` (or `retired`) version the live one. Atomic: the next answer reads the new version."""
 
     def work(db: Session) -> s.PackVersionsOut:
