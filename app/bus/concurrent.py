@@ -139,10 +139,10 @@ class ConcurrentConsumer(Consumer):
         """Reclaim (when `claim`) or else read what fits, queue it and return it (without the entries already
         held here)."""
         with self._lock:
-            while not self._room() and not self.stop.is_set():
+            if not self._room() and not self.stop.is_set():
                 self._settled.wait(0.25)
-            if self.stop.is_set():
-                return []
+            if not self._room() or self.stop.is_set():
+                return []  # full: back to the caller, which keeps what it holds alive meanwhile
             skip = self._full_tenants()
             # A read must not take more of any tenant than it may still hold: one stream can fill a whole read.
             most = max((n for t, n in self._held_by_tenant.items() if t not in skip), default=0)
@@ -347,6 +347,10 @@ class ConcurrentConsumer(Consumer):
             claim_due = True  # a claim sweeps every tenant's stream: once, and again only while it finds entries
             for _ in range(max_batches):
                 self._keep_held_alive()
+                with self._lock:
+                    if not self._room() and not self.stop.is_set():
+                        self._settled.wait(0.25)
+                        continue
                 claimed = self._take(block_ms=0, claim=True, read=False) if claim_due else []
                 claim_due = bool(claimed)
                 queued = claimed or self._take(block_ms=0, claim=False)

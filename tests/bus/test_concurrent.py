@@ -268,7 +268,7 @@ def test_entries_held_here_are_kept_from_other_consumers(
     gate = threading.Event()
     for _ in range(3):
         bus.publish(T, "acme", {"conv": "one"})
-    holder = ConcurrentConsumer(bus, T, G, "holder", blocked_on(gate), concurrency=4, key=conversation,
+    holder = ConcurrentConsumer(bus, T, G, "holder", blocked_on(gate), concurrency=3, key=conversation,
                                 block_ms=50, claim_idle_ms=100)
     running(holder)
     wait_for(lambda: holder.held == 3)
@@ -283,3 +283,37 @@ def test_entries_held_here_are_kept_from_other_consumers(
     gate.set()
     wait_for(lambda: holder.totals.acked == 3)
     assert bus.pending_count(T, G) == 0
+
+
+def test_draining_more_entries_than_workers_settles_them_all(bus: Bus) -> None:
+    inside: list[int] = [0]
+    peak: list[int] = [0]
+    lock = threading.Lock()
+
+    def handler(d: Delivery) -> None:
+        with lock:
+            inside[0] += 1
+            peak[0] = max(peak[0], inside[0])
+        time.sleep(0.002)
+        with lock:
+            inside[0] -= 1
+
+    for i in range(30):
+        bus.publish(T, f"t{i % 2}", {"conv": f"c{i}"})
+    result = ConcurrentConsumer(bus, T, G, "c1", handler, concurrency=4, key=conversation).process_available()
+    assert (result.acked, result.failed, result.dead) == (30, 0, 0)
+    assert 1 <= peak[0] <= 4
+    assert bus.pending_count(T, G) == 0
+
+
+def test_an_entry_whose_key_cannot_be_read_is_still_handled(bus: Bus) -> None:
+    bus.publish(T, "acme", {"no-conv": "x"})  # conversation() raises KeyError on it
+    bus.publish(T, "acme", {"conv": "c"})
+
+    def handler(d: Delivery) -> None:
+        if "conv" not in d.fields:
+            raise PermanentFailure("unreadable entry")
+
+    result = ConcurrentConsumer(bus, T, G, "c1", handler, concurrency=2, key=conversation).process_available()
+    assert (result.acked, result.dead) == (1, 1)
+    assert [letter.reason for letter in bus.dead_letters(T, "acme")] == ["unreadable entry"]
