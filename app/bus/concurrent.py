@@ -129,8 +129,8 @@ class ConcurrentConsumer(Consumer):
         log.info("consumer %s/%s on %s stopped", self.group, self.name, self.topic)
 
     def fill(self, *, block_ms: int) -> int:
-        """Wait for room, then read (or reclaim, when a claim is due) as many entries as fit and queue them.
-        Returns how many were queued."""
+        """Read (or reclaim, when a claim is due) as many entries as fit and queue them; when nothing fits, wait
+        up to 0.25 s for a settlement and return 0. Returns how many were queued."""
         self._keep_held_alive()
         claim = time.monotonic() - self._last_claim >= self.claim_interval_s
         return len(self._take(block_ms=block_ms, claim=claim))
