@@ -70,7 +70,7 @@ def get_push() -> Push:
     return LocalPush()
 
 
-@lru_cache
+@_BuiltOnce  # one model and one query batcher per process, however many workers ask first
 def get_embedder() -> Embedder:
     from app.providers.embeddings.minilm import MiniLMEmbedder
 

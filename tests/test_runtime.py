@@ -30,3 +30,22 @@ def test_threads_asking_for_the_embedded_vector_store_at_once_share_one(sb_home:
         thread.join(120)
     assert errors == []
     assert len(stores) == 4 and len({id(store) for store in stores}) == 1
+
+
+def test_threads_asking_for_the_embedder_at_once_share_one(sb_home: Path) -> None:
+    """One embedder per process: its query batcher gathers every worker's queries into shared model calls."""
+    from app.runtime import get_embedder
+
+    barrier = threading.Barrier(8)
+    embedders: list[object] = []
+
+    def ask() -> None:
+        barrier.wait()
+        embedders.append(get_embedder())
+
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(embedders) == 8 and len({id(e) for e in embedders}) == 1
