@@ -68,7 +68,8 @@ class Dispatcher:
             )
             if account is not None and account.tenant_id != event.tenant_id:
                 raise PermanentFailure("channel account belongs to another tenant")
-            self._take_lease(session, message)
+            if getattr(sender, "needs_lease", True):  # a sender that calls no provider is done in this transaction
+                self._take_lease(session, message)
             try:
                 provider_id = sender.send(session, account, message)
             except SendError as exc:

@@ -11,6 +11,8 @@ class WebchatSender:
     """The widget reads its messages from the database, so delivering is marking them sent (the dispatcher
     does) and, once that commits, waking the visitor's open event streams and long-polls."""
 
+    needs_lease = False  # nothing leaves the process: the dispatcher's one transaction is the whole delivery
+
     def send(self, session: Session, account: ChannelAccount | None, message: Message) -> str | None:
         contact_id = session.scalar(
             select(Contact.external_id)

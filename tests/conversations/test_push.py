@@ -128,7 +128,9 @@ def test_the_web_chat_sender_wakes_the_visitor_after_the_dispatcher_commits(webc
             assert await waiter.wait(BOUND)
             assert not await other.wait(0)
             with session_scope() as session:  # woken only once the reply is visible
-                assert session.get_one(Message, reply_id).status == "sent"
+                delivered = session.get_one(Message, reply_id)
+                assert delivered.status == "sent"
+                assert "sending_until" not in (delivered.meta or {})  # one transaction: no send lease needed
 
     asyncio.run(scenario())
 
