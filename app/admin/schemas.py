@@ -51,7 +51,7 @@ def _channel_config(config: dict[str, Any] | None) -> dict[str, Any] | None:
         if not isinstance(base, str):
             raise ValueError("api_base_url must be a URL string")
         if problem := check_url(base):
-            raise ValueError(problem)
+            raise ValueError(f"api_base_url: {problem}")
     return config
 
 
