@@ -70,3 +70,33 @@ def test_the_pool_lets_every_orchestrator_worker_hold_a_connection(
         engine.dispose()
     finally:
         get_settings.cache_clear()
+
+
+def test_sqlite_commits_skip_the_fsync_yet_survive_the_process_dying(tmp_path: Path) -> None:
+    """WAL with synchronous=NORMAL: no fsync per commit (the orchestrator commits several times per message), and a
+    commit is still in the database when the process that made it dies at once, without closing anything."""
+    import subprocess
+    import sys
+
+    url = f"sqlite:///{tmp_path / 'durable.db'}"
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        assert conn.execute(text("PRAGMA journal_mode")).scalar_one() == "wal"
+        assert conn.execute(text("PRAGMA synchronous")).scalar_one() == 1  # NORMAL
+    script = (
+        "import os, sys\n"
+        "from sqlalchemy import text\n"
+        "from app.db import make_engine\n"
+        "engine = make_engine(sys.argv[1])\n"
+        "with engine.begin() as conn:\n"
+        "    conn.execute(text('CREATE TABLE kept (n INTEGER)'))\n"
+        "    conn.execute(text('INSERT INTO kept VALUES (42)'))\n"
+        "os._exit(9)  # no close, no checkpoint: only the WAL holds the row\n"
+    )
+    died = subprocess.run([sys.executable, "-c", script, url], cwd=Path(__file__).resolve().parent.parent,
+                          capture_output=True, text=True, timeout=60)
+    assert died.returncode == 9, died.stderr
+    assert (tmp_path / "durable.db-wal").stat().st_size > 0
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT n FROM kept")).scalar_one() == 42
+    engine.dispose()

@@ -38,6 +38,26 @@ def test_success_returns_text_model_and_usage(openai_server: FakeOpenAIServer) -
     assert request.body["max_tokens"] == 600 and request.body["temperature"] == 0.2
 
 
+def test_request_is_the_one_the_sdks_create_sends(openai_server: FakeOpenAIServer) -> None:
+    """The client posts its body without `create`'s type walk: same path, JSON body, auth and SDK headers."""
+    import openai
+
+    openai_server.reply("ok [1]")
+    config = _config(openai_server)
+    history = [*MESSAGES, {"role": "assistant", "content": "Hello! [1]"}, {"role": "user", "content": "Thé? 🙂"}]
+    OpenAILLMClient().complete(config, history)
+    sdk = openai.OpenAI(base_url=config.base_url, api_key=config.api_key, max_retries=0)
+    sdk.chat.completions.create(model=config.model, messages=history,  # type: ignore[arg-type]
+                                temperature=config.temperature, max_tokens=config.max_tokens)
+    ours, theirs = openai_server.completion_requests
+    assert ours.path == theirs.path
+    assert ours.body == theirs.body and ours.messages == history
+    volatile = {"x-stainless-retry-count", "x-stainless-read-timeout", "x-stainless-timeout",
+                "idempotency-key"}
+    assert {k: v for k, v in ours.headers.items() if k not in volatile} == \
+        {k: v for k, v in theirs.headers.items() if k not in volatile}
+
+
 def test_reply_built_from_the_request(openai_server: FakeOpenAIServer) -> None:
     openai_server.reply_with(lambda body: f"You said: {body['messages'][-1]['content']} [1]")
     assert OpenAILLMClient().complete(_config(openai_server), MESSAGES).text == "You said: Hi [1]"
