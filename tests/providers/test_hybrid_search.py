@@ -71,3 +71,26 @@ def test_a_store_that_answers_fewer_probes_than_asked_is_an_error() -> None:
 def test_a_probe_restricted_to_no_ids_is_refused() -> None:
     with pytest.raises(ValueError, match="at least one id"):
         Probe(DENSE, [1.0], 1, ())
+
+
+def test_with_fetch_the_tops_bring_no_payloads_and_only_the_hits_payloads_are_loaded() -> None:
+    """The embedded store's way: the same hits, in the same order with the same scores, as with payloads on the
+    probes; payloads are loaded once, for the returned hits only."""
+    plain, rank, sparse = [1.0, 0.0], [0.0, 1.0], SparseVector([3], [1.0])
+    expected = hybrid_search(Store(), (DENSE, QUESTION), plain, sparse, rank, limit=2)
+    store, fetched = Store(), []
+
+    def fetch(ids: Sequence[str]) -> dict[str, dict[str, str]]:
+        fetched.append(list(ids))
+        return {i: {"document": i} for i in ids}
+
+    hits = hybrid_search(store, (DENSE, QUESTION), plain, sparse, rank, limit=2, fetch=fetch)
+    assert [p.payload for p in store.batches[0]] == [False, False, False]
+    assert fetched == [["b", "a"]]
+    assert hits == expected and [h.payload for h in hits] == [{"document": "b"}, {"document": "a"}]
+
+
+def test_a_hit_whose_payload_is_gone_when_fetched_is_not_returned() -> None:
+    hits = hybrid_search(Store(), (DENSE, QUESTION), [1.0, 0.0], SparseVector([3], [1.0]), [0.0, 1.0], limit=3,
+                         fetch=lambda ids: {i: {"document": i} for i in ids if i != "a"})
+    assert [h.id for h in hits] == ["b", "c"]

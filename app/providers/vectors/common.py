@@ -114,6 +114,7 @@ class Probe:
     vector: list[float] | SparseVector
     limit: int
     ids: tuple[str, ...] | None = None
+    payload: bool = True  # a top probe's points come with their payloads (probes given ids never bring them)
 
     def __post_init__(self) -> None:
         if self.ids is not None and not self.ids:
@@ -128,6 +129,7 @@ class Scored:
 
 
 RunProbes = Callable[[Sequence[Probe]], list[list[Scored]]]
+FetchPayloads = Callable[[Sequence[str]], Mapping[str, dict[str, Any]]]
 
 
 def hybrid_search(
@@ -137,11 +139,17 @@ def hybrid_search(
     sparse: SparseVector | None,
     rank_by: list[float] | None,
     limit: int,
+    *,
+    fetch: FetchPayloads | None = None,
 ) -> list[Hit]:
     """The search both stores run (see the module docstring), in two batches of probes (`run` executes a
     batch: one round trip on a server). First each dense view's and BM25's top candidates, then what the
     fusion still lacks: each view's score of the candidates outside its top, their BM25, and the plain
-    query's full-view score (the calibrated `Hit.score`) when the ranking used another vector."""
+    query's full-view score (the calibrated `Hit.score`) when the ranking used another vector.
+
+    With `fetch` (the embedded store's), the top probes bring no payloads and `fetch` loads only those of the
+    hits returned: building the payloads of every candidate was a third of an embedded search. A server store
+    passes none, as a third round trip would cost more than the payloads it saves."""
     if rank_by is not None and len(rank_by) != len(dense):
         raise ValueError(f"rank_by has {len(rank_by)} dimensions, the query {len(dense)}")
     rank = rank_by if rank_by is not None else dense
@@ -151,8 +159,8 @@ def hybrid_search(
     if SPARSE in lists:
         assert sparse is not None
         vector_of[SPARSE] = sparse
-    first = run([Probe(using, vector_of[using], n) for using in lists])
-    payloads: dict[str, dict[str, Any]] = {}
+    first = run([Probe(using, vector_of[using], n, payload=fetch is None) for using in lists])
+    payloads: dict[str, dict[str, Any]] = {}  # every candidate (empty payloads when `fetch` loads them later)
     scores: dict[str, dict[str, float]] = {using: {} for using in lists}
     for using, found in zip(lists, first, strict=True):
         for hit in found:
@@ -183,6 +191,9 @@ def hybrid_search(
     # Exact ties (a pack with the same passage twice) break by the higher calibrated score, then by id, so a
     # query always gets the same list.
     order = sorted(ids, key=lambda i: (-fused[i], -calibrated[i], i))[:limit]
+    if fetch is not None:
+        payloads = dict(fetch(order))
+        order = [i for i in order if i in payloads]  # gone since the probes: not returned without its payload
     return [Hit(id=i, score=float(calibrated[i]), payload=dict(payloads[i])) for i in order]
 
 

@@ -160,16 +160,22 @@ class EdgeVectorStore:
                 limit=p.limit,
                 query=qe.Query.Nearest(vector, using=p.using),
                 filter=flt if p.ids is None else self._filter(tenant_id, filters, ids=p.ids),
-                with_payload=p.ids is None,
+                with_payload=p.ids is None and p.payload,
                 params=params,
             )
             return [Scored(str(x.id), float(x.score), dict(x.payload or {}) if p.ids is None else None)
                     for x in self._engine.query(request)]
 
+        def fetch(ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+            # The ids come from probes filtered by tenant; the tenant check is the store's rule all the same.
+            records = self._engine.retrieve(list(ids), with_payload=True, with_vector=False)
+            return {str(r.id): dict(r.payload) for r in records if (r.payload or {}).get(TENANT_FIELD) == tenant_id}
+
         # One lock for the whole search: an upsert in between would move the tenant's IDF, and the BM25 scores
         # of one search must share a scale.
         with self._lock:
-            return hybrid_search(lambda probes: [probe(p) for p in probes], self.views, dense, sparse, rank_by, limit)
+            return hybrid_search(lambda probes: [probe(p) for p in probes], self.views, dense, sparse, rank_by, limit,
+                                 fetch=fetch)
 
     def sparse_search(
         self, tenant_id: str, sparse: SparseVector, *, limit: int = 5, filters: dict[str, Any] | None = None
