@@ -142,8 +142,8 @@ def main() -> None:
                                 headers={"Authorization": f"Bearer {token}"}),
             lambda: client.get("/admin/v1/conversations?limit=99999999999999999999", headers=admin),
             lambda: client.get("/admin/v1/tenant", headers={"Authorization": "Bearer \u00e9\u00e9"}),
-            lambda: client.post("/webhooks/telegram/5550001", content=b"{",
-                                headers={"X-Telegram-Bot-Api-Secret-Token": "\u00e9t\u00e9".encode().decode("latin-1")}),
+            lambda: client.post("/webhooks/telegram/5550001", content=b"{", headers={
+                "X-Telegram-Bot-Api-Secret-Token": "\u00e9t\u00e9".encode().decode("latin-1")}),
         ]
         record(f"{len(malformed)} malformed requests", [attempt(call) for call in malformed])
         peak = rss_kib(server.pid, "VmHWM")

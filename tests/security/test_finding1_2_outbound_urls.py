@@ -219,8 +219,8 @@ def test_finding2_channel_send_to_internal_api_base_fails_and_reaches_nothing(ad
     from app.models import ChannelAccount, Message
     from gateways.outbound import ProviderSender
     from gateways.telegram.send import TelegramSender
-    from tests.gateways.test_outbound import deliver, reply
     from tests.factories import get_or_create_contact, get_or_create_conversation
+    from tests.gateways.test_outbound import deliver, reply
 
     _, _, account_id = admin
     fake = FakeTelegram()
