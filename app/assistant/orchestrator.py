@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, or_, select
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy import Table, bindparam, func, insert, or_, select, update
+from sqlalchemy.orm import Session
 
+from app import audit
 from app.assistant import guardrails
 from app.assistant.composer import compose_offline
 from app.assistant.prompts import Draft, parse_llm_answer, render_messages
@@ -28,10 +29,10 @@ from app.audit import record
 from app.bus.base import Bus, Delivery, PermanentFailure
 from app.config import Settings, get_settings
 from app.contracts import EVENTS, EscalationOpened, Event, InboundMessage, UnknownEvent
-from app.conversations.service import add_outbound, history, outbound_event, publish_outbound
+from app.conversations.service import MESSAGES, ReplyTo, history, outbound_event, publish_outbound, store_reply
 from app.crypto import decrypt_json
 from app.db import session_scope
-from app.models import Conversation, Escalation, Message, Tenant, utcnow
+from app.models import Conversation, Escalation, Message, Tenant, new_id, utcnow
 from app.providers.llm.base import LLMClient, LLMConfig, LLMError
 from app.ratelimit import LLM_CALLS_PER_TENANT, RateLimited, RateLimiter
 
@@ -139,42 +140,36 @@ class Orchestrator:
     # -- phase 1 -----------------------------------------------------------------------------------------
     def _load(self, event: InboundMessage) -> tuple[Context | None, Outcome | None]:
         with session_scope() as session:
-            row = session.execute(  # message, conversation and tenant in one round trip
-                select(Message, Conversation, Tenant)
-                .join(Conversation, Conversation.id == Message.conversation_id)
-                .join(Tenant, Tenant.id == Message.tenant_id)
-                .where(Message.id == event.message_id, Message.tenant_id == event.tenant_id,
-                       Message.direction == "in")
-            ).first()
+            # Message, conversation and tenant in one round trip; here and below, SQL built once (module end).
+            row = session.execute(_LOAD, {"message": event.message_id, "tenant": event.tenant_id}).first()
             if row is None:
                 raise PermanentFailure(f"message {event.message_id} not found for tenant {event.tenant_id}")
-            message, conversation, tenant = row
-            if message.status != "received":
-                self._republish_pending_reply(session, message)
-                return None, Outcome("duplicate", message.id, reason=f"already {message.status}")
+            if row.status != "received":
+                self._republish_pending_reply(session, event.tenant_id, row.id)
+                return None, Outcome("duplicate", row.id, reason=f"already {row.status}")
             ctx = Context(
-                message_id=message.id,
-                tenant_id=tenant.id,
-                conversation_id=conversation.id,
-                mode=conversation.mode,
-                persona=dict(tenant.persona or {}),
-                policies=dict(tenant.policies or {}),
-                llm=self._llm_config(tenant),
+                message_id=row.id,
+                tenant_id=event.tenant_id,
+                conversation_id=row.conversation_id,
+                mode=row.mode,
+                persona=dict(row.persona or {}),
+                policies=dict(row.policies or {}),
+                llm=self._llm_config(row.policies, row.llm_api_key_encrypted),
                 history=history(
-                    session, conversation.id, before_id=message.id, turns=self.settings.history_turns
+                    session, row.conversation_id, before_id=row.id, turns=self.settings.history_turns
                 ),
-                pack_version=tenant.live_pack_version,
-                received_at=message.created_at,
-                earlier_burst=_merged_before(session, message),
-                superseded=_newer_pending(session, message) is not None,
+                pack_version=row.live_pack_version,
+                received_at=row.created_at,
+                earlier_burst=_merged_before(session, row.conversation_id, row.created_at),
+                superseded=_newer_pending(session, row.conversation_id, row.created_at) is not None,
             )
             return ctx, None
 
-    def _republish_pending_reply(self, session: Session, message: Message) -> None:
+    def _republish_pending_reply(self, session: Session, tenant_id: str, message_id: str) -> None:
         reply = session.scalars(
             select(Message).where(
-                Message.tenant_id == message.tenant_id,
-                Message.in_reply_to_id == message.id,
+                Message.tenant_id == tenant_id,
+                Message.in_reply_to_id == message_id,
                 Message.status == "pending",
             )
         ).first()
@@ -182,12 +177,12 @@ class Orchestrator:
             conversation = session.get_one(Conversation, reply.conversation_id)
             publish_outbound(self.bus, outbound_event(reply, conversation))
 
-    def _llm_config(self, tenant: Tenant) -> LLMConfig | None:
+    def _llm_config(self, policies: dict[str, Any] | None, llm_api_key_encrypted: str | None) -> LLMConfig | None:
         """The tenant's own endpoint when it set one, else the operator's. The operator's key only ever goes to the
         operator's URL: a tenant URL gets the tenant's own key or none, and is reached through the outbound URL
         policy (public addresses only)."""
-        own: dict[str, Any] = dict((tenant.policies or {}).get("llm") or {})
-        own_key = decrypt_json(tenant.llm_api_key_encrypted)["api_key"] if tenant.llm_api_key_encrypted else None
+        own: dict[str, Any] = dict((policies or {}).get("llm") or {})
+        own_key = decrypt_json(llm_api_key_encrypted)["api_key"] if llm_api_key_encrypted else None
         if own.get("base_url"):
             base_url, api_key, guarded = str(own["base_url"]), own_key or "unused", True
         elif self.settings.llm_base_url:
@@ -249,51 +244,43 @@ class Orchestrator:
         return Decision(answer=draft)
 
     # -- phase 3 -----------------------------------------------------------------------------------------
-    def _claim(self, session: Session, ctx: Context) -> tuple[Message, Conversation] | None:
-        """Lock the message row and check nobody handled it while we were thinking."""
-        message, conversation = session.execute(
-            select(Message, Conversation)
-            .join(Conversation, Conversation.id == Message.conversation_id)
-            .where(Message.id == ctx.message_id, Message.tenant_id == ctx.tenant_id)
-            .with_for_update(of=Message)
-        ).one()
-        if message.status != "received":
+    def _claim(self, session: Session, ctx: Context) -> ReplyTo | None:
+        """Lock the message row and check nobody handled it while we were thinking. Returns where its reply goes;
+        None if it is handled already, or merged into a later message here (status `merged`, committed with the
+        session)."""
+        row = session.execute(_CLAIM, {"message": ctx.message_id, "tenant": ctx.tenant_id}).one()
+        if row.status != "received":
             return None
-        newer = _newer_pending(session, message)
+        newer = _newer_pending(session, row.conversation_id, row.created_at)
         if newer is not None:
             # A later message of the same burst arrived while this one was being answered: it supersedes this
             # reply and answers both texts as one turn.
-            message.status = "merged"
-            message.processed_at = utcnow()
-            message.meta = {**(message.meta or {}), "superseded_by": newer}
-            record(session, ctx.tenant_id, "bot", "message.merged", "message", message.id, {"into": newer})
+            _set_status(session, ctx, "merged", meta={**(row.meta or {}), "superseded_by": newer})
+            audit.write(session, ctx.tenant_id, "bot", "message.merged", "message", ctx.message_id, {"into": newer})
             return None
-        return message, conversation
+        return ReplyTo(ctx.tenant_id, row.conversation_id, row.channel, row.channel_account_id)
 
     def _answer(self, ctx: Context, draft: Draft) -> Outcome:
         with session_scope() as session:
-            claimed = self._claim(session, ctx)
-            if claimed is None:
+            to = self._claim(session, ctx)
+            if to is None:
                 return Outcome("duplicate", ctx.message_id)
-            message, conversation = claimed
-            reply, _ = add_outbound(
+            event = store_reply(
                 session,
-                conversation,
-                key=f"reply:{message.id}",
+                to,
+                key=f"reply:{ctx.message_id}",
                 text=draft.text,
                 author="bot",
-                in_reply_to_id=message.id,
+                in_reply_to_id=ctx.message_id,
                 citations=draft.citations,
                 meta={"pack_version": ctx.pack_version, "confidence": draft.confidence},
             )
-            message.status = "answered"
-            message.processed_at = utcnow()
-            record(session, ctx.tenant_id, "bot", "message.answered", "message", message.id, {
-                "reply_id": reply.id,
+            _set_status(session, ctx, "answered")
+            audit.write(session, ctx.tenant_id, "bot", "message.answered", "message", ctx.message_id, {
+                "reply_id": event.message_id,
                 "pack_version": ctx.pack_version,
                 "chunk_ids": [c["chunk_id"] for c in draft.citations],
             })
-            event = outbound_event(reply, conversation)
         publish_outbound(self.bus, event)
         return Outcome("answered", ctx.message_id, reply_id=event.message_id, text=draft.text,
                        citations=list(draft.citations))
@@ -302,30 +289,23 @@ class Orchestrator:
         reason = decision.escalate_reason or "unknown"
         notice = str(ctx.policies.get("escalation_notice") or DEFAULT_ESCALATION_NOTICE)
         with session_scope() as session:
-            claimed = self._claim(session, ctx)
-            if claimed is None:
+            to = self._claim(session, ctx)
+            if to is None:
                 return Outcome("duplicate", ctx.message_id)
-            message, conversation = claimed
-            escalation = Escalation(
-                tenant_id=ctx.tenant_id,
-                conversation_id=conversation.id,
-                message_id=message.id,
-                reason=reason,
-                detail=decision.detail,
-                draft=decision.draft.text if decision.draft else None,
-                draft_citations=decision.draft.citations if decision.draft else None,
-            )
-            session.add(escalation)
-            session.flush()
-            reply, _ = add_outbound(session, conversation, key=f"reply:{message.id}", text=notice, author="bot",
-                                    in_reply_to_id=message.id, meta={"escalation_id": escalation.id})
-            message.status = "escalated"
-            message.processed_at = utcnow()
-            record(session, ctx.tenant_id, "bot", "escalation.opened", "escalation", escalation.id,
-                   {"reason": reason, "message_id": message.id})
-            opened = EscalationOpened(tenant_id=ctx.tenant_id, escalation_id=escalation.id,
-                                      conversation_id=conversation.id, message_id=message.id, reason=reason)
-            event = outbound_event(reply, conversation)
+            escalation_id = new_id()
+            session.execute(_INSERT_ESCALATION, {
+                "id": escalation_id, "tenant_id": ctx.tenant_id, "conversation_id": to.conversation_id,
+                "message_id": ctx.message_id, "status": "open", "reason": reason, "detail": decision.detail,
+                "draft": decision.draft.text if decision.draft else None,
+                "draft_citations": decision.draft.citations if decision.draft else None, "created_at": utcnow(),
+            })
+            event = store_reply(session, to, key=f"reply:{ctx.message_id}", text=notice, author="bot",
+                                in_reply_to_id=ctx.message_id, meta={"escalation_id": escalation_id})
+            _set_status(session, ctx, "escalated")
+            audit.write(session, ctx.tenant_id, "bot", "escalation.opened", "escalation", escalation_id,
+                        {"reason": reason, "message_id": ctx.message_id})
+            opened = EscalationOpened(tenant_id=ctx.tenant_id, escalation_id=escalation_id,
+                                      conversation_id=to.conversation_id, message_id=ctx.message_id, reason=reason)
         publish_outbound(self.bus, event)
         self.bus.publish(EVENTS, ctx.tenant_id, opened.to_bus())
         return Outcome("escalated", ctx.message_id, reply_id=event.message_id,
@@ -336,18 +316,15 @@ class Orchestrator:
         with session_scope() as session:
             if self._claim(session, ctx) is not None:
                 return None  # claimed but nothing written: the message stays `received` and is answered
-            status = session.get_one(Message, ctx.message_id).status  # from the identity map
+            status = session.execute(_STATUS, {"message": ctx.message_id, "tenant": ctx.tenant_id}).scalar_one()
         return Outcome("merged" if status == "merged" else "duplicate", ctx.message_id)
 
     def _route_to_agent(self, ctx: Context) -> Outcome:
         with session_scope() as session:
-            claimed = self._claim(session, ctx)
-            if claimed is None:
+            if self._claim(session, ctx) is None:
                 return Outcome("duplicate", ctx.message_id)
-            message, _ = claimed
-            message.status = "human"
-            message.processed_at = utcnow()
-            record(session, ctx.tenant_id, "system", "message.routed_to_agent", "message", message.id)
+            _set_status(session, ctx, "human")
+            audit.write(session, ctx.tenant_id, "system", "message.routed_to_agent", "message", ctx.message_id)
         return Outcome("human", ctx.message_id)
 
 
@@ -357,31 +334,66 @@ def _tenant_message(session: Session, tenant_id: str, message_id: str) -> Messag
     ).first()
 
 
-_ENDED_TURN = aliased(Message)  # built once: an alias costs more to build than the query it is used in
+# The per-message SQL, built once (building a statement and its cache key cost more than running it on
+# SQLite): each call only binds values. Core rows, not ORM objects; every statement names the tenant or a
+# conversation read under it.
+CONVERSATIONS: Table = Conversation.__table__  # type: ignore[assignment]
+TENANTS: Table = Tenant.__table__  # type: ignore[assignment]
+ESCALATIONS: Table = Escalation.__table__  # type: ignore[assignment]
+_IN_TENANT = (MESSAGES.c.id == bindparam("message"), MESSAGES.c.tenant_id == bindparam("tenant"))
+_LOAD = (
+    select(MESSAGES.c.id, MESSAGES.c.status, MESSAGES.c.created_at, MESSAGES.c.conversation_id, CONVERSATIONS.c.mode,
+           TENANTS.c.persona, TENANTS.c.policies, TENANTS.c.llm_api_key_encrypted, TENANTS.c.live_pack_version)
+    .join(CONVERSATIONS, CONVERSATIONS.c.id == MESSAGES.c.conversation_id)
+    .join(TENANTS, TENANTS.c.id == MESSAGES.c.tenant_id)
+    .where(*_IN_TENANT, MESSAGES.c.direction == "in")
+)
+_CLAIM = (
+    select(MESSAGES.c.status, MESSAGES.c.created_at, MESSAGES.c.meta, MESSAGES.c.conversation_id,
+           CONVERSATIONS.c.channel, CONVERSATIONS.c.channel_account_id)
+    .join(CONVERSATIONS, CONVERSATIONS.c.id == MESSAGES.c.conversation_id)
+    .where(*_IN_TENANT)
+    .with_for_update(of=MESSAGES)
+)
+_STATUS = select(MESSAGES.c.status).where(*_IN_TENANT)
+_SET_STATUS = update(MESSAGES).where(*_IN_TENANT).values(
+    status=bindparam("new_status", type_=MESSAGES.c.status.type),
+    processed_at=bindparam("now", type_=MESSAGES.c.processed_at.type),
+)
+_SET_STATUS_AND_META = _SET_STATUS.values(meta=bindparam("new_meta", type_=MESSAGES.c.meta.type))
+_INSERT_ESCALATION = insert(ESCALATIONS)
+_ENDED = MESSAGES.alias("ended")
+_LAST_TURN_END = select(func.max(_ENDED.c.created_at)).where(  # the previous turn's last inbound message
+    _ENDED.c.conversation_id == bindparam("conversation"), _ENDED.c.direction == "in",
+    _ENDED.c.status.in_(["answered", "escalated", "human"]), _ENDED.c.created_at < bindparam("created"),
+).scalar_subquery()
+_MERGED_BEFORE = select(MESSAGES.c.text).where(
+    MESSAGES.c.conversation_id == bindparam("conversation"), MESSAGES.c.direction == "in",
+    MESSAGES.c.status == "merged", MESSAGES.c.created_at < bindparam("created"),
+    or_(_LAST_TURN_END.is_(None), MESSAGES.c.created_at > _LAST_TURN_END),
+).order_by(MESSAGES.c.created_at)
+_NEWER_PENDING = select(MESSAGES.c.id).where(
+    MESSAGES.c.conversation_id == bindparam("conversation"), MESSAGES.c.direction == "in",
+    MESSAGES.c.status == "received", MESSAGES.c.created_at > bindparam("created"),
+).limit(1)
 
 
-def _merged_before(session: Session, message: Message) -> list[str]:
-    """Texts of this conversation's messages merged into the turn that `message` ends, oldest first."""
-    ended = _ENDED_TURN
-    last_turn_end = select(func.max(ended.created_at)).where(
-        ended.conversation_id == message.conversation_id, ended.direction == "in",
-        ended.status.in_(["answered", "escalated", "human"]), ended.created_at < message.created_at,
-    ).scalar_subquery()
-    stmt = select(Message.text).where(
-        Message.conversation_id == message.conversation_id, Message.direction == "in", Message.status == "merged",
-        Message.created_at < message.created_at,
-        or_(last_turn_end.is_(None), Message.created_at > last_turn_end),
-    ).order_by(Message.created_at)
-    return list(session.scalars(stmt))
+def _set_status(session: Session, ctx: Context, status: str, *, meta: dict[str, Any] | None = None) -> None:
+    values = {"message": ctx.message_id, "tenant": ctx.tenant_id, "new_status": status, "now": utcnow()}
+    if meta is None:
+        session.execute(_SET_STATUS, values)
+    else:
+        session.execute(_SET_STATUS_AND_META, {**values, "new_meta": meta})
 
 
-def _newer_pending(session: Session, message: Message) -> str | None:
-    return session.scalar(
-        select(Message.id).where(
-            Message.conversation_id == message.conversation_id, Message.direction == "in",
-            Message.status == "received", Message.created_at > message.created_at,
-        ).limit(1)
-    )
+def _merged_before(session: Session, conversation_id: str, created_at: datetime) -> list[str]:
+    """Texts of this conversation's messages merged into the turn that the message created at `created_at`
+    ends, oldest first."""
+    return list(session.scalars(_MERGED_BEFORE, {"conversation": conversation_id, "created": created_at}))
+
+
+def _newer_pending(session: Session, conversation_id: str, created_at: datetime) -> str | None:
+    return session.scalar(_NEWER_PENDING, {"conversation": conversation_id, "created": created_at})
 
 
 def _aware(value: datetime) -> datetime:

@@ -396,17 +396,77 @@ def add_outbound(
 
 
 def outbound_event(message: Message, conversation: Conversation) -> OutboundMessage:
+    return _outbound_event(message.tenant_id, message.id, conversation.id, message.channel,
+                           conversation.channel_account_id, message.text, message.citations, message.author)
+
+
+def _outbound_event(tenant_id: str, message_id: str, conversation_id: str, channel: str,
+                    channel_account_id: str | None, text: str, citations: list[dict[str, Any]] | None,
+                    author: str | None) -> OutboundMessage:
     return OutboundMessage(
-        tenant_id=message.tenant_id,
-        message_id=message.id,
-        conversation_id=conversation.id,
-        channel=message.channel,
-        channel_account_id=conversation.channel_account_id,
-        text=message.text,
-        citations=message.citations or [],
-        author=message.author or "bot",
-        human_agent=bool(message.author and message.author.startswith("agent:")),
+        tenant_id=tenant_id,
+        message_id=message_id,
+        conversation_id=conversation_id,
+        channel=channel,
+        channel_account_id=channel_account_id,
+        text=text,
+        citations=citations or [],
+        author=author or "bot",
+        human_agent=bool(author and author.startswith("agent:")),
     )
+
+
+@dataclass(frozen=True)
+class ReplyTo:
+    """The conversation a reply goes to, as `store_reply` needs it (the orchestrator reads it with its claim)."""
+
+    tenant_id: str
+    conversation_id: str
+    channel: str
+    channel_account_id: str | None
+
+
+# The orchestrator's per-message SQL, built once: each call only binds values (see `_Statements`).
+_EXISTING_REPLY = select(MESSAGES.c.id, MESSAGES.c.text, MESSAGES.c.citations, MESSAGES.c.author).where(
+    MESSAGES.c.tenant_id == bindparam("tenant"), MESSAGES.c.channel == bindparam("channel"),
+    MESSAGES.c.provider_message_id == bindparam("key"),
+)
+_INSERT_MESSAGE = insert(MESSAGES)
+_HISTORY = (
+    select(MESSAGES.c.id, MESSAGES.c.direction, MESSAGES.c.text)
+    .where(MESSAGES.c.conversation_id == bindparam("conversation"), MESSAGES.c.status.notin_(["failed", "dead"]))
+    .order_by(MESSAGES.c.created_at.desc())
+    .limit(bindparam("limit"))
+)
+
+
+def store_reply(
+    session: Session,
+    to: ReplyTo,
+    *,
+    key: str,
+    text: str,
+    author: str,
+    in_reply_to_id: str | None = None,
+    citations: list[dict[str, Any]] | None = None,
+    meta: dict[str, Any] | None = None,
+) -> OutboundMessage:
+    """`add_outbound` without ORM objects, for the orchestrator's hot path: the same row under the same
+    idempotency key, the conversation touched; returns the event to publish once committed (the stored reply's,
+    if one already has the key)."""
+    existing = session.execute(_EXISTING_REPLY, {"tenant": to.tenant_id, "channel": to.channel, "key": key}).first()
+    if existing is not None:
+        return _outbound_event(to.tenant_id, existing.id, to.conversation_id, to.channel, to.channel_account_id,
+                               existing.text, existing.citations, existing.author)
+    reply_id, now = new_id(), utcnow()
+    session.execute(_INSERT_MESSAGE, {
+        "id": reply_id, "tenant_id": to.tenant_id, "conversation_id": to.conversation_id, "channel": to.channel,
+        "direction": "out", "provider_message_id": key, "text": text, "status": "pending", "author": author,
+        "in_reply_to_id": in_reply_to_id, "citations": citations, "meta": meta or {}, "created_at": now})
+    sql = _statements(session.get_bind().dialect.name)
+    session.execute(sql.touch_conversations, {"ids": [to.conversation_id], "now": now})
+    return _outbound_event(to.tenant_id, reply_id, to.conversation_id, to.channel, to.channel_account_id, text,
+                           citations, author)
 
 
 def publish_outbound(bus: Bus, event: OutboundMessage) -> None:
@@ -415,12 +475,7 @@ def publish_outbound(bus: Bus, event: OutboundMessage) -> None:
 
 def history(session: Session, conversation_id: str, *, before_id: str | None, turns: int) -> list[tuple[str, str]]:
     """The last `turns` messages of a conversation as (role, text), oldest first, excluding `before_id`."""
-    rows = session.scalars(
-        select(Message)
-        .where(Message.conversation_id == conversation_id, Message.status.notin_(["failed", "dead"]))
-        .order_by(Message.created_at.desc())
-        .limit(turns + 1)
-    ).all()
+    rows = session.execute(_HISTORY, {"conversation": conversation_id, "limit": turns + 1}).all()
     turns_list = [
         ("customer" if m.direction == "in" else "assistant", m.text) for m in rows if m.id != before_id
     ][:turns]

@@ -169,7 +169,8 @@ class EdgeVectorStore:
         def fetch(ids: Sequence[str]) -> dict[str, dict[str, Any]]:
             # The ids come from probes filtered by tenant; the tenant check is the store's rule all the same.
             records = self._engine.retrieve(list(ids), with_payload=True, with_vector=False)
-            return {str(r.id): dict(r.payload) for r in records if (r.payload or {}).get(TENANT_FIELD) == tenant_id}
+            return {str(r.id): dict(r.payload or {}) for r in records
+                    if (r.payload or {}).get(TENANT_FIELD) == tenant_id}
 
         # One lock for the whole search: an upsert in between would move the tenant's IDF, and the BM25 scores
         # of one search must share a scale.
