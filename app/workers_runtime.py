@@ -26,7 +26,8 @@ DISPATCHER_GROUP = "dispatcher"
 
 
 def consumer_name(role: str) -> str:
-    return f"{role}-{socket.gethostname()}-{os.getpid()}-{threading.get_ident() % 10_000}"
+    # Letters between the numbers: a run of digits would read as a phone number to the log scrubber.
+    return f"{role}-{socket.gethostname()}-pid{os.getpid()}-t{threading.get_ident() % 10_000}"
 
 
 def build_consumers(bus: Bus, stop: threading.Event) -> list[Consumer]:
