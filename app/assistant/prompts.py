@@ -87,6 +87,7 @@ _env = jinja2.Environment(
     trim_blocks=True,
     lstrip_blocks=True,
     keep_trailing_newline=False,
+    auto_reload=False,  # the templates ship with the package: compiled once, never stat-ed again per message
 )
 _env.filters["fence"] = _fence
 _env.filters["attr_safe"] = _attr_safe
