@@ -111,7 +111,11 @@ class MiniLMEmbedder:
     dim: int = DIM
     name: str = "all-MiniLM-L6-v2-int8"
 
-    def __init__(self, cache_dir: Path | str, batch_size: int = 16, threads: int | None = None) -> None:
+    def __init__(self, cache_dir: Path | str, batch_size: int = 16, threads: int | None = 1) -> None:
+        """`threads`: onnxruntime's threads per model call (None: one per core). One by default: with more, the
+        extra threads spin between and after calls, which doubled the CPU of a query (8.6 -> 16 ms measured under
+        load) and took the second core from the rest of the process; one thread leaves it to them at the same
+        throughput on a busy 2-core machine (benchmarks/orchestrator_concurrency.py: 30 -> 23 ms per message)."""
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self.cache_dir = Path(cache_dir).expanduser()
