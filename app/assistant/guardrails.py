@@ -17,6 +17,7 @@ import ipaddress
 import re
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 # --------------------------------------------------------------------------------------------------- PII
 
@@ -332,6 +333,7 @@ def detect_injection(text: str) -> InjectionVerdict:
 # ----------------------------------------------------------------------------------------- tenant policy
 
 
+@lru_cache(maxsize=4096)  # a tenant's phrases are checked on every message: compiled once each
 def _phrase_pattern(phrase: str) -> re.Pattern[str]:
     words = [re.escape(w) for w in phrase.split()]
     # \b only where the phrase edge is a word character, so "$$$" or "A+" still match.
