@@ -241,16 +241,18 @@ def _serve(host: str, port: int) -> None:
 
     tune_gc()
     try:
-        uvicorn.run(app, host=host, port=port, log_level="warning", **_proxy_options())
+        uvicorn.run(app, host=host, port=port, **_uvicorn_options())
     finally:
         operations.remove_server_file()
 
 
-def _proxy_options() -> dict[str, Any]:
-    """X-Forwarded-For is believed only from SWITCHBOARD_TRUSTED_PROXIES: per-IP rate limits key on the address
-    uvicorn derives from it."""
+def _uvicorn_options() -> dict[str, Any]:
+    """Warnings and errors only, and no access log: at WARNING it would print nothing, yet uvicorn would still
+    format each request's client and path for it. X-Forwarded-For is believed only from
+    SWITCHBOARD_TRUSTED_PROXIES: per-IP rate limits key on the address uvicorn derives from it."""
     trusted = get_settings().trusted_proxies.strip()
-    return {"proxy_headers": bool(trusted), "forwarded_allow_ips": trusted or None}
+    return {"log_level": "warning", "access_log": False, "proxy_headers": bool(trusted),
+            "forwarded_allow_ips": trusted or None}
 
 
 @cli.command()
@@ -283,7 +285,7 @@ def gateway(
     except ValueError as exc:
         raise _fail(str(exc)) from exc
     tune_gc()
-    uvicorn.run(app, host=host, port=port, log_level="warning", **_proxy_options())
+    uvicorn.run(app, host=host, port=port, **_uvicorn_options())
 
 
 @cli.command()

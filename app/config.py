@@ -7,7 +7,7 @@ or `S3_BUCKET` switches that one part to its scale-out implementation; the code 
 from __future__ import annotations
 
 import secrets
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 from pydantic import AliasChoices, Field, ValidationInfo, field_validator
@@ -149,7 +149,7 @@ class Settings(BaseSettings):
         """True when the bus is in-process, which means every role must run inside one process."""
         return self.redis_url is None
 
-    @property
+    @cached_property  # read once per Settings: the file is never replaced, and tokens are checked per request
     def effective_secret_key(self) -> str:
         if self.secret_key:
             return self.secret_key

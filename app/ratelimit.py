@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from fastapi import HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
 from limits import RateLimitItem, parse
 from limits.errors import StorageError
 from limits.storage import storage_from_string
@@ -88,6 +89,7 @@ class RateLimiter:
             {"key_prefix": key_prefix, "socket_timeout": 2} if storage_uri.startswith("redis") else {}
         )
         self._storage = storage_from_string(storage_uri, wrap_exceptions=True, **options)
+        self.in_process = storage_uri.startswith("memory")  # no round trip: fine to call on an event loop
         self._windows = MovingWindowRateLimiter(self._storage)
         self._warned_at = -math.inf
 
@@ -98,6 +100,10 @@ class RateLimiter:
             storage_uri=settings.redis_url or "memory://",
             key_prefix=f"{settings.bus_namespace}:_rl",  # under the bus's bookkeeping prefix: no stream is named so
         )
+
+    def limits(self, rule: Rule) -> bool:
+        """Whether `rule` has a limit (an empty setting turns it off)."""
+        return rule in self._limits
 
     def hit(self, rule: Rule, identity: str) -> None:
         """Spend one unit of `rule` for `identity`; raises `RateLimited` (spending nothing) when the window is full."""
@@ -153,6 +159,18 @@ def enforce(rule: Rule, identity: str) -> None:
         get_rate_limiter().hit(rule, identity)
     except RateLimited as exc:
         raise exc.http() from None
+
+
+async def enforce_async(rule: Rule, identity: str) -> None:
+    """`enforce` for async routes: on the event loop when the windows are in process memory (microseconds), in a
+    worker thread when they are in Redis, so a slow store never holds every other request."""
+    from app.runtime import get_rate_limiter
+
+    limiter = get_rate_limiter()
+    if limiter.in_process or not limiter.limits(rule):
+        enforce(rule, identity)
+    else:
+        await run_in_threadpool(enforce, rule, identity)
 
 
 def _key(rule: Rule, identity: str) -> str:

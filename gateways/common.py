@@ -86,19 +86,35 @@ EXTERNAL_ID_CHARS = _width(ChannelAccount.__table__.c.external_id)
 
 
 def load_account(channel: str, external_id: str) -> Account | None:
+    known = _known_account(channel, external_id)
+    return known[0] if known else _reload_account(channel, external_id)
+
+
+async def load_account_async(channel: str, external_id: str) -> Account | None:
+    """`load_account` for the event loop: a cached account without leaving it, a database read in a worker
+    thread."""
+    known = _known_account(channel, external_id)
+    return known[0] if known else await run_in_threadpool(_reload_account, channel, external_id)
+
+
+def _known_account(channel: str, external_id: str) -> tuple[Account | None] | None:
+    """`(account or None,)` when no query is needed (a fresh cache entry, or an id no account can have)."""
     if len(external_id) > EXTERNAL_ID_CHARS or clean_text(external_id) != external_id:
-        return None  # no account has such an id (and Postgres refuses NUL in a query)
-    key = (channel, external_id)
-    now = time.monotonic()
+        return (None,)  # no account has such an id (and Postgres refuses NUL in a query)
     with _account_cache_lock:
-        cached = _account_cache.get(key)
-    if cached is not None and now - cached[0] < ACCOUNT_CACHE_TTL_S:
-        return cached[1]
+        cached = _account_cache.get((channel, external_id))
+    if cached is not None and time.monotonic() - cached[0] < ACCOUNT_CACHE_TTL_S:
+        return (cached[1],)
+    return None
+
+
+def _reload_account(channel: str, external_id: str) -> Account | None:
+    now = time.monotonic()
     account = _load_account(channel, external_id)
     with _account_cache_lock:
         if len(_account_cache) > 10_000:
             _account_cache.clear()
-        _account_cache[key] = (now, account)
+        _account_cache[(channel, external_id)] = (now, account)
     return account
 
 

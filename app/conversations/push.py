@@ -71,6 +71,8 @@ class Waiter:
 
 
 class Push(Protocol):
+    in_process: bool  # publishing touches process memory only (else a network round trip: not on an event loop)
+
     def publish(self, tenant_id: str, contact_id: str) -> None:
         """Wake every waiter on this visitor, in any process. Never raises: a lost notification is only a
         delay (waiters time out and read the database), while raising here would fail work already committed."""
@@ -85,6 +87,8 @@ class Push(Protocol):
 
 
 class LocalPush:
+    in_process = True
+
     def __init__(self) -> None:
         self._waiters: dict[str, set[Waiter]] = {}
         self._lock = threading.Lock()
@@ -133,6 +137,8 @@ class LocalPush:
 
 
 class RedisPush(LocalPush):
+    in_process = False
+
     def __init__(self, url: str, namespace: str = "sb", reconnect_s: float = 1.0) -> None:
         import redis
 

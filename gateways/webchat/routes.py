@@ -24,14 +24,16 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import BaseModel, Field
-from sqlalchemy import select
+from sqlalchemy import Table, select
 
 from app import ratelimit
 from app.config import get_settings
-from app.conversations.service import accept_inbound
-from app.db import session_scope
-from app.models import ChannelAccount, Contact, Conversation, Message, Tenant
+from app.conversations.batching import batcher_for
+from app.conversations.service import InboundRequest
+from app.db import get_engine, session_scope
+from app.models import Contact, Conversation, Message, Tenant
 from app.runtime import get_bus, get_push
+from gateways.common import Account, load_account, load_account_async
 from gateways.payloads import scoped_key
 from gateways.webchat import sessions
 
@@ -94,16 +96,20 @@ class MessagesOut(BaseModel):
     cursor: str | None
 
 
-def _account(widget_id: str) -> ChannelAccount:
-    with session_scope() as session:
-        account = session.scalars(
-            select(ChannelAccount).where(
-                ChannelAccount.channel == CHANNEL, ChannelAccount.external_id == widget_id
-            )
-        ).first()
-        if account is None or not account.enabled:
-            raise HTTPException(404, f"no active web chat widget {widget_id!r}")
-        return account
+# Widgets are routed like webhooks, from gateways.common's short-lived cache of enabled accounts: a disabled
+# widget stops answering within ACCOUNT_CACHE_TTL_S.
+def _account(widget_id: str) -> Account:
+    return _active(widget_id, load_account(CHANNEL, widget_id))
+
+
+async def _account_async(widget_id: str) -> Account:
+    return _active(widget_id, await load_account_async(CHANNEL, widget_id))
+
+
+def _active(widget_id: str, account: Account | None) -> Account:
+    if account is None:
+        raise HTTPException(404, f"no active web chat widget {widget_id!r}")
+    return account
 
 
 def _bearer(authorization: str | None) -> str | None:
@@ -168,69 +174,75 @@ def open_session(
 
 @router.post("/widget/v1/{widget_id}/messages", response_model=SendOut, status_code=202,
              summary="Send a visitor message")
-def send_message(
+async def send_message(
     widget_id: str, body: SendIn, request: Request, authorization: Annotated[str | None, Header()] = None
 ) -> SendOut:
     """Send the visitor's message. 202 means it is stored and queued; the reply arrives on the event stream
     (`GET .../events`) or a long-poll of `GET .../messages`. Limited per client IP and per visitor: 429 says
     when to retry, and a retry with the same `client_message_id` is stored once."""
-    ratelimit.enforce(ratelimit.WIDGET_SENDS_PER_IP, ratelimit.client_ip(request))
+    await ratelimit.enforce_async(ratelimit.WIDGET_SENDS_PER_IP, ratelimit.client_ip(request))
     contact_id = _visitor(widget_id, authorization)
-    ratelimit.enforce(ratelimit.WIDGET_SENDS_PER_VISITOR, contact_id)
-    account = _account(widget_id)
+    await ratelimit.enforce_async(ratelimit.WIDGET_SENDS_PER_VISITOR, contact_id)
+    account = await _account_async(widget_id)
     text = body.text.strip()
     if not text:
         raise HTTPException(422, "text is empty")
     limit = get_settings().max_message_chars
     if len(text) > limit:
         raise HTTPException(413, f"text is {len(text)} characters; the limit is {limit}")
-    accepted = accept_inbound(
-        get_bus(),
-        tenant_id=account.tenant_id,
-        channel=CHANNEL,
-        contact_external_id=contact_id,
-        provider_message_id=scoped_key(contact_id, body.client_message_id),
-        text=text,
-        channel_account_id=account.id,
+    inbound = InboundRequest(
+        tenant_id=account.tenant_id, channel=CHANNEL, contact_external_id=contact_id,
+        provider_message_id=scoped_key(contact_id, body.client_message_id), text=text, channel_account_id=account.id,
     )
-    if not accepted.duplicate:
-        get_push().publish(account.tenant_id, contact_id)  # the visitor's open streams show it
+    # The durable enqueue of `accept_inbound`, sharing one transaction and one bus round trip with the sends
+    # (and webhooks) arriving meanwhile; the event loop awaits it instead of parking a thread on it.
+    [stored] = batcher_for(get_bus()).submit_all([inbound])
+    accepted = await asyncio.wrap_future(stored)
+    if not accepted.duplicate:  # the visitor's open streams show it
+        push = get_push()
+        if push.in_process:
+            push.publish(account.tenant_id, contact_id)
+        else:
+            await run_in_threadpool(push.publish, account.tenant_id, contact_id)
     return SendOut(
         message_id=accepted.message_id, conversation_id=accepted.conversation_id, duplicate=accepted.duplicate
     )
 
 
 READ_LIMIT = 200
+CONTACTS: Table = Contact.__table__  # type: ignore[assignment]
+CONVERSATIONS: Table = Conversation.__table__  # type: ignore[assignment]
+MESSAGES: Table = Message.__table__  # type: ignore[assignment]
+# Every stream wakes up to read this, twice per message (the visitor's, then the reply): one statement on one
+# connection, rows rather than ORM objects. Scoped to the tenant through the contact and its conversations, whose
+# indexes lead to the visitor's messages (a filter on messages.tenant_id makes SQLite scan all the tenant's).
+_READ = (
+    select(MESSAGES.c.id, MESSAGES.c.direction, MESSAGES.c.author, MESSAGES.c.text, MESSAGES.c.citations,
+           MESSAGES.c.created_at, MESSAGES.c.status)
+    .join(CONVERSATIONS, CONVERSATIONS.c.id == MESSAGES.c.conversation_id)
+    .join(CONTACTS, CONTACTS.c.id == CONVERSATIONS.c.contact_id)
+    .where(CONTACTS.c.channel == CHANNEL, MESSAGES.c.status != "failed")
+    .order_by(MESSAGES.c.created_at)
+    .limit(READ_LIMIT)
+)
 
 
 def _messages(tenant_id: str, contact_id: str, after: datetime | None) -> MessagesOut:
     """The visitor's messages after the cursor, in order, stopping before the first reply still being
     delivered: the cursor never moves past a message the visitor has not been shown yet."""
-    with session_scope() as session:
-        contact = session.scalars(
-            select(Contact).where(
-                Contact.tenant_id == tenant_id, Contact.channel == CHANNEL, Contact.external_id == contact_id
-            )
-        ).first()
-        if contact is None:
-            return MessagesOut(messages=[], cursor=after.isoformat() if after else None)
-        stmt = (
-            select(Message)
-            .join(Conversation, Conversation.id == Message.conversation_id)
-            .where(Conversation.tenant_id == tenant_id, Conversation.contact_id == contact.id)
-            .where(Message.status != "failed")
-            .order_by(Message.created_at)
-        )
-        if after is not None:
-            stmt = stmt.where(Message.created_at > after)
-        out: list[WidgetMessage] = []
-        for m in session.scalars(stmt.limit(READ_LIMIT)):
+    stmt = _READ.where(CONTACTS.c.tenant_id == tenant_id, CONTACTS.c.external_id == contact_id,
+                       CONVERSATIONS.c.tenant_id == tenant_id)
+    if after is not None:
+        stmt = stmt.where(MESSAGES.c.created_at > after)
+    out: list[WidgetMessage] = []
+    with get_engine().connect() as conn:
+        for m in conn.execute(stmt):
             if m.status == "pending":
                 break
             out.append(WidgetMessage(id=m.id, direction=m.direction, author=m.author, text=m.text,
                                      citations=m.citations, created_at=m.created_at))
-        cursor = out[-1].created_at.isoformat() if out else after.isoformat() if after else None
-        return MessagesOut(messages=out, cursor=cursor)
+    cursor = out[-1].created_at.isoformat() if out else after.isoformat() if after else None
+    return MessagesOut(messages=out, cursor=cursor)
 
 
 @router.get("/widget/v1/{widget_id}/messages", response_model=MessagesOut,
@@ -244,7 +256,7 @@ async def list_messages(
     """The visitor's conversation after `after`; with `wait`, holds the request until something new arrives
     (the fallback for clients without `GET .../events`)."""
     contact_id = _visitor(widget_id, authorization)
-    account = await run_in_threadpool(_account, widget_id)
+    account = await _account_async(widget_id)
     if wait == 0:
         return await run_in_threadpool(_messages, account.tenant_id, contact_id, after)
     loop = asyncio.get_running_loop()
@@ -296,7 +308,7 @@ class StreamVisitor:
     contact_id: str
 
 
-def _stream_visitor(
+async def _stream_visitor(
     widget_id: str,
     authorization: Annotated[str | None, Header()] = None,
     ticket: Annotated[str | None, Query(max_length=300, description="From `POST .../events/tickets`.")] = None,
@@ -312,7 +324,7 @@ def _stream_visitor(
             raise HTTPException(401, "invalid event stream ticket for this widget: POST .../events/tickets")
         if int(expires) < time.time():
             raise HTTPException(401, "event stream ticket expired: POST .../events/tickets for a new one")
-    return StreamVisitor(_account(widget_id).tenant_id, contact_id)
+    return StreamVisitor((await _account_async(widget_id)).tenant_id, contact_id)
 
 
 @router.get("/widget/v1/{widget_id}/events", response_class=EventSourceResponse,

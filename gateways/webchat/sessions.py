@@ -13,8 +13,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 
 import jwt
 
@@ -53,9 +56,13 @@ def new_contact_id() -> str:
 
 
 def _key() -> bytes:
+    return _derived_key(get_settings().effective_secret_key)
+
+
+@lru_cache(maxsize=4)
+def _derived_key(secret_key: str) -> bytes:
     # A key of its own, derived from the secret key: a widget token never doubles as anything else it signs.
-    return hmac.new(get_settings().effective_secret_key.encode(), b"switchboard webchat session v1",
-                    hashlib.sha256).digest()
+    return hmac.new(secret_key.encode(), b"switchboard webchat session v1", hashlib.sha256).digest()
 
 
 def _audience(widget_id: str) -> str:
@@ -80,9 +87,34 @@ def _duration(seconds: int) -> str:
     return f"{seconds} s"
 
 
+# A visitor presents the same token with every send and read: a token verified in the last VERIFIED_TTL_S is
+# taken from here, until its own expiry. Keyed by the signing key too, so a token is never trusted under a key
+# other than the one that verified it. Only successes are kept; renewal (with its grace period) always decodes.
+VERIFIED_TTL_S = 60.0
+VERIFIED_MAX = 10_000
+_verified: dict[tuple[bytes, str, str], tuple[float, int, Visitor]] = {}  # -> (cached until, exp, visitor)
+_verified_lock = threading.Lock()
+
+
 def verify(widget_id: str, token: str, *, renewing: bool = False) -> Visitor:
     """The visitor a token of this widget names, or SessionError. `renewing` accepts a token up to
     WIDGET_SESSION_RENEW_GRACE_S past its expiry."""
+    cache_key = (_key(), widget_id, token)
+    now = time.time()
+    if not renewing:
+        hit = _verified.get(cache_key)
+        if hit is not None and now < hit[0] and now < hit[1]:
+            return hit[2]
+    visitor, expires = _decode(widget_id, token, renewing)
+    if not renewing:
+        with _verified_lock:
+            if len(_verified) >= VERIFIED_MAX:
+                _verified.clear()
+            _verified[cache_key] = (now + VERIFIED_TTL_S, expires, visitor)
+    return visitor
+
+
+def _decode(widget_id: str, token: str, renewing: bool) -> tuple[Visitor, int]:
     settings = get_settings()
     sessions_url = f"POST /widget/v1/{widget_id}/sessions"
     leeway = settings.widget_session_renew_grace_s if renewing else 0
@@ -108,4 +140,4 @@ def verify(widget_id: str, token: str, *, renewing: bool = False) -> Visitor:
     contact_id, tenant_id = claims.get("sub"), claims.get("tid")
     if not isinstance(contact_id, str) or not contact_id.startswith(CONTACT_PREFIX) or not isinstance(tenant_id, str):
         raise SessionError(f"invalid session token for this widget: start a session with {sessions_url}")
-    return Visitor(contact_id, tenant_id)
+    return Visitor(contact_id, tenant_id), int(claims["exp"])
