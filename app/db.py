@@ -28,9 +28,10 @@ def make_engine(url: str) -> Engine:
         # pysqlite starts a transaction at the first write, not at a read, so a unit of work that reads and then
         # writes waits for the write lock (busy_timeout) instead of failing on a stale WAL snapshot: concurrent
         # writers queue (tests/test_db.py).
-        # A SQLite connection is a file handle: keep every one a worker may hold instead of closing the overflow on
-        # return, so a busy orchestrator does not open (and set up) a connection for nearly every message.
-        pool["pool_size"] += pool["max_overflow"]
+        # A SQLite connection is a file handle: keep every one the orchestrator's and the dispatcher's workers may
+        # hold at once instead of closing the overflow on return, so a busy process does not open (and set up) a
+        # connection for nearly every message.
+        pool["pool_size"] += 2 * pool["max_overflow"]
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, hide_parameters=True,
                                **pool)
 

@@ -105,7 +105,8 @@ def test_sqlite_commits_skip_the_fsync_yet_survive_the_process_dying(tmp_path: P
 def test_sqlite_connections_are_kept_for_reuse_not_reopened_per_unit_of_work(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Every worker holding a connection at once, twice over: the second round reuses the first round's."""
+    """The orchestrator's and the dispatcher's workers holding a connection each, twice over: the second round
+    reuses the first round's."""
     from sqlalchemy import event
 
     from app.config import get_settings
@@ -117,11 +118,11 @@ def test_sqlite_connections_are_kept_for_reuse_not_reopened_per_unit_of_work(
         opened: list[object] = []
         event.listen(engine, "connect", lambda conn, _record: opened.append(conn))
         for _ in range(2):
-            held = [engine.connect() for _ in range(40)]
+            held = [engine.connect() for _ in range(2 * 40)]
             for conn in held:
                 assert conn.execute(text("PRAGMA synchronous")).scalar_one() == 1
                 conn.close()
-        assert len(opened) == 40
+        assert len(opened) == 2 * 40
         engine.dispose()
     finally:
         get_settings.cache_clear()
