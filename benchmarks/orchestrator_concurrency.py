@@ -126,10 +126,10 @@ def main() -> None:
           f"{platform.python_version()}; LLM {args.llm_s:.1f} s; workers {workers}, per tenant {tenant_workers}")
     try:
         _burst(1, "warm-up", tenant_id, questions, replied, accept_many, InboundRequest, bus)
-        for n in args.customers:
+        for round_no, n in enumerate(args.customers):
             calls_before = embedder.queries.stats.calls if hasattr(embedder, "queries") else 0
             cpu_before = cpu_s()
-            waits, statuses = _burst(n, f"c{n}", tenant_id, questions, replied, accept_many, InboundRequest, bus)
+            waits, statuses = _burst(n, f"r{round_no}c{n}", tenant_id, questions, replied, accept_many, InboundRequest, bus)
             cpu_ms = (cpu_s() - cpu_before) * 1000 / n
             calls = (embedder.queries.stats.calls - calls_before) if hasattr(embedder, "queries") else 0
             print(f"\n{n} customers at once: p50 {statistics.median(waits):.2f} s, "
