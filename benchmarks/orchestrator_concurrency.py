@@ -129,7 +129,8 @@ def main() -> None:
         for round_no, n in enumerate(args.customers):
             calls_before = embedder.queries.stats.calls if hasattr(embedder, "queries") else 0
             cpu_before = cpu_s()
-            waits, statuses = _burst(n, f"r{round_no}c{n}", tenant_id, questions, replied, accept_many, InboundRequest, bus)
+            tag = f"r{round_no}c{n}"
+            waits, statuses = _burst(n, tag, tenant_id, questions, replied, accept_many, InboundRequest, bus)
             cpu_ms = (cpu_s() - cpu_before) * 1000 / n
             calls = (embedder.queries.stats.calls - calls_before) if hasattr(embedder, "queries") else 0
             print(f"\n{n} customers at once: p50 {statistics.median(waits):.2f} s, "
