@@ -98,6 +98,9 @@ def test_widget_renews_an_expired_session_and_keeps_the_conversation(stack: Stac
         )
         page = browser.new_page()
         page.goto(f"{base_url}/widget/{widget}")
+        # The page opens its event stream at once, starting a session of its own: let it store that first, or it
+        # would overwrite the expired token planted below.
+        page.wait_for_function("key => localStorage.getItem(key)", arg=store)
         page.evaluate("([key, value]) => localStorage.setItem(key, value)",
                       [store, json.dumps({"contact_id": contact, "token": expired, "renew_at": 0})])
         page.reload()
