@@ -157,7 +157,14 @@ def _accounts_of(channel: str) -> list[Account]:
         rows = session.scalars(
             select(ChannelAccount).where(ChannelAccount.channel == channel, ChannelAccount.enabled.is_(True))
         ).all()
-        return [_detached(r) for r in rows]
+        accounts = []
+        for row in rows:
+            try:
+                accounts.append(_detached(row))
+            except RuntimeError as exc:  # one account's unreadable credentials must not refuse every tenant's webhooks
+                log.error("%s account %s (tenant %s) skipped: %s; save its credentials again", channel, row.id,
+                          row.tenant_id, exc)
+        return accounts
 
 
 def _detached(row: ChannelAccount) -> Account:

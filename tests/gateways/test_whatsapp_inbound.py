@@ -221,3 +221,33 @@ def test_concurrent_duplicates_store_and_publish_once(gw: Gateway, tenants: dict
     assert len(gw.inbound(provider_message_id="wamid.concurrent")) == 1
     events = gw.bus_entries(tenants[pid])[before:]
     assert [e["provider_message_id"] for e in events] == ["wamid.concurrent"]
+
+
+def test_an_account_with_unreadable_credentials_does_not_refuse_other_tenants_webhooks(
+    gw: Gateway, tenants: dict[str, str]
+) -> None:
+    """Credentials saved under another secret key (a restored backup, a rotated key) make that one account
+    unusable, not every tenant's WhatsApp webhooks: Meta checks each signature against all accounts."""
+    from cryptography.fernet import Fernet
+
+    from app.db import session_scope
+    from app.models import ChannelAccount
+    from gateways.common import ACCOUNT_CACHE_TTL_S, accounts_of
+
+    broken_tenant = gw.tenant()
+    broken_id = gw.account(broken_tenant, "whatsapp", "55500099", {"app_secret": "x", "verify_token": "v",
+                                                                  "access_token": "t"})
+    with session_scope() as session:
+        session.get_one(ChannelAccount, broken_id).credentials_encrypted = (
+            Fernet(Fernet.generate_key()).encrypt(b'{"app_secret": "x"}').decode())
+    try:
+        body = json.loads((UPDATES / "message.json").read_text())["text"]
+        accounts_of("whatsapp", max_age_s=0)  # refresh the routing cache past the broken row
+        response = post(gw, json.dumps(body).encode())
+        assert response.status_code == 200, response.text
+        assert response.json()["accepted"] == 1
+        assert broken_id not in {a.id for a in accounts_of("whatsapp", max_age_s=ACCOUNT_CACHE_TTL_S)}
+    finally:
+        with session_scope() as session:
+            session.delete(session.get_one(ChannelAccount, broken_id))
+        accounts_of("whatsapp", max_age_s=0)
