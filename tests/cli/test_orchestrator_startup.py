@@ -42,21 +42,23 @@ def test_a_second_orchestrator_on_the_embedded_vector_store_stops_at_start_up_na
 
 
 def test_the_first_orchestrator_starts_and_warns_that_replicas_need_qdrant_url(
-    scale_out_env: dict[str, str],
+    scale_out_env: dict[str, str], tmp_path: Path,
 ) -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "orchestrator"], cwd=REPO, env=scale_out_env,
-                            stderr=subprocess.PIPE, text=True)
+    # stderr goes to a file, not a pipe: a pipe nobody reads after start-up would block the process's logging
+    # once full, and with it the shutdown.
+    log_path = tmp_path / "orchestrator.log"
+    with log_path.open("w") as log_file:
+        proc = subprocess.Popen([sys.executable, "-m", "app.cli", "orchestrator"], cwd=REPO, env=scale_out_env,
+                                stderr=log_file, text=True)
     try:
-        assert proc.stderr is not None
-        lines: list[str] = []
         deadline = time.monotonic() + 120
-        while not any("orchestrator running" in line for line in lines):
-            line = proc.stderr.readline()
-            assert line or proc.poll() is None, "".join(lines)
-            assert time.monotonic() < deadline, "".join(lines)
-            lines.append(line)
-        assert any("QDRANT_URL is not set" in line and "replicas" in line for line in lines)
+        while "orchestrator running" not in log_path.read_text():
+            assert proc.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.2)
+        assert any("QDRANT_URL is not set" in line and "replicas" in line
+                   for line in log_path.read_text().splitlines())
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
-    assert proc.returncode == 0
+    assert proc.returncode == 0, log_path.read_text()[-3000:]
