@@ -134,7 +134,8 @@ def _token(widget: str, expires_in: timedelta = timedelta(hours=24)) -> str:
 def test_a_cached_token_still_expires_at_its_own_expiry(sb_home: Path) -> None:
     from gateways.webchat import sessions
 
-    token = _token("w1", expires_in=timedelta(seconds=1))  # issued to the second: expires within the next second
+    # Issued to the second (microseconds dropped): expires between 1 and 2 s from now, so the first checks are in time.
+    token = _token("w1", expires_in=timedelta(seconds=2))
     visitor = sessions.verify("w1", token)
     assert sessions.verify("w1", token) == visitor  # now cached
     deadline = time.time() + 5
