@@ -47,11 +47,23 @@ _RULES: list[tuple[re.Pattern[str], str]] = [
 ]
 
 
+# Hex identifiers (request ids, uuids, hashes under 40 characters) are not PII, but a run of their digits can pass
+# for a card or phone number: they are set aside while PII is looked for, then put back.
+_HEX_ID = re.compile(r"(?<![0-9A-Za-z])(?=[0-9a-f]*[a-f])[0-9a-f]{16,39}(?![0-9A-Za-z])")
+
+
 def scrub(text: str) -> str:
     """`text` with credentials, visitor ids and PII replaced by placeholders."""
     for pattern, replacement in _RULES:
         text = pattern.sub(replacement, text)
-    return redact_pii(text, PII_KINDS).text
+    ids: list[str] = []
+
+    def set_aside(match: re.Match[str]) -> str:
+        ids.append(match.group(0))
+        return f"\x00{len(ids) - 1}\x00"
+
+    text = redact_pii(_HEX_ID.sub(set_aside, text), PII_KINDS).text
+    return re.sub(r"\x00(\d+)\x00", lambda m: ids[int(m.group(1))], text) if ids else text
 
 
 def scrub_record(record: logging.LogRecord) -> None:

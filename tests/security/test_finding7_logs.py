@@ -162,3 +162,14 @@ def test_finding7_cli_entry_point_installs_the_scrubber(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "visitor v_[REDACTED] wrote" in done.stderr
     assert VISITOR not in done.stderr and "jane.doe@example.com" not in done.stderr
+
+
+def test_finding7_hex_ids_are_not_mistaken_for_card_numbers() -> None:
+    """A request id is not PII, even when its first 16 hex digits happen to be a Luhn-valid number; the card
+    number beside it is still scrubbed."""
+    from app.logscrub import scrub
+
+    request_id = "4111111111111111e8fcb67f1cf0e4a1"
+    out = scrub(f"unhandled error (request id {request_id}); customer wrote 4111 1111 1111 1111")
+    assert request_id in out
+    assert "4111 1111 1111 1111" not in out and "[CREDIT_CARD]" in out
