@@ -17,7 +17,7 @@ import ipaddress
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -107,27 +107,19 @@ class RateLimiter:
 
     def hit(self, rule: Rule, identity: str) -> None:
         """Spend one unit of `rule` for `identity`; raises `RateLimited` (spending nothing) when the window is full."""
-        limit = self._limits.get(rule)
-        if limit is None:
-            return
-        key = _key(rule, identity)
-        try:
-            if self._windows.hit(limit, key):
-                return
-            refused = self._refusal(rule, limit, key)
-        except StorageError as exc:
-            self._store_down(exc)
-            return
-        raise refused
+        self._apply(rule, identity, self._windows.hit)
 
     def check(self, rule: Rule, identity: str) -> None:
         """Raise `RateLimited` when `identity`'s window for `rule` is already full; spends nothing."""
+        self._apply(rule, identity, self._windows.test)
+
+    def _apply(self, rule: Rule, identity: str, allowed: Callable[[RateLimitItem, str], bool]) -> None:
         limit = self._limits.get(rule)
         if limit is None:
             return
         key = _key(rule, identity)
         try:
-            if self._windows.test(limit, key):
+            if allowed(limit, key):
                 return
             refused = self._refusal(rule, limit, key)
         except StorageError as exc:
