@@ -45,6 +45,18 @@ class Settings(BaseSettings):
     # Fernet key for channel credentials at rest. Embedded mode generates one under `home` when unset.
     secret_key: str | None = Field(default=None, validation_alias=_env("SECRET_KEY"))
     public_base_url: str = Field(default="http://127.0.0.1:8080", validation_alias=_env("PUBLIC_BASE_URL"))
+    # Signs people's access tokens (app/accounts/tokens.py), apart from the Fernet key above: at least 32
+    # characters. Unset: a sub-key derived from the secret key with HKDF (SHA-256, its own `info` label), so a
+    # token key never doubles as the credentials key.
+    token_key: str | None = Field(default=None, min_length=32, validation_alias=_env("TOKEN_KEY"))
+    # Logins: an access token lasts ACCESS_TOKEN_TTL_S; a refresh token lasts REFRESH_TOKEN_TTL_S and is spent
+    # by its first use (the new one starts a new period).
+    access_token_ttl_s: int = Field(default=900, gt=0, validation_alias=_env("ACCESS_TOKEN_TTL_S"))
+    refresh_token_ttl_s: int = Field(default=14 * 86_400, gt=0, validation_alias=_env("REFRESH_TOKEN_TTL_S"))
+    # Argon2id cost of a password hash (memory in KiB, passes). Raising them rehashes each password at its
+    # owner's next login. The defaults are argon2-cffi's (RFC 9106's low-memory profile).
+    password_hash_memory_kib: int = Field(default=65_536, ge=8 * 4, validation_alias=_env("PASSWORD_HASH_MEMORY_KIB"))
+    password_hash_time_cost: int = Field(default=3, ge=1, validation_alias=_env("PASSWORD_HASH_TIME_COST"))
     # Web chat visitor sessions (gateways/webchat/sessions.py): a token lasts WIDGET_SESSION_TTL_S; its holder can
     # renew it until WIDGET_SESSION_RENEW_GRACE_S after it expired, then the visitor starts a new conversation.
     widget_session_ttl_s: int = Field(default=86_400, gt=0, validation_alias=_env("WIDGET_SESSION_TTL_S"))
@@ -105,6 +117,11 @@ class Settings(BaseSettings):
     # Only failures count: wrong or revoked API keys per client IP and per presented key (by its hash).
     rate_auth_failures_per_ip: str = Field(default="20/minute", validation_alias=_env("RATE_AUTH_FAILURES_PER_IP"))
     rate_auth_failures_per_key: str = Field(default="10/minute", validation_alias=_env("RATE_AUTH_FAILURES_PER_KEY"))
+    # Failed logins (POST /auth/login) per account (the email, known or not) and per client IP.
+    rate_login_failures_per_account: str = Field(
+        default="10/minute", validation_alias=_env("RATE_LOGIN_FAILURES_PER_ACCOUNT")
+    )
+    rate_login_failures_per_ip: str = Field(default="30/minute", validation_alias=_env("RATE_LOGIN_FAILURES_PER_IP"))
     # Webhooks whose signature or secret does not match, per channel account. Valid ones are never limited.
     rate_webhook_failures_per_account: str = Field(
         default="30/minute", validation_alias=_env("RATE_WEBHOOK_FAILURES_PER_ACCOUNT")
@@ -119,7 +136,7 @@ class Settings(BaseSettings):
     @field_validator(
         "rate_widget_sessions_per_ip", "rate_widget_sends_per_ip", "rate_widget_sends_per_visitor",
         "rate_auth_failures_per_ip", "rate_auth_failures_per_key", "rate_webhook_failures_per_account",
-        "rate_llm_calls_per_tenant",
+        "rate_llm_calls_per_tenant", "rate_login_failures_per_account", "rate_login_failures_per_ip",
     )
     @classmethod
     def _rate_limit(cls, value: str, info: ValidationInfo) -> str:

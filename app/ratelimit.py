@@ -60,8 +60,11 @@ WEBHOOK_FAILURES_PER_ENDPOINT = Rule(
     setting="rate_webhook_failures_per_account",
 )
 LLM_CALLS_PER_TENANT = Rule("rate_llm_calls_per_tenant", "LLM calls per tenant")
+LOGIN_FAILURES_PER_ACCOUNT = Rule("rate_login_failures_per_account", "failed logins for this account")
+LOGIN_FAILURES_PER_IP = Rule("rate_login_failures_per_ip", "failed logins per IP address")
 RULES = (WIDGET_SESSIONS_PER_IP, WIDGET_SENDS_PER_IP, WIDGET_SENDS_PER_VISITOR, AUTH_FAILURES_PER_IP,
-         AUTH_FAILURES_PER_KEY, WEBHOOK_FAILURES_PER_ACCOUNT, WEBHOOK_FAILURES_PER_ENDPOINT, LLM_CALLS_PER_TENANT)
+         AUTH_FAILURES_PER_KEY, WEBHOOK_FAILURES_PER_ACCOUNT, WEBHOOK_FAILURES_PER_ENDPOINT, LLM_CALLS_PER_TENANT,
+         LOGIN_FAILURES_PER_ACCOUNT, LOGIN_FAILURES_PER_IP)
 
 
 class RateLimited(Exception):

@@ -1,5 +1,6 @@
 """SQLAlchemy tables. Every tenant-owned row carries `tenant_id`; queries filter on it (see app/tenants/scope.py)."""
 
+from app.models.accounts import ROLES, LoginSession, Membership, RefreshToken, User
 from app.models.base import Base, new_id, utcnow
 from app.models.conversations import Contact, Conversation, Message
 from app.models.knowledge import Chunk, Document, IngestionJob, KnowledgeSource, PackVersion
@@ -18,9 +19,14 @@ __all__ = [
     "Escalation",
     "IngestionJob",
     "KnowledgeSource",
+    "LoginSession",
+    "Membership",
     "Message",
     "PackVersion",
+    "ROLES",
+    "RefreshToken",
     "Tenant",
+    "User",
     "new_id",
     "utcnow",
 ]
