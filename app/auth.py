@@ -1,5 +1,7 @@
 """API keys: `sb_<prefix>_<secret>`, stored as SHA-256, scoped `admin` (everything in its tenant) or `agent`
-(the review queue and conversations). A key only ever sees its own tenant.
+(the review queue and conversations). A key only ever sees its own tenant. The same `Authorization: Bearer`
+header also takes a person's access token (app/accounts): owners and admins act as `admin`, agents as `agent`,
+viewers may only read.
 
 Embedded `serve` also writes an operator token to `$SWITCHBOARD_HOME/server.json` (mode 0600) so the local CLI
 can act for any tenant on that machine while the server holds the embedded vector store's lock.
@@ -18,6 +20,7 @@ from fastapi import Depends, Header, HTTPException, Request, status
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.accounts.tokens import looks_like_jwt
 from app.crypto import secrets_equal
 from app.db import get_sessionmaker
 from app.models import ApiKey, Tenant, utcnow
@@ -53,20 +56,36 @@ def issue_key(session: Session, tenant_id: str, scope: str, name: str = "") -> t
 class Principal:
     tenant_id: str
     tenant_slug: str
-    scope: str
+    scope: str  # admin | agent | viewer (viewer: people only)
     key_id: str | None
-    name: str
+    name: str  # a key's name, a person's email, or "operator"
+    # A logged-in person (app/accounts): their id, their role in this tenant now, and their login.
+    user_id: str | None = None
+    role: str | None = None
+    session_id: str | None = None
 
     @property
     def actor(self) -> str:
-        """Who did it, in the audit log: `operator` (the embedded server's operator token, also used by the local
-        CLI) or `key:<api key id>`. Key names are chosen by tenant admins, so they never identify the actor."""
+        """Who did it, in the audit log: `user:<id>` (a person), `operator` (the embedded server's operator
+        token, also used by the local CLI) or `key:<api key id>`. Key names are chosen by tenant admins, so they
+        never identify the actor."""
+        if self.user_id is not None:
+            return f"user:{self.user_id}"
         return "operator" if self.key_id is None else f"key:{self.key_id}"
 
     @property
     def label(self) -> str:
-        """For people reading a review: `operator`, or the key's scope and name (`agent:dana`)."""
+        """For people reading a review: a person's email, `operator`, or the key's scope and name (`agent:dana`)."""
+        if self.user_id is not None:
+            return self.name
         return "operator" if self.key_id is None else f"{self.scope}:{self.name}"
+
+    @property
+    def rank(self) -> str:
+        """owner | admin | agent | viewer: a person's role; an API key's scope; the operator ranks as owner."""
+        if self.role is not None:
+            return self.role
+        return "owner" if self.key_id is None else self.scope
 
     @property
     def is_admin(self) -> bool:
@@ -97,6 +116,8 @@ def authenticate(
     token = authorization[7:].strip()
     failures = _Failures(client_ip(request), hash_key(token))
     failures.check()
+    if looks_like_jwt(token):
+        return _person(token, failures)
     with get_sessionmaker()() as session:
         if _operator_token and secrets_equal(token, _operator_token):
             if not x_switchboard_tenant:
@@ -119,6 +140,24 @@ def authenticate(
             row.last_used_at = now  # at most one write a minute per key, not one per request
             session.commit()
         return Principal(tenant.id, tenant.slug, row.scope, row.id, row.name)
+
+
+def _person(token: str, failures: _Failures) -> Principal:
+    """A logged-in person's access token (app/accounts/tokens.py); the login and the role are read now."""
+    from app.accounts.service import principal_for
+    from app.accounts.tokens import TokenError, read_access
+
+    try:
+        claims = read_access(token)
+    except TokenError as exc:
+        if not exc.expired:  # a forged or foreign token; an expired one is ordinary use
+            failures.spend()
+        raise _unauthorized(str(exc)) from None
+    with get_sessionmaker()() as session:
+        principal = principal_for(session, claims)
+    if principal is None:
+        raise _unauthorized("this login has ended (logged out, revoked, or removed from the tenant): log in again")
+    return principal
 
 
 @dataclass(frozen=True)
@@ -144,14 +183,20 @@ class _Failures:
 
 
 def require_agent(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
-    return principal  # admin keys may do everything an agent key may
+    """Admin keys and people may do everything an agent may; viewers only read."""
+    if principal.scope == "viewer":
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail="viewers can read but not act: this needs the agent "
+                                                              "role or above")
+    return principal
 
 
 def require_admin(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
     if not principal.is_admin:
-        raise HTTPException(status.HTTP_403_FORBIDDEN, detail="this route needs an admin-scoped API key")
+        raise HTTPException(status.HTTP_403_FORBIDDEN,
+                            detail="this route needs an admin-scoped API key or an owner's or admin's login")
     return principal
 
 
+Viewer = Annotated[Principal, Depends(authenticate)]  # anyone of the tenant: read-only routes
 Agent = Annotated[Principal, Depends(require_agent)]
 Admin = Annotated[Principal, Depends(require_admin)]

@@ -13,6 +13,7 @@ import httpx
 import typer
 
 from app import operations
+from app.accounts.cli import user_app
 from app.config import get_settings
 from app.knowledge.cli import eval_command, pack_app
 
@@ -353,6 +354,7 @@ def main() -> None:
 from gateways.cli import channel_app  # noqa: E402  (gateways import app, never the reverse at import time)
 
 cli.add_typer(channel_app, name="channel")
+cli.add_typer(user_app, name="user")
 
 
 if __name__ == "__main__":

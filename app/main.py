@@ -85,8 +85,10 @@ def create_app(*, run_workers: bool | None = None) -> FastAPI:
         ok = all(v == "ok" for v in checks.values())
         return JSONResponse(status_code=200 if ok else 503, content={"status": "ok" if ok else "degraded", **checks})
 
+    from app.accounts.routes import router as auth_router
     from app.admin.knowledge_routes import router as knowledge_router
     from app.admin.routes import router as admin_router
+    from app.admin.user_routes import router as users_router
     from app.review.routes import router as review_router
     from gateways.routes import routers as gateway_routers
 
@@ -97,4 +99,6 @@ def create_app(*, run_workers: bool | None = None) -> FastAPI:
     app.include_router(admin_router)
     app.include_router(knowledge_router)
     app.include_router(review_router)
+    app.include_router(auth_router)
+    app.include_router(users_router)
     return app

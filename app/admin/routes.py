@@ -3,8 +3,8 @@ knowledge uploads and documents, conversations and the audit log.
 
 Every route acts on the caller's own tenant, taken from its API key and from nothing else in the request: an
 id that belongs to another tenant gets the same 404 as an id that does not exist. Conversation reads accept
-agent keys; everything else needs an admin key. Every change is written to the audit log in the same
-transaction."""
+agent keys and every role's login; everything else needs an admin key or an owner's or admin's login. Every
+change is written to the audit log in the same transaction."""
 
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ from typing import Annotated, Any, Literal, TypeVar
 from fastapi import APIRouter, HTTPException, Query, Response
 from sqlalchemy.orm import Session
 
+from app.accounts.service import user_names
 from app.admin import schemas as s
 from app.admin import service
-from app.auth import Admin, Agent
+from app.auth import Admin, Viewer
 from app.db import session_scope
 from app.models import (
     ApiKey,
@@ -293,7 +294,7 @@ def delete_channel(account_id: str, who: Admin) -> Response:
     tags=["admin", "conversations"],
 )
 def list_conversations(
-    who: Agent,
+    who: Viewer,
     mode: Annotated[Literal["bot", "human"] | None, Query(description="`human`: taken over by an agent.")] = None,
     escalated: Annotated[
         bool | None, Query(description="Only those with (true) or without an open escalation.")
@@ -303,7 +304,7 @@ def list_conversations(
     limit: Limit = 50,
     cursor: CursorQ = None,
 ) -> s.ConversationsOut:
-    """Most recently active first. Agent keys may call this."""
+    """Most recently active first. Agent keys and every login (viewers too) may call this."""
 
     def work(db: Session) -> s.ConversationsOut:
         rows, nxt = service.list_conversations(
@@ -329,7 +330,7 @@ def list_conversations(
 )
 def get_conversation(
     conversation_id: str,
-    who: Agent,
+    who: Viewer,
     messages: Annotated[int, Query(ge=0, le=200, description="How many of the latest messages.")] = 50,
 ) -> s.ConversationDetail:
     """The conversation, its contact and its latest messages (oldest first) with their citations."""
@@ -356,7 +357,7 @@ def get_conversation(
     summary="Page through a conversation's messages",
     tags=["admin", "conversations"],
 )
-def list_messages(conversation_id: str, who: Agent, limit: Limit = 100, cursor: CursorQ = None) -> s.MessagesOut:
+def list_messages(conversation_id: str, who: Viewer, limit: Limit = 100, cursor: CursorQ = None) -> s.MessagesOut:
     """Oldest first, inbound and outbound, with status and citations."""
 
     def work(db: Session) -> s.MessagesOut:
@@ -378,8 +379,8 @@ def list_audit(
     limit: Limit = 50,
     cursor: CursorQ = None,
 ) -> s.AuditPage:
-    """Who did what, newest first. The log is append-only. `actor` is exact (`key:<id>`, `operator`, `system`,
-    `bot`); `actor_name` adds a key's current scope and name for reading."""
+    """Who did what, newest first. The log is append-only. `actor` is exact (`key:<id>`, `user:<id>`, `operator`,
+    `system`, `bot`); `actor_name` adds a key's current scope and name, or a person's email, for reading."""
 
     def work(db: Session) -> s.AuditPage:
         rows, nxt = service.list_audit(
@@ -391,7 +392,8 @@ def list_audit(
             cursor=cursor,
             limit=limit,
         )
-        names = service.key_names(db, who.tenant_id, {e.actor for e in rows})
+        actors = {e.actor for e in rows}
+        names = {**service.key_names(db, who.tenant_id, actors), **user_names(db, actors)}
         return s.AuditPage(
             events=[
                 s.AuditOut(

@@ -8,6 +8,7 @@ from app.models.review import AuditEvent, Escalation
 from app.models.tenancy import ApiKey, ChannelAccount, Tenant
 
 __all__ = [
+    "ROLES",
     "ApiKey",
     "AuditEvent",
     "Base",
@@ -23,7 +24,6 @@ __all__ = [
     "Membership",
     "Message",
     "PackVersion",
-    "ROLES",
     "RefreshToken",
     "Tenant",
     "User",

@@ -1,4 +1,5 @@
-"""Review queue API for human agents (agent or admin keys; always the key's own tenant)."""
+"""Review queue API for human agents: agent or admin API keys, or people's logins (viewers read, agents and up
+decide); always the caller's own tenant."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
-from app.auth import Agent
+from app.auth import Agent, Viewer
 from app.db import session_scope
 from app.models import Escalation, Message
 from app.review import service
@@ -73,7 +74,7 @@ def _raise(exc: service.ReviewError) -> HTTPException:
 
 @router.get("/escalations", response_model=list[EscalationOut], summary="List the escalation queue")
 def list_escalations(
-    principal: Agent,
+    principal: Viewer,
     status: Annotated[str | None, Query(description="open | approved | rejected | taken_over")] = "open",
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> list[EscalationOut]:
@@ -92,7 +93,7 @@ def list_escalations(
 
 
 @router.get("/escalations/{escalation_id}", response_model=EscalationOut, summary="Get an escalation")
-def get_escalation(escalation_id: str, principal: Agent) -> EscalationOut:
+def get_escalation(escalation_id: str, principal: Viewer) -> EscalationOut:
     with session_scope() as session:
         try:
             escalation = service.get_escalation(session, principal, escalation_id)
