@@ -50,10 +50,6 @@ def add(
         with session_scope() as session:
             operator = service.tenant_operator(session, tenant)
             member, created = service.add_member(session, operator, email, role, password)
-    except service.Invalid as exc:
-        hint = " (pass it on standard input with --password-stdin)" if "needs an initial password" in exc.message \
-            else ""
-        raise _fail(exc.message + hint) from None
     except service.AccountError as exc:
         raise _fail(exc.message) from None
     if not created and password is not None:

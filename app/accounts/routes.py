@@ -42,6 +42,11 @@ class RefreshIn(BaseModel):
     refresh_token: str = Field(min_length=1, max_length=200)
 
 
+class PasswordIn(BaseModel):
+    current_password: str = Field(min_length=1, max_length=1024)
+    new_password: str = Field(min_length=1, max_length=1024, description="At least 12 characters.")
+
+
 class MeOut(BaseModel):
     user_id: str
     email: str
@@ -168,3 +173,23 @@ def me(principal: Viewer) -> MeOut:
         raise HTTPException(403, "GET /auth/me describes a logged-in person; an API key or the operator token has "
                                  "none: log in at POST /auth/login")
     return MeOut(user_id=principal.user_id, email=principal.name, tenant=principal.tenant_slug, role=principal.role)
+
+
+@router.post("/password", status_code=204, summary="Change my password", responses={
+    403: {"description": "The current password is wrong, or the caller is an API key."},
+    422: {"description": "The new password is too short or too long."},
+})
+def change_password(body: PasswordIn, principal: Viewer) -> Response:
+    """Change the logged-in person's password (for example the initial one an admin chose). Every other login
+    of theirs, in every tenant, ends; this one goes on."""
+    account = (LOGIN_FAILURES_PER_ACCOUNT, principal.name)  # a stolen access token must not test passwords freely
+    _limited(account)
+    try:
+        with session_scope() as session:
+            service.change_password(session, principal, body.current_password, body.new_password)
+    except service.WrongPassword as exc:
+        _spend(account)
+        raise _error(exc) from None
+    except service.AccountError as exc:
+        raise _error(exc) from None
+    return Response(status_code=204)

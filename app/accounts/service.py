@@ -53,6 +53,11 @@ class Forbidden(AccountError):
     status = 403
 
 
+class WrongPassword(Forbidden):
+    def __init__(self) -> None:
+        super().__init__("the current password is wrong")
+
+
 class Conflict(AccountError):
     status = 409
 
@@ -157,7 +162,8 @@ def add_member(session: Session, who: Principal, email: str, role: str,
     created = user is None
     if user is None:
         if password is None:
-            raise Invalid("a new account needs an initial password: send `password` (the person can change it)")
+            raise Invalid("a new account needs an initial password (the API's `password` field, the CLI's "
+                          "--password-stdin); the person can change it at POST /auth/password")
         try:
             passwords.check_policy(password)
         except passwords.WeakPassword as exc:
@@ -326,6 +332,25 @@ def refresh(session: Session, refresh_token: str) -> Tokens:
     if member is None:
         raise RefreshRefused("this account no longer has access to the tenant")
     return _issue(session, login_session.user_id, login_session.tenant_id, login_session.id)
+
+
+def change_password(session: Session, who: Principal, current: str, new: str) -> None:
+    """A logged-in person changes their own password; every other login of theirs (in any tenant) ends."""
+    if who.user_id is None:
+        raise Forbidden("only a logged-in person has a password to change")
+    user = session.get_one(User, who.user_id)
+    ok, _ = passwords.verify(user.password_hash, current)
+    if not ok:
+        raise WrongPassword()
+    try:
+        passwords.check_policy(new)
+    except passwords.WeakPassword as exc:
+        raise Invalid(str(exc)) from None
+    user.password_hash = passwords.hash_password(new)
+    session.execute(update(LoginSession).where(
+        LoginSession.user_id == user.id, LoginSession.id != who.session_id, LoginSession.revoked_at.is_(None),
+    ).values(revoked_at=utcnow(), revoked_reason="password_changed").execution_options(synchronize_session=False))
+    record(session, who.tenant_id, who.actor, "auth.password_changed", "user", user.id)
 
 
 def revoke_login(session: Session, session_id: str, reason: str, actor: str | None = None) -> None:
