@@ -68,7 +68,8 @@ def issue_access(claims: AccessClaims, now: datetime) -> tuple[str, int]:
     key, kid = _key()
     issued = now.replace(microsecond=0)
     payload = {"iss": ISSUER, "aud": AUDIENCE, "sub": claims.user_id, "tid": claims.tenant_id,
-               "sid": claims.session_id, "iat": issued, "exp": issued + timedelta(seconds=ttl)}
+               "sid": claims.session_id, "iat": issued, "exp": issued + timedelta(seconds=ttl),
+               "jti": secrets.token_urlsafe(12)}  # two tokens issued in the same second still differ
     return jwt.encode(payload, key, algorithm=ALGORITHM, headers={"kid": kid}), ttl
 
 
