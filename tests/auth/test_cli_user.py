@@ -65,3 +65,26 @@ def test_user_add_creates_the_account_and_the_person_logs_in(home: Path) -> None
         # The operator added an owner, acting as an owner: the audit says so.
         events = client.get("/admin/v1/audit", params={"action": "user.added"}, headers=as_dana("acme")).json()
         assert [(e["actor"], e["data"]["role"]) for e in events["events"]] == [("operator", "owner")]
+
+
+def test_user_add_errors_name_the_fix(home: Path) -> None:
+    no_password = switchboard(home, "user", "add", "--tenant", "acme", "--email", "lee@example.com", "--role",
+                              "agent", "--json")
+    assert no_password.returncode == 1 and "--password-stdin" in no_password.stderr and no_password.stdout == ""
+    weak = switchboard(home, "user", "add", "--tenant", "acme", "--email", "lee@example.com", "--role", "agent",
+                       "--password-stdin", stdin="short\n")
+    assert weak.returncode == 1 and "at least 12 characters" in weak.stderr
+    tenant = switchboard(home, "user", "add", "--tenant", "nobody", "--email", "lee@example.com", "--role", "agent",
+                         "--password-stdin", stdin=PASSWORD)
+    assert tenant.returncode == 1 and "no tenant 'nobody'" in tenant.stderr
+    role = switchboard(home, "user", "add", "--tenant", "acme", "--email", "lee@example.com", "--role", "boss",
+                       "--password-stdin", stdin=PASSWORD)
+    assert role.returncode == 1 and "role must be one of owner, admin, agent, viewer" in role.stderr
+    bad_email = switchboard(home, "user", "add", "--tenant", "acme", "--email", "lee", "--role", "agent",
+                            "--password-stdin", stdin=PASSWORD)
+    assert bad_email.returncode == 1 and "not an email address" in bad_email.stderr
+    ok = switchboard(home, "user", "add", "--tenant", "acme", "--email", "lee@example.com", "--role", "agent",
+                     "--password-stdin", stdin=PASSWORD)
+    assert ok.returncode == 0 and "lee@example.com is now agent of acme" in ok.stdout
+    twice = switchboard(home, "user", "add", "--tenant", "acme", "--email", "lee@example.com", "--role", "admin")
+    assert twice.returncode == 1 and "already in this tenant" in twice.stderr
