@@ -164,3 +164,39 @@ def test_nobody_acts_on_another_tenants_people(client: TestClient, tenant_a: Ten
     assert client.get("/admin/v1/users", headers=headers).json()["users"][0]["user_id"] == a_owner.user_id
     # B's agent still works in B.
     assert client.get("/auth/me", headers=_as(client, b_agent)).json()["tenant"] == tenant_b.slug
+
+
+def test_two_owners_demoting_each_other_at_once_leave_one_owner(client: TestClient, tenant_a: TenantKeys) -> None:
+    import threading
+
+    from app.accounts import service
+    from app.auth import Principal
+
+    for _ in range(5):
+        one, two = add_person(tenant_a, email("one"), "owner"), add_person(tenant_a, email("two"), "owner")
+        with session_scope() as session:  # only these two are owners
+            for member in service.list_members(session, tenant_a.id):
+                if member.role == "owner" and member.user_id not in (one.user_id, two.user_id):
+                    service.remove_member(session, service.tenant_operator(session, tenant_a.slug), member.user_id)
+        barrier = threading.Barrier(2)
+        outcomes: list[str] = []
+
+        def demote(actor: Person, target: Person) -> None:
+            who = Principal(tenant_a.id, tenant_a.slug, "admin", None, actor.email, user_id=actor.user_id,
+                            role="owner")
+            barrier.wait()
+            try:
+                with session_scope() as session:
+                    service.change_role(session, who, target.user_id, "admin")
+                outcomes.append("demoted")
+            except service.Conflict:
+                outcomes.append("refused")
+
+        threads = [threading.Thread(target=demote, args=pair) for pair in ((one, two), (two, one))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert sorted(outcomes) == ["demoted", "refused"]
+        with session_scope() as session:
+            assert [m.role for m in service.list_members(session, tenant_a.id)].count("owner") == 1
