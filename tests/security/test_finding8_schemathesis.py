@@ -56,7 +56,8 @@ def _no_rate_limits(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Fuzzing sends hundreds of failing requests from one address: with the limits on, most answers would be
     the (conforming) 429 and the routes behind it would go untested. Finding 6's tests cover the limits."""
     for name in ("WIDGET_SESSIONS_PER_IP", "WIDGET_SENDS_PER_IP", "WIDGET_SENDS_PER_VISITOR", "AUTH_FAILURES_PER_IP",
-                 "AUTH_FAILURES_PER_KEY", "WEBHOOK_FAILURES_PER_ACCOUNT", "LLM_CALLS_PER_TENANT"):
+                 "AUTH_FAILURES_PER_KEY", "WEBHOOK_FAILURES_PER_ACCOUNT", "LLM_CALLS_PER_TENANT",
+                 "LOGIN_FAILURES_PER_ACCOUNT", "LOGIN_FAILURES_PER_IP"):
         monkeypatch.setenv(f"SWITCHBOARD_RATE_{name}", "")
     logger = logging.getLogger()
     level = logger.level
