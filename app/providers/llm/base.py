@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 class LLMError(Exception):
@@ -39,6 +39,7 @@ class LLMClient(Protocol):
     def complete(self, config: LLMConfig, messages: list[dict[str, str]]) -> Completion: ...
 
 
+@runtime_checkable
 class StreamingLLMClient(LLMClient, Protocol):
     def stream(self, config: LLMConfig, messages: list[dict[str, str]], on_text: Callable[[str], None]) -> Completion:
         """The same completion, streamed: `on_text` gets the answer so far (the whole text, not a delta) each
