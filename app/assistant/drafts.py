@@ -1,7 +1,7 @@
 """Streamed replies: what a web chat visitor sees while the LLM is still writing.
 
 While the LLM streams, `DraftStream.on_text` gets the raw answer so far and publishes, at most every
-`WEBCHAT_DRAFT_INTERVAL_MS`, the part that is safe to show as a `draft` (app/conversations/push.py: ephemeral,
+`WEBCHAT_DRAFT_INTERVAL_MS` (or every `DRAFT_EVERY_CHUNKS` pieces), the part that is safe to show as a `draft` (app/conversations/push.py: ephemeral,
 never stored) to the visitor's open event streams. Safe means what the final checks would let through:
 - only whole words (a word is shown once the whitespace after it has arrived), parsed as the final answer is
   (`parse_llm_answer`: `[n]` markers renumbered to the same numbers the stored reply has, unknown ones dropped);
@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 
 # Channels whose client can show a reply as it is written (and replace it with the final one).
 STREAMING_CHANNELS = frozenset({"webchat"})
+# A draft goes out when WEBCHAT_DRAFT_INTERVAL_MS has passed since the last one, or after this many streamed
+# pieces, whichever comes first (so a fast model still shows progress, and a slow one is not held back).
+DRAFT_EVERY_CHUNKS = 8
 _OPEN_CITATION = re.compile(r"\[[\d,\s]*$")
 _WORD = re.compile(r"\S+")
 
@@ -81,6 +84,7 @@ class DraftStream:
         self._seq = 0
         self._shown = ""
         self._last_at = float("-inf")
+        self._chunks = 0  # pieces streamed since the last draft
         self._stopped = False
         self._withdrawn = False
 
@@ -93,15 +97,18 @@ class DraftStream:
         """The LLM's answer so far (raw, as streamed)."""
         if self._stopped:
             return
+        self._chunks += 1
         shown, citations = visible_text(raw, self.passages, self.banned_phrases, self.max_chars)
         if shown is None:
             self._stopped = True  # the final check will escalate: show nothing more, take back what was shown
             self.withdraw()
             return
         now = time.monotonic()
-        if not shown or shown == self._shown or now - self._last_at < self.interval_s:
+        if not shown or shown == self._shown:
             return
-        self._shown, self._last_at = shown, now
+        if now - self._last_at < self.interval_s and self._chunks < DRAFT_EVERY_CHUNKS:
+            return
+        self._shown, self._last_at, self._chunks = shown, now, 0
         self._publish({"text": shown, "citations": citations})
         self.published += 1
 
