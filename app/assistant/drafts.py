@@ -1,8 +1,9 @@
 """Streamed replies: what a web chat visitor sees while the LLM is still writing.
 
 While the LLM streams, `DraftStream.on_text` gets the raw answer so far and publishes, at most every
-`WEBCHAT_DRAFT_INTERVAL_MS` (or every `DRAFT_EVERY_CHUNKS` pieces), the part that is safe to show as a `draft` (app/conversations/push.py: ephemeral,
-never stored) to the visitor's open event streams. Safe means what the final checks would let through:
+`WEBCHAT_DRAFT_INTERVAL_MS` (or every `DRAFT_EVERY_CHUNKS` pieces), the part that is safe to show as a `draft`
+(app/conversations/push.py: ephemeral, never stored) to the visitor's open event streams. Safe means what the
+final checks would let through:
 - only whole words (a word is shown once the whitespace after it has arrived), parsed as the final answer is
   (`parse_llm_answer`: `[n]` markers renumbered to the same numbers the stored reply has, unknown ones dropped);
   a citation group still open at the end is held back;
