@@ -72,10 +72,10 @@ def visible_text(
 class DraftStream:
     """The drafts of one reply to one web chat visitor. Called from the orchestrator's worker thread."""
 
-    def __init__(self, push: Push, *, tenant_id: str, contact_id: str, conversation_id: str, reply_to: str,
-                 interval_s: float) -> None:
+    def __init__(self, push: Push, *, tenant_id: str, conversation_id: str, reply_to: str, interval_s: float) -> None:
         self.push = push
-        self.tenant_id, self.contact_id = tenant_id, contact_id
+        self.tenant_id = tenant_id
+        self.contact_id: str | None = None  # the visitor, looked up when the LLM is about to be called
         self.conversation_id, self.reply_to = conversation_id, reply_to
         self.interval_s = interval_s
         self.passages: Sequence[PassageLike] = ()
@@ -90,6 +90,9 @@ class DraftStream:
         self._withdrawn = False
 
     def start(self, passages: Sequence[PassageLike], policies: dict[str, Any]) -> None:
+        self.contact_id = webchat_contact(self.tenant_id, self.conversation_id)
+        if self.contact_id is None:
+            self._stopped = True  # not a widget visitor after all: nobody to show drafts to
         self.passages = passages
         self.banned_phrases = [str(p) for p in policies.get("banned_phrases") or ()]
         self.max_chars = int(policies["max_reply_chars"]) if policies.get("max_reply_chars") else None
@@ -121,7 +124,10 @@ class DraftStream:
             self._publish({"withdrawn": True})
 
     def _publish(self, body: dict[str, Any]) -> None:
-        self._seq += 1
+        if self.contact_id is None:
+            return
+        # Growing across attempts too: a redelivered message's new drafts supersede an earlier attempt's.
+        self._seq = max(self._seq + 1, time.time_ns() // 1000)
         self.push.publish_draft(self.tenant_id, self.contact_id, {
             "tenant_id": self.tenant_id, "conversation_id": self.conversation_id, "reply_to": self.reply_to,
             "seq": self._seq, **body,

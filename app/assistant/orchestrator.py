@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from app import audit
 from app.assistant import guardrails
 from app.assistant.composer import compose_offline
-from app.assistant.drafts import STREAMING_CHANNELS, DraftStream, webchat_contact
+from app.assistant.drafts import STREAMING_CHANNELS, DraftStream
 from app.assistant.prompts import Draft, parse_llm_answer, render_messages
 from app.audit import record
 from app.bus.base import Bus, Delivery, PermanentFailure
@@ -265,20 +265,17 @@ class Orchestrator:
 
     def _draft_stream(self, ctx: Context) -> DraftStream | None:
         """Drafts for a visitor who can watch the answer being written: an LLM that streams, a channel that shows
-        partial text, streaming allowed by the operator and the tenant, and the visitor known."""
+        partial text, streaming allowed by the operator and the tenant (the visitor is looked up once the LLM is
+        called)."""
         if (ctx.llm is None or ctx.channel not in STREAMING_CHANNELS or not self.settings.webchat_stream_replies
                 or ctx.policies.get("stream_replies") is False or not isinstance(self.llm, StreamingLLMClient)):
-            return None
-        contact_id = webchat_contact(ctx.tenant_id, ctx.conversation_id)
-        if contact_id is None:
             return None
         if self.push is None:
             from app.runtime import get_push
 
             self.push = get_push()
-        return DraftStream(self.push, tenant_id=ctx.tenant_id, contact_id=contact_id,
-                           conversation_id=ctx.conversation_id, reply_to=ctx.message_id,
-                           interval_s=self.settings.webchat_draft_interval_ms / 1000)
+        return DraftStream(self.push, tenant_id=ctx.tenant_id, conversation_id=ctx.conversation_id,
+                           reply_to=ctx.message_id, interval_s=self.settings.webchat_draft_interval_ms / 1000)
 
     # -- phase 3 -----------------------------------------------------------------------------------------
     def _claim(self, session: Session, ctx: Context) -> ReplyTo | None:
