@@ -28,10 +28,13 @@ def test_drafts_travel_through_redis_from_an_orchestrator_process(  # type: igno
 
     from app.db import session_scope
     from app.models import Tenant
+    from gateways.common import load_account
 
     url, widget, roles = scale_out_api
+    account = load_account("webchat", widget)
+    assert account is not None
     with session_scope() as session:
-        slug = session.scalars(select(Tenant.slug).where(Tenant.slug.like("push-%"))).one()
+        slug = session.scalars(select(Tenant.slug).where(Tenant.id == account.tenant_id)).one()
     openai_server.reply(ANSWER)
     openai_server.pause_stream_after(DRAFT_EVERY_CHUNKS, 2 * DRAFT_EVERY_CHUNKS)
     point_llm_at(slug, openai_server, min_relevance=0.3)
