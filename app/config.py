@@ -38,6 +38,11 @@ class Settings(BaseSettings):
     llm_model: str = Field(default="gpt-4o-mini", validation_alias=_env("LLM_MODEL"))
     llm_timeout_s: float = Field(default=30.0, validation_alias=_env("LLM_TIMEOUT_S"))
     llm_max_retries: int = Field(default=2, validation_alias=_env("LLM_MAX_RETRIES"))
+    # Streamed replies: on channels that can show a reply as it is written (the web widget), stream the LLM's
+    # answer to the visitor as drafts, at most one every WEBCHAT_DRAFT_INTERVAL_MS; a tenant can turn it off with
+    # its `stream_replies` policy. The reply is final only after the checks on the whole answer.
+    webchat_stream_replies: bool = Field(default=True, validation_alias=_env("WEBCHAT_STREAM_REPLIES"))
+    webchat_draft_interval_ms: int = Field(default=100, ge=0, validation_alias=_env("WEBCHAT_DRAFT_INTERVAL_MS"))
     # Hosts (`name` or `name:port`) that tenant-set URLs may reach although they are loopback or private, e.g. a
     # local model server. Everything else a tenant sets must resolve to public addresses (app/netguard.py).
     outbound_allow_hosts: str | None = Field(default=None, validation_alias=_env("OUTBOUND_ALLOW_HOSTS"))

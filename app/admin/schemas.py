@@ -95,6 +95,11 @@ class Policies(_In):
         default=None, ge=0, le=30,
         description="Messages from one contact within this many seconds are answered as one turn (0: off).",
     )
+    stream_replies: bool | None = Field(
+        default=None,
+        description="Show web chat visitors the LLM's answer as it is written (default true; the reply is final "
+                    "only after the checks on the whole answer).",
+    )
     llm: LLMPolicy | None = None
 
 

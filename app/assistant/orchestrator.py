@@ -24,16 +24,18 @@ from sqlalchemy.orm import Session
 from app import audit
 from app.assistant import guardrails
 from app.assistant.composer import compose_offline
+from app.assistant.drafts import STREAMING_CHANNELS, DraftStream
 from app.assistant.prompts import Draft, parse_llm_answer, render_messages
 from app.audit import record
 from app.bus.base import Bus, Delivery, PermanentFailure
 from app.config import Settings, get_settings
 from app.contracts import EVENTS, EscalationOpened, Event, InboundMessage, UnknownEvent
+from app.conversations.push import Push
 from app.conversations.service import MESSAGES, ReplyTo, history, outbound_event, publish_outbound, store_reply
 from app.crypto import decrypt_json
 from app.db import session_scope
 from app.models import Conversation, Escalation, Message, Tenant, new_id, utcnow
-from app.providers.llm.base import LLMClient, LLMConfig, LLMError
+from app.providers.llm.base import LLMClient, LLMConfig, LLMError, StreamingLLMClient
 from app.ratelimit import LLM_CALLS_PER_TENANT, RateLimited, RateLimiter
 
 log = logging.getLogger(__name__)
@@ -68,6 +70,7 @@ class Context:
     received_at: datetime
     earlier_burst: list[str] = field(default_factory=list)  # texts merged into this turn
     superseded: bool = False  # a later message of the conversation was already waiting when this one was read
+    channel: str = ""
 
 
 @dataclass(frozen=True)
@@ -87,8 +90,10 @@ class Orchestrator:
         llm: LLMClient | None = None,
         settings: Settings | None = None,
         limiter: RateLimiter | None = None,
+        push: Push | None = None,
     ) -> None:
         self.bus = bus
+        self.push = push  # drafts of streamed replies go to open widgets through it (app/runtime.py's by default)
         self.settings = settings or get_settings()
         if limiter is None:
             from app.runtime import get_rate_limiter
@@ -132,10 +137,20 @@ class Orchestrator:
         if wait > 0:
             time.sleep(wait)  # let the rest of a burst arrive; it is answered as one turn
         text = "\n".join([*ctx.earlier_burst, event.text])
-        decision = self._decide(ctx, text)
-        if decision.answer is not None:
-            return self._answer(ctx, decision.answer)
-        return self._escalate(ctx, decision)
+        drafts = self._draft_stream(ctx)
+        outcome: Outcome | None = None
+        try:
+            decision = self._decide(ctx, text, drafts)
+            if decision.answer is not None:
+                outcome = self._answer(ctx, decision.answer)
+                return outcome
+            if drafts is not None:
+                drafts.withdraw()  # before the holding notice goes out
+            outcome = self._escalate(ctx, decision)
+            return outcome
+        finally:
+            if drafts is not None and (outcome is None or outcome.status != "answered"):
+                drafts.withdraw()  # failed, or merged into a later message: the visitor's draft goes
 
     # -- phase 1 -----------------------------------------------------------------------------------------
     def _load(self, event: InboundMessage) -> tuple[Context | None, Outcome | None]:
@@ -162,6 +177,7 @@ class Orchestrator:
                 received_at=row.created_at,
                 earlier_burst=_merged_before(session, row.conversation_id, row.created_at),
                 superseded=_newer_pending(session, row.conversation_id, row.created_at) is not None,
+                channel=event.channel,
             )
             return ctx, None
 
@@ -200,7 +216,7 @@ class Orchestrator:
         )
 
     # -- phase 2 -----------------------------------------------------------------------------------------
-    def _decide(self, ctx: Context, text: str) -> Decision:
+    def _decide(self, ctx: Context, text: str, drafts: DraftStream | None = None) -> Decision:
         policies = ctx.policies
         if guardrails.wants_human(text, policies.get("handoff_keywords") or ()):
             return Decision(escalate_reason="human_requested", detail="the customer asked for a person")
@@ -228,7 +244,11 @@ class Orchestrator:
             redacted_history = [(role, guardrails.redact_pii(t).text) for role, t in ctx.history]
             messages = render_messages(ctx.persona, policies, redacted_history, passages, redacted_question)
             try:
-                completion = self.llm.complete(ctx.llm, messages)
+                if drafts is not None and isinstance(self.llm, StreamingLLMClient):
+                    drafts.start(passages, policies)
+                    completion = self.llm.stream(ctx.llm, messages, drafts.on_text)
+                else:
+                    completion = self.llm.complete(ctx.llm, messages)
             except LLMError as exc:
                 log.warning("LLM failed for message %s: %s", ctx.message_id, exc)
                 return Decision(escalate_reason=f"llm_{exc.reason}", detail=exc.detail, draft=offline)
@@ -242,6 +262,20 @@ class Orchestrator:
         if max_chars and len(draft.text) > int(max_chars):
             return Decision(escalate_reason="reply_too_long", draft=draft)
         return Decision(answer=draft)
+
+    def _draft_stream(self, ctx: Context) -> DraftStream | None:
+        """Drafts for a visitor who can watch the answer being written: an LLM that streams, a channel that shows
+        partial text, streaming allowed by the operator and the tenant (the visitor is looked up once the LLM is
+        called)."""
+        if (ctx.llm is None or ctx.channel not in STREAMING_CHANNELS or not self.settings.webchat_stream_replies
+                or ctx.policies.get("stream_replies") is False or not isinstance(self.llm, StreamingLLMClient)):
+            return None
+        if self.push is None:
+            from app.runtime import get_push
+
+            self.push = get_push()
+        return DraftStream(self.push, tenant_id=ctx.tenant_id, conversation_id=ctx.conversation_id,
+                           reply_to=ctx.message_id, interval_s=self.settings.webchat_draft_interval_ms / 1000)
 
     # -- phase 3 -----------------------------------------------------------------------------------------
     def _claim(self, session: Session, ctx: Context) -> ReplyTo | None:

@@ -14,16 +14,25 @@ Two implementations, one contract (tests/conversations/test_push.py):
   (they re-read the database) and is re-established.
 
 Publish only after the commit that made the change visible (`notify_on_commit`).
+
+Drafts are the one exception to "no content": while the LLM streams a web chat answer, the orchestrator
+publishes the reply so far (`publish_draft`) to the visitor's open event streams (waiters subscribed with
+`drafts=True`; the long-poll never asks for them). A draft is ephemeral, never stored, and carries the whole text
+so far, so a lost or coalesced one costs nothing: a waiter keeps only the newest draft per reply, and the stored
+reply replaces it. It is routed by the same `(tenant id, contact id)` key, in-process embedded and on a second
+Redis pub/sub channel, `{namespace}:webchat:drafts`, in scale-out.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from sqlalchemy import event
@@ -37,37 +46,84 @@ def push_key(tenant_id: str, contact_id: str) -> str:
     return f"{tenant_id} {contact_id}"
 
 
+@dataclass
+class Update:
+    """What woke a waiter: `changed` (the conversation changed: read it), and the newest draft of each reply
+    being written (oldest first)."""
+
+    changed: bool = False
+    drafts: list[dict[str, Any]] = field(default_factory=list)
+
+
 class Waiter:
     """One subscriber's wake-up flag, bound to the event loop it was created on. Level-triggered: a
-    notification that arrives while nobody is waiting makes the next `wait` return at once."""
+    notification that arrives while nobody is waiting makes the next `wait` return at once. A waiter created
+    with `drafts=True` also collects drafts (the newest per reply)."""
 
-    def __init__(self) -> None:
+    def __init__(self, drafts: bool = False) -> None:
         self._loop = asyncio.get_running_loop()
         self._event = asyncio.Event()
+        self.accepts_drafts = drafts
+        self._changed = False
+        self._drafts: dict[str, dict[str, Any]] = {}
+        self._handed: dict[str, int] = {}  # the newest seq handed out per reply (a stream lives minutes)
 
     def wake(self) -> None:
         """Thread-safe."""
+        self._on_loop(self._set_changed)
+
+    def offer(self, draft: dict[str, Any]) -> None:
+        """Thread-safe. Keeps only the newest draft (highest `seq`) of each reply, and never hands out one
+        older than a draft already handed out."""
+        if self.accepts_drafts:
+            self._on_loop(lambda: self._keep(draft))
+
+    def _set_changed(self) -> None:
+        self._changed = True
+        self._event.set()
+
+    def _keep(self, draft: dict[str, Any]) -> None:
+        reply_to, seq = str(draft.get("reply_to") or ""), _seq(draft)
+        kept = self._drafts.get(reply_to)
+        if seq <= self._handed.get(reply_to, -1) or (kept is not None and seq <= _seq(kept)):
+            return
+        self._drafts.pop(reply_to, None)  # re-inserted last: the dict stays ordered by arrival
+        self._drafts[reply_to] = draft
+        self._event.set()
+
+    def _on_loop(self, fn: Callable[[], None]) -> None:
         try:
             on_loop = asyncio.get_running_loop() is self._loop
         except RuntimeError:  # called from a thread without a loop (a dispatcher, a sync request handler)
             on_loop = False
         if on_loop:
-            self._event.set()
+            fn()
             return
         with contextlib.suppress(RuntimeError):  # the loop is closed: its waiter is gone anyway
-            self._loop.call_soon_threadsafe(self._event.set)
+            self._loop.call_soon_threadsafe(fn)
 
     async def wait(self, timeout: float) -> bool:
         """True when woken (and the flag is cleared), False when `timeout` seconds passed first."""
-        if self._event.is_set():
-            self._event.clear()
-            return True
-        try:
-            await asyncio.wait_for(self._event.wait(), timeout)
-        except TimeoutError:
-            return False
+        return await self.next(timeout) is not None
+
+    async def next(self, timeout: float) -> Update | None:
+        """What happened since the last call, once something has (None when `timeout` seconds passed first)."""
+        if not self._event.is_set():
+            try:
+                await asyncio.wait_for(self._event.wait(), timeout)
+            except TimeoutError:
+                return None
         self._event.clear()
-        return True
+        update = Update(self._changed, list(self._drafts.values()))
+        self._handed.update((reply_to, _seq(d)) for reply_to, d in self._drafts.items())
+        self._changed = False
+        self._drafts = {}
+        return update
+
+
+def _seq(draft: dict[str, Any]) -> int:
+    seq = draft.get("seq")
+    return seq if isinstance(seq, int) else 0
 
 
 class Push(Protocol):
@@ -78,9 +134,17 @@ class Push(Protocol):
         delay (waiters time out and read the database), while raising here would fail work already committed."""
         ...
 
-    def subscribe(self, tenant_id: str, contact_id: str) -> AbstractAsyncContextManager[Waiter]:
-        """A `Waiter` for this visitor for the duration of the `async with`. Read the database after entering,
-        so nothing committed before the subscription is missed."""
+    def publish_draft(self, tenant_id: str, contact_id: str, draft: dict[str, Any]) -> None:
+        """Hand a draft (JSON-serialisable, with `reply_to` and a growing `seq`) to this visitor's open event
+        streams, in any process. Ephemeral and lossy by design; never raises."""
+        ...
+
+    def subscribe(
+        self, tenant_id: str, contact_id: str, *, drafts: bool = False
+    ) -> AbstractAsyncContextManager[Waiter]:
+        """A `Waiter` for this visitor for the duration of the `async with` (collecting drafts too with
+        `drafts=True`). Read the database after entering, so nothing committed before the subscription is
+        missed."""
         ...
 
     def close(self) -> None: ...
@@ -96,9 +160,12 @@ class LocalPush:
     def publish(self, tenant_id: str, contact_id: str) -> None:
         self._wake(push_key(tenant_id, contact_id))
 
+    def publish_draft(self, tenant_id: str, contact_id: str, draft: dict[str, Any]) -> None:
+        self._offer(push_key(tenant_id, contact_id), draft)
+
     @asynccontextmanager
-    async def subscribe(self, tenant_id: str, contact_id: str) -> AsyncIterator[Waiter]:
-        key, waiter = push_key(tenant_id, contact_id), Waiter()
+    async def subscribe(self, tenant_id: str, contact_id: str, *, drafts: bool = False) -> AsyncIterator[Waiter]:
+        key, waiter = push_key(tenant_id, contact_id), Waiter(drafts)
         with self._lock:
             self._waiters.setdefault(key, set()).add(waiter)
         try:
@@ -135,6 +202,12 @@ class LocalPush:
         for waiter in waiters:
             waiter.wake()
 
+    def _offer(self, key: str, draft: dict[str, Any]) -> None:
+        with self._lock:
+            waiters = [w for w in self._waiters.get(key, ()) if w.accepts_drafts]
+        for waiter in waiters:
+            waiter.offer(draft)
+
 
 class RedisPush(LocalPush):
     in_process = False
@@ -144,6 +217,7 @@ class RedisPush(LocalPush):
 
         super().__init__()
         self.channel = f"{namespace}:webchat:updates"
+        self.drafts_channel = f"{namespace}:webchat:drafts"
         self._redis = redis.Redis.from_url(url, socket_timeout=5, client_name=f"{namespace}-webchat-push")
         self._reconnect_s = reconnect_s
         self._subscribed = threading.Event()
@@ -157,6 +231,13 @@ class RedisPush(LocalPush):
         except Exception as exc:  # see Push.publish: waiters fall back to their timeout
             log.warning("could not publish a web chat update (%s); open widgets see it at their next read",
                         exc.__class__.__name__)
+
+    def publish_draft(self, tenant_id: str, contact_id: str, draft: dict[str, Any]) -> None:
+        try:
+            self._redis.publish(self.drafts_channel, json.dumps({"key": push_key(tenant_id, contact_id),
+                                                                 "draft": draft}))
+        except Exception as exc:  # a lost draft only means the visitor sees the next one, or the reply
+            log.warning("could not publish a web chat draft (%s)", exc.__class__.__name__)
 
     def close(self) -> None:
         self._stop.set()
@@ -180,18 +261,20 @@ class RedisPush(LocalPush):
         while not self._stop.is_set():
             pubsub = self._redis.pubsub()
             try:
-                pubsub.subscribe(self.channel)
+                pubsub.subscribe(self.channel, self.drafts_channel)
                 while not self._stop.is_set():
                     message: dict[str, Any] | None = pubsub.get_message(timeout=1.0)
                     if message is None:
                         continue
-                    if message["type"] == "subscribe":
+                    if message["type"] == "subscribe" and message["data"] == 2:  # both channels confirmed
                         # A re-subscription (ours or redis-py's own reconnect): whatever was published while
                         # disconnected is in the database, so every waiter reads it.
                         if subscribed_before:
                             self._wake_all()
                         subscribed_before = True
                         self._subscribed.set()
+                    elif message["type"] == "message" and _name(message["channel"]) == self.drafts_channel:
+                        self._route_draft(message["data"])
                     elif message["type"] == "message":
                         data = message["data"]
                         self._wake(data.decode() if isinstance(data, bytes) else str(data))
@@ -203,6 +286,21 @@ class RedisPush(LocalPush):
             finally:
                 with contextlib.suppress(Exception):
                     pubsub.close()
+
+
+    def _route_draft(self, data: bytes | str) -> None:
+        try:
+            envelope = json.loads(data)
+            key, draft = str(envelope["key"]), envelope["draft"]
+        except (ValueError, KeyError, TypeError):
+            log.warning("web chat drafts: an unreadable message on %s was ignored", self.drafts_channel)
+            return
+        if isinstance(draft, dict):
+            self._offer(key, draft)
+
+
+def _name(channel: bytes | str) -> str:
+    return channel.decode() if isinstance(channel, bytes) else str(channel)
 
 
 def notify_on_commit(session: Session, tenant_id: str, contact_id: str) -> None:

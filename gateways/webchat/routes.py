@@ -89,6 +89,8 @@ class WidgetMessage(BaseModel):
     text: str
     citations: list[dict] | None
     created_at: datetime
+    in_reply_to_id: str | None = Field(default=None, description="For a reply: the visitor's message it answers "
+                                                                  "(the `reply_to` of its drafts).")
 
 
 class MessagesOut(BaseModel):
@@ -219,7 +221,7 @@ MESSAGES: Table = Message.__table__  # type: ignore[assignment]
 # messages (a filter on messages.tenant_id makes SQLite scan all the tenant's).
 _READ = (
     select(MESSAGES.c.id, MESSAGES.c.direction, MESSAGES.c.author, MESSAGES.c.text, MESSAGES.c.citations,
-           MESSAGES.c.created_at, MESSAGES.c.status)
+           MESSAGES.c.created_at, MESSAGES.c.status, MESSAGES.c.in_reply_to_id)
     .join(CONVERSATIONS, CONVERSATIONS.c.id == MESSAGES.c.conversation_id)
     .join(CONTACTS, CONTACTS.c.id == CONVERSATIONS.c.contact_id)
     .where(CONTACTS.c.tenant_id == bindparam("tenant_id"), CONTACTS.c.channel == CHANNEL,
@@ -241,7 +243,8 @@ def _messages(tenant_id: str, contact_id: str, after: datetime | None) -> Messag
             if m.status == "pending":
                 break
             out.append(WidgetMessage(id=m.id, direction=m.direction, author=m.author, text=m.text,
-                                     citations=m.citations, created_at=m.created_at))
+                                     citations=m.citations, created_at=m.created_at,
+                                     in_reply_to_id=m.in_reply_to_id))
     cursor = out[-1].created_at.isoformat() if out else after.isoformat() if after else None
     return MessagesOut(messages=out, cursor=cursor)
 
@@ -340,30 +343,57 @@ async def stream_events(
 
     Authenticate with `Authorization: Bearer <session token>` or `?ticket=` (`POST .../events/tickets`).
     Events: `message` (a message, as in `GET .../messages`; its `id` is the cursor to resume from), `ready`
-    (sent once the backlog after the cursor has been sent and the stream is live). The stream closes after a
-    few minutes; reconnect with `Last-Event-ID` (EventSource does) or `?after=`.
+    (sent once the backlog after the cursor has been sent and the stream is live). While the assistant's answer
+    is being written: `draft` (`{"reply_to", "conversation_id", "text", "citations"}`: the reply to message
+    `reply_to` so far, whole words, citation markers as the final reply will number them; each replaces the
+    previous one) and `withdraw` (`{"reply_to"}`: the draft is void, the reply escalated or failed). A draft is
+    never stored and has no `id`; the final reply arrives as a `message` whose `in_reply_to_id` is the draft's
+    `reply_to`. The stream closes after a few minutes; reconnect with `Last-Event-ID` (EventSource does) or
+    `?after=`.
     """
     cursor = last_event_id or after
     loop = asyncio.get_running_loop()
     deadline = loop.time() + STREAM_MAX_S
-    async with get_push().subscribe(visitor.tenant_id, visitor.contact_id) as updates:
+    async with get_push().subscribe(visitor.tenant_id, visitor.contact_id, drafts=True) as updates:
         woken, ready = True, False
+        drafts: list[dict] = []
+        settled: set[str] = set()  # replies whose final message was sent or whose draft was withdrawn
         while True:
             if woken:
                 result = await run_in_threadpool(_messages, visitor.tenant_id, visitor.contact_id, cursor)
                 for message in result.messages:
                     cursor = message.created_at
+                    if message.direction == "out" and message.in_reply_to_id:
+                        settled.add(message.in_reply_to_id)
                     yield ServerSentEvent(event="message", data=message, id=cursor.isoformat())
                 if not ready:
                     ready = True
                     yield ServerSentEvent(event="ready", data={"cursor": cursor.isoformat() if cursor else None},
                                           retry=2000)
-                if len(result.messages) == READ_LIMIT:
-                    continue  # more backlog than one read returns
+            for draft in drafts:  # taken before the read above: a draft of a reply it returned is stale
+                if event := _draft_event(visitor, draft, settled):
+                    yield event
+            if woken and len(result.messages) == READ_LIMIT:
+                drafts = []
+                continue  # more backlog than one read returns
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return
-            woken = await updates.wait(remaining)
+            update = await updates.next(remaining)
+            woken, drafts = (update.changed, update.drafts) if update else (False, [])
+
+
+def _draft_event(visitor: StreamVisitor, draft: dict, settled: set[str]) -> ServerSentEvent | None:
+    reply_to = draft.get("reply_to")
+    if not isinstance(reply_to, str) or reply_to in settled or draft.get("tenant_id") != visitor.tenant_id:
+        return None
+    if draft.get("withdrawn"):
+        settled.add(reply_to)
+        return ServerSentEvent(event="withdraw", data={"reply_to": reply_to})
+    return ServerSentEvent(event="draft", data={
+        "reply_to": reply_to, "conversation_id": draft.get("conversation_id"), "text": str(draft.get("text") or ""),
+        "citations": draft.get("citations") or [],
+    })
 
 
 @router.get("/widget/{widget_id}", response_class=HTMLResponse, include_in_schema=False)

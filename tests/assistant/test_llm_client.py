@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -153,3 +154,117 @@ def test_each_tenant_key_reaches_the_server_with_its_own_client() -> None:
         assert {r.headers["authorization"] for r in a.completion_requests} == {"Bearer sk-tenant-a"}
         assert {r.headers["authorization"] for r in b.completion_requests} == {"Bearer sk-tenant-b"}
         client.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Streamed answers (`stream=True`): the fake sends SSE chunks as the real API does.
+
+ANSWER = "Returns are free within 30 days [1]. Start one from your order page [2]."
+
+
+def _stream(server: FakeOpenAIServer, **overrides: Any) -> tuple[Any, list[str]]:
+    seen: list[str] = []
+    return OpenAILLMClient().stream(_config(server, **overrides), MESSAGES, seen.append), seen
+
+
+def test_a_streamed_answer_arrives_piece_by_piece(openai_server: FakeOpenAIServer) -> None:
+    from tests.fakes.openai_server import text_chunks
+
+    openai_server.reply(ANSWER)
+    completion, seen = _stream(openai_server)
+    assert completion.text == ANSWER and completion.model == "fake-model"
+    assert len(seen) == len(text_chunks(ANSWER)) > 5  # one call per text chunk, each the whole text so far
+    assert all(later.startswith(earlier) for earlier, later in pairwise(seen))
+    assert seen[-1] == ANSWER
+    (request,) = openai_server.completion_requests
+    assert request.body is not None and request.body["stream"] is True and request.messages == MESSAGES
+
+
+def test_the_streamed_request_is_the_one_the_sdks_create_sends(openai_server: FakeOpenAIServer) -> None:
+    import openai
+
+    openai_server.reply("ok [1]")
+    config = _config(openai_server)
+    OpenAILLMClient().stream(config, MESSAGES, lambda _: None)
+    sdk = openai.OpenAI(base_url=config.base_url, api_key=config.api_key, max_retries=0)
+    chunks = sdk.chat.completions.create(model=config.model, messages=MESSAGES,  # type: ignore[arg-type]
+                                         temperature=config.temperature, max_tokens=config.max_tokens, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "ok [1]"
+    ours, theirs = openai_server.completion_requests
+    assert ours.body == theirs.body
+    volatile = {"x-stainless-retry-count", "x-stainless-read-timeout", "x-stainless-timeout", "idempotency-key"}
+    assert {k: v for k, v in ours.headers.items() if k not in volatile} == \
+        {k: v for k, v in theirs.headers.items() if k not in volatile}
+
+
+def test_a_stream_is_opened_after_the_sdk_retried_a_429(openai_server: FakeOpenAIServer) -> None:
+    openai_server.reply(ANSWER)
+    openai_server.then_status(429, times=2, retry_after=0.05)
+    completion, _ = _stream(openai_server, max_retries=2)
+    assert completion.text == ANSWER
+    assert len(openai_server.completion_requests) == 3
+
+
+def test_a_stream_that_breaks_before_its_first_token_is_opened_again(openai_server: FakeOpenAIServer) -> None:
+    openai_server.reply(ANSWER)
+    openai_server.then_stream_break(0, ANSWER)
+    openai_server.then_stream_error(0, ANSWER)
+    completion, seen = _stream(openai_server, max_retries=2)
+    assert completion.text == ANSWER and seen[-1] == ANSWER
+    assert len(openai_server.completion_requests) == 3
+
+
+def test_retries_before_the_first_token_are_bounded(openai_server: FakeOpenAIServer) -> None:
+    for _ in range(5):
+        openai_server.then_stream_break(0, ANSWER)
+    with pytest.raises(LLMError) as err:
+        _stream(openai_server, max_retries=1)
+    assert err.value.reason == "unavailable"
+    assert len(openai_server.completion_requests) == 2  # the first try + max_retries
+
+
+@pytest.mark.parametrize("failure", ["break", "error"])
+def test_a_stream_that_fails_after_some_text_is_an_error_and_not_retried(
+    openai_server: FakeOpenAIServer, failure: str
+) -> None:
+    openai_server.reply(ANSWER)
+    if failure == "break":
+        openai_server.then_stream_break(3, ANSWER)
+    else:
+        openai_server.then_stream_error(3, ANSWER, message="overloaded")
+    with pytest.raises(LLMError) as err:
+        _stream(openai_server, max_retries=2)
+    assert err.value.reason == "unavailable"
+    if failure == "error":
+        assert "overloaded" in err.value.detail
+    assert len(openai_server.completion_requests) == 1  # text was shown: a retry would repeat it
+
+
+def test_a_stalled_stream_times_out(openai_server: FakeOpenAIServer) -> None:
+    openai_server.reply(ANSWER)
+    openai_server.pause_stream_after(2)
+    try:
+        with pytest.raises(LLMError) as err:
+            _stream(openai_server, timeout_s=0.5, max_retries=0)
+        assert err.value.reason == "timeout"
+    finally:
+        openai_server.resume_stream()
+
+
+def test_a_streamed_error_status_and_an_empty_stream(openai_server: FakeOpenAIServer) -> None:
+    openai_server.then_status(400, message="max_tokens is too large")
+    with pytest.raises(LLMError) as err:
+        _stream(openai_server)
+    assert err.value.reason == "bad_request" and "max_tokens" in err.value.detail
+    openai_server.reply("")
+    with pytest.raises(LLMError) as err:
+        _stream(openai_server)
+    assert err.value.reason == "empty_response"
+
+
+def test_a_guarded_stream_cannot_reach_a_private_address(openai_server: FakeOpenAIServer) -> None:
+    openai_server.reply(ANSWER)
+    with pytest.raises(LLMError) as err:
+        _stream(openai_server, guarded=True, max_retries=0)
+    assert err.value.reason == "blocked_url"
+    assert openai_server.completion_requests == []

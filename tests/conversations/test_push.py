@@ -91,6 +91,62 @@ def test_a_subscription_is_released_when_the_waiter_leaves(make_push: PushFactor
     asyncio.run(scenario())
 
 
+def _draft(reply_to: str, seq: int, text: str) -> dict[str, object]:
+    return {"tenant_id": "tenant-a", "reply_to": reply_to, "seq": seq, "text": text}
+
+
+def test_drafts_reach_only_the_visitors_draft_waiters_newest_per_reply(make_push: PushFactory) -> None:
+    api, orchestrator = make_push(), make_push()
+
+    async def scenario() -> None:
+        async with api.subscribe("tenant-a", "v_1", drafts=True) as stream, \
+                api.subscribe("tenant-a", "v_1") as long_poll, \
+                api.subscribe("tenant-b", "v_1", drafts=True) as other_tenant, \
+                api.subscribe("tenant-a", "v_2", drafts=True) as other_visitor:
+            def publish() -> None:  # from another thread, in order, as an orchestrator worker does
+                orchestrator.publish_draft("tenant-a", "v_1", _draft("m1", 1, "Returns"))
+                orchestrator.publish_draft("tenant-a", "v_1", _draft("m1", 2, "Returns are free"))
+                orchestrator.publish_draft("tenant-a", "v_1", _draft("m2", 1, "Also"))
+                orchestrator.publish_draft("tenant-a", "v_2", _draft("m9", 1, "marker"))
+
+            await asyncio.to_thread(publish)
+            marker = await other_visitor.next(BOUND)  # published last: the others have been handled
+            assert marker is not None and [d["text"] for d in marker.drafts] == ["marker"]
+            update = await stream.next(BOUND)
+            assert update is not None and not update.changed  # a draft is not a change to read
+            texts = [d["text"] for d in update.drafts]
+            if texts == ["Returns"]:  # the first draft was taken before the rest arrived
+                later = await stream.next(BOUND)
+                assert later is not None
+                texts = [d["text"] for d in later.drafts]
+            assert texts == ["Returns are free", "Also"]  # coalesced: the newest of each reply, in order
+            assert not await long_poll.wait(0)  # the long-poll never hears of drafts
+            assert not await other_tenant.wait(0)  # the same contact id in another tenant
+            api.publish("tenant-a", "v_1")
+            woken = await stream.next(BOUND)
+            assert woken is not None and woken.changed and woken.drafts == []
+
+    asyncio.run(scenario())
+
+
+def test_an_older_draft_never_replaces_a_newer_one(make_push: PushFactory) -> None:
+    push = make_push()
+
+    async def scenario() -> None:
+        async with push.subscribe("tenant-a", "v_1", drafts=True) as stream:
+            push.publish_draft("tenant-a", "v_1", _draft("m1", 5, "newer"))
+            push.publish_draft("tenant-a", "v_1", _draft("m1", 4, "older"))
+            push.publish_draft("tenant-a", "v_1", _draft("marker", 1, "x"))
+            drafts: dict[str, str] = {}
+            while "marker" not in drafts:
+                update = await stream.next(BOUND)
+                assert update is not None
+                drafts.update({str(d["reply_to"]): str(d["text"]) for d in update.drafts})
+            assert drafts["m1"] == "newer"
+
+    asyncio.run(scenario())
+
+
 @pytest.fixture
 def webchat(sb_home: Path) -> tuple[str, str]:
     """A tenant and a web chat visitor who wrote once (embedded database)."""

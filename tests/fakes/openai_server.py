@@ -9,6 +9,12 @@ afterwards every request gets the default (`reply`, `reply_with`, or a default f
         openai_server.then_status(429, times=2, retry_after=0.05)  # two 429s, then the reply
         config = LLMConfig(base_url=openai_server.base_url, api_key=openai_server.api_key, model="m")
 
+A request with `"stream": true` gets the reply as the real API streams it: `text/event-stream` over chunked
+transfer encoding, `data: {chat.completion.chunk}` events (a role delta, the text a word at a time, a last chunk
+with `finish_reason`), then `data: [DONE]`. `pause_stream_after(n)` holds streams after their n-th text chunk
+until the test calls `resume_stream()` (so a test can look at what a visitor sees mid-answer without timing);
+`then_stream_break(n)` drops the connection after n chunks; `then_stream_error(n)` sends an error event.
+
 Use it from any test package: `from tests.fakes.openai_server import openai_server` in a conftest.py (the
 fixture is defined here), or start `FakeOpenAIServer()` yourself as a context manager.
 """
@@ -16,6 +22,7 @@ fixture is defined here), or start `FakeOpenAIServer()` yourself as a context ma
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 import uuid
@@ -49,6 +56,8 @@ class Step:
     delay_s: float = 0.0
     raw_body: bytes | None = None  # sent as-is (e.g. invalid JSON)
     error_message: str = ""
+    stream_break_after: int | None = None  # streamed: drop the connection after this many text chunks
+    stream_error_after: int | None = None  # streamed: send an error event after this many text chunks
 
 
 def chat_completion(
@@ -75,6 +84,28 @@ def chat_completion(
             "total_tokens": prompt_tokens + completion_tokens,
         },
     }
+
+
+def chat_completion_chunk(
+    completion_id: str, model: str, content: str | None, *, role: bool = False, finish_reason: str | None = None
+) -> dict[str, Any]:
+    """One `data:` event of a streamed /v1/chat/completions response."""
+    delta: dict[str, Any] = {"role": "assistant", "content": ""} if role else {}
+    if content is not None:
+        delta["content"] = content
+    return {
+        "id": completion_id,
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "system_fingerprint": "fp_fake",
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+    }
+
+
+def text_chunks(text: str) -> list[str]:
+    """How the fake splits an answer into streamed pieces: a word and the space after it."""
+    return re.findall(r"\S+\s*|\s+", text)
 
 
 def _error_body(status: int, message: str) -> dict[str, Any]:
@@ -104,6 +135,9 @@ class FakeOpenAIServer:
         self._steps: deque[Step] = deque()
         self._default = Step(reply="OK")
         self._lock = threading.Lock()
+        self._pauses: set[int] = set()
+        self._resume = threading.Semaphore(0)
+        self.streams_paused = 0  # how many times a stream reached a pause point
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(
@@ -163,6 +197,23 @@ class FakeOpenAIServer:
 
     def then_reply(self, text: str) -> None:
         self._steps.append(Step(reply=text))
+
+    def pause_stream_after(self, *chunk_counts: int) -> None:
+        """Streamed answers stop after each of these numbers of text chunks until `resume_stream()`."""
+        self._pauses = set(chunk_counts)
+
+    def resume_stream(self) -> None:
+        """Let one paused stream go on (a later pause point stops it again)."""
+        self._resume.release()
+
+    def then_stream_break(self, after_chunks: int, text: str) -> None:
+        """The next streamed answer stops after `after_chunks` chunks of `text`: the connection is dropped."""
+        self._steps.append(Step(reply=text, stream_break_after=after_chunks))
+
+    def then_stream_error(self, after_chunks: int, text: str, message: str = "The server had an error") -> None:
+        """The next streamed answer sends `after_chunks` chunks of `text`, then an error event (as the API does
+        when it fails mid-answer) and ends."""
+        self._steps.append(Step(reply=text, stream_error_after=after_chunks, error_message=message))
 
     @property
     def completion_requests(self) -> list[RecordedRequest]:
@@ -232,7 +283,49 @@ class FakeOpenAIServer:
                     self._json(step.status, _error_body(step.status, step.error_message), step.headers)
                     return
                 text = step.reply(body) if callable(step.reply) else (step.reply or "")
+                if body.get("stream") is True:
+                    self._stream(step, text, body["model"] + server.model_suffix)
+                    return
                 self._json(200, chat_completion(text, body["model"] + server.model_suffix), step.headers)
+
+            def _stream(self, step: Step, text: str, model: str) -> None:
+                completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+                    self.send_header("Transfer-Encoding", "chunked")
+                    for k, v in step.headers.items():
+                        self.send_header(k, v)
+                    self.end_headers()
+                    self._event(chat_completion_chunk(completion_id, model, None, role=True))
+                    pieces = text_chunks(text)
+                    for sent in range(len(pieces) + 1):
+                        if sent:
+                            self._event(chat_completion_chunk(completion_id, model, pieces[sent - 1]))
+                        if sent == step.stream_break_after:
+                            self.close_connection = True
+                            return  # no terminating chunk: the client sees the connection end mid-body
+                        if sent == step.stream_error_after:
+                            self._event({"error": {"message": step.error_message, "type": "server_error",
+                                                   "param": None, "code": None}})
+                            self._write_chunk(b"")
+                            return
+                        if sent in server._pauses:
+                            with server._lock:
+                                server.streams_paused += 1
+                            server._resume.acquire(timeout=60)
+                    self._event(chat_completion_chunk(completion_id, model, None, finish_reason="stop"))
+                    self._write_chunk(b"data: [DONE]\n\n")
+                    self._write_chunk(b"")
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up
+
+            def _event(self, payload: dict[str, Any]) -> None:
+                self._write_chunk(f"data: {json.dumps(payload)}\n\n".encode())
+
+            def _write_chunk(self, data: bytes) -> None:
+                self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+                self.wfile.flush()
 
         return Handler
 

@@ -1,7 +1,8 @@
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 class LLMError(Exception):
@@ -36,3 +37,11 @@ class Completion:
 
 class LLMClient(Protocol):
     def complete(self, config: LLMConfig, messages: list[dict[str, str]]) -> Completion: ...
+
+
+@runtime_checkable
+class StreamingLLMClient(LLMClient, Protocol):
+    def stream(self, config: LLMConfig, messages: list[dict[str, str]], on_text: Callable[[str], None]) -> Completion:
+        """The same completion, streamed: `on_text` gets the answer so far (the whole text, not a delta) each
+        time it grows. Raises `LLMError` as `complete` does, also when the stream breaks after some text."""
+        ...

@@ -5,6 +5,9 @@ backoff, honouring `Retry-After`/`retry-after-ms`. What still fails afterwards b
 small, flat reason the orchestrator can act on: timeout, rate_limited, unavailable, auth, bad_request,
 empty_response.
 
+`stream` is the same call with `stream=True` (the web widget shows the answer as it is written); a stream
+that fails part-way raises the same `LLMError`.
+
 A tenant's own base URL (`config.guarded`) is reached through the outbound URL policy (app/netguard.py).
 Clients are cached per (base_url, api_key, timeout, retries, guarded) so tenants never share credentials and a tenant's
 connection pool is reused across messages; nothing tenant-specific lives on a module-level client.
@@ -12,17 +15,22 @@ connection pool is reused across messages; nothing tenant-specific lives on a mo
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 
 import openai
-from openai.types.chat import ChatCompletion
+from openai import Stream
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from app.netguard import blocked_reason, guarded_client2
 from app.providers.llm.base import Completion, LLMConfig, LLMError
 
 CONNECT_TIMEOUT_S = 5.0
 _CACHE_SIZE = 64
+log = logging.getLogger(__name__)
 
 _ClientKey = tuple[str, str, float, int, bool]
 
@@ -65,24 +73,8 @@ class OpenAILLMClient:
             # is the one `create` sends).
             response = client.post("/chat/completions", cast_to=ChatCompletion, body=body,
                                    options={"security": {"bearer_auth": True}})
-        except openai.APITimeoutError as exc:
-            raise LLMError("timeout", f"no answer within {config.timeout_s}s") from exc
-        except openai.RateLimitError as exc:
-            raise LLMError("rate_limited", _detail(exc)) from exc
-        except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
-            raise LLMError("auth", _detail(exc)) from exc
-        except openai.InternalServerError as exc:
-            raise LLMError("unavailable", _detail(exc)) from exc
-        except openai.APIStatusError as exc:
-            reason = "unavailable" if exc.status_code >= 500 else "bad_request"
-            raise LLMError(reason, _detail(exc)) from exc
-        except openai.APIConnectionError as exc:
-            if blocked := blocked_reason(exc):
-                raise LLMError("blocked_url", blocked) from exc
-            raise LLMError("unavailable", f"cannot reach {config.base_url}: {exc}") from exc
-        except (openai.APIResponseValidationError, ValueError) as exc:
-            # A 200 whose body is not a chat completion (a proxy's HTML page, truncated JSON).
-            raise LLMError("unavailable", f"unreadable response: {exc}") from exc
+        except (openai.OpenAIError, ValueError) as exc:
+            raise _llm_error(exc, config) from exc
 
         choices = getattr(response, "choices", None) or []
         text = (choices[0].message.content or "").strip() if choices and choices[0].message else ""
@@ -96,11 +88,88 @@ class OpenAILLMClient:
             completion_tokens=usage.completion_tokens if usage else 0,
         )
 
+    def stream(self, config: LLMConfig, messages: list[dict[str, str]], on_text: Callable[[str], None]) -> Completion:
+        """One chat completion with `stream=True`: `on_text` gets the answer so far as it grows.
+
+        Opening the stream goes through the SDK's retries as `complete` does. A stream that breaks before its
+        first token is opened again, at most `max_retries` times; once text has arrived a failure raises
+        `LLMError` (the caller shows nothing more and escalates, as for a failed call). The answer must be
+        complete within `timeout_s` of each opening, as a one-shot answer must arrive within it.
+        """
+        client = self._client(config)
+        body = {"model": config.model, "messages": messages, "temperature": config.temperature,
+                "max_tokens": config.max_tokens, "stream": True}
+        for attempt in range(config.max_retries + 1):
+            started = time.monotonic()
+            try:
+                chunks = client.post("/chat/completions", cast_to=ChatCompletion, body=body,
+                                     options={"security": {"bearer_auth": True}},
+                                     stream=True, stream_cls=Stream[ChatCompletionChunk])
+            except (openai.OpenAIError, ValueError) as exc:
+                raise _llm_error(exc, config) from exc  # the SDK has retried already
+            text, model, usage, finished = "", config.model, None, False
+            try:
+                with chunks:
+                    for chunk in chunks:
+                        model, usage = chunk.model or model, chunk.usage or usage
+                        for choice in chunk.choices:
+                            if choice.index != 0:
+                                continue
+                            if choice.delta is not None and choice.delta.content:
+                                text += choice.delta.content
+                                on_text(text)
+                            finished = finished or choice.finish_reason is not None
+                        if time.monotonic() - started > config.timeout_s:
+                            raise LLMError("timeout", f"the answer was not complete within {config.timeout_s}s")
+                if not finished:
+                    raise LLMError("unavailable", "the stream ended before the answer was complete")
+            except (openai.OpenAIError, ValueError, LLMError) as exc:
+                error = exc if isinstance(exc, LLMError) else _llm_error(exc, config)
+                if text or attempt == config.max_retries or error.reason not in _RETRY_BEFORE_TEXT:
+                    raise error from exc
+                log.info("LLM stream broke before its first token (%s): opening it again", error.reason)
+                continue
+            if not text.strip():
+                raise LLMError("empty_response", f"model {config.model} returned no text")
+            return Completion(
+                text=text.strip(),
+                model=model,
+                prompt_tokens=usage.prompt_tokens if usage else 0,
+                completion_tokens=usage.completion_tokens if usage else 0,
+            )
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
     def close(self) -> None:
         with self._lock:
             for client in self._clients.values():
                 client.close()
             self._clients.clear()
+
+
+_RETRY_BEFORE_TEXT = frozenset({"timeout", "unavailable"})
+
+
+def _llm_error(exc: Exception, config: LLMConfig) -> LLMError:
+    """The SDK's exceptions, mapped to the small set of reasons the orchestrator acts on."""
+    if isinstance(exc, openai.APITimeoutError):
+        return LLMError("timeout", f"no answer within {config.timeout_s}s")
+    if isinstance(exc, openai.RateLimitError):
+        return LLMError("rate_limited", _detail(exc))
+    if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
+        return LLMError("auth", _detail(exc))
+    if isinstance(exc, openai.InternalServerError):
+        return LLMError("unavailable", _detail(exc))
+    if isinstance(exc, openai.APIStatusError):
+        return LLMError("unavailable" if exc.status_code >= 500 else "bad_request", _detail(exc))
+    if isinstance(exc, openai.APIConnectionError):
+        if blocked := blocked_reason(exc):
+            return LLMError("blocked_url", blocked)
+        return LLMError("unavailable", f"cannot reach {config.base_url}: {exc}")
+    if isinstance(exc, openai.APIResponseValidationError | ValueError):
+        # A 200 whose body is not a chat completion (a proxy's HTML page, truncated JSON).
+        return LLMError("unavailable", f"unreadable response: {exc}")
+    # openai.APIError: an error event inside a stream.
+    return LLMError("unavailable", f"the model stream reported an error: {exc}"[:500])
 
 
 def _detail(exc: openai.APIStatusError) -> str:

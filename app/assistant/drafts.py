@@ -1,0 +1,145 @@
+"""Streamed replies: what a web chat visitor sees while the LLM is still writing.
+
+While the LLM streams, `DraftStream.on_text` gets the raw answer so far and publishes, at most every
+`WEBCHAT_DRAFT_INTERVAL_MS` (or every `DRAFT_EVERY_CHUNKS` pieces), the part that is safe to show as a `draft`
+(app/conversations/push.py: ephemeral, never stored) to the visitor's open event streams. Safe means what the
+final checks would let through:
+- only whole words (a word is shown once the whitespace after it has arrived), parsed as the final answer is
+  (`parse_llm_answer`: `[n]` markers renumbered to the same numbers the stored reply has, unknown ones dropped);
+  a citation group still open at the end is held back;
+- the tenant's banned phrases: the words that could still begin one (a phrase of n words: the last n-1 words) are
+  held back, and once the text holds a banned phrase, the escalation token or more than `max_reply_chars`, no
+  more drafts go out and the shown one is withdrawn: the final check will escalate.
+The reply becomes final only after the orchestrator's checks on the complete answer: then the stored reply is
+pushed as always and replaces the draft (the widget matches it by `in_reply_to_id`); when it escalates instead, or
+the stream fails, the orchestrator withdraws the draft (`withdraw`) and the holding notice follows.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import select
+
+from app.assistant.guardrails import find_banned
+from app.assistant.prompts import ESCALATE_TOKEN, PassageLike, parse_llm_answer
+from app.conversations.push import Push
+from app.db import session_scope
+from app.models import Contact, Conversation
+
+log = logging.getLogger(__name__)
+
+# Channels whose client can show a reply as it is written (and replace it with the final one).
+STREAMING_CHANNELS = frozenset({"webchat"})
+# A draft goes out when WEBCHAT_DRAFT_INTERVAL_MS has passed since the last one, or after this many streamed
+# pieces, whichever comes first (so a fast model still shows progress, and a slow one is not held back).
+DRAFT_EVERY_CHUNKS = 8
+_OPEN_CITATION = re.compile(r"\[[\d,\s]*$")
+_WORD = re.compile(r"\S+")
+
+
+def visible_text(
+    raw: str, passages: Sequence[PassageLike], banned_phrases: Sequence[str], max_chars: int | None
+) -> tuple[str | None, list[dict[str, Any]]]:
+    """What may be shown of the answer so far, with its citations; `(None, [])` when the final checks will
+    refuse the answer whatever follows (banned phrase, escalation token, too long)."""
+    if ESCALATE_TOKEN in raw:
+        return None, []
+    cut = max(raw.rfind(" "), raw.rfind("\n"), raw.rfind("\t"))
+    complete = _OPEN_CITATION.sub("", raw[: cut + 1]) if cut >= 0 else ""
+    parsed = parse_llm_answer(complete, passages)
+    if not parsed.text:
+        return "", []
+    phrases = [p.strip() for p in banned_phrases if p.strip()]
+    if find_banned(parsed.text, phrases) or (max_chars and len(parsed.text) > max_chars):
+        return None, []
+    hold = max((len(p.split()) for p in phrases), default=1) - 1
+    words = list(_WORD.finditer(parsed.text))
+    shown = parsed.text
+    if hold:
+        shown = parsed.text[: words[-hold].start()].rstrip() if len(words) > hold else ""
+    if not shown:
+        return "", []
+    # Citations of the markers still in the shown text (renumbered in order of first use, so a prefix).
+    numbers = {int(n) for n in re.findall(r"\[(\d+)\]", shown)}
+    return shown, [c for i, c in enumerate(parsed.citations, start=1) if i in numbers]
+
+
+class DraftStream:
+    """The drafts of one reply to one web chat visitor. Called from the orchestrator's worker thread."""
+
+    def __init__(self, push: Push, *, tenant_id: str, conversation_id: str, reply_to: str, interval_s: float) -> None:
+        self.push = push
+        self.tenant_id = tenant_id
+        self.contact_id: str | None = None  # the visitor, looked up when the LLM is about to be called
+        self.conversation_id, self.reply_to = conversation_id, reply_to
+        self.interval_s = interval_s
+        self.passages: Sequence[PassageLike] = ()
+        self.banned_phrases: Sequence[str] = ()
+        self.max_chars: int | None = None
+        self.published = 0  # drafts handed to the push (tests and logs)
+        self._seq = 0
+        self._shown = ""
+        self._last_at = float("-inf")
+        self._chunks = 0  # pieces streamed since the last draft
+        self._stopped = False
+        self._withdrawn = False
+
+    def start(self, passages: Sequence[PassageLike], policies: dict[str, Any]) -> None:
+        self.contact_id = webchat_contact(self.tenant_id, self.conversation_id)
+        if self.contact_id is None:
+            self._stopped = True  # not a widget visitor after all: nobody to show drafts to
+        self.passages = passages
+        self.banned_phrases = [str(p) for p in policies.get("banned_phrases") or ()]
+        self.max_chars = int(policies["max_reply_chars"]) if policies.get("max_reply_chars") else None
+
+    def on_text(self, raw: str) -> None:
+        """The LLM's answer so far (raw, as streamed)."""
+        if self._stopped:
+            return
+        self._chunks += 1
+        shown, citations = visible_text(raw, self.passages, self.banned_phrases, self.max_chars)
+        if shown is None:
+            self._stopped = True  # the final check will escalate: show nothing more, take back what was shown
+            self.withdraw()
+            return
+        now = time.monotonic()
+        if not shown or shown == self._shown:
+            return
+        if now - self._last_at < self.interval_s and self._chunks < DRAFT_EVERY_CHUNKS:
+            return
+        self._shown, self._last_at, self._chunks = shown, now, 0
+        self._publish({"text": shown, "citations": citations})
+        self.published += 1
+
+    def withdraw(self) -> None:
+        """Take the draft back (the reply escalated, failed, or was merged into a later one). Idempotent."""
+        self._stopped = True
+        if self._shown and not self._withdrawn:
+            self._withdrawn = True
+            self._publish({"withdrawn": True})
+
+    def _publish(self, body: dict[str, Any]) -> None:
+        if self.contact_id is None:
+            return
+        # Growing across attempts too: a redelivered message's new drafts supersede an earlier attempt's.
+        self._seq = max(self._seq + 1, time.time_ns() // 1000)
+        self.push.publish_draft(self.tenant_id, self.contact_id, {
+            "tenant_id": self.tenant_id, "conversation_id": self.conversation_id, "reply_to": self.reply_to,
+            "seq": self._seq, **body,
+        })
+
+
+def webchat_contact(tenant_id: str, conversation_id: str) -> str | None:
+    """The visitor id (the widget session's contact id) of a web chat conversation of this tenant."""
+    with session_scope() as session:
+        return session.scalar(
+            select(Contact.external_id)
+            .join(Conversation, Conversation.contact_id == Contact.id)
+            .where(Conversation.id == conversation_id, Conversation.tenant_id == tenant_id,
+                   Contact.tenant_id == tenant_id, Contact.channel == "webchat")
+        )

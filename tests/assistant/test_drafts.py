@@ -1,0 +1,196 @@
+"""Streamed replies: the safe part of an answer being written (whole words, citation markers numbered as in the
+final reply, nothing the final checks would refuse), and the orchestrator's drafts around the final decision,
+through the real `openai` SDK streaming from the fake server."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from app.assistant.drafts import visible_text
+from app.assistant.prompts import parse_llm_answer
+from app.bus.memory import MemoryBus
+from app.contracts import InboundMessage
+from app.db import migrate, session_scope
+from app.models import Escalation, Message
+from tests.assistant.helpers import FakePassage
+from tests.fakes.openai_server import FakeOpenAIServer, text_chunks
+
+PASSAGES = [
+    FakePassage("c1", "returns.md", "Returns", "Unworn items can be returned within 30 days.", 0.9),
+    FakePassage("c2", "shipping.md", "Shipping", "We ship to 30 countries.", 0.8),
+]
+ANSWER = ("You can return unworn items within 30 days [2][1]. Start a return from your order page, "
+          "and we ship abroad too [9] [2].")
+
+
+def _prefixes(text: str) -> Iterator[str]:
+    for end in range(len(text) + 1):
+        yield text[:end]
+
+
+def test_every_visible_draft_is_a_prefix_of_the_final_reply_with_the_same_markers() -> None:
+    final = parse_llm_answer(ANSWER, PASSAGES)
+    shown = [visible_text(p, PASSAGES, [], None) for p in _prefixes(ANSWER)]
+    for text, citations in shown:
+        assert text is not None
+        assert final.text.startswith(text), text
+        assert citations == final.citations[: len(citations)]
+    texts = [t for t, _ in shown]
+    assert "You can return unworn items within 30 days [1][2]." in texts  # renumbered as the final reply is
+    assert not any("[9]" in t or t.endswith("[") for t in texts if t)  # made-up and half-written markers
+    assert not any(t.endswith("ret") for t in texts if t)  # a word shows once it is complete
+
+
+def test_an_open_citation_group_and_the_escalation_token_never_show() -> None:
+    assert visible_text("Returns take 30 days [1, ", PASSAGES, [], None)[0] == "Returns take 30 days"
+    assert visible_text("I am not sure <<ESCALATE>>", PASSAGES, [], None)[0] is None
+    assert visible_text("I am not sure <<ESCAL", PASSAGES, [], None)[0] == "I am not sure"
+
+
+def test_a_banned_phrase_never_shows_and_stops_the_drafts() -> None:
+    banned = ["lifetime warranty", "refund guaranteed"]
+    answer = "Every jacket comes with a lifetime warranty on its zips."
+    shown = [visible_text(p, PASSAGES, banned, None)[0] for p in _prefixes(answer)]
+    assert not any(t and "lifetime" in t.lower() for t in shown)  # held back until it could be judged
+    assert shown[-1] is None  # and then refused: the final check escalates this answer
+    assert "Every jacket comes with a" in shown
+    # Case, spacing and line breaks do not sneak one through.
+    assert visible_text("A LIFETIME\n\nWARRANTY covers it. ", PASSAGES, banned, None)[0] is None
+
+
+def test_an_answer_over_the_length_limit_stops_the_drafts() -> None:
+    assert visible_text("word " * 30, PASSAGES, [], 200)[0] == ("word " * 30).strip()
+    assert visible_text("word " * 30, PASSAGES, [], 140)[0] is None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The orchestrator: drafts while the LLM streams, then the final decision.
+
+class RecordingPush:
+    """The Push port, recording what an open widget stream would receive (the transport has its own contract
+    tests in tests/conversations/test_push.py)."""
+
+    in_process = True
+
+    def __init__(self) -> None:
+        self.drafts: list[tuple[str, str, dict[str, Any]]] = []
+
+    def publish(self, tenant_id: str, contact_id: str) -> None:
+        return None
+
+    def publish_draft(self, tenant_id: str, contact_id: str, draft: dict[str, Any]) -> None:
+        self.drafts.append((tenant_id, contact_id, draft))
+
+    def subscribe(self, tenant_id: str, contact_id: str, *, drafts: bool = False) -> Any:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        return None
+
+
+@pytest.fixture
+def llm(sb_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeOpenAIServer]:
+    from app.runtime import reset_caches
+
+    with FakeOpenAIServer() as server:
+        monkeypatch.setenv("LLM_BASE_URL", server.base_url)
+        monkeypatch.setenv("LLM_API_KEY", server.api_key)
+        monkeypatch.setenv("WEBCHAT_DRAFT_INTERVAL_MS", "0")  # every change is a draft: the test sees them all
+        reset_caches()
+        migrate()
+        yield server
+
+
+def _tenant(**policies: Any) -> str:
+    from app.tenants.service import create_tenant
+
+    with session_scope() as session:
+        tenant = create_tenant(session, "acme").tenant
+        tenant.live_pack_version = 1
+        tenant.policies = {**tenant.policies, **policies}
+        return tenant.id
+
+
+def _ask(tenant_id: str, channel: str = "webchat", contact: str = "v_visitor") -> tuple[Any, RecordingPush, str]:
+    """The customer's message stored as a gateway stores it, then handled by the orchestrator."""
+    from app.assistant.orchestrator import Orchestrator
+    from app.conversations.service import accept_inbound
+
+    bus, push = MemoryBus(), RecordingPush()
+    accepted = accept_inbound(bus, tenant_id=tenant_id, channel=channel, contact_external_id=contact,
+                              provider_message_id=f"{contact}:1", text="can I return a jacket?")
+    with session_scope() as session:
+        message = session.get_one(Message, accepted.message_id)
+        event = InboundMessage(tenant_id=tenant_id, message_id=message.id, conversation_id=message.conversation_id,
+                               contact_id="-", channel=channel, provider_message_id=message.provider_message_id,
+                               text=message.text)
+    orchestrator = Orchestrator(bus, retrieve=lambda *a, **k: PASSAGES, push=push)  # type: ignore[arg-type]
+    return orchestrator.process(event), push, accepted.message_id
+
+
+def test_a_streamed_answer_is_drafted_then_stored_as_the_final_reply(llm: FakeOpenAIServer) -> None:
+    llm.reply(ANSWER)
+    tenant_id = _tenant()
+    outcome, push, message_id = _ask(tenant_id)
+    assert outcome.status == "answered"
+    final = parse_llm_answer(ANSWER, PASSAGES)
+    assert outcome.text == final.text
+    drafts = [d for _, _, d in push.drafts]
+    assert len(drafts) >= len(text_chunks(ANSWER)) // 2  # the answer was shown as it was written
+    assert {(t, c) for t, c, _ in push.drafts} == {(tenant_id, "v_visitor")}  # to this visitor only
+    assert all(final.text.startswith(d["text"]) and d["reply_to"] == message_id for d in drafts)
+    assert [d["seq"] for d in drafts] == sorted(d["seq"] for d in drafts)
+    assert not any(d.get("withdrawn") for d in drafts)
+    assert llm.completion_requests[-1].body["stream"] is True  # type: ignore[index]
+
+
+def test_an_answer_the_checks_refuse_is_withdrawn_and_escalated(llm: FakeOpenAIServer) -> None:
+    llm.reply("Good news: every jacket has a lifetime warranty, so just send it back [1].")
+    tenant_id = _tenant(banned_phrases=["lifetime warranty"])
+    outcome, push, message_id = _ask(tenant_id)
+    assert outcome.status == "escalated" and outcome.reason == "banned_phrase"
+    drafts = [d for _, _, d in push.drafts]
+    assert drafts and drafts[-1].get("withdrawn") is True and drafts[-1]["reply_to"] == message_id
+    assert not any("lifetime" in str(d.get("text", "")).lower() for d in drafts)
+    assert sum(1 for d in drafts if d.get("withdrawn")) == 1
+
+
+def test_a_stream_that_fails_midway_escalates_with_the_offline_draft(llm: FakeOpenAIServer) -> None:
+    llm.then_stream_break(6, ANSWER)
+    tenant_id = _tenant()
+    outcome, push, message_id = _ask(tenant_id)
+    assert outcome.status == "escalated" and outcome.reason == "llm_unavailable"
+    drafts = [d for _, _, d in push.drafts]
+    assert drafts and drafts[-1].get("withdrawn") is True
+    with session_scope() as session:
+        escalation = session.scalars(select(Escalation).where(Escalation.message_id == message_id)).one()
+        assert escalation.draft  # the offline composer's, as for a failed one-shot call
+    assert len(llm.completion_requests) == 1  # text had been shown: never retried
+
+
+@pytest.mark.parametrize("case", ["other channel", "tenant opted out", "operator off"])
+def test_other_channels_and_opted_out_tenants_keep_the_one_shot_call(
+    llm: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    from app.runtime import reset_caches
+
+    llm.reply(ANSWER)
+    if case == "operator off":
+        monkeypatch.setenv("WEBCHAT_STREAM_REPLIES", "false")
+        reset_caches()
+    tenant_id = _tenant(stream_replies=False) if case == "tenant opted out" else _tenant()
+    outcome, push, _ = _ask(tenant_id, channel="telegram" if case == "other channel" else "webchat")
+    assert outcome.status == "answered" and outcome.text == parse_llm_answer(ANSWER, PASSAGES).text
+    assert push.drafts == []
+    assert "stream" not in (llm.completion_requests[-1].body or {})
+
+
+def test_the_tenant_policy_is_accepted_by_the_admin_schema() -> None:
+    from app.admin.schemas import Policies
+
+    assert Policies.model_validate({"stream_replies": False}).stream_replies is False
