@@ -230,7 +230,7 @@ def test_finding2_channel_send_to_internal_api_base_fails_and_reaches_nothing(ad
             account.config = {"api_base_url": fake.url}
             contact = get_or_create_contact(session, account.tenant_id, "telegram", "4242")
             conversation_id = get_or_create_conversation(session, account.tenant_id, contact, account_id).id
-        sender = TelegramSender(sleep=lambda _: None)
+        sender = TelegramSender()
         assert isinstance(sender, ProviderSender) and sender.guarded(account)
         from gateways import registry
 
