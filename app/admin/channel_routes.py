@@ -100,5 +100,7 @@ def channel_router(registry: ChannelRegistry) -> APIRouter:
 def _secrets(body: Any) -> dict[str, Any]:
     """`model_dump(mode="json")` masks secrets; the service validates the request again, so it gets them plain,
     and only those that were sent (a generated one must be reported as generated)."""
-    sent = body.model_fields_set
-    return {"credentials": service.plain(body.credentials)} if "credentials" in sent else {}
+    if "credentials" not in body.model_fields_set:
+        return {}
+    given = body.credentials.model_fields_set
+    return {"credentials": {k: v for k, v in service.plain(body.credentials).items() if k in given}}
