@@ -19,6 +19,7 @@ from app.api import ERROR_RESPONSES
 from app.api import install as install_edge
 from app.bootstrap import Container
 from app.bootstrap import container as current_container
+from app.config import get_settings
 from app.db import get_engine
 from app.logscrub import install as scrub_logs
 
@@ -31,8 +32,9 @@ def create_app(*, run_workers: bool | None = None, container: Container | None =
 
     restrict_umask()  # whatever serves this app (uvicorn, gunicorn, tests) creates private files only
     scrub_logs()  # no raw PII or credentials in any log record from here on
+    # Without a container of its own, the app reads the settings as they are now (tests change them per app).
+    settings = container.settings if container else get_settings()
     container = container or current_container()
-    settings = container.settings
     if run_workers is None:
         run_workers = settings.embedded
 
