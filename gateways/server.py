@@ -10,14 +10,14 @@ def create_gateway_app(channel: str) -> FastAPI:
     from app.api import ERROR_RESPONSES, install
     from app.bootstrap import container
     from app.db import get_engine
-    from gateways.plugin import ROUTES
 
-    if channel not in ROUTES:
-        raise ValueError(f"unknown channel {channel!r}; available: {sorted(ROUTES)}")
+    routers = container().plugins.routers
+    if channel not in routers:
+        raise ValueError(f"unknown channel {channel!r}; available: {sorted(routers)}")
     app = FastAPI(title=f"Switchboard {channel} gateway", version="0.1.0", responses=ERROR_RESPONSES)
     app.state.container = container()
     install(app, app.state.container.settings)  # the same error body and body limits as the full server
-    app.include_router(app.state.container.plugins.routers[channel]())
+    app.include_router(routers[channel]())
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:
