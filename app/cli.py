@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import secrets
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -234,7 +233,7 @@ def _serve(host: str, port: int) -> None:
         from app.knowledge.cli import operator_router as knowledge_operator_router
         from app.operator_routes import operator_router
 
-        token = secrets.token_urlsafe(32)
+        token = app.state.container.operator_token
         app.include_router(operator_router(token))
         app.include_router(knowledge_operator_router(token))
         operations.write_server_file(f"http://{local}:{port}", token)
@@ -261,9 +260,7 @@ def orchestrator() -> None:
     """Scale-out role: answer inbound messages and dispatch replies (needs REDIS_URL)."""
     _prepare()
     logging.getLogger().setLevel(logging.INFO)
-    from workers.orchestrator import main
-
-    main()
+    _role("orchestrator")()
 
 
 @cli.command()
@@ -279,10 +276,9 @@ def gateway(
     import uvicorn
 
     from app.runtime import tune_gc
-    from gateways.server import create_gateway_app
 
     try:
-        app = create_gateway_app(channel)
+        app = _role("gateway")(channel)
     except ValueError as exc:
         raise _fail(str(exc)) from exc
     tune_gc()
@@ -294,9 +290,7 @@ def worker() -> None:
     """Scale-out role: the RQ ingestion worker (needs REDIS_URL)."""
     _prepare()
     logging.getLogger().setLevel(logging.INFO)
-    from workers.ingest import main
-
-    main()
+    _role("worker")()
 
 
 DEMO_QUESTIONS = ["How long do I have to return something?", "Can I speak to a real person please?"]
@@ -351,9 +345,21 @@ def main() -> None:
     cli()
 
 
-from gateways.cli import channel_app  # noqa: E402  (gateways import app, never the reverse at import time)
+def _role(name: str) -> Any:
+    """A process role an edge registered (gateways/plugin.py, workers/plugin.py)."""
+    from app.bootstrap import plugins
 
-cli.add_typer(channel_app, name="channel")
+    return plugins().roles[name]
+
+
+def _add_edge_commands() -> None:
+    from app.bootstrap import plugins
+
+    for name, commands in plugins().cli:
+        cli.add_typer(commands, name=name)
+
+
+_add_edge_commands()
 cli.add_typer(user_app, name="user")
 
 

@@ -17,6 +17,8 @@ from sqlalchemy import text
 
 from app.api import ERROR_RESPONSES
 from app.api import install as install_edge
+from app.bootstrap import Container
+from app.bootstrap import container as current_container
 from app.config import get_settings
 from app.db import get_engine
 from app.logscrub import install as scrub_logs
@@ -24,12 +26,15 @@ from app.logscrub import install as scrub_logs
 log = logging.getLogger(__name__)
 
 
-def create_app(*, run_workers: bool | None = None) -> FastAPI:
+def create_app(*, run_workers: bool | None = None, container: Container | None = None) -> FastAPI:
+    """`container`: the process's object graph (app/bootstrap.py); by default the process's own."""
     from app.files import restrict_umask
 
     restrict_umask()  # whatever serves this app (uvicorn, gunicorn, tests) creates private files only
     scrub_logs()  # no raw PII or credentials in any log record from here on
-    settings = get_settings()
+    # Without a container of its own, the app reads the settings as they are now (tests change them per app).
+    settings = container.settings if container else get_settings()
+    container = container or current_container()
     if run_workers is None:
         run_workers = settings.embedded
 
@@ -39,10 +44,8 @@ def create_app(*, run_workers: bool | None = None) -> FastAPI:
         if run_workers:
             from app.workers_runtime import RoleThreads
 
-            workers = RoleThreads.start_all()
-            from workers.ingest import resume_queued
-
-            resume_queued()  # ingestion jobs an earlier embedded server left unfinished
+            workers = RoleThreads.start_all(container)
+            container.job_queue.resume()  # ingestion jobs an earlier embedded server left unfinished
         app.state.workers = workers
         try:
             yield
@@ -57,6 +60,7 @@ def create_app(*, run_workers: bool | None = None) -> FastAPI:
         lifespan=lifespan,
         responses=ERROR_RESPONSES,
     )
+    app.state.container = container
     install_edge(app, settings)  # one error body, body limits while reading, no unstorable text
 
     @app.get("/healthz", tags=["health"])
@@ -86,17 +90,18 @@ def create_app(*, run_workers: bool | None = None) -> FastAPI:
         return JSONResponse(status_code=200 if ok else 503, content={"status": "ok" if ok else "degraded", **checks})
 
     from app.accounts.routes import router as auth_router
+    from app.admin.channel_routes import channel_router
     from app.admin.knowledge_routes import router as knowledge_router
     from app.admin.routes import router as admin_router
     from app.admin.user_routes import router as users_router
     from app.review.routes import router as review_router
-    from gateways.routes import routers as gateway_routers
 
     # Routes are tried in order, a few microseconds each: the channels and the widget, nearly all the traffic,
     # come first (no path overlaps between these groups, so the order changes nothing else).
-    for router in gateway_routers():
-        app.include_router(router)
+    for router in container.plugins.routers.values():
+        app.include_router(router())
     app.include_router(admin_router)
+    app.include_router(channel_router(container.channels))
     app.include_router(knowledge_router)
     app.include_router(review_router)
     app.include_router(auth_router)

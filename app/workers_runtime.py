@@ -12,12 +12,15 @@ import os
 import socket
 import threading
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from app.bus.base import Bus, Delivery
 from app.bus.concurrent import ConcurrentConsumer
 from app.bus.consumer import Consumer
-from app.config import get_settings
 from app.contracts import INBOUND, OUTBOUND
+
+if TYPE_CHECKING:
+    from app.bootstrap import Container
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +33,15 @@ def consumer_name(role: str) -> str:
     return f"{role}-{socket.gethostname()}-pid{os.getpid()}-t{threading.get_ident() % 10_000}"
 
 
-def build_consumers(bus: Bus, stop: threading.Event) -> list[Consumer]:
+def build_consumers(bus: Bus, stop: threading.Event, container: Container | None = None) -> list[Consumer]:
     from app.assistant.orchestrator import Orchestrator, mark_dead
-    from app.conversations.dispatcher import Dispatcher
+    from app.bootstrap import container as current
+    from app.conversations.dispatcher import Dispatcher, lease_for
 
-    settings = get_settings()
+    container = container or current()
+    settings = container.settings
     orchestrator = Orchestrator(bus)
+    dispatcher = Dispatcher(container.senders, lease=lease_for(settings.bus_claim_idle_ms), clock=container.clock)
 
     def on_inbound_dead(delivery: Delivery, reason: str) -> None:
         message_id = _message_id(delivery)
@@ -58,7 +64,7 @@ def build_consumers(bus: Bus, stop: threading.Event) -> list[Consumer]:
     return [
         ConcurrentConsumer(bus, INBOUND, ORCHESTRATOR_GROUP, consumer_name("orchestrator"), orchestrator.handle,
                            on_dead=on_inbound_dead, **common),  # type: ignore[arg-type]
-        ConcurrentConsumer(bus, OUTBOUND, DISPATCHER_GROUP, consumer_name("dispatcher"), Dispatcher().handle,
+        ConcurrentConsumer(bus, OUTBOUND, DISPATCHER_GROUP, consumer_name("dispatcher"), dispatcher.handle,
                            **common),  # type: ignore[arg-type]
     ]
 
@@ -100,12 +106,13 @@ class RoleThreads:
     threads: list[threading.Thread] = field(default_factory=list)
 
     @classmethod
-    def start_all(cls, bus: Bus | None = None) -> RoleThreads:
-        from app.runtime import get_bus
+    def start_all(cls, container: Container | None = None, bus: Bus | None = None) -> RoleThreads:
+        from app.bootstrap import container as current
 
-        bus = bus or get_bus()
+        container = container or current()
+        bus = bus or container.bus
         stop = threading.Event()
-        roles = cls(build_consumers(bus, stop), stop)
+        roles = cls(build_consumers(bus, stop, container), stop)
         targets = [(c.run, f"sb-{c.group}") for c in roles.consumers]
         targets.append((lambda: redrive_loop(bus, stop), "sb-redrive"))
         for target, name in targets:

@@ -105,7 +105,7 @@ def main() -> None:
     questions = [json.loads(line)["question"] for line in (EXAMPLE / "eval" / "questions.jsonl").open()]
     bus = get_bus()
     bus.ensure_group(OUTBOUND, "bench")
-    roles = RoleThreads.start_all(bus)
+    roles = RoleThreads.start_all(bus=bus)
     inbound = roles.consumers[0]
     workers = inbound.concurrency if isinstance(inbound, ConcurrentConsumer) else 1
     tenant_workers = inbound.tenant_concurrency if isinstance(inbound, ConcurrentConsumer) else 1

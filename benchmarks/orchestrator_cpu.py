@@ -51,6 +51,7 @@ def run(n: int) -> None:
     from app import operations
     from app.assistant import orchestrator as orch_module
     from app.assistant.orchestrator import Orchestrator
+    from app.bootstrap import container
     from app.contracts import OUTBOUND, Event, OutboundMessage
     from app.conversations import service
     from app.conversations.dispatcher import Dispatcher
@@ -69,7 +70,7 @@ def run(n: int) -> None:
     questions = [json.loads(line)["question"] for line in (EXAMPLE / "eval" / "questions.jsonl").open()]
     bus = get_bus()
     bus.ensure_group(OUTBOUND, "bench")
-    orchestrator, dispatcher = Orchestrator(bus), Dispatcher()
+    orchestrator, dispatcher = Orchestrator(bus), Dispatcher(container().senders)
 
     cpu: Counter[str] = Counter()
     calls: Counter[str] = Counter()

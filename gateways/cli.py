@@ -6,11 +6,12 @@ Mounted by app/cli.py with `cli.add_typer(channel_app, name="channel")`.
 from __future__ import annotations
 
 import json
-import secrets
 from typing import Annotated, Any
 
 import typer
 from sqlalchemy import select
+
+from app.config import get_settings
 
 channel_app = typer.Typer(help="Connect tenants to WhatsApp, Instagram, Telegram, Twilio, USSD and Discord.",
                           no_args_is_help=True)
@@ -42,43 +43,31 @@ def add(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Connect a provider account to a tenant; prints the webhook URL to configure at the provider."""
+    from app.bootstrap import container
     from app.db import session_scope
+    from app.tenants.channels import ChannelAccountError, create_account
     from app.tenants.service import TenantError, get_by_slug
-    from gateways.accounts import ChannelError, add_channel_account, webhook_url
 
-    creds: dict[str, Any] = {}
-    config: dict[str, Any] = {}
-    external_id = account_id
-    if type_ in ("whatsapp", "instagram"):
-        creds = {"access_token": access_token, "app_secret": app_secret,
-                 "verify_token": verify_token or secrets.token_urlsafe(16)}
-        if template:
-            name, _, lang = template.partition(":")
-            config["template"] = {"name": name, "language": lang or "en_US"}
-    elif type_ == "telegram":
-        creds = {"bot_token": bot_token, "secret_token": secrets.token_urlsafe(24)}
-        external_id = external_id or (bot_token.split(":", 1)[0] if bot_token else None)
-    elif type_ == "twilio":
-        creds = {"account_sid": account_sid, "auth_token": auth_token}
-    elif type_ == "ussd":
-        creds = {"webhook_token": secrets.token_urlsafe(24)}
-    elif type_ == "discord":
-        creds = {"bot_token": bot_token} if bot_token else {}
-        config["public_key"] = public_key
-    creds = {k: v for k, v in creds.items() if v}
+    creds: dict[str, Any] = {"access_token": access_token, "app_secret": app_secret, "verify_token": verify_token,
+                             "bot_token": bot_token, "account_sid": account_sid, "auth_token": auth_token}
+    config: dict[str, Any] = {"public_key": public_key}
+    if template:
+        name, _, lang = template.partition(":")
+        config["template"] = {"name": name, "language": lang or "en_US"}
+    request: dict[str, Any] = {"channel": type_, "credentials": {k: v for k, v in creds.items() if v},
+                               "config": {k: v for k, v in config.items() if v}}
+    if account_id:
+        request["external_id"] = account_id
+    channels = container().channels
     try:
         with session_scope() as session:
             tenant_row = get_by_slug(session, tenant)
-            account = add_channel_account(session, tenant_row.id, type_, external_id or "", credentials=creds,
-                                          config=config)
+            account, generated = create_account(session, channels, tenant_row.id, "cli", request)
             result = {"channel_id": account.id, "type": type_, "account_id": account.external_id,
-                      "webhook_url": webhook_url(type_, account.external_id, creds)}
-    except (TenantError, ChannelError) as exc:
+                      "webhook_url": channels.get(type_).webhook_url(get_settings().public_base_url,
+                                                                      account.external_id, generated), **generated}
+    except (TenantError, ChannelAccountError) as exc:
         raise _fail(str(exc)) from exc
-    if type_ in ("whatsapp", "instagram"):
-        result["verify_token"] = creds["verify_token"]
-    if type_ == "telegram":
-        result["secret_token"] = creds["secret_token"]  # pass to setWebhook(secret_token=...)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
     else:
@@ -91,22 +80,20 @@ def list_(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """The tenant's channel accounts and their webhook URLs (no secrets)."""
+    from app.bootstrap import container
     from app.db import session_scope
     from app.models import ChannelAccount
+    from app.tenants.channels import webhook_url
     from app.tenants.service import TenantError, get_by_slug
-    from gateways.accounts import CHANNELS, webhook_path
 
+    channels = container().channels
     try:
         with session_scope() as session:
             tenant_row = get_by_slug(session, tenant)
             rows = session.scalars(select(ChannelAccount).where(ChannelAccount.tenant_id == tenant_row.id)
                                    .order_by(ChannelAccount.created_at)).all()
-            from app.config import get_settings
-
-            base = get_settings().public_base_url.rstrip("/")
             out = [{"channel_id": r.id, "type": r.channel, "account_id": r.external_id, "enabled": r.enabled,
-                    "webhook_url": base + webhook_path(r.channel, r.external_id) if r.channel in CHANNELS
-                    else None} for r in rows]
+                    "webhook_url": webhook_url(channels, r) or None} for r in rows]
     except TenantError as exc:
         raise _fail(str(exc)) from exc
     if as_json:

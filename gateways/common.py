@@ -15,6 +15,8 @@ from fastapi import HTTPException
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 
+from app.bootstrap import container
+from app.channels import Account
 from app.contracts import Attachment
 from app.conversations.batching import batcher_for
 from app.conversations.service import Accepted, InboundRequest
@@ -31,18 +33,6 @@ log = logging.getLogger("gateways")
 def _width(column: Any) -> int:
     """The length of a String column: what Postgres refuses to store beyond."""
     return int(column.type.length)
-
-
-@dataclass(frozen=True)
-class Account:
-    """A detached, decrypted view of a ChannelAccount, safe to use outside its session."""
-
-    id: str
-    tenant_id: str
-    channel: str
-    external_id: str
-    config: dict[str, Any]
-    credentials: dict[str, Any]
 
 
 @dataclass
@@ -80,8 +70,21 @@ class Parsed:
 # Webhooks arrive for the same few accounts over and over: routing them from a short-lived in-process cache
 # saves a query and a decryption per request. A disabled account or rotated secret takes effect within the TTL.
 ACCOUNT_CACHE_TTL_S = 5.0
-_account_cache: dict[tuple[str, str], tuple[float, Account | None]] = {}
-_account_cache_lock = threading.Lock()
+
+
+@dataclass
+class _Routing:
+    """The routing caches, owned by the process's container (one per container, so tests never share one)."""
+
+    accounts: dict[tuple[str, str], tuple[float, Account | None]] = field(default_factory=dict)
+    channels: dict[str, tuple[float, list[Account]]] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def _routing() -> _Routing:
+    return container().shared("gateway_routing", _Routing)
+
+
 EXTERNAL_ID_CHARS = _width(ChannelAccount.__table__.c.external_id)
 
 
@@ -101,8 +104,9 @@ def _known_account(channel: str, external_id: str) -> tuple[Account | None] | No
     """`(account or None,)` when no query is needed (a fresh cache entry, or an id no account can have)."""
     if len(external_id) > EXTERNAL_ID_CHARS or clean_text(external_id) != external_id:
         return (None,)  # no account has such an id (and Postgres refuses NUL in a query)
-    with _account_cache_lock:
-        cached = _account_cache.get((channel, external_id))
+    routing = _routing()
+    with routing.lock:
+        cached = routing.accounts.get((channel, external_id))
     if cached is not None and time.monotonic() - cached[0] < ACCOUNT_CACHE_TTL_S:
         return (cached[1],)
     return None
@@ -111,18 +115,20 @@ def _known_account(channel: str, external_id: str) -> tuple[Account | None] | No
 def _reload_account(channel: str, external_id: str) -> Account | None:
     now = time.monotonic()
     account = _load_account(channel, external_id)
-    with _account_cache_lock:
-        if len(_account_cache) > 10_000:
-            _account_cache.clear()
-        _account_cache[(channel, external_id)] = (now, account)
+    routing = _routing()
+    with routing.lock:
+        if len(routing.accounts) > 10_000:
+            routing.accounts.clear()
+        routing.accounts[(channel, external_id)] = (now, account)
     return account
 
 
 def forget_accounts() -> None:
     """Drop cached routing (after an account changes in this process, and between tests)."""
-    with _account_cache_lock:
-        _account_cache.clear()
-        _channel_cache.clear()
+    routing = _routing()
+    with routing.lock:
+        routing.accounts.clear()
+        routing.channels.clear()
 
 
 def _load_account(channel: str, external_id: str) -> Account | None:
@@ -135,20 +141,18 @@ def _load_account(channel: str, external_id: str) -> Account | None:
         return _detached(row)
 
 
-_channel_cache: dict[str, tuple[float, list[Account]]] = {}
-
-
 def accounts_of(channel: str, max_age_s: float = 0.0) -> list[Account]:
     """The channel's enabled accounts, from the cache if it was read at most `max_age_s` ago (Meta checks every
     signature against them)."""
     now = time.monotonic()
-    with _account_cache_lock:
-        cached = _channel_cache.get(channel)
+    routing = _routing()
+    with routing.lock:
+        cached = routing.channels.get(channel)
     if cached is not None and now - cached[0] < max_age_s:
         return cached[1]
     accounts = _accounts_of(channel)
-    with _account_cache_lock:
-        _channel_cache[channel] = (now, accounts)
+    with routing.lock:
+        routing.channels[channel] = (now, accounts)
     return accounts
 
 

@@ -1,5 +1,5 @@
-"""What the provider senders share: typed provider errors, one JSON request helper, rate limits, message
-splitting, idempotent multi-part sends, and `ProviderSender`, the skeleton every provider's sender fills in."""
+"""What the provider senders share: one JSON request helper mapping failures onto the core's send errors, rate
+limits, message splitting, and `ProviderSender`, the skeleton every provider's sender fills in."""
 
 from __future__ import annotations
 
@@ -14,51 +14,14 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 import httpx
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
-from app.config import get_settings
-from app.crypto import decrypt_json
-from app.models import ChannelAccount, Contact, Conversation, Message
+from app.channels import Account, AuthFailed, Permanent, RateLimited, SendError, SendRequest, Transient
 from app.netguard import blocked_reason, guarded_transport
-from gateways.base import SendError
 
 log = logging.getLogger("gateways")
 
 # ---------------------------------------------------------------------------------------------------------------
-# Outbound: typed provider errors
-
-
-class ProviderError(Exception):
-    """A provider call failed. Subclasses say what the dispatcher should do about it."""
-
-    def to_send_error(self) -> SendError:
-        return SendError(str(self))
-
-
-class RateLimited(ProviderError):
-    def __init__(self, message: str, retry_after: float | None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-    def to_send_error(self) -> SendError:
-        return SendError(str(self), retry_after=self.retry_after)
-
-
-class Transient(ProviderError):
-    """5xx, timeouts, connection errors: retry with back-off."""
-
-
-class Permanent(ProviderError):
-    """The provider refused this message (bad recipient, policy, payload): retrying cannot help."""
-
-    def to_send_error(self) -> SendError:
-        return SendError(str(self), permanent=True)
-
-
-class AuthFailed(Permanent):
-    """The tenant's credentials are wrong or revoked: stop and tell the operator."""
-
+# Outbound: typed provider errors (the core's one hierarchy, app/channels.py)
 
 def parse_retry_after(value: str | None) -> float | None:
     if not value:
@@ -74,7 +37,7 @@ def parse_retry_after(value: str | None) -> float | None:
             return None
 
 
-def classify_http(provider: str, status: int, body: str, retry_after: str | None = None) -> ProviderError:
+def classify_http(provider: str, status: int, body: str, retry_after: str | None = None) -> SendError:
     """Map an HTTP failure onto the error hierarchy."""
     detail = f"{provider} answered HTTP {status}: {body[:300]}"
     if status == 429:
@@ -193,24 +156,9 @@ class RedisRateLimiter(RateLimiter):
         return float(wait)
 
 
-_limiter: RateLimiter | None = None
-_limiter_lock = threading.Lock()
-
-
-def get_rate_limiter() -> RateLimiter:
-    global _limiter
-    with _limiter_lock:
-        if _limiter is None:
-            url = get_settings().redis_url
-            _limiter = RedisRateLimiter(url) if url else RateLimiter()
-        return _limiter
-
-
-def set_rate_limiter(limiter: RateLimiter | None) -> None:
-    """For tests (an injected clock) and for resetting after a settings change."""
-    global _limiter
-    with _limiter_lock:
-        _limiter = limiter
+def build_rate_limiter(redis_url: str | None) -> RateLimiter:
+    """The process's send spacing (built once, by the container: gateways/plugin.py)."""
+    return RedisRateLimiter(redis_url) if redis_url else RateLimiter()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -256,92 +204,9 @@ def _pieces(text: str, limit: int) -> Iterable[str]:
                 yield word
 
 
-DONE_STATUSES = frozenset({"sent", "delivered", "read"})
-
-
-def send_parts(
-    session: Session, message: Message, parts: Sequence[Any], send_one: Callable[[int, Any], str]
-) -> str | None:
-    """Send `parts` in order, recording each provider id on the message (committed) before the next part.
-
-    A retry after a crash or a transient error resumes after the last recorded part, so no part is sent
-    twice. A message already `sent` sends nothing. Returns the first part's provider id, the one delivery
-    receipts are matched against.
-    """
-    if message.status in DONE_STATUSES:
-        return (message.meta or {}).get("provider_id")
-    ids: list[str] = list((message.meta or {}).get("provider_ids") or [])
-    for index, part in enumerate(parts):
-        if index < len(ids):
-            continue
-        try:
-            provider_id = send_one(index, part)
-        except ProviderError as exc:
-            raise exc.to_send_error() from exc
-        ids.append(provider_id)
-        message.meta = {**(message.meta or {}), "provider_ids": list(ids), "provider_id": ids[0]}
-        message.provider_ref = ids[0]
-        # Commit now: if the next part fails, the retry must know this one went out.
-        session.commit()
-    return ids[0] if ids else None
-
-
-def recipient(session: Session, message: Message) -> Contact:
-    conversation = session.get_one(Conversation, message.conversation_id)
-    return session.get_one(Contact, conversation.contact_id)
-
-
-def replied_inbound(session: Session, message: Message, key: str) -> Message | None:
-    """The inbound message an outbound one answers, if its meta holds `key` (a provider handle such as an
-    interaction token): the message it replies to, else the conversation's latest inbound message."""
-    inbound = session.get(Message, message.in_reply_to_id) if message.in_reply_to_id else None
-    if inbound is None or inbound.conversation_id != message.conversation_id:
-        inbound = session.scalars(
-            select(Message)
-            .where(Message.conversation_id == message.conversation_id, Message.direction == "in")
-            .order_by(Message.created_at.desc())
-            .limit(1)
-        ).first()
-    return inbound if inbound is not None and (inbound.meta or {}).get(key) else None
-
-
-def require_account_row(account: ChannelAccount | None, message: Message) -> ChannelAccount:
-    if account is None:
-        raise SendError(f"message {message.id} has no channel account to send from", permanent=True)
-    return account
-
-
-def credentials(account: ChannelAccount) -> dict[str, Any]:
-    return decrypt_json(account.credentials_encrypted) if account.credentials_encrypted else {}
-
-
 def aware(value: datetime) -> datetime:
     """SQLite hands back naive datetimes for timezone-aware columns."""
     return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def with_retries(
-    call: Callable[[], str],
-    *,
-    attempts: int = 3,
-    max_inline_wait: float = 5.0,
-    base_delay: float = 0.5,
-    sleep: Callable[[float], None] = time.sleep,
-) -> str:
-    """Retry one provider call in place on rate limits (honouring Retry-After) and transient errors (doubling
-    back-off), as long as the wait is short. Longer waits and the last failure propagate, so the dispatcher's
-    redelivery takes over instead of holding a worker."""
-    for attempt in range(1, attempts + 1):
-        try:
-            return call()
-        except (RateLimited, Transient) as exc:
-            wait = exc.retry_after if isinstance(exc, RateLimited) and exc.retry_after is not None \
-                else base_delay * 2 ** (attempt - 1)
-            if attempt == attempts or wait > max_inline_wait:
-                raise
-            log.info("provider call failed (%s); retrying in %.2fs", exc, wait)
-            sleep(wait)
-    raise AssertionError("unreachable")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -359,63 +224,55 @@ class Plan:
 
 
 class ProviderSender:
-    """A `Sender` for a provider API. The skeleton is the same for every provider: check the account and its
-    credentials, plan the parts, then send each part once (`send_parts`), every attempt spaced by the rate
-    limiter and retried in place on short rate limits and transient errors (`with_retries`). A subclass says
-    what is specific to its provider in `plan`.
+    """A `Sender` for a provider API. The skeleton is the same for every provider: check the account's
+    credentials, plan the parts, then send each part not yet sent, every attempt spaced by the rate limiter, and
+    `record` each part's provider id as it goes. A failure propagates as a `SendError`: the dispatcher schedules
+    the retry (honouring `retry_after`), nothing is retried or slept here. A subclass says what is specific to
+    its provider in `plan`.
 
     Senders hold no tenant state (one instance serves every tenant); the constructor's arguments are for
-    tests and tools: an API base URL, a limiter with an injected clock, the HTTP timeout, the sleep."""
+    the container and tests: the shared rate limiter, an API base URL, the HTTP timeout."""
 
     channel: ClassVar[str]
     label: ClassVar[str]  # how errors name the account: "Telegram bot 123"
     required: ClassVar[tuple[str, ...]] = ()  # credentials no send can do without
     base_env: ClassVar[str]  # the environment variable that overrides the provider's API base URL
     base_default: ClassVar[str]
+    in_process = False
 
-    def __init__(self, base_url: str | None = None, limiter: RateLimiter | None = None, timeout: float = 10.0,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(self, limiter: RateLimiter | None = None, base_url: str | None = None, timeout: float = 10.0) -> None:
         self.base_url = base_url
-        self.limiter = limiter
+        self.limiter = limiter or RateLimiter()
         self.timeout = timeout
-        self.sleep = sleep
 
-    def send(self, session: Session, account: ChannelAccount | None, message: Message) -> str | None:
-        account = require_account_row(account, message)
-        creds = credentials(account)
-        missing = [name for name in self.required if not creds.get(name)]
+    def send(self, request: SendRequest, record: Callable[[str], None]) -> list[str]:
+        account = request.account
+        missing = [name for name in self.required if not account.credentials.get(name)]
         if missing:
-            raise SendError(f"{self.label} {account.external_id} has no {' or '.join(missing)}", permanent=True)
-        plan = self.plan(session, account, creds, message)
-        limiter = self.rate_limiter()
+            raise Permanent(f"{self.label} {account.external_id} has no {' or '.join(missing)}")
+        plan = self.plan(request)
+        ids = list(request.sent)
+        for index, part in enumerate(plan.parts):
+            if index < len(ids):
+                continue  # went out before a crash or a failed later part: never twice
+            self.limiter.acquire(plan.limits)
+            provider_id = plan.send(index, part)
+            ids.append(provider_id)
+            record(provider_id)
+        return ids
 
-        def send_one(index: int, part: Any) -> str:
-            def attempt() -> str:
-                limiter.acquire(plan.limits)
-                return plan.send(index, part)
-            return self.retrying(attempt)
-
-        return send_parts(session, message, plan.parts, send_one)
-
-    def plan(self, session: Session, account: ChannelAccount, creds: dict[str, Any], message: Message) -> Plan:
-        """Raise `SendError(permanent=True)` for a message this provider must not or cannot take."""
+    def plan(self, request: SendRequest) -> Plan:
+        """Raise `Permanent` for a message this provider must not or cannot take."""
         raise NotImplementedError
 
-    def guarded(self, account: ChannelAccount) -> bool:
+    def guarded(self, account: Account) -> bool:
         """True when `api_base` is the tenant's own setting: then only public addresses may be reached."""
-        return not self.base_url and bool((account.config or {}).get("api_base_url"))
+        return not self.base_url and bool(account.config.get("api_base_url"))
 
-    def api_base(self, account: ChannelAccount) -> str:
+    def api_base(self, account: Account) -> str:
         """The constructor's base URL, else the account's `config["api_base_url"]`, else the environment's."""
-        base = self.base_url or (account.config or {}).get("api_base_url") or os.environ.get(
-            self.base_env, self.base_default)
+        base = self.base_url or account.config.get("api_base_url") or os.environ.get(self.base_env, self.base_default)
         return str(base).rstrip("/")
 
-    def rate_limiter(self) -> RateLimiter:
-        return self.limiter or get_rate_limiter()
-
-    def retrying(self, call: Callable[[], str]) -> str:
-        return with_retries(call, sleep=self.sleep)
-
-    def text_parts(self, message: Message) -> list[str]:
-        return split_text(message.text, LIMITS[self.channel])
+    def text_parts(self, request: SendRequest) -> list[str]:
+        return split_text(request.text, LIMITS[self.channel])

@@ -8,14 +8,16 @@ from sqlalchemy import text
 
 def create_gateway_app(channel: str) -> FastAPI:
     from app.api import ERROR_RESPONSES, install
-    from app.config import get_settings
+    from app.bootstrap import container
     from app.db import get_engine
-    from gateways.routes import routers
 
+    routers = container().plugins.routers
+    if channel not in routers:
+        raise ValueError(f"unknown channel {channel!r}; available: {sorted(routers)}")
     app = FastAPI(title=f"Switchboard {channel} gateway", version="0.1.0", responses=ERROR_RESPONSES)
-    install(app, get_settings())  # the same error body and body limits as the full server
-    for router in routers([channel]):  # raises ValueError naming the available channels
-        app.include_router(router)
+    app.state.container = container()
+    install(app, app.state.container.settings)  # the same error body and body limits as the full server
+    app.include_router(routers[channel]())
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

@@ -1,7 +1,7 @@
 """Knowledge ingestion jobs: one function that runs a job, and the two ways to run it.
 
 The admin API stores an upload's files in the object store under `upload_prefix(tenant, job)`, commits an
-`IngestionJob` row (status `queued`), then calls `submit(job_id)`:
+`IngestionJob` row (status `queued`), then submits it to the container's `JobQueue` (app/jobs.py), built here:
 - embedded mode (no `REDIS_URL`): a single background thread of this process runs it, one job at a time (the
   embedder is memory-hungry, and qdrant-edge belongs to this process anyway);
 - scale-out: an RQ job on the `ingest` queue, run by `switchboard worker` (`main()` below).
@@ -16,17 +16,22 @@ from __future__ import annotations
 import logging
 import tempfile
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
 from app.audit import record
 from app.config import get_settings
 from app.db import session_scope
+from app.jobs import JobQueue, upload_prefix
 from app.knowledge import versions
 from app.models import IngestionJob, PackVersion, utcnow
+
+if TYPE_CHECKING:
+    from app.bootstrap import Container
 
 log = logging.getLogger(__name__)
 
@@ -34,15 +39,12 @@ QUEUE = "ingest"
 JOB_TIMEOUT_S = 3600
 _FINISHED = ("succeeded", "failed")
 
-_executor: ThreadPoolExecutor | None = None
-_executor_lock = threading.Lock()
+__all__ = ["upload_prefix"]
+
+Progress = Callable[[str, dict[str, Any] | None], None]  # (job id, latest progress or None when done)
 
 
-def upload_prefix(tenant_id: str, job_id: str) -> str:
-    return f"{tenant_id}/uploads/{job_id}/"
-
-
-def run_ingestion_job(job_id: str) -> None:
+def run_ingestion_job(job_id: str, progress: Progress | None = None) -> None:
     """Ingest the files staged for `job_id` and record the outcome on its row. Never raises for a bad file: a
     per-file problem lands in `errors`, anything else marks the job `failed` with the reason in `detail`."""
     from app.runtime import get_object_store
@@ -71,7 +73,7 @@ def run_ingestion_job(job_id: str) -> None:
                 dest = pack / key[len(prefix) :]
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 dest.write_bytes(store.get(key))
-            _ingest(job_id, tenant_id, pack)
+            _ingest(job_id, tenant_id, pack, progress or (lambda _job, _event: None))
     except Exception as exc:
         log.exception("ingestion job %s failed", job_id)
         with session_scope() as session:
@@ -94,18 +96,20 @@ def run_ingestion_job(job_id: str) -> None:
     _cleanup(store, keys)
 
 
-def _ingest(job_id: str, tenant_id: str, pack: Path) -> None:
+def _ingest(job_id: str, tenant_id: str, pack: Path, progress: Progress) -> None:
     from app.knowledge.service import ingest_paths
 
     # The ingester writes the outcome on the job row (status, done_files, chunks, errors, finished_at). While
-    # it runs, its progress events are kept in memory (`progress()`): on SQLite a second writer would only wait
-    # for the ingest transaction to end.
+    # it runs, its progress events are kept in memory (`ThreadJobQueue.progress`): on SQLite a second writer
+    # would only wait for the ingest transaction to end.
     with session_scope() as session:
         job = session.get_one(IngestionJob, job_id)
         refused_at_upload = list(job.errors or [])
         options = dict(job.options or {})
         report = ingest_paths(
-            session, tenant_id, [pack], progress=_Progress(job_id), job_id=job_id,
+            session, tenant_id, [pack], progress=lambda event: progress(job_id, {
+                "file": event.file, "done_files": event.files_done, "total_files": event.files_total,
+                "chunks": event.chunks, "status": event.status}), job_id=job_id,
             promote=bool(options.get("promote", True)), replace=bool(options.get("replace", False)),
             meta=options.get("meta") or None,
         )
@@ -126,7 +130,7 @@ def _ingest(job_id: str, tenant_id: str, pack: Path) -> None:
                 "embedded": report.embedded,
             },
         )
-    _live.pop(job_id, None)
+    progress(job_id, None)
 
 
 def _cleanup(store: Any, keys: list[str]) -> None:
@@ -138,77 +142,101 @@ def _cleanup(store: Any, keys: list[str]) -> None:
             log.warning("could not delete staged upload object %s", key, exc_info=True)
 
 
-# --- live progress (in this process only) -------------------------------------------------------------------
-
-_live: dict[str, dict[str, Any]] = {}
+# --- the two job queues ----------------------------------------------------------------------------------
 
 
-class _Progress:
-    def __init__(self, job_id: str) -> None:
-        self.job_id = job_id
+class ThreadJobQueue:
+    """Embedded mode: one background thread of this process runs the jobs, one at a time, and keeps their live
+    progress (the admin API reads it while a job runs)."""
 
-    def __call__(self, event: Any) -> None:
-        _live[self.job_id] = {
-            "file": event.file,
-            "done_files": event.files_done,
-            "total_files": event.files_total,
-            "chunks": event.chunks,
-            "status": event.status,
-        }
+    def __init__(self) -> None:
+        self._executor: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+        self._live: dict[str, dict[str, Any]] = {}
 
+    def _progress(self, job_id: str, event: dict[str, Any] | None) -> None:
+        if event is None:
+            self._live.pop(job_id, None)
+        else:
+            self._live[job_id] = event
 
-def progress(job_id: str) -> dict[str, Any] | None:
-    """The latest progress event of a job running in this process (embedded mode), if any."""
-    return _live.get(job_id)
+    def submit(self, job_id: str) -> None:
+        self.run(job_id)
 
+    def run(self, job_id: str) -> Future[None]:
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest")
+            return self._executor.submit(run_ingestion_job, job_id, self._progress)
 
-# --- running jobs -------------------------------------------------------------------------------------------
+    def progress(self, job_id: str) -> dict[str, Any] | None:
+        return self._live.get(job_id)
 
+    def resume(self) -> int:
+        """Re-submit jobs left `queued` or `running` by a process that stopped. Call at start-up."""
+        with session_scope() as session:
+            ids = list(session.scalars(select(IngestionJob.id).where(IngestionJob.status.in_(("queued", "running")))))
+        for job_id in ids:
+            self.submit(job_id)
+        return len(ids)
 
-def _thread_pool() -> ThreadPoolExecutor:
-    global _executor
-    with _executor_lock:
-        if _executor is None:
-            _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest")
-        return _executor
-
-
-def submit(job_id: str, *, queue: str | None = None) -> Future[None] | None:
-    """Start a committed, queued job: on this process's ingestion thread (embedded mode; returns its Future)
-    or as an RQ job (scale-out; returns None). Raises if Redis cannot take the job."""
-    settings = get_settings()
-    if settings.redis_url is None:
-        return _thread_pool().submit(run_ingestion_job, job_id)
-    import redis
-    from rq import Queue
-
-    connection = redis.Redis.from_url(settings.redis_url)
-    try:
-        # The RQ job id is derived from ours, so a repeated submit of one job does not enqueue a second copy.
-        Queue(queue or QUEUE, connection=connection).enqueue_call(
-            "workers.ingest.run_ingestion_job",
-            args=(job_id,),
-            job_id=f"ingest-{job_id}",
-            timeout=JOB_TIMEOUT_S,
-            result_ttl=86_400,
-            failure_ttl=7 * 86_400,
-            description=f"ingest knowledge (job {job_id})",
-        )
-    finally:
-        connection.close()
-    return None
+    def close(self) -> None:
+        with self._lock:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=False)
 
 
-def resume_queued() -> int:
-    """Embedded mode: re-submit jobs left `queued` or `running` by a process that stopped. Call at start-up.
-    (In scale-out mode RQ keeps its own queue; there is nothing to resume.)"""
-    if get_settings().redis_url is not None:
+class RqJobQueue:
+    """Scale-out: an RQ job on the `ingest` queue, run by `switchboard worker` (`main()` below). RQ keeps its own
+    queue: there is nothing to resume, and progress lives on the job row."""
+
+    def __init__(self, redis_url: str, queue: str | None = None) -> None:
+        self.redis_url, self.queue = redis_url, queue
+
+    def submit(self, job_id: str) -> None:
+        import redis
+        from rq import Queue
+
+        connection = redis.Redis.from_url(self.redis_url)
+        try:
+            # The RQ job id is derived from ours, so a repeated submit of one job does not enqueue a second copy.
+            Queue(self.queue or QUEUE, connection=connection).enqueue_call(
+                "workers.ingest.run_ingestion_job",
+                args=(job_id,),
+                job_id=f"ingest-{job_id}",
+                timeout=JOB_TIMEOUT_S,
+                result_ttl=86_400,
+                failure_ttl=7 * 86_400,
+                description=f"ingest knowledge (job {job_id})",
+            )
+        finally:
+            connection.close()
+
+    def progress(self, job_id: str) -> dict[str, Any] | None:
+        return None
+
+    def resume(self) -> int:
         return 0
-    with session_scope() as session:
-        ids = list(session.scalars(select(IngestionJob.id).where(IngestionJob.status.in_(("queued", "running")))))
-    for job_id in ids:
-        submit(job_id)
-    return len(ids)
+
+    def close(self) -> None:
+        pass
+
+
+def job_queue(container: Container) -> JobQueue:
+    url = container.settings.redis_url
+    return RqJobQueue(url) if url else ThreadJobQueue()
+
+
+def submit(job_id: str, *, queue: str | None = None) -> None:
+    """Submit a committed, queued job to this process's queue, or to the RQ queue `queue`."""
+    from app.bootstrap import container
+
+    settings = get_settings()
+    if queue and settings.redis_url:
+        RqJobQueue(settings.redis_url, queue).submit(job_id)
+    else:
+        container().job_queue.submit(job_id)
 
 
 def main(queues: list[str] | None = None, *, burst: bool = False) -> None:

@@ -112,11 +112,11 @@ def _stage_and_queue(
 ) -> str:
     """Objects first, then the job row, then the queue: a failure at any step undoes the earlier ones, so a
     refused upload leaves neither a job nor files behind."""
-    from app.runtime import get_object_store
-    from workers.ingest import submit, upload_prefix
+    from app.bootstrap import container
+    from app.jobs import upload_prefix
 
     job_id = new_id()
-    store = get_object_store()
+    store = container().object_store
     prefix = upload_prefix(tenant_id, job_id)
     keys: list[str] = []
     try:
@@ -148,7 +148,7 @@ def _stage_and_queue(
             store.delete(key)
         raise
     try:
-        submit(job_id)
+        container().job_queue.submit(job_id)
     except Exception as exc:
         with session_scope() as db:
             job = db.get_one(IngestionJob, job_id)

@@ -22,7 +22,6 @@ from app.auth import Admin, Viewer
 from app.db import session_scope
 from app.models import (
     ApiKey,
-    ChannelAccount,
     Contact,
     Conversation,
     IngestionJob,
@@ -80,26 +79,12 @@ def _key(k: ApiKey) -> s.ApiKeyOut:
     )
 
 
-def _channel(a: ChannelAccount) -> s.ChannelOut:
-    return s.ChannelOut(
-        id=a.id,
-        channel=a.channel,
-        external_id=a.external_id,
-        name=a.name,
-        config=a.config or {},
-        enabled=a.enabled,
-        has_credentials=a.credentials_encrypted is not None,
-        webhook_url=service.webhook_url(a),
-        created_at=a.created_at,
-    )
-
-
 def job_out(j: IngestionJob) -> s.JobOut:
     done_files, chunks = j.done_files, j.chunks
     if j.status == "running":  # the row is written at the end; a job running in this process reports live
-        from workers.ingest import progress
+        from app.bootstrap import container
 
-        live = progress(j.id) or {}
+        live = container().job_queue.progress(j.id) or {}
         done_files, chunks = live.get("done_files", done_files), live.get("chunks", chunks)
     return s.JobOut(
         id=j.id,
@@ -219,68 +204,6 @@ def revoke_api_key(key_id: str, who: Admin) -> Response:
     """Revokes at once (idempotent). A key cannot revoke itself, so a tenant cannot lose its last admin key by
     accident: revoke it with another admin key."""
     in_transaction(lambda db: service.revoke_api_key(db, who, key_id))
-    return Response(status_code=204)
-
-
-# --- channel accounts ---------------------------------------------------------------------------------------
-
-
-@router.get("/channels", response_model=s.ChannelsOut, summary="List channel accounts")
-def list_channels(who: Admin) -> s.ChannelsOut:
-    """The tenant's accounts on each channel, with the webhook URL to give each provider. Credentials are
-    never returned; `has_credentials` says whether some are stored."""
-    return in_transaction(
-        lambda db: s.ChannelsOut(channels=[_channel(a) for a in service.list_channels(db, who.tenant_id)])
-    )
-
-
-@router.post(
-    "/channels",
-    response_model=s.ChannelOut,
-    status_code=201,
-    summary="Add a channel account",
-    responses={409: {"description": "That provider account is already registered."}},
-)
-def create_channel(body: s.ChannelIn, who: Admin) -> s.ChannelOut:
-    """Registers a provider account (a WhatsApp phone number id, a Telegram bot...). `credentials` are
-    encrypted at rest. For `webchat`, leave `external_id` out to get a new widget id."""
-    creds = {k: v.get_secret_value() for k, v in body.credentials.items()} if body.credentials else None
-    return in_transaction(
-        lambda db: _channel(
-            service.create_channel(
-                db,
-                who,
-                channel=body.channel,
-                external_id=body.external_id,
-                name=body.name,
-                config=body.config,
-                credentials=creds,
-                enabled=body.enabled,
-            )
-        )
-    )
-
-
-@router.get("/channels/{account_id}", response_model=s.ChannelOut, summary="Get a channel account")
-def get_channel(account_id: str, who: Admin) -> s.ChannelOut:
-    return in_transaction(lambda db: _channel(service.get_channel(db, who.tenant_id, account_id)))
-
-
-@router.patch("/channels/{account_id}", response_model=s.ChannelOut, summary="Update a channel account")
-def patch_channel(account_id: str, body: s.ChannelPatch, who: Admin) -> s.ChannelOut:
-    """Changes the fields sent. `credentials` replaces the stored set (send `null` to remove them)."""
-    changes = body.model_dump(exclude_unset=True)
-    if "credentials" in changes:
-        changes["credentials"] = (
-            {k: v.get_secret_value() for k, v in body.credentials.items()} if body.credentials else None
-        )
-    return in_transaction(lambda db: _channel(service.update_channel(db, who, account_id, changes)))
-
-
-@router.delete("/channels/{account_id}", status_code=204, summary="Delete a channel account")
-def delete_channel(account_id: str, who: Admin) -> Response:
-    """The provider's webhooks stop being accepted. Conversations on it are kept."""
-    in_transaction(lambda db: service.delete_channel(db, who, account_id))
     return Response(status_code=204)
 
 

@@ -8,12 +8,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl, SecretStr, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl, SecretStr
 
 from app.netguard import check_url
 
-CHANNELS = ("webchat", "whatsapp", "instagram", "telegram", "sms")
-Channel = Literal["webchat", "whatsapp", "instagram", "telegram", "sms"]
+Channel = Literal["webchat", "whatsapp", "instagram", "telegram", "twilio", "ussd", "discord"]
 
 
 class _In(BaseModel):
@@ -42,17 +41,6 @@ def _public_url(url: HttpUrl) -> HttpUrl:
     if problem := check_url(str(url)):
         raise ValueError(problem)
     return url
-
-
-def _channel_config(config: dict[str, Any] | None) -> dict[str, Any] | None:
-    """`api_base_url` (a self-hosted Bot API server, a provider proxy) is a tenant-set URL like any other."""
-    if config and "api_base_url" in config:
-        base = config["api_base_url"]
-        if not isinstance(base, str):
-            raise ValueError("api_base_url must be a URL string")
-        if problem := check_url(base):
-            raise ValueError(f"api_base_url: {problem}")
-    return config
 
 
 # A URL a tenant sets and the server calls: http(s), never loopback, private, link-local or metadata addresses
@@ -230,48 +218,13 @@ class NewApiKeyOut(ApiKeyOut):
 # --- channel accounts ---------------------------------------------------------------------------------------
 
 
-class ChannelIn(_In):
-    channel: Channel
-    external_id: str | None = Field(
-        default=None,
-        min_length=1,
-        max_length=200,
-        pattern=r"^[A-Za-z0-9_.:@+-]+$",
-        description="The provider's id of the account (phone number id, bot id...); routes its webhooks. "
-        "Optional for `webchat`, where a widget id is generated.",
-    )
-    name: str = Field(default="", max_length=200)
-    config: dict[str, Any] = Field(default_factory=dict, description="Non-secret settings.")
-    credentials: dict[str, SecretStr] | None = Field(
-        default=None, description="Tokens and secrets; stored encrypted, never returned."
-    )
-    enabled: bool = True
-
-    _config = field_validator("config")(_channel_config)
-
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {
-                    "channel": "telegram",
-                    "external_id": "8123456789",
-                    "name": "Northwind bot",
-                    "config": {"greeting_on_start": True},
-                    "credentials": {"bot_token": "8123456789:AA...", "webhook_secret": "s3cret"},
-                }
-            ]
-        },
-    )
-
-
 class ChannelPatch(_In):
+    """Validated against the account's channel type (its `credentials` and `config` schemas)."""
+
     name: str | None = Field(default=None, max_length=200)
-    config: dict[str, Any] | None = None
+    config: dict[str, Any] | None = Field(default=None, description="Replaces the stored config.")
     credentials: dict[str, SecretStr] | None = Field(default=None, description="Replaces the stored credentials.")
     enabled: bool | None = None
-
-    _config = field_validator("config")(_channel_config)
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"enabled": False}]})
 
@@ -286,6 +239,10 @@ class ChannelOut(BaseModel):
     has_credentials: bool
     webhook_url: str = Field(description="Where the provider must send this account's events.")
     created_at: datetime
+    setup: dict[str, str] = Field(
+        default_factory=dict, description="Secrets generated for this account, to give "
+        "the provider (a verify token, a Telegram secret token); in the create response only.",
+    )
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -298,7 +255,7 @@ class ChannelOut(BaseModel):
                     "config": {},
                     "enabled": True,
                     "has_credentials": True,
-                    "webhook_url": "https://switchboard.example.com/webhooks/telegram",
+                    "webhook_url": "https://switchboard.example.com/webhooks/telegram/8123456789",
                     "created_at": "2026-11-23T18:20:00Z",
                 }
             ]

@@ -6,19 +6,16 @@ from __future__ import annotations
 
 import base64
 import binascii
-import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import ColumnElement, Select, exists, func, select, tuple_
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.audit import record
 from app.auth import Principal, issue_key
-from app.config import get_settings
 from app.crypto import encrypt_json
 from app.models import (
     ApiKey,
@@ -220,107 +217,6 @@ def revoke_api_key(session: Session, who: Principal, key_id: str) -> ApiKey:
         )
         session.flush()
     return row
-
-
-# --- channel accounts ---------------------------------------------------------------------------------------
-
-
-def webhook_url(account: ChannelAccount) -> str:
-    base = get_settings().public_base_url.rstrip("/")
-    if account.channel == "webchat":
-        return f"{base}/widget/{account.external_id}"
-    return f"{base}/webhooks/{account.channel}"
-
-
-def list_channels(session: Session, tenant_id: str) -> list[ChannelAccount]:
-    return list(
-        session.scalars(
-            select(ChannelAccount)
-            .where(ChannelAccount.tenant_id == tenant_id)
-            .order_by(ChannelAccount.created_at, ChannelAccount.id)
-        )
-    )
-
-
-def get_channel(session: Session, tenant_id: str, account_id: str) -> ChannelAccount:
-    return _owned(session, ChannelAccount, tenant_id, account_id, "channel account")
-
-
-def create_channel(
-    session: Session,
-    who: Principal,
-    *,
-    channel: str,
-    external_id: str | None,
-    name: str,
-    config: dict[str, Any],
-    credentials: dict[str, str] | None,
-    enabled: bool,
-) -> ChannelAccount:
-    if external_id is None:
-        if channel != "webchat":
-            raise Invalid(f"external_id is required for {channel}: the provider's id of the account")
-        external_id = f"w_{secrets.token_urlsafe(12)}"
-    account = ChannelAccount(
-        tenant_id=who.tenant_id,
-        channel=channel,
-        external_id=external_id,
-        name=name,
-        config=config,
-        credentials_encrypted=encrypt_json(credentials) if credentials else None,
-        enabled=enabled,
-    )
-    try:
-        with session.begin_nested():
-            session.add(account)
-    except IntegrityError as exc:
-        # Deliberately the same message whichever tenant holds it: the id is the provider's, not a secret.
-        raise Conflict(
-            f"a {channel} account with external_id {external_id!r} is already registered; each provider "
-            "account can belong to one tenant only"
-        ) from exc
-    record(
-        session,
-        who.tenant_id,
-        who.actor,
-        "channel.created",
-        "channel_account",
-        account.id,
-        {"channel": channel, "external_id": external_id, "credentials": sorted(credentials or {})},
-    )
-    return account
-
-
-def update_channel(session: Session, who: Principal, account_id: str, changes: dict[str, Any]) -> ChannelAccount:
-    account = get_channel(session, who.tenant_id, account_id)
-    audit: dict[str, Any] = {}
-    for field in ("name", "config", "enabled"):
-        if changes.get(field) is not None:
-            setattr(account, field, changes[field])
-            audit[field] = changes[field]
-    if "credentials" in changes:
-        creds = changes["credentials"]
-        account.credentials_encrypted = encrypt_json(creds) if creds else None
-        audit["credentials"] = sorted(creds or {})  # the names, never the values
-    if audit:
-        record(session, who.tenant_id, who.actor, "channel.updated", "channel_account", account.id, audit)
-    session.flush()
-    return account
-
-
-def delete_channel(session: Session, who: Principal, account_id: str) -> None:
-    account = get_channel(session, who.tenant_id, account_id)
-    record(
-        session,
-        who.tenant_id,
-        who.actor,
-        "channel.deleted",
-        "channel_account",
-        account.id,
-        {"channel": account.channel, "external_id": account.external_id},
-    )
-    session.delete(account)
-    session.flush()
 
 
 # --- knowledge ----------------------------------------------------------------------------------------------

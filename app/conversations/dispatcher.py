@@ -1,28 +1,38 @@
-"""Consumes the outbound stream and hands each stored reply to its channel's sender, once."""
+"""Consumes the outbound stream and hands each stored reply to its channel's sender, once.
+
+The dispatcher owns everything around a send: it loads the reply and builds the plain `SendRequest` the sender
+takes, holds a short send lease (renewed as each part is recorded), records the provider ids, and decides what a
+failure means: permanent -> `failed`; transient -> left pending on the bus for redelivery, not before the
+provider's `retry_after` (a redelivery that comes earlier is refused without calling the provider). Nothing here
+sleeps.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from app.bus.base import Delivery, PermanentFailure
+from app.channels import Account, InboundRef, Sender, SendError, SendRequest
 from app.contracts import Event, OutboundMessage, UnknownEvent
+from app.conversations.push import notify_on_commit
+from app.crypto import decrypt_json
 from app.db import session_scope
-from app.models import ChannelAccount, Message, utcnow
-from gateways.base import SendError
-from gateways.registry import sender_for
+from app.models import ChannelAccount, Contact, Conversation, Message, utcnow
 
 log = logging.getLogger(__name__)
 
+# While one dispatcher sends a message (possibly in several parts, each committed as it goes, which releases the
+# row lock) no other may start on it. The lease is renewed at each recorded part, and kept well under the bus's
+# reclaim time (BUS_CLAIM_IDLE_MS): when a dispatcher dies mid-send, the lease has run out by the time another
+# consumer reclaims the entry, so the reply is never held back longer than the reclaim itself.
+DEFAULT_LEASE = timedelta(seconds=10)
 
-# While one dispatcher sends a message (possibly in several parts, each committed as it goes, which releases
-# the row lock) no other may start on it; a dispatcher that dies mid-send loses the lease after this long and
-# the next delivery resumes after the last recorded part.
-SEND_LEASE = timedelta(seconds=60)
-
+Clock = Callable[[], datetime]
 
 # Built once: each delivery only binds its ids (building the statement cost more than running it on SQLite).
 _OUTBOUND = (
@@ -33,18 +43,21 @@ _OUTBOUND = (
 
 
 class DeliveryBusy(Exception):
-    """Another dispatcher holds this message's send lease: retry later (the entry stays pending)."""
+    """Another dispatcher holds this message's send lease, or the provider asked us to wait: retry later (the
+    entry stays pending and is redelivered)."""
+
+
+def lease_for(claim_idle_ms: int) -> timedelta:
+    """A send lease that a dead dispatcher cannot make outlive the bus's reclaim time."""
+    return min(DEFAULT_LEASE, timedelta(milliseconds=claim_idle_ms) / 2)
 
 
 class Dispatcher:
-    @staticmethod
-    def _take_lease(session: Session, message: Message) -> None:
-        now = utcnow()
-        held = (message.meta or {}).get("sending_until")
-        if held and datetime.fromisoformat(held) > now:
-            raise DeliveryBusy(f"message {message.id} is being sent by another dispatcher until {held}")
-        message.meta = {**(message.meta or {}), "sending_until": (now + SEND_LEASE).isoformat()}
-        session.commit()  # the lease is visible before any provider call
+    def __init__(self, senders: Mapping[str, Sender], *, lease: timedelta = DEFAULT_LEASE,
+                 clock: Clock = utcnow) -> None:
+        self.senders = senders
+        self.lease = lease
+        self.clock = clock
 
     def handle(self, delivery: Delivery) -> None:
         try:
@@ -62,32 +75,103 @@ class Dispatcher:
                 raise PermanentFailure(f"outbound message {event.message_id} not found")
             if message.status != "pending":
                 return  # already delivered (or failed for good): a redelivered event changes nothing
-            sender = sender_for(message.channel)
+            sender = self.senders.get(message.channel)
             if sender is None:
                 message.status = "failed"
                 message.error = f"no sender for channel {message.channel!r}"
                 return
-            account = (
-                session.get(ChannelAccount, event.channel_account_id) if event.channel_account_id else None
-            )
+            account = session.get(ChannelAccount, event.channel_account_id) if event.channel_account_id else None
             if account is not None and account.tenant_id != event.tenant_id:
                 raise PermanentFailure("channel account belongs to another tenant")
-            if getattr(sender, "needs_lease", True):  # a sender that calls no provider is done in this transaction
-                self._take_lease(session, message)
-            try:
-                provider_id = sender.send(session, account, message)
-            except SendError as exc:
-                if not exc.permanent:
-                    # Not sending any more: release the lease so the redelivery can go ahead.
-                    message.meta = {k: v for k, v in (message.meta or {}).items() if k != "sending_until"}
-                    session.commit()
-                    raise  # left pending on the bus; redelivered after the claim timeout
-                message.status = "failed"
-                message.error = str(exc)
-                log.warning("permanent delivery failure for %s: %s", message.id, exc)
+            conversation = session.get_one(Conversation, message.conversation_id)
+            contact = session.get_one(Contact, conversation.contact_id)
+            if sender.in_process:  # delivered by this transaction: the visitor's reader wakes once it commits
+                notify_on_commit(session, message.tenant_id, contact.external_id)
+                self._sent(message, [])
                 return
-            message.status = "sent"
-            message.processed_at = utcnow()
-            if provider_id:
-                message.meta = {**(message.meta or {}), "provider_id": provider_id}
-                message.provider_ref = provider_id
+            if account is None:
+                message.status, message.error = "failed", f"message {message.id} has no channel account to send from"
+                return
+            self._take_lease(session, message)
+            request = _request(session, message, account, contact)
+            try:
+                ids = sender.send(request, lambda provider_id: self._record(session, message, provider_id))
+            except SendError as exc:
+                if exc.permanent:
+                    message.status, message.error = "failed", str(exc)
+                    log.warning("permanent delivery failure for %s: %s", message.id, exc)
+                    return
+                self._later(session, message, exc.retry_after)
+                raise  # left pending on the bus; redelivered after the claim timeout
+            self._sent(message, ids)
+
+    def _take_lease(self, session: Session, message: Message) -> None:
+        now = self.clock()
+        meta = message.meta or {}
+        for key, why in (("sending_until", "is being sent by another dispatcher"),
+                         ("retry_at", "waits for the provider's retry-after")):
+            held = meta.get(key)
+            if held and datetime.fromisoformat(held) > now:
+                raise DeliveryBusy(f"message {message.id} {why} until {held}")
+        message.meta = {**_without(meta, "retry_at"), "sending_until": (now + self.lease).isoformat()}
+        session.commit()  # the lease is visible before any provider call
+
+    def _record(self, session: Session, message: Message, provider_id: str) -> None:
+        """One part went out: record it (committed, so a retry never sends it again) and renew the lease."""
+        ids = [*((message.meta or {}).get("provider_ids") or []), provider_id]
+        message.meta = {**(message.meta or {}), "provider_ids": ids, "provider_id": ids[0],
+                        "sending_until": (self.clock() + self.lease).isoformat()}
+        message.provider_ref = ids[0]
+        session.commit()
+
+    def _later(self, session: Session, message: Message, retry_after: float | None) -> None:
+        """Not sending any more: release the lease so the redelivery can go ahead, not before `retry_after`."""
+        meta = _without(message.meta or {}, "sending_until")
+        if retry_after:
+            meta["retry_at"] = (self.clock() + timedelta(seconds=retry_after)).isoformat()
+        message.meta = meta
+        session.commit()
+
+    def _sent(self, message: Message, ids: list[str]) -> None:
+        message.status = "sent"
+        message.processed_at = utcnow()
+        message.meta = _without(message.meta or {}, "sending_until")
+        if ids:
+            message.meta = {**message.meta, "provider_ids": ids, "provider_id": ids[0]}
+            message.provider_ref = ids[0]
+
+
+def _without(meta: dict[str, object], key: str) -> dict[str, object]:
+    return {k: v for k, v in meta.items() if k != key}
+
+
+def _request(session: Session, message: Message, row: ChannelAccount, contact: Contact) -> SendRequest:
+    creds = decrypt_json(row.credentials_encrypted) if row.credentials_encrypted else {}
+    account = Account(row.id, row.tenant_id, row.channel, row.external_id, dict(row.config or {}), creds)
+    answers = _answers(session, message)
+    answered_before = False
+    if answers is not None:
+        message.meta = {**(message.meta or {}), "answers": answers.id}
+        others = session.scalars(select(Message.meta).where(
+            Message.conversation_id == message.conversation_id, Message.direction == "out", Message.id != message.id,
+            Message.meta["answers"].as_string() == answers.id))
+        answered_before = any((meta or {}).get("provider_ids") for meta in others)
+    return SendRequest(
+        message_id=message.id, tenant_id=message.tenant_id, idempotency_key=message.provider_message_id,
+        text=message.text, recipient=contact.external_id, account=account, author=message.author,
+        last_inbound_at=contact.last_inbound_at, answers=answers, answered_before=answered_before,
+        sent=tuple((message.meta or {}).get("provider_ids") or ()),
+    )
+
+
+def _answers(session: Session, message: Message) -> InboundRef | None:
+    """The customer message a reply answers: the one it replies to, else the conversation's latest."""
+    inbound = session.get(Message, message.in_reply_to_id) if message.in_reply_to_id else None
+    if inbound is None or inbound.conversation_id != message.conversation_id:
+        inbound = session.scalars(
+            select(Message)
+            .where(Message.conversation_id == message.conversation_id, Message.direction == "in")
+            .order_by(Message.created_at.desc())
+            .limit(1)
+        ).first()
+    return InboundRef(inbound.id, dict(inbound.meta or {}), inbound.created_at) if inbound is not None else None

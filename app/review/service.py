@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from app.audit import record
 from app.auth import Principal
 from app.bus.base import Bus
+from app.channels import Permanent
 from app.contracts import EVENTS, EscalationDecided, OutboundMessage
 from app.conversations.service import add_outbound, outbound_event, publish_outbound
 from app.models import ChannelAccount, Contact, Conversation, Escalation, utcnow
@@ -107,17 +108,23 @@ def decide(
 
 
 def _check_channel_allows_reply(session: Session, conversation: Conversation) -> None:
-    """Refuse, before anything is stored, a reply the channel would never deliver (WhatsApp's 24-hour rule)."""
-    if conversation.channel != "whatsapp":
-        return
-    from gateways.whatsapp.send import outside_window_without_template
+    """Refuse, before anything is stored, a reply the channel would never deliver (its `ReplyPolicy`: WhatsApp's
+    24-hour rule)."""
+    from app.bootstrap import container
 
+    spec = container().channels.find(conversation.channel)
+    if spec is None or spec.reply_policy.window is None:
+        return
     contact = session.get_one(Contact, conversation.contact_id)
     account = session.get(ChannelAccount, conversation.channel_account_id) if conversation.channel_account_id else None
-    if outside_window_without_template(contact.last_inbound_at, account):
+    template = ((account.config or {}) if account else {}).get("template") or {}
+    try:
+        spec.reply_policy.mode(now=utcnow(), last_inbound_at=contact.last_inbound_at, by_human=True,
+                               has_template=bool(template.get("name")))
+    except Permanent:
         raise ReviewError(409, "the customer last wrote on WhatsApp over 24 hours ago, so only an approved template "
                                "can be sent: add one to the channel account (config.template) or wait for the "
-                               "customer to write again")
+                               "customer to write again") from None
 
 
 def publish_decision(bus: Bus, decided: Decided) -> None:

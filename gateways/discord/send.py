@@ -14,15 +14,12 @@ without a request, and says how to fix it. Text is split to Discord's 2000 chara
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
 
 import httpx
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
-from app.models import ChannelAccount, Contact, Conversation, Message, utcnow
-from gateways.base import SendError
-from gateways.outbound import LIMITS, Limit, Plan, ProviderSender, aware, http_json, replied_inbound, split_text
+from app.channels import Permanent, SendRequest
+from app.models import utcnow
+from gateways.outbound import LIMITS, Limit, Plan, ProviderSender, aware, http_json, split_text
 
 TOKEN_LIFETIME = timedelta(minutes=15)
 # Past this age an edit could race the token's expiry: go through the channel instead.
@@ -41,37 +38,24 @@ def retry_after(response: httpx.Response) -> str | None:
     return str(value) if value is not None else response.headers.get("Retry-After")
 
 
-def original_taken(session: Session, message: Message, interaction: Message) -> bool:
-    """Whether another reply already wrote this interaction's original response (editing it again would
-    replace that answer)."""
-    others = session.scalars(
-        select(Message).where(
-            Message.conversation_id == message.conversation_id,
-            Message.direction == "out",
-            Message.id != message.id,
-            Message.meta["discord_interaction"].as_string() == interaction.id,
-        )
-    )
-    return any((m.meta or {}).get("provider_ids") for m in others)
-
-
 class DiscordSender(ProviderSender):
     # No required credential: the interaction token, valid 15 minutes, authorises the reply; an optional
     # `bot_token` lets later replies through the channel.
     channel, label = "discord", "Discord application"
     base_env, base_default = "SWITCHBOARD_DISCORD_BASE_URL", "https://discord.com/api/v10"
 
-    def plan(self, session: Session, account: ChannelAccount, creds: dict[str, Any], message: Message) -> Plan:
-        interaction = replied_inbound(session, message, "interaction_token")
-        if interaction is None:
-            raise SendError(f"message {message.id} answers no Discord interaction (no interaction token stored)",
-                            permanent=True)
+    def plan(self, request: SendRequest) -> Plan:
+        interaction = request.answers
+        if interaction is None or not interaction.meta.get("interaction_token"):
+            raise Permanent(f"message {request.message_id} answers no Discord interaction (no interaction token "
+                            "stored)")
+        account = request.account
         age = utcnow() - aware(interaction.created_at)
-        message.meta = {**(message.meta or {}), "discord_interaction": interaction.id}
         if age >= LATE:
-            return self.channel_plan(session, account, creds, message, interaction, age)
+            return self.channel_plan(request, age)
         hook = f"{self.api_base(account)}/webhooks/{account.external_id}/{interaction.meta['interaction_token']}"
-        first_is_followup = original_taken(session, message, interaction)
+        # Another reply already wrote this interaction's original response: editing it again would replace it.
+        first_is_followup = request.answered_before
 
         def send(index: int, part: str) -> str:
             method, url = ("PATCH", f"{hook}/messages/@original") if index == 0 and not first_is_followup \
@@ -81,23 +65,20 @@ class DiscordSender(ProviderSender):
                              guarded=self.guarded(account))
             return str(data["id"])
 
-        return Plan(self.text_parts(message), send, [Limit(f"discord:{account.external_id}", 1 / 50)])
+        return Plan(self.text_parts(request), send, [Limit(f"discord:{account.external_id}", 1 / 50)])
 
-    def channel_plan(self, session: Session, account: ChannelAccount, creds: dict[str, Any], message: Message,
-                     interaction: Message, age: timedelta) -> Plan:
+    def channel_plan(self, request: SendRequest, age: timedelta) -> Plan:
         """The reply as bot messages in the interaction's channel, the first mentioning the customer (and
         pinging nobody else)."""
-        channel_id = (interaction.meta or {}).get("channel_id")
+        account, creds = request.account, request.account.credentials
+        channel_id = request.answers.meta.get("channel_id") if request.answers else None
         minutes = int(age.total_seconds() // 60)
         if not creds.get("bot_token") or not channel_id:
-            raise SendError(
+            raise Permanent(
                 f"{EXPIRED}: the interaction was received {minutes} minutes ago and Discord accepts replies to it "
                 "for 15 minutes only; give the channel account a bot token (switchboard channel add --type discord "
-                "--bot-token ...) to post later replies in the customer's channel", permanent=True)
-        customer = session.scalar(
-            select(Contact.external_id).join(Conversation, Conversation.contact_id == Contact.id)
-            .where(Conversation.id == message.conversation_id, Contact.tenant_id == message.tenant_id)
-        )
+                "--bot-token ...) to post later replies in the customer's channel")
+        customer = request.recipient
         mention = f"<@{customer}> " if customer else ""
         url = f"{self.api_base(account)}/channels/{channel_id}/messages"
         headers = {"Authorization": f"Bot {creds['bot_token']}"}
@@ -109,6 +90,6 @@ class DiscordSender(ProviderSender):
                              retry_after=retry_after, guarded=self.guarded(account))
             return str(data["id"])
 
-        parts = split_text(message.text, LIMITS[self.channel] - len(mention))
+        parts = split_text(request.text, LIMITS[self.channel] - len(mention))
         return Plan(parts, send, [Limit(f"discord:{account.external_id}", 1 / 50),
                                   Limit(f"discord:channel:{channel_id}", 1.0)])

@@ -1,39 +1,27 @@
 """Telegram outbound through python-telegram-bot's `Bot`, built per call with the tenant's token and a
-configurable Bot API base URL. Text is split to 4096 characters; sends are spaced to 1 message/s per chat
-and 30/s per bot."""
+configurable Bot API base URL, on one event loop the sender keeps for its lifetime (no new loop per message).
+Text is split to 4096 characters; sends are spaced to 1 message/s per chat and 30/s per bot."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import threading
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy.orm import Session
 from telegram import Bot
 from telegram.error import BadRequest, Forbidden, InvalidToken, NetworkError, RetryAfter, TelegramError, TimedOut
 from telegram.request import HTTPXRequest
 
-from app.models import ChannelAccount, Message
+from app.channels import AuthFailed, Permanent, RateLimited, SendError, SendRequest, Transient
 from app.netguard import async_guarded_transport, blocked_reason
-from gateways.outbound import (
-    AuthFailed,
-    Limit,
-    Permanent,
-    Plan,
-    ProviderError,
-    ProviderSender,
-    RateLimited,
-    Transient,
-    log,
-    recipient,
-    replied_inbound,
-)
+from gateways.outbound import Limit, Plan, ProviderSender, RateLimiter, log
 
 T = TypeVar("T")
 
 
-def typed(exc: TelegramError) -> ProviderError:
+def typed(exc: TelegramError) -> SendError:
     if isinstance(exc, RetryAfter):
         wait = exc.retry_after
         return RateLimited(str(exc), wait.total_seconds() if isinstance(wait, timedelta) else float(wait))
@@ -44,44 +32,66 @@ def typed(exc: TelegramError) -> ProviderError:
     return Permanent(f"Telegram refused the message: {exc}")
 
 
+class _Loop:
+    """One event loop in a daemon thread, started on first use: the sender's coroutines run there."""
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        with self._lock:
+            if self._loop is None:
+                self._loop = asyncio.new_event_loop()
+                threading.Thread(target=self._loop.run_forever, name="sb-telegram", daemon=True).start()
+            loop = self._loop
+        return asyncio.run_coroutine_threadsafe(coro, loop).result()
+
+    def close(self) -> None:
+        with self._lock:
+            loop, self._loop = self._loop, None
+        if loop is not None:
+            loop.call_soon_threadsafe(loop.stop)
+
+
 class TelegramSender(ProviderSender):
     channel, label, required = "telegram", "Telegram bot", ("bot_token",)
     base_env, base_default = "SWITCHBOARD_TELEGRAM_BASE_URL", "https://api.telegram.org"
 
-    def plan(self, session: Session, account: ChannelAccount, creds: dict[str, Any], message: Message) -> Plan:
-        chat_id = recipient(session, message).external_id
-        base, token = self.api_base(account), str(creds["bot_token"])
+    def __init__(self, limiter: RateLimiter | None = None, base_url: str | None = None, timeout: float = 10.0) -> None:
+        super().__init__(limiter, base_url, timeout)
+        self._loop = _Loop()
+
+    def close(self) -> None:
+        self._loop.close()
+
+    def plan(self, request: SendRequest) -> Plan:
+        account = request.account
+        chat_id = request.recipient
+        base, token = self.api_base(account), str(account.credentials["bot_token"])
         guarded = self.guarded(account)
         bot_limit = Limit(f"telegram:bot:{account.external_id}", 1 / 30)
-        self._answer_callback(session, message, base, token, bot_limit, guarded)
+        if not request.sent:  # answered with the first part: a resumed reply does not answer it again
+            self._answer_callback(request, base, token, bot_limit, guarded)
 
         def send(_: int, part: str) -> str:
-            sent = asyncio.run(self._call(base, token, lambda bot: bot.send_message(chat_id, part), guarded))
+            sent = self._loop.run(self._call(base, token, lambda bot: bot.send_message(chat_id, part), guarded))
             return f"{chat_id}:{sent.message_id}"
 
-        return Plan(self.text_parts(message), send,
+        return Plan(self.text_parts(request), send,
                     [Limit(f"telegram:chat:{account.external_id}:{chat_id}", 1.0), bot_limit])
 
-    def _answer_callback(self, session: Session, message: Message, base: str, token: str, bot_limit: Limit,
-                         guarded: bool) -> None:
+    def _answer_callback(self, request: SendRequest, base: str, token: str, bot_limit: Limit, guarded: bool) -> None:
         """Stop the spinner Telegram shows on a pressed inline button until the bot answers the callback
         query. Once per reply; a failure (the query expired, Telegram unreachable) never holds the reply back."""
-        inbound = replied_inbound(session, message, "callback_query_id")
-        if inbound is None or (message.meta or {}).get("callback_answered"):
+        query_id = (request.answers.meta.get("callback_query_id") if request.answers else None)
+        if not query_id:
             return
-        query_id = str(inbound.meta["callback_query_id"])
-        limiter = self.rate_limiter()
-
-        def call() -> str:
-            limiter.acquire([bot_limit])
-            asyncio.run(self._call(base, token, lambda bot: bot.answer_callback_query(query_id), guarded))
-            return query_id
+        self.limiter.acquire([bot_limit])
         try:
-            self.retrying(call)
-        except ProviderError as exc:
+            self._loop.run(self._call(base, token, lambda bot: bot.answer_callback_query(str(query_id)), guarded))
+        except SendError as exc:
             log.info("callback query %s not answered (%s); sending the reply anyway", query_id, exc)
-        # Committed with the first part, so a redelivered reply does not answer it again.
-        message.meta = {**(message.meta or {}), "callback_answered": query_id}
 
     async def _call(self, base: str, token: str, method: Callable[[Bot], Awaitable[T]], guarded: bool = False) -> T:
         """One Bot API call with a `Bot` built for this tenant (no client outlives the call); `guarded`: `base` is

@@ -5,27 +5,16 @@ account SID and auth token. The SDK's HTTP client is pointed at a configurable A
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import httpx
-from sqlalchemy.orm import Session
 from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.http import HttpClient
 from twilio.http.response import Response
 from twilio.rest import Client
 
-from app.models import ChannelAccount, Message
+from app.channels import Permanent, SendError, SendRequest, Transient
 from app.netguard import blocked_reason, guarded_transport
-from gateways.outbound import (
-    Limit,
-    Permanent,
-    Plan,
-    ProviderError,
-    ProviderSender,
-    Transient,
-    classify_http,
-    recipient,
-)
+from gateways.outbound import Limit, Plan, ProviderSender, classify_http
 
 DEFAULT_BASE = "https://api.twilio.com"
 
@@ -65,8 +54,8 @@ class TwilioSender(ProviderSender):
     channel, label, required = "twilio", "Twilio number", ("account_sid", "auth_token")
     base_env, base_default = "SWITCHBOARD_TWILIO_BASE_URL", DEFAULT_BASE
 
-    def plan(self, session: Session, account: ChannelAccount, creds: dict[str, Any], message: Message) -> Plan:
-        to = recipient(session, message).external_id
+    def plan(self, request: SendRequest) -> Plan:
+        account, creds, to = request.account, request.account.credentials, request.recipient
         sender = f"whatsapp:{account.external_id}" if to.startswith("whatsapp:") else account.external_id
         base, guarded = self.api_base(account), self.guarded(account)
         mps = float(account.config.get("messages_per_second", 1))
@@ -78,10 +67,10 @@ class TwilioSender(ProviderSender):
                 created = client.messages.create(to=to, from_=sender, body=part)
             except TwilioRestException as exc:
                 headers = (http.last.headers if http.last is not None else None) or {}
-                error: ProviderError = classify_http("Twilio", exc.status, exc.msg, headers.get("Retry-After"))
+                error: SendError = classify_http("Twilio", exc.status, exc.msg, headers.get("Retry-After"))
                 raise error from exc
             except TwilioException as exc:  # connection errors and timeouts
                 raise Transient(f"Twilio unreachable: {exc}") from exc
             return str(created.sid)
 
-        return Plan(self.text_parts(message), send, [Limit(f"twilio:{account.external_id}", 1 / mps)])
+        return Plan(self.text_parts(request), send, [Limit(f"twilio:{account.external_id}", 1 / mps)])

@@ -1,24 +1,15 @@
 from __future__ import annotations
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from collections.abc import Callable
 
-from app.conversations.push import notify_on_commit
-from app.models import ChannelAccount, Contact, Conversation, Message
+from app.channels import SendRequest
 
 
 class WebchatSender:
-    """The widget reads its messages from the database, so delivering is marking them sent (the dispatcher
-    does) and, once that commits, waking the visitor's open event streams and long-polls."""
+    """The widget reads its messages from the database: delivering is marking them sent, which the dispatcher
+    does in its own transaction, waking the visitor's open event streams and long-polls once it commits."""
 
-    needs_lease = False  # nothing leaves the process: the dispatcher's one transaction is the whole delivery
+    in_process = True
 
-    def send(self, session: Session, account: ChannelAccount | None, message: Message) -> str | None:
-        contact_id = session.scalar(
-            select(Contact.external_id)
-            .join(Conversation, Conversation.contact_id == Contact.id)
-            .where(Conversation.id == message.conversation_id, Conversation.tenant_id == message.tenant_id)
-        )
-        if contact_id is not None:
-            notify_on_commit(session, message.tenant_id, contact_id)
-        return None
+    def send(self, request: SendRequest, record: Callable[[str], None]) -> list[str]:
+        return []

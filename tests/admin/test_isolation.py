@@ -41,7 +41,7 @@ def test_tenant_b_cannot_read_or_act_on_tenant_a(
 ) -> None:
     h_a = tenant_a.headers()
     channel = client.post("/admin/v1/channels", headers=h_a, json={
-        "channel": "telegram", "external_id": "777", "credentials": {"bot_token": "A-SECRET"}}).json()
+        "channel": "telegram", "external_id": "777", "credentials": {"bot_token": "777:A-SECRET"}}).json()
     a_keys = client.get("/admin/v1/api-keys", headers=h_a).json()["api_keys"]
     job_id = _a_job(tenant_a.id)
     before = _snapshot(client, tenant_a, seeded_a)
@@ -61,7 +61,7 @@ def test_tenant_b_cannot_read_or_act_on_tenant_a(
     h_b = tenant_b.headers()
     attempts = [
         ("GET", f"/admin/v1/channels/{channel['id']}", None),
-        ("PATCH", f"/admin/v1/channels/{channel['id']}", {"enabled": False, "credentials": {"bot_token": "B"}}),
+        ("PATCH", f"/admin/v1/channels/{channel['id']}", {"enabled": False, "credentials": {"bot_token": "777:B"}}),
         ("DELETE", f"/admin/v1/channels/{channel['id']}", None),
         ("GET", f"/admin/v1/knowledge/jobs/{job_id}", None),
         ("DELETE", f"/admin/v1/knowledge/documents/{seeded_a.document_id}", None),

@@ -179,8 +179,14 @@ def test_scale_out_upload_is_run_by_an_rq_worker(
 
     queue = f"sbtest-ingest-{uuid.uuid4().hex[:8]}"
     monkeypatch.setattr(ingest, "QUEUE", queue)
+    from app import bootstrap
+
+    old = bootstrap.container()
     monkeypatch.setenv("REDIS_URL", REDIS_TEST_URL)
     get_settings.cache_clear()
+    # This process now submits to RQ; the stores stay the ones it has open (qdrant-edge locks its folder).
+    monkeypatch.setattr(bootstrap, "_current", bootstrap.Container(
+        get_settings(), embedder=old.embedder, vector_store=old.vector_store, object_store=old.object_store))
     connection = redis.Redis.from_url(REDIS_TEST_URL)
     job_id = "none"
     try:

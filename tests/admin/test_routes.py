@@ -146,13 +146,13 @@ def test_channels_crud_and_credentials_never_leak(client: TestClient, tenant_a: 
     h = tenant_a.headers()
     token = "8123456789:AAH-super-secret-bot-token"
     r = client.post("/admin/v1/channels", headers=h, json={
-        "channel": "telegram", "external_id": "8123456789", "name": "Bot", "config": {"lang": "en"},
-        "credentials": {"bot_token": token, "webhook_secret": "whsec-42"},
+        "channel": "telegram", "external_id": "8123456789", "name": "Bot",
+        "credentials": {"bot_token": token, "secret_token": "whsec-42"},
     })
     assert r.status_code == 201, r.text
     account = r.json()
     assert account["has_credentials"] is True
-    assert account["webhook_url"] == "http://127.0.0.1:8080/webhooks/telegram"
+    assert account["webhook_url"] == "http://127.0.0.1:8080/webhooks/telegram/8123456789"
     assert token not in r.text and "whsec-42" not in r.text
     listed = client.get("/admin/v1/channels", headers=h)
     channels = {c["channel"]: c for c in listed.json()["channels"]}
@@ -162,15 +162,19 @@ def test_channels_crud_and_credentials_never_leak(client: TestClient, tenant_a: 
     with session_scope() as session:
         row = session.get_one(ChannelAccount, account["id"])
         assert token not in (row.credentials_encrypted or "") and "whsec-42" not in str(row.config)
-        assert decrypt_json(row.credentials_encrypted or "") == {"bot_token": token, "webhook_secret": "whsec-42"}
+        assert decrypt_json(row.credentials_encrypted or "") == {"bot_token": token, "secret_token": "whsec-42"}
     # Patch: rename, disable, rotate the token.
     r = client.patch(f"/admin/v1/channels/{account['id']}", headers=h,
-                     json={"name": "Renamed", "enabled": False, "credentials": {"bot_token": "rotated-1"}})
+                     json={"name": "Renamed", "enabled": False, "credentials": {"bot_token": "8123456789:rotated-1"}})
     assert r.status_code == 200 and r.json()["name"] == "Renamed" and r.json()["enabled"] is False
     assert "rotated-1" not in r.text
     with session_scope() as session:
         row = session.get_one(ChannelAccount, account["id"])
-        assert decrypt_json(row.credentials_encrypted or "") == {"bot_token": "rotated-1"}
+        # The secret token the provider already has is kept; the bot token is replaced.
+        assert decrypt_json(row.credentials_encrypted or "") == {"bot_token": "8123456789:rotated-1",
+                                                                 "secret_token": "whsec-42"}
+    r = client.patch(f"/admin/v1/channels/{account['id']}", headers=h, json={"credentials": {"bot_token": "nope"}})
+    assert r.status_code == 422 and "bot_token" in r.json()["detail"]  # validated as a Telegram account
     assert client.get(f"/admin/v1/channels/{account['id']}", headers=h).json()["name"] == "Renamed"
     # The audit log names the credential fields, never their values.
     audit = client.get("/admin/v1/audit", headers=h, params={"subject_id": account["id"]})
@@ -179,7 +183,8 @@ def test_channels_crud_and_credentials_never_leak(client: TestClient, tenant_a: 
     # A webchat account gets a generated widget id; others must name theirs.
     r = client.post("/admin/v1/channels", headers=h, json={"channel": "webchat", "name": "Help page"})
     assert r.status_code == 201 and r.json()["external_id"].startswith("w_")
-    r = client.post("/admin/v1/channels", headers=h, json={"channel": "sms"})
+    r = client.post("/admin/v1/channels", headers=h, json={
+        "channel": "twilio", "credentials": {"account_sid": "AC1", "auth_token": "t"}})
     assert r.status_code == 422 and "external_id is required" in r.json()["detail"]
     r = client.post("/admin/v1/channels", headers=h, json={"channel": "carrier-pigeon", "external_id": "1"})
     assert r.status_code == 422 and "channel" in r.json()["detail"]
@@ -191,7 +196,7 @@ def test_channels_crud_and_credentials_never_leak(client: TestClient, tenant_a: 
 def test_channel_conflict_is_409_and_writes_nothing(
     client: TestClient, tenant_a: TenantKeys, tenant_b: TenantKeys
 ) -> None:
-    body = {"channel": "whatsapp", "external_id": "1065550001", "credentials": {"access_token": "t"}}
+    body = {"channel": "whatsapp", "external_id": "1065550001", "credentials": {"access_token": "t", "app_secret": "s"}}
     assert client.post("/admin/v1/channels", headers=tenant_a.headers(), json=body).status_code == 201
     for tenant in (tenant_a, tenant_b):
         r = client.post("/admin/v1/channels", headers=tenant.headers(), json=body)
@@ -280,7 +285,9 @@ def test_openapi_documents_the_admin_api(client: TestClient) -> None:
             for op in methods.values():
                 assert op.get("summary"), path
     schemas = spec["components"]["schemas"]
-    assert schemas["TenantPatch"].get("examples") and schemas["ChannelIn"].get("examples")
+    assert schemas["TenantPatch"].get("examples")
+    channel_types = [name for name in schemas if name.endswith("ChannelIn")]
+    assert len(channel_types) == 7 and all(schemas[name].get("examples") for name in channel_types)
 
 
 def test_document_rows_are_listed_with_chunk_counts(

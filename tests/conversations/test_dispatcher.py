@@ -2,89 +2,160 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from app.bus.memory import MemoryBus
-from app.conversations.dispatcher import DeliveryBusy, Dispatcher
+from app.channels import Permanent, RateLimited, SendError, SendRequest, Transient
+from app.conversations.dispatcher import DeliveryBusy, Dispatcher, lease_for
 from app.conversations.service import accept_inbound, add_outbound, outbound_event
 from app.db import migrate, session_scope
 from app.models import Conversation, Message, utcnow
-from gateways.base import SendError
 
 
 class CountingSender:
+    in_process = False
+
     def __init__(self, fail: SendError | None = None) -> None:
         self.sent: list[str] = []
         self.fail = fail
 
-    def send(self, session, account, message) -> str:  # type: ignore[no-untyped-def]
+    def send(self, request: SendRequest, record) -> list[str]:  # type: ignore[no-untyped-def]
         if self.fail:
             raise self.fail
-        self.sent.append(message.id)
-        return f"prov-{len(self.sent)}"
+        self.sent.append(request.message_id)
+        record(f"prov-{len(self.sent)}")
+        return [f"prov-{len(self.sent)}"]
+
+
+class Clock:
+    """Time that moves only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = utcnow()
+
+    def __call__(self) -> datetime:
+        return self.now
 
 
 @pytest.fixture
-def reply(sb_home: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+def reply(sb_home: Path):  # type: ignore[no-untyped-def]
+    from app.models import ChannelAccount
     from app.tenants.service import create_tenant
 
     migrate()
     with session_scope() as session:
         tenant_id = create_tenant(session, "acme").tenant.id
+        account = ChannelAccount(tenant_id=tenant_id, channel="fakechan", external_id="fake-1", name="fake")
+        session.add(account)
+        session.flush()
+        account_id = account.id
     accepted = accept_inbound(MemoryBus(), tenant_id=tenant_id, channel="fakechan", contact_external_id="c",
-                              provider_message_id="p1", text="hi")
+                              provider_message_id="p1", text="hi", channel_account_id=account_id)
     with session_scope() as session:
         conversation = session.get_one(Conversation, accepted.conversation_id)
         message, _ = add_outbound(session, conversation, key="reply:p1", text="hello", author="bot")
         return outbound_event(message, conversation)
 
 
-def _use(monkeypatch: pytest.MonkeyPatch, sender: CountingSender) -> None:
-    import gateways.registry
+def _meta(message_id: str) -> dict:  # type: ignore[type-arg]
+    with session_scope() as session:
+        return dict(session.get_one(Message, message_id).meta or {})
 
-    monkeypatch.setitem(gateways.registry.SENDERS, "fakechan", sender)
 
-
-def test_delivers_once_and_a_redelivered_event_sends_nothing(reply, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_delivers_once_and_a_redelivered_event_sends_nothing(reply) -> None:  # type: ignore[no-untyped-def]
     sender = CountingSender()
-    _use(monkeypatch, sender)
-    Dispatcher().deliver(reply)
-    Dispatcher().deliver(reply)
+    Dispatcher({"fakechan": sender}).deliver(reply)
+    Dispatcher({"fakechan": sender}).deliver(reply)
     assert sender.sent == [reply.message_id]
     with session_scope() as session:
         message = session.get_one(Message, reply.message_id)
         assert message.status == "sent" and message.meta["provider_id"] == "prov-1"
         assert message.provider_ref == "prov-1"  # what delivery receipts are matched on
+        assert "sending_until" not in message.meta
 
 
-def test_a_message_another_dispatcher_is_sending_is_left_for_later(reply, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_message_another_dispatcher_is_sending_is_left_for_later(reply) -> None:  # type: ignore[no-untyped-def]
     sender = CountingSender()
-    _use(monkeypatch, sender)
+    clock = Clock()
     with session_scope() as session:
         message = session.get_one(Message, reply.message_id)
-        message.meta = {"sending_until": (utcnow() + timedelta(seconds=30)).isoformat()}
+        message.meta = {"sending_until": (clock.now + timedelta(seconds=5)).isoformat()}
     with pytest.raises(DeliveryBusy):
-        Dispatcher().deliver(reply)
+        Dispatcher({"fakechan": sender}, clock=clock).deliver(reply)
     assert sender.sent == []
-    with session_scope() as session:  # the other dispatcher died: its lease runs out and delivery resumes
-        message = session.get_one(Message, reply.message_id)
-        message.meta = {"sending_until": (utcnow() - timedelta(seconds=1)).isoformat()}
-    Dispatcher().deliver(reply)
+    clock.now += timedelta(seconds=6)  # the other dispatcher died: its lease runs out and delivery resumes
+    Dispatcher({"fakechan": sender}, clock=clock).deliver(reply)
     assert sender.sent == [reply.message_id]
 
 
-def test_transient_failure_releases_the_lease_and_permanent_failure_is_recorded(reply, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    _use(monkeypatch, CountingSender(fail=SendError("provider 503", permanent=False)))
+class Dies(BaseException):
+    """The process is killed mid-send: nothing after the lease's commit runs."""
+
+
+class DyingSender(CountingSender):
+    def send(self, request: SendRequest, record) -> list[str]:  # type: ignore[no-untyped-def]
+        raise Dies
+
+
+@pytest.mark.parametrize("claim_idle_ms", [30_000, 5_000, 400])
+def test_a_lease_left_by_a_dead_dispatcher_never_outlives_the_reclaim(reply, claim_idle_ms: int) -> None:  # type: ignore[no-untyped-def]
+    clock = Clock()
+    lease = lease_for(claim_idle_ms)
+    with pytest.raises(Dies):
+        Dispatcher({"fakechan": DyingSender()}, lease=lease, clock=clock).deliver(reply)
+    held = datetime.fromisoformat(_meta(reply.message_id)["sending_until"])
+    assert held > clock.now  # the dead dispatcher's lease was committed
+    # The bus hands the entry to another consumer once it has been idle for the claim time: by then the lease
+    # has run out, so the redelivery sends at once instead of failing with DeliveryBusy.
+    clock.now += timedelta(milliseconds=claim_idle_ms)
+    sender = CountingSender()
+    Dispatcher({"fakechan": sender}, lease=lease, clock=clock).deliver(reply)
+    assert sender.sent == [reply.message_id]
+
+
+def test_each_recorded_part_renews_the_lease(reply) -> None:  # type: ignore[no-untyped-def]
+    clock = Clock()
+    seen: list[str] = []
+
+    class SlowParts(CountingSender):
+        def send(self, request: SendRequest, record) -> list[str]:  # type: ignore[no-untyped-def]
+            for i in range(3):
+                clock.now += timedelta(seconds=4)  # each part takes a while
+                record(f"part-{i}")
+                seen.append(_meta(request.message_id)["sending_until"])
+            return ["part-0", "part-1", "part-2"]
+
+    Dispatcher({"fakechan": SlowParts()}, lease=timedelta(seconds=5), clock=clock).deliver(reply)
+    assert len(set(seen)) == 3 and sorted(seen) == seen  # pushed forward at every part
+    assert _meta(reply.message_id)["provider_ids"] == ["part-0", "part-1", "part-2"]
+
+
+def test_transient_failure_releases_the_lease_and_permanent_failure_is_recorded(reply) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(SendError):
-        Dispatcher().deliver(reply)
+        Dispatcher({"fakechan": CountingSender(fail=Transient("provider 503"))}).deliver(reply)
     with session_scope() as session:
         message = session.get_one(Message, reply.message_id)
         assert message.status == "pending" and "sending_until" not in message.meta
-    _use(monkeypatch, CountingSender(fail=SendError("number blocked", permanent=True)))
-    Dispatcher().deliver(reply)
+    Dispatcher({"fakechan": CountingSender(fail=Permanent("number blocked"))}).deliver(reply)
     with session_scope() as session:
         message = session.get_one(Message, reply.message_id)
         assert message.status == "failed" and message.error == "number blocked"
+
+
+def test_retry_after_is_honoured_by_scheduling_not_sleeping(reply) -> None:  # type: ignore[no-untyped-def]
+    clock = Clock()
+    with pytest.raises(RateLimited):
+        Dispatcher({"fakechan": CountingSender(fail=RateLimited("slow down", retry_after=40))},
+                   clock=clock).deliver(reply)
+    sender = CountingSender()
+    clock.now += timedelta(seconds=30)  # redelivered (reclaimed) before the provider's wait is over
+    with pytest.raises(DeliveryBusy, match="retry-after"):
+        Dispatcher({"fakechan": sender}, clock=clock).deliver(reply)
+    assert sender.sent == []  # the provider was not called
+    clock.now += timedelta(seconds=11)
+    Dispatcher({"fakechan": sender}, clock=clock).deliver(reply)
+    assert sender.sent == [reply.message_id]
+    assert "retry_at" not in _meta(reply.message_id)

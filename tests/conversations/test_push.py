@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from app.bootstrap import container
 from app.bus.memory import MemoryBus
 from app.conversations.dispatcher import Dispatcher
 from app.conversations.push import LocalPush, Push, RedisPush, notify_on_commit
@@ -180,7 +181,7 @@ def test_the_web_chat_sender_wakes_the_visitor_after_the_dispatcher_commits(webc
             with session_scope() as session:
                 event = outbound_event(session.get_one(Message, reply_id),
                                        session.query(Conversation).filter_by(tenant_id=tenant_id).one())
-            await asyncio.to_thread(Dispatcher().deliver, event)
+            await asyncio.to_thread(Dispatcher(container().senders).deliver, event)
             assert await waiter.wait(BOUND)
             assert not await other.wait(0)
             with session_scope() as session:  # woken only once the reply is visible

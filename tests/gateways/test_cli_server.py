@@ -22,9 +22,9 @@ def test_channel_add_and_list(gw: Gateway) -> None:
     data = json.loads(out.output)
     assert data["webhook_url"] == "https://sb.example.com/webhooks/telegram/8080" and data["channel_id"]
     dup = runner.invoke(channel_app, ["add", "--tenant", "cli-shop", "--type", "telegram", "--bot-token", "8080:X"])
-    assert dup.exit_code == 1 and "already connected" in dup.output
+    assert dup.exit_code == 1 and "already registered" in dup.output
     missing = runner.invoke(channel_app, ["add", "--tenant", "cli-shop", "--type", "whatsapp", "--account-id", "1"])
-    assert missing.exit_code == 1 and "missing" in missing.output
+    assert missing.exit_code == 1 and "access_token: Field required" in missing.output
     listed = json.loads(runner.invoke(channel_app, ["list", "--tenant", "cli-shop", "--json"]).output)
     assert {r["type"] for r in listed} == {"webchat", "telegram"}
     # The secret token it generated is what the webhook then requires.

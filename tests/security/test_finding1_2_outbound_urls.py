@@ -230,11 +230,11 @@ def test_finding2_channel_send_to_internal_api_base_fails_and_reaches_nothing(ad
             account.config = {"api_base_url": fake.url}
             contact = get_or_create_contact(session, account.tenant_id, "telegram", "4242")
             conversation_id = get_or_create_conversation(session, account.tenant_id, contact, account_id).id
-        sender = TelegramSender(sleep=lambda _: None)
+        sender = TelegramSender()
         assert isinstance(sender, ProviderSender) and sender.guarded(account)
-        from gateways import registry
+        from tests.gateways.test_outbound import use
 
-        monkeypatch.setitem(registry.SENDERS, "telegram", sender)
+        use(monkeypatch, "telegram", sender)
         event = reply(conversation_id, "hello")
         deliver(event)  # a permanent failure: recorded on the message, not retried
         with session_scope() as session:

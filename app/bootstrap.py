@@ -1,0 +1,225 @@
+"""The composition root: builds the process's object graph once, from settings, as one `Container`.
+
+Embedded mode (nothing configured) gets SQLite, the in-process bus, qdrant-edge, a local object store and the
+offline composer; each scale-out variable swaps in one real service. Services are built on first use (the
+embedder loads a model, qdrant-edge locks its folder) and closed with the container. The edges (gateways/,
+workers/) join through app/plugins.py: their channel specs, routers, job queue and roles are built here too,
+and any state they keep for the process's lifetime lives in `Container.shared`, never in a module.
+
+Entry points (`serve`, `orchestrator`, `worker`, `gateway`, CLI commands) call `container()` once and pass what
+each part needs; tests build their own with `Container(settings, bus=MemoryBus(), ...)` and `install` it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable
+from datetime import datetime
+from functools import cache
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from app.channels import ChannelRegistry, Sender
+from app.config import Settings, get_settings
+from app.models import utcnow
+from app.plugins import Plugins, load
+
+if TYPE_CHECKING:
+    from app.bus.base import Bus
+    from app.conversations.push import Push
+    from app.jobs import JobQueue
+    from app.providers.embeddings.base import Embedder, SparseEncoder
+    from app.providers.llm.base import LLMClient
+    from app.providers.storage.base import ObjectStore
+    from app.providers.vectors.base import VectorStore
+    from app.ratelimit import RateLimiter
+
+T = TypeVar("T")
+
+
+@cache
+def plugins() -> Plugins:
+    """The installed edges' registrations (entry points are read once per process)."""
+    return load()
+
+
+class Container:
+    """Every long-lived object of one process. Pass a service as a keyword to use it instead of building one
+    (a fake in tests): `Container(settings, bus=MemoryBus(), llm_client=fake)`."""
+
+    def __init__(self, settings: Settings | None = None, *, edges: Plugins | None = None,
+                 clock: Callable[[], datetime] = utcnow, **given: Any) -> None:
+        self.settings = settings or get_settings()
+        self.plugins = edges or plugins()
+        self.clock = clock
+        self._built: dict[str, Any] = dict(given)
+        self._lock = threading.RLock()  # one build per service, however many threads ask first
+
+    def _get(self, name: str, build: Callable[[], T]) -> T:
+        with self._lock:
+            if name not in self._built:
+                self._built[name] = build()
+            return self._built[name]
+
+    def shared(self, name: str, build: Callable[[], T]) -> T:
+        """State an edge keeps for the process's lifetime (a routing cache, a send limiter), owned here."""
+        return self._get(f"edge:{name}", build)
+
+    # ---------------------------------------------------------------------------------------------- the core
+
+    @property
+    def bus(self) -> Bus:
+        def build() -> Bus:
+            s = self.settings
+            if s.redis_url:
+                from app.bus.redis_streams import RedisStreamsBus
+
+                return RedisStreamsBus(s.redis_url, namespace=s.bus_namespace, maxlen=s.bus_stream_maxlen)
+            from app.bus.memory import MemoryBus
+
+            return MemoryBus(maxlen=s.bus_stream_maxlen)
+        return self._get("bus", build)
+
+    @property
+    def push(self) -> Push:
+        """Wake-ups for open widget streams: in-process embedded, Redis pub/sub in scale-out."""
+        def build() -> Push:
+            from app.conversations.push import LocalPush, RedisPush
+
+            s = self.settings
+            return RedisPush(s.redis_url, namespace=s.bus_namespace) if s.redis_url else LocalPush()
+        return self._get("push", build)
+
+    @property
+    def embedder(self) -> Embedder:
+        def build() -> Embedder:
+            from app.providers.embeddings.minilm import MiniLMEmbedder
+
+            s = self.settings
+            return MiniLMEmbedder(cache_dir=s.home_dir / "models", batch_size=s.embed_batch_size)
+        return self._get("embedder", build)
+
+    @property
+    def sparse_encoder(self) -> SparseEncoder:
+        def build() -> SparseEncoder:
+            from app.providers.embeddings.sparse import TermFrequencyEncoder
+
+            return TermFrequencyEncoder()
+        return self._get("sparse_encoder", build)
+
+    @property
+    def vector_store(self) -> VectorStore:
+        def build() -> VectorStore:
+            s, dim = self.settings, self.embedder.dim
+            if s.qdrant_url:
+                from app.providers.vectors.qdrant_server import QdrantServerStore
+
+                return QdrantServerStore(url=s.qdrant_url, api_key=s.qdrant_api_key, dim=dim)
+            from app.files import private_dir
+            from app.providers.vectors.edge import EdgeVectorStore
+
+            return EdgeVectorStore(private_dir(s.home_dir / "vectors"), dim=dim)
+        return self._get("vector_store", build)
+
+    @property
+    def object_store(self) -> ObjectStore:
+        def build() -> ObjectStore:
+            s = self.settings
+            if s.s3_bucket:
+                from app.providers.storage.s3 import S3ObjectStore
+
+                return S3ObjectStore(bucket=s.s3_bucket, endpoint_url=s.s3_endpoint_url)
+            from app.providers.storage.local import LocalObjectStore
+
+            return LocalObjectStore(s.home_dir / "objects")
+        return self._get("object_store", build)
+
+    @property
+    def rate_limiter(self) -> RateLimiter:
+        def build() -> RateLimiter:
+            from app.ratelimit import RateLimiter
+
+            return RateLimiter.from_settings(self.settings)
+        return self._get("rate_limiter", build)
+
+    @property
+    def llm_client(self) -> LLMClient:
+        def build() -> LLMClient:
+            from app.providers.llm.openai_client import OpenAILLMClient
+
+            return OpenAILLMClient()
+        return self._get("llm_client", build)
+
+    # ------------------------------------------------------------------------------------------- the edges
+
+    @property
+    def channels(self) -> ChannelRegistry:
+        def build() -> ChannelRegistry:
+            registry = ChannelRegistry()
+            for factory in self.plugins.channels:
+                for spec in factory(self):
+                    registry.add(spec)
+            return registry
+        return self._get("channels", build)
+
+    @property
+    def senders(self) -> dict[str, Sender]:
+        return self._get("senders", lambda: {s.name: s.sender for s in self.channels.specs() if s.sender})
+
+    @property
+    def job_queue(self) -> JobQueue:
+        def build() -> JobQueue:
+            if self.plugins.job_queue is None:
+                raise RuntimeError("no ingestion job queue is registered (workers/plugin.py)")
+            return self.plugins.job_queue(self)
+        return self._get("job_queue", build)
+
+    @property
+    def operator_token(self) -> str:
+        """The bearer token of this embedded server's operator routes (the local CLI reads it from a file)."""
+        import secrets
+
+        return self._get("operator_token", lambda: secrets.token_urlsafe(32))
+
+    def close(self) -> None:
+        with self._lock:
+            built, self._built = self._built, {}
+        for service in built.values():
+            close = getattr(service, "close", None)
+            if callable(close):
+                with contextlib.suppress(Exception):  # best effort on shutdown
+                    close()
+        for sender in (built.get("senders") or {}).values():
+            close = getattr(sender, "close", None)
+            if callable(close):
+                with contextlib.suppress(Exception):
+                    close()
+
+
+_current: Container | None = None
+_current_lock = threading.Lock()
+
+
+def container() -> Container:
+    """The process's container, built from settings on first use."""
+    global _current
+    with _current_lock:
+        if _current is None:
+            _current = Container()
+        return _current
+
+
+def install(new: Container | None) -> Container | None:
+    """Make `new` the process's container (tests; an entry point that built its own). Returns the old one,
+    not closed."""
+    global _current
+    with _current_lock:
+        old, _current = _current, new
+        return old
+
+
+def reset() -> None:
+    """Close the process's container; the next `container()` builds a new one from the settings."""
+    old = install(None)
+    if old is not None:
+        old.close()
