@@ -1,0 +1,358 @@
+"""Is an LLM reply supported by the passages it cites? Measured, not taken from the model's brackets.
+
+A reply is split into sentences. Each sentence's citations are the `[n]` markers inside it; a sentence without
+its own marker takes the next marker of its paragraph (offline-composer style "A. B. C [1]."), or after the
+paragraph's last marker that one ("A [1]. B."); a paragraph without any marker cites nothing. Then:
+
+* **Non-factual** sentences need no citation: questions ("Anything else I can help with?"), the persona's
+  greeting and sign-off, and sentences with no digit and no content word once stopwords, customer-service
+  small talk (`CHAT_WORDS`: hello, thanks, happy, help, let, know, team, ...) and the persona's own name and
+  brand are set aside. "Happy to help! Let me know if anything else comes up." is non-factual; "Happy to help:
+  every boot has a lifetime guarantee." is not (guarantee, lifetime, boot).
+* A **factual** sentence is supported by its cited passages when all of these hold:
+  1. it cites something (a factual sentence after the last marker of its paragraph cites nothing);
+  2. every number in it (digits or number words, "$75", "thirty") occurs in the cited passages;
+  3. every capitalised word past its first (a product, brand, place, carrier) occurs in the cited passages;
+  4. its negation agrees with the passage sentence that matches it best ("can be returned" against "cannot be
+     returned" fails);
+  5. `weight * coverage + (1 - weight) * similarity >= threshold`, where coverage is the share of its
+     content words (Snowball stems) found in the cited passages and similarity is the best cosine between its
+     MiniLM embedding and the passages' sentences (single sentences and adjacent pairs).
+  Coverage catches invented content words; the embedding forgives paraphrase (synonyms, reordering) that
+  coverage punishes. `weight` and `threshold` were tuned on one split and measured on another
+  (benchmarks/grounding.py; results in docs/benchmarks.md).
+
+A reply is grounded when it cites at least one passage and every factual sentence is supported. No LLM judge:
+nothing leaves the machine, and the check costs one embedding call per reply (passage sentences are cached).
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from app.assistant.prompts import PassageLike
+from app.providers.embeddings.sparse import tokenize
+
+# Tuned by benchmarks/grounding.py on its tuning split (COVID-19 FAQ); see docs/benchmarks.md.
+WEIGHT = 0.5
+THRESHOLD = 0.62
+
+_CITATION = re.compile(r"\[(\d{1,2}(?:\s*,\s*\d{1,2})*)\]")
+# A PII placeholder the reply may carry ([EMAIL], [PHONE_2]): neither a claim nor a number.
+_PLACEHOLDER = re.compile(r"\[[A-Z][A-Z_]*?(?:_\d+)?\]")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])")
+# "Foo. [1]" and "Foo.[1][2]": the markers move before the full stop, so they stay with their sentence.
+_TRAILING_MARKERS = re.compile(r"([.!?]+)\s*((?:\[\d{1,2}(?:\s*,\s*\d{1,2})*\]\s*)+)")
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+_CAPITALISED = re.compile(r"\b[A-Z][A-Za-z0-9&'-]*[A-Za-z0-9]\b")
+_MARKDOWN = re.compile(r"\*\*|__|`|^\s*(?:[-*•]|\d+[.)])\s+|^\s*#+\s*|^\s*>\s*", re.MULTILINE)
+
+_NUMBER_WORDS = {
+    "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6", "seven": "7", "eight": "8",
+    "nine": "9", "ten": "10", "eleven": "11", "twelve": "12", "fifteen": "15", "twenty": "20", "thirty": "30",
+    "forty": "40", "fifty": "50", "sixty": "60", "ninety": "90", "hundred": "100", "once": "1", "twice": "2",
+    "single": "1", "double": "2", "half": "0.5",
+}
+_NUMBER_WORD = re.compile(r"\b(?:" + "|".join(_NUMBER_WORDS) + r")\b", re.IGNORECASE)
+# Negation cues, as `tokenize` leaves them (apostrophes dropped: "can't" -> "cant").
+_NEGATIONS_TEXT = """
+    not no never cannot cant dont doesnt didnt isnt arent wasnt werent wont wouldnt shouldnt couldnt
+    hasnt havent hadnt without none nothing neither nor non
+"""
+_NEGATIONS = frozenset(_NEGATIONS_TEXT.split())
+# Customer-service small talk: words that make no claim about the brand's policies or products.
+CHAT_WORDS_TEXT = """
+    hi hello hey dear thanks thank welcome glad happy pleased help helps helpful hope let know anything else
+    everything something feel free ask asking question questions query sure great good nice day today morning
+    afternoon evening assist assistance please sorry apologise apologize apologies inconvenience understand
+    understood certainly absolutely course regards cheers best wish wishes enjoy reach contact touch team
+    member members colleague colleagues connect connecting pass passing passed further need needs want like
+    ok okay sounds look looking forward glad note information info details detail more check checking
+    answer answers reply replies response quick quickly shortly soon right away again also just us we
+    our ours me my i you your yours chat chatting message messages hear heard great wonderful awesome
+    """
+CHAT_WORDS = frozenset(tokenize(CHAT_WORDS_TEXT)) | frozenset(CHAT_WORDS_TEXT.split())
+
+
+@dataclass(frozen=True)
+class SentenceCheck:
+    text: str
+    citations: list[int]  # the reply's own 1-based numbers
+    factual: bool
+    supported: bool
+    problem: str | None = None  # no_citation | number | name | negation | weak_support
+    coverage: float = 0.0
+    similarity: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"text": self.text, "citations": self.citations, "problem": self.problem,
+                "coverage": round(self.coverage, 3), "similarity": round(self.similarity, 3)}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    grounded: bool
+    sentences: list[SentenceCheck] = field(default_factory=list)
+    cites_nothing: bool = False
+
+    @property
+    def unsupported(self) -> list[SentenceCheck]:
+        return [s for s in self.sentences if s.factual and not s.supported]
+
+    def summary(self) -> str:
+        if self.cites_nothing:
+            return "the reply cites no retrieved passage"
+        factual = sum(s.factual for s in self.sentences)
+        return f"{len(self.unsupported)} of {factual} factual sentences not supported by the passage they cite"
+
+    def meta(self) -> dict[str, Any]:
+        """What an escalation keeps for the console to highlight."""
+        return {"grounding": {
+            "cites_nothing": self.cites_nothing,
+            "unsupported": [s.to_dict() for s in self.unsupported],
+            "sentences": len(self.sentences),
+        }}
+
+
+Embed = Callable[[Sequence[str]], list[list[float]]]
+
+
+@dataclass(frozen=True)
+class _Units:
+    """One passage's comparison units (sentences and adjacent pairs), their terms and embeddings."""
+
+    texts: list[str]
+    negated: list[bool]
+    vectors: np.ndarray  # one row per text, unit length
+    terms: frozenset[str]
+    numbers: frozenset[str]
+    words: frozenset[str]  # lower-cased surface words, for capitalised names
+
+
+class GroundingChecker:
+    def __init__(self, embed: Embed | None = None, *, weight: float = WEIGHT, threshold: float = THRESHOLD,
+                 cache_size: int = 2048) -> None:
+        self._embed = embed
+        self.weight = weight
+        self.threshold = threshold
+        self._cache: OrderedDict[str, _Units] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        if self._embed is None:
+            from app.runtime import get_embedder
+
+            self._embed = get_embedder().embed_documents
+        return self._embed(list(texts)) if texts else []
+
+    # -- the check ---------------------------------------------------------------------------------------
+    def check(self, text: str, cited: Sequence[PassageLike], persona: dict[str, Any] | None = None) -> Verdict:
+        """`cited[n - 1]` is the passage the reply's `[n]` points at (the order of `Draft.citations`)."""
+        sentences = split_cited(text)
+        own = _persona_words(persona)
+        factual = [s for s, _ in sentences if is_factual(s, own)]
+        vectors = dict(zip(factual, self.embed([_plain(s) for s in factual]), strict=True))
+        scored = [self.score_sentence(s, nums, cited, own, vectors.get(s)) for s, nums in sentences]
+        cites_nothing = not any(s.citations for s in scored if 0 < min(s.citations, default=0) <= len(cited))
+        grounded = not cites_nothing and all(s.supported for s in scored if s.factual)
+        return Verdict(grounded=grounded, sentences=scored, cites_nothing=cites_nothing)
+
+    def score_sentence(self, sentence: str, numbers: list[int], cited: Sequence[PassageLike],
+                       persona_words: frozenset[str] = frozenset(),
+                       vector: Sequence[float] | None = None) -> SentenceCheck:
+        factual = is_factual(sentence, persona_words)
+        if not factual:
+            return SentenceCheck(sentence, numbers, factual=False, supported=True)
+        passages = [cited[n - 1] for n in numbers if 0 < n <= len(cited)]
+        if not passages:
+            return SentenceCheck(sentence, numbers, True, False, "no_citation")
+        measures = self.measure(sentence, passages, persona_words, vector)
+        return SentenceCheck(sentence, numbers, True, measures.problem is None, measures.problem,
+                             measures.coverage, measures.similarity)
+
+    def measure(self, sentence: str, passages: Sequence[PassageLike],
+                persona_words: frozenset[str] = frozenset(), vector: Sequence[float] | None = None) -> Measures:
+        """The support signals of one factual sentence against the passages it cites."""
+        units = [self._units(p) for p in passages]
+        clean = _plain(sentence)
+        terms = _content_terms(clean, persona_words)
+        known_terms = frozenset().union(*(u.terms for u in units))
+        coverage = len(terms & known_terms) / len(terms) if terms else 1.0
+        query = np.asarray(vector if vector is not None else self.embed([clean])[0], dtype=np.float32)
+        best, best_negated = -1.0, False
+        for u in units:
+            sims = u.vectors @ query
+            i = int(np.argmax(sims))
+            if float(sims[i]) > best:
+                best, best_negated = float(sims[i]), u.negated[i]
+        similarity = max(best, 0.0)
+        problem: str | None = None
+        if not _numbers(clean) <= frozenset().union(*(u.numbers for u in units)):
+            problem = "number"
+        elif not _names(clean, persona_words) <= frozenset().union(*(u.words for u in units)):
+            problem = "name"
+        elif _negated(clean) != best_negated:
+            problem = "negation"
+        elif self.weight * coverage + (1 - self.weight) * similarity < self.threshold:
+            problem = "weak_support"
+        return Measures(coverage, similarity, problem)
+
+    def _units(self, passage: PassageLike) -> _Units:
+        key = f"{passage.chunk_id}:{hash(passage.text)}"
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                return hit
+        sentences = passage_sentences(passage.text)
+        texts = sentences + [f"{a} {b}" for a, b in itertools.pairwise(sentences)]
+        plain = _plain(passage.text)
+        units = _Units(
+            texts=texts,
+            negated=[_negated(t) for t in texts],
+            vectors=np.asarray(self.embed(texts), dtype=np.float32).reshape(len(texts), -1),
+            terms=frozenset(tokenize(plain)),
+            numbers=_numbers(plain),
+            words=frozenset(w.lower() for w in re.findall(r"[A-Za-z0-9&'-]+", plain)),
+        )
+        with self._lock:
+            self._cache[key] = units
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return units
+
+
+@dataclass(frozen=True)
+class Measures:
+    coverage: float
+    similarity: float
+    problem: str | None
+
+
+# -- text helpers --------------------------------------------------------------------------------------------
+def split_cited(text: str) -> list[tuple[str, list[int]]]:
+    """The reply's sentences (markers removed) with the citation numbers each is checked against."""
+    out: list[tuple[str, list[int]]] = []
+    for paragraph in text.split("\n"):
+        paragraph = _TRAILING_MARKERS.sub(lambda m: f" {m.group(2).strip()}{m.group(1)}", paragraph)
+        pending: list[str] = []  # sentences of this paragraph waiting for the next marker
+        last: list[int] = []  # the paragraph's latest marker
+        for raw in _SENTENCE_END.split(_MARKDOWN.sub("", paragraph).strip()):
+            numbers = [int(n) for group in _CITATION.findall(raw) for n in group.split(",")]
+            sentence = re.sub(r"\s+([.,;:!?])", r"\1", _CITATION.sub("", raw)).strip()
+            sentence = re.sub(r"\s{2,}", " ", sentence)
+            if not re.search(r"\w", sentence):
+                if numbers and out:  # a marker alone: it belongs to what came before
+                    out[-1] = (out[-1][0], list(dict.fromkeys(out[-1][1] + numbers)))
+                continue
+            if numbers:
+                last = list(dict.fromkeys(numbers))
+                out.extend((waiting, last) for waiting in pending)
+                pending = []
+                out.append((sentence, last))
+            else:
+                pending.append(sentence)
+        out.extend((s, last) for s in pending)  # after the paragraph's last marker: checked against it
+    return out
+
+
+def passage_sentences(text: str) -> list[str]:
+    parts: list[str] = []
+    for line in _MARKDOWN.sub("", text).splitlines():
+        line = line.strip().strip("|").strip()
+        if not line or set(line) <= set("|-: "):
+            continue  # blank line or a markdown table's rule
+        line = re.sub(r"\s*\|\s*", ": ", line)  # a table row reads as "cell: cell"
+        line = re.sub(r"^(?:Q|A|Question|Answer)\s*[:.]\s*", "", line)
+        parts.extend(p.strip() for p in _SENTENCE_END.split(line) if p.strip())
+    return parts or [text.strip()]
+
+
+def is_factual(sentence: str, persona_words: frozenset[str] = frozenset()) -> bool:
+    """False for sentences that make no claim: questions and small talk (see the module's docstring)."""
+    clean = _plain(sentence)
+    if clean.rstrip().endswith("?"):
+        return False
+    if _numbers(clean):
+        return True
+    return bool(_content_terms(clean, persona_words))
+
+
+def _plain(text: str) -> str:
+    return _PLACEHOLDER.sub(" ", _CITATION.sub(" ", text)).replace("\u2019", "'")
+
+
+def _content_terms(text: str, persona_words: frozenset[str]) -> frozenset[str]:
+    return frozenset(t for t in tokenize(text)
+                     if t not in CHAT_WORDS and t not in persona_words and not t.isdigit() and len(t) > 1)
+
+
+def _numbers(text: str) -> frozenset[str]:
+    found = {_norm_number(n) for n in _NUMBER.findall(text)}
+    found |= {_NUMBER_WORDS[w.lower()] for w in _NUMBER_WORD.findall(text)}
+    return frozenset(found)
+
+
+def _norm_number(raw: str) -> str:
+    value = raw.replace(",", "")
+    if "." in value:
+        value = value.rstrip("0").rstrip(".") or "0"
+    return value.lstrip("0") or "0"
+
+
+def _names(text: str, persona_words: frozenset[str]) -> frozenset[str]:
+    """Capitalised words past a sentence's first word: products, brands, places, carriers."""
+    names: set[str] = set()
+    for sentence in _SENTENCE_END.split(text.strip()):
+        for m in _CAPITALISED.finditer(sentence):
+            word = m.group(0).lower()
+            if m.start() == 0 or sentence[:m.start()].strip() in {'"', "'", "("}:
+                continue
+            if word in persona_words or word in _TITLE_WORDS or len(word) < 2:
+                continue
+            names.add(word)
+    return frozenset(names)
+
+
+# Capitalised for grammar, not as names.
+_TITLE_WORDS = frozenset({"i", "i'm", "i've", "i'll", "i'd", "ok", "yes", "no", "please", "thanks", "hi", "hello"})
+
+
+def _negated(text: str) -> bool:
+    return any(t in _NEGATIONS for t in re.findall(r"\w+", text.lower().replace("'", "")))
+
+
+def _persona_words(persona: dict[str, Any] | None) -> frozenset[str]:
+    persona = persona or {}
+    words = " ".join(str(persona.get(k) or "") for k in ("name", "brand"))
+    return frozenset(tokenize(words)) | frozenset(w.lower() for w in re.findall(r"[A-Za-z0-9&'-]+", words))
+
+
+_default: GroundingChecker | None = None
+_default_lock = threading.Lock()
+
+
+def default_checker() -> GroundingChecker:
+    """One checker per process: the embedder is the one retrieval already loaded, the passage cache is shared."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = GroundingChecker()
+        return _default
+
+
+def check_reply(text: str, citations: Sequence[dict[str, Any]], passages: Sequence[PassageLike],
+                persona: dict[str, Any] | None = None) -> Verdict:
+    """Check a reply whose `citations` (a Draft's, in the text's [n] order) name chunks among `passages`."""
+    by_chunk = {p.chunk_id: p for p in passages}
+    cited = [by_chunk[c["chunk_id"]] for c in citations if c.get("chunk_id") in by_chunk]
+    return default_checker().check(text, cited, persona)
