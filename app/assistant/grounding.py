@@ -13,11 +13,13 @@ paragraph's last marker that one ("A [1]. B."); a paragraph without any marker c
   1. it cites something (a factual sentence after the last marker of its paragraph cites nothing);
   2. every number in it (digits or number words, "$75", "thirty") occurs in the cited passages;
   3. every capitalised word past its first (a product, brand, place, carrier) occurs in the cited passages;
-  4. it has as many negations (not, never, no, cannot, without...) as the passage sentence that matches it best
-     ("can be returned" against "cannot be returned" fails);
+  4. the words it negates (those up to four words after not, never, no, cannot, without... in the same clause)
+     are the words the passage sentence that matches it best negates, among its own words ("can be returned"
+     against "cannot be returned" fails; "gift cards never expire" against "gift cards never expire, have no
+     fees" passes);
   5. `weight * coverage + (1 - weight) * similarity >= threshold`, where coverage is the share of its
      content words (Snowball stems) found in the cited passages and similarity is the best cosine between its
-     MiniLM embedding and the passages' sentences (single sentences and adjacent pairs).
+     MiniLM embedding and the passages' sentences (single sentences, adjacent pairs, and clauses of 3+ words).
   Coverage catches invented content words; the embedding forgives paraphrase (synonyms, reordering) that
   coverage punishes. `weight` and `threshold` were tuned on one split and measured on another
   (benchmarks/grounding.py; results in docs/benchmarks.md).
@@ -43,7 +45,7 @@ from app.assistant.prompts import Draft, PassageLike
 from app.providers.embeddings.sparse import tokenize
 
 # Tuned by benchmarks/grounding.py on its tuning split (COVID-19 FAQ); see docs/benchmarks.md.
-WEIGHT = 0.3
+WEIGHT = 0.4
 THRESHOLD = 0.94
 
 _CITATION = re.compile(r"\[(\d{1,2}(?:\s*,\s*\d{1,2})*)\]")
@@ -128,10 +130,10 @@ Embed = Callable[[Sequence[str]], list[list[float]]]
 
 @dataclass(frozen=True)
 class _Units:
-    """One passage's comparison units (sentences and adjacent pairs), their terms and embeddings."""
+    """One passage's comparison units (sentences, adjacent pairs, clauses), their terms and embeddings."""
 
     texts: list[str]
-    negations: list[int]
+    negated: list[frozenset[str]]
     vectors: np.ndarray  # one row per text, unit length
     terms: frozenset[str]
     numbers: frozenset[str]
@@ -189,19 +191,19 @@ class GroundingChecker:
         known_terms = frozenset().union(*(u.terms for u in units))
         coverage = len(terms & known_terms) / len(terms) if terms else 1.0
         query = np.asarray(vector if vector is not None else self.embed([clean])[0], dtype=np.float32)
-        best, best_negations = -1.0, 0
+        best, best_negated = -1.0, frozenset[str]()
         for u in units:
             sims = u.vectors @ query
             i = int(np.argmax(sims))
             if float(sims[i]) > best:
-                best, best_negations = float(sims[i]), u.negations[i]
+                best, best_negated = float(sims[i]), u.negated[i]
         similarity = max(best, 0.0)
         mismatch: str | None = None
         if not _numbers(clean) <= frozenset().union(*(u.numbers for u in units)):
             mismatch = "number"
         elif not _names(clean, persona_words) <= frozenset().union(*(u.words for u in units)):
             mismatch = "name"
-        elif _negations(clean) != best_negations:
+        elif _negated_terms(clean) != best_negated & (terms | _all_terms(clean)):
             mismatch = "negation"
         return Measures(coverage, similarity, mismatch,
                         mismatch or self.verdict(coverage, similarity))
@@ -217,11 +219,12 @@ class GroundingChecker:
                 self._cache.move_to_end(key)
                 return hit
         sentences = passage_sentences(passage.text)
-        texts = sentences + [f"{a} {b}" for a, b in itertools.pairwise(sentences)]
+        clauses = [c.strip() for s in sentences for c in re.split(r"[,;:]\s+", s) if len(c.split()) >= 3]
+        texts = list(dict.fromkeys(sentences + [f"{a} {b}" for a, b in itertools.pairwise(sentences)] + clauses))
         plain = _plain(passage.text)
         units = _Units(
             texts=texts,
-            negations=[_negations(t) for t in texts],
+            negated=[_negated_terms(t) for t in texts],
             vectors=np.asarray(self.embed(texts), dtype=np.float32).reshape(len(texts), -1),
             terms=frozenset(tokenize(plain)),
             numbers=_numbers(plain),
@@ -300,6 +303,10 @@ def _content_terms(text: str, persona_words: frozenset[str]) -> frozenset[str]:
                      if t not in CHAT_WORDS and t not in persona_words and not t.isdigit() and len(t) > 1)
 
 
+def _all_terms(text: str) -> frozenset[str]:
+    return frozenset(tokenize(text))
+
+
 def _numbers(text: str) -> frozenset[str]:
     found = {_norm_number(n) for n in _NUMBER.findall(text)}
     found |= {_NUMBER_WORDS[w.lower()] for w in _NUMBER_WORD.findall(text)}
@@ -331,8 +338,22 @@ def _names(text: str, persona_words: frozenset[str]) -> frozenset[str]:
 _TITLE_WORDS = frozenset({"i", "i'm", "i've", "i'll", "i'd", "ok", "yes", "no", "please", "thanks", "hi", "hello"})
 
 
-def _negations(text: str) -> int:
-    return sum(t in _NEGATIONS for t in re.findall(r"\w+", text.lower().replace("'", "")))
+NEGATION_SCOPE = 4  # words after a negation cue, within its clause, that it negates
+
+
+def _negated_terms(text: str) -> frozenset[str]:
+    """The content terms that a negation governs: "cannot be returned" -> {return}."""
+    negated: set[str] = set()
+    for clause in re.split(r"[,.;:!?()]", text.lower().replace("'", "").replace("\u2019", "")):
+        scope = 0
+        for word in re.findall(r"\w+", clause):
+            if word in _NEGATIONS:
+                scope = NEGATION_SCOPE
+                continue
+            if scope:
+                negated.update(tokenize(word))
+                scope -= 1
+    return frozenset(negated)
 
 
 def _persona_words(persona: dict[str, Any] | None) -> frozenset[str]:

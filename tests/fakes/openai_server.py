@@ -9,6 +9,11 @@ afterwards every request gets the default (`reply`, `reply_with`, or a default f
         openai_server.then_status(429, times=2, retry_after=0.05)  # two 429s, then the reply
         config = LLMConfig(base_url=openai_server.base_url, api_key=openai_server.api_key, model="m")
 
+A scripted answer can read the prompt it answers: `prompt_passages(body)` gives the numbered knowledge passages
+of the system message (passage 1 first), `customer_question(body)` the customer's last message:
+
+    openai_server.reply_with(lambda body: f"{first_sentence(prompt_passages(body)[0])} [1]")
+
 Use it from any test package: `from tests.fakes.openai_server import openai_server` in a conftest.py (the
 fixture is defined here), or start `FakeOpenAIServer()` yourself as a context manager.
 """
@@ -16,6 +21,7 @@ fixture is defined here), or start `FakeOpenAIServer()` yourself as a context ma
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 import uuid
@@ -75,6 +81,27 @@ def chat_completion(
             "total_tokens": prompt_tokens + completion_tokens,
         },
     }
+
+
+_PASSAGE = re.compile(r"<passage n=\"(\d+)\"[^>]*>\n(.*?)\n</passage>", re.S)
+_CUSTOMER = re.compile(r"<customer_message>\n(.*?)\n</customer_message>", re.S)
+
+
+def prompt_passages(body: dict[str, Any]) -> list[str]:
+    """The knowledge passages of a chat request's system message, in their numbered order."""
+    system = next((m["content"] for m in body.get("messages", []) if m.get("role") == "system"), "")
+    return [text for _, text in sorted(_PASSAGE.findall(system), key=lambda found: int(found[0]))]
+
+
+def customer_question(body: dict[str, Any]) -> str:
+    found = _CUSTOMER.findall(body["messages"][-1]["content"])
+    return str(found[-1]) if found else ""
+
+
+def first_sentence(passage: str) -> str:
+    """A passage's first sentence of answer text (an FAQ passage's answer, not its question)."""
+    answer = re.split(r"\n\s*A:\s*", passage, maxsplit=1)[-1].strip()
+    return re.split(r"(?<=[.!?])\s+", answer, maxsplit=1)[0]
 
 
 def _error_body(status: int, message: str) -> dict[str, Any]:
