@@ -81,6 +81,7 @@ CHAT_WORDS_TEXT = """
     ok okay sounds look looking forward glad note information info details detail more check checking
     answer answers reply replies response quick quickly shortly soon right away again also just us we
     our ours me my i you your yours chat chatting message messages hear heard great wonderful awesome
+    come comes arise arises else theres heres thats whats lets youre youll ill id ive im
     """
 CHAT_WORDS = frozenset(tokenize(CHAT_WORDS_TEXT)) | frozenset(CHAT_WORDS_TEXT.split())
 
@@ -250,7 +251,7 @@ def split_cited(text: str) -> list[tuple[str, list[int]]]:
     """The reply's sentences (markers removed) with the citation numbers each is checked against."""
     out: list[tuple[str, list[int]]] = []
     for paragraph in text.split("\n"):
-        paragraph = _TRAILING_MARKERS.sub(lambda m: f" {m.group(2).strip()}{m.group(1)}", paragraph)
+        paragraph = _TRAILING_MARKERS.sub(lambda m: f" {m.group(2).strip()}{m.group(1)} ", paragraph)
         pending: list[str] = []  # sentences of this paragraph waiting for the next marker
         last: list[int] = []  # the paragraph's latest marker
         for raw in _SENTENCE_END.split(_MARKDOWN.sub("", paragraph).strip()):
