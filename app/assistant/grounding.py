@@ -51,7 +51,8 @@ THRESHOLD = 0.94
 _CITATION = re.compile(r"\[(\d{1,2}(?:\s*,\s*\d{1,2})*)\]")
 # A PII placeholder the reply may carry ([EMAIL], [PHONE_2]): neither a claim nor a number.
 _PLACEHOLDER = re.compile(r"\[[A-Z][A-Z_]*?(?:_\d+)?\]")
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])")
+# A sentence ends at . ! ? or, in a reply, at a citation marker followed by a capital ("a list item [1] Next").
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])|(?<=\])\s+(?=[A-Z])")
 # "Foo. [1]" and "Foo.[1][2]": the markers move before the full stop, so they stay with their sentence.
 _TRAILING_MARKERS = re.compile(r"([.!?]+)\s*((?:\[\d{1,2}(?:\s*,\s*\d{1,2})*\]\s*)+)")
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
@@ -161,8 +162,11 @@ class GroundingChecker:
     # -- the check ---------------------------------------------------------------------------------------
     def check(self, text: str, cited: Sequence[PassageLike], persona: dict[str, Any] | None = None) -> Verdict:
         """`cited[n - 1]` is the passage the reply's `[n]` points at (the order of `Draft.citations`)."""
-        sentences = split_cited(text)
-        own = _persona_words(persona)
+        own = persona_words(persona)
+        # The persona's own greeting and sign-off ("Happy trails, Ava") are its voice, not claims.
+        voice = {s for line in ((persona or {}).get(k) for k in ("greeting", "sign_off")) if line
+                 for s, _ in split_cited(str(line))}
+        sentences = [(s, nums) for s, nums in split_cited(text) if s not in voice]
         factual = [s for s, _ in sentences if is_factual(s, own)]
         vectors = dict(zip(factual, self.embed([_plain(s) for s in factual]), strict=True))
         scored = [self.score_sentence(s, nums, cited, own, vectors.get(s)) for s, nums in sentences]
@@ -300,8 +304,10 @@ def _plain(text: str) -> str:
 
 
 def _content_terms(text: str, persona_words: frozenset[str]) -> frozenset[str]:
-    return frozenset(t for t in tokenize(text)
-                     if t not in CHAT_WORDS and t not in persona_words and not t.isdigit() and len(t) > 1)
+    # Numbers and negations are checked on their own (an "ill" or "thirty" is no invented word).
+    return frozenset(t for t in tokenize(_NUMBER_WORD.sub(" ", text))
+                     if t not in CHAT_WORDS and t not in persona_words and t not in _NEGATIONS
+                     and not t.isdigit() and len(t) > 1)
 
 
 def _all_terms(text: str) -> frozenset[str]:
@@ -357,7 +363,7 @@ def _negated_terms(text: str) -> frozenset[str]:
     return frozenset(negated)
 
 
-def _persona_words(persona: dict[str, Any] | None) -> frozenset[str]:
+def persona_words(persona: dict[str, Any] | None) -> frozenset[str]:
     persona = persona or {}
     words = " ".join(str(persona.get(k) or "") for k in ("name", "brand"))
     return frozenset(tokenize(words)) | frozenset(w.lower() for w in re.findall(r"[A-Za-z0-9&'-]+", words))
@@ -377,11 +383,11 @@ def default_checker() -> GroundingChecker:
 
 
 def check_reply(text: str, citations: Sequence[dict[str, Any]], passages: Sequence[PassageLike],
-                persona: dict[str, Any] | None = None) -> Verdict:
+                persona: dict[str, Any] | None = None, checker: GroundingChecker | None = None) -> Verdict:
     """Check a reply whose `citations` (a Draft's, in the text's [n] order) name chunks among `passages`."""
     by_chunk = {p.chunk_id: p for p in passages}
     cited = [by_chunk[c["chunk_id"]] for c in citations if c.get("chunk_id") in by_chunk]
-    return default_checker().check(text, cited, persona)
+    return (checker or default_checker()).check(text, cited, persona)
 
 
 @dataclass(frozen=True)
@@ -395,11 +401,11 @@ class Vetted:
 
 
 def vet_llm_draft(draft: Draft, passages: Sequence[PassageLike], persona: dict[str, Any] | None,
-                  vault: PiiVault) -> Vetted:
+                  vault: PiiVault, checker: GroundingChecker | None = None) -> Vetted:
     """Grounded or reviewed, and no placeholder ever reaches a customer. The check reads the model's own text
     (placeholders are neither claims nor numbers); the draft kept, sent or approved later carries the customer's
     values back in place, so what agents approve is what the customer should read."""
-    verdict = check_reply(draft.text, draft.citations, passages, persona)
+    verdict = check_reply(draft.text, draft.citations, passages, persona, checker)
     restored = vault.restore(draft.text)
     vetted = replace(draft, text=restored.text)
     if not verdict.grounded:
