@@ -205,12 +205,14 @@ def pipeline() -> dict[str, Any]:
     results: dict[str, Any] = {}
     with FakeOpenAIServer() as server:
         server.reply_with(models)
+        # The operator's LLM (a tenant-set URL must be public; this one is on 127.0.0.1).
+        os.environ.update({"LLM_BASE_URL": server.base_url, "LLM_API_KEY": server.api_key,
+                           "RATE_LLM_CALLS_PER_TENANT": ""})
+        from app.runtime import reset_caches
+
+        reset_caches()
         with session_scope() as session:
             tenant = get_by_slug(session, "northwind")
-            tenant.policies = {**tenant.policies, "llm": {"base_url": server.base_url, "model": "fake"}}
-            from app.crypto import encrypt_json
-
-            tenant.llm_api_key_encrypted = encrypt_json({"api_key": server.api_key})
             tenant_id, account_id = tenant.id, widget_account(session, tenant.id).id
         bus = get_bus()
         orchestrator = Orchestrator(bus)

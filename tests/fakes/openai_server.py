@@ -101,7 +101,11 @@ def customer_question(body: dict[str, Any]) -> str:
 def first_sentence(passage: str) -> str:
     """A passage's first sentence of answer text (an FAQ passage's answer, not its question)."""
     answer = re.split(r"\n\s*A:\s*", passage, maxsplit=1)[-1].strip()
-    return re.split(r"(?<=[.!?])\s+", answer, maxsplit=1)[0]
+    for line in answer.splitlines():  # the first line of prose: not a heading, a table row or a list label
+        line = re.sub(r"^\s*(?:#+|[-*>]|\d+[.)])\s*|\*\*", "", line).strip()
+        if len(line.split()) >= 5 and "|" not in line:
+            return re.split(r"(?<=[.!?])\s+", line, maxsplit=1)[0]
+    return answer.splitlines()[0]
 
 
 def _error_body(status: int, message: str) -> dict[str, Any]:
