@@ -61,6 +61,13 @@ class Container:
                 self._built[name] = build()
             return self._built[name]
 
+    def use(self, name: str, service: Any) -> Any:
+        """Swap in one service (a test that changed a setting after start-up); returns the old one, not closed."""
+        with self._lock:
+            old = self._built.get(name)
+            self._built[name] = service
+            return old
+
     def shared(self, name: str, build: Callable[[], T]) -> T:
         """State an edge keeps for the process's lifetime (a routing cache, a send limiter), owned here."""
         return self._get(f"edge:{name}", build)

@@ -196,7 +196,8 @@ def _chat_once(tenant: str, contact: str | None, text: str, as_json: bool, timeo
     except operations.OperationError as exc:
         raise _fail(str(exc)) from exc
     if as_json:
-        _print_json({k: outcome.get(k) for k in ("status", "text", "citations", "escalation_id")})
+        # `reason` says why a message was escalated (null when it was answered).
+        _print_json({k: outcome.get(k) for k in ("status", "text", "citations", "escalation_id", "reason")})
         return
     typer.echo(f"bot> {outcome['text']}")
     sources = sorted({c["document"] for c in outcome["citations"]})

@@ -25,6 +25,8 @@ from app import audit
 from app.assistant import guardrails
 from app.assistant.composer import compose_offline
 from app.assistant.drafts import STREAMING_CHANNELS, DraftStream
+from app.assistant.grounding import vet_llm_draft
+from app.assistant.pii_restore import PiiVault
 from app.assistant.prompts import Draft, parse_llm_answer, render_messages
 from app.audit import record
 from app.bus.base import Bus, Delivery, PermanentFailure
@@ -79,6 +81,7 @@ class Decision:
     escalate_reason: str | None = None
     detail: str | None = None
     draft: Draft | None = None
+    meta: dict[str, Any] | None = None  # kept on the escalation (e.g. the unsupported sentences)
 
 
 class Orchestrator:
@@ -240,8 +243,9 @@ class Orchestrator:
                 log.warning("tenant %s is over its LLM call limit: message %s escalated", ctx.tenant_id,
                             ctx.message_id)
                 return Decision(escalate_reason="llm_rate_limited", detail=exc.detail, draft=offline)
-            redacted_question = guardrails.redact_pii(text).text
-            redacted_history = [(role, guardrails.redact_pii(t).text) for role, t in ctx.history]
+            pii = PiiVault()  # numbered placeholders out, the customer's values back in (app/assistant/pii_restore.py)
+            redacted_question = pii.mask(text)
+            redacted_history = [(role, pii.mask(t)) for role, t in ctx.history]
             messages = render_messages(ctx.persona, policies, redacted_history, passages, redacted_question)
             try:
                 if drafts is not None and isinstance(self.llm, StreamingLLMClient):
@@ -255,6 +259,13 @@ class Orchestrator:
             draft = parse_llm_answer(completion.text, passages)
             if draft.escalate:
                 return Decision(escalate_reason=draft.reason or "low_confidence", draft=offline)
+            # -- grounded or reviewed, PII restored (app/assistant/grounding.py) --------------------------------
+            vetted = vet_llm_draft(draft, passages, ctx.persona, pii)
+            if vetted.escalate_reason is not None:
+                return Decision(escalate_reason=vetted.escalate_reason, detail=vetted.detail, draft=vetted.draft,
+                                meta=vetted.meta)
+            draft = vetted.draft
+            # ------------------------------------------------------------------------------------------------------
         banned = guardrails.find_banned(draft.text, policies.get("banned_phrases") or ())
         if banned:
             return Decision(escalate_reason="banned_phrase", detail=", ".join(banned), draft=draft)
@@ -332,6 +343,7 @@ class Orchestrator:
                 "message_id": ctx.message_id, "status": "open", "reason": reason, "detail": decision.detail,
                 "draft": decision.draft.text if decision.draft else None,
                 "draft_citations": decision.draft.citations if decision.draft else None, "created_at": utcnow(),
+                "meta": decision.meta,
             })
             event = store_reply(session, to, key=f"reply:{ctx.message_id}", text=notice, author="bot",
                                 in_reply_to_id=ctx.message_id, meta={"escalation_id": escalation_id})

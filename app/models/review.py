@@ -22,6 +22,8 @@ class Escalation(IdMixin, Base):
     detail: Mapped[str | None] = mapped_column(Text, default=None)
     draft: Mapped[str | None] = mapped_column(Text, default=None)
     draft_citations: Mapped[list[dict[str, Any]] | None] = mapped_column(default=None)
+    # What the bot found when it escalated, for the console: e.g. {"grounding": {"unsupported": [...]}}.
+    meta: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     decision: Mapped[str | None] = mapped_column(String(16), default=None)  # approve | edit | reject | takeover
     final_text: Mapped[str | None] = mapped_column(Text, default=None)
     reviewer: Mapped[str | None] = mapped_column(String(200), default=None)

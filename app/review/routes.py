@@ -29,6 +29,9 @@ class EscalationOut(BaseModel):
     customer_text: str
     draft: str | None
     draft_citations: list[dict[str, Any]] | None
+    meta: dict[str, Any] | None = Field(default=None, description=(
+        "What the bot found when it escalated; for `ungrounded`, `grounding.unsupported` lists the draft's "
+        "sentences that the passages they cite do not support."))
     decision: str | None
     final_text: str | None
     reviewer: str | None
@@ -59,12 +62,14 @@ class ModeOut(BaseModel):
 
 
 def _out(escalation: Escalation, customer_text: str) -> EscalationOut:
+    """Agents see PII masked ([EMAIL], [PHONE]...): raw values only through service.reveal_escalation (audited)."""
+    texts = service.masked_texts(escalation, customer_text)
     return EscalationOut(
         id=escalation.id, conversation_id=escalation.conversation_id, message_id=escalation.message_id,
-        status=escalation.status, reason=escalation.reason, detail=escalation.detail, customer_text=customer_text,
-        draft=escalation.draft, draft_citations=escalation.draft_citations, decision=escalation.decision,
-        final_text=escalation.final_text, reviewer=escalation.reviewer, created_at=escalation.created_at,
-        decided_at=escalation.decided_at,
+        status=escalation.status, reason=escalation.reason, detail=escalation.detail,
+        customer_text=texts["customer_text"] or "", draft=texts["draft"], draft_citations=escalation.draft_citations,
+        meta=escalation.meta, decision=escalation.decision, final_text=texts["final_text"],
+        reviewer=escalation.reviewer, created_at=escalation.created_at, decided_at=escalation.decided_at,
     )
 
 

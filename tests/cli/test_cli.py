@@ -56,8 +56,8 @@ def test_chat_json_answers_with_citations_and_escalates_the_unanswerable(home: P
     result = run(home, "chat", "--tenant", "acme", "--message", "What is your return policy?", "--json")
     assert result.returncode == 0, result.stderr
     answer = json.loads(result.stdout)
-    assert set(answer) == {"status", "text", "citations", "escalation_id"}
-    assert answer["status"] == "answered" and answer["escalation_id"] is None
+    assert set(answer) == {"status", "text", "citations", "escalation_id", "reason"}
+    assert answer["status"] == "answered" and answer["escalation_id"] is None and answer["reason"] is None
     assert answer["citations"] and set(answer["citations"][0]) == {"document", "chunk_id", "score"}
     assert {c["document"] for c in answer["citations"]} & {"faq.csv", "returns-and-refunds.md"}
 
@@ -65,6 +65,7 @@ def test_chat_json_answers_with_citations_and_escalates_the_unanswerable(home: P
                  "can i rent a canoe from you for the weekend", "--json")
     escalated = json.loads(result.stdout)
     assert escalated["status"] == "escalated" and escalated["escalation_id"]
+    assert escalated["reason"] == "no_knowledge"
 
 
 @pytest.fixture

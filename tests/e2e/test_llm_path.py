@@ -3,15 +3,19 @@ timeouts and persistent rate limits that end in an escalation (never a dropped m
 
 from __future__ import annotations
 
+import json
+import logging
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 
 from app import operations
+from app.assistant.pii_restore import PLACEHOLDER
 from app.db import session_scope
-from app.models import Escalation, Message, Tenant
+from app.models import AuditEvent, Escalation, Message, Tenant
 from tests.e2e.conftest import EXAMPLE, Stack, replies
+from tests.fakes.openai_server import first_sentence, prompt_passages
 
 
 @pytest.fixture(scope="module")
@@ -92,3 +96,106 @@ def test_llm_timeout_is_escalated(stack, llm_tenant, openai_server) -> None:
     _point_llm_at(openai_server, timeout_s=0.5, max_retries=1)
     _, message_id = _ask(stack, llm_tenant, "what payment methods do you accept?", "l4")
     assert _escalation_reason(message_id) == "llm_timeout"
+
+
+# -- grounded or reviewed ------------------------------------------------------------------------------------
+def _escalation_json(stack: Stack, tenant: dict[str, Any], message_id: str) -> dict[str, Any]:
+    queue = stack.client.get("/review/v1/escalations", headers=stack.headers(tenant["agent_api_key"])).json()
+    return next(e for e in queue if e["message_id"] == message_id)
+
+
+def test_an_invented_claim_citing_a_passage_is_escalated_as_ungrounded(stack, llm_tenant, openai_server) -> None:
+    claim = "Every Northwind product comes with a lifetime free-repair guarantee."
+    openai_server.reply(f"{claim} [1]")
+    _point_llm_at(openai_server)
+    reply, message_id = _ask(stack, llm_tenant, "what warranty do your boots have?", "g1")
+    assert "lifetime" not in reply["text"] and "team" in reply["text"]  # the customer got the holding notice
+    assert _escalation_reason(message_id) == "ungrounded"
+    escalation = _escalation_json(stack, llm_tenant, message_id)
+    assert escalation["draft"].startswith(claim)  # the agent can edit it
+    unsupported = escalation["meta"]["grounding"]["unsupported"]
+    assert [s["text"] for s in unsupported] == [claim]
+    assert unsupported[0]["citations"] == [1] and unsupported[0]["problem"]
+
+
+def test_an_answer_that_cites_nothing_is_escalated_as_ungrounded(stack, llm_tenant, openai_server) -> None:
+    openai_server.reply_with(lambda body: first_sentence(prompt_passages(body)[0]))  # true, but no [n]
+    _point_llm_at(openai_server)
+    reply, message_id = _ask(stack, llm_tenant, "do gift cards expire?", "g2")
+    assert "team" in reply["text"]
+    assert _escalation_reason(message_id) == "ungrounded"
+    assert _escalation_json(stack, llm_tenant, message_id)["meta"]["grounding"]["cites_nothing"] is True
+
+
+def test_an_answer_quoting_the_passage_it_cites_is_sent(stack, llm_tenant, openai_server) -> None:
+    quoted: list[str] = []
+
+    def quote(body: dict[str, Any]) -> str:
+        quoted.append(first_sentence(prompt_passages(body)[0]))
+        return f"Happy to help! {quoted[-1]} [1] Let me know if anything else comes up."
+
+    openai_server.reply_with(quote)
+    _point_llm_at(openai_server)
+    reply, message_id = _ask(stack, llm_tenant, "how long do i have to return something?", "g3")
+    assert quoted and quoted[-1] in reply["text"]
+    assert reply["citations"]
+    assert _escalation_reason(message_id) is None
+
+
+# -- PII both ways -------------------------------------------------------------------------------------------
+EMAIL = "jane.doe@example.com"
+
+
+def test_placeholders_are_restored_and_the_raw_value_never_reaches_the_llm_or_the_logs(
+        stack, llm_tenant, openai_server, caplog) -> None:
+    openai_server.reply_with(
+        lambda body: f"Thanks for your message, [EMAIL_1]! {first_sentence(prompt_passages(body)[0])} [1]")
+    _point_llm_at(openai_server)
+    from tests.e2e.conftest import Visitor
+
+    token = stack.client.post(f"/widget/v1/{llm_tenant['widget_id']}/sessions", json={}).json()["token"]
+    visitor = Visitor(stack.client, llm_tenant["widget_id"], token)
+    with caplog.at_level(logging.DEBUG):
+        visitor.send(f"do gift cards expire? write me at {EMAIL}", "p1")
+        reply = replies(visitor.wait_for(lambda ms: len(replies(ms)) >= 1, timeout=60))[0]
+        # the next turn's history carries the restored reply: masked again, with the same placeholder
+        visitor.send("and can i use it online?", "p2")
+        second = replies(visitor.wait_for(lambda ms: len(replies(ms)) >= 2, timeout=60))[1]
+    assert reply["text"].startswith(f"Thanks for your message, {EMAIL}!")
+    for text in (reply["text"], second["text"]):
+        assert not PLACEHOLDER.search(text)
+    for request in openai_server.completion_requests[-2:]:
+        sent = json.dumps(request.body)
+        assert EMAIL not in sent and "[EMAIL_1]" in sent
+    assert EMAIL not in caplog.text
+
+
+def test_a_placeholder_that_cannot_be_restored_is_never_sent(stack, llm_tenant, openai_server) -> None:
+    openai_server.reply_with(lambda body: f"{first_sentence(prompt_passages(body)[0])} [1] Thanks, [PHONE]!")
+    _point_llm_at(openai_server)
+    reply, message_id = _ask(stack, llm_tenant, "do gift cards expire?", "p3")
+    assert not PLACEHOLDER.search(reply["text"])
+    assert _escalation_reason(message_id) == "pii_placeholder"
+    escalation = _escalation_json(stack, llm_tenant, message_id)
+    approve = stack.client.post(f"/review/v1/escalations/{escalation['id']}/decision",
+                                headers=stack.headers(llm_tenant["agent_api_key"]), json={"decision": "approve"})
+    assert approve.status_code == 422 and "placeholder" in approve.json()["detail"]
+
+
+def test_agents_see_masked_text_unless_they_reveal_it(stack, llm_tenant, openai_server) -> None:
+    openai_server.reply("Every order ships by drone within the hour [1].")
+    _point_llm_at(openai_server)
+    _, message_id = _ask(stack, llm_tenant, f"how fast do you ship? i'm {EMAIL}", "p4")
+    escalation = _escalation_json(stack, llm_tenant, message_id)
+    assert EMAIL not in json.dumps(escalation) and "[EMAIL]" in escalation["customer_text"]
+    from app.auth import Principal
+    from app.review import service
+
+    with session_scope() as session:
+        tenant_id = session.get_one(Message, message_id).tenant_id
+        principal = Principal(tenant_id=tenant_id, tenant_slug="northwind-llm", scope="agent", key_id="k1", name="ana")
+        revealed = service.reveal_escalation(session, principal, escalation["id"], why="customer asked on the phone")
+        audit = session.scalars(select(AuditEvent).where(AuditEvent.action == "escalation.pii_revealed",
+                                                         AuditEvent.subject_id == escalation["id"])).one()
+    assert EMAIL in (revealed["customer_text"] or "")
+    assert audit.data == {"why": "customer asked on the phone"}

@@ -15,6 +15,11 @@ with `finish_reason`), then `data: [DONE]`. `pause_stream_after(n)` holds stream
 until the test calls `resume_stream()` (so a test can look at what a visitor sees mid-answer without timing);
 `then_stream_break(n)` drops the connection after n chunks; `then_stream_error(n)` sends an error event.
 
+A scripted answer can read the prompt it answers: `prompt_passages(body)` gives the numbered knowledge passages
+of the system message (passage 1 first), `customer_question(body)` the customer's last message:
+
+    openai_server.reply_with(lambda body: f"{first_sentence(prompt_passages(body)[0])} [1]")
+
 Use it from any test package: `from tests.fakes.openai_server import openai_server` in a conftest.py (the
 fixture is defined here), or start `FakeOpenAIServer()` yourself as a context manager.
 """
@@ -106,6 +111,31 @@ def chat_completion_chunk(
 def text_chunks(text: str) -> list[str]:
     """How the fake splits an answer into streamed pieces: a word and the space after it."""
     return re.findall(r"\S+\s*|\s+", text)
+
+
+_PASSAGE = re.compile(r"<passage n=\"(\d+)\"[^>]*>\n(.*?)\n</passage>", re.S)
+_CUSTOMER = re.compile(r"<customer_message>\n(.*?)\n</customer_message>", re.S)
+
+
+def prompt_passages(body: dict[str, Any]) -> list[str]:
+    """The knowledge passages of a chat request's system message, in their numbered order."""
+    system = next((m["content"] for m in body.get("messages", []) if m.get("role") == "system"), "")
+    return [text for _, text in sorted(_PASSAGE.findall(system), key=lambda found: int(found[0]))]
+
+
+def customer_question(body: dict[str, Any]) -> str:
+    found = _CUSTOMER.findall(body["messages"][-1]["content"])
+    return str(found[-1]) if found else ""
+
+
+def first_sentence(passage: str) -> str:
+    """A passage's first sentence of answer text (an FAQ passage's answer, not its question)."""
+    answer = re.split(r"\n\s*A:\s*", passage, maxsplit=1)[-1].strip()
+    for line in answer.splitlines():  # the first line of prose: not a heading, a table row or a list label
+        line = re.sub(r"^\s*(?:#+|[-*>]|\d+[.)])\s*|\*\*", "", line).strip()
+        if len(line.split()) >= 5 and "|" not in line:
+            return re.split(r"(?<=[.!?])\s+", line, maxsplit=1)[0]
+    return answer.splitlines()[0]
 
 
 def _error_body(status: int, message: str) -> dict[str, Any]:

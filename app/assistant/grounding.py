@@ -1,0 +1,418 @@
+"""Is an LLM reply supported by the passages it cites? Measured, not taken from the model's brackets.
+
+A reply is split into sentences. Each sentence's citations are the `[n]` markers inside it; a sentence without
+its own marker takes the next marker of its paragraph (offline-composer style "A. B. C [1]."), or after the
+paragraph's last marker that one ("A [1]. B."); a paragraph without any marker cites nothing. Then:
+
+* **Non-factual** sentences need no citation: questions ("Anything else I can help with?"), the persona's
+  greeting and sign-off, and sentences with no digit and no content word once stopwords, customer-service
+  small talk (`CHAT_WORDS`: hello, thanks, happy, help, let, know, team, ...) and the persona's own name and
+  brand are set aside. "Happy to help! Let me know if anything else comes up." is non-factual; "Happy to help:
+  every boot has a lifetime guarantee." is not (guarantee, lifetime, boot).
+* A **factual** sentence is supported by its cited passages when all of these hold:
+  1. it cites something (a factual sentence after the last marker of its paragraph cites nothing);
+  2. every number in it (digits or number words, "$75", "thirty") occurs in the cited passages;
+  3. every capitalised word past its first (a product, brand, place, carrier) occurs in the cited passages;
+  4. the words it negates (those up to four words after not, never, no, cannot, without... in the same clause)
+     are the words the passage sentence that matches it best negates, among its own words ("can be returned"
+     against "cannot be returned" fails; "gift cards never expire" against "gift cards never expire, have no
+     fees" passes);
+  5. `weight * coverage + (1 - weight) * similarity >= threshold`, where coverage is the share of its
+     content words (Snowball stems) found in the cited passages and similarity is the best cosine between its
+     MiniLM embedding and the passages' sentences (single sentences, adjacent pairs, and clauses of 3+ words).
+  Coverage catches invented content words; the embedding forgives paraphrase (synonyms, reordering) that
+  coverage punishes. `weight` and `threshold` were tuned on one split and measured on another
+  (benchmarks/grounding.py; results in docs/benchmarks.md).
+
+A reply is grounded when it cites at least one passage and every factual sentence is supported. No LLM judge:
+nothing leaves the machine, and the check costs one embedding call per reply (passage sentences are cached).
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from app.assistant.pii_restore import PiiVault
+from app.assistant.prompts import Draft, PassageLike
+from app.providers.embeddings.sparse import tokenize
+
+# Tuned by benchmarks/grounding.py on its tuning split (COVID-19 FAQ); see docs/benchmarks.md.
+WEIGHT = 0.4
+THRESHOLD = 0.94
+
+_CITATION = re.compile(r"\[(\d{1,2}(?:\s*,\s*\d{1,2})*)\]")
+# A PII placeholder the reply may carry ([EMAIL], [PHONE_2]): neither a claim nor a number.
+_PLACEHOLDER = re.compile(r"\[[A-Z][A-Z_]*?(?:_\d+)?\]")
+# A sentence ends at . ! ? or, in a reply, at a citation marker followed by a capital ("a list item [1] Next").
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])|(?<=\])\s+(?=[A-Z])")
+# "Foo. [1]" and "Foo.[1][2]": the markers move before the full stop, so they stay with their sentence.
+_TRAILING_MARKERS = re.compile(r"([.!?]+)\s*((?:\[\d{1,2}(?:\s*,\s*\d{1,2})*\]\s*)+)")
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+_CAPITALISED = re.compile(r"\b[A-Z][A-Za-z0-9&'-]*[A-Za-z0-9]\b")
+_MARKDOWN = re.compile(r"\*\*|__|`|^\s*(?:[-*•]|\d+[.)])\s+|^\s*#+\s*|^\s*>\s*", re.MULTILINE)
+
+_NUMBER_WORDS = {
+    "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6", "seven": "7", "eight": "8",
+    "nine": "9", "ten": "10", "eleven": "11", "twelve": "12", "fifteen": "15", "twenty": "20", "thirty": "30",
+    "forty": "40", "fifty": "50", "sixty": "60", "ninety": "90", "hundred": "100", "once": "1", "twice": "2",
+    "single": "1", "double": "2", "half": "0.5",
+}
+_NUMBER_WORD = re.compile(r"\b(?:" + "|".join(_NUMBER_WORDS) + r")\b", re.IGNORECASE)
+# Negation cues, as `tokenize` leaves them (apostrophes dropped: "can't" -> "cant").
+_NEGATIONS_TEXT = """
+    not no never cannot cant dont doesnt didnt isnt arent wasnt werent wont wouldnt shouldnt couldnt
+    hasnt havent hadnt without none nothing neither nor non
+"""
+_NEGATIONS = frozenset(_NEGATIONS_TEXT.split())
+# Customer-service small talk: words that make no claim about the brand's policies or products.
+CHAT_WORDS_TEXT = """
+    hi hello hey dear yes news thanks thank welcome glad happy pleased help helps helpful hope let know anything else
+    everything something feel free ask asking question questions query sure great good nice day today morning
+    afternoon evening assist assistance please sorry apologise apologize apologies inconvenience understand
+    understood certainly absolutely course regards cheers best wish wishes enjoy reach contact touch team
+    member members colleague colleagues connect connecting pass passing passed further need needs want like
+    ok okay sounds look looking forward glad note information info details detail more check checking
+    answer answers reply replies response quick quickly shortly soon right away again also just us we
+    our ours me my i you your yours chat chatting message messages hear heard great wonderful awesome
+    come comes arise arises else theres heres thats whats lets youre youll ill id ive im
+    """
+CHAT_WORDS = frozenset(tokenize(CHAT_WORDS_TEXT)) | frozenset(CHAT_WORDS_TEXT.split())
+
+
+@dataclass(frozen=True)
+class SentenceCheck:
+    text: str
+    citations: list[int]  # the reply's own 1-based numbers
+    factual: bool
+    supported: bool
+    problem: str | None = None  # no_citation | number | name | negation | weak_support
+    coverage: float = 0.0
+    similarity: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"text": self.text, "citations": self.citations, "problem": self.problem,
+                "coverage": round(self.coverage, 3), "similarity": round(self.similarity, 3)}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    grounded: bool
+    sentences: list[SentenceCheck] = field(default_factory=list)
+    cites_nothing: bool = False
+
+    @property
+    def unsupported(self) -> list[SentenceCheck]:
+        return [s for s in self.sentences if s.factual and not s.supported]
+
+    def summary(self) -> str:
+        if self.cites_nothing:
+            return "the reply cites no retrieved passage"
+        factual = sum(s.factual for s in self.sentences)
+        return f"{len(self.unsupported)} of {factual} factual sentences not supported by the passage they cite"
+
+    def meta(self) -> dict[str, Any]:
+        """What an escalation keeps for the console to highlight."""
+        return {"grounding": {
+            "cites_nothing": self.cites_nothing,
+            "unsupported": [s.to_dict() for s in self.unsupported],
+            "sentences": len(self.sentences),
+        }}
+
+
+Embed = Callable[[Sequence[str]], list[list[float]]]
+
+
+@dataclass(frozen=True)
+class _Units:
+    """One passage's comparison units (sentences, adjacent pairs, clauses), their terms and embeddings."""
+
+    texts: list[str]
+    negated: list[frozenset[str]]
+    vectors: np.ndarray  # one row per text, unit length
+    terms: frozenset[str]
+    numbers: frozenset[str]
+    words: frozenset[str]  # lower-cased surface words, for capitalised names
+
+
+class GroundingChecker:
+    def __init__(self, embed: Embed | None = None, *, weight: float = WEIGHT, threshold: float = THRESHOLD,
+                 cache_size: int = 2048) -> None:
+        self._embed = embed
+        self.weight = weight
+        self.threshold = threshold
+        self._cache: OrderedDict[str, _Units] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        if self._embed is None:
+            from app.runtime import get_embedder
+
+            self._embed = get_embedder().embed_documents
+        return self._embed(list(texts)) if texts else []
+
+    # -- the check ---------------------------------------------------------------------------------------
+    def check(self, text: str, cited: Sequence[PassageLike], persona: dict[str, Any] | None = None) -> Verdict:
+        """`cited[n - 1]` is the passage the reply's `[n]` points at (the order of `Draft.citations`)."""
+        own = persona_words(persona)
+        # The persona's own greeting and sign-off ("Happy trails, Ava") are its voice, not claims.
+        voice = {s for line in ((persona or {}).get(k) for k in ("greeting", "sign_off")) if line
+                 for s, _ in split_cited(str(line))}
+        sentences = [(s, nums) for s, nums in split_cited(text) if s not in voice]
+        factual = [s for s, _ in sentences if is_factual(s, own)]
+        vectors = dict(zip(factual, self.embed([_plain(s) for s in factual]), strict=True))
+        scored = [self.score_sentence(s, nums, cited, own, vectors.get(s)) for s, nums in sentences]
+        cites_nothing = not any(s.citations for s in scored if 0 < min(s.citations, default=0) <= len(cited))
+        grounded = not cites_nothing and all(s.supported for s in scored if s.factual)
+        return Verdict(grounded=grounded, sentences=scored, cites_nothing=cites_nothing)
+
+    def score_sentence(self, sentence: str, numbers: list[int], cited: Sequence[PassageLike],
+                       persona_words: frozenset[str] = frozenset(),
+                       vector: Sequence[float] | None = None) -> SentenceCheck:
+        factual = is_factual(sentence, persona_words)
+        if not factual:
+            return SentenceCheck(sentence, numbers, factual=False, supported=True)
+        passages = [cited[n - 1] for n in numbers if 0 < n <= len(cited)]
+        if not passages:
+            return SentenceCheck(sentence, numbers, True, False, "no_citation")
+        measures = self.measure(sentence, passages, persona_words, vector)
+        return SentenceCheck(sentence, numbers, True, measures.problem is None, measures.problem,
+                             measures.coverage, measures.similarity)
+
+    def measure(self, sentence: str, passages: Sequence[PassageLike],
+                persona_words: frozenset[str] = frozenset(), vector: Sequence[float] | None = None) -> Measures:
+        """The support signals of one factual sentence against the passages it cites."""
+        units = [self._units(p) for p in passages]
+        clean = _plain(sentence)
+        terms = _content_terms(clean, persona_words)
+        known_terms = frozenset().union(*(u.terms for u in units))
+        coverage = len(terms & known_terms) / len(terms) if terms else 1.0
+        query = np.asarray(vector if vector is not None else self.embed([clean])[0], dtype=np.float32)
+        best, best_negated = -1.0, frozenset[str]()
+        for u in units:
+            sims = u.vectors @ query
+            i = int(np.argmax(sims))
+            if float(sims[i]) > best:
+                best, best_negated = float(sims[i]), u.negated[i]
+        similarity = max(best, 0.0)
+        mismatch: str | None = None
+        if not _numbers(clean) <= frozenset().union(*(u.numbers for u in units)):
+            mismatch = "number"
+        elif not _names(clean, persona_words) <= frozenset().union(*(u.words for u in units)):
+            mismatch = "name"
+        elif _negated_terms(clean) != best_negated & (terms | _all_terms(clean)):
+            mismatch = "negation"
+        return Measures(coverage, similarity, mismatch,
+                        mismatch or self.verdict(coverage, similarity))
+
+    def verdict(self, coverage: float, similarity: float) -> str | None:
+        return None if self.weight * coverage + (1 - self.weight) * similarity >= self.threshold else "weak_support"
+
+    def _units(self, passage: PassageLike) -> _Units:
+        key = f"{passage.chunk_id}:{hash(passage.text)}"
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                return hit
+        sentences = passage_sentences(passage.text)
+        clauses = [c.strip() for s in sentences for c in re.split(r"[,;:]\s+", s) if len(c.split()) >= 3]
+        texts = list(dict.fromkeys(sentences + [f"{a} {b}" for a, b in itertools.pairwise(sentences)] + clauses))
+        plain = _plain(passage.text)
+        units = _Units(
+            texts=texts,
+            negated=[_negated_terms(t) for t in texts],
+            vectors=np.asarray(self.embed(texts), dtype=np.float32).reshape(len(texts), -1),
+            terms=frozenset(tokenize(plain)),
+            numbers=_numbers(plain),
+            words=frozenset(w.lower() for w in re.findall(r"[A-Za-z0-9&'-]+", plain)),
+        )
+        with self._lock:
+            self._cache[key] = units
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return units
+
+
+@dataclass(frozen=True)
+class Measures:
+    coverage: float
+    similarity: float
+    mismatch: str | None  # number | name | negation: fails whatever the scores
+    problem: str | None  # the mismatch, or weak_support, or None when supported
+
+
+# -- text helpers --------------------------------------------------------------------------------------------
+def split_cited(text: str) -> list[tuple[str, list[int]]]:
+    """The reply's sentences (markers removed) with the citation numbers each is checked against."""
+    out: list[tuple[str, list[int]]] = []
+    for paragraph in text.split("\n"):
+        paragraph = _TRAILING_MARKERS.sub(lambda m: f" {m.group(2).strip()}{m.group(1)} ", paragraph)
+        pending: list[str] = []  # sentences of this paragraph waiting for the next marker
+        last: list[int] = []  # the paragraph's latest marker
+        for raw in _SENTENCE_END.split(_MARKDOWN.sub("", paragraph).strip()):
+            numbers = [int(n) for group in _CITATION.findall(raw) for n in group.split(",")]
+            sentence = re.sub(r"\s+([.,;:!?])", r"\1", _CITATION.sub("", raw)).strip()
+            sentence = re.sub(r"\s{2,}", " ", sentence)
+            if not re.search(r"\w", sentence):
+                if numbers and out:  # a marker alone: it belongs to what came before
+                    out[-1] = (out[-1][0], list(dict.fromkeys(out[-1][1] + numbers)))
+                continue
+            if numbers:
+                last = list(dict.fromkeys(numbers))
+                out.extend((waiting, last) for waiting in pending)
+                pending = []
+                out.append((sentence, last))
+            else:
+                pending.append(sentence)
+        out.extend((s, last) for s in pending)  # after the paragraph's last marker: checked against it
+    return out
+
+
+def passage_sentences(text: str) -> list[str]:
+    parts: list[str] = []
+    for line in _MARKDOWN.sub("", text).splitlines():
+        line = line.strip().strip("|").strip()
+        if not line or set(line) <= set("|-: "):
+            continue  # blank line or a markdown table's rule
+        line = re.sub(r"\s*\|\s*", ": ", line)  # a table row reads as "cell: cell"
+        line = re.sub(r"^(?:Q|A|Question|Answer)\s*[:.]\s*", "", line)
+        parts.extend(p.strip() for p in _SENTENCE_END.split(line) if p.strip())
+    return parts or [text.strip()]
+
+
+def is_factual(sentence: str, persona_words: frozenset[str] = frozenset()) -> bool:
+    """False for sentences that make no claim: questions and small talk (see the module's docstring)."""
+    clean = _plain(sentence)
+    if clean.rstrip().endswith("?"):
+        return False
+    if _numbers(clean):
+        return True
+    return bool(_content_terms(clean, persona_words))
+
+
+def _plain(text: str) -> str:
+    return _PLACEHOLDER.sub(" ", _CITATION.sub(" ", text)).replace("\u2019", "'")
+
+
+def _content_terms(text: str, persona_words: frozenset[str]) -> frozenset[str]:
+    # Numbers and negations are checked on their own (an "ill" or "thirty" is no invented word).
+    return frozenset(t for t in tokenize(_NUMBER_WORD.sub(" ", text))
+                     if t not in CHAT_WORDS and t not in persona_words and t not in _NEGATIONS
+                     and not t.isdigit() and len(t) > 1)
+
+
+def _all_terms(text: str) -> frozenset[str]:
+    return frozenset(tokenize(text))
+
+
+def _numbers(text: str) -> frozenset[str]:
+    found = {_norm_number(n) for n in _NUMBER.findall(text)}
+    found |= {_NUMBER_WORDS[w.lower()] for w in _NUMBER_WORD.findall(text)}
+    return frozenset(found)
+
+
+def _norm_number(raw: str) -> str:
+    value = raw.replace(",", "")
+    if "." in value:
+        value = value.rstrip("0").rstrip(".") or "0"
+    return value.lstrip("0") or "0"
+
+
+def _names(text: str, persona_words: frozenset[str]) -> frozenset[str]:
+    """Capitalised words past a sentence's first word: products, brands, places, carriers."""
+    names: set[str] = set()
+    for sentence in _SENTENCE_END.split(text.strip()):
+        for m in _CAPITALISED.finditer(sentence):
+            word = m.group(0).lower()
+            if m.start() == 0 or sentence[:m.start()].strip() in {'"', "'", "("}:
+                continue
+            if word in persona_words or word in _TITLE_WORDS or len(word) < 2:
+                continue
+            names.add(word)
+    return frozenset(names)
+
+
+# Capitalised for grammar, not as names.
+_TITLE_WORDS = frozenset({"i", "i'm", "i've", "i'll", "i'd", "ok", "yes", "no", "please", "thanks", "hi", "hello"})
+
+
+NEGATION_SCOPE = 4  # words after a negation cue, within its clause, that it negates
+
+
+def _negated_terms(text: str) -> frozenset[str]:
+    """The content terms that a negation governs: "cannot be returned" -> {return}."""
+    negated: set[str] = set()
+    for clause in re.split(r"[,.;:!?()]", text.lower().replace("'", "").replace("\u2019", "")):
+        scope = 0
+        for word in re.findall(r"\w+", clause):
+            if word in _NEGATIONS:
+                scope = NEGATION_SCOPE
+                continue
+            if scope:
+                negated.update(tokenize(word))
+                scope -= 1
+    return frozenset(negated)
+
+
+def persona_words(persona: dict[str, Any] | None) -> frozenset[str]:
+    persona = persona or {}
+    words = " ".join(str(persona.get(k) or "") for k in ("name", "brand"))
+    return frozenset(tokenize(words)) | frozenset(w.lower() for w in re.findall(r"[A-Za-z0-9&'-]+", words))
+
+
+_default: GroundingChecker | None = None
+_default_lock = threading.Lock()
+
+
+def default_checker() -> GroundingChecker:
+    """One checker per process: the embedder is the one retrieval already loaded, the passage cache is shared."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = GroundingChecker()
+        return _default
+
+
+def check_reply(text: str, citations: Sequence[dict[str, Any]], passages: Sequence[PassageLike],
+                persona: dict[str, Any] | None = None, checker: GroundingChecker | None = None) -> Verdict:
+    """Check a reply whose `citations` (a Draft's, in the text's [n] order) name chunks among `passages`."""
+    by_chunk = {p.chunk_id: p for p in passages}
+    cited = [by_chunk[c["chunk_id"]] for c in citations if c.get("chunk_id") in by_chunk]
+    return (checker or default_checker()).check(text, cited, persona)
+
+
+@dataclass(frozen=True)
+class Vetted:
+    """An LLM draft after the grounding check and PII restoration: send `draft`, or escalate with it."""
+
+    draft: Draft
+    escalate_reason: str | None = None  # ungrounded | pii_placeholder
+    detail: str | None = None
+    meta: dict[str, Any] | None = None
+
+
+def vet_llm_draft(draft: Draft, passages: Sequence[PassageLike], persona: dict[str, Any] | None,
+                  vault: PiiVault, checker: GroundingChecker | None = None) -> Vetted:
+    """Grounded or reviewed, and no placeholder ever reaches a customer. The check reads the model's own text
+    (placeholders are neither claims nor numbers); the draft kept, sent or approved later carries the customer's
+    values back in place, so what agents approve is what the customer should read."""
+    verdict = check_reply(draft.text, draft.citations, passages, persona, checker)
+    restored = vault.restore(draft.text)
+    vetted = replace(draft, text=restored.text)
+    if not verdict.grounded:
+        return Vetted(vetted, "ungrounded", verdict.summary(), verdict.meta())
+    if restored.unresolved:
+        unresolved = sorted(set(restored.unresolved))
+        return Vetted(vetted, "pii_placeholder",
+                      f"the reply holds placeholders this customer gave no value for: {', '.join(unresolved)}",
+                      {"pii_placeholders": unresolved})
+    return Vetted(vetted)
