@@ -259,6 +259,11 @@ class Orchestrator:
             draft = parse_llm_answer(completion.text, passages)
             if draft.escalate:
                 return Decision(escalate_reason=draft.reason or "low_confidence", draft=offline)
+        # The tenant's own rules first: a banned phrase is the precise reason, whatever else is wrong.
+        banned = guardrails.find_banned(draft.text, policies.get("banned_phrases") or ())
+        if banned:
+            return Decision(escalate_reason="banned_phrase", detail=", ".join(banned), draft=draft)
+        if draft is not offline:
             # -- grounded or reviewed, PII restored (app/assistant/grounding.py) --------------------------------
             vetted = vet_llm_draft(draft, passages, ctx.persona, pii)
             if vetted.escalate_reason is not None:
@@ -266,9 +271,6 @@ class Orchestrator:
                                 meta=vetted.meta)
             draft = vetted.draft
             # ------------------------------------------------------------------------------------------------------
-        banned = guardrails.find_banned(draft.text, policies.get("banned_phrases") or ())
-        if banned:
-            return Decision(escalate_reason="banned_phrase", detail=", ".join(banned), draft=draft)
         max_chars = policies.get("max_reply_chars")
         if max_chars and len(draft.text) > int(max_chars):
             return Decision(escalate_reason="reply_too_long", draft=draft)

@@ -21,9 +21,9 @@ from tests.e2e.conftest import EXAMPLE, Stack, Visitor
 from tests.e2e.sse import EventStream, serve_http
 from tests.fakes.openai_server import FakeOpenAIServer
 
-ANSWER = ("Gift cards never expire [1]. You can use them online and in every one of our stores, for any product "
-          "at all, and you can check the balance on your account page whenever you like [1]. A lost card can be "
-          "replaced if you still have the receipt.")
+# Grounded in the FAQ's gift-card entry (passage 1), so the checks let it go out on its own.
+ANSWER = ("Gift cards never expire, have no fees and can be used online and in stores [1]. Digital gift cards "
+          "from $25 to $500 are delivered by email on the date you choose [1].")
 BANNED = ("Gift cards never expire [1]. You can use them online and in every one of our stores, and as a thank "
           "you every card comes with a lifetime warranty on whatever you buy with it [1].")
 
@@ -219,7 +219,7 @@ def test_the_widget_page_shows_the_draft_before_the_final_message(
             expect(final).to_have_count(0)
             openai_server.resume_stream()
             expect(final).to_have_count(1, timeout=60_000)
-            expect(final).to_contain_text("replaced if you still have the receipt.")
+            expect(final).to_contain_text("delivered by email on the date you choose [1].")
             expect(final.locator(".cites")).to_contain_text("faq.csv")
             expect(draft).to_have_count(0)  # the final message took the draft's place
         finally:
