@@ -71,7 +71,7 @@ def put_webhook(body: WebhookIn, who: Admin) -> NewWebhookOut:
 
 @router.delete("/webhook", status_code=204, summary="Remove the escalation webhook")
 def delete_webhook(who: Admin) -> Response:
-    """Nothing more is sent (deliveries already being retried stop at their next attempt). Idempotent."""
+    """Nothing more is sent (a delivery being retried stops when the bus next hands it out). Idempotent."""
     with session_scope() as session:
         hook = _get(session, who.tenant_id)
         if hook is not None:
