@@ -12,18 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.admin.conftest import TenantKeys
-from tests.auth.conftest import (  # noqa: F401  (fixtures)
-    add_person,
-    audit,
-    backend,
-    bearer,
-    cheap_hashes,
-    client,
-    email,
-    login,
-    tenant_a,
-    tenant_b,
-)
+from tests.auth.conftest import add_person, audit, bearer, email, login
 from tests.conftest import REDIS_TEST_URL
 from tests.e2e.sse import EventStream, serve_http
 from tests.review.helpers import open_escalation
@@ -78,32 +67,32 @@ def test_the_queue_stream_carries_only_the_agents_own_tenant(
     waiting_in_a = open_escalation(tenant_a.id, "already waiting in A")
     agent_a = bearer(login(client, add_person(tenant_a, email("ana"), "agent")))
     agent_b = bearer(login(client, add_person(tenant_b, email("ben"), "agent")))
-    with serve_http(create_app(run_workers=False)) as base:
-        with EventStream(f"{base}/review/v1/events?ticket={_ticket(client, agent_a)}") as stream_a, \
-                EventStream(f"{base}/review/v1/events?ticket={_ticket(client, agent_b)}") as stream_b:
-            assert stream_a.status == 200 and stream_b.status == 200
-            # The current queue first, then `ready`.
-            first = stream_a.next("escalation")
-            assert first.data["id"] == waiting_in_a.escalation_id
-            assert stream_a.next("ready").data == {"open": 1}
-            assert stream_b.next("ready").data == {"open": 0}
+    with serve_http(create_app(run_workers=False)) as base, \
+            EventStream(f"{base}/review/v1/events?ticket={_ticket(client, agent_a)}") as stream_a, \
+            EventStream(f"{base}/review/v1/events?ticket={_ticket(client, agent_b)}") as stream_b:
+        assert stream_a.status == 200 and stream_b.status == 200
+        # The current queue first, then `ready`.
+        first = stream_a.next("escalation")
+        assert first.data["id"] == waiting_in_a.escalation_id
+        assert stream_a.next("ready").data == {"open": 1}
+        assert stream_b.next("ready").data == {"open": 0}
 
-            in_b = open_escalation(tenant_b.id, "B's question", channel="telegram")
-            in_a = open_escalation(tenant_a.id, "A's question")
-            # Pushed, not polled: the woken stream sends the new escalation of its own tenant only.
-            pushed_a = _next_escalation(stream_a)
-            assert pushed_a["id"] == in_a.escalation_id, "tenant A's stream carried another tenant's escalation"
-            assert pushed_a["customer_text"] == "A's question" and pushed_a["channel"] == "webchat"
-            pushed_b = _next_escalation(stream_b)
-            assert pushed_b["id"] == in_b.escalation_id and pushed_b["channel"] == "telegram"
+        in_b = open_escalation(tenant_b.id, "B's question", channel="telegram")
+        in_a = open_escalation(tenant_a.id, "A's question")
+        # Pushed, not polled: the woken stream sends the new escalation of its own tenant only.
+        pushed_a = _next_escalation(stream_a)
+        assert pushed_a["id"] == in_a.escalation_id, "tenant A's stream carried another tenant's escalation"
+        assert pushed_a["customer_text"] == "A's question" and pushed_a["channel"] == "webchat"
+        pushed_b = _next_escalation(stream_b)
+        assert pushed_b["id"] == in_b.escalation_id and pushed_b["channel"] == "telegram"
 
-            # A decision closes it in every console of the tenant.
-            decided = client.post(f"/review/v1/escalations/{in_a.escalation_id}/decision", headers=agent_a,
-                                  json={"decision": "reject", "note": "spam"})
-            assert decided.status_code == 200, decided.text
-            while (event := stream_a.next(timeout=30)).event != "closed":
-                assert event.data.get("id") != in_b.escalation_id
-            assert event.data == {"id": in_a.escalation_id}
+        # A decision closes it in every console of the tenant.
+        decided = client.post(f"/review/v1/escalations/{in_a.escalation_id}/decision", headers=agent_a,
+                              json={"decision": "reject", "note": "spam"})
+        assert decided.status_code == 200, decided.text
+        while (event := stream_a.next(timeout=30)).event != "closed":
+            assert event.data.get("id") != in_b.escalation_id
+        assert event.data == {"id": in_a.escalation_id}
 
     # B's escalation still waits for B, and A's API cannot see it either.
     assert client.get(f"/review/v1/escalations/{in_b.escalation_id}", headers=agent_a).status_code == 404

@@ -12,18 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.admin.conftest import TenantKeys
-from tests.auth.conftest import (  # noqa: F401  (fixtures)
-    add_person,
-    audit,
-    backend,
-    bearer,
-    cheap_hashes,
-    client,
-    email,
-    login,
-    tenant_a,
-    tenant_b,
-)
+from tests.auth.conftest import add_person, audit, bearer, email, login
 from tests.fakes.provider_server import Scripted
 from tests.fakes.webhook_receiver import WebhookReceiver
 from tests.review.helpers import open_escalation
