@@ -304,7 +304,8 @@ async function select(id) {
   hideForms();
   setStatus("");
   await refreshSelected();
-  $("detail").focus();
+  $("detail").scrollTop = 0;
+  $("detail").focus({ preventScroll: true });
 }
 
 async function refreshSelected() {
