@@ -143,10 +143,11 @@ class StreamTenant:
 def _stream_tenant(
     request: Request,
     authorization: Annotated[str | None, Header()] = None,
+    x_switchboard_tenant: Annotated[str | None, Header()] = None,
     ticket: Annotated[str | None, Query(max_length=300, description="From `POST /review/v1/events/tickets`.")] = None,
 ) -> StreamTenant:
     if ticket is None:
-        return StreamTenant(authenticate(request, authorization).tenant_id)
+        return StreamTenant(authenticate(request, authorization, x_switchboard_tenant).tenant_id)
     tenant_id, _, rest = ticket.partition(".")
     expires, _, signature = rest.partition(".")
     valid = bool(tenant_id) and expires.isascii() and expires.isdigit() and len(expires) <= 12

@@ -94,6 +94,11 @@ def test_the_queue_stream_carries_only_the_agents_own_tenant(
             assert event.data.get("id") != in_b.escalation_id
         assert event.data == {"id": in_a.escalation_id}
 
+        # Clients that can send headers open the stream with a key or token instead of a ticket.
+        with EventStream(f"{base}/review/v1/events", headers=tenant_b.headers("agent")) as stream_key:
+            assert stream_key.next("escalation").data["id"] == in_b.escalation_id
+            assert stream_key.next("ready").data == {"open": 1}
+
     # B's escalation still waits for B, and A's API cannot see it either.
     assert client.get(f"/review/v1/escalations/{in_b.escalation_id}", headers=agent_a).status_code == 404
     assert client.get(f"/review/v1/conversations/{in_b.conversation_id}", headers=agent_a).status_code == 404
