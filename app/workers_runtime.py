@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 from app.bus.base import Bus, Delivery
 from app.bus.concurrent import ConcurrentConsumer
 from app.bus.consumer import Consumer
-from app.contracts import INBOUND, OUTBOUND
+from app.config import get_settings
+from app.contracts import EVENTS, INBOUND, OUTBOUND
 
 if TYPE_CHECKING:
     from app.bootstrap import Container
@@ -69,6 +70,22 @@ def build_consumers(bus: Bus, stop: threading.Event, container: Container | None
     ]
 
 
+def notification_consumers(bus: Bus, stop: threading.Event) -> list[Consumer]:
+    """Escalation events to the review consoles (a quick wake-up each) and to tenants' webhooks (slow receivers
+    held per tenant, so one tenant's stalled receiver leaves the others theirs): app/review/notify.py."""
+    from app.review.notify import CONSOLE_GROUP, WEBHOOK_GROUP, WebhookSender, console_handler
+
+    settings = get_settings()
+    common = {"max_deliveries": settings.bus_max_deliveries, "claim_idle_ms": settings.bus_claim_idle_ms,
+              "batch_size": settings.bus_batch_size, "stop": stop}
+    return [
+        Consumer(bus, EVENTS, CONSOLE_GROUP, consumer_name("console"), console_handler, **common),  # type: ignore[arg-type]
+        ConcurrentConsumer(bus, EVENTS, WEBHOOK_GROUP, consumer_name("webhooks"), WebhookSender().handle,
+                           concurrency=8, tenant_concurrency=1, key=lambda d: d.tenant_id,
+                           **common),  # type: ignore[arg-type]
+    ]
+
+
 def conversation_key(delivery: Delivery) -> str:
     """The ordering key of an inbound message or a reply: its conversation (the stream already is the
     tenant's)."""
@@ -112,7 +129,7 @@ class RoleThreads:
         container = container or current()
         bus = bus or container.bus
         stop = threading.Event()
-        roles = cls(build_consumers(bus, stop, container), stop)
+        roles = cls([*build_consumers(bus, stop, container), *notification_consumers(bus, stop)], stop)
         targets = [(c.run, f"sb-{c.group}") for c in roles.consumers]
         targets.append((lambda: redrive_loop(bus, stop), "sb-redrive"))
         for target, name in targets:

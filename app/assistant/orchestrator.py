@@ -73,6 +73,7 @@ class Context:
     earlier_burst: list[str] = field(default_factory=list)  # texts merged into this turn
     superseded: bool = False  # a later message of the conversation was already waiting when this one was read
     channel: str = ""
+    retrieved: list[dict[str, Any]] = field(default_factory=list)  # set by `_decide`; kept on an escalation
 
 
 @dataclass(frozen=True)
@@ -231,6 +232,7 @@ class Orchestrator:
         # version (nothing ingested yet, or only a `--version-only` build) means no knowledge to answer from.
         passages = [] if ctx.pack_version is None else list(self.retrieve(
             ctx.tenant_id, text, top_k=self.settings.retrieval_top_k, filters={"pack_version": ctx.pack_version}))
+        ctx.retrieved[:] = [passage_record(p) for p in passages]
         offline = compose_offline(text, passages, ctx.persona, min_relevance=min_relevance)
         if offline.escalate:
             return Decision(escalate_reason=offline.reason or "no_knowledge", draft=None, detail=_top(passages))
@@ -346,6 +348,7 @@ class Orchestrator:
                 "draft": decision.draft.text if decision.draft else None,
                 "draft_citations": decision.draft.citations if decision.draft else None, "created_at": utcnow(),
                 "meta": decision.meta,
+                "passages": ctx.retrieved or None,
             })
             event = store_reply(session, to, key=f"reply:{ctx.message_id}", text=notice, author="bot",
                                 in_reply_to_id=ctx.message_id, meta={"escalation_id": escalation_id})
@@ -446,6 +449,12 @@ def _newer_pending(session: Session, conversation_id: str, created_at: datetime)
 
 def _aware(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def passage_record(p: Any) -> dict[str, Any]:
+    """A retrieved passage as the review console shows it (stored on the escalation)."""
+    return {"document": p.document, "heading": getattr(p, "heading", ""), "chunk_id": p.chunk_id,
+            "text": getattr(p, "text", ""), "score": round(float(p.score), 4), "rank": getattr(p, "rank", None)}
 
 
 def _top(passages: Sequence[Any]) -> str:

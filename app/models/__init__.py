@@ -4,7 +4,7 @@ from app.models.accounts import ROLES, LoginSession, Membership, RefreshToken, U
 from app.models.base import Base, new_id, utcnow
 from app.models.conversations import Contact, Conversation, Message
 from app.models.knowledge import Chunk, Document, IngestionJob, KnowledgeSource, PackVersion
-from app.models.review import AuditEvent, Escalation
+from app.models.review import AuditEvent, Escalation, TenantWebhook
 from app.models.tenancy import ApiKey, ChannelAccount, Tenant
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "PackVersion",
     "RefreshToken",
     "Tenant",
+    "TenantWebhook",
     "User",
     "new_id",
     "utcnow",

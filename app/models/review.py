@@ -6,7 +6,7 @@ from typing import Any
 from sqlalchemy import ForeignKey, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.models.base import Base, IdMixin
+from app.models.base import Base, IdMixin, utcnow
 
 
 class Escalation(IdMixin, Base):
@@ -24,6 +24,9 @@ class Escalation(IdMixin, Base):
     draft_citations: Mapped[list[dict[str, Any]] | None] = mapped_column(default=None)
     # What the bot found when it escalated, for the console: e.g. {"grounding": {"unsupported": [...]}}.
     meta: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    # What retrieval returned for the message (document, heading, text, score, rank), best first: the console
+    # shows an agent what the bot had to answer from.
+    passages: Mapped[list[dict[str, Any]] | None] = mapped_column(default=None)
     decision: Mapped[str | None] = mapped_column(String(16), default=None)  # approve | edit | reject | takeover
     final_text: Mapped[str | None] = mapped_column(Text, default=None)
     reviewer: Mapped[str | None] = mapped_column(String(200), default=None)
@@ -42,3 +45,15 @@ class AuditEvent(IdMixin, Base):
     subject_type: Mapped[str] = mapped_column(String(32))
     subject_id: Mapped[str | None] = mapped_column(String(64), default=None)
     data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class TenantWebhook(IdMixin, Base):
+    """Where a tenant wants to hear of new escalations (app/review/notify.py): one URL, signed with its own
+    secret (encrypted at rest). Escalations opened before `updated_at` are never sent to it."""
+
+    __tablename__ = "tenant_webhooks"
+
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), unique=True)
+    url: Mapped[str] = mapped_column(String(2000))
+    secret_encrypted: Mapped[str] = mapped_column(String(1000))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

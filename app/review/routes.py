@@ -3,7 +3,7 @@ decide); always the caller's own tenant."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query
@@ -12,14 +12,18 @@ from sqlalchemy import select
 
 from app.auth import Agent, Viewer
 from app.db import session_scope
-from app.models import Escalation, Message
+from app.models import Conversation, Escalation, Message, utcnow
 from app.review import service
+from app.review.notify import wake_consoles
+from app.review.queue import mask, sla_state, unsupported_sentences
 from app.runtime import get_bus
 
 router = APIRouter(prefix="/review/v1", tags=["review queue"])
 
 
 class EscalationOut(BaseModel):
+    """Texts are masked (`[EMAIL]`, `[PHONE]`...): POST .../reveal returns them raw, and is audited."""
+
     id: str
     conversation_id: str
     message_id: str
@@ -37,6 +41,16 @@ class EscalationOut(BaseModel):
     reviewer: str | None
     created_at: datetime
     decided_at: datetime | None
+    channel: str | None = None
+    mode: str | None = Field(default=None, description="The conversation's: bot | human (taken over).")
+    assigned_agent: str | None = None
+    passages: list[dict[str, Any]] | None = Field(
+        default=None, description="What retrieval returned for the message (document, heading, text, score), best "
+                                  "first; null for escalations opened before it was kept.")
+    unsupported: list[str] = Field(default_factory=list, description="Sentences of the draft that the grounding "
+                                                                     "check found unsupported (masked).")
+    sla_state: str | None = None
+    masked: bool = Field(default=False, description="True when the customer text or the draft had PII masked.")
 
 
 class DecisionIn(BaseModel):
@@ -61,15 +75,19 @@ class ModeOut(BaseModel):
     assigned_agent: str | None
 
 
-def _out(escalation: Escalation, customer_text: str) -> EscalationOut:
-    """Agents see PII masked ([EMAIL], [PHONE]...): raw values only through service.reveal_escalation (audited)."""
-    texts = service.masked_texts(escalation, customer_text)
+def _out(escalation: Escalation, customer_text: str, conversation: Conversation | None = None) -> EscalationOut:
+    shown_text, shown_draft = mask(customer_text) or "", mask(escalation.draft)
     return EscalationOut(
         id=escalation.id, conversation_id=escalation.conversation_id, message_id=escalation.message_id,
-        status=escalation.status, reason=escalation.reason, detail=escalation.detail,
-        customer_text=texts["customer_text"] or "", draft=texts["draft"], draft_citations=escalation.draft_citations,
-        meta=escalation.meta, decision=escalation.decision, final_text=texts["final_text"],
-        reviewer=escalation.reviewer, created_at=escalation.created_at, decided_at=escalation.decided_at,
+        status=escalation.status, reason=escalation.reason, detail=mask(escalation.detail), customer_text=shown_text,
+        draft=shown_draft, draft_citations=escalation.draft_citations, decision=escalation.decision,
+        final_text=mask(escalation.final_text), reviewer=escalation.reviewer, created_at=escalation.created_at,
+        decided_at=escalation.decided_at, passages=escalation.passages,
+        channel=conversation.channel if conversation else None, mode=conversation.mode if conversation else None,
+        assigned_agent=conversation.assigned_agent if conversation else None,
+        meta=escalation.meta, unsupported=[mask(s) or "" for s in unsupported_sentences(escalation)],
+        sla_state=sla_state(escalation),
+        masked=shown_text != customer_text or shown_draft != escalation.draft,
     )
 
 
@@ -81,20 +99,30 @@ def _raise(exc: service.ReviewError) -> HTTPException:
 def list_escalations(
     principal: Viewer,
     status: Annotated[str | None, Query(description="open | approved | rejected | taken_over")] = "open",
+    reason: Annotated[str | None, Query(max_length=64, description="e.g. no_knowledge, human_requested")] = None,
+    channel: Annotated[str | None, Query(max_length=32, description="webchat | whatsapp | ...")] = None,
+    older_than_s: Annotated[int | None, Query(ge=0, description="Only escalations at least this old.")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> list[EscalationOut]:
     """The tenant's escalations, oldest first (the queue order)."""
     with session_scope() as session:
         stmt = (
-            select(Escalation, Message.text)
+            select(Escalation, Message.text, Conversation)
             .join(Message, Message.id == Escalation.message_id)
+            .join(Conversation, Conversation.id == Escalation.conversation_id)
             .where(Escalation.tenant_id == principal.tenant_id)
             .order_by(Escalation.created_at)
             .limit(limit)
         )
         if status:
             stmt = stmt.where(Escalation.status == status)
-        return [_out(e, text) for e, text in session.execute(stmt).all()]
+        if reason:
+            stmt = stmt.where(Escalation.reason == reason)
+        if channel:
+            stmt = stmt.where(Conversation.channel == channel)
+        if older_than_s is not None:
+            stmt = stmt.where(Escalation.created_at <= utcnow() - timedelta(seconds=older_than_s))
+        return [_out(e, text, c) for e, text, c in session.execute(stmt).all()]
 
 
 @router.get("/escalations/{escalation_id}", response_model=EscalationOut, summary="Get an escalation")
@@ -104,7 +132,8 @@ def get_escalation(escalation_id: str, principal: Viewer) -> EscalationOut:
             escalation = service.get_escalation(session, principal, escalation_id)
         except service.ReviewError as exc:
             raise _raise(exc) from exc
-        return _out(escalation, session.get_one(Message, escalation.message_id).text)
+        return _out(escalation, session.get_one(Message, escalation.message_id).text,
+                    session.get(Conversation, escalation.conversation_id))
 
 
 @router.post("/escalations/{escalation_id}/decision", response_model=EscalationOut, summary="Decide an escalation")
@@ -116,8 +145,10 @@ def decide(escalation_id: str, body: DecisionIn, principal: Agent) -> Escalation
             decided = service.decide(session, principal, escalation_id, body.decision, body.text, body.note)
         except service.ReviewError as exc:
             raise _raise(exc) from exc
-        out = _out(decided.escalation, session.get_one(Message, decided.escalation.message_id).text)
+        out = _out(decided.escalation, session.get_one(Message, decided.escalation.message_id).text,
+                   session.get(Conversation, decided.escalation.conversation_id))
     service.publish_decision(get_bus(), decided)
+    wake_consoles(principal.tenant_id)
     return out
 
 
@@ -140,8 +171,10 @@ def _set_mode(conversation_id: str, principal: Agent, mode: str) -> ModeOut:
             conversation = service.set_mode(session, principal, conversation_id, mode)
         except service.ReviewError as exc:
             raise _raise(exc) from exc
-        return ModeOut(conversation_id=conversation.id, mode=conversation.mode,
-                       assigned_agent=conversation.assigned_agent)
+        out = ModeOut(conversation_id=conversation.id, mode=conversation.mode,
+                      assigned_agent=conversation.assigned_agent)
+    wake_consoles(principal.tenant_id)
+    return out
 
 
 @router.post("/conversations/{conversation_id}/messages", status_code=202, summary="Write to the customer as an agent")

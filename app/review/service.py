@@ -11,14 +11,14 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.assistant.pii_restore import has_placeholder, mask_for_agents
+from app.assistant.pii_restore import has_placeholder
 from app.audit import record
 from app.auth import Principal
 from app.bus.base import Bus
 from app.channels import Permanent
 from app.contracts import EVENTS, EscalationDecided, OutboundMessage
 from app.conversations.service import add_outbound, outbound_event, publish_outbound
-from app.models import ChannelAccount, Contact, Conversation, Escalation, Message, utcnow
+from app.models import ChannelAccount, Contact, Conversation, Escalation, utcnow
 
 
 class ReviewError(Exception):
@@ -129,24 +129,6 @@ def _check_channel_allows_reply(session: Session, conversation: Conversation) ->
         raise ReviewError(409, "the customer last wrote on WhatsApp over 24 hours ago, so only an approved template "
                                "can be sent: add one to the channel account (config.template) or wait for the "
                                "customer to write again") from None
-
-
-def masked_texts(escalation: Escalation, customer_text: str | None) -> dict[str, str | None]:
-    """The escalation's texts as agents see them by default: structured PII masked."""
-    return {"customer_text": mask_for_agents(customer_text), "draft": mask_for_agents(escalation.draft),
-            "final_text": mask_for_agents(escalation.final_text)}
-
-
-def reveal_escalation(session: Session, principal: Principal, escalation_id: str, why: str) -> dict[str, str | None]:
-    """The escalation's texts with the customer's raw values, for an agent who explicitly asks; audited (who,
-    when, why), and the values themselves never written to the audit log."""
-    if not why.strip():
-        raise ReviewError(422, "say why the raw values are needed: the reveal is audited")
-    escalation = get_escalation(session, principal, escalation_id)
-    customer_text = session.get_one(Message, escalation.message_id).text
-    record(session, principal.tenant_id, principal.actor, "escalation.pii_revealed", "escalation", escalation.id,
-           {"why": why.strip()})
-    return {"customer_text": customer_text, "draft": escalation.draft, "final_text": escalation.final_text}
 
 
 def publish_decision(bus: Bus, decided: Decided) -> None:
