@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from app.bus.base import Bus
     from app.conversations.push import Push
     from app.providers.embeddings.base import Embedder, SparseEncoder
-    from app.providers.llm.base import LLMClient
+    from app.providers.llm.router import LLMRouter
     from app.providers.storage.base import ObjectStore
     from app.providers.vectors.base import VectorStore
     from app.ratelimit import RateLimiter
@@ -119,10 +119,12 @@ def get_rate_limiter() -> RateLimiter:
 
 
 @lru_cache
-def get_llm_client() -> LLMClient:
+def get_llm_client() -> LLMRouter:
+    """The process's LLM router (fallbacks, deadline, breakers; their state is this process's own)."""
     from app.providers.llm.openai_client import OpenAILLMClient
+    from app.providers.llm.router import LLMRouter
 
-    return OpenAILLMClient()
+    return LLMRouter.from_settings(OpenAILLMClient())
 
 
 def tune_gc() -> None:
