@@ -27,6 +27,7 @@ def upgrade() -> None:
         sa.Column("provider", sa.String(length=64), nullable=False),
         sa.Column("model", sa.String(length=200), nullable=False),
         sa.Column("outcome", sa.String(length=32), nullable=False),
+        sa.Column("attempt", sa.Integer(), nullable=False),
         sa.Column("streamed", sa.Boolean(), nullable=False),
         sa.Column("prompt_tokens", sa.Integer(), nullable=False),
         sa.Column("completion_tokens", sa.Integer(), nullable=False),

@@ -20,6 +20,7 @@ class LLMCall(IdMixin, Base):
     provider: Mapped[str] = mapped_column(String(64))  # the name in the tenant's or operator's list
     model: Mapped[str] = mapped_column(String(200))
     outcome: Mapped[str] = mapped_column(String(32))  # ok | timeout | unavailable | rate_limited | auth | ...
+    attempt: Mapped[int] = mapped_column(default=1)  # 1, 2...: its place among the attempts of one answer
     streamed: Mapped[bool] = mapped_column(default=False)
     prompt_tokens: Mapped[int] = mapped_column(default=0)
     completion_tokens: Mapped[int] = mapped_column(default=0)

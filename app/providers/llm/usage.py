@@ -20,13 +20,14 @@ from app.providers.llm.router import CallRecord
 
 
 def record_calls(records: Sequence[CallRecord]) -> None:
+    """The attempts of one routed call, in the order they were made."""
     now = utcnow()
     rows = [{
         "id": new_id(), "created_at": now, "day": now.date(), "tenant_id": r.tenant_id, "message_id": r.message_id,
-        "provider": r.provider, "model": r.model, "outcome": r.outcome, "streamed": r.streamed,
+        "provider": r.provider, "model": r.model, "outcome": r.outcome, "attempt": attempt, "streamed": r.streamed,
         "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens, "cost": r.cost,
         "latency_ms": r.latency_ms,
-    } for r in records]
+    } for attempt, r in enumerate(records, start=1)]
     with session_scope() as session:
         session.execute(insert(LLMCall), rows)
 
