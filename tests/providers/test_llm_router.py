@@ -300,3 +300,24 @@ def test_half_open_lets_one_probe_through_at_a_time() -> None:
     assert breaker.allow() and not breaker.allow()  # the probe, and nobody else meanwhile
     breaker.record(False)
     assert breaker.state == CLOSED and breaker.allow() and breaker.allow()
+
+
+def test_an_error_outside_the_provider_propagates_and_releases_a_half_open_probe(servers) -> None:
+    first, _ = servers
+    first.reply(ANSWER)
+    primary = _provider(first, "first")
+    h = Harness(failures=1, cooldown_s=5)
+    first.then_status(500)
+    with pytest.raises(LLMError):
+        h.router.complete(_plan(primary), MESSAGES)
+    h.clock.now += 5
+
+    def broken_push(text: str) -> None:
+        raise ConnectionError("the draft could not be published")
+
+    with pytest.raises(ConnectionError):
+        h.router.stream(_plan(primary), MESSAGES, broken_push, tag=TAG)  # the half-open probe
+    assert h.router.state(primary) == HALF_OPEN  # no verdict, and not stuck waiting for that probe
+    assert h.router.complete(_plan(primary), MESSAGES).text == ANSWER  # the next call probes
+    assert h.router.state(primary) == CLOSED
+    assert ("first", "error") in h.outcomes()

@@ -85,6 +85,12 @@ class CircuitBreaker:
             ):
                 self._open()
 
+    def release(self) -> None:
+        """The call ended without saying anything of the provider's health: a half-open breaker lets the next
+        call probe instead."""
+        with self._lock:
+            self._probing = False
+
     def _open(self) -> None:
         self._state, self._opened_at = OPEN, self._clock()
 

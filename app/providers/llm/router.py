@@ -195,6 +195,12 @@ class LLMRouter:
                         if error.reason not in _RETRYABLE:
                             tries[index] = provider.config.max_retries + 1
                         continue
+                    except Exception:
+                        # Not the provider's doing (a draft that could not be published, a bug): no verdict on
+                        # its health, but a half-open breaker must not wait forever for its probe's outcome.
+                        tracked.breaker.release()
+                        records.append(self._record(tag, provider, "error", started, streamed))
+                        raise
                     tracked.breaker.record(failed=False)
                     records.append(self._record(tag, provider, "ok", started, streamed, completion))
                     log.debug("LLM %s answered (%s, %d+%d tokens)", provider.name, provider.config.model,
