@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from app.conversations.push import Push
     from app.jobs import JobQueue
     from app.providers.embeddings.base import Embedder, SparseEncoder
-    from app.providers.llm.base import LLMClient
+    from app.providers.llm.router import LLMRouter
     from app.providers.storage.base import ObjectStore
     from app.providers.vectors.base import VectorStore
     from app.ratelimit import RateLimiter
@@ -150,11 +150,13 @@ class Container:
         return self._get("rate_limiter", build)
 
     @property
-    def llm_client(self) -> LLMClient:
-        def build() -> LLMClient:
+    def llm_client(self) -> LLMRouter:
+        """The LLM router (fallbacks, deadline, breakers; their state is this process's own)."""
+        def build() -> LLMRouter:
             from app.providers.llm.openai_client import OpenAILLMClient
+            from app.providers.llm.router import LLMRouter
 
-            return OpenAILLMClient()
+            return LLMRouter.from_settings(OpenAILLMClient(), self.settings)
         return self._get("llm_client", build)
 
     # ------------------------------------------------------------------------------------------- the edges

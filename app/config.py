@@ -10,13 +10,37 @@ import secrets
 from functools import cached_property, lru_cache
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, ValidationInfo, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 def _env(name: str) -> AliasChoices:
     """Accept both `SWITCHBOARD_NAME` and the conventional bare `NAME`."""
     return AliasChoices(f"SWITCHBOARD_{name}", name)
+
+
+class Price(BaseModel):
+    """What a million tokens cost, in the operator's currency."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_per_1m: float = Field(ge=0)
+    output_per_1m: float = Field(ge=0)
+
+
+class OperatorLLM(BaseModel):
+    """One of the operator's fallback LLM endpoints (LLM_FALLBACKS); trusted like LLM_BASE_URL."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$")
+    base_url: str = Field(min_length=1)
+    model: str = Field(min_length=1)
+    api_key: str | None = None
+    timeout_s: float | None = Field(default=None, gt=0)
+    max_retries: int | None = Field(default=None, ge=0, le=10)
+    input_per_1m: float | None = Field(default=None, ge=0)
+    output_per_1m: float | None = Field(default=None, ge=0)
 
 
 class Settings(BaseSettings):
@@ -38,6 +62,20 @@ class Settings(BaseSettings):
     llm_model: str = Field(default="gpt-4o-mini", validation_alias=_env("LLM_MODEL"))
     llm_timeout_s: float = Field(default=30.0, validation_alias=_env("LLM_TIMEOUT_S"))
     llm_max_retries: int = Field(default=2, validation_alias=_env("LLM_MAX_RETRIES"))
+    # Resilience and routing (app/providers/llm/router.py). LLM_FALLBACKS: the operator's further endpoints, tried
+    # in order after LLM_BASE_URL when it fails, as a JSON list of {"name", "base_url", "model", "api_key"?,
+    # "timeout_s"?, "max_retries"?, "input_per_1m"?, "output_per_1m"?}. LLM_DEADLINE_S bounds one answer, every
+    # provider and retry included. LLM_PRICES: {"<model>": {"input_per_1m": 0.15, "output_per_1m": 0.6}}, the
+    # cost of a million prompt / completion tokens, recorded per call in `llm_calls`.
+    llm_fallbacks: list[OperatorLLM] = Field(default_factory=list, validation_alias=_env("LLM_FALLBACKS"))
+    llm_deadline_s: float = Field(default=60.0, gt=0, validation_alias=_env("LLM_DEADLINE_S"))
+    llm_prices: dict[str, Price] = Field(default_factory=dict, validation_alias=_env("LLM_PRICES"))
+    # Circuit breaker per provider (state per process): LLM_BREAKER_FAILURES consecutive failures, or a failure
+    # rate of LLM_BREAKER_FAILURE_RATE over its last 20 calls (10 at least), open it for LLM_BREAKER_COOLDOWN_S;
+    # then one probe call decides.
+    llm_breaker_failures: int = Field(default=5, ge=1, validation_alias=_env("LLM_BREAKER_FAILURES"))
+    llm_breaker_failure_rate: float = Field(default=0.5, gt=0, le=1, validation_alias=_env("LLM_BREAKER_FAILURE_RATE"))
+    llm_breaker_cooldown_s: float = Field(default=30.0, gt=0, validation_alias=_env("LLM_BREAKER_COOLDOWN_S"))
     # Streamed replies: on channels that can show a reply as it is written (the web widget), stream the LLM's
     # answer to the visitor as drafts, at most one every WEBCHAT_DRAFT_INTERVAL_MS; a tenant can turn it off with
     # its `stream_replies` policy. The reply is final only after the checks on the whole answer.

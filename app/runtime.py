@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from app.bus.base import Bus
     from app.conversations.push import Push
     from app.providers.embeddings.base import Embedder, SparseEncoder
-    from app.providers.llm.base import LLMClient
+    from app.providers.llm.router import LLMRouter
     from app.providers.storage.base import ObjectStore
     from app.providers.vectors.base import VectorStore
     from app.ratelimit import RateLimiter
@@ -46,7 +46,8 @@ def get_rate_limiter() -> RateLimiter:
     return container().rate_limiter
 
 
-def get_llm_client() -> LLMClient:
+def get_llm_client() -> LLMRouter:
+    """The process's LLM router (fallbacks, deadline, breakers; their state is this process's own)."""
     return container().llm_client
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import date, timedelta
 from typing import Annotated, Any, Literal, TypeVar
 
-from fastapi import APIRouter, HTTPException, Query, Response
+from fastapi import APIRouter, HTTPException, Path, Query, Response
 from sqlalchemy.orm import Session
 
 from app.accounts.service import user_names
@@ -27,12 +28,14 @@ from app.models import (
     IngestionJob,
     Message,
     Tenant,
+    utcnow,
 )
 
 router = APIRouter(prefix="/admin/v1", tags=["admin"])
 
 _T = TypeVar("_T")
 Limit = Annotated[int, Query(ge=1, le=200, description="Page size.")]
+ProviderPath = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$", description="The provider entry's name.")]
 CursorQ = Annotated[str | None, Query(description="`next_cursor` of the previous page.")]
 
 
@@ -62,6 +65,7 @@ def _tenant(t: Tenant) -> s.TenantOut:
         persona=t.persona or {},
         policies=t.policies or {},
         has_llm_key=t.llm_api_key_encrypted is not None,
+        llm_provider_keys=service.llm_provider_keys(t),
         live_pack_version=t.live_pack_version,
         created_at=t.created_at,
     )
@@ -168,6 +172,48 @@ def delete_llm_key(who: Admin) -> s.LLMKeyOut:
     """The server's default LLM key applies again."""
     return in_transaction(
         lambda db: s.LLMKeyOut(has_llm_key=service.set_llm_key(db, who, None).llm_api_key_encrypted is not None)
+    )
+
+
+@router.put("/tenant/llm-keys/{name}", response_model=s.LLMProviderKeysOut,
+            summary="Set the LLM API key of one provider entry")
+def put_llm_provider_key(name: ProviderPath, body: s.LLMKeyIn, who: Admin) -> s.LLMProviderKeysOut:
+    """Stores the key encrypted, for the entry of `policies.llm.providers` with this name (it may be set before
+    the entry exists). That entry gets this key instead of the tenant's key. It is never returned."""
+    return in_transaction(lambda db: s.LLMProviderKeysOut(
+        llm_provider_keys=service.set_llm_provider_key(db, who, name, body.api_key.get_secret_value())))
+
+
+@router.delete("/tenant/llm-keys/{name}", response_model=s.LLMProviderKeysOut,
+               summary="Remove the LLM API key of one provider entry")
+def delete_llm_provider_key(name: ProviderPath, who: Admin) -> s.LLMProviderKeysOut:
+    """The entry uses the tenant's key again (or none on its own URL). 404 when no key is stored under `name`."""
+    return in_transaction(lambda db: s.LLMProviderKeysOut(
+        llm_provider_keys=service.set_llm_provider_key(db, who, name, None)))
+
+
+@router.get("/llm/usage", response_model=s.LLMUsageOut, summary="LLM usage and cost by day, provider and model")
+def llm_usage(
+    who: Admin,
+    since: Annotated[date | None, Query(description="First UTC day (default: 30 days before `until`).")] = None,
+    until: Annotated[date | None, Query(description="Last UTC day, included (default: today).")] = None,
+) -> s.LLMUsageOut:
+    """Every LLM attempt made for the tenant's messages, failed ones included, summed per UTC day, provider and
+    model: tokens from the provider's own `usage`, cost from the price table (`input_per_1m` / `output_per_1m` of
+    the entry, else the server's LLM_PRICES)."""
+    from app.providers.llm.usage import summary
+
+    last = until or utcnow().date()
+    first = since or last - timedelta(days=30)
+    if first > last:
+        raise HTTPException(422, f"since ({first}) is after until ({last})")
+    if (last - first).days > 366:
+        raise HTTPException(422, "ask for at most 366 days at once")
+    rows = in_transaction(lambda db: summary(db, who.tenant_id, first, last))
+    return s.LLMUsageOut(
+        since=first, until=last, usage=[s.LLMUsageRow(**vars(r)) for r in rows],
+        total_cost=sum(r.cost or 0.0 for r in rows), total_prompt_tokens=sum(r.prompt_tokens for r in rows),
+        total_completion_tokens=sum(r.completion_tokens for r in rows),
     )
 
 

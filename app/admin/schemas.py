@@ -5,10 +5,10 @@ key."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl, SecretStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl, SecretStr, model_validator
 
 from app.netguard import check_url
 
@@ -48,8 +48,40 @@ def _public_url(url: HttpUrl) -> HttpUrl:
 TenantURL = Annotated[HttpUrl, AfterValidator(_public_url)]
 
 
+ProviderName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$",
+                                    description="Lower-case letters, digits, `-` and `_`; at most 40.")]
+
+
+class LLMProvider(_In):
+    """One entry of the tenant's ordered LLM list."""
+
+    name: ProviderName = Field(description="Names the entry in usage records and for its key "
+                                           "(PUT /admin/v1/tenant/llm-keys/{name}).")
+    base_url: TenantURL | None = Field(
+        default=None,
+        description="Any OpenAI-compatible API base (a hosted provider, or a local server the operator allowed in "
+        "OUTBOUND_ALLOW_HOSTS). Unset: the server's own endpoint, with this model. Gets the key stored for this "
+        "name, else the tenant's key, else none; never the server's own key.",
+    )
+    model: str = Field(min_length=1, max_length=200)
+    timeout_s: float | None = Field(default=None, gt=0, le=300, description="One attempt's limit.")
+    max_retries: int | None = Field(default=None, ge=0, le=10, description="Further attempts at this entry.")
+    input_per_1m: float | None = Field(default=None, ge=0, description="Price of a million prompt tokens.")
+    output_per_1m: float | None = Field(default=None, ge=0, description="Price of a million completion tokens.")
+
+
+class LLMRoute(_In):
+    """Questions of at most `max_words` words (and, with `min_score`, whose best passage scores at least that, i.e.
+    the knowledge answers them directly) go first to the entry named `use`; the rest of the list follows it."""
+
+    max_words: int = Field(ge=1, le=200)
+    use: ProviderName
+    min_score: float | None = Field(default=None, ge=0, le=1)
+
+
 class LLMPolicy(_In):
-    """The tenant's own OpenAI-compatible endpoint; unset fields fall back to the server's defaults."""
+    """The tenant's LLM: one endpoint (`base_url`, `model`...) or an ordered list (`providers`), tried in order
+    until one answers within `deadline_s`. Unset fields fall back to the server's defaults."""
 
     base_url: TenantURL | None = Field(
         default=None,
@@ -59,6 +91,24 @@ class LLMPolicy(_In):
     model: str | None = Field(default=None, min_length=1, max_length=200)
     timeout_s: float | None = Field(default=None, gt=0, le=300)
     max_retries: int | None = Field(default=None, ge=0, le=10)
+    providers: list[LLMProvider] | None = Field(
+        default=None, min_length=1, max_length=8,
+        description="Ordered list, tried first to last; replaces `base_url`/`model` when set.",
+    )
+    deadline_s: float | None = Field(default=None, gt=0, le=600,
+                                     description="Time for the whole answer, every provider and retry included.")
+    route: LLMRoute | None = Field(default=None, description="Optional rule sending short questions to a cheaper "
+                                                             "entry of `providers`.")
+
+    @model_validator(mode="after")
+    def _one_form(self) -> LLMPolicy:
+        if self.providers is not None:
+            if self.base_url is not None:
+                raise ValueError("set either base_url (one endpoint) or providers (a list), not both")
+            names = [p.name for p in self.providers]
+            if len(set(names)) != len(names):
+                raise ValueError(f"provider names must be unique: {names}")
+        return self
 
 
 class Policies(_In):
@@ -98,6 +148,8 @@ class TenantOut(BaseModel):
     persona: dict[str, Any]
     policies: dict[str, Any]
     has_llm_key: bool
+    llm_provider_keys: list[str] = Field(default_factory=list,
+                                         description="Names of the `policies.llm.providers` entries with a key.")
     live_pack_version: int | None
     created_at: datetime
 
@@ -166,6 +218,38 @@ class LLMKeyIn(_In):
 
 class LLMKeyOut(BaseModel):
     has_llm_key: bool
+
+
+class LLMProviderKeysOut(BaseModel):
+    llm_provider_keys: list[str] = Field(description="Names of the provider entries that have a key stored.")
+
+
+class LLMUsageRow(BaseModel):
+    day: date
+    provider: str
+    model: str
+    calls: int = Field(description="Attempts, failed ones included.")
+    failed: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float | None = Field(description="From the price table; null when no call of the group had a price.")
+    avg_latency_ms: int
+
+
+class LLMUsageOut(BaseModel):
+    since: date
+    until: date
+    usage: list[LLMUsageRow]
+    total_cost: float
+    total_prompt_tokens: int
+    total_completion_tokens: int
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "since": "2026-11-01", "until": "2026-11-30", "total_cost": 0.0123, "total_prompt_tokens": 52_100,
+        "total_completion_tokens": 6_020,
+        "usage": [{"day": "2026-11-23", "provider": "cheap", "model": "gpt-4o-mini", "calls": 112, "failed": 2,
+                   "prompt_tokens": 52_100, "completion_tokens": 6_020, "cost": 0.0123, "avg_latency_ms": 840}],
+    }]})
 
 
 # --- API keys -----------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from app.audit import record
 from app.auth import Principal, issue_key
-from app.crypto import encrypt_json
+from app.crypto import decrypt_json, encrypt_json
 from app.models import (
     ApiKey,
     AuditEvent,
@@ -153,11 +153,45 @@ def update_tenant(
         changed["persona"] = persona
     if policies:
         tenant.policies = _merge(tenant.policies or {}, policies)
+        _check_llm(tenant.policies.get("llm") or {})
         changed["policies"] = policies
     if changed:
         record(session, tenant.id, who.actor, "tenant.updated", "tenant", tenant.id, changed)
     session.flush()
     return tenant
+
+
+def _check_llm(llm: dict[str, Any]) -> None:
+    """What a single request cannot see: the merged policy must still hold together."""
+    providers = llm.get("providers") or []
+    if providers and llm.get("base_url"):
+        raise Invalid("policies.llm: `providers` replaces `base_url`: send \"base_url\": null with the list")
+    if route := llm.get("route"):
+        names = [p["name"] for p in providers]
+        if route.get("use") not in names:
+            raise Invalid(f"policies.llm.route.use: {route.get('use')!r} is not one of policies.llm.providers "
+                          f"({', '.join(names) or 'none set'})")
+
+
+def llm_provider_keys(tenant: Tenant) -> list[str]:
+    return sorted(decrypt_json(tenant.llm_provider_keys_encrypted)) if tenant.llm_provider_keys_encrypted else []
+
+
+def set_llm_provider_key(session: Session, who: Principal, name: str, api_key: str | None) -> list[str]:
+    """Store (or with None remove) the key of one `policies.llm.providers` entry, encrypted; never returned."""
+    tenant = get_tenant(session, who.tenant_id)
+    keys = decrypt_json(tenant.llm_provider_keys_encrypted) if tenant.llm_provider_keys_encrypted else {}
+    if api_key is None and name not in keys:
+        raise NotFound(f"no LLM key stored for provider {name!r}")
+    if api_key is None:
+        keys.pop(name)
+    else:
+        keys[name] = api_key
+    tenant.llm_provider_keys_encrypted = encrypt_json(keys) if keys else None
+    record(session, tenant.id, who.actor, "tenant.llm_provider_key_set" if api_key else
+           "tenant.llm_provider_key_removed", "tenant", tenant.id, {"provider": name})
+    session.flush()
+    return sorted(keys)
 
 
 def set_llm_key(session: Session, who: Principal, api_key: str | None) -> Tenant:

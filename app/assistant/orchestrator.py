@@ -37,7 +37,9 @@ from app.conversations.service import MESSAGES, ReplyTo, history, outbound_event
 from app.crypto import decrypt_json
 from app.db import session_scope
 from app.models import Conversation, Escalation, Message, Tenant, new_id, utcnow
-from app.providers.llm.base import LLMClient, LLMConfig, LLMError, StreamingLLMClient
+from app.providers.llm.base import LLMClient, LLMError
+from app.providers.llm.plan import LLMPlan, tenant_plan
+from app.providers.llm.router import CallTag, LLMRouter
 from app.ratelimit import LLM_CALLS_PER_TENANT, RateLimited, RateLimiter
 
 log = logging.getLogger(__name__)
@@ -66,7 +68,7 @@ class Context:
     mode: str
     persona: dict[str, Any]
     policies: dict[str, Any]
-    llm: LLMConfig | None
+    llm: LLMPlan | None
     history: list[tuple[str, str]]
     pack_version: int | None
     received_at: datetime
@@ -91,7 +93,7 @@ class Orchestrator:
         bus: Bus,
         *,
         retrieve: Callable[..., Sequence[Any]] | None = None,
-        llm: LLMClient | None = None,
+        llm: LLMRouter | LLMClient | None = None,
         settings: Settings | None = None,
         limiter: RateLimiter | None = None,
         push: Push | None = None,
@@ -113,7 +115,8 @@ class Orchestrator:
             from app.runtime import get_llm_client
 
             llm = get_llm_client()
-        self.llm = llm
+        # A bare client (a test, a benchmark) gets a router of its own: fallbacks, deadline and breakers apply.
+        self.llm = llm if isinstance(llm, LLMRouter) else LLMRouter.from_settings(llm, self.settings)
 
     # -- bus entry point -------------------------------------------------------------------------------
     def handle(self, delivery: Delivery) -> None:
@@ -173,7 +176,7 @@ class Orchestrator:
                 mode=row.mode,
                 persona=dict(row.persona or {}),
                 policies=dict(row.policies or {}),
-                llm=self._llm_config(row.policies, row.llm_api_key_encrypted),
+                llm=self._llm_config(row.policies, row.llm_api_key_encrypted, row.llm_provider_keys_encrypted),
                 history=history(
                     session, row.conversation_id, before_id=row.id, turns=self.settings.history_turns
                 ),
@@ -197,27 +200,14 @@ class Orchestrator:
             conversation = session.get_one(Conversation, reply.conversation_id)
             publish_outbound(self.bus, outbound_event(reply, conversation))
 
-    def _llm_config(self, policies: dict[str, Any] | None, llm_api_key_encrypted: str | None) -> LLMConfig | None:
-        """The tenant's own endpoint when it set one, else the operator's. The operator's key only ever goes to the
-        operator's URL: a tenant URL gets the tenant's own key or none, and is reached through the outbound URL
-        policy (public addresses only)."""
-        own: dict[str, Any] = dict((policies or {}).get("llm") or {})
+    def _llm_config(self, policies: dict[str, Any] | None, llm_api_key_encrypted: str | None,
+                    provider_keys_encrypted: str | None = None) -> LLMPlan | None:
+        """The tenant's ordered LLM providers (app/providers/llm/plan.py): its own endpoints when it set them,
+        else the operator's. The operator's key only ever goes to the operator's URLs: a tenant URL gets the
+        tenant's own key or none, and is reached through the outbound URL policy (public addresses only)."""
         own_key = decrypt_json(llm_api_key_encrypted)["api_key"] if llm_api_key_encrypted else None
-        if own.get("base_url"):
-            base_url, api_key, guarded = str(own["base_url"]), own_key or "unused", True
-        elif self.settings.llm_base_url:
-            base_url, guarded = self.settings.llm_base_url, False
-            api_key = own_key or self.settings.llm_api_key or "unused"
-        else:
-            return None
-        return LLMConfig(
-            base_url=base_url,
-            api_key=api_key,
-            guarded=guarded,
-            model=own.get("model") or self.settings.llm_model,
-            timeout_s=float(own.get("timeout_s") or self.settings.llm_timeout_s),
-            max_retries=int(own.get("max_retries", self.settings.llm_max_retries)),
-        )
+        keys = decrypt_json(provider_keys_encrypted) if provider_keys_encrypted else None
+        return tenant_plan(self.settings, policies, own_key, keys)
 
     # -- phase 2 -----------------------------------------------------------------------------------------
     def _decide(self, ctx: Context, text: str, drafts: DraftStream | None = None) -> Decision:
@@ -249,12 +239,13 @@ class Orchestrator:
             redacted_question = pii.mask(text)
             redacted_history = [(role, pii.mask(t)) for role, t in ctx.history]
             messages = render_messages(ctx.persona, policies, redacted_history, passages, redacted_question)
+            plan, tag = ctx.llm.for_question(text, passages), CallTag(ctx.tenant_id, ctx.message_id)
             try:
-                if drafts is not None and isinstance(self.llm, StreamingLLMClient):
+                if drafts is not None:
                     drafts.start(passages, policies)
-                    completion = self.llm.stream(ctx.llm, messages, drafts.on_text)
+                    completion = self.llm.stream(plan, messages, drafts.on_text, tag=tag)
                 else:
-                    completion = self.llm.complete(ctx.llm, messages)
+                    completion = self.llm.complete(plan, messages, tag=tag)
             except LLMError as exc:
                 log.warning("LLM failed for message %s: %s", ctx.message_id, exc)
                 return Decision(escalate_reason=f"llm_{exc.reason}", detail=exc.detail, draft=offline)
@@ -283,7 +274,7 @@ class Orchestrator:
         partial text, streaming allowed by the operator and the tenant (the visitor is looked up once the LLM is
         called)."""
         if (ctx.llm is None or ctx.channel not in STREAMING_CHANNELS or not self.settings.webchat_stream_replies
-                or ctx.policies.get("stream_replies") is False or not isinstance(self.llm, StreamingLLMClient)):
+                or ctx.policies.get("stream_replies") is False or not self.llm.can_stream):
             return None
         if self.push is None:
             from app.runtime import get_push
@@ -394,7 +385,8 @@ ESCALATIONS: Table = Escalation.__table__  # type: ignore[assignment]
 _IN_TENANT = (MESSAGES.c.id == bindparam("message"), MESSAGES.c.tenant_id == bindparam("tenant"))
 _LOAD = (
     select(MESSAGES.c.id, MESSAGES.c.status, MESSAGES.c.created_at, MESSAGES.c.conversation_id, CONVERSATIONS.c.mode,
-           TENANTS.c.persona, TENANTS.c.policies, TENANTS.c.llm_api_key_encrypted, TENANTS.c.live_pack_version)
+           TENANTS.c.persona, TENANTS.c.policies, TENANTS.c.llm_api_key_encrypted,
+           TENANTS.c.llm_provider_keys_encrypted, TENANTS.c.live_pack_version)
     .join(CONVERSATIONS, CONVERSATIONS.c.id == MESSAGES.c.conversation_id)
     .join(TENANTS, TENANTS.c.id == MESSAGES.c.tenant_id)
     .where(*_IN_TENANT, MESSAGES.c.direction == "in")

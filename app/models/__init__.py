@@ -4,6 +4,7 @@ from app.models.accounts import ROLES, LoginSession, Membership, RefreshToken, U
 from app.models.base import Base, new_id, utcnow
 from app.models.conversations import Contact, Conversation, Message
 from app.models.knowledge import Chunk, Document, IngestionJob, KnowledgeSource, PackVersion
+from app.models.llm import LLMCall
 from app.models.review import AuditEvent, Escalation, TenantWebhook
 from app.models.tenancy import ApiKey, ChannelAccount, Tenant
 
@@ -20,6 +21,7 @@ __all__ = [
     "Escalation",
     "IngestionJob",
     "KnowledgeSource",
+    "LLMCall",
     "LoginSession",
     "Membership",
     "Message",

@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, String, UniqueConstraint
+from sqlalchemy import ForeignKey, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, IdMixin
@@ -20,6 +20,8 @@ class Tenant(IdMixin, Base):
     policies: Mapped[dict[str, Any]] = mapped_column(default=dict)
     # Encrypted LLM API key, when the tenant brings its own.
     llm_api_key_encrypted: Mapped[str | None] = mapped_column(String(1000), default=None)
+    # Encrypted {provider name: API key} for the entries of `policies.llm.providers` that have their own key.
+    llm_provider_keys_encrypted: Mapped[str | None] = mapped_column(Text, default=None)
     live_pack_version: Mapped[int | None] = mapped_column(default=None)
 
 

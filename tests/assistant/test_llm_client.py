@@ -176,7 +176,9 @@ def test_a_streamed_answer_arrives_piece_by_piece(openai_server: FakeOpenAIServe
     assert len(seen) == len(text_chunks(ANSWER)) > 5  # one call per text chunk, each the whole text so far
     assert all(later.startswith(earlier) for earlier, later in pairwise(seen))
     assert seen[-1] == ANSWER
+    assert (completion.prompt_tokens, completion.completion_tokens) == (42, 7)  # the usage chunk, asked for
     (request,) = openai_server.completion_requests
+    assert request.body is not None and request.body["stream_options"] == {"include_usage": True}
     assert request.body is not None and request.body["stream"] is True and request.messages == MESSAGES
 
 
@@ -188,7 +190,8 @@ def test_the_streamed_request_is_the_one_the_sdks_create_sends(openai_server: Fa
     OpenAILLMClient().stream(config, MESSAGES, lambda _: None)
     sdk = openai.OpenAI(base_url=config.base_url, api_key=config.api_key, max_retries=0)
     chunks = sdk.chat.completions.create(model=config.model, messages=MESSAGES,  # type: ignore[arg-type]
-                                         temperature=config.temperature, max_tokens=config.max_tokens, stream=True)
+                                         temperature=config.temperature, max_tokens=config.max_tokens, stream=True,
+                                         stream_options={"include_usage": True})
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "ok [1]"
     ours, theirs = openai_server.completion_requests
     assert ours.body == theirs.body

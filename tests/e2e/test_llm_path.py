@@ -199,3 +199,37 @@ def test_agents_see_masked_text_unless_they_reveal_it(stack, llm_tenant, openai_
                                                          AuditEvent.subject_id == escalation["id"])).one()
     assert EMAIL in revealed
     assert audit.actor == principal.actor and EMAIL not in json.dumps(audit.data)  # who, never the value
+
+
+def test_llm_fallback_answers_from_the_second_provider_and_usage_is_billed(stack, llm_tenant, openai_server) -> None:
+    """The tenant's list: the first entry is down (connection refused), the second answers the visitor (a streamed
+    answer, falling over before its first token); both attempts show in the tenant's usage summary, priced."""
+    from tests.fakes.openai_server import FakeOpenAIServer
+
+    down = FakeOpenAIServer().start()
+    down_url = down.base_url
+    down.stop()
+    openai_server.reply("Gift cards never expire [1].")
+    admin = stack.headers(llm_tenant["admin_api_key"])
+    with session_scope() as session:  # loopback URLs: the admin API would refuse them, rightly
+        tenant = session.scalars(select(Tenant).where(Tenant.slug == "northwind-llm")).one()
+        tenant.policies = {**tenant.policies, "llm": {"providers": [
+            {"name": "primary", "base_url": down_url, "model": "big-model", "max_retries": 0},
+            {"name": "backup", "base_url": openai_server.base_url, "model": "small-model",
+             "input_per_1m": 1.0, "output_per_1m": 4.0},
+        ]}}
+    r = stack.client.put("/admin/v1/tenant/llm-keys/backup", headers=admin, json={"api_key": openai_server.api_key})
+    assert r.status_code == 200, r.text
+
+    reply, _ = _ask(stack, llm_tenant, "do gift cards expire?", "l5")
+    assert reply["text"].startswith("Gift cards never expire")
+    assert openai_server.completion_requests[-1].body["model"] == "small-model"
+
+    usage = stack.client.get("/admin/v1/llm/usage", headers=admin).json()
+    rows = {u["provider"]: u for u in usage["usage"]}
+    assert rows["primary"]["failed"] == rows["primary"]["calls"] >= 1
+    backup = rows["backup"]
+    assert backup["failed"] == 0 and backup["prompt_tokens"] >= 42 and backup["completion_tokens"] >= 7
+    assert backup["cost"] == pytest.approx((backup["prompt_tokens"] * 1.0 + backup["completion_tokens"] * 4.0) / 1e6)
+    other = stack.client.get("/admin/v1/llm/usage", headers=stack.headers(stack.other.admin)).json()
+    assert all(u["provider"] not in ("primary", "backup") for u in other["usage"])

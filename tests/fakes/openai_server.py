@@ -11,7 +11,8 @@ afterwards every request gets the default (`reply`, `reply_with`, or a default f
 
 A request with `"stream": true` gets the reply as the real API streams it: `text/event-stream` over chunked
 transfer encoding, `data: {chat.completion.chunk}` events (a role delta, the text a word at a time, a last chunk
-with `finish_reason`), then `data: [DONE]`. `pause_stream_after(n)` holds streams after their n-th text chunk
+with `finish_reason`, and when the request asks `stream_options.include_usage` one with no choices and the usage),
+then `data: [DONE]`. `pause_stream_after(n)` holds streams after their n-th text chunk
 until the test calls `resume_stream()` (so a test can look at what a visitor sees mid-answer without timing);
 `then_stream_break(n)` drops the connection after n chunks; `then_stream_error(n)` sends an error event.
 
@@ -314,11 +315,11 @@ class FakeOpenAIServer:
                     return
                 text = step.reply(body) if callable(step.reply) else (step.reply or "")
                 if body.get("stream") is True:
-                    self._stream(step, text, body["model"] + server.model_suffix)
+                    self._stream(step, text, body["model"] + server.model_suffix, body)
                     return
                 self._json(200, chat_completion(text, body["model"] + server.model_suffix), step.headers)
 
-            def _stream(self, step: Step, text: str, model: str) -> None:
+            def _stream(self, step: Step, text: str, model: str, step_body: dict[str, Any]) -> None:
                 completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
                 try:
                     self.send_response(200)
@@ -345,6 +346,10 @@ class FakeOpenAIServer:
                                 server.streams_paused += 1
                             server._resume.acquire(timeout=60)
                     self._event(chat_completion_chunk(completion_id, model, None, finish_reason="stop"))
+                    if (step_body.get("stream_options") or {}).get("include_usage"):
+                        # As the API does: one more chunk with no choices and the usage of the whole answer.
+                        self._event({**chat_completion_chunk(completion_id, model, None), "choices": [],
+                                     "usage": chat_completion("", model)["usage"]})
                     self._write_chunk(b"data: [DONE]\n\n")
                     self._write_chunk(b"")
                 except (BrokenPipeError, ConnectionResetError):

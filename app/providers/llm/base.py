@@ -8,10 +8,12 @@ from typing import Protocol, runtime_checkable
 class LLMError(Exception):
     """The LLM could not answer (timeout, rate limit after retries, server error). The orchestrator escalates."""
 
-    def __init__(self, reason: str, detail: str = "") -> None:
+    def __init__(self, reason: str, detail: str = "", *, retry_after: float | None = None) -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+        # Seconds the provider asked us to wait (a 429's `Retry-After`), when it said.
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)

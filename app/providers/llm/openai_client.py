@@ -9,8 +9,10 @@ empty_response.
 that fails part-way raises the same `LLMError`.
 
 A tenant's own base URL (`config.guarded`) is reached through the outbound URL policy (app/netguard.py).
-Clients are cached per (base_url, api_key, timeout, retries, guarded) so tenants never share credentials and a tenant's
-connection pool is reused across messages; nothing tenant-specific lives on a module-level client.
+Clients are cached per (base_url, api_key, guarded) so tenants never share credentials and a tenant's connection
+pool is reused across messages; nothing tenant-specific lives on a module-level client. The timeout and the number
+of retries go with each request (the router in app/providers/llm/router.py shortens the timeout to what is left of
+a call's deadline and does its own retrying).
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
 
 import openai
 from openai import Stream
@@ -32,7 +37,7 @@ CONNECT_TIMEOUT_S = 5.0
 _CACHE_SIZE = 64
 log = logging.getLogger(__name__)
 
-_ClientKey = tuple[str, str, float, int, bool]
+_ClientKey = tuple[str, str, bool]
 
 
 class OpenAILLMClient:
@@ -42,7 +47,7 @@ class OpenAILLMClient:
         self._cache_size = cache_size
 
     def _client(self, config: LLMConfig) -> openai.OpenAI:
-        key = (config.base_url, config.api_key, config.timeout_s, config.max_retries, config.guarded)
+        key = (config.base_url, config.api_key, config.guarded)
         with self._lock:
             client = self._clients.get(key)
             if client is not None:
@@ -51,8 +56,6 @@ class OpenAILLMClient:
             client = openai.OpenAI(
                 base_url=config.base_url,
                 api_key=config.api_key or "unused",  # local servers often need none; the SDK insists on one
-                timeout=openai.Timeout(config.timeout_s, connect=min(CONNECT_TIMEOUT_S, config.timeout_s)),
-                max_retries=config.max_retries,
                 http_client=guarded_client2() if config.guarded else None,
             )
             self._clients[key] = client
@@ -72,7 +75,7 @@ class OpenAILLMClient:
             # strings that cost 3-5 ms of held GIL per call (tests/assistant/test_llm_client.py checks the body
             # is the one `create` sends).
             response = client.post("/chat/completions", cast_to=ChatCompletion, body=body,
-                                   options={"security": {"bearer_auth": True}})
+                                   options=_options(config))
         except (openai.OpenAIError, ValueError) as exc:
             raise _llm_error(exc, config) from exc
 
@@ -98,13 +101,13 @@ class OpenAILLMClient:
         """
         client = self._client(config)
         body = {"model": config.model, "messages": messages, "temperature": config.temperature,
-                "max_tokens": config.max_tokens, "stream": True}
+                "max_tokens": config.max_tokens, "stream": True,
+                "stream_options": {"include_usage": True}}  # the last chunk then carries the token usage
         for attempt in range(config.max_retries + 1):
             started = time.monotonic()
             try:
                 chunks = client.post("/chat/completions", cast_to=ChatCompletion, body=body,
-                                     options={"security": {"bearer_auth": True}},
-                                     stream=True, stream_cls=Stream[ChatCompletionChunk])
+                                     options=_options(config), stream=True, stream_cls=Stream[ChatCompletionChunk])
             except (openai.OpenAIError, ValueError) as exc:
                 raise _llm_error(exc, config) from exc  # the SDK has retried already
             text, model, usage, finished = "", config.model, None, False
@@ -127,7 +130,7 @@ class OpenAILLMClient:
                 error = exc if isinstance(exc, LLMError) else _llm_error(exc, config)
                 if text or attempt == config.max_retries or error.reason not in _RETRY_BEFORE_TEXT:
                     raise error from exc
-                log.info("LLM stream broke before its first token (%s): opening it again", error.reason)
+                log.debug("LLM stream broke before its first token (%s): opening it again", error.reason)
                 continue
             if not text.strip():
                 raise LLMError("empty_response", f"model {config.model} returned no text")
@@ -149,12 +152,18 @@ class OpenAILLMClient:
 _RETRY_BEFORE_TEXT = frozenset({"timeout", "unavailable"})
 
 
+def _options(config: LLMConfig) -> Any:
+    """Per-request options: the SDK's bearer auth, this call's timeout and retries."""
+    return {"security": {"bearer_auth": True}, "max_retries": config.max_retries,
+            "timeout": openai.Timeout(config.timeout_s, connect=min(CONNECT_TIMEOUT_S, config.timeout_s))}
+
+
 def _llm_error(exc: Exception, config: LLMConfig) -> LLMError:
     """The SDK's exceptions, mapped to the small set of reasons the orchestrator acts on."""
     if isinstance(exc, openai.APITimeoutError):
         return LLMError("timeout", f"no answer within {config.timeout_s}s")
     if isinstance(exc, openai.RateLimitError):
-        return LLMError("rate_limited", _detail(exc))
+        return LLMError("rate_limited", _detail(exc), retry_after=retry_after(exc.response.headers))
     if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
         return LLMError("auth", _detail(exc))
     if isinstance(exc, openai.InternalServerError):
@@ -174,3 +183,20 @@ def _llm_error(exc: Exception, config: LLMConfig) -> LLMError:
 
 def _detail(exc: openai.APIStatusError) -> str:
     return f"HTTP {exc.status_code}: {exc.message}"[:500]
+
+
+def retry_after(headers: Any) -> float | None:
+    """Seconds a 429 asks to wait: `retry-after-ms`, `retry-after` in seconds, or `retry-after` as an HTTP date."""
+    try:
+        if ms := headers.get("retry-after-ms"):
+            return max(0.0, float(ms) / 1000)
+        value = headers.get("retry-after")
+        if not value:
+            return None
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            when = parsedate_to_datetime(value)
+            return max(0.0, (when - datetime.now(UTC)).total_seconds())
+    except (TypeError, ValueError, OverflowError):
+        return None  # unreadable: as if the provider had not said
