@@ -19,6 +19,9 @@ from tests.assistant.helpers import FakePassage
 from tests.fakes.openai_server import FakeOpenAIServer
 
 PASSAGES = [FakePassage("c1", "returns.md", "Returns", "Returns are free within 30 days.", 0.82)]
+# Both grounded in the passage (so the checks send them), worded apart so a test can tell who answered.
+FIRST = "Returns are free within 30 days [1]."
+SECOND = "Within 30 days, returns are free [1]."
 QUESTION = "I bought a jacket last month and it does not fit, can I still return it for a refund?"
 
 
@@ -38,8 +41,8 @@ def backend(request: pytest.FixtureRequest, sb_home: Path, monkeypatch: pytest.M
 @pytest.fixture
 def fakes() -> Iterator[tuple[FakeOpenAIServer, FakeOpenAIServer]]:
     with FakeOpenAIServer(api_key="sk-first") as first, FakeOpenAIServer(api_key="sk-second") as second:
-        first.reply("From the first: returns are free within 30 days [1].")
-        second.reply("From the second: returns are free within 30 days [1].")
+        first.reply(FIRST)
+        second.reply(SECOND)
         yield first, second
 
 
@@ -87,7 +90,7 @@ def test_llm_first_provider_down_the_second_answers_and_both_calls_are_recorded(
     first.stop()  # connection refused
 
     outcome, message_id = _ask(tenant)
-    assert outcome.status == "answered" and outcome.text.startswith("From the second")
+    assert outcome.status == "answered" and outcome.text == SECOND
     assert second.completion_requests[-1].headers["authorization"] == "Bearer sk-second"  # its own key
 
     calls = _calls(tenant)
@@ -124,7 +127,7 @@ def test_llm_streamed_answer_falls_over_before_its_first_token(backend: str, fak
                      keys={"first": "sk-first", "second": "sk-second"})
 
     outcome, _ = _ask(tenant, channel="webchat")
-    assert outcome.status == "answered" and outcome.text.startswith("From the second")
+    assert outcome.status == "answered" and outcome.text == SECOND
     assert second.completion_requests[-1].body["stream"] is True  # type: ignore[index]
     ok = _calls(tenant)[-1]
     assert ok.streamed and ok.outcome == "ok" and (ok.prompt_tokens, ok.completion_tokens) == (42, 7)
@@ -156,7 +159,7 @@ def test_llm_operator_key_goes_only_to_the_operators_endpoint(backend: str, fake
     tenant = _tenant({"providers": [_entry(first, "own"), {"name": "house", "model": "house-model"}]})
 
     outcome, _ = _ask(tenant)
-    assert outcome.status == "answered" and outcome.text.startswith("From the second")
+    assert outcome.status == "answered" and outcome.text == SECOND
     assert [r.headers["authorization"] for r in first.requests] == ["Bearer unused"]
     assert [r.headers["authorization"] for r in operator.requests] == [f"Bearer {operator.api_key}"]
     assert [(c.provider, c.outcome) for c in _calls(tenant)] == [("own", "auth"), ("house", "ok")]
