@@ -8,6 +8,7 @@ process (the in-process bus only exists here); in scale-out mode they are separa
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -36,6 +37,7 @@ def create_app(*, run_workers: bool | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         workers = None
+        relay_stop = threading.Event()
         if run_workers:
             from app.workers_runtime import RoleThreads
 
@@ -43,10 +45,16 @@ def create_app(*, run_workers: bool | None = None) -> FastAPI:
             from workers.ingest import resume_queued
 
             resume_queued()  # ingestion jobs an earlier embedded server left unfinished
+        else:  # the API writes too (inbound messages, review decisions): it relays what its outbox holds
+            from app.outbox import start_relay
+            from app.runtime import get_bus
+
+            start_relay(get_bus(), relay_stop)
         app.state.workers = workers
         try:
             yield
         finally:
+            relay_stop.set()
             if workers is not None:
                 workers.stop()
 

@@ -4,31 +4,37 @@ Three phases keep database transactions short and the handler idempotent:
 1. read the context (message, conversation, tenant, history) and stop if the message is already handled;
 2. decide, outside any transaction: guardrails, retrieval, the LLM or the offline composer;
 3. write the outcome in one transaction that re-checks the message is still `received` (row lock on Postgres),
-   then publish the reply or escalation event only after the commit.
+   with the reply or escalation events in the outbox (app/outbox.py), published once committed.
 A redelivered message (at-least-once bus, provider retry, reclaimed after a crash) finds its row handled and only
 re-publishes a reply that was stored but maybe never delivered.
+
+Bursts: a customer often writes several short messages in a row. While the tenant's `burst_window_s` after a
+message is open, its event is scheduled for re-delivery when the window closes (an outbox entry with a
+`not_before`), never waited for in the consumer, so other conversations and tenants go on meanwhile. A message
+that a later one of the same turn supersedes is `merged` into it, and that one answers both texts as one turn.
+A message may only merge into the turn still open when it arrived: once a later message of the conversation
+ended a turn without it (a message reclaimed from a dead consumer, say), it is answered or escalated on its own.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Table, bindparam, func, insert, or_, select, update
+from sqlalchemy import Table, bindparam, exists, insert, select, update
 from sqlalchemy.orm import Session
 
-from app import audit
+from app import audit, outbox
 from app.assistant import guardrails
 from app.assistant.composer import compose_offline
 from app.assistant.prompts import Draft, parse_llm_answer, render_messages
 from app.audit import record
 from app.bus.base import Bus, Delivery, PermanentFailure
 from app.config import Settings, get_settings
-from app.contracts import EVENTS, EscalationOpened, Event, InboundMessage, UnknownEvent
+from app.contracts import EVENTS, INBOUND, OUTBOUND, EscalationOpened, Event, InboundMessage, UnknownEvent
 from app.conversations.service import MESSAGES, ReplyTo, history, outbound_event, publish_outbound, store_reply
 from app.crypto import decrypt_json
 from app.db import session_scope
@@ -45,7 +51,7 @@ DEFAULT_ESCALATION_NOTICE = (
 
 @dataclass(frozen=True)
 class Outcome:
-    status: str  # answered | escalated | human | merged | duplicate
+    status: str  # answered | escalated | human | merged | deferred | duplicate
     message_id: str
     reply_id: str | None = None
     escalation_id: str | None = None
@@ -87,8 +93,10 @@ class Orchestrator:
         llm: LLMClient | None = None,
         settings: Settings | None = None,
         limiter: RateLimiter | None = None,
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.bus = bus
+        self.clock = clock
         self.settings = settings or get_settings()
         if limiter is None:
             from app.runtime import get_rate_limiter
@@ -128,9 +136,9 @@ class Orchestrator:
         if ctx.superseded and (merged := self._merge(ctx)) is not None:
             return merged  # the later message answers both: no retrieval and no LLM call for this one
         window = float(ctx.policies.get("burst_window_s") or 0)
-        wait = window - (utcnow() - _aware(ctx.received_at)).total_seconds()
-        if wait > 0:
-            time.sleep(wait)  # let the rest of a burst arrive; it is answered as one turn
+        closes = _aware(ctx.received_at) + timedelta(seconds=window)
+        if window > 0 and closes > self.clock():
+            return self._defer(ctx, event, closes)  # let the rest of a burst arrive; it is answered as one turn
         text = "\n".join([*ctx.earlier_burst, event.text])
         decision = self._decide(ctx, text)
         if decision.answer is not None:
@@ -160,7 +168,7 @@ class Orchestrator:
                 ),
                 pack_version=row.live_pack_version,
                 received_at=row.created_at,
-                earlier_burst=_merged_before(session, row.conversation_id, row.created_at),
+                earlier_burst=_merged_into(session, row.conversation_id, row.id, row.created_at),
                 superseded=_newer_pending(session, row.conversation_id, row.created_at) is not None,
             )
             return ctx, None
@@ -253,8 +261,8 @@ class Orchestrator:
             return None
         newer = _newer_pending(session, row.conversation_id, row.created_at)
         if newer is not None:
-            # A later message of the same burst arrived while this one was being answered: it supersedes this
-            # reply and answers both texts as one turn.
+            # A later message of the same turn arrived while this one was being answered: it supersedes this
+            # reply and answers both texts as one turn (`_merged_into`).
             _set_status(session, ctx, "merged", meta={**(row.meta or {}), "superseded_by": newer})
             audit.write(session, ctx.tenant_id, "bot", "message.merged", "message", ctx.message_id, {"into": newer})
             return None
@@ -281,7 +289,8 @@ class Orchestrator:
                 "pack_version": ctx.pack_version,
                 "chunk_ids": [c["chunk_id"] for c in draft.citations],
             })
-        publish_outbound(self.bus, event)
+            pending = outbox.add(session, [outbox.Entry.of(OUTBOUND, event, event.message_id)], now=self.clock())
+        outbox.publish_now(self.bus, pending)
         return Outcome("answered", ctx.message_id, reply_id=event.message_id, text=draft.text,
                        citations=list(draft.citations))
 
@@ -306,10 +315,19 @@ class Orchestrator:
                         {"reason": reason, "message_id": ctx.message_id})
             opened = EscalationOpened(tenant_id=ctx.tenant_id, escalation_id=escalation_id,
                                       conversation_id=to.conversation_id, message_id=ctx.message_id, reason=reason)
-        publish_outbound(self.bus, event)
-        self.bus.publish(EVENTS, ctx.tenant_id, opened.to_bus())
+            pending = outbox.add(session, [outbox.Entry.of(OUTBOUND, event, event.message_id),
+                                           outbox.Entry.of(EVENTS, opened)], now=self.clock())
+        outbox.publish_now(self.bus, pending)
         return Outcome("escalated", ctx.message_id, reply_id=event.message_id,
                        escalation_id=opened.escalation_id, reason=reason, text=notice)
+
+    def _defer(self, ctx: Context, event: InboundMessage, closes: datetime) -> Outcome:
+        """Schedule this event's re-delivery for when the burst window closes; this consumer goes on meanwhile.
+        (Delivered twice, it is scheduled twice: the second copy finds the message handled.)"""
+        with session_scope() as session:
+            outbox.add(session, [outbox.Entry.of(INBOUND, event, ctx.message_id)], now=self.clock(),
+                       not_before=closes)
+        return Outcome("deferred", ctx.message_id)
 
     def _merge(self, ctx: Context) -> Outcome | None:
         """Merge into the later message that is waiting (as `_claim` would after answering); None if it is gone."""
@@ -363,19 +381,18 @@ _SET_STATUS = update(MESSAGES).where(*_IN_TENANT).values(
 _SET_STATUS_AND_META = _SET_STATUS.values(meta=bindparam("new_meta", type_=MESSAGES.c.meta.type))
 _INSERT_ESCALATION = insert(ESCALATIONS)
 _ENDED = MESSAGES.alias("ended")
-_LAST_TURN_END = select(func.max(_ENDED.c.created_at)).where(  # the previous turn's last inbound message
+_TURN_ENDED_SINCE = exists().where(  # a later inbound message of the conversation already ended a turn
     _ENDED.c.conversation_id == bindparam("conversation"), _ENDED.c.direction == "in",
-    _ENDED.c.status.in_(["answered", "escalated", "human"]), _ENDED.c.created_at < bindparam("created"),
-).scalar_subquery()
-_MERGED_BEFORE = select(MESSAGES.c.text).where(
-    MESSAGES.c.conversation_id == bindparam("conversation"), MESSAGES.c.direction == "in",
-    MESSAGES.c.status == "merged", MESSAGES.c.created_at < bindparam("created"),
-    or_(_LAST_TURN_END.is_(None), MESSAGES.c.created_at > _LAST_TURN_END),
-).order_by(MESSAGES.c.created_at)
+    _ENDED.c.status.in_(["answered", "escalated", "human"]), _ENDED.c.created_at > bindparam("created"),
+)
 _NEWER_PENDING = select(MESSAGES.c.id).where(
     MESSAGES.c.conversation_id == bindparam("conversation"), MESSAGES.c.direction == "in",
-    MESSAGES.c.status == "received", MESSAGES.c.created_at > bindparam("created"),
-).limit(1)
+    MESSAGES.c.status == "received", MESSAGES.c.created_at > bindparam("created"), ~_TURN_ENDED_SINCE,
+).order_by(MESSAGES.c.created_at).limit(1)
+_MERGED_EARLIER = select(MESSAGES.c.id, MESSAGES.c.text, MESSAGES.c.meta).where(
+    MESSAGES.c.conversation_id == bindparam("conversation"), MESSAGES.c.direction == "in",
+    MESSAGES.c.status == "merged", MESSAGES.c.created_at < bindparam("created"),
+).order_by(MESSAGES.c.created_at.desc())
 
 
 def _set_status(session: Session, ctx: Context, status: str, *, meta: dict[str, Any] | None = None) -> None:
@@ -386,13 +403,22 @@ def _set_status(session: Session, ctx: Context, status: str, *, meta: dict[str, 
         session.execute(_SET_STATUS_AND_META, {**values, "new_meta": meta})
 
 
-def _merged_before(session: Session, conversation_id: str, created_at: datetime) -> list[str]:
-    """Texts of this conversation's messages merged into the turn that the message created at `created_at`
-    ends, oldest first."""
-    return list(session.scalars(_MERGED_BEFORE, {"conversation": conversation_id, "created": created_at}))
+def _merged_into(session: Session, conversation_id: str, message_id: str, created_at: datetime) -> list[str]:
+    """Texts merged into the turn that message `message_id` ends, oldest first: the messages superseded by it,
+    directly or through another merged message (never one merged into some other turn)."""
+    into, texts = {message_id}, []
+    # Newest first: a message is only ever superseded by a later one, so its successor is resolved already.
+    for row in session.execute(_MERGED_EARLIER, {"conversation": conversation_id, "created": created_at}):
+        if (row.meta or {}).get("superseded_by") in into:
+            into.add(row.id)
+            texts.append(row.text)
+    return texts[::-1]
 
 
 def _newer_pending(session: Session, conversation_id: str, created_at: datetime) -> str | None:
+    """The next message of the same turn still waiting, which would supersede the message created at
+    `created_at`; None if there is none, or if a later message already ended a turn without this one: the turn
+    it arrived in is closed, so it is answered on its own."""
     return session.scalar(_NEWER_PENDING, {"conversation": conversation_id, "created": created_at})
 
 

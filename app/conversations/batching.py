@@ -6,11 +6,12 @@ thread, which stores everything queued (up to `max_batch`, waiting at most `max_
 set-based statements in one transaction, publishes the events in one pipelined round trip, and only then wakes
 each caller with its `Accepted`. The guarantees are `accept_inbound`'s:
 
-- a caller returns only after its message is committed and its event is on the bus (the gateway may answer 2xx);
+- a caller returns only after its message and its event (in the outbox, app/outbox.py) are committed and a
+  publish of the event was attempted (the gateway may answer 2xx);
 - one row and one bus entry per (tenant, channel, provider message id), within a batch and across batches and
   processes; a duplicate gets `duplicate=True` and the original's ids;
-- a batch that fails to publish fails every caller in it (the gateway answers 5xx, the provider retries); its
-  committed rows are marked unpublished and re-published by `redrive_stale` or found by the retry.
+- a batch whose events the bus refuses still succeeds: they are committed in the outbox, and a relay publishes
+  them once the bus is back.
 
 A batch whose database transaction fails is rolled back and retried one request at a time, so one bad message
 (say, an over-long id the database rejects) fails alone rather than taking its batch-mates with it.
@@ -26,8 +27,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from weakref import WeakKeyDictionary
 
+from app import outbox
 from app.bus.base import Bus
-from app.conversations.service import Accepted, InboundRequest, Stored, publish_stored, store_inbound
+from app.conversations.service import Accepted, InboundRequest, Stored, store_inbound
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +133,6 @@ class InboundBatcher:
         self.stats.record(len(batch))
         try:
             results = self._store([request for request, _ in batch])
-            publish_stored(self.bus, [stored for stored in results if isinstance(stored, Stored)])
         except Exception as exc:  # handed to every caller; the writer carries on
             self.stats.failed_batches += 1
             log.warning("inbound batch of %d failed: %s", len(batch), exc)
@@ -139,11 +140,15 @@ class InboundBatcher:
                 if not future.done():
                     future.set_exception(exc)
             return
+        pending = [s.pending for s in results if isinstance(s, Stored) and s.pending is not None]
+        published = outbox.send(self.bus, pending)  # if not, the outbox relay publishes them
         for (_, future), stored in zip(batch, results, strict=True):
             if isinstance(stored, Stored):
                 future.set_result(stored.accepted)
             elif not future.done():
                 future.set_exception(stored)
+        if published:  # after waking the callers: they need not wait for this commit
+            outbox.forget(pending)
 
     def _store(self, requests: list[InboundRequest]) -> list[Stored | Exception]:
         try:

@@ -3,6 +3,7 @@
 from app.models.base import Base, new_id, utcnow
 from app.models.conversations import Contact, Conversation, Message
 from app.models.knowledge import Chunk, Document, IngestionJob, KnowledgeSource, PackVersion
+from app.models.outbox import OutboxEntry
 from app.models.review import AuditEvent, Escalation
 from app.models.tenancy import ApiKey, ChannelAccount, Tenant
 
@@ -19,6 +20,7 @@ __all__ = [
     "IngestionJob",
     "KnowledgeSource",
     "Message",
+    "OutboxEntry",
     "PackVersion",
     "Tenant",
     "new_id",
