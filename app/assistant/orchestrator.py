@@ -11,9 +11,8 @@ re-publishes a reply that was stored but maybe never delivered.
 Bursts: a customer often writes several short messages in a row. While the tenant's `burst_window_s` after a
 message is open, its event is scheduled for re-delivery when the window closes (an outbox entry with a
 `not_before`), never waited for in the consumer, so other conversations and tenants go on meanwhile. A message
-that a later one of the same turn supersedes is `merged` into it, and that one answers both texts as one turn.
-A message may only merge into the turn still open when it arrived: once a later message of the conversation
-ended a turn without it (a message reclaimed from a dead consumer, say), it is answered or escalated on its own.
+that a later one of the same turn supersedes is `merged` into it, and that one answers both texts as one turn
+(app/assistant/turns.py: never into a later turn).
 """
 
 from __future__ import annotations
@@ -24,13 +23,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Table, bindparam, exists, insert, select, update
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from app import audit, outbox
 from app.assistant import guardrails
 from app.assistant.composer import compose_offline
 from app.assistant.prompts import Draft, parse_llm_answer, render_messages
+from app.assistant.turns import merged_into, newer_pending
 from app.audit import record
 from app.bus.base import Bus, Delivery, PermanentFailure
 from app.config import Settings, get_settings
@@ -168,8 +168,8 @@ class Orchestrator:
                 ),
                 pack_version=row.live_pack_version,
                 received_at=row.created_at,
-                earlier_burst=_merged_into(session, row.conversation_id, row.id, row.created_at),
-                superseded=_newer_pending(session, row.conversation_id, row.created_at) is not None,
+                earlier_burst=merged_into(session, row.conversation_id, row.id, row.created_at),
+                superseded=newer_pending(session, row.conversation_id, row.created_at) is not None,
             )
             return ctx, None
 
@@ -259,10 +259,10 @@ class Orchestrator:
         row = session.execute(_CLAIM, {"message": ctx.message_id, "tenant": ctx.tenant_id}).one()
         if row.status != "received":
             return None
-        newer = _newer_pending(session, row.conversation_id, row.created_at)
+        newer = newer_pending(session, row.conversation_id, row.created_at)
         if newer is not None:
             # A later message of the same turn arrived while this one was being answered: it supersedes this
-            # reply and answers both texts as one turn (`_merged_into`).
+            # reply and answers both texts as one turn (`merged_into`).
             _set_status(session, ctx, "merged", meta={**(row.meta or {}), "superseded_by": newer})
             audit.write(session, ctx.tenant_id, "bot", "message.merged", "message", ctx.message_id, {"into": newer})
             return None
@@ -380,19 +380,6 @@ _SET_STATUS = update(MESSAGES).where(*_IN_TENANT).values(
 )
 _SET_STATUS_AND_META = _SET_STATUS.values(meta=bindparam("new_meta", type_=MESSAGES.c.meta.type))
 _INSERT_ESCALATION = insert(ESCALATIONS)
-_ENDED = MESSAGES.alias("ended")
-_TURN_ENDED_SINCE = exists().where(  # a later inbound message of the conversation already ended a turn
-    _ENDED.c.conversation_id == bindparam("conversation"), _ENDED.c.direction == "in",
-    _ENDED.c.status.in_(["answered", "escalated", "human"]), _ENDED.c.created_at > bindparam("created"),
-)
-_NEWER_PENDING = select(MESSAGES.c.id).where(
-    MESSAGES.c.conversation_id == bindparam("conversation"), MESSAGES.c.direction == "in",
-    MESSAGES.c.status == "received", MESSAGES.c.created_at > bindparam("created"), ~_TURN_ENDED_SINCE,
-).order_by(MESSAGES.c.created_at).limit(1)
-_MERGED_EARLIER = select(MESSAGES.c.id, MESSAGES.c.text, MESSAGES.c.meta).where(
-    MESSAGES.c.conversation_id == bindparam("conversation"), MESSAGES.c.direction == "in",
-    MESSAGES.c.status == "merged", MESSAGES.c.created_at < bindparam("created"),
-).order_by(MESSAGES.c.created_at.desc())
 
 
 def _set_status(session: Session, ctx: Context, status: str, *, meta: dict[str, Any] | None = None) -> None:
@@ -401,25 +388,6 @@ def _set_status(session: Session, ctx: Context, status: str, *, meta: dict[str, 
         session.execute(_SET_STATUS, values)
     else:
         session.execute(_SET_STATUS_AND_META, {**values, "new_meta": meta})
-
-
-def _merged_into(session: Session, conversation_id: str, message_id: str, created_at: datetime) -> list[str]:
-    """Texts merged into the turn that message `message_id` ends, oldest first: the messages superseded by it,
-    directly or through another merged message (never one merged into some other turn)."""
-    into, texts = {message_id}, []
-    # Newest first: a message is only ever superseded by a later one, so its successor is resolved already.
-    for row in session.execute(_MERGED_EARLIER, {"conversation": conversation_id, "created": created_at}):
-        if (row.meta or {}).get("superseded_by") in into:
-            into.add(row.id)
-            texts.append(row.text)
-    return texts[::-1]
-
-
-def _newer_pending(session: Session, conversation_id: str, created_at: datetime) -> str | None:
-    """The next message of the same turn still waiting, which would supersede the message created at
-    `created_at`; None if there is none, or if a later message already ended a turn without this one: the turn
-    it arrived in is closed, so it is answered on its own."""
-    return session.scalar(_NEWER_PENDING, {"conversation": conversation_id, "created": created_at})
 
 
 def _aware(value: datetime) -> datetime:
