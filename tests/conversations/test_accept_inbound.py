@@ -51,9 +51,10 @@ def test_a_bus_outage_loses_nothing_an_outbox_relay_publishes_the_event_once_the
     bus = MemoryBus()
     retried = _accept(bus, tenant, "wamid.9")  # a provider's retry finds the row and publishes nothing
     assert retried.duplicate and bus.stream_length(INBOUND, tenant) == 0  # type: ignore[attr-defined]
-    assert Relay(bus).publish_all_due() == 0  # within its writer's grace: left to the writer
-    relay = Relay(bus, clock=lambda: utcnow() + GRACE)
-    assert relay.publish_all_due() == 1
-    entries = bus.read(INBOUND, "g", "c", count=10, block_ms=0)
+    Relay(bus).publish_all_due()
+    assert bus.stream_length(INBOUND, tenant) == 0  # within its writer's grace: left to the writer
+    relay = Relay(bus, clock=lambda: utcnow() + GRACE)  # (the database is shared: it may publish others' too)
+    relay.publish_all_due()
+    relay.publish_all_due()
+    entries = [e for e in bus.read(INBOUND, "g", "c", count=100, block_ms=0) if e.tenant_id == tenant]
     assert [Event.from_bus(e.fields).message_id for e in entries] == [row.id]  # type: ignore[attr-defined]
-    assert relay.publish_all_due() == 0  # published once: the entry is gone
