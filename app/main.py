@@ -37,7 +37,7 @@ def create_app(*, run_workers: bool | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         workers = None
-        relay_stop = threading.Event()
+        relay_stop, relay = threading.Event(), None
         if run_workers:
             from app.workers_runtime import RoleThreads
 
@@ -45,16 +45,18 @@ def create_app(*, run_workers: bool | None = None) -> FastAPI:
             from workers.ingest import resume_queued
 
             resume_queued()  # ingestion jobs an earlier embedded server left unfinished
-        else:  # the API writes too (inbound messages, review decisions): it relays what its outbox holds
+        elif not settings.embedded:  # scale-out: the API writes too (inbound, decisions), so it relays its outbox
             from app.outbox import start_relay
             from app.runtime import get_bus
 
-            start_relay(get_bus(), relay_stop)
+            relay = start_relay(get_bus(), relay_stop)
         app.state.workers = workers
         try:
             yield
         finally:
             relay_stop.set()
+            if relay is not None:
+                relay.join(10)
             if workers is not None:
                 workers.stop()
 

@@ -131,15 +131,20 @@ def test_several_relays_at_once_publish_every_entry(tenant: str) -> None:
         assert len(published) == 300
 
 
-def test_the_api_process_runs_a_relay_when_it_runs_no_consumers(tenant: str) -> None:
+def test_the_scale_out_api_process_runs_a_relay(tenant: str, monkeypatch: pytest.MonkeyPatch,
+                                               redis_namespace: str) -> None:
     """Scale-out `serve` writes (inbound messages, review decisions) without running the orchestrator: it relays
     its own leftovers (embedded, the relay is one of `RoleThreads`)."""
     from fastapi.testclient import TestClient
 
     from app.main import create_app
-    from app.runtime import get_bus
+    from app.runtime import get_bus, reset_caches
     from tests.bus.conftest import wait_for
+    from tests.conftest import REDIS_TEST_URL
 
+    monkeypatch.setenv("REDIS_URL", REDIS_TEST_URL)
+    monkeypatch.setenv("BUS_NAMESPACE", redis_namespace)
+    reset_caches()
     with TestClient(create_app(run_workers=False)):
         _add(tenant, 1, not_before=utcnow())  # due now: as if its writer had died a grace ago
         wait_for(lambda: get_bus().stream_length(T, tenant) == 1)
