@@ -108,13 +108,19 @@ def send(bus: Bus, pending: Sequence[Pending]) -> bool:
     return True
 
 
+def remove(session: Session, pending: Sequence[Pending]) -> None:
+    """Delete published entries in the caller's transaction (a writer that commits again soon anyway)."""
+    if pending:
+        session.execute(_DELETE, {"ids": [p.id for p in pending]})
+
+
 def forget(pending: Sequence[Pending]) -> None:
     """Delete published entries. Should that fail, a relay publishes them again later: a harmless duplicate."""
     if not pending:
         return
     try:
         with session_scope() as session:
-            session.execute(_DELETE, {"ids": [p.id for p in pending]})
+            remove(session, pending)
     except Exception as exc:
         log.warning("could not delete %d published outbox entries (%s); a relay will publish them again",
                     len(pending), exc)

@@ -15,6 +15,9 @@ each caller with its `Accepted`. The guarantees are `accept_inbound`'s:
 
 A batch whose database transaction fails is rolled back and retried one request at a time, so one bad message
 (say, an over-long id the database rejects) fails alone rather than taking its batch-mates with it.
+
+The outbox entries a batch published are deleted in the next batch's transaction (or, when none comes, after
+`FORGET_AFTER_S`): under load, one commit per batch.
 """
 
 from __future__ import annotations
@@ -36,6 +39,9 @@ log = logging.getLogger(__name__)
 MAX_BATCH = 64
 MAX_WAIT_S = 0.002
 IDLE_EXIT_S = 30.0  # an idle writer thread exits; the next request starts a new one
+# Published outbox entries are deleted with the next batch's commit, or after this long without one: well within
+# the grace relays give their writer (app/outbox.py), so they do not publish them again.
+FORGET_AFTER_S = 0.5
 
 
 @dataclass
@@ -70,6 +76,7 @@ class InboundBatcher:
         self.idle_exit_s = idle_exit_s
         self.stats = BatchStats()
         self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
+        self._published: list[outbox.Pending] = []  # to delete from the outbox (the writer thread's own)
         self._lock = threading.Lock()
         self._writer: threading.Thread | None = None
 
@@ -100,8 +107,12 @@ class InboundBatcher:
     def _run(self) -> None:
         while True:
             try:
-                first = self._queue.get(timeout=self.idle_exit_s)
+                first = self._queue.get(timeout=FORGET_AFTER_S if self._published else self.idle_exit_s)
             except queue.Empty:
+                if self._published:  # no batch to delete them with
+                    outbox.forget(self._published)
+                    self._published = []
+                    continue
                 with self._lock:  # `accept` starts a writer under this lock, so no request is stranded
                     if self._queue.empty():
                         self._writer = None
@@ -141,27 +152,30 @@ class InboundBatcher:
                     future.set_exception(exc)
             return
         pending = [s.pending for s in results if isinstance(s, Stored) and s.pending is not None]
-        published = outbox.send(self.bus, pending)  # if not, the outbox relay publishes them
+        if outbox.send(self.bus, pending):  # if not, the outbox relay publishes them
+            self._published.extend(pending)  # deleted with the next commit
         for (_, future), stored in zip(batch, results, strict=True):
             if isinstance(stored, Stored):
                 future.set_result(stored.accepted)
             elif not future.done():
                 future.set_exception(stored)
-        if published:  # after waking the callers: they need not wait for this commit
-            outbox.forget(pending)
 
     def _store(self, requests: list[InboundRequest]) -> list[Stored | Exception]:
+        """Stores, and deletes the entries published since the last commit with it (kept if it rolls back)."""
         try:
-            return list(store_inbound(requests))
+            results: list[Stored | Exception] = list(store_inbound(requests, published=self._published))
+            self._published = []
+            return results
         except Exception as exc:
             if len(requests) == 1:
                 raise
             log.warning("inbound batch of %d failed to store (%s); retrying its requests one by one",
                         len(requests), exc)
-        results: list[Stored | Exception] = []
+        results = []
         for request in requests:
             try:
-                results.extend(store_inbound([request]))
+                results.extend(store_inbound([request], published=self._published))
+                self._published = []
             except Exception as exc:  # this request's own failure, reported to its caller
                 results.append(exc)
         return results

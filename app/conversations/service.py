@@ -120,12 +120,14 @@ def accept_many(bus: Bus, requests: Sequence[InboundRequest]) -> list[Accepted]:
     return [s.accepted for s in stored]
 
 
-def store_inbound(requests: Sequence[InboundRequest], *, enqueue: bool = True) -> list[Stored]:
+def store_inbound(requests: Sequence[InboundRequest], *, enqueue: bool = True,
+                  published: Sequence[outbox.Pending] = ()) -> list[Stored]:
     """Store new messages (and their contacts and conversations) in one transaction with set-based statements:
     a few round trips whatever the batch size. One result per request, in order. A provider id seen before, in
     the database or earlier in this batch, is a duplicate carrying the original's ids. With `enqueue`, each new
     message's `InboundMessage` goes to the outbox in the same transaction (`Stored.pending`: publish it after the
-    commit); without, nothing is enqueued (USSD answers inline)."""
+    commit); without, nothing is enqueued (USSD answers inline). `published`: outbox entries of earlier batches,
+    published since, deleted in this transaction (the batcher's way of saving a commit per batch)."""
     if not requests:
         return []
     events = [r.event() for r in requests]
@@ -169,6 +171,7 @@ def store_inbound(requests: Sequence[InboundRequest], *, enqueue: bool = True) -
                 "message_id": accepted.message_id, "conversation_id": accepted.conversation_id,
                 "contact_id": accepted.contact_id, "received_at": times[i]})
             out.append(Stored(accepted, event))
+        outbox.remove(session, published)
         if enqueue:
             fresh = [(k, s.event) for k, s in enumerate(out) if s.event is not None]
             pending = outbox.add(session, [outbox.Entry.of(INBOUND, e, e.message_id) for _, e in fresh])

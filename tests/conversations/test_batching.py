@@ -153,6 +153,24 @@ def test_a_bus_failure_fails_no_caller_and_an_outbox_relay_publishes_the_batch_l
     assert not fresh.duplicate and [e.message_id for e in events(bus)] == [fresh.message_id]
 
 
+def test_published_outbox_entries_go_with_the_next_batchs_commit_or_soon_after(tenant: str) -> None:
+    from app.models import OutboxEntry
+    from tests.bus.conftest import wait_for
+
+    def entries_of(message_id: str) -> int:
+        with session_scope() as session:
+            return len(session.scalars(select(OutboxEntry.id).where(OutboxEntry.message_id == message_id)).all())
+
+    bus = MemoryBus()
+    batcher = InboundBatcher(bus, max_wait_s=0.01)
+    first = batcher.accept(req(tenant, "a"))
+    second = batcher.accept(req(tenant, "b"))
+    assert entries_of(first.message_id) == 0  # deleted with the second batch's commit, if not before
+    wait_for(lambda: entries_of(second.message_id) == 0)  # no third batch: deleted once the writer idles
+    Relay(bus, clock=lambda: utcnow() + GRACE).publish_all_due()
+    assert [e.message_id for e in events(bus) if e.tenant_id == tenant] == [first.message_id, second.message_id]
+
+
 def test_a_message_the_database_rejects_fails_alone(tenant: str) -> None:
     bus = MemoryBus()
     batcher = InboundBatcher(bus, max_wait_s=0.05)
