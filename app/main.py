@@ -8,6 +8,7 @@ process (the in-process bus only exists here); in scale-out mode they are separa
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -41,15 +42,23 @@ def create_app(*, run_workers: bool | None = None, container: Container | None =
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         workers = None
+        relay_stop, relay = threading.Event(), None
         if run_workers:
             from app.workers_runtime import RoleThreads
 
             workers = RoleThreads.start_all(container)
             container.job_queue.resume()  # ingestion jobs an earlier embedded server left unfinished
+        elif not settings.embedded:  # scale-out: the API writes too (inbound, decisions), so it relays its outbox
+            from app.outbox import start_relay
+
+            relay = start_relay(container.bus, relay_stop)
         app.state.workers = workers
         try:
             yield
         finally:
+            relay_stop.set()
+            if relay is not None:
+                relay.join(10)
             if workers is not None:
                 workers.stop()
 

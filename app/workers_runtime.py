@@ -1,4 +1,5 @@
-"""The roles that consume the bus: the orchestrator (inbound) and the dispatcher (outbound).
+"""The roles that consume the bus: the orchestrator (inbound) and the dispatcher (outbound), beside the outbox
+relay (app/outbox.py) and the redrive sweep (app/conversations/redrive.py).
 
 `switchboard orchestrator` runs them as one scale-out process (replicate it freely: the consumer groups share
 the work and reclaim what a dead replica held); embedded `serve`, `chat` and `demo` run the same consumers in
@@ -19,6 +20,7 @@ from app.bus.concurrent import ConcurrentConsumer
 from app.bus.consumer import Consumer
 from app.config import get_settings
 from app.contracts import EVENTS, INBOUND, OUTBOUND
+from app.outbox import start_relay
 
 if TYPE_CHECKING:
     from app.bootstrap import Container
@@ -38,6 +40,7 @@ def build_consumers(bus: Bus, stop: threading.Event, container: Container | None
     from app.assistant.orchestrator import Orchestrator, mark_dead
     from app.bootstrap import container as current
     from app.conversations.dispatcher import Dispatcher, lease_for
+    from app.conversations.redrive import mark_outbound_dead
 
     container = container or current()
     settings = container.settings
@@ -48,6 +51,11 @@ def build_consumers(bus: Bus, stop: threading.Event, container: Container | None
         message_id = _message_id(delivery)
         if message_id:
             mark_dead(delivery.tenant_id, message_id, reason)
+
+    def on_outbound_dead(delivery: Delivery, reason: str) -> None:
+        message_id = _message_id(delivery)
+        if message_id:
+            mark_outbound_dead(delivery.tenant_id, message_id, reason)
 
     common = {
         "max_deliveries": settings.bus_max_deliveries,
@@ -66,7 +74,7 @@ def build_consumers(bus: Bus, stop: threading.Event, container: Container | None
         ConcurrentConsumer(bus, INBOUND, ORCHESTRATOR_GROUP, consumer_name("orchestrator"), orchestrator.handle,
                            on_dead=on_inbound_dead, **common),  # type: ignore[arg-type]
         ConcurrentConsumer(bus, OUTBOUND, DISPATCHER_GROUP, consumer_name("dispatcher"), dispatcher.handle,
-                           **common),  # type: ignore[arg-type]
+                           on_dead=on_outbound_dead, **common),  # type: ignore[arg-type]
     ]
 
 
@@ -104,14 +112,14 @@ def _message_id(delivery: Delivery) -> str | None:
 
 
 def redrive_loop(bus: Bus, stop: threading.Event, every_s: float = 30.0) -> None:
-    """Re-publish inbound messages stored but never handled (see `redrive_stale`), until `stop`."""
-    from app.conversations.service import redrive_stale
+    """Re-publish the events of messages whose event was lost on the bus (see `redrive_stale`), until `stop`."""
+    from app.conversations.redrive import redrive_stale
 
     while not stop.wait(every_s):
         try:
-            count = redrive_stale(bus)
+            count = redrive_stale(bus, inbound_group=ORCHESTRATOR_GROUP, outbound_group=DISPATCHER_GROUP)
             if count:
-                log.warning("re-published %d inbound message(s) that were stored but never handled", count)
+                log.warning("re-published the events of %d message(s) whose event was lost", count)
         except Exception:
             log.exception("redrive sweep failed; retrying in %.0fs", every_s)
 
@@ -136,6 +144,7 @@ class RoleThreads:
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             roles.threads.append(thread)
+        roles.threads.append(start_relay(bus, stop))  # this process writes: it publishes what it (or a dead one) left
         return roles
 
     def stop(self, timeout: float = 10.0) -> None:

@@ -1,7 +1,7 @@
 """users, memberships (a role per tenant), login sessions and their rotating refresh tokens
 
 Revision ID: 0006
-Revises: 0004
+Revises: 0005
 
 Written beside another branch's 0005: when both are merged, this one is re-pointed to follow 0005.
 """
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0006"
-down_revision: str | Sequence[str] | None = "0004"
+down_revision: str | Sequence[str] | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

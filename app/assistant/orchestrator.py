@@ -4,34 +4,40 @@ Three phases keep database transactions short and the handler idempotent:
 1. read the context (message, conversation, tenant, history) and stop if the message is already handled;
 2. decide, outside any transaction: guardrails, retrieval, the LLM or the offline composer;
 3. write the outcome in one transaction that re-checks the message is still `received` (row lock on Postgres),
-   then publish the reply or escalation event only after the commit.
+   with the reply or escalation events in the outbox (app/outbox.py), published once committed.
 A redelivered message (at-least-once bus, provider retry, reclaimed after a crash) finds its row handled and only
 re-publishes a reply that was stored but maybe never delivered.
+
+Bursts: a customer often writes several short messages in a row. While the tenant's `burst_window_s` after a
+message is open, its event is scheduled for re-delivery when the window closes (an outbox entry with a
+`not_before`), never waited for in the consumer, so other conversations and tenants go on meanwhile. A message
+that a later one of the same turn supersedes is `merged` into it, and that one answers both texts as one turn
+(app/assistant/turns.py: never into a later turn).
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Table, bindparam, func, insert, or_, select, update
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
-from app import audit
+from app import audit, outbox
 from app.assistant import guardrails
 from app.assistant.composer import compose_offline
 from app.assistant.drafts import STREAMING_CHANNELS, DraftStream
 from app.assistant.grounding import vet_llm_draft
 from app.assistant.pii_restore import PiiVault
 from app.assistant.prompts import Draft, parse_llm_answer, render_messages
+from app.assistant.turns import merged_into, newer_pending
 from app.audit import record
 from app.bus.base import Bus, Delivery, PermanentFailure
 from app.config import Settings, get_settings
-from app.contracts import EVENTS, EscalationOpened, Event, InboundMessage, UnknownEvent
+from app.contracts import EVENTS, INBOUND, OUTBOUND, EscalationOpened, Event, InboundMessage, UnknownEvent
 from app.conversations.push import Push
 from app.conversations.service import MESSAGES, ReplyTo, history, outbound_event, publish_outbound, store_reply
 from app.crypto import decrypt_json
@@ -51,7 +57,7 @@ DEFAULT_ESCALATION_NOTICE = (
 
 @dataclass(frozen=True)
 class Outcome:
-    status: str  # answered | escalated | human | merged | duplicate
+    status: str  # answered | escalated | human | merged | deferred | duplicate
     message_id: str
     reply_id: str | None = None
     escalation_id: str | None = None
@@ -97,9 +103,11 @@ class Orchestrator:
         settings: Settings | None = None,
         limiter: RateLimiter | None = None,
         push: Push | None = None,
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.bus = bus
         self.push = push  # drafts of streamed replies go to open widgets through it (app/runtime.py's by default)
+        self.clock = clock
         self.settings = settings or get_settings()
         if limiter is None:
             from app.runtime import get_rate_limiter
@@ -140,9 +148,9 @@ class Orchestrator:
         if ctx.superseded and (merged := self._merge(ctx)) is not None:
             return merged  # the later message answers both: no retrieval and no LLM call for this one
         window = float(ctx.policies.get("burst_window_s") or 0)
-        wait = window - (utcnow() - _aware(ctx.received_at)).total_seconds()
-        if wait > 0:
-            time.sleep(wait)  # let the rest of a burst arrive; it is answered as one turn
+        closes = _aware(ctx.received_at) + timedelta(seconds=window)
+        if window > 0 and closes > self.clock():
+            return self._defer(ctx, event, closes)  # let the rest of a burst arrive; it is answered as one turn
         text = "\n".join([*ctx.earlier_burst, event.text])
         drafts = self._draft_stream(ctx)
         outcome: Outcome | None = None
@@ -182,8 +190,8 @@ class Orchestrator:
                 ),
                 pack_version=row.live_pack_version,
                 received_at=row.created_at,
-                earlier_burst=_merged_before(session, row.conversation_id, row.created_at),
-                superseded=_newer_pending(session, row.conversation_id, row.created_at) is not None,
+                earlier_burst=merged_into(session, row.conversation_id, row.id, row.created_at),
+                superseded=newer_pending(session, row.conversation_id, row.created_at) is not None,
                 channel=event.channel,
             )
             return ctx, None
@@ -291,10 +299,10 @@ class Orchestrator:
         row = session.execute(_CLAIM, {"message": ctx.message_id, "tenant": ctx.tenant_id}).one()
         if row.status != "received":
             return None
-        newer = _newer_pending(session, row.conversation_id, row.created_at)
+        newer = newer_pending(session, row.conversation_id, row.created_at)
         if newer is not None:
-            # A later message of the same burst arrived while this one was being answered: it supersedes this
-            # reply and answers both texts as one turn.
+            # A later message of the same turn arrived while this one was being answered: it supersedes this
+            # reply and answers both texts as one turn (`merged_into`).
             _set_status(session, ctx, "merged", meta={**(row.meta or {}), "superseded_by": newer})
             audit.write(session, ctx.tenant_id, "bot", "message.merged", "message", ctx.message_id, {"into": newer})
             return None
@@ -321,7 +329,8 @@ class Orchestrator:
                 "pack_version": ctx.pack_version,
                 "chunk_ids": [c["chunk_id"] for c in draft.citations],
             })
-        publish_outbound(self.bus, event)
+            pending = outbox.add(session, [outbox.Entry.of(OUTBOUND, event, event.message_id)], now=self.clock())
+        outbox.publish_now(self.bus, pending)
         return Outcome("answered", ctx.message_id, reply_id=event.message_id, text=draft.text,
                        citations=list(draft.citations))
 
@@ -348,10 +357,19 @@ class Orchestrator:
                         {"reason": reason, "message_id": ctx.message_id})
             opened = EscalationOpened(tenant_id=ctx.tenant_id, escalation_id=escalation_id,
                                       conversation_id=to.conversation_id, message_id=ctx.message_id, reason=reason)
-        publish_outbound(self.bus, event)
-        self.bus.publish(EVENTS, ctx.tenant_id, opened.to_bus())
+            pending = outbox.add(session, [outbox.Entry.of(OUTBOUND, event, event.message_id),
+                                           outbox.Entry.of(EVENTS, opened)], now=self.clock())
+        outbox.publish_now(self.bus, pending)
         return Outcome("escalated", ctx.message_id, reply_id=event.message_id,
                        escalation_id=opened.escalation_id, reason=reason, text=notice)
+
+    def _defer(self, ctx: Context, event: InboundMessage, closes: datetime) -> Outcome:
+        """Schedule this event's re-delivery for when the burst window closes; this consumer goes on meanwhile.
+        (Delivered twice, it is scheduled twice: the second copy finds the message handled.)"""
+        with session_scope() as session:
+            outbox.add(session, [outbox.Entry.of(INBOUND, event, ctx.message_id)], now=self.clock(),
+                       not_before=closes)
+        return Outcome("deferred", ctx.message_id)
 
     def _merge(self, ctx: Context) -> Outcome | None:
         """Merge into the later message that is waiting (as `_claim` would after answering); None if it is gone."""
@@ -405,20 +423,6 @@ _SET_STATUS = update(MESSAGES).where(*_IN_TENANT).values(
 )
 _SET_STATUS_AND_META = _SET_STATUS.values(meta=bindparam("new_meta", type_=MESSAGES.c.meta.type))
 _INSERT_ESCALATION = insert(ESCALATIONS)
-_ENDED = MESSAGES.alias("ended")
-_LAST_TURN_END = select(func.max(_ENDED.c.created_at)).where(  # the previous turn's last inbound message
-    _ENDED.c.conversation_id == bindparam("conversation"), _ENDED.c.direction == "in",
-    _ENDED.c.status.in_(["answered", "escalated", "human"]), _ENDED.c.created_at < bindparam("created"),
-).scalar_subquery()
-_MERGED_BEFORE = select(MESSAGES.c.text).where(
-    MESSAGES.c.conversation_id == bindparam("conversation"), MESSAGES.c.direction == "in",
-    MESSAGES.c.status == "merged", MESSAGES.c.created_at < bindparam("created"),
-    or_(_LAST_TURN_END.is_(None), MESSAGES.c.created_at > _LAST_TURN_END),
-).order_by(MESSAGES.c.created_at)
-_NEWER_PENDING = select(MESSAGES.c.id).where(
-    MESSAGES.c.conversation_id == bindparam("conversation"), MESSAGES.c.direction == "in",
-    MESSAGES.c.status == "received", MESSAGES.c.created_at > bindparam("created"),
-).limit(1)
 
 
 def _set_status(session: Session, ctx: Context, status: str, *, meta: dict[str, Any] | None = None) -> None:
@@ -427,16 +431,6 @@ def _set_status(session: Session, ctx: Context, status: str, *, meta: dict[str, 
         session.execute(_SET_STATUS, values)
     else:
         session.execute(_SET_STATUS_AND_META, {**values, "new_meta": meta})
-
-
-def _merged_before(session: Session, conversation_id: str, created_at: datetime) -> list[str]:
-    """Texts of this conversation's messages merged into the turn that the message created at `created_at`
-    ends, oldest first."""
-    return list(session.scalars(_MERGED_BEFORE, {"conversation": conversation_id, "created": created_at}))
-
-
-def _newer_pending(session: Session, conversation_id: str, created_at: datetime) -> str | None:
-    return session.scalar(_NEWER_PENDING, {"conversation": conversation_id, "created": created_at})
 
 
 def _aware(value: datetime) -> datetime:

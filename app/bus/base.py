@@ -162,5 +162,11 @@ class Bus(Protocol):
         """Entries currently in the tenant's stream (acknowledged or not; trimming bounds it)."""
         ...
 
+    def drained(self, topic: str, group: str, tenant_id: str) -> bool:
+        """True when `group` is done with the tenant's stream of `topic`: every entry delivered and acknowledged,
+        none waiting, none pending (a stream that does not exist is drained). A stored message whose event should
+        be there yet is unhandled then lost its event: the redrive sweep may publish it again."""
+        ...
+
     def close(self) -> None:
         ...

@@ -231,6 +231,17 @@ class MemoryBus:
             stream = self._streams.get(topic, {}).get(tenant_id)
             return len(stream.order) if stream else 0
 
+    def drained(self, topic: str, group: str, tenant_id: str) -> bool:
+        with self._cond:
+            stream = self._streams.get(topic, {}).get(tenant_id)
+            if stream is None:
+                return True
+            state = self._groups.get(topic, {}).get(group)
+            cursor = state.cursors.get(tenant_id, 0) if state else 0
+            if max(cursor, stream.first_seq) < stream.first_seq + len(stream.order):
+                return False  # entries not yet delivered to the group
+            return state is None or not any(tenant == tenant_id for tenant, _ in state.pending)
+
     def close(self) -> None:
         with self._cond:
             self._cond.notify_all()

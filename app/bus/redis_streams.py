@@ -362,6 +362,24 @@ class RedisStreamsBus:
         return int(self._redis.xlen(self.stream_key(topic, tenant_id)))
 
     @_translate_errors
+    def drained(self, topic: str, group: str, tenant_id: str) -> bool:
+        key = self.stream_key(topic, tenant_id)
+        pipe = self._redis.pipeline(transaction=True)  # one snapshot of the stream and its groups
+        pipe.xinfo_stream(key)
+        pipe.xinfo_groups(key)
+        try:
+            stream, groups = pipe.execute()
+        except redis.ResponseError as exc:
+            if "no such key" in str(exc).lower():
+                return True
+            raise
+        mine = next((g for g in groups if g["name"] == group), None)
+        if mine is None:  # the group, once created, starts at the stream's beginning (id 0)
+            return int(stream["length"]) == 0
+        # Against the last id ever added: the stream's length counts acknowledged entries too.
+        return int(mine["pending"]) == 0 and mine["last-delivered-id"] == stream["last-generated-id"]
+
+    @_translate_errors
     def tenants(self, topic: str) -> list[str]:
         """Tenants that have a stream for `topic` (from the registry)."""
         return sorted(cast(set[str], self._redis.smembers(self._registry_key(topic))))

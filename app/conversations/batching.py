@@ -6,14 +6,18 @@ thread, which stores everything queued (up to `max_batch`, waiting at most `max_
 set-based statements in one transaction, publishes the events in one pipelined round trip, and only then wakes
 each caller with its `Accepted`. The guarantees are `accept_inbound`'s:
 
-- a caller returns only after its message is committed and its event is on the bus (the gateway may answer 2xx);
+- a caller returns only after its message and its event (in the outbox, app/outbox.py) are committed and a
+  publish of the event was attempted (the gateway may answer 2xx);
 - one row and one bus entry per (tenant, channel, provider message id), within a batch and across batches and
   processes; a duplicate gets `duplicate=True` and the original's ids;
-- a batch that fails to publish fails every caller in it (the gateway answers 5xx, the provider retries); its
-  committed rows are marked unpublished and re-published by `redrive_stale` or found by the retry.
+- a batch whose events the bus refuses still succeeds: they are committed in the outbox, and a relay publishes
+  them once the bus is back.
 
 A batch whose database transaction fails is rolled back and retried one request at a time, so one bad message
 (say, an over-long id the database rejects) fails alone rather than taking its batch-mates with it.
+
+The outbox entries a batch published are deleted in the next batch's transaction (or, when none comes, after
+`FORGET_AFTER_S`): under load, one commit per batch.
 """
 
 from __future__ import annotations
@@ -26,14 +30,18 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from weakref import WeakKeyDictionary
 
+from app import outbox
 from app.bus.base import Bus
-from app.conversations.service import Accepted, InboundRequest, Stored, publish_stored, store_inbound
+from app.conversations.service import Accepted, InboundRequest, Stored, store_inbound
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 64
 MAX_WAIT_S = 0.002
 IDLE_EXIT_S = 30.0  # an idle writer thread exits; the next request starts a new one
+# Published outbox entries are deleted with the next batch's commit, or after this long without one: well within
+# the grace relays give their writer (app/outbox.py), so they do not publish them again.
+FORGET_AFTER_S = 0.5
 
 
 @dataclass
@@ -68,6 +76,7 @@ class InboundBatcher:
         self.idle_exit_s = idle_exit_s
         self.stats = BatchStats()
         self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
+        self._published: list[outbox.Pending] = []  # to delete from the outbox (the writer thread's own)
         self._lock = threading.Lock()
         self._writer: threading.Thread | None = None
 
@@ -98,8 +107,12 @@ class InboundBatcher:
     def _run(self) -> None:
         while True:
             try:
-                first = self._queue.get(timeout=self.idle_exit_s)
+                first = self._queue.get(timeout=FORGET_AFTER_S if self._published else self.idle_exit_s)
             except queue.Empty:
+                if self._published:  # no batch to delete them with
+                    outbox.forget(self._published)
+                    self._published = []
+                    continue
                 with self._lock:  # `accept` starts a writer under this lock, so no request is stranded
                     if self._queue.empty():
                         self._writer = None
@@ -131,7 +144,6 @@ class InboundBatcher:
         self.stats.record(len(batch))
         try:
             results = self._store([request for request, _ in batch])
-            publish_stored(self.bus, [stored for stored in results if isinstance(stored, Stored)])
         except Exception as exc:  # handed to every caller; the writer carries on
             self.stats.failed_batches += 1
             log.warning("inbound batch of %d failed: %s", len(batch), exc)
@@ -139,6 +151,9 @@ class InboundBatcher:
                 if not future.done():
                     future.set_exception(exc)
             return
+        pending = [s.pending for s in results if isinstance(s, Stored) and s.pending is not None]
+        if outbox.send(self.bus, pending):  # if not, the outbox relay publishes them
+            self._published.extend(pending)  # deleted with the next commit
         for (_, future), stored in zip(batch, results, strict=True):
             if isinstance(stored, Stored):
                 future.set_result(stored.accepted)
@@ -146,17 +161,21 @@ class InboundBatcher:
                 future.set_exception(stored)
 
     def _store(self, requests: list[InboundRequest]) -> list[Stored | Exception]:
+        """Stores, and deletes the entries published since the last commit with it (kept if it rolls back)."""
         try:
-            return list(store_inbound(requests))
+            results: list[Stored | Exception] = list(store_inbound(requests, published=self._published))
+            self._published = []
+            return results
         except Exception as exc:
             if len(requests) == 1:
                 raise
             log.warning("inbound batch of %d failed to store (%s); retrying its requests one by one",
                         len(requests), exc)
-        results: list[Stored | Exception] = []
+        results = []
         for request in requests:
             try:
-                results.extend(store_inbound([request]))
+                results.extend(store_inbound([request], published=self._published))
+                self._published = []
             except Exception as exc:  # this request's own failure, reported to its caller
                 results.append(exc)
         return results

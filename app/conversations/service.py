@@ -10,24 +10,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Table, bindparam, func, insert, or_, select, update
+from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
+from app import outbox
 from app.bus.base import Bus, check_name
 from app.contracts import INBOUND, OUTBOUND, Attachment, InboundMessage, OutboundMessage
 from app.db import session_scope
 from app.models import Contact, Conversation, Message, new_id, utcnow
 
 log = logging.getLogger(__name__)
-
-# The redrive sweep (`redrive_stale`) re-publishes inbound rows still `received` this long after they were
-# stored: the process that stored one may have died between its commit and its publish.
-REDRIVE_AFTER = timedelta(minutes=2)
 
 # The hot path (`accept_inbound`) writes through Core tables: the ORM's unit of work costs more than the SQL.
 CONTACTS: Table = Contact.__table__  # type: ignore[assignment]
@@ -77,10 +74,12 @@ class InboundRequest:
 
 @dataclass(frozen=True)
 class Stored:
-    """A request's outcome once committed: `event` is what still has to be published (None for a duplicate)."""
+    """A request's outcome once committed: `event` is the new message's event (None for a duplicate), `pending`
+    its outbox entry, to publish now that it is committed (None for a duplicate or when not enqueued)."""
 
     accepted: Accepted
     event: InboundMessage | None
+    pending: outbox.Pending | None = None
 
 
 def accept_inbound(
@@ -97,13 +96,13 @@ def accept_inbound(
     display_name: str | None = None,
     meta: dict[str, Any] | None = None,
 ) -> Accepted:
-    """The gateway's durable enqueue: store the message once, then publish its event.
+    """The gateway's durable enqueue: store the message once, with its event in the outbox, then publish it.
 
-    One transaction of upserts (a handful of round trips, one commit), then one XADD. Returns only after the
-    event is on the bus, or when the message is a duplicate, so the gateway can answer 2xx. If publishing fails
-    the exception propagates and the gateway answers 5xx; a row stored by a process that died before publishing
-    is re-published by `redrive_stale`, which the orchestrator role runs periodically. Under concurrent load,
-    `app.conversations.batching.InboundBatcher` gives the same guarantees with one transaction per batch.
+    One transaction of upserts (a handful of round trips, one commit), then one XADD. Returns once the message
+    and its event are committed, so the gateway can answer 2xx: the event is published right away, and should
+    that fail (the bus is down) or the process die first, an outbox relay publishes it (app/outbox.py). Under
+    concurrent load, `app.conversations.batching.InboundBatcher` gives the same guarantees with one transaction
+    per batch.
     """
     request = InboundRequest(
         tenant_id=tenant_id, channel=channel, contact_external_id=contact_external_id,
@@ -115,16 +114,20 @@ def accept_inbound(
 
 def accept_many(bus: Bus, requests: Sequence[InboundRequest]) -> list[Accepted]:
     """`accept_inbound` for several messages at once: one transaction, one commit, one bus round trip.
-    All or nothing: if anything fails, every request fails (rows already committed are left for redrive)."""
+    All or nothing: if storing fails, every request fails and nothing is stored."""
     stored = store_inbound(requests)
     publish_stored(bus, stored)
     return [s.accepted for s in stored]
 
 
-def store_inbound(requests: Sequence[InboundRequest]) -> list[Stored]:
+def store_inbound(requests: Sequence[InboundRequest], *, enqueue: bool = True,
+                  published: Sequence[outbox.Pending] = ()) -> list[Stored]:
     """Store new messages (and their contacts and conversations) in one transaction with set-based statements:
     a few round trips whatever the batch size. One result per request, in order. A provider id seen before, in
-    the database or earlier in this batch, is a duplicate carrying the original's ids."""
+    the database or earlier in this batch, is a duplicate carrying the original's ids. With `enqueue`, each new
+    message's `InboundMessage` goes to the outbox in the same transaction (`Stored.pending`: publish it after the
+    commit); without, nothing is enqueued (USSD answers inline). `published`: outbox entries of earlier batches,
+    published since, deleted in this transaction (the batcher's way of saving a commit per batch)."""
     if not requests:
         return []
     events = [r.event() for r in requests]
@@ -133,6 +136,7 @@ def store_inbound(requests: Sequence[InboundRequest]) -> list[Stored]:
     for i, r in enumerate(requests):
         originals.setdefault(r.key, i)
     firsts = sorted(set(originals.values()))
+    out: list[Stored] = []
     with session_scope() as session:
         sql = _statements(session.get_bind().dialect.name)
         contact_ids = _upsert_contacts(session, sql, [requests[i] for i in firsts], [times[i] for i in firsts])
@@ -157,36 +161,29 @@ def store_inbound(requests: Sequence[InboundRequest]) -> list[Stored]:
         if inserted:
             touched = sorted({a.conversation_id for a in by_key.values() if not a.duplicate})
             session.execute(sql.touch_conversations, {"ids": touched, "now": max(times)})
-    out: list[Stored] = []
-    for i, r in enumerate(requests):
-        accepted = by_key[r.key]
-        if originals[r.key] != i or accepted.duplicate:
-            out.append(Stored(Accepted(accepted.message_id, accepted.conversation_id, accepted.contact_id,
-                                       duplicate=True), None))
-            continue
-        event = events[i].model_copy(update={
-            "message_id": accepted.message_id, "conversation_id": accepted.conversation_id,
-            "contact_id": accepted.contact_id, "received_at": times[i]})
-        out.append(Stored(accepted, event))
+        for i, r in enumerate(requests):
+            accepted = by_key[r.key]
+            if originals[r.key] != i or accepted.duplicate:
+                out.append(Stored(Accepted(accepted.message_id, accepted.conversation_id, accepted.contact_id,
+                                           duplicate=True), None))
+                continue
+            event = events[i].model_copy(update={
+                "message_id": accepted.message_id, "conversation_id": accepted.conversation_id,
+                "contact_id": accepted.contact_id, "received_at": times[i]})
+            out.append(Stored(accepted, event))
+        outbox.remove(session, published)
+        if enqueue:
+            fresh = [(k, s.event) for k, s in enumerate(out) if s.event is not None]
+            pending = outbox.add(session, [outbox.Entry.of(INBOUND, e, e.message_id) for _, e in fresh])
+            for (k, _), entry in zip(fresh, pending, strict=True):
+                out[k] = replace(out[k], pending=entry)
     return out
 
 
 def publish_stored(bus: Bus, stored: Sequence[Stored]) -> None:
-    """Publish the events of newly stored messages in one bus round trip. If that fails, mark their rows as
-    never enqueued (for the provider's retry or `redrive_stale`) and re-raise."""
-    events = [s.event for s in stored if s.event is not None]
-    if not events:
-        return
-    try:
-        bus.publish_many(INBOUND, [(e.tenant_id, e.to_bus()) for e in events])
-    except Exception:
-        ids = [e.message_id for e in events]
-        try:
-            with session_scope() as session:
-                session.execute(update(MESSAGES).where(MESSAGES.c.id.in_(ids)).values(enqueued_at=None))
-        except Exception:  # the publish failure is the one to report; redrive finds the rows either way
-            log.exception("could not mark %d unpublished inbound messages for redrive", len(ids))
-        raise
+    """Publish the events of newly stored messages in one bus round trip (after their commit). Never raises:
+    an event the bus did not take stays in the outbox for a relay."""
+    outbox.publish_now(bus, [s.pending for s in stored if s.pending is not None])
 
 
 def _key(row: dict[str, Any]) -> tuple[str, str, str]:
@@ -322,37 +319,6 @@ def _existing(
     if len(found) != len(wanted):  # cannot happen while the unique key holds; say so loudly if it does
         raise RuntimeError(f"inbound messages neither inserted nor found: {sorted(wanted - set(found))}")
     return found
-
-
-def redrive_stale(bus: Bus, *, older_than: timedelta = REDRIVE_AFTER, limit: int = 500) -> int:
-    """Re-publish inbound messages stored but never handled (their publisher died, or their event was lost).
-
-    Safe to run in every orchestrator replica at once: the orchestrator ignores a message that is no longer
-    `received`, so a second copy of an event changes nothing.
-    """
-    cutoff = utcnow() - older_than
-    with session_scope() as session:
-        rows = session.scalars(
-            select(Message)
-            .where(Message.direction == "in", Message.status == "received",
-                   or_(Message.enqueued_at.is_(None), Message.enqueued_at < cutoff))
-            .order_by(Message.created_at)
-            .limit(limit)
-        ).all()
-        events = []
-        for message in rows:
-            conversation = session.get_one(Conversation, message.conversation_id)
-            events.append(InboundMessage(
-                tenant_id=message.tenant_id, message_id=message.id, conversation_id=conversation.id,
-                contact_id=conversation.contact_id, channel=message.channel,
-                channel_account_id=conversation.channel_account_id,
-                provider_message_id=message.provider_message_id,
-                kind=(message.meta or {}).get("kind", "text"), text=message.text, received_at=message.created_at,
-            ))
-            message.enqueued_at = utcnow()
-    for event in events:
-        bus.publish(INBOUND, event.tenant_id, event.to_bus())
-    return len(events)
 
 
 def add_outbound(

@@ -5,6 +5,7 @@ from app.models.base import Base, new_id, utcnow
 from app.models.conversations import Contact, Conversation, Message
 from app.models.knowledge import Chunk, Document, IngestionJob, KnowledgeSource, PackVersion
 from app.models.llm import LLMCall
+from app.models.outbox import OutboxEntry
 from app.models.review import AuditEvent, Escalation, TenantWebhook
 from app.models.tenancy import ApiKey, ChannelAccount, Tenant
 
@@ -25,6 +26,7 @@ __all__ = [
     "LoginSession",
     "Membership",
     "Message",
+    "OutboxEntry",
     "PackVersion",
     "RefreshToken",
     "Tenant",

@@ -182,10 +182,10 @@ def send_as_agent(conversation_id: str, body: AgentMessageIn, principal: Agent) 
     """Write to the customer during a takeover. Idempotent on `client_message_id`."""
     with session_scope() as session:
         try:
-            event = service.agent_message(session, principal, conversation_id, body.text, body.client_message_id)
+            sent = service.agent_message(session, principal, conversation_id, body.text, body.client_message_id)
         except service.ReviewError as exc:
             raise _raise(exc) from exc
-    from app.conversations.service import publish_outbound
+    from app import outbox
 
-    publish_outbound(get_bus(), event)
-    return {"message_id": event.message_id}
+    outbox.publish_now(get_bus(), sent.pending)
+    return {"message_id": sent.event.message_id}

@@ -1,23 +1,25 @@
 """The human review queue: decide escalations, take conversations over and hand them back.
 
 Every decision is one transaction: the escalation's new state, the outbound message (under an idempotency key,
-so a retried request cannot send twice) and the audit event; the reply is published after the commit.
+so a retried request cannot send twice), the audit event, and the events to publish, in the outbox: published
+right after the commit, or by an outbox relay if that fails or the process dies first (app/outbox.py).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app import outbox
 from app.assistant.pii_restore import has_placeholder
 from app.audit import record
 from app.auth import Principal
 from app.bus.base import Bus
 from app.channels import Permanent
-from app.contracts import EVENTS, EscalationDecided, OutboundMessage
-from app.conversations.service import add_outbound, outbound_event, publish_outbound
+from app.contracts import EVENTS, OUTBOUND, EscalationDecided, OutboundMessage
+from app.conversations.service import add_outbound, outbound_event
 from app.models import ChannelAccount, Contact, Conversation, Escalation, utcnow
 
 
@@ -33,6 +35,13 @@ class Decided:
     escalation: Escalation
     outbound: OutboundMessage | None
     event: EscalationDecided
+    pending: list[outbox.Pending] = field(default_factory=list)  # to publish once committed
+
+
+@dataclass(frozen=True)
+class AgentMessage:
+    event: OutboundMessage
+    pending: list[outbox.Pending]  # to publish once committed (none for a retried request)
 
 
 def get_escalation(session: Session, principal: Principal, escalation_id: str, *, lock: bool = False) -> Escalation:
@@ -107,8 +116,10 @@ def decide(
     event = EscalationDecided(tenant_id=principal.tenant_id, escalation_id=escalation.id,
                               conversation_id=conversation.id, decision=decision,  # type: ignore[arg-type]
                               reviewer=principal.label)
+    entries = [outbox.Entry.of(OUTBOUND, outbound, outbound.message_id)] if outbound is not None else []
+    pending = outbox.add(session, [*entries, outbox.Entry.of(EVENTS, event)])
     session.flush()
-    return Decided(escalation, outbound, event)
+    return Decided(escalation, outbound, event, pending)
 
 
 def _check_channel_allows_reply(session: Session, conversation: Conversation) -> None:
@@ -132,9 +143,8 @@ def _check_channel_allows_reply(session: Session, conversation: Conversation) ->
 
 
 def publish_decision(bus: Bus, decided: Decided) -> None:
-    if decided.outbound is not None:
-        publish_outbound(bus, decided.outbound)
-    bus.publish(EVENTS, decided.event.tenant_id, decided.event.to_bus())
+    """After the decision's commit. Never raises: what the bus does not take now, an outbox relay publishes."""
+    outbox.publish_now(bus, decided.pending)
 
 
 def set_mode(session: Session, principal: Principal, conversation_id: str, mode: str) -> Conversation:
@@ -148,7 +158,7 @@ def set_mode(session: Session, principal: Principal, conversation_id: str, mode:
 
 def agent_message(
     session: Session, principal: Principal, conversation_id: str, text: str, client_message_id: str
-) -> OutboundMessage:
+) -> AgentMessage:
     conversation = get_conversation(session, principal, conversation_id)
     if conversation.mode != "human":
         raise ReviewError(409, "take the conversation over before writing in it (POST .../takeover)")
@@ -157,6 +167,8 @@ def agent_message(
         session, conversation, key=f"agent:{conversation.id}:{client_message_id}", text=text,
         author=f"agent:{principal.name}",
     )
-    if created:
-        record(session, principal.tenant_id, principal.actor, "message.sent_by_agent", "message", reply.id)
-    return outbound_event(reply, conversation)
+    event = outbound_event(reply, conversation)
+    if not created:  # a retried request: its message was enqueued by the first one
+        return AgentMessage(event, [])
+    record(session, principal.tenant_id, principal.actor, "message.sent_by_agent", "message", reply.id)
+    return AgentMessage(event, outbox.add(session, [outbox.Entry.of(OUTBOUND, event, event.message_id)]))

@@ -62,7 +62,7 @@ def answer(account: Account, session_id: str, phone: str, step: int, question: s
     [stored] = store_inbound([InboundRequest(
         tenant_id=account.tenant_id, channel=CHANNEL, contact_external_id=phone,
         provider_message_id=f"{session_id}:{step}", text=question, channel_account_id=account.id,
-    )])
+    )], enqueue=False)  # answered right here, not by the orchestrator
     message_id = stored.accepted.message_id
     try:
         earlier = _stored_reply(account.tenant_id, message_id)

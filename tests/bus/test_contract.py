@@ -330,3 +330,20 @@ def test_keep_alive_keeps_a_held_entry_from_a_stale_claim_without_counting_a_del
     bus.ack(G, [claimed])
     assert bus.keep_alive(G, "c2", [claimed]) == []
     assert bus.pending_count(T, G) == 0
+
+
+def test_drained_once_the_group_has_acknowledged_every_entry_of_the_tenants_stream(bus: Bus) -> None:
+    assert bus.drained(T, G, "acme")  # no stream: nothing to wait for
+    bus.publish(T, "acme", {"n": "1"})
+    assert not bus.drained(T, G, "acme")  # waiting to be read
+    got = bus.read(T, G, "c1", count=10, block_ms=1000)
+    assert len(got) == 1
+    assert not bus.drained(T, G, "acme")  # held, not acknowledged
+    assert not bus.drained(T, "late-group", "acme")  # another group has not even read it
+    bus.publish(T, "globex", {"n": "2"})
+    bus.ack(G, got)
+    assert bus.drained(T, G, "acme")
+    assert not bus.drained(T, G, "globex")  # per tenant
+    [dead] = bus.read(T, G, "c1", count=10, block_ms=1000)
+    bus.dead_letter(G, dead, "unreadable")
+    assert bus.drained(T, G, "globex")  # a dead-lettered entry is settled too

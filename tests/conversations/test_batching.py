@@ -7,7 +7,6 @@ from __future__ import annotations
 import random
 import threading
 from collections import defaultdict
-from datetime import timedelta
 
 import pytest
 from pydantic import ValidationError
@@ -17,9 +16,10 @@ from sqlalchemy.exc import IntegrityError
 from app.bus.memory import MemoryBus
 from app.contracts import INBOUND, InboundMessage
 from app.conversations.batching import InboundBatcher
-from app.conversations.service import Accepted, InboundRequest, accept_inbound, accept_many, redrive_stale
+from app.conversations.service import Accepted, InboundRequest, accept_inbound, accept_many
 from app.db import session_scope
-from app.models import Contact, Conversation, Message
+from app.models import Contact, Conversation, Message, utcnow
+from app.outbox import GRACE, Relay
 
 
 class FlakyBus(MemoryBus):
@@ -128,25 +128,47 @@ def test_concurrent_callers_get_one_row_and_one_entry_per_provider_message(tenan
     assert batcher.stats.requests == 120 and batcher.stats.failed_batches == 0
 
 
-def test_a_bus_failure_fails_the_whole_batch_and_leaves_its_rows_for_redrive(tenant: str) -> None:
+def test_a_bus_failure_fails_no_caller_and_an_outbox_relay_publishes_the_batch_later(tenant: str) -> None:
     bus = FlakyBus()
     bus.broken = True
     batcher = InboundBatcher(bus, max_wait_s=0.05)
-    with pytest.raises(ConnectionError):
-        batcher.accept_all([req(tenant, "a"), req(tenant, "b", contact="c2"), req(tenant, "a")])
-    assert batcher.stats.failed_batches == 1
+    got = batcher.accept_all([req(tenant, "a"), req(tenant, "b", contact="c2"), req(tenant, "a")])
+    assert [a.duplicate for a in got] == [False, False, True]  # committed with their events in the outbox
+    assert batcher.stats.failed_batches == 0
     rows = stored(tenant)
     assert sorted(r.provider_message_id for r in rows) == ["a", "b"]
-    assert all(r.status == "received" and r.enqueued_at is None for r in rows)  # marked: never published
+    assert all(r.status == "received" for r in rows)
+    assert events(bus) == []
 
-    bus.broken = False  # the writer survived; the providers' retries find the rows...
-    retried = batcher.accept_all([req(tenant, "a"), req(tenant, "b", contact="c2")])
+    bus.broken = False
+    retried = batcher.accept_all([req(tenant, "a"), req(tenant, "b", contact="c2")])  # providers' retries, if any
     assert [a.duplicate for a in retried] == [True, True]
     assert {a.message_id for a in retried} == {r.id for r in rows}
-    assert redrive_stale(bus, older_than=timedelta(0)) >= 2  # ...and the sweep publishes them
-    assert {r.id for r in rows} <= {e.message_id for e in events(bus)}
+    assert events(bus) == []  # a duplicate publishes nothing...
+    relay = Relay(bus, clock=lambda: utcnow() + GRACE)
+    relay.publish_all_due()
+    relay.publish_all_due()  # ...the relay does, once
+    assert sorted(e.message_id for e in events(bus) if e.tenant_id == tenant) == sorted(r.id for r in rows)
     fresh = batcher.accept(req(tenant, "c"))
     assert not fresh.duplicate and [e.message_id for e in events(bus)] == [fresh.message_id]
+
+
+def test_published_outbox_entries_go_with_the_next_batchs_commit_or_soon_after(tenant: str) -> None:
+    from app.models import OutboxEntry
+    from tests.bus.conftest import wait_for
+
+    def entries_of(message_id: str) -> int:
+        with session_scope() as session:
+            return len(session.scalars(select(OutboxEntry.id).where(OutboxEntry.message_id == message_id)).all())
+
+    bus = MemoryBus()
+    batcher = InboundBatcher(bus, max_wait_s=0.01)
+    first = batcher.accept(req(tenant, "a"))
+    second = batcher.accept(req(tenant, "b"))
+    assert entries_of(first.message_id) == 0  # deleted with the second batch's commit, if not before
+    wait_for(lambda: entries_of(second.message_id) == 0)  # no third batch: deleted once the writer idles
+    Relay(bus, clock=lambda: utcnow() + GRACE).publish_all_due()
+    assert [e.message_id for e in events(bus) if e.tenant_id == tenant] == [first.message_id, second.message_id]
 
 
 def test_a_message_the_database_rejects_fails_alone(tenant: str) -> None:

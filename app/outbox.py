@@ -1,0 +1,202 @@
+"""The transactional outbox: a bus entry that announces a state change is written in that change's transaction.
+
+`add` inserts the entries in the caller's session, so they commit or roll back with the change. After the commit
+the writer publishes them itself (`publish_now`, the fast path) and deletes them. If the writer dies between its
+commit and its publish, or the bus fails, the entries stay, and a `Relay` (any process's) publishes every entry
+whose `not_before` has passed, oldest first, deleting it in the transaction that locked it. `not_before` keeps
+relays off an entry while its writer publishes it (`GRACE`), or until a scheduled re-delivery is due (a burst
+window, app/assistant/orchestrator.py).
+
+At-least-once: a process that dies after publishing but before deleting leaves the entry to a relay, which
+publishes it again; every consumer is idempotent. Several relays at once are safe: on Postgres each takes its rows
+with `FOR UPDATE SKIP LOCKED`; on SQLite (one writer at a time) two relays may both publish an entry, which
+consumers absorb like any duplicate.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Table, bindparam, delete, func, insert, select
+from sqlalchemy.orm import Session
+
+from app.bus.base import Bus, check_fields, stream_key
+from app.contracts import Event
+from app.db import session_scope
+from app.models import OutboxEntry, utcnow
+
+log = logging.getLogger(__name__)
+
+# How long relays leave an entry to the writer that publishes it right after its commit: long enough that they
+# do not race a live writer, short enough that a dead writer's events are late by seconds, not minutes.
+GRACE = timedelta(seconds=10)
+POLL_S = 0.5  # a relay looks for due entries at least this often
+BATCH = 256
+
+OUTBOX: Table = OutboxEntry.__table__  # type: ignore[assignment]
+
+Clock = Callable[[], datetime]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One bus entry to publish; `message_id` names the message it is about (the redrive sweep looks for it)."""
+
+    topic: str
+    tenant_id: str
+    fields: dict[str, str]
+    message_id: str | None = None
+
+    @classmethod
+    def of(cls, topic: str, event: Event, message_id: str | None = None) -> Entry:
+        return cls(topic, event.tenant_id, event.to_bus(), message_id)
+
+
+@dataclass(frozen=True)
+class Pending:
+    """An entry written to the outbox: publish it once the transaction that wrote it has committed."""
+
+    id: int
+    entry: Entry
+
+
+_INSERT = insert(OUTBOX).returning(OUTBOX.c.id, sort_by_parameter_order=True)
+_DELETE = delete(OUTBOX).where(OUTBOX.c.id.in_(bindparam("ids", expanding=True)))
+_DUE = (
+    select(OUTBOX.c.id, OUTBOX.c.topic, OUTBOX.c.tenant_id, OUTBOX.c.fields, OUTBOX.c.message_id)
+    .where(OUTBOX.c.not_before <= bindparam("now"))
+    .order_by(OUTBOX.c.id)
+    .limit(bindparam("limit"))
+    .with_for_update(skip_locked=True)  # rendered on Postgres only
+)
+_NEXT_DUE = select(func.min(OUTBOX.c.not_before))
+
+
+def add(session: Session, entries: Sequence[Entry], *, now: datetime | None = None,
+        not_before: datetime | None = None) -> list[Pending]:
+    """Write `entries` in the caller's transaction. Without `not_before`, the caller publishes them after its
+    commit (`publish_now`) and relays leave them alone for `GRACE`; with it, they are a scheduled delivery that a
+    relay publishes once due. Entries the bus would refuse fail here, with the caller's transaction."""
+    if not entries:
+        return []
+    for entry in entries:
+        stream_key(entry.topic, entry.tenant_id)
+        check_fields(entry.fields)
+    now = now or utcnow()
+    due = not_before or now + GRACE
+    ids = session.execute(_INSERT, [
+        {"tenant_id": e.tenant_id, "topic": e.topic, "message_id": e.message_id, "fields": e.fields,
+         "not_before": due, "created_at": now} for e in entries]).scalars().all()
+    return [Pending(int(i), e) for i, e in zip(ids, entries, strict=True)]
+
+
+def send(bus: Bus, pending: Sequence[Pending]) -> bool:
+    """Publish committed entries now. False if the bus failed (logged): the entries stay in the outbox and a relay
+    publishes them once their grace is over, so the caller's work is done either way."""
+    if not pending:
+        return True
+    try:
+        _publish(bus, [p.entry for p in pending])
+    except Exception as exc:
+        log.warning("could not publish %d event(s) after their commit (%s: %s); the outbox relay will",
+                    len(pending), type(exc).__name__, exc)
+        return False
+    return True
+
+
+def remove(session: Session, pending: Sequence[Pending]) -> None:
+    """Delete published entries in the caller's transaction (a writer that commits again soon anyway)."""
+    if pending:
+        session.execute(_DELETE, {"ids": [p.id for p in pending]})
+
+
+def forget(pending: Sequence[Pending]) -> None:
+    """Delete published entries. Should that fail, a relay publishes them again later: a harmless duplicate."""
+    if not pending:
+        return
+    try:
+        with session_scope() as session:
+            remove(session, pending)
+    except Exception as exc:
+        log.warning("could not delete %d published outbox entries (%s); a relay will publish them again",
+                    len(pending), exc)
+
+
+def publish_now(bus: Bus, pending: Sequence[Pending]) -> None:
+    """The fast path after a commit: publish, then delete. Never raises; what it could not do, a relay does."""
+    if send(bus, pending):
+        forget(pending)
+
+
+def _publish(bus: Bus, entries: Sequence[Entry]) -> None:
+    """One round trip per topic, entries in order."""
+    by_topic: dict[str, list[tuple[str, dict[str, str]]]] = {}
+    for entry in entries:
+        by_topic.setdefault(entry.topic, []).append((entry.tenant_id, entry.fields))
+    for topic, items in by_topic.items():
+        bus.publish_many(topic, items)
+
+
+class Relay:
+    """Publishes the due outbox entries of every tenant. Run one in every process that writes (a thread: `run`)."""
+
+    def __init__(self, bus: Bus, *, clock: Clock = utcnow, batch: int = BATCH, poll_s: float = POLL_S,
+                 backoff_cap_s: float = 5.0) -> None:
+        self.bus = bus
+        self.clock = clock
+        self.batch = batch
+        self.poll_s = poll_s
+        self.backoff_cap_s = backoff_cap_s
+
+    def publish_due(self) -> int:
+        """One batch of due entries, oldest first: published, then deleted in the transaction that locked them.
+        Raises what the bus raised (the entries stay for the next attempt)."""
+        with session_scope() as session:
+            rows = session.execute(_DUE, {"now": self.clock(), "limit": self.batch}).all()
+            if not rows:
+                return 0
+            _publish(self.bus, [Entry(r.topic, r.tenant_id, r.fields, r.message_id) for r in rows])
+            session.execute(_DELETE, {"ids": [r.id for r in rows]})
+        log.info("outbox relay published %d event(s)", len(rows))
+        return len(rows)
+
+    def publish_all_due(self) -> int:
+        """Every entry due now (for tests and shutdown)."""
+        total = 0
+        while count := self.publish_due():
+            total += count
+        return total
+
+    def next_due(self) -> datetime | None:
+        with session_scope() as session:
+            return session.scalar(_NEXT_DUE)
+
+    def run(self, stop: threading.Event) -> None:
+        """Publish due entries until `stop`: at once while there are more, else at the next entry's time or
+        after `poll_s`, whichever comes first (entries written by other processes show up within `poll_s`)."""
+        backoff = 0.0
+        while not stop.is_set():
+            try:
+                if self.publish_due() >= self.batch:
+                    continue
+                wait = self.poll_s
+                due = self.next_due()
+                if due is not None:
+                    # Not below a floor: an entry due now that another relay holds locked must not make us spin.
+                    wait = min(wait, max((due - self.clock()).total_seconds(), 0.05))
+                backoff = 0.0
+            except Exception as exc:
+                backoff = min(max(backoff * 2, 0.1), self.backoff_cap_s)
+                log.warning("outbox relay failed (%s: %s); retrying in %.1fs", type(exc).__name__, exc, backoff)
+                wait = backoff
+            stop.wait(wait)
+
+
+def start_relay(bus: Bus, stop: threading.Event) -> threading.Thread:
+    thread = threading.Thread(target=Relay(bus).run, args=(stop,), name="sb-outbox-relay", daemon=True)
+    thread.start()
+    return thread

@@ -1,0 +1,229 @@
+"""Bursts and merges, on the embedded stack and on Postgres + Redis, driven step by step through real consumers:
+a tenant's burst window is a scheduled re-delivery (an outbox entry due when the window closes), so it never holds
+up another tenant's reply; a burst is answered as one turn; a message reclaimed from a killed orchestrator merges
+only into the turn still open when it arrived, else it is answered on its own. Time is a clock the test moves
+(the orchestrator's and the outbox relay's), never a sleep or a timing assertion."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from app.bus.base import Bus
+from app.bus.consumer import Consumer
+from app.contracts import INBOUND, OUTBOUND, Event, OutboundMessage
+from app.db import session_scope
+from app.models import AuditEvent, Message, OutboxEntry, utcnow
+from app.outbox import Relay
+from tests.assistant.helpers import RETURNS_DOC, FakePassage
+from tests.conftest import REDIS_TEST_URL
+
+GROUP = "orchestrator"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = utcnow()
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+@dataclass
+class Retrieval:
+    """Stands in for the vector search: one relevant passage for every question, and a record of the questions
+    (what each turn was answered from)."""
+
+    queries: list[tuple[str, str]] = field(default_factory=list)
+
+    def __call__(self, tenant_id: str, text: str, **_: Any) -> list[FakePassage]:
+        self.queries.append((tenant_id, text))
+        return [FakePassage("c1", "returns.md", "Returns policy", RETURNS_DOC, 0.9)]
+
+    def of(self, tenant_id: str) -> list[str]:
+        return [text for tenant, text in self.queries if tenant == tenant_id]
+
+
+@dataclass
+class Stack:
+    bus: Bus
+    clock: Clock
+    retrieval: Retrieval
+    inbound: Consumer
+    dispatcher: Consumer
+    relay: Relay
+
+    def send(self, tenant_id: str, contact: str, text: str) -> str:
+        from app.conversations.service import accept_inbound
+
+        return accept_inbound(self.bus, tenant_id=tenant_id, channel="webchat", contact_external_id=contact,
+                              provider_message_id=uuid.uuid4().hex, text=text).message_id
+
+    def run(self) -> None:
+        """Everything the consumers can do now."""
+        self.inbound.process_available()
+        self.dispatcher.process_available()
+
+    def replies(self, *tenants: str) -> list[OutboundMessage]:
+        """The tenants' reply events published since the last call, read by an observer group of its own (the
+        relay publishes every tenant's due entries, and Postgres is shared by the session's tests)."""
+        out = []
+        while batch := self.bus.read(OUTBOUND, "observer", "o", count=100, block_ms=0):
+            out.extend(Event.from_bus(d.fields) for d in batch if d.tenant_id in tenants)
+        return [e for e in out if isinstance(e, OutboundMessage)]
+
+
+@pytest.fixture(params=["embedded", "postgres+redis"])
+def stack(request: pytest.FixtureRequest, sb_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
+    from app.assistant.orchestrator import Orchestrator
+    from app.conversations.dispatcher import Dispatcher
+    from app.db import migrate
+    from app.runtime import get_bus, reset_caches
+
+    if request.param == "postgres+redis":
+        monkeypatch.setenv("DATABASE_URL", request.getfixturevalue("pg_url"))
+        monkeypatch.setenv("REDIS_URL", REDIS_TEST_URL)
+        monkeypatch.setenv("BUS_NAMESPACE", request.getfixturevalue("redis_namespace"))
+    reset_caches()
+    migrate()
+    bus = get_bus()
+    for topic, group in ((INBOUND, GROUP), (OUTBOUND, "dispatcher"), (OUTBOUND, "observer")):
+        bus.ensure_group(topic, group)
+    clock, retrieval = Clock(), Retrieval()
+    orchestrator = Orchestrator(bus, retrieve=retrieval, clock=clock)
+    # One message at a time, as a single-threaded orchestrator: one that waited out a burst window in its
+    # handler would hold up every message behind it.
+    inbound = Consumer(bus, INBOUND, GROUP, "live", orchestrator.handle, claim_idle_ms=600_000)
+    dispatcher = Consumer(bus, OUTBOUND, "dispatcher", "d", Dispatcher().handle)
+    yield Stack(bus, clock, retrieval, inbound, dispatcher, Relay(bus, clock=clock))
+
+
+def _tenant(**policies: Any) -> str:
+    from app.tenants.service import create_tenant
+
+    with session_scope() as session:
+        tenant = create_tenant(session, f"t{uuid.uuid4().hex[:8]}").tenant
+        tenant.live_pack_version = 1  # as if a pack were live: retrieval runs
+        tenant.policies = {**tenant.policies, **policies}
+        return tenant.id
+
+
+def _statuses(*ids: str) -> list[str]:
+    with session_scope() as session:
+        return [session.get_one(Message, i).status for i in ids]
+
+
+def _scheduled(message_id: str) -> bool:
+    with session_scope() as session:
+        return session.scalars(select(OutboxEntry.id).where(OutboxEntry.message_id == message_id)).first() is not None
+
+
+def _reply(message_id: str) -> Message | None:
+    with session_scope() as session:
+        reply = session.scalars(select(Message).where(Message.in_reply_to_id == message_id)).one_or_none()
+        if reply is not None:
+            session.expunge(reply)
+        return reply
+
+
+def test_a_burst_window_on_one_tenant_does_not_delay_another_tenants_reply(stack: Stack) -> None:
+    slow, quick = _tenant(burst_window_s=6), _tenant()
+    a = stack.send(slow, "ann", "how long do I have to return boots?")
+    b = stack.send(quick, "bob", "how long do I have to return a tent?")
+    stack.clock.now = utcnow()  # both arrived; from here on only the test moves time
+    stack.run()
+
+    # B is answered and its reply delivered while A's window is still open: A waits in the outbox, not in a
+    # consumer.
+    assert [r.tenant_id for r in stack.replies(slow, quick)] == [quick]
+    assert _statuses(a, b) == ["received", "answered"]
+    b_reply = _reply(b)
+    assert b_reply is not None and b_reply.status == "sent"
+    assert _reply(a) is None
+    with session_scope() as session:
+        scheduled = session.scalars(select(OutboxEntry).where(OutboxEntry.message_id == a)).one()
+        assert scheduled.topic == INBOUND and scheduled.tenant_id == slow
+        assert scheduled.not_before == session.get_one(Message, a).created_at + timedelta(seconds=6)
+    stack.relay.publish_all_due()
+    assert _scheduled(a)  # not before the window closes
+
+    stack.clock.advance(6)
+    stack.relay.publish_all_due()
+    assert not _scheduled(a)
+    stack.run()
+    assert _statuses(a) == ["answered"]
+    a_reply = _reply(a)
+    assert a_reply is not None and a_reply.status == "sent"
+    assert [r.message_id for r in stack.replies(slow, quick)] == [a_reply.id]
+    assert stack.retrieval.of(slow) == ["how long do I have to return boots?"]
+
+
+def test_a_burst_within_the_window_is_answered_once_from_all_its_texts(stack: Stack) -> None:
+    tenant = _tenant(burst_window_s=6)
+    texts = ["hi", "i bought boots last week", "how long do i have to return them?"]
+    ids = [stack.send(tenant, "ann", text) for text in texts]
+    stack.clock.now = utcnow()
+    stack.run()
+    # The earlier two are superseded at once (no retrieval, no wait); the last waits for its window to close.
+    assert _statuses(*ids) == ["merged", "merged", "received"] and stack.replies(tenant) == []
+    assert stack.retrieval.of(tenant) == [] and _scheduled(ids[2])
+
+    stack.clock.advance(6)
+    stack.relay.publish_all_due()
+    stack.run()
+    assert _statuses(*ids) == ["merged", "merged", "answered"]
+    assert stack.retrieval.of(tenant) == ["\n".join(texts)]  # one turn, answered from every text of it
+    assert [r.message_id for r in stack.replies(tenant)] == [_reply(ids[2]).id]  # type: ignore[union-attr]
+
+
+def test_a_reclaimed_message_is_answered_on_its_own_once_a_later_turn_was_answered(stack: Stack) -> None:
+    tenant = _tenant()
+    first = stack.send(tenant, "ann", "do you ship to canada?")
+    held = stack.bus.read(INBOUND, GROUP, "killed", count=10, block_ms=0)  # its orchestrator dies holding it
+    assert len(held) == 1
+    second = stack.send(tenant, "ann", "how long do I have to return boots?")
+    stack.run()  # another orchestrator answers the second message: a turn that ended without the first
+    assert _statuses(first, second) == ["received", "answered"]
+    third = stack.send(tenant, "ann", "and what about sale items?")  # still waiting when the first is reclaimed
+
+    reclaimed = stack.bus.claim_stale(INBOUND, GROUP, "live", min_idle_ms=0, count=10)
+    assert [d.id for d in reclaimed] == [held[0].id]
+    stack.inbound.handle_batch(reclaimed)
+    stack.run()
+
+    # Each message is answered from its own text; the first was merged into nothing (the bug: into the third,
+    # whose turn then collected no merged text, so the first was in no reply).
+    assert _statuses(first, second, third) == ["answered"] * 3
+    assert stack.retrieval.of(tenant) == ["how long do I have to return boots?", "do you ship to canada?",
+                                          "and what about sale items?"]
+    replies = [_reply(m) for m in (first, second, third)]
+    assert all(r is not None and r.status == "sent" for r in replies)
+    assert sorted(r.message_id for r in stack.replies(tenant)) == sorted(r.id for r in replies if r)
+    with session_scope() as session:
+        assert session.scalars(select(AuditEvent).where(AuditEvent.tenant_id == tenant,
+                                                        AuditEvent.action == "message.merged")).all() == []
+
+
+def test_a_reclaimed_message_still_merges_into_the_turn_that_was_open_when_it_arrived(stack: Stack) -> None:
+    tenant = _tenant()
+    first = stack.send(tenant, "ann", "i bought boots last week")
+    held = stack.bus.read(INBOUND, GROUP, "killed", count=10, block_ms=0)  # its orchestrator dies holding it
+    second = stack.send(tenant, "ann", "how long do I have to return them?")  # same turn: nothing answered since
+
+    stack.inbound.handle_batch(stack.bus.claim_stale(INBOUND, GROUP, "live", min_idle_ms=0, count=10))
+    assert [d.id for d in held] and _statuses(first, second) == ["merged", "received"]
+    stack.run()
+    assert _statuses(first, second) == ["merged", "answered"]
+    assert stack.retrieval.of(tenant) == ["i bought boots last week\nhow long do I have to return them?"]
+    assert len(stack.replies(tenant)) == 1
+

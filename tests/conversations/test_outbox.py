@@ -1,0 +1,151 @@
+"""The outbox (app/outbox.py), on SQLite and Postgres: entries commit or roll back with the caller's transaction,
+the fast path publishes and deletes them, a relay publishes what is left (oldest first, scheduled entries only
+once due), and several relays at once publish every entry (exactly once on Postgres, where they skip each other's
+locked rows)."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timedelta
+
+import pytest
+from sqlalchemy import delete, func, select
+
+from app import outbox
+from app.bus.memory import MemoryBus
+from app.db import session_scope
+from app.models import OutboxEntry, utcnow
+
+T = "inbound"
+
+
+@pytest.fixture(autouse=True)
+def empty_outbox(tenant: str) -> None:
+    """Relays publish every tenant's entries, and the Postgres database is shared by the session's tests (one at a
+    time): start from an empty outbox so counts are this test's."""
+    with session_scope() as session:
+        session.execute(delete(OutboxEntry))
+
+
+def _add(tenant: str, count: int, *, not_before: datetime | None = None) -> list[outbox.Pending]:
+    with session_scope() as session:
+        return outbox.add(session, [outbox.Entry(T, tenant, {"n": str(i)}) for i in range(count)],
+                          not_before=not_before)
+
+
+def _published(bus: MemoryBus) -> list[str]:
+    out: list[str] = []
+    while batch := bus.read(T, "g", "c", count=100, block_ms=0):
+        out.extend(d.fields["n"] for d in batch)
+    return out
+
+
+def _left(tenant: str) -> int:
+    with session_scope() as session:
+        return session.scalar(select(func.count()).select_from(OutboxEntry)
+                              .where(OutboxEntry.tenant_id == tenant)) or 0
+
+
+def test_entries_roll_back_with_the_transaction_that_wrote_them(tenant: str) -> None:
+    with pytest.raises(RuntimeError), session_scope() as session:
+        outbox.add(session, [outbox.Entry(T, tenant, {"n": "0"})])
+        raise RuntimeError("the state change failed")
+    assert _left(tenant) == 0
+
+
+def test_an_entry_the_bus_would_refuse_fails_its_writer_not_the_relay(tenant: str) -> None:
+    with pytest.raises(ValueError, match="tenant id"), session_scope() as session:
+        outbox.add(session, [outbox.Entry(T, "acme:dead", {"n": "0"})])
+    with pytest.raises(TypeError), session_scope() as session:
+        outbox.add(session, [outbox.Entry(T, tenant, {"n": 0})])  # type: ignore[dict-item]
+    assert _left(tenant) == 0
+
+
+def test_the_fast_path_publishes_then_deletes(tenant: str) -> None:
+    bus = MemoryBus()
+    outbox.publish_now(bus, _add(tenant, 3))
+    assert _published(bus) == ["0", "1", "2"]
+    assert _left(tenant) == 0
+
+
+def test_the_relay_leaves_an_entry_to_its_writer_for_the_grace_then_publishes_oldest_first(tenant: str) -> None:
+    bus = MemoryBus()
+    _add(tenant, 5)  # committed, never published: the writer died
+    assert outbox.Relay(bus).publish_all_due() == 0
+    relay = outbox.Relay(bus, clock=lambda: utcnow() + outbox.GRACE, batch=2)
+    assert relay.publish_all_due() == 5
+    assert _published(bus) == ["0", "1", "2", "3", "4"]
+    assert relay.publish_all_due() == 0 and _left(tenant) == 0
+
+
+def test_a_scheduled_entry_is_published_once_due_and_not_before(tenant: str) -> None:
+    bus = MemoryBus()
+    now = utcnow()
+    _add(tenant, 1, not_before=now + timedelta(seconds=6))
+    relay = outbox.Relay(bus, clock=lambda: now + timedelta(seconds=5))
+    assert relay.publish_all_due() == 0
+    assert relay.next_due() == now + timedelta(seconds=6)
+    relay.clock = lambda: now + timedelta(seconds=6)
+    assert relay.publish_all_due() == 1 and _published(bus) == ["0"]
+    assert relay.next_due() is None
+
+
+def test_a_relay_that_cannot_publish_keeps_the_entries(tenant: str) -> None:
+    class DownBus(MemoryBus):
+        def publish(self, topic: str, tenant_id: str, fields: dict[str, str]) -> str:
+            raise ConnectionError("redis is down")
+
+    _add(tenant, 2)
+    later = lambda: utcnow() + outbox.GRACE  # noqa: E731
+    with pytest.raises(ConnectionError):
+        outbox.Relay(DownBus(), clock=later).publish_due()
+    assert _left(tenant) == 2
+    bus = MemoryBus()
+    assert outbox.Relay(bus, clock=later).publish_all_due() == 2 and _published(bus) == ["0", "1"]
+
+
+def test_several_relays_at_once_publish_every_entry(tenant: str) -> None:
+    bus = MemoryBus()
+    with session_scope() as session:
+        postgres = session.get_bind().dialect.name == "postgresql"
+    _add(tenant, 300)
+    start = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def relay() -> None:
+        try:
+            start.wait()
+            outbox.Relay(bus, clock=lambda: utcnow() + outbox.GRACE, batch=10).publish_all_due()
+        except BaseException as exc:  # collected: a thread's exception would otherwise vanish
+            errors.append(exc)
+
+    threads = [threading.Thread(target=relay) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    published = _published(bus)
+    assert set(published) == {str(i) for i in range(300)} and _left(tenant) == 0
+    if postgres:  # FOR UPDATE SKIP LOCKED: each entry taken by one relay
+        assert len(published) == 300
+
+
+def test_the_scale_out_api_process_runs_a_relay(tenant: str, monkeypatch: pytest.MonkeyPatch,
+                                               redis_namespace: str) -> None:
+    """Scale-out `serve` writes (inbound messages, review decisions) without running the orchestrator: it relays
+    its own leftovers (embedded, the relay is one of `RoleThreads`)."""
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from app.runtime import get_bus, reset_caches
+    from tests.bus.conftest import wait_for
+    from tests.conftest import REDIS_TEST_URL
+
+    monkeypatch.setenv("REDIS_URL", REDIS_TEST_URL)
+    monkeypatch.setenv("BUS_NAMESPACE", redis_namespace)
+    reset_caches()
+    with TestClient(create_app(run_workers=False)):
+        _add(tenant, 1, not_before=utcnow())  # due now: as if its writer had died a grace ago
+        wait_for(lambda: get_bus().stream_length(T, tenant) == 1)
+    assert _left(tenant) == 0
