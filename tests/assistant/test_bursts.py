@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from app.bootstrap import container
 from app.bus.base import Bus
 from app.bus.consumer import Consumer
 from app.contracts import INBOUND, OUTBOUND, Event, OutboundMessage
@@ -104,7 +105,7 @@ def stack(request: pytest.FixtureRequest, sb_home: Path, monkeypatch: pytest.Mon
     # One message at a time, as a single-threaded orchestrator: one that waited out a burst window in its
     # handler would hold up every message behind it.
     inbound = Consumer(bus, INBOUND, GROUP, "live", orchestrator.handle, claim_idle_ms=600_000)
-    dispatcher = Consumer(bus, OUTBOUND, "dispatcher", "d", Dispatcher().handle)
+    dispatcher = Consumer(bus, OUTBOUND, "dispatcher", "d", Dispatcher(container().senders).handle)
     yield Stack(bus, clock, retrieval, inbound, dispatcher, Relay(bus, clock=clock))
 
 

@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import select
 
 from app.auth import Principal
+from app.bootstrap import container
 from app.bus.base import Bus
 from app.bus.consumer import Consumer
 from app.bus.redis_streams import RedisStreamsBus
@@ -70,7 +71,8 @@ def setup(sb_home: Path, monkeypatch: pytest.MonkeyPatch, pg_url: str, redis_nam
         session.flush()
         escalation_id = escalation.id
     agent = Principal(tenant_id=tenant_id, tenant_slug=slug, scope="agent", key_id="k1", name="dana")
-    yield Setup(bus, tenant_id, escalation_id, agent, Consumer(bus, OUTBOUND, "dispatcher", "d", Dispatcher().handle))
+    dispatcher = Dispatcher(container().senders)
+    yield Setup(bus, tenant_id, escalation_id, agent, Consumer(bus, OUTBOUND, "dispatcher", "d", dispatcher.handle))
 
 
 def _decide(setup: Setup) -> service.Decided:
