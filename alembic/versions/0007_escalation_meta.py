@@ -22,5 +22,4 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("escalations") as batch:
-        batch.drop_column("meta")
+    op.drop_column("escalations", "meta")  # plain DROP COLUMN (SQLite >= 3.35), no table rebuild

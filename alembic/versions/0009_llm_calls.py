@@ -44,7 +44,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("tenants") as batch:
-        batch.drop_column("llm_provider_keys_encrypted")
+    # A plain DROP COLUMN (SQLite >= 3.35): a batch rebuild would drop and re-create `tenants`, and with foreign keys
+    # on, dropping it cascades to every tenant's rows.
+    op.drop_column("tenants", "llm_provider_keys_encrypted")
     op.drop_index("ix_llm_calls_tenant_day", table_name="llm_calls")
     op.drop_table("llm_calls")

@@ -43,8 +43,8 @@ HOSTILE_URLS = [
 def servers() -> Iterator[tuple[FakeOpenAIServer, FakeOpenAIServer]]:
     """The operator's LLM and a tenant's, both on loopback."""
     with FakeOpenAIServer(api_key="sk-operator-secret") as operator, FakeOpenAIServer(api_key="sk-tenant") as own:
-        operator.reply("From the operator's model [1].")
-        own.reply("From the tenant's model [1].")
+        operator.reply("Gift cards never expire [1].")  # grounded in the test's passage: the checks send it
+        own.reply("Gift cards never expire [1].")
         yield operator, own
 
 
