@@ -19,9 +19,7 @@ object store, embedder) raise: they are not the file's fault and the job should 
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import mimetypes
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -32,14 +30,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.config import get_settings
-from app.knowledge import embedcache, termstats, versions
-from app.knowledge.chunk import TextChunk, chunk_document
-from app.knowledge.ids import chunk_id
+from app.knowledge import termstats, versions
+from app.knowledge.chunk import chunk_document
+from app.knowledge.indexing import Deps, carry_document, deps, index_document
 from app.knowledge.parse import (
     EVAL_FILE,
     METADATA_FILE,
     FileError,
-    ParsedDocument,
     ParseError,
     SourceFile,
     clean_meta,
@@ -47,15 +44,13 @@ from app.knowledge.parse import (
     parse,
     read_metadata,
 )
-from app.knowledge.representation import question_vectors
 from app.knowledge.termstats import TermStats
-from app.models import Chunk, Document, IngestionJob, KnowledgeSource, PackVersion, Tenant, new_id, utcnow
+from app.models import Document, IngestionJob, KnowledgeSource, PackVersion, Tenant, new_id, utcnow
 from app.providers.embeddings.base import Embedder, SparseEncoder
 from app.providers.storage.base import ObjectStore
-from app.providers.vectors.base import ChunkPoint, VectorStore
+from app.providers.vectors.base import VectorStore
 
 log = logging.getLogger(__name__)
-EMBED_GROUP = 64  # chunks embedded and upserted together; the embedder batches further inside
 
 
 @dataclass(frozen=True)
@@ -89,36 +84,6 @@ class IngestReport:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass
-class Deps:
-    embedder: Embedder
-    sparse: SparseEncoder
-    vectors: VectorStore
-    objects: ObjectStore
-
-
-def deps(
-    embedder: Embedder | None = None,
-    sparse_encoder: SparseEncoder | None = None,
-    vector_store: VectorStore | None = None,
-    object_store: ObjectStore | None = None,
-) -> Deps:
-    from app import runtime
-
-    return Deps(
-        embedder=embedder or runtime.get_embedder(),
-        sparse=sparse_encoder or runtime.get_sparse_encoder(),
-        vectors=vector_store or runtime.get_vector_store(),
-        objects=object_store or runtime.get_object_store(),
-    )
-
-
-def object_key(tenant_id: str, pack_version: int, path: str) -> str:
-    """Where a raw file is stored: under the version that first brought this content (later versions that
-    carry it forward point at the same object)."""
-    return f"{tenant_id}/knowledge/v{pack_version}/{path}"
 
 
 def eval_key(tenant_id: str) -> str:
@@ -194,7 +159,7 @@ def ingest_paths(
                 raise ParseError("no text to index")
             if len(source_file.path) > 500:
                 raise ParseError("path is longer than 500 characters")
-            indexed = _index(session, d, tenant_id, build.version, source.id, source_file, doc, chunks,
+            indexed = index_document(session, d, tenant_id, build.version, source.id, source_file, doc, chunks,
                              base_docs.get(source_file.path))
         except ParseError as exc:
             report.files_failed.append(FileError(source_file.path, str(exc)).to_dict())
@@ -210,7 +175,7 @@ def ingest_paths(
     for path, base_doc in sorted(base_docs.items()):
         if path in uploaded:
             continue
-        n, embedded = _carry(session, d, build.version, source.id, base_doc)
+        n, embedded = carry_document(session, d, build.version, source.id, base_doc)
         report.files_carried.append(path)
         report.version_chunks += n
         report.embedded += embedded
@@ -288,111 +253,6 @@ def _reserved_files(
         else:
             rest.append(f)
     return rest, pack_meta
-
-
-def _dense(d: Deps, tenant_id: str, texts: list[str], key: str | None = None) -> tuple[str, list[list[float]], int]:
-    """(cache key, vectors, how many texts were embedded now)."""
-    key = key or embedcache.cache_key(tenant_id, d.embedder.name, texts)
-    cached = embedcache.load(d.objects, key, len(texts), d.embedder.dim)
-    if cached is not None:
-        return key, cached, 0
-    vectors: list[list[float]] = []
-    for start in range(0, len(texts), EMBED_GROUP):
-        vectors.extend(d.embedder.embed_documents(texts[start : start + EMBED_GROUP]))
-    embedcache.save(d.objects, key, vectors)
-    return key, vectors, len(texts)
-
-
-def _write(
-    session: Session, d: Deps, document: Document, chunks: list[TextChunk]
-) -> int:
-    """Vectors (cached or embedded) and Chunk rows for a flushed Document of the version being built."""
-    tenant_id, version = document.tenant_id, document.pack_version
-    texts = [c.embedding_text() for c in chunks]
-    document.vectors_key, dense, embedded = _dense(d, tenant_id, texts)
-    # FAQ chunks get a second dense view, their question alone (app/knowledge/representation.py), cached alike.
-    # Cached beside the document's vectors (a companion key), so deleting the document deletes both.
-    vectors_key = document.vectors_key
-    questions = question_vectors(
-        chunks, document.kind or "",
-        lambda qs: _dense(d, tenant_id, qs, embedcache.companion_key(vectors_key, qs))[1],
-    )
-    ids = [chunk_id(tenant_id, version, document.path, c.ordinal) for c in chunks]
-    payload_meta = {k: v for k, v in (document.meta or {}).items() if k in ("brand", "category", "language",
-                                                                             "source_url")}
-    for start in range(0, len(chunks), EMBED_GROUP):
-        group = chunks[start : start + EMBED_GROUP]
-        sparse = d.sparse.encode_documents(texts[start : start + EMBED_GROUP])
-        d.vectors.upsert(tenant_id, [
-            ChunkPoint(
-                id=ids[start + i], tenant_id=tenant_id, dense=dense[start + i], sparse=sparse[i],
-                question=questions[start + i],
-                payload={
-                    **payload_meta,
-                    "document": document.path,
-                    "document_id": document.id,
-                    "chunk_id": ids[start + i],
-                    "heading": c.heading,
-                    "text": c.text,
-                    "title": document.title,
-                    "pack_version": version,
-                    "kind": document.kind,
-                },
-            )
-            for i, c in enumerate(group)
-        ])
-    session.add_all(
-        Chunk(id=ids[i], tenant_id=tenant_id, document_id=document.id, ordinal=c.ordinal, heading=c.heading,
-              text=c.text, token_estimate=round(c.words * 4 / 3))
-        for i, c in enumerate(chunks)
-    )
-    session.flush()
-    return embedded
-
-
-def _index(
-    session: Session,
-    d: Deps,
-    tenant_id: str,
-    version: int,
-    source_id: str,
-    source_file: SourceFile,
-    doc: ParsedDocument,
-    chunks: list[TextChunk],
-    base_doc: Document | None,
-) -> int:
-    content_hash = hashlib.sha256(source_file.data).hexdigest()
-    if base_doc is not None and base_doc.content_hash == content_hash and base_doc.object_key:
-        key = base_doc.object_key  # the same bytes are stored already
-    else:
-        key = object_key(tenant_id, version, doc.path)
-        try:
-            d.objects.put(key, source_file.data, mimetypes.guess_type(doc.path)[0])
-        except ValueError as exc:  # a name the object store refuses (e.g. "C:" style)
-            raise ParseError(f"file name not allowed: {exc}") from exc
-    document = Document(
-        id=new_id(), tenant_id=tenant_id, pack_version=version, path=doc.path, source_id=source_id,
-        title=doc.title[:500], kind=doc.kind, content_hash=content_hash, object_key=key, meta=doc.meta,
-        status="indexed",
-    )
-    session.add(document)
-    session.flush()  # the Document row before its Chunk rows (no relationships to order the inserts)
-    return _write(session, d, document, chunks)
-
-
-def _carry(session: Session, d: Deps, version: int, source_id: str, base: Document) -> tuple[int, int]:
-    """Copy a live document into the new version: same file, same chunks, cached vectors, new point ids."""
-    rows = list(session.scalars(select(Chunk).where(Chunk.tenant_id == base.tenant_id,
-                                                    Chunk.document_id == base.id).order_by(Chunk.ordinal)))
-    document = Document(
-        id=new_id(), tenant_id=base.tenant_id, pack_version=version, path=base.path, source_id=base.source_id,
-        title=base.title, kind=base.kind, content_hash=base.content_hash, object_key=base.object_key,
-        meta=dict(base.meta or {}), status="indexed",
-    )
-    session.add(document)
-    session.flush()
-    chunks = [TextChunk(r.ordinal, r.heading, r.text) for r in rows]
-    return len(chunks), _write(session, d, document, chunks)
 
 
 def _finish(session: Session, d: Deps, tenant: Tenant, build: PackVersion, report: IngestReport,

@@ -12,8 +12,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.knowledge.ids import chunk_id
+from app.knowledge.indexing import object_key
 from app.knowledge.retrieval import retrieve
-from app.knowledge.service import IngestProgress, ingest_paths, object_key
+from app.knowledge.service import IngestProgress, ingest_paths
 from app.models import Chunk, Document, IngestionJob, Tenant
 
 SHIPPING = """# Shipping
