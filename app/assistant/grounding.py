@@ -42,11 +42,20 @@ import numpy as np
 
 from app.assistant.pii_restore import PiiVault
 from app.assistant.prompts import Draft, PassageLike
-from app.providers.embeddings.sparse import tokenize
+from app.providers.embeddings.sparse import STOPWORDS, tokenize
 
-# Tuned by benchmarks/grounding.py on its tuning split (COVID-19 FAQ); see docs/benchmarks.md.
-WEIGHT = 0.4
-THRESHOLD = 0.94
+
+@dataclass(frozen=True)
+class Rule:
+    """The thresholds of the support rule (see the module's docstring)."""
+
+    clause: float  # every clause: at least this share of its content words in the cited passages
+    local: float  # at least this share of the sentence's content words in one place of a passage
+    similarity: float  # MiniLM cosine needed when `local` is below 1
+
+
+# Chosen by benchmarks/grounding.py on its tuning split (COVID-19 FAQ); see docs/benchmarks.md.
+RULE = Rule(clause=0.5, local=0.6, similarity=0.88)
 
 _CITATION = re.compile(r"\[(\d{1,2}(?:\s*,\s*\d{1,2})*)\]")
 # A PII placeholder the reply may carry ([EMAIL], [PHONE_2]): neither a claim nor a number.
@@ -55,8 +64,11 @@ _PLACEHOLDER = re.compile(r"\[[A-Z][A-Z_]*?(?:_\d+)?\]")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])|(?<=\])\s+(?=[A-Z])")
 # "Foo. [1]" and "Foo.[1][2]": the markers move before the full stop, so they stay with their sentence.
 _TRAILING_MARKERS = re.compile(r"([.!?]+)\s*((?:\[\d{1,2}(?:\s*,\s*\d{1,2})*\]\s*)+)")
+# A reply sentence's clauses: "X, and Y", "X; Y", "X but Y". A bare "and" joins words as often as clauses.
+_CLAUSE = re.compile(r"[,;:]\s+|\s+(?:but|although|though|while|whereas)\s+|\s+[-\u2013\u2014]\s+")
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 _CAPITALISED = re.compile(r"\b[A-Z][A-Za-z0-9&'-]*[A-Za-z0-9]\b")
+_BLOCK_START = re.compile(r"\s*(?:[-*•]\s|\d+[.)]\s|#|>|\||(?:Q|A|Question|Answer)\s*[:.]\s)")
 _MARKDOWN = re.compile(r"\*\*|__|`|^\s*(?:[-*•]|\d+[.)])\s+|^\s*#+\s*|^\s*>\s*", re.MULTILINE)
 
 _NUMBER_WORDS = {
@@ -75,16 +87,18 @@ _NEGATIONS = frozenset(_NEGATIONS_TEXT.split())
 # Customer-service small talk: words that make no claim about the brand's policies or products.
 CHAT_WORDS_TEXT = """
     hi hello hey dear yes news thanks thank welcome glad happy pleased help helps helpful hope let know anything else
-    everything something feel free ask asking question questions query sure great good nice day today morning
+    everything something feel ask asking question questions query sure great good nice day today morning
     afternoon evening assist assistance please sorry apologise apologize apologies inconvenience understand
     understood certainly absolutely course regards cheers best wish wishes enjoy reach contact touch team
-    member members colleague colleagues connect connecting pass passing passed further need needs want like
+    colleague colleagues connect connecting pass passing passed further need needs want like
     ok okay sounds look looking forward glad note information info details detail more check checking
     answer answers reply replies response quick quickly shortly soon right away again also just us we
     our ours me my i you your yours chat chatting message messages hear heard great wonderful awesome
     come comes arise arises else theres heres thats whats lets youre youll ill id ive im
     """
 CHAT_WORDS = frozenset(tokenize(CHAT_WORDS_TEXT)) | frozenset(CHAT_WORDS_TEXT.split())
+# "free" and "member" are claims ("free returns", "members get 10 %") except in these phrases.
+_SMALL_TALK = re.compile(r"\bfeel free\b|\b(?:team )?members? of (?:our|the|my) team\b|\bteam members?\b", re.I)
 
 
 @dataclass(frozen=True)
@@ -136,18 +150,20 @@ class _Units:
 
     texts: list[str]
     negated: list[frozenset[str]]
+    single: np.ndarray  # True for a sentence or clause, False for an adjacent pair
     vectors: np.ndarray  # one row per text, unit length
     terms: frozenset[str]
+    all_terms: frozenset[str]
     numbers: frozenset[str]
     words: frozenset[str]  # lower-cased surface words, for capitalised names
+    windows: list[tuple[frozenset[str], frozenset[str]]]  # (terms, numbers) of each sentence with its neighbours
 
 
 class GroundingChecker:
-    def __init__(self, embed: Embed | None = None, *, weight: float = WEIGHT, threshold: float = THRESHOLD,
+    def __init__(self, embed: Embed | None = None, *, rule: Rule = RULE,
                  cache_size: int = 2048) -> None:
         self._embed = embed
-        self.weight = weight
-        self.threshold = threshold
+        self.rule = rule
         self._cache: OrderedDict[str, _Units] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
@@ -194,27 +210,35 @@ class GroundingChecker:
         clean = _plain(sentence)
         terms = _content_terms(clean, persona_words)
         known_terms = frozenset().union(*(u.terms for u in units))
-        coverage = len(terms & known_terms) / len(terms) if terms else 1.0
+        coverage = _share(terms, known_terms)
+        clause = min((_share(t, known_terms) for c in _CLAUSE.split(clean)
+                      if len(t := _content_terms(c, persona_words)) >= 2), default=1.0)
+        windows = [(_share(terms, window_terms), window_numbers) for u in units for window_terms, window_numbers
+                   in u.windows]
+        local = max(share for share, _ in windows)
         query = np.asarray(vector if vector is not None else self.embed([clean])[0], dtype=np.float32)
-        best, best_negated = -1.0, frozenset[str]()
+        best, best_single, best_negated = -1.0, -1.0, frozenset[str]()
         for u in units:
             sims = u.vectors @ query
-            i = int(np.argmax(sims))
-            if float(sims[i]) > best:
-                best, best_negated = float(sims[i]), u.negated[i]
+            best = max(best, float(sims.max()))
+            # Negation is compared with one sentence or clause: a pair brings its neighbour's negations along.
+            i = int(np.argmax(np.where(u.single, sims, -1.0)))
+            if float(sims[i]) > best_single:
+                best_single, best_negated = float(sims[i]), u.negated[i]
         similarity = max(best, 0.0)
+        shared = _all_terms(clean) & frozenset().union(*(u.all_terms for u in units))
         mismatch: str | None = None
-        if not _numbers(clean) <= frozenset().union(*(u.numbers for u in units)):
+        if not any(share == local and _numbers(clean) <= numbers for share, numbers in windows):
             mismatch = "number"
         elif not _names(clean, persona_words) <= frozenset().union(*(u.words for u in units)):
             mismatch = "name"
-        elif _negated_terms(clean) != best_negated & (terms | _all_terms(clean)):
+        elif _negated_terms(clean) & shared != best_negated & shared:
             mismatch = "negation"
-        return Measures(coverage, similarity, mismatch,
-                        mismatch or self.verdict(coverage, similarity))
+        measures = Measures(coverage, similarity, mismatch, None, local, clause)
+        return replace(measures, problem=mismatch or self.verdict(measures))
 
-    def verdict(self, coverage: float, similarity: float) -> str | None:
-        return None if self.weight * coverage + (1 - self.weight) * similarity >= self.threshold else "weak_support"
+    def verdict(self, m: Measures) -> str | None:
+        return None if scores_support(m, self.rule) else "weak_support"
 
     def _units(self, passage: PassageLike) -> _Units:
         key = f"{passage.chunk_id}:{hash(passage.text)}"
@@ -225,15 +249,21 @@ class GroundingChecker:
                 return hit
         sentences = passage_sentences(passage.text)
         clauses = [c.strip() for s in sentences for c in re.split(r"[,;:]\s+", s) if len(c.split()) >= 3]
-        texts = list(dict.fromkeys(sentences + [f"{a} {b}" for a, b in itertools.pairwise(sentences)] + clauses))
+        pairs = [f"{a} {b}" for a, b in itertools.pairwise(sentences)]
+        texts = list(dict.fromkeys(sentences + clauses + pairs))
+        singles = set(sentences + clauses)
         plain = _plain(passage.text)
         units = _Units(
             texts=texts,
             negated=[_negated_terms(t) for t in texts],
+            single=np.asarray([t in singles for t in texts]),
             vectors=np.asarray(self.embed(texts), dtype=np.float32).reshape(len(texts), -1),
             terms=frozenset(tokenize(plain)),
+            all_terms=_all_terms(plain),
             numbers=_numbers(plain),
             words=frozenset(w.lower() for w in re.findall(r"[A-Za-z0-9&'-]+", plain)),
+            windows=[(frozenset(tokenize(window)), _numbers(window))
+                     for window in (" ".join(sentences[max(0, i - 1):i + 2]) for i in range(len(sentences)))],
         )
         with self._lock:
             self._cache[key] = units
@@ -244,10 +274,17 @@ class GroundingChecker:
 
 @dataclass(frozen=True)
 class Measures:
-    coverage: float
-    similarity: float
+    coverage: float  # share of the sentence's content words found anywhere in the cited passages
+    similarity: float  # best MiniLM cosine against a passage sentence, adjacent pair or clause
     mismatch: str | None  # number | name | negation: fails whatever the scores
     problem: str | None  # the mismatch, or weak_support, or None when supported
+    local: float = 0.0  # best share found in one place: a passage sentence with its neighbours
+    clause: float = 1.0  # the worst clause's share (clauses of 2+ content words)
+
+
+def scores_support(m: Measures, rule: Rule) -> bool:
+    """The scores part of the rule (the number, name and negation checks are `Measures.mismatch`)."""
+    return m.clause >= rule.clause and m.local >= rule.local and (m.local >= 1.0 or m.similarity >= rule.similarity)
 
 
 # -- text helpers --------------------------------------------------------------------------------------------
@@ -278,11 +315,24 @@ def split_cited(text: str) -> list[tuple[str, list[int]]]:
 
 
 def passage_sentences(text: str) -> list[str]:
+    """A passage's sentences. Markdown wraps a paragraph over several lines: those lines are joined; a list
+    item, a table row, a heading and an FAQ's "Q:"/"A:" line each start anew."""
+    paragraphs: list[list[str]] = []
+    joinable = False  # may the next line continue the current paragraph?
+    for line in text.splitlines():
+        if not line.strip():
+            joinable = False
+            continue
+        if joinable and not _BLOCK_START.match(line):
+            paragraphs[-1].append(line.strip())
+        else:
+            paragraphs.append([line])
+        joinable = not re.match(r"\s*(?:#|\|)", line)  # headings and table rows stand alone
     parts: list[str] = []
-    for line in _MARKDOWN.sub("", text).splitlines():
-        line = line.strip().strip("|").strip()
+    for paragraph in paragraphs:
+        line = _MARKDOWN.sub("", " ".join(paragraph)).strip().strip("|").strip()
         if not line or set(line) <= set("|-: "):
-            continue  # blank line or a markdown table's rule
+            continue  # a markdown table's rule
         line = re.sub(r"\s*\|\s*", ": ", line)  # a table row reads as "cell: cell"
         line = re.sub(r"^(?:Q|A|Question|Answer)\s*[:.]\s*", "", line)
         parts.extend(p.strip() for p in _SENTENCE_END.split(line) if p.strip())
@@ -305,9 +355,13 @@ def _plain(text: str) -> str:
 
 def _content_terms(text: str, persona_words: frozenset[str]) -> frozenset[str]:
     # Numbers and negations are checked on their own (an "ill" or "thirty" is no invented word).
-    return frozenset(t for t in tokenize(_NUMBER_WORD.sub(" ", text))
+    return frozenset(t for t in tokenize(_NUMBER_WORD.sub(" ", _SMALL_TALK.sub(" ", text)))
                      if t not in CHAT_WORDS and t not in persona_words and t not in _NEGATIONS
                      and not t.isdigit() and len(t) > 1)
+
+
+def _share(terms: frozenset[str], known: frozenset[str]) -> float:
+    return len(terms & known) / len(terms) if terms else 1.0
 
 
 def _all_terms(text: str) -> frozenset[str]:
@@ -349,17 +403,17 @@ NEGATION_SCOPE = 4  # words after a negation cue, within its clause, that it neg
 
 
 def _negated_terms(text: str) -> frozenset[str]:
-    """The content terms that a negation governs: "cannot be returned" -> {return}."""
+    """The content terms that a negation governs: "cannot be returned" -> {return}. A cue that ends its clause
+    governs the two content words before it: "boots with wear on the soles are not" -> {wear, sole}."""
     negated: set[str] = set()
     for clause in re.split(r"[,.;:!?()]", text.lower().replace("'", "").replace("\u2019", "")):
-        scope = 0
-        for word in re.findall(r"\w+", clause):
-            if word in _NEGATIONS:
-                scope = NEGATION_SCOPE
-                continue
-            if scope:
-                negated.update(tokenize(word))
-                scope -= 1
+        words = re.findall(r"\w+", clause)
+        cues = [i for i, word in enumerate(words) if word in _NEGATIONS]
+        for i, nxt in zip(cues, [*cues[1:], len(words)], strict=False):
+            # Counted in content words before the cue: "the soles are not" and "the soles aren't" agree.
+            governed = words[i + 1:nxt][:NEGATION_SCOPE] or [
+                w for w in words[:i] if w not in _NEGATIONS and w not in STOPWORDS][-NEGATION_SCOPE // 2:]
+            negated.update(t for w in governed for t in tokenize(w))
     return frozenset(negated)
 
 
