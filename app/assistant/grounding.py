@@ -64,8 +64,9 @@ _PLACEHOLDER = re.compile(r"\[[A-Z][A-Z_]*?(?:_\d+)?\]")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])|(?<=\])\s+(?=[A-Z])")
 # "Foo. [1]" and "Foo.[1][2]": the markers move before the full stop, so they stay with their sentence.
 _TRAILING_MARKERS = re.compile(r"([.!?]+)\s*((?:\[\d{1,2}(?:\s*,\s*\d{1,2})*\]\s*)+)")
-# A reply sentence's clauses: "X, and Y", "X; Y", "X but Y". A bare "and" joins words as often as clauses.
-_CLAUSE = re.compile(r"[,;:]\s+|\s+(?:but|although|though|while|whereas)\s+|\s+[-\u2013\u2014]\s+")
+# A reply sentence's clauses: "X, and Y", "X; Y", "X but Y". A bare "and" joins words as often as clauses; a
+# colon joins a table row's cells ("Duluth: Monday-Saturday 10 am-7 pm"), whose numbers belong to its first cell.
+_CLAUSE = re.compile(r"[,;]\s+|\s+(?:but|although|though|while|whereas)\s+|\s+[-\u2013\u2014]\s+")
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 _CAPITALISED = re.compile(r"\b[A-Z][A-Za-z0-9&'-]*[A-Za-z0-9]\b")
 _BLOCK_START = re.compile(r"\s*(?:[-*•]\s|\d+[.)]\s|#|>|\||(?:Q|A|Question|Answer)\s*[:.]\s)")
@@ -156,7 +157,8 @@ class _Units:
     all_terms: frozenset[str]
     numbers: frozenset[str]
     words: frozenset[str]  # lower-cased surface words, for capitalised names
-    windows: list[tuple[frozenset[str], frozenset[str]]]  # (terms, numbers) of each sentence with its neighbours
+    places: list[tuple[frozenset[str], frozenset[str]]]  # (terms, numbers) of each passage sentence and clause
+    windows: list[frozenset[str]]  # the terms of each passage sentence with its neighbours
 
 
 class GroundingChecker:
@@ -213,9 +215,7 @@ class GroundingChecker:
         coverage = _share(terms, known_terms)
         clause = min((_share(t, known_terms) for c in _CLAUSE.split(clean)
                       if len(t := _content_terms(c, persona_words)) >= 2), default=1.0)
-        windows = [(_share(terms, window_terms), window_numbers) for u in units for window_terms, window_numbers
-                   in u.windows]
-        local = max(share for share, _ in windows)
+        local = max(_share(terms, window) for u in units for window in u.windows)
         query = np.asarray(vector if vector is not None else self.embed([clean])[0], dtype=np.float32)
         best, best_single, best_negated = -1.0, -1.0, frozenset[str]()
         for u in units:
@@ -228,7 +228,7 @@ class GroundingChecker:
         similarity = max(best, 0.0)
         shared = _all_terms(clean) & frozenset().union(*(u.all_terms for u in units))
         mismatch: str | None = None
-        if not any(share == local and _numbers(clean) <= numbers for share, numbers in windows):
+        if not all(_numbers_placed(c, persona_words, units) for c in _CLAUSE.split(clean)):
             mismatch = "number"
         elif not _names(clean, persona_words) <= frozenset().union(*(u.words for u in units)):
             mismatch = "name"
@@ -262,8 +262,9 @@ class GroundingChecker:
             all_terms=_all_terms(plain),
             numbers=_numbers(plain),
             words=frozenset(w.lower() for w in re.findall(r"[A-Za-z0-9&'-]+", plain)),
-            windows=[(frozenset(tokenize(window)), _numbers(window))
-                     for window in (" ".join(sentences[max(0, i - 1):i + 2]) for i in range(len(sentences)))],
+            places=[(_content_terms(place, frozenset()), _numbers(place))
+                    for place in dict.fromkeys(sentences + [c for s in sentences for c in _CLAUSE.split(s)])],
+            windows=[frozenset(tokenize(" ".join(sentences[max(0, i - 1):i + 2]))) for i in range(len(sentences))],
         )
         with self._lock:
             self._cache[key] = units
@@ -280,6 +281,19 @@ class Measures:
     problem: str | None  # the mismatch, or weak_support, or None when supported
     local: float = 0.0  # best share found in one place: a passage sentence with its neighbours
     clause: float = 1.0  # the worst clause's share (clauses of 2+ content words)
+
+
+def _numbers_placed(clause: str, persona_words: frozenset[str], units: Sequence[_Units]) -> bool:
+    """A clause's numbers all occur in the passage sentence or clause that matches it best (most of its words,
+    then the shortest): "a flat $30" is no return-shipping price because the sentence before mentions repairs
+    over $30, and "2 years for footwear" is not what "1 year for footwear, 2 years for apparel" says."""
+    numbers = _numbers(clause)
+    if not numbers:
+        return True
+    terms = _content_terms(clause, persona_words)
+    places = [(_share(terms, t), -len(t), n) for u in units for t, n in u.places]
+    best = max((share, size) for share, size, _ in places)
+    return any((share, size) == best and numbers <= n for share, size, n in places)
 
 
 def scores_support(m: Measures, rule: Rule) -> bool:
