@@ -11,18 +11,26 @@ paragraph's last marker that one ("A [1]. B."); a paragraph without any marker c
   every boot has a lifetime guarantee." is not (guarantee, lifetime, boot).
 * A **factual** sentence is supported by its cited passages when all of these hold:
   1. it cites something (a factual sentence after the last marker of its paragraph cites nothing);
-  2. every number in it (digits or number words, "$75", "thirty") occurs in the cited passages;
-  3. every capitalised word past its first (a product, brand, place, carrier) occurs in the cited passages;
-  4. the words it negates (those up to four words after not, never, no, cannot, without... in the same clause)
-     are the words the passage sentence that matches it best negates, among its own words ("can be returned"
-     against "cannot be returned" fails; "gift cards never expire" against "gift cards never expire, have no
-     fees" passes);
-  5. `weight * coverage + (1 - weight) * similarity >= threshold`, where coverage is the share of its
-     content words (Snowball stems) found in the cited passages and similarity is the best cosine between its
-     MiniLM embedding and the passages' sentences (single sentences, adjacent pairs, and clauses of 3+ words).
-  Coverage catches invented content words; the embedding forgives paraphrase (synonyms, reordering) that
-  coverage punishes. `weight` and `threshold` were tuned on one split and measured on another
-  (benchmarks/grounding.py; results in docs/benchmarks.md).
+  2. **numbers**: each clause's numbers (digits or number words, "$75", "thirty") occur in the passage sentence
+     or clause that shares most of that clause's words (the shortest among equals): "2 years for footwear"
+     fails against "1 year for footwear, 2 years for apparel";
+  3. **names**: every capitalised word past its first (a product, brand, place, carrier) occurs in the passages;
+  4. **negation**: among the words it shares with the passages, it negates those that the best-matching passage
+     sentence or clause negates (a cue governs up to four words after it in its clause, or the two content
+     words before it when it ends the clause: "the soles are not"). "Can be returned" against "cannot be
+     returned" fails; "gift cards never expire" against "gift cards never expire, have no fees" passes;
+  5. **words**, with content words = Snowball stems less stopwords, small talk, the persona's names and numbers:
+     a. every clause (split at , ; and "but", "although", "while"...) of 2+ content words has at least
+        `RULE.clause` of them in the passages: a true sentence with an invented clause appended fails;
+     b. at least `RULE.local` of the sentence's content words occur in one place of a passage (a passage
+        sentence with its neighbours), not scattered across it;
+     c. if that share is below 1 (a word the passage does not use: a synonym, or an invention), the sentence's
+        MiniLM embedding must be at least `RULE.similarity` close (cosine) to a passage sentence, adjacent pair
+        or clause. With every word found in one place, similarity is not asked: restating PART of a passage
+        sentence ("They have no fees and can be used online and in stores.") is supported even though its
+        embedding differs from the whole sentence's.
+  Words are the primary signal; the embedding only decides when words leave doubt. The three thresholds were
+  chosen on one split and measured on another (benchmarks/grounding.py; results in docs/benchmarks.md).
 
 A reply is grounded when it cites at least one passage and every factual sentence is supported. No LLM judge:
 nothing leaves the machine, and the check costs one embedding call per reply (passage sentences are cached).
