@@ -16,7 +16,7 @@ paragraph's last marker that one ("A [1]. B."); a paragraph without any marker c
      fails against "1 year for footwear, 2 years for apparel";
   3. **names**: every capitalised word past its first (a product, brand, place, carrier) occurs in the passages;
   4. **negation**: among the words it shares with the passages, it negates those that the best-matching passage
-     sentence or clause negates (a cue governs up to four words after it in its clause, or the two content
+     sentence or clause negates (not a question; a cue governs up to four words after it in its clause, or the two content
      words before it when it ends the clause: "the soles are not"). "Can be returned" against "cannot be
      returned" fails; "gift cards never expire" against "gift cards never expire, have no fees" passes;
   5. **words**, with content words = Snowball stems less stopwords, small talk, the persona's names and numbers:
@@ -159,7 +159,7 @@ class _Units:
 
     texts: list[str]
     negated: list[frozenset[str]]
-    single: np.ndarray  # True for a sentence or clause, False for an adjacent pair
+    single: np.ndarray  # True for a sentence or clause that is no question, False for a pair or a question
     vectors: np.ndarray  # one row per text, unit length
     terms: frozenset[str]
     all_terms: frozenset[str]
@@ -259,7 +259,8 @@ class GroundingChecker:
         clauses = [c.strip() for s in sentences for c in re.split(r"[,;:]\s+", s) if len(c.split()) >= 3]
         pairs = [f"{a} {b}" for a, b in itertools.pairwise(sentences)]
         texts = list(dict.fromkeys(sentences + clauses + pairs))
-        singles = set(sentences + clauses)
+        # An FAQ's question claims nothing: "Is there a spa?" must not be what "There is a spa." is compared with.
+        singles = {t for t in sentences + clauses if not t.endswith("?")} or set(sentences)
         plain = _plain(passage.text)
         units = _Units(
             texts=texts,

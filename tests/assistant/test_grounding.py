@@ -190,6 +190,10 @@ def test_restatements_the_first_version_held_back_are_supported(checker, reply: 
     ("Footwear has a 2 year warranty against manufacturing defects [1].", WARRANTY, "number"),
     ("Return shipping for paid repairs is a flat $30 in the US [1].", REPAIRS, "number"),
     ("Gift cards can be used to buy other gift cards [1].", GIFT_CARDS, "negation"),
+    # an FAQ's question is no claim: the answer is what a negation is compared with
+    ("There is a repair shop in Duluth [1].", FakePassage(
+        "f1", "faq.csv", "", "Q: Is there a repair shop in Duluth?\nA: There is no repair shop in Duluth.", 0.9),
+     "negation"),
 ])
 def test_lies_close_to_the_passage_are_caught(checker, reply: str, passage: FakePassage, problem: str) -> None:
     verdict = checker.check(reply, [passage], PERSONA)
