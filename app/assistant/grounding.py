@@ -16,9 +16,10 @@ paragraph's last marker that one ("A [1]. B."); a paragraph without any marker c
      fails against "1 year for footwear, 2 years for apparel";
   3. **names**: every capitalised word past its first (a product, brand, place, carrier) occurs in the passages;
   4. **negation**: among the words it shares with the passages, it negates those that the best-matching passage
-     sentence or clause negates (not a question; a cue governs up to four words after it in its clause, or the two content
-     words before it when it ends the clause: "the soles are not"). "Can be returned" against "cannot be
-     returned" fails; "gift cards never expire" against "gift cards never expire, have no fees" passes;
+     sentence or clause (never an FAQ's question) negates. A cue governs up to four words after it in its
+     clause, or the two content words before it when it ends the clause ("the soles are not"). "Can be
+     returned" against "cannot be returned" fails; "gift cards never expire" against "gift cards never expire,
+     have no fees" passes;
   5. **words**, with content words = Snowball stems less stopwords, small talk, the persona's names and numbers:
      a. every clause (split at , ; and "but", "although", "while"...) of 2+ content words has at least
         `RULE.clause` of them in the passages: a true sentence with an invented clause appended fails;
