@@ -9,7 +9,10 @@ supported (label 1)
   verbatim     the sentence as the passage has it;
   paraphrase   the sentence rewritten by `paraphrase`: contractions and synonyms from `SYNONYMS`, "X if Y." turned
                into "If Y, X.", a parenthesis dropped, and a "Yes, " / "Good news: " opening (at least one rule
-               must apply, else no case).
+               must apply, else no case);
+  part         one part of a longer sentence stated on its own (`part_of`): "Gift cards never expire, have no fees
+               and can be used online and in stores." -> "Can be used online and in stores.", as a reply restates
+               only what the question asked about.
 unsupported (label 0)
   other        a sentence from another passage of the same corpus (another FAQ entry or document section);
   number       the sentence with one number changed (`swap_number`);
@@ -162,6 +165,33 @@ def paraphrase(sentence: str, rng: random.Random) -> str | None:
     return s if s != sentence else None
 
 
+# A part that starts with one of these depends on the rest of its sentence ("unless ...", "but ...").
+_DEPENDENT_TEXT = """if unless except but although though when while so because or then which who whose
+    that where whereas otherwise until before after including such as than"""
+_DEPENDENT = frozenset(_DEPENDENT_TEXT.split())
+
+
+_VERBS_TEXT = "is are was were has have can cannot can't will must may should do does never"
+_VERBS = frozenset(_VERBS_TEXT.split())
+
+
+def part_of(sentence: str, rng: random.Random) -> str | None:
+    """One part of a sentence split at its commas and semicolons, at least 4 words long, that stands on its own
+    (does not open with a `_DEPENDENT` word); None when the sentence has no such part. A part that opens with a
+    verb ("have no fees and ...") gets "They" as its subject, as a reply would write it."""
+    pieces = [p.strip() for p in re.split(r"[,;]\s+(?:and\s+)?", sentence.rstrip(".!:")) if p.strip()]
+    if len(pieces) < 2:
+        return None
+    fit = [p for p in pieces if len(p.split()) >= 4 and p.split()[0].lower() not in _DEPENDENT
+           and "(" not in p and ")" not in p]
+    if not fit:
+        return None
+    part = rng.choice(fit)
+    if part != pieces[0] and part.split()[0] in _VERBS:
+        part = "They " + part
+    return part[0].upper() + part[1:] + "."
+
+
 def swap_number(sentence: str, rng: random.Random) -> str | None:
     numbers = list(re.finditer(r"\d+(?:\.\d+)?", sentence))
     if not numbers:
@@ -198,6 +228,7 @@ def build_cases(corpus: str, passages: list[EvalPassage], seed: int = 7) -> list
     from app.assistant.grounding import is_factual, passage_sentences
 
     rng = random.Random(seed)
+    part_rng = random.Random(seed + 1)  # its own generator: the other kinds stay the cases they were
     sentences = {p.chunk_id: [s for s in passage_sentences(p.text)
                               if len(s.split()) >= 5 and not s.endswith("?") and is_factual(s)]
                  for p in passages}
@@ -210,6 +241,8 @@ def build_cases(corpus: str, passages: list[EvalPassage], seed: int = 7) -> list
         cases.append(Case(corpus, p, s, "verbatim", True))
         if (para := paraphrase(s, rng)) is not None:
             cases.append(Case(corpus, p, para, "paraphrase", True))
+        if (part := part_of(s, part_rng)) is not None:
+            cases.append(Case(corpus, p, part, "part", True))
         others = [t for q in passages if q.document != p.document for t in sentences[q.chunk_id]
                   if t not in p.text]
         if others:

@@ -11,18 +11,27 @@ paragraph's last marker that one ("A [1]. B."); a paragraph without any marker c
   every boot has a lifetime guarantee." is not (guarantee, lifetime, boot).
 * A **factual** sentence is supported by its cited passages when all of these hold:
   1. it cites something (a factual sentence after the last marker of its paragraph cites nothing);
-  2. every number in it (digits or number words, "$75", "thirty") occurs in the cited passages;
-  3. every capitalised word past its first (a product, brand, place, carrier) occurs in the cited passages;
-  4. the words it negates (those up to four words after not, never, no, cannot, without... in the same clause)
-     are the words the passage sentence that matches it best negates, among its own words ("can be returned"
-     against "cannot be returned" fails; "gift cards never expire" against "gift cards never expire, have no
-     fees" passes);
-  5. `weight * coverage + (1 - weight) * similarity >= threshold`, where coverage is the share of its
-     content words (Snowball stems) found in the cited passages and similarity is the best cosine between its
-     MiniLM embedding and the passages' sentences (single sentences, adjacent pairs, and clauses of 3+ words).
-  Coverage catches invented content words; the embedding forgives paraphrase (synonyms, reordering) that
-  coverage punishes. `weight` and `threshold` were tuned on one split and measured on another
-  (benchmarks/grounding.py; results in docs/benchmarks.md).
+  2. **numbers**: each clause's numbers (digits or number words, "$75", "thirty") occur in the passage sentence
+     or clause that shares most of that clause's words (the shortest among equals): "2 years for footwear"
+     fails against "1 year for footwear, 2 years for apparel";
+  3. **names**: every capitalised word past its first (a product, brand, place, carrier) occurs in the passages;
+  4. **negation**: among the words it shares with the passages, it negates those that the best-matching passage
+     sentence or clause (never an FAQ's question) negates. A cue governs up to four words after it in its
+     clause, or the two content words before it when it ends the clause ("the soles are not"). "Can be
+     returned" against "cannot be returned" fails; "gift cards never expire" against "gift cards never expire,
+     have no fees" passes;
+  5. **words**, with content words = Snowball stems less stopwords, small talk, the persona's names and numbers:
+     a. every clause (split at , ; and "but", "although", "while"...) of 2+ content words has at least
+        `RULE.clause` of them in the passages: a true sentence with an invented clause appended fails;
+     b. at least `RULE.local` of the sentence's content words occur in one place of a passage (a passage
+        sentence with its neighbours), not scattered across it;
+     c. if that share is below 1 (a word the passage does not use: a synonym, or an invention), the sentence's
+        MiniLM embedding must be at least `RULE.similarity` close (cosine) to a passage sentence, adjacent pair
+        or clause. With every word found in one place, similarity is not asked: restating PART of a passage
+        sentence ("They have no fees and can be used online and in stores.") is supported even though its
+        embedding differs from the whole sentence's.
+  Words are the primary signal; the embedding only decides when words leave doubt. The three thresholds were
+  chosen on one split and measured on another (benchmarks/grounding.py; results in docs/benchmarks.md).
 
 A reply is grounded when it cites at least one passage and every factual sentence is supported. No LLM judge:
 nothing leaves the machine, and the check costs one embedding call per reply (passage sentences are cached).
@@ -42,11 +51,20 @@ import numpy as np
 
 from app.assistant.pii_restore import PiiVault
 from app.assistant.prompts import Draft, PassageLike
-from app.providers.embeddings.sparse import tokenize
+from app.providers.embeddings.sparse import STOPWORDS, tokenize
 
-# Tuned by benchmarks/grounding.py on its tuning split (COVID-19 FAQ); see docs/benchmarks.md.
-WEIGHT = 0.4
-THRESHOLD = 0.94
+
+@dataclass(frozen=True)
+class Rule:
+    """The thresholds of the support rule (see the module's docstring)."""
+
+    clause: float  # every clause: at least this share of its content words in the cited passages
+    local: float  # at least this share of the sentence's content words in one place of a passage
+    similarity: float  # MiniLM cosine needed when `local` is below 1
+
+
+# Chosen by benchmarks/grounding.py on its tuning split (COVID-19 FAQ); see docs/benchmarks.md.
+RULE = Rule(clause=0.5, local=0.6, similarity=0.88)
 
 _CITATION = re.compile(r"\[(\d{1,2}(?:\s*,\s*\d{1,2})*)\]")
 # A PII placeholder the reply may carry ([EMAIL], [PHONE_2]): neither a claim nor a number.
@@ -55,8 +73,12 @@ _PLACEHOLDER = re.compile(r"\[[A-Z][A-Z_]*?(?:_\d+)?\]")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])|(?<=\])\s+(?=[A-Z])")
 # "Foo. [1]" and "Foo.[1][2]": the markers move before the full stop, so they stay with their sentence.
 _TRAILING_MARKERS = re.compile(r"([.!?]+)\s*((?:\[\d{1,2}(?:\s*,\s*\d{1,2})*\]\s*)+)")
+# A reply sentence's clauses: "X, and Y", "X; Y", "X but Y". A bare "and" joins words as often as clauses; a
+# colon joins a table row's cells ("Duluth: Monday-Saturday 10 am-7 pm"), whose numbers belong to its first cell.
+_CLAUSE = re.compile(r"[,;]\s+|\s+(?:but|although|though|while|whereas)\s+|\s+[-\u2013\u2014]\s+")
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 _CAPITALISED = re.compile(r"\b[A-Z][A-Za-z0-9&'-]*[A-Za-z0-9]\b")
+_BLOCK_START = re.compile(r"\s*(?:[-*•]\s|\d+[.)]\s|#|>|\||(?:Q|A|Question|Answer)\s*[:.]\s)")
 _MARKDOWN = re.compile(r"\*\*|__|`|^\s*(?:[-*•]|\d+[.)])\s+|^\s*#+\s*|^\s*>\s*", re.MULTILINE)
 
 _NUMBER_WORDS = {
@@ -75,16 +97,18 @@ _NEGATIONS = frozenset(_NEGATIONS_TEXT.split())
 # Customer-service small talk: words that make no claim about the brand's policies or products.
 CHAT_WORDS_TEXT = """
     hi hello hey dear yes news thanks thank welcome glad happy pleased help helps helpful hope let know anything else
-    everything something feel free ask asking question questions query sure great good nice day today morning
+    everything something feel ask asking question questions query sure great good nice day today morning
     afternoon evening assist assistance please sorry apologise apologize apologies inconvenience understand
     understood certainly absolutely course regards cheers best wish wishes enjoy reach contact touch team
-    member members colleague colleagues connect connecting pass passing passed further need needs want like
+    colleague colleagues connect connecting pass passing passed further need needs want like
     ok okay sounds look looking forward glad note information info details detail more check checking
     answer answers reply replies response quick quickly shortly soon right away again also just us we
     our ours me my i you your yours chat chatting message messages hear heard great wonderful awesome
     come comes arise arises else theres heres thats whats lets youre youll ill id ive im
     """
 CHAT_WORDS = frozenset(tokenize(CHAT_WORDS_TEXT)) | frozenset(CHAT_WORDS_TEXT.split())
+# "free" and "member" are claims ("free returns", "members get 10 %") except in these phrases.
+_SMALL_TALK = re.compile(r"\bfeel free\b|\b(?:team )?members? of (?:our|the|my) team\b|\bteam members?\b", re.I)
 
 
 @dataclass(frozen=True)
@@ -136,18 +160,21 @@ class _Units:
 
     texts: list[str]
     negated: list[frozenset[str]]
+    single: np.ndarray  # True for a sentence or clause that is no question, False for a pair or a question
     vectors: np.ndarray  # one row per text, unit length
     terms: frozenset[str]
+    all_terms: frozenset[str]
     numbers: frozenset[str]
     words: frozenset[str]  # lower-cased surface words, for capitalised names
+    places: list[tuple[frozenset[str], frozenset[str]]]  # (terms, numbers) of each passage sentence and clause
+    windows: list[frozenset[str]]  # the terms of each passage sentence with its neighbours
 
 
 class GroundingChecker:
-    def __init__(self, embed: Embed | None = None, *, weight: float = WEIGHT, threshold: float = THRESHOLD,
+    def __init__(self, embed: Embed | None = None, *, rule: Rule = RULE,
                  cache_size: int = 2048) -> None:
         self._embed = embed
-        self.weight = weight
-        self.threshold = threshold
+        self.rule = rule
         self._cache: OrderedDict[str, _Units] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
@@ -194,27 +221,33 @@ class GroundingChecker:
         clean = _plain(sentence)
         terms = _content_terms(clean, persona_words)
         known_terms = frozenset().union(*(u.terms for u in units))
-        coverage = len(terms & known_terms) / len(terms) if terms else 1.0
+        coverage = _share(terms, known_terms)
+        clause = min((_share(t, known_terms) for c in _CLAUSE.split(clean)
+                      if len(t := _content_terms(c, persona_words)) >= 2), default=1.0)
+        local = max(_share(terms, window) for u in units for window in u.windows)
         query = np.asarray(vector if vector is not None else self.embed([clean])[0], dtype=np.float32)
-        best, best_negated = -1.0, frozenset[str]()
+        best, best_single, best_negated = -1.0, -1.0, frozenset[str]()
         for u in units:
             sims = u.vectors @ query
-            i = int(np.argmax(sims))
-            if float(sims[i]) > best:
-                best, best_negated = float(sims[i]), u.negated[i]
+            best = max(best, float(sims.max()))
+            # Negation is compared with one sentence or clause: a pair brings its neighbour's negations along.
+            i = int(np.argmax(np.where(u.single, sims, -1.0)))
+            if float(sims[i]) > best_single:
+                best_single, best_negated = float(sims[i]), u.negated[i]
         similarity = max(best, 0.0)
+        shared = _all_terms(clean) & frozenset().union(*(u.all_terms for u in units))
         mismatch: str | None = None
-        if not _numbers(clean) <= frozenset().union(*(u.numbers for u in units)):
+        if not all(_numbers_placed(c, persona_words, units) for c in _CLAUSE.split(clean)):
             mismatch = "number"
         elif not _names(clean, persona_words) <= frozenset().union(*(u.words for u in units)):
             mismatch = "name"
-        elif _negated_terms(clean) != best_negated & (terms | _all_terms(clean)):
+        elif _negated_terms(clean) & shared != best_negated & shared:
             mismatch = "negation"
-        return Measures(coverage, similarity, mismatch,
-                        mismatch or self.verdict(coverage, similarity))
+        measures = Measures(coverage, similarity, mismatch, None, local, clause)
+        return replace(measures, problem=mismatch or self.verdict(measures))
 
-    def verdict(self, coverage: float, similarity: float) -> str | None:
-        return None if self.weight * coverage + (1 - self.weight) * similarity >= self.threshold else "weak_support"
+    def verdict(self, m: Measures) -> str | None:
+        return None if scores_support(m, self.rule) else "weak_support"
 
     def _units(self, passage: PassageLike) -> _Units:
         key = f"{passage.chunk_id}:{hash(passage.text)}"
@@ -225,15 +258,23 @@ class GroundingChecker:
                 return hit
         sentences = passage_sentences(passage.text)
         clauses = [c.strip() for s in sentences for c in re.split(r"[,;:]\s+", s) if len(c.split()) >= 3]
-        texts = list(dict.fromkeys(sentences + [f"{a} {b}" for a, b in itertools.pairwise(sentences)] + clauses))
+        pairs = [f"{a} {b}" for a, b in itertools.pairwise(sentences)]
+        texts = list(dict.fromkeys(sentences + clauses + pairs))
+        # An FAQ's question claims nothing: "Is there a spa?" must not be what "There is a spa." is compared with.
+        singles = {t for t in sentences + clauses if not t.endswith("?")} or set(sentences)
         plain = _plain(passage.text)
         units = _Units(
             texts=texts,
             negated=[_negated_terms(t) for t in texts],
+            single=np.asarray([t in singles for t in texts]),
             vectors=np.asarray(self.embed(texts), dtype=np.float32).reshape(len(texts), -1),
             terms=frozenset(tokenize(plain)),
+            all_terms=_all_terms(plain),
             numbers=_numbers(plain),
             words=frozenset(w.lower() for w in re.findall(r"[A-Za-z0-9&'-]+", plain)),
+            places=[(_content_terms(place, frozenset()), _numbers(place))
+                    for place in dict.fromkeys(sentences + [c for s in sentences for c in _CLAUSE.split(s)])],
+            windows=[frozenset(tokenize(" ".join(sentences[max(0, i - 1):i + 2]))) for i in range(len(sentences))],
         )
         with self._lock:
             self._cache[key] = units
@@ -244,10 +285,30 @@ class GroundingChecker:
 
 @dataclass(frozen=True)
 class Measures:
-    coverage: float
-    similarity: float
+    coverage: float  # share of the sentence's content words found anywhere in the cited passages
+    similarity: float  # best MiniLM cosine against a passage sentence, adjacent pair or clause
     mismatch: str | None  # number | name | negation: fails whatever the scores
     problem: str | None  # the mismatch, or weak_support, or None when supported
+    local: float = 0.0  # best share found in one place: a passage sentence with its neighbours
+    clause: float = 1.0  # the worst clause's share (clauses of 2+ content words)
+
+
+def _numbers_placed(clause: str, persona_words: frozenset[str], units: Sequence[_Units]) -> bool:
+    """A clause's numbers all occur in the passage sentence or clause that matches it best (most of its words,
+    then the shortest): "a flat $30" is no return-shipping price because the sentence before mentions repairs
+    over $30, and "2 years for footwear" is not what "1 year for footwear, 2 years for apparel" says."""
+    numbers = _numbers(clause)
+    if not numbers:
+        return True
+    terms = _content_terms(clause, persona_words)
+    places = [(_share(terms, t), -len(t), n) for u in units for t, n in u.places]
+    best = max((share, size) for share, size, _ in places)
+    return any((share, size) == best and numbers <= n for share, size, n in places)
+
+
+def scores_support(m: Measures, rule: Rule) -> bool:
+    """The scores part of the rule (the number, name and negation checks are `Measures.mismatch`)."""
+    return m.clause >= rule.clause and m.local >= rule.local and (m.local >= 1.0 or m.similarity >= rule.similarity)
 
 
 # -- text helpers --------------------------------------------------------------------------------------------
@@ -278,11 +339,24 @@ def split_cited(text: str) -> list[tuple[str, list[int]]]:
 
 
 def passage_sentences(text: str) -> list[str]:
+    """A passage's sentences. Markdown wraps a paragraph over several lines: those lines are joined; a list
+    item, a table row, a heading and an FAQ's "Q:"/"A:" line each start anew."""
+    paragraphs: list[list[str]] = []
+    joinable = False  # may the next line continue the current paragraph?
+    for line in text.splitlines():
+        if not line.strip():
+            joinable = False
+            continue
+        if joinable and not _BLOCK_START.match(line):
+            paragraphs[-1].append(line.strip())
+        else:
+            paragraphs.append([line])
+        joinable = not re.match(r"\s*(?:#|\|)", line)  # headings and table rows stand alone
     parts: list[str] = []
-    for line in _MARKDOWN.sub("", text).splitlines():
-        line = line.strip().strip("|").strip()
+    for paragraph in paragraphs:
+        line = _MARKDOWN.sub("", " ".join(paragraph)).strip().strip("|").strip()
         if not line or set(line) <= set("|-: "):
-            continue  # blank line or a markdown table's rule
+            continue  # a markdown table's rule
         line = re.sub(r"\s*\|\s*", ": ", line)  # a table row reads as "cell: cell"
         line = re.sub(r"^(?:Q|A|Question|Answer)\s*[:.]\s*", "", line)
         parts.extend(p.strip() for p in _SENTENCE_END.split(line) if p.strip())
@@ -305,9 +379,13 @@ def _plain(text: str) -> str:
 
 def _content_terms(text: str, persona_words: frozenset[str]) -> frozenset[str]:
     # Numbers and negations are checked on their own (an "ill" or "thirty" is no invented word).
-    return frozenset(t for t in tokenize(_NUMBER_WORD.sub(" ", text))
+    return frozenset(t for t in tokenize(_NUMBER_WORD.sub(" ", _SMALL_TALK.sub(" ", text)))
                      if t not in CHAT_WORDS and t not in persona_words and t not in _NEGATIONS
                      and not t.isdigit() and len(t) > 1)
+
+
+def _share(terms: frozenset[str], known: frozenset[str]) -> float:
+    return len(terms & known) / len(terms) if terms else 1.0
 
 
 def _all_terms(text: str) -> frozenset[str]:
@@ -349,17 +427,17 @@ NEGATION_SCOPE = 4  # words after a negation cue, within its clause, that it neg
 
 
 def _negated_terms(text: str) -> frozenset[str]:
-    """The content terms that a negation governs: "cannot be returned" -> {return}."""
+    """The content terms that a negation governs: "cannot be returned" -> {return}. A cue that ends its clause
+    governs the two content words before it: "boots with wear on the soles are not" -> {wear, sole}."""
     negated: set[str] = set()
     for clause in re.split(r"[,.;:!?()]", text.lower().replace("'", "").replace("\u2019", "")):
-        scope = 0
-        for word in re.findall(r"\w+", clause):
-            if word in _NEGATIONS:
-                scope = NEGATION_SCOPE
-                continue
-            if scope:
-                negated.update(tokenize(word))
-                scope -= 1
+        words = re.findall(r"\w+", clause)
+        cues = [i for i, word in enumerate(words) if word in _NEGATIONS]
+        for i, nxt in zip(cues, [*cues[1:], len(words)], strict=False):
+            # Counted in content words before the cue: "the soles are not" and "the soles aren't" agree.
+            governed = words[i + 1:nxt][:NEGATION_SCOPE] or [
+                w for w in words[:i] if w not in _NEGATIONS and w not in STOPWORDS][-NEGATION_SCOPE // 2:]
+            negated.update(t for w in governed for t in tokenize(w))
     return frozenset(negated)
 
 

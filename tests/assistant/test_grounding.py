@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 
 from app.assistant.composer import compose_offline
-from app.assistant.grounding import GroundingChecker, is_factual, persona_words, split_cited, vet_llm_draft
+from app.assistant.grounding import (
+    GroundingChecker,
+    is_factual,
+    passage_sentences,
+    persona_words,
+    split_cited,
+    vet_llm_draft,
+)
 from app.assistant.pii_restore import PLACEHOLDER, PiiVault
 from app.assistant.prompts import Draft, citation
 from tests.assistant.helpers import PERSONA, RETURNS_DOC, SHIPPING_FAQ, FakePassage
@@ -123,3 +130,90 @@ def test_vetting_restores_values_and_escalates_what_it_cannot_restore(checker) -
                              checker)
     assert invented.escalate_reason == "ungrounded"
     assert invented.meta and invented.meta["grounding"]["unsupported"][0]["text"].startswith("Every item")
+
+
+# -- the failure classes found by benchmarks/grounding.py and while merging (tenants/northwind's own wording) --
+GIFT_CARDS = FakePassage("g1", "faq.csv", "", (
+    "Q: Do you sell gift cards?\nA: Yes. Digital gift cards from $25 to $500 are delivered by email on the date "
+    "you choose, and plastic gift cards are sold in our stores. Gift cards never expire, have no fees and can be "
+    "used online and in stores. They cannot be used to buy other gift cards."), 0.9)
+REPAIRS = FakePassage("w1", "warranty.md", "Paid repairs", (  # a markdown paragraph wrapped over three lines
+    "We email a quote before starting any repair over $30. Paid repairs take about **3 weeks** from when the item "
+    "reaches\nthe shop (6 weeks in May and June, our busiest season). Return shipping for paid repairs is a flat "
+    "$9.95 in the US,\nor free if you collect from a store.\n"), 0.8)
+WARRANTY = FakePassage("w2", "warranty.md", "Warranty", (
+    "Northwind-brand gear has a fixed warranty against manufacturing defects that depends on the product line: "
+    "1 year for footwear, 2 years for apparel, 3 years for down jackets, sleeping bags and tents, and 5 years for "
+    "backpacks and tent poles."), 0.8)
+BOOTS = FakePassage("r1", "returns-and-refunds.md", "Worn items", (
+    "Trying on boots indoors on a carpet is fine; boots with dirt or wear on the soles are not. Tents and "
+    "sleeping bags can\nbe returned if they were set up indoors only.\n"), 0.8)
+CARE = FakePassage("p1", "product-care.md", "Washing a shell", (
+    "3. Tumble dry on low for **20 minutes**: gentle heat reactivates the durable water repellent (DWR) finish.\n"
+    "4. If water no longer beads after drying, re-proof with a spray-on DWR treatment on the clean, damp shell, "
+    "then\n   tumble dry on low again.\n\nNever dry-clean or iron a shell.\n"), 0.8)
+SIZES = FakePassage("s1", "size-guide.md", "Boot sizes", (
+    "| Foot length (cm) | Foot length (in) | Men's US | Women's US | UK | EU |\n|---|---|---|---|---|---|\n"
+    "| 27.5 | 10.8 | 9.5 | 11 | 9 | 43.5 |\n| 28.5 | 11.2 | 10.5 | 12 | 9.5 | 44.5 |\n"), 0.8)
+
+
+@pytest.mark.parametrize(("reply", "passage"), [
+    # part of a longer passage sentence, with a pronoun or with the subject named (were weak_support at
+    # similarity 0.868 and 0.79: an embedding of part of a sentence is far from the whole sentence's)
+    ("Gift cards never expire [1]. They have no fees and can be used online and in stores.", GIFT_CARDS),
+    ("Gift cards have no fees and can be used online and in stores [1].", GIFT_CARDS),
+    ("Yes! Gift cards never expire [1].", GIFT_CARDS),
+    # a sentence the passage wraps over two lines, quoted whole (was compared with its fragments)
+    ("Paid repairs take about 3 weeks from when the item reaches the shop (6 weeks in May and June, our busiest "
+     "season) [1].", REPAIRS),
+    # a contraction at the end of a clause ("are not" -> "aren't")
+    ("Trying on boots indoors on a carpet is fine; boots with dirt or wear on the soles aren't [1].", BOOTS),
+    # an opener that makes the best match a pair with a negated neighbour ("Never dry-clean ... a clean shell")
+    ("Yes, if water no longer beads after drying, re-proof with a spray-on DWR treatment on the clean, damp shell, "
+     "then tumble dry on low again [1].", CARE),
+    # a table row quoted: numbers and no words
+    ("Good news: 28.5: 11.2: 10.5: 12: 9.5: 44.5 [1].", SIZES),
+    # two facts of one sentence recombined
+    ("The warranty is 1 year for footwear and 2 years for apparel [1].", WARRANTY),
+])
+def test_restatements_the_first_version_held_back_are_supported(checker, reply: str, passage: FakePassage) -> None:
+    verdict = checker.check(reply, [passage], PERSONA)
+    assert verdict.grounded, [s.to_dict() for s in verdict.unsupported]
+
+
+@pytest.mark.parametrize(("reply", "passage", "problem"), [
+    # the two lies the first version sent: a clause-final negation dropped, and an invented clause appended
+    ("Trying on boots indoors on a carpet is fine; boots with dirt or wear on the soles are [1].", BOOTS,
+     "negation"),
+    ("Gift cards never expire, and it is free for loyalty members [1].", GIFT_CARDS, "weak_support"),
+    # a number that the passage uses, but for something else (same sentence; the sentence before)
+    ("Footwear has a 2 year warranty against manufacturing defects [1].", WARRANTY, "number"),
+    ("Return shipping for paid repairs is a flat $30 in the US [1].", REPAIRS, "number"),
+    ("Gift cards can be used to buy other gift cards [1].", GIFT_CARDS, "negation"),
+    # an FAQ's question is no claim: the answer is what a negation is compared with
+    ("There is a repair shop in Duluth [1].", FakePassage(
+        "f1", "faq.csv", "", "Q: Is there a repair shop in Duluth?\nA: There is no repair shop in Duluth.", 0.9),
+     "negation"),
+])
+def test_lies_close_to_the_passage_are_caught(checker, reply: str, passage: FakePassage, problem: str) -> None:
+    verdict = checker.check(reply, [passage], PERSONA)
+    assert not verdict.grounded
+    assert [s.problem for s in verdict.unsupported] == [problem]
+
+
+def test_free_and_member_are_claims_except_in_small_talk() -> None:
+    assert not is_factual("Feel free to ask anything else!")
+    assert not is_factual("A member of our team will reply shortly.")
+    assert is_factual("It is free for members.")
+
+
+def test_a_wrapped_markdown_paragraph_reads_as_whole_sentences() -> None:
+    assert passage_sentences(REPAIRS.text)[1] == (
+        "Paid repairs take about 3 weeks from when the item reaches the shop (6 weeks in May and June, our busiest "
+        "season).")
+    assert passage_sentences(CARE.text) == [
+        "Tumble dry on low for 20 minutes: gentle heat reactivates the durable water repellent (DWR) finish.",
+        "If water no longer beads after drying, re-proof with a spray-on DWR treatment on the clean, damp shell, "
+        "then tumble dry on low again.",
+        "Never dry-clean or iron a shell."]
+    assert passage_sentences(GIFT_CARDS.text)[:2] == ["Do you sell gift cards?", "Yes."]
