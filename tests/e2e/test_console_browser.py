@@ -207,6 +207,8 @@ def test_the_queue_shows_the_mode_and_a_breached_sla_live(stack: Stack, console:
             expect(item).to_contain_text("human_mode")
             expect(item.locator(".badge.mode")).to_have_text("mode human")
             expect(item.locator(".sla")).to_have_text("SLA pending")
+            item.get_by_role("button").click()
+            expect(page.locator("#d-tenant-mode")).to_have_text("human")
             expect(item.locator(".sla.breached")).to_have_text("SLA breached", timeout=60_000)
             browser.close()
         texts = [m["text"] for m in visitor.wait_for(lambda ms: any(m["text"] == holding for m in replies(ms)))]

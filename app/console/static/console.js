@@ -357,8 +357,8 @@ function renderDetail() {
   $("d-age").textContent = formatAge(e.created_at);
   $("d-sla").textContent = e.sla_state || "-";
   $("d-status").textContent = e.status + (e.reviewer ? ` (${e.reviewer})` : "");
-  $("d-mode").textContent = (c.mode === "human" ? `taken over by ${c.assigned_agent || "an agent"}` : "bot answering")
-    + ` (tenant mode: ${c.tenant_mode || "auto"})`;
+  $("d-mode").textContent = c.mode === "human" ? `taken over by ${c.assigned_agent || "an agent"}` : "bot answering";
+  $("d-tenant-mode").textContent = c.tenant_mode || "auto";
   $("d-detail").textContent = e.detail || "";
 
   $("history").replaceChildren(...c.messages.map((m) => {
