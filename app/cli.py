@@ -199,7 +199,8 @@ def _chat_once(tenant: str, contact: str | None, text: str, as_json: bool, timeo
         # `reason` says why a message was escalated (null when it was answered).
         _print_json({k: outcome.get(k) for k in ("status", "text", "citations", "escalation_id", "reason")})
         return
-    typer.echo(f"bot> {outcome['text']}")
+    # No text: a draft held for approval without a notice to the customer (the tenant's `draft` mode).
+    typer.echo(f"bot> {outcome['text']}" if outcome["text"] is not None else "bot> (nothing sent yet: held for review)")
     sources = sorted({c["document"] for c in outcome["citations"]})
     if sources:
         typer.secho(f"     sources: {', '.join(sources)}", fg=typer.colors.BRIGHT_BLACK)

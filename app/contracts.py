@@ -95,6 +95,13 @@ class EscalationDecided(Event):
     reviewer: str
 
 
+class SlaDue(Event):
+    """An escalation's first-response target passes now: published by the outbox relay when due (scheduled when
+    the escalation opened), consumed by app/review/sla.py."""
+
+    escalation_id: str
+
+
 class IngestionProgress(Event):
     """A knowledge ingestion moved on: one file done (`status` indexed | carried | failed), or the build ended
     (`status` live | ready | failed, `file` empty). Informational: published best-effort on `events`."""
@@ -111,7 +118,7 @@ class IngestionProgress(Event):
 
 EVENT_TYPES: dict[str, type[Event]] = {
     m.event_type(): m
-    for m in (InboundMessage, OutboundMessage, EscalationOpened, EscalationDecided, IngestionProgress)
+    for m in (InboundMessage, OutboundMessage, EscalationOpened, EscalationDecided, SlaDue, IngestionProgress)
 }
 
 # Topics: each is a stream per tenant (see app/bus/base.py).

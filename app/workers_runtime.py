@@ -80,14 +80,17 @@ def build_consumers(bus: Bus, stop: threading.Event, container: Container | None
 
 def notification_consumers(bus: Bus, stop: threading.Event) -> list[Consumer]:
     """Escalation events to the review consoles (a quick wake-up each) and to tenants' webhooks (slow receivers
-    held per tenant, so one tenant's stalled receiver leaves the others theirs): app/review/notify.py."""
+    held per tenant, so one tenant's stalled receiver leaves the others theirs): app/review/notify.py; and the
+    escalations' first-response timers when due (app/review/sla.py)."""
     from app.review.notify import CONSOLE_GROUP, WEBHOOK_GROUP, WebhookSender, console_handler
+    from app.review.sla import SLA_GROUP, on_due
 
     settings = get_settings()
     common = {"max_deliveries": settings.bus_max_deliveries, "claim_idle_ms": settings.bus_claim_idle_ms,
               "batch_size": settings.bus_batch_size, "stop": stop}
     return [
         Consumer(bus, EVENTS, CONSOLE_GROUP, consumer_name("console"), console_handler, **common),  # type: ignore[arg-type]
+        Consumer(bus, EVENTS, SLA_GROUP, consumer_name("sla"), on_due, **common),  # type: ignore[arg-type]
         ConcurrentConsumer(bus, EVENTS, WEBHOOK_GROUP, consumer_name("webhooks"), WebhookSender().handle,
                            concurrency=8, tenant_concurrency=1, key=lambda d: d.tenant_id,
                            **common),  # type: ignore[arg-type]

@@ -13,6 +13,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl, Secr
 from app.netguard import check_url
 
 Channel = Literal["webchat", "whatsapp", "instagram", "telegram", "twilio", "ussd", "discord"]
+Mode = Literal["auto", "draft", "human"]  # app/assistant/modes.py
 
 
 class _In(BaseModel):
@@ -137,6 +138,27 @@ class Policies(_In):
         default=None,
         description="Show web chat visitors the LLM's answer as it is written (default true; the reply is final "
                     "only after the checks on the whole answer).",
+    )
+    mode: Mode | None = Field(
+        default=None,
+        description="auto: answers go out when grounded (default); draft: every answer waits for an agent's "
+                    "approval; human: the bot only acknowledges (`escalation_notice`) and routes to an agent.",
+    )
+    channel_modes: dict[Channel, Mode | None] | None = Field(
+        default=None, description="Per-channel overrides of `mode`, e.g. {\"whatsapp\": \"draft\"} (null resets one).",
+    )
+    draft_notice: bool | None = Field(
+        default=None,
+        description="In draft mode, send the customer `escalation_notice` while the draft waits (default false: "
+                    "the customer hears nothing until the approved answer).",
+    )
+    sla_first_response_s: int | None = Field(
+        default=None, ge=10, le=7 * 86400,
+        description="First-response target: this long after an escalation opens with no agent decision or reply, "
+                    "the customer gets one holding message and the escalation is marked breached (null: none).",
+    )
+    sla_holding_message: str | None = Field(
+        default=None, min_length=1, max_length=1000, description="The holding message sent when the target passes.",
     )
     llm: LLMPolicy | None = None
 

@@ -31,6 +31,7 @@ from app.assistant import guardrails
 from app.assistant.composer import compose_offline
 from app.assistant.drafts import STREAMING_CHANNELS, DraftStream
 from app.assistant.grounding import vet_llm_draft
+from app.assistant.modes import effective_mode
 from app.assistant.pii_restore import PiiVault
 from app.assistant.prompts import Draft, parse_llm_answer, render_messages
 from app.assistant.turns import merged_into, newer_pending
@@ -47,6 +48,8 @@ from app.providers.llm.base import LLMClient, LLMError
 from app.providers.llm.plan import LLMPlan, tenant_plan
 from app.providers.llm.router import CallTag, LLMRouter
 from app.ratelimit import LLM_CALLS_PER_TENANT, RateLimited, RateLimiter
+from app.review.sla import schedule as schedule_sla
+from app.review.sla import target as sla_target
 
 log = logging.getLogger(__name__)
 
@@ -152,10 +155,18 @@ class Orchestrator:
         if window > 0 and closes > self.clock():
             return self._defer(ctx, event, closes)  # let the rest of a burst arrive; it is answered as one turn
         text = "\n".join([*ctx.earlier_burst, event.text])
-        drafts = self._draft_stream(ctx)
+        # The tenant's mode (app/assistant/modes.py): `human` only acknowledges and routes; `draft` holds every
+        # answer for an agent's approval (and never streams it to the visitor first).
+        mode = effective_mode(ctx.policies, ctx.channel)
+        if mode == "human":
+            return self._escalate(ctx, Decision(escalate_reason="human_mode", detail="the tenant's mode is human"))
+        drafts = self._draft_stream(ctx) if mode == "auto" else None
         outcome: Outcome | None = None
         try:
             decision = self._decide(ctx, text, drafts)
+            if decision.answer is not None and mode == "draft":
+                decision = Decision(escalate_reason="draft_review", detail="the tenant's mode is draft",
+                                    draft=decision.answer, meta=decision.meta)
             if decision.answer is not None:
                 outcome = self._answer(ctx, decision.answer)
                 return outcome
@@ -336,7 +347,11 @@ class Orchestrator:
 
     def _escalate(self, ctx: Context, decision: Decision) -> Outcome:
         reason = decision.escalate_reason or "unknown"
-        notice = str(ctx.policies.get("escalation_notice") or DEFAULT_ESCALATION_NOTICE)
+        notice: str | None = str(ctx.policies.get("escalation_notice") or DEFAULT_ESCALATION_NOTICE)
+        if reason == "draft_review" and not ctx.policies.get("draft_notice"):
+            notice = None  # a draft waiting for approval: the customer hears nothing until it is sent
+        sla = sla_target(ctx.policies)
+        now = self.clock()
         with session_scope() as session:
             to = self._claim(session, ctx)
             if to is None:
@@ -349,18 +364,25 @@ class Orchestrator:
                 "draft_citations": decision.draft.citations if decision.draft else None, "created_at": utcnow(),
                 "meta": decision.meta,
                 "passages": ctx.retrieved or None,
+                "sla_state": "pending" if sla else None, "sla_due_at": now + sla if sla else None,
             })
-            event = store_reply(session, to, key=f"reply:{ctx.message_id}", text=notice, author="bot",
-                                in_reply_to_id=ctx.message_id, meta={"escalation_id": escalation_id})
+            if sla:  # the timer, committed with the escalation (app/review/sla.py)
+                schedule_sla(session, tenant_id=ctx.tenant_id, escalation_id=escalation_id, due=now + sla, now=now)
+            entries = []
+            reply_id = None
+            if notice is not None:
+                event = store_reply(session, to, key=f"reply:{ctx.message_id}", text=notice, author="bot",
+                                    in_reply_to_id=ctx.message_id, meta={"escalation_id": escalation_id})
+                entries.append(outbox.Entry.of(OUTBOUND, event, event.message_id))
+                reply_id = event.message_id
             _set_status(session, ctx, "escalated")
             audit.write(session, ctx.tenant_id, "bot", "escalation.opened", "escalation", escalation_id,
                         {"reason": reason, "message_id": ctx.message_id})
             opened = EscalationOpened(tenant_id=ctx.tenant_id, escalation_id=escalation_id,
                                       conversation_id=to.conversation_id, message_id=ctx.message_id, reason=reason)
-            pending = outbox.add(session, [outbox.Entry.of(OUTBOUND, event, event.message_id),
-                                           outbox.Entry.of(EVENTS, opened)], now=self.clock())
+            pending = outbox.add(session, [*entries, outbox.Entry.of(EVENTS, opened)], now=now)
         outbox.publish_now(self.bus, pending)
-        return Outcome("escalated", ctx.message_id, reply_id=event.message_id,
+        return Outcome("escalated", ctx.message_id, reply_id=reply_id,
                        escalation_id=opened.escalation_id, reason=reason, text=notice)
 
     def _defer(self, ctx: Context, event: InboundMessage, closes: datetime) -> Outcome:

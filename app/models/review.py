@@ -31,6 +31,11 @@ class Escalation(IdMixin, Base):
     final_text: Mapped[str | None] = mapped_column(Text, default=None)
     reviewer: Mapped[str | None] = mapped_column(String(200), default=None)
     decided_at: Mapped[datetime | None] = mapped_column(default=None)
+    # The tenant's first-response target (app/review/sla.py): None without one, else `pending` until an agent
+    # decides (`met`) or the target passes first (`breached`, the customer got one holding message).
+    sla_state: Mapped[str | None] = mapped_column(String(16), default=None)
+    sla_due_at: Mapped[datetime | None] = mapped_column(default=None)
+    sla_breached_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class AuditEvent(IdMixin, Base):

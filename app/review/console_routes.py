@@ -44,6 +44,7 @@ class ConversationOut(BaseModel):
     id: str
     channel: str
     mode: str = Field(description="bot | human (taken over: the bot stays silent)")
+    tenant_mode: str = Field(default="auto", description="The tenant's mode on this channel: auto | draft | human.")
     assigned_agent: str | None
     contact_name: str | None
     messages: list[HistoryMessage] = Field(description=f"The latest {queue.HISTORY_LIMIT}, oldest first.")
@@ -80,7 +81,8 @@ def get_conversation(conversation_id: str, principal: Viewer) -> ConversationOut
                                            masked=shown != m.text, status=m.status, citations=m.citations,
                                            created_at=m.created_at))
         c = view.conversation
-        return ConversationOut(id=c.id, channel=c.channel, mode=c.mode, assigned_agent=c.assigned_agent,
+        return ConversationOut(id=c.id, channel=c.channel, mode=c.mode, tenant_mode=view.tenant_mode,
+                               assigned_agent=c.assigned_agent,
                                contact_name=view.contact_name, messages=messages)
 
 

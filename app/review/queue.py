@@ -15,9 +15,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.assistant.guardrails import redact_pii
+from app.assistant.modes import effective_mode
 from app.audit import record
 from app.auth import Principal
-from app.models import Contact, Conversation, Escalation, Message
+from app.models import Contact, Conversation, Escalation, Message, Tenant
 from app.review.service import ReviewError
 
 QUEUE_LIMIT = 500  # open escalations one console holds (oldest first); the rest show once these are decided
@@ -30,7 +31,8 @@ def mask(text: str | None) -> str | None:
 
 
 def sla_state(escalation: Escalation) -> str | None:
-    """The escalation's SLA state once SLAs exist (`ok` | `breached`...); None until then (shown as "-")."""
+    """The escalation's first-response SLA (app/review/sla.py): `pending` | `met` | `breached`; None when the
+    tenant sets no target (shown as "-")."""
     value = getattr(escalation, "sla_state", None)
     return None if value is None else str(value)
 
@@ -54,20 +56,26 @@ class QueueItem:
     mode: str  # the conversation's: bot | human
     assigned_agent: str | None
     sla_state: str | None
+    tenant_mode: str = "auto"  # the tenant's mode on this channel: auto | draft | human (app/assistant/modes.py)
 
     @property
     def stamp(self) -> tuple[Any, ...]:
         """Changes whenever a console should redraw the item."""
-        return (self.mode, self.assigned_agent, self.sla_state, self.has_draft)
+        return (self.mode, self.assigned_agent, self.sla_state, self.has_draft, self.tenant_mode)
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "conversation_id": self.conversation_id, "reason": self.reason,
                 "channel": self.channel, "created_at": self.created_at.isoformat(),
                 "customer_text": self.customer_text, "has_draft": self.has_draft, "mode": self.mode,
-                "assigned_agent": self.assigned_agent, "sla_state": self.sla_state}
+                "assigned_agent": self.assigned_agent, "sla_state": self.sla_state, "tenant_mode": self.tenant_mode}
+
+
+def tenant_policies(session: Session, tenant_id: str) -> dict[str, Any]:
+    return dict(session.scalar(select(Tenant.policies).where(Tenant.id == tenant_id)) or {})
 
 
 def open_queue(session: Session, tenant_id: str, limit: int = QUEUE_LIMIT) -> list[QueueItem]:
+    policies = tenant_policies(session, tenant_id)
     rows = session.execute(
         select(Escalation, Message.text, Conversation.channel, Conversation.mode, Conversation.assigned_agent)
         .join(Message, Message.id == Escalation.message_id)
@@ -79,7 +87,8 @@ def open_queue(session: Session, tenant_id: str, limit: int = QUEUE_LIMIT) -> li
     return [
         QueueItem(id=e.id, conversation_id=e.conversation_id, reason=e.reason, channel=channel,
                   created_at=e.created_at, customer_text=(mask(text) or "")[:280], has_draft=bool(e.draft),
-                  mode=mode, assigned_agent=agent, sla_state=sla_state(e))
+                  mode=mode, assigned_agent=agent, sla_state=sla_state(e),
+                  tenant_mode=effective_mode(policies, channel))
         for e, text, channel, mode, agent in rows
     ]
 
@@ -89,6 +98,7 @@ class ConversationView:
     conversation: Conversation
     contact_name: str | None  # masked
     messages: list[Message]
+    tenant_mode: str = "auto"
 
 
 def conversation_view(session: Session, tenant_id: str, conversation_id: str) -> ConversationView:
@@ -104,7 +114,8 @@ def conversation_view(session: Session, tenant_id: str, conversation_id: str) ->
         .order_by(Message.created_at.desc(), Message.id.desc())
         .limit(HISTORY_LIMIT)
     ).all()
-    return ConversationView(conversation, mask(contact.display_name) if contact else None, list(reversed(latest)))
+    return ConversationView(conversation, mask(contact.display_name) if contact else None, list(reversed(latest)),
+                            effective_mode(tenant_policies(session, tenant_id), conversation.channel))
 
 
 def reveal_message(session: Session, principal: Principal, message_id: str) -> Message:

@@ -10,12 +10,13 @@ from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
+from app.assistant.modes import effective_mode
 from app.auth import Agent, Viewer
 from app.db import session_scope
 from app.models import Conversation, Escalation, Message, utcnow
 from app.review import service
 from app.review.notify import wake_consoles
-from app.review.queue import mask, sla_state, unsupported_sentences
+from app.review.queue import mask, sla_state, tenant_policies, unsupported_sentences
 from app.runtime import get_bus
 
 router = APIRouter(prefix="/review/v1", tags=["review queue"])
@@ -49,7 +50,11 @@ class EscalationOut(BaseModel):
                                   "first; null for escalations opened before it was kept.")
     unsupported: list[str] = Field(default_factory=list, description="Sentences of the draft that the grounding "
                                                                      "check found unsupported (masked).")
-    sla_state: str | None = None
+    sla_state: str | None = Field(default=None, description="First-response SLA: pending | met | breached; null "
+                                                            "without a target.")
+    sla_breached_at: datetime | None = None
+    tenant_mode: str | None = Field(default=None,
+                                    description="The tenant's mode on this channel: auto | draft | human.")
     masked: bool = Field(default=False, description="True when the customer text or the draft had PII masked.")
 
 
@@ -75,7 +80,8 @@ class ModeOut(BaseModel):
     assigned_agent: str | None
 
 
-def _out(escalation: Escalation, customer_text: str, conversation: Conversation | None = None) -> EscalationOut:
+def _out(escalation: Escalation, customer_text: str, conversation: Conversation | None = None,
+         policies: dict[str, Any] | None = None) -> EscalationOut:
     shown_text, shown_draft = mask(customer_text) or "", mask(escalation.draft)
     return EscalationOut(
         id=escalation.id, conversation_id=escalation.conversation_id, message_id=escalation.message_id,
@@ -86,7 +92,8 @@ def _out(escalation: Escalation, customer_text: str, conversation: Conversation 
         channel=conversation.channel if conversation else None, mode=conversation.mode if conversation else None,
         assigned_agent=conversation.assigned_agent if conversation else None,
         meta=escalation.meta, unsupported=[mask(s) or "" for s in unsupported_sentences(escalation)],
-        sla_state=sla_state(escalation),
+        sla_state=sla_state(escalation), sla_breached_at=escalation.sla_breached_at,
+        tenant_mode=effective_mode(policies, conversation.channel) if conversation and policies is not None else None,
         masked=shown_text != customer_text or shown_draft != escalation.draft,
     )
 
@@ -102,6 +109,8 @@ def list_escalations(
     reason: Annotated[str | None, Query(max_length=64, description="e.g. no_knowledge, human_requested")] = None,
     channel: Annotated[str | None, Query(max_length=32, description="webchat | whatsapp | ...")] = None,
     older_than_s: Annotated[int | None, Query(ge=0, description="Only escalations at least this old.")] = None,
+    sla: Annotated[Literal["pending", "met", "breached"] | None,
+                   Query(description="Only escalations in this first-response SLA state.")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> list[EscalationOut]:
     """The tenant's escalations, oldest first (the queue order)."""
@@ -120,9 +129,12 @@ def list_escalations(
             stmt = stmt.where(Escalation.reason == reason)
         if channel:
             stmt = stmt.where(Conversation.channel == channel)
+        if sla:
+            stmt = stmt.where(Escalation.sla_state == sla)
         if older_than_s is not None:
             stmt = stmt.where(Escalation.created_at <= utcnow() - timedelta(seconds=older_than_s))
-        return [_out(e, text, c) for e, text, c in session.execute(stmt).all()]
+        policies = tenant_policies(session, principal.tenant_id)
+        return [_out(e, text, c, policies) for e, text, c in session.execute(stmt).all()]
 
 
 @router.get("/escalations/{escalation_id}", response_model=EscalationOut, summary="Get an escalation")
@@ -133,7 +145,8 @@ def get_escalation(escalation_id: str, principal: Viewer) -> EscalationOut:
         except service.ReviewError as exc:
             raise _raise(exc) from exc
         return _out(escalation, session.get_one(Message, escalation.message_id).text,
-                    session.get(Conversation, escalation.conversation_id))
+                    session.get(Conversation, escalation.conversation_id),
+                    tenant_policies(session, principal.tenant_id))
 
 
 @router.post("/escalations/{escalation_id}/decision", response_model=EscalationOut, summary="Decide an escalation")
@@ -146,7 +159,8 @@ def decide(escalation_id: str, body: DecisionIn, principal: Agent) -> Escalation
         except service.ReviewError as exc:
             raise _raise(exc) from exc
         out = _out(decided.escalation, session.get_one(Message, decided.escalation.message_id).text,
-                   session.get(Conversation, decided.escalation.conversation_id))
+                   session.get(Conversation, decided.escalation.conversation_id),
+                   tenant_policies(session, principal.tenant_id))
     service.publish_decision(get_bus(), decided)
     wake_consoles(principal.tenant_id)
     return out

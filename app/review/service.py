@@ -110,6 +110,8 @@ def decide(
     escalation.final_text = text
     escalation.reviewer = principal.label
     escalation.decided_at = utcnow()
+    if escalation.sla_state == "pending":
+        escalation.sla_state = "met"  # a person acted before the first-response target (app/review/sla.py)
     record(session, principal.tenant_id, principal.actor, f"escalation.{decision}", "escalation", escalation.id, {
         "text": text, "draft": escalation.draft, "note": note,
     })

@@ -183,6 +183,41 @@ def test_a_viewer_sees_the_queue_without_decision_or_reveal_buttons(stack: Stack
         browser.close()
 
 
+def test_the_queue_shows_the_mode_and_a_breached_sla_live(stack: Stack, console: str) -> None:
+    """Human mode on the web chat with a 10 s first-response target: the bot acknowledges, the item shows the
+    mode, and when nobody acts the running stack's relay and `sla` consumer send the holding message and the item
+    turns `breached` without a reload."""
+    from playwright.sync_api import expect, sync_playwright
+
+    admin = stack.headers(stack.northwind.admin)
+    holding = "Still with us? A person will reply shortly."
+    patched = stack.client.patch("/admin/v1/tenant", headers=admin, json={"policies": {
+        "channel_modes": {"webchat": "human"}, "sla_first_response_s": 10, "sla_holding_message": holding}})
+    assert patched.status_code == 200, patched.text
+    try:
+        sam = _person("northwind", "sam.console@example.com", "agent")
+        with sync_playwright() as p:
+            browser = _launch(p)
+            page = browser.new_page(viewport={"width": 1366, "height": 768})
+            _log_in(page, console, sam["email"])
+            visitor = stack.visitor(stack.northwind)
+            visitor.send("Can a person check my warranty claim?", "sla-1")
+            item = page.locator("#queue-list .queue-item", has_text="warranty claim")
+            expect(item).to_have_count(1, timeout=30_000)
+            expect(item).to_contain_text("human_mode")
+            expect(item.locator(".badge.mode")).to_have_text("mode human")
+            expect(item.locator(".sla")).to_have_text("SLA pending")
+            item.get_by_role("button").click()
+            expect(page.locator("#d-tenant-mode")).to_have_text("human")
+            expect(item.locator(".sla.breached")).to_have_text("SLA breached", timeout=60_000)
+            browser.close()
+        texts = [m["text"] for m in visitor.wait_for(lambda ms: any(m["text"] == holding for m in replies(ms)))]
+        assert texts.count(holding) == 1
+    finally:
+        stack.client.patch("/admin/v1/tenant", headers=admin, json={"policies": {
+            "channel_modes": None, "sla_first_response_s": None, "sla_holding_message": None}})
+
+
 def test_unsupported_sentences_of_a_draft_are_highlighted(stack: Stack, console: str) -> None:
     """The grounding check's unsupported sentences (when an escalation carries them) are marked in the draft;
     the marking is built from text nodes, so a draft can never inject markup."""

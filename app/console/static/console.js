@@ -280,8 +280,9 @@ function renderQueue() {
     el("span", { class: "meta" },
       el("span", { class: "badge reason" }, item.reason),
       el("span", { class: "badge" }, item.channel),
+      item.tenant_mode && item.tenant_mode !== "auto" ? el("span", { class: "badge mode", dataset: { mode: item.tenant_mode } }, `mode ${item.tenant_mode}`) : null,
       el("span", {}, formatAge(item.created_at)),
-      el("span", { class: "sla" }, `SLA ${slaLabel(item)}`),
+      el("span", { class: item.sla_state === "breached" ? "sla breached" : "sla" }, `SLA ${slaLabel(item)}`),
       item.mode === "human" ? el("span", { class: "badge human" }, `taken over by ${item.assigned_agent || "an agent"}`) : null,
       item.fresh ? el("span", { class: "badge new" }, "new") : null),
     el("span", { class: "text" }, item.customer_text));
@@ -357,6 +358,7 @@ function renderDetail() {
   $("d-sla").textContent = e.sla_state || "-";
   $("d-status").textContent = e.status + (e.reviewer ? ` (${e.reviewer})` : "");
   $("d-mode").textContent = c.mode === "human" ? `taken over by ${c.assigned_agent || "an agent"}` : "bot answering";
+  $("d-tenant-mode").textContent = c.tenant_mode || "auto";
   $("d-detail").textContent = e.detail || "";
 
   $("history").replaceChildren(...c.messages.map((m) => {
