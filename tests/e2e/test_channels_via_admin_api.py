@@ -84,6 +84,8 @@ class Channel:
         raise NotImplementedError
 
     def close(self) -> None:
+        if self.account:  # the examples' provider ids are fixed: free them for the next test
+            self.stack.client.delete(f"/admin/v1/channels/{self.account['id']}", headers=self.admin)
         if self.fake is not None:
             self.fake.close()
 
@@ -220,10 +222,12 @@ class Discord(Channel):
 class Ussd(Channel):
     def set_up(self) -> None:
         self.token = self.create(example(self.stack, "ussd"))["setup"]["webhook_token"]
-        self.patch(config={"prompt": "Northwind: ask us anything", "fallback": "Please call us."})
+        # A generous wait: the screen shows the orchestrator's answer even on a loaded test machine.
+        self.patch(config={"prompt": "Northwind: ask us anything", "fallback": "Please call us.",
+                           "answer_wait_s": 10})
 
-    def ask(self, text: str) -> str:
-        form = {"sessionId": "ATU1", "serviceCode": self.account["external_id"], "phoneNumber": "+254711000000"}
+    def ask(self, text: str, session: str = "ATU1", phone: str = "+254711000000") -> str:
+        form = {"sessionId": session, "serviceCode": self.account["external_id"], "phoneNumber": phone}
         opened = self.stack.client.post(self.path, data={**form, "text": ""})
         assert opened.status_code == 200 and opened.text == "CON Northwind: ask us anything", opened.text
         answered = self.stack.client.post(self.path, data={**form, "text": text})
@@ -255,3 +259,47 @@ def test_channel_created_updated_and_answered_through_the_admin_api(stack: Stack
 
     reply = channel.ask(QUESTION)
     assert "30" in reply, reply  # the pack's return window, from the tenant's knowledge
+
+
+def test_ussd_question_for_a_person_is_escalated_by_the_orchestrator_and_the_screen_promises_nothing(
+        stack: Stack) -> None:
+    """The USSD answer is the orchestrator's decision, guardrails included: a request for a person opens a real
+    escalation; without an SMS account the screen promises no reply."""
+    ussd = Ussd(stack)
+    try:
+        ussd.set_up()
+        screen = ussd.ask("I want to talk to a real person please", session="ATU-human", phone="+254711000002")
+        assert screen == "Thanks. Our team has your question.", screen
+        queue = stack.client.get("/review/v1/escalations", headers=stack.headers(stack.northwind.agent)).json()
+        mine = [e for e in queue if e["customer_text"] == "I want to talk to a real person please"]
+        assert len(mine) == 1 and mine[0]["reason"] == "human_requested", mine
+        # The aggregator retries the step: no second message, no second escalation.
+        assert ussd.ask("I want to talk to a real person please", session="ATU-human", phone="+254711000002") == screen
+        queue = stack.client.get("/review/v1/escalations", headers=stack.headers(stack.northwind.agent)).json()
+        assert len([e for e in queue if e["customer_text"] == "I want to talk to a real person please"]) == 1
+    finally:
+        ussd.close()
+
+
+def test_ussd_retried_step_shows_the_same_answer_once_stored(stack: Stack) -> None:
+    ussd = Ussd(stack)
+    try:
+        ussd.set_up()
+        first = ussd.ask(QUESTION, session="ATU-retry", phone="+254711000003")
+        assert "30" in first and ussd.ask(QUESTION, session="ATU-retry", phone="+254711000003") == first
+        from sqlalchemy import select
+
+        from app.db import session_scope
+        from app.models import Message
+
+        with session_scope() as session:
+            rows = session.execute(select(Message.direction, Message.status, Message.meta).where(
+                Message.channel == "ussd", Message.provider_message_id.like("ATU-retry%"))).all()
+        assert [(d, st) for d, st, _ in rows] == [("in", "answered")]
+        with session_scope() as session:
+            (reply,) = session.scalars(select(Message).where(
+                Message.channel == "ussd", Message.direction == "out", Message.status == "sent",
+                Message.meta["shown_on"].as_string() == "ussd_screen", Message.text.like("%30%"))).all()[-1:]
+            assert first.rstrip("…") in reply.text or reply.text.startswith(first[:40])
+    finally:
+        ussd.close()
