@@ -27,6 +27,7 @@ from app.plugins import Plugins, load
 if TYPE_CHECKING:
     from app.bus.base import Bus
     from app.conversations.push import Push
+    from app.intake import Intake
     from app.jobs import JobQueue
     from app.providers.embeddings.base import Embedder, SparseEncoder
     from app.providers.llm.router import LLMRouter
@@ -71,6 +72,11 @@ class Container:
     def shared(self, name: str, build: Callable[[], T]) -> T:
         """State an edge keeps for the process's lifetime (a routing cache, a send limiter), owned here."""
         return self._get(f"edge:{name}", build)
+
+    def forget_shared(self, name: str) -> None:
+        """Drop an edge's state (a cache the core knows to be stale); rebuilt on next use."""
+        with self._lock:
+            self._built.pop(f"edge:{name}", None)
 
     # ---------------------------------------------------------------------------------------------- the core
 
@@ -158,6 +164,15 @@ class Container:
 
             return LLMRouter.from_settings(OpenAILLMClient(), self.settings)
         return self._get("llm_client", build)
+
+    @property
+    def intake(self) -> Intake:
+        """Accept -> enqueue for every channel (app/intake.py), on this process's bus and inbound batcher."""
+        def build() -> Intake:
+            from app import intake
+
+            return intake.Intake(self.bus)
+        return self._get("intake", build)
 
     # ------------------------------------------------------------------------------------------- the edges
 

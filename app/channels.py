@@ -49,6 +49,11 @@ class AuthFailed(Permanent):
 # ------------------------------------------------------------------------------------------------ what is sent
 
 
+# The container's name for the gateways' cache of channel accounts (`Container.shared`): dropped when an account
+# is created, changed or deleted, so a rotated secret or a re-created account counts at once.
+ACCOUNT_ROUTING = "gateway_routing"
+
+
 @dataclass(frozen=True)
 class Account:
     """A detached, decrypted view of a channel account, safe to use outside its session."""

@@ -75,8 +75,8 @@ def ingest(slug: str, paths: list[Path], progress: Callable[[Any], None] | None 
 def chat(slug: str, text: str, contact: str | None = None, *, timeout_s: float = 60.0,
          client_message_id: str | None = None) -> dict[str, Any]:
     """Send `text` as a web-chat visitor through the full pipeline and wait for its outcome."""
-    from app.conversations.service import accept_inbound
-    from app.runtime import get_bus
+    from app.bootstrap import container
+    from app.conversations.service import InboundRequest
     from app.tenants.service import TenantError, get_by_slug, widget_account
 
     try:
@@ -87,11 +87,11 @@ def chat(slug: str, text: str, contact: str | None = None, *, timeout_s: float =
     except TenantError as exc:
         raise OperationError(str(exc)) from exc
     contact = contact or "cli"
-    accepted = accept_inbound(
-        get_bus(), tenant_id=tenant_id, channel="webchat", contact_external_id=f"cli:{contact}",
+    [accepted] = container().intake.accept([InboundRequest(
+        tenant_id=tenant_id, channel="webchat", contact_external_id=f"cli:{contact}",
         provider_message_id=f"cli:{contact}:{client_message_id or time.time_ns()}", text=text,
         channel_account_id=account_id,
-    )
+    )])
     return wait_for_outcome(tenant_id, accepted.message_id, timeout_s=timeout_s)
 
 

@@ -3,7 +3,6 @@ delivery-status updates. (The way out is `gateways.outbound`.)"""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
@@ -16,9 +15,8 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 
 from app.bootstrap import container
-from app.channels import Account
+from app.channels import ACCOUNT_ROUTING, Account
 from app.contracts import Attachment
-from app.conversations.batching import batcher_for
 from app.conversations.service import Accepted, InboundRequest
 from app.crypto import decrypt_json
 from app.db import session_scope
@@ -82,7 +80,7 @@ class _Routing:
 
 
 def _routing() -> _Routing:
-    return container().shared("gateway_routing", _Routing)
+    return container().shared(ACCOUNT_ROUTING, _Routing)
 
 
 EXTERNAL_ID_CHARS = _width(ChannelAccount.__table__.c.external_id)
@@ -292,8 +290,8 @@ def ingest(account: Account, parsed: Parsed, outcome: Outcome | None = None) -> 
     from a worker thread. Returns only once everything is stored and published, so the caller may answer 2xx."""
     outcome = outcome or Outcome()
     requests = _requests(account, parsed)
-    # Through the process's batcher: concurrent webhooks share one transaction and one bus round trip.
-    _count(outcome, batcher_for(get_bus()).accept_all(requests) if requests else [])
+    # The one intake (app/intake.py): concurrent webhooks share one transaction and one bus round trip.
+    _count(outcome, container().intake.accept(requests))
     _finish(account, parsed, outcome)
     return outcome
 
@@ -303,9 +301,7 @@ async def ingest_async(account: Account, parsed: Parsed, outcome: Outcome | None
     path of a busy gateway); statuses and dead letters, which need their own round trips, still go to a thread."""
     outcome = outcome or Outcome()
     requests = _requests(account, parsed)
-    if requests:
-        futures = batcher_for(get_bus()).submit_all(requests)
-        _count(outcome, await asyncio.gather(*(asyncio.wrap_future(f) for f in futures)))
+    _count(outcome, await container().intake.accept_async(requests))
     if parsed.statuses or parsed.dead:
         await run_in_threadpool(_finish, account, parsed, outcome)
     else:

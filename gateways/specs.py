@@ -25,6 +25,7 @@ from gateways.telegram.send import TelegramSender
 from gateways.twilio import parse as twilio_parse
 from gateways.twilio import verify as twilio_verify
 from gateways.twilio.send import TwilioSender
+from gateways.ussd.send import UssdSender
 from gateways.webchat.send import WebchatSender
 from gateways.whatsapp import parse as whatsapp_parse
 from gateways.whatsapp.send import POLICY as WHATSAPP_POLICY
@@ -99,7 +100,10 @@ class UssdCredentials(_Model):
 
 class UssdConfig(_Model):
     prompt: str | None = Field(default=None, max_length=160, description="The menu's first screen.")
-    fallback: str | None = Field(default=None, max_length=160, description="Shown when no answer is ready in time.")
+    fallback: str | None = Field(default=None, max_length=160, description="Shown when no answer is ready in time "
+                                 "and the tenant has no SMS (twilio) account to send it later.")
+    answer_wait_s: float = Field(default=4.0, gt=0, le=10, description="How long a step waits for the "
+                                 "orchestrator's answer before the screen says what will happen instead.")
 
 
 class DiscordCredentials(_Model):
@@ -136,6 +140,7 @@ def _meta_example(channel: str, external_id: str, **config: Any) -> dict[str, An
 
 def specs(limiter: RateLimiter) -> list[ChannelSpec]:
     """The channels, their senders sharing the process's rate limiter."""
+    twilio = TwilioSender(limiter)
     return [
         ChannelSpec(
             name="webchat", title="Web chat widget", credentials=NoSettings, config=NoSettings,
@@ -167,7 +172,7 @@ def specs(limiter: RateLimiter) -> list[ChannelSpec]:
         ),
         ChannelSpec(
             name="twilio", title="Twilio SMS / WhatsApp", credentials=TwilioCredentials, config=TwilioConfig,
-            webhook_path="/webhooks/twilio", sender=TwilioSender(limiter),
+            webhook_path="/webhooks/twilio", sender=twilio,
             verify=twilio_verify.signature_valid, parse=twilio_parse.parse_form,
             external_id_help="The Twilio phone number customers write to (E.164, e.g. +15005550006).",
             example={"channel": "twilio", "external_id": "+15005550006", "name": "Northwind SMS",
@@ -176,7 +181,7 @@ def specs(limiter: RateLimiter) -> list[ChannelSpec]:
         ),
         ChannelSpec(
             name="ussd", title="USSD (Africa's Talking style aggregators)", credentials=UssdCredentials,
-            config=UssdConfig, webhook_path="/webhooks/ussd", url_token="webhook_token",  # noqa: S106 - the name of the credential
+            config=UssdConfig, webhook_path="/webhooks/ussd", url_token="webhook_token", sender=UssdSender(twilio),  # noqa: S106 - the name of the credential
             external_id_help="The USSD service code, e.g. *384*123#.",
             example={"channel": "ussd", "external_id": "*384*123#", "name": "Northwind USSD",
                      "config": {"prompt": "Welcome to Northwind! Type your question:"}},

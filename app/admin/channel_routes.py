@@ -14,7 +14,8 @@ from sqlalchemy.orm import Session
 
 from app.admin import schemas as s
 from app.auth import Admin
-from app.channels import ChannelRegistry
+from app.bootstrap import container
+from app.channels import ACCOUNT_ROUTING, ChannelRegistry
 from app.db import session_scope
 from app.models import ChannelAccount
 from app.tenants import channels as service
@@ -25,9 +26,12 @@ _T = TypeVar("_T")
 def _in_transaction(fn: Callable[[Session], _T]) -> _T:
     try:
         with session_scope() as session:
-            return fn(session)
+            result = fn(session)
     except service.ChannelAccountError as exc:
         raise HTTPException(exc.status, exc.message) from exc
+    # This process's webhooks see the change at once (other processes within their cache's few seconds).
+    container().forget_shared(ACCOUNT_ROUTING)
+    return result
 
 
 def channel_router(registry: ChannelRegistry) -> APIRouter:

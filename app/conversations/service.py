@@ -210,6 +210,7 @@ class _Statements:
 
     upsert_contacts: Any
     latest_conversations: Any
+    rebind_conversations: Any
     insert_conversations: Any
     insert_messages: Any
     existing_messages: Any
@@ -228,7 +229,8 @@ def _statements(dialect: str) -> _Statements:
               "display_name": func.coalesce(contacts.excluded.display_name, CONTACTS.c.display_name)},
     ).returning(CONTACTS.c.id, CONTACTS.c.tenant_id, CONTACTS.c.channel, CONTACTS.c.external_id)
     ranked = (
-        select(CONVERSATIONS.c.id, CONVERSATIONS.c.contact_id, func.row_number().over(
+        select(CONVERSATIONS.c.id, CONVERSATIONS.c.contact_id, CONVERSATIONS.c.channel_account_id,
+               func.row_number().over(
             partition_by=CONVERSATIONS.c.contact_id,
             order_by=(CONVERSATIONS.c.created_at.desc(), CONVERSATIONS.c.id.desc())).label("rank"))
         # Contact ids are unique across tenants; the tenant filter lets the (tenant_id, contact_id) index serve.
@@ -251,7 +253,11 @@ def _statements(dialect: str) -> _Statements:
     )
     return _Statements(
         upsert_contacts=contacts,
-        latest_conversations=select(ranked.c.contact_id, ranked.c.id).where(ranked.c.rank == 1),
+        latest_conversations=select(ranked.c.contact_id, ranked.c.id, ranked.c.channel_account_id)
+        .where(ranked.c.rank == 1),
+        rebind_conversations=update(CONVERSATIONS)
+        .where(CONVERSATIONS.c.id == bindparam("conversation"), CONVERSATIONS.c.channel_account_id.is_(None))
+        .values(channel_account_id=bindparam("account")),
         insert_conversations=insert(CONVERSATIONS),
         insert_messages=messages,
         existing_messages=existing,
@@ -283,11 +289,19 @@ def _conversations(
     session: Session, sql: _Statements, requests: Sequence[InboundRequest], firsts: list[int],
     times: list[datetime], contact_ids: dict[tuple[str, str, str], str],
 ) -> dict[tuple[str, str, str], str]:
-    """Each contact's latest conversation, starting one for contacts that have none."""
-    latest = dict(session.execute(sql.latest_conversations, {
-        "tenants": sorted({k[0] for k in contact_ids}), "contacts": sorted(contact_ids.values())}).all())
+    """Each contact's latest conversation, starting one for contacts that have none. A conversation whose channel
+    account was deleted is bound to the account the new message came through (else its replies could not go
+    out)."""
+    latest: dict[str, str] = {}
+    unbound: set[str] = set()
+    for contact_id, conversation_id, account_id in session.execute(sql.latest_conversations, {
+            "tenants": sorted({k[0] for k in contact_ids}), "contacts": sorted(contact_ids.values())}).all():
+        latest[contact_id] = conversation_id
+        if account_id is None:
+            unbound.add(conversation_id)
     out: dict[tuple[str, str, str], str] = {}
     new_rows = []
+    rebind = []
     for i in firsts:
         r = requests[i]
         key = _contact_key(r)
@@ -296,6 +310,8 @@ def _conversations(
         contact_id = contact_ids[key]
         if contact_id in latest:
             out[key] = latest[contact_id]
+            if out[key] in unbound and r.channel_account_id:
+                rebind.append({"conversation": out[key], "account": r.channel_account_id})
             continue
         out[key] = new_id()
         new_rows.append({"id": out[key], "tenant_id": r.tenant_id, "contact_id": contact_id, "channel": r.channel,
@@ -303,6 +319,8 @@ def _conversations(
                          "updated_at": times[i]})
     if new_rows:
         session.execute(sql.insert_conversations, new_rows)
+    if rebind:
+        session.execute(sql.rebind_conversations, rebind)
     return out
 
 

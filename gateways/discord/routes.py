@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 
-from gateways.common import Inbound, Parsed, ingest, log, require_account, webhook_refused
+from gateways.common import Inbound, Parsed, ingest_async, log, require_account, webhook_refused
 from gateways.discord.verify import MAX_SKEW_S, signature_valid, timestamp_fresh
 from gateways.payloads import Malformed, as_id, json_object, reading
 
@@ -79,7 +79,7 @@ async def interaction(
         if body.get("type") == AUTOCOMPLETE:  # we offer no suggestions; the user types the option themselves
             return {"type": AUTOCOMPLETE_RESULT, "data": {"choices": []}}
         parsed = parse_interaction(body)
-    await run_in_threadpool(ingest, account, parsed)
+    await ingest_async(account, parsed)
     if parsed.dead:
         raise HTTPException(400, f"the interaction cannot be read: {parsed.dead[0].reason}")
     return {"type": DEFERRED_MESSAGE}

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Header, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 
 from app.crypto import secrets_equal
-from gateways.common import ingest, log, require_account, secret, webhook_refused
+from gateways.common import ingest_async, log, require_account, secret, webhook_refused
 from gateways.telegram.parse import parse_body
 
 CHANNEL = "telegram"
@@ -38,5 +38,5 @@ async def webhook(
             webhook_refused, account, HTTPException(403, "missing or wrong X-Telegram-Bot-Api-Secret-Token")
         )
     raw = await request.body()
-    outcome = await run_in_threadpool(ingest, account, parse_body(raw))
+    outcome = await ingest_async(account, parse_body(raw))
     return outcome.as_dict()

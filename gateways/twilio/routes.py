@@ -9,7 +9,7 @@ from fastapi import APIRouter, Header, HTTPException, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from app.config import get_settings
-from gateways.common import ingest, log, require_account, secret, webhook_refused
+from gateways.common import ingest_async, log, require_account, secret, webhook_refused
 from gateways.twilio.parse import account_number, parse_form
 from gateways.twilio.verify import signature_valid
 
@@ -47,7 +47,7 @@ async def webhook(
         raise await run_in_threadpool(webhook_refused, account, HTTPException(
             403, "X-Twilio-Signature does not match; check SWITCHBOARD_PUBLIC_BASE_URL is the URL configured in Twilio"
         ))
-    outcome = await run_in_threadpool(ingest, account, parse_form(fields))
+    outcome = await ingest_async(account, parse_form(fields))
     summary = ",".join(f"{k}={v}" for k, v in outcome.as_dict().items())
     return Response(EMPTY_TWIML, media_type="text/xml", headers={"X-Switchboard-Outcome": summary})
 

@@ -5,32 +5,36 @@ session open, `END <text>` closes it; the whole response fits the 182-character 
 Aggregators do not sign callbacks, so each account has a secret `webhook_token` that must be in the callback
 URL; without it the request is refused. The service code selects the tenant's channel account.
 
-Each question and its answer are recorded like any channel's: an inbound message in the customer's (phone
-number's) conversation and the bot's reply, `sent` since it went back in the response, with an audit event. An
-aggregator's retry of the same step gets the stored reply again; a step that fails after its question was
-stored ends `dead` with the reason, never left for the orchestrator to answer on a closed session.
+A question goes through the one intake (app/intake.py) like any channel's, and the orchestrator decides its
+answer (guardrails included); this route waits for that decision, at most the account's `answer_wait_s`. An
+answer in time is shown and recorded `sent` (`meta.shown_on = "ussd_screen"`); an aggregator's retry of the
+step shows it again. Otherwise the screen says only what will happen: with an SMS (twilio) account the reply
+or the team's answer follows by SMS (`gateways/ussd/send.py`), without one nothing is promised. An escalation is
+a real one, in the review queue.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Form, HTTPException, Query
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import PlainTextResponse
 from sqlalchemy import select
 
+from app.bootstrap import container
+from app.conversations.service import InboundRequest
 from app.crypto import secrets_equal
 from app.db import session_scope
-from app.models import Conversation, Message, Tenant, utcnow
-from gateways.common import Account, require_account, secret, webhook_refused
-
-if TYPE_CHECKING:
-    from app.assistant.prompts import Draft
+from app.intake import Outcome
+from app.models import Message, utcnow
+from gateways.common import Account, accounts_of, require_account, secret, webhook_refused
 
 CHANNEL = "ussd"
 MAX_CHARS = 182
+SHOWN_ON = "ussd_screen"
+DEFAULT_WAIT_S = 4.0  # aggregators close a step after ~5-10 s
 router = APIRouter(prefix="/webhooks/ussd", tags=["ussd"])
 log = logging.getLogger(__name__)
 
@@ -51,77 +55,50 @@ def menu(account: Account) -> str:
     return fit("CON ", str(prompt))
 
 
-def answer(account: Account, session_id: str, phone: str, step: int, question: str) -> str:
-    """The `END` screen's text for one question: from the tenant's live pack version with the offline grounded
-    composer (fast, no LLM round trip), recorded as the conversation's next exchange."""
-    from app.assistant.composer import compose_offline
-    from app.assistant.orchestrator import mark_dead
-    from app.conversations.service import InboundRequest, store_inbound
-    from app.knowledge.retrieval import retrieve  # loads the retrieval stack only where USSD is served
+def answer_wait_s(account: Account) -> float:
+    return float(account.config.get("answer_wait_s") or DEFAULT_WAIT_S)
 
-    [stored] = store_inbound([InboundRequest(
+
+def sms_account(tenant_id: str) -> Account | None:
+    """The tenant's SMS account (twilio) that answers a USSD question the screen could not."""
+    return next((a for a in accounts_of("twilio", max_age_s=5.0) if a.tenant_id == tenant_id), None)
+
+
+def answer(account: Account, session_id: str, phone: str, step: int, question: str) -> str:
+    """The `END` screen's text for one question: the orchestrator's answer if it comes in time, else what will
+    happen. Blocking."""
+    intake = container().intake
+    [accepted] = intake.accept([InboundRequest(
         tenant_id=account.tenant_id, channel=CHANNEL, contact_external_id=phone,
         provider_message_id=f"{session_id}:{step}", text=question, channel_account_id=account.id,
-    )], enqueue=False)  # answered right here, not by the orchestrator
-    message_id = stored.accepted.message_id
-    try:
-        earlier = _stored_reply(account.tenant_id, message_id)
-        if earlier is not None:  # the aggregator retried this step
-            return earlier
-        persona, policies, live = _tenant(account.tenant_id)
-        # The live pack version only, as the orchestrator reads it: never a build in progress or a retired one.
-        passages = [] if live is None else retrieve(account.tenant_id, question, top_k=3,
-                                                    filters={"pack_version": live})
-        threshold = float(policies.get("min_relevance", 0.45))
-        draft = compose_offline(question, passages, persona, min_relevance=threshold)
-        screen = fit("END ", draft.text)[len("END "):]
-        _record(account.tenant_id, message_id, screen, draft, live)
-        return screen
-    except Exception as exc:
-        mark_dead(account.tenant_id, message_id, f"ussd_answer_failed: {type(exc).__name__}: {exc}")
-        raise
+    )])
+    outcome = intake.await_outcome(account.tenant_id, accepted.message_id, timeout_s=answer_wait_s(account))
+    if outcome.kind == "answered" and (shown := _show(account.tenant_id, outcome)) is not None:
+        return shown
+    by_sms = sms_account(account.tenant_id) is not None
+    if outcome.kind == "escalated":
+        return ("Thanks. Our team has your question and will answer by SMS." if by_sms
+                else "Thanks. Our team has your question.")
+    if by_sms:
+        return "Thanks. We will send the answer by SMS."
+    return str(account.config.get("fallback") or "Sorry, we cannot answer right now. Please try again later.")
 
 
-def _tenant(tenant_id: str) -> tuple[dict[str, Any], dict[str, Any], int | None]:
+def _show(tenant_id: str, outcome: Outcome) -> str | None:
+    """Claim the answer for the screen: recorded `sent` on it, unless the SMS sender already took it (then
+    None). An aggregator's retry of the step gets the screen shown before."""
     with session_scope() as session:
-        tenant = session.get_one(Tenant, tenant_id)
-        return dict(tenant.persona or {}), dict(tenant.policies or {}), tenant.live_pack_version
-
-
-def _reply_key(message_id: str) -> str:
-    return f"reply:{message_id}"
-
-
-def _stored_reply(tenant_id: str, message_id: str) -> str | None:
-    with session_scope() as session:
-        return session.scalar(select(Message.text).where(
-            Message.tenant_id == tenant_id, Message.channel == CHANNEL,
-            Message.provider_message_id == _reply_key(message_id),
-        ))
-
-
-def _record(tenant_id: str, message_id: str, screen: str, draft: Draft, live: int | None) -> None:
-    from app.audit import record
-    from app.conversations.service import add_outbound
-
-    with session_scope() as session:
-        message = session.scalars(
-            select(Message).where(Message.tenant_id == tenant_id, Message.id == message_id)
-        ).one()
-        conversation = session.get_one(Conversation, message.conversation_id)
-        reply, created = add_outbound(
-            session, conversation, key=_reply_key(message_id), text=screen, author="bot",
-            in_reply_to_id=message_id, citations=draft.citations,
-            meta={"pack_version": live, "confidence": draft.confidence},
-        )
-        if not created:
-            return
-        reply.status = "sent"  # it is the HTTP response itself
-        message.status, message.processed_at = "answered", utcnow()
-        record(session, tenant_id, "bot", "message.answered", "message", message_id, {
-            "reply_id": reply.id, "pack_version": live, "chunk_ids": [c["chunk_id"] for c in draft.citations],
-            **({"no_knowledge": True} if draft.escalate else {}),
-        })
+        reply = session.scalars(select(Message).where(Message.tenant_id == tenant_id, Message.id == outcome.reply_id)
+                                .with_for_update()).first()
+        if reply is None:
+            return None
+        meta = dict(reply.meta or {})
+        if reply.status == "pending" and not meta.get("provider_ids"):
+            reply.status, reply.processed_at = "sent", utcnow()
+            reply.meta = {**meta, "shown_on": SHOWN_ON}
+        elif meta.get("shown_on") != SHOWN_ON:
+            return None
+        return fit("END ", reply.text)[len("END "):]
 
 
 @router.post("", response_class=PlainTextResponse)

@@ -27,12 +27,12 @@ from pydantic import BaseModel, Field
 from sqlalchemy import Table, bindparam, select
 
 from app import ratelimit
+from app.bootstrap import container
 from app.config import get_settings
-from app.conversations.batching import batcher_for
 from app.conversations.service import InboundRequest
 from app.db import get_engine, session_scope
 from app.models import Contact, Conversation, Message, Tenant
-from app.runtime import get_bus, get_push
+from app.runtime import get_push
 from gateways.common import Account, load_account, load_account_async
 from gateways.payloads import scoped_key
 from gateways.webchat import sessions
@@ -196,10 +196,9 @@ async def send_message(
         tenant_id=account.tenant_id, channel=CHANNEL, contact_external_id=contact_id,
         provider_message_id=scoped_key(contact_id, body.client_message_id), text=text, channel_account_id=account.id,
     )
-    # The durable enqueue of `accept_inbound`, sharing one transaction and one bus round trip with the sends
-    # (and webhooks) arriving meanwhile; the event loop awaits it instead of parking a thread on it.
-    [stored] = batcher_for(get_bus()).submit_all([inbound])
-    accepted = await asyncio.wrap_future(stored)
+    # The one intake (app/intake.py), sharing one transaction and one bus round trip with the sends (and
+    # webhooks) arriving meanwhile; the event loop awaits it instead of parking a thread on it.
+    [accepted] = await container().intake.accept_async([inbound])
     if not accepted.duplicate:  # the visitor's open streams show it
         push = get_push()
         if push.in_process:

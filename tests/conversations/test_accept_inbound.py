@@ -58,3 +58,42 @@ def test_a_bus_outage_loses_nothing_an_outbox_relay_publishes_the_event_once_the
     relay.publish_all_due()
     entries = [e for e in bus.read(INBOUND, "g", "c", count=100, block_ms=0) if e.tenant_id == tenant]
     assert [Event.from_bus(e.fields).message_id for e in entries] == [row.id]  # type: ignore[attr-defined]
+
+
+def test_a_conversation_whose_account_was_deleted_is_bound_to_the_account_the_next_message_came_through(
+        tenant: str) -> None:
+    """An admin deletes a channel account and adds it again (a rotated USSD token, say): the customers' open
+    conversations reply through the new account instead of failing with "no channel account to send from"."""
+    from app.models import ChannelAccount
+    from app.tenants.service import create_tenant
+
+    with session_scope() as session:
+        other_tenant = create_tenant(session, f"other-{tenant[:8]}").tenant.id
+
+    def account(tenant_id: str, external_id: str) -> str:
+        with session_scope() as session:
+            row = ChannelAccount(tenant_id=tenant_id, channel="whatsapp", external_id=external_id, name="wa",
+                                 config={})
+            session.add(row)
+            session.flush()
+            return row.id
+
+    def accept(tenant_id: str, pid: str, account_id: str) -> str:
+        return accept_inbound(MemoryBus(), tenant_id=tenant_id, channel="whatsapp", contact_external_id="c1",
+                              provider_message_id=pid, text="hi", channel_account_id=account_id).conversation_id
+
+    def bound(conversation_id: str) -> str | None:
+        with session_scope() as session:
+            return session.get_one(Conversation, conversation_id).channel_account_id
+
+    old = account(tenant, "pn-1")
+    conversation = accept(tenant, "wamid.a", old)
+    theirs = accept(other_tenant, "wamid.a", account(other_tenant, "pn-theirs"))
+    with session_scope() as session:
+        session.delete(session.get_one(ChannelAccount, old))
+    assert bound(conversation) is None
+    new = account(tenant, "pn-1")
+    assert accept(tenant, "wamid.b", new) == conversation and bound(conversation) == new
+    # A bound conversation keeps its account; another tenant's is never touched.
+    assert accept(tenant, "wamid.c", account(tenant, "pn-2")) == conversation and bound(conversation) == new
+    assert bound(theirs) != new

@@ -572,3 +572,51 @@ def test_discord_expired_or_revoked_token_fails_permanently(gw: Gateway, discord
     msg2 = stored(event2.message_id)
     assert msg2.status == "failed" and "Invalid Webhook Token" in msg2.error
     assert len(discord_api.requests) == 1  # refused once, never retried
+
+
+def test_ussd_reply_waits_for_the_screen_then_goes_by_sms_or_fails_without_an_sms_account(
+        gw: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A USSD reply the session's screen did not show (the orchestrator was late, or an agent answered an
+    escalation) goes by SMS through the tenant's twilio account, once the screen's wait is over."""
+    from app.bootstrap import container
+    from app.conversations.dispatcher import Dispatcher
+    from app.db import session_scope
+    from app.models import Message, utcnow
+    from gateways.common import forget_accounts
+    from gateways.twilio.send import TwilioSender
+    from gateways.ussd.send import UssdSender
+
+    fake = FakeTwilio("AC1", "tw-token")
+    now = [utcnow()]
+    use(monkeypatch, "ussd", UssdSender(TwilioSender(base_url=fake.url), clock=lambda: now[0]))
+
+    def deliver(event: Any) -> None:  # the dispatcher on the same clock: it honours the sender's retry_after
+        Dispatcher(container().senders, clock=lambda: now[0]).deliver(event)
+    try:
+        tenant, conv, _ = conversation(gw, "ussd", f"*{uuid.uuid4().hex[:6]}#", {"webhook_token": "t"},
+                                       contact="+254700000001", config={"answer_wait_s": 4})
+        with session_scope() as session:
+            asked = Message(tenant_id=tenant, conversation_id=conv, channel="ussd", direction="in",
+                            provider_message_id="ATU1:1", text="refunds?", status="answered", created_at=now[0])
+            session.add(asked)
+            session.flush()
+            asked_id = asked.id
+        event = reply(conv, "Refunds take a week.", key=f"reply:{asked_id}", in_reply_to=asked_id)
+        with pytest.raises(SendError) as held:
+            deliver(event)  # the screen may still show it
+        assert not held.value.permanent and held.value.retry_after and fake.sends() == []
+
+        now[0] += timedelta(seconds=10)
+        deliver(event)  # no SMS account: nothing to send it with
+        assert stored(event.message_id).status == "failed" and "no SMS" in (stored(event.message_id).error or "")
+
+        gw.account(tenant, "twilio", f"+1500555{uuid.uuid4().int % 10**4:04d}",
+                   {"account_sid": "AC1", "auth_token": "tw-token"})
+        forget_accounts()
+        again = reply(conv, "Our team: refunds take a week.", key="review:1", author="agent:ana")
+        deliver(again)
+        assert stored(again.message_id).status == "sent"
+        [sms] = [r.form() for r in fake.sends()]
+        assert (sms["To"], sms["Body"]) == ("+254700000001", "Our team: refunds take a week.")
+    finally:
+        fake.close()

@@ -1,0 +1,91 @@
+"""The one way a customer message enters Switchboard, whatever the channel.
+
+A gateway verifies the provider's request and normalises it into `InboundRequest`s (its own `verify` and
+`parse`); `Intake` accepts and enqueues them: stored once (unique per tenant, channel and provider id) with their
+`InboundMessage` in the outbox, in the process's `InboundBatcher` (concurrent webhooks and widget sends share
+one transaction and one bus round trip), then published. The orchestrator decides every answer, guardrails
+included. A channel that must answer inside its own HTTP response (USSD) waits for that decision, bounded, with
+`await_outcome`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Literal
+
+from sqlalchemy import select
+
+from app.bus.base import Bus
+from app.conversations.batching import InboundBatcher, batcher_for
+from app.conversations.service import Accepted, InboundRequest
+from app.db import session_scope
+from app.models import Message
+
+OutcomeKind = Literal["answered", "escalated", "waiting"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the orchestrator decided for one message so far: `answered` (with the reply's id and text),
+    `escalated` (a person will answer), or `waiting` (no decision yet, or the message is held or failed)."""
+
+    kind: OutcomeKind
+    reply_id: str | None = None
+    reply_text: str | None = None
+
+
+class Intake:
+    def __init__(self, bus: Bus, batcher: InboundBatcher | None = None) -> None:
+        self.bus = bus
+        self._batcher = batcher
+
+    @property
+    def batcher(self) -> InboundBatcher:
+        return self._batcher or batcher_for(self.bus)
+
+    def submit(self, requests: Sequence[InboundRequest]) -> list[Future[Accepted]]:
+        """Queue messages for the next batch; each future resolves once its message is committed and published
+        (or raises what failed its batch). Validates every request in the caller's thread first."""
+        return self.batcher.submit_all(list(requests))
+
+    def accept(self, requests: Sequence[InboundRequest]) -> list[Accepted]:
+        """Accept and enqueue; returns once every message is durably stored, so the caller may answer 2xx.
+        Blocking: call it from a worker thread, or use `accept_async` on the event loop."""
+        return [future.result() for future in self.submit(requests)] if requests else []
+
+    async def accept_async(self, requests: Sequence[InboundRequest]) -> list[Accepted]:
+        """`accept` for the event loop: awaits the batch instead of parking a threadpool thread on it."""
+        if not requests:
+            return []
+        return list(await asyncio.gather(*(asyncio.wrap_future(f) for f in self.submit(requests))))
+
+    def await_outcome(self, tenant_id: str, message_id: str, *, timeout_s: float,
+                      poll_s: float = 0.05) -> Outcome:
+        """Wait, at most `timeout_s`, for the orchestrator's decision on a message (read from the database,
+        scoped to the tenant, so any replica's decision counts). Blocking."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            outcome = outcome_of(tenant_id, message_id)
+            if outcome.kind != "waiting" or time.monotonic() >= deadline:
+                return outcome
+            time.sleep(poll_s)
+
+
+def outcome_of(tenant_id: str, message_id: str) -> Outcome:
+    with session_scope() as session:
+        status = session.scalar(select(Message.status).where(Message.tenant_id == tenant_id,
+                                                             Message.id == message_id))
+        if status == "escalated":
+            return Outcome("escalated")
+        if status != "answered":
+            return Outcome("waiting")
+        reply = session.execute(select(Message.id, Message.text).where(
+            Message.tenant_id == tenant_id, Message.direction == "out", Message.in_reply_to_id == message_id,
+            Message.author == "bot").order_by(Message.created_at).limit(1)).first()
+        if reply is None:  # answered as part of a later message's turn (merged): nothing of its own to show
+            return Outcome("waiting")
+        return Outcome("answered", reply.id, reply.text)
