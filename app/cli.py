@@ -42,9 +42,11 @@ def _print_json(data: Any) -> None:
 
 
 def _prepare() -> None:
+    from app import logs
     from app.db import migrate
 
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    settings = get_settings()
+    logs.configure(settings.log_format, settings.log_level or logging.WARNING)
     # The HTTP clients log every request at INFO (one line per LLM call or provider send): kept for failures.
     for chatty in ("httpx", "httpx2"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
@@ -260,7 +262,13 @@ def _uvicorn_options() -> dict[str, Any]:
 def orchestrator() -> None:
     """Scale-out role: answer inbound messages and dispatch replies (needs REDIS_URL)."""
     _prepare()
-    logging.getLogger().setLevel(logging.INFO)
+    settings = get_settings()
+    logging.getLogger().setLevel(settings.log_level or logging.INFO)
+    if settings.metrics_port:
+        from app.bootstrap import container
+        from app.metrics import serve
+
+        serve(settings.metrics_port, settings.metrics_addr, container().bus)
     _role("orchestrator")()
 
 

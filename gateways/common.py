@@ -15,6 +15,7 @@ from fastapi import HTTPException
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 
+from app import logs
 from app.bootstrap import container
 from app.channels import Account
 from app.contracts import Attachment
@@ -291,6 +292,7 @@ def ingest(account: Account, parsed: Parsed, outcome: Outcome | None = None) -> 
     """Durably enqueue every message (deduplicated by provider id) and apply every status. Blocking: call it
     from a worker thread. Returns only once everything is stored and published, so the caller may answer 2xx."""
     outcome = outcome or Outcome()
+    logs.bind(tenant_id=account.tenant_id)
     requests = _requests(account, parsed)
     # Through the process's batcher: concurrent webhooks share one transaction and one bus round trip.
     _count(outcome, batcher_for(get_bus()).accept_all(requests) if requests else [])
@@ -304,6 +306,7 @@ async def ingest_async(account: Account, parsed: Parsed, outcome: Outcome | None
     outcome = outcome or Outcome()
     requests = _requests(account, parsed)
     if requests:
+        logs.bind(tenant_id=account.tenant_id)
         futures = batcher_for(get_bus()).submit_all(requests)
         _count(outcome, await asyncio.gather(*(asyncio.wrap_future(f) for f in futures)))
     if parsed.statuses or parsed.dead:
