@@ -20,7 +20,7 @@ import os
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -166,8 +166,9 @@ def exposition(bus: Bus | None) -> bytes:
     return generate_latest(registry)
 
 
-def serve(port: int, addr: str, bus: Bus | None) -> None:
-    """`/metrics` on its own port, for roles without HTTP (METRICS_PORT, METRICS_ADDR)."""
+def serve(port: int, addr: str, bus: Bus | None) -> Any:
+    """`/metrics` on its own port, for roles without HTTP (METRICS_PORT, METRICS_ADDR). Returns the server
+    (`shutdown()` stops it)."""
     from prometheus_client import start_http_server
 
     registry = REGISTRY
@@ -178,8 +179,9 @@ def serve(port: int, addr: str, bus: Bus | None) -> None:
         multiprocess.MultiProcessCollector(registry)
     if bus is not None:
         registry.register(StreamCollector(bus))
-    start_http_server(port, addr=addr, registry=registry)
-    log.info("metrics on http://%s:%d/metrics", addr, port)
+    server, _ = start_http_server(port, addr=addr, registry=registry)
+    log.info("metrics on http://%s:%d/metrics", addr, server.server_port)
+    return server
 
 
 class Observe:

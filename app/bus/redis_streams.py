@@ -379,11 +379,15 @@ class RedisStreamsBus:
             size, dead_size, infos = replies[i : i + 3]
             length += size if isinstance(size, int) else 0
             dead += dead_size if isinstance(dead_size, int) else 0
+            found = set()
             for info in infos if isinstance(infos, list) else ():
                 if info["name"] in pending:
+                    found.add(info["name"])
                     pending[info["name"]] += int(info["pending"])
                     # Redis 7 reports the lag; None when it cannot tell (entries deleted mid-stream).
                     lag[info["name"]] += int(info.get("lag") or 0)
+            for group in set(groups) - found:  # created on its first read, from the stream's start
+                lag[group] += size if isinstance(size, int) else 0
         return StreamStats(length=length, dead_letters=dead, pending=pending, lag=lag)
 
     @_translate_errors
