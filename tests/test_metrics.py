@@ -72,3 +72,17 @@ def test_forked_processes_are_summed_through_the_multiprocess_dir(tmp_path: Path
                for f in text_string_to_metric_families(body) for s in f.samples}
     assert samples[("switchboard_messages_total", (("outcome", "escalated"),))] == 2
     assert samples[("switchboard_escalations_total", (("reason", "no_knowledge"),))] == 2
+
+
+def test_the_grafana_dashboard_graphs_only_metrics_that_exist() -> None:
+    import json
+    import re
+
+    dashboard = json.loads((Path(__file__).parent.parent / "infra" / "grafana-dashboard.json").read_text())
+    used = {re.sub(r"_(total|bucket|count|sum)$", "", name)
+            for panel in dashboard["panels"] for target in panel["targets"]
+            for name in re.findall(r"switchboard_[a-z_]+", target["expr"])}
+    exposed = {f.name for f in text_string_to_metric_families(metrics.exposition(MemoryBus()).decode())}
+    assert used and used <= exposed, used - exposed
+    assert {"switchboard_http_requests", "switchboard_stream_lag", "switchboard_escalations",
+            "switchboard_llm_tokens", "switchboard_ingest_files"} <= used
