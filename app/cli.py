@@ -252,9 +252,10 @@ def _serve(host: str, port: int) -> None:
 def _uvicorn_options() -> dict[str, Any]:
     """Warnings and errors only, and no access log: at WARNING it would print nothing, yet uvicorn would still
     format each request's client and path for it. X-Forwarded-For is believed only from
-    SWITCHBOARD_TRUSTED_PROXIES: per-IP rate limits key on the address uvicorn derives from it."""
+    SWITCHBOARD_TRUSTED_PROXIES: per-IP rate limits key on the address uvicorn derives from it. No log config of
+    uvicorn's own: its records go to the root handler (app/logs.py), JSON or console like every other line."""
     trusted = get_settings().trusted_proxies.strip()
-    return {"log_level": "warning", "access_log": False, "proxy_headers": bool(trusted),
+    return {"log_level": "warning", "log_config": None, "access_log": False, "proxy_headers": bool(trusted),
             "forwarded_allow_ips": trusted or None}
 
 
