@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar, Token
 from typing import IO, Any, Literal
 
+from opentelemetry import trace
 from pythonjsonlogger.json import JsonFormatter
 
 from app.logscrub import scrub
@@ -91,13 +92,16 @@ def scope(tenant_id: str, message_id: str | None = None) -> Iterator[None]:
 
 
 class ContextFilter(logging.Filter):
-    """Copies the current context onto each record the handler writes (`%(request_id)s` etc.)."""
+    """Copies the current context onto each record the handler writes (`%(request_id)s` etc.), and the trace id
+    of the OpenTelemetry span in progress, when there is one (a tracer is configured)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         ctx = _current.get()
         for name in FIELDS:
             if not hasattr(record, name):
                 setattr(record, name, getattr(ctx, name) if ctx is not None else None)
+        span = trace.get_current_span().get_span_context()
+        record.trace_id = format(span.trace_id, "032x") if span.is_valid else None
         return True
 
 
@@ -109,7 +113,7 @@ class JsonLogFormatter(JsonFormatter):
     def process_log_record(self, log_record: dict[str, Any]) -> dict[str, Any]:
         # The message, exception and stack were scrubbed when the record was made; `extra=` fields were not.
         for key, value in list(log_record.items()):
-            if value is None and key in FIELDS:
+            if value is None and (key in FIELDS or key == "trace_id"):
                 del log_record[key]
             elif isinstance(value, str) and key not in ("message", "exc_info", "stack_info", "time"):
                 log_record[key] = scrub(value)
@@ -122,7 +126,7 @@ class ConsoleFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         parts = [f"{short}={value}" for short, name in (("req", "request_id"), ("tenant", "tenant_id"),
-                                                          ("msg", "message_id"))
+                                                          ("msg", "message_id"), ("trace", "trace_id"))
                  if (value := getattr(record, name, None))]
         record.context = f" [{' '.join(parts)}]" if parts else ""
         return super().format(record)

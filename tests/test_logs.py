@@ -58,3 +58,17 @@ def test_configure_twice_keeps_one_handler(restore_root: None) -> None:
     logs.configure("json", stream=io.StringIO())
     logs.configure("console", stream=io.StringIO())
     assert sum(1 for h in logging.getLogger().handlers if getattr(h, "switchboard_handler", False)) == 1
+
+
+def test_a_recording_span_lends_its_trace_id(restore_root: None) -> None:
+    from opentelemetry import trace
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+    out = io.StringIO()
+    logs.configure("json", stream=out)
+    context = SpanContext(trace_id=0x1234, span_id=0x99, is_remote=False, trace_flags=TraceFlags(1))
+    with trace.use_span(NonRecordingSpan(context)):
+        logging.getLogger("app.test").warning("inside a span")
+    logging.getLogger("app.test").warning("outside")
+    inside, outside = (json.loads(line) for line in out.getvalue().splitlines())
+    assert inside["trace_id"] == f"{0x1234:032x}" and "trace_id" not in outside
