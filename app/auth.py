@@ -20,6 +20,7 @@ from fastapi import Depends, Header, HTTPException, Request, status
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app import logs
 from app.accounts.tokens import looks_like_jwt
 from app.crypto import secrets_equal
 from app.db import get_sessionmaker
@@ -125,6 +126,7 @@ def authenticate(
             tenant = session.scalars(select(Tenant).where(Tenant.slug == x_switchboard_tenant)).first()
             if tenant is None:
                 raise HTTPException(404, f"no tenant {x_switchboard_tenant!r}")
+            logs.bind(tenant_id=tenant.id)
             return Principal(tenant.id, tenant.slug, "admin", None, "operator")
         row = session.scalars(select(ApiKey).where(ApiKey.key_hash == failures.key_hash)).first()
         if row is None or row.revoked_at is not None:
@@ -139,6 +141,7 @@ def authenticate(
         if last is None or now - (last if last.tzinfo else last.replace(tzinfo=UTC)) > LAST_USED_RESOLUTION:
             row.last_used_at = now  # at most one write a minute per key, not one per request
             session.commit()
+        logs.bind(tenant_id=tenant.id)
         return Principal(tenant.id, tenant.slug, row.scope, row.id, row.name)
 
 
@@ -157,6 +160,7 @@ def _person(token: str, failures: _Failures) -> Principal:
         principal = principal_for(session, claims)
     if principal is None:
         raise _unauthorized("this login has ended (logged out, revoked, or removed from the tenant): log in again")
+    logs.bind(tenant_id=principal.tenant_id)
     return principal
 
 

@@ -42,9 +42,11 @@ def _print_json(data: Any) -> None:
 
 
 def _prepare() -> None:
+    from app import logs
     from app.db import migrate
 
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    settings = get_settings()
+    logs.configure(settings.log_format, settings.log_level or logging.WARNING)
     # The HTTP clients log every request at INFO (one line per LLM call or provider send): kept for failures.
     for chatty in ("httpx", "httpx2"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
@@ -251,9 +253,10 @@ def _serve(host: str, port: int) -> None:
 def _uvicorn_options() -> dict[str, Any]:
     """Warnings and errors only, and no access log: at WARNING it would print nothing, yet uvicorn would still
     format each request's client and path for it. X-Forwarded-For is believed only from
-    SWITCHBOARD_TRUSTED_PROXIES: per-IP rate limits key on the address uvicorn derives from it."""
+    SWITCHBOARD_TRUSTED_PROXIES: per-IP rate limits key on the address uvicorn derives from it. No log config of
+    uvicorn's own: its records go to the root handler (app/logs.py), JSON or console like every other line."""
     trusted = get_settings().trusted_proxies.strip()
-    return {"log_level": "warning", "access_log": False, "proxy_headers": bool(trusted),
+    return {"log_level": "warning", "log_config": None, "access_log": False, "proxy_headers": bool(trusted),
             "forwarded_allow_ips": trusted or None}
 
 
@@ -261,7 +264,13 @@ def _uvicorn_options() -> dict[str, Any]:
 def orchestrator() -> None:
     """Scale-out role: answer inbound messages and dispatch replies (needs REDIS_URL)."""
     _prepare()
-    logging.getLogger().setLevel(logging.INFO)
+    settings = get_settings()
+    logging.getLogger().setLevel(settings.log_level or logging.INFO)
+    if settings.metrics_port:
+        from app.bootstrap import container
+        from app.metrics import serve
+
+        serve(settings.metrics_port, settings.metrics_addr, container().bus)
     _role("orchestrator")()
 
 

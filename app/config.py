@@ -9,6 +9,7 @@ from __future__ import annotations
 import secrets
 from functools import cached_property, lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -106,6 +107,17 @@ class Settings(BaseSettings):
     widget_session_renew_grace_s: int = Field(
         default=7 * 86_400, ge=0, validation_alias=_env("WIDGET_SESSION_RENEW_GRACE_S")
     )
+
+    # Operating (docs/operating.md). LOG_FORMAT: json, console, or auto (console on a terminal, else JSON);
+    # LOG_LEVEL: the root level (unset: INFO for server roles, WARNING for one-shot CLI commands).
+    log_format: Literal["auto", "json", "console"] = Field(default="auto", validation_alias=_env("LOG_FORMAT"))
+    log_level: str | None = Field(default=None, validation_alias=_env("LOG_LEVEL"))
+    # GET /metrics answers only with `Authorization: Bearer <METRICS_TOKEN>`; unset, it answers 404. METRICS_PORT
+    # serves /metrics, without a token, on its own port bound to METRICS_ADDR (loopback unless set), from any
+    # role, the orchestrator included: for a scraper on the same host or in the same pod.
+    metrics_token: str | None = Field(default=None, min_length=16, validation_alias=_env("METRICS_TOKEN"))
+    metrics_port: int | None = Field(default=None, ge=1, le=65535, validation_alias=_env("METRICS_PORT"))
+    metrics_addr: str = Field(default="127.0.0.1", validation_alias=_env("METRICS_ADDR"))
 
     # Bus behaviour.
     bus_max_deliveries: int = Field(default=5, validation_alias=_env("BUS_MAX_DELIVERIES"))

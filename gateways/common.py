@@ -14,6 +14,7 @@ from fastapi import HTTPException
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 
+from app import logs
 from app.bootstrap import container
 from app.channels import ACCOUNT_ROUTING, Account
 from app.contracts import Attachment
@@ -289,6 +290,7 @@ def ingest(account: Account, parsed: Parsed, outcome: Outcome | None = None) -> 
     """Durably enqueue every message (deduplicated by provider id) and apply every status. Blocking: call it
     from a worker thread. Returns only once everything is stored and published, so the caller may answer 2xx."""
     outcome = outcome or Outcome()
+    logs.bind(tenant_id=account.tenant_id)
     requests = _requests(account, parsed)
     # The one intake (app/intake.py): concurrent webhooks share one transaction and one bus round trip.
     _count(outcome, container().intake.accept(requests))
@@ -301,6 +303,8 @@ async def ingest_async(account: Account, parsed: Parsed, outcome: Outcome | None
     path of a busy gateway); statuses and dead letters, which need their own round trips, still go to a thread."""
     outcome = outcome or Outcome()
     requests = _requests(account, parsed)
+    if requests:
+        logs.bind(tenant_id=account.tenant_id)
     _count(outcome, await container().intake.accept_async(requests))
     if parsed.statuses or parsed.dead:
         await run_in_threadpool(_finish, account, parsed, outcome)

@@ -249,6 +249,8 @@ def main(queues: list[str] | None = None, *, burst: bool = False) -> None:
         raise SystemExit(
             "switchboard worker needs REDIS_URL: in embedded mode `switchboard serve` runs ingestion jobs itself"
         )
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from app import logs
+
+    logs.configure(settings.log_format, settings.log_level or logging.INFO)
     connection = redis.Redis.from_url(settings.redis_url)
     Worker(queues or [QUEUE], connection=connection).work(burst=burst, with_scheduler=False)

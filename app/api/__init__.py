@@ -3,7 +3,10 @@ the server cannot store. `create_app()` and the stand-alone gateway app both cal
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from typing import Annotated
+
+from fastapi import FastAPI, Header, HTTPException, Request
+from fastapi.responses import Response
 
 from app.api.errors import ERROR_RESPONSES, ErrorOut, install_error_handlers
 from app.api.limits import BodyLimit, Limit, RouteLimit
@@ -30,3 +33,26 @@ def install(app: FastAPI, settings: Settings) -> None:
             RouteLimit(WEBHOOKS, Limit(settings.max_webhook_bytes, "MAX_WEBHOOK_BYTES")),
         ],
     )
+    from app.metrics import Observe
+
+    app.add_middleware(Observe)  # outermost: every answer is counted and carries its request id
+    _metrics_route(app, settings)
+
+
+def _metrics_route(app: FastAPI, settings: Settings) -> None:
+    from app.crypto import secrets_equal
+    from app.metrics import exposition
+
+    token = settings.metrics_token
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics(request: Request, authorization: Annotated[str | None, Header()] = None) -> Response:
+        """Prometheus metrics (app/metrics.py), for the operator's scraper: `Authorization: Bearer
+        <METRICS_TOKEN>`."""
+        if token is None:
+            raise HTTPException(404, "metrics are off: set METRICS_TOKEN (or METRICS_PORT for a local port)")
+        if not authorization or not secrets_equal(authorization.removeprefix("Bearer "), token):
+            raise HTTPException(401, "metrics need 'Authorization: Bearer <METRICS_TOKEN>'")
+        container = getattr(request.app.state, "container", None)
+        body = exposition(getattr(container, "bus", None))
+        return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -19,6 +19,8 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app import logs
+
 log = logging.getLogger(__name__)
 
 # A location or message longer than this is cut: an error never carries a client's megabyte back to it.
@@ -144,7 +146,8 @@ async def _http(_: Request, exc: Exception) -> Response:
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     """The last line: a JSON 500 naming a request id that the log line carries too, and no internals."""
-    request_id = uuid.uuid4().hex
+    ctx = logs.current()  # the request's, set by app/metrics.py `Observe`
+    request_id = ctx.request_id if ctx is not None and ctx.request_id else uuid.uuid4().hex
     log.error("unhandled error on %s %s (request id %s)", request.method, request.url.path, request_id,
               exc_info=exc)
     return JSONResponse(

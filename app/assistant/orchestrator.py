@@ -26,7 +26,7 @@ from typing import Any
 from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
-from app import audit, outbox
+from app import audit, logs, metrics, outbox
 from app.assistant import guardrails
 from app.assistant.composer import compose_offline
 from app.assistant.drafts import STREAMING_CHANNELS, DraftStream
@@ -139,7 +139,10 @@ class Orchestrator:
             raise PermanentFailure(f"expected InboundMessage on the inbound stream, got {type(event).__name__}")
         if event.tenant_id != delivery.tenant_id:
             raise PermanentFailure("event tenant does not match its stream's tenant")
-        self.process(event)
+        with logs.scope(event.tenant_id, event.message_id):
+            outcome = self.process(event)
+            log.debug("message %s%s", outcome.status, f" ({outcome.reason})" if outcome.reason else "")
+        metrics.message_handled(outcome.status, outcome.reason)
 
     def process(self, event: InboundMessage) -> Outcome:
         ctx, done = self._load(event)

@@ -83,6 +83,16 @@ class Delivery:
 
 
 @dataclass(frozen=True)
+class StreamStats:
+    """A topic's streams summed over every tenant, for /metrics (app/metrics.py)."""
+
+    length: int = 0  # entries in the streams (acknowledged or not; trimming bounds it)
+    dead_letters: int = 0  # entries in the dead-letter streams
+    pending: dict[str, int] = field(default_factory=dict)  # group -> delivered, not yet acknowledged
+    lag: dict[str, int] = field(default_factory=dict)  # group -> entries not yet delivered to it
+
+
+@dataclass(frozen=True)
 class DeadLetter:
     topic: str
     tenant_id: str
@@ -160,6 +170,10 @@ class Bus(Protocol):
 
     def stream_length(self, topic: str, tenant_id: str) -> int:
         """Entries currently in the tenant's stream (acknowledged or not; trimming bounds it)."""
+        ...
+
+    def stream_stats(self, topic: str, groups: Sequence[str]) -> StreamStats:
+        """Lengths, dead letters, and each group's pending entries and lag, summed over the topic's tenants."""
         ...
 
     def drained(self, topic: str, group: str, tenant_id: str) -> bool:

@@ -18,6 +18,7 @@ from app.bus.base import (
     TRIMMED_REASON,
     DeadLetter,
     Delivery,
+    StreamStats,
     check_fields,
     check_name,
 )
@@ -230,6 +231,25 @@ class MemoryBus:
         with self._cond:
             stream = self._streams.get(topic, {}).get(tenant_id)
             return len(stream.order) if stream else 0
+
+    def stream_stats(self, topic: str, groups: Sequence[str]) -> StreamStats:
+        with self._cond:
+            streams = self._streams.get(topic, {})
+            end = {tenant: s.first_seq + len(s.order) for tenant, s in streams.items()}
+            pending: dict[str, int] = {}
+            lag: dict[str, int] = {}
+            for group in groups:
+                state = self._groups.get(topic, {}).get(group)
+                pending[group] = len(state.pending) if state else 0
+                lag[group] = sum(
+                    last - max(state.cursors.get(tenant, 0) if state else 0, streams[tenant].first_seq)
+                    for tenant, last in end.items()
+                )
+            return StreamStats(
+                length=sum(len(s.order) for s in streams.values()),
+                dead_letters=sum(len(v) for (t, _), v in self._dead.items() if t == topic),
+                pending=pending, lag=lag,
+            )
 
     def drained(self, topic: str, group: str, tenant_id: str) -> bool:
         with self._cond:

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
+from app import logs
 from app.bus.base import Delivery, PermanentFailure
 from app.channels import Account, InboundRef, Sender, SendError, SendRequest
 from app.contracts import Event, OutboundMessage, UnknownEvent
@@ -66,7 +67,8 @@ class Dispatcher:
             raise PermanentFailure(f"unreadable outbound event: {exc}") from exc
         if not isinstance(event, OutboundMessage) or event.tenant_id != delivery.tenant_id:
             raise PermanentFailure("expected an OutboundMessage of this stream's tenant")
-        self.deliver(event)
+        with logs.scope(event.tenant_id, event.message_id):
+            self.deliver(event)
 
     def deliver(self, event: OutboundMessage) -> None:
         with session_scope() as session:

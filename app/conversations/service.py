@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from app import outbox
+from app import logs, outbox
 from app.bus.base import Bus, check_name
 from app.contracts import INBOUND, OUTBOUND, Attachment, InboundMessage, OutboundMessage
 from app.db import session_scope
@@ -116,6 +116,8 @@ def accept_many(bus: Bus, requests: Sequence[InboundRequest]) -> list[Accepted]:
     """`accept_inbound` for several messages at once: one transaction, one commit, one bus round trip.
     All or nothing: if storing fails, every request fails and nothing is stored."""
     stored = store_inbound(requests)
+    if len(stored) == 1:  # a gateway's request about one message: its logs name it
+        logs.bind(tenant_id=requests[0].tenant_id, message_id=stored[0].accepted.message_id)
     publish_stored(bus, stored)
     return [s.accepted for s in stored]
 

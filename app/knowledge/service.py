@@ -29,6 +29,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app import metrics
 from app.config import get_settings
 from app.knowledge import termstats, versions
 from app.knowledge.chunk import chunk_document
@@ -142,6 +143,7 @@ def ingest_paths(
     def tick(name: str, status: str, reason: str | None = None) -> None:
         nonlocal done
         done += 1
+        metrics.ingest_file(status)
         if progress is not None:
             progress(IngestProgress(name, status, done, job.total_files, report.chunks))
         _publish(tenant_id, job.id, build.version, name, status, reason, done, job.total_files, report.chunks)

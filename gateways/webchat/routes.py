@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import hmac
 import html
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import BaseModel, Field
 from sqlalchemy import Table, bindparam, select
 
-from app import ratelimit
+from app import logs, ratelimit
 from app.bootstrap import container
 from app.config import get_settings
 from app.conversations.service import InboundRequest
@@ -37,6 +38,7 @@ from gateways.common import Account, load_account, load_account_async
 from gateways.payloads import scoped_key
 from gateways.webchat import sessions
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["web chat widget"])
 STATIC = Path(__file__).parent / "static"
 CHANNEL = "webchat"
@@ -199,6 +201,8 @@ async def send_message(
     # The one intake (app/intake.py), sharing one transaction and one bus round trip with the sends (and
     # webhooks) arriving meanwhile; the event loop awaits it instead of parking a thread on it.
     [accepted] = await container().intake.accept_async([inbound])
+    logs.bind(tenant_id=account.tenant_id, message_id=accepted.message_id)
+    log.debug("web chat message accepted%s", " (a duplicate)" if accepted.duplicate else "")
     if not accepted.duplicate:  # the visitor's open streams show it
         push = get_push()
         if push.in_process:

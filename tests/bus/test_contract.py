@@ -347,3 +347,21 @@ def test_drained_once_the_group_has_acknowledged_every_entry_of_the_tenants_stre
     [dead] = bus.read(T, G, "c1", count=10, block_ms=1000)
     bus.dead_letter(G, dead, "unreadable")
     assert bus.drained(T, G, "globex")  # a dead-lettered entry is settled too
+
+
+def test_stream_stats_sum_tenants_and_count_pending_lag_and_dead_letters(bus: Bus) -> None:
+    bus.ensure_group(T, G)
+    for tenant in ("acme", "globex"):
+        for i in range(3):
+            bus.publish(T, tenant, {"n": str(i)})
+    stats = bus.stream_stats(T, [G, "other"])
+    assert (stats.length, stats.dead_letters) == (6, 0)
+    assert stats.lag[G] == 6 and stats.pending[G] == 0
+    got = bus.read(T, G, "c1", count=4, block_ms=1000)
+    assert len(got) == 4
+    bus.ack(G, got[:2])
+    bus.dead_letter(G, got[2], "bad payload")
+    stats = bus.stream_stats(T, [G])
+    assert stats.length == 6  # acknowledged entries stay until trimmed
+    assert (stats.pending[G], stats.lag[G], stats.dead_letters) == (1, 2, 1)
+    assert bus.stream_stats("nothing-here", [G]).length == 0

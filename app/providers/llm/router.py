@@ -30,6 +30,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
+from app import metrics
 from app.config import Settings, get_settings
 from app.providers.llm.base import Completion, LLMClient, LLMConfig, LLMError, StreamingLLMClient
 from app.providers.llm.breaker import CircuitBreaker
@@ -252,6 +253,7 @@ class LLMRouter:
             completion_tokens=output, cost=provider.cost(prompt, output) if completion else None, streamed=streamed)
 
     def _save(self, records: list[CallRecord]) -> None:
+        metrics.llm_calls(records)
         if not records[0].tenant_id:
             return  # an untagged call (a tool, a benchmark): nobody to bill
         recorder = self._recorder
