@@ -38,7 +38,8 @@ def test_viewers_read_the_queue_but_cannot_act(client: TestClient, tenant_a: Ten
         assert refused.status_code == 403 and "viewers can read but not act" in refused.json()["detail"], path
     with session_scope() as session:
         assert session.get_one(Escalation, escalation_id).status == "open"
-        assert session.scalars(select(Message).where(Message.direction == "out",
+        # This tenant's only: the session's Postgres database is shared with the other tests.
+        assert session.scalars(select(Message).where(Message.tenant_id == tenant_a.id, Message.direction == "out",
                                                      Message.author.like("agent:%"))).all() == []
 
 
