@@ -115,12 +115,12 @@ def remove(session: Session, pending: Sequence[Pending]) -> None:
         session.execute(_DELETE, {"ids": [p.id for p in pending]})
 
 
-def forget(pending: Sequence[Pending]) -> None:
+def forget(pending: Sequence[Pending], sessions: sessionmaker[Session] | None = None) -> None:
     """Delete published entries. Should that fail, a relay publishes them again later: a harmless duplicate."""
     if not pending:
         return
     try:
-        with session_scope() as session:
+        with session_scope(sessions) as session:
             remove(session, pending)
     except Exception as exc:
         log.warning("could not delete %d published outbox entries (%s); a relay will publish them again",
