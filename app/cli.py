@@ -250,6 +250,12 @@ def _serve(host: str, port: int) -> None:
         operations.remove_server_file()
 
 
+# On shutdown uvicorn waits for open responses to finish; an event stream never does (it runs for minutes), so
+# after this grace the streams are cancelled (their clients reconnect elsewhere) and the app's lifespan shutdown
+# stops its threads. Without it a server with one open stream would never stop.
+SHUTDOWN_GRACE_S = 3.0
+
+
 def _uvicorn_options() -> dict[str, Any]:
     """Warnings and errors only, and no access log: at WARNING it would print nothing, yet uvicorn would still
     format each request's client and path for it. X-Forwarded-For is believed only from
@@ -257,7 +263,7 @@ def _uvicorn_options() -> dict[str, Any]:
     uvicorn's own: its records go to the root handler (app/logs.py), JSON or console like every other line."""
     trusted = get_settings().trusted_proxies.strip()
     return {"log_level": "warning", "log_config": None, "access_log": False, "proxy_headers": bool(trusted),
-            "forwarded_allow_ips": trusted or None}
+            "forwarded_allow_ips": trusted or None, "timeout_graceful_shutdown": SHUTDOWN_GRACE_S}
 
 
 @cli.command()

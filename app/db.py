@@ -65,9 +65,10 @@ def get_sessionmaker() -> sessionmaker[Session]:
 
 
 @contextmanager
-def session_scope() -> Iterator[Session]:
-    """One unit of work: commits on success, rolls back on any exception."""
-    session = get_sessionmaker()()
+def session_scope(sessions: sessionmaker[Session] | None = None) -> Iterator[Session]:
+    """One unit of work: commits on success, rolls back on any exception. `sessions`: the sessionmaker a
+    long-lived worker was built with (a thread must not follow the process's engine when it is replaced)."""
+    session = (sessions or get_sessionmaker())()
     try:
         yield session
         session.commit()

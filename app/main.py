@@ -23,6 +23,7 @@ from app.bootstrap import container as current_container
 from app.config import get_settings
 from app.db import get_engine
 from app.logscrub import install as scrub_logs
+from app.outbox import start_relay, stop_threads
 
 log = logging.getLogger(__name__)
 
@@ -42,23 +43,19 @@ def create_app(*, run_workers: bool | None = None, container: Container | None =
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         workers = None
-        relay_stop, relay = threading.Event(), None
+        relay_stop, relay = threading.Event(), []
         if run_workers:
             from app.workers_runtime import RoleThreads
 
             workers = RoleThreads.start_all(container)
             container.job_queue.resume()  # ingestion jobs an earlier embedded server left unfinished
         elif not settings.embedded:  # scale-out: the API writes too (inbound, decisions), so it relays its outbox
-            from app.outbox import start_relay
-
-            relay = start_relay(container.bus, relay_stop)
+            relay.append(start_relay(container.bus, relay_stop))
         app.state.workers = workers
         try:
             yield
-        finally:
-            relay_stop.set()
-            if relay is not None:
-                relay.join(10)
+        finally:  # nothing this app started outlives it
+            stop_threads(relay_stop, relay)
             if workers is not None:
                 workers.stop()
 

@@ -17,16 +17,17 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import Table, bindparam, delete, func, insert, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from app.bus.base import Bus, check_fields, stream_key
 from app.contracts import Event
-from app.db import session_scope
+from app.db import get_sessionmaker, session_scope
 from app.models import OutboxEntry, utcnow
 
 log = logging.getLogger(__name__)
@@ -114,12 +115,12 @@ def remove(session: Session, pending: Sequence[Pending]) -> None:
         session.execute(_DELETE, {"ids": [p.id for p in pending]})
 
 
-def forget(pending: Sequence[Pending]) -> None:
+def forget(pending: Sequence[Pending], sessions: sessionmaker[Session] | None = None) -> None:
     """Delete published entries. Should that fail, a relay publishes them again later: a harmless duplicate."""
     if not pending:
         return
     try:
-        with session_scope() as session:
+        with session_scope(sessions) as session:
             remove(session, pending)
     except Exception as exc:
         log.warning("could not delete %d published outbox entries (%s); a relay will publish them again",
@@ -142,11 +143,14 @@ def _publish(bus: Bus, entries: Sequence[Entry]) -> None:
 
 
 class Relay:
-    """Publishes the due outbox entries of every tenant. Run one in every process that writes (a thread: `run`)."""
+    """Publishes the due outbox entries of every tenant. Run one in every process that writes (a thread: `run`).
+    It keeps the database it was built with (`sessions`, by default the process's at construction): a relay
+    thread never follows the process's engine to another database."""
 
     def __init__(self, bus: Bus, *, clock: Clock = utcnow, batch: int = BATCH, poll_s: float = POLL_S,
-                 backoff_cap_s: float = 5.0) -> None:
+                 backoff_cap_s: float = 5.0, sessions: sessionmaker[Session] | None = None) -> None:
         self.bus = bus
+        self.sessions = sessions or get_sessionmaker()
         self.clock = clock
         self.batch = batch
         self.poll_s = poll_s
@@ -155,7 +159,7 @@ class Relay:
     def publish_due(self) -> int:
         """One batch of due entries, oldest first: published, then deleted in the transaction that locked them.
         Raises what the bus raised (the entries stay for the next attempt)."""
-        with session_scope() as session:
+        with session_scope(self.sessions) as session:
             rows = session.execute(_DUE, {"now": self.clock(), "limit": self.batch}).all()
             if not rows:
                 return 0
@@ -172,7 +176,7 @@ class Relay:
         return total
 
     def next_due(self) -> datetime | None:
-        with session_scope() as session:
+        with session_scope(self.sessions) as session:
             return session.scalar(_NEXT_DUE)
 
     def run(self, stop: threading.Event) -> None:
@@ -197,6 +201,19 @@ class Relay:
 
 
 def start_relay(bus: Bus, stop: threading.Event) -> threading.Thread:
+    """A relay thread until `stop`; whoever sets `stop` joins it (`stop_threads`)."""
     thread = threading.Thread(target=Relay(bus).run, args=(stop,), name="sb-outbox-relay", daemon=True)
     thread.start()
     return thread
+
+
+def stop_threads(stop: threading.Event, threads: Sequence[threading.Thread], timeout: float = 10.0) -> None:
+    """Set `stop` and join `threads`. One still running after `timeout` is logged as an error, never left behind
+    silently: it would go on using this process's services after their owner closed them."""
+    stop.set()
+    deadline = time.monotonic() + timeout
+    for thread in threads:
+        thread.join(max(deadline - time.monotonic(), 0.0))
+    alive = [t.name for t in threads if t.is_alive()]
+    if alive:
+        log.error("background thread(s) still running %.0fs after stop: %s", timeout, ", ".join(alive))

@@ -20,7 +20,7 @@ from app.bus.concurrent import ConcurrentConsumer
 from app.bus.consumer import Consumer
 from app.config import get_settings
 from app.contracts import EVENTS, INBOUND, OUTBOUND
-from app.outbox import start_relay
+from app.outbox import start_relay, stop_threads
 
 if TYPE_CHECKING:
     from app.bootstrap import Container
@@ -151,6 +151,4 @@ class RoleThreads:
         return roles
 
     def stop(self, timeout: float = 10.0) -> None:
-        self.stop_event.set()
-        for thread in self.threads:
-            thread.join(timeout)
+        stop_threads(self.stop_event, self.threads, timeout)

@@ -33,6 +33,7 @@ from weakref import WeakKeyDictionary
 from app import outbox
 from app.bus.base import Bus
 from app.conversations.service import Accepted, InboundRequest, Stored, store_inbound
+from app.db import get_sessionmaker
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,8 @@ _Item = tuple[InboundRequest, "Future[Accepted]"]
 
 class InboundBatcher:
     """One writer thread per bus per process. `accept` blocks its caller until the batch holding its request
-    is committed and published."""
+    is committed and published. The writer keeps the database the batcher was built with: after its last batch
+    it may still delete outbox entries, and must not do so in whatever database the process uses by then."""
 
     def __init__(self, bus: Bus, *, max_batch: int = MAX_BATCH, max_wait_s: float | None = None,
                  idle_exit_s: float = IDLE_EXIT_S) -> None:
@@ -79,6 +81,7 @@ class InboundBatcher:
         self._published: list[outbox.Pending] = []  # to delete from the outbox (the writer thread's own)
         self._lock = threading.Lock()
         self._writer: threading.Thread | None = None
+        self._sessions = get_sessionmaker()
 
     def accept(self, request: InboundRequest) -> Accepted:
         """Store and publish one message as part of the next batch; raises what failed its batch."""
@@ -110,7 +113,7 @@ class InboundBatcher:
                 first = self._queue.get(timeout=FORGET_AFTER_S if self._published else self.idle_exit_s)
             except queue.Empty:
                 if self._published:  # no batch to delete them with
-                    outbox.forget(self._published)
+                    outbox.forget(self._published, self._sessions)
                     self._published = []
                     continue
                 with self._lock:  # `accept` starts a writer under this lock, so no request is stranded
@@ -163,7 +166,8 @@ class InboundBatcher:
     def _store(self, requests: list[InboundRequest]) -> list[Stored | Exception]:
         """Stores, and deletes the entries published since the last commit with it (kept if it rolls back)."""
         try:
-            results: list[Stored | Exception] = list(store_inbound(requests, published=self._published))
+            results: list[Stored | Exception] = list(store_inbound(requests, published=self._published,
+                                                                    sessions=self._sessions))
             self._published = []
             return results
         except Exception as exc:
@@ -174,7 +178,7 @@ class InboundBatcher:
         results = []
         for request in requests:
             try:
-                results.extend(store_inbound([request], published=self._published))
+                results.extend(store_inbound([request], published=self._published, sessions=self._sessions))
                 self._published = []
             except Exception as exc:  # this request's own failure, reported to its caller
                 results.append(exc)

@@ -16,7 +16,7 @@ from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import Table, bindparam, func, insert, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from app import logs, outbox
 from app.bus.base import Bus, check_name
@@ -123,13 +123,15 @@ def accept_many(bus: Bus, requests: Sequence[InboundRequest]) -> list[Accepted]:
 
 
 def store_inbound(requests: Sequence[InboundRequest], *, enqueue: bool = True,
-                  published: Sequence[outbox.Pending] = ()) -> list[Stored]:
+                  published: Sequence[outbox.Pending] = (), sessions: sessionmaker[Session] | None = None,
+                  ) -> list[Stored]:
     """Store new messages (and their contacts and conversations) in one transaction with set-based statements:
     a few round trips whatever the batch size. One result per request, in order. A provider id seen before, in
     the database or earlier in this batch, is a duplicate carrying the original's ids. With `enqueue`, each new
     message's `InboundMessage` goes to the outbox in the same transaction (`Stored.pending`: publish it after the
     commit); without, nothing is enqueued (USSD answers inline). `published`: outbox entries of earlier batches,
-    published since, deleted in this transaction (the batcher's way of saving a commit per batch)."""
+    published since, deleted in this transaction (the batcher's way of saving a commit per batch). `sessions`: the
+    database of a long-lived writer (app/db.py `session_scope`)."""
     if not requests:
         return []
     events = [r.event() for r in requests]
@@ -139,7 +141,7 @@ def store_inbound(requests: Sequence[InboundRequest], *, enqueue: bool = True,
         originals.setdefault(r.key, i)
     firsts = sorted(set(originals.values()))
     out: list[Stored] = []
-    with session_scope() as session:
+    with session_scope(sessions) as session:
         sql = _statements(session.get_bind().dialect.name)
         contact_ids = _upsert_contacts(session, sql, [requests[i] for i in firsts], [times[i] for i in firsts])
         conversation_ids = _conversations(session, sql, requests, firsts, times, contact_ids)

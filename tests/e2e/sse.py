@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import socket
@@ -23,7 +24,12 @@ def serve_http(app: Any) -> Iterator[str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    from app.cli import SHUTDOWN_GRACE_S
+
+    # The product's grace: open streams are cancelled and the app's lifespan shutdown joins its threads, so
+    # nothing this server started outlives the test (it would use the next test's settings and database).
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           timeout_graceful_shutdown=SHUTDOWN_GRACE_S))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -34,7 +40,8 @@ def serve_http(app: Any) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
-        thread.join(10)
+        thread.join(30)
+        assert not thread.is_alive(), "uvicorn did not shut down"
 
 
 @dataclass
@@ -52,6 +59,7 @@ class EventStream:
         self._request = self._client.build_request("GET", url, headers=headers)
         self._events: queue.Queue[Event | BaseException] = queue.Queue()
         self.status: int | None = None
+        self._response: httpx.Response | None = None
         self._opened = threading.Event()
         self._thread = threading.Thread(target=self._read, daemon=True)
 
@@ -61,11 +69,19 @@ class EventStream:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        # Hang up as a closing browser tab does. Closing the client alone would leave the reader blocked in
+        # recv() on a connection the server keeps streaming on, past the end of the test.
+        if self._response is not None:
+            sock = self._response.extensions["network_stream"].get_extra_info("socket")
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        self._thread.join(10)
         self._client.close()
+        assert not self._thread.is_alive(), "the event stream reader did not stop"
 
     def _read(self) -> None:
         try:
-            response = self._client.send(self._request, stream=True)
+            response = self._response = self._client.send(self._request, stream=True)
             self.status = response.status_code
             self._opened.set()
             if response.status_code != 200:

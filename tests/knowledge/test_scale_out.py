@@ -112,16 +112,28 @@ def _descendants(pid: int) -> list[int]:
 
 def _wait_gone(pids: list[int]) -> None:
     deadline = time.monotonic() + 30
-    while any(Path(f"/proc/{p}").exists() and "Z" not in _state(p) for p in pids):
+    while any(_alive(p) for p in pids):
         assert time.monotonic() < deadline, "killed processes are still alive"
         time.sleep(0.05)
 
 
-def _state(pid: int) -> str:
+def _alive(pid: int) -> bool:
+    """Whether any thread of `pid` is still running. Not the leader's state alone: a killed process's leader
+    turns zombie while its other threads (onnxruntime's) are still exiting, and until the last one has, the
+    process's files, and the vector store's lock with them, are still open. A zombie (not reaped: its parent
+    was killed too) holds nothing."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
     except OSError:
-        return "Z"
+        return False
+    return any(_state(task / "stat") not in ("Z", "X") for task in tasks)
+
+
+def _state(stat: Path) -> str:
+    try:
+        return stat.read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "X"
 
 
 def _points(db: Session, tenant_id: str) -> dict[str, tuple[int, int]]:

@@ -35,6 +35,7 @@ def notifications() -> Iterator[None]:
     stop.set()
     for thread in threads:
         thread.join(10)
+    assert not any(t.is_alive() for t in threads), "a notification consumer outlived the test"
 
 
 def _ticket(client: TestClient, headers: dict[str, str]) -> str:

@@ -96,6 +96,7 @@ def test_a_new_escalation_is_posted_signed_to_its_tenants_webhook_only(
         stop.set()
         for thread in threads:
             thread.join(10)
+        assert not any(t.is_alive() for t in threads), "a notification consumer outlived the test"
 
     [delivery] = receiver.sends()
     assert receiver.path_of(delivery) == "/hooks/a"
