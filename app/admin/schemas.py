@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl, SecretStr, model_validator
 
+from app import ussd_menu
 from app.netguard import check_url
 
 Channel = Literal["webchat", "whatsapp", "instagram", "telegram", "twilio", "ussd", "discord"]
@@ -112,6 +113,84 @@ class LLMPolicy(_In):
         return self
 
 
+USSD_MAX_DEPTH = 4  # menu levels, the root included
+USSD_MAX_OPTIONS = 9  # per menu: one digit each, `0` is back
+USSD_MAX_TOTAL_OPTIONS = 100
+
+
+class UssdOption(_In):
+    """One numbered choice: exactly one of `answer`, `ask` or `options`."""
+
+    key: str = Field(pattern=r"^[1-9]$", description="The digit the customer types (`0` is reserved for back).")
+    label: str = Field(min_length=1, max_length=60)
+    answer: str | None = Field(default=None, min_length=1, max_length=ussd_menu.ANSWER_MAX,
+                               description="Shown as the final screen (`END`).")
+    ask: bool | None = Field(default=None, description="true: the next input is a free-text question, answered "
+                                                       "like any channel's message (escalated when unsure).")
+    prompt: str | None = Field(default=None, min_length=1, max_length=ussd_menu.ASK_PROMPT_MAX,
+                               description=f"With `ask`: the screen asking for the question "
+                                           f"(default {ussd_menu.ASK_PROMPT!r}).")
+    text: str | None = Field(default=None, max_length=ussd_menu.MENU_BODY_MAX,
+                             description="With `options`: the sub-menu's title (default: the label).")
+    options: list[UssdOption] | None = Field(default=None, min_length=1, max_length=USSD_MAX_OPTIONS,
+                                             description="A sub-menu.")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> UssdOption:
+        kinds = [k for k, v in (("answer", self.answer), ("ask", self.ask), ("options", self.options)) if v]
+        if len(kinds) != 1:
+            raise ValueError(f"option {self.key!r} needs exactly one of answer, ask (true) or options; "
+                             f"it has {', '.join(kinds) or 'none'}")
+        if self.prompt is not None and not self.ask:
+            raise ValueError(f"option {self.key!r}: `prompt` goes with `ask`")
+        if self.text is not None and not self.options:
+            raise ValueError(f"option {self.key!r}: `text` is a sub-menu's title; it goes with `options`")
+        return self
+
+
+class UssdMenu(_In):
+    """Numbered USSD menus: the first screen of a session and its sub-menus. A screen is at most 182 characters;
+    a menu screen keeps room for "CON " and the "Invalid option." line."""
+
+    text: str = Field(min_length=1, max_length=ussd_menu.MENU_BODY_MAX, description="The first screen's title.")
+    options: list[UssdOption] = Field(min_length=1, max_length=USSD_MAX_OPTIONS)
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "text": "Northwind", "options": [
+            {"key": "1", "label": "Opening hours", "answer": "Mon-Sat 9:00-18:00."},
+            {"key": "2", "label": "Ask a question", "ask": True},
+            {"key": "3", "label": "More", "options": [
+                {"key": "1", "label": "Returns", "answer": "Free returns within 30 days."}]},
+        ]}]})
+
+    @model_validator(mode="after")
+    def _fits(self) -> UssdMenu:
+        total = 0
+
+        def check(node: dict[str, Any], where: str, depth: int) -> None:
+            nonlocal total
+            if depth > USSD_MAX_DEPTH:
+                raise ValueError(f"{where}: menus nest at most {USSD_MAX_DEPTH} levels deep")
+            keys = [o["key"] for o in node["options"]]
+            if len(set(keys)) != len(keys):
+                raise ValueError(f"{where}: option keys must be unique, got {keys}")
+            total += len(keys)
+            body = ussd_menu.menu_body(node, is_root=depth == 1)
+            if len(body) > ussd_menu.MENU_BODY_MAX:
+                raise ValueError(f"{where}: the screen is {len(body)} characters, at most "
+                                 f"{ussd_menu.MENU_BODY_MAX} fit (182 minus 'CON ' and the invalid-option line); "
+                                 f"shorten its text or labels")
+            for option in node["options"]:
+                if option.get("options"):
+                    sub = {"text": option.get("text") or option["label"], "options": option["options"]}
+                    check(sub, f"{where} > {option['key']}", depth + 1)
+
+        check(self.model_dump(), "ussd_menu", 1)
+        if total > USSD_MAX_TOTAL_OPTIONS:
+            raise ValueError(f"ussd_menu has {total} options; at most {USSD_MAX_TOTAL_OPTIONS}")
+        return self
+
+
 class Policies(_In):
     min_relevance: float | None = Field(
         default=None, ge=0, le=1, description="Retrieval score below which the assistant escalates instead."
@@ -161,6 +240,10 @@ class Policies(_In):
         default=None, min_length=1, max_length=1000, description="The holding message sent when the target passes.",
     )
     llm: LLMPolicy | None = None
+    ussd_menu: UssdMenu | None = Field(
+        default=None, description="Numbered menus on USSD (replaced whole; null: sessions open on the account's "
+                                  "prompt and take a question).",
+    )
 
 
 class TenantOut(BaseModel):

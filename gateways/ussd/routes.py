@@ -11,12 +11,15 @@ answer in time is shown and recorded `sent` (`meta.shown_on = "ussd_screen"`); a
 step shows it again. Otherwise the screen says only what will happen: with an SMS (twilio) account the reply
 or the team's answer follows by SMS (`gateways/ussd/send.py`), without one nothing is promised. An escalation is
 a real one, in the review queue.
+
+With numbered menus in the tenant's policies (`ussd_menu`, see app/ussd_menu.py) the session walks them: `CON`
+for a menu, `END` for an answer, `0` back, and the "ask" option's next input is the question, answered as above.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, HTTPException, Query
 from fastapi.concurrency import run_in_threadpool
@@ -28,11 +31,11 @@ from app.conversations.service import InboundRequest
 from app.crypto import secrets_equal
 from app.db import session_scope
 from app.intake import Outcome
-from app.models import Message, utcnow
+from app.models import Message, Tenant, utcnow
+from app.ussd_menu import MAX_CHARS, walk
 from gateways.common import Account, accounts_of, require_account, secret, webhook_refused
 
 CHANNEL = "ussd"
-MAX_CHARS = 182
 SHOWN_ON = "ussd_screen"
 DEFAULT_WAIT_S = 4.0  # aggregators close a step after ~5-10 s
 router = APIRouter(prefix="/webhooks/ussd", tags=["ussd"])
@@ -53,6 +56,13 @@ def fit(prefix: str, text: str, limit: int = MAX_CHARS) -> str:
 def menu(account: Account) -> str:
     prompt = account.config.get("prompt") or "Welcome! Type your question:"
     return fit("CON ", str(prompt))
+
+
+def tenant_menu(tenant_id: str) -> dict[str, Any] | None:
+    """The account's tenant's `ussd_menu` policy, if it has one."""
+    with session_scope() as session:
+        policies = session.scalar(select(Tenant.policies).where(Tenant.id == tenant_id)) or {}
+    return policies.get("ussd_menu") or None
 
 
 def answer_wait_s(account: Account) -> float:
@@ -109,8 +119,9 @@ async def session_step(
     phoneNumber: Annotated[str, Form()],
     text: Annotated[str, Form()] = "",
 ) -> PlainTextResponse:
-    """One USSD session step. An empty `text` opens the menu; otherwise the last `*`-separated input is the
-    question and the answer ends the session."""
+    """One USSD session step. `text` is the session's inputs so far, `*`-separated. With the tenant's numbered
+    menus they are walked (`CON` menu, `END` answer, `0` back; the "ask" option takes a question). Without, an
+    empty `text` opens the prompt and the last input is the question. A question's answer ends the session."""
     account = await run_in_threadpool(require_account, CHANNEL, serviceCode)
     if not secrets_equal(token, secret(account, "webhook_token")):
         raise await run_in_threadpool(
@@ -118,7 +129,13 @@ async def session_step(
         )
     inputs = text.split("*") if text else []
     question = inputs[-1].strip() if inputs else ""
-    if not question:
+    if (numbered := await run_in_threadpool(tenant_menu, account.tenant_id)) is not None:
+        screen = walk(numbered, inputs)
+        if screen.kind != "question":
+            # Line breaks kept (unlike `fit`); the saved menu was checked to fit the screen.
+            return PlainTextResponse((("CON " if screen.kind == "menu" else "END ") + screen.text)[:MAX_CHARS])
+        question = screen.text
+    elif not question:
         return PlainTextResponse(menu(account))
     try:
         reply = await run_in_threadpool(answer, account, sessionId, phoneNumber, len(inputs), question)
