@@ -183,9 +183,10 @@ class UssdMenu(_In):
             for option in node["options"]:
                 if option.get("options"):
                     sub = {"text": option.get("text") or option["label"], "options": option["options"]}
-                    check(sub, f"{where} > {option['key']}", depth + 1)
+                    below = f"{where} > {option['key']}" if depth > 1 else f"the screen of option {option['key']}"
+                    check(sub, below, depth + 1)
 
-        check(self.model_dump(), "ussd_menu", 1)
+        check(self.model_dump(), "the first screen", 1)
         if total > USSD_MAX_TOTAL_OPTIONS:
             raise ValueError(f"ussd_menu has {total} options; at most {USSD_MAX_TOTAL_OPTIONS}")
         return self

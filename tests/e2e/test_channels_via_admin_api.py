@@ -303,3 +303,35 @@ def test_ussd_retried_step_shows_the_same_answer_once_stored(stack: Stack) -> No
             assert first.rstrip("…") in reply.text or reply.text.startswith(first[:40])
     finally:
         ussd.close()
+
+
+def test_ussd_menu_ask_option_is_answered_by_the_orchestrator_and_menus_stay_with_their_tenant(
+        stack: Stack) -> None:
+    """Numbered menus set through the admin API: the "ask" option's question gets the orchestrator's answer from
+    the tenant's knowledge; another tenant's menu is never shown on this tenant's service code."""
+    menu = {"text": "Northwind", "options": [
+        {"key": "1", "label": "Opening hours", "answer": "Mon-Sat 9:00-18:00."},
+        {"key": "2", "label": "Ask a question", "ask": True, "prompt": "Your question?"}]}
+    other_menu = {"text": "Other Brand secrets", "options": [{"key": "1", "label": "Other", "answer": "Theirs."}]}
+    mine, other = stack.headers(stack.northwind.admin), stack.headers(stack.other.admin)
+    ussd = Ussd(stack)
+    try:
+        for headers, body in ((other, other_menu), (mine, menu)):
+            saved = stack.client.patch("/admin/v1/tenant", headers=headers, json={"policies": {"ussd_menu": body}})
+            assert saved.status_code == 200 and saved.json()["policies"]["ussd_menu"] == body, saved.text
+        ussd.set_up()
+
+        def step(text: str) -> str:
+            response = stack.client.post(ussd.path, data={"sessionId": "ATU-menu", "phoneNumber": "+254711000004",
+                                                          "serviceCode": ussd.account["external_id"], "text": text})
+            assert response.status_code == 200, response.text
+            return response.text
+
+        assert step("") == "CON Northwind\n1. Opening hours\n2. Ask a question"
+        assert step("2") == "CON Your question?"
+        screen = step(f"2*{QUESTION}")
+        assert screen.startswith("END ") and "30" in screen, screen  # the pack's return window
+    finally:
+        for headers in (mine, other):
+            stack.client.patch("/admin/v1/tenant", headers=headers, json={"policies": {"ussd_menu": None}})
+        ussd.close()
