@@ -49,11 +49,23 @@ class TenantSpec:
     def load(cls, folder: Path) -> TenantSpec:
         data = tomllib.loads((folder / "tenant.toml").read_text(encoding="utf-8"))
         knowledge = folder / "knowledge"
+        policies = data.get("policies", {})
+        if "ussd_menu" in policies:  # walked by the USSD route as saved: checked like the admin API's
+            from pydantic import ValidationError
+
+            from app.admin.schemas import UssdMenu
+
+            try:
+                policies["ussd_menu"] = UssdMenu.model_validate(policies["ussd_menu"]).model_dump(exclude_none=True)
+            except ValidationError as e:
+                problems = "; ".join(".".join(["policies.ussd_menu", *map(str, err["loc"])]) + f": {err['msg']}"
+                                     for err in e.errors())
+                raise TenantError(f"{folder / 'tenant.toml'}: {problems}") from e
         return cls(
             slug=data["slug"],
             name=data.get("name", data["slug"]),
             persona=data.get("persona", {}),
-            policies=data.get("policies", {}),
+            policies=policies,
             knowledge_dir=knowledge if knowledge.is_dir() else None,
         )
 

@@ -144,3 +144,18 @@ def test_ussd_menu_is_validated_when_saved(gw: Gateway) -> None:
     assert "ussd_menu.colour" in errors(t.set_menu({**MENU, "colour": "red"}))
     # Nothing refused was stored: the menu is the one saved first.
     assert t.step("") == ROOT
+
+
+def test_ussd_menu_in_a_tenant_folder_is_checked_when_loaded(tmp_path: Any) -> None:
+    import pytest
+
+    from app.tenants.service import TenantError, TenantSpec
+
+    toml = 'slug = "x"\n[policies.ussd_menu]\ntext = "Hi"\n[[policies.ussd_menu.options]]\nkey = "{key}"\n' \
+           'label = "Hours"\nanswer = "9-5"\n'
+    (tmp_path / "tenant.toml").write_text(toml.format(key="1"))
+    assert TenantSpec.load(tmp_path).policies["ussd_menu"] == {
+        "text": "Hi", "options": [{"key": "1", "label": "Hours", "answer": "9-5"}]}
+    (tmp_path / "tenant.toml").write_text(toml.format(key="0"))
+    with pytest.raises(TenantError, match=r"tenant.toml: policies.ussd_menu.options.0.key: String should match"):
+        TenantSpec.load(tmp_path)
