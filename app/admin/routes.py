@@ -19,7 +19,8 @@ from sqlalchemy.orm import Session
 from app.accounts.service import user_names
 from app.admin import schemas as s
 from app.admin import service
-from app.auth import Admin, Viewer
+from app.assistant.pii_restore import mask_for_agents
+from app.auth import Admin, Principal, Viewer
 from app.db import session_scope
 from app.models import (
     ApiKey,
@@ -117,12 +118,14 @@ def _conversation(c: Conversation, contact: Contact, is_open: bool) -> dict[str,
     )
 
 
-def _message(m: Message) -> s.MessageOut:
+def _message(m: Message, who: Principal) -> s.MessageOut:
+    """Agents and viewers read structured PII masked, as in the review console (raw only through its audited
+    reveal); owners and admins, who answer for the tenant's data, read it as stored."""
     return s.MessageOut(
         id=m.id,
         direction=m.direction,
         author=m.author,
-        text=m.text,
+        text=m.text if who.rank in ("owner", "admin") else (mask_for_agents(m.text) or ""),
         status=m.status,
         citations=m.citations,
         in_reply_to_id=m.in_reply_to_id,
@@ -313,7 +316,7 @@ def get_conversation(
         )
         return s.ConversationDetail(
             **_conversation(*row),
-            messages=[_message(m) for m in reversed(latest)],
+            messages=[_message(m, who) for m in reversed(latest)],
             more_messages=more is not None,
         )
 
@@ -331,7 +334,7 @@ def list_messages(conversation_id: str, who: Viewer, limit: Limit = 100, cursor:
 
     def work(db: Session) -> s.MessagesOut:
         rows, nxt = service.list_messages(db, who.tenant_id, conversation_id, cursor, limit)
-        return s.MessagesOut(messages=[_message(m) for m in rows], next_cursor=nxt)
+        return s.MessagesOut(messages=[_message(m, who) for m in rows], next_cursor=nxt)
 
     return in_transaction(work)
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from tests.admin.conftest import Seeded, TenantKeys
+from tests.admin.conftest import Seeded, TenantKeys, seed_conversation
 
 
 def _snapshot(client: TestClient, a: TenantKeys, seeded: Seeded) -> dict[str, Any]:
@@ -107,3 +107,28 @@ def test_a_cursor_from_one_tenant_shows_nothing_of_another(
     r = client.get("/admin/v1/conversations", headers=tenant_b.headers("agent"),
                    params={"limit": 50, "cursor": page["next_cursor"]})
     assert r.status_code == 200 and r.json()["conversations"] == []
+
+
+def test_agents_read_conversations_with_pii_masked_and_admins_as_stored(client: TestClient,
+                                                                       tenant_a: TenantKeys) -> None:
+    from app.db import session_scope
+    from app.models import Conversation, Message
+
+    conversation_id = seed_conversation(tenant_a.id, "v_pii", n_turns=1)
+    with session_scope() as session:
+        conversation = session.get_one(Conversation, conversation_id)
+        session.add(Message(tenant_id=tenant_a.id, conversation_id=conversation.id, channel="webchat",
+                            direction="in", provider_message_id="v_pii:card", status="received",
+                            text="my email is jane.roe@example.com, card 4111 1111 1111 1111"))
+
+    def texts(role: str, path: str) -> str:
+        response = client.get(path, headers=tenant_a.headers(role))
+        assert response.status_code == 200, response.text
+        return " ".join(m["text"] for m in response.json()["messages"])
+
+    for path in (f"/admin/v1/conversations/{conversation_id}", f"/admin/v1/conversations/{conversation_id}/messages"):
+        agent_view = texts("agent", path)
+        assert "jane.roe@example.com" not in agent_view and "4111 1111 1111 1111" not in agent_view
+        assert "[EMAIL]" in agent_view and "answer 0" in agent_view  # masked, the rest as written
+        admin_view = texts("admin", path)
+        assert "jane.roe@example.com" in admin_view and "4111 1111 1111 1111" in admin_view
