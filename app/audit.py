@@ -1,4 +1,5 @@
-"""The append-only audit log: who did what, when. Rows are only ever inserted."""
+"""The append-only audit log: who did what, when. Rows are only ever inserted; the one
+update is the retention purge masking the PII in old events' data (app/retention.py)."""
 
 from __future__ import annotations
 

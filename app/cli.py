@@ -302,6 +302,34 @@ def gateway(
     uvicorn.run(app, host=host, port=port, **_uvicorn_options())
 
 
+retention_cli = typer.Typer(help="Retention of customers' personal data.", no_args_is_help=True)
+cli.add_typer(retention_cli, name="retention")
+
+
+@retention_cli.command("purge")
+def retention_purge(
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant (slug).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the counts as JSON.")] = False,
+) -> None:
+    """Mask the raw PII older than each tenant's `pii_retention_days` now (the background loops also do it
+    every RETENTION_INTERVAL_S)."""
+    from app.retention import purge
+
+    _prepare()
+    try:
+        report = purge(tenant_slug=tenant)
+    except LookupError as exc:
+        raise _fail(str(exc)) from exc
+    if as_json:
+        _print_json(report)
+        return
+    if not report:
+        typer.echo("no tenant has a pii_retention_days policy")
+    for slug, counts in report.items():
+        typer.echo(f"{slug}: masked {counts['messages']} message(s), {counts['escalations']} escalation(s), "
+                   f"{counts['audit_events']} audit event(s)")
+
+
 @cli.command()
 def worker() -> None:
     """Scale-out role: the RQ ingestion worker (needs REDIS_URL)."""

@@ -124,6 +124,8 @@ class Settings(BaseSettings):
     bus_claim_idle_ms: int = Field(default=30_000, validation_alias=_env("BUS_CLAIM_IDLE_MS"))
     bus_stream_maxlen: int = Field(default=100_000, validation_alias=_env("BUS_STREAM_MAXLEN"))
     bus_batch_size: int = Field(default=64, validation_alias=_env("BUS_BATCH_SIZE"))
+    # How often the background loops mask raw PII past tenants' `pii_retention_days` (app/retention.py).
+    retention_interval_s: float = Field(default=3600.0, gt=0, validation_alias=_env("RETENTION_INTERVAL_S"))
     # Prefix of every Redis key the bus writes; lets several deployments (or test runs) share one Redis.
     bus_namespace: str = Field(default="sb", validation_alias=_env("BUS_NAMESPACE"))
     # The orchestrator (app/bus/concurrent.py): inbound messages one process handles at once (worker threads,

@@ -127,6 +127,19 @@ def redrive_loop(bus: Bus, stop: threading.Event, every_s: float = 30.0) -> None
             log.exception("redrive sweep failed; retrying in %.0fs", every_s)
 
 
+def retention_loop(stop: threading.Event, every_s: float | None = None) -> None:
+    """Mask the raw PII past each tenant's `pii_retention_days` (app/retention.py) every `every_s`
+    (`RETENTION_INTERVAL_S`), until `stop`. Idempotent, so every replica may run it."""
+    from app.retention import purge
+
+    every_s = every_s or get_settings().retention_interval_s
+    while not stop.wait(every_s):
+        try:
+            purge()
+        except Exception:
+            log.exception("retention purge failed; retrying in %.0fs", every_s)
+
+
 @dataclass
 class RoleThreads:
     consumers: list[Consumer]
@@ -143,6 +156,7 @@ class RoleThreads:
         roles = cls([*build_consumers(bus, stop, container), *notification_consumers(bus, stop)], stop)
         targets = [(c.run, f"sb-{c.group}") for c in roles.consumers]
         targets.append((lambda: redrive_loop(bus, stop), "sb-redrive"))
+        targets.append((lambda: retention_loop(stop), "sb-retention"))
         for target, name in targets:
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()

@@ -245,6 +245,12 @@ class Policies(_In):
         default=None, description="Numbered menus on USSD (replaced whole; null: sessions open on the account's "
                                   "prompt and take a question).",
     )
+    pii_retention_days: int | None = Field(
+        default=None, ge=1, le=3650,
+        description="Days the structured PII customers give (emails, phone numbers, cards...) is kept as written; "
+                    "past them it is replaced by the placeholders agents see, in messages, escalations and audit "
+                    "data, and no reveal can bring it back (null: kept).",
+    )
 
 
 class TenantOut(BaseModel):
