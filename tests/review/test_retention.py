@@ -25,7 +25,8 @@ MASKED_TEXT = "My email is [EMAIL] and my card is [CREDIT_CARD], where is my ord
 
 
 def _policy(client: TestClient, tenant: TenantKeys, days: int | None) -> None:
-    response = client.patch("/admin/v1/tenant", headers=tenant.headers(), json={"policies": {"pii_retention_days": days}})
+    response = client.patch("/admin/v1/tenant", headers=tenant.headers(),
+                            json={"policies": {"pii_retention_days": days}})
     assert response.status_code == 200, response.text
     assert response.json()["policies"].get("pii_retention_days") == days
 
