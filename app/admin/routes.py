@@ -17,8 +17,10 @@ from fastapi import APIRouter, HTTPException, Path, Query, Response
 from sqlalchemy.orm import Session
 
 from app.accounts.service import user_names
+from app.admin import knowledge_schemas as ks
 from app.admin import schemas as s
 from app.admin import service
+from app.admin.policy_schemas import Channel
 from app.auth import Admin, Viewer
 from app.db import session_scope
 from app.models import (
@@ -83,21 +85,21 @@ def _key(k: ApiKey) -> s.ApiKeyOut:
     )
 
 
-def job_out(j: IngestionJob) -> s.JobOut:
+def job_out(j: IngestionJob) -> ks.JobOut:
     done_files, chunks = j.done_files, j.chunks
     if j.status == "running":  # the row is written at the end; a job running in this process reports live
         from app.bootstrap import container
 
         live = container().job_queue.progress(j.id) or {}
         done_files, chunks = live.get("done_files", done_files), live.get("chunks", chunks)
-    return s.JobOut(
+    return ks.JobOut(
         id=j.id,
         status=j.status,
         pack_version=j.pack_version,
         total_files=j.total_files,
         done_files=done_files,
         chunks=chunks,
-        errors=[s.FileError(**e) for e in j.errors or []],
+        errors=[ks.FileError(**e) for e in j.errors or []],
         detail=j.detail,
         created_at=j.created_at,
         finished_at=j.finished_at,
@@ -268,7 +270,7 @@ def list_conversations(
     escalated: Annotated[
         bool | None, Query(description="Only those with (true) or without an open escalation.")
     ] = None,
-    channel: Annotated[s.Channel | None, Query()] = None,
+    channel: Annotated[Channel | None, Query()] = None,
     contact: Annotated[str | None, Query(description="A contact id or the channel's id of the contact.")] = None,
     limit: Limit = 50,
     cursor: CursorQ = None,
