@@ -40,7 +40,8 @@ from app.bus.base import Bus, Delivery, PermanentFailure
 from app.config import Settings, get_settings
 from app.contracts import Event, InboundMessage, UnknownEvent
 from app.conversations.push import Push
-from app.conversations.service import MESSAGES, history, outbound_event, publish_outbound
+from app.conversations.replies import outbound_event, publish_outbound
+from app.conversations.service import MESSAGES, history
 from app.crypto import decrypt_json
 from app.db import session_scope
 from app.models import Conversation, Message, Tenant, utcnow

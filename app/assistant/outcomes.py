@@ -19,7 +19,8 @@ from app.assistant.turns import newer_pending
 from app.audit import record
 from app.bus.base import Bus
 from app.contracts import EVENTS, INBOUND, OUTBOUND, EscalationOpened, InboundMessage
-from app.conversations.service import MESSAGES, ReplyTo, store_reply
+from app.conversations.replies import ReplyTo, store_reply
+from app.conversations.service import MESSAGES
 from app.db import session_scope
 from app.models import Conversation, Escalation, Message, new_id, utcnow
 from app.providers.llm.plan import LLMPlan
