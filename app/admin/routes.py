@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from app.accounts.service import user_names
 from app.admin import knowledge_schemas as ks
 from app.admin import schemas as s
-from app.admin import service
+from app.admin import service, tenant_settings
 from app.admin.policy_schemas import Channel
 from app.auth import Admin, Viewer
 from app.db import session_scope
@@ -67,7 +67,7 @@ def _tenant(t: Tenant) -> s.TenantOut:
         persona=t.persona or {},
         policies=t.policies or {},
         has_llm_key=t.llm_api_key_encrypted is not None,
-        llm_provider_keys=service.llm_provider_keys(t),
+        llm_provider_keys=tenant_settings.llm_provider_keys(t),
         live_pack_version=t.live_pack_version,
         created_at=t.created_at,
     )
@@ -139,7 +139,7 @@ def _message(m: Message) -> s.MessageOut:
 def get_tenant(who: Admin) -> s.TenantOut:
     """The caller's tenant: name, persona, policies, whether it has its own LLM key, and the live pack
     version."""
-    return in_transaction(lambda db: _tenant(service.get_tenant(db, who.tenant_id)))
+    return in_transaction(lambda db: _tenant(tenant_settings.get_tenant(db, who.tenant_id)))
 
 
 @router.patch("/tenant", response_model=s.TenantOut, summary="Update name, persona or policies")
@@ -148,7 +148,7 @@ def patch_tenant(body: s.TenantPatch, who: Admin) -> s.TenantOut:
     Takes effect on the next message the assistant answers."""
     return in_transaction(
         lambda db: _tenant(
-            service.update_tenant(
+            tenant_settings.update_tenant(
                 db,
                 who,
                 name=body.name,
@@ -164,7 +164,8 @@ def put_llm_key(body: s.LLMKeyIn, who: Admin) -> s.LLMKeyOut:
     """Stores the key encrypted, for the endpoint in `policies.llm`. It is never returned."""
     return in_transaction(
         lambda db: s.LLMKeyOut(
-            has_llm_key=service.set_llm_key(db, who, body.api_key.get_secret_value()).llm_api_key_encrypted is not None
+            has_llm_key=tenant_settings.set_llm_key(
+                db, who, body.api_key.get_secret_value()).llm_api_key_encrypted is not None
         )
     )
 
@@ -173,7 +174,7 @@ def put_llm_key(body: s.LLMKeyIn, who: Admin) -> s.LLMKeyOut:
 def delete_llm_key(who: Admin) -> s.LLMKeyOut:
     """The server's default LLM key applies again."""
     return in_transaction(
-        lambda db: s.LLMKeyOut(has_llm_key=service.set_llm_key(db, who, None).llm_api_key_encrypted is not None)
+        lambda db: s.LLMKeyOut(has_llm_key=tenant_settings.set_llm_key(db, who, None).llm_api_key_encrypted is not None)
     )
 
 
@@ -183,7 +184,7 @@ def put_llm_provider_key(name: ProviderPath, body: s.LLMKeyIn, who: Admin) -> s.
     """Stores the key encrypted, for the entry of `policies.llm.providers` with this name (it may be set before
     the entry exists). That entry gets this key instead of the tenant's key. It is never returned."""
     return in_transaction(lambda db: s.LLMProviderKeysOut(
-        llm_provider_keys=service.set_llm_provider_key(db, who, name, body.api_key.get_secret_value())))
+        llm_provider_keys=tenant_settings.set_llm_provider_key(db, who, name, body.api_key.get_secret_value())))
 
 
 @router.delete("/tenant/llm-keys/{name}", response_model=s.LLMProviderKeysOut,
@@ -191,7 +192,7 @@ def put_llm_provider_key(name: ProviderPath, body: s.LLMKeyIn, who: Admin) -> s.
 def delete_llm_provider_key(name: ProviderPath, who: Admin) -> s.LLMProviderKeysOut:
     """The entry uses the tenant's key again (or none on its own URL). 404 when no key is stored under `name`."""
     return in_transaction(lambda db: s.LLMProviderKeysOut(
-        llm_provider_keys=service.set_llm_provider_key(db, who, name, None)))
+        llm_provider_keys=tenant_settings.set_llm_provider_key(db, who, name, None)))
 
 
 @router.get("/llm/usage", response_model=s.LLMUsageOut, summary="LLM usage and cost by day, provider and model")
