@@ -147,7 +147,7 @@ def authenticate(
 
 def _person(token: str, failures: _Failures) -> Principal:
     """A logged-in person's access token (app/accounts/tokens.py); the login and the role are read now."""
-    from app.accounts.service import principal_for
+    from app.accounts.logins import principal_for
     from app.accounts.tokens import TokenError, read_access
 
     try:

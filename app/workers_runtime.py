@@ -37,7 +37,8 @@ def consumer_name(role: str) -> str:
 
 
 def build_consumers(bus: Bus, stop: threading.Event, container: Container | None = None) -> list[Consumer]:
-    from app.assistant.orchestrator import Orchestrator, mark_dead
+    from app.assistant.orchestrator import Orchestrator
+    from app.assistant.outcomes import mark_dead
     from app.bootstrap import container as current
     from app.conversations.dispatcher import Dispatcher, lease_for
     from app.conversations.redrive import mark_outbound_dead

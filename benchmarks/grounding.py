@@ -145,7 +145,7 @@ def _prompt_parts(body: dict[str, Any]) -> tuple[list[str], str]:
 
 
 def _best_sentences(question: str, passage: str) -> list[str]:
-    from app.assistant.grounding import is_factual, passage_sentences
+    from app.assistant.text_measures import is_factual, passage_sentences
     from app.providers.embeddings.sparse import tokenize
 
     q = set(tokenize(question))

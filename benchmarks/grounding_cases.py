@@ -225,7 +225,7 @@ def topic_word(text: str) -> str:
 
 # -- cases -------------------------------------------------------------------------------------------------
 def build_cases(corpus: str, passages: list[EvalPassage], seed: int = 7) -> list[Case]:
-    from app.assistant.grounding import is_factual, passage_sentences
+    from app.assistant.text_measures import is_factual, passage_sentences
 
     rng = random.Random(seed)
     part_rng = random.Random(seed + 1)  # its own generator: the other kinds stay the cases they were

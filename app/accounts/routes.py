@@ -13,7 +13,7 @@ from typing import Annotated
 from fastapi import APIRouter, Form, Header, HTTPException, Request, Response
 from pydantic import BaseModel, Field
 
-from app.accounts import service
+from app.accounts import logins, service
 from app.accounts.tokens import looks_like_jwt
 from app.auth import Viewer, authenticate
 from app.db import session_scope
@@ -76,7 +76,7 @@ def _spend(*checks: tuple[Rule, str]) -> None:
         raise exc.http() from None
 
 
-def _tokens(tokens: service.Tokens, response: Response) -> TokenOut:
+def _tokens(tokens: logins.Tokens, response: Response) -> TokenOut:
     response.headers.update(NO_STORE)
     return TokenOut(access_token=tokens.access_token, refresh_token=tokens.refresh_token,
                     expires_in=tokens.expires_in)
@@ -108,7 +108,7 @@ def login(
     _limited(*failures)
     try:
         with session_scope() as session:
-            return _tokens(service.login(session, username, password, tenant or None), response)
+            return _tokens(logins.login(session, username, password, tenant or None), response)
     except service.LoginFailed as exc:
         log.info("failed login from %s", client_ip(request))
         _spend(*failures)
@@ -127,10 +127,10 @@ def refresh(request: Request, response: Response, body: RefreshIn) -> TokenOut:
     _limited(ip)
     try:
         with session_scope() as session:
-            return _tokens(service.refresh(session, body.refresh_token), response)
+            return _tokens(logins.refresh(session, body.refresh_token), response)
     except service.RefreshReused as exc:
         with session_scope() as session:  # the refresh's own transaction was rolled back: revoke in a new one
-            service.revoke_login(session, exc.session_id, "refresh_reused", actor="system")
+            logins.revoke_login(session, exc.session_id, "refresh_reused", actor="system")
         raise _error(exc) from None
     except service.UnknownRefreshToken as exc:
         _spend(ip)  # guessing; an expired or revoked token of ours is ordinary use
@@ -154,10 +154,10 @@ def logout(
         principal = authenticate(request, authorization)
         if principal.session_id is not None:
             with session_scope() as session:
-                service.revoke_login(session, principal.session_id, "logout")
+                logins.revoke_login(session, principal.session_id, "logout")
     elif body is not None:
         with session_scope() as session:
-            service.logout_with_refresh(session, body.refresh_token)
+            logins.logout_with_refresh(session, body.refresh_token)
     else:
         raise HTTPException(401, "send the access token (Authorization: Bearer) or the refresh token to log out",
                             headers={"WWW-Authenticate": "Bearer"})
@@ -186,7 +186,7 @@ def change_password(body: PasswordIn, principal: Viewer) -> Response:
     _limited(account)
     try:
         with session_scope() as session:
-            service.change_password(session, principal, body.current_password, body.new_password)
+            logins.change_password(session, principal, body.current_password, body.new_password)
     except service.WrongPassword as exc:
         _spend(account)
         raise _error(exc) from None

@@ -12,7 +12,7 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
-from app.admin import schemas as s
+from app.admin import knowledge_schemas as s
 from app.admin import service
 from app.admin.routes import CursorQ, Limit, in_transaction, job_out
 from app.admin.uploads import UploadError, build_options, collect, read_form

@@ -17,8 +17,10 @@ from fastapi import APIRouter, HTTPException, Path, Query, Response
 from sqlalchemy.orm import Session
 
 from app.accounts.service import user_names
+from app.admin import knowledge_schemas as ks
 from app.admin import schemas as s
-from app.admin import service
+from app.admin import service, tenant_settings
+from app.admin.policy_schemas import Channel
 from app.assistant.pii_restore import mask_for_agents
 from app.auth import Admin, Principal, Viewer
 from app.db import session_scope
@@ -66,7 +68,7 @@ def _tenant(t: Tenant) -> s.TenantOut:
         persona=t.persona or {},
         policies=t.policies or {},
         has_llm_key=t.llm_api_key_encrypted is not None,
-        llm_provider_keys=service.llm_provider_keys(t),
+        llm_provider_keys=tenant_settings.llm_provider_keys(t),
         live_pack_version=t.live_pack_version,
         created_at=t.created_at,
     )
@@ -84,21 +86,21 @@ def _key(k: ApiKey) -> s.ApiKeyOut:
     )
 
 
-def job_out(j: IngestionJob) -> s.JobOut:
+def job_out(j: IngestionJob) -> ks.JobOut:
     done_files, chunks = j.done_files, j.chunks
     if j.status == "running":  # the row is written at the end; a job running in this process reports live
         from app.bootstrap import container
 
         live = container().job_queue.progress(j.id) or {}
         done_files, chunks = live.get("done_files", done_files), live.get("chunks", chunks)
-    return s.JobOut(
+    return ks.JobOut(
         id=j.id,
         status=j.status,
         pack_version=j.pack_version,
         total_files=j.total_files,
         done_files=done_files,
         chunks=chunks,
-        errors=[s.FileError(**e) for e in j.errors or []],
+        errors=[ks.FileError(**e) for e in j.errors or []],
         detail=j.detail,
         created_at=j.created_at,
         finished_at=j.finished_at,
@@ -140,7 +142,7 @@ def _message(m: Message, who: Principal) -> s.MessageOut:
 def get_tenant(who: Admin) -> s.TenantOut:
     """The caller's tenant: name, persona, policies, whether it has its own LLM key, and the live pack
     version."""
-    return in_transaction(lambda db: _tenant(service.get_tenant(db, who.tenant_id)))
+    return in_transaction(lambda db: _tenant(tenant_settings.get_tenant(db, who.tenant_id)))
 
 
 @router.patch("/tenant", response_model=s.TenantOut, summary="Update name, persona or policies")
@@ -149,7 +151,7 @@ def patch_tenant(body: s.TenantPatch, who: Admin) -> s.TenantOut:
     Takes effect on the next message the assistant answers."""
     return in_transaction(
         lambda db: _tenant(
-            service.update_tenant(
+            tenant_settings.update_tenant(
                 db,
                 who,
                 name=body.name,
@@ -165,7 +167,8 @@ def put_llm_key(body: s.LLMKeyIn, who: Admin) -> s.LLMKeyOut:
     """Stores the key encrypted, for the endpoint in `policies.llm`. It is never returned."""
     return in_transaction(
         lambda db: s.LLMKeyOut(
-            has_llm_key=service.set_llm_key(db, who, body.api_key.get_secret_value()).llm_api_key_encrypted is not None
+            has_llm_key=tenant_settings.set_llm_key(
+                db, who, body.api_key.get_secret_value()).llm_api_key_encrypted is not None
         )
     )
 
@@ -174,7 +177,7 @@ def put_llm_key(body: s.LLMKeyIn, who: Admin) -> s.LLMKeyOut:
 def delete_llm_key(who: Admin) -> s.LLMKeyOut:
     """The server's default LLM key applies again."""
     return in_transaction(
-        lambda db: s.LLMKeyOut(has_llm_key=service.set_llm_key(db, who, None).llm_api_key_encrypted is not None)
+        lambda db: s.LLMKeyOut(has_llm_key=tenant_settings.set_llm_key(db, who, None).llm_api_key_encrypted is not None)
     )
 
 
@@ -184,7 +187,7 @@ def put_llm_provider_key(name: ProviderPath, body: s.LLMKeyIn, who: Admin) -> s.
     """Stores the key encrypted, for the entry of `policies.llm.providers` with this name (it may be set before
     the entry exists). That entry gets this key instead of the tenant's key. It is never returned."""
     return in_transaction(lambda db: s.LLMProviderKeysOut(
-        llm_provider_keys=service.set_llm_provider_key(db, who, name, body.api_key.get_secret_value())))
+        llm_provider_keys=tenant_settings.set_llm_provider_key(db, who, name, body.api_key.get_secret_value())))
 
 
 @router.delete("/tenant/llm-keys/{name}", response_model=s.LLMProviderKeysOut,
@@ -192,7 +195,7 @@ def put_llm_provider_key(name: ProviderPath, body: s.LLMKeyIn, who: Admin) -> s.
 def delete_llm_provider_key(name: ProviderPath, who: Admin) -> s.LLMProviderKeysOut:
     """The entry uses the tenant's key again (or none on its own URL). 404 when no key is stored under `name`."""
     return in_transaction(lambda db: s.LLMProviderKeysOut(
-        llm_provider_keys=service.set_llm_provider_key(db, who, name, None)))
+        llm_provider_keys=tenant_settings.set_llm_provider_key(db, who, name, None)))
 
 
 @router.get("/llm/usage", response_model=s.LLMUsageOut, summary="LLM usage and cost by day, provider and model")
@@ -271,7 +274,7 @@ def list_conversations(
     escalated: Annotated[
         bool | None, Query(description="Only those with (true) or without an open escalation.")
     ] = None,
-    channel: Annotated[s.Channel | None, Query()] = None,
+    channel: Annotated[Channel | None, Query()] = None,
     contact: Annotated[str | None, Query(description="A contact id or the channel's id of the contact.")] = None,
     limit: Limit = 50,
     cursor: CursorQ = None,

@@ -4,7 +4,8 @@ Three phases keep database transactions short and the handler idempotent:
 1. read the context (message, conversation, tenant, history) and stop if the message is already handled;
 2. decide, outside any transaction: guardrails, retrieval, the LLM or the offline composer;
 3. write the outcome in one transaction that re-checks the message is still `received` (row lock on Postgres),
-   with the reply or escalation events in the outbox (app/outbox.py), published once committed.
+   with the reply or escalation events in the outbox (app/outbox.py), published once committed
+   (app/assistant/outcomes.py).
 A redelivered message (at-least-once bus, provider retry, reclaimed after a crash) finds its row handled and only
 re-publishes a reply that was stored but maybe never delivered.
 
@@ -19,81 +20,37 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy import Table, select
 from sqlalchemy.orm import Session
 
-from app import audit, logs, metrics, outbox
-from app.assistant import guardrails
+from app import logs, metrics
+from app.assistant import guardrails, outcomes
 from app.assistant.composer import compose_offline
 from app.assistant.drafts import STREAMING_CHANNELS, DraftStream
 from app.assistant.grounding import vet_llm_draft
 from app.assistant.modes import effective_mode
+from app.assistant.outcomes import CONVERSATIONS, IN_TENANT, Context, Decision, Outcome
 from app.assistant.pii_restore import PiiVault
-from app.assistant.prompts import Draft, parse_llm_answer, render_messages
+from app.assistant.prompts import parse_llm_answer, render_messages
 from app.assistant.turns import merged_into, newer_pending
-from app.audit import record
 from app.bus.base import Bus, Delivery, PermanentFailure
 from app.config import Settings, get_settings
-from app.contracts import EVENTS, INBOUND, OUTBOUND, EscalationOpened, Event, InboundMessage, UnknownEvent
+from app.contracts import Event, InboundMessage, UnknownEvent
 from app.conversations.push import Push
-from app.conversations.service import MESSAGES, ReplyTo, history, outbound_event, publish_outbound, store_reply
+from app.conversations.replies import outbound_event, publish_outbound
+from app.conversations.service import MESSAGES, history
 from app.crypto import decrypt_json
 from app.db import session_scope
-from app.models import Conversation, Escalation, Message, Tenant, new_id, utcnow
+from app.models import Conversation, Message, Tenant, utcnow
 from app.providers.llm.base import LLMClient, LLMError
 from app.providers.llm.plan import LLMPlan, tenant_plan
 from app.providers.llm.router import CallTag, LLMRouter
 from app.ratelimit import LLM_CALLS_PER_TENANT, RateLimited, RateLimiter
-from app.review.sla import schedule as schedule_sla
-from app.review.sla import target as sla_target
 
 log = logging.getLogger(__name__)
-
-DEFAULT_ESCALATION_NOTICE = (
-    "Thanks for your message. I've passed it to a member of our team, who will reply here shortly."
-)
-
-
-@dataclass(frozen=True)
-class Outcome:
-    status: str  # answered | escalated | human | merged | deferred | duplicate
-    message_id: str
-    reply_id: str | None = None
-    escalation_id: str | None = None
-    reason: str | None = None
-    text: str | None = None
-    citations: list[dict[str, Any]] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class Context:
-    message_id: str
-    tenant_id: str
-    conversation_id: str
-    mode: str
-    persona: dict[str, Any]
-    policies: dict[str, Any]
-    llm: LLMPlan | None
-    history: list[tuple[str, str]]
-    pack_version: int | None
-    received_at: datetime
-    earlier_burst: list[str] = field(default_factory=list)  # texts merged into this turn
-    superseded: bool = False  # a later message of the conversation was already waiting when this one was read
-    channel: str = ""
-    retrieved: list[dict[str, Any]] = field(default_factory=list)  # set by `_decide`; kept on an escalation
-
-
-@dataclass(frozen=True)
-class Decision:
-    answer: Draft | None = None
-    escalate_reason: str | None = None
-    detail: str | None = None
-    draft: Draft | None = None
-    meta: dict[str, Any] | None = None  # kept on the escalation (e.g. the unsupported sentences)
 
 
 class Orchestrator:
@@ -150,19 +107,21 @@ class Orchestrator:
             return done
         assert ctx is not None
         if ctx.mode == "human":
-            return self._route_to_agent(ctx)
-        if ctx.superseded and (merged := self._merge(ctx)) is not None:
+            return outcomes.route_to_agent(ctx)
+        if ctx.superseded and (merged := outcomes.merge(ctx)) is not None:
             return merged  # the later message answers both: no retrieval and no LLM call for this one
         window = float(ctx.policies.get("burst_window_s") or 0)
         closes = _aware(ctx.received_at) + timedelta(seconds=window)
         if window > 0 and closes > self.clock():
-            return self._defer(ctx, event, closes)  # let the rest of a burst arrive; it is answered as one turn
+            # Let the rest of a burst arrive; it is answered as one turn.
+            return outcomes.defer(self.clock, ctx, event, closes)
         text = "\n".join([*ctx.earlier_burst, event.text])
         # The tenant's mode (app/assistant/modes.py): `human` only acknowledges and routes; `draft` holds every
         # answer for an agent's approval (and never streams it to the visitor first).
         mode = effective_mode(ctx.policies, ctx.channel)
         if mode == "human":
-            return self._escalate(ctx, Decision(escalate_reason="human_mode", detail="the tenant's mode is human"))
+            return outcomes.escalate(self.bus, self.clock, ctx,
+                                     Decision(escalate_reason="human_mode", detail="the tenant's mode is human"))
         drafts = self._draft_stream(ctx) if mode == "auto" else None
         outcome: Outcome | None = None
         try:
@@ -171,11 +130,11 @@ class Orchestrator:
                 decision = Decision(escalate_reason="draft_review", detail="the tenant's mode is draft",
                                     draft=decision.answer, meta=decision.meta)
             if decision.answer is not None:
-                outcome = self._answer(ctx, decision.answer)
+                outcome = outcomes.answer(self.bus, self.clock, ctx, decision.answer)
                 return outcome
             if drafts is not None:
                 drafts.withdraw()  # before the holding notice goes out
-            outcome = self._escalate(ctx, decision)
+            outcome = outcomes.escalate(self.bus, self.clock, ctx, decision)
             return outcome
         finally:
             if drafts is not None and (outcome is None or outcome.status != "answered"):
@@ -305,157 +264,19 @@ class Orchestrator:
         return DraftStream(self.push, tenant_id=ctx.tenant_id, conversation_id=ctx.conversation_id,
                            reply_to=ctx.message_id, interval_s=self.settings.webchat_draft_interval_ms / 1000)
 
-    # -- phase 3 -----------------------------------------------------------------------------------------
-    def _claim(self, session: Session, ctx: Context) -> ReplyTo | None:
-        """Lock the message row and check nobody handled it while we were thinking. Returns where its reply goes;
-        None if it is handled already, or merged into a later message here (status `merged`, committed with the
-        session)."""
-        row = session.execute(_CLAIM, {"message": ctx.message_id, "tenant": ctx.tenant_id}).one()
-        if row.status != "received":
-            return None
-        newer = newer_pending(session, row.conversation_id, row.created_at)
-        if newer is not None:
-            # A later message of the same turn arrived while this one was being answered: it supersedes this
-            # reply and answers both texts as one turn (`merged_into`).
-            _set_status(session, ctx, "merged", meta={**(row.meta or {}), "superseded_by": newer})
-            audit.write(session, ctx.tenant_id, "bot", "message.merged", "message", ctx.message_id, {"into": newer})
-            return None
-        return ReplyTo(ctx.tenant_id, row.conversation_id, row.channel, row.channel_account_id)
-
-    def _answer(self, ctx: Context, draft: Draft) -> Outcome:
-        with session_scope() as session:
-            to = self._claim(session, ctx)
-            if to is None:
-                return Outcome("duplicate", ctx.message_id)
-            event = store_reply(
-                session,
-                to,
-                key=f"reply:{ctx.message_id}",
-                text=draft.text,
-                author="bot",
-                in_reply_to_id=ctx.message_id,
-                citations=draft.citations,
-                meta={"pack_version": ctx.pack_version, "confidence": draft.confidence},
-            )
-            _set_status(session, ctx, "answered")
-            audit.write(session, ctx.tenant_id, "bot", "message.answered", "message", ctx.message_id, {
-                "reply_id": event.message_id,
-                "pack_version": ctx.pack_version,
-                "chunk_ids": [c["chunk_id"] for c in draft.citations],
-            })
-            pending = outbox.add(session, [outbox.Entry.of(OUTBOUND, event, event.message_id)], now=self.clock())
-        outbox.publish_now(self.bus, pending)
-        return Outcome("answered", ctx.message_id, reply_id=event.message_id, text=draft.text,
-                       citations=list(draft.citations))
-
-    def _escalate(self, ctx: Context, decision: Decision) -> Outcome:
-        reason = decision.escalate_reason or "unknown"
-        notice: str | None = str(ctx.policies.get("escalation_notice") or DEFAULT_ESCALATION_NOTICE)
-        if reason == "draft_review" and not ctx.policies.get("draft_notice"):
-            notice = None  # a draft waiting for approval: the customer hears nothing until it is sent
-        sla = sla_target(ctx.policies)
-        now = self.clock()
-        with session_scope() as session:
-            to = self._claim(session, ctx)
-            if to is None:
-                return Outcome("duplicate", ctx.message_id)
-            escalation_id = new_id()
-            session.execute(_INSERT_ESCALATION, {
-                "id": escalation_id, "tenant_id": ctx.tenant_id, "conversation_id": to.conversation_id,
-                "message_id": ctx.message_id, "status": "open", "reason": reason, "detail": decision.detail,
-                "draft": decision.draft.text if decision.draft else None,
-                "draft_citations": decision.draft.citations if decision.draft else None, "created_at": utcnow(),
-                "meta": decision.meta,
-                "passages": ctx.retrieved or None,
-                "sla_state": "pending" if sla else None, "sla_due_at": now + sla if sla else None,
-            })
-            if sla:  # the timer, committed with the escalation (app/review/sla.py)
-                schedule_sla(session, tenant_id=ctx.tenant_id, escalation_id=escalation_id, due=now + sla, now=now)
-            entries = []
-            reply_id = None
-            if notice is not None:
-                event = store_reply(session, to, key=f"reply:{ctx.message_id}", text=notice, author="bot",
-                                    in_reply_to_id=ctx.message_id, meta={"escalation_id": escalation_id})
-                entries.append(outbox.Entry.of(OUTBOUND, event, event.message_id))
-                reply_id = event.message_id
-            _set_status(session, ctx, "escalated")
-            audit.write(session, ctx.tenant_id, "bot", "escalation.opened", "escalation", escalation_id,
-                        {"reason": reason, "message_id": ctx.message_id})
-            opened = EscalationOpened(tenant_id=ctx.tenant_id, escalation_id=escalation_id,
-                                      conversation_id=to.conversation_id, message_id=ctx.message_id, reason=reason)
-            pending = outbox.add(session, [*entries, outbox.Entry.of(EVENTS, opened)], now=now)
-        outbox.publish_now(self.bus, pending)
-        return Outcome("escalated", ctx.message_id, reply_id=reply_id,
-                       escalation_id=opened.escalation_id, reason=reason, text=notice)
-
-    def _defer(self, ctx: Context, event: InboundMessage, closes: datetime) -> Outcome:
-        """Schedule this event's re-delivery for when the burst window closes; this consumer goes on meanwhile.
-        (Delivered twice, it is scheduled twice: the second copy finds the message handled.)"""
-        with session_scope() as session:
-            outbox.add(session, [outbox.Entry.of(INBOUND, event, ctx.message_id)], now=self.clock(),
-                       not_before=closes)
-        return Outcome("deferred", ctx.message_id)
-
-    def _merge(self, ctx: Context) -> Outcome | None:
-        """Merge into the later message that is waiting (as `_claim` would after answering); None if it is gone."""
-        with session_scope() as session:
-            if self._claim(session, ctx) is not None:
-                return None  # claimed but nothing written: the message stays `received` and is answered
-            status = session.execute(_STATUS, {"message": ctx.message_id, "tenant": ctx.tenant_id}).scalar_one()
-        return Outcome("merged" if status == "merged" else "duplicate", ctx.message_id)
-
-    def _route_to_agent(self, ctx: Context) -> Outcome:
-        with session_scope() as session:
-            if self._claim(session, ctx) is None:
-                return Outcome("duplicate", ctx.message_id)
-            _set_status(session, ctx, "human")
-            audit.write(session, ctx.tenant_id, "system", "message.routed_to_agent", "message", ctx.message_id)
-        return Outcome("human", ctx.message_id)
-
-
-def _tenant_message(session: Session, tenant_id: str, message_id: str) -> Message | None:
-    return session.scalars(
-        select(Message).where(Message.id == message_id, Message.tenant_id == tenant_id, Message.direction == "in")
-    ).first()
-
 
 # The per-message SQL, built once (building a statement and its cache key cost more than running it on
 # SQLite): each call only binds values. Core rows, not ORM objects; every statement names the tenant or a
 # conversation read under it.
-CONVERSATIONS: Table = Conversation.__table__  # type: ignore[assignment]
 TENANTS: Table = Tenant.__table__  # type: ignore[assignment]
-ESCALATIONS: Table = Escalation.__table__  # type: ignore[assignment]
-_IN_TENANT = (MESSAGES.c.id == bindparam("message"), MESSAGES.c.tenant_id == bindparam("tenant"))
 _LOAD = (
     select(MESSAGES.c.id, MESSAGES.c.status, MESSAGES.c.created_at, MESSAGES.c.conversation_id, CONVERSATIONS.c.mode,
            TENANTS.c.persona, TENANTS.c.policies, TENANTS.c.llm_api_key_encrypted,
            TENANTS.c.llm_provider_keys_encrypted, TENANTS.c.live_pack_version)
     .join(CONVERSATIONS, CONVERSATIONS.c.id == MESSAGES.c.conversation_id)
     .join(TENANTS, TENANTS.c.id == MESSAGES.c.tenant_id)
-    .where(*_IN_TENANT, MESSAGES.c.direction == "in")
+    .where(*IN_TENANT, MESSAGES.c.direction == "in")
 )
-_CLAIM = (
-    select(MESSAGES.c.status, MESSAGES.c.created_at, MESSAGES.c.meta, MESSAGES.c.conversation_id,
-           CONVERSATIONS.c.channel, CONVERSATIONS.c.channel_account_id)
-    .join(CONVERSATIONS, CONVERSATIONS.c.id == MESSAGES.c.conversation_id)
-    .where(*_IN_TENANT)
-    .with_for_update(of=MESSAGES)
-)
-_STATUS = select(MESSAGES.c.status).where(*_IN_TENANT)
-_SET_STATUS = update(MESSAGES).where(*_IN_TENANT).values(
-    status=bindparam("new_status", type_=MESSAGES.c.status.type),
-    processed_at=bindparam("now", type_=MESSAGES.c.processed_at.type),
-)
-_SET_STATUS_AND_META = _SET_STATUS.values(meta=bindparam("new_meta", type_=MESSAGES.c.meta.type))
-_INSERT_ESCALATION = insert(ESCALATIONS)
-
-
-def _set_status(session: Session, ctx: Context, status: str, *, meta: dict[str, Any] | None = None) -> None:
-    values = {"message": ctx.message_id, "tenant": ctx.tenant_id, "new_status": status, "now": utcnow()}
-    if meta is None:
-        session.execute(_SET_STATUS, values)
-    else:
-        session.execute(_SET_STATUS_AND_META, {**values, "new_meta": meta})
 
 
 def _aware(value: datetime) -> datetime:
@@ -473,14 +294,3 @@ def _top(passages: Sequence[Any]) -> str:
         return "no passage found"
     best = passages[0]
     return f"best passage {best.document} scored {best.score:.2f}"
-
-
-def mark_dead(tenant_id: str, message_id: str, reason: str) -> None:
-    """Called when the bus dead-letters an inbound message: the row says so too, with the reason."""
-    with session_scope() as session:
-        message = _tenant_message(session, tenant_id, message_id)
-        if message is not None and message.status == "received":
-            message.status = "dead"
-            message.error = reason
-            record(session, tenant_id, "system", "message.dead_lettered", "message", message_id,
-                   {"reason": reason})

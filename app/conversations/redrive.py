@@ -22,7 +22,7 @@ from app import outbox
 from app.audit import record
 from app.bus.base import Bus
 from app.contracts import INBOUND, OUTBOUND, InboundMessage
-from app.conversations.service import outbound_event
+from app.conversations.replies import outbound_event
 from app.db import session_scope
 from app.models import Conversation, Message, utcnow
 

@@ -2,8 +2,7 @@
 
 Inbound messages are unique on (tenant, channel, provider message id), so a provider's redelivery, or two
 concurrent deliveries of one message, store one row and enqueue one `InboundMessage`. Outbound messages carry
-their own idempotency key in the same column ("reply:<inbound id>", "review:<escalation id>"), so a retried
-handler cannot send twice.
+their own idempotency key in the same column (app/conversations/replies.py).
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app import logs, outbox
 from app.bus.base import Bus, check_name
-from app.contracts import INBOUND, OUTBOUND, Attachment, InboundMessage, OutboundMessage
+from app.contracts import INBOUND, Attachment, InboundMessage
 from app.db import session_scope
 from app.models import Contact, Conversation, Message, new_id, utcnow
 
@@ -142,7 +141,7 @@ def store_inbound(requests: Sequence[InboundRequest], *, enqueue: bool = True,
     firsts = sorted(set(originals.values()))
     out: list[Stored] = []
     with session_scope(sessions) as session:
-        sql = _statements(session.get_bind().dialect.name)
+        sql = statements(session.get_bind().dialect.name)
         contact_ids = _upsert_contacts(session, sql, [requests[i] for i in firsts], [times[i] for i in firsts])
         conversation_ids = _conversations(session, sql, requests, firsts, times, contact_ids)
         rows: list[dict[str, Any]] = []
@@ -222,7 +221,7 @@ class _Statements:
 
 
 @lru_cache(maxsize=4)
-def _statements(dialect: str) -> _Statements:
+def statements(dialect: str) -> _Statements:
     from sqlalchemy.dialects import postgresql, sqlite
 
     dialect_insert: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert
@@ -343,122 +342,13 @@ def _existing(
     return found
 
 
-def add_outbound(
-    session: Session,
-    conversation: Conversation,
-    *,
-    key: str,
-    text: str,
-    author: str,
-    in_reply_to_id: str | None = None,
-    citations: list[dict[str, Any]] | None = None,
-    meta: dict[str, Any] | None = None,
-) -> tuple[Message, bool]:
-    """Store an outbound message under an idempotency key. Returns (row, created)."""
-    existing = session.scalars(
-        select(Message).where(
-            Message.tenant_id == conversation.tenant_id,
-            Message.channel == conversation.channel,
-            Message.provider_message_id == key,
-        )
-    ).first()
-    if existing is not None:
-        return existing, False
-    message = Message(
-        tenant_id=conversation.tenant_id,
-        conversation_id=conversation.id,
-        channel=conversation.channel,
-        direction="out",
-        provider_message_id=key,
-        text=text,
-        status="pending",
-        author=author,
-        in_reply_to_id=in_reply_to_id,
-        citations=citations,
-        meta=meta or {},
-    )
-    session.add(message)
-    session.flush()
-    conversation.updated_at = utcnow()
-    return message, True
-
-
-def outbound_event(message: Message, conversation: Conversation) -> OutboundMessage:
-    return _outbound_event(message.tenant_id, message.id, conversation.id, message.channel,
-                           conversation.channel_account_id, message.text, message.citations, message.author)
-
-
-def _outbound_event(tenant_id: str, message_id: str, conversation_id: str, channel: str,
-                    channel_account_id: str | None, text: str, citations: list[dict[str, Any]] | None,
-                    author: str | None) -> OutboundMessage:
-    return OutboundMessage(
-        tenant_id=tenant_id,
-        message_id=message_id,
-        conversation_id=conversation_id,
-        channel=channel,
-        channel_account_id=channel_account_id,
-        text=text,
-        citations=citations or [],
-        author=author or "bot",
-        human_agent=bool(author and author.startswith("agent:")),
-    )
-
-
-@dataclass(frozen=True)
-class ReplyTo:
-    """The conversation a reply goes to, as `store_reply` needs it (the orchestrator reads it with its claim)."""
-
-    tenant_id: str
-    conversation_id: str
-    channel: str
-    channel_account_id: str | None
-
-
-# The orchestrator's per-message SQL, built once: each call only binds values (see `_Statements`).
-_EXISTING_REPLY = select(MESSAGES.c.id, MESSAGES.c.text, MESSAGES.c.citations, MESSAGES.c.author).where(
-    MESSAGES.c.tenant_id == bindparam("tenant"), MESSAGES.c.channel == bindparam("channel"),
-    MESSAGES.c.provider_message_id == bindparam("key"),
-)
-_INSERT_MESSAGE = insert(MESSAGES)
+# The orchestrator's history read, built once: each call only binds values (see `_Statements`).
 _HISTORY = (
     select(MESSAGES.c.id, MESSAGES.c.direction, MESSAGES.c.text)
     .where(MESSAGES.c.conversation_id == bindparam("conversation"), MESSAGES.c.status.notin_(["failed", "dead"]))
     .order_by(MESSAGES.c.created_at.desc())
     .limit(bindparam("limit"))
 )
-
-
-def store_reply(
-    session: Session,
-    to: ReplyTo,
-    *,
-    key: str,
-    text: str,
-    author: str,
-    in_reply_to_id: str | None = None,
-    citations: list[dict[str, Any]] | None = None,
-    meta: dict[str, Any] | None = None,
-) -> OutboundMessage:
-    """`add_outbound` without ORM objects, for the orchestrator's hot path: the same row under the same
-    idempotency key, the conversation touched; returns the event to publish once committed (the stored reply's,
-    if one already has the key)."""
-    existing = session.execute(_EXISTING_REPLY, {"tenant": to.tenant_id, "channel": to.channel, "key": key}).first()
-    if existing is not None:
-        return _outbound_event(to.tenant_id, existing.id, to.conversation_id, to.channel, to.channel_account_id,
-                               existing.text, existing.citations, existing.author)
-    reply_id, now = new_id(), utcnow()
-    session.execute(_INSERT_MESSAGE, {
-        "id": reply_id, "tenant_id": to.tenant_id, "conversation_id": to.conversation_id, "channel": to.channel,
-        "direction": "out", "provider_message_id": key, "text": text, "status": "pending", "author": author,
-        "in_reply_to_id": in_reply_to_id, "citations": citations, "meta": meta or {}, "created_at": now})
-    sql = _statements(session.get_bind().dialect.name)
-    session.execute(sql.touch_conversations, {"ids": [to.conversation_id], "now": now})
-    return _outbound_event(to.tenant_id, reply_id, to.conversation_id, to.channel, to.channel_account_id, text,
-                           citations, author)
-
-
-def publish_outbound(bus: Bus, event: OutboundMessage) -> None:
-    bus.publish(OUTBOUND, event.tenant_id, event.to_bus())
 
 
 def history(session: Session, conversation_id: str, *, before_id: str | None, turns: int) -> list[tuple[str, str]]:

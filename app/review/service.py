@@ -19,7 +19,7 @@ from app.auth import Principal
 from app.bus.base import Bus
 from app.channels import Permanent
 from app.contracts import EVENTS, OUTBOUND, EscalationDecided, OutboundMessage
-from app.conversations.service import add_outbound, outbound_event
+from app.conversations.replies import add_outbound, outbound_event
 from app.models import ChannelAccount, Contact, Conversation, Escalation, utcnow
 
 

@@ -26,7 +26,7 @@ from app import outbox
 from app.audit import record
 from app.bus.base import Delivery, PermanentFailure
 from app.contracts import EVENTS, OUTBOUND, SlaDue
-from app.conversations.service import add_outbound, outbound_event
+from app.conversations.replies import add_outbound, outbound_event
 from app.db import session_scope
 from app.models import Conversation, Escalation, Message, Tenant, utcnow
 

@@ -53,7 +53,7 @@ class TenantSpec:
         if "ussd_menu" in policies:  # walked by the USSD route as saved: checked like the admin API's
             from pydantic import ValidationError
 
-            from app.admin.schemas import UssdMenu
+            from app.admin.policy_schemas import UssdMenu
 
             try:
                 policies["ussd_menu"] = UssdMenu.model_validate(policies["ussd_menu"]).model_dump(exclude_none=True)

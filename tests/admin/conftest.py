@@ -76,7 +76,7 @@ class Seeded:
 
 def seed_conversation(tenant_id: str, contact: str = "v_alice", n_turns: int = 2, *, escalate: bool = False) -> str:
     """A web-chat conversation with `n_turns` question/answer pairs (answers cite a document)."""
-    from app.conversations.service import add_outbound
+    from app.conversations.replies import add_outbound
     from app.db import session_scope
     from app.models import Escalation, Message
     from tests.factories import get_or_create_contact, get_or_create_conversation

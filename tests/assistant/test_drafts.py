@@ -193,6 +193,6 @@ def test_other_channels_and_opted_out_tenants_keep_the_one_shot_call(
 
 
 def test_the_tenant_policy_is_accepted_by_the_admin_schema() -> None:
-    from app.admin.schemas import Policies
+    from app.admin.policy_schemas import Policies
 
     assert Policies.model_validate({"stream_replies": False}).stream_replies is False

@@ -9,16 +9,10 @@ from pathlib import Path
 import pytest
 
 from app.assistant.composer import compose_offline
-from app.assistant.grounding import (
-    GroundingChecker,
-    is_factual,
-    passage_sentences,
-    persona_words,
-    split_cited,
-    vet_llm_draft,
-)
+from app.assistant.grounding import GroundingChecker, vet_llm_draft
 from app.assistant.pii_restore import PLACEHOLDER, PiiVault
 from app.assistant.prompts import Draft, citation
+from app.assistant.text_measures import is_factual, passage_sentences, persona_words, split_cited
 from tests.assistant.helpers import PERSONA, RETURNS_DOC, SHIPPING_FAQ, FakePassage
 
 RETURNS = FakePassage("c1", "returns.md", "Returns policy", RETURNS_DOC, 0.8)

@@ -59,7 +59,8 @@ def test_unreadable_foreign_and_unknown_events_are_dead_lettered_with_a_reason(t
 
 
 def test_a_message_that_keeps_failing_ends_dead_with_its_last_error(tenant: str) -> None:
-    from app.assistant.orchestrator import Orchestrator, mark_dead
+    from app.assistant.orchestrator import Orchestrator
+    from app.assistant.outcomes import mark_dead
     from app.conversations.service import accept_inbound
 
     bus = MemoryBus()

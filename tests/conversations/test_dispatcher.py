@@ -10,7 +10,8 @@ import pytest
 from app.bus.memory import MemoryBus
 from app.channels import Permanent, RateLimited, SendError, SendRequest, Transient
 from app.conversations.dispatcher import DeliveryBusy, Dispatcher, lease_for
-from app.conversations.service import accept_inbound, add_outbound, outbound_event
+from app.conversations.replies import add_outbound, outbound_event
+from app.conversations.service import accept_inbound
 from app.db import migrate, session_scope
 from app.models import Conversation, Message, utcnow
 

@@ -13,7 +13,8 @@ from app.bootstrap import container
 from app.bus.memory import MemoryBus
 from app.conversations.dispatcher import Dispatcher
 from app.conversations.push import LocalPush, Push, RedisPush, notify_on_commit
-from app.conversations.service import accept_inbound, add_outbound, outbound_event
+from app.conversations.replies import add_outbound, outbound_event
+from app.conversations.service import accept_inbound
 from app.db import migrate, session_scope
 from app.models import Conversation, Message
 from tests.conftest import REDIS_TEST_URL

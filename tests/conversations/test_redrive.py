@@ -13,7 +13,8 @@ from app import outbox
 from app.bus.memory import MemoryBus
 from app.contracts import INBOUND, OUTBOUND, Event, InboundMessage, OutboundMessage
 from app.conversations.redrive import REDRIVE_AFTER, mark_outbound_dead, redrive_stale
-from app.conversations.service import accept_inbound, add_outbound
+from app.conversations.replies import add_outbound
+from app.conversations.service import accept_inbound
 from app.db import session_scope
 from app.models import Conversation, Message, utcnow
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from app.bus.memory import MemoryBus
-from app.conversations.service import ReplyTo, accept_inbound, add_outbound, history, store_reply
+from app.conversations.replies import ReplyTo, add_outbound, store_reply
+from app.conversations.service import accept_inbound, history
 from app.db import session_scope
 from app.models import Conversation, Message
 

@@ -67,7 +67,7 @@ def conversation(gw: Gateway, channel: str, external_id: str, credentials: dict[
 
 
 def reply(conv_id: str, text: str, author: str = "bot", key: str = "reply:1", in_reply_to: str | None = None) -> Any:
-    from app.conversations.service import add_outbound, outbound_event
+    from app.conversations.replies import add_outbound, outbound_event
     from app.db import session_scope
     from app.models import Conversation
 

@@ -17,7 +17,7 @@ def test_the_holding_message_outside_the_window_is_the_approved_template(
 ) -> None:
     from sqlalchemy import select
 
-    from app.conversations.service import outbound_event
+    from app.conversations.replies import outbound_event
     from app.db import session_scope
     from app.models import Conversation, Escalation, Message, utcnow
     from app.review.sla import breach

@@ -123,7 +123,7 @@ def test_every_payload(gw: Gateway, tenants: dict[str, str], file: str, case: st
 
 
 def test_statuses_update_our_outbound_message(gw: Gateway, tenants: dict[str, str]) -> None:
-    from app.conversations.service import add_outbound
+    from app.conversations.replies import add_outbound
     from app.db import session_scope
     from app.models import Conversation, Message
     from tests.factories import get_or_create_contact

@@ -1,0 +1,109 @@
+"""Response shapes of the admin API's knowledge routes (uploads, ingestion jobs, documents, pack versions).
+Their examples are what the OpenAPI page shows."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class FileError(BaseModel):
+    file: str
+    reason: str
+
+
+class JobOut(BaseModel):
+    id: str
+    status: str = Field(description="`queued`, `running`, `succeeded` or `failed`.")
+    pack_version: int | None = Field(default=None, description="The pack version this job builds.")
+    total_files: int
+    done_files: int
+    chunks: int
+    errors: list[FileError] = Field(
+        description="Files that were refused, with the reason; a succeeded job can have some."
+    )
+    detail: str | None
+    created_at: datetime
+    finished_at: datetime | None
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "4c2d...",
+                    "status": "succeeded",
+                    "total_files": 3,
+                    "done_files": 3,
+                    "chunks": 57,
+                    "errors": [{"file": "broken.csv", "reason": "row 4 has no answer column"}],
+                    "detail": None,
+                    "created_at": "2026-11-23T18:20:00Z",
+                    "finished_at": "2026-11-23T18:20:09Z",
+                }
+            ]
+        }
+    )
+
+
+class JobsOut(BaseModel):
+    jobs: list[JobOut]
+    next_cursor: str | None
+
+
+class UploadAccepted(BaseModel):
+    job_id: str
+    status: str
+    status_url: str
+    files: list[str] = Field(description="The files the job will ingest, by their name within the pack.")
+    skipped: list[FileError] = Field(description="Zip members left out (unsupported type), with the reason.")
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "job_id": "4c2d...",
+                    "status": "queued",
+                    "status_url": "/admin/v1/knowledge/jobs/4c2d...",
+                    "files": ["faq.csv", "returns.md"],
+                    "skipped": [{"file": "logo.png", "reason": "unsupported type '.png'"}],
+                }
+            ]
+        }
+    )
+
+
+class DocumentOut(BaseModel):
+    id: str
+    path: str
+    title: str
+    kind: str
+    chunks: int
+    pack_version: int
+    status: str
+    error: str | None
+    meta: dict[str, Any] = Field(default_factory=dict, description="brand, category, language, source_url.")
+    created_at: datetime
+
+
+class DocumentsOut(BaseModel):
+    documents: list[DocumentOut]
+
+
+class PackVersionOut(BaseModel):
+    version: int
+    status: str = Field(description="`building`, `ready`, `live`, `retired`, `failed` or `pruned`.")
+    documents: int
+    chunks: int
+    embedded: int = Field(description="Chunks embedded for this build; the others reused cached vectors.")
+    scores: dict[str, Any] = Field(description="Evaluation on the tenant's eval set: n, hit@1, hit@5, mrr.")
+    notes: str | None
+    job_id: str | None
+    created_at: datetime
+    promoted_at: datetime | None
+
+
+class PackVersionsOut(BaseModel):
+    live_version: int | None
+    versions: list[PackVersionOut]

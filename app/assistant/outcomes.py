@@ -1,0 +1,229 @@
+"""Phase 3 of the orchestrator (app/assistant/orchestrator.py): write the outcome of one inbound message in one
+transaction that re-checks the message is still `received` (row lock on Postgres), with the reply or escalation
+events in the outbox (app/outbox.py), published once committed. Also the other ends a message can reach: merged
+into a later one of its turn, deferred to the end of its burst window, routed to an agent, dead-lettered."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy.orm import Session
+
+from app import audit, outbox
+from app.assistant.prompts import Draft
+from app.assistant.turns import newer_pending
+from app.audit import record
+from app.bus.base import Bus
+from app.contracts import EVENTS, INBOUND, OUTBOUND, EscalationOpened, InboundMessage
+from app.conversations.replies import ReplyTo, store_reply
+from app.conversations.service import MESSAGES
+from app.db import session_scope
+from app.models import Conversation, Escalation, Message, new_id, utcnow
+from app.providers.llm.plan import LLMPlan
+from app.review.sla import schedule as schedule_sla
+from app.review.sla import target as sla_target
+
+DEFAULT_ESCALATION_NOTICE = (
+    "Thanks for your message. I've passed it to a member of our team, who will reply here shortly."
+)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str  # answered | escalated | human | merged | deferred | duplicate
+    message_id: str
+    reply_id: str | None = None
+    escalation_id: str | None = None
+    reason: str | None = None
+    text: str | None = None
+    citations: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Context:
+    message_id: str
+    tenant_id: str
+    conversation_id: str
+    mode: str
+    persona: dict[str, Any]
+    policies: dict[str, Any]
+    llm: LLMPlan | None
+    history: list[tuple[str, str]]
+    pack_version: int | None
+    received_at: datetime
+    earlier_burst: list[str] = field(default_factory=list)  # texts merged into this turn
+    superseded: bool = False  # a later message of the conversation was already waiting when this one was read
+    channel: str = ""
+    retrieved: list[dict[str, Any]] = field(default_factory=list)  # set by `_decide`; kept on an escalation
+
+
+@dataclass(frozen=True)
+class Decision:
+    answer: Draft | None = None
+    escalate_reason: str | None = None
+    detail: str | None = None
+    draft: Draft | None = None
+    meta: dict[str, Any] | None = None  # kept on the escalation (e.g. the unsupported sentences)
+
+
+def claim(session: Session, ctx: Context) -> ReplyTo | None:
+    """Lock the message row and check nobody handled it while we were thinking. Returns where its reply goes;
+    None if it is handled already, or merged into a later message here (status `merged`, committed with the
+    session)."""
+    row = session.execute(_CLAIM, {"message": ctx.message_id, "tenant": ctx.tenant_id}).one()
+    if row.status != "received":
+        return None
+    newer = newer_pending(session, row.conversation_id, row.created_at)
+    if newer is not None:
+        # A later message of the same turn arrived while this one was being answered: it supersedes this
+        # reply and answers both texts as one turn (`merged_into`).
+        _set_status(session, ctx, "merged", meta={**(row.meta or {}), "superseded_by": newer})
+        audit.write(session, ctx.tenant_id, "bot", "message.merged", "message", ctx.message_id, {"into": newer})
+        return None
+    return ReplyTo(ctx.tenant_id, row.conversation_id, row.channel, row.channel_account_id)
+
+
+def answer(bus: Bus, clock: Callable[[], datetime], ctx: Context, draft: Draft) -> Outcome:
+    with session_scope() as session:
+        to = claim(session, ctx)
+        if to is None:
+            return Outcome("duplicate", ctx.message_id)
+        event = store_reply(
+            session,
+            to,
+            key=f"reply:{ctx.message_id}",
+            text=draft.text,
+            author="bot",
+            in_reply_to_id=ctx.message_id,
+            citations=draft.citations,
+            meta={"pack_version": ctx.pack_version, "confidence": draft.confidence},
+        )
+        _set_status(session, ctx, "answered")
+        audit.write(session, ctx.tenant_id, "bot", "message.answered", "message", ctx.message_id, {
+            "reply_id": event.message_id,
+            "pack_version": ctx.pack_version,
+            "chunk_ids": [c["chunk_id"] for c in draft.citations],
+        })
+        pending = outbox.add(session, [outbox.Entry.of(OUTBOUND, event, event.message_id)], now=clock())
+    outbox.publish_now(bus, pending)
+    return Outcome("answered", ctx.message_id, reply_id=event.message_id, text=draft.text,
+                   citations=list(draft.citations))
+
+
+def escalate(bus: Bus, clock: Callable[[], datetime], ctx: Context, decision: Decision) -> Outcome:
+    reason = decision.escalate_reason or "unknown"
+    notice: str | None = str(ctx.policies.get("escalation_notice") or DEFAULT_ESCALATION_NOTICE)
+    if reason == "draft_review" and not ctx.policies.get("draft_notice"):
+        notice = None  # a draft waiting for approval: the customer hears nothing until it is sent
+    sla = sla_target(ctx.policies)
+    now = clock()
+    with session_scope() as session:
+        to = claim(session, ctx)
+        if to is None:
+            return Outcome("duplicate", ctx.message_id)
+        escalation_id = new_id()
+        session.execute(_INSERT_ESCALATION, {
+            "id": escalation_id, "tenant_id": ctx.tenant_id, "conversation_id": to.conversation_id,
+            "message_id": ctx.message_id, "status": "open", "reason": reason, "detail": decision.detail,
+            "draft": decision.draft.text if decision.draft else None,
+            "draft_citations": decision.draft.citations if decision.draft else None, "created_at": utcnow(),
+            "meta": decision.meta,
+            "passages": ctx.retrieved or None,
+            "sla_state": "pending" if sla else None, "sla_due_at": now + sla if sla else None,
+        })
+        if sla:  # the timer, committed with the escalation (app/review/sla.py)
+            schedule_sla(session, tenant_id=ctx.tenant_id, escalation_id=escalation_id, due=now + sla, now=now)
+        entries = []
+        reply_id = None
+        if notice is not None:
+            event = store_reply(session, to, key=f"reply:{ctx.message_id}", text=notice, author="bot",
+                                in_reply_to_id=ctx.message_id, meta={"escalation_id": escalation_id})
+            entries.append(outbox.Entry.of(OUTBOUND, event, event.message_id))
+            reply_id = event.message_id
+        _set_status(session, ctx, "escalated")
+        audit.write(session, ctx.tenant_id, "bot", "escalation.opened", "escalation", escalation_id,
+                    {"reason": reason, "message_id": ctx.message_id})
+        opened = EscalationOpened(tenant_id=ctx.tenant_id, escalation_id=escalation_id,
+                                  conversation_id=to.conversation_id, message_id=ctx.message_id, reason=reason)
+        pending = outbox.add(session, [*entries, outbox.Entry.of(EVENTS, opened)], now=now)
+    outbox.publish_now(bus, pending)
+    return Outcome("escalated", ctx.message_id, reply_id=reply_id,
+                   escalation_id=opened.escalation_id, reason=reason, text=notice)
+
+
+def defer(clock: Callable[[], datetime], ctx: Context, event: InboundMessage, closes: datetime) -> Outcome:
+    """Schedule this event's re-delivery for when the burst window closes; this consumer goes on meanwhile.
+    (Delivered twice, it is scheduled twice: the second copy finds the message handled.)"""
+    with session_scope() as session:
+        outbox.add(session, [outbox.Entry.of(INBOUND, event, ctx.message_id)], now=clock(),
+                   not_before=closes)
+    return Outcome("deferred", ctx.message_id)
+
+
+def merge(ctx: Context) -> Outcome | None:
+    """Merge into the later message that is waiting (as `claim` would after answering); None if it is gone."""
+    with session_scope() as session:
+        if claim(session, ctx) is not None:
+            return None  # claimed but nothing written: the message stays `received` and is answered
+        status = session.execute(_STATUS, {"message": ctx.message_id, "tenant": ctx.tenant_id}).scalar_one()
+    return Outcome("merged" if status == "merged" else "duplicate", ctx.message_id)
+
+
+def route_to_agent(ctx: Context) -> Outcome:
+    with session_scope() as session:
+        if claim(session, ctx) is None:
+            return Outcome("duplicate", ctx.message_id)
+        _set_status(session, ctx, "human")
+        audit.write(session, ctx.tenant_id, "system", "message.routed_to_agent", "message", ctx.message_id)
+    return Outcome("human", ctx.message_id)
+
+
+def _tenant_message(session: Session, tenant_id: str, message_id: str) -> Message | None:
+    return session.scalars(
+        select(Message).where(Message.id == message_id, Message.tenant_id == tenant_id, Message.direction == "in")
+    ).first()
+
+
+def mark_dead(tenant_id: str, message_id: str, reason: str) -> None:
+    """Called when the bus dead-letters an inbound message: the row says so too, with the reason."""
+    with session_scope() as session:
+        message = _tenant_message(session, tenant_id, message_id)
+        if message is not None and message.status == "received":
+            message.status = "dead"
+            message.error = reason
+            record(session, tenant_id, "system", "message.dead_lettered", "message", message_id,
+                   {"reason": reason})
+
+
+# The per-message SQL, built once (building a statement and its cache key cost more than running it on
+# SQLite): each call only binds values. Core rows, not ORM objects; every statement names the tenant or a
+# conversation read under it.
+CONVERSATIONS: Table = Conversation.__table__  # type: ignore[assignment]
+ESCALATIONS: Table = Escalation.__table__  # type: ignore[assignment]
+IN_TENANT = (MESSAGES.c.id == bindparam("message"), MESSAGES.c.tenant_id == bindparam("tenant"))
+_CLAIM = (
+    select(MESSAGES.c.status, MESSAGES.c.created_at, MESSAGES.c.meta, MESSAGES.c.conversation_id,
+           CONVERSATIONS.c.channel, CONVERSATIONS.c.channel_account_id)
+    .join(CONVERSATIONS, CONVERSATIONS.c.id == MESSAGES.c.conversation_id)
+    .where(*IN_TENANT)
+    .with_for_update(of=MESSAGES)
+)
+_STATUS = select(MESSAGES.c.status).where(*IN_TENANT)
+_SET_STATUS = update(MESSAGES).where(*IN_TENANT).values(
+    status=bindparam("new_status", type_=MESSAGES.c.status.type),
+    processed_at=bindparam("now", type_=MESSAGES.c.processed_at.type),
+)
+_SET_STATUS_AND_META = _SET_STATUS.values(meta=bindparam("new_meta", type_=MESSAGES.c.meta.type))
+_INSERT_ESCALATION = insert(ESCALATIONS)
+
+
+def _set_status(session: Session, ctx: Context, status: str, *, meta: dict[str, Any] | None = None) -> None:
+    values = {"message": ctx.message_id, "tenant": ctx.tenant_id, "new_status": status, "now": utcnow()}
+    if meta is None:
+        session.execute(_SET_STATUS, values)
+    else:
+        session.execute(_SET_STATUS_AND_META, {**values, "new_meta": meta})

@@ -1,0 +1,126 @@
+"""Outbound messages: replies stored under their idempotency key ("reply:<inbound id>", "review:<escalation id>"),
+so a retried handler cannot send twice, and the `OutboundMessage` events the dispatcher delivers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import bindparam, insert, select
+from sqlalchemy.orm import Session
+
+from app.bus.base import Bus
+from app.contracts import OUTBOUND, OutboundMessage
+from app.conversations.service import MESSAGES, statements
+from app.models import Conversation, Message, new_id, utcnow
+
+
+def add_outbound(
+    session: Session,
+    conversation: Conversation,
+    *,
+    key: str,
+    text: str,
+    author: str,
+    in_reply_to_id: str | None = None,
+    citations: list[dict[str, Any]] | None = None,
+    meta: dict[str, Any] | None = None,
+) -> tuple[Message, bool]:
+    """Store an outbound message under an idempotency key. Returns (row, created)."""
+    existing = session.scalars(
+        select(Message).where(
+            Message.tenant_id == conversation.tenant_id,
+            Message.channel == conversation.channel,
+            Message.provider_message_id == key,
+        )
+    ).first()
+    if existing is not None:
+        return existing, False
+    message = Message(
+        tenant_id=conversation.tenant_id,
+        conversation_id=conversation.id,
+        channel=conversation.channel,
+        direction="out",
+        provider_message_id=key,
+        text=text,
+        status="pending",
+        author=author,
+        in_reply_to_id=in_reply_to_id,
+        citations=citations,
+        meta=meta or {},
+    )
+    session.add(message)
+    session.flush()
+    conversation.updated_at = utcnow()
+    return message, True
+
+
+def outbound_event(message: Message, conversation: Conversation) -> OutboundMessage:
+    return _outbound_event(message.tenant_id, message.id, conversation.id, message.channel,
+                           conversation.channel_account_id, message.text, message.citations, message.author)
+
+
+def _outbound_event(tenant_id: str, message_id: str, conversation_id: str, channel: str,
+                    channel_account_id: str | None, text: str, citations: list[dict[str, Any]] | None,
+                    author: str | None) -> OutboundMessage:
+    return OutboundMessage(
+        tenant_id=tenant_id,
+        message_id=message_id,
+        conversation_id=conversation_id,
+        channel=channel,
+        channel_account_id=channel_account_id,
+        text=text,
+        citations=citations or [],
+        author=author or "bot",
+        human_agent=bool(author and author.startswith("agent:")),
+    )
+
+
+@dataclass(frozen=True)
+class ReplyTo:
+    """The conversation a reply goes to, as `store_reply` needs it (the orchestrator reads it with its claim)."""
+
+    tenant_id: str
+    conversation_id: str
+    channel: str
+    channel_account_id: str | None
+
+
+# The orchestrator's per-message SQL, built once: each call only binds values (see `_Statements` in service.py).
+_EXISTING_REPLY = select(MESSAGES.c.id, MESSAGES.c.text, MESSAGES.c.citations, MESSAGES.c.author).where(
+    MESSAGES.c.tenant_id == bindparam("tenant"), MESSAGES.c.channel == bindparam("channel"),
+    MESSAGES.c.provider_message_id == bindparam("key"),
+)
+_INSERT_MESSAGE = insert(MESSAGES)
+
+def store_reply(
+    session: Session,
+    to: ReplyTo,
+    *,
+    key: str,
+    text: str,
+    author: str,
+    in_reply_to_id: str | None = None,
+    citations: list[dict[str, Any]] | None = None,
+    meta: dict[str, Any] | None = None,
+) -> OutboundMessage:
+    """`add_outbound` without ORM objects, for the orchestrator's hot path: the same row under the same
+    idempotency key, the conversation touched; returns the event to publish once committed (the stored reply's,
+    if one already has the key)."""
+    existing = session.execute(_EXISTING_REPLY, {"tenant": to.tenant_id, "channel": to.channel, "key": key}).first()
+    if existing is not None:
+        return _outbound_event(to.tenant_id, existing.id, to.conversation_id, to.channel, to.channel_account_id,
+                               existing.text, existing.citations, existing.author)
+    reply_id, now = new_id(), utcnow()
+    session.execute(_INSERT_MESSAGE, {
+        "id": reply_id, "tenant_id": to.tenant_id, "conversation_id": to.conversation_id, "channel": to.channel,
+        "direction": "out", "provider_message_id": key, "text": text, "status": "pending", "author": author,
+        "in_reply_to_id": in_reply_to_id, "citations": citations, "meta": meta or {}, "created_at": now})
+    sql = statements(session.get_bind().dialect.name)
+    session.execute(sql.touch_conversations, {"ids": [to.conversation_id], "now": now})
+    return _outbound_event(to.tenant_id, reply_id, to.conversation_id, to.channel, to.channel_account_id, text,
+                           citations, author)
+
+
+def publish_outbound(bus: Bus, event: OutboundMessage) -> None:
+    bus.publish(OUTBOUND, event.tenant_id, event.to_bus())
