@@ -53,16 +53,17 @@ RATE_LIMITS_OFF = {name: "" for name in (
 # ---------------------------------------------------------------------------------------------------------------
 # The fake LLM, in its own process so its threads do not compete with the load generator's event loop.
 
-_PASSAGE = re.compile(r"<passage n=\"1\"[^>]*>\s*(.*?)\s*</passage>", re.S)
 
 
 def _answer(body: dict[str, Any]) -> str:
-    prompt = "\n".join(str(m.get("content") or "") for m in body.get("messages", []))
-    found = _PASSAGE.search(prompt)
-    if not found:
+    """The first sentence of answer text of passage 1 (an FAQ passage's answer, not its question), cited: a reply
+    the grounding check lets go out on its own, as a faithful model's would."""
+    from tests.fakes.openai_server import first_sentence, prompt_passages
+
+    passages = prompt_passages(body)
+    if not passages:
         return "I'm not sure about that one, let me get a colleague. [[ESCALATE]]"
-    sentence = re.split(r"(?<=[.!?])\s", found.group(1).strip(), maxsplit=1)[0]
-    return f"{sentence[:300]} [1]"
+    return f"{first_sentence(passages[0])[:300]} [1]"
 
 
 def _fake_llm(delay_s: float, ready: Any, stop: Any) -> None:
