@@ -210,6 +210,9 @@ def test_the_widget_page_shows_the_draft_before_the_final_message(
         try:
             page = browser.new_page()
             page.goto(f"{server}/widget/{streaming_tenant['widget_id']}")
+            # Drafts go to open event streams only: send once the page's stream is open, or the held LLM would
+            # wait for a draft no one can see.
+            page.wait_for_selector("body[data-live='1']", state="attached", timeout=60_000)
             page.fill("#text", "do gift cards expire?")
             page.keyboard.press("Enter")
             draft = page.locator(".msg.draft")
