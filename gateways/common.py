@@ -286,21 +286,10 @@ def record_dead(tenant_id: str, channel: str, account_id: str, dead: list[Unread
                     channel, account_id or "-", len(dead), f"{WEBHOOK_TOPIC}:{tenant_id}:dead")
 
 
-def ingest(account: Account, parsed: Parsed, outcome: Outcome | None = None) -> Outcome:
-    """Durably enqueue every message (deduplicated by provider id) and apply every status. Blocking: call it
-    from a worker thread. Returns only once everything is stored and published, so the caller may answer 2xx."""
-    outcome = outcome or Outcome()
-    logs.bind(tenant_id=account.tenant_id)
-    requests = _requests(account, parsed)
-    # The one intake (app/intake.py): concurrent webhooks share one transaction and one bus round trip.
-    _count(outcome, container().intake.accept(requests))
-    _finish(account, parsed, outcome)
-    return outcome
-
-
 async def ingest_async(account: Account, parsed: Parsed, outcome: Outcome | None = None) -> Outcome:
-    """`ingest` for the event loop: awaits the batch instead of parking a threadpool thread on it (the hot
-    path of a busy gateway); statuses and dead letters, which need their own round trips, still go to a thread."""
+    """Durably enqueue every message (deduplicated by provider id) through the one intake (app/intake.py) and apply
+    every status; returns once everything is stored, so the caller may answer 2xx. The batch is awaited on the event
+    loop; statuses and dead letters, which need their own round trips, go to a thread."""
     outcome = outcome or Outcome()
     requests = _requests(account, parsed)
     if requests:

@@ -3,7 +3,7 @@
 Providers retry any delivery not answered 2xx, for days. So a delivery that is signed but can never be read
 (not JSON, a list where an object belongs, a missing id) must not become a 4xx or 5xx: the gateway acknowledges
 it and records it in the tenant's dead-letter stream with the reason (`Parsed.dead`, written by
-`gateways.common.ingest`). Parsers read each item of a delivery inside `reading(...)`, so one bad item costs
+`gateways.common.ingest_async`). Parsers read each item of a delivery inside `reading(...)`, so one bad item costs
 only itself; whatever else the delivery holds is still stored and answered.
 
 Text is cleaned once, where every channel's parsed items are stored (`clean`): NUL (which Postgres refuses) and
