@@ -330,6 +330,69 @@ def retention_purge(
                    f"{counts['audit_events']} audit event(s)")
 
 
+keys_cli = typer.Typer(help="Encryption and signing keys: status and rotation (docs/operations.md).",
+                       no_args_is_help=True)
+cli.add_typer(keys_cli, name="keys")
+
+
+@keys_cli.command("rotate")
+def keys_rotate(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """New encryption and signing keys first, every stored secret re-encrypted, old keys kept while needed.
+    Safe while `serve` and the other roles run: they pick the new keys up within a second."""
+    from app.key_rotation import rotate
+    from app.keys import KeyringError
+
+    _prepare()
+    try:
+        report = rotate(progress=None if as_json else lambda line: typer.echo(line, err=True))
+    except KeyringError as exc:
+        raise _fail(str(exc)) from exc
+    if as_json:
+        _print_json(report.as_json())
+    else:
+        total = sum(report.reencrypted.values())
+        typer.echo(f"encrypting with key {report.encryption_key}, signing with key {report.signing_key}; "
+                   f"{total} stored secret(s) re-encrypted, {report.on_old_keys} still on an old key")
+        if report.dropped:
+            typer.echo(f"dropped key(s) nothing needs any more: {', '.join(report.dropped)}")
+        if report.source == "env":
+            typer.echo("keys come from the environment: put a new key first in SWITCHBOARD_ENCRYPTION_KEYS / "
+                       "SWITCHBOARD_SIGNING_KEYS, deploy, then run this again (docs/operations.md)")
+            if report.removable:
+                typer.echo(f"no stored secret needs encryption key(s) {', '.join(report.removable)}: "
+                           "they can be removed")
+    if report.on_old_keys:
+        raise _fail(f"{report.on_old_keys} secret(s) changed during the pass and still need an old key: "
+                    "run `switchboard keys rotate` again", code=2)
+
+
+@keys_cli.command("status")
+def keys_status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
+) -> None:
+    """Where the keys come from, their ids and ages, and how many stored secrets each key decrypts."""
+    from app.key_rotation import status
+    from app.keys import KeyringError
+
+    _prepare()
+    try:
+        report = status()
+    except KeyringError as exc:
+        raise _fail(str(exc)) from exc
+    if as_json:
+        _print_json(report)
+        return
+    typer.echo(f"keys from: {report['path'] or 'the environment'}")
+    for key in report["encryption_keys"]:
+        state = f"retired {key['retired_at']}" if key["retired_at"] else "encrypts"
+        typer.echo(f"  encryption {key['id']}  {state}  decrypts {key['secrets']} stored secret(s)")
+    for key in report["signing_keys"]:
+        state = f"verifies until {key['retire_after']}" if key["retire_after"] else "signs"
+        typer.echo(f"  signing    {key['id']}  {state}")
+
+
 @cli.command()
 def worker() -> None:
     """Scale-out role: the RQ ingestion worker (needs REDIS_URL)."""

@@ -7,7 +7,7 @@ or `S3_BUCKET` switches that one part to its scale-out implementation; the code 
 from __future__ import annotations
 
 import secrets
-from functools import cached_property, lru_cache
+from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -86,12 +86,15 @@ class Settings(BaseSettings):
     # local model server. Everything else a tenant sets must resolve to public addresses (app/netguard.py).
     outbound_allow_hosts: str | None = Field(default=None, validation_alias=_env("OUTBOUND_ALLOW_HOSTS"))
 
-    # Fernet key for channel credentials at rest. Embedded mode generates one under `home` when unset.
+    # Keys (app/keys.py): encryption keys (Fernet; credentials at rest) and signing keys (tokens), each a
+    # comma-separated list, newest first. SECRET_KEY is one key for both (older installs). None of them set: a
+    # keyring file under `home`, created on first use and rotated by `switchboard keys rotate`.
+    encryption_keys: str | None = Field(default=None, validation_alias=_env("ENCRYPTION_KEYS"))
+    signing_keys: str | None = Field(default=None, validation_alias=_env("SIGNING_KEYS"))
     secret_key: str | None = Field(default=None, validation_alias=_env("SECRET_KEY"))
     public_base_url: str = Field(default="http://127.0.0.1:8080", validation_alias=_env("PUBLIC_BASE_URL"))
-    # Signs people's access tokens (app/accounts/tokens.py), apart from the Fernet key above: at least 32
-    # characters. Unset: a sub-key derived from the secret key with HKDF (SHA-256, its own `info` label), so a
-    # token key never doubles as the credentials key.
+    # Signs people's access tokens (app/accounts/tokens.py) instead of the signing keys above: at least 32
+    # characters. Unset: a sub-key derived from each signing key with HKDF (SHA-256, its own `info` label).
     token_key: str | None = Field(default=None, min_length=32, validation_alias=_env("TOKEN_KEY"))
     # Logins: an access token lasts ACCESS_TOKEN_TTL_S; a refresh token lasts REFRESH_TOKEN_TTL_S and is spent
     # by its first use (the new one starts a new period).
@@ -222,21 +225,6 @@ class Settings(BaseSettings):
     def embedded(self) -> bool:
         """True when the bus is in-process, which means every role must run inside one process."""
         return self.redis_url is None
-
-    @cached_property  # read once per Settings: the file is never replaced, and tokens are checked per request
-    def effective_secret_key(self) -> str:
-        if self.secret_key:
-            return self.secret_key
-        from cryptography.fernet import Fernet
-
-        from app.files import write_private
-
-        key_file = self.home_dir / "secret.key"
-        if not key_file.exists():
-            # 0600 from its first byte, complete when it appears, and never replacing a key another process
-            # wrote meanwhile (credentials may already be encrypted with that one).
-            write_private(key_file, Fernet.generate_key(), overwrite=False)
-        return key_file.read_text().strip()
 
 
 @lru_cache

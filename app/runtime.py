@@ -63,11 +63,12 @@ def tune_gc() -> None:
 def reset_caches() -> None:
     """For tests that change the environment: close the process's container and forget the settings, the
     database engine and the term statistics, so the next use builds everything from the new environment."""
-    from app import bootstrap, db
+    from app import bootstrap, db, keys
     from app.config import get_settings
     from app.knowledge import termstats
 
     bootstrap.reset()
     termstats.clear_cache()
+    keys.forget()
     for fn in (get_settings, db.get_engine, db.get_sessionmaker):
         fn.cache_clear()
