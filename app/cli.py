@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -53,12 +54,13 @@ def _prepare() -> None:
     migrate()
 
 
-def _remote(server: dict[str, Any], method: str, path: str, body: dict[str, Any], timeout: float = 120) -> Any:
+def _remote(server: dict[str, Any], method: str, path: str, body: dict[str, Any] | None, timeout: float = 120,
+            tenant: str | None = None) -> Any:
+    headers = {"Authorization": f"Bearer {server['token']}"}
+    if tenant:
+        headers["X-Switchboard-Tenant"] = tenant
     try:
-        response = httpx.request(
-            method, server["url"] + path, json=body, timeout=timeout,
-            headers={"Authorization": f"Bearer {server['token']}"},
-        )
+        response = httpx.request(method, server["url"] + path, json=body, timeout=timeout, headers=headers)
     except httpx.HTTPError as exc:
         raise _fail(f"the running server at {server['url']} did not answer ({exc}); stop it or remove "
                     f"{operations.server_file()}") from exc
@@ -238,6 +240,7 @@ def _serve(host: str, port: int) -> None:
         from app.operator_routes import operator_router
 
         token = app.state.container.operator_token
+        app.state.operator_token = token  # also admin routes take it, with an X-Switchboard-Tenant header
         app.include_router(operator_router(token))
         app.include_router(knowledge_operator_router(token))
         operations.write_server_file(f"http://{local}:{port}", token)
@@ -328,6 +331,100 @@ def retention_purge(
     for slug, counts in report.items():
         typer.echo(f"{slug}: masked {counts['messages']} message(s), {counts['escalations']} escalation(s), "
                    f"{counts['audit_events']} audit event(s)")
+
+
+contact_cli = typer.Typer(help="A contact's data: export, erase, consent (docs/operations.md).", no_args_is_help=True)
+cli.add_typer(contact_cli, name="contact")
+TenantOpt = Annotated[str, typer.Option(help="Tenant slug.")]
+ContactOpt = Annotated[str, typer.Option(help="The contact's id, or the channel's id for them.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+def _contact_call(tenant: str, method: str, path: str, body: dict[str, Any] | None,
+                  local: Callable[[], Any]) -> Any:
+    """Through the running embedded server when there is one (it holds the in-process bus), else here."""
+    from urllib.parse import quote
+
+    from app.contacts.privacy import ContactBusy, ContactNotFound
+    from app.tenants.service import TenantError
+
+    server = operations.running_server()
+    if server:
+        return _remote(server, method, "/admin/v1/contacts/" + quote(path, safe="/"), body, tenant=tenant)
+    try:
+        return local()
+    except (ContactNotFound, ContactBusy, TenantError) as exc:
+        raise _fail(str(exc)) from exc
+
+
+def _tenant_id(slug: str) -> str:
+    from app.db import session_scope
+    from app.tenants.service import get_by_slug
+
+    with session_scope() as session:
+        return get_by_slug(session, slug).id
+
+
+@contact_cli.command("export")
+def contact_export(tenant: TenantOpt, contact: ContactOpt, as_json: JsonOpt = True) -> None:
+    """Everything stored about a contact, as JSON (always JSON; `--json` is accepted for symmetry)."""
+    from app.contacts import privacy
+    from app.db import session_scope
+
+    _prepare()
+
+    def local() -> Any:
+        with session_scope() as session:
+            return privacy.export(session, _tenant_id(tenant), contact)
+
+    _print_json(_contact_call(tenant, "GET", f"{contact}/export", None, local))
+
+
+@contact_cli.command("erase")
+def contact_erase(tenant: TenantOpt, contact: ContactOpt, as_json: JsonOpt = False) -> None:
+    """Erase everything stored about a contact, leaving an audit tombstone with counts only. Cannot be undone."""
+    from app.bootstrap import container
+    from app.contacts import privacy
+    from app.db import flush_deleted, session_scope
+
+    _prepare()
+
+    def local() -> Any:
+        tenant_id = _tenant_id(tenant)
+        with session_scope() as session:
+            erased, messages, conversations = privacy.erase(session, tenant_id, contact, "operator")
+        on_bus = privacy.erase_bus_entries(container().bus, tenant_id, [*messages, *conversations])
+        flush_deleted()
+        return {**erased.as_json(), "bus_entries": on_bus}
+
+    report = _contact_call(tenant, "DELETE", contact, None, local)
+    if as_json:
+        _print_json(report)
+    else:
+        typer.echo(f"erased contact {report['contact_id']}: {report['conversations']} conversation(s), "
+                   f"{report['messages']} message(s), {report['escalations']} escalation(s), "
+                   f"{report['audit_events']} audit event(s), {report['bus_entries']} bus entr(ies)")
+
+
+@contact_cli.command("consent")
+def contact_consent(tenant: TenantOpt, contact: ContactOpt,
+                    status: Annotated[str, typer.Argument(help="granted | withdrawn | unknown")],
+                    as_json: JsonOpt = False) -> None:
+    """Record a contact's consent; `withdrawn` opts them out (nothing is sent to them)."""
+    from app.contacts import privacy
+    from app.db import session_scope
+
+    _prepare()
+    if status not in privacy.CONSENT_STATES:
+        raise _fail(f"consent must be one of {', '.join(privacy.CONSENT_STATES)}")
+
+    def local() -> Any:
+        with session_scope() as session:
+            row = privacy.set_consent(session, _tenant_id(tenant), contact, status, "operator", "operator")
+            return {"contact_id": row.id, "status": row.consent_status, "source": row.consent_source}
+
+    report = _contact_call(tenant, "PUT", f"{contact}/consent", {"status": status}, local)
+    _print_json(report) if as_json else typer.echo(f"contact {report['contact_id']}: consent {report['status']}")
 
 
 keys_cli = typer.Typer(help="Encryption and signing keys: status and rotation (docs/operations.md).",

@@ -246,3 +246,8 @@ class Policies(_In):
                     "past them it is replaced by the placeholders agents see, in messages, escalations and audit "
                     "data, and no reveal can bring it back (null: kept).",
     )
+    message_retention_days: int | None = Field(
+        default=None, ge=1, le=3650,
+        description="Days message texts are kept; past them messages' text, escalations' drafts and passages and "
+                    "long audit strings are emptied (counts, times and statuses stay). null: kept until erased.",
+    )

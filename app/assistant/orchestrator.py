@@ -38,10 +38,11 @@ from app.assistant.prompts import parse_llm_answer, render_messages
 from app.assistant.turns import merged_into, newer_pending
 from app.bus.base import Bus, Delivery, PermanentFailure
 from app.config import Settings, get_settings
+from app.contacts import consent
 from app.contracts import Event, InboundMessage, UnknownEvent
 from app.conversations.push import Push
 from app.conversations.replies import outbound_event, publish_outbound
-from app.conversations.service import MESSAGES, history
+from app.conversations.service import CONTACTS, MESSAGES, history
 from app.crypto import decrypt_json
 from app.db import session_scope
 from app.models import Conversation, Message, Tenant, utcnow
@@ -106,6 +107,10 @@ class Orchestrator:
         if done is not None:
             return done
         assert ctx is not None
+        if (consent_asked := consent.keyword(event.text, ctx.consent, ctx.channel)) is not None:
+            return outcomes.change_consent(self.bus, self.clock, ctx, consent_asked)
+        if ctx.consent == "withdrawn":
+            return outcomes.skip_opted_out(ctx)
         if ctx.mode == "human":
             return outcomes.route_to_agent(ctx)
         if ctx.superseded and (merged := outcomes.merge(ctx)) is not None:
@@ -166,6 +171,7 @@ class Orchestrator:
                 earlier_burst=merged_into(session, row.conversation_id, row.id, row.created_at),
                 superseded=newer_pending(session, row.conversation_id, row.created_at) is not None,
                 channel=event.channel,
+                consent=row.consent_status or "unknown",
             )
             return ctx, None
 
@@ -272,8 +278,9 @@ TENANTS: Table = Tenant.__table__  # type: ignore[assignment]
 _LOAD = (
     select(MESSAGES.c.id, MESSAGES.c.status, MESSAGES.c.created_at, MESSAGES.c.conversation_id, CONVERSATIONS.c.mode,
            TENANTS.c.persona, TENANTS.c.policies, TENANTS.c.llm_api_key_encrypted,
-           TENANTS.c.llm_provider_keys_encrypted, TENANTS.c.live_pack_version)
+           TENANTS.c.llm_provider_keys_encrypted, TENANTS.c.live_pack_version, CONTACTS.c.consent_status)
     .join(CONVERSATIONS, CONVERSATIONS.c.id == MESSAGES.c.conversation_id)
+    .join(CONTACTS, CONTACTS.c.id == CONVERSATIONS.c.contact_id)
     .join(TENANTS, TENANTS.c.id == MESSAGES.c.tenant_id)
     .where(*IN_TENANT, MESSAGES.c.direction == "in")
 )

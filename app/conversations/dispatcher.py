@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from app import logs
 from app.bus.base import Delivery, PermanentFailure
 from app.channels import Account, InboundRef, Sender, SendError, SendRequest
+from app.contacts import consent
 from app.contracts import Event, OutboundMessage, UnknownEvent
 from app.conversations.push import notify_on_commit
 from app.crypto import decrypt_json
@@ -87,6 +88,9 @@ class Dispatcher:
                 raise PermanentFailure("channel account belongs to another tenant")
             conversation = session.get_one(Conversation, message.conversation_id)
             contact = session.get_one(Contact, conversation.contact_id)
+            if not consent.may_send(contact.consent_status, message.meta):
+                message.status, message.error = "failed", consent.NOT_SENT
+                return
             if sender.in_process:  # delivered by this transaction: the visitor's reader wakes once it commits
                 notify_on_commit(session, message.tenant_id, contact.external_id)
                 self._sent(message, [])
