@@ -151,9 +151,12 @@ def failed(target: Span | None, error: BaseException | str, reason: str | None =
     target.set_status(Status(StatusCode.ERROR, reason or error_type))
 
 
-def event(target: Span | None, name: str, attributes: Attributes | None = None) -> None:
-    if target is not None:
-        target.add_event(name, _clean(attributes))
+def event(name: str, attributes: Attributes | None = None) -> None:
+    """An event on the span in progress (something that took no time of its own: a provider skipped)."""
+    if _tracer is not None:
+        current = trace.get_current_span()
+        if current.is_recording():
+            current.add_event(name, _clean(attributes))
 
 
 def _clean(attributes: Attributes | None) -> dict[str, str | int | float | bool]:

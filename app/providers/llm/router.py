@@ -174,10 +174,14 @@ class LLMRouter:
                         break
                     if tracked.held_until > self._clock():
                         errors.append((provider, LLMError("rate_limited", "waiting for its Retry-After")))
+                        tracing.event("llm provider skipped", {"switchboard.llm.provider": provider.name,
+                                                               "switchboard.llm.skipped": "retry_after"})
                         continue
                     if not tracked.breaker.allow():
                         tries[index] = provider.config.max_retries + 1  # open for this whole call
                         errors.append((provider, LLMError("unavailable", "circuit open after repeated failures")))
+                        tracing.event("llm provider skipped", {"switchboard.llm.provider": provider.name,
+                                                               "switchboard.llm.skipped": "circuit_open"})
                         continue
                     tries[index] += 1
                     config = replace(provider.config, timeout_s=min(provider.config.timeout_s, remaining),
