@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as context_api
@@ -103,15 +103,22 @@ def shutdown() -> None:
 # ------------------------------------------------------------------------------------------------------- spans
 
 
-@contextmanager
+_OFF: AbstractContextManager[None] = nullcontext(None)  # reusable: what `span` is while tracing is off
+
+
 def span(name: str, attributes: Attributes | None = None, *, kind: SpanKind = SpanKind.INTERNAL,
-         parent: Context | None = None) -> Iterator[Span | None]:
+         parent: Context | None = None) -> AbstractContextManager[Span | None]:
     """A span around the block, current inside it (logs written there carry its trace id); None when tracing is
     off. An exception leaving the block marks the span failed with the exception's type only."""
     tracer = _tracer
     if tracer is None:
-        yield None
-        return
+        return _OFF
+    return _span(tracer, name, attributes, kind, parent)
+
+
+@contextmanager
+def _span(tracer: Tracer, name: str, attributes: Attributes | None, kind: SpanKind,
+          parent: Context | None) -> Iterator[Span]:
     with tracer.start_as_current_span(name, context=parent, kind=kind, attributes=_clean(attributes),
                                       record_exception=False, set_status_on_exception=False) as current:
         try:
