@@ -55,11 +55,12 @@ def json_logs() -> Iterator[io.StringIO]:
     root.setLevel(level)
 
 
-def _wait_for_span(traced: Recorded, name: str, timeout: float = 30) -> None:
+def _wait_for_spans(traced: Recorded, *names: str, timeout: float = 30) -> None:
+    """Until every span named has ended: the threads end theirs in any order (a child before its parent)."""
     deadline = time.monotonic() + timeout
-    while not any(s.name == name for s in traced.spans()):
+    while not set(names) <= {s.name for s in traced.spans()}:
         if time.monotonic() > deadline:
-            raise AssertionError(f"no span {name!r}; got {sorted({s.name for s in traced.spans()})}")
+            raise AssertionError(f"not all of {names}; got {sorted({s.name for s in traced.spans()})}")
         time.sleep(0.05)
 
 
@@ -71,7 +72,7 @@ def test_one_widget_message_is_one_trace_from_request_to_dispatch(stack: Stack, 
     assert response.status_code == 202, response.text
     message_id = response.json()["message_id"]
     visitor.wait_for(lambda ms: bool(replies(ms)), timeout=60)
-    _wait_for_span(traced, "process outbound")
+    _wait_for_spans(traced, "POST /widget/v1/{widget_id}/messages", "process inbound", "process outbound")
 
     spans = traced.spans()
     request = one(spans, "POST /widget/v1/{widget_id}/messages")
