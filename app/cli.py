@@ -54,6 +54,13 @@ def _prepare() -> None:
     migrate()
 
 
+def _trace(role: str) -> None:
+    """Traces of this role's process to OTEL_EXPORTER_OTLP_ENDPOINT, when it is set (app/tracing.py)."""
+    from app import tracing
+
+    tracing.setup(role)
+
+
 def _remote(server: dict[str, Any], method: str, path: str, body: dict[str, Any] | None, timeout: float = 120,
             tenant: str | None = None) -> Any:
     headers = {"Authorization": f"Bearer {server['token']}"}
@@ -220,6 +227,7 @@ def serve(
 ) -> None:
     """Run the API, the widget, the review API and the channel gateways (plus, embedded, the orchestrator)."""
     _prepare()
+    _trace("serve")
     _serve(host, port)
 
 
@@ -275,6 +283,7 @@ def orchestrator() -> None:
     _prepare()
     settings = get_settings()
     logging.getLogger().setLevel(settings.log_level or logging.INFO)
+    _trace("orchestrator")
     if settings.metrics_port:
         from app.bootstrap import container
         from app.metrics import serve
@@ -293,6 +302,7 @@ def gateway(
     _prepare()
     if get_settings().embedded:
         raise _fail("a gateway process needs REDIS_URL (scale-out); embedded 'switchboard serve' mounts every channel")
+    _trace(f"gateway-{channel}")
     import uvicorn
 
     from app.runtime import tune_gc
@@ -495,6 +505,7 @@ def worker() -> None:
     """Scale-out role: the RQ ingestion worker (needs REDIS_URL)."""
     _prepare()
     logging.getLogger().setLevel(logging.INFO)
+    _trace("worker")
     _role("worker")()
 
 
@@ -511,6 +522,7 @@ def demo(
     _prepare()
     if operations.running_server():
         raise _fail("'switchboard serve' is already running on this SWITCHBOARD_HOME; stop it first")
+    _trace("serve")
     spec_dir = EXAMPLE_TENANT
     slug = "northwind"
     if not operations.tenant_exists(slug):

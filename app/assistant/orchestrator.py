@@ -26,7 +26,7 @@ from typing import Any
 from sqlalchemy import Table, select
 from sqlalchemy.orm import Session
 
-from app import logs, metrics
+from app import logs, metrics, tracing
 from app.assistant import guardrails, outcomes
 from app.assistant.composer import compose_offline
 from app.assistant.drafts import STREAMING_CHANNELS, DraftStream
@@ -97,8 +97,13 @@ class Orchestrator:
             raise PermanentFailure(f"expected InboundMessage on the inbound stream, got {type(event).__name__}")
         if event.tenant_id != delivery.tenant_id:
             raise PermanentFailure("event tenant does not match its stream's tenant")
-        with logs.scope(event.tenant_id, event.message_id):
+        attributes = {"switchboard.tenant.id": event.tenant_id, "switchboard.message.id": event.message_id,
+                      "switchboard.conversation.id": event.conversation_id, "switchboard.channel": event.channel}
+        with logs.scope(event.tenant_id, event.message_id), tracing.span("orchestrate", attributes) as span:
             outcome = self.process(event)
+            tracing.annotate(span, {"switchboard.outcome": outcome.status,
+                                    "switchboard.escalation.reason": outcome.reason
+                                    if outcome.status == "escalated" else None})
             log.debug("message %s%s", outcome.status, f" ({outcome.reason})" if outcome.reason else "")
         metrics.message_handled(outcome.status, outcome.reason)
 
@@ -135,11 +140,13 @@ class Orchestrator:
                 decision = Decision(escalate_reason="draft_review", detail="the tenant's mode is draft",
                                     draft=decision.answer, meta=decision.meta)
             if decision.answer is not None:
-                outcome = outcomes.answer(self.bus, self.clock, ctx, decision.answer)
+                with tracing.span("record answer"):
+                    outcome = outcomes.answer(self.bus, self.clock, ctx, decision.answer)
                 return outcome
             if drafts is not None:
                 drafts.withdraw()  # before the holding notice goes out
-            outcome = outcomes.escalate(self.bus, self.clock, ctx, decision)
+            with tracing.span("record escalation", {"switchboard.escalation.reason": decision.escalate_reason}):
+                outcome = outcomes.escalate(self.bus, self.clock, ctx, decision)
             return outcome
         finally:
             if drafts is not None and (outcome is None or outcome.status != "answered"):
@@ -152,6 +159,7 @@ class Orchestrator:
             row = session.execute(_LOAD, {"message": event.message_id, "tenant": event.tenant_id}).first()
             if row is None:
                 raise PermanentFailure(f"message {event.message_id} not found for tenant {event.tenant_id}")
+            tracing.annotate_current({"switchboard.tenant.slug": row.slug})
             if row.status != "received":
                 self._republish_pending_reply(session, event.tenant_id, row.id)
                 return None, Outcome("duplicate", row.id, reason=f"already {row.status}")
@@ -199,16 +207,21 @@ class Orchestrator:
     # -- phase 2 -----------------------------------------------------------------------------------------
     def _decide(self, ctx: Context, text: str, drafts: DraftStream | None = None) -> Decision:
         policies = ctx.policies
-        if guardrails.wants_human(text, policies.get("handoff_keywords") or ()):
-            return Decision(escalate_reason="human_requested", detail="the customer asked for a person")
-        verdict = guardrails.detect_injection(text)
-        if verdict.flagged:
-            return Decision(escalate_reason="prompt_injection", detail=", ".join(verdict.rules))
+        with tracing.span("guardrails") as span:
+            stop = self._guardrails(text, policies)
+            tracing.annotate(span, {"switchboard.escalation.reason": stop.escalate_reason if stop else None})
+        if stop is not None:
+            return stop
         min_relevance = float(policies.get("min_relevance", 0.45))
         # One pack version per answer: the live one (a version being built beside it is never mixed in). No live
         # version (nothing ingested yet, or only a `--version-only` build) means no knowledge to answer from.
-        passages = [] if ctx.pack_version is None else list(self.retrieve(
-            ctx.tenant_id, text, top_k=self.settings.retrieval_top_k, filters={"pack_version": ctx.pack_version}))
+        with tracing.span("retrieval", {"switchboard.pack.version": ctx.pack_version,
+                                        "switchboard.retrieval.top_k": self.settings.retrieval_top_k}) as span:
+            passages = [] if ctx.pack_version is None else list(self.retrieve(
+                ctx.tenant_id, text, top_k=self.settings.retrieval_top_k,
+                filters={"pack_version": ctx.pack_version}))
+            tracing.annotate(span, {"switchboard.retrieval.passages": len(passages),
+                                    "switchboard.retrieval.best_score": float(passages[0].score) if passages else None})
         ctx.retrieved[:] = [passage_record(p) for p in passages]
         offline = compose_offline(text, passages, ctx.persona, min_relevance=min_relevance)
         if offline.escalate:
@@ -227,15 +240,20 @@ class Orchestrator:
             redacted_history = [(role, pii.mask(t)) for role, t in ctx.history]
             messages = render_messages(ctx.persona, policies, redacted_history, passages, redacted_question)
             plan, tag = ctx.llm.for_question(text, passages), CallTag(ctx.tenant_id, ctx.message_id)
-            try:
-                if drafts is not None:
-                    drafts.start(passages, policies)
-                    completion = self.llm.stream(plan, messages, drafts.on_text, tag=tag)
-                else:
-                    completion = self.llm.complete(plan, messages, tag=tag)
-            except LLMError as exc:
-                log.warning("LLM failed for message %s: %s", ctx.message_id, exc)
-                return Decision(escalate_reason=f"llm_{exc.reason}", detail=exc.detail, draft=offline)
+            with tracing.span("llm", {"switchboard.llm.streamed": drafts is not None,
+                                      "switchboard.llm.providers": len(plan.providers)}) as span:
+                try:
+                    if drafts is not None:
+                        drafts.start(passages, policies)
+                        completion = self.llm.stream(plan, messages, drafts.on_text, tag=tag)
+                    else:
+                        completion = self.llm.complete(plan, messages, tag=tag)
+                except LLMError as exc:
+                    tracing.failed(span, exc, exc.reason)
+                    log.warning("LLM failed for message %s: %s", ctx.message_id, exc)
+                    return Decision(escalate_reason=f"llm_{exc.reason}", detail=exc.detail, draft=offline)
+                tracing.annotate(span, {"gen_ai.usage.input_tokens": completion.prompt_tokens,
+                                        "gen_ai.usage.output_tokens": completion.completion_tokens})
             draft = parse_llm_answer(completion.text, passages)
             if draft.escalate:
                 return Decision(escalate_reason=draft.reason or "low_confidence", draft=offline)
@@ -245,7 +263,9 @@ class Orchestrator:
             return Decision(escalate_reason="banned_phrase", detail=", ".join(banned), draft=draft)
         if draft is not offline:
             # -- grounded or reviewed, PII restored (app/assistant/grounding.py) --------------------------------
-            vetted = vet_llm_draft(draft, passages, ctx.persona, pii)
+            with tracing.span("grounding") as span:
+                vetted = vet_llm_draft(draft, passages, ctx.persona, pii)
+                tracing.annotate(span, {"switchboard.escalation.reason": vetted.escalate_reason})
             if vetted.escalate_reason is not None:
                 return Decision(escalate_reason=vetted.escalate_reason, detail=vetted.detail, draft=vetted.draft,
                                 meta=vetted.meta)
@@ -255,6 +275,16 @@ class Orchestrator:
         if max_chars and len(draft.text) > int(max_chars):
             return Decision(escalate_reason="reply_too_long", draft=draft)
         return Decision(answer=draft)
+
+    @staticmethod
+    def _guardrails(text: str, policies: dict[str, Any]) -> Decision | None:
+        """The customer's own words decide first: a request for a person, or an attempt to steer the model."""
+        if guardrails.wants_human(text, policies.get("handoff_keywords") or ()):
+            return Decision(escalate_reason="human_requested", detail="the customer asked for a person")
+        verdict = guardrails.detect_injection(text)
+        if verdict.flagged:
+            return Decision(escalate_reason="prompt_injection", detail=", ".join(verdict.rules))
+        return None
 
     def _draft_stream(self, ctx: Context) -> DraftStream | None:
         """Drafts for a visitor who can watch the answer being written: an LLM that streams, a channel that shows
@@ -278,7 +308,8 @@ TENANTS: Table = Tenant.__table__  # type: ignore[assignment]
 _LOAD = (
     select(MESSAGES.c.id, MESSAGES.c.status, MESSAGES.c.created_at, MESSAGES.c.conversation_id, CONVERSATIONS.c.mode,
            TENANTS.c.persona, TENANTS.c.policies, TENANTS.c.llm_api_key_encrypted,
-           TENANTS.c.llm_provider_keys_encrypted, TENANTS.c.live_pack_version, CONTACTS.c.consent_status)
+           TENANTS.c.llm_provider_keys_encrypted, TENANTS.c.live_pack_version, TENANTS.c.slug,
+           CONTACTS.c.consent_status)
     .join(CONVERSATIONS, CONVERSATIONS.c.id == MESSAGES.c.conversation_id)
     .join(CONTACTS, CONTACTS.c.id == CONVERSATIONS.c.contact_id)
     .join(TENANTS, TENANTS.c.id == MESSAGES.c.tenant_id)
