@@ -22,7 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.assistant.guardrails import detect_injection, redact_pii
+from app.assistant.guardrails import detect_injection
+from app.assistant.pii import redact_pii
 
 GOLD_TO_OURS = {
     "EMAIL_ADDRESS": "EMAIL",

@@ -1,6 +1,6 @@
 """PII both ways: the LLM sees numbered placeholders, the customer sees their own values again.
 
-`PiiVault.mask` replaces the structured PII that `guardrails.redact_pii` finds (emails, phone numbers, cards,
+`PiiVault.mask` replaces the structured PII that `pii.redact_pii` finds (emails, phone numbers, cards,
 IBANs, US SSNs, IP addresses) with `[KIND_n]`; the same value always gets the same placeholder within one vault,
 so the question and the history sent in one LLM call agree. The raw values stay in this object, in memory, for
 the length of one answer: never logged, never sent.
@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from app.assistant.guardrails import redact_pii
+from app.assistant.pii import redact_pii
 
 PII_KINDS = ("EMAIL", "PHONE", "CREDIT_CARD", "IBAN", "US_SSN", "IP_ADDRESS")
 # Our placeholders, numbered or bare, and the generic ones models write when they copy the style.
