@@ -12,7 +12,7 @@ Each kind is found by a pattern and kept only when it passes the check that kind
   "ref"... is an identifier, not a number to call, unless it starts with `+`. VALID alone was measured and
   rejected: it misses numbers whose exchange is unassigned, which customers still type and which are still
   theirs (recall 0.18-0.67 on presidio_synth, see docs/benchmarks.md).
-* CREDIT_CARD: 12-19 digits, Luhn checksum.
+* CREDIT_CARD: 12-19 digits (Maestro has 12), one separator kind throughout, Luhn checksum.
 * IBAN: ISO 13616 mod-97 checksum.
 * US_SSN: `AAA-GG-SSSS` with one separator (dash, space or dot) used throughout, or nine bare digits after an
   SSN word ("SSN", "social security"); area 000, 666 and 900-999, group 00 and serial 0000 are never issued, a
@@ -39,7 +39,7 @@ import phonenumbers
 from phonenumbers import Leniency, PhoneNumberMatcher
 
 STRUCTURED_KINDS = ("EMAIL", "PHONE", "CREDIT_CARD", "IBAN", "US_SSN", "IP_ADDRESS")
-NER_KINDS = ("PERSON", "STREET_ADDRESS")  # only through the optional extra (app/assistant/pii_ner.py)
+NER_KINDS = ("PERSON", "ADDRESS")  # only through the optional extra (app/assistant/pii_ner.py)
 DEFAULT_PHONE_REGIONS = ("US", "GB")
 
 
@@ -70,7 +70,7 @@ _URL = re.compile(r"\b(?:https?://|www\.)[^\s<>\"']+", re.IGNORECASE)
 _IBAN = re.compile(r"\b[A-Za-z]{2}\d{2}(?:[ ]?[A-Za-z0-9]{4}){2,7}(?:[ ]?[A-Za-z0-9]{1,3})?\b")
 _CARD = re.compile(r"(?<![\d+-])\d(?:[ -]?\d){11,18}(?![\d-])")
 
-_SSN = re.compile(r"(?<![\w.-])(\d{3})([- .])(\d{2})\2(\d{4})(?![\w-]|\.\d)")
+_SSN = re.compile(r"(?<![\w.-])(\d{3})([- .])(\d{2})([- .])(\d{4})(?![\w-]|\.\d)")
 _SSN_BARE = re.compile(r"(?<![\w.-])(\d{3})(\d{2})(\d{4})(?![\w-]|\.\d)")
 _SSN_WORDS = re.compile(r"\b(?:ssn|ss#|ss\s?no|social\s+security(?:\s+(?:number|no|#))?|social\s+sec)\b\W{0,10}"
                         r"(?:\w+\W{1,3}){0,4}$", re.IGNORECASE)
@@ -91,7 +91,7 @@ _DATETIME = re.compile(
 )
 # Something phone-shaped: at least 7 digits in one run of digits and phone punctuation. Only texts with one pay
 # for libphonenumber.
-_PHONE_CANDIDATE = re.compile(r"[+(]?\d[\d \t().\-/]{5,}\d")
+_PHONE_CANDIDATE = re.compile(r"(?<![\w.])[+(]?\d[\d \t().\-/]{5,}\d(?:\s?(?:x|ext\.?)\s?\d{1,5}\b)?", re.IGNORECASE)
 _PHONE_WORDS = re.compile(
     r"\b(?:call|calling|phone|tel|telephone|mobile|mob|cell|cellphone|fax|whatsapp|sms|text\s+me|my\s+number|"
     r"reach\s+me|contact|landline|ring|dial|hotline)\b[^\d]{0,20}$",
@@ -101,6 +101,13 @@ _ID_WORDS = re.compile(
     r"\b(?:order|invoice|inv|ref|reference|tracking|account|acct|ticket|case|booking|confirmation|serial|sku|"
     r"item|model|part|po|transaction|customer\s+id|id|licen[cs]e|passport|permit|policy|membership|member|"
     r"loyalty|voucher|coupon|isbn)\b\W{0,6}(?:(?:no|number|nr|num|#)\W{0,4})?(?:is\W{0,3})?$",
+    re.IGNORECASE,
+)
+_CURRENCY_BEFORE = re.compile(r"(?:[$€£¥]|\b(?:usd|eur|gbp|chf|paid|pay|cost|costs|price|total|amount|balance))\s*$",
+                              re.IGNORECASE)
+_QUANTITY_AFTER = re.compile(
+    r"\s*(?:%|(?:dollars?|euros?|pounds?|usd|eur|gbp|chf|yen|items?|units?|pieces?|pcs|people|users|customers|km|"
+    r"miles?|kg|lbs?|points?|times|copies|views|downloads|rows|records|bytes|kb|mb|gb)\b)",
     re.IGNORECASE,
 )
 # A short digit pair before a street name or after "Apt."/"Suite" is a house number, not a phone number.
@@ -185,8 +192,9 @@ class _Spans:
 
 def _find_ssns(text: str, spans: _Spans) -> None:
     for m in _SSN.finditer(text):
-        if ssn_valid(m.group(1), m.group(3), m.group(4)):
-            spans.add("US_SSN", text, m.start(), m.end())
+        # Written as an SSN but never issued (or with mixed separators): set aside, not read as a phone number.
+        valid = m.group(2) == m.group(4) and ssn_valid(m.group(1), m.group(3), m.group(5))
+        spans.add("US_SSN", text, m.start(), m.end(), record=valid)
     for m in _SSN_BARE.finditer(text):
         # Nine bare digits are an order number as often as an SSN: only after an SSN word.
         if ssn_valid(*m.groups()) and _SSN_WORDS.search(text[max(0, m.start() - 60) : m.start()]):
@@ -194,6 +202,13 @@ def _find_ssns(text: str, spans: _Spans) -> None:
 
 
 def _find_ips(text: str, spans: _Spans) -> None:
+    # IPv6 first: an IPv4-mapped address (::ffff:192.0.2.1) is one address, not an IPv4 one.
+    for m in _IPV6.finditer(text):
+        candidate = m.group(0).rstrip(".")
+        address = candidate.split("%")[0]
+        if address == "::" or not any(c.isdigit() for c in address) or not _ip_valid(address):
+            continue
+        spans.add("IP_ADDRESS", text, m.start(), m.start() + len(candidate))
     for m in _IPV4.finditer(text):
         address = m.group(0).split("/")[0]
         if not _ip_valid(address) or _VERSION_BEFORE.search(text[max(0, m.start() - 12) : m.start()]):
@@ -203,12 +218,6 @@ def _find_ips(text: str, spans: _Spans) -> None:
             spans.add("IP_ADDRESS", text, m.start(), m.start() + len(address))
         else:
             spans.add("IP_ADDRESS", text, m.start(), m.end())
-    for m in _IPV6.finditer(text):
-        candidate = m.group(0).rstrip(".")
-        address = candidate.split("%")[0]
-        if address == "::" or not any(c.isdigit() for c in address) or not _ip_valid(address):
-            continue
-        spans.add("IP_ADDRESS", text, m.start(), m.start() + len(candidate))
 
 
 def _phone_formatted(raw: str) -> bool:
@@ -220,6 +229,18 @@ def _phone_formatted(raw: str) -> bool:
     if len(groups) >= 3:
         return True
     return len(groups) == 2 and (groups[0].startswith("0") or bool(re.fullmatch(r"[2-9]\d{2}[-. ]\d{4}", raw)))
+
+
+def _not_a_phone(text: str, start: int, end: int) -> bool:
+    """Numbers that only look like phone numbers: dotted numbers mixed with other separators (`256.1.1.1 1.2.3`),
+    amounts and counts with thousands separators (`$1 200 000`, `12 345 678 items`)."""
+    raw = re.sub(r"(?i)\s*(?:x|ext\.?)\s*\d{1,5}$", "", text[start:end])  # an extension is not a separator
+    if raw.startswith(("+", "(")):
+        return False
+    separators = set(re.sub(r"[\d()]", "", raw))
+    if "." in separators and len(separators) > 1:
+        return True
+    return bool(_CURRENCY_BEFORE.search(text[max(0, start - 12) : start]) or _QUANTITY_AFTER.match(text[end:end + 20]))
 
 
 def _phone_context(text: str, start: int) -> tuple[bool, bool]:
@@ -241,7 +262,7 @@ def _find_phones(text: str, spans: _Spans, regions: Sequence[str]) -> None:
                 start, end = lo + match.start, lo + match.end
                 raw = match.raw_string
                 if (sum(ch.isdigit() for ch in raw) < 7 or not spans.free(start, end)
-                        or _house_number(text, start, end)):
+                        or _house_number(text, start, end) or _not_a_phone(text, start, end)):
                     continue
                 phone_word, id_word = _phone_context(text, start)
                 if id_word and not raw.startswith("+"):
@@ -256,7 +277,7 @@ def _find_phones(text: str, spans: _Spans, regions: Sequence[str]) -> None:
             start, end = c.span()
             phone_word, id_word = _phone_context(text, start)
             if (phone_word and not id_word and 7 <= sum(ch.isdigit() for ch in c.group(0)) <= 15
-                    and not _house_number(text, start, end)):
+                    and not _house_number(text, start, end) and not _not_a_phone(text, start, end)):
                 spans.add("PHONE", text, start, end)
 
 
@@ -273,11 +294,12 @@ def find_pii(text: str, kinds: Collection[str] | None = None, *,
     for m in _URL.finditer(text):
         spans.add("URL", text, *m.span(), record=False)
     for m in _IBAN.finditer(text):
-        if iban_valid(m.group(0)):
-            spans.add("IBAN", text, *m.span())
+        # An IBAN-shaped string with a bad checksum is set aside too: its digits are not a phone number either.
+        spans.add("IBAN", text, *m.span(), record=iban_valid(m.group(0)))
     for m in _CARD.finditer(text):
         digits = re.sub(r"\D", "", m.group(0))
-        if 12 <= len(digits) <= 19 and luhn_valid(digits):
+        separators = set(re.sub(r"\d", "", m.group(0)))
+        if 12 <= len(digits) <= 19 and len(separators) <= 1 and luhn_valid(digits):
             spans.add("CREDIT_CARD", text, *m.span())
     _find_ssns(text, spans)
     _find_ips(text, spans)
