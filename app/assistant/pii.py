@@ -257,7 +257,8 @@ def _find_phones(text: str, spans: _Spans, regions: Sequence[str]) -> None:
         lo, hi = max(0, c.start() - 2), min(len(text), c.end() + 2)
         window = text[lo:hi]
         accepted = False
-        for region in regions:
+        # A number written with + reads the same in every region: one pass of the matcher is enough.
+        for region in regions[:1] if c.group(0).startswith("+") else regions:
             for match in PhoneNumberMatcher(window, region, leniency=Leniency.POSSIBLE):
                 start, end = lo + match.start, lo + match.end
                 raw = match.raw_string

@@ -4,14 +4,13 @@ The named-entity extra (app/assistant/pii_ner.py) is tested through its wiring w
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import pytest
 
 from app.assistant.pii import PiiSpan, find_pii, parse_phone_regions, redact_pii
 from app.assistant.pii_ner import NerUnavailable, PiiNer, install_hint, load_presidio
 from app.assistant.pii_restore import PiiVault
 from app.config import Settings
+from tests.fakes.ner import FakeRecognizer
 
 
 def found(text: str, **kw: object) -> list[tuple[str, str]]:
@@ -175,23 +174,6 @@ def test_find_pii_spans_kinds_filter_and_redaction_agree() -> None:
 
 
 # -- the named-entity extra ------------------------------------------------------------------------------------
-class FakeRecognizer:
-    """Stands in for Presidio + spaCy: marks the names and the street it is given."""
-
-    def __init__(self, names: Iterable[str], streets: Iterable[str] = ()) -> None:
-        self.targets = [("PERSON", n) for n in names] + [("ADDRESS", s) for s in streets]
-        self.calls = 0
-
-    def __call__(self, text: str) -> list[PiiSpan]:
-        self.calls += 1
-        out = []
-        for kind, value in self.targets:
-            at = text.find(value)
-            if at >= 0:
-                out.append(PiiSpan(kind, at, at + len(value), value))
-        return out
-
-
 def test_recognizer_spans_join_the_structured_ones_without_overlapping_them() -> None:
     fake = FakeRecognizer(["Jane Doe", "jane"], ["3744 Retreat Avenue"])
     text = "I'm Jane Doe, jane@example.com, at 3744 Retreat Avenue"
