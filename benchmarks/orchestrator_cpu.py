@@ -99,7 +99,7 @@ def run(n: int) -> None:
     timed(Orchestrator, "_load", "orchestrator: read the context")
     timed(orch_module.guardrails, "wants_human", "guardrails")
     timed(orch_module.guardrails, "detect_injection", "guardrails")
-    timed(pii_restore, "redact_pii", "guardrails")  # PII masking before the LLM (PiiVault)
+    timed(pii_restore, "find_pii", "guardrails")  # PII masking before the LLM (PiiVault.mask)
     timed(orch_module.guardrails, "find_banned", "guardrails")
     timed(termstats, "query_vectors", "embed the question")
     timed(EdgeVectorStore, "search", "hybrid search (qdrant-edge)")
