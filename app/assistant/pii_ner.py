@@ -69,6 +69,7 @@ def load_presidio(model: str) -> Recognizer:
     from presidio_analyzer.nlp_engine import SpacyNlpEngine
 
     engine = SpacyNlpEngine(models=[{"lang_code": "en", "model_name": model}])
+    engine.load()  # the model is installed (checked above): spaCy loads it, nothing is fetched
     analyzer = AnalyzerEngine(nlp_engine=engine, supported_languages=["en"])
     analyzer.registry.add_recognizer(
         PatternRecognizer(supported_entity="STREET_ADDRESS", patterns=[Pattern("street", _STREET, 0.6)]))
