@@ -129,6 +129,12 @@ class Settings(BaseSettings):
     bus_batch_size: int = Field(default=64, validation_alias=_env("BUS_BATCH_SIZE"))
     # How often the background loops mask raw PII past tenants' `pii_retention_days` (app/retention.py).
     retention_interval_s: float = Field(default=3600.0, gt=0, validation_alias=_env("RETENTION_INTERVAL_S"))
+    # PII detection (app/assistant/pii.py): the regions whose national phone formats are read (ISO codes, comma
+    # separated; numbers written with + need none), and names/street addresses through the optional `[ner]` extra
+    # (app/assistant/pii_ner.py) for every tenant whose policy `pii_ner` does not turn it off.
+    pii_phone_regions: str = Field(default="US,GB", validation_alias=_env("PII_PHONE_REGIONS"))
+    pii_ner: bool = Field(default=False, validation_alias=_env("PII_NER"))
+    pii_ner_model: str = Field(default="en_core_web_lg", validation_alias=_env("PII_NER_MODEL"))
     # Prefix of every Redis key the bus writes; lets several deployments (or test runs) share one Redis.
     bus_namespace: str = Field(default="sb", validation_alias=_env("BUS_NAMESPACE"))
     # The orchestrator (app/bus/concurrent.py): inbound messages one process handles at once (worker threads,
@@ -192,6 +198,14 @@ class Settings(BaseSettings):
     # to uvicorn's proxy-headers middleware. Per-IP limits key on the resulting client address; put your reverse
     # proxy or ingress here, or every visitor behind it shares one IP's limits.
     trusted_proxies: str = Field(default="127.0.0.1", validation_alias=_env("TRUSTED_PROXIES"))
+
+    @field_validator("pii_phone_regions")
+    @classmethod
+    def _phone_regions(cls, value: str) -> str:
+        from app.assistant.pii import parse_phone_regions
+
+        parse_phone_regions(value)  # ValueError names the valid form
+        return value
 
     @field_validator(
         "rate_widget_sessions_per_ip", "rate_widget_sends_per_ip", "rate_widget_sends_per_visitor",

@@ -1,6 +1,6 @@
 """Retention of raw PII: a tenant's `pii_retention_days` policy says how long the structured PII customers gave
 (emails, phone numbers, cards, IBANs, SSNs, IP addresses) is kept as written. Past it, `purge` replaces it in
-place with the placeholders agents already see (`[EMAIL]`, `[PHONE]`... from `guardrails.redact_pii`), in:
+place with the placeholders agents already see (`[EMAIL]`, `[PHONE]`... from `pii.redact_pii`), in:
 
 - messages' `text` (marked `meta["pii_purged_at"]`);
 - escalations' `detail`, `draft` and `final_text` (marked the same way on their `meta`);
@@ -32,7 +32,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.assistant.guardrails import redact_pii
+from app.assistant.pii import redact_pii
 from app.audit import record
 from app.db import session_scope
 from app.models import AuditEvent, Escalation, Message, Tenant, utcnow

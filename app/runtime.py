@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from app.bootstrap import container
 
 if TYPE_CHECKING:
+    from app.assistant.pii_ner import PiiNer
     from app.bus.base import Bus
     from app.conversations.push import Push
     from app.providers.embeddings.base import Embedder, SparseEncoder
@@ -44,6 +45,11 @@ def get_object_store() -> ObjectStore:
 
 def get_rate_limiter() -> RateLimiter:
     return container().rate_limiter
+
+
+def get_pii_ner() -> PiiNer:
+    """Names and addresses in PII detection, per tenant policy (app/assistant/pii_ner.py)."""
+    return container().pii_ner
 
 
 def get_llm_client() -> LLMRouter:

@@ -240,6 +240,13 @@ class Policies(_In):
         default=None, description="Numbered menus on USSD (replaced whole; null: sessions open on the account's "
                                   "prompt and take a question).",
     )
+    pii_ner: bool | None = Field(
+        default=None,
+        description="Also mask customers' names and street addresses before the LLM (the optional named-entity "
+                    "extra: `pip install 'switchboard[ner]'` plus a spaCy model, see docs/security.md). Null: the "
+                    "operator's SWITCHBOARD_PII_NER (default off). Turning it on where the extra is not installed "
+                    "is refused with the install command.",
+    )
     pii_retention_days: int | None = Field(
         default=None, ge=1, le=3650,
         description="Days the structured PII customers give (emails, phone numbers, cards...) is kept as written; "

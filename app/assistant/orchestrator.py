@@ -33,6 +33,7 @@ from app.assistant.drafts import STREAMING_CHANNELS, DraftStream
 from app.assistant.grounding import vet_llm_draft
 from app.assistant.modes import effective_mode
 from app.assistant.outcomes import CONVERSATIONS, IN_TENANT, Context, Decision, Outcome
+from app.assistant.pii_ner import NerUnavailable, PiiNer
 from app.assistant.pii_restore import PiiVault
 from app.assistant.prompts import parse_llm_answer, render_messages
 from app.assistant.turns import merged_into, newer_pending
@@ -64,6 +65,7 @@ class Orchestrator:
         settings: Settings | None = None,
         limiter: RateLimiter | None = None,
         push: Push | None = None,
+        pii_ner: PiiNer | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.bus = bus
@@ -84,8 +86,16 @@ class Orchestrator:
             from app.runtime import get_llm_client
 
             llm = get_llm_client()
+        self._pii_ner = pii_ner  # names and addresses masked too, for tenants that turn it on (None: the container's)
         # A bare client (a test, a benchmark) gets a router of its own: fallbacks, deadline and breakers apply.
         self.llm = llm if isinstance(llm, LLMRouter) else LLMRouter.from_settings(llm, self.settings)
+
+    def _names_and_addresses(self) -> PiiNer:
+        if self._pii_ner is not None:
+            return self._pii_ner
+        from app.runtime import get_pii_ner
+
+        return get_pii_ner()
 
     # -- bus entry point -------------------------------------------------------------------------------
     def handle(self, delivery: Delivery) -> None:
@@ -235,7 +245,15 @@ class Orchestrator:
                 log.warning("tenant %s is over its LLM call limit: message %s escalated", ctx.tenant_id,
                             ctx.message_id)
                 return Decision(escalate_reason="llm_rate_limited", detail=exc.detail, draft=offline)
-            pii = PiiVault()  # numbered placeholders out, the customer's values back in (app/assistant/pii_restore.py)
+            try:
+                recognizers = self._names_and_addresses().recognizers(policies)
+            except NerUnavailable as exc:
+                # Turned on but not installed: the question cannot go out masked as the tenant asked. A person
+                # answers it; the operator's log says what to install.
+                log.error("message %s escalated: %s", ctx.message_id, exc)
+                return Decision(escalate_reason="pii_ner_unavailable", detail=str(exc), draft=offline)
+            # Numbered placeholders out, the customer's values back in (app/assistant/pii_restore.py).
+            pii = PiiVault(recognizers)
             redacted_question = pii.mask(text)
             redacted_history = [(role, pii.mask(t)) for role, t in ctx.history]
             messages = render_messages(ctx.persona, policies, redacted_history, passages, redacted_question)
