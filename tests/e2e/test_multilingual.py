@@ -174,7 +174,8 @@ def test_with_an_llm_nothing_in_the_pack_still_escalates_no_knowledge_in_spanish
     outcome = operations.chat("northwind-ml", "¿alquiláis canoas para el fin de semana?", "ml-llm-5", timeout_s=30)
     assert outcome["status"] == "escalated" and outcome["reason"] == "no_knowledge"
     assert outcome["text"] == multilingual.notice("es", "escalated", PERSONA)
-    assert (_escalation(outcome["message_id"]).meta or {})["question_translated"] == "do you rent canoes for the weekend?"
+    meta = _escalation(outcome["message_id"]).meta or {}
+    assert meta["question_translated"] == "do you rent canoes for the weekend?"
     assert len(translator.server.completion_requests) == 1  # the rewrite only: no answer call without knowledge
 
 
