@@ -8,7 +8,8 @@ the language the assistant would answer in (app/assistant/language.py `customer_
 "en" as default, no earlier messages) is its label.
 
 The rule's parameters (MIN_WORDS, MIN_SCORE) are chosen on dev: no English message answered in another language,
-then the most right; the chosen ones are reported on test. `--compare` also runs the other libraries considered
+then the most right; the chosen ones are reported on test. It also reports how many longer English support messages (BANKING77's test split, the COVID-QA queries, the
+example tenant's English eval questions) would be answered in another language. `--compare` also runs the other libraries considered
 (lingua-language-detector, py3langid, langdetect), raw (their top language, no rule), when they are installed:
 accuracy, load time, time per message and peak RSS, each in its own process (`--compare-python` names an
 interpreter where they are installed; they are no dependency of the project).
@@ -130,6 +131,30 @@ def compare(rows: list[tuple[str, str]], python: str) -> list[dict[str, object]]
     return out
 
 
+def english_traffic() -> dict[str, object]:
+    """Longer English support messages answered in another language (../shared/data, when present)."""
+    import csv
+
+    from app.assistant.language import customer_language
+
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data"
+    sets = {}
+    banking = shared / "intents" / "banking77" / "test.csv"
+    if banking.exists():
+        sets["banking77_test"] = [r["text"] for r in csv.DictReader(banking.open(encoding="utf-8"))]
+    covid = shared / "qa" / "covid_faq" / "retrieval_queries.jsonl"
+    if covid.exists():
+        sets["covid_queries"] = [json.loads(line)["query"] for line in covid.read_text().splitlines() if line]
+    eval_dir = Path(__file__).resolve().parents[1] / "tenants" / "northwind" / "eval"
+    sets["northwind_english_eval"] = [json.loads(line)["question"] for name in ("questions", "unanswerable")
+                                      for line in (eval_dir / f"{name}.jsonl").read_text().splitlines() if line]
+    out: dict[str, object] = {}
+    for name, texts in sets.items():
+        wrong = [(t, customer_language(t, default="en")) for t in texts if customer_language(t, default="en") != "en"]
+        out[name] = {"n": len(texts), "answered_in_another_language": len(wrong), "examples": wrong[:5]}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--compare", action="store_true")
@@ -157,6 +182,7 @@ def main() -> None:
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "load_average": os.getloadavg()[0],
     }
+    report["english_support_traffic"] = english_traffic()
     if args.compare:
         report["raw_libraries_on_dev"] = compare(dev, args.compare_python)
         report["raw_libraries_on_test"] = compare(test, args.compare_python)

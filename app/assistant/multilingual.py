@@ -21,7 +21,7 @@ import re
 from collections import Counter
 from typing import Any
 
-from app.assistant.language import primary
+from app.assistant.language import letter_words, primary
 from app.assistant.prompts import TRANSLATION_TOKEN, Draft, persona_with_defaults, template_env
 
 NAMES = {"en": "English", "es": "Spanish", "fr": "French", "de": "German", "pt": "Portuguese", "it": "Italian",
@@ -63,6 +63,11 @@ def clean_rewrite(text: str) -> str:
     line = " ".join(text.split())
     line = re.sub(r"^(?:translation|query)\s*:\s*", "", line, flags=re.IGNORECASE)
     return line.strip().strip("\"'“”«»").strip()
+
+
+def same_words(a: str, b: str) -> bool:
+    """The same words, whatever the case and punctuation: a "translation" that changed nothing."""
+    return [w.lower() for w in letter_words(a)] == [w.lower() for w in letter_words(b)]
 
 
 def split_bilingual(text: str) -> tuple[str, str] | None:

@@ -246,6 +246,22 @@ class Orchestrator:
             verdict = guardrails.detect_injection(query)
             if verdict.flagged:
                 return Decision(escalate_reason="prompt_injection", detail=", ".join(verdict.rules))
+            if multilingual.same_words(query, text):
+                # Nothing to translate: the detector took pack-language text for another language (fastText's
+                # lite model does so for ~0.1% of English support messages). Answered as written, in one language.
+                decision = self._answer(ctx, text, text, None, None, pii)
+                if decision.answer is not None or decision.notice is not None:
+                    return decision
+                return replace(decision, notice=outcomes.tenant_notice(ctx.policies))
+        return self._answer(ctx, text, query, drafts, foreign, pii)
+
+    def _answer(self, ctx: Context, text: str, query: str, drafts: DraftStream | None, foreign: str | None,
+                pii: PiiVault) -> Decision:
+        """Retrieval for `query` (the customer's text, or its rewrite into the pack's language), then the LLM or the
+        offline composer, and the checks of what they wrote."""
+        policies = ctx.policies
+        pack = multilingual.pack_language(ctx.persona)
+        redacted_question = pii.mask(text)
         min_relevance = float(policies.get("min_relevance", 0.45))
         # One pack version per answer: the live one (a version being built beside it is never mixed in). No live
         # version (nothing ingested yet, or only a `--version-only` build) means no knowledge to answer from.
