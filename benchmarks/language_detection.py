@@ -7,9 +7,10 @@ German and Portuguese (order numbers, "ok", "thanks" and emoji among the English
 the language the assistant would answer in (app/assistant/language.py `customer_language`, the pack's language
 "en" as default, no earlier messages) is its label.
 
-The rule's parameters (MIN_WORDS, MIN_SCORE) are chosen on dev: no English message answered in another language,
-then the most right; the chosen ones are reported on test. It also reports how many longer English support messages (BANKING77's test split, the COVID-QA queries, the
-example tenant's English eval questions) would be answered in another language. `--compare` also runs the other libraries considered
+The rule's parameters (MIN_WORDS, MIN_SCORE, MIN_SCORE_ONE_WORD) are chosen on dev: no English message answered
+in another language, then the most right; the chosen ones are reported on test. It also reports how many longer
+English support messages (BANKING77's test split, the COVID-QA queries, the example tenant's English eval
+questions) would be answered in another language. `--compare` also runs the other libraries considered
 (lingua-language-detector, py3langid, langdetect), raw (their top language, no rule), when they are installed:
 accuracy, load time, time per message and peak RSS, each in its own process (`--compare-python` names an
 interpreter where they are installed; they are no dependency of the project).
