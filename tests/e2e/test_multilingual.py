@@ -27,6 +27,7 @@ QUESTIONS = {  # the customer's words as the model sees them (PII masked) -> the
     "wie lange dauern Rückerstattungen?": "how long do refunds take?",
     "How long til my refund goes through?": "How long til my refund goes through?",  # English fastText calls "no"
     "Someone stole my phone.": "Someone stole my phone.",  # English fastText calls Thai
+    "quiero poner una reclamación por mi pedido": "i want to file a complaint about my order",
 }
 SENTENCES = {  # the passage's first sentence -> its translation
     "We inspect returns within 3 business days of them reaching our warehouse and then issue the refund to your "
@@ -204,3 +205,18 @@ def test_with_an_llm_english_taken_for_another_language_is_answered_in_english(t
     escalated = operations.chat("northwind-ml", "Someone stole my phone.", "ml-llm-false-2", timeout_s=30)
     assert escalated["status"] == "escalated" and escalated["reason"] == "no_knowledge"
     assert escalated["text"].startswith("Thanks for your patience. I've passed this to someone on the Northwind team")
+
+
+def test_with_an_llm_the_brands_handoff_words_read_the_translation(translator: Translator) -> None:
+    """northwind's handoff keywords are English ("complaint"): the Spanish words miss them, the rewrite does not."""
+    outcome = operations.chat("northwind-ml", "quiero poner una reclamación por mi pedido", "ml-llm-6", timeout_s=30)
+    assert outcome["status"] == "escalated" and outcome["reason"] == "human_requested"
+    assert outcome["text"] == multilingual.notice("es", "escalated", PERSONA)
+    assert len(translator.server.completion_requests) == 1  # the rewrite; no answer is written
+
+
+def test_with_an_llm_a_failed_rewrite_escalates_with_a_notice_in_spanish(translator: Translator) -> None:
+    translator.server.fail_always(503)
+    outcome = operations.chat("northwind-ml", "¿cuánto tardan los reembolsos?", "ml-llm-7", timeout_s=30)
+    assert outcome["status"] == "escalated" and outcome["reason"].startswith("llm_")
+    assert outcome["text"] == multilingual.notice("es", "escalated", PERSONA)
