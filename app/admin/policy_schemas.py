@@ -30,7 +30,8 @@ class Persona(_In):
     language: str | None = Field(
         default=None,
         pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$",
-        description="BCP 47 tag, e.g. 'en' or 'pt-BR'.",
+        description="The knowledge's language, BCP 47 (e.g. 'en', 'pt-BR'); customers writing another one get a "
+                    "translated answer with an LLM, else an escalation `language` (docs/admin.md).",
     )
 
 

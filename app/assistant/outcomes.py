@@ -70,6 +70,7 @@ class Decision:
     detail: str | None = None
     draft: Draft | None = None
     meta: dict[str, Any] | None = None  # kept on the escalation (e.g. the unsupported sentences)
+    notice: str | None = None  # what the customer is told instead of the tenant's notice (their own language)
 
 
 def claim(session: Session, ctx: Context) -> ReplyTo | None:
@@ -116,9 +117,14 @@ def answer(bus: Bus, clock: Callable[[], datetime], ctx: Context, draft: Draft) 
                    citations=list(draft.citations))
 
 
+def tenant_notice(policies: dict[str, Any]) -> str:
+    """What the customer is told while a person looks at the conversation, in the tenant's words."""
+    return str(policies.get("escalation_notice") or DEFAULT_ESCALATION_NOTICE)
+
+
 def escalate(bus: Bus, clock: Callable[[], datetime], ctx: Context, decision: Decision) -> Outcome:
     reason = decision.escalate_reason or "unknown"
-    notice: str | None = str(ctx.policies.get("escalation_notice") or DEFAULT_ESCALATION_NOTICE)
+    notice: str | None = decision.notice or tenant_notice(ctx.policies)
     if reason == "draft_review" and not ctx.policies.get("draft_notice"):
         notice = None  # a draft waiting for approval: the customer hears nothing until it is sent
     sla = sla_target(ctx.policies)
