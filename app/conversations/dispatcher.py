@@ -95,7 +95,7 @@ class Dispatcher:
             contact = session.get_one(Contact, conversation.contact_id)
             if not consent.may_send(contact.consent_status, message.meta):
                 message.status, message.error = "failed", consent.NOT_SENT
-                return
+                return "failed"
             if sender.in_process:  # delivered by this transaction: the visitor's reader wakes once it commits
                 notify_on_commit(session, message.tenant_id, contact.external_id)
                 self._sent(message, [])
