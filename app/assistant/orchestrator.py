@@ -27,7 +27,7 @@ from sqlalchemy import Table, select
 from sqlalchemy.orm import Session
 
 from app import logs, metrics
-from app.assistant import guardrails, outcomes
+from app.assistant import guardrails, injection, outcomes
 from app.assistant.composer import compose_offline
 from app.assistant.drafts import STREAMING_CHANNELS, DraftStream
 from app.assistant.grounding import vet_llm_draft
@@ -195,15 +195,23 @@ class Orchestrator:
         policies = ctx.policies
         if guardrails.wants_human(text, policies.get("handoff_keywords") or ()):
             return Decision(escalate_reason="human_requested", detail="the customer asked for a person")
-        verdict = guardrails.detect_injection(text)
+        threshold = injection_threshold(policies)
+        verdict = guardrails.detect_injection(text, threshold)
         if verdict.flagged:
-            return Decision(escalate_reason="prompt_injection", detail=", ".join(verdict.rules))
+            metrics.injection_flagged("message")
+            return Decision(escalate_reason="prompt_injection", detail=injection.reason(verdict))
         min_relevance = float(policies.get("min_relevance", 0.45))
         # One pack version per answer: the live one (a version being built beside it is never mixed in). No live
         # version (nothing ingested yet, or only a `--version-only` build) means no knowledge to answer from.
         passages = [] if ctx.pack_version is None else list(self.retrieve(
             ctx.tenant_id, text, top_k=self.settings.retrieval_top_k, filters={"pack_version": ctx.pack_version}))
-        ctx.retrieved[:] = [passage_record(p) for p in passages]
+        passages, dropped = screen_passages(passages, threshold)
+        if dropped:
+            metrics.injection_flagged("passage", len(dropped))
+            log.warning("tenant %s message %s: %d retrieved passage(s) dropped as suspected injection: %s",
+                        ctx.tenant_id, ctx.message_id, len(dropped), ", ".join(p.chunk_id for p, _ in dropped))
+        ctx.retrieved[:] = [passage_record(p) for p in passages] + [
+            {**passage_record(p), "dropped": why} for p, why in dropped]
         offline = compose_offline(text, passages, ctx.persona, min_relevance=min_relevance)
         if offline.escalate:
             return Decision(escalate_reason=offline.reason or "no_knowledge", draft=None, detail=_top(passages))
@@ -281,6 +289,33 @@ _LOAD = (
 
 def _aware(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def injection_threshold(policies: dict[str, Any]) -> float | None:
+    """The tenant's `injection_threshold` policy, or None for the model's own (chosen when it was trained)."""
+    value = policies.get("injection_threshold")
+    return None if value is None else float(value)
+
+
+def screen_passages(passages: Sequence[Any], threshold: float | None) -> tuple[list[Any], list[tuple[Any, str]]]:
+    """Retrieved passages that may reach the LLM or the offline composer, and the dropped ones with the reason.
+
+    Chunks flagged at ingestion are quarantined and never indexed; this second look catches what an older pack
+    (ingested before the scan existed) or a changed threshold lets through. A dropped passage is not shown to the
+    LLM: the turn goes on without it (and escalates `no_knowledge` if nothing relevant is left); the dropped
+    passage is kept on the escalation for reviewers. A chunk an admin released after review is not rescanned."""
+    kept: list[Any] = []
+    dropped: list[tuple[Any, str]] = []
+    for p in passages:
+        if getattr(p, "reviewed", False):
+            kept.append(p)
+            continue
+        verdict = injection.passage_verdict(f"{getattr(p, 'heading', '')}\n{p.text}".strip(), threshold)
+        if verdict.flagged:
+            dropped.append((p, injection.reason(verdict)))
+        else:
+            kept.append(p)
+    return kept, dropped
 
 
 def passage_record(p: Any) -> dict[str, Any]:
