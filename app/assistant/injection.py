@@ -54,7 +54,8 @@ _INJECTION_RULES: list[tuple[str, float, re.Pattern[str]]] = [
         re.compile(
             r"\b(?:ignore|disregard|forget|override|bypass|skip)\b[^.!?\n]{0,40}?\b(?:all\s+|any\s+|the\s+|your\s+|my\s+)?"
             r"(?:previous|prior|above|earlier|preceding|original|initial|old|system|safety|pre-?programmed)?\s*"
-            r"(?:instructions?|prompts?|rules|guidelines|directives|programming|restrictions|policies|messages|"
+            r"(?:instructions?|prompts?|rules|guidelines|directives|programming|restrictions|polic(?:y|ies)\s+above|"
+            r"policies|messages|"
             r"conversation|context|everything\s+(?:before|above|from|you\s+(?:were|have\s+been)\s+told)|"
             r"what\s+you\s+(?:were|have\s+been)\s+told)\b",
             _I,
@@ -168,7 +169,7 @@ _ADDRESSED = re.compile(
     r"|\bif\s+you\s+are\s+(?:an?\s+)?(?:AI|assistant|chat\s?bot|bot|LLM|language\s+model|automated\s+agent)\b"
     r"|\b(?:AI|assistant|chat\s?bot|LLM|language\s+model)s?\s+(?:reading|processing|summari[sz]ing|answering)"
     r"\s+(?:this|these|from\s+this)\b"
-    r"|^\s*(?:assistant|AI|system|chatbot)\s*(?:instructions?)?\s*:\s*(?:ignore|you\s+must|always|never|do\s+not|"
+    r"|(?:^|[.!?]\s+)\s*(?:assistant|AI|system|chatbot)\s*(?:instructions?)?\s*:\s*(?:ignore|you\s+must|always|never|do\s+not|"
     r"don'?t|tell|say|respond|reply|answer|instead)\b",
     _I | re.MULTILINE,
 )
