@@ -125,15 +125,12 @@ def eval_injection(data: Path) -> str:
     sets["benign_northwind_chunks"] = _knowledge_chunks(NORTHWIND)
     lines = [f"Threshold {model.threshold} (chosen on the tuning split, see benchmarks/train_injection.py).", "",
              "| set | kind | rows | rules alone | model alone | rules + model |", "|---|---|---:|---:|---:|---:|"]
-    timings: list[float] = []
     for name in ("inthewild_jailbreak", "dan", "sysprompt_extraction", "benign_notinject", "benign_banking77_test",
                  "benign_northwind_chunks"):
         texts = sets[name]
         rules, alone, both = [], [], []
         for text in texts:
-            started = time.perf_counter()
             verdict = detect_injection(text)
-            timings.append(time.perf_counter() - started)
             both.append(verdict.flagged)
             alone.append((verdict.model_score or 0.0) >= model.threshold)
             rules.append(detect_with_rules(text).flagged)
@@ -142,9 +139,21 @@ def eval_injection(data: Path) -> str:
     attacks = [t for r in rows if r["label"] == 1 for t in [r["text"]]]
     tpr = sum(detect_injection(t).flagged for t in attacks) / len(attacks)
     lines.append(f"| **all dev attacks** | attack: TPR | {len(attacks)} | | | {tpr:.3f} |")
-    ms = sorted(t * 1000 for t in timings)
-    lines += ["", f"Latency of `detect_injection` per text over these {len(ms)} texts (rules + model, one core): "
-              f"median {statistics.median(ms):.2f} ms, p95 {ms[int(len(ms) * 0.95)]:.2f} ms, max {ms[-1]:.1f} ms."]
+    lines += ["", "Latency of `detect_injection` per text (rules + model, one core, best of 3 runs per text):", "",
+              "| set | median chars | median ms | p95 ms | max ms |", "|---|---:|---:|---:|---:|"]
+    for name in ("benign_banking77_test", "benign_northwind_chunks", "benign_notinject", "inthewild_jailbreak"):
+        best = []
+        for text in sets[name]:
+            runs = []
+            for _ in range(3):
+                started = time.perf_counter()
+                detect_injection(text)
+                runs.append(time.perf_counter() - started)
+            best.append(min(runs) * 1000)
+        best.sort()
+        chars = statistics.median(len(t) for t in sets[name])
+        lines.append(f"| {name} | {chars:.0f} | {statistics.median(best):.2f} | {best[int(len(best) * 0.95)]:.2f} | "
+                     f"{best[-1]:.1f} |")
     return "\n".join(lines)
 
 
