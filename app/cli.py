@@ -132,6 +132,9 @@ def ingest(
                    + (f"\n  {report['notes']}" if report.get("notes") else ""))
         for failure in report["files_failed"]:
             typer.secho(f"  failed: {failure['file']}: {failure['reason']}", fg=typer.colors.RED, err=True)
+        if report.get("quarantined"):
+            typer.secho(f"  {report['quarantined']} chunk(s) quarantined as suspected prompt injection (not "
+                        f"retrievable): switchboard pack quarantine --tenant {tenant}", fg=typer.colors.YELLOW)
     if report["files_failed"]:
         raise typer.Exit(1)
 
