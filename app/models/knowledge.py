@@ -57,7 +57,7 @@ class Chunk(Base):
     # Suspected prompt injection found at ingestion (app/knowledge/quarantine.py): {"reason", "score", "rules",
     # "status": "held" | "released", "released_by", "released_at"}. A held chunk has no vector point, so retrieval
     # never returns it; null for a clean chunk.
-    quarantine: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    quarantine: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), default=None)
 
 
 class IngestionJob(IdMixin, Base):
