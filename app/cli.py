@@ -141,6 +141,9 @@ def ingest(
                    + (f"\n  {report['notes']}" if report.get("notes") else ""))
         for failure in report["files_failed"]:
             typer.secho(f"  failed: {failure['file']}: {failure['reason']}", fg=typer.colors.RED, err=True)
+        if report.get("quarantined"):
+            typer.secho(f"  {report['quarantined']} chunk(s) quarantined as suspected prompt injection (not "
+                        f"retrievable): switchboard pack quarantine --tenant {tenant}", fg=typer.colors.YELLOW)
     if report["files_failed"]:
         raise typer.Exit(1)
 
@@ -313,6 +316,61 @@ def gateway(
         raise _fail(str(exc)) from exc
     tune_gc()
     uvicorn.run(app, host=host, port=port, **_uvicorn_options())
+
+
+guard_cli = typer.Typer(help="Check text with the assistant's guardrails.", no_args_is_help=True)
+cli.add_typer(guard_cli, name="guard")
+
+
+@guard_cli.command("scan")
+def guard_scan(
+    file: Annotated[Path, typer.Argument(help="JSONL: one {\"text\": ...} object per line ('-' for stdin).")],
+    tenant: Annotated[str | None, typer.Option(help="Apply this tenant's policies (slug).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array, one verdict per line, in order.")]
+    = False,
+) -> None:
+    """Prompt-injection score and PII spans of each line, with the detectors and settings the orchestrator
+    uses. Needs no running server (a tenant's policies are read from the database)."""
+    from app.assistant.guard_scan import ScanError, parse_lines, scan
+
+    try:
+        raw = sys.stdin.read() if str(file) == "-" else file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _fail(f"cannot read {file}: {exc}") from exc
+    try:
+        texts = parse_lines(raw.splitlines())
+    except ScanError as exc:
+        for problem in exc.problems[:50]:
+            typer.secho(f"error: {file}: {problem}", fg=typer.colors.RED, err=True)
+        if len(exc.problems) > 50:
+            typer.secho(f"error: ... and {len(exc.problems) - 50} more bad lines", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from exc
+    policies: dict[str, Any] = {}
+    if tenant is not None:
+        from app.db import migrate, session_scope
+        from app.tenants.service import TenantError, get_by_slug
+
+        migrate()
+        with session_scope() as session:
+            try:
+                policies = dict(get_by_slug(session, tenant).policies or {})
+            except TenantError as exc:
+                raise _fail(str(exc)) from exc
+    from app.assistant.pii_ner import NerUnavailable
+    from app.runtime import get_pii_ner
+
+    try:
+        recognizers = get_pii_ner().recognizers(policies)  # names and addresses, when the tenant turned them on
+    except NerUnavailable as exc:
+        raise _fail(str(exc)) from exc
+    results = scan(texts, policies, recognizers)
+    if as_json:
+        typer.echo(json.dumps(results))
+        return
+    for number, r in enumerate(results, start=1):
+        kinds = ", ".join(sorted({p["kind"] for p in r["pii"]})) or "none"
+        flag = "INJECTION" if r["injection"] else "ok"
+        typer.echo(f"line {number}: {flag} (score {r['score']:.2f}); PII: {kinds}")
 
 
 retention_cli = typer.Typer(help="Retention of customers' personal data.", no_args_is_help=True)

@@ -62,6 +62,9 @@ LLM_TOKENS = Counter("switchboard_llm_tokens", "LLM tokens used, by provider and
                      ["provider", "kind"], registry=REGISTRY)
 INGEST_FILES = Counter("switchboard_ingest_files", "Knowledge files ingestion finished, by status.", ["status"],
                        registry=REGISTRY)
+INJECTION_FLAGS = Counter("switchboard_injection_flags",
+                          "Texts the injection detector flagged, by where: message, passage (dropped at answer "
+                          "time) or chunk (quarantined at ingestion).", ["where"], registry=REGISTRY)
 
 
 class Bounded:
@@ -108,6 +111,11 @@ def llm_calls(records: Sequence[CallRecord]) -> None:
 
 def ingest_file(status: str) -> None:
     INGEST_FILES.labels(status).inc()
+
+
+def injection_flagged(where: str, n: int = 1) -> None:
+    if n:
+        INJECTION_FLAGS.labels(where).inc(n)
 
 
 # Topic -> the consumer groups that read it (app/workers_runtime.py, app/review/notify.py).

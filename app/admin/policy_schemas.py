@@ -248,6 +248,12 @@ class Policies(_In):
                     "operator's SWITCHBOARD_PII_NER (default off). Turning it on where the extra is not installed "
                     "is refused with the install command.",
     )
+    injection_threshold: float | None = Field(
+        default=None, ge=0.05, le=1,
+        description="Prompt-injection score (0..1) at or above which a message is escalated and a knowledge chunk "
+                    "quarantined (null: the detector's own threshold, chosen when its model was trained; lower "
+                    "catches more and flags more benign text).",
+    )
     pii_retention_days: int | None = Field(
         default=None, ge=1, le=3650,
         description="Days the structured PII customers give (emails, phone numbers, cards...) is kept as written; "

@@ -28,7 +28,7 @@ from sqlalchemy import Table, select
 from sqlalchemy.orm import Session
 
 from app import logs, metrics, tracing
-from app.assistant import guardrails, multilingual, outcomes
+from app.assistant import guardrails, injection, multilingual, outcomes
 from app.assistant.composer import compose_offline
 from app.assistant.drafts import STREAMING_CHANNELS, DraftStream
 from app.assistant.grounding import Vetted, vet_llm_draft
@@ -304,7 +304,14 @@ class Orchestrator:
                 filters={"pack_version": ctx.pack_version}))
             tracing.annotate(span, {"switchboard.retrieval.passages": len(passages),
                                     "switchboard.retrieval.best_score": float(passages[0].score) if passages else None})
-        ctx.retrieved[:] = [passage_record(p) for p in passages]
+        # A passage that reads as instructions to the assistant never reaches the LLM (app/assistant/injection.py).
+        passages, dropped = screen_passages(passages, injection_threshold(policies))
+        if dropped:
+            metrics.injection_flagged("passage", len(dropped))
+            log.warning("tenant %s message %s: %d retrieved passage(s) dropped as suspected injection: %s",
+                        ctx.tenant_id, ctx.message_id, len(dropped), ", ".join(p.chunk_id for p, _ in dropped))
+        ctx.retrieved[:] = [passage_record(p) for p in passages] + [
+            {**passage_record(p), "dropped": why} for p, why in dropped]
         offline = compose_offline(query, passages, ctx.persona, min_relevance=min_relevance)
         if offline.escalate:
             return Decision(escalate_reason=offline.reason or "no_knowledge", draft=None, detail=_top(passages),
@@ -378,9 +385,10 @@ class Orchestrator:
         """The customer's own words decide first: a request for a person, or an attempt to steer the model."""
         if guardrails.wants_human(text, policies.get("handoff_keywords") or ()):
             return Decision(escalate_reason="human_requested", detail="the customer asked for a person")
-        verdict = guardrails.detect_injection(text)
+        verdict = guardrails.detect_injection(text, injection_threshold(policies))
         if verdict.flagged:
-            return Decision(escalate_reason="prompt_injection", detail=", ".join(verdict.rules))
+            metrics.injection_flagged("message")
+            return Decision(escalate_reason="prompt_injection", detail=injection.reason(verdict))
         return None
 
     def _draft_stream(self, ctx: Context) -> DraftStream | None:
@@ -432,6 +440,33 @@ def _translated(checked: Vetted, shown: Draft, pii: PiiVault) -> Vetted:
                       f"the reply holds placeholders this customer gave no value for: {', '.join(unresolved)}",
                       {**meta, "pii_placeholders": unresolved})
     return Vetted(draft)
+
+
+def injection_threshold(policies: dict[str, Any]) -> float | None:
+    """The tenant's `injection_threshold` policy, or None for the model's own (chosen when it was trained)."""
+    value = policies.get("injection_threshold")
+    return None if value is None else float(value)
+
+
+def screen_passages(passages: Sequence[Any], threshold: float | None) -> tuple[list[Any], list[tuple[Any, str]]]:
+    """Retrieved passages that may reach the LLM or the offline composer, and the dropped ones with the reason.
+
+    Chunks flagged at ingestion are quarantined and never indexed; this second look catches what an older pack
+    (ingested before the scan existed) or a changed threshold lets through. A dropped passage is not shown to the
+    LLM: the turn goes on without it (and escalates `no_knowledge` if nothing relevant is left); the dropped
+    passage is kept on the escalation for reviewers. A chunk an admin released after review is not rescanned."""
+    kept: list[Any] = []
+    dropped: list[tuple[Any, str]] = []
+    for p in passages:
+        if getattr(p, "reviewed", False):
+            kept.append(p)
+            continue
+        verdict = injection.passage_verdict(f"{getattr(p, 'heading', '')}\n{p.text}".strip(), threshold)
+        if verdict.flagged:
+            dropped.append((p, injection.reason(verdict)))
+        else:
+            kept.append(p)
+    return kept, dropped
 
 
 def _aware(value: datetime) -> datetime:

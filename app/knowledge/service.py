@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 
 from app import metrics
 from app.config import get_settings
-from app.knowledge import termstats, versions
+from app.knowledge import quarantine, termstats, versions
 from app.knowledge.chunk import chunk_document
 from app.knowledge.indexing import Deps, carry_document, deps, index_document
 from app.knowledge.parse import (
@@ -77,6 +77,7 @@ class IngestReport:
     version_documents: int = 0  # documents in the new version (this upload's and the carried ones)
     version_chunks: int = 0
     embedded: int = 0  # chunks that had to be embedded (the rest came from the cache)
+    quarantined: int = 0  # chunks of the new version held as suspected prompt injection (not retrievable)
     status: str = "building"  # the version's status at the end: live | ready | failed
     promoted: bool = False
     notes: str | None = None
@@ -138,6 +139,7 @@ def ingest_paths(
     session.flush()
 
     report = IngestReport(tenant_id, build.version, job.id, source.id)
+    threshold = quarantine.tenant_threshold(tenant)
     done = 0
 
     def tick(name: str, status: str, reason: str | None = None) -> None:
@@ -162,7 +164,7 @@ def ingest_paths(
             if len(source_file.path) > 500:
                 raise ParseError("path is longer than 500 characters")
             indexed = index_document(session, d, tenant_id, build.version, source.id, source_file, doc, chunks,
-                             base_docs.get(source_file.path))
+                                     base_docs.get(source_file.path), threshold)
         except ParseError as exc:
             report.files_failed.append(FileError(source_file.path, str(exc)).to_dict())
             if source_file.path in base_docs:
@@ -177,7 +179,7 @@ def ingest_paths(
     for path, base_doc in sorted(base_docs.items()):
         if path in uploaded:
             continue
-        n, embedded = carry_document(session, d, build.version, source.id, base_doc)
+        n, embedded = carry_document(session, d, build.version, source.id, base_doc, threshold)
         report.files_carried.append(path)
         report.version_chunks += n
         report.embedded += embedded
@@ -186,6 +188,8 @@ def ingest_paths(
     report.documents = len(report.files_ok)
     report.version_documents = report.documents + len(report.files_carried)
     report.version_chunks += report.chunks
+    report.quarantined = quarantine.count_held(session, tenant_id, build.version)
+    metrics.injection_flagged("chunk", report.quarantined)
     _finish(session, d, tenant, build, report, promote=promote)
     job.done_files, job.chunks, job.errors = done, report.version_chunks, list(report.files_failed)
     job.status = "failed" if report.status == "failed" else "succeeded"
@@ -193,6 +197,8 @@ def ingest_paths(
     job.detail = (f"version {build.version} {report.status}: {len(report.files_ok)} indexed, "
                   f"{len(report.files_carried)} carried forward, {len(report.files_failed)} refused, "
                   f"{report.version_chunks} chunks ({report.embedded} embedded)"
+                  + (f", {report.quarantined} quarantined as suspected prompt injection" if report.quarantined
+                     else "")
                   + (f"; {report.notes}" if report.notes else ""))
     session.flush()
     report.seconds = round(time.monotonic() - started, 3)
