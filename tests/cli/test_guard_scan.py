@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from app.assistant.guardrails import redact_pii
+from app.assistant.pii import redact_pii
 from app.assistant.injection import detect_injection
 from tests.cli_support import run, serving
 
