@@ -69,7 +69,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.chaos_check import TAG, Report, count, tag  # noqa: E402
+from benchmarks.chaos_check import Report, count, name_all, named, tag  # noqa: E402
 from tests.fakes.fake_meta import FakeGraph  # noqa: E402
 from tests.fakes.fake_telegram import FakeTelegram  # noqa: E402
 from tests.fakes.openai_server import FakeOpenAIServer, Step, first_sentence, prompt_passages  # noqa: E402
@@ -108,11 +108,10 @@ def _answer(body: dict[str, Any]) -> str:
     """Passage 1's first sentence, cited (the grounding check lets it out), and a question naming the messages of
     the turn: the checker reads from it which messages a delivered reply answers."""
     turn = body["messages"][-1]["content"]
-    tags = sorted({m.group(0) for m in TAG.finditer(turn)})
     passages = prompt_passages(body)
     if not passages:
         return "I'm not sure about that one, let me get a colleague. [[ESCALATE]]"
-    return f"{first_sentence(passages[0])[:300]} [1] Anything else about {' '.join(tags)}?"
+    return f"{first_sentence(passages[0])[:300]} [1] Anything else about {name_all(named(turn))}?"
 
 
 # ---------------------------------------------------------------------------------------------------------------

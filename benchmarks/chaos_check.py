@@ -14,12 +14,30 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-TAG = re.compile(r"\bchaos(\d+)x(\d+)\b")
+TAG = re.compile(r"\bchaos(\d+)x(\d+)(?:-(\d+))?\b")  # a reply may name a run of messages: chaos3x17-40
 Key = tuple[int, int]  # (customer, sequence number)
 
 
 def tag(customer: int, seq: int) -> str:
     return f"chaos{customer}x{seq}"
+
+
+def name_all(keys: Iterable[Key]) -> str:
+    """Tags for `keys`, consecutive numbers of a customer as one run (a merged turn of 60 messages still fits
+    in a reply of the tenant's max_reply_chars)."""
+    runs: list[list[int]] = []
+    for customer, seq in sorted(set(keys)):
+        if runs and runs[-1][0] == customer and runs[-1][2] == seq - 1:
+            runs[-1][2] = seq
+        else:
+            runs.append([customer, seq, seq])
+    return " ".join(tag(c, a) if a == b else f"{tag(c, a)}-{b}" for c, a, b in runs)
+
+
+def named(text: str) -> list[Key]:
+    """The messages a text names, runs expanded."""
+    return [(int(m.group(1)), seq) for m in TAG.finditer(text)
+            for seq in range(int(m.group(2)), int(m.group(3) or m.group(2)) + 1)]
 
 
 @dataclass
@@ -90,15 +108,14 @@ def count(accepted: Iterable[Key], rows: Sequence[Mapping[str, Any]], escalation
                 report.example("undelivered_replies", f"customer {customer}: {text[:90]!r}")
 
     # The messages each distinct delivered reply names: once each, and only to the customer who sent them.
-    named: Counter[Key] = Counter()
+    naming: Counter[Key] = Counter()
     for customer, text in sorted(set(deliveries)):
-        for m in TAG.finditer(text):
-            key = int(m.group(1)), int(m.group(2))
-            named[key] += 1
+        for key in named(text):
+            naming[key] += 1
             if key not in accepted or key[0] != customer:
                 report.unexpected += 1
-                report.example("unexpected", f"customer {customer} got a reply naming {m.group(0)}")
-    for key, times in sorted(named.items()):
+                report.example("unexpected", f"customer {customer} got a reply naming {tag(*key)}")
+    for key, times in sorted(naming.items()):
         if times > 1:
             report.duplicated_answers += times - 1
             report.example("duplicated_answers", f"{tag(*key)} named by {times} different replies")
@@ -109,7 +126,7 @@ def count(accepted: Iterable[Key], rows: Sequence[Mapping[str, Any]], escalation
             report.missing_rows += 1
             report.unanswered_unescalated += 1
             report.example("missing_rows", tag(*key))
-            if not named[key]:
+            if not naming[key]:
                 report.lost += 1
                 report.example("lost", f"{tag(*key)}: no row")
             continue
@@ -123,7 +140,7 @@ def count(accepted: Iterable[Key], rows: Sequence[Mapping[str, Any]], escalation
         else:
             report.unanswered_unescalated += 1
             report.example("unanswered_unescalated", f"{tag(*key)}: {row['status']} -> {end['status']}")
-        if not named[key] and not escalated:
+        if not naming[key] and not escalated:
             report.lost += 1
             report.example("lost", f"{tag(*key)}: {row['status']} -> {end['status']}, no reply names it")
     return report

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmarks.chaos_check import Report, count
+from benchmarks.chaos_check import Report, count, name_all, named
 
 NOTICE = "A person from our team will get back to you here."
 
@@ -94,3 +94,19 @@ def test_a_reply_naming_another_customers_message_is_unexpected() -> None:
     rows = [*CLEAN_ROWS, reply("rx", 0, wrong)]
     report = count(CLEAN_ACCEPTED, rows, {"d": "llm_unavailable"}, [*CLEAN_DELIVERIES, (0, wrong)])
     assert failures(report) == {"unexpected": 1}
+
+
+def test_a_reply_names_a_run_of_merged_messages_compactly_and_the_checker_expands_it() -> None:
+    keys = [(0, 3), (0, 4), (0, 5), (0, 9), (1, 2)]
+    assert name_all(keys) == "chaos0x3-5 chaos0x9 chaos1x2"
+    assert named(f"Anything else about {name_all(keys)}?") == keys
+    text = "Gift cards never expire [1] Anything else about chaos0x2-3?"
+    rows = [row if row["id"] != "rc" else reply("rc", 0, text) for row in CLEAN_ROWS]
+    deliveries = [(c, text if t == ANSWER_23 else t) for c, t in CLEAN_DELIVERIES]
+    assert count(CLEAN_ACCEPTED, rows, {"d": "llm_unavailable"}, deliveries).failures == 0
+    dropped = count(CLEAN_ACCEPTED | {(0, 4)}, [*rows, inbound("e", 0, 4, "merged", superseded_by="c")],
+                    {"d": "llm_unavailable"}, deliveries)
+    # 0x4 was merged into 0x3's answered turn, yet the reply does not name it: its text never reached the
+    # answer, so it is lost although the database calls its turn answered.
+    assert (dropped.lost, dropped.answered, dropped.examples["lost"]) == (
+        1, 4, ["chaos0x4: merged -> answered, no reply names it"])
