@@ -1,7 +1,7 @@
 """Chaos run: scale-out Switchboard under load while a nemesis kills its processes, then count what came out.
 
-    .venv/bin/python benchmarks/chaos.py [--duration 600] [--rate 2] [--customers 8] [--kill-interval 5]
-                                         [--redis-interval 75] [--llm-failure 0.3] [--seed 1] [--quick]
+    .venv/bin/python benchmarks/chaos.py [--duration 1200] [--rate 2] [--customers 8] [--kill-interval 8]
+                                         [--redis-interval 90] [--llm-failure 0.3] [--seed 1] [--quick]
 
 What runs (every process on this machine, every address 127.0.0.1):
 - Postgres: the local server, in a database of the run's own (`--db`, default `switchboard_chaos`, dropped and
@@ -24,8 +24,9 @@ The load: `--customers` simulated customers (even ones on WhatsApp, odd ones on 
 send signed webhooks at a steady total `--rate`; each text carries its customer and sequence number. Like the real
 providers, a customer's webhook is retried (same provider message id) until the gateway answers 2xx.
 
-The nemesis: every `--kill-interval` seconds (jittered) it SIGKILLs a random live role, which a supervisor starts
-again after `--restart-delay`; every `--redis-interval` seconds it kills Redis with SIGKILL and starts it again on
+The nemesis: every `--kill-interval` seconds (jittered) it SIGKILLs a random role among those that have served for
+`--min-up` seconds (a role still starting is left to start), which a supervisor starts again after
+`--restart-delay`; every `--redis-interval` seconds it kills Redis with SIGKILL and starts it again on
 the same AOF folder after 1-3 s.
 
 Then it drains: load and nemesis stop, every role and Redis run, and it waits until no inbound message is
