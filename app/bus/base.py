@@ -7,8 +7,9 @@ tenants.
 Semantics (both implementations, checked by tests/bus/test_contract.py):
 - at-least-once: an entry stays pending for its group until `ack`; a consumer that dies holding entries loses
   them to `claim_stale` by another consumer once they have been idle for `min_idle_ms`;
-- `Delivery.deliveries` counts how often the entry was handed out; the consumer runner dead-letters an entry
-  after `max_deliveries` with the reason of its last failure (`sb:{topic}:{tenant_id}:dead`);
+- `Delivery.deliveries` counts how often the entry was handed out; `Bus.count_attempt` how often a handler
+  started on it; the consumer runner dead-letters an entry after `max_deliveries` started attempts, with the
+  reason of its last failure (`sb:{topic}:{tenant_id}:dead`);
 - reads and acks are batched; streams are trimmed to roughly `maxlen` entries;
 - a group created on a stream starts at its beginning, so entries published before any consumer existed are
   delivered too (no silent drops); handlers must be idempotent anyway.
@@ -193,6 +194,14 @@ class Bus(Protocol):
         ...
 
     def last_failure(self, group: str, delivery: Delivery) -> str | None:
+        ...
+
+    def count_attempt(self, group: str, delivery: Delivery) -> int:
+        """Count that a handler starts on `delivery` now; returns the attempts started so far, this one included.
+        A first delivery's attempt is presumed (1, nothing stored); a redelivered one's are counted on the bus,
+        across processes, and forgotten on ack or dead-letter. `max_deliveries` applies to these, not to how often
+        the entry was claimed: a consumer that died while the entry only waited in it (behind its
+        conversation's earlier message) had not started it, so the entry did not crash it."""
         ...
 
     def pending_count(self, topic: str, group: str) -> int:

@@ -6,7 +6,8 @@ successes together at the end. What happens to an entry:
 - handler raises `PermanentFailure`    -> dead-lettered at once with its reason
 - handler raises anything else         -> logged with traceback, reason recorded on the bus, left pending;
                                           `claim_stale` hands it out again after `claim_idle_ms`
-- delivered more than `max_deliveries` -> dead-lettered with the last recorded reason, handler not called
+- started more than `max_deliveries` times (`Bus.count_attempt`: claims of consumers that died before starting
+  it do not count) -> dead-lettered with the last recorded reason, handler not called
 After a dead-letter, `on_dead(delivery, reason)` runs (e.g. to mark the message row dead); its errors are logged.
 Handlers must be idempotent: at-least-once means a crash after the work but before the ack repeats it.
 """
@@ -161,9 +162,10 @@ class Consumer:
             return outcome
 
     def _settle(self, delivery: Delivery, span: tracing.Span | None) -> str:
-        if delivery.deliveries > self.max_deliveries:
+        started = self.bus.count_attempt(self.group, delivery)
+        if started > self.max_deliveries:
             reason = self.bus.last_failure(self.group, delivery) or (
-                f"no success after {delivery.deliveries - 1} deliveries and no recorded error "
+                f"no success after {started - 1} deliveries and no recorded error "
                 "(a consumer probably crashed or hung while handling it)"
             )
             tracing.failed(span, "max_deliveries")

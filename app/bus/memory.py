@@ -45,6 +45,7 @@ class _Group:
     cursors: dict[str, int] = field(default_factory=dict)  # tenant -> next absolute position to deliver
     pending: dict[tuple[str, str], _Pending] = field(default_factory=dict)  # (tenant, id) -> state
     failures: dict[tuple[str, str], str] = field(default_factory=dict)
+    attempts: dict[tuple[str, str], int] = field(default_factory=dict)  # attempts started on redeliveries
 
 
 class MemoryBus:
@@ -191,6 +192,7 @@ class MemoryBus:
                 if state is not None:
                     state.pending.pop((d.tenant_id, d.id), None)
                     state.failures.pop((d.tenant_id, d.id), None)
+                    state.attempts.pop((d.tenant_id, d.id), None)
 
     def dead_letter(self, group: str, delivery: Delivery, reason: str) -> None:
         with self._cond:
@@ -237,6 +239,15 @@ class MemoryBus:
     def last_failure(self, group: str, delivery: Delivery) -> str | None:
         with self._cond:
             return self._group(delivery.topic, group).failures.get((delivery.tenant_id, delivery.id))
+
+    def count_attempt(self, group: str, delivery: Delivery) -> int:
+        if delivery.deliveries <= 1:
+            return 1
+        with self._cond:
+            attempts = self._group(delivery.topic, group).attempts
+            ref = (delivery.tenant_id, delivery.id)
+            attempts[ref] = attempts.get(ref, 0) + 1
+            return attempts[ref] + 1
 
     # -- introspection ---------------------------------------------------------------------------------
     def pending_count(self, topic: str, group: str) -> int:

@@ -106,6 +106,9 @@ class RedisStreamsBus:
     def _failure_key(self, group: str, d: Delivery) -> str:
         return f"{self.namespace}:_fail:{d.topic}:{group}:{d.tenant_id}:{d.id}"
 
+    def _attempts_key(self, group: str, d: Delivery) -> str:
+        return f"{self.namespace}:_tries:{d.topic}:{group}:{d.tenant_id}:{d.id}"
+
     def _delivery(self, topic: str, tenant: str, entry_id: str, fields: dict[str, str], n: int) -> Delivery:
         return Delivery(topic, tenant, entry_id, fields, n, self.namespace)
 
@@ -298,8 +301,9 @@ class RedisStreamsBus:
         pipe = self._redis.pipeline(transaction=False)
         for key, ids in by_stream.items():
             pipe.xack(key, group, *ids)
-        retried = [self._failure_key(group, d) for d in deliveries if d.deliveries > 1]
-        if retried:  # only redelivered entries can have a recorded failure
+        retried = [key for d in deliveries if d.deliveries > 1
+                   for key in (self._failure_key(group, d), self._attempts_key(group, d))]
+        if retried:  # only redelivered entries can have a recorded failure or counted attempts
             pipe.delete(*retried)
         pipe.execute()
 
@@ -313,7 +317,7 @@ class RedisStreamsBus:
         pipe.xadd(self.dead_key(delivery.topic, delivery.tenant_id), cast(Any, letter),
                   maxlen=self.maxlen, approximate=True)
         pipe.xack(self.stream_key(delivery.topic, delivery.tenant_id), group, delivery.id)
-        pipe.delete(self._failure_key(group, delivery))
+        pipe.delete(self._failure_key(group, delivery), self._attempts_key(group, delivery))
         pipe.execute()
         log.warning("dead-lettered %s entry %s of tenant %s after %d deliveries: %s",
                     delivery.topic, delivery.id, delivery.tenant_id, delivery.deliveries, reason)
@@ -366,6 +370,17 @@ class RedisStreamsBus:
     @_translate_errors
     def last_failure(self, group: str, delivery: Delivery) -> str | None:
         return cast(str | None, self._redis.get(self._failure_key(group, delivery)))
+
+    @_translate_errors
+    def count_attempt(self, group: str, delivery: Delivery) -> int:
+        if delivery.deliveries <= 1:
+            return 1
+        key = self._attempts_key(group, delivery)
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.incr(key)
+        pipe.expire(key, FAILURE_TTL_S)
+        started, _ = pipe.execute()
+        return int(started) + 1
 
     # -- introspection ---------------------------------------------------------------------------------
     @_translate_errors

@@ -160,6 +160,40 @@ def test_unacked_entry_is_redelivered_by_claim_with_count_two(bus: Bus) -> None:
     assert bus.pending_count(T, G) == 0
 
 
+def test_an_entry_only_waiting_in_consumers_that_died_is_not_dead_lettered(bus: Bus) -> None:
+    """Found by the chaos run (docs/reliability.md): an orchestrator restarted again and again reclaims every
+    pending entry each time, and dies before it starts most of them (they wait behind their conversation's
+    earlier message). Only attempts that started count toward max_deliveries: these entries never crashed
+    anything, so they are handled, not dead-lettered."""
+    bus.publish(T, "acme", {"body": "patient"})
+    assert bus.read(T, G, "dead0", count=1, block_ms=0)
+    for n in range(1, 6):  # five more consumers claim it and are killed before starting it
+        [claimed] = bus.claim_stale(T, G, f"dead{n}", min_idle_ms=0, count=1)
+    assert claimed.deliveries == 6
+    handled: list[Delivery] = []
+    consumer = Consumer(bus, T, G, "c1", handled.append, max_deliveries=2, claim_idle_ms=0)
+    wait_for(lambda: consumer.process_available().handled)
+    assert [d.fields for d in handled] == [{"body": "patient"}]
+    assert bus.dead_letters(T, "acme") == []
+    assert bus.pending_count(T, G) == 0
+
+
+def test_an_entry_whose_handler_started_and_never_finished_max_deliveries_times_is_dead_lettered(bus: Bus) -> None:
+    """The poison message that kills its consumer each time it is handled still ends in the dead letters."""
+    bus.publish(T, "acme", {"body": "kills its consumer"})
+    [first] = bus.read(T, G, "dead0", count=1, block_ms=0)
+    assert bus.count_attempt(G, first) == 1  # a first delivery: counted, without a call, as started
+    for n in range(1, 3):  # each started it (as the consumer runner records) and was killed
+        [claimed] = bus.claim_stale(T, G, f"dead{n}", min_idle_ms=0, count=1)
+        assert bus.count_attempt(G, claimed) == n + 1
+    handled: list[Delivery] = []
+    consumer = Consumer(bus, T, G, "c1", handled.append, max_deliveries=3, claim_idle_ms=0)
+    wait_for(lambda: consumer.process_available().dead)
+    [letter] = bus.dead_letters(T, "acme")
+    assert handled == []
+    assert "no success after 3 deliveries" in letter.reason and "crashed" in letter.reason
+
+
 def test_max_deliveries_dead_letters_with_the_handlers_reason(bus: Bus) -> None:
     calls: list[int] = []
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from app.assistant.pii import redact_pii
 from app.assistant.injection import detect_injection
+from app.assistant.pii import redact_pii
 from tests.cli_support import run, serving
 
 LINES = [
