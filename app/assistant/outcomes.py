@@ -23,11 +23,12 @@ from app.contracts import EVENTS, INBOUND, OUTBOUND, EscalationOpened, InboundMe
 from app.conversations.replies import ReplyTo, store_reply
 from app.conversations.service import MESSAGES
 from app.db import session_scope
-from app.models import Contact, Conversation, Escalation, Message, new_id, utcnow
+from app.models import Contact, Conversation, Escalation, Message, Tenant, new_id, utcnow
 from app.providers.llm.plan import LLMPlan
 from app.review.sla import schedule as schedule_sla
 from app.review.sla import target as sla_target
 
+DEAD_LETTERED = "processing_failed"  # the reason of the escalation a dead-lettered message opens
 DEFAULT_ESCALATION_NOTICE = (
     "Thanks for your message. I've passed it to a member of our team, who will reply here shortly."
 )
@@ -230,14 +231,36 @@ def _tenant_message(session: Session, tenant_id: str, message_id: str) -> Messag
 
 
 def mark_dead(tenant_id: str, message_id: str, reason: str) -> None:
-    """Called when the bus dead-letters an inbound message: the row says so too, with the reason."""
+    """Called when the bus dead-letters an inbound message: the row says so too, with the reason, and a person
+    follows up. The message (and every message merged into its turn) would otherwise end unheard: it is
+    escalated `processing_failed`, the customer gets the tenant's holding notice, and agents see it in the queue.
+    Committed to the outbox, so the relay publishes the notice and the event whatever becomes of this process."""
     with session_scope() as session:
         message = _tenant_message(session, tenant_id, message_id)
-        if message is not None and message.status == "received":
-            message.status = "dead"
-            message.error = reason
-            record(session, tenant_id, "system", "message.dead_lettered", "message", message_id,
-                   {"reason": reason})
+        if message is None or message.status != "received":
+            return
+        message.status = "dead"
+        message.error = reason
+        record(session, tenant_id, "system", "message.dead_lettered", "message", message_id, {"reason": reason})
+        if session.scalar(select(ESCALATIONS.c.id).where(ESCALATIONS.c.message_id == message_id)) is not None:
+            return
+        row = session.execute(_CLAIM, {"message": message_id, "tenant": tenant_id}).one()
+        policies = session.scalar(select(Tenant.policies).where(Tenant.id == tenant_id)) or {}
+        escalation_id, now = new_id(), utcnow()
+        session.execute(_INSERT_ESCALATION, {
+            "id": escalation_id, "tenant_id": tenant_id, "conversation_id": row.conversation_id,
+            "message_id": message_id, "status": "open", "reason": DEAD_LETTERED, "detail": reason[:2000],
+            "created_at": now,
+        })
+        to = ReplyTo(tenant_id, row.conversation_id, row.channel, row.channel_account_id)
+        notice = store_reply(session, to, key=f"reply:{message_id}", text=tenant_notice(policies), author="bot",
+                             in_reply_to_id=message_id, meta={"escalation_id": escalation_id})
+        record(session, tenant_id, "system", "escalation.opened", "escalation", escalation_id,
+               {"reason": DEAD_LETTERED, "message_id": message_id})
+        opened = EscalationOpened(tenant_id=tenant_id, escalation_id=escalation_id,
+                                  conversation_id=row.conversation_id, message_id=message_id, reason=DEAD_LETTERED)
+        outbox.add(session, [outbox.Entry.of(OUTBOUND, notice, notice.message_id), outbox.Entry.of(EVENTS, opened)],
+                   now=now)
 
 
 # The per-message SQL, built once (building a statement and its cache key cost more than running it on
