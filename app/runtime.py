@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from app.providers.storage.base import ObjectStore
     from app.providers.vectors.base import VectorStore
     from app.ratelimit import RateLimiter
+    from app.tenants.quota import QuotaGate
 
 
 def get_bus() -> Bus:
@@ -44,6 +45,10 @@ def get_object_store() -> ObjectStore:
 
 def get_rate_limiter() -> RateLimiter:
     return container().rate_limiter
+
+
+def get_quota() -> QuotaGate:
+    return container().quota
 
 
 def get_llm_client() -> LLMRouter:
