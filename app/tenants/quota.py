@@ -51,6 +51,7 @@ class QuotaGate:
         self._clock = clock
         self._now = now
         self._seen: dict[str, _Seen] = {}
+        self._refreshing: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
 
     def plan(self, tenant_id: str) -> Plan:
@@ -91,13 +92,20 @@ class QuotaGate:
 
     def _state(self, tenant_id: str) -> _Seen:
         seen = self._seen.get(tenant_id)
-        now = self._clock()
-        if seen is not None and now - seen.read_at < self.cache_s and self._now() < seen.period.end:
+        if seen is not None and self._fresh(seen):
             return seen
-        fresh = self._read(tenant_id, now)
         with self._lock:
-            self._seen[tenant_id] = fresh
-        return fresh
+            refreshing = self._refreshing.setdefault(tenant_id, threading.Lock())
+        with refreshing:  # one read per tenant at a time: concurrent handlers then share one count
+            seen = self._seen.get(tenant_id)
+            if seen is not None and self._fresh(seen):
+                return seen
+            seen = self._read(tenant_id, self._clock())
+            self._seen[tenant_id] = seen
+            return seen
+
+    def _fresh(self, seen: _Seen) -> bool:
+        return self._clock() - seen.read_at < self.cache_s and self._now() < seen.period.end
 
     def _read(self, tenant_id: str, read_at: float) -> _Seen:
         period = usage.Period.month_of(self._now())
