@@ -135,3 +135,12 @@ def test_llm_tokens_count_every_attempt_of_the_month(client: TestClient, tenant_
     _calls(tenant_a.id, start_of_month, [(1, 1)])  # the first instant of the month is in it
     assert _usage(client, tenant_a)["llm_tokens"]["used"] == 23
     assert date.fromisoformat(_usage(client, tenant_a)["period_start"][:10]) == start_of_month.date()
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_over_quota_policy_is_checked_and_shown(client: TestClient, tenant_a: TenantKeys) -> None:
+    bad = client.patch("/admin/v1/tenant", headers=tenant_a.headers(), json={"policies": {"over_quota": "drop"}})
+    assert bad.status_code == 422 and "over_quota" in bad.text
+    ok = client.patch("/admin/v1/tenant", headers=tenant_a.headers(), json={"policies": {"over_quota": "offline"}})
+    assert ok.status_code == 200, ok.text
+    assert _usage(client, tenant_a)["over_quota"] == "offline"
