@@ -128,7 +128,7 @@ class RateLimiter:
 
     def _apply(self, rule: Rule, identity: str, allowed: Callable[[RateLimitItem, str], bool],
                limit: RateLimitItem | None = None) -> None:
-        limit = limit or self._limits.get(rule)
+        limit = limit if limit is not None else self._limits.get(rule)
         if limit is None:
             return
         key = _key(rule, identity)
