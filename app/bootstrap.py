@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from app.providers.storage.base import ObjectStore
     from app.providers.vectors.base import VectorStore
     from app.ratelimit import RateLimiter
+    from app.tenants.quota import QuotaGate
 
 T = TypeVar("T")
 
@@ -155,6 +156,16 @@ class Container:
 
             return RateLimiter.from_settings(self.settings)
         return self._get("rate_limiter", build)
+
+    @property
+    def quota(self) -> QuotaGate:
+        """Plans and usage per tenant, read at most every QUOTA_CACHE_S (app/tenants/quota.py)."""
+        def build() -> QuotaGate:
+            from app.tenants.quota import QuotaGate
+
+            return QuotaGate(self.rate_limiter, default_plan=self.settings.default_plan,
+                             cache_s=self.settings.quota_cache_s)
+        return self._get("quota", build)
 
     @property
     def llm_client(self) -> LLMRouter:

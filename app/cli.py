@@ -110,6 +110,42 @@ def tenant_create(
                "Keep the keys: they are not shown again.")
 
 
+@tenant_cli.command("plan")
+def tenant_plan(
+    slug: str,
+    plan: Annotated[str | None, typer.Option(help="free, standard, scale or unlimited (app/tenants/plans.py); "
+                                                  "default: keep the current one.")] = None,
+    messages: Annotated[int | None, typer.Option(help="Override: inbound messages per month.")] = None,
+    llm_tokens: Annotated[int | None, typer.Option(help="Override: LLM tokens per month.")] = None,
+    messages_per_minute: Annotated[int | None, typer.Option(help="Override: messages handled per minute.")] = None,
+    admin_requests_per_minute: Annotated[int | None, typer.Option(help="Override: admin API requests per "
+                                                                       "minute.")] = None,
+    clear_overrides: Annotated[bool, typer.Option("--clear-overrides", help="Drop the figures set before, back "
+                                                  "to the plan's own.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Assign a tenant's plan and override its figures for this tenant; prints the plan in effect."""
+    _prepare()
+    figures = {"messages_per_month": messages, "llm_tokens_per_month": llm_tokens,
+               "messages_per_minute": messages_per_minute, "admin_requests_per_minute": admin_requests_per_minute}
+    overrides = {k: v for k, v in figures.items() if v is not None}
+    server = operations.running_server()
+    try:
+        result = (
+            _remote(server, "PUT", f"/operator/v1/tenants/{slug}/plan",
+                    {"plan": plan, "overrides": overrides, "clear_overrides": clear_overrides})
+            if server else operations.set_plan(slug, plan, overrides, clear_overrides=clear_overrides)
+        )
+    except operations.OperationError as exc:
+        raise _fail(str(exc)) from exc
+    if as_json:
+        _print_json(result)
+        return
+    shown = ", ".join(f"{k}={'unlimited' if v is None else v}" for k, v in result["plan"].items() if k != "name")
+    typer.echo(f"tenant {slug}: plan {result['plan']['name']} ({shown})"
+               + (f"; overridden: {', '.join(result['overrides'])}" if result["overrides"] else ""))
+
+
 @cli.command()
 def ingest(
     paths: Annotated[list[Path], typer.Argument(help="Files, folders or zips: Markdown, HTML, PDF, DOCX, text, FAQ.")],

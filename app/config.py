@@ -194,6 +194,11 @@ class Settings(BaseSettings):
     )
     # LLM calls per tenant; a message over the limit is escalated with reason `llm_rate_limited`, never dropped.
     rate_llm_calls_per_tenant: str = Field(default="300/minute", validation_alias=_env("RATE_LLM_CALLS_PER_TENANT"))
+    # Plans and quotas (app/tenants/plans.py): the plan of a tenant the operator assigned none; usage is re-read
+    # from the rows at most every QUOTA_CACHE_S seconds per tenant and process (a few messages over an allowance
+    # are possible in between; none is ever dropped).
+    default_plan: str = Field(default="unlimited", validation_alias=_env("DEFAULT_PLAN"))
+    quota_cache_s: float = Field(default=10.0, ge=0, validation_alias=_env("QUOTA_CACHE_S"))
     # Peers whose X-Forwarded-For / X-Forwarded-Proto are believed (comma-separated IPs or CIDRs, or "*"), passed
     # to uvicorn's proxy-headers middleware. Per-IP limits key on the resulting client address; put your reverse
     # proxy or ingress here, or every visitor behind it shares one IP's limits.
@@ -223,6 +228,15 @@ class Settings(BaseSettings):
         except ValueError:
             raise ValueError(f"{info.field_name}={value!r} is not a rate limit: write it like '20/minute' or "
                              "'100 per 10 minutes', or leave it empty to turn the limit off") from None
+        return value
+
+    @field_validator("default_plan")
+    @classmethod
+    def _known_plan(cls, value: str) -> str:
+        from app.tenants.plans import PLANS, UnknownPlan
+
+        if value not in PLANS:
+            raise ValueError(f"DEFAULT_PLAN: {UnknownPlan(value)}")
         return value
 
     @property

@@ -113,6 +113,9 @@ def create_app(*, run_workers: bool | None = None, container: Container | None =
     app.include_router(review_router)
     app.include_router(auth_router)
     app.include_router(users_router)
+    from app.admin.usage_routes import router as usage_router
+
+    app.include_router(usage_router)
     from app.admin.webhook_routes import router as webhook_router
     from app.console.routes import router as console_router
     from app.console.routes import static_files

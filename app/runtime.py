@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from app.providers.storage.base import ObjectStore
     from app.providers.vectors.base import VectorStore
     from app.ratelimit import RateLimiter
+    from app.tenants.quota import QuotaGate
 
 
 def get_bus() -> Bus:
@@ -50,6 +51,10 @@ def get_rate_limiter() -> RateLimiter:
 def get_pii_ner() -> PiiNer:
     """Names and addresses in PII detection, per tenant policy (app/assistant/pii_ner.py)."""
     return container().pii_ner
+
+
+def get_quota() -> QuotaGate:
+    return container().quota
 
 
 def get_llm_client() -> LLMRouter:

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from app.admin import knowledge_schemas as s
 from app.admin import service
+from app.admin.request_limit import LIMITED
 from app.admin.routes import CursorQ, Limit, in_transaction, job_out
 from app.admin.uploads import UploadError, build_options, collect, read_form
 from app.audit import record
@@ -23,7 +24,7 @@ from app.db import session_scope
 from app.knowledge import quarantine, versions
 from app.models import IngestionJob, PackVersion, Tenant, new_id
 
-router = APIRouter(prefix="/admin/v1", tags=["admin: knowledge"])
+router = APIRouter(prefix="/admin/v1", tags=["admin: knowledge"], dependencies=LIMITED)
 # Pack versions are 32-bit integers in the database: a larger number is a 422 here, not a database error.
 MAX_VERSION = 2**31 - 1
 

@@ -236,6 +236,13 @@ class Policies(_In):
     sla_holding_message: str | None = Field(
         default=None, min_length=1, max_length=1000, description="The holding message sent when the target passes.",
     )
+    over_quota: Literal["escalate", "offline"] | None = Field(
+        default=None,
+        description="Past the plan's monthly messages or LLM tokens, or its messages per minute (GET /admin/v1/usage): "
+                    "escalate: each message goes to an agent with reason quota_exceeded and the customer gets "
+                    "`escalation_notice` (default); offline: answered from the knowledge by the offline composer, "
+                    "without the LLM (escalated as usual when the knowledge has no answer).",
+    )
     llm: LLMPolicy | None = None
     ussd_menu: UssdMenu | None = Field(
         default=None, description="Numbered menus on USSD (replaced whole; null: sessions open on the account's "

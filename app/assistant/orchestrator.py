@@ -53,6 +53,7 @@ from app.providers.llm.base import LLMClient, LLMError
 from app.providers.llm.plan import LLMPlan, tenant_plan
 from app.providers.llm.router import CallTag, LLMRouter
 from app.ratelimit import LLM_CALLS_PER_TENANT, RateLimited, RateLimiter
+from app.tenants.quota import QuotaGate
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ class Orchestrator:
         llm: LLMRouter | LLMClient | None = None,
         settings: Settings | None = None,
         limiter: RateLimiter | None = None,
+        quota: QuotaGate | None = None,
         push: Push | None = None,
         pii_ner: PiiNer | None = None,
         clock: Callable[[], datetime] = utcnow,
@@ -79,6 +81,11 @@ class Orchestrator:
 
             limiter = get_rate_limiter()
         self.limiter = limiter
+        if quota is None:
+            from app.runtime import get_quota
+
+            quota = get_quota()
+        self.quota = quota
         if retrieve is None:
             from app.knowledge.retrieval import retrieve as default_retrieve
 
@@ -318,7 +325,15 @@ class Orchestrator:
                             meta={"question_translated": query} if foreign else None)
         draft = offline
         shown: Draft | None = None  # the customer-language version of a translated answer
-        if ctx.llm is not None:
+        # -- the tenant's plan (app/tenants/quota.py): past an allowance, its `over_quota` choice applies -------
+        over_quota = self.quota.check_message(ctx.tenant_id)
+        if over_quota is not None:
+            log.info("tenant %s is over its plan (%s): message %s %s", ctx.tenant_id, over_quota, ctx.message_id,
+                     "answered offline" if policies.get("over_quota") == "offline" else "escalated")
+            if policies.get("over_quota") != "offline":
+                return Decision(escalate_reason="quota_exceeded", detail=over_quota, draft=offline)
+        # ------------------------------------------------------------------------------------------------------
+        if ctx.llm is not None and over_quota is None:
             try:
                 self.limiter.hit(LLM_CALLS_PER_TENANT, ctx.tenant_id)
             except RateLimited as exc:

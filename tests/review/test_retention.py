@@ -173,7 +173,9 @@ def test_past_message_retention_the_texts_themselves_go_and_counts_stay(
     recent, recent_event = _seed(tenant_a, age_days=30)
     other, other_event = _seed(tenant_b, age_days=400)
 
-    assert purge() == {tenant_a.slug: {"messages": 1, "escalations": 1, "audit_events": 1}}
+    # Each tenant named: the Postgres database is shared with other tests' tenants.
+    assert purge(tenant_slug=tenant_a.slug) == {tenant_a.slug: {"messages": 1, "escalations": 1, "audit_events": 1}}
+    assert purge(tenant_slug=tenant_b.slug) == {tenant_b.slug: {"messages": 0, "escalations": 0, "audit_events": 0}}
     rows = _rows(old, old_event)
     assert rows["text"] == "" and "text_purged_at" in rows["message_meta"]
     assert rows["draft"] is None and rows["final_text"] is None and rows["detail"] is None
@@ -184,4 +186,5 @@ def test_past_message_retention_the_texts_themselves_go_and_counts_stay(
         assert session.get_one(Message, old.message_id).status  # the message row stays, counted
     _assert_raw(_rows(recent, recent_event), recent)  # younger than the policy
     _assert_raw(_rows(other, other_event), other)  # another tenant, without the policy
-    assert purge() == {tenant_a.slug: {"messages": 0, "escalations": 0, "audit_events": 0}}  # nothing left
+    assert purge(tenant_slug=tenant_a.slug) == {
+        tenant_a.slug: {"messages": 0, "escalations": 0, "audit_events": 0}}  # nothing left
