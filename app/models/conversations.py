@@ -44,6 +44,7 @@ class Message(IdMixin, Base):
         UniqueConstraint("tenant_id", "channel", "provider_message_id"),
         Index("ix_messages_conversation_created", "conversation_id", "created_at"),
         Index("ix_messages_provider_ref", "tenant_id", "channel", "provider_ref"),
+        Index("ix_messages_tenant_created", "tenant_id", "created_at"),  # analytics by time (app/analytics)
     )
 
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)

@@ -1,0 +1,48 @@
+"""handoffs (takeover to release, for agent handling time) and messages(tenant_id, created_at) for analytics
+
+Revision ID: 0011
+Revises: 0010
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+
+from alembic import op
+
+revision: str = "0011"
+down_revision: str | Sequence[str] | None = "0010"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "handoffs",
+        sa.Column("tenant_id", sa.String(length=32), nullable=False),
+        sa.Column("conversation_id", sa.String(length=32), nullable=False),
+        sa.Column("escalation_id", sa.String(length=32), nullable=True),
+        sa.Column("agent", sa.String(length=200), nullable=False),
+        sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("ended_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("ended_by", sa.String(length=200), nullable=True),
+        sa.Column("id", sa.String(length=32), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(["tenant_id"], ["tenants.id"], name=op.f("fk_handoffs_tenant_id_tenants"),
+                                ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(["conversation_id"], ["conversations.id"],
+                                name=op.f("fk_handoffs_conversation_id_conversations"), ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_handoffs")),
+    )
+    op.create_index("ix_handoffs_tenant_ended", "handoffs", ["tenant_id", "ended_at"])
+    op.create_index("ix_handoffs_conversation_ended", "handoffs", ["conversation_id", "ended_at"])
+    op.create_index("ix_handoffs_escalation_id", "handoffs", ["escalation_id"])
+    # The analytics read a tenant's messages by time (app/analytics/figures.py).
+    op.create_index("ix_messages_tenant_created", "messages", ["tenant_id", "created_at"])
+    op.create_index("ix_escalations_tenant_created", "escalations", ["tenant_id", "created_at"])
+
+
+def downgrade() -> None:
+    op.drop_index("ix_escalations_tenant_created", "escalations")
+    op.drop_index("ix_messages_tenant_created", "messages")
+    op.drop_table("handoffs")
