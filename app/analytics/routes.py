@@ -20,12 +20,16 @@ router = APIRouter(prefix="/admin/v1/analytics", tags=["analytics"])
 
 MAX_DAYS = 366
 DEFAULT_DAYS = 30
+EARLIEST, LATEST = date(1970, 1, 1), date(9998, 12, 31)
 Since = Annotated[date | None, Query(description=f"First UTC day (YYYY-MM-DD; default: {DEFAULT_DAYS} days "
                                                  "ending with `until`).")]
 Until = Annotated[date | None, Query(description="Last UTC day, included (YYYY-MM-DD; default: today).")]
 
 
 def _range(since: date | None, until: date | None) -> tuple[date, date]:
+    for name, value in (("since", since), ("until", until)):
+        if value is not None and not EARLIEST <= value <= LATEST:
+            raise HTTPException(422, f"{name} ({value}) must be between {EARLIEST} and {LATEST}")
     last = until or (since + timedelta(days=DEFAULT_DAYS - 1) if since else utcnow().date())
     first = since or last - timedelta(days=DEFAULT_DAYS - 1)
     if first > last:

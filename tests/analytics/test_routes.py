@@ -37,6 +37,10 @@ def test_ranges_are_checked_with_the_fix_in_the_message(client: TestClient, tena
     assert r.status_code == 422 and "at most 366" in r.text
     r = client.get(URL, headers=h, params={"since": "2026-02-30"})
     assert r.status_code == 422 and "since" in r.text and "date" in r.text.lower()
+    r = client.get(URL, headers=h, params={"since": "9999-12-31"})
+    assert r.status_code == 422 and "since (9999-12-31) must be between 1970-01-01 and 9998-12-31" in r.text
+    r = client.get(f"{URL}/export.csv", headers=h, params={"until": "0001-01-01"})
+    assert r.status_code == 422 and "until (0001-01-01) must be between" in r.text
     r = client.get(URL, headers=h, params={"until": "yesterday"})
     assert r.status_code == 422 and "until" in r.text
 
