@@ -212,7 +212,9 @@ def compute(session: Session, tenant_id: str, since: date, until: date) -> Repor
     agent_reply = aliased(Message)
     first_agent = (
         select(func.min(agent_reply.created_at))
-        .where(agent_reply.tenant_id == tenant_id, agent_reply.conversation_id == Escalation.conversation_id,
+        # By conversation only (the escalation's, so the tenant's): a tenant filter here would lead SQLite to
+        # scan the tenant's messages by time instead of the conversation's few.
+        .where(agent_reply.conversation_id == Escalation.conversation_id,
                agent_reply.direction == "out", agent_reply.author.like("agent:%"),
                agent_reply.created_at >= Escalation.created_at,
                or_(resolved_at.is_(None), agent_reply.created_at <= resolved_at))

@@ -248,3 +248,15 @@ def played(backend: str, request: pytest.FixtureRequest, monkeypatch: pytest.Mon
         finally:
             clock.stop()
             reset_caches()
+
+
+def embedded(backend: str, request: pytest.FixtureRequest,
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Played]:
+    """For a module-scoped fixture: the scenario played once in an embedded home of its own."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv("SWITCHBOARD_HOME", str(tmp_path_factory.mktemp("analytics")))
+        for var in ("DATABASE_URL", "REDIS_URL", "QDRANT_URL", "S3_BUCKET", "LLM_BASE_URL", "LLM_API_KEY"):
+            monkeypatch.delenv(var, raising=False)
+            monkeypatch.delenv(f"SWITCHBOARD_{var}", raising=False)
+        with played(backend, request, monkeypatch) as p:
+            yield p

@@ -7,12 +7,13 @@ from __future__ import annotations
 import csv
 import os
 import shutil
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.analytics.scenario import Played
-from tests.analytics.test_figures_recomputed import DAYS, SINCE, UNTIL, scenario  # noqa: F401  (fixture)
+from tests.analytics.scenario import Played, embedded
+from tests.analytics.test_figures_recomputed import DAYS, SINCE, UNTIL
 from tests.auth.conftest import PASSWORD, add_person, email
 from tests.e2e.sse import serve_http
 
@@ -26,13 +27,17 @@ def _launch(p: Any) -> Any:
                              args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
 
 
-def test_a_viewer_reads_the_charts_and_downloads_the_csv(scenario: Played, tmp_path) -> None:  # noqa: F811
+@pytest.fixture(scope="module")
+def scenario(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Played]:
+    """On SQLite only: the page reads the same API on both databases (compared there)."""
+    yield from embedded("sqlite", request, tmp_path_factory)
+
+
+def test_a_viewer_reads_the_charts_and_downloads_the_csv(scenario: Played, tmp_path) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     from app.main import create_app
 
-    if scenario.backend != "sqlite":
-        pytest.skip("the page reads the same API on both databases: checked once")
     api = scenario.client.get("/admin/v1/analytics", headers=scenario.a.headers(),
                               params={"since": SINCE.isoformat(), "until": UNTIL.isoformat()}).json()
     total = api["total"]

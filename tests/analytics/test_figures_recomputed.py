@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.analytics import recompute
-from tests.analytics.scenario import DAY1, DAY3, Played, played
+from tests.analytics.scenario import DAY1, DAY3, Played, embedded
 
 SINCE, UNTIL = DAY1 - timedelta(days=1), DAY3 + timedelta(days=1)  # a quiet day at each end
 DAYS = [SINCE + timedelta(days=i) for i in range((UNTIL - SINCE).days + 1)]
@@ -21,14 +21,7 @@ DAYS = [SINCE + timedelta(days=i) for i in range((UNTIL - SINCE).days + 1)]
 
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def scenario(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Played]:
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        home = tmp_path_factory.mktemp("analytics")
-        monkeypatch.setenv("SWITCHBOARD_HOME", str(home))
-        for var in ("DATABASE_URL", "REDIS_URL", "QDRANT_URL", "S3_BUCKET", "LLM_BASE_URL", "LLM_API_KEY"):
-            monkeypatch.delenv(var, raising=False)
-            monkeypatch.delenv(f"SWITCHBOARD_{var}", raising=False)
-        with played(request.param, request, monkeypatch) as p:
-            yield p
+    yield from embedded(request.param, request, tmp_path_factory)
 
 
 def _get(p: Played, headers: dict[str, str], path: str = "", **params: Any) -> Any:
