@@ -119,7 +119,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--days", type=int, default=90)
-    parser.add_argument("--per-day", type=int, default=1500)
+    parser.add_argument("--per-day", type=int, default=500)
     args = parser.parse_args()
     rng = random.Random(7)
     with tempfile.TemporaryDirectory(prefix="sb-bench-") as tmp:

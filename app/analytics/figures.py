@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import Select, and_, case, func, or_, select
+from sqlalchemy import Select, and_, case, func, literal, or_, select, union_all
 from sqlalchemy.orm import Session, aliased
 
 from app.analytics.sql import seconds_between, utc_day
@@ -228,16 +228,22 @@ def compute(session: Session, tenant_id: str, since: date, until: date) -> Repor
                                  handoff.conversation_id == Escalation.conversation_id,
                                  handoff.started_at <= Escalation.decided_at,
                                  or_(handoff.ended_at.is_(None), handoff.ended_at >= Escalation.decided_at)))
-        .where(Escalation.tenant_id == tenant_id, Escalation.created_at < end)
-        .subquery()
+        # Both figures end at or before the resolution: escalations resolved before the range need no lookup.
+        .where(Escalation.tenant_id == tenant_id, Escalation.created_at < end,
+               or_(resolved_at.is_(None), resolved_at >= start))
+        # Materialized: computed once per escalation. Inlined, SQLite would run the first-reply lookup once for
+        # every place the outer queries name it (the day, the sum, the max, the filter).
+        .cte("escalated").prefix_with("MATERIALIZED")
     )
+    parts = []
     for column, target in ((escalated.c.first_agent, "human_first_response"),
                            (escalated.c.resolved, "human_resolution")):
         span = seconds_between(column, escalated.c.asked)
-        stmt = (select(utc_day(column), func.count(), func.sum(span), func.max(span))
-                .where(column >= start, column < end).group_by(utc_day(column)))
-        for d, measured in _durations(session, stmt).items():
-            setattr(days[d], target, measured)
+        parts.append(select(literal(target).label("figure"), utc_day(column).label("day"), func.count(),
+                            func.sum(span), func.max(span))
+                     .where(column >= start, column < end).group_by(utc_day(column)))
+    for target, d, n, total, longest in session.execute(union_all(*parts)):
+        setattr(days[_day(d)], target, _duration(n, total, longest))
 
     # Agent handling: handoffs ended that day, from takeover to release.
     ended = utc_day(Handoff.ended_at)
