@@ -10,7 +10,8 @@ from app.analytics.figures import Duration, Report
 
 FIXED = ["day", "conversations_started", "conversations_active", "messages_in", "messages_out",
          "messages_out_bot", "messages_out_agent", "answered", "escalated", "routed_to_agent", "dead", "merged",
-         "deflection", "escalations"]
+         "deflection", "conversations_with_outcome", "conversations_bot_only", "conversation_deflection",
+         "escalations"]
 DURATIONS = ["bot_first_response", "bot_resolution", "human_first_response", "human_resolution", "agent_handling"]
 LLM = ["llm_calls", "llm_prompt_tokens", "llm_completion_tokens", "llm_cost"]
 
@@ -37,7 +38,9 @@ def to_csv(report: Report) -> str:
             day.isoformat(), f.conversations_started, f.conversations_active, f.messages_in, f.messages_out,
             f.messages_out_bot, f.messages_out_agent, f.inbound.get("answered", 0), f.inbound.get("escalated", 0),
             f.inbound.get("human", 0), f.inbound.get("dead", 0), f.inbound.get("merged", 0),
-            "" if f.deflection is None else f"{f.deflection:.4f}", f.escalations,
+            "" if f.deflection is None else f"{f.deflection:.4f}", f.conversations_with_outcome,
+            f.conversations_bot_only, "" if f.conversation_deflection is None else f"{f.conversation_deflection:.4f}",
+            f.escalations,
             *(f.escalations_by_reason.get(r, 0) for r in reasons),
         ]
         for name in DURATIONS:

@@ -70,6 +70,8 @@ class Figures:
     messages_out_bot: int = 0
     messages_out_agent: int = 0
     inbound: dict[str, int] = field(default_factory=dict)  # inbound messages by status
+    conversations_with_outcome: int = 0  # conversations with an inbound message that day that reached an outcome
+    conversations_bot_only: int = 0  # ... every one of which the bot answered
     escalations: int = 0
     escalations_by_reason: dict[str, int] = field(default_factory=dict)
     decisions: dict[str, int] = field(default_factory=dict)  # escalations decided, by decision
@@ -88,12 +90,21 @@ class Figures:
         return self.inbound.get(RESOLVED_BY_BOT, 0) / ended if ended else None
 
     @property
+    def conversation_deflection(self) -> float | None:
+        """Conversations whose messages of the day the bot answered alone, over those with a message of the day
+        that reached an outcome. None when there were none."""
+        if not self.conversations_with_outcome:
+            return None
+        return self.conversations_bot_only / self.conversations_with_outcome
+
+    @property
     def llm_cost(self) -> float:
         return sum(u.cost or 0.0 for u in self.llm.values())
 
     def add(self, other: Figures) -> None:
         for name in ("conversations_started", "conversations_active", "messages_in", "messages_out",
-                     "messages_out_bot", "messages_out_agent", "escalations"):
+                     "messages_out_bot", "messages_out_agent", "escalations", "conversations_with_outcome",
+                     "conversations_bot_only"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for mine, theirs in ((self.inbound, other.inbound), (self.escalations_by_reason, other.escalations_by_reason),
                              (self.decisions, other.decisions)):
@@ -167,6 +178,21 @@ def compute(session: Session, tenant_id: str, since: date, until: date) -> Repor
         .where(*in_range, Message.direction == "in").group_by(m_day)
     ):
         days[_day(d)].conversations_active = int(n)
+
+    # Per conversation and day: how many of its inbound messages reached an outcome, how many the bot answered.
+    ended = func.sum(case((Message.status.in_(OUTCOMES), 1), else_=0))
+    by_bot = func.sum(case((Message.status == RESOLVED_BY_BOT, 1), else_=0))
+    per_conversation = (
+        select(m_day.label("day"), ended.label("ended"), by_bot.label("by_bot"))
+        .where(*in_range, Message.direction == "in").group_by(m_day, Message.conversation_id).subquery()
+    )
+    bot_only = func.sum(case((per_conversation.c.by_bot == per_conversation.c.ended, 1), else_=0))
+    for d, n, alone in session.execute(
+        select(per_conversation.c.day, func.count(), bot_only).where(per_conversation.c.ended > 0)
+        .group_by(per_conversation.c.day)
+    ):
+        f = days[_day(d)]
+        f.conversations_with_outcome, f.conversations_bot_only = int(n), int(alone or 0)
 
     # Escalations opened, by reason; decided, by decision.
     e_day = utc_day(Escalation.created_at)
@@ -246,11 +272,11 @@ def compute(session: Session, tenant_id: str, since: date, until: date) -> Repor
         setattr(days[_day(d)], target, _duration(n, total, longest))
 
     # Agent handling: handoffs ended that day, from takeover to release.
-    ended = utc_day(Handoff.ended_at)
+    released = utc_day(Handoff.ended_at)
     held = seconds_between(Handoff.ended_at, Handoff.started_at)
-    for d, measured in _durations(session, select(ended, func.count(), func.sum(held), func.max(held)).where(
+    for d, measured in _durations(session, select(released, func.count(), func.sum(held), func.max(held)).where(
         Handoff.tenant_id == tenant_id, Handoff.ended_at >= start, Handoff.ended_at < end,
-    ).group_by(ended)).items():
+    ).group_by(released)).items():
         days[d].agent_handling = measured
 
     # LLM attempts by provider and model (failed ones included: they are paid for too).

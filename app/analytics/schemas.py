@@ -41,6 +41,11 @@ class FiguresOut(BaseModel):
     inbound_by_status: dict[str, int] = Field(description="answered, escalated, human, dead, merged, received...")
     deflection: float | None = Field(description="answered / (answered + escalated + human + dead); null "
                                                  "without any.")
+    conversations_with_outcome: int = Field(description="Conversations with an inbound message that day that "
+                                                        "reached an outcome (a range's total adds the days up).")
+    conversations_bot_only: int = Field(description="Of those, the ones whose every such message the bot answered.")
+    conversation_deflection: float | None = Field(description="conversations_bot_only / conversations_with_outcome; "
+                                                              "null without any.")
     escalations: int
     escalations_by_reason: dict[str, int]
     decisions: dict[str, int] = Field(description="Escalations decided, by decision.")
@@ -60,7 +65,9 @@ class FiguresOut(BaseModel):
             conversations_started=f.conversations_started, conversations_active=f.conversations_active,
             messages_in=f.messages_in, messages_out=f.messages_out, messages_out_bot=f.messages_out_bot,
             messages_out_agent=f.messages_out_agent, inbound_by_status=dict(sorted(f.inbound.items())),
-            deflection=f.deflection, escalations=f.escalations,
+            deflection=f.deflection, conversations_with_outcome=f.conversations_with_outcome,
+            conversations_bot_only=f.conversations_bot_only, conversation_deflection=f.conversation_deflection,
+            escalations=f.escalations,
             escalations_by_reason=dict(sorted(f.escalations_by_reason.items())),
             decisions=dict(sorted(f.decisions.items())),
             bot_first_response=DurationOut.of(f.bot_first_response), bot_resolution=DurationOut.of(f.bot_resolution),

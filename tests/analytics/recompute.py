@@ -73,6 +73,11 @@ def expected(tenant_id: str, days: list[date]) -> dict[date, dict[str, Any]]:
         for m in ins:
             statuses[m.status] += 1
         ended = sum(statuses.get(s, 0) for s in OUTCOMES)
+        per_conversation: dict[str, list[str]] = defaultdict(list)
+        for m in ins:
+            if m.status in OUTCOMES:
+                per_conversation[m.conversation_id].append(m.status)
+        bot_only = sum(1 for found in per_conversation.values() if all(s == "answered" for s in found))
         escalations = [e for e in data["escalations"] if e.created_at.date() == d]
         reasons: dict[str, int] = defaultdict(int)
         for e in escalations:
@@ -102,6 +107,9 @@ def expected(tenant_id: str, days: list[date]) -> dict[date, dict[str, Any]]:
             "messages_out_agent": sum(1 for m in outs if (m.author or "").startswith("agent:")),
             "inbound_by_status": dict(statuses),
             "deflection": statuses.get("answered", 0) / ended if ended else None,
+            "conversations_with_outcome": len(per_conversation),
+            "conversations_bot_only": bot_only,
+            "conversation_deflection": bot_only / len(per_conversation) if per_conversation else None,
             "escalations": len(escalations),
             "escalations_by_reason": dict(reasons),
             "decisions": dict(decisions),
@@ -120,7 +128,8 @@ def total(days: dict[date, dict[str, Any]]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     values = list(days.values())
     for key in ("conversations_started", "conversations_active", "messages_in", "messages_out", "messages_out_bot",
-                "messages_out_agent", "escalations", "llm_prompt_tokens", "llm_completion_tokens", "llm_cost"):
+                "messages_out_agent", "escalations", "llm_prompt_tokens", "llm_completion_tokens", "llm_cost",
+                "conversations_with_outcome", "conversations_bot_only"):
         result[key] = sum(v[key] for v in values)
     for key in ("inbound_by_status", "escalations_by_reason", "decisions"):
         merged: dict[str, int] = defaultdict(int)
@@ -130,6 +139,8 @@ def total(days: dict[date, dict[str, Any]]) -> dict[str, Any]:
         result[key] = dict(merged)
     ended = sum(result["inbound_by_status"].get(s, 0) for s in OUTCOMES)
     result["deflection"] = result["inbound_by_status"].get("answered", 0) / ended if ended else None
+    with_outcome = result["conversations_with_outcome"]
+    result["conversation_deflection"] = result["conversations_bot_only"] / with_outcome if with_outcome else None
     for key in ("bot_first_response", "bot_resolution", "human_first_response", "human_resolution", "agent_handling"):
         count = sum(v[key]["count"] for v in values)
         summed = sum(v[key]["total_s"] for v in values)

@@ -166,12 +166,13 @@ def play(p: Played, clock: Clock) -> None:
     grounded = lambda body: f"{first_sentence(prompt_passages(body)[0])} [1]"  # noqa: E731
     p.llm.reply_with(grounded)
 
-    # Day 1: two answers (the full model, the cheap one), a customer asking for a person (an agent edits a
-    # reply 20 minutes later), an injection (rejected the next day).
+    # Day 1: two answers (the full model, the cheap one), then the first customer asks for a person (an agent
+    # edits a reply 20 minutes later), an injection (rejected the next day).
     clock.at(DAY1, 9, 0)
-    Visitor(p.client, p.a.widget).ask(GROUNDED_QUESTIONS[2])
+    first = Visitor(p.client, p.a.widget)
+    first.ask(GROUNDED_QUESTIONS[2])
     Visitor(p.client, p.a.widget).ask(GROUNDED_QUESTIONS[0])
-    wants_person = Visitor(p.client, p.a.widget).ask(HUMAN)
+    wants_person = first.ask(HUMAN)  # the same conversation: answered, then handed to a person
     injected = Visitor(p.client, p.a.widget).ask(INJECTION)
     clock.at(DAY1, 9, 20)
     _decide(p, _escalation(wants_person)[0], "edit", "Hi, this is Sam from the team: how can I help?")

@@ -59,6 +59,8 @@ def test_a_viewer_reads_the_charts_and_downloads_the_csv(scenario: Played, tmp_p
         expect(page.locator("#tile-messages")).to_have_text(f"{total['messages_in']} / {total['messages_out']}")
         expect(page.locator("#tile-escalations")).to_have_text(str(total["escalations"]))
         expect(page.locator("#tile-deflection")).to_have_text(f"{total['deflection'] * 100:.1f}%")
+        expect(page.locator("#tile-conversation-deflection")).to_have_text(
+            f"{total['conversation_deflection'] * 100:.1f}%")
 
         # Charts: one bar per day and outcome with messages, one point per day with a deflection, one bar per
         # escalation reason, one cost bar per day and priced model.

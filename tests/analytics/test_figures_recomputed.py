@@ -62,6 +62,9 @@ def test_every_figure_equals_its_recomputation_from_the_rows(scenario: Played) -
     assert len(total["escalations_by_reason"]) >= 3, total["escalations_by_reason"]
     assert total["decisions"] == {"approve": 1, "edit": 1, "reject": 1, "takeover": 1}
     assert 0 < total["deflection"] < 1
+    # A conversation answered once, then handed to a person: deflected as a message, not as a conversation.
+    assert total["conversations_started"] == 8 and total["conversations_with_outcome"] == 8
+    assert 0 < total["conversation_deflection"] < total["deflection"]
     assert {m["model"] for m in total["llm_by_model"]} == {"big-model", "small-model"}
     assert sum(m["failed"] for m in total["llm_by_model"]) >= 2  # the day the LLM was down: both models tried
     assert total["llm_cost"] > 0 and total["llm_prompt_tokens"] > 0
@@ -92,9 +95,12 @@ def test_csv_has_one_row_per_day_with_the_json_figures(scenario: Played) -> None
         assert int(row["routed_to_agent"]) == day["inbound_by_status"].get("human", 0)
         for reason in reasons:
             assert int(row[f"escalations:{reason}"]) == day["escalations_by_reason"].get(reason, 0)
-        assert (row["deflection"] == "") == (day["deflection"] is None)
-        if day["deflection"] is not None:
-            assert float(row["deflection"]) == pytest.approx(day["deflection"], abs=1e-4)
+        for rate in ("deflection", "conversation_deflection"):
+            assert (row[rate] == "") == (day[rate] is None)
+            if day[rate] is not None:
+                assert float(row[rate]) == pytest.approx(day[rate], abs=1e-4)
+        assert int(row["conversations_bot_only"]) == day["conversations_bot_only"]
+        assert int(row["conversations_with_outcome"]) == day["conversations_with_outcome"]
         for name in ("bot_first_response", "bot_resolution", "human_first_response", "human_resolution",
                      "agent_handling"):
             assert int(row[f"{name}_count"]) == day[name]["count"]

@@ -145,7 +145,8 @@ function render(report) {
   $("tiles").replaceChildren(
     tile("Conversations started", count(t.conversations_started), "conversations"),
     tile("Messages in / out", `${count(t.messages_in)} / ${count(t.messages_out)}`, "messages"),
-    tile("Deflection", percent(t.deflection), "deflection"),
+    tile("Messages answered by the bot", percent(t.deflection), "deflection"),
+    tile("Conversations the bot handled alone", percent(t.conversation_deflection), "conversation-deflection"),
     tile("Escalations", count(t.escalations), "escalations"),
     tile("Bot first response", duration(t.bot_first_response.avg_s), "bot-first"),
     tile("Human first response", duration(t.human_first_response.avg_s), "human-first"),
