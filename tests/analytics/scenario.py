@@ -182,16 +182,19 @@ def play(p: Played, clock: Clock) -> None:
     b_visitor.ask(HUMAN)
 
     # Day 2: an answer, an LLM failure (every model down: escalated with the offline draft), an off-topic
-    # question taken over by an agent who writes at +15 min and releases at +40 min.
+    # question taken over by an agent (the customer's next message goes to them) who writes at 10:15 and
+    # releases at 10:45.
     clock.at(DAY2, 10, 0)
     Visitor(p.client, p.a.widget).ask(GROUNDED_QUESTIONS[1])
     p.llm.fail_always(503)
     failed = Visitor(p.client, p.a.widget).ask(GROUNDED_QUESTIONS[2])
     p.llm.reply_with(grounded)
-    off_topic = Visitor(p.client, p.a.widget).ask(OFF_TOPIC)
+    curious = Visitor(p.client, p.a.widget)
+    off_topic = curious.ask(OFF_TOPIC)
     escalation_id, conversation_id = _escalation(off_topic)
     clock.at(DAY2, 10, 5)
     _decide(p, escalation_id, "takeover")
+    assert _status(curious.ask("Are you still there?")) == "human"  # taken over: routed to the agent
     clock.at(DAY2, 10, 15)
     _review(p, conversation_id, "messages", "Io has no mercury oceans, but let me check with the team.")
     clock.at(DAY2, 10, 45)

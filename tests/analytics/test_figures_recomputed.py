@@ -57,8 +57,9 @@ def test_every_figure_equals_its_recomputation_from_the_rows(scenario: Played) -
     # The scenario is what it claims to be (a comparison of empty figures would prove nothing).
     total = body["total"]
     assert body["days"][0]["messages_in"] == body["days"][-1]["messages_in"] == 0
-    assert total["messages_in"] == 9 and total["messages_out_agent"] == 4
+    assert total["messages_in"] == 10 and total["messages_out_agent"] == 4
     assert total["inbound_by_status"]["answered"] >= 3 and total["inbound_by_status"]["escalated"] >= 3
+    assert total["inbound_by_status"]["human"] == 1
     assert len(total["escalations_by_reason"]) >= 3, total["escalations_by_reason"]
     assert total["decisions"] == {"approve": 1, "edit": 1, "reject": 1, "takeover": 1}
     assert 0 < total["deflection"] < 1
