@@ -125,6 +125,9 @@ class Report:
     total: Figures
 
 
+Days = dict[date, Figures]
+
+
 def _bounds(since: date, until: date) -> tuple[datetime, datetime]:
     return datetime.combine(since, time(), UTC), datetime.combine(until + timedelta(days=1), time(), UTC)
 
@@ -142,12 +145,8 @@ def _durations(session: Session, stmt: Select[Any]) -> dict[date, Duration]:
     return {_day(d): _duration(n, total, longest) for d, n, total, longest in session.execute(stmt)}
 
 
-def compute(session: Session, tenant_id: str, since: date, until: date) -> Report:
-    """The tenant's figures for each UTC day from `since` to `until`, both included."""
-    start, end = _bounds(since, until)
-    days: dict[date, Figures] = defaultdict(Figures)
-
-    # Conversations started.
+def _conversations(session: Session, tenant_id: str, start: datetime, end: datetime, days: Days) -> None:
+    """Conversations started."""
     created = utc_day(Conversation.created_at)
     for d, n in session.execute(
         select(created, func.count()).where(Conversation.tenant_id == tenant_id, Conversation.created_at >= start,
@@ -155,7 +154,9 @@ def compute(session: Session, tenant_id: str, since: date, until: date) -> Repor
     ):
         days[_day(d)].conversations_started = int(n)
 
-    # Messages by day, direction, status and author kind; conversations with an inbound message that day.
+
+def _messages(session: Session, tenant_id: str, start: datetime, end: datetime, days: Days) -> None:
+    """Messages by day, direction, status and author kind; conversations with an inbound message that day."""
     m_day = utc_day(Message.created_at)
     kind = case((Message.author == "bot", "bot"), (Message.author.like("agent:%"), "agent"), else_="other")
     in_range = (Message.tenant_id == tenant_id, Message.created_at >= start, Message.created_at < end)
@@ -179,7 +180,12 @@ def compute(session: Session, tenant_id: str, since: date, until: date) -> Repor
     ):
         days[_day(d)].conversations_active = int(n)
 
-    # Per conversation and day: how many of its inbound messages reached an outcome, how many the bot answered.
+
+def _conversation_outcomes(session: Session, tenant_id: str, start: datetime, end: datetime, days: Days) -> None:
+    """Per conversation and day: how many of its inbound messages reached an outcome, how many the bot answered;
+    then per day, the conversations with an outcome and those the bot handled alone."""
+    m_day = utc_day(Message.created_at)
+    in_range = (Message.tenant_id == tenant_id, Message.created_at >= start, Message.created_at < end)
     ended = func.sum(case((Message.status.in_(OUTCOMES), 1), else_=0))
     by_bot = func.sum(case((Message.status == RESOLVED_BY_BOT, 1), else_=0))
     per_conversation = (
@@ -194,7 +200,9 @@ def compute(session: Session, tenant_id: str, since: date, until: date) -> Repor
         f = days[_day(d)]
         f.conversations_with_outcome, f.conversations_bot_only = int(n), int(alone or 0)
 
-    # Escalations opened, by reason; decided, by decision.
+
+def _escalations(session: Session, tenant_id: str, start: datetime, end: datetime, days: Days) -> None:
+    """Escalations opened, by reason; decided, by decision."""
     e_day = utc_day(Escalation.created_at)
     for d, reason, n in session.execute(
         select(e_day, Escalation.reason, func.count())
@@ -212,8 +220,10 @@ def compute(session: Session, tenant_id: str, since: date, until: date) -> Repor
     ):
         days[_day(d)].decisions[decision] = int(n)
 
-    # The bot's reply to each inbound message (an answer, or the notice of an escalation): from the message to
-    # the reply; the answers alone are the bot's resolutions.
+
+def _bot_replies(session: Session, tenant_id: str, start: datetime, end: datetime, days: Days) -> None:
+    """The bot's reply to each inbound message (an answer, or the notice of an escalation): from the message to the
+    reply; the answers alone are the bot's resolutions."""
     reply, asked = aliased(Message), aliased(Message)
     r_day = utc_day(reply.created_at)
     waited = seconds_between(reply.created_at, asked.created_at)
@@ -230,9 +240,12 @@ def compute(session: Session, tenant_id: str, since: date, until: date) -> Repor
         if is_answer:
             f.bot_resolution.add(measured)
 
-    # Escalations: resolved when decided (approve, edit, reject) or, taken over, when the agent released the
-    # conversation (the end of the handoff open at the decision); first answered by a person with the first
-    # agent message in the conversation from the escalation's opening to its resolution.
+
+def _escalation_times(session: Session, tenant_id: str, start: datetime, end: datetime, days: Days) -> None:
+    """Escalations: resolved when decided (approve, edit, reject) or, taken over, when the agent released the
+    conversation (the end of the handoff open at the decision); first answered by a person with the first agent
+    message in the conversation from the escalation's opening to its resolution."""
+    asked = aliased(Message)
     handoff = aliased(Handoff)
     resolved_at = case((Escalation.decision == "takeover", handoff.ended_at), else_=Escalation.decided_at)
     agent_reply = aliased(Message)
@@ -271,7 +284,9 @@ def compute(session: Session, tenant_id: str, since: date, until: date) -> Repor
     for target, d, n, total, longest in session.execute(union_all(*parts)):
         setattr(days[_day(d)], target, _duration(n, total, longest))
 
-    # Agent handling: handoffs ended that day, from takeover to release.
+
+def _handoffs(session: Session, tenant_id: str, start: datetime, end: datetime, days: Days) -> None:
+    """Agent handling: handoffs ended that day, from takeover to release."""
     released = utc_day(Handoff.ended_at)
     held = seconds_between(Handoff.ended_at, Handoff.started_at)
     for d, measured in _durations(session, select(released, func.count(), func.sum(held), func.max(held)).where(
@@ -279,18 +294,32 @@ def compute(session: Session, tenant_id: str, since: date, until: date) -> Repor
     ).group_by(released)).items():
         days[d].agent_handling = measured
 
-    # LLM attempts by provider and model (failed ones included: they are paid for too).
+
+def _llm(session: Session, tenant_id: str, start: datetime, end: datetime, days: Days) -> None:
+    """LLM attempts by provider and model (failed ones included: they are paid for too)."""
     failed = func.sum(case((LLMCall.outcome != "ok", 1), else_=0))
     for d, provider, model, n, bad, prompt, output, cost in session.execute(
         select(LLMCall.day, LLMCall.provider, LLMCall.model, func.count(), failed, func.sum(LLMCall.prompt_tokens),
                func.sum(LLMCall.completion_tokens), func.sum(LLMCall.cost))
-        .where(LLMCall.tenant_id == tenant_id, LLMCall.day >= since, LLMCall.day <= until)
+        .where(LLMCall.tenant_id == tenant_id, LLMCall.day >= start.date(), LLMCall.day < end.date())
         .group_by(LLMCall.day, LLMCall.provider, LLMCall.model)
     ):
         days[_day(d)].llm[(provider, model)] = ModelUsage(
             provider, model, int(n), int(bad or 0), int(prompt or 0), int(output or 0),
             float(cost) if cost is not None else None)
 
+
+FAMILIES = (_conversations, _messages, _conversation_outcomes, _escalations, _bot_replies, _escalation_times,
+            _handoffs, _llm)
+
+
+def compute(session: Session, tenant_id: str, since: date, until: date) -> Report:
+    """The tenant's figures for each UTC day from `since` to `until`, both included: one grouped query (or two)
+    per family of figures, each filling in the days it has rows for."""
+    start, end = _bounds(since, until)
+    days: Days = defaultdict(Figures)
+    for family in FAMILIES:
+        family(session, tenant_id, start, end, days)
     ordered = [(since + timedelta(days=i), days.get(since + timedelta(days=i)) or Figures())
                for i in range((until - since).days + 1)]
     total = Figures()
