@@ -25,6 +25,7 @@ from app.models import utcnow
 from app.plugins import Plugins, load
 
 if TYPE_CHECKING:
+    from app.assistant.pii_ner import PiiNer
     from app.bus.base import Bus
     from app.conversations.push import Push
     from app.intake import Intake
@@ -164,6 +165,16 @@ class Container:
 
             return LLMRouter.from_settings(OpenAILLMClient(), self.settings)
         return self._get("llm_client", build)
+
+    @property
+    def pii_ner(self) -> PiiNer:
+        """Names and addresses in PII detection (the optional `[ner]` extra), per tenant policy; the model loads
+        on first use (app/assistant/pii_ner.py)."""
+        def build() -> PiiNer:
+            from app.assistant.pii_ner import PiiNer
+
+            return PiiNer(self.settings)
+        return self._get("pii_ner", build)
 
     @property
     def intake(self) -> Intake:

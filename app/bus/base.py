@@ -19,10 +19,11 @@ Topic and tenant ids are restricted to `[A-Za-z0-9][A-Za-z0-9_.-]*`, so no tenan
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 DEFAULT_NAMESPACE = "sb"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -53,6 +54,30 @@ def check_fields(fields: dict[str, str]) -> dict[str, str]:
         if not isinstance(k, str) or not isinstance(v, str):
             raise TypeError(f"bus entry fields must be str -> str, got {k!r}: {type(v).__name__}")
     return fields
+
+
+ERASED = {"type": "erased", "v": "1", "body": "{}"}  # what an erased entry reads as where it cannot be deleted
+_NAMING_KEYS = ("message_id", "conversation_id", "escalation_id")
+
+
+def entry_names(fields: dict[str, str], ids: set[str]) -> bool:
+    """Whether a bus entry (an event: a JSON `body`; a dead letter: its JSON `dl` with the original fields
+    inside) is about one of `ids`: as its message, conversation or escalation."""
+    for raw in fields.values():
+        try:
+            data = json.loads(raw)
+        except (TypeError, ValueError):
+            continue
+        if isinstance(data, dict) and _names(data, ids):
+            return True
+    return False
+
+
+def _names(data: dict[str, Any], ids: set[str]) -> bool:
+    if any(data.get(key) in ids for key in _NAMING_KEYS):
+        return True
+    nested = data.get("fields")
+    return isinstance(nested, dict) and entry_names(nested, ids)
 
 
 class BusUnavailable(Exception):
@@ -145,6 +170,12 @@ class Bus(Protocol):
 
     def dead_letter(self, group: str, delivery: Delivery, reason: str) -> None:
         """Copy the entry to the tenant's dead-letter stream with its reason, then ack it."""
+        ...
+
+    def erase(self, tenant_id: str, topics: Sequence[str], ids: set[str]) -> int:
+        """Remove the tenant's entries and dead letters on these topics that are about one of `ids`
+        (`entry_names`): a contact's erasure. Returns how many. An entry a group still holds reads as `ERASED`
+        (in-process) or is gone from the group's pending list (Redis)."""
         ...
 
     def dead_letters(self, topic: str, tenant_id: str, *, count: int = 100) -> list[DeadLetter]:

@@ -15,12 +15,14 @@ from dataclasses import dataclass, field
 
 from app.bus.base import (
     DEFAULT_NAMESPACE,
+    ERASED,
     TRIMMED_REASON,
     DeadLetter,
     Delivery,
     StreamStats,
     check_fields,
     check_name,
+    entry_names,
 )
 
 
@@ -200,6 +202,21 @@ class MemoryBus:
         letters = self._dead.setdefault((letter.topic, letter.tenant_id), [])
         letters.append(letter)
         del letters[: max(len(letters) - self.maxlen, 0)]
+
+    def erase(self, tenant_id: str, topics: Sequence[str], ids: set[str]) -> int:
+        erased = 0
+        with self._cond:
+            for topic in topics:
+                stream = self._streams.get(topic, {}).get(tenant_id) or _Stream()
+                for entry_id, fields in list(stream.entries.items()):
+                    if fields is not ERASED and entry_names(fields, ids):
+                        stream.entries[entry_id] = ERASED  # kept in place: groups' cursors count positions
+                        erased += 1
+                letters = self._dead.get((topic, tenant_id), [])
+                kept = [d for d in letters if not entry_names(d.fields, ids)]
+                erased += len(letters) - len(kept)
+                letters[:] = kept
+        return erased
 
     def dead_letters(self, topic: str, tenant_id: str, *, count: int = 100) -> list[DeadLetter]:
         with self._cond:

@@ -33,6 +33,7 @@ from app.bus.base import (
     check_fields,
     check_name,
     dead_key,
+    entry_names,
     stream_key,
 )
 
@@ -42,6 +43,7 @@ T = TypeVar("T")
 FAILURE_TTL_S = 7 * 24 * 3600
 # Reply shapes with decode_responses=True (redis-py's own annotations cover bytes and async clients too).
 _Entries = list[tuple[str, dict[str, str]]]
+ERASE_PAGE = 1000
 _StreamsReply = list[tuple[str, _Entries]]
 # Reset an entry's idle time if `consumer` still owns it: XCLAIM ... JUSTID leaves the delivery count alone, and
 # checking the owner first (atomically, in the script) never takes back an entry another consumer has claimed.
@@ -318,6 +320,22 @@ class RedisStreamsBus:
 
     def _dead_letter_trimmed(self, topic: str, group: str, tenant: str, entry_id: str) -> None:
         self.dead_letter(group, self._delivery(topic, tenant, entry_id, {}, 0), TRIMMED_REASON)
+
+    @_translate_errors
+    def erase(self, tenant_id: str, topics: Sequence[str], ids: set[str]) -> int:
+        erased = 0
+        for topic in topics:
+            for key in (self.stream_key(topic, tenant_id), self.dead_key(topic, tenant_id)):
+                doomed, start = [], "-"
+                while True:  # the whole stream, a page at a time
+                    page = cast(_Entries, self._redis.xrange(key, min=start, count=ERASE_PAGE))
+                    doomed += [entry_id for entry_id, fields in page if entry_names(fields, ids)]
+                    if len(page) < ERASE_PAGE:
+                        break
+                    start = "(" + page[-1][0]
+                if doomed:
+                    erased += int(cast(int, self._redis.xdel(key, *doomed)))
+        return erased
 
     @_translate_errors
     def dead_letters(self, topic: str, tenant_id: str, *, count: int = 100) -> list[DeadLetter]:

@@ -18,6 +18,10 @@ class Contact(IdMixin, Base):
     external_id: Mapped[str] = mapped_column(String(200))
     display_name: Mapped[str | None] = mapped_column(String(200), default=None)
     last_inbound_at: Mapped[datetime | None] = mapped_column(default=None)
+    # unknown | granted | withdrawn (opted out: nothing is sent but the confirmation; app/contacts/consent.py)
+    consent_status: Mapped[str] = mapped_column(String(16), default="unknown", server_default="unknown")
+    consent_updated_at: Mapped[datetime | None] = mapped_column(default=None)
+    consent_source: Mapped[str | None] = mapped_column(String(64), default=None)  # keyword | admin:<who> | api
 
 
 class Conversation(IdMixin, Base):

@@ -69,7 +69,7 @@ class TenantWebhook(IdMixin, Base):
 
 class Handoff(IdMixin, Base):
     """One stretch of a conversation in an agent's hands: from a takeover (of an escalation or of the conversation)
-    to its release back to the bot. `ended_at` is None while the agent still has it. Written since migration 0011:
+    to its release back to the bot. `ended_at` is None while the agent still has it. Written since migration 0012:
     agent handling time and the resolution time of taken-over escalations are only known from then on."""
 
     __tablename__ = "handoffs"

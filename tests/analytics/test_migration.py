@@ -1,4 +1,4 @@
-"""Migration 0011 (handoffs, and the indexes the analytics read by) on SQLite and Postgres: the upgraded schema is
+"""Migration 0012 (handoffs, and the indexes the analytics read by) on SQLite and Postgres: the upgraded schema is
 what the models declare (alembic's own comparison), and downgrade then upgrade round-trips, keeping the tenants'
 other rows."""
 
@@ -23,7 +23,7 @@ def _indexes(conn: sa.Connection) -> set[tuple[str, str]]:
             if ix["name"]}
 
 
-def test_0011_matches_the_models_and_round_trips(empty_db: str) -> None:  # noqa: F811
+def test_0012_matches_the_models_and_round_trips(empty_db: str) -> None:  # noqa: F811
     url = empty_db.replace("postgresql://", "postgresql+psycopg://")
     command.upgrade(_cfg(url), "head")
     engine = sa.create_engine(url)
@@ -36,7 +36,7 @@ def test_0011_matches_the_models_and_round_trips(empty_db: str) -> None:  # noqa
         with engine.begin() as conn:
             conn.execute(sa.text("INSERT INTO tenants (id, slug, name, persona, policies, created_at) "
                                  "VALUES ('t', 't', 'T', '{}', '{}', CURRENT_TIMESTAMP)"))
-        command.downgrade(_cfg(url), "0010")
+        command.downgrade(_cfg(url), "0011")
         with engine.connect() as conn:
             assert "handoffs" not in sa.inspect(conn).get_table_names()
             assert not NEW_INDEXES & _indexes(conn)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import Counter
@@ -365,3 +366,27 @@ def test_stream_stats_sum_tenants_and_count_pending_lag_and_dead_letters(bus: Bu
     assert stats.length == 6  # acknowledged entries stay until trimmed
     assert (stats.pending[G], stats.lag[G], stats.dead_letters) == (1, 2, 1)
     assert bus.stream_stats("nothing-here", [G]).length == 0
+
+
+def test_erase_removes_a_contacts_entries_and_dead_letters_and_nothing_else(bus: Bus) -> None:
+    """A contact's erasure (app/contacts/privacy.py): entries about their messages or conversations go, from
+    the stream and the dead letters, on this tenant only."""
+    def body(**ids: str) -> dict[str, str]:
+        return {"type": "x", "v": "1", "body": json.dumps({"tenant_id": "acme", "text": "hi", **ids})}
+
+    bus.publish(T, "acme", body(message_id="m1", conversation_id="c1"))
+    bus.publish(T, "acme", body(message_id="m2", conversation_id="c1"))
+    kept = bus.publish(T, "acme", body(message_id="m3", conversation_id="c2"))
+    bus.publish(T, "globex", body(message_id="m1", conversation_id="c1"))  # same ids, another tenant
+    bus.record_dead(T, "acme", body(message_id="m2", conversation_id="c1"), "it failed")
+    bus.record_dead(T, "acme", body(message_id="m9", conversation_id="c9"), "it failed too")
+
+    assert bus.erase("acme", [T], {"c1"}) == 3
+    got = bus.read(T, G, "c1", count=10, block_ms=500, skip=["globex"])
+    texts = [d.fields.get("body", "") for d in got]
+    assert not any('"c1"' in t for t in texts)
+    assert kept in [d.id for d in got]
+    assert [json.loads(d.fields["body"])["message_id"] for d in bus.dead_letters(T, "acme")] == ["m9"]
+    other = bus.read(T, G, "c2", count=10, block_ms=500)
+    assert [json.loads(d.fields["body"])["message_id"] for d in other if d.tenant_id == "globex"] == ["m1"]
+    assert bus.erase("acme", [T], {"c1"}) == 0  # idempotent
