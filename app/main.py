@@ -117,6 +117,7 @@ def create_app(*, run_workers: bool | None = None, container: Container | None =
 
     app.include_router(usage_router)
     from app.admin.webhook_routes import router as webhook_router
+    from app.analytics.routes import router as analytics_router
     from app.console.routes import router as console_router
     from app.console.routes import static_files
     from app.contacts.routes import router as contacts_router
@@ -124,6 +125,7 @@ def create_app(*, run_workers: bool | None = None, container: Container | None =
 
     app.include_router(review_console_router)
     app.include_router(webhook_router)
+    app.include_router(analytics_router)
     app.include_router(contacts_router)
     app.include_router(console_router)
     app.mount("/console/static", static_files(), name="console-static")

@@ -48,7 +48,7 @@ class Message(IdMixin, Base):
         UniqueConstraint("tenant_id", "channel", "provider_message_id"),
         Index("ix_messages_conversation_created", "conversation_id", "created_at"),
         Index("ix_messages_provider_ref", "tenant_id", "channel", "provider_ref"),
-        Index("ix_messages_tenant_created", "tenant_id", "created_at"),  # monthly usage (app/tenants/usage.py)
+        Index("ix_messages_tenant_created", "tenant_id", "created_at"),  # monthly usage, analytics by time
     )
 
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
