@@ -171,3 +171,78 @@ def test_tenant_a_streams_never_carry_tenant_b_entries(app: FastAPI, http: httpx
         seen += _until(widget, lambda e: e.event == "message" and e.data.get("text") == "a's own question")
     secrets = b.secrets() | set(b_ids) | set(b_texts)
     assert not [s for s in secrets if any(s in repr(e.data) for e in seen)], seen
+
+
+def test_a_question_whose_only_matching_passage_is_another_tenants_gets_none_of_its_text(
+        sb_home: Path, tmp_path: Path) -> None:
+    """Retrieval canary: B's pack holds the only passage about a made-up product, with a canary; A's pack is
+    about something else. A's widget visitor asks about B's product: the answer carries no B text and cites no B
+    document, and A's retrieval returns none of B's chunks; B's own visitor, asking the same, gets the passage
+    (the question does match it)."""
+    from fastapi.testclient import TestClient
+
+    from app import operations
+    from app.db import migrate
+    from app.knowledge.retrieval import retrieve
+    from app.main import create_app
+
+    migrate()
+    canary = f"ZX{uuid.uuid4().hex[:10].upper()}"
+    question = "What is the warranty claim code for the Quillfeather zorbulator?"
+    for slug, name, text in (
+        ("leak-a", "shipping.md", "# Shipping\n\nOrders ship within two business days. Delivery takes three to five "
+                                  "days by standard post; express delivery takes one day."),
+        ("leak-b", "zorbulator.md", f"# Quillfeather zorbulator warranty\n\nThe warranty claim code for the "
+                                    f"Quillfeather zorbulator is {canary}. Quote it to claim a zorbulator repair."),
+    ):
+        operations.create_tenant(slug, slug.upper())
+        folder = tmp_path / slug
+        folder.mkdir()
+        (folder / name).write_text(text)
+        report = operations.ingest(slug, [folder])
+        assert not report["files_failed"], report
+    ids = {slug: _tenant_id(slug) for slug in ("leak-a", "leak-b")}
+    assert all(canary not in p.text for p in retrieve(ids["leak-a"], question, top_k=20))
+    assert any(canary in p.text for p in retrieve(ids["leak-b"], question, top_k=20))
+
+    with TestClient(create_app()) as client:  # the lifespan runs the orchestrator
+        def ask(slug: str) -> dict[str, Any]:
+            widget = _widget(slug)
+            token = client.post(f"/widget/v1/{widget}/sessions", json={}).json()["token"]
+            auth = {"Authorization": f"Bearer {token}"}
+            assert client.post(f"/widget/v1/{widget}/messages", headers=auth,
+                               json={"text": question, "client_message_id": "q1"}).status_code == 202
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                out = [m for m in client.get(f"/widget/v1/{widget}/messages", headers=auth).json()["messages"]
+                       if m["direction"] == "out"]
+                if out:
+                    return out[0]  # type: ignore[no-any-return]
+                time.sleep(0.1)
+            raise AssertionError(f"{slug}: no reply within 60 s")
+
+        a_reply, b_reply = ask("leak-a"), ask("leak-b")
+    assert canary not in a_reply["text"] and "zorbulator" not in a_reply["text"].lower(), a_reply
+    assert not [c for c in a_reply["citations"] or [] if c.get("document") == "zorbulator.md"], a_reply
+    assert canary in b_reply["text"], b_reply  # the control: the question does find the passage in B
+
+
+def _tenant_id(slug: str) -> str:
+    from sqlalchemy import select
+
+    from app.db import session_scope
+    from app.models import Tenant
+
+    with session_scope() as session:
+        return session.scalars(select(Tenant.id).where(Tenant.slug == slug)).one()
+
+
+def _widget(slug: str) -> str:
+    from sqlalchemy import select
+
+    from app.db import session_scope
+    from app.models import ChannelAccount, Tenant
+
+    with session_scope() as session:
+        return session.scalars(select(ChannelAccount.external_id).join(Tenant, Tenant.id == ChannelAccount.tenant_id)
+                               .where(Tenant.slug == slug, ChannelAccount.channel == "webchat")).one()
