@@ -52,6 +52,11 @@ QUERY_KINDS: dict[str, str] = {
     "pack_version": "pack_version",
 }
 BODY_KINDS: dict[str, str] = {"tenant": "slug"}
+# Bodies that name one of the victim's objects by its channel id: claiming it must fail (a 2xx is a leak).
+CLAIMS: dict[tuple[str, str], tuple[str, Any]] = {
+    ("POST", "/admin/v1/channels"): ("telegram_bot", lambda bot: {
+        "channel": "telegram", "external_id": bot, "credentials": {"bot_token": f"{bot}:claimed"}}),
+}
 # Kinds that name something in the caller's own namespace (a provider's key slot), not one of the victim's
 # objects: a 2xx is the caller acting on its own; only a victim's canary or id in the answer is a leak.
 OWN_NAMESPACE = {"llm_key_name"}
@@ -359,6 +364,10 @@ def plan(ops: list[Operation], victim: Tenant, attacker: Tenant) -> Iterator[Pro
                 if name in QUERY_KINDS:
                     for value in _victim_values(victim, QUERY_KINDS[name], attacker):
                         yield Probe(op, url, {**base_params, name: value}, base_body, {value}, False)
+            if (op.method, op.path) in CLAIMS:
+                kind, make = CLAIMS[(op.method, op.path)]
+                for value in victim.ids.get(kind, []):
+                    yield Probe(op, url, dict(base_params), make(value), {value}, True)
             if isinstance(base_body, dict):
                 for name in BODY_KINDS:
                     if name in base_body or op.body_type == "application/x-www-form-urlencoded":
