@@ -51,7 +51,7 @@ QUERY_KINDS: dict[str, str] = {
     "ticket": "forged_ticket",
     "pack_version": "pack_version",
 }
-BODY_KINDS: dict[str, str] = {"tenant": "slug"}
+BODY_KINDS: dict[str, str] = {"tenant": "slug", "serviceCode": "ussd_code"}
 # Bodies that name one of the victim's objects by its channel id: claiming it must fail (a 2xx is a leak).
 CLAIMS: dict[tuple[str, str], tuple[str, Any]] = {
     ("POST", "/admin/v1/channels"): ("telegram_bot", lambda bot: {
@@ -164,6 +164,10 @@ def seed_tenant(http: httpx.Client, prefix: str, *, conversations: int = 2) -> T
     if r.status_code == 201:
         t.add("discord_app", app_id)
     t.add("discord_app", app_id)  # unused or not, the victim's id goes into the path
+    code = f"*{uuid.uuid4().int % 1000}*{uuid.uuid4().int % 10000}#"
+    r = http.post("/admin/v1/channels", headers=admin, json={"channel": "ussd", "external_id": code})
+    if r.status_code == 201:
+        t.add("ussd_code", code)
     t.add("channel", *[c["id"] for c in _ok(http.get("/admin/v1/channels", headers=admin), 200)["channels"]])
 
     # The escalation webhook (its URL is a canary; a URL the outbound guard refuses is stored by the service).
@@ -264,6 +268,7 @@ class Operation:
     body_type: str | None
     body: Any
     stream: bool
+    fields: tuple[str, ...] = ()  # the body's top-level fields
 
     @property
     def label(self) -> str:
@@ -296,9 +301,11 @@ def operations(document: dict[str, Any]) -> list[Operation]:
             query = {p["name"]: p for p in params if p["in"] == "query"}
             content = (op.get("requestBody") or {}).get("content", {})
             body_type = next(iter(content), None)
-            body = example(document, content[body_type].get("schema", {})) if body_type else None
+            schema = _resolve(document, content[body_type].get("schema", {})) if body_type else {}
+            body = example(document, schema) if body_type else None
             stream = any("text/event-stream" in (r.get("content") or {}) for r in op.get("responses", {}).values())
-            found.append(Operation(method.upper(), path, path_params, query, body_type, body, stream))
+            found.append(Operation(method.upper(), path, path_params, query, body_type, body, stream,
+                                   tuple(schema.get("properties", {}))))
     return found
 
 
@@ -370,7 +377,7 @@ def plan(ops: list[Operation], victim: Tenant, attacker: Tenant) -> Iterator[Pro
                     yield Probe(op, url, dict(base_params), make(value), {value}, True)
             if isinstance(base_body, dict):
                 for name in BODY_KINDS:
-                    if name in base_body or op.body_type == "application/x-www-form-urlencoded":
+                    if name in op.fields:
                         for value in _victim_values(victim, BODY_KINDS[name], attacker):
                             yield Probe(op, url, dict(base_params), {**base_body, name: value}, {value}, False)
 
@@ -386,7 +393,8 @@ def _victim_values(victim: Tenant, kind: str, attacker: Tenant) -> list[str]:
 
 
 def _base_query(op: Operation) -> dict[str, Any]:
-    params: dict[str, Any] = {}
+    params: dict[str, Any] = {name: example({}, p.get("schema", {})) for name, p in op.query.items()
+                              if p.get("required")}
     if "wait" in op.query:
         params["wait"] = 0  # a long-poll would hold every probe for its whole wait
     return params
