@@ -18,6 +18,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from app.auth import Viewer
 from tests.admin.conftest import backend  # noqa: F401  (fixture re-export: sqlite, postgres)
 from tests.e2e.sse import EventStream, serve_http
 from tests.security import leak_probes as lp
@@ -104,6 +105,27 @@ def test_the_judge_flags_a_2xx_about_the_victim_and_a_canary_anywhere() -> None:
     assert lp.judge(probe, 404, "CANARYx", {"CANARYx"}) is not None
     own = lp.Probe(op, "/admin/v1/things", {}, None, set(), False)
     assert lp.judge(own, 200, '{"things": ["victim-id"]}', {"victim-id"}) is not None
+
+
+def test_the_suite_catches_a_planted_leak(app: FastAPI, http: httpx.Client) -> None:
+    """A route that reads a document by its id alone (no tenant criterion), added to the app: the generated
+    probes find it, as every principal that gets past authentication."""
+    from app.db import session_scope
+    from app.models import Document
+
+    @app.get("/admin/v1/planted/{document_id}")
+    def planted(document_id: str, who: Viewer) -> dict[str, str]:
+        with session_scope() as session:
+            doc = session.get_one(Document, document_id)  # the bug: no tenant criterion
+            return {"title": doc.title}
+
+    app.openapi_schema = None
+    a, b = lp.seed_tenant(http, "alpha", conversations=1), lp.seed_tenant(http, "beta", conversations=1)
+    ops = [op for op in lp.operations(app.openapi()) if op.path == "/admin/v1/planted/{document_id}"]
+    tally = lp.Tally()
+    lp.run_all(http, list(lp.plan(ops, b, a)), a, b, tally)
+    assert {leak.principal for leak in tally.leaks} == {"admin-key", "agent-key", "login-owner", "login-admin",
+                                                        "login-agent", "login-viewer"}, lp.report(tally)
 
 
 def test_a_route_whose_path_parameter_the_suite_cannot_fill_fails_loudly(app: FastAPI) -> None:
