@@ -289,13 +289,18 @@ def detect_with_rules(text: str) -> InjectionVerdict:
 
 
 @lru_cache(maxsize=8192)
-def _passage_verdict(text: str, threshold: float | None) -> InjectionVerdict:
-    return detect_injection(text, threshold)
+def _passage_verdict(text: str) -> InjectionVerdict:
+    return detect_with_rules(text)
 
 
 def passage_verdict(text: str, threshold: float | None = None) -> InjectionVerdict:
-    """`detect_injection` for knowledge text, cached: the same chunks come back for many questions."""
-    return _passage_verdict(text, threshold)
+    """The verdict on knowledge text (at ingestion and on retrieved passages), cached: the same chunks come back
+    for many questions. The rules alone, whatever the threshold: the model was trained on customer messages,
+    and on long benign documents it scores like on jailbreaks (34 of the 213 COVID-QA answers over its
+    threshold, "What are the symptoms of COVID-19?" at 0.90), while on text planted in documents it adds
+    little (0.025 alone, leave-one-family-out, docs/injection.md). The rules include the ones written for
+    instructions addressed to the assistant inside a document."""
+    return _passage_verdict(text)
 
 
 def reason(verdict: InjectionVerdict) -> str:
