@@ -60,6 +60,12 @@ def entry_file(faq_id: int) -> str:
     return f"faq-{faq_id:03d}.md"
 
 
+def html_answer(answer: str) -> str:
+    """An answer as HTML: a `<p>` per paragraph, `<br>` for a line break inside one."""
+    return "".join("<p>" + "<br>".join(html.escape(line) for line in p.strip().split("\n")) + "</p>"
+                   for p in answer.split("\n\n") if p.strip())
+
+
 def build_pack(shape: str, rows: list[dict[str, Any]], folder: Path) -> str:
     """Write the pack; returns the file that holds every entry ("" when each entry has its own file)."""
     folder.mkdir(parents=True)
@@ -72,10 +78,7 @@ def build_pack(shape: str, rows: list[dict[str, Any]], folder: Path) -> str:
         (folder / "covid-faq.md").write_text("\n".join(parts))
         return "covid-faq.md"
     if shape == "html":
-        items = []
-        for r in rows:
-            paragraphs = "".join(f"<p>{html.escape(p.strip())}</p>" for p in r["answer"].split("\n\n") if p.strip())
-            items.append(f"<h2>{html.escape(r['question'])}</h2>\n{paragraphs}")
+        items = [f"<h2>{html.escape(r['question'])}</h2>\n{html_answer(r['answer'])}" for r in rows]
         page = ("<!doctype html><html><head><title>COVID-19 FAQ</title></head><body><main><h1>COVID-19 FAQ</h1>\n"
                 + "\n".join(items) + "\n</main></body></html>\n")
         (folder / "covid-faq.html").write_text(page)

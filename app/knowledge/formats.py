@@ -19,6 +19,7 @@ from app.knowledge.units import is_question
 _HTML_DROP = ("script", "style", "noscript", "nav", "header", "footer", "aside", "form", "svg", "template",
               "iframe", "button", "select")
 _HTML_BLOCKS = ("p", "li", "dd", "dt", "blockquote", "pre", "figcaption", "caption", "address")
+_BREAK = "\u2028"  # stands for <br> while whitespace is collapsed
 _HTML_HEADINGS = ("h1", "h2", "h3", "h4", "h5", "h6")
 # Elements that hold blocks: a container with none of them inside is one paragraph of text.
 _HTML_CONTAINERS = (*_HTML_BLOCKS, *_HTML_HEADINGS, "table", "dl", "details", "summary", "div", "section",
@@ -63,6 +64,8 @@ def html_to_markdown(text: str) -> tuple[str | None, str]:
     title_tag = soup.find("title")
     title = " ".join(title_tag.get_text().split()) if title_tag else None
     jsonld = faq_jsonld(soup)
+    for br in soup.find_all("br"):
+        br.replace_with(_BREAK)  # a line break inside a paragraph stays one (an address, a list of steps)
     for tag in soup.find_all("button"):
         if _is_toggle(tag):
             tag.unwrap()  # an accordion's button holds its question: keep the text, drop the control
@@ -144,7 +147,7 @@ def html_to_markdown(text: str) -> tuple[str | None, str]:
                 else:
                     item(question, [])
             elif name in _HTML_BLOCKS:
-                text = " ".join(child.get_text(" ").split())
+                text = _text(child)
                 if text:
                     blocks.append(("- " if name == "li" else "") + text)
             elif child.find(_HTML_CONTAINERS) is None:
@@ -171,7 +174,12 @@ def _norm(text: str) -> str:
 
 
 def _text(tag: Any) -> str:
-    return " ".join(tag.get_text(" ").split())
+    return _lines(tag.get_text(" "))
+
+
+def _lines(text: str) -> str:
+    """Whitespace collapsed, `<br>` kept as a line break."""
+    return "\n".join(" ".join(line.split()) for line in text.split(_BREAK)).strip()
 
 
 def _classes(tag: Any) -> str:
@@ -305,11 +313,13 @@ def docx_to_markdown(data: bytes) -> tuple[str | None, str]:
     first_heading: str | None = None
     for item in items:
         if isinstance(item, Paragraph):
-            text = " ".join(item.text.split())
+            # A line break inside a paragraph (Shift+Enter) stays one; other whitespace collapses.
+            text = "\n".join(" ".join(line.split()) for line in item.text.split("\n")).strip()
             if not text:
                 continue
             level = _docx_heading_level(item.style.name if item.style is not None else "")
             if level:
+                text = " ".join(text.split())  # a heading is one line
                 first_heading = first_heading or text
                 blocks.append("#" * level + " " + text)
             elif (item.style is not None and "list" in item.style.name.lower()):
