@@ -138,7 +138,7 @@ def main() -> None:
                     gold = {g for g in turn["gold_snippet_ids"] if g.startswith(tenant + "/")}
                     if tenant not in keep or not gold:
                         continue
-                    _, weighted = embedder.embed_query_weighted(queries[context][i], stats[tenant].idf)
+                    _, weighted = embedder.embed_query_weighted(queries[context][i], stats[tenant].weight)
                     hits = search(tenant + suffix, dense[context][i], weighted, sparse[context][i])
                     calls += 1
                     foreign += sum(h.payload.get("tenant_id") != tenant + suffix for h in hits)
