@@ -247,3 +247,19 @@ def test_eval_lines_can_name_the_entry_and_several_files() -> None:
                 {"question": "q", "expected_document": "a.md", "expected_heading": ""}):
         with pytest.raises(EvalError, match="line 1"):
             parse_questions(json.dumps(bad))
+
+
+def test_the_example_brands_faq_as_markdown_gives_the_csv_units() -> None:
+    """tenants/northwind's FAQ exported as a help centre would (a Markdown file per entry, or one file of `##`
+    questions) is indexed as the CSV is: same passages, same question views."""
+    import csv
+
+    path = Path(__file__).resolve().parents[2] / "tenants" / "northwind" / "knowledge" / "faq.csv"
+    from_csv = units("faq.csv", path.read_bytes())
+    pairs = [(row["question"].strip(), row["answer"].strip()) for row in csv.DictReader(io.StringIO(path.read_text()))]
+    assert len(from_csv) == len(pairs) > 50
+    per_entry = []
+    for i, (q, a) in enumerate(pairs):
+        per_entry += units(f"faq/{i:02d}.md", f"# {q}\n\n{a}\n")
+    one_file = units("faq.md", "# Northwind FAQ\n\n" + "".join(f"## {q}\n\n{a}\n\n" for q, a in pairs))
+    assert per_entry == one_file == from_csv
