@@ -263,3 +263,15 @@ def test_the_example_brands_faq_as_markdown_gives_the_csv_units() -> None:
         per_entry += units(f"faq/{i:02d}.md", f"# {q}\n\n{a}\n")
     one_file = units("faq.md", "# Northwind FAQ\n\n" + "".join(f"## {q}\n\n{a}\n\n" for q, a in pairs))
     assert per_entry == one_file == from_csv
+
+
+def test_a_question_over_a_long_article_is_cut_and_every_piece_keeps_its_question() -> None:
+    article = "\n\n".join(" ".join(f"step{p}word{i}" for i in range(100)) + "." for p in range(12))  # 1,200 words
+    got = chunk_document(parse(SourceFile("guide.md", f"# How do I set up the tent?\n\n{article}".encode())),
+                         max_words=120)
+    assert len(got) > 1
+    assert all(c.heading == "How do I set up the tent?" and question_text(c) == c.heading for c in got)
+    assert all(c.text.startswith("Q: How do I set up the tent?\nA: ") and c.words <= 120 + 9 for c in got)
+    # A short answer stays whole, as a CSV row's does, up to UNIT_MAX_FACTOR x max_words.
+    short = " ".join(["word"] * 300)
+    assert len(chunk_document(parse(SourceFile("g.md", f"# Can I wash it?\n\n{short}".encode())), max_words=120)) == 1
