@@ -42,6 +42,7 @@ PATH_KINDS: dict[str, str] = {
     "user_id": "user",
     "message_id": "message",
     "contact": "contact",
+    "chunk_id": "chunk",
 }
 # Id-like query parameters and body fields -> kinds. Unlisted optional ones are left out of the request.
 QUERY_KINDS: dict[str, str] = {
@@ -253,6 +254,13 @@ def seed_document(t: Tenant) -> str:
         session.flush()
         session.add(Chunk(id=str(uuid.uuid4()), tenant_id=t.id, document_id=doc.id, ordinal=0,
                           text=f"passage {t.canary('chunk')}"))
+        # One chunk held by the injection scan (app/knowledge/quarantine.py): the quarantine routes list and
+        # release it, for its own tenant only.
+        held = str(uuid.uuid4())
+        session.add(Chunk(id=held, tenant_id=t.id, document_id=doc.id, ordinal=1,
+                          text=f"held passage {t.canary('held')}",
+                          quarantine={"status": "held", "reason": "prompt injection suspected (seeded)"}))
+        t.add("chunk", held)
         return doc.id
 
 
