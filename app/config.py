@@ -155,7 +155,9 @@ class Settings(BaseSettings):
     # max_pack_files (each further file refused with the reason). PDFs over max_pdf_pages are refused.
     max_file_bytes: int = Field(default=20 * 1024 * 1024, validation_alias=_env("MAX_FILE_BYTES"))
     max_pack_bytes: int = Field(default=200 * 1024 * 1024, validation_alias=_env("MAX_PACK_BYTES"))
-    max_pack_files: int = Field(default=2_000, validation_alias=_env("MAX_PACK_FILES"))
+    # 20,000 pages: a large product's documentation (issue 14's had 2,757) fits; ingestion's memory is bounded
+    # per batch (app/knowledge/pipeline.py), the files themselves by max_pack_bytes.
+    max_pack_files: int = Field(default=20_000, gt=0, validation_alias=_env("MAX_PACK_FILES"))
     max_pdf_pages: int = Field(default=500, validation_alias=_env("MAX_PDF_PAGES"))
     # A new pack version whose hit@5 on the tenant's eval set is below the live one's by more than this is
     # built but not promoted automatically.
