@@ -14,6 +14,11 @@ embedded home (SQLite, qdrant-edge, file object store, the default MiniLM embedd
    evens out a load that changes during the run);
 4. `switchboard eval`'s scoring on benchmarks/data/longdoc_questions.jsonl, tune and held-out splits apart.
 Peak RSS is the process's maximum resident set (it includes the embedder-alone step 1, which is smaller).
+
+The questions (benchmarks/data/longdoc_questions.jsonl, 80) were written by hand for this pack: what a developer
+would ask, in their own words, each with the one page that answers it; none names its page's module (a page's
+heading is its module name). Split by a fixed rule: question i (0-based, file order) is `tune` when i % 3 == 0
+(27), `heldout` otherwise (53). Choose retrieval parameters on `tune`; report `heldout`.
 """
 
 from __future__ import annotations

@@ -159,9 +159,11 @@ def build(out: Path, extra: tuple[str, ...] = EXTRA) -> dict[str, Any]:
         pages += 1
         total += len(data)
     versions = {}
-    for dist in extra:
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            versions[dist] = importlib.metadata.version(dist)
+    distributions = importlib.metadata.packages_distributions()
+    for name in extra:
+        for dist in distributions.get(name, [name]):
+            with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+                versions[dist] = importlib.metadata.version(dist)
     manifest = {"python": sys.version.split()[0], "packages": versions, "pages": pages, "bytes": total,
                 "path": str(out)}
     (out.parent / f"{out.name}_manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
