@@ -45,6 +45,13 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def chunk_texts(pack: Path, max_words: int) -> list[str]:
     from app.knowledge.chunk import chunk_document
     from app.knowledge.parse import collect, parse
@@ -118,9 +125,9 @@ def main() -> None:
         now = time.monotonic()
         if now - last[0] >= 10 or event.files_done == event.files_total:
             last[0] = now
-            events.append(event.to_dict())
+            events.append({**event.to_dict(), "rss_mb": round(rss_mb(), 1)})
             print(f"  {event.files_done}/{event.files_total} files, {event.chunks} chunks, "
-                  f"{event.chunks_per_s:.1f} chunks/s, eta {event.eta_s}s", flush=True)
+                  f"{event.chunks_per_s:.1f} chunks/s, eta {event.eta_s}s, rss {rss_mb():.0f} MB", flush=True)
 
     cpu = time.process_time()
     began = time.perf_counter()
@@ -168,6 +175,9 @@ def main() -> None:
         "embedder_alone": [first, second],
         "ratio": round(report["chunks"] / live_s / alone, 3),
         "peak_rss_mb": round(rss, 1),
+        # RSS at a quarter, half, three quarters and the end of the files: flat means bounded.
+        "rss_mb_over_time": [e["rss_mb"] for e in events[:: max(1, len(events) // 4)]] + (
+            [events[-1]["rss_mb"]] if events else []),
         "eta": eta_checks,
         "scores": scores,
     }
