@@ -141,6 +141,10 @@ class Settings(BaseSettings):
     retrieval_top_k: int = Field(default=5, validation_alias=_env("RETRIEVAL_TOP_K"))
     history_turns: int = Field(default=6, validation_alias=_env("HISTORY_TURNS"))
     embed_batch_size: int = Field(default=16, validation_alias=_env("EMBED_BATCH_SIZE"))
+    # onnxruntime threads of the embedder knowledge ingestion uses: 1 shares the answering embedder (one thread,
+    # see app/providers/embeddings/minilm.py); 0 (one per core) or more load a second copy of the model for
+    # ingestion, for a large pack on a machine with nothing else to do (docs/operating.md).
+    ingest_threads: int = Field(default=1, ge=0, validation_alias=_env("INGEST_THREADS"))
     chunk_max_words: int = Field(default=120, validation_alias=_env("CHUNK_MAX_WORDS"))
 
     # Limits on uploads.

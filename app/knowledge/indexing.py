@@ -41,7 +41,7 @@ def deps(
     from app import runtime
 
     return Deps(
-        embedder=embedder or runtime.get_embedder(),
+        embedder=embedder or runtime.get_ingest_embedder(),
         sparse=sparse_encoder or runtime.get_sparse_encoder(),
         vectors=vector_store or runtime.get_vector_store(),
         objects=object_store or runtime.get_object_store(),

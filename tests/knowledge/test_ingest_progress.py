@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
@@ -67,7 +68,7 @@ def test_submit_waits_while_the_pipeline_holds_its_maximum_of_texts() -> None:
     gate = threading.Event()
     embedder = RecordingEmbedder(gate)
     with EmbeddingPipeline(embedder, call_texts=4, max_pending=8) as pipe:
-        futures = []
+        futures: list[Future[list[list[float]]]] = []
         producer = threading.Thread(target=lambda: futures.extend(pipe.submit(_texts(4 * i, 4)) for i in range(3)))
         producer.start()
         producer.join(timeout=1.0)  # the third request cannot get in while the first two are pending
@@ -140,3 +141,16 @@ def test_a_scale_out_job_keeps_its_progress_in_redis_for_the_admin_api() -> None
     assert RqJobQueue(REDIS_TEST_URL, namespace="another").progress("job-1") is None
     record("job-1", None)  # the job ended: its row has the outcome
     assert queue.progress("job-1") is None
+
+
+def test_ingestion_shares_the_answering_embedder_unless_given_threads_of_its_own(tmp_path: Path) -> None:
+    from app.bootstrap import Container
+    from app.config import Settings
+
+    shared = Container(Settings(home=tmp_path, ingest_threads=1))
+    assert shared.ingest_embedder is shared.embedder
+    own = Container(Settings(home=tmp_path, ingest_threads=0))
+    ingest = own.ingest_embedder
+    assert ingest is not own.embedder and ingest is own.ingest_embedder  # built once
+    assert ingest.name == own.embedder.name  # the same model: caches and searches are unchanged
+    assert ingest.threads is None and own.embedder.threads == 1  # type: ignore[attr-defined]
