@@ -100,7 +100,7 @@ class EmbeddingPipeline:
         with self._cond:
             while not self._queue and not self._closed:
                 self._cond.wait()
-            if not self._queue:
+            if self._closed:  # an ingestion that ends normally has collected everything; anything left is abandoned
                 return None
             out: list[tuple[_Request, int, int]] = []
             room = self.call_texts
