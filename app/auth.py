@@ -95,14 +95,6 @@ class Principal:
         return self.scope == "admin"
 
 
-_operator_token: str | None = None
-
-
-def set_operator_token(token: str | None) -> None:
-    global _operator_token
-    _operator_token = token
-
-
 def _unauthorized(detail: str) -> HTTPException:
     return HTTPException(status.HTTP_401_UNAUTHORIZED, detail=detail, headers={"WWW-Authenticate": "Bearer"})
 
@@ -122,7 +114,9 @@ def authenticate(
     if looks_like_jwt(token):
         return _person(token, failures)
     with get_sessionmaker()() as session:
-        if _operator_token and secrets_equal(token, _operator_token):
+        # Only `serve` in embedded mode sets one (app/cli.py): the local CLI acts for any tenant through it.
+        operator_token: str | None = getattr(request.app.state, "operator_token", None)
+        if operator_token and secrets_equal(token, operator_token):
             if not x_switchboard_tenant:
                 raise HTTPException(400, "the operator token needs an 'X-Switchboard-Tenant: <slug>' header")
             tenant = session.scalars(select(Tenant).where(Tenant.slug == x_switchboard_tenant)).first()

@@ -25,6 +25,7 @@ from app.models import utcnow
 from app.plugins import Plugins, load
 
 if TYPE_CHECKING:
+    from app.assistant.pii_ner import PiiNer
     from app.bus.base import Bus
     from app.conversations.push import Push
     from app.intake import Intake
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from app.providers.storage.base import ObjectStore
     from app.providers.vectors.base import VectorStore
     from app.ratelimit import RateLimiter
+    from app.tenants.quota import QuotaGate
 
 T = TypeVar("T")
 
@@ -173,6 +175,16 @@ class Container:
         return self._get("rate_limiter", build)
 
     @property
+    def quota(self) -> QuotaGate:
+        """Plans and usage per tenant, read at most every QUOTA_CACHE_S (app/tenants/quota.py)."""
+        def build() -> QuotaGate:
+            from app.tenants.quota import QuotaGate
+
+            return QuotaGate(self.rate_limiter, default_plan=self.settings.default_plan,
+                             cache_s=self.settings.quota_cache_s)
+        return self._get("quota", build)
+
+    @property
     def llm_client(self) -> LLMRouter:
         """The LLM router (fallbacks, deadline, breakers; their state is this process's own)."""
         def build() -> LLMRouter:
@@ -181,6 +193,16 @@ class Container:
 
             return LLMRouter.from_settings(OpenAILLMClient(), self.settings)
         return self._get("llm_client", build)
+
+    @property
+    def pii_ner(self) -> PiiNer:
+        """Names and addresses in PII detection (the optional `[ner]` extra), per tenant policy; the model loads
+        on first use (app/assistant/pii_ner.py)."""
+        def build() -> PiiNer:
+            from app.assistant.pii_ner import PiiNer
+
+            return PiiNer(self.settings)
+        return self._get("pii_ner", build)
 
     @property
     def intake(self) -> Intake:

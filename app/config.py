@@ -7,7 +7,7 @@ or `S3_BUCKET` switches that one part to its scale-out implementation; the code 
 from __future__ import annotations
 
 import secrets
-from functools import cached_property, lru_cache
+from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -86,12 +86,15 @@ class Settings(BaseSettings):
     # local model server. Everything else a tenant sets must resolve to public addresses (app/netguard.py).
     outbound_allow_hosts: str | None = Field(default=None, validation_alias=_env("OUTBOUND_ALLOW_HOSTS"))
 
-    # Fernet key for channel credentials at rest. Embedded mode generates one under `home` when unset.
+    # Keys (app/keys.py): encryption keys (Fernet; credentials at rest) and signing keys (tokens), each a
+    # comma-separated list, newest first. SECRET_KEY is one key for both (older installs). None of them set: a
+    # keyring file under `home`, created on first use and rotated by `switchboard keys rotate`.
+    encryption_keys: str | None = Field(default=None, validation_alias=_env("ENCRYPTION_KEYS"))
+    signing_keys: str | None = Field(default=None, validation_alias=_env("SIGNING_KEYS"))
     secret_key: str | None = Field(default=None, validation_alias=_env("SECRET_KEY"))
     public_base_url: str = Field(default="http://127.0.0.1:8080", validation_alias=_env("PUBLIC_BASE_URL"))
-    # Signs people's access tokens (app/accounts/tokens.py), apart from the Fernet key above: at least 32
-    # characters. Unset: a sub-key derived from the secret key with HKDF (SHA-256, its own `info` label), so a
-    # token key never doubles as the credentials key.
+    # Signs people's access tokens (app/accounts/tokens.py) instead of the signing keys above: at least 32
+    # characters. Unset: a sub-key derived from each signing key with HKDF (SHA-256, its own `info` label).
     token_key: str | None = Field(default=None, min_length=32, validation_alias=_env("TOKEN_KEY"))
     # Logins: an access token lasts ACCESS_TOKEN_TTL_S; a refresh token lasts REFRESH_TOKEN_TTL_S and is spent
     # by its first use (the new one starts a new period).
@@ -126,6 +129,12 @@ class Settings(BaseSettings):
     bus_batch_size: int = Field(default=64, validation_alias=_env("BUS_BATCH_SIZE"))
     # How often the background loops mask raw PII past tenants' `pii_retention_days` (app/retention.py).
     retention_interval_s: float = Field(default=3600.0, gt=0, validation_alias=_env("RETENTION_INTERVAL_S"))
+    # PII detection (app/assistant/pii.py): the regions whose national phone formats are read (ISO codes, comma
+    # separated; numbers written with + need none), and names/street addresses through the optional `[ner]` extra
+    # (app/assistant/pii_ner.py) for every tenant whose policy `pii_ner` does not turn it off.
+    pii_phone_regions: str = Field(default="US,GB", validation_alias=_env("PII_PHONE_REGIONS"))
+    pii_ner: bool = Field(default=False, validation_alias=_env("PII_NER"))
+    pii_ner_model: str = Field(default="en_core_web_lg", validation_alias=_env("PII_NER_MODEL"))
     # Prefix of every Redis key the bus writes; lets several deployments (or test runs) share one Redis.
     bus_namespace: str = Field(default="sb", validation_alias=_env("BUS_NAMESPACE"))
     # The orchestrator (app/bus/concurrent.py): inbound messages one process handles at once (worker threads,
@@ -191,10 +200,23 @@ class Settings(BaseSettings):
     )
     # LLM calls per tenant; a message over the limit is escalated with reason `llm_rate_limited`, never dropped.
     rate_llm_calls_per_tenant: str = Field(default="300/minute", validation_alias=_env("RATE_LLM_CALLS_PER_TENANT"))
+    # Plans and quotas (app/tenants/plans.py): the plan of a tenant the operator assigned none; usage is re-read
+    # from the rows at most every QUOTA_CACHE_S seconds per tenant and process (a few messages over an allowance
+    # are possible in between; none is ever dropped).
+    default_plan: str = Field(default="unlimited", validation_alias=_env("DEFAULT_PLAN"))
+    quota_cache_s: float = Field(default=10.0, ge=0, validation_alias=_env("QUOTA_CACHE_S"))
     # Peers whose X-Forwarded-For / X-Forwarded-Proto are believed (comma-separated IPs or CIDRs, or "*"), passed
     # to uvicorn's proxy-headers middleware. Per-IP limits key on the resulting client address; put your reverse
     # proxy or ingress here, or every visitor behind it shares one IP's limits.
     trusted_proxies: str = Field(default="127.0.0.1", validation_alias=_env("TRUSTED_PROXIES"))
+
+    @field_validator("pii_phone_regions")
+    @classmethod
+    def _phone_regions(cls, value: str) -> str:
+        from app.assistant.pii import parse_phone_regions
+
+        parse_phone_regions(value)  # ValueError names the valid form
+        return value
 
     @field_validator(
         "rate_widget_sessions_per_ip", "rate_widget_sends_per_ip", "rate_widget_sends_per_visitor",
@@ -214,6 +236,15 @@ class Settings(BaseSettings):
                              "'100 per 10 minutes', or leave it empty to turn the limit off") from None
         return value
 
+    @field_validator("default_plan")
+    @classmethod
+    def _known_plan(cls, value: str) -> str:
+        from app.tenants.plans import PLANS, UnknownPlan
+
+        if value not in PLANS:
+            raise ValueError(f"DEFAULT_PLAN: {UnknownPlan(value)}")
+        return value
+
     @property
     def home_dir(self) -> Path:
         from app.files import private_dir
@@ -228,21 +259,6 @@ class Settings(BaseSettings):
     def embedded(self) -> bool:
         """True when the bus is in-process, which means every role must run inside one process."""
         return self.redis_url is None
-
-    @cached_property  # read once per Settings: the file is never replaced, and tokens are checked per request
-    def effective_secret_key(self) -> str:
-        if self.secret_key:
-            return self.secret_key
-        from cryptography.fernet import Fernet
-
-        from app.files import write_private
-
-        key_file = self.home_dir / "secret.key"
-        if not key_file.exists():
-            # 0600 from its first byte, complete when it appears, and never replacing a key another process
-            # wrote meanwhile (credentials may already be encrypted with that one).
-            write_private(key_file, Fernet.generate_key(), overwrite=False)
-        return key_file.read_text().strip()
 
 
 @lru_cache

@@ -1,4 +1,5 @@
-"""Secrets at rest: channel credentials and tenants' LLM keys are Fernet-encrypted with SWITCHBOARD_SECRET_KEY."""
+"""Secrets at rest: channel credentials, tenants' LLM keys and webhook secrets are Fernet-encrypted with the
+keyring's first encryption key, and decrypted with any of its keys (app/keys.py)."""
 
 from __future__ import annotations
 
@@ -6,25 +7,22 @@ import hmac
 import json
 from typing import Any
 
-from cryptography.fernet import Fernet, InvalidToken
+from cryptography.fernet import InvalidToken
 
-from app.config import get_settings
-
-
-def _fernet() -> Fernet:
-    return Fernet(get_settings().effective_secret_key.encode())
+from app import keys
 
 
 def encrypt_json(data: dict[str, Any]) -> str:
-    return _fernet().encrypt(json.dumps(data).encode()).decode()
+    return keys.current().fernet.encrypt(json.dumps(data).encode()).decode()
 
 
 def decrypt_json(token: str) -> dict[str, Any]:
     try:
-        return json.loads(_fernet().decrypt(token.encode()))
+        return json.loads(keys.current().fernet.decrypt(token.encode()))
     except InvalidToken as exc:
         raise RuntimeError(
-            "cannot decrypt stored credentials: SWITCHBOARD_SECRET_KEY differs from the key they were saved with"
+            "cannot decrypt stored credentials: none of the encryption keys is the one they were saved with "
+            "(restore the keyring or SWITCHBOARD_ENCRYPTION_KEYS from your backup)"
         ) from exc
 
 

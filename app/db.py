@@ -48,6 +48,9 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_MS}")
+            # Deleted rows are overwritten with zeros, not left in free pages: an erased contact's messages
+            # (app/contacts/privacy.py) must not survive in the file.
+            cur.execute("PRAGMA secure_delete=ON")
             cur.close()
 
         return engine
@@ -91,3 +94,13 @@ def migrate(url: str | None = None) -> None:
     cfg.set_main_option("script_location", str(root / "alembic"))
     cfg.set_main_option("sqlalchemy.url", url or get_settings().effective_database_url)
     command.upgrade(cfg, "head")
+
+
+def flush_deleted() -> None:
+    """After deleting personal data: on SQLite, checkpoint the write-ahead log and truncate it, so the pages that
+    held the rows before the delete are gone from the WAL file too (best effort: a reader holding an old
+    snapshot defers it to the next checkpoint). Postgres reclaims dead rows with autovacuum."""
+    engine = get_engine()
+    if engine.dialect.name == "sqlite":
+        with engine.connect() as connection:
+            connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")

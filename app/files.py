@@ -1,7 +1,8 @@
 """Files private to the user running Switchboard, from the moment they exist.
 
 SWITCHBOARD_HOME holds the SQLite database (messages, contacts), the object store (tenants' raw knowledge),
-the vector store, `secret.key` (which decrypts channel credentials) and `server.json` (the operator token).
+the vector store, `keyring.json` (the keys that decrypt channel credentials and sign tokens) and
+`server.json` (the operator token).
 Folders are created 0700 and files 0600 by these helpers whatever the umask, and the entry points also set
 umask 077 so files that libraries create (SQLite's journal, qdrant-edge's segments) are private too.
 Creating first and chmod-ing afterwards would leave a window in which another local user can open the file.

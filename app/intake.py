@@ -19,6 +19,7 @@ from typing import Literal
 
 from sqlalchemy import select
 
+from app import tracing
 from app.bus.base import Bus
 from app.conversations.batching import InboundBatcher, batcher_for
 from app.conversations.service import Accepted, InboundRequest
@@ -55,13 +56,21 @@ class Intake:
     def accept(self, requests: Sequence[InboundRequest]) -> list[Accepted]:
         """Accept and enqueue; returns once every message is durably stored, so the caller may answer 2xx.
         Blocking: call it from a worker thread, or use `accept_async` on the event loop."""
-        return [future.result() for future in self.submit(requests)] if requests else []
+        if not requests:
+            return []
+        with tracing.span("intake", _attributes(requests)) as span:
+            accepted = [future.result() for future in self.submit(requests)]
+            tracing.annotate(span, _accepted_attributes(accepted))
+            return accepted
 
     async def accept_async(self, requests: Sequence[InboundRequest]) -> list[Accepted]:
         """`accept` for the event loop: awaits the batch instead of parking a threadpool thread on it."""
         if not requests:
             return []
-        return list(await asyncio.gather(*(asyncio.wrap_future(f) for f in self.submit(requests))))
+        with tracing.span("intake", _attributes(requests)) as span:
+            accepted = list(await asyncio.gather(*(asyncio.wrap_future(f) for f in self.submit(requests))))
+            tracing.annotate(span, _accepted_attributes(accepted))
+            return accepted
 
     def await_outcome(self, tenant_id: str, message_id: str, *, timeout_s: float,
                       poll_s: float = 0.05) -> Outcome:
@@ -73,6 +82,19 @@ class Intake:
             if outcome.kind != "waiting" or time.monotonic() >= deadline:
                 return outcome
             time.sleep(poll_s)
+
+
+def _attributes(requests: Sequence[InboundRequest]) -> dict[str, str | int]:
+    first = requests[0]
+    return {"switchboard.tenant.id": first.tenant_id, "switchboard.channel": first.channel,
+            "switchboard.intake.messages": len(requests)}
+
+
+def _accepted_attributes(accepted: Sequence[Accepted]) -> dict[str, str | int | None]:
+    """The message's id when the request was about one (a webhook may carry several), and how many were
+    duplicates of messages already stored."""
+    return {"switchboard.message.id": accepted[0].message_id if len(accepted) == 1 else None,
+            "switchboard.intake.duplicates": sum(a.duplicate for a in accepted)}
 
 
 def outcome_of(tenant_id: str, message_id: str) -> Outcome:

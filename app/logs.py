@@ -92,8 +92,8 @@ def scope(tenant_id: str, message_id: str | None = None) -> Iterator[None]:
 
 
 class ContextFilter(logging.Filter):
-    """Copies the current context onto each record the handler writes (`%(request_id)s` etc.), and the trace id
-    of the OpenTelemetry span in progress, when there is one (a tracer is configured)."""
+    """Copies the current context onto each record the handler writes (`%(request_id)s` etc.), and the trace and
+    span ids of the OpenTelemetry span in progress, when there is one (tracing is on: app/tracing.py)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         ctx = _current.get()
@@ -102,6 +102,7 @@ class ContextFilter(logging.Filter):
                 setattr(record, name, getattr(ctx, name) if ctx is not None else None)
         span = trace.get_current_span().get_span_context()
         record.trace_id = format(span.trace_id, "032x") if span.is_valid else None
+        record.span_id = format(span.span_id, "016x") if span.is_valid else None
         return True
 
 
@@ -113,7 +114,7 @@ class JsonLogFormatter(JsonFormatter):
     def process_log_record(self, log_record: dict[str, Any]) -> dict[str, Any]:
         # The message, exception and stack were scrubbed when the record was made; `extra=` fields were not.
         for key, value in list(log_record.items()):
-            if value is None and (key in FIELDS or key == "trace_id"):
+            if value is None and (key in FIELDS or key in ("trace_id", "span_id")):
                 del log_record[key]
             elif isinstance(value, str) and key not in ("message", "exc_info", "stack_info", "time"):
                 log_record[key] = scrub(value)

@@ -8,7 +8,7 @@ Scrubbed: API keys (`sb_<prefix>_<secret>` keeps its public prefix), bearer/basi
 Telegram bot tokens, JWTs, `token=`/`secret=`/`password=`-style parameters, passwords in URLs, long hex strings
 (signatures, key hashes), widget visitor ids and session tokens (`v_...`), the values PostgreSQL quotes in
 constraint errors (`Key (...)=(...)`, `Failing row contains (...)`), and the PII kinds of
-`app.assistant.guardrails.redact_pii`: emails, phone numbers, card numbers, IBANs, US SSNs. IP addresses are kept:
+`app.assistant.pii.redact_pii`: emails, phone numbers, card numbers, IBANs, US SSNs. IP addresses are kept:
 operators need them to read connection errors and abuse.
 
 This is the safety net. The first rule stays: code never logs message text, and SQL statements are logged with
@@ -22,7 +22,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from app.assistant.guardrails import redact_pii
+from app.assistant.pii import redact_pii
 
 REDACTED = "[REDACTED]"
 PII_KINDS = frozenset({"EMAIL", "PHONE", "CREDIT_CARD", "IBAN", "US_SSN"})

@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from app.api import ERROR_RESPONSES
+from app.api import ERROR_RESPONSES, TELEMETRY
 from app.api import install as install_edge
 from app.bootstrap import Container
 from app.bootstrap import container as current_container
@@ -65,6 +65,7 @@ def create_app(*, run_workers: bool | None = None, container: Container | None =
         summary="Multi-tenant messaging assistant: grounded answers from each brand's knowledge, with human review.",
         lifespan=lifespan,
         responses=ERROR_RESPONSES,
+        telemetry=TELEMETRY,  # type: ignore[arg-type]  # a TypedDict in FastAPI; ours is a plain dict
     )
     app.state.container = container
     install_edge(app, settings)  # one error body, body limits while reading, no unstorable text
@@ -112,13 +113,20 @@ def create_app(*, run_workers: bool | None = None, container: Container | None =
     app.include_router(review_router)
     app.include_router(auth_router)
     app.include_router(users_router)
+    from app.admin.usage_routes import router as usage_router
+
+    app.include_router(usage_router)
     from app.admin.webhook_routes import router as webhook_router
+    from app.analytics.routes import router as analytics_router
     from app.console.routes import router as console_router
     from app.console.routes import static_files
+    from app.contacts.routes import router as contacts_router
     from app.review.console_routes import router as review_console_router
 
     app.include_router(review_console_router)
     app.include_router(webhook_router)
+    app.include_router(analytics_router)
+    app.include_router(contacts_router)
     app.include_router(console_router)
     app.mount("/console/static", static_files(), name="console-static")
     return app

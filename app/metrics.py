@@ -20,6 +20,7 @@ import os
 import threading
 import time
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
@@ -27,7 +28,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app import logs
+from app import logs, tracing
 
 if TYPE_CHECKING:
     from app.bus.base import Bus
@@ -61,6 +62,9 @@ LLM_TOKENS = Counter("switchboard_llm_tokens", "LLM tokens used, by provider and
                      ["provider", "kind"], registry=REGISTRY)
 INGEST_FILES = Counter("switchboard_ingest_files", "Knowledge files ingestion finished, by status.", ["status"],
                        registry=REGISTRY)
+INJECTION_FLAGS = Counter("switchboard_injection_flags",
+                          "Texts the injection detector flagged, by where: message, passage (dropped at answer "
+                          "time) or chunk (quarantined at ingestion).", ["where"], registry=REGISTRY)
 
 
 class Bounded:
@@ -107,6 +111,11 @@ def llm_calls(records: Sequence[CallRecord]) -> None:
 
 def ingest_file(status: str) -> None:
     INGEST_FILES.labels(status).inc()
+
+
+def injection_flagged(where: str, n: int = 1) -> None:
+    if n:
+        INJECTION_FLAGS.labels(where).inc(n)
 
 
 # Topic -> the consumer groups that read it (app/workers_runtime.py, app/review/notify.py).
@@ -199,6 +208,7 @@ class Observe:
         started = time.perf_counter()
         request_id = logs.request_id_from(scope)
         token = logs.start(request_id)
+        log_context = logs.current()
         status = 500  # unless the app answers otherwise
 
         async def send_with_id(message: Message) -> None:
@@ -209,12 +219,43 @@ class Observe:
                 message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
             await send(message)
 
-        try:
-            await self.app(scope, receive, send_with_id)
-            logs.reset(token)  # after an exception, the 500 handler outside this middleware still needs the id
-        finally:
-            route = scope.get("route")
-            template = _routes(getattr(route, "path_format", None) or getattr(route, "path", None) or "unmatched")
-            method = scope["method"] if scope["method"] in _METHODS else OTHER
-            HTTP_REQUESTS.labels(method, template, str(status)).inc()
-            HTTP_LATENCY.labels(method, template).observe(time.perf_counter() - started)
+        method = scope["method"] if scope["method"] in _METHODS else OTHER
+        server_span = _server_span(scope, method, request_id) if tracing.enabled() else nullcontext(None)
+        with server_span as span:
+            try:
+                await self.app(scope, receive, send_with_id)
+                logs.reset(token)  # after an exception, the 500 handler outside this middleware still needs the id
+            finally:
+                route = scope.get("route")
+                template = _routes(getattr(route, "path_format", None) or getattr(route, "path", None)
+                                   or "unmatched")
+                HTTP_REQUESTS.labels(method, template, str(status)).inc()
+                HTTP_LATENCY.labels(method, template).observe(time.perf_counter() - started)
+                if span is not None:
+                    _finish_server_span(span, method, template, status, log_context)
+
+
+_UNTRACED = frozenset({"/healthz", "/readyz", "/metrics"})  # probes and scrapes: noise in every trace store
+
+
+def _server_span(scope: Scope, method: str, request_id: str) -> AbstractContextManager[tracing.Span | None]:
+    """The request's span (app/tracing.py), continuing the caller's trace when it sent a `traceparent`."""
+    if scope.get("path") in _UNTRACED:
+        return nullcontext(None)
+    headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope.get("headers", ())
+               if name in (b"traceparent", b"tracestate")}
+    return tracing.span(method, {"http.request.method": method, "url.scheme": scope.get("scheme", "http"),
+                                 "switchboard.request.id": request_id},
+                        kind=tracing.SpanKind.SERVER, parent=tracing.extract(headers))
+
+
+def _finish_server_span(span: tracing.Span, method: str, template: str, status: int,
+                        context: logs.LogContext | None) -> None:
+    """Named after the route template (never the raw path: ids in it), with what the request turned out to be
+    about (the tenant and message its handler bound, app/logs.py)."""
+    span.update_name(f"{method} {template}")
+    tracing.annotate(span, {"http.route": template, "http.response.status_code": status,
+                            "switchboard.tenant.id": context.tenant_id if context else None,
+                            "switchboard.message.id": context.message_id if context else None})
+    if status >= 500:
+        tracing.failed(span, str(status))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,43 @@ def create_tenant(slug: str, name: str | None = None, folder: Path | None = None
             }
     except TenantError as exc:
         raise OperationError(str(exc)) from exc
+    return result
+
+
+def set_plan(slug: str, plan: str | None = None, overrides: Mapping[str, int | None] | None = None, *,
+             clear_overrides: bool = False) -> dict[str, Any]:
+    """Assign a tenant's plan (None: keep it) and set figures of it for this tenant (merged into the ones set
+    before; `clear_overrides` drops those first). Returns the effective plan. Other processes see it within
+    QUOTA_CACHE_S."""
+    from app import audit
+    from app.models import Tenant
+    from app.tenants.plans import FIGURES, PLANS, UnknownPlan, effective
+
+    if plan is not None and plan not in PLANS:
+        raise OperationError(str(UnknownPlan(plan)))
+    unknown = set(overrides or {}) - set(FIGURES)
+    if unknown:
+        raise OperationError(f"unknown plan figures {sorted(unknown)}: use {', '.join(FIGURES)}")
+    if any(v is not None and v < 0 for v in (overrides or {}).values()):
+        raise OperationError("plan figures must be 0 or more")
+    with session_scope() as session:
+        tenant = session.scalars(select(Tenant).where(Tenant.slug == slug)).first()
+        if tenant is None:
+            raise OperationError(f"no tenant {slug!r}")
+        if plan is not None:
+            tenant.plan = plan
+        merged = {} if clear_overrides else dict(tenant.plan_overrides or {})
+        merged.update(overrides or {})
+        tenant.plan_overrides = merged or None
+        settings = get_settings()
+        in_effect = effective(tenant.plan, tenant.plan_overrides, settings.default_plan)
+        result = {"tenant": slug, "plan": in_effect.as_dict(), "overrides": sorted(merged)}
+        audit.record(session, tenant.id, "operator", "tenant.plan_set", "tenant", tenant.id,
+                     {"plan": in_effect.name, "overrides": merged})
+        tenant_id = tenant.id
+    from app.runtime import get_quota
+
+    get_quota().forget(tenant_id)
     return result
 
 

@@ -33,6 +33,12 @@ class ChatIn(BaseModel):
     timeout_s: float = 60.0
 
 
+class PlanIn(BaseModel):
+    plan: str | None = None
+    overrides: dict[str, int | None] = Field(default_factory=dict)
+    clear_overrides: bool = False
+
+
 def operator_router(token: str) -> APIRouter:
     router = APIRouter(prefix="/operator/v1", include_in_schema=False)
 
@@ -53,6 +59,14 @@ def operator_router(token: str) -> APIRouter:
         check(authorization)
         try:
             return operations.ingest(slug, [Path(p) for p in body.paths], promote=body.promote, replace=body.replace)
+        except operations.OperationError as exc:
+            raise HTTPException(404 if "no tenant" in str(exc) else 400, str(exc)) from exc
+
+    @router.put("/tenants/{slug}/plan")
+    def plan(slug: str, body: PlanIn, authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+        check(authorization)
+        try:
+            return operations.set_plan(slug, body.plan, body.overrides, clear_overrides=body.clear_overrides)
         except operations.OperationError as exc:
             raise HTTPException(404 if "no tenant" in str(exc) else 400, str(exc)) from exc
 

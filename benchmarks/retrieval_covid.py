@@ -125,7 +125,7 @@ def main() -> None:
         started = time.perf_counter()
         q_dense, q_weighted = [], []
         for q in queries:
-            plain, weighted = embedder.embed_query_weighted(q["query"], stats.idf)
+            plain, weighted = embedder.embed_query_weighted(q["query"], stats.weight)
             q_dense.append(plain)
             q_weighted.append(weighted)
         q_embed_s = time.perf_counter() - started

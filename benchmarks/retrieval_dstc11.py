@@ -74,6 +74,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--tenants", type=int, default=0, help="only the first N tenants (0: all), for a quick run")
+    parser.add_argument("--params", default="", help='before/after of the fusion parameters: "W:E,W:E" (keyword '
+                        "weight : IDF exponent) runs only the shipped mode on the user turn, once per pair")
     args = parser.parse_args()
 
     snippets = [json.loads(line) for line in (args.data / "kb_snippets.jsonl").read_text().splitlines() if line]
@@ -125,7 +127,7 @@ def main() -> None:
         index_s = time.perf_counter() - started
         rss_indexed = peak_rss_mb()
 
-        contexts = ["user turn", "previous user turn + user turn", "whole dialogue"]
+        contexts = ["user turn"] if args.params else ["user turn", "previous user turn + user turn", "whole dialogue"]
         queries = {c: [query_text(t, c) for t in turns] for c in contexts}
         dense = {c: embedder.embed_documents(q) for c, q in queries.items()}
         sparse = {c: [encoder.encode_query(x) for x in q] for c, q in queries.items()}
@@ -138,7 +140,7 @@ def main() -> None:
                     gold = {g for g in turn["gold_snippet_ids"] if g.startswith(tenant + "/")}
                     if tenant not in keep or not gold:
                         continue
-                    _, weighted = embedder.embed_query_weighted(queries[context][i], stats[tenant].idf)
+                    _, weighted = embedder.embed_query_weighted(queries[context][i], stats[tenant].weight)
                     hits = search(tenant + suffix, dense[context][i], weighted, sparse[context][i])
                     calls += 1
                     foreign += sum(h.payload.get("tenant_id") != tenant + suffix for h in hits)
@@ -175,8 +177,22 @@ def main() -> None:
             )
             for c in contexts
         ]
+        chosen: dict[str, tuple[float, float]] = {}
+        if args.params:
+            from app.knowledge import termstats
+            from app.providers.vectors import common
+
+            shipped = modes[-len(contexts)]
+            modes = []
+            for pair in args.params.split(","):
+                weight, exponent = (float(x) for x in pair.split(":"))
+                name = f"{shipped[0]}, keyword weight {weight}, IDF exponent {exponent}"
+                chosen[name] = (weight, exponent)
+                modes.append((name, "user turn", "", shipped[3]))
         rows = []
         for n, (name, context, suffix, fn) in enumerate(modes, start=1):
+            if name in chosen:  # read at call time by the fusion and by TermStats.weight
+                common.KEYWORD_WEIGHT, termstats.IDF_EXPONENT = chosen[name]
             rows.append((name, context, *evaluate(context, suffix, fn)))
             print(f"  searched mode {n}/{len(modes)}: {name} ({context}): recall@5 {rows[-1][2]:.3f}", flush=True)
         store.close()

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 import httpx
 
+from app import tracing
 from app.channels import Account, AuthFailed, Permanent, RateLimited, SendError, SendRequest, Transient
 from app.netguard import blocked_reason, guarded_transport
 
@@ -255,8 +256,12 @@ class ProviderSender:
         for index, part in enumerate(plan.parts):
             if index < len(ids):
                 continue  # went out before a crash or a failed later part: never twice
-            self.limiter.acquire(plan.limits)
-            provider_id = plan.send(index, part)
+            with tracing.span(f"{self.channel} send part", {"switchboard.channel": self.channel,
+                                                             "switchboard.part.index": index,
+                                                             "switchboard.parts": len(plan.parts)},
+                              kind=tracing.SpanKind.CLIENT):
+                self.limiter.acquire(plan.limits)
+                provider_id = plan.send(index, part)
             ids.append(provider_id)
             record(provider_id)
         return ids

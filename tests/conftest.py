@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.fakes.otlp_collector import otlp_collector  # noqa: F401  (fixture re-export)
+from tests.traces import traced  # noqa: F401  (fixture re-export)
+
 PG_ADMIN_URL = os.environ.get("SWITCHBOARD_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_TEST_URL = os.environ.get("SWITCHBOARD_TEST_REDIS", "redis://127.0.0.1:6379/0")
 REPO = Path(__file__).resolve().parent.parent

@@ -1,8 +1,9 @@
 """Access tokens (JWT, HS256) and refresh tokens (opaque random strings stored hashed).
 
-The signing key is SWITCHBOARD_TOKEN_KEY when set; otherwise a 32-byte sub-key derived from the secret key with
-HKDF-SHA256 under its own label, so it is never the Fernet key that encrypts credentials, nor the web chat's
-session key. The `kid` header names the key by a short digest (for rotation, issue 12).
+The signing key is SWITCHBOARD_TOKEN_KEY when set; otherwise a 32-byte sub-key derived from the keyring's first
+signing key with HKDF-SHA256 under its own label (app/keys.py), so it is never a key that encrypts credentials,
+nor the web chat's session key. The `kid` header names the key by a short digest; a token signed under an older
+signing key still verifies until it expires, so rotating the keys logs nobody out.
 
 An access token names the user (`sub`), the tenant (`tid`) and the login (`sid`); it says nothing about the
 role. Every request reads the role, and whether the login still stands, from the database, so a logout, a role
@@ -15,12 +16,12 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from functools import lru_cache
 
 import jwt
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from app import keys
 from app.config import get_settings
 
 ALGORITHM = "HS256"
@@ -42,19 +43,22 @@ class AccessClaims:
     session_id: str
 
 
-@lru_cache(maxsize=4)
-def _signing_key(token_key: str | None, secret_key: str) -> tuple[bytes, str]:
-    if token_key:
-        key = token_key.encode()
-    else:
-        key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=HKDF_INFO).derive(secret_key.encode())
-    return key, hashlib.sha256(key).hexdigest()[:16]
+def derive(signing_key: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=HKDF_INFO).derive(signing_key)
+
+
+def _keys() -> list[tuple[str, bytes]]:
+    """(kid, key) of every key that verifies, the one that signs first."""
+    token_key = get_settings().token_key
+    if token_key:  # the keyring is only read (or created) when no token key is set
+        return [(hashlib.sha256(token_key.encode()).hexdigest()[:16], token_key.encode())]
+    return keys.sub_keys(derive)
 
 
 def _key() -> tuple[bytes, str]:
-    settings = get_settings()
-    # The secret key is only read (or created) when no token key is set.
-    return _signing_key(settings.token_key, "" if settings.token_key else settings.effective_secret_key)
+    """(key, kid) that signs."""
+    kid, key = _keys()[0]
+    return key, kid
 
 
 def looks_like_jwt(token: str) -> bool:
@@ -74,10 +78,9 @@ def issue_access(claims: AccessClaims, now: datetime) -> tuple[str, int]:
 
 
 def read_access(token: str) -> AccessClaims:
-    key, _ = _key()
     try:
-        payload = jwt.decode(token, key, algorithms=[ALGORITHM], audience=AUDIENCE, issuer=ISSUER,
-                             options={"require": ["exp", "iat", "sub", "aud", "iss"]})
+        payload = keys.decode_jwt(token, _keys(), algorithms=[ALGORITHM], audience=AUDIENCE, issuer=ISSUER,
+                                  options={"require": ["exp", "iat", "sub", "aud", "iss"]})
     except jwt.ExpiredSignatureError:
         raise TokenError("the access token has expired: get a new one from POST /auth/refresh", expired=True) from None
     except jwt.InvalidTokenError:

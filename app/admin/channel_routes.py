@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.admin import schemas as s
+from app.admin.request_limit import LIMITED
 from app.auth import Admin
 from app.bootstrap import container
 from app.channels import ACCOUNT_ROUTING, ChannelRegistry
@@ -35,7 +36,7 @@ def _in_transaction(fn: Callable[[Session], _T]) -> _T:
 
 
 def channel_router(registry: ChannelRegistry) -> APIRouter:
-    router = APIRouter(prefix="/admin/v1", tags=["admin"])
+    router = APIRouter(prefix="/admin/v1", tags=["admin"], dependencies=LIMITED)
     models = tuple(service.create_request(spec) for spec in registry.specs())
     ChannelIn = Annotated[Union[models], Field(discriminator="channel")]  # type: ignore[valid-type]  # noqa: UP007
 

@@ -14,16 +14,17 @@ from sqlalchemy.orm import Session
 
 from app.admin import knowledge_schemas as s
 from app.admin import service
+from app.admin.request_limit import LIMITED
 from app.admin.routes import CursorQ, Limit, in_transaction, job_out
 from app.admin.uploads import UploadError, build_options, collect, read_form
 from app.audit import record
 from app.auth import Admin
 from app.config import get_settings
 from app.db import session_scope
-from app.knowledge import versions
+from app.knowledge import quarantine, versions
 from app.models import IngestionJob, PackVersion, Tenant, new_id
 
-router = APIRouter(prefix="/admin/v1", tags=["admin: knowledge"])
+router = APIRouter(prefix="/admin/v1", tags=["admin: knowledge"], dependencies=LIMITED)
 # Pack versions are 32-bit integers in the database: a larger number is a 422 here, not a database error.
 MAX_VERSION = 2**31 - 1
 
@@ -271,3 +272,47 @@ def rollback_version(who: Admin) -> s.PackVersionsOut:
         return _versions_out(db, who.tenant_id)
 
     return _version_call(work)
+
+
+# --- quarantine (app/knowledge/quarantine.py) -----------------------------------------------------------------
+
+
+@router.get("/knowledge/quarantine", response_model=s.QuarantineOut, summary="List quarantined knowledge chunks")
+def list_quarantine(
+    who: Admin,
+    pack_version: Annotated[int | None, Query(ge=1, le=MAX_VERSION, description="Default: the live version.")]
+    = None,
+    include_released: Annotated[bool, Query(description="Also list chunks already released.")] = False,
+) -> s.QuarantineOut:
+    """Chunks the injection scan held at ingestion (text addressed to the assistant, "ignore previous
+    instructions"...), with the reason. A held chunk is never retrieved, so never shown to the LLM."""
+
+    def work(db: Session) -> s.QuarantineOut:
+        version = pack_version or db.get_one(Tenant, who.tenant_id).live_pack_version
+        rows = quarantine.listing(db, who.tenant_id, version, include_released=include_released)
+        return s.QuarantineOut(pack_version=version, chunks=[s.QuarantinedChunkOut(**r) for r in rows])
+
+    return in_transaction(work)
+
+
+@router.post(
+    "/knowledge/quarantine/{chunk_id}/release",
+    response_model=s.QuarantinedChunkOut,
+    summary="Release a quarantined chunk",
+    responses={404: {"description": "No such chunk in this tenant."}, 409: {"description": "Not held."}},
+)
+def release_chunk(chunk_id: Annotated[str, Path(max_length=36)], who: Admin) -> s.QuarantinedChunkOut:
+    """After reading it: the chunk is indexed in its pack version and marked reviewed, so the answer-time scan
+    lets it through. Audited as `knowledge.chunk_released`."""
+
+    def work(db: Session) -> s.QuarantinedChunkOut:
+        try:
+            released = quarantine.release(db, who.tenant_id, chunk_id, who.actor)
+        except quarantine.QuarantineError as exc:
+            raise HTTPException(exc.status, str(exc)) from exc
+        record(db, who.tenant_id, who.actor, "knowledge.chunk_released", "chunk", chunk_id,
+               {"document": released["document"], "pack_version": released["pack_version"]})
+        row = quarantine.listing(db, who.tenant_id, released["pack_version"], include_released=True)
+        return s.QuarantinedChunkOut(**next(r for r in row if r["chunk_id"] == chunk_id))
+
+    return in_transaction(work)

@@ -123,3 +123,24 @@ class PackVersionOut(BaseModel):
 class PackVersionsOut(BaseModel):
     live_version: int | None
     versions: list[PackVersionOut]
+
+
+class QuarantinedChunkOut(BaseModel):
+    chunk_id: str
+    document: str
+    pack_version: int
+    ordinal: int
+    heading: str = ""
+    text: str
+    status: str = Field(description="held: not retrievable; released: indexed after an admin's review")
+    reason: str = Field(description="Why the injection scan flagged it (score, threshold, rules, model score).")
+    score: float
+    rules: list[str] = Field(default_factory=list)
+    threshold: float | None = None
+    released_by: str | None = None
+    released_at: str | None = None
+
+
+class QuarantineOut(BaseModel):
+    pack_version: int | None = Field(description="The version listed (the live one unless asked).")
+    chunks: list[QuarantinedChunkOut]

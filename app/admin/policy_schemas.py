@@ -30,7 +30,8 @@ class Persona(_In):
     language: str | None = Field(
         default=None,
         pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$",
-        description="BCP 47 tag, e.g. 'en' or 'pt-BR'.",
+        description="The knowledge's language, BCP 47 (e.g. 'en', 'pt-BR'); customers writing another one get a "
+                    "translated answer with an LLM, else an escalation `language` (docs/admin.md).",
     )
 
 
@@ -235,14 +236,39 @@ class Policies(_In):
     sla_holding_message: str | None = Field(
         default=None, min_length=1, max_length=1000, description="The holding message sent when the target passes.",
     )
+    over_quota: Literal["escalate", "offline"] | None = Field(
+        default=None,
+        description="Past the plan's monthly messages or LLM tokens, or its messages per minute (GET /admin/v1/usage): "
+                    "escalate: each message goes to an agent with reason quota_exceeded and the customer gets "
+                    "`escalation_notice` (default); offline: answered from the knowledge by the offline composer, "
+                    "without the LLM (escalated as usual when the knowledge has no answer).",
+    )
     llm: LLMPolicy | None = None
     ussd_menu: UssdMenu | None = Field(
         default=None, description="Numbered menus on USSD (replaced whole; null: sessions open on the account's "
                                   "prompt and take a question).",
+    )
+    pii_ner: bool | None = Field(
+        default=None,
+        description="Also mask customers' names and street addresses before the LLM (the optional named-entity "
+                    "extra: `pip install 'switchboard[ner]'` plus a spaCy model, see docs/security.md). Null: the "
+                    "operator's SWITCHBOARD_PII_NER (default off). Turning it on where the extra is not installed "
+                    "is refused with the install command.",
+    )
+    injection_threshold: float | None = Field(
+        default=None, ge=0.05, le=1,
+        description="Prompt-injection score (0..1) at or above which a message is escalated and a knowledge chunk "
+                    "quarantined (null: the detector's own threshold, chosen when its model was trained; lower "
+                    "catches more and flags more benign text).",
     )
     pii_retention_days: int | None = Field(
         default=None, ge=1, le=3650,
         description="Days the structured PII customers give (emails, phone numbers, cards...) is kept as written; "
                     "past them it is replaced by the placeholders agents see, in messages, escalations and audit "
                     "data, and no reveal can bring it back (null: kept).",
+    )
+    message_retention_days: int | None = Field(
+        default=None, ge=1, le=3650,
+        description="Days message texts are kept; past them messages' text, escalations' drafts and passages and "
+                    "long audit strings are emptied (counts, times and statuses stay). null: kept until erased.",
     )

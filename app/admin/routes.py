@@ -21,6 +21,7 @@ from app.admin import knowledge_schemas as ks
 from app.admin import schemas as s
 from app.admin import service, tenant_settings
 from app.admin.policy_schemas import Channel
+from app.admin.request_limit import LIMITED
 from app.assistant.pii_restore import mask_for_agents
 from app.auth import Admin, Principal, Viewer
 from app.db import session_scope
@@ -34,7 +35,7 @@ from app.models import (
     utcnow,
 )
 
-router = APIRouter(prefix="/admin/v1", tags=["admin"])
+router = APIRouter(prefix="/admin/v1", tags=["admin"], dependencies=LIMITED)
 
 _T = TypeVar("_T")
 Limit = Annotated[int, Query(ge=1, le=200, description="Page size.")]

@@ -53,11 +53,24 @@ def update_tenant(
     if policies:
         tenant.policies = _merge(tenant.policies or {}, policies)
         _check_llm(tenant.policies.get("llm") or {})
+        if policies.get("pii_ner"):
+            _check_pii_ner()
         changed["policies"] = policies
     if changed:
         record(session, tenant.id, who.actor, "tenant.updated", "tenant", tenant.id, changed)
     session.flush()
     return tenant
+
+
+def _check_pii_ner() -> None:
+    """Names and addresses turned on: the extra and its model must be installed here (loads the model once)."""
+    from app.assistant.pii_ner import NerUnavailable
+    from app.bootstrap import container
+
+    try:
+        container().pii_ner.recognizer()
+    except NerUnavailable as exc:
+        raise Invalid(f"policies.pii_ner: {exc}") from exc
 
 
 def _check_llm(llm: dict[str, Any]) -> None:

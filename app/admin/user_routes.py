@@ -15,10 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from sqlalchemy.orm import Session
 
 from app.accounts import service
+from app.admin.request_limit import LIMITED
 from app.auth import Admin
 from app.db import session_scope
 
-router = APIRouter(prefix="/admin/v1", tags=["admin: users"])
+router = APIRouter(prefix="/admin/v1", tags=["admin: users"], dependencies=LIMITED)
 Role = Literal["owner", "admin", "agent", "viewer"]
 _T = TypeVar("_T")
 

@@ -13,13 +13,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.admin.request_limit import LIMITED
 from app.audit import record
 from app.auth import Admin
 from app.db import session_scope
 from app.models import TenantWebhook
 from app.review.notify import set_webhook
 
-router = APIRouter(prefix="/admin/v1", tags=["admin: notifications"])
+router = APIRouter(prefix="/admin/v1", tags=["admin: notifications"], dependencies=LIMITED)
 
 
 class WebhookIn(BaseModel):

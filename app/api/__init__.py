@@ -13,15 +13,21 @@ from app.api.limits import BodyLimit, Limit, RouteLimit
 from app.api.strict import StrictText
 from app.config import Settings
 
-__all__ = ["ERROR_RESPONSES", "ErrorOut", "install"]
+__all__ = ["ERROR_RESPONSES", "TELEMETRY", "ErrorOut", "install"]
+
+# FastAPI's own OpenTelemetry spans record the raw path and query string (the USSD webhook's token, the widget
+# stream's ticket, Meta's verify token) and its logs exception messages: off. Each request's span is made by
+# app/metrics.py `Observe` instead, named after the route template, with no query (app/tracing.py).
+TELEMETRY: dict[str, bool] = {"tracing": False, "metrics": False, "logs": False, "operation_spans": False,
+                              "auto_configure": False}
 
 WEBHOOKS = "/webhooks/"
 UPLOAD = "/admin/v1/knowledge"
 
 
 def install(app: FastAPI, settings: Settings) -> None:
-    """Error handlers and the edge middleware. Build the app with `FastAPI(responses=ERROR_RESPONSES)` so each
-    route documents the error body too."""
+    """Error handlers and the edge middleware. Build the app with `FastAPI(responses=ERROR_RESPONSES,
+    telemetry=TELEMETRY)` so each route documents the error body too, and FastAPI makes no spans of its own."""
     install_error_handlers(app)
     # Starlette runs the last added outermost: the limit counts bytes before the text check buffers them.
     app.add_middleware(StrictText, raw_bodies=(WEBHOOKS,))

@@ -20,28 +20,32 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Table, select
 from sqlalchemy.orm import Session
 
-from app import logs, metrics
-from app.assistant import guardrails, outcomes
+from app import logs, metrics, tracing
+from app.assistant import guardrails, injection, multilingual, outcomes
 from app.assistant.composer import compose_offline
 from app.assistant.drafts import STREAMING_CHANNELS, DraftStream
-from app.assistant.grounding import vet_llm_draft
+from app.assistant.grounding import Vetted, vet_llm_draft
+from app.assistant.language import customer_language
 from app.assistant.modes import effective_mode
 from app.assistant.outcomes import CONVERSATIONS, IN_TENANT, Context, Decision, Outcome
+from app.assistant.pii_ner import NerUnavailable, PiiNer
 from app.assistant.pii_restore import PiiVault
-from app.assistant.prompts import parse_llm_answer, render_messages
+from app.assistant.prompts import Draft, parse_llm_answer, render_messages
 from app.assistant.turns import merged_into, newer_pending
 from app.bus.base import Bus, Delivery, PermanentFailure
 from app.config import Settings, get_settings
+from app.contacts import consent
 from app.contracts import Event, InboundMessage, UnknownEvent
 from app.conversations.push import Push
 from app.conversations.replies import outbound_event, publish_outbound
-from app.conversations.service import MESSAGES, history
+from app.conversations.service import CONTACTS, MESSAGES, history
 from app.crypto import decrypt_json
 from app.db import session_scope
 from app.models import Conversation, Message, Tenant, utcnow
@@ -49,6 +53,7 @@ from app.providers.llm.base import LLMClient, LLMError
 from app.providers.llm.plan import LLMPlan, tenant_plan
 from app.providers.llm.router import CallTag, LLMRouter
 from app.ratelimit import LLM_CALLS_PER_TENANT, RateLimited, RateLimiter
+from app.tenants.quota import QuotaGate
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +67,9 @@ class Orchestrator:
         llm: LLMRouter | LLMClient | None = None,
         settings: Settings | None = None,
         limiter: RateLimiter | None = None,
+        quota: QuotaGate | None = None,
         push: Push | None = None,
+        pii_ner: PiiNer | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.bus = bus
@@ -74,6 +81,11 @@ class Orchestrator:
 
             limiter = get_rate_limiter()
         self.limiter = limiter
+        if quota is None:
+            from app.runtime import get_quota
+
+            quota = get_quota()
+        self.quota = quota
         if retrieve is None:
             from app.knowledge.retrieval import retrieve as default_retrieve
 
@@ -83,8 +95,16 @@ class Orchestrator:
             from app.runtime import get_llm_client
 
             llm = get_llm_client()
+        self._pii_ner = pii_ner  # names and addresses masked too, for tenants that turn it on (None: the container's)
         # A bare client (a test, a benchmark) gets a router of its own: fallbacks, deadline and breakers apply.
         self.llm = llm if isinstance(llm, LLMRouter) else LLMRouter.from_settings(llm, self.settings)
+
+    def _names_and_addresses(self) -> PiiNer:
+        if self._pii_ner is not None:
+            return self._pii_ner
+        from app.runtime import get_pii_ner
+
+        return get_pii_ner()
 
     # -- bus entry point -------------------------------------------------------------------------------
     def handle(self, delivery: Delivery) -> None:
@@ -96,8 +116,13 @@ class Orchestrator:
             raise PermanentFailure(f"expected InboundMessage on the inbound stream, got {type(event).__name__}")
         if event.tenant_id != delivery.tenant_id:
             raise PermanentFailure("event tenant does not match its stream's tenant")
-        with logs.scope(event.tenant_id, event.message_id):
+        attributes = {"switchboard.tenant.id": event.tenant_id, "switchboard.message.id": event.message_id,
+                      "switchboard.conversation.id": event.conversation_id, "switchboard.channel": event.channel}
+        with logs.scope(event.tenant_id, event.message_id), tracing.span("orchestrate", attributes) as span:
             outcome = self.process(event)
+            tracing.annotate(span, {"switchboard.outcome": outcome.status,
+                                    "switchboard.escalation.reason": outcome.reason
+                                    if outcome.status == "escalated" else None})
             log.debug("message %s%s", outcome.status, f" ({outcome.reason})" if outcome.reason else "")
         metrics.message_handled(outcome.status, outcome.reason)
 
@@ -106,6 +131,10 @@ class Orchestrator:
         if done is not None:
             return done
         assert ctx is not None
+        if (consent_asked := consent.keyword(event.text, ctx.consent, ctx.channel)) is not None:
+            return outcomes.change_consent(self.bus, self.clock, ctx, consent_asked)
+        if ctx.consent == "withdrawn":
+            return outcomes.skip_opted_out(ctx)
         if ctx.mode == "human":
             return outcomes.route_to_agent(ctx)
         if ctx.superseded and (merged := outcomes.merge(ctx)) is not None:
@@ -116,25 +145,34 @@ class Orchestrator:
             # Let the rest of a burst arrive; it is answered as one turn.
             return outcomes.defer(self.clock, ctx, event, closes)
         text = "\n".join([*ctx.earlier_burst, event.text])
+        # The customer's language (app/assistant/language.py): a text too short to tell keeps the conversation's.
+        pack = multilingual.pack_language(ctx.persona)
+        language = customer_language(text, [t for role, t in reversed(ctx.history) if role == "customer"],
+                                     default=pack)
+        foreign = language != pack
         # The tenant's mode (app/assistant/modes.py): `human` only acknowledges and routes; `draft` holds every
         # answer for an agent's approval (and never streams it to the visitor first).
         mode = effective_mode(ctx.policies, ctx.channel)
         if mode == "human":
-            return outcomes.escalate(self.bus, self.clock, ctx,
-                                     Decision(escalate_reason="human_mode", detail="the tenant's mode is human"))
-        drafts = self._draft_stream(ctx) if mode == "auto" else None
+            return outcomes.escalate(self.bus, self.clock, ctx, self._localised(ctx,
+                Decision(escalate_reason="human_mode", detail="the tenant's mode is human"), language, foreign))
+        # A translated answer is checked whole before the customer sees any of it: no drafts stream.
+        drafts = self._draft_stream(ctx) if mode == "auto" and not foreign else None
         outcome: Outcome | None = None
         try:
-            decision = self._decide(ctx, text, drafts)
+            decision = self._decide(ctx, text, drafts, language if foreign else None)
             if decision.answer is not None and mode == "draft":
                 decision = Decision(escalate_reason="draft_review", detail="the tenant's mode is draft",
                                     draft=decision.answer, meta=decision.meta)
             if decision.answer is not None:
-                outcome = outcomes.answer(self.bus, self.clock, ctx, decision.answer)
+                with tracing.span("record answer"):
+                    outcome = outcomes.answer(self.bus, self.clock, ctx, decision.answer)
                 return outcome
             if drafts is not None:
                 drafts.withdraw()  # before the holding notice goes out
-            outcome = outcomes.escalate(self.bus, self.clock, ctx, decision)
+            with tracing.span("record escalation", {"switchboard.escalation.reason": decision.escalate_reason}):
+                outcome = outcomes.escalate(self.bus, self.clock, ctx,
+                                            self._localised(ctx, decision, language, foreign))
             return outcome
         finally:
             if drafts is not None and (outcome is None or outcome.status != "answered"):
@@ -147,6 +185,7 @@ class Orchestrator:
             row = session.execute(_LOAD, {"message": event.message_id, "tenant": event.tenant_id}).first()
             if row is None:
                 raise PermanentFailure(f"message {event.message_id} not found for tenant {event.tenant_id}")
+            tracing.annotate_current({"switchboard.tenant.slug": row.slug})
             if row.status != "received":
                 self._republish_pending_reply(session, event.tenant_id, row.id)
                 return None, Outcome("duplicate", row.id, reason=f"already {row.status}")
@@ -166,6 +205,7 @@ class Orchestrator:
                 earlier_burst=merged_into(session, row.conversation_id, row.id, row.created_at),
                 superseded=newer_pending(session, row.conversation_id, row.created_at) is not None,
                 channel=event.channel,
+                consent=row.consent_status or "unknown",
             )
             return ctx, None
 
@@ -190,25 +230,110 @@ class Orchestrator:
         keys = decrypt_json(provider_keys_encrypted) if provider_keys_encrypted else None
         return tenant_plan(self.settings, policies, own_key, keys)
 
+    @staticmethod
+    def _localised(ctx: Context, decision: Decision, language: str, foreign: bool) -> Decision:
+        """An escalation of a customer who writes another language than the pack's is acknowledged in theirs
+        (the tenant's own notice, in the pack's language, when no template ships for theirs)."""
+        if not foreign or decision.notice is not None:
+            return decision
+        return replace(decision, notice=multilingual.notice(language, "escalated", ctx.persona))
+
     # -- phase 2 -----------------------------------------------------------------------------------------
-    def _decide(self, ctx: Context, text: str, drafts: DraftStream | None = None) -> Decision:
+    def _decide(self, ctx: Context, text: str, drafts: DraftStream | None = None,
+                foreign: str | None = None) -> Decision:
+        """`foreign`: the customer's language when it is not the pack's (app/assistant/multilingual.py)."""
         policies = ctx.policies
-        if guardrails.wants_human(text, policies.get("handoff_keywords") or ()):
-            return Decision(escalate_reason="human_requested", detail="the customer asked for a person")
-        verdict = guardrails.detect_injection(text)
-        if verdict.flagged:
-            return Decision(escalate_reason="prompt_injection", detail=", ".join(verdict.rules))
+        with tracing.span("guardrails") as span:
+            stop = self._guardrails(text, policies)
+            tracing.annotate(span, {"switchboard.escalation.reason": stop.escalate_reason if stop else None})
+        if stop is not None:
+            return stop
+        pack = multilingual.pack_language(ctx.persona)
+        if foreign is not None and ctx.llm is None:
+            return Decision(escalate_reason="language",
+                            detail=f"the customer writes {foreign}, the pack is {pack}, and no LLM is configured",
+                            notice=multilingual.notice(foreign, "language", ctx.persona))
+        recognizers: Sequence[Any] = ()
+        if ctx.llm is not None:
+            try:
+                recognizers = self._names_and_addresses().recognizers(policies)
+            except NerUnavailable as exc:
+                # Turned on but not installed: the question cannot go out masked as the tenant asked. A person
+                # answers it; the operator's log says what to install.
+                log.error("message %s escalated: %s", ctx.message_id, exc)
+                return Decision(escalate_reason="pii_ner_unavailable", detail=str(exc))
+        # Numbered placeholders out, the customer's values back in (app/assistant/pii_restore.py).
+        pii = PiiVault(recognizers)
+        query = text
+        if foreign is not None:
+            assert ctx.llm is not None
+            try:
+                self.limiter.hit(LLM_CALLS_PER_TENANT, ctx.tenant_id)
+                with tracing.span("llm rewrite"):
+                    rewrite = self.llm.complete(
+                        ctx.llm, multilingual.rewrite_messages(pii.mask(text), foreign, pack, ctx.persona),
+                        tag=CallTag(ctx.tenant_id, ctx.message_id))
+            except RateLimited as exc:
+                return Decision(escalate_reason="llm_rate_limited", detail=exc.detail)
+            except LLMError as exc:
+                log.warning("LLM failed to rewrite message %s: %s", ctx.message_id, exc)
+                return Decision(escalate_reason=f"llm_{exc.reason}", detail=exc.detail)
+            query = pii.restore(multilingual.clean_rewrite(rewrite.text)).text
+            if not query:
+                return Decision(escalate_reason="language", detail="the LLM gave no translation of the question")
+            # The brand's handoff words and the injection rules are written in the pack's language: they read the
+            # translation too.
+            stop = self._guardrails(query, policies)
+            if stop is not None:
+                return stop
+            if multilingual.same_words(query, text):
+                # Nothing to translate: the detector took pack-language text for another language (fastText's
+                # lite model does so for ~0.1% of English support messages). Answered as written, in one language.
+                decision = self._answer(ctx, text, text, None, None, pii)
+                if decision.answer is not None or decision.notice is not None:
+                    return decision
+                return replace(decision, notice=outcomes.tenant_notice(ctx.policies))
+        return self._answer(ctx, text, query, drafts, foreign, pii)
+
+    def _answer(self, ctx: Context, text: str, query: str, drafts: DraftStream | None, foreign: str | None,
+                pii: PiiVault) -> Decision:
+        """Retrieval for `query` (the customer's text, or its rewrite into the pack's language), then the LLM or the
+        offline composer, and the checks of what they wrote."""
+        policies = ctx.policies
+        pack = multilingual.pack_language(ctx.persona)
         min_relevance = float(policies.get("min_relevance", 0.45))
         # One pack version per answer: the live one (a version being built beside it is never mixed in). No live
         # version (nothing ingested yet, or only a `--version-only` build) means no knowledge to answer from.
-        passages = [] if ctx.pack_version is None else list(self.retrieve(
-            ctx.tenant_id, text, top_k=self.settings.retrieval_top_k, filters={"pack_version": ctx.pack_version}))
-        ctx.retrieved[:] = [passage_record(p) for p in passages]
-        offline = compose_offline(text, passages, ctx.persona, min_relevance=min_relevance)
+        with tracing.span("retrieval", {"switchboard.pack.version": ctx.pack_version,
+                                        "switchboard.retrieval.top_k": self.settings.retrieval_top_k}) as span:
+            passages = [] if ctx.pack_version is None else list(self.retrieve(
+                ctx.tenant_id, query, top_k=self.settings.retrieval_top_k,
+                filters={"pack_version": ctx.pack_version}))
+            tracing.annotate(span, {"switchboard.retrieval.passages": len(passages),
+                                    "switchboard.retrieval.best_score": float(passages[0].score) if passages else None})
+        # A passage that reads as instructions to the assistant never reaches the LLM (app/assistant/injection.py).
+        passages, dropped = screen_passages(passages, injection_threshold(policies))
+        if dropped:
+            metrics.injection_flagged("passage", len(dropped))
+            log.warning("tenant %s message %s: %d retrieved passage(s) dropped as suspected injection: %s",
+                        ctx.tenant_id, ctx.message_id, len(dropped), ", ".join(p.chunk_id for p, _ in dropped))
+        ctx.retrieved[:] = [passage_record(p) for p in passages] + [
+            {**passage_record(p), "dropped": why} for p, why in dropped]
+        offline = compose_offline(query, passages, ctx.persona, min_relevance=min_relevance)
         if offline.escalate:
-            return Decision(escalate_reason=offline.reason or "no_knowledge", draft=None, detail=_top(passages))
+            return Decision(escalate_reason=offline.reason or "no_knowledge", draft=None, detail=_top(passages),
+                            meta={"question_translated": query} if foreign else None)
         draft = offline
-        if ctx.llm is not None:
+        shown: Draft | None = None  # the customer-language version of a translated answer
+        # -- the tenant's plan (app/tenants/quota.py): past an allowance, its `over_quota` choice applies -------
+        over_quota = self.quota.check_message(ctx.tenant_id)
+        if over_quota is not None:
+            log.info("tenant %s is over its plan (%s): message %s %s", ctx.tenant_id, over_quota, ctx.message_id,
+                     "answered offline" if policies.get("over_quota") == "offline" else "escalated")
+            if policies.get("over_quota") != "offline":
+                return Decision(escalate_reason="quota_exceeded", detail=over_quota, draft=offline)
+        # ------------------------------------------------------------------------------------------------------
+        if ctx.llm is not None and over_quota is None:
             try:
                 self.limiter.hit(LLM_CALLS_PER_TENANT, ctx.tenant_id)
             except RateLimited as exc:
@@ -216,30 +341,50 @@ class Orchestrator:
                 log.warning("tenant %s is over its LLM call limit: message %s escalated", ctx.tenant_id,
                             ctx.message_id)
                 return Decision(escalate_reason="llm_rate_limited", detail=exc.detail, draft=offline)
-            pii = PiiVault()  # numbered placeholders out, the customer's values back in (app/assistant/pii_restore.py)
             redacted_question = pii.mask(text)
             redacted_history = [(role, pii.mask(t)) for role, t in ctx.history]
-            messages = render_messages(ctx.persona, policies, redacted_history, passages, redacted_question)
-            plan, tag = ctx.llm.for_question(text, passages), CallTag(ctx.tenant_id, ctx.message_id)
-            try:
-                if drafts is not None:
-                    drafts.start(passages, policies)
-                    completion = self.llm.stream(plan, messages, drafts.on_text, tag=tag)
-                else:
-                    completion = self.llm.complete(plan, messages, tag=tag)
-            except LLMError as exc:
-                log.warning("LLM failed for message %s: %s", ctx.message_id, exc)
-                return Decision(escalate_reason=f"llm_{exc.reason}", detail=exc.detail, draft=offline)
-            draft = parse_llm_answer(completion.text, passages)
+            messages = render_messages(
+                ctx.persona, policies, redacted_history, passages, redacted_question,
+                bilingual=(multilingual.name(foreign), multilingual.name(pack)) if foreign else None)
+            plan, tag = ctx.llm.for_question(query, passages), CallTag(ctx.tenant_id, ctx.message_id)
+            with tracing.span("llm", {"switchboard.llm.streamed": drafts is not None,
+                                      "switchboard.llm.providers": len(plan.providers)}) as span:
+                try:
+                    if drafts is not None:
+                        drafts.start(passages, policies)
+                        completion = self.llm.stream(plan, messages, drafts.on_text, tag=tag)
+                    else:
+                        completion = self.llm.complete(plan, messages, tag=tag)
+                except LLMError as exc:
+                    tracing.failed(span, exc, exc.reason)
+                    log.warning("LLM failed for message %s: %s", ctx.message_id, exc)
+                    return Decision(escalate_reason=f"llm_{exc.reason}", detail=exc.detail, draft=offline)
+                tracing.annotate(span, {"gen_ai.usage.input_tokens": completion.prompt_tokens,
+                                        "gen_ai.usage.output_tokens": completion.completion_tokens})
+            answer_text = completion.text
+            if foreign is not None:
+                both = multilingual.split_bilingual(completion.text)
+                if both is None:
+                    return Decision(escalate_reason="language", draft=offline,
+                                    detail="the LLM did not give its answer in both languages")
+                answer_text, translated = both
+                shown = parse_llm_answer(translated, passages)
+            draft = parse_llm_answer(answer_text, passages)
             if draft.escalate:
                 return Decision(escalate_reason=draft.reason or "low_confidence", draft=offline)
         # The tenant's own rules first: a banned phrase is the precise reason, whatever else is wrong.
         banned = guardrails.find_banned(draft.text, policies.get("banned_phrases") or ())
+        banned += guardrails.find_banned(shown.text, policies.get("banned_phrases") or ()) if shown else []
         if banned:
-            return Decision(escalate_reason="banned_phrase", detail=", ".join(banned), draft=draft)
+            return Decision(escalate_reason="banned_phrase", detail=", ".join(dict.fromkeys(banned)),
+                            draft=shown or draft)
         if draft is not offline:
             # -- grounded or reviewed, PII restored (app/assistant/grounding.py) --------------------------------
-            vetted = vet_llm_draft(draft, passages, ctx.persona, pii)
+            with tracing.span("grounding") as span:
+                vetted = vet_llm_draft(draft, passages, ctx.persona, pii)
+                if shown is not None:
+                    vetted = _translated(vetted, shown, pii)
+                tracing.annotate(span, {"switchboard.escalation.reason": vetted.escalate_reason})
             if vetted.escalate_reason is not None:
                 return Decision(escalate_reason=vetted.escalate_reason, detail=vetted.detail, draft=vetted.draft,
                                 meta=vetted.meta)
@@ -249,6 +394,17 @@ class Orchestrator:
         if max_chars and len(draft.text) > int(max_chars):
             return Decision(escalate_reason="reply_too_long", draft=draft)
         return Decision(answer=draft)
+
+    @staticmethod
+    def _guardrails(text: str, policies: dict[str, Any]) -> Decision | None:
+        """The customer's own words decide first: a request for a person, or an attempt to steer the model."""
+        if guardrails.wants_human(text, policies.get("handoff_keywords") or ()):
+            return Decision(escalate_reason="human_requested", detail="the customer asked for a person")
+        verdict = guardrails.detect_injection(text, injection_threshold(policies))
+        if verdict.flagged:
+            metrics.injection_flagged("message")
+            return Decision(escalate_reason="prompt_injection", detail=injection.reason(verdict))
+        return None
 
     def _draft_stream(self, ctx: Context) -> DraftStream | None:
         """Drafts for a visitor who can watch the answer being written: an LLM that streams, a channel that shows
@@ -272,11 +428,60 @@ TENANTS: Table = Tenant.__table__  # type: ignore[assignment]
 _LOAD = (
     select(MESSAGES.c.id, MESSAGES.c.status, MESSAGES.c.created_at, MESSAGES.c.conversation_id, CONVERSATIONS.c.mode,
            TENANTS.c.persona, TENANTS.c.policies, TENANTS.c.llm_api_key_encrypted,
-           TENANTS.c.llm_provider_keys_encrypted, TENANTS.c.live_pack_version)
+           TENANTS.c.llm_provider_keys_encrypted, TENANTS.c.live_pack_version, TENANTS.c.slug,
+           CONTACTS.c.consent_status)
     .join(CONVERSATIONS, CONVERSATIONS.c.id == MESSAGES.c.conversation_id)
+    .join(CONTACTS, CONTACTS.c.id == CONVERSATIONS.c.contact_id)
     .join(TENANTS, TENANTS.c.id == MESSAGES.c.tenant_id)
     .where(*IN_TENANT, MESSAGES.c.direction == "in")
 )
+
+
+def _translated(checked: Vetted, shown: Draft, pii: PiiVault) -> Vetted:
+    """The customer's version of a translated answer whose pack-language version was `checked`: sent when that one
+    passed and says the same (multilingual.translation_mismatch); an escalation keeps it as the draft an agent would
+    send, with the checked version beside it."""
+    meta = {**(checked.meta or {}), "checked_answer": checked.draft.text}
+    restored = pii.restore(shown.text)
+    draft = replace(checked.draft, text=restored.text)
+    if checked.escalate_reason is not None:
+        return Vetted(draft, checked.escalate_reason, checked.detail, meta)
+    mismatch = multilingual.translation_mismatch(checked.draft, shown)
+    if mismatch is not None:
+        return Vetted(draft, "translation_mismatch", mismatch, meta)
+    if restored.unresolved:
+        unresolved = sorted(set(restored.unresolved))
+        return Vetted(draft, "pii_placeholder",
+                      f"the reply holds placeholders this customer gave no value for: {', '.join(unresolved)}",
+                      {**meta, "pii_placeholders": unresolved})
+    return Vetted(draft)
+
+
+def injection_threshold(policies: dict[str, Any]) -> float | None:
+    """The tenant's `injection_threshold` policy, or None for the model's own (chosen when it was trained)."""
+    value = policies.get("injection_threshold")
+    return None if value is None else float(value)
+
+
+def screen_passages(passages: Sequence[Any], threshold: float | None) -> tuple[list[Any], list[tuple[Any, str]]]:
+    """Retrieved passages that may reach the LLM or the offline composer, and the dropped ones with the reason.
+
+    Chunks flagged at ingestion are quarantined and never indexed; this second look catches what an older pack
+    (ingested before the scan existed) or a changed threshold lets through. A dropped passage is not shown to the
+    LLM: the turn goes on without it (and escalates `no_knowledge` if nothing relevant is left); the dropped
+    passage is kept on the escalation for reviewers. A chunk an admin released after review is not rescanned."""
+    kept: list[Any] = []
+    dropped: list[tuple[Any, str]] = []
+    for p in passages:
+        if getattr(p, "reviewed", False):
+            kept.append(p)
+            continue
+        verdict = injection.passage_verdict(f"{getattr(p, 'heading', '')}\n{p.text}".strip(), threshold)
+        if verdict.flagged:
+            dropped.append((p, injection.reason(verdict)))
+        else:
+            kept.append(p)
+    return kept, dropped
 
 
 def _aware(value: datetime) -> datetime:

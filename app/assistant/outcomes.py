@@ -18,15 +18,17 @@ from app.assistant.prompts import Draft
 from app.assistant.turns import newer_pending
 from app.audit import record
 from app.bus.base import Bus
+from app.contacts import consent
 from app.contracts import EVENTS, INBOUND, OUTBOUND, EscalationOpened, InboundMessage
 from app.conversations.replies import ReplyTo, store_reply
 from app.conversations.service import MESSAGES
 from app.db import session_scope
-from app.models import Conversation, Escalation, Message, new_id, utcnow
+from app.models import Contact, Conversation, Escalation, Message, Tenant, new_id, utcnow
 from app.providers.llm.plan import LLMPlan
 from app.review.sla import schedule as schedule_sla
 from app.review.sla import target as sla_target
 
+DEAD_LETTERED = "processing_failed"  # the reason of the escalation a dead-lettered message opens
 DEFAULT_ESCALATION_NOTICE = (
     "Thanks for your message. I've passed it to a member of our team, who will reply here shortly."
 )
@@ -34,7 +36,7 @@ DEFAULT_ESCALATION_NOTICE = (
 
 @dataclass(frozen=True)
 class Outcome:
-    status: str  # answered | escalated | human | merged | deferred | duplicate
+    status: str  # answered | escalated | human | merged | deferred | duplicate | skipped
     message_id: str
     reply_id: str | None = None
     escalation_id: str | None = None
@@ -56,6 +58,7 @@ class Context:
     pack_version: int | None
     received_at: datetime
     earlier_burst: list[str] = field(default_factory=list)  # texts merged into this turn
+    consent: str = "unknown"  # the contact's: unknown | granted | withdrawn (app/contacts/consent.py)
     superseded: bool = False  # a later message of the conversation was already waiting when this one was read
     channel: str = ""
     retrieved: list[dict[str, Any]] = field(default_factory=list)  # set by `_decide`; kept on an escalation
@@ -68,6 +71,7 @@ class Decision:
     detail: str | None = None
     draft: Draft | None = None
     meta: dict[str, Any] | None = None  # kept on the escalation (e.g. the unsupported sentences)
+    notice: str | None = None  # what the customer is told instead of the tenant's notice (their own language)
 
 
 def claim(session: Session, ctx: Context) -> ReplyTo | None:
@@ -114,9 +118,14 @@ def answer(bus: Bus, clock: Callable[[], datetime], ctx: Context, draft: Draft) 
                    citations=list(draft.citations))
 
 
+def tenant_notice(policies: dict[str, Any]) -> str:
+    """What the customer is told while a person looks at the conversation, in the tenant's words."""
+    return str(policies.get("escalation_notice") or DEFAULT_ESCALATION_NOTICE)
+
+
 def escalate(bus: Bus, clock: Callable[[], datetime], ctx: Context, decision: Decision) -> Outcome:
     reason = decision.escalate_reason or "unknown"
-    notice: str | None = str(ctx.policies.get("escalation_notice") or DEFAULT_ESCALATION_NOTICE)
+    notice: str | None = decision.notice or tenant_notice(ctx.policies)
     if reason == "draft_review" and not ctx.policies.get("draft_notice"):
         notice = None  # a draft waiting for approval: the customer hears nothing until it is sent
     sla = sla_target(ctx.policies)
@@ -173,6 +182,39 @@ def merge(ctx: Context) -> Outcome | None:
     return Outcome("merged" if status == "merged" else "duplicate", ctx.message_id)
 
 
+def change_consent(bus: Bus, clock: Callable[[], datetime], ctx: Context, status: str) -> Outcome:
+    """The message was an opt-out (or opt-in) keyword: the contact's consent changes and the confirmation, the
+    one message an opted-out contact is sent, answers it."""
+    text = consent.confirmation(status, ctx.policies)
+    with session_scope() as session:
+        to = claim(session, ctx)
+        if to is None:
+            return Outcome("duplicate", ctx.message_id)
+        contact_id = select(Conversation.contact_id).where(Conversation.id == ctx.conversation_id).scalar_subquery()
+        session.execute(update(Contact).where(Contact.tenant_id == ctx.tenant_id, Contact.id == contact_id)
+                        .values(consent_status=status, consent_updated_at=utcnow(), consent_source="keyword")
+                        .execution_options(synchronize_session=False))
+        event = store_reply(session, to, key=f"reply:{ctx.message_id}", text=text, author="bot",
+                            in_reply_to_id=ctx.message_id, meta={"kind": consent.CONFIRMATION})
+        _set_status(session, ctx, "answered")
+        audit.write(session, ctx.tenant_id, "customer", "contact.consent", "message", ctx.message_id,
+                    {"status": status, "source": "keyword", "reply_id": event.message_id})
+        pending = outbox.add(session, [outbox.Entry.of(OUTBOUND, event, event.message_id)], now=clock())
+    outbox.publish_now(bus, pending)
+    return Outcome("answered", ctx.message_id, reply_id=event.message_id, text=text, reason=f"consent_{status}")
+
+
+def skip_opted_out(ctx: Context) -> Outcome:
+    """A message from an opted-out contact: stored, never answered or escalated (nothing may be sent to them)."""
+    with session_scope() as session:
+        if claim(session, ctx) is None:
+            return Outcome("duplicate", ctx.message_id)
+        _set_status(session, ctx, "skipped")
+        audit.write(session, ctx.tenant_id, "system", "message.skipped", "message", ctx.message_id,
+                    {"reason": "opted_out"})
+    return Outcome("skipped", ctx.message_id, reason="opted_out")
+
+
 def route_to_agent(ctx: Context) -> Outcome:
     with session_scope() as session:
         if claim(session, ctx) is None:
@@ -189,14 +231,36 @@ def _tenant_message(session: Session, tenant_id: str, message_id: str) -> Messag
 
 
 def mark_dead(tenant_id: str, message_id: str, reason: str) -> None:
-    """Called when the bus dead-letters an inbound message: the row says so too, with the reason."""
+    """Called when the bus dead-letters an inbound message: the row says so too, with the reason, and a person
+    follows up. The message (and every message merged into its turn) would otherwise end unheard: it is
+    escalated `processing_failed`, the customer gets the tenant's holding notice, and agents see it in the queue.
+    Committed to the outbox, so the relay publishes the notice and the event whatever becomes of this process."""
     with session_scope() as session:
         message = _tenant_message(session, tenant_id, message_id)
-        if message is not None and message.status == "received":
-            message.status = "dead"
-            message.error = reason
-            record(session, tenant_id, "system", "message.dead_lettered", "message", message_id,
-                   {"reason": reason})
+        if message is None or message.status != "received":
+            return
+        message.status = "dead"
+        message.error = reason
+        record(session, tenant_id, "system", "message.dead_lettered", "message", message_id, {"reason": reason})
+        if session.scalar(select(ESCALATIONS.c.id).where(ESCALATIONS.c.message_id == message_id)) is not None:
+            return
+        row = session.execute(_CLAIM, {"message": message_id, "tenant": tenant_id}).one()
+        policies = session.scalar(select(Tenant.policies).where(Tenant.id == tenant_id)) or {}
+        escalation_id, now = new_id(), utcnow()
+        session.execute(_INSERT_ESCALATION, {
+            "id": escalation_id, "tenant_id": tenant_id, "conversation_id": row.conversation_id,
+            "message_id": message_id, "status": "open", "reason": DEAD_LETTERED, "detail": reason[:2000],
+            "created_at": now,
+        })
+        to = ReplyTo(tenant_id, row.conversation_id, row.channel, row.channel_account_id)
+        notice = store_reply(session, to, key=f"reply:{message_id}", text=tenant_notice(policies), author="bot",
+                             in_reply_to_id=message_id, meta={"escalation_id": escalation_id})
+        record(session, tenant_id, "system", "escalation.opened", "escalation", escalation_id,
+               {"reason": DEAD_LETTERED, "message_id": message_id})
+        opened = EscalationOpened(tenant_id=tenant_id, escalation_id=escalation_id,
+                                  conversation_id=row.conversation_id, message_id=message_id, reason=DEAD_LETTERED)
+        outbox.add(session, [outbox.Entry.of(OUTBOUND, notice, notice.message_id), outbox.Entry.of(EVENTS, opened)],
+                   now=now)
 
 
 # The per-message SQL, built once (building a statement and its cache key cost more than running it on

@@ -1,7 +1,8 @@
 """PII both ways: the LLM sees numbered placeholders, the customer sees their own values again.
 
-`PiiVault.mask` replaces the structured PII that `guardrails.redact_pii` finds (emails, phone numbers, cards,
-IBANs, US SSNs, IP addresses) with `[KIND_n]`; the same value always gets the same placeholder within one vault,
+`PiiVault.mask` replaces the PII that `pii.find_pii` finds (emails, phone numbers, cards, IBANs, US SSNs, IP
+addresses; names and addresses too when the tenant has the named-entity extra on, app/assistant/pii_ner.py) with
+`[KIND_n]`; the same value always gets the same placeholder within one vault,
 so the question and the history sent in one LLM call agree. The raw values stay in this object, in memory, for
 the length of one answer: never logged, never sent.
 
@@ -15,11 +16,12 @@ escalated (reason `pii_placeholder`) rather than the placeholder dropped, becaus
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from app.assistant.guardrails import redact_pii
+from app.assistant.pii import NER_KINDS, STRUCTURED_KINDS, Recognizer, find_pii, redact_pii
 
-PII_KINDS = ("EMAIL", "PHONE", "CREDIT_CARD", "IBAN", "US_SSN", "IP_ADDRESS")
+PII_KINDS = STRUCTURED_KINDS + NER_KINDS
 # Our placeholders, numbered or bare, and the generic ones models write when they copy the style.
 PLACEHOLDER = re.compile(r"\[(?P<kind>" + "|".join(PII_KINDS) + r"|REDACTED)(?:_(?P<n>\d{1,3}))?\]")
 
@@ -31,12 +33,13 @@ class Restored:
 
 
 class PiiVault:
-    def __init__(self) -> None:
+    def __init__(self, recognizers: Iterable[Recognizer] = ()) -> None:
+        self._recognizers = list(recognizers)  # the named-entity extra's, when the tenant has it on
         self._placeholder: dict[tuple[str, str], str] = {}  # (kind, value) -> "[KIND_n]"
         self._value: dict[str, str] = {}  # "[KIND_n]" -> value
 
     def mask(self, text: str) -> str:
-        spans = redact_pii(text).spans
+        spans = find_pii(text, recognizers=self._recognizers)
         out: list[str] = []
         pos = 0
         for span in spans:

@@ -17,6 +17,8 @@ from typing import Any, Protocol
 import jinja2
 
 ESCALATE_TOKEN = "<<ESCALATE>>"  # noqa: S105 - a marker in the model's reply, not a secret
+# Between the pack-language answer and its translation (app/assistant/multilingual.py).
+TRANSLATION_TOKEN = "<<TRANSLATION>>"  # noqa: S105 - a marker in the model's reply, not a secret
 # A citation group: [1], [1][2], [1, 2] or [1,2,3].
 _CITATION = re.compile(r"\[(\d{1,2}(?:\s*,\s*\d{1,2})*)\]")
 
@@ -73,7 +75,7 @@ def _fence(text: str) -> str:
     # Break every tag of our fences, so text can neither end its own block nor fake a new one.
     text = _FENCE_TAGS.sub(lambda m: f"<{m.group(1)}_{m.group(2)}", text)
     # Nor may quoted text carry our escalation marker into the model's context.
-    return text.replace(ESCALATE_TOKEN, "<<_ESCALATE>>").strip()
+    return text.replace(ESCALATE_TOKEN, "<<_ESCALATE>>").replace(TRANSLATION_TOKEN, "<<_TRANSLATION>>").strip()
 
 
 def _attr_safe(value: str) -> str:
@@ -103,10 +105,14 @@ def render_messages(
     history: list[tuple[str, str]],
     passages: Sequence[PassageLike],
     question: str,
+    *,
+    bilingual: tuple[str, str] | None = None,
 ) -> list[dict[str, str]]:
     """Chat-completion messages: system (persona, rules, passages), past turns, then the customer's question.
 
     `history` holds (role, text) pairs, role "customer" or "assistant", oldest first, without the question.
+    `bilingual` = (customer's language, pack's language), by name, asks for the answer in both
+    (app/assistant/multilingual.py).
     """
     policies = policies or {}
     system = _env.get_template("system.j2").render(
@@ -114,6 +120,9 @@ def render_messages(
         passages=passages,
         banned_phrases=[p for p in policies.get("banned_phrases", []) if p],
         escalate_token=ESCALATE_TOKEN,
+        reply_language=bilingual[0] if bilingual else None,
+        pack_language=bilingual[1] if bilingual else None,
+        translation_token=TRANSLATION_TOKEN,
     )
     user_template = _env.get_template("user.j2")
     messages = [{"role": "system", "content": system.strip()}]

@@ -7,8 +7,9 @@ tenants.
 Semantics (both implementations, checked by tests/bus/test_contract.py):
 - at-least-once: an entry stays pending for its group until `ack`; a consumer that dies holding entries loses
   them to `claim_stale` by another consumer once they have been idle for `min_idle_ms`;
-- `Delivery.deliveries` counts how often the entry was handed out; the consumer runner dead-letters an entry
-  after `max_deliveries` with the reason of its last failure (`sb:{topic}:{tenant_id}:dead`);
+- `Delivery.deliveries` counts how often the entry was handed out; `Bus.count_attempt` how often a handler
+  started on it; the consumer runner dead-letters an entry after `max_deliveries` started attempts, with the
+  reason of its last failure (`sb:{topic}:{tenant_id}:dead`);
 - reads and acks are batched; streams are trimmed to roughly `maxlen` entries;
 - a group created on a stream starts at its beginning, so entries published before any consumer existed are
   delivered too (no silent drops); handlers must be idempotent anyway.
@@ -19,10 +20,11 @@ Topic and tenant ids are restricted to `[A-Za-z0-9][A-Za-z0-9_.-]*`, so no tenan
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 DEFAULT_NAMESPACE = "sb"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -53,6 +55,30 @@ def check_fields(fields: dict[str, str]) -> dict[str, str]:
         if not isinstance(k, str) or not isinstance(v, str):
             raise TypeError(f"bus entry fields must be str -> str, got {k!r}: {type(v).__name__}")
     return fields
+
+
+ERASED = {"type": "erased", "v": "1", "body": "{}"}  # what an erased entry reads as where it cannot be deleted
+_NAMING_KEYS = ("message_id", "conversation_id", "escalation_id")
+
+
+def entry_names(fields: dict[str, str], ids: set[str]) -> bool:
+    """Whether a bus entry (an event: a JSON `body`; a dead letter: its JSON `dl` with the original fields
+    inside) is about one of `ids`: as its message, conversation or escalation."""
+    for raw in fields.values():
+        try:
+            data = json.loads(raw)
+        except (TypeError, ValueError):
+            continue
+        if isinstance(data, dict) and _names(data, ids):
+            return True
+    return False
+
+
+def _names(data: dict[str, Any], ids: set[str]) -> bool:
+    if any(data.get(key) in ids for key in _NAMING_KEYS):
+        return True
+    nested = data.get("fields")
+    return isinstance(nested, dict) and entry_names(nested, ids)
 
 
 class BusUnavailable(Exception):
@@ -147,6 +173,12 @@ class Bus(Protocol):
         """Copy the entry to the tenant's dead-letter stream with its reason, then ack it."""
         ...
 
+    def erase(self, tenant_id: str, topics: Sequence[str], ids: set[str]) -> int:
+        """Remove the tenant's entries and dead letters on these topics that are about one of `ids`
+        (`entry_names`): a contact's erasure. Returns how many. An entry a group still holds reads as `ERASED`
+        (in-process) or is gone from the group's pending list (Redis)."""
+        ...
+
     def dead_letters(self, topic: str, tenant_id: str, *, count: int = 100) -> list[DeadLetter]:
         ...
 
@@ -162,6 +194,14 @@ class Bus(Protocol):
         ...
 
     def last_failure(self, group: str, delivery: Delivery) -> str | None:
+        ...
+
+    def count_attempt(self, group: str, delivery: Delivery) -> int:
+        """Count that a handler starts on `delivery` now; returns the attempts started so far, this one included.
+        A first delivery's attempt is presumed (1, nothing stored); a redelivered one's are counted on the bus,
+        across processes, and forgotten on ack or dead-letter. `max_deliveries` applies to these, not to how often
+        the entry was claimed: a consumer that died while the entry only waited in it (behind its
+        conversation's earlier message) had not started it, so the entry did not crash it."""
         ...
 
     def pending_count(self, topic: str, group: str) -> int:

@@ -6,7 +6,8 @@ successes together at the end. What happens to an entry:
 - handler raises `PermanentFailure`    -> dead-lettered at once with its reason
 - handler raises anything else         -> logged with traceback, reason recorded on the bus, left pending;
                                           `claim_stale` hands it out again after `claim_idle_ms`
-- delivered more than `max_deliveries` -> dead-lettered with the last recorded reason, handler not called
+- started more than `max_deliveries` times (`Bus.count_attempt`: claims of consumers that died before starting
+  it do not count) -> dead-lettered with the last recorded reason, handler not called
 After a dead-letter, `on_dead(delivery, reason)` runs (e.g. to mark the message row dead); its errors are logged.
 Handlers must be idempotent: at-least-once means a crash after the work but before the ack repeats it.
 """
@@ -19,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from app import tracing
 from app.bus.base import Bus, BusUnavailable, Delivery, PermanentFailure
 
 log = logging.getLogger(__name__)
@@ -145,17 +147,36 @@ class Consumer:
         return result
 
     def _handle_one(self, delivery: Delivery) -> str:
-        if delivery.deliveries > self.max_deliveries:
+        """Settle one entry, in a span that continues the trace the entry carries (when tracing is on)."""
+        if not tracing.enabled():
+            return self._settle(delivery, None)
+        attributes = tracing.bus_attributes(
+            delivery.topic, delivery.tenant_id, **{"messaging.operation.type": "process",
+                                                   "messaging.consumer.group.name": self.group,
+                                                   "messaging.message.id": delivery.id,
+                                                   "switchboard.bus.deliveries": delivery.deliveries})
+        with tracing.span(f"process {delivery.topic}", attributes, kind=tracing.SpanKind.CONSUMER,
+                          parent=tracing.extract(delivery.fields)) as span:
+            outcome = self._settle(delivery, span)
+            tracing.annotate(span, {"switchboard.bus.outcome": outcome})
+            return outcome
+
+    def _settle(self, delivery: Delivery, span: tracing.Span | None) -> str:
+        started = self.bus.count_attempt(self.group, delivery)
+        if started > self.max_deliveries:
             reason = self.bus.last_failure(self.group, delivery) or (
-                f"no success after {delivery.deliveries - 1} deliveries and no recorded error "
+                f"no success after {started - 1} deliveries and no recorded error "
                 "(a consumer probably crashed or hung while handling it)"
             )
+            tracing.failed(span, "max_deliveries")
             return self._dead(delivery, reason)
         try:
             self.handler(delivery)
         except PermanentFailure as exc:
+            tracing.failed(span, exc, "dead_lettered")
             return self._dead(delivery, exc.reason)
         except Exception as exc:
+            tracing.failed(span, exc)
             log.exception(
                 "handler failed on %s entry %s (tenant %s, delivery %d of at most %d)",
                 self.topic, delivery.id, delivery.tenant_id, delivery.deliveries, self.max_deliveries,

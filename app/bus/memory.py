@@ -15,12 +15,14 @@ from dataclasses import dataclass, field
 
 from app.bus.base import (
     DEFAULT_NAMESPACE,
+    ERASED,
     TRIMMED_REASON,
     DeadLetter,
     Delivery,
     StreamStats,
     check_fields,
     check_name,
+    entry_names,
 )
 
 
@@ -43,6 +45,7 @@ class _Group:
     cursors: dict[str, int] = field(default_factory=dict)  # tenant -> next absolute position to deliver
     pending: dict[tuple[str, str], _Pending] = field(default_factory=dict)  # (tenant, id) -> state
     failures: dict[tuple[str, str], str] = field(default_factory=dict)
+    attempts: dict[tuple[str, str], int] = field(default_factory=dict)  # attempts started on redeliveries
 
 
 class MemoryBus:
@@ -189,6 +192,7 @@ class MemoryBus:
                 if state is not None:
                     state.pending.pop((d.tenant_id, d.id), None)
                     state.failures.pop((d.tenant_id, d.id), None)
+                    state.attempts.pop((d.tenant_id, d.id), None)
 
     def dead_letter(self, group: str, delivery: Delivery, reason: str) -> None:
         with self._cond:
@@ -200,6 +204,21 @@ class MemoryBus:
         letters = self._dead.setdefault((letter.topic, letter.tenant_id), [])
         letters.append(letter)
         del letters[: max(len(letters) - self.maxlen, 0)]
+
+    def erase(self, tenant_id: str, topics: Sequence[str], ids: set[str]) -> int:
+        erased = 0
+        with self._cond:
+            for topic in topics:
+                stream = self._streams.get(topic, {}).get(tenant_id) or _Stream()
+                for entry_id, fields in list(stream.entries.items()):
+                    if fields is not ERASED and entry_names(fields, ids):
+                        stream.entries[entry_id] = ERASED  # kept in place: groups' cursors count positions
+                        erased += 1
+                letters = self._dead.get((topic, tenant_id), [])
+                kept = [d for d in letters if not entry_names(d.fields, ids)]
+                erased += len(letters) - len(kept)
+                letters[:] = kept
+        return erased
 
     def dead_letters(self, topic: str, tenant_id: str, *, count: int = 100) -> list[DeadLetter]:
         with self._cond:
@@ -220,6 +239,15 @@ class MemoryBus:
     def last_failure(self, group: str, delivery: Delivery) -> str | None:
         with self._cond:
             return self._group(delivery.topic, group).failures.get((delivery.tenant_id, delivery.id))
+
+    def count_attempt(self, group: str, delivery: Delivery) -> int:
+        if delivery.deliveries <= 1:
+            return 1
+        with self._cond:
+            attempts = self._group(delivery.topic, group).attempts
+            ref = (delivery.tenant_id, delivery.id)
+            attempts[ref] = attempts.get(ref, 0) + 1
+            return attempts[ref] + 1
 
     # -- introspection ---------------------------------------------------------------------------------
     def pending_count(self, topic: str, group: str) -> int:

@@ -33,6 +33,7 @@ from app.bus.base import (
     check_fields,
     check_name,
     dead_key,
+    entry_names,
     stream_key,
 )
 
@@ -42,6 +43,7 @@ T = TypeVar("T")
 FAILURE_TTL_S = 7 * 24 * 3600
 # Reply shapes with decode_responses=True (redis-py's own annotations cover bytes and async clients too).
 _Entries = list[tuple[str, dict[str, str]]]
+ERASE_PAGE = 1000
 _StreamsReply = list[tuple[str, _Entries]]
 # Reset an entry's idle time if `consumer` still owns it: XCLAIM ... JUSTID leaves the delivery count alone, and
 # checking the owner first (atomically, in the script) never takes back an entry another consumer has claimed.
@@ -103,6 +105,9 @@ class RedisStreamsBus:
 
     def _failure_key(self, group: str, d: Delivery) -> str:
         return f"{self.namespace}:_fail:{d.topic}:{group}:{d.tenant_id}:{d.id}"
+
+    def _attempts_key(self, group: str, d: Delivery) -> str:
+        return f"{self.namespace}:_tries:{d.topic}:{group}:{d.tenant_id}:{d.id}"
 
     def _delivery(self, topic: str, tenant: str, entry_id: str, fields: dict[str, str], n: int) -> Delivery:
         return Delivery(topic, tenant, entry_id, fields, n, self.namespace)
@@ -296,8 +301,9 @@ class RedisStreamsBus:
         pipe = self._redis.pipeline(transaction=False)
         for key, ids in by_stream.items():
             pipe.xack(key, group, *ids)
-        retried = [self._failure_key(group, d) for d in deliveries if d.deliveries > 1]
-        if retried:  # only redelivered entries can have a recorded failure
+        retried = [key for d in deliveries if d.deliveries > 1
+                   for key in (self._failure_key(group, d), self._attempts_key(group, d))]
+        if retried:  # only redelivered entries can have a recorded failure or counted attempts
             pipe.delete(*retried)
         pipe.execute()
 
@@ -311,13 +317,29 @@ class RedisStreamsBus:
         pipe.xadd(self.dead_key(delivery.topic, delivery.tenant_id), cast(Any, letter),
                   maxlen=self.maxlen, approximate=True)
         pipe.xack(self.stream_key(delivery.topic, delivery.tenant_id), group, delivery.id)
-        pipe.delete(self._failure_key(group, delivery))
+        pipe.delete(self._failure_key(group, delivery), self._attempts_key(group, delivery))
         pipe.execute()
         log.warning("dead-lettered %s entry %s of tenant %s after %d deliveries: %s",
                     delivery.topic, delivery.id, delivery.tenant_id, delivery.deliveries, reason)
 
     def _dead_letter_trimmed(self, topic: str, group: str, tenant: str, entry_id: str) -> None:
         self.dead_letter(group, self._delivery(topic, tenant, entry_id, {}, 0), TRIMMED_REASON)
+
+    @_translate_errors
+    def erase(self, tenant_id: str, topics: Sequence[str], ids: set[str]) -> int:
+        erased = 0
+        for topic in topics:
+            for key in (self.stream_key(topic, tenant_id), self.dead_key(topic, tenant_id)):
+                doomed, start = [], "-"
+                while True:  # the whole stream, a page at a time
+                    page = cast(_Entries, self._redis.xrange(key, min=start, count=ERASE_PAGE))
+                    doomed += [entry_id for entry_id, fields in page if entry_names(fields, ids)]
+                    if len(page) < ERASE_PAGE:
+                        break
+                    start = "(" + page[-1][0]
+                if doomed:
+                    erased += int(cast(int, self._redis.xdel(key, *doomed)))
+        return erased
 
     @_translate_errors
     def dead_letters(self, topic: str, tenant_id: str, *, count: int = 100) -> list[DeadLetter]:
@@ -348,6 +370,17 @@ class RedisStreamsBus:
     @_translate_errors
     def last_failure(self, group: str, delivery: Delivery) -> str | None:
         return cast(str | None, self._redis.get(self._failure_key(group, delivery)))
+
+    @_translate_errors
+    def count_attempt(self, group: str, delivery: Delivery) -> int:
+        if delivery.deliveries <= 1:
+            return 1
+        key = self._attempts_key(group, delivery)
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.incr(key)
+        pipe.expire(key, FAILURE_TTL_S)
+        started, _ = pipe.execute()
+        return int(started) + 1
 
     # -- introspection ---------------------------------------------------------------------------------
     @_translate_errors

@@ -28,6 +28,12 @@ def console_page() -> FileResponse:
     return FileResponse(STATIC / "index.html", media_type="text/html", headers=HEADERS)
 
 
+@router.get("/console/analytics")
+def analytics_page() -> FileResponse:
+    """Charts of the tenant's analytics (/admin/v1/analytics), drawn in the page: nothing loaded from elsewhere."""
+    return FileResponse(STATIC / "analytics.html", media_type="text/html", headers=HEADERS)
+
+
 @router.get("/console/")
 def console_slash() -> RedirectResponse:
     return RedirectResponse("/console", status_code=308)

@@ -27,10 +27,10 @@ import queue
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from weakref import WeakKeyDictionary
 
-from app import outbox
+from app import outbox, tracing
 from app.bus.base import Bus
 from app.conversations.service import Accepted, InboundRequest, Stored, store_inbound
 from app.db import get_sessionmaker
@@ -97,6 +97,9 @@ class InboundBatcher:
         async caller await the batch (`asyncio.wrap_future`) instead of parking a thread on it."""
         for request in requests:
             request.event()  # validate in the caller's thread: a malformed request never joins a batch
+        if tracing.enabled():  # the writer thread publishes the events in the caller's trace
+            here = tracing.carrier()
+            requests = [r if r.trace_context is not None else replace(r, trace_context=here) for r in requests]
         futures: list[Future[Accepted]] = [Future() for _ in requests]
         with self._lock:
             for item in zip(requests, futures, strict=True):

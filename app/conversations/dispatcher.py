@@ -16,9 +16,10 @@ from datetime import datetime, timedelta
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
-from app import logs
+from app import logs, tracing
 from app.bus.base import Delivery, PermanentFailure
 from app.channels import Account, InboundRef, Sender, SendError, SendRequest
+from app.contacts import consent
 from app.contracts import Event, OutboundMessage, UnknownEvent
 from app.conversations.push import notify_on_commit
 from app.crypto import decrypt_json
@@ -67,45 +68,59 @@ class Dispatcher:
             raise PermanentFailure(f"unreadable outbound event: {exc}") from exc
         if not isinstance(event, OutboundMessage) or event.tenant_id != delivery.tenant_id:
             raise PermanentFailure("expected an OutboundMessage of this stream's tenant")
-        with logs.scope(event.tenant_id, event.message_id):
-            self.deliver(event)
+        attributes = {"switchboard.tenant.id": event.tenant_id, "switchboard.message.id": event.message_id,
+                      "switchboard.conversation.id": event.conversation_id, "switchboard.channel": event.channel}
+        with logs.scope(event.tenant_id, event.message_id), tracing.span("dispatch", attributes) as span:
+            status = self.deliver(event)
+            tracing.annotate(span, {"switchboard.outcome": status})
 
-    def deliver(self, event: OutboundMessage) -> None:
+    def deliver(self, event: OutboundMessage) -> str:
+        """Deliver the stored reply once; returns the reply's status afterwards (`sent`, `failed`, or what it
+        already was). Raises for a transient failure (the entry is redelivered)."""
         with session_scope() as session:
             message = session.scalars(_OUTBOUND, {"message": event.message_id, "tenant": event.tenant_id}).first()
             if message is None:
                 raise PermanentFailure(f"outbound message {event.message_id} not found")
             if message.status != "pending":
-                return  # already delivered (or failed for good): a redelivered event changes nothing
+                return str(message.status)  # already delivered (or failed for good): a redelivery changes nothing
             sender = self.senders.get(message.channel)
             if sender is None:
                 message.status = "failed"
                 message.error = f"no sender for channel {message.channel!r}"
-                return
+                return "failed"
             account = session.get(ChannelAccount, event.channel_account_id) if event.channel_account_id else None
             if account is not None and account.tenant_id != event.tenant_id:
                 raise PermanentFailure("channel account belongs to another tenant")
             conversation = session.get_one(Conversation, message.conversation_id)
             contact = session.get_one(Contact, conversation.contact_id)
+            if not consent.may_send(contact.consent_status, message.meta):
+                message.status, message.error = "failed", consent.NOT_SENT
+                return "failed"
             if sender.in_process:  # delivered by this transaction: the visitor's reader wakes once it commits
                 notify_on_commit(session, message.tenant_id, contact.external_id)
                 self._sent(message, [])
-                return
+                return "sent"
             if account is None:
                 message.status, message.error = "failed", f"message {message.id} has no channel account to send from"
-                return
+                return "failed"
             self._take_lease(session, message)
             request = _request(session, message, account, contact)
-            try:
-                ids = sender.send(request, lambda provider_id: self._record(session, message, provider_id))
-            except SendError as exc:
-                if exc.permanent:
-                    message.status, message.error = "failed", str(exc)
-                    log.warning("permanent delivery failure for %s: %s", message.id, exc)
-                    return
-                self._later(session, message, exc.retry_after)
-                raise  # left pending on the bus; redelivered after the claim timeout
+            with tracing.span(f"send {message.channel}", {"switchboard.channel": message.channel,
+                                                           "switchboard.parts.before": len(request.sent)},
+                              kind=tracing.SpanKind.CLIENT) as span:
+                try:
+                    ids = sender.send(request, lambda provider_id: self._record(session, message, provider_id))
+                except SendError as exc:
+                    tracing.failed(span, exc, "permanent" if exc.permanent else "transient")
+                    if exc.permanent:
+                        message.status, message.error = "failed", str(exc)
+                        log.warning("permanent delivery failure for %s: %s", message.id, exc)
+                        return "failed"
+                    self._later(session, message, exc.retry_after)
+                    raise  # left pending on the bus; redelivered after the claim timeout
+                tracing.annotate(span, {"switchboard.parts.sent": len(ids)})
             self._sent(message, ids)
+            return "sent"
 
     def _take_lease(self, session: Session, message: Message) -> None:
         now = self.clock()

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import bindparam, insert, select
 from sqlalchemy.orm import Session
 
+from app import tracing
 from app.bus.base import Bus
 from app.contracts import OUTBOUND, OutboundMessage
 from app.conversations.service import MESSAGES, statements
@@ -123,4 +124,4 @@ def store_reply(
 
 
 def publish_outbound(bus: Bus, event: OutboundMessage) -> None:
-    bus.publish(OUTBOUND, event.tenant_id, event.to_bus())
+    bus.publish(OUTBOUND, event.tenant_id, tracing.with_context(event.to_bus()))

@@ -54,6 +54,8 @@ class InboundRequest:
     display_name: str | None = None
     meta: dict[str, Any] | None = None
     received_at: datetime = field(default_factory=utcnow)
+    # The trace context the request arrived in (app/tracing.py `carrier`), for a writer in another thread.
+    trace_context: dict[str, str] | None = field(default=None, compare=False, repr=False)
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -177,7 +179,8 @@ def store_inbound(requests: Sequence[InboundRequest], *, enqueue: bool = True,
         outbox.remove(session, published)
         if enqueue:
             fresh = [(k, s.event) for k, s in enumerate(out) if s.event is not None]
-            pending = outbox.add(session, [outbox.Entry.of(INBOUND, e, e.message_id) for _, e in fresh])
+            pending = outbox.add(session, [outbox.Entry.of(INBOUND, e, e.message_id,
+                                                           trace=requests[k].trace_context) for k, e in fresh])
             for (k, _), entry in zip(fresh, pending, strict=True):
                 out[k] = replace(out[k], pending=entry)
     return out

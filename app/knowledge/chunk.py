@@ -6,7 +6,8 @@
   consecutive pieces of one cut paragraph share `overlap` words so no sentence loses its context.
 - HTML, PDF, DOCX: parsed to Markdown-shaped text first (app/knowledge/formats.py), then as Markdown.
 - Plain text: the same, with no headings.
-- FAQ: one question/answer pair per chunk, "Q: ...\nA: ...", headed by the question.
+- Question/answer units (app/knowledge/units.py), from a FAQ file's rows or from question-shaped headings and
+  titles in any of the formats above: one unit per chunk, "Q: ...\nA: ...", headed by the question alone.
 """
 
 from __future__ import annotations
@@ -16,11 +17,15 @@ import re
 from dataclasses import dataclass
 
 from app.knowledge.parse import ParsedDocument
+from app.knowledge.units import Section, Unit, split_units, unit_text
 
 _HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
 _FENCE = re.compile(r"^\s*(```|~~~)")
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 HEADING_SEP = " > "
+# A question's answer stays one passage up to this many times `max_words` (the CSV path has always kept a FAQ
+# answer whole: COVID-QA's longest is ~700 words); past it, it is cut like any section, each piece under the question.
+UNIT_MAX_FACTOR = 8
 
 
 @dataclass(frozen=True)
@@ -42,9 +47,10 @@ def _word_count(text: str) -> int:
     return len(text.split())
 
 
-def markdown_sections(text: str) -> list[tuple[str, str]]:
-    """(heading path, body) per section, in order; the text before the first heading has an empty path."""
-    sections: list[tuple[str, str]] = []
+def sections_of(text: str) -> list[Section]:
+    """The sections of Markdown-shaped text, in order, with their level, own heading and heading path; the text
+    before the first heading is a level-0 section with no heading. Sections with no body are left out."""
+    sections: list[Section] = []
     path: list[tuple[int, str]] = []
     body: list[str] = []
     in_fence = False
@@ -52,7 +58,8 @@ def markdown_sections(text: str) -> list[tuple[str, str]]:
     def close() -> None:
         content = "\n".join(body).strip()
         if content:
-            sections.append((HEADING_SEP.join(title for _, title in path), content))
+            level, title = path[-1] if path else (0, "")
+            sections.append(Section(level, title, HEADING_SEP.join(t for _, t in path), content))
         body.clear()
 
     for line in text.split("\n"):
@@ -67,6 +74,11 @@ def markdown_sections(text: str) -> list[tuple[str, str]]:
             body.append(line)
     close()
     return sections
+
+
+def markdown_sections(text: str) -> list[tuple[str, str]]:
+    """(heading path, body) per section, in order; the text before the first heading has an empty path."""
+    return [(s.path, s.body) for s in sections_of(text)]
 
 
 def _paragraphs(body: str) -> list[str]:
@@ -135,12 +147,25 @@ def chunk_document(doc: ParsedDocument, max_words: int = 120, overlap: int | Non
     if max_words < 10:
         raise ValueError("max_words must be at least 10")
     overlap = max(0, min(overlap if overlap is not None else max_words // 8, max_words // 2))
-    pieces: list[tuple[str, str]] = []
     if doc.kind == "faq":
-        pieces = [(q, f"Q: {q}\nA: {a}") for q, a in doc.faqs]
+        parts: list[Section | Unit] = [Unit(q, a) for q, a in doc.faqs]
     elif doc.kind in ("markdown", "html", "pdf", "docx"):  # the parsers give these Markdown-shaped text
-        for heading, body in markdown_sections(doc.text):
-            pieces.extend((heading, text) for text in chunk_body(body, max_words, overlap))
-    else:
-        pieces = [("", text) for text in chunk_body(doc.text, max_words, overlap)]
+        parts = split_units(sections_of(doc.text), doc.title)
+    else:  # plain text: no headings, but a file titled with a question is that question's answer
+        parts = split_units([Section(0, "", "", doc.text)], doc.title)
+    pieces: list[tuple[str, str]] = []
+    for part in parts:
+        if isinstance(part, Unit):
+            pieces.extend((part.question, unit_text(part.question, answer))
+                          for answer in unit_answers(part.answer, max_words, overlap))
+        else:
+            pieces.extend((part.path, text) for text in chunk_body(part.body, max_words, overlap))
     return [TextChunk(i, heading[:500], text) for i, (heading, text) in enumerate(pieces)]
+
+
+def unit_answers(answer: str, max_words: int, overlap: int) -> list[str]:
+    """A unit's answer as one passage, or cut like a long section when it is over UNIT_MAX_FACTOR times the
+    chunk size (a long help article under a question heading), so no passage grows without bound."""
+    if _word_count(answer) <= max_words * UNIT_MAX_FACTOR:
+        return [answer]
+    return chunk_body(answer, max_words, overlap)

@@ -1,4 +1,4 @@
-"""`switchboard pack list|promote|rollback` and `switchboard eval`.
+"""`switchboard pack list|promote|rollback|quarantine` and `switchboard eval`.
 
 Like every operator command, they run in this process, or, while an embedded `switchboard serve` holds the
 vector store, are sent to it (`operator_router` below is mounted by embedded serve). The `--json` shapes are a
@@ -42,7 +42,7 @@ def _tenant_id(session: Any, slug: str) -> str:
 
 
 def _listing(session: Any, tenant_id: str) -> dict[str, Any]:
-    from app.knowledge import versions
+    from app.knowledge import quarantine, versions
     from app.models import Tenant
 
     return {
@@ -50,6 +50,7 @@ def _listing(session: Any, tenant_id: str) -> dict[str, Any]:
         "versions": [
             {"version": v.version, "status": v.status, "documents": v.documents, "chunks": v.chunks,
              "embedded": v.embedded, "scores": v.scores or {}, "notes": v.notes,
+             "quarantined": quarantine.count_held(session, tenant_id, v.version),
              "created_at": v.created_at.isoformat(), "promoted_at": v.promoted_at.isoformat() if v.promoted_at
              else None}
             for v in versions.list_versions(session, tenant_id)
@@ -77,6 +78,24 @@ def pack_action(slug: str, action: str, version: int | None = None) -> dict[str,
         return _listing(session, tenant_id)
 
 
+def quarantine_action(slug: str, release: str | None = None, version: int | None = None) -> dict[str, Any]:
+    """The chunks held as suspected prompt injection (of `version`, default the live one), after releasing the
+    chunk `release` if given (app/knowledge/quarantine.py)."""
+    from app.knowledge import quarantine
+    from app.models import Tenant
+
+    with session_scope() as session:
+        tenant_id = _tenant_id(session, slug)
+        if release:
+            try:
+                version = quarantine.release(session, tenant_id, release, "operator")["pack_version"]
+            except quarantine.QuarantineError as exc:
+                raise PackError(str(exc), exc.status) from exc
+        version = version or session.get_one(Tenant, tenant_id).live_pack_version
+        return {"pack_version": version, "released": release,
+                "chunks": quarantine.listing(session, tenant_id, version) if version else []}
+
+
 def run_eval(slug: str, questions: str, version: int | None = None) -> dict[str, Any]:
     """Scores of `version` (default: the live one) on JSONL `questions`."""
     from app.knowledge.evaluate import EvalError, evaluate, parse_questions
@@ -100,6 +119,11 @@ class PackIn(BaseModel):
     version: int | None = None
 
 
+class QuarantineIn(BaseModel):
+    release: str | None = None
+    version: int | None = None
+
+
 class EvalIn(BaseModel):
     questions: str
     version: int | None = None
@@ -118,6 +142,15 @@ def operator_router(token: str) -> APIRouter:
         check(authorization)
         try:
             return pack_action(slug, action, body.version)
+        except PackError as exc:
+            raise HTTPException(exc.status, str(exc)) from exc
+
+    @router.post("/tenants/{slug}/quarantine")
+    def held(slug: str, body: QuarantineIn, authorization: Annotated[str | None, Header()] = None
+             ) -> dict[str, Any]:
+        check(authorization)
+        try:
+            return quarantine_action(slug, body.release, body.version)
         except PackError as exc:
             raise HTTPException(exc.status, str(exc)) from exc
 
@@ -169,8 +202,12 @@ def _show(listing: dict[str, Any], as_json: bool) -> None:
     for v in listing["versions"]:
         marker = "*" if v["version"] == listing["live_version"] else " "
         hit5 = f"  hit@5 {v['scores']['hit@5']:.3f}" if "hit@5" in v.get("scores", {}) else ""
+        held = f"  {v['quarantined']} quarantined" if v.get("quarantined") else ""
         typer.echo(f"{marker} v{v['version']:<4} {v['status']:<8} {v['documents']:>4} docs {v['chunks']:>6} chunks"
-                   f"{hit5}" + (f"  ({v['notes']})" if v.get("notes") else ""))
+                   f"{hit5}{held}" + (f"  ({v['notes']})" if v.get("notes") else ""))
+    if any(v.get("quarantined") for v in listing["versions"]):
+        typer.echo("quarantined chunks (suspected prompt injection) are not retrievable: "
+                   "`switchboard pack quarantine --tenant SLUG` shows them")
 
 
 Tenant = Annotated[str, typer.Option(help="Tenant slug.")]
@@ -216,3 +253,26 @@ def eval_command(
         return
     typer.echo(f"pack version {result['pack_version']}: n={scores['n']} hit@1={scores['hit@1']:.3f} "
                f"hit@5={scores['hit@5']:.3f} mrr={scores['mrr']:.3f}")
+
+
+@pack_app.command("quarantine")
+def pack_quarantine(
+    tenant: Tenant,
+    release: Annotated[str | None, typer.Option(help="Release this chunk id (after reading it): it is indexed.")]
+    = None,
+    version: Annotated[int | None, typer.Option(help="Pack version (default: the live one).")] = None,
+    as_json: AsJson = False,
+) -> None:
+    """Knowledge chunks held at ingestion as suspected prompt injection, with the reason; `--release` one."""
+    result = _call(f"/operator/v1/tenants/{tenant}/quarantine", {"release": release, "version": version},
+                   lambda: quarantine_action(tenant, release, version))
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    if release:
+        typer.echo(f"released {release}: it is indexed in pack version {result['pack_version']}")
+    if not result["chunks"]:
+        typer.echo(f"no quarantined chunks in pack version {result['pack_version']}")
+    for c in result["chunks"]:
+        excerpt = " ".join(c["text"].split())[:100]
+        typer.echo(f"{c['chunk_id']}  {c['document']} #{c['ordinal']}  {c['reason']}\n    {excerpt}")

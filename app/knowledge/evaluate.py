@@ -1,8 +1,12 @@
 """Retrieval evaluation of a pack version: the share of questions whose expected document comes back first
 (hit@1), in the top five (hit@5), and the mean reciprocal rank of its first passage (MRR, over the top 10).
 
-Questions are JSONL, one `{"question": ..., "expected_document": <file name within the pack>}` per line. The
-same numbers gate automatic promotion (app/knowledge/service.py) and back `switchboard eval`.
+Questions are JSONL, one `{"question": ..., "expected_document": <file name within the pack>}` per line. A line
+may name the passage more closely with `"expected_heading"`: the question of a FAQ entry, or a section's heading
+(its own or its whole path, "Returns > Refunds"), so one file with many entries (a CSV, a Markdown file of `##`
+questions, an HTML page) is scored entry by entry; and `expected_document` may be a list of files, any of which
+counts (the same entry published twice). The same numbers gate automatic promotion (app/knowledge/service.py)
+and back `switchboard eval`.
 """
 
 from __future__ import annotations
@@ -11,7 +15,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from app.knowledge.retrieval import retrieve
+from app.knowledge.chunk import HEADING_SEP
+from app.knowledge.retrieval import Passage, retrieve
 from app.knowledge.termstats import TermStats
 from app.providers.embeddings.base import Embedder, SparseEncoder
 from app.providers.vectors.base import VectorStore
@@ -26,7 +31,21 @@ class EvalError(ValueError):
 @dataclass(frozen=True)
 class Question:
     question: str
-    expected_document: str
+    expected_document: str | tuple[str, ...]
+    expected_heading: str | None = None
+
+    def matches(self, passage: Passage) -> bool:
+        documents = (self.expected_document,) if isinstance(self.expected_document, str) else self.expected_document
+        if passage.document not in documents:
+            return False
+        if self.expected_heading is None:
+            return True
+        wanted = _norm(self.expected_heading)
+        return wanted in (_norm(passage.heading), _norm(passage.heading.split(HEADING_SEP)[-1]))
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.casefold().split())
 
 
 def parse_questions(data: bytes | str) -> list[Question]:
@@ -39,11 +58,18 @@ def parse_questions(data: bytes | str) -> list[Question]:
             item = json.loads(line)
         except json.JSONDecodeError as exc:
             raise EvalError(f"line {line_no}: invalid JSON ({exc.msg})") from exc
-        question = item.get("question") if isinstance(item, dict) else None
-        expected = item.get("expected_document") if isinstance(item, dict) else None
-        if not isinstance(question, str) or not question.strip() or not isinstance(expected, str) or not expected:
-            raise EvalError(f'line {line_no}: needs {{"question": "...", "expected_document": "file name"}}')
-        out.append(Question(question.strip(), expected))
+        if not isinstance(item, dict):
+            item = {}
+        question, expected, heading = item.get("question"), item.get("expected_document"), item.get("expected_heading")
+        if isinstance(expected, list) and expected and all(isinstance(e, str) and e for e in expected):
+            expected = tuple(expected)
+        if not isinstance(question, str) or not question.strip() or not isinstance(expected, str | tuple) \
+                or not expected:
+            raise EvalError(f'line {line_no}: needs {{"question": "...", "expected_document": "file name"}} (or a '
+                            "list of file names)")
+        if heading is not None and (not isinstance(heading, str) or not heading.strip()):
+            raise EvalError(f"line {line_no}: expected_heading must be a non-empty string when given")
+        out.append(Question(question.strip(), expected, heading.strip() if heading else None))
     if not out:
         raise EvalError("no questions in the file")
     return out
@@ -68,9 +94,8 @@ def evaluate(
     for q in questions:
         passages = retrieve(tenant_id, q.question, top_k=DEPTH, filters=where or None, embedder=embedder,
                             sparse_encoder=sparse_encoder, vector_store=vector_store, term_stats=term_stats)
-        docs = [p.document for p in passages]
-        if q.expected_document in docs:
-            rank = docs.index(q.expected_document) + 1
+        rank = next((p.rank for p in passages if q.matches(p)), None)
+        if rank is not None:
             hit1 += rank == 1
             hit5 += rank <= 5
             rr += 1 / rank

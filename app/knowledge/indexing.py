@@ -7,17 +7,18 @@ from __future__ import annotations
 import hashlib
 import mimetypes
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.knowledge import embedcache
+from app.knowledge import embedcache, quarantine
 from app.knowledge.chunk import TextChunk
 from app.knowledge.ids import chunk_id
 from app.knowledge.parse import ParsedDocument, ParseError, SourceFile
 from app.knowledge.representation import question_text
 from app.models import Chunk, Document, new_id
-from app.providers.embeddings.base import Embedder, SparseEncoder
+from app.providers.embeddings.base import Embedder, SparseEncoder, SparseVector
 from app.providers.storage.base import ObjectStore
 from app.providers.vectors.base import ChunkPoint, VectorStore
 
@@ -67,6 +68,7 @@ class Prepared:
     question_key: str | None  # the question views' cache key (None: no chunk has a question view)
     dense: list[list[float]] | None  # from the cache, or None: to embed
     question_dense: list[list[float]] | None
+    held: list[dict[str, Any] | None]  # each chunk's quarantine record (app/knowledge/quarantine.py), None: clean
     data: bytes | None = None  # the raw file to store (None: stored already)
     weight: int = 0  # bytes of the upload this document accounts for (progress)
 
@@ -76,9 +78,38 @@ class Prepared:
         return (self.texts if self.dense is None else []) + (asked if self.question_dense is None else [])
 
 
-def _prepare(d: Deps, document: Document, chunks: list[TextChunk], data: bytes | None) -> Prepared:
+def point(document: Document, point_id: str, c: TextChunk, dense: list[float], question: list[float] | None,
+          sparse: SparseVector, released: bool = False) -> ChunkPoint:
+    """The vector point of one chunk of `document`."""
+    payload_meta = {k: v for k, v in (document.meta or {}).items() if k in ("brand", "category", "language",
+                                                                             "source_url")}
+    payload = {
+        **payload_meta,
+        "document": document.path,
+        "document_id": document.id,
+        "chunk_id": point_id,
+        "heading": c.heading,
+        "text": c.text,
+        "title": document.title,
+        "pack_version": document.pack_version,
+        "kind": document.kind,
+    }
+    if released:
+        payload["injection_released"] = True
+    return ChunkPoint(id=point_id, tenant_id=document.tenant_id, dense=dense, sparse=sparse, question=question,
+                      payload=payload)
+
+
+def _prepare(d: Deps, document: Document, chunks: list[TextChunk], data: bytes | None,
+             threshold: float | None, prior: dict[int, tuple[str, dict[str, Any] | None]]) -> Prepared:
+    """A chunk the injection scan flags is quarantined: its row says why and it gets no vector point (app/
+    knowledge/quarantine.py). `prior` ({ordinal: (text, quarantine)}) carries an admin's release of an unchanged
+    chunk. Held chunks are embedded all the same: the cache key covers every chunk of the document."""
     tenant_id = document.tenant_id
     texts = [c.embedding_text() for c in chunks]
+    held = [quarantine.verdict_for(c, threshold, prior.get(c.ordinal)) for c in chunks]
+    # FAQ chunks get a second dense view, their question alone (app/knowledge/representation.py), cached beside
+    # the document's vectors (a companion key), so deleting the document deletes both.
     questions = [question_text(c, document.kind or "") for c in chunks]
     asked = [q for q in questions if q is not None]
     key = embedcache.cache_key(tenant_id, d.embedder.name, texts)
@@ -86,7 +117,7 @@ def _prepare(d: Deps, document: Document, chunks: list[TextChunk], data: bytes |
     dense = embedcache.load(d.objects, key, len(texts), d.embedder.dim)
     question_dense = embedcache.load(d.objects, question_key, len(asked), d.embedder.dim) if question_key else []
     document.vectors_key = key
-    return Prepared(document, chunks, texts, questions, key, question_key, dense, question_dense, data,
+    return Prepared(document, chunks, texts, questions, key, question_key, dense, question_dense, held, data,
                     len(data or b""))
 
 
@@ -99,8 +130,11 @@ def prepare_document(
     doc: ParsedDocument,
     chunks: list[TextChunk],
     base_doc: Document | None,
+    threshold: float | None = None,
+    prior: dict[int, tuple[str, dict[str, Any] | None]] | None = None,
 ) -> Prepared:
-    """An uploaded document; its raw file is stored only if the live version does not hold the same bytes."""
+    """An uploaded document; its raw file is stored only if the live version does not hold the same bytes.
+    `prior`: the live document's chunks (`prior_quarantine`), whose releases carry while their text is the same."""
     content_hash = hashlib.sha256(source_file.data).hexdigest()
     stored = base_doc is not None and base_doc.content_hash == content_hash and base_doc.object_key
     key = base_doc.object_key if stored and base_doc is not None else object_key(tenant_id, version, doc.path)
@@ -109,12 +143,13 @@ def prepare_document(
         title=doc.title[:500], kind=doc.kind, content_hash=content_hash, object_key=key, meta=doc.meta,
         status="indexed",
     )
-    prepared = _prepare(d, document, chunks, None if stored else source_file.data)
+    prepared = _prepare(d, document, chunks, None if stored else source_file.data, threshold, prior or {})
     prepared.weight = len(source_file.data)
     return prepared
 
 
-def prepare_carried(session: Session, d: Deps, version: int, base: Document) -> Prepared:
+def prepare_carried(session: Session, d: Deps, version: int, base: Document, threshold: float | None = None
+                    ) -> Prepared:
     """A live document copied into the new version: same file, same chunks, (cached) vectors, new point ids."""
     rows = list(session.scalars(select(Chunk).where(Chunk.tenant_id == base.tenant_id,
                                                     Chunk.document_id == base.id).order_by(Chunk.ordinal)))
@@ -123,14 +158,15 @@ def prepare_carried(session: Session, d: Deps, version: int, base: Document) -> 
         title=base.title, kind=base.kind, content_hash=base.content_hash, object_key=base.object_key,
         meta=dict(base.meta or {}), status="indexed",
     )
-    return _prepare(d, document, [TextChunk(r.ordinal, r.heading, r.text) for r in rows], None)
+    prior = {r.ordinal: (r.text, r.quarantine) for r in rows}
+    return _prepare(d, document, [TextChunk(r.ordinal, r.heading, r.text) for r in rows], None, threshold, prior)
 
 
 def write(session: Session, d: Deps, prepared: Prepared, embedded: list[list[float]]) -> int:
     """Store the raw file, the Document and Chunk rows, the vectors (cached for the next version) and the
     points, `UPSERT_BATCH` at a time. `embedded`: the vectors of `prepared.to_embed`. Returns how many chunks
     were embedded for it (0 when their vectors came from the cache; question views are not counted)."""
-    document, chunks = prepared.document, prepared.chunks
+    document, chunks, held = prepared.document, prepared.chunks, prepared.held
     tenant_id, version = document.tenant_id, document.pack_version
     if len(embedded) != len(prepared.to_embed):
         raise RuntimeError(f"{len(embedded)} vectors for {len(prepared.to_embed)} texts of {document.path}")
@@ -152,32 +188,19 @@ def write(session: Session, d: Deps, prepared: Prepared, embedded: list[list[flo
     session.add(document)
     session.flush()  # the Document row before its Chunk rows (no relationships to order the inserts)
     ids = [chunk_id(tenant_id, version, document.path, c.ordinal) for c in chunks]
-    payload_meta = {k: v for k, v in (document.meta or {}).items() if k in ("brand", "category", "language",
-                                                                             "source_url")}
     for start in range(0, len(chunks), UPSERT_BATCH):
         group = chunks[start : start + UPSERT_BATCH]
         sparse = d.sparse.encode_documents(prepared.texts[start : start + UPSERT_BATCH])
-        d.vectors.upsert(tenant_id, [
-            ChunkPoint(
-                id=ids[start + i], tenant_id=tenant_id, dense=dense[start + i], sparse=sparse[i],
-                question=questions[start + i],
-                payload={
-                    **payload_meta,
-                    "document": document.path,
-                    "document_id": document.id,
-                    "chunk_id": ids[start + i],
-                    "heading": c.heading,
-                    "text": c.text,
-                    "title": document.title,
-                    "pack_version": version,
-                    "kind": document.kind,
-                },
-            )
-            for i, c in enumerate(group)
-        ])
+        points = [
+            point(document, ids[start + i], c, dense[start + i], questions[start + i], sparse[i],
+                  released=quarantine.is_released(held[start + i]))
+            for i, c in enumerate(group) if not quarantine.is_held(held[start + i])
+        ]
+        if points:
+            d.vectors.upsert(tenant_id, points)
     session.add_all(
         Chunk(id=ids[i], tenant_id=tenant_id, document_id=document.id, ordinal=c.ordinal, heading=c.heading,
-              text=c.text, token_estimate=round(c.words * 4 / 3))
+              text=c.text, token_estimate=round(c.words * 4 / 3), quarantine=held[i])
         for i, c in enumerate(chunks)
     )
     session.flush()
@@ -192,6 +215,15 @@ def _embed_now(d: Deps, prepared: Prepared) -> list[list[float]]:
     return vectors
 
 
+def prior_quarantine(session: Session, base: Document | None) -> dict[int, tuple[str, dict[str, Any] | None]]:
+    """{ordinal: (text, quarantine)} of the chunks of a live document, so a new version keeps admins' releases."""
+    if base is None:
+        return {}
+    rows = session.execute(select(Chunk.ordinal, Chunk.text, Chunk.quarantine).where(
+        Chunk.tenant_id == base.tenant_id, Chunk.document_id == base.id))
+    return {r.ordinal: (r.text, r.quarantine) for r in rows}
+
+
 def index_document(
     session: Session,
     d: Deps,
@@ -202,14 +234,17 @@ def index_document(
     doc: ParsedDocument,
     chunks: list[TextChunk],
     base_doc: Document | None,
+    threshold: float | None = None,
 ) -> int:
     """One document, embedded on this thread (ingestion overlaps the embedder with the rest instead:
     app/knowledge/pipeline.py)."""
-    prepared = prepare_document(d, tenant_id, version, source_id, source_file, doc, chunks, base_doc)
+    prepared = prepare_document(d, tenant_id, version, source_id, source_file, doc, chunks, base_doc, threshold,
+                                prior_quarantine(session, base_doc))
     return write(session, d, prepared, _embed_now(d, prepared))
 
 
-def carry_document(session: Session, d: Deps, version: int, source_id: str, base: Document) -> tuple[int, int]:
+def carry_document(session: Session, d: Deps, version: int, source_id: str, base: Document,
+                   threshold: float | None = None) -> tuple[int, int]:
     """Copy a live document into the new version: same file, same chunks, cached vectors, new point ids."""
-    prepared = prepare_carried(session, d, version, base)
+    prepared = prepare_carried(session, d, version, base, threshold)
     return len(prepared.chunks), write(session, d, prepared, _embed_now(d, prepared))

@@ -252,6 +252,12 @@ def clean_meta(raw: dict[str, Any]) -> dict[str, str]:
 
 def front_matter(text: str) -> tuple[dict[str, str], str]:
     """`---` delimited `key: value` lines at the top of a Markdown file: (metadata, the rest)."""
+    fields, rest = front_matter_fields(text)
+    return clean_meta(fields), rest
+
+
+def front_matter_fields(text: str) -> tuple[dict[str, str], str]:
+    """Every `key: value` line of the front matter (keys lower-cased), and the rest of the file."""
     if not text.startswith("---\n"):
         return {}, text
     end = text.find("\n---", 4)
@@ -263,7 +269,7 @@ def front_matter(text: str) -> tuple[dict[str, str], str]:
         if sep:
             fields[key.strip().lower()] = value.strip().strip("'\"")
     rest = text[end + 4 :]
-    return clean_meta(fields), rest.split("\n", 1)[1] if "\n" in rest else ""
+    return fields, rest.split("\n", 1)[1] if "\n" in rest else ""
 
 
 def read_metadata(data: bytes) -> dict[str, dict[str, Any]]:
@@ -378,10 +384,12 @@ def _parse(source: SourceFile, *, max_pdf_pages: int) -> ParsedDocument:
         title, body = formats.html_to_markdown(text)
         return ParsedDocument(source.path, "html", title or _markdown_title(body) or stem, text=body)
     if suffix in MARKDOWN:
-        meta, text = front_matter(text)
+        fields, text = front_matter_fields(text)
         if not text.strip():
             raise ParseError("file has front matter but no text")
-        return ParsedDocument(source.path, "markdown", _markdown_title(text) or stem, text=text, meta=meta)
+        # A help-centre export's front matter names the article ("title: How do I return an item?").
+        title = (fields.get("title") or "").strip() or _markdown_title(text) or stem
+        return ParsedDocument(source.path, "markdown", title[:500], text=text, meta=clean_meta(fields))
     if suffix in TEXT:
         return ParsedDocument(source.path, "text", stem, text=text)
     parser = {".csv": _parse_csv, ".json": _parse_json, ".jsonl": _parse_jsonl}[suffix]

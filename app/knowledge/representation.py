@@ -5,6 +5,10 @@ encoded as BM25 terms. A FAQ chunk has a second dense view, its question alone: 
 questions a FAQ answers, and a question matches a question better than it matches a question glued to its
 answer (COVID-QA, benchmarks/retrieval_covid.py: dense hit@1 0.566 on the full view, 0.656 on the question
 view). Other chunks have no question view; the vector store uses their full view in its place.
+
+Which chunks are FAQ chunks is read from the chunk, not from its file's type: every question/answer unit has the
+same shape (app/knowledge/units.py), whether it came from a CSV row, a question heading in Markdown, HTML or
+DOCX, or a file titled with its question.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from app.knowledge.chunk import TextChunk
+from app.knowledge.units import unit_question
 from app.providers.embeddings.base import Embedder, SparseEncoder, SparseVector
 
 
@@ -23,11 +28,10 @@ class ChunkVectors:
     sparse: SparseVector
 
 
-def question_text(chunk: TextChunk, kind: str) -> str | None:
-    """The question a FAQ chunk answers (its heading, see chunk.py), or None for any other chunk."""
-    if kind == "faq" and chunk.heading.strip():
-        return chunk.heading.strip()
-    return None
+def question_text(chunk: TextChunk, kind: str = "") -> str | None:
+    """The question a question/answer chunk answers (its heading), or None for any other chunk. `kind` (the
+    file's type) is not consulted: a unit looks the same whatever file it came from."""
+    return unit_question(chunk.heading, chunk.text)
 
 
 def question_vectors(

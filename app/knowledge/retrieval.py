@@ -29,6 +29,7 @@ class Passage:
     text: str
     score: float  # dense cosine similarity to the query, in [-1, 1]
     rank: int  # 1-based, fused order
+    reviewed: bool = False  # quarantined as suspected injection at ingestion, then released by an admin
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -78,6 +79,7 @@ def retrieve(
             text=str(hit.payload.get("text", "")),
             score=hit.score,
             rank=rank,
+            reviewed=bool(hit.payload.get("injection_released")),
         )
         for rank, hit in enumerate(hits, start=1)
     ]

@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session
 
 from app import metrics
 from app.config import get_settings
-from app.knowledge import indexing, termstats, versions
+from app.knowledge import indexing, quarantine, termstats, versions
 from app.knowledge.chunk import chunk_document
 from app.knowledge.indexing import Deps, Prepared, deps
 from app.knowledge.parse import (
@@ -114,6 +114,7 @@ class IngestReport:
     version_documents: int = 0  # documents in the new version (this upload's and the carried ones)
     version_chunks: int = 0
     embedded: int = 0  # chunks that had to be embedded (the rest came from the cache)
+    quarantined: int = 0  # chunks of the new version held as suspected prompt injection (not retrievable)
     status: str = "building"  # the version's status at the end: live | ready | failed
     promoted: bool = False
     notes: str | None = None
@@ -179,6 +180,7 @@ def ingest_paths(
 
     report = IngestReport(tenant_id, build.version, job.id, source.id)
     meter = _Meter(total_bytes=sum(len(f.data) for f in files), started=started)
+    threshold = quarantine.tenant_threshold(tenant)
 
     def tick(name: str, status: str, reason: str | None = None, weight: int = 0) -> None:
         meter.files_done += 1
@@ -244,8 +246,10 @@ def ingest_paths(
                     raise ParseError("no text to index")
                 if len(source_file.path) > 500:
                     raise ParseError("path is longer than 500 characters")
+                base_doc = base_docs.get(source_file.path)
                 prepared = indexing.prepare_document(d, tenant_id, build.version, source.id, source_file, doc,
-                                                     chunks, base_docs.get(source_file.path))
+                                                     chunks, base_doc, threshold,
+                                                     indexing.prior_quarantine(session, base_doc))
             except ParseError as exc:
                 drain()
                 failed(source_file.path, str(exc), len(source_file.data))
@@ -254,13 +258,15 @@ def ingest_paths(
         drain(everything=True)  # before carrying: an upload refused at write time is carried forward instead
         for path, base_doc in sorted(base_docs.items()):
             if path not in uploaded:
-                enqueue(indexing.prepare_carried(session, d, build.version, base_doc), carried=True)
+                enqueue(indexing.prepare_carried(session, d, build.version, base_doc, threshold), carried=True)
         drain(everything=True)
     report.timings = {"files": round(time.monotonic() - files_started, 3), "embedding": round(pipe.seconds, 3)}
     finishing = time.monotonic()
     report.documents = len(report.files_ok)
     report.version_documents = report.documents + len(report.files_carried)
     report.version_chunks += report.chunks
+    report.quarantined = quarantine.count_held(session, tenant_id, build.version)
+    metrics.injection_flagged("chunk", report.quarantined)
     _finish(session, d, tenant, build, report, promote=promote)
     report.timings["finishing"] = round(time.monotonic() - finishing, 3)
     job.done_files, job.chunks, job.errors = meter.files_done, report.version_chunks, list(report.files_failed)
@@ -269,6 +275,8 @@ def ingest_paths(
     job.detail = (f"version {build.version} {report.status}: {len(report.files_ok)} indexed, "
                   f"{len(report.files_carried)} carried forward, {len(report.files_failed)} refused, "
                   f"{report.version_chunks} chunks ({report.embedded} embedded)"
+                  + (f", {report.quarantined} quarantined as suspected prompt injection" if report.quarantined
+                     else "")
                   + (f"; {report.notes}" if report.notes else ""))
     session.flush()
     report.seconds = round(time.monotonic() - started, 3)

@@ -4,7 +4,8 @@ Mean pooling gives every token of a question the same say in its embedding. In a
 tokens are everywhere ("covid" in a COVID FAQ, "room" in a hotel's) and say little about which passage a
 customer wants; the rare ones ("stigma", "pets", "amex") say most. So the query, and only the query, is
 pooled with each token weighted by its inverse document frequency over the pack version's chunks (BM25's IDF
-over WordPiece tokens, the embedder's own vocabulary); the passages stay embedded as they are. The store still
+over WordPiece tokens, the embedder's own vocabulary), raised to IDF_EXPONENT; the passages stay embedded as
+they are. The store still
 scores hits with the plain query (`Hit.score`, the calibrated cosine the orchestrator's threshold reads); the
 weighted one only ranks. Measured (docs/benchmarks.md): COVID-QA hit@1 0.668 -> 0.738 dense, DSTC11 recall@5
 0.584 -> 0.637 dense, the example tenant hit@5 0.947 -> 0.961 dense.
@@ -31,6 +32,9 @@ from app.providers.embeddings.base import Embedder, TokenWeightingEmbedder
 log = logging.getLogger(__name__)
 
 BATCH = 256
+# The query's tokens are pooled with IDF ** IDF_EXPONENT: chosen with the fusion weight on the tuning half of the
+# COVID-QA queries (benchmarks/tune_retrieval.py), reported on the held-out half (docs/benchmarks.md).
+IDF_EXPONENT = 1.5
 # Statistics kept per process, least recently used out first. One is ~8 bytes per distinct token (a large pack
 # has ~30k): 256 of them stay under ~60 MB.
 CACHE_SIZE = 256
@@ -70,6 +74,10 @@ class TermStats:
         """BM25's (always positive) IDF: ln(1 + (N - df + 0.5) / (df + 0.5))."""
         df = self.df.get(token, 0)
         return math.log(1 + (self.documents - df + 0.5) / (df + 0.5))
+
+    def weight(self, token: int) -> float:
+        """A query token's weight in the pooled query: its IDF ** IDF_EXPONENT."""
+        return self.idf(token) ** IDF_EXPONENT
 
     def to_json(self) -> dict[str, Any]:
         return {"tokenizer": self.tokenizer, "documents": self.documents, "df": {str(k): v for k, v in self.df.items()}}
@@ -114,7 +122,7 @@ def query_vectors(embedder: Embedder, query: str, stats: TermStats | None) -> tu
         or not isinstance(embedder, TokenWeightingEmbedder)
     ):
         return embedder.embed_query(query), None
-    plain, weighted = embedder.embed_query_weighted(query, stats.idf)
+    plain, weighted = embedder.embed_query_weighted(query, stats.weight)
     return plain, weighted
 
 

@@ -6,7 +6,7 @@ from app.models.conversations import Contact, Conversation, Message
 from app.models.knowledge import Chunk, Document, IngestionJob, KnowledgeSource, PackVersion
 from app.models.llm import LLMCall
 from app.models.outbox import OutboxEntry
-from app.models.review import AuditEvent, Escalation, TenantWebhook
+from app.models.review import AuditEvent, Escalation, Handoff, TenantWebhook
 from app.models.tenancy import ApiKey, ChannelAccount, Tenant
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "Conversation",
     "Document",
     "Escalation",
+    "Handoff",
     "IngestionJob",
     "KnowledgeSource",
     "LLMCall",

@@ -18,6 +18,10 @@ class Contact(IdMixin, Base):
     external_id: Mapped[str] = mapped_column(String(200))
     display_name: Mapped[str | None] = mapped_column(String(200), default=None)
     last_inbound_at: Mapped[datetime | None] = mapped_column(default=None)
+    # unknown | granted | withdrawn (opted out: nothing is sent but the confirmation; app/contacts/consent.py)
+    consent_status: Mapped[str] = mapped_column(String(16), default="unknown", server_default="unknown")
+    consent_updated_at: Mapped[datetime | None] = mapped_column(default=None)
+    consent_source: Mapped[str | None] = mapped_column(String(64), default=None)  # keyword | admin:<who> | api
 
 
 class Conversation(IdMixin, Base):
@@ -44,6 +48,7 @@ class Message(IdMixin, Base):
         UniqueConstraint("tenant_id", "channel", "provider_message_id"),
         Index("ix_messages_conversation_created", "conversation_id", "created_at"),
         Index("ix_messages_provider_ref", "tenant_id", "channel", "provider_ref"),
+        Index("ix_messages_tenant_created", "tenant_id", "created_at"),  # monthly usage, analytics by time
     )
 
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)

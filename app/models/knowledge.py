@@ -54,6 +54,10 @@ class Chunk(Base):
     heading: Mapped[str] = mapped_column(String(500), default="")
     text: Mapped[str] = mapped_column(Text)
     token_estimate: Mapped[int] = mapped_column(default=0)
+    # Suspected prompt injection found at ingestion (app/knowledge/quarantine.py): {"reason", "score", "rules",
+    # "status": "held" | "released", "released_by", "released_at"}. A held chunk has no vector point, so retrieval
+    # never returns it; null for a clean chunk.
+    quarantine: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), default=None)
 
 
 class IngestionJob(IdMixin, Base):

@@ -11,7 +11,10 @@ from app.models.base import Base, IdMixin, utcnow
 
 class Escalation(IdMixin, Base):
     __tablename__ = "escalations"
-    __table_args__ = (Index("ix_escalations_tenant_status", "tenant_id", "status"),)
+    __table_args__ = (
+        Index("ix_escalations_tenant_status", "tenant_id", "status"),
+        Index("ix_escalations_tenant_created", "tenant_id", "created_at"),  # analytics by time (app/analytics)
+    )
 
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
     conversation_id: Mapped[str] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
@@ -62,3 +65,24 @@ class TenantWebhook(IdMixin, Base):
     url: Mapped[str] = mapped_column(String(2000))
     secret_encrypted: Mapped[str] = mapped_column(String(1000))
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Handoff(IdMixin, Base):
+    """One stretch of a conversation in an agent's hands: from a takeover (of an escalation or of the conversation)
+    to its release back to the bot. `ended_at` is None while the agent still has it. Written since migration 0012:
+    agent handling time and the resolution time of taken-over escalations are only known from then on."""
+
+    __tablename__ = "handoffs"
+    __table_args__ = (
+        Index("ix_handoffs_tenant_ended", "tenant_id", "ended_at"),
+        Index("ix_handoffs_conversation_ended", "conversation_id", "ended_at"),
+    )
+
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    conversation_id: Mapped[str] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
+    # The escalation taken over, when the takeover was a decision on one (else a takeover from the conversation).
+    escalation_id: Mapped[str | None] = mapped_column(String(32), default=None, index=True)
+    agent: Mapped[str] = mapped_column(String(200))  # the principal's label, as on Escalation.reviewer
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(default=None)
+    ended_by: Mapped[str | None] = mapped_column(String(200), default=None)

@@ -23,6 +23,9 @@ class Tenant(IdMixin, Base):
     # Encrypted {provider name: API key} for the entries of `policies.llm.providers` that have their own key.
     llm_provider_keys_encrypted: Mapped[str | None] = mapped_column(Text, default=None)
     live_pack_version: Mapped[int | None] = mapped_column(default=None)
+    # The plan the operator assigned (app/tenants/plans.py; None: DEFAULT_PLAN) and its per-figure overrides.
+    plan: Mapped[str | None] = mapped_column(String(32), default=None)
+    plan_overrides: Mapped[dict[str, Any] | None] = mapped_column(default=None)
 
 
 class ApiKey(IdMixin, Base):

@@ -5,8 +5,6 @@ revealing masked text (audited). Same rules as app/review/routes.py: the caller'
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -18,8 +16,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import BaseModel, Field
 
+from app import keys
 from app.auth import Agent, Viewer, authenticate
-from app.config import get_settings
 from app.db import session_scope
 from app.review import queue
 from app.review.notify import CONSOLE_KEY
@@ -123,9 +121,11 @@ class TicketOut(BaseModel):
     expires_in: int = Field(description="Seconds the ticket can be used to open a stream.")
 
 
-def _ticket_signature(tenant_id: str, expires: int) -> bytes:
-    key = hashlib.sha256(b"console-events:" + get_settings().effective_secret_key.encode()).digest()
-    return hmac.new(key, f"{tenant_id}:{expires}".encode(errors="surrogatepass"), hashlib.sha256).hexdigest().encode()
+TICKET_LABEL = b"console-events:"
+
+
+def _ticket_message(tenant_id: str, expires: int) -> bytes:
+    return f"{tenant_id}:{expires}".encode(errors="surrogatepass")
 
 
 @router.post("/events/tickets", response_model=TicketOut, status_code=201, summary="Get a ticket for the queue stream")
@@ -133,7 +133,7 @@ def open_ticket(principal: Viewer) -> TicketOut:
     """A ticket to open `GET /review/v1/events?ticket=...` from a browser's `EventSource`, valid for `expires_in`
     seconds (to connect; an open stream stays open)."""
     expires = int(time.time()) + TICKET_TTL_S
-    signature = _ticket_signature(principal.tenant_id, expires).decode()
+    signature = keys.sign(TICKET_LABEL, _ticket_message(principal.tenant_id, expires))
     return TicketOut(ticket=f"{principal.tenant_id}.{expires}.{signature}", expires_in=TICKET_TTL_S)
 
 
@@ -153,8 +153,7 @@ def _stream_tenant(
     tenant_id, _, rest = ticket.partition(".")
     expires, _, signature = rest.partition(".")
     valid = bool(tenant_id) and expires.isascii() and expires.isdigit() and len(expires) <= 12
-    if not valid or not hmac.compare_digest(signature.encode(errors="replace"),
-                                            _ticket_signature(tenant_id, int(expires))):
+    if not valid or not keys.signed(TICKET_LABEL, _ticket_message(tenant_id, int(expires)), signature):
         raise HTTPException(401, "invalid queue stream ticket: POST /review/v1/events/tickets for one")
     if int(expires) < time.time():
         raise HTTPException(401, "queue stream ticket expired: POST /review/v1/events/tickets for a new one")

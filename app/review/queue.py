@@ -14,8 +14,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.assistant.guardrails import redact_pii
 from app.assistant.modes import effective_mode
+from app.assistant.pii import redact_pii
 from app.audit import record
 from app.auth import Principal
 from app.models import Contact, Conversation, Escalation, Message, Tenant

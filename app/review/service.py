@@ -21,6 +21,7 @@ from app.channels import Permanent
 from app.contracts import EVENTS, OUTBOUND, EscalationDecided, OutboundMessage
 from app.conversations.replies import add_outbound, outbound_event
 from app.models import ChannelAccount, Contact, Conversation, Escalation, utcnow
+from app.review import handoffs
 
 
 class ReviewError(Exception):
@@ -101,15 +102,18 @@ def decide(
             meta={"escalation_id": escalation.id},
         )
         outbound = outbound_event(reply, conversation)
+    now = utcnow()
     if decision == "takeover":
         conversation.mode = "human"
         conversation.assigned_agent = principal.label
+        handoffs.start(session, principal.tenant_id, conversation.id, principal.label, now,
+                       escalation_id=escalation.id)
     escalation.status = {"approve": "approved", "edit": "approved", "reject": "rejected",
                          "takeover": "taken_over"}[decision]
     escalation.decision = decision
     escalation.final_text = text
     escalation.reviewer = principal.label
-    escalation.decided_at = utcnow()
+    escalation.decided_at = now
     if escalation.sla_state == "pending":
         escalation.sla_state = "met"  # a person acted before the first-response target (app/review/sla.py)
     record(session, principal.tenant_id, principal.actor, f"escalation.{decision}", "escalation", escalation.id, {
@@ -153,6 +157,10 @@ def set_mode(session: Session, principal: Principal, conversation_id: str, mode:
     conversation = get_conversation(session, principal, conversation_id)
     conversation.mode = mode
     conversation.assigned_agent = principal.label if mode == "human" else None
+    if mode == "human":
+        handoffs.start(session, principal.tenant_id, conversation.id, principal.label, utcnow())
+    else:
+        handoffs.end(session, principal.tenant_id, conversation.id, principal.label, utcnow())
     action = "conversation.takeover" if mode == "human" else "conversation.release"
     record(session, principal.tenant_id, principal.actor, action, "conversation", conversation.id)
     return conversation

@@ -9,8 +9,6 @@ Sends follow the gateway pattern: verify -> normalise -> durable enqueue -> 202.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import html
 import logging
 import time
@@ -27,7 +25,7 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import BaseModel, Field
 from sqlalchemy import Table, bindparam, select
 
-from app import logs, ratelimit
+from app import keys, logs, ratelimit
 from app.bootstrap import container
 from app.config import get_settings
 from app.conversations.service import InboundRequest
@@ -289,11 +287,11 @@ class TicketOut(BaseModel):
     expires_in: int = Field(description="Seconds the ticket can be used to open a stream.")
 
 
-def _ticket_signature(widget_id: str, contact_id: str, expires: int) -> bytes:
-    # A key of its own, so no session-token signature can ever pass as a ticket signature.
-    key = hashlib.sha256(b"widget-events:" + get_settings().effective_secret_key.encode()).digest()
-    message = f"{widget_id}:{contact_id}:{expires}".encode(errors="surrogatepass")  # hostile input must not raise
-    return hmac.new(key, message, hashlib.sha256).hexdigest().encode()
+TICKET_LABEL = b"widget-events:"  # a key of its own: no session-token signature can pass as a ticket signature
+
+
+def _ticket_message(widget_id: str, contact_id: str, expires: int) -> bytes:
+    return f"{widget_id}:{contact_id}:{expires}".encode(errors="surrogatepass")  # hostile input must not raise
 
 
 @router.post("/widget/v1/{widget_id}/events/tickets", response_model=TicketOut, status_code=201,
@@ -305,7 +303,7 @@ def open_ticket(widget_id: str, authorization: Annotated[str | None, Header()] =
     contact_id = _visitor(widget_id, authorization)
     _account(widget_id)
     expires = int(time.time()) + TICKET_TTL_S
-    signature = _ticket_signature(widget_id, contact_id, expires).decode()
+    signature = keys.sign(TICKET_LABEL, _ticket_message(widget_id, contact_id, expires))
     return TicketOut(ticket=f"{contact_id}.{expires}.{signature}", expires_in=TICKET_TTL_S)
 
 
@@ -326,8 +324,7 @@ async def _stream_visitor(
         head, _, signature = ticket.rpartition(".")
         contact_id, _, expires = head.rpartition(".")
         valid = bool(contact_id) and expires.isascii() and expires.isdigit() and len(expires) <= 12
-        if not valid or not hmac.compare_digest(signature.encode(errors="replace"),
-                                                _ticket_signature(widget_id, contact_id, int(expires))):
+        if not valid or not keys.signed(TICKET_LABEL, _ticket_message(widget_id, contact_id, int(expires)), signature):
             raise HTTPException(401, "invalid event stream ticket for this widget: POST .../events/tickets")
         if int(expires) < time.time():
             raise HTTPException(401, "event stream ticket expired: POST .../events/tickets for a new one")

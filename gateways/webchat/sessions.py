@@ -5,7 +5,9 @@ time and an expiry (WIDGET_SESSION_TTL_S, 24 h by default). Its holder renews it
 `POST /widget/v1/{widget_id}/sessions`, until WIDGET_SESSION_RENEW_GRACE_S after it expired; a visitor without
 a token gets a new contact id. Nothing else yields a token for a contact, so knowing a visitor's id (agents see
 it) is not enough to read or write their conversation. Tokens are not stored: a renewed token does not revoke
-the one it replaced (both end at their own expiry), and rotating SWITCHBOARD_SECRET_KEY ends every session.
+the one it replaced (both end at their own expiry). Tokens are signed under the keyring's first signing key (a
+sub-key of its own, named by the `kid` header) and verified under any of its signing keys, so a key rotation
+ends no session (app/keys.py); removing a signing key from the keyring ends the sessions it signed.
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
 
 import jwt
 
+from app import keys
 from app.config import get_settings
 
 ALGORITHM = "HS256"
@@ -55,14 +57,14 @@ def new_contact_id() -> str:
     return CONTACT_PREFIX + secrets.token_urlsafe(16)
 
 
-def _key() -> bytes:
-    return _derived_key(get_settings().effective_secret_key)
+def derive(signing_key: bytes) -> bytes:
+    # A key of its own, derived from a signing key: a widget token never doubles as anything else it signs.
+    return hmac.new(signing_key, b"switchboard webchat session v1", hashlib.sha256).digest()
 
 
-@lru_cache(maxsize=4)
-def _derived_key(secret_key: str) -> bytes:
-    # A key of its own, derived from the secret key: a widget token never doubles as anything else it signs.
-    return hmac.new(secret_key.encode(), b"switchboard webchat session v1", hashlib.sha256).digest()
+def _keys() -> list[tuple[str, bytes]]:
+    """(kid, key) of every key that verifies, the one that signs first."""
+    return keys.sub_keys(derive)
 
 
 def _audience(widget_id: str) -> str:
@@ -76,7 +78,8 @@ def issue(widget_id: str, tenant_id: str, contact_id: str, *, now: datetime | No
     expires = issued + timedelta(seconds=ttl)
     claims = {"iss": ISSUER, "aud": _audience(widget_id), "sub": contact_id, "tid": tenant_id,
               "iat": issued, "exp": expires}
-    return IssuedSession(contact_id, jwt.encode(claims, _key(), algorithm=ALGORITHM), expires, ttl)
+    kid, key = _keys()[0]
+    return IssuedSession(contact_id, jwt.encode(claims, key, algorithm=ALGORITHM, headers={"kid": kid}), expires, ttl)
 
 
 def _duration(seconds: int) -> str:
@@ -99,7 +102,7 @@ _verified_lock = threading.Lock()
 def verify(widget_id: str, token: str, *, renewing: bool = False) -> Visitor:
     """The visitor a token of this widget names, or SessionError. `renewing` accepts a token up to
     WIDGET_SESSION_RENEW_GRACE_S past its expiry."""
-    cache_key = (_key(), widget_id, token)
+    cache_key = (_keys()[0][1], widget_id, token)
     now = time.time()
     if not renewing:
         hit = _verified.get(cache_key)
@@ -121,8 +124,8 @@ def _decode(widget_id: str, token: str, renewing: bool) -> tuple[Visitor, int]:
     if not token.isascii():  # a JWT is ASCII; anything else (a lone surrogate) must not reach the decoder
         raise SessionError(f"invalid session token for this widget: start a session with {sessions_url}")
     try:
-        claims = jwt.decode(
-            token, _key(), algorithms=[ALGORITHM], audience=_audience(widget_id), issuer=ISSUER, leeway=leeway,
+        claims = keys.decode_jwt(
+            token, _keys(), algorithms=[ALGORITHM], audience=_audience(widget_id), issuer=ISSUER, leeway=leeway,
             options={"require": ["exp", "iat", "sub", "aud", "iss"]},
         )
     except jwt.ExpiredSignatureError:

@@ -145,7 +145,11 @@ def test_upload_is_ingested_by_a_job_and_documents_can_be_deleted(
     assert set(indexed) == {"faq.csv", "returns-and-refunds.md", "warranty.md"}
     assert sum(d["chunks"] for d in indexed.values()) == job["chunks"]
     assert indexed["faq.csv"]["kind"] == "faq" and indexed["warranty.md"]["title"]
-    # Staged upload objects are gone once the job is done; the ingester keeps its own copy of each file.
+    # Staged upload objects go right after the job is recorded done (the ingester keeps its own copy of each
+    # file): the job's status is committed first, so a reader may see it a moment before the cleanup.
+    deadline = time.monotonic() + 30
+    while get_object_store().list(f"{tenant_a.id}/uploads/") and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert get_object_store().list(f"{tenant_a.id}/uploads/") == []
 
     store = get_vector_store()

@@ -5,14 +5,8 @@ import json
 
 import pytest
 
-from app.assistant.guardrails import (
-    detect_injection,
-    find_banned,
-    iban_valid,
-    luhn_valid,
-    redact_pii,
-    wants_human,
-)
+from app.assistant.guardrails import detect_injection, find_banned, wants_human
+from app.assistant.pii import iban_valid, luhn_valid, redact_pii
 from tests.conftest import SHARED_DATA
 
 PII = SHARED_DATA / "pii" / "presidio_synth" / "synth_dataset_v2.json"

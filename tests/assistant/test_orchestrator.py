@@ -81,6 +81,22 @@ def test_a_message_that_keeps_failing_ends_dead_with_its_last_error(tenant: str)
         message = session.get_one(Message, accepted.message_id)
         assert message.status == "dead" and "vector store unreachable" in (message.error or "")
 
+    # Never unheard: a person follows up (the escalation is in the queue) and the customer is told so, once.
+    from sqlalchemy import select
+
+    from app.assistant.outcomes import DEAD_LETTERED, DEFAULT_ESCALATION_NOTICE
+    from app.models import Escalation, OutboxEntry
+
+    mark_dead(tenant, accepted.message_id, "again")  # a second dead letter of the same message changes nothing
+    with session_scope() as session:
+        (escalation,) = session.scalars(select(Escalation).where(Escalation.message_id == accepted.message_id))
+        assert escalation.reason == DEAD_LETTERED and escalation.status == "open"
+        assert "vector store unreachable" in (escalation.detail or "")
+        (notice,) = session.scalars(select(Message).where(Message.in_reply_to_id == accepted.message_id))
+        assert notice.text == DEFAULT_ESCALATION_NOTICE and notice.status == "pending"
+        topics = sorted(session.scalars(select(OutboxEntry.topic).where(OutboxEntry.tenant_id == tenant)))
+        assert topics == ["events", "outbound"]  # the relay publishes the notice and the queue's event
+
 
 def test_without_a_live_pack_version_nothing_is_retrieved_and_the_message_escalates(sb_home: Path) -> None:
     from app.assistant.orchestrator import Orchestrator

@@ -119,9 +119,10 @@ def test_expired_and_forged_access_tokens_are_refused(client: TestClient, tenant
 def test_the_signing_key_is_its_own(monkeypatch: pytest.MonkeyPatch, client: TestClient, dana: Person) -> None:
     from app.accounts.tokens import HKDF_INFO, _key
     from app.config import get_settings
+    from app.keys import current as current_keys
 
     derived, _ = _key()
-    secret = get_settings().effective_secret_key.encode()
+    secret = current_keys().signing[0].secret.encode()
     assert derived != secret and len(derived) == 32
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.kdf.hkdf import HKDF

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import Counter
@@ -157,6 +158,40 @@ def test_unacked_entry_is_redelivered_by_claim_with_count_two(bus: Bus) -> None:
     assert bus.read(T, G, "c2", count=10, block_ms=0) == []  # a claim is not a new entry
     bus.ack(G, claimed)
     assert bus.pending_count(T, G) == 0
+
+
+def test_an_entry_only_waiting_in_consumers_that_died_is_not_dead_lettered(bus: Bus) -> None:
+    """Found by the chaos run (docs/reliability.md): an orchestrator restarted again and again reclaims every
+    pending entry each time, and dies before it starts most of them (they wait behind their conversation's
+    earlier message). Only attempts that started count toward max_deliveries: these entries never crashed
+    anything, so they are handled, not dead-lettered."""
+    bus.publish(T, "acme", {"body": "patient"})
+    assert bus.read(T, G, "dead0", count=1, block_ms=0)
+    for n in range(1, 6):  # five more consumers claim it and are killed before starting it
+        [claimed] = bus.claim_stale(T, G, f"dead{n}", min_idle_ms=0, count=1)
+    assert claimed.deliveries == 6
+    handled: list[Delivery] = []
+    consumer = Consumer(bus, T, G, "c1", handled.append, max_deliveries=2, claim_idle_ms=0)
+    wait_for(lambda: consumer.process_available().handled)
+    assert [d.fields for d in handled] == [{"body": "patient"}]
+    assert bus.dead_letters(T, "acme") == []
+    assert bus.pending_count(T, G) == 0
+
+
+def test_an_entry_whose_handler_started_and_never_finished_max_deliveries_times_is_dead_lettered(bus: Bus) -> None:
+    """The poison message that kills its consumer each time it is handled still ends in the dead letters."""
+    bus.publish(T, "acme", {"body": "kills its consumer"})
+    [first] = bus.read(T, G, "dead0", count=1, block_ms=0)
+    assert bus.count_attempt(G, first) == 1  # a first delivery: counted, without a call, as started
+    for n in range(1, 3):  # each started it (as the consumer runner records) and was killed
+        [claimed] = bus.claim_stale(T, G, f"dead{n}", min_idle_ms=0, count=1)
+        assert bus.count_attempt(G, claimed) == n + 1
+    handled: list[Delivery] = []
+    consumer = Consumer(bus, T, G, "c1", handled.append, max_deliveries=3, claim_idle_ms=0)
+    wait_for(lambda: consumer.process_available().dead)
+    [letter] = bus.dead_letters(T, "acme")
+    assert handled == []
+    assert "no success after 3 deliveries" in letter.reason and "crashed" in letter.reason
 
 
 def test_max_deliveries_dead_letters_with_the_handlers_reason(bus: Bus) -> None:
@@ -365,3 +400,27 @@ def test_stream_stats_sum_tenants_and_count_pending_lag_and_dead_letters(bus: Bu
     assert stats.length == 6  # acknowledged entries stay until trimmed
     assert (stats.pending[G], stats.lag[G], stats.dead_letters) == (1, 2, 1)
     assert bus.stream_stats("nothing-here", [G]).length == 0
+
+
+def test_erase_removes_a_contacts_entries_and_dead_letters_and_nothing_else(bus: Bus) -> None:
+    """A contact's erasure (app/contacts/privacy.py): entries about their messages or conversations go, from
+    the stream and the dead letters, on this tenant only."""
+    def body(**ids: str) -> dict[str, str]:
+        return {"type": "x", "v": "1", "body": json.dumps({"tenant_id": "acme", "text": "hi", **ids})}
+
+    bus.publish(T, "acme", body(message_id="m1", conversation_id="c1"))
+    bus.publish(T, "acme", body(message_id="m2", conversation_id="c1"))
+    kept = bus.publish(T, "acme", body(message_id="m3", conversation_id="c2"))
+    bus.publish(T, "globex", body(message_id="m1", conversation_id="c1"))  # same ids, another tenant
+    bus.record_dead(T, "acme", body(message_id="m2", conversation_id="c1"), "it failed")
+    bus.record_dead(T, "acme", body(message_id="m9", conversation_id="c9"), "it failed too")
+
+    assert bus.erase("acme", [T], {"c1"}) == 3
+    got = bus.read(T, G, "c1", count=10, block_ms=500, skip=["globex"])
+    texts = [d.fields.get("body", "") for d in got]
+    assert not any('"c1"' in t for t in texts)
+    assert kept in [d.id for d in got]
+    assert [json.loads(d.fields["body"])["message_id"] for d in bus.dead_letters(T, "acme")] == ["m9"]
+    other = bus.read(T, G, "c2", count=10, block_ms=500)
+    assert [json.loads(d.fields["body"])["message_id"] for d in other if d.tenant_id == "globex"] == ["m1"]
+    assert bus.erase("acme", [T], {"c1"}) == 0  # idempotent

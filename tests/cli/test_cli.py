@@ -68,6 +68,16 @@ def test_chat_json_answers_with_citations_and_escalates_the_unanswerable(home: P
     assert escalated["reason"] == "no_knowledge"
 
 
+def test_chat_json_prints_the_reason_of_a_language_escalation(home: Path) -> None:
+    """No LLM here: a Spanish question is acknowledged in Spanish and escalated with reason `language`."""
+    result = run(home, "chat", "--tenant", "acme", "--contact", "c3", "--message",
+                 "¿cuánto tardan los reembolsos?", "--json")
+    assert result.returncode == 0, result.stderr
+    escalated = json.loads(result.stdout)
+    assert escalated["status"] == "escalated" and escalated["reason"] == "language" and escalated["escalation_id"]
+    assert "español" in escalated["text"]
+
+
 @pytest.fixture
 def server(home: Path) -> Iterator[str]:
     with serving(home) as url:

@@ -149,3 +149,27 @@ def test_the_scale_out_api_process_runs_a_relay(tenant: str, monkeypatch: pytest
         _add(tenant, 1, not_before=utcnow())  # due now: as if its writer had died a grace ago
         wait_for(lambda: get_bus().stream_length(T, tenant) == 1)
     assert _left(tenant) == 0
+
+
+def test_an_entry_a_relay_publishes_later_continues_the_trace_it_was_written_in(tenant: str, traced) -> None:
+    from app import tracing
+    from tests.traces import ancestry, one
+
+    bus = MemoryBus()
+    with tracing.span("intake"), session_scope() as session:
+        outbox.add(session, [outbox.Entry.of(T, _inbound(tenant), "m1")])  # the writer dies before publishing
+    assert outbox.Relay(bus, clock=lambda: utcnow() + outbox.GRACE).publish_all_due() == 1
+    (delivery,) = bus.read(T, "g", "c", count=10, block_ms=0)
+    spans = traced.spans()
+    publish = one(spans, "publish inbound")
+    assert publish.attributes["switchboard.outbox.relayed"] is True
+    assert ancestry(spans, publish) == ["intake", "publish inbound"]
+    # The entry on the bus names its publish span as the parent of whoever consumes it.
+    assert delivery.fields["traceparent"].startswith(f"00-{publish.trace_id}-{publish.span_id}-")
+
+
+def _inbound(tenant: str):
+    from app.contracts import InboundMessage
+
+    return InboundMessage(tenant_id=tenant, message_id="m1", conversation_id="c1", contact_id="k1",
+                          channel="webchat", provider_message_id="p1", text="hello")

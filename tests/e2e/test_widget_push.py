@@ -75,7 +75,8 @@ def _status(url: str, **kwargs: Any) -> tuple[int, str]:
 
 
 def test_a_visitor_cannot_open_another_visitors_or_tenants_stream(stack: Stack, server: str) -> None:
-    from gateways.webchat.routes import _ticket_signature
+    from app import keys
+    from gateways.webchat.routes import TICKET_LABEL, _ticket_message
 
     visitor, neighbour, stranger = (stack.visitor(stack.northwind), stack.visitor(stack.northwind),
                                     stack.visitor(stack.other))
@@ -89,7 +90,7 @@ def test_a_visitor_cannot_open_another_visitors_or_tenants_stream(stack: Stack, 
     forged = f"{neighbour_contact}.{expires}.{signature}"  # a valid signature moved to another visitor
     assert _status(_events_url(server, visitor), params={"ticket": forged})[0] == 401
     past = int(time.time()) - 1
-    expired = f"{own_contact}.{past}.{_ticket_signature(visitor.widget, own_contact, past).decode()}"
+    expired = f"{own_contact}.{past}.{keys.sign(TICKET_LABEL, _ticket_message(visitor.widget, own_contact, past))}"
     status, detail = _status(_events_url(server, visitor), params={"ticket": expired})
     assert status == 401 and "expired" in detail
     for garbage in ("x", "..", "v_%C3%A9.1.abc", f"{own_contact}.{'9' * 40}.{signature}", "v_%ED%A0%80.1.x",

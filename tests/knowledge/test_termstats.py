@@ -114,7 +114,7 @@ def test_a_build_records_its_statistics_and_retrieval_ranks_with_them(db: Sessio
     question = "is there a warranty on zippers"
     where = {"pack_version": report.pack_version}
     passages = retrieve("acme", question, top_k=5, filters=where)
-    plain, weighted = runtime.get_embedder().embed_query_weighted(question, stats.idf)
+    plain, weighted = runtime.get_embedder().embed_query_weighted(question, stats.weight)
     hits = runtime.get_vector_store().search(
         "acme", plain, runtime.get_sparse_encoder().encode_query(question), limit=5, filters=where, rank_by=weighted
     )

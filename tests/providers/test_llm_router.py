@@ -321,3 +321,28 @@ def test_an_error_outside_the_provider_propagates_and_releases_a_half_open_probe
     assert h.router.complete(_plan(primary), MESSAGES).text == ANSWER  # the next call probes
     assert h.router.state(primary) == CLOSED
     assert ("first", "error") in h.outcomes()
+
+
+def test_each_attempt_is_a_span_under_the_callers_and_a_skipped_provider_an_event(servers, traced) -> None:
+    from app import tracing
+    from tests.traces import one
+
+    first, second = servers
+    first.then_status(429, retry_after=30)
+    plan = _plan(_provider(first, "first", model="small"), _provider(second, "second", model="large"))
+    h = Harness()
+    with tracing.span("llm"):
+        h.router.complete(plan, MESSAGES, tag=TAG)  # the first is rate-limited, the second answers
+    with tracing.span("llm again"):
+        h.router.complete(plan, MESSAGES, tag=TAG)  # inside the Retry-After: the first is skipped
+    spans = traced.spans()
+    llm = one(spans, "llm")
+    failed = one(spans, "llm attempt", **{"switchboard.llm.provider": "first"})
+    assert failed.parent_id == llm.span_id and failed.kind == "client" and failed.error
+    assert failed.attributes["gen_ai.request.model"] == "small" and failed.attributes["error.type"] == "LLMError"
+    answered = [s for s in spans if s.name == "llm attempt" and s.attributes["switchboard.llm.provider"] == "second"]
+    assert len(answered) == 2 and not any(s.error for s in answered)
+    assert all(s.attributes["gen_ai.usage.output_tokens"] > 0 for s in answered)
+    (skipped,) = [e for e in traced.exporter.get_finished_spans() if e.name == "llm again"]
+    assert [(e.name, dict(e.attributes or {})) for e in skipped.events] == [
+        ("llm provider skipped", {"switchboard.llm.provider": "first", "switchboard.llm.skipped": "retry_after"})]

@@ -154,3 +154,37 @@ def test_cli_purge_prints_counts_per_tenant(client: TestClient, tenant_a: Tenant
         tenant_b.slug: {"messages": 0, "escalations": 0, "audit_events": 0}}
     result = run(sb_home, "retention", "purge", "--tenant", "no-such-tenant", "--json")
     assert result.returncode == 1 and "no tenant 'no-such-tenant'" in result.stderr
+
+
+def test_past_message_retention_the_texts_themselves_go_and_counts_stay(
+    client: TestClient, tenant_a: TenantKeys, tenant_b: TenantKeys,
+) -> None:
+    from app.db import session_scope
+    from app.models import Escalation, Message
+    from app.retention import PURGED_TEXT, purge
+
+    response = client.patch("/admin/v1/tenant", headers=tenant_a.headers(),
+                            json={"policies": {"message_retention_days": 90}})
+    assert response.status_code == 200 and response.json()["policies"]["message_retention_days"] == 90
+    bad = client.patch("/admin/v1/tenant", headers=tenant_a.headers(),
+                       json={"policies": {"message_retention_days": 0}})
+    assert bad.status_code == 422
+    old, old_event = _seed(tenant_a, age_days=91)
+    recent, recent_event = _seed(tenant_a, age_days=30)
+    other, other_event = _seed(tenant_b, age_days=400)
+
+    # Each tenant named: the Postgres database is shared with other tests' tenants.
+    assert purge(tenant_slug=tenant_a.slug) == {tenant_a.slug: {"messages": 1, "escalations": 1, "audit_events": 1}}
+    assert purge(tenant_slug=tenant_b.slug) == {tenant_b.slug: {"messages": 0, "escalations": 0, "audit_events": 0}}
+    rows = _rows(old, old_event)
+    assert rows["text"] == "" and "text_purged_at" in rows["message_meta"]
+    assert rows["draft"] is None and rows["final_text"] is None and rows["detail"] is None
+    assert rows["audit"] == {"text": PURGED_TEXT, "conversation_id": old.conversation_id, "tokens": 12}
+    with session_scope() as session:
+        escalation = session.get_one(Escalation, old.escalation_id)
+        assert escalation.passages is None and escalation.reason and escalation.status  # what happened stays
+        assert session.get_one(Message, old.message_id).status  # the message row stays, counted
+    _assert_raw(_rows(recent, recent_event), recent)  # younger than the policy
+    _assert_raw(_rows(other, other_event), other)  # another tenant, without the policy
+    assert purge(tenant_slug=tenant_a.slug) == {
+        tenant_a.slug: {"messages": 0, "escalations": 0, "audit_events": 0}}  # nothing left

@@ -74,7 +74,7 @@ def test_finding3_each_new_session_gets_a_new_server_generated_contact(client: T
 
 
 def test_finding3_cannot_get_token_for_existing_contact(client: TestClient, tenant_a: TenantKeys) -> None:
-    from app.config import get_settings
+    from app.keys import current as current_keys
 
     widget = tenant_a.widget_id
     victim = _open(client, widget).json()
@@ -90,7 +90,7 @@ def test_finding3_cannot_get_token_for_existing_contact(client: TestClient, tena
         assert "another contact" in response.json()["detail"]
     # Tokens forged for the victim's id: the old `<contact>.<hmac>` scheme, an unsigned JWT, a JWT under
     # another key. None reads, sends or renews.
-    old_scheme = hmac.new(get_settings().effective_secret_key.encode(), f"{widget}:{victim['contact_id']}".encode(),
+    old_scheme = hmac.new(current_keys().signing[0].secret.encode(), f"{widget}:{victim['contact_id']}".encode(),
                           hashlib.sha256).hexdigest()
     claims = {"sub": victim["contact_id"], "aud": f"widget:{widget}", "tid": tenant_a.id,
               "iss": "switchboard/webchat", "iat": datetime.now(UTC), "exp": datetime.now(UTC) + timedelta(hours=1)}
@@ -100,7 +100,7 @@ def test_finding3_cannot_get_token_for_existing_contact(client: TestClient, tena
         f"{victim['contact_id']}.{old_scheme}",
         f"{header}.{payload.decode()}.",
         jwt.encode(claims, "not-the-server-key-but-just-as-long-as-one", algorithm="HS256"),
-        jwt.encode(claims, get_settings().effective_secret_key, algorithm="HS256"),  # the raw secret is not the key
+        jwt.encode(claims, current_keys().signing[0].secret, algorithm="HS256"),  # the raw secret is not the key
     ]
     for token in forged:
         assert _read(client, widget, token).status_code == 401, token

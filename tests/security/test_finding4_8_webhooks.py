@@ -354,8 +354,6 @@ NON_ASCII = "\u00e9\u00e8\u20ac".encode()  # arrives as non-ASCII text (HTTP hea
 @pytest.mark.parametrize("channel", ["whatsapp", "telegram", "discord", "twilio", "ussd", "admin"])
 def test_finding4_non_ascii_secret_or_signature_is_refused_not_500(setup: Setup, channel: str) -> None:
     """`hmac.compare_digest` raises TypeError on non-ASCII str: every secret comparison is over bytes."""
-    from app.auth import set_operator_token
-
     expected = {"whatsapp": 401, "telegram": 403, "discord": 401, "twilio": 403, "ussd": 403, "admin": 401}
     if channel == "whatsapp":
         response = setup.meta("whatsapp", wa_body(), signature=b"sha256=" + NON_ASCII)
@@ -369,12 +367,13 @@ def test_finding4_non_ascii_secret_or_signature_is_refused_not_500(setup: Setup,
         response = setup.gw.client.post(f"/webhooks/ussd?token={NON_ASCII.decode()}", data={
             "sessionId": "s1", "serviceCode": USSD_CODE, "phoneNumber": "+254700000001", "text": "hi"})
     else:
-        set_operator_token("the-operator-token")
+        state = setup.gw.client.app.state  # type: ignore[attr-defined]
+        state.operator_token = "the-operator-token"  # as embedded `serve` sets it (app/cli.py)
         try:
             response = setup.gw.client.get("/admin/v1/tenant", headers={
                 "Authorization": b"Bearer " + NON_ASCII, "X-Switchboard-Tenant": b"t"})
         finally:
-            set_operator_token(None)
+            state.operator_token = None
     assert response.status_code == expected[channel], response.text
     assert response.json()["detail"]
 

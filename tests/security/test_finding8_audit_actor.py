@@ -18,13 +18,12 @@ backend, client, tenant_a = admin_fixtures.backend, admin_fixtures.client, admin
 
 
 @pytest.fixture
-def operator_token() -> Iterator[str]:
-    from app.auth import set_operator_token
-
+def operator_token(client: TestClient) -> Iterator[str]:
+    """As embedded `serve` sets it (app/cli.py)."""
     token = secrets.token_urlsafe(32)
-    set_operator_token(token)
+    client.app.state.operator_token = token  # type: ignore[attr-defined]
     yield token
-    set_operator_token(None)
+    client.app.state.operator_token = None  # type: ignore[attr-defined]
 
 
 def test_finding8_key_named_operator_does_not_audit_as_operator(client: TestClient, tenant_a: TenantKeys,

@@ -30,7 +30,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from app import metrics
+from app import metrics, tracing
 from app.config import Settings, get_settings
 from app.providers.llm.base import Completion, LLMClient, LLMConfig, LLMError, StreamingLLMClient
 from app.providers.llm.breaker import CircuitBreaker
@@ -174,19 +174,28 @@ class LLMRouter:
                         break
                     if tracked.held_until > self._clock():
                         errors.append((provider, LLMError("rate_limited", "waiting for its Retry-After")))
+                        tracing.event("llm provider skipped", {"switchboard.llm.provider": provider.name,
+                                                               "switchboard.llm.skipped": "retry_after"})
                         continue
                     if not tracked.breaker.allow():
                         tries[index] = provider.config.max_retries + 1  # open for this whole call
                         errors.append((provider, LLMError("unavailable", "circuit open after repeated failures")))
+                        tracing.event("llm provider skipped", {"switchboard.llm.provider": provider.name,
+                                                               "switchboard.llm.skipped": "circuit_open"})
                         continue
                     tries[index] += 1
                     config = replace(provider.config, timeout_s=min(provider.config.timeout_s, remaining),
                                      max_retries=0)
                     started = self._clock()
+                    span = tracing.start("llm attempt", {
+                        "gen_ai.operation.name": "chat", "gen_ai.request.model": provider.config.model,
+                        "switchboard.llm.provider": provider.name, "switchboard.llm.round": round_no,
+                    }, kind=tracing.SpanKind.CLIENT) if tracing.enabled() else None
                     try:
                         completion = attempt(config)
                     except (LLMError, _FirstToken) as exc:
                         error = exc.error if isinstance(exc, _FirstToken) else exc
+                        tracing.failed(span, error, error.reason)
                         self._failed(provider, tracked, error)
                         records.append(self._record(tag, provider, error.reason, started, streamed))
                         if isinstance(exc, _FirstToken):
@@ -196,12 +205,19 @@ class LLMRouter:
                         if error.reason not in _RETRYABLE:
                             tries[index] = provider.config.max_retries + 1
                         continue
-                    except Exception:
+                    except Exception as exc:
                         # Not the provider's doing (a draft that could not be published, a bug): no verdict on
                         # its health, but a half-open breaker must not wait forever for its probe's outcome.
+                        tracing.failed(span, exc)
                         tracked.breaker.release()
                         records.append(self._record(tag, provider, "error", started, streamed))
                         raise
+                    else:
+                        tracing.annotate(span, {"gen_ai.usage.input_tokens": completion.prompt_tokens,
+                                                "gen_ai.usage.output_tokens": completion.completion_tokens})
+                    finally:
+                        if span is not None:
+                            span.end()
                     tracked.breaker.record(failed=False)
                     records.append(self._record(tag, provider, "ok", started, streamed, completion))
                     log.debug("LLM %s answered (%s, %d+%d tokens)", provider.name, provider.config.model,

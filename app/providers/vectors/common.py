@@ -42,10 +42,11 @@ TENANT_FIELD = "tenant_id"
 # Payload fields with an index, beyond the tenant: the exact-match filters callers use.
 KEYWORD_FIELDS = ("document", "document_id", "kind", "language", "category", "brand", "source_url")
 INTEGER_FIELDS = ("pack_version",)
-# How much a passage's BM25 (as a share of the query's best BM25) adds to its cosine. 0.1 to 0.2 all met
-# issue 4's COVID-QA goal and kept or raised the example tenant and DSTC11 (docs/benchmarks.md); 0 loses the
-# exact-term matches ("amex", product codes) that embeddings blur, 0.3 lets near misses through on paraphrases.
-KEYWORD_WEIGHT = 0.15
+# How much a passage's BM25 (as a share of the query's best BM25) adds to its cosine. Chosen, with the query's
+# IDF exponent (app/knowledge/termstats.py), on the tuning half of the COVID-QA queries and reported on the
+# held-out half and the other sets (benchmarks/tune_retrieval.py, docs/benchmarks.md); 0 loses the exact-term
+# matches ("amex", product codes) that embeddings blur, 0.3 lets near misses through on paraphrases.
+KEYWORD_WEIGHT = 0.10
 VIEWS = (DENSE, QUESTION)
 
 FilterValue = str | int | bool | list[str] | list[int]
@@ -188,13 +189,46 @@ def hybrid_search(
     lexical = {i: scores[SPARSE].get(i, 0.0) / best_bm25 if best_bm25 > 0 else 0.0 for i in ids} \
         if SPARSE in scores else dict.fromkeys(ids, 0.0)
     fused = {i: semantic[i] + KEYWORD_WEIGHT * lexical[i] for i in ids}
-    # Exact ties (a pack with the same passage twice) break by the higher calibrated score, then by id, so a
-    # query always gets the same list.
-    order = sorted(ids, key=lambda i: (-fused[i], -calibrated[i], i))[:limit]
-    if fetch is not None:
+    # Exact ties (a pack with the same passage twice) break by the higher calibrated score, then by what the
+    # passages are (file, heading, text): the same pack ranks the same in any home, whatever ids its tenant and
+    # chunks were given there. The ids come last, for copies of one passage in one file.
+    order = sorted(ids, key=lambda i: (-fused[i], -calibrated[i], i))
+    if fetch is None:
+        order = break_ties(order, lambda i: (fused[i], calibrated[i]), limit, lambda wanted: payloads)[:limit]
+    else:
+        order = break_ties(order, lambda i: (fused[i], calibrated[i]), limit, fetch)[:limit]
         payloads = dict(fetch(order))
         order = [i for i in order if i in payloads]  # gone since the probes: not returned without its payload
     return [Hit(id=i, score=float(calibrated[i]), payload=dict(payloads[i])) for i in order]
+
+
+def break_ties(
+    order: list[str], score: Callable[[str], tuple[float, float]], limit: int, load: FetchPayloads
+) -> list[str]:
+    """`order` with each run of exactly tied scores that reaches into the first `limit` sorted by the passages'
+    content (document, heading, text, then id). `load` gives payloads; it is called only when there are ties
+    (rare: a passage published twice), for the tied points only."""
+    runs: list[tuple[int, int]] = []
+    start = 0
+    while start < min(limit, len(order)):
+        end = start + 1
+        while end < len(order) and score(order[end]) == score(order[start]):
+            end += 1
+        if end - start > 1:
+            runs.append((start, end))
+        start = end
+    if not runs:
+        return order
+    payloads = load([i for a, b in runs for i in order[a:b]])
+
+    def content(point: str) -> tuple[str, str, str, str]:
+        p = payloads.get(point) or {}
+        return str(p.get("document", "")), str(p.get("heading", "")), str(p.get("text", "")), point
+
+    order = list(order)
+    for a, b in runs:
+        order[a:b] = sorted(order[a:b], key=content)
+    return order
 
 
 def prefetch_limit(limit: int) -> int:
