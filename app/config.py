@@ -154,6 +154,9 @@ class Settings(BaseSettings):
     # see app/providers/embeddings/minilm.py); 0 (one per core) or more load a second copy of the model for
     # ingestion, for a large pack on a machine with nothing else to do (docs/operating.md).
     ingest_threads: int = Field(default=1, ge=0, validation_alias=_env("INGEST_THREADS"))
+    # Texts per embedder call during ingestion (app/knowledge/pipeline.py): bigger calls amortise the model's
+    # per-call cost; a small value writes documents one by one (tests that interrupt a job mid-way use it).
+    ingest_call_texts: int = Field(default=256, ge=1, le=4096, validation_alias=_env("INGEST_CALL_TEXTS"))
     chunk_max_words: int = Field(default=120, validation_alias=_env("CHUNK_MAX_WORDS"))
 
     # Limits on uploads.

@@ -47,7 +47,7 @@ from app.knowledge.parse import (
     parse,
     read_metadata,
 )
-from app.knowledge.pipeline import EmbeddingPipeline
+from app.knowledge.pipeline import MAX_PENDING, EmbeddingPipeline
 from app.knowledge.termstats import TermStats
 from app.models import Document, IngestionJob, KnowledgeSource, PackVersion, Tenant, new_id, utcnow
 from app.providers.embeddings.base import Embedder, SparseEncoder
@@ -220,7 +220,8 @@ def ingest_paths(
     # The embedder runs on its own thread (app/knowledge/pipeline.py); this one parses, chunks and writes the
     # documents whose vectors are back, in file order, so a rerun writes the same rows in the same order.
     files_started = time.monotonic()
-    with EmbeddingPipeline(d.embedder) as pipe:
+    call_texts = get_settings().ingest_call_texts
+    with EmbeddingPipeline(d.embedder, call_texts=call_texts, max_pending=max(MAX_PENDING, call_texts)) as pipe:
         queued: deque[tuple[Prepared, Future[list[list[float]]], bool]] = deque()
 
         def drain(*, room_for: int = 0, everything: bool = False) -> None:
