@@ -18,12 +18,13 @@ from typing import Annotated
 
 from fastapi import Depends, Header, HTTPException, Request, status
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from app import logs
 from app.accounts.tokens import looks_like_jwt
 from app.crypto import secrets_equal
-from app.db import get_sessionmaker
+from app.db import SQLITE_BUSY_MS, get_sessionmaker
 from app.models import ApiKey, Tenant, utcnow
 from app.ratelimit import AUTH_FAILURES_PER_IP, AUTH_FAILURES_PER_KEY, RateLimited, client_ip
 from app.runtime import get_rate_limiter
@@ -31,6 +32,7 @@ from app.runtime import get_rate_limiter
 log = logging.getLogger(__name__)
 SCOPES = ("admin", "agent")
 LAST_USED_RESOLUTION = timedelta(minutes=1)
+TOUCH_WAIT_MS = 200
 
 
 def hash_key(key: str) -> str:
@@ -134,9 +136,33 @@ def authenticate(
         last = row.last_used_at
         if last is None or now - (last if last.tzinfo else last.replace(tzinfo=UTC)) > LAST_USED_RESOLUTION:
             row.last_used_at = now  # at most one write a minute per key, not one per request
-            session.commit()
+            _touch(session)
         logs.bind(tenant_id=tenant.id)
         return Principal(tenant.id, tenant.slug, row.scope, row.id, row.name)
+
+
+def _touch(session: Session) -> None:
+    """Commit the key's `last_used_at`, best-effort: it is informational, and on SQLite a long write (a knowledge
+    ingestion holds the database's one write lock for its whole build) must not hold up or fail the request,
+    e.g. the job status poll that watches that ingestion. SQLite waits at most TOUCH_WAIT_MS for the lock; the
+    connection gets its usual wait back before it returns to the pool."""
+    if session.get_bind().dialect.name != "sqlite":
+        session.commit()
+        return
+    connection = session.connection()
+    connection.exec_driver_sql(f"PRAGMA busy_timeout={TOUCH_WAIT_MS}")
+    try:
+        session.flush()  # in WAL mode the write lock is taken here, at the UPDATE
+        written = True
+    except OperationalError:
+        written = False
+        log.debug("API key last-use time not recorded: the database is busy")
+    finally:
+        connection.exec_driver_sql(f"PRAGMA busy_timeout={SQLITE_BUSY_MS}")
+    if written:
+        session.commit()
+    else:
+        session.rollback()
 
 
 def _person(token: str, failures: _Failures) -> Principal:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -166,6 +167,7 @@ def ingest(
                              {"paths": [str(p.resolve()) for p in paths], **options}, timeout=3600)
         else:
             report = _ingest_with_progress(tenant, paths, show=sys.stderr.isatty() and not as_json,
+                                           lines=not sys.stderr.isatty() and not as_json,
                                            promote=not version_only, replace=replace)
     except operations.OperationError as exc:
         raise _fail(str(exc)) from exc
@@ -184,21 +186,48 @@ def ingest(
         raise typer.Exit(1)
 
 
-def _ingest_with_progress(tenant: str, paths: list[Path], *, show: bool, promote: bool = True,
+def _ingest_with_progress(tenant: str, paths: list[Path], *, show: bool, lines: bool = False, promote: bool = True,
                           replace: bool = False) -> dict[str, Any]:
+    """With `show`: a bar over the upload's bytes (pages differ in length, their chunks follow their bytes),
+    files done, chunks/s and the ETA the ingester computes (the same the admin API's job status reports).
+    With `lines` (stderr is not a terminal): the same as a line on stderr every PROGRESS_LINE_S seconds."""
+    if lines:
+        last = [time.monotonic()]
+
+        def line(event: Any) -> None:
+            if time.monotonic() - last[0] >= PROGRESS_LINE_S:
+                last[0] = time.monotonic()
+                typer.echo(_progress_text(event), err=True)
+
+        return operations.ingest(tenant, paths, line, promote=promote, replace=replace)
     if not show:
         return operations.ingest(tenant, paths, promote=promote, replace=replace)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, Progress, TextColumn
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[detail]}"),
                   transient=True) as bar:
-        task = bar.add_task("reading files", total=None)
+        task = bar.add_task("reading files", total=None, detail="")
 
         def progress(event: Any) -> None:
-            bar.update(task, total=event.files_total, completed=event.files_done,
-                       description=f"{event.file} ({event.chunks} chunks)"[:60])
+            bar.update(task, total=event.bytes_total or None, completed=event.bytes_done,
+                       description=event.file[-40:] or "finishing", detail=_progress_text(event, file=False))
 
         return operations.ingest(tenant, paths, progress, promote=promote, replace=replace)
+
+
+PROGRESS_LINE_S = 10.0
+
+
+def _progress_text(event: Any, *, file: bool = True) -> str:
+    eta = "finishing" if event.phase == "finishing" else (
+        "eta --" if event.eta_s is None else f"eta {_duration(event.eta_s)}")
+    return ((f"{event.file}: " if file and event.file else "")
+            + f"{event.files_done}/{event.files_total} files, {event.chunks} chunks, {event.chunks_per_s:.0f}/s, {eta}")
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 @cli.command()

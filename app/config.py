@@ -150,6 +150,13 @@ class Settings(BaseSettings):
     retrieval_top_k: int = Field(default=5, validation_alias=_env("RETRIEVAL_TOP_K"))
     history_turns: int = Field(default=6, validation_alias=_env("HISTORY_TURNS"))
     embed_batch_size: int = Field(default=16, validation_alias=_env("EMBED_BATCH_SIZE"))
+    # onnxruntime threads of the embedder knowledge ingestion uses: 1 shares the answering embedder (one thread,
+    # see app/providers/embeddings/minilm.py); 0 (one per core) or more load a second copy of the model for
+    # ingestion, for a large pack on a machine with nothing else to do (docs/operating.md).
+    ingest_threads: int = Field(default=1, ge=0, validation_alias=_env("INGEST_THREADS"))
+    # Texts per embedder call during ingestion (app/knowledge/pipeline.py): bigger calls amortise the model's
+    # per-call cost; a small value writes documents one by one (tests that interrupt a job mid-way use it).
+    ingest_call_texts: int = Field(default=256, ge=1, le=4096, validation_alias=_env("INGEST_CALL_TEXTS"))
     chunk_max_words: int = Field(default=120, validation_alias=_env("CHUNK_MAX_WORDS"))
 
     # Limits on uploads.
@@ -164,7 +171,9 @@ class Settings(BaseSettings):
     # max_pack_files (each further file refused with the reason). PDFs over max_pdf_pages are refused.
     max_file_bytes: int = Field(default=20 * 1024 * 1024, validation_alias=_env("MAX_FILE_BYTES"))
     max_pack_bytes: int = Field(default=200 * 1024 * 1024, validation_alias=_env("MAX_PACK_BYTES"))
-    max_pack_files: int = Field(default=2_000, validation_alias=_env("MAX_PACK_FILES"))
+    # 20,000 pages: a large product's documentation (issue 14's had 2,757) fits; ingestion's memory is bounded
+    # per batch (app/knowledge/pipeline.py), the files themselves by max_pack_bytes.
+    max_pack_files: int = Field(default=20_000, gt=0, validation_alias=_env("MAX_PACK_FILES"))
     max_pdf_pages: int = Field(default=500, validation_alias=_env("MAX_PDF_PAGES"))
     # A new pack version whose hit@5 on the tenant's eval set is below the live one's by more than this is
     # built but not promoted automatically.

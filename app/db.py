@@ -14,6 +14,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.config import get_settings
 from app.files import private_file
 
+SQLITE_BUSY_MS = 30_000  # how long a SQLite writer waits for the write lock
+
 
 def make_engine(url: str) -> Engine:
     """`hide_parameters`: a statement's values (message text, contact ids) never appear in its errors or logs."""
@@ -32,8 +34,8 @@ def make_engine(url: str) -> Engine:
         # hold at once instead of closing the overflow on return, so a busy process does not open (and set up) a
         # connection for nearly every message.
         pool["pool_size"] += 2 * pool["max_overflow"]
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, hide_parameters=True,
-                               **pool)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_MS / 1000},
+                               hide_parameters=True, **pool)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -45,7 +47,7 @@ def make_engine(url: str) -> Engine:
             # few; the database is never corrupted. SQLite's recommended setting for WAL.
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_MS}")
             # Deleted rows are overwritten with zeros, not left in free pages: an erased contact's messages
             # (app/contacts/privacy.py) must not survive in the file.
             cur.execute("PRAGMA secure_delete=ON")

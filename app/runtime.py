@@ -32,6 +32,10 @@ def get_embedder() -> Embedder:
     return container().embedder
 
 
+def get_ingest_embedder() -> Embedder:
+    return container().ingest_embedder
+
+
 def get_sparse_encoder() -> SparseEncoder:
     return container().sparse_encoder
 

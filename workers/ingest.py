@@ -13,9 +13,11 @@ The job's `options` say how to build: {"promote": bool, "replace": bool, "meta":
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -46,8 +48,13 @@ Progress = Callable[[str, dict[str, Any] | None], None]  # (job id, latest progr
 
 def run_ingestion_job(job_id: str, progress: Progress | None = None) -> None:
     """Ingest the files staged for `job_id` and record the outcome on its row. Never raises for a bad file: a
-    per-file problem lands in `errors`, anything else marks the job `failed` with the reason in `detail`."""
+    per-file problem lands in `errors`, anything else marks the job `failed` with the reason in `detail`.
+    Without `progress` (an RQ worker), progress goes to Redis, where the admin API reads it."""
     from app.runtime import get_object_store
+
+    settings = get_settings()
+    if progress is None and settings.redis_url:
+        progress = RedisProgress(settings.redis_url, settings.bus_namespace)
 
     with session_scope() as session:
         job = session.get(IngestionJob, job_id)
@@ -108,8 +115,7 @@ def _ingest(job_id: str, tenant_id: str, pack: Path, progress: Progress) -> None
         options = dict(job.options or {})
         report = ingest_paths(
             session, tenant_id, [pack], progress=lambda event: progress(job_id, {
-                "file": event.file, "done_files": event.files_done, "total_files": event.files_total,
-                "chunks": event.chunks, "status": event.status}), job_id=job_id,
+                **event.to_dict(), "done_files": event.files_done, "total_files": event.files_total}), job_id=job_id,
             promote=bool(options.get("promote", True)), replace=bool(options.get("replace", False)),
             meta=options.get("meta") or None,
         )
@@ -143,6 +149,37 @@ def _cleanup(store: Any, keys: list[str]) -> None:
 
 
 # --- the two job queues ----------------------------------------------------------------------------------
+
+
+def progress_key(namespace: str, job_id: str) -> str:
+    return f"{namespace}:ingest-progress:{job_id}"
+
+
+class RedisProgress:
+    """A scale-out job's live progress, kept in Redis (at most one write a second; gone when the job ends) so the
+    admin API, in another process, reports it like embedded mode's. Best-effort: Redis trouble never fails a job."""
+
+    def __init__(self, redis_url: str, namespace: str, every_s: float = 1.0) -> None:
+        import redis
+
+        self.client = redis.Redis.from_url(redis_url)
+        self.namespace, self.every_s = namespace, every_s
+        self._last = 0.0
+
+    def __call__(self, job_id: str, event: dict[str, Any] | None) -> None:
+        import redis
+
+        key = progress_key(self.namespace, job_id)
+        try:
+            if event is None:
+                self.client.delete(key)
+                return
+            now = time.monotonic()
+            if now - self._last >= self.every_s or event.get("phase") == "finishing":
+                self._last = now
+                self.client.set(key, json.dumps(event), ex=JOB_TIMEOUT_S)
+        except redis.RedisError:
+            log.warning("could not record the progress of ingestion job %s", job_id, exc_info=True)
 
 
 class ThreadJobQueue:
@@ -189,10 +226,11 @@ class ThreadJobQueue:
 
 class RqJobQueue:
     """Scale-out: an RQ job on the `ingest` queue, run by `switchboard worker` (`main()` below). RQ keeps its own
-    queue: there is nothing to resume, and progress lives on the job row."""
+    queue: there is nothing to resume; live progress is in Redis (`RedisProgress`), the outcome on the job row."""
 
-    def __init__(self, redis_url: str, queue: str | None = None) -> None:
+    def __init__(self, redis_url: str, queue: str | None = None, namespace: str | None = None) -> None:
         self.redis_url, self.queue = redis_url, queue
+        self.namespace = namespace or get_settings().bus_namespace
 
     def submit(self, job_id: str) -> None:
         import redis
@@ -214,7 +252,18 @@ class RqJobQueue:
             connection.close()
 
     def progress(self, job_id: str) -> dict[str, Any] | None:
-        return None
+        """What the worker running the job last recorded (`RedisProgress`), or None."""
+        import redis
+
+        connection = redis.Redis.from_url(self.redis_url)
+        try:
+            raw = connection.get(progress_key(self.namespace, job_id))
+        except redis.RedisError:
+            log.warning("could not read the progress of ingestion job %s", job_id, exc_info=True)
+            return None
+        finally:
+            connection.close()
+        return dict(json.loads(raw)) if raw else None
 
     def resume(self) -> int:
         return 0
@@ -225,7 +274,7 @@ class RqJobQueue:
 
 def job_queue(container: Container) -> JobQueue:
     url = container.settings.redis_url
-    return RqJobQueue(url) if url else ThreadJobQueue()
+    return RqJobQueue(url, namespace=container.settings.bus_namespace) if url else ThreadJobQueue()
 
 
 def submit(job_id: str, *, queue: str | None = None) -> None:

@@ -14,6 +14,21 @@ class FileError(BaseModel):
     reason: str
 
 
+class JobProgress(BaseModel):
+    """Where a running job is (embedded mode, where the job runs in the serving process; a scale-out worker's
+    job reports its counts when it ends)."""
+
+    phase: str = Field(description="`indexing` (files being parsed, embedded and written), then `finishing` "
+                       "(term statistics, the eval gate, promotion).")
+    bytes_done: int = Field(description="Bytes of the uploaded files done (indexed or refused).")
+    bytes_total: int
+    embedded: int = Field(description="Chunks embedded so far (the others came from the embedding cache).")
+    elapsed_s: float
+    chunks_per_s: float = Field(description="Chunks written per second so far.")
+    eta_s: float | None = Field(description="Seconds left for the files at the rate so far, by bytes; null until "
+                                "the first file is done, 0 once every file is.")
+
+
 class JobOut(BaseModel):
     id: str
     status: str = Field(description="`queued`, `running`, `succeeded` or `failed`.")
@@ -27,6 +42,7 @@ class JobOut(BaseModel):
     detail: str | None
     created_at: datetime
     finished_at: datetime | None
+    progress: JobProgress | None = Field(default=None, description="While the job runs: bytes done, rate, ETA.")
 
     model_config = ConfigDict(
         json_schema_extra={

@@ -89,11 +89,14 @@ def _key(k: ApiKey) -> s.ApiKeyOut:
 
 def job_out(j: IngestionJob) -> ks.JobOut:
     done_files, chunks = j.done_files, j.chunks
+    progress = None
     if j.status == "running":  # the row is written at the end; a job running in this process reports live
         from app.bootstrap import container
 
         live = container().job_queue.progress(j.id) or {}
         done_files, chunks = live.get("done_files", done_files), live.get("chunks", chunks)
+        if "bytes_total" in live:
+            progress = ks.JobProgress(**{k: live[k] for k in ks.JobProgress.model_fields})
     return ks.JobOut(
         id=j.id,
         status=j.status,
@@ -105,6 +108,7 @@ def job_out(j: IngestionJob) -> ks.JobOut:
         detail=j.detail,
         created_at=j.created_at,
         finished_at=j.finished_at,
+        progress=progress,
     )
 
 

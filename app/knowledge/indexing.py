@@ -16,13 +16,13 @@ from app.knowledge import embedcache, quarantine
 from app.knowledge.chunk import TextChunk
 from app.knowledge.ids import chunk_id
 from app.knowledge.parse import ParsedDocument, ParseError, SourceFile
-from app.knowledge.representation import question_vectors
+from app.knowledge.representation import question_text
 from app.models import Chunk, Document, new_id
 from app.providers.embeddings.base import Embedder, SparseEncoder, SparseVector
 from app.providers.storage.base import ObjectStore
 from app.providers.vectors.base import ChunkPoint, VectorStore
 
-EMBED_GROUP = 64  # chunks embedded and upserted together; the embedder batches further inside
+UPSERT_BATCH = 256  # points per vector-store upsert at most
 
 
 @dataclass
@@ -42,7 +42,7 @@ def deps(
     from app import runtime
 
     return Deps(
-        embedder=embedder or runtime.get_embedder(),
+        embedder=embedder or runtime.get_ingest_embedder(),
         sparse=sparse_encoder or runtime.get_sparse_encoder(),
         vectors=vector_store or runtime.get_vector_store(),
         objects=object_store or runtime.get_object_store(),
@@ -55,17 +55,27 @@ def object_key(tenant_id: str, pack_version: int, path: str) -> str:
     return f"{tenant_id}/knowledge/v{pack_version}/{path}"
 
 
-def _dense(d: Deps, tenant_id: str, texts: list[str], key: str | None = None) -> tuple[str, list[list[float]], int]:
-    """(cache key, vectors, how many texts were embedded now)."""
-    key = key or embedcache.cache_key(tenant_id, d.embedder.name, texts)
-    cached = embedcache.load(d.objects, key, len(texts), d.embedder.dim)
-    if cached is not None:
-        return key, cached, 0
-    vectors: list[list[float]] = []
-    for start in range(0, len(texts), EMBED_GROUP):
-        vectors.extend(d.embedder.embed_documents(texts[start : start + EMBED_GROUP]))
-    embedcache.save(d.objects, key, vectors)
-    return key, vectors, len(texts)
+@dataclass(eq=False)
+class Prepared:
+    """One document of the version, parsed and chunked, its cached vectors looked up: what `write` needs once
+    the texts the cache did not have are embedded (`to_embed`, in this order: full views, then questions)."""
+
+    document: Document  # not yet added to the session
+    chunks: list[TextChunk]
+    texts: list[str]  # full views, as embedded
+    questions: list[str | None]  # the question view of each chunk, None where it has none
+    key: str  # the full views' cache key
+    question_key: str | None  # the question views' cache key (None: no chunk has a question view)
+    dense: list[list[float]] | None  # from the cache, or None: to embed
+    question_dense: list[list[float]] | None
+    held: list[dict[str, Any] | None]  # each chunk's quarantine record (app/knowledge/quarantine.py), None: clean
+    data: bytes | None = None  # the raw file to store (None: stored already)
+    weight: int = 0  # bytes of the upload this document accounts for (progress)
+
+    @property
+    def to_embed(self) -> list[str]:
+        asked = [q for q in self.questions if q is not None]
+        return (self.texts if self.dense is None else []) + (asked if self.question_dense is None else [])
 
 
 def point(document: Document, point_id: str, c: TextChunk, dense: list[float], question: list[float] | None,
@@ -90,28 +100,97 @@ def point(document: Document, point_id: str, c: TextChunk, dense: list[float], q
                       payload=payload)
 
 
-def _write(
-    session: Session, d: Deps, document: Document, chunks: list[TextChunk], threshold: float | None = None,
-    prior: dict[int, tuple[str, dict[str, Any] | None]] | None = None,
-) -> int:
-    """Vectors (cached or embedded) and Chunk rows for a flushed Document of the version being built. A chunk
-    the injection scan flags is quarantined: its row says why and it gets no vector point (app/knowledge/
-    quarantine.py). `prior` ({ordinal: (text, quarantine)}) carries an admin's release of an unchanged chunk."""
-    tenant_id, version = document.tenant_id, document.pack_version
+def _prepare(d: Deps, document: Document, chunks: list[TextChunk], data: bytes | None,
+             threshold: float | None, prior: dict[int, tuple[str, dict[str, Any] | None]]) -> Prepared:
+    """A chunk the injection scan flags is quarantined: its row says why and it gets no vector point (app/
+    knowledge/quarantine.py). `prior` ({ordinal: (text, quarantine)}) carries an admin's release of an unchanged
+    chunk. Held chunks are embedded all the same: the cache key covers every chunk of the document."""
+    tenant_id = document.tenant_id
     texts = [c.embedding_text() for c in chunks]
-    held = [quarantine.verdict_for(c, threshold, (prior or {}).get(c.ordinal)) for c in chunks]
-    document.vectors_key, dense, embedded = _dense(d, tenant_id, texts)
-    # FAQ chunks get a second dense view, their question alone (app/knowledge/representation.py), cached alike.
-    # Cached beside the document's vectors (a companion key), so deleting the document deletes both.
-    vectors_key = document.vectors_key
-    questions = question_vectors(
-        chunks, document.kind or "",
-        lambda qs: _dense(d, tenant_id, qs, embedcache.companion_key(vectors_key, qs))[1],
+    held = [quarantine.verdict_for(c, threshold, prior.get(c.ordinal)) for c in chunks]
+    # FAQ chunks get a second dense view, their question alone (app/knowledge/representation.py), cached beside
+    # the document's vectors (a companion key), so deleting the document deletes both.
+    questions = [question_text(c, document.kind or "") for c in chunks]
+    asked = [q for q in questions if q is not None]
+    key = embedcache.cache_key(tenant_id, d.embedder.name, texts)
+    question_key = embedcache.companion_key(key, asked) if asked else None
+    dense = embedcache.load(d.objects, key, len(texts), d.embedder.dim)
+    question_dense = embedcache.load(d.objects, question_key, len(asked), d.embedder.dim) if question_key else []
+    document.vectors_key = key
+    return Prepared(document, chunks, texts, questions, key, question_key, dense, question_dense, held, data,
+                    len(data or b""))
+
+
+def prepare_document(
+    d: Deps,
+    tenant_id: str,
+    version: int,
+    source_id: str,
+    source_file: SourceFile,
+    doc: ParsedDocument,
+    chunks: list[TextChunk],
+    base_doc: Document | None,
+    threshold: float | None = None,
+    prior: dict[int, tuple[str, dict[str, Any] | None]] | None = None,
+) -> Prepared:
+    """An uploaded document; its raw file is stored only if the live version does not hold the same bytes.
+    `prior`: the live document's chunks (`prior_quarantine`), whose releases carry while their text is the same."""
+    content_hash = hashlib.sha256(source_file.data).hexdigest()
+    stored = base_doc is not None and base_doc.content_hash == content_hash and base_doc.object_key
+    key = base_doc.object_key if stored and base_doc is not None else object_key(tenant_id, version, doc.path)
+    document = Document(
+        id=new_id(), tenant_id=tenant_id, pack_version=version, path=doc.path, source_id=source_id,
+        title=doc.title[:500], kind=doc.kind, content_hash=content_hash, object_key=key, meta=doc.meta,
+        status="indexed",
     )
+    prepared = _prepare(d, document, chunks, None if stored else source_file.data, threshold, prior or {})
+    prepared.weight = len(source_file.data)
+    return prepared
+
+
+def prepare_carried(session: Session, d: Deps, version: int, base: Document, threshold: float | None = None
+                    ) -> Prepared:
+    """A live document copied into the new version: same file, same chunks, (cached) vectors, new point ids."""
+    rows = list(session.scalars(select(Chunk).where(Chunk.tenant_id == base.tenant_id,
+                                                    Chunk.document_id == base.id).order_by(Chunk.ordinal)))
+    document = Document(
+        id=new_id(), tenant_id=base.tenant_id, pack_version=version, path=base.path, source_id=base.source_id,
+        title=base.title, kind=base.kind, content_hash=base.content_hash, object_key=base.object_key,
+        meta=dict(base.meta or {}), status="indexed",
+    )
+    prior = {r.ordinal: (r.text, r.quarantine) for r in rows}
+    return _prepare(d, document, [TextChunk(r.ordinal, r.heading, r.text) for r in rows], None, threshold, prior)
+
+
+def write(session: Session, d: Deps, prepared: Prepared, embedded: list[list[float]]) -> int:
+    """Store the raw file, the Document and Chunk rows, the vectors (cached for the next version) and the
+    points, `UPSERT_BATCH` at a time. `embedded`: the vectors of `prepared.to_embed`. Returns how many chunks
+    were embedded for it (0 when their vectors came from the cache; question views are not counted)."""
+    document, chunks, held = prepared.document, prepared.chunks, prepared.held
+    tenant_id, version = document.tenant_id, document.pack_version
+    if len(embedded) != len(prepared.to_embed):
+        raise RuntimeError(f"{len(embedded)} vectors for {len(prepared.to_embed)} texts of {document.path}")
+    dense, question_dense = prepared.dense, prepared.question_dense
+    chunks_embedded = 0 if dense is not None else len(chunks)
+    if dense is None:
+        dense, embedded = embedded[: len(prepared.texts)], embedded[len(prepared.texts) :]
+        embedcache.save(d.objects, prepared.key, dense)
+    if question_dense is None and prepared.question_key is not None:
+        question_dense = embedded
+        embedcache.save(d.objects, prepared.question_key, question_dense)
+    asked = iter(question_dense or [])
+    questions = [None if q is None else next(asked) for q in prepared.questions]
+    if prepared.data is not None:
+        try:
+            d.objects.put(document.object_key or "", prepared.data, mimetypes.guess_type(document.path)[0])
+        except ValueError as exc:  # a name the object store refuses (e.g. "C:" style)
+            raise ParseError(f"file name not allowed: {exc}") from exc
+    session.add(document)
+    session.flush()  # the Document row before its Chunk rows (no relationships to order the inserts)
     ids = [chunk_id(tenant_id, version, document.path, c.ordinal) for c in chunks]
-    for start in range(0, len(chunks), EMBED_GROUP):
-        group = chunks[start : start + EMBED_GROUP]
-        sparse = d.sparse.encode_documents(texts[start : start + EMBED_GROUP])
+    for start in range(0, len(chunks), UPSERT_BATCH):
+        group = chunks[start : start + UPSERT_BATCH]
+        sparse = d.sparse.encode_documents(prepared.texts[start : start + UPSERT_BATCH])
         points = [
             point(document, ids[start + i], c, dense[start + i], questions[start + i], sparse[i],
                   released=quarantine.is_released(held[start + i]))
@@ -125,7 +204,15 @@ def _write(
         for i, c in enumerate(chunks)
     )
     session.flush()
-    return embedded
+    return chunks_embedded
+
+
+def _embed_now(d: Deps, prepared: Prepared) -> list[list[float]]:
+    texts = prepared.to_embed
+    vectors: list[list[float]] = []
+    for start in range(0, len(texts), UPSERT_BATCH):
+        vectors.extend(d.embedder.embed_documents(texts[start : start + UPSERT_BATCH]))
+    return vectors
 
 
 def prior_quarantine(session: Session, base: Document | None) -> dict[int, tuple[str, dict[str, Any] | None]]:
@@ -149,38 +236,15 @@ def index_document(
     base_doc: Document | None,
     threshold: float | None = None,
 ) -> int:
-    content_hash = hashlib.sha256(source_file.data).hexdigest()
-    if base_doc is not None and base_doc.content_hash == content_hash and base_doc.object_key:
-        key = base_doc.object_key  # the same bytes are stored already
-    else:
-        key = object_key(tenant_id, version, doc.path)
-        try:
-            d.objects.put(key, source_file.data, mimetypes.guess_type(doc.path)[0])
-        except ValueError as exc:  # a name the object store refuses (e.g. "C:" style)
-            raise ParseError(f"file name not allowed: {exc}") from exc
-    document = Document(
-        id=new_id(), tenant_id=tenant_id, pack_version=version, path=doc.path, source_id=source_id,
-        title=doc.title[:500], kind=doc.kind, content_hash=content_hash, object_key=key, meta=doc.meta,
-        status="indexed",
-    )
-    session.add(document)
-    prior = prior_quarantine(session, base_doc)
-    session.flush()  # the Document row before its Chunk rows (no relationships to order the inserts)
-    return _write(session, d, document, chunks, threshold, prior)
+    """One document, embedded on this thread (ingestion overlaps the embedder with the rest instead:
+    app/knowledge/pipeline.py)."""
+    prepared = prepare_document(d, tenant_id, version, source_id, source_file, doc, chunks, base_doc, threshold,
+                                prior_quarantine(session, base_doc))
+    return write(session, d, prepared, _embed_now(d, prepared))
 
 
 def carry_document(session: Session, d: Deps, version: int, source_id: str, base: Document,
                    threshold: float | None = None) -> tuple[int, int]:
     """Copy a live document into the new version: same file, same chunks, cached vectors, new point ids."""
-    rows = list(session.scalars(select(Chunk).where(Chunk.tenant_id == base.tenant_id,
-                                                    Chunk.document_id == base.id).order_by(Chunk.ordinal)))
-    document = Document(
-        id=new_id(), tenant_id=base.tenant_id, pack_version=version, path=base.path, source_id=base.source_id,
-        title=base.title, kind=base.kind, content_hash=base.content_hash, object_key=base.object_key,
-        meta=dict(base.meta or {}), status="indexed",
-    )
-    session.add(document)
-    session.flush()
-    chunks = [TextChunk(r.ordinal, r.heading, r.text) for r in rows]
-    prior = {r.ordinal: (r.text, r.quarantine) for r in rows}
-    return len(chunks), _write(session, d, document, chunks, threshold, prior)
+    prepared = prepare_carried(session, d, version, base, threshold)
+    return len(prepared.chunks), write(session, d, prepared, _embed_now(d, prepared))

@@ -193,9 +193,11 @@ def collect(
         if f.path in unique:
             errors.append(FileError(f.path, "another file in this upload has the same path; this one was skipped"))
         elif max_pack_files is not None and len(unique) >= max_pack_files:
-            errors.append(FileError(f.path, f"the pack is over its limit of {max_pack_files} files (MAX_PACK_FILES)"))
+            errors.append(FileError(f.path, f"the pack is over its limit of {max_pack_files} files: set "
+                                            "SWITCHBOARD_MAX_PACK_FILES higher to take more"))
         elif max_pack_bytes is not None and total + len(f.data) > max_pack_bytes:
-            errors.append(FileError(f.path, f"the pack is over its limit of {max_pack_bytes} bytes (MAX_PACK_BYTES)"))
+            errors.append(FileError(f.path, f"the pack is over its limit of {max_pack_bytes} bytes: set "
+                                            "SWITCHBOARD_MAX_PACK_BYTES higher to take more"))
         else:
             unique[f.path] = f
             total += len(f.data)

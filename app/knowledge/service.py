@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,9 +33,9 @@ from sqlalchemy.orm import Session
 
 from app import metrics
 from app.config import get_settings
-from app.knowledge import quarantine, termstats, versions
+from app.knowledge import indexing, quarantine, termstats, versions
 from app.knowledge.chunk import chunk_document
-from app.knowledge.indexing import Deps, carry_document, deps, index_document
+from app.knowledge.indexing import Deps, Prepared, deps
 from app.knowledge.parse import (
     EVAL_FILE,
     METADATA_FILE,
@@ -45,6 +47,7 @@ from app.knowledge.parse import (
     parse,
     read_metadata,
 )
+from app.knowledge.pipeline import MAX_PENDING, EmbeddingPipeline
 from app.knowledge.termstats import TermStats
 from app.models import Document, IngestionJob, KnowledgeSource, PackVersion, Tenant, new_id, utcnow
 from app.providers.embeddings.base import Embedder, SparseEncoder
@@ -61,6 +64,40 @@ class IngestProgress:
     files_done: int
     files_total: int
     chunks: int  # chunks indexed so far in this run
+    embedded: int = 0  # of which embedded (the rest came from the embedding cache)
+    bytes_done: int = 0  # bytes of the upload's files done (indexed, refused or written)
+    bytes_total: int = 0
+    elapsed_s: float = 0.0
+    chunks_per_s: float = 0.0  # chunks written per second so far
+    eta_s: float | None = None  # seconds left for the files, at the rate so far (None until there is a rate)
+    phase: str = "indexing"  # indexing, or finishing once every file is done (term statistics, eval, promotion)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class _Meter:
+    """Progress of a run: files and bytes done, the rate so far and the time left at that rate. Bytes, not
+    files, drive the estimate: pages differ in length by orders of magnitude, their chunks follow their bytes."""
+
+    total_bytes: int
+    started: float
+    files_done: int = 0
+    bytes_done: int = 0
+
+    def event(self, name: str, status: str, files_total: int, report: IngestReport) -> IngestProgress:
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        chunks = report.chunks + report.version_chunks  # uploaded and carried so far
+        phase = "finishing" if self.files_done >= files_total else "indexing"
+        eta = None
+        if phase == "finishing":
+            eta = 0.0
+        elif self.bytes_done and self.total_bytes:
+            eta = round(elapsed * (self.total_bytes - self.bytes_done) / self.bytes_done, 1)
+        return IngestProgress(name, status, self.files_done, files_total, report.chunks, report.embedded,
+                              self.bytes_done, self.total_bytes, round(elapsed, 3), round(chunks / elapsed, 2), eta,
+                              phase)
 
 
 @dataclass
@@ -83,6 +120,9 @@ class IngestReport:
     notes: str | None = None
     scores: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    # Where the time went: "files" (parse to the last write, overlapped with) "embedding" (the embedder's busy
+    # time on its own thread), and "finishing" (term statistics, the eval gate, promotion).
+    timings: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -139,59 +179,98 @@ def ingest_paths(
     session.flush()
 
     report = IngestReport(tenant_id, build.version, job.id, source.id)
+    meter = _Meter(total_bytes=sum(len(f.data) for f in files), started=started)
     threshold = quarantine.tenant_threshold(tenant)
-    done = 0
 
-    def tick(name: str, status: str, reason: str | None = None) -> None:
-        nonlocal done
-        done += 1
+    def tick(name: str, status: str, reason: str | None = None, weight: int = 0) -> None:
+        meter.files_done += 1
+        meter.bytes_done += weight
         metrics.ingest_file(status)
         if progress is not None:
-            progress(IngestProgress(name, status, done, job.total_files, report.chunks))
-        _publish(tenant_id, job.id, build.version, name, status, reason, done, job.total_files, report.chunks)
+            progress(meter.event(name, status, job.total_files, report))
+        _publish(tenant_id, job.id, build.version, name, status, reason, meter.files_done, job.total_files,
+                 report.chunks)
+
+    def failed(path: str, reason: str, weight: int) -> None:
+        report.files_failed.append(FileError(path, reason).to_dict())
+        if path in base_docs:
+            job.total_files += 1  # the live version's copy of the file is carried forward instead
+            uploaded.discard(path)
+        tick(path, "failed", reason, weight)
+
+    def written(prepared: Prepared, vectors: list[list[float]], *, carried: bool) -> None:
+        path = prepared.document.path
+        try:
+            embedded = indexing.write(session, d, prepared, vectors)
+        except ParseError as exc:
+            failed(path, str(exc), prepared.weight)
+            return
+        report.embedded += embedded
+        if carried:
+            report.files_carried.append(path)
+            report.version_chunks += len(prepared.chunks)
+        else:
+            report.files_ok.append(path)
+            report.chunks += len(prepared.chunks)
+        tick(path, "carried" if carried else "indexed", weight=prepared.weight)
 
     for error in errors:
         report.files_failed.append(error.to_dict())
         tick(error.file, "failed", error.reason)
-    for source_file in files:
-        try:
-            doc = parse(source_file, max_pdf_pages=settings.max_pdf_pages)
-            listed = pack_meta.get(source_file.path) or pack_meta.get("*", {})
-            doc.meta = {**clean_meta(meta or {}), **listed, **doc.meta}
-            chunks = chunk_document(doc, settings.chunk_max_words)
-            if not chunks:
-                raise ParseError("no text to index")
-            if len(source_file.path) > 500:
-                raise ParseError("path is longer than 500 characters")
-            indexed = index_document(session, d, tenant_id, build.version, source.id, source_file, doc, chunks,
-                                     base_docs.get(source_file.path), threshold)
-        except ParseError as exc:
-            report.files_failed.append(FileError(source_file.path, str(exc)).to_dict())
-            if source_file.path in base_docs:
-                job.total_files += 1  # the live version's copy of the file is carried forward instead
-                uploaded.discard(source_file.path)
-            tick(source_file.path, "failed", str(exc))
-            continue
-        report.files_ok.append(source_file.path)
-        report.chunks += len(chunks)
-        report.embedded += indexed
-        tick(source_file.path, "indexed")
-    for path, base_doc in sorted(base_docs.items()):
-        if path in uploaded:
-            continue
-        n, embedded = carry_document(session, d, build.version, source.id, base_doc, threshold)
-        report.files_carried.append(path)
-        report.version_chunks += n
-        report.embedded += embedded
-        tick(path, "carried")
+    # The embedder runs on its own thread (app/knowledge/pipeline.py); this one parses, chunks and writes the
+    # documents whose vectors are back, in file order, so a rerun writes the same rows in the same order.
+    files_started = time.monotonic()
+    call_texts = get_settings().ingest_call_texts
+    with EmbeddingPipeline(d.embedder, call_texts=call_texts, max_pending=max(MAX_PENDING, call_texts)) as pipe:
+        queued: deque[tuple[Prepared, Future[list[list[float]]], bool]] = deque()
 
+        def drain(*, room_for: int = 0, everything: bool = False) -> None:
+            """Write what is ready; wait for the oldest while the pipeline has no room for `room_for` texts."""
+            while queued and (everything or queued[0][1].done()
+                              or pipe.pending + room_for > pipe.max_pending):
+                prepared, future, carried = queued.popleft()
+                written(prepared, future.result(), carried=carried)
+
+        def enqueue(prepared: Prepared, carried: bool) -> None:
+            texts = prepared.to_embed
+            drain(room_for=len(texts))
+            queued.append((prepared, pipe.submit(texts), carried))
+            drain()
+
+        for source_file in files:
+            try:
+                doc = parse(source_file, max_pdf_pages=settings.max_pdf_pages)
+                listed = pack_meta.get(source_file.path) or pack_meta.get("*", {})
+                doc.meta = {**clean_meta(meta or {}), **listed, **doc.meta}
+                chunks = chunk_document(doc, settings.chunk_max_words)
+                if not chunks:
+                    raise ParseError("no text to index")
+                if len(source_file.path) > 500:
+                    raise ParseError("path is longer than 500 characters")
+                base_doc = base_docs.get(source_file.path)
+                prepared = indexing.prepare_document(d, tenant_id, build.version, source.id, source_file, doc,
+                                                     chunks, base_doc, threshold,
+                                                     indexing.prior_quarantine(session, base_doc))
+            except ParseError as exc:
+                drain()
+                failed(source_file.path, str(exc), len(source_file.data))
+                continue
+            enqueue(prepared, carried=False)
+        drain(everything=True)  # before carrying: an upload refused at write time is carried forward instead
+        for path, base_doc in sorted(base_docs.items()):
+            if path not in uploaded:
+                enqueue(indexing.prepare_carried(session, d, build.version, base_doc, threshold), carried=True)
+        drain(everything=True)
+    report.timings = {"files": round(time.monotonic() - files_started, 3), "embedding": round(pipe.seconds, 3)}
+    finishing = time.monotonic()
     report.documents = len(report.files_ok)
     report.version_documents = report.documents + len(report.files_carried)
     report.version_chunks += report.chunks
     report.quarantined = quarantine.count_held(session, tenant_id, build.version)
     metrics.injection_flagged("chunk", report.quarantined)
     _finish(session, d, tenant, build, report, promote=promote)
-    job.done_files, job.chunks, job.errors = done, report.version_chunks, list(report.files_failed)
+    report.timings["finishing"] = round(time.monotonic() - finishing, 3)
+    job.done_files, job.chunks, job.errors = meter.files_done, report.version_chunks, list(report.files_failed)
     job.status = "failed" if report.status == "failed" else "succeeded"
     job.finished_at = utcnow()
     job.detail = (f"version {build.version} {report.status}: {len(report.files_ok)} indexed, "
@@ -202,7 +281,8 @@ def ingest_paths(
                   + (f"; {report.notes}" if report.notes else ""))
     session.flush()
     report.seconds = round(time.monotonic() - started, 3)
-    _publish(tenant_id, job.id, build.version, "", report.status, report.notes, done, job.total_files, report.chunks)
+    _publish(tenant_id, job.id, build.version, "", report.status, report.notes, meter.files_done, job.total_files,
+             report.chunks)
     return report
 
 

@@ -122,6 +122,7 @@ def test_zip_bombs_traversal_and_pack_limits_are_refused_per_file(tmp_path: Path
     for i in range(4):
         (folder / f"doc{i}.md").write_text(f"# Doc {i}\n\n" + "word " * 50)
     files, errors = collect([folder], max_bytes=10_000, max_pack_files=3)
-    assert len(files) == 3 and [e.reason for e in errors] == ["the pack is over its limit of 3 files (MAX_PACK_FILES)"]
+    assert len(files) == 3 and [e.reason for e in errors] == [
+        "the pack is over its limit of 3 files: set SWITCHBOARD_MAX_PACK_FILES higher to take more"]
     files, errors = collect([folder], max_bytes=10_000, max_pack_bytes=600)
     assert len(files) == 2 and all("MAX_PACK_BYTES" in e.reason for e in errors) and len(errors) == 2

@@ -160,7 +160,10 @@ def test_a_worker_killed_mid_job_then_rerun_leaves_the_same_points_as_a_clean_ru
     from app.runtime import get_vector_store, reset_caches
     from workers.ingest import run_ingestion_job
 
-    env = {"DATABASE_URL": pg_url, "REDIS_URL": REDIS_TEST_URL, "SWITCHBOARD_BUS_NAMESPACE": redis_namespace}
+    # Small embedder calls: documents are written one by one, so the kill after two lands with six to go (with
+    # the default 256 texts per call, this pack's ~150 chunks are embedded in one call and written together).
+    env = {"DATABASE_URL": pg_url, "REDIS_URL": REDIS_TEST_URL, "SWITCHBOARD_BUS_NAMESPACE": redis_namespace,
+           "SWITCHBOARD_INGEST_CALL_TEXTS": "8"}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     reset_caches()

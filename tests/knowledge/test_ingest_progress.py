@@ -1,0 +1,156 @@
+"""Ingestion's embedding stage (bounded calls and pending texts, order, errors) and its progress: bytes, rate and
+ETA on every event, and the finishing phase. Nothing here depends on how fast the machine is."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from pathlib import Path
+
+import pytest
+from sqlalchemy.orm import Session
+
+from app.knowledge.pipeline import EmbeddingPipeline
+from app.knowledge.service import IngestProgress, IngestReport, _Meter, ingest_paths
+
+
+class RecordingEmbedder:
+    """A stand-in embedder (the pipeline's dependency, not the code under test): each text's vector is its own
+    number, so order mistakes show; records every call's size and the pipeline's pending count during it."""
+
+    dim, name = 1, "recording"
+
+    def __init__(self, gate: threading.Event | None = None, fail_on: str | None = None) -> None:
+        self.calls: list[int] = []
+        self.pending_seen: list[int] = []
+        self.pipe: EmbeddingPipeline | None = None
+        self.gate, self.fail_on = gate, fail_on
+
+    def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
+        if self.gate is not None:
+            assert self.gate.wait(30), "the test never opened the gate"
+        if self.fail_on is not None and self.fail_on in texts:
+            raise RuntimeError("embedder down")
+        self.calls.append(len(texts))
+        if self.pipe is not None:
+            self.pending_seen.append(self.pipe.pending)
+        return [[float(t)] for t in texts]
+
+    def embed_query(self, text: str) -> list[float]:
+        return [0.0]
+
+
+def _texts(start: int, n: int) -> list[str]:
+    return [str(i) for i in range(start, start + n)]
+
+
+def test_pipeline_merges_small_documents_splits_large_ones_and_keeps_order() -> None:
+    embedder = RecordingEmbedder()
+    sizes = [3, 1, 2, 9, 4, 1, 30, 2]  # one request larger than a call, several smaller than one
+    with EmbeddingPipeline(embedder, call_texts=8, max_pending=32) as pipe:
+        embedder.pipe = pipe
+        requests, start = [], 0
+        for n in sizes:
+            texts = _texts(start, n)
+            requests.append((texts, pipe.submit(texts)))
+            start += n
+        for texts, future in requests:
+            assert future.result(timeout=30) == [[float(t)] for t in texts]
+        assert pipe.embedded == sum(sizes) == sum(embedder.calls)
+    assert max(embedder.calls) <= 8  # no call over the bound, the 30-text request included
+    assert max(embedder.pending_seen) <= 32
+    assert pipe.largest_call == max(embedder.calls) and pipe.calls < len(sizes) + 3  # small ones merged
+
+
+def test_submit_waits_while_the_pipeline_holds_its_maximum_of_texts() -> None:
+    gate = threading.Event()
+    embedder = RecordingEmbedder(gate)
+    with EmbeddingPipeline(embedder, call_texts=4, max_pending=8) as pipe:
+        futures: list[Future[list[list[float]]]] = []
+        producer = threading.Thread(target=lambda: futures.extend(pipe.submit(_texts(4 * i, 4)) for i in range(3)))
+        producer.start()
+        producer.join(timeout=1.0)  # the third request cannot get in while the first two are pending
+        assert producer.is_alive() and pipe.pending == 8
+        gate.set()
+        producer.join(timeout=30)
+        assert not producer.is_alive()
+        assert [f.result(timeout=30) for f in futures] == [[[float(t)] for t in _texts(4 * i, 4)] for i in range(3)]
+    assert pipe.pending == 0
+
+
+def test_an_embedder_error_fails_the_requests_of_that_call_and_the_next_ones_still_run() -> None:
+    embedder = RecordingEmbedder(fail_on="boom")
+    with EmbeddingPipeline(embedder, call_texts=4, max_pending=16) as pipe:
+        bad = pipe.submit(["boom", "x"])
+        with pytest.raises(RuntimeError, match="embedder down"):
+            bad.result(timeout=30)
+        assert pipe.submit(["1", "2"]).result(timeout=30) == [[1.0], [2.0]]
+    with pytest.raises(RuntimeError, match="closed"):
+        pipe.submit(["3"])
+
+
+def test_pipeline_bounds_are_checked() -> None:
+    with pytest.raises(ValueError, match="max_pending"):
+        EmbeddingPipeline(RecordingEmbedder(), call_texts=8, max_pending=4)
+
+
+def test_eta_is_the_rate_so_far_applied_to_the_bytes_left() -> None:
+    report = IngestReport("acme", 1, "job", "source", chunks=30)
+    meter = _Meter(total_bytes=1000, started=time.monotonic() - 10)
+    assert meter.event("a.md", "indexed", 4, report).eta_s is None  # no byte done yet: no rate to go by
+    meter.files_done, meter.bytes_done = 1, 250
+    event = meter.event("a.md", "indexed", 4, report)
+    assert event.eta_s == round(event.elapsed_s * 3, 1) and event.phase == "indexing"
+    assert event.chunks_per_s == round(30 / event.elapsed_s, 2)
+    meter.files_done, meter.bytes_done = 4, 1000
+    done = meter.event("d.md", "indexed", 4, report)
+    assert done.eta_s == 0.0 and done.phase == "finishing"
+
+
+def test_every_progress_event_carries_bytes_rate_and_eta(db: Session, pack: Path) -> None:
+    (pack / "empty.md").write_text("   \n")  # refused (no text): its bytes count as done all the same
+    total = sum(p.stat().st_size for p in pack.iterdir())
+    seen: list[IngestProgress] = []
+    report = ingest_paths(db, "acme", [pack], progress=seen.append)
+    assert report.status == "live" and len(report.files_failed) == 1
+    assert [e.files_done for e in seen] == list(range(1, 6))
+    assert all(e.bytes_total == total for e in seen)
+    done = [e.bytes_done for e in seen]
+    assert done == sorted(done) and done[-1] == total and done[0] > 0
+    assert all(e.eta_s is not None and e.eta_s >= 0 for e in seen)
+    assert [e.phase for e in seen] == ["indexing"] * 4 + ["finishing"] and seen[-1].eta_s == 0.0
+    assert seen[-1].chunks == report.chunks and seen[-1].embedded == report.embedded > 0
+    assert seen[-1].chunks_per_s > 0
+    assert set(report.timings) == {"files", "embedding", "finishing"}
+
+
+@pytest.mark.redis
+def test_a_scale_out_job_keeps_its_progress_in_redis_for_the_admin_api() -> None:
+    import uuid
+
+    from tests.conftest import REDIS_TEST_URL
+    from workers.ingest import RedisProgress, RqJobQueue
+
+    namespace = f"sbtest-{uuid.uuid4().hex[:8]}"
+    record, queue = RedisProgress(REDIS_TEST_URL, namespace), RqJobQueue(REDIS_TEST_URL, namespace=namespace)
+    event = IngestProgress("a.md", "indexed", 1, 4, 12, 12, 250, 1000, 2.0, 6.0, 6.0).to_dict()
+    record("job-1", event)
+    assert queue.progress("job-1") == event
+    assert RqJobQueue(REDIS_TEST_URL, namespace="another").progress("job-1") is None
+    record("job-1", None)  # the job ended: its row has the outcome
+    assert queue.progress("job-1") is None
+
+
+def test_ingestion_shares_the_answering_embedder_unless_given_threads_of_its_own(tmp_path: Path) -> None:
+    from app.bootstrap import Container
+    from app.config import Settings
+
+    shared = Container(Settings(home=tmp_path, ingest_threads=1))
+    assert shared.ingest_embedder is shared.embedder
+    own = Container(Settings(home=tmp_path, ingest_threads=0))
+    ingest = own.ingest_embedder
+    assert ingest is not own.embedder and ingest is own.ingest_embedder  # built once
+    assert ingest.name == own.embedder.name  # the same model: caches and searches are unchanged
+    assert ingest.threads is None and own.embedder.threads == 1  # type: ignore[attr-defined]
