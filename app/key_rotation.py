@@ -64,7 +64,7 @@ class Report:
     removable: list[str] = field(default_factory=list)  # env source: ids of keys nothing needs any more
 
     def as_json(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items()}
+        return dict(self.__dict__)
 
 
 def _describe(key: keys.Key) -> dict[str, Any]:
@@ -117,25 +117,24 @@ def _primary_decrypts(ring: keys.Keyring, token: str) -> bool:
     return True
 
 
-def count_on_old_keys(ring: keys.Keyring) -> int:
-    count = 0
+def _stored_secrets() -> Iterator[str]:
+    """Every stored ciphertext, column after column."""
     for model, name in ENCRYPTED_COLUMNS:
         column = getattr(model, name)
         with session_scope() as session:
-            for token in session.scalars(select(column).where(column.is_not(None))):
-                count += not _primary_decrypts(ring, token)
-    return count
+            yield from session.scalars(select(column).where(column.is_not(None)))
+
+
+def count_on_old_keys(ring: keys.Keyring) -> int:
+    return sum(not _primary_decrypts(ring, token) for token in _stored_secrets())
 
 
 def usage(ring: keys.Keyring) -> dict[str, int]:
     """How many stored secrets each encryption key decrypts (by key id; `none` for secrets no key decrypts)."""
     counts = {k.id: 0 for k in ring.encryption}
     counts["none"] = 0
-    for model, name in ENCRYPTED_COLUMNS:
-        column = getattr(model, name)
-        with session_scope() as session:
-            for token in session.scalars(select(column).where(column.is_not(None))):
-                counts[_key_of(ring, token)] += 1
+    for token in _stored_secrets():
+        counts[_key_of(ring, token)] += 1
     return counts
 
 
