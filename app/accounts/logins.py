@@ -71,12 +71,16 @@ def login(session: Session, email: str, password: str, tenant_slug: str | None) 
                         else "this account belongs to no tenant any more: ask an admin to add it again")
     if len(tenants) > 1:
         raise Conflict("this account belongs to several tenants: send `tenant` with the slug of the one to log into")
-    tenant_id = tenants[0][0]
-    login_session = LoginSession(tenant_id=tenant_id, user_id=user.id)
+    return start(session, user.id, tenants[0][0])
+
+
+def start(session: Session, user_id: str, tenant_id: str) -> Tokens:
+    """A new login of a person whose password was just checked, into a tenant they belong to."""
+    login_session = LoginSession(tenant_id=tenant_id, user_id=user_id)
     session.add(login_session)
     session.flush()
-    record(session, tenant_id, f"user:{user.id}", "auth.login", "user", user.id, {"session_id": login_session.id})
-    return _issue(session, user.id, tenant_id, login_session.id)
+    record(session, tenant_id, f"user:{user_id}", "auth.login", "user", user_id, {"session_id": login_session.id})
+    return _issue(session, user_id, tenant_id, login_session.id)
 
 
 def _issue(session: Session, user_id: str, tenant_id: str, session_id: str) -> Tokens:

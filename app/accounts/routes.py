@@ -13,7 +13,7 @@ from typing import Annotated
 from fastapi import APIRouter, Form, Header, HTTPException, Request, Response
 from pydantic import BaseModel, Field
 
-from app.accounts import logins, service
+from app.accounts import invitations, logins, service
 from app.accounts.tokens import looks_like_jwt
 from app.auth import Viewer, authenticate
 from app.db import session_scope
@@ -45,6 +45,12 @@ class RefreshIn(BaseModel):
 class PasswordIn(BaseModel):
     current_password: str = Field(min_length=1, max_length=1024)
     new_password: str = Field(min_length=1, max_length=1024, description="At least 12 characters.")
+
+
+class AcceptIn(BaseModel):
+    token: str = Field(min_length=1, max_length=200, description="The invitation's token, from the admin.")
+    password: str = Field(min_length=1, max_length=1024, description="Your account's password if this email "
+                          "already has one; otherwise the new account's password (at least 12 characters).")
 
 
 class MeOut(BaseModel):
@@ -193,3 +199,30 @@ def change_password(body: PasswordIn, principal: Viewer) -> Response:
     except service.AccountError as exc:
         raise _error(exc) from None
     return Response(status_code=204)
+
+
+@router.post("/invitations/accept", response_model=TokenOut, summary="Accept an invitation", responses={
+    401: {"description": "The email already has an account and this is not its password."},
+    404: {"description": "Unknown, used, withdrawn or expired invitation."},
+    422: {"description": "A new account's password is too short or too long."},
+    429: {"description": "Too many failures for this account or from this address: see Retry-After."},
+})
+def accept_invitation(request: Request, response: Response, body: AcceptIn) -> TokenOut:
+    """Join the tenant you were invited to, and log into it. If the invited email already has an account (you
+    work for another tenant too), send that account's password; otherwise the password you send becomes your new
+    account's. Failures count like failed logins."""
+    ip = (LOGIN_FAILURES_PER_IP, client_ip(request))
+    _limited(ip)
+    failures: tuple[tuple[Rule, str], ...] = (ip,)
+    try:
+        with session_scope() as session:
+            invitation = invitations.find(session, body.token)
+            failures = (ip, (LOGIN_FAILURES_PER_ACCOUNT, invitation.email))
+            _limited(*failures)
+            joined = invitations.accept(session, invitation, body.password)
+            return _tokens(logins.start(session, joined.user_id, joined.tenant_id), response)
+    except (service.LoginFailed, invitations.InvitationRefused) as exc:
+        _spend(*failures)
+        raise _error(exc) from None
+    except service.AccountError as exc:
+        raise _error(exc) from None

@@ -1,23 +1,25 @@
 """Admin API, people (`/admin/v1/users`): who may log into the tenant, and with which role.
 
-Owners and admins (their logins, or admin API keys) manage the tenant's people; only an owner may add, promote,
-demote or remove an owner, and the last owner stays. A user id of another tenant is a 404, like a missing one.
+Owners and admins (their logins, or admin API keys) manage the tenant's people, adding them by invitation
+(app/accounts/invitations.py); only an owner may invite, promote, demote or remove an owner, and the last owner
+stays. A user id of another tenant is a 404, like a missing one.
 Every change is audited; removing someone ends their logins into this tenant at once."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from fastapi import APIRouter, HTTPException, Response
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
-from app.accounts import service
+from app.accounts import invitations, service
 from app.admin.request_limit import LIMITED
 from app.auth import Admin
 from app.db import session_scope
+from app.models import Invitation
 
 router = APIRouter(prefix="/admin/v1", tags=["admin: users"], dependencies=LIMITED)
 Role = Literal["owner", "admin", "agent", "viewer"]
@@ -27,15 +29,9 @@ _T = TypeVar("_T")
 class UserIn(BaseModel):
     email: str = Field(min_length=3, max_length=service.EMAIL_MAX)
     role: Role
-    password: SecretStr | None = Field(
-        default=None, max_length=1024,
-        description="Initial password for a new account (at least 12 characters); give it to the person out of "
-                    "band. Not used when the email already has an account (in another tenant): that person keeps "
-                    "their own password.",
-    )
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"email": "dana@example.com", "role": "agent", "password": "correct horse battery staple"},
+        {"email": "dana@example.com", "role": "agent"},
     ]})
 
 
@@ -52,8 +48,22 @@ class UserOut(BaseModel):
     added_at: datetime = Field(description="When the person was added to this tenant.")
 
 
-class NewUserOut(UserOut):
-    new_account: bool = Field(description="False when the email already had an account, whose password is kept.")
+class InvitationOut(BaseModel):
+    invitation_id: str
+    email: str
+    role: Role
+    invited_by: str
+    created_at: datetime
+    expires_at: datetime
+
+
+class IssuedInvitationOut(InvitationOut):
+    token: str = Field(description="Shown once: hand it to the person, who accepts at POST /auth/invitations/accept "
+                                   "with it and a password (their account's, or a new one's).")
+
+
+class InvitationsOut(BaseModel):
+    invitations: list[InvitationOut]
 
 
 class UsersOut(BaseModel):
@@ -79,21 +89,44 @@ def list_users(who: Admin) -> UsersOut:
     return _in_transaction(lambda db: UsersOut(users=[_out(m) for m in service.list_members(db, who.tenant_id)]))
 
 
-@router.post("/users", response_model=NewUserOut, status_code=201, summary="Add a person", responses={
-    403: {"description": "Only owners may add an owner."},
-    409: {"description": "The person is already in this tenant."},
-    422: {"description": "Bad email or role, or a new account without a (long enough) password."},
-})
-def add_user(body: UserIn, who: Admin) -> NewUserOut:
-    """Give a person a role in this tenant. A new email gets an account with the initial password sent; an email
-    that already has an account (the person works for another tenant too) is added with its own password."""
+def _invitation(invitation: Invitation) -> dict[str, Any]:
+    return {"invitation_id": invitation.id, "email": invitation.email, "role": invitation.role,
+            "invited_by": invitation.invited_by, "created_at": invitation.created_at,
+            "expires_at": invitation.expires_at}
 
-    def work(db: Session) -> NewUserOut:
-        password = body.password.get_secret_value() if body.password is not None else None
-        member, created = service.add_member(db, who, body.email, body.role, password)
-        return NewUserOut(**_out(member).model_dump(), new_account=created)
+
+@router.post("/users", response_model=IssuedInvitationOut, status_code=201, summary="Invite a person", responses={
+    403: {"description": "Only owners may invite an owner."},
+    409: {"description": "The person is already in this tenant."},
+    422: {"description": "Bad email or role."},
+})
+def add_user(body: UserIn, who: Admin) -> IssuedInvitationOut:
+    """Invite a person to this tenant with a role: the answer holds a one-time token (valid 7 days) to hand to
+    them. They accept at POST /auth/invitations/accept with the token and a password: their own, if the email
+    already has an account, or the initial password of a new account. The answer is the same either way, so
+    inviting tells nothing about other tenants. Inviting the same email again replaces the earlier token."""
+
+    def work(db: Session) -> IssuedInvitationOut:
+        issued = invitations.invite(db, who, body.email, body.role)
+        return IssuedInvitationOut(**_invitation(issued.invitation), token=issued.token)
 
     return _in_transaction(work)
+
+
+@router.get("/invitations", response_model=InvitationsOut, summary="List pending invitations")
+def list_invitations(who: Admin) -> InvitationsOut:
+    """Invitations of this tenant not yet accepted, withdrawn or expired, oldest first (tokens are not shown)."""
+    return _in_transaction(lambda db: InvitationsOut(invitations=[
+        InvitationOut(**_invitation(i)) for i in invitations.pending(db, who.tenant_id)]))
+
+
+@router.delete("/invitations/{invitation_id}", status_code=204, summary="Withdraw an invitation", responses={
+    403: {"description": "Only owners may withdraw an owner's invitation."},
+    404: {"description": "No pending invitation with that id in this tenant."},
+})
+def revoke_invitation(invitation_id: str, who: Admin) -> Response:
+    _in_transaction(lambda db: invitations.revoke(db, who, invitation_id))
+    return Response(status_code=204)
 
 
 @router.get("/users/{user_id}", response_model=UserOut, summary="Get a person")

@@ -1,6 +1,6 @@
 """SQLAlchemy tables. Every tenant-owned row carries `tenant_id`; queries filter on it (see app/tenants/scope.py)."""
 
-from app.models.accounts import ROLES, LoginSession, Membership, RefreshToken, User
+from app.models.accounts import ROLES, Invitation, LoginSession, Membership, RefreshToken, User
 from app.models.base import Base, new_id, utcnow
 from app.models.conversations import Contact, Conversation, Message
 from app.models.knowledge import Chunk, Document, IngestionJob, KnowledgeSource, PackVersion
@@ -22,6 +22,7 @@ __all__ = [
     "Escalation",
     "Handoff",
     "IngestionJob",
+    "Invitation",
     "KnowledgeSource",
     "LLMCall",
     "LoginSession",

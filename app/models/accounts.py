@@ -56,3 +56,24 @@ class RefreshToken(IdMixin, Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     expires_at: Mapped[datetime]
     used_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class Invitation(IdMixin, Base):
+    """An offer of a role in a tenant, made by its owners or admins to an email. Whether or not that email has an
+    account anywhere is decided only when the person accepts (app/accounts/invitations.py), so the admin who
+    invites learns nothing about other tenants' people. The token is stored as its SHA-256."""
+
+    __tablename__ = "invitations"
+    __table_args__ = (
+        Index("ix_invitations_tenant_email", "tenant_id", "email"),
+        CheckConstraint("role IN ('owner', 'admin', 'agent', 'viewer')", name="role"),
+    )
+
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    email: Mapped[str] = mapped_column(String(200))  # stored lower-cased
+    role: Mapped[str] = mapped_column(String(16))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    invited_by: Mapped[str] = mapped_column(String(200))  # the audit actor
+    expires_at: Mapped[datetime]
+    accepted_at: Mapped[datetime | None] = mapped_column(default=None)
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)

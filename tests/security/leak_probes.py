@@ -40,6 +40,7 @@ PATH_KINDS: dict[str, str] = {
     "version": "pack_version",
     "escalation_id": "escalation",
     "user_id": "user",
+    "invitation_id": "invitation",
     "message_id": "message",
     "contact": "contact",
     "chunk_id": "chunk",
@@ -133,7 +134,7 @@ def seed_tenant(http: httpx.Client, prefix: str, *, conversations: int = 2) -> T
     # People: one of each role, each logged in.
     for role in ROLES:
         email = f"{role}-{uuid.uuid4().hex[:10]}@example.com"
-        r = http.post("/admin/v1/users", headers=admin, json={"email": email, "role": role, "password": PASSWORD})
+        r = http.post("/admin/v1/users", headers=admin, json={"email": email, "role": role})
         if r.status_code == 403 and role == "owner":  # only an owner may make an owner: do it as the service would
             from app.accounts import service as accounts
             from app.auth import Principal
@@ -143,10 +144,20 @@ def seed_tenant(http: httpx.Client, prefix: str, *, conversations: int = 2) -> T
                 member, _ = accounts.add_member(session, who, email, role, PASSWORD)
                 user_id = member.user_id
         else:
-            user_id = _ok(r, 201)["user_id"]
+            token = _ok(r, 201)["token"]
+            access = _ok(http.post("/auth/invitations/accept", json={"token": token, "password": PASSWORD}), 200)
+            me = _ok(http.get("/auth/me", headers={"Authorization": f"Bearer {access['access_token']}"}), 200)
+            user_id = me["user_id"]
         t.add("user", user_id)
         t.emails[role] = email
         login(http, t, role)
+
+    # An invitation still pending (its email a canary; emails are stored lower-cased).
+    invitee = t.canary("invite").lower()
+    t.canaries.append(invitee)
+    pending = _ok(http.post("/admin/v1/users", headers=admin,
+                            json={"email": f"{invitee}@example.com", "role": "agent"}), 201)
+    t.add("invitation", pending["invitation_id"])
 
     # API keys beyond the two the tenant was made with.
     for scope in ("admin", "agent"):
