@@ -59,7 +59,6 @@ def run(n: int) -> None:
     from app.db import migrate, session_scope
     from app.knowledge import termstats
     from app.providers.vectors.edge import EdgeVectorStore
-    from app.runtime import get_bus
     from app.tenants.service import get_by_slug
 
     migrate()
@@ -69,9 +68,9 @@ def run(n: int) -> None:
     with session_scope() as session:
         tenant_id = get_by_slug(session, "northwind").id
     questions = [json.loads(line)["question"] for line in (EXAMPLE / "eval" / "questions.jsonl").open()]
-    bus = get_bus()
+    bus = container().bus
     bus.ensure_group(OUTBOUND, "bench")
-    orchestrator, dispatcher = Orchestrator(bus), Dispatcher(container().senders)
+    orchestrator, dispatcher = Orchestrator.of(container(), bus=bus), Dispatcher(container().senders, container().push)
 
     cpu: Counter[str] = Counter()
     calls: Counter[str] = Counter()

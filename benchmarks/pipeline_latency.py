@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from app.bootstrap import container
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 EXAMPLE = REPO / "tenants" / "northwind"
@@ -47,7 +49,7 @@ def main() -> None:
     report = operations.ingest("northwind", [EXAMPLE / "knowledge"])
     questions = [json.loads(line)["question"] for line in (EXAMPLE / "eval" / "questions.jsonl").open()]
     questions += [json.loads(line)["question"] for line in (EXAMPLE / "eval" / "unanswerable.jsonl").open()]
-    roles = RoleThreads.start_all()
+    roles = RoleThreads.start_all(container())
     try:
         operations.chat("northwind", "warm-up", "warmup")
         latencies: list[float] = []

@@ -25,6 +25,8 @@ import timeit
 from pathlib import Path
 from typing import Any
 
+from app.bootstrap import container
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 EXAMPLE = REPO / "tenants" / "northwind"
@@ -103,7 +105,7 @@ def main() -> None:
     collector = FakeCollector()
     provider = TracerProvider(resource=Resource.create({"service.name": "switchboard-bench"}))
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=f"{collector.url}/v1/traces")))
-    roles = RoleThreads.start_all()
+    roles = RoleThreads.start_all(container())
     results: dict[str, dict[str, Any]] = {m: {"latency": [], "cpu": 0.0, "messages": 0} for m in ("off", "on")}
     try:
         operations.chat("northwind", "warm-up", "warmup")

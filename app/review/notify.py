@@ -36,6 +36,7 @@ from sqlalchemy.orm import Session
 from app.bus.base import Delivery, PermanentFailure
 from app.config import get_settings
 from app.contracts import EscalationOpened
+from app.conversations.push import Push
 from app.crypto import decrypt_json, encrypt_json
 from app.db import session_scope
 from app.models import Conversation, Escalation, Tenant, TenantWebhook, utcnow
@@ -56,18 +57,21 @@ SIGNATURE_TOLERANCE_S = 300
 # --- consoles -----------------------------------------------------------------------------------------------
 
 
-def wake_consoles(tenant_id: str) -> None:
+def wake_consoles(push: Push, tenant_id: str) -> None:
     """Make the tenant's open consoles re-read their queue. Call after the commit; never raises."""
-    from app.runtime import get_push
-
-    get_push().publish(tenant_id, CONSOLE_KEY)
+    push.publish(tenant_id, CONSOLE_KEY)
 
 
-def console_handler(delivery: Delivery) -> None:
+@dataclass(frozen=True)
+class ConsoleWaker:
     """`console` group: any escalation event (opened, decided, of any version) wakes the tenant's consoles.
     Other events on the stream (ingestion progress) are not for consoles."""
-    if delivery.fields.get("type", "").startswith("Escalation"):
-        wake_consoles(delivery.tenant_id)
+
+    push: Push
+
+    def handle(self, delivery: Delivery) -> None:
+        if delivery.fields.get("type", "").startswith("Escalation"):
+            wake_consoles(self.push, delivery.tenant_id)
 
 
 # --- webhook: the tenant's setting --------------------------------------------------------------------------

@@ -229,9 +229,9 @@ def _conversation_of(message_id: str) -> str:
 
 @contextmanager
 def played(backend: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Played]:
+    from app.bootstrap import reset_caches
     from app.db import migrate
     from app.main import create_app
-    from app.runtime import reset_caches
 
     if backend == "postgres":
         monkeypatch.setenv("DATABASE_URL", request.getfixturevalue("pg_url"))

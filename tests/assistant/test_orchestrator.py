@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from app.bootstrap import container
 from app.bus.consumer import Consumer
 from app.bus.memory import MemoryBus
 from app.contracts import INBOUND, InboundMessage, OutboundMessage
@@ -39,7 +40,7 @@ def test_unreadable_foreign_and_unknown_events_are_dead_lettered_with_a_reason(t
     from app.assistant.orchestrator import Orchestrator
 
     bus = MemoryBus()
-    orchestrator = Orchestrator(bus, retrieve=lambda *a, **k: [])
+    orchestrator = Orchestrator.of(container(), bus=bus, retrieve=lambda *a, **k: [])
     bus.publish(INBOUND, tenant, {"type": "InboundMessage", "v": "1", "body": "{broken"})
     bus.publish(INBOUND, tenant, {"type": "Mystery", "v": "1", "body": "{}"})
     bus.publish(INBOUND, tenant, {**_inbound(tenant).to_bus(), "v": "99"})
@@ -68,7 +69,7 @@ def test_a_message_that_keeps_failing_ends_dead_with_its_last_error(tenant: str)
     def broken_retrieval(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise ConnectionError("vector store unreachable")
 
-    orchestrator = Orchestrator(bus, retrieve=broken_retrieval)
+    orchestrator = Orchestrator.of(container(), bus=bus, retrieve=broken_retrieval)
     accepted = accept_inbound(bus, tenant_id=tenant, channel="webchat", contact_external_id="v1",
                               provider_message_id="m1", text="where is my order?")
     consumer = _consumer(bus, orchestrator.handle,
@@ -109,7 +110,7 @@ def test_without_a_live_pack_version_nothing_is_retrieved_and_the_message_escala
         tenant_id = create_tenant(session, "fresh").tenant.id  # nothing promoted yet
     calls: list[str] = []
     bus = MemoryBus()
-    orchestrator = Orchestrator(bus, retrieve=lambda *a, **k: calls.append("retrieve") or [])
+    orchestrator = Orchestrator.of(container(), bus=bus, retrieve=lambda *a, **k: calls.append("retrieve") or [])
     accepted = accept_inbound(bus, tenant_id=tenant_id, channel="webchat", contact_external_id="v",
                               provider_message_id="m", text="what is your return policy?")
     _consumer(bus, orchestrator.handle).process_available()

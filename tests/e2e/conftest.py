@@ -89,9 +89,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     for var in SCALE_OUT_VARS:
         os.environ.pop(var, None)
     from app import operations
+    from app.bootstrap import reset_caches
     from app.db import migrate
     from app.main import create_app
-    from app.runtime import reset_caches
 
     reset_caches()
     migrate()

@@ -37,7 +37,7 @@ def quota_stack(tmp_path_factory: pytest.TempPathFactory, pg_url: str) -> Iterat
         os.environ.pop(var, None)
     os.environ.update(env)
     from app import operations
-    from app.runtime import reset_caches
+    from app.bootstrap import reset_caches
 
     reset_caches()
     slug = f"quota-{uuid.uuid4().hex[:6]}"

@@ -81,7 +81,7 @@ def scale_out(tmp_path_factory: pytest.TempPathFactory, pg_url: str) -> Iterator
         os.environ.pop(var, None)
     os.environ.update(env)
     from app import operations
-    from app.runtime import reset_caches
+    from app.bootstrap import reset_caches
 
     reset_caches()
     tenant = operations.create_tenant("northwind", folder=EXAMPLE)

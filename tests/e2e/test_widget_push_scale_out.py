@@ -30,8 +30,8 @@ def scale_out_api(tmp_path: Any, pg_url: str) -> Iterator[tuple[str, str, Any]]:
         os.environ.pop(var, None)
     os.environ.update(env)
     from app import operations
+    from app.bootstrap import reset_caches
     from app.main import create_app
-    from app.runtime import reset_caches
 
     reset_caches()
     slug = f"push-{uuid.uuid4().hex[:6]}"
