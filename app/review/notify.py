@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 
 from app.bus.base import Delivery, PermanentFailure
 from app.config import get_settings
-from app.contracts import EscalationOpened
+from app.contracts import EscalationOpened, event_of
 from app.conversations.push import Push
 from app.crypto import decrypt_json, encrypt_json
 from app.db import session_scope
@@ -143,16 +143,8 @@ class WebhookSender:
         self.sleep = sleep
 
     def handle(self, delivery: Delivery) -> None:
-        if delivery.fields.get("type") != EscalationOpened.event_type():
-            return
-        try:
-            event = EscalationOpened.model_validate_json(delivery.fields["body"])
-        except (KeyError, ValueError) as exc:
-            raise PermanentFailure(f"unreadable EscalationOpened: {exc}") from exc
-        if event.tenant_id != delivery.tenant_id:
-            raise PermanentFailure("event tenant does not match its stream's tenant")
-        outgoing = self._prepare(event)
-        if outgoing is not None:
+        event = event_of(delivery, EscalationOpened)
+        if event is not None and (outgoing := self._prepare(event)) is not None:
             self.deliver(outgoing)
 
     def _prepare(self, event: EscalationOpened) -> Outgoing | None:

@@ -25,8 +25,8 @@ from sqlalchemy.orm import Session
 
 from app import outbox
 from app.audit import record
-from app.bus.base import Bus, Delivery, PermanentFailure
-from app.contracts import EVENTS, OUTBOUND, SlaDue
+from app.bus.base import Bus, Delivery
+from app.contracts import EVENTS, OUTBOUND, SlaDue, event_of
 from app.conversations.push import Push
 from app.conversations.replies import add_outbound, outbound_event
 from app.db import session_scope
@@ -57,15 +57,9 @@ class SlaTimers:
     push: Push
 
     def handle(self, delivery: Delivery) -> None:
-        if delivery.fields.get("type") != SlaDue.event_type():
-            return
-        try:
-            event = SlaDue.model_validate_json(delivery.fields["body"])
-        except (KeyError, ValueError) as exc:
-            raise PermanentFailure(f"unreadable SlaDue: {exc}") from exc
-        if event.tenant_id != delivery.tenant_id:
-            raise PermanentFailure("event tenant does not match its stream's tenant")
-        breach(self.bus, self.push, event.tenant_id, event.escalation_id)
+        event = event_of(delivery, SlaDue)
+        if event is not None:
+            breach(self.bus, self.push, event.tenant_id, event.escalation_id)
 
 
 def breach(bus: Bus, push: Push, tenant_id: str, escalation_id: str, *, now: datetime | None = None) -> bool:
