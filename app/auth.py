@@ -168,7 +168,8 @@ def _touch(session: Session) -> None:
 def _person(token: str, failures: _Failures) -> Principal:
     """A logged-in person's access token (app/accounts/tokens.py); the login and the role are read now."""
     from app.accounts.logins import principal_for
-    from app.accounts.tokens import TokenError, read_access
+    from app.accounts.tokens import read_access
+    from app.keys import TokenError
 
     try:
         claims = read_access(token)

@@ -31,6 +31,7 @@ from app.bootstrap import Container
 from app.config import get_settings
 from app.conversations.service import InboundRequest
 from app.db import get_engine, session_scope
+from app.keys import TokenError
 from app.models import Contact, Conversation, Message, Tenant
 from gateways.common import Account, load_account, load_account_async
 from gateways.payloads import scoped_key
@@ -127,7 +128,7 @@ def _visitor(widget_id: str, authorization: str | None) -> str:
         raise HTTPException(401, f"missing session token: POST /widget/v1/{widget_id}/sessions first")
     try:
         return sessions.verify(widget_id, token).contact_id
-    except sessions.SessionError as exc:
+    except TokenError as exc:
         raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
 
 
@@ -162,7 +163,7 @@ def open_session(
                           expires_in=issued.expires_in, renewed=False)
     try:
         visitor = sessions.verify(widget_id, presented, renewing=True)
-    except sessions.SessionError as exc:
+    except TokenError as exc:
         raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
     if visitor.tenant_id != account.tenant_id:
         raise HTTPException(401, f"invalid session token for this widget: POST /widget/v1/{widget_id}/sessions "
