@@ -211,7 +211,7 @@ def pipeline(seed: int = 11) -> dict[str, Any]:
     migrate()
     operations.create_tenant("northwind", folder=NORTHWIND)
     print("ingesting the example tenant's knowledge ...", file=sys.stderr)
-    operations.ingest("northwind", [NORTHWIND / "knowledge"])
+    operations.ingest(container(), "northwind", [NORTHWIND / "knowledge"])
     questions = [(json.loads(line)["question"], "answerable")
                  for line in (NORTHWIND / "eval" / "questions.jsonl").open()]
     questions += [(json.loads(line)["question"], "unanswerable")

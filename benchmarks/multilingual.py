@@ -142,7 +142,7 @@ def main() -> None:
     migrate()
     operations.create_tenant("northwind", folder=EXAMPLE)
     t0 = time.perf_counter()
-    operations.ingest("northwind", [EXAMPLE / "knowledge"])
+    operations.ingest(container(), "northwind", [EXAMPLE / "knowledge"])
     ingest_s = time.perf_counter() - t0
     with session_scope() as session:
         tenant = session.query(Tenant).filter_by(slug="northwind").one()

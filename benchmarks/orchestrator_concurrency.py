@@ -97,7 +97,7 @@ def main() -> None:
     migrate()
     operations.create_tenant("northwind", folder=EXAMPLE)
     print("ingesting the example tenant's knowledge ...", file=sys.stderr)
-    operations.ingest("northwind", [EXAMPLE / "knowledge"])
+    operations.ingest(container(), "northwind", [EXAMPLE / "knowledge"])
     from app.db import session_scope
 
     with session_scope() as session:

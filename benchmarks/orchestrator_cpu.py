@@ -64,7 +64,7 @@ def run(n: int) -> None:
     migrate()
     operations.create_tenant("northwind", folder=EXAMPLE)
     print("ingesting the example tenant's knowledge ...", file=sys.stderr)
-    operations.ingest("northwind", [EXAMPLE / "knowledge"])
+    operations.ingest(container(), "northwind", [EXAMPLE / "knowledge"])
     with session_scope() as session:
         tenant_id = get_by_slug(session, "northwind").id
     questions = [json.loads(line)["question"] for line in (EXAMPLE / "eval" / "questions.jsonl").open()]

@@ -27,7 +27,7 @@ STREET = "3744 Retreat Avenue"
 @pytest.fixture(scope="module")
 def ner_tenant(stack: Stack) -> dict[str, Any]:
     created = operations.create_tenant("northwind-ner", folder=EXAMPLE)
-    operations.ingest("northwind-ner", [EXAMPLE / "knowledge" / "faq.csv"])
+    operations.ingest(bootstrap.container(), "northwind-ner", [EXAMPLE / "knowledge" / "faq.csv"])
     return created
 
 

@@ -221,7 +221,7 @@ def test_a_question_whose_only_matching_passage_is_another_tenants_gets_none_of_
         folder = tmp_path / slug
         folder.mkdir()
         (folder / name).write_text(text)
-        report = operations.ingest(slug, [folder])
+        report = operations.ingest(container(), slug, [folder])
         assert not report["files_failed"], report
     ids = {slug: _tenant_id(slug) for slug in ("leak-a", "leak-b")}
     assert all(canary not in p.text for p in container().retriever(ids["leak-a"], question, top_k=20))
