@@ -242,9 +242,10 @@ class Container:
     def intake(self) -> Intake:
         """Accept -> enqueue for every channel (app/intake.py), on this process's bus and inbound batcher."""
         def build() -> Intake:
-            from app import intake
+            from app.conversations.batching import InboundBatcher
+            from app.intake import Intake
 
-            return intake.Intake(self.bus)
+            return Intake(self.bus, InboundBatcher(self.bus))
         return self._get("intake", build)
 
     # ------------------------------------------------------------------------------------------- the edges

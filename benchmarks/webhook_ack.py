@@ -333,7 +333,6 @@ def gateway_app() -> Any:
 
     from app.bootstrap import container
     from app.conversations import batching
-    from app.conversations.batching import batcher_for
     from gateways.server import create_gateway_app
 
     if "BENCH_BATCH_WAIT_MS" in os.environ:  # to compare collection windows
@@ -349,7 +348,7 @@ def gateway_app() -> Any:
 
     @app.get("/_bench/batches")
     def batches() -> dict[str, Any]:
-        return asdict(batcher_for(container().bus).stats)
+        return asdict(container().intake.batcher.stats)
 
     return app
 
