@@ -68,3 +68,24 @@ def test_the_grounding_checker_is_the_containers_own(services: Container) -> Non
 
     assert services.grounding is services.grounding
     assert Container(get_settings(), embedder=services.embedder).grounding is not services.grounding
+
+
+def test_an_orchestrator_given_a_retrieval_builds_no_store_of_its_own(services: Container) -> None:
+    """`Orchestrator.of` takes from the container only what it is not given: a test's retrieval opens no vector
+    store (the embedded one allows one opener: here another container already holds it)."""
+    import pytest
+
+    from app.assistant.orchestrator import Orchestrator
+    from app.bus.memory import MemoryBus
+    from app.config import get_settings
+    from app.providers.vectors.edge import VectorStoreLocked
+
+    (services.settings.home_dir / "vectors").mkdir(parents=True, exist_ok=True)
+    services.vector_store  # opening it takes the folder's lock
+    other = Container(get_settings(), bus=MemoryBus())
+    orchestrator = Orchestrator.of(other, retrieve=lambda *a, **k: [])
+    assert orchestrator.bus is other.bus and orchestrator.push is other.push
+    with pytest.raises(VectorStoreLocked):
+        other.retriever  # what the orchestrator would have opened by default
+    with pytest.raises(TypeError, match="unknown services \\['retriever'\\]"):
+        Orchestrator.of(other, retriever=lambda *a, **k: [])

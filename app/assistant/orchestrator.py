@@ -93,13 +93,15 @@ class Orchestrator:
     def of(cls, services: Container, **given: Any) -> Orchestrator:
         """The orchestrator on `services`' bus, stores, LLM, limiter, quota, push and clock; a keyword replaces
         one of them (`retrieve=` a test's passages, `bus=` another bus)."""
-        wired: dict[str, Any] = {
-            "bus": services.bus, "retrieve": services.retriever, "llm": services.llm_client,
-            "settings": services.settings, "limiter": services.rate_limiter, "quota": services.quota,
-            "push": services.push, "pii_ner": services.pii_ner, "grounding": services.grounding,
-            "clock": services.clock,
+        wired: dict[str, Callable[[], Any]] = {  # built only when not given (a test's retrieval opens no store)
+            "bus": lambda: services.bus, "retrieve": lambda: services.retriever, "llm": lambda: services.llm_client,
+            "settings": lambda: services.settings, "limiter": lambda: services.rate_limiter,
+            "quota": lambda: services.quota, "push": lambda: services.push, "pii_ner": lambda: services.pii_ner,
+            "grounding": lambda: services.grounding, "clock": lambda: services.clock,
         }
-        return cls(**{**wired, **given})
+        if unknown := sorted(set(given) - set(wired)):
+            raise TypeError(f"Orchestrator.of() got unknown services {unknown}")
+        return cls(**{name: given[name] if name in given else build() for name, build in wired.items()})
 
     # -- bus entry point -------------------------------------------------------------------------------
     def handle(self, delivery: Delivery) -> None:
