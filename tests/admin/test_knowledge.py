@@ -189,9 +189,12 @@ def test_scale_out_upload_is_run_by_an_rq_worker(
     old = container()
     monkeypatch.setenv("REDIS_URL", REDIS_TEST_URL)
     get_settings.cache_clear()
-    # This process now submits to RQ; the stores stay the ones it has open (qdrant-edge locks its folder).
-    monkeypatch.setattr(bootstrap, "_current", bootstrap.Container(
-        get_settings(), embedder=old.embedder, vector_store=old.vector_store, object_store=old.object_store))
+    # This process now submits to RQ; the stores stay the ones it has open (qdrant-edge locks its folder). The
+    # app's routes use the new container, and so does the RQ worker's job (the process's).
+    scaled = bootstrap.Container(
+        get_settings(), embedder=old.embedder, vector_store=old.vector_store, object_store=old.object_store)
+    monkeypatch.setattr(client.app.state, "container", scaled)  # type: ignore[attr-defined]
+    monkeypatch.setattr(bootstrap, "_current", scaled)
     connection = redis.Redis.from_url(REDIS_TEST_URL)
     job_id = "none"
     try:
