@@ -23,11 +23,11 @@ from sqlalchemy.orm import Session
 
 from app import logs
 from app.accounts.tokens import looks_like_jwt
+from app.api.services import services_of
 from app.crypto import secrets_equal
 from app.db import SQLITE_BUSY_MS, get_sessionmaker
 from app.models import ApiKey, Tenant, utcnow
-from app.ratelimit import AUTH_FAILURES_PER_IP, AUTH_FAILURES_PER_KEY, RateLimited, client_ip
-from app.runtime import get_rate_limiter
+from app.ratelimit import AUTH_FAILURES_PER_IP, AUTH_FAILURES_PER_KEY, RateLimited, RateLimiter, client_ip
 
 log = logging.getLogger(__name__)
 SCOPES = ("admin", "agent")
@@ -109,7 +109,7 @@ def authenticate(
     if not authorization or not authorization.lower().startswith("bearer "):
         raise _unauthorized("missing API key: send 'Authorization: Bearer <key>'")
     token = authorization[7:].strip()
-    failures = _Failures(client_ip(request), hash_key(token))
+    failures = _Failures(services_of(request).rate_limiter, client_ip(request), hash_key(token))
     failures.check()
     if looks_like_jwt(token):
         return _person(token, failures)
@@ -168,7 +168,8 @@ def _touch(session: Session) -> None:
 def _person(token: str, failures: _Failures) -> Principal:
     """A logged-in person's access token (app/accounts/tokens.py); the login and the role are read now."""
     from app.accounts.logins import principal_for
-    from app.accounts.tokens import TokenError, read_access
+    from app.accounts.tokens import read_access
+    from app.keys import TokenError
 
     try:
         claims = read_access(token)
@@ -186,11 +187,12 @@ def _person(token: str, failures: _Failures) -> Principal:
 
 @dataclass(frozen=True)
 class _Failures:
+    limiter: RateLimiter
     ip: str
     key_hash: str
 
     def check(self) -> None:
-        limiter = get_rate_limiter()
+        limiter = self.limiter
         try:
             limiter.check(AUTH_FAILURES_PER_IP, self.ip)
             limiter.check(AUTH_FAILURES_PER_KEY, self.key_hash)
@@ -198,7 +200,7 @@ class _Failures:
             raise exc.http() from None
 
     def spend(self) -> None:
-        limiter = get_rate_limiter()
+        limiter = self.limiter
         try:
             limiter.hit(AUTH_FAILURES_PER_IP, self.ip)
             limiter.hit(AUTH_FAILURES_PER_KEY, self.key_hash)

@@ -15,6 +15,7 @@ import typer
 
 from app import operations
 from app.accounts.cli import user_app
+from app.bootstrap import container, plugins, tune_gc
 from app.config import get_settings
 from app.knowledge.cli import eval_command, pack_app
 
@@ -135,7 +136,7 @@ def tenant_plan(
         result = (
             _remote(server, "PUT", f"/operator/v1/tenants/{slug}/plan",
                     {"plan": plan, "overrides": overrides, "clear_overrides": clear_overrides})
-            if server else operations.set_plan(slug, plan, overrides, clear_overrides=clear_overrides)
+            if server else operations.set_plan(container(), slug, plan, overrides, clear_overrides=clear_overrides)
         )
     except operations.OperationError as exc:
         raise _fail(str(exc)) from exc
@@ -199,9 +200,9 @@ def _ingest_with_progress(tenant: str, paths: list[Path], *, show: bool, lines: 
                 last[0] = time.monotonic()
                 typer.echo(_progress_text(event), err=True)
 
-        return operations.ingest(tenant, paths, line, promote=promote, replace=replace)
+        return operations.ingest(container(), tenant, paths, line, promote=promote, replace=replace)
     if not show:
-        return operations.ingest(tenant, paths, promote=promote, replace=replace)
+        return operations.ingest(container(), tenant, paths, promote=promote, replace=replace)
     from rich.progress import BarColumn, Progress, TextColumn
 
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[detail]}"),
@@ -212,7 +213,7 @@ def _ingest_with_progress(tenant: str, paths: list[Path], *, show: bool, lines: 
             bar.update(task, total=event.bytes_total or None, completed=event.bytes_done,
                        description=event.file[-40:] or "finishing", detail=_progress_text(event, file=False))
 
-        return operations.ingest(tenant, paths, progress, promote=promote, replace=replace)
+        return operations.ingest(container(), tenant, paths, progress, promote=promote, replace=replace)
 
 
 PROGRESS_LINE_S = 10.0
@@ -245,7 +246,7 @@ def chat(
     if server is None and get_settings().embedded:
         from app.workers_runtime import RoleThreads
 
-        roles = RoleThreads.start_all()
+        roles = RoleThreads.start_all(container())
     try:
         if message is not None:
             _chat_once(tenant, contact, message, as_json, timeout, server)
@@ -270,7 +271,7 @@ def _chat_once(tenant: str, contact: str | None, text: str, as_json: bool, timeo
         outcome = (
             _remote(server, "POST", f"/operator/v1/tenants/{tenant}/chat",
                     {"text": text, "contact": contact, "timeout_s": timeout}, timeout=timeout + 10)
-            if server else operations.chat(tenant, text, contact, timeout_s=timeout)
+            if server else operations.chat(container(), tenant, text, contact, timeout_s=timeout)
         )
     except operations.OperationError as exc:
         raise _fail(str(exc)) from exc
@@ -305,7 +306,7 @@ def _serve(host: str, port: int) -> None:
     from app.main import create_app
 
     settings = get_settings()
-    app = create_app()
+    app = create_app(container=container())
     if settings.embedded:
         local = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104 - mapping, not binding
         other = operations.running_server()
@@ -320,8 +321,6 @@ def _serve(host: str, port: int) -> None:
         app.include_router(operator_router(token))
         app.include_router(knowledge_operator_router(token))
         operations.write_server_file(f"http://{local}:{port}", token)
-    from app.runtime import tune_gc
-
     tune_gc()
     try:
         uvicorn.run(app, host=host, port=port, **_uvicorn_options())
@@ -353,7 +352,6 @@ def orchestrator() -> None:
     logging.getLogger().setLevel(settings.log_level or logging.INFO)
     _trace("orchestrator")
     if settings.metrics_port:
-        from app.bootstrap import container
         from app.metrics import serve
 
         serve(settings.metrics_port, settings.metrics_addr, container().bus)
@@ -372,8 +370,6 @@ def gateway(
         raise _fail("a gateway process needs REDIS_URL (scale-out); embedded 'switchboard serve' mounts every channel")
     _trace(f"gateway-{channel}")
     import uvicorn
-
-    from app.runtime import tune_gc
 
     try:
         app = _role("gateway")(channel)
@@ -422,10 +418,9 @@ def guard_scan(
             except TenantError as exc:
                 raise _fail(str(exc)) from exc
     from app.assistant.pii_ner import NerUnavailable
-    from app.runtime import get_pii_ner
 
     try:
-        recognizers = get_pii_ner().recognizers(policies)  # names and addresses, when the tenant turned them on
+        recognizers = container().pii_ner.recognizers(policies)  # names and addresses, when the tenant turned them on
     except NerUnavailable as exc:
         raise _fail(str(exc)) from exc
     results = scan(texts, policies, recognizers)
@@ -516,7 +511,6 @@ def contact_export(tenant: TenantOpt, contact: ContactOpt, as_json: JsonOpt = Tr
 @contact_cli.command("erase")
 def contact_erase(tenant: TenantOpt, contact: ContactOpt, as_json: JsonOpt = False) -> None:
     """Erase everything stored about a contact, leaving an audit tombstone with counts only. Cannot be undone."""
-    from app.bootstrap import container
     from app.contacts import privacy
     from app.db import flush_deleted, session_scope
 
@@ -657,7 +651,7 @@ def demo(
                    f"in {report['seconds']:.1f}s.")
     from app.workers_runtime import RoleThreads
 
-    roles = RoleThreads.start_all()
+    roles = RoleThreads.start_all(container())
     try:
         typer.echo("\nA conversation through the full pipeline:")
         for question in DEMO_QUESTIONS:
@@ -687,14 +681,10 @@ def main() -> None:
 
 def _role(name: str) -> Any:
     """A process role an edge registered (gateways/plugin.py, workers/plugin.py)."""
-    from app.bootstrap import plugins
-
     return plugins().roles[name]
 
 
 def _add_edge_commands() -> None:
-    from app.bootstrap import plugins
-
     for name, commands in plugins().cli:
         cli.add_typer(commands, name=name)
 

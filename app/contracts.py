@@ -7,11 +7,14 @@ dead-letter the rest with a reason, so a rolling deploy never silently drops a m
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.models.base import utcnow
+
+if TYPE_CHECKING:
+    from app.bus.base import Delivery
 
 
 class Event(BaseModel):
@@ -40,6 +43,26 @@ class Event(BaseModel):
 
 class UnknownEvent(ValueError):
     pass
+
+
+E = TypeVar("E", bound=Event)
+
+
+def event_of(delivery: Delivery, kind: type[E]) -> E | None:
+    """For a consumer group that handles one kind of event of a shared stream: the delivery's event if it is a
+    `kind`, None for any other kind. Unreadable, or not of the stream's tenant: `PermanentFailure`, so the bus
+    dead-letters it with the reason."""
+    from app.bus.base import PermanentFailure
+
+    if delivery.fields.get("type") != kind.event_type():
+        return None
+    try:
+        event = kind.model_validate_json(delivery.fields["body"])
+    except (KeyError, ValueError) as exc:
+        raise PermanentFailure(f"unreadable {kind.event_type()}: {exc}") from exc
+    if event.tenant_id != delivery.tenant_id:
+        raise PermanentFailure("event tenant does not match its stream's tenant")
+    return event
 
 
 class Attachment(BaseModel):

@@ -21,7 +21,7 @@ from sqlalchemy import select
 
 from app import tracing
 from app.bus.base import Bus
-from app.conversations.batching import InboundBatcher, batcher_for
+from app.conversations.batching import InboundBatcher
 from app.conversations.service import Accepted, InboundRequest
 from app.db import session_scope
 from app.models import Message
@@ -40,13 +40,10 @@ class Outcome:
 
 
 class Intake:
-    def __init__(self, bus: Bus, batcher: InboundBatcher | None = None) -> None:
+    def __init__(self, bus: Bus, batcher: InboundBatcher) -> None:
+        """`batcher`: the process's one batcher on `bus` (`Container.intake` builds both)."""
         self.bus = bus
-        self._batcher = batcher
-
-    @property
-    def batcher(self) -> InboundBatcher:
-        return self._batcher or batcher_for(self.bus)
+        self.batcher = batcher
 
     def submit(self, requests: Sequence[InboundRequest]) -> list[Future[Accepted]]:
         """Queue messages for the next batch; each future resolves once its message is committed and published

@@ -233,6 +233,15 @@ def sub_keys(derive: Callable[[bytes], bytes]) -> list[tuple[str, bytes]]:
     return [_sub_key(derive, secret) for secret in signing_secrets()]
 
 
+class TokenError(Exception):
+    """A signed token (a person's access token, a web chat session) that cannot be used, with the message to
+    answer; `expired` when it was ours but is too old (ordinary use, not a forgery)."""
+
+    def __init__(self, message: str, *, expired: bool = False) -> None:
+        super().__init__(message)
+        self.expired = expired
+
+
 def decode_jwt(token: str, candidates: list[tuple[str, bytes]], **options: Any) -> dict[str, Any]:
     """`jwt.decode` under the key the token's `kid` names, or (no such kid: a token from before kids, or forged)
     under each candidate in turn. Raises PyJWT's errors, as `jwt.decode` does."""

@@ -108,7 +108,7 @@ def create_app(*, run_workers: bool | None = None, container: Container | None =
     for router in container.plugins.routers.values():
         app.include_router(router())
     app.include_router(admin_router)
-    app.include_router(channel_router(container.channels))
+    app.include_router(channel_router(container))
     app.include_router(knowledge_router)
     app.include_router(review_router)
     app.include_router(auth_router)

@@ -13,13 +13,16 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
 from app.config import get_settings
 from app.db import session_scope
 from app.models import Escalation, Message
+
+if TYPE_CHECKING:
+    from app.bootstrap import Container
 
 SERVER_FILE = "server.json"
 
@@ -48,8 +51,8 @@ def create_tenant(slug: str, name: str | None = None, folder: Path | None = None
     return result
 
 
-def set_plan(slug: str, plan: str | None = None, overrides: Mapping[str, int | None] | None = None, *,
-             clear_overrides: bool = False) -> dict[str, Any]:
+def set_plan(services: Container, slug: str, plan: str | None = None,
+             overrides: Mapping[str, int | None] | None = None, *, clear_overrides: bool = False) -> dict[str, Any]:
     """Assign a tenant's plan (None: keep it) and set figures of it for this tenant (merged into the ones set
     before; `clear_overrides` drops those first). Returns the effective plan. Other processes see it within
     QUOTA_CACHE_S."""
@@ -79,9 +82,7 @@ def set_plan(slug: str, plan: str | None = None, overrides: Mapping[str, int | N
         audit.record(session, tenant.id, "operator", "tenant.plan_set", "tenant", tenant.id,
                      {"plan": in_effect.name, "overrides": merged})
         tenant_id = tenant.id
-    from app.runtime import get_quota
-
-    get_quota().forget(tenant_id)
+    services.quota.forget(tenant_id)
     return result
 
 
@@ -92,8 +93,8 @@ def tenant_exists(slug: str) -> bool:
         return session.scalars(select(Tenant.id).where(Tenant.slug == slug)).first() is not None
 
 
-def ingest(slug: str, paths: list[Path], progress: Callable[[Any], None] | None = None, *, promote: bool = True,
-           replace: bool = False) -> dict[str, Any]:
+def ingest(services: Container, slug: str, paths: list[Path], progress: Callable[[Any], None] | None = None, *,
+           promote: bool = True, replace: bool = False) -> dict[str, Any]:
     from app.knowledge.service import ingest_paths
     from app.tenants.service import TenantError, get_by_slug
 
@@ -103,16 +104,16 @@ def ingest(slug: str, paths: list[Path], progress: Callable[[Any], None] | None 
     try:
         with session_scope() as session:
             tenant = get_by_slug(session, slug)
-            report = ingest_paths(session, tenant.id, paths, progress=progress, promote=promote, replace=replace)
+            report = ingest_paths(session, tenant.id, paths, progress=progress, promote=promote, replace=replace,
+                                  deps=services.knowledge)
             return report.to_dict()
     except TenantError as exc:
         raise OperationError(str(exc)) from exc
 
 
-def chat(slug: str, text: str, contact: str | None = None, *, timeout_s: float = 60.0,
+def chat(services: Container, slug: str, text: str, contact: str | None = None, *, timeout_s: float = 60.0,
          client_message_id: str | None = None) -> dict[str, Any]:
     """Send `text` as a web-chat visitor through the full pipeline and wait for its outcome."""
-    from app.bootstrap import container
     from app.conversations.service import InboundRequest
     from app.tenants.service import TenantError, get_by_slug, widget_account
 
@@ -124,7 +125,7 @@ def chat(slug: str, text: str, contact: str | None = None, *, timeout_s: float =
     except TenantError as exc:
         raise OperationError(str(exc)) from exc
     contact = contact or "cli"
-    [accepted] = container().intake.accept([InboundRequest(
+    [accepted] = services.intake.accept([InboundRequest(
         tenant_id=tenant_id, channel="webchat", contact_external_id=f"cli:{contact}",
         provider_message_id=f"cli:{contact}:{client_message_id or time.time_ns()}", text=text,
         channel_account_id=account_id,

@@ -13,6 +13,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from app import operations
+from app.api.services import Services
 from app.crypto import secrets_equal
 
 
@@ -55,26 +56,31 @@ def operator_router(token: str) -> APIRouter:
             raise HTTPException(409 if "exists" in str(exc) else 400, str(exc)) from exc
 
     @router.post("/tenants/{slug}/ingest")
-    def ingest(slug: str, body: IngestIn, authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+    def ingest(slug: str, body: IngestIn, services: Services,
+               authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
         check(authorization)
         try:
-            return operations.ingest(slug, [Path(p) for p in body.paths], promote=body.promote, replace=body.replace)
+            return operations.ingest(services, slug, [Path(p) for p in body.paths], promote=body.promote,
+                                     replace=body.replace)
         except operations.OperationError as exc:
             raise HTTPException(404 if "no tenant" in str(exc) else 400, str(exc)) from exc
 
     @router.put("/tenants/{slug}/plan")
-    def plan(slug: str, body: PlanIn, authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+    def plan(slug: str, body: PlanIn, services: Services,
+             authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
         check(authorization)
         try:
-            return operations.set_plan(slug, body.plan, body.overrides, clear_overrides=body.clear_overrides)
+            return operations.set_plan(services, slug, body.plan, body.overrides, clear_overrides=body.clear_overrides)
         except operations.OperationError as exc:
             raise HTTPException(404 if "no tenant" in str(exc) else 400, str(exc)) from exc
 
     @router.post("/tenants/{slug}/chat")
-    async def chat(slug: str, body: ChatIn, authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+    async def chat(slug: str, body: ChatIn, services: Services,
+                   authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
         check(authorization)
         try:
-            return await run_in_threadpool(operations.chat, slug, body.text, body.contact, timeout_s=body.timeout_s)
+            return await run_in_threadpool(operations.chat, services, slug, body.text, body.contact,
+                                           timeout_s=body.timeout_s)
         except operations.OperationError as exc:
             raise HTTPException(404 if "no tenant" in str(exc) else 504, str(exc)) from exc
 

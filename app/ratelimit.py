@@ -89,7 +89,7 @@ class RateLimited(Exception):
 
 
 class RateLimiter:
-    """Moving-window limits per rule and identity. Thread-safe; one per process (`app.runtime.get_rate_limiter`)."""
+    """Moving-window limits per rule and identity. Thread-safe; one per process (`Container.rate_limiter`)."""
 
     def __init__(self, limits: Mapping[Rule, str], storage_uri: str = "memory://", key_prefix: str = "sb:_rl") -> None:
         self._limits = {rule: parse(spec) for rule, spec in limits.items() if spec and spec.strip()}
@@ -157,26 +157,21 @@ class RateLimiter:
             connection.close()
 
 
-def enforce(rule: Rule, identity: str) -> None:
-    """Spend one unit of `rule` for `identity` on the process's limiter; over the limit, raise the 429."""
-    from app.runtime import get_rate_limiter
-
+def enforce(limiter: RateLimiter, rule: Rule, identity: str) -> None:
+    """Spend one unit of `rule` for `identity`; over the limit, raise the 429."""
     try:
-        get_rate_limiter().hit(rule, identity)
+        limiter.hit(rule, identity)
     except RateLimited as exc:
         raise exc.http() from None
 
 
-async def enforce_async(rule: Rule, identity: str) -> None:
+async def enforce_async(limiter: RateLimiter, rule: Rule, identity: str) -> None:
     """`enforce` for async routes: on the event loop when the windows are in process memory (microseconds), in a
     worker thread when they are in Redis, so a slow store never holds every other request."""
-    from app.runtime import get_rate_limiter
-
-    limiter = get_rate_limiter()
     if limiter.in_process or not limiter.limits(rule):
-        enforce(rule, identity)
+        enforce(limiter, rule, identity)
     else:
-        await run_in_threadpool(enforce, rule, identity)
+        await run_in_threadpool(enforce, limiter, rule, identity)
 
 
 @functools.lru_cache(maxsize=256)

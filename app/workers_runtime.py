@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING
 from app.bus.base import Bus, Delivery
 from app.bus.concurrent import ConcurrentConsumer
 from app.bus.consumer import Consumer
-from app.config import get_settings
 from app.contracts import EVENTS, INBOUND, OUTBOUND
 from app.outbox import start_relay, stop_threads
 
@@ -36,21 +35,20 @@ def consumer_name(role: str) -> str:
     return f"{role}-{socket.gethostname()}-pid{os.getpid()}-t{threading.get_ident() % 10_000}"
 
 
-def build_consumers(bus: Bus, stop: threading.Event, container: Container | None = None) -> list[Consumer]:
+def build_consumers(container: Container, bus: Bus, stop: threading.Event) -> list[Consumer]:
     from app.assistant.orchestrator import Orchestrator
     from app.assistant.outcomes import mark_dead
-    from app.bootstrap import container as current
     from app.conversations.dispatcher import Dispatcher, lease_for
     from app.conversations.redrive import mark_outbound_dead
 
-    container = container or current()
     settings = container.settings
     if settings.pii_ner:
         # Names and addresses on for every tenant: load the model now, so a missing extra stops the process with
         # the install command instead of escalating every message (app/assistant/pii_ner.py).
         container.pii_ner.recognizer()
-    orchestrator = Orchestrator(bus)
-    dispatcher = Dispatcher(container.senders, lease=lease_for(settings.bus_claim_idle_ms), clock=container.clock)
+    orchestrator = Orchestrator.of(container, bus=bus)
+    dispatcher = Dispatcher(container.senders, container.push, lease=lease_for(settings.bus_claim_idle_ms),
+                            clock=container.clock)
 
     def on_inbound_dead(delivery: Delivery, reason: str) -> None:
         message_id = _message_id(delivery)
@@ -83,19 +81,21 @@ def build_consumers(bus: Bus, stop: threading.Event, container: Container | None
     ]
 
 
-def notification_consumers(bus: Bus, stop: threading.Event) -> list[Consumer]:
+def notification_consumers(container: Container, bus: Bus, stop: threading.Event) -> list[Consumer]:
     """Escalation events to the review consoles (a quick wake-up each) and to tenants' webhooks (slow receivers
     held per tenant, so one tenant's stalled receiver leaves the others theirs): app/review/notify.py; and the
     escalations' first-response timers when due (app/review/sla.py)."""
-    from app.review.notify import CONSOLE_GROUP, WEBHOOK_GROUP, WebhookSender, console_handler
-    from app.review.sla import SLA_GROUP, on_due
+    from app.review.notify import CONSOLE_GROUP, WEBHOOK_GROUP, ConsoleWaker, WebhookSender
+    from app.review.sla import SLA_GROUP, SlaTimers
 
-    settings = get_settings()
+    settings = container.settings
     common = {"max_deliveries": settings.bus_max_deliveries, "claim_idle_ms": settings.bus_claim_idle_ms,
               "batch_size": settings.bus_batch_size, "stop": stop}
     return [
-        Consumer(bus, EVENTS, CONSOLE_GROUP, consumer_name("console"), console_handler, **common),  # type: ignore[arg-type]
-        Consumer(bus, EVENTS, SLA_GROUP, consumer_name("sla"), on_due, **common),  # type: ignore[arg-type]
+        Consumer(bus, EVENTS, CONSOLE_GROUP, consumer_name("console"), ConsoleWaker(container.push).handle,
+                 **common),  # type: ignore[arg-type]
+        Consumer(bus, EVENTS, SLA_GROUP, consumer_name("sla"),
+                 SlaTimers(bus, container.push).handle, **common),  # type: ignore[arg-type]
         ConcurrentConsumer(bus, EVENTS, WEBHOOK_GROUP, consumer_name("webhooks"), WebhookSender().handle,
                            concurrency=8, tenant_concurrency=1, key=lambda d: d.tenant_id,
                            **common),  # type: ignore[arg-type]
@@ -132,12 +132,11 @@ def redrive_loop(bus: Bus, stop: threading.Event, every_s: float = 30.0) -> None
             log.exception("redrive sweep failed; retrying in %.0fs", every_s)
 
 
-def retention_loop(stop: threading.Event, every_s: float | None = None) -> None:
+def retention_loop(stop: threading.Event, every_s: float) -> None:
     """Mask the raw PII past each tenant's `pii_retention_days` (app/retention.py) every `every_s`
     (`RETENTION_INTERVAL_S`), until `stop`. Idempotent, so every replica may run it."""
     from app.retention import purge
 
-    every_s = every_s or get_settings().retention_interval_s
     while not stop.wait(every_s):
         try:
             purge()
@@ -152,16 +151,15 @@ class RoleThreads:
     threads: list[threading.Thread] = field(default_factory=list)
 
     @classmethod
-    def start_all(cls, container: Container | None = None, bus: Bus | None = None) -> RoleThreads:
-        from app.bootstrap import container as current
-
-        container = container or current()
+    def start_all(cls, container: Container, bus: Bus | None = None) -> RoleThreads:
+        """Every role as a thread of this process, with `container`'s services (`bus`: another bus for them)."""
         bus = bus or container.bus
         stop = threading.Event()
-        roles = cls([*build_consumers(bus, stop, container), *notification_consumers(bus, stop)], stop)
+        roles = cls([*build_consumers(container, bus, stop), *notification_consumers(container, bus, stop)], stop)
         targets = [(c.run, f"sb-{c.group}") for c in roles.consumers]
         targets.append((lambda: redrive_loop(bus, stop), "sb-redrive"))
-        targets.append((lambda: retention_loop(stop), "sb-retention"))
+        retention_s = container.settings.retention_interval_s
+        targets.append((lambda: retention_loop(stop, retention_s), "sb-retention"))
         for target, name in targets:
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()

@@ -135,7 +135,7 @@ def main() -> None:
         try:
             run(args, rng)
         finally:
-            from app.runtime import reset_caches
+            from app.bootstrap import reset_caches
 
             reset_caches()
             if pg_name:

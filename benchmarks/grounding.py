@@ -66,9 +66,9 @@ SIMILARITY = [round(0.50 + 0.01 * i, 2) for i in range(51)]
 
 # -- part 1 ------------------------------------------------------------------------------------------------
 def measure_cases(cases: list[Case]) -> list[tuple[Case, Any]]:
-    from app.assistant.grounding import default_checker
+    from app.bootstrap import container
 
-    checker = default_checker()
+    checker = container().grounding
     out = []
     for i, case in enumerate(cases):
         out.append((case, checker.measure(case.sentence, [case.passage])))
@@ -201,17 +201,17 @@ class FakeModels:
 def pipeline(seed: int = 11) -> dict[str, Any]:
     from app import operations
     from app.assistant.orchestrator import Orchestrator
+    from app.bootstrap import container
     from app.conversations.service import accept_inbound
     from app.db import migrate, session_scope
     from app.models import Escalation
-    from app.runtime import get_bus
     from app.tenants.service import get_by_slug, widget_account
     from tests.fakes.openai_server import FakeOpenAIServer
 
     migrate()
     operations.create_tenant("northwind", folder=NORTHWIND)
     print("ingesting the example tenant's knowledge ...", file=sys.stderr)
-    operations.ingest("northwind", [NORTHWIND / "knowledge"])
+    operations.ingest(container(), "northwind", [NORTHWIND / "knowledge"])
     questions = [(json.loads(line)["question"], "answerable")
                  for line in (NORTHWIND / "eval" / "questions.jsonl").open()]
     questions += [(json.loads(line)["question"], "unanswerable")
@@ -223,14 +223,14 @@ def pipeline(seed: int = 11) -> dict[str, Any]:
         # The operator's LLM (a tenant-set URL must be public; this one is on 127.0.0.1).
         os.environ.update({"LLM_BASE_URL": server.base_url, "LLM_API_KEY": server.api_key,
                            "RATE_LLM_CALLS_PER_TENANT": ""})
-        from app.runtime import reset_caches
+        from app.bootstrap import reset_caches
 
         reset_caches()
         with session_scope() as session:
             tenant = get_by_slug(session, "northwind")
             tenant_id, account_id = tenant.id, widget_account(session, tenant.id).id
-        bus = get_bus()
-        orchestrator = Orchestrator(bus)
+        bus = container().bus
+        orchestrator = Orchestrator.of(container(), bus=bus)
         for mode in ("quote", "invent"):
             models.mode = mode
             outcomes: Counter[str] = Counter()

@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from app.bootstrap import container
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 COVID = REPO.parent / "shared" / "data" / "qa" / "covid_faq"
@@ -41,7 +43,6 @@ def main() -> None:
         os.environ["SWITCHBOARD_HOME"] = str(Path(tmp, "home"))
         from sqlalchemy import select
 
-        from app import runtime
         from app.db import get_sessionmaker, migrate
         from app.knowledge import versions
         from app.knowledge.service import ingest_paths
@@ -52,16 +53,16 @@ def main() -> None:
         with get_sessionmaker()() as db:
             db.add(Tenant(id="bench", slug="bench", name="Bench"))
             db.commit()
-            runtime.get_embedder().embed_documents(["warm up"])  # model load is not ingestion
-            first = ingest_paths(db, "bench", [pack])
+            container().embedder.embed_documents(["warm up"])  # model load is not ingestion
+            first = ingest_paths(db, "bench", [pack], deps=container().knowledge)
             db.commit()
             texts = [f"{c.heading}\n{c.text}" if c.heading else c.text
                      for c in db.scalars(select(Chunk).where(Chunk.tenant_id == "bench"))]
             started = time.perf_counter()
             for i in range(0, len(texts), 64):
-                runtime.get_embedder().embed_documents(texts[i : i + 64])
+                container().embedder.embed_documents(texts[i : i + 64])
             embed_s = time.perf_counter() - started
-            second = ingest_paths(db, "bench", [pack])
+            second = ingest_paths(db, "bench", [pack], deps=container().knowledge)
             db.commit()
             switch: dict[str, list[float]] = {"promote": [], "rollback": []}
             for _ in range(args.switches):

@@ -131,7 +131,7 @@ def main() -> None:
 
     cpu = time.process_time()
     began = time.perf_counter()
-    report = operations.ingest("docs", [args.pack], progress)
+    report = operations.ingest(container(), "docs", [args.pack], progress)
     live_s = time.perf_counter() - began
     ingest_cpu = time.process_time() - cpu
     rss = peak_rss_mb()
@@ -144,7 +144,7 @@ def main() -> None:
     scores = {}
     for split in ("tune", "heldout"):
         chosen = "\n".join(json.dumps(q) for i, q in enumerate(lines) if ("tune" if i % 3 == 0 else "heldout") == split)
-        scores[split] = {k: v for k, v in run_eval("docs", chosen).items() if k != "pack_version"}
+        scores[split] = {k: v for k, v in run_eval(container(), "docs", chosen).items() if k != "pack_version"}
     # ETA accuracy: at a quarter and at half of the bytes, the estimate against the time that was really left.
     files_end = events[-1]["elapsed_s"] if events else live_s
     eta_checks = []

@@ -36,6 +36,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from app.bootstrap import container
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 EXAMPLE = REPO / "tenants" / "northwind"
@@ -51,12 +53,12 @@ def load(name: str) -> list[dict[str, Any]]:
 
 def scores(tenant_id: str, pairs: list[tuple[str, str]], pack_version: int, min_relevance: float) -> dict[str, Any]:
     from app.knowledge.evaluate import Question, evaluate
-    from app.knowledge.retrieval import retrieve
 
-    result = evaluate(tenant_id, [Question(q, d) for q, d in pairs], pack_version=pack_version)
+    result = evaluate(tenant_id, [Question(q, d) for q, d in pairs], pack_version=pack_version,
+                      retriever=container().retriever)
     gate = 0
     for question, _ in pairs:
-        top = retrieve(tenant_id, question, top_k=1, filters={"pack_version": pack_version})
+        top = container().retriever(tenant_id, question, top_k=1, filters={"pack_version": pack_version})
         gate += bool(top) and top[0].score >= min_relevance
     return {**result, "gate": round(gate / len(pairs), 4)}
 
@@ -140,7 +142,7 @@ def main() -> None:
     migrate()
     operations.create_tenant("northwind", folder=EXAMPLE)
     t0 = time.perf_counter()
-    operations.ingest("northwind", [EXAMPLE / "knowledge"])
+    operations.ingest(container(), "northwind", [EXAMPLE / "knowledge"])
     ingest_s = time.perf_counter() - t0
     with session_scope() as session:
         tenant = session.query(Tenant).filter_by(slug="northwind").one()

@@ -86,30 +86,30 @@ def main() -> None:
         os.environ["ORCHESTRATOR_TENANT_CONCURRENCY"] = str(args.tenant_workers)
 
     from app import operations
+    from app.bootstrap import container
     from app.bus.concurrent import ConcurrentConsumer
     from app.contracts import OUTBOUND, Event, OutboundMessage
     from app.conversations.service import InboundRequest, accept_many
     from app.db import migrate
-    from app.runtime import get_bus, get_embedder
     from app.tenants.service import get_by_slug
     from app.workers_runtime import RoleThreads
 
     migrate()
     operations.create_tenant("northwind", folder=EXAMPLE)
     print("ingesting the example tenant's knowledge ...", file=sys.stderr)
-    operations.ingest("northwind", [EXAMPLE / "knowledge"])
+    operations.ingest(container(), "northwind", [EXAMPLE / "knowledge"])
     from app.db import session_scope
 
     with session_scope() as session:
         tenant_id = get_by_slug(session, "northwind").id
     questions = [json.loads(line)["question"] for line in (EXAMPLE / "eval" / "questions.jsonl").open()]
-    bus = get_bus()
+    bus = container().bus
     bus.ensure_group(OUTBOUND, "bench")
     roles = RoleThreads.start_all(bus=bus)
     inbound = roles.consumers[0]
     workers = inbound.concurrency if isinstance(inbound, ConcurrentConsumer) else 1
     tenant_workers = inbound.tenant_concurrency if isinstance(inbound, ConcurrentConsumer) else 1
-    embedder: Any = get_embedder()
+    embedder: Any = container().embedder
     replied: dict[str, float] = {}  # conversation id -> when its reply event was seen
     watching = threading.Event()
 

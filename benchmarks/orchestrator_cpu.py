@@ -59,19 +59,18 @@ def run(n: int) -> None:
     from app.db import migrate, session_scope
     from app.knowledge import termstats
     from app.providers.vectors.edge import EdgeVectorStore
-    from app.runtime import get_bus
     from app.tenants.service import get_by_slug
 
     migrate()
     operations.create_tenant("northwind", folder=EXAMPLE)
     print("ingesting the example tenant's knowledge ...", file=sys.stderr)
-    operations.ingest("northwind", [EXAMPLE / "knowledge"])
+    operations.ingest(container(), "northwind", [EXAMPLE / "knowledge"])
     with session_scope() as session:
         tenant_id = get_by_slug(session, "northwind").id
     questions = [json.loads(line)["question"] for line in (EXAMPLE / "eval" / "questions.jsonl").open()]
-    bus = get_bus()
+    bus = container().bus
     bus.ensure_group(OUTBOUND, "bench")
-    orchestrator, dispatcher = Orchestrator(bus), Dispatcher(container().senders)
+    orchestrator, dispatcher = Orchestrator.of(container(), bus=bus), Dispatcher(container().senders, container().push)
 
     cpu: Counter[str] = Counter()
     calls: Counter[str] = Counter()

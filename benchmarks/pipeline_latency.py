@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from app.bootstrap import container
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 EXAMPLE = REPO / "tenants" / "northwind"
@@ -44,19 +46,19 @@ def main() -> None:
 
     migrate()
     operations.create_tenant("northwind", folder=EXAMPLE)
-    report = operations.ingest("northwind", [EXAMPLE / "knowledge"])
+    report = operations.ingest(container(), "northwind", [EXAMPLE / "knowledge"])
     questions = [json.loads(line)["question"] for line in (EXAMPLE / "eval" / "questions.jsonl").open()]
     questions += [json.loads(line)["question"] for line in (EXAMPLE / "eval" / "unanswerable.jsonl").open()]
-    roles = RoleThreads.start_all()
+    roles = RoleThreads.start_all(container())
     try:
-        operations.chat("northwind", "warm-up", "warmup")
+        operations.chat(container(), "northwind", "warm-up", "warmup")
         latencies: list[float] = []
         message_ids: list[str] = []
         outcomes: dict[str, int] = {}
         for round_no in range(args.rounds):
             for i, question in enumerate(questions):
                 started = time.perf_counter()
-                outcome = operations.chat("northwind", question, f"bench-{round_no}-{i}")
+                outcome = operations.chat(container(), "northwind", question, f"bench-{round_no}-{i}")
                 latencies.append((time.perf_counter() - started) * 1000)
                 message_ids.append(outcome["message_id"])
                 outcomes[outcome["status"]] = outcomes.get(outcome["status"], 0) + 1

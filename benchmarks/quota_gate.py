@@ -38,6 +38,7 @@ def main() -> None:
     from sqlalchemy import insert
 
     from app import operations
+    from app.bootstrap import container
     from app.db import migrate, session_scope
     from app.models import LLMCall, Message, new_id, utcnow
     from app.ratelimit import RateLimiter
@@ -62,8 +63,8 @@ def main() -> None:
                 {"id": new_id(), "created_at": now, "day": now.date(), "tenant_id": tenant_id, "provider": "p",
                  "model": "m", "outcome": "ok", "attempt": 1, "streamed": False, "prompt_tokens": 400,
                  "completion_tokens": 60, "latency_ms": 0} for _ in range(min(1_000, (args.rows - start) // 10))])
-    operations.set_plan(slug, "free", {"messages_per_month": 10 * args.rows + args.checks,
-                                       "llm_tokens_per_month": 10**12, "messages_per_minute": None})
+    operations.set_plan(container(), slug, "free", {"messages_per_month": 10 * args.rows + args.checks,
+                                                    "llm_tokens_per_month": 10**12, "messages_per_minute": None})
     backend = "postgres" if args.database_url else "sqlite"
     print(f"{backend}, {args.rows} inbound rows + {args.rows // 10} llm_calls rows this month, "
           f"{args.checks} checks, load average {os.getloadavg()[0]:.2f}")

@@ -25,6 +25,8 @@ import timeit
 from pathlib import Path
 from typing import Any
 
+from app.bootstrap import container
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 EXAMPLE = REPO / "tenants" / "northwind"
@@ -62,7 +64,7 @@ def run_round(questions: list[str], tag: str) -> tuple[list[str], float]:
     from app import operations
 
     started = cpu_s()
-    ids = [operations.chat("northwind", q, f"{tag}-{i}")["message_id"] for i, q in enumerate(questions)]
+    ids = [operations.chat(container(), "northwind", q, f"{tag}-{i}")["message_id"] for i, q in enumerate(questions)]
     return ids, cpu_s() - started
 
 
@@ -97,16 +99,16 @@ def main() -> None:
     costs = off_costs()
     migrate()
     operations.create_tenant("northwind", folder=EXAMPLE)
-    operations.ingest("northwind", [EXAMPLE / "knowledge"])
+    operations.ingest(container(), "northwind", [EXAMPLE / "knowledge"])
     questions = [json.loads(line)["question"] for line in (EXAMPLE / "eval" / "questions.jsonl").open()]
     questions += [json.loads(line)["question"] for line in (EXAMPLE / "eval" / "unanswerable.jsonl").open()]
     collector = FakeCollector()
     provider = TracerProvider(resource=Resource.create({"service.name": "switchboard-bench"}))
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=f"{collector.url}/v1/traces")))
-    roles = RoleThreads.start_all()
+    roles = RoleThreads.start_all(container())
     results: dict[str, dict[str, Any]] = {m: {"latency": [], "cpu": 0.0, "messages": 0} for m in ("off", "on")}
     try:
-        operations.chat("northwind", "warm-up", "warmup")
+        operations.chat(container(), "northwind", "warm-up", "warmup")
         for round_no in range(args.rounds):
             for mode in ("off", "on"):
                 tracing.install(provider if mode == "on" else None)

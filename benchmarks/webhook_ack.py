@@ -60,8 +60,8 @@ def body(n: int) -> bytes:
 
 def setup(db_url: str) -> str:
     os.environ.update(DATABASE_URL=db_url, REDIS_URL=REDIS_URL)
+    from app.bootstrap import container, reset_caches
     from app.db import migrate, session_scope
-    from app.runtime import reset_caches
     from app.tenants.service import create_tenant
     from gateways.accounts import add_channel_account
 
@@ -69,7 +69,7 @@ def setup(db_url: str) -> str:
     migrate(db_url)
     with session_scope() as session:
         tenant = create_tenant(session, f"bench-{uuid.uuid4().hex[:6]}").tenant
-        add_channel_account(session, tenant.id, "whatsapp", PHONE_ID, credentials={
+        add_channel_account(session, container().channels, tenant.id, "whatsapp", PHONE_ID, credentials={
             "app_secret": SECRET, "verify_token": "v", "access_token": "t"})
         return tenant.id
 
@@ -201,14 +201,14 @@ def pct(values: list[float], q: float) -> float:
 def sequential_cost(n: int = 300) -> dict[str, Any]:
     """In this process, on the benchmark database: ms per message for `accept_inbound` called back to back,
     and for `accept_many` in batches of 16 (the writer's work at load), both on the real Redis bus."""
+    from app.bootstrap import container
     from app.conversations.service import InboundRequest, accept_inbound, accept_many
     from app.db import session_scope
-    from app.runtime import get_bus
     from app.tenants.service import create_tenant
 
     with session_scope() as session:
         tenant_id = create_tenant(session, f"seq-{uuid.uuid4().hex[:6]}").tenant.id
-    bus = get_bus()
+    bus = container().bus
     started = time.perf_counter()
     for i in range(n):
         accept_inbound(bus, tenant_id=tenant_id, channel="whatsapp", contact_external_id=f"c{i % 50}",
@@ -331,9 +331,8 @@ def gateway_app() -> Any:
     """The gateway under test, plus a route that reports its batcher's counters to the benchmark."""
     from dataclasses import asdict
 
+    from app.bootstrap import container
     from app.conversations import batching
-    from app.conversations.batching import batcher_for
-    from app.runtime import get_bus
     from gateways.server import create_gateway_app
 
     if "BENCH_BATCH_WAIT_MS" in os.environ:  # to compare collection windows
@@ -343,13 +342,13 @@ def gateway_app() -> Any:
 
     app = create_gateway_app(os.environ.get("SWITCHBOARD_GATEWAY_CHANNEL", "whatsapp"))
     if not os.environ.get("BENCH_NO_GC_TUNING"):  # as `switchboard gateway` / `serve` run it
-        from app.runtime import tune_gc
+        from app.bootstrap import tune_gc
 
         tune_gc()
 
     @app.get("/_bench/batches")
     def batches() -> dict[str, Any]:
-        return asdict(batcher_for(get_bus()).stats)
+        return asdict(container().intake.batcher.stats)
 
     return app
 

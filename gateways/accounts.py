@@ -7,8 +7,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from app.bootstrap import container
-from app.config import get_settings
+from app.channels import ChannelRegistry
 from app.models import ChannelAccount
 from app.tenants.channels import ChannelAccountError, create_account
 
@@ -17,13 +16,9 @@ class ChannelError(ValueError):
     pass
 
 
-def webhook_url(channel: str, external_id: str, credentials: dict[str, Any] | None = None) -> str:
-    spec = container().channels.get(channel)
-    return spec.webhook_url(get_settings().public_base_url, external_id, credentials)
-
-
 def add_channel_account(
     session: Session,
+    channels: ChannelRegistry,
     tenant_id: str,
     channel: str,
     external_id: str | None,
@@ -37,7 +32,7 @@ def add_channel_account(
     if external_id:
         request["external_id"] = external_id
     try:
-        account, _ = create_account(session, container().channels, tenant_id, actor, request)
+        account, _ = create_account(session, channels, tenant_id, actor, request)
     except ChannelAccountError as exc:
         raise ChannelError(exc.message) from None
     return account

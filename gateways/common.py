@@ -15,7 +15,8 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 
 from app import logs
-from app.bootstrap import container
+from app.bootstrap import Container
+from app.bus.base import Bus
 from app.channels import ACCOUNT_ROUTING, Account
 from app.contracts import Attachment
 from app.conversations.service import Accepted, InboundRequest
@@ -23,7 +24,6 @@ from app.crypto import decrypt_json
 from app.db import session_scope
 from app.models import ChannelAccount, Contact, Message
 from app.ratelimit import WEBHOOK_FAILURES_PER_ACCOUNT, WEBHOOK_FAILURES_PER_ENDPOINT, RateLimited
-from app.runtime import get_bus, get_rate_limiter
 from gateways.payloads import Unreadable, as_payload, clean, clean_text
 
 log = logging.getLogger("gateways")
@@ -80,30 +80,30 @@ class _Routing:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-def _routing() -> _Routing:
-    return container().shared(ACCOUNT_ROUTING, _Routing)
+def _routing(services: Container) -> _Routing:
+    return services.shared(ACCOUNT_ROUTING, _Routing)
 
 
 EXTERNAL_ID_CHARS = _width(ChannelAccount.__table__.c.external_id)
 
 
-def load_account(channel: str, external_id: str) -> Account | None:
-    known = _known_account(channel, external_id)
-    return known[0] if known else _reload_account(channel, external_id)
+def load_account(services: Container, channel: str, external_id: str) -> Account | None:
+    known = _known_account(services, channel, external_id)
+    return known[0] if known else _reload_account(services, channel, external_id)
 
 
-async def load_account_async(channel: str, external_id: str) -> Account | None:
+async def load_account_async(services: Container, channel: str, external_id: str) -> Account | None:
     """`load_account` for the event loop: a cached account without leaving it, a database read in a worker
     thread."""
-    known = _known_account(channel, external_id)
-    return known[0] if known else await run_in_threadpool(_reload_account, channel, external_id)
+    known = _known_account(services, channel, external_id)
+    return known[0] if known else await run_in_threadpool(_reload_account, services, channel, external_id)
 
 
-def _known_account(channel: str, external_id: str) -> tuple[Account | None] | None:
+def _known_account(services: Container, channel: str, external_id: str) -> tuple[Account | None] | None:
     """`(account or None,)` when no query is needed (a fresh cache entry, or an id no account can have)."""
     if len(external_id) > EXTERNAL_ID_CHARS or clean_text(external_id) != external_id:
         return (None,)  # no account has such an id (and Postgres refuses NUL in a query)
-    routing = _routing()
+    routing = _routing(services)
     with routing.lock:
         cached = routing.accounts.get((channel, external_id))
     if cached is not None and time.monotonic() - cached[0] < ACCOUNT_CACHE_TTL_S:
@@ -111,10 +111,10 @@ def _known_account(channel: str, external_id: str) -> tuple[Account | None] | No
     return None
 
 
-def _reload_account(channel: str, external_id: str) -> Account | None:
+def _reload_account(services: Container, channel: str, external_id: str) -> Account | None:
     now = time.monotonic()
     account = _load_account(channel, external_id)
-    routing = _routing()
+    routing = _routing(services)
     with routing.lock:
         if len(routing.accounts) > 10_000:
             routing.accounts.clear()
@@ -122,9 +122,9 @@ def _reload_account(channel: str, external_id: str) -> Account | None:
     return account
 
 
-def forget_accounts() -> None:
+def forget_accounts(services: Container) -> None:
     """Drop cached routing (after an account changes in this process, and between tests)."""
-    routing = _routing()
+    routing = _routing(services)
     with routing.lock:
         routing.accounts.clear()
         routing.channels.clear()
@@ -140,11 +140,11 @@ def _load_account(channel: str, external_id: str) -> Account | None:
         return _detached(row)
 
 
-def accounts_of(channel: str, max_age_s: float = 0.0) -> list[Account]:
+def accounts_of(services: Container, channel: str, max_age_s: float = 0.0) -> list[Account]:
     """The channel's enabled accounts, from the cache if it was read at most `max_age_s` ago (Meta checks every
     signature against them)."""
     now = time.monotonic()
-    routing = _routing()
+    routing = _routing(services)
     with routing.lock:
         cached = routing.channels.get(channel)
     if cached is not None and now - cached[0] < max_age_s:
@@ -175,8 +175,8 @@ def _detached(row: ChannelAccount) -> Account:
     return Account(row.id, row.tenant_id, row.channel, row.external_id, dict(row.config or {}), creds)
 
 
-def require_account(channel: str, external_id: str) -> Account:
-    account = load_account(channel, external_id)
+def require_account(services: Container, channel: str, external_id: str) -> Account:
+    account = load_account(services, channel, external_id)
     if account is None:
         log.warning("%s webhook for unknown account %r: answered 404", channel, external_id)
         raise HTTPException(404, f"no {channel} channel account {external_id!r} is configured")
@@ -192,7 +192,7 @@ def secret(account: Account, name: str) -> str:
     return str(value)
 
 
-def webhook_refused(source: Account | str, error: HTTPException) -> HTTPException:
+def webhook_refused(services: Container, source: Account | str, error: HTTPException) -> HTTPException:
     """The answer to a webhook whose signature or secret did not match, for an account (or, when the request
     names none before it is verified, a channel's endpoint): `error`, or 429 once its failures are over their
     limit. Only failures count and a valid webhook is checked before any limit, so a flood of forged requests
@@ -200,7 +200,7 @@ def webhook_refused(source: Account | str, error: HTTPException) -> HTTPExceptio
     rule, identity = ((WEBHOOK_FAILURES_PER_ACCOUNT, source.id) if isinstance(source, Account)
                       else (WEBHOOK_FAILURES_PER_ENDPOINT, source))
     try:
-        get_rate_limiter().hit(rule, identity)
+        services.rate_limiter.hit(rule, identity)
     except RateLimited as exc:
         return exc.http()
     return error
@@ -263,7 +263,7 @@ def _count(outcome: Outcome, results: Iterable[Accepted]) -> None:
             outcome.accepted += 1
 
 
-def _finish(account: Account, parsed: Parsed, outcome: Outcome) -> None:
+def _finish(bus: Bus, account: Account, parsed: Parsed, outcome: Outcome) -> None:
     for status in parsed.statuses:
         apply_status(account, StatusUpdate(clean_text(status.provider_id), status.status,
                                            clean_text(status.error) if status.error else None))
@@ -271,13 +271,12 @@ def _finish(account: Account, parsed: Parsed, outcome: Outcome) -> None:
     for reason in parsed.skipped:
         log.info("%s webhook for account %s: skipped %s", account.channel, account.id, reason)
     outcome.skipped += len(parsed.skipped)
-    record_dead(account.tenant_id, account.channel, account.id, parsed.dead)
+    record_dead(bus, account.tenant_id, account.channel, account.id, parsed.dead)
     outcome.dead += len(parsed.dead)
 
 
-def record_dead(tenant_id: str, channel: str, account_id: str, dead: list[Unreadable]) -> None:
+def record_dead(bus: Bus, tenant_id: str, channel: str, account_id: str, dead: list[Unreadable]) -> None:
     """Keep each unreadable item in the tenant's `webhook` dead-letter stream with its reason. Blocking."""
-    bus = get_bus()
     for item in dead:
         bus.record_dead(WEBHOOK_TOPIC, tenant_id, {"channel": channel, "account_id": account_id,
                                                    "payload": item.payload}, item.reason)
@@ -286,7 +285,8 @@ def record_dead(tenant_id: str, channel: str, account_id: str, dead: list[Unread
                     channel, account_id or "-", len(dead), f"{WEBHOOK_TOPIC}:{tenant_id}:dead")
 
 
-async def ingest_async(account: Account, parsed: Parsed, outcome: Outcome | None = None) -> Outcome:
+async def ingest_async(services: Container, account: Account, parsed: Parsed,
+                       outcome: Outcome | None = None) -> Outcome:
     """Durably enqueue every message (deduplicated by provider id) through the one intake (app/intake.py) and apply
     every status; returns once everything is stored, so the caller may answer 2xx. The batch is awaited on the event
     loop; statuses and dead letters, which need their own round trips, go to a thread."""
@@ -294,11 +294,11 @@ async def ingest_async(account: Account, parsed: Parsed, outcome: Outcome | None
     requests = _requests(account, parsed)
     if requests:
         logs.bind(tenant_id=account.tenant_id)
-    _count(outcome, await container().intake.accept_async(requests))
+    _count(outcome, await services.intake.accept_async(requests))
     if parsed.statuses or parsed.dead:
-        await run_in_threadpool(_finish, account, parsed, outcome)
+        await run_in_threadpool(_finish, services.bus, account, parsed, outcome)
     else:
-        _finish(account, parsed, outcome)
+        _finish(services.bus, account, parsed, outcome)
     return outcome
 
 

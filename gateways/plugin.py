@@ -32,9 +32,10 @@ def _router(module: str) -> Callable[[], APIRouter]:
 def channel_specs(container: Container) -> list[ChannelSpec]:
     from gateways.outbound import build_rate_limiter
     from gateways.specs import specs
+    from gateways.ussd.routes import sms_account
 
     limiter = container.shared("send_limiter", lambda: build_rate_limiter(container.settings.redis_url))
-    return specs(limiter)
+    return specs(limiter, lambda tenant_id: sms_account(container, tenant_id))
 
 
 def _gateway_app(channel: str) -> Any:

@@ -11,13 +11,14 @@ def create_gateway_app(channel: str) -> FastAPI:
     from app.bootstrap import container
     from app.db import get_engine
 
-    routers = container().plugins.routers
+    services = container()  # this process's one object graph; its routes read it from app.state
+    routers = services.plugins.routers
     if channel not in routers:
         raise ValueError(f"unknown channel {channel!r}; available: {sorted(routers)}")
     app = FastAPI(title=f"Switchboard {channel} gateway", version="0.1.0", responses=ERROR_RESPONSES,
                   telemetry=TELEMETRY)  # type: ignore[arg-type]  # a TypedDict in FastAPI; ours is a plain dict
-    app.state.container = container()
-    install(app, app.state.container.settings)  # the same error body and body limits as the full server
+    app.state.container = services
+    install(app, services.settings)  # the same error body and body limits as the full server
     app.include_router(routers[channel]())
 
     @app.get("/healthz", tags=["health"])

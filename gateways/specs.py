@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr
 
-from app.channels import ChannelSpec, NoSettings
+from app.channels import Account, ChannelSpec, NoSettings
 from app.netguard import check_url
 from gateways.discord import verify as discord_verify
 from gateways.discord.send import DiscordSender
@@ -138,8 +139,9 @@ def _meta_example(channel: str, external_id: str, **config: Any) -> dict[str, An
             "config": config}
 
 
-def specs(limiter: RateLimiter) -> list[ChannelSpec]:
-    """The channels, their senders sharing the process's rate limiter."""
+def specs(limiter: RateLimiter, sms_account: Callable[[str], Account | None]) -> list[ChannelSpec]:
+    """The channels, their senders sharing the process's rate limiter; `sms_account` finds a tenant's SMS account
+    for the USSD sender."""
     twilio = TwilioSender(limiter)
     return [
         ChannelSpec(
@@ -181,7 +183,8 @@ def specs(limiter: RateLimiter) -> list[ChannelSpec]:
         ),
         ChannelSpec(
             name="ussd", title="USSD (Africa's Talking style aggregators)", credentials=UssdCredentials,
-            config=UssdConfig, webhook_path="/webhooks/ussd", url_token="webhook_token", sender=UssdSender(twilio),  # noqa: S106 - the name of the credential
+            config=UssdConfig, webhook_path="/webhooks/ussd", url_token="webhook_token",  # noqa: S106 - the name of the credential
+            sender=UssdSender(twilio, sms_account),
             external_id_help="The USSD service code, e.g. *384*123#.",
             example={"channel": "ussd", "external_id": "*384*123#", "name": "Northwind USSD",
                      "config": {"prompt": "Welcome to Northwind! Type your question:"}},

@@ -6,10 +6,12 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+from app.bootstrap import Container
 from tests.fakes.otlp_collector import otlp_collector  # noqa: F401  (fixture re-export)
 from tests.traces import traced  # noqa: F401  (fixture re-export)
 
@@ -58,8 +60,34 @@ def sb_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     for var in ("DATABASE_URL", "REDIS_URL", "QDRANT_URL", "S3_BUCKET", "LLM_BASE_URL", "LLM_API_KEY"):
         monkeypatch.delenv(var, raising=False)
         monkeypatch.delenv(f"SWITCHBOARD_{var}", raising=False)
-    from app.runtime import reset_caches
+    from app.bootstrap import reset_caches
 
     reset_caches()
     yield home
     reset_caches()
+
+
+@pytest.fixture
+def services(sb_home: Path) -> Iterator[Container]:
+    """This test's object graph (app/bootstrap.py) on an empty embedded home: the in-process bus, every other
+    service built on first use. Installed as the process's container, so `create_app()` and the entry points use
+    it too; closed afterwards. A test that needs a fake builds its own the same way:
+    `installed(Container(get_settings(), bus=MemoryBus(), llm_client=fake))`."""
+    from app.bus.memory import MemoryBus
+    from app.config import get_settings
+
+    with installed(Container(get_settings(), bus=MemoryBus())) as built:
+        yield built
+
+
+@contextmanager
+def installed(built: Container) -> Iterator[Container]:
+    """`built` as the process's container for the block, then the previous one back and `built` closed."""
+    from app.bootstrap import install
+
+    old = install(built)
+    try:
+        yield built
+    finally:
+        install(old)
+        built.close()

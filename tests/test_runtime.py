@@ -5,12 +5,12 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+from app.bootstrap import Container
 
-def test_threads_asking_for_the_embedded_vector_store_at_once_share_one(sb_home: Path) -> None:
+
+def test_threads_asking_for_the_embedded_vector_store_at_once_share_one(sb_home: Path, services: Container) -> None:
     """qdrant-edge locks its folder to one opener: a second store built by a racing thread failed every message
     it handled (the first messages after `serve` started waited for their redelivery)."""
-    from app.runtime import get_vector_store
-
     (sb_home / "vectors").mkdir(parents=True)
     barrier = threading.Barrier(4)
     stores: list[object] = []
@@ -19,7 +19,7 @@ def test_threads_asking_for_the_embedded_vector_store_at_once_share_one(sb_home:
     def ask() -> None:
         barrier.wait()
         try:
-            stores.append(get_vector_store())
+            stores.append(services.vector_store)
         except BaseException as exc:
             errors.append(exc)
 
@@ -32,16 +32,14 @@ def test_threads_asking_for_the_embedded_vector_store_at_once_share_one(sb_home:
     assert len(stores) == 4 and len({id(store) for store in stores}) == 1
 
 
-def test_threads_asking_for_the_embedder_at_once_share_one(sb_home: Path) -> None:
+def test_threads_asking_for_the_embedder_at_once_share_one(services: Container) -> None:
     """One embedder per process: its query batcher gathers every worker's queries into shared model calls."""
-    from app.runtime import get_embedder
-
     barrier = threading.Barrier(8)
     embedders: list[object] = []
 
     def ask() -> None:
         barrier.wait()
-        embedders.append(get_embedder())
+        embedders.append(services.embedder)
 
     threads = [threading.Thread(target=ask) for _ in range(8)]
     for thread in threads:
@@ -49,3 +47,45 @@ def test_threads_asking_for_the_embedder_at_once_share_one(sb_home: Path) -> Non
     for thread in threads:
         thread.join(60)
     assert len(embedders) == 8 and len({id(e) for e in embedders}) == 1
+
+
+def test_a_test_container_is_the_one_entry_points_and_apps_use(services: Container) -> None:
+    """The `services` fixture installs its graph: what `create_app()` serves with and what the CLI's entry points
+    look up is that object, so a test's fakes reach every part without environment variables."""
+    from app.bootstrap import container
+    from app.main import create_app
+
+    assert container() is services
+    assert create_app(run_workers=False).state.container is services
+    assert services.knowledge.vectors is services.vector_store and services.knowledge.bus is services.bus
+    assert services.retriever.embedder is services.embedder
+
+
+def test_the_grounding_checker_is_the_containers_own(services: Container) -> None:
+    """One checker (and passage cache) per container, on its embedder; another container gets its own (not
+    closed here: it holds this one's embedder)."""
+    from app.config import get_settings
+
+    assert services.grounding is services.grounding
+    assert Container(get_settings(), embedder=services.embedder).grounding is not services.grounding
+
+
+def test_an_orchestrator_given_a_retrieval_builds_no_store_of_its_own(services: Container) -> None:
+    """`Orchestrator.of` takes from the container only what it is not given: a test's retrieval opens no vector
+    store (the embedded one allows one opener: here another container already holds it)."""
+    import pytest
+
+    from app.assistant.orchestrator import Orchestrator
+    from app.bus.memory import MemoryBus
+    from app.config import get_settings
+    from app.providers.vectors.edge import VectorStoreLocked
+
+    (services.settings.home_dir / "vectors").mkdir(parents=True, exist_ok=True)
+    services.vector_store  # opening it takes the folder's lock
+    other = Container(get_settings(), bus=MemoryBus())
+    orchestrator = Orchestrator.of(other, retrieve=lambda *a, **k: [])
+    assert orchestrator.bus is other.bus and orchestrator.push is other.push
+    with pytest.raises(VectorStoreLocked):
+        other.retriever  # what the orchestrator would have opened by default
+    with pytest.raises(TypeError, match="unknown services \\['retriever'\\]"):
+        Orchestrator.of(other, retriever=lambda *a, **k: [])

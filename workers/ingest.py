@@ -34,6 +34,7 @@ from app.models import IngestionJob, PackVersion, utcnow
 
 if TYPE_CHECKING:
     from app.bootstrap import Container
+    from app.knowledge.indexing import Deps
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +47,18 @@ __all__ = ["upload_prefix"]
 Progress = Callable[[str, dict[str, Any] | None], None]  # (job id, latest progress or None when done)
 
 
-def run_ingestion_job(job_id: str, progress: Progress | None = None) -> None:
-    """Ingest the files staged for `job_id` and record the outcome on its row. Never raises for a bad file: a
-    per-file problem lands in `errors`, anything else marks the job `failed` with the reason in `detail`.
-    Without `progress` (an RQ worker), progress goes to Redis, where the admin API reads it."""
-    from app.runtime import get_object_store
+def run_queued_job(job_id: str) -> None:
+    """What an RQ worker runs (`switchboard worker`): the job, with the worker process's own container."""
+    from app.bootstrap import container
 
+    run_ingestion_job(job_id, container().knowledge)
+
+
+def run_ingestion_job(job_id: str, deps: Deps, progress: Progress | None = None) -> None:
+    """Ingest the files staged for `job_id` with `deps` (`Container.knowledge`) and record the outcome on its
+    row. Never raises for a bad file: a per-file problem lands in `errors`, anything else marks the job `failed`
+    with the reason in `detail`. Without `progress` (an RQ worker), progress goes to Redis, where the admin API
+    reads it."""
     settings = get_settings()
     if progress is None and settings.redis_url:
         progress = RedisProgress(settings.redis_url, settings.bus_namespace)
@@ -67,7 +74,7 @@ def run_ingestion_job(job_id: str, progress: Progress | None = None) -> None:
         job.status = "running"
         tenant_id = job.tenant_id
         job.pack_version = versions.start_build(session, tenant_id, job_id).version
-    store = get_object_store()
+    store = deps.objects
     prefix = upload_prefix(tenant_id, job_id)
     keys: list[str] = []
     try:
@@ -80,7 +87,7 @@ def run_ingestion_job(job_id: str, progress: Progress | None = None) -> None:
                 dest = pack / key[len(prefix) :]
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 dest.write_bytes(store.get(key))
-            _ingest(job_id, tenant_id, pack, progress or (lambda _job, _event: None))
+            _ingest(deps, job_id, tenant_id, pack, progress or (lambda _job, _event: None))
     except Exception as exc:
         log.exception("ingestion job %s failed", job_id)
         with session_scope() as session:
@@ -103,7 +110,7 @@ def run_ingestion_job(job_id: str, progress: Progress | None = None) -> None:
     _cleanup(store, keys)
 
 
-def _ingest(job_id: str, tenant_id: str, pack: Path, progress: Progress) -> None:
+def _ingest(deps: Deps, job_id: str, tenant_id: str, pack: Path, progress: Progress) -> None:
     from app.knowledge.service import ingest_paths
 
     # The ingester writes the outcome on the job row (status, done_files, chunks, errors, finished_at). While
@@ -117,7 +124,7 @@ def _ingest(job_id: str, tenant_id: str, pack: Path, progress: Progress) -> None
             session, tenant_id, [pack], progress=lambda event: progress(job_id, {
                 **event.to_dict(), "done_files": event.files_done, "total_files": event.files_total}), job_id=job_id,
             promote=bool(options.get("promote", True)), replace=bool(options.get("replace", False)),
-            meta=options.get("meta") or None,
+            meta=options.get("meta") or None, deps=deps,
         )
         job.errors = refused_at_upload + list(job.errors or [])
         record(
@@ -186,7 +193,9 @@ class ThreadJobQueue:
     """Embedded mode: one background thread of this process runs the jobs, one at a time, and keeps their live
     progress (the admin API reads it while a job runs)."""
 
-    def __init__(self) -> None:
+    def __init__(self, deps: Callable[[], Deps]) -> None:
+        """`deps`: the process's ingestion services, built when the first job runs (they load a model)."""
+        self._deps = deps
         self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         self._live: dict[str, dict[str, Any]] = {}
@@ -204,7 +213,7 @@ class ThreadJobQueue:
         with self._lock:
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest")
-            return self._executor.submit(run_ingestion_job, job_id, self._progress)
+            return self._executor.submit(lambda: run_ingestion_job(job_id, self._deps(), self._progress))
 
     def progress(self, job_id: str) -> dict[str, Any] | None:
         return self._live.get(job_id)
@@ -240,7 +249,7 @@ class RqJobQueue:
         try:
             # The RQ job id is derived from ours, so a repeated submit of one job does not enqueue a second copy.
             Queue(self.queue or QUEUE, connection=connection).enqueue_call(
-                "workers.ingest.run_ingestion_job",
+                "workers.ingest.run_queued_job",
                 args=(job_id,),
                 job_id=f"ingest-{job_id}",
                 timeout=JOB_TIMEOUT_S,
@@ -274,18 +283,17 @@ class RqJobQueue:
 
 def job_queue(container: Container) -> JobQueue:
     url = container.settings.redis_url
-    return RqJobQueue(url, namespace=container.settings.bus_namespace) if url else ThreadJobQueue()
+    return (RqJobQueue(url, namespace=container.settings.bus_namespace) if url
+            else ThreadJobQueue(lambda: container.knowledge))
 
 
-def submit(job_id: str, *, queue: str | None = None) -> None:
-    """Submit a committed, queued job to this process's queue, or to the RQ queue `queue`."""
-    from app.bootstrap import container
-
-    settings = get_settings()
+def submit(services: Container, job_id: str, *, queue: str | None = None) -> None:
+    """Submit a committed, queued job to the process's queue, or to the RQ queue `queue`."""
+    settings = services.settings
     if queue and settings.redis_url:
         RqJobQueue(settings.redis_url, queue).submit(job_id)
     else:
-        container().job_queue.submit(job_id)
+        services.job_queue.submit(job_id)
 
 
 def main(queues: list[str] | None = None, *, burst: bool = False) -> None:

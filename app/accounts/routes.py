@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 
 from app.accounts import invitations, logins, service
 from app.accounts.tokens import looks_like_jwt
+from app.api.services import services_of
 from app.auth import Viewer, authenticate
 from app.db import session_scope
 from app.ratelimit import (
@@ -60,10 +61,8 @@ class MeOut(BaseModel):
     role: str = Field(description="owner | admin | agent | viewer")
 
 
-def _limited(*checks: tuple[Rule, str]) -> None:
-    from app.runtime import get_rate_limiter
-
-    limiter = get_rate_limiter()
+def _limited(request: Request, *checks: tuple[Rule, str]) -> None:
+    limiter = services_of(request).rate_limiter
     try:
         for rule, identity in checks:
             limiter.check(rule, identity)
@@ -71,10 +70,8 @@ def _limited(*checks: tuple[Rule, str]) -> None:
         raise exc.http() from None
 
 
-def _spend(*checks: tuple[Rule, str]) -> None:
-    from app.runtime import get_rate_limiter
-
-    limiter = get_rate_limiter()
+def _spend(request: Request, *checks: tuple[Rule, str]) -> None:
+    limiter = services_of(request).rate_limiter
     try:
         for rule, identity in checks:
             limiter.hit(rule, identity)
@@ -111,13 +108,13 @@ def login(
     """Exchange an email and password for an access token and a refresh token, for one tenant."""
     account = username.strip().lower()
     failures = ((LOGIN_FAILURES_PER_IP, client_ip(request)), (LOGIN_FAILURES_PER_ACCOUNT, account))
-    _limited(*failures)
+    _limited(request, *failures)
     try:
         with session_scope() as session:
             return _tokens(logins.login(session, username, password, tenant or None), response)
     except service.LoginFailed as exc:
         log.info("failed login from %s", client_ip(request))
-        _spend(*failures)
+        _spend(request, *failures)
         raise _error(exc) from None
     except service.AccountError as exc:
         raise _error(exc) from None
@@ -130,7 +127,7 @@ def refresh(request: Request, response: Response, body: RefreshIn) -> TokenOut:
     """Spend the refresh token for a new pair. Each refresh token works once: presenting a spent one again
     revokes the whole login (it may have been copied), and every token of that login stops working."""
     ip = (AUTH_FAILURES_PER_IP, client_ip(request))
-    _limited(ip)
+    _limited(request, ip)
     try:
         with session_scope() as session:
             return _tokens(logins.refresh(session, body.refresh_token), response)
@@ -139,7 +136,7 @@ def refresh(request: Request, response: Response, body: RefreshIn) -> TokenOut:
             logins.revoke_login(session, exc.session_id, "refresh_reused", actor="system")
         raise _error(exc) from None
     except service.UnknownRefreshToken as exc:
-        _spend(ip)  # guessing; an expired or revoked token of ours is ordinary use
+        _spend(request, ip)  # guessing; an expired or revoked token of ours is ordinary use
         raise _error(exc) from None
     except service.AccountError as exc:
         raise _error(exc) from None
@@ -185,16 +182,16 @@ def me(principal: Viewer) -> MeOut:
     403: {"description": "The current password is wrong, or the caller is an API key."},
     422: {"description": "The new password is too short or too long."},
 })
-def change_password(body: PasswordIn, principal: Viewer) -> Response:
+def change_password(request: Request, body: PasswordIn, principal: Viewer) -> Response:
     """Change the logged-in person's password (for example the initial one an admin chose). Every other login
     of theirs, in every tenant, ends; this one goes on."""
     account = (LOGIN_FAILURES_PER_ACCOUNT, principal.name)  # a stolen access token must not test passwords freely
-    _limited(account)
+    _limited(request, account)
     try:
         with session_scope() as session:
             logins.change_password(session, principal, body.current_password, body.new_password)
     except service.WrongPassword as exc:
-        _spend(account)
+        _spend(request, account)
         raise _error(exc) from None
     except service.AccountError as exc:
         raise _error(exc) from None

@@ -23,17 +23,12 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from app import keys
 from app.config import get_settings
+from app.keys import TokenError
 
 ALGORITHM = "HS256"
 ISSUER = "switchboard"
 AUDIENCE = "switchboard/api"
 HKDF_INFO = b"switchboard access tokens v1"
-
-
-class TokenError(Exception):
-    def __init__(self, message: str, *, expired: bool = False) -> None:
-        super().__init__(message)
-        self.expired = expired
 
 
 @dataclass(frozen=True)

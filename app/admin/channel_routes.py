@@ -15,8 +15,8 @@ from sqlalchemy.orm import Session
 from app.admin import schemas as s
 from app.admin.request_limit import LIMITED
 from app.auth import Admin
-from app.bootstrap import container
-from app.channels import ACCOUNT_ROUTING, ChannelRegistry
+from app.bootstrap import Container
+from app.channels import ACCOUNT_ROUTING
 from app.db import session_scope
 from app.models import ChannelAccount
 from app.tenants import channels as service
@@ -24,18 +24,20 @@ from app.tenants import channels as service
 _T = TypeVar("_T")
 
 
-def _in_transaction(fn: Callable[[Session], _T]) -> _T:
+def _in_transaction(services: Container, fn: Callable[[Session], _T]) -> _T:
     try:
         with session_scope() as session:
             result = fn(session)
     except service.ChannelAccountError as exc:
         raise HTTPException(exc.status, exc.message) from exc
     # This process's webhooks see the change at once (other processes within their cache's few seconds).
-    container().forget_shared(ACCOUNT_ROUTING)
+    services.forget_shared(ACCOUNT_ROUTING)
     return result
 
 
-def channel_router(registry: ChannelRegistry) -> APIRouter:
+def channel_router(services: Container) -> APIRouter:
+    """The channel-account routes for `services`' channel specs (each channel's typed request body)."""
+    registry = services.channels
     router = APIRouter(prefix="/admin/v1", tags=["admin"], dependencies=LIMITED)
     models = tuple(service.create_request(spec) for spec in registry.specs())
     ChannelIn = Annotated[Union[models], Field(discriminator="channel")]  # type: ignore[valid-type]  # noqa: UP007
@@ -57,7 +59,7 @@ def channel_router(registry: ChannelRegistry) -> APIRouter:
             rows = db.scalars(select(ChannelAccount).where(ChannelAccount.tenant_id == who.tenant_id)
                               .order_by(ChannelAccount.created_at, ChannelAccount.id))
             return s.ChannelsOut(channels=[out(a) for a in rows])
-        return _in_transaction(run)
+        return _in_transaction(services, run)
 
     @router.post("/channels", response_model=s.ChannelOut, status_code=201, summary="Add a channel account",
                  responses={409: {"description": "That provider account is already registered."}})
@@ -71,18 +73,18 @@ def channel_router(registry: ChannelRegistry) -> APIRouter:
             account, generated = service.create_account(db, registry, who.tenant_id, who.actor,
                                                         request | _secrets(body))
             return out(account, generated)
-        return _in_transaction(run)
+        return _in_transaction(services, run)
 
     @router.get("/channels/{account_id}", response_model=s.ChannelOut, summary="Get a channel account")
     def get_channel(account_id: str, who: Admin) -> s.ChannelOut:
-        return _in_transaction(lambda db: out(service.find_account(db, who.tenant_id, account_id)))
+        return _in_transaction(services, lambda db: out(service.find_account(db, who.tenant_id, account_id)))
 
     @router.patch("/channels/{account_id}", response_model=s.ChannelOut, summary="Update a channel account")
     def patch_channel(account_id: str, body: s.ChannelPatch, who: Admin) -> s.ChannelOut:
         """Changes the fields sent, validated against the account's channel type: `config` replaces the stored
         config; `credentials` replaces the stored secrets (generated ones are kept unless given)."""
         changes = body.model_dump(exclude_unset=True)
-        return _in_transaction(lambda db: out(service.update_account(
+        return _in_transaction(services, lambda db: out(service.update_account(
             db, registry, service.find_account(db, who.tenant_id, account_id), who.actor, changes)))
 
     @router.delete("/channels/{account_id}", status_code=204, summary="Delete a channel account")
@@ -96,7 +98,7 @@ def channel_router(registry: ChannelRegistry) -> APIRouter:
                    {"channel": account.channel, "external_id": account.external_id})
             db.delete(account)
             db.flush()
-        _in_transaction(run)
+        _in_transaction(services, run)
         return Response(status_code=204)
 
     return router

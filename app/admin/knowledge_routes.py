@@ -17,8 +17,10 @@ from app.admin import service
 from app.admin.request_limit import LIMITED
 from app.admin.routes import CursorQ, Limit, in_transaction, job_out
 from app.admin.uploads import UploadError, build_options, collect, read_form
+from app.api.services import Services
 from app.audit import record
 from app.auth import Admin
+from app.bootstrap import Container
 from app.config import get_settings
 from app.db import session_scope
 from app.knowledge import quarantine, versions
@@ -78,7 +80,7 @@ _UPLOAD_BODY = {
         503: {"description": "The job could not be queued; nothing was ingested, try again."},
     },
 )
-async def upload_knowledge(request: Request, who: Admin) -> s.UploadAccepted:
+async def upload_knowledge(request: Request, who: Admin, services: Services) -> s.UploadAccepted:
     """Send one or more files, or a zip, as multipart field `files`. The body is refused with 413 as soon as
     it passes MAX_UPLOAD_BYTES. The files are stored and a job builds a new pack version from them in the
     background (live documents the upload does not bring are carried forward unless `replace=true`); it goes
@@ -93,7 +95,7 @@ async def upload_knowledge(request: Request, who: Admin) -> s.UploadAccepted:
     except UploadError as exc:
         raise HTTPException(exc.status, exc.message) from exc
     job_id = await run_in_threadpool(
-        _stage_and_queue, who.tenant_id, who.actor, upload.files, upload.skipped, options
+        _stage_and_queue, services, who.tenant_id, who.actor, upload.files, upload.skipped, options
     )
     return s.UploadAccepted(
         job_id=job_id,
@@ -105,6 +107,7 @@ async def upload_knowledge(request: Request, who: Admin) -> s.UploadAccepted:
 
 
 def _stage_and_queue(
+    services: Container,
     tenant_id: str,
     actor: str,
     files: list[tuple[str, bytes]],
@@ -113,11 +116,10 @@ def _stage_and_queue(
 ) -> str:
     """Objects first, then the job row, then the queue: a failure at any step undoes the earlier ones, so a
     refused upload leaves neither a job nor files behind."""
-    from app.bootstrap import container
     from app.jobs import upload_prefix
 
     job_id = new_id()
-    store = container().object_store
+    store = services.object_store
     prefix = upload_prefix(tenant_id, job_id)
     keys: list[str] = []
     try:
@@ -149,7 +151,7 @@ def _stage_and_queue(
             store.delete(key)
         raise
     try:
-        container().job_queue.submit(job_id)
+        services.job_queue.submit(job_id)
     except Exception as exc:
         with session_scope() as db:
             job = db.get_one(IngestionJob, job_id)
@@ -161,19 +163,19 @@ def _stage_and_queue(
 
 
 @router.get("/knowledge/jobs/{job_id}", response_model=s.JobOut, summary="Get an ingestion job")
-def get_job(job_id: str, who: Admin) -> s.JobOut:
+def get_job(job_id: str, who: Admin, services: Services) -> s.JobOut:
     """Status (`queued`, `running`, `succeeded`, `failed`), files done, chunks indexed, and each refused file
     with its reason."""
-    return in_transaction(lambda db: job_out(service.get_job(db, who.tenant_id, job_id)))
+    return in_transaction(lambda db: job_out(services.job_queue, service.get_job(db, who.tenant_id, job_id)))
 
 
 @router.get("/knowledge/jobs", response_model=s.JobsOut, summary="List ingestion jobs")
-def list_jobs(who: Admin, limit: Limit = 50, cursor: CursorQ = None) -> s.JobsOut:
+def list_jobs(who: Admin, services: Services, limit: Limit = 50, cursor: CursorQ = None) -> s.JobsOut:
     """Newest first."""
 
     def work(db: Session) -> s.JobsOut:
         jobs, nxt = service.list_jobs(db, who.tenant_id, cursor, limit)
-        return s.JobsOut(jobs=[job_out(j) for j in jobs], next_cursor=nxt)
+        return s.JobsOut(jobs=[job_out(services.job_queue, j) for j in jobs], next_cursor=nxt)
 
     return in_transaction(work)
 
@@ -206,10 +208,10 @@ def list_documents(
 
 
 @router.delete("/knowledge/documents/{document_id}", status_code=204, summary="Delete a document")
-def delete_document(document_id: str, who: Admin) -> Response:
+def delete_document(document_id: str, who: Admin, services: Services) -> Response:
     """Removes the document (its file path) from every pack version: vectors, stored files and rows. The
     assistant stops citing it at once, and a rollback cannot bring it back."""
-    in_transaction(lambda db: service.delete_document(db, who, document_id))
+    in_transaction(lambda db: service.delete_document(db, who, document_id, services.knowledge))
     return Response(status_code=204)
 
 
@@ -301,13 +303,14 @@ def list_quarantine(
     summary="Release a quarantined chunk",
     responses={404: {"description": "No such chunk in this tenant."}, 409: {"description": "Not held."}},
 )
-def release_chunk(chunk_id: Annotated[str, Path(max_length=36)], who: Admin) -> s.QuarantinedChunkOut:
+def release_chunk(chunk_id: Annotated[str, Path(max_length=36)], who: Admin,
+                  services: Services) -> s.QuarantinedChunkOut:
     """After reading it: the chunk is indexed in its pack version and marked reviewed, so the answer-time scan
     lets it through. Audited as `knowledge.chunk_released`."""
 
     def work(db: Session) -> s.QuarantinedChunkOut:
         try:
-            released = quarantine.release(db, who.tenant_id, chunk_id, who.actor)
+            released = quarantine.release(db, who.tenant_id, chunk_id, who.actor, services.knowledge)
         except quarantine.QuarantineError as exc:
             raise HTTPException(exc.status, str(exc)) from exc
         record(db, who.tenant_id, who.actor, "knowledge.chunk_released", "chunk", chunk_id,

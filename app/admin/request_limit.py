@@ -9,18 +9,17 @@ from typing import Annotated
 from fastapi import Depends
 from fastapi.concurrency import run_in_threadpool
 
+from app.api.services import Services
 from app.auth import Principal, authenticate
 from app.ratelimit import RateLimited
 
 
-async def admin_request_limit(principal: Annotated[Principal, Depends(authenticate)]) -> None:
+async def admin_request_limit(principal: Annotated[Principal, Depends(authenticate)], services: Services) -> None:
     if principal.key_id is None and principal.user_id is None:
         return  # the operator
-    from app.runtime import get_quota
-
     try:
         # The plan may need a database read (once per QUOTA_CACHE_S) and the window a Redis round trip.
-        await run_in_threadpool(get_quota().check_admin_request, principal.tenant_id)
+        await run_in_threadpool(services.quota.check_admin_request, principal.tenant_id)
     except RateLimited as exc:
         raise exc.http() from None
 

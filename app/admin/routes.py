@@ -22,9 +22,11 @@ from app.admin import schemas as s
 from app.admin import service, tenant_settings
 from app.admin.policy_schemas import Channel
 from app.admin.request_limit import LIMITED
+from app.api.services import Services
 from app.assistant.pii_restore import mask_for_agents
 from app.auth import Admin, Principal, Viewer
 from app.db import session_scope
+from app.jobs import JobQueue
 from app.models import (
     ApiKey,
     Contact,
@@ -87,13 +89,11 @@ def _key(k: ApiKey) -> s.ApiKeyOut:
     )
 
 
-def job_out(j: IngestionJob) -> ks.JobOut:
+def job_out(jobs: JobQueue, j: IngestionJob) -> ks.JobOut:
     done_files, chunks = j.done_files, j.chunks
     progress = None
     if j.status == "running":  # the row is written at the end; a job running in this process reports live
-        from app.bootstrap import container
-
-        live = container().job_queue.progress(j.id) or {}
+        live = jobs.progress(j.id) or {}
         done_files, chunks = live.get("done_files", done_files), live.get("chunks", chunks)
         if "bytes_total" in live:
             progress = ks.JobProgress(**{k: live[k] for k in ks.JobProgress.model_fields})
@@ -151,7 +151,7 @@ def get_tenant(who: Admin) -> s.TenantOut:
 
 
 @router.patch("/tenant", response_model=s.TenantOut, summary="Update name, persona or policies")
-def patch_tenant(body: s.TenantPatch, who: Admin) -> s.TenantOut:
+def patch_tenant(body: s.TenantPatch, who: Admin, services: Services) -> s.TenantOut:
     """Changes only the fields sent; inside `persona` and `policies` too (send a field as `null` to reset it).
     Takes effect on the next message the assistant answers."""
     return in_transaction(
@@ -162,6 +162,7 @@ def patch_tenant(body: s.TenantPatch, who: Admin) -> s.TenantOut:
                 name=body.name,
                 persona=body.persona.model_dump(mode="json", exclude_unset=True) if body.persona else None,
                 policies=body.policies.model_dump(mode="json", exclude_unset=True) if body.policies else None,
+                pii_ner=services.pii_ner,
             )
         )
     )

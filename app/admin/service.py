@@ -9,7 +9,7 @@ import binascii
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import ColumnElement, Select, exists, func, select, tuple_
 from sqlalchemy.orm import Session
@@ -29,6 +29,9 @@ from app.models import (
     Message,
     utcnow,
 )
+
+if TYPE_CHECKING:
+    from app.knowledge.indexing import Deps
 
 
 class AdminError(Exception):
@@ -190,12 +193,11 @@ def list_documents(session: Session, tenant_id: str, pack_version: int | None) -
     return [(doc, int(n)) for doc, n in session.execute(stmt).all()]
 
 
-def delete_document(session: Session, who: Principal, document_id: str) -> None:
+def delete_document(session: Session, who: Principal, document_id: str, stores: Deps) -> None:
     """Removes the document's file from every pack version (so a rollback cannot bring it back): its rows in
     this transaction; its vectors, stored file and cached vectors before the commit, so a failure leaves it
     listed and the call can simply be repeated (every delete is idempotent)."""
     from app.knowledge.versions import delete_unreferenced
-    from app.runtime import get_object_store, get_vector_store
 
     doc = _owned(session, Document, who.tenant_id, document_id, "document")
     copies = list(session.scalars(
@@ -216,8 +218,8 @@ def delete_document(session: Session, who: Principal, document_id: str) -> None:
     for copy in copies:
         session.delete(copy)
     session.flush()
-    get_vector_store().delete_where(who.tenant_id, {"document": doc.path})
-    delete_unreferenced(session, get_object_store(), who.tenant_id, keys)
+    stores.vectors.delete_where(who.tenant_id, {"document": doc.path})
+    delete_unreferenced(session, stores.objects, who.tenant_id, keys)
 
 
 # --- conversations ------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ transaction."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
 
@@ -13,6 +13,9 @@ from app.audit import record
 from app.auth import Principal
 from app.crypto import decrypt_json, encrypt_json
 from app.models import Tenant
+
+if TYPE_CHECKING:
+    from app.assistant.pii_ner import PiiNer
 
 
 def get_tenant(session: Session, tenant_id: str) -> Tenant:
@@ -41,7 +44,9 @@ def update_tenant(
     name: str | None,
     persona: dict[str, Any] | None,
     policies: dict[str, Any] | None,
+    pii_ner: PiiNer,
 ) -> Tenant:
+    """`pii_ner`: the process's recogniser, loaded when a tenant turns names and addresses on."""
     tenant = get_tenant(session, who.tenant_id)
     changed: dict[str, Any] = {}
     if name is not None and name != tenant.name:
@@ -54,7 +59,7 @@ def update_tenant(
         tenant.policies = _merge(tenant.policies or {}, policies)
         _check_llm(tenant.policies.get("llm") or {})
         if policies.get("pii_ner"):
-            _check_pii_ner()
+            _check_pii_ner(pii_ner)
         changed["policies"] = policies
     if changed:
         record(session, tenant.id, who.actor, "tenant.updated", "tenant", tenant.id, changed)
@@ -62,13 +67,12 @@ def update_tenant(
     return tenant
 
 
-def _check_pii_ner() -> None:
+def _check_pii_ner(pii_ner: PiiNer) -> None:
     """Names and addresses turned on: the extra and its model must be installed here (loads the model once)."""
     from app.assistant.pii_ner import NerUnavailable
-    from app.bootstrap import container
 
     try:
-        container().pii_ner.recognizer()
+        pii_ner.recognizer()
     except NerUnavailable as exc:
         raise Invalid(f"policies.pii_ner: {exc}") from exc
 

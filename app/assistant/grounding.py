@@ -140,8 +140,8 @@ class _Units:
 
 
 class GroundingChecker:
-    def __init__(self, embed: Embed | None = None, *, rule: Rule = RULE,
-                 cache_size: int = 2048) -> None:
+    def __init__(self, embed: Embed, *, rule: Rule = RULE, cache_size: int = 2048) -> None:
+        """`embed`: the answering embedder's `embed_documents` (one checker per process: `Container.grounding`)."""
         self._embed = embed
         self.rule = rule
         self._cache: OrderedDict[str, _Units] = OrderedDict()
@@ -149,10 +149,6 @@ class GroundingChecker:
         self._lock = threading.Lock()
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
-        if self._embed is None:
-            from app.runtime import get_embedder
-
-            self._embed = get_embedder().embed_documents
         return self._embed(list(texts)) if texts else []
 
     # -- the check ---------------------------------------------------------------------------------------
@@ -280,25 +276,12 @@ def scores_support(m: Measures, rule: Rule) -> bool:
     return m.clause >= rule.clause and m.local >= rule.local and (m.local >= 1.0 or m.similarity >= rule.similarity)
 
 
-_default: GroundingChecker | None = None
-_default_lock = threading.Lock()
-
-
-def default_checker() -> GroundingChecker:
-    """One checker per process: the embedder is the one retrieval already loaded, the passage cache is shared."""
-    global _default
-    with _default_lock:
-        if _default is None:
-            _default = GroundingChecker()
-        return _default
-
-
 def check_reply(text: str, citations: Sequence[dict[str, Any]], passages: Sequence[PassageLike],
-                persona: dict[str, Any] | None = None, checker: GroundingChecker | None = None) -> Verdict:
+                persona: dict[str, Any] | None, checker: GroundingChecker) -> Verdict:
     """Check a reply whose `citations` (a Draft's, in the text's [n] order) name chunks among `passages`."""
     by_chunk = {p.chunk_id: p for p in passages}
     cited = [by_chunk[c["chunk_id"]] for c in citations if c.get("chunk_id") in by_chunk]
-    return (checker or default_checker()).check(text, cited, persona)
+    return checker.check(text, cited, persona)
 
 
 @dataclass(frozen=True)
@@ -312,7 +295,7 @@ class Vetted:
 
 
 def vet_llm_draft(draft: Draft, passages: Sequence[PassageLike], persona: dict[str, Any] | None,
-                  vault: PiiVault, checker: GroundingChecker | None = None) -> Vetted:
+                  vault: PiiVault, checker: GroundingChecker) -> Vetted:
     """Grounded or reviewed, and no placeholder ever reaches a customer. The check reads the model's own text
     (placeholders are neither claims nor numbers); the draft kept, sent or approved later carries the customer's
     values back in place, so what agents approve is what the customer should read."""

@@ -22,7 +22,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Table, select
 from sqlalchemy.orm import Session
@@ -31,7 +31,7 @@ from app import logs, metrics, tracing
 from app.assistant import guardrails, injection, multilingual, outcomes
 from app.assistant.composer import compose_offline
 from app.assistant.drafts import STREAMING_CHANNELS, DraftStream
-from app.assistant.grounding import Vetted, vet_llm_draft
+from app.assistant.grounding import GroundingChecker, Vetted, vet_llm_draft
 from app.assistant.language import customer_language
 from app.assistant.modes import effective_mode
 from app.assistant.outcomes import CONVERSATIONS, IN_TENANT, Context, Decision, Outcome
@@ -40,7 +40,7 @@ from app.assistant.pii_restore import PiiVault
 from app.assistant.prompts import Draft, parse_llm_answer, render_messages
 from app.assistant.turns import merged_into, newer_pending
 from app.bus.base import Bus, Delivery, PermanentFailure
-from app.config import Settings, get_settings
+from app.config import Settings
 from app.contacts import consent
 from app.contracts import Event, InboundMessage, UnknownEvent
 from app.conversations.push import Push
@@ -55,6 +55,9 @@ from app.providers.llm.router import CallTag, LLMRouter
 from app.ratelimit import LLM_CALLS_PER_TENANT, RateLimited, RateLimiter
 from app.tenants.quota import QuotaGate
 
+if TYPE_CHECKING:
+    from app.bootstrap import Container
+
 log = logging.getLogger(__name__)
 
 
@@ -63,48 +66,42 @@ class Orchestrator:
         self,
         bus: Bus,
         *,
-        retrieve: Callable[..., Sequence[Any]] | None = None,
-        llm: LLMRouter | LLMClient | None = None,
-        settings: Settings | None = None,
-        limiter: RateLimiter | None = None,
-        quota: QuotaGate | None = None,
-        push: Push | None = None,
-        pii_ner: PiiNer | None = None,
+        retrieve: Callable[..., Sequence[Any]],
+        llm: LLMRouter | LLMClient,
+        settings: Settings,
+        limiter: RateLimiter,
+        quota: QuotaGate,
+        push: Push,
+        pii_ner: PiiNer,
+        grounding: GroundingChecker,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
+        """Every service it uses is handed in (`Orchestrator.of` takes them from a container)."""
         self.bus = bus
-        self.push = push  # drafts of streamed replies go to open widgets through it (app/runtime.py's by default)
+        self.push = push  # drafts of streamed replies go to open widgets through it
         self.clock = clock
-        self.settings = settings or get_settings()
-        if limiter is None:
-            from app.runtime import get_rate_limiter
-
-            limiter = get_rate_limiter()
+        self.settings = settings
         self.limiter = limiter
-        if quota is None:
-            from app.runtime import get_quota
-
-            quota = get_quota()
         self.quota = quota
-        if retrieve is None:
-            from app.knowledge.retrieval import retrieve as default_retrieve
-
-            retrieve = default_retrieve
         self.retrieve = retrieve
-        if llm is None:
-            from app.runtime import get_llm_client
-
-            llm = get_llm_client()
-        self._pii_ner = pii_ner  # names and addresses masked too, for tenants that turn it on (None: the container's)
+        self.pii_ner = pii_ner  # names and addresses masked too, for tenants that turn it on
+        self.grounding = grounding
         # A bare client (a test, a benchmark) gets a router of its own: fallbacks, deadline and breakers apply.
         self.llm = llm if isinstance(llm, LLMRouter) else LLMRouter.from_settings(llm, self.settings)
 
-    def _names_and_addresses(self) -> PiiNer:
-        if self._pii_ner is not None:
-            return self._pii_ner
-        from app.runtime import get_pii_ner
-
-        return get_pii_ner()
+    @classmethod
+    def of(cls, services: Container, **given: Any) -> Orchestrator:
+        """The orchestrator on `services`' bus, stores, LLM, limiter, quota, push and clock; a keyword replaces
+        one of them (`retrieve=` a test's passages, `bus=` another bus)."""
+        wired: dict[str, Callable[[], Any]] = {  # built only when not given (a test's retrieval opens no store)
+            "bus": lambda: services.bus, "retrieve": lambda: services.retriever, "llm": lambda: services.llm_client,
+            "settings": lambda: services.settings, "limiter": lambda: services.rate_limiter,
+            "quota": lambda: services.quota, "push": lambda: services.push, "pii_ner": lambda: services.pii_ner,
+            "grounding": lambda: services.grounding, "clock": lambda: services.clock,
+        }
+        if unknown := sorted(set(given) - set(wired)):
+            raise TypeError(f"Orchestrator.of() got unknown services {unknown}")
+        return cls(**{name: given[name] if name in given else build() for name, build in wired.items()})
 
     # -- bus entry point -------------------------------------------------------------------------------
     def handle(self, delivery: Delivery) -> None:
@@ -256,7 +253,7 @@ class Orchestrator:
         recognizers: Sequence[Any] = ()
         if ctx.llm is not None:
             try:
-                recognizers = self._names_and_addresses().recognizers(policies)
+                recognizers = self.pii_ner.recognizers(policies)
             except NerUnavailable as exc:
                 # Turned on but not installed: the question cannot go out masked as the tenant asked. A person
                 # answers it; the operator's log says what to install.
@@ -381,7 +378,7 @@ class Orchestrator:
         if draft is not offline:
             # -- grounded or reviewed, PII restored (app/assistant/grounding.py) --------------------------------
             with tracing.span("grounding") as span:
-                vetted = vet_llm_draft(draft, passages, ctx.persona, pii)
+                vetted = vet_llm_draft(draft, passages, ctx.persona, pii, self.grounding)
                 if shown is not None:
                     vetted = _translated(vetted, shown, pii)
                 tracing.annotate(span, {"switchboard.escalation.reason": vetted.escalate_reason})
@@ -413,10 +410,6 @@ class Orchestrator:
         if (ctx.llm is None or ctx.channel not in STREAMING_CHANNELS or not self.settings.webchat_stream_replies
                 or ctx.policies.get("stream_replies") is False or not self.llm.can_stream):
             return None
-        if self.push is None:
-            from app.runtime import get_push
-
-            self.push = get_push()
         return DraftStream(self.push, tenant_id=ctx.tenant_id, conversation_id=ctx.conversation_id,
                            reply_to=ctx.message_id, interval_s=self.settings.webchat_draft_interval_ms / 1000)
 

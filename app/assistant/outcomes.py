@@ -134,34 +134,51 @@ def escalate(bus: Bus, clock: Callable[[], datetime], ctx: Context, decision: De
         to = claim(session, ctx)
         if to is None:
             return Outcome("duplicate", ctx.message_id)
-        escalation_id = new_id()
-        session.execute(_INSERT_ESCALATION, {
-            "id": escalation_id, "tenant_id": ctx.tenant_id, "conversation_id": to.conversation_id,
-            "message_id": ctx.message_id, "status": "open", "reason": reason, "detail": decision.detail,
-            "draft": decision.draft.text if decision.draft else None,
-            "draft_citations": decision.draft.citations if decision.draft else None, "created_at": utcnow(),
-            "meta": decision.meta,
-            "passages": ctx.retrieved or None,
-            "sla_state": "pending" if sla else None, "sla_due_at": now + sla if sla else None,
-        })
+        opened = _open_escalation(
+            session, to, ctx.message_id, "bot", reason=reason, notice=notice, detail=decision.detail,
+            draft=decision.draft.text if decision.draft else None,
+            draft_citations=decision.draft.citations if decision.draft else None, meta=decision.meta,
+            passages=ctx.retrieved or None,
+            sla_state="pending" if sla else None, sla_due_at=now + sla if sla else None,
+        )
         if sla:  # the timer, committed with the escalation (app/review/sla.py)
-            schedule_sla(session, tenant_id=ctx.tenant_id, escalation_id=escalation_id, due=now + sla, now=now)
-        entries = []
-        reply_id = None
-        if notice is not None:
-            event = store_reply(session, to, key=f"reply:{ctx.message_id}", text=notice, author="bot",
-                                in_reply_to_id=ctx.message_id, meta={"escalation_id": escalation_id})
-            entries.append(outbox.Entry.of(OUTBOUND, event, event.message_id))
-            reply_id = event.message_id
+            schedule_sla(session, tenant_id=ctx.tenant_id, escalation_id=opened.escalation_id, due=now + sla,
+                         now=now)
         _set_status(session, ctx, "escalated")
-        audit.write(session, ctx.tenant_id, "bot", "escalation.opened", "escalation", escalation_id,
-                    {"reason": reason, "message_id": ctx.message_id})
-        opened = EscalationOpened(tenant_id=ctx.tenant_id, escalation_id=escalation_id,
-                                  conversation_id=to.conversation_id, message_id=ctx.message_id, reason=reason)
-        pending = outbox.add(session, [*entries, outbox.Entry.of(EVENTS, opened)], now=now)
+        pending = outbox.add(session, opened.entries, now=now)
     outbox.publish_now(bus, pending)
-    return Outcome("escalated", ctx.message_id, reply_id=reply_id,
+    return Outcome("escalated", ctx.message_id, reply_id=opened.reply_id,
                    escalation_id=opened.escalation_id, reason=reason, text=notice)
+
+
+@dataclass(frozen=True)
+class _Opened:
+    escalation_id: str
+    reply_id: str | None  # the holding notice, if one was stored
+    entries: list[outbox.Entry]  # the notice (if any), then EscalationOpened
+
+
+def _open_escalation(session: Session, to: ReplyTo, message_id: str, actor: str, *, reason: str,
+                     notice: str | None, **columns: Any) -> _Opened:
+    """The core of every escalation, in the caller's transaction: the escalation row (with `columns`), the
+    customer's holding notice as the message's reply, the audit event and the outbox entries to add."""
+    escalation_id = new_id()
+    session.execute(_INSERT_ESCALATION, {
+        "id": escalation_id, "tenant_id": to.tenant_id, "conversation_id": to.conversation_id,
+        "message_id": message_id, "status": "open", "reason": reason, "created_at": utcnow(), **columns,
+    })
+    entries, reply_id = [], None
+    if notice is not None:
+        event = store_reply(session, to, key=f"reply:{message_id}", text=notice, author="bot",
+                            in_reply_to_id=message_id, meta={"escalation_id": escalation_id})
+        entries.append(outbox.Entry.of(OUTBOUND, event, event.message_id))
+        reply_id = event.message_id
+    audit.write(session, to.tenant_id, actor, "escalation.opened", "escalation", escalation_id,
+                {"reason": reason, "message_id": message_id})
+    opened = EscalationOpened(tenant_id=to.tenant_id, escalation_id=escalation_id,
+                              conversation_id=to.conversation_id, message_id=message_id, reason=reason)
+    entries.append(outbox.Entry.of(EVENTS, opened))
+    return _Opened(escalation_id, reply_id, entries)
 
 
 def defer(clock: Callable[[], datetime], ctx: Context, event: InboundMessage, closes: datetime) -> Outcome:
@@ -246,21 +263,11 @@ def mark_dead(tenant_id: str, message_id: str, reason: str) -> None:
             return
         row = session.execute(_CLAIM, {"message": message_id, "tenant": tenant_id}).one()
         policies = session.scalar(select(Tenant.policies).where(Tenant.id == tenant_id)) or {}
-        escalation_id, now = new_id(), utcnow()
-        session.execute(_INSERT_ESCALATION, {
-            "id": escalation_id, "tenant_id": tenant_id, "conversation_id": row.conversation_id,
-            "message_id": message_id, "status": "open", "reason": DEAD_LETTERED, "detail": reason[:2000],
-            "created_at": now,
-        })
         to = ReplyTo(tenant_id, row.conversation_id, row.channel, row.channel_account_id)
-        notice = store_reply(session, to, key=f"reply:{message_id}", text=tenant_notice(policies), author="bot",
-                             in_reply_to_id=message_id, meta={"escalation_id": escalation_id})
-        record(session, tenant_id, "system", "escalation.opened", "escalation", escalation_id,
-               {"reason": DEAD_LETTERED, "message_id": message_id})
-        opened = EscalationOpened(tenant_id=tenant_id, escalation_id=escalation_id,
-                                  conversation_id=row.conversation_id, message_id=message_id, reason=DEAD_LETTERED)
-        outbox.add(session, [outbox.Entry.of(OUTBOUND, notice, notice.message_id), outbox.Entry.of(EVENTS, opened)],
-                   now=now)
+        now = utcnow()
+        opened = _open_escalation(session, to, message_id, "system", reason=DEAD_LETTERED,
+                                  notice=tenant_notice(policies), detail=reason[:2000])
+        outbox.add(session, opened.entries, now=now)
 
 
 # The per-message SQL, built once (building a statement and its cache key cost more than running it on

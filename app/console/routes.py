@@ -4,13 +4,17 @@ decisions, reveals), so everything it can do is checked there, role by role."""
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 
+import jinja2
 from fastapi import APIRouter
-from fastapi.responses import FileResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 STATIC = Path(__file__).parent / "static"
+# The pages, with what they share (the login form) included when first served: no build step.
+PAGES = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "pages"), autoescape=True)
 # The page loads nothing from elsewhere and may not be framed (clickjacking a decision button).
 HEADERS = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -23,15 +27,20 @@ HEADERS = {
 router = APIRouter(include_in_schema=False)
 
 
+@cache
+def _page(name: str) -> str:
+    return PAGES.get_template(name).render()
+
+
 @router.get("/console")
-def console_page() -> FileResponse:
-    return FileResponse(STATIC / "index.html", media_type="text/html", headers=HEADERS)
+def console_page() -> HTMLResponse:
+    return HTMLResponse(_page("console.html"), headers=HEADERS)
 
 
 @router.get("/console/analytics")
-def analytics_page() -> FileResponse:
+def analytics_page() -> HTMLResponse:
     """Charts of the tenant's analytics (/admin/v1/analytics), drawn in the page: nothing loaded from elsewhere."""
-    return FileResponse(STATIC / "analytics.html", media_type="text/html", headers=HEADERS)
+    return HTMLResponse(_page("analytics.html"), headers=HEADERS)
 
 
 @router.get("/console/")

@@ -12,8 +12,8 @@ from fastapi import APIRouter, Body, HTTPException
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
+from app.api.services import Services
 from app.auth import Admin
-from app.bootstrap import container
 from app.contacts import privacy
 from app.db import flush_deleted, session_scope
 
@@ -68,12 +68,12 @@ def export_contact(contact: str, who: Admin) -> dict[str, Any]:
 
 @router.delete("/{contact}", response_model=ErasedOut, summary="Erase a contact",
                responses={409: {"description": "A message of the contact is still being answered."}})
-def erase_contact(contact: str, who: Admin) -> ErasedOut:
+def erase_contact(contact: str, who: Admin, services: Services) -> ErasedOut:
     """Deletes everything stored about the contact (conversations, messages, escalations, audit events about
     them, queued bus entries) and records an audit tombstone with counts only. Cannot be undone."""
     erased, messages, conversations = _in_transaction(
         lambda db: privacy.erase(db, who.tenant_id, contact, who.actor))
-    on_bus = privacy.erase_bus_entries(container().bus, who.tenant_id, [*messages, *conversations])
+    on_bus = privacy.erase_bus_entries(services.bus, who.tenant_id, [*messages, *conversations])
     flush_deleted()
     return ErasedOut(**{**erased.as_json(), "bus_entries": on_bus})
 

@@ -28,7 +28,6 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
-from weakref import WeakKeyDictionary
 
 from app import outbox, tracing
 from app.bus.base import Bus
@@ -187,16 +186,4 @@ class InboundBatcher:
                 results.append(exc)
         return results
 
-
-_batchers: WeakKeyDictionary[Bus, InboundBatcher] = WeakKeyDictionary()
-_batchers_lock = threading.Lock()
-
-
-def batcher_for(bus: Bus) -> InboundBatcher:
-    """The process's batcher for `bus` (created on first use)."""
-    with _batchers_lock:
-        batcher = _batchers.get(bus)
-        if batcher is None:
-            batcher = _batchers[bus] = InboundBatcher(bus)
-        return batcher
 

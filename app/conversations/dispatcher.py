@@ -21,7 +21,7 @@ from app.bus.base import Delivery, PermanentFailure
 from app.channels import Account, InboundRef, Sender, SendError, SendRequest
 from app.contacts import consent
 from app.contracts import Event, OutboundMessage, UnknownEvent
-from app.conversations.push import notify_on_commit
+from app.conversations.push import Push, notify_on_commit
 from app.crypto import decrypt_json
 from app.db import session_scope
 from app.models import ChannelAccount, Contact, Conversation, Message, utcnow
@@ -55,9 +55,11 @@ def lease_for(claim_idle_ms: int) -> timedelta:
 
 
 class Dispatcher:
-    def __init__(self, senders: Mapping[str, Sender], *, lease: timedelta = DEFAULT_LEASE,
+    def __init__(self, senders: Mapping[str, Sender], push: Push, *, lease: timedelta = DEFAULT_LEASE,
                  clock: Clock = utcnow) -> None:
+        """`push` wakes the web chat visitors a delivery is for (`Container.push`)."""
         self.senders = senders
+        self.push = push
         self.lease = lease
         self.clock = clock
 
@@ -97,7 +99,7 @@ class Dispatcher:
                 message.status, message.error = "failed", consent.NOT_SENT
                 return "failed"
             if sender.in_process:  # delivered by this transaction: the visitor's reader wakes once it commits
-                notify_on_commit(session, message.tenant_id, contact.external_id)
+                notify_on_commit(session, self.push, message.tenant_id, contact.external_id)
                 self._sent(message, [])
                 return "sent"
             if account is None:

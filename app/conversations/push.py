@@ -303,26 +303,24 @@ def _name(channel: bytes | str) -> str:
     return channel.decode() if isinstance(channel, bytes) else str(channel)
 
 
-def notify_on_commit(session: Session, tenant_id: str, contact_id: str) -> None:
-    """Publish an update for this visitor when `session` next commits; a rollback forgets it."""
-    pending: set[tuple[str, str]] | None = session.info.get(_PENDING)
+def notify_on_commit(session: Session, push: Push, tenant_id: str, contact_id: str) -> None:
+    """Publish an update for this visitor on `push` when `session` next commits; a rollback forgets it."""
+    pending: set[tuple[Push, str, str]] | None = session.info.get(_PENDING)
     if pending is None:
         pending = session.info[_PENDING] = set()
         event.listen(session, "after_commit", _publish_pending)
         event.listen(session, "after_rollback", _forget_pending)
-    pending.add((tenant_id, contact_id))
+    pending.add((push, tenant_id, contact_id))
 
 
 _PENDING = "webchat_push_pending"
 
 
 def _publish_pending(session: Session) -> None:
-    from app.runtime import get_push
-
     pending = session.info.get(_PENDING) or set()
     session.info[_PENDING] = set()
-    for tenant_id, contact_id in pending:
-        get_push().publish(tenant_id, contact_id)
+    for push, tenant_id, contact_id in pending:
+        push.publish(tenant_id, contact_id)
 
 
 def _forget_pending(session: Session) -> None:

@@ -17,6 +17,8 @@ from fastapi import APIRouter, Header, HTTPException
 from pydantic import BaseModel
 
 from app import operations
+from app.api.services import Services
+from app.bootstrap import Container, container
 from app.crypto import secrets_equal
 from app.db import session_scope
 
@@ -78,7 +80,8 @@ def pack_action(slug: str, action: str, version: int | None = None) -> dict[str,
         return _listing(session, tenant_id)
 
 
-def quarantine_action(slug: str, release: str | None = None, version: int | None = None) -> dict[str, Any]:
+def quarantine_action(services: Container, slug: str, release: str | None = None,
+                      version: int | None = None) -> dict[str, Any]:
     """The chunks held as suspected prompt injection (of `version`, default the live one), after releasing the
     chunk `release` if given (app/knowledge/quarantine.py)."""
     from app.knowledge import quarantine
@@ -88,7 +91,8 @@ def quarantine_action(slug: str, release: str | None = None, version: int | None
         tenant_id = _tenant_id(session, slug)
         if release:
             try:
-                version = quarantine.release(session, tenant_id, release, "operator")["pack_version"]
+                version = quarantine.release(session, tenant_id, release, "operator",
+                                             services.knowledge)["pack_version"]
             except quarantine.QuarantineError as exc:
                 raise PackError(str(exc), exc.status) from exc
         version = version or session.get_one(Tenant, tenant_id).live_pack_version
@@ -96,7 +100,7 @@ def quarantine_action(slug: str, release: str | None = None, version: int | None
                 "chunks": quarantine.listing(session, tenant_id, version) if version else []}
 
 
-def run_eval(slug: str, questions: str, version: int | None = None) -> dict[str, Any]:
+def run_eval(services: Container, slug: str, questions: str, version: int | None = None) -> dict[str, Any]:
     """Scores of `version` (default: the live one) on JSONL `questions`."""
     from app.knowledge.evaluate import EvalError, evaluate, parse_questions
     from app.models import Tenant
@@ -109,7 +113,7 @@ def run_eval(slug: str, questions: str, version: int | None = None) -> dict[str,
         tenant_id = _tenant_id(session, slug)
         live = session.get_one(Tenant, tenant_id).live_pack_version
     chosen = version if version is not None else live
-    return {**evaluate(tenant_id, parsed, pack_version=chosen), "pack_version": chosen}
+    return {**evaluate(tenant_id, parsed, pack_version=chosen, retriever=services.retriever), "pack_version": chosen}
 
 
 # -- embedded serve: the same actions over HTTP ----------------------------------------------------------
@@ -146,19 +150,20 @@ def operator_router(token: str) -> APIRouter:
             raise HTTPException(exc.status, str(exc)) from exc
 
     @router.post("/tenants/{slug}/quarantine")
-    def held(slug: str, body: QuarantineIn, authorization: Annotated[str | None, Header()] = None
-             ) -> dict[str, Any]:
+    def held(slug: str, body: QuarantineIn, services: Services,
+             authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
         check(authorization)
         try:
-            return quarantine_action(slug, body.release, body.version)
+            return quarantine_action(services, slug, body.release, body.version)
         except PackError as exc:
             raise HTTPException(exc.status, str(exc)) from exc
 
     @router.post("/tenants/{slug}/eval")
-    def evaluate(slug: str, body: EvalIn, authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+    def evaluate(slug: str, body: EvalIn, services: Services,
+                 authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
         check(authorization)
         try:
-            return run_eval(slug, body.questions, body.version)
+            return run_eval(services, slug, body.questions, body.version)
         except PackError as exc:
             raise HTTPException(exc.status, str(exc)) from exc
 
@@ -246,7 +251,7 @@ def eval_command(
         raise _fail(f"no such questions file: {questions}")
     text = questions.read_text(encoding="utf-8-sig")
     result = _call(f"/operator/v1/tenants/{tenant}/eval", {"questions": text, "version": version},
-                   lambda: run_eval(tenant, text, version))
+                   lambda: run_eval(container(), tenant, text, version))
     scores = {k: result[k] for k in ("n", "hit@1", "hit@5", "mrr")}
     if as_json:
         typer.echo(json.dumps(scores))
@@ -265,7 +270,7 @@ def pack_quarantine(
 ) -> None:
     """Knowledge chunks held at ingestion as suspected prompt injection, with the reason; `--release` one."""
     result = _call(f"/operator/v1/tenants/{tenant}/quarantine", {"release": release, "version": version},
-                   lambda: quarantine_action(tenant, release, version))
+                   lambda: quarantine_action(container(), tenant, release, version))
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return

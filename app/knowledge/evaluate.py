@@ -16,10 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.knowledge.chunk import HEADING_SEP
-from app.knowledge.retrieval import Passage, retrieve
+from app.knowledge.retrieval import Passage, Retriever
 from app.knowledge.termstats import TermStats
-from app.providers.embeddings.base import Embedder, SparseEncoder
-from app.providers.vectors.base import VectorStore
 
 DEPTH = 10
 
@@ -80,10 +78,8 @@ def evaluate(
     questions: list[Question],
     *,
     pack_version: int | None,
+    retriever: Retriever,
     filters: dict[str, Any] | None = None,
-    embedder: Embedder | None = None,
-    sparse_encoder: SparseEncoder | None = None,
-    vector_store: VectorStore | None = None,
     term_stats: TermStats | None = None,
 ) -> dict[str, Any]:
     """{"n", "hit@1", "hit@5", "mrr"} (rounded to 4 places) for one pack version (`term_stats`: its term
@@ -92,8 +88,7 @@ def evaluate(
     hit1 = hit5 = 0
     rr = 0.0
     for q in questions:
-        passages = retrieve(tenant_id, q.question, top_k=DEPTH, filters=where or None, embedder=embedder,
-                            sparse_encoder=sparse_encoder, vector_store=vector_store, term_stats=term_stats)
+        passages = retriever(tenant_id, q.question, top_k=DEPTH, filters=where or None, term_stats=term_stats)
         rank = next((p.rank for p in passages if q.matches(p)), None)
         if rank is not None:
             hit1 += rank == 1

@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.bus.base import Bus
 from app.knowledge import embedcache, quarantine
 from app.knowledge.chunk import TextChunk
 from app.knowledge.ids import chunk_id
@@ -27,26 +28,13 @@ UPSERT_BATCH = 256  # points per vector-store upsert at most
 
 @dataclass
 class Deps:
+    """What ingestion writes with (`Container.knowledge`): a test swaps one with `dataclasses.replace`."""
+
     embedder: Embedder
     sparse: SparseEncoder
     vectors: VectorStore
     objects: ObjectStore
-
-
-def deps(
-    embedder: Embedder | None = None,
-    sparse_encoder: SparseEncoder | None = None,
-    vector_store: VectorStore | None = None,
-    object_store: ObjectStore | None = None,
-) -> Deps:
-    from app import runtime
-
-    return Deps(
-        embedder=embedder or runtime.get_ingest_embedder(),
-        sparse=sparse_encoder or runtime.get_sparse_encoder(),
-        vectors=vector_store or runtime.get_vector_store(),
-        objects=object_store or runtime.get_object_store(),
-    )
+    bus: Bus  # ingestion progress events
 
 
 def object_key(tenant_id: str, pack_version: int, path: str) -> str:

@@ -12,7 +12,7 @@ follows the chunk into later versions while its text is unchanged.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -21,6 +21,9 @@ from app.assistant import injection
 from app.knowledge.chunk import TextChunk
 from app.knowledge.representation import embed_chunks
 from app.models import Chunk, Document, Tenant, utcnow
+
+if TYPE_CHECKING:
+    from app.knowledge.indexing import Deps
 
 HELD, RELEASED = "held", "released"
 
@@ -88,10 +91,9 @@ def listing(session: Session, tenant_id: str, version: int | None = None, *, inc
     return out
 
 
-def release(session: Session, tenant_id: str, chunk_id: str, actor: str, deps: Any = None) -> dict[str, Any]:
+def release(session: Session, tenant_id: str, chunk_id: str, actor: str, deps: Deps) -> dict[str, Any]:
     """Index a held chunk after an admin read it: its vector point is written (marked reviewed) and its record
     says who released it. Only the tenant's own chunks; releasing twice is refused with 409."""
-    from app.knowledge.indexing import deps as default_deps
     from app.knowledge.indexing import point
 
     chunk = session.get(Chunk, chunk_id)
@@ -101,7 +103,7 @@ def release(session: Session, tenant_id: str, chunk_id: str, actor: str, deps: A
         raise QuarantineError(f"chunk {chunk_id!r} is not held in quarantine (status "
                               f"{(chunk.quarantine or {}).get('status', 'clean')})", 409)
     document = session.get_one(Document, chunk.document_id)
-    d = deps or default_deps()
+    d = deps
     text_chunk = TextChunk(chunk.ordinal, chunk.heading, chunk.text)
     vectors = embed_chunks([text_chunk], document.kind or "", d.embedder, d.sparse)[0]
     d.vectors.upsert(tenant_id, [point(document, chunk.id, text_chunk, vectors.dense, vectors.question,

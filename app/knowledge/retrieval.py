@@ -41,9 +41,9 @@ def retrieve(
     *,
     top_k: int = 5,
     filters: dict[str, Any] | None = None,
-    embedder: Embedder | None = None,
-    sparse_encoder: SparseEncoder | None = None,
-    vector_store: VectorStore | None = None,
+    embedder: Embedder,
+    sparse_encoder: SparseEncoder,
+    vector_store: VectorStore,
     term_stats: TermStats | None = None,
 ) -> list[Passage]:
     """Top passages for `query`. `filters` are exact-match payload conditions, e.g. {"pack_version": 3}
@@ -56,11 +56,6 @@ def retrieve(
         raise ValueError("top_k must be at least 1")
     if not query or not query.strip():
         return []
-    from app import runtime
-
-    embedder = embedder or runtime.get_embedder()
-    sparse_encoder = sparse_encoder or runtime.get_sparse_encoder()
-    vector_store = vector_store or runtime.get_vector_store()
     version = (filters or {}).get("pack_version")
     if term_stats is None and isinstance(version, int) and not isinstance(version, bool):
         try:
@@ -83,3 +78,17 @@ def retrieve(
         )
         for rank, hit in enumerate(hits, start=1)
     ]
+
+
+@dataclass(frozen=True)
+class Retriever:
+    """`retrieve` over one process's embedder and stores (`Container.retriever`)."""
+
+    embedder: Embedder
+    sparse_encoder: SparseEncoder
+    vector_store: VectorStore
+
+    def __call__(self, tenant_id: str, query: str, *, top_k: int = 5, filters: dict[str, Any] | None = None,
+                 term_stats: TermStats | None = None) -> list[Passage]:
+        return retrieve(tenant_id, query, top_k=top_k, filters=filters, embedder=self.embedder,
+                        sparse_encoder=self.sparse_encoder, vector_store=self.vector_store, term_stats=term_stats)

@@ -32,10 +32,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app import metrics
+from app.bus.base import Bus
 from app.config import get_settings
 from app.knowledge import indexing, quarantine, termstats, versions
 from app.knowledge.chunk import chunk_document
-from app.knowledge.indexing import Deps, Prepared, deps
+from app.knowledge.indexing import Deps, Prepared
 from app.knowledge.parse import (
     EVAL_FILE,
     METADATA_FILE,
@@ -50,9 +51,6 @@ from app.knowledge.parse import (
 from app.knowledge.pipeline import MAX_PENDING, EmbeddingPipeline
 from app.knowledge.termstats import TermStats
 from app.models import Document, IngestionJob, KnowledgeSource, PackVersion, Tenant, new_id, utcnow
-from app.providers.embeddings.base import Embedder, SparseEncoder
-from app.providers.storage.base import ObjectStore
-from app.providers.vectors.base import VectorStore
 
 log = logging.getLogger(__name__)
 
@@ -147,19 +145,17 @@ def ingest_paths(
     promote: bool = True,
     replace: bool = False,
     meta: dict[str, Any] | None = None,
-    embedder: Embedder | None = None,
-    sparse_encoder: SparseEncoder | None = None,
-    vector_store: VectorStore | None = None,
-    object_store: ObjectStore | None = None,
+    deps: Deps,
 ) -> IngestReport:
     """Build a new pack version for `tenant_id` from folders, zips and files (see the module docstring).
     `meta` ({"brand", "category", "language", "source_url"}) applies to every document that does not say
-    otherwise. With `job_id`, updates that queued IngestionJob instead of creating one."""
+    otherwise. With `job_id`, updates that queued IngestionJob instead of creating one. `deps`: the stores it
+writes to (`Container.knowledge`)."""
     started = time.monotonic()
     tenant = session.get(Tenant, tenant_id) if tenant_id else None
     if tenant is None:
         raise ValueError(f"unknown tenant {tenant_id!r}")
-    d = deps(embedder, sparse_encoder, vector_store, object_store)
+    d = deps
     settings = get_settings()
 
     job = _job(session, tenant_id, job_id)
@@ -188,7 +184,7 @@ def ingest_paths(
         metrics.ingest_file(status)
         if progress is not None:
             progress(meter.event(name, status, job.total_files, report))
-        _publish(tenant_id, job.id, build.version, name, status, reason, meter.files_done, job.total_files,
+        _publish(d.bus, tenant_id, job.id, build.version, name, status, reason, meter.files_done, job.total_files,
                  report.chunks)
 
     def failed(path: str, reason: str, weight: int) -> None:
@@ -281,21 +277,20 @@ def ingest_paths(
                   + (f"; {report.notes}" if report.notes else ""))
     session.flush()
     report.seconds = round(time.monotonic() - started, 3)
-    _publish(tenant_id, job.id, build.version, "", report.status, report.notes, meter.files_done, job.total_files,
-             report.chunks)
+    _publish(d.bus, tenant_id, job.id, build.version, "", report.status, report.notes, meter.files_done,
+             job.total_files, report.chunks)
     return report
 
 
-def _publish(tenant_id: str, job_id: str, version: int, file: str, status: str, reason: str | None,
+def _publish(bus: Bus, tenant_id: str, job_id: str, version: int, file: str, status: str, reason: str | None,
              done: int, total: int, chunks: int) -> None:
     """Progress on the tenant's `events` stream. Best-effort: a bus outage must not fail an ingestion."""
     from app.contracts import EVENTS, IngestionProgress
-    from app.runtime import get_bus
 
     event = IngestionProgress(tenant_id=tenant_id, job_id=job_id, pack_version=version, file=file, status=status,
                               reason=reason, files_done=done, files_total=total, chunks=chunks)
     try:
-        get_bus().publish(EVENTS, tenant_id, event.to_bus())
+        bus.publish(EVENTS, tenant_id, event.to_bus())
     except Exception:
         log.warning("could not publish ingestion progress for job %s", job_id, exc_info=True)
 
@@ -374,6 +369,7 @@ def _finish(session: Session, d: Deps, tenant: Tenant, build: PackVersion, repor
 def _gate(session: Session, d: Deps, tenant: Tenant, build: PackVersion, stats: TermStats | None) -> dict[str, Any]:
     """Score the new version (and the live one) on the tenant's eval set, if it has one."""
     from app.knowledge.evaluate import evaluate, parse_questions
+    from app.knowledge.retrieval import Retriever
 
     try:
         questions = parse_questions(d.objects.get(eval_key(tenant.id)))
@@ -381,8 +377,8 @@ def _gate(session: Session, d: Deps, tenant: Tenant, build: PackVersion, stats: 
         return {"scores": {}, "reason": None}
 
     def score(version: int, stats: TermStats | None) -> dict[str, Any]:
-        return evaluate(tenant.id, questions, pack_version=version, embedder=d.embedder, sparse_encoder=d.sparse,
-                        vector_store=d.vectors, term_stats=stats)
+        return evaluate(tenant.id, questions, pack_version=version, term_stats=stats,
+                        retriever=Retriever(d.embedder, d.sparse, d.vectors))
 
     new = score(build.version, stats)
     live = tenant.live_pack_version

@@ -17,12 +17,12 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import BaseModel, Field
 
 from app import keys
+from app.api.services import Services
 from app.auth import Agent, Viewer, authenticate
 from app.db import session_scope
 from app.review import queue
 from app.review.notify import CONSOLE_KEY
 from app.review.service import ReviewError
-from app.runtime import get_push
 
 router = APIRouter(prefix="/review/v1", tags=["review queue"])
 
@@ -166,7 +166,8 @@ def _snapshot(tenant_id: str) -> list[queue.QueueItem]:
 
 
 @router.get("/events", response_class=EventSourceResponse, summary="Stream the open queue (Server-Sent Events)")
-async def stream_queue(who: Annotated[StreamTenant, Depends(_stream_tenant)]) -> AsyncIterator[ServerSentEvent]:
+async def stream_queue(who: Annotated[StreamTenant, Depends(_stream_tenant)],
+                       services: Services) -> AsyncIterator[ServerSentEvent]:
     """The tenant's open escalations, live. Authenticate with `?ticket=` (`POST .../events/tickets`) or
     `Authorization: Bearer`.
 
@@ -177,7 +178,7 @@ async def stream_queue(who: Annotated[StreamTenant, Depends(_stream_tenant)]) ->
     loop = asyncio.get_running_loop()
     deadline = loop.time() + STREAM_MAX_S
     shown: dict[str, tuple[Any, ...]] = {}
-    async with get_push().subscribe(who.tenant_id, CONSOLE_KEY) as updates:
+    async with services.push.subscribe(who.tenant_id, CONSOLE_KEY) as updates:
         first = True
         while True:
             items = await run_in_threadpool(_snapshot, who.tenant_id)

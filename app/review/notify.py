@@ -35,7 +35,8 @@ from sqlalchemy.orm import Session
 
 from app.bus.base import Delivery, PermanentFailure
 from app.config import get_settings
-from app.contracts import EscalationOpened
+from app.contracts import EscalationOpened, event_of
+from app.conversations.push import Push
 from app.crypto import decrypt_json, encrypt_json
 from app.db import session_scope
 from app.models import Conversation, Escalation, Tenant, TenantWebhook, utcnow
@@ -56,18 +57,21 @@ SIGNATURE_TOLERANCE_S = 300
 # --- consoles -----------------------------------------------------------------------------------------------
 
 
-def wake_consoles(tenant_id: str) -> None:
+def wake_consoles(push: Push, tenant_id: str) -> None:
     """Make the tenant's open consoles re-read their queue. Call after the commit; never raises."""
-    from app.runtime import get_push
-
-    get_push().publish(tenant_id, CONSOLE_KEY)
+    push.publish(tenant_id, CONSOLE_KEY)
 
 
-def console_handler(delivery: Delivery) -> None:
+@dataclass(frozen=True)
+class ConsoleWaker:
     """`console` group: any escalation event (opened, decided, of any version) wakes the tenant's consoles.
     Other events on the stream (ingestion progress) are not for consoles."""
-    if delivery.fields.get("type", "").startswith("Escalation"):
-        wake_consoles(delivery.tenant_id)
+
+    push: Push
+
+    def handle(self, delivery: Delivery) -> None:
+        if delivery.fields.get("type", "").startswith("Escalation"):
+            wake_consoles(self.push, delivery.tenant_id)
 
 
 # --- webhook: the tenant's setting --------------------------------------------------------------------------
@@ -139,16 +143,8 @@ class WebhookSender:
         self.sleep = sleep
 
     def handle(self, delivery: Delivery) -> None:
-        if delivery.fields.get("type") != EscalationOpened.event_type():
-            return
-        try:
-            event = EscalationOpened.model_validate_json(delivery.fields["body"])
-        except (KeyError, ValueError) as exc:
-            raise PermanentFailure(f"unreadable EscalationOpened: {exc}") from exc
-        if event.tenant_id != delivery.tenant_id:
-            raise PermanentFailure("event tenant does not match its stream's tenant")
-        outgoing = self._prepare(event)
-        if outgoing is not None:
+        event = event_of(delivery, EscalationOpened)
+        if event is not None and (outgoing := self._prepare(event)) is not None:
             self.deliver(outgoing)
 
     def _prepare(self, event: EscalationOpened) -> Outgoing | None:

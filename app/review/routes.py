@@ -10,14 +10,15 @@ from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
+from app.api.services import Services
 from app.assistant.modes import effective_mode
 from app.auth import Agent, Viewer
+from app.bootstrap import Container
 from app.db import session_scope
 from app.models import Conversation, Escalation, Message, utcnow
 from app.review import service
 from app.review.notify import wake_consoles
 from app.review.queue import mask, sla_state, tenant_policies, unsupported_sentences
-from app.runtime import get_bus
 
 router = APIRouter(prefix="/review/v1", tags=["review queue"])
 
@@ -150,36 +151,37 @@ def get_escalation(escalation_id: str, principal: Viewer) -> EscalationOut:
 
 
 @router.post("/escalations/{escalation_id}/decision", response_model=EscalationOut, summary="Decide an escalation")
-def decide(escalation_id: str, body: DecisionIn, principal: Agent) -> EscalationOut:
+def decide(escalation_id: str, body: DecisionIn, principal: Agent, services: Services) -> EscalationOut:
     """Approve the draft, edit and send, reject (nothing sent), or take the conversation over (the bot stays
     silent until it is released). An approved or edited text goes out through the conversation's channel."""
     with session_scope() as session:
         try:
-            decided = service.decide(session, principal, escalation_id, body.decision, body.text, body.note)
+            decided = service.decide(session, principal, escalation_id, body.decision, body.text, body.note,
+                                     channels=services.channels)
         except service.ReviewError as exc:
             raise _raise(exc) from exc
         out = _out(decided.escalation, session.get_one(Message, decided.escalation.message_id).text,
                    session.get(Conversation, decided.escalation.conversation_id),
                    tenant_policies(session, principal.tenant_id))
-    service.publish_decision(get_bus(), decided)
-    wake_consoles(principal.tenant_id)
+    service.publish_decision(services.bus, decided)
+    wake_consoles(services.push, principal.tenant_id)
     return out
 
 
 @router.post("/conversations/{conversation_id}/takeover", response_model=ModeOut, summary="Take a conversation over")
-def takeover(conversation_id: str, principal: Agent) -> ModeOut:
+def takeover(conversation_id: str, principal: Agent, services: Services) -> ModeOut:
     """An agent takes the conversation: the bot stays silent until it is released."""
-    return _set_mode(conversation_id, principal, "human")
+    return _set_mode(services, conversation_id, principal, "human")
 
 
 @router.post("/conversations/{conversation_id}/release", response_model=ModeOut,
              summary="Hand a conversation back to the bot")
-def release(conversation_id: str, principal: Agent) -> ModeOut:
+def release(conversation_id: str, principal: Agent, services: Services) -> ModeOut:
     """Hand the conversation back to the bot."""
-    return _set_mode(conversation_id, principal, "bot")
+    return _set_mode(services, conversation_id, principal, "bot")
 
 
-def _set_mode(conversation_id: str, principal: Agent, mode: str) -> ModeOut:
+def _set_mode(services: Container, conversation_id: str, principal: Agent, mode: str) -> ModeOut:
     with session_scope() as session:
         try:
             conversation = service.set_mode(session, principal, conversation_id, mode)
@@ -187,19 +189,21 @@ def _set_mode(conversation_id: str, principal: Agent, mode: str) -> ModeOut:
             raise _raise(exc) from exc
         out = ModeOut(conversation_id=conversation.id, mode=conversation.mode,
                       assigned_agent=conversation.assigned_agent)
-    wake_consoles(principal.tenant_id)
+    wake_consoles(services.push, principal.tenant_id)
     return out
 
 
 @router.post("/conversations/{conversation_id}/messages", status_code=202, summary="Write to the customer as an agent")
-def send_as_agent(conversation_id: str, body: AgentMessageIn, principal: Agent) -> dict[str, str]:
+def send_as_agent(conversation_id: str, body: AgentMessageIn, principal: Agent,
+                  services: Services) -> dict[str, str]:
     """Write to the customer during a takeover. Idempotent on `client_message_id`."""
     with session_scope() as session:
         try:
-            sent = service.agent_message(session, principal, conversation_id, body.text, body.client_message_id)
+            sent = service.agent_message(session, principal, conversation_id, body.text, body.client_message_id,
+                                         channels=services.channels)
         except service.ReviewError as exc:
             raise _raise(exc) from exc
     from app import outbox
 
-    outbox.publish_now(get_bus(), sent.pending)
+    outbox.publish_now(services.bus, sent.pending)
     return {"message_id": sent.event.message_id}

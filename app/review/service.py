@@ -17,7 +17,7 @@ from app.assistant.pii_restore import has_placeholder
 from app.audit import record
 from app.auth import Principal
 from app.bus.base import Bus
-from app.channels import Permanent
+from app.channels import ChannelRegistry, Permanent
 from app.contracts import EVENTS, OUTBOUND, EscalationDecided, OutboundMessage
 from app.conversations.replies import add_outbound, outbound_event
 from app.models import ChannelAccount, Contact, Conversation, Escalation, utcnow
@@ -68,8 +68,9 @@ def get_conversation(session: Session, principal: Principal, conversation_id: st
 
 def decide(
     session: Session, principal: Principal, escalation_id: str, decision: str, text: str | None = None,
-    note: str | None = None,
+    note: str | None = None, *, channels: ChannelRegistry,
 ) -> Decided:
+    """`channels`: the process's channel specs, whose reply policy a sent text must pass."""
     escalation = get_escalation(session, principal, escalation_id, lock=True)
     if escalation.status != "open":
         raise ReviewError(
@@ -94,7 +95,7 @@ def decide(
 
     outbound = None
     if text is not None:
-        _check_channel_allows_reply(session, conversation)
+        _check_channel_allows_reply(session, channels, conversation)
         reply, _ = add_outbound(
             session, conversation, key=f"review:{escalation.id}", text=text, author=f"agent:{principal.name}",
             in_reply_to_id=escalation.message_id,
@@ -128,12 +129,10 @@ def decide(
     return Decided(escalation, outbound, event, pending)
 
 
-def _check_channel_allows_reply(session: Session, conversation: Conversation) -> None:
+def _check_channel_allows_reply(session: Session, channels: ChannelRegistry, conversation: Conversation) -> None:
     """Refuse, before anything is stored, a reply the channel would never deliver (its `ReplyPolicy`: WhatsApp's
     24-hour rule)."""
-    from app.bootstrap import container
-
-    spec = container().channels.find(conversation.channel)
+    spec = channels.find(conversation.channel)
     if spec is None or spec.reply_policy.window is None:
         return
     contact = session.get_one(Contact, conversation.contact_id)
@@ -167,12 +166,13 @@ def set_mode(session: Session, principal: Principal, conversation_id: str, mode:
 
 
 def agent_message(
-    session: Session, principal: Principal, conversation_id: str, text: str, client_message_id: str
+    session: Session, principal: Principal, conversation_id: str, text: str, client_message_id: str, *,
+    channels: ChannelRegistry,
 ) -> AgentMessage:
     conversation = get_conversation(session, principal, conversation_id)
     if conversation.mode != "human":
         raise ReviewError(409, "take the conversation over before writing in it (POST .../takeover)")
-    _check_channel_allows_reply(session, conversation)
+    _check_channel_allows_reply(session, channels, conversation)
     reply, created = add_outbound(
         session, conversation, key=f"agent:{conversation.id}:{client_message_id}", text=text,
         author=f"agent:{principal.name}",

@@ -3,7 +3,7 @@
 When an escalation opens, its orchestrator transaction also writes an outbox entry `SlaDue` due at
 `opened + target` (`schedule`). The timer is that row: it survives restarts, and any process's outbox relay
 publishes it once due (on Postgres with `SKIP LOCKED`, so one relay takes it). The `sla` consumer group of the
-tenant's events stream (`on_due`) then, under a row lock on the escalation, checks it is still open, pending and
+tenant's events stream (`SlaTimers`) then, under a row lock on the escalation, checks it is still open, pending and
 unanswered by an agent; if so it stores ONE holding message under the idempotency key `sla:<escalation id>` and
 marks the escalation `breached`, in one transaction with the reply's outbox entry. A redelivered `SlaDue`, or a
 second relay on SQLite publishing the same entry, finds it breached and changes nothing. On WhatsApp outside the
@@ -16,6 +16,7 @@ fires, finds nothing to do.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -24,8 +25,9 @@ from sqlalchemy.orm import Session
 
 from app import outbox
 from app.audit import record
-from app.bus.base import Delivery, PermanentFailure
-from app.contracts import EVENTS, OUTBOUND, SlaDue
+from app.bus.base import Bus, Delivery
+from app.contracts import EVENTS, OUTBOUND, SlaDue, event_of
+from app.conversations.push import Push
 from app.conversations.replies import add_outbound, outbound_event
 from app.db import session_scope
 from app.models import Conversation, Escalation, Message, Tenant, utcnow
@@ -47,23 +49,22 @@ def schedule(session: Session, *, tenant_id: str, escalation_id: str, due: datet
                now=now, not_before=due)
 
 
-def on_due(delivery: Delivery) -> None:
-    """`sla` group of the events stream: other events are not for it."""
-    if delivery.fields.get("type") != SlaDue.event_type():
-        return
-    try:
-        event = SlaDue.model_validate_json(delivery.fields["body"])
-    except (KeyError, ValueError) as exc:
-        raise PermanentFailure(f"unreadable SlaDue: {exc}") from exc
-    if event.tenant_id != delivery.tenant_id:
-        raise PermanentFailure("event tenant does not match its stream's tenant")
-    breach(event.tenant_id, event.escalation_id)
+@dataclass(frozen=True)
+class SlaTimers:
+    """`sla` group of the events stream: `SlaDue` events (others are not for it), on the process's bus and push."""
+
+    bus: Bus
+    push: Push
+
+    def handle(self, delivery: Delivery) -> None:
+        event = event_of(delivery, SlaDue)
+        if event is not None:
+            breach(self.bus, self.push, event.tenant_id, event.escalation_id)
 
 
-def breach(tenant_id: str, escalation_id: str, *, now: datetime | None = None) -> bool:
+def breach(bus: Bus, push: Push, tenant_id: str, escalation_id: str, *, now: datetime | None = None) -> bool:
     """Send the holding message and mark the escalation breached, if it is still open, pending and unanswered.
     True if it did (once per escalation, however often it is called)."""
-    from app.bootstrap import container
     from app.review.notify import wake_consoles
 
     now = now or utcnow()
@@ -88,8 +89,8 @@ def breach(tenant_id: str, escalation_id: str, *, now: datetime | None = None) -
                {"reply_id": reply.id})
         event = outbound_event(reply, conversation)
         pending = outbox.add(session, [outbox.Entry.of(OUTBOUND, event, event.message_id)]) if created else []
-    outbox.publish_now(container().bus, pending)
-    wake_consoles(tenant_id)
+    outbox.publish_now(bus, pending)
+    wake_consoles(push, tenant_id)
     log.info("escalation %s passed its first-response target: holding message sent", escalation_id)
     return True
 

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 
+from app.api.services import services_of
 from gateways.common import Inbound, Parsed, ingest_async, log, require_account, webhook_refused
 from gateways.discord.verify import MAX_SKEW_S, signature_valid, timestamp_fresh
 from gateways.payloads import Malformed, as_id, json_object, reading
@@ -60,15 +61,17 @@ async def interaction(
     dead-lettered with the reason (Discord does not redeliver interactions)."""
     if not x_signature_ed25519 or not x_signature_timestamp:
         raise HTTPException(401, "missing X-Signature-Ed25519 / X-Signature-Timestamp headers")
-    account = await run_in_threadpool(require_account, CHANNEL, application_id)
+    services = services_of(request)
+    account = await run_in_threadpool(require_account, services, CHANNEL, application_id)
     raw = await request.body()
     public_key = str(account.config.get("public_key") or "")
     if not signature_valid(public_key, x_signature_timestamp, raw, x_signature_ed25519):
         log.warning("discord interaction for %s with a bad signature: refused", application_id)
-        raise await run_in_threadpool(webhook_refused, account, HTTPException(401, "invalid request signature"))
+        raise await run_in_threadpool(webhook_refused, services, account,
+                                      HTTPException(401, "invalid request signature"))
     if not timestamp_fresh(x_signature_timestamp, time.time()):
         log.warning("discord interaction for %s with a stale X-Signature-Timestamp: refused", application_id)
-        raise await run_in_threadpool(webhook_refused, account, HTTPException(
+        raise await run_in_threadpool(webhook_refused, services, account, HTTPException(
             401, f"X-Signature-Timestamp is more than {MAX_SKEW_S // 60} minutes away from now (a replay, or a "
                  "server clock that is off)"))
     parsed = Parsed()
@@ -79,7 +82,7 @@ async def interaction(
         if body.get("type") == AUTOCOMPLETE:  # we offer no suggestions; the user types the option themselves
             return {"type": AUTOCOMPLETE_RESULT, "data": {"choices": []}}
         parsed = parse_interaction(body)
-    await ingest_async(account, parsed)
+    await ingest_async(services, account, parsed)
     if parsed.dead:
         raise HTTPException(400, f"the interaction cannot be read: {parsed.dead[0].reason}")
     return {"type": DEFERRED_MESSAGE}

@@ -9,6 +9,8 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import PlainTextResponse
 
+from app.api.services import services_of
+from app.bootstrap import Container
 from gateways.common import (
     ACCOUNT_CACHE_TTL_S,
     UNATTRIBUTED,
@@ -39,7 +41,7 @@ def meta_router(channel: str, objects: set[str], split: Split) -> APIRouter:
     @router.get("", response_class=PlainTextResponse)
     def verify_subscription(request: Request) -> PlainTextResponse:
         """Meta's subscription handshake: echoes `hub.challenge` when `hub.verify_token` matches an account's."""
-        return handshake(channel, request)
+        return handshake(services_of(request), channel, request)
 
     @router.post("")
     async def webhook(request: Request) -> dict[str, Any]:
@@ -49,10 +51,10 @@ def meta_router(channel: str, objects: set[str], split: Split) -> APIRouter:
     return router
 
 
-def handshake(channel: str, request: Request) -> PlainTextResponse:
+def handshake(services: Container, channel: str, request: Request) -> PlainTextResponse:
     """Answer Meta's subscription check: echo `hub.challenge` when `hub.verify_token` matches an account."""
     q = request.query_params
-    tokens = [str(a.credentials.get("verify_token") or "") for a in accounts_of(channel)]
+    tokens = [str(a.credentials.get("verify_token") or "") for a in accounts_of(services, channel)]
     if not handshake_ok(q.get("hub.mode"), q.get("hub.verify_token"), tokens):
         raise HTTPException(403, "hub.verify_token does not match any configured account's verify token")
     return PlainTextResponse(q.get("hub.challenge", ""))
@@ -80,31 +82,32 @@ async def receive(
 
     `split` maps the body to {account external id: Parsed}; the key None holds what names no messaging account:
     account-level events (template or account updates: skipped) and items too broken to name one (dead)."""
+    services = services_of(request)
     raw = await request.body()
     header = request.headers.get(SIGNATURE_HEADER)
     if not header:
         raise HTTPException(401, f"missing {SIGNATURE_HEADER} header")
     # Checking and routing may query accounts (a thread); the enqueue is awaited on the loop, not parked on a thread.
-    signers = await run_in_threadpool(signed_by, channel, raw, header)
+    signers = await run_in_threadpool(signed_by, services, channel, raw, header)
     if not signers:
         log.warning("%s webhook signed by none of the channel's accounts: refused unread", channel)
-        raise await run_in_threadpool(webhook_refused, channel, HTTPException(
+        raise await run_in_threadpool(webhook_refused, services, channel, HTTPException(
             401, f"{SIGNATURE_HEADER} does not match the body for any configured {channel} account"))
     unreadable = Parsed()
     by_account: dict[str | None, Parsed] = {None: unreadable}
     with reading(unreadable.dead, "the webhook body", raw):
         by_account = split(load_body(raw, objects))
-    accounts, outcome = await run_in_threadpool(_route, channel, signers, by_account)
+    accounts, outcome = await run_in_threadpool(_route, services, channel, signers, by_account)
     for account, parsed in accounts:
-        await ingest_async(account, parsed, outcome)
+        await ingest_async(services, account, parsed, outcome)
     return outcome.as_dict()
 
 
-def signed_by(channel: str, raw: bytes, header: str) -> list[Account]:
+def signed_by(services: Container, channel: str, raw: bytes, header: str) -> list[Account]:
     """The channel's accounts whose app secret signed `raw` (one HMAC per distinct secret). From the routing
     cache first; when nothing matches, from the database, in case the signer was connected a moment ago."""
     for max_age_s in (ACCOUNT_CACHE_TTL_S, 0.0):
-        accounts = [a for a in accounts_of(channel, max_age_s) if a.credentials.get("app_secret")]
+        accounts = [a for a in accounts_of(services, channel, max_age_s) if a.credentials.get("app_secret")]
         valid = {s for s in {str(a.credentials["app_secret"]) for a in accounts} if signature_valid(s, raw, header)}
         if valid:
             return [a for a in accounts if str(a.credentials["app_secret"]) in valid]
@@ -112,7 +115,7 @@ def signed_by(channel: str, raw: bytes, header: str) -> list[Account]:
 
 
 def _route(
-    channel: str, signers: list[Account], by_account: dict[str | None, Parsed]
+    services: Container, channel: str, signers: list[Account], by_account: dict[str | None, Parsed]
 ) -> tuple[list[tuple[Account, Parsed]], Outcome]:
     """Every account the body names must be configured and among the signers (one app secret per Meta app);
     what names no account is counted as skipped, or dead-lettered: in the signers' tenant, or with
@@ -123,11 +126,11 @@ def _route(
     for ext, parsed in by_account.items():
         if ext is None:
             continue
-        account = require_account(channel, ext)
+        account = require_account(services, channel, ext)
         secret(account, "app_secret")  # 403 for an account that has none: it can verify nothing
         if account.id not in signer_ids:
             log.warning("%s webhook with a bad %s for account %s: refused", channel, SIGNATURE_HEADER, account.id)
-            raise webhook_refused(account, HTTPException(401, f"{SIGNATURE_HEADER} does not match the body"))
+            raise webhook_refused(services, account, HTTPException(401, f"{SIGNATURE_HEADER} does not match the body"))
         accounts.append((account, parsed))
     outcome = Outcome()
     if unroutable is not None:
@@ -137,6 +140,6 @@ def _route(
         if unroutable.dead:
             tenants = {a.tenant_id for a in signers}
             tenant = tenants.pop() if len(tenants) == 1 else UNATTRIBUTED
-            record_dead(tenant, channel, signers[0].id if len(signers) == 1 else "", unroutable.dead)
+            record_dead(services.bus, tenant, channel, signers[0].id if len(signers) == 1 else "", unroutable.dead)
             outcome.dead += len(unroutable.dead)
     return accounts, outcome

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 
+from app.api.services import services_of
 from app.crypto import secrets_equal
 from gateways.common import ingest_async, log, require_account, secret, webhook_refused
 from gateways.telegram.parse import parse_body
@@ -31,12 +32,13 @@ async def webhook(
 ) -> dict[str, Any]:
     """One Telegram `Update`. 200 means it is stored and queued, acknowledged and skipped, or (an Update that
     cannot be read) dead-lettered with the reason."""
-    account = await run_in_threadpool(require_account, CHANNEL, bot_id)
+    services = services_of(request)
+    account = await run_in_threadpool(require_account, services, CHANNEL, bot_id)
     if not token_valid(secret(account, "secret_token"), x_telegram_bot_api_secret_token):
         log.warning("telegram webhook for bot %s with a missing or wrong secret token: refused", bot_id)
         raise await run_in_threadpool(
-            webhook_refused, account, HTTPException(403, "missing or wrong X-Telegram-Bot-Api-Secret-Token")
+            webhook_refused, services, account, HTTPException(403, "missing or wrong X-Telegram-Bot-Api-Secret-Token")
         )
     raw = await request.body()
-    outcome = await ingest_async(account, parse_body(raw))
+    outcome = await ingest_async(services, account, parse_body(raw))
     return outcome.as_dict()

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, HTTPException, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
+from app.api.services import services_of
 from app.config import get_settings
 from gateways.common import ingest_async, log, require_account, secret, webhook_refused
 from gateways.twilio.parse import account_number, parse_form
@@ -40,14 +41,15 @@ async def webhook(
     number = account_number(fields)
     if not number:
         raise HTTPException(400, "callback names no To/From number to route by")
-    account = await run_in_threadpool(require_account, CHANNEL, number)
+    services = services_of(request)
+    account = await run_in_threadpool(require_account, services, CHANNEL, number)
     if not signature_valid(secret(account, "auth_token"), public_url(request), pairs, x_twilio_signature):
         log.warning("twilio webhook for %s with a bad signature (signed URL %s): refused", number,
                     public_url(request))
-        raise await run_in_threadpool(webhook_refused, account, HTTPException(
+        raise await run_in_threadpool(webhook_refused, services, account, HTTPException(
             403, "X-Twilio-Signature does not match; check SWITCHBOARD_PUBLIC_BASE_URL is the URL configured in Twilio"
         ))
-    outcome = await ingest_async(account, parse_form(fields))
+    outcome = await ingest_async(services, account, parse_form(fields))
     summary = ",".join(f"{k}={v}" for k, v in outcome.as_dict().items())
     return Response(EMPTY_TWIML, media_type="text/xml", headers={"X-Switchboard-Outcome": summary})
 

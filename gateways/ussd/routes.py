@@ -21,12 +21,13 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, HTTPException, Query
+from fastapi import APIRouter, Form, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import PlainTextResponse
 from sqlalchemy import select
 
-from app.bootstrap import container
+from app.api.services import services_of
+from app.bootstrap import Container
 from app.conversations.service import InboundRequest
 from app.crypto import secrets_equal
 from app.db import session_scope
@@ -69,15 +70,15 @@ def answer_wait_s(account: Account) -> float:
     return float(account.config.get("answer_wait_s") or DEFAULT_WAIT_S)
 
 
-def sms_account(tenant_id: str) -> Account | None:
+def sms_account(services: Container, tenant_id: str) -> Account | None:
     """The tenant's SMS account (twilio) that answers a USSD question the screen could not."""
-    return next((a for a in accounts_of("twilio", max_age_s=5.0) if a.tenant_id == tenant_id), None)
+    return next((a for a in accounts_of(services, "twilio", max_age_s=5.0) if a.tenant_id == tenant_id), None)
 
 
-def answer(account: Account, session_id: str, phone: str, step: int, question: str) -> str:
+def answer(services: Container, account: Account, session_id: str, phone: str, step: int, question: str) -> str:
     """The `END` screen's text for one question: the orchestrator's answer if it comes in time, else what will
     happen. Blocking."""
-    intake = container().intake
+    intake = services.intake
     [accepted] = intake.accept([InboundRequest(
         tenant_id=account.tenant_id, channel=CHANNEL, contact_external_id=phone,
         provider_message_id=f"{session_id}:{step}", text=question, channel_account_id=account.id,
@@ -85,7 +86,7 @@ def answer(account: Account, session_id: str, phone: str, step: int, question: s
     outcome = intake.await_outcome(account.tenant_id, accepted.message_id, timeout_s=answer_wait_s(account))
     if outcome.kind == "answered" and (shown := _show(account.tenant_id, outcome)) is not None:
         return shown
-    by_sms = sms_account(account.tenant_id) is not None
+    by_sms = sms_account(services, account.tenant_id) is not None
     if outcome.kind == "escalated":
         return ("Thanks. Our team has your question and will answer by SMS." if by_sms
                 else "Thanks. Our team has your question.")
@@ -113,6 +114,7 @@ def _show(tenant_id: str, outcome: Outcome) -> str | None:
 
 @router.post("", response_class=PlainTextResponse)
 async def session_step(
+    request: Request,
     token: Annotated[str, Query(description="The account's webhook token.")],
     sessionId: Annotated[str, Form()],
     serviceCode: Annotated[str, Form()],
@@ -122,10 +124,11 @@ async def session_step(
     """One USSD session step. `text` is the session's inputs so far, `*`-separated. With the tenant's numbered
     menus they are walked (`CON` menu, `END` answer, `0` back; the "ask" option takes a question). Without, an
     empty `text` opens the prompt and the last input is the question. A question's answer ends the session."""
-    account = await run_in_threadpool(require_account, CHANNEL, serviceCode)
+    services = services_of(request)
+    account = await run_in_threadpool(require_account, services, CHANNEL, serviceCode)
     if not secrets_equal(token, secret(account, "webhook_token")):
         raise await run_in_threadpool(
-            webhook_refused, account, HTTPException(403, "wrong webhook token for this USSD service code")
+            webhook_refused, services, account, HTTPException(403, "wrong webhook token for this USSD service code")
         )
     inputs = text.split("*") if text else []
     question = inputs[-1].strip() if inputs else ""
@@ -138,7 +141,7 @@ async def session_step(
     elif not question:
         return PlainTextResponse(menu(account))
     try:
-        reply = await run_in_threadpool(answer, account, sessionId, phoneNumber, len(inputs), question)
+        reply = await run_in_threadpool(answer, services, account, sessionId, phoneNumber, len(inputs), question)
     except Exception:
         # The customer is on a live session screen: say something useful rather than drop the session.
         log.exception("USSD answer failed for session %s on %s", sessionId, serviceCode)

@@ -10,8 +10,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from app.channels import Permanent, Sender, SendRequest, Transient
-from gateways.ussd.routes import answer_wait_s, sms_account
+from app.channels import Account, Permanent, Sender, SendRequest, Transient
+from gateways.ussd.routes import answer_wait_s
 
 GRACE = timedelta(seconds=2)  # the route's own claim (a transaction) after its wait ends
 
@@ -19,8 +19,11 @@ GRACE = timedelta(seconds=2)  # the route's own claim (a transaction) after its 
 class UssdSender:
     in_process = False
 
-    def __init__(self, sms: Sender, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+    def __init__(self, sms: Sender, sms_account: Callable[[str], Account | None],
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        """`sms_account`: the tenant's twilio account, if it has one (gateways/ussd/routes.py `sms_account`)."""
         self.sms = sms
+        self.sms_account = sms_account
         self.clock = clock
 
     def send(self, request: SendRequest, record: Callable[[str], None]) -> list[str]:
@@ -30,7 +33,7 @@ class UssdSender:
             screen_until = asked + timedelta(seconds=answer_wait_s(request.account)) + GRACE
             if (left := (screen_until - self.clock()).total_seconds()) > 0:
                 raise Transient("the USSD session may still show this reply on its screen", retry_after=left)
-        account = sms_account(request.tenant_id)
+        account = self.sms_account(request.tenant_id)
         if account is None:
             raise Permanent("the USSD session ended before this reply and the tenant has no SMS (twilio) account")
         return self.sms.send(replace(request, account=account), record)

@@ -26,12 +26,13 @@ from pydantic import BaseModel, Field
 from sqlalchemy import Table, bindparam, select
 
 from app import keys, logs, ratelimit
-from app.bootstrap import container
+from app.api.services import Services
+from app.bootstrap import Container
 from app.config import get_settings
 from app.conversations.service import InboundRequest
 from app.db import get_engine, session_scope
+from app.keys import TokenError
 from app.models import Contact, Conversation, Message, Tenant
-from app.runtime import get_push
 from gateways.common import Account, load_account, load_account_async
 from gateways.payloads import scoped_key
 from gateways.webchat import sessions
@@ -100,12 +101,12 @@ class MessagesOut(BaseModel):
 
 # Widgets are routed like webhooks, from gateways.common's short-lived cache of enabled accounts: a disabled
 # widget stops answering within ACCOUNT_CACHE_TTL_S.
-def _account(widget_id: str) -> Account:
-    return _active(widget_id, load_account(CHANNEL, widget_id))
+def _account(services: Container, widget_id: str) -> Account:
+    return _active(widget_id, load_account(services, CHANNEL, widget_id))
 
 
-async def _account_async(widget_id: str) -> Account:
-    return _active(widget_id, await load_account_async(CHANNEL, widget_id))
+async def _account_async(services: Container, widget_id: str) -> Account:
+    return _active(widget_id, await load_account_async(services, CHANNEL, widget_id))
 
 
 def _active(widget_id: str, account: Account | None) -> Account:
@@ -127,7 +128,7 @@ def _visitor(widget_id: str, authorization: str | None) -> str:
         raise HTTPException(401, f"missing session token: POST /widget/v1/{widget_id}/sessions first")
     try:
         return sessions.verify(widget_id, token).contact_id
-    except sessions.SessionError as exc:
+    except TokenError as exc:
         raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
 
 
@@ -137,7 +138,7 @@ def _visitor(widget_id: str, authorization: str | None) -> str:
                         403: {"description": "A contact id without its token (ids cannot be chosen)."},
                         404: {"description": "No active widget with this id."}})
 def open_session(
-    widget_id: str, request: Request, body: SessionIn | None = None,
+    widget_id: str, request: Request, services: Services, body: SessionIn | None = None,
     authorization: Annotated[str | None, Header()] = None,
 ) -> SessionOut:
     """Without a token: a new visitor, with a new contact id chosen by the server. With the visitor's token (in
@@ -145,8 +146,8 @@ def open_session(
     token for the same contact, so the conversation continues. Tokens last WIDGET_SESSION_TTL_S (24 h by
     default); renew before `expires_in` runs out. Keep the token: it is the visitor's only credential, and
     a contact id alone never yields one. Unknown body fields are ignored. Limited per client IP (429)."""
-    ratelimit.enforce(ratelimit.WIDGET_SESSIONS_PER_IP, ratelimit.client_ip(request))
-    account = _account(widget_id)
+    ratelimit.enforce(services.rate_limiter, ratelimit.WIDGET_SESSIONS_PER_IP, ratelimit.client_ip(request))
+    account = _account(services, widget_id)
     body = body or SessionIn()
     bearer = _bearer(authorization)
     if body.token and bearer and body.token != bearer:
@@ -162,7 +163,7 @@ def open_session(
                           expires_in=issued.expires_in, renewed=False)
     try:
         visitor = sessions.verify(widget_id, presented, renewing=True)
-    except sessions.SessionError as exc:
+    except TokenError as exc:
         raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
     if visitor.tenant_id != account.tenant_id:
         raise HTTPException(401, f"invalid session token for this widget: POST /widget/v1/{widget_id}/sessions "
@@ -177,15 +178,17 @@ def open_session(
 @router.post("/widget/v1/{widget_id}/messages", response_model=SendOut, status_code=202,
              summary="Send a visitor message")
 async def send_message(
-    widget_id: str, body: SendIn, request: Request, authorization: Annotated[str | None, Header()] = None
+    widget_id: str, body: SendIn, request: Request, services: Services,
+    authorization: Annotated[str | None, Header()] = None,
 ) -> SendOut:
     """Send the visitor's message. 202 means it is stored and queued; the reply arrives on the event stream
     (`GET .../events`) or a long-poll of `GET .../messages`. Limited per client IP and per visitor: 429 says
     when to retry, and a retry with the same `client_message_id` is stored once."""
-    await ratelimit.enforce_async(ratelimit.WIDGET_SENDS_PER_IP, ratelimit.client_ip(request))
+    limiter = services.rate_limiter
+    await ratelimit.enforce_async(limiter, ratelimit.WIDGET_SENDS_PER_IP, ratelimit.client_ip(request))
     contact_id = _visitor(widget_id, authorization)
-    await ratelimit.enforce_async(ratelimit.WIDGET_SENDS_PER_VISITOR, contact_id)
-    account = await _account_async(widget_id)
+    await ratelimit.enforce_async(limiter, ratelimit.WIDGET_SENDS_PER_VISITOR, contact_id)
+    account = await _account_async(services, widget_id)
     text = body.text.strip()
     if not text:
         raise HTTPException(422, "text is empty")
@@ -198,11 +201,11 @@ async def send_message(
     )
     # The one intake (app/intake.py), sharing one transaction and one bus round trip with the sends (and
     # webhooks) arriving meanwhile; the event loop awaits it instead of parking a thread on it.
-    [accepted] = await container().intake.accept_async([inbound])
+    [accepted] = await services.intake.accept_async([inbound])
     logs.bind(tenant_id=account.tenant_id, message_id=accepted.message_id)
     log.debug("web chat message accepted%s", " (a duplicate)" if accepted.duplicate else "")
     if not accepted.duplicate:  # the visitor's open streams show it
-        push = get_push()
+        push = services.push
         if push.in_process:
             push.publish(account.tenant_id, contact_id)
         else:
@@ -254,6 +257,7 @@ def _messages(tenant_id: str, contact_id: str, after: datetime | None) -> Messag
              summary="Read (or long-poll) the conversation")
 async def list_messages(
     widget_id: str,
+    services: Services,
     authorization: Annotated[str | None, Header()] = None,
     after: Annotated[datetime | None, Query(description="Cursor from the previous response.")] = None,
     wait: Annotated[float, Query(ge=0, le=30, description="Long-poll up to this many seconds.")] = 0,
@@ -261,12 +265,12 @@ async def list_messages(
     """The visitor's conversation after `after`; with `wait`, holds the request until something new arrives
     (the fallback for clients without `GET .../events`)."""
     contact_id = _visitor(widget_id, authorization)
-    account = await _account_async(widget_id)
+    account = await _account_async(services, widget_id)
     if wait == 0:
         return await run_in_threadpool(_messages, account.tenant_id, contact_id, after)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
-    async with get_push().subscribe(account.tenant_id, contact_id) as updates:
+    async with services.push.subscribe(account.tenant_id, contact_id) as updates:
         result = await run_in_threadpool(_messages, account.tenant_id, contact_id, after)
         while not result.messages and (remaining := deadline - loop.time()) > 0:
             if await updates.wait(remaining):  # woken by a commit for this visitor; no database polling
@@ -296,12 +300,13 @@ def _ticket_message(widget_id: str, contact_id: str, expires: int) -> bytes:
 
 @router.post("/widget/v1/{widget_id}/events/tickets", response_model=TicketOut, status_code=201,
              summary="Get a ticket for the event stream")
-def open_ticket(widget_id: str, authorization: Annotated[str | None, Header()] = None) -> TicketOut:
+def open_ticket(widget_id: str, services: Services,
+                authorization: Annotated[str | None, Header()] = None) -> TicketOut:
     """A ticket to open `GET .../events?ticket=...` from a browser's `EventSource`, valid for `expires_in`
     seconds (to connect; an open stream stays open). Clients that can send headers may skip it and open the
     stream with the session token instead."""
     contact_id = _visitor(widget_id, authorization)
-    _account(widget_id)
+    _account(services, widget_id)
     expires = int(time.time()) + TICKET_TTL_S
     signature = keys.sign(TICKET_LABEL, _ticket_message(widget_id, contact_id, expires))
     return TicketOut(ticket=f"{contact_id}.{expires}.{signature}", expires_in=TICKET_TTL_S)
@@ -315,6 +320,7 @@ class StreamVisitor:
 
 async def _stream_visitor(
     widget_id: str,
+    services: Services,
     authorization: Annotated[str | None, Header()] = None,
     ticket: Annotated[str | None, Query(max_length=300, description="From `POST .../events/tickets`.")] = None,
 ) -> StreamVisitor:
@@ -328,13 +334,14 @@ async def _stream_visitor(
             raise HTTPException(401, "invalid event stream ticket for this widget: POST .../events/tickets")
         if int(expires) < time.time():
             raise HTTPException(401, "event stream ticket expired: POST .../events/tickets for a new one")
-    return StreamVisitor((await _account_async(widget_id)).tenant_id, contact_id)
+    return StreamVisitor((await _account_async(services, widget_id)).tenant_id, contact_id)
 
 
 @router.get("/widget/v1/{widget_id}/events", response_class=EventSourceResponse,
             summary="Stream the conversation (Server-Sent Events)")
 async def stream_events(
     visitor: Annotated[StreamVisitor, Depends(_stream_visitor)],
+    services: Services,
     after: Annotated[datetime | None, Query(description="Cursor: start after this message.")] = None,
     last_event_id: Annotated[datetime | None, Header(alias="Last-Event-ID",
                                                      description="Sent by EventSource when it reconnects.")] = None,
@@ -354,7 +361,7 @@ async def stream_events(
     cursor = last_event_id or after
     loop = asyncio.get_running_loop()
     deadline = loop.time() + STREAM_MAX_S
-    async with get_push().subscribe(visitor.tenant_id, visitor.contact_id, drafts=True) as updates:
+    async with services.push.subscribe(visitor.tenant_id, visitor.contact_id, drafts=True) as updates:
         woken, ready = True, False
         drafts: list[dict] = []
         settled: set[str] = set()  # replies whose final message was sent or whose draft was withdrawn
@@ -397,8 +404,8 @@ def _draft_event(visitor: StreamVisitor, draft: dict, settled: set[str]) -> Serv
 
 
 @router.get("/widget/{widget_id}", response_class=HTMLResponse, include_in_schema=False)
-def widget_page(widget_id: str) -> HTMLResponse:
-    account = _account(widget_id)
+def widget_page(widget_id: str, services: Services) -> HTMLResponse:
+    account = _account(services, widget_id)
     with session_scope() as session:
         tenant = session.get_one(Tenant, account.tenant_id)
         persona = tenant.persona or {}

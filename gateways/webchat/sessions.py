@@ -24,19 +24,12 @@ import jwt
 
 from app import keys
 from app.config import get_settings
+from app.keys import TokenError
 
 ALGORITHM = "HS256"
 ISSUER = "switchboard/webchat"
 # Server-issued ids are URL-safe base64: no ':' (provider message ids are `<contact>:<client message id>`).
 CONTACT_PREFIX = "v_"
-
-
-class SessionError(Exception):
-    """A token that cannot be used; `expired` when it was ours but is too old."""
-
-    def __init__(self, message: str, *, expired: bool = False) -> None:
-        super().__init__(message)
-        self.expired = expired
 
 
 @dataclass(frozen=True)
@@ -100,7 +93,7 @@ _verified_lock = threading.Lock()
 
 
 def verify(widget_id: str, token: str, *, renewing: bool = False) -> Visitor:
-    """The visitor a token of this widget names, or SessionError. `renewing` accepts a token up to
+    """The visitor a token of this widget names, or TokenError. `renewing` accepts a token up to
     WIDGET_SESSION_RENEW_GRACE_S past its expiry."""
     cache_key = (_keys()[0][1], widget_id, token)
     now = time.time()
@@ -122,7 +115,7 @@ def _decode(widget_id: str, token: str, renewing: bool) -> tuple[Visitor, int]:
     sessions_url = f"POST /widget/v1/{widget_id}/sessions"
     leeway = settings.widget_session_renew_grace_s if renewing else 0
     if not token.isascii():  # a JWT is ASCII; anything else (a lone surrogate) must not reach the decoder
-        raise SessionError(f"invalid session token for this widget: start a session with {sessions_url}")
+        raise TokenError(f"invalid session token for this widget: start a session with {sessions_url}")
     try:
         claims = keys.decode_jwt(
             token, _keys(), algorithms=[ALGORITHM], audience=_audience(widget_id), issuer=ISSUER, leeway=leeway,
@@ -130,17 +123,17 @@ def _decode(widget_id: str, token: str, renewing: bool) -> tuple[Visitor, int]:
         )
     except jwt.ExpiredSignatureError:
         if renewing:
-            raise SessionError(
+            raise TokenError(
                 f"this session expired more than {_duration(settings.widget_session_renew_grace_s)} ago and can no "
                 f"longer be renewed: start a new session with {sessions_url} without a token", expired=True,
             ) from None
-        raise SessionError(
+        raise TokenError(
             f"session token expired: renew it with {sessions_url}, sending the token as "
             "'Authorization: Bearer <token>' (or start a new session without one)", expired=True,
         ) from None
     except jwt.InvalidTokenError:
-        raise SessionError(f"invalid session token for this widget: start a session with {sessions_url}") from None
+        raise TokenError(f"invalid session token for this widget: start a session with {sessions_url}") from None
     contact_id, tenant_id = claims.get("sub"), claims.get("tid")
     if not isinstance(contact_id, str) or not contact_id.startswith(CONTACT_PREFIX) or not isinstance(tenant_id, str):
-        raise SessionError(f"invalid session token for this widget: start a session with {sessions_url}")
+        raise TokenError(f"invalid session token for this widget: start a session with {sessions_url}")
     return Visitor(contact_id, tenant_id), int(claims["exp"])

@@ -33,7 +33,7 @@ def backend(request: pytest.FixtureRequest) -> str:
 def client(sb_home: Path, backend: str, request: pytest.FixtureRequest,
            monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
     from app import db
-    from app.runtime import reset_caches
+    from app.bootstrap import reset_caches
 
     if backend == "postgres":
         monkeypatch.setenv("DATABASE_URL", request.getfixturevalue("pg_url"))

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from app.bootstrap import container
 from tests.admin.conftest import TenantKeys
 from tests.conftest import REDIS_TEST_URL, REPO
 
@@ -45,10 +46,10 @@ def _wait(client: TestClient, keys: TenantKeys, job_id: str, budget_s: float = 2
 
 
 def _nothing_stored(client: TestClient, keys: TenantKeys) -> None:
-    from app.runtime import get_object_store
+    from app.bootstrap import container
 
     assert client.get("/admin/v1/knowledge/jobs", headers=keys.headers()).json()["jobs"] == []
-    assert get_object_store().list(f"{keys.id}/") == []
+    assert container().object_store.list(f"{keys.id}/") == []
     audit = client.get("/admin/v1/audit", headers=keys.headers(), params={"action": "knowledge.uploaded"})
     assert audit.json()["events"] == []
 
@@ -109,7 +110,7 @@ def test_refused_uploads_leave_nothing_behind(
 def test_upload_is_ingested_by_a_job_and_documents_can_be_deleted(
     client: TestClient, tenant_a: TenantKeys, tenant_b: TenantKeys
 ) -> None:
-    from app.runtime import get_object_store, get_vector_store
+    from app.bootstrap import container
 
     h = tenant_a.headers()
     pack_zip = _zip({
@@ -148,11 +149,11 @@ def test_upload_is_ingested_by_a_job_and_documents_can_be_deleted(
     # Staged upload objects go right after the job is recorded done (the ingester keeps its own copy of each
     # file): the job's status is committed first, so a reader may see it a moment before the cleanup.
     deadline = time.monotonic() + 30
-    while get_object_store().list(f"{tenant_a.id}/uploads/") and time.monotonic() < deadline:
+    while container().object_store.list(f"{tenant_a.id}/uploads/") and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert get_object_store().list(f"{tenant_a.id}/uploads/") == []
+    assert container().object_store.list(f"{tenant_a.id}/uploads/") == []
 
-    store = get_vector_store()
+    store = container().vector_store
     warranty = indexed["warranty.md"]
     assert store.count(tenant_a.id, {"document_id": warranty["id"]}) == warranty["chunks"] > 0
     # B cannot delete A's document; A can, and its vectors and stored file go with it.
@@ -162,7 +163,7 @@ def test_upload_is_ingested_by_a_job_and_documents_can_be_deleted(
     assert client.delete(f"/admin/v1/knowledge/documents/{warranty['id']}", headers=h).status_code == 204
     assert store.count(tenant_a.id, {"document_id": warranty["id"]}) == 0
     assert store.count(tenant_a.id) == job["chunks"] - warranty["chunks"]
-    assert not [k for k in get_object_store().list(f"{tenant_a.id}/") if k.endswith("warranty.md")]
+    assert not [k for k in container().object_store.list(f"{tenant_a.id}/") if k.endswith("warranty.md")]
     left = client.get("/admin/v1/knowledge/documents", headers=h).json()["documents"]
     assert "warranty.md" not in {d["path"] for d in left}
     assert client.delete(f"/admin/v1/knowledge/documents/{warranty['id']}", headers=h).status_code == 404
@@ -185,12 +186,15 @@ def test_scale_out_upload_is_run_by_an_rq_worker(
     monkeypatch.setattr(ingest, "QUEUE", queue)
     from app import bootstrap
 
-    old = bootstrap.container()
+    old = container()
     monkeypatch.setenv("REDIS_URL", REDIS_TEST_URL)
     get_settings.cache_clear()
-    # This process now submits to RQ; the stores stay the ones it has open (qdrant-edge locks its folder).
-    monkeypatch.setattr(bootstrap, "_current", bootstrap.Container(
-        get_settings(), embedder=old.embedder, vector_store=old.vector_store, object_store=old.object_store))
+    # This process now submits to RQ; the stores stay the ones it has open (qdrant-edge locks its folder). The
+    # app's routes use the new container, and so does the RQ worker's job (the process's).
+    scaled = bootstrap.Container(
+        get_settings(), embedder=old.embedder, vector_store=old.vector_store, object_store=old.object_store)
+    monkeypatch.setattr(client.app.state, "container", scaled)  # type: ignore[attr-defined]
+    monkeypatch.setattr(bootstrap, "_current", scaled)
     connection = redis.Redis.from_url(REDIS_TEST_URL)
     job_id = "none"
     try:
@@ -207,7 +211,7 @@ def test_scale_out_upload_is_run_by_an_rq_worker(
         assert job["status"] == "succeeded", job
         assert job["chunks"] > 0 and job["done_files"] == 1
         # Running it again (a redelivery) changes nothing.
-        ingest.run_ingestion_job(job_id)
+        ingest.run_ingestion_job(job_id, container().knowledge)
         assert client.get(r.json()["status_url"], headers=tenant_a.headers()).json() == job
     finally:
         keys = [k for pattern in (f"rq:*{queue}*", f"rq:*ingest-{job_id}*")
@@ -220,7 +224,7 @@ def test_scale_out_upload_is_run_by_an_rq_worker(
 def test_versions_through_the_api_build_promote_roll_back_and_delete_everywhere(
     client: TestClient, tenant_a: TenantKeys, tenant_b: TenantKeys
 ) -> None:
-    from app.runtime import get_object_store, get_vector_store
+    from app.bootstrap import container
 
     h = tenant_a.headers()
     warranty = (PACK / "warranty.md").read_bytes()
@@ -255,20 +259,20 @@ def test_versions_through_the_api_build_promote_roll_back_and_delete_everywhere(
     assert client.post("/admin/v1/knowledge/versions/7/promote", headers=h).status_code == 404
 
     # Deleting the warranty removes it from both versions: vectors, stored file, cached vectors.
-    store = get_vector_store()
+    store = container().vector_store
     assert store.count(tenant_a.id, {"document": "warranty.md"}) > 0
     r = client.delete(f"/admin/v1/knowledge/documents/{docs[0]['id']}", headers=h)
     assert r.status_code == 204
     assert store.count(tenant_a.id, {"document": "warranty.md"}) == 0
     assert store.count(tenant_a.id, {"document": "faq.csv"}) > 0
-    left = get_object_store().list(f"{tenant_a.id}/knowledge/")
+    left = container().object_store.list(f"{tenant_a.id}/knowledge/")
     assert not [k for k in left if k.endswith("warranty.md")]
     assert len([k for k in left if "/vectors/" in k and ".view-" not in k]) == 1  # only faq.csv's remain
     remaining = client.get("/admin/v1/knowledge/documents", headers=h).json()["documents"]
     assert {d["path"] for d in remaining} == {"faq.csv"}
     # The FAQ's cached vectors include its question view; deleting it leaves no stored object at all.
     assert client.delete(f"/admin/v1/knowledge/documents/{remaining[0]['id']}", headers=h).status_code == 204
-    assert get_object_store().list(f"{tenant_a.id}/knowledge/") == []
+    assert container().object_store.list(f"{tenant_a.id}/knowledge/") == []
     assert store.count(tenant_a.id) == 0
     bad = client.post("/admin/v1/knowledge", headers=h, data={"replace": "maybe"}, files={"files": ("a.md", b"# A")})
     assert bad.status_code == 422 and "'replace' must be true or false" in bad.json()["detail"]

@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from app import operations
+from app.bootstrap import container
 from app.db import session_scope
 from app.models import LLMCall, Message, new_id
 from tests.admin.conftest import TenantKeys, seed_conversation
@@ -44,7 +45,7 @@ def _usage(client: TestClient, tenant: TenantKeys, **params: str) -> dict:
 
 def test_usage_is_recounted_from_rows_per_month_and_never_counts_another_tenant(
         client: TestClient, tenant_a: TenantKeys, tenant_b: TenantKeys) -> None:
-    operations.set_plan(tenant_a.slug, "free", {"messages_per_month": 10})
+    operations.set_plan(container(), tenant_a.slug, "free", {"messages_per_month": 10})
     conv_a = seed_conversation(tenant_a.id, n_turns=3)  # 3 inbound (and 3 outbound, not counted) this month
     _inbound(tenant_a.id, conv_a, 2, NOW, status="escalated")
     _inbound(tenant_a.id, conv_a, 4, LAST_MONTH)
@@ -84,18 +85,18 @@ def test_usage_rejects_a_malformed_month_with_the_form_to_use(client: TestClient
 
 def test_set_plan_merges_overrides_and_refuses_unknown_plans_and_figures(client: TestClient,
                                                                          tenant_a: TenantKeys) -> None:
-    result = operations.set_plan(tenant_a.slug, "standard", {"messages_per_month": 50})
+    result = operations.set_plan(container(), tenant_a.slug, "standard", {"messages_per_month": 50})
     assert result["plan"]["name"] == "standard" and result["plan"]["messages_per_month"] == 50
-    result = operations.set_plan(tenant_a.slug, None, {"llm_tokens_per_month": 7})
+    result = operations.set_plan(container(), tenant_a.slug, None, {"llm_tokens_per_month": 7})
     assert result["plan"]["messages_per_month"] == 50 and result["plan"]["llm_tokens_per_month"] == 7
-    result = operations.set_plan(tenant_a.slug, "scale", clear_overrides=True)
+    result = operations.set_plan(container(), tenant_a.slug, "scale", clear_overrides=True)
     assert result["overrides"] == [] and result["plan"]["messages_per_month"] == 250_000
     with pytest.raises(operations.OperationError, match="choose one of free, standard, scale"):
-        operations.set_plan(tenant_a.slug, "gold")
+        operations.set_plan(container(), tenant_a.slug, "gold")
     with pytest.raises(operations.OperationError, match="unknown plan figures"):
-        operations.set_plan(tenant_a.slug, None, {"messages": 3})
+        operations.set_plan(container(), tenant_a.slug, None, {"messages": 3})
     with pytest.raises(operations.OperationError, match="no tenant"):
-        operations.set_plan("nobody", "free")
+        operations.set_plan(container(), "nobody", "free")
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])
@@ -115,8 +116,8 @@ def test_cli_tenant_plan_prints_the_plan_in_effect(client: TestClient, tenant_a:
 
 def test_admin_over_its_request_limit_gets_429_with_retry_after_naming_the_limit(
         client: TestClient, tenant_a: TenantKeys, tenant_b: TenantKeys) -> None:
-    operations.set_plan(tenant_a.slug, "free", {"admin_requests_per_minute": 3})
-    operations.set_plan(tenant_b.slug, "free", {"admin_requests_per_minute": 3})
+    operations.set_plan(container(), tenant_a.slug, "free", {"admin_requests_per_minute": 3})
+    operations.set_plan(container(), tenant_b.slug, "free", {"admin_requests_per_minute": 3})
     for _ in range(3):
         assert client.get("/admin/v1/tenant", headers=tenant_a.headers()).status_code == 200
     refused = client.get("/admin/v1/usage", headers=tenant_a.headers())

@@ -19,6 +19,7 @@ import time_machine
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from app.bootstrap import container
 from tests.conftest import REPO
 from tests.fakes.openai_server import FakeOpenAIServer, first_sentence, prompt_passages
 
@@ -115,7 +116,7 @@ def _tenant(slug: str, folder: Path | None) -> Tenant:
 
     created = operations.create_tenant(slug, name=slug.upper(), folder=folder)
     if folder is not None:
-        report = operations.ingest(slug, [folder / "knowledge" / "faq.csv"])
+        report = operations.ingest(container(), slug, [folder / "knowledge" / "faq.csv"])
         assert report["chunks"] > 30, report
     return Tenant(_tenant_id(slug), slug, created["admin_api_key"], created["agent_api_key"], created["widget_id"])
 
@@ -229,9 +230,9 @@ def _conversation_of(message_id: str) -> str:
 
 @contextmanager
 def played(backend: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Played]:
+    from app.bootstrap import reset_caches
     from app.db import migrate
     from app.main import create_app
-    from app.runtime import reset_caches
 
     if backend == "postgres":
         monkeypatch.setenv("DATABASE_URL", request.getfixturevalue("pg_url"))

@@ -87,9 +87,9 @@ class Stack:
 @pytest.fixture(params=["embedded", "postgres+redis"])
 def stack(request: pytest.FixtureRequest, sb_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
     from app.assistant.orchestrator import Orchestrator
+    from app.bootstrap import reset_caches
     from app.conversations.dispatcher import Dispatcher
     from app.db import migrate
-    from app.runtime import get_bus, reset_caches
 
     if request.param == "postgres+redis":
         monkeypatch.setenv("DATABASE_URL", request.getfixturevalue("pg_url"))
@@ -97,15 +97,15 @@ def stack(request: pytest.FixtureRequest, sb_home: Path, monkeypatch: pytest.Mon
         monkeypatch.setenv("BUS_NAMESPACE", request.getfixturevalue("redis_namespace"))
     reset_caches()
     migrate()
-    bus = get_bus()
+    bus = container().bus
     for topic, group in ((INBOUND, GROUP), (OUTBOUND, "dispatcher"), (OUTBOUND, "observer")):
         bus.ensure_group(topic, group)
     clock, retrieval = Clock(), Retrieval()
-    orchestrator = Orchestrator(bus, retrieve=retrieval, clock=clock)
+    orchestrator = Orchestrator.of(container(), bus=bus, retrieve=retrieval, clock=clock)
     # One message at a time, as a single-threaded orchestrator: one that waited out a burst window in its
     # handler would hold up every message behind it.
     inbound = Consumer(bus, INBOUND, GROUP, "live", orchestrator.handle, claim_idle_ms=600_000)
-    dispatcher = Consumer(bus, OUTBOUND, "dispatcher", "d", Dispatcher(container().senders).handle)
+    dispatcher = Consumer(bus, OUTBOUND, "dispatcher", "d", Dispatcher(container().senders, container().push).handle)
     yield Stack(bus, clock, retrieval, inbound, dispatcher, Relay(bus, clock=clock))
 
 

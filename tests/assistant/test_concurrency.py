@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from app.bootstrap import container
 from app.bus.base import Bus
 from app.bus.concurrent import ConcurrentConsumer
 from app.contracts import OUTBOUND, Event, OutboundMessage
@@ -93,7 +94,7 @@ def _tenant(model: str) -> str:
 
     slug = f"t{uuid.uuid4().hex[:8]}"
     operations.create_tenant(slug, folder=EXAMPLE)
-    assert operations.ingest(slug, [RETURNS])["chunks"] > 0
+    assert operations.ingest(container(), slug, [RETURNS])["chunks"] > 0
     with session_scope() as session:
         tenant = session.scalars(select(Tenant).where(Tenant.slug == slug)).one()
         # The conversation markers in the test questions ("alpha: ...") cost some relevance.
@@ -103,8 +104,8 @@ def _tenant(model: str) -> str:
 
 @pytest.fixture(params=["embedded", "postgres+redis"])
 def pipeline(request: pytest.FixtureRequest, sb_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pipeline]:
+    from app.bootstrap import container, reset_caches
     from app.db import migrate
-    from app.runtime import get_bus, reset_caches
     from app.workers_runtime import build_consumers
 
     if request.param == "postgres+redis":
@@ -121,9 +122,9 @@ def pipeline(request: pytest.FixtureRequest, sb_home: Path, monkeypatch: pytest.
         migrate()
         llm = LLM(server)
         server.reply_with(llm.answer)
-        bus = get_bus()
+        bus = container().bus
         stop = threading.Event()
-        inbound, dispatcher = build_consumers(bus, stop)
+        inbound, dispatcher = build_consumers(container(), bus, stop)
         assert isinstance(inbound, ConcurrentConsumer) and inbound.concurrency == 8
         assert isinstance(dispatcher, ConcurrentConsumer) and dispatcher.tenant_concurrency == 4
         bus.ensure_group(OUTBOUND, "test-observer")

@@ -13,6 +13,7 @@ from sqlalchemy import select
 
 from app.assistant.drafts import visible_text
 from app.assistant.prompts import parse_llm_answer
+from app.bootstrap import container
 from app.bus.memory import MemoryBus
 from app.contracts import InboundMessage
 from app.db import migrate, session_scope
@@ -97,7 +98,7 @@ class RecordingPush:
 
 @pytest.fixture
 def llm(sb_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeOpenAIServer]:
-    from app.runtime import reset_caches
+    from app.bootstrap import reset_caches
 
     with FakeOpenAIServer() as server:
         monkeypatch.setenv("LLM_BASE_URL", server.base_url)
@@ -131,7 +132,7 @@ def _ask(tenant_id: str, channel: str = "webchat", contact: str = "v_visitor") -
         event = InboundMessage(tenant_id=tenant_id, message_id=message.id, conversation_id=message.conversation_id,
                                contact_id="-", channel=channel, provider_message_id=message.provider_message_id,
                                text=message.text)
-    orchestrator = Orchestrator(bus, retrieve=lambda *a, **k: PASSAGES, push=push)  # type: ignore[arg-type]
+    orchestrator = Orchestrator.of(container(), bus=bus, retrieve=lambda *a, **k: PASSAGES, push=push)  # type: ignore[arg-type]
     return orchestrator.process(event), push, accepted.message_id
 
 
@@ -179,7 +180,7 @@ def test_a_stream_that_fails_midway_escalates_with_the_offline_draft(llm: FakeOp
 def test_other_channels_and_opted_out_tenants_keep_the_one_shot_call(
     llm: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch, case: str
 ) -> None:
-    from app.runtime import reset_caches
+    from app.bootstrap import reset_caches
 
     llm.reply(ANSWER)
     if case == "operator off":

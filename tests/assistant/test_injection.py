@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from app.assistant.injection import MODEL_FILE, InjectionModel, detect_injection
+from app.bootstrap import container
 from app.bus.memory import MemoryBus
 from app.contracts import InboundMessage
 from app.db import migrate, session_scope
@@ -29,7 +30,7 @@ QUESTION = "I bought a jacket last month and it does not fit, can I still return
 
 @pytest.fixture
 def llm(sb_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeOpenAIServer]:
-    from app.runtime import reset_caches
+    from app.bootstrap import reset_caches
 
     monkeypatch.setenv("OUTBOUND_ALLOW_HOSTS", "127.0.0.1")  # the fake stands for a public endpoint
     reset_caches()
@@ -63,7 +64,7 @@ def _ask(tenant_id: str, text: str, passages: list[FakePassage]) -> tuple[Any, s
                               provider_message_id=f"p-{text[:20]}", text=text)
     event = InboundMessage(tenant_id=tenant_id, message_id=accepted.message_id, conversation_id="-", contact_id="-",
                            channel="sms", provider_message_id=f"p-{text[:20]}", text=text)
-    orchestrator = Orchestrator(bus, retrieve=lambda *a, **k: passages, push=LocalPush())  # type: ignore[arg-type]
+    orchestrator = Orchestrator.of(container(), bus=bus, retrieve=lambda *a, **k: passages, push=LocalPush())  # type: ignore[arg-type]
     return orchestrator.process(event), accepted.message_id
 
 

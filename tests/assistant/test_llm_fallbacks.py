@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from app.bootstrap import container
 from app.bus.memory import MemoryBus
 from app.contracts import InboundMessage
 from app.db import migrate, session_scope
@@ -27,7 +28,7 @@ QUESTION = "I bought a jacket last month and it does not fit, can I still return
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def backend(request: pytest.FixtureRequest, sb_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    from app.runtime import reset_caches
+    from app.bootstrap import reset_caches
 
     if request.param == "postgres":
         monkeypatch.setenv("DATABASE_URL", request.getfixturevalue("pg_url"))
@@ -72,7 +73,7 @@ def _ask(tenant_id: str, text: str = QUESTION, channel: str = "sms") -> tuple[An
                               provider_message_id=f"p-{text[:20]}", text=text)
     event = InboundMessage(tenant_id=tenant_id, message_id=accepted.message_id, conversation_id="-", contact_id="-",
                            channel=channel, provider_message_id=f"p-{text[:20]}", text=text)
-    orchestrator = Orchestrator(bus, retrieve=lambda *a, **k: PASSAGES, push=LocalPush())  # type: ignore[arg-type]
+    orchestrator = Orchestrator.of(container(), bus=bus, retrieve=lambda *a, **k: PASSAGES, push=LocalPush())  # type: ignore[arg-type]
     return orchestrator.process(event), accepted.message_id
 
 
@@ -150,7 +151,7 @@ def test_llm_operator_key_goes_only_to_the_operators_endpoint(backend: str, fake
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """An entry on the tenant's own URL without a key gets none (and fails auth here); the next entry, without a
     URL, is the operator's endpoint with the operator's key."""
-    from app.runtime import reset_caches
+    from app.bootstrap import reset_caches
 
     first, operator = fakes
     monkeypatch.setenv("LLM_BASE_URL", operator.base_url)

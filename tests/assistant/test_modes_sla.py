@@ -91,28 +91,28 @@ class Stack:
 
 def _build(backend: str, clock: Clock, retrieval: Retrieval) -> Stack:
     from app.assistant.orchestrator import Orchestrator
+    from app.bootstrap import container
     from app.conversations.dispatcher import Dispatcher
-    from app.review.sla import SLA_GROUP, on_due
-    from app.runtime import get_bus
+    from app.review.sla import SLA_GROUP, SlaTimers
 
-    bus = get_bus()
+    bus = container().bus
     for topic, group in ((INBOUND, "orchestrator"), (OUTBOUND, "dispatcher"), (OUTBOUND, "observer"),
                          (EVENTS, SLA_GROUP), (EVENTS, "observer")):
         bus.ensure_group(topic, group)
-    orchestrator = Orchestrator(bus, retrieve=retrieval, clock=clock)
+    orchestrator = Orchestrator.of(container(), bus=bus, retrieve=retrieval, clock=clock)
     return Stack(
         backend, bus, clock, retrieval,
         Consumer(bus, INBOUND, "orchestrator", "live", orchestrator.handle, claim_idle_ms=600_000),
-        Consumer(bus, OUTBOUND, "dispatcher", "d", Dispatcher(container().senders).handle),
-        Consumer(bus, EVENTS, SLA_GROUP, "s", on_due, claim_idle_ms=600_000),
+        Consumer(bus, OUTBOUND, "dispatcher", "d", Dispatcher(container().senders, container().push).handle),
+        Consumer(bus, EVENTS, SLA_GROUP, "s", SlaTimers(bus, container().push).handle, claim_idle_ms=600_000),
         Relay(bus, clock=clock),
     )
 
 
 @pytest.fixture(params=["embedded", "postgres+redis"])
 def stack(request: pytest.FixtureRequest, sb_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
+    from app.bootstrap import reset_caches
     from app.db import migrate
-    from app.runtime import reset_caches
 
     if request.param == "postgres+redis":
         monkeypatch.setenv("DATABASE_URL", request.getfixturevalue("pg_url"))
@@ -166,7 +166,8 @@ def _decide(stack: Stack, tenant_id: str, escalation_id: str, decision: str, tex
     from app.review import service
 
     with session_scope() as session:
-        decided = service.decide(session, _agent(tenant_id), escalation_id, decision, text)
+        decided = service.decide(session, _agent(tenant_id), escalation_id, decision, text,
+                                 channels=container().channels)
     service.publish_decision(stack.bus, decided)
 
 
@@ -289,7 +290,8 @@ def test_an_agents_message_in_a_taken_over_conversation_counts_as_the_first_resp
     escalation = _escalation(m)
     with session_scope() as session:  # takes the conversation, not the escalation, and writes
         service.set_mode(session, _agent(tenant), escalation.conversation_id, "human")
-        service.agent_message(session, _agent(tenant), escalation.conversation_id, "Hi, Dana here.", "c1")
+        service.agent_message(session, _agent(tenant), escalation.conversation_id, "Hi, Dana here.", "c1",
+                              channels=container().channels)
 
     stack.clock.advance(61)
     stack.run()
@@ -298,7 +300,7 @@ def test_an_agents_message_in_a_taken_over_conversation_counts_as_the_first_resp
 
 
 def test_a_timer_survives_a_restart_and_fires_once(stack: Stack) -> None:
-    from app.runtime import reset_caches
+    from app.bootstrap import reset_caches
 
     tenant = _tenant(mode="human", sla_first_response_s=60, sla_holding_message=HOLDING)
     m = stack.send(tenant, "ann", "is anyone there?")
@@ -326,7 +328,7 @@ def test_a_timer_survives_a_restart_and_fires_once(stack: Stack) -> None:
 def test_two_relays_and_two_sla_consumers_at_once_send_one_holding_message(stack: Stack) -> None:
     if stack.backend == "embedded":
         pytest.skip("SQLite has one writer: concurrent relays are the Postgres case (SKIP LOCKED)")
-    from app.review.sla import SLA_GROUP, on_due
+    from app.review.sla import SLA_GROUP, SlaTimers
 
     tenant = _tenant(mode="human", sla_first_response_s=60, sla_holding_message=HOLDING)
     m = stack.send(tenant, "ann", "is anyone there?")
@@ -354,7 +356,8 @@ def test_two_relays_and_two_sla_consumers_at_once_send_one_holding_message(stack
 
     # Even a duplicate of the event handled by two consumers at once sends once (row lock on the escalation).
     stack.bus.publish(EVENTS, tenant, SlaDue(tenant_id=tenant, escalation_id=escalation.id).to_bus())
-    consumers = [Consumer(stack.bus, EVENTS, SLA_GROUP, f"s{i}", on_due, batch_size=1) for i in range(2)]
+    consumers = [Consumer(stack.bus, EVENTS, SLA_GROUP, f"s{i}", SlaTimers(stack.bus, container().push).handle,
+                          batch_size=1) for i in range(2)]
     start = threading.Barrier(2)
 
     def consume(consumer: Consumer) -> None:

@@ -3,10 +3,9 @@ message that keeps failing ends dead-lettered with its last error and its row sa
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
+from app.bootstrap import Container
 from app.bus.consumer import Consumer
 from app.bus.memory import MemoryBus
 from app.contracts import INBOUND, InboundMessage, OutboundMessage
@@ -15,7 +14,7 @@ from app.models import Message
 
 
 @pytest.fixture
-def tenant(sb_home: Path) -> str:
+def tenant(services: Container) -> str:
     from app.tenants.service import create_tenant
 
     migrate()
@@ -35,11 +34,12 @@ def _inbound(tenant_id: str, message_id: str = "nope") -> InboundMessage:
                           channel="webchat", provider_message_id="p", text="hi")
 
 
-def test_unreadable_foreign_and_unknown_events_are_dead_lettered_with_a_reason(tenant: str) -> None:
+def test_unreadable_foreign_and_unknown_events_are_dead_lettered_with_a_reason(tenant: str,
+                                                                                 services: Container) -> None:
     from app.assistant.orchestrator import Orchestrator
 
     bus = MemoryBus()
-    orchestrator = Orchestrator(bus, retrieve=lambda *a, **k: [])
+    orchestrator = Orchestrator.of(services, bus=bus, retrieve=lambda *a, **k: [])
     bus.publish(INBOUND, tenant, {"type": "InboundMessage", "v": "1", "body": "{broken"})
     bus.publish(INBOUND, tenant, {"type": "Mystery", "v": "1", "body": "{}"})
     bus.publish(INBOUND, tenant, {**_inbound(tenant).to_bus(), "v": "99"})
@@ -58,7 +58,7 @@ def test_unreadable_foreign_and_unknown_events_are_dead_lettered_with_a_reason(t
     assert "not found" in reasons[5]
 
 
-def test_a_message_that_keeps_failing_ends_dead_with_its_last_error(tenant: str) -> None:
+def test_a_message_that_keeps_failing_ends_dead_with_its_last_error(tenant: str, services: Container) -> None:
     from app.assistant.orchestrator import Orchestrator
     from app.assistant.outcomes import mark_dead
     from app.conversations.service import accept_inbound
@@ -68,7 +68,7 @@ def test_a_message_that_keeps_failing_ends_dead_with_its_last_error(tenant: str)
     def broken_retrieval(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise ConnectionError("vector store unreachable")
 
-    orchestrator = Orchestrator(bus, retrieve=broken_retrieval)
+    orchestrator = Orchestrator.of(services, bus=bus, retrieve=broken_retrieval)
     accepted = accept_inbound(bus, tenant_id=tenant, channel="webchat", contact_external_id="v1",
                               provider_message_id="m1", text="where is my order?")
     consumer = _consumer(bus, orchestrator.handle,
@@ -98,7 +98,7 @@ def test_a_message_that_keeps_failing_ends_dead_with_its_last_error(tenant: str)
         assert topics == ["events", "outbound"]  # the relay publishes the notice and the queue's event
 
 
-def test_without_a_live_pack_version_nothing_is_retrieved_and_the_message_escalates(sb_home: Path) -> None:
+def test_without_a_live_pack_version_nothing_is_retrieved_and_the_message_escalates(services: Container) -> None:
     from app.assistant.orchestrator import Orchestrator
     from app.conversations.service import accept_inbound
     from app.models import Escalation
@@ -109,7 +109,7 @@ def test_without_a_live_pack_version_nothing_is_retrieved_and_the_message_escala
         tenant_id = create_tenant(session, "fresh").tenant.id  # nothing promoted yet
     calls: list[str] = []
     bus = MemoryBus()
-    orchestrator = Orchestrator(bus, retrieve=lambda *a, **k: calls.append("retrieve") or [])
+    orchestrator = Orchestrator.of(services, bus=bus, retrieve=lambda *a, **k: calls.append("retrieve") or [])
     accepted = accept_inbound(bus, tenant_id=tenant_id, channel="webchat", contact_external_id="v",
                               provider_message_id="m", text="what is your return policy?")
     _consumer(bus, orchestrator.handle).process_available()

@@ -7,6 +7,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from app.bootstrap import container
 from app.db import session_scope
 from app.models import User
 from tests.admin.conftest import TenantKeys
@@ -111,12 +112,11 @@ def test_failed_logins_per_account_are_limited_with_retry_after(strict_account_l
 def test_failed_logins_per_address_are_limited(monkeypatch: pytest.MonkeyPatch, client: TestClient,
                                                tenant_a: TenantKeys) -> None:
     monkeypatch.setenv("SWITCHBOARD_RATE_LOGIN_FAILURES_PER_IP", "4/minute")
-    from app import bootstrap
     from app.config import get_settings
     from app.ratelimit import RateLimiter
 
     get_settings.cache_clear()
-    bootstrap.container().use("rate_limiter", RateLimiter.from_settings(get_settings()))
+    container().use("rate_limiter", RateLimiter.from_settings(get_settings()))
     dana = add_person(tenant_a, email("dana"), "agent")
     for n in range(4):  # four different accounts from one address
         login(client, email(f"guess{n}"), "wrong password!!", expect=401)

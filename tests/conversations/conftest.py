@@ -10,7 +10,7 @@ from app.db import migrate, session_scope
 @pytest.fixture(params=["sqlite", "postgres"])
 def tenant(request: pytest.FixtureRequest, sb_home: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """A fresh tenant, once in embedded SQLite and once in the real Postgres."""
-    from app.runtime import reset_caches
+    from app.bootstrap import reset_caches
     from app.tenants.service import create_tenant
 
     if request.param == "postgres":

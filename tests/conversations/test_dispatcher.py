@@ -10,6 +10,7 @@ import pytest
 from app.bus.memory import MemoryBus
 from app.channels import Permanent, RateLimited, SendError, SendRequest, Transient
 from app.conversations.dispatcher import DeliveryBusy, Dispatcher, lease_for
+from app.conversations.push import LocalPush
 from app.conversations.replies import add_outbound, outbound_event
 from app.conversations.service import accept_inbound
 from app.db import migrate, session_scope
@@ -68,8 +69,8 @@ def _meta(message_id: str) -> dict:  # type: ignore[type-arg]
 
 def test_delivers_once_and_a_redelivered_event_sends_nothing(reply) -> None:  # type: ignore[no-untyped-def]
     sender = CountingSender()
-    Dispatcher({"fakechan": sender}).deliver(reply)
-    Dispatcher({"fakechan": sender}).deliver(reply)
+    Dispatcher({"fakechan": sender}, LocalPush()).deliver(reply)
+    Dispatcher({"fakechan": sender}, LocalPush()).deliver(reply)
     assert sender.sent == [reply.message_id]
     with session_scope() as session:
         message = session.get_one(Message, reply.message_id)
@@ -85,10 +86,10 @@ def test_a_message_another_dispatcher_is_sending_is_left_for_later(reply) -> Non
         message = session.get_one(Message, reply.message_id)
         message.meta = {"sending_until": (clock.now + timedelta(seconds=5)).isoformat()}
     with pytest.raises(DeliveryBusy):
-        Dispatcher({"fakechan": sender}, clock=clock).deliver(reply)
+        Dispatcher({"fakechan": sender}, LocalPush(), clock=clock).deliver(reply)
     assert sender.sent == []
     clock.now += timedelta(seconds=6)  # the other dispatcher died: its lease runs out and delivery resumes
-    Dispatcher({"fakechan": sender}, clock=clock).deliver(reply)
+    Dispatcher({"fakechan": sender}, LocalPush(), clock=clock).deliver(reply)
     assert sender.sent == [reply.message_id]
 
 
@@ -106,14 +107,14 @@ def test_a_lease_left_by_a_dead_dispatcher_never_outlives_the_reclaim(reply, cla
     clock = Clock()
     lease = lease_for(claim_idle_ms)
     with pytest.raises(Dies):
-        Dispatcher({"fakechan": DyingSender()}, lease=lease, clock=clock).deliver(reply)
+        Dispatcher({"fakechan": DyingSender()}, LocalPush(), lease=lease, clock=clock).deliver(reply)
     held = datetime.fromisoformat(_meta(reply.message_id)["sending_until"])
     assert held > clock.now  # the dead dispatcher's lease was committed
     # The bus hands the entry to another consumer once it has been idle for the claim time: by then the lease
     # has run out, so the redelivery sends at once instead of failing with DeliveryBusy.
     clock.now += timedelta(milliseconds=claim_idle_ms)
     sender = CountingSender()
-    Dispatcher({"fakechan": sender}, lease=lease, clock=clock).deliver(reply)
+    Dispatcher({"fakechan": sender}, LocalPush(), lease=lease, clock=clock).deliver(reply)
     assert sender.sent == [reply.message_id]
 
 
@@ -129,18 +130,18 @@ def test_each_recorded_part_renews_the_lease(reply) -> None:  # type: ignore[no-
                 seen.append(_meta(request.message_id)["sending_until"])
             return ["part-0", "part-1", "part-2"]
 
-    Dispatcher({"fakechan": SlowParts()}, lease=timedelta(seconds=5), clock=clock).deliver(reply)
+    Dispatcher({"fakechan": SlowParts()}, LocalPush(), lease=timedelta(seconds=5), clock=clock).deliver(reply)
     assert len(set(seen)) == 3 and sorted(seen) == seen  # pushed forward at every part
     assert _meta(reply.message_id)["provider_ids"] == ["part-0", "part-1", "part-2"]
 
 
 def test_transient_failure_releases_the_lease_and_permanent_failure_is_recorded(reply) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(SendError):
-        Dispatcher({"fakechan": CountingSender(fail=Transient("provider 503"))}).deliver(reply)
+        Dispatcher({"fakechan": CountingSender(fail=Transient("provider 503"))}, LocalPush()).deliver(reply)
     with session_scope() as session:
         message = session.get_one(Message, reply.message_id)
         assert message.status == "pending" and "sending_until" not in message.meta
-    Dispatcher({"fakechan": CountingSender(fail=Permanent("number blocked"))}).deliver(reply)
+    Dispatcher({"fakechan": CountingSender(fail=Permanent("number blocked"))}, LocalPush()).deliver(reply)
     with session_scope() as session:
         message = session.get_one(Message, reply.message_id)
         assert message.status == "failed" and message.error == "number blocked"
@@ -149,14 +150,14 @@ def test_transient_failure_releases_the_lease_and_permanent_failure_is_recorded(
 def test_retry_after_is_honoured_by_scheduling_not_sleeping(reply) -> None:  # type: ignore[no-untyped-def]
     clock = Clock()
     with pytest.raises(RateLimited):
-        Dispatcher({"fakechan": CountingSender(fail=RateLimited("slow down", retry_after=40))},
+        Dispatcher({"fakechan": CountingSender(fail=RateLimited("slow down", retry_after=40))}, LocalPush(),
                    clock=clock).deliver(reply)
     sender = CountingSender()
     clock.now += timedelta(seconds=30)  # redelivered (reclaimed) before the provider's wait is over
     with pytest.raises(DeliveryBusy, match="retry-after"):
-        Dispatcher({"fakechan": sender}, clock=clock).deliver(reply)
+        Dispatcher({"fakechan": sender}, LocalPush(), clock=clock).deliver(reply)
     assert sender.sent == []  # the provider was not called
     clock.now += timedelta(seconds=11)
-    Dispatcher({"fakechan": sender}, clock=clock).deliver(reply)
+    Dispatcher({"fakechan": sender}, LocalPush(), clock=clock).deliver(reply)
     assert sender.sent == [reply.message_id]
     assert "retry_at" not in _meta(reply.message_id)

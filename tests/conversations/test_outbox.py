@@ -137,8 +137,8 @@ def test_the_scale_out_api_process_runs_a_relay(tenant: str, monkeypatch: pytest
     its own leftovers (embedded, the relay is one of `RoleThreads`)."""
     from fastapi.testclient import TestClient
 
+    from app.bootstrap import container, reset_caches
     from app.main import create_app
-    from app.runtime import get_bus, reset_caches
     from tests.bus.conftest import wait_for
     from tests.conftest import REDIS_TEST_URL
 
@@ -147,7 +147,7 @@ def test_the_scale_out_api_process_runs_a_relay(tenant: str, monkeypatch: pytest
     reset_caches()
     with TestClient(create_app(run_workers=False)):
         _add(tenant, 1, not_before=utcnow())  # due now: as if its writer had died a grace ago
-        wait_for(lambda: get_bus().stream_length(T, tenant) == 1)
+        wait_for(lambda: container().bus.stream_length(T, tenant) == 1)
     assert _left(tenant) == 0
 
 

@@ -170,11 +170,10 @@ def _reply(tenant_id: str, key: str, text: str) -> str:
 
 
 def test_the_web_chat_sender_wakes_the_visitor_after_the_dispatcher_commits(webchat) -> None:  # type: ignore[no-untyped-def]
-    from app.runtime import get_push
 
     tenant_id, visitor = webchat
     reply_id = _reply(tenant_id, "reply:1", "Yes, in 5-8 days.")
-    push = get_push()
+    push = container().push
     assert isinstance(push, LocalPush)  # embedded
 
     async def scenario() -> None:
@@ -182,7 +181,7 @@ def test_the_web_chat_sender_wakes_the_visitor_after_the_dispatcher_commits(webc
             with session_scope() as session:
                 event = outbound_event(session.get_one(Message, reply_id),
                                        session.query(Conversation).filter_by(tenant_id=tenant_id).one())
-            await asyncio.to_thread(Dispatcher(container().senders).deliver, event)
+            await asyncio.to_thread(Dispatcher(container().senders, container().push).deliver, event)
             assert await waiter.wait(BOUND)
             assert not await other.wait(0)
             with session_scope() as session:  # woken only once the reply is visible
@@ -194,19 +193,18 @@ def test_the_web_chat_sender_wakes_the_visitor_after_the_dispatcher_commits(webc
 
 
 def test_notify_on_commit_publishes_after_commit_and_forgets_on_rollback(webchat) -> None:  # type: ignore[no-untyped-def]
-    from app.runtime import get_push
 
     tenant_id, visitor = webchat
-    push = get_push()
+    push = container().push
 
     async def scenario() -> None:
         async with push.subscribe(tenant_id, visitor) as waiter:
             with pytest.raises(RuntimeError), session_scope() as session:
-                notify_on_commit(session, tenant_id, visitor)
+                notify_on_commit(session, push, tenant_id, visitor)
                 raise RuntimeError("the transaction fails")
             assert not await waiter.wait(0)
             with session_scope() as session:
-                notify_on_commit(session, tenant_id, visitor)
+                notify_on_commit(session, push, tenant_id, visitor)
                 assert not await waiter.wait(0)  # not before the commit
             assert await waiter.wait(0)
 

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from app.bootstrap import container
 from tests.conftest import REPO
 from tests.fakes.openai_server import openai_server  # noqa: F401  (fixture re-export)
 
@@ -89,14 +90,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     for var in SCALE_OUT_VARS:
         os.environ.pop(var, None)
     from app import operations
+    from app.bootstrap import reset_caches
     from app.db import migrate
     from app.main import create_app
-    from app.runtime import reset_caches
 
     reset_caches()
     migrate()
     nw = operations.create_tenant("northwind", folder=EXAMPLE)
-    report = operations.ingest("northwind", [EXAMPLE / "knowledge"])
+    report = operations.ingest(container(), "northwind", [EXAMPLE / "knowledge"])
     assert not report["files_failed"], report
     other = operations.create_tenant("otherbrand", "Other Brand")
     with TestClient(create_app()) as client:  # the lifespan runs the orchestrator threads

@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from app import operations
 from app.assistant.pii_restore import PLACEHOLDER
+from app.bootstrap import container
 from app.db import session_scope
 from app.models import AuditEvent, Escalation, Message, Tenant
 from tests.e2e.conftest import EXAMPLE, Stack, replies
@@ -21,7 +22,7 @@ from tests.fakes.openai_server import first_sentence, prompt_passages
 @pytest.fixture(scope="module")
 def llm_tenant(stack: Stack) -> dict[str, Any]:
     created = operations.create_tenant("northwind-llm", folder=EXAMPLE)
-    report = operations.ingest("northwind-llm", [EXAMPLE / "knowledge" / "faq.csv"])
+    report = operations.ingest(container(), "northwind-llm", [EXAMPLE / "knowledge" / "faq.csv"])
     assert report["chunks"] > 30
     return created
 

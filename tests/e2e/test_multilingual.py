@@ -13,6 +13,7 @@ from sqlalchemy import select
 from app import operations
 from app.assistant import multilingual
 from app.assistant.language import detect
+from app.bootstrap import container
 from app.db import session_scope
 from app.models import Escalation, Tenant
 from tests.e2e.conftest import EXAMPLE, Stack
@@ -73,7 +74,7 @@ class Translator:
 @pytest.fixture(scope="module")
 def ml_tenant(stack: Stack) -> dict[str, Any]:
     created = operations.create_tenant("northwind-ml", folder=EXAMPLE)
-    operations.ingest("northwind-ml", [EXAMPLE / "knowledge" / "faq.csv"])
+    operations.ingest(container(), "northwind-ml", [EXAMPLE / "knowledge" / "faq.csv"])
     return created
 
 
@@ -98,7 +99,7 @@ def _escalation(message_id: str) -> Escalation:
 
 # -- without an LLM ------------------------------------------------------------------------------------------
 def test_without_an_llm_a_spanish_question_is_acknowledged_in_spanish_and_escalated(stack: Stack) -> None:
-    outcome = operations.chat("northwind", "¿cuánto tardan los reembolsos?", "ml-es", timeout_s=30)
+    outcome = operations.chat(container(), "northwind", "¿cuánto tardan los reembolsos?", "ml-es", timeout_s=30)
     assert outcome["status"] == "escalated" and outcome["reason"] == "language"
     assert outcome["text"] == multilingual.notice("es", "language", PERSONA)
     assert detect(outcome["text"]).language == "es" and "español" in outcome["text"]
@@ -107,22 +108,23 @@ def test_without_an_llm_a_spanish_question_is_acknowledged_in_spanish_and_escala
 
 @pytest.mark.parametrize("text", ["ok", "thanks", "order #48213"])
 def test_without_an_llm_short_english_is_never_taken_for_another_language(stack: Stack, text: str) -> None:
-    outcome = operations.chat("northwind", text, f"ml-en-{text}", timeout_s=30)
+    outcome = operations.chat(container(), "northwind", text, f"ml-en-{text}", timeout_s=30)
     assert outcome.get("reason") != "language"
     assert outcome["text"] is None or detect(outcome["text"]).language in (None, "en")
 
 
 def test_without_an_llm_a_short_follow_up_keeps_the_conversations_language(stack: Stack) -> None:
-    first = operations.chat("northwind", "¿hacen envíos a México?", "ml-follow", timeout_s=30)
+    first = operations.chat(container(), "northwind", "¿hacen envíos a México?", "ml-follow", timeout_s=30)
     assert first["reason"] == "language"
-    again = operations.chat("northwind", "ok gracias", "ml-follow", timeout_s=30)
+    again = operations.chat(container(), "northwind", "ok gracias", "ml-follow", timeout_s=30)
     assert again["reason"] == "language" and again["text"] == multilingual.notice("es", "language", PERSONA)
 
 
 # -- with an LLM ---------------------------------------------------------------------------------------------
 def test_with_an_llm_the_answer_is_in_the_customers_language_grounded_and_cited(translator: Translator) -> None:
-    outcome = operations.chat("northwind-ml", "¿cuánto tardan los reembolsos? escribidme a ana.garcia@example.com",
-                              "ml-llm-1", timeout_s=30)
+    outcome = operations.chat(container(), "northwind-ml",
+                              "¿cuánto tardan los reembolsos? escribidme a ana.garcia@example.com", "ml-llm-1",
+                              timeout_s=30)
     assert outcome["status"] == "answered", outcome
     assert outcome["text"].startswith("Revisamos las devoluciones en un plazo de 3 días hábiles")
     assert detect(outcome["text"]).language == "es"
@@ -138,7 +140,8 @@ def test_with_an_llm_the_answer_is_in_the_customers_language_grounded_and_cited(
 
 
 def test_with_an_llm_german_works_the_same(translator: Translator) -> None:
-    outcome = operations.chat("northwind-ml", "wie lange dauern Rückerstattungen?", "ml-llm-de", timeout_s=30)
+    outcome = operations.chat(container(), "northwind-ml", "wie lange dauern Rückerstattungen?", "ml-llm-de",
+                              timeout_s=30)
     assert outcome["status"] == "answered", outcome
     assert detect(outcome["text"]).language == "de" and outcome["text"].startswith("Wir prüfen Rücksendungen")
 
@@ -147,7 +150,7 @@ def test_with_an_llm_an_ungrounded_checked_answer_is_escalated_with_a_notice_in_
         translator: Translator) -> None:
     translator.answer = lambda body: ("Refunds are instant and we add a $20 voucher [1].\n<<TRANSLATION>>\n"
                                       "Los reembolsos son inmediatos y añadimos un vale de $20 [1].")
-    outcome = operations.chat("northwind-ml", "¿cuánto tardan los reembolsos?", "ml-llm-2", timeout_s=30)
+    outcome = operations.chat(container(), "northwind-ml", "¿cuánto tardan los reembolsos?", "ml-llm-2", timeout_s=30)
     assert outcome["status"] == "escalated" and outcome["reason"] == "ungrounded"
     assert outcome["text"] == multilingual.notice("es", "escalated", PERSONA)
     escalation = _escalation(outcome["message_id"])
@@ -160,7 +163,7 @@ def test_with_an_llm_a_translation_that_changes_a_number_is_escalated(translator
         return translator.faithful(body).replace("3 días", "5 días")
 
     translator.answer = wrong_number
-    outcome = operations.chat("northwind-ml", "¿cuánto tardan los reembolsos?", "ml-llm-3", timeout_s=30)
+    outcome = operations.chat(container(), "northwind-ml", "¿cuánto tardan los reembolsos?", "ml-llm-3", timeout_s=30)
     assert outcome["status"] == "escalated" and outcome["reason"] == "translation_mismatch"
     assert detect(outcome["text"]).language == "es"
     assert "numbers" in (_escalation(outcome["message_id"]).detail or "")
@@ -168,13 +171,14 @@ def test_with_an_llm_a_translation_that_changes_a_number_is_escalated(translator
 
 def test_with_an_llm_an_answer_not_given_in_both_languages_is_escalated(translator: Translator) -> None:
     translator.answer = lambda body: "Revisamos las devoluciones en un plazo de 3 días hábiles [1]."
-    outcome = operations.chat("northwind-ml", "¿cuánto tardan los reembolsos?", "ml-llm-4", timeout_s=30)
+    outcome = operations.chat(container(), "northwind-ml", "¿cuánto tardan los reembolsos?", "ml-llm-4", timeout_s=30)
     assert outcome["status"] == "escalated" and outcome["reason"] == "language"
     assert outcome["text"] == multilingual.notice("es", "escalated", PERSONA)
 
 
 def test_with_an_llm_nothing_in_the_pack_still_escalates_no_knowledge_in_spanish(translator: Translator) -> None:
-    outcome = operations.chat("northwind-ml", "¿alquiláis canoas para el fin de semana?", "ml-llm-5", timeout_s=30)
+    outcome = operations.chat(container(), "northwind-ml", "¿alquiláis canoas para el fin de semana?", "ml-llm-5",
+                              timeout_s=30)
     assert outcome["status"] == "escalated" and outcome["reason"] == "no_knowledge"
     assert outcome["text"] == multilingual.notice("es", "escalated", PERSONA)
     meta = _escalation(outcome["message_id"]).meta or {}
@@ -183,7 +187,7 @@ def test_with_an_llm_nothing_in_the_pack_still_escalates_no_knowledge_in_spanish
 
 
 def test_with_an_llm_english_takes_one_call_as_before(translator: Translator) -> None:
-    outcome = operations.chat("northwind-ml", "how long do refunds take?", "ml-llm-en", timeout_s=30)
+    outcome = operations.chat(container(), "northwind-ml", "how long do refunds take?", "ml-llm-en", timeout_s=30)
     assert outcome["status"] == "answered", outcome
     assert outcome["text"].startswith("We inspect returns within 3 business days")
     [only] = translator.server.completion_requests
@@ -195,21 +199,22 @@ def test_with_an_llm_english_taken_for_another_language_is_answered_in_english(t
     The rewrite then changes nothing: the message is answered as written, in one language."""
     text = "How long til my refund goes through?"
     assert detect(text).language == "no"
-    outcome = operations.chat("northwind-ml", text, "ml-llm-false", timeout_s=30)
+    outcome = operations.chat(container(), "northwind-ml", text, "ml-llm-false", timeout_s=30)
     assert outcome["status"] == "answered", outcome
     assert outcome["text"].startswith("We inspect returns within 3 business days")
     rewrite, answer = translator.server.completion_requests
     assert "from Norwegian into English" in rewrite.messages[0]["content"]
     assert "<<TRANSLATION>>" not in answer.messages[0]["content"]
     # Escalated, it gets the tenant's own notice, not a Norwegian or Thai one.
-    escalated = operations.chat("northwind-ml", "Someone stole my phone.", "ml-llm-false-2", timeout_s=30)
+    escalated = operations.chat(container(), "northwind-ml", "Someone stole my phone.", "ml-llm-false-2", timeout_s=30)
     assert escalated["status"] == "escalated" and escalated["reason"] == "no_knowledge"
     assert escalated["text"].startswith("Thanks for your patience. I've passed this to someone on the Northwind team")
 
 
 def test_with_an_llm_the_brands_handoff_words_read_the_translation(translator: Translator) -> None:
     """northwind's handoff keywords are English ("complaint"): the Spanish words miss them, the rewrite does not."""
-    outcome = operations.chat("northwind-ml", "quiero poner una reclamación por mi pedido", "ml-llm-6", timeout_s=30)
+    outcome = operations.chat(container(), "northwind-ml", "quiero poner una reclamación por mi pedido", "ml-llm-6",
+                              timeout_s=30)
     assert outcome["status"] == "escalated" and outcome["reason"] == "human_requested"
     assert outcome["text"] == multilingual.notice("es", "escalated", PERSONA)
     assert len(translator.server.completion_requests) == 1  # the rewrite; no answer is written
@@ -217,6 +222,6 @@ def test_with_an_llm_the_brands_handoff_words_read_the_translation(translator: T
 
 def test_with_an_llm_a_failed_rewrite_escalates_with_a_notice_in_spanish(translator: Translator) -> None:
     translator.server.fail_always(503)
-    outcome = operations.chat("northwind-ml", "¿cuánto tardan los reembolsos?", "ml-llm-7", timeout_s=30)
+    outcome = operations.chat(container(), "northwind-ml", "¿cuánto tardan los reembolsos?", "ml-llm-7", timeout_s=30)
     assert outcome["status"] == "escalated" and outcome["reason"].startswith("llm_")
     assert outcome["text"] == multilingual.notice("es", "escalated", PERSONA)

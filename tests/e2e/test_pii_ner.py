@@ -27,7 +27,7 @@ STREET = "3744 Retreat Avenue"
 @pytest.fixture(scope="module")
 def ner_tenant(stack: Stack) -> dict[str, Any]:
     created = operations.create_tenant("northwind-ner", folder=EXAMPLE)
-    operations.ingest("northwind-ner", [EXAMPLE / "knowledge" / "faq.csv"])
+    operations.ingest(bootstrap.container(), "northwind-ner", [EXAMPLE / "knowledge" / "faq.csv"])
     return created
 
 
@@ -116,4 +116,4 @@ def test_a_worker_started_with_it_on_and_no_extra_stops_with_the_install_command
 
     settings = Settings(pii_ner=True, pii_ner_model="en_core_web_no_such_model")
     with pytest.raises(NerUnavailable, match="switchboard\\[ner\\]"):
-        build_consumers(MemoryBus(), threading.Event(), Container(settings, bus=MemoryBus()))
+        build_consumers(Container(settings, bus=MemoryBus()), MemoryBus(), threading.Event())

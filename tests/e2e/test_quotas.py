@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from app import operations
+from app.bootstrap import container
 from app.db import session_scope
 from app.models import Escalation, Message, Tenant
 from tests.e2e.conftest import Stack, TenantKeys, Visitor, replies
@@ -50,13 +51,13 @@ def plain(stack: Stack) -> Any:
     """Northwind without an LLM, on the default plan again afterwards."""
     _policies(llm=None, over_quota=None)
     yield
-    operations.set_plan("northwind", "unlimited", clear_overrides=True)
+    operations.set_plan(container(), "northwind", "unlimited", clear_overrides=True)
     _policies(llm=None, over_quota=None)
 
 
 def test_past_the_monthly_messages_each_message_is_escalated_as_quota_exceeded(stack: Stack, plain: Any) -> None:
     used = _usage(stack, stack.northwind)["messages"]["used"]
-    operations.set_plan("northwind", "free", {"messages_per_month": used + 2})
+    operations.set_plan(container(), "northwind", "free", {"messages_per_month": used + 2})
     visitor = stack.visitor(stack.northwind)
     outcomes = []
     for i in range(4):
@@ -86,7 +87,7 @@ def test_offline_choice_answers_from_the_knowledge_without_calling_the_llm(stack
             encrypt_json({"api_key": openai_server.api_key}))
     openai_server.reply("Gift cards never expire [1].")
     used = _usage(stack, stack.northwind)["messages"]["used"]
-    operations.set_plan("northwind", "free", {"messages_per_month": used + 1})
+    operations.set_plan(container(), "northwind", "free", {"messages_per_month": used + 1})
     visitor = stack.visitor(stack.northwind)
 
     first_id, first = _ask(visitor, GIFT_CARDS, "q-off-0")
@@ -114,7 +115,8 @@ def test_past_the_monthly_llm_tokens_the_next_message_is_escalated(stack: Stack,
             encrypt_json({"api_key": openai_server.api_key}))
     openai_server.reply("Gift cards never expire [1].")
     tokens = _usage(stack, stack.northwind)["llm_tokens"]["used"]
-    operations.set_plan("northwind", "free", {"messages_per_month": None, "llm_tokens_per_month": tokens + 1})
+    operations.set_plan(container(), "northwind", "free",
+                        {"messages_per_month": None, "llm_tokens_per_month": tokens + 1})
     gate = container().quota
     saved, gate.cache_s = gate.cache_s, 0.0  # re-read the rows for every message: the test sees the call's tokens
     try:

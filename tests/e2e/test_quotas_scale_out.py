@@ -15,6 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
+from app.bootstrap import container
 from tests.conftest import REDIS_TEST_URL
 from tests.e2e.conftest import EXAMPLE, SCALE_OUT_VARS, Visitor, replies
 
@@ -37,12 +38,12 @@ def quota_stack(tmp_path_factory: pytest.TempPathFactory, pg_url: str) -> Iterat
         os.environ.pop(var, None)
     os.environ.update(env)
     from app import operations
-    from app.runtime import reset_caches
+    from app.bootstrap import reset_caches
 
     reset_caches()
     slug = f"quota-{uuid.uuid4().hex[:6]}"
     tenant = operations.create_tenant(slug, folder=EXAMPLE)
-    assert not operations.ingest(slug, [EXAMPLE / "knowledge"])["files_failed"]
+    assert not operations.ingest(container(), slug, [EXAMPLE / "knowledge"])["files_failed"]
     reset_caches()  # releases the embedded vector store: the orchestrator processes own it from now on
     stack = ScaleOut(home, env)
     try:
@@ -113,7 +114,7 @@ def test_scale_out_past_the_monthly_messages_every_message_is_answered_or_escala
     from app import operations
 
     stack, slug, widget = quota_stack
-    operations.set_plan(slug, "free", {"messages_per_month": 3})
+    operations.set_plan(container(), slug, "free", {"messages_per_month": 3})
     stack.start_orchestrator()
     outcomes = _settle(stack, _burst(api, widget, 6, "month"))
     answered = [o for o in outcomes.values() if o[0] == "answered"]
@@ -133,7 +134,7 @@ def test_scale_out_messages_per_minute_hold_across_two_orchestrators(quota_stack
     from app import operations
 
     stack, slug, widget = quota_stack
-    operations.set_plan(slug, "free", {"messages_per_month": None, "messages_per_minute": 2})
+    operations.set_plan(container(), slug, "free", {"messages_per_month": None, "messages_per_minute": 2})
     stack.start_orchestrator()
     stack.start_orchestrator()
     outcomes = _settle(stack, _burst(api, widget, 5, "minute"))

@@ -20,6 +20,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
+from app.bootstrap import container
 from tests.conftest import REDIS_TEST_URL, REPO
 from tests.e2e.conftest import EXAMPLE, SCALE_OUT_VARS, Visitor, replies
 
@@ -81,11 +82,11 @@ def scale_out(tmp_path_factory: pytest.TempPathFactory, pg_url: str) -> Iterator
         os.environ.pop(var, None)
     os.environ.update(env)
     from app import operations
-    from app.runtime import reset_caches
+    from app.bootstrap import reset_caches
 
     reset_caches()
     tenant = operations.create_tenant("northwind", folder=EXAMPLE)
-    report = operations.ingest("northwind", [EXAMPLE / "knowledge"])
+    report = operations.ingest(container(), "northwind", [EXAMPLE / "knowledge"])
     assert not report["files_failed"]
     reset_caches()  # releases the embedded vector store: the orchestrator process owns it from now on
     stack = ScaleOut(home, env)

@@ -79,8 +79,8 @@ def stack(tmp_path: Path, pg_url: str, otlp_collector: FakeCollector) -> Iterato
         os.environ.pop(var, None)
     os.environ.update(env)  # this process sets the tenant up; tracing stays off here (no OTEL_* in it)
     from app import operations
+    from app.bootstrap import reset_caches
     from app.main import create_app
-    from app.runtime import reset_caches
 
     reset_caches()
     fake = FakeTelegram()

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
+from app.bootstrap import container
 from tests.conftest import REDIS_TEST_URL
 from tests.e2e.conftest import EXAMPLE, SCALE_OUT_VARS
 from tests.e2e.sse import EventStream, serve_http
@@ -30,13 +31,13 @@ def scale_out_api(tmp_path: Any, pg_url: str) -> Iterator[tuple[str, str, Any]]:
         os.environ.pop(var, None)
     os.environ.update(env)
     from app import operations
+    from app.bootstrap import reset_caches
     from app.main import create_app
-    from app.runtime import reset_caches
 
     reset_caches()
     slug = f"push-{uuid.uuid4().hex[:6]}"
     tenant = operations.create_tenant(slug, folder=EXAMPLE)
-    assert not operations.ingest(slug, [EXAMPLE / "knowledge"])["files_failed"]
+    assert not operations.ingest(container(), slug, [EXAMPLE / "knowledge"])["files_failed"]
     reset_caches()  # releases the embedded vector store: the orchestrator process owns it from now on
     roles = ScaleOut(tmp_path, env)
     try:

@@ -15,6 +15,7 @@ from sqlalchemy import select
 
 from app import operations
 from app.assistant.drafts import DRAFT_EVERY_CHUNKS
+from app.bootstrap import container
 from app.db import session_scope
 from app.models import Escalation, Message, Tenant
 from tests.e2e.conftest import EXAMPLE, Stack, Visitor
@@ -31,7 +32,7 @@ BANNED = ("Gift cards never expire [1]. You can use them online and in every one
 @pytest.fixture(scope="module")
 def streaming_tenant(stack: Stack) -> dict[str, Any]:
     created = operations.create_tenant("northwind-stream", folder=EXAMPLE)
-    report = operations.ingest("northwind-stream", [EXAMPLE / "knowledge" / "faq.csv"])
+    report = operations.ingest(container(), "northwind-stream", [EXAMPLE / "knowledge" / "faq.csv"])
     assert report["chunks"] > 30
     return created
 

@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from app.assistant.drafts import DRAFT_EVERY_CHUNKS
+from app.bootstrap import container
 from tests.e2e.sse import EventStream
 from tests.e2e.test_widget_push_scale_out import scale_out_api  # noqa: F401  (fixture)
 from tests.e2e.test_widget_stream import ANSWER, point_llm_at, watch_a_streamed_reply
@@ -31,7 +32,7 @@ def test_drafts_travel_through_redis_from_an_orchestrator_process(  # type: igno
     from gateways.common import load_account
 
     url, widget, roles = scale_out_api
-    account = load_account("webchat", widget)
+    account = load_account(container(), "webchat", widget)
     assert account is not None
     with session_scope() as session:
         slug = session.scalars(select(Tenant.slug).where(Tenant.id == account.tenant_id)).one()

@@ -34,11 +34,13 @@ class Gateway:
 
     def account(self, tenant_id: str, channel: str, external_id: str, credentials: dict[str, Any],
                 config: dict[str, Any] | None = None) -> str:
+        from app.bootstrap import container
         from app.db import session_scope
         from gateways.accounts import add_channel_account
 
         with session_scope() as session:
-            return add_channel_account(session, tenant_id, channel, external_id, credentials=credentials,
+            return add_channel_account(session, container().channels, tenant_id, channel, external_id,
+                                       credentials=credentials,
                                        config=config).id
 
     def inbound(self, **where: Any) -> list[Any]:
@@ -55,10 +57,10 @@ class Gateway:
 
     def bus_entries(self, tenant_id: str) -> list[dict[str, Any]]:
         """The InboundMessage events published for a tenant, decoded."""
+        from app.bootstrap import container
         from app.bus.memory import MemoryBus
-        from app.runtime import get_bus
 
-        bus = get_bus()
+        bus = container().bus
         assert isinstance(bus, MemoryBus)
         n = bus.stream_length("inbound", tenant_id)
         group = f"probe-{uuid.uuid4().hex[:6]}"
@@ -82,7 +84,7 @@ class Gateway:
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    from app.runtime import reset_caches
+    from app.bootstrap import reset_caches
 
     mp = pytest.MonkeyPatch()
     home = tmp_path_factory.mktemp("sbhome")

@@ -11,6 +11,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from twilio.request_validator import RequestValidator
 
+from app.bootstrap import container
 from tests.gateways.conftest import WEBHOOKS, Gateway, meta_signature
 
 IG_SECRET = "ig-app-secret"
@@ -187,12 +188,12 @@ def test_telegram_unknown_bot_and_bad_body(gw: Gateway, tg_tenant: str) -> None:
                           headers={"X-Telegram-Bot-Api-Secret-Token": TG_SECRET}).status_code == 404
     # Telegram redelivers anything not answered 2xx: an authentic body that is not an Update is acknowledged
     # and kept, with the reason, in the tenant's dead-letter stream.
-    from app.runtime import get_bus
+    from app.bootstrap import container
 
     bad = gw.client.post(f"/webhooks/telegram/{BOT_ID}", content=b"nope",
                          headers={"X-Telegram-Bot-Api-Secret-Token": TG_SECRET})
     assert bad.status_code == 200 and bad.json()["dead"] == 1
-    letter = get_bus().dead_letters("webhook", tg_tenant)[-1]
+    letter = container().bus.dead_letters("webhook", tg_tenant)[-1]
     assert letter.fields["payload"] == "nope" and "not JSON" in letter.reason
 
 
@@ -407,7 +408,7 @@ def test_ussd_question_goes_through_the_intake_and_the_screen_says_what_will_hap
     assert [e["message_id"] for e in gw.bus_entries(tenant)] == [question.id]  # enqueued for the orchestrator
 
     gw.account(tenant, "twilio", "+15005550001", {"account_sid": "AC1", "auth_token": "tw"})
-    forget_accounts()
+    forget_accounts(container())
     by_sms = gw.client.post("/webhooks/ussd?token=ussd-tok", data={**ask, "sessionId": "ATU2"})
     assert by_sms.text == "END Thanks. We will send the answer by SMS."
     # The aggregator retries a step: stored once.

@@ -5,6 +5,7 @@ import json
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
+from app.bootstrap import container
 from tests.gateways.conftest import Gateway
 
 
@@ -30,7 +31,7 @@ def test_channel_add_and_list(gw: Gateway) -> None:
     # The secret token it generated is what the webhook then requires.
     from gateways.common import load_account
 
-    account = load_account("telegram", "8080")
+    account = load_account(container(), "telegram", "8080")
     assert account is not None and account.credentials["secret_token"] == data["secret_token"]
 
 

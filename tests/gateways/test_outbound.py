@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from app.bus.base import PermanentFailure  # noqa: F401 - documents what the dispatcher may raise
 from app.channels import SendError
 from gateways.outbound import Limit, RateLimiter, split_text
+from gateways.ussd.routes import sms_account
 from tests.fakes.fake_discord import FakeDiscord, rate_limited
 from tests.fakes.fake_meta import FakeGraph
 from tests.fakes.fake_telegram import FakeTelegram, flood
@@ -91,7 +92,7 @@ def deliver(event: Any) -> None:
     from app.bootstrap import container
     from app.conversations.dispatcher import Dispatcher
 
-    Dispatcher(container().senders).deliver(event)
+    Dispatcher(container().senders, container().push).deliver(event)
 
 
 def redeliver(event: Any, attempts: int = 6) -> list[Exception]:
@@ -105,7 +106,7 @@ def redeliver(event: Any, attempts: int = 6) -> list[Exception]:
     failures: list[Exception] = []
     for _ in range(attempts):
         try:
-            Dispatcher(container().senders, clock=lambda: now[0]).deliver(event)
+            Dispatcher(container().senders, container().push, clock=lambda: now[0]).deliver(event)
             return failures
         except (SendError, DeliveryBusy) as exc:
             failures.append(exc)
@@ -588,10 +589,11 @@ def test_ussd_reply_waits_for_the_screen_then_goes_by_sms_or_fails_without_an_sm
 
     fake = FakeTwilio("AC1", "tw-token")
     now = [utcnow()]
-    use(monkeypatch, "ussd", UssdSender(TwilioSender(base_url=fake.url), clock=lambda: now[0]))
+    sms = TwilioSender(base_url=fake.url)
+    use(monkeypatch, "ussd", UssdSender(sms, lambda tenant: sms_account(container(), tenant), clock=lambda: now[0]))
 
     def deliver(event: Any) -> None:  # the dispatcher on the same clock: it honours the sender's retry_after
-        Dispatcher(container().senders, clock=lambda: now[0]).deliver(event)
+        Dispatcher(container().senders, container().push, clock=lambda: now[0]).deliver(event)
     try:
         tenant, conv, _ = conversation(gw, "ussd", f"*{uuid.uuid4().hex[:6]}#", {"webhook_token": "t"},
                                        contact="+254700000001", config={"answer_wait_s": 4})
@@ -612,7 +614,7 @@ def test_ussd_reply_waits_for_the_screen_then_goes_by_sms_or_fails_without_an_sm
 
         gw.account(tenant, "twilio", f"+1500555{uuid.uuid4().int % 10**4:04d}",
                    {"account_sid": "AC1", "auth_token": "tw-token"})
-        forget_accounts()
+        forget_accounts(container())
         again = reply(conv, "Our team: refunds take a week.", key="review:1", author="agent:ana")
         deliver(again)
         assert stored(again.message_id).status == "sent"

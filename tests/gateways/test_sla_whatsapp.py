@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import pytest
 
+from app.bootstrap import container
 from tests.fakes.fake_meta import FakeGraph
 from tests.gateways.conftest import Gateway
 from tests.gateways.test_outbound import FakeClock, clock, deliver, graph, stored, wa  # noqa: F401  (fixtures)
@@ -35,8 +36,8 @@ def test_the_holding_message_outside_the_window_is_the_approved_template(
         session.flush()
         escalation_id = escalation.id
 
-    assert breach(tenant, escalation_id) is True
-    assert breach(tenant, escalation_id) is False  # once
+    assert breach(container().bus, container().push, tenant, escalation_id) is True
+    assert breach(container().bus, container().push, tenant, escalation_id) is False  # once
     with session_scope() as session:
         holding = session.scalars(select(Message).where(Message.provider_message_id == f"sla:{escalation_id}")).one()
         event = outbound_event(holding, session.get_one(Conversation, conv))

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from app.bootstrap import container
 from tests.gateways.conftest import WEBHOOKS, Gateway, meta_signature
 
 SECRET = "wa-app-secret"
@@ -170,19 +171,19 @@ def test_unknown_account_is_404_and_signed_malformed_is_acknowledged_and_dead_le
     """Meta retries anything but a 200 for days: a signed body that cannot be read is answered 200 and kept as
     a dead letter with its reason. Every tenant here shares one app secret, so a body naming no account is
     nobody's: it goes to the operator's `unattributed` stream."""
-    from app.runtime import get_bus
+    from app.bootstrap import container
     from gateways.common import UNATTRIBUTED, WEBHOOK_TOPIC
 
     body = json.loads((UPDATES / "message.json").read_text())["text"]
     body["entry"][0]["changes"][0]["value"]["metadata"]["phone_number_id"] = "999"
     response = post(gw, json.dumps(body).encode())
     assert response.status_code == 404 and "999" in response.json()["detail"]
-    before = len(get_bus().dead_letters(WEBHOOK_TOPIC, UNATTRIBUTED))
+    before = len(container().bus.dead_letters(WEBHOOK_TOPIC, UNATTRIBUTED))
     bad = post(gw, b"{not json")
     assert bad.status_code == 200 and bad.json()["dead"] == 1
     no_entry = post(gw, b'{"object": "whatsapp_business_account"}')
     assert no_entry.status_code == 200 and no_entry.json()["dead"] == 1
-    letters = get_bus().dead_letters(WEBHOOK_TOPIC, UNATTRIBUTED)[before:]
+    letters = container().bus.dead_letters(WEBHOOK_TOPIC, UNATTRIBUTED)[before:]
     assert [(d.fields["payload"], d.fields["channel"]) for d in letters] == [
         ("{not json", "whatsapp"), ('{"object": "whatsapp_business_account"}', "whatsapp")]
     assert "not JSON" in letters[0].reason and "'entry' list" in letters[1].reason
@@ -242,12 +243,12 @@ def test_an_account_with_unreadable_credentials_does_not_refuse_other_tenants_we
             Fernet(Fernet.generate_key()).encrypt(b'{"app_secret": "x"}').decode())
     try:
         body = json.loads((UPDATES / "message.json").read_text())["text"]
-        accounts_of("whatsapp", max_age_s=0)  # refresh the routing cache past the broken row
+        accounts_of(container(), "whatsapp", max_age_s=0)  # refresh the routing cache past the broken row
         response = post(gw, json.dumps(body).encode())
         assert response.status_code == 200, response.text
         assert response.json()["accepted"] == 1
-        assert broken_id not in {a.id for a in accounts_of("whatsapp", max_age_s=ACCOUNT_CACHE_TTL_S)}
+        assert broken_id not in {a.id for a in accounts_of(container(), "whatsapp", max_age_s=ACCOUNT_CACHE_TTL_S)}
     finally:
         with session_scope() as session:
             session.delete(session.get_one(ChannelAccount, broken_id))
-        accounts_of("whatsapp", max_age_s=0)
+        accounts_of(container(), "whatsapp", max_age_s=0)

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from app.bootstrap import container
 from app.knowledge.evaluate import Question, evaluate, parse_questions
 from benchmarks.faq_shapes import DEFAULT_DATA, SHAPES, build_pack, load, questions
 
@@ -38,8 +39,8 @@ def eval_lines(lines: list[dict[str, Any]]) -> list[Question]:
 
 
 def fresh_home(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.bootstrap import reset_caches
     from app.db import migrate
-    from app.runtime import reset_caches
 
     monkeypatch.setenv("SWITCHBOARD_HOME", str(home))
     reset_caches()
@@ -55,18 +56,17 @@ def ingest(slug: str, pack: Path) -> tuple[str, int]:
     with get_sessionmaker()() as session:
         tenant_id = str(create_tenant(session, slug).tenant.id)
         session.commit()
-        report = ingest_paths(session, tenant_id, [pack])
+        report = ingest_paths(session, tenant_id, [pack], deps=container().knowledge)
         session.commit()
     assert report.promoted and not report.files_failed, report
     return tenant_id, report.pack_version
 
 
 def ranked(tenant_id: str, version: int, asked: list[dict[str, Any]]) -> list[list[tuple[str, str, str, float]]]:
-    from app.knowledge.retrieval import retrieve
 
     return [
         [(p.document, p.heading, " ".join(p.text.split()), p.score)
-         for p in retrieve(tenant_id, q["query"], top_k=10, filters={"pack_version": version})]
+         for p in container().retriever(tenant_id, q["query"], top_k=10, filters={"pack_version": version})]
         for q in asked
     ]
 
@@ -95,7 +95,7 @@ def test_every_shape_ranks_the_same_entries_and_scores_the_same(
         single = build_pack(shape, rows, tmp_path / shape)
         tenant_id, version = ingest(shape, tmp_path / shape)
         lines = questions(rows, asked, single)
-        scores[shape] = evaluate(tenant_id, eval_lines(lines), pack_version=version)
+        scores[shape] = evaluate(tenant_id, eval_lines(lines), pack_version=version, retriever=container().retriever)
         # What each question gets: the entries (by question) in order, and their scores; not the file names,
         # which differ by shape.
         entries[shape] = [[(h, round(s, 5)) for _, h, _, s in hits] for hits in ranked(tenant_id, version, asked)]
@@ -119,7 +119,7 @@ def test_two_fresh_homes_give_the_same_chunks_and_rank_identically(
         tenant_id, version = ingest("covid", tmp_path / "pack")
         parsed = eval_lines(questions(rows, asked, ""))
         seen.append((tenant_id, chunk_rows(tenant_id), ranked(tenant_id, version, asked),
-                     evaluate(tenant_id, parsed, pack_version=version)))
+                     evaluate(tenant_id, parsed, pack_version=version, retriever=container().retriever)))
     (id_a, chunks_a, ranks_a, eval_a), (id_b, chunks_b, ranks_b, eval_b) = seen
     assert id_a != id_b  # two tenants as two homes make them: random ids
     assert chunks_a == chunks_b and len(chunks_a) == SUBSET

@@ -11,9 +11,9 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from app.bootstrap import container
 from app.knowledge.ids import chunk_id
 from app.knowledge.indexing import object_key
-from app.knowledge.retrieval import retrieve
 from app.knowledge.service import IngestProgress, ingest_paths
 from app.models import Chunk, Document, IngestionJob, Tenant
 
@@ -83,7 +83,7 @@ def add_bad_files(root: Path) -> None:
 def test_ingest_indexes_good_files_and_refuses_bad_ones_with_reasons(db: Session, pack: Path) -> None:
     add_bad_files(pack)
     seen: list[IngestProgress] = []
-    report = ingest_paths(db, "acme", [pack], progress=seen.append)
+    report = ingest_paths(db, "acme", [pack], progress=seen.append, deps=container().knowledge)
     db.commit()
 
     assert sorted(report.files_ok) == ["faq.csv", "policies/returns.md", "shipping.md", "warranty.txt"]
@@ -108,13 +108,12 @@ def test_ingest_indexes_good_files_and_refuses_bad_ones_with_reasons(db: Session
         "Q: Can I change my delivery address?",
         "Q: Do you have gift cards?",
     ]
-    from app import runtime
 
-    assert runtime.get_vector_store().count("acme") == report.chunks
-    assert runtime.get_object_store().get(object_key("acme", 1, "policies/returns.md")) == RETURNS.encode()
-    raw = [k for k in runtime.get_object_store().list("acme/") if "/vectors/" not in k]
+    assert container().vector_store.count("acme") == report.chunks
+    assert container().object_store.get(object_key("acme", 1, "policies/returns.md")) == RETURNS.encode()
+    raw = [k for k in container().object_store.list("acme/") if "/vectors/" not in k]
     assert raw == sorted(object_key("acme", 1, p) for p in report.files_ok)
-    assert {d.vectors_key for d in docs.values()} <= set(runtime.get_object_store().list("acme/knowledge/vectors/"))
+    assert {d.vectors_key for d in docs.values()} <= set(container().object_store.list("acme/knowledge/vectors/"))
     assert report.status == "live" and report.promoted and db.get_one(Tenant, "acme").live_pack_version == 1
 
     job = db.get(IngestionJob, report.job_id)
@@ -125,12 +124,11 @@ def test_ingest_indexes_good_files_and_refuses_bad_ones_with_reasons(db: Session
 
 
 def test_each_ingest_builds_a_new_version_and_an_updated_file_replaces_only_itself(db: Session, pack: Path) -> None:
-    from app import runtime
 
-    store = runtime.get_vector_store()
-    first = ingest_paths(db, "acme", [pack])
+    store = container().vector_store
+    first = ingest_paths(db, "acme", [pack], deps=container().knowledge)
     db.commit()
-    second = ingest_paths(db, "acme", [pack])
+    second = ingest_paths(db, "acme", [pack], deps=container().knowledge)
     db.commit()
     assert (first.pack_version, second.pack_version) == (1, 2)
     assert second.chunks == first.chunks and second.embedded == 0
@@ -141,7 +139,7 @@ def test_each_ingest_builds_a_new_version_and_an_updated_file_replaces_only_itse
     before = store.count("acme", {"document": "shipping.md", "pack_version": 2})
     assert before >= 2
     (pack / "shipping.md").write_text("# Shipping\n\nWe now only offer free pickup in store.\n")
-    third = ingest_paths(db, "acme", [pack / "shipping.md"])
+    third = ingest_paths(db, "acme", [pack / "shipping.md"], deps=container().knowledge)
     db.commit()
     assert third.files_ok == ["shipping.md"]
     assert sorted(third.files_carried) == ["faq.csv", "policies/returns.md", "warranty.txt"]
@@ -154,7 +152,7 @@ def test_each_ingest_builds_a_new_version_and_an_updated_file_replaces_only_itse
     assert [(r.id, r.text) for r in rows] == [
         (chunk_id("acme", 3, "shipping.md", 0), "We now only offer free pickup in store.")
     ]
-    passages = retrieve("acme", "international delivery times", top_k=5,
+    passages = container().retriever("acme", "international delivery times", top_k=5,
                         filters={"document": "shipping.md", "pack_version": 3})
     assert [p.text for p in passages] == ["We now only offer free pickup in store."]
     # The earlier version is untouched (rollback target).
@@ -175,9 +173,9 @@ def test_each_ingest_builds_a_new_version_and_an_updated_file_replaces_only_itse
 def test_retrieval_finds_the_right_document_for_paraphrases(
     db: Session, pack: Path, question: str, document: str
 ) -> None:
-    ingest_paths(db, "acme", [pack])
+    ingest_paths(db, "acme", [pack], deps=container().knowledge)
     db.commit()
-    passages = retrieve("acme", question, top_k=3)
+    passages = container().retriever("acme", question, top_k=3)
     assert passages[0].document == document
     assert [p.rank for p in passages] == [1, 2, 3]
     assert 0.2 < passages[0].score <= 1.0  # dense cosine, not an RRF number
@@ -185,31 +183,32 @@ def test_retrieval_finds_the_right_document_for_paraphrases(
 
 
 def test_tenant_isolation_through_retrieve(db: Session, pack: Path, tmp_path: Path) -> None:
-    ingest_paths(db, "acme", [pack])
+    ingest_paths(db, "acme", [pack], deps=container().knowledge)
     other = tmp_path / "globex"
     other.mkdir()
     (other / "returns.md").write_text("# Returns\n\nGlobex accepts returns within 7 days, store credit only.\n")
-    ingest_paths(db, "globex", [other])
+    ingest_paths(db, "globex", [other], deps=container().knowledge)
     db.commit()
 
-    globex = retrieve("globex", "You can send back unworn items within 30 days of delivery for a full refund", top_k=10)
+    globex = container().retriever(
+        "globex", "You can send back unworn items within 30 days of delivery for a full refund", top_k=10)
     assert [p.document for p in globex] == ["returns.md"] and "Globex" in globex[0].text
     acme_ids = set(db.scalars(select(Chunk.id).where(Chunk.tenant_id == "acme")))
     assert not {p.chunk_id for p in globex} & acme_ids
-    assert retrieve("initech", "refund") == []
+    assert container().retriever("initech", "refund") == []
     with pytest.raises(ValueError, match="tenant_id"):
-        retrieve("", "refund")
+        container().retriever("", "refund")
     with pytest.raises(ValueError, match="unknown tenant"):
-        ingest_paths(db, "initech", [pack])
+        ingest_paths(db, "initech", [pack], deps=container().knowledge)
 
 
 def test_pack_versions_are_separate_and_filterable(db: Session, pack: Path) -> None:
-    ingest_paths(db, "acme", [pack / "faq.csv"])
+    ingest_paths(db, "acme", [pack / "faq.csv"], deps=container().knowledge)
     (pack / "faq.csv").write_text("question,answer\nDo you accept PayPal?,No longer: cards only.\n")
-    ingest_paths(db, "acme", [pack / "faq.csv"])
+    ingest_paths(db, "acme", [pack / "faq.csv"], deps=container().knowledge)
     db.commit()
-    v1 = retrieve("acme", "paypal", filters={"pack_version": 1})
-    v2 = retrieve("acme", "paypal", filters={"pack_version": 2})
+    v1 = container().retriever("acme", "paypal", filters={"pack_version": 1})
+    v2 = container().retriever("acme", "paypal", filters={"pack_version": 2})
     assert "Yes, we accept PayPal" in v1[0].text
     assert [p.text for p in v2] == ["Q: Do you accept PayPal?\nA: No longer: cards only."]
 
@@ -230,9 +229,9 @@ def test_ingest_on_postgres(sb_home: Path, pg_url: str, pack: Path) -> None:
         with sessionmaker(bind=engine)() as session:
             session.add(Tenant(id=tenant, slug=tenant, name="PG"))
             session.commit()
-            first = ingest_paths(session, tenant, [pack])
+            first = ingest_paths(session, tenant, [pack], deps=container().knowledge)
             session.commit()
-            second = ingest_paths(session, tenant, [pack])
+            second = ingest_paths(session, tenant, [pack], deps=container().knowledge)
             session.commit()
             assert len(first.files_ok) == 4 and len(first.files_failed) == 4
             assert second.chunks == first.chunks
@@ -241,6 +240,6 @@ def test_ingest_on_postgres(sb_home: Path, pg_url: str, pack: Path) -> None:
             jobs = session.scalars(select(IngestionJob.status).where(IngestionJob.tenant_id == tenant))
             assert list(jobs) == ["succeeded", "succeeded"]
             assert (first.pack_version, second.pack_version, second.embedded) == (1, 2, 0)
-            assert retrieve(tenant, "can I pay with paypal", top_k=1)[0].document == "faq.csv"
+            assert container().retriever(tenant, "can I pay with paypal", top_k=1)[0].document == "faq.csv"
     finally:
         engine.dispose()

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.orm import Session
 
+from app.bootstrap import container
 from app.knowledge.pipeline import EmbeddingPipeline
 from app.knowledge.service import IngestProgress, IngestReport, _Meter, ingest_paths
 
@@ -113,7 +114,7 @@ def test_every_progress_event_carries_bytes_rate_and_eta(db: Session, pack: Path
     (pack / "empty.md").write_text("   \n")  # refused (no text): its bytes count as done all the same
     total = sum(p.stat().st_size for p in pack.iterdir())
     seen: list[IngestProgress] = []
-    report = ingest_paths(db, "acme", [pack], progress=seen.append)
+    report = ingest_paths(db, "acme", [pack], progress=seen.append, deps=container().knowledge)
     assert report.status == "live" and len(report.files_failed) == 1
     assert [e.files_done for e in seen] == list(range(1, 6))
     assert all(e.bytes_total == total for e in seen)

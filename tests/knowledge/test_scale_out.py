@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.bootstrap import container
 from app.models import Chunk, Document, IngestionJob, Tenant
 from tests.conftest import REDIS_TEST_URL, REPO
 from tests.knowledge import samples
@@ -28,7 +29,7 @@ PACK = REPO / "tenants" / "northwind" / "knowledge"
 
 @pytest.fixture
 def s3_home(sb_home: Path, s3_endpoint: str, aws_env: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:  # noqa: F811
-    from app.runtime import reset_caches
+    from app.bootstrap import reset_caches
 
     monkeypatch.setenv("S3_BUCKET", f"sb-{uuid.uuid4().hex[:12]}")
     monkeypatch.setenv("S3_ENDPOINT_URL", s3_endpoint)
@@ -38,9 +39,7 @@ def s3_home(sb_home: Path, s3_endpoint: str, aws_env: None, monkeypatch: pytest.
 
 
 def test_ingestion_through_s3_stores_files_and_reuses_cached_vectors(s3_home: Path, tmp_path: Path) -> None:
-    from app import runtime
     from app.db import get_sessionmaker, migrate
-    from app.knowledge.retrieval import retrieve
     from app.knowledge.service import ingest_paths
 
     pack = tmp_path / "pack"
@@ -52,11 +51,11 @@ def test_ingestion_through_s3_stores_files_and_reuses_cached_vectors(s3_home: Pa
     with get_sessionmaker()() as db:
         db.add(Tenant(id="acme", slug="acme", name="Acme"))
         db.commit()
-        first = ingest_paths(db, "acme", [pack])
+        first = ingest_paths(db, "acme", [pack], deps=container().knowledge)
         db.commit()
-        second = ingest_paths(db, "acme", [pack])
+        second = ingest_paths(db, "acme", [pack], deps=container().knowledge)
         db.commit()
-    store = runtime.get_object_store()
+    store = container().object_store
     assert type(store).__name__ == "S3ObjectStore"
     keys = store.list("acme/")
     assert [k for k in keys if "/v1/" in k] == ["acme/knowledge/v1/care.html", "acme/knowledge/v1/returns.pdf",
@@ -64,7 +63,8 @@ def test_ingestion_through_s3_stores_files_and_reuses_cached_vectors(s3_home: Pa
     assert store.get("acme/knowledge/v1/returns.pdf") == (pack / "returns.pdf").read_bytes()
     assert len([k for k in keys if "/vectors/" in k]) == 3 and not [k for k in keys if "/v2/" in k]
     assert first.embedded == first.chunks > 0 and second.embedded == 0
-    assert retrieve("acme", "how long do I have to return", filters={"pack_version": 2})[0].document == "returns.pdf"
+    assert container().retriever("acme", "how long do I have to return",
+                                 filters={"pack_version": 2})[0].document == "returns.pdf"
 
 
 def _big_pack(root: Path) -> list[Path]:
@@ -81,16 +81,16 @@ def _big_pack(root: Path) -> list[Path]:
 
 
 def _stage(db: Session, tenant_id: str, files: list[Path], queue: str | None) -> str:
-    from app.runtime import get_object_store
+    from app.bootstrap import container
     from workers.ingest import submit, upload_prefix
 
     job_id = uuid.uuid4().hex
     for f in files:
-        get_object_store().put(upload_prefix(tenant_id, job_id) + f.name, f.read_bytes())
+        container().object_store.put(upload_prefix(tenant_id, job_id) + f.name, f.read_bytes())
     db.add(IngestionJob(id=job_id, tenant_id=tenant_id, status="queued", total_files=len(files)))
     db.commit()
     if queue:
-        submit(job_id, queue=queue)
+        submit(container(), job_id, queue=queue)
     return job_id
 
 
@@ -138,9 +138,9 @@ def _state(stat: Path) -> str:
 
 def _points(db: Session, tenant_id: str) -> dict[str, tuple[int, int]]:
     """Per document path: (chunk rows, points in the store for that document row)."""
-    from app.runtime import get_vector_store
+    from app.bootstrap import container
 
-    store = get_vector_store()
+    store = container().vector_store
     out = {}
     for doc in db.scalars(select(Document).where(Document.tenant_id == tenant_id)):
         rows = len(list(db.scalars(select(Chunk.id).where(Chunk.document_id == doc.id))))
@@ -156,8 +156,8 @@ def test_a_worker_killed_mid_job_then_rerun_leaves_the_same_points_as_a_clean_ru
     import redis
     from sqlalchemy.orm import sessionmaker
 
+    from app.bootstrap import container, reset_caches
     from app.db import make_engine
-    from app.runtime import get_vector_store, reset_caches
     from workers.ingest import run_ingestion_job
 
     # Small embedder calls: documents are written one by one, so the kill after two lands with six to go (with
@@ -204,20 +204,20 @@ def test_a_worker_killed_mid_job_then_rerun_leaves_the_same_points_as_a_clean_ru
             job = db.get_one(IngestionJob, job_id)
             assert job.status == "running" and job.pack_version == 1
         # The dead process's lock on the embedded store is gone: this process can open it.
-        partial = get_vector_store().count(killed)
+        partial = container().vector_store.count(killed)
         assert partial > 0
 
-        run_ingestion_job(job_id)  # the rerun, as RQ or an operator would do it
+        run_ingestion_job(job_id, container().knowledge)  # the rerun, as RQ or an operator would do it
         with sessionmaker(bind=engine)() as db:
             clean_job = _stage(db, clean, files, None)
-        run_ingestion_job(clean_job)
+        run_ingestion_job(clean_job, container().knowledge)
 
         with sessionmaker(bind=engine)() as db:
             assert db.get_one(IngestionJob, job_id).status == "succeeded"
             after_rerun, after_clean = _points(db, killed), _points(db, clean)
         assert after_rerun == after_clean and len(after_rerun) == 8
         assert all(rows == points > 0 for rows, points in after_rerun.values())
-        store = get_vector_store()
+        store = container().vector_store
         total = sum(rows for rows, _ in after_clean.values())
         assert store.count(killed) == store.count(clean) == total > partial
         assert store.count(killed, {"pack_version": 1}) == total

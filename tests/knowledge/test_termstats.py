@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.bootstrap import container
 from app.knowledge import termstats
 from app.knowledge.retrieval import retrieve
 from app.knowledge.service import ingest_paths
@@ -96,27 +97,27 @@ def test_the_plain_query_is_used_when_there_is_nothing_to_weight_with(embedder: 
 
 
 def test_a_build_records_its_statistics_and_retrieval_ranks_with_them(db: Session, pack: Path) -> None:
-    from app import runtime
 
-    report = ingest_paths(db, "acme", [pack])
+    report = ingest_paths(db, "acme", [pack], deps=container().knowledge)
     db.commit()
     row = db.scalars(select(PackVersion).where(PackVersion.tenant_id == "acme")).one()
     chunks = list(db.scalars(select(Chunk).join(Document, Document.id == Chunk.document_id)
                              .where(Document.pack_version == report.pack_version)))
     assert row.term_stats and row.term_stats["documents"] == len(chunks) == report.chunks
-    expected = collect(runtime.get_embedder(), [f"{c.heading}\n{c.text}" if c.heading else c.text for c in chunks])
-    stats = termstats.for_version("acme", report.pack_version, runtime.get_embedder())
+    expected = collect(container().embedder,
+                       [f"{c.heading}\n{c.text}" if c.heading else c.text for c in chunks])
+    stats = termstats.for_version("acme", report.pack_version, container().embedder)
     assert stats == expected
     # Another tenant has no version 1 of its own, so it gets no statistics (and no one else's).
-    assert termstats.for_version("globex", report.pack_version, runtime.get_embedder()) is None
+    assert termstats.for_version("globex", report.pack_version, container().embedder) is None
 
     # retrieve() with the live version ranks with that version's weighted query, and scores with the plain one.
     question = "is there a warranty on zippers"
     where = {"pack_version": report.pack_version}
-    passages = retrieve("acme", question, top_k=5, filters=where)
-    plain, weighted = runtime.get_embedder().embed_query_weighted(question, stats.weight)
-    hits = runtime.get_vector_store().search(
-        "acme", plain, runtime.get_sparse_encoder().encode_query(question), limit=5, filters=where, rank_by=weighted
+    passages = container().retriever("acme", question, top_k=5, filters=where)
+    plain, weighted = container().embedder.embed_query_weighted(question, stats.weight)
+    hits = container().vector_store.search(
+        "acme", plain, container().sparse_encoder.encode_query(question), limit=5, filters=where, rank_by=weighted
     )
     assert [p.chunk_id for p in passages] == [h.id for h in hits]
     assert [p.score for p in passages] == [h.score for h in hits]
@@ -125,35 +126,34 @@ def test_a_build_records_its_statistics_and_retrieval_ranks_with_them(db: Sessio
 def test_a_version_built_before_statistics_existed_gets_them_counted_from_its_chunks(
     db: Session, pack: Path
 ) -> None:
-    from app import runtime
 
-    report = ingest_paths(db, "acme", [pack])
+    report = ingest_paths(db, "acme", [pack], deps=container().knowledge)
     db.commit()
     row = db.scalars(select(PackVersion).where(PackVersion.tenant_id == "acme")).one()
     recorded = TermStats.from_json(row.term_stats or {})
     row.term_stats = None  # as migration 0004 leaves older versions
     db.commit()
     termstats.clear_cache()
-    assert termstats.for_version("acme", report.pack_version, runtime.get_embedder()) == recorded
+    assert termstats.for_version("acme", report.pack_version, container().embedder) == recorded
     db.refresh(row)
     assert row.term_stats is None  # counted in memory: a read never writes
 
     row.status = "building"  # a version still being built is not final: nothing is cached for it
     db.commit()
     termstats.clear_cache()
-    assert termstats.for_version("acme", report.pack_version, runtime.get_embedder()) is None
+    assert termstats.for_version("acme", report.pack_version, container().embedder) is None
 
 
 def test_each_tenants_version_has_its_own_statistics(db: Session, pack: Path, tmp_path: Path) -> None:
-    from app import runtime
 
     other = tmp_path / "other"
     other.mkdir()
     (other / "faq.csv").write_text(FAQ)
-    mine, theirs = ingest_paths(db, "acme", [pack]), ingest_paths(db, "globex", [other])
+    mine, theirs = ingest_paths(db, "acme", [pack], deps=container().knowledge), ingest_paths(db, "globex", [other],
+                                                                                              deps=container().knowledge)
     db.commit()
     assert mine.pack_version == theirs.pack_version == 1
-    embedder = runtime.get_embedder()
+    embedder = container().embedder
     acme, globex = (termstats.for_version(t, 1, embedder) for t in ("acme", "globex"))
     assert acme is not None and globex is not None
     assert (acme.documents, globex.documents) == (mine.chunks, theirs.chunks) and acme != globex
@@ -166,14 +166,14 @@ def test_retrieval_ranks_with_the_plain_query_when_statistics_cannot_be_read(
     sb_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A database outage costs the ranking refinement, not the answer."""
-    from app import runtime
+    from app import bootstrap
     from app.providers.embeddings.sparse import TermFrequencyEncoder
     from app.providers.vectors.base import ChunkPoint
     from app.providers.vectors.edge import EdgeVectorStore
 
     monkeypatch.setenv("SWITCHBOARD_DATABASE_URL", "postgresql+psycopg://127.0.0.1:1/nowhere?connect_timeout=2")
-    runtime.reset_caches()
-    embedder = runtime.get_embedder()
+    bootstrap.reset_caches()
+    embedder = container().embedder
     store = EdgeVectorStore(tmp_path / "vectors", dim=embedder.dim)
     try:
         texts = ["Refunds take five days.", "We ship to Canada."]
@@ -182,7 +182,9 @@ def test_retrieval_ranks_with_the_plain_query_when_statistics_cannot_be_read(
                        {"document": f"d{i}", "text": t, "pack_version": 1})
             for i, (t, v) in enumerate(zip(texts, embedder.embed_documents(texts), strict=True))
         ])
-        passages = retrieve("acme", "how long do refunds take", filters={"pack_version": 1}, vector_store=store)
+        passages = retrieve("acme", "how long do refunds take", filters={"pack_version": 1}, vector_store=store,
+                            embedder=container().embedder,
+                              sparse_encoder=container().sparse_encoder)
     finally:
         store.close()
     assert [p.document for p in passages] == ["d0", "d1"]

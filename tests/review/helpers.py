@@ -19,10 +19,10 @@ class Opened:
 def open_escalation(tenant_id: str, text: str = "Where is my order?", *, channel: str = "webchat",
                     reason: str = "no_knowledge", draft: str | None = "It ships within 2 days [1].",
                     passages: list[dict] | None = None, publish: bool = True) -> Opened:
+    from app.bootstrap import container
     from app.contracts import EVENTS, EscalationOpened
     from app.db import session_scope
     from app.models import Escalation, Message
-    from app.runtime import get_bus
 
     contact_ref = f"v_{uuid.uuid4().hex[:8]}"
     with session_scope() as session:
@@ -46,5 +46,5 @@ def open_escalation(tenant_id: str, text: str = "Where is my order?", *, channel
     if publish:
         event = EscalationOpened(tenant_id=tenant_id, escalation_id=opened.escalation_id,
                                  conversation_id=opened.conversation_id, message_id=opened.message_id, reason=reason)
-        get_bus().publish(EVENTS, tenant_id, event.to_bus())
+        container().bus.publish(EVENTS, tenant_id, event.to_bus())
     return opened

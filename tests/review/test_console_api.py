@@ -23,11 +23,11 @@ PII_TEXT = "My email is jane.roe@example.com and my card is 4111 1111 1111 1111,
 @pytest.fixture
 def notifications() -> Iterator[None]:
     """The consumers that read the events stream (the console wake-ups; webhooks), as `serve` runs them."""
-    from app.runtime import get_bus
+    from app.bootstrap import container
     from app.workers_runtime import notification_consumers
 
     stop = threading.Event()
-    consumers = notification_consumers(get_bus(), stop)
+    consumers = notification_consumers(container(), container().bus, stop)
     threads = [threading.Thread(target=c.run, daemon=True) for c in consumers]
     for thread in threads:
         thread.start()
@@ -57,7 +57,7 @@ def test_the_queue_stream_carries_only_the_agents_own_tenant(
     request: pytest.FixtureRequest,
 ) -> None:
     if push == "redis":  # scale-out: wake-ups cross processes on Redis pub/sub
-        from app.runtime import reset_caches
+        from app.bootstrap import reset_caches
 
         monkeypatch.setenv("REDIS_URL", REDIS_TEST_URL)
         monkeypatch.setenv("BUS_NAMESPACE", request.getfixturevalue("redis_namespace"))

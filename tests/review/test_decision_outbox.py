@@ -43,10 +43,10 @@ class Setup:
 
 @pytest.fixture
 def setup(sb_home: Path, monkeypatch: pytest.MonkeyPatch, pg_url: str, redis_namespace: str) -> Iterator[Setup]:
+    from app.bootstrap import container, reset_caches
     from app.conversations.dispatcher import Dispatcher
     from app.conversations.service import accept_inbound
     from app.db import migrate
-    from app.runtime import get_bus, reset_caches
     from app.tenants.service import create_tenant
 
     monkeypatch.setenv("DATABASE_URL", pg_url)
@@ -54,7 +54,7 @@ def setup(sb_home: Path, monkeypatch: pytest.MonkeyPatch, pg_url: str, redis_nam
     monkeypatch.setenv("BUS_NAMESPACE", redis_namespace)
     reset_caches()
     migrate()
-    bus = get_bus()
+    bus = container().bus
     assert isinstance(bus, RedisStreamsBus)
     for topic in (OUTBOUND, EVENTS):
         bus.ensure_group(topic, "observer")
@@ -71,14 +71,15 @@ def setup(sb_home: Path, monkeypatch: pytest.MonkeyPatch, pg_url: str, redis_nam
         session.flush()
         escalation_id = escalation.id
     agent = Principal(tenant_id=tenant_id, tenant_slug=slug, scope="agent", key_id="k1", name="dana")
-    dispatcher = Dispatcher(container().senders)
+    dispatcher = Dispatcher(container().senders, container().push)
     yield Setup(bus, tenant_id, escalation_id, agent, Consumer(bus, OUTBOUND, "dispatcher", "d", dispatcher.handle))
 
 
 def _decide(setup: Setup) -> service.Decided:
     """The route's transaction (app/review/routes.py `decide`)."""
     with session_scope() as session:
-        return service.decide(session, setup.agent, setup.escalation_id, "edit", "We don't rent canoes, sorry!")
+        return service.decide(session, setup.agent, setup.escalation_id, "edit", "We don't rent canoes, sorry!",
+                              channels=container().channels)
 
 
 def _reply_status(reply_id: str) -> str:
@@ -143,7 +144,7 @@ def test_a_message_stored_by_a_gateway_killed_before_publishing_is_answered_exac
         tenant_id=setup.tenant_id, channel="webchat", contact_external_id="v2", provider_message_id="m2",
         text="how long do i have to return boots?")])
     message_id = stored.accepted.message_id
-    orchestrator = Orchestrator(setup.bus, retrieve=lambda *a, **k: [])
+    orchestrator = Orchestrator.of(container(), bus=setup.bus, retrieve=lambda *a, **k: [])
     inbound = Consumer(setup.bus, INBOUND, "orchestrator", "o", orchestrator.handle)
     inbound.process_available()  # the first message (already escalated) is a duplicate; this one is not there
     with session_scope() as session:

@@ -67,8 +67,8 @@ def test_a_new_escalation_is_posted_signed_to_its_tenants_webhook_only(
     client: TestClient, tenant_a: TenantKeys, tenant_b: TenantKeys, receiver: WebhookReceiver,
     loopback_allowed: None,
 ) -> None:
+    from app.bootstrap import container
     from app.review.notify import verify_signature
-    from app.runtime import get_bus
     from app.workers_runtime import notification_consumers
 
     before = open_escalation(tenant_a.id, publish=True)  # opened before the URL was set: not sent
@@ -80,7 +80,7 @@ def test_a_new_escalation_is_posted_signed_to_its_tenants_webhook_only(
     assert secret not in json.dumps(event)
 
     stop = threading.Event()
-    consumers = notification_consumers(get_bus(), stop)
+    consumers = notification_consumers(container(), container().bus, stop)
     threads = [threading.Thread(target=c.run, daemon=True) for c in consumers]
     for thread in threads:
         thread.start()
@@ -122,14 +122,14 @@ def test_a_new_escalation_is_posted_signed_to_its_tenants_webhook_only(
 def test_failed_deliveries_are_retried_with_back_off_then_left_for_the_bus(
     client: TestClient, tenant_a: TenantKeys, receiver: WebhookReceiver, loopback_allowed: None,
 ) -> None:
+    from app.bootstrap import container
     from app.bus.base import PermanentFailure
     from app.contracts import EVENTS
     from app.review.notify import WebhookFailed, WebhookSender
-    from app.runtime import get_bus
 
     _set(client, tenant_a, f"{receiver.url}/hook")
     opened = open_escalation(tenant_a.id)
-    bus = get_bus()
+    bus = container().bus
     bus.ensure_group(EVENTS, "test-webhooks")
     [entry] = bus.read(EVENTS, "test-webhooks", "t", count=10, block_ms=0)
     waits: list[float] = []
@@ -154,11 +154,11 @@ def test_a_url_that_became_private_is_refused_when_connecting(
 ) -> None:
     """The check runs on the connection too: allowed when set, no longer allowed when sent (or a DNS name that
     now resolves to a private address) is refused and dead-lettered, and nothing reaches the address."""
+    from app.bootstrap import container
     from app.bus.base import PermanentFailure
     from app.config import get_settings
     from app.contracts import EVENTS
     from app.review.notify import WebhookSender
-    from app.runtime import get_bus
 
     monkeypatch.setenv("OUTBOUND_ALLOW_HOSTS", "127.0.0.1")
     get_settings.cache_clear()
@@ -166,7 +166,7 @@ def test_a_url_that_became_private_is_refused_when_connecting(
     monkeypatch.delenv("OUTBOUND_ALLOW_HOSTS")
     get_settings.cache_clear()
     open_escalation(tenant_a.id)
-    bus = get_bus()
+    bus = container().bus
     bus.ensure_group(EVENTS, "test-webhooks")
     [entry] = bus.read(EVENTS, "test-webhooks", "t", count=10, block_ms=0)
     with pytest.raises(PermanentFailure, match="refused"):
@@ -177,16 +177,16 @@ def test_a_url_that_became_private_is_refused_when_connecting(
 def test_removing_the_webhook_stops_deliveries(
     client: TestClient, tenant_a: TenantKeys, receiver: WebhookReceiver, loopback_allowed: None,
 ) -> None:
+    from app.bootstrap import container
     from app.contracts import EVENTS
     from app.review.notify import WebhookSender
-    from app.runtime import get_bus
 
     _set(client, tenant_a, f"{receiver.url}/hook")
     assert client.delete("/admin/v1/webhook", headers=tenant_a.headers()).status_code == 204
     assert client.delete("/admin/v1/webhook", headers=tenant_a.headers()).status_code == 204  # idempotent
     assert client.get("/admin/v1/webhook", headers=tenant_a.headers()).status_code == 404
     open_escalation(tenant_a.id)
-    bus = get_bus()
+    bus = container().bus
     bus.ensure_group(EVENTS, "test-webhooks")
     [entry] = bus.read(EVENTS, "test-webhooks", "t", count=10, block_ms=0)
     WebhookSender(sleep=lambda s: None).handle(entry)

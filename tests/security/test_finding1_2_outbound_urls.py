@@ -13,6 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from app.bootstrap import container
 from app.netguard import blocked_reason, check_url, guarded_client2, guarded_transport
 from tests.assistant.helpers import FakePassage
 from tests.fakes.fake_telegram import FakeTelegram
@@ -95,7 +96,7 @@ def _ask(tenant_id: str, text: str = "do gift cards expire?") -> tuple[str, str 
 
     bus = MemoryBus()
     passage = FakePassage("c1", "faq.csv", "Gift cards", "Gift cards never expire.", 0.9)
-    orchestrator = Orchestrator(bus, retrieve=lambda *a, **k: [passage])
+    orchestrator = Orchestrator.of(container(), bus=bus, retrieve=lambda *a, **k: [passage])
     accepted = accept_inbound(bus, tenant_id=tenant_id, channel="webchat", contact_external_id="v_1",
                               provider_message_id=f"m-{text}", text=text)
     Consumer(bus, INBOUND, "orchestrator", "t1", orchestrator.handle, claim_idle_ms=0).process_available()
@@ -177,6 +178,7 @@ def test_finding2_names_are_checked_on_the_resolved_address(sb_home: Path, serve
 
 @pytest.fixture
 def admin(sb_home: Path) -> Iterator[tuple[TestClient, dict[str, str], str]]:
+    from app.bootstrap import container
     from app.db import migrate, session_scope
     from app.main import create_app
     from app.tenants.service import create_tenant
@@ -185,7 +187,7 @@ def admin(sb_home: Path) -> Iterator[tuple[TestClient, dict[str, str], str]]:
     migrate()
     with session_scope() as session:
         new = create_tenant(session, "acme")
-        account = add_channel_account(session, new.tenant.id, "telegram", "5550001",
+        account = add_channel_account(session, container().channels, new.tenant.id, "telegram", "5550001",
                                       credentials={"bot_token": "5550001:AAH", "secret_token": "s"})
         headers, account_id = {"Authorization": f"Bearer {new.admin_api_key}"}, account.id
     with TestClient(create_app(run_workers=False)) as client:

@@ -254,13 +254,14 @@ MB = 1024 * 1024
 def test_finding5_100mb_body_refused_before_parse(app: Any, tenant_a: TenantKeys, path: str) -> None:
     """A chunked 100 MB body (no Content-Length): 413 once the route's limit is passed; the app took at most
     the limit plus one chunk, never the 100 MB."""
+    from app.bootstrap import container
     from app.config import get_settings
     from app.db import session_scope
     from gateways.accounts import add_channel_account
 
     application_id = str(uuid.uuid4().int)[:18]
     with session_scope() as session:  # a Discord account, so that its route goes as far as reading the body
-        add_channel_account(session, tenant_a.id, "discord", application_id, credentials={},
+        add_channel_account(session, container().channels, tenant_a.id, "discord", application_id, credentials={},
                             config={"public_key": "00" * 32})
     settings = get_settings()
     limit = settings.max_webhook_bytes if path.startswith("/webhooks/") else settings.max_body_bytes

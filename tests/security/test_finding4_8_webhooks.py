@@ -40,10 +40,10 @@ class Setup:
     discord_key: Ed25519PrivateKey
 
     def dead(self, channel: str) -> list[Any]:
-        from app.runtime import get_bus
+        from app.bootstrap import container
         from gateways.common import WEBHOOK_TOPIC
 
-        return get_bus().dead_letters(WEBHOOK_TOPIC, self.tenants[channel], count=10_000)
+        return container().bus.dead_letters(WEBHOOK_TOPIC, self.tenants[channel], count=10_000)
 
     # -- signed deliveries, as each provider sends them ----------------------------------------------------
     def meta(self, channel: str, raw: bytes, signature: str | bytes | None = None) -> Any:
@@ -69,7 +69,7 @@ class Setup:
 
 @pytest.fixture(scope="module", params=["embedded", "postgres+redis"])
 def setup(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
-    from app.runtime import reset_caches
+    from app.bootstrap import reset_caches
 
     mp = pytest.MonkeyPatch()
     mp.setenv("SWITCHBOARD_HOME", str(tmp_path_factory.mktemp("sbhome")))
@@ -294,16 +294,16 @@ def test_finding4_one_unreadable_message_costs_only_itself(setup: Setup) -> None
 def test_finding4_shared_app_secret_body_naming_no_account_goes_to_the_operator_stream(setup: Setup) -> None:
     """When two tenants' accounts share the signing app secret and the body names neither, no tenant can be
     told apart: the dead letter goes to the operator's `unattributed` stream, never into a tenant's."""
+    from app.bootstrap import container
     from app.db import session_scope
     from app.models import ChannelAccount
-    from app.runtime import get_bus
     from gateways.common import UNATTRIBUTED, WEBHOOK_TOPIC, forget_accounts
 
     other = setup.gw.tenant()
     phone = f"99{uuid.uuid4().int % 10**10}"
     setup.gw.account(other, "whatsapp", phone, {"app_secret": WA_SECRET, "verify_token": "v", "access_token": "t"})
-    forget_accounts()  # routing sees a new account within ACCOUNT_CACHE_TTL_S; the test does not wait for it
-    bus = get_bus()
+    forget_accounts(container())  # routing sees a new account within ACCOUNT_CACHE_TTL_S; the test does not wait for it
+    bus = container().bus
     before = len(bus.dead_letters(WEBHOOK_TOPIC, UNATTRIBUTED, count=10_000))
     mine, theirs = len(setup.dead("whatsapp")), len(bus.dead_letters(WEBHOOK_TOPIC, other))
     response = setup.meta("whatsapp", b'{"object": "whatsapp_business_account", "entry": [1]}')
@@ -313,7 +313,7 @@ def test_finding4_shared_app_secret_body_naming_no_account_goes_to_the_operator_
     assert len(setup.dead("whatsapp")) == mine and len(bus.dead_letters(WEBHOOK_TOPIC, other)) == theirs
     with session_scope() as session:  # the module's other tests expect one WhatsApp signer
         session.query(ChannelAccount).filter(ChannelAccount.external_id == phone).delete()
-    forget_accounts()
+    forget_accounts(container())
 
 
 # ----------------------------------------------------------------- finding 4: unsigned bodies, never read
@@ -388,9 +388,9 @@ def test_finding4_nul_and_lone_surrogates_are_stripped_so_the_message_is_stored_
     is stored without them, published, and handled by the orchestrator (escalated: no knowledge is live), where
     before it failed on every redelivery."""
     from app.assistant.orchestrator import Orchestrator
+    from app.bootstrap import container
     from app.bus.consumer import Consumer
     from app.contracts import INBOUND
-    from app.runtime import get_bus
 
     if channel == "telegram":
         update = tg_update(_set("text", "hel\u0000lo \ud800there"))
@@ -414,7 +414,8 @@ def test_finding4_nul_and_lone_surrogates_are_stripped_so_the_message_is_stored_
     assert row.text == "hello there"
     assert "\\u0000" not in json.dumps(row.meta) and "\x00" not in json.dumps(row.meta, ensure_ascii=False)
     # The orchestrator handles it like any message: it ends escalated (or answered), not dead.
-    consumer = Consumer(get_bus(), INBOUND, f"probe-{uuid.uuid4().hex[:6]}", "c1", Orchestrator(get_bus()).handle)
+    consumer = Consumer(container().bus, INBOUND, f"probe-{uuid.uuid4().hex[:6]}", "c1", Orchestrator.of(container(),
+                                                                                                         bus=container().bus).handle)
     consumer.process_available()
     (row,) = setup.gw.inbound(provider_message_id=provider_id)
     assert row.status in ("escalated", "answered"), (row.status, row.error)

@@ -22,6 +22,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
+from app.bootstrap import container
 from tests.assistant.helpers import FakePassage
 from tests.conftest import REDIS_TEST_URL, SHARED_DATA
 from tests.fakes.openai_server import FakeOpenAIServer
@@ -63,9 +64,9 @@ def _start(**limits: str) -> Callable[..., Stack]:
     """A fixture body: an embedded app (no worker threads) with these limits and one tenant."""
 
     def start(sb_home: Path, monkeypatch: pytest.MonkeyPatch, redis: str | None = None) -> Stack:
+        from app.bootstrap import reset_caches
         from app.db import migrate, session_scope
         from app.main import create_app
-        from app.runtime import reset_caches
         from app.tenants.service import create_tenant
 
         _limits(monkeypatch, **limits)
@@ -204,13 +205,13 @@ def test_finding6_redis_failed_auth_flood_gets_429_across_replicas(
     start = _start(AUTH_FAILURES_PER_IP="5/minute")
     _check_failed_auth(start(sb_home, monkeypatch, redis=redis_namespace))
     # A second replica (a new process: a new limiter, a new app) sees the same counts in Redis.
+    from app.bootstrap import container, reset_caches
     from app.main import create_app
-    from app.runtime import get_rate_limiter, reset_caches
 
     reset_caches()
     replica = TestClient(create_app(run_workers=False))
     _assert_429(_tenant_get(replica, _wrong_key()), "failed API key attempts per IP address")
-    get_rate_limiter().close()
+    container().rate_limiter.close()
     # Keys live under the deployment's namespace, and identities are hashed: no address or key in Redis.
     client = redis.Redis.from_url(REDIS_TEST_URL)
     keys = [k.decode() for k in client.scan_iter(f"{redis_namespace}:_rl:*")]
@@ -227,9 +228,9 @@ def test_finding6_redis_widget_send_flood_gets_429(
     token = _session(stack.client, widget).json()["token"]
     assert [_send(stack.client, widget, token).status_code for _ in range(3)] == [202] * 3
     _assert_429(_send(stack.client, widget, token), "messages per visitor")
-    from app.runtime import get_bus
+    from app.bootstrap import container
 
-    get_bus().close()
+    container().bus.close()
 
 
 # ---------------------------------------------------------------------------------------------------- webhooks
@@ -250,14 +251,15 @@ def _wa_post(client: TestClient, raw: bytes, secret: str = WA_SECRET) -> Any:
 
 @pytest.fixture
 def webhooks(sb_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
+    from app.bootstrap import container
     from app.db import session_scope
     from gateways.accounts import add_channel_account
 
     stack = _start(WEBHOOK_FAILURES_PER_ACCOUNT="3/minute")(sb_home, monkeypatch)
     with session_scope() as session:
-        add_channel_account(session, stack.tenant.id, "whatsapp", WA_PHONE_ID,
+        add_channel_account(session, container().channels, stack.tenant.id, "whatsapp", WA_PHONE_ID,
                             credentials={"app_secret": WA_SECRET, "access_token": "tok", "verify_token": "vt"})
-        add_channel_account(session, stack.tenant.id, "telegram", TG_BOT,
+        add_channel_account(session, container().channels, stack.tenant.id, "telegram", TG_BOT,
                             credentials={"bot_token": f"{TG_BOT}:AAA", "secret_token": TG_SECRET})
     yield stack
 
@@ -305,6 +307,7 @@ def test_finding6_webhook_flood_of_valid_messages_is_all_stored(webhooks: Stack)
 def test_finding6_tenant_llm_limit_escalates_instead_of_dropping(sb_home: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     from app.assistant.orchestrator import Orchestrator
+    from app.bootstrap import reset_caches
     from app.bus.consumer import Consumer
     from app.bus.memory import MemoryBus
     from app.config import get_settings
@@ -312,7 +315,6 @@ def test_finding6_tenant_llm_limit_escalates_instead_of_dropping(sb_home: Path,
     from app.conversations.service import accept_inbound
     from app.db import migrate, session_scope
     from app.models import Escalation, Message
-    from app.runtime import reset_caches
     from app.tenants.service import create_tenant
 
     with FakeOpenAIServer(api_key="sk-operator") as llm:
@@ -332,7 +334,7 @@ def test_finding6_tenant_llm_limit_escalates_instead_of_dropping(sb_home: Path,
         busy, quiet = tenants
         bus = MemoryBus()
         passage = FakePassage("c1", "faq.csv", "Gift cards", "Gift cards never expire.", 0.9)
-        orchestrator = Orchestrator(bus, retrieve=lambda *a, **k: [passage])
+        orchestrator = Orchestrator.of(container(), bus=bus, retrieve=lambda *a, **k: [passage])
         ids = [accept_inbound(bus, tenant_id=tenant, channel="webchat", contact_external_id=f"v_{n}",
                               provider_message_id=f"m{n}", text="do gift cards expire?").message_id
                for n, tenant in enumerate([busy, busy, busy, busy, quiet])]

@@ -47,8 +47,8 @@ def captured() -> Iterator[Callable[[], str]]:
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def database(request: pytest.FixtureRequest, sb_home: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    from app.bootstrap import reset_caches
     from app.db import migrate
-    from app.runtime import reset_caches
 
     if request.param == "postgres":
         monkeypatch.setenv("DATABASE_URL", request.getfixturevalue("pg_url"))
@@ -81,9 +81,9 @@ def test_finding7_postgres_constraint_detail_is_scrubbed(sb_home: Path, pg_url: 
     cannot hide: the log filter does."""
     from sqlalchemy.exc import IntegrityError
 
+    from app.bootstrap import reset_caches
     from app.db import session_scope
     from app.models import Contact
-    from app.runtime import reset_caches
     from app.tenants.service import create_tenant
 
     monkeypatch.setenv("DATABASE_URL", pg_url)

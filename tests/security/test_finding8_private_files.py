@@ -35,16 +35,16 @@ def _shared(root: Path) -> list[str]:
 
 def test_finding8_home_files_are_private(sb_home: Path) -> None:
     from app import operations
+    from app.bootstrap import container
     from app.db import migrate
     from app.keys import current as current_keys
-    from app.runtime import get_object_store, get_vector_store
 
     with _umask(0o022):  # a common default: the code must not rely on its caller's umask
         migrate()
         key = current_keys().encryption[0].secret
-        get_object_store().put("t1/knowledge/v1/guides/returns.md", b"# Returns\n")
+        container().object_store.put("t1/knowledge/v1/guides/returns.md", b"# Returns\n")
         operations.write_server_file("http://127.0.0.1:1", "operator-token")
-        get_vector_store()
+        container().vector_store
     assert _mode(sb_home) == 0o700
     assert _mode(sb_home / "switchboard.db") == 0o600
     assert _mode(sb_home / "keyring.json") == 0o600 and key in (sb_home / "keyring.json").read_text()

@@ -98,7 +98,7 @@ def _wait(client: TestClient, keys: TenantKeys, job_id: str, budget_s: float = 2
 
 def test_finding8_zip_member_past_the_file_limit_is_refused_with_its_reason(client: TestClient,
                                                                           tenant_a: TenantKeys) -> None:
-    from app.runtime import get_object_store
+    from app.bootstrap import container
 
     h = tenant_a.headers()
     pack = _zip_with_big_member("big.md", 120 * MiB, **{"returns.md": GOOD})
@@ -112,7 +112,7 @@ def test_finding8_zip_member_past_the_file_limit_is_refused_with_its_reason(clie
     alone = _zip_with_big_member("big.md", 120 * MiB)
     refused = client.post("/admin/v1/knowledge", headers=h, files={"files": ("alone.zip", alone)})
     assert refused.status_code == 413 and "big.md: too large" in refused.json()["detail"]
-    staged = get_object_store().list(f"{tenant_a.id}/uploads/")
+    staged = container().object_store.list(f"{tenant_a.id}/uploads/")
     assert not [key for key in staged if key.endswith("big.md")]
 
 

@@ -19,6 +19,7 @@ import pytest
 from fastapi import FastAPI
 
 from app.auth import Viewer
+from app.bootstrap import container
 from tests.admin.conftest import backend  # noqa: F401  (fixture re-export: sqlite, postgres)
 from tests.e2e.sse import EventStream, serve_http
 from tests.security import leak_probes as lp
@@ -45,8 +46,8 @@ def _no_rate_limits(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 def app(sb_home: Path, backend: str, request: pytest.FixtureRequest,  # noqa: F811
         monkeypatch: pytest.MonkeyPatch) -> FastAPI:
     from app import db
+    from app.bootstrap import reset_caches
     from app.main import create_app
-    from app.runtime import reset_caches
 
     if backend == "postgres":
         monkeypatch.setenv("DATABASE_URL", request.getfixturevalue("pg_url"))
@@ -151,11 +152,11 @@ def _until(stream: EventStream, predicate: Any, timeout: float = 30) -> list[Any
 
 def _late_escalation(t: lp.Tenant, conversation_id: str, text: str) -> str:
     """An escalated question and the bot's holding reply, as the pipeline writes them, and the wake-ups it sends."""
+    from app.bootstrap import container
     from app.conversations.replies import add_outbound
     from app.db import session_scope
     from app.models import Contact, Conversation, Escalation, Message
     from app.review.notify import CONSOLE_KEY
-    from app.runtime import get_push
 
     with session_scope() as session:
         conversation = session.get_one(Conversation, conversation_id)
@@ -168,8 +169,8 @@ def _late_escalation(t: lp.Tenant, conversation_id: str, text: str) -> str:
         add_outbound(session, conversation, key=f"reply:{inbound.id}", text=f"reply to {text}", author="bot",
                      in_reply_to_id=inbound.id)
         visitor = session.get_one(Contact, conversation.contact_id).external_id  # the widget's push key
-    get_push().publish(t.id, CONSOLE_KEY)
-    get_push().publish(t.id, visitor)
+    container().push.publish(t.id, CONSOLE_KEY)
+    container().push.publish(t.id, visitor)
     return inbound.id
 
 
@@ -205,7 +206,6 @@ def test_a_question_whose_only_matching_passage_is_another_tenants_gets_none_of_
 
     from app import operations
     from app.db import migrate
-    from app.knowledge.retrieval import retrieve
     from app.main import create_app
 
     migrate()
@@ -221,11 +221,11 @@ def test_a_question_whose_only_matching_passage_is_another_tenants_gets_none_of_
         folder = tmp_path / slug
         folder.mkdir()
         (folder / name).write_text(text)
-        report = operations.ingest(slug, [folder])
+        report = operations.ingest(container(), slug, [folder])
         assert not report["files_failed"], report
     ids = {slug: _tenant_id(slug) for slug in ("leak-a", "leak-b")}
-    assert all(canary not in p.text for p in retrieve(ids["leak-a"], question, top_k=20))
-    assert any(canary in p.text for p in retrieve(ids["leak-b"], question, top_k=20))
+    assert all(canary not in p.text for p in container().retriever(ids["leak-a"], question, top_k=20))
+    assert any(canary in p.text for p in container().retriever(ids["leak-b"], question, top_k=20))
 
     with TestClient(create_app()) as client:  # the lifespan runs the orchestrator
         def ask(slug: str) -> dict[str, Any]:

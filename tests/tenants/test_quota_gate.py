@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from app import operations
+from app.bootstrap import container
 from app.db import migrate, session_scope
 from app.models import Message
 from app.ratelimit import RateLimiter
@@ -55,7 +56,7 @@ def _gate(cache_s: float = 60.0, **kw: object) -> QuotaGate:
 
 def test_concurrent_messages_never_both_take_the_last_unit(tenants: tuple[str, str, str]) -> None:
     conversation, a, _ = tenants
-    operations.set_plan(_slug(a), "free", {"messages_per_month": 12, "messages_per_minute": None})
+    operations.set_plan(container(), _slug(a), "free", {"messages_per_month": 12, "messages_per_minute": None})
     _inbound(a, conversation, 2, "answered")
     gate = _gate()
     verdicts: list[str | None] = []
@@ -80,8 +81,8 @@ def test_concurrent_messages_never_both_take_the_last_unit(tenants: tuple[str, s
 def test_a_waiting_burst_is_admitted_in_order_and_other_tenants_rows_do_not_count(
         tenants: tuple[str, str, str]) -> None:
     conversation, a, b = tenants
-    operations.set_plan(_slug(a), "free", {"messages_per_month": 3, "messages_per_minute": None})
-    operations.set_plan(_slug(b), "free", {"messages_per_month": 3, "messages_per_minute": None})
+    operations.set_plan(container(), _slug(a), "free", {"messages_per_month": 3, "messages_per_minute": None})
+    operations.set_plan(container(), _slug(b), "free", {"messages_per_month": 3, "messages_per_minute": None})
     _inbound(a, conversation, 5, "received")  # stored, none answered yet: the burst is not held against itself
     gate = _gate(cache_s=0)  # re-read the rows at every check
     assert gate.check_message(a) is None
@@ -94,7 +95,7 @@ def test_a_waiting_burst_is_admitted_in_order_and_other_tenants_rows_do_not_coun
 
 def test_last_months_messages_do_not_count_and_the_month_rolls_over(tenants: tuple[str, str, str]) -> None:
     conversation, a, _ = tenants
-    operations.set_plan(_slug(a), "free", {"messages_per_month": 2, "messages_per_minute": None})
+    operations.set_plan(container(), _slug(a), "free", {"messages_per_month": 2, "messages_per_minute": None})
     now = datetime.now(UTC)
     start = datetime(now.year, now.month, 1, tzinfo=UTC)
     _inbound(a, conversation, 9, "answered", at=start - timedelta(seconds=1))
@@ -108,7 +109,7 @@ def test_last_months_messages_do_not_count_and_the_month_rolls_over(tenants: tup
 
 def test_the_plans_messages_per_minute_apply(tenants: tuple[str, str, str]) -> None:
     _, a, b = tenants
-    operations.set_plan(_slug(a), "free", {"messages_per_minute": 2})
+    operations.set_plan(container(), _slug(a), "free", {"messages_per_minute": 2})
     gate = _gate()
     assert [gate.check_message(a) for _ in range(3)][:2] == [None, None]
     refused = gate.check_message(a)

@@ -1,87 +1,23 @@
-// Switchboard analytics page. Plain JavaScript, no build step; it talks to /auth and /admin/v1/analytics only,
-// and draws its charts itself (charts.js). The login works as in the review console (console.js): the access
-// token in memory, the refresh token in this tab's sessionStorage under the same key, so a person coming from
-// the console is already logged in. Every text is shown with textContent, never parsed as HTML.
+// Switchboard analytics page. Plain JavaScript, no build step; it talks to /auth (through session.js, the login
+// it shares with the review console, so a person coming from the console is already logged in) and
+// /admin/v1/analytics only, and draws its charts itself (charts.js). Every text is shown with textContent, never
+// parsed as HTML.
 "use strict";
 
-const REFRESH_KEY = "switchboard-console:refresh";
 const $ = (id) => document.getElementById(id);
-const state = { access: null, refreshTimer: null, me: null, report: null };
+const state = { me: null, report: null };
 const COLORS = { answered: "#2e7d32", escalated: "#c77700", human: "#6a4fb3", other: "#8a94a3" };
 const MODEL_COLORS = ["#1f5fbf", "#c2185b", "#00838f", "#8d6e63", "#5e35b1", "#7cb342"];
 
-class ApiError extends Error {
-  constructor(status, detail) {
-    super(detail);
-    this.status = status;
-  }
-}
+const showLogin = Session.showLogin;
 
-async function detailOf(response) {
-  try {
-    const body = await response.json();
-    if (typeof body.detail === "string") return body.detail;
-    if (Array.isArray(body.detail)) return body.detail.map((d) => `${(d.loc || []).slice(-1)[0]}: ${d.msg}`).join("; ");
-    return JSON.stringify(body);
-  } catch {
-    return `${response.status} ${response.statusText}`;
-  }
-}
-
-function keepTokens(tokens) {
-  state.access = tokens.access_token;
-  sessionStorage.setItem(REFRESH_KEY, tokens.refresh_token);
-  clearTimeout(state.refreshTimer);
-  const lead = Math.max(tokens.expires_in - 60, tokens.expires_in / 2);
-  state.refreshTimer = setTimeout(() => refresh().catch(() => showLogin("Your session ended: log in again.")),
-    lead * 1000);
-}
-
-let refreshing = null;
-function refresh() {
-  if (!refreshing) { // a refresh token works once: one refresh at a time
-    refreshing = (async () => {
-      const token = sessionStorage.getItem(REFRESH_KEY);
-      if (!token) throw new ApiError(401, "not logged in");
-      const response = await fetch("/auth/refresh", {
-        method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ refresh_token: token }),
-      });
-      if (!response.ok) {
-        sessionStorage.removeItem(REFRESH_KEY);
-        throw new ApiError(response.status, await detailOf(response));
-      }
-      keepTokens(await response.json());
-    })().finally(() => { refreshing = null; });
-  }
-  return refreshing;
-}
-
-async function call(path, retried = false) {
-  if (!state.access) await refresh();
-  const response = await fetch(path, { headers: { Authorization: `Bearer ${state.access}` } });
-  if (response.status === 401 && !retried) {
-    state.access = null;
-    await refresh();
-    return call(path, true);
-  }
-  if (!response.ok) throw new ApiError(response.status, await detailOf(response));
-  return response;
-}
-
-function showLogin(message) {
-  clearTimeout(state.refreshTimer);
-  Object.assign(state, { access: null, me: null, report: null });
-  sessionStorage.removeItem(REFRESH_KEY);
-  $("app-view").hidden = true;
-  $("login-view").hidden = false;
-  $("login-error").hidden = !message;
-  $("login-error").textContent = message || "";
-  $("login-password").value = "";
-  $("login-email").focus();
+// What the page drops when the login form comes back (Session.showLogin calls it).
+function reset() {
+  Object.assign(state, { me: null, report: null });
 }
 
 async function showApp() {
-  state.me = await (await call("/auth/me")).json();
+  state.me = await Session.api("/auth/me");
   $("login-view").hidden = true;
   $("app-view").hidden = false;
   $("who").textContent = `${state.me.email} · ${state.me.tenant} · ${state.me.role}`;
@@ -115,7 +51,7 @@ function query() {
 async function load() {
   const error = $("range-error");
   try {
-    state.report = await (await call(`/admin/v1/analytics?${query()}`)).json();
+    state.report = await Session.api(`/admin/v1/analytics?${query()}`);
   } catch (err) {
     if (err.status === 401) return showLogin("Your session ended: log in again.");
     error.textContent = err.message;
@@ -210,7 +146,7 @@ function row(cells) {
 async function download() {
   const error = $("range-error");
   try {
-    const response = await call(`/admin/v1/analytics/export.csv?${query()}`);
+    const response = await Session.request(`/admin/v1/analytics/export.csv?${query()}`);
     const blob = await response.blob();
     const link = document.createElement("a");
     link.href = URL.createObjectURL(blob);
@@ -228,35 +164,6 @@ async function download() {
 
 // --- wiring -----------------------------------------------------------------------------------------------
 
-$("login-form").addEventListener("submit", async (event) => {
-  event.preventDefault();
-  const form = new URLSearchParams({ username: $("login-email").value, password: $("login-password").value });
-  if ($("login-tenant").value) form.set("tenant", $("login-tenant").value);
-  const response = await fetch("/auth/login", { method: "POST", body: form });
-  if (!response.ok) {
-    $("login-error").textContent = await detailOf(response);
-    $("login-error").hidden = false;
-    return;
-  }
-  keepTokens(await response.json());
-  await showApp();
-});
 $("range").addEventListener("submit", (event) => { event.preventDefault(); load(); });
 $("download").addEventListener("click", download);
-$("logout").addEventListener("click", async () => {
-  const token = sessionStorage.getItem(REFRESH_KEY);
-  try {
-    await fetch("/auth/logout", {
-      method: "POST", headers: { "Content-Type": "application/json", Authorization: `Bearer ${state.access}` },
-      body: JSON.stringify({ refresh_token: token || "-" }),
-    });
-  } finally {
-    showLogin("You are logged out.");
-  }
-});
-
-if (sessionStorage.getItem(REFRESH_KEY)) {
-  showApp().catch(() => showLogin(""));
-} else {
-  showLogin("");
-}
+Session.start({ showApp, reset });

@@ -1,14 +1,10 @@
-// Switchboard review console. Plain JavaScript, no build step; it talks to /auth and /review/v1 only.
-// The access token lives in memory only; the refresh token in this tab's sessionStorage, so a reload keeps the
-// login while closing the tab ends it. Every text is shown with textContent, never parsed as HTML.
+// Switchboard review console. Plain JavaScript, no build step; it talks to /auth (through session.js, the login
+// both console pages share) and /review/v1 only. Every text is shown with textContent, never parsed as HTML.
 "use strict";
 
-const REFRESH_KEY = "switchboard-console:refresh";
 const $ = (id) => document.getElementById(id);
 
 const state = {
-  access: null,
-  refreshTimer: null,
   me: null,
   queue: new Map(), // escalation id -> queue item (from the stream)
   generation: 0, // bumped per stream connection, to drop items closed while disconnected
@@ -21,112 +17,19 @@ const state = {
   live: false, // the stream has sent the current queue: later escalations are new
 };
 
-// --- auth ------------------------------------------------------------------------------------------------
+// --- the login (session.js) -------------------------------------------------------------------------------
 
-class ApiError extends Error {
-  constructor(status, detail) {
-    super(detail);
-    this.status = status;
-  }
-}
-
-async function detailOf(response) {
-  try {
-    const body = await response.json();
-    if (typeof body.detail === "string") return body.detail;
-    if (Array.isArray(body.detail)) return body.detail.map((d) => d.msg).join("; ");
-    return JSON.stringify(body);
-  } catch {
-    return `${response.status} ${response.statusText}`;
-  }
-}
-
-function keepTokens(tokens) {
-  state.access = tokens.access_token;
-  sessionStorage.setItem(REFRESH_KEY, tokens.refresh_token);
-  clearTimeout(state.refreshTimer);
-  // Refresh a minute before the access token expires (or halfway, for short lifetimes).
-  const lead = Math.max(tokens.expires_in - 60, tokens.expires_in / 2);
-  state.refreshTimer = setTimeout(() => refresh().catch(() => showLogin("Your session ended: log in again.")),
-    lead * 1000);
-}
-
-async function login(email, password, tenant) {
-  const form = new URLSearchParams({ username: email, password });
-  if (tenant) form.set("tenant", tenant);
-  const response = await fetch("/auth/login", { method: "POST", body: form });
-  if (!response.ok) throw new ApiError(response.status, await detailOf(response));
-  keepTokens(await response.json());
-}
-
-let refreshing = null;
-function refresh() {
-  // One refresh at a time: a refresh token works once, and a second use would end the login.
-  if (!refreshing) {
-    refreshing = (async () => {
-      const token = sessionStorage.getItem(REFRESH_KEY);
-      if (!token) throw new ApiError(401, "not logged in");
-      const response = await fetch("/auth/refresh", {
-        method: "POST", headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ refresh_token: token }),
-      });
-      if (!response.ok) {
-        sessionStorage.removeItem(REFRESH_KEY);
-        throw new ApiError(response.status, await detailOf(response));
-      }
-      keepTokens(await response.json());
-    })().finally(() => { refreshing = null; });
-  }
-  return refreshing;
-}
-
-async function api(path, { method = "GET", body } = {}, retried = false) {
-  if (!state.access) await refresh();
-  const headers = { Authorization: `Bearer ${state.access}` };
-  if (body !== undefined) headers["Content-Type"] = "application/json";
-  const response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
-  if (response.status === 401 && !retried) {
-    state.access = null;
-    try {
-      await refresh();
-    } catch (err) {
-      showLogin("Your session ended: log in again.");
-      throw err;
-    }
-    return api(path, { method, body }, true);
-  }
-  if (!response.ok) throw new ApiError(response.status, await detailOf(response));
-  return response.status === 204 ? null : response.json();
-}
-
-async function logout() {
-  const token = sessionStorage.getItem(REFRESH_KEY);
-  try {
-    await fetch("/auth/logout", {
-      method: "POST", headers: { "Content-Type": "application/json", ...(state.access ? { Authorization: `Bearer ${state.access}` } : {}) },
-      body: JSON.stringify({ refresh_token: token || "-" }),
-    });
-  } finally {
-    showLogin("You are logged out.");
-  }
-}
+const api = Session.api;
+const showLogin = Session.showLogin;
 
 // --- views ----------------------------------------------------------------------------------------------
 
-function showLogin(message) {
-  clearTimeout(state.refreshTimer);
+// What the page drops when the login form comes back (Session.showLogin calls it).
+function reset() {
   clearTimeout(state.reconnectTimer);
   if (state.source) state.source.close();
-  Object.assign(state, { access: null, me: null, source: null, selected: null, escalation: null });
+  Object.assign(state, { me: null, source: null, selected: null, escalation: null });
   state.queue.clear();
-  sessionStorage.removeItem(REFRESH_KEY);
-  $("app-view").hidden = true;
-  $("login-view").hidden = false;
-  const error = $("login-error");
-  error.hidden = !message;
-  error.textContent = message || "";
-  $("login-password").value = "";
-  $("login-email").focus();
 }
 
 async function showApp() {
@@ -452,22 +355,6 @@ async function revealEscalation() {
 }
 
 function wire() {
-  $("login-form").addEventListener("submit", async (event) => {
-    event.preventDefault();
-    const button = $("login-submit");
-    button.disabled = true;
-    $("login-error").hidden = true;
-    try {
-      await login($("login-email").value.trim(), $("login-password").value, $("login-tenant").value.trim());
-      await showApp();
-    } catch (err) {
-      $("login-error").hidden = false;
-      $("login-error").textContent = err.message;
-    } finally {
-      button.disabled = false;
-    }
-  });
-  $("logout").addEventListener("click", logout);
   $("filters").addEventListener("change", renderQueue);
   $("reveal-escalation").addEventListener("click", () => revealEscalation().catch((err) => setStatus(err.message, true)));
   $("approve").addEventListener("click", () => act("Approve", () => decide("approve")));
@@ -515,16 +402,9 @@ function wire() {
   setInterval(() => { if (state.me) renderQueue(); }, 30000); // ages move on
 }
 
-async function start() {
+function start() {
   wire();
-  if (sessionStorage.getItem(REFRESH_KEY)) {
-    try {
-      await refresh();
-      await showApp();
-      return;
-    } catch { /* fall through to the login form */ }
-  }
-  showLogin("");
+  Session.start({ showApp, reset });
 }
 
 window.SwitchboardConsole = { highlight, state };
