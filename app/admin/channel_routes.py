@@ -24,9 +24,9 @@ from app.tenants import channels as service
 _T = TypeVar("_T")
 
 
-def _in_transaction(fn: Callable[[Session], _T]) -> _T:
+def _in_transaction(tenant_id: str, fn: Callable[[Session], _T]) -> _T:
     try:
-        with session_scope() as session:
+        with session_scope(tenant=tenant_id) as session:
             result = fn(session)
     except service.ChannelAccountError as exc:
         raise HTTPException(exc.status, exc.message) from exc
@@ -57,7 +57,7 @@ def channel_router(registry: ChannelRegistry) -> APIRouter:
             rows = db.scalars(select(ChannelAccount).where(ChannelAccount.tenant_id == who.tenant_id)
                               .order_by(ChannelAccount.created_at, ChannelAccount.id))
             return s.ChannelsOut(channels=[out(a) for a in rows])
-        return _in_transaction(run)
+        return _in_transaction(who.tenant_id, run)
 
     @router.post("/channels", response_model=s.ChannelOut, status_code=201, summary="Add a channel account",
                  responses={409: {"description": "That provider account is already registered."}})
@@ -71,18 +71,18 @@ def channel_router(registry: ChannelRegistry) -> APIRouter:
             account, generated = service.create_account(db, registry, who.tenant_id, who.actor,
                                                         request | _secrets(body))
             return out(account, generated)
-        return _in_transaction(run)
+        return _in_transaction(who.tenant_id, run)
 
     @router.get("/channels/{account_id}", response_model=s.ChannelOut, summary="Get a channel account")
     def get_channel(account_id: str, who: Admin) -> s.ChannelOut:
-        return _in_transaction(lambda db: out(service.find_account(db, who.tenant_id, account_id)))
+        return _in_transaction(who.tenant_id, lambda db: out(service.find_account(db, who.tenant_id, account_id)))
 
     @router.patch("/channels/{account_id}", response_model=s.ChannelOut, summary="Update a channel account")
     def patch_channel(account_id: str, body: s.ChannelPatch, who: Admin) -> s.ChannelOut:
         """Changes the fields sent, validated against the account's channel type: `config` replaces the stored
         config; `credentials` replaces the stored secrets (generated ones are kept unless given)."""
         changes = body.model_dump(exclude_unset=True)
-        return _in_transaction(lambda db: out(service.update_account(
+        return _in_transaction(who.tenant_id, lambda db: out(service.update_account(
             db, registry, service.find_account(db, who.tenant_id, account_id), who.actor, changes)))
 
     @router.delete("/channels/{account_id}", status_code=204, summary="Delete a channel account")
@@ -96,7 +96,7 @@ def channel_router(registry: ChannelRegistry) -> APIRouter:
                    {"channel": account.channel, "external_id": account.external_id})
             db.delete(account)
             db.flush()
-        _in_transaction(run)
+        _in_transaction(who.tenant_id, run)
         return Response(status_code=204)
 
     return router

@@ -124,7 +124,7 @@ def _stage_and_queue(
         for name, data in files:
             store.put(prefix + name, data)
             keys.append(prefix + name)
-        with session_scope() as db:
+        with session_scope(tenant=tenant_id) as db:
             db.add(
                 IngestionJob(
                     id=job_id,
@@ -151,7 +151,7 @@ def _stage_and_queue(
     try:
         container().job_queue.submit(job_id)
     except Exception as exc:
-        with session_scope() as db:
+        with session_scope(tenant=tenant_id) as db:
             job = db.get_one(IngestionJob, job_id)
             job.status, job.detail = "failed", f"could not be queued: {exc.__class__.__name__}: {exc}"[:2000]
         for key in keys:
@@ -164,7 +164,7 @@ def _stage_and_queue(
 def get_job(job_id: str, who: Admin) -> s.JobOut:
     """Status (`queued`, `running`, `succeeded`, `failed`), files done, chunks indexed, and each refused file
     with its reason."""
-    return in_transaction(lambda db: job_out(service.get_job(db, who.tenant_id, job_id)))
+    return in_transaction(who.tenant_id, lambda db: job_out(service.get_job(db, who.tenant_id, job_id)))
 
 
 @router.get("/knowledge/jobs", response_model=s.JobsOut, summary="List ingestion jobs")
@@ -175,7 +175,7 @@ def list_jobs(who: Admin, limit: Limit = 50, cursor: CursorQ = None) -> s.JobsOu
         jobs, nxt = service.list_jobs(db, who.tenant_id, cursor, limit)
         return s.JobsOut(jobs=[job_out(j) for j in jobs], next_cursor=nxt)
 
-    return in_transaction(work)
+    return in_transaction(who.tenant_id, work)
 
 
 @router.get("/knowledge/documents", response_model=s.DocumentsOut, summary="List knowledge documents")
@@ -184,7 +184,7 @@ def list_documents(
     pack_version: Annotated[int | None, Query(ge=1, le=MAX_VERSION, description="Only this pack version.")] = None,
 ) -> s.DocumentsOut:
     """Each document with its chunk count, pack version and status (`indexed` or `failed`)."""
-    return in_transaction(
+    return in_transaction(who.tenant_id, 
         lambda db: s.DocumentsOut(
             documents=[
                 s.DocumentOut(
@@ -209,7 +209,7 @@ def list_documents(
 def delete_document(document_id: str, who: Admin) -> Response:
     """Removes the document (its file path) from every pack version: vectors, stored files and rows. The
     assistant stops citing it at once, and a rollback cannot bring it back."""
-    in_transaction(lambda db: service.delete_document(db, who, document_id))
+    in_transaction(who.tenant_id, lambda db: service.delete_document(db, who, document_id))
     return Response(status_code=204)
 
 
@@ -229,7 +229,7 @@ def _versions_out(db: Session, tenant_id: str) -> s.PackVersionsOut:
 
 def _version_call(fn: Callable[[Session], _T]) -> _T:
     try:
-        return in_transaction(fn)
+        return in_transaction(who.tenant_id, fn)
     except versions.VersionError as exc:
         status = 404 if "does not exist" in str(exc) else 409
         raise HTTPException(status, str(exc)) from exc
@@ -239,7 +239,7 @@ def _version_call(fn: Callable[[Session], _T]) -> _T:
 def list_versions(who: Admin) -> s.PackVersionsOut:
     """Newest first, with status, sizes, how much was embedded, evaluation scores and notes (e.g. why a
     version was not promoted)."""
-    return in_transaction(lambda db: _versions_out(db, who.tenant_id))
+    return in_transaction(who.tenant_id, lambda db: _versions_out(db, who.tenant_id))
 
 
 @router.post(
@@ -292,7 +292,7 @@ def list_quarantine(
         rows = quarantine.listing(db, who.tenant_id, version, include_released=include_released)
         return s.QuarantineOut(pack_version=version, chunks=[s.QuarantinedChunkOut(**r) for r in rows])
 
-    return in_transaction(work)
+    return in_transaction(who.tenant_id, work)
 
 
 @router.post(
@@ -315,4 +315,4 @@ def release_chunk(chunk_id: Annotated[str, Path(max_length=36)], who: Admin) -> 
         row = quarantine.listing(db, who.tenant_id, released["pack_version"], include_released=True)
         return s.QuarantinedChunkOut(**next(r for r in row if r["chunk_id"] == chunk_id))
 
-    return in_transaction(work)
+    return in_transaction(who.tenant_id, work)

@@ -65,9 +65,9 @@ def _out(member: service.Member) -> UserOut:
                    added_at=member.added_at)
 
 
-def _in_transaction(fn: Callable[[Session], _T]) -> _T:
+def _in_transaction(tenant_id: str, fn: Callable[[Session], _T]) -> _T:
     try:
-        with session_scope() as session:
+        with session_scope(tenant=tenant_id) as session:
             return fn(session)
     except service.AccountError as exc:
         raise HTTPException(exc.status, exc.message) from exc
@@ -76,7 +76,7 @@ def _in_transaction(fn: Callable[[Session], _T]) -> _T:
 @router.get("/users", response_model=UsersOut, summary="List the tenant's people")
 def list_users(who: Admin) -> UsersOut:
     """Everyone who may log into this tenant, with their role, in the order they were added."""
-    return _in_transaction(lambda db: UsersOut(users=[_out(m) for m in service.list_members(db, who.tenant_id)]))
+    return _in_transaction(who.tenant_id, lambda db: UsersOut(users=[_out(m) for m in service.list_members(db, who.tenant_id)]))
 
 
 @router.post("/users", response_model=NewUserOut, status_code=201, summary="Add a person", responses={
@@ -93,12 +93,12 @@ def add_user(body: UserIn, who: Admin) -> NewUserOut:
         member, created = service.add_member(db, who, body.email, body.role, password)
         return NewUserOut(**_out(member).model_dump(), new_account=created)
 
-    return _in_transaction(work)
+    return _in_transaction(who.tenant_id, work)
 
 
 @router.get("/users/{user_id}", response_model=UserOut, summary="Get a person")
 def get_user(user_id: str, who: Admin) -> UserOut:
-    return _in_transaction(lambda db: _out(service.get_member(db, who.tenant_id, user_id)))
+    return _in_transaction(who.tenant_id, lambda db: _out(service.get_member(db, who.tenant_id, user_id)))
 
 
 @router.patch("/users/{user_id}", response_model=UserOut, summary="Change a person's role", responses={
@@ -107,7 +107,7 @@ def get_user(user_id: str, who: Admin) -> UserOut:
 })
 def change_role(user_id: str, body: RoleIn, who: Admin) -> UserOut:
     """Takes effect on the person's next request (roles are read per request, not kept in tokens)."""
-    return _in_transaction(lambda db: _out(service.change_role(db, who, user_id, body.role)))
+    return _in_transaction(who.tenant_id, lambda db: _out(service.change_role(db, who, user_id, body.role)))
 
 
 @router.delete("/users/{user_id}", status_code=204, summary="Remove a person", responses={
@@ -117,5 +117,5 @@ def change_role(user_id: str, body: RoleIn, who: Admin) -> UserOut:
 def remove_user(user_id: str, who: Admin) -> Response:
     """Removes the person from this tenant and ends their logins into it at once. Their decisions stay in the
     audit log and on the escalations they decided."""
-    _in_transaction(lambda db: service.remove_member(db, who, user_id))
+    _in_transaction(who.tenant_id, lambda db: service.remove_member(db, who, user_id))
     return Response(status_code=204)

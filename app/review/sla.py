@@ -67,7 +67,7 @@ def breach(tenant_id: str, escalation_id: str, *, now: datetime | None = None) -
     from app.review.notify import wake_consoles
 
     now = now or utcnow()
-    with session_scope() as session:
+    with session_scope(tenant=tenant_id) as session:
         escalation = session.scalars(
             select(Escalation).where(Escalation.id == escalation_id, Escalation.tenant_id == tenant_id)
             .with_for_update()

@@ -1,0 +1,156 @@
+"""Tenant-scoped sessions. Every session the application opens says, in `Session.info`, whose data it may touch:
+`info["tenant_id"]` (a tenant session) or `info["cross_tenant"]` (the named escape hatch: why it crosses tenants
+on purpose); `app/db.py` `session_scope` / `open_session` set exactly one before the first statement.
+
+In a tenant session:
+- every ORM select, update and delete (and so `session.get`, relationship loads, `select(Model.column)`) gets
+  the tenant criterion on every tenant-owned model (`TenantOwned`; `Tenant` itself by its `id`) through
+  `with_loader_criteria`, aliases and subqueries included;
+- a Core statement on a tenant-owned table (the hot paths' prebuilt `Table` statements, which the ORM criteria do
+  not reach) must compare the table's tenant column with a bound value, and that value must be the session's
+  tenant, else it is refused;
+- an insert (ORM or Core) must carry the session's tenant in every row, and a flush refuses a new, changed or
+  deleted row of another tenant.
+A session with neither key refuses every statement and every flush, naming the fix. Raw SQL (`text()`) carries
+no model, so nothing here can scope it: the application uses it only for tenant-free statements (health checks)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy import Column, Table, event
+from sqlalchemy.sql import operators, visitors
+from sqlalchemy.orm import ORMExecuteState, Session, with_loader_criteria
+from sqlalchemy.sql.elements import BinaryExpression, BindParameter
+
+from app.models import Base, Tenant
+from app.models.base import TenantOwned
+
+TENANT_KEY = "tenant_id"
+CROSS_TENANT_KEY = "cross_tenant"
+_FROZEN_KEY = "_scope_frozen"
+
+FIX = ("open it with session_scope(tenant=<tenant id>) or, where crossing tenants is the point, "
+       "session_scope(cross_tenant=<reason>) (app/db.py)")
+
+
+class TenantScopeError(RuntimeError):
+    """A statement or flush outside its session's tenant, or in a session without a scope: a programming error."""
+
+
+def session_tenant(session: Session) -> str | None:
+    """The session's tenant; None in a cross-tenant session. Raises in a session without a scope."""
+    info = session.info
+    tenant = info.get(TENANT_KEY)
+    cross = info.get(CROSS_TENANT_KEY)
+    if (tenant is None) == (cross is None):
+        raise TenantScopeError(f"this session has {'both scopes' if tenant else 'no tenant scope'}: {FIX}")
+    frozen = info.get(_FROZEN_KEY)
+    if frozen is None:
+        info[_FROZEN_KEY] = (tenant, cross)
+    elif frozen != (tenant, cross):
+        raise TenantScopeError("a session's scope is fixed before its first statement and never changes: "
+                               "open another session for the other scope")
+    return tenant
+
+
+@lru_cache(maxsize=1)
+def tenant_columns() -> Mapping[Table, Column[Any]]:
+    """The tenant column of every tenant-owned table: `tenant_id`, and `tenants.id` for the tenants themselves."""
+    columns: dict[Table, Column[Any]] = {}
+    for mapper in Base.registry.mappers:
+        table = mapper.local_table
+        if isinstance(table, Table) and issubclass(mapper.class_, TenantOwned):
+            columns[table] = table.c.tenant_id
+    tenants: Table = Tenant.__table__  # type: ignore[assignment]
+    columns[tenants] = tenants.c.id
+    return columns
+
+
+@event.listens_for(Session, "do_orm_execute")
+def _scope_statement(state: ORMExecuteState) -> None:
+    tenant = session_tenant(state.session)
+    if tenant is None:
+        return
+    if state.is_insert:
+        _check_inserted(state, tenant)
+        return
+    if not (state.is_select or state.is_update or state.is_delete) or state.is_column_load:
+        return
+    if state.statement._propagate_attrs.get("compile_state_plugin") == "orm":
+        state.statement = state.statement.options(
+            with_loader_criteria(TenantOwned, lambda cls: cls.tenant_id == tenant, include_aliases=True),
+            with_loader_criteria(Tenant, lambda cls: cls.id == tenant, include_aliases=True),
+        )
+    else:
+        _check_core(state, tenant)
+
+
+def _rows(parameters: Any) -> list[Mapping[str, Any]]:
+    if parameters is None:
+        return [{}]
+    return list(parameters) if isinstance(parameters, list | tuple) else [parameters]
+
+
+def _check_inserted(state: ORMExecuteState, tenant: str) -> None:
+    table = getattr(state.statement, "table", None)
+    column = tenant_columns().get(table) if isinstance(table, Table) else None
+    if column is None:
+        return
+    for row in _rows(state.parameters):
+        if row.get(column.key) != tenant:
+            raise TenantScopeError(f"a session of tenant {tenant} cannot insert into {table.name} a row of tenant "
+                                   f"{row.get(column.key)!r}")
+
+
+@lru_cache(maxsize=512)
+def _core_filters(statement: Any) -> tuple[tuple[str, tuple[BindParameter[Any], ...]], ...]:
+    """For each tenant-owned table a Core statement touches: the bound values its tenant column is compared with
+    (`==` or `IN`), anywhere in the statement."""
+    columns = tenant_columns()
+    touched: dict[Table, list[BindParameter[Any]]] = {}
+    for element in visitors.iterate(statement):
+        if isinstance(element, Table) and element in columns:
+            touched.setdefault(element, [])
+    for element in visitors.iterate(statement):
+        if not isinstance(element, BinaryExpression) or element.operator not in (operators.eq, operators.in_op):
+            continue
+        for side, other in ((element.left, element.right), (element.right, element.left)):
+            table = getattr(side, "table", None)
+            if isinstance(table, Table) and columns.get(table) is side and isinstance(other, BindParameter):
+                touched.setdefault(table, []).append(other)
+    return tuple((table.name, tuple(binds)) for table, binds in touched.items())
+
+
+def _check_core(state: ORMExecuteState, tenant: str) -> None:
+    rows = _rows(state.parameters)
+    for table, binds in _core_filters(state.statement):
+        if not binds:
+            raise TenantScopeError(f"a Core statement on {table} in a tenant session must compare its tenant column "
+                                   "with a bound value (or select through the mapped class, which is scoped)")
+        for row in rows:
+            if not any(_only(tenant, row.get(b.key, b.value)) for b in binds):
+                raise TenantScopeError(f"a session of tenant {tenant} cannot read or change {table} rows of "
+                                       "another tenant")
+
+
+def _only(tenant: str, value: Any) -> bool:
+    if isinstance(value, str):
+        return value == tenant
+    return isinstance(value, Iterable) and all(v == tenant for v in value)
+
+
+@event.listens_for(Session, "before_flush")
+def _scope_flush(session: Session, _context: Any, _instances: Any) -> None:
+    if not (session.new or session.dirty or session.deleted):
+        return
+    tenant = session_tenant(session)
+    if tenant is None:
+        return
+    for obj in (*session.new, *session.dirty, *session.deleted):
+        owner = obj.id if isinstance(obj, Tenant) else getattr(obj, "tenant_id", tenant)
+        if isinstance(obj, TenantOwned | Tenant) and owner != tenant:
+            raise TenantScopeError(f"a session of tenant {tenant} cannot write a {type(obj).__name__} of tenant "
+                                   f"{owner!r}")
