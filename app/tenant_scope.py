@@ -17,13 +17,15 @@ no model, so nothing here can scope it: the application uses it only for tenant-
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import Column, Table, event
 from sqlalchemy.sql import operators, visitors
 from sqlalchemy.orm import ORMExecuteState, Session, with_loader_criteria
-from sqlalchemy.sql.elements import BinaryExpression, BindParameter
+from sqlalchemy.sql.elements import BinaryExpression, BindParameter, ColumnClause
+from sqlalchemy.sql.selectable import Alias
 
 from app.models import Base, Tenant
 from app.models.base import TenantOwned
@@ -105,35 +107,77 @@ def _check_inserted(state: ORMExecuteState, tenant: str) -> None:
                                    f"{row.get(column.key)!r}")
 
 
+@dataclass(frozen=True)
+class _CoreScope:
+    """What a Core statement says about the tenant of each tenant-owned table (or alias of one) it reads:
+    `binds[i]`, the bound values node i's tenant column is compared with (`==`, `IN`); `links`, pairs of nodes whose
+    tenant columns are compared with each other (a join on the tenant)."""
+
+    names: tuple[str, ...]
+    binds: tuple[tuple[BindParameter[Any], ...], ...]
+    links: tuple[tuple[int, int], ...]
+
+
+def _tenant_table(from_: Any) -> Table | None:
+    while isinstance(from_, Alias):
+        from_ = from_.element
+    return from_ if isinstance(from_, Table) and from_ in tenant_columns() else None
+
+
+def _tenant_node(element: Any) -> Any:
+    """The table or alias whose tenant column `element` is, else None."""
+    if not isinstance(element, ColumnClause):
+        return None
+    table = _tenant_table(element.table)
+    return element.table if table is not None and element.key == tenant_columns()[table].key else None
+
+
 @lru_cache(maxsize=512)
-def _core_filters(statement: Any) -> tuple[tuple[str, tuple[BindParameter[Any], ...]], ...]:
-    """For each tenant-owned table a Core statement touches: the bound values its tenant column is compared with
-    (`==` or `IN`), anywhere in the statement."""
-    columns = tenant_columns()
-    touched: dict[Table, list[BindParameter[Any]]] = {}
+def _core_scope(statement: Any) -> _CoreScope:
+    nodes: dict[Any, int] = {}
+    bare: list[Table] = []
+    compared: list[tuple[Any, Any]] = []
     for element in visitors.iterate(statement):
-        if isinstance(element, Table) and element in columns:
-            touched.setdefault(element, [])
-    for element in visitors.iterate(statement):
-        if not isinstance(element, BinaryExpression) or element.operator not in (operators.eq, operators.in_op):
-            continue
-        for side, other in ((element.left, element.right), (element.right, element.left)):
-            table = getattr(side, "table", None)
-            if isinstance(table, Table) and columns.get(table) is side and isinstance(other, BindParameter):
-                touched.setdefault(table, []).append(other)
-    return tuple((table.name, tuple(binds)) for table, binds in touched.items())
+        if isinstance(element, ColumnClause) and _tenant_table(element.table) is not None:
+            nodes.setdefault(element.table, len(nodes))
+        elif isinstance(element, Table) and element in tenant_columns():
+            bare.append(element)
+        elif isinstance(element, BinaryExpression) and element.operator in (operators.eq, operators.in_op):
+            compared.append((element.left, element.right))
+    for table in bare:  # a table read only through an alias is the alias's node; one read for nothing is its own
+        if not any(_tenant_table(node) is table for node in nodes):
+            nodes.setdefault(table, len(nodes))
+    binds: list[list[BindParameter[Any]]] = [[] for _ in nodes]
+    links = []
+    for left, right in compared:
+        a, b = _tenant_node(left), _tenant_node(right)
+        if a is not None and b is not None:
+            links.append((nodes[a], nodes[b]))
+        elif a is not None and isinstance(right, BindParameter):
+            binds[nodes[a]].append(right)
+        elif b is not None and isinstance(left, BindParameter):
+            binds[nodes[b]].append(left)
+    names = tuple(str(getattr(node, "name", node)) for node in nodes)
+    return _CoreScope(names, tuple(map(tuple, binds)), tuple(links))
 
 
 def _check_core(state: ORMExecuteState, tenant: str) -> None:
-    rows = _rows(state.parameters)
-    for table, binds in _core_filters(state.statement):
-        if not binds:
-            raise TenantScopeError(f"a Core statement on {table} in a tenant session must compare its tenant column "
-                                   "with a bound value (or select through the mapped class, which is scoped)")
-        for row in rows:
-            if not any(_only(tenant, row.get(b.key, b.value)) for b in binds):
-                raise TenantScopeError(f"a session of tenant {tenant} cannot read or change {table} rows of "
-                                       "another tenant")
+    scope = _core_scope(state.statement)
+    if not scope.names:
+        return
+    for row in _rows(state.parameters):
+        held = {i for i, binds in enumerate(scope.binds) if any(_only(tenant, row.get(b.key, b.value)) for b in binds)}
+        while True:
+            more = {b for a, b in scope.links if a in held} | {a for a, b in scope.links if b in held}
+            if more <= held:
+                break
+            held |= more
+        if len(held) < len(scope.names):
+            loose = [name for i, name in enumerate(scope.names) if i not in held]
+            raise TenantScopeError(
+                f"a Core statement in a session of tenant {tenant} reads {', '.join(loose)} without comparing its "
+                "tenant column with the session's tenant (a bound value, or a join on another table's tenant "
+                "column that is); or select through the mapped class, which is scoped")
 
 
 def _only(tenant: str, value: Any) -> bool:

@@ -107,7 +107,7 @@ def login(
     failures = ((LOGIN_FAILURES_PER_IP, client_ip(request)), (LOGIN_FAILURES_PER_ACCOUNT, account))
     _limited(*failures)
     try:
-        with session_scope() as session:
+        with session_scope(cross_tenant="a person's logins across tenants") as session:
             return _tokens(logins.login(session, username, password, tenant or None), response)
     except service.LoginFailed as exc:
         log.info("failed login from %s", client_ip(request))
@@ -126,10 +126,11 @@ def refresh(request: Request, response: Response, body: RefreshIn) -> TokenOut:
     ip = (AUTH_FAILURES_PER_IP, client_ip(request))
     _limited(ip)
     try:
-        with session_scope() as session:
+        with session_scope(cross_tenant="a person's logins across tenants") as session:
             return _tokens(logins.refresh(session, body.refresh_token), response)
     except service.RefreshReused as exc:
-        with session_scope() as session:  # the refresh's own transaction was rolled back: revoke in a new one
+        # The refresh's own transaction was rolled back: revoke in a new one.
+        with session_scope(cross_tenant="a person's logins across tenants") as session:
             logins.revoke_login(session, exc.session_id, "refresh_reused", actor="system")
         raise _error(exc) from None
     except service.UnknownRefreshToken as exc:
@@ -153,10 +154,10 @@ def logout(
     if looks_like_jwt(token):
         principal = authenticate(request, authorization)
         if principal.session_id is not None:
-            with session_scope() as session:
+            with session_scope(tenant=principal.tenant_id) as session:
                 logins.revoke_login(session, principal.session_id, "logout")
     elif body is not None:
-        with session_scope() as session:
+        with session_scope(cross_tenant="a person's logins across tenants") as session:
             logins.logout_with_refresh(session, body.refresh_token)
     else:
         raise HTTPException(401, "send the access token (Authorization: Bearer) or the refresh token to log out",
@@ -185,7 +186,7 @@ def change_password(body: PasswordIn, principal: Viewer) -> Response:
     account = (LOGIN_FAILURES_PER_ACCOUNT, principal.name)  # a stolen access token must not test passwords freely
     _limited(account)
     try:
-        with session_scope() as session:
+        with session_scope(cross_tenant="a person's logins across tenants") as session:
             logins.change_password(session, principal, body.current_password, body.new_password)
     except service.WrongPassword as exc:
         _spend(account)

@@ -180,7 +180,7 @@ class Orchestrator:
 
     # -- phase 1 -----------------------------------------------------------------------------------------
     def _load(self, event: InboundMessage) -> tuple[Context | None, Outcome | None]:
-        with session_scope() as session:
+        with session_scope(tenant=event.tenant_id) as session:
             # Message, conversation and tenant in one round trip; here and below, SQL built once (module end).
             row = session.execute(_LOAD, {"message": event.message_id, "tenant": event.tenant_id}).first()
             if row is None:
@@ -198,12 +198,12 @@ class Orchestrator:
                 policies=dict(row.policies or {}),
                 llm=self._llm_config(row.policies, row.llm_api_key_encrypted, row.llm_provider_keys_encrypted),
                 history=history(
-                    session, row.conversation_id, before_id=row.id, turns=self.settings.history_turns
+                    session, event.tenant_id, row.conversation_id, before_id=row.id, turns=self.settings.history_turns
                 ),
                 pack_version=row.live_pack_version,
                 received_at=row.created_at,
-                earlier_burst=merged_into(session, row.conversation_id, row.id, row.created_at),
-                superseded=newer_pending(session, row.conversation_id, row.created_at) is not None,
+                earlier_burst=merged_into(session, event.tenant_id, row.conversation_id, row.id, row.created_at),
+                superseded=newer_pending(session, event.tenant_id, row.conversation_id, row.created_at) is not None,
                 channel=event.channel,
                 consent=row.consent_status or "unknown",
             )
@@ -430,8 +430,9 @@ _LOAD = (
            TENANTS.c.persona, TENANTS.c.policies, TENANTS.c.llm_api_key_encrypted,
            TENANTS.c.llm_provider_keys_encrypted, TENANTS.c.live_pack_version, TENANTS.c.slug,
            CONTACTS.c.consent_status)
-    .join(CONVERSATIONS, CONVERSATIONS.c.id == MESSAGES.c.conversation_id)
-    .join(CONTACTS, CONTACTS.c.id == CONVERSATIONS.c.contact_id)
+    .join(CONVERSATIONS, (CONVERSATIONS.c.id == MESSAGES.c.conversation_id)
+          & (CONVERSATIONS.c.tenant_id == MESSAGES.c.tenant_id))
+    .join(CONTACTS, (CONTACTS.c.id == CONVERSATIONS.c.contact_id) & (CONTACTS.c.tenant_id == MESSAGES.c.tenant_id))
     .join(TENANTS, TENANTS.c.id == MESSAGES.c.tenant_id)
     .where(*IN_TENANT, MESSAGES.c.direction == "in")
 )

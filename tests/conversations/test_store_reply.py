@@ -26,7 +26,7 @@ def test_a_reply_is_stored_once_per_key_and_reads_back_like_an_orm_one(tenant: s
         again = store_reply(session, to, key=f"reply:{inbound.message_id}", text="something else", author="bot")
         (reply,) = session.scalars(select(Message).where(Message.tenant_id == tenant, Message.direction == "out"))
         conversation = session.get_one(Conversation, inbound.conversation_id)
-        assert history(session, inbound.conversation_id, before_id=None, turns=6) == [
+        assert history(session, tenant, inbound.conversation_id, before_id=None, turns=6) == [
             ("customer", "Do you ship to Norway?"), ("assistant", "Yes, in 5 days [1].")]
         # The ORM path sees the same key as taken.
         orm_reply, created = add_outbound(session, conversation, key=f"reply:{inbound.message_id}", text="x",
