@@ -47,7 +47,7 @@ def test_an_admin_key_adds_lists_changes_and_removes_people(client: TestClient, 
     assert client.delete(f"/admin/v1/users/{dana.user_id}", headers=h).status_code == 204
     assert client.get("/auth/me", headers=bearer(tokens)).status_code == 401  # the removal ends the login
     assert client.get("/admin/v1/users", headers=h).json()["users"] == []
-    with session_scope() as session:  # in no tenant any more: the account (and its hash) is gone
+    with session_scope(cross_tenant="tests") as session:  # in no tenant any more: the account (and its hash) is gone
         assert session.scalar(select(func.count()).select_from(User).where(User.id == dana.user_id)) == 0
     login(client, dana, expect=401)
     assert client.delete(f"/admin/v1/users/{dana.user_id}", headers=h).status_code == 404
@@ -174,7 +174,7 @@ def test_two_owners_demoting_each_other_at_once_leave_one_owner(client: TestClie
 
     for _ in range(5):
         one, two = add_person(tenant_a, email("one"), "owner"), add_person(tenant_a, email("two"), "owner")
-        with session_scope() as session:  # only these two are owners
+        with session_scope(cross_tenant="tests") as session:  # only these two are owners
             for member in service.list_members(session, tenant_a.id):
                 if member.role == "owner" and member.user_id not in (one.user_id, two.user_id):
                     service.remove_member(session, service.tenant_operator(session, tenant_a.slug), member.user_id)
@@ -186,7 +186,7 @@ def test_two_owners_demoting_each_other_at_once_leave_one_owner(client: TestClie
                             role="owner")
             barrier.wait()
             try:
-                with session_scope() as session:
+                with session_scope(cross_tenant="tests") as session:
                     service.change_role(session, who, target.user_id, "admin")
                 outcomes.append("demoted")
             except service.Conflict:
@@ -198,5 +198,5 @@ def test_two_owners_demoting_each_other_at_once_leave_one_owner(client: TestClie
         for thread in threads:
             thread.join(60)
         assert sorted(outcomes) == ["demoted", "refused"]
-        with session_scope() as session:
+        with session_scope(cross_tenant="tests") as session:
             assert [m.role for m in service.list_members(session, tenant_a.id)].count("owner") == 1
