@@ -12,7 +12,6 @@ from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from app import tenant_scope
-
 from app.config import get_settings
 from app.files import private_file
 

@@ -22,8 +22,8 @@ from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import Column, Table, event
-from sqlalchemy.sql import operators, visitors
 from sqlalchemy.orm import ORMExecuteState, Session, with_loader_criteria
+from sqlalchemy.sql import operators, visitors
 from sqlalchemy.sql.elements import BinaryExpression, BindParameter, ColumnClause
 from sqlalchemy.sql.selectable import Alias
 
@@ -98,8 +98,7 @@ def _rows(parameters: Any) -> list[Mapping[str, Any]]:
 
 def _check_inserted(state: ORMExecuteState, tenant: str) -> None:
     table = getattr(state.statement, "table", None)
-    column = tenant_columns().get(table) if isinstance(table, Table) else None
-    if column is None:
+    if not isinstance(table, Table) or (column := tenant_columns().get(table)) is None:
         return
     for row in _rows(state.parameters):
         if row.get(column.key) != tenant:

@@ -184,7 +184,7 @@ def list_documents(
     pack_version: Annotated[int | None, Query(ge=1, le=MAX_VERSION, description="Only this pack version.")] = None,
 ) -> s.DocumentsOut:
     """Each document with its chunk count, pack version and status (`indexed` or `failed`)."""
-    return in_transaction(who.tenant_id, 
+    return in_transaction(who.tenant_id,
         lambda db: s.DocumentsOut(
             documents=[
                 s.DocumentOut(
@@ -227,9 +227,9 @@ def _versions_out(db: Session, tenant_id: str) -> s.PackVersionsOut:
     )
 
 
-def _version_call(fn: Callable[[Session], _T]) -> _T:
+def _version_call(tenant_id: str, fn: Callable[[Session], _T]) -> _T:
     try:
-        return in_transaction(who.tenant_id, fn)
+        return in_transaction(tenant_id, fn)
     except versions.VersionError as exc:
         status = 404 if "does not exist" in str(exc) else 409
         raise HTTPException(status, str(exc)) from exc
@@ -255,7 +255,7 @@ def promote_version(version: Annotated[int, Path(ge=1, le=MAX_VERSION)], who: Ad
         versions.promote(db, who.tenant_id, version, actor=who.actor)
         return _versions_out(db, who.tenant_id)
 
-    return _version_call(work)
+    return _version_call(who.tenant_id, work)
 
 
 @router.post(
@@ -271,7 +271,7 @@ def rollback_version(who: Admin) -> s.PackVersionsOut:
         versions.rollback(db, who.tenant_id, actor=who.actor)
         return _versions_out(db, who.tenant_id)
 
-    return _version_call(work)
+    return _version_call(who.tenant_id, work)
 
 
 # --- quarantine (app/knowledge/quarantine.py) -----------------------------------------------------------------

@@ -154,7 +154,7 @@ def get_tenant(who: Admin) -> s.TenantOut:
 def patch_tenant(body: s.TenantPatch, who: Admin) -> s.TenantOut:
     """Changes only the fields sent; inside `persona` and `policies` too (send a field as `null` to reset it).
     Takes effect on the next message the assistant answers."""
-    return in_transaction(who.tenant_id, 
+    return in_transaction(who.tenant_id,
         lambda db: _tenant(
             tenant_settings.update_tenant(
                 db,
@@ -170,7 +170,7 @@ def patch_tenant(body: s.TenantPatch, who: Admin) -> s.TenantOut:
 @router.put("/tenant/llm-key", response_model=s.LLMKeyOut, summary="Set the tenant's LLM API key")
 def put_llm_key(body: s.LLMKeyIn, who: Admin) -> s.LLMKeyOut:
     """Stores the key encrypted, for the endpoint in `policies.llm`. It is never returned."""
-    return in_transaction(who.tenant_id, 
+    return in_transaction(who.tenant_id,
         lambda db: s.LLMKeyOut(
             has_llm_key=tenant_settings.set_llm_key(
                 db, who, body.api_key.get_secret_value()).llm_api_key_encrypted is not None
@@ -181,7 +181,7 @@ def put_llm_key(body: s.LLMKeyIn, who: Admin) -> s.LLMKeyOut:
 @router.delete("/tenant/llm-key", response_model=s.LLMKeyOut, summary="Remove the tenant's LLM API key")
 def delete_llm_key(who: Admin) -> s.LLMKeyOut:
     """The server's default LLM key applies again."""
-    return in_transaction(who.tenant_id, 
+    return in_transaction(who.tenant_id,
         lambda db: s.LLMKeyOut(has_llm_key=tenant_settings.set_llm_key(db, who, None).llm_api_key_encrypted is not None)
     )
 
@@ -234,7 +234,8 @@ def llm_usage(
 @router.get("/api-keys", response_model=s.ApiKeysOut, summary="List API keys")
 def list_api_keys(who: Admin) -> s.ApiKeysOut:
     """Every key of the tenant, revoked ones included. Keys are stored hashed: only their prefix is shown."""
-    return in_transaction(who.tenant_id, lambda db: s.ApiKeysOut(api_keys=[_key(k) for k in service.list_api_keys(db, who.tenant_id)]))
+    return in_transaction(who.tenant_id, lambda db: s.ApiKeysOut(
+        api_keys=[_key(k) for k in service.list_api_keys(db, who.tenant_id)]))
 
 
 @router.post("/api-keys", response_model=s.NewApiKeyOut, status_code=201, summary="Create an API key")

@@ -76,7 +76,8 @@ def _in_transaction(tenant_id: str, fn: Callable[[Session], _T]) -> _T:
 @router.get("/users", response_model=UsersOut, summary="List the tenant's people")
 def list_users(who: Admin) -> UsersOut:
     """Everyone who may log into this tenant, with their role, in the order they were added."""
-    return _in_transaction(who.tenant_id, lambda db: UsersOut(users=[_out(m) for m in service.list_members(db, who.tenant_id)]))
+    return _in_transaction(who.tenant_id, lambda db: UsersOut(
+        users=[_out(m) for m in service.list_members(db, who.tenant_id)]))
 
 
 @router.post("/users", response_model=NewUserOut, status_code=201, summary="Add a person", responses={

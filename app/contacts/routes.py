@@ -71,7 +71,7 @@ def export_contact(contact: str, who: Admin) -> dict[str, Any]:
 def erase_contact(contact: str, who: Admin) -> ErasedOut:
     """Deletes everything stored about the contact (conversations, messages, escalations, audit events about
     them, queued bus entries) and records an audit tombstone with counts only. Cannot be undone."""
-    erased, messages, conversations = _in_transaction(who.tenant_id, 
+    erased, messages, conversations = _in_transaction(who.tenant_id,
         lambda db: privacy.erase(db, who.tenant_id, contact, who.actor))
     on_bus = privacy.erase_bus_entries(container().bus, who.tenant_id, [*messages, *conversations])
     flush_deleted()

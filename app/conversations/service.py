@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Table, bindparam, func, insert, select, update
+from sqlalchemy import BindParameter, Table, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app import logs, outbox
@@ -254,7 +254,7 @@ def statements(dialect: str) -> _Statements:
         .on_conflict_do_nothing(index_elements=["tenant_id", "channel", "provider_message_id"])
         .returning(MESSAGES.c.id)
     )
-    tenants = bindparam("tenants", expanding=True)
+    tenants: BindParameter[Any] = bindparam("tenants", expanding=True)
     existing = (
         select(MESSAGES.c.id, MESSAGES.c.conversation_id, CONVERSATIONS.c.contact_id, MESSAGES.c.tenant_id,
                MESSAGES.c.channel, MESSAGES.c.provider_message_id)

@@ -29,7 +29,7 @@ from app import keys, logs, ratelimit
 from app.bootstrap import container
 from app.config import get_settings
 from app.conversations.service import InboundRequest
-from app.db import get_engine, session_scope
+from app.db import session_scope
 from app.models import Contact, Conversation, Message, Tenant
 from app.runtime import get_push
 from gateways.common import Account, load_account, load_account_async

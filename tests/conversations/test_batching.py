@@ -121,7 +121,8 @@ def test_concurrent_callers_get_one_row_and_one_entry_per_provider_message(tenan
     assert {e.provider_message_id: e.message_id for e in published} == {
         pid: a.message_id for pid, a in originals.items()}
     assert len(stored(tenant)) == 40
-    with session_scope(cross_tenant="tests") as session:  # one contact and one conversation per customer, however batched
+    # One contact and one conversation per customer, however batched
+    with session_scope(cross_tenant="tests") as session:
         assert session.scalar(select(func.count()).select_from(Contact).where(Contact.tenant_id == tenant)) == 5
         assert session.scalar(select(func.count()).select_from(Conversation)
                               .where(Conversation.tenant_id == tenant)) == 5

@@ -74,7 +74,8 @@ def test_a_message_scheduled_in_the_outbox_is_left_alone(tenant: str) -> None:
     bus = MemoryBus()
     message_id = _accept(bus, tenant, "m1")
     delivered = bus.read(INBOUND, "orchestrator", "c", count=10, block_ms=0)
-    with session_scope(cross_tenant="tests") as session:  # as the orchestrator does in a burst window: re-delivery scheduled
+    # As the orchestrator does in a burst window: re-delivery scheduled
+    with session_scope(cross_tenant="tests") as session:
         outbox.add(session, [outbox.Entry(INBOUND, tenant, delivered[0].fields, message_id)],
                    not_before=utcnow() + timedelta(hours=1))
     bus.ack("orchestrator", delivered)

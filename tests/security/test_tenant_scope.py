@@ -114,7 +114,6 @@ def test_a_tenant_session_cannot_insert_or_move_a_row_into_another_tenant(sessio
     A, B, ids = _seed(sessions)
     for model in _tenant_owned():
         table = model.__table__
-        [pk] = table.primary_key.columns
         column = tenant_columns()[table].key
         with sessions(info=scope_info(tenant=A)) as session:
             row = session.get_one(model, ids[A][table.name])
@@ -158,7 +157,7 @@ def test_core_statements_must_name_the_sessions_tenant(sessions: sessionmaker[Se
 
 
 def test_a_session_without_a_scope_refuses_every_statement_and_flush(sessions: sessionmaker[Session]) -> None:
-    A, B, ids = _seed(sessions)
+    A, _, ids = _seed(sessions)
     with sessions() as session:
         with pytest.raises(TenantScopeError, match=r"no tenant scope: open it with session_scope\(tenant="):
             session.execute(select(Tenant))
