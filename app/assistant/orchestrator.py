@@ -53,6 +53,7 @@ from app.providers.llm.base import LLMClient, LLMError
 from app.providers.llm.plan import LLMPlan, tenant_plan
 from app.providers.llm.router import CallTag, LLMRouter
 from app.ratelimit import LLM_CALLS_PER_TENANT, RateLimited, RateLimiter
+from app.tenant_scope import same_tenant
 from app.tenants.quota import QuotaGate
 
 log = logging.getLogger(__name__)
@@ -430,9 +431,8 @@ _LOAD = (
            TENANTS.c.persona, TENANTS.c.policies, TENANTS.c.llm_api_key_encrypted,
            TENANTS.c.llm_provider_keys_encrypted, TENANTS.c.live_pack_version, TENANTS.c.slug,
            CONTACTS.c.consent_status)
-    .join(CONVERSATIONS, (CONVERSATIONS.c.id == MESSAGES.c.conversation_id)
-          & (CONVERSATIONS.c.tenant_id == MESSAGES.c.tenant_id))
-    .join(CONTACTS, (CONTACTS.c.id == CONVERSATIONS.c.contact_id) & (CONTACTS.c.tenant_id == MESSAGES.c.tenant_id))
+    .join(CONVERSATIONS, (CONVERSATIONS.c.id == MESSAGES.c.conversation_id) & same_tenant(CONVERSATIONS, MESSAGES))
+    .join(CONTACTS, (CONTACTS.c.id == CONVERSATIONS.c.contact_id) & same_tenant(CONTACTS, MESSAGES))
     .join(TENANTS, TENANTS.c.id == MESSAGES.c.tenant_id)
     .where(*IN_TENANT, MESSAGES.c.direction == "in")
 )

@@ -27,6 +27,7 @@ from app.models import Contact, Conversation, Escalation, Message, Tenant, new_i
 from app.providers.llm.plan import LLMPlan
 from app.review.sla import schedule as schedule_sla
 from app.review.sla import target as sla_target
+from app.tenant_scope import filter_only, same_tenant
 
 DEAD_LETTERED = "processing_failed"  # the reason of the escalation a dead-lettered message opens
 DEFAULT_ESCALATION_NOTICE = (
@@ -242,8 +243,9 @@ def mark_dead(tenant_id: str, message_id: str, reason: str) -> None:
         message.status = "dead"
         message.error = reason
         record(session, tenant_id, "system", "message.dead_lettered", "message", message_id, {"reason": reason})
-        if session.scalar(select(ESCALATIONS.c.id).where(ESCALATIONS.c.message_id == message_id,
-                                                         ESCALATIONS.c.tenant_id == tenant_id)) is not None:
+        escalated = select(ESCALATIONS.c.id).where(ESCALATIONS.c.message_id == message_id,
+                                                   filter_only(ESCALATIONS.c.tenant_id) == tenant_id)
+        if session.scalar(escalated) is not None:
             return
         row = session.execute(_CLAIM, {"message": message_id, "tenant": tenant_id}).one()
         policies = session.scalar(select(Tenant.policies).where(Tenant.id == tenant_id)) or {}
@@ -273,8 +275,7 @@ IN_TENANT = (MESSAGES.c.id == bindparam("message"), MESSAGES.c.tenant_id == bind
 _CLAIM = (
     select(MESSAGES.c.status, MESSAGES.c.created_at, MESSAGES.c.meta, MESSAGES.c.conversation_id,
            CONVERSATIONS.c.channel, CONVERSATIONS.c.channel_account_id)
-    .join(CONVERSATIONS, (CONVERSATIONS.c.id == MESSAGES.c.conversation_id)
-          & (CONVERSATIONS.c.tenant_id == MESSAGES.c.tenant_id))
+    .join(CONVERSATIONS, (CONVERSATIONS.c.id == MESSAGES.c.conversation_id) & same_tenant(CONVERSATIONS, MESSAGES))
     .where(*IN_TENANT)
     .with_for_update(of=MESSAGES)
 )

@@ -19,21 +19,22 @@ from sqlalchemy import bindparam, exists, select
 from sqlalchemy.orm import Session
 
 from app.conversations.service import MESSAGES
+from app.tenant_scope import filter_only
 
 # Built once (see the orchestrator's SQL): each call only binds values.
 _ENDED = MESSAGES.alias("ended")
 _TURN_ENDED_SINCE = exists().where(  # a later inbound message of the conversation already ended a turn
-    _ENDED.c.conversation_id == bindparam("conversation"), _ENDED.c.tenant_id == bindparam("tenant"),
+    _ENDED.c.conversation_id == bindparam("conversation"), filter_only(_ENDED.c.tenant_id) == bindparam("tenant"),
     _ENDED.c.direction == "in",
     _ENDED.c.status.in_(["answered", "escalated", "human"]), _ENDED.c.created_at > bindparam("created"),
 )
 _NEWER_PENDING = select(MESSAGES.c.id).where(
-    MESSAGES.c.conversation_id == bindparam("conversation"), MESSAGES.c.tenant_id == bindparam("tenant"),
+    MESSAGES.c.conversation_id == bindparam("conversation"), filter_only(MESSAGES.c.tenant_id) == bindparam("tenant"),
     MESSAGES.c.direction == "in",
     MESSAGES.c.status == "received", MESSAGES.c.created_at > bindparam("created"), ~_TURN_ENDED_SINCE,
 ).order_by(MESSAGES.c.created_at).limit(1)
 _MERGED_EARLIER = select(MESSAGES.c.id, MESSAGES.c.text, MESSAGES.c.meta).where(
-    MESSAGES.c.conversation_id == bindparam("conversation"), MESSAGES.c.tenant_id == bindparam("tenant"),
+    MESSAGES.c.conversation_id == bindparam("conversation"), filter_only(MESSAGES.c.tenant_id) == bindparam("tenant"),
     MESSAGES.c.direction == "in",
     MESSAGES.c.status == "merged", MESSAGES.c.created_at < bindparam("created"),
 ).order_by(MESSAGES.c.created_at.desc())

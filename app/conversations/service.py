@@ -22,6 +22,7 @@ from app.bus.base import Bus, check_name
 from app.contracts import INBOUND, Attachment, InboundMessage
 from app.db import session_scope
 from app.models import Contact, Conversation, Message, new_id, utcnow
+from app.tenant_scope import filter_only
 
 log = logging.getLogger(__name__)
 
@@ -356,8 +357,8 @@ def _existing(
 # The orchestrator's history read, built once: each call only binds values (see `_Statements`).
 _HISTORY = (
     select(MESSAGES.c.id, MESSAGES.c.direction, MESSAGES.c.text)
-    .where(MESSAGES.c.conversation_id == bindparam("conversation"), MESSAGES.c.tenant_id == bindparam("tenant"),
-           MESSAGES.c.status.notin_(["failed", "dead"]))
+    .where(MESSAGES.c.conversation_id == bindparam("conversation"),
+           filter_only(MESSAGES.c.tenant_id) == bindparam("tenant"), MESSAGES.c.status.notin_(["failed", "dead"]))
     .order_by(MESSAGES.c.created_at.desc())
     .limit(bindparam("limit"))
 )

@@ -32,6 +32,7 @@ from app.conversations.service import InboundRequest
 from app.db import session_scope
 from app.models import Contact, Conversation, Message, Tenant
 from app.runtime import get_push
+from app.tenant_scope import same_tenant
 from gateways.common import Account, load_account, load_account_async
 from gateways.payloads import scoped_key
 from gateways.webchat import sessions
@@ -223,8 +224,7 @@ MESSAGES: Table = Message.__table__  # type: ignore[assignment]
 _READ = (
     select(MESSAGES.c.id, MESSAGES.c.direction, MESSAGES.c.author, MESSAGES.c.text, MESSAGES.c.citations,
            MESSAGES.c.created_at, MESSAGES.c.status, MESSAGES.c.in_reply_to_id)
-    .join(CONVERSATIONS, (CONVERSATIONS.c.id == MESSAGES.c.conversation_id)
-          & (CONVERSATIONS.c.tenant_id == MESSAGES.c.tenant_id))
+    .join(CONVERSATIONS, (CONVERSATIONS.c.id == MESSAGES.c.conversation_id) & same_tenant(CONVERSATIONS, MESSAGES))
     .join(CONTACTS, CONTACTS.c.id == CONVERSATIONS.c.contact_id)
     .where(CONTACTS.c.tenant_id == bindparam("tenant_id"), CONTACTS.c.channel == CHANNEL,
            CONTACTS.c.external_id == bindparam("contact_id"), CONVERSATIONS.c.tenant_id == bindparam("tenant_id"))

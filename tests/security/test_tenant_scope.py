@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, Integer, Table, bindparam, delete, insert, select, update
+from sqlalchemy import Engine, Integer, Table, bindparam, delete, event, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import make_engine, migrate, scope_info
-from app.models import Base, Tenant
+from app.models import Base, Message, Tenant
 from app.tenant_scope import TenantScopeError, tenant_columns
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -185,3 +185,21 @@ def test_the_scope_cannot_change_after_the_first_statement(sessions: sessionmake
         session.info["tenant_id"] = B
         with pytest.raises(TenantScopeError, match="never changes"):
             session.execute(select(Tenant.id))
+
+
+def test_on_sqlite_the_tenant_criterion_filters_but_never_chooses_the_index(tmp_path: Path) -> None:
+    """Without statistics SQLite would read a conversation's messages through the (tenant_id, created_at) index,
+    all the tenant's messages; the criterion is `+messages.tenant_id` there, and the conversation's index stays."""
+    url = f"sqlite:///{tmp_path / 'plan.db'}"
+    migrate(url)
+    engine = make_engine(url)
+    statements: list[str] = []
+    event.listen(engine, "before_cursor_execute", lambda _c, _cur, sql, *_: statements.append(sql))
+    with Session(engine, info=scope_info(tenant="a")) as session:
+        session.scalars(select(Message).where(Message.conversation_id == "c").order_by(Message.created_at)).all()
+        [sql] = statements
+        assert "+messages.tenant_id = ?" in sql
+        plan = " ".join(row[-1] for row in session.connection().exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}",
+                                                                               ("c", "a")))
+    assert "ix_messages_conversation_created" in plan, plan
+    engine.dispose()
