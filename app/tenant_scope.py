@@ -7,8 +7,10 @@ In a tenant session:
   the tenant criterion on every tenant-owned model (`TenantOwned`; `Tenant` itself by its `id`) through
   `with_loader_criteria`, aliases and subqueries included;
 - a Core statement on a tenant-owned table (the hot paths' prebuilt `Table` statements, which the ORM criteria do
-  not reach) must compare the table's tenant column with a bound value, and that value must be the session's
-  tenant, else it is refused;
+  not reach) must, for each such table (or alias) it reads, compare its tenant column with a bound value that is
+  the session's tenant, or join it on the tenant column to one that does (`same_tenant`); else it is refused. The
+  check looks for the comparisons anywhere in the statement (it does not follow OR): it catches a forgotten
+  tenant, it is no SQL prover;
 - an insert (ORM or Core) must carry the session's tenant in every row, and a flush refuses a new, changed or
   deleted row of another tenant.
 A session with neither key refuses every statement and every flush, naming the fix. Raw SQL (`text()`) carries
