@@ -25,7 +25,7 @@ from app import logs
 from app.accounts.tokens import looks_like_jwt
 from app.api.services import services_of
 from app.crypto import secrets_equal
-from app.db import SQLITE_BUSY_MS, get_sessionmaker
+from app.db import SQLITE_BUSY_MS, open_session
 from app.models import ApiKey, Tenant, utcnow
 from app.ratelimit import AUTH_FAILURES_PER_IP, AUTH_FAILURES_PER_KEY, RateLimited, RateLimiter, client_ip
 
@@ -113,7 +113,9 @@ def authenticate(
     failures.check()
     if looks_like_jwt(token):
         return _person(token, failures)
-    with get_sessionmaker()() as session:
+    # The key names its tenant only once it is found: the lookup crosses tenants (by the key's hash, or by the slug
+    # the operator token names).
+    with open_session(cross_tenant="API-key lookup by hash") as session:
         # Only `serve` in embedded mode sets one (app/cli.py): the local CLI acts for any tenant through it.
         operator_token: str | None = getattr(request.app.state, "operator_token", None)
         if operator_token and secrets_equal(token, operator_token):
@@ -177,7 +179,7 @@ def _person(token: str, failures: _Failures) -> Principal:
         if not exc.expired:  # a forged or foreign token; an expired one is ordinary use
             failures.spend()
         raise _unauthorized(str(exc)) from None
-    with get_sessionmaker()() as session:
+    with open_session(tenant=claims.tenant_id) as session:
         principal = principal_for(session, claims)
     if principal is None:
         raise _unauthorized("this login has ended (logged out, revoked, or removed from the tenant): log in again")

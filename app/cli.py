@@ -409,14 +409,16 @@ def guard_scan(
     policies: dict[str, Any] = {}
     if tenant is not None:
         from app.db import migrate, session_scope
-        from app.tenants.service import TenantError, get_by_slug
+        from app.models import Tenant
+        from app.tenants.service import TenantError, tenant_id_of
 
         migrate()
-        with session_scope() as session:
-            try:
-                policies = dict(get_by_slug(session, tenant).policies or {})
-            except TenantError as exc:
-                raise _fail(str(exc)) from exc
+        try:
+            tenant_id = tenant_id_of(tenant)
+        except TenantError as exc:
+            raise _fail(str(exc)) from exc
+        with session_scope(tenant=tenant_id) as session:
+            policies = dict(session.get_one(Tenant, tenant_id).policies or {})
     from app.assistant.pii_ner import NerUnavailable
 
     try:
@@ -486,11 +488,9 @@ def _contact_call(tenant: str, method: str, path: str, body: dict[str, Any] | No
 
 
 def _tenant_id(slug: str) -> str:
-    from app.db import session_scope
-    from app.tenants.service import get_by_slug
+    from app.tenants.service import tenant_id_of
 
-    with session_scope() as session:
-        return get_by_slug(session, slug).id
+    return tenant_id_of(slug)
 
 
 @contact_cli.command("export")
@@ -502,8 +502,9 @@ def contact_export(tenant: TenantOpt, contact: ContactOpt, as_json: JsonOpt = Tr
     _prepare()
 
     def local() -> Any:
-        with session_scope() as session:
-            return privacy.export(session, _tenant_id(tenant), contact)
+        tenant_id = _tenant_id(tenant)
+        with session_scope(tenant=tenant_id) as session:
+            return privacy.export(session, tenant_id, contact)
 
     _print_json(_contact_call(tenant, "GET", f"{contact}/export", None, local))
 
@@ -518,7 +519,7 @@ def contact_erase(tenant: TenantOpt, contact: ContactOpt, as_json: JsonOpt = Fal
 
     def local() -> Any:
         tenant_id = _tenant_id(tenant)
-        with session_scope() as session:
+        with session_scope(tenant=tenant_id) as session:
             erased, messages, conversations = privacy.erase(session, tenant_id, contact, "operator")
         on_bus = privacy.erase_bus_entries(container().bus, tenant_id, [*messages, *conversations])
         flush_deleted()
@@ -546,8 +547,9 @@ def contact_consent(tenant: TenantOpt, contact: ContactOpt,
         raise _fail(f"consent must be one of {', '.join(privacy.CONSENT_STATES)}")
 
     def local() -> Any:
-        with session_scope() as session:
-            row = privacy.set_consent(session, _tenant_id(tenant), contact, status, "operator", "operator")
+        tenant_id = _tenant_id(tenant)
+        with session_scope(tenant=tenant_id) as session:
+            row = privacy.set_consent(session, tenant_id, contact, status, "operator", "operator")
             return {"contact_id": row.id, "status": row.consent_status, "source": row.consent_source}
 
     report = _contact_call(tenant, "PUT", f"{contact}/consent", {"status": status}, local)
@@ -660,10 +662,11 @@ def demo(
     finally:
         roles.stop()
     from app.db import session_scope
-    from app.tenants.service import get_by_slug, widget_account
+    from app.tenants.service import tenant_id_of, widget_account
 
-    with session_scope() as session:
-        widget = widget_account(session, get_by_slug(session, slug).id).external_id
+    tenant_id = tenant_id_of(slug)
+    with session_scope(tenant=tenant_id) as session:
+        widget = widget_account(session, tenant_id).external_id
     if no_serve:
         return
     typer.echo(f"\nWeb chat: http://{host}:{port}/widget/{widget}   (Ctrl-C stops)")

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from app import tenant_scope
 from app.config import get_settings
 from app.files import private_file
 
@@ -69,11 +70,33 @@ def get_sessionmaker() -> sessionmaker[Session]:
     return sessionmaker(bind=get_engine(), expire_on_commit=False)
 
 
+def scope_info(*, tenant: str | None = None, cross_tenant: str | None = None) -> dict[str, str]:
+    """A session's scope (`Session.info`): exactly one of a tenant id or the reason it crosses tenants on purpose."""
+    if (tenant is None) == (cross_tenant is None):
+        raise ValueError("a session needs exactly one of tenant=<tenant id> or cross_tenant=<reason>")
+    if tenant is not None:
+        if not tenant:
+            raise ValueError("tenant= must be a tenant id, not empty")
+        return {tenant_scope.TENANT_KEY: tenant}
+    if not cross_tenant or not cross_tenant.strip():
+        raise ValueError("cross_tenant= must say why the session crosses tenants")
+    return {tenant_scope.CROSS_TENANT_KEY: cross_tenant}
+
+
+def open_session(*, tenant: str | None = None, cross_tenant: str | None = None,
+                 sessions: sessionmaker[Session] | None = None) -> Session:
+    """A session scoped to one tenant (every query of a tenant-owned model is filtered to it, app/tenant_scope.py)
+    or, through the named escape hatch, to none (`cross_tenant`: why). The caller closes it."""
+    return (sessions or get_sessionmaker())(info=scope_info(tenant=tenant, cross_tenant=cross_tenant))
+
+
 @contextmanager
-def session_scope(sessions: sessionmaker[Session] | None = None) -> Iterator[Session]:
-    """One unit of work: commits on success, rolls back on any exception. `sessions`: the sessionmaker a
-    long-lived worker was built with (a thread must not follow the process's engine when it is replaced)."""
-    session = (sessions or get_sessionmaker())()
+def session_scope(*, tenant: str | None = None, cross_tenant: str | None = None,
+                  sessions: sessionmaker[Session] | None = None) -> Iterator[Session]:
+    """One unit of work in one scope (see `open_session`): commits on success, rolls back on any exception.
+    `sessions`: the sessionmaker a long-lived worker was built with (a thread must not follow the process's engine
+    when it is replaced)."""
+    session = open_session(tenant=tenant, cross_tenant=cross_tenant, sessions=sessions)
     try:
         yield session
         session.commit()

@@ -95,7 +95,7 @@ def _accepted_attributes(accepted: Sequence[Accepted]) -> dict[str, str | int | 
 
 
 def outcome_of(tenant_id: str, message_id: str) -> Outcome:
-    with session_scope() as session:
+    with session_scope(tenant=tenant_id) as session:
         status = session.scalar(select(Message.status).where(Message.tenant_id == tenant_id,
                                                              Message.id == message_id))
         if status == "escalated":

@@ -91,7 +91,7 @@ def reencrypt(ring: keys.Keyring, progress: Callable[[str], None] | None = None)
         column, label = getattr(model, name), f"{model.__tablename__}.{name}"
         done[label], last = 0, ""
         while True:
-            with session_scope() as session:  # crosses tenants on purpose: an operator command over all secrets
+            with session_scope(cross_tenant="key rotation over every stored secret") as session:
                 rows = session.execute(select(model.id, column).where(column.is_not(None), model.id > last)
                                        .order_by(model.id).limit(PAGE)).all()
                 for row_id, token in rows:
@@ -121,7 +121,7 @@ def _stored_secrets() -> Iterator[str]:
     """Every stored ciphertext, column after column."""
     for model, name in ENCRYPTED_COLUMNS:
         column = getattr(model, name)
-        with session_scope() as session:
+        with session_scope(cross_tenant="key rotation over every stored secret") as session:
             yield from session.scalars(select(column).where(column.is_not(None)))
 
 

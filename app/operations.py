@@ -37,7 +37,8 @@ def create_tenant(slug: str, name: str | None = None, folder: Path | None = None
 
     spec = TenantSpec.load(folder) if folder else None
     try:
-        with session_scope() as session:
+        # A tenant that does not exist yet has no scope: its creation (unique slug, keys, widget) crosses tenants.
+        with session_scope(cross_tenant="tenant creation") as session:
             new = create(session, slug, name or (spec.name if spec else None),
                          spec.persona if spec else None, spec.policies if spec else None)
             result = {
@@ -59,6 +60,7 @@ def set_plan(services: Container, slug: str, plan: str | None = None,
     from app import audit
     from app.models import Tenant
     from app.tenants.plans import FIGURES, PLANS, UnknownPlan, effective
+    from app.tenants.service import TenantError, tenant_id_of
 
     if plan is not None and plan not in PLANS:
         raise OperationError(str(UnknownPlan(plan)))
@@ -67,10 +69,12 @@ def set_plan(services: Container, slug: str, plan: str | None = None,
         raise OperationError(f"unknown plan figures {sorted(unknown)}: use {', '.join(FIGURES)}")
     if any(v is not None and v < 0 for v in (overrides or {}).values()):
         raise OperationError("plan figures must be 0 or more")
-    with session_scope() as session:
-        tenant = session.scalars(select(Tenant).where(Tenant.slug == slug)).first()
-        if tenant is None:
-            raise OperationError(f"no tenant {slug!r}")
+    try:
+        tenant_id = tenant_id_of(slug)
+    except TenantError as exc:
+        raise OperationError(str(exc)) from exc
+    with session_scope(tenant=tenant_id) as session:
+        tenant = session.get_one(Tenant, tenant_id)
         if plan is not None:
             tenant.plan = plan
         merged = {} if clear_overrides else dict(tenant.plan_overrides or {})
@@ -81,30 +85,32 @@ def set_plan(services: Container, slug: str, plan: str | None = None,
         result = {"tenant": slug, "plan": in_effect.as_dict(), "overrides": sorted(merged)}
         audit.record(session, tenant.id, "operator", "tenant.plan_set", "tenant", tenant.id,
                      {"plan": in_effect.name, "overrides": merged})
-        tenant_id = tenant.id
     services.quota.forget(tenant_id)
     return result
 
 
 def tenant_exists(slug: str) -> bool:
-    from app.models import Tenant
+    from app.tenants.service import TenantError, tenant_id_of
 
-    with session_scope() as session:
-        return session.scalars(select(Tenant.id).where(Tenant.slug == slug)).first() is not None
+    try:
+        tenant_id_of(slug)
+    except TenantError:
+        return False
+    return True
 
 
 def ingest(services: Container, slug: str, paths: list[Path], progress: Callable[[Any], None] | None = None, *,
            promote: bool = True, replace: bool = False) -> dict[str, Any]:
     from app.knowledge.service import ingest_paths
-    from app.tenants.service import TenantError, get_by_slug
+    from app.tenants.service import TenantError, tenant_id_of
 
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         raise OperationError(f"no such file or folder: {', '.join(missing)}")
     try:
-        with session_scope() as session:
-            tenant = get_by_slug(session, slug)
-            report = ingest_paths(session, tenant.id, paths, progress=progress, promote=promote, replace=replace,
+        tenant_id = tenant_id_of(slug)
+        with session_scope(tenant=tenant_id) as session:
+            report = ingest_paths(session, tenant_id, paths, progress=progress, promote=promote, replace=replace,
                                   deps=services.knowledge)
             return report.to_dict()
     except TenantError as exc:
@@ -115,13 +121,12 @@ def chat(services: Container, slug: str, text: str, contact: str | None = None, 
          client_message_id: str | None = None) -> dict[str, Any]:
     """Send `text` as a web-chat visitor through the full pipeline and wait for its outcome."""
     from app.conversations.service import InboundRequest
-    from app.tenants.service import TenantError, get_by_slug, widget_account
+    from app.tenants.service import TenantError, tenant_id_of, widget_account
 
     try:
-        with session_scope() as session:
-            tenant = get_by_slug(session, slug)
-            account = widget_account(session, tenant.id)
-            tenant_id, account_id = tenant.id, account.id
+        tenant_id = tenant_id_of(slug)
+        with session_scope(tenant=tenant_id) as session:
+            account_id = widget_account(session, tenant_id).id
     except TenantError as exc:
         raise OperationError(str(exc)) from exc
     contact = contact or "cli"
@@ -136,7 +141,7 @@ def chat(services: Container, slug: str, text: str, contact: str | None = None, 
 def wait_for_outcome(tenant_id: str, message_id: str, *, timeout_s: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
     while True:
-        with session_scope() as session:
+        with session_scope(tenant=tenant_id) as session:
             message = session.get(Message, message_id)
             if message is not None and message.tenant_id == tenant_id and message.status != "received":
                 return _outcome(session, message)

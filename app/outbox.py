@@ -70,7 +70,8 @@ class Pending:
 
 
 _INSERT = insert(OUTBOX).returning(OUTBOX.c.id, sort_by_parameter_order=True)
-_DELETE = delete(OUTBOX).where(OUTBOX.c.id.in_(bindparam("ids", expanding=True)))
+_DELETE = delete(OUTBOX).where(OUTBOX.c.id.in_(bindparam("ids", expanding=True)),
+                               OUTBOX.c.tenant_id.in_(bindparam("tenants", expanding=True)))
 _DUE = (
     select(OUTBOX.c.id, OUTBOX.c.topic, OUTBOX.c.tenant_id, OUTBOX.c.fields, OUTBOX.c.message_id)
     .where(OUTBOX.c.not_before <= bindparam("now"))
@@ -116,15 +117,21 @@ def send(bus: Bus, pending: Sequence[Pending]) -> bool:
 def remove(session: Session, pending: Sequence[Pending]) -> None:
     """Delete published entries in the caller's transaction (a writer that commits again soon anyway)."""
     if pending:
-        session.execute(_DELETE, {"ids": [p.id for p in pending]})
+        session.execute(_DELETE, {"ids": [p.id for p in pending], "tenants": sorted(tenants_of(pending))})
+
+
+def tenants_of(pending: Sequence[Pending]) -> set[str]:
+    return {p.entry.tenant_id for p in pending}
 
 
 def forget(pending: Sequence[Pending], sessions: sessionmaker[Session] | None = None) -> None:
     """Delete published entries. Should that fail, a relay publishes them again later: a harmless duplicate."""
     if not pending:
         return
+    [tenant, *others] = tenants_of(pending)
     try:
-        with session_scope(sessions) as session:
+        with (session_scope(tenant=tenant, sessions=sessions) if not others
+              else session_scope(cross_tenant="outbox relay", sessions=sessions)) as session:
             remove(session, pending)
     except Exception as exc:
         log.warning("could not delete %d published outbox entries (%s); a relay will publish them again",
@@ -192,12 +199,12 @@ class Relay:
     def publish_due(self) -> int:
         """One batch of due entries, oldest first: published, then deleted in the transaction that locked them.
         Raises what the bus raised (the entries stay for the next attempt)."""
-        with session_scope(self.sessions) as session:
+        with session_scope(cross_tenant="outbox relay", sessions=self.sessions) as session:
             rows = session.execute(_DUE, {"now": self.clock(), "limit": self.batch}).all()
             if not rows:
                 return 0
             _publish(self.bus, [Entry(r.topic, r.tenant_id, r.fields, r.message_id) for r in rows], relayed=True)
-            session.execute(_DELETE, {"ids": [r.id for r in rows]})
+            session.execute(_DELETE, {"ids": [r.id for r in rows], "tenants": sorted({r.tenant_id for r in rows})})
         log.info("outbox relay published %d event(s)", len(rows))
         return len(rows)
 
@@ -209,7 +216,7 @@ class Relay:
         return total
 
     def next_due(self) -> datetime | None:
-        with session_scope(self.sessions) as session:
+        with session_scope(cross_tenant="outbox relay", sessions=self.sessions) as session:
             return session.scalar(_NEXT_DUE)
 
     def run(self, stop: threading.Event) -> None:

@@ -119,7 +119,7 @@ def _batches(sessions: sessionmaker[Session] | None, model: Any, tenant_id: str,
     order, each batch in its own transaction (committed when the caller moves on)."""
     last = ""
     while True:
-        with session_scope(sessions) as session:
+        with session_scope(tenant=tenant_id, sessions=sessions) as session:
             rows = session.scalars(
                 select(model)
                 .where(model.tenant_id == tenant_id, model.created_at < cutoff, model.id > last)
@@ -145,7 +145,7 @@ def purge_tenant(tenant_id: str, days: int | None, *, text_days: int | None = No
         _purge_texts(sessions, tenant_id, now - timedelta(days=text_days), stamp, batch, done)
     if days is None:
         if done.total:
-            with session_scope(sessions) as session:
+            with session_scope(tenant=tenant_id, sessions=sessions) as session:
                 record(session, tenant_id, "system", PURGED_ACTION, "tenant", tenant_id,
                        {**asdict(done), "text_days": text_days})
         return done
@@ -178,7 +178,7 @@ def purge_tenant(tenant_id: str, days: int | None, *, text_days: int | None = No
                 event.data = masked_data
                 done.audit_events += 1
     if done.total:
-        with session_scope(sessions) as session:
+        with session_scope(tenant=tenant_id, sessions=sessions) as session:
             record(session, tenant_id, "system", PURGED_ACTION, "tenant", tenant_id,
                    {**asdict(done), "days": days, "before": cutoff.isoformat(), "text_days": text_days})
     return done
@@ -188,7 +188,7 @@ def purge(*, tenant_slug: str | None = None, now: datetime | None = None, batch:
           sessions: sessionmaker[Session] | None = None) -> dict[str, dict[str, int]]:
     """Purge every tenant with a `pii_retention_days` policy (or only `tenant_slug`, which must exist): counts
     of rows masked, by tenant slug. A tenant without the policy is left alone (and reported only when named)."""
-    with session_scope(sessions) as session:
+    with session_scope(cross_tenant="retention sweep over all tenants", sessions=sessions) as session:
         query = select(Tenant.id, Tenant.slug, Tenant.policies).order_by(Tenant.slug)
         if tenant_slug is not None:
             query = query.where(Tenant.slug == tenant_slug)

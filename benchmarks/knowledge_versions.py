@@ -50,7 +50,7 @@ def main() -> None:
 
         migrate()
         pack = _pack(Path(tmp))
-        with get_sessionmaker()() as db:
+        with get_sessionmaker()(info={"cross_tenant": "benchmark setup"}) as db:
             db.add(Tenant(id="bench", slug="bench", name="Bench"))
             db.commit()
             container().embedder.embed_documents(["warm up"])  # model load is not ingestion

@@ -144,7 +144,7 @@ def main() -> None:
     t0 = time.perf_counter()
     operations.ingest(container(), "northwind", [EXAMPLE / "knowledge"])
     ingest_s = time.perf_counter() - t0
-    with session_scope() as session:
+    with session_scope(cross_tenant="benchmark setup") as session:
         tenant = session.query(Tenant).filter_by(slug="northwind").one()
         tenant_id, version = tenant.id, tenant.live_pack_version
         persona, min_relevance = dict(tenant.persona), float(tenant.policies.get("min_relevance", 0.45))

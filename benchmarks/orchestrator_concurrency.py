@@ -100,7 +100,7 @@ def main() -> None:
     operations.ingest(container(), "northwind", [EXAMPLE / "knowledge"])
     from app.db import session_scope
 
-    with session_scope() as session:
+    with session_scope(cross_tenant="benchmark setup") as session:
         tenant_id = get_by_slug(session, "northwind").id
     questions = [json.loads(line)["question"] for line in (EXAMPLE / "eval" / "questions.jsonl").open()]
     bus = container().bus
@@ -161,7 +161,7 @@ def _burst(n: int, tag: str, tenant_id: str, questions: list[str], replied: dict
     from app.db import session_scope
     from app.models import Message
 
-    with session_scope() as session:
+    with session_scope(cross_tenant="benchmark setup") as session:
         statuses: dict[str, int] = {}
         for a in accepted:
             status = session.get_one(Message, a.message_id).status

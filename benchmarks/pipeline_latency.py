@@ -82,7 +82,7 @@ def _server_side_ms(message_ids: list[str]) -> list[float]:
     from app.db import session_scope
     from app.models import Message
 
-    with session_scope() as session:
+    with session_scope(cross_tenant="benchmark setup") as session:
         rows = [session.get_one(Message, mid) for mid in message_ids]
         return [(r.processed_at - r.created_at).total_seconds() * 1000 for r in rows if r.processed_at]
 

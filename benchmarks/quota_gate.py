@@ -48,13 +48,13 @@ def main() -> None:
 
     migrate()
     slug = f"bench-{uuid.uuid4().hex[:6]}"
-    with session_scope() as session:
+    with session_scope(cross_tenant="benchmark setup") as session:
         tenant_id = create_tenant(session, slug, name="bench").tenant.id
         conversation = get_or_create_conversation(
             session, tenant_id, get_or_create_contact(session, tenant_id, "webchat", "v", "V"), None).id
     now = utcnow()
     for start in range(0, args.rows, 10_000):
-        with session_scope() as session:
+        with session_scope(cross_tenant="benchmark setup") as session:
             session.execute(insert(Message), [
                 {"id": new_id(), "created_at": now, "tenant_id": tenant_id, "conversation_id": conversation,
                  "channel": "webchat", "direction": "in", "provider_message_id": uuid.uuid4().hex, "text": "q",

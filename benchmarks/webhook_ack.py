@@ -67,7 +67,7 @@ def setup(db_url: str) -> str:
 
     reset_caches()
     migrate(db_url)
-    with session_scope() as session:
+    with session_scope(cross_tenant="benchmark setup") as session:
         tenant = create_tenant(session, f"bench-{uuid.uuid4().hex[:6]}").tenant
         add_channel_account(session, container().channels, tenant.id, "whatsapp", PHONE_ID, credentials={
             "app_secret": SECRET, "verify_token": "v", "access_token": "t"})
@@ -206,7 +206,7 @@ def sequential_cost(n: int = 300) -> dict[str, Any]:
     from app.db import session_scope
     from app.tenants.service import create_tenant
 
-    with session_scope() as session:
+    with session_scope(cross_tenant="benchmark setup") as session:
         tenant_id = create_tenant(session, f"seq-{uuid.uuid4().hex[:6]}").tenant.id
     bus = container().bus
     started = time.perf_counter()

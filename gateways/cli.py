@@ -46,7 +46,7 @@ def add(
     from app.bootstrap import container
     from app.db import session_scope
     from app.tenants.channels import ChannelAccountError, create_account
-    from app.tenants.service import TenantError, get_by_slug
+    from app.tenants.service import TenantError, tenant_id_of
 
     creds: dict[str, Any] = {"access_token": access_token, "app_secret": app_secret, "verify_token": verify_token,
                              "bot_token": bot_token, "account_sid": account_sid, "auth_token": auth_token}
@@ -60,9 +60,9 @@ def add(
         request["external_id"] = account_id
     channels = container().channels
     try:
-        with session_scope() as session:
-            tenant_row = get_by_slug(session, tenant)
-            account, generated = create_account(session, channels, tenant_row.id, "cli", request)
+        tenant_id = tenant_id_of(tenant)
+        with session_scope(tenant=tenant_id) as session:
+            account, generated = create_account(session, channels, tenant_id, "cli", request)
             result = {"channel_id": account.id, "type": type_, "account_id": account.external_id,
                       "webhook_url": channels.get(type_).webhook_url(get_settings().public_base_url,
                                                                       account.external_id, generated), **generated}
@@ -84,13 +84,13 @@ def list_(
     from app.db import session_scope
     from app.models import ChannelAccount
     from app.tenants.channels import webhook_url
-    from app.tenants.service import TenantError, get_by_slug
+    from app.tenants.service import TenantError, tenant_id_of
 
     channels = container().channels
     try:
-        with session_scope() as session:
-            tenant_row = get_by_slug(session, tenant)
-            rows = session.scalars(select(ChannelAccount).where(ChannelAccount.tenant_id == tenant_row.id)
+        tenant_id = tenant_id_of(tenant)
+        with session_scope(tenant=tenant_id) as session:
+            rows = session.scalars(select(ChannelAccount).where(ChannelAccount.tenant_id == tenant_id)
                                    .order_by(ChannelAccount.created_at)).all()
             out = [{"channel_id": r.id, "type": r.channel, "account_id": r.external_id, "enabled": r.enabled,
                     "webhook_url": webhook_url(channels, r) or None} for r in rows]

@@ -131,7 +131,7 @@ def forget_accounts(services: Container) -> None:
 
 
 def _load_account(channel: str, external_id: str) -> Account | None:
-    with session_scope() as session:
+    with session_scope(cross_tenant="webhook account routing") as session:
         row = session.scalars(
             select(ChannelAccount).where(ChannelAccount.channel == channel, ChannelAccount.external_id == external_id)
         ).first()
@@ -156,7 +156,7 @@ def accounts_of(services: Container, channel: str, max_age_s: float = 0.0) -> li
 
 
 def _accounts_of(channel: str) -> list[Account]:
-    with session_scope() as session:
+    with session_scope(cross_tenant="webhook account routing") as session:
         rows = session.scalars(
             select(ChannelAccount).where(ChannelAccount.channel == channel, ChannelAccount.enabled.is_(True))
         ).all()
@@ -309,7 +309,7 @@ _STATUS_RANK = {"pending": 0, "sent": 1, "failed": 2, "delivered": 3, "read": 4}
 def apply_status(account: Account, update: StatusUpdate) -> bool:
     """Move our outbound message's status forward. Unknown provider ids (messages sent outside Switchboard)
     are ignored. Returns whether a row changed."""
-    with session_scope() as session:
+    with session_scope(tenant=account.tenant_id) as session:
         message = session.scalars(
             select(Message).where(
                 Message.tenant_id == account.tenant_id,

@@ -28,7 +28,7 @@ def test_concurrent_read_then_write_units_of_work_on_sqlite_all_commit(tmp_path:
 
     def unit_of_work(worker: int) -> None:
         try:
-            with Session(engine) as session:
+            with Session(engine, info={"cross_tenant": "tests"}) as session:
                 session.execute(text("SELECT n FROM counter WHERE id = 1")).scalar_one()
                 with contextlib.suppress(threading.BrokenBarrierError):  # a writer holds the lock meanwhile
                     all_read.wait()

@@ -63,16 +63,19 @@ def run_ingestion_job(job_id: str, deps: Deps, progress: Progress | None = None)
     if progress is None and settings.redis_url:
         progress = RedisProgress(settings.redis_url, settings.bus_namespace)
 
-    with session_scope() as session:
-        job = session.get(IngestionJob, job_id)
-        if job is None:
-            log.warning("ingestion job %s does not exist; nothing to do", job_id)
-            return
+    # A queued job is named by its id alone: finding its tenant crosses tenants, the work is the tenant's.
+    with session_scope(cross_tenant="job resume") as session:
+        found = session.scalar(select(IngestionJob.tenant_id).where(IngestionJob.id == job_id))
+    if found is None:
+        log.warning("ingestion job %s does not exist; nothing to do", job_id)
+        return
+    tenant_id: str = found
+    with session_scope(tenant=tenant_id) as session:
+        job = session.get_one(IngestionJob, job_id)
         if job.status in _FINISHED:
             log.info("ingestion job %s already %s; nothing to do", job_id, job.status)
             return
         job.status = "running"
-        tenant_id = job.tenant_id
         job.pack_version = versions.start_build(session, tenant_id, job_id).version
     store = deps.objects
     prefix = upload_prefix(tenant_id, job_id)
@@ -90,7 +93,7 @@ def run_ingestion_job(job_id: str, deps: Deps, progress: Progress | None = None)
             _ingest(deps, job_id, tenant_id, pack, progress or (lambda _job, _event: None))
     except Exception as exc:
         log.exception("ingestion job %s failed", job_id)
-        with session_scope() as session:
+        with session_scope(tenant=tenant_id) as session:
             job = session.get_one(IngestionJob, job_id)
             job.status = "failed"
             job.detail = f"{exc.__class__.__name__}: {exc}"[:2000]
@@ -116,7 +119,7 @@ def _ingest(deps: Deps, job_id: str, tenant_id: str, pack: Path, progress: Progr
     # The ingester writes the outcome on the job row (status, done_files, chunks, errors, finished_at). While
     # it runs, its progress events are kept in memory (`ThreadJobQueue.progress`): on SQLite a second writer
     # would only wait for the ingest transaction to end.
-    with session_scope() as session:
+    with session_scope(tenant=tenant_id) as session:
         job = session.get_one(IngestionJob, job_id)
         refused_at_upload = list(job.errors or [])
         options = dict(job.options or {})
@@ -220,7 +223,7 @@ class ThreadJobQueue:
 
     def resume(self) -> int:
         """Re-submit jobs left `queued` or `running` by a process that stopped. Call at start-up."""
-        with session_scope() as session:
+        with session_scope(cross_tenant="job resume") as session:
             ids = list(session.scalars(select(IngestionJob.id).where(IngestionJob.status.in_(("queued", "running")))))
         for job_id in ids:
             self.submit(job_id)

@@ -43,11 +43,16 @@ def add(
     from app.accounts import service
     from app.cli import _prepare
     from app.db import session_scope
+    from app.tenants.service import TenantError, tenant_id_of
 
     password = _read_password() if password_stdin else None
     _prepare()
     try:
-        with session_scope() as session:
+        tenant_id = tenant_id_of(tenant)
+    except TenantError as exc:
+        raise _fail(str(exc)) from None
+    try:
+        with session_scope(tenant=tenant_id) as session:
             operator = service.tenant_operator(session, tenant)
             member, created = service.add_member(session, operator, email, role, password)
     except service.AccountError as exc:

@@ -110,7 +110,7 @@ def login(
     failures = ((LOGIN_FAILURES_PER_IP, client_ip(request)), (LOGIN_FAILURES_PER_ACCOUNT, account))
     _limited(request, *failures)
     try:
-        with session_scope() as session:
+        with session_scope(cross_tenant="a person's logins across tenants") as session:
             return _tokens(logins.login(session, username, password, tenant or None), response)
     except service.LoginFailed as exc:
         log.info("failed login from %s", client_ip(request))
@@ -129,10 +129,11 @@ def refresh(request: Request, response: Response, body: RefreshIn) -> TokenOut:
     ip = (AUTH_FAILURES_PER_IP, client_ip(request))
     _limited(request, ip)
     try:
-        with session_scope() as session:
+        with session_scope(cross_tenant="a person's logins across tenants") as session:
             return _tokens(logins.refresh(session, body.refresh_token), response)
     except service.RefreshReused as exc:
-        with session_scope() as session:  # the refresh's own transaction was rolled back: revoke in a new one
+        # The refresh's own transaction was rolled back: revoke in a new one.
+        with session_scope(cross_tenant="a person's logins across tenants") as session:
             logins.revoke_login(session, exc.session_id, "refresh_reused", actor="system")
         raise _error(exc) from None
     except service.UnknownRefreshToken as exc:
@@ -156,10 +157,10 @@ def logout(
     if looks_like_jwt(token):
         principal = authenticate(request, authorization)
         if principal.session_id is not None:
-            with session_scope() as session:
+            with session_scope(tenant=principal.tenant_id) as session:
                 logins.revoke_login(session, principal.session_id, "logout")
     elif body is not None:
-        with session_scope() as session:
+        with session_scope(cross_tenant="a person's logins across tenants") as session:
             logins.logout_with_refresh(session, body.refresh_token)
     else:
         raise HTTPException(401, "send the access token (Authorization: Bearer) or the refresh token to log out",
@@ -188,7 +189,7 @@ def change_password(request: Request, body: PasswordIn, principal: Viewer) -> Re
     account = (LOGIN_FAILURES_PER_ACCOUNT, principal.name)  # a stolen access token must not test passwords freely
     _limited(request, account)
     try:
-        with session_scope() as session:
+        with session_scope(cross_tenant="a person's logins across tenants") as session:
             logins.change_password(session, principal, body.current_password, body.new_password)
     except service.WrongPassword as exc:
         _spend(request, account)
@@ -209,17 +210,17 @@ def accept_invitation(request: Request, response: Response, body: AcceptIn) -> T
     work for another tenant too), send that account's password; otherwise the password you send becomes your new
     account's. Failures count like failed logins."""
     ip = (LOGIN_FAILURES_PER_IP, client_ip(request))
-    _limited(ip)
+    _limited(request, ip)
     failures: tuple[tuple[Rule, str], ...] = (ip,)
     try:
-        with session_scope() as session:
+        with session_scope(cross_tenant="invitation acceptance by token") as session:
             invitation = invitations.find(session, body.token)
             failures = (ip, (LOGIN_FAILURES_PER_ACCOUNT, invitation.email))
-            _limited(*failures)
+            _limited(request, *failures)
             joined = invitations.accept(session, invitation, body.password)
             return _tokens(logins.start(session, joined.user_id, joined.tenant_id), response)
     except (service.LoginFailed, invitations.InvitationRefused) as exc:
-        _spend(*failures)
+        _spend(request, *failures)
         raise _error(exc) from None
     except service.AccountError as exc:
         raise _error(exc) from None

@@ -24,9 +24,9 @@ from app.tenants import channels as service
 _T = TypeVar("_T")
 
 
-def _in_transaction(services: Container, fn: Callable[[Session], _T]) -> _T:
+def _in_transaction(services: Container, tenant_id: str, fn: Callable[[Session], _T]) -> _T:
     try:
-        with session_scope() as session:
+        with session_scope(tenant=tenant_id) as session:
             result = fn(session)
     except service.ChannelAccountError as exc:
         raise HTTPException(exc.status, exc.message) from exc
@@ -59,7 +59,7 @@ def channel_router(services: Container) -> APIRouter:
             rows = db.scalars(select(ChannelAccount).where(ChannelAccount.tenant_id == who.tenant_id)
                               .order_by(ChannelAccount.created_at, ChannelAccount.id))
             return s.ChannelsOut(channels=[out(a) for a in rows])
-        return _in_transaction(services, run)
+        return _in_transaction(services, who.tenant_id, run)
 
     @router.post("/channels", response_model=s.ChannelOut, status_code=201, summary="Add a channel account",
                  responses={409: {"description": "That provider account is already registered."}})
@@ -73,18 +73,19 @@ def channel_router(services: Container) -> APIRouter:
             account, generated = service.create_account(db, registry, who.tenant_id, who.actor,
                                                         request | _secrets(body))
             return out(account, generated)
-        return _in_transaction(services, run)
+        return _in_transaction(services, who.tenant_id, run)
 
     @router.get("/channels/{account_id}", response_model=s.ChannelOut, summary="Get a channel account")
     def get_channel(account_id: str, who: Admin) -> s.ChannelOut:
-        return _in_transaction(services, lambda db: out(service.find_account(db, who.tenant_id, account_id)))
+        return _in_transaction(services, who.tenant_id,
+                               lambda db: out(service.find_account(db, who.tenant_id, account_id)))
 
     @router.patch("/channels/{account_id}", response_model=s.ChannelOut, summary="Update a channel account")
     def patch_channel(account_id: str, body: s.ChannelPatch, who: Admin) -> s.ChannelOut:
         """Changes the fields sent, validated against the account's channel type: `config` replaces the stored
         config; `credentials` replaces the stored secrets (generated ones are kept unless given)."""
         changes = body.model_dump(exclude_unset=True)
-        return _in_transaction(services, lambda db: out(service.update_account(
+        return _in_transaction(services, who.tenant_id, lambda db: out(service.update_account(
             db, registry, service.find_account(db, who.tenant_id, account_id), who.actor, changes)))
 
     @router.delete("/channels/{account_id}", status_code=204, summary="Delete a channel account")
@@ -98,7 +99,7 @@ def channel_router(services: Container) -> APIRouter:
                    {"channel": account.channel, "external_id": account.external_id})
             db.delete(account)
             db.flush()
-        _in_transaction(services, run)
+        _in_transaction(services, who.tenant_id, run)
         return Response(status_code=204)
 
     return router

@@ -126,7 +126,7 @@ def _stage_and_queue(
         for name, data in files:
             store.put(prefix + name, data)
             keys.append(prefix + name)
-        with session_scope() as db:
+        with session_scope(tenant=tenant_id) as db:
             db.add(
                 IngestionJob(
                     id=job_id,
@@ -153,7 +153,7 @@ def _stage_and_queue(
     try:
         services.job_queue.submit(job_id)
     except Exception as exc:
-        with session_scope() as db:
+        with session_scope(tenant=tenant_id) as db:
             job = db.get_one(IngestionJob, job_id)
             job.status, job.detail = "failed", f"could not be queued: {exc.__class__.__name__}: {exc}"[:2000]
         for key in keys:
@@ -166,7 +166,8 @@ def _stage_and_queue(
 def get_job(job_id: str, who: Admin, services: Services) -> s.JobOut:
     """Status (`queued`, `running`, `succeeded`, `failed`), files done, chunks indexed, and each refused file
     with its reason."""
-    return in_transaction(lambda db: job_out(services.job_queue, service.get_job(db, who.tenant_id, job_id)))
+    return in_transaction(who.tenant_id,
+                          lambda db: job_out(services.job_queue, service.get_job(db, who.tenant_id, job_id)))
 
 
 @router.get("/knowledge/jobs", response_model=s.JobsOut, summary="List ingestion jobs")
@@ -177,7 +178,7 @@ def list_jobs(who: Admin, services: Services, limit: Limit = 50, cursor: CursorQ
         jobs, nxt = service.list_jobs(db, who.tenant_id, cursor, limit)
         return s.JobsOut(jobs=[job_out(services.job_queue, j) for j in jobs], next_cursor=nxt)
 
-    return in_transaction(work)
+    return in_transaction(who.tenant_id, work)
 
 
 @router.get("/knowledge/documents", response_model=s.DocumentsOut, summary="List knowledge documents")
@@ -186,7 +187,7 @@ def list_documents(
     pack_version: Annotated[int | None, Query(ge=1, le=MAX_VERSION, description="Only this pack version.")] = None,
 ) -> s.DocumentsOut:
     """Each document with its chunk count, pack version and status (`indexed` or `failed`)."""
-    return in_transaction(
+    return in_transaction(who.tenant_id,
         lambda db: s.DocumentsOut(
             documents=[
                 s.DocumentOut(
@@ -211,7 +212,7 @@ def list_documents(
 def delete_document(document_id: str, who: Admin, services: Services) -> Response:
     """Removes the document (its file path) from every pack version: vectors, stored files and rows. The
     assistant stops citing it at once, and a rollback cannot bring it back."""
-    in_transaction(lambda db: service.delete_document(db, who, document_id, services.knowledge))
+    in_transaction(who.tenant_id, lambda db: service.delete_document(db, who, document_id, services.knowledge))
     return Response(status_code=204)
 
 
@@ -229,9 +230,9 @@ def _versions_out(db: Session, tenant_id: str) -> s.PackVersionsOut:
     )
 
 
-def _version_call(fn: Callable[[Session], _T]) -> _T:
+def _version_call(tenant_id: str, fn: Callable[[Session], _T]) -> _T:
     try:
-        return in_transaction(fn)
+        return in_transaction(tenant_id, fn)
     except versions.VersionError as exc:
         status = 404 if "does not exist" in str(exc) else 409
         raise HTTPException(status, str(exc)) from exc
@@ -241,7 +242,7 @@ def _version_call(fn: Callable[[Session], _T]) -> _T:
 def list_versions(who: Admin) -> s.PackVersionsOut:
     """Newest first, with status, sizes, how much was embedded, evaluation scores and notes (e.g. why a
     version was not promoted)."""
-    return in_transaction(lambda db: _versions_out(db, who.tenant_id))
+    return in_transaction(who.tenant_id, lambda db: _versions_out(db, who.tenant_id))
 
 
 @router.post(
@@ -257,7 +258,7 @@ def promote_version(version: Annotated[int, Path(ge=1, le=MAX_VERSION)], who: Ad
         versions.promote(db, who.tenant_id, version, actor=who.actor)
         return _versions_out(db, who.tenant_id)
 
-    return _version_call(work)
+    return _version_call(who.tenant_id, work)
 
 
 @router.post(
@@ -273,7 +274,7 @@ def rollback_version(who: Admin) -> s.PackVersionsOut:
         versions.rollback(db, who.tenant_id, actor=who.actor)
         return _versions_out(db, who.tenant_id)
 
-    return _version_call(work)
+    return _version_call(who.tenant_id, work)
 
 
 # --- quarantine (app/knowledge/quarantine.py) -----------------------------------------------------------------
@@ -294,7 +295,7 @@ def list_quarantine(
         rows = quarantine.listing(db, who.tenant_id, version, include_released=include_released)
         return s.QuarantineOut(pack_version=version, chunks=[s.QuarantinedChunkOut(**r) for r in rows])
 
-    return in_transaction(work)
+    return in_transaction(who.tenant_id, work)
 
 
 @router.post(
@@ -318,4 +319,4 @@ def release_chunk(chunk_id: Annotated[str, Path(max_length=36)], who: Admin,
         row = quarantine.listing(db, who.tenant_id, released["pack_version"], include_released=True)
         return s.QuarantinedChunkOut(**next(r for r in row if r["chunk_id"] == chunk_id))
 
-    return in_transaction(work)
+    return in_transaction(who.tenant_id, work)

@@ -46,17 +46,17 @@ CursorQ = Annotated[str | None, Query(description="`next_cursor` of the previous
 
 
 @contextmanager
-def _unit() -> Iterator[Session]:
-    """One transaction per request; service errors become HTTP errors after the rollback."""
+def _unit(tenant_id: str) -> Iterator[Session]:
+    """One transaction per request in the caller's tenant; service errors become HTTP errors after the rollback."""
     try:
-        with session_scope() as session:
+        with session_scope(tenant=tenant_id) as session:
             yield session
     except service.AdminError as exc:
         raise HTTPException(exc.status, exc.message) from exc
 
 
-def in_transaction(fn: Callable[[Session], _T]) -> _T:
-    with _unit() as session:
+def in_transaction(tenant_id: str, fn: Callable[[Session], _T]) -> _T:
+    with _unit(tenant_id) as session:
         return fn(session)
 
 
@@ -147,14 +147,14 @@ def _message(m: Message, who: Principal) -> s.MessageOut:
 def get_tenant(who: Admin) -> s.TenantOut:
     """The caller's tenant: name, persona, policies, whether it has its own LLM key, and the live pack
     version."""
-    return in_transaction(lambda db: _tenant(tenant_settings.get_tenant(db, who.tenant_id)))
+    return in_transaction(who.tenant_id, lambda db: _tenant(tenant_settings.get_tenant(db, who.tenant_id)))
 
 
 @router.patch("/tenant", response_model=s.TenantOut, summary="Update name, persona or policies")
 def patch_tenant(body: s.TenantPatch, who: Admin, services: Services) -> s.TenantOut:
     """Changes only the fields sent; inside `persona` and `policies` too (send a field as `null` to reset it).
     Takes effect on the next message the assistant answers."""
-    return in_transaction(
+    return in_transaction(who.tenant_id,
         lambda db: _tenant(
             tenant_settings.update_tenant(
                 db,
@@ -171,7 +171,7 @@ def patch_tenant(body: s.TenantPatch, who: Admin, services: Services) -> s.Tenan
 @router.put("/tenant/llm-key", response_model=s.LLMKeyOut, summary="Set the tenant's LLM API key")
 def put_llm_key(body: s.LLMKeyIn, who: Admin) -> s.LLMKeyOut:
     """Stores the key encrypted, for the endpoint in `policies.llm`. It is never returned."""
-    return in_transaction(
+    return in_transaction(who.tenant_id,
         lambda db: s.LLMKeyOut(
             has_llm_key=tenant_settings.set_llm_key(
                 db, who, body.api_key.get_secret_value()).llm_api_key_encrypted is not None
@@ -182,7 +182,7 @@ def put_llm_key(body: s.LLMKeyIn, who: Admin) -> s.LLMKeyOut:
 @router.delete("/tenant/llm-key", response_model=s.LLMKeyOut, summary="Remove the tenant's LLM API key")
 def delete_llm_key(who: Admin) -> s.LLMKeyOut:
     """The server's default LLM key applies again."""
-    return in_transaction(
+    return in_transaction(who.tenant_id,
         lambda db: s.LLMKeyOut(has_llm_key=tenant_settings.set_llm_key(db, who, None).llm_api_key_encrypted is not None)
     )
 
@@ -192,7 +192,7 @@ def delete_llm_key(who: Admin) -> s.LLMKeyOut:
 def put_llm_provider_key(name: ProviderPath, body: s.LLMKeyIn, who: Admin) -> s.LLMProviderKeysOut:
     """Stores the key encrypted, for the entry of `policies.llm.providers` with this name (it may be set before
     the entry exists). That entry gets this key instead of the tenant's key. It is never returned."""
-    return in_transaction(lambda db: s.LLMProviderKeysOut(
+    return in_transaction(who.tenant_id, lambda db: s.LLMProviderKeysOut(
         llm_provider_keys=tenant_settings.set_llm_provider_key(db, who, name, body.api_key.get_secret_value())))
 
 
@@ -200,7 +200,7 @@ def put_llm_provider_key(name: ProviderPath, body: s.LLMKeyIn, who: Admin) -> s.
                summary="Remove the LLM API key of one provider entry")
 def delete_llm_provider_key(name: ProviderPath, who: Admin) -> s.LLMProviderKeysOut:
     """The entry uses the tenant's key again (or none on its own URL). 404 when no key is stored under `name`."""
-    return in_transaction(lambda db: s.LLMProviderKeysOut(
+    return in_transaction(who.tenant_id, lambda db: s.LLMProviderKeysOut(
         llm_provider_keys=tenant_settings.set_llm_provider_key(db, who, name, None)))
 
 
@@ -221,7 +221,7 @@ def llm_usage(
         raise HTTPException(422, f"since ({first}) is after until ({last})")
     if (last - first).days > 366:
         raise HTTPException(422, "ask for at most 366 days at once")
-    rows = in_transaction(lambda db: summary(db, who.tenant_id, first, last))
+    rows = in_transaction(who.tenant_id, lambda db: summary(db, who.tenant_id, first, last))
     return s.LLMUsageOut(
         since=first, until=last, usage=[s.LLMUsageRow(**vars(r)) for r in rows],
         total_cost=sum(r.cost or 0.0 for r in rows), total_prompt_tokens=sum(r.prompt_tokens for r in rows),
@@ -235,7 +235,8 @@ def llm_usage(
 @router.get("/api-keys", response_model=s.ApiKeysOut, summary="List API keys")
 def list_api_keys(who: Admin) -> s.ApiKeysOut:
     """Every key of the tenant, revoked ones included. Keys are stored hashed: only their prefix is shown."""
-    return in_transaction(lambda db: s.ApiKeysOut(api_keys=[_key(k) for k in service.list_api_keys(db, who.tenant_id)]))
+    return in_transaction(who.tenant_id, lambda db: s.ApiKeysOut(
+        api_keys=[_key(k) for k in service.list_api_keys(db, who.tenant_id)]))
 
 
 @router.post("/api-keys", response_model=s.NewApiKeyOut, status_code=201, summary="Create an API key")
@@ -246,7 +247,7 @@ def create_api_key(body: s.ApiKeyIn, who: Admin) -> s.NewApiKeyOut:
         row, plaintext = service.create_api_key(db, who, body.name, body.scope)
         return s.NewApiKeyOut(**_key(row).model_dump(), api_key=plaintext)
 
-    return in_transaction(work)
+    return in_transaction(who.tenant_id, work)
 
 
 @router.delete(
@@ -261,7 +262,7 @@ def create_api_key(body: s.ApiKeyIn, who: Admin) -> s.NewApiKeyOut:
 def revoke_api_key(key_id: str, who: Admin) -> Response:
     """Revokes at once (idempotent). A key cannot revoke itself, so a tenant cannot lose its last admin key by
     accident: revoke it with another admin key."""
-    in_transaction(lambda db: service.revoke_api_key(db, who, key_id))
+    in_transaction(who.tenant_id, lambda db: service.revoke_api_key(db, who, key_id))
     return Response(status_code=204)
 
 
@@ -300,7 +301,7 @@ def list_conversations(
         )
         return s.ConversationsOut(conversations=[s.ConversationOut(**_conversation(*r)) for r in rows], next_cursor=nxt)
 
-    return in_transaction(work)
+    return in_transaction(who.tenant_id, work)
 
 
 @router.get(
@@ -329,7 +330,7 @@ def get_conversation(
             more_messages=more is not None,
         )
 
-    return in_transaction(work)
+    return in_transaction(who.tenant_id, work)
 
 
 @router.get(
@@ -345,7 +346,7 @@ def list_messages(conversation_id: str, who: Viewer, limit: Limit = 100, cursor:
         rows, nxt = service.list_messages(db, who.tenant_id, conversation_id, cursor, limit)
         return s.MessagesOut(messages=[_message(m, who) for m in rows], next_cursor=nxt)
 
-    return in_transaction(work)
+    return in_transaction(who.tenant_id, work)
 
 
 # --- audit --------------------------------------------------------------------------------------------------
@@ -392,4 +393,4 @@ def list_audit(
             next_cursor=nxt,
         )
 
-    return in_transaction(work)
+    return in_transaction(who.tenant_id, work)

@@ -225,8 +225,9 @@ def delete_document(session: Session, who: Principal, document_id: str, stores: 
 # --- conversations ------------------------------------------------------------------------------------------
 
 
-def _open_escalation(conversation_id: Any) -> ColumnElement[bool]:
-    return exists().where(Escalation.conversation_id == conversation_id, Escalation.status == "open")
+def _open_escalation(tenant_id: str, conversation_id: Any) -> ColumnElement[bool]:
+    return exists().where(Escalation.tenant_id == tenant_id, Escalation.conversation_id == conversation_id,
+                          Escalation.status == "open")
 
 
 def list_conversations(
@@ -255,7 +256,7 @@ def list_conversations(
             )
         )
     if escalated is not None:
-        flag = _open_escalation(Conversation.id)
+        flag = _open_escalation(tenant_id, Conversation.id)
         stmt = stmt.where(flag if escalated else ~flag)
     conversations: list[Conversation]
     conversations, next_cursor = _page(session, stmt, activity, Conversation.id, cursor, limit)
@@ -266,7 +267,7 @@ def _with_contact(session: Session, conversation: Conversation) -> tuple[Convers
     contact = session.get_one(Contact, conversation.contact_id)
     is_open = bool(
         session.scalar(
-            select(exists().where(Escalation.conversation_id == conversation.id, Escalation.status == "open"))
+            select(_open_escalation(conversation.tenant_id, conversation.id))
         )
     )
     return conversation, contact, is_open

@@ -79,7 +79,7 @@ def get_usage(
         period = usage.Period.month_of(datetime(int(found[1]), int(found[2]), 1))
     from app.config import get_settings
 
-    with session_scope() as session:
+    with session_scope(tenant=who.tenant_id) as session:
         tenant = session.get_one(Tenant, who.tenant_id)
         plan = effective(tenant.plan, tenant.plan_overrides, get_settings().default_plan)
         messages = usage.inbound_messages(session, who.tenant_id, period)

@@ -75,9 +75,9 @@ def _out(member: service.Member) -> UserOut:
                    added_at=member.added_at)
 
 
-def _in_transaction(fn: Callable[[Session], _T]) -> _T:
+def _in_transaction(tenant_id: str, fn: Callable[[Session], _T]) -> _T:
     try:
-        with session_scope() as session:
+        with session_scope(tenant=tenant_id) as session:
             return fn(session)
     except service.AccountError as exc:
         raise HTTPException(exc.status, exc.message) from exc
@@ -86,7 +86,8 @@ def _in_transaction(fn: Callable[[Session], _T]) -> _T:
 @router.get("/users", response_model=UsersOut, summary="List the tenant's people")
 def list_users(who: Admin) -> UsersOut:
     """Everyone who may log into this tenant, with their role, in the order they were added."""
-    return _in_transaction(lambda db: UsersOut(users=[_out(m) for m in service.list_members(db, who.tenant_id)]))
+    return _in_transaction(who.tenant_id, lambda db: UsersOut(
+        users=[_out(m) for m in service.list_members(db, who.tenant_id)]))
 
 
 def _invitation(invitation: Invitation) -> dict[str, Any]:
@@ -110,13 +111,13 @@ def add_user(body: UserIn, who: Admin) -> IssuedInvitationOut:
         issued = invitations.invite(db, who, body.email, body.role)
         return IssuedInvitationOut(**_invitation(issued.invitation), token=issued.token)
 
-    return _in_transaction(work)
+    return _in_transaction(who.tenant_id, work)
 
 
 @router.get("/invitations", response_model=InvitationsOut, summary="List pending invitations")
 def list_invitations(who: Admin) -> InvitationsOut:
     """Invitations of this tenant not yet accepted, withdrawn or expired, oldest first (tokens are not shown)."""
-    return _in_transaction(lambda db: InvitationsOut(invitations=[
+    return _in_transaction(who.tenant_id, lambda db: InvitationsOut(invitations=[
         InvitationOut(**_invitation(i)) for i in invitations.pending(db, who.tenant_id)]))
 
 
@@ -125,13 +126,13 @@ def list_invitations(who: Admin) -> InvitationsOut:
     404: {"description": "No pending invitation with that id in this tenant."},
 })
 def revoke_invitation(invitation_id: str, who: Admin) -> Response:
-    _in_transaction(lambda db: invitations.revoke(db, who, invitation_id))
+    _in_transaction(who.tenant_id, lambda db: invitations.revoke(db, who, invitation_id))
     return Response(status_code=204)
 
 
 @router.get("/users/{user_id}", response_model=UserOut, summary="Get a person")
 def get_user(user_id: str, who: Admin) -> UserOut:
-    return _in_transaction(lambda db: _out(service.get_member(db, who.tenant_id, user_id)))
+    return _in_transaction(who.tenant_id, lambda db: _out(service.get_member(db, who.tenant_id, user_id)))
 
 
 @router.patch("/users/{user_id}", response_model=UserOut, summary="Change a person's role", responses={
@@ -140,7 +141,7 @@ def get_user(user_id: str, who: Admin) -> UserOut:
 })
 def change_role(user_id: str, body: RoleIn, who: Admin) -> UserOut:
     """Takes effect on the person's next request (roles are read per request, not kept in tokens)."""
-    return _in_transaction(lambda db: _out(service.change_role(db, who, user_id, body.role)))
+    return _in_transaction(who.tenant_id, lambda db: _out(service.change_role(db, who, user_id, body.role)))
 
 
 @router.delete("/users/{user_id}", status_code=204, summary="Remove a person", responses={
@@ -150,5 +151,5 @@ def change_role(user_id: str, body: RoleIn, who: Admin) -> UserOut:
 def remove_user(user_id: str, who: Admin) -> Response:
     """Removes the person from this tenant and ends their logins into it at once. Their decisions stay in the
     audit log and on the escalations they decided."""
-    _in_transaction(lambda db: service.remove_member(db, who, user_id))
+    _in_transaction(who.tenant_id, lambda db: service.remove_member(db, who, user_id))
     return Response(status_code=204)

@@ -47,7 +47,7 @@ def _get(session: Session, tenant_id: str) -> TenantWebhook | None:
 @router.get("/webhook", response_model=WebhookOut, summary="Get the escalation webhook",
             responses={404: {"description": "No webhook is set."}})
 def get_webhook(who: Admin) -> WebhookOut:
-    with session_scope() as session:
+    with session_scope(tenant=who.tenant_id) as session:
         hook = _get(session, who.tenant_id)
         if hook is None:
             raise HTTPException(404, "no webhook is set: PUT /admin/v1/webhook with {\"url\": ...}")
@@ -61,7 +61,7 @@ def put_webhook(body: WebhookIn, who: Admin) -> NewWebhookOut:
     """Every new escalation of the tenant is POSTed to `url`, signed. Escalations opened before this call are not
     sent. Each call makes a new secret (the old one stops signing at once), returned here only."""
     url = body.url.strip()
-    with session_scope() as session:
+    with session_scope(tenant=who.tenant_id) as session:
         try:
             hook, secret = set_webhook(session, who.tenant_id, url)
         except ValueError as exc:
@@ -73,7 +73,7 @@ def put_webhook(body: WebhookIn, who: Admin) -> NewWebhookOut:
 @router.delete("/webhook", status_code=204, summary="Remove the escalation webhook")
 def delete_webhook(who: Admin) -> Response:
     """Nothing more is sent (a delivery being retried stops when the bus next hands it out). Idempotent."""
-    with session_scope() as session:
+    with session_scope(tenant=who.tenant_id) as session:
         hook = _get(session, who.tenant_id)
         if hook is not None:
             session.delete(hook)

@@ -41,7 +41,7 @@ def _range(since: date | None, until: date | None) -> tuple[date, date]:
 
 def _report(who: Viewer, since: date | None, until: date | None) -> Report:
     first, last = _range(since, until)
-    with session_scope() as session:
+    with session_scope(tenant=who.tenant_id) as session:
         return compute(session, who.tenant_id, first, last)
 
 

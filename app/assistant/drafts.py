@@ -136,7 +136,7 @@ class DraftStream:
 
 def webchat_contact(tenant_id: str, conversation_id: str) -> str | None:
     """The visitor id (the widget session's contact id) of a web chat conversation of this tenant."""
-    with session_scope() as session:
+    with session_scope(tenant=tenant_id) as session:
         return session.scalar(
             select(Contact.external_id)
             .join(Conversation, Conversation.contact_id == Contact.id)

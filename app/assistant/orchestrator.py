@@ -53,6 +53,7 @@ from app.providers.llm.base import LLMClient, LLMError
 from app.providers.llm.plan import LLMPlan, tenant_plan
 from app.providers.llm.router import CallTag, LLMRouter
 from app.ratelimit import LLM_CALLS_PER_TENANT, RateLimited, RateLimiter
+from app.tenant_scope import same_tenant
 from app.tenants.quota import QuotaGate
 
 if TYPE_CHECKING:
@@ -177,7 +178,7 @@ class Orchestrator:
 
     # -- phase 1 -----------------------------------------------------------------------------------------
     def _load(self, event: InboundMessage) -> tuple[Context | None, Outcome | None]:
-        with session_scope() as session:
+        with session_scope(tenant=event.tenant_id) as session:
             # Message, conversation and tenant in one round trip; here and below, SQL built once (module end).
             row = session.execute(_LOAD, {"message": event.message_id, "tenant": event.tenant_id}).first()
             if row is None:
@@ -195,12 +196,12 @@ class Orchestrator:
                 policies=dict(row.policies or {}),
                 llm=self._llm_config(row.policies, row.llm_api_key_encrypted, row.llm_provider_keys_encrypted),
                 history=history(
-                    session, row.conversation_id, before_id=row.id, turns=self.settings.history_turns
+                    session, event.tenant_id, row.conversation_id, before_id=row.id, turns=self.settings.history_turns
                 ),
                 pack_version=row.live_pack_version,
                 received_at=row.created_at,
-                earlier_burst=merged_into(session, row.conversation_id, row.id, row.created_at),
-                superseded=newer_pending(session, row.conversation_id, row.created_at) is not None,
+                earlier_burst=merged_into(session, event.tenant_id, row.conversation_id, row.id, row.created_at),
+                superseded=newer_pending(session, event.tenant_id, row.conversation_id, row.created_at) is not None,
                 channel=event.channel,
                 consent=row.consent_status or "unknown",
             )
@@ -423,8 +424,8 @@ _LOAD = (
            TENANTS.c.persona, TENANTS.c.policies, TENANTS.c.llm_api_key_encrypted,
            TENANTS.c.llm_provider_keys_encrypted, TENANTS.c.live_pack_version, TENANTS.c.slug,
            CONTACTS.c.consent_status)
-    .join(CONVERSATIONS, CONVERSATIONS.c.id == MESSAGES.c.conversation_id)
-    .join(CONTACTS, CONTACTS.c.id == CONVERSATIONS.c.contact_id)
+    .join(CONVERSATIONS, (CONVERSATIONS.c.id == MESSAGES.c.conversation_id) & same_tenant(CONVERSATIONS, MESSAGES))
+    .join(CONTACTS, (CONTACTS.c.id == CONVERSATIONS.c.contact_id) & same_tenant(CONTACTS, MESSAGES))
     .join(TENANTS, TENANTS.c.id == MESSAGES.c.tenant_id)
     .where(*IN_TENANT, MESSAGES.c.direction == "in")
 )

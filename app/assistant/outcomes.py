@@ -27,6 +27,7 @@ from app.models import Contact, Conversation, Escalation, Message, Tenant, new_i
 from app.providers.llm.plan import LLMPlan
 from app.review.sla import schedule as schedule_sla
 from app.review.sla import target as sla_target
+from app.tenant_scope import filter_only, same_tenant
 
 DEAD_LETTERED = "processing_failed"  # the reason of the escalation a dead-lettered message opens
 DEFAULT_ESCALATION_NOTICE = (
@@ -81,7 +82,7 @@ def claim(session: Session, ctx: Context) -> ReplyTo | None:
     row = session.execute(_CLAIM, {"message": ctx.message_id, "tenant": ctx.tenant_id}).one()
     if row.status != "received":
         return None
-    newer = newer_pending(session, row.conversation_id, row.created_at)
+    newer = newer_pending(session, ctx.tenant_id, row.conversation_id, row.created_at)
     if newer is not None:
         # A later message of the same turn arrived while this one was being answered: it supersedes this
         # reply and answers both texts as one turn (`merged_into`).
@@ -92,7 +93,7 @@ def claim(session: Session, ctx: Context) -> ReplyTo | None:
 
 
 def answer(bus: Bus, clock: Callable[[], datetime], ctx: Context, draft: Draft) -> Outcome:
-    with session_scope() as session:
+    with session_scope(tenant=ctx.tenant_id) as session:
         to = claim(session, ctx)
         if to is None:
             return Outcome("duplicate", ctx.message_id)
@@ -130,7 +131,7 @@ def escalate(bus: Bus, clock: Callable[[], datetime], ctx: Context, decision: De
         notice = None  # a draft waiting for approval: the customer hears nothing until it is sent
     sla = sla_target(ctx.policies)
     now = clock()
-    with session_scope() as session:
+    with session_scope(tenant=ctx.tenant_id) as session:
         to = claim(session, ctx)
         if to is None:
             return Outcome("duplicate", ctx.message_id)
@@ -184,7 +185,7 @@ def _open_escalation(session: Session, to: ReplyTo, message_id: str, actor: str,
 def defer(clock: Callable[[], datetime], ctx: Context, event: InboundMessage, closes: datetime) -> Outcome:
     """Schedule this event's re-delivery for when the burst window closes; this consumer goes on meanwhile.
     (Delivered twice, it is scheduled twice: the second copy finds the message handled.)"""
-    with session_scope() as session:
+    with session_scope(tenant=ctx.tenant_id) as session:
         outbox.add(session, [outbox.Entry.of(INBOUND, event, ctx.message_id)], now=clock(),
                    not_before=closes)
     return Outcome("deferred", ctx.message_id)
@@ -192,7 +193,7 @@ def defer(clock: Callable[[], datetime], ctx: Context, event: InboundMessage, cl
 
 def merge(ctx: Context) -> Outcome | None:
     """Merge into the later message that is waiting (as `claim` would after answering); None if it is gone."""
-    with session_scope() as session:
+    with session_scope(tenant=ctx.tenant_id) as session:
         if claim(session, ctx) is not None:
             return None  # claimed but nothing written: the message stays `received` and is answered
         status = session.execute(_STATUS, {"message": ctx.message_id, "tenant": ctx.tenant_id}).scalar_one()
@@ -203,7 +204,7 @@ def change_consent(bus: Bus, clock: Callable[[], datetime], ctx: Context, status
     """The message was an opt-out (or opt-in) keyword: the contact's consent changes and the confirmation, the
     one message an opted-out contact is sent, answers it."""
     text = consent.confirmation(status, ctx.policies)
-    with session_scope() as session:
+    with session_scope(tenant=ctx.tenant_id) as session:
         to = claim(session, ctx)
         if to is None:
             return Outcome("duplicate", ctx.message_id)
@@ -223,7 +224,7 @@ def change_consent(bus: Bus, clock: Callable[[], datetime], ctx: Context, status
 
 def skip_opted_out(ctx: Context) -> Outcome:
     """A message from an opted-out contact: stored, never answered or escalated (nothing may be sent to them)."""
-    with session_scope() as session:
+    with session_scope(tenant=ctx.tenant_id) as session:
         if claim(session, ctx) is None:
             return Outcome("duplicate", ctx.message_id)
         _set_status(session, ctx, "skipped")
@@ -233,7 +234,7 @@ def skip_opted_out(ctx: Context) -> Outcome:
 
 
 def route_to_agent(ctx: Context) -> Outcome:
-    with session_scope() as session:
+    with session_scope(tenant=ctx.tenant_id) as session:
         if claim(session, ctx) is None:
             return Outcome("duplicate", ctx.message_id)
         _set_status(session, ctx, "human")
@@ -252,14 +253,16 @@ def mark_dead(tenant_id: str, message_id: str, reason: str) -> None:
     follows up. The message (and every message merged into its turn) would otherwise end unheard: it is
     escalated `processing_failed`, the customer gets the tenant's holding notice, and agents see it in the queue.
     Committed to the outbox, so the relay publishes the notice and the event whatever becomes of this process."""
-    with session_scope() as session:
+    with session_scope(tenant=tenant_id) as session:
         message = _tenant_message(session, tenant_id, message_id)
         if message is None or message.status != "received":
             return
         message.status = "dead"
         message.error = reason
         record(session, tenant_id, "system", "message.dead_lettered", "message", message_id, {"reason": reason})
-        if session.scalar(select(ESCALATIONS.c.id).where(ESCALATIONS.c.message_id == message_id)) is not None:
+        escalated = select(ESCALATIONS.c.id).where(ESCALATIONS.c.message_id == message_id,
+                                                   filter_only(ESCALATIONS.c.tenant_id) == tenant_id)
+        if session.scalar(escalated) is not None:
             return
         row = session.execute(_CLAIM, {"message": message_id, "tenant": tenant_id}).one()
         policies = session.scalar(select(Tenant.policies).where(Tenant.id == tenant_id)) or {}
@@ -279,7 +282,7 @@ IN_TENANT = (MESSAGES.c.id == bindparam("message"), MESSAGES.c.tenant_id == bind
 _CLAIM = (
     select(MESSAGES.c.status, MESSAGES.c.created_at, MESSAGES.c.meta, MESSAGES.c.conversation_id,
            CONVERSATIONS.c.channel, CONVERSATIONS.c.channel_account_id)
-    .join(CONVERSATIONS, CONVERSATIONS.c.id == MESSAGES.c.conversation_id)
+    .join(CONVERSATIONS, (CONVERSATIONS.c.id == MESSAGES.c.conversation_id) & same_tenant(CONVERSATIONS, MESSAGES))
     .where(*IN_TENANT)
     .with_for_update(of=MESSAGES)
 )

@@ -19,37 +19,44 @@ from sqlalchemy import bindparam, exists, select
 from sqlalchemy.orm import Session
 
 from app.conversations.service import MESSAGES
+from app.tenant_scope import filter_only
 
 # Built once (see the orchestrator's SQL): each call only binds values.
 _ENDED = MESSAGES.alias("ended")
 _TURN_ENDED_SINCE = exists().where(  # a later inbound message of the conversation already ended a turn
-    _ENDED.c.conversation_id == bindparam("conversation"), _ENDED.c.direction == "in",
+    _ENDED.c.conversation_id == bindparam("conversation"), filter_only(_ENDED.c.tenant_id) == bindparam("tenant"),
+    _ENDED.c.direction == "in",
     _ENDED.c.status.in_(["answered", "escalated", "human"]), _ENDED.c.created_at > bindparam("created"),
 )
 _NEWER_PENDING = select(MESSAGES.c.id).where(
-    MESSAGES.c.conversation_id == bindparam("conversation"), MESSAGES.c.direction == "in",
+    MESSAGES.c.conversation_id == bindparam("conversation"), filter_only(MESSAGES.c.tenant_id) == bindparam("tenant"),
+    MESSAGES.c.direction == "in",
     MESSAGES.c.status == "received", MESSAGES.c.created_at > bindparam("created"), ~_TURN_ENDED_SINCE,
 ).order_by(MESSAGES.c.created_at).limit(1)
 _MERGED_EARLIER = select(MESSAGES.c.id, MESSAGES.c.text, MESSAGES.c.meta).where(
-    MESSAGES.c.conversation_id == bindparam("conversation"), MESSAGES.c.direction == "in",
+    MESSAGES.c.conversation_id == bindparam("conversation"), filter_only(MESSAGES.c.tenant_id) == bindparam("tenant"),
+    MESSAGES.c.direction == "in",
     MESSAGES.c.status == "merged", MESSAGES.c.created_at < bindparam("created"),
 ).order_by(MESSAGES.c.created_at.desc())
 
 
-def merged_into(session: Session, conversation_id: str, message_id: str, created_at: datetime) -> list[str]:
+def merged_into(session: Session, tenant_id: str, conversation_id: str, message_id: str,
+                created_at: datetime) -> list[str]:
     """Texts merged into the turn that message `message_id` ends, oldest first: the messages superseded by it,
     directly or through another merged message (never one merged into some other turn)."""
     into, texts = {message_id}, []
     # Newest first: a message is only ever superseded by a later one, so its successor is resolved already.
-    for row in session.execute(_MERGED_EARLIER, {"conversation": conversation_id, "created": created_at}):
+    for row in session.execute(_MERGED_EARLIER, {"tenant": tenant_id, "conversation": conversation_id,
+                                                 "created": created_at}):
         if (row.meta or {}).get("superseded_by") in into:
             into.add(row.id)
             texts.append(row.text)
     return texts[::-1]
 
 
-def newer_pending(session: Session, conversation_id: str, created_at: datetime) -> str | None:
+def newer_pending(session: Session, tenant_id: str, conversation_id: str, created_at: datetime) -> str | None:
     """The next message of the same turn still waiting, which would supersede the message created at
     `created_at`; None if there is none, or if a later message already ended a turn without this one: the turn
     it arrived in is closed, so it is answered on its own."""
-    return session.scalar(_NEWER_PENDING, {"conversation": conversation_id, "created": created_at})
+    return session.scalar(_NEWER_PENDING, {"tenant": tenant_id, "conversation": conversation_id,
+                                           "created": created_at})

@@ -22,9 +22,9 @@ _T = TypeVar("_T")
 
 
 @contextmanager
-def _unit() -> Iterator[Session]:
+def _unit(tenant_id: str) -> Iterator[Session]:
     try:
-        with session_scope() as session:
+        with session_scope(tenant=tenant_id) as session:
             yield session
     except privacy.ContactNotFound as exc:
         raise HTTPException(404, str(exc)) from exc
@@ -32,8 +32,8 @@ def _unit() -> Iterator[Session]:
         raise HTTPException(409, str(exc)) from exc
 
 
-def _in_transaction(fn: Callable[[Session], _T]) -> _T:
-    with _unit() as session:
+def _in_transaction(tenant_id: str, fn: Callable[[Session], _T]) -> _T:
+    with _unit(tenant_id) as session:
         return fn(session)
 
 
@@ -63,7 +63,7 @@ class ConsentOut(BaseModel):
 def export_contact(contact: str, who: Admin) -> dict[str, Any]:
     """The contact, every conversation with every message (unmasked), the escalations, the audit events about
     them and their consent, as one JSON document (a data subject's access and portability request)."""
-    return _in_transaction(lambda db: privacy.export(db, who.tenant_id, contact))
+    return _in_transaction(who.tenant_id, lambda db: privacy.export(db, who.tenant_id, contact))
 
 
 @router.delete("/{contact}", response_model=ErasedOut, summary="Erase a contact",
@@ -71,7 +71,7 @@ def export_contact(contact: str, who: Admin) -> dict[str, Any]:
 def erase_contact(contact: str, who: Admin, services: Services) -> ErasedOut:
     """Deletes everything stored about the contact (conversations, messages, escalations, audit events about
     them, queued bus entries) and records an audit tombstone with counts only. Cannot be undone."""
-    erased, messages, conversations = _in_transaction(
+    erased, messages, conversations = _in_transaction(who.tenant_id,
         lambda db: privacy.erase(db, who.tenant_id, contact, who.actor))
     on_bus = privacy.erase_bus_entries(services.bus, who.tenant_id, [*messages, *conversations])
     flush_deleted()
@@ -85,4 +85,4 @@ def set_consent(contact: str, body: Annotated[ConsentIn, Body()], who: Admin) ->
         row = privacy.set_consent(db, who.tenant_id, contact, body.status, who.actor, who.actor)
         return ConsentOut(contact_id=row.id, status=row.consent_status, updated_at=row.consent_updated_at,
                           source=row.consent_source)
-    return _in_transaction(work)
+    return _in_transaction(who.tenant_id, work)

@@ -79,7 +79,7 @@ class Dispatcher:
     def deliver(self, event: OutboundMessage) -> str:
         """Deliver the stored reply once; returns the reply's status afterwards (`sent`, `failed`, or what it
         already was). Raises for a transient failure (the entry is redelivered)."""
-        with session_scope() as session:
+        with session_scope(tenant=event.tenant_id) as session:
             message = session.scalars(_OUTBOUND, {"message": event.message_id, "tenant": event.tenant_id}).first()
             if message is None:
                 raise PermanentFailure(f"outbound message {event.message_id} not found")

@@ -36,7 +36,7 @@ def redrive_stale(bus: Bus, *, inbound_group: str, outbound_group: str, older_th
     """Re-publish the events of messages whose event was lost (see the module doc); returns how many."""
     now = now or utcnow()
     groups = {INBOUND: inbound_group, OUTBOUND: outbound_group}
-    with session_scope() as session:
+    with session_scope(cross_tenant="redrive sweep") as session:
         # The rows first, then the streams: an event published in between makes its stream not drained.
         rows = session.scalars(
             select(Message)
@@ -77,7 +77,7 @@ def _inbound_event(message: Message, conversation: Conversation) -> InboundMessa
 def mark_outbound_dead(tenant_id: str, message_id: str, reason: str) -> None:
     """Called when the bus dead-letters an outbound event: the reply is `failed` with the reason, not left
     `pending` for the sweep to publish again and again."""
-    with session_scope() as session:
+    with session_scope(tenant=tenant_id) as session:
         message = session.scalars(select(Message).where(
             Message.id == message_id, Message.tenant_id == tenant_id, Message.direction == "out")).first()
         if message is not None and message.status == "pending":

@@ -118,7 +118,7 @@ def store_reply(
         "direction": "out", "provider_message_id": key, "text": text, "status": "pending", "author": author,
         "in_reply_to_id": in_reply_to_id, "citations": citations, "meta": meta or {}, "created_at": now})
     sql = statements(session.get_bind().dialect.name)
-    session.execute(sql.touch_conversations, {"ids": [to.conversation_id], "now": now})
+    session.execute(sql.touch_conversations, {"ids": [to.conversation_id], "tenants": [to.tenant_id], "now": now})
     return _outbound_event(to.tenant_id, reply_id, to.conversation_id, to.channel, to.channel_account_id, text,
                            citations, author)
 

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Table, bindparam, func, insert, select, update
+from sqlalchemy import BindParameter, Table, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app import logs, outbox
@@ -22,6 +22,7 @@ from app.bus.base import Bus, check_name
 from app.contracts import INBOUND, Attachment, InboundMessage
 from app.db import session_scope
 from app.models import Contact, Conversation, Message, new_id, utcnow
+from app.tenant_scope import filter_only
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,11 @@ def store_inbound(requests: Sequence[InboundRequest], *, enqueue: bool = True,
         originals.setdefault(r.key, i)
     firsts = sorted(set(originals.values()))
     out: list[Stored] = []
-    with session_scope(sessions) as session:
+    # A batch usually holds one tenant's requests (a webhook delivery, a quiet moment); one of several tenants
+    # is stored in one transaction on purpose (one commit per batch), its statements filtered by tenant.
+    [tenant, *others] = {r.tenant_id for r in requests} | outbox.tenants_of(published)
+    with (session_scope(tenant=tenant, sessions=sessions) if not others
+          else session_scope(cross_tenant="intake batch of several tenants", sessions=sessions)) as session:
         sql = statements(session.get_bind().dialect.name)
         contact_ids = _upsert_contacts(session, sql, [requests[i] for i in firsts], [times[i] for i in firsts])
         conversation_ids = _conversations(session, sql, requests, firsts, times, contact_ids)
@@ -165,7 +170,8 @@ def store_inbound(requests: Sequence[InboundRequest], *, enqueue: bool = True,
             by_key.update(_existing(session, sql, missing))
         if inserted:
             touched = sorted({a.conversation_id for a in by_key.values() if not a.duplicate})
-            session.execute(sql.touch_conversations, {"ids": touched, "now": max(times)})
+            session.execute(sql.touch_conversations, {
+                "ids": touched, "tenants": sorted({r.tenant_id for r in requests}), "now": max(times)})
         for i, r in enumerate(requests):
             accepted = by_key[r.key]
             if originals[r.key] != i or accepted.duplicate:
@@ -249,11 +255,12 @@ def statements(dialect: str) -> _Statements:
         .on_conflict_do_nothing(index_elements=["tenant_id", "channel", "provider_message_id"])
         .returning(MESSAGES.c.id)
     )
+    tenants: BindParameter[Any] = bindparam("tenants", expanding=True)
     existing = (
         select(MESSAGES.c.id, MESSAGES.c.conversation_id, CONVERSATIONS.c.contact_id, MESSAGES.c.tenant_id,
                MESSAGES.c.channel, MESSAGES.c.provider_message_id)
         .join(CONVERSATIONS, CONVERSATIONS.c.id == MESSAGES.c.conversation_id)
-        .where(MESSAGES.c.tenant_id.in_(bindparam("tenants", expanding=True)),
+        .where(MESSAGES.c.tenant_id.in_(tenants), CONVERSATIONS.c.tenant_id.in_(tenants),
                MESSAGES.c.channel.in_(bindparam("channels", expanding=True)),
                MESSAGES.c.provider_message_id.in_(bindparam("pids", expanding=True)))
     )
@@ -262,13 +269,15 @@ def statements(dialect: str) -> _Statements:
         latest_conversations=select(ranked.c.contact_id, ranked.c.id, ranked.c.channel_account_id)
         .where(ranked.c.rank == 1),
         rebind_conversations=update(CONVERSATIONS)
-        .where(CONVERSATIONS.c.id == bindparam("conversation"), CONVERSATIONS.c.channel_account_id.is_(None))
+        .where(CONVERSATIONS.c.id == bindparam("conversation"), CONVERSATIONS.c.tenant_id == bindparam("tenant"),
+               CONVERSATIONS.c.channel_account_id.is_(None))
         .values(channel_account_id=bindparam("account")),
         insert_conversations=insert(CONVERSATIONS),
         insert_messages=messages,
         existing_messages=existing,
         touch_conversations=update(CONVERSATIONS)
-        .where(CONVERSATIONS.c.id.in_(bindparam("ids", expanding=True)))
+        .where(CONVERSATIONS.c.id.in_(bindparam("ids", expanding=True)),
+               CONVERSATIONS.c.tenant_id.in_(bindparam("tenants", expanding=True)))
         .values(updated_at=bindparam("now")),
     )
 
@@ -317,7 +326,7 @@ def _conversations(
         if contact_id in latest:
             out[key] = latest[contact_id]
             if out[key] in unbound and r.channel_account_id:
-                rebind.append({"conversation": out[key], "account": r.channel_account_id})
+                rebind.append({"conversation": out[key], "tenant": r.tenant_id, "account": r.channel_account_id})
             continue
         out[key] = new_id()
         new_rows.append({"id": out[key], "tenant_id": r.tenant_id, "contact_id": contact_id, "channel": r.channel,
@@ -348,15 +357,17 @@ def _existing(
 # The orchestrator's history read, built once: each call only binds values (see `_Statements`).
 _HISTORY = (
     select(MESSAGES.c.id, MESSAGES.c.direction, MESSAGES.c.text)
-    .where(MESSAGES.c.conversation_id == bindparam("conversation"), MESSAGES.c.status.notin_(["failed", "dead"]))
+    .where(MESSAGES.c.conversation_id == bindparam("conversation"),
+           filter_only(MESSAGES.c.tenant_id) == bindparam("tenant"), MESSAGES.c.status.notin_(["failed", "dead"]))
     .order_by(MESSAGES.c.created_at.desc())
     .limit(bindparam("limit"))
 )
 
 
-def history(session: Session, conversation_id: str, *, before_id: str | None, turns: int) -> list[tuple[str, str]]:
+def history(session: Session, tenant_id: str, conversation_id: str, *, before_id: str | None,
+            turns: int) -> list[tuple[str, str]]:
     """The last `turns` messages of a conversation as (role, text), oldest first, excluding `before_id`."""
-    rows = session.execute(_HISTORY, {"conversation": conversation_id, "limit": turns + 1}).all()
+    rows = session.execute(_HISTORY, {"tenant": tenant_id, "conversation": conversation_id, "limit": turns + 1}).all()
     turns_list = [
         ("customer" if m.direction == "in" else "assistant", m.text) for m in rows if m.id != before_id
     ][:turns]

@@ -34,11 +34,11 @@ class PackError(Exception):
 # -- the actions (run wherever the vector store is) ---------------------------------------------------------
 
 
-def _tenant_id(session: Any, slug: str) -> str:
-    from app.tenants.service import TenantError, get_by_slug
+def _tenant_id(slug: str) -> str:
+    from app.tenants.service import TenantError, tenant_id_of
 
     try:
-        return str(get_by_slug(session, slug).id)
+        return tenant_id_of(slug)
     except TenantError as exc:
         raise PackError(str(exc), 404) from exc
 
@@ -64,8 +64,8 @@ def pack_action(slug: str, action: str, version: int | None = None) -> dict[str,
     """`list`, `promote` (needs `version`) or `rollback`; returns the listing afterwards."""
     from app.knowledge import versions
 
-    with session_scope() as session:
-        tenant_id = _tenant_id(session, slug)
+    tenant_id = _tenant_id(slug)
+    with session_scope(tenant=tenant_id) as session:
         try:
             if action == "promote":
                 if version is None:
@@ -87,8 +87,8 @@ def quarantine_action(services: Container, slug: str, release: str | None = None
     from app.knowledge import quarantine
     from app.models import Tenant
 
-    with session_scope() as session:
-        tenant_id = _tenant_id(session, slug)
+    tenant_id = _tenant_id(slug)
+    with session_scope(tenant=tenant_id) as session:
         if release:
             try:
                 version = quarantine.release(session, tenant_id, release, "operator",
@@ -109,8 +109,8 @@ def run_eval(services: Container, slug: str, questions: str, version: int | None
         parsed = parse_questions(questions)
     except EvalError as exc:
         raise PackError(f"questions file: {exc}") from exc
-    with session_scope() as session:
-        tenant_id = _tenant_id(session, slug)
+    tenant_id = _tenant_id(slug)
+    with session_scope(tenant=tenant_id) as session:
         live = session.get_one(Tenant, tenant_id).live_pack_version
     chosen = version if version is not None else live
     return {**evaluate(tenant_id, parsed, pack_version=chosen, retriever=services.retriever), "pack_version": chosen}

@@ -154,7 +154,7 @@ def for_version(tenant_id: str, version: int, embedder: Embedder, session: Any =
             if session is None:
                 from app.db import session_scope
 
-                with session_scope() as own:
+                with session_scope(tenant=tenant_id) as own:
                     found, stats = _load(own, tenant_id, version, embedder)
             else:
                 found, stats = _load(session, tenant_id, version, embedder)

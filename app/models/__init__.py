@@ -1,4 +1,5 @@
-"""SQLAlchemy tables. Every tenant-owned row carries `tenant_id`; queries filter on it (see app/tenants/scope.py)."""
+"""SQLAlchemy tables. Every tenant-owned row carries `tenant_id` (and the `TenantOwned` marker): a tenant session
+filters every query of it (app/tenant_scope.py)."""
 
 from app.models.accounts import ROLES, Invitation, LoginSession, Membership, RefreshToken, User
 from app.models.base import Base, new_id, utcnow

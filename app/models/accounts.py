@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import CheckConstraint, ForeignKey, Index, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.models.base import Base, IdMixin
+from app.models.base import Base, IdMixin, TenantOwned
 
 ROLES = ("owner", "admin", "agent", "viewer")
 
@@ -22,7 +22,7 @@ class User(IdMixin, Base):
     password_hash: Mapped[str] = mapped_column(String(255))  # Argon2id, PHC string format
 
 
-class Membership(IdMixin, Base):
+class Membership(TenantOwned, IdMixin, Base):
     __tablename__ = "memberships"
     __table_args__ = (
         UniqueConstraint("tenant_id", "user_id"),
@@ -34,7 +34,7 @@ class Membership(IdMixin, Base):
     role: Mapped[str] = mapped_column(String(16))
 
 
-class LoginSession(IdMixin, Base):
+class LoginSession(TenantOwned, IdMixin, Base):
     """One login of one person into one tenant: the family its refresh tokens belong to. Revoking it (logout, a
     refresh token used twice, the person removed) ends every token of the family, access tokens included."""
 

@@ -59,3 +59,12 @@ class Base(DeclarativeBase):
 class IdMixin:
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class TenantOwned:
+    """Marks a model whose rows belong to one tenant: a tenant session filters every query of it to its tenant
+    (app/tenant_scope.py); tests/security/test_tenant_scope.py checks that every model with a `tenant_id` carries
+    it. Each model declares its own `tenant_id` (with its foreign key and index); this one only lets the
+    criterion be written once for all of them."""
+
+    tenant_id: Mapped[str] = mapped_column(String(32))

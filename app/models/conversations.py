@@ -6,10 +6,10 @@ from typing import Any
 from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.models.base import Base, IdMixin
+from app.models.base import Base, IdMixin, TenantOwned
 
 
-class Contact(IdMixin, Base):
+class Contact(TenantOwned, IdMixin, Base):
     __tablename__ = "contacts"
     __table_args__ = (UniqueConstraint("tenant_id", "channel", "external_id"),)
 
@@ -24,7 +24,7 @@ class Contact(IdMixin, Base):
     consent_source: Mapped[str | None] = mapped_column(String(64), default=None)  # keyword | admin:<who> | api
 
 
-class Conversation(IdMixin, Base):
+class Conversation(TenantOwned, IdMixin, Base):
     __tablename__ = "conversations"
     __table_args__ = (Index("ix_conversations_tenant_contact", "tenant_id", "contact_id"),)
 
@@ -40,7 +40,7 @@ class Conversation(IdMixin, Base):
     updated_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
-class Message(IdMixin, Base):
+class Message(TenantOwned, IdMixin, Base):
     """Inbound and outbound messages. The unique key makes provider redeliveries harmless."""
 
     __tablename__ = "messages"

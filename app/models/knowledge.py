@@ -6,10 +6,10 @@ from typing import Any
 from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.models.base import Base, IdMixin
+from app.models.base import Base, IdMixin, TenantOwned
 
 
-class KnowledgeSource(IdMixin, Base):
+class KnowledgeSource(TenantOwned, IdMixin, Base):
     """One upload (a folder, a zip, a set of files) for a tenant."""
 
     __tablename__ = "knowledge_sources"
@@ -19,7 +19,7 @@ class KnowledgeSource(IdMixin, Base):
     pack_version: Mapped[int] = mapped_column(default=1)
 
 
-class Document(IdMixin, Base):
+class Document(TenantOwned, IdMixin, Base):
     __tablename__ = "documents"
     __table_args__ = (UniqueConstraint("tenant_id", "pack_version", "path"),)
 
@@ -41,7 +41,7 @@ class Document(IdMixin, Base):
     vectors_key: Mapped[str | None] = mapped_column(String(500), default=None)
 
 
-class Chunk(Base):
+class Chunk(TenantOwned, Base):
     """Chunk metadata; the text and vectors live in the vector store under the same deterministic id."""
 
     __tablename__ = "chunks"
@@ -60,7 +60,7 @@ class Chunk(Base):
     quarantine: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), default=None)
 
 
-class IngestionJob(IdMixin, Base):
+class IngestionJob(TenantOwned, IdMixin, Base):
     __tablename__ = "ingestion_jobs"
 
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
@@ -79,7 +79,7 @@ class IngestionJob(IdMixin, Base):
     options: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 
-class PackVersion(IdMixin, Base):
+class PackVersion(TenantOwned, IdMixin, Base):
     """One build of a tenant's knowledge pack. `Tenant.live_pack_version` names the one the assistant reads;
     promoting or rolling back only changes that number."""
 

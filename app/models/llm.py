@@ -5,10 +5,10 @@ from datetime import date
 from sqlalchemy import Date, ForeignKey, Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.models.base import Base, IdMixin
+from app.models.base import Base, IdMixin, TenantOwned
 
 
-class LLMCall(IdMixin, Base):
+class LLMCall(TenantOwned, IdMixin, Base):
     """One attempt at one LLM provider: what it cost and how it went. Never the prompt or the answer."""
 
     __tablename__ = "llm_calls"

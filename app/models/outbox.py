@@ -6,10 +6,10 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.models.base import Base, utcnow
+from app.models.base import Base, TenantOwned, utcnow
 
 
-class OutboxEntry(Base):
+class OutboxEntry(TenantOwned, Base):
     """A bus entry to publish, written in the same transaction as the state change it announces (app/outbox.py).
     Deleted once published; `not_before` holds it back (a scheduled re-delivery, or the grace its writer has to
     publish it itself before a relay does)."""

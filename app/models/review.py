@@ -6,10 +6,10 @@ from typing import Any
 from sqlalchemy import ForeignKey, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.models.base import Base, IdMixin, utcnow
+from app.models.base import Base, IdMixin, TenantOwned, utcnow
 
 
-class Escalation(IdMixin, Base):
+class Escalation(TenantOwned, IdMixin, Base):
     __tablename__ = "escalations"
     __table_args__ = (
         Index("ix_escalations_tenant_status", "tenant_id", "status"),
@@ -41,7 +41,7 @@ class Escalation(IdMixin, Base):
     sla_breached_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
-class AuditEvent(IdMixin, Base):
+class AuditEvent(TenantOwned, IdMixin, Base):
     """Append-only: rows are inserted, never updated or deleted by the application."""
 
     __tablename__ = "audit_events"
@@ -55,7 +55,7 @@ class AuditEvent(IdMixin, Base):
     data: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 
-class TenantWebhook(IdMixin, Base):
+class TenantWebhook(TenantOwned, IdMixin, Base):
     """Where a tenant wants to hear of new escalations (app/review/notify.py): one URL, signed with its own
     secret (encrypted at rest). Escalations opened before `updated_at` are never sent to it."""
 
@@ -67,7 +67,7 @@ class TenantWebhook(IdMixin, Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-class Handoff(IdMixin, Base):
+class Handoff(TenantOwned, IdMixin, Base):
     """One stretch of a conversation in an agent's hands: from a takeover (of an escalation or of the conversation)
     to its release back to the bot. `ended_at` is None while the agent still has it. Written since migration 0012:
     agent handling time and the resolution time of taken-over escalations are only known from then on."""

@@ -6,7 +6,7 @@ from typing import Any
 from sqlalchemy import ForeignKey, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.models.base import Base, IdMixin
+from app.models.base import Base, IdMixin, TenantOwned
 
 
 class Tenant(IdMixin, Base):
@@ -28,7 +28,7 @@ class Tenant(IdMixin, Base):
     plan_overrides: Mapped[dict[str, Any] | None] = mapped_column(default=None)
 
 
-class ApiKey(IdMixin, Base):
+class ApiKey(TenantOwned, IdMixin, Base):
     __tablename__ = "api_keys"
 
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
@@ -40,7 +40,7 @@ class ApiKey(IdMixin, Base):
     last_used_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
-class ChannelAccount(IdMixin, Base):
+class ChannelAccount(TenantOwned, IdMixin, Base):
     """A tenant's account on one provider. `external_id` (phone number id, bot id...) routes webhooks."""
 
     __tablename__ = "channel_accounts"

@@ -67,7 +67,7 @@ def _raise(exc: ReviewError) -> HTTPException:
             summary="A conversation's history (masked)")
 def get_conversation(conversation_id: str, principal: Viewer) -> ConversationOut:
     """The conversation's mode and latest messages, oldest first, with PII masked."""
-    with session_scope() as session:
+    with session_scope(tenant=principal.tenant_id) as session:
         try:
             view = queue.conversation_view(session, principal.tenant_id, conversation_id)
         except ReviewError as exc:
@@ -87,7 +87,7 @@ def get_conversation(conversation_id: str, principal: Viewer) -> ConversationOut
 @router.post("/messages/{message_id}/reveal", response_model=RevealedMessage, summary="Reveal a message's text")
 def reveal_message(message_id: str, principal: Agent) -> RevealedMessage:
     """The raw text of one message, PII included. Written to the audit log as `pii.revealed` with who asked."""
-    with session_scope() as session:
+    with session_scope(tenant=principal.tenant_id) as session:
         try:
             message = queue.reveal_message(session, principal, message_id)
         except ReviewError as exc:
@@ -99,7 +99,7 @@ def reveal_message(message_id: str, principal: Agent) -> RevealedMessage:
              summary="Reveal an escalation's customer text and draft")
 def reveal_escalation(escalation_id: str, principal: Agent) -> RevealedEscalation:
     """The raw customer text and draft, PII included. Written to the audit log as `pii.revealed`."""
-    with session_scope() as session:
+    with session_scope(tenant=principal.tenant_id) as session:
         try:
             escalation, text = queue.reveal_escalation(session, principal, escalation_id)
         except ReviewError as exc:
@@ -161,7 +161,7 @@ def _stream_tenant(
 
 
 def _snapshot(tenant_id: str) -> list[queue.QueueItem]:
-    with session_scope() as session:
+    with session_scope(tenant=tenant_id) as session:
         return queue.open_queue(session, tenant_id)
 
 

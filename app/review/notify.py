@@ -148,7 +148,7 @@ class WebhookSender:
             self.deliver(outgoing)
 
     def _prepare(self, event: EscalationOpened) -> Outgoing | None:
-        with session_scope() as session:
+        with session_scope(tenant=event.tenant_id) as session:
             hook = session.scalars(select(TenantWebhook).where(TenantWebhook.tenant_id == event.tenant_id)).first()
             if hook is None:
                 return None

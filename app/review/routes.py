@@ -115,7 +115,7 @@ def list_escalations(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> list[EscalationOut]:
     """The tenant's escalations, oldest first (the queue order)."""
-    with session_scope() as session:
+    with session_scope(tenant=principal.tenant_id) as session:
         stmt = (
             select(Escalation, Message.text, Conversation)
             .join(Message, Message.id == Escalation.message_id)
@@ -140,7 +140,7 @@ def list_escalations(
 
 @router.get("/escalations/{escalation_id}", response_model=EscalationOut, summary="Get an escalation")
 def get_escalation(escalation_id: str, principal: Viewer) -> EscalationOut:
-    with session_scope() as session:
+    with session_scope(tenant=principal.tenant_id) as session:
         try:
             escalation = service.get_escalation(session, principal, escalation_id)
         except service.ReviewError as exc:
@@ -154,7 +154,7 @@ def get_escalation(escalation_id: str, principal: Viewer) -> EscalationOut:
 def decide(escalation_id: str, body: DecisionIn, principal: Agent, services: Services) -> EscalationOut:
     """Approve the draft, edit and send, reject (nothing sent), or take the conversation over (the bot stays
     silent until it is released). An approved or edited text goes out through the conversation's channel."""
-    with session_scope() as session:
+    with session_scope(tenant=principal.tenant_id) as session:
         try:
             decided = service.decide(session, principal, escalation_id, body.decision, body.text, body.note,
                                      channels=services.channels)
@@ -182,7 +182,7 @@ def release(conversation_id: str, principal: Agent, services: Services) -> ModeO
 
 
 def _set_mode(services: Container, conversation_id: str, principal: Agent, mode: str) -> ModeOut:
-    with session_scope() as session:
+    with session_scope(tenant=principal.tenant_id) as session:
         try:
             conversation = service.set_mode(session, principal, conversation_id, mode)
         except service.ReviewError as exc:
@@ -197,7 +197,7 @@ def _set_mode(services: Container, conversation_id: str, principal: Agent, mode:
 def send_as_agent(conversation_id: str, body: AgentMessageIn, principal: Agent,
                   services: Services) -> dict[str, str]:
     """Write to the customer during a takeover. Idempotent on `client_message_id`."""
-    with session_scope() as session:
+    with session_scope(tenant=principal.tenant_id) as session:
         try:
             sent = service.agent_message(session, principal, conversation_id, body.text, body.client_message_id,
                                          channels=services.channels)

@@ -68,7 +68,7 @@ def breach(bus: Bus, push: Push, tenant_id: str, escalation_id: str, *, now: dat
     from app.review.notify import wake_consoles
 
     now = now or utcnow()
-    with session_scope() as session:
+    with session_scope(tenant=tenant_id) as session:
         escalation = session.scalars(
             select(Escalation).where(Escalation.id == escalation_id, Escalation.tenant_id == tenant_id)
             .with_for_update()

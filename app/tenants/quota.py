@@ -109,7 +109,7 @@ class QuotaGate:
 
     def _read(self, tenant_id: str, read_at: float) -> _Seen:
         period = usage.Period.month_of(self._now())
-        with session_scope() as session:
+        with session_scope(tenant=tenant_id) as session:
             row = session.execute(select(Tenant.plan, Tenant.plan_overrides).where(Tenant.id == tenant_id)).first()
             name, overrides = (row.plan, row.plan_overrides) if row is not None else (None, None)
             plan = effective(name, overrides, self.default_plan)

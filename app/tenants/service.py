@@ -118,6 +118,15 @@ def get_by_slug(session: Session, slug: str) -> Tenant:
     return tenant
 
 
+def tenant_id_of(slug: str) -> str:
+    """The id of the tenant an operator names by its slug (a CLI argument, a header of the operator token): the
+    one lookup that must cross tenants before there is a tenant to scope the work to."""
+    from app.db import session_scope
+
+    with session_scope(cross_tenant="tenant lookup by slug") as session:
+        return get_by_slug(session, slug).id
+
+
 def widget_account(session: Session, tenant_id: str) -> ChannelAccount:
     account = session.scalars(
         select(ChannelAccount).where(ChannelAccount.tenant_id == tenant_id, ChannelAccount.channel == "webchat")

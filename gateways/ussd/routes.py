@@ -61,7 +61,7 @@ def menu(account: Account) -> str:
 
 def tenant_menu(tenant_id: str) -> dict[str, Any] | None:
     """The account's tenant's `ussd_menu` policy, if it has one."""
-    with session_scope() as session:
+    with session_scope(tenant=tenant_id) as session:
         policies = session.scalar(select(Tenant.policies).where(Tenant.id == tenant_id)) or {}
     return policies.get("ussd_menu") or None
 
@@ -98,7 +98,7 @@ def answer(services: Container, account: Account, session_id: str, phone: str, s
 def _show(tenant_id: str, outcome: Outcome) -> str | None:
     """Claim the answer for the screen: recorded `sent` on it, unless the SMS sender already took it (then
     None). An aggregator's retry of the step gets the screen shown before."""
-    with session_scope() as session:
+    with session_scope(tenant=tenant_id) as session:
         reply = session.scalars(select(Message).where(Message.tenant_id == tenant_id, Message.id == outcome.reply_id)
                                 .with_for_update()).first()
         if reply is None:

@@ -30,9 +30,10 @@ from app.api.services import Services
 from app.bootstrap import Container
 from app.config import get_settings
 from app.conversations.service import InboundRequest
-from app.db import get_engine, session_scope
+from app.db import session_scope
 from app.keys import TokenError
 from app.models import Contact, Conversation, Message, Tenant
+from app.tenant_scope import same_tenant
 from gateways.common import Account, load_account, load_account_async
 from gateways.payloads import scoped_key
 from gateways.webchat import sessions
@@ -226,7 +227,7 @@ MESSAGES: Table = Message.__table__  # type: ignore[assignment]
 _READ = (
     select(MESSAGES.c.id, MESSAGES.c.direction, MESSAGES.c.author, MESSAGES.c.text, MESSAGES.c.citations,
            MESSAGES.c.created_at, MESSAGES.c.status, MESSAGES.c.in_reply_to_id)
-    .join(CONVERSATIONS, CONVERSATIONS.c.id == MESSAGES.c.conversation_id)
+    .join(CONVERSATIONS, (CONVERSATIONS.c.id == MESSAGES.c.conversation_id) & same_tenant(CONVERSATIONS, MESSAGES))
     .join(CONTACTS, CONTACTS.c.id == CONVERSATIONS.c.contact_id)
     .where(CONTACTS.c.tenant_id == bindparam("tenant_id"), CONTACTS.c.channel == CHANNEL,
            CONTACTS.c.external_id == bindparam("contact_id"), CONVERSATIONS.c.tenant_id == bindparam("tenant_id"))
@@ -242,8 +243,8 @@ def _messages(tenant_id: str, contact_id: str, after: datetime | None) -> Messag
     delivered: the cursor never moves past a message the visitor has not been shown yet."""
     params = {"tenant_id": tenant_id, "contact_id": contact_id, "after": after}
     out: list[WidgetMessage] = []
-    with get_engine().connect() as conn:
-        for m in conn.execute(_READ if after is None else _READ_AFTER, params):
+    with session_scope(tenant=tenant_id) as session:
+        for m in session.execute(_READ if after is None else _READ_AFTER, params):
             if m.status == "pending":
                 break
             out.append(WidgetMessage(id=m.id, direction=m.direction, author=m.author, text=m.text,
@@ -406,7 +407,7 @@ def _draft_event(visitor: StreamVisitor, draft: dict, settled: set[str]) -> Serv
 @router.get("/widget/{widget_id}", response_class=HTMLResponse, include_in_schema=False)
 def widget_page(widget_id: str, services: Services) -> HTMLResponse:
     account = _account(services, widget_id)
-    with session_scope() as session:
+    with session_scope(tenant=account.tenant_id) as session:
         tenant = session.get_one(Tenant, account.tenant_id)
         persona = tenant.persona or {}
         title = html.escape(str(persona.get("brand") or tenant.name))

@@ -50,7 +50,7 @@ def _tenant(prefix: str) -> TenantKeys:
     from app.tenants.service import create_tenant
 
     slug = f"{prefix}-{uuid.uuid4().hex[:8]}"
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         new = create_tenant(session, slug, name=prefix.upper())
         tenant_id = new.tenant.id
     return TenantKeys(tenant_id, slug, new.admin_api_key, new.agent_api_key, new.widget_id)
@@ -81,7 +81,7 @@ def seed_conversation(tenant_id: str, contact: str = "v_alice", n_turns: int = 2
     from app.models import Escalation, Message
     from tests.factories import get_or_create_contact, get_or_create_conversation
 
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         who = get_or_create_contact(session, tenant_id, "webchat", contact, "Alice")
         conversation = get_or_create_conversation(session, tenant_id, who, None)
         last = None
@@ -106,7 +106,7 @@ def seed_document(tenant_id: str, path: str = "faq.csv") -> str:
     from app.db import session_scope
     from app.models import Chunk, Document
 
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         doc = Document(tenant_id=tenant_id, path=path, title=path, kind="faq", content_hash="0" * 64)
         session.add(doc)
         session.flush()
@@ -122,6 +122,6 @@ def seeded_a(tenant_a: TenantKeys) -> Seeded:
     from app.models import Message
 
     conversation_id = seed_conversation(tenant_a.id)
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         ids = [m.id for m in session.query(Message).filter(Message.conversation_id == conversation_id)]
     return Seeded(conversation_id, "v_alice", ids, seed_document(tenant_a.id))

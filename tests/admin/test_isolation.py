@@ -29,7 +29,7 @@ def _a_job(tenant_id: str) -> str:
     from app.db import session_scope
     from app.models import IngestionJob
 
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         job = IngestionJob(tenant_id=tenant_id, status="succeeded", total_files=1, done_files=1, chunks=3)
         session.add(job)
         session.flush()
@@ -115,7 +115,7 @@ def test_agents_read_conversations_with_pii_masked_and_admins_as_stored(client: 
     from app.models import Conversation, Message
 
     conversation_id = seed_conversation(tenant_a.id, "v_pii", n_turns=1)
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         conversation = session.get_one(Conversation, conversation_id)
         session.add(Message(tenant_id=tenant_a.id, conversation_id=conversation.id, channel="webchat",
                             direction="in", provider_message_id="v_pii:card", status="received",

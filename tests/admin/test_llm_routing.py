@@ -73,7 +73,7 @@ def test_provider_keys_are_stored_encrypted_and_never_returned(client: TestClien
     from app.db import session_scope
     from app.models import Tenant
 
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         stored = session.get_one(Tenant, tenant_a.id).llm_provider_keys_encrypted
         assert stored and "sk-full-secret" not in stored
 

@@ -93,7 +93,7 @@ def test_llm_key_is_encrypted_and_never_returned(client: TestClient, tenant_a: T
     assert r.status_code == 200 and r.json() == {"has_llm_key": True}
     got = client.get("/admin/v1/tenant", headers=h)
     assert got.json()["has_llm_key"] is True and secret not in got.text
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         stored = session.get_one(Tenant, tenant_a.id).llm_api_key_encrypted
     assert stored and secret not in stored
     assert decrypt_json(stored) == {"api_key": secret}
@@ -159,7 +159,7 @@ def test_channels_crud_and_credentials_never_leak(client: TestClient, tenant_a: 
     assert set(channels) == {"webchat", "telegram"}
     assert channels["webchat"]["webhook_url"] == f"http://127.0.0.1:8080/widget/{tenant_a.widget_id}"
     assert token not in listed.text
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         row = session.get_one(ChannelAccount, account["id"])
         assert token not in (row.credentials_encrypted or "") and "whsec-42" not in str(row.config)
         assert decrypt_json(row.credentials_encrypted or "") == {"bot_token": token, "secret_token": "whsec-42"}
@@ -168,7 +168,7 @@ def test_channels_crud_and_credentials_never_leak(client: TestClient, tenant_a: 
                      json={"name": "Renamed", "enabled": False, "credentials": {"bot_token": "8123456789:rotated-1"}})
     assert r.status_code == 200 and r.json()["name"] == "Renamed" and r.json()["enabled"] is False
     assert "rotated-1" not in r.text
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         row = session.get_one(ChannelAccount, account["id"])
         # The secret token the provider already has is kept; the bot token is replaced.
         assert decrypt_json(row.credentials_encrypted or "") == {"bot_token": "8123456789:rotated-1",
@@ -298,5 +298,5 @@ def test_document_rows_are_listed_with_chunk_counts(
 
     docs = client.get("/admin/v1/knowledge/documents", headers=tenant_a.headers()).json()["documents"]
     assert [(d["path"], d["chunks"], d["pack_version"], d["status"]) for d in docs] == [("faq.csv", 3, 1, "indexed")]
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         assert session.scalars(select(Document.id).where(Document.tenant_id == tenant_a.id)).all()

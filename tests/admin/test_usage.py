@@ -23,7 +23,7 @@ LAST_MONTH = datetime(NOW.year - (NOW.month == 1), (NOW.month - 2) % 12 + 1, 15,
 
 
 def _inbound(tenant_id: str, conversation_id: str, n: int, at: datetime, status: str = "answered") -> None:
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         for _ in range(n):
             session.add(Message(tenant_id=tenant_id, conversation_id=conversation_id, channel="webchat",
                                 direction="in", provider_message_id=uuid.uuid4().hex, text="q", status=status,
@@ -31,7 +31,7 @@ def _inbound(tenant_id: str, conversation_id: str, n: int, at: datetime, status:
 
 
 def _calls(tenant_id: str, at: datetime, tokens: list[tuple[int, int]]) -> None:
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         for prompt, completion in tokens:
             session.add(LLMCall(id=new_id(), created_at=at, day=at.date(), tenant_id=tenant_id, provider="p",
                                 model="m", outcome="ok", prompt_tokens=prompt, completion_tokens=completion))

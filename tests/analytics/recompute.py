@@ -21,7 +21,7 @@ def rows(tenant_id: str) -> dict[str, list[Any]]:
     from app.db import session_scope
     from app.models import Conversation, Escalation, Handoff, LLMCall, Message
 
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         out = {name: list(session.scalars(select(model).where(model.tenant_id == tenant_id)))
                for name, model in (("conversations", Conversation), ("messages", Message),
                                    ("escalations", Escalation), ("handoffs", Handoff), ("llm_calls", LLMCall))}

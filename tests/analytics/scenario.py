@@ -98,7 +98,7 @@ def _status(message_id: str) -> str:
     from app.db import session_scope
     from app.models import Message
 
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         return session.get_one(Message, message_id).status
 
 
@@ -106,7 +106,7 @@ def _escalation(message_id: str) -> tuple[str, str]:
     from app.db import session_scope
     from app.models import Escalation
 
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         e = session.scalars(select(Escalation).where(Escalation.message_id == message_id)).one()
         return e.id, e.conversation_id
 
@@ -125,7 +125,7 @@ def _tenant_id(slug: str) -> str:
     from app.db import session_scope
     from app.models import Tenant as Row
 
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         return session.scalars(select(Row.id).where(Row.slug == slug)).one()
 
 
@@ -136,7 +136,7 @@ def _use_llm(tenant: Tenant, server: FakeOpenAIServer) -> None:
     from app.db import session_scope
     from app.models import Tenant as Row
 
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         row = session.get_one(Row, tenant.id)
         row.policies = {**row.policies, "llm": {
             "providers": [
@@ -224,7 +224,7 @@ def _conversation_of(message_id: str) -> str:
     from app.db import session_scope
     from app.models import Message
 
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         return session.get_one(Message, message_id).conversation_id
 
 

@@ -66,7 +66,7 @@ def _handoffs(tenant_id: str) -> list[tuple[str | None, bool]]:
     from app.db import session_scope
     from app.models import Handoff
 
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         rows = session.scalars(select(Handoff).where(Handoff.tenant_id == tenant_id).order_by(Handoff.started_at))
         return [(h.escalation_id, h.ended_at is not None) for h in rows]
 
@@ -108,7 +108,7 @@ def test_days_are_utc_days_whatever_the_session_time_zone(client: TestClient, te
     from tests.factories import get_or_create_contact, get_or_create_conversation
 
     late = datetime(2026, 5, 1, 23, 30, tzinfo=UTC)
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         contact = get_or_create_contact(session, tenant_a.id, "webchat", "v_tz", None)
         conversation = get_or_create_conversation(session, tenant_a.id, contact, None)
         for i, at in enumerate((late, late + timedelta(hours=1))):
@@ -126,7 +126,7 @@ def test_days_are_utc_days_whatever_the_session_time_zone(client: TestClient, te
         engine.dispose()
         event.listen(engine, "connect", far_east)
     try:
-        with session_scope() as session:
+        with session_scope(cross_tenant="tests") as session:
             if backend == "postgres":
                 assert session.execute(text("SHOW TIME ZONE")).scalar() == "Pacific/Kiritimati"
             report = compute(session, tenant_a.id, date(2026, 5, 1), date(2026, 5, 2))

@@ -112,7 +112,7 @@ def stack(request: pytest.FixtureRequest, sb_home: Path, monkeypatch: pytest.Mon
 def _tenant(**policies: Any) -> str:
     from app.tenants.service import create_tenant
 
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         tenant = create_tenant(session, f"t{uuid.uuid4().hex[:8]}").tenant
         tenant.live_pack_version = 1  # as if a pack were live: retrieval runs
         tenant.policies = {**tenant.policies, **policies}
@@ -120,17 +120,17 @@ def _tenant(**policies: Any) -> str:
 
 
 def _statuses(*ids: str) -> list[str]:
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         return [session.get_one(Message, i).status for i in ids]
 
 
 def _scheduled(message_id: str) -> bool:
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         return session.scalars(select(OutboxEntry.id).where(OutboxEntry.message_id == message_id)).first() is not None
 
 
 def _reply(message_id: str) -> Message | None:
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         reply = session.scalars(select(Message).where(Message.in_reply_to_id == message_id)).one_or_none()
         if reply is not None:
             session.expunge(reply)
@@ -151,7 +151,7 @@ def test_a_burst_window_on_one_tenant_does_not_delay_another_tenants_reply(stack
     b_reply = _reply(b)
     assert b_reply is not None and b_reply.status == "sent"
     assert _reply(a) is None
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         scheduled = session.scalars(select(OutboxEntry).where(OutboxEntry.message_id == a)).one()
         assert scheduled.topic == INBOUND and scheduled.tenant_id == slow
         assert scheduled.not_before == session.get_one(Message, a).created_at + timedelta(seconds=6)
@@ -210,7 +210,7 @@ def test_a_reclaimed_message_is_answered_on_its_own_once_a_later_turn_was_answer
     replies = [_reply(m) for m in (first, second, third)]
     assert all(r is not None and r.status == "sent" for r in replies)
     assert sorted(r.message_id for r in stack.replies(tenant)) == sorted(r.id for r in replies if r)
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         assert session.scalars(select(AuditEvent).where(AuditEvent.tenant_id == tenant,
                                                         AuditEvent.action == "message.merged")).all() == []
 

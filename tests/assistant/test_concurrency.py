@@ -95,7 +95,7 @@ def _tenant(model: str) -> str:
     slug = f"t{uuid.uuid4().hex[:8]}"
     operations.create_tenant(slug, folder=EXAMPLE)
     assert operations.ingest(container(), slug, [RETURNS])["chunks"] > 0
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         tenant = session.scalars(select(Tenant).where(Tenant.slug == slug)).one()
         # The conversation markers in the test questions ("alpha: ...") cost some relevance.
         tenant.policies = {**tenant.policies, "llm": {"model": model}, "min_relevance": 0.3}
@@ -163,7 +163,7 @@ def test_a_tenant_whose_llm_stalls_does_not_hold_up_another_tenants_replies(pipe
     assert llm.peak["stalled-model"] == 4
 
     def delivered() -> bool:  # the dispatcher marked every reply sent (the widget's delivery)
-        with session_scope() as session:
+        with session_scope(cross_tenant="tests") as session:
             ids = [r.message_id for r in pipeline.seen]
             return [m.status for m in session.scalars(select(Message).where(Message.id.in_(ids)))] == ["sent"] * 13
 
@@ -181,21 +181,21 @@ def test_a_conversations_messages_go_one_at_a_time_in_order_while_others_go_ahea
     bob = pipeline.send(tenant, "bob", "bravo: how long do I have to return a tent?")
     # Another conversation is answered while Alice's first message still waits for the LLM ...
     wait_for(lambda: len(pipeline.replies(tenant)) == 1, timeout=60)
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         assert pipeline.replies(tenant)[0].conversation_id == session.get_one(Message, bob).conversation_id
     # ... and her later messages have not started: they wait behind the first.
     assert sum("alpha" in q for q in llm.questions) == 1
     assert pipeline.consumer.held >= 3
     llm.gates["alpha"].set()
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         conversation_id = session.get_one(Message, first).conversation_id
 
     def alice_settled() -> bool:
-        with session_scope() as session:
+        with session_scope(cross_tenant="tests") as session:
             return session.get_one(Message, third).status == "answered"
 
     wait_for(alice_settled, timeout=60)
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         statuses = [session.get_one(Message, m).status for m in (first, second, third)]
     # The first message's answer was superseded by the messages that came in meanwhile; the second was merged at
     # once (no LLM call of its own); the third answers all three as one turn.

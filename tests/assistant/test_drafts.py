@@ -112,7 +112,7 @@ def llm(sb_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeOpenAISe
 def _tenant(**policies: Any) -> str:
     from app.tenants.service import create_tenant
 
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         tenant = create_tenant(session, "acme").tenant
         tenant.live_pack_version = 1
         tenant.policies = {**tenant.policies, **policies}
@@ -127,7 +127,7 @@ def _ask(tenant_id: str, channel: str = "webchat", contact: str = "v_visitor") -
     bus, push = MemoryBus(), RecordingPush()
     accepted = accept_inbound(bus, tenant_id=tenant_id, channel=channel, contact_external_id=contact,
                               provider_message_id=f"{contact}:1", text="can I return a jacket?")
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         message = session.get_one(Message, accepted.message_id)
         event = InboundMessage(tenant_id=tenant_id, message_id=message.id, conversation_id=message.conversation_id,
                                contact_id="-", channel=channel, provider_message_id=message.provider_message_id,
@@ -170,7 +170,7 @@ def test_a_stream_that_fails_midway_escalates_with_the_offline_draft(llm: FakeOp
     assert outcome.status == "escalated" and outcome.reason == "llm_unavailable"
     drafts = [d for _, _, d in push.drafts]
     assert drafts and drafts[-1].get("withdrawn") is True
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         escalation = session.scalars(select(Escalation).where(Escalation.message_id == message_id)).one()
         assert escalation.draft  # the offline composer's, as for a failed one-shot call
     assert len(llm.completion_requests) == 1  # text had been shown: never retried

@@ -51,7 +51,7 @@ def _tenant(llm: dict[str, Any], keys: dict[str, str] | None = None) -> str:
     from app.crypto import encrypt_json
     from app.tenants.service import create_tenant
 
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         tenant = create_tenant(session, f"acme-{len(llm)}-{id(llm)}").tenant
         tenant.live_pack_version = 1
         tenant.policies = {**tenant.policies, "llm": llm}
@@ -78,7 +78,7 @@ def _ask(tenant_id: str, text: str = QUESTION, channel: str = "sms") -> tuple[An
 
 
 def _calls(tenant_id: str) -> list[LLMCall]:
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         rows = session.scalars(select(LLMCall).where(LLMCall.tenant_id == tenant_id)).all()
         return sorted(rows, key=lambda r: (r.created_at, r.attempt))
 
@@ -113,7 +113,7 @@ def test_llm_all_providers_down_escalates_with_the_offline_draft(backend: str, f
 
     outcome, message_id = _ask(tenant)
     assert outcome.status == "escalated" and outcome.reason == "llm_unavailable"
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         escalation = session.scalars(select(Escalation).where(Escalation.message_id == message_id)).one()
         assert escalation.draft and "30 days" in escalation.draft  # the offline composer's, for the agent
         assert escalation.detail and "first: unavailable" in escalation.detail

@@ -126,7 +126,7 @@ def stack(request: pytest.FixtureRequest, sb_home: Path, monkeypatch: pytest.Mon
 def _tenant(**policies: Any) -> str:
     from app.tenants.service import create_tenant
 
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         tenant = create_tenant(session, f"t{uuid.uuid4().hex[:8]}").tenant
         tenant.live_pack_version = 1  # as if a pack were live: retrieval runs
         tenant.policies = {**tenant.policies, "escalation_notice": NOTICE, **policies}
@@ -134,24 +134,24 @@ def _tenant(**policies: Any) -> str:
 
 
 def _escalation(message_id: str) -> Escalation:
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         escalation = session.scalars(select(Escalation).where(Escalation.message_id == message_id)).one()
         session.expunge(escalation)
         return escalation
 
 
 def _status(message_id: str) -> str:
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         return session.get_one(Message, message_id).status
 
 
 def _holding_messages(escalation_id: str) -> list[str]:
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         return list(session.scalars(select(Message.text).where(Message.provider_message_id == f"sla:{escalation_id}")))
 
 
 def _breaches(escalation_id: str) -> int:
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         return int(session.scalar(select(func.count()).select_from(AuditEvent).where(
             AuditEvent.subject_id == escalation_id, AuditEvent.action == "escalation.sla_breached")) or 0)
 
@@ -165,7 +165,7 @@ def _agent(tenant_id: str) -> Any:
 def _decide(stack: Stack, tenant_id: str, escalation_id: str, decision: str, text: str | None = None) -> None:
     from app.review import service
 
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         decided = service.decide(session, _agent(tenant_id), escalation_id, decision, text,
                                  channels=container().channels)
     service.publish_decision(stack.bus, decided)
@@ -288,7 +288,7 @@ def test_an_agents_message_in_a_taken_over_conversation_counts_as_the_first_resp
     m = stack.send(tenant, "ann", "is anyone there?")
     stack.run()
     escalation = _escalation(m)
-    with session_scope() as session:  # takes the conversation, not the escalation, and writes
+    with session_scope(cross_tenant="tests") as session:  # takes the conversation, not the escalation, and writes
         service.set_mode(session, _agent(tenant), escalation.conversation_id, "human")
         service.agent_message(session, _agent(tenant), escalation.conversation_id, "Hi, Dana here.", "c1",
                               channels=container().channels)
@@ -306,7 +306,7 @@ def test_a_timer_survives_a_restart_and_fires_once(stack: Stack) -> None:
     m = stack.send(tenant, "ann", "is anyone there?")
     stack.run()
     escalation = _escalation(m)
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         scheduled = session.scalar(select(func.count()).select_from(OutboxEntry)
                                    .where(OutboxEntry.tenant_id == tenant))
     assert scheduled == 1  # the timer is a row

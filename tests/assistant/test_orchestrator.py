@@ -18,7 +18,7 @@ def tenant(services: Container) -> str:
     from app.tenants.service import create_tenant
 
     migrate()
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         tenant = create_tenant(session, "acme").tenant
         tenant.live_pack_version = 1  # as if a pack were live: retrieval runs
         return tenant.id
@@ -77,7 +77,7 @@ def test_a_message_that_keeps_failing_ends_dead_with_its_last_error(tenant: str,
         consumer.process_available()
     dead = bus.dead_letters(INBOUND, tenant)
     assert len(dead) == 1 and "vector store unreachable" in dead[0].reason
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         message = session.get_one(Message, accepted.message_id)
         assert message.status == "dead" and "vector store unreachable" in (message.error or "")
 
@@ -88,7 +88,7 @@ def test_a_message_that_keeps_failing_ends_dead_with_its_last_error(tenant: str,
     from app.models import Escalation, OutboxEntry
 
     mark_dead(tenant, accepted.message_id, "again")  # a second dead letter of the same message changes nothing
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         (escalation,) = session.scalars(select(Escalation).where(Escalation.message_id == accepted.message_id))
         assert escalation.reason == DEAD_LETTERED and escalation.status == "open"
         assert "vector store unreachable" in (escalation.detail or "")
@@ -105,7 +105,7 @@ def test_without_a_live_pack_version_nothing_is_retrieved_and_the_message_escala
     from app.tenants.service import create_tenant
 
     migrate()
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         tenant_id = create_tenant(session, "fresh").tenant.id  # nothing promoted yet
     calls: list[str] = []
     bus = MemoryBus()
@@ -114,7 +114,7 @@ def test_without_a_live_pack_version_nothing_is_retrieved_and_the_message_escala
                               provider_message_id="m", text="what is your return policy?")
     _consumer(bus, orchestrator.handle).process_available()
     assert calls == []
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         from sqlalchemy import select
 
         escalation = session.scalars(select(Escalation).where(Escalation.message_id == accepted.message_id)).one()

@@ -50,7 +50,7 @@ def add_person(tenant: TenantKeys, email: str, role: str, password: str | None =
     from app.accounts import service
     from app.db import session_scope
 
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         member, _ = service.add_member(session, service.tenant_operator(session, tenant.slug), email, role, password)
     return Person(member.user_id, member.email, role)
 

@@ -133,7 +133,7 @@ def test_a_password_hashed_with_older_parameters_is_rehashed_at_login(monkeypatc
     dana = add_person(tenant_a, email("dana"), "agent")
 
     def stored() -> str:
-        with session_scope() as session:
+        with session_scope(cross_tenant="tests") as session:
             return session.scalars(select(User.password_hash).where(User.id == dana.user_id)).one()
 
     old = stored()

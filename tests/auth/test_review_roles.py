@@ -14,7 +14,7 @@ from tests.auth.conftest import add_person, audit, bearer, email, login
 
 def _open_escalation(tenant: TenantKeys, contact: str = "v_alice") -> tuple[str, str]:
     conversation_id = seed_conversation(tenant.id, contact=contact, n_turns=1, escalate=True)
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         escalation_id = session.scalars(select(Escalation.id).where(Escalation.conversation_id == conversation_id)
                                         ).one()
     return escalation_id, conversation_id
@@ -36,7 +36,7 @@ def test_viewers_read_the_queue_but_cannot_act(client: TestClient, tenant_a: Ten
     for path, body in acts:
         refused = client.post(path, headers=viewer, json=body)
         assert refused.status_code == 403 and "viewers can read but not act" in refused.json()["detail"], path
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         assert session.get_one(Escalation, escalation_id).status == "open"
         # This tenant's only: the session's Postgres database is shared with the other tests.
         assert session.scalars(select(Message).where(Message.tenant_id == tenant_a.id, Message.direction == "out",
@@ -52,7 +52,7 @@ def test_a_decision_records_the_person_who_made_it(client: TestClient, tenant_a:
     assert decided.status_code == 200, decided.text
     assert decided.json()["reviewer"] == dana.email and decided.json()["status"] == "approved"
 
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         assert session.get_one(Escalation, escalation_id).reviewer == dana.email
         reply = session.scalars(select(Message).where(Message.conversation_id == conversation_id,
                                                       Message.text == "It ships tomorrow.")).one()
@@ -102,5 +102,5 @@ def test_an_agent_of_one_tenant_never_sees_or_decides_another_tenants_queue(
     into_a = bearer(login(client, both, tenant=tenant_a.slug))
     assert [e["id"] for e in client.get("/review/v1/escalations", headers=into_a).json()] == [a_escalation]
     assert client.get(f"/review/v1/escalations/{b_escalation}", headers=into_a).status_code == 404
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         assert session.get_one(Escalation, b_escalation).status == "open"

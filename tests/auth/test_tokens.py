@@ -40,7 +40,7 @@ def test_refresh_rotates_and_each_refresh_token_works_once(client: TestClient, d
     third = _refresh(client, second["refresh_token"])
     assert _me(client, third) == 200
     # The stored form is a hash: no refresh token is kept as it was issued.
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         stored = set(session.scalars(select(RefreshToken.token_hash)))
     assert not stored & {first["refresh_token"], second["refresh_token"], third["refresh_token"]}
 
@@ -89,7 +89,7 @@ def test_logout_with_the_refresh_token_alone(client: TestClient, dana: Person) -
 def test_unknown_and_expired_refresh_tokens_are_refused(client: TestClient, dana: Person) -> None:
     assert "invalid refresh token" in _refresh(client, "made-up-token", expect=401)["detail"]
     tokens = login(client, dana)
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         session.execute(update(RefreshToken).values(expires_at=utcnow() - timedelta(seconds=1)))
     assert "expired" in _refresh(client, tokens["refresh_token"], expect=401)["detail"]
 
@@ -153,6 +153,6 @@ def test_changing_the_password_ends_the_other_logins(client: TestClient, dana: P
     assert _me(client, here) == 200 and _me(client, elsewhere) == 401
     login(client, dana, expect=401)
     assert login(client, dana, password=new)["access_token"]
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         reasons = set(session.scalars(select(LoginSession.revoked_reason).where(LoginSession.user_id == dana.user_id)))
     assert reasons == {None, "password_changed"}

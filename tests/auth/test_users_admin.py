@@ -66,7 +66,7 @@ def test_an_admin_key_invites_lists_changes_and_removes_people(client: TestClien
     assert client.delete(f"/admin/v1/users/{dana.user_id}", headers=h).status_code == 204
     assert client.get("/auth/me", headers=bearer(tokens)).status_code == 401  # the removal ends the login
     assert client.get("/admin/v1/users", headers=h).json()["users"] == []
-    with session_scope() as session:  # in no tenant any more: the account (and its hash) is gone
+    with session_scope(cross_tenant="tests") as session:  # in no tenant any more: the account (and its hash) is gone
         assert session.scalar(select(func.count()).select_from(User).where(User.id == dana.user_id)) == 0
     login(client, dana, expect=401)
     assert client.delete(f"/admin/v1/users/{dana.user_id}", headers=h).status_code == 404
@@ -143,7 +143,7 @@ def test_invitations_are_replaced_withdrawn_and_expire(client: TestClient, tenan
     assert audit(client, tenant_a, action="user.invitation_revoked")[0]["data"]["email"] == address
 
     third = _invite(client, h, address, "agent")
-    with session_scope() as session:  # a week later
+    with session_scope(cross_tenant="tests") as session:  # a week later
         from app.models import Invitation
 
         session.get_one(Invitation, third["invitation_id"]).expires_at = utcnow() - timedelta(seconds=1)
@@ -240,7 +240,7 @@ def test_two_owners_demoting_each_other_at_once_leave_one_owner(client: TestClie
 
     for _ in range(5):
         one, two = add_person(tenant_a, email("one"), "owner"), add_person(tenant_a, email("two"), "owner")
-        with session_scope() as session:  # only these two are owners
+        with session_scope(cross_tenant="tests") as session:  # only these two are owners
             for member in service.list_members(session, tenant_a.id):
                 if member.role == "owner" and member.user_id not in (one.user_id, two.user_id):
                     service.remove_member(session, service.tenant_operator(session, tenant_a.slug), member.user_id)
@@ -252,7 +252,7 @@ def test_two_owners_demoting_each_other_at_once_leave_one_owner(client: TestClie
                             role="owner")
             barrier.wait()
             try:
-                with session_scope() as session:
+                with session_scope(cross_tenant="tests") as session:
                     service.change_role(session, who, target.user_id, "admin")
                 outcomes.append("demoted")
             except service.Conflict:
@@ -264,5 +264,5 @@ def test_two_owners_demoting_each_other_at_once_leave_one_owner(client: TestClie
         for thread in threads:
             thread.join(60)
         assert sorted(outcomes) == ["demoted", "refused"]
-        with session_scope() as session:
+        with session_scope(cross_tenant="tests") as session:
             assert [m.role for m in service.list_members(session, tenant_a.id)].count("owner") == 1

@@ -17,5 +17,5 @@ def tenant(request: pytest.FixtureRequest, sb_home: Path, monkeypatch: pytest.Mo
         monkeypatch.setenv("DATABASE_URL", request.getfixturevalue("pg_url"))
         reset_caches()
     migrate()
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         return create_tenant(session, f"t-{request.param}-{id(request)}").tenant.id

@@ -32,7 +32,7 @@ def test_one_row_one_event_per_provider_message(tenant: str) -> None:
     assert bus.stream_length(INBOUND, tenant) == 2
     event = Event.from_bus(bus.read(INBOUND, "g", "c", count=1, block_ms=0)[0].fields)
     assert isinstance(event, InboundMessage) and event.message_id == first.message_id  # type: ignore[attr-defined]
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         assert session.scalar(select(func.count()).select_from(Message).where(Message.tenant_id == tenant)) == 2
         contact = session.scalars(select(Contact).where(Contact.tenant_id == tenant)).one()
         assert contact.display_name == "Ann" and contact.last_inbound_at is not None
@@ -43,7 +43,7 @@ def test_one_row_one_event_per_provider_message(tenant: str) -> None:
 def test_a_bus_outage_loses_nothing_an_outbox_relay_publishes_the_event_once_the_bus_is_back(tenant: str) -> None:
     accepted = _accept(BrokenBus(), tenant, "wamid.9")  # stored with its event in the outbox: the gateway answers 2xx
     assert not accepted.duplicate  # type: ignore[attr-defined]
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         row = session.scalars(select(Message).where(Message.provider_message_id == "wamid.9")).one()
         assert row.status == "received"
         assert session.scalar(select(func.count()).select_from(OutboxEntry)
@@ -67,11 +67,11 @@ def test_a_conversation_whose_account_was_deleted_is_bound_to_the_account_the_ne
     from app.models import ChannelAccount
     from app.tenants.service import create_tenant
 
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         other_tenant = create_tenant(session, f"other-{tenant[:8]}").tenant.id
 
     def account(tenant_id: str, external_id: str) -> str:
-        with session_scope() as session:
+        with session_scope(cross_tenant="tests") as session:
             row = ChannelAccount(tenant_id=tenant_id, channel="whatsapp", external_id=external_id, name="wa",
                                  config={})
             session.add(row)
@@ -83,13 +83,13 @@ def test_a_conversation_whose_account_was_deleted_is_bound_to_the_account_the_ne
                               provider_message_id=pid, text="hi", channel_account_id=account_id).conversation_id
 
     def bound(conversation_id: str) -> str | None:
-        with session_scope() as session:
+        with session_scope(cross_tenant="tests") as session:
             return session.get_one(Conversation, conversation_id).channel_account_id
 
     old = account(tenant, "pn-1")
     conversation = accept(tenant, "wamid.a", old)
     theirs = accept(other_tenant, "wamid.a", account(other_tenant, "pn-theirs"))
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         session.delete(session.get_one(ChannelAccount, old))
     assert bound(conversation) is None
     new = account(tenant, "pn-1")

@@ -46,7 +46,7 @@ def events(bus: MemoryBus) -> list[InboundMessage]:
 
 
 def stored(tenant: str) -> list[Message]:
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         rows = session.scalars(select(Message).where(Message.tenant_id == tenant).order_by(Message.created_at)).all()
         session.expunge_all()
         return list(rows)
@@ -77,7 +77,7 @@ def test_one_batch_with_duplicates_within_it_and_against_the_database(tenant: st
     rows = stored(tenant)
     assert [r.provider_message_id for r in rows] == ["m0", "m1", "m2", "m3"]  # arrival order survives
     assert all(r.status == "received" and r.enqueued_at is not None for r in rows)
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         ann = session.get_one(Contact, got[0].contact_id)
         assert ann.display_name == "Annie"  # the last name given wins, as if the calls ran one by one
         assert session.scalar(select(func.count()).select_from(Conversation)
@@ -121,7 +121,8 @@ def test_concurrent_callers_get_one_row_and_one_entry_per_provider_message(tenan
     assert {e.provider_message_id: e.message_id for e in published} == {
         pid: a.message_id for pid, a in originals.items()}
     assert len(stored(tenant)) == 40
-    with session_scope() as session:  # one contact and one conversation per customer, however batched
+    # One contact and one conversation per customer, however batched
+    with session_scope(cross_tenant="tests") as session:
         assert session.scalar(select(func.count()).select_from(Contact).where(Contact.tenant_id == tenant)) == 5
         assert session.scalar(select(func.count()).select_from(Conversation)
                               .where(Conversation.tenant_id == tenant)) == 5
@@ -158,7 +159,7 @@ def test_published_outbox_entries_go_with_the_next_batchs_commit_or_soon_after(t
     from tests.bus.conftest import wait_for
 
     def entries_of(message_id: str) -> int:
-        with session_scope() as session:
+        with session_scope(cross_tenant="tests") as session:
             return len(session.scalars(select(OutboxEntry.id).where(OutboxEntry.message_id == message_id)).all())
 
     bus = MemoryBus()

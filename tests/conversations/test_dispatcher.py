@@ -48,7 +48,7 @@ def reply(sb_home: Path):  # type: ignore[no-untyped-def]
     from app.tenants.service import create_tenant
 
     migrate()
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         tenant_id = create_tenant(session, "acme").tenant.id
         account = ChannelAccount(tenant_id=tenant_id, channel="fakechan", external_id="fake-1", name="fake")
         session.add(account)
@@ -56,14 +56,14 @@ def reply(sb_home: Path):  # type: ignore[no-untyped-def]
         account_id = account.id
     accepted = accept_inbound(MemoryBus(), tenant_id=tenant_id, channel="fakechan", contact_external_id="c",
                               provider_message_id="p1", text="hi", channel_account_id=account_id)
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         conversation = session.get_one(Conversation, accepted.conversation_id)
         message, _ = add_outbound(session, conversation, key="reply:p1", text="hello", author="bot")
         return outbound_event(message, conversation)
 
 
 def _meta(message_id: str) -> dict:  # type: ignore[type-arg]
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         return dict(session.get_one(Message, message_id).meta or {})
 
 
@@ -72,7 +72,7 @@ def test_delivers_once_and_a_redelivered_event_sends_nothing(reply) -> None:  # 
     Dispatcher({"fakechan": sender}, LocalPush()).deliver(reply)
     Dispatcher({"fakechan": sender}, LocalPush()).deliver(reply)
     assert sender.sent == [reply.message_id]
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         message = session.get_one(Message, reply.message_id)
         assert message.status == "sent" and message.meta["provider_id"] == "prov-1"
         assert message.provider_ref == "prov-1"  # what delivery receipts are matched on
@@ -82,7 +82,7 @@ def test_delivers_once_and_a_redelivered_event_sends_nothing(reply) -> None:  # 
 def test_a_message_another_dispatcher_is_sending_is_left_for_later(reply) -> None:  # type: ignore[no-untyped-def]
     sender = CountingSender()
     clock = Clock()
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         message = session.get_one(Message, reply.message_id)
         message.meta = {"sending_until": (clock.now + timedelta(seconds=5)).isoformat()}
     with pytest.raises(DeliveryBusy):
@@ -138,11 +138,11 @@ def test_each_recorded_part_renews_the_lease(reply) -> None:  # type: ignore[no-
 def test_transient_failure_releases_the_lease_and_permanent_failure_is_recorded(reply) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(SendError):
         Dispatcher({"fakechan": CountingSender(fail=Transient("provider 503"))}, LocalPush()).deliver(reply)
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         message = session.get_one(Message, reply.message_id)
         assert message.status == "pending" and "sending_until" not in message.meta
     Dispatcher({"fakechan": CountingSender(fail=Permanent("number blocked"))}, LocalPush()).deliver(reply)
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         message = session.get_one(Message, reply.message_id)
         assert message.status == "failed" and message.error == "number blocked"
 

@@ -23,12 +23,12 @@ T = "inbound"
 def empty_outbox(tenant: str) -> None:
     """Relays publish every tenant's entries, and the Postgres database is shared by the session's tests (one at a
     time): start from an empty outbox so counts are this test's."""
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         session.execute(delete(OutboxEntry))
 
 
 def _add(tenant: str, count: int, *, not_before: datetime | None = None) -> list[outbox.Pending]:
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         return outbox.add(session, [outbox.Entry(T, tenant, {"n": str(i)}) for i in range(count)],
                           not_before=not_before)
 
@@ -41,22 +41,22 @@ def _published(bus: MemoryBus) -> list[str]:
 
 
 def _left(tenant: str) -> int:
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         return session.scalar(select(func.count()).select_from(OutboxEntry)
                               .where(OutboxEntry.tenant_id == tenant)) or 0
 
 
 def test_entries_roll_back_with_the_transaction_that_wrote_them(tenant: str) -> None:
-    with pytest.raises(RuntimeError), session_scope() as session:
+    with pytest.raises(RuntimeError), session_scope(cross_tenant="tests") as session:
         outbox.add(session, [outbox.Entry(T, tenant, {"n": "0"})])
         raise RuntimeError("the state change failed")
     assert _left(tenant) == 0
 
 
 def test_an_entry_the_bus_would_refuse_fails_its_writer_not_the_relay(tenant: str) -> None:
-    with pytest.raises(ValueError, match="tenant id"), session_scope() as session:
+    with pytest.raises(ValueError, match="tenant id"), session_scope(cross_tenant="tests") as session:
         outbox.add(session, [outbox.Entry(T, "acme:dead", {"n": "0"})])
-    with pytest.raises(TypeError), session_scope() as session:
+    with pytest.raises(TypeError), session_scope(cross_tenant="tests") as session:
         outbox.add(session, [outbox.Entry(T, tenant, {"n": 0})])  # type: ignore[dict-item]
     assert _left(tenant) == 0
 
@@ -106,7 +106,7 @@ def test_a_relay_that_cannot_publish_keeps_the_entries(tenant: str) -> None:
 
 def test_several_relays_at_once_publish_every_entry(tenant: str) -> None:
     bus = MemoryBus()
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         postgres = session.get_bind().dialect.name == "postgresql"
     _add(tenant, 300)
     start = threading.Barrier(4)
@@ -156,7 +156,7 @@ def test_an_entry_a_relay_publishes_later_continues_the_trace_it_was_written_in(
     from tests.traces import ancestry, one
 
     bus = MemoryBus()
-    with tracing.span("intake"), session_scope() as session:
+    with tracing.span("intake"), session_scope(cross_tenant="tests") as session:
         outbox.add(session, [outbox.Entry.of(T, _inbound(tenant), "m1")])  # the writer dies before publishing
     assert outbox.Relay(bus, clock=lambda: utcnow() + outbox.GRACE).publish_all_due() == 1
     (delivery,) = bus.read(T, "g", "c", count=10, block_ms=0)

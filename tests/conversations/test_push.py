@@ -155,7 +155,7 @@ def webchat(sb_home: Path) -> tuple[str, str]:
     from app.tenants.service import create_tenant
 
     migrate()
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         tenant_id = create_tenant(session, "acme").tenant.id
     accept_inbound(MemoryBus(), tenant_id=tenant_id, channel="webchat", contact_external_id="v_visitor",
                    provider_message_id="v_visitor:1", text="do you ship to Canada?")
@@ -163,7 +163,7 @@ def webchat(sb_home: Path) -> tuple[str, str]:
 
 
 def _reply(tenant_id: str, key: str, text: str) -> str:
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         conversation = session.query(Conversation).filter_by(tenant_id=tenant_id).one()
         message, _ = add_outbound(session, conversation, key=key, text=text, author="bot")
         return outbound_event(message, conversation).message_id
@@ -178,13 +178,13 @@ def test_the_web_chat_sender_wakes_the_visitor_after_the_dispatcher_commits(webc
 
     async def scenario() -> None:
         async with push.subscribe(tenant_id, visitor) as waiter, push.subscribe(tenant_id, "v_someone_else") as other:
-            with session_scope() as session:
+            with session_scope(cross_tenant="tests") as session:
                 event = outbound_event(session.get_one(Message, reply_id),
                                        session.query(Conversation).filter_by(tenant_id=tenant_id).one())
             await asyncio.to_thread(Dispatcher(container().senders, container().push).deliver, event)
             assert await waiter.wait(BOUND)
             assert not await other.wait(0)
-            with session_scope() as session:  # woken only once the reply is visible
+            with session_scope(cross_tenant="tests") as session:  # woken only once the reply is visible
                 delivered = session.get_one(Message, reply_id)
                 assert delivered.status == "sent"
                 assert "sending_until" not in (delivered.meta or {})  # one transaction: no send lease needed
@@ -199,11 +199,11 @@ def test_notify_on_commit_publishes_after_commit_and_forgets_on_rollback(webchat
 
     async def scenario() -> None:
         async with push.subscribe(tenant_id, visitor) as waiter:
-            with pytest.raises(RuntimeError), session_scope() as session:
+            with pytest.raises(RuntimeError), session_scope(cross_tenant="tests") as session:
                 notify_on_commit(session, push, tenant_id, visitor)
                 raise RuntimeError("the transaction fails")
             assert not await waiter.wait(0)
-            with session_scope() as session:
+            with session_scope(cross_tenant="tests") as session:
                 notify_on_commit(session, push, tenant_id, visitor)
                 assert not await waiter.wait(0)  # not before the commit
             assert await waiter.wait(0)
@@ -223,7 +223,7 @@ def test_a_widget_read_stops_before_a_reply_still_being_delivered(webchat) -> No
     first = _messages(tenant_id, visitor, None)
     assert [m.text for m in first.messages] == ["do you ship to Canada?"]
     assert first.cursor is not None
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         session.get_one(Message, reply_id).status = "sent"
     after = _messages(tenant_id, visitor, first.messages[-1].created_at)
     assert [m.text for m in after.messages] == ["Yes, in 5-8 days.", "and to Mexico?"]

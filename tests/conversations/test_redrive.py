@@ -66,7 +66,7 @@ def test_an_inbound_message_whose_event_was_lost_is_redriven_once(tenant: str) -
     events = _events(bus, INBOUND, "orchestrator", tenant)
     assert [(type(e), e.message_id) for e in events] == [(InboundMessage, message_id)]  # type: ignore[attr-defined]
     assert _sweep(bus, tenant) == 0  # just redriven: not a candidate again until REDRIVE_AFTER has passed
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         assert session.get_one(Message, message_id).status == "received"
 
 
@@ -74,7 +74,8 @@ def test_a_message_scheduled_in_the_outbox_is_left_alone(tenant: str) -> None:
     bus = MemoryBus()
     message_id = _accept(bus, tenant, "m1")
     delivered = bus.read(INBOUND, "orchestrator", "c", count=10, block_ms=0)
-    with session_scope() as session:  # as the orchestrator does in a burst window: re-delivery scheduled
+    # As the orchestrator does in a burst window: re-delivery scheduled
+    with session_scope(cross_tenant="tests") as session:
         outbox.add(session, [outbox.Entry(INBOUND, tenant, delivered[0].fields, message_id)],
                    not_before=utcnow() + timedelta(hours=1))
     bus.ack("orchestrator", delivered)
@@ -84,7 +85,7 @@ def test_a_message_scheduled_in_the_outbox_is_left_alone(tenant: str) -> None:
 def test_a_pending_reply_whose_event_was_lost_is_redriven_but_not_a_backlogged_one(tenant: str) -> None:
     bus = MemoryBus()
     message_id = _accept(bus, tenant, "m1")
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         conversation = session.get_one(Conversation, session.get_one(Message, message_id).conversation_id)
         reply, _ = add_outbound(session, conversation, key=f"reply:{message_id}", text="Here you go.", author="bot",
                                 in_reply_to_id=message_id)
@@ -100,15 +101,15 @@ def test_a_pending_reply_whose_event_was_lost_is_redriven_but_not_a_backlogged_o
 def test_a_dead_lettered_reply_is_failed_not_redriven_forever(tenant: str) -> None:
     bus = MemoryBus()
     message_id = _accept(bus, tenant, "m1")
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         conversation = session.get_one(Conversation, session.get_one(Message, message_id).conversation_id)
         reply, _ = add_outbound(session, conversation, key=f"reply:{message_id}", text="Hi", author="bot")
         reply_id = reply.id
     mark_outbound_dead("another-tenant", reply_id, "not yours")  # scoped to the tenant: changes nothing
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         assert session.get_one(Message, reply_id).status == "pending"
     mark_outbound_dead(tenant, reply_id, "channel refused it 5 times")
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         reply = session.scalars(select(Message).where(Message.id == reply_id)).one()
         assert (reply.status, reply.error) == ("failed", "channel refused it 5 times")
     assert _events(bus, OUTBOUND, "observer", tenant) == []

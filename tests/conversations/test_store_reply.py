@@ -17,16 +17,16 @@ def test_a_reply_is_stored_once_per_key_and_reads_back_like_an_orm_one(tenant: s
                              provider_message_id="p1", text="Do you ship to Norway?")
     to = ReplyTo(tenant, inbound.conversation_id, "webchat", None)
     citations = [{"document": "shipping.md", "chunk_id": "c1", "score": 0.8}]
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         before = session.get_one(Conversation, inbound.conversation_id).updated_at
         event = store_reply(session, to, key=f"reply:{inbound.message_id}", text="Yes, in 5 days [1].",
                             author="bot", in_reply_to_id=inbound.message_id, citations=citations,
                             meta={"pack_version": 1})
-    with session_scope() as session:  # a retry finds the stored reply and writes nothing
+    with session_scope(cross_tenant="tests") as session:  # a retry finds the stored reply and writes nothing
         again = store_reply(session, to, key=f"reply:{inbound.message_id}", text="something else", author="bot")
         (reply,) = session.scalars(select(Message).where(Message.tenant_id == tenant, Message.direction == "out"))
         conversation = session.get_one(Conversation, inbound.conversation_id)
-        assert history(session, inbound.conversation_id, before_id=None, turns=6) == [
+        assert history(session, tenant, inbound.conversation_id, before_id=None, turns=6) == [
             ("customer", "Do you ship to Norway?"), ("assistant", "Yes, in 5 days [1].")]
         # The ORM path sees the same key as taken.
         orm_reply, created = add_outbound(session, conversation, key=f"reply:{inbound.message_id}", text="x",
@@ -45,15 +45,15 @@ def test_a_reply_key_of_another_tenant_is_not_found(tenant: str) -> None:
     """The key lookup is scoped by tenant: another tenant's conversation with the same key gets its own row."""
     from app.tenants.service import create_tenant
 
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         other = create_tenant(session, f"other-{tenant[:8]}").tenant.id
     ids = []
     for owner in (tenant, other):
         inbound = accept_inbound(MemoryBus(), tenant_id=owner, channel="webchat", contact_external_id="v1",
                                  provider_message_id="same", text="hi")
-        with session_scope() as session:
+        with session_scope(cross_tenant="tests") as session:
             ids.append(store_reply(session, ReplyTo(owner, inbound.conversation_id, "webchat", None),
                                    key="reply:same", text=f"hello {owner}", author="bot").message_id)
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         rows = session.execute(select(Message.tenant_id, Message.text).where(Message.id.in_(ids))).all()
     assert ids[0] != ids[1] and sorted(rows) == sorted([(tenant, f"hello {tenant}"), (other, f"hello {other}")])

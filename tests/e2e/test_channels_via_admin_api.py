@@ -292,11 +292,11 @@ def test_ussd_retried_step_shows_the_same_answer_once_stored(stack: Stack) -> No
         from app.db import session_scope
         from app.models import Message
 
-        with session_scope() as session:
+        with session_scope(cross_tenant="tests") as session:
             rows = session.execute(select(Message.direction, Message.status, Message.meta).where(
                 Message.channel == "ussd", Message.provider_message_id.like("ATU-retry%"))).all()
         assert [(d, st) for d, st, _ in rows] == [("in", "answered")]
-        with session_scope() as session:
+        with session_scope(cross_tenant="tests") as session:
             (reply,) = session.scalars(select(Message).where(
                 Message.channel == "ussd", Message.direction == "out", Message.status == "sent",
                 Message.meta["shown_on"].as_string() == "ussd_screen", Message.text.like("%30%"))).all()[-1:]

@@ -42,7 +42,7 @@ def _person(slug: str, email: str, role: str) -> dict[str, str]:
     from app.accounts import service
     from app.db import session_scope
 
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         member, _ = service.add_member(session, service.tenant_operator(session, slug), email, role, PASSWORD)
     return {"email": member.email, "user_id": member.user_id}
 

@@ -126,7 +126,7 @@ def test_export_then_erase_leaves_nothing_of_the_contact(stack: Stack, caplog: p
     from app.db import session_scope
     from app.models import AuditEvent, Contact
 
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         (tomb,) = session.scalars(select(AuditEvent).where(AuditEvent.action == "contact.erased",
                                                            AuditEvent.subject_id == contact_id))
         assert tomb.data["messages"] == counts["messages"] and tomb.data["channel"] == "webchat"
@@ -161,7 +161,7 @@ def test_stop_opts_out_and_nothing_but_the_confirmation_is_sent(stack: Stack) ->
     from app.models import Message
 
     def status_of(text_: str) -> str | None:
-        with session_scope() as session:
+        with session_scope(cross_tenant="tests") as session:
             return session.scalars(select(Message.status).where(Message.text == text_)).first()
 
     deadline = time.monotonic() + 60
@@ -198,7 +198,7 @@ def test_admins_set_consent_and_the_dispatcher_refuses_to_send(stack: Stack) -> 
     from app.db import session_scope
     from app.models import Conversation, Message
 
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         conversation = session.scalars(select(Conversation).where(Conversation.contact_id == contact_id)).one()
         event = store_reply(session, ReplyTo(conversation.tenant_id, conversation.id, "webchat", None),
                             key="agent:late-note", text="A late note from an agent", author="agent:ana")
@@ -207,7 +207,7 @@ def test_admins_set_consent_and_the_dispatcher_refuses_to_send(stack: Stack) -> 
     publish_outbound(container().bus, event)
     deadline = time.monotonic() + 60
     while True:
-        with session_scope() as session:
+        with session_scope(cross_tenant="tests") as session:
             row = session.get_one(Message, event.message_id)
             if row.status != "pending":
                 break

@@ -47,7 +47,7 @@ def test_unanswerable_question_is_escalated_then_edited_and_approved_by_an_agent
                               headers=stack.headers(stack.northwind.agent), json={"decision": "reject"})
     assert again.status_code == 409 and "already approved" in again.json()["detail"]
 
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         actions = session.execute(
             select(AuditEvent.actor, AuditEvent.action).where(AuditEvent.subject_id == escalation_id)
             .order_by(AuditEvent.created_at)
@@ -62,7 +62,7 @@ def test_the_same_inbound_message_twice_produces_one_reply(stack: Stack) -> None
     second = visitor.send("do gift cards expire?", "dup-1")
     assert second["duplicate"] is True and second["message_id"] == first["message_id"]
     visitor.wait_for(lambda ms: bool(replies(ms)))
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         count = session.scalar(select(func.count()).select_from(Message).where(
             Message.in_reply_to_id == first["message_id"]))
     assert count == 1
@@ -82,7 +82,7 @@ def test_takeover_silences_the_bot_until_release(stack: Stack) -> None:
     assert wrote.status_code == 202
     messages = visitor.wait_for(lambda ms: len(replies(ms)) == 2)
     assert replies(messages)[1]["author"] == "agent:agent"
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         assert session.get_one(Message, held["message_id"]).status == "human"
     stack.client.post(f"/review/v1/conversations/{conversation}/release", headers=agent)
     visitor.send("what about returns from canada?", "t3")
@@ -103,12 +103,12 @@ def test_malformed_widget_requests_get_a_clear_4xx_and_nothing_is_enqueued(
     stack: Stack, body: dict, status: int, fragment: str
 ) -> None:
     visitor = stack.visitor(stack.northwind)
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         before = session.scalar(select(func.count()).select_from(Message))
     response = stack.client.post(f"/widget/v1/{stack.northwind.widget}/messages", headers=visitor.auth, json=body)
     assert response.status_code == status
     assert fragment in response.json()["detail"]
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         assert session.scalar(select(func.count()).select_from(Message)) == before
 
 
@@ -126,7 +126,7 @@ def test_another_tenants_keys_cannot_read_or_decide_escalations(stack: Stack) ->
     visitor = stack.visitor(stack.northwind)
     sent = visitor.send("what's the weather going to be like in the boundary waters this weekend", "x1")
     visitor.wait_for(lambda ms: bool(replies(ms)))
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         escalation = session.scalars(select(Escalation).where(Escalation.message_id == sent["message_id"])).one()
     for key in (stack.other.agent, stack.other.admin):
         headers = stack.headers(key)
@@ -138,7 +138,7 @@ def test_another_tenants_keys_cannot_read_or_decide_escalations(stack: Stack) ->
         assert decided.status_code == 404
         taken = stack.client.post(f"/review/v1/conversations/{sent['conversation_id']}/takeover", headers=headers)
         assert taken.status_code == 404
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         assert session.get_one(Escalation, escalation.id).status == "open"
     assert stack.client.get("/review/v1/escalations").status_code == 401
     assert stack.client.get("/review/v1/escalations", headers=stack.headers("sb_nope_nope")).status_code == 401
@@ -151,7 +151,7 @@ def test_prompt_injection_and_human_requests_are_escalated(stack: Stack) -> None
     visitor.wait_for(lambda ms: len(replies(ms)) == 1)
     human = visitor.send("can I talk to a real person please", "i2")
     visitor.wait_for(lambda ms: len(replies(ms)) == 2)
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         reasons = {
             e.message_id: e.reason for e in session.scalars(
                 select(Escalation).where(Escalation.message_id.in_([injected["message_id"], human["message_id"]])))
@@ -162,7 +162,7 @@ def test_prompt_injection_and_human_requests_are_escalated(stack: Stack) -> None
 def test_a_burst_of_three_messages_in_the_window_gets_one_reply(stack: Stack) -> None:
     from app.models import Tenant
 
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         tenant = session.scalars(select(Tenant).where(Tenant.slug == "northwind")).one()
         tenant.policies = {**tenant.policies, "burst_window_s": 1.5}
     try:
@@ -176,10 +176,10 @@ def test_a_burst_of_three_messages_in_the_window_gets_one_reply(stack: Stack) ->
         messages = visitor.messages()
         assert len(replies(messages)) == 1
         assert replies(messages)[0]["author"] == "bot"
-        with session_scope() as session:
+        with session_scope(cross_tenant="tests") as session:
             statuses = [session.get_one(Message, s["message_id"]).status for s in sent]
         assert statuses == ["merged", "merged", "answered"]
     finally:
-        with session_scope() as session:
+        with session_scope(cross_tenant="tests") as session:
             tenant = session.scalars(select(Tenant).where(Tenant.slug == "northwind")).one()
             tenant.policies = {k: v for k, v in tenant.policies.items() if k != "burst_window_s"}

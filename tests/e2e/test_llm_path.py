@@ -28,14 +28,14 @@ def llm_tenant(stack: Stack) -> dict[str, Any]:
 
 
 def _point_llm_at(server: Any, timeout_s: float = 5.0, max_retries: int = 2) -> None:
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         tenant = session.scalars(select(Tenant).where(Tenant.slug == "northwind-llm")).one()
         tenant.policies = {**tenant.policies, "llm": {
             "base_url": server.base_url, "model": "test-model", "timeout_s": timeout_s, "max_retries": max_retries,
         }}
     from app.crypto import encrypt_json
 
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         tenant = session.scalars(select(Tenant).where(Tenant.slug == "northwind-llm")).one()
         tenant.llm_api_key_encrypted = encrypt_json({"api_key": server.api_key})
 
@@ -51,7 +51,7 @@ def _ask(stack: Stack, tenant: dict[str, Any], text: str, mid: str) -> tuple[dic
 
 
 def _escalation_reason(message_id: str) -> str | None:
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         escalation = session.scalars(select(Escalation).where(Escalation.message_id == message_id)).first()
         return escalation.reason if escalation else None
 
@@ -86,7 +86,7 @@ def test_persistent_429_is_retried_a_bounded_number_of_times_then_escalated(stac
     assert "team" in reply["text"]
     assert _escalation_reason(message_id) == "llm_rate_limited"
     assert len(openai_server.completion_requests) == 3  # the first try + max_retries
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         escalation = session.scalars(select(Escalation).where(Escalation.message_id == message_id)).one()
         assert escalation.draft  # the offline composer's draft is there for the agent to approve
         assert session.get_one(Message, message_id).status == "escalated"
@@ -192,7 +192,7 @@ def test_agents_see_masked_text_unless_they_reveal_it(stack, llm_tenant, openai_
     from app.auth import Principal
     from app.review import queue
 
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         tenant_id = session.get_one(Message, message_id).tenant_id
         principal = Principal(tenant_id=tenant_id, tenant_slug="northwind-llm", scope="agent", key_id="k1", name="ana")
         _, revealed = queue.reveal_escalation(session, principal, escalation["id"])
@@ -212,7 +212,7 @@ def test_llm_fallback_answers_from_the_second_provider_and_usage_is_billed(stack
     down.stop()
     openai_server.reply("Gift cards never expire [1].")
     admin = stack.headers(llm_tenant["admin_api_key"])
-    with session_scope() as session:  # loopback URLs: the admin API would refuse them, rightly
+    with session_scope(cross_tenant="tests") as session:  # loopback URLs: the admin API would refuse them, rightly
         tenant = session.scalars(select(Tenant).where(Tenant.slug == "northwind-llm")).one()
         tenant.policies = {**tenant.policies, "llm": {"providers": [
             {"name": "primary", "base_url": down_url, "model": "big-model", "max_retries": 0},

@@ -80,7 +80,7 @@ def ml_tenant(stack: Stack) -> dict[str, Any]:
 
 @pytest.fixture
 def translator(ml_tenant: dict[str, Any], openai_server: FakeOpenAIServer) -> Translator:
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         tenant = session.scalars(select(Tenant).where(Tenant.slug == "northwind-ml")).one()
         tenant.policies = {**tenant.policies, "llm": {
             "base_url": openai_server.base_url, "model": "test-model", "timeout_s": 5, "max_retries": 0}}
@@ -91,7 +91,7 @@ def translator(ml_tenant: dict[str, Any], openai_server: FakeOpenAIServer) -> Tr
 
 
 def _escalation(message_id: str) -> Escalation:
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         escalation = session.scalars(select(Escalation).where(Escalation.message_id == message_id)).one()
         session.expunge(escalation)
         return escalation

@@ -108,7 +108,7 @@ def test_metrics_move_with_answers_escalations_and_llm_calls(stack: Stack, opena
         return answer[-1]
 
     openai_server.reply_with(grounded)
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         tenant = session.scalars(select(Tenant).where(Tenant.slug == "northwind")).one()
         saved_policies = dict(tenant.policies)
         tenant.policies = {**tenant.policies, "llm": {
@@ -117,7 +117,7 @@ def test_metrics_move_with_answers_escalations_and_llm_calls(stack: Stack, opena
     try:
         _, reply = ask(stack, "do gift cards expire?", "m3")
     finally:
-        with session_scope() as session:
+        with session_scope(cross_tenant="tests") as session:
             tenant = session.scalars(select(Tenant).where(Tenant.slug == "northwind")).one()
             tenant.policies, tenant.llm_api_key_encrypted = saved_policies, None
     assert (answer and reply["text"] == answer[0].removesuffix(" [1]").strip()) or reply["citations"], reply

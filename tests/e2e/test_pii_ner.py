@@ -43,7 +43,7 @@ def recognizer() -> Iterator[FakeRecognizer]:
 
 
 def _set_policies(server: Any, **policies: Any) -> None:
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         tenant = session.scalars(select(Tenant).where(Tenant.slug == "northwind-ner")).one()
         tenant.policies = {**(tenant.policies or {}), **policies,
                            "llm": {"base_url": server.base_url, "model": "test-model", "max_retries": 0}}
@@ -100,7 +100,7 @@ def test_a_tenant_with_it_on_where_the_model_cannot_load_is_escalated_not_sent_u
     finally:
         container.use("pii_ner", old)
     assert len(openai_server.completion_requests) == sent_before  # nothing went to the LLM
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         escalation = session.scalars(select(Escalation).where(Escalation.message_id == message_id)).one()
         assert escalation.reason == "pii_ner_unavailable"
     assert reply["text"]  # the customer got the holding notice

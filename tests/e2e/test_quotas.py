@@ -26,7 +26,7 @@ def _usage(stack: Stack, tenant: TenantKeys) -> dict[str, Any]:
 
 
 def _policies(**changes: Any) -> None:
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         tenant = session.scalars(select(Tenant).where(Tenant.slug == "northwind")).one()
         tenant.policies = {**tenant.policies, **changes}
 
@@ -40,7 +40,7 @@ def _ask(visitor: Visitor, text: str, mid: str) -> tuple[str, dict[str, Any]]:
 
 
 def _outcome(message_id: str) -> tuple[str, str | None, str | None]:
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         status = session.get_one(Message, message_id).status
         escalation = session.scalars(select(Escalation).where(Escalation.message_id == message_id)).first()
         return status, escalation.reason if escalation else None, escalation.detail if escalation else None
@@ -82,7 +82,7 @@ def test_offline_choice_answers_from_the_knowledge_without_calling_the_llm(stack
 
     _policies(llm={"base_url": openai_server.base_url, "model": "m", "timeout_s": 10, "max_retries": 0},
               over_quota="offline", stream_replies=False)
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         session.scalars(select(Tenant).where(Tenant.slug == "northwind")).one().llm_api_key_encrypted = (
             encrypt_json({"api_key": openai_server.api_key}))
     openai_server.reply("Gift cards never expire [1].")
@@ -98,7 +98,7 @@ def test_offline_choice_answers_from_the_knowledge_without_calling_the_llm(stack
     assert _outcome(second_id)[:2] == ("answered", None)
     assert second["citations"] and not second["text"].startswith("Gift cards never expire")
     assert _outcome(first_id)[:2] == ("answered", None)
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         session.scalars(select(Tenant).where(Tenant.slug == "northwind")).one().llm_api_key_encrypted = None
     _policies(stream_replies=None)
 
@@ -110,7 +110,7 @@ def test_past_the_monthly_llm_tokens_the_next_message_is_escalated(stack: Stack,
 
     _policies(llm={"base_url": openai_server.base_url, "model": "m", "timeout_s": 10, "max_retries": 0},
               over_quota="escalate", stream_replies=False)
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         session.scalars(select(Tenant).where(Tenant.slug == "northwind")).one().llm_api_key_encrypted = (
             encrypt_json({"api_key": openai_server.api_key}))
     openai_server.reply("Gift cards never expire [1].")
@@ -132,6 +132,6 @@ def test_past_the_monthly_llm_tokens_the_next_message_is_escalated(stack: Stack,
         assert second["text"].startswith("Thanks for your patience")
     finally:
         gate.cache_s = saved
-        with session_scope() as session:
+        with session_scope(cross_tenant="tests") as session:
             session.scalars(select(Tenant).where(Tenant.slug == "northwind")).one().llm_api_key_encrypted = None
         _policies(stream_replies=None)

@@ -138,7 +138,7 @@ def test_sigkilled_orchestrator_message_is_reclaimed_and_answered_once(scale_out
     from app.models import Escalation, Message, Tenant
 
     stack, tenant = scale_out
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         row = session.scalars(select(Tenant).where(Tenant.slug == "northwind")).one()
         row.policies = {**row.policies, "llm": {"base_url": openai_server.base_url, "model": "m",
                                                 "timeout_s": 120, "max_retries": 0}}
@@ -158,12 +158,12 @@ def test_sigkilled_orchestrator_message_is_reclaimed_and_answered_once(scale_out
         reply = replies(visitor.wait_for(lambda ms: bool(replies(ms)), timeout=90))[0]
     except AssertionError:
         raise AssertionError(stack.logs()) from None
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         escalation = session.scalars(select(Escalation).where(Escalation.message_id == sent["message_id"])).first()
     assert escalation is None, (escalation.reason, escalation.detail, stack.logs())
     assert reply["text"].startswith("Gift cards never expire")
     time.sleep(2)  # give any duplicate processing a chance to show up before counting
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         count = session.scalar(select(func.count()).select_from(Message).where(
             Message.in_reply_to_id == sent["message_id"]))
         assert count == 1

@@ -30,14 +30,14 @@ QUESTION = "my email is jane.doe@example.com, do gift cards expire?"
 @pytest.fixture
 def tenant_llm(stack: Stack, openai_server: Any) -> Iterator[None]:
     openai_server.reply_with(lambda body: f"{first_sentence(prompt_passages(body)[0])} [1]")
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         tenant = session.scalars(select(Tenant).where(Tenant.slug == "northwind")).one()
         saved = dict(tenant.policies)
         tenant.policies = {**tenant.policies, "llm": {
             "base_url": openai_server.base_url, "model": "test-model", "timeout_s": 10, "max_retries": 0}}
         tenant.llm_api_key_encrypted = encrypt_json({"api_key": openai_server.api_key})
     yield
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         tenant = session.scalars(select(Tenant).where(Tenant.slug == "northwind")).one()
         tenant.policies, tenant.llm_api_key_encrypted = saved, None
 

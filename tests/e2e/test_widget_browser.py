@@ -84,7 +84,7 @@ def test_widget_renews_an_expired_session_and_keeps_the_conversation(stack: Stac
     visitor.send("What is your return policy?", "renew-1")
     visitor.wait_for(lambda ms: any(m["direction"] == "out" for m in ms))
     contact = visitor.client.post(f"/widget/v1/{widget}/sessions", headers=visitor.auth).json()["contact_id"]
-    with session_scope() as db:
+    with session_scope(cross_tenant="tests") as db:
         tenant_id = db.query(Tenant.id).filter(Tenant.slug == "northwind").scalar()
     now = datetime.now(UTC)
     expired = sessions.issue(widget, tenant_id, contact, now=now - timedelta(days=2)).token

@@ -49,7 +49,7 @@ def server(stack: Stack) -> Iterator[str]:
 def point_llm_at(slug: str, llm: FakeOpenAIServer, **policies: Any) -> None:
     from app.crypto import encrypt_json
 
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         tenant = session.scalars(select(Tenant).where(Tenant.slug == slug)).one()
         tenant.policies = {**tenant.policies, **policies,
                            "llm": {"base_url": llm.base_url, "model": "test-model", "timeout_s": 30}}
@@ -123,7 +123,7 @@ def test_a_draft_the_checks_refuse_is_withdrawn_and_escalated(
             assert notice.data["in_reply_to_id"] == sent["message_id"] and "team" in notice.data["text"]
     finally:
         point_llm_at("northwind-stream", openai_server, banned_phrases=[])
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         escalation = session.scalars(select(Escalation).where(Escalation.message_id == sent["message_id"])).one()
         assert escalation.reason == "banned_phrase" and "lifetime warranty" in (escalation.draft or "")
         replies = session.scalars(select(Message.text).where(Message.in_reply_to_id == sent["message_id"])).all()

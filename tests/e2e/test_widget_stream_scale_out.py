@@ -34,7 +34,7 @@ def test_drafts_travel_through_redis_from_an_orchestrator_process(  # type: igno
     url, widget, roles = scale_out_api
     account = load_account(container(), "webchat", widget)
     assert account is not None
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         slug = session.scalars(select(Tenant.slug).where(Tenant.id == account.tenant_id)).one()
     openai_server.reply(ANSWER)
     openai_server.pause_stream_after(DRAFT_EVERY_CHUNKS, 2 * DRAFT_EVERY_CHUNKS)

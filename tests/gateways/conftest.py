@@ -29,7 +29,7 @@ class Gateway:
         from app.db import session_scope
         from app.tenants.service import create_tenant
 
-        with session_scope() as session:
+        with session_scope(cross_tenant="tests") as session:
             return create_tenant(session, slug or f"t-{uuid.uuid4().hex[:8]}").tenant.id
 
     def account(self, tenant_id: str, channel: str, external_id: str, credentials: dict[str, Any],
@@ -38,7 +38,7 @@ class Gateway:
         from app.db import session_scope
         from gateways.accounts import add_channel_account
 
-        with session_scope() as session:
+        with session_scope(cross_tenant="tests") as session:
             return add_channel_account(session, container().channels, tenant_id, channel, external_id,
                                        credentials=credentials,
                                        config=config).id
@@ -47,7 +47,7 @@ class Gateway:
         from app.db import session_scope
         from app.models import Message
 
-        with session_scope() as session:
+        with session_scope(cross_tenant="tests") as session:
             stmt = select(Message).where(Message.direction == "in")
             for key, value in where.items():
                 stmt = stmt.where(getattr(Message, key) == value)
@@ -77,7 +77,7 @@ class Gateway:
         from app.db import session_scope
         from app.models import Contact, Conversation, Message
 
-        with session_scope() as session:
+        with session_scope(cross_tenant="tests") as session:
             for model in (Message, Conversation, Contact):
                 session.execute(delete(model))
 

@@ -14,7 +14,7 @@ def test_channel_add_and_list(gw: Gateway) -> None:
     from app.tenants.service import create_tenant
     from gateways.cli import channel_app
 
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         create_tenant(session, "cli-shop")
     runner = CliRunner()
     out = runner.invoke(channel_app, ["add", "--tenant", "cli-shop", "--type", "telegram", "--bot-token",

@@ -60,7 +60,7 @@ def conversation(gw: Gateway, channel: str, external_id: str, credentials: dict[
 
     tenant = gw.tenant()
     account_id = gw.account(tenant, channel, external_id, credentials, config)
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         c = get_or_create_contact(session, tenant, channel, contact)
         c.last_inbound_at = utcnow() - last_inbound_ago if last_inbound_ago is not None else None
         conv = get_or_create_conversation(session, tenant, c, account_id)
@@ -72,7 +72,7 @@ def reply(conv_id: str, text: str, author: str = "bot", key: str = "reply:1", in
     from app.db import session_scope
     from app.models import Conversation
 
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         conv = session.get_one(Conversation, conv_id)
         msg, _ = add_outbound(session, conv, key=key, text=text, author=author, in_reply_to_id=in_reply_to)
         return outbound_event(msg, conv)
@@ -82,7 +82,7 @@ def stored(message_id: str) -> Any:
     from app.db import session_scope
     from app.models import Message
 
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         msg = session.get_one(Message, message_id)
         session.expunge(msg)
         return msg
@@ -526,7 +526,7 @@ def test_discord_reply_after_the_token_window_goes_to_the_channel_with_the_bot_t
     app = DiscordApp(gw, discord_api, bot_token="bot-secret")
     use_fake(monkeypatch, "discord", discord_api, clock)
     old = app.interaction(user="u77")
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         session.get_one(Message, old.id).created_at = utcnow() - timedelta(minutes=40)
     text = LONG[:3000] + " @everyone"
     event = reply(old.conversation_id, text, author="agent:dana", in_reply_to=old.id)
@@ -558,7 +558,7 @@ def test_discord_expired_or_revoked_token_fails_permanently(gw: Gateway, discord
     app = DiscordApp(gw, discord_api)
     use_fake(monkeypatch, "discord", discord_api, clock)
     old = app.interaction()
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         session.get_one(Message, old.id).created_at = utcnow() - timedelta(minutes=16)
     event = reply(old.conversation_id, "Too late", in_reply_to=old.id)
     deliver(event)
@@ -597,7 +597,7 @@ def test_ussd_reply_waits_for_the_screen_then_goes_by_sms_or_fails_without_an_sm
     try:
         tenant, conv, _ = conversation(gw, "ussd", f"*{uuid.uuid4().hex[:6]}#", {"webhook_token": "t"},
                                        contact="+254700000001", config={"answer_wait_s": 4})
-        with session_scope() as session:
+        with session_scope(cross_tenant="tests") as session:
             asked = Message(tenant_id=tenant, conversation_id=conv, channel="ussd", direction="in",
                             provider_message_id="ATU1:1", text="refunds?", status="answered", created_at=now[0])
             session.add(asked)

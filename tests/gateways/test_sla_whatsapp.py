@@ -25,7 +25,7 @@ def test_the_holding_message_outside_the_window_is_the_approved_template(
 
     tenant, conv = wa(gw, graph, clock, monkeypatch, tag="sla", ago=timedelta(days=2),
                       config={"template": {"name": "we_are_on_it", "language": "en_US"}})
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         inbound = Message(tenant_id=tenant, conversation_id=conv, channel="whatsapp", direction="in",
                           provider_message_id="wamid.SLA1", text="hello, anyone?", status="escalated")
         session.add(inbound)
@@ -38,7 +38,7 @@ def test_the_holding_message_outside_the_window_is_the_approved_template(
 
     assert breach(container().bus, container().push, tenant, escalation_id) is True
     assert breach(container().bus, container().push, tenant, escalation_id) is False  # once
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         holding = session.scalars(select(Message).where(Message.provider_message_id == f"sla:{escalation_id}")).one()
         event = outbound_event(holding, session.get_one(Conversation, conv))
     deliver(event)

@@ -34,7 +34,7 @@ class Tenant:
         from app.tenants.service import create_tenant
 
         self.gw, self.code, self.token = gw, service_code, f"tok-{uuid.uuid4().hex[:8]}"
-        with session_scope() as session:
+        with session_scope(cross_tenant="tests") as session:
             new = create_tenant(session, f"u-{uuid.uuid4().hex[:8]}")
             self.id, self.admin = new.tenant.id, {"Authorization": f"Bearer {new.admin_api_key}"}
         gw.account(self.id, "ussd", service_code, {"webhook_token": self.token},

@@ -109,7 +109,7 @@ def test_a_disabled_widget_stops_answering_once_its_cached_routing_ages_out(
     widget = tenant_a.widget_id
     auth = _session(client, widget)
     _send(client, widget, auth, "hello", "d1")
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         session.execute(update(ChannelAccount).where(ChannelAccount.external_id == widget).values(enabled=False))
     monkeypatch.setattr(common, "ACCOUNT_CACHE_TTL_S", 0.0)  # as if ACCOUNT_CACHE_TTL_S had passed
     for response in (

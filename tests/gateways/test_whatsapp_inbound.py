@@ -132,7 +132,7 @@ def test_statuses_update_our_outbound_message(gw: Gateway, tenants: dict[str, st
     body = json.loads((UPDATES / "message_status.json").read_text())
     (pid,) = phone_ids(body["sent"])
     tenant = tenants[pid]
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         contact = get_or_create_contact(session, tenant, "whatsapp", "972987654321")
         conv = Conversation(tenant_id=tenant, contact_id=contact.id, channel="whatsapp")
         session.add(conv)
@@ -144,7 +144,7 @@ def test_statuses_update_our_outbound_message(gw: Gateway, tenants: dict[str, st
         msg_id = msg.id
     for case in ("delivered", "read", "sent"):  # a late "sent" must not move it back
         assert post(gw, json.dumps(body[case]).encode()).status_code == 200
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         assert session.get_one(Message, msg_id).status == "read"
         # The same provider id under another tenant is untouched by this account's receipts.
         other = session.scalars(select(Message).where(Message.tenant_id == tenants["other"])).all()
@@ -238,7 +238,7 @@ def test_an_account_with_unreadable_credentials_does_not_refuse_other_tenants_we
     broken_tenant = gw.tenant()
     broken_id = gw.account(broken_tenant, "whatsapp", "55500099", {"app_secret": "x", "verify_token": "v",
                                                                   "access_token": "t"})
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         session.get_one(ChannelAccount, broken_id).credentials_encrypted = (
             Fernet(Fernet.generate_key()).encrypt(b'{"app_secret": "x"}').decode())
     try:
@@ -249,6 +249,6 @@ def test_an_account_with_unreadable_credentials_does_not_refuse_other_tenants_we
         assert response.json()["accepted"] == 1
         assert broken_id not in {a.id for a in accounts_of(container(), "whatsapp", max_age_s=ACCOUNT_CACHE_TTL_S)}
     finally:
-        with session_scope() as session:
+        with session_scope(cross_tenant="tests") as session:
             session.delete(session.get_one(ChannelAccount, broken_id))
         accounts_of(container(), "whatsapp", max_age_s=0)

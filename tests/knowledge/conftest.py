@@ -17,7 +17,7 @@ def db(sb_home: Path) -> Iterator[Session]:
     from app.db import get_sessionmaker, migrate
 
     migrate()
-    with get_sessionmaker()() as session:
+    with get_sessionmaker()(info={"cross_tenant": "tests"}) as session:
         session.add_all([Tenant(id=t, slug=t, name=t.title()) for t in ("acme", "globex")])
         session.commit()
         yield session

@@ -53,7 +53,7 @@ def ingest(slug: str, pack: Path) -> tuple[str, int]:
     from app.knowledge.service import ingest_paths
     from app.tenants.service import create_tenant
 
-    with get_sessionmaker()() as session:
+    with get_sessionmaker()(info={"cross_tenant": "tests"}) as session:
         tenant_id = str(create_tenant(session, slug).tenant.id)
         session.commit()
         report = ingest_paths(session, tenant_id, [pack], deps=container().knowledge)
@@ -75,7 +75,7 @@ def chunk_rows(tenant_id: str) -> list[tuple[str, int, str, str]]:
     from app.db import get_sessionmaker
     from app.models import Chunk, Document
 
-    with get_sessionmaker()() as session:
+    with get_sessionmaker()(info={"cross_tenant": "tests"}) as session:
         rows = session.execute(
             select(Document.path, Chunk.ordinal, Chunk.heading, Chunk.text)
             .join(Document, Document.id == Chunk.document_id)

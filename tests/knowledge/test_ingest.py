@@ -55,7 +55,7 @@ def db(sb_home: Path) -> Iterator[Session]:
     from app.db import get_sessionmaker, migrate
 
     migrate()
-    with get_sessionmaker()() as session:
+    with get_sessionmaker()(info={"cross_tenant": "tests"}) as session:
         for slug in ("acme", "globex"):
             session.add(Tenant(id=slug, slug=slug, name=slug.title()))
         session.commit()
@@ -226,7 +226,7 @@ def test_ingest_on_postgres(sb_home: Path, pg_url: str, pack: Path) -> None:
     add_bad_files(pack)
     engine = make_engine(pg_url)
     try:
-        with sessionmaker(bind=engine)() as session:
+        with sessionmaker(bind=engine)(info={"cross_tenant": "tests"}) as session:
             session.add(Tenant(id=tenant, slug=tenant, name="PG"))
             session.commit()
             first = ingest_paths(session, tenant, [pack], deps=container().knowledge)

@@ -48,7 +48,7 @@ def test_ingestion_through_s3_stores_files_and_reuses_cached_vectors(s3_home: Pa
     (pack / "sizes.docx").write_bytes(samples.docx("Size guide", ["Boots run half a size large."]))
     (pack / "care.html").write_text(samples.HTML_PAGE)
     migrate()
-    with get_sessionmaker()() as db:
+    with get_sessionmaker()(info={"cross_tenant": "tests"}) as db:
         db.add(Tenant(id="acme", slug="acme", name="Acme"))
         db.commit()
         first = ingest_paths(db, "acme", [pack], deps=container().knowledge)
@@ -173,7 +173,7 @@ def test_a_worker_killed_mid_job_then_rerun_leaves_the_same_points_as_a_clean_ru
     engine = make_engine(pg_url)
     connection = redis.Redis.from_url(REDIS_TEST_URL)
     try:
-        with sessionmaker(bind=engine)() as db:
+        with sessionmaker(bind=engine)(info={"cross_tenant": "tests"}) as db:
             db.add_all([Tenant(id=t, slug=t, name=t) for t in (killed, clean)])
             db.commit()
             job_id = _stage(db, killed, files, queue)
@@ -200,7 +200,7 @@ def test_a_worker_killed_mid_job_then_rerun_leaves_the_same_points_as_a_clean_ru
         worker.wait(30)
         _wait_gone(doomed)
 
-        with sessionmaker(bind=engine)() as db:
+        with sessionmaker(bind=engine)(info={"cross_tenant": "tests"}) as db:
             job = db.get_one(IngestionJob, job_id)
             assert job.status == "running" and job.pack_version == 1
         # The dead process's lock on the embedded store is gone: this process can open it.
@@ -208,11 +208,11 @@ def test_a_worker_killed_mid_job_then_rerun_leaves_the_same_points_as_a_clean_ru
         assert partial > 0
 
         run_ingestion_job(job_id, container().knowledge)  # the rerun, as RQ or an operator would do it
-        with sessionmaker(bind=engine)() as db:
+        with sessionmaker(bind=engine)(info={"cross_tenant": "tests"}) as db:
             clean_job = _stage(db, clean, files, None)
         run_ingestion_job(clean_job, container().knowledge)
 
-        with sessionmaker(bind=engine)() as db:
+        with sessionmaker(bind=engine)(info={"cross_tenant": "tests"}) as db:
             assert db.get_one(IngestionJob, job_id).status == "succeeded"
             after_rerun, after_clean = _points(db, killed), _points(db, clean)
         assert after_rerun == after_clean and len(after_rerun) == 8

@@ -25,7 +25,7 @@ def open_escalation(tenant_id: str, text: str = "Where is my order?", *, channel
     from app.models import Escalation, Message
 
     contact_ref = f"v_{uuid.uuid4().hex[:8]}"
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         contact = get_or_create_contact(session, tenant_id, channel, contact_ref, "Jane Roe")
         conversation = get_or_create_conversation(session, tenant_id, contact, None)
         inbound = Message(tenant_id=tenant_id, conversation_id=conversation.id, channel=channel, direction="in",

@@ -23,7 +23,7 @@ def setup(sb_home: Path) -> tuple[TestClient, str, str]:
     from app.tenants.service import create_tenant
 
     migrate()
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         new = create_tenant(session, "acme")
         account = ChannelAccount(tenant_id=new.tenant.id, channel="whatsapp", external_id="PHONE1")
         session.add(account)
@@ -31,7 +31,7 @@ def setup(sb_home: Path) -> tuple[TestClient, str, str]:
         tenant_id, account_id, agent = new.tenant.id, account.id, new.agent_api_key
     accepted = accept_inbound(MemoryBus(), tenant_id=tenant_id, channel="whatsapp", contact_external_id="3161234",
                               provider_message_id="wamid.A", text="where is my parcel?", channel_account_id=account_id)
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         message = session.get_one(Message, accepted.message_id)
         message.status = "escalated"
         session.add(Escalation(tenant_id=tenant_id, conversation_id=accepted.conversation_id,
@@ -39,13 +39,13 @@ def setup(sb_home: Path) -> tuple[TestClient, str, str]:
         contact = session.scalars(select(Contact).where(Contact.tenant_id == tenant_id)).one()
         contact.last_inbound_at = utcnow() - timedelta(hours=25)
     client = TestClient(create_app(run_workers=False))
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         escalation_id = session.scalars(select(Escalation.id)).one()
     return client, agent, escalation_id
 
 
 def _outbound_count() -> int:
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         return session.scalar(select(func.count()).select_from(Message).where(Message.direction == "out")) or 0
 
 
@@ -56,13 +56,13 @@ def test_outside_the_24_hour_window_without_a_template_the_reply_is_refused(setu
                            json={"decision": "edit", "text": "It ships tomorrow."})
     assert response.status_code == 409 and "24 hours" in response.json()["detail"]
     assert _outbound_count() == 0
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         assert session.get_one(Escalation, escalation_id).status == "open"
 
 
 def test_with_an_approved_template_the_reply_is_accepted(setup) -> None:
     client, agent, escalation_id = setup
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         account = session.scalars(select(ChannelAccount).where(ChannelAccount.channel == "whatsapp")).one()
         account.config = {"template": {"name": "order_update", "language": "en_US"}}
     response = client.post(f"/review/v1/escalations/{escalation_id}/decision",

@@ -58,12 +58,12 @@ def setup(sb_home: Path, monkeypatch: pytest.MonkeyPatch, pg_url: str, redis_nam
     assert isinstance(bus, RedisStreamsBus)
     for topic in (OUTBOUND, EVENTS):
         bus.ensure_group(topic, "observer")
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         tenant = create_tenant(session, f"t-{redis_namespace}").tenant
         tenant_id, slug = tenant.id, tenant.slug
     accepted = accept_inbound(bus, tenant_id=tenant_id, channel="webchat", contact_external_id="v1",
                               provider_message_id="m1", text="can i rent a canoe?")
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         session.get_one(Message, accepted.message_id).status = "escalated"
         escalation = Escalation(tenant_id=tenant_id, conversation_id=accepted.conversation_id,
                                 message_id=accepted.message_id, reason="no_knowledge")
@@ -77,18 +77,18 @@ def setup(sb_home: Path, monkeypatch: pytest.MonkeyPatch, pg_url: str, redis_nam
 
 def _decide(setup: Setup) -> service.Decided:
     """The route's transaction (app/review/routes.py `decide`)."""
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         return service.decide(session, setup.agent, setup.escalation_id, "edit", "We don't rent canoes, sorry!",
                               channels=container().channels)
 
 
 def _reply_status(reply_id: str) -> str:
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         return session.get_one(Message, reply_id).status
 
 
 def _outbox_of(tenant_id: str) -> int:
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         return len(session.scalars(select(OutboxEntry.id).where(OutboxEntry.tenant_id == tenant_id)).all())
 
 
@@ -117,7 +117,7 @@ def test_a_publish_failure_after_a_committed_decision_still_sends_the_reply_exac
     unreachable = RedisStreamsBus("redis://127.0.0.1:1/0", namespace="unused", socket_timeout_s=1)
     service.publish_decision(unreachable, decided)  # Redis refuses: logged, the decision stands
     unreachable.close()
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         assert session.get_one(Escalation, setup.escalation_id).status == "approved"
     assert _reply_status(decided.outbound.message_id) == "pending"
     assert setup.published(OUTBOUND) == [] and _outbox_of(setup.tenant_id) == 2
@@ -147,7 +147,7 @@ def test_a_message_stored_by_a_gateway_killed_before_publishing_is_answered_exac
     orchestrator = Orchestrator.of(container(), bus=setup.bus, retrieve=lambda *a, **k: [])
     inbound = Consumer(setup.bus, INBOUND, "orchestrator", "o", orchestrator.handle)
     inbound.process_available()  # the first message (already escalated) is a duplicate; this one is not there
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         assert session.get_one(Message, message_id).status == "received"
     relay = Relay(setup.bus, clock=lambda: utcnow() + GRACE)
     relay.publish_all_due()  # (the database is shared: it may publish other tests' leftovers too)
@@ -155,7 +155,7 @@ def test_a_message_stored_by_a_gateway_killed_before_publishing_is_answered_exac
     inbound.process_available()
     relay.publish_all_due()
     inbound.process_available()
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         assert session.get_one(Message, message_id).status == "escalated"  # no live pack: a person answers it
         replies = session.scalars(select(Message).where(Message.in_reply_to_id == message_id)).all()
         assert len(replies) == 1

@@ -13,7 +13,7 @@ def _set_sla(escalation_id: str, state: str) -> None:
     from app.db import session_scope
     from app.models import Escalation, utcnow
 
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         escalation = session.get_one(Escalation, escalation_id)
         escalation.sla_state = state
         escalation.sla_breached_at = utcnow() if state == "breached" else None
@@ -51,7 +51,7 @@ def test_the_queue_shows_the_tenants_mode_per_channel_and_the_sla_state(
     assert view["tenant_mode"] == "draft"
 
     # The live queue's items (what the stream sends the console) carry both too.
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         items = {i.id: i.to_json() for i in open_queue(session, tenant_a.id)}
         items_b = [i.to_json() for i in open_queue(session, tenant_b.id)]
     assert (items[wa.escalation_id]["tenant_mode"], items[wa.escalation_id]["sla_state"]) == ("human", "breached")

@@ -42,7 +42,7 @@ def _seed(tenant: TenantKeys, *, age_days: int) -> tuple[Opened, str]:
 
     opened = open_escalation(tenant.id, PII_TEXT, draft=DRAFT, publish=False)
     when = utcnow() - timedelta(days=age_days)
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         event = record(session, tenant.id, "bot", "message.answered", "message", opened.message_id,
                        {"text": PII_TEXT, "conversation_id": opened.conversation_id, "tokens": 12})
         session.flush()
@@ -57,7 +57,7 @@ def _rows(opened: Opened, event_id: str) -> dict[str, Any]:
     from app.db import session_scope
     from app.models import AuditEvent, Escalation, Message
 
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         message = session.get_one(Message, opened.message_id)
         escalation = session.get_one(Escalation, opened.escalation_id)
         event = session.get_one(AuditEvent, event_id)
@@ -180,7 +180,7 @@ def test_past_message_retention_the_texts_themselves_go_and_counts_stay(
     assert rows["text"] == "" and "text_purged_at" in rows["message_meta"]
     assert rows["draft"] is None and rows["final_text"] is None and rows["detail"] is None
     assert rows["audit"] == {"text": PURGED_TEXT, "conversation_id": old.conversation_id, "tokens": 12}
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         escalation = session.get_one(Escalation, old.escalation_id)
         assert escalation.passages is None and escalation.reason and escalation.status  # what happened stays
         assert session.get_one(Message, old.message_id).status  # the message row stays, counted

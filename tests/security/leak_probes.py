@@ -124,7 +124,7 @@ def seed_tenant(http: httpx.Client, prefix: str, *, conversations: int = 2) -> T
     from app.tenants.service import create_tenant
 
     slug = f"{prefix}-{uuid.uuid4().hex[:8]}"
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         new = create_tenant(session, slug, name=f"{prefix} brand")
         t = Tenant(new.tenant.id, slug, new.admin_api_key, new.agent_api_key, new.widget_id)
     admin = {"Authorization": f"Bearer {t.admin}"}
@@ -139,7 +139,7 @@ def seed_tenant(http: httpx.Client, prefix: str, *, conversations: int = 2) -> T
             from app.accounts import service as accounts
             from app.auth import Principal
 
-            with session_scope() as session:
+            with session_scope(cross_tenant="tests") as session:
                 who = Principal(t.id, t.slug, "admin", None, "operator", role="owner")
                 member, _ = accounts.add_member(session, who, email, role, PASSWORD)
                 user_id = member.user_id
@@ -188,7 +188,7 @@ def seed_tenant(http: httpx.Client, prefix: str, *, conversations: int = 2) -> T
         from app.crypto import encrypt_json
         from app.models import TenantWebhook
 
-        with session_scope() as session:
+        with session_scope(cross_tenant="tests") as session:
             session.add(TenantWebhook(tenant_id=t.id, url=f"https://hooks.example.com/{t.canary('hook')}",
                                       secret_encrypted=encrypt_json({"secret": t.canary("hooksecret")})))
     t.add("llm_key_name", "openai", "default")
@@ -211,7 +211,7 @@ def seed_tenant(http: httpx.Client, prefix: str, *, conversations: int = 2) -> T
     from tests.factories import get_or_create_contact, get_or_create_conversation
 
     version = 100 + uuid.uuid4().int % 900  # tenants' numbers differ, so another's names nothing of the caller's
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         for i in range(conversations):
             contact = get_or_create_contact(session, t.id, "webchat", f"v-{uuid.uuid4().hex[:12]}", t.canary("who"))
             conversation = get_or_create_conversation(session, t.id, contact, None)
@@ -258,7 +258,7 @@ def seed_document(t: Tenant) -> str:
     from app.db import session_scope
     from app.models import Chunk, Document
 
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         doc = Document(tenant_id=t.id, path=f"{t.canary('doc')}.md", title=t.canary("title"), kind="markdown",
                        content_hash="0" * 64)
         session.add(doc)

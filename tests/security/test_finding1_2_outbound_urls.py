@@ -66,7 +66,7 @@ def tenant(sb_home: Path) -> str:
     from app.tenants.service import create_tenant
 
     migrate()
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         row = create_tenant(session, "acme").tenant
         row.live_pack_version = 1  # retrieval runs (answered by the passage below)
         return row.id
@@ -78,7 +78,7 @@ def _set_llm(tenant_id: str, llm: dict[str, Any] | None, own_key: str | None = N
     from app.db import session_scope
     from app.models import Tenant
 
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         row = session.get_one(Tenant, tenant_id)
         row.policies = {**(row.policies or {}), **({"llm": llm} if llm else {})}
         row.llm_api_key_encrypted = encrypt_json({"api_key": own_key}) if own_key else None
@@ -100,7 +100,7 @@ def _ask(tenant_id: str, text: str = "do gift cards expire?") -> tuple[str, str 
     accepted = accept_inbound(bus, tenant_id=tenant_id, channel="webchat", contact_external_id="v_1",
                               provider_message_id=f"m-{text}", text=text)
     Consumer(bus, INBOUND, "orchestrator", "t1", orchestrator.handle, claim_idle_ms=0).process_available()
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         status = session.get_one(Message, accepted.message_id).status
         escalation = session.scalars(select(Escalation).where(Escalation.message_id == accepted.message_id)).first()
         return status, escalation.detail if escalation else None
@@ -185,7 +185,7 @@ def admin(sb_home: Path) -> Iterator[tuple[TestClient, dict[str, str], str]]:
     from gateways.accounts import add_channel_account
 
     migrate()
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         new = create_tenant(session, "acme")
         account = add_channel_account(session, container().channels, new.tenant.id, "telegram", "5550001",
                                       credentials={"bot_token": "5550001:AAH", "secret_token": "s"})
@@ -227,7 +227,7 @@ def test_finding2_channel_send_to_internal_api_base_fails_and_reaches_nothing(ad
     _, _, account_id = admin
     fake = FakeTelegram()
     try:
-        with session_scope() as session:
+        with session_scope(cross_tenant="tests") as session:
             account = session.get_one(ChannelAccount, account_id)
             account.config = {"api_base_url": fake.url}
             contact = get_or_create_contact(session, account.tenant_id, "telegram", "4242")
@@ -239,7 +239,7 @@ def test_finding2_channel_send_to_internal_api_base_fails_and_reaches_nothing(ad
         use(monkeypatch, "telegram", sender)
         event = reply(conversation_id, "hello")
         deliver(event)  # a permanent failure: recorded on the message, not retried
-        with session_scope() as session:
+        with session_scope(cross_tenant="tests") as session:
             message = session.get_one(Message, event.message_id)
             assert message.status == "failed", message.status
             assert "loopback" in (message.error or "") and "OUTBOUND_ALLOW_HOSTS" in (message.error or "")

@@ -260,7 +260,8 @@ def test_finding5_100mb_body_refused_before_parse(app: Any, tenant_a: TenantKeys
     from gateways.accounts import add_channel_account
 
     application_id = str(uuid.uuid4().int)[:18]
-    with session_scope() as session:  # a Discord account, so that its route goes as far as reading the body
+    # A Discord account, so that its route goes as far as reading the body.
+    with session_scope(cross_tenant="tests") as session:
         add_channel_account(session, container().channels, tenant_a.id, "discord", application_id, credentials={},
                             config={"public_key": "00" * 32})
     settings = get_settings()

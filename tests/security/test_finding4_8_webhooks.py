@@ -311,7 +311,7 @@ def test_finding4_shared_app_secret_body_naming_no_account_goes_to_the_operator_
     (letter,) = bus.dead_letters(WEBHOOK_TOPIC, UNATTRIBUTED, count=10_000)[before:]
     assert "'changes' list" in letter.reason
     assert len(setup.dead("whatsapp")) == mine and len(bus.dead_letters(WEBHOOK_TOPIC, other)) == theirs
-    with session_scope() as session:  # the module's other tests expect one WhatsApp signer
+    with session_scope(cross_tenant="tests") as session:  # the module's other tests expect one WhatsApp signer
         session.query(ChannelAccount).filter(ChannelAccount.external_id == phone).delete()
     forget_accounts(container())
 
@@ -475,7 +475,7 @@ def test_finding8_two_widget_visitors_cannot_collide_on_one_provider_id(setup: S
     from app.tenants.service import widget_account
 
     tenant = setup.gw.tenant()
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         widget = widget_account(session, tenant).external_id
     sent = []
     for contact, client_message_id, text in (("v_a:b", "c", "first visitor"), ("v_a", "b:c", "second visitor")):

@@ -75,7 +75,7 @@ def _start(**limits: str) -> Callable[..., Stack]:
             monkeypatch.setenv("SWITCHBOARD_BUS_NAMESPACE", redis)
         reset_caches()
         migrate()
-        with session_scope() as session:
+        with session_scope(cross_tenant="tests") as session:
             new = create_tenant(session, f"t-{uuid.uuid4().hex[:8]}")
             tenant = Tenant(new.tenant.id, new.admin_api_key, new.widget_id)
         app = create_app(run_workers=False)
@@ -105,7 +105,7 @@ def _stored_inbound(tenant_id: str) -> int:
     from app.db import session_scope
     from app.models import Message
 
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         return int(session.scalar(select(func.count()).select_from(Message).where(
             Message.tenant_id == tenant_id, Message.direction == "in")) or 0)
 
@@ -256,7 +256,7 @@ def webhooks(sb_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
     from gateways.accounts import add_channel_account
 
     stack = _start(WEBHOOK_FAILURES_PER_ACCOUNT="3/minute")(sb_home, monkeypatch)
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         add_channel_account(session, container().channels, stack.tenant.id, "whatsapp", WA_PHONE_ID,
                             credentials={"app_secret": WA_SECRET, "access_token": "tok", "verify_token": "vt"})
         add_channel_account(session, container().channels, stack.tenant.id, "telegram", TG_BOT,
@@ -325,7 +325,7 @@ def test_finding6_tenant_llm_limit_escalates_instead_of_dropping(sb_home: Path,
         reset_caches()
         assert get_settings().llm_base_url == llm.base_url
         migrate()
-        with session_scope() as session:
+        with session_scope(cross_tenant="tests") as session:
             tenants = []
             for slug in ("busy", "quiet"):
                 row = create_tenant(session, slug).tenant
@@ -340,7 +340,7 @@ def test_finding6_tenant_llm_limit_escalates_instead_of_dropping(sb_home: Path,
                for n, tenant in enumerate([busy, busy, busy, busy, quiet])]
         Consumer(bus, INBOUND, "orchestrator", "t1", orchestrator.handle, claim_idle_ms=0).process_available()
 
-        with session_scope() as session:
+        with session_scope(cross_tenant="tests") as session:
             statuses = [session.get_one(Message, i).status for i in ids]
             escalations = {e.message_id: e for e in session.scalars(select(Escalation))}
         assert statuses == ["answered", "answered", "escalated", "escalated", "answered"]

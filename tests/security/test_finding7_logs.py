@@ -88,11 +88,11 @@ def test_finding7_postgres_constraint_detail_is_scrubbed(sb_home: Path, pg_url: 
 
     monkeypatch.setenv("DATABASE_URL", pg_url)
     reset_caches()
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         tenant_id = create_tenant(session, f"t-{uuid.uuid4().hex[:8]}").tenant.id
         session.add(Contact(tenant_id=tenant_id, channel="webchat", external_id=VISITOR))
     try:
-        with session_scope() as session:
+        with session_scope(cross_tenant="tests") as session:
             session.add(Contact(tenant_id=tenant_id, channel="webchat", external_id=VISITOR))
     except IntegrityError as exc:
         assert VISITOR in str(exc)  # the database put it there

@@ -71,7 +71,7 @@ def _known_ids(client: TestClient, keys: TenantKeys) -> dict[str, str]:
     from app.models import Escalation
 
     conversation_id = seed_conversation(keys.id, contact="v_fuzz", escalate=True)
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         escalation_id = session.query(Escalation.id).filter(Escalation.conversation_id == conversation_id).scalar()
     return {"widget_id": keys.widget_id, "conversation_id": conversation_id, "escalation_id": escalation_id}
 

@@ -84,7 +84,7 @@ def _stored_secrets() -> dict[str, Any]:
     from app.models import ChannelAccount, Tenant, TenantWebhook
 
     migrate()
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         tenant = Tenant(slug="acme", name="Acme", llm_api_key_encrypted=encrypt_json({"api_key": "sk-acme"}),
                         llm_provider_keys_encrypted=encrypt_json({"backup": "sk-backup"}))
         session.add(tenant)
@@ -104,7 +104,7 @@ def _ciphertexts() -> list[str]:
     from app.db import session_scope
     from app.key_rotation import ENCRYPTED_COLUMNS
 
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         return [token for model, name in ENCRYPTED_COLUMNS
                 for token in session.scalars(select(getattr(model, name)).where(getattr(model, name).is_not(None)))]
 

@@ -116,7 +116,7 @@ def test_the_suite_catches_a_planted_leak(app: FastAPI, http: httpx.Client) -> N
 
     @app.get("/admin/v1/planted/{document_id}")
     def planted(document_id: str, who: Viewer) -> dict[str, str]:
-        with session_scope() as session:
+        with session_scope(cross_tenant="tests") as session:
             doc = session.get_one(Document, document_id)  # the bug: no tenant criterion
             return {"title": doc.title}
 
@@ -158,7 +158,7 @@ def _late_escalation(t: lp.Tenant, conversation_id: str, text: str) -> str:
     from app.models import Contact, Conversation, Escalation, Message
     from app.review.notify import CONSOLE_KEY
 
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         conversation = session.get_one(Conversation, conversation_id)
         inbound = Message(tenant_id=t.id, conversation_id=conversation.id, channel="webchat", direction="in",
                           provider_message_id=f"late:{uuid.uuid4().hex}", status="escalated", text=text)
@@ -255,7 +255,7 @@ def _tenant_id(slug: str) -> str:
     from app.db import session_scope
     from app.models import Tenant
 
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         return session.scalars(select(Tenant.id).where(Tenant.slug == slug)).one()
 
 
@@ -265,7 +265,7 @@ def _widget(slug: str) -> str:
     from app.db import session_scope
     from app.models import ChannelAccount, Tenant
 
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         return session.scalars(select(ChannelAccount.external_id).join(Tenant, Tenant.id == ChannelAccount.tenant_id)
                                .where(Tenant.slug == slug, ChannelAccount.channel == "webchat")).one()
 

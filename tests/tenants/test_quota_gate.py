@@ -27,7 +27,7 @@ def tenants(sb_home: Path) -> tuple[str, str, str]:
 
     migrate()
     ids = []
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         for prefix in ("alpha", "beta"):
             ids.append(create_tenant(session, f"{prefix}-{uuid.uuid4().hex[:6]}", name=prefix).tenant.id)
         contact = get_or_create_contact(session, ids[0], "webchat", "v1", "V")
@@ -36,7 +36,7 @@ def tenants(sb_home: Path) -> tuple[str, str, str]:
 
 
 def _inbound(tenant_id: str, conversation_id: str, n: int, status: str, at: datetime | None = None) -> None:
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         for _ in range(n):
             session.add(Message(tenant_id=tenant_id, conversation_id=conversation_id, channel="webchat",
                                 direction="in", provider_message_id=uuid.uuid4().hex, text="q", status=status,
@@ -46,7 +46,7 @@ def _inbound(tenant_id: str, conversation_id: str, n: int, status: str, at: date
 def _slug(tenant_id: str) -> str:
     from app.models import Tenant
 
-    with session_scope() as session:
+    with session_scope(cross_tenant="tests") as session:
         return session.get_one(Tenant, tenant_id).slug
 
 

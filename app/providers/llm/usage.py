@@ -20,7 +20,9 @@ from app.providers.llm.router import CallRecord
 
 
 def record_calls(records: Sequence[CallRecord]) -> None:
-    """The attempts of one routed call, in the order they were made."""
+    """The attempts of one routed call (one tenant's), in the order they were made."""
+    if not records:
+        return
     now = utcnow()
     rows = [{
         "id": new_id(), "created_at": now, "day": now.date(), "tenant_id": r.tenant_id, "message_id": r.message_id,
@@ -28,7 +30,7 @@ def record_calls(records: Sequence[CallRecord]) -> None:
         "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens, "cost": r.cost,
         "latency_ms": r.latency_ms,
     } for attempt, r in enumerate(records, start=1)]
-    with session_scope() as session:
+    with session_scope(tenant=records[0].tenant_id) as session:
         session.execute(insert(LLMCall), rows)
 
 
