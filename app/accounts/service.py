@@ -212,8 +212,9 @@ def change_role(session: Session, who: Principal, user_id: str, role: str) -> Me
 
 
 def remove_member(session: Session, who: Principal, user_id: str) -> None:
-    """Remove the person from the caller's tenant and end their logins into it at once. An account left in no
-    tenant is deleted (nobody could use it; its password hash is not kept)."""
+    """Remove the person from the caller's tenant and end their logins into it at once. The caller then runs
+    `delete_if_in_no_tenant` in a cross-tenant session: this tenant's session cannot see the person's other
+    memberships (tenant scope, row-level security), so it must not judge whether the account is still used."""
     current, _ = _membership(session, who.tenant_id, user_id)
     _may_manage(who, current.role)
     if current.role == "owner":
@@ -226,8 +227,14 @@ def remove_member(session: Session, who: Principal, user_id: str) -> None:
     _revoke_sessions(session, who.tenant_id, user_id, "removed")
     record(session, who.tenant_id, who.actor, "user.removed", "user", user_id, {"email": email, "role": role})
     session.flush()
-    if not session.scalar(select(func.count()).select_from(Membership).where(Membership.user_id == user_id)):
-        session.execute(delete(User).where(User.id == user_id))
+
+
+def delete_if_in_no_tenant(session: Session, user_id: str) -> bool:
+    """Delete an account that belongs to no tenant any more (nobody could use it; its password hash is not kept).
+    Needs a cross-tenant session: the question is about every tenant's memberships."""
+    if session.scalar(select(func.count()).select_from(Membership).where(Membership.user_id == user_id)):
+        return False
+    return bool(session.execute(delete(User).where(User.id == user_id)).rowcount)
 
 
 def user_names(session: Session, actors: Iterable[str]) -> dict[str, str]:

@@ -152,4 +152,6 @@ def remove_user(user_id: str, who: Admin) -> Response:
     """Removes the person from this tenant and ends their logins into it at once. Their decisions stay in the
     audit log and on the escalations they decided."""
     _in_transaction(who.tenant_id, lambda db: service.remove_member(db, who, user_id))
+    with session_scope(cross_tenant="account cleanup after a removal") as session:
+        service.delete_if_in_no_tenant(session, user_id)
     return Response(status_code=204)

@@ -18,6 +18,7 @@ CROSS_TENANT = {
     ("app/auth.py", "API-key lookup by hash"),
     ("app/accounts/routes.py", "a person's logins across tenants"),
     ("app/accounts/routes.py", "invitation acceptance by token"),
+    ("app/admin/user_routes.py", "account cleanup after a removal"),
     ("gateways/common.py", "webhook account routing"),
     ("app/tenants/service.py", "tenant lookup by slug"),
     ("app/operations.py", "tenant creation"),
