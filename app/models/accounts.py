@@ -58,7 +58,7 @@ class RefreshToken(IdMixin, Base):
     used_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
-class Invitation(IdMixin, Base):
+class Invitation(TenantOwned, IdMixin, Base):
     """An offer of a role in a tenant, made by its owners or admins to an email. Whether or not that email has an
     account anywhere is decided only when the person accepts (app/accounts/invitations.py), so the admin who
     invites learns nothing about other tenants' people. The token is stored as its SHA-256."""

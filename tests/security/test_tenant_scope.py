@@ -19,7 +19,7 @@ from app.models import Base, Message, Tenant
 from app.tenant_scope import TenantScopeError, tenant_columns
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
-SPECIAL = {("memberships", "role"): "agent"}
+SPECIAL = {("memberships", "role"): "agent", ("invitations", "role"): "agent"}
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
