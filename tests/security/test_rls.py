@@ -13,6 +13,7 @@ import sys
 import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -404,3 +405,56 @@ def test_creating_the_role_survives_a_concurrent_migration_creating_it_first(pg_
         second.close()
         with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
             admin.execute(f'DROP ROLE IF EXISTS "{name}"')
+
+
+def test_an_owner_that_is_no_superuser_migrates_is_held_by_force_and_a_member_login_needs_no_set_role(
+    app_role: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The production shape: the schema's owner is an ordinary login (with CREATEROLE for the first migration);
+    FORCE holds it to the policies too, and the application logs in as its own member of the app role."""
+    from app.db import migrate
+
+    suffix = uuid.uuid4().hex[:8]
+    owner, login, database = f"sb_owner_{suffix}", f"sb_login_{suffix}", f"sb_test_rls_owner_{suffix}"
+    host = PG_ADMIN_URL.rsplit("/", 1)[0].split("@", 1)[1]
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f'CREATE ROLE "{owner}" LOGIN CREATEROLE')
+        admin.execute(f'CREATE ROLE "{login}" LOGIN IN ROLE {ROLE}')
+        admin.execute(f'CREATE DATABASE "{database}" OWNER "{owner}"')
+    try:
+        owner_url = f"postgresql://{owner}@{host}/{database}"
+        migrate(owner_url)  # DATABASE_APP_ROLE is set: the migration still runs as the owner
+        tenant = uuid.uuid4().hex
+        with as_owner_engine(owner_url) as engine:
+            with engine.connect() as conn, conn.begin():
+                assert conn.scalar(text("SELECT current_user")) == owner
+                assert uncovered(conn) == []
+                assert conn.scalar(text(f"SELECT pg_has_role('{ROLE}', 'MEMBER')")) is True  # granted by 0015
+                in_scope(conn, cross="test")
+                conn.execute(text("INSERT INTO tenants (id, slug, name, persona, policies, created_at) "
+                                  "VALUES (:t, :t, 'x', '{}', '{}', now())"), {"t": tenant})
+            with engine.connect() as conn:
+                assert conn.scalar(text("SELECT count(*) FROM tenants")) == 0  # the owner too, without a scope
+        from app.config import get_settings
+
+        monkeypatch.setenv("DATABASE_APP_ROLE", "")  # the login is the member: no SET ROLE
+        get_settings.cache_clear()
+        engine = make_engine(f"postgresql://{login}@{host}/{database}")
+        with Session(engine, info={"tenant_id": tenant}) as session:
+            assert session.scalar(text("SELECT current_user")) == login
+            assert [t.id for t in session.scalars(select(Tenant))] == [tenant]
+        with Session(engine) as session:
+            assert session.scalars(select(Tenant)).all() == []
+        engine.dispose()
+    finally:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+            admin.execute(f'DROP ROLE IF EXISTS "{login}"')
+            admin.execute(f'DROP ROLE IF EXISTS "{owner}"')
+
+
+@contextmanager
+def as_owner_engine(url: str) -> Iterator[Engine]:
+    engine = rls.as_owner(make_engine(url))
+    yield engine
+    engine.dispose()
