@@ -301,13 +301,18 @@ def test_the_scope_is_one_statement_per_transaction_and_a_pooled_connection_carr
         engine.dispose()
 
 
-def test_without_the_role_setting_connections_keep_their_login(pg_url: str) -> None:
+def test_without_the_role_setting_connections_keep_their_login(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.config import get_settings
+
+    monkeypatch.setenv("DATABASE_APP_ROLE", "")
+    get_settings.cache_clear()
     engine = make_engine(pg_url)
     try:
         with engine.connect() as conn:
             assert conn.scalar(text("SELECT current_user")) == "postgres"
     finally:
         engine.dispose()
+        get_settings.cache_clear()
 
 
 # ---- the migration ---------------------------------------------------------------------------------------------
