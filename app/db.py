@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import tenant_scope
+from app import rls, tenant_scope
 from app.config import get_settings
 from app.files import private_file
 
@@ -57,7 +57,7 @@ def make_engine(url: str) -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    return create_engine(url, pool_pre_ping=True, hide_parameters=True, **pool)
+    return rls.install(create_engine(url, pool_pre_ping=True, hide_parameters=True, **pool))
 
 
 @lru_cache
