@@ -157,6 +157,41 @@ def evaluate(rows: list[dict[str, Any]], show: int = 0,
     return "\n".join(lines), recalls
 
 
+FRESH = ROOT / "benchmarks" / "data" / "phone_fresh.jsonl"
+
+
+def fresh_phones(show: int = 0, detect: Callable[[str], Any] = find_pii) -> str:
+    """PHONE on the fresh Faker set (benchmarks/phone_fresh.py), per template: numbers found, and PHONE spans
+    where there is no phone number (on the negatives, or beside the gold number)."""
+    rows = [json.loads(line) for line in FRESH.read_text(encoding="utf-8").splitlines() if line.strip()]
+    per: dict[str, list[int]] = {}
+    missed, wrong = [], []
+    for row in rows:
+        spans = [p for p in detect(row["text"]) if p.kind == "PHONE"]
+        gold = [tuple(g) for g in row["phones"]]
+        hit = sum(any(_overlap((p.start, p.end), g) for p in spans) for g in gold)
+        bad = [p for p in spans if not any(_overlap((p.start, p.end), g) for g in gold)]
+        counts = per.setdefault(row["template"], [0, 0, 0, 0])  # gold, found, texts, false positives
+        counts[0] += len(gold)
+        counts[1] += hit
+        counts[2] += 1
+        counts[3] += len(bad)
+        if hit < len(gold):
+            missed.append(row["text"])
+        wrong += [f"{p.value} in {row['text']}" for p in bad]
+    lines = ["| template | texts | phone numbers | found | PHONE false positives |", "|---|---:|---:|---:|---:|"]
+    for template, (g, f, n, fp) in sorted(per.items(), key=lambda kv: (kv[1][0] == 0, kv[0])):
+        lines.append(f"| `{template.replace(chr(10), ' / ')}` | {n} | {g} | {f} | {fp} |")
+    g, f = sum(c[0] for c in per.values()), sum(c[1] for c in per.values())
+    neg_fp = sum(c[3] for c in per.values() if c[0] == 0)
+    lines.append(f"| **all** | {sum(c[2] for c in per.values())} | {g} | {f} ({f / g:.3f}) | "
+                 f"{sum(c[3] for c in per.values())} (on negatives: {neg_fp}) |")
+    if show:
+        lines += ["", "Missed: " + ("; ".join(repr(t) for t in missed[:show]) or "none"), "",
+                  "False positives: " + ("; ".join(repr(t) for t in wrong[:show]) or "none")]
+    return "\n".join(lines)
+
+
 def banking_false_positives(data: Path) -> str:
     with (data / "intents" / "banking77" / "test.csv").open() as fh:
         texts = [r["text"] for r in csv.DictReader(fh)]
@@ -219,6 +254,7 @@ def main() -> None:
     parser.add_argument("--show", type=int, default=0, help="list this many misses and false positives")
     parser.add_argument("--baseline", default=None, help="git revision to time the previous detector at")
     parser.add_argument("--no-latency", action="store_true")
+    parser.add_argument("--fresh", action="store_true", help="also PHONE on the fresh Faker set (phone_fresh.py)")
     args = parser.parse_args()
     if not (args.data / "pii" / "presidio_synth").is_dir():
         sys.exit(f"{args.data}/pii/presidio_synth not found; pass --data path/to/shared/data")
@@ -230,6 +266,9 @@ def main() -> None:
     print(table)
     print()
     print(banking_false_positives(args.data))
+    if args.fresh:
+        print("\n## PHONE on the fresh Faker set (benchmarks/data/phone_fresh.jsonl)\n")
+        print(fresh_phones(args.show))
     detectors: list[tuple[str, Callable[[str], Any]]] = [("find_pii (this build)", find_pii)]
     if args.baseline:
         before = _baseline(args.baseline)
