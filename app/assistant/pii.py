@@ -100,7 +100,7 @@ _PHONE_WORDS = re.compile(
 # The label after the number, as contact cards write it: `555 0100-Office`, `0490 39 07 81 (mobile)`,
 # `213627978 - Home`, `48154443 is my cell`.
 _PHONE_LABEL_AFTER = re.compile(
-    r"^(?:[ \t]{0,2}[-–|/,]?[ \t]{0,2}\(?(?:office|fax|home|mobile|mob|cell|work|direct|main|landline|tel|phone|"
+    r"^(?:[ \t]{0,2}[-\u2013|/,]?[ \t]{0,2}\(?(?:office|fax|home|mobile|mob|cell|work|direct|main|landline|tel|phone|"
     r"desk|whatsapp)\b|\s+is\s+my\s+(?:cell|mobile|phone|number|landline|home|work))",
     re.IGNORECASE,
 )
