@@ -77,6 +77,7 @@ FORMS = [
     ("PHONE", "office (212) 736-5000"), ("PHONE", "Ring +49 30 901820 tomorrow"),
     ("PHONE", "UK landline 020 7946 0958"), ("PHONE", "reach me at 212.736.5000 x123"),
     ("PHONE", "Please call 2127365000"), ("PHONE", "whatsapp +15417543010"),
+    ("PHONE", "Ana Miranda\n07658225245-Fax"), ("PHONE", "90224810 Mobile"),
     ("US_SSN", "SSN 514-69-0360"), ("US_SSN", "ssn: 514 69 0360"), ("US_SSN", "it is 514.69.0360"),
     ("US_SSN", "my SSN is 514690360"), ("US_SSN", "Social Security number: 853371694"),
     ("IP_ADDRESS", "full 2001:0db8:85a3:0000:0000:8a2e:0370:7334 here"),
@@ -94,7 +95,8 @@ LOOK_ALIKES = [
     "SSN 000-12-3456", "SSN 666-12-3456", "SSN 912-34-5678", "SSN 123-00-4567", "SSN 123-45-0000",
     "SSN 123-45 6789", "SSN 111-11-1111", "SSN 078-05-1120", "tracking 514690360", "version 1.2.3.4",
     "MAC 00:1a:2b:3c:4d:5e", "at 10:30:45", "std::vector and a::b", "card 4111 1111 1111 1112",
-    "IBAN GB82 WEST 1234 5698 7654 33", "000-12-3456 666-12-3456",
+    "IBAN GB82 WEST 1234 5698 7654 33", "000-12-3456 666-12-3456", "the total was 509 941 264",
+    "version 10.12.1.18 crashes on start", "Order 2125551234-Home delivery was late",
 ]
 
 
