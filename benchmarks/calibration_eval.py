@@ -34,7 +34,28 @@ NORTHWIND = REPO / "tenants" / "northwind"
 COVID = REPO.parent / "shared" / "data" / "qa" / "covid_faq"
 
 
-def run(slug: str, questions_text: str, unanswerable: list[str] | None) -> dict[str, Any]:
+def run(slug: str, questions_text: str, unanswerable: list[str] | None, cache: Path | None = None
+        ) -> dict[str, Any]:
+    """The calibration of the tenant's live version; with `cache`, the retrieved scores are kept there (and read
+    back on the next run), so the rule can be re-applied without retrieving again."""
+    from app.knowledge import calibration
+
+    if cache is not None and cache.is_file():
+        data = json.loads(cache.read_text())
+        answerable = {q: calibration.Observed(tuple(s), tuple(r)) for q, (s, r) in data["answerable"].items()}
+        negatives = {q: calibration.Observed(tuple(s), tuple(r)) for q, (s, r) in data["negatives"].items()}
+        return {**calibration.calibrate_observed(answerable, negatives, data["source"]), "seconds": 0}
+    result = _observe(slug, questions_text, unanswerable)
+    if cache is not None:
+        cache.write_text(json.dumps({
+            "source": result["source"],
+            "answerable": {q: [o.scores, o.right] for q, o in result["answerable"].items()},
+            "negatives": {q: [o.scores, o.right] for q, o in result["negatives"].items()}}))
+    return {**calibration.calibrate_observed(result["answerable"], result["negatives"], result["source"]),
+            "seconds": result["seconds"]}
+
+
+def _observe(slug: str, questions_text: str, unanswerable: list[str] | None) -> dict[str, Any]:
     from app.config import get_settings
     from app.db import session_scope
     from app.knowledge import calibration, termstats
@@ -49,11 +70,11 @@ def run(slug: str, questions_text: str, unanswerable: list[str] | None) -> dict[
         d = deps()
         stats = termstats.for_version(tenant_id, version, d.embedder, session)
     t0 = time.perf_counter()
-    result = calibration.calibrate(tenant_id, version, parse_questions(questions_text), unanswerable,
-                                   top_k=get_settings().retrieval_top_k, embedder=d.embedder, sparse_encoder=d.sparse,
-                                   vector_store=d.vectors, term_stats=stats)
-    result["seconds"] = round(time.perf_counter() - t0, 1)
-    return result
+    answerable, negatives, source = calibration.observations(
+        tenant_id, version, parse_questions(questions_text), unanswerable, top_k=get_settings().retrieval_top_k,
+        embedder=d.embedder, sparse_encoder=d.sparse, vector_store=d.vectors, term_stats=stats)
+    return {"answerable": answerable, "negatives": negatives, "source": source,
+            "seconds": round(time.perf_counter() - t0, 1)}
 
 
 def row(name: str, result: dict[str, Any]) -> list[str]:
@@ -72,7 +93,11 @@ def row(name: str, result: dict[str, Any]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--cache", type=Path, help="folder to keep the retrieved scores in (and read them from)")
     args = parser.parse_args()
+    if args.cache is not None and (args.cache / "covid.json").is_file():
+        print_results(args, {name: run("", "", None, args.cache / f"{key}.json") for name, key in CASES.items()})
+        return
     home = Path(tempfile.mkdtemp(prefix="sb-calib-bench-"))
     os.environ["SWITCHBOARD_HOME"] = str(home)
     for var in ("DATABASE_URL", "REDIS_URL", "QDRANT_URL", "S3_BUCKET", "LLM_BASE_URL", "LLM_API_KEY"):
@@ -93,11 +118,19 @@ def main() -> None:
     northwind_q = (NORTHWIND / "eval" / "questions.jsonl").read_text()
     own = [json.loads(line)["question"] for line in (NORTHWIND / "eval" / "unanswerable.jsonl").read_text()
            .splitlines() if line.strip()]
-    results = {
-        "northwind, its own unanswerable questions": run("northwind", northwind_q, own),
-        "northwind, generated negatives": run("northwind", northwind_q, None),
-        "covid, generated negatives": run("covid", covid_questions, None),
-    }
+    inputs = {"northwind-own": ("northwind", northwind_q, own), "northwind-generated": ("northwind", northwind_q, None),
+              "covid": ("covid", covid_questions, None)}
+    if args.cache is not None:
+        args.cache.mkdir(parents=True, exist_ok=True)
+    print_results(args, {name: run(*inputs[key], args.cache / f"{key}.json" if args.cache else None)
+                         for name, key in CASES.items()})
+
+
+CASES = {"northwind, its own unanswerable questions": "northwind-own",
+         "northwind, generated negatives": "northwind-generated", "covid, generated negatives": "covid"}
+
+
+def print_results(args: argparse.Namespace, results: dict[str, Any]) -> None:
     meta = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": f"{platform.machine()}, "
             f"{os.cpu_count()} cores", "load_average_1m": round(os.getloadavg()[0], 2)}
     if args.json:

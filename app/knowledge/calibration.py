@@ -11,13 +11,16 @@ has eval questions (`_eval.jsonl`, answerable, with their expected document), th
   the tenant's own questions (a bank's own eval set would make the banking ones answerable).
 - **Split.** Every question goes to `tune` or `report` by its text (first hex digit of SHA-256, even = tune). The
   threshold is chosen on `tune`; `report` measures it. Both are stored, with the default's figures beside.
-- **Rule.** For each threshold on a 0.005 grid from 0.20 to 0.80, each question's outcome is what the composer
-  would do: answer right (the passage answered from is the expected one), answer wrong (another passage, or any
-  answer to a negative) or escalate. Value per message = (1 - p) * (right rate - WRONG_COST * wrong rate) -
-  p * WRONG_COST * rate of negatives answered, with p = UNANSWERABLE_SHARE of traffic: an escalation is worth 0,
-  a right answer 1, a wrong one -3 (break-even precision 0.75). The chosen threshold is the middle of the longest
-  run of grid points with the best value (the widest margin between the two sides).
-  These constants were set before any measurement, not tuned.
+- **Rule.** For each threshold on a 0.005 grid from 0.20 to 0.80, each question's outcome is what the offline
+  composer would do: answer right (the passage it answers from is the expected one), answer wrong (another
+  passage) or escalate; a negative is answered or escalated. Value per message = (1 - p) * share of the
+  answerable answered right - p * WRONG_COST * share of the negatives answered, with p = UNANSWERABLE_SHARE of
+  traffic the pack cannot answer (at 0.25 and 3 the two shares weigh the same). The chosen threshold is the middle
+  of the longest run of grid points with the best value (the widest margin between the two sides). A wrong
+  passage answered for an answerable question counts like an escalation (0): it scores as high as a right one,
+  so no threshold separates them (ranking and the grounding check deal with it); a first version of the rule
+  charged it WRONG_COST too and escalated most answerable questions (docs/benchmarks.md).
+  The constants were set before any measurement, not tuned.
 - Too few questions in the tune split (MIN_ANSWERABLE answerable, MIN_NEGATIVES negatives) keep the default, and
   the stored result says why.
 
@@ -52,9 +55,9 @@ GRID = tuple(round(0.20 + 0.005 * i, 3) for i in range(121))  # 0.20 .. 0.80
 MIN_ANSWERABLE, MIN_NEGATIVES = 8, 4
 NEAR_OWN = 0.6  # a generated negative this close (cosine) to one of the tenant's questions is left out
 OFFTOPIC = Path(__file__).with_name("offtopic_questions.txt")
-RULE = (f"threshold on a 0.005 grid in [0.20, 0.80] maximising (1-p)*(right - {WRONG_COST:g}*wrong) - "
-        f"p*{WRONG_COST:g}*negatives_answered (rates; p = {UNANSWERABLE_SHARE}), middle of the best run; chosen on "
-        "the tune split (SHA-256 of the question, first hex digit even), measured on the report split")
+RULE = (f"threshold on a 0.005 grid in [0.20, 0.80] maximising (1-p)*right - p*{WRONG_COST:g}*negatives_answered "
+        f"(shares of the answerable and of the negatives; p = {UNANSWERABLE_SHARE}), middle of the best run; chosen "
+        "on the tune split (SHA-256 of the question, first hex digit even), measured on the report split")
 
 
 @dataclass(frozen=True)
@@ -147,14 +150,13 @@ def figures(answerable: Sequence[Observed], negatives: Sequence[Observed], thres
         "answer_precision": ratio(right, answers), "answer_recall": ratio(right, len(answerable)),
         "escalate_precision": ratio(len(negatives) - answered_neg, escalations),
         "escalate_recall": ratio(len(negatives) - answered_neg, len(negatives)),
-        "value": round(value(right, wrong, len(answerable), answered_neg, len(negatives)), 4),
+        "value": round(value(right, len(answerable), answered_neg, len(negatives)), 4),
     }
 
 
-def value(right: int, wrong: int, answerable: int, answered_neg: int, negatives: int) -> float:
+def value(right: int, answerable: int, answered_neg: int, negatives: int) -> float:
     p = UNANSWERABLE_SHARE
-    return (1 - p) * (right - WRONG_COST * wrong) / max(answerable, 1) \
-        - p * WRONG_COST * answered_neg / max(negatives, 1)
+    return (1 - p) * right / max(answerable, 1) - p * WRONG_COST * answered_neg / max(negatives, 1)
 
 
 def choose(answerable: Sequence[Observed], negatives: Sequence[Observed]) -> float:
@@ -191,10 +193,11 @@ def calibrate_observed(answerable: dict[str, Observed], negatives: dict[str, Obs
     return result
 
 
-def calibrate(tenant_id: str, pack_version: int, questions: Sequence[Question], unanswerable: Sequence[str] | None,
-              *, top_k: int, embedder: Embedder, sparse_encoder: SparseEncoder, vector_store: VectorStore,
-              term_stats: TermStats | None) -> dict[str, Any]:
-    """Retrieve every question as the orchestrator would (top `top_k` of `pack_version`), then choose."""
+def observations(tenant_id: str, pack_version: int, questions: Sequence[Question], unanswerable: Sequence[str] | None,
+                 *, top_k: int, embedder: Embedder, sparse_encoder: SparseEncoder, vector_store: VectorStore,
+                 term_stats: TermStats | None) -> tuple[dict[str, Observed], dict[str, Observed], str]:
+    """Every question retrieved as the orchestrator would (top `top_k` of `pack_version`): the answerable, the
+    negatives, and where the negatives came from (`tenant` or `generated`)."""
     def passages(text: str) -> list[Passage]:
         return retrieve(tenant_id, text, top_k=top_k, filters={"pack_version": pack_version}, embedder=embedder,
                         sparse_encoder=sparse_encoder, vector_store=vector_store, term_stats=term_stats)
@@ -205,6 +208,13 @@ def calibrate(tenant_id: str, pack_version: int, questions: Sequence[Question], 
         unanswerable = generated_negatives([q.question for q in questions], embedder.embed_query)
     answerable = {q.question: observe(passages(q.question), q) for q in questions}
     negatives = {text: observe(passages(text), None) for text in unanswerable}
+    return answerable, negatives, source
+
+
+def calibrate(tenant_id: str, pack_version: int, questions: Sequence[Question], unanswerable: Sequence[str] | None,
+              **retrieval: Any) -> dict[str, Any]:
+    """Retrieve every question (`retrieval`: as `observations` takes), then choose."""
+    answerable, negatives, source = observations(tenant_id, pack_version, questions, unanswerable, **retrieval)
     return {**calibrate_observed(answerable, negatives, source), "pack_version": pack_version}
 
 

@@ -42,13 +42,23 @@ def test_the_threshold_is_the_middle_of_the_gap_between_the_two_sides() -> None:
     assert Observed((0.5, 0.7), (False, True)).outcome(0.6) == "right"
 
 
-def test_a_wrong_answer_costs_more_than_an_escalation() -> None:
+def test_answering_a_negative_costs_more_than_escalating_an_answerable_question() -> None:
     # One negative scores above one answerable: escalating that one (1/8 of the answerable) costs less than
-    # answering the negative (1/4 of the unanswerable, at three times the weight).
+    # answering the negative (1/4 of the negatives, which weigh as much in all as the answerable).
     answerable = [_obs(s) for s in (0.50, 0.60, 0.62, 0.70, 0.72, 0.75, 0.78, 0.80)]
     negatives = [_obs(s, False) for s in (0.10, 0.20, 0.53, 0.30)]
     chosen = choose(answerable, negatives)
     assert 0.53 < chosen <= 0.60
+
+
+def test_a_wrong_passage_above_the_bar_does_not_push_the_threshold_up() -> None:
+    # Two answerable questions whose best passage is the wrong one, scoring high: no threshold separates them
+    # from the right answers, so they count like escalations and the threshold stays above the negatives only.
+    answerable = [_obs(s) for s in (0.50, 0.60, 0.62, 0.70)] + [_obs(0.72, False), _obs(0.66, False)]
+    negatives = [_obs(s, False) for s in (0.10, 0.20, 0.30, 0.35)]
+    chosen = choose(answerable, negatives)
+    assert 0.35 < chosen <= 0.50
+    assert figures(answerable, negatives, chosen)["wrong"] == 2
 
 
 def test_too_few_questions_keep_the_default_and_say_why() -> None:
