@@ -20,7 +20,7 @@ has eval questions (`_eval.jsonl`, answerable, with their expected document), th
   passage answered for an answerable question counts like an escalation (0): it scores as high as a right one,
   so no threshold separates them (ranking and the grounding check deal with it); a first version of the rule
   charged it WRONG_COST too and escalated most answerable questions (docs/benchmarks.md).
-  The constants were set before any measurement, not tuned.
+  p and WRONG_COST were set before any measurement and not tuned; the rule's form changed once, as said.
 - Too few questions in the tune split (MIN_ANSWERABLE answerable, MIN_NEGATIVES negatives) keep the default, and
   the stored result says why.
 
