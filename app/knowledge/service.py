@@ -120,6 +120,7 @@ class IngestReport:
     promoted: bool = False
     notes: str | None = None
     scores: dict[str, Any] = field(default_factory=dict)
+    calibration: dict[str, Any] | None = None  # the version's relevance threshold (app/knowledge/calibration.py)
     seconds: float = 0.0
     # Where the time went: "files" (parse to the last write, overlapped with) "embedding" (the embedder's busy
     # time on its own thread), and "finishing" (term statistics, the eval gate, promotion).
@@ -366,7 +367,8 @@ def _finish(session: Session, d: Deps, tenant: Tenant, build: PackVersion, repor
     session.flush()
     verdict = _gate(session, d, tenant, build, stats)
     build.scores, report.scores = verdict["scores"], verdict["scores"]
-    build.calibration = calibration.for_build(d, eval_key(tenant.id), tenant.id, build.version, stats)
+    build.calibration = report.calibration = calibration.for_build(d, eval_key(tenant.id), tenant.id,
+                                                                   build.version, stats)
     if not promote:
         report.notes = "built with --version-only: promote it when ready"
     elif verdict["reason"]:
