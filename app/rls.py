@@ -1,6 +1,6 @@
 """Postgres row-level security, the database's own wall between tenants (docs/security.md#row-level-security).
 
-Migration 0015 enables and forces RLS on every table, with policies that compare each row's tenant with two
+Migration 0017 enables and forces RLS on every table, with policies that compare each row's tenant with two
 transaction-local settings:
 
 - `switchboard.tenant_id`: the tenant of the unit of work; only its rows are visible and writable;

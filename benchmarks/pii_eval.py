@@ -77,6 +77,7 @@ FORMS = [
     ("PHONE", "office (212) 736-5000"), ("PHONE", "Ring +49 30 901820 tomorrow"),
     ("PHONE", "UK landline 020 7946 0958"), ("PHONE", "reach me at 212.736.5000 x123"),
     ("PHONE", "Please call 2127365000"), ("PHONE", "whatsapp +15417543010"),
+    ("PHONE", "Ana Miranda\n07658225245-Fax"), ("PHONE", "90224810 Mobile"),
     ("US_SSN", "SSN 514-69-0360"), ("US_SSN", "ssn: 514 69 0360"), ("US_SSN", "it is 514.69.0360"),
     ("US_SSN", "my SSN is 514690360"), ("US_SSN", "Social Security number: 853371694"),
     ("IP_ADDRESS", "full 2001:0db8:85a3:0000:0000:8a2e:0370:7334 here"),
@@ -94,7 +95,8 @@ LOOK_ALIKES = [
     "SSN 000-12-3456", "SSN 666-12-3456", "SSN 912-34-5678", "SSN 123-00-4567", "SSN 123-45-0000",
     "SSN 123-45 6789", "SSN 111-11-1111", "SSN 078-05-1120", "tracking 514690360", "version 1.2.3.4",
     "MAC 00:1a:2b:3c:4d:5e", "at 10:30:45", "std::vector and a::b", "card 4111 1111 1111 1112",
-    "IBAN GB82 WEST 1234 5698 7654 33", "000-12-3456 666-12-3456",
+    "IBAN GB82 WEST 1234 5698 7654 33", "000-12-3456 666-12-3456", "the total was 509 941 264",
+    "version 10.12.1.18 crashes on start", "Order 2125551234-Home delivery was late",
 ]
 
 
@@ -155,6 +157,41 @@ def evaluate(rows: list[dict[str, Any]], show: int = 0,
         lines.append("")
         lines.append("False positives: " + ("; ".join(f"{k} `{v!r}`" for k, v in wrong[:show]) or "none"))
     return "\n".join(lines), recalls
+
+
+FRESH = ROOT / "benchmarks" / "data" / "phone_fresh.jsonl"
+
+
+def fresh_phones(show: int = 0, detect: Callable[[str], Any] = find_pii) -> str:
+    """PHONE on the fresh Faker set (benchmarks/phone_fresh.py), per template: numbers found, and PHONE spans
+    where there is no phone number (on the negatives, or beside the gold number)."""
+    rows = [json.loads(line) for line in FRESH.read_text(encoding="utf-8").splitlines() if line.strip()]
+    per: dict[str, list[int]] = {}
+    missed, wrong = [], []
+    for row in rows:
+        spans = [p for p in detect(row["text"]) if p.kind == "PHONE"]
+        gold = [tuple(g) for g in row["phones"]]
+        hit = sum(any(_overlap((p.start, p.end), g) for p in spans) for g in gold)
+        bad = [p for p in spans if not any(_overlap((p.start, p.end), g) for g in gold)]
+        counts = per.setdefault(row["template"], [0, 0, 0, 0])  # gold, found, texts, false positives
+        counts[0] += len(gold)
+        counts[1] += hit
+        counts[2] += 1
+        counts[3] += len(bad)
+        if hit < len(gold):
+            missed.append(row["text"])
+        wrong += [f"{p.value} in {row['text']}" for p in bad]
+    lines = ["| template | texts | phone numbers | found | PHONE false positives |", "|---|---:|---:|---:|---:|"]
+    for template, (g, f, n, fp) in sorted(per.items(), key=lambda kv: (kv[1][0] == 0, kv[0])):
+        lines.append(f"| `{template.replace(chr(10), ' / ')}` | {n} | {g} | {f} | {fp} |")
+    g, f = sum(c[0] for c in per.values()), sum(c[1] for c in per.values())
+    neg_fp = sum(c[3] for c in per.values() if c[0] == 0)
+    lines.append(f"| **all** | {sum(c[2] for c in per.values())} | {g} | {f} ({f / g:.3f}) | "
+                 f"{sum(c[3] for c in per.values())} (on negatives: {neg_fp}) |")
+    if show:
+        lines += ["", "Missed: " + ("; ".join(repr(t) for t in missed[:show]) or "none"), "",
+                  "False positives: " + ("; ".join(repr(t) for t in wrong[:show]) or "none")]
+    return "\n".join(lines)
 
 
 def banking_false_positives(data: Path) -> str:
@@ -219,6 +256,7 @@ def main() -> None:
     parser.add_argument("--show", type=int, default=0, help="list this many misses and false positives")
     parser.add_argument("--baseline", default=None, help="git revision to time the previous detector at")
     parser.add_argument("--no-latency", action="store_true")
+    parser.add_argument("--fresh", action="store_true", help="also PHONE on the fresh Faker set (phone_fresh.py)")
     args = parser.parse_args()
     if not (args.data / "pii" / "presidio_synth").is_dir():
         sys.exit(f"{args.data}/pii/presidio_synth not found; pass --data path/to/shared/data")
@@ -230,6 +268,9 @@ def main() -> None:
     print(table)
     print()
     print(banking_false_positives(args.data))
+    if args.fresh:
+        print("\n## PHONE on the fresh Faker set (benchmarks/data/phone_fresh.jsonl)\n")
+        print(fresh_phones(args.show))
     detectors: list[tuple[str, Callable[[str], Any]]] = [("find_pii (this build)", find_pii)]
     if args.baseline:
         before = _baseline(args.baseline)

@@ -234,7 +234,8 @@ def delete_if_in_no_tenant(session: Session, user_id: str) -> bool:
     Needs a cross-tenant session: the question is about every tenant's memberships."""
     if session.scalar(select(func.count()).select_from(Membership).where(Membership.user_id == user_id)):
         return False
-    return bool(session.execute(delete(User).where(User.id == user_id)).rowcount)
+    session.execute(delete(User).where(User.id == user_id))
+    return True
 
 
 def user_names(session: Session, actors: Iterable[str]) -> dict[str, str]:

@@ -23,7 +23,7 @@ from app.auth import Admin
 from app.bootstrap import Container
 from app.config import get_settings
 from app.db import session_scope
-from app.knowledge import quarantine, versions
+from app.knowledge import calibration, quarantine, versions
 from app.models import IngestionJob, PackVersion, Tenant, new_id
 
 router = APIRouter(prefix="/admin/v1", tags=["admin: knowledge"], dependencies=LIMITED)
@@ -219,7 +219,8 @@ def delete_document(document_id: str, who: Admin, services: Services) -> Respons
 def _version(v: PackVersion) -> s.PackVersionOut:
     return s.PackVersionOut(
         version=v.version, status=v.status, documents=v.documents, chunks=v.chunks, embedded=v.embedded,
-        scores=v.scores or {}, notes=v.notes, job_id=v.job_id, created_at=v.created_at, promoted_at=v.promoted_at,
+        scores=v.scores or {}, calibration=v.calibration, notes=v.notes, job_id=v.job_id, created_at=v.created_at,
+        promoted_at=v.promoted_at,
     )
 
 
@@ -275,6 +276,42 @@ def rollback_version(who: Admin) -> s.PackVersionsOut:
         return _versions_out(db, who.tenant_id)
 
     return _version_call(who.tenant_id, work)
+
+
+# --- relevance threshold (app/knowledge/calibration.py) -------------------------------------------------------
+
+
+@router.get("/knowledge/relevance", response_model=s.RelevanceOut, summary="The relevance threshold in effect")
+def get_relevance(who: Admin) -> s.RelevanceOut:
+    """The `min_relevance` the assistant uses and where it comes from: the tenant's policy when set (it wins),
+    else the live pack version's calibration on the tenant's eval questions, else the default 0.45; with the
+    calibration's figures (tune and report splits, at the calibrated threshold and at the default)."""
+    return in_transaction(who.tenant_id, lambda db: s.RelevanceOut(**calibration.relevance(db, who.tenant_id)))
+
+
+@router.post(
+    "/knowledge/relevance/calibrate",
+    response_model=s.RelevanceOut,
+    summary="Recalibrate the relevance threshold",
+    responses={404: {"description": "No such version."}, 409: {"description": "Nothing to calibrate."}},
+)
+def calibrate_relevance(
+    who: Admin,
+    services: Services,
+    pack_version: Annotated[int | None, Query(ge=1, le=MAX_VERSION, description="Default: the live version.")]
+    = None,
+) -> s.RelevanceOut:
+    """Calibrate the version again from the tenant's eval questions (`_eval.jsonl`, `_unanswerable.jsonl` of the
+    latest upload that had them), as ingestion does. Audited as `knowledge.relevance_calibrated`."""
+
+    def work(db: Session) -> s.RelevanceOut:
+        try:
+            calibration.recompute(db, services.knowledge, who.tenant_id, pack_version, actor=who.actor)
+        except calibration.CalibrationError as exc:
+            raise HTTPException(exc.status, str(exc)) from exc
+        return s.RelevanceOut(**calibration.relevance(db, who.tenant_id))
+
+    return in_transaction(who.tenant_id, work)
 
 
 # --- quarantine (app/knowledge/quarantine.py) -----------------------------------------------------------------

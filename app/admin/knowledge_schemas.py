@@ -114,10 +114,34 @@ class PackVersionOut(BaseModel):
     chunks: int
     embedded: int = Field(description="Chunks embedded for this build; the others reused cached vectors.")
     scores: dict[str, Any] = Field(description="Evaluation on the tenant's eval set: n, hit@1, hit@5, mrr.")
+    calibration: dict[str, Any] | None = Field(
+        default=None, description="The relevance threshold calibrated on the tenant's eval questions "
+        "(`threshold`, null with a `reason` when not calibrated) and the figures behind it.")
     notes: str | None
     job_id: str | None
     created_at: datetime
     promoted_at: datetime | None
+
+
+class RelevanceOut(BaseModel):
+    in_effect: float = Field(description="The `min_relevance` the assistant uses now.")
+    source: str = Field(description="`policy` (set explicitly in the tenant's policies: it wins over the "
+                        "calibration), `calibrated` (the live version's calibration) or `default` (0.45).")
+    policy: float | None = Field(description="`policies.min_relevance` when set explicitly.")
+    calibrated: float | None = Field(description="The live version's calibrated threshold, if it has one.")
+    pack_version: int | None = Field(description="The live version.")
+    calibration: dict[str, Any] | None = Field(
+        description="The live version's calibration: `threshold` (or null and a `reason`), `negatives_source` "
+        "(`tenant`: its _unanswerable.jsonl; `generated`: other domains' questions), `rule`, and per split "
+        "(`tune`: chose it, `report`: measures it) the figures at the `chosen` threshold and at the `default`: "
+        "right, wrong, escalated of the answerable; negatives answered; answer/escalate precision and recall.")
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "in_effect": 0.5, "source": "calibrated", "policy": None, "calibrated": 0.5, "pack_version": 3,
+        "calibration": {"threshold": 0.5, "default": 0.45, "negatives_source": "tenant", "pack_version": 3,
+                        "report": {"chosen": {"threshold": 0.5, "answerable": 38, "right": 30, "wrong": 3,
+                                              "escalated": 5, "negatives": 10, "negatives_answered": 0}}},
+    }]})
 
 
 class PackVersionsOut(BaseModel):

@@ -48,7 +48,8 @@ from app.conversations.replies import outbound_event, publish_outbound
 from app.conversations.service import CONTACTS, MESSAGES, history
 from app.crypto import decrypt_json
 from app.db import session_scope
-from app.models import Conversation, Message, Tenant, utcnow
+from app.knowledge import calibration
+from app.models import Conversation, Message, PackVersion, Tenant, utcnow
 from app.providers.llm.base import LLMClient, LLMError
 from app.providers.llm.plan import LLMPlan, tenant_plan
 from app.providers.llm.router import CallTag, LLMRouter
@@ -204,6 +205,7 @@ class Orchestrator:
                 superseded=newer_pending(session, event.tenant_id, row.conversation_id, row.created_at) is not None,
                 channel=event.channel,
                 consent=row.consent_status or "unknown",
+                calibration=row.calibration,
             )
             return ctx, None
 
@@ -299,7 +301,7 @@ class Orchestrator:
         offline composer, and the checks of what they wrote."""
         policies = ctx.policies
         pack = multilingual.pack_language(ctx.persona)
-        min_relevance = float(policies.get("min_relevance", 0.45))
+        min_relevance, _ = calibration.in_effect(policies, ctx.calibration)  # explicit policy, else calibrated
         # One pack version per answer: the live one (a version being built beside it is never mixed in). No live
         # version (nothing ingested yet, or only a `--version-only` build) means no knowledge to answer from.
         with tracing.span("retrieval", {"switchboard.pack.version": ctx.pack_version,
@@ -419,14 +421,17 @@ class Orchestrator:
 # SQLite): each call only binds values. Core rows, not ORM objects; every statement names the tenant or a
 # conversation read under it.
 TENANTS: Table = Tenant.__table__  # type: ignore[assignment]
+PACK_VERSIONS: Table = PackVersion.__table__  # type: ignore[assignment]
 _LOAD = (
     select(MESSAGES.c.id, MESSAGES.c.status, MESSAGES.c.created_at, MESSAGES.c.conversation_id, CONVERSATIONS.c.mode,
            TENANTS.c.persona, TENANTS.c.policies, TENANTS.c.llm_api_key_encrypted,
            TENANTS.c.llm_provider_keys_encrypted, TENANTS.c.live_pack_version, TENANTS.c.slug,
-           CONTACTS.c.consent_status)
+           CONTACTS.c.consent_status, PACK_VERSIONS.c.calibration)
     .join(CONVERSATIONS, (CONVERSATIONS.c.id == MESSAGES.c.conversation_id) & same_tenant(CONVERSATIONS, MESSAGES))
     .join(CONTACTS, (CONTACTS.c.id == CONVERSATIONS.c.contact_id) & same_tenant(CONTACTS, MESSAGES))
     .join(TENANTS, TENANTS.c.id == MESSAGES.c.tenant_id)
+    .outerjoin(PACK_VERSIONS, (PACK_VERSIONS.c.tenant_id == TENANTS.c.id)
+               & (PACK_VERSIONS.c.version == TENANTS.c.live_pack_version))
     .where(*IN_TENANT, MESSAGES.c.direction == "in")
 )
 

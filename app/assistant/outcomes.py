@@ -62,6 +62,7 @@ class Context:
     consent: str = "unknown"  # the contact's: unknown | granted | withdrawn (app/contacts/consent.py)
     superseded: bool = False  # a later message of the conversation was already waiting when this one was read
     channel: str = ""
+    calibration: dict[str, Any] | None = None  # the live pack version's (app/knowledge/calibration.py)
     retrieved: list[dict[str, Any]] = field(default_factory=list)  # set by `_decide`; kept on an escalation
 
 

@@ -94,7 +94,14 @@ _DATETIME = re.compile(
 _PHONE_CANDIDATE = re.compile(r"(?<![\w.])[+(]?\d[\d \t().\-/]{5,}\d(?:\s?(?:x|ext\.?)\s?\d{1,5}\b)?", re.IGNORECASE)
 _PHONE_WORDS = re.compile(
     r"\b(?:call|calling|phone|tel|telephone|mobile|mob|cell|cellphone|fax|whatsapp|sms|text\s+me|my\s+number|"
-    r"reach\s+me|contact|landline|ring|dial|hotline)\b[^\d]{0,20}$",
+    r"reach\s+me|contact|landline|ring|dial|hotline|answer|answering|answered|(?:office|direct|help|support|phone)\s+line)\b[^\d]{0,20}$",
+    re.IGNORECASE,
+)
+# The label after the number, as contact cards write it: `555 0100-Office`, `0490 39 07 81 (mobile)`,
+# `213627978 - Home`, `48154443 is my cell`.
+_PHONE_LABEL_AFTER = re.compile(
+    r"^(?:[ \t]{0,2}[-\u2013|/,]?[ \t]{0,2}\(?(?:office|fax|home|mobile|mob|cell|work|direct|main|landline|tel|phone|"
+    r"desk|whatsapp)\b|\s+is\s+my\s+(?:cell|mobile|phone|number|landline|home|work))",
     re.IGNORECASE,
 )
 _ID_WORDS = re.compile(
@@ -103,8 +110,8 @@ _ID_WORDS = re.compile(
     r"loyalty|voucher|coupon|isbn)\b\W{0,6}(?:(?:no|number|nr|num|#)\W{0,4})?(?:is\W{0,3})?$",
     re.IGNORECASE,
 )
-_CURRENCY_BEFORE = re.compile(r"(?:[$€£¥]|\b(?:usd|eur|gbp|chf|paid|pay|cost|costs|price|total|amount|balance))\s*$",
-                              re.IGNORECASE)
+_CURRENCY_BEFORE = re.compile(r"(?:[$€£¥]|\b(?:usd|eur|gbp|chf|paid|pay|cost|costs|price|total|amount|balance)"
+                              r"(?:\s+(?:was|is|of))?)\s*$", re.IGNORECASE)
 _QUANTITY_AFTER = re.compile(
     r"\s*(?:%|(?:dollars?|euros?|pounds?|usd|eur|gbp|chf|yen|items?|units?|pieces?|pcs|people|users|customers|km|"
     r"miles?|kg|lbs?|points?|times|copies|views|downloads|rows|records|bytes|kb|mb|gb)\b)",
@@ -165,6 +172,8 @@ def _house_number(text: str, start: int, end: int) -> bool:
     if sum(c.isdigit() for c in value) > 8 or value.startswith(("+", "(")):
         return False
     after = text[end : end + 40]
+    if _PHONE_LABEL_AFTER.match(after):  # "52 94 12 22 Main" on a contact card: the line's label
+        return False
     # A capitalised next word ("370 3911 Fourth Avenue") is far more often a street than a sentence going on.
     if _CAPITALISED_AFTER.match(after) or _STREET_AFTER.match(after):
         return True
@@ -238,15 +247,16 @@ def _not_a_phone(text: str, start: int, end: int) -> bool:
     if raw.startswith(("+", "(")):
         return False
     separators = set(re.sub(r"[\d()]", "", raw))
-    if "." in separators and len(separators) > 1:
+    if "." in separators and (len(separators) > 1 or _VERSION_BEFORE.search(text[max(0, start - 12) : start])):
         return True
     return bool(_CURRENCY_BEFORE.search(text[max(0, start - 12) : start]) or _QUANTITY_AFTER.match(text[end:end + 20]))
 
 
-def _phone_context(text: str, start: int) -> tuple[bool, bool]:
-    """(a phone word just before, an identifier word just before)."""
+def _phone_context(text: str, start: int, end: int) -> tuple[bool, bool]:
+    """(a phone word just before or a phone label just after, an identifier word just before)."""
     before = text[max(0, start - 40) : start]
-    return bool(_PHONE_WORDS.search(before)), bool(_ID_WORDS.search(before))
+    labelled = bool(_PHONE_WORDS.search(before) or _PHONE_LABEL_AFTER.match(text[end:end + 30]))
+    return labelled, bool(_ID_WORDS.search(before))
 
 
 def _find_phones(text: str, spans: _Spans, regions: Sequence[str]) -> None:
@@ -265,7 +275,7 @@ def _find_phones(text: str, spans: _Spans, regions: Sequence[str]) -> None:
                 if (sum(ch.isdigit() for ch in raw) < 7 or not spans.free(start, end)
                         or _house_number(text, start, end) or _not_a_phone(text, start, end)):
                     continue
-                phone_word, id_word = _phone_context(text, start)
+                phone_word, id_word = _phone_context(text, start, end)
                 if id_word and not raw.startswith("+"):
                     continue
                 if phonenumbers.is_valid_number(match.number) or _phone_formatted(raw) or phone_word:
@@ -273,10 +283,10 @@ def _find_phones(text: str, spans: _Spans, regions: Sequence[str]) -> None:
             if accepted:
                 break
         if not accepted:
-            # Labelled as a phone number ("Phone: 21 284 698 2548") but in no configured region's plan: the
-            # customer says what it is; 7-15 digits is what ITU-T E.164 allows.
+            # Labelled as a phone number ("Phone: 21 284 698 2548", "3660170548-Fax") but in no configured
+            # region's plan: the customer says what it is; 7-15 digits is what ITU-T E.164 allows.
             start, end = c.span()
-            phone_word, id_word = _phone_context(text, start)
+            phone_word, id_word = _phone_context(text, start, end)
             if (phone_word and not id_word and 7 <= sum(ch.isdigit() for ch in c.group(0)) <= 15
                     and not _house_number(text, start, end) and not _not_a_phone(text, start, end)):
                 spans.add("PHONE", text, start, end)

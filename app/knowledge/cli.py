@@ -51,7 +51,7 @@ def _listing(session: Any, tenant_id: str) -> dict[str, Any]:
         "live_version": session.get_one(Tenant, tenant_id).live_pack_version,
         "versions": [
             {"version": v.version, "status": v.status, "documents": v.documents, "chunks": v.chunks,
-             "embedded": v.embedded, "scores": v.scores or {}, "notes": v.notes,
+             "embedded": v.embedded, "scores": v.scores or {}, "calibration": v.calibration, "notes": v.notes,
              "quarantined": quarantine.count_held(session, tenant_id, v.version),
              "created_at": v.created_at.isoformat(), "promoted_at": v.promoted_at.isoformat() if v.promoted_at
              else None}
@@ -116,6 +116,35 @@ def run_eval(services: Container, slug: str, questions: str, version: int | None
     return {**evaluate(tenant_id, parsed, pack_version=chosen, retriever=services.retriever), "pack_version": chosen}
 
 
+def run_calibrate(services: Container, slug: str, version: int | None = None, questions: str | None = None,
+                  unanswerable: str | None = None) -> dict[str, Any]:
+    """Recalibrate the relevance threshold of `version` (default: the live one) from the tenant's eval sets;
+    `questions` / `unanswerable` (JSONL text) first replace the stored sets, as `_eval.jsonl` and
+    `_unanswerable.jsonl` in a pack upload would."""
+    from app.knowledge import calibration
+    from app.knowledge.evaluate import EvalError, parse_questions
+    from app.knowledge.service import eval_key
+
+    try:  # checked before anything is stored
+        if questions:
+            parse_questions(questions)
+        if unanswerable:
+            calibration.parse_unanswerable(unanswerable)
+    except EvalError as exc:
+        raise PackError(f"questions file: {exc}") from exc
+    tenant_id = _tenant_id(slug)
+    with session_scope(tenant=tenant_id) as session:
+        objects = services.knowledge.objects
+        if questions:
+            objects.put(eval_key(tenant_id), questions.encode(), "application/jsonl")
+        if unanswerable:
+            objects.put(calibration.unanswerable_key(tenant_id), unanswerable.encode(), "application/jsonl")
+        try:
+            return calibration.recompute(session, services.knowledge, tenant_id, version)
+        except calibration.CalibrationError as exc:
+            raise PackError(str(exc), exc.status) from exc
+
+
 # -- embedded serve: the same actions over HTTP ----------------------------------------------------------
 
 
@@ -131,6 +160,12 @@ class QuarantineIn(BaseModel):
 class EvalIn(BaseModel):
     questions: str
     version: int | None = None
+
+
+class CalibrateIn(BaseModel):
+    version: int | None = None
+    questions: str | None = None
+    unanswerable: str | None = None
 
 
 def operator_router(token: str) -> APIRouter:
@@ -164,6 +199,15 @@ def operator_router(token: str) -> APIRouter:
         check(authorization)
         try:
             return run_eval(services, slug, body.questions, body.version)
+        except PackError as exc:
+            raise HTTPException(exc.status, str(exc)) from exc
+
+    @router.post("/tenants/{slug}/calibrate")
+    def calibrate(slug: str, body: CalibrateIn, services: Services,
+                  authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+        check(authorization)
+        try:
+            return run_calibrate(services, slug, body.version, body.questions, body.unanswerable)
         except PackError as exc:
             raise HTTPException(exc.status, str(exc)) from exc
 
@@ -242,14 +286,37 @@ def pack_rollback(tenant: Tenant, as_json: AsJson = False) -> None:
 
 def eval_command(
     tenant: Tenant,
-    questions: Annotated[Path, typer.Option(help='JSONL: {"question": ..., "expected_document": ...} per line.')],
+    questions: Annotated[Path | None, typer.Option(
+        help='JSONL: {"question": ..., "expected_document": ...} per line. With --calibrate: replaces the '
+             "tenant's stored eval questions first.")] = None,
     version: Annotated[int | None, typer.Option(help="Pack version (default: the live one).")] = None,
+    calibrate: Annotated[bool, typer.Option(
+        "--calibrate", help="Recompute the version's relevance threshold (min_relevance) from the tenant's eval "
+                            "questions, and show the one in effect.")] = False,
+    unanswerable: Annotated[Path | None, typer.Option(
+        help='With --calibrate: JSONL {"question": ...} the pack must not answer; replaces the stored set.')]
+    = None,
     as_json: AsJson = False,
 ) -> None:
-    """Retrieval quality of a pack version on a question set: hit@1, hit@5 and MRR."""
-    if not questions.is_file():
-        raise _fail(f"no such questions file: {questions}")
-    text = questions.read_text(encoding="utf-8-sig")
+    """Retrieval quality of a pack version on a question set: hit@1, hit@5 and MRR; or, with --calibrate, its
+    relevance threshold calibrated on the tenant's eval questions."""
+    texts: dict[str, str | None] = {}
+    for name, path in (("questions", questions), ("unanswerable", unanswerable)):
+        if path is not None and not path.is_file():
+            raise _fail(f"no such {name} file: {path}")
+        texts[name] = path.read_text(encoding="utf-8-sig") if path is not None else None
+    if calibrate:
+        body = {"version": version, **texts}
+        _show_relevance(_call(f"/operator/v1/tenants/{tenant}/calibrate", body,
+                              lambda: run_calibrate(container(), tenant, version, texts["questions"],
+                                                    texts["unanswerable"])),
+                        as_json)
+        return
+    if unanswerable is not None:
+        raise _fail("--unanswerable goes with --calibrate")
+    text = texts["questions"]
+    if text is None:
+        raise _fail("--questions FILE is required (or --calibrate)")
     result = _call(f"/operator/v1/tenants/{tenant}/eval", {"questions": text, "version": version},
                    lambda: run_eval(container(), tenant, text, version))
     scores = {k: result[k] for k in ("n", "hit@1", "hit@5", "mrr")}
@@ -258,6 +325,25 @@ def eval_command(
         return
     typer.echo(f"pack version {result['pack_version']}: n={scores['n']} hit@1={scores['hit@1']:.3f} "
                f"hit@5={scores['hit@5']:.3f} mrr={scores['mrr']:.3f}")
+
+
+def _show_relevance(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    found = result.get("recomputed") or {}
+    if found.get("threshold") is None:
+        typer.echo(f"pack version {result['recomputed_version']}: not calibrated: {found.get('reason')}")
+    else:
+        typer.echo(f"pack version {result['recomputed_version']}: calibrated min_relevance {found['threshold']} "
+                   f"(negatives: {found['negatives_source']})")
+        for split in ("tune", "report"):
+            for which in ("chosen", "default"):
+                f = found[split][which]
+                typer.echo(f"  {split:<6} at {f['threshold']:<5} ({which}): answerable {f['right']}/{f['answerable']} "
+                           f"answered right, {f['wrong']} wrong; unanswerable {f['negatives_answered']}/"
+                           f"{f['negatives']} answered")
+    typer.echo(f"in effect: {result['in_effect']} ({result['source']})")
 
 
 @pack_app.command("quarantine")

@@ -32,6 +32,7 @@ DOCX = (".docx",)
 SUPPORTED = MARKDOWN + TEXT + FAQ + HTML + PDF + DOCX
 METADATA_FILE = "_metadata.json"  # per-document metadata for the pack, not a document
 EVAL_FILE = "_eval.jsonl"  # the tenant's evaluation questions, not a document
+UNANSWERABLE_FILE = "_unanswerable.jsonl"  # questions the pack must not answer (relevance calibration)
 META_FIELDS = ("brand", "category", "language", "source_url")
 # A zip member that expands more than this many times over its compressed size, and to more than 1 MiB, is
 # treated as a zip bomb.

@@ -34,12 +34,13 @@ from sqlalchemy.orm import Session
 from app import metrics
 from app.bus.base import Bus
 from app.config import get_settings
-from app.knowledge import indexing, quarantine, termstats, versions
+from app.knowledge import calibration, indexing, quarantine, termstats, versions
 from app.knowledge.chunk import chunk_document
 from app.knowledge.indexing import Deps, Prepared
 from app.knowledge.parse import (
     EVAL_FILE,
     METADATA_FILE,
+    UNANSWERABLE_FILE,
     FileError,
     ParseError,
     SourceFile,
@@ -117,6 +118,7 @@ class IngestReport:
     promoted: bool = False
     notes: str | None = None
     scores: dict[str, Any] = field(default_factory=dict)
+    calibration: dict[str, Any] | None = None  # the version's relevance threshold (app/knowledge/calibration.py)
     seconds: float = 0.0
     # Where the time went: "files" (parse to the last write, overlapped with) "embedding" (the embedder's busy
     # time on its own thread), and "finishing" (term statistics, the eval gate, promotion).
@@ -316,7 +318,8 @@ def _documents(session: Session, tenant_id: str, version: int) -> dict[str, Docu
 def _reserved_files(
     d: Deps, tenant_id: str, files: list[SourceFile], errors: list[FileError]
 ) -> tuple[list[SourceFile], dict[str, dict[str, Any]]]:
-    """`_metadata.json` (metadata per document) and `_eval.jsonl` (the tenant's eval set) are not documents."""
+    """`_metadata.json` (metadata per document), `_eval.jsonl` and `_unanswerable.jsonl` (the tenant's eval sets)
+    are not documents."""
     from app.knowledge.evaluate import EvalError, parse_questions
 
     pack_meta: dict[str, dict[str, Any]] = {}
@@ -331,6 +334,12 @@ def _reserved_files(
             try:
                 parse_questions(f.data)
                 d.objects.put(eval_key(tenant_id), f.data, "application/jsonl")
+            except EvalError as exc:
+                errors.append(FileError(f.path, str(exc)))
+        elif f.path == UNANSWERABLE_FILE:
+            try:
+                calibration.parse_unanswerable(f.data)
+                d.objects.put(calibration.unanswerable_key(tenant_id), f.data, "application/jsonl")
             except EvalError as exc:
                 errors.append(FileError(f.path, str(exc)))
         else:
@@ -353,6 +362,8 @@ def _finish(session: Session, d: Deps, tenant: Tenant, build: PackVersion, repor
     session.flush()
     verdict = _gate(session, d, tenant, build, stats)
     build.scores, report.scores = verdict["scores"], verdict["scores"]
+    build.calibration = report.calibration = calibration.for_build(d, eval_key(tenant.id), tenant.id,
+                                                                   build.version, stats)
     if not promote:
         report.notes = "built with --version-only: promote it when ready"
     elif verdict["reason"]:

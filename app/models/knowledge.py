@@ -94,6 +94,9 @@ class PackVersion(TenantOwned, IdMixin, Base):
     chunks: Mapped[int] = mapped_column(default=0)
     embedded: Mapped[int] = mapped_column(default=0)  # chunks embedded for this build (the rest were reused)
     scores: Mapped[dict[str, Any]] = mapped_column(default=dict)  # evaluation: {"n", "hit@1", "hit@5", "mrr"}
+    # The relevance threshold calibrated on the tenant's eval questions, with the figures that justify it, or
+    # why there is none (app/knowledge/calibration.py). Null: built before calibration existed.
+    calibration: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     notes: Mapped[str | None] = mapped_column(Text, default=None)
     promoted_at: Mapped[datetime | None] = mapped_column(default=None)
     # Token document frequencies of its chunks, counted at build time (app/knowledge/termstats.py). Tens of KB

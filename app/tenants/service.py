@@ -20,7 +20,9 @@ from app.models import ChannelAccount, Tenant
 SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
 
 DEFAULT_PERSONA: dict[str, Any] = {"name": "Assistant", "tone": "friendly and concise", "language": "en"}
-DEFAULT_POLICIES: dict[str, Any] = {"min_relevance": 0.45, "banned_phrases": [], "handoff_keywords": []}
+# No `min_relevance`: a tenant that does not set one gets its live pack version's calibrated threshold, else 0.45
+# (app/knowledge/calibration.py).
+DEFAULT_POLICIES: dict[str, Any] = {"banned_phrases": [], "handoff_keywords": []}
 
 
 class TenantError(ValueError):

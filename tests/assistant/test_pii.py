@@ -31,6 +31,13 @@ def found(text: str, **kw: object) -> list[tuple[str, str]]:
         ("Please call 2127365000", "2127365000"),  # bare digits, but libphonenumber says it is a valid US number
         ("Phone:\n21 284 698 2548\n", "21 284 698 2548"),  # in no configured plan, but labelled as a phone
         ("whatsapp +15417543010", "+15417543010"),
+        # The label after the number (contact cards; forms from benchmarks/phone_fresh.py, not presidio_synth).
+        ("Ana Miranda\n07658225245-Fax\n", "07658225245"),
+        ("90224810 Mobile", "90224810"),
+        ("52 94 12 22 Main", "52 94 12 22"),
+        ("(351) 216 013 864 (mobile)", "(351) 216 013 864"),
+        ("Dinis Nogueira | 213627978 - Home", "213627978"),
+        ("48154443 is my cell, the old one is disconnected", "48154443"),
     ],
 )
 def test_phone_numbers_are_found_with_their_exact_span(text: str, number: str) -> None:
@@ -63,6 +70,9 @@ def test_national_numbers_are_read_in_the_configured_regions_only() -> None:
         "between 2019 and 2021, room 1204 on floor 12",
         "Track it at https://shop.example.com/orders/5551234567?ref=1",
         "3744 Retreat Avenue",  # a house number
+        "the total was 509 941 264",  # an amount
+        "version 10.12.1.18 crashes on start",
+        "Order 2125551234-Home delivery was late",  # a label after an identifier does not make it a phone
     ],
 )
 def test_phone_look_alikes_are_not_phone_numbers(text: str) -> None:

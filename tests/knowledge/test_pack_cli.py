@@ -63,6 +63,22 @@ def test_version_only_promote_rollback_and_eval(home: Path) -> None:
     refused = run(home, "eval", "--tenant", "northwind", "--questions", str(bad))
     assert refused.returncode == 1 and "line 1" in refused.stderr
 
+    # The relevance threshold: nothing calibrated yet (the pack had no _eval.jsonl), then from the eval files.
+    assert _listing(home)["versions"][-1]["calibration"]["threshold"] is None  # type: ignore[index]
+    calibrated = run(home, "eval", "--tenant", "northwind", "--calibrate", "--questions",
+                     str(NORTHWIND / "eval" / "questions.jsonl"), "--unanswerable",
+                     str(NORTHWIND / "eval" / "unanswerable.jsonl"), "--json")
+    assert calibrated.returncode == 0, calibrated.stderr
+    relevance = json.loads(calibrated.stdout)
+    assert relevance["source"] == "calibrated" and relevance["policy"] is None
+    assert relevance["in_effect"] == relevance["recomputed"]["threshold"] == relevance["calibration"]["threshold"]
+    assert relevance["recomputed"]["negatives_source"] == "tenant"
+    assert relevance["recomputed"]["report"]["default"]["negatives"] > 0
+    shown = run(home, "eval", "--tenant", "northwind", "--calibrate")  # again from the stored files, as text
+    assert shown.returncode == 0 and "calibrated min_relevance" in shown.stdout and "in effect:" in shown.stdout
+    alone = run(home, "eval", "--tenant", "northwind", "--unanswerable", str(bad))
+    assert alone.returncode == 1 and "--unanswerable goes with --calibrate" in alone.stderr
+
 
 @pytest.fixture
 def server(home: Path) -> Iterator[str]:
@@ -84,3 +100,7 @@ def test_pack_commands_and_eval_delegate_to_a_running_serve(home: Path, server: 
                  "--json")
     assert scores.returncode == 0, scores.stderr
     assert json.loads(scores.stdout)["n"] == 76
+    calibrated = run(home, "eval", "--tenant", "northwind", "--calibrate", "--version", str(version), "--questions",
+                     str(NORTHWIND / "eval" / "questions.jsonl"), "--json")
+    assert calibrated.returncode == 0, calibrated.stderr
+    assert json.loads(calibrated.stdout)["recomputed_version"] == version

@@ -1,4 +1,4 @@
-"""Postgres row-level security (issue 12; app/rls.py, alembic/versions/0015_row_level_security.py).
+"""Postgres row-level security (issue 12; app/rls.py, alembic/versions/0017_row_level_security.py).
 
 The tests connect as `postgres`, a superuser, whom RLS never applies to: every check reads and writes through the
 app role (`DATABASE_APP_ROLE=switchboard_app`, switched to by `rls.install` on each new connection), and the rows
@@ -104,7 +104,7 @@ def test_every_table_has_rls_enabled_forced_and_a_policy_and_the_role_bypasses_n
 def test_the_coverage_check_names_a_new_tenant_table_without_a_policy(as_superuser: Engine) -> None:
     with as_superuser.connect() as conn, conn.begin() as tx:
         conn.execute(text("CREATE TABLE stray_notes (id text PRIMARY KEY, tenant_id text NOT NULL)"))
-        # The default privileges of migration 0015 reach it; RLS does not, and the check says so.
+        # The default privileges of migration 0017 reach it; RLS does not, and the check says so.
         assert uncovered(conn) == ["stray_notes: no RLS enabled, no RLS forced, no a policy"]
         conn.execute(text("ALTER TABLE stray_notes ENABLE ROW LEVEL SECURITY"))
         conn.execute(text("ALTER TABLE stray_notes FORCE ROW LEVEL SECURITY"))
@@ -318,7 +318,7 @@ def test_without_the_role_setting_connections_keep_their_login(pg_url: str, monk
 # ---- the migration ---------------------------------------------------------------------------------------------
 
 def migration_module() -> Any:
-    path = REPO / "alembic" / "versions" / "0015_row_level_security.py"
+    path = REPO / "alembic" / "versions" / "0017_row_level_security.py"
     spec = importlib.util.spec_from_file_location("rls_migration", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -360,7 +360,7 @@ def test_two_databases_migrate_at_once_and_downgrade_and_upgrade_again(
     cfg = Config()
     cfg.set_main_option("script_location", str(REPO / "alembic"))
     cfg.set_main_option("sqlalchemy.url", fresh_databases[0])
-    command.downgrade(cfg, "0014")
+    command.downgrade(cfg, "0016")
     engine = create_engine(psycopg_url(fresh_databases[0]))
     with engine.connect() as conn:
         assert conn.scalar(text("SELECT count(*) FROM pg_policies WHERE schemaname = current_schema()")) == 0
@@ -434,7 +434,7 @@ def test_an_owner_that_is_no_superuser_migrates_is_held_by_force_and_a_member_lo
             with engine.connect() as conn, conn.begin():
                 assert conn.scalar(text("SELECT current_user")) == owner
                 assert uncovered(conn) == []
-                assert conn.scalar(text(f"SELECT pg_has_role('{ROLE}', 'MEMBER')")) is True  # granted by 0015
+                assert conn.scalar(text(f"SELECT pg_has_role('{ROLE}', 'MEMBER')")) is True  # granted by 0017
                 in_scope(conn, cross="test")
                 conn.execute(text("INSERT INTO tenants (id, slug, name, persona, policies, created_at) "
                                   "VALUES (:t, :t, 'x', '{}', '{}', now())"), {"t": tenant})

@@ -14,8 +14,8 @@ migration history only read), sequences, and the same for tables later migration
 SQLite: nothing (the application-level scope stays). Downgrade drops the policies and disables RLS; the role
 stays, since other databases of the cluster may use it (and a role that holds grants cannot be dropped anyway).
 
-Revision ID: 0015
-Revises: 0014
+Revision ID: 0017
+Revises: 0016
 """
 
 from collections.abc import Sequence
@@ -24,8 +24,8 @@ import sqlalchemy as sa
 
 from alembic import op
 
-revision: str = "0015"
-down_revision: str | Sequence[str] | None = "0014"
+revision: str = "0017"
+down_revision: str | Sequence[str] | None = "0016"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
