@@ -210,7 +210,7 @@ class Container:
         def build() -> Intake:
             from app import intake
 
-            return intake.Intake(self.bus)
+            return intake.Intake(self.bus, self.push)
         return self._get("intake", build)
 
     # ------------------------------------------------------------------------------------------- the edges

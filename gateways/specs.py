@@ -182,7 +182,7 @@ def specs(limiter: RateLimiter) -> list[ChannelSpec]:
         ChannelSpec(
             name="ussd", title="USSD (Africa's Talking style aggregators)", credentials=UssdCredentials,
             config=UssdConfig, webhook_path="/webhooks/ussd", url_token="webhook_token", sender=UssdSender(twilio),  # noqa: S106 - the name of the credential
-            external_id_help="The USSD service code, e.g. *384*123#.",
+            awaits_outcome=True, external_id_help="The USSD service code, e.g. *384*123#.",
             example={"channel": "ussd", "external_id": "*384*123#", "name": "Northwind USSD",
                      "config": {"prompt": "Welcome to Northwind! Type your question:"}},
         ),

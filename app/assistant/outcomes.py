@@ -20,6 +20,7 @@ from app.audit import record
 from app.bus.base import Bus
 from app.contacts import consent
 from app.contracts import EVENTS, INBOUND, OUTBOUND, EscalationOpened, InboundMessage
+from app.conversations.push import notify_on_commit, outcome_key
 from app.conversations.replies import ReplyTo, store_reply
 from app.conversations.service import MESSAGES
 from app.db import session_scope
@@ -88,7 +89,16 @@ def claim(session: Session, ctx: Context) -> ReplyTo | None:
         _set_status(session, ctx, "merged", meta={**(row.meta or {}), "superseded_by": newer})
         audit.write(session, ctx.tenant_id, "bot", "message.merged", "message", ctx.message_id, {"into": newer})
         return None
+    if awaits_outcome(row.channel):  # a gateway waits for this decision inside its own response (USSD)
+        notify_on_commit(session, ctx.tenant_id, outcome_key(ctx.message_id))
     return ReplyTo(ctx.tenant_id, row.conversation_id, row.channel, row.channel_account_id)
+
+
+def awaits_outcome(channel: str) -> bool:
+    from app.bootstrap import container
+
+    spec = container().channels.find(channel)
+    return spec is not None and spec.awaits_outcome
 
 
 def answer(bus: Bus, clock: Callable[[], datetime], ctx: Context, draft: Draft) -> Outcome:
