@@ -108,7 +108,7 @@ class MicroBatcher(Generic[T, R]):
                 self._leaders -= 1
                 self._cond.notify_all()  # results are out; a caller still waiting becomes the next leader
             with self._cond:
-                while not mine.done:  # taken by another leader while this one waited for stragglers
+                while mine.taken and not mine.done:  # taken by another leader while this one waited
                     self._cond.wait()
 
     def _run_batch(self, batch: list[_Slot[T, R]]) -> None:
