@@ -245,7 +245,7 @@ class Container:
             from app.conversations.batching import InboundBatcher
             from app.intake import Intake
 
-            return Intake(self.bus, InboundBatcher(self.bus))
+            return Intake(self.bus, self.push, InboundBatcher(self.bus))
         return self._get("intake", build)
 
     # ------------------------------------------------------------------------------------------- the edges

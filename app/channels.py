@@ -183,6 +183,9 @@ class ChannelSpec:
     prepare: Callable[[dict[str, Any], str | None], str | None] | None = None
     # Credentials the webhook URL itself must carry (USSD aggregators cannot sign: a token in the query string).
     url_token: str | None = None
+    # The gateway answers inside its own HTTP response (USSD), so it waits for the orchestrator's decision
+    # (`Intake.await_outcome`): the orchestrator wakes it through the push hub when that decision commits.
+    awaits_outcome: bool = False
 
     def webhook_url(self, base_url: str, external_id: str, credentials: Mapping[str, Any] | None = None) -> str:
         url = base_url.rstrip("/") + self.webhook_path.format(external_id=external_id)

@@ -143,9 +143,10 @@ class Settings(BaseSettings):
     bus_namespace: str = Field(default="sb", validation_alias=_env("BUS_NAMESPACE"))
     # The orchestrator (app/bus/concurrent.py): inbound messages one process handles at once (worker threads,
     # mostly waiting for the LLM; a conversation's messages still go one at a time, in order), and how many of
-    # them one tenant may hold, so a tenant whose LLM stalls leaves the rest to the others (unset: three quarters
-    # of ORCHESTRATOR_CONCURRENCY; a single-tenant deployment sets it equal). The database pool grows to match.
-    orchestrator_concurrency: int = Field(default=64, ge=1, le=1024, validation_alias=_env("ORCHESTRATOR_CONCURRENCY"))
+    # them one tenant may hold (unset: all but a fifth, 64 of 80), so a tenant whose LLM stalls leaves the rest to
+    # the others while a lone busy tenant's burst of 64 is answered in one LLM round (docs/benchmarks.md). A
+    # single-tenant deployment sets them equal. The database pool grows to match.
+    orchestrator_concurrency: int = Field(default=80, ge=1, le=1024, validation_alias=_env("ORCHESTRATOR_CONCURRENCY"))
     orchestrator_tenant_concurrency: int | None = Field(
         default=None, ge=1, validation_alias=_env("ORCHESTRATOR_TENANT_CONCURRENCY")
     )

@@ -5,13 +5,12 @@ A gateway verifies the provider's request and normalises it into `InboundRequest
 `InboundMessage` in the outbox, in the process's `InboundBatcher` (concurrent webhooks and widget sends share
 one transaction and one bus round trip), then published. The orchestrator decides every answer, guardrails
 included. A channel that must answer inside its own HTTP response (USSD) waits for that decision, bounded, with
-`await_outcome`.
+`await_outcome`, woken through the push hub (app/conversations/push.py) when the decision is committed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from sqlalchemy import select
 from app import tracing
 from app.bus.base import Bus
 from app.conversations.batching import InboundBatcher
+from app.conversations.push import Push, outcome_key
 from app.conversations.service import Accepted, InboundRequest
 from app.db import session_scope
 from app.models import Message
@@ -40,9 +40,11 @@ class Outcome:
 
 
 class Intake:
-    def __init__(self, bus: Bus, batcher: InboundBatcher) -> None:
-        """`batcher`: the process's one batcher on `bus` (`Container.intake` builds both)."""
+    def __init__(self, bus: Bus, push: Push, batcher: InboundBatcher) -> None:
+        """`batcher`: the process's one batcher on `bus` (`Container.intake` builds both); `push`: where an
+        awaited outcome (USSD) is announced."""
         self.bus = bus
+        self.push = push
         self.batcher = batcher
 
     def submit(self, requests: Sequence[InboundRequest]) -> list[Future[Accepted]]:
@@ -69,16 +71,21 @@ class Intake:
             tracing.annotate(span, _accepted_attributes(accepted))
             return accepted
 
-    def await_outcome(self, tenant_id: str, message_id: str, *, timeout_s: float,
-                      poll_s: float = 0.05) -> Outcome:
-        """Wait, at most `timeout_s`, for the orchestrator's decision on a message (read from the database,
-        scoped to the tenant, so any replica's decision counts). Blocking."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            outcome = outcome_of(tenant_id, message_id)
-            if outcome.kind != "waiting" or time.monotonic() >= deadline:
-                return outcome
-            time.sleep(poll_s)
+    async def await_outcome(self, tenant_id: str, message_id: str, *, timeout_s: float) -> Outcome:
+        """Wait, at most `timeout_s`, for the orchestrator's decision on a message of a channel that
+        `awaits_outcome`. The orchestrator wakes this waiter through the push hub (`outcome_key`) once the
+        decision is committed, in whatever process it runs; the outcome is read from the database (scoped to
+        the tenant) after subscribing, at each wake-up and once more at the deadline (a lost wake-up only costs
+        the wait), never on a timer."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        async with self.push.subscribe(tenant_id, outcome_key(message_id)) as waiter:
+            while True:
+                outcome = await asyncio.to_thread(outcome_of, tenant_id, message_id)
+                left = deadline - loop.time()
+                if outcome.kind != "waiting" or left <= 0:
+                    return outcome
+                await waiter.wait(left)
 
 
 def _attributes(requests: Sequence[InboundRequest]) -> dict[str, str | int]:

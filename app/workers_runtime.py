@@ -71,7 +71,7 @@ def build_consumers(container: Container, bus: Bus, stop: threading.Event) -> li
     concurrency = settings.orchestrator_concurrency
     common.update(
         concurrency=concurrency, key=conversation_key,
-        tenant_concurrency=settings.orchestrator_tenant_concurrency or max(1, concurrency * 3 // 4),
+        tenant_concurrency=settings.orchestrator_tenant_concurrency or default_tenant_concurrency(concurrency),
     )
     return [
         ConcurrentConsumer(bus, INBOUND, ORCHESTRATOR_GROUP, consumer_name("orchestrator"), orchestrator.handle,
@@ -79,6 +79,14 @@ def build_consumers(container: Container, bus: Bus, stop: threading.Event) -> li
         ConcurrentConsumer(bus, OUTBOUND, DISPATCHER_GROUP, consumer_name("dispatcher"), dispatcher.handle,
                            on_dead=on_outbound_dead, **common),  # type: ignore[arg-type]
     ]
+
+
+def default_tenant_concurrency(concurrency: int) -> int:
+    """What one tenant may hold of `concurrency` when the operator did not say: all but a fifth (at least one).
+    The workers are threads that mostly wait for the LLM, so the pool is sized above one tenant's share: a lone
+    busy tenant uses its whole share (64 of the default 80: a burst of 64 customers in one LLM round), and the
+    fifth it cannot take is there at once for the other tenants' messages, however long its own handlers take."""
+    return max(1, concurrency - max(1, concurrency // 5))
 
 
 def notification_consumers(container: Container, bus: Bus, stop: threading.Event) -> list[Consumer]:

@@ -239,8 +239,12 @@ async def visitor(client: httpx.AsyncClient, api: str, questions: list[str], lev
             text = questions[(index * 7 + n) % len(questions)]
             n += 1
             started = time.perf_counter()
-            sent = await client.post(f"{api}/messages", headers=auth,
-                                     json={"text": text, "client_message_id": f"b{n}-{uuid.uuid4().hex[:8]}"})
+            try:
+                sent = await client.post(f"{api}/messages", headers=auth,
+                                         json={"text": text, "client_message_id": f"b{n}-{uuid.uuid4().hex[:8]}"})
+            except httpx.HTTPError as exc:  # counted, not fatal: a dropped connection on a loaded machine
+                level.fail(f"send: {exc!r}")
+                continue
             if sent.status_code != 202:
                 level.fail(f"send HTTP {sent.status_code}: {sent.text[:200]}")
                 continue

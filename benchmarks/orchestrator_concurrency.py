@@ -48,11 +48,14 @@ def cpu_s() -> float:
 
 def serve_llm(delay_s: float) -> None:
     """The OpenAI-compatible fake, answering every completion after `delay_s`; prints its URL and key."""
-    from tests.fakes.openai_server import FakeOpenAIServer
+    from tests.fakes.openai_server import FakeOpenAIServer, first_sentence, prompt_passages
 
     def slow_answer(body: dict[str, Any]) -> str:
+        """The first sentence of passage 1's answer, cited (as benchmarks/e2e_widget.py's fake): a reply the
+        grounding check lets go out, so the burst measures answers, not escalations of an off-topic reply."""
         time.sleep(delay_s)
-        return ANSWER
+        passages = prompt_passages(body)
+        return f"{first_sentence(passages[0])[:300]} [1]" if passages else ANSWER
 
     server = FakeOpenAIServer().start()
     server.reply_with(slow_answer)

@@ -184,7 +184,7 @@ def specs(limiter: RateLimiter, sms_account: Callable[[str], Account | None]) ->
         ChannelSpec(
             name="ussd", title="USSD (Africa's Talking style aggregators)", credentials=UssdCredentials,
             config=UssdConfig, webhook_path="/webhooks/ussd", url_token="webhook_token",  # noqa: S106 - the name of the credential
-            sender=UssdSender(twilio, sms_account),
+            sender=UssdSender(twilio, sms_account), awaits_outcome=True,
             external_id_help="The USSD service code, e.g. *384*123#.",
             example={"channel": "ussd", "external_id": "*384*123#", "name": "Northwind USSD",
                      "config": {"prompt": "Welcome to Northwind! Type your question:"}},

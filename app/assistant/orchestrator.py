@@ -40,6 +40,7 @@ from app.assistant.pii_restore import PiiVault
 from app.assistant.prompts import Draft, parse_llm_answer, render_messages
 from app.assistant.turns import merged_into, newer_pending
 from app.bus.base import Bus, Delivery, PermanentFailure
+from app.channels import ChannelRegistry
 from app.config import Settings
 from app.contacts import consent
 from app.contracts import Event, InboundMessage, UnknownEvent
@@ -76,6 +77,7 @@ class Orchestrator:
         push: Push,
         pii_ner: PiiNer,
         grounding: GroundingChecker,
+        channels: ChannelRegistry,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         """Every service it uses is handed in (`Orchestrator.of` takes them from a container)."""
@@ -88,6 +90,7 @@ class Orchestrator:
         self.retrieve = retrieve
         self.pii_ner = pii_ner  # names and addresses masked too, for tenants that turn it on
         self.grounding = grounding
+        self.channels = channels  # whose gateways wait for the decision (USSD): told through `push` on commit
         # A bare client (a test, a benchmark) gets a router of its own: fallbacks, deadline and breakers apply.
         self.llm = llm if isinstance(llm, LLMRouter) else LLMRouter.from_settings(llm, self.settings)
 
@@ -99,7 +102,8 @@ class Orchestrator:
             "bus": lambda: services.bus, "retrieve": lambda: services.retriever, "llm": lambda: services.llm_client,
             "settings": lambda: services.settings, "limiter": lambda: services.rate_limiter,
             "quota": lambda: services.quota, "push": lambda: services.push, "pii_ner": lambda: services.pii_ner,
-            "grounding": lambda: services.grounding, "clock": lambda: services.clock,
+            "grounding": lambda: services.grounding, "channels": lambda: services.channels,
+            "clock": lambda: services.clock,
         }
         if unknown := sorted(set(given) - set(wired)):
             raise TypeError(f"Orchestrator.of() got unknown services {unknown}")
@@ -177,6 +181,10 @@ class Orchestrator:
             if drafts is not None and (outcome is None or outcome.status != "answered"):
                 drafts.withdraw()  # failed, or merged into a later message: the visitor's draft goes
 
+    def _awaits_outcome(self, channel: str) -> bool:
+        spec = self.channels.find(channel)
+        return spec is not None and spec.awaits_outcome
+
     # -- phase 1 -----------------------------------------------------------------------------------------
     def _load(self, event: InboundMessage) -> tuple[Context | None, Outcome | None]:
         with session_scope(tenant=event.tenant_id) as session:
@@ -204,6 +212,7 @@ class Orchestrator:
                 earlier_burst=merged_into(session, event.tenant_id, row.conversation_id, row.id, row.created_at),
                 superseded=newer_pending(session, event.tenant_id, row.conversation_id, row.created_at) is not None,
                 channel=event.channel,
+                outcome_push=self.push if self._awaits_outcome(event.channel) else None,
                 consent=row.consent_status or "unknown",
                 calibration=row.calibration,
             )

@@ -20,6 +20,7 @@ from app.audit import record
 from app.bus.base import Bus
 from app.contacts import consent
 from app.contracts import EVENTS, INBOUND, OUTBOUND, EscalationOpened, InboundMessage
+from app.conversations.push import Push, notify_on_commit, outcome_key
 from app.conversations.replies import ReplyTo, store_reply
 from app.conversations.service import MESSAGES
 from app.db import session_scope
@@ -63,6 +64,8 @@ class Context:
     superseded: bool = False  # a later message of the conversation was already waiting when this one was read
     channel: str = ""
     calibration: dict[str, Any] | None = None  # the live pack version's (app/knowledge/calibration.py)
+    # Set when a gateway waits for this decision inside its own response (USSD): announced there on commit.
+    outcome_push: Push | None = None
     retrieved: list[dict[str, Any]] = field(default_factory=list)  # set by `_decide`; kept on an escalation
 
 
@@ -90,6 +93,8 @@ def claim(session: Session, ctx: Context) -> ReplyTo | None:
         _set_status(session, ctx, "merged", meta={**(row.meta or {}), "superseded_by": newer})
         audit.write(session, ctx.tenant_id, "bot", "message.merged", "message", ctx.message_id, {"into": newer})
         return None
+    if ctx.outcome_push is not None:  # a gateway waits for this decision inside its own response (USSD)
+        notify_on_commit(session, ctx.outcome_push, ctx.tenant_id, outcome_key(ctx.message_id))
     return ReplyTo(ctx.tenant_id, row.conversation_id, row.channel, row.channel_account_id)
 
 

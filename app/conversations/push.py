@@ -46,6 +46,12 @@ def push_key(tenant_id: str, contact_id: str) -> str:
     return f"{tenant_id} {contact_id}"
 
 
+def outcome_key(message_id: str) -> str:
+    """The second half of the key under which a gateway waiting for the orchestrator's decision on one message
+    (USSD, `Intake.await_outcome`) is woken; beside visitors' contact ids and the review console's `@console`."""
+    return f"@outcome:{message_id}"
+
+
 @dataclass
 class Update:
     """What woke a waiter: `changed` (the conversation changed: read it), and the newest draft of each reply

@@ -75,17 +75,25 @@ def sms_account(services: Container, tenant_id: str) -> Account | None:
     return next((a for a in accounts_of(services, "twilio", max_age_s=5.0) if a.tenant_id == tenant_id), None)
 
 
-def answer(services: Container, account: Account, session_id: str, phone: str, step: int, question: str) -> str:
-    """The `END` screen's text for one question: the orchestrator's answer if it comes in time, else what will
-    happen. Blocking."""
+async def answer(services: Container, account: Account, session_id: str, phone: str, step: int,
+                 question: str) -> str:
+    """The `END` screen's text for one question: the orchestrator's answer if it comes in time (the route is
+    woken through the push hub when it is committed, see `Intake.await_outcome`), else what will happen."""
     intake = services.intake
-    [accepted] = intake.accept([InboundRequest(
+    [accepted] = await intake.accept_async([InboundRequest(
         tenant_id=account.tenant_id, channel=CHANNEL, contact_external_id=phone,
         provider_message_id=f"{session_id}:{step}", text=question, channel_account_id=account.id,
     )])
-    outcome = intake.await_outcome(account.tenant_id, accepted.message_id, timeout_s=answer_wait_s(account))
-    if outcome.kind == "answered" and (shown := _show(account.tenant_id, outcome)) is not None:
-        return shown
+    outcome = await intake.await_outcome(account.tenant_id, accepted.message_id, timeout_s=answer_wait_s(account))
+    if outcome.kind == "answered":
+        shown = await run_in_threadpool(_show, account.tenant_id, outcome)
+        if shown is not None:
+            return shown
+    return await run_in_threadpool(_not_shown, services, account, outcome)
+
+
+def _not_shown(services: Container, account: Account, outcome: Outcome) -> str:
+    """What the screen says when no answer is shown on it."""
     by_sms = sms_account(services, account.tenant_id) is not None
     if outcome.kind == "escalated":
         return ("Thanks. Our team has your question and will answer by SMS." if by_sms
@@ -141,7 +149,7 @@ async def session_step(
     elif not question:
         return PlainTextResponse(menu(account))
     try:
-        reply = await run_in_threadpool(answer, services, account, sessionId, phoneNumber, len(inputs), question)
+        reply = await answer(services, account, sessionId, phoneNumber, len(inputs), question)
     except Exception:
         # The customer is on a live session screen: say something useful rather than drop the session.
         log.exception("USSD answer failed for session %s on %s", sessionId, serviceCode)

@@ -3,12 +3,11 @@ one explicitly (explicit wins), and one tenant's calibration never changes anoth
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from app.bus.memory import MemoryBus
+from app.bootstrap import Container
 from app.contracts import InboundMessage
 from app.db import migrate, session_scope
 from app.models import PackVersion, new_id
@@ -20,7 +19,7 @@ PASSAGE = FakePassage("c1", "faq.csv", "Do you deliver bikes?",
 
 
 @pytest.fixture
-def tenants(sb_home: Path) -> dict[str, str]:
+def tenants(services: Container) -> dict[str, str]:
     from app.tenants.service import create_tenant
 
     migrate()
@@ -37,25 +36,24 @@ def tenants(sb_home: Path) -> dict[str, str]:
     return ids
 
 
-def _ask(tenant_id: str, text: str = "can you bring the bike to my house") -> Any:
+def _ask(services: Container, tenant_id: str, text: str = "can you bring the bike to my house") -> Any:
     from app.assistant.orchestrator import Orchestrator
-    from app.conversations.push import LocalPush
     from app.conversations.service import accept_inbound
 
-    bus = MemoryBus()
+    bus = services.bus
     accepted = accept_inbound(bus, tenant_id=tenant_id, channel="sms", contact_external_id="+15550001",
                               provider_message_id=f"p-{tenant_id}", text=text)
     event = InboundMessage(tenant_id=tenant_id, message_id=accepted.message_id, conversation_id="-", contact_id="-",
                            channel="sms", provider_message_id=f"p-{tenant_id}", text=text)
-    orchestrator = Orchestrator(bus, retrieve=lambda *a, **k: [PASSAGE], push=LocalPush())  # type: ignore[arg-type]
+    orchestrator = Orchestrator.of(services, retrieve=lambda *a, **k: [PASSAGE])
     return orchestrator.process(event)
 
 
-def test_calibrated_threshold_applies_unless_the_policy_sets_one(tenants: dict[str, str]) -> None:
-    answered = _ask(tenants["calibrated"])
+def test_calibrated_threshold_applies_unless_the_policy_sets_one(services: Container, tenants: dict[str, str]) -> None:
+    answered = _ask(services, tenants["calibrated"])
     assert answered.status == "answered" and "20 km" in (answered.text or "")
     # The same calibration, but the tenant set min_relevance 0.45 itself: that wins.
-    assert _ask(tenants["explicit"]).status == "escalated"
+    assert _ask(services, tenants["explicit"]).status == "escalated"
     # A tenant whose version has no calibrated threshold: the default 0.45, whatever the others calibrated.
-    other = _ask(tenants["other"])
+    other = _ask(services, tenants["other"])
     assert other.status == "escalated" and other.reason == "no_knowledge"

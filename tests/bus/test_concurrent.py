@@ -215,6 +215,40 @@ def test_a_stalled_tenant_does_not_hold_up_the_others(
     wait_for(lambda: consumer.totals.acked == 70)
 
 
+def test_by_default_a_lone_tenant_runs_its_whole_share_and_the_rest_is_there_at_once_for_the_others(
+    make_bus: BusFactory, running: Callable[[ConcurrentConsumer], None]
+) -> None:
+    """The orchestrator's default split (app/workers_runtime.py): one tenant may hold all but a fifth of the
+    workers, so its burst as big as that share runs in one go (one LLM round), and another tenant's messages
+    still start while every one of the busy tenant's handlers is blocked."""
+    from app.workers_runtime import default_tenant_concurrency
+
+    assert default_tenant_concurrency(80) == 64
+    bus = CountingBus(make_bus())
+    share = default_tenant_concurrency(10)
+    stalled = threading.Event()
+    done: list[str] = []
+
+    def handler(d: Delivery) -> None:
+        if d.tenant_id == "busy":
+            stalled.wait(30)
+        done.append(d.tenant_id)
+
+    for i in range(share):
+        bus.publish(T, "busy", {"conv": f"b{i}"})
+    consumer = ConcurrentConsumer(bus, T, G, "c1", handler, concurrency=10, tenant_concurrency=share,
+                                  key=conversation, block_ms=100)
+    running(consumer)
+    wait_for(lambda: consumer.running == share)  # the whole burst at once, not share minus a reserve
+    for i in range(5):
+        bus.publish(T, "other", {"conv": f"o{i}"})
+    wait_for(lambda: done.count("other") == 5)
+    assert "busy" not in done and consumer.running == share
+    stalled.set()
+    wait_for(lambda: consumer.totals.acked == share + 5)
+    assert bus.max_held_by_tenant["busy"] == share
+
+
 def test_failures_settle_as_with_the_sequential_consumer(bus: Bus) -> None:
     attempts: Counter[str] = Counter()
 

@@ -79,6 +79,33 @@ def test_an_error_reaches_every_caller_of_its_batch_and_the_next_batch_still_run
     assert batcher.submit("again") == "AGAIN"
 
 
+def test_with_two_leaders_a_second_call_runs_while_the_first_is_blocked_and_equal_items_each_get_theirs() -> None:
+    gate = threading.Event()
+    calls: list[list[str]] = []
+    lock = threading.Lock()
+
+    def run(items: list[str]) -> list[str]:
+        with lock:
+            calls.append(list(items))
+            first = len(calls) == 1
+        if first:
+            assert gate.wait(20)  # the second call must run (and return) while this one is blocked
+        return [s.upper() for s in items]
+
+    batcher = MicroBatcher(run, max_batch=8, window_s=0, max_leaders=2)
+    results: dict[int, str] = {}
+    first = run_in_threads(1, lambda i: results.__setitem__(0, batcher.submit("same")))
+    wait_for(lambda: calls)
+    others = run_in_threads(5, lambda i: results.__setitem__(i + 1, batcher.submit("same")))
+    wait_for(lambda: len(results) == 5)  # all five answered by the second leader's call(s) meanwhile
+    assert 0 not in results
+    gate.set()
+    for thread in first + others:
+        thread.join(timeout=20)
+    assert results == {i: "SAME" for i in range(6)}
+    assert sum(len(c) for c in calls) == 6
+
+
 @pytest.fixture(scope="module")
 def embedder(tmp_path_factory: pytest.TempPathFactory) -> MiniLMEmbedder:
     return MiniLMEmbedder(cache_dir=tmp_path_factory.mktemp("models"))

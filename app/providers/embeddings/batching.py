@@ -1,10 +1,11 @@
 """Micro-batching: many threads each asking for one small inference, served by as few model calls as possible.
 
-A caller that finds no batch running becomes the leader: it takes everything queued (up to `max_batch`), runs it
-in one call, hands out the results and repeats until its own item is done; then the next waiting caller leads.
-So requests that arrive while a batch runs are embedded together in the next one, and a lone request runs at
-once. When the previous batch held more than one item (callers are arriving together), the leader first waits
-`window_s` for stragglers.
+A caller that finds fewer than `max_leaders` batches running becomes a leader: it takes its own item and the
+oldest others queued (up to `max_batch` in all), runs them in one call and hands out the results; then a waiting
+caller leads. So requests that arrive while batches run are embedded together in the next one, and a lone
+request runs at once. With `max_leaders` > 1, that many calls run side by side: a model that releases the GIL
+(onnxruntime) then uses as many cores. When the previous batch held more than one item (callers are arriving
+together), a leader first waits `window_s` for stragglers.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: two callers may ask for equal items
 class _Slot(Generic[T, R]):
     item: T
+    taken: bool = False  # in a batch (running, or done)
     done: bool = False
     result: R | None = None
     error: BaseException | None = None
@@ -47,15 +49,18 @@ class MicroBatcher(Generic[T, R]):
     run: Callable[[list[T]], list[R]]
     max_batch: int = 32
     window_s: float = 0.002
+    max_leaders: int = 1  # batches running at once
     stats: BatchStats = field(default_factory=BatchStats)
     _cond: threading.Condition = field(default_factory=threading.Condition, init=False, repr=False)
     _queue: list[_Slot[T, R]] = field(default_factory=list, init=False, repr=False)
-    _leading: bool = field(default=False, init=False, repr=False)
+    _leaders: int = field(default=0, init=False, repr=False)
     _last_size: int = field(default=0, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.max_batch < 1:
             raise ValueError("max_batch must be at least 1")
+        if self.max_leaders < 1:
+            raise ValueError("max_leaders must be at least 1")
 
     @property
     def waiting(self) -> int:
@@ -67,11 +72,15 @@ class MicroBatcher(Generic[T, R]):
         slot: _Slot[T, R] = _Slot(item)
         with self._cond:
             self._queue.append(slot)
-            while self._leading and not slot.done:
+            while not slot.taken and self._leaders >= self.max_leaders:
                 self._cond.wait()
-            if not slot.done:
-                self._leading = True
-        if not slot.done:
+            lead = not slot.taken
+            if lead:
+                self._leaders += 1
+            else:
+                while not slot.done:  # in another leader's batch
+                    self._cond.wait()
+        if lead:
             self._lead(slot)
         if slot.error is not None:
             raise slot.error
@@ -81,21 +90,28 @@ class MicroBatcher(Generic[T, R]):
         try:
             if self.window_s > 0 and self._last_size > 1:
                 time.sleep(self.window_s)  # others are arriving together: let the stragglers join
-            while not mine.done:
-                with self._cond:
-                    batch = self._queue[: self.max_batch]
-                    del self._queue[: self.max_batch]
+            with self._cond:
+                if not mine.taken:  # (another leader may have taken it meanwhile) it goes in this batch
+                    self._queue.remove(mine)
+                    self._queue.insert(0, mine)
+                batch = self._queue[: self.max_batch]
+                del self._queue[: self.max_batch]
+                for slot in batch:
+                    slot.taken = True
+                if batch:
+                    self._last_size = len(batch)
+                    self.stats.record(len(batch))
+            if batch:
                 self._run_batch(batch)
-                with self._cond:
-                    self._cond.notify_all()
         finally:
             with self._cond:
-                self._leading = False
-                self._cond.notify_all()  # a caller still waiting becomes the next leader
+                self._leaders -= 1
+                self._cond.notify_all()  # results are out; a caller still waiting becomes the next leader
+            with self._cond:
+                while mine.taken and not mine.done:  # taken by another leader while this one waited
+                    self._cond.wait()
 
     def _run_batch(self, batch: list[_Slot[T, R]]) -> None:
-        self._last_size = len(batch)
-        self.stats.record(len(batch))
         try:
             results = self.run([slot.item for slot in batch])
             if len(results) != len(batch):

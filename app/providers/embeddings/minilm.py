@@ -33,6 +33,9 @@ SHIPPED_DIR = Path(__file__).resolve().parent / "minilm"
 # this model (sorted real questions, one thread: 8 -> 4.3-5.1 ms, 32 -> 5.3-6.4, 64 -> 7.2-8.5 ms of CPU each), and
 # a caller waits for its whole call: 64 customers at once were answered sooner with 8 (p95 1.6-1.9 s, was 1.8-2.9).
 QUERY_BATCH = 8
+# Query model calls running at once (each on one onnxruntime thread): see `MiniLMEmbedder.__init__` and
+# benchmarks/query_burst.py.
+QUERY_CALLS = 2
 
 _register_lock = threading.Lock()
 
@@ -114,11 +117,14 @@ class MiniLMEmbedder:
     dim: int = DIM
     name: str = "all-MiniLM-L6-v2-int8"
 
-    def __init__(self, cache_dir: Path | str, batch_size: int = 16, threads: int | None = 1) -> None:
+    def __init__(self, cache_dir: Path | str, batch_size: int = 16, threads: int | None = 1,
+                 query_calls: int = QUERY_CALLS) -> None:
         """`threads`: onnxruntime's threads per model call (None: one per core). One by default: with more, the
         extra threads spin between and after calls, which doubled the CPU of a query (8.6 -> 16 ms measured under
         load) and took the second core from the rest of the process; one thread leaves it to them at the same
-        throughput on a busy 2-core machine (benchmarks/orchestrator_concurrency.py: 30 -> 23 ms per message)."""
+        throughput on a busy 2-core machine (benchmarks/orchestrator_concurrency.py: 30 -> 23 ms per message).
+        `query_calls`: model calls of concurrent queries that run side by side (onnxruntime releases the GIL and
+        a session may run from several threads), so a burst of questions uses more than one core."""
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self.cache_dir = Path(cache_dir).expanduser()
@@ -127,7 +133,8 @@ class MiniLMEmbedder:
         self._model: Any = None
         self._lock = threading.Lock()
         # Queries of concurrent messages share model calls (app/providers/embeddings/batching.py).
-        self.queries: MicroBatcher[_Query, _QueryVectors] = MicroBatcher(self._embed_queries, max_batch=QUERY_BATCH)
+        self.queries: MicroBatcher[_Query, _QueryVectors] = MicroBatcher(
+            self._embed_queries, max_batch=QUERY_BATCH, max_leaders=query_calls)
 
     def _load(self) -> Any:
         with self._lock:
