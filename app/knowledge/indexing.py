@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import mimetypes
+import os
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +33,15 @@ class Deps:
     sparse: SparseEncoder
     vectors: VectorStore
     objects: ObjectStore
+    by_passage: bool = False  # chunks with the same text under different headings share a vector (INGEST_DEDUPE)
+    threads: int = 1  # threads calling the embedder at once (INGEST_THREADS)
+
+    @property
+    def cache_name(self) -> str:
+        """The embedding cache's name for how vectors are made: the model, where it truncates, and whether a
+        passage's vector may be another chunk's."""
+        tokens = getattr(self.embedder, "max_tokens", 256)
+        return self.embedder.name + (f"+t{tokens}" if tokens != 256 else "") + ("+passage" if self.by_passage else "")
 
 
 def deps(
@@ -40,12 +51,15 @@ def deps(
     object_store: ObjectStore | None = None,
 ) -> Deps:
     from app import runtime
+    from app.config import get_settings
 
     return Deps(
         embedder=embedder or runtime.get_ingest_embedder(),
         sparse=sparse_encoder or runtime.get_sparse_encoder(),
         vectors=vector_store or runtime.get_vector_store(),
         objects=object_store or runtime.get_object_store(),
+        by_passage=get_settings().ingest_dedupe == "passage",
+        threads=get_settings().ingest_threads or os.cpu_count() or 1,
     )
 
 
@@ -76,6 +90,13 @@ class Prepared:
     def to_embed(self) -> list[str]:
         asked = [q for q in self.questions if q is not None]
         return (self.texts if self.dense is None else []) + (asked if self.question_dense is None else [])
+
+    def keys(self, by_passage: bool) -> list[Hashable]:
+        """What makes each text of `to_embed` the same as another for the embedder: the text itself, or with
+        `by_passage` a full view's chunk text whatever its heading (the pipeline embeds each key once)."""
+        full: list[Hashable] = [("passage", c.text) for c in self.chunks] if by_passage else list(self.texts)
+        asked = [q for q in self.questions if q is not None]
+        return (full if self.dense is None else []) + (asked if self.question_dense is None else [])
 
 
 def point(document: Document, point_id: str, c: TextChunk, dense: list[float], question: list[float] | None,
@@ -112,7 +133,7 @@ def _prepare(d: Deps, document: Document, chunks: list[TextChunk], data: bytes |
     # the document's vectors (a companion key), so deleting the document deletes both.
     questions = [question_text(c, document.kind or "") for c in chunks]
     asked = [q for q in questions if q is not None]
-    key = embedcache.cache_key(tenant_id, d.embedder.name, texts)
+    key = embedcache.cache_key(tenant_id, d.cache_name, texts)
     question_key = embedcache.companion_key(key, asked) if asked else None
     dense = embedcache.load(d.objects, key, len(texts), d.embedder.dim)
     question_dense = embedcache.load(d.objects, question_key, len(asked), d.embedder.dim) if question_key else []
