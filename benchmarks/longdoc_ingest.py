@@ -63,9 +63,22 @@ def chunk_texts(pack: Path, max_words: int) -> list[str]:
     return texts
 
 
-def subset(pack: Path, every: int, with_gold: bool = True) -> Path:
-    gold = {json.loads(line)["expected_document"] for line in QUESTIONS.read_text().splitlines() if line.strip()}
-    gold = gold if with_gold else set()
+def questions(pack: Path, gold_max_chunks: int | None) -> list[tuple[int, dict[str, Any]]]:
+    """(index in the file, question); with `gold_max_chunks`, only those whose page has at most that many chunks
+    (a cheaper run: the long pages are most of the questions' chunks). The index keeps the tune/heldout split."""
+    from app.knowledge.chunk import chunk_document
+    from app.knowledge.parse import collect, parse
+
+    lines = [json.loads(line) for line in QUESTIONS.read_text().splitlines() if line.strip()]
+    if gold_max_chunks is None:
+        return list(enumerate(lines))
+    files, _ = collect([pack / q["expected_document"] for q in lines if (pack / q["expected_document"]).exists()],
+                       max_bytes=1 << 30)
+    size = {f.path: len(chunk_document(parse(f), 120)) for f in files}
+    return [(i, q) for i, q in enumerate(lines) if size.get(q["expected_document"], 0) <= gold_max_chunks]
+
+
+def subset(pack: Path, every: int, gold: set[str]) -> Path:
     out = Path(tempfile.mkdtemp(prefix="sb-longdoc-subset-"))
     for i, page in enumerate(sorted(pack.glob("*.md"))):
         if i % every == 0 or page.name in gold:
@@ -110,13 +123,16 @@ def main() -> None:
                         "numbers, the haystack is N times smaller)")
     parser.add_argument("--no-questions", action="store_true", help="with --every: leave the questions' pages "
                         "out and score nothing (a timing run)")
+    parser.add_argument("--gold-max-chunks", type=int, default=None, help="only the questions whose page has at "
+                        "most this many chunks (with --every: a cheaper run for comparing settings)")
     args = parser.parse_args()
     if not args.pack.exists():
         import longdoc_pack
 
         print("building the pack:", longdoc_pack.build(args.pack), flush=True)
+    asked = [] if args.no_questions else questions(args.pack, args.gold_max_chunks)
     if args.every > 1:
-        args.pack = subset(args.pack, args.every, with_gold=not args.no_questions)
+        args.pack = subset(args.pack, args.every, {q["expected_document"] for _, q in asked})
 
     home = Path(tempfile.mkdtemp(prefix="sb-longdoc-"))
     os.environ["SWITCHBOARD_HOME"] = str(home)
@@ -163,10 +179,9 @@ def main() -> None:
     print("embedder alone (second half):", second, flush=True)
     alone = (first["texts"] + second["texts"]) / (first["seconds"] + second["seconds"])
 
-    lines = [json.loads(line) for line in QUESTIONS.read_text().splitlines() if line.strip()]
     scores = {}
     for split in () if args.no_questions else ("tune", "heldout"):
-        chosen = "\n".join(json.dumps(q) for i, q in enumerate(lines) if ("tune" if i % 3 == 0 else "heldout") == split)
+        chosen = "\n".join(json.dumps(q) for i, q in asked if ("tune" if i % 3 == 0 else "heldout") == split)
         scores[split] = {k: v for k, v in run_eval("docs", chosen).items() if k != "pack_version"}
     # ETA accuracy: at a quarter and at half of the bytes, the estimate against the time that was really left.
     files_end = events[-1]["elapsed_s"] if events else live_s
@@ -178,6 +193,7 @@ def main() -> None:
             eta_checks.append({"at_bytes": share, "eta_s": at["eta_s"], "actual_s": left})
     result = {
         "every": args.every,
+        "questions": len(asked),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.python_implementation()} "
                    f"{platform.python_version()}",

@@ -218,8 +218,8 @@ def ingest_paths(
     for error in errors:
         report.files_failed.append(error.to_dict())
         tick(error.file, "failed", error.reason)
-    # The embedder runs on its own thread (app/knowledge/pipeline.py); this one parses, chunks and writes the
-    # documents whose vectors are back, in file order, so a rerun writes the same rows in the same order.
+    # The embedder runs on INGEST_THREADS threads of its own (app/knowledge/pipeline.py); this one parses, chunks
+    # and writes the documents whose vectors are back, in file order, so a rerun writes the same rows in order.
     files_started = time.monotonic()
     call_texts = get_settings().ingest_call_texts
     with EmbeddingPipeline([d.embedder] * d.threads, call_texts=call_texts,
