@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.knowledge.retrieval import retrieve
-from app.knowledge.service import ingest_paths
+from app.knowledge.service import IngestProgress, ingest_paths
 from app.models import Chunk
 
 SHARED = ("Write the object's contents encoded to the stream. Errors raise UnicodeEncodeError unless the "
@@ -53,9 +53,13 @@ def test_the_same_chunk_on_two_pages_is_embedded_once_and_cited_for_each(db: Ses
     _page(root, "big5.md", "StreamWriter", "Big5 is a traditional Chinese encoding.")
     _page(root, "cp932.md", "StreamWriter", "Code page 932 is Microsoft's Shift JIS.")
     embedder = CountingEmbedder()
-    report = ingest_paths(db, "acme", [root], embedder=embedder)
+    seen: list[IngestProgress] = []
+    report = ingest_paths(db, "acme", [root], embedder=embedder, progress=seen.append)
     db.commit()
     assert report.status == "live" and report.chunks == 4 and report.reused == 1
+    # Progress counts chunks, reused or not: the last file's event has them all and nothing left.
+    assert [e.chunks for e in seen] == [2, 4] and seen[-1].bytes_done == seen[-1].bytes_total
+    assert seen[-1].phase == "finishing" and seen[-1].eta_s == 0.0
     assert embedder.texts.count(f"StreamWriter\n{SHARED}") == 1 and len(embedder.texts) == 3
     cited = _cited("acme", report.pack_version)
     assert set(cited) == {"big5.md", "cp932.md"}  # each page cites its own chunk
