@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import os
 import threading
 from collections.abc import Callable
 from datetime import datetime
@@ -122,19 +123,18 @@ class Container:
 
     @property
     def ingest_embedder(self) -> Embedder:
-        """The embedder knowledge ingestion uses: the answering one (INGEST_THREADS=1, the default), or a second
-        instance of the same model on more onnxruntime threads (0: one per core) for large packs, when nothing
-        else needs the cores (its texts' vectors are the same model's, so caches and searches are unchanged)."""
-        threads = self.settings.ingest_threads
-        if threads == 1:
+        """The embedder knowledge ingestion uses: the answering one, or, when INGEST_MAX_TOKENS truncates
+        elsewhere, a second instance of the same model truncating there (same name: its tokens and vectors are
+        the same model's, so term statistics and searches are unchanged)."""
+        tokens = self.settings.ingest_max_tokens
+        if tokens == 256:
             return self.embedder
 
         def build() -> Embedder:
             from app.providers.embeddings.minilm import MiniLMEmbedder
 
             s = self.settings
-            return MiniLMEmbedder(cache_dir=s.home_dir / "models", batch_size=s.embed_batch_size,
-                                  threads=threads or None)
+            return MiniLMEmbedder(cache_dir=s.home_dir / "models", batch_size=s.embed_batch_size, max_tokens=tokens)
         return self._get("ingest_embedder", build)
 
     @property
@@ -235,7 +235,9 @@ class Container:
             from app.knowledge.indexing import Deps
 
             return Deps(embedder=self.ingest_embedder, sparse=self.sparse_encoder, vectors=self.vector_store,
-                        objects=self.object_store, bus=self.bus)
+                        objects=self.object_store, bus=self.bus,
+                        by_passage=self.settings.ingest_dedupe == "passage",
+                        threads=self.settings.ingest_threads or os.cpu_count() or 1)
         return self._get("knowledge", build)
 
     @property

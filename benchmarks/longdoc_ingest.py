@@ -63,8 +63,22 @@ def chunk_texts(pack: Path, max_words: int) -> list[str]:
     return texts
 
 
-def subset(pack: Path, every: int) -> Path:
-    gold = {json.loads(line)["expected_document"] for line in QUESTIONS.read_text().splitlines() if line.strip()}
+def questions(pack: Path, gold_max_chunks: int | None) -> list[tuple[int, dict[str, Any]]]:
+    """(index in the file, question); with `gold_max_chunks`, only those whose page has at most that many chunks
+    (a cheaper run: the long pages are most of the questions' chunks). The index keeps the tune/heldout split."""
+    from app.knowledge.chunk import chunk_document
+    from app.knowledge.parse import collect, parse
+
+    lines = [json.loads(line) for line in QUESTIONS.read_text().splitlines() if line.strip()]
+    if gold_max_chunks is None:
+        return list(enumerate(lines))
+    files, _ = collect([pack / q["expected_document"] for q in lines if (pack / q["expected_document"]).exists()],
+                       max_bytes=1 << 30)
+    size = {f.path: len(chunk_document(parse(f), 120)) for f in files}
+    return [(i, q) for i, q in enumerate(lines) if size.get(q["expected_document"], 0) <= gold_max_chunks]
+
+
+def subset(pack: Path, every: int, gold: set[str]) -> Path:
     out = Path(tempfile.mkdtemp(prefix="sb-longdoc-subset-"))
     for i, page in enumerate(sorted(pack.glob("*.md"))):
         if i % every == 0 or page.name in gold:
@@ -72,10 +86,28 @@ def subset(pack: Path, every: int) -> Path:
     return out
 
 
-def embedder_alone(embedder: Any, texts: list[str], call: int) -> dict[str, float]:
-    began, cpu = time.perf_counter(), time.process_time()
+def embedder_alone(embedder: Any, texts: list[str], call: int, threads: int = 1) -> dict[str, float]:
+    """`texts` in calls of `call`, made by `threads` threads at once (as ingestion's pipeline makes them)."""
+    import queue
+    import threading
+
+    calls: queue.Queue[list[str]] = queue.Queue()
     for start in range(0, len(texts), call):
-        embedder.embed_documents(texts[start : start + call])
+        calls.put(texts[start : start + call])
+
+    def work() -> None:
+        while True:
+            try:
+                embedder.embed_documents(calls.get_nowait())
+            except queue.Empty:
+                return
+
+    began, cpu = time.perf_counter(), time.process_time()
+    workers = [threading.Thread(target=work) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
     wall = time.perf_counter() - began
     return {"texts": len(texts), "seconds": round(wall, 2), "cpu_s": round(time.process_time() - cpu, 2),
             "texts_per_s": round(len(texts) / wall, 2)}
@@ -89,13 +121,18 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=1, help="ingest every N-th page only, plus every page a "
                         "question is about (for a machine too loaded to ingest the whole pack: say so with the "
                         "numbers, the haystack is N times smaller)")
+    parser.add_argument("--no-questions", action="store_true", help="with --every: leave the questions' pages "
+                        "out and score nothing (a timing run)")
+    parser.add_argument("--gold-max-chunks", type=int, default=None, help="only the questions whose page has at "
+                        "most this many chunks (with --every: a cheaper run for comparing settings)")
     args = parser.parse_args()
     if not args.pack.exists():
         import longdoc_pack
 
         print("building the pack:", longdoc_pack.build(args.pack), flush=True)
+    asked = [] if args.no_questions else questions(args.pack, args.gold_max_chunks)
     if args.every > 1:
-        args.pack = subset(args.pack, args.every)
+        args.pack = subset(args.pack, args.every, {q["expected_document"] for _, q in asked})
 
     home = Path(tempfile.mkdtemp(prefix="sb-longdoc-"))
     os.environ["SWITCHBOARD_HOME"] = str(home)
@@ -112,9 +149,11 @@ def main() -> None:
     load_before = os.getloadavg()
     texts = chunk_texts(args.pack, settings.chunk_max_words)
     sample = texts[:: args.sample]
-    embedder = container().embedder
+    # The embedder as ingestion runs it: its embedder (INGEST_MAX_TOKENS), from INGEST_THREADS threads at once.
+    embedder = container().ingest_embedder
+    threads = settings.ingest_threads or os.cpu_count() or 1
     embedder.embed_documents(["warm up"])  # the model loads once, outside every timing
-    first = embedder_alone(embedder, sample[: len(sample) // 2], CALL_TEXTS)
+    first = embedder_alone(embedder, sample[: len(sample) // 2], CALL_TEXTS, threads)
     print("embedder alone (first half):", first, flush=True)
 
     operations.create_tenant("docs", "Docs")
@@ -136,14 +175,13 @@ def main() -> None:
     ingest_cpu = time.process_time() - cpu
     rss = peak_rss_mb()
     load_during = os.getloadavg()
-    second = embedder_alone(embedder, sample[len(sample) // 2 :], CALL_TEXTS)
+    second = embedder_alone(embedder, sample[len(sample) // 2 :], CALL_TEXTS, threads)
     print("embedder alone (second half):", second, flush=True)
     alone = (first["texts"] + second["texts"]) / (first["seconds"] + second["seconds"])
 
-    lines = [json.loads(line) for line in QUESTIONS.read_text().splitlines() if line.strip()]
     scores = {}
-    for split in ("tune", "heldout"):
-        chosen = "\n".join(json.dumps(q) for i, q in enumerate(lines) if ("tune" if i % 3 == 0 else "heldout") == split)
+    for split in () if args.no_questions else ("tune", "heldout"):
+        chosen = "\n".join(json.dumps(q) for i, q in asked if ("tune" if i % 3 == 0 else "heldout") == split)
         scores[split] = {k: v for k, v in run_eval(container(), "docs", chosen).items() if k != "pack_version"}
     # ETA accuracy: at a quarter and at half of the bytes, the estimate against the time that was really left.
     files_end = events[-1]["elapsed_s"] if events else live_s
@@ -155,6 +193,7 @@ def main() -> None:
             eta_checks.append({"at_bytes": share, "eta_s": at["eta_s"], "actual_s": left})
     result = {
         "every": args.every,
+        "questions": len(asked),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.python_implementation()} "
                    f"{platform.python_version()}",
@@ -167,6 +206,11 @@ def main() -> None:
         "documents": report["documents"],
         "refused": len(report["files_failed"]),
         "chunks": report["chunks"],
+        "settings": {"ingest_threads": threads, "ingest_max_tokens": settings.ingest_max_tokens,
+                     "ingest_dedupe": settings.ingest_dedupe},
+        "embedded": report["embedded"],
+        "reused": report["reused"],  # of the embedded texts, given an earlier text's vector (INGEST_DEDUPE)
+        "cpu_ms_per_chunk": round(1000 * ingest_cpu / max(1, report["chunks"]), 1),
         "time_to_live_s": round(live_s, 1),
         "ingest_cpu_s": round(ingest_cpu, 1),
         "timings": report.get("timings", {}),

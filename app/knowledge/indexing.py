@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import mimetypes
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,16 @@ class Deps:
     vectors: VectorStore
     objects: ObjectStore
     bus: Bus  # ingestion progress events
+    by_passage: bool = False  # chunks with the same text under different headings share a vector (INGEST_DEDUPE)
+    threads: int = 1  # threads calling the embedder at once (INGEST_THREADS)
+
+    @property
+    def cache_name(self) -> str:
+        """The embedding cache's name for how vectors are made: the model, where it truncates, and whether a
+        passage's vector may be another chunk's."""
+        tokens = getattr(self.embedder, "max_tokens", 256)
+        return self.embedder.name + (f"+t{tokens}" if tokens != 256 else "") + ("+passage" if self.by_passage else "")
+
 
 
 def object_key(tenant_id: str, pack_version: int, path: str) -> str:
@@ -64,6 +75,13 @@ class Prepared:
     def to_embed(self) -> list[str]:
         asked = [q for q in self.questions if q is not None]
         return (self.texts if self.dense is None else []) + (asked if self.question_dense is None else [])
+
+    def keys(self, by_passage: bool) -> list[Hashable]:
+        """What makes each text of `to_embed` the same as another for the embedder: the text itself, or with
+        `by_passage` a full view's chunk text whatever its heading (the pipeline embeds each key once)."""
+        full: list[Hashable] = [("passage", c.text) for c in self.chunks] if by_passage else list(self.texts)
+        asked = [q for q in self.questions if q is not None]
+        return (full if self.dense is None else []) + (asked if self.question_dense is None else [])
 
 
 def point(document: Document, point_id: str, c: TextChunk, dense: list[float], question: list[float] | None,
@@ -100,7 +118,7 @@ def _prepare(d: Deps, document: Document, chunks: list[TextChunk], data: bytes |
     # the document's vectors (a companion key), so deleting the document deletes both.
     questions = [question_text(c, document.kind or "") for c in chunks]
     asked = [q for q in questions if q is not None]
-    key = embedcache.cache_key(tenant_id, d.embedder.name, texts)
+    key = embedcache.cache_key(tenant_id, d.cache_name, texts)
     question_key = embedcache.companion_key(key, asked) if asked else None
     dense = embedcache.load(d.objects, key, len(texts), d.embedder.dim)
     question_dense = embedcache.load(d.objects, question_key, len(asked), d.embedder.dim) if question_key else []

@@ -113,6 +113,7 @@ class IngestReport:
     version_documents: int = 0  # documents in the new version (this upload's and the carried ones)
     version_chunks: int = 0
     embedded: int = 0  # chunks that had to be embedded (the rest came from the cache)
+    reused: int = 0  # texts of those given the vector of the same text (or passage) embedded earlier in the run
     quarantined: int = 0  # chunks of the new version held as suspected prompt injection (not retrievable)
     status: str = "building"  # the version's status at the end: live | ready | failed
     promoted: bool = False
@@ -215,11 +216,12 @@ writes to (`Container.knowledge`)."""
     for error in errors:
         report.files_failed.append(error.to_dict())
         tick(error.file, "failed", error.reason)
-    # The embedder runs on its own thread (app/knowledge/pipeline.py); this one parses, chunks and writes the
-    # documents whose vectors are back, in file order, so a rerun writes the same rows in the same order.
+    # The embedder runs on INGEST_THREADS threads of its own (app/knowledge/pipeline.py); this one parses, chunks
+    # and writes the documents whose vectors are back, in file order, so a rerun writes the same rows in order.
     files_started = time.monotonic()
     call_texts = get_settings().ingest_call_texts
-    with EmbeddingPipeline(d.embedder, call_texts=call_texts, max_pending=max(MAX_PENDING, call_texts)) as pipe:
+    with EmbeddingPipeline([d.embedder] * d.threads, call_texts=call_texts,
+                           max_pending=max(MAX_PENDING, call_texts) * d.threads) as pipe:
         queued: deque[tuple[Prepared, Future[list[list[float]]], bool]] = deque()
 
         def drain(*, room_for: int = 0, everything: bool = False) -> None:
@@ -232,7 +234,7 @@ writes to (`Container.knowledge`)."""
         def enqueue(prepared: Prepared, carried: bool) -> None:
             texts = prepared.to_embed
             drain(room_for=len(texts))
-            queued.append((prepared, pipe.submit(texts), carried))
+            queued.append((prepared, pipe.submit(texts, prepared.keys(d.by_passage)), carried))
             drain()
 
         for source_file in files:
@@ -259,6 +261,7 @@ writes to (`Container.knowledge`)."""
             if path not in uploaded:
                 enqueue(indexing.prepare_carried(session, d, build.version, base_doc, threshold), carried=True)
         drain(everything=True)
+    report.reused = pipe.reused
     report.timings = {"files": round(time.monotonic() - files_started, 3), "embedding": round(pipe.seconds, 3)}
     finishing = time.monotonic()
     report.documents = len(report.files_ok)

@@ -28,8 +28,11 @@ class RecordingEmbedder:
         self.pending_seen: list[int] = []
         self.pipe: EmbeddingPipeline | None = None
         self.gate, self.fail_on = gate, fail_on
+        self.entered: threading.Event | None = None  # set when a call starts
 
     def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
+        if self.entered is not None:
+            self.entered.set()
         if self.gate is not None:
             assert self.gate.wait(30), "the test never opened the gate"
         if self.fail_on is not None and self.fail_on in texts:
@@ -144,14 +147,78 @@ def test_a_scale_out_job_keeps_its_progress_in_redis_for_the_admin_api() -> None
     assert queue.progress("job-1") is None
 
 
-def test_ingestion_shares_the_answering_embedder_unless_given_threads_of_its_own(tmp_path: Path) -> None:
+def test_ingestion_shares_the_answering_embedder_unless_it_truncates_elsewhere(tmp_path: Path) -> None:
     from app.bootstrap import Container
     from app.config import Settings
 
-    shared = Container(Settings(home=tmp_path, ingest_threads=1))
+    shared = Container(Settings(home=tmp_path, ingest_threads=0))  # more threads call it, no second model
     assert shared.ingest_embedder is shared.embedder
-    own = Container(Settings(home=tmp_path, ingest_threads=0))
+    own = Container(Settings(home=tmp_path, ingest_max_tokens=128))
     ingest = own.ingest_embedder
     assert ingest is not own.embedder and ingest is own.ingest_embedder  # built once
-    assert ingest.name == own.embedder.name  # the same model: caches and searches are unchanged
-    assert ingest.threads is None and own.embedder.threads == 1  # type: ignore[attr-defined]
+    assert ingest.name == own.embedder.name  # the same model: term statistics and searches are unchanged
+    assert ingest.max_tokens == 128 and own.embedder.max_tokens == 256  # type: ignore[attr-defined]
+    assert ingest.threads == 1 and own.embedder.threads == 1  # type: ignore[attr-defined]
+
+
+def test_the_embedding_cache_tells_truncation_and_passage_sharing_apart(tmp_path: Path) -> None:
+    from app.knowledge.indexing import Deps
+    from app.providers.embeddings.minilm import MiniLMEmbedder
+
+    def name(tokens: int, by_passage: bool) -> str:
+        return Deps(MiniLMEmbedder(tmp_path, max_tokens=tokens), None, None, None, None,  # type: ignore[arg-type]
+                    by_passage=by_passage).cache_name
+
+    assert name(256, False) == "all-MiniLM-L6-v2-int8"  # what earlier versions cached stays valid
+    assert len({name(256, False), name(128, False), name(256, True), name(128, True)}) == 4
+    with pytest.raises(ValueError, match="max_tokens"):
+        MiniLMEmbedder(tmp_path, max_tokens=512)
+
+
+def test_a_repeated_key_is_embedded_once_and_every_request_gets_its_vector() -> None:
+    embedder = RecordingEmbedder()
+    with EmbeddingPipeline(embedder, call_texts=4, max_pending=16, remember=8) as pipe:
+        first = pipe.submit(["1", "2", "1"])  # a repeat inside one call
+        assert first.result(timeout=30) == [[1.0], [2.0], [1.0]]
+        # Keys decide, not texts: "9" has key "2", embedded already; "3" is new.
+        second = pipe.submit(["9", "3", "1"], keys=["2", "3", "1"])
+        assert second.result(timeout=30) == [[2.0], [3.0], [1.0]]
+        assert pipe.embedded == 3 and pipe.reused == 3 and sum(embedder.calls) == 3
+        with pytest.raises(ValueError, match="2 keys for 1 texts"):
+            pipe.submit(["4"], keys=["4", "5"])
+
+
+def test_only_the_last_remembered_keys_are_reused() -> None:
+    embedder = RecordingEmbedder()
+    with EmbeddingPipeline(embedder, call_texts=2, max_pending=8, remember=2) as pipe:
+        for texts in (["1", "2"], ["3", "4"], ["1", "4"]):  # "1" has been forgotten by then, "4" not
+            pipe.submit(texts).result(timeout=30)
+        assert pipe.embedded == 5 and pipe.reused == 1 and len(pipe._known) == 2
+
+
+def test_several_embedders_share_the_calls_and_the_order_holds() -> None:
+    gate = threading.Event()
+    first, second = RecordingEmbedder(gate), RecordingEmbedder(gate)
+    entered = [threading.Event(), threading.Event()]
+    for embedder, event in zip((first, second), entered, strict=True):
+        embedder.entered = event
+    with EmbeddingPipeline([first, second], call_texts=4, max_pending=64) as pipe:
+        futures = [(texts, pipe.submit(texts)) for texts in (_texts(10 * i, 7) for i in range(6))]
+        # Each embedder's first call waits for the gate, so the other thread has to take the next call.
+        assert all(event.wait(30) for event in entered)
+        gate.set()
+        for texts, future in futures:
+            assert future.result(timeout=30) == [[float(t)] for t in texts]
+    assert sum(first.calls) + sum(second.calls) == 42 and max(first.calls + second.calls) <= 4
+    assert first.calls and second.calls
+
+
+def test_a_document_embedder_truncating_at_fewer_tokens_ignores_what_comes_after(tmp_path: Path) -> None:
+    from app.providers.embeddings.minilm import MiniLMEmbedder
+
+    short = MiniLMEmbedder(tmp_path, max_tokens=32)
+    head = " ".join(["the parser reads the stream and returns a document"] * 5)  # over 32 tokens already
+    one, other = short.embed_documents([head + " about birds", head + " about ships"])
+    assert one == other and len(short.tokens([head])[0]) == 30  # 32 with [CLS] and [SEP]
+    full = MiniLMEmbedder(tmp_path)
+    assert full.embed_documents([head + " about birds"]) != full.embed_documents([head + " about ships"])

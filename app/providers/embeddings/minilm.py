@@ -118,15 +118,19 @@ class MiniLMEmbedder:
     name: str = "all-MiniLM-L6-v2-int8"
 
     def __init__(self, cache_dir: Path | str, batch_size: int = 16, threads: int | None = 1,
-                 query_calls: int = QUERY_CALLS) -> None:
+                 query_calls: int = QUERY_CALLS, max_tokens: int = MAX_TOKENS) -> None:
         """`threads`: onnxruntime's threads per model call (None: one per core). One by default: with more, the
         extra threads spin between and after calls, which doubled the CPU of a query (8.6 -> 16 ms measured under
         load) and took the second core from the rest of the process; one thread leaves it to them at the same
         throughput on a busy 2-core machine (benchmarks/orchestrator_concurrency.py: 30 -> 23 ms per message).
         `query_calls`: model calls of concurrent queries that run side by side (onnxruntime releases the GIL and
-        a session may run from several threads), so a burst of questions uses more than one core."""
+        a session may run from several threads), so a burst of questions uses more than one core.
+        `max_tokens`: where texts are truncated (at most 256, MiniLM's limit)."""
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
+        if not 16 <= max_tokens <= MAX_TOKENS:
+            raise ValueError(f"max_tokens must be between 16 and {MAX_TOKENS}")
+        self.max_tokens = max_tokens
         self.cache_dir = Path(cache_dir).expanduser()
         self.batch_size = batch_size
         self.threads = threads
@@ -152,6 +156,8 @@ class MiniLMEmbedder:
                     local_files_only=True,
                 )
                 self._check_truncation()
+                if self.max_tokens != MAX_TOKENS:
+                    self._model.model.tokenizer.enable_truncation(max_length=self.max_tokens)
             return self._model
 
     def _check_truncation(self) -> None:
@@ -168,7 +174,7 @@ class MiniLMEmbedder:
         batches: list[list[int]] = []
         current: list[int] = []
         for i in order:  # ascending length, so the newest text is the longest in its batch
-            tokens = min(MAX_TOKENS, int(len(texts[i].split()) * 1.4) + 2)
+            tokens = min(self.max_tokens, int(len(texts[i].split()) * 1.4) + 2)
             if current and (len(current) == batch_size or (len(current) + 1) * tokens > budget):
                 batches.append(current)
                 current = []
