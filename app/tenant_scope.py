@@ -113,12 +113,19 @@ def _scope_statement(state: ORMExecuteState) -> None:
     if not (state.is_select or state.is_update or state.is_delete) or state.is_column_load:
         return
     if state.statement._propagate_attrs.get("compile_state_plugin") == "orm":
-        state.statement = state.statement.options(
-            with_loader_criteria(TenantOwned, lambda cls: filter_only(cls.tenant_id) == tenant, include_aliases=True),
-            with_loader_criteria(Tenant, lambda cls: cls.id == tenant, include_aliases=True),
-        )
+        state.statement = state.statement.options(*_criteria(tenant))
     else:
         _check_core(state, tenant)
+
+
+@lru_cache(maxsize=4096)
+def _criteria(tenant: str) -> tuple[Any, ...]:
+    """The tenant's loader criteria, built once per tenant: building them (the lambdas' analysis) cost more than
+    running a primary-key lookup; applying built ones is cheap (SQLAlchemy caches the compiled statement)."""
+    return (
+        with_loader_criteria(TenantOwned, lambda cls: filter_only(cls.tenant_id) == tenant, include_aliases=True),
+        with_loader_criteria(Tenant, lambda cls: cls.id == tenant, include_aliases=True),
+    )
 
 
 def _rows(parameters: Any) -> list[Mapping[str, Any]]:
