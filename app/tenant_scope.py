@@ -13,8 +13,10 @@ In a tenant session:
   tenant, it is no SQL prover;
 - an insert (ORM or Core) must carry the session's tenant in every row, and a flush refuses a new, changed or
   deleted row of another tenant.
-A session with neither key refuses every statement and every flush, naming the fix. Raw SQL (`text()`) carries
-no model, so nothing here can scope it: the application uses it only for tenant-free statements (health checks)."""
+One read inside a tenant's transaction that must see every tenant says so with its reason,
+`.execution_options(cross_tenant="<reason>")`, listed like the sessions' reasons. A session with neither key
+refuses every statement and every flush, naming the fix. Raw SQL (`text()`) carries no model, so nothing here can
+scope it: the application uses it only for tenant-free statements (health checks)."""
 
 from __future__ import annotations
 
@@ -105,8 +107,8 @@ def tenant_columns() -> Mapping[Table, Column[Any]]:
 @event.listens_for(Session, "do_orm_execute")
 def _scope_statement(state: ORMExecuteState) -> None:
     tenant = session_tenant(state.session)
-    if tenant is None:
-        return
+    if tenant is None or state.execution_options.get(CROSS_TENANT_KEY):
+        return  # the second: one statement of a tenant's transaction that must see every tenant (its reason)
     if state.is_insert:
         _check_inserted(state, tenant)
         return

@@ -226,7 +226,9 @@ def remove_member(session: Session, who: Principal, user_id: str) -> None:
     _revoke_sessions(session, who.tenant_id, user_id, "removed")
     record(session, who.tenant_id, who.actor, "user.removed", "user", user_id, {"email": email, "role": role})
     session.flush()
-    if not session.scalar(select(func.count()).select_from(Membership).where(Membership.user_id == user_id)):
+    # In any tenant: the account is deleted only once it is in none (in this transaction, after the delete above).
+    if not session.scalar(select(func.count()).select_from(Membership).where(Membership.user_id == user_id)
+                          .execution_options(cross_tenant="a person's memberships across tenants")):
         session.execute(delete(User).where(User.id == user_id))
 
 
