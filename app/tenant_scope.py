@@ -14,7 +14,10 @@ In a tenant session:
 - an insert (ORM or Core) must carry the session's tenant in every row, and a flush refuses a new, changed or
   deleted row of another tenant.
 A session with neither key refuses every statement and every flush, naming the fix. Raw SQL (`text()`) carries
-no model, so nothing here can scope it: the application uses it only for tenant-free statements (health checks)."""
+no model, so nothing here can scope it: the application uses it only for tenant-free statements (health checks).
+There is no per-statement escape inside a tenant session on purpose: on Postgres, row-level security scopes the
+whole transaction (app/rls.py), so such a statement would still see one tenant; a question about every tenant
+is asked in a cross-tenant session of its own."""
 
 from __future__ import annotations
 
@@ -113,12 +116,19 @@ def _scope_statement(state: ORMExecuteState) -> None:
     if not (state.is_select or state.is_update or state.is_delete) or state.is_column_load:
         return
     if state.statement._propagate_attrs.get("compile_state_plugin") == "orm":
-        state.statement = state.statement.options(
-            with_loader_criteria(TenantOwned, lambda cls: filter_only(cls.tenant_id) == tenant, include_aliases=True),
-            with_loader_criteria(Tenant, lambda cls: cls.id == tenant, include_aliases=True),
-        )
+        state.statement = state.statement.options(*_criteria(tenant))
     else:
         _check_core(state, tenant)
+
+
+@lru_cache(maxsize=4096)
+def _criteria(tenant: str) -> tuple[Any, ...]:
+    """The tenant's loader criteria, built once per tenant: building them (the lambdas' analysis) cost more than
+    running a primary-key lookup; applying built ones is cheap (SQLAlchemy caches the compiled statement)."""
+    return (
+        with_loader_criteria(TenantOwned, lambda cls: filter_only(cls.tenant_id) == tenant, include_aliases=True),
+        with_loader_criteria(Tenant, lambda cls: cls.id == tenant, include_aliases=True),
+    )
 
 
 def _rows(parameters: Any) -> list[Mapping[str, Any]]:

@@ -53,6 +53,9 @@ def problems_in(path: str, source: str) -> list[str]:
             continue
         where = f"{path}:{node.lineno}"
         name = _name(node.func)
+        if name == "execution_options" and any(k.arg == "cross_tenant" for k in node.keywords):
+            found.append(f"{where}: no per-statement escape in a tenant session (row-level security scopes the "
+                         "whole transaction): open a cross-tenant session with its reason")
         if name in SESSION_FACTORIES and path != "app/db.py":  # where they are defined
             keywords = {k.arg: k.value for k in node.keywords}
             scopes = [k for k in ("tenant", "cross_tenant") if k in keywords]
@@ -103,9 +106,10 @@ def test_the_walker_finds_each_kind_of_unscoped_access() -> None:
         "c = engine.begin()",
         "with session_scope(tenant=t) as s: pass",
         "with open_session(cross_tenant='webhook account routing') as s: pass",
+        "s.execute(select(x).execution_options(cross_tenant='because'))",
     ])
     found = sorted(problems_in("gateways/common.py", source), key=lambda p: int(p.split(":")[1]))
-    assert [int(p.split(":")[1]) for p in found] == list(range(1, 12))
+    assert [int(p.split(":")[1]) for p in found] == [*range(1, 12), 14]
     assert "not an allowed escape hatch" in found[4]
 
 
