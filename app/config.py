@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     database_url: str | None = Field(default=None, validation_alias=_env("DATABASE_URL"))
     # Postgres only: the non-owner role every new connection switches to (SET ROLE), so row-level security
     # applies (app/rls.py, docs/security.md#row-level-security). Empty: the connection keeps its login's role.
-    database_app_role: str = Field(default="", pattern=r"^([a-z_][a-z0-9_]{0,62})?$",
+    database_app_role: str = Field(default="switchboard_app", pattern=r"^([a-z_][a-z0-9_]{0,62})?$",
                                    validation_alias=_env("DATABASE_APP_ROLE"))
     redis_url: str | None = Field(default=None, validation_alias=_env("REDIS_URL"))
     qdrant_url: str | None = Field(default=None, validation_alias=_env("QDRANT_URL"))
