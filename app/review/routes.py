@@ -20,6 +20,7 @@ from app.review import service
 from app.review.notify import wake_consoles
 from app.review.queue import mask, sla_state, tenant_policies, unsupported_sentences
 
+MAX_AGE_S = 100 * 365 * 86_400  # a century: beyond it no escalation exists, and a timedelta overflows
 router = APIRouter(prefix="/review/v1", tags=["review queue"])
 
 
@@ -109,7 +110,8 @@ def list_escalations(
     status: Annotated[str | None, Query(description="open | approved | rejected | taken_over")] = "open",
     reason: Annotated[str | None, Query(max_length=64, description="e.g. no_knowledge, human_requested")] = None,
     channel: Annotated[str | None, Query(max_length=32, description="webchat | whatsapp | ...")] = None,
-    older_than_s: Annotated[int | None, Query(ge=0, description="Only escalations at least this old.")] = None,
+    older_than_s: Annotated[int | None, Query(ge=0, le=MAX_AGE_S,
+                                              description="Only escalations at least this old.")] = None,
     sla: Annotated[Literal["pending", "met", "breached"] | None,
                    Query(description="Only escalations in this first-response SLA state.")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
