@@ -54,11 +54,16 @@ def run_queued_job(job_id: str) -> None:
     run_ingestion_job(job_id, container().knowledge)
 
 
-def run_ingestion_job(job_id: str, deps: Deps, progress: Progress | None = None) -> None:
+def run_ingestion_job(job_id: str, deps: Deps | None = None, progress: Progress | None = None) -> None:
     """Ingest the files staged for `job_id` with `deps` (`Container.knowledge`) and record the outcome on its
-    row. Never raises for a bad file: a per-file problem lands in `errors`, anything else marks the job `failed`
+    row. Without `deps`, a job an RQ worker took from the queue under this name (enqueued by a release before
+    `run_queued_job`): the worker process's container's. Never raises for a bad file: a per-file problem lands in `errors`, anything else marks the job `failed`
     with the reason in `detail`. Without `progress` (an RQ worker), progress goes to Redis, where the admin API
     reads it."""
+    if deps is None:
+        from app.bootstrap import container
+
+        deps = container().knowledge
     settings = get_settings()
     if progress is None and settings.redis_url:
         progress = RedisProgress(settings.redis_url, settings.bus_namespace)
