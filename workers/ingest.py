@@ -56,10 +56,10 @@ def run_queued_job(job_id: str) -> None:
 
 def run_ingestion_job(job_id: str, deps: Deps | None = None, progress: Progress | None = None) -> None:
     """Ingest the files staged for `job_id` with `deps` (`Container.knowledge`) and record the outcome on its
-    row. Without `deps`, a job an RQ worker took from the queue under this name (enqueued by a release before
-    `run_queued_job`): the worker process's container's. Never raises for a bad file: a per-file problem lands in `errors`, anything else marks the job `failed`
+    row. Never raises for a bad file: a per-file problem lands in `errors`, anything else marks the job `failed`
     with the reason in `detail`. Without `progress` (an RQ worker), progress goes to Redis, where the admin API
-    reads it."""
+    reads it. Without `deps`: a job an RQ worker took from the queue under this name (enqueued by a release
+    before `run_queued_job`), run with the worker process's container."""
     if deps is None:
         from app.bootstrap import container
 
