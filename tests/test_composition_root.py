@@ -15,6 +15,7 @@ ENTRY_POINTS = {
     "app/bootstrap.py",  # defines it
     "app/main.py",  # create_app() without a container of its own: the process's
     "app/cli.py",  # `switchboard ...` commands
+    "app/operator_cli.py",  # `switchboard tenant|guard|retention|contact|keys`
     "app/knowledge/cli.py",  # `switchboard pack|eval ...` commands
     "gateways/cli.py",  # `switchboard channel ...` commands
     "gateways/server.py",  # `switchboard gateway CHANNEL`

@@ -41,7 +41,7 @@ def add(
     """Give a person a role in a tenant. A new email gets an account with the password read from stdin; an email
     that already has an account is added to the tenant and keeps its own password."""
     from app.accounts import service
-    from app.cli import _prepare
+    from app.cli_support import prepare as _prepare
     from app.db import session_scope
     from app.tenants.service import TenantError, tenant_id_of
 
