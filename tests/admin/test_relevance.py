@@ -7,6 +7,7 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
+from app.bootstrap import container
 from app.db import session_scope
 from app.knowledge.service import ingest_paths
 from tests.admin.conftest import TenantKeys
@@ -16,8 +17,9 @@ from tests.knowledge import calibration_pack
 def test_relevance_shows_the_calibration_and_which_threshold_is_in_effect(
         client: TestClient, tenant_a: TenantKeys, tenant_b: TenantKeys, tmp_path: Path) -> None:
     with session_scope(cross_tenant="tests") as session:
-        ingest_paths(session, tenant_a.id, [calibration_pack.write(tmp_path / "a")])
-        ingest_paths(session, tenant_b.id, [calibration_pack.write(tmp_path / "b", eval_set=False)])
+        ingest_paths(session, tenant_a.id, [calibration_pack.write(tmp_path / "a")], deps=container().knowledge)
+        ingest_paths(session, tenant_b.id, [calibration_pack.write(tmp_path / "b", eval_set=False)],
+                     deps=container().knowledge)
 
     a = client.get("/admin/v1/knowledge/relevance", headers=tenant_a.headers()).json()
     threshold = a["calibration"]["threshold"]

@@ -67,33 +67,34 @@ def test_the_decision_wakes_the_waiting_route_through_the_push_hub(
     it."""
     import asyncio
 
-    from app.runtime import get_bus, get_push
     from sqlalchemy import select
 
+    from app.bootstrap import container
     from app.conversations.push import outcome_key
     from app.db import session_scope
     from app.models import Message
     from app.workers_runtime import build_consumers
 
-    push = get_push()
+    services = container()
+    push = services.push
     # Warm up (models load on the first message), so the orchestrator decides well within the route's wait.
     _, warm_up = ussd(gw, wait_s=0.1)
     gw.client.post("/webhooks/ussd?token=tok", data=warm_up)
-    build_consumers(get_bus(), threading.Event())[0].process_available()
+    build_consumers(services, services.bus, threading.Event())[0].process_available()
     tenant, form = ussd(gw, wait_s=10)
     outcome_reads.count = 0
     woken: list[bool] = []
 
     def orchestrator() -> None:
         wait_for(lambda: push.waiting() == 1 and outcome_reads.count == 1, timeout=60)  # type: ignore[attr-defined]
-        with session_scope() as session:
+        with session_scope(tenant=tenant) as session:
             message_id = session.scalar(select(Message.id).where(Message.tenant_id == tenant,
                                                                  Message.channel == "ussd"))
         assert message_id is not None
 
         async def decide_while_subscribed() -> bool:
             async with push.subscribe(tenant, outcome_key(message_id)) as waiter:
-                inbound, _ = build_consumers(get_bus(), threading.Event())
+                inbound, _ = build_consumers(services, services.bus, threading.Event())
                 await asyncio.to_thread(inbound.process_available)
                 return await waiter.wait(0)  # level-triggered: set by the commit's publish, or not at all
 

@@ -31,7 +31,7 @@ from tests.conftest import PG_ADMIN_URL, REPO
 ROLE = "switchboard_app"
 SCOPE = "SELECT set_config('switchboard.tenant_id', :t, true), set_config('switchboard.cross_tenant', :c, true)"
 # Values a check constraint insists on.
-FIXED = {("memberships", "role"): "agent"}
+FIXED = {("memberships", "role"): "agent", ("invitations", "role"): "agent"}
 
 
 def psycopg_url(url: str) -> str:
@@ -252,8 +252,26 @@ def test_a_tenant_cannot_create_a_tenant_or_rename_itself_into_another(
     assert "row-level security" in rls_refused(as_app, a, tenants.update().where(tenants.c.id == a).values(id=b + "x"))
 
 
+@pytest.fixture
+def without_app_scope() -> Iterator[None]:
+    """The application's own scope (app/tenant_scope.py: ORM criteria, Core and flush checks) switched off for
+    the test, so what holds is the database's wall alone."""
+    from app import tenant_scope
+
+    listeners = [(Session, "do_orm_execute", tenant_scope._scope_statement),
+                 (Session, "before_flush", tenant_scope._scope_flush)]
+    for target, name, fn in listeners:
+        event.remove(target, name, fn)
+    try:
+        yield
+    finally:
+        for target, name, fn in listeners:
+            event.listen(target, name, fn)
+
+
 def test_an_orm_query_without_a_tenant_filter_returns_only_the_sessions_tenant(
-    as_app: Engine, two_tenants: tuple[str, str, MetaData, dict[str, dict[str, dict[str, Any]]]]
+    as_app: Engine, two_tenants: tuple[str, str, MetaData, dict[str, dict[str, dict[str, Any]]]],
+    without_app_scope: None,
 ) -> None:
     a, b, _meta, rows = two_tenants
     with Session(as_app, info={"tenant_id": a}) as session:
@@ -273,7 +291,8 @@ def test_an_orm_query_without_a_tenant_filter_returns_only_the_sessions_tenant(
 
 
 def test_the_scope_is_one_statement_per_transaction_and_a_pooled_connection_carries_nothing_on(
-    pg_url: str, app_role: None, two_tenants: tuple[str, str, MetaData, dict[str, dict[str, dict[str, Any]]]]
+    pg_url: str, app_role: None, two_tenants: tuple[str, str, MetaData, dict[str, dict[str, dict[str, Any]]]],
+    without_app_scope: None,
 ) -> None:
     a, _b, _meta, _rows = two_tenants
     engine = rls.install(create_engine(psycopg_url(pg_url), pool_size=1, max_overflow=0))
@@ -413,7 +432,7 @@ def test_creating_the_role_survives_a_concurrent_migration_creating_it_first(pg_
 
 
 def test_an_owner_that_is_no_superuser_migrates_is_held_by_force_and_a_member_login_needs_no_set_role(
-    app_role: None, monkeypatch: pytest.MonkeyPatch
+    app_role: None, monkeypatch: pytest.MonkeyPatch, without_app_scope: None
 ) -> None:
     """The production shape: the schema's owner is an ordinary login (with CREATEROLE for the first migration);
     FORCE holds it to the policies too, and the application logs in as its own member of the app role."""
