@@ -11,10 +11,10 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.bootstrap import container
 from app.knowledge import calibration
 from app.knowledge.calibration import Observed, calibrate_observed, choose, figures, split_of
-from app.knowledge.retrieval import retrieve
-from app.knowledge.service import ingest_paths
+from app.knowledge.service import IngestReport, ingest_paths
 from app.models import PackVersion, Tenant
 from tests.knowledge import calibration_pack
 
@@ -80,13 +80,17 @@ def test_split_is_by_question_text_and_stable() -> None:
     assert {split_of(q) for q, _ in calibration_pack.ANSWERABLE} == {"tune", "report"}
 
 
+def _ingest(db: Session, tenant: str, pack: Path) -> IngestReport:
+    return ingest_paths(db, tenant, [pack], deps=container().knowledge)
+
+
 def _top(tenant: str, question: str) -> float:
-    return retrieve(tenant, question, filters={"pack_version": 1})[0].score
+    return container().retriever(tenant, question, filters={"pack_version": 1})[0].score
 
 
 def test_ingestion_calibrates_between_the_score_distributions_per_tenant(db: Session, tmp_path: Path) -> None:
-    acme = ingest_paths(db, "acme", [calibration_pack.write(tmp_path / "acme")])
-    globex = ingest_paths(db, "globex", [calibration_pack.write(tmp_path / "globex", eval_set=False)])
+    acme = _ingest(db, "acme", calibration_pack.write(tmp_path / "acme"))
+    globex = _ingest(db, "globex", calibration_pack.write(tmp_path / "globex", eval_set=False))
     db.commit()
     assert acme.promoted and globex.promoted
     rows = {r.tenant_id: r for r in db.scalars(select(PackVersion))}
@@ -125,7 +129,7 @@ def test_ingestion_calibrates_between_the_score_distributions_per_tenant(db: Ses
 
 
 def test_without_unanswerable_questions_negatives_come_from_other_domains(db: Session, tmp_path: Path) -> None:
-    ingest_paths(db, "acme", [calibration_pack.write(tmp_path / "acme", unanswerable=False)])
+    _ingest(db, "acme", calibration_pack.write(tmp_path / "acme", unanswerable=False))
     db.commit()
     found = db.scalars(select(PackVersion).where(PackVersion.tenant_id == "acme")).one().calibration
     assert found is not None and found["negatives_source"] == "generated" and found["threshold"] is not None
@@ -137,9 +141,7 @@ def test_without_unanswerable_questions_negatives_come_from_other_domains(db: Se
 
 
 def test_generated_negatives_leave_out_questions_near_the_tenants_own() -> None:
-    from app import runtime
-
-    embedder = runtime.get_embedder()
+    embedder = container().embedder
     kept = calibration.generated_negatives(["can i pay with klarna?", "I am still waiting on my card?"],
                                            embedder.embed_query)
     assert "can i pay with klarna?" not in kept and "I am still waiting on my card?" not in kept
@@ -149,18 +151,19 @@ def test_generated_negatives_leave_out_questions_near_the_tenants_own() -> None:
 def test_recompute_replaces_only_that_tenants_calibration(db: Session, tmp_path: Path) -> None:
     from app.knowledge.cli import PackError, run_calibrate
 
-    ingest_paths(db, "acme", [calibration_pack.write(tmp_path / "acme")])
-    ingest_paths(db, "globex", [calibration_pack.write(tmp_path / "globex", eval_set=False, unanswerable=False)])
+    _ingest(db, "acme", calibration_pack.write(tmp_path / "acme"))
+    _ingest(db, "globex", calibration_pack.write(tmp_path / "globex", eval_set=False, unanswerable=False))
     db.commit()
     before = db.scalars(select(PackVersion).where(PackVersion.tenant_id == "acme")).one().calibration
     questions = (tmp_path / "acme" / "_eval.jsonl").read_text()
-    result = run_calibrate("globex", questions=questions)  # globex's own eval set now, generated negatives
+    # Globex's own eval set now, with generated negatives.
+    result = run_calibrate(container(), "globex", questions=questions)
     assert result["source"] == "calibrated" and result["recomputed"]["negatives_source"] == "generated"
     db.expire_all()
     after = {r.tenant_id: r.calibration for r in db.scalars(select(PackVersion))}
     assert after["acme"] == before
     assert after["globex"]["threshold"] == result["in_effect"]  # type: ignore[index]
     with pytest.raises(PackError, match="pack version 7 does not exist"):
-        run_calibrate("globex", version=7)
+        run_calibrate(container(), "globex", version=7)
     with pytest.raises(PackError, match="line 1"):
-        run_calibrate("globex", questions="{not json")
+        run_calibrate(container(), "globex", questions="{not json")
