@@ -5,14 +5,15 @@ when a tenant has it on and the model cannot load."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 
 from app import bootstrap, operations
-from app.assistant.pii_ner import NerUnavailable, PiiNer, install_hint
+from app.assistant.pii_ner import NerUnavailable, install_hint
 from app.crypto import encrypt_json
 from app.db import session_scope
 from app.models import Escalation, Tenant
@@ -31,15 +32,25 @@ def ner_tenant(stack: Stack) -> dict[str, Any]:
     return created
 
 
+@contextmanager
+def ner_loading(load: Callable[[str], Any]) -> Iterator[None]:
+    """The running orchestrator's PiiNer (handed to it when the stack started, so replacing the container's
+    service would not reach it) loads with `load` for the block; its own loader and state come back after."""
+    ner = bootstrap.container().pii_ner
+    saved = ner._load, ner._recognizer
+    ner._load, ner._recognizer = load, None
+    try:
+        yield
+    finally:
+        ner._load, ner._recognizer = saved
+
+
 @pytest.fixture
 def recognizer() -> Iterator[FakeRecognizer]:
-    """The container's PiiNer loads the fake instead of Presidio; the real one comes back afterwards."""
+    """The PiiNer loads the fake instead of Presidio; the real loader comes back afterwards."""
     fake = FakeRecognizer([NAME], [STREET])
-    container = bootstrap.container()
-    old = container.pii_ner  # built, so that putting it back restores a service, not a hole
-    container.use("pii_ner", PiiNer(container.settings, load=lambda model: fake))
-    yield fake
-    container.use("pii_ner", old)
+    with ner_loading(lambda model: fake):
+        yield fake
 
 
 def _set_policies(server: Any, **policies: Any) -> None:
@@ -90,15 +101,10 @@ def test_a_tenant_with_it_on_where_the_model_cannot_load_is_escalated_not_sent_u
     def missing(model: str) -> FakeRecognizer:
         raise NerUnavailable(install_hint(model))
 
-    container = bootstrap.container()
-    old = container.pii_ner
-    container.use("pii_ner", PiiNer(container.settings, load=missing))
-    try:
+    with ner_loading(missing):
         _set_policies(openai_server, pii_ner=True)  # set before the model went away
         sent_before = len(openai_server.completion_requests)
         reply, message_id = _ask(stack, ner_tenant, f"I'm {NAME}, do gift cards expire?", "n2")
-    finally:
-        container.use("pii_ner", old)
     assert len(openai_server.completion_requests) == sent_before  # nothing went to the LLM
     with session_scope(cross_tenant="tests") as session:
         escalation = session.scalars(select(Escalation).where(Escalation.message_id == message_id)).one()
