@@ -105,6 +105,9 @@ class Dispatcher:
             if account is None:
                 message.status, message.error = "failed", f"message {message.id} has no channel account to send from"
                 return "failed"
+            session.refresh(message, with_for_update=True)  # as it is now, locked until the lease is committed
+            if message.status != "pending":
+                return str(message.status)  # taken meanwhile (the USSD route showed it on its screen)
             self._take_lease(session, message)
             request = _request(session, message, account, contact)
             with tracing.span(f"send {message.channel}", {"switchboard.channel": message.channel,
@@ -144,7 +147,13 @@ class Dispatcher:
         session.commit()
 
     def _later(self, session: Session, message: Message, retry_after: float | None) -> None:
-        """Not sending any more: release the lease so the redelivery can go ahead, not before `retry_after`."""
+        """Not sending any more: release the lease so the redelivery can go ahead, not before `retry_after`.
+        The row is read again first: meanwhile the USSD route may have shown the reply on its screen (status
+        `sent`, `shown_on`), which a write from the copy read before the send would undo."""
+        session.refresh(message, with_for_update=True)
+        if message.status != "pending":
+            session.commit()
+            return
         meta = _without(message.meta or {}, "sending_until")
         if retry_after:
             meta["retry_at"] = (self.clock() + timedelta(seconds=retry_after)).isoformat()
