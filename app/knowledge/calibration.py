@@ -30,7 +30,6 @@ An explicit `min_relevance` in the tenant's policies always wins (`in_effect`).
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -40,7 +39,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.knowledge.evaluate import EvalError, Question
+from app.knowledge.evaluate import EvalError, Question, jsonl_objects
 from app.knowledge.indexing import Deps
 from app.knowledge.retrieval import Passage, retrieve
 from app.knowledge.termstats import TermStats
@@ -92,16 +91,9 @@ def split_of(question: str) -> str:
 
 def parse_unanswerable(data: bytes | str) -> list[str]:
     """`{"question": "..."}` per line (other fields ignored)."""
-    text = data.decode("utf-8-sig") if isinstance(data, bytes) else data
     out = []
-    for line_no, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise EvalError(f"line {line_no}: invalid JSON ({exc.msg})") from exc
-        question = item.get("question") if isinstance(item, dict) else None
+    for line_no, item in jsonl_objects(data):
+        question = item.get("question")
         if not isinstance(question, str) or not question.strip():
             raise EvalError(f'line {line_no}: needs {{"question": "..."}}')
         out.append(question.strip())

@@ -12,6 +12,7 @@ and back `switchboard eval`.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,9 +47,9 @@ def _norm(text: str) -> str:
     return " ".join(text.casefold().split())
 
 
-def parse_questions(data: bytes | str) -> list[Question]:
+def jsonl_objects(data: bytes | str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) of each non-blank JSONL line; a line that is not an object reads as `{}`."""
     text = data.decode("utf-8-sig") if isinstance(data, bytes) else data
-    out = []
     for line_no, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -56,8 +57,12 @@ def parse_questions(data: bytes | str) -> list[Question]:
             item = json.loads(line)
         except json.JSONDecodeError as exc:
             raise EvalError(f"line {line_no}: invalid JSON ({exc.msg})") from exc
-        if not isinstance(item, dict):
-            item = {}
+        yield line_no, item if isinstance(item, dict) else {}
+
+
+def parse_questions(data: bytes | str) -> list[Question]:
+    out = []
+    for line_no, item in jsonl_objects(data):
         question, expected, heading = item.get("question"), item.get("expected_document"), item.get("expected_heading")
         if isinstance(expected, list) and expected and all(isinstance(e, str) and e for e in expected):
             expected = tuple(expected)
