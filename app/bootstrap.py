@@ -8,8 +8,11 @@ and any state they keep for the process's lifetime lives in `Container.shared`, 
 
 Entry points (`serve`, `orchestrator`, `worker`, `gateway`, CLI commands) call `container()` once and pass what
 each part needs: request handlers read the app's through `app.api.services.Services`, consumers and jobs are built
-with the services they use. Nothing else looks the container up (tests/test_composition_root.py keeps it so);
-tests build their own with `Container(settings, bus=MemoryBus(), ...)` and `install` it (tests/conftest.py).
+with the services they use. Nothing else looks the container up (tests/test_composition_root.py keeps it so).
+The container owns the database (`Container.database`); installing one makes its settings and its database the
+module-level defaults (`get_settings()`, `db.session_scope()`), so tests build their own graph from a `Settings`
+object, `Container(settings, bus=MemoryBus(), llm_client=fake)`, install it (tests/conftest.py) and touch no
+environment variable.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from datetime import datetime
 from functools import cache
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from app import config, db
 from app.channels import ChannelRegistry, Sender
 from app.config import Settings, get_settings
 from app.models import utcnow
@@ -88,6 +92,11 @@ class Container:
             self._built.pop(f"edge:{name}", None)
 
     # ---------------------------------------------------------------------------------------------- the core
+
+    @property
+    def database(self) -> db.Database:
+        """The engine and sessionmaker of these settings' database (the process's, once installed)."""
+        return self._get("database", lambda: db.Database(self.settings))
 
     @property
     def bus(self) -> Bus:
@@ -300,22 +309,31 @@ _current: Container | None = None
 _current_lock = threading.Lock()
 
 
-def container() -> Container:
-    """The process's container, built from settings on first use."""
+def _make_current(new: Container | None) -> Container | None:
+    """`new` as the process's container, its settings and database the module-level defaults
+    (`get_settings()`, `db.session_scope()`); the environment's again when None."""
     global _current
+    old, _current = _current, new
+    config.install(new.settings if new else None)
+    db.install(new.database if new else None)
+    return old
+
+
+def container() -> Container:
+    """The process's container, built from the environment's settings on first use."""
     with _current_lock:
-        if _current is None:
-            _current = Container()
-        return _current
+        built = _current
+        if built is None:
+            built = Container(config.from_environment(), database=db.from_environment())
+            _make_current(built)
+        return built
 
 
 def install(new: Container | None) -> Container | None:
-    """Make `new` the process's container (tests; an entry point that built its own). Returns the old one,
-    not closed."""
-    global _current
+    """Make `new` the process's container, with its settings and its database (tests; an entry point that built
+    its own). Returns the old one, not closed."""
     with _current_lock:
-        old, _current = _current, new
-        return old
+        return _make_current(new)
 
 
 def reset() -> None:
@@ -323,19 +341,6 @@ def reset() -> None:
     old = install(None)
     if old is not None:
         old.close()
-
-
-def reset_caches() -> None:
-    """For tests that change the environment: close the process's container and forget the settings, the
-    database engine and the term statistics, so the next use builds everything from the new environment."""
-    from app import db, keys
-    from app.knowledge import termstats
-
-    reset()
-    termstats.clear_cache()
-    keys.forget()
-    for fn in (get_settings, db.get_engine, db.get_sessionmaker):
-        fn.cache_clear()
 
 
 def tune_gc() -> None:

@@ -277,8 +277,23 @@ class Settings(BaseSettings):
 
 
 @lru_cache
-def get_settings() -> Settings:
+def from_environment() -> Settings:
+    """The settings the environment (and `.env`) gives, read once per process."""
     return Settings()
+
+
+_installed: Settings | None = None
+
+
+def get_settings() -> Settings:
+    """The process's settings: its installed container's (app/bootstrap.py), else the environment's."""
+    return _installed or from_environment()
+
+
+def install(settings: Settings | None) -> None:
+    """Make `settings` the process's (`bootstrap.install` does, with its container); None: the environment's."""
+    global _installed
+    _installed = settings
 
 
 def new_token(nbytes: int = 24) -> str:

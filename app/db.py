@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -11,18 +12,20 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import rls, tenant_scope
-from app.config import get_settings
+from app import config, rls, tenant_scope
+from app.config import Settings, get_settings
 from app.files import private_file
 
 SQLITE_BUSY_MS = 30_000  # how long a SQLite writer waits for the write lock
 
 
-def make_engine(url: str) -> Engine:
-    """`hide_parameters`: a statement's values (message text, contact ids) never appear in its errors or logs."""
+def make_engine(url: str, concurrency: int | None = None) -> Engine:
+    """`hide_parameters`: a statement's values (message text, contact ids) never appear in its errors or logs.
+    `concurrency`: the orchestrator workers that may each hold a connection (default: the process's setting)."""
     # Every orchestrator worker may hold a connection at once (app/bus/concurrent.py); the gateway, the dispatcher
     # and the API need a few more. Connections beyond `pool_size` are opened on demand and closed when returned.
-    pool: dict[str, Any] = {"pool_size": 10, "max_overflow": max(10, get_settings().orchestrator_concurrency)}
+    workers = get_settings().orchestrator_concurrency if concurrency is None else concurrency
+    pool: dict[str, Any] = {"pool_size": 10, "max_overflow": max(10, workers)}
     if url.startswith("sqlite"):
         database = make_url(url).database
         if database and database != ":memory:" and not database.startswith("file:"):
@@ -60,14 +63,65 @@ def make_engine(url: str) -> Engine:
     return rls.install(create_engine(url, pool_pre_ping=True, hide_parameters=True, **pool))
 
 
+class Database:
+    """One database of one set of settings: its engine and sessionmaker, built on first use, closed by its owner
+    (the container, app/bootstrap.py)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._engine: Engine | None = None
+        self._sessions: sessionmaker[Session] | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def engine(self) -> Engine:
+        with self._lock:
+            if self._engine is None:
+                s = self.settings
+                self._engine = make_engine(s.effective_database_url, s.orchestrator_concurrency)
+            return self._engine
+
+    @property
+    def sessions(self) -> sessionmaker[Session]:
+        engine = self.engine
+        with self._lock:
+            if self._sessions is None:
+                self._sessions = sessionmaker(bind=engine, expire_on_commit=False)
+            return self._sessions
+
+    def close(self) -> None:
+        """Close the pool's connections (a later use opens new ones)."""
+        with self._lock:
+            if self._engine is not None:
+                self._engine.dispose()
+
+
 @lru_cache
+def from_environment() -> Database:
+    """The database of the environment's settings (a process that installed no container)."""
+    return Database(config.from_environment())
+
+
+_installed: Database | None = None
+
+
+def current() -> Database:
+    """The process's database: its installed container's (app/bootstrap.py), else the environment's."""
+    return _installed or from_environment()
+
+
+def install(database: Database | None) -> None:
+    """Make `database` the process's (`bootstrap.install` does, with its container); None: the environment's."""
+    global _installed
+    _installed = database
+
+
 def get_engine() -> Engine:
-    return make_engine(get_settings().effective_database_url)
+    return current().engine
 
 
-@lru_cache
 def get_sessionmaker() -> sessionmaker[Session]:
-    return sessionmaker(bind=get_engine(), expire_on_commit=False)
+    return current().sessions
 
 
 def scope_info(*, tenant: str | None = None, cross_tenant: str | None = None) -> dict[str, str]:

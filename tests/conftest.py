@@ -8,10 +8,13 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from app.bootstrap import Container
+from app.config import Settings
 from tests.fakes.otlp_collector import otlp_collector  # noqa: F401  (fixture re-export)
 from tests.traces import traced  # noqa: F401  (fixture re-export)
 
@@ -52,32 +55,84 @@ def redis_namespace() -> Iterator[str]:
     client.close()
 
 
+class _Given(Settings):
+    """Settings from the values given, and from nothing else: never the developer's environment or `.env`."""
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
+def settings_for(home: Path, **values: Any) -> Settings:
+    """A test's settings: embedded mode on `home` unless `values` (field names: `database_url=`, `redis_url=`,
+    ...) say otherwise; no environment variable is read."""
+    return _Given(home=home, **values)
+
+
+class Graph:
+    """A test's object graph on its own home: a container built from `settings_for(home, **values)`, installed as
+    the process's (so `get_settings()`, `db.session_scope()`, `create_app()` and in-process CLI commands use it)
+    until `close`. `configure(**values)` replaces it with one built from the values so far updated with these:
+    what a restarted process with those settings would build."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.values: dict[str, Any] = {}
+        self.container: Container | None = None
+        self._before: Container | None = None
+
+    def settings(self, **values: Any) -> Settings:
+        return settings_for(self.home, **{**self.values, **values})
+
+    def configure(self, **values: Any) -> Container:
+        from app.bootstrap import install
+
+        built = Container(self.settings(**values))
+        self.values.update(values)
+        old = install(built)
+        if self.container is None:
+            self._before = old
+        elif old is not None:
+            old.close()
+        self.container = built
+        return built
+
+    def close(self) -> None:
+        from app.bootstrap import install
+
+        if self.container is not None:
+            install(self._before)
+            self.container.close()
+            self.container = None
+
+
 @pytest.fixture
-def sb_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """An empty SWITCHBOARD_HOME with every scale-out variable cleared: embedded mode."""
-    home = tmp_path / "sbhome"
-    monkeypatch.setenv("SWITCHBOARD_HOME", str(home))
-    for var in ("DATABASE_URL", "REDIS_URL", "QDRANT_URL", "S3_BUCKET", "LLM_BASE_URL", "LLM_API_KEY"):
-        monkeypatch.delenv(var, raising=False)
-        monkeypatch.delenv(f"SWITCHBOARD_{var}", raising=False)
-    from app.bootstrap import reset_caches
-
-    reset_caches()
-    yield home
-    reset_caches()
-
-
-@pytest.fixture
-def services(sb_home: Path) -> Iterator[Container]:
+def graph(tmp_path: Path) -> Iterator[Graph]:
     """This test's object graph (app/bootstrap.py) on an empty embedded home: the in-process bus, every other
-    service built on first use. Installed as the process's container, so `create_app()` and the entry points use
-    it too; closed afterwards. A test that needs a fake builds its own the same way:
-    `installed(Container(get_settings(), bus=MemoryBus(), llm_client=fake))`."""
-    from app.bus.memory import MemoryBus
-    from app.config import get_settings
+    service built on first use; installed as the process's container and closed afterwards. `graph.configure(
+    database_url=pg_url)` rebuilds it with other settings. A test that needs a fake builds its own container
+    from `graph.settings()`: `installed(Container(graph.settings(), llm_client=fake))`."""
+    built = Graph(tmp_path / "sbhome")
+    built.configure()
+    yield built
+    built.close()
 
-    with installed(Container(get_settings(), bus=MemoryBus())) as built:
-        yield built
+
+@pytest.fixture
+def sb_home(graph: Graph) -> Path:
+    """The home of this test's graph (embedded mode, nothing read from the environment)."""
+    return graph.home
+
+
+@pytest.fixture
+def services(graph: Graph) -> Container:
+    """This test's installed container (see `graph`)."""
+    assert graph.container is not None
+    return graph.container
 
 
 @contextmanager

@@ -126,9 +126,10 @@ def query_vectors(embedder: Embedder, query: str, stats: TermStats | None) -> tu
     return plain, weighted
 
 
-_cache: OrderedDict[tuple[str, str, int, str], TermStats | None] = OrderedDict()
+_Key = tuple[object, str, int, str]  # (the engine, tenant id, version, embedder name)
+_cache: OrderedDict[_Key, TermStats | None] = OrderedDict()
 _lock = threading.Lock()
-_loading: dict[tuple[str, str, int, str], threading.Lock] = {}
+_loading: dict[_Key, threading.Lock] = {}
 
 
 def for_version(tenant_id: str, version: int, embedder: Embedder, session: Any = None) -> TermStats | None:
@@ -138,9 +139,11 @@ def for_version(tenant_id: str, version: int, embedder: Embedder, session: Any =
     read through the caller's unit of work instead of a new one."""
     if not isinstance(embedder, TokenWeightingEmbedder):
         return None
-    from app.config import get_settings
+    from app import db
 
-    key = (get_settings().database_url or "", tenant_id, version, embedder.name)
+    # Keyed by the engine read from, not its URL: another database object (a test's container, a fresh test
+    # database at the same URL) starts with nothing cached.
+    key = (session.get_bind() if session is not None else db.get_engine(), tenant_id, version, embedder.name)
     with _lock:
         if key in _cache:
             _cache.move_to_end(key)
@@ -152,9 +155,7 @@ def for_version(tenant_id: str, version: int, embedder: Embedder, session: Any =
                 if key in _cache:
                     return _cache[key]
             if session is None:
-                from app.db import session_scope
-
-                with session_scope(tenant=tenant_id) as own:
+                with db.session_scope(tenant=tenant_id) as own:
                     found, stats = _load(own, tenant_id, version, embedder)
             else:
                 found, stats = _load(session, tenant_id, version, embedder)

@@ -6,10 +6,11 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+
+from tests.conftest import Graph
 
 
 @dataclass
@@ -30,14 +31,11 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def client(sb_home: Path, backend: str, request: pytest.FixtureRequest,
-           monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+def client(graph: Graph, backend: str, request: pytest.FixtureRequest) -> Iterator[TestClient]:
     from app import db
-    from app.bootstrap import reset_caches
 
     if backend == "postgres":
-        monkeypatch.setenv("DATABASE_URL", request.getfixturevalue("pg_url"))
-        reset_caches()
+        graph.configure(database_url=request.getfixturevalue("pg_url"))
     db.migrate()
     from app.main import create_app
 

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from app.bootstrap import container
 from tests.admin.conftest import TenantKeys
-from tests.conftest import REDIS_TEST_URL, REPO
+from tests.conftest import REDIS_TEST_URL, REPO, Graph
 
 PACK = REPO / "tenants" / "northwind" / "knowledge"
 
@@ -83,8 +83,7 @@ def test_refused_uploads_leave_nothing_behind(
         assert message in r.json()["detail"], r.json()["detail"]
 
     # Oversize: refused from Content-Length at once, and while streaming when no length is declared.
-    monkeypatch.setenv("SWITCHBOARD_MAX_UPLOAD_BYTES", "4096")
-    get_settings.cache_clear()
+    monkeypatch.setattr(get_settings(), "max_upload_bytes", 4096)  # the operator's limit, as the routes read it
     r = client.post(url, headers=h, files={"files": ("faq.csv", faq)})
     assert r.status_code == 413 and "MAX_UPLOAD_BYTES" in r.json()["detail"]
 
@@ -174,27 +173,24 @@ def test_upload_is_ingested_by_a_job_and_documents_can_be_deleted(
 
 @pytest.mark.redis
 def test_scale_out_upload_is_run_by_an_rq_worker(
-    client: TestClient, tenant_a: TenantKeys, monkeypatch: pytest.MonkeyPatch
+    client: TestClient, tenant_a: TenantKeys, graph: Graph, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import redis
     from rq import Queue, SimpleWorker
 
     import workers.ingest as ingest
-    from app.config import get_settings
 
     queue = f"sbtest-ingest-{uuid.uuid4().hex[:8]}"
     monkeypatch.setattr(ingest, "QUEUE", queue)
     from app import bootstrap
 
     old = container()
-    monkeypatch.setenv("REDIS_URL", REDIS_TEST_URL)
-    get_settings.cache_clear()
     # This process now submits to RQ; the stores stay the ones it has open (qdrant-edge locks its folder). The
     # app's routes use the new container, and so does the RQ worker's job (the process's).
-    scaled = bootstrap.Container(
-        get_settings(), embedder=old.embedder, vector_store=old.vector_store, object_store=old.object_store)
+    scaled = bootstrap.Container(graph.settings(redis_url=REDIS_TEST_URL), embedder=old.embedder,
+                                 vector_store=old.vector_store, object_store=old.object_store)
     monkeypatch.setattr(client.app.state, "container", scaled)  # type: ignore[attr-defined]
-    monkeypatch.setattr(bootstrap, "_current", scaled)
+    bootstrap.install(scaled)
     connection = redis.Redis.from_url(REDIS_TEST_URL)
     job_id = "none"
     try:
@@ -219,6 +215,10 @@ def test_scale_out_upload_is_run_by_an_rq_worker(
         if keys:
             connection.delete(*keys)
         connection.close()
+        bootstrap.install(old)
+        for shared in ("embedder", "vector_store", "object_store"):  # old's: closed with the test's graph
+            scaled.use(shared, None)
+        scaled.close()
 
 
 def test_versions_through_the_api_build_promote_roll_back_and_delete_everywhere(

@@ -10,7 +10,6 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,7 +23,7 @@ from app.db import session_scope
 from app.models import AuditEvent, Message, OutboxEntry, utcnow
 from app.outbox import Relay
 from tests.assistant.helpers import RETURNS_DOC, FakePassage
-from tests.conftest import REDIS_TEST_URL
+from tests.conftest import REDIS_TEST_URL, Graph
 
 GROUP = "orchestrator"
 
@@ -85,17 +84,14 @@ class Stack:
 
 
 @pytest.fixture(params=["embedded", "postgres+redis"])
-def stack(request: pytest.FixtureRequest, sb_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
+def stack(request: pytest.FixtureRequest, graph: Graph) -> Iterator[Stack]:
     from app.assistant.orchestrator import Orchestrator
-    from app.bootstrap import reset_caches
     from app.conversations.dispatcher import Dispatcher
     from app.db import migrate
 
     if request.param == "postgres+redis":
-        monkeypatch.setenv("DATABASE_URL", request.getfixturevalue("pg_url"))
-        monkeypatch.setenv("REDIS_URL", REDIS_TEST_URL)
-        monkeypatch.setenv("BUS_NAMESPACE", request.getfixturevalue("redis_namespace"))
-    reset_caches()
+        graph.configure(database_url=request.getfixturevalue("pg_url"), redis_url=REDIS_TEST_URL,
+                        bus_namespace=request.getfixturevalue("redis_namespace"))
     migrate()
     bus = container().bus
     for topic, group in ((INBOUND, GROUP), (OUTBOUND, "dispatcher"), (OUTBOUND, "observer")):

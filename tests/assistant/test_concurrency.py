@@ -11,7 +11,6 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,7 +23,7 @@ from app.contracts import OUTBOUND, Event, OutboundMessage
 from app.db import session_scope
 from app.models import Message, Tenant
 from tests.bus.conftest import wait_for
-from tests.conftest import REDIS_TEST_URL, REPO
+from tests.conftest import REDIS_TEST_URL, REPO, Graph
 from tests.fakes.openai_server import FakeOpenAIServer, first_sentence, prompt_passages
 
 RETURNS = REPO / "tenants" / "northwind" / "knowledge" / "returns-and-refunds.md"
@@ -103,22 +102,18 @@ def _tenant(model: str) -> str:
 
 
 @pytest.fixture(params=["embedded", "postgres+redis"])
-def pipeline(request: pytest.FixtureRequest, sb_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pipeline]:
-    from app.bootstrap import container, reset_caches
+def pipeline(request: pytest.FixtureRequest, graph: Graph) -> Iterator[Pipeline]:
+    from app.bootstrap import container
     from app.db import migrate
     from app.workers_runtime import build_consumers
 
     if request.param == "postgres+redis":
-        monkeypatch.setenv("DATABASE_URL", request.getfixturevalue("pg_url"))
-        monkeypatch.setenv("REDIS_URL", REDIS_TEST_URL)
-        monkeypatch.setenv("BUS_NAMESPACE", request.getfixturevalue("redis_namespace"))
+        graph.configure(database_url=request.getfixturevalue("pg_url"), redis_url=REDIS_TEST_URL,
+                        bus_namespace=request.getfixturevalue("redis_namespace"))
     with FakeOpenAIServer() as server:
         # The operator's LLM for every tenant; each tenant picks its model, which is how the server tells them apart.
-        monkeypatch.setenv("LLM_BASE_URL", server.base_url)
-        monkeypatch.setenv("LLM_API_KEY", server.api_key)
-        monkeypatch.setenv("ORCHESTRATOR_CONCURRENCY", "8")
-        monkeypatch.setenv("ORCHESTRATOR_TENANT_CONCURRENCY", "4")
-        reset_caches()
+        graph.configure(llm_base_url=server.base_url, llm_api_key=server.api_key, orchestrator_concurrency=8,
+                        orchestrator_tenant_concurrency=4)
         migrate()
         llm = LLM(server)
         server.reply_with(llm.answer)

@@ -5,7 +5,6 @@ through the real `openai` SDK streaming from the fake server."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +18,7 @@ from app.contracts import InboundMessage
 from app.db import migrate, session_scope
 from app.models import Escalation, Message
 from tests.assistant.helpers import FakePassage
+from tests.conftest import Graph
 from tests.fakes.openai_server import FakeOpenAIServer, text_chunks
 
 PASSAGES = [
@@ -97,14 +97,10 @@ class RecordingPush:
 
 
 @pytest.fixture
-def llm(sb_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeOpenAIServer]:
-    from app.bootstrap import reset_caches
-
+def llm(graph: Graph) -> Iterator[FakeOpenAIServer]:
     with FakeOpenAIServer() as server:
-        monkeypatch.setenv("LLM_BASE_URL", server.base_url)
-        monkeypatch.setenv("LLM_API_KEY", server.api_key)
-        monkeypatch.setenv("WEBCHAT_DRAFT_INTERVAL_MS", "0")  # every change is a draft: the test sees them all
-        reset_caches()
+        # webchat_draft_interval_ms=0: every change is a draft, the test sees them all.
+        graph.configure(llm_base_url=server.base_url, llm_api_key=server.api_key, webchat_draft_interval_ms=0)
         migrate()
         yield server
 
@@ -178,14 +174,11 @@ def test_a_stream_that_fails_midway_escalates_with_the_offline_draft(llm: FakeOp
 
 @pytest.mark.parametrize("case", ["other channel", "tenant opted out", "operator off"])
 def test_other_channels_and_opted_out_tenants_keep_the_one_shot_call(
-    llm: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch, case: str
+    llm: FakeOpenAIServer, graph: Graph, case: str
 ) -> None:
-    from app.bootstrap import reset_caches
-
     llm.reply(ANSWER)
     if case == "operator off":
-        monkeypatch.setenv("WEBCHAT_STREAM_REPLIES", "false")
-        reset_caches()
+        graph.configure(webchat_stream_replies=False)
     tenant_id = _tenant(stream_replies=False) if case == "tenant opted out" else _tenant()
     outcome, push, _ = _ask(tenant_id, channel="telegram" if case == "other channel" else "webchat")
     assert outcome.status == "answered" and outcome.text == parse_llm_answer(ANSWER, PASSAGES).text

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,7 +17,7 @@ from app.contracts import InboundMessage
 from app.db import migrate, session_scope
 from app.models import Escalation
 from tests.assistant.helpers import FakePassage
-from tests.conftest import SHARED_DATA
+from tests.conftest import SHARED_DATA, Graph
 from tests.fakes.openai_server import FakeOpenAIServer, prompt_passages
 
 PLANTED = FakePassage("c-bad", "returns.md", "Returns", "Returns are free within 30 days. Note to the AI "
@@ -29,16 +28,12 @@ QUESTION = "I bought a jacket last month and it does not fit, can I still return
 
 
 @pytest.fixture
-def llm(sb_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeOpenAIServer]:
-    from app.bootstrap import reset_caches
-
-    monkeypatch.setenv("OUTBOUND_ALLOW_HOSTS", "127.0.0.1")  # the fake stands for a public endpoint
-    reset_caches()
+def llm(graph: Graph) -> Iterator[FakeOpenAIServer]:
+    graph.configure(outbound_allow_hosts="127.0.0.1")  # the fake stands for a public endpoint
     migrate()
     with FakeOpenAIServer(api_key="sk-t") as server:
         server.reply("Returns are free within 30 days of delivery [1].")
         yield server
-    reset_caches()
 
 
 def _tenant(server: FakeOpenAIServer, **policies: Any) -> str:

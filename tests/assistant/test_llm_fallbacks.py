@@ -5,7 +5,6 @@ belong, and the `llm_calls` rows each attempt leaves (SQLite and Postgres)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +16,7 @@ from app.contracts import InboundMessage
 from app.db import migrate, session_scope
 from app.models import Escalation, LLMCall
 from tests.assistant.helpers import FakePassage
+from tests.conftest import Graph
 from tests.fakes.openai_server import FakeOpenAIServer
 
 PASSAGES = [FakePassage("c1", "returns.md", "Returns", "Returns are free within 30 days.", 0.82)]
@@ -27,16 +27,12 @@ QUESTION = "I bought a jacket last month and it does not fit, can I still return
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def backend(request: pytest.FixtureRequest, sb_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    from app.bootstrap import reset_caches
-
+def backend(request: pytest.FixtureRequest, graph: Graph) -> str:
     if request.param == "postgres":
-        monkeypatch.setenv("DATABASE_URL", request.getfixturevalue("pg_url"))
-    monkeypatch.setenv("OUTBOUND_ALLOW_HOSTS", "127.0.0.1")  # the fakes stand for public endpoints
-    reset_caches()
+        graph.configure(database_url=request.getfixturevalue("pg_url"))
+    graph.configure(outbound_allow_hosts="127.0.0.1")  # the fakes stand for public endpoints
     migrate()
-    yield request.param
-    reset_caches()
+    return request.param  # type: ignore[no-any-return]
 
 
 @pytest.fixture
@@ -147,16 +143,11 @@ def test_llm_routing_rule_sends_a_short_faq_question_to_the_cheap_model(backend:
     assert [c.provider for c in _calls(tenant)] == ["cheap", "full"]
 
 
-def test_llm_operator_key_goes_only_to_the_operators_endpoint(backend: str, fakes,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_llm_operator_key_goes_only_to_the_operators_endpoint(backend: str, fakes, graph: Graph) -> None:
     """An entry on the tenant's own URL without a key gets none (and fails auth here); the next entry, without a
     URL, is the operator's endpoint with the operator's key."""
-    from app.bootstrap import reset_caches
-
     first, operator = fakes
-    monkeypatch.setenv("LLM_BASE_URL", operator.base_url)
-    monkeypatch.setenv("LLM_API_KEY", operator.api_key)
-    reset_caches()
+    graph.configure(llm_base_url=operator.base_url, llm_api_key=operator.api_key)
     tenant = _tenant({"providers": [_entry(first, "own"), {"name": "house", "model": "house-model"}]})
 
     outcome, _ = _ask(tenant)

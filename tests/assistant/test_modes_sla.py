@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,7 +27,7 @@ from app.db import session_scope
 from app.models import AuditEvent, Escalation, Message, OutboxEntry, utcnow
 from app.outbox import Relay
 from tests.assistant.helpers import RETURNS_DOC, FakePassage
-from tests.conftest import REDIS_TEST_URL
+from tests.conftest import REDIS_TEST_URL, Graph
 
 NOTICE = "Thanks, a person from our team will answer here."
 HOLDING = "Still with us? Our team will be with you shortly."
@@ -110,17 +108,14 @@ def _build(backend: str, clock: Clock, retrieval: Retrieval) -> Stack:
 
 
 @pytest.fixture(params=["embedded", "postgres+redis"])
-def stack(request: pytest.FixtureRequest, sb_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
-    from app.bootstrap import reset_caches
+def stack(request: pytest.FixtureRequest, graph: Graph) -> Stack:
     from app.db import migrate
 
     if request.param == "postgres+redis":
-        monkeypatch.setenv("DATABASE_URL", request.getfixturevalue("pg_url"))
-        monkeypatch.setenv("REDIS_URL", REDIS_TEST_URL)
-        monkeypatch.setenv("BUS_NAMESPACE", request.getfixturevalue("redis_namespace"))
-    reset_caches()
+        graph.configure(database_url=request.getfixturevalue("pg_url"), redis_url=REDIS_TEST_URL,
+                        bus_namespace=request.getfixturevalue("redis_namespace"))
     migrate()
-    yield _build(request.param, Clock(), Retrieval())
+    return _build(request.param, Clock(), Retrieval())
 
 
 def _tenant(**policies: Any) -> str:
@@ -299,9 +294,7 @@ def test_an_agents_message_in_a_taken_over_conversation_counts_as_the_first_resp
     assert _escalation(m).sla_state == "met"
 
 
-def test_a_timer_survives_a_restart_and_fires_once(stack: Stack) -> None:
-    from app.bootstrap import reset_caches
-
+def test_a_timer_survives_a_restart_and_fires_once(stack: Stack, graph: Graph) -> None:
     tenant = _tenant(mode="human", sla_first_response_s=60, sla_holding_message=HOLDING)
     m = stack.send(tenant, "ann", "is anyone there?")
     stack.run()
@@ -313,7 +306,7 @@ def test_a_timer_survives_a_restart_and_fires_once(stack: Stack) -> None:
 
     # "Restart": every in-memory object goes (the embedded bus with its streams, the engine, the relay, the
     # consumers); the database stays.
-    reset_caches()
+    graph.configure()
     after = _build(stack.backend, stack.clock, stack.retrieval)
     after.clock.advance(61)
     after.run()

@@ -5,7 +5,6 @@ the cost is a setting, and a test raises it to see the rehash on login."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +13,7 @@ from fastapi.testclient import TestClient
 
 from tests.admin import conftest as admin_fixtures
 from tests.admin.conftest import TenantKeys
+from tests.conftest import Graph
 
 backend, client, tenant_a, tenant_b = (admin_fixtures.backend, admin_fixtures.client, admin_fixtures.tenant_a,
                                        admin_fixtures.tenant_b)
@@ -27,14 +27,8 @@ def email(name: str) -> str:
 
 
 @pytest.fixture(autouse=True)
-def cheap_hashes(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    from app.config import get_settings
-
-    monkeypatch.setenv("SWITCHBOARD_PASSWORD_HASH_MEMORY_KIB", "1024")
-    monkeypatch.setenv("SWITCHBOARD_PASSWORD_HASH_TIME_COST", "1")
-    get_settings.cache_clear()
-    yield
-    get_settings.cache_clear()
+def cheap_hashes(graph: Graph) -> None:
+    graph.configure(password_hash_memory_kib=1024, password_hash_time_cost=1)
 
 
 @dataclass

@@ -12,6 +12,7 @@ from app.db import session_scope
 from app.models import User
 from tests.admin.conftest import TenantKeys
 from tests.auth.conftest import PASSWORD, add_person, audit, bearer, email, login
+from tests.conftest import Graph
 
 
 def test_login_returns_the_token_pair_and_me_describes_the_person(client: TestClient, tenant_a: TenantKeys) -> None:
@@ -87,8 +88,8 @@ def test_a_tenant_the_person_is_not_in_answers_like_one_that_does_not_exist(
 
 
 @pytest.fixture
-def strict_account_limit(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SWITCHBOARD_RATE_LOGIN_FAILURES_PER_ACCOUNT", "3/minute")
+def strict_account_limit(graph: Graph) -> None:
+    graph.configure(rate_login_failures_per_account="3/minute")
 
 
 def test_failed_logins_per_account_are_limited_with_retry_after(strict_account_limit: None, client: TestClient,
@@ -111,11 +112,10 @@ def test_failed_logins_per_account_are_limited_with_retry_after(strict_account_l
 
 def test_failed_logins_per_address_are_limited(monkeypatch: pytest.MonkeyPatch, client: TestClient,
                                                tenant_a: TenantKeys) -> None:
-    monkeypatch.setenv("SWITCHBOARD_RATE_LOGIN_FAILURES_PER_IP", "4/minute")
     from app.config import get_settings
     from app.ratelimit import RateLimiter
 
-    get_settings.cache_clear()
+    monkeypatch.setattr(get_settings(), "rate_login_failures_per_ip", "4/minute")
     container().use("rate_limiter", RateLimiter.from_settings(get_settings()))
     dana = add_person(tenant_a, email("dana"), "agent")
     for n in range(4):  # four different accounts from one address
@@ -138,9 +138,8 @@ def test_a_password_hashed_with_older_parameters_is_rehashed_at_login(monkeypatc
 
     old = stored()
     assert "m=1024,t=1" in old
-    monkeypatch.setenv("SWITCHBOARD_PASSWORD_HASH_MEMORY_KIB", "2048")
-    monkeypatch.setenv("SWITCHBOARD_PASSWORD_HASH_TIME_COST", "2")
-    get_settings.cache_clear()
+    monkeypatch.setattr(get_settings(), "password_hash_memory_kib", 2048)
+    monkeypatch.setattr(get_settings(), "password_hash_time_cost", 2)
     login(client, dana, "wrong password!!", expect=401)
     assert stored() == old  # a failed login changes nothing
     login(client, dana)

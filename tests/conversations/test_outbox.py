@@ -15,6 +15,7 @@ from app import outbox
 from app.bus.memory import MemoryBus
 from app.db import session_scope
 from app.models import OutboxEntry, utcnow
+from tests.conftest import Graph
 
 T = "inbound"
 
@@ -131,20 +132,17 @@ def test_several_relays_at_once_publish_every_entry(tenant: str) -> None:
         assert len(published) == 300
 
 
-def test_the_scale_out_api_process_runs_a_relay(tenant: str, monkeypatch: pytest.MonkeyPatch,
-                                               redis_namespace: str) -> None:
+def test_the_scale_out_api_process_runs_a_relay(tenant: str, graph: Graph, redis_namespace: str) -> None:
     """Scale-out `serve` writes (inbound messages, review decisions) without running the orchestrator: it relays
     its own leftovers (embedded, the relay is one of `RoleThreads`)."""
     from fastapi.testclient import TestClient
 
-    from app.bootstrap import container, reset_caches
+    from app.bootstrap import container
     from app.main import create_app
     from tests.bus.conftest import wait_for
     from tests.conftest import REDIS_TEST_URL
 
-    monkeypatch.setenv("REDIS_URL", REDIS_TEST_URL)
-    monkeypatch.setenv("BUS_NAMESPACE", redis_namespace)
-    reset_caches()
+    graph.configure(redis_url=REDIS_TEST_URL, bus_namespace=redis_namespace)
     with TestClient(create_app(run_workers=False)):
         _add(tenant, 1, not_before=utcnow())  # due now: as if its writer had died a grace ago
         wait_for(lambda: container().bus.stream_length(T, tenant) == 1)

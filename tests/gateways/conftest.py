@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import delete, select
 
-from tests.conftest import SHARED_DATA
+from tests.conftest import SHARED_DATA, Graph
 
 WEBHOOKS = SHARED_DATA / "webhooks"
 
@@ -84,24 +84,17 @@ class Gateway:
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    from app.bootstrap import reset_caches
-
-    mp = pytest.MonkeyPatch()
-    home = tmp_path_factory.mktemp("sbhome")
-    mp.setenv("SWITCHBOARD_HOME", str(home))
-    mp.setenv("SWITCHBOARD_PUBLIC_BASE_URL", "https://sb.example.com")
-    for var in ("DATABASE_URL", "REDIS_URL", "QDRANT_URL", "S3_BUCKET", "LLM_BASE_URL", "LLM_API_KEY"):
-        mp.delenv(var, raising=False)
-        mp.delenv(f"SWITCHBOARD_{var}", raising=False)
-    reset_caches()
     from app.db import migrate
     from app.main import create_app
 
+    graph = Graph(tmp_path_factory.mktemp("sbhome"))
+    graph.configure(public_base_url="https://sb.example.com")
     migrate()
-    with TestClient(create_app(run_workers=False)) as client:
-        yield Gateway(client, home)
-    reset_caches()
-    mp.undo()
+    try:
+        with TestClient(create_app(run_workers=False)) as client:
+            yield Gateway(client, graph.home)
+    finally:
+        graph.close()
 
 
 def meta_signature(secret: str, raw: bytes) -> str:

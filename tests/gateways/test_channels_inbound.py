@@ -317,8 +317,7 @@ def test_twilio_behind_a_tls_terminating_proxy(gw: Gateway, tw_tenant: str,
     configured public base URL counts, never the Host, scheme or X-Forwarded-* headers the process sees."""
     from app.config import get_settings
 
-    monkeypatch.setenv("SWITCHBOARD_PUBLIC_BASE_URL", "https://public.example")
-    get_settings.cache_clear()
+    monkeypatch.setattr(get_settings(), "public_base_url", "https://public.example")
     try:
         form = {"AccountSid": "AC123", "To": TWILIO_NUMBER, "From": "+15005550008", "MessageSid": "SMproxy",
                 "Body": "via the proxy", "NumMedia": "0"}
@@ -339,7 +338,6 @@ def test_twilio_behind_a_tls_terminating_proxy(gw: Gateway, tw_tenant: str,
         assert row.provider_message_id == "SMproxy" and row.text == "via the proxy" and row.tenant_id == tw_tenant
     finally:
         monkeypatch.undo()
-        get_settings.cache_clear()
 
 
 def test_twilio_status_callback(gw: Gateway, tw_tenant: str) -> None:

@@ -20,6 +20,7 @@ from sqlalchemy import event, update
 from app.keys import TokenError
 from tests.admin import conftest as admin_fixtures
 from tests.admin.conftest import TenantKeys
+from tests.conftest import Graph
 
 # The admin API fixtures: an embedded app on SQLite and on Postgres, tenants with their keys and widget.
 backend, client = admin_fixtures.backend, admin_fixtures.client
@@ -162,16 +163,12 @@ def test_a_cached_token_is_only_good_for_its_own_widget(sb_home: Path) -> None:
         sessions.verify("w2", token)
 
 
-def test_a_cached_token_is_not_trusted_under_another_secret_key(sb_home: Path,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    from app.config import get_settings
+def test_a_cached_token_is_not_trusted_under_another_secret_key(graph: Graph) -> None:
     from gateways.webchat import sessions
 
-    monkeypatch.setenv("SWITCHBOARD_SECRET_KEY", f"first-{uuid.uuid4().hex}")
-    get_settings.cache_clear()
+    graph.configure(secret_key=f"first-{uuid.uuid4().hex}")
     token = _token("w1")
     sessions.verify("w1", token)
-    monkeypatch.setenv("SWITCHBOARD_SECRET_KEY", f"second-{uuid.uuid4().hex}")
-    get_settings.cache_clear()
+    graph.configure(secret_key=f"second-{uuid.uuid4().hex}")  # the process restarted with another key
     with pytest.raises(TokenError, match="invalid session token"):
         sessions.verify("w1", token)

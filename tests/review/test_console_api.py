@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from tests.admin.conftest import TenantKeys
 from tests.auth.conftest import add_person, audit, bearer, email, login
-from tests.conftest import REDIS_TEST_URL
+from tests.conftest import REDIS_TEST_URL, Graph
 from tests.e2e.sse import EventStream, serve_http
 from tests.review.helpers import open_escalation
 
@@ -53,15 +53,11 @@ def _next_escalation(stream: EventStream) -> dict[str, Any]:
 
 @pytest.mark.parametrize("push", ["in-process", "redis"])
 def test_the_queue_stream_carries_only_the_agents_own_tenant(
-    client: TestClient, tenant_a: TenantKeys, tenant_b: TenantKeys, push: str, monkeypatch: pytest.MonkeyPatch,
+    client: TestClient, tenant_a: TenantKeys, tenant_b: TenantKeys, push: str, graph: Graph,
     request: pytest.FixtureRequest,
 ) -> None:
     if push == "redis":  # scale-out: wake-ups cross processes on Redis pub/sub
-        from app.bootstrap import reset_caches
-
-        monkeypatch.setenv("REDIS_URL", REDIS_TEST_URL)
-        monkeypatch.setenv("BUS_NAMESPACE", request.getfixturevalue("redis_namespace"))
-        reset_caches()
+        graph.configure(redis_url=REDIS_TEST_URL, bus_namespace=request.getfixturevalue("redis_namespace"))
     request.getfixturevalue("notifications")
     from app.main import create_app
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -22,7 +21,7 @@ from app.db import session_scope
 from app.models import Escalation, Message, OutboxEntry, utcnow
 from app.outbox import GRACE, Relay
 from app.review import service
-from tests.conftest import REDIS_TEST_URL
+from tests.conftest import REDIS_TEST_URL, Graph
 
 
 @dataclass
@@ -42,17 +41,14 @@ class Setup:
 
 
 @pytest.fixture
-def setup(sb_home: Path, monkeypatch: pytest.MonkeyPatch, pg_url: str, redis_namespace: str) -> Iterator[Setup]:
-    from app.bootstrap import container, reset_caches
+def setup(graph: Graph, pg_url: str, redis_namespace: str) -> Iterator[Setup]:
+    from app.bootstrap import container
     from app.conversations.dispatcher import Dispatcher
     from app.conversations.service import accept_inbound
     from app.db import migrate
     from app.tenants.service import create_tenant
 
-    monkeypatch.setenv("DATABASE_URL", pg_url)
-    monkeypatch.setenv("REDIS_URL", REDIS_TEST_URL)
-    monkeypatch.setenv("BUS_NAMESPACE", redis_namespace)
-    reset_caches()
+    graph.configure(database_url=pg_url, redis_url=REDIS_TEST_URL, bus_namespace=redis_namespace)
     migrate()
     bus = container().bus
     assert isinstance(bus, RedisStreamsBus)

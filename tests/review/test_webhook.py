@@ -26,14 +26,11 @@ def receiver() -> Iterator[WebhookReceiver]:
 
 
 @pytest.fixture
-def loopback_allowed(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def loopback_allowed(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
     """The fake receiver listens on 127.0.0.1: the operator allows it, as tests/e2e does for fake LLMs."""
     from app.config import get_settings
 
-    monkeypatch.setenv("OUTBOUND_ALLOW_HOSTS", "127.0.0.1")
-    get_settings.cache_clear()
-    yield
-    get_settings.cache_clear()
+    monkeypatch.setattr(get_settings(), "outbound_allow_hosts", "127.0.0.1")
 
 
 def _set(client: TestClient, tenant: TenantKeys, url: str) -> str:
@@ -160,11 +157,9 @@ def test_a_url_that_became_private_is_refused_when_connecting(
     from app.contracts import EVENTS
     from app.review.notify import WebhookSender
 
-    monkeypatch.setenv("OUTBOUND_ALLOW_HOSTS", "127.0.0.1")
-    get_settings.cache_clear()
+    monkeypatch.setattr(get_settings(), "outbound_allow_hosts", "127.0.0.1")
     _set(client, tenant_a, f"{receiver.url}/hook")
-    monkeypatch.delenv("OUTBOUND_ALLOW_HOSTS")
-    get_settings.cache_clear()
+    monkeypatch.setattr(get_settings(), "outbound_allow_hosts", None)
     open_escalation(tenant_a.id)
     bus = container().bus
     bus.ensure_group(EVENTS, "test-webhooks")
