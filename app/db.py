@@ -19,13 +19,13 @@ from app.files import private_file
 SQLITE_BUSY_MS = 30_000  # how long a SQLite writer waits for the write lock
 
 
-def make_engine(url: str, concurrency: int | None = None) -> Engine:
-    """`hide_parameters`: a statement's values (message text, contact ids) never appear in its errors or logs.
-    `concurrency`: the orchestrator workers that may each hold a connection (default: the process's setting)."""
+def make_engine(url: str, settings: Settings | None = None) -> Engine:
+    """`settings` (default: the process's) size the pool and name the Postgres app role (app/rls.py).
+    `hide_parameters`: a statement's values (message text, contact ids) never appear in its errors or logs."""
+    settings = settings or get_settings()
     # Every orchestrator worker may hold a connection at once (app/bus/concurrent.py); the gateway, the dispatcher
     # and the API need a few more. Connections beyond `pool_size` are opened on demand and closed when returned.
-    workers = get_settings().orchestrator_concurrency if concurrency is None else concurrency
-    pool: dict[str, Any] = {"pool_size": 10, "max_overflow": max(10, workers)}
+    pool: dict[str, Any] = {"pool_size": 10, "max_overflow": max(10, settings.orchestrator_concurrency)}
     if url.startswith("sqlite"):
         database = make_url(url).database
         if database and database != ":memory:" and not database.startswith("file:"):
@@ -60,7 +60,8 @@ def make_engine(url: str, concurrency: int | None = None) -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    return rls.install(create_engine(url, pool_pre_ping=True, hide_parameters=True, **pool))
+    engine = create_engine(url, pool_pre_ping=True, hide_parameters=True, **pool)
+    return rls.install(engine, settings.database_app_role)
 
 
 class Database:
@@ -77,8 +78,7 @@ class Database:
     def engine(self) -> Engine:
         with self._lock:
             if self._engine is None:
-                s = self.settings
-                self._engine = make_engine(s.effective_database_url, s.orchestrator_concurrency)
+                self._engine = make_engine(self.settings.effective_database_url, self.settings)
             return self._engine
 
     @property

@@ -11,7 +11,7 @@ statement. `set_scope` (an `after_begin` listener on every Session) sends them i
 each transaction, with `is_local` true: they end with the transaction, so a pooled connection carries nothing to
 the next one, and a session without a scope sees no row at all.
 
-Superusers and roles with BYPASSRLS are not subject to any of this. `install(engine)` therefore switches every
+Superusers and roles with BYPASSRLS are not subject to any of this. `install(engine, role)` therefore switches every
 new connection to `DATABASE_APP_ROLE` (a NOLOGIN role without either, created by the migration) when it is set.
 SQLite has no RLS and keeps the application-level scope.
 """
@@ -23,8 +23,6 @@ from weakref import WeakKeyDictionary
 
 from sqlalchemy import Connection, Engine, event, text
 from sqlalchemy.orm import Session, SessionTransaction
-
-from app.config import get_settings
 
 TENANT_GUC = "switchboard.tenant_id"
 CROSS_TENANT_GUC = "switchboard.cross_tenant"
@@ -65,9 +63,8 @@ class _SetRole:
 _role_hooks: WeakKeyDictionary[Engine, _SetRole] = WeakKeyDictionary()
 
 
-def install(engine: Engine) -> Engine:
-    """On Postgres with `DATABASE_APP_ROLE` set, every new connection of `engine` runs as that role."""
-    role = get_settings().database_app_role
+def install(engine: Engine, role: str) -> Engine:
+    """On Postgres with a `role` (the setting `DATABASE_APP_ROLE`), every new connection of `engine` runs as it."""
     if engine.dialect.name == "postgresql" and role:
         hook = _SetRole(role)
         event.listen(engine, "connect", hook)

@@ -12,6 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from app.db import make_engine
+from tests.conftest import settings_for
 
 
 def test_concurrent_read_then_write_units_of_work_on_sqlite_all_commit(tmp_path: Path) -> None:
@@ -52,24 +53,17 @@ def test_concurrent_read_then_write_units_of_work_on_sqlite_all_commit(tmp_path:
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 def test_the_pool_lets_every_orchestrator_worker_hold_a_connection(
-    backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    from app.config import get_settings
-
-    monkeypatch.setenv("ORCHESTRATOR_CONCURRENCY", "40")
-    get_settings.cache_clear()
-    try:
-        url = request.getfixturevalue("pg_url") if backend == "postgres" else f"sqlite:///{tmp_path / 'pool.db'}"
-        engine = make_engine(url)
-        held = [engine.connect() for _ in range(40)]
-        for conn in held:
-            assert conn.execute(text("SELECT 1")).scalar_one() == 1
-        for conn in held:
-            conn.close()
-        assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
-        engine.dispose()
-    finally:
-        get_settings.cache_clear()
+    url = request.getfixturevalue("pg_url") if backend == "postgres" else f"sqlite:///{tmp_path / 'pool.db'}"
+    engine = make_engine(url, settings_for(tmp_path, orchestrator_concurrency=40))
+    held = [engine.connect() for _ in range(40)]
+    for conn in held:
+        assert conn.execute(text("SELECT 1")).scalar_one() == 1
+    for conn in held:
+        conn.close()
+    assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    engine.dispose()
 
 
 def test_sqlite_commits_skip_the_fsync_yet_survive_the_process_dying(tmp_path: Path) -> None:
@@ -103,26 +97,19 @@ def test_sqlite_commits_skip_the_fsync_yet_survive_the_process_dying(tmp_path: P
 
 
 def test_sqlite_connections_are_kept_for_reuse_not_reopened_per_unit_of_work(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path
 ) -> None:
     """The orchestrator's and the dispatcher's workers holding a connection each, twice over: the second round
     reuses the first round's."""
     from sqlalchemy import event
 
-    from app.config import get_settings
-
-    monkeypatch.setenv("ORCHESTRATOR_CONCURRENCY", "40")
-    get_settings.cache_clear()
-    try:
-        engine = make_engine(f"sqlite:///{tmp_path / 'reuse.db'}")
-        opened: list[object] = []
-        event.listen(engine, "connect", lambda conn, _record: opened.append(conn))
-        for _ in range(2):
-            held = [engine.connect() for _ in range(2 * 40)]
-            for conn in held:
-                assert conn.execute(text("PRAGMA synchronous")).scalar_one() == 1
-                conn.close()
-        assert len(opened) == 2 * 40
-        engine.dispose()
-    finally:
-        get_settings.cache_clear()
+    engine = make_engine(f"sqlite:///{tmp_path / 'reuse.db'}", settings_for(tmp_path, orchestrator_concurrency=40))
+    opened: list[object] = []
+    event.listen(engine, "connect", lambda conn, _record: opened.append(conn))
+    for _ in range(2):
+        held = [engine.connect() for _ in range(2 * 40)]
+        for conn in held:
+            assert conn.execute(text("PRAGMA synchronous")).scalar_one() == 1
+            conn.close()
+    assert len(opened) == 2 * 40
+    engine.dispose()

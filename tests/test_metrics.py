@@ -17,8 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from app import metrics
 from app.api import install
 from app.bus.memory import MemoryBus
-from app.config import Settings
 from app.providers.llm.router import CallRecord
+from tests.conftest import settings_for
 
 
 def test_a_label_keeps_its_first_values_then_says_other() -> None:
@@ -42,9 +42,9 @@ def test_many_llm_provider_names_stay_bounded(monkeypatch: pytest.MonkeyPatch) -
     assert len(added - {"other"}) == metrics.MAX_LABEL_VALUES and "other" in providers()
 
 
-def test_metrics_are_off_without_a_token() -> None:
+def test_metrics_are_off_without_a_token(tmp_path: Path) -> None:
     app = FastAPI()
-    install(app, Settings(metrics_token=None))
+    install(app, settings_for(tmp_path, metrics_token=None))
     with TestClient(app) as client:
         response = client.get("/metrics", headers={"Authorization": "Bearer anything-at-all-here"})
     assert response.status_code == 404 and "METRICS_TOKEN" in response.json()["detail"]

@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from app.bootstrap import container
-from tests.conftest import REPO
+from tests.conftest import REPO, Graph
 from tests.fakes.openai_server import FakeOpenAIServer, first_sentence, prompt_passages
 
 EXAMPLE = REPO / "tenants" / "northwind"
@@ -229,15 +229,13 @@ def _conversation_of(message_id: str) -> str:
 
 
 @contextmanager
-def played(backend: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Played]:
-    from app.bootstrap import reset_caches
+def played(backend: str, request: pytest.FixtureRequest, graph: Graph) -> Iterator[Played]:
     from app.db import migrate
     from app.main import create_app
 
     if backend == "postgres":
-        monkeypatch.setenv("DATABASE_URL", request.getfixturevalue("pg_url"))
-    monkeypatch.setenv("OUTBOUND_ALLOW_HOSTS", "127.0.0.1")  # the fake LLM stands for a public endpoint
-    reset_caches()
+        graph.configure(database_url=request.getfixturevalue("pg_url"))
+    graph.configure(outbound_allow_hosts="127.0.0.1")  # the fake LLM stands for a public endpoint
     migrate()
     suffix = uuid.uuid4().hex[:6]
     a = _tenant(f"nw-{suffix}", EXAMPLE)
@@ -252,16 +250,14 @@ def played(backend: str, request: pytest.FixtureRequest, monkeypatch: pytest.Mon
                 yield p
         finally:
             clock.stop()
-            reset_caches()
 
 
 def embedded(backend: str, request: pytest.FixtureRequest,
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[Played]:
-    """For a module-scoped fixture: the scenario played once in an embedded home of its own."""
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        monkeypatch.setenv("SWITCHBOARD_HOME", str(tmp_path_factory.mktemp("analytics")))
-        for var in ("DATABASE_URL", "REDIS_URL", "QDRANT_URL", "S3_BUCKET", "LLM_BASE_URL", "LLM_API_KEY"):
-            monkeypatch.delenv(var, raising=False)
-            monkeypatch.delenv(f"SWITCHBOARD_{var}", raising=False)
-        with played(backend, request, monkeypatch) as p:
+    """For a module-scoped fixture: the scenario played once in a home (and graph) of its own."""
+    graph = Graph(tmp_path_factory.mktemp("analytics"))
+    try:
+        with played(backend, request, graph) as p:
             yield p
+    finally:
+        graph.close()

@@ -4,12 +4,14 @@ The named-entity extra (app/assistant/pii_ner.py) is tested through its wiring w
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from app.assistant.pii import PiiSpan, find_pii, parse_phone_regions, redact_pii
 from app.assistant.pii_ner import NerUnavailable, PiiNer, install_hint, load_presidio
 from app.assistant.pii_restore import PiiVault
-from app.config import Settings
+from tests.conftest import settings_for
 from tests.fakes.ner import FakeRecognizer
 
 
@@ -79,12 +81,12 @@ def test_phone_look_alikes_are_not_phone_numbers(text: str) -> None:
     assert found(text) == []
 
 
-def test_unknown_phone_region_names_the_valid_form() -> None:
+def test_unknown_phone_region_names_the_valid_form(tmp_path: Path) -> None:
     assert parse_phone_regions(" us, gb ") == ("US", "GB")
     with pytest.raises(ValueError, match="ISO 3166"):
         parse_phone_regions("US,XX")
     with pytest.raises(ValueError, match="ISO 3166"):
-        Settings(pii_phone_regions="England")
+        settings_for(tmp_path, pii_phone_regions="England")
 
 
 # -- US SSNs -------------------------------------------------------------------------------------------------
@@ -192,7 +194,7 @@ def test_recognizer_spans_join_the_structured_ones_without_overlapping_them() ->
     assert found(text) == [("EMAIL", "jane@example.com")]  # off: structured kinds only
 
 
-def test_ner_is_off_by_default_and_turned_on_by_setting_or_tenant_policy() -> None:
+def test_ner_is_off_by_default_and_turned_on_by_setting_or_tenant_policy(tmp_path: Path) -> None:
     fake = FakeRecognizer(["Jane Doe"])
     loads: list[str] = []
 
@@ -200,10 +202,10 @@ def test_ner_is_off_by_default_and_turned_on_by_setting_or_tenant_policy() -> No
         loads.append(model)
         return fake
 
-    off = PiiNer(Settings(), load=load)
+    off = PiiNer(settings_for(tmp_path), load=load)
     assert off.recognizers({}) == [] and off.recognizers(None) == []
     assert off.recognizers({"pii_ner": True}) == [fake]
-    on = PiiNer(Settings(pii_ner=True, pii_ner_model="en_core_web_sm"), load=load)
+    on = PiiNer(settings_for(tmp_path, pii_ner=True, pii_ner_model="en_core_web_sm"), load=load)
     assert on.recognizers({}) == [fake]
     assert on.recognizers({"pii_ner": False}) == []
     assert loads == ["en_core_web_lg", "en_core_web_sm"]  # loaded once per PiiNer, with the configured model
@@ -214,13 +216,13 @@ def test_ner_is_off_by_default_and_turned_on_by_setting_or_tenant_policy() -> No
         "Thanks Jane Doe, we wrote to jane@example.com.")
 
 
-def test_ner_enabled_but_not_installed_names_the_fix() -> None:
+def test_ner_enabled_but_not_installed_names_the_fix(tmp_path: Path) -> None:
     # This environment has no spaCy model package: the real loader must refuse, never download one.
     with pytest.raises(NerUnavailable) as err:
         load_presidio("en_core_web_no_such_model")
     assert "pip install 'switchboard[ner]'" in str(err.value) and "en_core_web_no_such_model" in str(err.value)
     assert "SWITCHBOARD_PII_NER=false" in install_hint("m")
-    ner = PiiNer(Settings(pii_ner=True, pii_ner_model="en_core_web_no_such_model"))
+    ner = PiiNer(settings_for(tmp_path, pii_ner=True, pii_ner_model="en_core_web_no_such_model"))
     assert ner.recognizers({"pii_ner": False}) == []
     with pytest.raises(NerUnavailable, match="switchboard\\[ner\\]"):
         ner.recognizers({})

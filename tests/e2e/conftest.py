@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.bootstrap import container
-from tests.conftest import REPO
+from tests.conftest import REPO, Graph
 from tests.fakes.openai_server import openai_server  # noqa: F401  (fixture re-export)
 
 EXAMPLE = REPO / "tenants" / "northwind"
@@ -80,35 +80,38 @@ def replies(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [m for m in messages if m["direction"] == "out"]
 
 
+def child_env(env: dict[str, str]) -> dict[str, str]:
+    """The environment of a role process: this one's without its scale-out variables, then `env`."""
+    dropped = {*SCALE_OUT_VARS, *(f"SWITCHBOARD_{var}" for var in SCALE_OUT_VARS)}
+    return {**{k: v for k, v in os.environ.items() if k not in dropped}, **env}
+
+
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    home = tmp_path_factory.mktemp("embedded")
-    saved = {k: os.environ.get(k) for k in ("SWITCHBOARD_HOME", "OUTBOUND_ALLOW_HOSTS", *SCALE_OUT_VARS)}
-    os.environ["SWITCHBOARD_HOME"] = str(home)
-    # Fake LLMs that tenants point at listen on loopback: the operator allows it, as one would a local model.
-    os.environ["OUTBOUND_ALLOW_HOSTS"] = "127.0.0.1"
-    for var in SCALE_OUT_VARS:
-        os.environ.pop(var, None)
+def stack_settings() -> dict[str, Any]:
+    """Settings of the module's embedded stack beyond the defaults (a module overrides this fixture)."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, stack_settings: dict[str, Any]) -> Iterator[Stack]:
     from app import operations
-    from app.bootstrap import reset_caches
     from app.db import migrate
     from app.main import create_app
 
-    reset_caches()
-    migrate()
-    nw = operations.create_tenant("northwind", folder=EXAMPLE)
-    report = operations.ingest(container(), "northwind", [EXAMPLE / "knowledge"])
-    assert not report["files_failed"], report
-    other = operations.create_tenant("otherbrand", "Other Brand")
-    with TestClient(create_app()) as client:  # the lifespan runs the orchestrator threads
-        yield Stack(
-            client, home,
-            TenantKeys("northwind", nw["admin_api_key"], nw["agent_api_key"], nw["widget_id"]),
-            TenantKeys("otherbrand", other["admin_api_key"], other["agent_api_key"], other["widget_id"]),
-        )
-    reset_caches()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    graph = Graph(tmp_path_factory.mktemp("embedded"))
+    # Fake LLMs that tenants point at listen on loopback: the operator allows it, as one would a local model.
+    graph.configure(outbound_allow_hosts="127.0.0.1", **stack_settings)
+    try:
+        migrate()
+        nw = operations.create_tenant("northwind", folder=EXAMPLE)
+        report = operations.ingest(container(), "northwind", [EXAMPLE / "knowledge"])
+        assert not report["files_failed"], report
+        other = operations.create_tenant("otherbrand", "Other Brand")
+        with TestClient(create_app()) as client:  # the lifespan runs the orchestrator threads
+            yield Stack(
+                client, graph.home,
+                TenantKeys("northwind", nw["admin_api_key"], nw["agent_api_key"], nw["widget_id"]),
+                TenantKeys("otherbrand", other["admin_api_key"], other["agent_api_key"], other["widget_id"]),
+            )
+    finally:
+        graph.close()

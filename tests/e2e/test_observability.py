@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,19 +26,8 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 @pytest.fixture(scope="module")
-def metrics_env() -> Iterator[None]:
-    saved = os.environ.get("METRICS_TOKEN")
-    os.environ["METRICS_TOKEN"] = TOKEN
-    yield
-    if saved is None:
-        os.environ.pop("METRICS_TOKEN", None)
-    else:
-        os.environ["METRICS_TOKEN"] = saved
-
-
-@pytest.fixture(scope="module")
-def stack(metrics_env: None, stack: Stack) -> Stack:  # the shared stack, built with METRICS_TOKEN set
-    return stack
+def stack_settings() -> dict[str, Any]:  # the shared stack, built with METRICS_TOKEN set
+    return {"metrics_token": TOKEN}
 
 
 def scrape(stack: Stack) -> Samples:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -112,14 +113,14 @@ def test_a_tenant_with_it_on_where_the_model_cannot_load_is_escalated_not_sent_u
     assert reply["text"]  # the customer got the holding notice
 
 
-def test_a_worker_started_with_it_on_and_no_extra_stops_with_the_install_command(stack) -> None:
+def test_a_worker_started_with_it_on_and_no_extra_stops_with_the_install_command(stack, tmp_path: Path) -> None:
     import threading
 
     from app.bootstrap import Container
     from app.bus.memory import MemoryBus
-    from app.config import Settings
     from app.workers_runtime import build_consumers
+    from tests.conftest import settings_for
 
-    settings = Settings(pii_ner=True, pii_ner_model="en_core_web_no_such_model")
+    settings = settings_for(tmp_path, pii_ner=True, pii_ner_model="en_core_web_no_such_model")
     with pytest.raises(NerUnavailable, match="switchboard\\[ner\\]"):
         build_consumers(Container(settings, bus=MemoryBus()), MemoryBus(), threading.Event())

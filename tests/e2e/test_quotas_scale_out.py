@@ -5,7 +5,6 @@ escalated with reason `quota_exceeded` and a holding notice to the customer; not
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,8 +15,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from app.bootstrap import container
-from tests.conftest import REDIS_TEST_URL
-from tests.e2e.conftest import EXAMPLE, SCALE_OUT_VARS, Visitor, replies
+from tests.conftest import REDIS_TEST_URL, Graph
+from tests.e2e.conftest import EXAMPLE, Visitor, replies
 
 QUESTION = "what are your shipping costs for orders under $75?"
 
@@ -33,34 +32,25 @@ def quota_stack(tmp_path_factory: pytest.TempPathFactory, pg_url: str) -> Iterat
     # A minute between usage reads: the processes count from one read, as they would between two reads.
     env = {"SWITCHBOARD_HOME": str(home), "DATABASE_URL": pg_url, "REDIS_URL": REDIS_TEST_URL,
            "SWITCHBOARD_BUS_NAMESPACE": namespace, "SWITCHBOARD_QUOTA_CACHE_S": "60"}
-    saved = {k: os.environ.get(k) for k in (*env, *SCALE_OUT_VARS)}
-    for var in SCALE_OUT_VARS:
-        os.environ.pop(var, None)
-    os.environ.update(env)
     from app import operations
-    from app.bootstrap import reset_caches
 
-    reset_caches()
-    slug = f"quota-{uuid.uuid4().hex[:6]}"
-    tenant = operations.create_tenant(slug, folder=EXAMPLE)
-    assert not operations.ingest(container(), slug, [EXAMPLE / "knowledge"])["files_failed"]
-    reset_caches()  # releases the embedded vector store: the orchestrator processes own it from now on
+    graph = Graph(home)
+    graph.configure(**env)  # this process: the role processes' settings, read from no environment
     stack = ScaleOut(home, env)
     try:
+        slug = f"quota-{uuid.uuid4().hex[:6]}"
+        tenant = operations.create_tenant(slug, folder=EXAMPLE)
+        assert not operations.ingest(container(), slug, [EXAMPLE / "knowledge"])["files_failed"]
+        graph.configure()  # releases the embedded vector store: the orchestrator processes own it from now on
         yield stack, slug, tenant["widget_id"]
     finally:
         stack.stop_all()
-        reset_caches()
+        graph.close()
         client = redis.Redis.from_url(REDIS_TEST_URL)
         keys = list(client.scan_iter(f"{namespace}:*"))
         if keys:
             client.delete(*keys)
         client.close()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ reclaimed by the next one and answered exactly once.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -21,8 +20,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from app.bootstrap import container
-from tests.conftest import REDIS_TEST_URL, REPO
-from tests.e2e.conftest import EXAMPLE, SCALE_OUT_VARS, Visitor, replies
+from tests.conftest import REDIS_TEST_URL, REPO, Graph
+from tests.e2e.conftest import EXAMPLE, Visitor, child_env, replies
 
 
 def _wait(predicate: Any, timeout: float, what: str) -> None:
@@ -42,7 +41,7 @@ class ScaleOut:
     def start_orchestrator(self) -> subprocess.Popen[bytes]:
         log = open(self.home / f"orchestrator-{len(self.processes)}.log", "wb")  # noqa: SIM115
         proc = subprocess.Popen([sys.executable, "-m", "app.cli", "orchestrator"], cwd=REPO,
-                                env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT)
+                                env=child_env(self.env), stdout=log, stderr=subprocess.STDOUT)
         self.processes.append(proc)
         return proc
 
@@ -77,33 +76,24 @@ def scale_out(tmp_path_factory: pytest.TempPathFactory, pg_url: str) -> Iterator
         # The fake LLM a tenant points at listens on loopback: the operator allows it, as one would a local model.
         "OUTBOUND_ALLOW_HOSTS": "127.0.0.1",
     }
-    saved = {k: os.environ.get(k) for k in (*env, *SCALE_OUT_VARS)}
-    for var in SCALE_OUT_VARS:
-        os.environ.pop(var, None)
-    os.environ.update(env)
     from app import operations
-    from app.bootstrap import reset_caches
 
-    reset_caches()
-    tenant = operations.create_tenant("northwind", folder=EXAMPLE)
-    report = operations.ingest(container(), "northwind", [EXAMPLE / "knowledge"])
-    assert not report["files_failed"]
-    reset_caches()  # releases the embedded vector store: the orchestrator process owns it from now on
+    graph = Graph(home)
+    graph.configure(**env)  # this process: the role processes' settings, read from no environment
     stack = ScaleOut(home, env)
     try:
+        tenant = operations.create_tenant("northwind", folder=EXAMPLE)
+        report = operations.ingest(container(), "northwind", [EXAMPLE / "knowledge"])
+        assert not report["files_failed"]
+        graph.configure()  # releases the embedded vector store: the orchestrator process owns it from now on
         yield stack, tenant
     finally:
         stack.stop_all()
-        reset_caches()
+        graph.close()
         client = redis.Redis.from_url(REDIS_TEST_URL)
         keys = list(client.scan_iter(f"{namespace}:*"))
         if keys:
             client.delete(*keys)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ process -> orchestrate -> ... -> dispatch -> the provider send (orchestrator), e
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -22,8 +21,8 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import REDIS_TEST_URL, REPO
-from tests.e2e.conftest import SCALE_OUT_VARS
+from tests.conftest import REDIS_TEST_URL, REPO, Graph
+from tests.e2e.conftest import child_env
 from tests.fakes.fake_telegram import FakeTelegram
 from tests.fakes.otlp_collector import FakeCollector, Span
 from tests.traces import ancestry, one
@@ -48,7 +47,7 @@ class Roles:
 
     def start(self, *args: str) -> subprocess.Popen[bytes]:
         log = open(self.home / f"{args[0]}-{len(self.processes)}.log", "wb")  # noqa: SIM115
-        proc = subprocess.Popen([sys.executable, "-m", "app.cli", *args], cwd=REPO, env={**os.environ, **self.env},
+        proc = subprocess.Popen([sys.executable, "-m", "app.cli", *args], cwd=REPO, env=child_env(self.env),
                                 stdout=log, stderr=subprocess.STDOUT)
         self.processes.append(proc)
         return proc
@@ -74,15 +73,11 @@ def stack(tmp_path: Path, pg_url: str, otlp_collector: FakeCollector) -> Iterato
     namespace = f"sbtest{uuid.uuid4().hex[:8]}"
     env = {"SWITCHBOARD_HOME": str(tmp_path), "DATABASE_URL": pg_url, "REDIS_URL": REDIS_TEST_URL,
            "SWITCHBOARD_BUS_NAMESPACE": namespace, "OUTBOUND_ALLOW_HOSTS": "127.0.0.1"}
-    saved = {k: os.environ.get(k) for k in (*env, *SCALE_OUT_VARS)}
-    for var in SCALE_OUT_VARS:
-        os.environ.pop(var, None)
-    os.environ.update(env)  # this process sets the tenant up; tracing stays off here (no OTEL_* in it)
     from app import operations
-    from app.bootstrap import reset_caches
     from app.main import create_app
 
-    reset_caches()
+    graph = Graph(tmp_path)
+    graph.configure(**env)  # this process sets the tenant up; tracing stays off here (no OTEL_* in it)
     fake = FakeTelegram()
     roles = Roles(tmp_path, {**env, "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_collector.url,
                              "OTEL_BSP_SCHEDULE_DELAY": "200"})
@@ -100,7 +95,7 @@ def stack(tmp_path: Path, pg_url: str, otlp_collector: FakeCollector) -> Iterato
             created = api.post("/admin/v1/channels", headers=admin, json=body)
             assert created.status_code == 201, created.text
             account = created.json()
-        reset_caches()  # the role processes own the services from here on
+        graph.close()  # the role processes own the services from here on
         port = _free_port()
         roles.start("gateway", "telegram", "--port", str(port))
         roles.start("orchestrator")
@@ -120,17 +115,12 @@ def stack(tmp_path: Path, pg_url: str, otlp_collector: FakeCollector) -> Iterato
     finally:
         roles.stop()
         fake.close()
-        reset_caches()
+        graph.close()
         client = redis.Redis.from_url(REDIS_TEST_URL)
         keys = list(client.scan_iter(f"{namespace}:*"))
         if keys:
             client.delete(*keys)
         client.close()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def test_a_webhook_and_its_reply_are_one_trace_across_the_gateway_and_orchestrator_processes(stack) -> None:

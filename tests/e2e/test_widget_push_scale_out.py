@@ -3,7 +3,6 @@ stream in the API process. (Its own module: its environment must not meet the em
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -12,51 +11,48 @@ import httpx
 import pytest
 
 from app.bootstrap import container
-from tests.conftest import REDIS_TEST_URL
-from tests.e2e.conftest import EXAMPLE, SCALE_OUT_VARS
+from tests.conftest import REDIS_TEST_URL, Graph
+from tests.e2e.conftest import EXAMPLE
 from tests.e2e.sse import EventStream, serve_http
 
 
 @pytest.fixture
-def scale_out_api(tmp_path: Any, pg_url: str) -> Iterator[tuple[str, str, Any]]:
+def scale_out_env() -> dict[str, str]:
+    """Settings of the processes beyond the scale-out ones, as environment variables (a module overrides it)."""
+    return {}
+
+
+@pytest.fixture
+def scale_out_api(tmp_path: Any, pg_url: str, scale_out_env: dict[str, str]) -> Iterator[tuple[str, str, Any]]:
     import redis
 
     from tests.e2e.test_scale_out import ScaleOut
 
     namespace = f"sbtest{uuid.uuid4().hex[:8]}"
     env = {"SWITCHBOARD_HOME": str(tmp_path), "DATABASE_URL": pg_url, "REDIS_URL": REDIS_TEST_URL,
-           "SWITCHBOARD_BUS_NAMESPACE": namespace}
-    saved = {k: os.environ.get(k) for k in (*env, *SCALE_OUT_VARS)}
-    for var in SCALE_OUT_VARS:
-        os.environ.pop(var, None)
-    os.environ.update(env)
+           "SWITCHBOARD_BUS_NAMESPACE": namespace, **scale_out_env}
     from app import operations
-    from app.bootstrap import reset_caches
     from app.main import create_app
 
-    reset_caches()
-    slug = f"push-{uuid.uuid4().hex[:6]}"
-    tenant = operations.create_tenant(slug, folder=EXAMPLE)
-    assert not operations.ingest(container(), slug, [EXAMPLE / "knowledge"])["files_failed"]
-    reset_caches()  # releases the embedded vector store: the orchestrator process owns it from now on
+    graph = Graph(tmp_path)
+    graph.configure(**env)  # this process: the role processes' settings, read from no environment
     roles = ScaleOut(tmp_path, env)
     try:
+        slug = f"push-{uuid.uuid4().hex[:6]}"
+        tenant = operations.create_tenant(slug, folder=EXAMPLE)
+        assert not operations.ingest(container(), slug, [EXAMPLE / "knowledge"])["files_failed"]
+        graph.configure()  # releases the embedded vector store: the orchestrator process owns it from now on
         roles.start_orchestrator()
         with serve_http(create_app()) as url:  # scale-out: no worker threads in the API process
             yield url, tenant["widget_id"], roles
     finally:
         roles.stop_all()
-        reset_caches()
+        graph.close()
         client = redis.Redis.from_url(REDIS_TEST_URL)
         keys = list(client.scan_iter(f"{namespace}:*"))
         if keys:
             client.delete(*keys)
         client.close()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @pytest.mark.postgres

@@ -15,15 +15,15 @@ from tests.e2e.test_widget_stream import ANSWER, point_llm_at, watch_a_streamed_
 
 
 @pytest.fixture
-def loopback_llm_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
+def scale_out_env() -> dict[str, str]:
     # The fake LLM the tenant points at listens on loopback: the operator allows it, as one would a local model.
-    monkeypatch.setenv("OUTBOUND_ALLOW_HOSTS", "127.0.0.1")
+    return {"OUTBOUND_ALLOW_HOSTS": "127.0.0.1"}
 
 
 @pytest.mark.postgres
 @pytest.mark.redis
 def test_drafts_travel_through_redis_from_an_orchestrator_process(  # type: ignore[no-untyped-def]
-    loopback_llm_allowed, scale_out_api, openai_server  # noqa: F811
+    scale_out_api, openai_server  # noqa: F811
 ) -> None:
     from sqlalchemy import select
 

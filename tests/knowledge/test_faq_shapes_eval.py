@@ -16,12 +16,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
 from sqlalchemy import select
 
 from app.bootstrap import container
+from app.db import migrate
 from app.knowledge.evaluate import Question, evaluate, parse_questions
 from benchmarks.faq_shapes import DEFAULT_DATA, SHAPES, build_pack, load, questions
+from tests.conftest import Graph
 
 SUBSET = 40
 
@@ -37,14 +38,6 @@ def eval_lines(lines: list[dict[str, Any]]) -> list[Question]:
     """The benchmark's question lines as `switchboard eval` reads them."""
     return parse_questions("\n".join(json.dumps({k: v for k, v in x.items() if k != "qid"}) for x in lines))
 
-
-def fresh_home(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from app.bootstrap import reset_caches
-    from app.db import migrate
-
-    monkeypatch.setenv("SWITCHBOARD_HOME", str(home))
-    reset_caches()
-    migrate()
 
 
 def ingest(slug: str, pack: Path) -> tuple[str, int]:
@@ -86,10 +79,10 @@ def chunk_rows(tenant_id: str) -> list[tuple[str, int, str, str]]:
 
 
 def test_every_shape_ranks_the_same_entries_and_scores_the_same(
-    sb_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    sb_home: Path, tmp_path: Path
 ) -> None:
     rows, asked = covid_slice()
-    fresh_home(sb_home, monkeypatch)
+    migrate()
     scores, entries = {}, {}
     for shape in SHAPES:
         single = build_pack(shape, rows, tmp_path / shape)
@@ -109,17 +102,22 @@ def test_every_shape_ranks_the_same_entries_and_scores_the_same(
 
 
 def test_two_fresh_homes_give_the_same_chunks_and_rank_identically(
-    sb_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    sb_home: Path, tmp_path: Path
 ) -> None:
     rows, asked = covid_slice()
     build_pack("md-per-entry", rows, tmp_path / "pack")  # the twins are two files: their ties must break the same
     seen = []
     for home in (sb_home, tmp_path / "second-home"):
-        fresh_home(home, monkeypatch)
-        tenant_id, version = ingest("covid", tmp_path / "pack")
-        parsed = eval_lines(questions(rows, asked, ""))
-        seen.append((tenant_id, chunk_rows(tenant_id), ranked(tenant_id, version, asked),
-                     evaluate(tenant_id, parsed, pack_version=version, retriever=container().retriever)))
+        graph = Graph(home)
+        graph.configure()  # a process of its own on this home
+        try:
+            migrate()
+            tenant_id, version = ingest("covid", tmp_path / "pack")
+            parsed = eval_lines(questions(rows, asked, ""))
+            seen.append((tenant_id, chunk_rows(tenant_id), ranked(tenant_id, version, asked),
+                         evaluate(tenant_id, parsed, pack_version=version, retriever=container().retriever)))
+        finally:
+            graph.close()
     (id_a, chunks_a, ranks_a, eval_a), (id_b, chunks_b, ranks_b, eval_b) = seen
     assert id_a != id_b  # two tenants as two homes make them: random ids
     assert chunks_a == chunks_b and len(chunks_a) == SUBSET

@@ -149,15 +149,19 @@ def test_a_scale_out_job_keeps_its_progress_in_redis_for_the_admin_api() -> None
 
 def test_ingestion_shares_the_answering_embedder_unless_it_truncates_elsewhere(tmp_path: Path) -> None:
     from app.bootstrap import Container
-    from app.config import Settings
+    from tests.conftest import settings_for
 
-    shared = Container(Settings(home=tmp_path, ingest_threads=0))  # more threads call it, no second model
-    assert shared.ingest_embedder is shared.embedder
-    own = Container(Settings(home=tmp_path, ingest_max_tokens=128))
-    ingest = own.ingest_embedder
-    assert ingest is not own.embedder and ingest is own.ingest_embedder  # built once
-    assert ingest.name == own.embedder.name  # the same model: term statistics and searches are unchanged
-    assert ingest.max_tokens == 128 and own.embedder.max_tokens == 256  # type: ignore[attr-defined]
+    shared = Container(settings_for(tmp_path, ingest_threads=0))  # more threads call it, no second model
+    own = Container(settings_for(tmp_path, ingest_max_tokens=128))
+    try:
+        assert shared.ingest_embedder is shared.embedder
+        ingest = own.ingest_embedder
+        assert ingest is not own.embedder and ingest is own.ingest_embedder  # built once
+        assert ingest.name == own.embedder.name  # the same model: term statistics and searches are unchanged
+        assert ingest.max_tokens == 128 and own.embedder.max_tokens == 256  # type: ignore[attr-defined]
+    finally:
+        shared.close()
+        own.close()
     assert ingest.threads == 1 and own.embedder.threads == 1  # type: ignore[attr-defined]
 
 

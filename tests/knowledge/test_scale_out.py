@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from app.bootstrap import container
 from app.models import Chunk, Document, IngestionJob, Tenant
-from tests.conftest import REDIS_TEST_URL, REPO
+from tests.conftest import REDIS_TEST_URL, REPO, Graph
 from tests.knowledge import samples
 from tests.providers.test_object_store_contract import aws_env, s3_endpoint  # noqa: F401 - fixtures
 
@@ -28,14 +27,9 @@ PACK = REPO / "tenants" / "northwind" / "knowledge"
 
 
 @pytest.fixture
-def s3_home(sb_home: Path, s3_endpoint: str, aws_env: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:  # noqa: F811
-    from app.bootstrap import reset_caches
-
-    monkeypatch.setenv("S3_BUCKET", f"sb-{uuid.uuid4().hex[:12]}")
-    monkeypatch.setenv("S3_ENDPOINT_URL", s3_endpoint)
-    reset_caches()
-    yield sb_home
-    reset_caches()
+def s3_home(graph: Graph, s3_endpoint: str, aws_env: None) -> Path:  # noqa: F811
+    graph.configure(s3_bucket=f"sb-{uuid.uuid4().hex[:12]}", s3_endpoint_url=s3_endpoint)
+    return graph.home
 
 
 def test_ingestion_through_s3_stores_files_and_reuses_cached_vectors(s3_home: Path, tmp_path: Path) -> None:
@@ -151,22 +145,22 @@ def _points(db: Session, tenant_id: str) -> dict[str, tuple[int, int]]:
 @pytest.mark.redis
 @pytest.mark.postgres
 def test_a_worker_killed_mid_job_then_rerun_leaves_the_same_points_as_a_clean_run(
-    sb_home: Path, pg_url: str, redis_namespace: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    graph: Graph, pg_url: str, redis_namespace: str, tmp_path: Path
 ) -> None:
     import redis
     from sqlalchemy.orm import sessionmaker
 
-    from app.bootstrap import container, reset_caches
+    from app.bootstrap import container
     from app.db import make_engine
     from workers.ingest import run_ingestion_job
 
     # Small embedder calls: documents are written one by one, so the kill after two lands with six to go (with
     # the default 256 texts per call, this pack's ~150 chunks are embedded in one call and written together).
+    # The worker process is started with `env`; this process's graph has the same settings.
     env = {"DATABASE_URL": pg_url, "REDIS_URL": REDIS_TEST_URL, "SWITCHBOARD_BUS_NAMESPACE": redis_namespace,
            "SWITCHBOARD_INGEST_CALL_TEXTS": "8"}
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    reset_caches()
+    graph.configure(database_url=pg_url, redis_url=REDIS_TEST_URL, bus_namespace=redis_namespace,
+                    ingest_call_texts=8)
     files = _big_pack(tmp_path / "pack")
     killed, clean = f"kill{uuid.uuid4().hex[:8]}", f"clean{uuid.uuid4().hex[:8]}"
     queue = f"sbtest-ingest-{uuid.uuid4().hex[:8]}"
@@ -180,7 +174,7 @@ def test_a_worker_killed_mid_job_then_rerun_leaves_the_same_points_as_a_clean_ru
 
         worker = subprocess.Popen(
             [sys.executable, "-c", f"from workers.ingest import main; main([{queue!r}])"],
-            cwd=REPO, env={**os.environ, **env, "SWITCHBOARD_HOME": str(sb_home)}, start_new_session=True,
+            cwd=REPO, env={**os.environ, **env, "SWITCHBOARD_HOME": str(graph.home)}, start_new_session=True,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         stream = f"{redis_namespace}:events:{killed}"

@@ -18,6 +18,7 @@ from app.knowledge.service import ingest_paths
 from app.knowledge.termstats import TermStats, collect, query_vectors
 from app.models import Chunk, Document, PackVersion
 from app.providers.embeddings.minilm import MiniLMEmbedder
+from tests.conftest import Graph
 from tests.knowledge.test_ingest import FAQ
 
 CORPUS = [
@@ -163,16 +164,14 @@ def test_each_tenants_version_has_its_own_statistics(db: Session, pack: Path, tm
 
 
 def test_retrieval_ranks_with_the_plain_query_when_statistics_cannot_be_read(
-    sb_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    graph: Graph, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A database outage costs the ranking refinement, not the answer."""
-    from app import bootstrap
     from app.providers.embeddings.sparse import TermFrequencyEncoder
     from app.providers.vectors.base import ChunkPoint
     from app.providers.vectors.edge import EdgeVectorStore
 
-    monkeypatch.setenv("SWITCHBOARD_DATABASE_URL", "postgresql+psycopg://127.0.0.1:1/nowhere?connect_timeout=2")
-    bootstrap.reset_caches()
+    graph.configure(database_url="postgresql+psycopg://127.0.0.1:1/nowhere?connect_timeout=2")
     embedder = container().embedder
     store = EdgeVectorStore(tmp_path / "vectors", dim=embedder.dim)
     try:

@@ -16,6 +16,7 @@ from sqlalchemy import select
 from app.bootstrap import container
 from app.netguard import blocked_reason, check_url, guarded_client2, guarded_transport
 from tests.assistant.helpers import FakePassage
+from tests.conftest import Graph
 from tests.fakes.fake_telegram import FakeTelegram
 from tests.fakes.openai_server import FakeOpenAIServer
 
@@ -47,17 +48,6 @@ def servers() -> Iterator[tuple[FakeOpenAIServer, FakeOpenAIServer]]:
         operator.reply("Gift cards never expire [1].")  # grounded in the test's passage: the checks send it
         own.reply("Gift cards never expire [1].")
         yield operator, own
-
-
-def _settings(monkeypatch: pytest.MonkeyPatch, **env: str | None) -> None:
-    from app.config import get_settings
-
-    for name, value in env.items():
-        if value is None:
-            monkeypatch.delenv(name, raising=False)
-        else:
-            monkeypatch.setenv(name, value)
-    get_settings.cache_clear()
 
 
 @pytest.fixture
@@ -106,10 +96,10 @@ def _ask(tenant_id: str, text: str = "do gift cards expire?") -> tuple[str, str 
         return status, escalation.detail if escalation else None
 
 
-def test_finding1_tenant_llm_url_never_receives_the_operators_key(tenant: str, servers, monkeypatch) -> None:
+def test_finding1_tenant_llm_url_never_receives_the_operators_key(tenant: str, servers, graph: Graph) -> None:
     operator, own = servers
-    _settings(monkeypatch, LLM_BASE_URL=operator.base_url, LLM_API_KEY=operator.api_key,
-              OUTBOUND_ALLOW_HOSTS="127.0.0.1")  # both fakes are on loopback; the rule under test is the key's
+    graph.configure(llm_base_url=operator.base_url, llm_api_key=operator.api_key,
+                    outbound_allow_hosts="127.0.0.1")  # both fakes are on loopback; the rule under test is the key's
     _set_llm(tenant, {"base_url": own.base_url, "model": "m"})  # its own URL, no key of its own
 
     _ask(tenant)
@@ -128,16 +118,16 @@ def test_finding1_tenant_llm_url_never_receives_the_operators_key(tenant: str, s
     assert [r.headers["authorization"] for r in operator.requests] == [f"Bearer {operator.api_key}"]
 
 
-def test_finding1_operator_llm_on_loopback_stays_allowed(tenant: str, servers, monkeypatch) -> None:
+def test_finding1_operator_llm_on_loopback_stays_allowed(tenant: str, servers, graph: Graph) -> None:
     operator, _ = servers
-    _settings(monkeypatch, LLM_BASE_URL=operator.base_url, LLM_API_KEY=operator.api_key, OUTBOUND_ALLOW_HOSTS=None)
+    graph.configure(llm_base_url=operator.base_url, llm_api_key=operator.api_key, outbound_allow_hosts=None)
     assert _ask(tenant)[0] == "answered"
     assert len(operator.completion_requests) == 1
 
 
-def test_finding2_stored_internal_llm_url_is_refused_when_connecting(tenant: str, servers, monkeypatch) -> None:
+def test_finding2_stored_internal_llm_url_is_refused_when_connecting(tenant: str, servers, graph: Graph) -> None:
     _, internal = servers  # stands for Redis, a metadata service, an admin port on the private network
-    _settings(monkeypatch, LLM_BASE_URL=None, OUTBOUND_ALLOW_HOSTS=None)
+    graph.configure(llm_base_url=None, outbound_allow_hosts=None)
     _set_llm(tenant, {"base_url": internal.base_url, "model": "m", "max_retries": 0}, own_key=internal.api_key)
 
     status, detail = _ask(tenant)
@@ -146,7 +136,7 @@ def test_finding2_stored_internal_llm_url_is_refused_when_connecting(tenant: str
     assert detail is not None and "loopback" in detail and "OUTBOUND_ALLOW_HOSTS" in detail
 
     # The operator can allow a host (a local model server); then it is reached.
-    _settings(monkeypatch, OUTBOUND_ALLOW_HOSTS=f"127.0.0.1:{internal.port}")
+    graph.configure(outbound_allow_hosts=f"127.0.0.1:{internal.port}")
     assert _ask(tenant, "again")[0] == "answered"
     assert len(internal.completion_requests) == 1
 

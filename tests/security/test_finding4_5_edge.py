@@ -291,8 +291,7 @@ def test_finding5_upload_route_has_its_own_limit(client: TestClient, tenant_a: T
     from app.config import get_settings
     from app.main import create_app
 
-    monkeypatch.setenv("MAX_UPLOAD_BYTES", str(600 * 1024))
-    get_settings.cache_clear()
+    monkeypatch.setattr(get_settings(), "max_upload_bytes", 600 * 1024)
     with TestClient(create_app(run_workers=False)) as small:
         def upload(repeat: int) -> httpx.Response:
             text = b"# Returns\n\n" + b"Returns are free within 30 days. " * repeat
@@ -304,7 +303,6 @@ def test_finding5_upload_route_has_its_own_limit(client: TestClient, tenant_a: T
         assert over.json()["detail"].endswith("(614400 bytes, set by MAX_UPLOAD_BYTES)")
         under = upload(12_000)  # 396 KB: over the JSON routes' 256 KiB, under this route's 600 KiB
         assert under.status_code == 202, under.text
-    get_settings.cache_clear()
 
 
 def test_finding5_limits_are_settings(client: TestClient, tenant_a: TenantKeys,
@@ -312,8 +310,7 @@ def test_finding5_limits_are_settings(client: TestClient, tenant_a: TenantKeys,
     from app.config import get_settings
     from app.main import create_app
 
-    monkeypatch.setenv("MAX_BODY_BYTES", "1000")
-    get_settings.cache_clear()
+    monkeypatch.setattr(get_settings(), "max_body_bytes", 1000)
     with TestClient(create_app(run_workers=False)) as small:
         name = "n" * 900
         over = small.post("/admin/v1/api-keys", json={"name": name + "n" * 200, "scope": "agent"},
@@ -322,7 +319,6 @@ def test_finding5_limits_are_settings(client: TestClient, tenant_a: TenantKeys,
         under = small.post("/admin/v1/api-keys", json={"name": name[:150], "scope": "agent"},
                            headers=tenant_a.headers())
         assert under.status_code == 201, under.text
-    get_settings.cache_clear()
 
 
 def test_finding5_chunked_body_under_the_limit_arrives_intact(client: TestClient, tenant_a: TenantKeys) -> None:

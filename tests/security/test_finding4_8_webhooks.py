@@ -21,7 +21,7 @@ import redis
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from twilio.request_validator import RequestValidator
 
-from tests.conftest import REDIS_TEST_URL
+from tests.conftest import REDIS_TEST_URL, Graph
 from tests.gateways.conftest import WEBHOOKS, Gateway, meta_signature
 
 WA_PHONE, WA_SECRET = "990000000001", "finding4-wa-secret"
@@ -69,22 +69,12 @@ class Setup:
 
 @pytest.fixture(scope="module", params=["embedded", "postgres+redis"])
 def setup(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
-    from app.bootstrap import reset_caches
-
-    mp = pytest.MonkeyPatch()
-    mp.setenv("SWITCHBOARD_HOME", str(tmp_path_factory.mktemp("sbhome")))
-    mp.setenv("SWITCHBOARD_PUBLIC_BASE_URL", PUBLIC)
-    # These tests send hundreds of forged webhooks on purpose; the limits on them are tested elsewhere.
-    mp.setenv("SWITCHBOARD_RATE_WEBHOOK_FAILURES_PER_ACCOUNT", "100000/minute")
-    for var in ("DATABASE_URL", "REDIS_URL", "QDRANT_URL", "S3_BUCKET", "LLM_BASE_URL", "LLM_API_KEY"):
-        mp.delenv(var, raising=False)
-        mp.delenv(f"SWITCHBOARD_{var}", raising=False)
+    graph = Graph(tmp_path_factory.mktemp("sbhome"))
     namespace = f"sbtest{uuid.uuid4().hex[:8]}"
-    if request.param == "postgres+redis":
-        mp.setenv("DATABASE_URL", request.getfixturevalue("pg_url"))
-        mp.setenv("REDIS_URL", REDIS_TEST_URL)
-        mp.setenv("SWITCHBOARD_BUS_NAMESPACE", namespace)
-    reset_caches()
+    scale_out = {"database_url": request.getfixturevalue("pg_url"), "redis_url": REDIS_TEST_URL,
+                 "bus_namespace": namespace} if request.param == "postgres+redis" else {}
+    # These tests send hundreds of forged webhooks on purpose; the limits on them are tested elsewhere.
+    graph.configure(public_base_url=PUBLIC, rate_webhook_failures_per_account="100000/minute", **scale_out)
     from fastapi.testclient import TestClient
 
     from app.db import migrate
@@ -93,7 +83,7 @@ def setup(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     migrate()
     try:
         with TestClient(create_app(run_workers=False)) as client:
-            gw = Gateway(client, tmp_path_factory.getbasetemp())
+            gw = Gateway(client, graph.home)
             key = Ed25519PrivateKey.generate()
             tenants = {channel: gw.tenant() for channel in ("whatsapp", "instagram", "telegram", "discord",
                                                             "twilio", "ussd")}
@@ -108,8 +98,7 @@ def setup(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
             gw.account(tenants["ussd"], "ussd", USSD_CODE, {"webhook_token": USSD_TOKEN})
             yield Setup(gw, tenants, key)
     finally:
-        reset_caches()
-        mp.undo()
+        graph.close()
         client_r = redis.Redis.from_url(REDIS_TEST_URL)
         keys = list(client_r.scan_iter(f"{namespace}:*"))
         if keys:

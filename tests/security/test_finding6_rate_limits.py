@@ -15,7 +15,6 @@ import json
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,7 +23,7 @@ from sqlalchemy import func, select
 
 from app.bootstrap import container
 from tests.assistant.helpers import FakePassage
-from tests.conftest import REDIS_TEST_URL, SHARED_DATA
+from tests.conftest import REDIS_TEST_URL, SHARED_DATA, Graph
 from tests.fakes.openai_server import FakeOpenAIServer
 
 WA_SECRET = "wa-app-secret"
@@ -50,30 +49,26 @@ class Stack:
         return TestClient(self.app, client=address)
 
 
-def _limits(monkeypatch: pytest.MonkeyPatch, **limits: str) -> None:
-    """Generous limits everywhere but the ones under test (SWITCHBOARD_RATE_<NAME>)."""
+def _limits(**limits: str) -> dict[str, str]:
+    """Generous limits everywhere but the ones under test (RATE_<NAME>), as settings values."""
     defaults = {"WIDGET_SESSIONS_PER_IP": "1000/minute", "WIDGET_SENDS_PER_IP": "1000/minute",
                 "WIDGET_SENDS_PER_VISITOR": "1000/minute", "AUTH_FAILURES_PER_IP": "1000/minute",
                 "AUTH_FAILURES_PER_KEY": "1000/minute", "WEBHOOK_FAILURES_PER_ACCOUNT": "1000/minute",
                 "LLM_CALLS_PER_TENANT": "1000/minute"}
-    for name, value in {**defaults, **limits}.items():
-        monkeypatch.setenv(f"SWITCHBOARD_RATE_{name}", value)
+    return {f"rate_{name.lower()}": value for name, value in {**defaults, **limits}.items()}
 
 
 def _start(**limits: str) -> Callable[..., Stack]:
     """A fixture body: an embedded app (no worker threads) with these limits and one tenant."""
 
-    def start(sb_home: Path, monkeypatch: pytest.MonkeyPatch, redis: str | None = None) -> Stack:
-        from app.bootstrap import reset_caches
+    def start(graph: Graph, redis: str | None = None) -> Stack:
         from app.db import migrate, session_scope
         from app.main import create_app
         from app.tenants.service import create_tenant
 
-        _limits(monkeypatch, **limits)
-        if redis is not None:  # scale-out limit storage (and bus) under the test's own key namespace
-            monkeypatch.setenv("SWITCHBOARD_REDIS_URL", REDIS_TEST_URL)
-            monkeypatch.setenv("SWITCHBOARD_BUS_NAMESPACE", redis)
-        reset_caches()
+        # Scale-out with `redis`: limit storage (and bus) under the test's own key namespace.
+        scale_out = {"redis_url": REDIS_TEST_URL, "bus_namespace": redis} if redis is not None else {}
+        graph.configure(**_limits(**limits), **scale_out)
         migrate()
         with session_scope(cross_tenant="tests") as session:
             new = create_tenant(session, f"t-{uuid.uuid4().hex[:8]}")
@@ -113,8 +108,8 @@ def _stored_inbound(tenant_id: str) -> int:
 # ------------------------------------------------------------------------------------------------------- widget
 
 
-def test_finding6_widget_session_flood_gets_429(sb_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    stack = _start(WIDGET_SESSIONS_PER_IP="5/minute")(sb_home, monkeypatch)
+def test_finding6_widget_session_flood_gets_429(graph: Graph) -> None:
+    stack = _start(WIDGET_SESSIONS_PER_IP="5/minute")(graph)
     widget = stack.tenant.widget
     assert [_session(stack.client, widget).status_code for _ in range(5)] == [201] * 5
     flood = [_session(stack.client, widget) for _ in range(20)]
@@ -124,8 +119,8 @@ def test_finding6_widget_session_flood_gets_429(sb_home: Path, monkeypatch: pyte
     assert _session(stack.client_from(OTHER_IP), widget).status_code == 201
 
 
-def test_finding6_widget_send_flood_gets_429(sb_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    stack = _start(WIDGET_SENDS_PER_VISITOR="3/minute")(sb_home, monkeypatch)
+def test_finding6_widget_send_flood_gets_429(graph: Graph) -> None:
+    stack = _start(WIDGET_SENDS_PER_VISITOR="3/minute")(graph)
     widget = stack.tenant.widget
     flooder, other = (_session(stack.client, widget).json()["token"] for _ in range(2))
     assert [_send(stack.client, widget, flooder).status_code for _ in range(3)] == [202] * 3
@@ -138,8 +133,8 @@ def test_finding6_widget_send_flood_gets_429(sb_home: Path, monkeypatch: pytest.
     assert _stored_inbound(stack.tenant.id) == 4
 
 
-def test_finding6_widget_sends_per_ip_cover_many_visitors(sb_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    stack = _start(WIDGET_SENDS_PER_IP="4/minute")(sb_home, monkeypatch)
+def test_finding6_widget_sends_per_ip_cover_many_visitors(graph: Graph) -> None:
+    stack = _start(WIDGET_SENDS_PER_IP="4/minute")(graph)
     widget = stack.tenant.widget
     tokens = [_session(stack.client, widget).json()["token"] for _ in range(6)]
     codes = [_send(stack.client, widget, token).status_code for token in tokens]
@@ -173,12 +168,12 @@ def _check_failed_auth(stack: Stack) -> None:
     assert [_tenant_get(owner, stack.tenant.admin_key).status_code for _ in range(30)] == [200] * 30
 
 
-def test_finding6_wrong_admin_key_flood_gets_429(sb_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    _check_failed_auth(_start(AUTH_FAILURES_PER_IP="5/minute")(sb_home, monkeypatch))
+def test_finding6_wrong_admin_key_flood_gets_429(graph: Graph) -> None:
+    _check_failed_auth(_start(AUTH_FAILURES_PER_IP="5/minute")(graph))
 
 
-def test_finding6_one_wrong_key_from_many_addresses_gets_429(sb_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    stack = _start(AUTH_FAILURES_PER_KEY="3/minute")(sb_home, monkeypatch)
+def test_finding6_one_wrong_key_from_many_addresses_gets_429(graph: Graph) -> None:
+    stack = _start(AUTH_FAILURES_PER_KEY="3/minute")(graph)
     stale = _wrong_key()  # a revoked key a misconfigured fleet keeps sending
     codes = [_tenant_get(stack.client_from((f"198.51.100.{i}", 1000)), stale).status_code for i in range(1, 8)]
     assert codes == [401] * 3 + [429] * 4
@@ -186,8 +181,8 @@ def test_finding6_one_wrong_key_from_many_addresses_gets_429(sb_home: Path, monk
     assert _tenant_get(stack.client, stack.tenant.admin_key).status_code == 200  # other keys are unaffected
 
 
-def test_finding6_review_api_wrong_agent_keys_get_429(sb_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    stack = _start(AUTH_FAILURES_PER_IP="3/minute")(sb_home, monkeypatch)
+def test_finding6_review_api_wrong_agent_keys_get_429(graph: Graph) -> None:
+    stack = _start(AUTH_FAILURES_PER_IP="3/minute")(graph)
     codes = [stack.client.get("/review/v1/escalations", headers={"Authorization": f"Bearer {_wrong_key()}"})
              .status_code for _ in range(5)]
     assert codes == [401] * 3 + [429] * 2
@@ -198,17 +193,17 @@ def test_finding6_review_api_wrong_agent_keys_get_429(sb_home: Path, monkeypatch
 
 @pytest.mark.redis
 def test_finding6_redis_failed_auth_flood_gets_429_across_replicas(
-    sb_home: Path, monkeypatch: pytest.MonkeyPatch, redis_namespace: str
+    graph: Graph, redis_namespace: str
 ) -> None:
     import redis
 
     start = _start(AUTH_FAILURES_PER_IP="5/minute")
-    _check_failed_auth(start(sb_home, monkeypatch, redis=redis_namespace))
+    _check_failed_auth(start(graph, redis=redis_namespace))
     # A second replica (a new process: a new limiter, a new app) sees the same counts in Redis.
-    from app.bootstrap import container, reset_caches
+    from app.bootstrap import container
     from app.main import create_app
 
-    reset_caches()
+    graph.configure()
     replica = TestClient(create_app(run_workers=False))
     _assert_429(_tenant_get(replica, _wrong_key()), "failed API key attempts per IP address")
     container().rate_limiter.close()
@@ -221,9 +216,9 @@ def test_finding6_redis_failed_auth_flood_gets_429_across_replicas(
 
 @pytest.mark.redis
 def test_finding6_redis_widget_send_flood_gets_429(
-    sb_home: Path, monkeypatch: pytest.MonkeyPatch, redis_namespace: str
+    graph: Graph, redis_namespace: str
 ) -> None:
-    stack = _start(WIDGET_SENDS_PER_VISITOR="3/minute")(sb_home, monkeypatch, redis=redis_namespace)
+    stack = _start(WIDGET_SENDS_PER_VISITOR="3/minute")(graph, redis=redis_namespace)
     widget = stack.tenant.widget
     token = _session(stack.client, widget).json()["token"]
     assert [_send(stack.client, widget, token).status_code for _ in range(3)] == [202] * 3
@@ -250,12 +245,12 @@ def _wa_post(client: TestClient, raw: bytes, secret: str = WA_SECRET) -> Any:
 
 
 @pytest.fixture
-def webhooks(sb_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
+def webhooks(graph: Graph) -> Iterator[Stack]:
     from app.bootstrap import container
     from app.db import session_scope
     from gateways.accounts import add_channel_account
 
-    stack = _start(WEBHOOK_FAILURES_PER_ACCOUNT="3/minute")(sb_home, monkeypatch)
+    stack = _start(WEBHOOK_FAILURES_PER_ACCOUNT="3/minute")(graph)
     with session_scope(cross_tenant="tests") as session:
         add_channel_account(session, container().channels, stack.tenant.id, "whatsapp", WA_PHONE_ID,
                             credentials={"app_secret": WA_SECRET, "access_token": "tok", "verify_token": "vt"})
@@ -304,10 +299,8 @@ def test_finding6_webhook_flood_of_valid_messages_is_all_stored(webhooks: Stack)
 # --------------------------------------------------------------------------------------------------------- LLM
 
 
-def test_finding6_tenant_llm_limit_escalates_instead_of_dropping(sb_home: Path,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_finding6_tenant_llm_limit_escalates_instead_of_dropping(graph: Graph) -> None:
     from app.assistant.orchestrator import Orchestrator
-    from app.bootstrap import reset_caches
     from app.bus.consumer import Consumer
     from app.bus.memory import MemoryBus
     from app.config import get_settings
@@ -319,10 +312,8 @@ def test_finding6_tenant_llm_limit_escalates_instead_of_dropping(sb_home: Path,
 
     with FakeOpenAIServer(api_key="sk-operator") as llm:
         llm.reply("Gift cards never expire [1].")
-        _limits(monkeypatch, LLM_CALLS_PER_TENANT="2/minute")
-        monkeypatch.setenv("SWITCHBOARD_LLM_BASE_URL", llm.base_url)  # the operator's own endpoint
-        monkeypatch.setenv("SWITCHBOARD_LLM_API_KEY", llm.api_key)
-        reset_caches()
+        # The operator's own endpoint.
+        graph.configure(**_limits(LLM_CALLS_PER_TENANT="2/minute"), llm_base_url=llm.base_url, llm_api_key=llm.api_key)
         assert get_settings().llm_base_url == llm.base_url
         migrate()
         with session_scope(cross_tenant="tests") as session:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import REPO
+from tests.conftest import REPO, Graph
 
 SECRET_TEXT = "my card is 4111 1111 1111 1111 and I live at jane.doe@example.com"
 VISITOR = "v_Zm9yZ2V0LW1lLW5vdA"
@@ -46,13 +46,11 @@ def captured() -> Iterator[Callable[[], str]]:
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def database(request: pytest.FixtureRequest, sb_home: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    from app.bootstrap import reset_caches
+def database(request: pytest.FixtureRequest, graph: Graph) -> str:
     from app.db import migrate
 
     if request.param == "postgres":
-        monkeypatch.setenv("DATABASE_URL", request.getfixturevalue("pg_url"))
-        reset_caches()
+        graph.configure(database_url=request.getfixturevalue("pg_url"))
     migrate()
     return str(request.param)
 
@@ -76,21 +74,18 @@ def test_finding7_sql_error_logs_no_message_text_or_visitor_id(database: str, ca
 
 
 @pytest.mark.postgres
-def test_finding7_postgres_constraint_detail_is_scrubbed(sb_home: Path, pg_url: str, monkeypatch, captured) -> None:
+def test_finding7_postgres_constraint_detail_is_scrubbed(graph: Graph, pg_url: str, captured) -> None:
     """PostgreSQL quotes the row's values in its own error text (`Key (...)=(...)`), which `hide_parameters`
     cannot hide: the log filter does. (Through the row-level-security role Postgres leaves the values out itself,
     so this runs as the login that owns the tables, where it puts them in, as it does on a deployment without
     the role.)"""
     from sqlalchemy.exc import IntegrityError
 
-    from app.bootstrap import reset_caches
     from app.db import session_scope
     from app.models import Contact
     from app.tenants.service import create_tenant
 
-    monkeypatch.setenv("DATABASE_URL", pg_url)
-    monkeypatch.setenv("DATABASE_APP_ROLE", "")
-    reset_caches()
+    graph.configure(database_url=pg_url, database_app_role="")
     with session_scope(cross_tenant="tests") as session:
         tenant_id = create_tenant(session, f"t-{uuid.uuid4().hex[:8]}").tenant.id
         session.add(Contact(tenant_id=tenant_id, channel="webchat", external_id=VISITOR))

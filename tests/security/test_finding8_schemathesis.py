@@ -25,7 +25,7 @@ from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from tests.admin import conftest as admin
 from tests.admin.conftest import TenantKeys, seed_conversation
-from tests.conftest import PG_ADMIN_URL
+from tests.conftest import PG_ADMIN_URL, Graph
 
 backend, client, tenant_a = admin.backend, admin.client, admin.tenant_a  # fixtures: an app and a tenant's keys
 # Per operation and run; SWITCHBOARD_FUZZ_EXAMPLES=500 digs deeper locally (other examples, same determinism).
@@ -52,13 +52,13 @@ def pg_url() -> Iterator[str]:
 
 
 @pytest.fixture(autouse=True)
-def _no_rate_limits(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def _no_rate_limits(graph: Graph) -> Iterator[None]:
     """Fuzzing sends hundreds of failing requests from one address: with the limits on, most answers would be
     the (conforming) 429 and the routes behind it would go untested. Finding 6's tests cover the limits."""
-    for name in ("WIDGET_SESSIONS_PER_IP", "WIDGET_SENDS_PER_IP", "WIDGET_SENDS_PER_VISITOR", "AUTH_FAILURES_PER_IP",
-                 "AUTH_FAILURES_PER_KEY", "WEBHOOK_FAILURES_PER_ACCOUNT", "LLM_CALLS_PER_TENANT",
-                 "LOGIN_FAILURES_PER_ACCOUNT", "LOGIN_FAILURES_PER_IP"):
-        monkeypatch.setenv(f"SWITCHBOARD_RATE_{name}", "")
+    graph.configure(**{f"rate_{name}": "" for name in (
+        "widget_sessions_per_ip", "widget_sends_per_ip", "widget_sends_per_visitor", "auth_failures_per_ip",
+        "auth_failures_per_key", "webhook_failures_per_account", "llm_calls_per_tenant",
+        "login_failures_per_account", "login_failures_per_ip")})
     logger = logging.getLogger()
     level = logger.level
     logger.setLevel(logging.CRITICAL)  # thousands of expected 4xx warnings would only slow the run down

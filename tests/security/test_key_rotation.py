@@ -17,6 +17,7 @@ from cryptography.fernet import Fernet
 
 from app.keys import TokenError
 from tests.cli_support import run, serving
+from tests.conftest import Graph
 from tests.fakes.fake_telegram import FakeTelegram
 
 
@@ -51,28 +52,23 @@ def test_a_home_from_before_keyrings_keeps_its_secret_key(sb_home: Path) -> None
     assert decrypt_json(saved_before) == {"token": "from-last-year"}
 
 
-def test_keys_from_the_environment(sb_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_keys_from_the_environment(graph: Graph) -> None:
+    """ENCRYPTION_KEYS and SIGNING_KEYS, as the settings read them."""
     from app import keys
-    from app.config import get_settings
     from app.crypto import decrypt_json, encrypt_json
 
     older, newer = Fernet.generate_key(), Fernet.generate_key()
     saved_before = Fernet(older).encrypt(b'{"token": "old"}').decode()
-    monkeypatch.setenv("SWITCHBOARD_ENCRYPTION_KEYS", f"{newer.decode()}, {older.decode()}")
-    monkeypatch.setenv("SWITCHBOARD_SIGNING_KEYS", "s" * 48)
-    get_settings.cache_clear()
+    graph.configure(encryption_keys=f"{newer.decode()}, {older.decode()}", signing_keys="s" * 48)
     assert keys.current().source == "env"
     assert decrypt_json(saved_before) == {"token": "old"}
     Fernet(newer).decrypt(encrypt_json({"token": "new"}).encode())  # the first key encrypts
-    assert not (sb_home / "keyring.json").exists()
+    assert not (graph.home / "keyring.json").exists()
 
-    monkeypatch.delenv("SWITCHBOARD_SIGNING_KEYS")
-    get_settings.cache_clear()
+    graph.configure(signing_keys=None)
     with pytest.raises(keys.KeyringError, match="SWITCHBOARD_SIGNING_KEYS is not set"):
         keys.current()
-    monkeypatch.setenv("SWITCHBOARD_ENCRYPTION_KEYS", "not-a-fernet-key")
-    monkeypatch.setenv("SWITCHBOARD_SIGNING_KEYS", "s" * 48)
-    get_settings.cache_clear()
+    graph.configure(encryption_keys="not-a-fernet-key", signing_keys="s" * 48)
     with pytest.raises(keys.KeyringError, match="is not a Fernet key: generate one with"):
         encrypt_json({})
 

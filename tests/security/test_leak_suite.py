@@ -21,6 +21,7 @@ from fastapi import FastAPI
 from app.auth import Viewer
 from app.bootstrap import container
 from tests.admin.conftest import backend  # noqa: F401  (fixture re-export: sqlite, postgres)
+from tests.conftest import Graph
 from tests.e2e.sse import EventStream, serve_http
 from tests.security import leak_probes as lp
 
@@ -28,13 +29,13 @@ SAMPLE = 60  # probes (every operation once, then a spread), each sent as all 7 
 
 
 @pytest.fixture(autouse=True)
-def _no_rate_limits(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def _no_rate_limits(graph: Graph) -> Iterator[None]:
     """Hundreds of refused requests from one address would otherwise end in the (correct) 429 before the
     routes behind it are reached; the limits have their own tests (finding 6)."""
-    for name in ("WIDGET_SESSIONS_PER_IP", "WIDGET_SENDS_PER_IP", "WIDGET_SENDS_PER_VISITOR", "AUTH_FAILURES_PER_IP",
-                 "AUTH_FAILURES_PER_KEY", "WEBHOOK_FAILURES_PER_ACCOUNT", "LLM_CALLS_PER_TENANT",
-                 "LOGIN_FAILURES_PER_ACCOUNT", "LOGIN_FAILURES_PER_IP"):
-        monkeypatch.setenv(f"SWITCHBOARD_RATE_{name}", "")
+    graph.configure(**{f"rate_{name}": "" for name in (
+        "widget_sessions_per_ip", "widget_sends_per_ip", "widget_sends_per_visitor", "auth_failures_per_ip",
+        "auth_failures_per_key", "webhook_failures_per_account", "llm_calls_per_tenant",
+        "login_failures_per_account", "login_failures_per_ip")})
     logger = logging.getLogger()
     level = logger.level
     logger.setLevel(logging.CRITICAL)  # hundreds of expected 4xx warnings
@@ -43,15 +44,12 @@ def _no_rate_limits(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 @pytest.fixture
-def app(sb_home: Path, backend: str, request: pytest.FixtureRequest,  # noqa: F811
-        monkeypatch: pytest.MonkeyPatch) -> FastAPI:
+def app(graph: Graph, backend: str, request: pytest.FixtureRequest) -> FastAPI:  # noqa: F811
     from app import db
-    from app.bootstrap import reset_caches
     from app.main import create_app
 
     if backend == "postgres":
-        monkeypatch.setenv("DATABASE_URL", request.getfixturevalue("pg_url"))
-        reset_caches()
+        graph.configure(database_url=request.getfixturevalue("pg_url"))
     db.migrate()
     return create_app(run_workers=False)
 

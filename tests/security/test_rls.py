@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -26,7 +27,7 @@ from sqlalchemy.orm import Session
 from app import rls
 from app.db import make_engine
 from app.models import Conversation, Tenant
-from tests.conftest import PG_ADMIN_URL, REPO
+from tests.conftest import PG_ADMIN_URL, REPO, Graph, settings_for
 
 ROLE = "switchboard_app"
 SCOPE = "SELECT set_config('switchboard.tenant_id', :t, true), set_config('switchboard.cross_tenant', :c, true)"
@@ -39,13 +40,8 @@ def psycopg_url(url: str) -> str:
 
 
 @pytest.fixture
-def app_role(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    from app.config import get_settings
-
-    monkeypatch.setenv("DATABASE_APP_ROLE", ROLE)
-    get_settings.cache_clear()
-    yield
-    get_settings.cache_clear()
+def app_role(graph: Graph) -> None:
+    graph.configure(database_app_role=ROLE)
 
 
 @pytest.fixture
@@ -295,7 +291,7 @@ def test_the_scope_is_one_statement_per_transaction_and_a_pooled_connection_carr
     without_app_scope: None,
 ) -> None:
     a, _b, _meta, _rows = two_tenants
-    engine = rls.install(create_engine(psycopg_url(pg_url), pool_size=1, max_overflow=0))
+    engine = rls.install(create_engine(psycopg_url(pg_url), pool_size=1, max_overflow=0), ROLE)
     statements: list[str] = []
     event.listen(engine, "before_cursor_execute",
                  lambda _c, _cur, statement, *_args: statements.append(statement))
@@ -320,18 +316,13 @@ def test_the_scope_is_one_statement_per_transaction_and_a_pooled_connection_carr
         engine.dispose()
 
 
-def test_without_the_role_setting_connections_keep_their_login(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from app.config import get_settings
-
-    monkeypatch.setenv("DATABASE_APP_ROLE", "")
-    get_settings.cache_clear()
-    engine = make_engine(pg_url)
+def test_without_the_role_setting_connections_keep_their_login(pg_url: str, tmp_path: Path) -> None:
+    engine = make_engine(pg_url, settings_for(tmp_path, database_app_role=""))
     try:
         with engine.connect() as conn:
             assert conn.scalar(text("SELECT current_user")) == "postgres"
     finally:
         engine.dispose()
-        get_settings.cache_clear()
 
 
 # ---- the migration ---------------------------------------------------------------------------------------------
@@ -432,7 +423,7 @@ def test_creating_the_role_survives_a_concurrent_migration_creating_it_first(pg_
 
 
 def test_an_owner_that_is_no_superuser_migrates_is_held_by_force_and_a_member_login_needs_no_set_role(
-    app_role: None, monkeypatch: pytest.MonkeyPatch, without_app_scope: None
+    graph: Graph, app_role: None, without_app_scope: None
 ) -> None:
     """The production shape: the schema's owner is an ordinary login (with CREATEROLE for the first migration);
     FORCE holds it to the policies too, and the application logs in as its own member of the app role."""
@@ -459,11 +450,8 @@ def test_an_owner_that_is_no_superuser_migrates_is_held_by_force_and_a_member_lo
                                   "VALUES (:t, :t, 'x', '{}', '{}', now())"), {"t": tenant})
             with engine.connect() as conn:
                 assert conn.scalar(text("SELECT count(*) FROM tenants")) == 0  # the owner too, without a scope
-        from app.config import get_settings
-
-        monkeypatch.setenv("DATABASE_APP_ROLE", "")  # the login is the member: no SET ROLE
-        get_settings.cache_clear()
-        engine = make_engine(f"postgresql://{login}@{host}/{database}")
+        # The login is the member: no SET ROLE.
+        engine = make_engine(f"postgresql://{login}@{host}/{database}", graph.settings(database_app_role=""))
         with Session(engine, info={"tenant_id": tenant}) as session:
             assert session.scalar(text("SELECT current_user")) == login
             assert [t.id for t in session.scalars(select(Tenant))] == [tenant]
