@@ -135,9 +135,9 @@ def main() -> None:
         try:
             run(args, rng)
         finally:
-            from app.bootstrap import reset_caches
+            from app.bootstrap import reset
 
-            reset_caches()
+            reset()  # closes the database's connections before it is dropped
             if pg_name:
                 import psycopg
 

@@ -221,11 +221,12 @@ def pipeline(seed: int = 11) -> dict[str, Any]:
     with FakeOpenAIServer() as server:
         server.reply_with(models)
         # The operator's LLM (a tenant-set URL must be public; this one is on 127.0.0.1).
-        os.environ.update({"LLM_BASE_URL": server.base_url, "LLM_API_KEY": server.api_key,
-                           "RATE_LLM_CALLS_PER_TENANT": ""})
-        from app.bootstrap import reset_caches
+        from app import bootstrap
 
-        reset_caches()
+        llm = {"llm_base_url": server.base_url, "llm_api_key": server.api_key, "rate_llm_calls_per_tenant": ""}
+        settings = container().settings.model_copy(update=llm)
+        bootstrap.reset()  # as a restart with these settings
+        bootstrap.install(bootstrap.Container(settings))
         with session_scope(cross_tenant="benchmark setup") as session:
             tenant = get_by_slug(session, "northwind")
             tenant_id, account_id = tenant.id, widget_account(session, tenant.id).id

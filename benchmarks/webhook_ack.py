@@ -60,12 +60,11 @@ def body(n: int) -> bytes:
 
 def setup(db_url: str) -> str:
     os.environ.update(DATABASE_URL=db_url, REDIS_URL=REDIS_URL)
-    from app.bootstrap import container, reset_caches
+    from app.bootstrap import container
     from app.db import migrate, session_scope
     from app.tenants.service import create_tenant
     from gateways.accounts import add_channel_account
 
-    reset_caches()
     migrate(db_url)
     with session_scope(cross_tenant="benchmark setup") as session:
         tenant = create_tenant(session, f"bench-{uuid.uuid4().hex[:6]}").tenant

@@ -1,4 +1,5 @@
-"""The composition root under concurrency: the concurrent orchestrator's workers all ask for the same stores."""
+"""The composition root: the concurrent orchestrator's workers all ask for the same stores, and an installed container
+is the process's settings and database."""
 
 from __future__ import annotations
 
@@ -89,3 +90,49 @@ def test_an_orchestrator_given_a_retrieval_builds_no_store_of_its_own(services: 
         other.retriever  # what the orchestrator would have opened by default
     with pytest.raises(TypeError, match="unknown services \\['retriever'\\]"):
         Orchestrator.of(other, retriever=lambda *a, **k: [])
+
+
+def test_an_installed_container_brings_its_settings_and_database_and_takes_them_back(tmp_path: Path) -> None:
+    """What `get_settings()` and `session_scope()` use without being handed anything follows the installed
+    container: a test's graph reaches every module, and the one installed before comes back afterwards."""
+    from sqlalchemy import event
+
+    from app import db
+    from app.config import get_settings
+    from tests.conftest import installed, settings_for
+
+    first, second = Container(settings_for(tmp_path / "a")), Container(settings_for(tmp_path / "b"))
+    disposed: list[object] = []
+    event.listen(second.database.engine, "engine_disposed", disposed.append)
+    with installed(first):
+        assert get_settings() is first.settings and db.current() is first.database
+        with installed(second):
+            assert get_settings() is second.settings and db.get_engine() is second.database.engine
+            with db.session_scope(cross_tenant="test") as session:
+                assert session.get_bind() is second.database.engine
+            assert str(db.get_engine().url).endswith(f"{tmp_path / 'b' / 'switchboard.db'}")
+        assert disposed == [second.database.engine]  # closed with its container
+        assert get_settings() is first.settings and db.current() is first.database
+
+
+def test_without_a_container_installed_the_process_builds_one_from_its_environment(tmp_path: Path) -> None:
+    """The production path (an entry point's first `container()`): the environment's settings, and the database
+    module-level code already used, in one graph."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    probe = ("from app import bootstrap, config, db\n"
+             "before = db.current()\n"
+             "services = bootstrap.container()\n"
+             "assert services.settings is config.get_settings() is config.from_environment()\n"
+             "assert services.database is db.current() is before\n"
+             "print(services.settings.home, services.settings.llm_model)\n")
+    env = {k: v for k, v in os.environ.items() if not k.endswith(("DATABASE_URL", "REDIS_URL"))}
+    env.update(SWITCHBOARD_HOME=str(tmp_path), LLM_MODEL="from-the-environment")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(tmp_path), "from-the-environment"]
