@@ -102,16 +102,16 @@ def test_an_installed_container_brings_its_settings_and_database_and_takes_them_
     from tests.conftest import installed, settings_for
 
     first, second = Container(settings_for(tmp_path / "a")), Container(settings_for(tmp_path / "b"))
-    disposed: list[object] = []
-    event.listen(second.database.engine, "engine_disposed", disposed.append)
+    engine, disposed = second.database.engine, []
+    event.listen(engine, "engine_disposed", disposed.append)
     with installed(first):
         assert get_settings() is first.settings and db.current() is first.database
         with installed(second):
-            assert get_settings() is second.settings and db.get_engine() is second.database.engine
+            assert get_settings() is second.settings and db.get_engine() is engine
             with db.session_scope(cross_tenant="test") as session:
-                assert session.get_bind() is second.database.engine
+                assert session.get_bind() is engine
             assert str(db.get_engine().url).endswith(f"{tmp_path / 'b' / 'switchboard.db'}")
-        assert disposed == [second.database.engine]  # closed with its container
+        assert disposed == [engine]  # closed with its container
         assert get_settings() is first.settings and db.current() is first.database
 
 

@@ -169,6 +169,6 @@ def test_a_cached_token_is_not_trusted_under_another_secret_key(graph: Graph) ->
     graph.configure(secret_key=f"first-{uuid.uuid4().hex}")
     token = _token("w1")
     sessions.verify("w1", token)
-    graph.configure(secret_key=f"second-{uuid.uuid4().hex}")  # the process restarted with another key
+    graph.configure(secret_key=f"second-{uuid.uuid4().hex}")  # another key; the module's token cache stays
     with pytest.raises(TokenError, match="invalid session token"):
         sessions.verify("w1", token)
