@@ -27,8 +27,11 @@ def email(name: str) -> str:
 
 
 @pytest.fixture(autouse=True)
-def cheap_hashes(graph: Graph) -> None:
-    graph.configure(password_hash_memory_kib=1024, password_hash_time_cost=1)
+def cheap_hashes(request: pytest.FixtureRequest) -> None:
+    """On the test's own graph; a graph a module shares (tests/analytics/scenario.py) keeps its settings."""
+    if "graph" in request.fixturenames:
+        graph: Graph = request.getfixturevalue("graph")
+        graph.configure(password_hash_memory_kib=1024, password_hash_time_cost=1)
 
 
 @dataclass
