@@ -96,8 +96,8 @@ class Graph:
         old = install(built)
         if self.container is None:
             self._before = old
-        elif old is not None:
-            old.close()
+        else:
+            self.container.close()
         self.container = built
         return built
 
