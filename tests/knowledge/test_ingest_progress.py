@@ -196,6 +196,37 @@ def test_only_the_last_remembered_keys_are_reused() -> None:
         assert pipe.embedded == 5 and pipe.reused == 1 and len(pipe._known) == 2
 
 
+class HoldsOn(RecordingEmbedder):
+    """Waits for the gate only in a call that embeds `text`."""
+
+    def __init__(self, text: str, gate: threading.Event, entered: threading.Event) -> None:
+        super().__init__()
+        self.text, self.hold, self.entered_hold = text, gate, entered
+
+    def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
+        if self.text in texts:
+            self.entered_hold.set()
+            assert self.hold.wait(30), "the test never opened the gate"
+        return super().embed_documents(texts)
+
+
+def test_a_reused_vector_forgotten_by_another_thread_meanwhile_still_reaches_its_request() -> None:
+    # Found on the whole documentation pack with two threads: a call reused "1", another thread's call evicted
+    # "1" while the first was embedding its new texts, and the first thread died on the missing key, leaving
+    # the ingestion waiting for ever.
+    gate, entered = threading.Event(), threading.Event()
+    embedders = [HoldsOn("2", gate, entered), HoldsOn("2", gate, entered)]
+    with EmbeddingPipeline(embedders, call_texts=2, max_pending=8, remember=1) as pipe:
+        assert pipe.submit(["1"]).result(timeout=30) == [[1.0]]
+        held = pipe.submit(["1", "2"])  # reuses "1", embeds "2" behind the gate
+        assert entered.wait(30)
+        assert pipe.submit(["3"]).result(timeout=30) == [[3.0]]  # the other thread: "3" in, "1" out
+        assert "1" not in pipe._known
+        gate.set()
+        assert held.result(timeout=30) == [[1.0], [2.0]]
+        assert pipe.reused == 1 and pipe.embedded == 3
+
+
 def test_several_embedders_share_the_calls_and_the_order_holds() -> None:
     gate = threading.Event()
     first, second = RecordingEmbedder(gate), RecordingEmbedder(gate)
