@@ -3,6 +3,7 @@ ETA on every event, and the finishing phase. Nothing here depends on how fast th
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -151,14 +152,33 @@ def test_ingestion_shares_the_answering_embedder_unless_it_truncates_elsewhere(t
     from app.bootstrap import Container
     from app.config import Settings
 
-    shared = Container(Settings(home=tmp_path, ingest_threads=0))  # more threads call it, no second model
+    shared = Container(Settings(home=tmp_path, ingest_threads=0, ingest_max_tokens=256))  # no second model
     assert shared.ingest_embedder is shared.embedder
-    own = Container(Settings(home=tmp_path, ingest_max_tokens=128))
+    own = Container(Settings(home=tmp_path))  # ingestion truncates at 128 by default, queries at 256
     ingest = own.ingest_embedder
     assert ingest is not own.embedder and ingest is own.ingest_embedder  # built once
     assert ingest.name == own.embedder.name  # the same model: term statistics and searches are unchanged
     assert ingest.max_tokens == 128 and own.embedder.max_tokens == 256  # type: ignore[attr-defined]
     assert ingest.threads == 1 and own.embedder.threads == 1  # type: ignore[attr-defined]
+
+
+def test_every_core_embeds_only_where_ingesting_is_all_the_process_does(tmp_path: Path) -> None:
+    from app.bootstrap import Container
+    from app.config import Settings
+
+    cores = os.cpu_count() or 1
+    default = Container(Settings(home=tmp_path / "default"))
+    # A process that answers or serves HTTP (serve, its job queue, the operator route) keeps the other cores.
+    assert default.knowledge.threads == 1 and default.ingestion(dedicated=False).threads == 1
+    # `switchboard ingest` with no server running, and the worker, have nothing else to do.
+    assert default.ingestion(dedicated=True).threads == cores
+    assert default.ingestion(dedicated=True).embedder is default.knowledge.embedder  # threads share one model
+    default.close()
+    # A configured count wins everywhere; 0 is one per core.
+    for configured, threads in ((1, 1), (0, cores), (3, 3)):
+        set_ = Container(Settings(home=tmp_path / str(configured), ingest_threads=configured))
+        assert set_.knowledge.threads == threads and set_.ingestion(dedicated=True).threads == threads
+        set_.close()
 
 
 def test_the_embedding_cache_tells_truncation_and_passage_sharing_apart(tmp_path: Path) -> None:
