@@ -24,7 +24,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 unit: $(STAMP)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=25
 
 bench: $(STAMP)  ## benchmarks; results go to docs/benchmarks.md by hand, with machine and date
 	$(BIN)/python benchmarks/retrieval_covid.py

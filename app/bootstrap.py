@@ -22,6 +22,7 @@ import gc
 import os
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from functools import cache
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -246,8 +247,16 @@ class Container:
             return Deps(embedder=self.ingest_embedder, sparse=self.sparse_encoder, vectors=self.vector_store,
                         objects=self.object_store, bus=self.bus,
                         by_passage=self.settings.ingest_dedupe == "passage",
-                        threads=self.settings.ingest_threads or os.cpu_count() or 1)
+                        threads=_ingest_threads(self.settings.ingest_threads, default=1))
         return self._get("knowledge", build)
+
+    def ingestion(self, *, dedicated: bool) -> Deps:
+        """`knowledge` for one ingestion; `dedicated`: the process does nothing else meanwhile (`switchboard
+        ingest` with no server running, the worker), so unless INGEST_THREADS says otherwise every core embeds."""
+        deps = self.knowledge
+        if not dedicated or self.settings.ingest_threads is not None:
+            return deps
+        return replace(deps, threads=_ingest_threads(0, default=1))
 
     @property
     def intake(self) -> Intake:
@@ -341,6 +350,13 @@ def reset() -> None:
     old = install(None)
     if old is not None:
         old.close()
+
+
+def _ingest_threads(configured: int | None, *, default: int) -> int:
+    """INGEST_THREADS as a thread count: unset -> `default`, 0 -> one per core."""
+    if configured is None:
+        return default
+    return configured or os.cpu_count() or 1
 
 
 def tune_gc() -> None:

@@ -14,6 +14,8 @@ from typing import Any, ClassVar, Protocol
 
 from pydantic import BaseModel
 
+from app.bus.base import RetryLater
+
 # --------------------------------------------------------------------------------------------------- send errors
 
 
@@ -28,8 +30,8 @@ class SendError(Exception):
         self.retry_after = retry_after
 
 
-class Transient(SendError):
-    """5xx, timeouts, connection errors: try again later."""
+class Transient(SendError, RetryLater):
+    """5xx, timeouts, connection errors: try again later (a consumer redelivers it, logged as a warning)."""
 
 
 class RateLimited(Transient):

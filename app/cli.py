@@ -102,9 +102,10 @@ def _ingest_with_progress(tenant: str, paths: list[Path], *, show: bool, lines: 
                 last[0] = time.monotonic()
                 typer.echo(_progress_text(event), err=True)
 
-        return operations.ingest(container(), tenant, paths, line, promote=promote, replace=replace)
+        return operations.ingest(container(), tenant, paths, line, promote=promote, replace=replace,
+                                    dedicated=True)
     if not show:
-        return operations.ingest(container(), tenant, paths, promote=promote, replace=replace)
+        return operations.ingest(container(), tenant, paths, promote=promote, replace=replace, dedicated=True)
     from rich.progress import BarColumn, Progress, TextColumn
 
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[detail]}"),
@@ -115,7 +116,8 @@ def _ingest_with_progress(tenant: str, paths: list[Path], *, show: bool, lines: 
             bar.update(task, total=event.bytes_total or None, completed=event.bytes_done,
                        description=event.file[-40:] or "finishing", detail=_progress_text(event, file=False))
 
-        return operations.ingest(container(), tenant, paths, progress, promote=promote, replace=replace)
+        return operations.ingest(container(), tenant, paths, progress, promote=promote, replace=replace,
+                                    dedicated=True)
 
 
 PROGRESS_LINE_S = 10.0

@@ -156,19 +156,22 @@ class Settings(BaseSettings):
     history_turns: int = Field(default=6, validation_alias=_env("HISTORY_TURNS"))
     embed_batch_size: int = Field(default=16, validation_alias=_env("EMBED_BATCH_SIZE"))
     # Threads that call the embedder at once during ingestion (app/knowledge/pipeline.py), each running one
-    # onnxruntime thread (see app/providers/embeddings/minilm.py): 1 leaves the other cores to the rest of the
-    # process; 0 (one per core) is for a large pack on a machine with nothing else to do (docs/benchmarks.md).
-    ingest_threads: int = Field(default=1, ge=0, validation_alias=_env("INGEST_THREADS"))
-    # Where ingestion truncates a chunk for its dense vector, in tokens (MiniLM takes at most 256, and was
-    # trained on 128); below 256 ingestion loads its own copy of the model (docs/benchmarks.md).
-    ingest_max_tokens: int = Field(default=256, ge=16, le=256, validation_alias=_env("INGEST_MAX_TOKENS"))
+    # onnxruntime thread (see app/providers/embeddings/minilm.py); 0 is one per core. Unset: one per core where
+    # ingesting is all the process does (`switchboard ingest` with no server running, `switchboard worker`), one
+    # in a process that also answers or serves HTTP, so customers keep the other cores (docs/benchmarks.md).
+    ingest_threads: int | None = Field(default=None, ge=0, validation_alias=_env("INGEST_THREADS"))
+    # Where ingestion truncates a chunk for its dense vector, in tokens (MiniLM takes at most 256 and was trained
+    # on 128). 128 halves the embedder's work per chunk; chosen on the tuning halves of COVID-QA in four shapes
+    # and of the long-documentation pack (docs/benchmarks.md). Below 256 ingestion loads its own copy of the model.
+    ingest_max_tokens: int = Field(default=128, ge=16, le=256, validation_alias=_env("INGEST_MAX_TOKENS"))
     # Texts per embedder call during ingestion (app/knowledge/pipeline.py): bigger calls amortise the model's
     # per-call cost; a small value writes documents one by one (tests that interrupt a job mid-way use it).
     ingest_call_texts: int = Field(default=256, ge=1, le=4096, validation_alias=_env("INGEST_CALL_TEXTS"))
     # Chunks whose vector ingestion may share (app/knowledge/pipeline.py): "text", chunks embedded as the same
     # text (heading path and text alike: the vector is the same anyway); "passage", chunks with the same text
-    # under any heading (an inherited method's docstring on each subclass's page): the first one's vector.
-    ingest_dedupe: Literal["text", "passage"] = Field(default="text", validation_alias=_env("INGEST_DEDUPE"))
+    # under any heading (an inherited method's docstring on each subclass's page): the first one's vector
+    # (the default: 25% fewer model calls on documentation, same scores; docs/benchmarks.md).
+    ingest_dedupe: Literal["text", "passage"] = Field(default="passage", validation_alias=_env("INGEST_DEDUPE"))
     chunk_max_words: int = Field(default=120, validation_alias=_env("CHUNK_MAX_WORDS"))
 
     # Limits on uploads.

@@ -100,7 +100,9 @@ def tenant_exists(slug: str) -> bool:
 
 
 def ingest(services: Container, slug: str, paths: list[Path], progress: Callable[[Any], None] | None = None, *,
-           promote: bool = True, replace: bool = False) -> dict[str, Any]:
+           promote: bool = True, replace: bool = False, dedicated: bool = False) -> dict[str, Any]:
+    """`dedicated`: this process does nothing else meanwhile (the CLI with no server running): every core embeds
+    unless INGEST_THREADS says otherwise (`Container.ingestion`)."""
     from app.knowledge.service import ingest_paths
     from app.tenants.service import TenantError, tenant_id_of
 
@@ -111,7 +113,7 @@ def ingest(services: Container, slug: str, paths: list[Path], progress: Callable
         tenant_id = tenant_id_of(slug)
         with session_scope(tenant=tenant_id) as session:
             report = ingest_paths(session, tenant_id, paths, progress=progress, promote=promote, replace=replace,
-                                  deps=services.knowledge)
+                                  deps=services.ingestion(dedicated=dedicated))
             return report.to_dict()
     except TenantError as exc:
         raise OperationError(str(exc)) from exc

@@ -149,9 +149,9 @@ def main() -> None:
     load_before = os.getloadavg()
     texts = chunk_texts(args.pack, settings.chunk_max_words)
     sample = texts[:: args.sample]
-    # The embedder as ingestion runs it: its embedder (INGEST_MAX_TOKENS), from INGEST_THREADS threads at once.
+    # The embedder as `switchboard ingest` runs it: its embedder (INGEST_MAX_TOKENS), from as many threads.
     embedder = container().ingest_embedder
-    threads = settings.ingest_threads or os.cpu_count() or 1
+    threads = container().ingestion(dedicated=True).threads
     embedder.embed_documents(["warm up"])  # the model loads once, outside every timing
     first = embedder_alone(embedder, sample[: len(sample) // 2], CALL_TEXTS, threads)
     print("embedder alone (first half):", first, flush=True)
@@ -170,7 +170,7 @@ def main() -> None:
 
     cpu = time.process_time()
     began = time.perf_counter()
-    report = operations.ingest(container(), "docs", [args.pack], progress)
+    report = operations.ingest(container(), "docs", [args.pack], progress, dedicated=True)  # as the CLI
     live_s = time.perf_counter() - began
     ingest_cpu = time.process_time() - cpu
     rss = peak_rss_mb()

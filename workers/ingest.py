@@ -51,7 +51,7 @@ def run_queued_job(job_id: str) -> None:
     """What an RQ worker runs (`switchboard worker`): the job, with the worker process's own container."""
     from app.bootstrap import container
 
-    run_ingestion_job(job_id, container().knowledge)
+    run_ingestion_job(job_id, container().ingestion(dedicated=True))
 
 
 def run_ingestion_job(job_id: str, deps: Deps | None = None, progress: Progress | None = None) -> None:

@@ -94,6 +94,12 @@ class PermanentFailure(Exception):
         self.reason = reason
 
 
+class RetryLater(Exception):
+    """Raised by a handler for an entry that cannot be finished now for an expected, passing reason (a
+    provider's 5xx, timeout or rate limit; a USSD screen that may still show the reply): the entry is
+    redelivered like after any error, and the consumer logs a warning without a traceback."""
+
+
 @dataclass(frozen=True)
 class Delivery:
     topic: str

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from app import tracing
-from app.bus.base import Bus, BusUnavailable, Delivery, PermanentFailure
+from app.bus.base import Bus, BusUnavailable, Delivery, PermanentFailure, RetryLater
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +175,12 @@ class Consumer:
         except PermanentFailure as exc:
             tracing.failed(span, exc, "dead_lettered")
             return self._dead(delivery, exc.reason)
+        except RetryLater as exc:
+            tracing.failed(span, exc)
+            log.warning("%s entry %s (tenant %s) will be retried: %s", self.topic, delivery.id,
+                        delivery.tenant_id, exc)
+            self.bus.record_failure(self.group, delivery, f"{type(exc).__name__}: {exc}")
+            return "failed"
         except Exception as exc:
             tracing.failed(span, exc)
             log.exception(

@@ -151,39 +151,42 @@ class EmbeddingPipeline:
             slices = self._take()
             if slices is None:
                 return
-            keys = [k for request, start, end in slices for k in request.keys[start:end]]
-            texts = [t for request, start, end in slices for t in request.texts[start:end]]
-            with self._cond:
-                known = {k: self._known[k] for k in keys if k in self._known}
-            new: dict[Hashable, str] = {}  # the keys to embed, each with its first text
-            for key, text in zip(keys, texts, strict=True):
-                if key not in known:
-                    new.setdefault(key, text)
-            began = time.perf_counter()
             try:
-                vectors = embedder.embed_documents(list(new.values())) if new else []
-                if len(vectors) != len(new):
-                    raise RuntimeError(f"the embedder returned {len(vectors)} vectors for {len(new)} texts")
-            except BaseException as exc:  # every request in the call fails; the ingestion raises it
-                self._fail([r for r, _, _ in slices], exc)
-                continue
-            fresh = dict(zip(new, vectors, strict=True))
-            with self._cond:
-                self.seconds += time.perf_counter() - began
-                self.calls += 1 if new else 0
-                self.largest_call = max(self.largest_call, len(new))
-                self.embedded += len(new)
-                self.reused += len(keys) - len(new)
-                for key, vector in fresh.items():
-                    self._known[key] = np.asarray(vector, dtype=np.float32)
-                for key in known:
-                    self._known.move_to_end(key)
-                while len(self._known) > self.remember:
-                    self._known.popitem(last=False)
-            out = iter([fresh[k] if k in fresh else known[k].astype(float).tolist() for k in keys])
-            for request, start, end in slices:
-                request.vectors[start:end] = [next(out) for _ in range(end - start)]
-            self._hand_back([(r, end - start) for r, start, end in slices])
+                self._embed(embedder, slices)
+            except BaseException as exc:  # every request in the call fails and the ingestion raises it; a
+                self._fail([r for r, _, _ in slices], exc)  # thread that died instead would hang it for good
+
+    def _embed(self, embedder: Embedder, slices: list[tuple[_Request, int, int]]) -> None:
+        keys = [k for request, start, end in slices for k in request.keys[start:end]]
+        texts = [t for request, start, end in slices for t in request.texts[start:end]]
+        with self._cond:
+            known = {k: self._known[k] for k in keys if k in self._known}
+        new: dict[Hashable, str] = {}  # the keys to embed, each with its first text
+        for key, text in zip(keys, texts, strict=True):
+            if key not in known:
+                new.setdefault(key, text)
+        began = time.perf_counter()
+        vectors = embedder.embed_documents(list(new.values())) if new else []
+        if len(vectors) != len(new):
+            raise RuntimeError(f"the embedder returned {len(vectors)} vectors for {len(new)} texts")
+        fresh = dict(zip(new, vectors, strict=True))
+        with self._cond:
+            self.seconds += time.perf_counter() - began
+            self.calls += 1 if new else 0
+            self.largest_call = max(self.largest_call, len(new))
+            self.embedded += len(new)
+            self.reused += len(keys) - len(new)
+            for key, vector in fresh.items():
+                self._known[key] = np.asarray(vector, dtype=np.float32)
+            for key, kept in known.items():  # another thread may have evicted it meanwhile: put it back
+                self._known[key] = kept
+                self._known.move_to_end(key)
+            while len(self._known) > self.remember:
+                self._known.popitem(last=False)
+        out = iter([fresh[k] if k in fresh else known[k].astype(float).tolist() for k in keys])
+        for request, start, end in slices:
+            request.vectors[start:end] = [next(out) for _ in range(end - start)]
+        self._hand_back([(r, end - start) for r, start, end in slices])
 
     def _hand_back(self, slices: list[tuple[_Request, int]]) -> None:
         finished = []

@@ -11,6 +11,7 @@ from app.bus.base import BusUnavailable, Delivery, PermanentFailure
 from app.bus.consumer import Consumer
 from app.bus.memory import MemoryBus
 from app.bus.redis_streams import RedisStreamsBus
+from app.channels import Transient
 from tests.bus.conftest import wait_for
 
 UNREACHABLE = "redis://127.0.0.1:1/0"  # nothing listens on port 1
@@ -97,3 +98,27 @@ def test_on_dead_hook_gets_the_delivery_and_reason_and_its_errors_do_not_redeliv
     assert hooked == [("1", "bad 1"), ("2", "bad 2")]
     assert [letter.reason for letter in bus.dead_letters("inbound", "acme")] == ["bad 1", "bad 2"]
     assert bus.pending_count("inbound", "g") == 0
+
+
+def test_an_expected_retry_is_a_warning_without_a_traceback_and_the_entry_comes_again(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # A provider's 5xx or a USSD screen that may still show the reply: the dispatcher raises a `Transient`
+    # (a `RetryLater`); the entry is redelivered, and the log says so in one line instead of an ERROR trace.
+    bus = MemoryBus()
+    bus.publish("outbound", "acme", {"a": "1"})
+    attempts: list[Delivery] = []
+
+    def handler(d: Delivery) -> None:
+        attempts.append(d)
+        if len(attempts) == 1:
+            raise Transient("Telegram unreachable: connection refused")
+
+    consumer = Consumer(bus, "outbound", "g", "c", handler, claim_idle_ms=0)
+    with caplog.at_level(logging.WARNING, logger="app.bus.consumer"):
+        assert consumer.process_available().failed == 1
+    [record] = [r for r in caplog.records if r.name == "app.bus.consumer"]
+    assert record.levelno == logging.WARNING and record.exc_info is None
+    assert "will be retried: Telegram unreachable" in record.getMessage()
+    assert bus.last_failure("g", attempts[0]) == "Transient: Telegram unreachable: connection refused"
+    assert consumer.process_available().acked == 1
+    assert [d.id for d in attempts] == [attempts[0].id] * 2

@@ -3,6 +3,7 @@ ETA on every event, and the finishing phase. Nothing here depends on how fast th
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -151,18 +152,37 @@ def test_ingestion_shares_the_answering_embedder_unless_it_truncates_elsewhere(t
     from app.bootstrap import Container
     from tests.conftest import settings_for
 
-    shared = Container(settings_for(tmp_path, ingest_threads=0))  # more threads call it, no second model
-    own = Container(settings_for(tmp_path, ingest_max_tokens=128))
+    shared = Container(settings_for(tmp_path, ingest_threads=0, ingest_max_tokens=256))  # no second model
+    own = Container(settings_for(tmp_path))  # ingestion truncates at 128 by default, queries at 256
     try:
         assert shared.ingest_embedder is shared.embedder
         ingest = own.ingest_embedder
         assert ingest is not own.embedder and ingest is own.ingest_embedder  # built once
         assert ingest.name == own.embedder.name  # the same model: term statistics and searches are unchanged
         assert ingest.max_tokens == 128 and own.embedder.max_tokens == 256  # type: ignore[attr-defined]
+        assert ingest.threads == 1 and own.embedder.threads == 1  # type: ignore[attr-defined]
     finally:
         shared.close()
         own.close()
-    assert ingest.threads == 1 and own.embedder.threads == 1  # type: ignore[attr-defined]
+
+
+def test_every_core_embeds_only_where_ingesting_is_all_the_process_does(tmp_path: Path) -> None:
+    from app.bootstrap import Container
+    from tests.conftest import settings_for
+
+    cores = os.cpu_count() or 1
+    default = Container(settings_for(tmp_path / "default"))
+    # A process that answers or serves HTTP (serve, its job queue, the operator route) keeps the other cores.
+    assert default.knowledge.threads == 1 and default.ingestion(dedicated=False).threads == 1
+    # `switchboard ingest` with no server running, and the worker, have nothing else to do.
+    assert default.ingestion(dedicated=True).threads == cores
+    assert default.ingestion(dedicated=True).embedder is default.knowledge.embedder  # threads share one model
+    default.close()
+    # A configured count wins everywhere; 0 is one per core.
+    for configured, threads in ((1, 1), (0, cores), (3, 3)):
+        set_ = Container(settings_for(tmp_path / str(configured), ingest_threads=configured))
+        assert set_.knowledge.threads == threads and set_.ingestion(dedicated=True).threads == threads
+        set_.close()
 
 
 def test_the_embedding_cache_tells_truncation_and_passage_sharing_apart(tmp_path: Path) -> None:
@@ -198,6 +218,37 @@ def test_only_the_last_remembered_keys_are_reused() -> None:
         for texts in (["1", "2"], ["3", "4"], ["1", "4"]):  # "1" has been forgotten by then, "4" not
             pipe.submit(texts).result(timeout=30)
         assert pipe.embedded == 5 and pipe.reused == 1 and len(pipe._known) == 2
+
+
+class HoldsOn(RecordingEmbedder):
+    """Waits for the gate only in a call that embeds `text`."""
+
+    def __init__(self, text: str, gate: threading.Event, entered: threading.Event) -> None:
+        super().__init__()
+        self.text, self.hold, self.entered_hold = text, gate, entered
+
+    def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
+        if self.text in texts:
+            self.entered_hold.set()
+            assert self.hold.wait(30), "the test never opened the gate"
+        return super().embed_documents(texts)
+
+
+def test_a_reused_vector_forgotten_by_another_thread_meanwhile_still_reaches_its_request() -> None:
+    # Found on the whole documentation pack with two threads: a call reused "1", another thread's call evicted
+    # "1" while the first was embedding its new texts, and the first thread died on the missing key, leaving
+    # the ingestion waiting for ever.
+    gate, entered = threading.Event(), threading.Event()
+    embedders = [HoldsOn("2", gate, entered), HoldsOn("2", gate, entered)]
+    with EmbeddingPipeline(embedders, call_texts=2, max_pending=8, remember=1) as pipe:
+        assert pipe.submit(["1"]).result(timeout=30) == [[1.0]]
+        held = pipe.submit(["1", "2"])  # reuses "1", embeds "2" behind the gate
+        assert entered.wait(30)
+        assert pipe.submit(["3"]).result(timeout=30) == [[3.0]]  # the other thread: "3" in, "1" out
+        assert "1" not in pipe._known
+        gate.set()
+        assert held.result(timeout=30) == [[1.0], [2.0]]
+        assert pipe.reused == 1 and pipe.embedded == 3
 
 
 def test_several_embedders_share_the_calls_and_the_order_holds() -> None:
