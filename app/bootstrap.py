@@ -233,9 +233,11 @@ class Container:
     def retriever(self) -> Retriever:
         """Tenant-filtered hybrid search over the knowledge (app/knowledge/retrieval.py)."""
         def build() -> Retriever:
+            from app.knowledge.query_cache import QueryCache
             from app.knowledge.retrieval import Retriever
 
-            return Retriever(self.embedder, self.sparse_encoder, self.vector_store)
+            return Retriever(self.embedder, self.sparse_encoder, self.vector_store,
+                             QueryCache(self.settings.embed_query_cache))
         return self._get("retriever", build)
 
     @property

@@ -62,6 +62,9 @@ LLM_TOKENS = Counter("switchboard_llm_tokens", "LLM tokens used, by provider and
                      ["provider", "kind"], registry=REGISTRY)
 INGEST_FILES = Counter("switchboard_ingest_files", "Knowledge files ingestion finished, by status.", ["status"],
                        registry=REGISTRY)
+QUERY_EMBEDDINGS = Counter("switchboard_query_embeddings",
+                           "Customers' questions looked up in the query-embedding cache, by result (hit or miss).",
+                           ["result"], registry=REGISTRY)
 INJECTION_FLAGS = Counter("switchboard_injection_flags",
                           "Texts the injection detector flagged, by where: message, passage (dropped at answer "
                           "time) or chunk (quarantined at ingestion).", ["where"], registry=REGISTRY)
@@ -111,6 +114,10 @@ def llm_calls(records: Sequence[CallRecord]) -> None:
 
 def ingest_file(status: str) -> None:
     INGEST_FILES.labels(status).inc()
+
+
+def query_embedding(result: str) -> None:
+    QUERY_EMBEDDINGS.labels(result).inc()
 
 
 def injection_flagged(where: str, n: int = 1) -> None:

@@ -3,6 +3,7 @@ closed loop, against an embedded `switchboard serve` (a subprocess) with the exa
 
     .venv/bin/python benchmarks/e2e_widget.py [--levels 1,8,32,128] [--requests 400] [--llm instant,1s]
                                               [--transport sse|poll] [--slow-requests 128] [--level-timeout 180]
+                                              [--unique-questions]
 
 Each level starts `concurrency` new visitors; each opens a session and its event stream (`GET .../events`, or
 with `--transport poll` long-polls `GET .../messages?wait=`), then sends the eval questions one after another,
@@ -10,7 +11,9 @@ each as soon as the previous one is answered, until the level has `--requests` r
 the 1 s LLM) or `--level-timeout` passed. Latency is send -> reply event. The LLM is the OpenAI-compatible fake of
 tests/fakes/openai_server.py in its own process, answering each prompt with the first sentence of its first
 passage, cited, at once (`instant`) or after one second (`1s`). Rate limits are turned off in the server: the
-load comes from one IP and a few visitors.
+load comes from one IP and a few visitors. The 96 eval questions repeat, so most queries' embeddings come from the
+server's query cache (app/knowledge/query_cache.py); `--unique-questions` gives each message a distinct suffix
+(" (ref 5f2a1c-3-17)"), so no question is asked twice and every one is embedded.
 
 Printed per level: req/s, p50/p95/p99 ms, errors (failed requests and replies not received within 60 s),
 escalated (replies without citations: the escalation notice), server CPU ms per message (user + system of the
@@ -168,6 +171,7 @@ class Server:
 class Level:
     wanted: int
     deadline: float
+    run: str = ""  # tells this level's questions from other levels' (--unique-questions)
     issued: int = 0
     latencies: list[float] = field(default_factory=list)
     errors: int = 0
@@ -218,7 +222,7 @@ async def _poll_reply(client: httpx.AsyncClient, api: str, auth: dict[str, str],
 
 
 async def visitor(client: httpx.AsyncClient, api: str, questions: list[str], level: Level, transport: str,
-                  index: int) -> None:
+                  index: int, unique: bool) -> None:
     session = await client.post(f"{api}/sessions", json={})
     if session.status_code != 201:
         level.fail(f"session HTTP {session.status_code}: {session.text[:200]}")
@@ -238,6 +242,8 @@ async def visitor(client: httpx.AsyncClient, api: str, questions: list[str], lev
         while level.take():
             text = questions[(index * 7 + n) % len(questions)]
             n += 1
+            if unique:
+                text = f"{text} (ref {level.run}-{index}-{n})"
             started = time.perf_counter()
             try:
                 sent = await client.post(f"{api}/messages", headers=auth,
@@ -275,9 +281,9 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def run_level(server: Server, widget: str, questions: list[str], concurrency: int, requests: int,
-                    transport: str, timeout_s: float) -> dict[str, Any]:
+                    transport: str, timeout_s: float, unique: bool = False) -> dict[str, Any]:
     api = f"{server.url}/widget/v1/{widget}"
-    level = Level(wanted=requests, deadline=time.monotonic() + timeout_s)
+    level = Level(wanted=requests, deadline=time.monotonic() + timeout_s, run=uuid.uuid4().hex[:6])
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=2 * concurrency + 10)
     server.reset_peak_rss()
     async with httpx.AsyncClient(timeout=REPLY_TIMEOUT_S, limits=limits) as client:
@@ -290,7 +296,8 @@ async def run_level(server: Server, widget: str, questions: list[str], concurren
                       flush=True)
 
         ticker = asyncio.create_task(progress())
-        await asyncio.gather(*(visitor(client, api, questions, level, transport, i) for i in range(concurrency)))
+        await asyncio.gather(*(visitor(client, api, questions, level, transport, i, unique)
+                               for i in range(concurrency)))
         ticker.cancel()
         elapsed, cpu = time.perf_counter() - t0, server.cpu_s() - cpu0
     done = len(level.latencies)
@@ -315,6 +322,8 @@ def main() -> None:
     parser.add_argument("--level-timeout", type=float, default=180.0, help="stop issuing after this many seconds")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--keep-home", action="store_true", help="keep the temporary home (and the server log)")
+    parser.add_argument("--unique-questions", action="store_true",
+                        help="no question asked twice: each gets a distinct suffix, so the query cache never hits")
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
     questions = [json.loads(line)["question"] for line in (EXAMPLE / "eval" / "questions.jsonl").open()]
@@ -341,8 +350,8 @@ def main() -> None:
                     wanted = args.requests if delay == 0 else args.slow_requests
                     print(f"  LLM {mode}, concurrency {concurrency}: {wanted} replies ...", flush=True)
                     row = asyncio.run(run_level(server, widget, questions, concurrency, max(wanted, concurrency),
-                                                args.transport, args.level_timeout))
-                    row = {"llm": mode, "transport": args.transport, **row}
+                                                args.transport, args.level_timeout, args.unique_questions))
+                    row = {"llm": mode, "transport": args.transport, "unique_questions": args.unique_questions, **row}
                     results.append(row)
                     print("   ", json.dumps(row), flush=True)
             finally:
@@ -355,7 +364,9 @@ def main() -> None:
             shutil.rmtree(home, ignore_errors=True)
 
     print(f"\n{platform.node()} {platform.machine()}, {os.cpu_count()} cores, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
-          f"python {platform.python_version()}, transport {args.transport}; load generator on the same machine")
+          f"python {platform.python_version()}, transport {args.transport}, "
+          f"{'every question unique' if args.unique_questions else 'the eval questions repeated'}; "
+          f"load generator on the same machine")
     print("| LLM | concurrency | replies | req/s | p50 ms | p95 ms | p99 ms | errors | escalated | server CPU ms/msg "
           "| server peak RSS MB |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")

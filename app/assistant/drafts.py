@@ -23,13 +23,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import select
-
 from app.assistant.guardrails import find_banned
 from app.assistant.prompts import ESCALATE_TOKEN, PassageLike, parse_llm_answer
 from app.conversations.push import Push
-from app.db import session_scope
-from app.models import Contact, Conversation
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +68,12 @@ def visible_text(
 class DraftStream:
     """The drafts of one reply to one web chat visitor. Called from the orchestrator's worker thread."""
 
-    def __init__(self, push: Push, *, tenant_id: str, conversation_id: str, reply_to: str, interval_s: float) -> None:
+    def __init__(self, push: Push, *, tenant_id: str, conversation_id: str, reply_to: str, interval_s: float,
+                 visitor: str | None) -> None:
+        """`visitor`: the widget session's contact id (read with the message's context); None stops the drafts."""
         self.push = push
         self.tenant_id = tenant_id
-        self.contact_id: str | None = None  # the visitor, looked up when the LLM is about to be called
+        self.contact_id = visitor
         self.conversation_id, self.reply_to = conversation_id, reply_to
         self.interval_s = interval_s
         self.passages: Sequence[PassageLike] = ()
@@ -90,7 +88,6 @@ class DraftStream:
         self._withdrawn = False
 
     def start(self, passages: Sequence[PassageLike], policies: dict[str, Any]) -> None:
-        self.contact_id = webchat_contact(self.tenant_id, self.conversation_id)
         if self.contact_id is None:
             self._stopped = True  # not a widget visitor after all: nobody to show drafts to
         self.passages = passages
@@ -132,14 +129,3 @@ class DraftStream:
             "tenant_id": self.tenant_id, "conversation_id": self.conversation_id, "reply_to": self.reply_to,
             "seq": self._seq, **body,
         })
-
-
-def webchat_contact(tenant_id: str, conversation_id: str) -> str | None:
-    """The visitor id (the widget session's contact id) of a web chat conversation of this tenant."""
-    with session_scope(tenant=tenant_id) as session:
-        return session.scalar(
-            select(Contact.external_id)
-            .join(Conversation, Conversation.contact_id == Contact.id)
-            .where(Conversation.id == conversation_id, Conversation.tenant_id == tenant_id,
-                   Contact.tenant_id == tenant_id, Contact.channel == "webchat")
-        )

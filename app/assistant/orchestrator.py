@@ -212,6 +212,7 @@ class Orchestrator:
                 earlier_burst=merged_into(session, event.tenant_id, row.conversation_id, row.id, row.created_at),
                 superseded=newer_pending(session, event.tenant_id, row.conversation_id, row.created_at) is not None,
                 channel=event.channel,
+                visitor=row.contact_external_id if row.contact_channel == "webchat" else None,
                 outcome_push=self.push if self._awaits_outcome(event.channel) else None,
                 consent=row.consent_status or "unknown",
                 calibration=row.calibration,
@@ -417,13 +418,14 @@ class Orchestrator:
 
     def _draft_stream(self, ctx: Context) -> DraftStream | None:
         """Drafts for a visitor who can watch the answer being written: an LLM that streams, a channel that shows
-        partial text, streaming allowed by the operator and the tenant (the visitor is looked up once the LLM is
-        called)."""
+        partial text, streaming allowed by the operator and the tenant, and a web chat visitor to show it to (read
+        with the context)."""
         if (ctx.llm is None or ctx.channel not in STREAMING_CHANNELS or not self.settings.webchat_stream_replies
                 or ctx.policies.get("stream_replies") is False or not self.llm.can_stream):
             return None
         return DraftStream(self.push, tenant_id=ctx.tenant_id, conversation_id=ctx.conversation_id,
-                           reply_to=ctx.message_id, interval_s=self.settings.webchat_draft_interval_ms / 1000)
+                           reply_to=ctx.message_id, interval_s=self.settings.webchat_draft_interval_ms / 1000,
+                           visitor=ctx.visitor)
 
 
 # The per-message SQL, built once (building a statement and its cache key cost more than running it on
@@ -435,7 +437,8 @@ _LOAD = (
     select(MESSAGES.c.id, MESSAGES.c.status, MESSAGES.c.created_at, MESSAGES.c.conversation_id, CONVERSATIONS.c.mode,
            TENANTS.c.persona, TENANTS.c.policies, TENANTS.c.llm_api_key_encrypted,
            TENANTS.c.llm_provider_keys_encrypted, TENANTS.c.live_pack_version, TENANTS.c.slug,
-           CONTACTS.c.consent_status, PACK_VERSIONS.c.calibration)
+           CONTACTS.c.consent_status, CONTACTS.c.external_id.label("contact_external_id"),
+           CONTACTS.c.channel.label("contact_channel"), PACK_VERSIONS.c.calibration)
     .join(CONVERSATIONS, (CONVERSATIONS.c.id == MESSAGES.c.conversation_id) & same_tenant(CONVERSATIONS, MESSAGES))
     .join(CONTACTS, (CONTACTS.c.id == CONVERSATIONS.c.contact_id) & same_tenant(CONTACTS, MESSAGES))
     .join(TENANTS, TENANTS.c.id == MESSAGES.c.tenant_id)

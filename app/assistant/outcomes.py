@@ -63,6 +63,7 @@ class Context:
     consent: str = "unknown"  # the contact's: unknown | granted | withdrawn (app/contacts/consent.py)
     superseded: bool = False  # a later message of the conversation was already waiting when this one was read
     channel: str = ""
+    visitor: str | None = None  # a web chat contact's external id (the widget session): where drafts stream to
     calibration: dict[str, Any] | None = None  # the live pack version's (app/knowledge/calibration.py)
     # Set when a gateway waits for this decision inside its own response (USSD): announced there on commit.
     outcome_push: Push | None = None

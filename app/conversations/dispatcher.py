@@ -43,6 +43,13 @@ _OUTBOUND = (
     .with_for_update()
 )
 
+# The reply's contact, through its conversation, in one statement (was two `session.get`s).
+_CONTACT = (
+    select(Contact)
+    .join(Conversation, (Conversation.contact_id == Contact.id) & (Conversation.tenant_id == Contact.tenant_id))
+    .where(Conversation.id == bindparam("conversation"))
+)
+
 
 class DeliveryBusy(Exception):
     """Another dispatcher holds this message's send lease, or the provider asked us to wait: retry later (the
@@ -93,8 +100,7 @@ class Dispatcher:
             account = session.get(ChannelAccount, event.channel_account_id) if event.channel_account_id else None
             if account is not None and account.tenant_id != event.tenant_id:
                 raise PermanentFailure("channel account belongs to another tenant")
-            conversation = session.get_one(Conversation, message.conversation_id)
-            contact = session.get_one(Contact, conversation.contact_id)
+            contact = session.scalars(_CONTACT, {"conversation": message.conversation_id}).one()
             if not consent.may_send(contact.consent_status, message.meta):
                 message.status, message.error = "failed", consent.NOT_SENT
                 return "failed"

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from app.knowledge import termstats
+from app.knowledge.query_cache import QueryCache
 from app.knowledge.termstats import TermStats
 from app.providers.embeddings.base import Embedder, SparseEncoder
 from app.providers.vectors.base import VectorStore
@@ -45,11 +46,12 @@ def retrieve(
     sparse_encoder: SparseEncoder,
     vector_store: VectorStore,
     term_stats: TermStats | None = None,
+    query_cache: QueryCache | None = None,
 ) -> list[Passage]:
     """Top passages for `query`. `filters` are exact-match payload conditions, e.g. {"pack_version": 3}
     to read only the tenant's live pack, or {"document": "faq.csv"}. With a pack version among the filters,
     that version's term statistics weight the query (`term_stats` gives them directly, e.g. for a version
-    still being built)."""
+    still being built). `query_cache` keeps the query's vectors of a version's own statistics (not of given ones)."""
     if not isinstance(tenant_id, str) or not tenant_id.strip():
         raise ValueError("tenant_id is required")
     if top_k < 1:
@@ -57,12 +59,15 @@ def retrieve(
     if not query or not query.strip():
         return []
     version = (filters or {}).get("pack_version")
-    if term_stats is None and isinstance(version, int) and not isinstance(version, bool):
-        try:
-            term_stats = termstats.for_version(tenant_id, version, embedder)
-        except Exception:  # a ranking refinement is not worth a failed answer: rank with the plain query
-            log.exception("tenant %s: term statistics of pack version %s unavailable", tenant_id, version)
-    dense, weighted = termstats.query_vectors(embedder, query, term_stats)
+    if not isinstance(version, int) or isinstance(version, bool):
+        version = None
+    given = term_stats is not None
+    if not given and version is not None:
+        term_stats = _stats(tenant_id, version, embedder)
+    if query_cache is None or given:
+        dense, weighted = termstats.query_vectors(embedder, query, term_stats)
+    else:
+        dense, weighted = query_cache.query_vectors(embedder, tenant_id, query, term_stats, version)
     hits = vector_store.search(
         tenant_id, dense, sparse_encoder.encode_query(query), limit=top_k, filters=filters, rank_by=weighted
     )
@@ -80,15 +85,25 @@ def retrieve(
     ]
 
 
+def _stats(tenant_id: str, version: int, embedder: Embedder) -> TermStats | None:
+    try:
+        return termstats.for_version(tenant_id, version, embedder)
+    except Exception:  # a ranking refinement is not worth a failed answer: rank with the plain query
+        log.exception("tenant %s: term statistics of pack version %s unavailable", tenant_id, version)
+        return None
+
+
 @dataclass(frozen=True)
 class Retriever:
-    """`retrieve` over one process's embedder and stores (`Container.retriever`)."""
+    """`retrieve` over one process's embedder and stores (`Container.retriever`), with its query cache."""
 
     embedder: Embedder
     sparse_encoder: SparseEncoder
     vector_store: VectorStore
+    query_cache: QueryCache | None = None
 
     def __call__(self, tenant_id: str, query: str, *, top_k: int = 5, filters: dict[str, Any] | None = None,
                  term_stats: TermStats | None = None) -> list[Passage]:
         return retrieve(tenant_id, query, top_k=top_k, filters=filters, embedder=self.embedder,
-                        sparse_encoder=self.sparse_encoder, vector_store=self.vector_store, term_stats=term_stats)
+                        sparse_encoder=self.sparse_encoder, vector_store=self.vector_store, term_stats=term_stats,
+                        query_cache=self.query_cache)

@@ -11,12 +11,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
 
-from sqlalchemy import case, func, insert, select
+from sqlalchemy import Table, case, func, insert, select
 from sqlalchemy.orm import Session
 
 from app.db import session_scope
 from app.models import LLMCall, new_id, utcnow
 from app.providers.llm.router import CallRecord
+
+# Built once, a Core insert: an ORM `insert(LLMCall)` was built, compiled and cache-keyed again on every call.
+LLM_CALLS: Table = LLMCall.__table__  # type: ignore[assignment]
+_INSERT = insert(LLM_CALLS)
 
 
 def record_calls(records: Sequence[CallRecord]) -> None:
@@ -31,7 +35,7 @@ def record_calls(records: Sequence[CallRecord]) -> None:
         "latency_ms": r.latency_ms,
     } for attempt, r in enumerate(records, start=1)]
     with session_scope(tenant=records[0].tenant_id) as session:
-        session.execute(insert(LLMCall), rows)
+        session.execute(_INSERT, rows)
 
 
 @dataclass(frozen=True)

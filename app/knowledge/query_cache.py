@@ -1,0 +1,85 @@
+"""Recent questions' query embeddings, per tenant: customers ask the same few questions over and over, and
+embedding one is the biggest CPU cost of answering it (docs/benchmarks.md, "Issue 8, third pass").
+
+An entry is keyed by
+- the tenant: never shared, because a hit is answered in microseconds and a miss in milliseconds, so a cache
+  shared across tenants would let one tenant time which questions another's customers ask;
+- the pack version whose term statistics weighted the query (None for the plain query alone, the same in every
+  version: app/knowledge/termstats.py);
+- the question as the model reads it: the embedder's own WordPiece ids (its normaliser lowercases, strips accents
+  and splits punctuation and whitespace), so "Where is my order?" and "where is  my order ?" share an entry and
+  get exactly the vectors the model gives either. An embedder that cannot tokenize is keyed by the exact text.
+  The key keeps a digest of the ids, not the question.
+
+Least recently used out first; `size` 0 turns it off (`EMBED_QUERY_CACHE`). One entry is about 6.5 KB (the two
+vectors as float64 arrays), so the default 4,096 hold ~27 MB. Thread-safe: two threads missing the same key at
+once both embed it (the micro-batcher puts them in one model call) and the second store wins.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable
+
+import numpy as np
+
+from app import metrics
+from app.knowledge import termstats
+from app.knowledge.termstats import TermStats
+from app.providers.embeddings.base import Embedder, TokenWeightingEmbedder
+
+QueryVectors = tuple[list[float], list[float] | None]  # (plain, IDF-weighted or None), as termstats.query_vectors
+
+
+class QueryCache:
+    def __init__(self, size: int) -> None:
+        if size < 0:
+            raise ValueError("the query cache size must be 0 (off) or more")
+        self.size = size
+        self.hits = 0
+        self.misses = 0
+        self._entries: OrderedDict[Hashable, tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    def query_vectors(self, embedder: Embedder, tenant_id: str, query: str, stats: TermStats | None,
+                      version: int | None) -> QueryVectors:
+        """`termstats.query_vectors(embedder, query, stats)`, from the cache when this tenant asked it before;
+        `stats` are pack `version`'s term statistics (or None). Fresh lists each call: a caller may change its own."""
+        if self.size == 0:
+            return termstats.query_vectors(embedder, query, stats)
+        key = _key(tenant_id, version if stats is not None else None, embedder, query)
+        with self._lock:
+            found = self._entries.get(key)
+            if found is not None:
+                self._entries.move_to_end(key)
+                self.hits += 1
+            else:
+                self.misses += 1
+        metrics.query_embedding("hit" if found is not None else "miss")
+        if found is not None:
+            plain, weighted = found
+            return plain.tolist(), None if weighted is None else weighted.tolist()
+        vectors = termstats.query_vectors(embedder, query, stats)
+        entry = (np.asarray(vectors[0], dtype=np.float64),
+                 None if vectors[1] is None else np.asarray(vectors[1], dtype=np.float64))
+        with self._lock:
+            self._entries[key] = entry
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+        return vectors
+
+
+def _key(tenant_id: str, version: int | None, embedder: Embedder, query: str) -> Hashable:
+    if isinstance(embedder, TokenWeightingEmbedder):
+        [ids] = embedder.tokens([query])
+        text = np.asarray(ids, dtype=np.int32).tobytes()
+    else:
+        text = query.encode()
+    return tenant_id, version, hashlib.blake2b(text, digest_size=16).digest()

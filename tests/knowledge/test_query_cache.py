@@ -1,0 +1,141 @@
+"""The query-embedding cache (app/knowledge/query_cache.py) with the real MiniLM model behind a counter of its
+query calls, and retrieval with it on and off against the embedded stores."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+from sqlalchemy.orm import Session
+
+from app import metrics
+from app.bootstrap import container
+from app.knowledge.query_cache import QueryCache
+from app.knowledge.retrieval import Retriever
+from app.knowledge.service import ingest_paths
+from app.knowledge.termstats import TermStats, collect
+from app.providers.embeddings.base import TokenWeightingEmbedder
+from app.providers.embeddings.minilm import MiniLMEmbedder
+from tests.knowledge.test_termstats import CORPUS
+
+
+class CountingEmbedder:
+    """The real model; `calls` counts the queries it embedded."""
+
+    def __init__(self, inner: MiniLMEmbedder) -> None:
+        self.inner, self.dim, self.name = inner, inner.dim, inner.name
+        self.calls = 0
+
+    def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
+        return self.inner.embed_documents(texts)
+
+    def embed_query(self, text: str) -> list[float]:
+        self.calls += 1
+        return self.inner.embed_query(text)
+
+    def tokens(self, texts: Sequence[str]) -> list[list[int]]:
+        return self.inner.tokens(texts)
+
+    def embed_query_weighted(self, text: str, weight: Callable[[int], float]) -> tuple[list[float], list[float]]:
+        self.calls += 1
+        return self.inner.embed_query_weighted(text, weight)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> MiniLMEmbedder:
+    return MiniLMEmbedder(cache_dir=tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture
+def embedder(model: MiniLMEmbedder) -> CountingEmbedder:
+    counting = CountingEmbedder(model)
+    assert isinstance(counting, TokenWeightingEmbedder)
+    return counting
+
+
+@pytest.fixture(scope="module")
+def stats(model: MiniLMEmbedder) -> TermStats:
+    collected = collect(model, CORPUS)
+    assert collected is not None
+    return collected
+
+
+def lookups(result: str) -> float:
+    return metrics.REGISTRY.get_sample_value("switchboard_query_embeddings_total", {"result": result}) or 0.0
+
+
+def test_a_repeated_question_is_embedded_once_however_it_is_cased_or_spaced(
+    embedder: CountingEmbedder, stats: TermStats
+) -> None:
+    cache = QueryCache(16)
+    hits, misses = lookups("hit"), lookups("miss")
+    first = cache.query_vectors(embedder, "acme", "Is there stigma around COVID?", stats, 1)
+    again = cache.query_vectors(embedder, "acme", "  is there  stigma around covid ?", stats, 1)
+    assert embedder.calls == 1
+    assert again == first == embedder.inner.embed_query_weighted("Is there stigma around COVID?", stats.weight)
+    assert (cache.hits, cache.misses) == (1, 1)
+    assert (lookups("hit") - hits, lookups("miss") - misses) == (1, 1)
+    again[0][0] = 99.0  # each caller gets lists of its own
+    assert cache.query_vectors(embedder, "acme", "is there stigma around covid?", stats, 1) == first
+    assert embedder.calls == 1
+    assert cache.query_vectors(embedder, "acme", "Is there stigma around COVID-19?", stats, 1) != first
+    assert embedder.calls == 2
+
+
+def test_tenants_never_share_an_entry(embedder: CountingEmbedder, stats: TermStats) -> None:
+    cache = QueryCache(16)
+    for tenant in ("acme", "globex", "acme", "globex"):
+        cache.query_vectors(embedder, tenant, "How long do refunds take?", stats, 1)
+    assert embedder.calls == 2 and len(cache) == 2
+    assert (cache.hits, cache.misses) == (2, 2)
+
+
+def test_the_weighted_query_is_per_pack_version_and_the_plain_one_is_not(
+    embedder: CountingEmbedder, stats: TermStats
+) -> None:
+    cache = QueryCache(16)
+    one = cache.query_vectors(embedder, "acme", "stigma", stats, 1)
+    cache.query_vectors(embedder, "acme", "stigma", stats, 2)
+    assert embedder.calls == 2
+    plain = cache.query_vectors(embedder, "acme", "stigma", None, 1)
+    assert cache.query_vectors(embedder, "acme", "stigma", None, 2) == plain == (one[0], None)
+    assert embedder.calls == 3
+
+
+def test_the_least_recently_used_question_goes_first_and_the_size_is_bounded(
+    embedder: CountingEmbedder, stats: TermStats
+) -> None:
+    cache = QueryCache(2)
+    for question in ("refunds", "shipping", "refunds", "warranty"):  # "shipping" is the least recently used
+        cache.query_vectors(embedder, "acme", question, stats, 1)
+    assert len(cache) == 2 and embedder.calls == 3
+    cache.query_vectors(embedder, "acme", "refunds", stats, 1)
+    assert embedder.calls == 3
+    cache.query_vectors(embedder, "acme", "shipping", stats, 1)
+    assert embedder.calls == 4 and len(cache) == 2
+
+
+def test_size_zero_turns_the_cache_off(embedder: CountingEmbedder, stats: TermStats) -> None:
+    cache = QueryCache(0)
+    for _ in range(3):
+        cache.query_vectors(embedder, "acme", "refunds", stats, 1)
+    assert embedder.calls == 3 and len(cache) == 0 and (cache.hits, cache.misses) == (0, 0)
+    with pytest.raises(ValueError, match="0 \\(off\\) or more"):
+        QueryCache(-1)
+
+
+def test_retrieval_gives_the_same_passages_with_the_cache_on_and_off(db: Session, pack: Path) -> None:
+    report = ingest_paths(db, "acme", [pack], deps=container().knowledge)
+    db.commit()
+    counting = CountingEmbedder(container().embedder)  # type: ignore[arg-type]
+    stores = (container().sparse_encoder, container().vector_store)
+    cached, uncached = Retriever(counting, *stores, QueryCache(64)), Retriever(container().embedder, *stores)
+    where = {"pack_version": report.pack_version}
+    questions = ["is there a warranty on zippers", "How long do refunds take?", "do you ship to canada"]
+    for _ in range(2):
+        for question in questions:
+            on, off = cached("acme", question, filters=where), uncached("acme", question, filters=where)
+            assert on and [(p.chunk_id, p.score, p.rank) for p in on] == [(p.chunk_id, p.score, p.rank) for p in off]
+    assert counting.calls == len(questions)
+    assert container().retriever.query_cache is not None  # the process's retriever has one (EMBED_QUERY_CACHE)
