@@ -58,7 +58,7 @@ class RedisStreamsBus:
         self._registry = StreamRegistry(self._redis, self._keys, registry_refresh_s)
         self._dead_letters = DeadLetters(self._redis, self._keys, maxlen)
         self._inspector = StreamInspector(self._redis, self._keys, self._registry)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the cursor: threads of a process share the bus
         self._cursor = 0  # rotates the window of streams read when there are more streams than `count`
         self._keep_alive_script = self._redis.register_script(_KEEP_ALIVE_LUA)
 
