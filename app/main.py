@@ -98,6 +98,7 @@ def create_app(*, run_workers: bool | None = None, container: Container | None =
 
     from app.accounts.routes import router as auth_router
     from app.admin.channel_routes import channel_router
+    from app.admin.conversation_routes import router as conversations_router
     from app.admin.knowledge_routes import router as knowledge_router
     from app.admin.routes import router as admin_router
     from app.admin.user_routes import router as users_router
@@ -108,6 +109,7 @@ def create_app(*, run_workers: bool | None = None, container: Container | None =
     for router in container.plugins.routers.values():
         app.include_router(router())
     app.include_router(admin_router)
+    app.include_router(conversations_router)
     app.include_router(channel_router(container))
     app.include_router(knowledge_router)
     app.include_router(review_router)

@@ -61,7 +61,8 @@ class Case:
 # -- passages ----------------------------------------------------------------------------------------------
 def northwind_passages() -> list[EvalPassage]:
     from app.knowledge.chunk import chunk_document
-    from app.knowledge.parse import collect, parse
+    from app.knowledge.collect import collect
+    from app.knowledge.parse import parse
 
     files, errors = collect([NORTHWIND / "knowledge"], max_bytes=10_000_000)
     assert not errors, errors

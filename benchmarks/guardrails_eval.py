@@ -106,7 +106,8 @@ def _knowledge_chunks(folder: Path) -> list[str]:
     """The chunk texts ingestion would scan for a pack (the example tenant's: written for this project)."""
     from app.config import get_settings
     from app.knowledge.chunk import chunk_document
-    from app.knowledge.parse import collect, parse
+    from app.knowledge.collect import collect
+    from app.knowledge.parse import parse
 
     files, _ = collect([folder], 10**8, 10**9, 10_000)
     return [c.embedding_text() for f in files for c in chunk_document(parse(f), get_settings().chunk_max_words)]

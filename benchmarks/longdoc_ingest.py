@@ -54,7 +54,8 @@ def rss_mb() -> float:
 
 def chunk_texts(pack: Path, max_words: int) -> list[str]:
     from app.knowledge.chunk import chunk_document
-    from app.knowledge.parse import collect, parse
+    from app.knowledge.collect import collect
+    from app.knowledge.parse import parse
 
     files, _ = collect([pack], max_bytes=1 << 30)
     texts: list[str] = []
@@ -67,7 +68,8 @@ def questions(pack: Path, gold_max_chunks: int | None) -> list[tuple[int, dict[s
     """(index in the file, question); with `gold_max_chunks`, only those whose page has at most that many chunks
     (a cheaper run: the long pages are most of the questions' chunks). The index keeps the tune/heldout split."""
     from app.knowledge.chunk import chunk_document
-    from app.knowledge.parse import collect, parse
+    from app.knowledge.collect import collect
+    from app.knowledge.parse import parse
 
     lines = [json.loads(line) for line in QUESTIONS.read_text().splitlines() if line.strip()]
     if gold_max_chunks is None:

@@ -54,8 +54,7 @@ def main() -> None:
 
 def run(n: int, unique: bool) -> None:
     from app import operations
-    from app.assistant import orchestrator as orch_module
-    from app.assistant import outcomes, pii_restore
+    from app.assistant import answering, outcomes, pii_restore
     from app.assistant.orchestrator import Orchestrator
     from app.bootstrap import container
     from app.contracts import OUTBOUND, Event, OutboundMessage
@@ -102,18 +101,18 @@ def run(n: int, unique: bool) -> None:
 
     timed(service, "store_inbound", "gateway: store the message")
     timed(Orchestrator, "_load", "orchestrator: read the context")
-    timed(orch_module.guardrails, "wants_human", "guardrails")
-    timed(orch_module.guardrails, "detect_injection", "guardrails")
+    timed(answering.guardrails, "wants_human", "guardrails")
+    timed(answering.guardrails, "detect_injection", "guardrails")
     timed(pii_restore, "find_pii", "guardrails")  # PII masking before the LLM (PiiVault.mask)
-    timed(orch_module.guardrails, "find_banned", "guardrails")
+    timed(answering.guardrails, "find_banned", "guardrails")
     timed(termstats, "query_vectors", "embed the question")
     timed(QueryCache, "query_vectors", "embed the question")  # a hit: tokenize, look up, copy out
     timed(EdgeVectorStore, "search", "hybrid search (qdrant-edge)")
-    timed(orch_module, "compose_offline", "offline composer")
-    timed(orch_module, "render_messages", "prompt (Jinja)")
+    timed(answering, "compose_offline", "offline composer")
+    timed(answering, "render_messages", "prompt (Jinja)")
     timed(type(orchestrator.llm), "complete", "LLM call (openai SDK)")
     timed(type(orchestrator.llm), "stream", "LLM call (openai SDK)")  # the widget's replies stream
-    timed(orch_module, "vet_llm_draft", "grounding check")
+    timed(answering, "vet_llm_draft", "grounding check")
     timed(outcomes, "answer", "orchestrator: write the outcome")
     timed(outcomes, "escalate", "orchestrator: write the outcome")
     timed(Dispatcher, "deliver", "dispatcher: deliver")

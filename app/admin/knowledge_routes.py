@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from app.admin import knowledge_schemas as s
 from app.admin import service
 from app.admin.request_limit import LIMITED
-from app.admin.routes import CursorQ, Limit, in_transaction, job_out
+from app.admin.routes import CursorQ, Limit, in_transaction
 from app.admin.uploads import UploadError, build_options, collect, read_form
 from app.api.services import Services
 from app.audit import record
@@ -23,6 +23,7 @@ from app.auth import Admin
 from app.bootstrap import Container
 from app.config import get_settings
 from app.db import session_scope
+from app.jobs import JobQueue
 from app.knowledge import calibration, quarantine, versions
 from app.models import IngestionJob, PackVersion, Tenant, new_id
 
@@ -31,6 +32,29 @@ router = APIRouter(prefix="/admin/v1", tags=["admin: knowledge"], dependencies=L
 MAX_VERSION = 2**31 - 1
 
 _T = TypeVar("_T")
+
+
+def job_out(jobs: JobQueue, j: IngestionJob) -> s.JobOut:
+    done_files, chunks = j.done_files, j.chunks
+    progress = None
+    if j.status == "running":  # the row is written at the end; a job running in this process reports live
+        live = jobs.progress(j.id) or {}
+        done_files, chunks = live.get("done_files", done_files), live.get("chunks", chunks)
+        if "bytes_total" in live:
+            progress = s.JobProgress(**{k: live[k] for k in s.JobProgress.model_fields})
+    return s.JobOut(
+        id=j.id,
+        status=j.status,
+        pack_version=j.pack_version,
+        total_files=j.total_files,
+        done_files=done_files,
+        chunks=chunks,
+        errors=[s.FileError(**e) for e in j.errors or []],
+        detail=j.detail,
+        created_at=j.created_at,
+        finished_at=j.finished_at,
+        progress=progress,
+    )
 
 
 # --- knowledge ----------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""The tenant admin API (`/admin/v1`): the tenant's persona and policies, API keys, channel accounts,
-knowledge uploads and documents, conversations and the audit log.
+"""The tenant admin API (`/admin/v1`): the tenant's persona, policies and LLM keys, its API keys and the audit log;
+and what every admin route shares (one transaction per request, paging parameters). Its other parts:
+conversation_routes.py, channel_routes.py, knowledge_routes.py, user_routes.py, usage_routes.py, webhook_routes.py.
 
 Every route acts on the caller's own tenant, taken from its API key and from nothing else in the request: an
 id that belongs to another tenant gets the same 404 as an id that does not exist. Conversation reads accept
@@ -11,31 +12,19 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import date, timedelta
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, HTTPException, Path, Query, Response
 from sqlalchemy.orm import Session
 
 from app.accounts.service import user_names
-from app.admin import knowledge_schemas as ks
 from app.admin import schemas as s
 from app.admin import service, tenant_settings
-from app.admin.policy_schemas import Channel
 from app.admin.request_limit import LIMITED
 from app.api.services import Services
-from app.assistant.pii_restore import mask_for_agents
-from app.auth import Admin, Principal, Viewer
+from app.auth import Admin
 from app.db import session_scope
-from app.jobs import JobQueue
-from app.models import (
-    ApiKey,
-    Contact,
-    Conversation,
-    IngestionJob,
-    Message,
-    Tenant,
-    utcnow,
-)
+from app.models import ApiKey, Tenant, utcnow
 
 router = APIRouter(prefix="/admin/v1", tags=["admin"], dependencies=LIMITED)
 
@@ -86,57 +75,6 @@ def _key(k: ApiKey) -> s.ApiKeyOut:
         created_at=k.created_at,
         last_used_at=k.last_used_at,
         revoked_at=k.revoked_at,
-    )
-
-
-def job_out(jobs: JobQueue, j: IngestionJob) -> ks.JobOut:
-    done_files, chunks = j.done_files, j.chunks
-    progress = None
-    if j.status == "running":  # the row is written at the end; a job running in this process reports live
-        live = jobs.progress(j.id) or {}
-        done_files, chunks = live.get("done_files", done_files), live.get("chunks", chunks)
-        if "bytes_total" in live:
-            progress = ks.JobProgress(**{k: live[k] for k in ks.JobProgress.model_fields})
-    return ks.JobOut(
-        id=j.id,
-        status=j.status,
-        pack_version=j.pack_version,
-        total_files=j.total_files,
-        done_files=done_files,
-        chunks=chunks,
-        errors=[ks.FileError(**e) for e in j.errors or []],
-        detail=j.detail,
-        created_at=j.created_at,
-        finished_at=j.finished_at,
-        progress=progress,
-    )
-
-
-def _conversation(c: Conversation, contact: Contact, is_open: bool) -> dict[str, Any]:
-    return dict(
-        id=c.id,
-        channel=c.channel,
-        mode=c.mode,
-        assigned_agent=c.assigned_agent,
-        contact=s.ContactOut(id=contact.id, external_id=contact.external_id, display_name=contact.display_name),
-        open_escalation=is_open,
-        created_at=c.created_at,
-        updated_at=c.updated_at,
-    )
-
-
-def _message(m: Message, who: Principal) -> s.MessageOut:
-    """Agents and viewers read structured PII masked, as in the review console (raw only through its audited
-    reveal); owners and admins, who answer for the tenant's data, read it as stored."""
-    return s.MessageOut(
-        id=m.id,
-        direction=m.direction,
-        author=m.author,
-        text=m.text if who.rank in ("owner", "admin") else (mask_for_agents(m.text) or ""),
-        status=m.status,
-        citations=m.citations,
-        in_reply_to_id=m.in_reply_to_id,
-        created_at=m.created_at,
     )
 
 
@@ -264,89 +202,6 @@ def revoke_api_key(key_id: str, who: Admin) -> Response:
     accident: revoke it with another admin key."""
     in_transaction(who.tenant_id, lambda db: service.revoke_api_key(db, who, key_id))
     return Response(status_code=204)
-
-
-# --- conversations (agent keys too) -------------------------------------------------------------------------
-
-
-@router.get(
-    "/conversations",
-    response_model=s.ConversationsOut,
-    summary="List conversations",
-    tags=["admin", "conversations"],
-)
-def list_conversations(
-    who: Viewer,
-    mode: Annotated[Literal["bot", "human"] | None, Query(description="`human`: taken over by an agent.")] = None,
-    escalated: Annotated[
-        bool | None, Query(description="Only those with (true) or without an open escalation.")
-    ] = None,
-    channel: Annotated[Channel | None, Query()] = None,
-    contact: Annotated[str | None, Query(description="A contact id or the channel's id of the contact.")] = None,
-    limit: Limit = 50,
-    cursor: CursorQ = None,
-) -> s.ConversationsOut:
-    """Most recently active first. Agent keys and every login (viewers too) may call this."""
-
-    def work(db: Session) -> s.ConversationsOut:
-        rows, nxt = service.list_conversations(
-            db,
-            who.tenant_id,
-            mode=mode,
-            escalated=escalated,
-            channel=channel,
-            contact=contact,
-            cursor=cursor,
-            limit=limit,
-        )
-        return s.ConversationsOut(conversations=[s.ConversationOut(**_conversation(*r)) for r in rows], next_cursor=nxt)
-
-    return in_transaction(who.tenant_id, work)
-
-
-@router.get(
-    "/conversations/{conversation_id}",
-    response_model=s.ConversationDetail,
-    summary="Get a conversation with its latest messages",
-    tags=["admin", "conversations"],
-)
-def get_conversation(
-    conversation_id: str,
-    who: Viewer,
-    messages: Annotated[int, Query(ge=0, le=200, description="How many of the latest messages.")] = 50,
-) -> s.ConversationDetail:
-    """The conversation, its contact and its latest messages (oldest first) with their citations."""
-
-    def work(db: Session) -> s.ConversationDetail:
-        row = service.get_conversation(db, who.tenant_id, conversation_id)
-        latest, more = (
-            service.list_messages(db, who.tenant_id, conversation_id, None, messages, newest_first=True)
-            if messages
-            else ([], None)
-        )
-        return s.ConversationDetail(
-            **_conversation(*row),
-            messages=[_message(m, who) for m in reversed(latest)],
-            more_messages=more is not None,
-        )
-
-    return in_transaction(who.tenant_id, work)
-
-
-@router.get(
-    "/conversations/{conversation_id}/messages",
-    response_model=s.MessagesOut,
-    summary="Page through a conversation's messages",
-    tags=["admin", "conversations"],
-)
-def list_messages(conversation_id: str, who: Viewer, limit: Limit = 100, cursor: CursorQ = None) -> s.MessagesOut:
-    """Oldest first, inbound and outbound, with status and citations."""
-
-    def work(db: Session) -> s.MessagesOut:
-        rows, nxt = service.list_messages(db, who.tenant_id, conversation_id, cursor, limit)
-        return s.MessagesOut(messages=[_message(m, who) for m in rows], next_cursor=nxt)
-
-    return in_transaction(who.tenant_id, work)
 
 
 # --- audit --------------------------------------------------------------------------------------------------

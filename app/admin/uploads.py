@@ -143,7 +143,7 @@ def _unzip(
 ) -> None:
     """A zip's members into `out`. Each is refused on its declared size, or while it is being unpacked, as soon
     as it passes `max_file`: no member costs more than max_file + one read chunk of memory."""
-    from app.knowledge.parse import read_capped
+    from app.knowledge.collect import read_capped
 
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))

@@ -2,7 +2,7 @@
 
 * PII detection and redaction live in app/assistant/pii.py (`find_pii`, `redact_pii`).
 * `detect_injection` (app/assistant/injection.py, re-exported here) scores text for prompt injection.
-* `find_banned` and `wants_human` serve the tenant's policies.
+* `find_banned`, `wants_human` and `injection_threshold` serve the tenant's policies.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from functools import lru_cache
+from typing import Any
 
 from app.assistant.injection import InjectionVerdict as InjectionVerdict  # re-exported for callers
 from app.assistant.injection import detect_injection as detect_injection
@@ -47,3 +48,9 @@ def wants_human(text: str, extra_keywords: Iterable[str] = ()) -> bool:
     if _HUMAN.search(text):
         return True
     return bool(find_banned(text, extra_keywords))
+
+
+def injection_threshold(policies: dict[str, Any]) -> float | None:
+    """The tenant's `injection_threshold` policy, or None for the model's own (chosen when it was trained)."""
+    value = policies.get("injection_threshold")
+    return None if value is None else float(value)

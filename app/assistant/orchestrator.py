@@ -2,7 +2,8 @@
 
 Three phases keep database transactions short and the handler idempotent:
 1. read the context (message, conversation, tenant, history) and stop if the message is already handled;
-2. decide, outside any transaction: guardrails, retrieval, the LLM or the offline composer;
+2. decide, outside any transaction: consent, the conversation's and the tenant's mode, the burst window, then the
+   answer path (app/assistant/answering.py: guardrails, retrieval, the LLM or the offline composer);
 3. write the outcome in one transaction that re-checks the message is still `received` (row lock on Postgres),
    with the reply or escalation events in the outbox (app/outbox.py), published once committed
    (app/assistant/outcomes.py).
@@ -28,16 +29,14 @@ from sqlalchemy import Table, select
 from sqlalchemy.orm import Session
 
 from app import logs, metrics, tracing
-from app.assistant import guardrails, injection, multilingual, outcomes
-from app.assistant.composer import compose_offline
+from app.assistant import multilingual, outcomes
+from app.assistant.answering import Answerer
 from app.assistant.drafts import STREAMING_CHANNELS, DraftStream
-from app.assistant.grounding import GroundingChecker, Vetted, vet_llm_draft
+from app.assistant.grounding import GroundingChecker
 from app.assistant.language import customer_language
 from app.assistant.modes import effective_mode
 from app.assistant.outcomes import CONVERSATIONS, IN_TENANT, Context, Decision, Outcome
-from app.assistant.pii_ner import NerUnavailable, PiiNer
-from app.assistant.pii_restore import PiiVault
-from app.assistant.prompts import Draft, parse_llm_answer, render_messages
+from app.assistant.pii_ner import PiiNer
 from app.assistant.turns import merged_into, newer_pending
 from app.bus.base import Bus, Delivery, PermanentFailure
 from app.channels import ChannelRegistry
@@ -49,12 +48,11 @@ from app.conversations.replies import outbound_event, publish_outbound
 from app.conversations.service import CONTACTS, MESSAGES, history
 from app.crypto import decrypt_json
 from app.db import session_scope
-from app.knowledge import calibration
 from app.models import Conversation, Message, PackVersion, Tenant, utcnow
-from app.providers.llm.base import LLMClient, LLMError
+from app.providers.llm.base import LLMClient
 from app.providers.llm.plan import LLMPlan, tenant_plan
-from app.providers.llm.router import CallTag, LLMRouter
-from app.ratelimit import LLM_CALLS_PER_TENANT, RateLimited, RateLimiter
+from app.providers.llm.router import LLMRouter
+from app.ratelimit import RateLimiter
 from app.tenant_scope import same_tenant
 from app.tenants.quota import QuotaGate
 
@@ -85,14 +83,11 @@ class Orchestrator:
         self.push = push  # drafts of streamed replies go to open widgets through it
         self.clock = clock
         self.settings = settings
-        self.limiter = limiter
-        self.quota = quota
-        self.retrieve = retrieve
-        self.pii_ner = pii_ner  # names and addresses masked too, for tenants that turn it on
-        self.grounding = grounding
         self.channels = channels  # whose gateways wait for the decision (USSD): told through `push` on commit
         # A bare client (a test, a benchmark) gets a router of its own: fallbacks, deadline and breakers apply.
         self.llm = llm if isinstance(llm, LLMRouter) else LLMRouter.from_settings(llm, self.settings)
+        self.answers = Answerer(retrieve=retrieve, llm=self.llm, settings=settings, limiter=limiter, quota=quota,
+                                pii_ner=pii_ner, grounding=grounding)
 
     @classmethod
     def of(cls, services: Container, **given: Any) -> Orchestrator:
@@ -163,7 +158,7 @@ class Orchestrator:
         drafts = self._draft_stream(ctx) if mode == "auto" and not foreign else None
         outcome: Outcome | None = None
         try:
-            decision = self._decide(ctx, text, drafts, language if foreign else None)
+            decision = self.answers.decide(ctx, text, drafts, language if foreign else None)
             if decision.answer is not None and mode == "draft":
                 decision = Decision(escalate_reason="draft_review", detail="the tenant's mode is draft",
                                     draft=decision.answer, meta=decision.meta)
@@ -240,6 +235,7 @@ class Orchestrator:
         keys = decrypt_json(provider_keys_encrypted) if provider_keys_encrypted else None
         return tenant_plan(self.settings, policies, own_key, keys)
 
+    # -- phase 2, around the answer path -------------------------------------------------------------------
     @staticmethod
     def _localised(ctx: Context, decision: Decision, language: str, foreign: bool) -> Decision:
         """An escalation of a customer who writes another language than the pack's is acknowledged in theirs
@@ -247,174 +243,6 @@ class Orchestrator:
         if not foreign or decision.notice is not None:
             return decision
         return replace(decision, notice=multilingual.notice(language, "escalated", ctx.persona))
-
-    # -- phase 2 -----------------------------------------------------------------------------------------
-    def _decide(self, ctx: Context, text: str, drafts: DraftStream | None = None,
-                foreign: str | None = None) -> Decision:
-        """`foreign`: the customer's language when it is not the pack's (app/assistant/multilingual.py)."""
-        policies = ctx.policies
-        with tracing.span("guardrails") as span:
-            stop = self._guardrails(text, policies)
-            tracing.annotate(span, {"switchboard.escalation.reason": stop.escalate_reason if stop else None})
-        if stop is not None:
-            return stop
-        pack = multilingual.pack_language(ctx.persona)
-        if foreign is not None and ctx.llm is None:
-            return Decision(escalate_reason="language",
-                            detail=f"the customer writes {foreign}, the pack is {pack}, and no LLM is configured",
-                            notice=multilingual.notice(foreign, "language", ctx.persona))
-        recognizers: Sequence[Any] = ()
-        if ctx.llm is not None:
-            try:
-                recognizers = self.pii_ner.recognizers(policies)
-            except NerUnavailable as exc:
-                # Turned on but not installed: the question cannot go out masked as the tenant asked. A person
-                # answers it; the operator's log says what to install.
-                log.error("message %s escalated: %s", ctx.message_id, exc)
-                return Decision(escalate_reason="pii_ner_unavailable", detail=str(exc))
-        # Numbered placeholders out, the customer's values back in (app/assistant/pii_restore.py).
-        pii = PiiVault(recognizers)
-        query = text
-        if foreign is not None:
-            assert ctx.llm is not None
-            try:
-                self.limiter.hit(LLM_CALLS_PER_TENANT, ctx.tenant_id)
-                with tracing.span("llm rewrite"):
-                    rewrite = self.llm.complete(
-                        ctx.llm, multilingual.rewrite_messages(pii.mask(text), foreign, pack, ctx.persona),
-                        tag=CallTag(ctx.tenant_id, ctx.message_id))
-            except RateLimited as exc:
-                return Decision(escalate_reason="llm_rate_limited", detail=exc.detail)
-            except LLMError as exc:
-                log.warning("LLM failed to rewrite message %s: %s", ctx.message_id, exc)
-                return Decision(escalate_reason=f"llm_{exc.reason}", detail=exc.detail)
-            query = pii.restore(multilingual.clean_rewrite(rewrite.text)).text
-            if not query:
-                return Decision(escalate_reason="language", detail="the LLM gave no translation of the question")
-            # The brand's handoff words and the injection rules are written in the pack's language: they read the
-            # translation too.
-            stop = self._guardrails(query, policies)
-            if stop is not None:
-                return stop
-            if multilingual.same_words(query, text):
-                # Nothing to translate: the detector took pack-language text for another language (fastText's
-                # lite model does so for ~0.1% of English support messages). Answered as written, in one language.
-                decision = self._answer(ctx, text, text, None, None, pii)
-                if decision.answer is not None or decision.notice is not None:
-                    return decision
-                return replace(decision, notice=outcomes.tenant_notice(ctx.policies))
-        return self._answer(ctx, text, query, drafts, foreign, pii)
-
-    def _answer(self, ctx: Context, text: str, query: str, drafts: DraftStream | None, foreign: str | None,
-                pii: PiiVault) -> Decision:
-        """Retrieval for `query` (the customer's text, or its rewrite into the pack's language), then the LLM or the
-        offline composer, and the checks of what they wrote."""
-        policies = ctx.policies
-        pack = multilingual.pack_language(ctx.persona)
-        min_relevance, _ = calibration.in_effect(policies, ctx.calibration)  # explicit policy, else calibrated
-        # One pack version per answer: the live one (a version being built beside it is never mixed in). No live
-        # version (nothing ingested yet, or only a `--version-only` build) means no knowledge to answer from.
-        with tracing.span("retrieval", {"switchboard.pack.version": ctx.pack_version,
-                                        "switchboard.retrieval.top_k": self.settings.retrieval_top_k}) as span:
-            passages = [] if ctx.pack_version is None else list(self.retrieve(
-                ctx.tenant_id, query, top_k=self.settings.retrieval_top_k,
-                filters={"pack_version": ctx.pack_version}))
-            tracing.annotate(span, {"switchboard.retrieval.passages": len(passages),
-                                    "switchboard.retrieval.best_score": float(passages[0].score) if passages else None})
-        # A passage that reads as instructions to the assistant never reaches the LLM (app/assistant/injection.py).
-        passages, dropped = screen_passages(passages, injection_threshold(policies))
-        if dropped:
-            metrics.injection_flagged("passage", len(dropped))
-            log.warning("tenant %s message %s: %d retrieved passage(s) dropped as suspected injection: %s",
-                        ctx.tenant_id, ctx.message_id, len(dropped), ", ".join(p.chunk_id for p, _ in dropped))
-        ctx.retrieved[:] = [passage_record(p) for p in passages] + [
-            {**passage_record(p), "dropped": why} for p, why in dropped]
-        offline = compose_offline(query, passages, ctx.persona, min_relevance=min_relevance)
-        if offline.escalate:
-            return Decision(escalate_reason=offline.reason or "no_knowledge", draft=None, detail=_top(passages),
-                            meta={"question_translated": query} if foreign else None)
-        draft = offline
-        shown: Draft | None = None  # the customer-language version of a translated answer
-        # -- the tenant's plan (app/tenants/quota.py): past an allowance, its `over_quota` choice applies -------
-        over_quota = self.quota.check_message(ctx.tenant_id)
-        if over_quota is not None:
-            log.info("tenant %s is over its plan (%s): message %s %s", ctx.tenant_id, over_quota, ctx.message_id,
-                     "answered offline" if policies.get("over_quota") == "offline" else "escalated")
-            if policies.get("over_quota") != "offline":
-                return Decision(escalate_reason="quota_exceeded", detail=over_quota, draft=offline)
-        # ------------------------------------------------------------------------------------------------------
-        if ctx.llm is not None and over_quota is None:
-            try:
-                self.limiter.hit(LLM_CALLS_PER_TENANT, ctx.tenant_id)
-            except RateLimited as exc:
-                # Never dropped: a person answers it, with the offline draft to start from.
-                log.warning("tenant %s is over its LLM call limit: message %s escalated", ctx.tenant_id,
-                            ctx.message_id)
-                return Decision(escalate_reason="llm_rate_limited", detail=exc.detail, draft=offline)
-            redacted_question = pii.mask(text)
-            redacted_history = [(role, pii.mask(t)) for role, t in ctx.history]
-            messages = render_messages(
-                ctx.persona, policies, redacted_history, passages, redacted_question,
-                bilingual=(multilingual.name(foreign), multilingual.name(pack)) if foreign else None)
-            plan, tag = ctx.llm.for_question(query, passages), CallTag(ctx.tenant_id, ctx.message_id)
-            with tracing.span("llm", {"switchboard.llm.streamed": drafts is not None,
-                                      "switchboard.llm.providers": len(plan.providers)}) as span:
-                try:
-                    if drafts is not None:
-                        drafts.start(passages, policies)
-                        completion = self.llm.stream(plan, messages, drafts.on_text, tag=tag)
-                    else:
-                        completion = self.llm.complete(plan, messages, tag=tag)
-                except LLMError as exc:
-                    tracing.failed(span, exc, exc.reason)
-                    log.warning("LLM failed for message %s: %s", ctx.message_id, exc)
-                    return Decision(escalate_reason=f"llm_{exc.reason}", detail=exc.detail, draft=offline)
-                tracing.annotate(span, {"gen_ai.usage.input_tokens": completion.prompt_tokens,
-                                        "gen_ai.usage.output_tokens": completion.completion_tokens})
-            answer_text = completion.text
-            if foreign is not None:
-                both = multilingual.split_bilingual(completion.text)
-                if both is None:
-                    return Decision(escalate_reason="language", draft=offline,
-                                    detail="the LLM did not give its answer in both languages")
-                answer_text, translated = both
-                shown = parse_llm_answer(translated, passages)
-            draft = parse_llm_answer(answer_text, passages)
-            if draft.escalate:
-                return Decision(escalate_reason=draft.reason or "low_confidence", draft=offline)
-        # The tenant's own rules first: a banned phrase is the precise reason, whatever else is wrong.
-        banned = guardrails.find_banned(draft.text, policies.get("banned_phrases") or ())
-        banned += guardrails.find_banned(shown.text, policies.get("banned_phrases") or ()) if shown else []
-        if banned:
-            return Decision(escalate_reason="banned_phrase", detail=", ".join(dict.fromkeys(banned)),
-                            draft=shown or draft)
-        if draft is not offline:
-            # -- grounded or reviewed, PII restored (app/assistant/grounding.py) --------------------------------
-            with tracing.span("grounding") as span:
-                vetted = vet_llm_draft(draft, passages, ctx.persona, pii, self.grounding)
-                if shown is not None:
-                    vetted = _translated(vetted, shown, pii)
-                tracing.annotate(span, {"switchboard.escalation.reason": vetted.escalate_reason})
-            if vetted.escalate_reason is not None:
-                return Decision(escalate_reason=vetted.escalate_reason, detail=vetted.detail, draft=vetted.draft,
-                                meta=vetted.meta)
-            draft = vetted.draft
-            # ------------------------------------------------------------------------------------------------------
-        max_chars = policies.get("max_reply_chars")
-        if max_chars and len(draft.text) > int(max_chars):
-            return Decision(escalate_reason="reply_too_long", draft=draft)
-        return Decision(answer=draft)
-
-    @staticmethod
-    def _guardrails(text: str, policies: dict[str, Any]) -> Decision | None:
-        """The customer's own words decide first: a request for a person, or an attempt to steer the model."""
-        if guardrails.wants_human(text, policies.get("handoff_keywords") or ()):
-            return Decision(escalate_reason="human_requested", detail="the customer asked for a person")
-        verdict = guardrails.detect_injection(text, injection_threshold(policies))
-        if verdict.flagged:
-            metrics.injection_flagged("message")
-            return Decision(escalate_reason="prompt_injection", detail=injection.reason(verdict))
-        return None
 
     def _draft_stream(self, ctx: Context) -> DraftStream | None:
         """Drafts for a visitor who can watch the answer being written: an LLM that streams, a channel that shows
@@ -448,65 +276,6 @@ _LOAD = (
 )
 
 
-def _translated(checked: Vetted, shown: Draft, pii: PiiVault) -> Vetted:
-    """The customer's version of a translated answer whose pack-language version was `checked`: sent when that one
-    passed and says the same (multilingual.translation_mismatch); an escalation keeps it as the draft an agent would
-    send, with the checked version beside it."""
-    meta = {**(checked.meta or {}), "checked_answer": checked.draft.text}
-    restored = pii.restore(shown.text)
-    draft = replace(checked.draft, text=restored.text)
-    if checked.escalate_reason is not None:
-        return Vetted(draft, checked.escalate_reason, checked.detail, meta)
-    mismatch = multilingual.translation_mismatch(checked.draft, shown)
-    if mismatch is not None:
-        return Vetted(draft, "translation_mismatch", mismatch, meta)
-    if restored.unresolved:
-        unresolved = sorted(set(restored.unresolved))
-        return Vetted(draft, "pii_placeholder",
-                      f"the reply holds placeholders this customer gave no value for: {', '.join(unresolved)}",
-                      {**meta, "pii_placeholders": unresolved})
-    return Vetted(draft)
-
-
-def injection_threshold(policies: dict[str, Any]) -> float | None:
-    """The tenant's `injection_threshold` policy, or None for the model's own (chosen when it was trained)."""
-    value = policies.get("injection_threshold")
-    return None if value is None else float(value)
-
-
-def screen_passages(passages: Sequence[Any], threshold: float | None) -> tuple[list[Any], list[tuple[Any, str]]]:
-    """Retrieved passages that may reach the LLM or the offline composer, and the dropped ones with the reason.
-
-    Chunks flagged at ingestion are quarantined and never indexed; this second look catches what an older pack
-    (ingested before the scan existed) or a changed threshold lets through. A dropped passage is not shown to the
-    LLM: the turn goes on without it (and escalates `no_knowledge` if nothing relevant is left); the dropped
-    passage is kept on the escalation for reviewers. A chunk an admin released after review is not rescanned."""
-    kept: list[Any] = []
-    dropped: list[tuple[Any, str]] = []
-    for p in passages:
-        if getattr(p, "reviewed", False):
-            kept.append(p)
-            continue
-        verdict = injection.passage_verdict(f"{getattr(p, 'heading', '')}\n{p.text}".strip(), threshold)
-        if verdict.flagged:
-            dropped.append((p, injection.reason(verdict)))
-        else:
-            kept.append(p)
-    return kept, dropped
-
-
 def _aware(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
-
-def passage_record(p: Any) -> dict[str, Any]:
-    """A retrieved passage as the review console shows it (stored on the escalation)."""
-    return {"document": p.document, "heading": getattr(p, "heading", ""), "chunk_id": p.chunk_id,
-            "text": getattr(p, "text", ""), "score": round(float(p.score), 4), "rank": getattr(p, "rank", None)}
-
-
-def _top(passages: Sequence[Any]) -> str:
-    if not passages:
-        return "no passage found"
-    best = passages[0]
-    return f"best passage {best.document} scored {best.score:.2f}"

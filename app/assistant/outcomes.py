@@ -67,7 +67,7 @@ class Context:
     calibration: dict[str, Any] | None = None  # the live pack version's (app/knowledge/calibration.py)
     # Set when a gateway waits for this decision inside its own response (USSD): announced there on commit.
     outcome_push: Push | None = None
-    retrieved: list[dict[str, Any]] = field(default_factory=list)  # set by `_decide`; kept on an escalation
+    retrieved: list[dict[str, Any]] = field(default_factory=list)  # set by the answer path; kept on an escalation
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.knowledge.evaluate import EvalError, Question, jsonl_objects
+from app.knowledge.evaluate import EvalError, Question, eval_key, jsonl_objects
 from app.knowledge.indexing import Deps
 from app.knowledge.retrieval import Passage, retrieve
 from app.knowledge.termstats import TermStats
@@ -270,7 +270,6 @@ def recompute(session: Session, d: Deps, tenant_id: str, version: int | None = N
     """Calibrate `version` (default: the live one) again from the tenant's stored eval sets; flushes."""
     from app.audit import record
     from app.knowledge import termstats, versions
-    from app.knowledge.service import eval_key
     from app.models import Tenant
 
     version = version if version is not None else session.get_one(Tenant, tenant_id).live_pack_version

@@ -122,8 +122,7 @@ def run_calibrate(services: Container, slug: str, version: int | None = None, qu
     `questions` / `unanswerable` (JSONL text) first replace the stored sets, as `_eval.jsonl` and
     `_unanswerable.jsonl` in a pack upload would."""
     from app.knowledge import calibration
-    from app.knowledge.evaluate import EvalError, parse_questions
-    from app.knowledge.service import eval_key
+    from app.knowledge.evaluate import EvalError, eval_key, parse_questions
 
     try:  # checked before anything is stored
         if questions:

@@ -60,6 +60,11 @@ def jsonl_objects(data: bytes | str) -> Iterator[tuple[int, dict[str, Any]]]:
         yield line_no, item if isinstance(item, dict) else {}
 
 
+def eval_key(tenant_id: str) -> str:
+    """Where the tenant's eval questions (`_eval.jsonl` of its last upload that had one) are kept."""
+    return f"{tenant_id}/knowledge/eval/questions.jsonl"
+
+
 def parse_questions(data: bytes | str) -> list[Question]:
     out = []
     for line_no, item in jsonl_objects(data):

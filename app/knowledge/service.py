@@ -6,7 +6,8 @@ Each run builds version N+1 beside the live one (see app/knowledge/versions.py f
 2. unless `replace`, every document of the live version that the upload does not bring (or brought broken) is
    carried forward into N+1 without embedding, so an upload of one file updates one file;
 3. the version is `ready`; it goes live (`promote`) unless asked not to or the tenant's eval set says it is
-   worse than the live one by more than EVAL_REGRESSION_MARGIN.
+   worse than the live one by more than EVAL_REGRESSION_MARGIN (app/knowledge/finishing.py).
+Progress is reported per file as it goes (app/knowledge/reporting.py).
 The live version is never written to: a failed or refused build leaves the assistant exactly as it was.
 
 `ingest_paths` flushes and leaves the commit to its caller (a CLI command, an RQ job). Vector and object-store
@@ -24,7 +25,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +32,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app import metrics
-from app.bus.base import Bus
 from app.config import get_settings
-from app.knowledge import calibration, indexing, quarantine, termstats, versions
+from app.knowledge import calibration, indexing, quarantine, versions
 from app.knowledge.chunk import chunk_document
+from app.knowledge.collect import collect
+from app.knowledge.evaluate import eval_key
+from app.knowledge.finishing import finish
 from app.knowledge.indexing import Deps, Prepared
 from app.knowledge.parse import (
     EVAL_FILE,
@@ -45,92 +47,14 @@ from app.knowledge.parse import (
     ParseError,
     SourceFile,
     clean_meta,
-    collect,
     parse,
     read_metadata,
 )
 from app.knowledge.pipeline import MAX_PENDING, EmbeddingPipeline
-from app.knowledge.termstats import TermStats
-from app.models import Document, IngestionJob, KnowledgeSource, PackVersion, Tenant, new_id, utcnow
+from app.knowledge.reporting import IngestProgress, IngestReport, ProgressMeter, publish_progress
+from app.models import Document, IngestionJob, KnowledgeSource, Tenant, new_id, utcnow
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class IngestProgress:
-    file: str
-    status: str  # indexed | carried | failed
-    files_done: int
-    files_total: int
-    chunks: int  # chunks indexed so far in this run
-    embedded: int = 0  # of which embedded (the rest came from the embedding cache)
-    bytes_done: int = 0  # bytes of the upload's files done (indexed, refused or written)
-    bytes_total: int = 0
-    elapsed_s: float = 0.0
-    chunks_per_s: float = 0.0  # chunks written per second so far
-    eta_s: float | None = None  # seconds left for the files, at the rate so far (None until there is a rate)
-    phase: str = "indexing"  # indexing, or finishing once every file is done (term statistics, eval, promotion)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class _Meter:
-    """Progress of a run: files and bytes done, the rate so far and the time left at that rate. Bytes, not
-    files, drive the estimate: pages differ in length by orders of magnitude, their chunks follow their bytes."""
-
-    total_bytes: int
-    started: float
-    files_done: int = 0
-    bytes_done: int = 0
-
-    def event(self, name: str, status: str, files_total: int, report: IngestReport) -> IngestProgress:
-        elapsed = max(time.monotonic() - self.started, 1e-6)
-        chunks = report.chunks + report.version_chunks  # uploaded and carried so far
-        phase = "finishing" if self.files_done >= files_total else "indexing"
-        eta = None
-        if phase == "finishing":
-            eta = 0.0
-        elif self.bytes_done and self.total_bytes:
-            eta = round(elapsed * (self.total_bytes - self.bytes_done) / self.bytes_done, 1)
-        return IngestProgress(name, status, self.files_done, files_total, report.chunks, report.embedded,
-                              self.bytes_done, self.total_bytes, round(elapsed, 3), round(chunks / elapsed, 2), eta,
-                              phase)
-
-
-@dataclass
-class IngestReport:
-    tenant_id: str
-    pack_version: int
-    job_id: str
-    source_id: str
-    files_ok: list[str] = field(default_factory=list)  # pack paths indexed from this upload
-    files_failed: list[dict[str, str]] = field(default_factory=list)  # {"file", "reason"}
-    files_carried: list[str] = field(default_factory=list)  # live documents carried into the new version
-    chunks: int = 0  # chunks indexed from this upload's files
-    documents: int = 0  # documents indexed from this upload's files
-    version_documents: int = 0  # documents in the new version (this upload's and the carried ones)
-    version_chunks: int = 0
-    embedded: int = 0  # chunks that had to be embedded (the rest came from the cache)
-    reused: int = 0  # texts of those given the vector of the same text (or passage) embedded earlier in the run
-    quarantined: int = 0  # chunks of the new version held as suspected prompt injection (not retrievable)
-    status: str = "building"  # the version's status at the end: live | ready | failed
-    promoted: bool = False
-    notes: str | None = None
-    scores: dict[str, Any] = field(default_factory=dict)
-    calibration: dict[str, Any] | None = None  # the version's relevance threshold (app/knowledge/calibration.py)
-    seconds: float = 0.0
-    # Where the time went: "files" (parse to the last write, overlapped with) "embedding" (the embedder's busy
-    # time on its own thread), and "finishing" (term statistics, the eval gate, promotion).
-    timings: dict[str, float] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def eval_key(tenant_id: str) -> str:
-    return f"{tenant_id}/knowledge/eval/questions.jsonl"
 
 
 def _describe(paths: list[Path]) -> str:
@@ -178,7 +102,7 @@ writes to (`Container.knowledge`)."""
     session.flush()
 
     report = IngestReport(tenant_id, build.version, job.id, source.id)
-    meter = _Meter(total_bytes=sum(len(f.data) for f in files), started=started)
+    meter = ProgressMeter(total_bytes=sum(len(f.data) for f in files), started=started)
     threshold = quarantine.tenant_threshold(tenant)
 
     def tick(name: str, status: str, reason: str | None = None, weight: int = 0) -> None:
@@ -187,8 +111,8 @@ writes to (`Container.knowledge`)."""
         metrics.ingest_file(status)
         if progress is not None:
             progress(meter.event(name, status, job.total_files, report))
-        _publish(d.bus, tenant_id, job.id, build.version, name, status, reason, meter.files_done, job.total_files,
-                 report.chunks)
+        publish_progress(d.bus, tenant_id, job.id, build.version, name, status, reason, meter.files_done,
+                         job.total_files, report.chunks)
 
     def failed(path: str, reason: str, weight: int) -> None:
         report.files_failed.append(FileError(path, reason).to_dict())
@@ -269,7 +193,7 @@ writes to (`Container.knowledge`)."""
     report.version_chunks += report.chunks
     report.quarantined = quarantine.count_held(session, tenant_id, build.version)
     metrics.injection_flagged("chunk", report.quarantined)
-    _finish(session, d, tenant, build, report, promote=promote)
+    finish(session, d, tenant, build, report, promote=promote)
     report.timings["finishing"] = round(time.monotonic() - finishing, 3)
     job.done_files, job.chunks, job.errors = meter.files_done, report.version_chunks, list(report.files_failed)
     job.status = "failed" if report.status == "failed" else "succeeded"
@@ -282,22 +206,9 @@ writes to (`Container.knowledge`)."""
                   + (f"; {report.notes}" if report.notes else ""))
     session.flush()
     report.seconds = round(time.monotonic() - started, 3)
-    _publish(d.bus, tenant_id, job.id, build.version, "", report.status, report.notes, meter.files_done,
-             job.total_files, report.chunks)
+    publish_progress(d.bus, tenant_id, job.id, build.version, "", report.status, report.notes, meter.files_done,
+                     job.total_files, report.chunks)
     return report
-
-
-def _publish(bus: Bus, tenant_id: str, job_id: str, version: int, file: str, status: str, reason: str | None,
-             done: int, total: int, chunks: int) -> None:
-    """Progress on the tenant's `events` stream. Best-effort: a bus outage must not fail an ingestion."""
-    from app.contracts import EVENTS, IngestionProgress
-
-    event = IngestionProgress(tenant_id=tenant_id, job_id=job_id, pack_version=version, file=file, status=status,
-                              reason=reason, files_done=done, files_total=total, chunks=chunks)
-    try:
-        bus.publish(EVENTS, tenant_id, event.to_bus())
-    except Exception:
-        log.warning("could not publish ingestion progress for job %s", job_id, exc_info=True)
 
 
 def _job(session: Session, tenant_id: str, job_id: str | None) -> IngestionJob:
@@ -348,62 +259,3 @@ def _reserved_files(
         else:
             rest.append(f)
     return rest, pack_meta
-
-
-def _finish(session: Session, d: Deps, tenant: Tenant, build: PackVersion, report: IngestReport,
-            *, promote: bool) -> None:
-    """Ready, then live unless told not to or the eval set vetoes it; failed when nothing could be indexed."""
-    build.documents, build.chunks, build.embedded = report.version_documents, report.version_chunks, report.embedded
-    if report.version_documents == 0:
-        build.status = report.status = "failed"
-        build.notes = report.notes = "no document could be indexed; the live version is unchanged"
-        session.flush()
-        return
-    build.status = "ready"
-    stats = termstats.collect(d.embedder, termstats.version_texts(session, tenant.id, build.version))
-    build.term_stats = stats.to_json() if stats is not None else None
-    session.flush()
-    verdict = _gate(session, d, tenant, build, stats)
-    build.scores, report.scores = verdict["scores"], verdict["scores"]
-    build.calibration = report.calibration = calibration.for_build(d, eval_key(tenant.id), tenant.id,
-                                                                   build.version, stats)
-    if not promote:
-        report.notes = "built with --version-only: promote it when ready"
-    elif verdict["reason"]:
-        report.notes = verdict["reason"]
-    else:
-        versions.promote(session, tenant.id, build.version)
-        report.promoted = True
-        versions.prune(session, d.vectors, d.objects, tenant.id, get_settings().pack_versions_kept)
-    build.notes = report.notes
-    report.status = build.status
-    session.flush()
-
-
-def _gate(session: Session, d: Deps, tenant: Tenant, build: PackVersion, stats: TermStats | None) -> dict[str, Any]:
-    """Score the new version (and the live one) on the tenant's eval set, if it has one."""
-    from app.knowledge.evaluate import evaluate, parse_questions
-    from app.knowledge.retrieval import Retriever
-
-    try:
-        questions = parse_questions(d.objects.get(eval_key(tenant.id)))
-    except KeyError:
-        return {"scores": {}, "reason": None}
-
-    def score(version: int, stats: TermStats | None) -> dict[str, Any]:
-        return evaluate(tenant.id, questions, pack_version=version, term_stats=stats,
-                        retriever=Retriever(d.embedder, d.sparse, d.vectors))
-
-    new = score(build.version, stats)
-    live = tenant.live_pack_version
-    if live is None or live == build.version:
-        return {"scores": new, "reason": None}
-    old = score(live, termstats.for_version(tenant.id, live, d.embedder, session))
-    margin = get_settings().eval_regression_margin
-    scores = {**new, "live": {"version": live, **old}}
-    if new["hit@5"] < old["hit@5"] - margin:
-        reason = (f"not promoted: hit@5 {new['hit@5']:.3f} is below the live version {live}'s "
-                  f"{old['hit@5']:.3f} by more than {margin} (EVAL_REGRESSION_MARGIN)")
-        log.warning("tenant %s: pack version %s %s", tenant.id, build.version, reason)
-        return {"scores": scores, "reason": reason}
-    return {"scores": scores, "reason": None}

@@ -77,7 +77,8 @@ def test_a_reply_that_cites_nothing_is_not_grounded_even_when_true(checker) -> N
 def test_the_offline_composers_answers_on_the_example_pack_are_grounded(checker) -> None:
     """The composer only quotes passages: every answer it gives for the example tenant's questions passes."""
     from app.knowledge.chunk import chunk_document
-    from app.knowledge.parse import collect, parse
+    from app.knowledge.collect import collect
+    from app.knowledge.parse import parse
 
     files, _ = collect([NORTHWIND / "knowledge"], max_bytes=10_000_000)
     passages = [FakePassage(f"{s.path}:{c.ordinal}", s.path, c.heading, c.text, 0.0)

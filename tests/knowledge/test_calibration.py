@@ -14,7 +14,8 @@ from sqlalchemy.orm import Session
 from app.bootstrap import container
 from app.knowledge import calibration
 from app.knowledge.calibration import Observed, calibrate_observed, choose, figures, split_of
-from app.knowledge.service import IngestReport, ingest_paths
+from app.knowledge.reporting import IngestReport
+from app.knowledge.service import ingest_paths
 from app.models import PackVersion, Tenant
 from tests.knowledge import calibration_pack
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from app.knowledge.chunk import chunk_document
-from app.knowledge.parse import ParseError, SourceFile, collect, decode, parse
+from app.knowledge.collect import collect
+from app.knowledge.parse import ParseError, SourceFile, decode, parse
 from tests.knowledge import samples
 
 

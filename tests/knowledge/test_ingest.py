@@ -14,7 +14,8 @@ from sqlalchemy.orm import Session
 from app.bootstrap import container
 from app.knowledge.ids import chunk_id
 from app.knowledge.indexing import object_key
-from app.knowledge.service import IngestProgress, ingest_paths
+from app.knowledge.reporting import IngestProgress
+from app.knowledge.service import ingest_paths
 from app.models import Chunk, Document, IngestionJob, Tenant
 
 SHIPPING = """# Shipping

@@ -12,7 +12,8 @@ from sqlalchemy.orm import Session
 
 from app.bootstrap import container
 from app.knowledge.indexing import Deps
-from app.knowledge.service import IngestProgress, ingest_paths
+from app.knowledge.reporting import IngestProgress
+from app.knowledge.service import ingest_paths
 from app.models import Chunk
 
 SHARED = ("Write the object's contents encoded to the stream. Errors raise UnicodeEncodeError unless the "

@@ -15,7 +15,8 @@ from sqlalchemy.orm import Session
 
 from app.bootstrap import container
 from app.knowledge.pipeline import EmbeddingPipeline
-from app.knowledge.service import IngestProgress, IngestReport, _Meter, ingest_paths
+from app.knowledge.reporting import IngestProgress, IngestReport, ProgressMeter
+from app.knowledge.service import ingest_paths
 
 
 class RecordingEmbedder:
@@ -103,7 +104,7 @@ def test_pipeline_bounds_are_checked() -> None:
 
 def test_eta_is_the_rate_so_far_applied_to_the_bytes_left() -> None:
     report = IngestReport("acme", 1, "job", "source", chunks=30)
-    meter = _Meter(total_bytes=1000, started=time.monotonic() - 10)
+    meter = ProgressMeter(total_bytes=1000, started=time.monotonic() - 10)
     assert meter.event("a.md", "indexed", 4, report).eta_s is None  # no byte done yet: no rate to go by
     meter.files_done, meter.bytes_done = 1, 250
     event = meter.event("a.md", "indexed", 4, report)

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from app.knowledge.chunk import chunk_document, markdown_sections
+from app.knowledge.collect import collect
 from app.knowledge.ids import chunk_id
-from app.knowledge.parse import ParsedDocument, ParseError, SourceFile, collect, parse
+from app.knowledge.parse import ParsedDocument, ParseError, SourceFile, parse
 
 MB = 1024 * 1024
 

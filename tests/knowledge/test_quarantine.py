@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.assistant.orchestrator import screen_passages
+from app.assistant.passages import screen_passages
 from app.bootstrap import container
 from app.knowledge import quarantine
 from app.knowledge.retrieval import Passage

@@ -119,8 +119,8 @@ def test_finding8_zip_member_past_the_file_limit_is_refused_with_its_reason(clie
 def test_finding8_zip_member_is_never_expanded_past_the_limit(sb_home: Any) -> None:
     from app.admin.uploads import collect
     from app.config import get_settings
-    from app.knowledge.parse import READ_CHUNK, read_capped
-    from app.knowledge.parse import collect as collect_pack
+    from app.knowledge.collect import READ_CHUNK, read_capped
+    from app.knowledge.collect import collect as collect_pack
 
     limit = get_settings().max_file_bytes
     pack = _zip_with_big_member("big.md", 120 * MiB, **{"returns.md": GOOD})
