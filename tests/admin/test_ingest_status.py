@@ -55,8 +55,9 @@ def test_a_running_job_reports_bytes_rate_eta_and_phase(
 ) -> None:
     from app.bootstrap import container
 
-    held = HeldTokenizer(container().embedder)
-    old = container().use("embedder", held)
+    # The embedder ingestion uses (its own copy when it truncates elsewhere than the answering one, the default).
+    held = HeldTokenizer(container().ingest_embedder)
+    old = container().use("ingest_embedder", held)
     try:
         files = [("files", (name, (PACK / name).read_bytes(), "text/markdown"))
                  for name in ("returns-and-refunds.md", "warranty.md")]
@@ -78,6 +79,6 @@ def test_a_running_job_reports_bytes_rate_eta_and_phase(
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and _get(client, tenant_a, job_id)["status"] == "running":
             time.sleep(0.2)
-        container().use("embedder", old)
+        container().use("ingest_embedder", old)
     job = _get(client, tenant_a, job_id)
     assert job["status"] == "succeeded" and job["progress"] is None  # the row has the outcome; no live progress
