@@ -190,20 +190,28 @@ class Level:
 
 
 async def _events(client: httpx.AsyncClient, url: str, auth: dict[str, str], out: asyncio.Queue[Any]) -> None:
-    async with client.stream("GET", url, headers=auth, timeout=httpx.Timeout(30, read=None)) as response:
-        if response.status_code != 200:
-            await out.put(("error", f"event stream HTTP {response.status_code}"))
-            return
-        kind, data = "message", []
-        async for line in response.aiter_lines():
-            if line == "":
-                if data:
-                    await out.put((kind, json.loads("\n".join(data))))
-                kind, data = "message", []
-            elif line.startswith("event:"):
-                kind = line[6:].strip()
-            elif line.startswith("data:"):
-                data.append(line[5:].removeprefix(" "))
+    """The event stream's events into `out`; its end, whatever ends it, as an ("error", why) entry, so a visitor
+    waiting for an event never waits for ever (a browser's EventSource would reconnect instead)."""
+    why = "event stream closed by the server"
+    try:
+        async with client.stream("GET", url, headers=auth, timeout=httpx.Timeout(30, read=None)) as response:
+            if response.status_code != 200:
+                why = f"event stream HTTP {response.status_code}"
+                return
+            kind, data = "message", []
+            async for line in response.aiter_lines():
+                if line == "":
+                    if data:
+                        await out.put((kind, json.loads("\n".join(data))))
+                    kind, data = "message", []
+                elif line.startswith("event:"):
+                    kind = line[6:].strip()
+                elif line.startswith("data:"):
+                    data.append(line[5:].removeprefix(" "))
+    except httpx.HTTPError as exc:
+        why = f"event stream: {exc!r}"
+    finally:
+        out.put_nowait(("error", why))
 
 
 async def _poll_reply(client: httpx.AsyncClient, api: str, auth: dict[str, str], cursor: str | None
@@ -232,7 +240,10 @@ async def visitor(client: httpx.AsyncClient, api: str, questions: list[str], lev
     reader = None
     if transport == "sse":
         reader = asyncio.create_task(_events(client, f"{api}/events", auth, events))
-        kind, data = await events.get()
+        try:
+            kind, data = await asyncio.wait_for(events.get(), REPLY_TIMEOUT_S)
+        except TimeoutError:
+            kind, data = "error", "no ready event"
         if kind != "ready":
             level.fail(f"event stream: expected ready, got {kind} {data}")
             return
