@@ -63,7 +63,7 @@ def run_ingestion_job(job_id: str, deps: Deps | None = None, progress: Progress 
     if deps is None:
         from app.bootstrap import container
 
-        deps = container().knowledge
+        deps = container().ingestion(dedicated=True)  # as `run_queued_job`: the worker does nothing else
     settings = get_settings()
     if progress is None and settings.redis_url:
         progress = RedisProgress(settings.redis_url, settings.bus_namespace)

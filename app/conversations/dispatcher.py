@@ -17,7 +17,7 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from app import logs, tracing
-from app.bus.base import Delivery, PermanentFailure
+from app.bus.base import Delivery, PermanentFailure, RetryLater
 from app.channels import Account, InboundRef, Sender, SendError, SendRequest
 from app.contacts import consent
 from app.contracts import Event, OutboundMessage, UnknownEvent
@@ -51,9 +51,9 @@ _CONTACT = (
 )
 
 
-class DeliveryBusy(Exception):
+class DeliveryBusy(RetryLater):
     """Another dispatcher holds this message's send lease, or the provider asked us to wait: retry later (the
-    entry stays pending and is redelivered)."""
+    entry stays pending and is redelivered; the consumer logs it as a warning, not an error)."""
 
 
 def lease_for(claim_idle_ms: int) -> timedelta:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from app.bus.base import RetryLater
 from app.bus.memory import MemoryBus
 from app.channels import Permanent, RateLimited, SendError, SendRequest, Transient
 from app.conversations.dispatcher import DeliveryBusy, Dispatcher, lease_for
@@ -154,9 +155,10 @@ def test_retry_after_is_honoured_by_scheduling_not_sleeping(reply) -> None:  # t
                    clock=clock).deliver(reply)
     sender = CountingSender()
     clock.now += timedelta(seconds=30)  # redelivered (reclaimed) before the provider's wait is over
-    with pytest.raises(DeliveryBusy, match="retry-after"):
+    with pytest.raises(DeliveryBusy, match="retry-after") as busy:
         Dispatcher({"fakechan": sender}, LocalPush(), clock=clock).deliver(reply)
     assert sender.sent == []  # the provider was not called
+    assert isinstance(busy.value, RetryLater)  # an expected wait: the consumer logs a warning, not an error trace
     clock.now += timedelta(seconds=11)
     Dispatcher({"fakechan": sender}, LocalPush(), clock=clock).deliver(reply)
     assert sender.sent == [reply.message_id]

@@ -17,6 +17,7 @@ from app.bootstrap import container
 from app.knowledge.pipeline import EmbeddingPipeline
 from app.knowledge.reporting import IngestProgress, IngestReport, ProgressMeter
 from app.knowledge.service import ingest_paths
+from tests.conftest import Graph, installed
 
 
 class RecordingEmbedder:
@@ -184,6 +185,25 @@ def test_every_core_embeds_only_where_ingesting_is_all_the_process_does(tmp_path
         set_ = Container(settings_for(tmp_path / str(configured), ingest_threads=configured))
         assert set_.knowledge.threads == threads and set_.ingestion(dedicated=True).threads == threads
         set_.close()
+
+
+def test_a_job_an_rq_worker_took_by_its_old_name_embeds_as_the_worker_does(graph: Graph, db: Session) -> None:
+    """`run_ingestion_job` without deps is what RQ runs for a job enqueued before `run_queued_job` existed: the
+    worker process's ingestion, every core unless INGEST_THREADS says otherwise."""
+    from app.bootstrap import Container
+    from app.knowledge.indexing import Deps
+    from workers.ingest import run_ingestion_job
+
+    asked: list[bool] = []
+
+    class Recording(Container):
+        def ingestion(self, *, dedicated: bool) -> Deps:
+            asked.append(dedicated)
+            return super().ingestion(dedicated=dedicated)
+
+    with installed(Recording(graph.settings())):
+        run_ingestion_job("no-such-job")  # nothing to do, after the deps are chosen
+    assert asked == [True]
 
 
 def test_the_embedding_cache_tells_truncation_and_passage_sharing_apart(tmp_path: Path) -> None:
