@@ -177,8 +177,8 @@ class Consumer:
             return self._dead(delivery, exc.reason)
         except RetryLater as exc:
             tracing.failed(span, exc)
-            log.warning("%s entry %s (tenant %s) will be retried: %s", self.topic, delivery.id,
-                        delivery.tenant_id, exc)
+            log.warning("%s entry %s (tenant %s, delivery %d of at most %d) will be retried: %s", self.topic,
+                        delivery.id, delivery.tenant_id, delivery.deliveries, self.max_deliveries, exc)
             self.bus.record_failure(self.group, delivery, f"{type(exc).__name__}: {exc}")
             return "failed"
         except Exception as exc:

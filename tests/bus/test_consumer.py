@@ -118,6 +118,7 @@ def test_an_expected_retry_is_a_warning_without_a_traceback_and_the_entry_comes_
         assert consumer.process_available().failed == 1
     [record] = [r for r in caplog.records if r.name == "app.bus.consumer"]
     assert record.levelno == logging.WARNING and record.exc_info is None
+    assert "(tenant acme, delivery 1 of at most" in record.getMessage()  # how close it is to a dead letter
     assert "will be retried: Telegram unreachable" in record.getMessage()
     assert bus.last_failure("g", attempts[0]) == "Transient: Telegram unreachable: connection refused"
     assert consumer.process_available().acked == 1
