@@ -271,3 +271,24 @@ def test_a_guarded_stream_cannot_reach_a_private_address(openai_server: FakeOpen
         _stream(openai_server, guarded=True, max_retries=0)
     assert err.value.reason == "blocked_url"
     assert openai_server.completion_requests == []
+
+
+@pytest.mark.parametrize("odd", [
+    "not an object",
+    {"choices": ["not an object"]},
+    {"choices": [{"index": 0, "delta": "a string"}]},
+    {"choices": [{"index": 0, "delta": {"content": 42}}]},
+    {"choices": [], "usage": "lots"},
+])
+def test_a_chunk_not_shaped_like_the_apis_is_an_llm_error(openai_server: FakeOpenAIServer, odd: object) -> None:
+    # A broken OpenAI-compatible server: the handler gets an LLMError (the router falls over, the orchestrator
+    # escalates), never a TypeError that would redeliver the message until it is dead-lettered.
+    openai_server.reply(ANSWER)
+    openai_server.then_stream_odd_chunk(3, ANSWER, odd)  # after text: an error, not retried
+    with pytest.raises(LLMError) as err:
+        _stream(openai_server, max_retries=2)
+    assert err.value.reason == "unavailable" and "not shaped like the API's" in err.value.detail
+    assert len(openai_server.completion_requests) == 1
+    openai_server.then_stream_odd_chunk(0, ANSWER, odd)  # before the first token: opened again, then answered
+    completion, _ = _stream(openai_server, max_retries=2)
+    assert completion.text == ANSWER and len(openai_server.completion_requests) == 3

@@ -64,6 +64,8 @@ class Step:
     error_message: str = ""
     stream_break_after: int | None = None  # streamed: drop the connection after this many text chunks
     stream_error_after: int | None = None  # streamed: send an error event after this many text chunks
+    stream_odd_after: int | None = None  # streamed: send `odd_chunk` (not the API's shape) after this many
+    odd_chunk: Any = None
 
 
 def chat_completion(
@@ -241,6 +243,11 @@ class FakeOpenAIServer:
         """The next streamed answer stops after `after_chunks` chunks of `text`: the connection is dropped."""
         self._steps.append(Step(reply=text, stream_break_after=after_chunks))
 
+    def then_stream_odd_chunk(self, after_chunks: int, text: str, chunk: Any) -> None:
+        """The next streamed answer sends `after_chunks` chunks of `text`, then `chunk` as a `data:` event (JSON,
+        but not shaped like the API's chunks: what a broken OpenAI-compatible server might send), then goes on."""
+        self._steps.append(Step(reply=text, stream_odd_after=after_chunks, odd_chunk=chunk))
+
     def then_stream_error(self, after_chunks: int, text: str, message: str = "The server had an error") -> None:
         """The next streamed answer sends `after_chunks` chunks of `text`, then an error event (as the API does
         when it fails mid-answer) and ends."""
@@ -336,6 +343,8 @@ class FakeOpenAIServer:
                         if sent == step.stream_break_after:
                             self.close_connection = True
                             return  # no terminating chunk: the client sees the connection end mid-body
+                        if sent == step.stream_odd_after:
+                            self._write_chunk(f"data: {json.dumps(step.odd_chunk)}\n\n".encode())
                         if sent == step.stream_error_after:
                             self._event({"error": {"message": step.error_message, "type": "server_error",
                                                    "param": None, "code": None}})

@@ -116,16 +116,12 @@ class OpenAILLMClient:
             try:
                 with chunks:
                     for chunk in chunks:
-                        if not isinstance(chunk, dict):
-                            raise LLMError("unavailable", f"the stream sent {type(chunk).__name__}, not a JSON object")
-                        model, usage = chunk.get("model") or model, chunk.get("usage") or usage
-                        for choice in chunk.get("choices") or ():
-                            if choice.get("index", 0) != 0:
-                                continue
-                            if content := (choice.get("delta") or {}).get("content"):
-                                text += content
-                                on_text(text)
-                            finished = finished or choice.get("finish_reason") is not None
+                        chunk_model, chunk_usage, piece, done = _chunk_parts(chunk)
+                        model, usage = chunk_model or model, chunk_usage or usage
+                        if piece:
+                            text += piece
+                            on_text(text)
+                        finished = finished or done
                         if time.monotonic() - started > config.timeout_s:
                             raise LLMError("timeout", f"the answer was not complete within {config.timeout_s}s")
                 if not finished:
@@ -204,3 +200,26 @@ def retry_after(headers: Any) -> float | None:
             return max(0.0, (when - datetime.now(UTC)).total_seconds())
     except (TypeError, ValueError, OverflowError):
         return None  # unreadable: as if the provider had not said
+
+
+def _chunk_parts(chunk: object) -> tuple[str | None, dict[str, Any] | None, str, bool]:
+    """(model, usage, text, finished) of one streamed chunk (choice 0). A chunk not shaped like the API's is the
+    provider's fault: `LLMError("unavailable")`, as a broken stream is, never a `TypeError` in the handler."""
+    try:
+        if not isinstance(chunk, dict):
+            raise TypeError(f"{type(chunk).__name__}, not a JSON object")
+        model, usage = chunk.get("model"), chunk.get("usage")
+        if not isinstance(model, str | None) or not isinstance(usage, dict | None):
+            raise TypeError("model or usage of the wrong type")
+        text, finished = "", False
+        for choice in chunk.get("choices") or ():
+            if choice.get("index", 0) != 0:
+                continue
+            content = (choice.get("delta") or {}).get("content")
+            if not isinstance(content, str | None):
+                raise TypeError("delta.content is not a string")
+            text += content or ""
+            finished = finished or choice.get("finish_reason") is not None
+        return model, usage, text, finished
+    except (AttributeError, TypeError) as exc:
+        raise LLMError("unavailable", f"the stream sent a chunk not shaped like the API's ({exc})") from exc
