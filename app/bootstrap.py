@@ -258,7 +258,7 @@ class Container:
         deps = self.knowledge
         if not dedicated or self.settings.ingest_threads is not None:
             return deps
-        return replace(deps, threads=_ingest_threads(0, default=1))
+        return replace(deps, threads=os.cpu_count() or 1)
 
     @property
     def intake(self) -> Intake:
