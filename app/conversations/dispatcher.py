@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from app import logs, tracing
@@ -111,11 +111,12 @@ class Dispatcher:
             if account is None:
                 message.status, message.error = "failed", f"message {message.id} has no channel account to send from"
                 return "failed"
-            session.refresh(message, with_for_update=True)  # as it is now, locked until the lease is committed
+            _lock(session, message)  # as it is now, locked until the lease is committed
             if message.status != "pending":
                 return str(message.status)  # taken meanwhile (the USSD route showed it on its screen)
-            self._take_lease(session, message)
-            request = _request(session, message, account, contact)
+            answers = _answers(session, message)
+            self._take_lease(session, message, answers)
+            request = _request(session, message, account, contact, answers)
             with tracing.span(f"send {message.channel}", {"switchboard.channel": message.channel,
                                                            "switchboard.parts.before": len(request.sent)},
                               kind=tracing.SpanKind.CLIENT) as span:
@@ -133,7 +134,9 @@ class Dispatcher:
             self._sent(message, ids)
             return "sent"
 
-    def _take_lease(self, session: Session, message: Message) -> None:
+    def _take_lease(self, session: Session, message: Message, answers: InboundRef | None) -> None:
+        """Written from the row as just read: the only write of its `meta` before the send, so nothing written
+        from this copy later can undo what the USSD route records meanwhile (`shown_on`)."""
         now = self.clock()
         meta = message.meta or {}
         for key, why in (("sending_until", "is being sent by another dispatcher"),
@@ -141,7 +144,8 @@ class Dispatcher:
             held = meta.get(key)
             if held and datetime.fromisoformat(held) > now:
                 raise DeliveryBusy(f"message {message.id} {why} until {held}")
-        message.meta = {**_without(meta, "retry_at"), "sending_until": (now + self.lease).isoformat()}
+        message.meta = {**_without(meta, "retry_at"), "sending_until": (now + self.lease).isoformat(),
+                        **({"answers": answers.id} if answers is not None else {})}
         session.commit()  # the lease is visible before any provider call
 
     def _record(self, session: Session, message: Message, provider_id: str) -> None:
@@ -156,7 +160,7 @@ class Dispatcher:
         """Not sending any more: release the lease so the redelivery can go ahead, not before `retry_after`.
         The row is read again first: meanwhile the USSD route may have shown the reply on its screen (status
         `sent`, `shown_on`), which a write from the copy read before the send would undo."""
-        session.refresh(message, with_for_update=True)
+        _lock(session, message)
         if message.status != "pending":
             session.commit()
             return
@@ -175,17 +179,28 @@ class Dispatcher:
             message.provider_ref = ids[0]
 
 
+def _lock(session: Session, message: Message) -> None:
+    """Lock the reply's row, then read it as it is now, so what is written from it holds until the commit. A
+    no-op UPDATE takes the row lock on Postgres and the write lock on SQLite, where `FOR UPDATE` does nothing and
+    a read does not begin the transaction: a plain read-then-write there let the USSD route's `shown_on`, committed
+    in between, be written over (found by the e2e USSD retry test, 1 run in 5)."""
+    session.execute(update(Message).where(Message.tenant_id == message.tenant_id, Message.id == message.id)
+                    .values(status=Message.status))
+    session.refresh(message)
+
+
 def _without(meta: dict[str, object], key: str) -> dict[str, object]:
     return {k: v for k, v in meta.items() if k != key}
 
 
-def _request(session: Session, message: Message, row: ChannelAccount, contact: Contact) -> SendRequest:
+def _request(session: Session, message: Message, row: ChannelAccount, contact: Contact,
+             answers: InboundRef | None) -> SendRequest:
+    """Reads only: a write here from the copy read before the lease would be flushed by the query below over
+    whatever the USSD route recorded since (its `shown_on`, found by the e2e USSD retry test)."""
     creds = decrypt_json(row.credentials_encrypted) if row.credentials_encrypted else {}
     account = Account(row.id, row.tenant_id, row.channel, row.external_id, dict(row.config or {}), creds)
-    answers = _answers(session, message)
     answered_before = False
     if answers is not None:
-        message.meta = {**(message.meta or {}), "answers": answers.id}
         others = session.scalars(select(Message.meta).where(
             Message.conversation_id == message.conversation_id, Message.direction == "out", Message.id != message.id,
             Message.meta["answers"].as_string() == answers.id))
