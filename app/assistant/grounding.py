@@ -34,7 +34,8 @@ paragraph's last marker that one ("A [1]. B."); a paragraph without any marker c
   chosen on one split and measured on another (benchmarks/grounding.py; results in docs/benchmarks.md).
 
 A reply is grounded when it cites at least one passage and every factual sentence is supported. No LLM judge:
-nothing leaves the machine, and the check costs one embedding call per reply (passage sentences are cached).
+nothing leaves the machine, and the check costs one embedding call per reply at most (passage sentences are
+cached; a sentence that quotes one of them takes its vector).
 """
 
 from __future__ import annotations
@@ -159,8 +160,13 @@ class GroundingChecker:
         voice = {s for line in ((persona or {}).get(k) for k in ("greeting", "sign_off")) if line
                  for s, _ in split_cited(str(line))}
         sentences = [(s, nums) for s, nums in split_cited(text) if s not in voice]
-        factual = [s for s, _ in sentences if is_factual(s, own)]
-        vectors = dict(zip(factual, self.embed([plain_text(s) for s in factual]), strict=True))
+        # Only a factual sentence that cites a passage is measured, so only those need an embedding.
+        measured: dict[str, list[_Units]] = {}
+        for s, nums in sentences:
+            passages = [cited[n - 1] for n in nums if 0 < n <= len(cited)]
+            if passages and is_factual(s, own):
+                measured.setdefault(s, []).extend(self._units(p) for p in passages)
+        vectors = self.sentence_vectors(measured)
         scored = [self.score_sentence(s, nums, cited, own, vectors.get(s)) for s, nums in sentences]
         cites_nothing = not any(s.citations for s in scored if 0 < min(s.citations, default=0) <= len(cited))
         grounded = not cites_nothing and all(s.supported for s in scored if s.factual)
@@ -168,7 +174,7 @@ class GroundingChecker:
 
     def score_sentence(self, sentence: str, numbers: list[int], cited: Sequence[PassageLike],
                        persona_words: frozenset[str] = frozenset(),
-                       vector: Sequence[float] | None = None) -> SentenceCheck:
+                       vector: Sequence[float] | np.ndarray | None = None) -> SentenceCheck:
         factual = is_factual(sentence, persona_words)
         if not factual:
             return SentenceCheck(sentence, numbers, factual=False, supported=True)
@@ -180,7 +186,8 @@ class GroundingChecker:
                              measures.coverage, measures.similarity)
 
     def measure(self, sentence: str, passages: Sequence[PassageLike],
-                persona_words: frozenset[str] = frozenset(), vector: Sequence[float] | None = None) -> Measures:
+                persona_words: frozenset[str] = frozenset(),
+                vector: Sequence[float] | np.ndarray | None = None) -> Measures:
         """The support signals of one factual sentence against the passages it cites."""
         units = [self._units(p) for p in passages]
         clean = plain_text(sentence)
@@ -190,7 +197,8 @@ class GroundingChecker:
         clause = min((share_known(t, known_terms) for c in CLAUSE.split(clean)
                       if len(t := content_terms(c, persona_words)) >= 2), default=1.0)
         local = max(share_known(terms, window) for u in units for window in u.windows)
-        query = np.asarray(vector if vector is not None else self.embed([clean])[0], dtype=np.float32)
+        query = np.asarray(vector, dtype=np.float32) if vector is not None else \
+            self.sentence_vectors({sentence: units})[sentence]
         best, best_single, best_negated = -1.0, -1.0, frozenset[str]()
         for u in units:
             sims = u.vectors @ query
@@ -213,6 +221,26 @@ class GroundingChecker:
 
     def verdict(self, m: Measures) -> str | None:
         return None if scores_support(m, self.rule) else "weak_support"
+
+    def sentence_vectors(self, sentences: dict[str, list[_Units]]) -> dict[str, np.ndarray]:
+        """The embeddings of reply sentences (each with its cited passages' units), in one model call at most.
+
+        A sentence that is, character for character once `plain_text`, one of its passages' units (a quoted
+        FAQ sentence) takes that unit's row: the same text through the same `embed` gives the same vector,
+        bit for bit (tests/assistant/test_grounding_vectors.py), so the quote costs no model call."""
+        vectors: dict[str, np.ndarray] = {}
+        missing: dict[str, list[str]] = {}  # plain text -> the sentences that read so
+        for sentence, units in sentences.items():
+            clean = plain_text(sentence)
+            row = next((u.vectors[u.texts.index(clean)] for u in units if clean in u.texts), None)
+            if row is not None:
+                vectors[sentence] = row
+            else:
+                missing.setdefault(clean, []).append(sentence)
+        embedded = self.embed(list(missing))
+        for same, vector in zip(missing.values(), embedded, strict=True):
+            vectors.update(dict.fromkeys(same, np.asarray(vector, dtype=np.float32)))
+        return vectors
 
     def _units(self, passage: PassageLike) -> _Units:
         key = f"{passage.chunk_id}:{hash(passage.text)}"

@@ -1,0 +1,116 @@
+"""Which reply sentences the grounding check embeds (app/assistant/grounding.py, `sentence_vectors`): a sentence
+that quotes one of its passages' units takes that unit's vector, and the vectors and verdicts are the ones an
+embedding of the sentence gives."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from app.assistant.grounding import GroundingChecker
+from app.assistant.text_measures import plain_text
+from tests.assistant.helpers import PERSONA, RETURNS_DOC, SHIPPING_FAQ, FakePassage
+
+RETURNS = FakePassage("c1", "returns.md", "Returns policy", RETURNS_DOC, 0.8)
+SHIPPING = FakePassage("c2", "faq.csv", "", SHIPPING_FAQ, 0.7)
+# A wrapped markdown paragraph, bold, a curly apostrophe, a table: texts whose units are not the raw lines.
+REPAIRS = FakePassage("w1", "warranty.md", "Paid repairs", (
+    "We email a quote before starting any repair over $30. Paid repairs take about **3 weeks** from when the item "
+    "reaches\nthe shop (6 weeks in May and June, our busiest season). Return shipping for paid repairs is a flat "
+    "$9.95 in the US,\nor free if you collect from a store. We can\u2019t repair zips.\n"), 0.8)
+SIZES = FakePassage("s1", "size-guide.md", "Boot sizes", (
+    "| Foot length (cm) | Men's US | EU |\n|---|---|---|\n| 27.5 | 9.5 | 43.5 |\n| 28.5 | 10.5 | 44.5 |\n"), 0.8)
+
+
+class CountingEmbed:
+    """The model's `embed_documents`, recording every call's texts."""
+
+    def __init__(self, embed_documents: object) -> None:
+        self.inner = embed_documents
+        self.calls: list[list[str]] = []
+
+    def __call__(self, texts: Sequence[str]) -> list[list[float]]:
+        self.calls.append(list(texts))
+        return self.inner(texts)  # type: ignore[operator, no-any-return]
+
+
+@pytest.fixture(scope="module")
+def embed(tmp_path_factory: pytest.TempPathFactory) -> CountingEmbed:
+    from app.providers.embeddings.minilm import MiniLMEmbedder
+
+    return CountingEmbed(MiniLMEmbedder(cache_dir=tmp_path_factory.mktemp("models")).embed_documents)
+
+
+@pytest.fixture
+def checker(embed: CountingEmbed) -> GroundingChecker:
+    embed.calls.clear()
+    return GroundingChecker(embed)
+
+
+@pytest.mark.parametrize("passage", [RETURNS, SHIPPING, REPAIRS, SIZES])
+def test_a_unit_text_embedded_as_a_reply_sentence_is_its_units_row_bit_for_bit(checker, passage) -> None:
+    """The units are embedded together, a passage at a time; a reply's sentences together, a reply at a time:
+    the same text gets the same vector whatever it is embedded with (no prefix, mean pooling over its own
+    tokens), so reusing the row changes nothing."""
+    units = checker._units(passage)
+    others = ["Hello there.", "A much longer reply sentence that pads the batch with many more tokens than the "
+              "unit has, so that every shorter text in the same model call is padded."]
+    for row, text in zip(units.vectors, units.texts, strict=True):
+        alone = np.asarray(checker.embed([text])[0], dtype=np.float32)
+        batched = np.asarray(checker.embed([*others, text])[-1], dtype=np.float32)
+        assert np.array_equal(alone, row) and np.array_equal(batched, row), text
+
+
+def test_a_verbatim_reply_costs_no_model_call(checker, embed: CountingEmbed) -> None:
+    checker.check("Returns take a while [1]. Shipping abroad is possible [2].", [RETURNS, SHIPPING], PERSONA)
+    assert embed.calls  # the passages' units, and the two sentences that quote nothing
+    embed.calls.clear()
+    reply = ("Hi, I'm Ava from Northwind Outfitters! You can return unworn items within 30 days of delivery for a "
+             "full refund [1]. Sale items are final sale and cannot be returned [1]. International delivery takes "
+             "5-10 business days [2]. Anything else?")
+    verdict = checker.check(reply, [RETURNS, SHIPPING], PERSONA)
+    assert verdict.grounded and sum(s.factual for s in verdict.sentences) == 3
+    assert embed.calls == []
+
+
+def test_only_sentences_that_are_measured_and_quote_nothing_are_embedded(checker, embed: CountingEmbed) -> None:
+    checker.check("Sale items are final sale [1].", [RETURNS], PERSONA)  # the passage's units
+    embed.calls.clear()
+    reply = ("Sale items are final sale and cannot be returned [1]. Unworn items can be returned for a full "
+             "refund within 30 days of delivery [1]. Unworn items can be returned for a full refund within 30 "
+             "days of delivery [1].\nWe also repair every boot for free.")
+    verdict = checker.check(reply, [RETURNS], PERSONA)
+    # one call, the paraphrase once; the quote takes its unit's row; the last sentence cites nothing (not measured)
+    assert embed.calls == [["Unworn items can be returned for a full refund within 30 days of delivery."]]
+    assert [s.problem for s in verdict.unsupported] == ["no_citation"]
+
+
+def test_a_quote_that_plain_text_changes_is_embedded(checker, embed: CountingEmbed) -> None:
+    """A reply sentence is compared as `plain_text` reads it (a curly apostrophe straightened); the units keep the
+    passage's characters, so that quote matches no unit and is embedded as before."""
+    checker.check("Paid repairs take about 3 weeks [1].", [REPAIRS], PERSONA)
+    embed.calls.clear()
+    checker.check("We can\u2019t repair zips [1].", [REPAIRS], PERSONA)
+    assert embed.calls == [["We can't repair zips."]]
+
+
+def test_measures_with_reused_vectors_equal_measures_with_embedded_ones(checker, embed: CountingEmbed) -> None:
+    """Every case of the grounding benchmark's northwind split (benchmarks/grounding_cases.py) whose sentence is
+    a unit of its passage: the same measures as with the sentence embedded, and no embedding asked for it."""
+    from benchmarks.grounding_cases import build_cases, northwind_passages
+
+    cases = build_cases("northwind", northwind_passages())
+    reused = 0
+    for case in cases:
+        units = checker._units(case.passage)
+        if plain_text(case.sentence) not in units.texts:
+            continue
+        reused += 1
+        embed.calls.clear()
+        measures = checker.measure(case.sentence, [case.passage])
+        assert embed.calls == []
+        vector = checker.embed([plain_text(case.sentence)])[0]
+        assert measures == checker.measure(case.sentence, [case.passage], vector=vector), case.sentence
+    assert reused >= 40  # the verbatim cases, at least
