@@ -222,11 +222,15 @@ class Container:
 
     @property
     def grounding(self) -> GroundingChecker:
-        """The LLM drafts' grounding check: the answering embedder, one passage cache for the process."""
+        """The LLM drafts' grounding check: the answering embedder, one passage cache for the process; replies'
+        sentences share model calls with concurrent queries where the embedder can."""
         def build() -> GroundingChecker:
             from app.assistant.grounding import GroundingChecker
+            from app.providers.embeddings.base import SentenceEmbedder
 
-            return GroundingChecker(self.embedder.embed_documents)
+            embedder = self.embedder
+            sentences = embedder.embed_sentences if isinstance(embedder, SentenceEmbedder) else None
+            return GroundingChecker(embedder.embed_documents, embed_sentences=sentences)
         return self._get("grounding", build)
 
     @property

@@ -141,9 +141,13 @@ class _Units:
 
 
 class GroundingChecker:
-    def __init__(self, embed: Embed, *, rule: Rule = RULE, cache_size: int = 2048) -> None:
-        """`embed`: the answering embedder's `embed_documents` (one checker per process: `Container.grounding`)."""
+    def __init__(self, embed: Embed, *, embed_sentences: Embed | None = None, rule: Rule = RULE,
+                 cache_size: int = 2048) -> None:
+        """`embed`: the answering embedder's `embed_documents` (one checker per process: `Container.grounding`);
+        `embed_sentences`: the same vectors for a reply's few sentences, in model calls shared with concurrent
+        work (`MiniLMEmbedder.embed_sentences`); `embed` when not given."""
         self._embed = embed
+        self._embed_sentences = embed_sentences or embed
         self.rule = rule
         self._cache: OrderedDict[str, _Units] = OrderedDict()
         self._cache_size = cache_size
@@ -237,7 +241,7 @@ class GroundingChecker:
                 vectors[sentence] = row
             else:
                 missing.setdefault(clean, []).append(sentence)
-        embedded = self.embed(list(missing))
+        embedded = self._embed_sentences(list(missing)) if missing else []
         for same, vector in zip(missing.values(), embedded, strict=True):
             vectors.update(dict.fromkeys(same, np.asarray(vector, dtype=np.float32)))
         return vectors

@@ -4,6 +4,7 @@ embedding of the sentence gives."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -114,3 +115,38 @@ def test_measures_with_reused_vectors_equal_measures_with_embedded_ones(checker,
         vector = checker.embed([plain_text(case.sentence)])[0]
         assert measures == checker.measure(case.sentence, [case.passage], vector=vector), case.sentence
     assert reused >= 40  # the verbatim cases, at least
+
+
+def test_concurrent_checks_share_model_calls_and_reach_the_same_verdicts(tmp_path) -> None:
+    from app.providers.embeddings.minilm import MiniLMEmbedder
+
+    embedder = MiniLMEmbedder(cache_dir=tmp_path / "models")
+    unbatched = GroundingChecker(embedder.embed_documents)
+    batched = GroundingChecker(embedder.embed_documents, embed_sentences=embedder.embed_sentences)
+    replies = [  # paraphrases and inventions: each needs its sentence embedded
+        "Unworn items can be returned for a full refund within 30 days of delivery [1].",
+        "Yes, we deliver to thirty countries and it takes 5-10 business days [1].",
+        "All our gear comes with a lifetime free-repair guarantee [1].",
+        "Items bought on sale cannot be sent back [1]. Refunds reach your card within a week [1].",
+    ] * 4
+    cited = [[RETURNS], [SHIPPING], [RETURNS], [RETURNS]] * 4
+    expected = [unbatched.check(r, c, PERSONA) for r, c in zip(replies, cited, strict=True)]
+    for passages in cited:
+        batched._units(passages[0])  # the passages' units, embedded once beforehand
+    calls_before = embedder.queries.stats.calls
+    got: dict[int, object] = {}
+    barrier = threading.Barrier(len(replies), timeout=20)
+
+    def check(i: int) -> None:
+        barrier.wait()
+        got[i] = batched.check(replies[i], cited[i], PERSONA)
+
+    threads = [threading.Thread(target=check, args=(i,), daemon=True) for i in range(len(replies))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert [got[i] for i in range(len(replies))] == expected
+    assert not all(v.grounded for v in expected) and any(v.grounded for v in expected)
+    assert embedder.queries.stats.calls - calls_before < len(replies)
+    assert embedder.queries.stats.largest > 1

@@ -148,3 +148,44 @@ def test_a_query_embeds_as_its_document_does(embedder: MiniLMEmbedder) -> None:
     documents = embedder.embed_documents(QUERIES)
     for query, document in zip(QUERIES, documents, strict=True):
         assert embedder.embed_query(query) == pytest.approx(document, abs=1e-6)
+
+
+SENTENCES = [["You can return unworn boots within 30 days."], ["Sale items are final.", "We ship to 30 countries."],
+             ["Gift cards never expire, have no fees and can be used online and in stores, in any country we "
+              "ship to, for anything but other gift cards."]]
+
+
+def test_sentences_get_exactly_their_documents_vectors_in_the_query_calls(embedder: MiniLMEmbedder) -> None:
+    """The grounding check's reply sentences go with concurrent queries but keep `embed_documents`' vectors (its
+    float32 pooling, not the query's float64 one), bit for bit, whatever they share a call with."""
+    documents = [embedder.embed_documents(texts) for texts in SENTENCES]
+    queries = [embedder.embed_query(q) for q in QUERIES]
+    calls_before = embedder.queries.stats.calls
+    got: dict[int, list[list[float]]] = {}
+    asked: dict[int, list[float]] = {}
+    barrier = threading.Barrier(24, timeout=20)
+
+    def ask(i: int) -> None:
+        barrier.wait()
+        if i % 2:
+            got[i] = embedder.embed_sentences(SENTENCES[i % 3])
+        else:
+            asked[i] = embedder.embed_query(QUERIES[i % 4])
+
+    for thread in run_in_threads(24, ask):
+        thread.join(timeout=60)
+    assert len(got) + len(asked) == 24
+    for i, vectors in got.items():
+        assert vectors == documents[i % 3]
+    for i, vector in asked.items():
+        assert vector == queries[i % 4]
+    assert embedder.queries.stats.calls - calls_before < 24
+    assert embedder.queries.stats.largest > 1
+
+
+def test_many_sentences_go_to_the_documents_path(embedder: MiniLMEmbedder) -> None:
+    texts = [f"Order {i} ships within {i + 1} days." for i in range(9)]
+    calls_before = embedder.queries.stats.calls
+    assert embedder.embed_sentences(texts) == embedder.embed_documents(texts)
+    assert embedder.queries.stats.calls == calls_before  # more than a query batch: not in the queries' calls
+    assert embedder.embed_sentences([]) == []

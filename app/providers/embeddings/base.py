@@ -35,6 +35,14 @@ class TokenWeightingEmbedder(Protocol):
     def embed_query_weighted(self, text: str, weight: Callable[[int], float]) -> tuple[list[float], list[float]]: ...
 
 
+@runtime_checkable
+class SentenceEmbedder(Protocol):
+    """An `Embedder` that embeds a few short texts exactly as `embed_documents` does, in model calls shared with
+    concurrent callers (the grounding check's reply sentences, app/assistant/grounding.py)."""
+
+    def embed_sentences(self, texts: Sequence[str]) -> list[list[float]]: ...
+
+
 class SparseEncoder(Protocol):
     """Term-frequency sparse vectors; the vector store applies IDF (Qdrant's `Modifier.IDF`) to make BM25."""
 

@@ -136,8 +136,9 @@ class MiniLMEmbedder:
         self.threads = threads
         self._model: Any = None
         self._lock = threading.Lock()
-        # Queries of concurrent messages share model calls (app/providers/embeddings/batching.py).
-        self.queries: MicroBatcher[_Query, _QueryVectors] = MicroBatcher(
+        # Queries of concurrent messages, and replies' sentences, share model calls
+        # (app/providers/embeddings/batching.py).
+        self.queries: MicroBatcher[_Request, list[list[float]]] = MicroBatcher(
             self._embed_queries, max_batch=QUERY_BATCH, max_leaders=query_calls)
 
     def _load(self) -> Any:
@@ -197,7 +198,18 @@ class MiniLMEmbedder:
         return vectors
 
     def embed_query(self, text: str) -> list[float]:
-        return self.queries.submit((text, None))[0]
+        return self.queries.submit(((text,), None))[0]
+
+    def embed_sentences(self, texts: Sequence[str]) -> list[list[float]]:
+        """`embed_documents(texts)` for a few short texts (a reply's sentences), in the model calls of concurrent
+        queries: the same vectors (fastembed's pooling of the same model output), fewer calls under load. More
+        than a query batch's worth goes to `embed_documents`, so queries never wait behind a long job."""
+        if not texts:
+            return []
+        if len(texts) > QUERY_BATCH:
+            return self.embed_documents(texts)
+        return self.queries.submit((tuple(texts), DOCUMENT))
+
     def tokens(self, texts: Sequence[str]) -> list[list[int]]:
         """WordPiece ids of each text as the model sees it (truncated at 256 tokens), without [CLS], [SEP]
         and padding: what term statistics count (app/knowledge/termstats.py)."""
@@ -214,32 +226,45 @@ class MiniLMEmbedder:
         One pass of the model (shared with concurrent queries); the first vector is exactly what fastembed's mean
         pooling gives. [CLS] and [SEP] get the mean weight of the other tokens (they carry the sentence as a
         whole, no term of their own)."""
-        plain, weighted = self.queries.submit((text, weight))
-        assert weighted is not None
+        plain, weighted = self.queries.submit(((text,), weight))
         return plain, weighted
 
-    def _embed_queries(self, queries: list[_Query]) -> list[_QueryVectors]:
-        """One model call per batch of queries (length-sorted, bounded like documents' batches); padding is
-        masked out, so each query's vectors are the ones it would get alone."""
+    def _embed_queries(self, requests: list[_Request]) -> list[list[list[float]]]:
+        """One model call per batch of texts (length-sorted, bounded like documents' batches); padding is
+        masked out, so each text's vectors are the ones it would get alone. A query gets [plain] or [plain,
+        weighted]; documents one vector each."""
         model = self._load().model
-        texts = [text or " " for text, _ in queries]
+        owners = [(r, text or " ") for r, (texts, _) in enumerate(requests) for text in texts]
+        texts = [text for _, text in owners]
         special = {model.tokenizer.token_to_id(t) for t in ("[CLS]", "[SEP]", "[PAD]")}
-        out: list[_QueryVectors] = [([], None)] * len(queries)
+        vectors: list[list[list[float]]] = [[] for _ in texts]
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         for batch in self._batches(order, texts, QUERY_BATCH):
             context = model.onnx_embed([texts[i] for i in batch])
+            documents: Any = None
             for row, i in enumerate(batch):
+                pooling = requests[owners[i][0]][1]
+                if pooling == DOCUMENT:
+                    if documents is None:  # what `embed_documents` does with a model output
+                        documents = model._post_process_onnx_output(context)
+                    vectors[i] = [documents[row].astype(float).tolist()]
+                    continue
                 length = int(context.attention_mask[row].sum())
                 states = np.asarray(context.model_output[row, :length], dtype=np.float64)  # (tokens, dim)
                 ids = [int(t) for t in context.input_ids[row, :length]]
-                weight = queries[i][1]
-                weighted = None if weight is None else _weighted(states, ids, special, weight)
-                out[i] = (_unit(states.mean(axis=0)), weighted)
+                vectors[i] = [_unit(states.mean(axis=0))]
+                if callable(pooling):
+                    vectors[i].append(_weighted(states, ids, special, pooling))
+        out: list[list[list[float]]] = [[] for _ in requests]
+        for (r, _), found in zip(owners, vectors, strict=True):
+            out[r].extend(found)
         return out
 
 
-_Query = tuple[str, Callable[[int], float] | None]  # a text, and the token weights to pool it with (or none)
-_QueryVectors = tuple[list[float], list[float] | None]
+# How the texts of a batched request are pooled: as `embed_query` (None), also with token weights (a function:
+# `embed_query_weighted`), or as `embed_documents` (DOCUMENT: fastembed's pooling, float32).
+DOCUMENT = "document"
+_Request = tuple[tuple[str, ...], Callable[[int], float] | str | None]
 
 
 def _weighted(states: Any, ids: list[int], special: set[int], weight: Callable[[int], float]) -> list[float]:
