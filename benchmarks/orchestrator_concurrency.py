@@ -9,7 +9,7 @@ message being stored (what the gateway does before answering the webhook) to the
 stream. Reported: every wait, p50, p95 and max, process CPU per message, and the query-embedding batches.
 
     .venv/bin/python benchmarks/orchestrator_concurrency.py [--customers 16 64] [--llm-s 1.0]
-        [--workers N] [--tenant-workers N]
+        [--workers N] [--tenant-workers N] [--paraphrase]
 
 `--workers 1` is the one-message-at-a-time consumer this replaced (a conversation per message, no batching gain).
 """
@@ -46,16 +46,26 @@ def cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def serve_llm(delay_s: float) -> None:
+def serve_llm(delay_s: float, paraphrase: bool = False) -> None:
     """The OpenAI-compatible fake, answering every completion after `delay_s`; prints its URL and key."""
+    import random
+
+    from benchmarks.grounding_cases import paraphrase as reword
     from tests.fakes.openai_server import FakeOpenAIServer, first_sentence, prompt_passages
 
     def slow_answer(body: dict[str, Any]) -> str:
         """The first sentence of passage 1's answer, cited (as benchmarks/e2e_widget.py's fake): a reply the
-        grounding check lets go out, so the burst measures answers, not escalations of an off-topic reply."""
+        grounding check lets go out, so the burst measures answers, not escalations of an off-topic reply.
+        With `paraphrase`, that sentence reworded (benchmarks/grounding_cases.paraphrase, the same rewording
+        for the same sentence), as a model that does not quote writes it: the check embeds it."""
         time.sleep(delay_s)
         passages = prompt_passages(body)
-        return f"{first_sentence(passages[0])[:300]} [1]" if passages else ANSWER
+        if not passages:
+            return ANSWER
+        sentence = first_sentence(passages[0])[:300]
+        if paraphrase:
+            sentence = reword(sentence, random.Random(sentence)) or sentence
+        return f"{sentence} [1]"
 
     server = FakeOpenAIServer().start()
     server.reply_with(slow_answer)
@@ -65,16 +75,18 @@ def serve_llm(delay_s: float) -> None:
 
 def main() -> None:
     if sys.argv[1:2] == ["--serve-llm"]:
-        return serve_llm(float(sys.argv[2]))
+        return serve_llm(float(sys.argv[2]), sys.argv[3:4] == ["paraphrase"])
     parser = argparse.ArgumentParser()
     parser.add_argument("--customers", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--llm-s", type=float, default=1.0, help="seconds the fake LLM takes per answer")
     parser.add_argument("--workers", type=int, default=None, help="ORCHESTRATOR_CONCURRENCY (default: setting)")
     parser.add_argument("--tenant-workers", type=int, default=None, help="ORCHESTRATOR_TENANT_CONCURRENCY")
+    parser.add_argument("--paraphrase", action="store_true", help="the fake LLM rewords what it quotes")
     args = parser.parse_args()
 
     # The fake LLM runs in a process of its own, as a real one would: its CPU is not the orchestrator's.
-    server = subprocess.Popen([sys.executable, __file__, "--serve-llm", str(args.llm_s)], cwd=REPO,
+    reply = ["paraphrase"] if args.paraphrase else []
+    server = subprocess.Popen([sys.executable, __file__, "--serve-llm", str(args.llm_s), *reply], cwd=REPO,
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert server.stdout is not None
     base_url, api_key = server.stdout.readline().split()
@@ -131,14 +143,16 @@ def main() -> None:
         _burst(1, "warm-up", tenant_id, questions, replied, accept_many, InboundRequest, bus)
         for round_no, n in enumerate(args.customers):
             calls_before = embedder.queries.stats.calls if hasattr(embedder, "queries") else 0
+            items_before = embedder.queries.stats.items if hasattr(embedder, "queries") else 0
             cpu_before = cpu_s()
             tag = f"r{round_no}c{n}"
             waits, statuses = _burst(n, tag, tenant_id, questions, replied, accept_many, InboundRequest, bus)
             cpu_ms = (cpu_s() - cpu_before) * 1000 / n
             calls = (embedder.queries.stats.calls - calls_before) if hasattr(embedder, "queries") else 0
+            items = (embedder.queries.stats.items - items_before) if hasattr(embedder, "queries") else 0
             print(f"\n{n} customers at once: p50 {statistics.median(waits):.2f} s, "
                   f"p95 {percentile(waits, 0.95):.2f} s, max {max(waits):.2f} s; CPU {cpu_ms:.0f} ms/message; "
-                  f"{calls} query-embedding calls; {statuses}")
+                  f"{calls} query-batcher calls for {items} requests (queries, replies' sentences); {statuses}")
             print("waits (s): " + " ".join(f"{w:.2f}" for w in waits))
     finally:
         watching.set()

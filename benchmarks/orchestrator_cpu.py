@@ -6,11 +6,13 @@ stores it, orchestrated, its reply delivered by the dispatcher; each step is tim
 (CPU of this thread; onnxruntime runs the model on it too, with its default of one thread). Concurrency adds
 GIL hand-offs and lock waits on top (see benchmarks/orchestrator_concurrency.py for a burst).
 
-    .venv/bin/python benchmarks/orchestrator_cpu.py [--messages 300] [--unique]
+    .venv/bin/python benchmarks/orchestrator_cpu.py [--messages 300] [--unique] [--paraphrase]
 
 The example tenant's 96 eval questions repeat, so past the first 96 messages each question's embedding comes
 from the query cache (app/knowledge/query_cache.py; EMBED_QUERY_CACHE=0 turns it off); `--unique` makes every
-message a question never asked before (a distinct suffix, " (ref 123)"), so every one is embedded.
+message a question never asked before (a distinct suffix, " (ref 123)"), so every one is embedded. The fake LLM
+quotes the first sentence of the top passage, which the grounding check finds among the passage's units (no model
+call); `--paraphrase` rewords it (benchmarks/grounding_cases.paraphrase), so the check embeds it.
 """
 
 from __future__ import annotations
@@ -37,9 +39,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--messages", type=int, default=300)
     parser.add_argument("--unique", action="store_true", help="no question asked twice (each gets a distinct suffix)")
+    parser.add_argument("--paraphrase", action="store_true", help="the fake LLM rewords the sentence it quotes")
     args = parser.parse_args()
+    reply = ["paraphrase"] if args.paraphrase else []
     server = subprocess.Popen([sys.executable, str(REPO / "benchmarks" / "orchestrator_concurrency.py"),
-                               "--serve-llm", "0"], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                               "--serve-llm", "0", *reply], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
     assert server.stdout is not None
     base_url, api_key = server.stdout.readline().split()
     os.environ["SWITCHBOARD_HOME"] = tempfile.mkdtemp(prefix="sb-bench-")
