@@ -120,7 +120,7 @@ def main() -> None:
     questions = [json.loads(line)["question"] for line in (EXAMPLE / "eval" / "questions.jsonl").open()]
     bus = container().bus
     bus.ensure_group(OUTBOUND, "bench")
-    roles = RoleThreads.start_all(bus=bus)
+    roles = RoleThreads.start_all(container(), bus=bus)
     inbound = roles.consumers[0]
     workers = inbound.concurrency if isinstance(inbound, ConcurrentConsumer) else 1
     tenant_workers = inbound.tenant_concurrency if isinstance(inbound, ConcurrentConsumer) else 1
