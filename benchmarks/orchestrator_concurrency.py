@@ -9,7 +9,7 @@ message being stored (what the gateway does before answering the webhook) to the
 stream. Reported: every wait, p50, p95 and max, process CPU per message, and the query-embedding batches.
 
     .venv/bin/python benchmarks/orchestrator_concurrency.py [--customers 16 64] [--llm-s 1.0]
-        [--workers N] [--tenant-workers N] [--paraphrase]
+        [--workers N] [--tenant-workers N] [--paraphrase] [--warm-all]
 
 `--workers 1` is the one-message-at-a-time consumer this replaced (a conversation per message, no batching gain).
 """
@@ -82,6 +82,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None, help="ORCHESTRATOR_CONCURRENCY (default: setting)")
     parser.add_argument("--tenant-workers", type=int, default=None, help="ORCHESTRATOR_TENANT_CONCURRENCY")
     parser.add_argument("--paraphrase", action="store_true", help="the fake LLM rewords what it quotes")
+    parser.add_argument("--warm-all", action="store_true",
+                        help="warm up with every eval question at once (caches warm: the grounding check's passages, "
+                             "the query cache) instead of one message")
     args = parser.parse_args()
 
     # The fake LLM runs in a process of its own, as a real one would: its CPU is not the orchestrator's.
@@ -140,7 +143,8 @@ def main() -> None:
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, Python "
           f"{platform.python_version()}; LLM {args.llm_s:.1f} s; workers {workers}, per tenant {tenant_workers}")
     try:
-        _burst(1, "warm-up", tenant_id, questions, replied, accept_many, InboundRequest, bus)
+        warm = len(questions) if args.warm_all else 1
+        _burst(warm, "warm-up", tenant_id, questions, replied, accept_many, InboundRequest, bus)
         for round_no, n in enumerate(args.customers):
             calls_before = embedder.queries.stats.calls if hasattr(embedder, "queries") else 0
             items_before = embedder.queries.stats.items if hasattr(embedder, "queries") else 0
