@@ -1,5 +1,6 @@
-"""Micro-batched query embeddings: concurrent queries share model calls, each gets exactly the vectors it would
-get alone, and an error reaches every caller of its batch without stopping the next one."""
+"""Micro-batched query embeddings: concurrent queries (and replies' sentences, as documents) share model calls,
+each gets exactly the vectors it would get alone, and an error reaches every caller of its batch without stopping
+the next one."""
 
 from __future__ import annotations
 

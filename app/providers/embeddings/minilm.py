@@ -123,8 +123,9 @@ class MiniLMEmbedder:
         extra threads spin between and after calls, which doubled the CPU of a query (8.6 -> 16 ms measured under
         load) and took the second core from the rest of the process; one thread leaves it to them at the same
         throughput on a busy 2-core machine (benchmarks/orchestrator_concurrency.py: 30 -> 23 ms per message).
-        `query_calls`: model calls of concurrent queries that run side by side (onnxruntime releases the GIL and
-        a session may run from several threads), so a burst of questions uses more than one core.
+        `query_calls`: model calls of concurrent queries (and replies' sentences) that run side by side
+        (onnxruntime releases the GIL and a session may run from several threads), so a burst of questions uses
+        more than one core.
         `max_tokens`: where texts are truncated (at most 256, MiniLM's limit)."""
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
