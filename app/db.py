@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import config, rls, tenant_scope
+from app import config, rls, sqlite_writes, tenant_scope
 from app.config import Settings, get_settings
 from app.files import private_file
 
@@ -38,8 +38,11 @@ def make_engine(url: str, settings: Settings | None = None) -> Engine:
         # hold at once instead of closing the overflow on return, so a busy process does not open (and set up) a
         # connection for nearly every message.
         pool["pool_size"] += 2 * pool["max_overflow"]
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_MS / 1000},
-                               hide_parameters=True, **pool)
+        connect: dict[str, Any] = {"check_same_thread": False, "timeout": SQLITE_BUSY_MS / 1000}
+        if database and database != ":memory:":
+            # This process's writers take turns on a lock, not in SQLite's sleeping busy handler (app/sqlite_writes.py).
+            connect["factory"] = sqlite_writes.connection_class(database, SQLITE_BUSY_MS / 1000)
+        engine = create_engine(url, connect_args=connect, hide_parameters=True, **pool)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
