@@ -170,7 +170,7 @@ def test_a_reply_published_again_after_its_writer_died_before_the_delete_is_sent
     (app/outbox.py `Publisher`); a process that dies in between leaves the entry, and a relay publishes it again
     after the grace. The customer still gets one message."""
     from app import outbox
-    from app.contracts import OUTBOUND
+    from app.contracts import OUTBOUND, Event
 
     bus = MemoryBus()
     bus.ensure_group(OUTBOUND, "dispatcher")
@@ -180,7 +180,7 @@ def test_a_reply_published_again_after_its_writer_died_before_the_delete_is_sent
     dying.publish(pending)  # ... and the process dies before any later transaction or flush
     assert outbox.Relay(bus, clock=lambda: utcnow() + outbox.GRACE).publish_all_due() == 1
     deliveries = bus.read(OUTBOUND, "dispatcher", "d", count=10, block_ms=0)
-    assert [d.fields["message_id"] for d in deliveries] == [reply.message_id] * 2
+    assert [Event.from_bus(d.fields).message_id for d in deliveries] == [reply.message_id] * 2
     sender = CountingSender()
     for delivery in deliveries:
         Dispatcher({"fakechan": sender}, LocalPush()).handle(delivery)
