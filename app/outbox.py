@@ -216,8 +216,7 @@ class Publisher:
         taken = self._take(tenant)
         if taken:
             remove(session, taken)
-            # Rolled back: they are not deleted, and wait here again (the flush deletes them if nothing else does).
-            event.listen(session, "after_soft_rollback", lambda *_: self._put_back(tenant, taken), once=True)
+            session.info.setdefault(_REMOVING, []).append((self, tenant, taken))  # see `_put_back_on_rollback`
 
     def _take(self, tenant: str) -> list[Pending]:
         with self._wake:
@@ -250,6 +249,19 @@ class Publisher:
                     self._wake.wait(wait)
                     continue
             self.flush(older_than_s=self.forget_after_s)
+
+
+_REMOVING = "outbox_removing"  # Session.info: the (publisher, tenant, entries) its transaction deletes
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _put_back_on_rollback(session: Session, _previous: object) -> None:
+    """A transaction that deleted a publisher's entries rolled back: they are still there, and wait in their
+    publisher again (its flush deletes them if nothing else does). One listener for every session, looking at
+    one key, costs less than one listener per transaction. (Put back after a commit, by a later rollback of the
+    same session, they are deleted again: a no-op.)"""
+    for publisher, tenant, taken in session.info.pop(_REMOVING, ()):
+        publisher._put_back(tenant, taken)
 
 
 def _publish(bus: Bus, entries: Sequence[Entry], *, relayed: bool = False) -> None:
