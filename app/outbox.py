@@ -3,7 +3,8 @@
 `add` inserts the entries in the caller's session, so they commit or roll back with the change. After the commit
 the writer publishes them itself (`publish_now`, the fast path) and deletes them. If the writer dies between its
 commit and its publish, or the bus fails, the entries stay, and a `Relay` (any process's) publishes every entry
-whose `not_before` has passed, oldest first, deleting it in the transaction that locked it. `not_before` keeps
+whose `not_before` has passed, oldest first, deleting it in the transaction that locked it. A writer that commits
+often (`Publisher`) deletes what it published in its next transaction instead of one of their own. `not_before` keeps
 relays off an entry while its writer publishes it (`GRACE`), or until a scheduled re-delivery is due (a burst
 window, app/assistant/orchestrator.py).
 
@@ -22,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Table, bindparam, delete, func, insert, select
+from sqlalchemy import Table, bindparam, delete, event, func, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app import tracing
@@ -30,6 +31,7 @@ from app.bus.base import Bus, check_fields, stream_key
 from app.contracts import Event
 from app.db import get_sessionmaker, session_scope
 from app.models import OutboxEntry, utcnow
+from app.tenant_scope import session_tenant
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,10 @@ log = logging.getLogger(__name__)
 GRACE = timedelta(seconds=10)
 POLL_S = 0.5  # a relay looks for due entries at least this often
 BATCH = 256
+# A `Publisher`'s published entries wait at most this long for a later transaction to delete them (well within
+# `GRACE`, so no relay publishes them again), and at most this many at once.
+FORGET_AFTER_S = 0.5
+PUBLISHED_LIMIT = 1024
 
 OUTBOX: Table = OutboxEntry.__table__  # type: ignore[assignment]
 
@@ -142,6 +148,120 @@ def publish_now(bus: Bus, pending: Sequence[Pending]) -> None:
     """The fast path after a commit: publish, then delete. Never raises; what it could not do, a relay does."""
     if send(bus, pending):
         forget(pending)
+
+
+class Publisher:
+    """The fast path for a writer that commits often, one tenant at a time (the orchestrator's outcomes): publish
+    after the commit, and delete the published entries in the tenant's next transaction that writes to the
+    outbox (`add`), instead of a transaction of their own. One commit per outcome, not two.
+
+    An entry published but not yet deleted is safe: relays leave it alone for its `GRACE` (10 s), and the entries
+    nobody deleted with a later transaction within `forget_after_s` (well below it) are deleted by a thread of the
+    publisher's own, in a transaction per tenant; so is everything at once when more than `limit` wait (bounded
+    memory). A delete that rolls back with its transaction is put back. A process that dies meanwhile leaves its
+    entries to a relay, which publishes them again after the grace: the at-least-once every consumer absorbs
+    (the dispatcher sends a reply once, app/conversations/dispatcher.py), as when a process dies before its
+    delete on the plain fast path (`publish_now`)."""
+
+    def __init__(self, bus: Bus, *, forget_after_s: float = FORGET_AFTER_S, limit: int = PUBLISHED_LIMIT,
+                 sessions: sessionmaker[Session] | None = None) -> None:
+        self.bus = bus
+        self.forget_after_s = forget_after_s
+        self.limit = limit
+        self.sessions = sessions or get_sessionmaker()
+        self._published: dict[str, list[Pending]] = {}  # by tenant, to delete
+        self._since: dict[str, float] = {}  # by tenant: when its oldest entry waiting here was published
+        self._count = 0
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def add(self, session: Session, entries: Sequence[Entry], *, now: datetime | None = None) -> list[Pending]:
+        """`add` in the caller's transaction, which also deletes its tenant's entries published before."""
+        pending = add(session, entries, now=now)
+        tenant = session_tenant(session)
+        if tenant is not None:
+            self._remove_in(session, tenant)
+        return pending
+
+    def publish(self, pending: Sequence[Pending]) -> None:
+        """After the commit: publish, and keep the entries to delete later. Never raises (see `send`)."""
+        if not pending or not send(self.bus, pending):
+            return
+        with self._wake:
+            for tenant in tenants_of(pending):
+                self._since.setdefault(tenant, time.monotonic())
+            for p in pending:
+                self._published.setdefault(p.entry.tenant_id, []).append(p)
+            self._count += len(pending)
+            over = self._count > self.limit
+            if not over and self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="sb-outbox-forget", daemon=True)
+                self._thread.start()
+            self._wake.notify()
+        if over:
+            self.flush()
+
+    def flush(self, *, older_than_s: float = 0.0) -> None:
+        """Delete what waits here (the entries published more than `older_than_s` ago), one transaction per
+        tenant."""
+        for tenant in self._take_due(older_than_s):
+            forget(self._take(tenant), self.sessions)
+
+    def waiting(self) -> int:
+        """How many published entries wait for their delete."""
+        with self._wake:
+            return self._count
+
+    def _remove_in(self, session: Session, tenant: str) -> None:
+        taken = self._take(tenant)
+        if taken:
+            remove(session, taken)
+            session.info.setdefault(_REMOVING, []).append((self, tenant, taken))  # see `_put_back_on_rollback`
+
+    def _take(self, tenant: str) -> list[Pending]:
+        with self._wake:
+            taken = self._published.pop(tenant, [])
+            self._since.pop(tenant, None)
+            self._count -= len(taken)
+            return taken
+
+    def _put_back(self, tenant: str, taken: list[Pending]) -> None:
+        with self._wake:
+            self._published.setdefault(tenant, [])[:0] = taken
+            self._since.setdefault(tenant, time.monotonic())
+            self._count += len(taken)
+            self._wake.notify()
+
+    def _take_due(self, older_than_s: float) -> list[str]:
+        with self._wake:
+            cutoff = time.monotonic() - older_than_s
+            return [tenant for tenant, since in self._since.items() if since <= cutoff]
+
+    def _run(self) -> None:
+        """Deletes what no later transaction took within `forget_after_s`; exits once nothing waits."""
+        while True:
+            with self._wake:
+                if not self._since:
+                    self._thread = None
+                    return
+                wait = min(self._since.values()) + self.forget_after_s - time.monotonic()
+                if wait > 0:
+                    self._wake.wait(wait)
+                    continue
+            self.flush(older_than_s=self.forget_after_s)
+
+
+_REMOVING = "outbox_removing"  # Session.info: the (publisher, tenant, entries) its transaction deletes
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _put_back_on_rollback(session: Session, _previous: object) -> None:
+    """A transaction that deleted a publisher's entries rolled back: they are still there, and wait in their
+    publisher again (its flush deletes them if nothing else does). One listener for every session, looking at
+    one key, costs less than one listener per transaction. (Put back after a commit, by a later rollback of the
+    same session, they are deleted again: a no-op.)"""
+    for publisher, tenant, taken in session.info.pop(_REMOVING, ()):
+        publisher._put_back(tenant, taken)
 
 
 def _publish(bus: Bus, entries: Sequence[Entry], *, relayed: bool = False) -> None:

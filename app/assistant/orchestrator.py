@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Table, select
 from sqlalchemy.orm import Session
 
-from app import logs, metrics, tracing
+from app import logs, metrics, outbox, tracing
 from app.assistant import multilingual, outcomes
 from app.assistant.answering import Answerer
 from app.assistant.drafts import STREAMING_CHANNELS, DraftStream
@@ -80,6 +80,7 @@ class Orchestrator:
     ) -> None:
         """Every service it uses is handed in (`Orchestrator.of` takes them from a container)."""
         self.bus = bus
+        self.publisher = outbox.Publisher(bus)  # the outcomes' events; deleted from the outbox with the next outcome
         self.push = push  # drafts of streamed replies go to open widgets through it
         self.clock = clock
         self.settings = settings
@@ -130,7 +131,7 @@ class Orchestrator:
             return done
         assert ctx is not None
         if (consent_asked := consent.keyword(event.text, ctx.consent, ctx.channel)) is not None:
-            return outcomes.change_consent(self.bus, self.clock, ctx, consent_asked)
+            return outcomes.change_consent(self.publisher, self.clock, ctx, consent_asked)
         if ctx.consent == "withdrawn":
             return outcomes.skip_opted_out(ctx)
         if ctx.mode == "human":
@@ -152,7 +153,7 @@ class Orchestrator:
         # answer for an agent's approval (and never streams it to the visitor first).
         mode = effective_mode(ctx.policies, ctx.channel)
         if mode == "human":
-            return outcomes.escalate(self.bus, self.clock, ctx, self._localised(ctx,
+            return outcomes.escalate(self.publisher, self.clock, ctx, self._localised(ctx,
                 Decision(escalate_reason="human_mode", detail="the tenant's mode is human"), language, foreign))
         # A translated answer is checked whole before the customer sees any of it: no drafts stream.
         drafts = self._draft_stream(ctx) if mode == "auto" and not foreign else None
@@ -164,12 +165,12 @@ class Orchestrator:
                                     draft=decision.answer, meta=decision.meta)
             if decision.answer is not None:
                 with tracing.span("record answer"):
-                    outcome = outcomes.answer(self.bus, self.clock, ctx, decision.answer)
+                    outcome = outcomes.answer(self.publisher, self.clock, ctx, decision.answer)
                 return outcome
             if drafts is not None:
                 drafts.withdraw()  # before the holding notice goes out
             with tracing.span("record escalation", {"switchboard.escalation.reason": decision.escalate_reason}):
-                outcome = outcomes.escalate(self.bus, self.clock, ctx,
+                outcome = outcomes.escalate(self.publisher, self.clock, ctx,
                                             self._localised(ctx, decision, language, foreign))
             return outcome
         finally:

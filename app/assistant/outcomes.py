@@ -17,7 +17,6 @@ from app import audit, outbox
 from app.assistant.prompts import Draft
 from app.assistant.turns import newer_pending
 from app.audit import record
-from app.bus.base import Bus
 from app.contacts import consent
 from app.contracts import EVENTS, INBOUND, OUTBOUND, EscalationOpened, InboundMessage
 from app.conversations.push import Push, notify_on_commit, outcome_key
@@ -99,7 +98,7 @@ def claim(session: Session, ctx: Context) -> ReplyTo | None:
     return ReplyTo(ctx.tenant_id, row.conversation_id, row.channel, row.channel_account_id)
 
 
-def answer(bus: Bus, clock: Callable[[], datetime], ctx: Context, draft: Draft) -> Outcome:
+def answer(publisher: outbox.Publisher, clock: Callable[[], datetime], ctx: Context, draft: Draft) -> Outcome:
     with session_scope(tenant=ctx.tenant_id) as session:
         to = claim(session, ctx)
         if to is None:
@@ -120,8 +119,8 @@ def answer(bus: Bus, clock: Callable[[], datetime], ctx: Context, draft: Draft) 
             "pack_version": ctx.pack_version,
             "chunk_ids": [c["chunk_id"] for c in draft.citations],
         })
-        pending = outbox.add(session, [outbox.Entry.of(OUTBOUND, event, event.message_id)], now=clock())
-    outbox.publish_now(bus, pending)
+        pending = publisher.add(session, [outbox.Entry.of(OUTBOUND, event, event.message_id)], now=clock())
+    publisher.publish(pending)
     return Outcome("answered", ctx.message_id, reply_id=event.message_id, text=draft.text,
                    citations=list(draft.citations))
 
@@ -131,7 +130,8 @@ def tenant_notice(policies: dict[str, Any]) -> str:
     return str(policies.get("escalation_notice") or DEFAULT_ESCALATION_NOTICE)
 
 
-def escalate(bus: Bus, clock: Callable[[], datetime], ctx: Context, decision: Decision) -> Outcome:
+def escalate(publisher: outbox.Publisher, clock: Callable[[], datetime], ctx: Context,
+             decision: Decision) -> Outcome:
     reason = decision.escalate_reason or "unknown"
     notice: str | None = decision.notice or tenant_notice(ctx.policies)
     if reason == "draft_review" and not ctx.policies.get("draft_notice"):
@@ -153,8 +153,8 @@ def escalate(bus: Bus, clock: Callable[[], datetime], ctx: Context, decision: De
             schedule_sla(session, tenant_id=ctx.tenant_id, escalation_id=opened.escalation_id, due=now + sla,
                          now=now)
         _set_status(session, ctx, "escalated")
-        pending = outbox.add(session, opened.entries, now=now)
-    outbox.publish_now(bus, pending)
+        pending = publisher.add(session, opened.entries, now=now)
+    publisher.publish(pending)
     return Outcome("escalated", ctx.message_id, reply_id=opened.reply_id,
                    escalation_id=opened.escalation_id, reason=reason, text=notice)
 
@@ -207,7 +207,8 @@ def merge(ctx: Context) -> Outcome | None:
     return Outcome("merged" if status == "merged" else "duplicate", ctx.message_id)
 
 
-def change_consent(bus: Bus, clock: Callable[[], datetime], ctx: Context, status: str) -> Outcome:
+def change_consent(publisher: outbox.Publisher, clock: Callable[[], datetime], ctx: Context,
+                   status: str) -> Outcome:
     """The message was an opt-out (or opt-in) keyword: the contact's consent changes and the confirmation, the
     one message an opted-out contact is sent, answers it."""
     text = consent.confirmation(status, ctx.policies)
@@ -224,8 +225,8 @@ def change_consent(bus: Bus, clock: Callable[[], datetime], ctx: Context, status
         _set_status(session, ctx, "answered")
         audit.write(session, ctx.tenant_id, "customer", "contact.consent", "message", ctx.message_id,
                     {"status": status, "source": "keyword", "reply_id": event.message_id})
-        pending = outbox.add(session, [outbox.Entry.of(OUTBOUND, event, event.message_id)], now=clock())
-    outbox.publish_now(bus, pending)
+        pending = publisher.add(session, [outbox.Entry.of(OUTBOUND, event, event.message_id)], now=clock())
+    publisher.publish(pending)
     return Outcome("answered", ctx.message_id, reply_id=event.message_id, text=text, reason=f"consent_{status}")
 
 

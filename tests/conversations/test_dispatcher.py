@@ -163,3 +163,25 @@ def test_retry_after_is_honoured_by_scheduling_not_sleeping(reply) -> None:  # t
     Dispatcher({"fakechan": sender}, LocalPush(), clock=clock).deliver(reply)
     assert sender.sent == [reply.message_id]
     assert "retry_at" not in _meta(reply.message_id)
+
+
+def test_a_reply_published_again_after_its_writer_died_before_the_delete_is_sent_once(reply) -> None:  # type: ignore[no-untyped-def]
+    """The orchestrator publishes an outcome's reply and deletes its outbox entry with a later transaction
+    (app/outbox.py `Publisher`); a process that dies in between leaves the entry, and a relay publishes it again
+    after the grace. The customer still gets one message."""
+    from app import outbox
+    from app.contracts import OUTBOUND, Event
+
+    bus = MemoryBus()
+    bus.ensure_group(OUTBOUND, "dispatcher")
+    dying = outbox.Publisher(bus, forget_after_s=3600)
+    with session_scope(tenant=reply.tenant_id) as session:
+        pending = dying.add(session, [outbox.Entry.of(OUTBOUND, reply, reply.message_id)])
+    dying.publish(pending)  # ... and the process dies before any later transaction or flush
+    assert outbox.Relay(bus, clock=lambda: utcnow() + outbox.GRACE).publish_all_due() == 1
+    deliveries = bus.read(OUTBOUND, "dispatcher", "d", count=10, block_ms=0)
+    assert [Event.from_bus(d.fields).message_id for d in deliveries] == [reply.message_id] * 2
+    sender = CountingSender()
+    for delivery in deliveries:
+        Dispatcher({"fakechan": sender}, LocalPush()).handle(delivery)
+    assert sender.sent == [reply.message_id]

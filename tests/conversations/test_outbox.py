@@ -6,6 +6,7 @@ locked rows)."""
 from __future__ import annotations
 
 import threading
+import uuid
 from datetime import datetime, timedelta
 
 import pytest
@@ -171,3 +172,67 @@ def _inbound(tenant: str):
 
     return InboundMessage(tenant_id=tenant, message_id="m1", conversation_id="c1", contact_id="k1",
                           channel="webchat", provider_message_id="p1", text="hello")
+
+
+# --- Publisher: the published entries deleted with the tenant's next transaction ---------------------------------
+
+
+def _write(publisher: outbox.Publisher, tenant: str, n: str) -> list[outbox.Pending]:
+    with session_scope(tenant=tenant) as session:
+        return publisher.add(session, [outbox.Entry(T, tenant, {"n": n})])
+
+
+def _second_tenant() -> str:
+    from app.tenants.service import create_tenant
+
+    with session_scope(cross_tenant="tests") as session:
+        return create_tenant(session, f"other-{uuid.uuid4().hex}").tenant.id
+
+
+def test_a_publishers_entries_are_deleted_with_its_tenants_next_transaction(tenant: str) -> None:
+    bus = MemoryBus()
+    publisher = outbox.Publisher(bus, forget_after_s=3600)  # no flush: only the next transaction deletes
+    other = _second_tenant()
+    publisher.publish(_write(publisher, tenant, "0"))
+    assert _published(bus) == ["0"] and _left(tenant) == 1 and publisher.waiting() == 1
+    publisher.publish(_write(publisher, other, "x"))  # another tenant's transaction leaves them alone
+    assert _left(tenant) == 1 and _left(other) == 1 and publisher.waiting() == 2
+    publisher.publish(_write(publisher, tenant, "1"))
+    assert sorted(_published(bus)) == ["1", "x"]
+    assert _left(tenant) == 1 and publisher.waiting() == 2  # "0" deleted with "1"'s commit; "1" and "x" wait
+    assert outbox.Relay(bus, clock=lambda: utcnow() + outbox.GRACE).publish_all_due() == 2  # had the process died
+    assert sorted(_published(bus)) == ["1", "x"]
+
+
+def test_a_publisher_deletes_what_no_later_transaction_took_soon_after(tenant: str) -> None:
+    from tests.bus.conftest import wait_for
+
+    bus = MemoryBus()
+    publisher = outbox.Publisher(bus, forget_after_s=0.05)
+    publisher.publish(_write(publisher, tenant, "0"))
+    wait_for(lambda: _left(tenant) == 0)
+    assert publisher.waiting() == 0
+    assert outbox.Relay(bus, clock=lambda: utcnow() + outbox.GRACE).publish_all_due() == 0
+    assert _published(bus) == ["0"]
+
+
+def test_a_publisher_holds_at_most_its_limit(tenant: str) -> None:
+    publisher = outbox.Publisher(MemoryBus(), forget_after_s=3600, limit=2)
+    for n in "01":
+        with session_scope(cross_tenant="tests") as session:  # a cross-tenant writer deletes nothing of them
+            publisher.publish(publisher.add(session, [outbox.Entry(T, tenant, {"n": n})]))
+    assert publisher.waiting() == 2 and _left(tenant) == 2
+    publisher.publish(_add(tenant, 1))  # over the limit: everything is deleted at once
+    assert publisher.waiting() == 0 and _left(tenant) == 0
+
+
+def test_a_delete_that_rolls_back_with_its_transaction_waits_again(tenant: str) -> None:
+    publisher = outbox.Publisher(MemoryBus(), forget_after_s=3600)
+    publisher.publish(_write(publisher, tenant, "0"))
+    with pytest.raises(RuntimeError), session_scope(tenant=tenant) as session:
+        publisher.add(session, [outbox.Entry(T, tenant, {"n": "1"})])
+        assert publisher.waiting() == 0
+        raise RuntimeError("the outcome failed")
+    assert _left(tenant) == 1 and publisher.waiting() == 1  # "0" still there, and still to delete
+    publisher.flush()
+    assert _left(tenant) == 0 and publisher.waiting() == 0
