@@ -8,7 +8,9 @@ closed loop, against an embedded `switchboard serve` (a subprocess) with the exa
 Each level starts `concurrency` new visitors; each opens a session and its event stream (`GET .../events`, or
 with `--transport poll` long-polls `GET .../messages?wait=`), then sends the eval questions one after another,
 each as soon as the previous one is answered, until the level has `--requests` replies (`--slow-requests` with
-the 1 s LLM) or `--level-timeout` passed. Latency is send -> reply event. The LLM is the OpenAI-compatible fake of
+the 1 s LLM) or `--level-timeout` passed. Before the first level each server is asked every eval question once,
+so no level pays first uses (a passage's first citation, a question's first embedding) that later ones do not.
+Latency is send -> reply event. The LLM is the OpenAI-compatible fake of
 tests/fakes/openai_server.py in its own process, answering each prompt with the first sentence of its first
 passage, cited, at once (`instant`) or after one second (`1s`). Rate limits are turned off in the server: the
 load comes from one IP and a few visitors. The 96 eval questions repeat, so most queries' embeddings come from the
@@ -230,7 +232,8 @@ async def _poll_reply(client: httpx.AsyncClient, api: str, auth: dict[str, str],
 
 
 async def visitor(client: httpx.AsyncClient, api: str, questions: list[str], level: Level, transport: str,
-                  index: int, unique: bool) -> None:
+                  index: int, unique: bool, stride: int | None = None) -> None:
+    """`stride`: visitor `index` asks questions index, index + stride, ... (the warm-up: each question once)."""
     session = await client.post(f"{api}/sessions", json={})
     if session.status_code != 201:
         level.fail(f"session HTTP {session.status_code}: {session.text[:200]}")
@@ -251,7 +254,7 @@ async def visitor(client: httpx.AsyncClient, api: str, questions: list[str], lev
     n = 0
     try:
         while level.take():
-            text = questions[(index * 7 + n) % len(questions)]
+            text = questions[(index + n * stride if stride else index * 7 + n) % len(questions)]
             n += 1
             if unique:
                 text = f"{text} (ref {level.run}-{index}-{n})"
@@ -292,7 +295,8 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def run_level(server: Server, widget: str, questions: list[str], concurrency: int, requests: int,
-                    transport: str, timeout_s: float, unique: bool = False) -> dict[str, Any]:
+                    transport: str, timeout_s: float, unique: bool = False, every_question: bool = False
+                    ) -> dict[str, Any]:
     api = f"{server.url}/widget/v1/{widget}"
     level = Level(wanted=requests, deadline=time.monotonic() + timeout_s, run=uuid.uuid4().hex[:6])
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=2 * concurrency + 10)
@@ -307,7 +311,8 @@ async def run_level(server: Server, widget: str, questions: list[str], concurren
                       flush=True)
 
         ticker = asyncio.create_task(progress())
-        await asyncio.gather(*(visitor(client, api, questions, level, transport, i, unique)
+        stride = concurrency if every_question else None
+        await asyncio.gather(*(visitor(client, api, questions, level, transport, i, unique, stride)
                                for i in range(concurrency)))
         ticker.cancel()
         elapsed, cpu = time.perf_counter() - t0, server.cpu_s() - cpu0
@@ -356,7 +361,10 @@ def main() -> None:
             server = Server(home, llm)
             try:
                 print(f"LLM {mode}: server pid {server.process.pid} at {server.url}; warming up", flush=True)
-                asyncio.run(run_level(server, widget, questions, 2, 10, args.transport, 120))
+                # Every eval question once, so no level pays the first use of a passage (the grounding check
+                # embeds its units the first time it is cited) or of a question (the query cache).
+                asyncio.run(run_level(server, widget, questions, 8 if delay == 0 else 32, len(questions),
+                                      args.transport, 180, every_question=True))
                 for concurrency in levels:
                     wanted = args.requests if delay == 0 else args.slow_requests
                     print(f"  LLM {mode}, concurrency {concurrency}: {wanted} replies ...", flush=True)
