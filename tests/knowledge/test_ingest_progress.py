@@ -174,17 +174,21 @@ def test_every_core_embeds_only_where_ingesting_is_all_the_process_does(tmp_path
 
     cores = os.cpu_count() or 1
     default = Container(settings_for(tmp_path / "default"))
-    # A process that answers or serves HTTP (serve, its job queue, the operator route) keeps the other cores.
-    assert default.knowledge.threads == 1 and default.ingestion(dedicated=False).threads == 1
-    # `switchboard ingest` with no server running, and the worker, have nothing else to do.
-    assert default.ingestion(dedicated=True).threads == cores
-    assert default.ingestion(dedicated=True).embedder is default.knowledge.embedder  # threads share one model
-    default.close()
+    try:
+        # A process that answers or serves HTTP (serve, its job queue, the operator route) keeps the other cores.
+        assert default.knowledge.threads == 1 and default.ingestion(dedicated=False).threads == 1
+        # `switchboard ingest` with no server running, and the worker, have nothing else to do.
+        assert default.ingestion(dedicated=True).threads == cores
+        assert default.ingestion(dedicated=True).embedder is default.knowledge.embedder  # threads share one model
+    finally:
+        default.close()
     # A configured count wins everywhere; 0 is one per core.
     for configured, threads in ((1, 1), (0, cores), (3, 3)):
         set_ = Container(settings_for(tmp_path / str(configured), ingest_threads=configured))
-        assert set_.knowledge.threads == threads and set_.ingestion(dedicated=True).threads == threads
-        set_.close()
+        try:
+            assert set_.knowledge.threads == threads and set_.ingestion(dedicated=True).threads == threads
+        finally:
+            set_.close()
 
 
 def test_a_job_an_rq_worker_took_by_its_old_name_embeds_as_the_worker_does(graph: Graph, db: Session) -> None:
