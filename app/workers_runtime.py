@@ -75,7 +75,8 @@ def build_consumers(container: Container, bus: Bus, stop: threading.Event) -> li
     )
     return [
         ConcurrentConsumer(bus, INBOUND, ORCHESTRATOR_GROUP, consumer_name("orchestrator"), orchestrator.handle,
-                           on_dead=on_inbound_dead, **common),  # type: ignore[arg-type]
+                           on_dead=on_inbound_dead, after_stop=orchestrator.publisher.flush,
+                           **common),  # type: ignore[arg-type]
         ConcurrentConsumer(bus, OUTBOUND, DISPATCHER_GROUP, consumer_name("dispatcher"), dispatcher.handle,
                            on_dead=on_outbound_dead, **common),  # type: ignore[arg-type]
     ]

@@ -54,6 +54,9 @@ class ConcurrentConsumer(Consumer):
     concurrency: int = 64
     tenant_concurrency: int | None = None  # None: `concurrency`
     key: KeyFn = field(default=lambda d: d.id)  # entries with equal keys (within a tenant) run in order
+    # Runs once `run` has stopped and its handlers have finished (the orchestrator's outbox publisher deletes
+    # what it published, instead of leaving it to a relay that would publish it again); its errors are logged.
+    after_stop: Callable[[], None] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _work_ready: threading.Condition = field(init=False, repr=False)  # workers wait here for an entry
     _settled: threading.Condition = field(init=False, repr=False)  # the reader waits here for room
@@ -126,6 +129,11 @@ class ConcurrentConsumer(Consumer):
                     self.stop.wait(delay)
         finally:
             self._stop_workers()
+            if self.after_stop is not None:
+                try:
+                    self.after_stop()
+                except Exception:
+                    log.exception("consumer %s/%s: its after-stop hook failed", self.group, self.name)
         log.info("consumer %s/%s on %s stopped", self.group, self.name, self.topic)
 
     def fill(self, *, block_ms: int) -> int:

@@ -351,3 +351,41 @@ def test_an_entry_whose_key_cannot_be_read_is_still_handled(bus: Bus) -> None:
     result = ConcurrentConsumer(bus, T, G, "c1", handler, concurrency=2, key=conversation).process_available()
     assert (result.acked, result.dead) == (1, 1)
     assert [letter.reason for letter in bus.dead_letters(T, "acme")] == ["unreadable entry"]
+
+
+def test_the_after_stop_hook_runs_once_the_running_handlers_have_finished_and_its_error_is_logged(
+    bus: Bus, caplog: pytest.LogCaptureFixture
+) -> None:
+    gate, order = threading.Event(), []
+
+    def handler(d: Delivery) -> None:
+        assert gate.wait(30)
+        order.append("handler finished")
+
+    def after_stop() -> None:
+        order.append("after stop")
+        raise RuntimeError("flush failed")
+
+    bus.publish(T, "acme", {"conv": "one"})
+    consumer = ConcurrentConsumer(bus, T, G, "c1", handler, concurrency=2, key=conversation, block_ms=100,
+                                  after_stop=after_stop)
+    thread = threading.Thread(target=consumer.run, daemon=True)
+    thread.start()
+    wait_for(lambda: consumer.running == 1)
+    consumer.stop.set()
+    gate.set()
+    thread.join(timeout=15)
+    assert not thread.is_alive()
+    assert order == ["handler finished", "after stop"]
+    assert "after-stop hook failed" in caplog.text
+
+
+def test_the_orchestrators_consumer_deletes_its_published_outbox_entries_when_it_stops(services) -> None:
+    """Its outbox publisher deletes published entries with the tenant's next outcome, or soon after; on a stop
+    it deletes them at once, so no relay publishes them a second time after a restart."""
+    from app.workers_runtime import build_consumers
+
+    inbound = build_consumers(services, services.bus, threading.Event())[0]
+    assert isinstance(inbound, ConcurrentConsumer)
+    orchestrator = inbound.handler.__self__  # type: ignore[attr-defined]
+    assert inbound.after_stop == orchestrator.publisher.flush
