@@ -236,6 +236,11 @@ def _serve(host: str, port: int) -> None:
 # after this grace the streams are cancelled (their clients reconnect elsewhere) and the app's lifespan shutdown
 # stops its threads. Without it a server with one open stream would never stop.
 SHUTDOWN_GRACE_S = 3.0
+# An idle keep-alive connection stays open this long: longer than the clients and proxies in front keep theirs
+# (httpx 5 s, AWS ALB 60 s), so they close first. With uvicorn's 5 s a client reusing a connection just as the
+# server closed it got "server disconnected without a response" (1 widget visitor of 128 in
+# benchmarks/e2e_widget.py; a proxy answers its client 502).
+KEEP_ALIVE_S = 75
 
 
 def _uvicorn_options() -> dict[str, Any]:
@@ -245,7 +250,8 @@ def _uvicorn_options() -> dict[str, Any]:
     uvicorn's own: its records go to the root handler (app/logs.py), JSON or console like every other line."""
     trusted = get_settings().trusted_proxies.strip()
     return {"log_level": "warning", "log_config": None, "access_log": False, "proxy_headers": bool(trusted),
-            "forwarded_allow_ips": trusted or None, "timeout_graceful_shutdown": SHUTDOWN_GRACE_S}
+            "forwarded_allow_ips": trusted or None, "timeout_graceful_shutdown": SHUTDOWN_GRACE_S,
+            "timeout_keep_alive": KEEP_ALIVE_S}
 
 
 @cli.command()

@@ -101,6 +101,27 @@ def test_chat_and_ingest_work_while_serve_holds_the_embedded_store(home: Path, s
     assert second.returncode != 0 and "another 'switchboard serve'" in second.stderr
 
 
+def test_serve_keeps_an_idle_connection_open_longer_than_clients_keep_theirs(server: str) -> None:
+    """A client (httpx: 5 s) or a proxy (ALB: 60 s) reuses an idle connection until its own expiry: the server must
+    not close it first, or the request sent on it gets no response (uvicorn's default was 5 s)."""
+    import http.client
+    import time
+    from urllib.parse import urlsplit
+
+    address = urlsplit(server)
+    conn = http.client.HTTPConnection(address.hostname, address.port, timeout=10)
+    try:
+        conn.request("GET", "/healthz")
+        first = conn.getresponse()
+        first.read()
+        assert first.status == 200
+        time.sleep(6)  # idle past uvicorn's default keep-alive, then the next request on the same connection
+        conn.request("GET", "/healthz")
+        assert conn.getresponse().status == 200  # the old 5 s: RemoteDisconnected
+    finally:
+        conn.close()
+
+
 def test_demo_creates_the_example_tenant_and_shows_a_real_conversation(tmp_path: Path) -> None:
     result = run(tmp_path / "demo", "demo", "--no-serve")
     assert result.returncode == 0, result.stderr
