@@ -10,17 +10,21 @@ Here a process's writers queue on one lock per database file: a connection takes
 first write and gives it back when the transaction commits or rolls back, so the next writer starts as soon as the
 lock is free, in turn. Reads never take it (WAL readers do not block). Other processes (`switchboard chat` while
 `serve` runs) still meet SQLite's busy handler; a writer that waits longer than the busy timeout for the lock goes
-on without it, and SQLite decides, as it did before.
+on without it, and SQLite decides, as it did before. The wait is the connection's own busy timeout, so a
+connection that lowers it for a best-effort write (`PRAGMA busy_timeout=...`, app/auth.py's key last-use time)
+waits no longer for its turn than it would for SQLite's lock.
 """
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import threading
 from collections.abc import Iterable
 from typing import Any
 
 _READS = ("SELECT", "PRAGMA", "EXPLAIN")
+_BUSY_TIMEOUT = re.compile(r"\s*PRAGMA\s+busy_timeout\s*=\s*(\d+)", re.IGNORECASE)
 _gates: dict[str, threading.Lock] = {}
 _gates_lock = threading.Lock()
 
@@ -70,6 +74,8 @@ class GatedConnection(sqlite3.Connection):
             self._release()
 
     def _before(self, sql: str) -> None:
+        if busy := _BUSY_TIMEOUT.match(sql):
+            self.wait_s = int(busy[1]) / 1000
         if not self._holding and _writes(sql):
             self._holding = self.gate.acquire(timeout=self.wait_s)
 

@@ -115,3 +115,37 @@ def test_a_writer_that_waits_past_the_timeout_goes_on_and_sqlite_decides(tmp_pat
         other.close()
         holder.close()
     assert not _gate(db).locked()
+
+
+def test_a_connection_that_lowers_its_busy_timeout_waits_no_longer_than_that_for_its_turn(tmp_path: Path) -> None:
+    """A best-effort write (app/auth.py records a key's last use with a 200 ms busy timeout) gives up as soon as it
+    would have on SQLite's own lock, not after the process's whole busy timeout in the queue for the turn."""
+    db = tmp_path / "short.db"
+    patient = sqlite_writes.connection_class(str(db), 600.0)  # never reached when the test passes
+    holder = sqlite3.connect(db, factory=patient, timeout=600.0)
+    holder.execute("CREATE TABLE t (v TEXT)")
+    holder.commit()
+    holder.execute("INSERT INTO t VALUES ('held')")
+    hurried = sqlite3.connect(db, factory=patient, timeout=600.0, check_same_thread=False)
+    hurried.execute("PRAGMA busy_timeout=50")
+    outcome: list[str] = []
+
+    def write() -> None:
+        try:
+            hurried.execute("INSERT INTO t VALUES ('late')")
+            outcome.append("written")
+        except sqlite3.OperationalError as exc:
+            outcome.append(str(exc))
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    writer.join(WAIT)
+    try:
+        assert outcome == ["database is locked"]
+    finally:
+        holder.rollback()
+        writer.join(WAIT)
+        hurried.rollback()
+        hurried.close()
+        holder.close()
+    assert not _gate(db).locked()
