@@ -154,3 +154,30 @@ def test_without_event_source_the_widget_page_falls_back_to_the_long_poll(stack:
     requested = _ask_in_browser(server, stack.northwind.widget, without_event_source=True)
     assert any("/messages?wait=" in path for path in requested), requested
     assert not any("/events" in path for path in requested), requested
+
+
+def test_an_idle_stream_sends_keep_alive_comments_and_still_delivers(
+    stack: Stack, server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A quiet stream writes `: ping` (as FastAPI's streams do) so proxies and browsers keep it open, and the
+    next message still arrives on it; the headers tell proxies not to buffer or cache."""
+    from gateways.webchat import routes
+
+    monkeypatch.setattr(routes, "SSE_PING_S", 0.2)
+    visitor = stack.visitor(stack.northwind)
+    with httpx.Client(timeout=httpx.Timeout(10, read=30)) as client, \
+            client.stream("GET", _events_url(server, visitor), headers=visitor.auth) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert (response.headers["cache-control"], response.headers["x-accel-buffering"]) == ("no-cache", "no")
+        lines = response.iter_lines()
+        assert [next(lines) for _ in range(4)] == [
+            "event: ready", 'data: {"cursor": null}', "retry: 2000", ""]
+        assert [next(lines) for _ in range(4)] == [": ping", "", ": ping", ""]  # idle: 2 pings, nothing else
+        visitor.send("Do you ship to Canada?", "push-ping")
+        seen = []
+        while not seen or seen[-1] != "":
+            line = next(lines)
+            if seen or line != ": ping":  # a ping may still come before the message
+                seen.append(line)
+        assert seen[0] == "event: message" and '"text":"Do you ship to Canada?"' in seen[1]
