@@ -302,7 +302,7 @@ async def run_level(server: Server, widget: str, questions: list[str], concurren
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=2 * concurrency + 10)
     server.reset_peak_rss()
     async with httpx.AsyncClient(timeout=REPLY_TIMEOUT_S, limits=limits) as client:
-        cpu0, t0 = server.cpu_s(), time.perf_counter()
+        cpu0, t0, mine0 = server.cpu_s(), time.perf_counter(), time.process_time()
 
         async def progress() -> None:
             while True:
@@ -315,7 +315,7 @@ async def run_level(server: Server, widget: str, questions: list[str], concurren
         await asyncio.gather(*(visitor(client, api, questions, level, transport, i, unique, stride)
                                for i in range(concurrency)))
         ticker.cancel()
-        elapsed, cpu = time.perf_counter() - t0, server.cpu_s() - cpu0
+        elapsed, cpu, mine = time.perf_counter() - t0, server.cpu_s() - cpu0, time.process_time() - mine0
     done = len(level.latencies)
     return {
         "concurrency": concurrency, "replies": done, "seconds": round(elapsed, 1),
@@ -324,6 +324,7 @@ async def run_level(server: Server, widget: str, questions: list[str], concurren
                                                                                      * 1000),
         "p99_ms": round(percentile(level.latencies, 0.99) * 1000), "errors": level.errors,
         "escalated": level.escalated, "cpu_ms_per_msg": round(cpu * 1000 / done, 1) if done else None,
+        "client_cpu_ms_per_msg": round(mine * 1000 / done, 1) if done else None,
         "peak_rss_mb": round(server.peak_rss_mb()), "first_error": level.first_error,
     }
 
