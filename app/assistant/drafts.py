@@ -21,9 +21,10 @@ import logging
 import re
 import time
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 
-from app.assistant.guardrails import find_banned
+from app.assistant.guardrails import banned_pattern
 from app.assistant.prompts import ESCALATE_TOKEN, PassageLike, parse_llm_answer
 from app.conversations.push import Push
 
@@ -35,7 +36,15 @@ STREAMING_CHANNELS = frozenset({"webchat"})
 # pieces, whichever comes first (so a fast model still shows progress, and a slow one is not held back).
 DRAFT_EVERY_CHUNKS = 8
 _OPEN_CITATION = re.compile(r"\[[\d,\s]*$")
-_WORD = re.compile(r"\S+")
+_MARKER = re.compile(r"\[(\d+)\]")
+
+
+@lru_cache(maxsize=256)
+def _banned_rules(phrases: tuple[str, ...]) -> tuple[re.Pattern[str] | None, int]:
+    """The tenant's banned phrases as one pattern (app/assistant/guardrails.py), and how many of the last words to
+    hold back (those that could still begin a phrase of n words: n-1). Worked out once, not per streamed piece."""
+    phrases = tuple(p.strip() for p in phrases if p.strip())
+    return banned_pattern(phrases), max((len(p.split()) for p in phrases), default=1) - 1
 
 
 def visible_text(
@@ -50,18 +59,18 @@ def visible_text(
     parsed = parse_llm_answer(complete, passages)
     if not parsed.text:
         return "", []
-    phrases = [p.strip() for p in banned_phrases if p.strip()]
-    if find_banned(parsed.text, phrases) or (max_chars and len(parsed.text) > max_chars):
+    banned, hold = _banned_rules(tuple(banned_phrases))
+    if (banned is not None and banned.search(parsed.text)) or (max_chars and len(parsed.text) > max_chars):
         return None, []
-    hold = max((len(p.split()) for p in phrases), default=1) - 1
-    words = list(_WORD.finditer(parsed.text))
     shown = parsed.text
     if hold:
-        shown = parsed.text[: words[-hold].start()].rstrip() if len(words) > hold else ""
+        # Without its last `hold` words (str.split's whitespace is the regex's \s), or nothing when it has no more.
+        words = shown.rsplit(None, hold)
+        shown = words[0] if len(words) > hold else ""
     if not shown:
         return "", []
     # Citations of the markers still in the shown text (renumbered in order of first use, so a prefix).
-    numbers = {int(n) for n in re.findall(r"\[(\d+)\]", shown)}
+    numbers = {int(n) for n in _MARKER.findall(shown)}
     return shown, [c for i, c in enumerate(parsed.citations, start=1) if i in numbers]
 
 

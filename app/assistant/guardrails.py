@@ -27,8 +27,20 @@ def _phrase_pattern(phrase: str) -> re.Pattern[str]:
     return re.compile(left + r"\s+".join(words) + right, re.IGNORECASE)
 
 
+@lru_cache(maxsize=1024)
+def banned_pattern(phrases: tuple[str, ...]) -> re.Pattern[str] | None:
+    """One pattern that matches where any of `phrases` would (their patterns as alternatives), None for no phrase:
+    one scan of the text says whether any occurs, instead of one scan per phrase."""
+    patterns = [_phrase_pattern(p.strip()).pattern for p in phrases if p.strip()]
+    return re.compile("|".join(f"(?:{p})" for p in patterns), re.IGNORECASE) if patterns else None
+
+
 def find_banned(text: str, phrases: Iterable[str]) -> list[str]:
     """The banned phrases that occur in `text` (case-insensitive, whole words), in the order given."""
+    phrases = tuple(phrases)
+    pattern = banned_pattern(phrases)
+    if pattern is None or not pattern.search(text):  # the usual answer, in one scan
+        return []
     return [p for p in phrases if p.strip() and _phrase_pattern(p.strip()).search(text)]
 
 

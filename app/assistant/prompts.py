@@ -21,6 +21,10 @@ ESCALATE_TOKEN = "<<ESCALATE>>"  # noqa: S105 - a marker in the model's reply, n
 TRANSLATION_TOKEN = "<<TRANSLATION>>"  # noqa: S105 - a marker in the model's reply, not a secret
 # A citation group: [1], [1][2], [1, 2] or [1,2,3].
 _CITATION = re.compile(r"\[(\d{1,2}(?:\s*,\s*\d{1,2})*)\]")
+# The tidying of an answer's text once markers are resolved (compiled once: drafts parse the answer per streamed piece).
+_SPACE_BEFORE_PUNCTUATION = re.compile(r"[ \t]+([.,;:!?])")
+_SPACES = re.compile(r"[ \t]{2,}")
+_BLANK_LINES = re.compile(r"\n{3,}")
 
 
 class PassageLike(Protocol):
@@ -162,9 +166,9 @@ def parse_llm_answer(text: str, passages: Sequence[PassageLike]) -> Draft:
         return "".join(dict.fromkeys(out))
 
     body = _CITATION.sub(renumber, body)
-    body = re.sub(r"[ \t]+([.,;:!?])", r"\1", body)  # "text [9]." with [9] dropped leaves "text ."
-    body = re.sub(r"[ \t]{2,}", " ", body)
-    body = re.sub(r"\n{3,}", "\n\n", body).strip()
+    body = _SPACE_BEFORE_PUNCTUATION.sub(r"\1", body)  # "text [9]." with [9] dropped leaves "text ."
+    body = _SPACES.sub(" ", body)
+    body = _BLANK_LINES.sub("\n\n", body).strip()
     cited = [passages[i] for i in order]
     citations = [citation(p) for p in cited]
     if not body:

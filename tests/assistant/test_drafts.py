@@ -4,6 +4,7 @@ through the real `openai` SDK streaming from the fake server."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,7 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from app.assistant.drafts import visible_text
-from app.assistant.prompts import parse_llm_answer
+from app.assistant.prompts import ESCALATE_TOKEN, parse_llm_answer
 from app.bootstrap import container
 from app.bus.memory import MemoryBus
 from app.contracts import InboundMessage
@@ -69,6 +70,60 @@ def test_a_banned_phrase_never_shows_and_stops_the_drafts() -> None:
 def test_an_answer_over_the_length_limit_stops_the_drafts() -> None:
     assert visible_text("word " * 30, PASSAGES, [], 200)[0] == ("word " * 30).strip()
     assert visible_text("word " * 30, PASSAGES, [], 140)[0] is None
+
+
+def _visible_text_as_first_written(
+    raw: str, passages: list[FakePassage], banned_phrases: list[str], max_chars: int | None
+) -> tuple[str | None, list[dict[str, Any]]]:
+    """`visible_text` before it was made cheaper (each phrase searched on its own and the hold worked out per
+    piece, words found by a regex): the reference it must still match, draft for draft."""
+    if ESCALATE_TOKEN in raw:
+        return None, []
+    cut = max(raw.rfind(" "), raw.rfind("\n"), raw.rfind("\t"))
+    complete = re.sub(r"\[[\d,\s]*$", "", raw[: cut + 1]) if cut >= 0 else ""
+    parsed = parse_llm_answer(complete, passages)
+    if not parsed.text:
+        return "", []
+    phrases = [p.strip() for p in banned_phrases if p.strip()]
+    if [p for p in phrases if re.search(_phrase_regex(p), parsed.text, re.IGNORECASE)] or (
+            max_chars and len(parsed.text) > max_chars):
+        return None, []
+    hold = max((len(p.split()) for p in phrases), default=1) - 1
+    words = list(re.finditer(r"\S+", parsed.text))
+    shown = parsed.text
+    if hold:
+        shown = parsed.text[: words[-hold].start()].rstrip() if len(words) > hold else ""
+    if not shown:
+        return "", []
+    numbers = {int(n) for n in re.findall(r"\[(\d+)\]", shown)}
+    return shown, [c for i, c in enumerate(parsed.citations, start=1) if i in numbers]
+
+
+def _phrase_regex(phrase: str) -> str:
+    left = r"\b" if re.match(r"\w", phrase) else ""
+    right = r"\b" if re.search(r"\w$", phrase) else ""
+    return left + r"\s+".join(re.escape(w) for w in phrase.split()) + right
+
+
+@pytest.mark.parametrize("banned", [
+    [], ["lifetime warranty", "refund guaranteed"], ["Summit Supply Co", " no questions asked ", "", "A+", "$$$"],
+    ["x"],
+])
+def test_the_drafts_are_the_same_as_before_they_were_made_cheaper(banned: list[str]) -> None:
+    answers = [
+        ANSWER,
+        "Every jacket comes with a lifetime warranty on its zips [1].",
+        "Our  Summit Supply\n\nCo  partner ships [2] [1, 2] in 3 days\u00a0[9] [1, ",
+        "Rated A+ by x-ray experts, no\tquestions   asked [2][2][1]!\n\n\n\nRefund guaranteed? <<ESCAL",
+        "Short [1] answer, then <<ESCALATE>> and more",
+        "$$$ savings :  [1] . Costs\u2003x more [3]",
+    ]
+    for answer in answers:
+        streamed = ["".join(text_chunks(answer)[:n]) for n in range(len(text_chunks(answer)) + 1)]
+        for raw in [*streamed, *_prefixes(answer)]:
+            for max_chars in (None, 30):
+                assert visible_text(raw, PASSAGES, banned, max_chars) == _visible_text_as_first_written(
+                    raw, PASSAGES, banned, max_chars), raw
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from app.assistant.guardrails import detect_injection, find_banned, wants_human
+from app.assistant.guardrails import banned_pattern, detect_injection, find_banned, wants_human
 from app.assistant.pii import iban_valid, luhn_valid, redact_pii
 from tests.conftest import SHARED_DATA
 
@@ -111,6 +111,23 @@ def test_find_banned_is_case_insensitive_and_word_bounded() -> None:
     assert find_banned("Our guarantees vary", phrases) == []
     assert find_banned("rated A+ by users", phrases) == ["A+"]
     assert find_banned("anything", ["", "  "]) == []
+
+
+def test_the_joined_banned_pattern_matches_exactly_when_one_phrase_does() -> None:
+    # `find_banned` and the streamed drafts ask one joined pattern first: it must agree with the phrases one by one.
+    phrases = ("guarantee", "free shipping", "A+", "$$$", " lifetime  warranty ", "", "no questions asked", "x")
+    expected = {
+        "We GUARANTEE it": ["guarantee"], "guarantees": [], "Free\n\nshipping!": ["free shipping"],
+        "free-shipping": [], "rated A+ by users": ["A+"], "rated A+B": ["A+"], "costs $$$ more": ["$$$"],
+        "a lifetime\twarranty": [" lifetime  warranty "], "lifetime warranties": [], "x-ray, no QUESTIONS asked":
+        ["no questions asked", "x"], "box": [], "": [], "   ": [], "we guarantee free shipping": ["guarantee",
+        "free shipping"],
+    }
+    pattern = banned_pattern(phrases)
+    assert pattern is not None and banned_pattern(("", " ")) is None
+    for text, found in expected.items():
+        assert find_banned(text, phrases) == found, text
+        assert bool(pattern.search(text)) == bool(found), text
 
 
 @pytest.mark.parametrize(
