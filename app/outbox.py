@@ -78,6 +78,7 @@ class Pending:
 _INSERT = insert(OUTBOX).returning(OUTBOX.c.id, sort_by_parameter_order=True)
 _DELETE = delete(OUTBOX).where(OUTBOX.c.id.in_(bindparam("ids", expanding=True)),
                                OUTBOX.c.tenant_id.in_(bindparam("tenants", expanding=True)))
+_DELETE_ONE = delete(OUTBOX).where(OUTBOX.c.id == bindparam("id"), OUTBOX.c.tenant_id == bindparam("tenant"))
 _DUE = (
     select(OUTBOX.c.id, OUTBOX.c.topic, OUTBOX.c.tenant_id, OUTBOX.c.fields, OUTBOX.c.message_id)
     .where(OUTBOX.c.not_before <= bindparam("now"))
@@ -122,7 +123,9 @@ def send(bus: Bus, pending: Sequence[Pending]) -> bool:
 
 def remove(session: Session, pending: Sequence[Pending]) -> None:
     """Delete published entries in the caller's transaction (a writer that commits again soon anyway)."""
-    if pending:
+    if len(pending) == 1:  # the usual one (an outcome's reply): no expanding IN rendered for it
+        session.execute(_DELETE_ONE, {"id": pending[0].id, "tenant": pending[0].entry.tenant_id})
+    elif pending:
         session.execute(_DELETE, {"ids": [p.id for p in pending], "tenants": sorted(tenants_of(pending))})
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import bindparam, exists, select
+from sqlalchemy import bindparam, exists, or_, select
 from sqlalchemy.orm import Session
 
 from app.conversations.service import MESSAGES
@@ -26,7 +26,9 @@ _ENDED = MESSAGES.alias("ended")
 _TURN_ENDED_SINCE = exists().where(  # a later inbound message of the conversation already ended a turn
     _ENDED.c.conversation_id == bindparam("conversation"), filter_only(_ENDED.c.tenant_id) == bindparam("tenant"),
     _ENDED.c.direction == "in",
-    _ENDED.c.status.in_(["answered", "escalated", "human"]), _ENDED.c.created_at > bindparam("created"),
+    # Not `in_([...])`: its expanding parameter is rendered into the SQL again at every execution.
+    or_(*(_ENDED.c.status == status for status in ("answered", "escalated", "human"))),
+    _ENDED.c.created_at > bindparam("created"),
 )
 _NEWER_PENDING = select(MESSAGES.c.id).where(
     MESSAGES.c.conversation_id == bindparam("conversation"), filter_only(MESSAGES.c.tenant_id) == bindparam("tenant"),

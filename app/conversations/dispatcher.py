@@ -12,8 +12,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from app import logs, tracing
@@ -22,9 +23,11 @@ from app.channels import Account, InboundRef, Sender, SendError, SendRequest
 from app.contacts import consent
 from app.contracts import Event, OutboundMessage, UnknownEvent
 from app.conversations.push import Push, notify_on_commit
+from app.conversations.service import CONTACTS, CONVERSATIONS, MESSAGES
 from app.crypto import decrypt_json
 from app.db import session_scope
-from app.models import ChannelAccount, Contact, Conversation, Message, utcnow
+from app.models import ChannelAccount, Message, utcnow
+from app.tenant_scope import same_tenant
 
 log = logging.getLogger(__name__)
 
@@ -36,19 +39,28 @@ DEFAULT_LEASE = timedelta(seconds=10)
 
 Clock = Callable[[], datetime]
 
-# Built once: each delivery only binds its ids (building the statement cost more than running it on SQLite).
+# The delivery's SQL, built once: each delivery only binds its ids (building a statement, or loading ORM objects,
+# cost more than running it on SQLite). Core rows; every statement names the tenant or joins on it.
+ACCOUNTS: Table = ChannelAccount.__table__  # type: ignore[assignment]
+_IN_TENANT = (MESSAGES.c.id == bindparam("message"), MESSAGES.c.tenant_id == bindparam("tenant"))
+# The reply, locked, with its contact (through its conversation) in the same statement.
 _OUTBOUND = (
-    select(Message)
-    .where(Message.id == bindparam("message"), Message.tenant_id == bindparam("tenant"))
-    .with_for_update()
+    select(MESSAGES.c.id, MESSAGES.c.tenant_id, MESSAGES.c.status, MESSAGES.c.channel, MESSAGES.c.meta,
+           CONTACTS.c.external_id.label("recipient"), CONTACTS.c.consent_status, CONTACTS.c.last_inbound_at)
+    .join(CONVERSATIONS, (CONVERSATIONS.c.id == MESSAGES.c.conversation_id) & same_tenant(CONVERSATIONS, MESSAGES))
+    .join(CONTACTS, (CONTACTS.c.id == CONVERSATIONS.c.contact_id) & same_tenant(CONTACTS, CONVERSATIONS))
+    .where(*_IN_TENANT)
+    .with_for_update(of=MESSAGES)
 )
-
-# The reply's contact, through its conversation, in one statement (was two `session.get`s).
-_CONTACT = (
-    select(Contact)
-    .join(Conversation, (Conversation.contact_id == Contact.id) & (Conversation.tenant_id == Contact.tenant_id))
-    .where(Conversation.id == bindparam("conversation"))
-)
+_ACCOUNT = select(ACCOUNTS.c.id, ACCOUNTS.c.tenant_id, ACCOUNTS.c.channel, ACCOUNTS.c.external_id,
+                  ACCOUNTS.c.config, ACCOUNTS.c.credentials_encrypted).where(
+    ACCOUNTS.c.id == bindparam("account"), ACCOUNTS.c.tenant_id == bindparam("tenant"))
+_FAILED = update(MESSAGES).where(*_IN_TENANT).values(status="failed", error=bindparam("error"))
+# Sent by the transaction that reads it (the web chat): `meta` is written only when there is a lease to drop, so a
+# copy read here never writes over what was recorded since.
+_SENT = update(MESSAGES).where(*_IN_TENANT).values(
+    status="sent", processed_at=bindparam("now", type_=MESSAGES.c.processed_at.type))
+_SENT_DROPPING_LEASE = _SENT.values(meta=bindparam("new_meta", type_=MESSAGES.c.meta.type))
 
 
 class DeliveryBusy(RetryLater):
@@ -86,37 +98,40 @@ class Dispatcher:
     def deliver(self, event: OutboundMessage) -> str:
         """Deliver the stored reply once; returns the reply's status afterwards (`sent`, `failed`, or what it
         already was). Raises for a transient failure (the entry is redelivered)."""
+        key = {"message": event.message_id, "tenant": event.tenant_id}
         with session_scope(tenant=event.tenant_id) as session:
-            message = session.scalars(_OUTBOUND, {"message": event.message_id, "tenant": event.tenant_id}).first()
-            if message is None:
+            reply = session.execute(_OUTBOUND, key).first()
+            if reply is None:
                 raise PermanentFailure(f"outbound message {event.message_id} not found")
-            if message.status != "pending":
-                return str(message.status)  # already delivered (or failed for good): a redelivery changes nothing
-            sender = self.senders.get(message.channel)
+            if reply.status != "pending":
+                return str(reply.status)  # already delivered (or failed for good): a redelivery changes nothing
+            sender = self.senders.get(reply.channel)
             if sender is None:
-                message.status = "failed"
-                message.error = f"no sender for channel {message.channel!r}"
+                session.execute(_FAILED, {**key, "error": f"no sender for channel {reply.channel!r}"})
                 return "failed"
-            account = session.get(ChannelAccount, event.channel_account_id) if event.channel_account_id else None
-            if account is not None and account.tenant_id != event.tenant_id:
-                raise PermanentFailure("channel account belongs to another tenant")
-            contact = session.scalars(_CONTACT, {"conversation": message.conversation_id}).one()
-            if not consent.may_send(contact.consent_status, message.meta):
-                message.status, message.error = "failed", consent.NOT_SENT
+            if not consent.may_send(reply.consent_status, reply.meta):
+                session.execute(_FAILED, {**key, "error": consent.NOT_SENT})
                 return "failed"
             if sender.in_process:  # delivered by this transaction: the visitor's reader wakes once it commits
-                notify_on_commit(session, self.push, message.tenant_id, contact.external_id)
-                self._sent(message, [])
+                notify_on_commit(session, self.push, reply.tenant_id, reply.recipient)
+                meta = reply.meta or {}
+                if "sending_until" in meta:
+                    session.execute(_SENT_DROPPING_LEASE, {**key, "now": utcnow(),
+                                                           "new_meta": _without(meta, "sending_until")})
+                else:
+                    session.execute(_SENT, {**key, "now": utcnow()})
                 return "sent"
+            account = (session.execute(_ACCOUNT, {"account": event.channel_account_id, "tenant": event.tenant_id})
+                       .first() if event.channel_account_id else None)
             if account is None:
-                message.status, message.error = "failed", f"message {message.id} has no channel account to send from"
+                session.execute(_FAILED, {**key, "error": f"message {reply.id} has no channel account to send from"})
                 return "failed"
-            _lock(session, message)  # as it is now, locked until the lease is committed
+            message = _lock(session, reply.tenant_id, reply.id)  # as it is now, locked until the lease is committed
             if message.status != "pending":
                 return str(message.status)  # taken meanwhile (the USSD route showed it on its screen)
             answers = _answers(session, message)
             self._take_lease(session, message, answers)
-            request = _request(session, message, account, contact, answers)
+            request = _request(session, message, account, reply, answers)
             with tracing.span(f"send {message.channel}", {"switchboard.channel": message.channel,
                                                            "switchboard.parts.before": len(request.sent)},
                               kind=tracing.SpanKind.CLIENT) as span:
@@ -160,7 +175,7 @@ class Dispatcher:
         """Not sending any more: release the lease so the redelivery can go ahead, not before `retry_after`.
         The row is read again first: meanwhile the USSD route may have shown the reply on its screen (status
         `sent`, `shown_on`), which a write from the copy read before the send would undo."""
-        _lock(session, message)
+        _lock(session, message.tenant_id, message.id)
         if message.status != "pending":
             session.commit()
             return
@@ -179,24 +194,28 @@ class Dispatcher:
             message.provider_ref = ids[0]
 
 
-def _lock(session: Session, message: Message) -> None:
+def _lock(session: Session, tenant_id: str, message_id: str) -> Message:
     """Lock the reply's row, then read it as it is now, so what is written from it holds until the commit. A
     no-op UPDATE takes the row lock on Postgres and the write lock on SQLite, where `FOR UPDATE` does nothing and
     a read does not begin the transaction: a plain read-then-write there let the USSD route's `shown_on`, committed
     in between, be written over (found by the e2e USSD retry test, 1 run in 5)."""
-    session.execute(update(Message).where(Message.tenant_id == message.tenant_id, Message.id == message.id)
+    session.execute(update(Message).where(Message.tenant_id == tenant_id, Message.id == message_id)
                     .values(status=Message.status))
-    session.refresh(message)
+    message = session.get(Message, message_id, populate_existing=True)
+    if message is None:
+        raise PermanentFailure(f"outbound message {message_id} not found")
+    return message
 
 
 def _without(meta: dict[str, object], key: str) -> dict[str, object]:
     return {k: v for k, v in meta.items() if k != key}
 
 
-def _request(session: Session, message: Message, row: ChannelAccount, contact: Contact,
+def _request(session: Session, message: Message, row: Any, reply: Any,
              answers: InboundRef | None) -> SendRequest:
-    """Reads only: a write here from the copy read before the lease would be flushed by the query below over
-    whatever the USSD route recorded since (its `shown_on`, found by the e2e USSD retry test)."""
+    """`row`: the `_ACCOUNT` row to send from; `reply`: the `_OUTBOUND` row (its contact). Reads only: a write
+    here from the copy read before the lease would be flushed by the query below over whatever the USSD route
+    recorded since (its `shown_on`, found by the e2e USSD retry test)."""
     creds = decrypt_json(row.credentials_encrypted) if row.credentials_encrypted else {}
     account = Account(row.id, row.tenant_id, row.channel, row.external_id, dict(row.config or {}), creds)
     answered_before = False
@@ -207,8 +226,8 @@ def _request(session: Session, message: Message, row: ChannelAccount, contact: C
         answered_before = any((meta or {}).get("provider_ids") for meta in others)
     return SendRequest(
         message_id=message.id, tenant_id=message.tenant_id, idempotency_key=message.provider_message_id,
-        text=message.text, recipient=contact.external_id, account=account, author=message.author,
-        last_inbound_at=contact.last_inbound_at, answers=answers, answered_before=answered_before,
+        text=message.text, recipient=reply.recipient, account=account, author=message.author,
+        last_inbound_at=reply.last_inbound_at, answers=answers, answered_before=answered_before,
         sent=tuple((message.meta or {}).get("provider_ids") or ()),
     )
 

@@ -4,15 +4,17 @@ so a retried handler cannot send twice, and the `OutboundMessage` events the dis
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select
+from sqlalchemy import bindparam, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from app import tracing
 from app.bus.base import Bus
 from app.contracts import OUTBOUND, OutboundMessage
-from app.conversations.service import MESSAGES, statements
+from app.conversations.service import CONVERSATIONS, MESSAGES
 from app.models import Conversation, Message, new_id, utcnow
 
 
@@ -92,7 +94,20 @@ _EXISTING_REPLY = select(MESSAGES.c.id, MESSAGES.c.text, MESSAGES.c.citations, M
     MESSAGES.c.tenant_id == bindparam("tenant"), MESSAGES.c.channel == bindparam("channel"),
     MESSAGES.c.provider_message_id == bindparam("key"),
 )
-_INSERT_MESSAGE = insert(MESSAGES)
+_TOUCH_CONVERSATION = update(CONVERSATIONS).where(
+    CONVERSATIONS.c.id == bindparam("conversation"), CONVERSATIONS.c.tenant_id == bindparam("tenant"),
+).values(updated_at=bindparam("now", type_=CONVERSATIONS.c.updated_at.type))
+
+
+@lru_cache(maxsize=4)
+def _insert_reply(dialect: str) -> Any:
+    """The reply's insert, a no-op (no row returned) when its idempotency key is taken: one statement, where a
+    read for the key before every insert cost one more."""
+    dialect_insert: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return (dialect_insert(MESSAGES)
+            .on_conflict_do_nothing(index_elements=["tenant_id", "channel", "provider_message_id"])
+            .returning(MESSAGES.c.id))
+
 
 def store_reply(
     session: Session,
@@ -108,17 +123,17 @@ def store_reply(
     """`add_outbound` without ORM objects, for the orchestrator's hot path: the same row under the same
     idempotency key, the conversation touched; returns the event to publish once committed (the stored reply's,
     if one already has the key)."""
-    existing = session.execute(_EXISTING_REPLY, {"tenant": to.tenant_id, "channel": to.channel, "key": key}).first()
-    if existing is not None:
-        return _outbound_event(to.tenant_id, existing.id, to.conversation_id, to.channel, to.channel_account_id,
-                               existing.text, existing.citations, existing.author)
     reply_id, now = new_id(), utcnow()
-    session.execute(_INSERT_MESSAGE, {
+    inserted = session.execute(_insert_reply(session.get_bind().dialect.name), {
         "id": reply_id, "tenant_id": to.tenant_id, "conversation_id": to.conversation_id, "channel": to.channel,
         "direction": "out", "provider_message_id": key, "text": text, "status": "pending", "author": author,
-        "in_reply_to_id": in_reply_to_id, "citations": citations, "meta": meta or {}, "created_at": now})
-    sql = statements(session.get_bind().dialect.name)
-    session.execute(sql.touch_conversations, {"ids": [to.conversation_id], "tenants": [to.tenant_id], "now": now})
+        "in_reply_to_id": in_reply_to_id, "citations": citations, "meta": meta or {}, "created_at": now}).first()
+    if inserted is None:
+        existing = session.execute(_EXISTING_REPLY, {"tenant": to.tenant_id, "channel": to.channel,
+                                                     "key": key}).one()
+        return _outbound_event(to.tenant_id, existing.id, to.conversation_id, to.channel, to.channel_account_id,
+                               existing.text, existing.citations, existing.author)
+    session.execute(_TOUCH_CONVERSATION, {"conversation": to.conversation_id, "tenant": to.tenant_id, "now": now})
     return _outbound_event(to.tenant_id, reply_id, to.conversation_id, to.channel, to.channel_account_id, text,
                            citations, author)
 
