@@ -53,7 +53,10 @@ class MemoryBus:
         if maxlen < 1:
             raise ValueError("maxlen must be at least 1")
         self.maxlen = maxlen
-        self._cond = threading.Condition()
+        self._lock = threading.RLock()  # guards everything below
+        # Readers wait on their topic's condition (all share the lock): an entry wakes the readers of its topic,
+        # not every consumer thread of the process (the orchestrator's, the dispatcher's, the webhooks'...).
+        self._arrivals: dict[str, threading.Condition] = {}
         self._streams: dict[str, dict[str, _Stream]] = {}  # topic -> tenant -> stream
         self._groups: dict[str, dict[str, _Group]] = {}  # topic -> group name -> state
         self._dead: dict[tuple[str, str], list[DeadLetter]] = {}
@@ -66,7 +69,7 @@ class MemoryBus:
         check_name("topic", topic)
         check_name("tenant id", tenant_id)
         entry = dict(check_fields(fields))
-        with self._cond:
+        with self._lock:
             entry_id = self._next_id()
             stream = self._streams.setdefault(topic, {}).setdefault(tenant_id, _Stream())
             stream.entries[entry_id] = entry
@@ -74,7 +77,7 @@ class MemoryBus:
             while len(stream.order) > self.maxlen:
                 del stream.entries[stream.order.popleft()]
                 stream.first_seq += 1
-            self._cond.notify_all()
+            self._arrival(topic).notify_all()
         return entry_id
 
     def publish_many(self, topic: str, entries: Sequence[tuple[str, dict[str, str]]]) -> list[str]:
@@ -97,8 +100,14 @@ class MemoryBus:
     # -- groups and reading ----------------------------------------------------------------------------
     def ensure_group(self, topic: str, group: str) -> None:
         check_name("topic", topic)
-        with self._cond:
+        with self._lock:
             self._group(topic, group)
+
+    def _arrival(self, topic: str) -> threading.Condition:
+        arrival = self._arrivals.get(topic)
+        if arrival is None:
+            arrival = self._arrivals[topic] = threading.Condition(self._lock)
+        return arrival
 
     def _group(self, topic: str, group: str) -> _Group:
         return self._groups.setdefault(topic, {}).setdefault(group, _Group())
@@ -107,14 +116,14 @@ class MemoryBus:
         self, topic: str, group: str, consumer: str, *, count: int, block_ms: int, skip: Collection[str] = ()
     ) -> list[Delivery]:
         deadline = time.monotonic() + max(block_ms, 0) / 1000
-        with self._cond:
+        with self._lock:
             state = self._group(topic, group)
             while True:
                 out = self._take_new(topic, state, consumer, count, skip)
                 remaining = deadline - time.monotonic()
                 if out or remaining <= 0:
                     return out
-                self._cond.wait(remaining)
+                self._arrival(topic).wait(remaining)
 
     def _take_new(
         self, topic: str, state: _Group, consumer: str, count: int, skip: Collection[str]
@@ -148,7 +157,7 @@ class MemoryBus:
     def claim_stale(
         self, topic: str, group: str, consumer: str, *, min_idle_ms: int, count: int
     ) -> list[Delivery]:
-        with self._cond:
+        with self._lock:
             state = self._group(topic, group)
             now = time.monotonic()
             streams = self._streams.get(topic, {})
@@ -173,7 +182,7 @@ class MemoryBus:
             return out
 
     def keep_alive(self, group: str, consumer: str, deliveries: Sequence[Delivery]) -> list[Delivery]:
-        with self._cond:
+        with self._lock:
             now = time.monotonic()
             kept = []
             for d in deliveries:
@@ -186,7 +195,7 @@ class MemoryBus:
 
     # -- settling --------------------------------------------------------------------------------------
     def ack(self, group: str, deliveries: Sequence[Delivery]) -> None:
-        with self._cond:
+        with self._lock:
             for d in deliveries:
                 state = self._groups.get(d.topic, {}).get(group)
                 if state is not None:
@@ -195,7 +204,7 @@ class MemoryBus:
                     state.attempts.pop((d.tenant_id, d.id), None)
 
     def dead_letter(self, group: str, delivery: Delivery, reason: str) -> None:
-        with self._cond:
+        with self._lock:
             self._add_dead(DeadLetter(delivery.topic, delivery.tenant_id, delivery.id, dict(delivery.fields),
                                       reason, delivery.deliveries, {"group": group, "dead_at": _now_iso()}))
             self.ack(group, [delivery])
@@ -207,7 +216,7 @@ class MemoryBus:
 
     def erase(self, tenant_id: str, topics: Sequence[str], ids: set[str]) -> int:
         erased = 0
-        with self._cond:
+        with self._lock:
             for topic in topics:
                 stream = self._streams.get(topic, {}).get(tenant_id) or _Stream()
                 for entry_id, fields in list(stream.entries.items()):
@@ -221,7 +230,7 @@ class MemoryBus:
         return erased
 
     def dead_letters(self, topic: str, tenant_id: str, *, count: int = 100) -> list[DeadLetter]:
-        with self._cond:
+        with self._lock:
             return list(self._dead.get((topic, tenant_id), [])[:count])
 
     def record_dead(self, topic: str, tenant_id: str, fields: dict[str, str], reason: str) -> None:
@@ -229,21 +238,21 @@ class MemoryBus:
         check_name("tenant id", tenant_id)
         letter = DeadLetter(topic, tenant_id, "", dict(check_fields(fields)), reason, 0,
                             {"group": "", "dead_at": _now_iso()})
-        with self._cond:
+        with self._lock:
             self._add_dead(letter)
 
     def record_failure(self, group: str, delivery: Delivery, reason: str) -> None:
-        with self._cond:
+        with self._lock:
             self._group(delivery.topic, group).failures[(delivery.tenant_id, delivery.id)] = reason
 
     def last_failure(self, group: str, delivery: Delivery) -> str | None:
-        with self._cond:
+        with self._lock:
             return self._group(delivery.topic, group).failures.get((delivery.tenant_id, delivery.id))
 
     def count_attempt(self, group: str, delivery: Delivery) -> int:
         if delivery.deliveries <= 1:
             return 1
-        with self._cond:
+        with self._lock:
             attempts = self._group(delivery.topic, group).attempts
             ref = (delivery.tenant_id, delivery.id)
             attempts[ref] = attempts.get(ref, 0) + 1
@@ -251,17 +260,17 @@ class MemoryBus:
 
     # -- introspection ---------------------------------------------------------------------------------
     def pending_count(self, topic: str, group: str) -> int:
-        with self._cond:
+        with self._lock:
             state = self._groups.get(topic, {}).get(group)
             return len(state.pending) if state else 0
 
     def stream_length(self, topic: str, tenant_id: str) -> int:
-        with self._cond:
+        with self._lock:
             stream = self._streams.get(topic, {}).get(tenant_id)
             return len(stream.order) if stream else 0
 
     def stream_stats(self, topic: str, groups: Sequence[str]) -> StreamStats:
-        with self._cond:
+        with self._lock:
             streams = self._streams.get(topic, {})
             end = {tenant: s.first_seq + len(s.order) for tenant, s in streams.items()}
             pending: dict[str, int] = {}
@@ -280,7 +289,7 @@ class MemoryBus:
             )
 
     def drained(self, topic: str, group: str, tenant_id: str) -> bool:
-        with self._cond:
+        with self._lock:
             stream = self._streams.get(topic, {}).get(tenant_id)
             if stream is None:
                 return True
@@ -291,8 +300,9 @@ class MemoryBus:
             return state is None or not any(tenant == tenant_id for tenant, _ in state.pending)
 
     def close(self) -> None:
-        with self._cond:
-            self._cond.notify_all()
+        with self._lock:
+            for arrival in self._arrivals.values():
+                arrival.notify_all()
 
 
 def _delivery(topic: str, tenant: str, entry_id: str, fields: dict[str, str], n: int) -> Delivery:
