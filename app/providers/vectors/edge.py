@@ -284,9 +284,9 @@ class EdgeVectorStore:
 
         def fetch(ids: Sequence[str]) -> dict[str, dict[str, Any]]:
             # The ids come from probes filtered by tenant; the tenant check is the store's rule all the same.
+            # `payload` makes a new dict on every read: read once, not copied.
             records = self._engine.retrieve([engine_ids.get(i, i) for i in ids], with_payload=True, with_vector=False)
-            return {name(r.id): payload for r in records
-                    if (payload := dict(r.payload or {})).get(TENANT_FIELD) == tenant_id}
+            return {name(r.id): payload for r in records if (payload := r.payload or {}).get(TENANT_FIELD) == tenant_id}
 
         # One read hold for the whole search: an upsert in between would move the tenant's IDF, and the BM25
         # scores of one search must share a scale.
