@@ -4,6 +4,7 @@ filters), ids handed back to the engine as the uuid.UUID it gave, one engine que
 from __future__ import annotations
 
 import math
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
@@ -131,5 +132,33 @@ def test_ids_given_as_the_engines_uuids_score_what_their_strings_score(tmp_path:
         assert len(scores(set(uuids))) == len(uuids)
         restricted = store._filter("acme", ids=[str(u) for u in uuids]).must
         assert restricted is not None and restricted[-1].point_ids == set(uuids)  # type: ignore[union-attr]
+    finally:
+        store.close()
+
+
+def test_threads_searching_two_tenants_share_the_cache_and_each_sees_its_own(tmp_path: Path) -> None:
+    store = EdgeVectorStore(tmp_path / "vectors", dim=DIM)
+    try:
+        for tenant in ("acme", "globex"):
+            store.upsert(tenant, [point(tenant, i) for i in range(30)])
+        query, words, filters = unit(1, 0.4, 0.2), SparseVector([0, 11], [1.0, 0.5]), {"pack_version": 1}
+        expected = {t: key(store.search(t, query, words, limit=5, filters=filters)) for t in ("acme", "globex")}
+        assert expected["acme"] != expected["globex"]
+        errors: list[BaseException] = []
+
+        def searcher(n: int) -> None:
+            try:
+                for k in range(40):
+                    tenant = ("acme", "globex")[(n + k) % 2]
+                    assert key(store.search(tenant, query, words, limit=5, filters=filters)) == expected[tenant]
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=searcher, args=(n,)) for n in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not errors, errors
     finally:
         store.close()
