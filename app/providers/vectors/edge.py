@@ -15,6 +15,7 @@ the lock only against writers.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -90,6 +91,43 @@ class ReadWriteLock:
                 self._changed.notify_all()
 
 
+@functools.lru_cache(maxsize=1024)
+def _scope(tenant_id: str, key: tuple[tuple[str, bool, Any], ...]) -> tuple[tuple[Any, ...], qe.Filter]:
+    """The conditions every read and write of a tenant (with the caller's exact-match filters, `_scope_key`) must
+    meet, and their Filter. Cached: a search rebuilt them up to six times (its filter, the IDF corpus, each probe
+    by ids). Sharing them between threads and calls is safe: qdrant-edge's filter objects are immutable (no
+    setters, no mutating methods) and the engine copies their Rust value into each request. The tenant is part of
+    the cache key, so an entry never serves another tenant."""
+    must: list[Any] = [qe.FieldCondition(TENANT_FIELD, match=qe.MatchValue(tenant_id))]
+    for name, _, value in key:
+        match = qe.MatchAny(list(value)) if isinstance(value, tuple) else qe.MatchValue(value)
+        must.append(qe.FieldCondition(name, match=match))
+    return tuple(must), qe.Filter(must=must)
+
+
+def _scope_key(filters: dict[str, Any] | None) -> tuple[tuple[str, bool, Any], ...]:
+    """`check_filters`' conditions as a cache key. Lists become tuples; each value carries whether it is a bool:
+    True == 1 and hash(True) == hash(1), and each must get the objects built from its own value, as before."""
+    return tuple((name, isinstance(value, bool), tuple(value) if isinstance(value, list) else value)
+                 for name, value in check_filters(filters))
+
+
+def _restricted(must: tuple[Any, ...], ids: set[Any]) -> qe.Filter:
+    return qe.Filter(must=[*must, qe.HasIdCondition(ids)])
+
+
+# Search parameters of dense probes: the top of the index, or exact scores of given ids. Shared like the filters.
+_TOP = qe.SearchParams(exact=False)
+_EXACT = qe.SearchParams(exact=True)
+
+
+@functools.lru_cache(maxsize=1024)
+def _sparse_params(tenant_id: str) -> tuple[qe.SearchParams, qe.SearchParams]:
+    """`_TOP` and `_EXACT` for BM25 probes: IDF over this tenant's points only (its filter without the caller's)."""
+    idf = qe.IdfParams(corpus=_scope(tenant_id, ())[1])
+    return qe.SearchParams(exact=False, idf=idf), qe.SearchParams(exact=True, idf=idf)
+
+
 class EdgeVectorStore:
     def __init__(self, path: Path | str, dim: int = 384) -> None:
         self.path = Path(path).expanduser()
@@ -143,13 +181,8 @@ class EdgeVectorStore:
     # -- filters -------------------------------------------------------------------------------------------
 
     def _filter(self, tenant_id: str, filters: dict[str, Any] | None = None, ids: Sequence[str] = ()) -> qe.Filter:
-        must: list[Any] = [qe.FieldCondition(TENANT_FIELD, match=qe.MatchValue(require_tenant(tenant_id)))]
-        for key, value in check_filters(filters):
-            match = qe.MatchAny(value) if isinstance(value, list) else qe.MatchValue(value)
-            must.append(qe.FieldCondition(key, match=match))
-        if ids:
-            must.append(qe.HasIdCondition({str(i) for i in ids}))
-        return qe.Filter(must=must)
+        must, flt = _scope(require_tenant(tenant_id), _scope_key(filters))
+        return _restricted(must, {str(i) for i in ids}) if ids else flt
 
     # -- writes --------------------------------------------------------------------------------------------
 
@@ -198,21 +231,46 @@ class EdgeVectorStore:
         rank_by: list[float] | None = None,
     ) -> list[Hit]:
         check_limit(limit)
-        flt = self._filter(tenant_id, filters)  # bad arguments fail before any work
-        idf = qe.IdfParams(corpus=self._filter(tenant_id))  # BM25's IDF over this tenant's points only
+        must, flt = _scope(require_tenant(tenant_id), _scope_key(filters))  # bad arguments fail before any work
+        # Each point's id as str once per search (a point comes back from up to 4 probes; UUID.__str__ was a
+        # tenth of a search), and as the uuid.UUID the engine gave: probes by ids and `fetch` hand that back, which
+        # the engine reads in about half the time it takes to parse the str. The store's ids are all UUIDs
+        # (`upsert` gives the engine str ids, which it parses as UUIDs).
+        names: dict[int, str] = {}
+        engine_ids: dict[str, Any] = {}
+
+        def name(point_id: Any) -> str:
+            text = names.get(point_id.int)
+            if text is None:
+                text = names[point_id.int] = str(point_id)
+                engine_ids[text] = point_id
+            return text
+
+        top_sparse, exact_sparse = _sparse_params(tenant_id)
+        queries: dict[tuple[str, int], tuple[Any, qe.Query]] = {}
+
+        def query(p: Probe) -> qe.Query:
+            # One engine query per view and vector in a search: most come back in the second batch, and building
+            # one (the vector copied into the engine) cost more than the request around it. The key holds the
+            # vector's id(); the entry keeps the vector alive, so that id cannot be reused by another meanwhile.
+            key = (p.using, id(p.vector))
+            if key not in queries:
+                vector: Any = qe.SparseVector(list(p.vector.indices), list(p.vector.values)) \
+                    if isinstance(p.vector, SparseVector) else list(p.vector)
+                queries[key] = (p.vector, qe.Query.Nearest(vector, using=p.using))
+            return queries[key][1]
 
         def request(p: Probe) -> qe.QueryRequest:
             # Scores of given ids are computed exactly (never left to the index).
             exact = p.ids is not None
             if isinstance(p.vector, SparseVector):
-                vector: Any = qe.SparseVector(list(p.vector.indices), list(p.vector.values))
-                params = qe.SearchParams(exact=exact, idf=idf)
+                params = exact_sparse if exact else top_sparse
             else:
-                vector, params = list(p.vector), qe.SearchParams(exact=exact)
+                params = _EXACT if exact else _TOP
             return qe.QueryRequest(
                 limit=p.limit,
-                query=qe.Query.Nearest(vector, using=p.using),
-                filter=flt if p.ids is None else self._filter(tenant_id, filters, ids=p.ids),
+                query=query(p),
+                filter=flt if p.ids is None else _restricted(must, {engine_ids.get(i, i) for i in p.ids}),
                 with_payload=p.ids is None and p.payload,
                 params=params,
             )
@@ -220,14 +278,15 @@ class EdgeVectorStore:
         def run(probes: Sequence[Probe]) -> list[list[Scored]]:
             # One engine call per batch of probes (one GIL hand-off, one planned pass over the segments).
             found = self._engine.query_batch(qe.QueryBatchRequest([request(p) for p in probes]))
-            return [[Scored(str(x.id), float(x.score), dict(x.payload or {}) if p.ids is None else None)
+            # Payloads are read only where asked for (`fetch` loads the hits' instead).
+            return [[Scored(name(x.id), float(x.score), dict(x.payload or {}) if p.ids is None and p.payload else None)
                      for x in points] for p, points in zip(probes, found, strict=True)]
 
         def fetch(ids: Sequence[str]) -> dict[str, dict[str, Any]]:
             # The ids come from probes filtered by tenant; the tenant check is the store's rule all the same.
-            records = self._engine.retrieve(list(ids), with_payload=True, with_vector=False)
-            return {str(r.id): dict(r.payload or {}) for r in records
-                    if (r.payload or {}).get(TENANT_FIELD) == tenant_id}
+            # `payload` makes a new dict on every read: read once, not copied.
+            records = self._engine.retrieve([engine_ids.get(i, i) for i in ids], with_payload=True, with_vector=False)
+            return {name(r.id): payload for r in records if (payload := r.payload or {}).get(TENANT_FIELD) == tenant_id}
 
         # One read hold for the whole search: an upsert in between would move the tenant's IDF, and the BM25
         # scores of one search must share a scale.
