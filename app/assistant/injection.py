@@ -140,11 +140,26 @@ _INJECTION_RULES: list[tuple[str, float, re.Pattern[str]]] = [
         re.compile(r"\b(?:ChatGPT|GPT-?[34]|language\s+model|large\s+language\s+model|LLM|AI\s+model)\b", _I),
     ),
 ]
+
+
+def starting_with(letters: str, pattern: re.Pattern[str]) -> re.Pattern[str]:
+    """`pattern` behind a lookahead for the characters every one of its matches starts with (`letters`, read with
+    the pattern's own flags: case-insensitively for most): the same matches, but the engine passes every other
+    position at once instead of trying each of the pattern's alternatives there (2-3 times faster on a customer
+    message). tests/assistant/test_fast_paths.py checks each `letters` against its pattern."""
+    return re.compile(f"(?=[{letters}])(?:{pattern.pattern})", pattern.flags)
+
+
+# What every match of these rules starts with: a word beginning with one of these letters.
+RULE_FIRST_LETTERS = {"override_instructions": "bdfios", "prompt_extraction": "dghilmoprstw",
+                      "persona_override": "abdfhlnprsty", "no_limits": "abcdfnoruw", "model_addressing": "acgl"}
+_INJECTION_RULES = [(name, weight, starting_with(RULE_FIRST_LETTERS[name], pattern)
+                     if name in RULE_FIRST_LETTERS else pattern) for name, weight, pattern in _INJECTION_RULES]
 _BASE64 = re.compile(r"(?<![A-Za-z0-9+/])[A-Za-z0-9+/]{40,}={0,2}(?![A-Za-z0-9+/=])")
-_SECOND_PERSON = re.compile(
+_SECOND_PERSON = starting_with("y", re.compile(
     r"\byou(?:'ll|\s+will|\s+must|\s+are|\s+should|\s+can|\s+have\s+to)\b|\byour\s+(?:responses?|answers?|replies)\b",
     _I,
-)
+))
 RULE_FLAG = 1.0  # the rules alone flag a text whose weights add up to this
 
 

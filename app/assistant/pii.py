@@ -124,6 +124,7 @@ _STREET_AFTER = re.compile(
     re.IGNORECASE,
 )
 _CAPITALISED_AFTER = re.compile(r"^,?[ \t]+[A-Z][a-z]")
+_DIGIT = re.compile(r"\d")  # the same digits (any script's) as the patterns' \d
 _ADDRESS_BEFORE = re.compile(r"(?:apt|apartment|suite|unit|no|nr)\.?\s*\d*\s*$", re.IGNORECASE)
 
 
@@ -292,18 +293,7 @@ def _find_phones(text: str, spans: _Spans, regions: Sequence[str]) -> None:
                 spans.add("PHONE", text, start, end)
 
 
-def find_pii(text: str, kinds: Collection[str] | None = None, *,
-             phone_regions: Sequence[str] | None = None,
-             recognizers: Iterable[Recognizer] = ()) -> list[PiiSpan]:
-    """The PII spans in `text` (of `kinds` only, when given), in order, never overlapping. `phone_regions`: where
-    numbers written without a country code are read (default: the operator's setting). `recognizers`: the
-    named-entity extra's (app/assistant/pii_ner.py), run after the structured kinds."""
-    regions = tuple(phone_regions) if phone_regions is not None else operator_phone_regions()
-    spans = _Spans()
-    for m in _EMAIL.finditer(text):
-        spans.add("EMAIL", text, *m.span())
-    for m in _URL.finditer(text):
-        spans.add("URL", text, *m.span(), record=False)
+def _find_numeric(text: str, spans: _Spans, regions: Sequence[str], kinds: Collection[str] | None) -> None:
     for m in _IBAN.finditer(text):
         # An IBAN-shaped string with a bad checksum is set aside too: its digits are not a phone number either.
         spans.add("IBAN", text, *m.span(), record=iban_valid(m.group(0)))
@@ -318,6 +308,24 @@ def find_pii(text: str, kinds: Collection[str] | None = None, *,
         spans.add("DATETIME", text, *m.span(), record=False)
     if kinds is None or "PHONE" in kinds:
         _find_phones(text, spans, regions)
+
+
+def find_pii(text: str, kinds: Collection[str] | None = None, *,
+             phone_regions: Sequence[str] | None = None,
+             recognizers: Iterable[Recognizer] = ()) -> list[PiiSpan]:
+    """The PII spans in `text` (of `kinds` only, when given), in order, never overlapping. `phone_regions`: where
+    numbers written without a country code are read (default: the operator's setting). `recognizers`: the
+    named-entity extra's (app/assistant/pii_ner.py), run after the structured kinds."""
+    regions = tuple(phone_regions) if phone_regions is not None else operator_phone_regions()
+    spans = _Spans()
+    for m in _EMAIL.finditer(text):
+        spans.add("EMAIL", text, *m.span())
+    for m in _URL.finditer(text):
+        spans.add("URL", text, *m.span(), record=False)
+    # Every kind below needs a digit (an IPv6 address is kept only with one): most customer messages have none,
+    # and skip these eight scans.
+    if _DIGIT.search(text):
+        _find_numeric(text, spans, regions, kinds)
     for recognize in recognizers:
         for span in recognize(text):
             if spans.free(span.start, span.end):
