@@ -14,7 +14,7 @@ from typing import Any
 
 from app.assistant.injection import InjectionVerdict as InjectionVerdict  # re-exported for callers
 from app.assistant.injection import detect_injection as detect_injection
-from app.assistant.injection import starting_with
+from app.assistant.patterns import starting_with
 
 # ----------------------------------------------------------------------------------------- tenant policy
 
@@ -53,7 +53,7 @@ _HUMAN = starting_with("achlnoprst", re.compile(
     r"|\b(?:customer\s+(?:service|support)\s+)?(?:representative|operator)\b"
     r"|\b(?:not|stop)\s+(?:talking\s+to\s+)?(?:a\s+)?(?:bot|robot|machine)\b",
     re.IGNORECASE,
-))  # (the letters its words start with: app/assistant/injection.py, `starting_with`)
+))
 
 
 def wants_human(text: str, extra_keywords: Iterable[str] = ()) -> bool:

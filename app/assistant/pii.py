@@ -38,6 +38,8 @@ from functools import lru_cache
 import phonenumbers
 from phonenumbers import Leniency, PhoneNumberMatcher
 
+from app.assistant.patterns import starting_with
+
 STRUCTURED_KINDS = ("EMAIL", "PHONE", "CREDIT_CARD", "IBAN", "US_SSN", "IP_ADDRESS")
 NER_KINDS = ("PERSON", "ADDRESS")  # only through the optional extra (app/assistant/pii_ner.py)
 DEFAULT_PHONE_REGIONS = ("US", "GB")
@@ -84,11 +86,11 @@ _IPV4 = re.compile(
 _IPV6 = re.compile(r"(?<![\w:.])(?=[0-9A-Fa-f.]*:[0-9A-Fa-f.]*:)[0-9A-Fa-f:.]{2,45}(?:%[\w.-]{1,15})?(?![\w:])")
 _VERSION_BEFORE = re.compile(r"(?:\bversion|\bv|\bbuild|\brelease|\bver\.?)\s*$", re.IGNORECASE)
 
-_DATETIME = re.compile(
+_DATETIME = starting_with(r"\d", re.compile(
     r"\b\d{4}-[01]?\d-[0-3]?\d(?:[ T]\d{1,2}:\d{2}(?::\d{2})?)?\b"
     r"|(?<![\d.])[0-3]?\d[/.][01]?\d[/.](?:\d{2}|\d{4})(?![\d.]?\d)"
     r"|\b\d{1,2}:\d{2}(?::\d{2})?\b"
-)
+))
 # Something phone-shaped: at least 7 digits in one run of digits and phone punctuation. Only texts with one pay
 # for libphonenumber.
 _PHONE_CANDIDATE = re.compile(r"(?<![\w.])[+(]?\d[\d \t().\-/]{5,}\d(?:\s?(?:x|ext\.?)\s?\d{1,5}\b)?", re.IGNORECASE)
@@ -212,8 +214,8 @@ def _find_ssns(text: str, spans: _Spans) -> None:
 
 
 def _find_ips(text: str, spans: _Spans) -> None:
-    # IPv6 first: an IPv4-mapped address (::ffff:192.0.2.1) is one address, not an IPv4 one.
-    for m in _IPV6.finditer(text):
+    # IPv6 first: an IPv4-mapped address (::ffff:192.0.2.1) is one address, not an IPv4 one. It has two colons.
+    for m in _IPV6.finditer(text) if text.count(":") >= 2 else ():
         candidate = m.group(0).rstrip(".")
         address = candidate.split("%")[0]
         if address == "::" or not any(c.isdigit() for c in address) or not _ip_valid(address):
@@ -318,7 +320,7 @@ def find_pii(text: str, kinds: Collection[str] | None = None, *,
     named-entity extra's (app/assistant/pii_ner.py), run after the structured kinds."""
     regions = tuple(phone_regions) if phone_regions is not None else operator_phone_regions()
     spans = _Spans()
-    for m in _EMAIL.finditer(text):
+    for m in _EMAIL.finditer(text) if "@" in text else ():  # (no scan without the one character it needs)
         spans.add("EMAIL", text, *m.span())
     for m in _URL.finditer(text):
         spans.add("URL", text, *m.span(), record=False)

@@ -78,6 +78,7 @@ FAST_PATTERNS = {
     "wants_human": guardrails._HUMAN,
     "number_word": text_measures._NUMBER_WORD,
     "small_talk": text_measures._SMALL_TALK,
+    "pii_datetime": pii._DATETIME,
 }
 
 
@@ -95,7 +96,7 @@ def _first(items: sre_parse.SubPattern | list) -> set[str] | None:  # type: igno
     unusual start)."""
     out: set[str] = set()
     for op, av in items:
-        if op is C.AT or op is C.ASSERT:  # zero width: the next item starts the match
+        if op in (C.AT, C.ASSERT, C.ASSERT_NOT):  # zero width: the next item starts the match
             continue
         if op is C.LITERAL:
             return out | {chr(av)}
@@ -106,6 +107,8 @@ def _first(items: sre_parse.SubPattern | list) -> set[str] | None:  # type: igno
                     chars.add(chr(a))
                 elif o is C.RANGE:
                     chars |= {chr(c) for c in range(a[0], a[1] + 1)}
+                elif o is C.CATEGORY:  # \d, \w...: by name
+                    chars.add(str(a))
                 else:
                     return None
             return out | chars
@@ -133,15 +136,19 @@ def _first(items: sre_parse.SubPattern | list) -> set[str] | None:  # type: igno
 
 @pytest.mark.parametrize("name", sorted(FAST_PATTERNS))
 def test_the_lookahead_letters_cover_every_start_of_the_pattern(name: str) -> None:
-    """Proof rather than examples: every character a match can start with is among the lookahead's letters
-    (both read case-insensitively, as the patterns are)."""
+    """Proof rather than examples: every character a match can start with passes the lookahead (read with the
+    pattern's flags), and every class it can start with (\\d) is the lookahead's own."""
     fast = FAST_PATTERNS[name]
-    assert fast.flags & re.IGNORECASE
-    letters = re.match(r"^(?:\\b)?\(\?=\[([^\]]+)\]\)", fast.pattern)
-    assert letters is not None
+    lookahead = re.match(r"^(?:\\b)?\(\?=(\[[^\]]+\])\)", fast.pattern)
+    assert lookahead is not None
+    allowed = _first(sre_parse.parse(lookahead.group(1), fast.flags)) or set()
     starts = _first(sre_parse.parse(_without_lookahead(fast).pattern, fast.flags))
-    assert starts is not None
-    assert {c.lower() for c in starts} <= set(letters.group(1))
+    assert starts
+    for start in starts:
+        if len(start) == 1:
+            assert re.fullmatch(lookahead.group(1), start, fast.flags), (name, start)
+        else:  # a category, by name
+            assert start in allowed, (name, start)
 
 
 def _content_terms_plain(text: str, own: frozenset[str]) -> frozenset[str]:
@@ -191,3 +198,10 @@ def test_pii_without_a_digit_skips_only_scans_that_find_nothing(monkeypatch: pyt
         monkeypatch.setattr(pii, "_DIGIT", re.compile(""))  # every text takes the full path
         assert [pii.find_pii(t, recognizers=recognizers) for t in texts] == fast
         monkeypatch.undo()
+
+
+def test_the_email_and_ipv6_scans_skipped_need_what_the_text_lacks() -> None:
+    """An address has an "@"; an IPv6 candidate two colons: without them `find_pii` does not scan for either."""
+    for text in [*TEXTS, "a@b.co", "::1", "fe80::1%eth0", "x:y", "ann@example.com:8080::"]:
+        assert not pii._EMAIL.search(text) or "@" in text
+        assert not pii._IPV6.search(text) or text.count(":") >= 2
