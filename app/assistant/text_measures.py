@@ -6,22 +6,26 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from app.assistant.patterns import starting_with
 from app.providers.embeddings.sparse import STOPWORDS, tokenize
 
 _CITATION = re.compile(r"\[(\d{1,2}(?:\s*,\s*\d{1,2})*)\]")
 # A PII placeholder the reply may carry ([EMAIL], [PHONE_2]): neither a claim nor a number.
 _PLACEHOLDER = re.compile(r"\[[A-Z][A-Z_]*?(?:_\d+)?\]")
 # A sentence ends at . ! ? or, in a reply, at a citation marker followed by a capital ("a list item [1] Next").
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])|(?<=\])\s+(?=[A-Z])")
+# (`starting_with`, here and below: the same matches, found faster.)
+_SENTENCE_END = starting_with(r"\s", re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])|(?<=\])\s+(?=[A-Z])"))
 # "Foo. [1]" and "Foo.[1][2]": the markers move before the full stop, so they stay with their sentence.
 _TRAILING_MARKERS = re.compile(r"([.!?]+)\s*((?:\[\d{1,2}(?:\s*,\s*\d{1,2})*\]\s*)+)")
 # A reply sentence's clauses: "X, and Y", "X; Y", "X but Y". A bare "and" joins words as often as clauses; a
 # colon joins a table row's cells ("Duluth: Monday-Saturday 10 am-7 pm"), whose numbers belong to its first cell.
-CLAUSE = re.compile(r"[,;]\s+|\s+(?:but|although|though|while|whereas)\s+|\s+[-\u2013\u2014]\s+")
+CLAUSE = starting_with(r",;\s",
+                       re.compile(r"[,;]\s+|\s+(?:but|although|though|while|whereas)\s+|\s+[-\u2013\u2014]\s+"))
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
-_CAPITALISED = re.compile(r"\b[A-Z][A-Za-z0-9&'-]*[A-Za-z0-9]\b")
+_CAPITALISED = starting_with("A-Z", re.compile(r"\b[A-Z][A-Za-z0-9&'-]*[A-Za-z0-9]\b"))
 _BLOCK_START = re.compile(r"\s*(?:[-*•]\s|\d+[.)]\s|#|>|\||(?:Q|A|Question|Answer)\s*[:.]\s)")
-_MARKDOWN = re.compile(r"\*\*|__|`|^\s*(?:[-*•]|\d+[.)])\s+|^\s*#+\s*|^\s*>\s*", re.MULTILINE)
+_MARKDOWN = starting_with(r"*_`\s\-•\d#>",
+                          re.compile(r"\*\*|__|`|^\s*(?:[-*•]|\d+[.)])\s+|^\s*#+\s*|^\s*>\s*", re.MULTILINE))
 
 _NUMBER_WORDS = {
     "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6", "seven": "7", "eight": "8",

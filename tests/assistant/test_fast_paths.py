@@ -79,6 +79,7 @@ FAST_PATTERNS = {
     "number_word": text_measures._NUMBER_WORD,
     "small_talk": text_measures._SMALL_TALK,
     "pii_datetime": pii._DATETIME,
+    **{name: getattr(text_measures, name) for name in ("_SENTENCE_END", "CLAUSE", "_CAPITALISED", "_MARKDOWN")},
 }
 
 
