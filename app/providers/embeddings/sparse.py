@@ -40,7 +40,7 @@ def _stemmer() -> SnowballStemmer:
     return SnowballStemmer("english")
 
 
-@lru_cache(maxsize=1 << 16)
+@lru_cache(maxsize=1 << 15)  # ~7 MB when full (words and stems)
 def _stem(word: str) -> str:
     """A word's Snowball stem, remembered: the same few thousand words come back in every question, passage and
     reply, and a lookup costs a fraction of the stemmer's call. The stem is a function of the word alone, and a hit
