@@ -150,7 +150,8 @@ def all_terms(text: str) -> frozenset[str]:
 
 def numbers_in(text: str) -> frozenset[str]:
     found = {_norm_number(n) for n in _NUMBER.findall(text)}
-    found |= {_NUMBER_WORDS[w.lower()] for w in _NUMBER_WORD.findall(text)}
+    # casefold, not lower: the pattern ignores case as Unicode does (a long s, U+017F, matches "s"), lower() does not
+    found |= {_NUMBER_WORDS[w.casefold()] for w in _NUMBER_WORD.findall(text)}
     return frozenset(found)
 
 

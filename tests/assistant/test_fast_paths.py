@@ -206,3 +206,13 @@ def test_the_email_and_ipv6_scans_skipped_need_what_the_text_lacks() -> None:
     for text in [*TEXTS, "a@b.co", "::1", "fe80::1%eth0", "x:y", "ann@example.com:8080::"]:
         assert not pii._EMAIL.search(text) or "@" in text
         assert not pii._IPV6.search(text) or text.count(":") >= 2
+
+
+def test_number_words_that_match_only_by_unicode_case_folding_are_read() -> None:
+    # The pattern ignores case as Unicode does, so "six" spelled with a long s (U+017F) matches; reading it with
+    # lower() raised KeyError and took the grounding check down with it.
+    from app.assistant.text_measures import numbers_in
+
+    long_s = "\u017f"
+    assert numbers_in(f"{long_s}ix bags, SIX boxes and six crates") == numbers_in("six")
+    assert numbers_in(f"{long_s}even") == numbers_in("seven")
