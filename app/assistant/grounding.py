@@ -46,6 +46,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -56,7 +57,7 @@ from app.assistant.text_measures import (
     CLAUSE,
     all_terms,
     content_terms,
-    is_factual,
+    makes_claim,
     names_in,
     negated_terms,
     numbers_in,
@@ -125,6 +126,24 @@ Embed = Callable[[Sequence[str]], list[list[float]]]
 
 
 @dataclass(frozen=True)
+class _Reading:
+    """A reply sentence read once: its plain text and content terms say whether it is factual and start its
+    measures."""
+
+    text: str
+    citations: list[int]
+    clean: str  # plain_text(text)
+    terms: frozenset[str]  # content_terms(clean, persona_words)
+    factual: bool  # is_factual(text, persona_words)
+
+    @classmethod
+    def of(cls, sentence: str, citations: list[int], persona_words: frozenset[str]) -> _Reading:
+        clean = plain_text(sentence)
+        terms = content_terms(clean, persona_words)
+        return cls(sentence, citations, clean, terms, makes_claim(clean, terms))
+
+
+@dataclass(frozen=True)
 class _Units:
     """One passage's comparison units (sentences, adjacent pairs, clauses), their terms and embeddings."""
 
@@ -159,19 +178,16 @@ class GroundingChecker:
     # -- the check ---------------------------------------------------------------------------------------
     def check(self, text: str, cited: Sequence[PassageLike], persona: dict[str, Any] | None = None) -> Verdict:
         """`cited[n - 1]` is the passage the reply's `[n]` points at (the order of `Draft.citations`)."""
-        own = persona_words(persona)
-        # The persona's own greeting and sign-off ("Happy trails, Ava") are its voice, not claims.
-        voice = {s for line in ((persona or {}).get(k) for k in ("greeting", "sign_off")) if line
-                 for s, _ in split_cited(str(line))}
-        sentences = [(s, nums) for s, nums in split_cited(text) if s not in voice]
+        own, voice = _persona_parts(persona)
+        sentences = [_Reading.of(s, nums, own) for s, nums in split_cited(text) if s not in voice]
         # Only a factual sentence that cites a passage is measured, so only those need an embedding.
         measured: dict[str, list[_Units]] = {}
-        for s, nums in sentences:
-            passages = [cited[n - 1] for n in nums if 0 < n <= len(cited)]
-            if passages and is_factual(s, own):
-                measured.setdefault(s, []).extend(self._units(p) for p in passages)
+        for r in sentences:
+            passages = [cited[n - 1] for n in r.citations if 0 < n <= len(cited)]
+            if passages and r.factual:
+                measured.setdefault(r.text, []).extend(self._units(p) for p in passages)
         vectors = self.sentence_vectors(measured)
-        scored = [self.score_sentence(s, nums, cited, own, vectors.get(s)) for s, nums in sentences]
+        scored = [self._score(r, cited, own, vectors.get(r.text)) for r in sentences]
         cites_nothing = not any(s.citations for s in scored if 0 < min(s.citations, default=0) <= len(cited))
         grounded = not cites_nothing and all(s.supported for s in scored if s.factual)
         return Verdict(grounded=grounded, sentences=scored, cites_nothing=cites_nothing)
@@ -179,27 +195,34 @@ class GroundingChecker:
     def score_sentence(self, sentence: str, numbers: list[int], cited: Sequence[PassageLike],
                        persona_words: frozenset[str] = frozenset(),
                        vector: Sequence[float] | np.ndarray | None = None) -> SentenceCheck:
-        factual = is_factual(sentence, persona_words)
-        if not factual:
-            return SentenceCheck(sentence, numbers, factual=False, supported=True)
-        passages = [cited[n - 1] for n in numbers if 0 < n <= len(cited)]
+        return self._score(_Reading.of(sentence, numbers, persona_words), cited, persona_words, vector)
+
+    def _score(self, r: _Reading, cited: Sequence[PassageLike], persona_words: frozenset[str],
+               vector: Sequence[float] | np.ndarray | None) -> SentenceCheck:
+        if not r.factual:
+            return SentenceCheck(r.text, r.citations, factual=False, supported=True)
+        passages = [cited[n - 1] for n in r.citations if 0 < n <= len(cited)]
         if not passages:
-            return SentenceCheck(sentence, numbers, True, False, "no_citation")
-        measures = self.measure(sentence, passages, persona_words, vector)
-        return SentenceCheck(sentence, numbers, True, measures.problem is None, measures.problem,
+            return SentenceCheck(r.text, r.citations, True, False, "no_citation")
+        measures = self._measure(r, passages, persona_words, vector)
+        return SentenceCheck(r.text, r.citations, True, measures.problem is None, measures.problem,
                              measures.coverage, measures.similarity)
 
     def measure(self, sentence: str, passages: Sequence[PassageLike],
                 persona_words: frozenset[str] = frozenset(),
                 vector: Sequence[float] | np.ndarray | None = None) -> Measures:
         """The support signals of one factual sentence against the passages it cites."""
+        return self._measure(_Reading.of(sentence, [], persona_words), passages, persona_words, vector)
+
+    def _measure(self, r: _Reading, passages: Sequence[PassageLike], persona_words: frozenset[str],
+                 vector: Sequence[float] | np.ndarray | None) -> Measures:
         units = [self._units(p) for p in passages]
-        clean = plain_text(sentence)
-        terms = content_terms(clean, persona_words)
+        sentence, clean, terms = r.text, r.clean, r.terms
         known_terms = frozenset().union(*(u.terms for u in units))
         coverage = share_known(terms, known_terms)
-        clause = min((share_known(t, known_terms) for c in CLAUSE.split(clean)
-                      if len(t := content_terms(c, persona_words)) >= 2), default=1.0)
+        # Each clause's terms and numbers once: the clause share and the number check both read them.
+        clauses = [(content_terms(c, persona_words), numbers_in(c)) for c in CLAUSE.split(clean)]
+        clause = min((share_known(t, known_terms) for t, _ in clauses if len(t) >= 2), default=1.0)
         local = max(share_known(terms, window) for u in units for window in u.windows)
         query = np.asarray(vector, dtype=np.float32) if vector is not None else \
             self.sentence_vectors({sentence: units})[sentence]
@@ -214,14 +237,15 @@ class GroundingChecker:
         similarity = max(best, 0.0)
         shared = all_terms(clean) & frozenset().union(*(u.all_terms for u in units))
         mismatch: str | None = None
-        if not all(_numbers_placed(c, persona_words, units) for c in CLAUSE.split(clean)):
+        if not all(_numbers_placed(n, t, units) for t, n in clauses):
             mismatch = "number"
         elif not names_in(clean, persona_words) <= frozenset().union(*(u.words for u in units)):
             mismatch = "name"
         elif negated_terms(clean) & shared != best_negated & shared:
             mismatch = "negation"
         measures = Measures(coverage, similarity, mismatch, None, local, clause)
-        return replace(measures, problem=mismatch or self.verdict(measures))
+        problem = mismatch or self.verdict(measures)
+        return Measures(coverage, similarity, mismatch, problem, local, clause)
 
     def verdict(self, m: Measures) -> str | None:
         return None if scores_support(m, self.rule) else "weak_support"
@@ -290,17 +314,28 @@ class Measures:
     clause: float = 1.0  # the worst clause's share (clauses of 2+ content words)
 
 
-def _numbers_placed(clause: str, persona_words: frozenset[str], units: Sequence[_Units]) -> bool:
-    """A clause's numbers all occur in the passage sentence or clause that matches it best (most of its words,
-    then the shortest): "a flat $30" is no return-shipping price because the sentence before mentions repairs
-    over $30, and "2 years for footwear" is not what "1 year for footwear, 2 years for apparel" says."""
-    numbers = numbers_in(clause)
+def _numbers_placed(numbers: frozenset[str], terms: frozenset[str], units: Sequence[_Units]) -> bool:
+    """A clause's `numbers` all occur in the passage sentence or clause that matches it best (most of its content
+    `terms`, then the shortest): "a flat $30" is no return-shipping price because the sentence before mentions
+    repairs over $30, and "2 years for footwear" is not what "1 year for footwear, 2 years for apparel" says."""
     if not numbers:
         return True
-    terms = content_terms(clause, persona_words)
     places = [(share_known(terms, t), -len(t), n) for u in units for t, n in u.places]
     best = max((share, size) for share, size, _ in places)
     return any((share, size) == best and numbers <= n for share, size, n in places)
+
+
+def _persona_parts(persona: dict[str, Any] | None) -> tuple[frozenset[str], frozenset[str]]:
+    """The persona's own words (`persona_words`) and the sentences of its greeting and sign-off ("Happy trails,
+    Ava"): its voice, not claims."""
+    persona = persona or {}
+    return _persona_parts_of(*(str(persona.get(k) or "") for k in ("name", "brand", "greeting", "sign_off")))
+
+
+@lru_cache(maxsize=256)  # the same few personas on every reply; keyed by texts their customers read anyway
+def _persona_parts_of(name: str, brand: str, greeting: str, sign_off: str) -> tuple[frozenset[str], frozenset[str]]:
+    voice = frozenset(s for line in (greeting, sign_off) if line for s, _ in split_cited(line))
+    return persona_words({"name": name, "brand": brand}), voice
 
 
 def scores_support(m: Measures, rule: Rule) -> bool:

@@ -14,6 +14,7 @@ from typing import Any
 
 from app.assistant.injection import InjectionVerdict as InjectionVerdict  # re-exported for callers
 from app.assistant.injection import detect_injection as detect_injection
+from app.assistant.patterns import starting_with
 
 # ----------------------------------------------------------------------------------------- tenant policy
 
@@ -44,7 +45,7 @@ def find_banned(text: str, phrases: Iterable[str]) -> list[str]:
     return [p for p in phrases if p.strip() and _phrase_pattern(p.strip()).search(text)]
 
 
-_HUMAN = re.compile(
+_HUMAN = starting_with("achlnoprst", re.compile(
     r"\b(?:talk|speak|chat|connect|transfer|put)\b[^.!?\n]{0,25}\b(?:human|person|agent|someone|somebody|"
     r"representative|rep|operator|staff|manager|supervisor|people)\b"
     r"|\b(?:real|live|actual)\s+(?:human|person|agent|people)\b"
@@ -52,7 +53,7 @@ _HUMAN = re.compile(
     r"|\b(?:customer\s+(?:service|support)\s+)?(?:representative|operator)\b"
     r"|\b(?:not|stop)\s+(?:talking\s+to\s+)?(?:a\s+)?(?:bot|robot|machine)\b",
     re.IGNORECASE,
-)
+))
 
 
 def wants_human(text: str, extra_keywords: Iterable[str] = ()) -> bool:

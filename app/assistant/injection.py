@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from app.assistant.patterns import starting_with
+
 MODEL_FILE = Path(__file__).with_name("injection_model.npz")
 HASH_BITS = 17  # 131,072 hashed n-gram features
 MAX_HEAD, MAX_TAIL = 3000, 1000  # characters of a long text the model reads (the rules read all of it)
@@ -140,11 +142,19 @@ _INJECTION_RULES: list[tuple[str, float, re.Pattern[str]]] = [
         re.compile(r"\b(?:ChatGPT|GPT-?[34]|language\s+model|large\s+language\s+model|LLM|AI\s+model)\b", _I),
     ),
 ]
+
+
+
+# What every match of these rules starts with: a word beginning with one of these letters.
+RULE_FIRST_LETTERS = {"override_instructions": "bdfios", "prompt_extraction": "dghilmoprstw",
+                      "persona_override": "abdfhlnprsty", "no_limits": "abcdfnoruw", "model_addressing": "acgl"}
+_INJECTION_RULES = [(name, weight, starting_with(RULE_FIRST_LETTERS[name], pattern)
+                     if name in RULE_FIRST_LETTERS else pattern) for name, weight, pattern in _INJECTION_RULES]
 _BASE64 = re.compile(r"(?<![A-Za-z0-9+/])[A-Za-z0-9+/]{40,}={0,2}(?![A-Za-z0-9+/=])")
-_SECOND_PERSON = re.compile(
+_SECOND_PERSON = starting_with("y", re.compile(
     r"\byou(?:'ll|\s+will|\s+must|\s+are|\s+should|\s+can|\s+have\s+to)\b|\byour\s+(?:responses?|answers?|replies)\b",
     _I,
-)
+))
 RULE_FLAG = 1.0  # the rules alone flag a text whose weights add up to this
 
 

@@ -38,6 +38,8 @@ from functools import lru_cache
 import phonenumbers
 from phonenumbers import Leniency, PhoneNumberMatcher
 
+from app.assistant.patterns import starting_with
+
 STRUCTURED_KINDS = ("EMAIL", "PHONE", "CREDIT_CARD", "IBAN", "US_SSN", "IP_ADDRESS")
 NER_KINDS = ("PERSON", "ADDRESS")  # only through the optional extra (app/assistant/pii_ner.py)
 DEFAULT_PHONE_REGIONS = ("US", "GB")
@@ -84,11 +86,11 @@ _IPV4 = re.compile(
 _IPV6 = re.compile(r"(?<![\w:.])(?=[0-9A-Fa-f.]*:[0-9A-Fa-f.]*:)[0-9A-Fa-f:.]{2,45}(?:%[\w.-]{1,15})?(?![\w:])")
 _VERSION_BEFORE = re.compile(r"(?:\bversion|\bv|\bbuild|\brelease|\bver\.?)\s*$", re.IGNORECASE)
 
-_DATETIME = re.compile(
+_DATETIME = starting_with(r"\d", re.compile(
     r"\b\d{4}-[01]?\d-[0-3]?\d(?:[ T]\d{1,2}:\d{2}(?::\d{2})?)?\b"
     r"|(?<![\d.])[0-3]?\d[/.][01]?\d[/.](?:\d{2}|\d{4})(?![\d.]?\d)"
     r"|\b\d{1,2}:\d{2}(?::\d{2})?\b"
-)
+))
 # Something phone-shaped: at least 7 digits in one run of digits and phone punctuation. Only texts with one pay
 # for libphonenumber.
 _PHONE_CANDIDATE = re.compile(r"(?<![\w.])[+(]?\d[\d \t().\-/]{5,}\d(?:\s?(?:x|ext\.?)\s?\d{1,5}\b)?", re.IGNORECASE)
@@ -124,6 +126,7 @@ _STREET_AFTER = re.compile(
     re.IGNORECASE,
 )
 _CAPITALISED_AFTER = re.compile(r"^,?[ \t]+[A-Z][a-z]")
+_DIGIT = re.compile(r"\d")  # the same digits (any script's) as the patterns' \d
 _ADDRESS_BEFORE = re.compile(r"(?:apt|apartment|suite|unit|no|nr)\.?\s*\d*\s*$", re.IGNORECASE)
 
 
@@ -211,8 +214,8 @@ def _find_ssns(text: str, spans: _Spans) -> None:
 
 
 def _find_ips(text: str, spans: _Spans) -> None:
-    # IPv6 first: an IPv4-mapped address (::ffff:192.0.2.1) is one address, not an IPv4 one.
-    for m in _IPV6.finditer(text):
+    # IPv6 first: an IPv4-mapped address (::ffff:192.0.2.1) is one address, not an IPv4 one. It has two colons.
+    for m in _IPV6.finditer(text) if text.count(":") >= 2 else ():
         candidate = m.group(0).rstrip(".")
         address = candidate.split("%")[0]
         if address == "::" or not any(c.isdigit() for c in address) or not _ip_valid(address):
@@ -292,18 +295,7 @@ def _find_phones(text: str, spans: _Spans, regions: Sequence[str]) -> None:
                 spans.add("PHONE", text, start, end)
 
 
-def find_pii(text: str, kinds: Collection[str] | None = None, *,
-             phone_regions: Sequence[str] | None = None,
-             recognizers: Iterable[Recognizer] = ()) -> list[PiiSpan]:
-    """The PII spans in `text` (of `kinds` only, when given), in order, never overlapping. `phone_regions`: where
-    numbers written without a country code are read (default: the operator's setting). `recognizers`: the
-    named-entity extra's (app/assistant/pii_ner.py), run after the structured kinds."""
-    regions = tuple(phone_regions) if phone_regions is not None else operator_phone_regions()
-    spans = _Spans()
-    for m in _EMAIL.finditer(text):
-        spans.add("EMAIL", text, *m.span())
-    for m in _URL.finditer(text):
-        spans.add("URL", text, *m.span(), record=False)
+def _find_numeric(text: str, spans: _Spans, regions: Sequence[str], kinds: Collection[str] | None) -> None:
     for m in _IBAN.finditer(text):
         # An IBAN-shaped string with a bad checksum is set aside too: its digits are not a phone number either.
         spans.add("IBAN", text, *m.span(), record=iban_valid(m.group(0)))
@@ -318,6 +310,24 @@ def find_pii(text: str, kinds: Collection[str] | None = None, *,
         spans.add("DATETIME", text, *m.span(), record=False)
     if kinds is None or "PHONE" in kinds:
         _find_phones(text, spans, regions)
+
+
+def find_pii(text: str, kinds: Collection[str] | None = None, *,
+             phone_regions: Sequence[str] | None = None,
+             recognizers: Iterable[Recognizer] = ()) -> list[PiiSpan]:
+    """The PII spans in `text` (of `kinds` only, when given), in order, never overlapping. `phone_regions`: where
+    numbers written without a country code are read (default: the operator's setting). `recognizers`: the
+    named-entity extra's (app/assistant/pii_ner.py), run after the structured kinds."""
+    regions = tuple(phone_regions) if phone_regions is not None else operator_phone_regions()
+    spans = _Spans()
+    for m in _EMAIL.finditer(text) if "@" in text else ():  # (no scan without the one character it needs)
+        spans.add("EMAIL", text, *m.span())
+    for m in _URL.finditer(text):
+        spans.add("URL", text, *m.span(), record=False)
+    # Every kind below needs a digit (an IPv6 address is kept only with one): most customer messages have none,
+    # and skip these eight scans.
+    if _DIGIT.search(text):
+        _find_numeric(text, spans, regions, kinds)
     for recognize in recognizers:
         for span in recognize(text):
             if spans.free(span.start, span.end):

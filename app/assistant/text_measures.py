@@ -6,22 +6,26 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from app.assistant.patterns import starting_with
 from app.providers.embeddings.sparse import STOPWORDS, tokenize
 
 _CITATION = re.compile(r"\[(\d{1,2}(?:\s*,\s*\d{1,2})*)\]")
 # A PII placeholder the reply may carry ([EMAIL], [PHONE_2]): neither a claim nor a number.
 _PLACEHOLDER = re.compile(r"\[[A-Z][A-Z_]*?(?:_\d+)?\]")
 # A sentence ends at . ! ? or, in a reply, at a citation marker followed by a capital ("a list item [1] Next").
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])|(?<=\])\s+(?=[A-Z])")
+# (`starting_with`, here and below: the same matches, found faster.)
+_SENTENCE_END = starting_with(r"\s", re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])|(?<=\])\s+(?=[A-Z])"))
 # "Foo. [1]" and "Foo.[1][2]": the markers move before the full stop, so they stay with their sentence.
 _TRAILING_MARKERS = re.compile(r"([.!?]+)\s*((?:\[\d{1,2}(?:\s*,\s*\d{1,2})*\]\s*)+)")
 # A reply sentence's clauses: "X, and Y", "X; Y", "X but Y". A bare "and" joins words as often as clauses; a
 # colon joins a table row's cells ("Duluth: Monday-Saturday 10 am-7 pm"), whose numbers belong to its first cell.
-CLAUSE = re.compile(r"[,;]\s+|\s+(?:but|although|though|while|whereas)\s+|\s+[-\u2013\u2014]\s+")
+CLAUSE = starting_with(r",;\s",
+                       re.compile(r"[,;]\s+|\s+(?:but|although|though|while|whereas)\s+|\s+[-\u2013\u2014]\s+"))
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
-_CAPITALISED = re.compile(r"\b[A-Z][A-Za-z0-9&'-]*[A-Za-z0-9]\b")
+_CAPITALISED = starting_with("A-Z", re.compile(r"\b[A-Z][A-Za-z0-9&'-]*[A-Za-z0-9]\b"))
 _BLOCK_START = re.compile(r"\s*(?:[-*•]\s|\d+[.)]\s|#|>|\||(?:Q|A|Question|Answer)\s*[:.]\s)")
-_MARKDOWN = re.compile(r"\*\*|__|`|^\s*(?:[-*•]|\d+[.)])\s+|^\s*#+\s*|^\s*>\s*", re.MULTILINE)
+_MARKDOWN = starting_with(r"*_`\s\-•\d#>",
+                          re.compile(r"\*\*|__|`|^\s*(?:[-*•]|\d+[.)])\s+|^\s*#+\s*|^\s*>\s*", re.MULTILINE))
 
 _NUMBER_WORDS = {
     "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6", "seven": "7", "eight": "8",
@@ -29,7 +33,10 @@ _NUMBER_WORDS = {
     "forty": "40", "fifty": "50", "sixty": "60", "ninety": "90", "hundred": "100", "once": "1", "twice": "2",
     "single": "1", "double": "2", "half": "0.5",
 }
-_NUMBER_WORD = re.compile(r"\b(?:" + "|".join(_NUMBER_WORDS) + r")\b", re.IGNORECASE)
+# The lookahead only skips, at once, the words whose first letter starts no number word (same matches, twice as
+# fast: the alternatives are otherwise tried one by one at every word).
+_NUMBER_WORD = re.compile(r"\b(?=[" + "".join(sorted({w[0] for w in _NUMBER_WORDS})) + r"])(?:"
+                          + "|".join(_NUMBER_WORDS) + r")\b", re.IGNORECASE)
 # Negation cues, as `tokenize` leaves them (apostrophes dropped: "can't" -> "cant").
 _NEGATIONS_TEXT = """
     not no never cannot cant dont doesnt didnt isnt arent wasnt werent wont wouldnt shouldnt couldnt
@@ -49,8 +56,15 @@ CHAT_WORDS_TEXT = """
     come comes arise arises else theres heres thats whats lets youre youll ill id ive im
     """
 CHAT_WORDS = frozenset(tokenize(CHAT_WORDS_TEXT)) | frozenset(CHAT_WORDS_TEXT.split())
+_NOT_CONTENT = CHAT_WORDS | _NEGATIONS
 # "free" and "member" are claims ("free returns", "members get 10 %") except in these phrases.
-_SMALL_TALK = re.compile(r"\bfeel free\b|\b(?:team )?members? of (?:our|the|my) team\b|\bteam members?\b", re.I)
+# (The lookahead on their first letters, as for `_NUMBER_WORD`.)
+_SMALL_TALK = re.compile(r"\b(?=[ftm])(?:feel free\b|(?:team )?members? of (?:our|the|my) team\b|team members?\b)",
+                         re.I)
+
+_SPACE_BEFORE_PUNCT = re.compile(r"\s+([.,;:!?])")
+_SPACES = re.compile(r"\s{2,}")
+_ANY_WORD_CHAR = re.compile(r"\w")
 
 
 def split_cited(text: str) -> list[tuple[str, list[int]]]:
@@ -62,9 +76,9 @@ def split_cited(text: str) -> list[tuple[str, list[int]]]:
         last: list[int] = []  # the paragraph's latest marker
         for raw in _SENTENCE_END.split(_MARKDOWN.sub("", paragraph).strip()):
             numbers = [int(n) for group in _CITATION.findall(raw) for n in group.split(",")]
-            sentence = re.sub(r"\s+([.,;:!?])", r"\1", _CITATION.sub("", raw)).strip()
-            sentence = re.sub(r"\s{2,}", " ", sentence)
-            if not re.search(r"\w", sentence):
+            sentence = _SPACE_BEFORE_PUNCT.sub(r"\1", _CITATION.sub("", raw)).strip()
+            sentence = _SPACES.sub(" ", sentence)
+            if not _ANY_WORD_CHAR.search(sentence):
                 if numbers and out:  # a marker alone: it belongs to what came before
                     out[-1] = (out[-1][0], list(dict.fromkeys(out[-1][1] + numbers)))
                 continue
@@ -107,11 +121,13 @@ def passage_sentences(text: str) -> list[str]:
 def is_factual(sentence: str, persona_words: frozenset[str] = frozenset()) -> bool:
     """False for sentences that make no claim: questions and small talk (see the module's docstring)."""
     clean = plain_text(sentence)
-    if clean.rstrip().endswith("?"):
-        return False
-    if numbers_in(clean):
-        return True
-    return bool(content_terms(clean, persona_words))
+    return makes_claim(clean, content_terms(clean, persona_words))
+
+
+def makes_claim(clean: str, terms: frozenset[str]) -> bool:
+    """`is_factual` of a sentence already `plain_text`, given its `content_terms` (the grounding check reads both
+    once for the verdict and the measures)."""
+    return not clean.rstrip().endswith("?") and bool(terms or numbers_in(clean))
 
 
 def plain_text(text: str) -> str:
@@ -120,9 +136,8 @@ def plain_text(text: str) -> str:
 
 def content_terms(text: str, persona_words: frozenset[str]) -> frozenset[str]:
     # Numbers and negations are checked on their own (an "ill" or "thirty" is no invented word).
-    return frozenset(t for t in tokenize(_NUMBER_WORD.sub(" ", _SMALL_TALK.sub(" ", text)))
-                     if t not in CHAT_WORDS and t not in persona_words and t not in _NEGATIONS
-                     and not t.isdigit() and len(t) > 1)
+    terms = frozenset(tokenize(_NUMBER_WORD.sub(" ", _SMALL_TALK.sub(" ", text)))) - _NOT_CONTENT - persona_words
+    return frozenset(t for t in terms if len(t) > 1 and not t.isdigit())
 
 
 def share_known(terms: frozenset[str], known: frozenset[str]) -> float:
@@ -135,7 +150,8 @@ def all_terms(text: str) -> frozenset[str]:
 
 def numbers_in(text: str) -> frozenset[str]:
     found = {_norm_number(n) for n in _NUMBER.findall(text)}
-    found |= {_NUMBER_WORDS[w.lower()] for w in _NUMBER_WORD.findall(text)}
+    # casefold, not lower: the pattern ignores case as Unicode does (a long s, U+017F, matches "s"), lower() does not
+    found |= {_NUMBER_WORDS[w.casefold()] for w in _NUMBER_WORD.findall(text)}
     return frozenset(found)
 
 
@@ -165,14 +181,16 @@ _TITLE_WORDS = frozenset({"i", "i'm", "i've", "i'll", "i'd", "ok", "yes", "no", 
 
 
 NEGATION_SCOPE = 4  # words after a negation cue, within its clause, that it negates
+_NEGATION_CLAUSE = re.compile(r"[,.;:!?()]")
+_WORDS = re.compile(r"\w+")
 
 
 def negated_terms(text: str) -> frozenset[str]:
     """The content terms that a negation governs: "cannot be returned" -> {return}. A cue that ends its clause
     governs the two content words before it: "boots with wear on the soles are not" -> {wear, sole}."""
     negated: set[str] = set()
-    for clause in re.split(r"[,.;:!?()]", text.lower().replace("'", "").replace("\u2019", "")):
-        words = re.findall(r"\w+", clause)
+    for clause in _NEGATION_CLAUSE.split(text.lower().replace("'", "").replace("\u2019", "")):
+        words = _WORDS.findall(clause)
         cues = [i for i, word in enumerate(words) if word in _NEGATIONS]
         for i, nxt in zip(cues, [*cues[1:], len(words)], strict=False):
             # Counted in content words before the cue: "the soles are not" and "the soles aren't" agree.
