@@ -182,6 +182,26 @@ def test_a_streamed_answer_arrives_piece_by_piece(openai_server: FakeOpenAIServe
     assert request.body is not None and request.body["stream"] is True and request.messages == MESSAGES
 
 
+def test_streamed_answers_reuse_one_connection(openai_server: FakeOpenAIServer) -> None:
+    """The body is read to its end after `[DONE]`, so the next answer goes over the same connection, and the
+    answers are the same as the SDK's own stream gives."""
+    import openai
+
+    openai_server.reply(ANSWER)
+    config, client = _config(openai_server), OpenAILLMClient()
+    for _ in range(3):
+        seen: list[str] = []
+        completion = client.stream(config, MESSAGES, seen.append)
+        assert completion.text == ANSWER and seen[-1] == ANSWER
+        assert (completion.prompt_tokens, completion.completion_tokens) == (42, 7)
+    assert openai_server.connections == 1
+    sdk = openai.OpenAI(base_url=config.base_url, api_key=config.api_key, max_retries=0)
+    chunks = sdk.chat.completions.create(model=config.model, messages=MESSAGES,  # type: ignore[arg-type]
+                                         stream=True, stream_options={"include_usage": True})
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == ANSWER
+    client.close()
+
+
 def test_the_streamed_request_is_the_one_the_sdks_create_sends(openai_server: FakeOpenAIServer) -> None:
     import openai
 
