@@ -24,7 +24,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, cast
 
 import httpx2
 import openai
@@ -36,6 +36,7 @@ from app.netguard import blocked_reason, guarded_client2
 from app.providers.llm.base import Completion, LLMConfig, LLMError
 
 CONNECT_TIMEOUT_S = 5.0
+DRAIN_TIMEOUT_S = 0.1  # the longest wait for the body's end after [DONE] (as the SDK's async stream)
 _CACHE_SIZE = 64
 log = logging.getLogger(__name__)
 
@@ -160,20 +161,37 @@ class _Chunks(Stream[object]):
     The SDK's sync stream stops reading at `[DONE]` and closes the response with the body's last (empty) chunk
     still unread, so an HTTP/1.1 connection cannot go back to the pool: every streamed answer opened a new TCP (and,
     to a real provider, TLS) connection (a third of a short answer's CPU against the local fake). Its async stream
-    drains the body there; this does the same. Only what follows `[DONE]` is read (the API ends the body right after
-    it); a server that held the body open would hold the answer until the request's read timeout. A failure while
-    draining is ignored: the answer is complete, the connection is simply not reused."""
+    drains the body there, for at most 0.1 s; this does the same. Only what follows `[DONE]` is read (the API ends
+    the body right after it); a failure or the time limit while draining is ignored: the answer is complete, the
+    connection is simply not reused."""
 
     def _iter_events(self) -> Iterator[ServerSentEvent]:
         events = super()._iter_events()
         for sse in events:
             if sse.data.startswith("[DONE]") and self.response.http_version == "HTTP/1.1":
-                try:
-                    for _ in events:
-                        pass  # nothing is expected after [DONE]; the SDK would not read it either
-                except (openai.APIError, httpx2.HTTPError, httpx2.StreamError):
-                    pass
+                self._drain(events)
             yield sse
+
+    def _drain(self, events: Iterator[ServerSentEvent]) -> None:
+        # The body's reads wait up to the request's read timeout (fixed when the body started): each read of the
+        # drain waits DRAIN_TIMEOUT_S at most instead, through the connection's network stream (httpcore's
+        # `network_stream` response extension), so a server that holds the body open cannot hold the answer.
+        network: Any = self.response.extensions.get("network_stream")
+        read = getattr(network, "read", None)
+        if read is None:
+            return
+
+        def quick_read(max_bytes: int, timeout: float | None = None) -> bytes:
+            return cast(bytes, read(max_bytes, DRAIN_TIMEOUT_S if timeout is None else min(timeout, DRAIN_TIMEOUT_S)))
+
+        network.read = quick_read
+        try:
+            for _ in events:
+                pass  # nothing is expected after [DONE]; the SDK would not read it either
+        except (openai.APIError, httpx2.HTTPError, httpx2.StreamError):
+            pass
+        finally:
+            del network.read  # the stream's own method again
 
 
 def _options(config: LLMConfig) -> Any:
