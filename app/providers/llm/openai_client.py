@@ -173,16 +173,18 @@ class _Chunks(Stream[object]):
             yield sse
 
     def _drain(self, events: Iterator[ServerSentEvent]) -> None:
-        # The body's reads wait up to the request's read timeout (fixed when the body started): each read of the
-        # drain waits DRAIN_TIMEOUT_S at most instead, through the connection's network stream (httpcore's
+        # The body's reads wait up to the request's read timeout (fixed when the body started): the drain's reads
+        # end DRAIN_TIMEOUT_S from now at the latest, through the connection's network stream (httpcore's
         # `network_stream` response extension), so a server that holds the body open cannot hold the answer.
         network: Any = self.response.extensions.get("network_stream")
         read = getattr(network, "read", None)
         if read is None:
             return
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
 
         def quick_read(max_bytes: int, timeout: float | None = None) -> bytes:
-            return cast(bytes, read(max_bytes, DRAIN_TIMEOUT_S if timeout is None else min(timeout, DRAIN_TIMEOUT_S)))
+            left = max(0.0, deadline - time.monotonic())  # 0: a read that does not wait (a ReadError if no data)
+            return cast(bytes, read(max_bytes, left if timeout is None else min(timeout, left)))
 
         network.read = quick_read
         try:
