@@ -186,7 +186,10 @@ class _Chunks(Stream[object]):
             left = max(0.0, deadline - time.monotonic())  # 0: a read that does not wait (a ReadError if no data)
             return cast(bytes, read(max_bytes, left if timeout is None else min(timeout, left)))
 
-        network.read = quick_read
+        try:
+            network.read = quick_read
+        except (AttributeError, TypeError):
+            return  # a stream that takes no attribute: not drained, its connection not reused (as before)
         try:
             for _ in events:
                 pass  # nothing is expected after [DONE]; the SDK would not read it either
