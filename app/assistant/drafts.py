@@ -10,6 +10,10 @@ final checks would let through:
 - the tenant's banned phrases: the words that could still begin one (a phrase of n words: the last n-1 words) are
   held back, and once the text holds a banned phrase, the escalation token or more than `max_reply_chars`, no
   more drafts go out and the shown one is withdrawn: the final check will escalate.
+The visible text is worked out only when a draft is due (a parse of the whole answer so far on every streamed piece
+was a tenth of the LLM call's CPU): the drafts are the ones a check of every piece would publish, since what makes
+an answer unshowable stays in it as it grows; only a withdrawal for a banned phrase or the length may come up to one
+draft interval (or DRAFT_EVERY_CHUNKS pieces) later, still before the final check, which withdraws in any case.
 The reply becomes final only after the orchestrator's checks on the complete answer: then the stored reply is
 pushed as always and replaces the draft (the widget matches it by `in_reply_to_id`); when it escalates instead, or
 the stream fails, the orchestrator withdraws the draft (`withdraw`) and the holding notice follows.
@@ -108,15 +112,17 @@ class DraftStream:
         if self._stopped:
             return
         self._chunks += 1
-        shown, citations = visible_text(raw, self.passages, self.banned_phrases, self.max_chars)
-        if shown is None:
-            self._stopped = True  # the final check will escalate: show nothing more, take back what was shown
+        if ESCALATE_TOKEN in raw:  # as visible_text would say, at once: the final check will escalate
             self.withdraw()
             return
         now = time.monotonic()
-        if not shown or shown == self._shown:
-            return
         if now - self._last_at < self.interval_s and self._chunks < DRAFT_EVERY_CHUNKS:
+            return  # no draft due: the visible text (a parse of the whole answer so far) is not worked out
+        shown, citations = visible_text(raw, self.passages, self.banned_phrases, self.max_chars)
+        if shown is None:
+            self.withdraw()  # the final check will escalate: show nothing more, take back what was shown
+            return
+        if not shown or shown == self._shown:
             return
         self._shown, self._last_at, self._chunks = shown, now, 0
         self._publish({"text": shown, "citations": citations})

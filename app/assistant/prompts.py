@@ -165,10 +165,16 @@ def parse_llm_answer(text: str, passages: Sequence[PassageLike]) -> Draft:
             out.append(f"[{order.index(idx) + 1}]")
         return "".join(dict.fromkeys(out))
 
-    body = _CITATION.sub(renumber, body)
+    # A pass runs only when the text holds what it would change (a substring test is far cheaper than a regex scan,
+    # and drafts parse the answer again as it grows).
+    if "[" in body:
+        body = _CITATION.sub(renumber, body)
     body = _SPACE_BEFORE_PUNCTUATION.sub(r"\1", body)  # "text [9]." with [9] dropped leaves "text ."
-    body = _SPACES.sub(" ", body)
-    body = _BLANK_LINES.sub("\n\n", body).strip()
+    if "  " in body or "\t" in body:
+        body = _SPACES.sub(" ", body)
+    if "\n\n\n" in body:
+        body = _BLANK_LINES.sub("\n\n", body)
+    body = body.strip()
     cited = [passages[i] for i in order]
     citations = [citation(p) for p in cited]
     if not body:

@@ -5,13 +5,14 @@ through the real `openai` SDK streaming from the fake server."""
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 
-from app.assistant.drafts import visible_text
+from app.assistant.drafts import DRAFT_EVERY_CHUNKS, DraftStream, visible_text
 from app.assistant.prompts import ESCALATE_TOKEN, parse_llm_answer
 from app.bootstrap import container
 from app.bus.memory import MemoryBus
@@ -124,6 +125,66 @@ def test_the_drafts_are_the_same_as_before_they_were_made_cheaper(banned: list[s
             for max_chars in (None, 30):
                 assert visible_text(raw, PASSAGES, banned, max_chars) == _visible_text_as_first_written(
                     raw, PASSAGES, banned, max_chars), raw
+
+
+class _DraftStreamAsFirstWritten(DraftStream):
+    """`DraftStream.on_text` before it worked the visible text out only when a draft is due: on every piece."""
+
+    def on_text(self, raw: str) -> None:
+        if self._stopped:
+            return
+        self._chunks += 1
+        shown, citations = visible_text(raw, self.passages, self.banned_phrases, self.max_chars)
+        if shown is None:
+            self._stopped = True
+            self.withdraw()
+            return
+        now = time.monotonic()
+        if not shown or shown == self._shown:
+            return
+        if now - self._last_at < self.interval_s and self._chunks < DRAFT_EVERY_CHUNKS:
+            return
+        self._shown, self._last_at, self._chunks = shown, now, 0
+        self._publish({"text": shown, "citations": citations})
+        self.published += 1
+
+
+@pytest.mark.parametrize("interval_ms", [0, 25, 100])
+def test_drafts_worked_out_only_when_due_are_the_ones_every_piece_gave(
+        interval_ms: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same drafts, in the same order, with the same citations; the only difference allowed: a withdrawal for a
+    banned phrase or the length may come a few pieces later (never a draft more, never one fewer)."""
+    answers = [
+        ANSWER,
+        "Every jacket comes with a lifetime warranty on its zips [1]. " + "More words follow here. " * 4,
+        "Our  Summit Supply\n\nCo  partner ships [2] [1, 2] in 3 days\u00a0[9] [1, 2] done.",
+        "Short [1] answer, then <<ESCALATE>> and more words after it",
+        "word " * 60 + "[1]",
+        "A reply that grows long enough to pass the limit of thirty characters [2] and more text after that.",
+    ]
+    policies = [{}, {"banned_phrases": ["lifetime warranty", "A+"]}, {"max_reply_chars": 30},
+                {"banned_phrases": ["Supply Co"], "max_reply_chars": 200}]
+    for answer in answers:
+        for policy in policies:
+            for gaps in ([0.003], [0.03, 0.001, 0.012], [0.2]):  # seconds between pieces (a fake clock)
+                published = []
+                for cls in (DraftStream, _DraftStreamAsFirstWritten):
+                    clock = iter(sum(gaps[i % len(gaps)] for i in range(n)) for n in range(10_000))
+                    monkeypatch.setattr("app.assistant.drafts.time.monotonic", lambda: next(clock))
+                    push = RecordingPush()
+                    stream = cls(push, tenant_id="t", conversation_id="c", reply_to="m",  # type: ignore[arg-type]
+                                 interval_s=interval_ms / 1000, visitor="v")
+                    stream.start(PASSAGES, policy)
+                    pieces = text_chunks(answer)
+                    for n in range(1, len(pieces) + 1):
+                        stream.on_text("".join(pieces[:n]))
+                    published.append([{k: v for k, v in d.items() if k != "seq"} for _, _, d in push.drafts])
+                ours, reference = published
+                assert [d for d in ours if not d.get("withdrawn")] == \
+                    [d for d in reference if not d.get("withdrawn")], (answer, policy, gaps)
+                withdrawn = [any(d.get("withdrawn") for d in drafts) for drafts in published]
+                # The same withdrawal, or (drafts throttled) none yet when the stream ended: the final check's.
+                assert withdrawn[0] == withdrawn[1] or (interval_ms and withdrawn == [False, True]), (answer, policy)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -182,6 +182,61 @@ def test_a_streamed_answer_arrives_piece_by_piece(openai_server: FakeOpenAIServe
     assert request.body is not None and request.body["stream"] is True and request.messages == MESSAGES
 
 
+def test_streamed_answers_reuse_one_connection(openai_server: FakeOpenAIServer) -> None:
+    """The body is read to its end after `[DONE]`, so the next answer goes over the same connection, and the
+    answers are the same as the SDK's own stream gives."""
+    import openai
+
+    openai_server.reply(ANSWER)
+    config, client = _config(openai_server), OpenAILLMClient()
+    for _ in range(3):
+        seen: list[str] = []
+        completion = client.stream(config, MESSAGES, seen.append)
+        assert completion.text == ANSWER and seen[-1] == ANSWER
+        assert (completion.prompt_tokens, completion.completion_tokens) == (42, 7)
+    assert openai_server.connections == 1
+    sdk = openai.OpenAI(base_url=config.base_url, api_key=config.api_key, max_retries=0)
+    chunks = sdk.chat.completions.create(model=config.model, messages=MESSAGES,  # type: ignore[arg-type]
+                                         stream=True, stream_options={"include_usage": True})
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == ANSWER
+    client.close()
+
+
+def test_a_server_holding_the_body_open_after_done_does_not_hold_the_answer() -> None:
+    """The body is drained after `[DONE]` for at most DRAIN_TIMEOUT_S, not the request's read timeout."""
+    import json
+    import socket
+    import threading
+    import time
+
+    from app.providers.llm.openai_client import DRAIN_TIMEOUT_S
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    done = threading.Event()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+            chunk = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
+                     "choices": [{"index": 0, "delta": {"content": "held open"}, "finish_reason": "stop"}]}
+            for data in (f"data: {json.dumps(chunk)}\n\n".encode(), b"data: [DONE]\n\n"):
+                conn.sendall(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+            done.wait(10)  # the body never ends
+
+    threading.Thread(target=serve, daemon=True).start()
+    config = LLMConfig(base_url=f"http://127.0.0.1:{listener.getsockname()[1]}/v1", api_key="k", model="m",
+                       timeout_s=5.0, max_retries=0)
+    started = time.monotonic()
+    try:
+        assert OpenAILLMClient().stream(config, MESSAGES, lambda _: None).text == "held open"
+        assert time.monotonic() - started < DRAIN_TIMEOUT_S + 1.0  # not the 5 s read timeout
+    finally:
+        done.set()
+        listener.close()
+
+
 def test_the_streamed_request_is_the_one_the_sdks_create_sends(openai_server: FakeOpenAIServer) -> None:
     import openai
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 from app.assistant.prompts import ESCALATE_TOKEN, parse_llm_answer, render_messages
 from tests.assistant.helpers import PERSONA, RETURNS_DOC, SHIPPING_FAQ, FakePassage
 
@@ -73,3 +75,42 @@ def test_parse_escalation_marker_and_empty_and_uncited() -> None:
     assert empty.escalate and empty.reason == "empty_answer"
     uncited = parse_llm_answer("Sure, we do that.", PASSAGES)
     assert not uncited.escalate and uncited.citations == [] and uncited.confidence < 0.45
+
+
+def _parse_as_first_written(text: str, passages: list[FakePassage]) -> tuple[str, list[int], bool]:
+    """`parse_llm_answer`'s text before its tidying passes were skipped when they had nothing to change: every pass
+    on every text. The reference it must match (text, cited passages, escalation)."""
+    body, order = text.replace(ESCALATE_TOKEN, ""), []
+
+    def renumber(m: re.Match[str]) -> str:
+        out = []
+        for raw in m.group(1).split(","):
+            idx = int(raw) - 1
+            if not 0 <= idx < len(passages):
+                continue
+            if idx not in order:
+                order.append(idx)
+            out.append(f"[{order.index(idx) + 1}]")
+        return "".join(dict.fromkeys(out))
+
+    body = re.sub(r"\[(\d{1,2}(?:\s*,\s*\d{1,2})*)\]", renumber, body)
+    body = re.sub(r"[ \t]+([.,;:!?])", r"\1", body)
+    body = re.sub(r"[ \t]{2,}", " ", body)
+    body = re.sub(r"\n{3,}", "\n\n", body).strip()
+    return body, order, ESCALATE_TOKEN in text or not body
+
+
+def test_parse_gives_what_every_tidying_pass_gave() -> None:
+    passages = [FakePassage(f"c{i}", f"d{i}.md", "H", "text", 0.5 + i / 10) for i in range(3)]
+    texts = [
+        "", "   ", "Plain answer.", "Cited [1] and [2][3], made up [9] .", "Tabs\tand  double  spaces , here [1, 2]!",
+        "Lines\n\n\n\nand more\n\n\nlines [3]", "Odd [ 1 ] [1,, 2] [12] [1 ,3] ; ok", "\t[2]\t.",
+        "A [1]  \n\n\n\t? <<ESCALATE>>",
+        "No brackets, no doubles, a single\ttab", "[1][1][1]", "Trailing spaces   ", "x  [9]  y\t\t[2]:\n\n\n",
+    ]
+    for text in texts:
+        for end in range(len(text) + 1):
+            draft = parse_llm_answer(text[:end], passages)
+            body, order, escalate = _parse_as_first_written(text[:end], passages)
+            assert (draft.text, draft.escalate) == (body, escalate), text[:end]
+            assert [c["chunk_id"] for c in draft.citations] == [passages[i].chunk_id for i in order]

@@ -171,6 +171,7 @@ class FakeOpenAIServer:
         self._pauses: set[int] = set()
         self._resume = threading.Semaphore(0)
         self.streams_paused = 0  # how many times a stream reached a pause point
+        self.connections = 0  # TCP connections accepted (a client that reuses its connection opens one)
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(
@@ -273,6 +274,11 @@ class FakeOpenAIServer:
 
             def log_message(self, format: str, *args: Any) -> None:  # keep test output clean
                 return
+
+            def setup(self) -> None:
+                with server._lock:
+                    server.connections += 1
+                super().setup()
 
             def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
                 try:

@@ -346,3 +346,24 @@ def test_each_attempt_is_a_span_under_the_callers_and_a_skipped_provider_an_even
     (skipped,) = [e for e in traced.exporter.get_finished_spans() if e.name == "llm again"]
     assert [(e.name, dict(e.attributes or {})) for e in skipped.events] == [
         ("llm provider skipped", {"switchboard.llm.provider": "first", "switchboard.llm.skipped": "retry_after"})]
+
+
+def test_a_transport_without_stream_answers_in_one_piece_and_one_with_it_streams(servers) -> None:
+    """Whether the transport streams is checked once, when the router is built: the same answer as the per-call
+    check gave (a one-shot transport's whole answer in one `on_text`, a streaming one's piece by piece)."""
+    from app.providers.llm.base import Completion, StreamingLLMClient
+
+    class OneShot:
+        def complete(self, config: LLMConfig, messages: list[dict[str, str]]) -> Completion:
+            return Completion(text="all at once", model=config.model, prompt_tokens=3, completion_tokens=3)
+
+    first, _ = servers
+    first.reply("piece by piece here")
+    plan = _plan(_provider(first, "first"))
+    for transport, pieces in ((OneShot(), ["all at once"]), (OpenAILLMClient(), ["piece ", "piece by ",
+                                                                                    "piece by piece ",
+                                                                                    "piece by piece here"])):
+        router, seen = LLMRouter(transport, recorder=lambda records: None), []
+        assert router.can_stream is isinstance(transport, StreamingLLMClient)
+        completion = router.stream(plan, MESSAGES, seen.append, tag=TAG)
+        assert seen == pieces and completion.text == pieces[-1]

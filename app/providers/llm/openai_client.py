@@ -21,19 +21,22 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, cast
 
+import httpx2
 import openai
 from openai import Stream
+from openai._streaming import ServerSentEvent
 from openai.types.chat import ChatCompletion
 
 from app.netguard import blocked_reason, guarded_client2
 from app.providers.llm.base import Completion, LLMConfig, LLMError
 
 CONNECT_TIMEOUT_S = 5.0
+DRAIN_TIMEOUT_S = 0.1  # the longest wait for the body's end after [DONE] (as the SDK's async stream)
 _CACHE_SIZE = 64
 log = logging.getLogger(__name__)
 
@@ -109,7 +112,7 @@ class OpenAILLMClient:
                 # Chunks as the decoded JSON (`Stream[object]`): the SDK still reads the SSE and raises its errors,
                 # but builds no `ChatCompletionChunk` per chunk (a quarter of the call's held GIL, docs/benchmarks.md).
                 chunks = client.post("/chat/completions", cast_to=ChatCompletion, body=body,
-                                     options=_options(config), stream=True, stream_cls=Stream[object])
+                                     options=_options(config), stream=True, stream_cls=_Chunks)
             except (openai.OpenAIError, ValueError) as exc:
                 raise _llm_error(exc, config) from exc  # the SDK has retried already
             text, model, usage, finished = "", config.model, None, False
@@ -150,6 +153,50 @@ class OpenAILLMClient:
 
 
 _RETRY_BEFORE_TEXT = frozenset({"timeout", "unavailable"})
+
+
+class _Chunks(Stream[object]):
+    """The SDK's stream of decoded chunks, which reads the body to its end once `[DONE]` has arrived.
+
+    The SDK's sync stream stops reading at `[DONE]` and closes the response with the body's last (empty) chunk
+    still unread, so an HTTP/1.1 connection cannot go back to the pool: every streamed answer opened a new TCP (and,
+    to a real provider, TLS) connection (a third of a short answer's CPU against the local fake). Its async stream
+    drains the body there, for at most 0.1 s; this does the same. Only what follows `[DONE]` is read (the API ends
+    the body right after it); a failure or the time limit while draining is ignored: the answer is complete, the
+    connection is simply not reused."""
+
+    def _iter_events(self) -> Iterator[ServerSentEvent]:
+        events = super()._iter_events()
+        for sse in events:
+            if sse.data.startswith("[DONE]") and self.response.http_version == "HTTP/1.1":
+                self._drain(events)
+            yield sse
+
+    def _drain(self, events: Iterator[ServerSentEvent]) -> None:
+        # The body's reads wait up to the request's read timeout (fixed when the body started): the drain's reads
+        # end DRAIN_TIMEOUT_S from now at the latest, through the connection's network stream (httpcore's
+        # `network_stream` response extension), so a server that holds the body open cannot hold the answer.
+        network: Any = self.response.extensions.get("network_stream")
+        read = getattr(network, "read", None)
+        if read is None:
+            return
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+
+        def quick_read(max_bytes: int, timeout: float | None = None) -> bytes:
+            left = max(0.0, deadline - time.monotonic())  # 0: a read that does not wait (a ReadError if no data)
+            return cast(bytes, read(max_bytes, left if timeout is None else min(timeout, left)))
+
+        try:
+            network.read = quick_read
+        except (AttributeError, TypeError):
+            return  # a stream that takes no attribute: not drained, its connection not reused (as before)
+        try:
+            for _ in events:
+                pass  # nothing is expected after [DONE]; the SDK would not read it either
+        except (openai.APIError, httpx2.HTTPError, httpx2.StreamError):
+            pass
+        finally:
+            del network.read  # the stream's own method again
 
 
 def _options(config: LLMConfig) -> Any:
