@@ -375,7 +375,9 @@ def _existing(
 _HISTORY = (
     select(MESSAGES.c.id, MESSAGES.c.direction, MESSAGES.c.text)
     .where(MESSAGES.c.conversation_id == bindparam("conversation"),
-           filter_only(MESSAGES.c.tenant_id) == bindparam("tenant"), MESSAGES.c.status.notin_(["failed", "dead"]))
+           filter_only(MESSAGES.c.tenant_id) == bindparam("tenant"),
+           # Not `notin_([...])`: its expanding parameter is rendered into the SQL again at every execution.
+           MESSAGES.c.status != "failed", MESSAGES.c.status != "dead")
     .order_by(MESSAGES.c.created_at.desc())
     .limit(bindparam("limit"))
 )

@@ -1,7 +1,8 @@
 """The orchestrator's one-statement forms of the turn checks give what the separate queries give: the context
 read's `newer_pending` and `merged_before` columns (app/assistant/orchestrator.py `_LOAD`) and the outcome's
 claim-and-set (app/assistant/outcomes.py `claim_as`, against `claim` then `_set_status`), for every message of
-conversations in every state a turn can be in; on SQLite and on Postgres."""
+conversations in every state a turn can be in; and the history read (no expanding NOT IN) against a plain query;
+on SQLite and on Postgres."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from app.assistant import outcomes
 from app.assistant.orchestrator import _LOAD
 from app.assistant.turns import merged_into, newer_pending
 from app.bootstrap import container
-from app.conversations.service import accept_inbound
+from app.conversations.service import accept_inbound, history
 from app.db import open_session, session_scope
 from app.models import Message
 from tests.conftest import REDIS_TEST_URL, Graph
@@ -35,6 +36,7 @@ CONVERSATIONS = [
     ["received", "human", "received"],
     ["answered"],
     ["skipped", "received", "failed"],
+    ["dead", "answered", "failed", "received"],
 ]
 
 
@@ -102,6 +104,12 @@ def test_the_folded_turn_checks_match_the_separate_queries(tenant: str) -> None:
                 newer = newer_pending(session, tenant, row.conversation_id, row.created_at)
                 merged = merged_into(session, tenant, row.conversation_id, row.id, row.created_at)
             assert row.newer_pending == newer, (statuses, ids.index(message_id))
+            with session_scope(tenant=tenant) as session:
+                turns = history(session, tenant, row.conversation_id, before_id=message_id, turns=3)
+                kept = session.execute(select(Message.id, Message.text).where(
+                    Message.conversation_id == row.conversation_id, Message.status.notin_(["failed", "dead"]))
+                    .order_by(Message.created_at.desc()).limit(4)).all()
+            assert turns == [("customer", text) for mid, text in kept if mid != message_id][:3][::-1]
             assert merged == [] or row.merged_before, (statuses, ids.index(message_id))
             seen_newer += newer is not None
             seen_merged += bool(merged)
