@@ -17,7 +17,7 @@ from sqlalchemy.sql.functions import FunctionElement
 
 from app import audit, outbox
 from app.assistant.prompts import Draft
-from app.assistant.turns import NEWER_PENDING_OF_ROW, newer_pending
+from app.assistant.turns import newer_pending
 from app.audit import record
 from app.contacts import consent
 from app.contracts import EVENTS, INBOUND, OUTBOUND, EscalationOpened, InboundMessage
@@ -88,6 +88,27 @@ def claim(session: Session, ctx: Context) -> ReplyTo | None:
     row = session.execute(_CLAIM, {"message": ctx.message_id, "tenant": ctx.tenant_id}).one()
     if row.status != "received":
         return None
+    return _claimed(session, ctx, row)
+
+
+def claim_as(session: Session, ctx: Context, status: str) -> ReplyTo | None:
+    """`claim`, then `_set_status(session, ctx, status)` if claimed, with one statement less: the conditional
+    UPDATE ... RETURNING that sets the status takes the row lock (on Postgres as `claim`'s FOR UPDATE; on SQLite
+    the writers' turn) and returns what `claim` reads. A later message of the turn is looked for after it, as
+    `claim` does (on Postgres a statement of its own sees what committed while the lock was waited for)."""
+    row = session.execute(_CLAIM_AS, {"message": ctx.message_id, "tenant": ctx.tenant_id, "new_status": status,
+                                      "now": utcnow()}).first()
+    if row is None:  # not `received` (or not there): `claim` says so, as before
+        to = claim(session, ctx)
+        if to is not None:
+            _set_status(session, ctx, status)
+        return to
+    return _claimed(session, ctx, row)  # merged: its status is set again, to `merged`
+
+
+def _claimed(session: Session, ctx: Context, row: Any) -> ReplyTo | None:
+    """The rest of a claim, the row locked and `received` when read: merged into a later message of its turn if
+    one waits, else claimed."""
     newer = newer_pending(session, ctx.tenant_id, row.conversation_id, row.created_at)
     if newer is not None:
         # A later message of the same turn arrived while this one was being answered: it supersedes this
@@ -95,23 +116,6 @@ def claim(session: Session, ctx: Context) -> ReplyTo | None:
         _set_status(session, ctx, "merged", meta={**(row.meta or {}), "superseded_by": newer})
         audit.write(session, ctx.tenant_id, "bot", "message.merged", "message", ctx.message_id, {"into": newer})
         return None
-    if ctx.outcome_push is not None:  # a gateway waits for this decision inside its own response (USSD)
-        notify_on_commit(session, ctx.outcome_push, ctx.tenant_id, outcome_key(ctx.message_id))
-    return ReplyTo(ctx.tenant_id, row.conversation_id, row.channel, row.channel_account_id)
-
-
-def claim_as(session: Session, ctx: Context, status: str) -> ReplyTo | None:
-    """`claim`, then `_set_status(session, ctx, status)` if claimed. Usually (the message still `received`, no
-    later message of its turn waiting) one conditional UPDATE ... RETURNING does both, and takes the row lock at
-    once (on Postgres as the claim's FOR UPDATE; on SQLite the writers' turn) where it cost two reads and a write;
-    otherwise `claim` tells a handled message from one to merge, as before."""
-    row = session.execute(_CLAIM_AS, {"message": ctx.message_id, "tenant": ctx.tenant_id, "new_status": status,
-                                      "now": utcnow()}).first()
-    if row is None:
-        to = claim(session, ctx)
-        if to is not None:  # claimable after all (changed in between): as before, claimed, then set
-            _set_status(session, ctx, status)
-        return to
     if ctx.outcome_push is not None:  # a gateway waits for this decision inside its own response (USSD)
         notify_on_commit(session, ctx.outcome_push, ctx.tenant_id, outcome_key(ctx.message_id))
     return ReplyTo(ctx.tenant_id, row.conversation_id, row.channel, row.channel_account_id)
@@ -338,8 +342,8 @@ def _with_tables(element: _qualified, compiler: Any, **kw: Any) -> str:
 
 _OF_ROW = (CONVERSATIONS.c.id == MESSAGES.c.conversation_id) & same_tenant(CONVERSATIONS, MESSAGES)
 _CLAIM_AS = (  # `claim_as`: `_SET_STATUS` where `claim` would claim, returning what `_CLAIM` reads for the reply
-    _SET_STATUS.where(MESSAGES.c.status == "received", ~NEWER_PENDING_OF_ROW.exists())
-    .returning(MESSAGES.c.conversation_id,
+    _SET_STATUS.where(MESSAGES.c.status == "received")
+    .returning(MESSAGES.c.conversation_id, MESSAGES.c.created_at, MESSAGES.c.meta,
                # Subqueries, not a join: SQLite's RETURNING sees only the updated table.
                _qualified(select(CONVERSATIONS.c.channel).where(_OF_ROW).scalar_subquery()).label("channel"),
                _qualified(select(CONVERSATIONS.c.channel_account_id).where(_OF_ROW).scalar_subquery())
