@@ -17,7 +17,7 @@ from sqlalchemy.sql.functions import FunctionElement
 
 from app import audit, outbox
 from app.assistant.prompts import Draft
-from app.assistant.turns import newer_pending
+from app.assistant.turns import NEWER_PENDING_OF_ROW, newer_pending
 from app.audit import record
 from app.contacts import consent
 from app.contracts import EVENTS, INBOUND, OUTBOUND, EscalationOpened, InboundMessage
@@ -92,17 +92,25 @@ def claim(session: Session, ctx: Context) -> ReplyTo | None:
 
 
 def claim_as(session: Session, ctx: Context, status: str) -> ReplyTo | None:
-    """`claim`, then `_set_status(session, ctx, status)` if claimed, with one statement less: the conditional
-    UPDATE ... RETURNING that sets the status takes the row lock (on Postgres as `claim`'s FOR UPDATE; on SQLite
-    the writers' turn) and returns what `claim` reads. A later message of the turn is looked for after it, as
-    `claim` does (on Postgres a statement of its own sees what committed while the lock was waited for)."""
-    row = session.execute(_CLAIM_AS, {"message": ctx.message_id, "tenant": ctx.tenant_id, "new_status": status,
-                                      "now": utcnow()}).first()
-    if row is None:  # not `received` (or not there): `claim` says so, as before
+    """`claim`, then `_set_status(session, ctx, status)` if claimed, in fewer statements: a conditional
+    UPDATE ... RETURNING sets the status, takes the row lock (on Postgres as `claim`'s FOR UPDATE) and returns
+    what `claim` reads. On Postgres a later message of the turn is then looked for by a statement of its own, as
+    `claim` does: a subquery of the UPDATE would read the snapshot taken before a waited-for lock, missing a
+    message committed meanwhile. On SQLite a writing statement holds the database's write lock and reads the
+    latest commit (a transaction on an older snapshot cannot write): there the check rides in the UPDATE (one
+    statement where `claim` and `_set_status` took three)."""
+    checked = session.get_bind().dialect.name == "sqlite"
+    row = session.execute(_CLAIM_AS_CHECKED if checked else _CLAIM_AS, {
+        "message": ctx.message_id, "tenant": ctx.tenant_id, "new_status": status, "now": utcnow()}).first()
+    if row is None:  # not `received`, or (SQLite) a later message to merge into: `claim` says which, as before
         to = claim(session, ctx)
         if to is not None:
             _set_status(session, ctx, status)
         return to
+    if checked:
+        if ctx.outcome_push is not None:  # a gateway waits for this decision inside its own response (USSD)
+            notify_on_commit(session, ctx.outcome_push, ctx.tenant_id, outcome_key(ctx.message_id))
+        return ReplyTo(ctx.tenant_id, row.conversation_id, row.channel, row.channel_account_id)
     return _claimed(session, ctx, row)  # merged: its status is set again, to `merged`
 
 
@@ -349,6 +357,8 @@ _CLAIM_AS = (  # `claim_as`: `_SET_STATUS` where `claim` would claim, returning 
                _qualified(select(CONVERSATIONS.c.channel_account_id).where(_OF_ROW).scalar_subquery())
                .label("channel_account_id"))
 )
+# SQLite's (see `claim_as`): only where no later message of the turn waits.
+_CLAIM_AS_CHECKED = _CLAIM_AS.where(~NEWER_PENDING_OF_ROW.exists())
 
 
 def _set_status(session: Session, ctx: Context, status: str, *, meta: dict[str, Any] | None = None) -> None:
