@@ -37,7 +37,7 @@ from app.assistant.language import customer_language
 from app.assistant.modes import effective_mode
 from app.assistant.outcomes import CONVERSATIONS, IN_TENANT, Context, Decision, Outcome
 from app.assistant.pii_ner import PiiNer
-from app.assistant.turns import merged_into, newer_pending
+from app.assistant.turns import MERGED_BEFORE_ROW, NEWER_PENDING_OF_ROW, merged_into
 from app.bus.base import Bus, Delivery, PermanentFailure
 from app.channels import ChannelRegistry
 from app.config import Settings
@@ -184,7 +184,7 @@ class Orchestrator:
     # -- phase 1 -----------------------------------------------------------------------------------------
     def _load(self, event: InboundMessage) -> tuple[Context | None, Outcome | None]:
         with session_scope(tenant=event.tenant_id) as session:
-            # Message, conversation and tenant in one round trip; here and below, SQL built once (module end).
+            # Message, conversation, tenant and the turn's state in one round trip; SQL built once (module end).
             row = session.execute(_LOAD, {"message": event.message_id, "tenant": event.tenant_id}).first()
             if row is None:
                 raise PermanentFailure(f"message {event.message_id} not found for tenant {event.tenant_id}")
@@ -205,8 +205,9 @@ class Orchestrator:
                 ),
                 pack_version=row.live_pack_version,
                 received_at=row.created_at,
-                earlier_burst=merged_into(session, event.tenant_id, row.conversation_id, row.id, row.created_at),
-                superseded=newer_pending(session, event.tenant_id, row.conversation_id, row.created_at) is not None,
+                earlier_burst=merged_into(session, event.tenant_id, row.conversation_id, row.id, row.created_at)
+                if row.merged_before else [],
+                superseded=row.newer_pending is not None,
                 channel=event.channel,
                 visitor=row.contact_external_id if row.contact_channel == "webchat" else None,
                 outcome_push=self.push if self._awaits_outcome(event.channel) else None,
@@ -267,7 +268,9 @@ _LOAD = (
            TENANTS.c.persona, TENANTS.c.policies, TENANTS.c.llm_api_key_encrypted,
            TENANTS.c.llm_provider_keys_encrypted, TENANTS.c.live_pack_version, TENANTS.c.slug,
            CONTACTS.c.consent_status, CONTACTS.c.external_id.label("contact_external_id"),
-           CONTACTS.c.channel.label("contact_channel"), PACK_VERSIONS.c.calibration)
+           CONTACTS.c.channel.label("contact_channel"), PACK_VERSIONS.c.calibration,
+           # The turn's checks (app/assistant/turns.py) in the same round trip.
+           NEWER_PENDING_OF_ROW.scalar_subquery().label("newer_pending"), MERGED_BEFORE_ROW.label("merged_before"))
     .join(CONVERSATIONS, (CONVERSATIONS.c.id == MESSAGES.c.conversation_id) & same_tenant(CONVERSATIONS, MESSAGES))
     .join(CONTACTS, (CONTACTS.c.id == CONVERSATIONS.c.contact_id) & same_tenant(CONTACTS, MESSAGES))
     .join(TENANTS, TENANTS.c.id == MESSAGES.c.tenant_id)

@@ -14,32 +14,50 @@ another merged message, never every merged message since the previous turn.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import bindparam, exists, or_, select
+from sqlalchemy import Select, bindparam, exists, or_, select
 from sqlalchemy.orm import Session
 
 from app.conversations.service import MESSAGES
 from app.tenant_scope import filter_only
 
+
 # Built once (see the orchestrator's SQL): each call only binds values.
-_ENDED = MESSAGES.alias("ended")
-_TURN_ENDED_SINCE = exists().where(  # a later inbound message of the conversation already ended a turn
-    _ENDED.c.conversation_id == bindparam("conversation"), filter_only(_ENDED.c.tenant_id) == bindparam("tenant"),
-    _ENDED.c.direction == "in",
-    # Not `in_([...])`: its expanding parameter is rendered into the SQL again at every execution.
-    or_(*(_ENDED.c.status == status for status in ("answered", "escalated", "human"))),
-    _ENDED.c.created_at > bindparam("created"),
-)
-_NEWER_PENDING = select(MESSAGES.c.id).where(
-    MESSAGES.c.conversation_id == bindparam("conversation"), filter_only(MESSAGES.c.tenant_id) == bindparam("tenant"),
-    MESSAGES.c.direction == "in",
-    MESSAGES.c.status == "received", MESSAGES.c.created_at > bindparam("created"), ~_TURN_ENDED_SINCE,
-).order_by(MESSAGES.c.created_at).limit(1)
+def _pending_after(conversation: Any, created: Any) -> Select[str]:
+    """The next message of the conversation `conversation` still waiting after `created`, unless a later inbound
+    message already ended a turn (`newer_pending`). Bound values here; the orchestrator's own statements pass the
+    columns of the message they read or claim, so the check costs no round trip of its own there."""
+    later, ended = MESSAGES.alias("later"), MESSAGES.alias("ended")
+    turn_ended_since = exists().where(  # a later inbound message of the conversation already ended a turn
+        ended.c.conversation_id == conversation, filter_only(ended.c.tenant_id) == bindparam("tenant"),
+        ended.c.direction == "in",
+        # Not `in_([...])`: its expanding parameter is rendered into the SQL again at every execution.
+        or_(*(ended.c.status == status for status in ("answered", "escalated", "human"))),
+        ended.c.created_at > created,
+    ).correlate_except(ended)  # also to the outer statement's row, two levels up (not only to `later`)
+    return select(later.c.id).where(
+        later.c.conversation_id == conversation, filter_only(later.c.tenant_id) == bindparam("tenant"),
+        later.c.direction == "in",
+        later.c.status == "received", later.c.created_at > created, ~turn_ended_since,
+    ).correlate_except(later).order_by(later.c.created_at).limit(1)
+
+
+_NEWER_PENDING = _pending_after(bindparam("conversation"), bindparam("created"))
+# `newer_pending` of the `messages` row of the statement it is put in (a correlated subquery).
+NEWER_PENDING_OF_ROW = _pending_after(MESSAGES.c.conversation_id, MESSAGES.c.created_at)
 _MERGED_EARLIER = select(MESSAGES.c.id, MESSAGES.c.text, MESSAGES.c.meta).where(
     MESSAGES.c.conversation_id == bindparam("conversation"), filter_only(MESSAGES.c.tenant_id) == bindparam("tenant"),
     MESSAGES.c.direction == "in",
     MESSAGES.c.status == "merged", MESSAGES.c.created_at < bindparam("created"),
 ).order_by(MESSAGES.c.created_at.desc())
+_MERGED = MESSAGES.alias("merged")
+# Whether `merged_into` of the `messages` row of the statement it is put in could find anything (a correlated
+# subquery): in the usual turn of one message it finds nothing, and its query is not run.
+MERGED_BEFORE_ROW = exists().where(
+    _MERGED.c.conversation_id == MESSAGES.c.conversation_id, filter_only(_MERGED.c.tenant_id) == bindparam("tenant"),
+    _MERGED.c.direction == "in", _MERGED.c.status == "merged", _MERGED.c.created_at < MESSAGES.c.created_at,
+).correlate_except(_MERGED)
 
 
 def merged_into(session: Session, tenant_id: str, conversation_id: str, message_id: str,

@@ -170,8 +170,12 @@ def store_inbound(requests: Sequence[InboundRequest], *, enqueue: bool = True,
             by_key.update(_existing(session, sql, missing))
         if inserted:
             touched = sorted({a.conversation_id for a in by_key.values() if not a.duplicate})
-            session.execute(sql.touch_conversations, {
-                "ids": touched, "tenants": sorted({r.tenant_id for r in requests}), "now": max(times)})
+            tenants = sorted({r.tenant_id for r in requests})
+            if len(touched) == 1 and len(tenants) == 1:  # the usual one
+                session.execute(sql.touch_conversation, {"conversation": touched[0], "tenant": tenants[0],
+                                                         "now": max(times)})
+            else:
+                session.execute(sql.touch_conversations, {"ids": touched, "tenants": tenants, "now": max(times)})
         for i, r in enumerate(requests):
             accepted = by_key[r.key]
             if originals[r.key] != i or accepted.duplicate:
@@ -222,11 +226,13 @@ class _Statements:
 
     upsert_contacts: Any
     latest_conversations: Any
+    latest_conversation: Any  # of one contact: no expanding IN, which is rendered again at every execution
     rebind_conversations: Any
     insert_conversations: Any
     insert_messages: Any
     existing_messages: Any
     touch_conversations: Any
+    touch_conversation: Any  # one conversation, as above
 
 
 @lru_cache(maxsize=4)
@@ -268,6 +274,9 @@ def statements(dialect: str) -> _Statements:
         upsert_contacts=contacts,
         latest_conversations=select(ranked.c.contact_id, ranked.c.id, ranked.c.channel_account_id)
         .where(ranked.c.rank == 1),
+        latest_conversation=select(CONVERSATIONS.c.contact_id, CONVERSATIONS.c.id, CONVERSATIONS.c.channel_account_id)
+        .where(CONVERSATIONS.c.tenant_id == bindparam("tenant"), CONVERSATIONS.c.contact_id == bindparam("contact"))
+        .order_by(CONVERSATIONS.c.created_at.desc(), CONVERSATIONS.c.id.desc()).limit(1),
         rebind_conversations=update(CONVERSATIONS)
         .where(CONVERSATIONS.c.id == bindparam("conversation"), CONVERSATIONS.c.tenant_id == bindparam("tenant"),
                CONVERSATIONS.c.channel_account_id.is_(None))
@@ -278,6 +287,9 @@ def statements(dialect: str) -> _Statements:
         touch_conversations=update(CONVERSATIONS)
         .where(CONVERSATIONS.c.id.in_(bindparam("ids", expanding=True)),
                CONVERSATIONS.c.tenant_id.in_(bindparam("tenants", expanding=True)))
+        .values(updated_at=bindparam("now")),
+        touch_conversation=update(CONVERSATIONS)
+        .where(CONVERSATIONS.c.id == bindparam("conversation"), CONVERSATIONS.c.tenant_id == bindparam("tenant"))
         .values(updated_at=bindparam("now")),
     )
 
@@ -309,8 +321,13 @@ def _conversations(
     out)."""
     latest: dict[str, str] = {}
     unbound: set[str] = set()
-    for contact_id, conversation_id, account_id in session.execute(sql.latest_conversations, {
-            "tenants": sorted({k[0] for k in contact_ids}), "contacts": sorted(contact_ids.values())}).all():
+    if len(contact_ids) == 1:  # the usual one
+        [((tenant, *_), contact)] = contact_ids.items()
+        found = session.execute(sql.latest_conversation, {"tenant": tenant, "contact": contact}).all()
+    else:
+        found = session.execute(sql.latest_conversations, {
+            "tenants": sorted({k[0] for k in contact_ids}), "contacts": sorted(contact_ids.values())}).all()
+    for contact_id, conversation_id, account_id in found:
         latest[contact_id] = conversation_id
         if account_id is None:
             unbound.add(conversation_id)
@@ -358,7 +375,9 @@ def _existing(
 _HISTORY = (
     select(MESSAGES.c.id, MESSAGES.c.direction, MESSAGES.c.text)
     .where(MESSAGES.c.conversation_id == bindparam("conversation"),
-           filter_only(MESSAGES.c.tenant_id) == bindparam("tenant"), MESSAGES.c.status.notin_(["failed", "dead"]))
+           filter_only(MESSAGES.c.tenant_id) == bindparam("tenant"),
+           # Not `notin_([...])`: its expanding parameter is rendered into the SQL again at every execution.
+           MESSAGES.c.status != "failed", MESSAGES.c.status != "dead")
     .order_by(MESSAGES.c.created_at.desc())
     .limit(bindparam("limit"))
 )

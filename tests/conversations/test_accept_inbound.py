@@ -97,3 +97,48 @@ def test_a_conversation_whose_account_was_deleted_is_bound_to_the_account_the_ne
     # A bound conversation keeps its account; another tenant's is never touched.
     assert accept(tenant, "wamid.c", account(tenant, "pn-2")) == conversation and bound(conversation) == new
     assert bound(theirs) != new
+
+
+def test_the_one_contact_statements_find_and_touch_what_the_batch_statements_do(tenant: str) -> None:
+    """A batch of one contact reads its latest conversation, and touches it, by statements without an expanding
+    IN (`_Statements.latest_conversation`, `touch_conversation`): the same rows as the batch statements."""
+    from datetime import timedelta
+
+    from sqlalchemy import insert
+
+    from app.conversations.service import statements
+    from app.models import new_id
+
+    bus = MemoryBus()
+    for i, contact in enumerate(["c1", "c2", "c3", "c4"]):
+        _accept(bus, tenant, f"pid.{i}", contact)
+    at = utcnow() + timedelta(minutes=1)
+    with session_scope(tenant=tenant) as session:
+        contacts = {ext: cid for ext, cid in session.execute(select(Contact.external_id, Contact.id)
+                                                             .where(Contact.tenant_id == tenant))}
+        extra = [  # c2: a later conversation; c3: two later ones created at the same time (the id decides)
+            {"contact_id": contacts["c2"], "created_at": at},
+            {"contact_id": contacts["c3"], "created_at": at}, {"contact_id": contacts["c3"], "created_at": at},
+        ]
+        session.execute(insert(Conversation), [
+            {"id": new_id(), "tenant_id": tenant, "channel": "whatsapp", "channel_account_id": None, "mode": "bot",
+             "updated_at": row["created_at"], **row} for row in extra])
+    with session_scope(tenant=tenant) as session:
+        sql = statements(session.get_bind().dialect.name)
+        batch = {row[0]: tuple(row) for row in session.execute(sql.latest_conversations, {
+            "tenants": [tenant], "contacts": sorted(contacts.values())})}
+        one = {contact: tuple(session.execute(sql.latest_conversation, {"tenant": tenant, "contact": contact}).one())
+               for contact in contacts.values()}
+        assert one == batch and len(one) == 4
+        latest = one[contacts["c3"]][1]
+
+    def touched(statement: str, values: dict[str, object]) -> dict[str, object]:
+        with session_scope(tenant=tenant) as session:
+            session.execute(getattr(sql, statement), {**values, "now": at + timedelta(minutes=5)})
+            rows = dict(session.execute(select(Conversation.id, Conversation.updated_at)
+                                        .where(Conversation.tenant_id == tenant)).all())
+            session.rollback()
+            return rows
+
+    assert (touched("touch_conversation", {"conversation": latest, "tenant": tenant})
+            == touched("touch_conversations", {"ids": [latest], "tenants": [tenant]}))
