@@ -10,14 +10,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import String, Table, bindparam, insert, select, update
-from sqlalchemy.ext.compiler import compiles
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
-from sqlalchemy.sql.functions import FunctionElement
 
 from app import audit, outbox
 from app.assistant.prompts import Draft
-from app.assistant.turns import NEWER_PENDING_OF_ROW, newer_pending
+from app.assistant.turns import newer_pending
 from app.audit import record
 from app.contacts import consent
 from app.contracts import EVENTS, INBOUND, OUTBOUND, EscalationOpened, InboundMessage
@@ -88,35 +86,6 @@ def claim(session: Session, ctx: Context) -> ReplyTo | None:
     row = session.execute(_CLAIM, {"message": ctx.message_id, "tenant": ctx.tenant_id}).one()
     if row.status != "received":
         return None
-    return _claimed(session, ctx, row)
-
-
-def claim_as(session: Session, ctx: Context, status: str) -> ReplyTo | None:
-    """`claim`, then `_set_status(session, ctx, status)` if claimed, in fewer statements: a conditional
-    UPDATE ... RETURNING sets the status, takes the row lock (on Postgres as `claim`'s FOR UPDATE) and returns
-    what `claim` reads. On Postgres a later message of the turn is then looked for by a statement of its own, as
-    `claim` does: a subquery of the UPDATE would read the snapshot taken before a waited-for lock, missing a
-    message committed meanwhile. On SQLite a writing statement holds the database's write lock and reads the
-    latest commit (a transaction on an older snapshot cannot write): there the check rides in the UPDATE (one
-    statement where `claim` and `_set_status` took three)."""
-    checked = session.get_bind().dialect.name == "sqlite"
-    row = session.execute(_CLAIM_AS_CHECKED if checked else _CLAIM_AS, {
-        "message": ctx.message_id, "tenant": ctx.tenant_id, "new_status": status, "now": utcnow()}).first()
-    if row is None:  # not `received`, or (SQLite) a later message to merge into: `claim` says which, as before
-        to = claim(session, ctx)
-        if to is not None:
-            _set_status(session, ctx, status)
-        return to
-    if checked:
-        if ctx.outcome_push is not None:  # a gateway waits for this decision inside its own response (USSD)
-            notify_on_commit(session, ctx.outcome_push, ctx.tenant_id, outcome_key(ctx.message_id))
-        return ReplyTo(ctx.tenant_id, row.conversation_id, row.channel, row.channel_account_id)
-    return _claimed(session, ctx, row)  # merged: its status is set again, to `merged`
-
-
-def _claimed(session: Session, ctx: Context, row: Any) -> ReplyTo | None:
-    """The rest of a claim, the row locked and `received` when read: merged into a later message of its turn if
-    one waits, else claimed."""
     newer = newer_pending(session, ctx.tenant_id, row.conversation_id, row.created_at)
     if newer is not None:
         # A later message of the same turn arrived while this one was being answered: it supersedes this
@@ -131,7 +100,7 @@ def _claimed(session: Session, ctx: Context, row: Any) -> ReplyTo | None:
 
 def answer(publisher: outbox.Publisher, clock: Callable[[], datetime], ctx: Context, draft: Draft) -> Outcome:
     with session_scope(tenant=ctx.tenant_id) as session:
-        to = claim_as(session, ctx, "answered")
+        to = claim(session, ctx)
         if to is None:
             return Outcome("duplicate", ctx.message_id)
         event = store_reply(
@@ -144,6 +113,7 @@ def answer(publisher: outbox.Publisher, clock: Callable[[], datetime], ctx: Cont
             citations=draft.citations,
             meta={"pack_version": ctx.pack_version, "confidence": draft.confidence},
         )
+        _set_status(session, ctx, "answered")
         audit.write(session, ctx.tenant_id, "bot", "message.answered", "message", ctx.message_id, {
             "reply_id": event.message_id,
             "pack_version": ctx.pack_version,
@@ -169,7 +139,7 @@ def escalate(publisher: outbox.Publisher, clock: Callable[[], datetime], ctx: Co
     sla = sla_target(ctx.policies)
     now = clock()
     with session_scope(tenant=ctx.tenant_id) as session:
-        to = claim_as(session, ctx, "escalated")
+        to = claim(session, ctx)
         if to is None:
             return Outcome("duplicate", ctx.message_id)
         opened = _open_escalation(
@@ -182,6 +152,7 @@ def escalate(publisher: outbox.Publisher, clock: Callable[[], datetime], ctx: Co
         if sla:  # the timer, committed with the escalation (app/review/sla.py)
             schedule_sla(session, tenant_id=ctx.tenant_id, escalation_id=opened.escalation_id, due=now + sla,
                          now=now)
+        _set_status(session, ctx, "escalated")
         pending = publisher.add(session, opened.entries, now=now)
     publisher.publish(pending)
     return Outcome("escalated", ctx.message_id, reply_id=opened.reply_id,
@@ -330,35 +301,6 @@ _SET_STATUS = update(MESSAGES).where(*IN_TENANT).values(
 )
 _SET_STATUS_AND_META = _SET_STATUS.values(meta=bindparam("new_meta", type_=MESSAGES.c.meta.type))
 _INSERT_ESCALATION = insert(ESCALATIONS)
-
-
-class _qualified(FunctionElement[Any]):
-    """A subquery in a RETURNING clause, rendered with its columns' table names: SQLite's compiler leaves them out
-    of everything under RETURNING, which in a subquery would turn `conversations.tenant_id = messages.tenant_id`
-    into `tenant_id = tenant_id` (always true)."""
-
-    name = "qualified"
-    type = String()
-    inherit_cache = True
-
-
-@compiles(_qualified)
-def _with_tables(element: _qualified, compiler: Any, **kw: Any) -> str:
-    kw.pop("include_table", None)
-    return str(compiler.process(element.clauses, **kw))
-
-
-_OF_ROW = (CONVERSATIONS.c.id == MESSAGES.c.conversation_id) & same_tenant(CONVERSATIONS, MESSAGES)
-_CLAIM_AS = (  # `claim_as`: `_SET_STATUS` where `claim` would claim, returning what `_CLAIM` reads for the reply
-    _SET_STATUS.where(MESSAGES.c.status == "received")
-    .returning(MESSAGES.c.conversation_id, MESSAGES.c.created_at, MESSAGES.c.meta,
-               # Subqueries, not a join: SQLite's RETURNING sees only the updated table.
-               _qualified(select(CONVERSATIONS.c.channel).where(_OF_ROW).scalar_subquery()).label("channel"),
-               _qualified(select(CONVERSATIONS.c.channel_account_id).where(_OF_ROW).scalar_subquery())
-               .label("channel_account_id"))
-)
-# SQLite's (see `claim_as`): only where no later message of the turn waits.
-_CLAIM_AS_CHECKED = _CLAIM_AS.where(~NEWER_PENDING_OF_ROW.exists())
 
 
 def _set_status(session: Session, ctx: Context, status: str, *, meta: dict[str, Any] | None = None) -> None:
