@@ -150,6 +150,10 @@ class Settings(BaseSettings):
     orchestrator_tenant_concurrency: int | None = Field(
         default=None, ge=1, validation_alias=_env("ORCHESTRATOR_TENANT_CONCURRENCY")
     )
+    # Embedded `serve`: answer in this many child processes instead of in `serve` itself, so answering uses more
+    # than one core (app/answerers.py). 0 answers in `serve`'s own threads. Scale-out runs replicas of
+    # `switchboard orchestrator` instead.
+    answer_processes: int = Field(default=0, ge=0, le=64, validation_alias=_env("ANSWER_PROCESSES"))
 
     # Retrieval and answering.
     retrieval_top_k: int = Field(default=5, validation_alias=_env("RETRIEVAL_TOP_K"))

@@ -42,20 +42,26 @@ def create_app(*, run_workers: bool | None = None, container: Container | None =
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        workers = None
+        workers = answerers = None
         relay_stop, relay = threading.Event(), []
         if run_workers:
             from app.workers_runtime import RoleThreads
 
-            workers = RoleThreads.start_all(container)
+            if settings.embedded and settings.answer_processes:
+                from app.answerers import AnswerProcesses
+
+                answerers = AnswerProcesses.start(container, settings.answer_processes)
+            workers = RoleThreads.start_all(container, answer=answerers is None)
             container.job_queue.resume()  # ingestion jobs an earlier embedded server left unfinished
         elif not settings.embedded:  # scale-out: the API writes too (inbound, decisions), so it relays its outbox
             relay.append(start_relay(container.bus, relay_stop))
-        app.state.workers = workers
+        app.state.workers, app.state.answerers = workers, answerers
         try:
             yield
         finally:  # nothing this app started outlives it
             stop_threads(relay_stop, relay)
+            if answerers is not None:
+                answerers.stop()
             if workers is not None:
                 workers.stop()
 

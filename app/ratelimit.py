@@ -76,12 +76,16 @@ class RateLimited(Exception):
     """A rule's window is full; `retry_after` is the whole seconds until one unit frees up."""
 
     def __init__(self, rule: Rule, limit: RateLimitItem, retry_after: int) -> None:
-        self.rule = rule
+        self.rule, self.limit = rule, limit
         self.retry_after = retry_after
         per = f"{limit.multiples} {limit.GRANULARITY.name}s" if limit.multiples > 1 else limit.GRANULARITY.name
         self.detail = (f"rate limit reached: at most {limit.amount} {rule.what} per {per}; "
                        f"retry in {retry_after} s")
         super().__init__(self.detail)
+
+    def __reduce__(self) -> tuple[type[RateLimited], tuple[Rule, RateLimitItem, int]]:
+        # Raised in `serve` for an answering process's call (app/answerers.py), it crosses as its parts.
+        return type(self), (self.rule, self.limit, self.retry_after)
 
     def http(self) -> HTTPException:
         """The 429 answer: the message says which limit and when to retry, `Retry-After` says when too."""

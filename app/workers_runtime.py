@@ -35,20 +35,19 @@ def consumer_name(role: str) -> str:
     return f"{role}-{socket.gethostname()}-pid{os.getpid()}-t{threading.get_ident() % 10_000}"
 
 
-def build_consumers(container: Container, bus: Bus, stop: threading.Event) -> list[Consumer]:
+def build_consumers(container: Container, bus: Bus, stop: threading.Event, *, answer: bool = True,
+                    deliver: bool = True) -> list[Consumer]:
+    """The orchestrator's consumer (`answer`) and the dispatcher's (`deliver`)."""
     from app.assistant.orchestrator import Orchestrator
     from app.assistant.outcomes import mark_dead
     from app.conversations.dispatcher import Dispatcher, lease_for
     from app.conversations.redrive import mark_outbound_dead
 
     settings = container.settings
-    if settings.pii_ner:
+    if settings.pii_ner and answer:
         # Names and addresses on for every tenant: load the model now, so a missing extra stops the process with
         # the install command instead of escalating every message (app/assistant/pii_ner.py).
         container.pii_ner.recognizer()
-    orchestrator = Orchestrator.of(container, bus=bus)
-    dispatcher = Dispatcher(container.senders, container.push, lease=lease_for(settings.bus_claim_idle_ms),
-                            clock=container.clock)
 
     def on_inbound_dead(delivery: Delivery, reason: str) -> None:
         message_id = _message_id(delivery)
@@ -73,13 +72,19 @@ def build_consumers(container: Container, bus: Bus, stop: threading.Event) -> li
         concurrency=concurrency, key=conversation_key,
         tenant_concurrency=settings.orchestrator_tenant_concurrency or default_tenant_concurrency(concurrency),
     )
-    return [
-        ConcurrentConsumer(bus, INBOUND, ORCHESTRATOR_GROUP, consumer_name("orchestrator"), orchestrator.handle,
-                           on_dead=on_inbound_dead, after_stop=orchestrator.publisher.flush,
-                           **common),  # type: ignore[arg-type]
-        ConcurrentConsumer(bus, OUTBOUND, DISPATCHER_GROUP, consumer_name("dispatcher"), dispatcher.handle,
-                           on_dead=on_outbound_dead, **common),  # type: ignore[arg-type]
-    ]
+    consumers: list[Consumer] = []
+    if answer:
+        orchestrator = Orchestrator.of(container, bus=bus)
+        consumers.append(ConcurrentConsumer(
+            bus, INBOUND, ORCHESTRATOR_GROUP, consumer_name("orchestrator"), orchestrator.handle,
+            on_dead=on_inbound_dead, after_stop=orchestrator.publisher.flush, **common))  # type: ignore[arg-type]
+    if deliver:
+        dispatcher = Dispatcher(container.senders, container.push, lease=lease_for(settings.bus_claim_idle_ms),
+                                clock=container.clock)
+        consumers.append(ConcurrentConsumer(
+            bus, OUTBOUND, DISPATCHER_GROUP, consumer_name("dispatcher"), dispatcher.handle,
+            on_dead=on_outbound_dead, **common))  # type: ignore[arg-type]
+    return consumers
 
 
 def default_tenant_concurrency(concurrency: int) -> int:
@@ -160,11 +165,13 @@ class RoleThreads:
     threads: list[threading.Thread] = field(default_factory=list)
 
     @classmethod
-    def start_all(cls, container: Container, bus: Bus | None = None) -> RoleThreads:
-        """Every role as a thread of this process, with `container`'s services (`bus`: another bus for them)."""
+    def start_all(cls, container: Container, bus: Bus | None = None, *, answer: bool = True) -> RoleThreads:
+        """Every role as a thread of this process, with `container`'s services (`bus`: another bus for them);
+        all but the orchestrator's when not `answer` (answering processes do that: app/answerers.py)."""
         bus = bus or container.bus
         stop = threading.Event()
-        roles = cls([*build_consumers(container, bus, stop), *notification_consumers(container, bus, stop)], stop)
+        roles = cls([*build_consumers(container, bus, stop, answer=answer),
+                     *notification_consumers(container, bus, stop)], stop)
         targets = [(c.run, f"sb-{c.group}") for c in roles.consumers]
         targets.append((lambda: redrive_loop(bus, stop), "sb-redrive"))
         retention_s = container.settings.retention_interval_s
@@ -174,6 +181,17 @@ class RoleThreads:
             thread.start()
             roles.threads.append(thread)
         roles.threads.append(start_relay(bus, stop))  # this process writes: it publishes what it (or a dead one) left
+        return roles
+
+    @classmethod
+    def start_answering(cls, container: Container) -> RoleThreads:
+        """The orchestrator's consumer alone: an answering process of embedded `serve` (app/answerers.py)."""
+        stop = threading.Event()
+        roles = cls(build_consumers(container, container.bus, stop, deliver=False), stop)
+        for consumer in roles.consumers:
+            thread = threading.Thread(target=consumer.run, name=f"sb-{consumer.group}", daemon=True)
+            thread.start()
+            roles.threads.append(thread)
         return roles
 
     def stop(self, timeout: float = 10.0) -> None:

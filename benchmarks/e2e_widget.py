@@ -143,18 +143,35 @@ class Server:
                 raise SystemExit(f"the server did not become ready: see {self.log.name}")
             time.sleep(0.2)
 
+    def tree(self) -> list[int]:
+        """The server and its answering processes (ANSWER_PROCESSES, app/answerers.py)."""
+        pids, todo = [], [self.process.pid]
+        while todo:
+            pid = todo.pop()
+            pids.append(pid)
+            for task in Path(f"/proc/{pid}/task").glob("*/children"):
+                todo.extend(int(child) for child in task.read_text().split())
+        return pids
+
     def cpu_s(self) -> float:
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+        total = 0.0
+        for pid in self.tree():
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+        return total
 
     def peak_rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
+        """Summed over the processes (each one's peak: an upper bound of the tree's)."""
+        total = 0.0
+        for pid in self.tree():
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1]) / 1024
+        return total
 
     def reset_peak_rss(self) -> None:
-        Path(f"/proc/{self.process.pid}/clear_refs").write_text("5")
+        for pid in self.tree():
+            Path(f"/proc/{pid}/clear_refs").write_text("5")
 
     def stop(self) -> None:
         self.process.terminate()
@@ -337,6 +354,8 @@ def main() -> None:
     parser.add_argument("--llm", default="instant,1s", help="instant and/or 1s")
     parser.add_argument("--transport", choices=["sse", "poll"], default="sse")
     parser.add_argument("--level-timeout", type=float, default=180.0, help="stop issuing after this many seconds")
+    parser.add_argument("--warm-passes", type=int, default=1,
+                        help="times every eval question is asked before the levels (with ANSWER_PROCESSES: more)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--keep-home", action="store_true", help="keep the temporary home (and the server log)")
     parser.add_argument("--unique-questions", action="store_true",
@@ -364,8 +383,11 @@ def main() -> None:
                 print(f"LLM {mode}: server pid {server.process.pid} at {server.url}; warming up", flush=True)
                 # Every eval question once, so no level pays the first use of a passage (the grounding check
                 # embeds its units the first time it is cited) or of a question (the query cache).
-                asyncio.run(run_level(server, widget, questions, 8 if delay == 0 else 32, len(questions),
-                                      args.transport, 180, every_question=True))
+                # Each answering process (ANSWER_PROCESSES) has caches of its own and answers whichever message it
+                # reads first: `--warm-passes` asks the questions that many times.
+                for _ in range(args.warm_passes):
+                    asyncio.run(run_level(server, widget, questions, 8 if delay == 0 else 32, len(questions),
+                                          args.transport, 180, every_question=True))
                 for concurrency in levels:
                     wanted = args.requests if delay == 0 else args.slow_requests
                     print(f"  LLM {mode}, concurrency {concurrency}: {wanted} replies ...", flush=True)

@@ -1,0 +1,125 @@
+"""Embedded `serve` answering in child processes (ANSWER_PROCESSES, app/answerers.py): a real child process answers
+through the LLM with `serve`'s bus, push hub, vector store and limits; the reply reaches a connected widget; a
+child killed in the middle of an answer loses nothing (another takes the message over) and is replaced."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from app.ratelimit import LLM_CALLS_PER_TENANT, RateLimited, RateLimiter
+from tests.e2e.conftest import Stack, replies
+from tests.e2e.sse import EventStream, serve_http
+from tests.fakes.openai_server import FakeOpenAIServer, first_sentence, prompt_passages
+
+
+@pytest.fixture(scope="module")
+def llm() -> Iterator[FakeOpenAIServer]:
+    with FakeOpenAIServer() as server:
+        server.reply_with(lambda body: f"{first_sentence(prompt_passages(body)[0])} [1]")
+        yield server
+
+
+@pytest.fixture(scope="module")
+def stack_settings(llm: FakeOpenAIServer) -> dict[str, Any]:
+    return {"answer_processes": 1, "bus_claim_idle_ms": 1500, "llm_base_url": llm.base_url,
+            "llm_api_key": llm.api_key, "llm_model": "fake"}
+
+
+@pytest.fixture(scope="module")
+def server(stack: Stack) -> Iterator[str]:
+    from app.main import create_app
+
+    with serve_http(create_app(run_workers=False)) as url:  # the stack's app runs the roles and the children
+        yield url
+
+
+def _app_state(stack: Stack) -> Any:
+    return stack.client.app.state  # type: ignore[attr-defined]
+
+
+def _eventually(check: Callable[[], Any], what: str, timeout: float = 60) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (found := check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+    return found
+
+
+def _next_message(events: EventStream) -> Any:
+    """The next stored message, past the drafts of a reply being streamed."""
+    while (event := events.next()).event != "message":
+        assert event.event == "draft", event
+    return event
+
+
+def test_serve_itself_does_not_answer(stack: Stack) -> None:
+    from app.contracts import INBOUND
+
+    state = _app_state(stack)
+    assert [c for c in state.workers.consumers if c.topic == INBOUND] == []
+    [pid] = state.answerers.pids()
+    assert pid != os.getpid()
+    os.kill(pid, 0)  # alive
+
+
+def test_a_child_answers_through_the_llm_and_the_reply_is_pushed(stack: Stack, server: str,
+                                                                  llm: FakeOpenAIServer) -> None:
+    before = len(llm.completion_requests)
+    visitor = stack.visitor(stack.northwind)
+    with EventStream(f"{server}/widget/v1/{visitor.widget}/events", headers=visitor.auth) as events:
+        assert events.next("ready").data == {"cursor": None}
+        visitor.send("What is your return policy?", "child-1")
+        assert _next_message(events).data["direction"] == "in"
+        reply = _next_message(events)
+    assert reply.data["direction"] == "out"
+    assert reply.data["citations"], reply.data  # grounded in the pack the child searched through `serve`
+    assert len(llm.completion_requests) == before + 1
+
+
+def test_a_child_killed_mid_answer_loses_nothing_and_is_replaced(stack: Stack, llm: FakeOpenAIServer) -> None:
+    state = _app_state(stack)
+    [first] = state.answerers.pids()
+    paused = llm.streams_paused
+    llm.pause_stream_after(1)  # the child is holding the message, in the middle of the LLM's answer
+    try:
+        visitor = stack.visitor(stack.northwind)
+        visitor.send("Do you ship to Canada?", "child-2")
+        _eventually(lambda: llm.streams_paused > paused, "the answer to start streaming")
+        os.kill(first, signal.SIGKILL)
+    finally:
+        llm.pause_stream_after()
+        llm.resume_stream()  # let the dead child's stream end
+    second = _eventually(lambda: [p for p in state.answerers.pids() if p != first], "a new answering process")
+    messages = visitor.wait_for(lambda m: bool(replies(m)), timeout=60)
+    assert len(replies(messages)) == 1 and replies(messages)[0]["citations"]
+    assert second != [first]
+    # The first attempt died with its process; the second was the new child's after the message's lease lapsed.
+    asked = [r for r in llm.completion_requests if "Do you ship to Canada?" in str(r.body)]
+    assert len(asked) == 2
+
+
+def test_a_rate_limit_raised_in_serve_reaches_the_child_whole() -> None:
+    # Limits live in `serve` (one count for every process); its refusal crosses the process boundary pickled.
+    limiter = RateLimiter.from_settings(_settings(rate_llm_calls_per_tenant="1/minute"))
+    limiter.hit(LLM_CALLS_PER_TENANT, "t1")
+    with pytest.raises(RateLimited) as refused:
+        limiter.hit(LLM_CALLS_PER_TENANT, "t1")
+    again = pickle.loads(pickle.dumps(refused.value))
+    assert (again.rule, again.retry_after, again.detail) == (refused.value.rule, refused.value.retry_after,
+                                                            refused.value.detail)
+
+
+def _settings(**values: Any) -> Any:
+    from pathlib import Path
+
+    from tests.conftest import settings_for
+
+    return settings_for(Path("/nonexistent"), **values)
