@@ -38,7 +38,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-LENT = ("bus", "push", "vector_store", "rate_limiter")  # the services a child uses through `serve`
+# The services a child uses through `serve`: the four above, and the grounding check's passage units, so a
+# passage cited first in one process is not embedded again in every other (~0.1-0.5 s of model time each).
+LENT = ("bus", "push", "vector_store", "rate_limiter", "passage_cache")
 RESTART_AFTER_S = 2.0  # a child that died is replaced after this pause (a child failing at start-up does not spin)
 STOP_WAIT_S = 15.0  # on shutdown a child finishes the messages it holds for this long, then is killed
 

@@ -34,7 +34,7 @@ from app.models import utcnow
 from app.plugins import Plugins, load
 
 if TYPE_CHECKING:
-    from app.assistant.grounding import GroundingChecker
+    from app.assistant.grounding import GroundingChecker, PassageCache
     from app.assistant.pii_ner import PiiNer
     from app.bus.base import Bus
     from app.conversations.push import Push
@@ -230,8 +230,19 @@ class Container:
 
             embedder = self.embedder
             sentences = embedder.embed_sentences if isinstance(embedder, SentenceEmbedder) else None
-            return GroundingChecker(embedder.embed_documents, embed_sentences=sentences)
+            # An answering process of embedded `serve` is given `serve`'s passage cache (app/answerers.py).
+            return GroundingChecker(embedder.embed_documents, embed_sentences=sentences,
+                                    shared=self._built.get("passage_cache"))
         return self._get("grounding", build)
+
+    @property
+    def passage_cache(self) -> PassageCache:
+        """Embedded `serve`'s passage units, shared by its answering processes (app/answerers.py)."""
+        def build() -> PassageCache:
+            from app.assistant.grounding import PassageCache
+
+            return PassageCache(4096)
+        return self._get("passage_cache", build)
 
     @property
     def retriever(self) -> Retriever:

@@ -40,6 +40,7 @@ cached; a sentence that quotes one of them takes its vector).
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import re
 import threading
@@ -159,18 +160,42 @@ class _Units:
     windows: list[frozenset[str]]  # the terms of each passage sentence with its neighbours
 
 
+class PassageCache:
+    """Passages' units (their sentences, clauses and pairs, embedded: ~30 model inputs for a long passage, the
+    costliest part of a first citation), least recently used out first. Thread-safe."""
+
+    def __init__(self, size: int = 2048) -> None:
+        self._units: OrderedDict[str, _Units] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> _Units | None:
+        with self._lock:
+            hit = self._units.get(key)
+            if hit is not None:
+                self._units.move_to_end(key)
+            return hit
+
+    def put(self, key: str, units: _Units) -> None:
+        with self._lock:
+            self._units[key] = units
+            if len(self._units) > self._size:
+                self._units.popitem(last=False)
+
+
 class GroundingChecker:
     def __init__(self, embed: Embed, *, embed_sentences: Embed | None = None, rule: Rule = RULE,
-                 cache_size: int = 2048) -> None:
+                 cache_size: int = 2048, shared: PassageCache | None = None) -> None:
         """`embed`: the answering embedder's `embed_documents` (one checker per process: `Container.grounding`);
         `embed_sentences`: the same vectors for a reply's few sentences, in model calls shared with concurrent
-        work (`MiniLMEmbedder.embed_sentences`); `embed` when not given."""
+        work (`MiniLMEmbedder.embed_sentences`); `embed` when not given. `shared`: a second cache behind the
+        process's own, which other processes fill too (embedded `serve`'s, for its answering processes:
+        app/answerers.py), so a passage is embedded once, not once per process."""
         self._embed = embed
         self._embed_sentences = embed_sentences or embed
         self.rule = rule
-        self._cache: OrderedDict[str, _Units] = OrderedDict()
-        self._cache_size = cache_size
-        self._lock = threading.Lock()
+        self._cache = PassageCache(cache_size)
+        self._shared = shared
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         return self._embed(list(texts)) if texts else []
@@ -271,12 +296,15 @@ class GroundingChecker:
         return vectors
 
     def _units(self, passage: PassageLike) -> _Units:
-        key = f"{passage.chunk_id}:{hash(passage.text)}"
-        with self._lock:
-            hit = self._cache.get(key)
+        # The text's digest, not `hash()`: the key must mean the same in every process sharing the cache.
+        key = f"{passage.chunk_id}:{hashlib.blake2b(passage.text.encode(), digest_size=12).hexdigest()}"
+        hit = self._cache.get(key)
+        if hit is None and self._shared is not None:
+            hit = self._shared.get(key)
             if hit is not None:
-                self._cache.move_to_end(key)
-                return hit
+                self._cache.put(key, hit)
+        if hit is not None:
+            return hit
         sentences = passage_sentences(passage.text)
         clauses = [c.strip() for s in sentences for c in re.split(r"[,;:]\s+", s) if len(c.split()) >= 3]
         pairs = [f"{a} {b}" for a, b in itertools.pairwise(sentences)]
@@ -297,10 +325,9 @@ class GroundingChecker:
                     for place in dict.fromkeys(sentences + [c for s in sentences for c in CLAUSE.split(s)])],
             windows=[frozenset(tokenize(" ".join(sentences[max(0, i - 1):i + 2]))) for i in range(len(sentences))],
         )
-        with self._lock:
-            self._cache[key] = units
-            if len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
+        self._cache.put(key, units)
+        if self._shared is not None:
+            self._shared.put(key, units)
         return units
 
 

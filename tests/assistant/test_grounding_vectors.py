@@ -150,3 +150,19 @@ def test_concurrent_checks_share_model_calls_and_reach_the_same_verdicts(tmp_pat
     assert not all(v.grounded for v in expected) and any(v.grounded for v in expected)
     assert embedder.queries.stats.calls - calls_before < len(replies)
     assert embedder.queries.stats.largest > 1
+
+
+def test_a_passage_is_embedded_once_for_every_checker_sharing_a_cache(embed: CountingEmbed) -> None:
+    """Answering processes of embedded `serve` share its passage cache (app/answerers.py): a passage another
+    checker already measured costs this one no model call, and the units are the same."""
+    from app.assistant.grounding import PassageCache
+
+    shared = PassageCache()
+    first, second = GroundingChecker(embed, shared=shared), GroundingChecker(embed, shared=shared)
+    embed.calls.clear()
+    units = first._units(RETURNS)
+    assert len(embed.calls) == 1
+    again = second._units(RETURNS)
+    assert len(embed.calls) == 1 and again is units
+    alone = GroundingChecker(embed)._units(RETURNS)  # no shared cache: embedded again, to the same vectors
+    assert len(embed.calls) == 2 and (alone.vectors == units.vectors).all()
