@@ -49,8 +49,8 @@ log = logging.getLogger(__name__)
 
 _READS = ("SELECT", "PRAGMA", "EXPLAIN")
 _BUSY_TIMEOUT = re.compile(r"\s*PRAGMA\s+busy_timeout\s*=\s*(\d+)", re.IGNORECASE)
-FIRST_PAUSE_S = 50e-6  # between two tries at a lock file held by another process, doubling up to
-LAST_PAUSE_S = 1e-3
+FIRST_PAUSE_S = 50e-6  # the first pause between two tries at a lock file another process holds; then doubled,
+LAST_PAUSE_S = 1e-3  # up to this
 
 
 def _writes(sql: str) -> bool:
@@ -103,11 +103,11 @@ class WriterTurn:
         if self._file is None:
             try:
                 self._file = _LockFile(self.path)
-            except OSError as exc:  # a folder we may read but not write: the writer goes on, SQLite decides
+            except OSError as exc:  # the writer goes on without the other processes' turn: SQLite decides
                 if not self._warned:
                     self._warned = True
-                    log.warning("SQLite writers' lock file %s unavailable (%s): writers of other processes "
-                                "meet SQLite's busy handler", self.path, exc)
+                    log.warning("SQLite writers' lock file %s unavailable (%s): this process's writers meet "
+                                "other processes' in SQLite's busy handler", self.path, exc)
                 return None
         return self._file if self._file.take(deadline) else None
 

@@ -355,3 +355,25 @@ def test_a_process_killed_while_it_holds_the_turn_leaves_it_free(tmp_path: Path)
     with engine.connect() as conn:
         assert conn.execute(text("SELECT who FROM log")).scalars().all() == ["next"]
     engine.dispose()
+
+
+def test_a_lock_file_that_cannot_be_opened_leaves_the_writes_to_sqlite(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Something else at the lock file's name (here a folder): the writers still write, one thread at a time, and
+    meet other processes in SQLite's busy handler as before the lock file existed; a warning says so once."""
+    db = tmp_path / "nolock.db"
+    Path(f"{db}-writer.lock").mkdir()
+    conn = sqlite3.connect(db, factory=sqlite_writes.connection_class(str(db), WAIT), timeout=WAIT)
+    with caplog.at_level("WARNING", logger="app.sqlite_writes"):
+        for value in ("a", "b"):
+            conn.execute("CREATE TABLE IF NOT EXISTS t (v TEXT)")
+            conn.execute("INSERT INTO t VALUES (?)", (value,))
+            assert _gate(db).locked()
+            conn.commit()
+    assert not _gate(db).locked()
+    assert conn.execute("SELECT v FROM t ORDER BY v").fetchall() == [("a",), ("b",)]
+    conn.close()
+    assert [record.getMessage() for record in caplog.records] == [
+        f"SQLite writers' lock file {db}-writer.lock unavailable ([Errno 21] Is a directory: '{db}-writer.lock'): "
+        "this process's writers meet other processes' in SQLite's busy handler"]
