@@ -40,7 +40,8 @@ def make_engine(url: str, settings: Settings | None = None) -> Engine:
         pool["pool_size"] += 2 * pool["max_overflow"]
         connect: dict[str, Any] = {"check_same_thread": False, "timeout": SQLITE_BUSY_MS / 1000}
         if database and database != ":memory:":
-            # This process's writers take turns on a lock, not in SQLite's sleeping busy handler (app/sqlite_writes.py).
+            # Writers take turns on locks (this process's threads, then every process's through a lock file beside
+            # the database), not in SQLite's sleeping busy handler (app/sqlite_writes.py).
             connect["factory"] = sqlite_writes.connection_class(database, SQLITE_BUSY_MS / 1000)
         engine = create_engine(url, connect_args=connect, hide_parameters=True, **pool)
 
