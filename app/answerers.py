@@ -18,11 +18,13 @@ BUS_CLAIM_IDLE_MS (the bus's at-least-once contract); `serve` starts a new child
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -71,7 +73,9 @@ class AnswerProcesses:
     server: Any  # multiprocessing.managers.Server (its stop_event and listener are not in the type stubs)
     children: list[subprocess.Popen[bytes]] = field(default_factory=list)
     stopping: threading.Event = field(default_factory=threading.Event)
+    closed: threading.Event = field(default_factory=threading.Event)  # the lender takes no more connections
     _supervisor: threading.Thread | None = None
+    _acceptor: threading.Thread | None = None
 
     @classmethod
     def start(cls, container: Container, count: int) -> AnswerProcesses:
@@ -86,13 +90,24 @@ class AnswerProcesses:
             manager.register(name, callable=lambda service=service: service, exposed=exposed)
         server: Any = manager.get_server()
         server.stop_event = threading.Event()  # what `serve_forever` would set up; its client threads check it
-        threading.Thread(target=server.accepter, name="sb-lender", daemon=True).start()
         lent = cls(container, count, folder, authkey, server)
+        lent._acceptor = threading.Thread(target=lent._accept, name="sb-lender", daemon=True)
+        lent._acceptor.start()
         lent.children = [lent._spawn(i) for i in range(count)]
         lent._supervisor = threading.Thread(target=lent._supervise, name="sb-answerers", daemon=True)
         lent._supervisor.start()
         log.info("answering in %d process(es): %s", count, ", ".join(str(c.pid) for c in lent.children))
         return lent
+
+    def _accept(self) -> None:
+        """The manager server's accept loop, ending when `stop` closes the listener (the server's own `accepter`
+        would retry a closed listener forever)."""
+        while not self.closed.is_set():
+            try:
+                connection = self.server.listener.accept()
+            except Exception:  # noqa: S112 - a client that failed authentication or hung up, or `stop`'s wake-up
+                continue
+            threading.Thread(target=self.server.handle_request, args=(connection,), daemon=True).start()
 
     def _spawn(self, index: int) -> subprocess.Popen[bytes]:
         child = subprocess.Popen([sys.executable, "-m", "app.answerers", str(index)],  # noqa: S603 - our own module
@@ -100,8 +115,11 @@ class AnswerProcesses:
         invitation = Invitation(str(self.folder / "lender.sock"), self.authkey, self.container.settings.model_dump(),
                                 os.getpid())
         assert child.stdin is not None
-        child.stdin.write(pickle.dumps(invitation))
-        child.stdin.close()
+        try:
+            child.stdin.write(pickle.dumps(invitation))
+            child.stdin.close()
+        except BrokenPipeError:  # it died at once (its error is on stderr); the supervisor starts another
+            pass
         return child
 
     def _supervise(self) -> None:
@@ -131,7 +149,12 @@ class AnswerProcesses:
                 log.warning("answering process %d did not stop in %.0f s; killed", child.pid, STOP_WAIT_S)
                 child.kill()
                 child.wait()
+        self.closed.set()
         self.server.stop_event.set()
+        with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as wake:  # closing does not end `accept`
+            wake.connect(str(self.folder / "lender.sock"))
+        if self._acceptor is not None:
+            self._acceptor.join(timeout=5)
         self.server.listener.close()
         shutil.rmtree(self.folder, ignore_errors=True)
 

@@ -123,3 +123,14 @@ def _settings(**values: Any) -> Any:
     from tests.conftest import settings_for
 
     return settings_for(Path("/nonexistent"), **values)
+
+
+def test_a_stopped_lender_leaves_no_thread_behind(services: Any) -> None:
+    # The manager server's own accept loop retries a closed listener forever; ours ends with it.
+    from app.answerers import AnswerProcesses
+
+    lent = AnswerProcesses.start(services, 0)
+    assert lent._acceptor is not None and lent._acceptor.is_alive()
+    lent.stop()
+    assert not lent._acceptor.is_alive()
+    assert not lent.folder.exists()  # the socket's private folder is gone too
