@@ -134,3 +134,57 @@ def test_a_stopped_lender_leaves_no_thread_behind(services: Any) -> None:
     lent.stop()
     assert not lent._acceptor.is_alive()
     assert not lent.folder.exists()  # the socket's private folder is gone too
+
+
+# `serve` as far as its children see it: it lends its services, waits until its child reads the bus (the child is
+# answering), prints the child's pid and lives on until killed.
+SERVE_STAND_IN = """
+import sys, threading, time
+from pathlib import Path
+from app.answerers import AnswerProcesses
+from app.bootstrap import Container, install
+from app.bus.memory import MemoryBus
+from app.db import migrate
+from tests.conftest import settings_for
+
+reading = threading.Event()
+
+class Bus(MemoryBus):
+    def read(self, *args, **kwargs):
+        reading.set()
+        return super().read(*args, **kwargs)
+
+container = Container(settings_for(Path(sys.argv[1])), bus=Bus())
+install(container)
+migrate()
+lent = AnswerProcesses.start(container, 1)
+assert reading.wait(120), "the answering process never read the bus"
+print(lent.pids()[0], flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_child_whose_serve_is_gone_stops(tmp_path: Any) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    serve = subprocess.Popen([sys.executable, "-c", SERVE_STAND_IN, str(tmp_path / "home")], cwd=repo,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert serve.stdout is not None
+        child = int(serve.stdout.readline())
+        os.kill(child, 0)  # running
+    finally:
+        serve.kill()  # no chance to stop its children
+        serve.wait()
+
+    def gone() -> bool:
+        try:
+            state = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return True
+        return state == "Z"  # exited, not yet reaped by whoever adopted it
+
+    _eventually(gone, "the orphaned answering process to stop", timeout=90)
