@@ -67,8 +67,7 @@ class AnswerProcesses:
     """The lender's server (threads of `serve`) and the children it supervises."""
 
     container: Container
-    count: int
-    folder: Path
+    folder: Path  # private (0700): holds the lender's socket
     authkey: bytes
     server: Any  # multiprocessing.managers.Server (its stop_event and listener are not in the type stubs)
     children: list[subprocess.Popen[bytes]] = field(default_factory=list)
@@ -82,7 +81,7 @@ class AnswerProcesses:
         folder = Path(tempfile.mkdtemp(prefix="switchboard-answerers-"))  # 0700: only this user reaches the socket
         authkey = secrets.token_bytes(32)
         services = {name: getattr(container, name) for name in LENT}  # built here, before any child asks
-        manager = _Lender(address=str(folder / "lender.sock"), authkey=authkey)
+        manager = _Lender(address=_address(folder), authkey=authkey)
         for name, service in services.items():
             # Never `close`: a child closing its container must not close `serve`'s bus, push hub or store.
             exposed = [method for method in dir(service) if not method.startswith("_") and method != "close"
@@ -90,7 +89,7 @@ class AnswerProcesses:
             manager.register(name, callable=lambda service=service: service, exposed=exposed)
         server: Any = manager.get_server()
         server.stop_event = threading.Event()  # what `serve_forever` would set up; its client threads check it
-        lent = cls(container, count, folder, authkey, server)
+        lent = cls(container, folder, authkey, server)
         lent._acceptor = threading.Thread(target=lent._accept, name="sb-lender", daemon=True)
         lent._acceptor.start()
         lent.children = [lent._spawn(i) for i in range(count)]
@@ -112,8 +111,7 @@ class AnswerProcesses:
     def _spawn(self, index: int) -> subprocess.Popen[bytes]:
         child = subprocess.Popen([sys.executable, "-m", "app.answerers", str(index)],  # noqa: S603 - our own module
                                  stdin=subprocess.PIPE)
-        invitation = Invitation(str(self.folder / "lender.sock"), self.authkey, self.container.settings.model_dump(),
-                                os.getpid())
+        invitation = Invitation(_address(self.folder), self.authkey, self.container.settings.model_dump(), os.getpid())
         assert child.stdin is not None
         try:
             child.stdin.write(pickle.dumps(invitation))
@@ -152,11 +150,15 @@ class AnswerProcesses:
         self.closed.set()
         self.server.stop_event.set()
         with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as wake:  # closing does not end `accept`
-            wake.connect(str(self.folder / "lender.sock"))
+            wake.connect(_address(self.folder))
         if self._acceptor is not None:
             self._acceptor.join(timeout=5)
         self.server.listener.close()
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _address(folder: Path) -> str:
+    return str(folder / "lender.sock")
 
 
 def join(invitation: Invitation) -> Container:

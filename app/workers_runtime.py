@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -177,9 +178,7 @@ class RoleThreads:
         retention_s = container.settings.retention_interval_s
         targets.append((lambda: retention_loop(stop, retention_s), "sb-retention"))
         for target, name in targets:
-            thread = threading.Thread(target=target, name=name, daemon=True)
-            thread.start()
-            roles.threads.append(thread)
+            roles._start(target, name)
         roles.threads.append(start_relay(bus, stop))  # this process writes: it publishes what it (or a dead one) left
         return roles
 
@@ -189,10 +188,13 @@ class RoleThreads:
         stop = threading.Event()
         roles = cls(build_consumers(container, container.bus, stop, deliver=False), stop)
         for consumer in roles.consumers:
-            thread = threading.Thread(target=consumer.run, name=f"sb-{consumer.group}", daemon=True)
-            thread.start()
-            roles.threads.append(thread)
+            roles._start(consumer.run, f"sb-{consumer.group}")
         return roles
+
+    def _start(self, target: Callable[[], object], name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self.threads.append(thread)
 
     def stop(self, timeout: float = 10.0) -> None:
         stop_threads(self.stop_event, self.threads, timeout)

@@ -80,6 +80,16 @@ def replies(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [m for m in messages if m["direction"] == "out"]
 
 
+def wait(what: str, probe: Callable[[], Any], timeout: float = 60) -> Any:
+    """`probe()`'s first truthy result, asked every 50 ms; fails after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not (found := probe()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {what} within {timeout} s")
+        time.sleep(0.05)
+    return found
+
+
 def child_env(env: dict[str, str]) -> dict[str, str]:
     """The environment of a role process: this one's without its scale-out variables, then `env`."""
     dropped = {*SCALE_OUT_VARS, *(f"SWITCHBOARD_{var}" for var in SCALE_OUT_VARS)}

@@ -7,14 +7,13 @@ from __future__ import annotations
 import os
 import pickle
 import signal
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from app.ratelimit import LLM_CALLS_PER_TENANT, RateLimited, RateLimiter
-from tests.e2e.conftest import Stack, replies
+from tests.e2e.conftest import Stack, replies, wait
 from tests.e2e.sse import EventStream, serve_http
 from tests.fakes.openai_server import FakeOpenAIServer, first_sentence, prompt_passages
 
@@ -42,15 +41,6 @@ def server(stack: Stack) -> Iterator[str]:
 
 def _app_state(stack: Stack) -> Any:
     return stack.client.app.state  # type: ignore[attr-defined]
-
-
-def _eventually(check: Callable[[], Any], what: str, timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (found := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-    return found
 
 
 def _next_message(events: EventStream) -> Any:
@@ -92,12 +82,12 @@ def test_a_child_killed_mid_answer_loses_nothing_and_is_replaced(stack: Stack, l
     try:
         visitor = stack.visitor(stack.northwind)
         visitor.send("Do you ship to Canada?", "child-2")
-        _eventually(lambda: llm.streams_paused > paused, "the answer to start streaming")
+        wait("start of the streamed answer", lambda: llm.streams_paused > paused)
         os.kill(first, signal.SIGKILL)
     finally:
         llm.pause_stream_after()
         llm.resume_stream()  # let the dead child's stream end
-    second = _eventually(lambda: [p for p in state.answerers.pids() if p != first], "a new answering process")
+    second = wait("new answering process", lambda: [p for p in state.answerers.pids() if p != first])
     messages = visitor.wait_for(lambda m: bool(replies(m)), timeout=60)
     assert len(replies(messages)) == 1 and replies(messages)[0]["citations"]
     assert second != [first]
@@ -187,4 +177,4 @@ def test_a_child_whose_serve_is_gone_stops(tmp_path: Any) -> None:
             return True
         return state == "Z"  # exited, not yet reaped by whoever adopted it
 
-    _eventually(gone, "the orphaned answering process to stop", timeout=90)
+    wait("stop of the orphaned answering process", gone, timeout=90)

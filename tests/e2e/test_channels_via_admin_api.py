@@ -9,14 +9,14 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from twilio.request_validator import RequestValidator
 
-from tests.e2e.conftest import Stack, Visitor, replies
+from tests.e2e.conftest import Stack, Visitor, replies, wait
 from tests.fakes.fake_discord import FakeDiscord
 from tests.fakes.fake_meta import FakeGraph
 from tests.fakes.fake_telegram import FakeTelegram
@@ -34,15 +34,6 @@ def example(stack: Stack, channel: str) -> dict[str, Any]:
     (found,) = [s["examples"][0] for name, s in schemas.items()
                 if name.endswith("ChannelIn") and s["examples"][0]["channel"] == channel]
     return dict(found)
-
-
-def wait(what: str, probe: Callable[[], Any], timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (found := probe()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no {what} within {timeout} s")
-        time.sleep(0.05)
-    return found
 
 
 class Channel:
