@@ -3,6 +3,7 @@ audited reveals, the conversation view, and what viewers may not do."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -137,7 +138,8 @@ def test_texts_are_masked_and_each_reveal_is_audited_with_the_person(
     headers = bearer(login(client, dana))
 
     escalation = client.get(f"/review/v1/escalations/{opened.escalation_id}", headers=headers).json()
-    assert "jane.roe@example.com" not in str(escalation) and "4111" not in str(escalation)
+    assert "jane.roe@example.com" not in str(escalation)
+    assert not re.search(r"(?<![0-9a-f])4111(?![0-9a-f])", str(escalation))  # a hex id may hold "4111"
     assert "[EMAIL]" in escalation["customer_text"] and "[EMAIL]" in escalation["draft"]
     assert escalation["masked"] is True and escalation["channel"] == "webchat"
     assert escalation["passages"][0]["score"] == 0.71 and escalation["passages"][0]["document"] == "shipping.md"
