@@ -6,9 +6,11 @@ closed loop, against an embedded `switchboard serve` (a subprocess) with the exa
                                               [--unique-questions]
 
 Each level starts `concurrency` new visitors; each opens a session and its event stream (`GET .../events`, or
-with `--transport poll` long-polls `GET .../messages?wait=`), then sends the eval questions one after another,
-each as soon as the previous one is answered, until the level has `--requests` replies (`--slow-requests` with
-the 1 s LLM) or `--level-timeout` passed. Before the first level each server is asked every eval question once,
+with `--transport poll` long-polls `GET .../messages?wait=`); once all of them are connected, they send the eval
+questions one after another, each as soon as the previous one is answered, until the level has `--requests`
+replies (`--slow-requests` with the 1 s LLM) or `--level-timeout` passed. The level's time and the server's CPU
+are counted from that moment, so the first `concurrency` questions arrive together (`--slow-requests 64` at
+concurrency 64 is "64 customers ask at once") and no send waits behind other visitors' sessions being opened. Before the first level each server is asked every eval question once,
 so no level pays first uses (a passage's first citation, a question's first embedding) that later ones do not.
 Latency is send -> reply event. The LLM is the OpenAI-compatible fake of
 tests/fakes/openai_server.py in its own process, answering each prompt with the first sentence of its first
@@ -217,7 +219,7 @@ async def _events(client: httpx.AsyncClient, url: str, auth: dict[str, str], out
             if response.status_code != 200:
                 why = f"event stream HTTP {response.status_code}"
                 return
-            kind, data = "message", []
+            kind, data = "message", list[str]()
             async for line in response.aiter_lines():
                 if line == "":
                     if data:
@@ -249,61 +251,76 @@ async def _poll_reply(client: httpx.AsyncClient, api: str, auth: dict[str, str],
 
 
 async def visitor(client: httpx.AsyncClient, api: str, questions: list[str], level: Level, transport: str,
-                  index: int, unique: bool, stride: int | None = None) -> None:
-    """`stride`: visitor `index` asks questions index, index + stride, ... (the warm-up: each question once)."""
-    session = await client.post(f"{api}/sessions", json={})
-    if session.status_code != 201:
-        level.fail(f"session HTTP {session.status_code}: {session.text[:200]}")
-        return
-    auth = {"Authorization": f"Bearer {session.json()['token']}"}
+                  index: int, unique: bool, stride: int | None, connected: asyncio.Barrier) -> None:
+    """`stride`: visitor `index` asks questions index, index + stride, ... (the warm-up: each question once).
+    Every visitor opens its session and event stream, then waits at `connected` for the others (one that failed
+    to connect passes it too), so the first questions arrive together and no send waits behind another visitor's
+    session being opened."""
+    reader: asyncio.Task[None] | None = None
+    auth: dict[str, str] | None = None
     events: asyncio.Queue[Any] = asyncio.Queue()
-    reader = None
-    if transport == "sse":
-        reader = asyncio.create_task(_events(client, f"{api}/events", auth, events))
-        try:
-            kind, data = await asyncio.wait_for(events.get(), REPLY_TIMEOUT_S)
-        except TimeoutError:
-            kind, data = "error", "no ready event"
-        if kind != "ready":
-            level.fail(f"event stream: expected ready, got {kind} {data}")
-            return
-    cursor: str | None = None
-    n = 0
     try:
-        while level.take():
-            text = questions[(index + n * stride if stride else index * 7 + n) % len(questions)]
-            n += 1
-            if unique:
-                text = f"{text} (ref {level.run}-{index}-{n})"
-            started = time.perf_counter()
+        session = await client.post(f"{api}/sessions", json={})
+        if session.status_code != 201:
+            level.fail(f"session HTTP {session.status_code}: {session.text[:200]}")
+            return
+        auth = {"Authorization": f"Bearer {session.json()['token']}"}
+        if transport == "sse":
+            reader = asyncio.create_task(_events(client, f"{api}/events", auth, events))
             try:
-                sent = await client.post(f"{api}/messages", headers=auth,
-                                         json={"text": text, "client_message_id": f"b{n}-{uuid.uuid4().hex[:8]}"})
-            except httpx.HTTPError as exc:  # counted, not fatal: a dropped connection on a loaded machine
-                level.fail(f"send: {exc!r}")
-                continue
-            if sent.status_code != 202:
-                level.fail(f"send HTTP {sent.status_code}: {sent.text[:200]}")
-                continue
-            try:
-                if transport == "sse":
-                    while True:
-                        kind, reply = await asyncio.wait_for(events.get(), REPLY_TIMEOUT_S)
-                        if kind == "error":
-                            raise RuntimeError(reply)
-                        if kind == "message" and reply["direction"] == "out":
-                            break
-                else:
-                    reply, cursor = await _poll_reply(client, api, auth, cursor)
-            except (TimeoutError, RuntimeError, httpx.HTTPError) as exc:
-                level.fail(f"reply: {exc!r}")
-                return
-            level.latencies.append(time.perf_counter() - started)
-            if not reply.get("citations"):
-                level.escalated += 1
+                kind, data = await asyncio.wait_for(events.get(), REPLY_TIMEOUT_S)
+            except TimeoutError:
+                kind, data = "error", "no ready event"
+            if kind != "ready":
+                level.fail(f"event stream: expected ready, got {kind} {data}")
+                auth = None
+    finally:
+        await connected.wait()
+    try:
+        if auth is not None:
+            await _ask(client, api, auth, events, questions, level, transport, index, unique, stride)
     finally:
         if reader is not None:
             reader.cancel()
+
+
+async def _ask(client: httpx.AsyncClient, api: str, auth: dict[str, str], events: asyncio.Queue[Any],
+               questions: list[str], level: Level, transport: str, index: int, unique: bool, stride: int | None
+               ) -> None:
+    """A connected visitor's questions, each sent once the reply to the one before has arrived."""
+    cursor: str | None = None
+    n = 0
+    while level.take():
+        text = questions[(index + n * stride if stride else index * 7 + n) % len(questions)]
+        n += 1
+        if unique:
+            text = f"{text} (ref {level.run}-{index}-{n})"
+        started = time.perf_counter()
+        try:
+            sent = await client.post(f"{api}/messages", headers=auth,
+                                     json={"text": text, "client_message_id": f"b{n}-{uuid.uuid4().hex[:8]}"})
+        except httpx.HTTPError as exc:  # counted, not fatal: a dropped connection on a loaded machine
+            level.fail(f"send: {exc!r}")
+            continue
+        if sent.status_code != 202:
+            level.fail(f"send HTTP {sent.status_code}: {sent.text[:200]}")
+            continue
+        try:
+            if transport == "sse":
+                while True:
+                    kind, reply = await asyncio.wait_for(events.get(), REPLY_TIMEOUT_S)
+                    if kind == "error":
+                        raise RuntimeError(reply)
+                    if kind == "message" and reply["direction"] == "out":
+                        break
+            else:
+                reply, cursor = await _poll_reply(client, api, auth, cursor)
+        except (TimeoutError, RuntimeError, httpx.HTTPError) as exc:
+            level.fail(f"reply: {exc!r}")
+            return
+        level.latencies.append(time.perf_counter() - started)
+        if not reply.get("citations"):
+            level.escalated += 1
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -319,8 +336,6 @@ async def run_level(server: Server, widget: str, questions: list[str], concurren
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=2 * concurrency + 10)
     server.reset_peak_rss()
     async with httpx.AsyncClient(timeout=REPLY_TIMEOUT_S, limits=limits) as client:
-        cpu0, t0, mine0 = server.cpu_s(), time.perf_counter(), time.process_time()
-
         async def progress() -> None:
             while True:
                 await asyncio.sleep(5)
@@ -329,8 +344,12 @@ async def run_level(server: Server, widget: str, questions: list[str], concurren
 
         ticker = asyncio.create_task(progress())
         stride = concurrency if every_question else None
-        await asyncio.gather(*(visitor(client, api, questions, level, transport, i, unique, stride)
-                               for i in range(concurrency)))
+        connected = asyncio.Barrier(concurrency + 1)
+        visitors = [asyncio.create_task(visitor(client, api, questions, level, transport, i, unique, stride,
+                                                connected)) for i in range(concurrency)]
+        await connected.wait()  # measured from here: every visitor connected, the first questions on their way
+        cpu0, t0, mine0 = server.cpu_s(), time.perf_counter(), time.process_time()
+        await asyncio.gather(*visitors)
         ticker.cancel()
         elapsed, cpu, mine = time.perf_counter() - t0, server.cpu_s() - cpu0, time.process_time() - mine0
     done = len(level.latencies)
