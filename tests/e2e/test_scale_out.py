@@ -13,7 +13,6 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -21,15 +20,7 @@ from sqlalchemy import func, select
 
 from app.bootstrap import container
 from tests.conftest import REDIS_TEST_URL, REPO, Graph
-from tests.e2e.conftest import EXAMPLE, Visitor, child_env, replies
-
-
-def _wait(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+from tests.e2e.conftest import EXAMPLE, Visitor, child_env, replies, wait
 
 
 class ScaleOut:
@@ -139,7 +130,7 @@ def test_sigkilled_orchestrator_message_is_reclaimed_and_answered_once(scale_out
     first = stack.start_orchestrator()
     visitor = _visitor(api, tenant["widget_id"])
     sent = visitor.send("do gift cards expire", "k1")
-    _wait(lambda: len(openai_server.completion_requests) >= 1, 90, "the first orchestrator to call the LLM")
+    wait("first orchestrator's LLM call", lambda: len(openai_server.completion_requests) >= 1, timeout=90)
     first.send_signal(signal.SIGKILL)
     first.wait(10)
 

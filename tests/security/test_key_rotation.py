@@ -18,6 +18,7 @@ from cryptography.fernet import Fernet
 from app.keys import TokenError
 from tests.cli_support import run, serving
 from tests.conftest import Graph
+from tests.e2e.conftest import wait
 from tests.fakes.fake_telegram import FakeTelegram
 
 
@@ -178,15 +179,6 @@ def test_a_token_under_a_key_that_is_not_in_the_keyring_is_refused(sb_home: Path
         tokens.read_access(jwt.encode({"sub": "u"}, tokens.derive(b"y" * 64), algorithm="HS256"))
 
 
-def _wait(what: str, probe: Any, timeout: float = 90) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (found := probe()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no {what} within {timeout} s")
-        time.sleep(0.1)
-    return found
-
-
 def test_rotation_while_serve_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The real commands: `serve` keeps running while `switchboard keys rotate` runs in another process."""
     monkeypatch.setenv("OUTBOUND_ALLOW_HOSTS", "127.0.0.1")  # the fake Telegram listens on loopback
@@ -220,7 +212,7 @@ def test_rotation_while_serve_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPat
                 return client.post(path, json=update, headers={"X-Telegram-Bot-Api-Secret-Token": token})
 
             assert ask(1).status_code == 200
-            _wait("a first reply on Telegram", lambda: len(fake.texts()) >= 1)
+            wait("first reply on Telegram", lambda: len(fake.texts()) >= 1, timeout=90)
 
             rotated = run(home, "keys", "rotate", "--json")
             assert rotated.returncode == 0, rotated.stderr
@@ -233,7 +225,7 @@ def test_rotation_while_serve_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPat
             # and a new session token is signed by the new key.
             # (`rotate` waited keys.RELOAD_S after writing the keyring: serve re-read it at its next use.)
             assert ask(2).status_code == 200
-            _wait("a reply on Telegram after the rotation", lambda: len(fake.texts()) >= 2)
+            wait("reply on Telegram after the rotation", lambda: len(fake.texts()) >= 2, timeout=90)
             assert ask(3, "wrong-secret").status_code in (401, 403)
             read = client.get(f"/widget/v1/{widget}/messages", headers={"Authorization": f"Bearer {old_token}"})
             assert read.status_code == 200, read.text
