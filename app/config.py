@@ -150,6 +150,10 @@ class Settings(BaseSettings):
     orchestrator_tenant_concurrency: int | None = Field(
         default=None, ge=1, validation_alias=_env("ORCHESTRATOR_TENANT_CONCURRENCY")
     )
+    # Of those, how many run Python at once (app/pacing.py): the others wait for the LLM, a model call or their
+    # turn, and a free turn goes to the oldest message, so a burst is answered first come, first served instead of
+    # all late together. 0: no pacing (the GIL's round-robin).
+    orchestrator_cpu_slots: int = Field(default=1, ge=0, le=1024, validation_alias=_env("ORCHESTRATOR_CPU_SLOTS"))
     # Embedded `serve`: answer in this many child processes instead of in `serve` itself, so answering uses more
     # than one core (app/answerers.py). 0 answers in `serve`'s own threads. Scale-out runs replicas of
     # `switchboard orchestrator` instead.

@@ -49,6 +49,7 @@ from app.conversations.service import CONTACTS, MESSAGES, history
 from app.crypto import decrypt_json
 from app.db import session_scope
 from app.models import Conversation, Message, PackVersion, Tenant, utcnow
+from app.pacing import Pacer
 from app.providers.llm.base import LLMClient
 from app.providers.llm.plan import LLMPlan, tenant_plan
 from app.providers.llm.router import LLMRouter
@@ -87,6 +88,7 @@ class Orchestrator:
         self.channels = channels  # whose gateways wait for the decision (USSD): told through `push` on commit
         # A bare client (a test, a benchmark) gets a router of its own: fallbacks, deadline and breakers apply.
         self.llm = llm if isinstance(llm, LLMRouter) else LLMRouter.from_settings(llm, self.settings)
+        self.pacer = Pacer(settings.orchestrator_cpu_slots)  # handlers take turns at the CPU, oldest first
         self.answers = Answerer(retrieve=retrieve, llm=self.llm, settings=settings, limiter=limiter, quota=quota,
                                 pii_ner=pii_ner, grounding=grounding)
 
@@ -117,7 +119,8 @@ class Orchestrator:
             raise PermanentFailure("event tenant does not match its stream's tenant")
         attributes = {"switchboard.tenant.id": event.tenant_id, "switchboard.message.id": event.message_id,
                       "switchboard.conversation.id": event.conversation_id, "switchboard.channel": event.channel}
-        with logs.scope(event.tenant_id, event.message_id), tracing.span("orchestrate", attributes) as span:
+        with self.pacer.turn(), logs.scope(event.tenant_id, event.message_id), \
+                tracing.span("orchestrate", attributes) as span:
             outcome = self.process(event)
             tracing.annotate(span, {"switchboard.outcome": outcome.status,
                                     "switchboard.escalation.reason": outcome.reason

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from app import pacing
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -69,6 +71,10 @@ class MicroBatcher(Generic[T, R]):
             return len(self._queue)
 
     def submit(self, item: T) -> R:
+        with pacing.waiting():  # a paced handler's slot is free while it waits for (or runs) the batch
+            return self._submit(item)
+
+    def _submit(self, item: T) -> R:
         slot: _Slot[T, R] = _Slot(item)
         with self._cond:
             self._queue.append(slot)

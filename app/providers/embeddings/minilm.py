@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from app import pacing
 from app.providers.embeddings.batching import MicroBatcher
 
 MODEL_NAME = "switchboard/all-MiniLM-L6-v2-int8"
@@ -192,10 +193,11 @@ class MiniLMEmbedder:
         # Length-sorted batches pad less (faster); results go back to the caller's order.
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         vectors: list[list[float]] = [[] for _ in texts]
-        for batch in self._batches(order, texts):
-            embedded = model.embed([texts[i] or " " for i in batch], batch_size=len(batch))
-            for i, vector in zip(batch, embedded, strict=True):
-                vectors[i] = vector.astype(float).tolist()
+        with pacing.waiting():  # model calls (a passage's first citation: ~30 texts) hold no paced slot
+            for batch in self._batches(order, texts):
+                embedded = model.embed([texts[i] or " " for i in batch], batch_size=len(batch))
+                for i, vector in zip(batch, embedded, strict=True):
+                    vectors[i] = vector.astype(float).tolist()
         return vectors
 
     def embed_query(self, text: str) -> list[float]:

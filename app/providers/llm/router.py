@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import cast
 
-from app import metrics, tracing
+from app import metrics, pacing, tracing
 from app.config import Settings, get_settings
 from app.providers.llm.base import Completion, LLMClient, LLMConfig, LLMError, StreamingLLMClient
 from app.providers.llm.breaker import CircuitBreaker
@@ -196,7 +196,8 @@ class LLMRouter:
                         "switchboard.llm.provider": provider.name, "switchboard.llm.round": round_no,
                     }, kind=tracing.SpanKind.CLIENT) if tracing.enabled() else None
                     try:
-                        completion = attempt(config)
+                        with pacing.waiting():  # the process's other messages run meanwhile
+                            completion = attempt(config)
                     except (LLMError, _FirstToken) as exc:
                         error = exc.error if isinstance(exc, _FirstToken) else exc
                         tracing.failed(span, error, error.reason)
@@ -237,7 +238,8 @@ class LLMRouter:
                               min(free_at) - now)
                 if now + backoff >= deadline:
                     break
-                self._sleep(backoff)
+                with pacing.waiting():
+                    self._sleep(backoff)
             raise _all_failed(plan, errors, tried)
         finally:
             if records:
