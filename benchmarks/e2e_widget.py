@@ -100,12 +100,14 @@ class FakeLLM:
 # The server under test
 
 
-def setup_home(home: Path) -> str:
-    """Create the example tenant and ingest its pack with the CLI, before the server starts."""
+def setup_home(home: Path, services: dict[str, str]) -> str:
+    """Create the example tenant and ingest its pack with the CLI, before the server starts. `services`: the
+    database and bus the server will use (`--database-url`, `--redis-url`); embedded ones when empty."""
     env = {**os.environ, "SWITCHBOARD_HOME": str(home)}
     for var in ("DATABASE_URL", "REDIS_URL", "QDRANT_URL", "S3_BUCKET", "LLM_BASE_URL", "LLM_API_KEY"):
         env.pop(var, None)
         env.pop(f"SWITCHBOARD_{var}", None)
+    env.update(services)
 
     def cli(*args: str) -> str:
         done = subprocess.run([sys.executable, "-m", "app.cli", *args], cwd=ROOT, env=env, capture_output=True,
@@ -122,14 +124,25 @@ def setup_home(home: Path) -> str:
     return widget.group(1)
 
 
+def empty_database(url: str) -> None:
+    """Drop and recreate the public schema, so the run starts from the migrations as a new deployment does."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP SCHEMA public CASCADE")
+        conn.exec_driver_sql("CREATE SCHEMA public")
+    engine.dispose()
+
+
 class Server:
-    def __init__(self, home: Path, llm: FakeLLM) -> None:
+    def __init__(self, home: Path, llm: FakeLLM, services: dict[str, str]) -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "SWITCHBOARD_HOME": str(home), "LLM_BASE_URL": llm.base_url,
-               "LLM_API_KEY": llm.api_key, "LLM_MODEL": "fake", **RATE_LIMITS_OFF}
+               "LLM_API_KEY": llm.api_key, "LLM_MODEL": "fake", **RATE_LIMITS_OFF, **services}
         self.log = open(home / f"serve-{self.port}.log", "wb")  # noqa: SIM115
         self.process = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(self.port)],
                                         cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
@@ -386,7 +399,15 @@ def main() -> None:
     parser.add_argument("--keep-home", action="store_true", help="keep the temporary home (and the server log)")
     parser.add_argument("--unique-questions", action="store_true",
                         help="no question asked twice: each gets a distinct suffix, so the query cache never hits")
+    parser.add_argument("--database-url", help="a Postgres database for the server instead of SQLite (emptied first)")
+    parser.add_argument("--redis-url", help="Redis Streams as the server's bus instead of the in-process one")
     args = parser.parse_args()
+    services = {f"SWITCHBOARD_{name}": url for name, url in
+                (("DATABASE_URL", args.database_url), ("REDIS_URL", args.redis_url)) if url}
+    if args.database_url:
+        empty_database(args.database_url)
+    if args.redis_url:
+        services["SWITCHBOARD_BUS_NAMESPACE"] = f"bench{os.getpid()}"  # its own keys on a shared Redis
     levels = [int(x) for x in args.levels.split(",")]
     questions = [json.loads(line)["question"] for line in (EXAMPLE / "eval" / "questions.jsonl").open()]
 
@@ -398,13 +419,13 @@ def main() -> None:
         pass
     home = Path(tempfile.mkdtemp(prefix="sb-bench-widget-"))
     print(f"setting up the example tenant in {home} ...", flush=True)
-    widget = setup_home(home)
+    widget = setup_home(home, services)
     results: list[dict[str, Any]] = []
     try:
         for mode in args.llm.split(","):
             delay = {"instant": 0.0, "1s": 1.0}[mode]
             llm = FakeLLM(delay)
-            server = Server(home, llm)
+            server = Server(home, llm, services)
             try:
                 print(f"LLM {mode}: server pid {server.process.pid} at {server.url}; warming up", flush=True)
                 # Every eval question once, so no level pays the first use of a passage (the grounding check
@@ -433,7 +454,9 @@ def main() -> None:
 
     print(f"\n{platform.node()} {platform.machine()}, {os.cpu_count()} cores, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
           f"python {platform.python_version()}, transport {args.transport}, "
-          f"{'every question unique' if args.unique_questions else 'the eval questions repeated'}; "
+          f"{'every question unique' if args.unique_questions else 'the eval questions repeated'}, "
+          f"{'Postgres' if args.database_url else 'SQLite'}, "
+          f"{'Redis Streams' if args.redis_url else 'the in-process bus'}; "
           f"load generator on the same machine")
     print("| LLM | concurrency | replies | req/s | p50 ms | p95 ms | p99 ms | errors | escalated | server CPU ms/msg "
           "| server peak RSS MB |")
