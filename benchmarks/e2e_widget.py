@@ -3,7 +3,7 @@ closed loop, against an embedded `switchboard serve` (a subprocess) with the exa
 
     .venv/bin/python benchmarks/e2e_widget.py [--levels 1,8,32,128] [--requests 400] [--llm instant,1s]
                                               [--transport sse|poll] [--slow-requests 128] [--level-timeout 180]
-                                              [--unique-questions]
+                                              [--unique-questions] [--database-url postgresql+psycopg://...]
 
 Each level starts `concurrency` new visitors; each opens a session and its event stream (`GET .../events`, or
 with `--transport poll` long-polls `GET .../messages?wait=`); once all of them are connected, they send the eval
@@ -102,7 +102,7 @@ class FakeLLM:
 
 def setup_home(home: Path, services: dict[str, str]) -> str:
     """Create the example tenant and ingest its pack with the CLI, before the server starts. `services`: the
-    database and bus the server will use (`--database-url`, `--redis-url`); embedded ones when empty."""
+    database the server will use (`--database-url`); SQLite in the home when empty."""
     env = {**os.environ, "SWITCHBOARD_HOME": str(home)}
     for var in ("DATABASE_URL", "REDIS_URL", "QDRANT_URL", "S3_BUCKET", "LLM_BASE_URL", "LLM_API_KEY"):
         env.pop(var, None)
@@ -400,14 +400,12 @@ def main() -> None:
     parser.add_argument("--unique-questions", action="store_true",
                         help="no question asked twice: each gets a distinct suffix, so the query cache never hits")
     parser.add_argument("--database-url", help="a Postgres database for the server instead of SQLite (emptied first)")
-    parser.add_argument("--redis-url", help="Redis Streams as the server's bus instead of the in-process one")
     args = parser.parse_args()
-    services = {f"SWITCHBOARD_{name}": url for name, url in
-                (("DATABASE_URL", args.database_url), ("REDIS_URL", args.redis_url)) if url}
+    # Postgres with embedded `serve` (the in-process bus and qdrant-edge): scale-out's orchestrator replicas need a
+    # Qdrant server, which this machine cannot run.
+    services = {"SWITCHBOARD_DATABASE_URL": args.database_url} if args.database_url else {}
     if args.database_url:
         empty_database(args.database_url)
-    if args.redis_url:
-        services["SWITCHBOARD_BUS_NAMESPACE"] = f"bench{os.getpid()}"  # its own keys on a shared Redis
     levels = [int(x) for x in args.levels.split(",")]
     questions = [json.loads(line)["question"] for line in (EXAMPLE / "eval" / "questions.jsonl").open()]
 
@@ -455,8 +453,7 @@ def main() -> None:
     print(f"\n{platform.node()} {platform.machine()}, {os.cpu_count()} cores, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
           f"python {platform.python_version()}, transport {args.transport}, "
           f"{'every question unique' if args.unique_questions else 'the eval questions repeated'}, "
-          f"{'Postgres' if args.database_url else 'SQLite'}, "
-          f"{'Redis Streams' if args.redis_url else 'the in-process bus'}; "
+          f"{'Postgres' if args.database_url else 'SQLite'}; "
           f"load generator on the same machine")
     print("| LLM | concurrency | replies | req/s | p50 ms | p95 ms | p99 ms | errors | escalated | server CPU ms/msg "
           "| server peak RSS MB |")

@@ -5,11 +5,13 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from app import pacing
 from app.pacing import Pacer
+from tests.conftest import settings_for
 
 
 def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -142,3 +144,12 @@ def test_an_error_in_a_turn_frees_its_slot() -> None:
 def test_negative_slots_are_refused() -> None:
     with pytest.raises(ValueError, match="slots"):
         Pacer(-1)
+
+
+def test_pacing_is_on_by_default_only_where_a_handler_waits_on_no_network(tmp_path: Path) -> None:
+    postgres = "postgresql+psycopg://postgres@127.0.0.1:5432/switchboard"
+    assert settings_for(tmp_path).pacing_slots == 1  # SQLite and the in-process bus
+    assert settings_for(tmp_path, database_url=postgres).pacing_slots == 0
+    assert settings_for(tmp_path, redis_url="redis://127.0.0.1:6379/0").pacing_slots == 0
+    assert settings_for(tmp_path, database_url=postgres, orchestrator_cpu_slots=2).pacing_slots == 2
+    assert settings_for(tmp_path, orchestrator_cpu_slots=0).pacing_slots == 0
