@@ -150,11 +150,11 @@ class Settings(BaseSettings):
     orchestrator_tenant_concurrency: int | None = Field(
         default=None, ge=1, validation_alias=_env("ORCHESTRATOR_TENANT_CONCURRENCY")
     )
-    # Of those, how many run at once (app/pacing.py): the others wait for the LLM, a model call or their turn, and
-    # a free turn goes to the oldest message, so a burst is answered first come, first served instead of all late
-    # together. 0: no pacing (the GIL's round-robin). Unset: 1 with SQLite and the in-process bus, where a
+    # Of those, how many run at once (app/pacing.py): the others wait for the LLM or a model call, which hold no
+    # slot, or queue for one in arrival order, so a burst's LLM calls start as each message is ready instead of all
+    # late together. 0: no pacing (the GIL's round-robin). Unset: 2 with SQLite and the in-process bus, where a
     # handler's work is all CPU; 0 otherwise, since a handler's Postgres and Redis round trips are waits it would
-    # hold its turn through (`pacing_slots`; docs/benchmarks.md, "Eighth pass").
+    # hold its slot through (`pacing_slots`; docs/benchmarks.md, "Eighth pass").
     orchestrator_cpu_slots: int | None = Field(default=None, ge=0, le=1024,
                                                validation_alias=_env("ORCHESTRATOR_CPU_SLOTS"))
     # Embedded `serve`: answer in this many child processes instead of in `serve` itself, so answering uses more
@@ -292,7 +292,7 @@ class Settings(BaseSettings):
         """`orchestrator_cpu_slots`, or its default for this deployment (see the field)."""
         if self.orchestrator_cpu_slots is not None:
             return self.orchestrator_cpu_slots
-        return 1 if self.embedded and self.effective_database_url.startswith("sqlite") else 0
+        return 2 if self.embedded and self.effective_database_url.startswith("sqlite") else 0
 
     @property
     def embedded(self) -> bool:

@@ -1,4 +1,4 @@
-"""Answering threads take turns at the CPU, oldest message first (app/pacing.py)."""
+"""Answering threads take turns at the CPU, first come, first served (app/pacing.py)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def start(target: Callable[[], None]) -> threading.Thread:
     return thread
 
 
-def test_a_freed_slot_goes_to_the_oldest_message_and_a_returning_one_goes_before_newer_ones() -> None:
+def test_a_freed_slot_goes_to_the_longest_waiting_thread_and_a_returning_one_queues_behind_those_waiting() -> None:
     pacer = Pacer(1)
     order: list[str] = []
     llm_answered = threading.Event()
@@ -50,21 +50,21 @@ def test_a_freed_slot_goes_to_the_oldest_message_and_a_returning_one_goes_before
         return run
 
     second_holds = threading.Event()
-    with pacer.turn():  # the slot is taken while the others line up, so their tickets decide
+    with pacer.turn():  # the slot is taken while the others line up, so their order decides
         threads = [start(first)]
         until(lambda: pacer.waiting_for_slot == 1)
         threads.append(start(later("second", second_holds)))
         until(lambda: pacer.waiting_for_slot == 2)
     first_in_llm.wait(10)
-    until(lambda: order[-1:] == ["second"])  # first stepped out: the oldest waiting message got the slot
+    until(lambda: order[-1:] == ["second"])  # first stepped out: the next in the queue got the slot
     threads.append(start(later("third")))
     until(lambda: pacer.waiting_for_slot == 1)
-    llm_answered.set()  # first wants its slot back while third (newer) is waiting for one
+    llm_answered.set()  # first wants a slot again while third is already waiting for one
     until(lambda: pacer.waiting_for_slot == 2)
     second_holds.set()
     for thread in threads:
         thread.join(10)
-    assert order == ["first: before its LLM call", "second", "first: after its LLM call", "third"]
+    assert order == ["first: before its LLM call", "second", "third", "first: after its LLM call"]
 
 
 def test_a_message_waiting_for_its_llm_holds_no_slot() -> None:
@@ -148,7 +148,7 @@ def test_negative_slots_are_refused() -> None:
 
 def test_pacing_is_on_by_default_only_where_a_handler_waits_on_no_network(tmp_path: Path) -> None:
     postgres = "postgresql+psycopg://postgres@127.0.0.1:5432/switchboard"
-    assert settings_for(tmp_path).pacing_slots == 1  # SQLite and the in-process bus
+    assert settings_for(tmp_path).pacing_slots == 2  # SQLite and the in-process bus
     assert settings_for(tmp_path, database_url=postgres).pacing_slots == 0
     assert settings_for(tmp_path, redis_url="redis://127.0.0.1:6379/0").pacing_slots == 0
     assert settings_for(tmp_path, database_url=postgres, orchestrator_cpu_slots=2).pacing_slots == 2

@@ -88,7 +88,7 @@ class Orchestrator:
         self.channels = channels  # whose gateways wait for the decision (USSD): told through `push` on commit
         # A bare client (a test, a benchmark) gets a router of its own: fallbacks, deadline and breakers apply.
         self.llm = llm if isinstance(llm, LLMRouter) else LLMRouter.from_settings(llm, self.settings)
-        self.pacer = Pacer(settings.pacing_slots)  # handlers take turns at the CPU, oldest first
+        self.pacer = Pacer(settings.pacing_slots)  # handlers take turns at the CPU, in arrival order
         self.answers = Answerer(retrieve=retrieve, llm=self.llm, settings=settings, limiter=limiter, quota=quota,
                                 pii_ner=pii_ner, grounding=grounding)
 
