@@ -124,15 +124,19 @@ def setup_home(home: Path, services: dict[str, str]) -> str:
     return widget.group(1)
 
 
-def empty_database(url: str) -> None:
-    """Drop and recreate the public schema, so the run starts from the migrations as a new deployment does."""
+def scratch_database(server_url: str, create: bool = True) -> str:
+    """The URL of a database of this run's own on the Postgres server `server_url` names (created, or with
+    `create=False` dropped): the database the URL names is only connected to, never written."""
     import sqlalchemy
 
-    engine = sqlalchemy.create_engine(url)
-    with engine.begin() as conn:
-        conn.exec_driver_sql("DROP SCHEMA public CASCADE")
-        conn.exec_driver_sql("CREATE SCHEMA public")
+    url = sqlalchemy.engine.make_url(server_url)
+    name = f"sb_bench_widget_{os.getpid()}"
+    engine = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT")
+    statement = f'CREATE DATABASE "{name}"' if create else f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
+    with engine.connect() as conn:
+        conn.exec_driver_sql(statement)
     engine.dispose()
+    return url.set(database=name).render_as_string(hide_password=False)
 
 
 class Server:
@@ -399,13 +403,12 @@ def main() -> None:
     parser.add_argument("--keep-home", action="store_true", help="keep the temporary home (and the server log)")
     parser.add_argument("--unique-questions", action="store_true",
                         help="no question asked twice: each gets a distinct suffix, so the query cache never hits")
-    parser.add_argument("--database-url", help="a Postgres database for the server instead of SQLite (emptied first)")
+    parser.add_argument("--database-url", help="a Postgres server (any database on it) on which the run creates a "
+                        "database of its own, dropped at the end, for the server instead of SQLite")
     args = parser.parse_args()
     # Postgres with embedded `serve` (the in-process bus and qdrant-edge): scale-out's orchestrator replicas need a
     # Qdrant server, which this machine cannot run.
-    services = {"SWITCHBOARD_DATABASE_URL": args.database_url} if args.database_url else {}
-    if args.database_url:
-        empty_database(args.database_url)
+    services = {"SWITCHBOARD_DATABASE_URL": scratch_database(args.database_url)} if args.database_url else {}
     levels = [int(x) for x in args.levels.split(",")]
     questions = [json.loads(line)["question"] for line in (EXAMPLE / "eval" / "questions.jsonl").open()]
 
@@ -446,9 +449,11 @@ def main() -> None:
                 llm.close()
     finally:
         if args.keep_home:
-            print(f"kept {home}")
+            print(f"kept {home}" + (f" and {services['SWITCHBOARD_DATABASE_URL']}" if services else ""))
         else:
             shutil.rmtree(home, ignore_errors=True)
+            if args.database_url:
+                scratch_database(args.database_url, create=False)
 
     print(f"\n{platform.node()} {platform.machine()}, {os.cpu_count()} cores, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
           f"python {platform.python_version()}, transport {args.transport}, "
