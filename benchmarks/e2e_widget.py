@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import sqlalchemy
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -124,19 +125,24 @@ def setup_home(home: Path, services: dict[str, str]) -> str:
     return widget.group(1)
 
 
-def scratch_database(server_url: str, create: bool = True) -> str:
-    """The URL of a database of this run's own on the Postgres server `server_url` names (created, or with
-    `create=False` dropped): the database the URL names is only connected to, never written."""
-    import sqlalchemy
+def scratch_database(server_url: str) -> str:
+    """Create a database of this run's own on the Postgres server `server_url` names (the database that URL names
+    is only connected to, never written) and return its URL."""
+    url = sqlalchemy.engine.make_url(server_url).set(database=f"sb_bench_widget_{os.getpid()}")
+    _on_server(server_url, f'CREATE DATABASE "{url.database}"')
+    return url.render_as_string(hide_password=False)
 
-    url = sqlalchemy.engine.make_url(server_url)
-    name = f"sb_bench_widget_{os.getpid()}"
-    engine = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT")
-    statement = f'CREATE DATABASE "{name}"' if create else f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
+
+def drop_database(server_url: str, database_url: str) -> None:
+    name = sqlalchemy.engine.make_url(database_url).database
+    _on_server(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _on_server(server_url: str, statement: str) -> None:
+    engine = sqlalchemy.create_engine(server_url, isolation_level="AUTOCOMMIT")
     with engine.connect() as conn:
         conn.exec_driver_sql(statement)
     engine.dispose()
-    return url.set(database=name).render_as_string(hide_password=False)
 
 
 class Server:
@@ -419,10 +425,10 @@ def main() -> None:
     except ImportError:
         pass
     home = Path(tempfile.mkdtemp(prefix="sb-bench-widget-"))
-    print(f"setting up the example tenant in {home} ...", flush=True)
-    widget = setup_home(home, services)
     results: list[dict[str, Any]] = []
     try:
+        print(f"setting up the example tenant in {home} ...", flush=True)
+        widget = setup_home(home, services)
         for mode in args.llm.split(","):
             delay = {"instant": 0.0, "1s": 1.0}[mode]
             llm = FakeLLM(delay)
@@ -452,8 +458,8 @@ def main() -> None:
             print(f"kept {home}" + (f" and {services['SWITCHBOARD_DATABASE_URL']}" if services else ""))
         else:
             shutil.rmtree(home, ignore_errors=True)
-            if args.database_url:
-                scratch_database(args.database_url, create=False)
+            if services:
+                drop_database(args.database_url, services["SWITCHBOARD_DATABASE_URL"])
 
     print(f"\n{platform.node()} {platform.machine()}, {os.cpu_count()} cores, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
           f"python {platform.python_version()}, transport {args.transport}, "
