@@ -105,7 +105,8 @@ class Sender(Protocol):
 
     `record(provider_id)` must be called as each part goes out (the dispatcher commits it), so a retry after a
     crash never repeats a part. Raises a `SendError`. `in_process`: nothing leaves the process (the web chat
-    reads its messages from the database), so the dispatcher's own transaction is the delivery."""
+    reads its messages from the database), so a transaction is the delivery: the one that stores the
+    orchestrator's reply, or the dispatcher's own."""
 
     in_process: bool
 

@@ -1,12 +1,16 @@
-"""Test set-up for rows the application itself creates through `accept_inbound` (contacts, conversations)."""
+"""Test set-up for rows the application itself creates through `accept_inbound` (contacts, conversations), and the
+replies that went out."""
 
 from __future__ import annotations
+
+from collections.abc import Collection
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.models import Contact, Conversation
+from app.contracts import OutboundMessage
+from app.models import Contact, Conversation, Message
 
 
 def get_or_create_contact(
@@ -46,3 +50,18 @@ def get_or_create_conversation(
     session.add(conversation)
     session.flush()
     return conversation
+
+
+def sent_replies(tenants: Collection[str], *, after: Collection[str] = ()) -> list[OutboundMessage]:
+    """The tenants' replies that went out (status `sent`), as the events that announced them, oldest first, leaving
+    out the ids in `after`. Read from the database: a web chat reply is delivered by the orchestrator's own
+    transaction and never crosses the outbound stream; other channels' by the dispatcher."""
+    from app.conversations.replies import outbound_event
+    from app.db import session_scope
+
+    with session_scope(cross_tenant="tests") as session:
+        rows = session.execute(
+            select(Message, Conversation).join(Conversation, Conversation.id == Message.conversation_id)
+            .where(Message.tenant_id.in_(list(tenants)), Message.direction == "out", Message.status == "sent")
+            .order_by(Message.created_at)).all()
+        return [outbound_event(message, conversation) for message, conversation in rows if message.id not in after]

@@ -6,7 +6,8 @@ Three phases keep database transactions short and the handler idempotent:
    answer path (app/assistant/answering.py: guardrails, retrieval, the LLM or the offline composer);
 3. write the outcome in one transaction that re-checks the message is still `received` (row lock on Postgres),
    with the reply or escalation events in the outbox (app/outbox.py), published once committed
-   (app/assistant/outcomes.py).
+   (app/assistant/outcomes.py). A channel that delivers in process (the web chat) gets its reply in that
+   transaction: stored `sent`, the visitor woken on commit, no hop through the dispatcher.
 A redelivered message (at-least-once bus, provider retry, reclaimed after a crash) finds its row handled and only
 re-publishes a reply that was stored but maybe never delivered.
 
@@ -184,6 +185,11 @@ class Orchestrator:
         spec = self.channels.find(channel)
         return spec is not None and spec.awaits_outcome
 
+    def _delivers_in_process(self, channel: str) -> bool:
+        """The channel's delivery is a database write (the web chat): the outcome's transaction does it."""
+        spec = self.channels.find(channel)
+        return spec is not None and spec.sender is not None and spec.sender.in_process
+
     # -- phase 1 -----------------------------------------------------------------------------------------
     def _load(self, event: InboundMessage) -> tuple[Context | None, Outcome | None]:
         with session_scope(tenant=event.tenant_id) as session:
@@ -214,6 +220,7 @@ class Orchestrator:
                 channel=event.channel,
                 visitor=row.contact_external_id if row.contact_channel == "webchat" else None,
                 outcome_push=self.push if self._awaits_outcome(event.channel) else None,
+                delivery_push=self.push if self._delivers_in_process(event.channel) else None,
                 consent=row.consent_status or "unknown",
                 calibration=row.calibration,
             )

@@ -6,7 +6,7 @@ into a later one of its turn, deferred to the end of its burst window, routed to
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -20,8 +20,8 @@ from app.audit import record
 from app.contacts import consent
 from app.contracts import EVENTS, INBOUND, OUTBOUND, EscalationOpened, InboundMessage
 from app.conversations.push import Push, notify_on_commit, outcome_key
-from app.conversations.replies import ReplyTo, store_reply
-from app.conversations.service import MESSAGES
+from app.conversations.replies import ReplyTo, StoredReply, store_reply
+from app.conversations.service import CONTACTS, MESSAGES
 from app.db import session_scope
 from app.models import Contact, Conversation, Escalation, Message, Tenant, new_id, utcnow
 from app.providers.llm.plan import LLMPlan
@@ -66,6 +66,9 @@ class Context:
     calibration: dict[str, Any] | None = None  # the live pack version's (app/knowledge/calibration.py)
     # Set when a gateway waits for this decision inside its own response (USSD): announced there on commit.
     outcome_push: Push | None = None
+    # Set when the channel delivers in process (the web chat): the outcome's transaction delivers the reply, and
+    # the visitor's open streams are woken through this push once it commits; no dispatcher hop.
+    delivery_push: Push | None = None
     retrieved: list[dict[str, Any]] = field(default_factory=list)  # set by the answer path; kept on an escalation
 
 
@@ -95,7 +98,28 @@ def claim(session: Session, ctx: Context) -> ReplyTo | None:
         return None
     if ctx.outcome_push is not None:  # a gateway waits for this decision inside its own response (USSD)
         notify_on_commit(session, ctx.outcome_push, ctx.tenant_id, outcome_key(ctx.message_id))
-    return ReplyTo(ctx.tenant_id, row.conversation_id, row.channel, row.channel_account_id)
+    return ReplyTo(ctx.tenant_id, row.conversation_id, row.channel, row.channel_account_id,
+                   recipient=row.recipient, consent=row.consent_status)
+
+
+def reply(session: Session, ctx: Context, to: ReplyTo, *, key: str, text: str, in_reply_to_id: str,
+          citations: list[dict[str, Any]] | None = None, meta: dict[str, Any] | None = None) -> StoredReply:
+    """Store the bot's reply in the outcome's transaction. On a channel that delivers in process (the web chat:
+    `ctx.delivery_push`) to a contact who may be sent it, this transaction is its delivery, as the dispatcher's
+    would be: stored `sent`, the visitor woken on commit. Otherwise it is stored `pending` for the dispatcher
+    (whose consent check then marks it `failed`)."""
+    may_send = consent.may_send(to.consent or "unknown", meta)
+    push = ctx.delivery_push if may_send and to.recipient is not None else None
+    stored = store_reply(session, to, key=key, text=text, author="bot", in_reply_to_id=in_reply_to_id,
+                         citations=citations, meta=meta, delivered=push is not None)
+    if push is not None and to.recipient is not None:
+        notify_on_commit(session, push, to.tenant_id, to.recipient)
+    return stored
+
+
+def _outbound(stored: StoredReply) -> list[outbox.Entry]:
+    """The dispatcher's entry for a reply still to be delivered."""
+    return [outbox.Entry.of(OUTBOUND, stored.event, stored.event.message_id)] if stored.pending else []
 
 
 def answer(publisher: outbox.Publisher, clock: Callable[[], datetime], ctx: Context, draft: Draft) -> Outcome:
@@ -103,25 +127,18 @@ def answer(publisher: outbox.Publisher, clock: Callable[[], datetime], ctx: Cont
         to = claim(session, ctx)
         if to is None:
             return Outcome("duplicate", ctx.message_id)
-        event = store_reply(
-            session,
-            to,
-            key=f"reply:{ctx.message_id}",
-            text=draft.text,
-            author="bot",
-            in_reply_to_id=ctx.message_id,
-            citations=draft.citations,
-            meta={"pack_version": ctx.pack_version, "confidence": draft.confidence},
-        )
+        stored = reply(session, ctx, to, key=f"reply:{ctx.message_id}", text=draft.text,
+                       in_reply_to_id=ctx.message_id, citations=draft.citations,
+                       meta={"pack_version": ctx.pack_version, "confidence": draft.confidence})
         _set_status(session, ctx, "answered")
         audit.write(session, ctx.tenant_id, "bot", "message.answered", "message", ctx.message_id, {
-            "reply_id": event.message_id,
+            "reply_id": stored.event.message_id,
             "pack_version": ctx.pack_version,
             "chunk_ids": [c["chunk_id"] for c in draft.citations],
         })
-        pending = publisher.add(session, [outbox.Entry.of(OUTBOUND, event, event.message_id)], now=clock())
+        pending = publisher.add(session, _outbound(stored), now=clock())
     publisher.publish(pending)
-    return Outcome("answered", ctx.message_id, reply_id=event.message_id, text=draft.text,
+    return Outcome("answered", ctx.message_id, reply_id=stored.event.message_id, text=draft.text,
                    citations=list(draft.citations))
 
 
@@ -143,7 +160,7 @@ def escalate(publisher: outbox.Publisher, clock: Callable[[], datetime], ctx: Co
         if to is None:
             return Outcome("duplicate", ctx.message_id)
         opened = _open_escalation(
-            session, to, ctx.message_id, "bot", reason=reason, notice=notice, detail=decision.detail,
+            session, to, ctx.message_id, "bot", reason=reason, notice=notice, ctx=ctx, detail=decision.detail,
             draft=decision.draft.text if decision.draft else None,
             draft_citations=decision.draft.citations if decision.draft else None, meta=decision.meta,
             passages=ctx.retrieved or None,
@@ -167,9 +184,10 @@ class _Opened:
 
 
 def _open_escalation(session: Session, to: ReplyTo, message_id: str, actor: str, *, reason: str,
-                     notice: str | None, **columns: Any) -> _Opened:
+                     notice: str | None, ctx: Context | None = None, **columns: Any) -> _Opened:
     """The core of every escalation, in the caller's transaction: the escalation row (with `columns`), the
-    customer's holding notice as the message's reply, the audit event and the outbox entries to add."""
+    customer's holding notice as the message's reply (delivered here as `reply` does, given the orchestrator's
+    `ctx`; else by the dispatcher), the audit event and the outbox entries to add."""
     escalation_id = new_id()
     session.execute(_INSERT_ESCALATION, {
         "id": escalation_id, "tenant_id": to.tenant_id, "conversation_id": to.conversation_id,
@@ -177,10 +195,12 @@ def _open_escalation(session: Session, to: ReplyTo, message_id: str, actor: str,
     })
     entries, reply_id = [], None
     if notice is not None:
-        event = store_reply(session, to, key=f"reply:{message_id}", text=notice, author="bot",
-                            in_reply_to_id=message_id, meta={"escalation_id": escalation_id})
-        entries.append(outbox.Entry.of(OUTBOUND, event, event.message_id))
-        reply_id = event.message_id
+        key, meta = f"reply:{message_id}", {"escalation_id": escalation_id}
+        stored = (reply(session, ctx, to, key=key, text=notice, in_reply_to_id=message_id, meta=meta) if ctx
+                  else store_reply(session, to, key=key, text=notice, author="bot", in_reply_to_id=message_id,
+                                   meta=meta))
+        entries.extend(_outbound(stored))
+        reply_id = stored.event.message_id
     audit.write(session, to.tenant_id, actor, "escalation.opened", "escalation", escalation_id,
                 {"reason": reason, "message_id": message_id})
     opened = EscalationOpened(tenant_id=to.tenant_id, escalation_id=escalation_id,
@@ -220,14 +240,15 @@ def change_consent(publisher: outbox.Publisher, clock: Callable[[], datetime], c
         session.execute(update(Contact).where(Contact.tenant_id == ctx.tenant_id, Contact.id == contact_id)
                         .values(consent_status=status, consent_updated_at=utcnow(), consent_source="keyword")
                         .execution_options(synchronize_session=False))
-        event = store_reply(session, to, key=f"reply:{ctx.message_id}", text=text, author="bot",
-                            in_reply_to_id=ctx.message_id, meta={"kind": consent.CONFIRMATION})
+        stored = reply(session, ctx, replace(to, consent=status), key=f"reply:{ctx.message_id}", text=text,
+                       in_reply_to_id=ctx.message_id, meta={"kind": consent.CONFIRMATION})
         _set_status(session, ctx, "answered")
         audit.write(session, ctx.tenant_id, "customer", "contact.consent", "message", ctx.message_id,
-                    {"status": status, "source": "keyword", "reply_id": event.message_id})
-        pending = publisher.add(session, [outbox.Entry.of(OUTBOUND, event, event.message_id)], now=clock())
+                    {"status": status, "source": "keyword", "reply_id": stored.event.message_id})
+        pending = publisher.add(session, _outbound(stored), now=clock())
     publisher.publish(pending)
-    return Outcome("answered", ctx.message_id, reply_id=event.message_id, text=text, reason=f"consent_{status}")
+    return Outcome("answered", ctx.message_id, reply_id=stored.event.message_id, text=text,
+                   reason=f"consent_{status}")
 
 
 def skip_opted_out(ctx: Context) -> Outcome:
@@ -289,8 +310,10 @@ ESCALATIONS: Table = Escalation.__table__  # type: ignore[assignment]
 IN_TENANT = (MESSAGES.c.id == bindparam("message"), MESSAGES.c.tenant_id == bindparam("tenant"))
 _CLAIM = (
     select(MESSAGES.c.status, MESSAGES.c.created_at, MESSAGES.c.meta, MESSAGES.c.conversation_id,
-           CONVERSATIONS.c.channel, CONVERSATIONS.c.channel_account_id)
+           CONVERSATIONS.c.channel, CONVERSATIONS.c.channel_account_id,
+           CONTACTS.c.external_id.label("recipient"), CONTACTS.c.consent_status)
     .join(CONVERSATIONS, (CONVERSATIONS.c.id == MESSAGES.c.conversation_id) & same_tenant(CONVERSATIONS, MESSAGES))
+    .join(CONTACTS, (CONTACTS.c.id == CONVERSATIONS.c.contact_id) & same_tenant(CONTACTS, CONVERSATIONS))
     .where(*IN_TENANT)
     .with_for_update(of=MESSAGES)
 )

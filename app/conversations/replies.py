@@ -81,16 +81,29 @@ def _outbound_event(tenant_id: str, message_id: str, conversation_id: str, chann
 
 @dataclass(frozen=True)
 class ReplyTo:
-    """The conversation a reply goes to, as `store_reply` needs it (the orchestrator reads it with its claim)."""
+    """The conversation a reply goes to, as `store_reply` needs it (the orchestrator reads it with its claim), and
+    its contact: `recipient` (the channel's id of the contact) and `consent`, read with the claim."""
 
     tenant_id: str
     conversation_id: str
     channel: str
     channel_account_id: str | None
+    recipient: str | None = None
+    consent: str | None = None
+
+
+@dataclass(frozen=True)
+class StoredReply:
+    """`event`: the reply's `OutboundMessage`. `pending`: the dispatcher still has to deliver it (publish `event`);
+    False when this transaction delivered it (`store_reply(delivered=True)`) or an earlier one did."""
+
+    event: OutboundMessage
+    pending: bool
 
 
 # The orchestrator's per-message SQL, built once: each call only binds values (see `_Statements` in service.py).
-_EXISTING_REPLY = select(MESSAGES.c.id, MESSAGES.c.text, MESSAGES.c.citations, MESSAGES.c.author).where(
+_EXISTING_REPLY = select(MESSAGES.c.id, MESSAGES.c.text, MESSAGES.c.citations, MESSAGES.c.author,
+                         MESSAGES.c.status).where(
     MESSAGES.c.tenant_id == bindparam("tenant"), MESSAGES.c.channel == bindparam("channel"),
     MESSAGES.c.provider_message_id == bindparam("key"),
 )
@@ -119,23 +132,28 @@ def store_reply(
     in_reply_to_id: str | None = None,
     citations: list[dict[str, Any]] | None = None,
     meta: dict[str, Any] | None = None,
-) -> OutboundMessage:
+    delivered: bool = False,
+) -> StoredReply:
     """`add_outbound` without ORM objects, for the orchestrator's hot path: the same row under the same
-    idempotency key, the conversation touched; returns the event to publish once committed (the stored reply's,
-    if one already has the key)."""
+    idempotency key, the conversation touched. `delivered`: the channel delivers in process (the web chat reads
+    its messages from the database), so this transaction is the delivery and the reply is stored `sent`, as the
+    dispatcher would mark it; the caller wakes the visitor on commit. A reply that already has the key is
+    returned as it is."""
     reply_id, now = new_id(), utcnow()
     inserted = session.execute(_insert_reply(session.get_bind().dialect.name), {
         "id": reply_id, "tenant_id": to.tenant_id, "conversation_id": to.conversation_id, "channel": to.channel,
-        "direction": "out", "provider_message_id": key, "text": text, "status": "pending", "author": author,
-        "in_reply_to_id": in_reply_to_id, "citations": citations, "meta": meta or {}, "created_at": now}).first()
+        "direction": "out", "provider_message_id": key, "text": text, "status": "sent" if delivered else "pending",
+        "author": author, "in_reply_to_id": in_reply_to_id, "citations": citations, "meta": meta or {},
+        "created_at": now, "processed_at": now if delivered else None}).first()
     if inserted is None:
         existing = session.execute(_EXISTING_REPLY, {"tenant": to.tenant_id, "channel": to.channel,
                                                      "key": key}).one()
-        return _outbound_event(to.tenant_id, existing.id, to.conversation_id, to.channel, to.channel_account_id,
-                               existing.text, existing.citations, existing.author)
+        return StoredReply(_outbound_event(to.tenant_id, existing.id, to.conversation_id, to.channel,
+                                           to.channel_account_id, existing.text, existing.citations, existing.author),
+                           pending=existing.status == "pending")
     session.execute(_TOUCH_CONVERSATION, {"conversation": to.conversation_id, "tenant": to.tenant_id, "now": now})
-    return _outbound_event(to.tenant_id, reply_id, to.conversation_id, to.channel, to.channel_account_id, text,
-                           citations, author)
+    return StoredReply(_outbound_event(to.tenant_id, reply_id, to.conversation_id, to.channel, to.channel_account_id,
+                                       text, citations, author), pending=not delivered)
 
 
 def publish_outbound(bus: Bus, event: OutboundMessage) -> None:

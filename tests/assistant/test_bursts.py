@@ -18,12 +18,13 @@ from sqlalchemy import select
 from app.bootstrap import container
 from app.bus.base import Bus
 from app.bus.consumer import Consumer
-from app.contracts import INBOUND, OUTBOUND, Event, OutboundMessage
+from app.contracts import INBOUND, OUTBOUND, OutboundMessage
 from app.db import session_scope
 from app.models import AuditEvent, Message, OutboxEntry, utcnow
 from app.outbox import Relay
 from tests.assistant.helpers import RETURNS_DOC, FakePassage
 from tests.conftest import REDIS_TEST_URL, Graph
+from tests.factories import sent_replies
 
 GROUP = "orchestrator"
 
@@ -62,6 +63,7 @@ class Stack:
     inbound: Consumer
     dispatcher: Consumer
     relay: Relay
+    seen: set[str] = field(default_factory=set)
 
     def send(self, tenant_id: str, contact: str, text: str) -> str:
         from app.conversations.service import accept_inbound
@@ -75,12 +77,10 @@ class Stack:
         self.dispatcher.process_available()
 
     def replies(self, *tenants: str) -> list[OutboundMessage]:
-        """The tenants' reply events published since the last call, read by an observer group of its own (the
-        relay publishes every tenant's due entries, and Postgres is shared by the session's tests)."""
-        out = []
-        while batch := self.bus.read(OUTBOUND, "observer", "o", count=100, block_ms=0):
-            out.extend(Event.from_bus(d.fields) for d in batch if d.tenant_id in tenants)
-        return [e for e in out if isinstance(e, OutboundMessage)]
+        """The tenants' replies sent since the last call (Postgres is shared by the session's tests)."""
+        out = sent_replies(tenants, after=self.seen)
+        self.seen.update(r.message_id for r in out)
+        return out
 
 
 @pytest.fixture(params=["embedded", "postgres+redis"])

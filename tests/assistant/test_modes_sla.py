@@ -22,12 +22,13 @@ from sqlalchemy import func, select
 from app.bootstrap import container
 from app.bus.base import Bus
 from app.bus.consumer import Consumer
-from app.contracts import EVENTS, INBOUND, OUTBOUND, Event, OutboundMessage, SlaDue
+from app.contracts import EVENTS, INBOUND, OUTBOUND, OutboundMessage, SlaDue
 from app.db import session_scope
 from app.models import AuditEvent, Escalation, Message, OutboxEntry, utcnow
 from app.outbox import Publisher, Relay
 from tests.assistant.helpers import RETURNS_DOC, FakePassage
 from tests.conftest import REDIS_TEST_URL, Graph
+from tests.factories import sent_replies
 
 NOTICE = "Thanks, a person from our team will answer here."
 HOLDING = "Still with us? Our team will be with you shortly."
@@ -67,6 +68,7 @@ class Stack:
     sla: Consumer
     relay: Relay
     publisher: Publisher
+    seen: set[str] = field(default_factory=set)
 
 
     def send(self, tenant_id: str, contact: str, text: str) -> str:
@@ -86,10 +88,10 @@ class Stack:
         self.publisher.flush()
 
     def replies(self, *tenants: str) -> list[OutboundMessage]:
-        out = []
-        while batch := self.bus.read(OUTBOUND, "observer", "o", count=100, block_ms=0):
-            out.extend(Event.from_bus(d.fields) for d in batch if d.tenant_id in tenants)
-        return [e for e in out if isinstance(e, OutboundMessage)]
+        """The tenants' replies sent since the last call."""
+        out = sent_replies(tenants, after=self.seen)
+        self.seen.update(r.message_id for r in out)
+        return out
 
 
 def _build(backend: str, clock: Clock, retrieval: Retrieval) -> Stack:

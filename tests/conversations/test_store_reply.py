@@ -19,9 +19,10 @@ def test_a_reply_is_stored_once_per_key_and_reads_back_like_an_orm_one(tenant: s
     citations = [{"document": "shipping.md", "chunk_id": "c1", "score": 0.8}]
     with session_scope(cross_tenant="tests") as session:
         before = session.get_one(Conversation, inbound.conversation_id).updated_at
-        event = store_reply(session, to, key=f"reply:{inbound.message_id}", text="Yes, in 5 days [1].",
-                            author="bot", in_reply_to_id=inbound.message_id, citations=citations,
-                            meta={"pack_version": 1})
+        stored = store_reply(session, to, key=f"reply:{inbound.message_id}", text="Yes, in 5 days [1].",
+                             author="bot", in_reply_to_id=inbound.message_id, citations=citations,
+                             meta={"pack_version": 1})
+        event = stored.event
     with session_scope(cross_tenant="tests") as session:  # a retry finds the stored reply and writes nothing
         again = store_reply(session, to, key=f"reply:{inbound.message_id}", text="something else", author="bot")
         (reply,) = session.scalars(select(Message).where(Message.tenant_id == tenant, Message.direction == "out"))
@@ -31,7 +32,8 @@ def test_a_reply_is_stored_once_per_key_and_reads_back_like_an_orm_one(tenant: s
         # The ORM path sees the same key as taken.
         orm_reply, created = add_outbound(session, conversation, key=f"reply:{inbound.message_id}", text="x",
                                           author="bot")
-    assert again == event and not created and orm_reply.id == reply.id == event.message_id
+    assert stored.pending and again == stored  # still the dispatcher's to deliver
+    assert not created and orm_reply.id == reply.id == event.message_id
     assert (reply.status, reply.author, reply.in_reply_to_id, reply.citations, reply.meta) == (
         "pending", "bot", inbound.message_id, citations, {"pack_version": 1})
     assert reply.created_at is not None and reply.created_at.tzinfo is not None
@@ -53,7 +55,23 @@ def test_a_reply_key_of_another_tenant_is_not_found(tenant: str) -> None:
                                  provider_message_id="same", text="hi")
         with session_scope(cross_tenant="tests") as session:
             ids.append(store_reply(session, ReplyTo(owner, inbound.conversation_id, "webchat", None),
-                                   key="reply:same", text=f"hello {owner}", author="bot").message_id)
+                                   key="reply:same", text=f"hello {owner}", author="bot").event.message_id)
     with session_scope(cross_tenant="tests") as session:
         rows = session.execute(select(Message.tenant_id, Message.text).where(Message.id.in_(ids))).all()
     assert ids[0] != ids[1] and sorted(rows) == sorted([(tenant, f"hello {tenant}"), (other, f"hello {other}")])
+
+
+def test_a_reply_delivered_by_its_own_transaction_is_stored_sent(tenant: str) -> None:
+    """`delivered=True` (a channel that delivers in process: the web chat): stored `sent` with its time, as the
+    dispatcher would mark it, and nothing left pending; a retry under the same key finds it delivered."""
+    inbound = accept_inbound(MemoryBus(), tenant_id=tenant, channel="webchat", contact_external_id="v1",
+                             provider_message_id="p1", text="Do you ship to Norway?")
+    to = ReplyTo(tenant, inbound.conversation_id, "webchat", None)
+    with session_scope(cross_tenant="tests") as session:
+        stored = store_reply(session, to, key=f"reply:{inbound.message_id}", text="Yes.", author="bot",
+                             in_reply_to_id=inbound.message_id, delivered=True)
+    with session_scope(cross_tenant="tests") as session:
+        again = store_reply(session, to, key=f"reply:{inbound.message_id}", text="Yes.", author="bot")
+        reply = session.get_one(Message, stored.event.message_id)
+        assert (reply.status, reply.processed_at is not None) == ("sent", True)
+    assert not stored.pending and again == stored

@@ -201,7 +201,7 @@ def test_admins_set_consent_and_the_dispatcher_refuses_to_send(stack: Stack) -> 
     with session_scope(cross_tenant="tests") as session:
         conversation = session.scalars(select(Conversation).where(Conversation.contact_id == contact_id)).one()
         event = store_reply(session, ReplyTo(conversation.tenant_id, conversation.id, "webchat", None),
-                            key="agent:late-note", text="A late note from an agent", author="agent:ana")
+                            key="agent:late-note", text="A late note from an agent", author="agent:ana").event
     from app.conversations.replies import publish_outbound
 
     publish_outbound(container().bus, event)
