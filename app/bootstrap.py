@@ -34,7 +34,8 @@ from app.models import utcnow
 from app.plugins import Plugins, load
 
 if TYPE_CHECKING:
-    from app.assistant.grounding import GroundingChecker, PassageCache
+    from app.assistant.grounding import GroundingChecker
+    from app.assistant.passage_units import PassageCache
     from app.assistant.pii_ner import PiiNer
     from app.bus.base import Bus
     from app.conversations.push import Push
@@ -239,7 +240,7 @@ class Container:
     def passage_cache(self) -> PassageCache:
         """Embedded `serve`'s passage units, shared by its answering processes (app/answerers.py)."""
         def build() -> PassageCache:
-            from app.assistant.grounding import PassageCache
+            from app.assistant.passage_units import PassageCache
 
             return PassageCache(4096)
         return self._get("passage_cache", build)

@@ -40,18 +40,14 @@ cached; a sentence that quotes one of them takes its vector).
 
 from __future__ import annotations
 
-import hashlib
-import itertools
-import re
-import threading
-from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
+from app.assistant.passage_units import Embed, PassageCache, PassageUnits, Units
 from app.assistant.pii_restore import PiiVault
 from app.assistant.prompts import Draft, PassageLike
 from app.assistant.text_measures import (
@@ -62,13 +58,11 @@ from app.assistant.text_measures import (
     names_in,
     negated_terms,
     numbers_in,
-    passage_sentences,
     persona_words,
     plain_text,
     share_known,
     split_cited,
 )
-from app.providers.embeddings.sparse import tokenize
 
 
 @dataclass(frozen=True)
@@ -123,9 +117,6 @@ class Verdict:
         }}
 
 
-Embed = Callable[[Sequence[str]], list[list[float]]]
-
-
 @dataclass(frozen=True)
 class _Reading:
     """A reply sentence read once: its plain text and content terms say whether it is factual and start its
@@ -144,45 +135,6 @@ class _Reading:
         return cls(sentence, citations, clean, terms, makes_claim(clean, terms))
 
 
-@dataclass(frozen=True)
-class _Units:
-    """One passage's comparison units (sentences, adjacent pairs, clauses), their terms and embeddings."""
-
-    texts: list[str]
-    negated: list[frozenset[str]]
-    single: np.ndarray  # True for a sentence or clause that is no question, False for a pair or a question
-    vectors: np.ndarray  # one row per text, unit length
-    terms: frozenset[str]
-    all_terms: frozenset[str]
-    numbers: frozenset[str]
-    words: frozenset[str]  # lower-cased surface words, for capitalised names
-    places: list[tuple[frozenset[str], frozenset[str]]]  # (terms, numbers) of each passage sentence and clause
-    windows: list[frozenset[str]]  # the terms of each passage sentence with its neighbours
-
-
-class PassageCache:
-    """Passages' units (their sentences, clauses and pairs, embedded: ~30 model inputs for a long passage, the
-    costliest part of a first citation), least recently used out first. Thread-safe."""
-
-    def __init__(self, size: int = 2048) -> None:
-        self._units: OrderedDict[str, _Units] = OrderedDict()
-        self._size = size
-        self._lock = threading.Lock()
-
-    def get(self, key: str) -> _Units | None:
-        with self._lock:
-            hit = self._units.get(key)
-            if hit is not None:
-                self._units.move_to_end(key)
-            return hit
-
-    def put(self, key: str, units: _Units) -> None:
-        with self._lock:
-            self._units[key] = units
-            if len(self._units) > self._size:
-                self._units.popitem(last=False)
-
-
 class GroundingChecker:
     def __init__(self, embed: Embed, *, embed_sentences: Embed | None = None, rule: Rule = RULE,
                  cache_size: int = 2048, shared: PassageCache | None = None) -> None:
@@ -194,8 +146,7 @@ class GroundingChecker:
         self._embed = embed
         self._embed_sentences = embed_sentences or embed
         self.rule = rule
-        self._cache = PassageCache(cache_size)
-        self._shared = shared
+        self._passages = PassageUnits(embed, cache_size=cache_size, shared=shared)
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         return self._embed(list(texts)) if texts else []
@@ -206,7 +157,7 @@ class GroundingChecker:
         own, voice = _persona_parts(persona)
         sentences = [_Reading.of(s, nums, own) for s, nums in split_cited(text) if s not in voice]
         # Only a factual sentence that cites a passage is measured, so only those need an embedding.
-        measured: dict[str, list[_Units]] = {}
+        measured: dict[str, list[Units]] = {}
         for r in sentences:
             passages = [cited[n - 1] for n in r.citations if 0 < n <= len(cited)]
             if passages and r.factual:
@@ -275,7 +226,7 @@ class GroundingChecker:
     def verdict(self, m: Measures) -> str | None:
         return None if scores_support(m, self.rule) else "weak_support"
 
-    def sentence_vectors(self, sentences: dict[str, list[_Units]]) -> dict[str, np.ndarray]:
+    def sentence_vectors(self, sentences: dict[str, list[Units]]) -> dict[str, np.ndarray]:
         """The embeddings of reply sentences (each with its cited passages' units), in one model call at most.
 
         A sentence that is, character for character once `plain_text`, one of its passages' units (a quoted
@@ -295,40 +246,8 @@ class GroundingChecker:
             vectors.update(dict.fromkeys(same, np.asarray(vector, dtype=np.float32)))
         return vectors
 
-    def _units(self, passage: PassageLike) -> _Units:
-        # The text's digest, not `hash()`: the key must mean the same in every process sharing the cache.
-        key = f"{passage.chunk_id}:{hashlib.blake2b(passage.text.encode(), digest_size=12).hexdigest()}"
-        hit = self._cache.get(key)
-        if hit is None and self._shared is not None:
-            hit = self._shared.get(key)
-            if hit is not None:
-                self._cache.put(key, hit)
-        if hit is not None:
-            return hit
-        sentences = passage_sentences(passage.text)
-        clauses = [c.strip() for s in sentences for c in re.split(r"[,;:]\s+", s) if len(c.split()) >= 3]
-        pairs = [f"{a} {b}" for a, b in itertools.pairwise(sentences)]
-        texts = list(dict.fromkeys(sentences + clauses + pairs))
-        # An FAQ's question claims nothing: "Is there a spa?" must not be what "There is a spa." is compared with.
-        singles = {t for t in sentences + clauses if not t.endswith("?")} or set(sentences)
-        plain = plain_text(passage.text)
-        units = _Units(
-            texts=texts,
-            negated=[negated_terms(t) for t in texts],
-            single=np.asarray([t in singles for t in texts]),
-            vectors=np.asarray(self.embed(texts), dtype=np.float32).reshape(len(texts), -1),
-            terms=frozenset(tokenize(plain)),
-            all_terms=all_terms(plain),
-            numbers=numbers_in(plain),
-            words=frozenset(w.lower() for w in re.findall(r"[A-Za-z0-9&'-]+", plain)),
-            places=[(content_terms(place, frozenset()), numbers_in(place))
-                    for place in dict.fromkeys(sentences + [c for s in sentences for c in CLAUSE.split(s)])],
-            windows=[frozenset(tokenize(" ".join(sentences[max(0, i - 1):i + 2]))) for i in range(len(sentences))],
-        )
-        self._cache.put(key, units)
-        if self._shared is not None:
-            self._shared.put(key, units)
-        return units
+    def _units(self, passage: PassageLike) -> Units:
+        return self._passages.get(passage)
 
 
 @dataclass(frozen=True)
@@ -341,7 +260,7 @@ class Measures:
     clause: float = 1.0  # the worst clause's share (clauses of 2+ content words)
 
 
-def _numbers_placed(numbers: frozenset[str], terms: frozenset[str], units: Sequence[_Units]) -> bool:
+def _numbers_placed(numbers: frozenset[str], terms: frozenset[str], units: Sequence[Units]) -> bool:
     """A clause's `numbers` all occur in the passage sentence or clause that matches it best (most of its content
     `terms`, then the shortest): "a flat $30" is no return-shipping price because the sentence before mentions
     repairs over $30, and "2 years for footwear" is not what "1 year for footwear, 2 years for apparel" says."""

@@ -155,7 +155,7 @@ def test_concurrent_checks_share_model_calls_and_reach_the_same_verdicts(tmp_pat
 def test_a_passage_is_embedded_once_for_every_checker_sharing_a_cache(embed: CountingEmbed) -> None:
     """Answering processes of embedded `serve` share its passage cache (app/answerers.py): a passage another
     checker already measured costs this one no model call, and the units are the same."""
-    from app.assistant.grounding import PassageCache
+    from app.assistant.passage_units import PassageCache
 
     shared = PassageCache()
     first, second = GroundingChecker(embed, shared=shared), GroundingChecker(embed, shared=shared)
@@ -166,3 +166,50 @@ def test_a_passage_is_embedded_once_for_every_checker_sharing_a_cache(embed: Cou
     assert len(embed.calls) == 1 and again is units
     alone = GroundingChecker(embed)._units(RETURNS)  # no shared cache: embedded again, to the same vectors
     assert len(embed.calls) == 2 and (alone.vectors == units.vectors).all()
+
+
+def test_threads_citing_a_passage_for_the_first_time_at_once_embed_it_once(embed: CountingEmbed) -> None:
+    """A burst of the same question after a start: the first thread embeds the passage's units, the others wait
+    for it (they are seen blocked in `_units`) instead of embedding it again each; a failed build leaves the
+    passage to the next thread."""
+    import sys
+
+    started, release = threading.Event(), threading.Event()
+
+    def gated(texts: Sequence[str]) -> list[list[float]]:
+        started.set()
+        release.wait(30)
+        return embed(texts)
+
+    checker = GroundingChecker(gated)
+    embed.calls.clear()
+    results: list[object] = []
+    first = threading.Thread(target=lambda: results.append(checker._units(SHIPPING)))
+    first.start()
+    assert started.wait(30)
+    others = [threading.Thread(target=lambda: results.append(checker._units(SHIPPING))) for _ in range(3)]
+    for thread in others:
+        thread.start()
+
+    def waiting_in_units(thread: threading.Thread) -> bool:
+        frame = sys._current_frames().get(thread.ident or -1)
+        names = []
+        while frame is not None:
+            names.append(frame.f_code.co_name)
+            frame = frame.f_back
+        return "_units" in names and "gated" not in names and names[0] == "wait"
+
+    tries = 3000  # up to ~30 s for the three to get there
+    while not all(waiting_in_units(t) for t in others) and (tries := tries - 1):
+        release.wait(0.01)
+    release.set()
+    assert tries, "the other threads did not wait for the first one's build"
+    for thread in (first, *others):
+        thread.join(30)
+    assert len(embed.calls) == 1
+    assert len(results) == 4 and all(r is results[0] for r in results)
+
+    failing = GroundingChecker(lambda texts: (_ for _ in ()).throw(RuntimeError("model gone")))
+    with pytest.raises(RuntimeError):
+        failing._units(RETURNS)
+    assert failing._passages._building == {}  # nothing left for a later thread to wait on
