@@ -18,7 +18,7 @@ from app.cli_support import prepare as _prepare
 from app.cli_support import print_json as _print_json
 from app.cli_support import remote as _remote
 from app.cli_support import trace as _trace
-from app.config import get_settings
+from app.config import SettingsError, get_settings
 from app.knowledge.cli import eval_command, pack_app
 from app.operator_cli import contact_cli, guard_cli, keys_cli, retention_cli, tenant_cli
 
@@ -349,7 +349,11 @@ def main() -> None:
 
     restrict_umask()  # the home folder, database, objects and secrets are the user's alone
     scrub_logs()  # before any command logs: no raw PII or credentials in the output
-    cli()
+    try:
+        cli()
+    except SettingsError as exc:  # a message naming the variables, not a traceback
+        typer.echo(f"switchboard: {exc}", err=True)
+        raise SystemExit(2) from None
 
 
 def _role(name: str) -> Any:

@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -300,10 +300,21 @@ class Settings(BaseSettings):
         return self.redis_url is None
 
 
+class SettingsError(ValueError):
+    """The environment (or `.env`) sets a variable to a value it cannot take: which, and why (pydantic's messages
+    quote no value, so no secret is printed)."""
+
+
 @lru_cache
 def from_environment() -> Settings:
-    """The settings the environment (and `.env`) gives, read once per process."""
-    return Settings()
+    """The settings the environment (and `.env`) gives, read once per process. Raises `SettingsError`."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = [f"  {'.'.join(str(part) for part in error['loc']) or 'settings'}: {error['msg']}"
+                    for error in exc.errors()]
+        raise SettingsError("invalid settings:\n" + "\n".join(problems) + "\nFix or unset each variable named "
+                            "(README.md, \"Configuration\", lists them with their defaults).") from None
 
 
 _installed: Settings | None = None

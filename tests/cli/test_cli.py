@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.cli_support import free_port, run, serving
+from tests.cli_support import embedded_env, free_port, run, serving
 from tests.conftest import REPO
 
 KNOWLEDGE = REPO / "tenants" / "northwind" / "knowledge"
@@ -133,3 +135,16 @@ def test_demo_creates_the_example_tenant_and_shows_a_real_conversation(tmp_path:
     assert "escalated to a human (human_requested)" in out
     again = run(tmp_path / "demo", "demo", "--no-serve")  # idempotent: the tenant is reused, not recreated
     assert again.returncode == 0 and "Created tenant" not in again.stdout
+
+
+def test_an_invalid_setting_stops_a_command_with_the_variables_named_not_a_traceback(tmp_path: Path) -> None:
+    env = {**embedded_env(tmp_path), "SWITCHBOARD_ORCHESTRATOR_CPU_SLOTS": "-1",
+           "SWITCHBOARD_BUS_BATCH_SIZE": "banana"}
+    for command in (["tenant", "create", "acme"], ["serve", "--port", "0"]):
+        result = subprocess.run([sys.executable, "-m", "app.cli", *command], cwd=REPO, env=env, capture_output=True,
+                                text=True, timeout=120)
+        assert result.returncode == 2, (command, result.stderr)
+        assert "SWITCHBOARD_ORCHESTRATOR_CPU_SLOTS: Input should be greater than or equal to 0" in result.stderr
+        assert "SWITCHBOARD_BUS_BATCH_SIZE: Input should be a valid integer" in result.stderr
+        assert "Traceback" not in result.stderr and "banana" not in result.stderr  # no value is echoed
+    assert not (tmp_path / "switchboard.db").exists()  # stopped before anything was set up
