@@ -227,13 +227,16 @@ class Container:
         sentences share model calls with concurrent queries where the embedder can."""
         def build() -> GroundingChecker:
             from app.assistant.grounding import GroundingChecker
+            from app.assistant.passage_units import StoredVectors
             from app.providers.embeddings.base import SentenceEmbedder
 
             embedder = self.embedder
             sentences = embedder.embed_sentences if isinstance(embedder, SentenceEmbedder) else None
-            # An answering process of embedded `serve` is given `serve`'s passage cache (app/answerers.py).
+            # An answering process of embedded `serve` is given `serve`'s passage cache (app/answerers.py); every
+            # process keeps passages' vectors in the database, per tenant and model.
             return GroundingChecker(embedder.embed_documents, embed_sentences=sentences,
-                                    shared=self._built.get("passage_cache"))
+                                    shared=self._built.get("passage_cache"),
+                                    store=StoredVectors(f"{embedder.name}/{embedder.dim}"))
         return self._get("grounding", build)
 
     @property

@@ -194,7 +194,7 @@ class Answerer:
         if draft is not offline:
             # -- grounded or reviewed, PII restored (app/assistant/grounding.py) --------------------------------
             with tracing.span("grounding") as span:
-                vetted = vet_llm_draft(draft, passages, ctx.persona, pii, self.grounding)
+                vetted = vet_llm_draft(draft, passages, ctx.persona, pii, self.grounding, ctx.tenant_id)
                 if shown is not None:
                     vetted = _translated(vetted, shown, pii)
                 tracing.annotate(span, {"switchboard.escalation.reason": vetted.escalate_reason})

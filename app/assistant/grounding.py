@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from app.assistant.passage_units import Embed, PassageCache, PassageUnits, Units
+from app.assistant.passage_units import Embed, PassageCache, PassageUnits, Units, VectorStore
 from app.assistant.pii_restore import PiiVault
 from app.assistant.prompts import Draft, PassageLike
 from app.assistant.text_measures import (
@@ -137,23 +137,26 @@ class _Reading:
 
 class GroundingChecker:
     def __init__(self, embed: Embed, *, embed_sentences: Embed | None = None, rule: Rule = RULE,
-                 cache_size: int = 2048, shared: PassageCache | None = None) -> None:
+                 cache_size: int = 2048, shared: PassageCache | None = None, store: VectorStore | None = None) -> None:
         """`embed`: the answering embedder's `embed_documents` (one checker per process: `Container.grounding`);
         `embed_sentences`: the same vectors for a reply's few sentences, in model calls shared with concurrent
         work (`MiniLMEmbedder.embed_sentences`); `embed` when not given. `shared`: a second cache behind the
         process's own, which other processes fill too (embedded `serve`'s, for its answering processes:
-        app/answerers.py), so a passage is embedded once, not once per process."""
+        app/answerers.py), so a passage is embedded once, not once per process. `store`: where passages' vectors
+        are kept per tenant across restarts and replicas (`StoredVectors`), for checks given their tenant."""
         self._embed = embed
         self._embed_sentences = embed_sentences or embed
         self.rule = rule
-        self._passages = PassageUnits(embed, cache_size=cache_size, shared=shared)
+        self._passages = PassageUnits(embed, cache_size=cache_size, shared=shared, store=store)
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         return self._embed(list(texts)) if texts else []
 
     # -- the check ---------------------------------------------------------------------------------------
-    def check(self, text: str, cited: Sequence[PassageLike], persona: dict[str, Any] | None = None) -> Verdict:
-        """`cited[n - 1]` is the passage the reply's `[n]` points at (the order of `Draft.citations`)."""
+    def check(self, text: str, cited: Sequence[PassageLike], persona: dict[str, Any] | None = None,
+              tenant_id: str | None = None) -> Verdict:
+        """`cited[n - 1]` is the passage the reply's `[n]` points at (the order of `Draft.citations`); `tenant_id`:
+        the passages' tenant, whose kept vectors the check may read and add to."""
         own, voice = _persona_parts(persona)
         sentences = [_Reading.of(s, nums, own) for s, nums in split_cited(text) if s not in voice]
         # Only a factual sentence that cites a passage is measured, so only those need an embedding.
@@ -161,7 +164,7 @@ class GroundingChecker:
         for r in sentences:
             passages = [cited[n - 1] for n in r.citations if 0 < n <= len(cited)]
             if passages and r.factual:
-                measured.setdefault(r.text, []).extend(self._units(p) for p in passages)
+                measured.setdefault(r.text, []).extend(self._units(p, tenant_id) for p in passages)
         vectors = self.sentence_vectors(measured)
         scored = [self._score(r, cited, own, vectors.get(r.text)) for r in sentences]
         cites_nothing = not any(s.citations for s in scored if 0 < min(s.citations, default=0) <= len(cited))
@@ -246,8 +249,8 @@ class GroundingChecker:
             vectors.update(dict.fromkeys(same, np.asarray(vector, dtype=np.float32)))
         return vectors
 
-    def _units(self, passage: PassageLike) -> Units:
-        return self._passages.get(passage)
+    def _units(self, passage: PassageLike, tenant_id: str | None = None) -> Units:
+        return self._passages.get(passage, tenant_id)
 
 
 @dataclass(frozen=True)
@@ -290,11 +293,11 @@ def scores_support(m: Measures, rule: Rule) -> bool:
 
 
 def check_reply(text: str, citations: Sequence[dict[str, Any]], passages: Sequence[PassageLike],
-                persona: dict[str, Any] | None, checker: GroundingChecker) -> Verdict:
+                persona: dict[str, Any] | None, checker: GroundingChecker, tenant_id: str | None = None) -> Verdict:
     """Check a reply whose `citations` (a Draft's, in the text's [n] order) name chunks among `passages`."""
     by_chunk = {p.chunk_id: p for p in passages}
     cited = [by_chunk[c["chunk_id"]] for c in citations if c.get("chunk_id") in by_chunk]
-    return checker.check(text, cited, persona)
+    return checker.check(text, cited, persona, tenant_id)
 
 
 @dataclass(frozen=True)
@@ -308,11 +311,11 @@ class Vetted:
 
 
 def vet_llm_draft(draft: Draft, passages: Sequence[PassageLike], persona: dict[str, Any] | None,
-                  vault: PiiVault, checker: GroundingChecker) -> Vetted:
+                  vault: PiiVault, checker: GroundingChecker, tenant_id: str | None = None) -> Vetted:
     """Grounded or reviewed, and no placeholder ever reaches a customer. The check reads the model's own text
     (placeholders are neither claims nor numbers); the draft kept, sent or approved later carries the customer's
     values back in place, so what agents approve is what the customer should read."""
-    verdict = check_reply(draft.text, draft.citations, passages, persona, checker)
+    verdict = check_reply(draft.text, draft.citations, passages, persona, checker, tenant_id)
     restored = vault.restore(draft.text)
     vetted = replace(draft, text=restored.text)
     if not verdict.grounded:

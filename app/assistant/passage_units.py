@@ -2,19 +2,24 @@
 and adjacent pairs with their terms, numbers and MiniLM embeddings. Embedding them (~30 model inputs for a long
 passage) is the costliest part of a passage's first citation, so units are cached per passage text, and built
 once when several threads cite a passage for the first time at once (a burst of the same question after a
-start)."""
+start). Their vectors are also kept in the database (`StoredVectors`, table `passage_vectors`), per tenant and
+model, so a restart, an answering process or another replica reads them instead of embedding the passage again."""
 
 from __future__ import annotations
 
 import hashlib
 import itertools
+import logging
 import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
+from sqlalchemy import Table, bindparam, insert, select
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from app import pacing
 from app.assistant.prompts import PassageLike
@@ -27,7 +32,11 @@ from app.assistant.text_measures import (
     passage_sentences,
     plain_text,
 )
+from app.db import session_scope
+from app.models import PassageVectors
 from app.providers.embeddings.sparse import tokenize
+
+log = logging.getLogger(__name__)
 
 Embed = Callable[[Sequence[str]], list[list[float]]]
 
@@ -71,22 +80,73 @@ class PassageCache:
                 self._units.popitem(last=False)
 
 
+class VectorStore(Protocol):
+    def load(self, tenant_id: str, digest: str, rows: int) -> np.ndarray | None:
+        """The `rows` vectors kept for the text with this digest, or None."""
+        ...
+
+    def save(self, tenant_id: str, digest: str, vectors: np.ndarray) -> None: ...
+
+
+VECTORS: Table = PassageVectors.__table__  # type: ignore[assignment]
+_KEY = (VECTORS.c.tenant_id == bindparam("tenant"), VECTORS.c.model == bindparam("model"),
+        VECTORS.c.digest == bindparam("digest"))
+_LOAD = select(VECTORS.c.rows, VECTORS.c.dim, VECTORS.c.vectors).where(*_KEY)
+_SAVE = insert(VECTORS)
+
+
+class StoredVectors:
+    """One model's units vectors in `passage_vectors`, read and written in the tenant's scope. Best effort both
+    ways: a read that fails, or finds vectors of another shape, embeds again; a write that fails is logged (a
+    concurrent writer of the same passage won) and the units are used all the same."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+
+    def load(self, tenant_id: str, digest: str, rows: int) -> np.ndarray | None:
+        try:
+            with session_scope(tenant=tenant_id) as session:
+                row = session.execute(_LOAD, {"tenant": tenant_id, "model": self.model, "digest": digest}).first()
+        except SQLAlchemyError as exc:
+            log.warning("could not read kept passage vectors (%s): embedding the passage", type(exc).__name__)
+            return None
+        if row is None or row.rows != rows or len(row.vectors) != 4 * row.rows * row.dim:
+            return None
+        return np.frombuffer(row.vectors, dtype="<f4").reshape(row.rows, row.dim)
+
+    def save(self, tenant_id: str, digest: str, vectors: np.ndarray) -> None:
+        rows, dim = vectors.shape
+        try:
+            with session_scope(tenant=tenant_id) as session:
+                session.execute(_SAVE, {"tenant_id": tenant_id, "model": self.model, "digest": digest, "rows": rows,
+                                        "dim": dim, "vectors": vectors.astype("<f4").tobytes()})
+        except IntegrityError:
+            pass  # kept meanwhile by another process: the same text through the same model, the same vectors
+        except SQLAlchemyError as exc:
+            log.warning("could not keep passage vectors (%s)", type(exc).__name__)
+
+
 class PassageUnits:
     """Units by passage: this process's cache, then `shared` (filled by other processes too: embedded `serve`'s,
-    for its answering processes, app/answerers.py), else built here, by one thread per passage at a time."""
+    for its answering processes, app/answerers.py), else built here, by one thread per passage at a time, with the
+    vectors `store` keeps for the passage's tenant when it has them."""
 
-    def __init__(self, embed: Embed, *, cache_size: int = 2048, shared: PassageCache | None = None) -> None:
+    def __init__(self, embed: Embed, *, cache_size: int = 2048, shared: PassageCache | None = None,
+                 store: VectorStore | None = None) -> None:
         self._embed = embed
         self._cache = PassageCache(cache_size)
         self._shared = shared
+        self._store = store
         self._building: dict[str, threading.Event] = {}  # passages a thread is building, set when it is done
         self._building_lock = threading.Lock()
 
-    def get(self, passage: PassageLike) -> Units:
+    def get(self, passage: PassageLike, tenant_id: str | None = None) -> Units:
         """The passage's units from the cache, else built by this thread, or by the thread building them already
-        (once it is done; if it failed, this one tries)."""
+        (once it is done; if it failed, this one tries). `tenant_id`: the passage's tenant, whose kept vectors
+        are read and written (none without it)."""
         # The text's digest, not `hash()`: the key must mean the same in every process sharing the cache.
-        key = f"{passage.chunk_id}:{hashlib.blake2b(passage.text.encode(), digest_size=12).hexdigest()}"
+        digest = hashlib.blake2b(passage.text.encode(), digest_size=12).hexdigest()
+        key = f"{passage.chunk_id}:{digest}"
         while (hit := self._cached(key)) is None:
             with self._building_lock:
                 building = self._building.get(key)
@@ -99,14 +159,15 @@ class PassageUnits:
                 return hit
             assert building is not None
             if mine:
-                return self._build_cached(key, passage, building)
+                return self._build_cached(key, passage, building, (tenant_id, digest))
             with pacing.waiting():  # a paced handler's slot is free meanwhile, as for its own model call
                 building.wait()
         return hit
 
-    def _build_cached(self, key: str, passage: PassageLike, building: threading.Event) -> Units:
+    def _build_cached(self, key: str, passage: PassageLike, building: threading.Event,
+                      kept: tuple[str | None, str]) -> Units:
         try:
-            units = self._build(passage)
+            units = self._build(passage, kept)
             self._cache.put(key, units)
             if self._shared is not None:
                 self._shared.put(key, units)
@@ -124,7 +185,20 @@ class PassageUnits:
                 self._cache.put(key, hit)
         return hit
 
-    def _build(self, passage: PassageLike) -> Units:
+    def _vectors(self, texts: list[str], kept: tuple[str | None, str]) -> np.ndarray:
+        """The units' vectors: kept for (tenant, text digest), else embedded now and kept."""
+        tenant_id, digest = kept
+        store = self._store if texts and tenant_id is not None else None
+        if store is not None and tenant_id is not None:
+            stored = store.load(tenant_id, digest, len(texts))
+            if stored is not None:
+                return stored
+        vectors = np.asarray(self._embed(texts) if texts else [], dtype=np.float32).reshape(len(texts), -1)
+        if store is not None and tenant_id is not None:
+            store.save(tenant_id, digest, vectors)
+        return vectors
+
+    def _build(self, passage: PassageLike, kept: tuple[str | None, str]) -> Units:
         sentences = passage_sentences(passage.text)
         clauses = [c.strip() for s in sentences for c in re.split(r"[,;:]\s+", s) if len(c.split()) >= 3]
         pairs = [f"{a} {b}" for a, b in itertools.pairwise(sentences)]
@@ -136,7 +210,7 @@ class PassageUnits:
             texts=texts,
             negated=[negated_terms(t) for t in texts],
             single=np.asarray([t in singles for t in texts]),
-            vectors=np.asarray(self._embed(texts) if texts else [], dtype=np.float32).reshape(len(texts), -1),
+            vectors=self._vectors(texts, kept),
             terms=frozenset(tokenize(plain)),
             all_terms=all_terms(plain),
             numbers=numbers_in(plain),

@@ -4,7 +4,7 @@ filters every query of it (app/tenant_scope.py)."""
 from app.models.accounts import ROLES, Invitation, LoginSession, Membership, RefreshToken, User
 from app.models.base import Base, new_id, utcnow
 from app.models.conversations import Contact, Conversation, Message
-from app.models.knowledge import Chunk, Document, IngestionJob, KnowledgeSource, PackVersion
+from app.models.knowledge import Chunk, Document, IngestionJob, KnowledgeSource, PackVersion, PassageVectors
 from app.models.llm import LLMCall
 from app.models.outbox import OutboxEntry
 from app.models.review import AuditEvent, Escalation, Handoff, TenantWebhook
@@ -31,6 +31,7 @@ __all__ = [
     "Message",
     "OutboxEntry",
     "PackVersion",
+    "PassageVectors",
     "RefreshToken",
     "Tenant",
     "TenantWebhook",

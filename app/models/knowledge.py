@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import JSON, ForeignKey, Index, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, IdMixin, TenantOwned
@@ -102,3 +102,19 @@ class PackVersion(TenantOwned, IdMixin, Base):
     # Token document frequencies of its chunks, counted at build time (app/knowledge/termstats.py). Tens of KB
     # for a large pack: loaded only when read, not with every listing of versions.
     term_stats: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None, deferred=True)
+
+
+class PassageVectors(TenantOwned, IdMixin, Base):
+    """The grounding check's embeddings of one passage's units (app/assistant/passage_units.py), kept so that a
+    restart, another process or a replica does not embed a passage again: `rows` float32 vectors of `dim`, in the
+    order its units are derived from the text, one row per tenant, model and text digest."""
+
+    __tablename__ = "passage_vectors"
+    __table_args__ = (UniqueConstraint("tenant_id", "model", "digest"),)
+
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    model: Mapped[str] = mapped_column(String(200))
+    digest: Mapped[str] = mapped_column(String(64))
+    rows: Mapped[int]
+    dim: Mapped[int]
+    vectors: Mapped[bytes] = mapped_column(LargeBinary)

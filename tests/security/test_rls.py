@@ -130,6 +130,8 @@ def _value(table: Table, column: Any, tag: str, n: int) -> Any:
         return datetime.now(UTC).date()
     if kind in (dict, list):
         return {}
+    if kind is bytes:
+        return bytes([n % 256]) * 4
     return str(n)
 
 

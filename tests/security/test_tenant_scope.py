@@ -52,6 +52,8 @@ def _value(table: Table, column: Any, tenant: str, ids: dict[str, dict[str, str]
         return kind(1)
     if kind in (dict, list):
         return {}
+    if kind is bytes:
+        return b"\x00" * 4
     return uuid.uuid4().hex[: min(12, getattr(column.type, "length", None) or 12)]
 
 
