@@ -4,6 +4,7 @@ closed loop, against an embedded `switchboard serve` (a subprocess) with the exa
     .venv/bin/python benchmarks/e2e_widget.py [--levels 1,8,32,128] [--requests 400] [--llm instant,1s]
                                               [--transport sse|poll] [--slow-requests 128] [--level-timeout 180]
                                               [--unique-questions] [--database-url postgresql+psycopg://...]
+                                              [--warm-passes 2] [--restart]
 
 Each level starts `concurrency` new visitors; each opens a session and its event stream (`GET .../events`, or
 with `--transport poll` long-polls `GET .../messages?wait=`); once all of them are connected, they send the eval
@@ -13,7 +14,8 @@ are counted from that moment, so the first `concurrency` questions arrive togeth
 concurrency 64 is "64 customers ask at once") and no send waits behind other visitors' sessions being opened.
 Each visitor has its own HTTP client, as each browser has. Before the first level each server is asked every eval
 question `--warm-passes` times, so no level pays first uses (a passage's first citation, a question's first
-embedding) that later ones do not. Latency is send -> reply event. The LLM is the OpenAI-compatible fake of
+embedding) that later ones do not; `--restart` then starts a new server on the same home, so the levels start as
+after a deploy, with only what the database keeps. Latency is send -> reply event. The LLM is the OpenAI-compatible fake of
 tests/fakes/openai_server.py in its own process, answering each prompt with the first sentence of its first
 passage, cited, at once (`instant`) or after one second (`1s`). Rate limits are turned off in the server: the
 load comes from one IP and a few visitors. The 76 eval questions repeat, so most queries' embeddings come from the
@@ -408,6 +410,8 @@ def main() -> None:
     parser.add_argument("--level-timeout", type=float, default=180.0, help="stop issuing after this many seconds")
     parser.add_argument("--warm-passes", type=int, default=1,
                         help="times every eval question is asked before the levels (with ANSWER_PROCESSES: more)")
+    parser.add_argument("--restart", action="store_true",
+                        help="restart the server after the warm-up, so the levels start as after a deploy")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--keep-home", action="store_true", help="keep the temporary home (and the server log)")
     parser.add_argument("--unique-questions", action="store_true",
@@ -445,6 +449,10 @@ def main() -> None:
                 for _ in range(args.warm_passes):
                     asyncio.run(run_level(server, widget, questions, 8 if delay == 0 else 32, len(questions),
                                           args.transport, 180, every_question=True))
+                if args.restart:  # what a deploy does: a new process on the same database, nothing in memory
+                    server.stop()
+                    server = Server(home, llm, services)
+                    print(f"  restarted: server pid {server.process.pid}", flush=True)
                 for concurrency in levels:
                     wanted = args.requests if delay == 0 else args.slow_requests
                     print(f"  LLM {mode}, concurrency {concurrency}: {wanted} replies ...", flush=True)
