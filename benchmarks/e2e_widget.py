@@ -15,10 +15,10 @@ concurrency 64 is "64 customers ask at once") and no send waits behind other vis
 Each visitor has its own HTTP client, as each browser has. Before the first level each server is asked every eval
 question `--warm-passes` times, so no level pays first uses (a passage's first citation, a question's first
 embedding) that later ones do not; `--restart` then starts a new server on the same home, so the levels start as
-after a deploy, with only what the database keeps. Latency is send -> reply event. The LLM is the OpenAI-compatible fake of
-tests/fakes/openai_server.py in its own process, answering each prompt with the first sentence of its first
-passage, cited, at once (`instant`) or after one second (`1s`). Rate limits are turned off in the server: the
-load comes from one IP and a few visitors. The 76 eval questions repeat, so most queries' embeddings come from the
+after a deploy, with only what the database keeps. Latency is send -> reply event. The LLM is the OpenAI-compatible
+fake of tests/fakes/openai_server.py in its own process, answering each prompt with the first sentence of its first
+passage, cited, at once (`instant`) or after one second (`1s`). Rate limits are turned off in the server: the load
+comes from one IP and a few visitors. The 76 eval questions repeat, so most queries' embeddings come from the
 server's query cache (app/knowledge/query_cache.py); `--unique-questions` gives each message a distinct suffix
 (" (ref 5f2a1c-3-17)"), so no question is asked twice and every one is embedded.
 
