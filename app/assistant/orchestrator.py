@@ -86,7 +86,7 @@ class Orchestrator:
         self.push = push  # drafts of streamed replies go to open widgets through it
         self.clock = clock
         self.settings = settings
-        self.channels = channels  # whose gateways wait for the decision (USSD): told through `push` on commit
+        self.channels = channels  # which wait for the decision (USSD) or deliver in process (the web chat)
         # A bare client (a test, a benchmark) gets a router of its own: fallbacks, deadline and breakers apply.
         self.llm = llm if isinstance(llm, LLMRouter) else LLMRouter.from_settings(llm, self.settings)
         self.pacer = Pacer(settings.pacing_slots)  # handlers take turns at the CPU, in arrival order
@@ -181,15 +181,6 @@ class Orchestrator:
             if drafts is not None and (outcome is None or outcome.status != "answered"):
                 drafts.withdraw()  # failed, or merged into a later message: the visitor's draft goes
 
-    def _awaits_outcome(self, channel: str) -> bool:
-        spec = self.channels.find(channel)
-        return spec is not None and spec.awaits_outcome
-
-    def _delivers_in_process(self, channel: str) -> bool:
-        """The channel's delivery is a database write (the web chat): the outcome's transaction does it."""
-        spec = self.channels.find(channel)
-        return spec is not None and spec.sender is not None and spec.sender.in_process
-
     # -- phase 1 -----------------------------------------------------------------------------------------
     def _load(self, event: InboundMessage) -> tuple[Context | None, Outcome | None]:
         with session_scope(tenant=event.tenant_id) as session:
@@ -201,6 +192,7 @@ class Orchestrator:
             if row.status != "received":
                 self._republish_pending_reply(session, event.tenant_id, row.id)
                 return None, Outcome("duplicate", row.id, reason=f"already {row.status}")
+            spec = self.channels.find(event.channel)
             ctx = Context(
                 message_id=row.id,
                 tenant_id=event.tenant_id,
@@ -219,8 +211,11 @@ class Orchestrator:
                 superseded=row.newer_pending is not None,
                 channel=event.channel,
                 visitor=row.contact_external_id if row.contact_channel == "webchat" else None,
-                outcome_push=self.push if self._awaits_outcome(event.channel) else None,
-                delivery_push=self.push if self._delivers_in_process(event.channel) else None,
+                # A gateway that waits for the decision (USSD); a channel whose delivery is a database write (the
+                # web chat), which the outcome's transaction then does.
+                outcome_push=self.push if spec is not None and spec.awaits_outcome else None,
+                delivery_push=self.push if spec is not None and spec.sender is not None and spec.sender.in_process
+                else None,
                 consent=row.consent_status or "unknown",
                 calibration=row.calibration,
             )

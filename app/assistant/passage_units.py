@@ -159,15 +159,15 @@ class PassageUnits:
                 return hit
             assert building is not None
             if mine:
-                return self._build_cached(key, passage, building, (tenant_id, digest))
+                return self._build_cached(key, passage, building, tenant_id, digest)
             with pacing.waiting():  # a paced handler's slot is free meanwhile, as for its own model call
                 building.wait()
         return hit
 
-    def _build_cached(self, key: str, passage: PassageLike, building: threading.Event,
-                      kept: tuple[str | None, str]) -> Units:
+    def _build_cached(self, key: str, passage: PassageLike, building: threading.Event, tenant_id: str | None,
+                      digest: str) -> Units:
         try:
-            units = self._build(passage, kept)
+            units = self._build(passage, tenant_id, digest)
             self._cache.put(key, units)
             if self._shared is not None:
                 self._shared.put(key, units)
@@ -185,20 +185,20 @@ class PassageUnits:
                 self._cache.put(key, hit)
         return hit
 
-    def _vectors(self, texts: list[str], kept: tuple[str | None, str]) -> np.ndarray:
+    def _vectors(self, texts: list[str], tenant_id: str | None, digest: str) -> np.ndarray:
         """The units' vectors: kept for (tenant, text digest), else embedded now and kept."""
-        tenant_id, digest = kept
-        store = self._store if texts and tenant_id is not None else None
-        if store is not None and tenant_id is not None:
-            stored = store.load(tenant_id, digest, len(texts))
-            if stored is not None:
-                return stored
-        vectors = np.asarray(self._embed(texts) if texts else [], dtype=np.float32).reshape(len(texts), -1)
-        if store is not None and tenant_id is not None:
-            store.save(tenant_id, digest, vectors)
+        if self._store is None or tenant_id is None or not texts:
+            return self._embedded(texts)
+        vectors = self._store.load(tenant_id, digest, len(texts))
+        if vectors is None:
+            vectors = self._embedded(texts)
+            self._store.save(tenant_id, digest, vectors)
         return vectors
 
-    def _build(self, passage: PassageLike, kept: tuple[str | None, str]) -> Units:
+    def _embedded(self, texts: list[str]) -> np.ndarray:
+        return np.asarray(self._embed(texts) if texts else [], dtype=np.float32).reshape(len(texts), -1)
+
+    def _build(self, passage: PassageLike, tenant_id: str | None, digest: str) -> Units:
         sentences = passage_sentences(passage.text)
         clauses = [c.strip() for s in sentences for c in re.split(r"[,;:]\s+", s) if len(c.split()) >= 3]
         pairs = [f"{a} {b}" for a, b in itertools.pairwise(sentences)]
@@ -210,7 +210,7 @@ class PassageUnits:
             texts=texts,
             negated=[negated_terms(t) for t in texts],
             single=np.asarray([t in singles for t in texts]),
-            vectors=self._vectors(texts, kept),
+            vectors=self._vectors(texts, tenant_id, digest),
             terms=frozenset(tokenize(plain)),
             all_terms=all_terms(plain),
             numbers=numbers_in(plain),

@@ -47,8 +47,8 @@ def tenants(request: pytest.FixtureRequest, graph: Graph) -> tuple[str, str]:
         graph.configure(database_url=request.getfixturevalue("pg_url"))
     migrate()
     with session_scope(cross_tenant="tests") as session:
-        return tuple(create_tenant(session, f"pv-{request.param}-{id(request)}-{n}").tenant.id  # type: ignore[return-value]
-                     for n in (1, 2))
+        first, second = (create_tenant(session, f"pv-{request.param}-{id(request)}-{n}").tenant.id for n in (1, 2))
+        return first, second
 
 
 def _checker(embed: Embed, model: str = "test-model/8") -> GroundingChecker:
