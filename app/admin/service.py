@@ -194,10 +194,11 @@ def list_documents(session: Session, tenant_id: str, pack_version: int | None) -
 
 
 def delete_document(session: Session, who: Principal, document_id: str, stores: Deps) -> None:
-    """Removes the document's file from every pack version (so a rollback cannot bring it back): its rows in
-    this transaction; its vectors, stored file and cached vectors before the commit, so a failure leaves it
-    listed and the call can simply be repeated (every delete is idempotent)."""
-    from app.knowledge.versions import delete_unreferenced
+    """Removes the document's file from every pack version (so a rollback cannot bring it back): its rows, and
+    the grounding check's kept vectors of its passages that no other chunk holds, in this transaction; its
+    vectors, stored file and cached vectors before the commit, so a failure leaves it listed and the call can
+    simply be repeated (every delete is idempotent)."""
+    from app.knowledge.versions import delete_unreferenced, forget_passage_vectors
 
     doc = _owned(session, Document, who.tenant_id, document_id, "document")
     copies = list(session.scalars(
@@ -218,6 +219,7 @@ def delete_document(session: Session, who: Principal, document_id: str, stores: 
     for copy in copies:
         session.delete(copy)
     session.flush()
+    forget_passage_vectors(session, who.tenant_id)
     stores.vectors.delete_where(who.tenant_id, {"document": doc.path})
     delete_unreferenced(session, stores.objects, who.tenant_id, keys)
 

@@ -3,11 +3,12 @@ and adjacent pairs with their terms, numbers and MiniLM embeddings. Embedding th
 passage) is the costliest part of a passage's first citation, so units are cached per passage text, and built
 once when several threads cite a passage for the first time at once (a burst of the same question after a
 start). Their vectors are also kept in the database (`StoredVectors`, table `passage_vectors`), per tenant and
-model, so a restart, an answering process or another replica reads them instead of embedding the passage again."""
+model, so a restart, an answering process or another replica reads them instead of embedding the passage again.
+Vectors of a text that no chunk of the tenant holds any more go when a document is deleted or a pack version pruned
+(`app.knowledge.versions.forget_passage_vectors`)."""
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import logging
 import re
@@ -33,6 +34,7 @@ from app.assistant.text_measures import (
     plain_text,
 )
 from app.db import session_scope
+from app.knowledge.ids import passage_digest
 from app.models import PassageVectors
 from app.providers.embeddings.sparse import tokenize
 
@@ -144,8 +146,7 @@ class PassageUnits:
         """The passage's units from the cache, else built by this thread, or by the thread building them already
         (once it is done; if it failed, this one tries). `tenant_id`: the passage's tenant, whose kept vectors
         are read and written (none without it)."""
-        # The text's digest, not `hash()`: the key must mean the same in every process sharing the cache.
-        digest = hashlib.blake2b(passage.text.encode(), digest_size=12).hexdigest()
+        digest = passage_digest(passage.text)
         key = f"{passage.chunk_id}:{digest}"
         while (hit := self._cached(key)) is None:
             with self._building_lock:

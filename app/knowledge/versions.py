@@ -11,7 +11,8 @@ Design (why it is simple and correct):
 - Unchanged documents are not embedded again: each document's dense vectors are cached in the object store
   under a key derived from the embedder and the exact texts embedded (`app/knowledge/embedcache.py`); a new
   version re-upserts them under its own ids. Upserting is cheap; embedding is what costs.
-- Old versions keep their points for rollback; past `pack_versions_kept` they are pruned (points and rows).
+- Old versions keep their points for rollback; past `pack_versions_kept` they are pruned (points and rows, and the
+  grounding check's kept vectors of passage texts no remaining chunk holds).
 
 Statuses: building | ready | live | retired (was live, can be rolled back to) | failed | pruned.
 """
@@ -23,7 +24,8 @@ from sqlalchemy.orm import Session
 
 from app.audit import record
 from app.knowledge.embedcache import companion_prefix
-from app.models import Chunk, Document, PackVersion, Tenant, new_id, utcnow
+from app.knowledge.ids import passage_digest
+from app.models import Chunk, Document, PackVersion, PassageVectors, Tenant, new_id, utcnow
 from app.providers.storage.base import ObjectStore
 from app.providers.vectors.base import VectorStore
 
@@ -147,7 +149,25 @@ def prune(session: Session, vectors: VectorStore, objects: ObjectStore, tenant_i
         row.status = "pruned"
         pruned.append(row.version)
     session.flush()
+    if pruned:
+        forget_passage_vectors(session, tenant_id)
     return pruned
+
+
+def forget_passage_vectors(session: Session, tenant_id: str) -> int:
+    """Delete the tenant's kept grounding vectors (`passage_vectors`, app/assistant/passage_units.py) of passage
+    texts that no chunk of any remaining version holds: a deleted document's, a pruned version's. Returns how many
+    rows went. A check that cited a passage just before its deletion may keep its vectors after this; the next
+    deletion or pruning takes them."""
+    live = {passage_digest(text) for text in session.scalars(
+        select(Chunk.text).where(Chunk.tenant_id == tenant_id).execution_options(yield_per=1000))}
+    kept = session.execute(select(PassageVectors.id, PassageVectors.digest)
+                           .where(PassageVectors.tenant_id == tenant_id))
+    gone = [row_id for row_id, digest in kept if digest not in live]
+    for start in range(0, len(gone), 500):  # bounded IN lists
+        session.execute(delete(PassageVectors).where(PassageVectors.tenant_id == tenant_id,
+                                                     PassageVectors.id.in_(gone[start:start + 500])))
+    return len(gone)
 
 
 def delete_unreferenced(session: Session, objects: ObjectStore, tenant_id: str, keys: set[str | None]) -> None:

@@ -1,6 +1,6 @@
 """Knowledge uploads through the admin API: refused uploads leave nothing behind; accepted ones run as a job
 (embedded: this process's ingestion thread; scale-out: an RQ worker on the real Redis) to real chunks and
-vectors, and a deleted document takes its vectors with it."""
+vectors, and a deleted document takes its vectors with it (and the grounding check's kept vectors of its passages)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,16 @@ import zipfile
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
+from app.assistant.passage_units import StoredVectors
 from app.bootstrap import container
+from app.db import session_scope
+from app.knowledge.ids import passage_digest
+from app.models import Chunk, PassageVectors
 from tests.admin.conftest import TenantKeys
 from tests.conftest import REDIS_TEST_URL, REPO, Graph
 
@@ -25,6 +31,17 @@ PACK = REPO / "tenants" / "northwind" / "knowledge"
 def backend(request: pytest.FixtureRequest) -> str:
     """Ingestion loads the embedder: once, on SQLite, is enough here (the scoping tests cover Postgres)."""
     return request.param  # type: ignore[no-any-return]
+
+
+def _chunk_text(tenant_id: str, document_id: str) -> str:
+    with session_scope(cross_tenant="tests") as session:
+        return session.scalars(select(Chunk.text).where(Chunk.tenant_id == tenant_id,
+                                                        Chunk.document_id == document_id)).first() or ""
+
+
+def _kept_digests(tenant_id: str) -> set[str]:
+    with session_scope(cross_tenant="tests") as session:
+        return set(session.scalars(select(PassageVectors.digest).where(PassageVectors.tenant_id == tenant_id)))
 
 
 def _zip(members: dict[str, bytes]) -> bytes:
@@ -155,6 +172,12 @@ def test_upload_is_ingested_by_a_job_and_documents_can_be_deleted(
     store = container().vector_store
     warranty = indexed["warranty.md"]
     assert store.count(tenant_a.id, {"document_id": warranty["id"]}) == warranty["chunks"] > 0
+    # The grounding check keeps the vectors of passages it cited: one of warranty.md's, one of faq.csv's (and B
+    # kept the same warranty text in a pack of its own).
+    cited = {path: _chunk_text(tenant_a.id, indexed[path]["id"]) for path in ("warranty.md", "faq.csv")}
+    for tenant_id, text in ((tenant_a.id, cited["warranty.md"]), (tenant_a.id, cited["faq.csv"]),
+                            (tenant_b.id, cited["warranty.md"])):
+        StoredVectors("test-model/2").save(tenant_id, passage_digest(text), np.ones((3, 2), dtype=np.float32))
     # B cannot delete A's document; A can, and its vectors and stored file go with it.
     assert client.delete(f"/admin/v1/knowledge/documents/{warranty['id']}",
                          headers=tenant_b.headers()).status_code == 404
@@ -162,6 +185,8 @@ def test_upload_is_ingested_by_a_job_and_documents_can_be_deleted(
     assert client.delete(f"/admin/v1/knowledge/documents/{warranty['id']}", headers=h).status_code == 204
     assert store.count(tenant_a.id, {"document_id": warranty["id"]}) == 0
     assert store.count(tenant_a.id) == job["chunks"] - warranty["chunks"]
+    assert _kept_digests(tenant_a.id) == {passage_digest(cited["faq.csv"])}
+    assert _kept_digests(tenant_b.id) == {passage_digest(cited["warranty.md"])}
     assert not [k for k in container().object_store.list(f"{tenant_a.id}/") if k.endswith("warranty.md")]
     left = client.get("/admin/v1/knowledge/documents", headers=h).json()["documents"]
     assert "warranty.md" not in {d["path"] for d in left}

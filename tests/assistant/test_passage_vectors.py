@@ -1,7 +1,7 @@
 """Passages' units vectors kept in the database (app/assistant/passage_units.py, `StoredVectors`, migration 0018):
 a restarted process, an answering process or a replica reads them instead of embedding the passage again; they
-are kept per tenant and model, and anything unreadable is embedded again. On SQLite and Postgres (row-level
-security on)."""
+are kept per tenant and model, anything unreadable is embedded again, and a text no chunk holds any more is
+forgotten when its pack version is pruned. On SQLite and Postgres (row-level security on)."""
 
 from __future__ import annotations
 
@@ -14,11 +14,14 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from app.assistant.grounding import GroundingChecker
 from app.assistant.passage_units import StoredVectors
 from app.db import migrate, session_scope
-from app.models import Base, PassageVectors
+from app.knowledge import versions
+from app.knowledge.ids import passage_digest
+from app.models import Base, Chunk, Document, PackVersion, PassageVectors, new_id
 from tests.assistant.helpers import SHIPPING_FAQ, FakePassage
 from tests.conftest import Graph
 from tests.knowledge.test_migration import _cfg, empty_db  # noqa: F401  (fixture)
@@ -118,3 +121,40 @@ def test_0018_matches_the_model_round_trips_and_holds_rows_to_their_tenant(empty
         command.upgrade(_cfg(url), "head")
     finally:
         engine.dispose()
+
+
+class _Stores:
+    """The vector and object stores `versions.prune` clears, as no-ops: only the database matters here."""
+
+    def delete_where(self, tenant_id: str, filters: dict) -> None: ...
+    def delete(self, key: str) -> None: ...
+    def list(self, prefix: str) -> list[str]:
+        return []
+
+
+def _version(session: Session, tenant_id: str, version: int, status: str, texts: list[str]) -> None:
+    session.add(PackVersion(id=new_id(), tenant_id=tenant_id, version=version, status=status))
+    doc = Document(id=new_id(), tenant_id=tenant_id, pack_version=version, path="faq.md", kind="markdown",
+                   content_hash=str(version))
+    session.add(doc)
+    session.flush()
+    session.add_all(Chunk(id=new_id(), tenant_id=tenant_id, document_id=doc.id, ordinal=i, text=text)
+                    for i, text in enumerate(texts))
+
+
+def test_pruning_a_version_forgets_the_vectors_only_it_held(tenants: tuple[str, str]) -> None:
+    tenant, other = tenants
+    gone, kept, live = "Old shipping: 9 days.", "Returns are free.", "We ship to Norway in 5 days."
+    with session_scope(tenant=tenant) as session:
+        _version(session, tenant, 1, "retired", [gone, kept])
+        _version(session, tenant, 2, "retired", [kept])
+        _version(session, tenant, 3, "live", [kept, live])
+    for tenant_id, text in ((tenant, gone), (tenant, kept), (tenant, live), (other, gone)):
+        StoredVectors("test-model/8").save(tenant_id, passage_digest(text), np.ones((2, 8), dtype=np.float32))
+    stores = _Stores()
+    with session_scope(tenant=tenant) as session:
+        assert versions.prune(session, stores, stores, tenant, keep=1) == [1]  # type: ignore[arg-type]
+    assert {row.digest for row in _kept(tenant)} == {passage_digest(kept), passage_digest(live)}
+    assert [row.digest for row in _kept(other)] == [passage_digest(gone)]  # another tenant's text stays its own
+    with session_scope(tenant=tenant) as session:  # nothing more to forget: nothing goes
+        assert versions.forget_passage_vectors(session, tenant) == 0
