@@ -36,6 +36,21 @@ def consumer_name(role: str) -> str:
     return f"{role}-{socket.gethostname()}-pid{os.getpid()}-t{threading.get_ident() % 10_000}"
 
 
+def warm_up(container: Container) -> None:
+    """Load the models every message needs before the first one is read: otherwise the customers who write first
+    after a start (a deploy, a crash) all wait for them, ~1 s on 2 cores (docs/benchmarks.md, "Tenth pass")."""
+    from app.assistant import language
+
+    if container.settings.pii_ner:
+        # Names and addresses on for every tenant: a missing extra stops the process here with the install
+        # command, instead of escalating every message (app/assistant/pii_ner.py).
+        container.pii_ner.recognizer()
+    warm = getattr(container.embedder, "warm", None)  # a model loaded on first use (a test's fake has none)
+    if warm is not None:
+        warm()
+    language.load()
+
+
 def build_consumers(container: Container, bus: Bus, stop: threading.Event, *, answer: bool = True,
                     deliver: bool = True) -> list[Consumer]:
     """The orchestrator's consumer (`answer`) and the dispatcher's (`deliver`)."""
@@ -45,10 +60,8 @@ def build_consumers(container: Container, bus: Bus, stop: threading.Event, *, an
     from app.conversations.redrive import mark_outbound_dead
 
     settings = container.settings
-    if settings.pii_ner and answer:
-        # Names and addresses on for every tenant: load the model now, so a missing extra stops the process with
-        # the install command instead of escalating every message (app/assistant/pii_ner.py).
-        container.pii_ner.recognizer()
+    if answer:
+        warm_up(container)
 
     def on_inbound_dead(delivery: Delivery, reason: str) -> None:
         message_id = _message_id(delivery)

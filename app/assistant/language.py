@@ -81,7 +81,8 @@ _detector: Any = None
 _lock = threading.Lock()
 
 
-def _top(text: str) -> tuple[str, float]:
+def load() -> Any:
+    """The detector, loaded on first use (or here, at a start)."""
     global _detector
     with _lock:
         if _detector is None:
@@ -90,5 +91,10 @@ def _top(text: str) -> tuple[str, float]:
             # `lite` only: the shipped model. max_input_length: the first 200 characters decide (the cost is per
             # character; a customer's first sentence is enough).
             _detector = LangDetector(LangDetectConfig(model="lite", max_input_length=200))
-    best = _detector.detect(text, model="lite", k=1)[0]
+            _detector.detect("warm up", model="lite", k=1)  # reads the model file
+        return _detector
+
+
+def _top(text: str) -> tuple[str, float]:
+    best = (_detector or load()).detect(text, model="lite", k=1)[0]
     return str(best["lang"]).lower(), float(best["score"])

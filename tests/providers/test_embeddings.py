@@ -107,3 +107,13 @@ def test_batches_are_bounded_by_count_and_by_tokens(embedder: MiniLMEmbedder) ->
     # 16 short texts at a time; a batch holding 256-token texts stops at 8 (16 * 128 tokens, padded to 256).
     assert sizes == [16, 8, 8, 8]
     assert sorted(i for b in big._batches(order, texts) for i in b) == list(range(40))
+
+
+def test_embedders_with_the_same_settings_share_one_loaded_model(tmp_path: Path, embedder: MiniLMEmbedder) -> None:
+    """A process loads the model once (a start-up's warm-up, then every container a test builds), per truncation."""
+    again = MiniLMEmbedder(cache_dir=tmp_path / "another-home", batch_size=16)
+    assert again._load() is embedder._load()
+    shorter = MiniLMEmbedder(cache_dir=tmp_path, max_tokens=64)
+    assert shorter._load() is not embedder._load()
+    assert len(shorter._load().model.tokenizer.encode("word " * 1000).ids) == 64
+    assert len(embedder._load().model.tokenizer.encode("word " * 1000).ids) == MAX_TOKENS  # untouched by it

@@ -39,6 +39,11 @@ QUERY_BATCH = 8
 QUERY_CALLS = 2
 
 _register_lock = threading.Lock()
+# Loaded models by (model folder's inputs, threads, truncation): every embedder of the process shares one (a
+# process builds one container, but tests build one per test, and the answering and ingest embedders may agree).
+# An onnxruntime session runs calls from many threads at once.
+_models: dict[tuple[str, int | None, int], Any] = {}
+_models_lock = threading.Lock()
 
 
 def installed_model_path() -> Path:
@@ -112,8 +117,16 @@ def _register_model() -> None:
         )
 
 
+def _check_truncation(model: Any) -> None:
+    tokenizer = getattr(getattr(model, "model", None), "tokenizer", None)
+    truncation = getattr(tokenizer, "truncation", None) or {}
+    if truncation.get("max_length") != MAX_TOKENS:
+        raise RuntimeError(f"tokenizer truncation is {truncation!r}, expected max_length={MAX_TOKENS}")
+
+
 class MiniLMEmbedder:
-    """The `Embedder` of embedded and scale-out mode alike. Thread-safe; loads the model on first use."""
+    """The `Embedder` of embedded and scale-out mode alike. Thread-safe; loads the model on first use (or `warm`),
+    once per process for all its instances with the same settings."""
 
     dim: int = DIM
     name: str = "all-MiniLM-L6-v2-int8"
@@ -144,30 +157,41 @@ class MiniLMEmbedder:
             self._embed_queries, max_batch=QUERY_BATCH, max_leaders=query_calls)
 
     def _load(self) -> Any:
-        with self._lock:
-            if self._model is None:
+        model = self._model
+        if model is None:
+            with self._lock:
+                if self._model is None:
+                    self._model = self._shared_model()
+                model = self._model
+        return model
+
+    def _shared_model(self) -> Any:
+        """The process's loaded model for this embedder's settings, loaded now if no embedder has yet (~0.4-1.1 s)."""
+        key = (_fingerprint(installed_model_path()), self.threads, self.max_tokens)
+        with _models_lock:
+            model: Any = _models.get(key)
+            if model is None:
                 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing may reach a model hub at run time
                 from fastembed import TextEmbedding
 
                 _register_model()
                 model_dir = prepare_model_dir(self.cache_dir)
-                self._model = TextEmbedding(
+                model = TextEmbedding(
                     model_name=MODEL_NAME,
                     cache_dir=str(self.cache_dir),
                     specific_model_path=str(model_dir),
                     threads=self.threads,
                     local_files_only=True,
                 )
-                self._check_truncation()
+                _check_truncation(model)
                 if self.max_tokens != MAX_TOKENS:
-                    self._model.model.tokenizer.enable_truncation(max_length=self.max_tokens)
-            return self._model
+                    model.model.tokenizer.enable_truncation(max_length=self.max_tokens)
+                _models[key] = model
+            return model
 
-    def _check_truncation(self) -> None:
-        tokenizer = getattr(getattr(self._model, "model", None), "tokenizer", None)
-        truncation = getattr(tokenizer, "truncation", None) or {}
-        if truncation.get("max_length") != MAX_TOKENS:
-            raise RuntimeError(f"tokenizer truncation is {truncation!r}, expected max_length={MAX_TOKENS}")
+    def warm(self) -> None:
+        """Load the model and run it once, so that the first question after a start does not wait for either."""
+        self.embed_query("warm up")
 
     def _batches(self, order: list[int], texts: Sequence[str], batch_size: int | None = None) -> list[list[int]]:
         """Batches of at most `batch_size` texts and at most `batch_size * 128` estimated tokens: short texts
