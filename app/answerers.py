@@ -192,8 +192,7 @@ def main(index: int) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    container.embedder.embed_query("warm up")  # load the model now, not on a customer's first question
-    roles = RoleThreads.start_answering(container)
+    roles = RoleThreads.start_answering(container)  # loads the models first (`warm_up`)
     while not stop.wait(1.0):
         if os.getppid() != invitation.parent_pid:
             log.warning("answering process %d: serve (pid %d) is gone; stopping", index, invitation.parent_pid)
