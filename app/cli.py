@@ -210,7 +210,7 @@ def _serve(host: str, port: int) -> None:
     from app.main import create_app
 
     settings = get_settings()
-    app = create_app(container=container())
+    app = create_app(container=container(), started=tune_gc)
     if settings.embedded:
         local = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104 - mapping, not binding
         other = operations.running_server()
@@ -225,7 +225,6 @@ def _serve(host: str, port: int) -> None:
         app.include_router(operator_router(token))
         app.include_router(knowledge_operator_router(token))
         operations.write_server_file(f"http://{local}:{port}", token)
-    tune_gc()
     try:
         uvicorn.run(app, host=host, port=port, **_uvicorn_options())
     finally:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -28,8 +28,10 @@ from app.outbox import start_relay, stop_threads
 log = logging.getLogger(__name__)
 
 
-def create_app(*, run_workers: bool | None = None, container: Container | None = None) -> FastAPI:
-    """`container`: the process's object graph (app/bootstrap.py); by default the process's own."""
+def create_app(*, run_workers: bool | None = None, container: Container | None = None,
+               started: Callable[[], None] | None = None) -> FastAPI:
+    """`container`: the process's object graph (app/bootstrap.py); by default the process's own. `started`: runs
+    at the end of the start-up, once the workers (and the models they load) are up (`serve`: `tune_gc`)."""
     from app.files import restrict_umask
 
     restrict_umask()  # whatever serves this app (uvicorn, gunicorn, tests) creates private files only
@@ -56,6 +58,8 @@ def create_app(*, run_workers: bool | None = None, container: Container | None =
         elif not settings.embedded:  # scale-out: the API writes too (inbound, decisions), so it relays its outbox
             relay.append(start_relay(container.bus, relay_stop))
         app.state.workers, app.state.answerers = workers, answerers
+        if started is not None:
+            started()
         try:
             yield
         finally:  # nothing this app started outlives it

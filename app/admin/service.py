@@ -215,11 +215,13 @@ def delete_document(session: Session, who: Principal, document_id: str, stores: 
     )
     keys: set[str | None] = {k for c in copies for k in (c.object_key, c.vectors_key)}
     ids = [c.id for c in copies]
+    texts = list(session.scalars(select(Chunk.text).where(Chunk.document_id.in_(ids),
+                                                          Chunk.tenant_id == who.tenant_id)))
     session.query(Chunk).filter(Chunk.document_id.in_(ids), Chunk.tenant_id == who.tenant_id).delete()
     for copy in copies:
         session.delete(copy)
     session.flush()
-    forget_passage_vectors(session, who.tenant_id)
+    forget_passage_vectors(session, who.tenant_id, texts)
     stores.vectors.delete_where(who.tenant_id, {"document": doc.path})
     delete_unreferenced(session, stores.objects, who.tenant_id, keys)
 

@@ -90,8 +90,9 @@ def load() -> Any:
 
             # `lite` only: the shipped model. max_input_length: the first 200 characters decide (the cost is per
             # character; a customer's first sentence is enough).
-            _detector = LangDetector(LangDetectConfig(model="lite", max_input_length=200))
-            _detector.detect("warm up", model="lite", k=1)  # reads the model file
+            detector = LangDetector(LangDetectConfig(model="lite", max_input_length=200))
+            detector.detect("warm up", model="lite", k=1)  # reads the model file
+            _detector = detector  # published once it works: `_top` reads it without the lock
         return _detector
 
 

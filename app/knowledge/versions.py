@@ -19,6 +19,8 @@ Statuses: building | ready | live | retired (was live, can be rolled back to) | 
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
@@ -140,34 +142,48 @@ def prune(session: Session, vectors: VectorStore, objects: ObjectStore, tenant_i
     in progress). Their stored files go too unless a kept version still uses them."""
     candidates = [v for v in list_versions(session, tenant_id) if v.status in ("ready", "retired", "failed")]
     pruned = []
+    texts: list[str] = []  # the pruned chunks' texts, whose kept grounding vectors may go with them
     for row in candidates[max(keep, 0):]:
         keys = set(session.scalars(select(Document.object_key).where(
             Document.tenant_id == tenant_id, Document.pack_version == row.version, Document.object_key.is_not(None)
         )))
+        texts += session.scalars(select(Chunk.text).join(Document, Document.id == Chunk.document_id).where(
+            Chunk.tenant_id == tenant_id, Document.tenant_id == tenant_id, Document.pack_version == row.version))
         clear_version(session, vectors, tenant_id, row.version)
         delete_unreferenced(session, objects, tenant_id, keys)
         row.status = "pruned"
         pruned.append(row.version)
     session.flush()
-    if pruned:
-        forget_passage_vectors(session, tenant_id)
+    forget_passage_vectors(session, tenant_id, texts)
     return pruned
 
 
-def forget_passage_vectors(session: Session, tenant_id: str) -> int:
-    """Delete the tenant's kept grounding vectors (`passage_vectors`, app/assistant/passage_units.py) of passage
-    texts that no chunk of any remaining version holds: a deleted document's, a pruned version's. Returns how many
-    rows went. A check that cited a passage just before its deletion may keep its vectors after this; the next
-    deletion or pruning takes them."""
-    live = {passage_digest(text) for text in session.scalars(
-        select(Chunk.text).where(Chunk.tenant_id == tenant_id).execution_options(yield_per=1000))}
-    kept = session.execute(select(PassageVectors.id, PassageVectors.digest)
-                           .where(PassageVectors.tenant_id == tenant_id))
-    gone = [row_id for row_id, digest in kept if digest not in live]
-    for start in range(0, len(gone), 500):  # bounded IN lists
+def forget_passage_vectors(session: Session, tenant_id: str, texts: Iterable[str]) -> int:
+    """Delete the tenant's kept grounding vectors (`passage_vectors`, app/assistant/passage_units.py) of these
+    passage texts, those of chunks just deleted (a document's, a pruned version's), unless a remaining chunk of
+    the tenant holds the same text (a kept version for a rollback, another document). Call it once the deletion is
+    flushed. The work grows with what was deleted and had vectors, not with the tenant's pack. Returns how many
+    rows went. (A check that cited a passage just before its deletion may keep its vectors after this; they go
+    with the tenant.)"""
+    by_digest = {passage_digest(text): text for text in texts}
+    kept: list[tuple[str, str]] = []
+    for part in _parts(list(by_digest)):
+        kept += session.execute(select(PassageVectors.id, PassageVectors.digest).where(
+            PassageVectors.tenant_id == tenant_id, PassageVectors.digest.in_(part))).tuples()
+    held: set[str] = set()
+    for part in _parts(list({by_digest[digest] for _, digest in kept}), size=100):  # texts: smaller statements
+        held.update(session.scalars(select(Chunk.text).where(Chunk.tenant_id == tenant_id, Chunk.text.in_(part))))
+    gone = [row_id for row_id, digest in kept if by_digest[digest] not in held]
+    for part in _parts(gone):
         session.execute(delete(PassageVectors).where(PassageVectors.tenant_id == tenant_id,
-                                                     PassageVectors.id.in_(gone[start:start + 500])))
+                                                     PassageVectors.id.in_(part)))
     return len(gone)
+
+
+def _parts(items: list[str], size: int = 500) -> Iterator[list[str]]:
+    """Bounded IN lists."""
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
 
 
 def delete_unreferenced(session: Session, objects: ObjectStore, tenant_id: str, keys: set[str | None]) -> None:

