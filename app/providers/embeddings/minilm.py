@@ -151,20 +151,15 @@ class MiniLMEmbedder:
         self.batch_size = batch_size
         self.threads = threads
         self._model: Any = None
-        self._lock = threading.Lock()
         # Queries of concurrent messages, and replies' sentences, share model calls
         # (app/providers/embeddings/batching.py).
         self.queries: MicroBatcher[_Request, list[list[float]]] = MicroBatcher(
             self._embed_queries, max_batch=QUERY_BATCH, max_leaders=query_calls)
 
     def _load(self) -> Any:
-        model = self._model
-        if model is None:
-            with self._lock:
-                if self._model is None:
-                    self._model = self._shared_model()
-                model = self._model
-        return model
+        if self._model is None:  # threads racing here get the same model: `_shared_model` loads it once
+            self._model = self._shared_model()
+        return self._model
 
     def _shared_model(self) -> Any:
         """The process's loaded model for this embedder's settings, loaded now if no embedder has yet (~0.4-1.1 s)."""
