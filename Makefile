@@ -23,8 +23,10 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# One pytest worker per core, at most 4: each worker loads the models, and its tests start servers and open
+# databases of their own (tests/conftest.py gives every worker its own Postgres database and Redis keys).
 unit: $(STAMP)
-	$(BIN)/pytest -q --durations=25
+	$(BIN)/pytest -q -n auto --maxprocesses=4 --durations=25
 
 bench: $(STAMP)  ## benchmarks; results go to docs/benchmarks.md by hand, with machine and date
 	$(BIN)/python benchmarks/retrieval_covid.py

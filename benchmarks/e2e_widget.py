@@ -400,6 +400,15 @@ async def run_level(server: Server, widget: str, questions: list[str], concurren
     }
 
 
+def machine_speed() -> float:
+    """Seconds a pure-Python loop of 20 M additions takes: these VMs' speed differs by up to ~3x between sessions
+    and drifts within one, so every report carries it, taken before and after the levels."""
+    started, total = time.perf_counter(), 0
+    for i in range(20_000_000):
+        total += i
+    return round(time.perf_counter() - started, 2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--levels", default="1,8,32,128")
@@ -431,6 +440,7 @@ def main() -> None:
         uvloop.install()
     except ImportError:
         pass
+    speed_before = machine_speed()
     home = Path(tempfile.mkdtemp(prefix="sb-bench-widget-"))
     results: list[dict[str, Any]] = []
     try:
@@ -472,11 +482,13 @@ def main() -> None:
             if services:
                 drop_database(args.database_url, services["SWITCHBOARD_DATABASE_URL"])
 
+    speed_after = machine_speed()
     print(f"\n{platform.node()} {platform.machine()}, {os.cpu_count()} cores, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
           f"python {platform.python_version()}, transport {args.transport}, "
           f"{'every question unique' if args.unique_questions else 'the eval questions repeated'}, "
           f"{'Postgres' if args.database_url else 'SQLite'}; "
-          f"load generator on the same machine")
+          f"load generator on the same machine; a pure-Python loop of 20 M additions took {speed_before} s before "
+          f"and {speed_after} s after")
     print("| LLM | concurrency | replies | req/s | p50 ms | p95 ms | p99 ms | errors | escalated | server CPU ms/msg "
           "| server peak RSS MB |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")

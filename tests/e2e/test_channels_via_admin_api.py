@@ -75,10 +75,25 @@ class Channel:
         raise NotImplementedError
 
     def close(self) -> None:
+        # The module's stack outlives this fake provider: a reply still being sent when it closed would fail,
+        # and the dispatcher's error would be logged into the next test.
+        wait("every reply settled", lambda: not unsettled_replies())
         if self.account:  # the examples' provider ids are fixed: free them for the next test
             self.stack.client.delete(f"/admin/v1/channels/{self.account['id']}", headers=self.admin)
         if self.fake is not None:
             self.fake.close()
+
+
+def unsettled_replies() -> list[tuple[str, str]]:
+    """Outbound messages the dispatcher has yet to send, as (channel, text)."""
+    from sqlalchemy import select
+
+    from app.db import session_scope
+    from app.models import Message
+
+    with session_scope(cross_tenant="tests") as session:
+        return [(c, t) for c, t in session.execute(select(Message.channel, Message.text).where(
+            Message.direction == "out", Message.status == "pending"))]
 
 
 class Webchat(Channel):
