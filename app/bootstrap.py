@@ -77,6 +77,11 @@ class Container:
                 self._built[name] = build()
             return self._built[name]
 
+    def built(self, name: str) -> Any | None:
+        """The service if this process has built it (a hook that must not build one just to reach it), else None."""
+        with self._lock:
+            return self._built.get(name)
+
     def use(self, name: str, service: Any) -> Any:
         """Swap in one service (a test that changed a setting after start-up); returns the old one, not closed."""
         with self._lock:
@@ -256,7 +261,7 @@ class Container:
             from app.knowledge.retrieval import Retriever
 
             return Retriever(self.embedder, self.sparse_encoder, self.vector_store,
-                             QueryCache(self.settings.embed_query_cache))
+                             QueryCache(self.settings.embed_query_cache, self.settings.embed_query_cache_ttl_s))
         return self._get("retriever", build)
 
     @property

@@ -166,9 +166,12 @@ class Settings(BaseSettings):
     retrieval_top_k: int = Field(default=5, validation_alias=_env("RETRIEVAL_TOP_K"))
     history_turns: int = Field(default=6, validation_alias=_env("HISTORY_TURNS"))
     embed_batch_size: int = Field(default=16, validation_alias=_env("EMBED_BATCH_SIZE"))
-    # Questions whose query embedding each process keeps, per tenant and pack version, least recently used out
-    # first (app/knowledge/query_cache.py: ~6.5 KB each); 0 turns the cache off.
+    # Questions whose query embedding each process keeps, per tenant and pack version, the oldest out first
+    # (app/knowledge/query_cache.py: ~6.5 KB each); 0 turns the cache off. Each is kept at most the TTL's seconds:
+    # the vectors come from a customer's words, and must not outlive their erasure by more than that.
     embed_query_cache: int = Field(default=4096, ge=0, validation_alias=_env("EMBED_QUERY_CACHE"))
+    embed_query_cache_ttl_s: float = Field(default=600.0, gt=0, le=86400,
+                                           validation_alias=_env("EMBED_QUERY_CACHE_TTL_S"))
     # Threads that call the embedder at once during ingestion (app/knowledge/pipeline.py), each running one
     # onnxruntime thread (see app/providers/embeddings/minilm.py); 0 is one per core. Unset: one per core where
     # ingesting is all the process does (`switchboard ingest` with no server running, `switchboard worker`), one

@@ -166,7 +166,7 @@ class GroundingChecker:
             if passages and r.factual:
                 measured.setdefault(r.text, []).extend(self._units(p, tenant_id) for p in passages)
         vectors = self.sentence_vectors(measured)
-        scored = [self._score(r, cited, own, vectors.get(r.text)) for r in sentences]
+        scored = [self._score(r, cited, own, vectors.get(r.text), tenant_id) for r in sentences]
         cites_nothing = not any(s.citations for s in scored if 0 < min(s.citations, default=0) <= len(cited))
         grounded = not cites_nothing and all(s.supported for s in scored if s.factual)
         return Verdict(grounded=grounded, sentences=scored, cites_nothing=cites_nothing)
@@ -177,13 +177,13 @@ class GroundingChecker:
         return self._score(_Reading.of(sentence, numbers, persona_words), cited, persona_words, vector)
 
     def _score(self, r: _Reading, cited: Sequence[PassageLike], persona_words: frozenset[str],
-               vector: Sequence[float] | np.ndarray | None) -> SentenceCheck:
+               vector: Sequence[float] | np.ndarray | None, tenant_id: str | None = None) -> SentenceCheck:
         if not r.factual:
             return SentenceCheck(r.text, r.citations, factual=False, supported=True)
         passages = [cited[n - 1] for n in r.citations if 0 < n <= len(cited)]
         if not passages:
             return SentenceCheck(r.text, r.citations, True, False, "no_citation")
-        measures = self._measure(r, passages, persona_words, vector)
+        measures = self._measure(r, passages, persona_words, vector, tenant_id)
         return SentenceCheck(r.text, r.citations, True, measures.problem is None, measures.problem,
                              measures.coverage, measures.similarity)
 
@@ -194,8 +194,8 @@ class GroundingChecker:
         return self._measure(_Reading.of(sentence, [], persona_words), passages, persona_words, vector)
 
     def _measure(self, r: _Reading, passages: Sequence[PassageLike], persona_words: frozenset[str],
-                 vector: Sequence[float] | np.ndarray | None) -> Measures:
-        units = [self._units(p) for p in passages]
+                 vector: Sequence[float] | np.ndarray | None, tenant_id: str | None = None) -> Measures:
+        units = [self._units(p, tenant_id) for p in passages]
         sentence, clean, terms = r.text, r.clean, r.terms
         known_terms = frozenset().union(*(u.terms for u in units))
         coverage = share_known(terms, known_terms)

@@ -75,6 +75,11 @@ def erase_contact(contact: str, who: Admin, services: Services) -> ErasedOut:
         lambda db: privacy.erase(db, who.tenant_id, contact, who.actor))
     on_bus = privacy.erase_bus_entries(services.bus, who.tenant_id, [*messages, *conversations])
     flush_deleted()
+    # Their questions' embeddings may be in this process's query cache: the tenant's go now (other processes'
+    # expire within EMBED_QUERY_CACHE_TTL_S; app/knowledge/query_cache.py).
+    retriever = services.built("retriever")
+    if retriever is not None and retriever.query_cache is not None:
+        retriever.query_cache.forget_tenant(who.tenant_id)
     return ErasedOut(**{**erased.as_json(), "bus_entries": on_bus})
 
 

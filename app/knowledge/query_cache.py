@@ -11,17 +11,23 @@ An entry is keyed by
   get exactly the vectors the model gives either. An embedder that cannot tokenize is keyed by the exact text.
   The key keeps a digest of the ids, not the question.
 
-Least recently used out first; `size` 0 turns it off (`EMBED_QUERY_CACHE`). One entry is about 6.5 KB (the two
-vectors as float64 arrays), so the default 4,096 hold ~27 MB. Thread-safe: two threads missing the same key at
-once both embed it (the micro-batcher puts them in one model call) and the second store wins.
+An entry lives `ttl_s` (`EMBED_QUERY_CACHE_TTL_S`, 10 minutes) from when it was stored, hit or not: a query's
+vectors are derived from a customer's words, so they must not outlive the customer's erasure or the tenant's
+retention policy by more than that, in any process. Expired entries leave memory at the process's next question;
+`forget_tenant` drops a tenant's at once (the process that erases a contact calls it). Entries are kept in the
+order they were stored, so the oldest go first, by age or when `size` is reached; `size` 0 turns the cache off
+(`EMBED_QUERY_CACHE`). One entry is about 6.5 KB (the two vectors as float64 arrays), so the default 4,096 hold
+~27 MB. Thread-safe: two threads missing the same key at once both embed it (the micro-batcher puts them in one
+model call) and the second store wins.
 """
 
 from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -31,16 +37,23 @@ from app.knowledge.termstats import TermStats
 from app.providers.embeddings.base import Embedder, TokenWeightingEmbedder
 
 QueryVectors = tuple[list[float], list[float] | None]  # (plain, IDF-weighted or None), as termstats.query_vectors
+TTL_S = 600.0
+_Key = tuple[str, int | None, bytes]  # tenant, pack version, digest of the question's token ids
 
 
 class QueryCache:
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, ttl_s: float = TTL_S, clock: Callable[[], float] = time.monotonic) -> None:
         if size < 0:
             raise ValueError("the query cache size must be 0 (off) or more")
+        if ttl_s <= 0:
+            raise ValueError("the query cache's time to live must be more than 0 seconds")
         self.size = size
+        self.ttl_s = ttl_s
         self.hits = 0
         self.misses = 0
-        self._entries: OrderedDict[Hashable, tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
+        self._clock = clock
+        # key -> (when stored, plain, weighted), oldest first
+        self._entries: OrderedDict[_Key, tuple[float, np.ndarray, np.ndarray | None]] = OrderedDict()
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -55,28 +68,41 @@ class QueryCache:
             return termstats.query_vectors(embedder, query, stats)
         key = _key(tenant_id, version if stats is not None else None, embedder, query)
         with self._lock:
+            self._expire(self._clock())
             found = self._entries.get(key)
             if found is not None:
-                self._entries.move_to_end(key)
                 self.hits += 1
             else:
                 self.misses += 1
         metrics.query_embedding("hit" if found is not None else "miss")
         if found is not None:
-            plain, weighted = found
+            _, plain, weighted = found
             return plain.tolist(), None if weighted is None else weighted.tolist()
         vectors = termstats.query_vectors(embedder, query, stats)
         entry = (np.asarray(vectors[0], dtype=np.float64),
                  None if vectors[1] is None else np.asarray(vectors[1], dtype=np.float64))
         with self._lock:
-            self._entries[key] = entry
-            self._entries.move_to_end(key)
+            self._entries.pop(key, None)
+            self._entries[key] = (self._clock(), *entry)
             while len(self._entries) > self.size:
                 self._entries.popitem(last=False)
         return vectors
 
+    def forget_tenant(self, tenant_id: str) -> None:
+        """Drops every entry of the tenant (a contact of theirs was erased)."""
+        with self._lock:
+            for key in [k for k in self._entries if k[0] == tenant_id]:
+                del self._entries[key]
 
-def _key(tenant_id: str, version: int | None, embedder: Embedder, query: str) -> Hashable:
+    def _expire(self, now: float) -> None:
+        while self._entries:
+            stored_at = next(iter(self._entries.values()))[0]
+            if now - stored_at < self.ttl_s:
+                return
+            self._entries.popitem(last=False)
+
+
+def _key(tenant_id: str, version: int | None, embedder: Embedder, query: str) -> _Key:
     if isinstance(embedder, TokenWeightingEmbedder):
         [ids] = embedder.tokens([query])
         text = np.asarray(ids, dtype=np.int32).tobytes()

@@ -24,7 +24,7 @@ from app.assistant.text_measures import (
     plain_text,
     split_cited,
 )
-from app.providers.embeddings.sparse import STOPWORDS, _stemmer, tokenize
+from app.providers.embeddings.sparse import STOPWORDS, _cached_stem, _stemmer, tokenize
 from tests.assistant.helpers import PERSONA
 
 NORTHWIND = Path(__file__).resolve().parents[2] / "tenants" / "northwind"
@@ -63,6 +63,16 @@ def test_tokenize_with_remembered_stems_is_the_stemmer_word_by_word() -> None:
         words = [w for w in re.findall(r"\w+", text.lower().replace("'", "").replace("\u2019", ""))
                  if w not in STOPWORDS]
         assert tokenize(text) == [_stemmer().stem_word(w) for w in words]
+
+
+def test_numbers_and_long_tokens_are_stemmed_but_not_remembered() -> None:
+    """A customer's card, order or phone number never stays in the process-wide stem cache (it would outlive the
+    contact's erasure), nor does a message-long token (it would take kilobytes of the cache's bounded count)."""
+    text = "My card 4111111111111111 was charged twice for order A12B34, call +44 7700 900123 " + "x" * 4000
+    _cached_stem.cache_clear()
+    words = [w for w in re.findall(r"\w+", text.lower()) if w not in STOPWORDS]
+    assert tokenize(text) == [_stemmer().stem_word(w) for w in words]
+    assert _cached_stem.cache_info().currsize == len({"card", "charged", "twice", "order", "call"})
 
 
 def _without_lookahead(pattern: re.Pattern[str]) -> re.Pattern[str]:

@@ -93,6 +93,20 @@ def test_kept_vectors_are_the_tenants_own_and_the_models(tenants: tuple[str, str
     assert untagged.calls == 1 and len(_kept(tenant)) == 2
 
 
+def test_a_passage_evicted_during_a_check_is_read_back_not_embedded(tenants: tuple[str, str]) -> None:
+    """A checker whose cache holds fewer passages than a reply cites loses the first between reading the units and
+    measuring the sentences against them: it reads them back from the tenant's kept vectors again."""
+    tenant, _ = tenants
+    returns = FakePassage("c3", "returns.md", "", "Returns are free within 30 days. We refund in 5 days.", 0.6)
+    for passage in (SHIPPING, returns):
+        _checker(Embed())._units(passage, tenant)
+    units, sentences = Embed(), Embed()
+    checker = GroundingChecker(units, embed_sentences=sentences, cache_size=1, store=StoredVectors("test-model/8"))
+    checker.check("We ship to Norway in 5 days [1]. Returns are free within 30 days [2].", [SHIPPING, returns],
+                  tenant_id=tenant)
+    assert units.calls == 0
+
+
 def test_vectors_of_another_shape_are_embedded_again(tenants: tuple[str, str]) -> None:
     tenant, _ = tenants
     units = _checker(Embed())._units(SHIPPING, tenant)

@@ -70,6 +70,19 @@ def _bus_strings(stack: Stack) -> list[str]:
     return out
 
 
+def _cached_questions(slug: str) -> list[object]:
+    """The tenant's entries in the process's query-embedding cache (vectors of its customers' questions)."""
+    from app.bootstrap import container
+    from app.db import session_scope
+    from app.models import Tenant
+
+    with session_scope(cross_tenant="tests") as session:
+        tenant_id = session.scalars(select(Tenant.id).where(Tenant.slug == slug)).one()
+    cache = container().retriever.query_cache
+    assert cache is not None
+    return [key for key in cache._entries if key[0] == tenant_id]
+
+
 def _needles(external_id: str) -> list[str]:
     return [EMAIL, PHONE, "771-XQ", "parcel 9QZ-THREE", external_id]
 
@@ -103,6 +116,7 @@ def test_export_then_erase_leaves_nothing_of_the_contact(stack: Stack, caplog: p
     before = " ".join(v for _, _, v in _every_stored_string())
     assert all(n in before for n in _needles(external_id))
     assert any(EMAIL in s for s in _bus_strings(stack))
+    assert _cached_questions("northwind")
 
     caplog.clear()
     caplog.set_level(logging.DEBUG)
@@ -117,6 +131,7 @@ def test_export_then_erase_leaves_nothing_of_the_contact(stack: Stack, caplog: p
     assert [s for s in _bus_strings(stack) if any(n in s for n in _needles(external_id))] == []
     objects = [p for p in (stack.home / "objects").rglob("*") if p.is_file()]
     assert [p for p in objects if any(n.encode() in p.read_bytes() for n in _needles(external_id))] == []
+    assert _cached_questions("northwind") == []  # their questions' embeddings went with them
     other.send("And one more question about returns?", "c3")  # life goes on: more log lines after the erase
     other.wait_for(lambda ms: len(replies(ms)) >= 3, timeout=60)
     logged = "\n".join(r.getMessage() + str(r.__dict__) for r in caplog.records)

@@ -103,17 +103,56 @@ def test_the_weighted_query_is_per_pack_version_and_the_plain_one_is_not(
     assert embedder.calls == 3
 
 
-def test_the_least_recently_used_question_goes_first_and_the_size_is_bounded(
+def test_the_oldest_question_goes_first_and_the_size_is_bounded(
     embedder: CountingEmbedder, stats: TermStats
 ) -> None:
     cache = QueryCache(2)
-    for question in ("refunds", "shipping", "refunds", "warranty"):  # "shipping" is the least recently used
+    for question in ("refunds", "shipping", "refunds", "warranty"):  # "refunds" was stored first, hit or not
         cache.query_vectors(embedder, "acme", question, stats, 1)
     assert len(cache) == 2 and embedder.calls == 3
-    cache.query_vectors(embedder, "acme", "refunds", stats, 1)
-    assert embedder.calls == 3
     cache.query_vectors(embedder, "acme", "shipping", stats, 1)
+    assert embedder.calls == 3
+    cache.query_vectors(embedder, "acme", "refunds", stats, 1)
     assert embedder.calls == 4 and len(cache) == 2
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_an_entry_lives_its_time_to_live_from_when_it_was_stored_hit_or_not(
+    embedder: CountingEmbedder, stats: TermStats
+) -> None:
+    """A query's vectors come from a customer's words: asked again or not, they leave memory once their time is up,
+    so they never outlive the customer's erasure or retention by more than that, in any process."""
+    clock = Clock()
+    cache = QueryCache(16, ttl_s=600, clock=clock)
+    first = cache.query_vectors(embedder, "acme", "refunds", stats, 1)
+    clock.now += 599
+    assert cache.query_vectors(embedder, "acme", "refunds", stats, 1) == first and embedder.calls == 1
+    cache.query_vectors(embedder, "acme", "shipping", stats, 1)
+    clock.now += 1  # "refunds" is 600 s old, "shipping" 1 s
+    cache.query_vectors(embedder, "globex", "warranty", stats, 1)
+    assert len(cache) == 2  # "refunds" left memory at the next question, before it was asked again
+    assert cache.query_vectors(embedder, "acme", "refunds", stats, 1) == first and embedder.calls == 4
+    with pytest.raises(ValueError, match="more than 0 seconds"):
+        QueryCache(16, ttl_s=0)
+
+
+def test_forgetting_a_tenant_drops_its_entries_only(embedder: CountingEmbedder, stats: TermStats) -> None:
+    cache = QueryCache(16)
+    for tenant, question in (("acme", "refunds"), ("acme", "shipping"), ("globex", "refunds")):
+        cache.query_vectors(embedder, tenant, question, stats, 1)
+    cache.forget_tenant("acme")
+    assert len(cache) == 1
+    cache.query_vectors(embedder, "globex", "refunds", stats, 1)
+    assert embedder.calls == 3
+    cache.query_vectors(embedder, "acme", "refunds", stats, 1)
+    assert embedder.calls == 4
 
 
 def test_size_zero_turns_the_cache_off(embedder: CountingEmbedder, stats: TermStats) -> None:
