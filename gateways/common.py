@@ -112,9 +112,11 @@ def _known_account(services: Container, channel: str, external_id: str) -> tuple
 
 
 def _reload_account(services: Container, channel: str, external_id: str) -> Account | None:
+    # The cache is taken before the read: an admin change committed meanwhile drops this one (`forget_shared`), so
+    # what was read goes into the orphaned cache, never into the fresh one as if it were current.
+    routing = _routing(services)
     now = time.monotonic()
     account = _load_account(channel, external_id)
-    routing = _routing(services)
     with routing.lock:
         if len(routing.accounts) > 10_000:
             routing.accounts.clear()

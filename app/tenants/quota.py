@@ -53,6 +53,7 @@ class QuotaGate:
         self._seen: dict[str, _Seen] = {}
         self._refreshing: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
+        self._forgets = 0  # bumped by `forget`: a read begun before one may hold the old plan, and is not stored
 
     def plan(self, tenant_id: str) -> Plan:
         return self._state(tenant_id).plan
@@ -85,6 +86,7 @@ class QuotaGate:
     def forget(self, tenant_id: str | None = None) -> None:
         """Drop what this process read (a plan changed here; tests)."""
         with self._lock:
+            self._forgets += 1
             if tenant_id is None:
                 self._seen.clear()
             else:
@@ -97,12 +99,17 @@ class QuotaGate:
         with self._lock:
             refreshing = self._refreshing.setdefault(tenant_id, threading.Lock())
         with refreshing:  # one read per tenant at a time: concurrent handlers then share one count
-            seen = self._seen.get(tenant_id)
-            if seen is not None and self._fresh(seen):
-                return seen
-            seen = self._read(tenant_id, self._clock())
-            self._seen[tenant_id] = seen
-            return seen
+            while True:
+                seen = self._seen.get(tenant_id)
+                if seen is not None and self._fresh(seen):
+                    return seen
+                with self._lock:
+                    forgets = self._forgets
+                seen = self._read(tenant_id, self._clock())
+                with self._lock:
+                    if self._forgets == forgets:  # else a plan changed during the read: read it again
+                        self._seen[tenant_id] = seen
+                        return seen
 
     def _fresh(self, seen: _Seen) -> bool:
         return self._clock() - seen.read_at < self.cache_s and self._now() < seen.period.end

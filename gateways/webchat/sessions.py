@@ -84,33 +84,48 @@ def _duration(seconds: int) -> str:
 
 
 # A visitor presents the same token with every send and read: a token verified in the last VERIFIED_TTL_S is
-# taken from here, until its own expiry. Keyed by the signing key too, so a token is never trusted under a key
-# other than the one that verified it. Only successes are kept; renewal (with its grace period) always decodes.
+# taken from here, until its own expiry, while the key that verified it is still in the keyring. So removing a
+# signing key from the keyring ends the sessions it signed at this process's next keyring reload (app/keys.py,
+# RELOAD_S), not a cache lifetime later, and a rotation (which only adds a first key) keeps every entry. Only
+# successes are kept; renewal (with its grace period) always decodes.
 VERIFIED_TTL_S = 60.0
 VERIFIED_MAX = 10_000
-_verified: dict[tuple[bytes, str, str], tuple[float, int, Visitor]] = {}  # -> (cached until, exp, visitor)
+# (widget, token) -> (cached until, exp, visitor, the sub-keys it may have been verified under)
+_verified: dict[tuple[str, str], tuple[float, int, Visitor, tuple[bytes, ...]]] = {}
 _verified_lock = threading.Lock()
 
 
 def verify(widget_id: str, token: str, *, renewing: bool = False) -> Visitor:
     """The visitor a token of this widget names, or TokenError. `renewing` accepts a token up to
     WIDGET_SESSION_RENEW_GRACE_S past its expiry."""
-    cache_key = (_keys()[0][1], widget_id, token)
+    cache_key = (widget_id, token)
+    ring = _keys()
     now = time.time()
     if not renewing:
         hit = _verified.get(cache_key)
-        if hit is not None and now < hit[0] and now < hit[1]:
+        if hit is not None and now < hit[0] and now < hit[1] and _all_kept(hit[3], ring):
             return hit[2]
-    visitor, expires = _decode(widget_id, token, renewing)
+    visitor, expires = _decode(widget_id, token, renewing, ring)
     if not renewing:
         with _verified_lock:
             if len(_verified) >= VERIFIED_MAX:
                 _verified.clear()
-            _verified[cache_key] = (now + VERIFIED_TTL_S, expires, visitor)
+            _verified[cache_key] = (now + VERIFIED_TTL_S, expires, visitor, _verifiers(token, ring))
     return visitor
 
 
-def _decode(widget_id: str, token: str, renewing: bool) -> tuple[Visitor, int]:
+def _verifiers(token: str, ring: list[tuple[str, bytes]]) -> tuple[bytes, ...]:
+    # The keys keys.decode_jwt tried for this token: the one its `kid` names, or (no such kid: a token from before
+    # kids) every key, all of which must then stay for the cached entry to count.
+    kid = jwt.get_unverified_header(token).get("kid")
+    return tuple(key for name, key in ring if name == kid) or tuple(key for _, key in ring)
+
+
+def _all_kept(verifiers: tuple[bytes, ...], ring: list[tuple[str, bytes]]) -> bool:
+    return all(any(key == kept for _, kept in ring) for key in verifiers)
+
+
+def _decode(widget_id: str, token: str, renewing: bool, ring: list[tuple[str, bytes]]) -> tuple[Visitor, int]:
     settings = get_settings()
     sessions_url = f"POST /widget/v1/{widget_id}/sessions"
     leeway = settings.widget_session_renew_grace_s if renewing else 0
@@ -118,7 +133,7 @@ def _decode(widget_id: str, token: str, renewing: bool) -> tuple[Visitor, int]:
         raise TokenError(f"invalid session token for this widget: start a session with {sessions_url}")
     try:
         claims = keys.decode_jwt(
-            token, _keys(), algorithms=[ALGORITHM], audience=_audience(widget_id), issuer=ISSUER, leeway=leeway,
+            token, ring, algorithms=[ALGORITHM], audience=_audience(widget_id), issuer=ISSUER, leeway=leeway,
             options={"require": ["exp", "iat", "sub", "aud", "iss"]},
         )
     except jwt.ExpiredSignatureError:

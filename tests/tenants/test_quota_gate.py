@@ -8,6 +8,7 @@ import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -115,3 +116,40 @@ def test_the_plans_messages_per_minute_apply(tenants: tuple[str, str, str]) -> N
     refused = gate.check_message(a)
     assert refused is not None and "at most 2 messages handled per tenant" in refused and "per minute" in refused
     assert gate.check_message(b) is None  # B is on the default (unlimited) plan
+
+
+class _HeldGate(QuotaGate):
+    """A gate whose first database read, once done, waits for `go`: the test changes the plan meanwhile."""
+
+    def __init__(self) -> None:
+        super().__init__(RateLimiter({}), default_plan="unlimited", cache_s=60.0)
+        self.read = threading.Event()
+        self.go = threading.Event()
+        self.held = False
+
+    def _read(self, tenant_id: str, read_at: float) -> Any:
+        seen = super()._read(tenant_id, read_at)
+        if not self.held:
+            self.held = True
+            self.read.set()
+            assert self.go.wait(30)
+        return seen
+
+
+def test_a_refresh_that_read_the_old_plan_is_not_kept_after_the_plan_changes(
+        tenants: tuple[str, str, str]) -> None:
+    _, a, _ = tenants
+    slug = _slug(a)
+    operations.set_plan(container(), slug, "free", {"messages_per_month": 100, "messages_per_minute": None})
+    gate = _HeldGate()
+    container().use("quota", gate)  # the gate `set_plan` forgets
+    verdicts: list[str | None] = []
+    first = threading.Thread(target=lambda: verdicts.append(gate.check_message(a)))
+    first.start()
+    assert gate.read.wait(30)  # the refresh has read the 100-message plan and not stored it yet
+    operations.set_plan(container(), slug, overrides={"messages_per_month": 0})
+    gate.go.set()
+    first.join(30)
+    assert not first.is_alive()
+    refused = gate.check_message(a)
+    assert refused is not None and "plan's 0 messages for" in refused  # the new plan, not 10 s of the old one

@@ -22,6 +22,8 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, cast
@@ -43,33 +45,65 @@ log = logging.getLogger(__name__)
 _ClientKey = tuple[str, str, bool]
 
 
+@dataclass
+class _Cached:
+    client: openai.OpenAI
+    users: int = 0  # calls using the client now
+    evicted: bool = False  # out of the cache: closed when its last user returns
+
+
 class OpenAILLMClient:
     def __init__(self, cache_size: int = _CACHE_SIZE) -> None:
-        self._clients: OrderedDict[_ClientKey, openai.OpenAI] = OrderedDict()
+        self._clients: OrderedDict[_ClientKey, _Cached] = OrderedDict()
         self._lock = threading.Lock()
         self._cache_size = cache_size
 
-    def _client(self, config: LLMConfig) -> openai.OpenAI:
+    @contextmanager
+    def _client(self, config: LLMConfig) -> Iterator[openai.OpenAI]:
+        """The cached client of this (base_url, api_key, guarded), held for the block.
+
+        A client is closed only once it is out of the cache AND no call holds it: each call counts itself in and
+        out under the lock, and whoever sees the count reach zero on an evicted client closes it. Closing it at
+        eviction would cut off another thread's call on it (a request on a closed client raises a bare
+        RuntimeError that is no LLMError, so the router neither falls back nor escalates). Not closing it at all
+        and leaving it to the garbage collector would be correct too, but its pooled connections would then close
+        whenever the collector gets to them (a guarded httpx2 client has no finalizer of its own)."""
         key = (config.base_url, config.api_key, config.guarded)
+        idle: list[openai.OpenAI] = []
         with self._lock:
-            client = self._clients.get(key)
-            if client is not None:
+            entry = self._clients.get(key)
+            if entry is not None:
                 self._clients.move_to_end(key)
-                return client
-            client = openai.OpenAI(
-                base_url=config.base_url,
-                api_key=config.api_key or "unused",  # local servers often need none; the SDK insists on one
-                http_client=guarded_client2() if config.guarded else None,
-            )
-            self._clients[key] = client
-            if len(self._clients) > self._cache_size:
-                _, evicted = self._clients.popitem(last=False)
-                evicted.close()
-            return client
+            else:
+                entry = self._clients[key] = _Cached(openai.OpenAI(
+                    base_url=config.base_url,
+                    api_key=config.api_key or "unused",  # local servers often need none; the SDK insists on one
+                    http_client=guarded_client2() if config.guarded else None,
+                ))
+                while len(self._clients) > self._cache_size:
+                    idle += self._evict(self._clients.popitem(last=False)[1])
+            entry.users += 1
+        _close(idle)
+        try:
+            yield entry.client
+        finally:
+            with self._lock:
+                entry.users -= 1
+                done = entry.evicted and entry.users == 0
+            _close([entry.client] if done else [])
+
+    @staticmethod
+    def _evict(entry: _Cached) -> list[openai.OpenAI]:
+        """Marks `entry` evicted (under the lock); its client when no call holds it, for the caller to close."""
+        entry.evicted = True
+        return [entry.client] if entry.users == 0 else []
 
     def complete(self, config: LLMConfig, messages: list[dict[str, str]]) -> Completion:
         """One chat completion; raises LLMError once the SDK's own retries are exhausted."""
-        client = self._client(config)
+        with self._client(config) as client:
+            return self._complete(client, config, messages)
+
+    def _complete(self, client: openai.OpenAI, config: LLMConfig, messages: list[dict[str, str]]) -> Completion:
         body = {"model": config.model, "messages": messages, "temperature": config.temperature,
                 "max_tokens": config.max_tokens}
         try:
@@ -102,7 +136,11 @@ class OpenAILLMClient:
         `LLMError` (the caller shows nothing more and escalates, as for a failed call). The answer must be
         complete within `timeout_s` of each opening, as a one-shot answer must arrive within it.
         """
-        client = self._client(config)
+        with self._client(config) as client:
+            return self._stream(client, config, messages, on_text)
+
+    def _stream(self, client: openai.OpenAI, config: LLMConfig, messages: list[dict[str, str]],
+                on_text: Callable[[str], None]) -> Completion:
         body = {"model": config.model, "messages": messages, "temperature": config.temperature,
                 "max_tokens": config.max_tokens, "stream": True,
                 "stream_options": {"include_usage": True}}  # the last chunk then carries the token usage
@@ -146,10 +184,18 @@ class OpenAILLMClient:
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     def close(self) -> None:
+        """Closes every cached client; one a call still holds is closed when that call returns."""
+        idle: list[openai.OpenAI] = []
         with self._lock:
-            for client in self._clients.values():
-                client.close()
+            for entry in self._clients.values():
+                idle += self._evict(entry)
             self._clients.clear()
+        _close(idle)
+
+
+def _close(clients: list[openai.OpenAI]) -> None:
+    for client in clients:  # outside the lock: closing waits for the pool's connections to shut
+        client.close()
 
 
 _RETRY_BEFORE_TEXT = frozenset({"timeout", "unavailable"})
