@@ -4,8 +4,8 @@ Three phases keep database transactions short and the handler idempotent:
 1. read the context (message, conversation, tenant, history) and stop if the message is already handled;
 2. decide, outside any transaction: consent, the conversation's and the tenant's mode, the burst window, then the
    answer path (app/assistant/answering.py: guardrails, retrieval, the LLM or the offline composer);
-3. write the outcome in one transaction that re-checks the message is still `received` (row lock on Postgres),
-   with the reply or escalation events in the outbox (app/outbox.py), published once committed
+3. write the outcome in one transaction that re-checks the message is still `received` (row lock on Postgres,
+   write lock on SQLite), with the reply or escalation events in the outbox (app/outbox.py), published once committed
    (app/assistant/outcomes.py). A channel that delivers in process (the web chat) gets its reply in that
    transaction: stored `sent`, the visitor woken on commit, no hop through the dispatcher.
 A redelivered message (at-least-once bus, provider retry, reclaimed after a crash) finds its row handled and only

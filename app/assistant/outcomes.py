@@ -1,7 +1,8 @@
 """Phase 3 of the orchestrator (app/assistant/orchestrator.py): write the outcome of one inbound message in one
-transaction that re-checks the message is still `received` (row lock on Postgres), with the reply or escalation
-events in the outbox (app/outbox.py), published once committed. Also the other ends a message can reach: merged
-into a later one of its turn, deferred to the end of its burst window, routed to an agent, dead-lettered."""
+transaction that re-checks the message is still `received` (row lock on Postgres, write lock on SQLite), with the
+reply or escalation events in the outbox (app/outbox.py), published once committed. Also the other ends a message
+can reach: merged into a later one of its turn, deferred to the end of its burst window, routed to an agent,
+dead-lettered."""
 
 from __future__ import annotations
 
@@ -82,14 +83,20 @@ class Decision:
     notice: str | None = None  # what the customer is told instead of the tenant's notice (their own language)
 
 
-def claim(session: Session, ctx: Context) -> ReplyTo | None:
+def claim(session: Session, ctx: Context, *, may_merge: bool = True) -> ReplyTo | None:
     """Lock the message row and check nobody handled it while we were thinking. Returns where its reply goes;
-    None if it is handled already, or merged into a later message here (status `merged`, committed with the
-    session)."""
-    row = session.execute(_CLAIM, {"message": ctx.message_id, "tenant": ctx.tenant_id}).one()
+    None if it is handled already, or (`may_merge`) merged into a later message here (status `merged`, committed
+    with the session)."""
+    key = {"message": ctx.message_id, "tenant": ctx.tenant_id}
+    if session.get_bind().dialect.name == "sqlite":
+        # `FOR UPDATE` does nothing on SQLite and pysqlite begins no transaction at a read: without this no-op
+        # UPDATE (as the dispatcher's `_lock`), which begins it and takes the write lock, two handlers of one
+        # message could both read it `received` and write over each other's outcome.
+        session.execute(_LOCK, key)
+    row = session.execute(_CLAIM, key).one()
     if row.status != "received":
         return None
-    newer = newer_pending(session, ctx.tenant_id, row.conversation_id, row.created_at)
+    newer = newer_pending(session, ctx.tenant_id, row.conversation_id, row.created_at) if may_merge else None
     if newer is not None:
         # A later message of the same turn arrived while this one was being answered: it supersedes this
         # reply and answers both texts as one turn (`merged_into`).
@@ -230,10 +237,12 @@ def merge(ctx: Context) -> Outcome | None:
 def change_consent(publisher: outbox.Publisher, clock: Callable[[], datetime], ctx: Context,
                    status: str) -> Outcome:
     """The message was an opt-out (or opt-in) keyword: the contact's consent changes and the confirmation, the
-    one message an opted-out contact is sent, answers it."""
+    one message an opted-out contact is sent, answers it. Never merged into a later message already stored: that
+    one's turn would carry the keyword to the answer path under the old consent, and the consent would never
+    change. The later message is handled after this, under the new consent (skipped after an opt-out)."""
     text = consent.confirmation(status, ctx.policies)
     with session_scope(tenant=ctx.tenant_id) as session:
-        to = claim(session, ctx)
+        to = claim(session, ctx, may_merge=False)
         if to is None:
             return Outcome("duplicate", ctx.message_id)
         contact_id = select(Conversation.contact_id).where(Conversation.id == ctx.conversation_id).scalar_subquery()
@@ -317,6 +326,7 @@ _CLAIM = (
     .where(*IN_TENANT)
     .with_for_update(of=MESSAGES)
 )
+_LOCK = update(MESSAGES).where(*IN_TENANT).values(status=MESSAGES.c.status)  # SQLite's row lock: see `claim`
 _STATUS = select(MESSAGES.c.status).where(*IN_TENANT)
 _SET_STATUS = update(MESSAGES).where(*IN_TENANT).values(
     status=bindparam("new_status", type_=MESSAGES.c.status.type),

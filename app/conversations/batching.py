@@ -26,7 +26,7 @@ import logging
 import queue
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field, replace
 
 from app import outbox, tracing
@@ -123,7 +123,10 @@ class InboundBatcher:
                         self._writer = None
                         return
                 continue
-            self._write(self._collect(first))
+            try:
+                self._write(self._collect(first))
+            except Exception:  # a bug, not a failed batch (those reach their callers): the writer must live on
+                log.exception("the inbound writer failed a batch; carrying on")
 
     def _collect(self, first: _Item) -> list[_Item]:
         """Everything already queued, then whatever arrives within `max_wait_s`, up to `max_batch`."""
@@ -153,17 +156,13 @@ class InboundBatcher:
             self.stats.failed_batches += 1
             log.warning("inbound batch of %d failed: %s", len(batch), exc)
             for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
+                _settle(future, exc)
             return
         pending = [s.pending for s in results if isinstance(s, Stored) and s.pending is not None]
         if outbox.send(self.bus, pending):  # if not, the outbox relay publishes them
             self._published.extend(pending)  # deleted with the next commit
         for (_, future), stored in zip(batch, results, strict=True):
-            if isinstance(stored, Stored):
-                future.set_result(stored.accepted)
-            elif not future.done():
-                future.set_exception(stored)
+            _settle(future, stored.accepted if isinstance(stored, Stored) else stored)
 
     def _store(self, requests: list[InboundRequest]) -> list[Stored | Exception]:
         """Stores, and deletes the entries published since the last commit with it (kept if it rolls back)."""
@@ -187,3 +186,13 @@ class InboundBatcher:
         return results
 
 
+def _settle(future: Future[Accepted], outcome: Accepted | Exception) -> None:
+    """Hands a caller its outcome, unless it stopped waiting (an async caller's await was cancelled, which cancels
+    the future): its message is stored and published all the same."""
+    try:
+        if isinstance(outcome, Exception):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+    except InvalidStateError:
+        pass

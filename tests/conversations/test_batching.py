@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 import threading
 from collections import defaultdict
+from collections.abc import Sequence
 
 import pytest
 from pydantic import ValidationError
@@ -204,3 +205,31 @@ def test_a_malformed_request_is_refused_before_it_joins_a_batch(tenant: str) -> 
     with pytest.raises(ValueError, match="invalid tenant id"):
         batcher.accept(req("acme:dead", "x"))
     assert batcher.stats.batches == 0 and stored(tenant) == []
+
+
+class HeldBus(MemoryBus):
+    """A real in-process bus whose publishing waits until the test lets it go."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.publishing, self.go = threading.Event(), threading.Event()
+
+    def publish_many(self, topic: str, entries: Sequence[tuple[str, dict[str, str]]]) -> list[str]:
+        self.publishing.set()
+        assert self.go.wait(10)
+        return super().publish_many(topic, entries)
+
+
+def test_a_caller_that_stops_waiting_leaves_the_writer_working(tenant: str) -> None:
+    """An async caller whose await is cancelled (a shutdown, a timeout) cancels its future while its batch is
+    being written: the batch's other callers still get their outcome, the message is stored all the same, and the
+    writer takes later messages."""
+    bus = HeldBus()
+    batcher = InboundBatcher(bus, max_wait_s=0.05)
+    gave_up, waiting = batcher.submit_all([req(tenant, "a"), req(tenant, "b")])
+    assert bus.publishing.wait(10)
+    assert gave_up.cancel()
+    bus.go.set()
+    assert isinstance(waiting.result(timeout=10), Accepted)
+    assert isinstance(batcher.accept(req(tenant, "c")), Accepted)
+    assert sorted(m.provider_message_id for m in stored(tenant)) == ["a", "b", "c"]
