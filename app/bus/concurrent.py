@@ -10,10 +10,14 @@ process runs up to `concurrency` of them in threads, with three rules:
   `tenant_concurrency` of one tenant; the reader stops reading (or skips that tenant's streams) until one is
   settled, so memory stays bounded when every handler blocks.
 Settling is the same as `Consumer`'s (acks after the handler returned, batched; `PermanentFailure` dead-letters;
-other errors stay pending for a reclaim; `max_deliveries`), and so is shutdown: after `stop`, running handlers
-finish and nothing new starts. Entries held here are kept claimed (`Bus.keep_alive`) while they wait, and while
-their handler runs for up to `KEEP_RUNNING_ALIVE_S`, so another replica does not take over a conversation's next
-message while this process still works on the one before.
+`max_deliveries`), but for a failed entry: it is retried here, after `retry_delay_ms`, and its key stays busy
+meanwhile, so a conversation's later messages never overtake it (released for a reclaim instead, it came back
+~claim_idle_ms later, after they had been handled). Each retry counts as a delivery (`Bus.count_attempt`), so one
+that keeps failing is dead-lettered after `max_deliveries`, and then the key's next entry starts. Shutdown is the
+same as `Consumer`'s too: after `stop`, running handlers finish and nothing new starts. Entries held here are kept
+claimed (`Bus.keep_alive`) while they wait (a failed one too), and while their handler runs for up to
+`KEEP_RUNNING_ALIVE_S`, so another replica does not take over a conversation's next message while this process
+still works on the one before.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from app.bus.base import BusUnavailable, Delivery
 from app.bus.consumer import BatchResult, Consumer
@@ -47,6 +51,7 @@ class _Held:
     delivery: Delivery
     key: _Key
     started: float | None = None  # time.monotonic() when its handler started
+    retry_at: float | None = None  # time.monotonic() when a failed entry is retried
 
 
 @dataclass
@@ -54,6 +59,7 @@ class ConcurrentConsumer(Consumer):
     concurrency: int = 64
     tenant_concurrency: int | None = None  # None: `concurrency`
     key: KeyFn = field(default=lambda d: d.id)  # entries with equal keys (within a tenant) run in order
+    retry_delay_ms: int | None = None  # how long a failed entry waits for its retry; None: `claim_idle_ms`
     # Runs once `run` has stopped and its handlers have finished (the orchestrator's outbox publisher deletes
     # what it published, instead of leaving it to a relay that would publish it again); its errors are logged.
     after_stop: Callable[[], None] | None = None
@@ -65,6 +71,7 @@ class ConcurrentConsumer(Consumer):
     _running_by_tenant: Counter[str] = field(default_factory=Counter, init=False, repr=False)
     _waiting: dict[_Key, deque[_Held]] = field(default_factory=dict, init=False, repr=False)
     _busy_keys: set[_Key] = field(default_factory=set, init=False, repr=False)
+    _retrying: dict[_Ref, _Held] = field(default_factory=dict, init=False, repr=False)  # failed, key still busy
     _ready: dict[str, deque[_Key]] = field(default_factory=dict, init=False, repr=False)  # tenant -> keys
     _turns: deque[str] = field(default_factory=deque, init=False, repr=False)  # tenants with ready keys
     _totals: BatchResult = field(default_factory=BatchResult, init=False, repr=False)
@@ -90,7 +97,7 @@ class ConcurrentConsumer(Consumer):
     # -- introspection ---------------------------------------------------------------------------------
     @property
     def held(self) -> int:
-        """Entries read and not yet settled (queued or running)."""
+        """Entries read and not yet settled (queued, running, or failed and waiting for their retry)."""
         with self._lock:
             return len(self._held)
 
@@ -139,6 +146,7 @@ class ConcurrentConsumer(Consumer):
     def fill(self, *, block_ms: int) -> int:
         """Read (or reclaim, when a claim is due) as many entries as fit and queue them; when nothing fits, wait
         up to 0.25 s for a settlement and return 0. Returns how many were queued."""
+        self._retry_due()
         self._keep_held_alive()
         claim = time.monotonic() - self._last_claim >= self.claim_interval_s
         return len(self._take(block_ms=block_ms, claim=claim))
@@ -247,21 +255,49 @@ class ConcurrentConsumer(Consumer):
 
     def _finish(self, held: _Held, outcome: str) -> None:
         key, tenant = held.key, held.key[0]
-        self._busy_keys.discard(key)
         self._running_by_tenant[tenant] -= 1
-        if self._waiting[key]:
-            self._make_ready(key)
+        if outcome == "failed":
+            self._totals.failed += 1
+            self._retry_later(held)
         else:
-            del self._waiting[key]
-        if outcome != "ok":  # dead-lettered, or left pending for a reclaim: no longer ours
-            self._release(held.delivery)
-            if outcome == "dead":
-                self._totals.dead += 1
+            self._busy_keys.discard(key)
+            if self._waiting[key]:
+                self._make_ready(key)
             else:
-                self._totals.failed += 1
+                del self._waiting[key]
+        if outcome == "dead":  # dead-lettered: no longer ours
+            self._release(held.delivery)
+            self._totals.dead += 1
+        if outcome != "ok":  # the ok ones are settled by their ack
             self._settled.notify_all()
         if self._turns:  # an entry of a tenant that was at its limit may start now
             self._work_ready.notify()
+
+    def _retry_later(self, held: _Held) -> None:
+        """A failed entry stays held here, and its key busy, until its retry (`_retry_due`). It is kept alive
+        meanwhile, so no other consumer reclaims it; the retry counts as its next delivery."""
+        delay_ms = self.claim_idle_ms if self.retry_delay_ms is None else self.retry_delay_ms
+        held.started = None
+        held.retry_at = time.monotonic() + delay_ms / 1000
+        held.delivery = replace(held.delivery, deliveries=held.delivery.deliveries + 1)
+        self._retrying[(held.delivery.tenant_id, held.delivery.id)] = held
+
+    def _retry_due(self) -> None:
+        """Put the failed entries whose retry is due back at the head of their key's queue."""
+        now = time.monotonic()
+        with self._lock:
+            for ref, held in list(self._retrying.items()):
+                if held.retry_at is not None and held.retry_at <= now:
+                    del self._retrying[ref]
+                    held.retry_at = None
+                    self._waiting.setdefault(held.key, deque()).appendleft(held)
+                    self._busy_keys.discard(held.key)
+                    self._make_ready(held.key)
+
+    def _only_retries_left(self) -> bool:
+        """Every entry held here waits for a failed entry's retry (or is that entry): nothing can run now."""
+        blocked = sum(1 + len(self._waiting.get(h.key, ())) for h in self._retrying.values())
+        return len(self._held) <= blocked
 
     def _release(self, delivery: Delivery) -> None:
         ref = (delivery.tenant_id, delivery.id)
@@ -295,6 +331,7 @@ class ConcurrentConsumer(Consumer):
             self._held_by_tenant.clear()
             self._waiting.clear()
             self._busy_keys.clear()
+            self._retrying.clear()
             self._ready.clear()
             self._turns.clear()
 
@@ -348,7 +385,8 @@ class ConcurrentConsumer(Consumer):
     # -- draining --------------------------------------------------------------------------------------
     def process_available(self, *, max_batches: int = 10_000) -> BatchResult:
         """Handle everything available right now, concurrently, and return once all of it is settled. For
-        tests, the CLI and draining on shutdown."""
+        tests, the CLI and draining on shutdown. A failed entry is not retried here: it, and its key's entries
+        behind it, are left pending for a reclaim (which hands them out again in order)."""
         before = self.totals
         self._start_workers()
         try:
@@ -357,13 +395,15 @@ class ConcurrentConsumer(Consumer):
                 self._keep_held_alive()
                 with self._lock:
                     if not self._room() and not self.stop.is_set():
+                        if self._only_retries_left():
+                            break
                         self._settled.wait(0.25)
                         continue
                 claimed = self._take(block_ms=0, claim=True, read=False) if claim_due else []
                 claim_due = bool(claimed)
                 queued = claimed or self._take(block_ms=0, claim=False)
                 with self._lock:
-                    if self.stop.is_set() or (not queued and not self._held):
+                    if self.stop.is_set() or (not queued and self._only_retries_left()):
                         break
                     if not queued:  # nothing new (or only tenants at their limit): wait for a settlement
                         self._settled.wait(0.25)

@@ -2,26 +2,27 @@
 
 The dispatcher owns everything around a send: it loads the reply and builds the plain `SendRequest` the sender
 takes, holds a short send lease (renewed as each part is recorded), records the provider ids, and decides what a
-failure means: permanent -> `failed`; transient -> left pending on the bus for redelivery, not before the
-provider's `retry_after` (a redelivery that comes earlier is refused without calling the provider). Nothing here
-sleeps.
+failure means: permanent -> `failed`; transient -> left pending on the bus for redelivery; transient with the
+provider's `retry_after` -> rescheduled through the outbox for when the wait is over (see `RETRY_AT`). Nothing
+here sleeps.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.orm import Session
 
-from app import logs, tracing
+from app import logs, outbox, tracing
 from app.bus.base import Delivery, PermanentFailure, RetryLater
 from app.channels import Account, InboundRef, Sender, SendError, SendRequest
 from app.contacts import consent
-from app.contracts import Event, OutboundMessage, UnknownEvent
+from app.contracts import OUTBOUND, Event, OutboundMessage, UnknownEvent
 from app.conversations.push import Push, notify_on_commit
 from app.conversations.service import CONTACTS, CONVERSATIONS, MESSAGES
 from app.crypto import decrypt_json
@@ -38,6 +39,18 @@ log = logging.getLogger(__name__)
 DEFAULT_LEASE = timedelta(seconds=10)
 
 Clock = Callable[[], datetime]
+
+# A reply the provider asked us to hold back (`retry_after`) is not retried through redeliveries of its bus entry:
+# every early redelivery counts as a delivery attempt, so a wait longer than max_deliveries x claim_idle (~3 min by
+# default; a Telegram flood wait, a WhatsApp pair rate limit) dead-lettered the reply, which then ended `failed`.
+# Instead the transaction that releases the lease records `retry_at` and writes an outbox entry due then
+# (app/outbox.py), and the entry in hand is acknowledged: the relay publishes a fresh entry, with attempts of its
+# own, once the wait is over. At-least-once holds: the entry in hand is acked only after the commit that scheduled
+# the next. The scheduled entry carries its `retry_at` in this field, so it is sent even when this process's clock
+# is a little behind the relay's; an older copy that comes before then (redelivered after a crash) is acked without
+# calling the provider. A provider that holds a reply back more than `max_waits` times fails it, with its reason.
+RETRY_AT = "retry_at"
+DEFAULT_MAX_WAITS = 5
 
 # The delivery's SQL, built once: each delivery only binds its ids (building a statement, or loading ORM objects,
 # cost more than running it on SQLite). Core rows; every statement names the tenant or joins on it.
@@ -64,8 +77,13 @@ _SENT_DROPPING_LEASE = _SENT.values(meta=bindparam("new_meta", type_=MESSAGES.c.
 
 
 class DeliveryBusy(RetryLater):
-    """Another dispatcher holds this message's send lease, or the provider asked us to wait: retry later (the
-    entry stays pending and is redelivered; the consumer logs it as a warning, not an error)."""
+    """Another dispatcher holds this message's send lease (retry later: the entry stays pending and is
+    redelivered; the consumer logs it as a warning, not an error), or the provider asked us to wait and the reply
+    is `rescheduled` (`RETRY_AT`): `handle` acknowledges the entry."""
+
+    def __init__(self, message: str, *, rescheduled: bool = False) -> None:
+        super().__init__(message)
+        self.rescheduled = rescheduled
 
 
 def lease_for(claim_idle_ms: int) -> timedelta:
@@ -75,12 +93,13 @@ def lease_for(claim_idle_ms: int) -> timedelta:
 
 class Dispatcher:
     def __init__(self, senders: Mapping[str, Sender], push: Push, *, lease: timedelta = DEFAULT_LEASE,
-                 clock: Clock = utcnow) -> None:
+                 clock: Clock = utcnow, max_waits: int = DEFAULT_MAX_WAITS) -> None:
         """`push` wakes the web chat visitors a delivery is for (`Container.push`)."""
         self.senders = senders
         self.push = push
         self.lease = lease
         self.clock = clock
+        self.max_waits = max_waits
 
     def handle(self, delivery: Delivery) -> None:
         try:
@@ -92,12 +111,19 @@ class Dispatcher:
         attributes = {"switchboard.tenant.id": event.tenant_id, "switchboard.message.id": event.message_id,
                       "switchboard.conversation.id": event.conversation_id, "switchboard.channel": event.channel}
         with logs.scope(event.tenant_id, event.message_id), tracing.span("dispatch", attributes) as span:
-            status = self.deliver(event)
+            try:
+                status = self.deliver(event, due=delivery.fields.get(RETRY_AT))
+            except (DeliveryBusy, SendError) as exc:
+                if not _rescheduled(exc):
+                    raise
+                log.warning("delivery of %s put off until the provider's wait is over: %s", event.message_id, exc)
+                status = "rescheduled"  # a later entry brings it back: this one is done
             tracing.annotate(span, {"switchboard.outcome": status})
 
-    def deliver(self, event: OutboundMessage) -> str:
+    def deliver(self, event: OutboundMessage, *, due: str | None = None) -> str:
         """Deliver the stored reply once; returns the reply's status afterwards (`sent`, `failed`, or what it
-        already was). Raises for a transient failure (the entry is redelivered)."""
+        already was). Raises for a transient failure: the entry is redelivered, or, when the provider said how long
+        to wait, the reply was rescheduled (`RETRY_AT`). `due`: the `retry_at` the entry was scheduled for."""
         key = {"message": event.message_id, "tenant": event.tenant_id}
         with session_scope(tenant=event.tenant_id) as session:
             reply = session.execute(_OUTBOUND, key).first()
@@ -130,7 +156,7 @@ class Dispatcher:
             if message.status != "pending":
                 return str(message.status)  # taken meanwhile (the USSD route showed it on its screen)
             answers = _answers(session, message)
-            self._take_lease(session, message, answers)
+            self._take_lease(session, message, answers, due)
             request = _request(session, message, account, reply, answers)
             with tracing.span(f"send {message.channel}", {"switchboard.channel": message.channel,
                                                            "switchboard.parts.before": len(request.sent)},
@@ -143,22 +169,26 @@ class Dispatcher:
                         message.status, message.error = "failed", str(exc)
                         log.warning("permanent delivery failure for %s: %s", message.id, exc)
                         return "failed"
-                    self._later(session, message, exc.retry_after)
-                    raise  # left pending on the bus; redelivered after the claim timeout
+                    if self._later(session, message, event, exc) == "failed":
+                        return "failed"  # held back by the provider too often
+                    raise  # left pending on the bus (redelivered after the claim timeout), or rescheduled
                 tracing.annotate(span, {"switchboard.parts.sent": len(ids)})
             self._sent(message, ids)
             return "sent"
 
-    def _take_lease(self, session: Session, message: Message, answers: InboundRef | None) -> None:
+    def _take_lease(self, session: Session, message: Message, answers: InboundRef | None,
+                    due: str | None) -> None:
         """Written from the row as just read: the only write of its `meta` before the send, so nothing written
         from this copy later can undo what the USSD route records meanwhile (`shown_on`)."""
         now = self.clock()
         meta = message.meta or {}
-        for key, why in (("sending_until", "is being sent by another dispatcher"),
-                         ("retry_at", "waits for the provider's retry-after")):
-            held = meta.get(key)
-            if held and datetime.fromisoformat(held) > now:
-                raise DeliveryBusy(f"message {message.id} {why} until {held}")
+        held = meta.get("sending_until")
+        if held and datetime.fromisoformat(held) > now:
+            raise DeliveryBusy(f"message {message.id} is being sent by another dispatcher until {held}")
+        wait = meta.get("retry_at")
+        if wait and wait != due and datetime.fromisoformat(wait) > now:
+            raise DeliveryBusy(f"message {message.id} waits for the provider's retry-after until {wait}",
+                               rescheduled=True)
         message.meta = {**_without(meta, "retry_at"), "sending_until": (now + self.lease).isoformat(),
                         **({"answers": answers.id} if answers is not None else {})}
         session.commit()  # the lease is visible before any provider call
@@ -171,19 +201,31 @@ class Dispatcher:
         message.provider_ref = ids[0]
         session.commit()
 
-    def _later(self, session: Session, message: Message, retry_after: float | None) -> None:
-        """Not sending any more: release the lease so the redelivery can go ahead, not before `retry_after`.
-        The row is read again first: meanwhile the USSD route may have shown the reply on its screen (status
-        `sent`, `shown_on`), which a write from the copy read before the send would undo."""
+    def _later(self, session: Session, message: Message, event: OutboundMessage, exc: SendError) -> str:
+        """Not sending any more: release the lease so the redelivery can go ahead; with the provider's
+        `retry_after`, reschedule the reply for then (`RETRY_AT`), or fail it after `max_waits` waits. Returns the
+        reply's status. The row is read again first: meanwhile the USSD route may have shown the reply on its
+        screen (status `sent`, `shown_on`), which a write from the copy read before the send would undo."""
         _lock(session, message.tenant_id, message.id)
         if message.status != "pending":
             session.commit()
-            return
+            return str(message.status)
         meta = _without(message.meta or {}, "sending_until")
-        if retry_after:
-            meta["retry_at"] = (self.clock() + timedelta(seconds=retry_after)).isoformat()
+        if exc.retry_after:
+            waits = int(str(meta.get("provider_waits") or 0)) + 1
+            if waits > self.max_waits:
+                message.status = "failed"
+                message.error = f"{exc} (still held back by the provider after {self.max_waits} waits)"
+                log.warning("delivery of %s failed: %s", message.id, message.error)
+            else:
+                retry_at = self.clock() + timedelta(seconds=exc.retry_after)
+                meta.update(retry_at=retry_at.isoformat(), provider_waits=waits)
+                entry = outbox.Entry.of(OUTBOUND, event, message.id)
+                outbox.add(session, [replace(entry, fields={**entry.fields, RETRY_AT: retry_at.isoformat()})],
+                           not_before=retry_at)
         message.meta = meta
         session.commit()
+        return str(message.status)
 
     def _sent(self, message: Message, ids: list[str]) -> None:
         message.status = "sent"
@@ -205,6 +247,15 @@ def _lock(session: Session, tenant_id: str, message_id: str) -> Message:
     if message is None:
         raise PermanentFailure(f"outbound message {message_id} not found")
     return message
+
+
+def _rescheduled(exc: Exception) -> bool:
+    """Whether a delivery that raised `exc` left the reply to an outbox entry scheduled for later (`RETRY_AT`),
+    so the entry in hand may be acknowledged: `_later` schedules one for every transient failure with a
+    `retry_after` of a reply still pending (one no longer pending needs nothing more)."""
+    if isinstance(exc, DeliveryBusy):
+        return exc.rescheduled
+    return isinstance(exc, SendError) and not exc.permanent and bool(exc.retry_after)
 
 
 def _without(meta: dict[str, object], key: str) -> dict[str, object]:

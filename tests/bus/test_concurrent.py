@@ -389,3 +389,69 @@ def test_the_orchestrators_consumer_deletes_its_published_outbox_entries_when_it
     assert isinstance(inbound, ConcurrentConsumer)
     orchestrator = inbound.handler.__self__  # type: ignore[attr-defined]
     assert inbound.after_stop == orchestrator.publisher.flush
+
+
+# ---------------------------------------------------------------------- a failed entry keeps its place in line
+
+def test_a_failed_entry_is_retried_before_its_conversations_next_one(
+    bus: Bus, running: Callable[[ConcurrentConsumer], None]
+) -> None:
+    """A database hiccup on message A: its conversation's message B waits for A's retry instead of being
+    answered first. The claim time is long, so nothing is reclaimed here: A's only way back is the retry."""
+    order: list[str] = []
+
+    def handler(d: Delivery) -> None:
+        order.append(d.fields["n"])
+        if d.fields["n"] == "A" and order.count("A") == 1:
+            raise ConnectionError("database restarting")
+
+    bus.publish(T, "acme", {"conv": "k", "n": "A"})
+    bus.publish(T, "acme", {"conv": "k", "n": "B"})
+    consumer = ConcurrentConsumer(bus, T, G, "c1", handler, concurrency=4, key=conversation, block_ms=50,
+                                  claim_idle_ms=600_000, retry_delay_ms=0)
+    running(consumer)
+    wait_for(lambda: "B" in order)
+    assert order == ["A", "A", "B"]
+    wait_for(lambda: consumer.totals.acked == 2)
+    assert consumer.totals.failed == 1 and bus.pending_count(T, G) == 0
+
+
+def test_an_entry_that_keeps_failing_is_dead_lettered_then_its_conversation_goes_on(
+    bus: Bus, running: Callable[[ConcurrentConsumer], None]
+) -> None:
+    order: list[str] = []
+
+    def handler(d: Delivery) -> None:
+        order.append(d.fields["n"])
+        if d.fields["n"] == "A":
+            raise ConnectionError(f"database down ({order.count('A')})")
+
+    bus.publish(T, "acme", {"conv": "k", "n": "A"})
+    bus.publish(T, "acme", {"conv": "k", "n": "B"})
+    consumer = ConcurrentConsumer(bus, T, G, "c1", handler, concurrency=4, key=conversation, block_ms=50,
+                                  claim_idle_ms=600_000, retry_delay_ms=0, max_deliveries=3)
+    running(consumer)
+    wait_for(lambda: consumer.totals.acked == 1)
+    assert order == ["A", "A", "A", "B"]  # each retry counted as a delivery: no endless hold on the conversation
+    [letter] = bus.dead_letters(T, "acme")
+    assert letter.fields["n"] == "A" and letter.reason == "ConnectionError: database down (3)"
+    assert consumer.held == 0 and bus.pending_count(T, G) == 0
+
+
+def test_a_drain_leaves_a_failed_entry_and_its_conversations_next_ones_pending_in_order(bus: Bus) -> None:
+    order: list[str] = []
+
+    def handler(d: Delivery) -> None:
+        order.append(d.fields["n"])
+        if d.fields["n"] == "A" and order.count("A") == 1:
+            raise ConnectionError("database restarting")
+
+    for n in ("A", "B", "C"):
+        bus.publish(T, "acme", {"conv": "k", "n": n})
+    bus.publish(T, "acme", {"conv": "other", "n": "X"})
+    consumer = ConcurrentConsumer(bus, T, G, "c1", handler, concurrency=8, key=conversation, claim_idle_ms=0)
+    first = consumer.process_available()
+    assert (first.acked, first.failed) == (1, 1) and sorted(order) == ["A", "X"]
+    assert bus.pending_count(T, G) == 3 and consumer.held == 0
+    assert consumer.process_available().acked == 3  # reclaimed, in order
+    assert [n for n in order if n != "X"] == ["A", "A", "B", "C"]

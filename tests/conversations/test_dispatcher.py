@@ -185,3 +185,95 @@ def test_a_reply_published_again_after_its_writer_died_before_the_delete_is_sent
     for delivery in deliveries:
         Dispatcher({"fakechan": sender}, LocalPush()).handle(delivery)
     assert sender.sent == [reply.message_id]
+
+
+# ------------------------------------------------------------------------------------ a provider's long retry-after
+
+class HeldBack(CountingSender):
+    """A provider that asks us to wait (a Telegram flood wait): `times` times, then it takes the reply."""
+
+    def __init__(self, retry_after: float, times: int = 1) -> None:
+        super().__init__()
+        self.retry_after = retry_after
+        self.refusals = times
+
+    def send(self, request: SendRequest, record) -> list[str]:  # type: ignore[no-untyped-def]
+        if self.refusals:
+            self.refusals -= 1
+            raise RateLimited("Flood control exceeded", retry_after=self.retry_after)
+        return super().send(request, record)
+
+
+def _outbound_consumer(bus: MemoryBus, dispatcher: Dispatcher, message_id: str):  # type: ignore[no-untyped-def]
+    """The dispatcher's consumer as app/workers_runtime.py builds it (five deliveries; a dead letter fails the
+    reply), with no claim wait: each drain reclaims what the one before left pending."""
+    from app.bus.concurrent import ConcurrentConsumer
+    from app.contracts import OUTBOUND
+    from app.conversations.redrive import mark_outbound_dead
+    from app.workers_runtime import conversation_key
+
+    return ConcurrentConsumer(bus, OUTBOUND, "dispatcher", "d1", dispatcher.handle, concurrency=2,
+                              key=conversation_key, max_deliveries=5, claim_idle_ms=0,
+                              on_dead=lambda d, reason: mark_outbound_dead(d.tenant_id, message_id, reason))
+
+
+def _run_for(reply, bus: MemoryBus, dispatcher: Dispatcher, clock: Clock, *,  # type: ignore[no-untyped-def]
+             minutes: int, step: timedelta = timedelta(seconds=30)) -> None:
+    """Time passes on the fake clock: at every step the outbox relay publishes what is due and the dispatcher's
+    consumer handles what it is given (new entries, and the pending ones it reclaims)."""
+    from app import outbox
+    from app.contracts import OUTBOUND
+
+    bus.publish(OUTBOUND, reply.tenant_id, reply.to_bus())
+    consumer = _outbound_consumer(bus, dispatcher, reply.message_id)
+    relay = outbox.Relay(bus, clock=clock)
+    end = clock.now + timedelta(minutes=minutes)
+    while clock.now < end:
+        relay.publish_all_due()
+        consumer.process_available()
+        clock.now += step
+
+
+def test_a_retry_after_longer_than_the_redeliveries_still_gets_the_reply_out(reply) -> None:  # type: ignore[no-untyped-def]
+    """A 10-minute flood wait is far longer than five redeliveries 30 s apart: the wait must not use them up
+    (dead-lettered, the reply was marked failed and the customer never got it)."""
+    from app.contracts import OUTBOUND
+
+    clock, bus, sender = Clock(), MemoryBus(), HeldBack(retry_after=600)
+    _run_for(reply, bus, Dispatcher({"fakechan": sender}, LocalPush(), clock=clock), clock, minutes=12)
+    assert sender.sent == [reply.message_id]  # once, after the wait
+    with session_scope(cross_tenant="tests") as session:
+        assert session.get_one(Message, reply.message_id).status == "sent"
+    assert bus.dead_letters(OUTBOUND, reply.tenant_id) == []
+    assert bus.pending_count(OUTBOUND, "dispatcher") == 0
+
+
+def test_a_reply_the_provider_keeps_holding_back_ends_failed_with_its_reason(reply) -> None:  # type: ignore[no-untyped-def]
+    clock, bus, sender = Clock(), MemoryBus(), HeldBack(retry_after=600, times=100)
+    dispatcher = Dispatcher({"fakechan": sender}, LocalPush(), clock=clock, max_waits=3)
+    _run_for(reply, bus, dispatcher, clock, minutes=60, step=timedelta(minutes=5))
+    assert sender.refusals == 100 - 4  # three waits, then the fourth refusal fails it
+    with session_scope(cross_tenant="tests") as session:
+        message = session.get_one(Message, reply.message_id)
+        assert message.status == "failed" and "Flood control exceeded" in (message.error or "")
+        assert "after 3 waits" in (message.error or "")
+    assert sender.sent == []
+
+
+def test_the_rescheduled_reply_goes_out_even_when_the_dispatchers_clock_lags_the_relays(reply) -> None:  # type: ignore[no-untyped-def]
+    """The relay publishes the scheduled entry by its own clock; the entry names the wait it was scheduled for,
+    so a dispatcher whose clock is a little behind sends it instead of taking it for an early copy."""
+    from app import outbox
+    from app.contracts import OUTBOUND
+
+    clock, bus, sender = Clock(), MemoryBus(), HeldBack(retry_after=600)
+    consumer = _outbound_consumer(bus, Dispatcher({"fakechan": sender}, LocalPush(), clock=clock), reply.message_id)
+    bus.publish(OUTBOUND, reply.tenant_id, reply.to_bus())
+    assert consumer.process_available().acked == 1  # rescheduled: the entry in hand is done
+    bus.publish(OUTBOUND, reply.tenant_id, reply.to_bus())  # a copy before the wait is over (a relay's duplicate)
+    assert consumer.process_available().acked == 1  # acked without calling the provider: the schedule stands
+    assert sender.refusals == 0 and sender.sent == []
+    outbox.Relay(bus, clock=lambda: clock.now + timedelta(seconds=605)).publish_all_due()
+    clock.now += timedelta(seconds=599)
+    assert consumer.process_available().acked == 1
+    assert sender.sent == [reply.message_id]
