@@ -15,7 +15,9 @@ Bursts: a customer often writes several short messages in a row. While the tenan
 message is open, its event is scheduled for re-delivery when the window closes (an outbox entry with a
 `not_before`), never waited for in the consumer, so other conversations and tenants go on meanwhile. A message
 that a later one of the same turn supersedes is `merged` into it, and that one answers both texts as one turn
-(app/assistant/turns.py: never into a later turn).
+(app/assistant/turns.py: never into a later turn). When a message is merged into one already being answered (two
+handlers of a conversation at once: scale-out, several answering processes), that one's claim fails with
+`TurnChanged` and its turn is read and decided again, at most `TURN_READS` times.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from app.assistant.language import customer_language
 from app.assistant.modes import effective_mode
 from app.assistant.outcomes import CONVERSATIONS, IN_TENANT, Context, Decision, Outcome
 from app.assistant.pii_ner import PiiNer
-from app.assistant.turns import MERGED_BEFORE_ROW, NEWER_PENDING_OF_ROW, merged_into
+from app.assistant.turns import MERGED_BEFORE_ROW, NEWER_PENDING_OF_ROW, merged_turn
 from app.bus.base import Bus, Delivery, PermanentFailure
 from app.channels import ChannelRegistry
 from app.config import Settings
@@ -62,6 +64,7 @@ if TYPE_CHECKING:
     from app.bootstrap import Container
 
 log = logging.getLogger(__name__)
+TURN_READS = 3  # a turn that changes under its answer this often is answered with what it has (the last read)
 
 
 class Orchestrator:
@@ -130,10 +133,20 @@ class Orchestrator:
         metrics.message_handled(outcome.status, outcome.reason)
 
     def process(self, event: InboundMessage) -> Outcome:
-        ctx, done = self._load(event)
-        if done is not None:
-            return done
-        assert ctx is not None
+        for read in range(1, TURN_READS + 1):
+            ctx, done = self._load(event)
+            if done is not None:
+                return done
+            assert ctx is not None
+            if read == TURN_READS:
+                ctx = replace(ctx, merged_directly=None)
+            try:
+                return self._decide(event, ctx)
+            except outcomes.TurnChanged:
+                log.info("a message was merged into this one while it was answered: its turn is read again")
+        raise AssertionError("unreachable: the last read does not check its turn")
+
+    def _decide(self, event: InboundMessage, ctx: Context) -> Outcome:
         if (consent_asked := consent.keyword(event.text, ctx.consent, ctx.channel)) is not None:
             return outcomes.change_consent(self.publisher, self.clock, ctx, consent_asked)
         if ctx.consent == "withdrawn":
@@ -193,6 +206,8 @@ class Orchestrator:
                 self._republish_pending_reply(session, event.tenant_id, row.id)
                 return None, Outcome("duplicate", row.id, reason=f"already {row.status}")
             spec = self.channels.find(event.channel)
+            turn = (merged_turn(session, event.tenant_id, row.conversation_id, row.id, row.created_at)
+                    if row.merged_before else ([], 0))
             ctx = Context(
                 message_id=row.id,
                 tenant_id=event.tenant_id,
@@ -206,8 +221,8 @@ class Orchestrator:
                 ),
                 pack_version=row.live_pack_version,
                 received_at=row.created_at,
-                earlier_burst=merged_into(session, event.tenant_id, row.conversation_id, row.id, row.created_at)
-                if row.merged_before else [],
+                earlier_burst=turn[0],
+                merged_directly=turn[1],
                 superseded=row.newer_pending is not None,
                 channel=event.channel,
                 visitor=row.contact_external_id if row.contact_channel == "webchat" else None,

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from app import audit, outbox
 from app.assistant.prompts import Draft
-from app.assistant.turns import newer_pending
+from app.assistant.turns import TURN_NOW
 from app.audit import record
 from app.contacts import consent
 from app.contracts import EVENTS, INBOUND, OUTBOUND, EscalationOpened, InboundMessage
@@ -60,6 +60,9 @@ class Context:
     pack_version: int | None
     received_at: datetime
     earlier_burst: list[str] = field(default_factory=list)  # texts merged into this turn
+    # How many messages were merged straight into this one when it was read: the claim fails with `TurnChanged`
+    # if that changed meanwhile (app/assistant/turns.py). None: it does not check (a turn read too often already).
+    merged_directly: int | None = 0
     consent: str = "unknown"  # the contact's: unknown | granted | withdrawn (app/contacts/consent.py)
     superseded: bool = False  # a later message of the conversation was already waiting when this one was read
     channel: str = ""
@@ -71,6 +74,11 @@ class Context:
     # the visitor's open streams are woken through this push once it commits; no dispatcher hop.
     delivery_push: Push | None = None
     retrieved: list[dict[str, Any]] = field(default_factory=list)  # set by the answer path; kept on an escalation
+
+
+class TurnChanged(Exception):
+    """A message was merged into this one after its turn was read: the outcome, made without that message's text,
+    is not written (its transaction rolls back); the orchestrator reads the turn again and decides anew."""
 
 
 @dataclass(frozen=True)
@@ -96,17 +104,39 @@ def claim(session: Session, ctx: Context, *, may_merge: bool = True) -> ReplyTo 
     row = session.execute(_CLAIM, key).one()
     if row.status != "received":
         return None
-    newer = newer_pending(session, ctx.tenant_id, row.conversation_id, row.created_at) if may_merge else None
-    if newer is not None:
-        # A later message of the same turn arrived while this one was being answered: it supersedes this
-        # reply and answers both texts as one turn (`merged_into`).
-        _set_status(session, ctx, "merged", meta={**(row.meta or {}), "superseded_by": newer})
-        audit.write(session, ctx.tenant_id, "bot", "message.merged", "message", ctx.message_id, {"into": newer})
-        return None
+    if may_merge:
+        newer, merged = _turn_now(session, ctx, row)
+        if newer is not None:
+            # A later message of the same turn arrived while this one was being answered: it supersedes this
+            # reply and answers both texts as one turn (`merged_into`).
+            _set_status(session, ctx, "merged", meta={**(row.meta or {}), "superseded_by": newer})
+            audit.write(session, ctx.tenant_id, "bot", "message.merged", "message", ctx.message_id, {"into": newer})
+            return None
+        if ctx.merged_directly is not None and merged != ctx.merged_directly:
+            raise TurnChanged(ctx.message_id)  # before anything is written: its rollback undoes only `_LOCK`
     if ctx.outcome_push is not None:  # a gateway waits for this decision inside its own response (USSD)
         notify_on_commit(session, ctx.outcome_push, ctx.tenant_id, outcome_key(ctx.message_id))
     return ReplyTo(ctx.tenant_id, row.conversation_id, row.channel, row.channel_account_id,
                    recipient=row.recipient, consent=row.consent_status)
+
+
+def _turn_now(session: Session, ctx: Context, row: Any) -> tuple[str | None, int]:
+    """Read after the claim's lock, in a statement of its own (on Postgres READ COMMITTED a subquery of the locking
+    statement reads the snapshot from before a lock it waited for): the later message this one is merged into,
+    held until commit, and how many messages are merged straight into this one (`TURN_NOW`). Held: a merge into a
+    message answered meanwhile would be in no reply. SQLite's write lock (`_LOCK`) serialises claims already; on
+    Postgres the later message's row is locked too (claims lock in the order of the messages: no deadlock) and
+    must still be `received` once locked, else the turn is read again: it ended (this one is answered on its
+    own), or the later message was merged into a later one still."""
+    params = {"tenant": ctx.tenant_id, "conversation": row.conversation_id, "created": row.created_at,
+              "message": ctx.message_id}
+    hold = session.get_bind().dialect.name != "sqlite"
+    for _ in range(_MERGE_TRIES):
+        turn = session.execute(TURN_NOW, params).one()
+        if turn.newer is None or not hold or session.execute(
+                _HOLD_RECEIVED, {"message": turn.newer, "tenant": ctx.tenant_id}).first() is not None:
+            return turn.newer, turn.merged
+    return None, turn.merged  # the turn keeps changing under it: answered on its own rather than lost
 
 
 def reply(session: Session, ctx: Context, to: ReplyTo, *, key: str, text: str, in_reply_to_id: str,
@@ -328,6 +358,8 @@ _CLAIM = (
 )
 _LOCK = update(MESSAGES).where(*IN_TENANT).values(status=MESSAGES.c.status)  # SQLite's row lock: see `claim`
 _STATUS = select(MESSAGES.c.status).where(*IN_TENANT)
+_HOLD_RECEIVED = select(MESSAGES.c.id).where(*IN_TENANT, MESSAGES.c.status == "received").with_for_update()
+_MERGE_TRIES = 3
 _SET_STATUS = update(MESSAGES).where(*IN_TENANT).values(
     status=bindparam("new_status", type_=MESSAGES.c.status.type),
     processed_at=bindparam("now", type_=MESSAGES.c.processed_at.type),

@@ -9,6 +9,11 @@ a turn without it (answered, escalated or handed to an agent), as happens to a m
 orchestrator after other turns were answered, it is answered or escalated on its own: merged into a later turn,
 it would be in no reply at all. And a turn collects exactly the messages merged into it, directly or through
 another merged message, never every merged message since the previous turn.
+
+Two handlers of one conversation may run at once (scale-out, several answering processes): a message may be
+merged into a later one after that one's turn was read. The later one's claim notices (`TURN_NOW`: the messages
+merged straight into it then differ from those it was read with) and its turn is read again; a merge commits
+only while the message it merges into is still `received` (the claim holds that row too: app/assistant/outcomes.py).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, bindparam, exists, or_, select
+from sqlalchemy import Select, bindparam, exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from app.conversations.service import MESSAGES
@@ -60,18 +65,43 @@ MERGED_BEFORE_ROW = exists().where(
 ).correlate_except(_MERGED)
 
 
-def merged_into(session: Session, tenant_id: str, conversation_id: str, message_id: str,
-                created_at: datetime) -> list[str]:
+_STRAIGHT = MESSAGES.alias("straight")
+# After a claim's lock, in one round trip: the message it would be merged into (`newer_pending`), and how many
+# messages are merged straight into it (`merged_turn`). A turn only grows by a message merged straight into the
+# message ending it (a message merged already is never merged into), so a count that differs from the one read
+# with the turn means the turn changed since.
+TURN_NOW = select(
+    _NEWER_PENDING.scalar_subquery().label("newer"),
+    select(func.count()).where(
+        _STRAIGHT.c.conversation_id == bindparam("conversation"),
+        filter_only(_STRAIGHT.c.tenant_id) == bindparam("tenant"), _STRAIGHT.c.direction == "in",
+        _STRAIGHT.c.status == "merged", _STRAIGHT.c.created_at < bindparam("created"),
+        _STRAIGHT.c.meta["superseded_by"].as_string() == bindparam("message"),
+    ).scalar_subquery().label("merged"),
+)
+
+
+def merged_turn(session: Session, tenant_id: str, conversation_id: str, message_id: str,
+                created_at: datetime) -> tuple[list[str], int]:
     """Texts merged into the turn that message `message_id` ends, oldest first: the messages superseded by it,
-    directly or through another merged message (never one merged into some other turn)."""
-    into, texts = {message_id}, []
+    directly or through another merged message (never one merged into some other turn); and how many of them it
+    superseded directly (what the claim's `TURN_NOW` compares)."""
+    into, texts, straight = {message_id}, [], 0
     # Newest first: a message is only ever superseded by a later one, so its successor is resolved already.
     for row in session.execute(_MERGED_EARLIER, {"tenant": tenant_id, "conversation": conversation_id,
                                                  "created": created_at}):
-        if (row.meta or {}).get("superseded_by") in into:
+        superseded_by = (row.meta or {}).get("superseded_by")
+        if superseded_by in into:
             into.add(row.id)
             texts.append(row.text)
-    return texts[::-1]
+            straight += superseded_by == message_id
+    return texts[::-1], straight
+
+
+def merged_into(session: Session, tenant_id: str, conversation_id: str, message_id: str,
+                created_at: datetime) -> list[str]:
+    """Texts merged into the turn that message `message_id` ends, oldest first (`merged_turn`)."""
+    return merged_turn(session, tenant_id, conversation_id, message_id, created_at)[0]
 
 
 def newer_pending(session: Session, tenant_id: str, conversation_id: str, created_at: datetime) -> str | None:
