@@ -83,7 +83,7 @@ def build_consumers(container: Container, bus: Bus, stop: threading.Event, *, an
     # deliveries for the channel's API (or, for the widget, they wake it once committed).
     concurrency = settings.orchestrator_concurrency
     common.update(
-        concurrency=concurrency, key=conversation_key,
+        concurrency=concurrency, key=conversation_key, retry_in_place=True,
         tenant_concurrency=settings.orchestrator_tenant_concurrency or default_tenant_concurrency(concurrency),
     )
     consumers: list[Consumer] = []

@@ -123,10 +123,13 @@ class InboundBatcher:
                         self._writer = None
                         return
                 continue
+            batch = self._collect(first)
             try:
-                self._write(self._collect(first))
-            except Exception:  # a bug, not a failed batch (those reach their callers): the writer must live on
+                self._write(batch)
+            except Exception as exc:  # a bug, not a failed batch (those reach their callers): the writer lives on
                 log.exception("the inbound writer failed a batch; carrying on")
+                for _, future in batch:
+                    _settle(future, exc)  # no caller waits for ever (those already answered keep their answer)
 
     def _collect(self, first: _Item) -> list[_Item]:
         """Everything already queued, then whatever arrives within `max_wait_s`, up to `max_batch`."""

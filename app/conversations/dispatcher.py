@@ -48,9 +48,10 @@ Clock = Callable[[], datetime]
 # own, once the wait is over. At-least-once holds: the entry in hand is acked only after the commit that scheduled
 # the next. The scheduled entry carries its `retry_at` in this field, so it is sent even when this process's clock
 # is a little behind the relay's; an older copy that comes before then (redelivered after a crash) is acked without
-# calling the provider. A provider that holds a reply back more than `max_waits` times fails it, with its reason.
+# calling the provider. A reply the provider would still hold back `max_wait` after it first did fails, with the
+# provider's reason: a budget of time, not of waits, so a burst of short flood waits (seconds each) never fails it.
 RETRY_AT = "retry_at"
-DEFAULT_MAX_WAITS = 5
+DEFAULT_MAX_WAIT = timedelta(hours=1)
 
 # The delivery's SQL, built once: each delivery only binds its ids (building a statement, or loading ORM objects,
 # cost more than running it on SQLite). Core rows; every statement names the tenant or joins on it.
@@ -93,13 +94,13 @@ def lease_for(claim_idle_ms: int) -> timedelta:
 
 class Dispatcher:
     def __init__(self, senders: Mapping[str, Sender], push: Push, *, lease: timedelta = DEFAULT_LEASE,
-                 clock: Clock = utcnow, max_waits: int = DEFAULT_MAX_WAITS) -> None:
+                 clock: Clock = utcnow, max_wait: timedelta = DEFAULT_MAX_WAIT) -> None:
         """`push` wakes the web chat visitors a delivery is for (`Container.push`)."""
         self.senders = senders
         self.push = push
         self.lease = lease
         self.clock = clock
-        self.max_waits = max_waits
+        self.max_wait = max_wait
 
     def handle(self, delivery: Delivery) -> None:
         try:
@@ -203,7 +204,7 @@ class Dispatcher:
 
     def _later(self, session: Session, message: Message, event: OutboundMessage, exc: SendError) -> str:
         """Not sending any more: release the lease so the redelivery can go ahead; with the provider's
-        `retry_after`, reschedule the reply for then (`RETRY_AT`), or fail it after `max_waits` waits. Returns the
+        `retry_after`, reschedule the reply for then (`RETRY_AT`), or fail it past `max_wait`. Returns the
         reply's status. The row is read again first: meanwhile the USSD route may have shown the reply on its
         screen (status `sent`, `shown_on`), which a write from the copy read before the send would undo."""
         _lock(session, message.tenant_id, message.id)
@@ -212,14 +213,15 @@ class Dispatcher:
             return str(message.status)
         meta = _without(message.meta or {}, "sending_until")
         if exc.retry_after:
-            waits = int(str(meta.get("provider_waits") or 0)) + 1
-            if waits > self.max_waits:
+            now = self.clock()
+            since = datetime.fromisoformat(str(meta.get("held_back_since") or now.isoformat()))
+            retry_at = now + timedelta(seconds=exc.retry_after)
+            if retry_at - since > self.max_wait:
                 message.status = "failed"
-                message.error = f"{exc} (still held back by the provider after {self.max_waits} waits)"
+                message.error = f"{exc} (the provider would still hold it back {self.max_wait} after it first did)"
                 log.warning("delivery of %s failed: %s", message.id, message.error)
             else:
-                retry_at = self.clock() + timedelta(seconds=exc.retry_after)
-                meta.update(retry_at=retry_at.isoformat(), provider_waits=waits)
+                meta.update(retry_at=retry_at.isoformat(), held_back_since=since.isoformat())
                 entry = outbox.Entry.of(OUTBOUND, event, message.id)
                 outbox.add(session, [replace(entry, fields={**entry.fields, RETRY_AT: retry_at.isoformat()})],
                            not_before=retry_at)

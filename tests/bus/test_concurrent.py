@@ -408,7 +408,7 @@ def test_a_failed_entry_is_retried_before_its_conversations_next_one(
     bus.publish(T, "acme", {"conv": "k", "n": "A"})
     bus.publish(T, "acme", {"conv": "k", "n": "B"})
     consumer = ConcurrentConsumer(bus, T, G, "c1", handler, concurrency=4, key=conversation, block_ms=50,
-                                  claim_idle_ms=600_000, retry_delay_ms=0)
+                                  claim_idle_ms=600_000, retry_in_place=True, retry_delay_ms=0)
     running(consumer)
     wait_for(lambda: "B" in order)
     assert order == ["A", "A", "B"]
@@ -429,13 +429,73 @@ def test_an_entry_that_keeps_failing_is_dead_lettered_then_its_conversation_goes
     bus.publish(T, "acme", {"conv": "k", "n": "A"})
     bus.publish(T, "acme", {"conv": "k", "n": "B"})
     consumer = ConcurrentConsumer(bus, T, G, "c1", handler, concurrency=4, key=conversation, block_ms=50,
-                                  claim_idle_ms=600_000, retry_delay_ms=0, max_deliveries=3)
+                                  claim_idle_ms=600_000, retry_in_place=True, retry_delay_ms=0, max_deliveries=3)
     running(consumer)
     wait_for(lambda: consumer.totals.acked == 1)
     assert order == ["A", "A", "A", "B"]  # each retry counted as a delivery: no endless hold on the conversation
     [letter] = bus.dead_letters(T, "acme")
     assert letter.fields["n"] == "A" and letter.reason == "ConnectionError: database down (3)"
     assert consumer.held == 0 and bus.pending_count(T, G) == 0
+
+
+def test_a_failure_of_the_last_allowed_delivery_is_dead_lettered_at_once(
+    bus: Bus, running: Callable[[ConcurrentConsumer], None]
+) -> None:
+    """No retry delay for an entry that has no delivery left: its conversation goes on at once."""
+    order: list[str] = []
+
+    def handler(d: Delivery) -> None:
+        order.append(d.fields["n"])
+        if d.fields["n"] == "A":
+            raise ConnectionError("database down")
+
+    bus.publish(T, "acme", {"conv": "k", "n": "A"})
+    bus.publish(T, "acme", {"conv": "k", "n": "B"})
+    consumer = ConcurrentConsumer(bus, T, G, "c1", handler, concurrency=4, key=conversation, block_ms=50,
+                                  claim_idle_ms=600_000, retry_in_place=True, retry_delay_ms=600_000,
+                                  max_deliveries=1)
+    running(consumer)
+    wait_for(lambda: consumer.totals.acked == 1)
+    assert order == ["A", "B"] and [d.fields["n"] for d in bus.dead_letters(T, "acme")] == ["A"]
+
+
+def test_failed_entries_waiting_for_their_retry_never_crowd_out_the_rest(
+    bus: Bus, running: Callable[[ConcurrentConsumer], None]
+) -> None:
+    """At most a quarter of the places wait for a retry (one of four here): the next failure is left for a reclaim
+    as before, and its conversation goes on, rather than failing conversations holding every place."""
+    order: list[str] = []
+
+    def handler(d: Delivery) -> None:
+        order.append(d.fields["n"])
+        if d.fields["n"].startswith("A"):
+            raise ConnectionError("provider down")
+
+    bus.publish(T, "acme", {"conv": "k1", "n": "A1"})
+    bus.publish(T, "acme", {"conv": "k1", "n": "B1"})
+    bus.publish(T, "acme", {"conv": "k2", "n": "A2"})
+    bus.publish(T, "acme", {"conv": "k2", "n": "B2"})
+    consumer = ConcurrentConsumer(bus, T, G, "c1", handler, concurrency=4, key=conversation, block_ms=50,
+                                  claim_idle_ms=600_000, retry_in_place=True, retry_delay_ms=600_000)
+    running(consumer)
+    wait_for(lambda: consumer.totals.acked == 1)
+    assert sorted(order)[:2] == ["A1", "A2"] and len(order) == 3 and order[2] in ("B1", "B2")
+    assert consumer.held == 2  # the one failure waiting for its retry, and its conversation's next message
+
+
+def test_without_retry_in_place_a_failed_entry_is_left_for_a_reclaim(bus: Bus) -> None:
+    order: list[str] = []
+
+    def handler(d: Delivery) -> None:
+        order.append(d.fields["n"])
+        if d.fields["n"] == "A" and order.count("A") == 1:
+            raise ConnectionError("receiver down")
+
+    bus.publish(T, "acme", {"conv": "k", "n": "A"})
+    bus.publish(T, "acme", {"conv": "k", "n": "B"})
+    consumer = ConcurrentConsumer(bus, T, G, "c1", handler, concurrency=4, key=conversation, claim_idle_ms=0)
+    first = consumer.process_available()
+    assert (first.acked, first.failed) == (1, 1) and order == ["A", "B"] and consumer.held == 0
 
 
 def test_a_drain_leaves_a_failed_entry_and_its_conversations_next_ones_pending_in_order(bus: Bus) -> None:
@@ -449,7 +509,8 @@ def test_a_drain_leaves_a_failed_entry_and_its_conversations_next_ones_pending_i
     for n in ("A", "B", "C"):
         bus.publish(T, "acme", {"conv": "k", "n": n})
     bus.publish(T, "acme", {"conv": "other", "n": "X"})
-    consumer = ConcurrentConsumer(bus, T, G, "c1", handler, concurrency=8, key=conversation, claim_idle_ms=0)
+    consumer = ConcurrentConsumer(bus, T, G, "c1", handler, concurrency=8, key=conversation, claim_idle_ms=0,
+                                  retry_in_place=True)
     first = consumer.process_available()
     assert (first.acked, first.failed) == (1, 1) and sorted(order) == ["A", "X"]
     assert bus.pending_count(T, G) == 3 and consumer.held == 0

@@ -213,7 +213,7 @@ def _outbound_consumer(bus: MemoryBus, dispatcher: Dispatcher, message_id: str):
     from app.workers_runtime import conversation_key
 
     return ConcurrentConsumer(bus, OUTBOUND, "dispatcher", "d1", dispatcher.handle, concurrency=2,
-                              key=conversation_key, max_deliveries=5, claim_idle_ms=0,
+                              key=conversation_key, max_deliveries=5, claim_idle_ms=0, retry_in_place=True,
                               on_dead=lambda d, reason: mark_outbound_dead(d.tenant_id, message_id, reason))
 
 
@@ -250,14 +250,22 @@ def test_a_retry_after_longer_than_the_redeliveries_still_gets_the_reply_out(rep
 
 def test_a_reply_the_provider_keeps_holding_back_ends_failed_with_its_reason(reply) -> None:  # type: ignore[no-untyped-def]
     clock, bus, sender = Clock(), MemoryBus(), HeldBack(retry_after=600, times=100)
-    dispatcher = Dispatcher({"fakechan": sender}, LocalPush(), clock=clock, max_waits=3)
+    dispatcher = Dispatcher({"fakechan": sender}, LocalPush(), clock=clock, max_wait=timedelta(minutes=25))
     _run_for(reply, bus, dispatcher, clock, minutes=60, step=timedelta(minutes=5))
-    assert sender.refusals == 100 - 4  # three waits, then the fourth refusal fails it
+    assert sender.refusals == 100 - 3  # waits until 10 and 20 minutes; at 20 the next would end past 25: failed
     with session_scope(cross_tenant="tests") as session:
         message = session.get_one(Message, reply.message_id)
         assert message.status == "failed" and "Flood control exceeded" in (message.error or "")
-        assert "after 3 waits" in (message.error or "")
+        assert "still hold it back 0:25:00 after it first did" in (message.error or "")
     assert sender.sent == []
+
+
+def test_many_short_waits_never_fail_a_reply(reply) -> None:  # type: ignore[no-untyped-def]
+    """A burst's flood waits are seconds each: however many, the reply goes out once the provider takes it."""
+    clock, bus, sender = Clock(), MemoryBus(), HeldBack(retry_after=2, times=20)
+    dispatcher = Dispatcher({"fakechan": sender}, LocalPush(), clock=clock, max_wait=timedelta(minutes=5))
+    _run_for(reply, bus, dispatcher, clock, minutes=2, step=timedelta(seconds=3))
+    assert sender.refusals == 0 and sender.sent == [reply.message_id]
 
 
 def test_the_rescheduled_reply_goes_out_even_when_the_dispatchers_clock_lags_the_relays(reply) -> None:  # type: ignore[no-untyped-def]

@@ -48,12 +48,13 @@ def test_a_call_keeps_its_client_while_another_tenants_call_evicts_it(
     """Tenant A's call is waiting to retry a 503 (Retry-After) when tenant B's call takes the only cache slot: the
     retry goes out on A's client all the same, and the answer arrives."""
     a, b = servers
-    a.then_status(503, retry_after=1.0)
+    a.then_status(503, retry_after=3.0)  # B's call (milliseconds) evicts A's client well within this wait
     client = OpenAILLMClient(cache_size=1)
     pool, call = _in_thread(lambda: client.complete(_config(a), MESSAGES))
     try:
         _wait_for("tenant A's first attempt", lambda: len(a.completion_requests) == 1)
         assert client.complete(_config(b), MESSAGES).text == "from b"  # evicts A's client from the cache
+        assert len(a.completion_requests) == 1 and not call.done()  # while A's call still holds it
         assert call.result(timeout=10).text == ANSWER
         assert len(a.completion_requests) == 2
     finally:
