@@ -11,15 +11,13 @@ process runs up to `concurrency` of them in threads, with three rules:
   settled, so memory stays bounded when every handler blocks.
 Settling is the same as `Consumer`'s (acks after the handler returned, batched; `PermanentFailure` dead-letters;
 `max_deliveries`), but for a failed entry with `retry_in_place` (the orchestrator's and the dispatcher's): it is
-retried here, after `retry_delay_ms`, and its key stays busy meanwhile, so a conversation's later messages never
-overtake it (released for a reclaim instead, it came back ~claim_idle_ms later, after they had been handled). Each
-retry counts as a delivery (`Bus.count_attempt`), so one that keeps failing is dead-lettered after
-`max_deliveries`, and then the key's next entry starts. At most a quarter of `concurrency` wait so at once: past
-that, a failed entry is left for a reclaim, so failing conversations never crowd out working ones. Shutdown is the
-same as `Consumer`'s too: after `stop`, running handlers finish and nothing new starts. Entries held here are kept
-claimed (`Bus.keep_alive`) while they wait (a failed one too), and while their handler runs for up to
-`KEEP_RUNNING_ALIVE_S`, so another replica does not take over a conversation's next message while this process
-still works on the one before.
+retried here after `retry_delay_ms`, its key busy meanwhile, so a conversation's later messages never overtake it
+(left for a reclaim, it came back ~claim_idle_ms later, after them). Each retry counts as a delivery, so one that
+keeps failing is dead-lettered after `max_deliveries`, then the key's next entry starts. At most a quarter of
+`concurrency` wait so; past that a failed entry is left for a reclaim: failing conversations never crowd out
+working ones. Shutdown is `Consumer`'s: after `stop`, running handlers finish and nothing new starts. Entries held
+here are kept claimed (`Bus.keep_alive`) while they wait, and while their handler runs for up to
+`KEEP_RUNNING_ALIVE_S`, so another replica does not take over a conversation's next message meanwhile.
 """
 
 from __future__ import annotations
@@ -61,9 +59,7 @@ class ConcurrentConsumer(Consumer):
     concurrency: int = 64
     tenant_concurrency: int | None = None  # None: `concurrency`
     key: KeyFn = field(default=lambda d: d.id)  # entries with equal keys (within a tenant) run in order
-    # A failed entry is retried here, its key held meanwhile (below), when set; else left for a reclaim, as
-    # `Consumer` does. For handlers whose entries of one key must go in order (conversations).
-    retry_in_place: bool = False
+    retry_in_place: bool = False  # a failed entry retried here, its key held meanwhile (module docstring)
     retry_delay_ms: int | None = None  # how long a failed entry waits for its retry; None: `claim_idle_ms`
     # Runs once `run` has stopped and its handlers have finished (the orchestrator's outbox publisher deletes
     # what it published, instead of leaving it to a relay that would publish it again); its errors are logged.
@@ -281,15 +277,11 @@ class ConcurrentConsumer(Consumer):
             self._work_ready.notify()
 
     def _retry_cap(self) -> int:
-        """Failed entries waiting here for their retry, at most: they and their keys' queues hold places of
-        `concurrency`, so past this a failed entry is left for a reclaim (its key's next entry may then overtake
-        it) rather than let failing conversations crowd out the working ones."""
-        return max(1, self.concurrency // 4)
+        return max(1, self.concurrency // 4)  # failed entries waiting for their retry at once (module docstring)
 
     def _retry_later(self, held: _Held) -> None:
-        """A failed entry stays held here, and its key busy, until its retry (`_retry_due`). It is kept alive
-        meanwhile, so no other consumer reclaims it; the retry counts as its next delivery, at once when this was
-        its last allowed one (the retry then dead-letters it: its key need not wait a retry delay for that)."""
+        """A failed entry stays held (kept alive), its key busy, until its retry (`_retry_due`): its next delivery,
+        at once when this was its last allowed one (the retry dead-letters it: its key need not wait for that)."""
         last = held.delivery.deliveries >= self.max_deliveries
         delay_ms = 0 if last else self.claim_idle_ms if self.retry_delay_ms is None else self.retry_delay_ms
         held.started = None
