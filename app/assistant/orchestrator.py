@@ -17,7 +17,8 @@ message is open, its event is scheduled for re-delivery when the window closes (
 that a later one of the same turn supersedes is `merged` into it, and that one answers both texts as one turn
 (app/assistant/turns.py: never into a later turn). When a message is merged into one already being answered (two
 handlers of a conversation at once: scale-out, several answering processes), that one's claim fails with
-`TurnChanged` and its turn is read and decided again, at most `TURN_READS` times.
+`TurnChanged` and its turn is read and decided again, at most `TURN_READS` times; then the handling fails and the
+bus retries it, so nothing is answered without a text merged into it.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ if TYPE_CHECKING:
     from app.bootstrap import Container
 
 log = logging.getLogger(__name__)
-TURN_READS = 3  # a turn that changes under its answer this often is answered with what it has (the last read)
+TURN_READS = 3  # a turn that changes under its answer this often fails the handling: the bus retries it
 
 
 class Orchestrator:
@@ -138,13 +139,13 @@ class Orchestrator:
             if done is not None:
                 return done
             assert ctx is not None
-            if read == TURN_READS:
-                ctx = replace(ctx, merged_directly=None)
             try:
                 return self._decide(event, ctx)
             except outcomes.TurnChanged:
+                if read == TURN_READS:  # never answered without a text merged into it: the bus retries it (a
+                    raise               # counted delivery: dead-lettered and escalated if it never settles)
                 log.info("a message was merged into this one while it was answered: its turn is read again")
-        raise AssertionError("unreachable: the last read does not check its turn")
+        raise AssertionError("unreachable: the last read returns or raises")
 
     def _decide(self, event: InboundMessage, ctx: Context) -> Outcome:
         if (consent_asked := consent.keyword(event.text, ctx.consent, ctx.channel)) is not None:

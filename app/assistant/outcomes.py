@@ -61,8 +61,8 @@ class Context:
     received_at: datetime
     earlier_burst: list[str] = field(default_factory=list)  # texts merged into this turn
     # How many messages were merged straight into this one when it was read: the claim fails with `TurnChanged`
-    # if that changed meanwhile (app/assistant/turns.py). None: it does not check (a turn read too often already).
-    merged_directly: int | None = 0
+    # if that changed meanwhile (app/assistant/turns.py).
+    merged_directly: int = 0
     consent: str = "unknown"  # the contact's: unknown | granted | withdrawn (app/contacts/consent.py)
     superseded: bool = False  # a later message of the conversation was already waiting when this one was read
     channel: str = ""
@@ -112,7 +112,7 @@ def claim(session: Session, ctx: Context, *, may_merge: bool = True) -> ReplyTo 
             _set_status(session, ctx, "merged", meta={**(row.meta or {}), "superseded_by": newer})
             audit.write(session, ctx.tenant_id, "bot", "message.merged", "message", ctx.message_id, {"into": newer})
             return None
-        if ctx.merged_directly is not None and merged != ctx.merged_directly:
+        if merged != ctx.merged_directly:
             raise TurnChanged(ctx.message_id)  # before anything is written: its rollback undoes only `_LOCK`
     if ctx.outcome_push is not None:  # a gateway waits for this decision inside its own response (USSD)
         notify_on_commit(session, ctx.outcome_push, ctx.tenant_id, outcome_key(ctx.message_id))

@@ -9,13 +9,14 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from sqlalchemy import event, select
 
 from app.assistant import outcomes, turns
-from app.assistant.orchestrator import Orchestrator
+from app.assistant.orchestrator import TURN_READS, Orchestrator
 from app.assistant.outcomes import Outcome
 from app.bootstrap import container
 from app.contracts import InboundMessage
@@ -179,3 +180,38 @@ def test_a_merge_read_while_the_later_message_is_claimed_leaves_nobody_unanswere
     b.join(WAIT_S)
     assert not a.is_alive() and not b.is_alive()
     _nobody_unanswered(conversation)
+
+
+@dataclass
+class MergingRetrieval(Retrieval):
+    """Each time B's turn is answered, another handler merges one more earlier message into B: B's turn never
+    stays as it was read."""
+
+    into: str = ""
+    merged: int = 0
+
+    def __call__(self, tenant_id: str, text: str, **kw: Any) -> list[FakePassage]:
+        found = super().__call__(tenant_id, text, **kw)
+        with session_scope(cross_tenant="tests") as session:
+            b = session.get_one(Message, self.into)
+            session.add(Message(
+                tenant_id=b.tenant_id, conversation_id=b.conversation_id, channel=b.channel, direction="in",
+                provider_message_id=uuid.uuid4().hex, text=f"and one more thing ({self.merged})", status="merged",
+                meta={"superseded_by": b.id}, created_at=b.created_at - timedelta(seconds=10 - self.merged)))
+        self.merged += 1
+        return found
+
+
+def test_a_turn_that_keeps_changing_is_left_to_the_bus_never_answered_without_a_text(
+        conversation: Conversation) -> None:
+    """After `TURN_READS` reads that each found the turn grown, the handling fails (the bus retries it, and
+    dead-letters and escalates it if it never settles) rather than answer without the last text merged into it."""
+    later = conversation.events[1]
+    retrieval = MergingRetrieval(into=later.message_id)
+    orchestrator = Orchestrator.of(container(), retrieve=retrieval)
+    with pytest.raises(outcomes.TurnChanged):
+        orchestrator.process(later)
+    assert retrieval.merged == TURN_READS
+    with session_scope(cross_tenant="tests") as session:
+        assert session.get_one(Message, later.message_id).status == "received"
+        assert session.scalars(select(Message).where(Message.in_reply_to_id == later.message_id)).all() == []
