@@ -68,6 +68,11 @@ PUBLIC = {("POST", "/widget/v1/{widget_id}/sessions")}
 ROLES = ("owner", "admin", "agent", "viewer")
 PASSWORD = "correct horse battery staple"  # a test account's
 
+# Each seeded tenant's pack version number, from a random start and 100 apart: never one another tenant has, its
+# seeded one or the next that `seed_document`'s ingestion makes (a random number per tenant collided one run in
+# ~900, and the caller's own version then looked like a leak).
+_PACK_VERSIONS = itertools.count(100 + uuid.uuid4().int % 800, 100)
+
 
 class Unprobed(Exception):
     """A route has a path parameter the planner cannot fill: add it to PATH_KINDS (and seed ids of that kind)."""
@@ -210,7 +215,7 @@ def seed_tenant(http: httpx.Client, prefix: str, *, conversations: int = 2) -> T
     from app.conversations.replies import add_outbound
     from tests.factories import get_or_create_contact, get_or_create_conversation
 
-    version = 100 + uuid.uuid4().int % 900  # tenants' numbers differ, so another's names nothing of the caller's
+    version = next(_PACK_VERSIONS)  # tenants' numbers differ, so another's names nothing of the caller's
     with session_scope(cross_tenant="tests") as session:
         for i in range(conversations):
             contact = get_or_create_contact(session, t.id, "webchat", f"v-{uuid.uuid4().hex[:12]}", t.canary("who"))
