@@ -108,7 +108,7 @@ def claim(session: Session, ctx: Context, *, may_merge: bool = True) -> ReplyTo 
         newer, merged = _turn_now(session, ctx, row)
         if newer is not None:
             # A later message of the same turn arrived while this one was being answered: it supersedes this
-            # reply and answers both texts as one turn (`merged_into`).
+            # reply and answers both texts as one turn (`merged_turn`).
             _set_status(session, ctx, "merged", meta={**(row.meta or {}), "superseded_by": newer})
             audit.write(session, ctx.tenant_id, "bot", "message.merged", "message", ctx.message_id, {"into": newer})
             return None

@@ -57,7 +57,7 @@ _MERGED_EARLIER = select(MESSAGES.c.id, MESSAGES.c.text, MESSAGES.c.meta).where(
     MESSAGES.c.status == "merged", MESSAGES.c.created_at < bindparam("created"),
 ).order_by(MESSAGES.c.created_at.desc())
 _MERGED = MESSAGES.alias("merged")
-# Whether `merged_into` of the `messages` row of the statement it is put in could find anything (a correlated
+# Whether `merged_turn` of the `messages` row of the statement it is put in could find anything (a correlated
 # subquery): in the usual turn of one message it finds nothing, and its query is not run.
 MERGED_BEFORE_ROW = exists().where(
     _MERGED.c.conversation_id == MESSAGES.c.conversation_id, filter_only(_MERGED.c.tenant_id) == bindparam("tenant"),
@@ -96,12 +96,6 @@ def merged_turn(session: Session, tenant_id: str, conversation_id: str, message_
             texts.append(row.text)
             straight += superseded_by == message_id
     return texts[::-1], straight
-
-
-def merged_into(session: Session, tenant_id: str, conversation_id: str, message_id: str,
-                created_at: datetime) -> list[str]:
-    """Texts merged into the turn that message `message_id` ends, oldest first (`merged_turn`)."""
-    return merged_turn(session, tenant_id, conversation_id, message_id, created_at)[0]
 
 
 def newer_pending(session: Session, tenant_id: str, conversation_id: str, created_at: datetime) -> str | None:

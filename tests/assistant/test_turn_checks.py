@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import select, update
 
 from app.assistant.orchestrator import _LOAD
-from app.assistant.turns import merged_into, newer_pending
+from app.assistant.turns import merged_turn, newer_pending
 from app.bootstrap import container
 from app.conversations.service import accept_inbound, history
 from app.db import session_scope
@@ -72,7 +72,7 @@ def test_the_folded_turn_checks_match_the_separate_queries(tenant: str) -> None:
             with session_scope(tenant=tenant) as session:
                 row = session.execute(_LOAD, {"message": message_id, "tenant": tenant}).one()
                 newer = newer_pending(session, tenant, row.conversation_id, row.created_at)
-                merged = merged_into(session, tenant, row.conversation_id, row.id, row.created_at)
+                merged = merged_turn(session, tenant, row.conversation_id, row.id, row.created_at)[0]
             assert row.newer_pending == newer, (statuses, ids.index(message_id))
             with session_scope(tenant=tenant) as session:
                 turns = history(session, tenant, row.conversation_id, before_id=message_id, turns=3)
