@@ -18,7 +18,10 @@ that a later one of the same turn supersedes is `merged` into it, and that one a
 (app/assistant/turns.py: never into a later turn). When a message is merged into one already being answered (two
 handlers of a conversation at once: scale-out, several answering processes), that one's claim fails with
 `TurnChanged` and its turn is read and decided again, at most `TURN_READS` times; then the handling fails and the
-bus retries it, so nothing is answered without a text merged into it.
+bus retries it, so nothing is answered without a text merged into it. A claim that finds an earlier message of
+its turn still waiting (another handler is still answering it) fails with `EarlierWaiting`: the earlier messages
+are merged into this one (`take_over`) and the turn is read again, so a later message's reply never goes out
+before an earlier one's.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from app.assistant.language import customer_language
 from app.assistant.modes import effective_mode
 from app.assistant.outcomes import CONVERSATIONS, IN_TENANT, Context, Decision, Outcome
 from app.assistant.pii_ner import PiiNer
-from app.assistant.turns import MERGED_BEFORE_ROW, NEWER_PENDING_OF_ROW, merged_turn
+from app.assistant.turns import MERGED_BEFORE_ROW, NEWER_PENDING_OF_ROW, merged_turn, take_over
 from app.bus.base import Bus, Delivery, PermanentFailure
 from app.channels import ChannelRegistry
 from app.config import Settings
@@ -141,10 +144,12 @@ class Orchestrator:
             assert ctx is not None
             try:
                 return self._decide(event, ctx)
-            except outcomes.TurnChanged:
+            except outcomes.TurnChanged as changed:
                 if read == TURN_READS:  # never answered without a text merged into it: the bus retries it (a
                     raise               # counted delivery: dead-lettered and escalated if it never settles)
-                log.info("a message was merged into this one while it was answered: its turn is read again")
+                if isinstance(changed, outcomes.EarlierWaiting):  # never answered before an earlier message
+                    take_over(ctx.tenant_id, ctx.message_id, consent_status=ctx.consent, channel=ctx.channel)
+                log.info("this message's turn changed while it was answered: it is read again")
         raise AssertionError("unreachable: the last read returns or raises")
 
     def _decide(self, event: InboundMessage, ctx: Context) -> Outcome:

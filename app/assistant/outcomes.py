@@ -24,7 +24,7 @@ from app.conversations.push import Push, notify_on_commit, outcome_key
 from app.conversations.replies import ReplyTo, StoredReply, store_reply
 from app.conversations.service import CONTACTS, MESSAGES
 from app.db import session_scope
-from app.models import Contact, Conversation, Escalation, Message, Tenant, new_id, utcnow
+from app.models import Contact, Conversation, Escalation, Tenant, new_id, utcnow
 from app.providers.llm.plan import LLMPlan
 from app.review.sla import schedule as schedule_sla
 from app.review.sla import target as sla_target
@@ -81,6 +81,13 @@ class TurnChanged(Exception):
     is not written (its transaction rolls back); the orchestrator reads the turn again and decides anew."""
 
 
+class EarlierWaiting(TurnChanged):
+    """An earlier message of this one's turn is still `received` (another handler is answering it: scale-out,
+    several answering processes; or nobody yet): answered now, this one's reply would go out before that one's.
+    The outcome is not written; the orchestrator takes the earlier messages into this turn (`take_over`) and
+    decides anew."""
+
+
 @dataclass(frozen=True)
 class Decision:
     answer: Draft | None = None
@@ -105,7 +112,7 @@ def claim(session: Session, ctx: Context, *, may_merge: bool = True) -> ReplyTo 
     if row.status != "received":
         return None
     if may_merge:
-        newer, merged = _turn_now(session, ctx, row)
+        newer, merged, earlier = _turn_now(session, ctx, row)
         if newer is not None:
             # A later message of the same turn arrived while this one was being answered: it supersedes this
             # reply and answers both texts as one turn (`merged_turn`).
@@ -114,20 +121,22 @@ def claim(session: Session, ctx: Context, *, may_merge: bool = True) -> ReplyTo 
             return None
         if merged != ctx.merged_directly:
             raise TurnChanged(ctx.message_id)  # before anything is written: its rollback undoes only `_LOCK`
+        if earlier:
+            raise EarlierWaiting(ctx.message_id)  # likewise
     if ctx.outcome_push is not None:  # a gateway waits for this decision inside its own response (USSD)
         notify_on_commit(session, ctx.outcome_push, ctx.tenant_id, outcome_key(ctx.message_id))
     return ReplyTo(ctx.tenant_id, row.conversation_id, row.channel, row.channel_account_id,
                    recipient=row.recipient, consent=row.consent_status)
 
 
-def _turn_now(session: Session, ctx: Context, row: Any) -> tuple[str | None, int]:
+def _turn_now(session: Session, ctx: Context, row: Any) -> tuple[str | None, int, bool]:
     """Read after the claim's lock, in a statement of its own (on Postgres READ COMMITTED a subquery of the locking
     statement reads the snapshot from before a lock it waited for): the later message this one is merged into,
-    held until commit, and how many messages are merged straight into this one (`TURN_NOW`). Held: a merge into a
-    message answered meanwhile would be in no reply. SQLite's write lock (`_LOCK`) serialises claims already; on
-    Postgres the later message's row is locked too (claims lock in the order of the messages: no deadlock) and
-    must still be `received` once locked, else the turn is read again: it ended (this one is answered on its
-    own), or the later message was merged into a later one still."""
+    held until commit; how many messages are merged straight into this one; whether an earlier message of the turn
+    is still waiting (`TURN_NOW`). Held: a merge into a message answered meanwhile would be in no reply. SQLite's
+    write lock (`_LOCK`) serialises claims already; on Postgres the later message's row is locked too (claims lock
+    in the order of the messages: no deadlock) and must still be `received` once locked, else the turn is read
+    again: it ended (this one is answered on its own), or the later message was merged into a later one still."""
     params = {"tenant": ctx.tenant_id, "conversation": row.conversation_id, "created": row.created_at,
               "message": ctx.message_id}
     hold = session.get_bind().dialect.name != "sqlite"
@@ -135,8 +144,8 @@ def _turn_now(session: Session, ctx: Context, row: Any) -> tuple[str | None, int
         turn = session.execute(TURN_NOW, params).one()
         if turn.newer is None or not hold or session.execute(
                 _HOLD_RECEIVED, {"message": turn.newer, "tenant": ctx.tenant_id}).first() is not None:
-            return turn.newer, turn.merged
-    return None, turn.merged  # the turn keeps changing under it: answered on its own rather than lost
+            return turn.newer, turn.merged, turn.earlier
+    return None, turn.merged, turn.earlier  # the turn keeps changing under it: answered on its own, not lost
 
 
 def reply(session: Session, ctx: Context, to: ReplyTo, *, key: str, text: str, in_reply_to_id: str,
@@ -310,29 +319,24 @@ def route_to_agent(ctx: Context) -> Outcome:
     return Outcome("human", ctx.message_id)
 
 
-def _tenant_message(session: Session, tenant_id: str, message_id: str) -> Message | None:
-    return session.scalars(
-        select(Message).where(Message.id == message_id, Message.tenant_id == tenant_id, Message.direction == "in")
-    ).first()
-
-
 def mark_dead(tenant_id: str, message_id: str, reason: str) -> None:
     """Called when the bus dead-letters an inbound message: the row says so too, with the reason, and a person
     follows up. The message (and every message merged into its turn) would otherwise end unheard: it is
     escalated `processing_failed`, the customer gets the tenant's holding notice, and agents see it in the queue.
     Committed to the outbox, so the relay publishes the notice and the event whatever becomes of this process."""
+    key = {"message": message_id, "tenant": tenant_id}
     with session_scope(tenant=tenant_id) as session:
-        message = _tenant_message(session, tenant_id, message_id)
-        if message is None or message.status != "received":
+        if session.get_bind().dialect.name == "sqlite":
+            session.execute(_LOCK, key)  # locked before it is read, as `claim` does: a handler answering it now
+        row = session.execute(_CLAIM, key).first()  # waits, or is waited for, never written over
+        if row is None or row.status != "received":
             return
-        message.status = "dead"
-        message.error = reason
+        session.execute(_SET_DEAD, {**key, "new_status": "dead", "now": utcnow(), "error": reason})
         record(session, tenant_id, "system", "message.dead_lettered", "message", message_id, {"reason": reason})
         escalated = select(ESCALATIONS.c.id).where(ESCALATIONS.c.message_id == message_id,
                                                    filter_only(ESCALATIONS.c.tenant_id) == tenant_id)
         if session.scalar(escalated) is not None:
             return
-        row = session.execute(_CLAIM, {"message": message_id, "tenant": tenant_id}).one()
         policies = session.scalar(select(Tenant.policies).where(Tenant.id == tenant_id)) or {}
         to = ReplyTo(tenant_id, row.conversation_id, row.channel, row.channel_account_id)
         now = utcnow()
@@ -364,6 +368,7 @@ _SET_STATUS = update(MESSAGES).where(*IN_TENANT).values(
     status=bindparam("new_status", type_=MESSAGES.c.status.type),
     processed_at=bindparam("now", type_=MESSAGES.c.processed_at.type),
 )
+_SET_DEAD = _SET_STATUS.values(error=bindparam("error", type_=MESSAGES.c.error.type))
 _SET_STATUS_AND_META = _SET_STATUS.values(meta=bindparam("new_meta", type_=MESSAGES.c.meta.type))
 _INSERT_ESCALATION = insert(ESCALATIONS)
 

@@ -5,15 +5,19 @@ later one was still waiting when this one was about to be answered) is `merged` 
 message it was merged into (`superseded_by`), and that message answers every text merged into it as one turn.
 
 A message may only merge into the turn still open when it arrived. Once a later message of the conversation ended
-a turn without it (answered, escalated or handed to an agent), as happens to a message reclaimed from a killed
-orchestrator after other turns were answered, it is answered or escalated on its own: merged into a later turn,
-it would be in no reply at all. And a turn collects exactly the messages merged into it, directly or through
-another merged message, never every merged message since the previous turn.
+a turn without it (answered, escalated or handed to an agent; since `take_over`, only a consent keyword's
+confirmation does), it is answered or escalated on its own: merged into a later turn, it would be in no reply at
+all. And a turn collects exactly the messages merged into it, directly or through another merged message, never
+every merged message since the previous turn.
 
-Two handlers of one conversation may run at once (scale-out, several answering processes): a message may be
-merged into a later one after that one's turn was read. The later one's claim notices (`TURN_NOW`: the messages
+Two handlers of one conversation may run at once (scale-out, several answering processes). A message may be
+merged into a later one after that one's turn was read: the later one's claim notices (`TURN_NOW`: the messages
 merged straight into it then differ from those it was read with) and its turn is read again; a merge commits
 only while the message it merges into is still `received` (the claim holds that row too: app/assistant/outcomes.py).
+And a later message may be ready first, while an earlier one is still being answered, or waits in a killed
+orchestrator's hands for a reclaim: its claim finds the earlier one still waiting (`TURN_NOW`), takes it into its
+own turn (`take_over`) and is read again, so its reply never goes out before the earlier one's. Within one
+process this is rare: its consumer runs a conversation's messages one at a time (app/bus/concurrent.py).
 """
 
 from __future__ import annotations
@@ -21,30 +25,41 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, bindparam, exists, func, or_, select
+from sqlalchemy import Select, bindparam, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from app import audit
+from app.contacts import consent
 from app.conversations.service import MESSAGES
+from app.db import session_scope
+from app.models import utcnow
 from app.tenant_scope import filter_only
 
 
 # Built once (see the orchestrator's SQL): each call only binds values.
-def _pending_after(conversation: Any, created: Any) -> Select[str]:
-    """The next message of the conversation `conversation` still waiting after `created`, unless a later inbound
-    message already ended a turn (`newer_pending`). Bound values here; the orchestrator's own statements pass the
-    columns of the message they read or claim, so the check costs no round trip of its own there."""
-    later, ended = MESSAGES.alias("later"), MESSAGES.alias("ended")
-    turn_ended_since = exists().where(  # a later inbound message of the conversation already ended a turn
+def _turn_ended_since(conversation: Any, created: Any) -> Any:
+    """Whether a later inbound message of the conversation than one created at `created` already ended a turn
+    (answered, escalated or handed to an agent): the turn that one arrived in is closed."""
+    ended = MESSAGES.alias("ended")
+    return exists().where(
         ended.c.conversation_id == conversation, filter_only(ended.c.tenant_id) == bindparam("tenant"),
         ended.c.direction == "in",
         # Not `in_([...])`: its expanding parameter is rendered into the SQL again at every execution.
         or_(*(ended.c.status == status for status in ("answered", "escalated", "human"))),
         ended.c.created_at > created,
     ).correlate_except(ended)  # also to the outer statement's row, two levels up (not only to `later`)
+
+
+def _pending_after(conversation: Any, created: Any) -> Select[str]:
+    """The next message of the conversation `conversation` still waiting after `created`, unless a later inbound
+    message already ended a turn (`newer_pending`). Bound values here; the orchestrator's own statements pass the
+    columns of the message they read or claim, so the check costs no round trip of its own there."""
+    later = MESSAGES.alias("later")
     return select(later.c.id).where(
         later.c.conversation_id == conversation, filter_only(later.c.tenant_id) == bindparam("tenant"),
         later.c.direction == "in",
-        later.c.status == "received", later.c.created_at > created, ~turn_ended_since,
+        later.c.status == "received", later.c.created_at > created,
+        ~_turn_ended_since(conversation, created),
     ).correlate_except(later).order_by(later.c.created_at).limit(1)
 
 
@@ -65,6 +80,21 @@ MERGED_BEFORE_ROW = exists().where(
 ).correlate_except(_MERGED)
 
 
+_EARLIER, _LAST_ENDED = MESSAGES.alias("earlier"), MESSAGES.alias("last_ended")
+# When the conversation's last turn ended (None before its first): read backwards from the end, so the scan stops
+# at the previous turn however long the conversation.
+_TURN_ENDED_AT = select(_LAST_ENDED.c.created_at).where(
+    _LAST_ENDED.c.conversation_id == bindparam("conversation"),
+    filter_only(_LAST_ENDED.c.tenant_id) == bindparam("tenant"), _LAST_ENDED.c.direction == "in",
+    or_(*(_LAST_ENDED.c.status == status for status in ("answered", "escalated", "human"))),
+).order_by(_LAST_ENDED.c.created_at.desc()).limit(1).scalar_subquery()
+# The earlier messages of the open turn still waiting (`received`) before the message created at `created`,
+# oldest first: being answered by another handler, or not yet. That message may not be answered before them.
+EARLIER_WAITING = select(_EARLIER.c.id, _EARLIER.c.text, _EARLIER.c.meta).where(
+    _EARLIER.c.conversation_id == bindparam("conversation"), filter_only(_EARLIER.c.tenant_id) == bindparam("tenant"),
+    _EARLIER.c.direction == "in", _EARLIER.c.status == "received", _EARLIER.c.created_at < bindparam("created"),
+    or_(_TURN_ENDED_AT.is_(None), _EARLIER.c.created_at > _TURN_ENDED_AT),
+).order_by(_EARLIER.c.created_at)
 _STRAIGHT = MESSAGES.alias("straight")
 # After a claim's lock, in one round trip: the message it would be merged into (`newer_pending`), and how many
 # messages are merged straight into it (`merged_turn`). A turn only grows by a message merged straight into the
@@ -78,6 +108,7 @@ TURN_NOW = select(
         _STRAIGHT.c.status == "merged", _STRAIGHT.c.created_at < bindparam("created"),
         _STRAIGHT.c.meta["superseded_by"].as_string() == bindparam("message"),
     ).scalar_subquery().label("merged"),
+    exists(EARLIER_WAITING.with_only_columns(_EARLIER.c.id).order_by(None)).label("earlier"),
 )
 
 
@@ -104,3 +135,47 @@ def newer_pending(session: Session, tenant_id: str, conversation_id: str, create
     it arrived in is closed, so it is answered on its own."""
     return session.scalar(_NEWER_PENDING, {"tenant": tenant_id, "conversation": conversation_id,
                                            "created": created_at})
+
+
+class KeywordWaiting(Exception):
+    """An earlier message of the turn still waiting is a consent keyword (STOP, START): it is never merged (its
+    consent change would be lost), so the later message waits for it: its handling fails, and the bus retries it."""
+
+
+def take_over(tenant_id: str, message_id: str, *, consent_status: str, channel: str) -> None:
+    """Merge into message `message_id` the earlier messages of its turn still waiting (`EARLIER_WAITING`), as each
+    would have merged itself into it had its own claim come first; then its turn is read again with their texts.
+    An earlier message's handler still answering it then finds it merged at its claim, and its answer is dropped:
+    so two handlers of one conversation at once (scale-out replicas, several answering processes) never send a
+    later message's reply before an earlier one's. Locks in the order of the messages, as claims do (earlier rows
+    first, then this one): on Postgres a claim of an earlier message in progress is waited for, and a row it ended
+    meanwhile is no longer `received` once locked, so it is left alone."""
+    key = {"message": message_id, "tenant": tenant_id}
+    with session_scope(tenant=tenant_id) as session:
+        sqlite = session.get_bind().dialect.name == "sqlite"
+        if sqlite:
+            session.execute(_LOCK, key)  # begins the transaction with SQLite's write lock (see `claim`)
+        row = session.execute(_MESSAGE, key).one()
+        if row.status != "received":
+            return  # handled meanwhile (another delivery of it): the read again says so
+        earlier = session.execute(EARLIER_WAITING.with_for_update(of=_EARLIER), {
+            **key, "conversation": row.conversation_id, "created": row.created_at}).all()
+        if not sqlite and session.execute(_MESSAGE.with_for_update(), key).one().status != "received":
+            return
+        for waiting in earlier:
+            if consent.keyword(waiting.text, consent_status, channel) is not None:
+                raise KeywordWaiting(f"message {message_id} waits for the consent keyword {waiting.id} before it")
+            session.execute(_MERGE, {"waiting": waiting.id, "tenant": tenant_id, "now": utcnow(),
+                                     "new_meta": {**(waiting.meta or {}), "superseded_by": message_id}})
+            audit.write(session, tenant_id, "bot", "message.merged", "message", waiting.id,
+                        {"into": message_id, "taken_over": True})
+
+
+_MESSAGE = select(MESSAGES.c.status, MESSAGES.c.conversation_id, MESSAGES.c.created_at).where(
+    MESSAGES.c.id == bindparam("message"), MESSAGES.c.tenant_id == bindparam("tenant"))
+_LOCK = update(MESSAGES).where(MESSAGES.c.id == bindparam("message"), MESSAGES.c.tenant_id == bindparam("tenant")
+                               ).values(status=MESSAGES.c.status)
+_MERGE = update(MESSAGES).where(MESSAGES.c.id == bindparam("waiting"), MESSAGES.c.tenant_id == bindparam("tenant"),
+                                MESSAGES.c.status == "received").values(
+    status="merged", processed_at=bindparam("now", type_=MESSAGES.c.processed_at.type),
+    meta=bindparam("new_meta", type_=MESSAGES.c.meta.type))

@@ -19,13 +19,16 @@ from app.assistant import outcomes, turns
 from app.assistant.orchestrator import TURN_READS, Orchestrator
 from app.assistant.outcomes import Outcome
 from app.bootstrap import container
-from app.contracts import InboundMessage
+from app.bus.concurrent import ConcurrentConsumer
+from app.contracts import INBOUND, InboundMessage
 from app.conversations.service import accept_inbound
 from app.db import get_engine, migrate, session_scope
 from app.models import Message
 from app.tenants.service import create_tenant
+from app.workers_runtime import ORCHESTRATOR_GROUP, conversation_key
 from tests.assistant.helpers import RETURNS_DOC, FakePassage
-from tests.conftest import Graph
+from tests.bus.conftest import wait_for
+from tests.conftest import REDIS_TEST_URL, Graph
 
 WAIT_S = 30  # only so a broken interleaving fails the test instead of hanging it
 EARLIER, LATER = "i bought boots last week", "how long do I have to return them?"
@@ -74,24 +77,40 @@ class Conversation:
         return rows
 
 
+@dataclass
+class Started:
+    """A conversation whose messages are stored one at a time (`add`), as a customer writes them."""
+
+    tenant_id: str
+    events: list[InboundMessage] = field(default_factory=list)
+
+    def add(self, text: str) -> InboundMessage:
+        accepted = accept_inbound(container().bus, tenant_id=self.tenant_id, channel="webchat",
+                                  contact_external_id="ann", provider_message_id=uuid.uuid4().hex, text=text)
+        self.events.append(InboundMessage(
+            tenant_id=self.tenant_id, message_id=accepted.message_id, conversation_id=accepted.conversation_id,
+            contact_id=accepted.contact_id, channel="webchat", provider_message_id=uuid.uuid4().hex, text=text))
+        return self.events[-1]
+
+
 @pytest.fixture(params=["embedded", "postgres"])
-def conversation(request: pytest.FixtureRequest, graph: Graph) -> Conversation:
+def started(request: pytest.FixtureRequest, graph: Graph) -> Started:
     if request.param == "postgres":
         graph.configure(database_url=request.getfixturevalue("pg_url"))
     migrate()
     with session_scope(cross_tenant="tests") as session:
         tenant = create_tenant(session, f"t{uuid.uuid4().hex[:8]}").tenant
         tenant.live_pack_version = 1  # as if a pack were live: retrieval runs
-        tenant_id = tenant.id
-    events = []
+        return Started(tenant.id)
+
+
+@pytest.fixture
+def conversation(started: Started) -> Conversation:
+    """Both messages stored before either is handled."""
     for text in (EARLIER, LATER):
-        accepted = accept_inbound(container().bus, tenant_id=tenant_id, channel="webchat", contact_external_id="ann",
-                                  provider_message_id=uuid.uuid4().hex, text=text)
-        events.append(InboundMessage(tenant_id=tenant_id, message_id=accepted.message_id,
-                                     conversation_id=accepted.conversation_id, contact_id=accepted.contact_id,
-                                     channel="webchat", provider_message_id=uuid.uuid4().hex, text=text))
+        started.add(text)
     retrieval = Retrieval()
-    return Conversation(Orchestrator.of(container(), retrieve=retrieval), retrieval, events)
+    return Conversation(Orchestrator.of(container(), retrieve=retrieval), retrieval, started.events)
 
 
 @pytest.fixture
@@ -147,7 +166,7 @@ def test_a_message_merged_into_one_being_answered_is_answered_in_its_reply(conve
 
 def test_a_merge_read_while_the_later_message_is_claimed_leaves_nobody_unanswered(
         conversation: Conversation, hooks: Callable[[str, Callable[..., None]], None]) -> None:
-    a_read, a_resume, b_at_claim = threading.Event(), threading.Event(), threading.Event()
+    a_read, a_resume, b_at_claim, b_taking_over = (threading.Event() for _ in range(4))
 
     def after(conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool) -> None:
         compiled = getattr(context, "compiled", None)
@@ -161,6 +180,8 @@ def test_a_merge_read_while_the_later_message_is_claimed_leaves_nobody_unanswere
         if (threading.current_thread().name == "b" and compiled is not None
                 and compiled.statement in (outcomes._LOCK, outcomes._CLAIM)):
             b_at_claim.set()
+        if threading.current_thread().name == "b" and "FOR UPDATE OF earlier" in statement:
+            b_taking_over.set()
 
     hooks("after_cursor_execute", after)
     hooks("before_cursor_execute", before)
@@ -170,15 +191,18 @@ def test_a_merge_read_while_the_later_message_is_claimed_leaves_nobody_unanswere
         b = conversation.handle("b", 1)
         assert b_at_claim.wait(WAIT_S)
         if get_engine().dialect.name != "sqlite":
-            # Postgres: A holds only its own row, B is claimed and answered meanwhile; A must not merge into it.
-            b.join(WAIT_S)
-            assert conversation.results["b"].status == "answered"
+            # Postgres: A holds only its own row. B's claim finds A still waiting, so B is not answered (its reply
+            # would go out before A's): it takes A over, and waits for A's row, which A's claim holds.
+            assert b_taking_over.wait(WAIT_S)
+            assert "b" not in conversation.results
         # SQLite: A holds the write lock, B's claim waits for A's merge and must then see it.
     finally:
         a_resume.set()
     a.join(WAIT_S)
     b.join(WAIT_S)
     assert not a.is_alive() and not b.is_alive()
+    # A's claim merged A into B (B still `received` once A got its row): B answers both texts.
+    assert [row.status for row in conversation.messages()] == ["merged", "answered"]
     _nobody_unanswered(conversation)
 
 
@@ -215,3 +239,111 @@ def test_a_turn_that_keeps_changing_is_left_to_the_bus_never_answered_without_a_
     with session_scope(cross_tenant="tests") as session:
         assert session.get_one(Message, later.message_id).status == "received"
         assert session.scalars(select(Message).where(Message.in_reply_to_id == later.message_id)).all() == []
+
+
+def test_a_later_message_is_never_answered_before_an_earlier_one_still_being_answered(started: Started) -> None:
+    """Two handlers of one conversation (scale-out replicas): A is read alone and is still in its answer path when
+    B arrives and is handled by the other. B must not be answered first (its reply would go out before A's): B
+    takes A into its turn and answers both texts; A's answer, finished later, is dropped at its claim."""
+    retrieval = Retrieval()
+    orchestrator = Orchestrator.of(container(), retrieve=retrieval)
+    conversation = Conversation(orchestrator, retrieval, started.events)
+    a_reached, a_resume = threading.Event(), threading.Event()
+    retrieval.hold["a"] = (a_reached, a_resume)
+    started.add(EARLIER)
+    a = conversation.handle("a", 0)
+    try:
+        assert a_reached.wait(WAIT_S)
+        started.add(LATER)
+        b = conversation.handle("b", 1)
+        b.join(WAIT_S)
+        assert not b.is_alive()
+    finally:
+        a_resume.set()
+    a.join(WAIT_S)
+    assert not a.is_alive()
+
+    assert conversation.results["b"].status == "answered"
+    assert retrieval.texts["b"] == [LATER, f"{EARLIER}\n{LATER}"]  # read again with A's text
+    assert conversation.results["a"].status == "duplicate"  # A's own answer was never written
+    assert [row.status for row in conversation.messages()] == ["merged", "answered"]
+    with session_scope(cross_tenant="tests") as session:
+        replies = session.scalars(select(Message.in_reply_to_id).where(
+            Message.conversation_id == started.events[0].conversation_id, Message.direction == "out")).all()
+    assert replies == [started.events[1].message_id]
+    _nobody_unanswered(conversation)
+
+
+def test_a_consent_keyword_still_waiting_is_never_taken_over_the_later_message_waits_for_it(
+        started: Started) -> None:
+    """STOP is never merged (its consent change would be lost): a later message whose claim finds it waiting is left
+    to the bus, and once the keyword is handled, it is handled under the new consent (nothing sent)."""
+    stop, later = started.add("STOP"), started.add(LATER)
+    orchestrator = Orchestrator.of(container(), retrieve=Retrieval())
+    with pytest.raises(turns.KeywordWaiting):
+        orchestrator.process(later)
+    with session_scope(cross_tenant="tests") as session:
+        assert session.get_one(Message, stop.message_id).status == "received"
+        assert session.get_one(Message, later.message_id).status == "received"
+    assert orchestrator.process(stop).reason == "consent_withdrawn"
+    assert orchestrator.process(later).status == "skipped"
+
+
+def test_two_replicas_on_redis_streams_never_answer_a_later_message_first(
+        graph: Graph, pg_url: str, redis_namespace: str) -> None:
+    """The scale-out path: Postgres, Redis Streams, two orchestrator replicas in one consumer group. Replica 1 is
+    answering A (its LLM is slow) when B arrives and goes to replica 2. B is answered with A's
+    text, once; A's answer is dropped; both entries are acked. Without the take-over, B was answered first and A
+    after it: the customer read the answer to their second message before the answer to their first."""
+    graph.configure(database_url=pg_url, redis_url=REDIS_TEST_URL, bus_namespace=redis_namespace)
+    migrate()
+    with session_scope(cross_tenant="tests") as session:
+        tenant = create_tenant(session, f"t{uuid.uuid4().hex[:8]}").tenant
+        tenant.live_pack_version = 1
+        conversation = Started(tenant.id)
+    bus = container().bus
+    reached, resume = threading.Event(), threading.Event()
+
+    class SlowForA(Retrieval):
+        def __call__(self, tenant_id: str, text: str, **kw: Any) -> list[FakePassage]:
+            if text == EARLIER:
+                reached.set()
+                assert resume.wait(WAIT_S), "the test never resumed A"
+            return super().__call__(tenant_id, text, **kw)
+
+    retrieval = SlowForA()
+    # Replica 1 holds one entry at most (back-pressure): while it answers A, it reads nothing more.
+    replicas = [ConcurrentConsumer(bus, INBOUND, ORCHESTRATOR_GROUP, f"replica-{n}",
+                                   Orchestrator.of(container(), retrieve=retrieval).handle, key=conversation_key,
+                                   retry_in_place=True, concurrency=n, block_ms=50) for n in (1, 2)]
+    threads = [threading.Thread(target=replica.run, daemon=True) for replica in replicas]
+    try:
+        threads[0].start()
+        a = conversation.add(EARLIER)
+        assert reached.wait(WAIT_S)  # replica 1 is answering A
+        b = conversation.add(LATER)
+        threads[1].start()
+
+        def status(message_id: str) -> str:
+            with session_scope(cross_tenant="tests") as session:
+                return session.get_one(Message, message_id).status
+
+        wait_for(lambda: status(b.message_id) == "answered", timeout=WAIT_S)
+        assert status(a.message_id) == "merged"  # taken into B's turn while replica 1 still answered it
+    finally:
+        resume.set()
+        for replica in replicas:
+            replica.stop.set()
+        for thread in threads:
+            if thread.ident is not None:  # started
+                thread.join(WAIT_S)
+    assert not any(thread.is_alive() for thread in threads)
+
+    retrieved = [text for texts in retrieval.texts.values() for text in texts]
+    assert f"{EARLIER}\n{LATER}" in retrieved  # B's turn was read again with A's text
+    with session_scope(cross_tenant="tests") as session:
+        replies = session.scalars(select(Message.in_reply_to_id).where(
+            Message.conversation_id == a.conversation_id, Message.direction == "out")).all()
+        assert [session.get_one(Message, m).status for m in (a.message_id, b.message_id)] == ["merged", "answered"]
+    assert replies == [b.message_id]
+    assert bus.pending_count(INBOUND, ORCHESTRATOR_GROUP) == 0  # both entries acked, A's by replica 1
