@@ -35,9 +35,10 @@ BATCH = 256
 # The query's tokens are pooled with IDF ** IDF_EXPONENT: chosen with the fusion weight on the tuning half of the
 # COVID-QA queries (benchmarks/tune_retrieval.py), reported on the held-out half (docs/benchmarks.md).
 IDF_EXPONENT = 1.5
-# Statistics kept per process, least recently used out first. One is ~8 bytes per distinct token (a large pack
-# has ~30k): 256 of them stay under ~60 MB.
-CACHE_SIZE = 256
+# Statistics kept per process, least recently used out first, bounded by their size: 12 bytes per distinct token
+# (a large pack has up to the vocabulary's ~30k, ~370 KB; a tenant's FAQ a few thousand, ~40 KB), so a process
+# answering thousands of small tenants keeps them all, where a bound by count thrashed past 256 active tenants.
+CACHE_BYTES = 64 * 1024 * 1024
 
 
 class Counts(Mapping[int, int]):
@@ -59,6 +60,10 @@ class Counts(Mapping[int, int]):
 
     def __len__(self) -> int:
         return len(self._keys)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self._keys.nbytes + self._values.nbytes)
 
     def __repr__(self) -> str:
         return f"Counts({len(self)} tokens)"
@@ -128,7 +133,14 @@ def query_vectors(embedder: Embedder, query: str, stats: TermStats | None) -> tu
 
 _Key = tuple[object, str, int, str]  # (the engine, tenant id, version, embedder name)
 _cache: OrderedDict[_Key, TermStats | None] = OrderedDict()
+_cached_bytes = 0  # the sum of `_size` over `_cache`
 _lock = threading.Lock()
+_ENTRY_BYTES = 400  # the key, the TermStats and its arrays' own objects, roughly
+
+
+def _size(stats: TermStats | None) -> int:
+    df = stats.df if stats is not None else None
+    return _ENTRY_BYTES + (df.nbytes if isinstance(df, Counts) else 0)
 _loading: dict[_Key, threading.Lock] = {}
 
 
@@ -160,14 +172,24 @@ def for_version(tenant_id: str, version: int, embedder: Embedder, session: Any =
             else:
                 found, stats = _load(session, tenant_id, version, embedder)
             if found:
-                with _lock:
-                    _cache[key] = stats
-                    while len(_cache) > CACHE_SIZE:
-                        _cache.popitem(last=False)
+                _keep(key, stats)
             return stats
         finally:
             with _lock:
                 _loading.pop(key, None)
+
+
+def _keep(key: _Key, stats: TermStats | None) -> None:
+    """Cache `stats`, then drop the least recently used statistics while the cache is over `CACHE_BYTES` (never
+    the ones just kept)."""
+    global _cached_bytes
+    with _lock:
+        if key in _cache:
+            _cached_bytes -= _size(_cache[key])
+        _cache[key] = stats
+        _cached_bytes += _size(stats)
+        while _cached_bytes > CACHE_BYTES and len(_cache) > 1:
+            _cached_bytes -= _size(_cache.popitem(last=False)[1])
 
 
 def _load(session: Any, tenant_id: str, version: int, embedder: Embedder) -> tuple[bool, TermStats | None]:
@@ -205,5 +227,7 @@ def version_texts(session: Any, tenant_id: str, version: int) -> Iterable[str]:
 
 
 def clear_cache() -> None:
+    global _cached_bytes
     with _lock:
         _cache.clear()
+        _cached_bytes = 0

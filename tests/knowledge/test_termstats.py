@@ -188,3 +188,29 @@ def test_retrieval_ranks_with_the_plain_query_when_statistics_cannot_be_read(
         store.close()
     assert [p.document for p in passages] == ["d0", "d1"]
     assert "term statistics of pack version 1 unavailable" in caplog.text
+
+
+def test_the_cache_is_bounded_by_bytes_so_many_small_tenants_all_stay(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process answering a thousand tenants with small packs keeps every tenant's statistics (a bound of 256
+    entries re-read and re-parsed one on each message past the 256th tenant); large ones go, least recently used
+    first, once the cache is over its bytes."""
+    termstats.clear_cache()
+    try:
+        def stats(tokens: int) -> termstats.TermStats:
+            return termstats.TermStats("minilm", 10, termstats.Counts({t: 1 for t in range(tokens)}))
+
+        for n in range(1000):
+            termstats._keep((None, f"tenant{n}", 1, "minilm"), stats(300))
+        assert len(termstats._cache) == 1000
+
+        one_large = termstats._size(stats(30_000))
+        monkeypatch.setattr(termstats, "CACHE_BYTES", termstats._cached_bytes + one_large)
+        termstats._keep((None, "large-1", 1, "minilm"), stats(30_000))
+        assert len(termstats._cache) == 1001  # fits the budget exactly
+        termstats._keep((None, "large-2", 1, "minilm"), stats(30_000))
+        kept = [key[1] for key in termstats._cache]
+        assert kept[-2:] == ["large-1", "large-2"] and "tenant0" not in kept  # the oldest went
+        assert termstats._cached_bytes == sum(termstats._size(s) for s in termstats._cache.values())
+        assert termstats._cached_bytes <= termstats.CACHE_BYTES
+    finally:
+        termstats.clear_cache()
