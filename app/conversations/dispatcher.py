@@ -3,19 +3,22 @@
 The dispatcher owns everything around a send: it loads the reply and builds the plain `SendRequest` the sender
 takes, holds a short send lease (renewed as each part is recorded), records the provider ids, and decides what a
 failure means: permanent -> `failed`; transient -> left pending on the bus for redelivery; transient with the
-provider's `retry_after` -> rescheduled through the outbox for when the wait is over (see `RETRY_AT`). Nothing
-here sleeps.
+provider's `retry_after` -> rescheduled through the outbox for when the wait is over, plus a little jitter (see
+`RETRY_AT`, `JITTER_SHARE`). It also keeps a conversation's replies in order: a reply is not sent while an earlier
+one of its conversation waits out a provider's wait or is being sent; it is rescheduled to go just after (see
+`ORDER_GAP`). Nothing here sleeps.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
-from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy import Table, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from app import logs, outbox, tracing
@@ -28,7 +31,7 @@ from app.conversations.service import CONTACTS, CONVERSATIONS, MESSAGES
 from app.crypto import decrypt_json
 from app.db import session_scope
 from app.models import ChannelAccount, Message, utcnow
-from app.tenant_scope import same_tenant
+from app.tenant_scope import filter_only, same_tenant
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +55,51 @@ Clock = Callable[[], datetime]
 # provider's reason: a budget of time, not of waits, so a burst of short flood waits (seconds each) never fails it.
 RETRY_AT = "retry_at"
 DEFAULT_MAX_WAIT = timedelta(hours=1)
+# Every reply one provider held back with the same `retry_after` would be due at the same instant, and all hit the
+# provider together again, to be held back again (a thundering herd). Each is scheduled a random extra after the
+# provider's wait, never before it: up to a tenth of the wait, so a herd of short waits spreads over a span in
+# proportion to them, and at most JITTER_CAP, because a few seconds already spread a herd and every second more is
+# the customer's. `max_wait` is checked against the provider's wait alone, so the jitter never fails a reply.
+JITTER_SHARE = 0.1
+JITTER_CAP = timedelta(seconds=5)
+# A reply is not sent while an earlier reply of its conversation still waits (pending, with the provider's
+# `retry_at` or a send lease in its meta): the customer would read the later one first. It is rescheduled as a
+# held-back reply is (`retry_at` and an outbox entry, so a redelivered copy is acked without a write; its
+# `held_back_since` set, so the wait behind counts towards its own `max_wait`), for ORDER_GAP after the earlier
+# one's wait: relays publish oldest first, and with several dispatchers the earlier send has a second's head start.
+# A wait already over (its entry not handled yet, a dead dispatcher's lease) is looked at again a lease later. It
+# never fails for waiting, nor waits for ever: the earlier reply's wait ends (by its own `max_wait` at the latest; a
+# lost entry is redriven) in sent, failed or another wait, and the later one looks again when its entry comes. Only
+# replies made within `max_wait` + ORDER_HORIZON before now are looked at, so the look is an index range over the
+# conversation's recent messages (ix_messages_conversation_created), not its whole history: one made before and
+# still waiting had been kept off the bus for a day before its first send.
+ORDER_GAP = timedelta(seconds=1)
+ORDER_HORIZON = timedelta(days=1)
 
 # The delivery's SQL, built once: each delivery only binds its ids (building a statement, or loading ORM objects,
 # cost more than running it on SQLite). Core rows; every statement names the tenant or joins on it.
 ACCOUNTS: Table = ChannelAccount.__table__  # type: ignore[assignment]
 _IN_TENANT = (MESSAGES.c.id == bindparam("message"), MESSAGES.c.tenant_id == bindparam("tenant"))
-# The reply, locked, with its contact (through its conversation) in the same statement.
+# The wait of the latest earlier reply of the conversation that still waits (ORDER_GAP), as written in its meta:
+# its `retry_at`, or its `sending_until` while it is being sent (never both).
+_EARLIER = MESSAGES.alias("earlier")
+_EARLIER_WAIT = func.coalesce(_EARLIER.c.meta["retry_at"].as_string(), _EARLIER.c.meta["sending_until"].as_string())
+_BEHIND = (
+    select(_EARLIER_WAIT)
+    .where(_EARLIER.c.conversation_id == MESSAGES.c.conversation_id,
+           filter_only(_EARLIER.c.tenant_id) == bindparam("tenant"),
+           _EARLIER.c.created_at < MESSAGES.c.created_at,
+           _EARLIER.c.created_at >= bindparam("horizon", type_=MESSAGES.c.created_at.type),
+           _EARLIER.c.direction == "out", _EARLIER.c.status == "pending", _EARLIER_WAIT.is_not(None))
+    .order_by(_EARLIER.c.created_at.desc())
+    .limit(1)
+    .scalar_subquery()
+)
+# The reply, locked, with its contact (through its conversation) and what it waits behind in the same statement.
 _OUTBOUND = (
     select(MESSAGES.c.id, MESSAGES.c.tenant_id, MESSAGES.c.status, MESSAGES.c.channel, MESSAGES.c.meta,
-           CONTACTS.c.external_id.label("recipient"), CONTACTS.c.consent_status, CONTACTS.c.last_inbound_at)
+           CONTACTS.c.external_id.label("recipient"), CONTACTS.c.consent_status, CONTACTS.c.last_inbound_at,
+           _BEHIND.label("behind"))
     .join(CONVERSATIONS, (CONVERSATIONS.c.id == MESSAGES.c.conversation_id) & same_tenant(CONVERSATIONS, MESSAGES))
     .join(CONTACTS, (CONTACTS.c.id == CONVERSATIONS.c.contact_id) & same_tenant(CONTACTS, CONVERSATIONS))
     .where(*_IN_TENANT)
@@ -126,8 +165,9 @@ class Dispatcher:
         already was). Raises for a transient failure: the entry is redelivered, or, when the provider said how long
         to wait, the reply was rescheduled (`RETRY_AT`). `due`: the `retry_at` the entry was scheduled for."""
         key = {"message": event.message_id, "tenant": event.tenant_id}
+        horizon = self.clock() - self.max_wait - ORDER_HORIZON
         with session_scope(tenant=event.tenant_id) as session:
-            reply = session.execute(_OUTBOUND, key).first()
+            reply = session.execute(_OUTBOUND, {**key, "horizon": horizon}).first()
             if reply is None:
                 raise PermanentFailure(f"outbound message {event.message_id} not found")
             if reply.status != "pending":
@@ -157,7 +197,7 @@ class Dispatcher:
             if message.status != "pending":
                 return str(message.status)  # taken meanwhile (the USSD route showed it on its screen)
             answers = _answers(session, message)
-            self._take_lease(session, message, answers, due)
+            self._take_lease(session, message, event, answers, due, reply.behind)
             request = _request(session, message, account, reply, answers)
             with tracing.span(f"send {message.channel}", {"switchboard.channel": message.channel,
                                                            "switchboard.parts.before": len(request.sent)},
@@ -177,10 +217,12 @@ class Dispatcher:
             self._sent(message, ids)
             return "sent"
 
-    def _take_lease(self, session: Session, message: Message, answers: InboundRef | None,
-                    due: str | None) -> None:
+    def _take_lease(self, session: Session, message: Message, event: OutboundMessage, answers: InboundRef | None,
+                    due: str | None, behind: str | None) -> None:
         """Written from the row as just read: the only write of its `meta` before the send, so nothing written
-        from this copy later can undo what the USSD route records meanwhile (`shown_on`)."""
+        from this copy later can undo what the USSD route records meanwhile (`shown_on`). `behind`: the wait of an
+        earlier reply of the conversation (`_BEHIND`); looked at after the check for an early copy, so a copy that
+        comes while the reply is rescheduled is acked without scheduling it again."""
         now = self.clock()
         meta = message.meta or {}
         held = meta.get("sending_until")
@@ -190,9 +232,22 @@ class Dispatcher:
         if wait and wait != due and datetime.fromisoformat(wait) > now:
             raise DeliveryBusy(f"message {message.id} waits for the provider's retry-after until {wait}",
                                rescheduled=True)
+        if behind is not None:
+            self._queue_behind(session, message, event, datetime.fromisoformat(behind), now)
         message.meta = {**_without(meta, "retry_at"), "sending_until": (now + self.lease).isoformat(),
                         **({"answers": answers.id} if answers is not None else {})}
         session.commit()  # the lease is visible before any provider call
+
+    def _queue_behind(self, session: Session, message: Message, event: OutboundMessage, until: datetime,
+                      now: datetime) -> NoReturn:
+        """Reschedule the reply to go after an earlier reply of its conversation that waits `until` (ORDER_GAP)."""
+        meta = _without(message.meta or {}, "sending_until")  # a dead dispatcher's, run out (checked above)
+        retry_at = until + ORDER_GAP if until > now else now + self.lease
+        _schedule(session, event, meta, retry_at, since=str(meta.get("held_back_since") or now.isoformat()))
+        message.meta = meta
+        session.commit()
+        raise DeliveryBusy(f"message {message.id} waits until {retry_at} behind an earlier reply of its "
+                           f"conversation, which waits until {until}", rescheduled=True)
 
     def _record(self, session: Session, message: Message, provider_id: str) -> None:
         """One part went out: record it (committed, so a retry never sends it again) and renew the lease."""
@@ -214,17 +269,14 @@ class Dispatcher:
         meta = _without(message.meta or {}, "sending_until")
         if exc.retry_after:
             now = self.clock()
-            since = datetime.fromisoformat(str(meta.get("held_back_since") or now.isoformat()))
-            retry_at = now + timedelta(seconds=exc.retry_after)
-            if retry_at - since > self.max_wait:
+            since = str(meta.get("held_back_since") or now.isoformat())
+            wait = timedelta(seconds=exc.retry_after)
+            if now + wait - datetime.fromisoformat(since) > self.max_wait:
                 message.status = "failed"
                 message.error = f"{exc} (the provider would still hold it back {self.max_wait} after it first did)"
                 log.warning("delivery of %s failed: %s", message.id, message.error)
             else:
-                meta.update(retry_at=retry_at.isoformat(), held_back_since=since.isoformat())
-                entry = outbox.Entry.of(OUTBOUND, event, message.id)
-                outbox.add(session, [replace(entry, fields={**entry.fields, RETRY_AT: retry_at.isoformat()})],
-                           not_before=retry_at)
+                _schedule(session, event, meta, now + wait + _jitter(wait), since=since)
         message.meta = meta
         session.commit()
         return str(message.status)
@@ -249,6 +301,21 @@ def _lock(session: Session, tenant_id: str, message_id: str) -> Message:
     if message is None:
         raise PermanentFailure(f"outbound message {message_id} not found")
     return message
+
+
+def _jitter(wait: timedelta) -> timedelta:
+    """A random extra for a reply the provider holds back `wait` (JITTER_SHARE): never negative."""
+    return min(wait * JITTER_SHARE, JITTER_CAP) * random.random()
+
+
+def _schedule(session: Session, event: OutboundMessage, meta: dict[str, Any], retry_at: datetime, *,
+              since: str) -> None:
+    """Reschedule the reply for `retry_at` (`RETRY_AT`): the outbox entry, in the caller's transaction, and the
+    wait in `meta`, which the caller writes in the same transaction."""
+    meta.update(retry_at=retry_at.isoformat(), held_back_since=since)
+    entry = outbox.Entry.of(OUTBOUND, event, event.message_id)
+    outbox.add(session, [replace(entry, fields={**entry.fields, RETRY_AT: retry_at.isoformat()})],
+               not_before=retry_at)
 
 
 def _rescheduled(exc: Exception) -> bool:

@@ -159,7 +159,7 @@ def test_retry_after_is_honoured_by_scheduling_not_sleeping(reply) -> None:  # t
         Dispatcher({"fakechan": sender}, LocalPush(), clock=clock).deliver(reply)
     assert sender.sent == []  # the provider was not called
     assert isinstance(busy.value, RetryLater)  # an expected wait: the consumer logs a warning, not an error trace
-    clock.now += timedelta(seconds=11)
+    clock.now = datetime.fromisoformat(_meta(reply.message_id)["retry_at"])  # the wait (and its jitter) is over
     Dispatcher({"fakechan": sender}, LocalPush(), clock=clock).deliver(reply)
     assert sender.sent == [reply.message_id]
     assert "retry_at" not in _meta(reply.message_id)
@@ -252,7 +252,7 @@ def test_a_reply_the_provider_keeps_holding_back_ends_failed_with_its_reason(rep
     clock, bus, sender = Clock(), MemoryBus(), HeldBack(retry_after=600, times=100)
     dispatcher = Dispatcher({"fakechan": sender}, LocalPush(), clock=clock, max_wait=timedelta(minutes=25))
     _run_for(reply, bus, dispatcher, clock, minutes=60, step=timedelta(minutes=5))
-    assert sender.refusals == 100 - 3  # waits until 10 and 20 minutes; at 20 the next would end past 25: failed
+    assert sender.refusals == 100 - 3  # two waits (10 minutes and a jitter each); the third ends past 25: failed
     with session_scope(cross_tenant="tests") as session:
         message = session.get_one(Message, reply.message_id)
         assert message.status == "failed" and "Flood control exceeded" in (message.error or "")
