@@ -72,7 +72,9 @@ JITTER_CAP = timedelta(seconds=5)
 # lost entry is redriven) in sent, failed or another wait, and the later one looks again when its entry comes. Only
 # replies made within `max_wait` + ORDER_HORIZON before now are looked at, so the look is an index range over the
 # conversation's recent messages (ix_messages_conversation_created), not its whole history: one made before and
-# still waiting had been kept off the bus for a day before its first send.
+# still waiting had been kept off the bus for a day before its first send. Behind a reply being sent (by another
+# dispatcher: one process sends a conversation's replies one at a time), it looks again ORDER_GAP later, not at the
+# end of that send's lease: a send is done long before.
 ORDER_GAP = timedelta(seconds=1)
 ORDER_HORIZON = timedelta(days=1)
 
@@ -80,12 +82,12 @@ ORDER_HORIZON = timedelta(days=1)
 # cost more than running it on SQLite). Core rows; every statement names the tenant or joins on it.
 ACCOUNTS: Table = ChannelAccount.__table__  # type: ignore[assignment]
 _IN_TENANT = (MESSAGES.c.id == bindparam("message"), MESSAGES.c.tenant_id == bindparam("tenant"))
-# The wait of the latest earlier reply of the conversation that still waits (ORDER_GAP), as written in its meta:
-# its `retry_at`, or its `sending_until` while it is being sent (never both).
+# The meta of the latest earlier reply of the conversation that still waits (ORDER_GAP): with its `retry_at`, or
+# its `sending_until` while it is being sent (never both).
 _EARLIER = MESSAGES.alias("earlier")
 _EARLIER_WAIT = func.coalesce(_EARLIER.c.meta["retry_at"].as_string(), _EARLIER.c.meta["sending_until"].as_string())
 _BEHIND = (
-    select(_EARLIER_WAIT)
+    select(_EARLIER.c.meta)
     .where(_EARLIER.c.conversation_id == MESSAGES.c.conversation_id,
            filter_only(_EARLIER.c.tenant_id) == bindparam("tenant"),
            _EARLIER.c.created_at < MESSAGES.c.created_at,
@@ -218,11 +220,11 @@ class Dispatcher:
             return "sent"
 
     def _take_lease(self, session: Session, message: Message, event: OutboundMessage, answers: InboundRef | None,
-                    due: str | None, behind: str | None) -> None:
+                    due: str | None, behind: dict[str, Any] | None) -> None:
         """Written from the row as just read: the only write of its `meta` before the send, so nothing written
-        from this copy later can undo what the USSD route records meanwhile (`shown_on`). `behind`: the wait of an
-        earlier reply of the conversation (`_BEHIND`); looked at after the check for an early copy, so a copy that
-        comes while the reply is rescheduled is acked without scheduling it again."""
+        from this copy later can undo what the USSD route records meanwhile (`shown_on`). `behind`: the meta of an
+        earlier reply of the conversation that waits (`_BEHIND`); looked at after the check for an early copy, so a
+        copy that comes while the reply is rescheduled is acked without scheduling it again."""
         now = self.clock()
         meta = message.meta or {}
         held = meta.get("sending_until")
@@ -233,16 +235,24 @@ class Dispatcher:
             raise DeliveryBusy(f"message {message.id} waits for the provider's retry-after until {wait}",
                                rescheduled=True)
         if behind is not None:
-            self._queue_behind(session, message, event, datetime.fromisoformat(behind), now)
+            self._queue_behind(session, message, event, behind, now)
         message.meta = {**_without(meta, "retry_at"), "sending_until": (now + self.lease).isoformat(),
                         **({"answers": answers.id} if answers is not None else {})}
         session.commit()  # the lease is visible before any provider call
 
-    def _queue_behind(self, session: Session, message: Message, event: OutboundMessage, until: datetime,
+    def _queue_behind(self, session: Session, message: Message, event: OutboundMessage, behind: dict[str, Any],
                       now: datetime) -> NoReturn:
-        """Reschedule the reply to go after an earlier reply of its conversation that waits `until` (ORDER_GAP)."""
+        """Reschedule the reply to go after an earlier reply of its conversation (`behind`: that one's meta) that
+        waits (ORDER_GAP): for just after the provider's wait; while it is being sent, for a look again ORDER_GAP
+        later (a send takes a moment, its lease up to DEFAULT_LEASE); a wait already over, a lease later."""
         meta = _without(message.meta or {}, "sending_until")  # a dead dispatcher's, run out (checked above)
-        retry_at = until + ORDER_GAP if until > now else now + self.lease
+        until = datetime.fromisoformat(str(behind.get("retry_at") or behind["sending_until"]))
+        if until <= now:
+            retry_at = now + self.lease
+        elif behind.get("retry_at"):
+            retry_at = until + ORDER_GAP
+        else:
+            retry_at = min(until, now + ORDER_GAP)
         _schedule(session, event, meta, retry_at, since=str(meta.get("held_back_since") or now.isoformat()))
         message.meta = meta
         session.commit()

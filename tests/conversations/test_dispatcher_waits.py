@@ -14,7 +14,7 @@ from app.bus.base import Delivery
 from app.bus.memory import MemoryBus
 from app.channels import Permanent, RateLimited, SendError, SendRequest
 from app.contracts import OUTBOUND, Event, OutboundMessage
-from app.conversations.dispatcher import DEFAULT_LEASE, DeliveryBusy, Dispatcher
+from app.conversations.dispatcher import DEFAULT_LEASE, ORDER_GAP, DeliveryBusy, Dispatcher
 from app.conversations.push import LocalPush
 from app.conversations.replies import add_outbound, outbound_event
 from app.conversations.service import accept_inbound
@@ -185,7 +185,8 @@ def test_a_reply_behind_one_that_ends_failed_still_goes(tenant: str, account: st
 
 def test_a_reply_waits_behind_an_earlier_one_being_sent(tenant: str, account: str) -> None:
     """Another dispatcher holds the earlier reply's send lease (the provider may yet hold it back): the later one
-    is rescheduled for just after the lease, not sent alongside it."""
+    is not sent alongside it; it looks again a second later (ORDER_GAP), not at the end of the lease (a send is
+    done long before), and a lease later once that lease ran out with the earlier reply still pending."""
     first, second = _replies(tenant, account, "c", 2)
     clock, provider = Clock(), Provider()
     lease_end = clock.now + timedelta(seconds=8)
@@ -195,13 +196,13 @@ def test_a_reply_waits_behind_an_earlier_one_being_sent(tenant: str, account: st
     with pytest.raises(DeliveryBusy, match="behind an earlier reply") as busy:
         dispatcher.deliver(second)
     assert busy.value.rescheduled and provider.attempts == []
-    [due] = _scheduled(second.message_id)
-    assert lease_end < due <= lease_end + timedelta(seconds=2)
-    clock.now = due  # that dispatcher died: its lease ran out; the bus hands the earlier reply out again soon
+    [soon] = _scheduled(second.message_id)
+    assert soon == clock.now + ORDER_GAP
+    clock.now = lease_end  # that dispatcher died: its lease ran out; the bus hands the earlier reply out again soon
     with pytest.raises(DeliveryBusy, match="behind an earlier reply"):  # still pending: looked at again shortly
         dispatcher.deliver(second, due=_message(second.message_id).meta["retry_at"])
     [again] = _scheduled(second.message_id)[1:]
-    assert due < again <= due + DEFAULT_LEASE
+    assert lease_end < again <= lease_end + DEFAULT_LEASE
     dispatcher.deliver(first)
     clock.now = again
     dispatcher.deliver(second, due=_message(second.message_id).meta["retry_at"])
