@@ -18,10 +18,11 @@ that a later one of the same turn supersedes is `merged` into it, and that one a
 (app/assistant/turns.py: never into a later turn). When a message is merged into one already being answered (two
 handlers of a conversation at once: scale-out, several answering processes), that one's claim fails with
 `TurnChanged` and its turn is read and decided again, at most `TURN_READS` times; then the handling fails and the
-bus retries it, so nothing is answered without a text merged into it. A claim that finds an earlier message of
-its turn still waiting (another handler is still answering it) fails with `EarlierWaiting`: the earlier messages
-are merged into this one (`take_over`) and the turn is read again, so a later message's reply never goes out
-before an earlier one's.
+bus retries it, so nothing is answered without a text merged into it. A message read, or claimed, while an
+earlier message of its turn is still waiting (another handler is still answering it) takes the earlier messages
+into its own turn (`take_over`) and is read again, so a later message's reply never goes out before an earlier
+one's; read so, before any work is done for it (one LLM call, not two). Behind a consent keyword still waiting,
+which is never merged, it is scheduled again `KEYWORD_WAIT` later, its conversation left free for the keyword.
 """
 
 from __future__ import annotations
@@ -44,7 +45,14 @@ from app.assistant.language import customer_language
 from app.assistant.modes import effective_mode
 from app.assistant.outcomes import CONVERSATIONS, IN_TENANT, Context, Decision, Outcome
 from app.assistant.pii_ner import PiiNer
-from app.assistant.turns import MERGED_BEFORE_ROW, NEWER_PENDING_OF_ROW, merged_turn, take_over
+from app.assistant.turns import (
+    EARLIER_WAITING_OF_ROW,
+    MERGED_BEFORE_ROW,
+    NEWER_PENDING_OF_ROW,
+    KeywordWaiting,
+    merged_turn,
+    take_over,
+)
 from app.bus.base import Bus, Delivery, PermanentFailure
 from app.channels import ChannelRegistry
 from app.config import Settings
@@ -69,6 +77,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 TURN_READS = 3  # a turn that changes under its answer this often fails the handling: the bus retries it
+# A message behind a consent keyword still waiting comes back this much later (an outbox entry; no delivery used).
+KEYWORD_WAIT = timedelta(seconds=2)
 
 
 class Orchestrator:
@@ -143,12 +153,17 @@ class Orchestrator:
                 return done
             assert ctx is not None
             try:
+                if ctx.earlier_waiting:  # taken over before any work is done for this one (at its claim, after)
+                    raise outcomes.EarlierWaiting(ctx.message_id)
                 return self._decide(event, ctx)
             except outcomes.TurnChanged as changed:
                 if read == TURN_READS:  # never answered without a text merged into it: the bus retries it (a
                     raise               # counted delivery: dead-lettered and escalated if it never settles)
                 if isinstance(changed, outcomes.EarlierWaiting):  # never answered before an earlier message
-                    take_over(ctx.tenant_id, ctx.message_id, consent_status=ctx.consent, channel=ctx.channel)
+                    try:
+                        take_over(ctx.tenant_id, ctx.message_id, consent_status=ctx.consent, channel=ctx.channel)
+                    except KeywordWaiting:  # comes back shortly, its conversation left free for the keyword
+                        return outcomes.defer(self.clock, ctx, event, self.clock() + KEYWORD_WAIT)
                 log.info("this message's turn changed while it was answered: it is read again")
         raise AssertionError("unreachable: the last read returns or raises")
 
@@ -230,6 +245,7 @@ class Orchestrator:
                 earlier_burst=turn[0],
                 merged_directly=turn[1],
                 superseded=row.newer_pending is not None,
+                earlier_waiting=bool(row.earlier_waiting),
                 channel=event.channel,
                 visitor=row.contact_external_id if row.contact_channel == "webchat" else None,
                 # A gateway that waits for the decision (USSD); a channel whose delivery is a database write (the
@@ -296,7 +312,8 @@ _LOAD = (
            CONTACTS.c.consent_status, CONTACTS.c.external_id.label("contact_external_id"),
            CONTACTS.c.channel.label("contact_channel"), PACK_VERSIONS.c.calibration,
            # The turn's checks (app/assistant/turns.py) in the same round trip.
-           NEWER_PENDING_OF_ROW.scalar_subquery().label("newer_pending"), MERGED_BEFORE_ROW.label("merged_before"))
+           NEWER_PENDING_OF_ROW.scalar_subquery().label("newer_pending"), MERGED_BEFORE_ROW.label("merged_before"),
+           EARLIER_WAITING_OF_ROW.label("earlier_waiting"))
     .join(CONVERSATIONS, (CONVERSATIONS.c.id == MESSAGES.c.conversation_id) & same_tenant(CONVERSATIONS, MESSAGES))
     .join(CONTACTS, (CONTACTS.c.id == CONVERSATIONS.c.contact_id) & same_tenant(CONTACTS, MESSAGES))
     .join(TENANTS, TENANTS.c.id == MESSAGES.c.tenant_id)

@@ -65,6 +65,7 @@ class Context:
     merged_directly: int = 0
     consent: str = "unknown"  # the contact's: unknown | granted | withdrawn (app/contacts/consent.py)
     superseded: bool = False  # a later message of the conversation was already waiting when this one was read
+    earlier_waiting: bool = False  # an earlier message of its turn was still waiting then (app/assistant/turns.py)
     channel: str = ""
     visitor: str | None = None  # a web chat contact's external id (the widget session): where drafts stream to
     calibration: dict[str, Any] | None = None  # the live pack version's (app/knowledge/calibration.py)

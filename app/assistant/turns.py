@@ -14,18 +14,20 @@ Two handlers of one conversation may run at once (scale-out, several answering p
 merged into a later one after that one's turn was read: the later one's claim notices (`TURN_NOW`: the messages
 merged straight into it then differ from those it was read with) and its turn is read again; a merge commits
 only while the message it merges into is still `received` (the claim holds that row too: app/assistant/outcomes.py).
-And a later message may be ready first, while an earlier one is still being answered, or waits in a killed
-orchestrator's hands for a reclaim: its claim finds the earlier one still waiting (`TURN_NOW`), takes it into its
-own turn (`take_over`) and is read again, so its reply never goes out before the earlier one's. Within one
+And a later message may be read while an earlier one is still being answered, or waits in a killed
+orchestrator's hands for a reclaim: it takes the earlier one into its own turn (`take_over`) and is read again,
+so its reply never goes out before the earlier one's, and the earlier one's answer, if it comes, is dropped at its
+claim. Found when the message is read (`EARLIER_WAITING_OF_ROW`: before any work is done for it) or, for an
+earlier message stored later (another gateway's clock or commit), by its claim (`TURN_NOW`). Within one
 process this is rare: its consumer runs a conversation's messages one at a time (app/bus/concurrent.py).
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Select, bindparam, exists, func, or_, select, update
+from sqlalchemy import Select, bindparam, exists, func, literal, or_, select, update
 from sqlalchemy.orm import Session
 
 from app import audit
@@ -80,21 +82,33 @@ MERGED_BEFORE_ROW = exists().where(
 ).correlate_except(_MERGED)
 
 
-_EARLIER, _LAST_ENDED = MESSAGES.alias("earlier"), MESSAGES.alias("last_ended")
-# When the conversation's last turn ended (None before its first): read backwards from the end, so the scan stops
-# at the previous turn however long the conversation.
-_TURN_ENDED_AT = select(_LAST_ENDED.c.created_at).where(
-    _LAST_ENDED.c.conversation_id == bindparam("conversation"),
-    filter_only(_LAST_ENDED.c.tenant_id) == bindparam("tenant"), _LAST_ENDED.c.direction == "in",
-    or_(*(_LAST_ENDED.c.status == status for status in ("answered", "escalated", "human"))),
-).order_by(_LAST_ENDED.c.created_at.desc()).limit(1).scalar_subquery()
-# The earlier messages of the open turn still waiting (`received`) before the message created at `created`,
-# oldest first: being answered by another handler, or not yet. That message may not be answered before them.
-EARLIER_WAITING = select(_EARLIER.c.id, _EARLIER.c.text, _EARLIER.c.meta).where(
-    _EARLIER.c.conversation_id == bindparam("conversation"), filter_only(_EARLIER.c.tenant_id) == bindparam("tenant"),
-    _EARLIER.c.direction == "in", _EARLIER.c.status == "received", _EARLIER.c.created_at < bindparam("created"),
-    or_(_TURN_ENDED_AT.is_(None), _EARLIER.c.created_at > _TURN_ENDED_AT),
-).order_by(_EARLIER.c.created_at)
+_EARLIER, _ENDED_BEFORE = MESSAGES.alias("earlier"), MESSAGES.alias("ended_before")
+_NEVER = literal(datetime(1970, 1, 1, tzinfo=UTC), MESSAGES.c.created_at.type)
+
+
+def _waiting_before(conversation: Any, created: Any) -> Select[Any]:
+    """The earlier messages of the turn still waiting (`received`) before the message of `conversation` created
+    at `created`, oldest first: being answered by another handler, or not yet. That message may not be answered
+    before them. Its turn began after the last turn that ended before it, read backwards from it: the scan stops
+    there, however long the conversation."""
+    ended_at = select(_ENDED_BEFORE.c.created_at).where(
+        _ENDED_BEFORE.c.conversation_id == conversation,
+        filter_only(_ENDED_BEFORE.c.tenant_id) == bindparam("tenant"), _ENDED_BEFORE.c.direction == "in",
+        or_(*(_ENDED_BEFORE.c.status == status for status in ("answered", "escalated", "human"))),
+        _ENDED_BEFORE.c.created_at < created,
+    ).correlate_except(_ENDED_BEFORE).order_by(_ENDED_BEFORE.c.created_at.desc()).limit(1).scalar_subquery()
+    return select(_EARLIER.c.id, _EARLIER.c.text, _EARLIER.c.meta).where(
+        _EARLIER.c.conversation_id == conversation, filter_only(_EARLIER.c.tenant_id) == bindparam("tenant"),
+        _EARLIER.c.direction == "in", _EARLIER.c.status == "received", _EARLIER.c.created_at < created,
+        _EARLIER.c.created_at > func.coalesce(ended_at, _NEVER),
+    ).correlate_except(_EARLIER).order_by(_EARLIER.c.created_at)
+
+
+EARLIER_WAITING = _waiting_before(bindparam("conversation"), bindparam("created"))
+# Whether the `messages` row of the statement it is put in has earlier messages waiting (the orchestrator's read:
+# they are taken over before any work is done for it).
+EARLIER_WAITING_OF_ROW = exists(_waiting_before(MESSAGES.c.conversation_id, MESSAGES.c.created_at)
+                                .with_only_columns(_EARLIER.c.id).order_by(None))
 _STRAIGHT = MESSAGES.alias("straight")
 # After a claim's lock, in one round trip: the message it would be merged into (`newer_pending`), and how many
 # messages are merged straight into it (`merged_turn`). A turn only grows by a message merged straight into the
@@ -139,7 +153,7 @@ def newer_pending(session: Session, tenant_id: str, conversation_id: str, create
 
 class KeywordWaiting(Exception):
     """An earlier message of the turn still waiting is a consent keyword (STOP, START): it is never merged (its
-    consent change would be lost), so the later message waits for it: its handling fails, and the bus retries it."""
+    consent change would be lost), so the later message waits for it (the orchestrator schedules it again)."""
 
 
 def take_over(tenant_id: str, message_id: str, *, consent_status: str, channel: str) -> None:

@@ -15,15 +15,17 @@ from typing import Any
 import pytest
 from sqlalchemy import event, select
 
+from app import outbox
 from app.assistant import outcomes, turns
 from app.assistant.orchestrator import TURN_READS, Orchestrator
-from app.assistant.outcomes import Outcome
+from app.assistant.outcomes import Context, Outcome
+from app.assistant.prompts import Draft
 from app.bootstrap import container
 from app.bus.concurrent import ConcurrentConsumer
 from app.contracts import INBOUND, InboundMessage
 from app.conversations.service import accept_inbound
 from app.db import get_engine, migrate, session_scope
-from app.models import Message
+from app.models import Message, OutboxEntry, utcnow
 from app.tenants.service import create_tenant
 from app.workers_runtime import ORCHESTRATOR_GROUP, conversation_key
 from tests.assistant.helpers import RETURNS_DOC, FakePassage
@@ -140,13 +142,23 @@ def _nobody_unanswered(conversation: Conversation) -> None:
             assert row.status == "answered"
 
 
-def test_a_message_merged_into_one_being_answered_is_answered_in_its_reply(conversation: Conversation) -> None:
-    # B is read (nothing merged into it yet, A still waiting) and stops in its answer path.
+def test_a_message_merged_into_one_being_answered_is_answered_in_its_reply(started: Started) -> None:
+    """A becomes visible only after B was read (another gateway's clock or commit lagged: A is the earlier
+    message, stored later), so B did not take it over; A's handler finds B waiting and merges A into it."""
+    retrieval = Retrieval()
+    conversation = Conversation(Orchestrator.of(container(), retrieve=retrieval), retrieval, started.events)
+    later = started.add(LATER)
+    # B is read (nothing merged into it, nothing earlier waiting) and stops in its answer path.
     b_reached, b_resume = threading.Event(), threading.Event()
-    conversation.retrieval.hold["b"] = (b_reached, b_resume)
-    b = conversation.handle("b", 1)
+    retrieval.hold["b"] = (b_reached, b_resume)
+    b = conversation.handle("b", 0)
     try:
         assert b_reached.wait(WAIT_S)
+        earlier = started.add(EARLIER)
+        with session_scope(cross_tenant="tests") as session:
+            session.get_one(Message, earlier.message_id).created_at = (
+                session.get_one(Message, later.message_id).created_at - timedelta(seconds=1))
+        started.events.reverse()  # in the order they were written: A, then B
         # A, handled meanwhile by another consumer, finds B waiting and is merged into it.
         a = conversation.handle("a", 0)
         a.join(WAIT_S)
@@ -159,7 +171,7 @@ def test_a_message_merged_into_one_being_answered_is_answered_in_its_reply(conve
     # B's claim saw that its turn grew: the outcome from B's text alone was not written, the turn was read again
     # and answered from both texts. Without the check A was merged into a reply that never mentioned it.
     assert conversation.results["b"].status == "answered"
-    assert conversation.retrieval.texts["b"] == [LATER, f"{EARLIER}\n{LATER}"]
+    assert retrieval.texts["b"] == [LATER, f"{EARLIER}\n{LATER}"]
     assert [row.status for row in conversation.messages()] == ["merged", "answered"]
     _nobody_unanswered(conversation)
 
@@ -178,10 +190,11 @@ def test_a_merge_read_while_the_later_message_is_claimed_leaves_nobody_unanswere
     def before(conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool) -> None:
         compiled = getattr(context, "compiled", None)
         if (threading.current_thread().name == "b" and compiled is not None
-                and compiled.statement in (outcomes._LOCK, outcomes._CLAIM)):
-            b_at_claim.set()
+                and compiled.statement in (outcomes._LOCK, outcomes._CLAIM, turns._LOCK)):
+            b_at_claim.set()  # SQLite: B's take-over of A, or its claim, waits for A's write lock
         if threading.current_thread().name == "b" and "FOR UPDATE OF earlier" in statement:
-            b_taking_over.set()
+            b_taking_over.set()  # Postgres: B's take-over waits for A's row
+            b_at_claim.set()
 
     hooks("after_cursor_execute", after)
     hooks("before_cursor_execute", before)
@@ -191,7 +204,7 @@ def test_a_merge_read_while_the_later_message_is_claimed_leaves_nobody_unanswere
         b = conversation.handle("b", 1)
         assert b_at_claim.wait(WAIT_S)
         if get_engine().dialect.name != "sqlite":
-            # Postgres: A holds only its own row. B's claim finds A still waiting, so B is not answered (its reply
+            # Postgres: A holds only its own row. B, read while A is still waiting, is not answered (its reply
             # would go out before A's): it takes A over, and waits for A's row, which A's claim holds.
             assert b_taking_over.wait(WAIT_S)
             assert "b" not in conversation.results
@@ -231,6 +244,9 @@ def test_a_turn_that_keeps_changing_is_left_to_the_bus_never_answered_without_a_
     """After `TURN_READS` reads that each found the turn grown, the handling fails (the bus retries it, and
     dead-letters and escalates it if it never settles) rather than answer without the last text merged into it."""
     later = conversation.events[1]
+    with session_scope(cross_tenant="tests") as session:  # A is merged into B already: B's turn is both
+        session.get_one(Message, conversation.events[0].message_id).status = "merged"
+        session.get_one(Message, conversation.events[0].message_id).meta = {"superseded_by": later.message_id}
     retrieval = MergingRetrieval(into=later.message_id)
     orchestrator = Orchestrator.of(container(), retrieve=retrieval)
     with pytest.raises(outcomes.TurnChanged):
@@ -264,7 +280,7 @@ def test_a_later_message_is_never_answered_before_an_earlier_one_still_being_ans
     assert not a.is_alive()
 
     assert conversation.results["b"].status == "answered"
-    assert retrieval.texts["b"] == [LATER, f"{EARLIER}\n{LATER}"]  # read again with A's text
+    assert retrieval.texts["b"] == [f"{EARLIER}\n{LATER}"]  # A taken over when B was read: B's one answer
     assert conversation.results["a"].status == "duplicate"  # A's own answer was never written
     assert [row.status for row in conversation.messages()] == ["merged", "answered"]
     with session_scope(cross_tenant="tests") as session:
@@ -276,17 +292,34 @@ def test_a_later_message_is_never_answered_before_an_earlier_one_still_being_ans
 
 def test_a_consent_keyword_still_waiting_is_never_taken_over_the_later_message_waits_for_it(
         started: Started) -> None:
-    """STOP is never merged (its consent change would be lost): a later message whose claim finds it waiting is left
-    to the bus, and once the keyword is handled, it is handled under the new consent (nothing sent)."""
+    """STOP is never merged (its consent change would be lost): a later message read while it waits is scheduled
+    again shortly (an outbox entry: no delivery of its own used up, its conversation left free for the keyword),
+    and once the keyword is handled, it is handled under the new consent (nothing sent)."""
     stop, later = started.add("STOP"), started.add(LATER)
     orchestrator = Orchestrator.of(container(), retrieve=Retrieval())
-    with pytest.raises(turns.KeywordWaiting):
-        orchestrator.process(later)
+    assert orchestrator.process(later).status == "deferred"
     with session_scope(cross_tenant="tests") as session:
         assert session.get_one(Message, stop.message_id).status == "received"
         assert session.get_one(Message, later.message_id).status == "received"
+        [entry] = session.scalars(select(OutboxEntry).where(OutboxEntry.message_id == later.message_id)).all()
+        assert entry.topic == INBOUND and entry.not_before is not None
     assert orchestrator.process(stop).reason == "consent_withdrawn"
     assert orchestrator.process(later).status == "skipped"
+
+
+def test_a_claim_that_finds_an_earlier_message_waiting_writes_nothing(started: Started) -> None:
+    """The claim's own check (an earlier message that became visible only after this one was read: gateways'
+    clocks, commit order): the outcome is not written and the orchestrator takes the earlier one over."""
+    earlier, later = started.add(EARLIER), started.add(LATER)
+    ctx = Context(message_id=later.message_id, tenant_id=later.tenant_id, conversation_id=later.conversation_id,
+                  mode="auto", persona={}, policies={}, llm=None, history=[], pack_version=None,
+                  received_at=utcnow(), channel="webchat")
+    with pytest.raises(outcomes.EarlierWaiting):
+        outcomes.answer(outbox.Publisher(container().bus), utcnow, ctx, Draft("Within 30 days of delivery."))
+    with session_scope(cross_tenant="tests") as session:
+        assert [session.get_one(Message, e.message_id).status for e in (earlier, later)] == ["received"] * 2
+        assert session.scalars(select(Message).where(Message.direction == "out",
+                                                     Message.conversation_id == later.conversation_id)).all() == []
 
 
 def test_two_replicas_on_redis_streams_never_answer_a_later_message_first(
