@@ -144,7 +144,8 @@ def main() -> None:
         server.stop()
         llm.close()
     print(f"\nhand-built stack, {args.llm} LLM; the load generator on the same machine")
-    print("| c | answers | req/s | p50 / p95 / p99 ms | errors | server CPU ms/answer | client CPU ms/answer | peak RSS MB |")
+    print("| c | answers | req/s | p50 / p95 / p99 ms | errors | server CPU ms/answer | client CPU ms/answer "
+          "| peak RSS MB |")
     print("|---|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['concurrency']} | {r['replies']} | {r['req_s']} | {r['p50_ms']} / {r['p95_ms']} / {r['p99_ms']} "
