@@ -13,8 +13,10 @@ An entry is keyed by
 
 An entry lives `ttl_s` (`EMBED_QUERY_CACHE_TTL_S`, 10 minutes) from when it was stored, hit or not: a query's
 vectors are derived from a customer's words, so they must not outlive the customer's erasure or the tenant's
-retention policy by more than that, in any process. Expired entries leave memory at the process's next question;
-`forget_tenant` drops a tenant's at once (the process that erases a contact calls it). Entries are kept in the
+retention policy by more than that, in any process. Expired entries leave memory at the process's next question,
+or when the oldest one expires if no question comes (a timer, running only while entries are kept: an idle replica
+keeps nothing past its time); `forget_tenant` drops a tenant's at once (the process that erases a contact calls
+it). Entries are kept in the
 order they were stored, so the oldest go first, by age or when `size` is reached; `size` 0 turns the cache off
 (`EMBED_QUERY_CACHE`). One entry is about 6.5 KB (the two vectors as float64 arrays), so the default 4,096 hold
 ~27 MB. Thread-safe: two threads missing the same key at once both embed it (the micro-batcher puts them in one
@@ -55,6 +57,7 @@ class QueryCache:
         # key -> (when stored, plain, weighted), oldest first
         self._entries: OrderedDict[_Key, tuple[float, np.ndarray, np.ndarray | None]] = OrderedDict()
         self._lock = threading.Lock()
+        self._sweep: threading.Timer | None = None  # due when the oldest entry expires, while there are entries
 
     def __len__(self) -> int:
         with self._lock:
@@ -86,6 +89,7 @@ class QueryCache:
             self._entries[key] = (self._clock(), *entry)
             while len(self._entries) > self.size:
                 self._entries.popitem(last=False)
+            self._schedule_sweep()
         return vectors
 
     def forget_tenant(self, tenant_id: str) -> None:
@@ -93,6 +97,20 @@ class QueryCache:
         with self._lock:
             for key in [k for k in self._entries if k[0] == tenant_id]:
                 del self._entries[key]
+
+    def _schedule_sweep(self) -> None:
+        """Under the lock: a timer for when the oldest entry expires, unless one is due or nothing is kept."""
+        if self._sweep is None and self._entries:
+            oldest = next(iter(self._entries.values()))[0]
+            self._sweep = threading.Timer(max(0.0, oldest + self.ttl_s - self._clock()) + 0.01, self._swept)
+            self._sweep.daemon = True
+            self._sweep.start()
+
+    def _swept(self) -> None:
+        with self._lock:
+            self._sweep = None
+            self._expire(self._clock())
+            self._schedule_sweep()
 
     def _expire(self, now: float) -> None:
         while self._entries:

@@ -17,6 +17,7 @@ from app.knowledge.service import ingest_paths
 from app.knowledge.termstats import TermStats, collect
 from app.providers.embeddings.base import TokenWeightingEmbedder
 from app.providers.embeddings.minilm import MiniLMEmbedder
+from tests.bus.conftest import wait_for
 from tests.knowledge.test_termstats import CORPUS
 
 
@@ -178,3 +179,14 @@ def test_retrieval_gives_the_same_passages_with_the_cache_on_and_off(db: Session
             assert on and [(p.chunk_id, p.score, p.rank) for p in on] == [(p.chunk_id, p.score, p.rank) for p in off]
     assert counting.calls == len(questions)
     assert container().retriever.query_cache is not None  # the process's retriever has one (EMBED_QUERY_CACHE)
+
+
+def test_an_idle_process_keeps_no_entry_past_its_time(embedder: CountingEmbedder, stats: TermStats) -> None:
+    """With no question after it, an entry still leaves memory once it expires (a customer's words must not sit
+    in an idle replica), and the timer stops once nothing is kept."""
+    cache = QueryCache(size=8, ttl_s=0.2)
+    cache.query_vectors(embedder, "acme", "where is my order?", stats, 1)
+    cache.query_vectors(embedder, "acme", "do you ship abroad?", stats, 1)
+    assert len(cache) == 2
+    wait_for(lambda: len(cache) == 0)  # no call to the cache meanwhile
+    wait_for(lambda: cache._sweep is None)
