@@ -86,7 +86,7 @@ _EARLIER, _ENDED_BEFORE = MESSAGES.alias("earlier"), MESSAGES.alias("ended_befor
 _NEVER = literal(datetime(1970, 1, 1, tzinfo=UTC), MESSAGES.c.created_at.type)
 
 
-def _waiting_before(conversation: Any, created: Any) -> Select[Any]:
+def _waiting_before(conversation: Any, created: Any, message: Any) -> Select[Any]:
     """The earlier messages of the turn still waiting (`received`) before the message of `conversation` created
     at `created`, oldest first: being answered by another handler, or not yet. That message may not be answered
     before them. Its turn began after the last turn that ended before it, read backwards from it: the scan stops
@@ -101,13 +101,16 @@ def _waiting_before(conversation: Any, created: Any) -> Select[Any]:
         _EARLIER.c.conversation_id == conversation, filter_only(_EARLIER.c.tenant_id) == bindparam("tenant"),
         _EARLIER.c.direction == "in", _EARLIER.c.status == "received", _EARLIER.c.created_at < created,
         _EARLIER.c.created_at > func.coalesce(ended_at, _NEVER),
+        # Never the message itself: on SQLite a stored time without microseconds ("...:09") sorts before the same
+        # time bound again ("...:09.000000").
+        _EARLIER.c.id != message,
     ).correlate_except(_EARLIER).order_by(_EARLIER.c.created_at)
 
 
-EARLIER_WAITING = _waiting_before(bindparam("conversation"), bindparam("created"))
+EARLIER_WAITING = _waiting_before(bindparam("conversation"), bindparam("created"), bindparam("message"))
 # Whether the `messages` row of the statement it is put in has earlier messages waiting (the orchestrator's read:
 # they are taken over before any work is done for it).
-EARLIER_WAITING_OF_ROW = exists(_waiting_before(MESSAGES.c.conversation_id, MESSAGES.c.created_at)
+EARLIER_WAITING_OF_ROW = exists(_waiting_before(MESSAGES.c.conversation_id, MESSAGES.c.created_at, MESSAGES.c.id)
                                 .with_only_columns(_EARLIER.c.id).order_by(None))
 _STRAIGHT = MESSAGES.alias("straight")
 # After a claim's lock, in one round trip: the message it would be merged into (`newer_pending`), and how many

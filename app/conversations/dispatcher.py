@@ -18,7 +18,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, NoReturn
 
-from sqlalchemy import Table, bindparam, func, select, update
+from sqlalchemy import Table, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app import logs, outbox, tracing
@@ -63,10 +63,11 @@ DEFAULT_MAX_WAIT = timedelta(hours=1)
 JITTER_SHARE = 0.1
 JITTER_CAP = timedelta(seconds=5)
 # A reply is not sent while an earlier reply of its conversation still waits (pending, with the provider's
-# `retry_at` or a send lease in its meta): the customer would read the later one first. It is rescheduled as a
-# held-back reply is (`retry_at` and an outbox entry, so a redelivered copy is acked without a write; its
-# `held_back_since` set, so the wait behind counts towards its own `max_wait`), for ORDER_GAP after the earlier
-# one's wait: relays publish oldest first, and with several dispatchers the earlier send has a second's head start.
+# `retry_at` or a send lease in its meta, or made less than ORDER_UNSTARTED ago and not yet taken up: its entry is
+# at another dispatcher): the customer would read the later one first. It is rescheduled as a held-back reply is
+# (`retry_at` and an outbox entry, so a redelivered copy is acked without a write; its own `max_wait` counts only
+# the provider's refusals of it, never the wait behind another), for ORDER_GAP after the earlier one's wait:
+# relays publish oldest first, and with several dispatchers the earlier send has a second's head start.
 # A wait already over (its entry not handled yet, a dead dispatcher's lease) is looked at again a lease later. It
 # never fails for waiting, nor waits for ever: the earlier reply's wait ends (by its own `max_wait` at the latest; a
 # lost entry is redriven) in sent, failed or another wait, and the later one looks again when its entry comes. Only
@@ -77,13 +78,15 @@ JITTER_CAP = timedelta(seconds=5)
 # end of that send's lease: a send is done long before.
 ORDER_GAP = timedelta(seconds=1)
 ORDER_HORIZON = timedelta(days=1)
+# How long a later reply waits behind an earlier one nobody has taken up yet (a lost entry is redriven later).
+ORDER_UNSTARTED = timedelta(seconds=30)
 
 # The delivery's SQL, built once: each delivery only binds its ids (building a statement, or loading ORM objects,
 # cost more than running it on SQLite). Core rows; every statement names the tenant or joins on it.
 ACCOUNTS: Table = ChannelAccount.__table__  # type: ignore[assignment]
 _IN_TENANT = (MESSAGES.c.id == bindparam("message"), MESSAGES.c.tenant_id == bindparam("tenant"))
 # The meta of the latest earlier reply of the conversation that still waits (ORDER_GAP): with its `retry_at`, or
-# its `sending_until` while it is being sent (never both).
+# its `sending_until` while it is being sent (never both), or neither when it was made less than ORDER_UNSTARTED ago.
 _EARLIER = MESSAGES.alias("earlier")
 _EARLIER_WAIT = func.coalesce(_EARLIER.c.meta["retry_at"].as_string(), _EARLIER.c.meta["sending_until"].as_string())
 _BEHIND = (
@@ -92,7 +95,9 @@ _BEHIND = (
            filter_only(_EARLIER.c.tenant_id) == bindparam("tenant"),
            _EARLIER.c.created_at < MESSAGES.c.created_at,
            _EARLIER.c.created_at >= bindparam("horizon", type_=MESSAGES.c.created_at.type),
-           _EARLIER.c.direction == "out", _EARLIER.c.status == "pending", _EARLIER_WAIT.is_not(None))
+           _EARLIER.c.direction == "out", _EARLIER.c.status == "pending",
+           or_(_EARLIER_WAIT.is_not(None),
+               _EARLIER.c.created_at >= bindparam("unstarted", type_=MESSAGES.c.created_at.type)))
     .order_by(_EARLIER.c.created_at.desc())
     .limit(1)
     .scalar_subquery()
@@ -167,9 +172,10 @@ class Dispatcher:
         already was). Raises for a transient failure: the entry is redelivered, or, when the provider said how long
         to wait, the reply was rescheduled (`RETRY_AT`). `due`: the `retry_at` the entry was scheduled for."""
         key = {"message": event.message_id, "tenant": event.tenant_id}
-        horizon = self.clock() - self.max_wait - ORDER_HORIZON
+        now = self.clock()
+        horizon, unstarted = now - self.max_wait - ORDER_HORIZON, now - ORDER_UNSTARTED
         with session_scope(tenant=event.tenant_id) as session:
-            reply = session.execute(_OUTBOUND, {**key, "horizon": horizon}).first()
+            reply = session.execute(_OUTBOUND, {**key, "horizon": horizon, "unstarted": unstarted}).first()
             if reply is None:
                 raise PermanentFailure(f"outbound message {event.message_id} not found")
             if reply.status != "pending":
@@ -243,17 +249,22 @@ class Dispatcher:
     def _queue_behind(self, session: Session, message: Message, event: OutboundMessage, behind: dict[str, Any],
                       now: datetime) -> NoReturn:
         """Reschedule the reply to go after an earlier reply of its conversation (`behind`: that one's meta) that
-        waits (ORDER_GAP): for just after the provider's wait; while it is being sent, for a look again ORDER_GAP
-        later (a send takes a moment, its lease up to DEFAULT_LEASE); a wait already over, a lease later."""
+        waits (ORDER_GAP): for just after the provider's wait; while it is being sent or not yet taken up, for a
+        look again ORDER_GAP later (a send takes a moment, its lease up to DEFAULT_LEASE); a wait already over, a
+        lease later. Its own `held_back_since` is left as it is: waiting behind another never fails it."""
         meta = _without(message.meta or {}, "sending_until")  # a dead dispatcher's, run out (checked above)
-        until = datetime.fromisoformat(str(behind.get("retry_at") or behind["sending_until"]))
-        if until <= now:
+        wait = behind.get("retry_at") or behind.get("sending_until")
+        until = datetime.fromisoformat(str(wait)) if wait else now
+        if not wait:
+            retry_at = now + ORDER_GAP
+        elif until <= now:
             retry_at = now + self.lease
         elif behind.get("retry_at"):
             retry_at = until + ORDER_GAP
         else:
             retry_at = min(until, now + ORDER_GAP)
-        _schedule(session, event, meta, retry_at, since=str(meta.get("held_back_since") or now.isoformat()))
+        since = meta.get("held_back_since")
+        _schedule(session, event, meta, retry_at, since=str(since) if since else None)
         message.meta = meta
         session.commit()
         raise DeliveryBusy(f"message {message.id} waits until {retry_at} behind an earlier reply of its "
@@ -319,10 +330,11 @@ def _jitter(wait: timedelta) -> timedelta:
 
 
 def _schedule(session: Session, event: OutboundMessage, meta: dict[str, Any], retry_at: datetime, *,
-              since: str) -> None:
+              since: str | None) -> None:
     """Reschedule the reply for `retry_at` (`RETRY_AT`): the outbox entry, in the caller's transaction, and the
-    wait in `meta`, which the caller writes in the same transaction."""
-    meta.update(retry_at=retry_at.isoformat(), held_back_since=since)
+    wait in `meta` (with `since`, when the provider first held it back), which the caller writes in the same
+    transaction."""
+    meta.update(retry_at=retry_at.isoformat(), **({"held_back_since": since} if since else {}))
     entry = outbox.Entry.of(OUTBOUND, event, event.message_id)
     outbox.add(session, [replace(entry, fields={**entry.fields, RETRY_AT: retry_at.isoformat()})],
                not_before=retry_at)

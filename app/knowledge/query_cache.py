@@ -14,13 +14,12 @@ An entry is keyed by
 An entry lives `ttl_s` (`EMBED_QUERY_CACHE_TTL_S`, 10 minutes) from when it was stored, hit or not: a query's
 vectors are derived from a customer's words, so they must not outlive the customer's erasure or the tenant's
 retention policy by more than that, in any process. Expired entries leave memory at the process's next question,
-or when the oldest one expires if no question comes (a timer, running only while entries are kept: an idle replica
-keeps nothing past its time); `forget_tenant` drops a tenant's at once (the process that erases a contact calls
-it). Entries are kept in the
-order they were stored, so the oldest go first, by age or when `size` is reached; `size` 0 turns the cache off
-(`EMBED_QUERY_CACHE`). One entry is about 6.5 KB (the two vectors as float64 arrays), so the default 4,096 hold
-~27 MB. Thread-safe: two threads missing the same key at once both embed it (the micro-batcher puts them in one
-model call) and the second store wins.
+or when the oldest one expires if no question comes (a timer, running only while entries are kept: an idle
+replica keeps none more than a tenth of the time to live late); `forget_tenant` drops a tenant's at once (the
+process that erases a contact calls it). Entries are kept in the order they were stored, so the oldest go first,
+by age or when `size` is reached; `size` 0 turns the cache off (`EMBED_QUERY_CACHE`). One entry is about 6.5 KB
+(the two vectors as float64 arrays), so the default 4,096 hold ~27 MB. Thread-safe: two threads missing the same
+key at once both embed it (the micro-batcher puts them in one model call) and the second store wins.
 """
 
 from __future__ import annotations
@@ -58,6 +57,7 @@ class QueryCache:
         self._entries: OrderedDict[_Key, tuple[float, np.ndarray, np.ndarray | None]] = OrderedDict()
         self._lock = threading.Lock()
         self._sweep: threading.Timer | None = None  # due when the oldest entry expires, while there are entries
+        self._closed = False
 
     def __len__(self) -> int:
         with self._lock:
@@ -98,11 +98,22 @@ class QueryCache:
             for key in [k for k in self._entries if k[0] == tenant_id]:
                 del self._entries[key]
 
+    def close(self) -> None:
+        """Stops the sweep's timer (the container's close)."""
+        with self._lock:
+            self._closed = True
+            if self._sweep is not None:
+                self._sweep.cancel()
+                self._sweep = None
+
     def _schedule_sweep(self) -> None:
-        """Under the lock: a timer for when the oldest entry expires, unless one is due or nothing is kept."""
-        if self._sweep is None and self._entries:
+        """Under the lock: a timer for when the oldest entry expires, unless one is due or nothing is kept; never
+        sooner than a tenth of the time to live after now, so a steady stream of questions starts a timer at most
+        that often (an idle process's entry leaves at most a tenth of its time to live late)."""
+        if self._sweep is None and self._entries and not self._closed:
             oldest = next(iter(self._entries.values()))[0]
-            self._sweep = threading.Timer(max(0.0, oldest + self.ttl_s - self._clock()) + 0.01, self._swept)
+            delay = max(oldest + self.ttl_s - self._clock(), self.ttl_s / 10)
+            self._sweep = threading.Timer(delay, self._swept)
             self._sweep.daemon = True
             self._sweep.start()
 

@@ -107,3 +107,7 @@ class Retriever:
         return retrieve(tenant_id, query, top_k=top_k, filters=filters, embedder=self.embedder,
                         sparse_encoder=self.sparse_encoder, vector_store=self.vector_store, term_stats=term_stats,
                         query_cache=self.query_cache)
+
+    def close(self) -> None:
+        if self.query_cache is not None:
+            self.query_cache.close()

@@ -187,6 +187,7 @@ def _keep(key: _Key, stats: TermStats | None) -> None:
         if key in _cache:
             _cached_bytes -= _size(_cache[key])
         _cache[key] = stats
+        _cache.move_to_end(key)
         _cached_bytes += _size(stats)
         while _cached_bytes > CACHE_BYTES and len(_cache) > 1:
             _cached_bytes -= _size(_cache.popitem(last=False)[1])

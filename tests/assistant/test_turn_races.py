@@ -9,11 +9,12 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import event, select, update
+from sqlalchemy import text as sql
 
 from app import outbox
 from app.assistant import outcomes, turns
@@ -380,3 +381,19 @@ def test_two_replicas_on_redis_streams_never_answer_a_later_message_first(
         assert [session.get_one(Message, m).status for m in (a.message_id, b.message_id)] == ["merged", "answered"]
     assert replies == [b.message_id]
     assert bus.pending_count(INBOUND, ORCHESTRATOR_GROUP) == 0  # both entries acked, A's by replica 1
+
+
+def test_a_message_stored_without_microseconds_is_never_taken_over_by_itself(started: Started) -> None:
+    """On SQLite a time stored as "...:09" (an import, a hand-written row) sorts before the same time bound again
+    ("...:09.000000"), so the message looked like an earlier one waiting before itself."""
+    lone = started.add(LATER)
+    with session_scope(cross_tenant="tests") as session:
+        session.execute(update(Message).where(Message.id == lone.message_id)
+                        .values(created_at=datetime(2026, 1, 1, 10, 0, 9, tzinfo=UTC)))
+        if get_engine().dialect.name == "sqlite":
+            session.execute(sql("UPDATE messages SET created_at = '2026-01-01 10:00:09' WHERE id = :id"),
+                            {"id": lone.message_id})
+    outcome = Orchestrator.of(container(), retrieve=Retrieval()).process(lone)
+    assert outcome.status == "answered"
+    with session_scope(cross_tenant="tests") as session:
+        assert session.get_one(Message, lone.message_id).status == "answered"

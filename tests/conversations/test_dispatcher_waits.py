@@ -14,7 +14,7 @@ from app.bus.base import Delivery
 from app.bus.memory import MemoryBus
 from app.channels import Permanent, RateLimited, SendError, SendRequest
 from app.contracts import OUTBOUND, Event, OutboundMessage
-from app.conversations.dispatcher import DEFAULT_LEASE, ORDER_GAP, DeliveryBusy, Dispatcher
+from app.conversations.dispatcher import DEFAULT_LEASE, ORDER_GAP, ORDER_UNSTARTED, DeliveryBusy, Dispatcher
 from app.conversations.push import LocalPush
 from app.conversations.replies import add_outbound, outbound_event
 from app.conversations.service import accept_inbound
@@ -181,6 +181,46 @@ def test_a_reply_behind_one_that_ends_failed_still_goes(tenant: str, account: st
     assert provider.attempts[-1] == second.message_id and provider.attempts.count(second.message_id) == 1
     assert provider.sent == [second.message_id] and _message(second.message_id).status == "sent"
     assert world.bus.pending_count(OUTBOUND, "dispatcher") == 0
+
+
+def test_the_wait_behind_an_earlier_reply_never_counts_towards_a_replys_own_max_wait(
+        tenant: str, account: str) -> None:
+    """The first reply is held back twice (20 minutes), the second waits behind it, then the provider holds the
+    second back once: 10 minutes from its own first refusal is within the 25 minutes' budget, so it is sent."""
+    first, second = _replies(tenant, account, "c", 2)
+    held = RateLimited("Flood control exceeded", retry_after=600)
+    provider = Provider({first.message_id: [held, RateLimited("Flood control exceeded", retry_after=600)],
+                         second.message_id: [RateLimited("Flood control exceeded", retry_after=600)]})
+    world = World(provider, max_wait=timedelta(minutes=25))
+    world.publish(first)
+    world.publish(second)
+    world.run(minutes=40)
+    assert provider.sent == [first.message_id, second.message_id]
+    assert [_message(r.message_id).status for r in (first, second)] == ["sent", "sent"]
+
+
+def test_a_reply_waits_behind_an_earlier_one_nobody_has_taken_up_yet(tenant: str, account: str) -> None:
+    """Scale-out: the second reply's entry reaches a dispatcher before the first's reaches another. The second
+    looks again a second later; once the first is sent, it goes. Behind one nobody takes up (its entry lost, to be
+    redriven later) a reply waits at most ORDER_UNSTARTED."""
+    first, second, lost, fourth = _replies(tenant, account, "c", 4)
+    clock, provider = Clock(), Provider()
+    dispatcher = Dispatcher({"fakechan": provider}, LocalPush(), clock=clock)
+    with pytest.raises(DeliveryBusy, match="behind an earlier reply"):
+        dispatcher.deliver(second)
+    assert _scheduled(second.message_id) == [clock.now + ORDER_GAP]
+    dispatcher.deliver(first)
+    clock.now += ORDER_GAP
+    dispatcher.deliver(second, due=_message(second.message_id).meta["retry_at"])
+    assert provider.sent == [first.message_id, second.message_id]
+    assert "held_back_since" not in _message(second.message_id).meta  # waiting behind is not being held back
+
+    with pytest.raises(DeliveryBusy, match="behind an earlier reply"):
+        dispatcher.deliver(fourth)
+    clock.now += ORDER_UNSTARTED + ORDER_GAP  # nobody took `lost` up meanwhile
+    dispatcher.deliver(fourth, due=_message(fourth.message_id).meta["retry_at"])
+    assert provider.sent == [first.message_id, second.message_id, fourth.message_id]
+    assert _message(lost.message_id).status == "pending"
 
 
 def test_a_reply_waits_behind_an_earlier_one_being_sent(tenant: str, account: str) -> None:

@@ -190,3 +190,22 @@ def test_an_idle_process_keeps_no_entry_past_its_time(embedder: CountingEmbedder
     assert len(cache) == 2
     wait_for(lambda: len(cache) == 0)  # no call to the cache meanwhile
     wait_for(lambda: cache._sweep is None)
+
+
+def test_the_sweep_never_comes_sooner_than_a_tenth_of_the_time_to_live_and_close_stops_it(
+        embedder: CountingEmbedder, stats: TermStats) -> None:
+    """A steady stream of questions expires an entry every moment: a sweep per entry started a thread per
+    question. The sweep waits at least a tenth of the time to live after the one before."""
+    now = [0.0]
+    cache = QueryCache(size=64, ttl_s=600.0, clock=lambda: now[0])
+    cache.query_vectors(embedder, "acme", "where is my order?", stats, 1)
+    first = cache._sweep
+    assert first is not None and first.interval == 600.0  # when the entry expires
+    first.cancel()
+    now[0] = 599.999  # the oldest entry expires in a millisecond
+    cache._swept()  # as the timer would, had it fired now
+    again = cache._sweep
+    assert again is not None and again is not first and again.interval == 60.0
+    cache.close()
+    again.join(5)
+    assert not again.is_alive() and cache._sweep is None
