@@ -225,3 +225,17 @@ def test_a_reclaimed_message_still_merges_into_the_turn_that_was_open_when_it_ar
     assert stack.retrieval.of(tenant) == ["i bought boots last week\nhow long do I have to return them?"]
     assert len(stack.replies(tenant)) == 1
 
+
+
+def test_each_turn_of_a_conversation_is_answered_from_its_own_texts_only(stack: Stack) -> None:
+    """Three turns of two messages each, one after another: each turn's reply is made from its two texts, never
+    from an earlier turn's merged message (the turn's reads start where the previous turn ended)."""
+    tenant = _tenant()
+    turns = [("hi there", "do you ship to canada?"), ("thanks", "how long do returns take?"),
+             ("one more", "what about sale items?")]
+    for first, second in turns:
+        ids = [stack.send(tenant, "ann", first), stack.send(tenant, "ann", second)]
+        stack.run()
+        assert _statuses(*ids) == ["merged", "answered"]
+    assert stack.retrieval.of(tenant) == [f"{first}\n{second}" for first, second in turns]
+    assert len(stack.replies(tenant)) == 3
