@@ -68,29 +68,10 @@ def _pending_after(conversation: Any, created: Any) -> Select[str]:
 _NEWER_PENDING = _pending_after(bindparam("conversation"), bindparam("created"))
 # `newer_pending` of the `messages` row of the statement it is put in (a correlated subquery).
 NEWER_PENDING_OF_ROW = _pending_after(MESSAGES.c.conversation_id, MESSAGES.c.created_at)
-_ENDED_BEFORE = MESSAGES.alias("ended_before")
-_NEVER = literal(datetime(1970, 1, 1, tzinfo=UTC), MESSAGES.c.created_at.type)
-
-
-def _turn_began(conversation: Any, created: Any) -> Any:
-    """When the turn of the message of `conversation` created at `created` began: the last turn that ended before
-    it (1970 before the first), read backwards from it, so a scan of the turn's messages stops there however long
-    the conversation. Every message of a turn, merged or waiting, came after it: a message merges only into the
-    turn open when it arrived (`newer_pending`), and `take_over` takes only messages after it."""
-    ended_at = select(_ENDED_BEFORE.c.created_at).where(
-        _ENDED_BEFORE.c.conversation_id == conversation,
-        filter_only(_ENDED_BEFORE.c.tenant_id) == bindparam("tenant"), _ENDED_BEFORE.c.direction == "in",
-        or_(*(_ENDED_BEFORE.c.status == status for status in ("answered", "escalated", "human"))),
-        _ENDED_BEFORE.c.created_at < created,
-    ).correlate_except(_ENDED_BEFORE).order_by(_ENDED_BEFORE.c.created_at.desc()).limit(1).scalar_subquery()
-    return func.coalesce(ended_at, _NEVER)
-
-
 _MERGED_EARLIER = select(MESSAGES.c.id, MESSAGES.c.text, MESSAGES.c.meta).where(
     MESSAGES.c.conversation_id == bindparam("conversation"), filter_only(MESSAGES.c.tenant_id) == bindparam("tenant"),
     MESSAGES.c.direction == "in",
     MESSAGES.c.status == "merged", MESSAGES.c.created_at < bindparam("created"),
-    MESSAGES.c.created_at > _turn_began(bindparam("conversation"), bindparam("created")),
 ).order_by(MESSAGES.c.created_at.desc())
 _MERGED = MESSAGES.alias("merged")
 # Whether `merged_turn` of the `messages` row of the statement it is put in could find anything (a correlated
@@ -98,21 +79,31 @@ _MERGED = MESSAGES.alias("merged")
 MERGED_BEFORE_ROW = exists().where(
     _MERGED.c.conversation_id == MESSAGES.c.conversation_id, filter_only(_MERGED.c.tenant_id) == bindparam("tenant"),
     _MERGED.c.direction == "in", _MERGED.c.status == "merged", _MERGED.c.created_at < MESSAGES.c.created_at,
-    _MERGED.c.created_at > _turn_began(MESSAGES.c.conversation_id, MESSAGES.c.created_at),
 ).correlate_except(_MERGED)
 
 
-_EARLIER = MESSAGES.alias("earlier")
+_EARLIER, _ENDED_BEFORE = MESSAGES.alias("earlier"), MESSAGES.alias("ended_before")
+_NEVER = literal(datetime(1970, 1, 1, tzinfo=UTC), MESSAGES.c.created_at.type)
 
 
 def _waiting_before(conversation: Any, created: Any, message: Any) -> Select[Any]:
     """The earlier messages of the turn still waiting (`received`) before the message of `conversation` created
     at `created`, oldest first: being answered by another handler, or not yet. That message may not be answered
-    before them."""
+    before them. Its turn began after the last turn that ended before it, read backwards from it: the scan stops
+    there, however long the conversation."""
+    ended_at = select(_ENDED_BEFORE.c.created_at).where(
+        _ENDED_BEFORE.c.conversation_id == conversation,
+        filter_only(_ENDED_BEFORE.c.tenant_id) == bindparam("tenant"), _ENDED_BEFORE.c.direction == "in",
+        or_(*(_ENDED_BEFORE.c.status == status for status in ("answered", "escalated", "human"))),
+        _ENDED_BEFORE.c.created_at < created,
+    ).correlate_except(_ENDED_BEFORE).order_by(_ENDED_BEFORE.c.created_at.desc()).limit(1).scalar_subquery()
+    # The COALESCE inside a subquery of its own: Postgres then takes the bound as one value, a condition of the
+    # index scan; around the subquery it only filtered the rows the scan returned.
+    began = select(func.coalesce(ended_at, _NEVER)).scalar_subquery()
     return select(_EARLIER.c.id, _EARLIER.c.text, _EARLIER.c.meta).where(
         _EARLIER.c.conversation_id == conversation, filter_only(_EARLIER.c.tenant_id) == bindparam("tenant"),
         _EARLIER.c.direction == "in", _EARLIER.c.status == "received", _EARLIER.c.created_at < created,
-        _EARLIER.c.created_at > _turn_began(conversation, created),
+        _EARLIER.c.created_at > began,
         # Never the message itself: on SQLite a stored time without microseconds ("...:09") sorts before the same
         # time bound again ("...:09.000000").
         _EARLIER.c.id != message,
@@ -135,7 +126,6 @@ TURN_NOW = select(
         _STRAIGHT.c.conversation_id == bindparam("conversation"),
         filter_only(_STRAIGHT.c.tenant_id) == bindparam("tenant"), _STRAIGHT.c.direction == "in",
         _STRAIGHT.c.status == "merged", _STRAIGHT.c.created_at < bindparam("created"),
-        _STRAIGHT.c.created_at > _turn_began(bindparam("conversation"), bindparam("created")),
         _STRAIGHT.c.meta["superseded_by"].as_string() == bindparam("message"),
     ).scalar_subquery().label("merged"),
     exists(EARLIER_WAITING.with_only_columns(_EARLIER.c.id).order_by(None)).label("earlier"),
