@@ -65,6 +65,9 @@ INGEST_FILES = Counter("switchboard_ingest_files", "Knowledge files ingestion fi
 QUERY_EMBEDDINGS = Counter("switchboard_query_embeddings",
                            "Customers' questions looked up in the query-embedding cache, by result (hit or miss).",
                            ["result"], registry=REGISTRY)
+TAKEN_OVER = Counter("switchboard_messages_taken_over",
+                     "Messages a later message of their turn took into its reply while they were still waiting "
+                     "(two handlers of one conversation at once: replicas, answering processes).", registry=REGISTRY)
 INJECTION_FLAGS = Counter("switchboard_injection_flags",
                           "Texts the injection detector flagged, by where: message, passage (dropped at answer "
                           "time) or chunk (quarantined at ingestion).", ["where"], registry=REGISTRY)
@@ -118,6 +121,11 @@ def ingest_file(status: str) -> None:
 
 def query_embedding(result: str) -> None:
     QUERY_EMBEDDINGS.labels(result).inc()
+
+
+def taken_over(n: int) -> None:
+    if n:
+        TAKEN_OVER.inc(n)
 
 
 def injection_flagged(where: str, n: int = 1) -> None:

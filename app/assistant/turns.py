@@ -30,7 +30,7 @@ from typing import Any
 from sqlalchemy import Select, bindparam, exists, func, literal, or_, select, update
 from sqlalchemy.orm import Session
 
-from app import audit
+from app import audit, metrics
 from app.contacts import consent
 from app.conversations.service import MESSAGES
 from app.db import session_scope
@@ -169,7 +169,8 @@ def take_over(tenant_id: str, message_id: str, *, consent_status: str, channel: 
     so two handlers of one conversation at once (scale-out replicas, several answering processes) never send a
     later message's reply before an earlier one's. Locks in the order of the messages, as claims do (earlier rows
     first, then this one): on Postgres a claim of an earlier message in progress is waited for, and a row it ended
-    meanwhile is no longer `received` once locked, so it is left alone."""
+    meanwhile is no longer `received` once locked, so it is left alone. Counted, once committed, in
+    `switchboard_messages_taken_over_total`."""
     key = {"message": message_id, "tenant": tenant_id}
     with session_scope(tenant=tenant_id) as session:
         sqlite = session.get_bind().dialect.name == "sqlite"
@@ -189,6 +190,7 @@ def take_over(tenant_id: str, message_id: str, *, consent_status: str, channel: 
                                      "new_meta": {**(waiting.meta or {}), "superseded_by": message_id}})
             audit.write(session, tenant_id, "bot", "message.merged", "message", waiting.id,
                         {"into": message_id, "taken_over": True})
+    metrics.taken_over(len(earlier))
 
 
 _MESSAGE = select(MESSAGES.c.status, MESSAGES.c.conversation_id, MESSAGES.c.created_at).where(

@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import event, select, update
 from sqlalchemy import text as sql
 
-from app import outbox
+from app import metrics, outbox
 from app.assistant import outcomes, turns
 from app.assistant.orchestrator import TURN_READS, Orchestrator
 from app.assistant.outcomes import Context, Outcome
@@ -267,6 +267,7 @@ def test_a_later_message_is_never_answered_before_an_earlier_one_still_being_ans
     conversation = Conversation(orchestrator, retrieval, started.events)
     a_reached, a_resume = threading.Event(), threading.Event()
     retrieval.hold["a"] = (a_reached, a_resume)
+    taken_before = metrics.REGISTRY.get_sample_value("switchboard_messages_taken_over_total") or 0.0
     started.add(EARLIER)
     a = conversation.handle("a", 0)
     try:
@@ -288,6 +289,7 @@ def test_a_later_message_is_never_answered_before_an_earlier_one_still_being_ans
         replies = session.scalars(select(Message.in_reply_to_id).where(
             Message.conversation_id == started.events[0].conversation_id, Message.direction == "out")).all()
     assert replies == [started.events[1].message_id]
+    assert metrics.REGISTRY.get_sample_value("switchboard_messages_taken_over_total") == taken_before + 1
     _nobody_unanswered(conversation)
 
 
