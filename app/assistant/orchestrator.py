@@ -153,7 +153,9 @@ class Orchestrator:
                 return done
             assert ctx is not None
             try:
-                if ctx.earlier_waiting:  # taken over before any work is done for this one (at its claim, after)
+                # Taken over before any work is done for this one (else at its claim); not while this one waits for
+                # its burst to end: the earlier one, deferred too, merges into it then, as in one process.
+                if ctx.earlier_waiting and self._burst_closes(ctx) is None:
                     raise outcomes.EarlierWaiting(ctx.message_id)
                 return self._decide(event, ctx)
             except outcomes.TurnChanged as changed:
@@ -176,9 +178,7 @@ class Orchestrator:
             return outcomes.route_to_agent(ctx)
         if ctx.superseded and (merged := outcomes.merge(ctx)) is not None:
             return merged  # the later message answers both: no retrieval and no LLM call for this one
-        window = float(ctx.policies.get("burst_window_s") or 0)
-        closes = _aware(ctx.received_at) + timedelta(seconds=window)
-        if window > 0 and closes > self.clock():
+        if (closes := self._burst_closes(ctx)) is not None:
             # Let the rest of a burst arrive; it is answered as one turn.
             return outcomes.defer(self.clock, ctx, event, closes)
         text = "\n".join([*ctx.earlier_burst, event.text])
@@ -214,6 +214,12 @@ class Orchestrator:
         finally:
             if drafts is not None and (outcome is None or outcome.status != "answered"):
                 drafts.withdraw()  # failed, or merged into a later message: the visitor's draft goes
+
+    def _burst_closes(self, ctx: Context) -> datetime | None:
+        """When the tenant's burst window after this message closes, if it is still open."""
+        window = float(ctx.policies.get("burst_window_s") or 0)
+        closes = _aware(ctx.received_at) + timedelta(seconds=window)
+        return closes if window > 0 and closes > self.clock() else None
 
     # -- phase 1 -----------------------------------------------------------------------------------------
     def _load(self, event: InboundMessage) -> tuple[Context | None, Outcome | None]:

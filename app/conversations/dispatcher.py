@@ -62,33 +62,39 @@ DEFAULT_MAX_WAIT = timedelta(hours=1)
 # the customer's. `max_wait` is checked against the provider's wait alone, so the jitter never fails a reply.
 JITTER_SHARE = 0.1
 JITTER_CAP = timedelta(seconds=5)
-# A reply is not sent while an earlier reply of its conversation still waits (pending, with the provider's
-# `retry_at` or a send lease in its meta, or made less than ORDER_UNSTARTED ago and not yet taken up: its entry is
-# at another dispatcher): the customer would read the later one first. It is rescheduled as a held-back reply is
-# (`retry_at` and an outbox entry, so a redelivered copy is acked without a write; its own `max_wait` counts only
-# the provider's refusals of it, never the wait behind another), for ORDER_GAP after the earlier one's wait:
-# relays publish oldest first, and with several dispatchers the earlier send has a second's head start.
-# A wait already over (its entry not handled yet, a dead dispatcher's lease) is looked at again a lease later. It
-# never fails for waiting, nor waits for ever: the earlier reply's wait ends (by its own `max_wait` at the latest; a
-# lost entry is redriven) in sent, failed or another wait, and the later one looks again when its entry comes. Only
-# replies made within `max_wait` + ORDER_HORIZON before now are looked at, so the look is an index range over the
-# conversation's recent messages (ix_messages_conversation_created), not its whole history: one made before and
-# still waiting had been kept off the bus for a day before its first send. Behind a reply being sent (by another
-# dispatcher: one process sends a conversation's replies one at a time), it looks again ORDER_GAP later, not at the
-# end of that send's lease: a send is done long before.
+# A reply is not sent while an earlier reply of its conversation still waits (pending, with the provider's `retry_at`,
+# a send lease, or a failed send's `redelivery_until` in its meta, or made less than ORDER_UNSTARTED ago and not yet
+# taken up: its entry is at another dispatcher): the customer would read the later one first. It is rescheduled as a
+# held-back reply is (`retry_at` and an outbox entry, so a redelivered copy is acked without a write; its own
+# `max_wait` counts only the provider's refusals of it, never the wait behind another), for ORDER_GAP after the
+# earlier one's wait: relays publish oldest first, and with several dispatchers the earlier send has a second's head
+# start. A wait already over (its entry not handled yet, a dead dispatcher's lease) is looked at again a lease later;
+# a failed send's redelivery not come within REDELIVERY_WAIT holds nothing back. It never fails for waiting, nor waits
+# for ever: the earlier reply's wait ends (by its own `max_wait` at the latest; a lost entry is redriven) in sent,
+# failed or another wait, and the later one looks again when its entry comes. Only replies made within `max_wait` +
+# ORDER_HORIZON before now are looked at, so the look is an index range over the conversation's recent messages
+# (ix_messages_conversation_created), not its whole history: one made before and still waiting had been kept off the
+# bus for a day before its first send. Behind a reply being sent (by another dispatcher: one process sends a
+# conversation's replies one at a time), it looks again ORDER_GAP later, not at the end of that send's lease: a send
+# is done long before.
 ORDER_GAP = timedelta(seconds=1)
 ORDER_HORIZON = timedelta(days=1)
 # How long a later reply waits behind an earlier one nobody has taken up yet (a lost entry is redriven later).
 ORDER_UNSTARTED = timedelta(seconds=30)
+# A send that failed without a `retry_after` waits for its entry's redelivery (retried in place within seconds, or
+# reclaimed by another dispatcher); its meta's `redelivery_until` holds later replies back that long at most.
+REDELIVERY_WAIT = timedelta(seconds=60)
 
 # The delivery's SQL, built once: each delivery only binds its ids (building a statement, or loading ORM objects,
 # cost more than running it on SQLite). Core rows; every statement names the tenant or joins on it.
 ACCOUNTS: Table = ChannelAccount.__table__  # type: ignore[assignment]
 _IN_TENANT = (MESSAGES.c.id == bindparam("message"), MESSAGES.c.tenant_id == bindparam("tenant"))
-# The meta of the latest earlier reply of the conversation that still waits (ORDER_GAP): with its `retry_at`, or
-# its `sending_until` while it is being sent (never both), or neither when it was made less than ORDER_UNSTARTED ago.
+# The meta of the latest earlier reply of the conversation that still waits (ORDER_GAP): with its `retry_at`, its
+# `sending_until` while it is being sent, or its `redelivery_until` after a failed send (one of them at most), or
+# none when it was made less than ORDER_UNSTARTED ago.
 _EARLIER = MESSAGES.alias("earlier")
-_EARLIER_WAIT = func.coalesce(_EARLIER.c.meta["retry_at"].as_string(), _EARLIER.c.meta["sending_until"].as_string())
+_EARLIER_WAIT = func.coalesce(*(_EARLIER.c.meta[key].as_string() for key in ("retry_at", "sending_until",
+                                                                             "redelivery_until")))
 _BEHIND = (
     select(_EARLIER.c.meta)
     .where(_EARLIER.c.conversation_id == MESSAGES.c.conversation_id,
@@ -240,9 +246,10 @@ class Dispatcher:
         if wait and wait != due and datetime.fromisoformat(wait) > now:
             raise DeliveryBusy(f"message {message.id} waits for the provider's retry-after until {wait}",
                                rescheduled=True)
-        if behind is not None:
+        if behind is not None and not _redelivery_over(behind, now):
             self._queue_behind(session, message, event, behind, now)
-        message.meta = {**_without(meta, "retry_at"), "sending_until": (now + self.lease).isoformat(),
+        message.meta = {**_without(meta, "retry_at", "redelivery_until"),
+                        "sending_until": (now + self.lease).isoformat(),
                         **({"answers": answers.id} if answers is not None else {})}
         session.commit()  # the lease is visible before any provider call
 
@@ -253,7 +260,7 @@ class Dispatcher:
         look again ORDER_GAP later (a send takes a moment, its lease up to DEFAULT_LEASE); a wait already over, a
         lease later. Its own `held_back_since` is left as it is: waiting behind another never fails it."""
         meta = _without(message.meta or {}, "sending_until")  # a dead dispatcher's, run out (checked above)
-        wait = behind.get("retry_at") or behind.get("sending_until")
+        wait = behind.get("retry_at") or behind.get("sending_until") or behind.get("redelivery_until")
         until = datetime.fromisoformat(str(wait)) if wait else now
         if not wait:
             retry_at = now + ORDER_GAP
@@ -298,6 +305,8 @@ class Dispatcher:
                 log.warning("delivery of %s failed: %s", message.id, message.error)
             else:
                 _schedule(session, event, meta, now + wait + _jitter(wait), since=since)
+        else:  # the entry comes back by itself: later replies of the conversation wait for it (REDELIVERY_WAIT)
+            meta["redelivery_until"] = (self.clock() + REDELIVERY_WAIT).isoformat()
         message.meta = meta
         session.commit()
         return str(message.status)
@@ -305,7 +314,7 @@ class Dispatcher:
     def _sent(self, message: Message, ids: list[str]) -> None:
         message.status = "sent"
         message.processed_at = utcnow()
-        message.meta = _without(message.meta or {}, "sending_until")
+        message.meta = _without(message.meta or {}, "sending_until", "redelivery_until")
         if ids:
             message.meta = {**message.meta, "provider_ids": ids, "provider_id": ids[0]}
             message.provider_ref = ids[0]
@@ -349,8 +358,15 @@ def _rescheduled(exc: Exception) -> bool:
     return isinstance(exc, SendError) and not exc.permanent and bool(exc.retry_after)
 
 
-def _without(meta: dict[str, object], key: str) -> dict[str, object]:
-    return {k: v for k, v in meta.items() if k != key}
+def _redelivery_over(behind: dict[str, Any], now: datetime) -> bool:
+    """An earlier reply whose failed send's redelivery did not come within REDELIVERY_WAIT holds nothing back."""
+    until = behind.get("redelivery_until")
+    return bool(until) and not behind.get("retry_at") and not behind.get("sending_until") and \
+        datetime.fromisoformat(str(until)) <= now
+
+
+def _without(meta: dict[str, object], *keys: str) -> dict[str, object]:
+    return {k: v for k, v in meta.items() if k not in keys}
 
 
 def _request(session: Session, message: Message, row: Any, reply: Any,

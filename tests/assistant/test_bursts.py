@@ -239,3 +239,26 @@ def test_each_turn_of_a_conversation_is_answered_from_its_own_texts_only(stack: 
         assert _statuses(*ids) == ["merged", "answered"]
     assert stack.retrieval.of(tenant) == [f"{first}\n{second}" for first, second in turns]
     assert len(stack.replies(tenant)) == 3
+
+
+def test_a_message_in_its_burst_window_leaves_the_earlier_deferred_one_to_merge_into_it(stack: Stack) -> None:
+    """Within the window both messages are deferred; the earlier merges into the later when its own window closes
+    (as in one process), never a take-over: that one is for two handlers racing on a conversation."""
+    from app import metrics
+
+    tenant = _tenant(burst_window_s=6)
+    taken = metrics.REGISTRY.get_sample_value("switchboard_messages_taken_over_total") or 0.0
+    stack.clock.now = utcnow()
+    first = stack.send(tenant, "ann", "i bought boots last week")
+    stack.run()
+    stack.clock.advance(2)
+    second = stack.send(tenant, "ann", "how long do I have to return them?")
+    stack.run()
+    assert _statuses(first, second) == ["received", "received"] and _scheduled(first) and _scheduled(second)
+
+    stack.clock.advance(5)  # both windows close (they count from when each was stored)
+    stack.relay.publish_all_due()
+    stack.run()
+    assert _statuses(first, second) == ["merged", "answered"]
+    assert stack.retrieval.of(tenant) == ["i bought boots last week\nhow long do I have to return them?"]
+    assert (metrics.REGISTRY.get_sample_value("switchboard_messages_taken_over_total") or 0.0) == taken

@@ -12,9 +12,16 @@ from sqlalchemy import delete, select
 from app import outbox
 from app.bus.base import Delivery
 from app.bus.memory import MemoryBus
-from app.channels import Permanent, RateLimited, SendError, SendRequest
+from app.channels import Permanent, RateLimited, SendError, SendRequest, Transient
 from app.contracts import OUTBOUND, Event, OutboundMessage
-from app.conversations.dispatcher import DEFAULT_LEASE, ORDER_GAP, ORDER_UNSTARTED, DeliveryBusy, Dispatcher
+from app.conversations.dispatcher import (
+    DEFAULT_LEASE,
+    ORDER_GAP,
+    ORDER_UNSTARTED,
+    REDELIVERY_WAIT,
+    DeliveryBusy,
+    Dispatcher,
+)
 from app.conversations.push import LocalPush
 from app.conversations.replies import add_outbound, outbound_event
 from app.conversations.service import accept_inbound
@@ -221,6 +228,34 @@ def test_a_reply_waits_behind_an_earlier_one_nobody_has_taken_up_yet(tenant: str
     dispatcher.deliver(fourth, due=_message(fourth.message_id).meta["retry_at"])
     assert provider.sent == [first.message_id, second.message_id, fourth.message_id]
     assert _message(lost.message_id).status == "pending"
+
+
+def test_a_reply_waits_behind_an_earlier_one_whose_send_failed_until_its_redelivery(tenant: str, account: str) -> None:
+    """Scale-out: the first reply's send fails without a retry-after (a 502) on one dispatcher; its entry comes back
+    by itself. The second, at another dispatcher meanwhile, waits for that redelivery (REDELIVERY_WAIT at most),
+    then goes after it. Behind a failed send whose redelivery never comes it goes once that wait is over."""
+    first, second, third, fourth = _replies(tenant, account, "c", 4)
+    clock, provider = Clock(), Provider({first.message_id: [Transient("502 Bad Gateway")],
+                                         third.message_id: [Transient("502 Bad Gateway")]})
+    clock.now += ORDER_UNSTARTED + ORDER_GAP  # every reply older than a newly made one
+    dispatcher = Dispatcher({"fakechan": provider}, LocalPush(), clock=clock)
+    with pytest.raises(Transient):
+        dispatcher.deliver(first)
+    with pytest.raises(DeliveryBusy, match="behind an earlier reply"):
+        dispatcher.deliver(second)
+    clock.now += ORDER_GAP
+    dispatcher.deliver(first)  # the redelivery
+    dispatcher.deliver(second, due=_message(second.message_id).meta["retry_at"])
+    assert provider.sent == [first.message_id, second.message_id]
+    assert "redelivery_until" not in _message(first.message_id).meta
+
+    with pytest.raises(Transient):
+        dispatcher.deliver(third)  # and its redelivery never comes (its entry lost: redriven much later)
+    with pytest.raises(DeliveryBusy, match="behind an earlier reply"):
+        dispatcher.deliver(fourth)
+    clock.now += REDELIVERY_WAIT
+    dispatcher.deliver(fourth, due=_message(fourth.message_id).meta["retry_at"])
+    assert provider.sent[-1] == fourth.message_id and _message(third.message_id).status == "pending"
 
 
 def test_a_reply_waits_behind_an_earlier_one_being_sent(tenant: str, account: str) -> None:
