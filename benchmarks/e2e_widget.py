@@ -147,23 +147,27 @@ def _on_server(server_url: str, statement: str) -> None:
     engine.dispose()
 
 
-class Server:
-    def __init__(self, home: Path, llm: FakeLLM, services: dict[str, str]) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "SWITCHBOARD_HOME": str(home), "LLM_BASE_URL": llm.base_url,
-               "LLM_API_KEY": llm.api_key, "LLM_MODEL": "fake", **RATE_LIMITS_OFF, **services}
-        self.log = open(home / f"serve-{self.port}.log", "wb")  # noqa: SIM115
-        self.process = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(self.port)],
-                                        cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 120
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Served:
+    """A server under test in a process of its own, listening on `port`: ready when `ready_path` answers 200; its
+    CPU and peak RSS read from /proc, summed over it and its children."""
+
+    def __init__(self, command: list[str], env: dict[str, str], cwd: Path, log: Path, port: int,
+                 ready_path: str) -> None:
+        self.port, self.url = port, f"http://127.0.0.1:{port}"
+        self.log = open(log, "wb")  # noqa: SIM115
+        self.process = subprocess.Popen(command, cwd=cwd, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 180
         while True:
             if self.process.poll() is not None:
                 raise SystemExit(f"the server exited: see {self.log.name}")
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                if httpx.get(f"{self.url}{ready_path}", timeout=2).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
@@ -208,6 +212,17 @@ class Server:
         except subprocess.TimeoutExpired:
             self.process.kill()
         self.log.close()
+
+
+class Server(Served):
+    """Embedded `switchboard serve` on `home`, answering with `llm`."""
+
+    def __init__(self, home: Path, llm: FakeLLM, services: dict[str, str]) -> None:
+        env = {**os.environ, "SWITCHBOARD_HOME": str(home), "LLM_BASE_URL": llm.base_url,
+               "LLM_API_KEY": llm.api_key, "LLM_MODEL": "fake", **RATE_LIMITS_OFF, **services}
+        port = free_port()
+        super().__init__([sys.executable, "-m", "app.cli", "serve", "--port", str(port)], env, ROOT,
+                         home / f"serve-{port}.log", port, "/readyz")
 
 
 # ---------------------------------------------------------------------------------------------------------------

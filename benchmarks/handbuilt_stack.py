@@ -19,8 +19,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,56 +30,19 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.e2e_widget import FakeLLM, machine_speed, percentile  # noqa: E402
+from benchmarks.e2e_widget import FakeLLM, Served, free_port, machine_speed, percentile  # noqa: E402
 
 
-class HandBuilt:
+class HandBuilt(Served):
     def __init__(self, python: str, llm: FakeLLM, home: Path) -> None:
         from app.providers.embeddings.minilm import prepare_model_dir
 
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "KNOWLEDGE": str(ROOT / "tenants/northwind/knowledge"), "PORT": str(self.port),
+        port = free_port()
+        env = {**os.environ, "KNOWLEDGE": str(ROOT / "tenants/northwind/knowledge"), "PORT": str(port),
                "MODEL_DIR": str(prepare_model_dir(home / "models")), "LLM_BASE_URL": llm.base_url,
                "LLM_API_KEY": llm.api_key, "HF_HUB_OFFLINE": "1", "ANONYMIZED_TELEMETRY": "False"}
-        self.log = open(home / "handbuilt.log", "wb")  # noqa: SIM115
-        self.process = subprocess.Popen([python, str(ROOT / "benchmarks/handbuilt/app.py")], env=env, cwd=home,
-                                        stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 180
-        while True:
-            if self.process.poll() is not None:
-                raise SystemExit(f"the hand-built server exited: see {self.log.name}")
-            try:
-                if httpx.get(f"{self.url}/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit(f"the hand-built server did not become ready: see {self.log.name}")
-            time.sleep(0.3)
-
-    def cpu_s(self) -> float:
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def peak_rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
-
-    def reset_peak_rss(self) -> None:
-        Path(f"/proc/{self.process.pid}/clear_refs").write_text("5")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-        self.log.close()
+        super().__init__([python, str(ROOT / "benchmarks/handbuilt/app.py")], env, home, home / "handbuilt.log",
+                         port, "/ready")
 
 
 async def run_level(server: HandBuilt, questions: list[str], concurrency: int, requests: int) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from app import audit, outbox
 from app.assistant.prompts import Draft
-from app.assistant.turns import TURN_NOW
+from app.assistant.turns import LOCK, TURN_NOW, write_lock
 from app.audit import record
 from app.contacts import consent
 from app.contracts import EVENTS, INBOUND, OUTBOUND, EscalationOpened, InboundMessage
@@ -104,11 +104,7 @@ def claim(session: Session, ctx: Context, *, may_merge: bool = True) -> ReplyTo 
     None if it is handled already, or (`may_merge`) merged into a later message here (status `merged`, committed
     with the session)."""
     key = {"message": ctx.message_id, "tenant": ctx.tenant_id}
-    if session.get_bind().dialect.name == "sqlite":
-        # `FOR UPDATE` does nothing on SQLite and pysqlite begins no transaction at a read: without this no-op
-        # UPDATE (as the dispatcher's `_lock`), which begins it and takes the write lock, two handlers of one
-        # message could both read it `received` and write over each other's outcome.
-        session.execute(_LOCK, key)
+    write_lock(session, key)  # SQLite; `_CLAIM` locks the row on Postgres
     row = session.execute(_CLAIM, key).one()
     if row.status != "received":
         return None
@@ -327,9 +323,8 @@ def mark_dead(tenant_id: str, message_id: str, reason: str) -> None:
     Committed to the outbox, so the relay publishes the notice and the event whatever becomes of this process."""
     key = {"message": message_id, "tenant": tenant_id}
     with session_scope(tenant=tenant_id) as session:
-        if session.get_bind().dialect.name == "sqlite":
-            session.execute(_LOCK, key)  # locked before it is read, as `claim` does: a handler answering it now
-        row = session.execute(_CLAIM, key).first()  # waits, or is waited for, never written over
+        write_lock(session, key)  # locked before it is read, as `claim` does: a handler answering it now waits,
+        row = session.execute(_CLAIM, key).first()  # or is waited for, never written over
         if row is None or row.status != "received":
             return
         session.execute(_SET_DEAD, {**key, "new_status": "dead", "now": utcnow(), "error": reason})
@@ -361,7 +356,7 @@ _CLAIM = (
     .where(*IN_TENANT)
     .with_for_update(of=MESSAGES)
 )
-_LOCK = update(MESSAGES).where(*IN_TENANT).values(status=MESSAGES.c.status)  # SQLite's row lock: see `claim`
+_LOCK = LOCK  # SQLite's row lock (`write_lock`)
 _STATUS = select(MESSAGES.c.status).where(*IN_TENANT)
 _HOLD_RECEIVED = select(MESSAGES.c.id).where(*IN_TENANT, MESSAGES.c.status == "received").with_for_update()
 _MERGE_TRIES = 3

@@ -173,15 +173,13 @@ def take_over(tenant_id: str, message_id: str, *, consent_status: str, channel: 
     `switchboard_messages_taken_over_total`."""
     key = {"message": message_id, "tenant": tenant_id}
     with session_scope(tenant=tenant_id) as session:
-        sqlite = session.get_bind().dialect.name == "sqlite"
-        if sqlite:
-            session.execute(_LOCK, key)  # begins the transaction with SQLite's write lock (see `claim`)
+        sqlite = write_lock(session, key)
         row = session.execute(_MESSAGE, key).one()
         if row.status != "received":
             return  # handled meanwhile (another delivery of it): the read again says so
-        earlier = session.execute(EARLIER_WAITING.with_for_update(of=_EARLIER), {
+        earlier = session.execute(_EARLIER_WAITING_LOCKED, {
             **key, "conversation": row.conversation_id, "created": row.created_at}).all()
-        if not sqlite and session.execute(_MESSAGE.with_for_update(), key).one().status != "received":
+        if not sqlite and session.execute(_MESSAGE_LOCKED, key).one().status != "received":
             return
         for waiting in earlier:
             if consent.keyword(waiting.text, consent_status, channel) is not None:
@@ -193,10 +191,21 @@ def take_over(tenant_id: str, message_id: str, *, consent_status: str, channel: 
     metrics.taken_over(len(earlier))
 
 
-_MESSAGE = select(MESSAGES.c.status, MESSAGES.c.conversation_id, MESSAGES.c.created_at).where(
-    MESSAGES.c.id == bindparam("message"), MESSAGES.c.tenant_id == bindparam("tenant"))
-_LOCK = update(MESSAGES).where(MESSAGES.c.id == bindparam("message"), MESSAGES.c.tenant_id == bindparam("tenant")
-                               ).values(status=MESSAGES.c.status)
+def write_lock(session: Session, key: dict[str, str]) -> bool:
+    """On SQLite, begin the transaction with the write lock before message `key` is read (whether it did):
+    `FOR UPDATE` does nothing there and pysqlite begins no transaction at a read, so two handlers of one message
+    could both read it `received` and write over each other's outcome. Postgres locks rows with `FOR UPDATE`."""
+    if session.get_bind().dialect.name != "sqlite":
+        return False
+    session.execute(LOCK, key)
+    return True
+
+
+_IN_TENANT = (MESSAGES.c.id == bindparam("message"), MESSAGES.c.tenant_id == bindparam("tenant"))
+LOCK = update(MESSAGES).where(*_IN_TENANT).values(status=MESSAGES.c.status)  # a no-op UPDATE: `write_lock`
+_MESSAGE = select(MESSAGES.c.status, MESSAGES.c.conversation_id, MESSAGES.c.created_at).where(*_IN_TENANT)
+_MESSAGE_LOCKED = _MESSAGE.with_for_update()
+_EARLIER_WAITING_LOCKED = EARLIER_WAITING.with_for_update(of=_EARLIER)
 _MERGE = update(MESSAGES).where(MESSAGES.c.id == bindparam("waiting"), MESSAGES.c.tenant_id == bindparam("tenant"),
                                 MESSAGES.c.status == "received").values(
     status="merged", processed_at=bindparam("now", type_=MESSAGES.c.processed_at.type),

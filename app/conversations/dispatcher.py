@@ -246,36 +246,38 @@ class Dispatcher:
         if wait and wait != due and datetime.fromisoformat(wait) > now:
             raise DeliveryBusy(f"message {message.id} waits for the provider's retry-after until {wait}",
                                rescheduled=True)
-        if behind is not None and not _redelivery_over(behind, now):
-            self._queue_behind(session, message, event, behind, now)
+        if behind is not None and (retry_at := self._look_again(behind, now)) is not None:
+            self._queue_behind(session, message, event, retry_at)
         message.meta = {**_without(meta, "retry_at", "redelivery_until"),
                         "sending_until": (now + self.lease).isoformat(),
                         **({"answers": answers.id} if answers is not None else {})}
         session.commit()  # the lease is visible before any provider call
 
-    def _queue_behind(self, session: Session, message: Message, event: OutboundMessage, behind: dict[str, Any],
-                      now: datetime) -> NoReturn:
-        """Reschedule the reply to go after an earlier reply of its conversation (`behind`: that one's meta) that
-        waits (ORDER_GAP): for just after the provider's wait; while it is being sent or not yet taken up, for a
-        look again ORDER_GAP later (a send takes a moment, its lease up to DEFAULT_LEASE); a wait already over, a
-        lease later. Its own `held_back_since` is left as it is: waiting behind another never fails it."""
-        meta = _without(message.meta or {}, "sending_until")  # a dead dispatcher's, run out (checked above)
+    def _look_again(self, behind: dict[str, Any], now: datetime) -> datetime | None:
+        """When a reply behind an earlier one of its conversation (`behind`: that one's meta) looks again
+        (ORDER_GAP): just after the provider's wait; ORDER_GAP later while that one is being sent, waits for a
+        failed send's redelivery or is not yet taken up (a send takes a moment, its lease up to DEFAULT_LEASE); a
+        lease later when its wait is over but it is still pending. None: a failed send whose redelivery did not
+        come within REDELIVERY_WAIT holds nothing back."""
         wait = behind.get("retry_at") or behind.get("sending_until") or behind.get("redelivery_until")
-        until = datetime.fromisoformat(str(wait)) if wait else now
         if not wait:
-            retry_at = now + ORDER_GAP
-        elif until <= now:
-            retry_at = now + self.lease
-        elif behind.get("retry_at"):
-            retry_at = until + ORDER_GAP
-        else:
-            retry_at = min(until, now + ORDER_GAP)
+            return now + ORDER_GAP
+        until = datetime.fromisoformat(str(wait))
+        if until <= now:
+            return None if wait == behind.get("redelivery_until") else now + self.lease
+        return until + ORDER_GAP if wait == behind.get("retry_at") else min(until, now + ORDER_GAP)
+
+    def _queue_behind(self, session: Session, message: Message, event: OutboundMessage,
+                      retry_at: datetime) -> NoReturn:
+        """Reschedule the reply for `retry_at`, behind an earlier reply of its conversation (`_look_again`). Its own
+        `held_back_since` is left as it is: waiting behind another never fails it."""
+        meta = _without(message.meta or {}, "sending_until")  # a dead dispatcher's, run out (checked above)
         since = meta.get("held_back_since")
         _schedule(session, event, meta, retry_at, since=str(since) if since else None)
         message.meta = meta
         session.commit()
         raise DeliveryBusy(f"message {message.id} waits until {retry_at} behind an earlier reply of its "
-                           f"conversation, which waits until {until}", rescheduled=True)
+                           "conversation", rescheduled=True)
 
     def _record(self, session: Session, message: Message, provider_id: str) -> None:
         """One part went out: record it (committed, so a retry never sends it again) and renew the lease."""
@@ -356,13 +358,6 @@ def _rescheduled(exc: Exception) -> bool:
     if isinstance(exc, DeliveryBusy):
         return exc.rescheduled
     return isinstance(exc, SendError) and not exc.permanent and bool(exc.retry_after)
-
-
-def _redelivery_over(behind: dict[str, Any], now: datetime) -> bool:
-    """An earlier reply whose failed send's redelivery did not come within REDELIVERY_WAIT holds nothing back."""
-    until = behind.get("redelivery_until")
-    return bool(until) and not behind.get("retry_at") and not behind.get("sending_until") and \
-        datetime.fromisoformat(str(until)) <= now
 
 
 def _without(meta: dict[str, object], *keys: str) -> dict[str, object]:

@@ -135,13 +135,13 @@ _Key = tuple[object, str, int, str]  # (the engine, tenant id, version, embedder
 _cache: OrderedDict[_Key, TermStats | None] = OrderedDict()
 _cached_bytes = 0  # the sum of `_size` over `_cache`
 _lock = threading.Lock()
+_loading: dict[_Key, threading.Lock] = {}
 _ENTRY_BYTES = 400  # the key, the TermStats and its arrays' own objects, roughly
 
 
 def _size(stats: TermStats | None) -> int:
     df = stats.df if stats is not None else None
     return _ENTRY_BYTES + (df.nbytes if isinstance(df, Counts) else 0)
-_loading: dict[_Key, threading.Lock] = {}
 
 
 def for_version(tenant_id: str, version: int, embedder: Embedder, session: Any = None) -> TermStats | None:

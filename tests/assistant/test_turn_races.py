@@ -191,7 +191,7 @@ def test_a_merge_read_while_the_later_message_is_claimed_leaves_nobody_unanswere
     def before(conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool) -> None:
         compiled = getattr(context, "compiled", None)
         if (threading.current_thread().name == "b" and compiled is not None
-                and compiled.statement in (outcomes._LOCK, outcomes._CLAIM, turns._LOCK)):
+                and compiled.statement in (outcomes._LOCK, outcomes._CLAIM, turns.LOCK)):
             b_at_claim.set()  # SQLite: B's take-over of A, or its claim, waits for A's write lock
         if threading.current_thread().name == "b" and "FOR UPDATE OF earlier" in statement:
             b_taking_over.set()  # Postgres: B's take-over waits for A's row
